@@ -1,0 +1,86 @@
+"""Typed messages between a node's own actors (one machine, one operator: Thespian pickles these on
+loopback only; nothing here ever comes from a peer). Class names are unique, as ActorTypeDispatcher
+dispatches on the bare name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class NodeConfig:
+    home: str
+    ledger_path: str
+    sandboxed: bool
+    n_threads: int = 0
+    load_model: bool = True
+
+
+@dataclass
+class NodeReady:
+    models: list[str]
+    error: str = ""
+
+
+@dataclass
+class RunStep:
+    request_id: str
+    kind: str
+    params: dict
+    timeout: float
+    sandboxed: bool = True
+
+
+@dataclass
+class StepDone:
+    request_id: str
+    ok: bool
+    output: Any = None
+    identity: str = ""
+    work: dict = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass
+class LoadModel:
+    path: str
+    sha256: str
+    n_threads: int = 0
+
+
+@dataclass
+class ModelLoaded:
+    sha256: str
+    error: str = ""
+
+
+@dataclass
+class OpenLedger:
+    path: str
+
+
+@dataclass
+class RecordEntries:
+    request_id: str
+    entries: list  # list[ledger.store.Entry]
+    ts: int
+
+
+@dataclass
+class EntriesRecorded:
+    request_id: str
+    added: int = 0
+    error: str = ""
+
+
+@dataclass
+class PeerStatsQuery:
+    request_id: str
+
+
+@dataclass
+class PeerStatsReply:
+    request_id: str
+    stats: dict
+    error: str = ""

@@ -1,0 +1,43 @@
+"""ModelRunnerActor: one process holding one loaded GGUF model, so a crash or out-of-memory in
+llama.cpp costs this actor (which the NodeActor recreates), never the node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from thespian.actors import ActorTypeDispatcher
+
+from mesh.errors import StepFailed
+
+from .messages import LoadModel, ModelLoaded, RunStep, StepDone
+
+
+class ModelRunnerActor(ActorTypeDispatcher):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = None
+        self.error = "model not loaded yet"
+
+    def receiveMsg_LoadModel(self, msg: LoadModel, sender) -> None:
+        from mesh.llm import Model
+
+        try:
+            self.model = Model(Path(msg.path), msg.sha256, msg.n_threads or None)
+            self.error = ""
+        except (ValueError, OSError, RuntimeError) as exc:
+            self.error = f"cannot load model {msg.path}: {exc}"
+        self.send(sender, ModelLoaded(msg.sha256, self.error))
+
+    def receiveMsg_RunStep(self, msg: RunStep, sender) -> None:
+        if self.model is None:
+            self.send(sender, StepDone(msg.request_id, False, error=self.error))
+            return
+        p = msg.params
+        try:
+            gen = self.model.generate(p["prompt"], int(p.get("max_tokens", 64)), int(p.get("seed", 0)),
+                                      list(p.get("stop", [])))
+        except StepFailed as exc:
+            self.send(sender, StepDone(msg.request_id, False, error=str(exc)))
+            return
+        self.send(sender, StepDone(msg.request_id, True, gen.text, f"gguf:{self.model.sha256}",
+                                   {"tokens": gen.tokens, "seconds": round(gen.seconds, 4)}))

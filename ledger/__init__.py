@@ -1,0 +1,1 @@
+"""The node's SQLite ledger: hash-chained entries, receipt-backed credits, peer reputation."""

@@ -1,0 +1,169 @@
+"""The ledger database. Entries are append-only; each carries the hash of the one before, so an edit
+anywhere breaks `verify`. Every batch is one transaction: a crash leaves all of it or none. Balances and
+reputations are derived from entries, never stored on their own."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh.canonical import canonical
+from mesh.errors import LedgerError
+from mesh.policy import reputation
+
+from .receipts import check_receipt, payer_id
+
+KINDS = ("paid", "earned", "agreed", "disagreed", "no_show")
+GENESIS = "0" * 64
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY,
+    ts INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    job TEXT NOT NULL,
+    step TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    amount REAL NOT NULL,
+    detail TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    UNIQUE (kind, job, step, peer)
+);
+CREATE INDEX IF NOT EXISTS entries_peer ON entries (peer, kind);
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One ledger row before it is chained. `amount` is + for credits earned, − for credits paid."""
+
+    kind: str
+    job: str
+    step: str
+    peer: str
+    amount: float = 0.0
+    detail: dict | None = None
+
+
+def entry_hash(prev: str, row_id: int, ts: int, kind: str, job: str, step: str, peer: str, amount: float,
+               detail: str) -> str:
+    return hashlib.sha256(prev.encode() + canonical([row_id, ts, kind, job, step, peer, amount, detail])).hexdigest()
+
+
+class Ledger:
+    def __init__(self, path: Path, readonly: bool = False):
+        self.path = path
+        try:
+            if readonly:
+                if not path.exists():
+                    raise LedgerError(f"no ledger at {path}")
+                self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+            else:
+                self.db = sqlite3.connect(path, timeout=10, isolation_level=None)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.executescript(_SCHEMA)
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open ledger {path}: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def append(self, entries: list[Entry], ts: int) -> int:
+        """Append a batch atomically; entries already present (same kind, job, step, peer) are skipped,
+        which makes recording a receipt twice a no-op. Returns the number added."""
+        for e in entries:
+            if e.kind not in KINDS:
+                raise LedgerError(f"unknown entry kind {e.kind!r}")
+        try:
+            cur = self.db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                row = cur.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+                last_id, prev = row if row else (0, GENESIS)
+                added = 0
+                for e in entries:
+                    if cur.execute("SELECT 1 FROM entries WHERE kind=? AND job=? AND step=? AND peer=?",
+                                   (e.kind, e.job, e.step, e.peer)).fetchone():
+                        continue
+                    last_id += 1
+                    detail = canonical(e.detail or {}).decode()
+                    h = entry_hash(prev, last_id, ts, e.kind, e.job, e.step, e.peer, float(e.amount), detail)
+                    cur.execute("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                (last_id, ts, e.kind, e.job, e.step, e.peer, float(e.amount), detail, prev, h))
+                    prev = h
+                    added += 1
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger write failed: {exc}") from None
+        return added
+
+    def balance(self) -> float:
+        (total,) = self.db.execute("SELECT COALESCE(SUM(amount), 0) FROM entries").fetchone()
+        return round(total, 6)
+
+    def totals(self) -> dict[str, float]:
+        rows = self.db.execute("SELECT kind, SUM(amount), COUNT(*) FROM entries GROUP BY kind").fetchall()
+        return {k: round(s, 6) for k, s, _ in rows if k in ("paid", "earned")}
+
+    def peer_stats(self) -> dict[str, dict]:
+        """node id → agreed, disagreed, no_show counts and beta reputation, best first."""
+        stats: dict[str, dict] = {}
+        for peer, kind, n in self.db.execute(
+                "SELECT peer, kind, COUNT(*) FROM entries WHERE kind IN ('agreed','disagreed','no_show') "
+                "GROUP BY peer, kind"):
+            stats.setdefault(peer, {"agreed": 0, "disagreed": 0, "no_show": 0})[kind] = n
+        for s in stats.values():
+            s["reputation"] = round(reputation(s["agreed"], s["disagreed"], s["no_show"]), 6)
+        return dict(sorted(stats.items(), key=lambda kv: (-kv[1]["reputation"], kv[0])))
+
+    def history(self, limit: int = 100) -> list[dict]:
+        rows = self.db.execute("SELECT id, ts, kind, job, step, peer, amount, detail FROM entries "
+                               "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [{"id": i, "ts": ts, "kind": k, "job": j, "step": s, "peer": p, "amount": a,
+                 "detail": json.loads(d)} for i, ts, k, j, s, p, a, d in rows]
+
+    def verify(self, my_id: str) -> tuple[int, str]:
+        """Walk the chain and the receipts. Returns (entries checked, '') or (bad entry id, reason)."""
+        prev, expect_id, n = GENESIS, 1, 0
+        for row in self.db.execute("SELECT id, ts, kind, job, step, peer, amount, detail, prev, hash "
+                                   "FROM entries ORDER BY id"):
+            rid, ts, kind, job, step, peer, amount, detail, rprev, rhash = row
+            if rid != expect_id:
+                return rid, f"entry {expect_id} is missing"
+            if rprev != prev or entry_hash(prev, rid, ts, kind, job, step, peer, amount, detail) != rhash:
+                return rid, f"entry {rid} does not match its hash (edited)"
+            bad = _check_money(kind, job, step, peer, amount, detail, my_id)
+            if bad:
+                return rid, f"entry {rid}: {bad}"
+            prev, expect_id, n = rhash, expect_id + 1, n + 1
+        return n, ""
+
+
+def _check_money(kind: str, job: str, step: str, peer: str, amount: float, detail: str, my_id: str) -> str:
+    if kind not in ("paid", "earned"):
+        return ""
+    try:
+        r = json.loads(detail)["receipt"]
+    except (ValueError, KeyError, TypeError):
+        return "credit entry without a receipt"
+    why = check_receipt(r)
+    if why:
+        return why
+    payer, worker = payer_id(r), r["worker"]
+    expect = (payer == my_id and worker == peer) if kind == "paid" else (worker == my_id and payer == peer)
+    if not expect or r["job"] != job or r["step"] != step:
+        return "receipt is for another payment"
+    if abs((-r["amount"] if kind == "paid" else r["amount"]) - amount) > 1e-9:
+        return "amount differs from its receipt"
+    return ""

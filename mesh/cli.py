@@ -1,0 +1,311 @@
+"""The `mesh` command line. Every user mistake ends as one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import ConfigError, JobError, MeshError, UserError
+from .home import default_home, parse_hostport
+
+EXIT_USER, EXIT_FAILED = 2, 3
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return Path(args.home).expanduser() if args.home else default_home()
+
+
+def _emit(args: argparse.Namespace, obj: object, human: str) -> None:
+    print(json.dumps(obj, indent=None if args.json else 2) if args.json else human)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .home import ensure_token
+    from .identity import load_or_create
+
+    home = _home(args)
+    ident, created = load_or_create(home)
+    ensure_token(home)
+    print(ident.node_id)
+    if not created:
+        print(f"(existing key in {home / 'node.key'})", file=sys.stderr)
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from .node import NodeOptions, run_node
+
+    opts = NodeOptions(
+        home=_home(args), listen=parse_hostport(args.listen, "--listen"), api=parse_hostport(args.api, "--api"),
+        bootstrap=[parse_hostport(b, "--bootstrap") for b in args.bootstrap], network=args.network,
+        fault=args.fault or "", allow_unsandboxed_python=args.allow_unsandboxed_python,
+        load_model=not args.no_model, threads=args.threads,
+    )
+    run_node(opts)
+    return 0
+
+
+def _client(args: argparse.Namespace):
+    from .client import Client
+
+    return Client.locate(_home(args) if (args.home or not args.api) else None, args.api)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = _client(args).request("GET", "/status")
+    lines = [f"node {st['node']}  peer port {st['listen']}  runs: {', '.join(st['kinds']) or 'nothing'}",
+             f"{len(st['peers'])} peers:"]
+    for p in st["peers"]:
+        seen = f"{time.time() - p['last_seen']:.0f}s ago" if p["last_seen"] else "never"
+        lines.append(f"  {p['node'][:16]}  {p['address']:<21} {p['state']:<5} seen {seen:<9} "
+                     f"rep {p['reputation']:.2f}  {','.join(p['kinds'])}")
+    rej = st["rejected"]
+    lines.append("rejected envelopes: " + (", ".join(f"{k}={v}" for k, v in sorted(rej.items())) or "none"))
+    _emit(args, st, "\n".join(lines))
+    return 0
+
+
+def _load_job_file(path: str) -> dict:
+    from .dag import load_job_text
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise JobError(f"cannot read job file {path}: {exc.strerror}") from None
+    load_job_text(text, path)  # validate locally: same checks as the node, clearer errors, nothing sent
+    return json.loads(text)
+
+
+def _describe(report: dict) -> str:
+    lines = [f"job {report['job_id']} ({report.get('name', '')}): {report['status']}"]
+    for sid, s in report["steps"].items():
+        agreed = sum(r["agreed"] for r in s["replicas"])
+        out = s["output"] if isinstance(s["output"], str) else json.dumps(s["output"])
+        out = (out or "").replace("\n", "\\n")
+        lines.append(f"  {sid:<12} {s['status']:<8} {agreed}/{len(s['replicas'])} replicas agreed  "
+                     f"credit {s.get('credit', 0):g} each")
+        if s["status"] == "done":
+            lines.append(f"      output: {out[:200]}")
+        if s.get("error"):
+            lines.append(f"      error: {s['error']}")
+    if "credits_spent" in report:
+        lines.append(f"  credits spent: {report['credits_spent']:g}")
+    return "\n".join(lines)
+
+
+def _wait(client, job_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    seen: dict[str, str] = {}
+    while True:
+        report = client.request("GET", f"/jobs/{job_id}?wait=2", timeout=30)
+        for sid, s in report["steps"].items():
+            if seen.get(sid) != s["status"]:
+                seen[sid] = s["status"]
+                print(f"[{job_id[:8]}] {sid}: {s['status']}", file=sys.stderr, flush=True)
+        if report["status"] != "running":
+            return report
+        if time.monotonic() > deadline:
+            raise MeshError(f"job {job_id} still running after {timeout:g} s; see `mesh job {job_id}`")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    job = _load_job_file(args.job)
+    body: dict = {"job": job}
+    if args.redundancy is not None:
+        body["redundancy"] = args.redundancy
+    if args.quorum is not None:
+        body["quorum"] = args.quorum
+    if args.redundancy is not None or args.quorum is not None:
+        from .dag import parse_job
+
+        parse_job(job, args.job, args.redundancy, args.quorum)
+    client = _client(args)
+    job_id = client.request("POST", "/jobs", body)["job_id"]
+    if not args.wait:
+        _emit(args, {"job_id": job_id}, job_id)
+        return 0
+    report = _wait(client, job_id, args.timeout)
+    _emit(args, report, _describe(report))
+    return 0 if report["status"] == "done" else EXIT_FAILED
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    client = _client(args)
+    report = _wait(client, args.job_id, args.timeout) if args.wait else client.request("GET", f"/jobs/{args.job_id}")
+    _emit(args, report, _describe(report))
+    return 0 if report["status"] != "failed" else EXIT_FAILED
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    from ledger.store import Ledger
+
+    from .home import LEDGER_FILE
+    from .identity import load
+
+    home = _home(args)
+    me = load(home).node_id
+    led = Ledger(home / LEDGER_FILE, readonly=True)
+    try:
+        if args.what == "balance":
+            totals = led.totals()
+            obj = {"node": me, "balance": led.balance(), "earned": totals.get("earned", 0.0),
+                   "spent": -totals.get("paid", 0.0)}
+            _emit(args, obj, f"node {me}\nbalance {obj['balance']:g} (earned {obj['earned']:g}, "
+                             f"spent {obj['spent']:g})")
+        elif args.what == "peers":
+            rows = [{"node": n, **s} for n, s in led.peer_stats().items()]
+            human = "\n".join(f"{r['node'][:16]}  reputation {r['reputation']:.3f}  agreed {r['agreed']}  "
+                              f"disagreed {r['disagreed']}  no-show {r['no_show']}" for r in rows)
+            _emit(args, rows, human or "no peers recorded yet")
+        elif args.what == "history":
+            rows = led.history(args.limit)
+            human = "\n".join(f"#{r['id']:<5} {r['kind']:<9} {r['amount']:>+10.4f}  job {r['job'][:10]} "
+                              f"step {r['step']:<10} peer {r['peer'][:12]}" for r in rows)
+            _emit(args, rows, human or "no entries yet")
+        else:
+            n, why = led.verify(me)
+            if why:
+                _emit(args, {"ok": False, "entry": n, "reason": why}, f"ledger does NOT verify: {why}")
+                return 1
+            _emit(args, {"ok": True, "entries": n}, f"ledger verifies: {n} entries, chain and receipts intact")
+    finally:
+        led.close()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .local import LocalMesh
+
+    directory = Path(args.dir).expanduser()
+    mesh = LocalMesh(directory, args.nodes, lambda i: ["--no-model"] if args.no_model else [])
+    t0 = time.monotonic()
+    mesh.start()
+    try:
+        took = mesh.wait_ready(args.timeout, lambda line: print(line, file=sys.stderr, flush=True))
+        print(f"mesh of {args.nodes} nodes ready in {took:.1f} s (Ctrl-C stops them all)")
+        for n in mesh.nodes:
+            print(f"  {n.node_id[:16]}  peer {n.listen}  API http://127.0.0.1:{n.api_port}  "
+                  f"editor http://127.0.0.1:{n.api_port}/  home {n.home}")
+        print(f"try: mesh submit examples/demo-job.json --home {mesh.nodes[0].home} --wait", flush=True)
+        if args.ready_only:
+            return 0
+        while all(n.alive() for n in mesh.nodes):
+            time.sleep(0.5)
+        dead = [n for n in mesh.nodes if not n.alive()]
+        raise MeshError(f"node in {dead[0].home} exited: {dead[0].last_log()}")
+    except KeyboardInterrupt:
+        print("stopping...", file=sys.stderr)
+        return 0
+    finally:
+        if not args.ready_only:
+            mesh.stop()
+        _ = t0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .client import Client
+    from .local import LocalMesh
+
+    job_path = args.job or str(Path(__file__).resolve().parent.parent / "examples" / "demo-job.json")
+    job = _load_job_file(job_path)
+    directory = Path(args.dir).expanduser()
+    with LocalMesh(directory, args.nodes) as mesh:
+        t0 = time.monotonic()
+        mesh.start()
+        took = mesh.wait_ready(args.timeout, lambda line: print(line, file=sys.stderr, flush=True))
+        print(f"mesh of {args.nodes} nodes on loopback ready in {took:.1f} s")
+        client: Client = mesh.nodes[0].client
+        t1 = time.monotonic()
+        job_id = client.request("POST", "/jobs", {"job": job, "redundancy": args.redundancy})["job_id"]
+        report = _wait(client, job_id, args.timeout)
+        print(_describe(report))
+        print(f"job took {time.monotonic() - t1:.1f} s end to end ({time.monotonic() - t0:.1f} s with start-up)")
+        print("credits per node:")
+        from ledger.store import Ledger
+
+        for n in mesh.nodes:
+            led = Ledger(n.home / "ledger.db", readonly=True)
+            print(f"  {n.node_id[:16]}  balance {led.balance():+g}")
+            led.close()
+    return 0 if report["status"] == "done" else EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mesh", description="homemesh: pool untrusted computers into one "
+                                "cross-checked compute mesh. Each step of a job runs on several nodes and "
+                                "is accepted only when a quorum of their signed answers agree.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help: str, api: bool = False, json_flag: bool = False) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        sp.add_argument("--home", help="node home directory (default: $MESH_HOME or ~/.homemesh)")
+        if api:
+            sp.add_argument("--api", help="node API URL instead of --home (token: --home or $MESH_API_TOKEN)")
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="print one JSON object")
+        return sp
+
+    add("init", cmd_init, "create a node key (node.key, mode 0600) and API token; prints the node id")
+
+    sp = add("node", cmd_node, "run one node in the foreground; SIGINT/SIGTERM stop it cleanly")
+    sp.add_argument("--listen", default="127.0.0.1:4750", help="peer gateway HOST:PORT (default 127.0.0.1:4750)")
+    sp.add_argument("--api", default="127.0.0.1:4751", help="HTTP API HOST:PORT, loopback only (default 127.0.0.1:4751)")
+    sp.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT", help="a peer to join through (repeatable)")
+    sp.add_argument("--network", default="homemesh-local", help="network id; nodes of other networks are refused")
+    sp.add_argument("--fault", choices=["wrong", "silent", "slow", "crash", "forge"],
+                    help="misbehave on purpose (tests and demos): wrong answers, silence, slowness, crash, bad signatures")
+    sp.add_argument("--allow-unsandboxed-python", action="store_true",
+                    help="run peers' python steps even without bubblewrap (dangerous; off by default)")
+    sp.add_argument("--no-model", action="store_true", help="do not load the default model (no llm steps)")
+    sp.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: up to 4)")
+
+    sp = add("up", cmd_up, "start N nodes on loopback, wait until they know each other, print their addresses")
+    sp.add_argument("--nodes", type=int, default=3)
+    sp.add_argument("--dir", default=".mesh", help="directory for the nodes' homes (default .mesh)")
+    sp.add_argument("--timeout", type=float, default=180)
+    sp.add_argument("--no-model", action="store_true", help="start nodes without the model")
+    sp.add_argument("--ready-only", action="store_true", help=argparse.SUPPRESS)
+
+    sp = add("submit", cmd_submit, "submit a job file to a node", api=True, json_flag=True)
+    sp.add_argument("job", help="job file (JSON)")
+    sp.add_argument("--redundancy", type=int, help="replicas per step (overrides the file)")
+    sp.add_argument("--quorum", help="majority | unanimous | K-of-N (overrides the file)")
+    sp.add_argument("--wait", action="store_true", help="wait for the result, showing progress on stderr")
+    sp.add_argument("--timeout", type=float, default=1800, help="give up waiting after this many seconds")
+
+    sp = add("job", cmd_job, "show a job's state and result", api=True, json_flag=True)
+    sp.add_argument("job_id")
+    sp.add_argument("--wait", action="store_true")
+    sp.add_argument("--timeout", type=float, default=1800)
+
+    add("status", cmd_status, "show the node, its peers and rejected envelopes", api=True, json_flag=True)
+
+    sp = add("ledger", cmd_ledger, "read this node's ledger (works while the node is stopped)", json_flag=True)
+    sp.add_argument("what", choices=["balance", "peers", "history", "verify"])
+    sp.add_argument("--limit", type=int, default=100, help="history: newest N entries")
+
+    sp = add("demo", cmd_demo, "start a local mesh, run the example job at redundancy 3, print results and credits")
+    sp.add_argument("--nodes", type=int, default=4, help="nodes (one submits, the others work; default 4)")
+    sp.add_argument("--dir", default=".mesh-demo")
+    sp.add_argument("--job", help="job file (default examples/demo-job.json)")
+    sp.add_argument("--redundancy", type=int, default=3)
+    sp.add_argument("--timeout", type=float, default=600)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UserError, ConfigError) as exc:
+        print(f"mesh: error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except MeshError as exc:
+        print(f"mesh: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

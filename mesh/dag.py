@@ -1,0 +1,189 @@
+"""Job files: parsing, validation and the step DAG. Everything that can be wrong with a job is found
+here, before anything runs, and reported as one JobError line."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from .canonical import canonical
+from .errors import JobError
+from .quorum import QuorumRule
+
+STEP_KINDS = ("python", "llm")
+REF = re.compile(r"\{([A-Za-z0-9_-]+)\.output\}")
+STEP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_STEPS = 1000
+
+
+@dataclass
+class Step:
+    id: str
+    kind: str
+    params: dict
+    after: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    name: str
+    steps: list[Step]
+    redundancy: int = 3
+    quorum: QuorumRule = field(default_factory=lambda: QuorumRule.parse("majority"))
+    timeout: float = 300.0
+    max_replicas: int = 0  # 0 → 2 × redundancy
+
+    @property
+    def replica_limit(self) -> int:
+        return self.max_replicas or 2 * self.redundancy
+
+    def order(self) -> list[str]:
+        """Step ids in a dependency-respecting order (stable: file order breaks ties)."""
+        g = self.graph()
+        index = {s.id: i for i, s in enumerate(self.steps)}
+        return list(nx.lexicographical_topological_sort(g, key=index.__getitem__))
+
+    def graph(self) -> nx.DiGraph:
+        g = nx.DiGraph()
+        for s in self.steps:
+            g.add_node(s.id)
+            g.add_edges_from((dep, s.id) for dep in s.after)
+        return g
+
+    def step(self, step_id: str) -> Step:
+        return next(s for s in self.steps if s.id == step_id)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "redundancy": self.redundancy, "quorum": self.quorum.spec,
+            "timeout": self.timeout, "max_replicas": self.replica_limit,
+            "steps": [{"id": s.id, "kind": s.kind, "params": s.params, "after": s.after} for s in self.steps],
+        }
+
+
+def load_job_text(text: str, source: str = "job") -> Job:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JobError(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    return parse_job(data, source)
+
+
+def _refs(value: Any) -> set[str]:
+    if isinstance(value, str):
+        return set(REF.findall(value))
+    if isinstance(value, list):
+        return set().union(*map(_refs, value)) if value else set()
+    if isinstance(value, dict):
+        return set().union(*map(_refs, value.values())) if value else set()
+    return set()
+
+
+def parse_job(data: Any, source: str = "job", redundancy: int | None = None, quorum: str | None = None) -> Job:
+    """Validate a decoded job object; `redundancy`/`quorum` override the file's values."""
+    if not isinstance(data, dict):
+        raise JobError(f"{source}: a job is a JSON object with a 'steps' list")
+    unknown = set(data) - {"name", "redundancy", "quorum", "steps", "timeout", "max_replicas"}
+    if unknown:
+        raise JobError(f"{source}: unknown job field {sorted(unknown)[0]!r}")
+    name = data.get("name", "job")
+    if not isinstance(name, str):
+        raise JobError(f"{source}: 'name' must be a string")
+    r = redundancy if redundancy is not None else data.get("redundancy", 3)
+    if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= 16:
+        raise JobError(f"{source}: redundancy must be an integer from 1 to 16, got {r!r}")
+    rule = QuorumRule.parse(quorum if quorum is not None else data.get("quorum", "majority"), r)
+    r = rule.n or r  # K-of-N fixes the redundancy at N
+    timeout = data.get("timeout", 300.0)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 1 <= timeout <= 3600:
+        raise JobError(f"{source}: timeout must be seconds from 1 to 3600")
+    max_rep = data.get("max_replicas", 0)
+    if not isinstance(max_rep, int) or isinstance(max_rep, bool) or not (max_rep == 0 or r <= max_rep <= 64):
+        raise JobError(f"{source}: max_replicas must be 0 (auto) or from redundancy to 64")
+    raw_steps = data.get("steps")
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise JobError(f"{source}: 'steps' must be a non-empty list")
+    if len(raw_steps) > MAX_STEPS:
+        raise JobError(f"{source}: at most {MAX_STEPS} steps")
+    steps: list[Step] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_steps):
+        steps.append(_parse_step(raw, i, seen, source))
+    for s in steps:
+        for dep in set(s.after) | _refs(s.params):
+            if dep not in seen:
+                raise JobError(f"{source}: step {s.id!r} refers to missing step {dep!r}")
+            if dep not in s.after:
+                s.after.append(dep)
+    job = Job(name=name, steps=steps, redundancy=r, quorum=rule, timeout=float(timeout), max_replicas=max_rep)
+    g = job.graph()
+    if not nx.is_directed_acyclic_graph(g):
+        cycle = " -> ".join(u for u, _ in nx.find_cycle(g))
+        raise JobError(f"{source}: steps form a cycle: {cycle}")
+    return job
+
+
+def _parse_step(raw: Any, i: int, seen: set[str], source: str) -> Step:
+    where = f"{source}: step {i + 1}"
+    if not isinstance(raw, dict):
+        raise JobError(f"{where} is not an object")
+    unknown = set(raw) - {"id", "kind", "params", "after"}
+    if unknown:
+        raise JobError(f"{where} has unknown field {sorted(unknown)[0]!r}")
+    sid = raw.get("id")
+    if not isinstance(sid, str) or not STEP_ID.match(sid):
+        raise JobError(f"{where}: 'id' must be 1-64 letters, digits, '-' or '_'")
+    if sid in seen:
+        raise JobError(f"{where}: duplicate step id {sid!r}")
+    seen.add(sid)
+    kind = raw.get("kind")
+    if kind not in STEP_KINDS:
+        raise JobError(f"{source}: step {sid!r} has unknown kind {kind!r} (known: {', '.join(STEP_KINDS)})")
+    params = raw.get("params", {})
+    if not isinstance(params, dict):
+        raise JobError(f"{source}: step {sid!r}: 'params' must be an object")
+    after = raw.get("after", [])
+    if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+        raise JobError(f"{source}: step {sid!r}: 'after' must be a list of step ids")
+    _check_params(sid, kind, params, source)
+    return Step(sid, kind, dict(params), list(dict.fromkeys(after)))
+
+
+def _check_params(sid: str, kind: str, params: dict, source: str) -> None:
+    where = f"{source}: step {sid!r}"
+    allowed = {"python": {"code"}, "llm": {"prompt", "max_tokens", "seed", "stop"}}[kind]
+    unknown = set(params) - allowed
+    if unknown:
+        raise JobError(f"{where}: unknown {kind} parameter {sorted(unknown)[0]!r} (known: {', '.join(sorted(allowed))})")
+    required = {"python": "code", "llm": "prompt"}[kind]
+    if not isinstance(params.get(required), str) or not params[required].strip():
+        raise JobError(f"{where}: {kind} step needs a non-empty string parameter {required!r}")
+    if kind == "llm":
+        mt = params.get("max_tokens", 64)
+        if not isinstance(mt, int) or isinstance(mt, bool) or not 1 <= mt <= 2048:
+            raise JobError(f"{where}: max_tokens must be an integer from 1 to 2048")
+        seed = params.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise JobError(f"{where}: seed must be an integer")
+        stop = params.get("stop", [])
+        if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop) or len(stop) > 8:
+            raise JobError(f"{where}: stop must be a list of at most 8 non-empty strings")
+
+
+def render(value: Any, outputs: dict[str, Any]) -> Any:
+    """Replace `{step.output}` in every string of `value` with that step's output (strings verbatim,
+    anything else as canonical JSON)."""
+    if isinstance(value, str):
+        def sub(m: re.Match) -> str:
+            out = outputs[m.group(1)]
+            return out if isinstance(out, str) else canonical(out).decode()
+        return REF.sub(sub, value)
+    if isinstance(value, list):
+        return [render(v, outputs) for v in value]
+    if isinstance(value, dict):
+        return {k: render(v, outputs) for k, v in value.items()}
+    return value

@@ -1,0 +1,53 @@
+"""One small error hierarchy: local mistakes (the user's input, this node's state) are told apart from
+faults of a remote peer, and each carries the data a caller needs to explain it."""
+
+from __future__ import annotations
+
+
+class MeshError(Exception):
+    """Base of every error homemesh raises on purpose."""
+
+
+class UserError(MeshError):
+    """Bad input from the person at the keyboard: the CLI prints it as one line and exits non-zero."""
+
+
+class JobError(UserError):
+    """A job file that cannot run: bad JSON, a cycle, an unknown kind, a missing reference."""
+
+
+class ConfigError(UserError):
+    """A node home, address or option that cannot be used."""
+
+
+class NodeUnreachable(UserError):
+    """The node's HTTP API did not answer."""
+
+
+class AuthError(UserError):
+    """The API token is missing or wrong."""
+
+
+class RemoteError(MeshError):
+    """A peer did something wrong; `peer` names it."""
+
+    def __init__(self, peer: str, message: str):
+        super().__init__(f"{peer[:12]}: {message}")
+        self.peer = peer
+
+
+class Rejected(MeshError):
+    """An envelope or frame failed a check; `reason` is the short counter key (e.g. 'bad-signature')."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class StepFailed(MeshError):
+    """A step ran and failed (sandbox error, timeout, model error); the message is shown to users."""
+
+
+class LedgerError(MeshError):
+    """The ledger could not be written or does not verify."""

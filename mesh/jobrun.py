@@ -1,0 +1,202 @@
+"""One job's run as a sans-I/O state machine: the driver (the node's asyncio loop, or the simulator) feeds
+it the workers it may use, replica answers, failures and the time; it answers with replicas to dispatch
+and step outcomes to record. It never touches a socket, a clock or a global RNG."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from .dag import Job, render
+from .policy import Candidate, place, step_credit
+from .quorum import Accept, GiveUp, NeedMore, Tally
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    step: str
+    node: str
+    kind: str
+    params: dict
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the ledger records once a step is settled (accepted or given up)."""
+
+    step: str
+    kind: str
+    accepted: bool
+    digest: str
+    agreeing: tuple[str, ...]
+    dissenting: tuple[str, ...]
+    failed: tuple[str, ...]
+    credit: float  # per agreeing worker
+    reason: str = ""
+
+
+@dataclass
+class Replica:
+    node: str
+    digest: str = ""
+    output: Any = None
+    work: dict = field(default_factory=dict)
+    error: str = ""
+    deadline: float = 0.0
+
+
+@dataclass
+class StepRun:
+    kind: str
+    status: str = "waiting"  # waiting | running | done | failed | skipped
+    tally: Tally | None = None
+    params: dict | None = None
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    output: Any = None
+    digest: str = ""
+    error: str = ""
+    credit: float = 0.0
+
+
+class JobRun:
+    def __init__(self, job_id: str, job: Job, rng: random.Random):
+        self.job_id = job_id
+        self.job = job
+        self.rng = rng
+        self.order = job.order()
+        self.steps = {sid: StepRun(job.step(sid).kind) for sid in self.order}
+        self.outcomes: list[Outcome] = []
+
+    # -- inputs -------------------------------------------------------------------------------------
+    def on_result(self, step: str, node: str, ok: bool, digest: str, output: Any, work: dict, error: str) -> bool:
+        """A worker's answer; False when it was not expected (never asked, late, or a duplicate)."""
+        run = self.steps.get(step)
+        if run is None or run.tally is None or run.status != "running":
+            return False
+        rep = run.replicas[node] if node in run.replicas else None
+        if rep is None:
+            return False
+        accepted = run.tally.answer(node, digest) if ok else run.tally.fail(node, error or "step error")
+        if accepted:
+            rep.digest, rep.output, rep.work, rep.error = (digest, output, work, "") if ok else ("", None, {}, error)
+        return accepted
+
+    def on_failure(self, step: str, node: str, reason: str) -> bool:
+        run = self.steps.get(step)
+        if run is None or run.tally is None or run.status != "running":
+            return False
+        if run.tally.fail(node, reason):
+            run.replicas[node].error = reason
+            return True
+        return False
+
+    def on_node_lost(self, node: str, reason: str) -> None:
+        for sid, run in self.steps.items():
+            if run.tally and node in run.tally.pending:
+                self.on_failure(sid, node, reason)
+
+    def on_time(self, now: float) -> None:
+        for sid, run in self.steps.items():
+            if run.status == "running" and run.tally:
+                for node in list(run.tally.pending):
+                    if run.replicas[node].deadline <= now:
+                        self.on_failure(sid, node, "timeout")
+
+    # -- outputs ------------------------------------------------------------------------------------
+    def advance(self, workers: dict[str, list[Candidate]], now: float) -> list[Dispatch]:
+        """Settle what can be settled and return the replicas to send. `workers` maps a step kind to
+        the candidates able to run it (never the submitter itself)."""
+        out: list[Dispatch] = []
+        progressed = True
+        while progressed:
+            progressed = False
+            for sid in self.order:
+                run = self.steps[sid]
+                step = self.job.step(sid)
+                if run.status == "waiting":
+                    deps = [self.steps[d].status for d in step.after]
+                    if any(d in ("failed", "skipped") for d in deps):
+                        run.status, run.error = "skipped", "an earlier step failed"
+                        progressed = True
+                        continue
+                    if not all(d == "done" for d in deps):
+                        continue
+                    run.params = render(step.params, {d: self.steps[d].output for d in step.after})
+                    if run.kind == "python":
+                        run.params = {**run.params, "inputs": {d: self.steps[d].output for d in step.after}}
+                    run.tally = Tally(self.job.quorum, self.job.redundancy, self.job.replica_limit)
+                    run.status = "running"
+                    eligible = len(workers.get(run.kind, []))
+                    if eligible < self.job.redundancy:
+                        self._settle(sid, GiveUp(
+                            f"needs {self.job.redundancy} workers able to run {run.kind} steps other than the "
+                            f"submitter, the mesh offers {eligible}"))
+                        progressed = True
+                        continue
+                if run.status != "running":
+                    continue
+                decision = run.tally.decide()
+                if run.tally.issued == 0:  # first placement: the job's full redundancy, not just a quorum
+                    decision = NeedMore(self.job.redundancy)
+                if isinstance(decision, NeedMore):
+                    fresh = [c for c in workers.get(run.kind, []) if not run.tally.used(c.node)]
+                    picked = place(fresh, decision.count, self.rng)
+                    if not picked:
+                        decision = GiveUp("no unused worker left: " + run.tally.evidence())
+                    for node in picked:
+                        run.tally.issue(node)
+                        run.replicas[node] = Replica(node, deadline=now + self.job.timeout)
+                        out.append(Dispatch(sid, node, run.kind, run.params, now + self.job.timeout))
+                if isinstance(decision, (Accept, GiveUp)):
+                    self._settle(sid, decision)
+                    progressed = True
+        return out
+
+    def _settle(self, sid: str, decision: Accept | GiveUp) -> None:
+        run = self.steps[sid]
+        tally = run.tally
+        if isinstance(decision, Accept):
+            agreeing = [run.replicas[n] for n in decision.agreeing]
+            run.status, run.digest, run.output = "done", decision.digest, agreeing[0].output
+            run.credit = step_credit(run.kind, [r.work for r in agreeing])
+            self.outcomes.append(Outcome(sid, run.kind, True, decision.digest, decision.agreeing,
+                                         decision.dissenting, decision.failed, run.credit))
+        else:
+            run.status, run.error = "failed", decision.reason
+            dissent = tuple(sorted(tally.answers)) if tally else ()
+            failed = tuple(sorted(tally.failures)) if tally else ()
+            self.outcomes.append(Outcome(sid, run.kind, False, "", (), dissent, failed, 0.0, decision.reason))
+        if tally:
+            for node in list(tally.pending):  # answers still out no longer matter
+                tally.fail(node, "not needed")
+
+    def take_outcomes(self) -> list[Outcome]:
+        out, self.outcomes = self.outcomes, []
+        return out
+
+    @property
+    def finished(self) -> bool:
+        return all(r.status in ("done", "failed", "skipped") for r in self.steps.values())
+
+    @property
+    def status(self) -> str:
+        if not self.finished:
+            return "running"
+        return "done" if all(r.status == "done" for r in self.steps.values()) else "failed"
+
+    def report(self) -> dict:
+        steps = {}
+        for sid, run in self.steps.items():
+            replicas = []
+            for node, rep in run.replicas.items():
+                entry = {"node": node, "digest": rep.digest, "agreed": bool(run.digest) and rep.digest == run.digest}
+                if rep.error:
+                    entry["error"] = rep.error
+                replicas.append(entry)
+            steps[sid] = {"status": run.status, "kind": run.kind, "output": run.output, "digest": run.digest,
+                          "replicas": replicas, "credit": run.credit}
+            if run.error:
+                steps[sid]["error"] = run.error
+        return {"job_id": self.job_id, "name": self.job.name, "status": self.status, "steps": steps}

@@ -1,0 +1,145 @@
+"""A local mesh: N node processes on loopback, each in its own process group so stopping one stops its
+actors too. Used by `mesh up`, `mesh demo` and the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .client import Client
+from .errors import ConfigError, MeshError, UserError
+from .home import RuntimeInfo, read_token
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class LocalNode:
+    home: Path
+    listen: str
+    api_port: int
+    proc: subprocess.Popen | None = None
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def client(self) -> Client:
+        return Client(f"http://127.0.0.1:{self.api_port}", read_token(self.home))
+
+    @property
+    def node_id(self) -> str:
+        return RuntimeInfo.read(self.home).node
+
+    def start(self, bootstrap: list[str]) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "node.json").unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "mesh", "node", "--home", str(self.home), "--listen", self.listen,
+               "--api", f"127.0.0.1:{self.api_port}", *self.extra]
+        for b in bootstrap:
+            cmd += ["--bootstrap", b]
+        log = open(self.home / "stdout.log", "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the node's whole process group (the node and its actors)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc is None:
+            return
+        self.kill(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill(signal.SIGKILL)  # whatever the node left behind in its group
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def last_log(self) -> str:
+        try:
+            lines = (self.home / "stdout.log").read_text(errors="replace").strip().splitlines()
+        except FileNotFoundError:
+            return ""
+        return lines[-1] if lines else ""
+
+
+class LocalMesh:
+    def __init__(self, directory: Path, n: int, extra: Callable[[int], list[str]] | None = None):
+        if n < 1:
+            raise UserError("--nodes must be at least 1")
+        ports = free_ports(2 * n)
+        self.nodes = [LocalNode(directory / f"node{i}", f"127.0.0.1:{ports[2 * i]}", ports[2 * i + 1],
+                                extra=(extra(i) if extra else [])) for i in range(n)]
+
+    def start(self) -> None:
+        first = self.nodes[0]
+        for node in self.nodes:
+            node.start([] if node is first else [first.listen])
+
+    def wait_ready(self, timeout: float = 180, progress: Callable[[str], None] | None = None) -> float:
+        """Poll until every node is up and knows every other; returns the seconds it took."""
+        t0 = time.monotonic()
+        want = len(self.nodes) - 1
+        last = ""
+        while True:
+            ready = 0
+            for node in self.nodes:
+                if not node.alive():
+                    raise MeshError(f"node in {node.home} exited: {node.last_log() or 'see its stdout.log'}")
+                try:
+                    status = node.client.request("GET", "/status", timeout=2)
+                except (MeshError, ConfigError):
+                    continue
+                if sum(p["state"] == "up" and p["connected"] for p in status["peers"]) >= want:
+                    ready += 1
+            line = f"{ready}/{len(self.nodes)} nodes ready"
+            if progress and line != last:
+                progress(line)
+                last = line
+            if ready == len(self.nodes):
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise MeshError(f"mesh not ready after {timeout:g} s ({line})")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill(signal.SIGTERM)
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> "LocalMesh":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

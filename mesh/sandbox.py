@@ -1,0 +1,124 @@
+"""Runs untrusted Python in bubblewrap: no network (not even loopback), no home, the key nowhere in
+sight, a tmpfs /tmp, rlimits on CPU, memory, file size and processes, a wall-clock timeout and capped
+output. The step's code sees `inputs` and sets `output`."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+from .errors import StepFailed
+
+OUTPUT_CAP = 1 << 20
+STREAM_CAP = 64 * 1024
+MEMORY_LIMIT = 1 << 30
+MARK = "\x1ehomemesh-result\x1e"
+
+# Runs inside the sandbox. It is the only code here that executes a peer's text, and only there.
+_RUNNER = r"""
+import io, json, sys, time
+req = json.loads(sys.stdin.read())
+out, err = io.StringIO(), io.StringIO()
+real = sys.stdout
+sys.stdout, sys.stderr = out, err
+scope = {"inputs": req["inputs"], "__name__": "__step__"}
+res = {"ok": True}
+t0 = time.process_time()
+try:
+    exec(compile(req["code"], "<step>", "exec"), scope)
+    res["output"] = json.loads(json.dumps(scope.get("output"), allow_nan=False))
+except BaseException as e:
+    res = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
+res["cpu_s"] = time.process_time() - t0
+res["stdout"] = out.getvalue()[:CAP]
+res["stderr"] = err.getvalue()[:CAP]
+real.write(MARK + json.dumps(res))
+real.flush()
+""".replace("CAP", str(STREAM_CAP)).replace("MARK", repr(MARK))
+
+
+@dataclass(frozen=True)
+class PythonResult:
+    output: object
+    stdout: str
+    stderr: str
+    cpu_s: float
+
+
+def bwrap_path() -> str | None:
+    return shutil.which("bwrap")
+
+
+def _interpreter() -> tuple[str, str]:
+    prefix = os.path.realpath(sys.base_prefix)
+    for name in (f"python{sys.version_info.major}.{sys.version_info.minor}", "python3"):
+        exe = os.path.join(prefix, "bin", name)
+        if os.path.exists(exe):
+            return prefix, exe
+    raise StepFailed(f"no python interpreter under {prefix}")
+
+
+def bwrap_command(bwrap: str) -> list[str]:
+    prefix, exe = _interpreter()
+    cmd = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+           "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
+    for d in ("/lib", "/lib64", "/bin"):
+        cmd += ["--ro-bind-try", d, d]
+    if not prefix.startswith("/usr/"):
+        cmd += ["--ro-bind", prefix, prefix]
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp", exe, "-I", "-S", "-c", _RUNNER]
+    return cmd
+
+
+def _limits(cpu_s: int) -> None:
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
+    resource.setrlimit(resource.RLIMIT_NPROC, (256, 256))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def run_python(code: str, inputs: dict, timeout: float, sandboxed: bool = True) -> PythonResult:
+    """Run one python step. `sandboxed=False` (operator opt-in only) skips bwrap but keeps the limits."""
+    if sandboxed:
+        bwrap = bwrap_path()
+        if bwrap is None:
+            raise StepFailed("bubblewrap (bwrap) is not installed; refusing to run python without a sandbox")
+        cmd = bwrap_command(bwrap)
+        cwd = None
+    else:
+        _, exe = _interpreter()
+        cmd = [exe, "-I", "-S", "-c", _RUNNER]
+        cwd = tempfile.mkdtemp(prefix="mesh-step-")
+    try:
+        proc = subprocess.run(
+            cmd, input=json.dumps({"code": code, "inputs": inputs}).encode(), capture_output=True,
+            timeout=timeout, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd=cwd,
+            preexec_fn=lambda: _limits(max(1, int(timeout) + 1)),
+        )
+    except subprocess.TimeoutExpired:
+        raise StepFailed(f"python step timed out after {timeout:g} s") from None
+    finally:
+        if cwd:
+            shutil.rmtree(cwd, ignore_errors=True)
+    stdout = proc.stdout
+    if len(stdout) > OUTPUT_CAP + 2 * STREAM_CAP:
+        raise StepFailed(f"python step output over {OUTPUT_CAP} bytes")
+    text = stdout.decode("utf-8", "replace")
+    if MARK not in text:
+        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        raise StepFailed(f"python step died: {tail[0][:300]}")
+    try:
+        res = json.loads(text.rsplit(MARK, 1)[1])
+        ok, cpu = bool(res["ok"]), float(res["cpu_s"])
+    except (ValueError, KeyError, TypeError):
+        raise StepFailed("python step produced an unreadable result") from None
+    if not ok:
+        raise StepFailed(res["error"][:500])
+    return PythonResult(res.get("output"), str(res.get("stdout", "")), str(res.get("stderr", "")), cpu)
