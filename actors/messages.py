@@ -15,6 +15,8 @@ class NodeConfig:
     sandboxed: bool
     n_threads: int = 0
     load_model: bool = True
+    model_path: str = ""  # a GGUF registered by path; empty → the default model package
+    model_sha256: str = ""
 
 
 @dataclass

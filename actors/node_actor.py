@@ -63,7 +63,7 @@ class NodeActor(ActorTypeDispatcher):
             from mesh.models import default_model
 
             try:
-                path, sha = default_model()
+                path, sha = (msg.model_path, msg.model_sha256) if msg.model_path else default_model()
             except ConfigError as exc:
                 self.model_error = str(exc)
             else:

@@ -26,9 +26,58 @@ def loopback_only() -> None:
     _patched = True
 
 
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux), so a node killed with -9
+    takes its actors with it instead of leaving orphans holding ports and models."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def owned_processes() -> None:
+    """Keep Thespian's admin and actors inside the node's process group and tied to their parents.
+    Thespian daemonizes its admin (setsid + double fork), which would orphan every actor of a node that
+    dies; here the admin skips that, and every actor process dies with the one that forked it."""
+    import thespian.system.multiprocCommon as mc
+
+    if getattr(mc, "_homemesh_owned", False):
+        return
+    start_admin, start_child, start_logger = mc.startAdmin, mc.startChild, mc.startupASLogger
+
+    def startAdmin(*args, **kwargs):
+        real_setsid, real_fork = os.setsid, os.fork
+
+        def fork_once() -> int:  # "if os.fork(): sys.exit(0)": pretend to be the grandchild
+            os.fork = real_fork
+            return 0
+
+        os.setsid, os.fork = (lambda: None), fork_once
+        _die_with_parent()
+        try:
+            return start_admin(*args, **kwargs)
+        finally:
+            os.setsid, os.fork = real_setsid, real_fork
+
+    def startChild(*args, **kwargs):
+        _die_with_parent()
+        return start_child(*args, **kwargs)
+
+    def startupASLogger(*args, **kwargs):
+        _die_with_parent()
+        return start_logger(*args, **kwargs)
+
+    mc.startAdmin, mc.startChild, mc.startupASLogger = startAdmin, startChild, startupASLogger
+    mc._homemesh_owned = True
+
+
 def start(admin_port: int, log_file: Path):
     """Start a private multiprocTCPBase system for one node, loopback only, logging to `log_file`."""
     loopback_only()
+    owned_processes()
     os.environ["THESPLOG_FILE"] = str(log_file)
     os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
     os.environ["THESPIAN_BASE_IPADDR"] = "127.0.0.1"

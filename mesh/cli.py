@@ -43,6 +43,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         bootstrap=[parse_hostport(b, "--bootstrap") for b in args.bootstrap], network=args.network,
         fault=args.fault or "", allow_unsandboxed_python=args.allow_unsandboxed_python,
         load_model=not args.no_model, threads=args.threads,
+        model=Path(args.model).expanduser() if args.model else None,
     )
     run_node(opts)
     return 0
@@ -262,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run peers' python steps even without bubblewrap (dangerous; off by default)")
     sp.add_argument("--no-model", action="store_true", help="do not load the default model (no llm steps)")
     sp.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: up to 4)")
+    sp.add_argument("--model", metavar="PATH.gguf", help="serve this GGUF model instead of the default Gemma 3 270M")
 
     sp = add("up", cmd_up, "start N nodes on loopback, wait until they know each other, print their addresses")
     sp.add_argument("--nodes", type=int, default=3)

@@ -27,6 +27,12 @@ class Step:
     params: dict
     after: list[str] = field(default_factory=list)
 
+    @property
+    def needs(self) -> str:
+        """The capability a worker must offer: 'python', or 'llm:<model sha256>' ('llm:default' for the
+        default model)."""
+        return f"llm:{self.params.get('model', 'default')}" if self.kind == "llm" else self.kind
+
 
 @dataclass
 class Job:
@@ -155,7 +161,7 @@ def _parse_step(raw: Any, i: int, seen: set[str], source: str) -> Step:
 
 def _check_params(sid: str, kind: str, params: dict, source: str) -> None:
     where = f"{source}: step {sid!r}"
-    allowed = {"python": {"code"}, "llm": {"prompt", "max_tokens", "seed", "stop"}}[kind]
+    allowed = {"python": {"code"}, "llm": {"prompt", "max_tokens", "seed", "stop", "model"}}[kind]
     unknown = set(params) - allowed
     if unknown:
         raise JobError(f"{where}: unknown {kind} parameter {sorted(unknown)[0]!r} (known: {', '.join(sorted(allowed))})")
@@ -169,6 +175,9 @@ def _check_params(sid: str, kind: str, params: dict, source: str) -> None:
         seed = params.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise JobError(f"{where}: seed must be an integer")
+        model = params.get("model", "default")
+        if model != "default" and not (isinstance(model, str) and re.fullmatch(r"[0-9a-f]{64}", model)):
+            raise JobError(f"{where}: model must be 'default' or a model's SHA-256 (64 lowercase hex digits)")
         stop = params.get("stop", [])
         if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop) or len(stop) > 8:
             raise JobError(f"{where}: stop must be a list of at most 8 non-empty strings")

@@ -84,14 +84,23 @@ class FrameDecoder:
     def __init__(self, cap: int = DEFAULT_FRAME_CAP):
         self.cap = cap
         self._buf = bytearray()
+        self.error: Rejected | None = None  # sticky: once framing is lost, nothing after it aligns
 
     def feed(self, data: bytes) -> list[bytes]:
+        """Complete frame bodies in `data` (plus what was buffered). A header over the cap raises
+        Rejected('frame-too-large'); frames that came before it are returned first and the error is
+        kept in `error` (and raised by the next call)."""
+        if self.error:
+            raise self.error
         self._buf += data
-        out = []
+        out: list[bytes] = []
         while len(self._buf) >= _HEADER.size:
             (length,) = _HEADER.unpack_from(self._buf)
             if length > self.cap:
-                raise Rejected("frame-too-large", f"{length} bytes > cap {self.cap}")
+                self.error = Rejected("frame-too-large", f"{length} bytes > cap {self.cap}")
+                if not out:
+                    raise self.error
+                break
             if len(self._buf) < _HEADER.size + length:
                 break
             out.append(bytes(self._buf[_HEADER.size:_HEADER.size + length]))

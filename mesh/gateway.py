@@ -94,6 +94,9 @@ class Gateway:
                         self._reject(conn, Rejected("sender-changed", "second identity on one connection"))
                         return
                     self.handler.on_envelope(env, conn)
+                if decoder.error:
+                    self._reject(conn, decoder.error)
+                    break
         except (ConnectionError, OSError):
             pass
         finally:

@@ -106,8 +106,8 @@ class JobRun:
 
     # -- outputs ------------------------------------------------------------------------------------
     def advance(self, workers: dict[str, list[Candidate]], now: float) -> list[Dispatch]:
-        """Settle what can be settled and return the replicas to send. `workers` maps a step kind to
-        the candidates able to run it (never the submitter itself)."""
+        """Settle what can be settled and return the replicas to send. `workers` maps a capability
+        (Step.needs) to the candidates offering it (never the submitter itself)."""
         out: list[Dispatch] = []
         progressed = True
         while progressed:
@@ -128,10 +128,10 @@ class JobRun:
                         run.params = {**run.params, "inputs": {d: self.steps[d].output for d in step.after}}
                     run.tally = Tally(self.job.quorum, self.job.redundancy, self.job.replica_limit)
                     run.status = "running"
-                    eligible = len(workers.get(run.kind, []))
+                    eligible = len(workers.get(step.needs, []))
                     if eligible < self.job.redundancy:
                         self._settle(sid, GiveUp(
-                            f"needs {self.job.redundancy} workers able to run {run.kind} steps other than the "
+                            f"needs {self.job.redundancy} workers able to run {step.needs} steps other than the "
                             f"submitter, the mesh offers {eligible}"))
                         progressed = True
                         continue
@@ -141,7 +141,7 @@ class JobRun:
                 if run.tally.issued == 0:  # first placement: the job's full redundancy, not just a quorum
                     decision = NeedMore(self.job.redundancy)
                 if isinstance(decision, NeedMore):
-                    fresh = [c for c in workers.get(run.kind, []) if not run.tally.used(c.node)]
+                    fresh = [c for c in workers.get(step.needs, []) if not run.tally.used(c.node)]
                     picked = place(fresh, decision.count, self.rng)
                     if not picked:
                         decision = GiveUp("no unused worker left: " + run.tally.evidence())

@@ -37,6 +37,7 @@ class LocalNode:
     listen: str
     api_port: int
     proc: subprocess.Popen | None = None
+    threads: int = 1  # many nodes share this machine's cores: oversubscribed llama.cpp threads spin
     extra: list[str] = field(default_factory=list)
 
     @property
@@ -51,7 +52,7 @@ class LocalNode:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "node.json").unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "mesh", "node", "--home", str(self.home), "--listen", self.listen,
-               "--api", f"127.0.0.1:{self.api_port}", *self.extra]
+               "--api", f"127.0.0.1:{self.api_port}", "--threads", str(self.threads), *self.extra]
         for b in bootstrap:
             cmd += ["--bootstrap", b]
         log = open(self.home / "stdout.log", "ab")

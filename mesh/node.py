@@ -39,8 +39,8 @@ from .gateway import Connection, Gateway
 from .home import LEDGER_FILE, RuntimeInfo, ensure_token
 from .identity import Identity, load_or_create
 from .jobrun import Dispatch, JobRun, Outcome
-from .models import default_model_sha
 from .messages import Bye, Hello, PeerRef, ReceiptMsg, StepRequest, StepResult
+from .models import default_model_sha, sha256_file
 from .peers import Peer, prefix_of
 from .policy import Candidate, reputation
 from .sandbox import bwrap_path
@@ -63,6 +63,7 @@ class NodeOptions:
     load_model: bool = True
     threads: int = 0
     frame_cap: int = DEFAULT_FRAME_CAP
+    model: Path | None = None
 
 
 @dataclass
@@ -313,6 +314,9 @@ class Node:
         if req.kind not in self.kinds:
             why = self.model_error if req.kind == "llm" else "no sandbox (bwrap) on this node"
             return fail(f"this node does not run {req.kind} steps: {why}")
+        model = req.params.get("model", "default")
+        if req.kind == "llm" and (default_model_sha() if model == "default" else model) not in self.models:
+            return fail(f"this node does not hold model {str(model)[:16]}")
         timeout = max(1.0, min(req.timeout, 3600.0))
         try:
             done = await self.bridge.ask(
@@ -349,15 +353,15 @@ class Node:
 
     def candidates(self) -> dict[str, list[Candidate]]:
         out: dict[str, list[Candidate]] = {}
-        model = default_model_sha()
+        default = default_model_sha()
         for peer in self.peers.values():
-            if not peer.connected:
+            if not peer.connected or peer.state != "up":
                 continue
             s = self.stats.get(peer.node, {})
-            rep = reputation(s.get("agreed", 0), s.get("disagreed", 0), s.get("no_show", 0))
-            for kind in ("python", "llm"):
-                if peer.can_run(kind, model if kind == "llm" else ""):
-                    out.setdefault(kind, []).append(Candidate(peer.node, rep, prefix_of(peer.addr)))
+            cand = Candidate(peer.node, reputation(s.get("agreed", 0), s.get("disagreed", 0), s.get("no_show", 0)),
+                             prefix_of(peer.addr))
+            for cap in peer.capabilities(default):
+                out.setdefault(cap, []).append(cand)
         return out
 
     async def _drive(self, job_id: str, st: JobState) -> None:
@@ -493,6 +497,11 @@ def run_node(opts: NodeOptions) -> None:
         raise ConfigError(f"--fault must be one of {', '.join(FAULTS)}")
     if opts.api[0] not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError("the API listens on loopback only (it holds the power to spend credits)")
+    model_sha = ""
+    if opts.model is not None:
+        if not opts.model.is_file():
+            raise ConfigError(f"model file {opts.model} not found")
+        model_sha = sha256_file(opts.model)
     identity, _ = load_or_create(opts.home)
     for (host, port), what in ((opts.listen, "peer"), (opts.api, "API")):
         bind(host, port, what).close()  # fail fast, before forking the actor system
@@ -504,7 +513,7 @@ def run_node(opts: NodeOptions) -> None:
 
         node_actor = asys.createActor(NodeActor)
         ready = asys.ask(node_actor, NodeConfig(str(opts.home), str(opts.home / LEDGER_FILE), True, opts.threads,
-                                                opts.load_model), 120)
+                                                opts.load_model, str(opts.model or ""), model_sha), 120)
         if not isinstance(ready, NodeReady):
             raise MeshError("the node's actors did not start (see actors.log in the node's home)")
         if ready.error:

@@ -34,8 +34,12 @@ class Peer:
         self.addr, self.kinds, self.models, self.sandbox = hello.listen, hello.kinds, hello.models, hello.sandbox
         self.last_seen, self.state, self.failures = now, "up", 0
 
-    def can_run(self, kind: str, model: str = "") -> bool:
-        return self.state == "up" and kind in self.kinds and (not model or model in self.models)
+    def capabilities(self, default_model: str) -> list[str]:
+        """What this peer offers, in Step.needs terms."""
+        caps = [k for k in self.kinds if k != "llm"]
+        if "llm" in self.kinds:
+            caps += [f"llm:{m}" for m in self.models] + (["llm:default"] if default_model in self.models else [])
+        return caps
 
 
 def prefix_of(addr: str) -> str:

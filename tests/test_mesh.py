@@ -1,0 +1,185 @@
+"""End to end on real node processes on loopback: real actors, sandbox, model and SQLite ledgers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mesh.local import free_ports
+
+from .conftest import ROOT, cli_json, run_cli, tree_pids, wait_for, write_job
+
+pytestmark = pytest.mark.mesh
+
+PY_STEP = {"id": "sum", "kind": "python", "params": {"code": "output = sum(range(10)) * 2"}}
+
+
+def balances(mesh) -> list[float]:
+    return [cli_json("ledger", "balance", "--home", str(n.home))["balance"] for n in mesh.nodes]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.llm
+def test_python_and_llm_job_at_r3(make_mesh, tmp_path: Path):
+    """Submitter + 3 workers: each step runs on 3 distinct other nodes, all agree, output flows on."""
+    mesh = make_mesh(4)
+    job = write_job(tmp_path / "job.json", [
+        {"id": "nums", "kind": "python", "params": {"code": "output = {'a': 6, 'b': 7, 'prod': 6 * 7}"}},
+        {"id": "say", "kind": "llm", "params": {"prompt": "Numbers: {nums.output}\nThe capital of France is",
+                                                  "max_tokens": 8}},
+    ])
+    rep = cli_json("submit", job, "--home", str(mesh.nodes[0].home), "--redundancy", "3", "--wait", timeout=240)
+    assert rep["status"] == "done", rep
+    assert set(rep) >= {"job_id", "status", "steps"}
+    submitter = mesh.nodes[0].node_id
+    workers = {n.node_id for n in mesh.nodes[1:]}
+    for sid in ("nums", "say"):
+        step = rep["steps"][sid]
+        assert step["status"] == "done"
+        assert set(step) >= {"status", "output", "digest", "replicas"}
+        nodes = [r["node"] for r in step["replicas"]]
+        assert len(nodes) == 3 and set(nodes) == workers and submitter not in nodes
+        assert all(r["agreed"] and r["digest"] == step["digest"] for r in step["replicas"])
+    assert rep["steps"]["nums"]["output"] == {"a": 6, "b": 7, "prod": 42}
+    assert isinstance(rep["steps"]["say"]["output"], str) and rep["steps"]["say"]["output"].strip()
+
+    # ledgers: the submitter paid, every worker earned the same, every chain verifies
+    bal = wait_for(lambda: (b := balances(mesh)) and all(x > 0 for x in b[1:]) and b, 30, "receipts to land")
+    assert bal[0] < 0
+    assert bal[1] == bal[2] == bal[3]
+    assert abs(sum(bal)) < 1e-9
+    for n in mesh.nodes:
+        res = run_cli("ledger", "verify", "--home", str(n.home))
+        assert res.returncode == 0, res.stdout + res.stderr
+    peers = cli_json("ledger", "peers", "--home", str(mesh.nodes[0].home))
+    assert {p["node"] for p in peers} == workers
+    assert all(0 <= p["reputation"] <= 1 and p["agreed"] == 2 and p["disagreed"] == 0 for p in peers)
+
+
+@pytest.mark.timeout(240)
+def test_wrong_node_is_outvoted_earns_nothing_and_ranks_last(make_mesh, tmp_path: Path):
+    mesh = make_mesh(5, lambda i: ["--no-model"] + (["--fault", "wrong"] if i == 4 else []))
+    bad = mesh.nodes[4].node_id
+    job = write_job(tmp_path / "job.json", [PY_STEP])
+    picked_bad = 0
+    for _ in range(12):
+        rep = cli_json("submit", job, "--home", str(mesh.nodes[0].home), "--redundancy", "3", "--wait")
+        assert rep["status"] == "done", rep
+        step = rep["steps"]["sum"]
+        assert step["output"] == 90
+        for r in step["replicas"]:
+            assert r["agreed"] == (r["node"] != bad)
+        picked_bad += any(r["node"] == bad for r in step["replicas"])
+        if picked_bad >= 2:
+            break
+    assert picked_bad >= 1, "the faulty node was never placed"
+    wait_for(lambda: all(b > 0 for b in balances(mesh)[1:4]), 30, "honest workers' receipts")
+    assert balances(mesh)[4] == 0
+    ranking = cli_json("ledger", "peers", "--home", str(mesh.nodes[0].home))
+    assert ranking[-1]["node"] == bad
+    assert ranking[-1]["disagreed"] == picked_bad and ranking[-1]["agreed"] == 0
+    assert ranking[-1]["reputation"] < min(p["reputation"] for p in ranking[:-1])
+
+
+@pytest.mark.timeout(120)
+def test_only_the_peer_port_listens_beyond_loopback(tmp_path: Path):
+    """Thespian's admin and actor ports, and the API, must all be on 127.0.0.1 (DESIGN §1)."""
+    peer_port, api_port = free_ports(2)
+    home = tmp_path / "n"
+    proc = subprocess.Popen([sys.executable, "-m", "mesh", "node", "--home", str(home), "--no-model",
+                             "--listen", f"0.0.0.0:{peer_port}", "--api", f"127.0.0.1:{api_port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
+    try:
+        wait_for(lambda: (home / "node.json").exists(), 60, "the node to be ready")
+        pids = tree_pids(proc.pid)
+        assert len(pids) >= 4, "expected the node, the Thespian admin and the node's actors"
+        listeners = wait_for(lambda: [(p, c.laddr) for p in pids for c in psutil.Process(p).net_connections("tcp")
+                                      if c.status == psutil.CONN_LISTEN] or None, 10, "listeners")
+        outside = {addr.port for _, addr in listeners if addr.ip not in ("127.0.0.1", "::1")}
+        assert outside == {peer_port}, listeners
+        assert len({addr.port for _, addr in listeners}) >= 4  # peer, API, admin, actors all seen
+    finally:
+        import os
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+
+
+@pytest.mark.timeout(180)
+def test_killed_worker_mid_job_lets_the_others_finish(make_mesh, tmp_path: Path):
+    mesh = make_mesh(4, lambda i: ["--no-model"])
+    slow = write_job(tmp_path / "slow.json", [
+        {"id": "nap", "kind": "python", "params": {"code": "import time\ntime.sleep(4)\noutput = 'rested'"}}])
+    client = mesh.nodes[0].client
+    job_id = client.request("POST", "/jobs", {"job": json.loads(Path(slow).read_text()), "redundancy": 3})["job_id"]
+    wait_for(lambda: len(client.request("GET", f"/jobs/{job_id}")["steps"]["nap"]["replicas"]) == 3, 20,
+             "3 replicas dispatched")
+    victim = mesh.nodes[3]
+    victim.kill()
+    rep = wait_for(lambda: (r := client.request("GET", f"/jobs/{job_id}?wait=2")) and r["status"] != "running" and r,
+                   60, "the job to end")
+    assert rep["status"] == "done", rep
+    step = rep["steps"]["nap"]
+    assert step["output"] == "rested"
+    agreed = {r["node"] for r in step["replicas"] if r["agreed"]}
+    assert len(agreed) == 2 and victim.node_id not in agreed
+
+    # now too few remain: kill one more worker mid-step → the step fails and says why
+    job_id = client.request("POST", "/jobs", {"job": json.loads(Path(slow).read_text()), "redundancy": 2})["job_id"]
+    wait_for(lambda: len(client.request("GET", f"/jobs/{job_id}")["steps"]["nap"]["replicas"]) == 2, 20,
+             "2 replicas dispatched")
+    mesh.nodes[2].kill()
+    rep = wait_for(lambda: (r := client.request("GET", f"/jobs/{job_id}?wait=2")) and r["status"] != "running" and r,
+                   60, "the job to end")
+    assert rep["status"] == "failed"
+    assert "connection lost" in rep["steps"]["nap"]["error"], rep
+
+
+@pytest.mark.timeout(120)
+def test_mesh_up_starts_nodes_that_know_each_other_and_ctrl_c_stops_them(tmp_path: Path):
+    proc = subprocess.Popen([sys.executable, "-m", "mesh", "up", "--nodes", "3", "--dir", str(tmp_path / "up"),
+                             "--no-model"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=ROOT, start_new_session=True)
+    try:
+        first = proc.stdout.readline()
+        assert "mesh of 3 nodes ready" in first, first
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert all("API http://127.0.0.1:" in line for line in lines)
+        homes = [tmp_path / "up" / f"node{i}" for i in range(3)]
+        pids = [json.loads((h / "node.json").read_text())["pid"] for h in homes]
+        for h in homes:
+            st = cli_json("status", "--home", str(h))
+            assert len([p for p in st["peers"] if p["state"] == "up"]) == 2
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+        wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                                 for p in pids), 30, "every node to stop")
+    finally:
+        import os
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.timeout(120)
+def test_garbage_on_the_peer_port_is_counted_and_the_node_keeps_serving(make_mesh, tmp_path: Path):
+    mesh = make_mesh(4, lambda i: ["--no-model"])
+    host, port = mesh.nodes[1].listen.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(len(b"not json at all").to_bytes(4, "big") + b"not json at all")
+        s.sendall((10 << 20).to_bytes(4, "big"))  # a frame over the 1 MiB cap
+        s.settimeout(5)
+        assert s.recv(10) == b""  # the node drops the connection
+    st = wait_for(lambda: (s := cli_json("status", "--home", str(mesh.nodes[1].home)))["rejected"].get(
+        "frame-too-large") and s, 10, "the rejection to be counted")
+    assert st["rejected"]["bad-json"] == 1
+    job = write_job(tmp_path / "job.json", [PY_STEP])
+    rep = cli_json("submit", job, "--home", str(mesh.nodes[0].home), "--redundancy", "3", "--wait")
+    assert rep["status"] == "done" and rep["steps"]["sum"]["output"] == 90
