@@ -188,8 +188,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         took = mesh.wait_ready(args.timeout, lambda line: print(line, file=sys.stderr, flush=True))
         print(f"mesh of {args.nodes} nodes ready in {took:.1f} s (Ctrl-C stops them all)")
         for n in mesh.nodes:
-            print(f"  {n.node_id[:16]}  peer {n.listen}  API http://127.0.0.1:{n.api_port}  "
-                  f"editor http://127.0.0.1:{n.api_port}/  home {n.home}")
+            print(f"  {n.node_id[:16]}  peer {n.listen}  API {n.api}  home {n.home}")
         print(f"try: mesh submit examples/demo-job.json --home {mesh.nodes[0].home} --wait", flush=True)
         if args.ready_only:
             return 0

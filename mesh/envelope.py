@@ -146,7 +146,7 @@ class Receiver:
     def _check(self, body: bytes, now_ms: int) -> Envelope:
         try:
             obj = json.loads(body)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise Rejected("bad-json", "frame is not UTF-8 JSON") from None
         if not isinstance(obj, dict) or set(obj) != _ENVELOPE_KEYS:
             raise Rejected("bad-envelope", "envelope fields are wrong")
@@ -173,7 +173,11 @@ class Receiver:
             sig = bytes.fromhex(obj["sig"]) if isinstance(obj["sig"], str) else b""
         except ValueError:
             sig = b""
-        if not verify(sender, sig, signed_bytes(kind, self.network, sender, recipient, seq, ts, obj["payload"])):
+        try:  # NaN, Infinity, 1e999 or deep nesting decode but have no canonical form to check
+            message = signed_bytes(kind, self.network, sender, recipient, seq, ts, obj["payload"])
+        except (ValueError, RecursionError):
+            raise Rejected("bad-json", "payload has no canonical JSON form") from None
+        if not verify(sender, sig, message):
             raise Rejected("bad-signature", f"from {node_id_of(sender)[:12]}")
         if seq <= self.highest_seq.get(sender, -1):
             raise Rejected("replay", f"seq {seq} from {node_id_of(sender)[:12]} already seen")

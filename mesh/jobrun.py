@@ -194,6 +194,8 @@ class JobRun:
                 entry = {"node": node, "digest": rep.digest, "agreed": bool(run.digest) and rep.digest == run.digest}
                 if rep.error:
                     entry["error"] = rep.error
+                if rep.work:
+                    entry["work"] = rep.work
                 replicas.append(entry)
             steps[sid] = {"status": run.status, "kind": run.kind, "output": run.output, "digest": run.digest,
                           "replicas": replicas, "credit": run.credit}

@@ -1,5 +1,6 @@
-"""A local mesh: N node processes on loopback, each in its own process group so stopping one stops its
-actors too. Used by `mesh up`, `mesh demo` and the tests."""
+"""A local mesh: N node processes on loopback, each in its own process group (its actors included) so
+stopping one stops all of it. Nodes bind port 0 and publish what they got in node.json, so no port is
+ever guessed free and then lost to a race. Used by `mesh up`, `mesh demo`, the tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from typing import Callable
 
 from .client import Client
 from .errors import ConfigError, MeshError, UserError
-from .home import RuntimeInfo, read_token
+from .home import RUNTIME_FILE, RuntimeInfo, read_token
 
 
 def free_ports(n: int) -> list[int]:
+    """Ports free right now (for tests that need a port number nobody listens on)."""
     socks = []
     try:
         for _ in range(n):
@@ -34,31 +36,56 @@ def free_ports(n: int) -> list[int]:
 @dataclass
 class LocalNode:
     home: Path
-    listen: str
-    api_port: int
-    proc: subprocess.Popen | None = None
-    threads: int = 1  # many nodes share this machine's cores: oversubscribed llama.cpp threads spin
     extra: list[str] = field(default_factory=list)
+    threads: int = 1  # many nodes share this machine's cores: oversubscribed llama.cpp threads spin
+    proc: subprocess.Popen | None = None
+    info: RuntimeInfo | None = None
 
     @property
-    def client(self) -> Client:
-        return Client(f"http://127.0.0.1:{self.api_port}", read_token(self.home))
+    def listen(self) -> str:
+        return self.runtime().listen
+
+    @property
+    def api(self) -> str:
+        return self.runtime().api
+
+    @property
+    def api_port(self) -> int:
+        return int(self.api.rpartition(":")[2])
 
     @property
     def node_id(self) -> str:
-        return RuntimeInfo.read(self.home).node
+        return self.runtime().node
+
+    @property
+    def client(self) -> Client:
+        return Client(self.api, read_token(self.home))
+
+    def runtime(self) -> RuntimeInfo:
+        if self.info is None:
+            self.info = RuntimeInfo.read(self.home)
+        return self.info
 
     def start(self, bootstrap: list[str]) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "node.json").unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "mesh", "node", "--home", str(self.home), "--listen", self.listen,
-               "--api", f"127.0.0.1:{self.api_port}", "--threads", str(self.threads), *self.extra]
+        (self.home / RUNTIME_FILE).unlink(missing_ok=True)
+        self.info = None
+        cmd = [sys.executable, "-m", "mesh", "node", "--home", str(self.home), "--listen", "127.0.0.1:0",
+               "--api", "127.0.0.1:0", "--threads", str(self.threads), *self.extra]
         for b in bootstrap:
             cmd += ["--bootstrap", b]
-        log = open(self.home / "stdout.log", "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        log.close()
+        with open(self.home / "stdout.log", "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+
+    def wait_started(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not (self.home / RUNTIME_FILE).exists():
+            if not self.alive():
+                raise MeshError(f"node in {self.home} exited: {self.last_log() or 'see its stdout.log'}")
+            if time.monotonic() > deadline:
+                raise MeshError(f"node in {self.home} did not start within {timeout:g} s")
+            time.sleep(0.05)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -95,17 +122,18 @@ class LocalNode:
 
 
 class LocalMesh:
-    def __init__(self, directory: Path, n: int, extra: Callable[[int], list[str]] | None = None):
+    def __init__(self, directory: Path, n: int, extra: Callable[[int], list[str]] | None = None,
+                 threads: int = 1):
         if n < 1:
             raise UserError("--nodes must be at least 1")
-        ports = free_ports(2 * n)
-        self.nodes = [LocalNode(directory / f"node{i}", f"127.0.0.1:{ports[2 * i]}", ports[2 * i + 1],
-                                extra=(extra(i) if extra else [])) for i in range(n)]
+        self.nodes = [LocalNode(directory / f"node{i}", extra(i) if extra else [], threads) for i in range(n)]
 
-    def start(self) -> None:
+    def start(self, timeout: float = 120) -> None:
         first = self.nodes[0]
-        for node in self.nodes:
-            node.start([] if node is first else [first.listen])
+        first.start([])
+        first.wait_started(timeout)
+        for node in self.nodes[1:]:
+            node.start([first.listen])
 
     def wait_ready(self, timeout: float = 180, progress: Callable[[str], None] | None = None) -> float:
         """Poll until every node is up and knows every other; returns the seconds it took."""
@@ -131,7 +159,7 @@ class LocalMesh:
                 return time.monotonic() - t0
             if time.monotonic() - t0 > timeout:
                 raise MeshError(f"mesh not ready after {timeout:g} s ({line})")
-            time.sleep(0.2)
+            time.sleep(0.1)
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -111,7 +111,7 @@ class Node:
         self.sandboxed = bwrap_path() is not None
         self.kinds = (["llm"] if self.models else []) + (
             ["python"] if self.sandboxed or opts.allow_unsandboxed_python else [])
-        self.listen = f"{opts.listen[0]}:{opts.listen[1]}"
+        self.listen = f"{opts.listen[0]}:{opts.listen[1]}"  # run() puts the bound port here (port 0 → any)
         self.receiver = Receiver(identity.public_key, opts.network)
         self.sealer = Sealer(identity, opts.network)
         self.gateway = Gateway(self.sealer, self.receiver, self, now_ms, opts.frame_cap)
@@ -144,6 +144,7 @@ class Node:
         reply = await self.bridge.ask(PeerStatsQuery(uuid.uuid4().hex), 30)
         if isinstance(reply, PeerStatsReply) and not reply.error:
             self.stats = {n: {k: s[k] for k in ("agreed", "disagreed", "no_show")} for n, s in reply.stats.items()}
+        self.listen = f"{self.opts.listen[0]}:{peer_sock.getsockname()[1]}"
         await self.gateway.start(peer_sock)
         api_task = self.spawn(serve_api(self, api_sock, self.stopping))
         api_host, api_port = api_sock.getsockname()[:2]

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mesh.local import free_ports
+from mesh.home import RuntimeInfo
 
 from .conftest import ROOT, cli_json, run_cli, tree_pids, wait_for, write_job
 
@@ -91,13 +91,13 @@ def test_wrong_node_is_outvoted_earns_nothing_and_ranks_last(make_mesh, tmp_path
 @pytest.mark.timeout(120)
 def test_only_the_peer_port_listens_beyond_loopback(tmp_path: Path):
     """Thespian's admin and actor ports, and the API, must all be on 127.0.0.1 (DESIGN §1)."""
-    peer_port, api_port = free_ports(2)
     home = tmp_path / "n"
     proc = subprocess.Popen([sys.executable, "-m", "mesh", "node", "--home", str(home), "--no-model",
-                             "--listen", f"0.0.0.0:{peer_port}", "--api", f"127.0.0.1:{api_port}"],
+                             "--listen", "0.0.0.0:0", "--api", "127.0.0.1:0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
     try:
         wait_for(lambda: (home / "node.json").exists(), 60, "the node to be ready")
+        peer_port = int(RuntimeInfo.read(home).listen.rpartition(":")[2])
         pids = tree_pids(proc.pid)
         assert len(pids) >= 4, "expected the node, the Thespian admin and the node's actors"
         listeners = wait_for(lambda: [(p, c.laddr) for p in pids for c in psutil.Process(p).net_connections("tcp")

@@ -1,0 +1,38 @@
+# homemesh — `make demo` sets everything up and runs the example job on a local mesh; `make test` tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# llama-cpp-python compiles llama.cpp at install. A native build (-march=native) picks up whatever the
+# build machine advertises (AMX, AVX-512 FP16 here) and has been measured to die with "Illegal
+# instruction"; this portable x86-64-v3 build (AVX2/FMA/F16C) runs on any x86 CPU from 2013 on, and
+# ARM builds ignore these flags.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
+
+.PHONY: setup system-deps demo test lint bench clean
+
+setup: system-deps $(VENV)/.installed
+
+system-deps:
+	bash scripts/system-deps.sh
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@echo "installing homemesh (llama-cpp-python compiles for ~5 minutes the first time)" >&2
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -c "from mesh.models import default_model; print('default model:', default_model()[0])"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/mesh demo
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) -m bench.llm_mesh
+
+clean:
+	rm -rf $(VENV) .mesh .mesh-demo *.egg-info

@@ -1,0 +1,121 @@
+"""Bad input from a user ends in one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from mesh.local import free_ports
+
+from .conftest import cli_json, run_cli, write_job
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def assert_one_line_error(res, *needles: str) -> None:
+    assert res.returncode != 0, res.stdout
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [line for line in res.stderr.strip().splitlines() if line]
+    assert len(lines) == 1, res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_init_creates_a_private_key_and_reuses_it(tmp_path: Path):
+    first = run_cli("init", "--home", str(tmp_path / "h"))
+    second = run_cli("init", "--home", str(tmp_path / "h"))
+    assert first.returncode == second.returncode == 0
+    node_id = first.stdout.strip()
+    assert len(node_id) == 64 and int(node_id, 16) >= 0 and node_id == node_id.lower()
+    assert second.stdout.strip() == node_id
+    for name in ("node.key", "api-token"):
+        assert stat.S_IMODE((tmp_path / "h" / name).stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("{not json", "not valid JSON"),
+    (json.dumps({"steps": [{"id": "a", "kind": "python", "params": {"code": "x"}, "after": ["b"]},
+                           {"id": "b", "kind": "python", "params": {"code": "x"}, "after": ["a"]}]}), "cycle"),
+    (json.dumps({"steps": [{"id": "a", "kind": "teleport", "params": {}}]}), "unknown kind"),
+    (json.dumps({"steps": [{"id": "a", "kind": "llm", "params": {"prompt": "{ghost.output}"}}]}), "missing step 'ghost'"),
+    (json.dumps({"steps": [{"id": "a", "kind": "python", "params": {}}]}), "'code'"),
+    (json.dumps({"steps": []}), "non-empty"),
+])
+def test_bad_job_files_are_refused_before_anything_runs(tmp_path: Path, content: str, needle: str):
+    job = tmp_path / "job.json"
+    job.write_text(content)
+    # no node is running in this home: the job must be refused before any attempt to reach one
+    res = run_cli("submit", str(job), "--home", str(tmp_path / "nohome"), "--wait")
+    assert_one_line_error(res, "mesh: error:", needle)
+    assert res.returncode == 2
+
+
+def test_missing_job_file_and_bad_redundancy(tmp_path: Path):
+    assert_one_line_error(run_cli("submit", str(tmp_path / "nope.json"), "--home", str(tmp_path)), "cannot read")
+    job = write_job(tmp_path / "j.json", [{"id": "a", "kind": "python", "params": {"code": "output = 1"}}])
+    assert_one_line_error(run_cli("submit", job, "--home", str(tmp_path), "--redundancy", "0"), "redundancy")
+    assert_one_line_error(run_cli("submit", job, "--home", str(tmp_path), "--quorum", "most"), "quorum")
+
+
+def test_unreachable_node_and_missing_home(tmp_path: Path):
+    job = write_job(tmp_path / "j.json", [{"id": "a", "kind": "python", "params": {"code": "output = 1"}}])
+    assert_one_line_error(run_cli("submit", job, "--home", str(tmp_path / "empty")), "no running node")
+    (port,) = free_ports(1)
+    res = run_cli("status", "--api", f"http://127.0.0.1:{port}", env={"MESH_API_TOKEN": "x"})
+    assert_one_line_error(res, "cannot reach the node API")
+
+
+def test_port_in_use_and_missing_model(tmp_path: Path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        busy = s.getsockname()[1]
+        (api,) = free_ports(1)
+        res = run_cli("node", "--home", str(tmp_path / "n"), "--listen", f"127.0.0.1:{busy}",
+                      "--api", f"127.0.0.1:{api}", "--no-model", timeout=60)
+        assert_one_line_error(res, "in use", str(busy))
+    res = run_cli("node", "--home", str(tmp_path / "n"), "--model", str(tmp_path / "absent.gguf"), timeout=60)
+    assert_one_line_error(res, "model file", "not found")
+    res = run_cli("node", "--home", str(tmp_path / "n"), "--listen", "nowhere", timeout=60)
+    assert_one_line_error(res, "HOST:PORT")
+
+
+def test_api_token_is_required(make_mesh, tmp_path: Path):
+    mesh = make_mesh(1, lambda i: ["--no-model"])
+    node = mesh.nodes[0]
+    api = f"http://127.0.0.1:{node.api_port}"
+    res = run_cli("status", "--api", api, env={"MESH_API_TOKEN": "wrong-token"})
+    assert_one_line_error(res, "token")
+    assert cli_json("status", "--home", str(node.home))["node"] == node.node_id
+    import urllib.error
+    import urllib.request
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(f"{api}/status", timeout=5)
+    assert exc.value.code == 401
+
+
+def test_too_few_workers_fails_with_a_reason(make_mesh, tmp_path: Path):
+    mesh = make_mesh(3, lambda i: ["--no-model"])
+    job = write_job(tmp_path / "j.json", [{"id": "a", "kind": "python", "params": {"code": "output = 1"}}])
+    res = run_cli("submit", job, "--home", str(mesh.nodes[0].home), "--redundancy", "3", "--wait", "--json")
+    assert res.returncode == 3
+    rep = json.loads(res.stdout)
+    assert rep["status"] == "failed"
+    assert "needs 3 workers" in rep["steps"]["a"]["error"] and "offers 2" in rep["steps"]["a"]["error"]
+    res = run_cli("submit", job, "--home", str(mesh.nodes[0].home), "--redundancy", "2", "--wait", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["steps"]["a"]["output"] == 1
+
+
+def test_ledger_commands_need_a_home(tmp_path: Path):
+    res = run_cli("ledger", "balance", "--home", str(tmp_path / "none"))
+    assert_one_line_error(res, "mesh init")
+    assert run_cli("init", "--home", str(tmp_path / "fresh")).returncode == 0
+    res = run_cli("ledger", "balance", "--home", str(tmp_path / "fresh"))
+    assert_one_line_error(res, "no ledger")
+    assert os.path.exists(tmp_path / "fresh" / "node.key")

@@ -1,0 +1,306 @@
+"""Job files: parsing, validation and the step DAG (mesh.dag)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mesh.canonical import canonical
+from mesh.dag import Job, load_job_text, parse_job, render
+from mesh.errors import JobError, UserError
+from mesh.quorum import QuorumRule
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def job(*steps: dict, **extra) -> dict:
+    return {"name": "t", "steps": list(steps), **extra}
+
+
+def py(sid: str, code: str = "output = 1", **extra) -> dict:
+    return {"id": sid, "kind": "python", "params": {"code": code}, **extra}
+
+
+def llm(sid: str, prompt: str = "hi", **params) -> dict:
+    return {"id": sid, "kind": "llm", "params": {"prompt": prompt, **params}}
+
+
+def error_of(data, **kw) -> str:
+    with pytest.raises(JobError) as info:
+        if isinstance(data, str):
+            load_job_text(data, "job.json")
+        else:
+            parse_job(data, "job.json", **kw)
+    assert isinstance(info.value, UserError)
+    msg = str(info.value)
+    assert "\n" not in msg  # one line for the CLI
+    return msg
+
+
+# -- valid jobs -------------------------------------------------------------------------------------------
+
+def test_valid_job_with_python_and_llm_steps():
+    text = json.dumps(job(py("numbers", "output = list(range(5))"),
+                          llm("summary", "Summarise {numbers.output}", max_tokens=32, seed=7, stop=["\n"]),
+                          redundancy=5, quorum="majority", timeout=60, max_replicas=7))
+    j = load_job_text(text, "job.json")
+    assert isinstance(j, Job)
+    assert j.name == "t"
+    assert [s.id for s in j.steps] == ["numbers", "summary"]
+    assert [s.kind for s in j.steps] == ["python", "llm"]
+    assert j.redundancy == 5 and j.quorum == QuorumRule("majority") and j.quorum.needed(5) == 3
+    assert j.timeout == 60.0 and isinstance(j.timeout, float)
+    assert j.replica_limit == 7
+    assert j.step("summary").params == {"prompt": "Summarise {numbers.output}", "max_tokens": 32, "seed": 7,
+                                        "stop": ["\n"]}
+    assert j.step("summary").after == ["numbers"]
+    assert j.order() == ["numbers", "summary"]
+
+
+def test_defaults():
+    j = parse_job(job(py("a")))
+    assert j.name == "t" and j.redundancy == 3 and j.quorum.spec == "majority"
+    assert j.timeout == 300.0 and j.max_replicas == 0 and j.replica_limit == 6
+    assert parse_job({"steps": [py("a")]}).name == "job"
+
+
+def test_order_respects_dependencies_and_file_order_breaks_ties():
+    j = parse_job(job(
+        py("d", after=["b", "c"]),
+        py("c", after=["a"]),
+        py("b", after=["a"]),
+        py("a"),
+        py("z"),
+    ))
+    order = j.order()
+    assert sorted(order) == ["a", "b", "c", "d", "z"]
+    pos = {s: i for i, s in enumerate(order)}
+    for s in j.steps:
+        for dep in s.after:
+            assert pos[dep] < pos[s.id], f"{dep} must run before {s.id}"
+    # stable: among the steps that are ready, the earlier one in the file goes first
+    assert order == ["a", "c", "b", "d", "z"]
+
+
+def test_order_is_the_file_order_when_there_are_no_dependencies():
+    j = parse_job(job(py("x"), py("b"), py("a"), py("m")))
+    assert j.order() == ["x", "b", "a", "m"]
+
+
+def test_reference_in_params_adds_an_implicit_dependency():
+    j = parse_job(job(
+        llm("b", "use {a.output} and {a.output} again"),
+        py("a"),
+        llm("c", "{b.output}"),
+    ))
+    assert j.step("b").after == ["a"]
+    assert j.step("c").after == ["b"]
+    assert j.order() == ["a", "b", "c"]
+
+
+def test_references_nested_in_lists_and_dicts_count():
+    j = parse_job(job(py("a"), py("b"), llm("c", "x", stop=["{a.output}", "{b.output}"])))
+    assert sorted(j.step("c").after) == ["a", "b"]
+
+
+def test_after_is_deduplicated_and_kept_with_implicit_deps():
+    j = parse_job(job(py("a"), py("b"), llm("c", "{a.output}", ) | {"after": ["b", "b", "a"]}))
+    assert j.step("c").after == ["b", "a"]
+
+
+def test_to_json_round_trips():
+    j = parse_job(job(py("a"), llm("b", "{a.output}"), redundancy=4, quorum="3-of-4"))
+    again = parse_job(j.to_json())
+    assert again.to_json() == j.to_json()
+    assert again.redundancy == 4 and again.quorum.k == 3
+
+
+def test_overrides_replace_the_files_values():
+    j = parse_job(job(py("a"), redundancy=3, quorum="majority"), redundancy=5, quorum="unanimous")
+    assert j.redundancy == 5 and j.quorum.spec == "unanimous"
+    with pytest.raises(JobError):
+        parse_job(job(py("a")), redundancy=0)
+
+
+# -- render -----------------------------------------------------------------------------------------------
+
+def test_render_substitutes_strings_verbatim():
+    assert render("say {a.output}!", {"a": 'he said "hi"\n'}) == 'say he said "hi"\n!'
+
+
+@pytest.mark.parametrize("value", [
+    {"b": 1, "a": [1, 2.5, None, True]},
+    [3, "x"],
+    42,
+    1.5,
+    None,
+    True,
+    {"ü": "é"},
+])
+def test_render_substitutes_other_values_as_canonical_json(value):
+    assert render("{a.output}", {"a": value}) == canonical(value).decode()
+    assert render("<{a.output}>", {"a": {"b": 1, "a": 2}}) == '<{"a":2,"b":1}>'
+
+
+def test_render_walks_lists_and_dicts_and_leaves_other_values():
+    params = {"prompt": "{x.output} / {y.output}", "stop": ["{x.output}", "."], "max_tokens": 5, "seed": None}
+    out = render(params, {"x": "X", "y": [1]})
+    assert out == {"prompt": "X / [1]", "stop": ["X", "."], "max_tokens": 5, "seed": None}
+    assert params["prompt"] == "{x.output} / {y.output}"  # not mutated
+
+
+def test_render_does_not_reinterpret_substituted_text():
+    assert render("{a.output}", {"a": "{b.output}", "b": "nope"}) == "{b.output}"
+
+
+# -- errors -----------------------------------------------------------------------------------------------
+
+def test_malformed_json_reports_line_and_column():
+    msg = error_of('{\n  "steps": [\n    {"id": "a",, "kind": "python"}\n  ]\n}')
+    assert msg.startswith("job.json: not valid JSON")
+    assert "line 3" in msg and "column 16" in msg
+
+
+def test_empty_text_is_malformed_json():
+    assert "line 1 column 1" in error_of("")
+
+
+def test_cycle_names_the_cycle():
+    msg = error_of(job(py("a", after=["c"]), py("b", after=["a"]), py("c", after=["b"]), py("free")))
+    assert "cycle" in msg
+    cycle_part = msg.split("cycle")[1]
+    for sid in ("a", "b", "c"):
+        assert sid in cycle_part
+    assert "free" not in msg
+
+
+def test_cycle_through_implicit_references():
+    msg = error_of(job(llm("a", "{b.output}"), llm("b", "{a.output}")))
+    assert "cycle" in msg and "a" in msg and "b" in msg
+
+
+def test_self_dependency_is_a_cycle():
+    assert "cycle" in error_of(job(py("a", after=["a"])))
+
+
+@pytest.mark.parametrize("kind", ["shell", "Python", "", None, 3])
+def test_unknown_kind(kind):
+    msg = error_of(job({"id": "a", "kind": kind, "params": {"code": "x"}}))
+    assert "unknown kind" in msg and "'a'" in msg and "python, llm" in msg
+
+
+def test_missing_reference_in_params():
+    msg = error_of(job(py("a"), llm("b", "use {ghost.output}")))
+    assert "'b'" in msg and "missing step 'ghost'" in msg
+
+
+def test_missing_reference_in_after():
+    msg = error_of(job(py("a"), py("b", after=["a", "ghost"])))
+    assert "'b'" in msg and "missing step 'ghost'" in msg
+
+
+def test_duplicate_id():
+    msg = error_of(job(py("a"), py("b"), py("a")))
+    assert "duplicate step id 'a'" in msg and "step 3" in msg
+
+
+@pytest.mark.parametrize("r", [0, 17, -1, "3", 2.5, True, None])
+def test_bad_redundancy(r):
+    msg = error_of(job(py("a"), redundancy=r))
+    assert "redundancy must be an integer from 1 to 16" in msg and repr(r) in msg
+
+
+@pytest.mark.parametrize("q", ["most", "2 of 3", "0-of-3", "4-of-3", "2-of-17", "-1-of-2", "", 3, None, ["majority"]])
+def test_bad_quorum_string(q):
+    msg = error_of(job(py("a"), quorum=q))
+    assert "quorum" in msg
+
+
+@pytest.mark.parametrize("q,r,k", [("2-of-5", 3, 2), ("1-of-1", 3, 1), ("16-of-16", 2, 16), ("3-of-4", 9, 3)])
+def test_k_of_n_quorum_sets_redundancy_to_n(q, r, k):
+    j = parse_job(job(py("a"), redundancy=r, quorum=q))
+    assert j.redundancy == int(q.split("-of-")[1])
+    assert j.quorum.k == k and j.quorum.needed(j.redundancy) == k
+    assert j.replica_limit == 2 * j.redundancy
+
+
+def test_k_of_n_redundancy_is_checked_against_max_replicas():
+    msg = error_of(job(py("a"), quorum="2-of-5", max_replicas=4))
+    assert "max_replicas" in msg
+    assert parse_job(job(py("a"), quorum="2-of-5", max_replicas=5)).replica_limit == 5
+
+
+def test_unknown_job_field():
+    msg = error_of(job(py("a"), priority=9))
+    assert "unknown job field 'priority'" in msg
+
+
+def test_unknown_step_field():
+    msg = error_of(job(py("a") | {"retries": 2}))
+    assert "unknown field 'retries'" in msg and "step 1" in msg
+
+
+@pytest.mark.parametrize("step,param", [(py("a") | {"params": {"code": "x", "shell": "ls"}}, "shell"),
+                                        (llm("a", "x", temperature=0.7), "temperature")])
+def test_unknown_params(step, param):
+    msg = error_of(job(step))
+    assert f"unknown {step['kind']} parameter {param!r}" in msg
+
+
+@pytest.mark.parametrize("params", [{}, {"code": ""}, {"code": "   \n"}, {"code": 3}, {"code": None}])
+def test_python_step_needs_code(params):
+    msg = error_of(job({"id": "a", "kind": "python", "params": params}))
+    assert "'code'" in msg and "python step" in msg
+
+
+@pytest.mark.parametrize("params", [{}, {"prompt": ""}, {"prompt": ["x"]}, {"max_tokens": 5}])
+def test_llm_step_needs_prompt(params):
+    msg = error_of(job({"id": "a", "kind": "llm", "params": params}))
+    assert "'prompt'" in msg and "llm step" in msg
+
+
+def test_missing_params_means_missing_code():
+    assert "'code'" in error_of(job({"id": "a", "kind": "python"}))
+
+
+@pytest.mark.parametrize("extra,needle", [
+    ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 4096}, "max_tokens"), ({"max_tokens": True}, "max_tokens"),
+    ({"seed": "1"}, "seed"), ({"seed": False}, "seed"),
+    ({"stop": "x"}, "stop"), ({"stop": [""]}, "stop"), ({"stop": ["a"] * 9}, "stop"),
+])
+def test_llm_parameter_types(extra, needle):
+    assert needle in error_of(job(llm("a", "p", **extra)))
+
+
+@pytest.mark.parametrize("data,needle", [
+    ([], "JSON object"),
+    ('"steps"', "JSON object"),  # JSON text whose value is a string
+    ({"steps": []}, "non-empty list"),
+    ({"steps": {}}, "non-empty list"),
+    ({}, "non-empty list"),
+    ({"name": 3, "steps": [py("a")]}, "'name'"),
+    ({"steps": [py("a")], "timeout": 0}, "timeout"),
+    ({"steps": [py("a")], "timeout": 3601}, "timeout"),
+    ({"steps": [py("a")], "timeout": "60"}, "timeout"),
+    ({"steps": [py("a")], "max_replicas": 2}, "max_replicas"),
+    ({"steps": [py("a")], "max_replicas": 65}, "max_replicas"),
+    ({"steps": ["a"]}, "not an object"),
+    ({"steps": [{"kind": "python", "params": {"code": "x"}}]}, "'id'"),
+    ({"steps": [py("a b")]}, "'id'"),
+    ({"steps": [py("a" * 65)]}, "'id'"),
+    ({"steps": [py("a") | {"params": "x"}]}, "'params'"),
+    ({"steps": [py("a", after="b")]}, "'after'"),
+    ({"steps": [py("a", after=[1])]}, "'after'"),
+])
+def test_other_structural_errors(data, needle):
+    assert needle in error_of(data)
+
+
+def test_too_many_steps():
+    assert "at most 1000" in error_of(job(*[py(f"s{i}") for i in range(1001)]))
+
+
+def test_errors_name_the_source():
+    with pytest.raises(JobError, match=r"^my-job\.json: "):
+        load_job_text(json.dumps(job(py("a"), py("a"))), "my-job.json")

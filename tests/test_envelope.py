@@ -1,0 +1,637 @@
+"""Signed envelopes and frames, driven entirely in memory (h11 style): an honest sender (`Sealer`), one
+receiving node (`Receiver`) and an attacker that holds its own perfectly valid key. No sockets, no clock:
+every call gets an explicit `now_ms`."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import struct
+import sys
+from collections import Counter
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mesh import PROTOCOL_VERSION
+from mesh.canonical import canonical
+from mesh.envelope import (
+    ANYONE,
+    DEFAULT_FRAME_CAP,
+    DEFAULT_WINDOW_MS,
+    Envelope,
+    FrameDecoder,
+    Receiver,
+    Sealer,
+    signed_bytes,
+)
+from mesh.errors import Rejected
+from mesh.identity import Identity, verify
+from mesh.messages import KINDS, Bye, Hello, PeerRef, ReceiptMsg, StepRequest, StepResult
+from mesh.schema import parse
+
+pytestmark = pytest.mark.timeout(60)
+
+NET = "homemesh-test"
+T0 = 1_700_000_000_000  # ms
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+
+def ident(n: int) -> Identity:
+    return Identity.from_seed(bytes([n]) * 32)
+
+
+ALICE, BOB, MALLORY, CAROL = ident(1), ident(2), ident(3), ident(4)
+
+
+def hello() -> Hello:
+    return Hello(listen="127.0.0.1:7001", kinds=["python", "llm"], models=["a" * 64], sandbox=True,
+                 peers=[PeerRef(key=CAROL.public_key.hex(), addr="127.0.0.1:7004")])
+
+
+def step_req() -> StepRequest:
+    return StepRequest(job="job1", step="a", kind="python", params={"code": "output = 1", "inputs": {}},
+                       timeout=30.0)
+
+
+def one_body(frame: bytes) -> bytes:
+    dec = FrameDecoder()
+    (body,) = dec.feed(frame)
+    assert dec.pending == 0
+    return body
+
+
+def frame_of(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def edit(frame_or_body: bytes, **changes) -> bytes:
+    """Decode a body (or a frame), change top-level fields, re-encode canonically (signature untouched)."""
+    body = frame_or_body
+    if len(body) >= 4 and struct.unpack(">I", body[:4])[0] == len(body) - 4:
+        body = body[4:]
+    obj = json.loads(body)
+    obj.update(changes)
+    return canonical(obj)
+
+
+def forge(signer: Identity, kind: str, payload, *, to: bytes, seq: int, ts: int, net: str = NET,
+          v=PROTOCOL_VERSION, sender: bytes | None = None, sign_kind: str | None = None) -> bytes:
+    """A body with a *valid* signature by `signer` over whatever it is given (for checks after the
+    signature, e.g. schema), unless `sender`/`sign_kind` deliberately differ from what is signed."""
+    sender = sender if sender is not None else signer.public_key
+    sig = signer.sign(signed_bytes(sign_kind or kind, net, sender, to, seq, ts, payload))
+    return canonical({"v": v, "kind": kind, "net": net, "from": sender.hex(), "to": to.hex(), "seq": seq,
+                      "ts": ts, "payload": payload, "sig": sig.hex()})
+
+
+def rejected(receiver: Receiver, body: bytes, now_ms: int = T0) -> str:
+    with pytest.raises(Rejected) as info:
+        receiver.receive(body, now_ms)
+    return info.value.reason
+
+
+@pytest.fixture
+def alice() -> Sealer:
+    return Sealer(ALICE, NET)
+
+
+@pytest.fixture
+def mallory() -> Sealer:
+    return Sealer(MALLORY, NET)
+
+
+@pytest.fixture
+def bob() -> Receiver:
+    return Receiver(BOB.public_key, NET)
+
+
+# -- honest traffic ---------------------------------------------------------------------------------------
+
+def test_honest_hello_is_accepted_with_typed_payload(alice, bob):
+    env = bob.receive(one_body(alice.seal("hello", BOB.public_key, hello(), T0)), T0)
+    assert isinstance(env, Envelope)
+    assert env.kind == "hello" and env.network == NET
+    assert env.sender == ALICE.public_key and env.sender_id == ALICE.node_id
+    assert env.recipient == BOB.public_key
+    assert env.ts_ms == T0
+    assert isinstance(env.payload, Hello)
+    assert env.payload == hello()
+    assert isinstance(env.payload.peers[0], PeerRef)
+    assert bob.rejected == Counter()
+    assert bob.highest_seq[ALICE.public_key] == env.seq
+
+
+def test_honest_step_request_is_accepted_with_typed_payload(alice, bob):
+    env = bob.receive(one_body(alice.seal("step", BOB.public_key, step_req(), T0)), T0)
+    assert isinstance(env.payload, StepRequest)
+    assert env.payload == step_req()
+    assert env.payload.params == {"code": "output = 1", "inputs": {}}
+
+
+def test_every_kind_round_trips(alice, bob):
+    payloads = {
+        "hello": hello(),
+        "step": step_req(),
+        "result": StepResult("job1", "a", True, {"x": [1, 2.5, "s", None]}, "d" * 64, "python:bwrap",
+                             {"cpu_s": 0.1}),
+        "receipt": ReceiptMsg({"job": "j", "amount": 1.5}),
+        "bye": Bye("shutting down"),
+    }
+    assert set(payloads) == set(KINDS)
+    for i, (kind, payload) in enumerate(payloads.items()):
+        env = bob.receive(one_body(alice.seal(kind, BOB.public_key, payload, T0 + i)), T0 + i)
+        assert env.kind == kind
+        assert type(env.payload) is KINDS[kind]
+        assert env.payload == payload
+    assert not bob.rejected
+
+
+def test_int_timeout_is_parsed_as_float(bob):
+    payload = {"job": "j", "step": "a", "kind": "python", "params": {}, "timeout": 5}
+    env = bob.receive(forge(ALICE, "step", payload, to=BOB.public_key, seq=1, ts=T0), T0)
+    assert env.payload.timeout == 5.0 and isinstance(env.payload.timeout, float)
+
+
+# -- signatures -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("byte_index", [0, 1, 31, 32, 63])
+def test_flipped_signature_byte_is_bad_signature(alice, bob, byte_index):
+    body = one_body(alice.seal("hello", BOB.public_key, hello(), T0))
+    sig = bytearray.fromhex(json.loads(body)["sig"])
+    sig[byte_index] ^= 0x01
+    assert rejected(bob, edit(body, sig=sig.hex())) == "bad-signature"
+    assert bob.rejected == Counter({"bad-signature": 1})
+    assert ALICE.public_key not in bob.highest_seq
+
+
+@pytest.mark.parametrize("sig", ["", "00", "zz" * 64, "ab" * 63, 12345, None])
+def test_malformed_signature_is_bad_signature(alice, bob, sig):
+    body = one_body(alice.seal("hello", BOB.public_key, hello(), T0))
+    assert rejected(bob, edit(body, sig=sig)) == "bad-signature"
+
+
+def test_payload_changed_after_signing_is_bad_signature(alice, bob):
+    body = one_body(alice.seal("hello", BOB.public_key, hello(), T0))
+    payload = json.loads(body)["payload"]
+    payload["listen"] = "6.6.6.6:666"
+    assert rejected(bob, edit(body, payload=payload)) == "bad-signature"
+
+    body = one_body(alice.seal("step", BOB.public_key, step_req(), T0 + 1))
+    payload = json.loads(body)["payload"]
+    payload["params"]["code"] = "import os; os.system('rm -rf ~')"
+    assert rejected(bob, edit(body, payload=payload), T0 + 1) == "bad-signature"
+    assert bob.rejected == Counter({"bad-signature": 2})
+
+
+@pytest.mark.parametrize("field,delta", [("seq", 1), ("ts", 1), ("ts", -1)])
+def test_seq_and_timestamp_are_signed(alice, bob, field, delta):
+    body = one_body(alice.seal("hello", BOB.public_key, hello(), T0))
+    obj = json.loads(body)
+    assert rejected(bob, edit(body, **{field: obj[field] + delta})) == "bad-signature"
+
+
+def test_readdressed_envelope_is_bad_signature(alice):
+    """`to` is signed: a frame for bob cannot be replayed to carol by rewriting the recipient."""
+    carol = Receiver(CAROL.public_key, NET)
+    body = one_body(alice.seal("step", BOB.public_key, step_req(), T0))
+    assert rejected(carol, edit(body, to=CAROL.public_key.hex())) == "bad-signature"
+
+
+def test_signature_for_step_does_not_verify_as_result(alice, bob):
+    body = one_body(alice.seal("step", BOB.public_key, step_req(), T0))
+    obj = json.loads(body)
+    sig = bytes.fromhex(obj["sig"])
+    args = (NET, ALICE.public_key, BOB.public_key, obj["seq"], obj["ts"], obj["payload"])
+    assert verify(ALICE.public_key, sig, signed_bytes("step", *args))
+    assert not verify(ALICE.public_key, sig, signed_bytes("result", *args))
+    assert rejected(bob, edit(body, kind="result")) == "bad-signature"
+    # ...and a hello's signature is no good as a bye either, even with a payload both kinds could carry.
+    body = forge(ALICE, "bye", {"reason": ""}, to=BOB.public_key, seq=5, ts=T0, sign_kind="hello")
+    assert rejected(bob, body) == "bad-signature"
+
+
+def test_attacker_resigning_honest_payload_is_only_accepted_as_the_attacker(alice, mallory, bob):
+    honest = one_body(alice.seal("step", BOB.public_key, step_req(), T0))
+    stolen = parse(StepRequest, json.loads(honest)["payload"])
+    env = bob.receive(one_body(mallory.seal("step", BOB.public_key, stolen, T0)), T0)
+    assert env.payload == step_req()
+    assert env.sender == MALLORY.public_key != ALICE.public_key
+    assert env.sender_id == MALLORY.node_id != ALICE.node_id
+    # the honest envelope is still accepted, as alice's (mallory's use of the payload does not burn it)
+    assert bob.receive(honest, T0).sender == ALICE.public_key
+
+
+def test_attacker_cannot_claim_another_sender(alice, mallory, bob):
+    # mallory's own signature with alice's key in "from"
+    forged = forge(MALLORY, "step", json.loads(one_body(alice.seal("step", BOB.public_key, step_req(), T0)))["payload"],
+                   to=BOB.public_key, seq=T0 * 1000 + 7, ts=T0, sender=ALICE.public_key)
+    assert rejected(bob, forged) == "bad-signature"
+    # alice's signature with mallory's key in "from"
+    honest = one_body(alice.seal("hello", BOB.public_key, hello(), T0))
+    assert rejected(bob, edit(honest, **{"from": MALLORY.public_key.hex()})) == "bad-signature"
+    assert bob.rejected == Counter({"bad-signature": 2})
+    assert bob.highest_seq == {}
+
+
+# -- replay and time --------------------------------------------------------------------------------------
+
+def test_replay_of_same_frame(alice, bob):
+    body = one_body(alice.seal("hello", BOB.public_key, hello(), T0))
+    bob.receive(body, T0)
+    assert rejected(bob, body) == "replay"
+    assert rejected(bob, body, T0 + 1000) == "replay"
+    assert bob.rejected == Counter({"replay": 2})
+
+
+def test_lower_seq_is_replay(alice, bob):
+    early = one_body(alice.seal("hello", BOB.public_key, hello(), T0))
+    late = one_body(alice.seal("hello", BOB.public_key, hello(), T0 + 5))
+    assert json.loads(early)["seq"] < json.loads(late)["seq"]
+    bob.receive(late, T0 + 5)
+    assert rejected(bob, early, T0 + 5) == "replay"
+
+
+def test_replay_state_is_per_sender(alice, mallory, bob):
+    bob.receive(one_body(alice.seal("hello", BOB.public_key, hello(), T0 + 10)), T0 + 10)
+    # mallory's lower seq is fine: it is mallory's own counter
+    bob.receive(one_body(mallory.seal("hello", BOB.public_key, hello(), T0)), T0 + 10)
+    assert not bob.rejected
+
+
+def test_seq_is_derived_from_clock_and_keeps_rising(alice):
+    s1 = json.loads(one_body(alice.seal("bye", BOB.public_key, Bye(), T0)))["seq"]
+    s2 = json.loads(one_body(alice.seal("bye", BOB.public_key, Bye(), T0)))["seq"]
+    s3 = json.loads(one_body(alice.seal("bye", BOB.public_key, Bye(), T0 - 50_000)))["seq"]  # clock stepped back
+    assert s1 == T0 * 1000
+    assert s2 == s1 + 1
+    assert s3 == s2 + 1
+
+
+def test_restart_with_later_clock_is_accepted_and_old_frames_stay_replays(bob):
+    before = Sealer(ALICE, NET)
+    captured = [one_body(before.seal("hello", BOB.public_key, hello(), T0)) for _ in range(3)]
+    for body in captured:
+        bob.receive(body, T0)
+
+    after = Sealer(ALICE, NET)  # a restart: same key, no saved counter
+    env = bob.receive(one_body(after.seal("hello", BOB.public_key, hello(), T0 + 1)), T0 + 1)
+    assert env.sender == ALICE.public_key
+    for body in captured:
+        assert rejected(bob, body, T0 + 1) == "replay"
+    assert bob.rejected == Counter({"replay": 3})
+
+
+def test_restart_within_the_same_millisecond_is_a_replay(bob):
+    """Documents the derivation: a fresh Sealer only escapes the replay window if its clock moved."""
+    bob.receive(one_body(Sealer(ALICE, NET).seal("hello", BOB.public_key, hello(), T0)), T0)
+    assert rejected(bob, one_body(Sealer(ALICE, NET).seal("hello", BOB.public_key, hello(), T0))) == "replay"
+
+
+def test_stale_and_future_timestamps(alice, bob):
+    w = DEFAULT_WINDOW_MS
+    assert w == 120_000
+    stale = one_body(alice.seal("hello", BOB.public_key, hello(), T0 - w - 1))
+    assert rejected(bob, stale, T0) == "stale"
+    future = one_body(alice.seal("hello", BOB.public_key, hello(), T0 + w + 1))
+    assert rejected(bob, future, T0) == "future"
+    assert bob.rejected == Counter({"stale": 1, "future": 1})
+    # the very same frames are fine at a clock they fit
+    assert bob.receive(stale, T0 - w).ts_ms == T0 - w - 1
+    assert bob.receive(future, T0 + w).ts_ms == T0 + w + 1
+
+
+@pytest.mark.parametrize("offset", [-DEFAULT_WINDOW_MS, 0, DEFAULT_WINDOW_MS])
+def test_window_edges_are_inclusive(offset):
+    bob = Receiver(BOB.public_key, NET)
+    body = one_body(Sealer(ALICE, NET).seal("hello", BOB.public_key, hello(), T0 + offset))
+    assert bob.receive(body, T0).ts_ms == T0 + offset
+
+
+def test_custom_window():
+    bob = Receiver(BOB.public_key, NET, window_ms=1000)
+    sealer = Sealer(ALICE, NET)
+    assert rejected(bob, one_body(sealer.seal("hello", BOB.public_key, hello(), T0 - 1001))) == "stale"
+    assert rejected(bob, one_body(sealer.seal("hello", BOB.public_key, hello(), T0 + 1001))) == "future"
+    bob.receive(one_body(sealer.seal("hello", BOB.public_key, hello(), T0 + 1000)), T0)
+
+
+# -- addressing, network, kind, version -------------------------------------------------------------------
+
+def test_wrong_recipient(alice, bob):
+    body = one_body(alice.seal("step", CAROL.public_key, step_req(), T0))
+    assert rejected(bob, body) == "wrong-recipient"
+    assert bob.rejected == Counter({"wrong-recipient": 1})
+
+
+@pytest.mark.parametrize("kind,payload", [
+    ("step", step_req()),
+    ("result", StepResult("j", "a", True, 1, "d", "i", {})),
+    ("receipt", ReceiptMsg({})),
+    ("bye", Bye()),
+])
+def test_only_hello_may_be_addressed_to_anyone(alice, bob, kind, payload):
+    assert rejected(bob, one_body(alice.seal(kind, ANYONE, payload, T0))) == "wrong-recipient"
+    env = bob.receive(one_body(alice.seal("hello", ANYONE, hello(), T0 + 1)), T0 + 1)
+    assert env.recipient == ANYONE and env.kind == "hello"
+
+
+def test_wrong_network(bob):
+    other = Sealer(ALICE, "someone-elses-mesh")
+    assert rejected(bob, one_body(other.seal("hello", BOB.public_key, hello(), T0))) == "wrong-network"
+    assert bob.rejected == Counter({"wrong-network": 1})
+
+
+def test_network_is_signed(alice):
+    """Relabelling the network does not move an envelope between meshes."""
+    other = Receiver(BOB.public_key, "other-mesh")
+    body = one_body(alice.seal("hello", BOB.public_key, hello(), T0))
+    assert rejected(other, edit(body, net="other-mesh")) == "bad-signature"
+
+
+@pytest.mark.parametrize("kind", ["evil", "", "Hello", "__class__", ["hello"], 1, None])
+def test_unknown_kind(bob, kind):
+    body = canonical({"v": PROTOCOL_VERSION, "kind": kind, "net": NET, "from": ALICE.public_key.hex(),
+                      "to": BOB.public_key.hex(), "seq": 1, "ts": T0, "payload": {}, "sig": "00" * 64})
+    assert rejected(bob, body) == "unknown-kind"
+    assert bob.rejected == Counter({"unknown-kind": 1})
+
+
+def test_unknown_kind_with_valid_signature(bob):
+    assert rejected(bob, forge(ALICE, "shell", {"cmd": "id"}, to=BOB.public_key, seq=1, ts=T0)) == "unknown-kind"
+
+
+@pytest.mark.parametrize("v", [0, 2, "1", None, [1], 1.5])
+def test_bad_version(alice, bob, v):
+    body = one_body(alice.seal("hello", BOB.public_key, hello(), T0))
+    assert rejected(bob, edit(body, v=v)) == "bad-version"
+    assert bob.rejected == Counter({"bad-version": 1})
+
+
+@pytest.mark.parametrize("changes", [
+    {"extra": 1},
+    {"seq": -1}, {"seq": True}, {"seq": "1"}, {"seq": 2**63}, {"seq": 1.5},
+    {"ts": None}, {"ts": False},
+    {"from": "ab"}, {"from": "zz" * 32}, {"to": 7},
+])
+def test_bad_envelope_fields(alice, bob, changes):
+    body = one_body(alice.seal("hello", BOB.public_key, hello(), T0))
+    assert rejected(bob, edit(body, **changes)) == "bad-envelope"
+
+
+def test_missing_envelope_field(alice, bob):
+    obj = json.loads(one_body(alice.seal("hello", BOB.public_key, hello(), T0)))
+    del obj["sig"]
+    assert rejected(bob, canonical(obj)) == "bad-envelope"
+    assert rejected(bob, b"[1, 2, 3]") == "bad-envelope"
+    assert rejected(bob, b'"hello"') == "bad-envelope"
+
+
+# -- garbage ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body", [
+    b"", b"not json", b"{", b"{'v': 1}", b"\xff\xfe\x00garbage", b"\x80\x04\x95",
+    random.Random(7).randbytes(64), random.Random(8).randbytes(4096),
+])
+def test_random_bytes_and_non_json_are_bad_json(bob, body):
+    assert rejected(bob, body) == "bad-json"
+    assert bob.rejected == Counter({"bad-json": 1})
+
+
+_detonated: list[str] = []
+
+
+def _detonate(tag: str) -> str:  # what a malicious pickle would run
+    _detonated.append(tag)
+    return tag
+
+
+class _Bomb:
+    def __reduce__(self):
+        return (_detonate, ("unpickled!",))
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_pickle_is_rejected_without_being_unpickled(bob, monkeypatch, protocol):
+    tripwire = []
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: tripwire.append("loads"))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: tripwire.append("load"))
+    bomb = pickle.dumps({"v": 1, "kind": "hello", "payload": _Bomb()}, protocol=protocol)
+    _detonated.clear()
+    assert rejected(bob, bomb) in ("bad-json", "bad-envelope")
+    assert rejected(bob, one_body(frame_of(bomb))) in ("bad-json", "bad-envelope")
+    assert _detonated == [] and tripwire == []
+
+
+def test_pickle_inside_a_payload_stays_an_inert_string(bob):
+    blob = pickle.dumps(_Bomb()).decode("latin-1")
+    payload = {"job": "j", "step": "a", "ok": True, "output": blob, "digest": "d", "identity": "i",
+               "work": {"pickle": blob}}
+    _detonated.clear()
+    env = bob.receive(forge(ALICE, "result", payload, to=BOB.public_key, seq=1, ts=T0), T0)
+    assert env.payload.output == blob and isinstance(env.payload.output, str)
+    assert _detonated == []
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=512))
+def test_arbitrary_bytes_only_ever_raise_rejected(body):
+    bob = Receiver(BOB.public_key, NET)
+    with pytest.raises(Rejected):
+        bob.receive(body, T0)
+    assert sum(bob.rejected.values()) == 1
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"])
+def test_non_finite_numbers_are_rejected_not_crashing(bob, value):
+    """json.loads accepts NaN/Infinity/1e999, which have no canonical form: the receiver must answer
+    with Rejected, not let a ValueError escape to the gateway."""
+    body = (b'{"from":"%s","kind":"result","net":"%s","payload":{"digest":"d","identity":"i","job":"j",'
+            b'"ok":true,"output":%s,"step":"a","work":{}},"seq":1,"sig":"%s","to":"%s","ts":%d,"v":1}'
+            % (ALICE.public_key.hex().encode(), NET.encode(), value.encode(), b"00" * 64,
+               BOB.public_key.hex().encode(), T0))
+    assert rejected(bob, body) in ("bad-json", "bad-schema", "bad-signature")
+    assert sum(bob.rejected.values()) == 1
+
+
+def test_deeply_nested_json_is_rejected_not_crashing(bob):
+    """Nesting deep enough to exhaust the recursion limit, in the body or only in the payload (where
+    decoding may just succeed and canonical re-encoding for the signature check then fails)."""
+    limit = sys.getrecursionlimit()
+    assert rejected(bob, b"[" * (limit * 20) + b"]" * (limit * 20)) == "bad-json"
+    head = (b'{"from":"%s","kind":"bye","net":"%s","seq":1,"sig":"%s","to":"%s","ts":%d,"v":1,"payload":{"reason":'
+            % (ALICE.public_key.hex().encode(), NET.encode(), b"00" * 64, BOB.public_key.hex().encode(), T0))
+    for depth in range(limit - 120, limit + 30):
+        body = head + b"[" * depth + b"]" * depth + b"}}"
+        assert rejected(bob, body) in ("bad-json", "bad-schema", "bad-signature")
+
+
+# -- schema -----------------------------------------------------------------------------------------------
+
+def _hello_dict(**changes):
+    d = {"listen": "h:1", "kinds": ["python"], "models": [], "sandbox": True, "peers": []}
+    d.update(changes)
+    return d
+
+
+def _step_dict(**changes):
+    d = {"job": "j", "step": "a", "kind": "python", "params": {"code": "x"}, "timeout": 3.0}
+    d.update(changes)
+    return d
+
+
+@pytest.mark.parametrize("kind,payload", [
+    ("hello", {k: v for k, v in _hello_dict().items() if k != "sandbox"}),  # missing field
+    ("hello", _hello_dict(admin=True)),  # extra field
+    ("hello", _hello_dict(kinds="python")),  # wrong type: str for list
+    ("hello", _hello_dict(kinds=["python", 3])),  # wrong item type
+    ("hello", _hello_dict(sandbox=1)),  # int where bool
+    ("hello", _hello_dict(listen=None)),
+    ("hello", _hello_dict(peers=[{"key": "k"}])),  # nested missing field
+    ("hello", _hello_dict(peers=[{"key": "k", "addr": "a", "x": 1}])),  # nested extra field
+    ("hello", _hello_dict(kinds=["x"] * 5000)),  # list too long
+    ("hello", ["not", "an", "object"]),
+    ("step", _step_dict(timeout=True)),  # bool where a number is expected
+    ("step", _step_dict(timeout="3")),
+    ("step", _step_dict(params=["code"])),
+    ("result", {"job": "j", "step": "a", "ok": 1, "output": 1, "digest": "d", "identity": "i", "work": {}}),
+    ("bye", {"reason": 5}),
+    ("receipt", {}),
+])
+def test_valid_json_with_wrong_schema_is_bad_schema(bob, kind, payload):
+    body = forge(ALICE, kind, payload, to=BOB.public_key, seq=10, ts=T0)
+    assert rejected(bob, body) == "bad-schema"
+    assert bob.rejected == Counter({"bad-schema": 1})
+    assert ALICE.public_key not in bob.highest_seq  # a rejected envelope does not advance the counter
+
+
+def test_parse_refuses_bool_for_int():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Counted:
+        n: int
+
+    assert parse(Counted, {"n": 3}).n == 3
+    for bad in (True, False, 3.0, "3", None):
+        with pytest.raises(Rejected) as info:
+            parse(Counted, {"n": bad})
+        assert info.value.reason == "bad-schema"
+        assert "n" in info.value.detail
+
+
+# -- framing ----------------------------------------------------------------------------------------------
+
+def test_header_over_cap_is_refused_before_the_body_arrives():
+    dec = FrameDecoder(cap=1024)
+    with pytest.raises(Rejected) as info:
+        dec.feed(struct.pack(">I", 1025))  # header alone, no body bytes at all
+    assert info.value.reason == "frame-too-large"
+    assert "1025" in info.value.detail
+
+
+def test_default_cap_refuses_a_huge_declared_length():
+    dec = FrameDecoder()
+    assert dec.cap == DEFAULT_FRAME_CAP
+    with pytest.raises(Rejected) as info:
+        dec.feed(struct.pack(">I", DEFAULT_FRAME_CAP + 1) + b"x" * 10)
+    assert info.value.reason == "frame-too-large"
+    with pytest.raises(Rejected):
+        FrameDecoder().feed(b"\xff\xff\xff\xff")
+
+
+def test_frame_exactly_at_cap_is_accepted_and_partial_header_waits():
+    dec = FrameDecoder(cap=10)
+    assert dec.feed(b"\x00\x00\x00") == [] and dec.pending == 3
+    assert dec.feed(b"\x0a" + b"0123456789") == [b"0123456789"]
+    assert dec.pending == 0
+    assert dec.feed(struct.pack(">I", 0)) == [b""]
+
+
+def _stream(alice: Sealer) -> tuple[bytes, list[bytes]]:
+    frames = [alice.seal("hello", BOB.public_key, hello(), T0),
+              alice.seal("step", BOB.public_key, step_req(), T0),
+              alice.seal("bye", BOB.public_key, Bye("x" * 300), T0)]
+    return b"".join(frames), [f[4:] for f in frames]
+
+
+def test_frames_split_at_every_byte_boundary_decode_identically(alice):
+    stream, expected = _stream(alice)
+    for i in range(len(stream) + 1):
+        dec = FrameDecoder()
+        got = dec.feed(stream[:i]) + dec.feed(stream[i:])
+        assert got == expected, f"split at {i}"
+        assert dec.pending == 0
+    dec = FrameDecoder()
+    got = [body for b in stream for body in dec.feed(bytes([b]))]
+    assert got == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=2000), max_size=12))
+def test_frames_split_anywhere_decode_identically(cuts):
+    stream, expected = _stream(Sealer(ALICE, NET))
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    dec, got, prev = FrameDecoder(), [], 0
+    for p in points + [len(stream)]:
+        got += dec.feed(stream[prev:p])
+        prev = p
+    assert got == expected and dec.pending == 0
+    bob = Receiver(BOB.public_key, NET)
+    assert [bob.receive(b, T0).kind for b in got] == ["hello", "step", "bye"]
+
+
+def test_truncated_frame_leaves_pending_bytes(alice):
+    frame = alice.seal("hello", BOB.public_key, hello(), T0)
+    dec = FrameDecoder()
+    assert dec.feed(frame[:-1]) == []
+    assert dec.pending == len(frame) - 1
+
+
+# -- tamper property --------------------------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_single_byte_change_is_rejected_or_harmless(data):
+    """Flip any byte of an honest body: either it is rejected, or (e.g. upper-case hex) it decodes to
+    exactly the envelope that was signed."""
+    body = one_body(Sealer(ALICE, NET).seal("step", BOB.public_key, step_req(), T0))
+    honest = Receiver(BOB.public_key, NET).receive(body, T0)
+    i = data.draw(st.integers(0, len(body) - 1))
+    mask = data.draw(st.integers(1, 255))
+    tampered = body[:i] + bytes([body[i] ^ mask]) + body[i + 1:]
+    bob = Receiver(BOB.public_key, NET)
+    try:
+        env = bob.receive(tampered, T0)
+    except Rejected:
+        assert sum(bob.rejected.values()) == 1
+        return
+    assert env == honest
+
+
+# -- counters ---------------------------------------------------------------------------------------------
+
+def test_rejections_are_counted_by_reason(alice, mallory, bob):
+    good = one_body(alice.seal("hello", BOB.public_key, hello(), T0))
+    bob.receive(good, T0)
+    sends = [
+        good,  # replay
+        good,  # replay
+        b"junk",  # bad-json
+        edit(good, v=9),  # bad-version
+        edit(good, net="x"),  # wrong-network
+        one_body(mallory.seal("bye", CAROL.public_key, Bye(), T0)),  # wrong-recipient
+        edit(one_body(alice.seal("hello", BOB.public_key, hello(), T0 + 1)), sig="00" * 64),  # bad-signature
+        one_body(alice.seal("hello", BOB.public_key, hello(), T0 - 10**6)),  # stale
+    ]
+    for body in sends:
+        with pytest.raises(Rejected):
+            bob.receive(body, T0)
+    bob.receive(one_body(mallory.seal("hello", BOB.public_key, hello(), T0)), T0)
+    assert bob.rejected == Counter({"replay": 2, "bad-json": 1, "bad-version": 1, "wrong-network": 1,
+                                    "wrong-recipient": 1, "bad-signature": 1, "stale": 1})
+    bob.count("frame-too-large")  # the gateway reports framing errors through the same counter
+    assert bob.rejected["frame-too-large"] == 1
