@@ -159,9 +159,20 @@ def _parse_step(raw: Any, i: int, seen: set[str], source: str) -> Step:
     return Step(sid, kind, dict(params), list(dict.fromkeys(after)))
 
 
-def _check_params(sid: str, kind: str, params: dict, source: str) -> None:
+def check_request(kind: str, params: dict) -> None:
+    """Validate the resolved params of a step a peer asks this node to run (raises JobError)."""
+    if kind not in STEP_KINDS:
+        raise JobError(f"unknown kind {kind!r}")
+    if kind == "python" and not isinstance(params.get("inputs", {}), dict):
+        raise JobError("python inputs must be an object")
+    _check_params("request", kind, params, "peer", resolved=True)
+
+
+def _check_params(sid: str, kind: str, params: dict, source: str, resolved: bool = False) -> None:
     where = f"{source}: step {sid!r}"
     allowed = {"python": {"code"}, "llm": {"prompt", "max_tokens", "seed", "stop", "model"}}[kind]
+    if resolved and kind == "python":
+        allowed = allowed | {"inputs"}
     unknown = set(params) - allowed
     if unknown:
         raise JobError(f"{where}: unknown {kind} parameter {sorted(unknown)[0]!r} (known: {', '.join(sorted(allowed))})")

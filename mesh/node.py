@@ -32,9 +32,9 @@ from ledger.store import Entry
 from . import actorsys
 from .bridge import ActorBridge, NoAnswer
 from .canonical import canonical, digest
-from .dag import Job
+from .dag import Job, check_request
 from .envelope import ANYONE, DEFAULT_FRAME_CAP, Envelope, Receiver, Sealer
-from .errors import ConfigError, LedgerError, MeshError
+from .errors import ConfigError, JobError, LedgerError, MeshError
 from .gateway import Connection, Gateway
 from .home import LEDGER_FILE, RuntimeInfo, ensure_token
 from .identity import Identity, load_or_create
@@ -49,6 +49,7 @@ log = logging.getLogger("mesh.node")
 FAULTS = ("wrong", "silent", "slow", "crash", "forge")
 HEARTBEAT_S = 2.0
 DOWN_AFTER_S = 10.0
+MAX_GOSSIP = 64  # new peers taken from one hello: a liar cannot make us dial thousands
 
 
 @dataclass
@@ -271,7 +272,7 @@ class Node:
         if fresh or env.recipient == ANYONE:
             self.gateway.send(conn, "hello", env.sender, self.hello())
             log.info("peer %s up at %s (%s)", peer.node[:12], peer.addr, ",".join(peer.kinds))
-        for ref in hello.peers:
+        for ref in hello.peers[:MAX_GOSSIP]:
             try:
                 key = bytes.fromhex(ref.key)
             except ValueError:
@@ -315,6 +316,10 @@ class Node:
         if req.kind not in self.kinds:
             why = self.model_error if req.kind == "llm" else "no sandbox (bwrap) on this node"
             return fail(f"this node does not run {req.kind} steps: {why}")
+        try:
+            check_request(req.kind, req.params)
+        except JobError as exc:
+            return fail(f"refused: {exc}")
         model = req.params.get("model", "default")
         if req.kind == "llm" and (default_model_sha() if model == "default" else model) not in self.models:
             return fail(f"this node does not hold model {str(model)[:16]}")

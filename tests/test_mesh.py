@@ -183,3 +183,37 @@ def test_garbage_on_the_peer_port_is_counted_and_the_node_keeps_serving(make_mes
     job = write_job(tmp_path / "job.json", [PY_STEP])
     rep = cli_json("submit", job, "--home", str(mesh.nodes[0].home), "--redundancy", "3", "--wait")
     assert rep["status"] == "done" and rep["steps"]["sum"]["output"] == 90
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.llm
+def test_model_runner_killed_mid_step_is_replaced(make_mesh, tmp_path: Path):
+    """Thespian does not restart dead actors: the NodeActor must fail the step it held and recreate the
+    runner, so the node keeps serving llm steps."""
+    mesh = make_mesh(4, lambda i: ["--no-model"] if i == 0 else [])
+    victim = mesh.nodes[3]
+
+    def runner_pid() -> int | None:
+        procs = [psutil.Process(p) for p in tree_pids(victim.proc.pid)]
+        big = [p for p in procs if p.memory_info().rss > 150 << 20]  # the process holding the model
+        return big[0].pid if len(big) == 1 else None
+
+    old = wait_for(runner_pid, 60, "the model to load on the victim")
+    long_job = {"steps": [{"id": "g", "kind": "llm", "params": {"prompt": "Once upon a time", "max_tokens": 400}}]}
+    client = mesh.nodes[0].client
+    job_id = client.request("POST", "/jobs", {"job": long_job, "redundancy": 3})["job_id"]
+    wait_for(lambda: len(client.request("GET", f"/jobs/{job_id}")["steps"]["g"]["replicas"]) == 3, 20, "dispatch")
+    psutil.Process(old).kill()
+    rep = wait_for(lambda: (r := client.request("GET", f"/jobs/{job_id}?wait=2")) and r["status"] != "running" and r,
+                   240, "the job to end")
+    assert rep["status"] == "done", rep
+    mine = next(r for r in rep["steps"]["g"]["replicas"] if r["node"] == victim.node_id)
+    assert not mine["agreed"] and "died" in mine["error"]
+    new = wait_for(lambda: (p := runner_pid()) and p != old and p, 60, "a new model runner")
+    assert new != old
+    short = {"steps": [{"id": "g", "kind": "llm", "params": {"prompt": "The capital of France is", "max_tokens": 6}}]}
+    job_id = client.request("POST", "/jobs", {"job": short, "redundancy": 3})["job_id"]
+    rep = wait_for(lambda: (r := client.request("GET", f"/jobs/{job_id}?wait=2")) and r["status"] != "running" and r,
+                   120, "the second job")
+    assert rep["status"] == "done"
+    assert all(r["agreed"] for r in rep["steps"]["g"]["replicas"])
