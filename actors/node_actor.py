@@ -26,6 +26,7 @@ from .messages import (
 )
 
 log = logging.getLogger("mesh.node_actor")
+MAX_RUNNER_RESTARTS = 20  # past this a node stops offering llm steps instead of crash-looping
 
 
 @dataclass
@@ -53,6 +54,8 @@ class NodeActor(ActorTypeDispatcher):
         self.model: LoadModel | None = None
         self.model_error = ""
         self.pending: dict[str, _Pending] = {}
+        self.ready_asker = None
+        self.runner_restarts = 0
 
     # -- set-up --------------------------------------------------------------------------------------
     def receiveMsg_NodeConfig(self, msg: NodeConfig, sender) -> None:
@@ -69,7 +72,8 @@ class NodeActor(ActorTypeDispatcher):
             else:
                 self.model = LoadModel(str(path), sha, msg.n_threads)
                 self._spawn_runner()
-                models.append(sha)
+                self.ready_asker = sender  # answered once the model is loaded: ready means ready
+                return
         self.send(sender, NodeReady(models, self.model_error))
 
     def _spawn_ledger(self) -> None:
@@ -126,6 +130,11 @@ class NodeActor(ActorTypeDispatcher):
     def receiveMsg_ModelLoaded(self, msg: ModelLoaded, sender) -> None:
         if msg.error:
             log.warning("model %s failed to load: %s", msg.sha256[:12], msg.error)
+            self.model_error, self.model, self.runner = msg.error, None, None
+            self.send(sender, ActorExitRequest())  # harmless if the runner is already gone
+        if self.ready_asker is not None:
+            self.send(self.ready_asker, NodeReady([] if msg.error else [msg.sha256], msg.error))
+            self.ready_asker = None
 
     # -- supervision ---------------------------------------------------------------------------------
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender) -> None:
@@ -135,6 +144,12 @@ class NodeActor(ActorTypeDispatcher):
                 del self.pending[rid]
                 self.send(p.asker, _failure(p.message, "the worker process died while running it"))
         if child == self.runner and self.model is not None:
+            self.runner_restarts += 1
+            if self.ready_asker is not None or self.runner_restarts > MAX_RUNNER_RESTARTS:
+                why = "the model runner died while loading the model" if self.ready_asker is not None else \
+                    f"the model runner died {self.runner_restarts} times"
+                self.receiveMsg_ModelLoaded(ModelLoaded(self.model.sha256, why + " (see actors.log)"), child)
+                return
             log.warning("model runner exited; starting a new one")
             self._spawn_runner()
         elif child == self.ledger and self.config is not None:

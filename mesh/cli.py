@@ -177,21 +177,32 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops `up`/`demo` like Ctrl-C does, so the nodes they started are stopped too."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from .local import LocalMesh
 
     directory = Path(args.dir).expanduser()
     mesh = LocalMesh(directory, args.nodes, lambda i: ["--no-model"] if args.no_model else [])
     t0 = time.monotonic()
-    mesh.start()
+    _stop_on_sigterm()
     try:
-        took = mesh.wait_ready(args.timeout, lambda line: print(line, file=sys.stderr, flush=True))
-        print(f"mesh of {args.nodes} nodes ready in {took:.1f} s (Ctrl-C stops them all)")
+        mesh.start()
+        mesh.wait_ready(args.timeout, lambda line: print(line, file=sys.stderr, flush=True))
+        print(f"mesh of {args.nodes} nodes ready in {time.monotonic() - t0:.1f} s (Ctrl-C stops them all)")
         for n in mesh.nodes:
             print(f"  {n.node_id[:16]}  peer {n.listen}  API {n.api}  home {n.home}")
-        print(f"try: mesh submit examples/demo-job.json --home {mesh.nodes[0].home} --wait", flush=True)
-        if args.ready_only:
-            return 0
+        r = max(1, min(3, args.nodes - 1))
+        print(f"try: mesh submit examples/demo-job.json --home {mesh.nodes[0].home} --redundancy {r} --wait "
+              f"(a step runs on nodes other than the submitter)", flush=True)
         while all(n.alive() for n in mesh.nodes):
             time.sleep(0.5)
         dead = [n for n in mesh.nodes if not n.alive()]
@@ -200,9 +211,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("stopping...", file=sys.stderr)
         return 0
     finally:
-        if not args.ready_only:
-            mesh.stop()
-        _ = t0
+        mesh.stop()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -212,11 +221,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     job_path = args.job or str(Path(__file__).resolve().parent.parent / "examples" / "demo-job.json")
     job = _load_job_file(job_path)
     directory = Path(args.dir).expanduser()
+    _stop_on_sigterm()
     with LocalMesh(directory, args.nodes) as mesh:
         t0 = time.monotonic()
         mesh.start()
-        took = mesh.wait_ready(args.timeout, lambda line: print(line, file=sys.stderr, flush=True))
-        print(f"mesh of {args.nodes} nodes on loopback ready in {took:.1f} s")
+        mesh.wait_ready(args.timeout, lambda line: print(line, file=sys.stderr, flush=True))
+        print(f"mesh of {args.nodes} nodes on loopback ready in {time.monotonic() - t0:.1f} s")
         client: Client = mesh.nodes[0].client
         t1 = time.monotonic()
         job_id = client.request("POST", "/jobs", {"job": job, "redundancy": args.redundancy})["job_id"]
@@ -269,7 +279,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dir", default=".mesh", help="directory for the nodes' homes (default .mesh)")
     sp.add_argument("--timeout", type=float, default=180)
     sp.add_argument("--no-model", action="store_true", help="start nodes without the model")
-    sp.add_argument("--ready-only", action="store_true", help=argparse.SUPPRESS)
 
     sp = add("submit", cmd_submit, "submit a job file to a node", api=True, json_flag=True)
     sp.add_argument("job", help="job file (JSON)")

@@ -102,7 +102,10 @@ def parse_job(data: Any, source: str = "job", redundancy: int | None = None, quo
     r = redundancy if redundancy is not None else data.get("redundancy", 3)
     if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= 16:
         raise JobError(f"{source}: redundancy must be an integer from 1 to 16, got {r!r}")
-    rule = QuorumRule.parse(quorum if quorum is not None else data.get("quorum", "majority"), r)
+    try:
+        rule = QuorumRule.parse(quorum if quorum is not None else data.get("quorum", "majority"), r)
+    except JobError as exc:
+        raise JobError(f"{source}: {exc}") from None
     r = rule.n or r  # K-of-N fixes the redundancy at N
     timeout = data.get("timeout", 300.0)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 1 <= timeout <= 3600:

@@ -150,7 +150,7 @@ class Receiver:
             raise Rejected("bad-json", "frame is not UTF-8 JSON") from None
         if not isinstance(obj, dict) or set(obj) != _ENVELOPE_KEYS:
             raise Rejected("bad-envelope", "envelope fields are wrong")
-        if obj["v"] != PROTOCOL_VERSION:
+        if type(obj["v"]) is not int or obj["v"] != PROTOCOL_VERSION:
             raise Rejected("bad-version", f"protocol version {obj['v']!r}, this node speaks {PROTOCOL_VERSION}")
         kind = obj["kind"]
         if not isinstance(kind, str) or kind not in KINDS:

@@ -333,6 +333,9 @@ class Node:
             return fail(f"internal error: unexpected {type(done).__name__}")
         if not done.ok:
             return fail(done.error)
+        size = len(canonical(done.output))
+        if size > self.opts.frame_cap // 2:  # the signed result must fit in one frame, with room to spare
+            return fail(f"output of {size} bytes is over this mesh's limit of {self.opts.frame_cap // 2}")
         return StepResult(req.job, req.step, True, done.output, digest(done.output), done.identity, done.work)
 
     async def _on_receipt(self, peer: Peer, msg: ReceiptMsg) -> None:

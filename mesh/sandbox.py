@@ -5,6 +5,7 @@ output. The step's code sees `inputs` and sets `output`."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import shutil
@@ -84,6 +85,16 @@ def _limits(cpu_s: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def _finite(value: object) -> float:
+    """A finite float from a JSON number (or its text); NaN, Infinity and 1e999 have no canonical form."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError("not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
+
+
 def run_python(code: str, inputs: dict, timeout: float, sandboxed: bool = True) -> PythonResult:
     """Run one python step. `sandboxed=False` (operator opt-in only) skips bwrap but keeps the limits."""
     if sandboxed:
@@ -114,11 +125,11 @@ def run_python(code: str, inputs: dict, timeout: float, sandboxed: bool = True) 
     if MARK not in text:
         tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
         raise StepFailed(f"python step died: {tail[0][:300]}")
-    try:
-        res = json.loads(text.rsplit(MARK, 1)[1])
-        ok, cpu = bool(res["ok"]), float(res["cpu_s"])
-    except (ValueError, KeyError, TypeError):
+    try:  # the step's code can write here too (e.g. from atexit): trust no field of it
+        res = json.loads(text.rsplit(MARK, 1)[1], parse_float=_finite, parse_constant=_finite)
+        ok, cpu, error = bool(res["ok"]), _finite(res["cpu_s"]), str(res.get("error", "python step failed"))
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         raise StepFailed("python step produced an unreadable result") from None
     if not ok:
-        raise StepFailed(res["error"][:500])
+        raise StepFailed(error[:500])
     return PythonResult(res.get("output"), str(res.get("stdout", "")), str(res.get("stderr", "")), cpu)

@@ -1,0 +1,279 @@
+"""mesh.sandbox.run_python under real bubblewrap: results, failures, limits and isolation (network, the
+node's home, the host's files)."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+
+import pytest
+
+from mesh.canonical import canonical
+from mesh.errors import StepFailed
+from mesh.sandbox import MARK, OUTPUT_CAP, STREAM_CAP, PythonResult, run_python
+
+pytestmark = [
+    pytest.mark.timeout(30),
+    pytest.mark.skipif(shutil.which("bwrap") is None,
+                       reason="bubblewrap (bwrap) is not installed; CI installs it, run `apt-get install bubblewrap`"),
+]
+
+
+def run(code: str, inputs: dict | None = None, timeout: float = 10) -> PythonResult:
+    return run_python(code, inputs or {}, timeout)
+
+
+def fails(code: str, timeout: float = 10) -> str:
+    with pytest.raises(StepFailed) as info:
+        run(code, timeout=timeout)
+    return str(info.value)
+
+
+# -- results ----------------------------------------------------------------------------------------------
+
+def test_output_from_inputs():
+    res = run("output = {'sum': sum(inputs['xs']), 'name': inputs['name'].upper()}", {"xs": [1, 2, 3.5], "name": "é"})
+    assert res.output == {"sum": 6.5, "name": "É"}
+    assert res.cpu_s >= 0 and math.isfinite(res.cpu_s)
+
+
+def test_no_output_is_none():
+    assert run("x = 1").output is None
+
+
+def test_stdout_and_stderr_are_captured():
+    res = run("import sys\nprint('hello', 42)\nprint('oops', file=sys.stderr)\noutput = 1")
+    assert res.stdout == "hello 42\n"
+    assert res.stderr == "oops\n"
+    assert res.output == 1
+
+
+def test_exception_is_step_failed_with_its_name():
+    msg = fails("def f():\n    raise ValueError('boom')\nf()")
+    assert msg.startswith("ValueError: boom")
+    assert fails("1 / 0").startswith("ZeroDivisionError")
+    assert fails("import sys; sys.exit(3)").startswith("SystemExit")
+    assert fails("def (:").startswith("SyntaxError")
+
+
+def test_infinite_loop_times_out():
+    t0 = time.monotonic()
+    msg = fails("while True:\n    pass", timeout=2)
+    elapsed = time.monotonic() - t0
+    assert "timed out" in msg and "2 s" in msg
+    assert elapsed < 8
+
+
+def test_sleeping_forever_times_out_too():
+    t0 = time.monotonic()
+    assert "timed out" in fails("import time\ntime.sleep(3600)", timeout=2)
+    assert time.monotonic() - t0 < 8
+
+
+def test_memory_bomb_fails_cleanly():
+    assert "MemoryError" in fails("x = bytearray(4 << 30)")
+    assert "MemoryError" in fails("x = 'a' * (4 << 30)")
+
+
+def test_memory_limit_is_cumulative():
+    msg = fails("chunks = []\nfor _ in range(64):\n    chunks.append(bytearray(64 << 20))\noutput = len(chunks)")
+    assert "MemoryError" in msg
+
+
+@pytest.mark.parametrize("code,error", [
+    ("output = object()", "TypeError"),
+    ("output = {1, 2}", "TypeError"),
+    ("output = b'bytes'", "TypeError"),
+    ("output = float('nan')", "ValueError"),
+    ("output = [float('inf')]", "ValueError"),
+])
+def test_non_json_output_is_step_failed(code, error):
+    assert fails(code).startswith(error)
+
+
+def test_output_over_the_cap_fails():
+    # the cap bounds everything the runner prints: output plus the two capped streams
+    assert "output over" in fails(f"output = 'x' * {OUTPUT_CAP + 2 * STREAM_CAP + 1}")
+    assert run(f"output = 'x' * {OUTPUT_CAP - 1000}").output == "x" * (OUTPUT_CAP - 1000)
+
+
+def test_streams_are_capped():
+    res = run(f"print('y' * {3 * STREAM_CAP})\noutput = 1")
+    assert len(res.stdout) == STREAM_CAP and res.output == 1
+
+
+def test_process_that_dies_without_a_result():
+    assert "died" in fails("import os\nos._exit(0)")
+    assert "died" in fails("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+
+
+# -- what the parser is fed -------------------------------------------------------------------------------
+
+def _ok_or_step_failed(code: str) -> PythonResult | None:
+    try:
+        res = run(code)
+    except StepFailed:
+        return None
+    assert isinstance(res, PythonResult)
+    assert math.isfinite(res.cpu_s)
+    canonical(res.output)  # the worker must be able to digest what it reports
+    return res
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\xff\xfe\x00\x80 not utf-8",
+    b"{\"ok\": false}",
+    MARK.encode()[:5],
+    MARK.encode() + b"{broken",
+    b"\x1e" * 100,
+])
+def test_garbage_on_fd1_does_not_crash_the_parser(garbage):
+    res = _ok_or_step_failed(f"import os\nos.write(1, {garbage!r})\noutput = 'fine'")
+    assert res is None or res.output == "fine"
+
+
+@pytest.mark.parametrize("forged", [
+    b'{"ok": false, "cpu_s": 0, "error": 5}',
+    b'{"ok": false, "cpu_s": 0}',
+    b'{"ok": true, "cpu_s": NaN, "output": 1}',
+    b'{"ok": true, "cpu_s": 0, "output": NaN}',
+    b'{"ok": true, "cpu_s": 0, "output": [Infinity]}',
+    b'{"ok": true, "cpu_s": 0, "output": 1e999}',
+    b'{"ok": true, "cpu_s": 1e999, "output": 1}',
+    b'{"ok": true, "cpu_s": ' + b"9" * 400 + b', "output": 1}',
+    b'{"ok": true, "cpu_s": "fast", "output": 1}',
+    b'{"ok": true, "cpu_s": [1], "output": 1}',
+    b'{"ok": true, "cpu_s": 0, "output": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    b"[1, 2]",
+    b"",
+])
+def test_forged_result_written_after_the_runner_does_not_crash_the_parser(forged):
+    """Step code can write to fd 1 after the runner (atexit): whatever it writes, run_python answers
+    with a result or StepFailed, never another exception or a value the worker cannot digest."""
+    code = f"import atexit, os\natexit.register(lambda: os.write(1, {MARK.encode() + forged!r}))\noutput = 'fine'"
+    _ok_or_step_failed(code)
+
+
+# -- isolation --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tcp_server():
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.setblocking(False)
+    yield srv
+    srv.close()
+
+
+CONNECT = """
+import socket
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.connect(("127.0.0.1", inputs["port"]))
+    output = "connected"
+except OSError as e:
+    output = "failed: " + type(e).__name__
+"""
+
+
+def test_no_network_not_even_loopback(tcp_server):
+    port = tcp_server.getsockname()[1]
+    res = run(CONNECT, {"port": port})
+    assert res.output.startswith("failed"), res.output
+    with pytest.raises(BlockingIOError):
+        tcp_server.accept()  # nothing reached the server
+
+
+def test_the_connect_probe_works_outside_the_sandbox(tcp_server):
+    """Control for the test above: the same code, unsandboxed, does reach the server."""
+    port = tcp_server.getsockname()[1]
+    assert run_python(CONNECT, {"port": port}, 10, sandboxed=False).output == "connected"
+    conn, _ = tcp_server.accept()
+    conn.close()
+
+
+def test_only_loopback_interface_and_no_route_out():
+    res = run("import socket\n"
+              "names = sorted(n for _, n in socket.if_nameindex())\n"
+              "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+              "try:\n"
+              "    s.connect(('192.0.2.1', 53)); s.send(b'x'); route = 'yes'\n"
+              "except OSError as e:\n"
+              "    route = type(e).__name__\n"
+              "output = [names, route]")
+    names, route = res.output
+    assert names == ["lo"]
+    assert route != "yes"
+
+
+def test_node_home_and_test_files_are_invisible(tmp_path):
+    home = tmp_path / "home" / ".homemesh"
+    home.mkdir(parents=True)
+    (home / "node.key").write_text("00" * 32)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret")
+    paths = [str(home / "node.key"), str(home), str(secret), str(tmp_path), os.path.abspath(__file__),
+             os.path.expanduser("~/.homemesh"), os.path.expanduser("~/.bashrc"), "/work", "/etc/passwd",
+             "/etc/shadow", os.getcwd()]
+    for p in paths[:4]:
+        assert os.path.exists(p)  # they are there for us...
+    res = run("import os\noutput = {p: os.path.exists(p) for p in inputs['paths']}", {"paths": paths})
+    assert res.output == {p: False for p in paths}  # ...but not for the step
+
+
+def test_environment_and_tmp_are_fresh(tmp_path):
+    res = run("import os\noutput = [dict(os.environ), os.listdir('/tmp'), os.getcwd()]")
+    env, tmp_listing, cwd = res.output
+    assert "HOME" not in env and not any("MESH" in k or "TOKEN" in k for k in env)
+    assert set(env) <= {"PATH", "LANG", "LC_CTYPE", "PWD"}  # bwrap --chdir sets PWD
+    assert tmp_listing == []
+    assert cwd == "/tmp"
+
+
+def test_root_holds_nothing_but_the_python_prefix():
+    prefix = os.path.realpath(sys.base_prefix)
+    res = run("import os\n"
+              "out = {}\n"
+              "for d in ('/', '/root'):\n"
+              "    out[d] = sorted(os.listdir(d)) if os.path.isdir(d) else None\n"
+              "p = inputs['prefix']\n"
+              "while p.startswith('/root/'):\n"
+              "    p = os.path.dirname(p)\n"
+              "    out[p] = sorted(os.listdir(p))\n"
+              "output = out", {"prefix": prefix})
+    listing = res.output
+    assert set(listing["/"]) <= {"usr", "lib", "lib64", "bin", "sbin", "tmp", "proc", "dev", "root"}
+    assert "work" not in listing["/"] and "home" not in listing["/"] and "etc" not in listing["/"]
+    if prefix.startswith("/root/"):
+        # each directory on the way down shows only the next step towards the interpreter
+        parts = prefix.split("/")[1:]
+        for i in range(1, len(parts)):
+            parent = "/" + "/".join(parts[:i])
+            assert listing[parent] == [parts[i]], (parent, listing[parent])
+    else:
+        assert listing["/root"] in (None, [])
+
+
+def test_filesystem_outside_tmp_is_read_only():
+    res = run("import os\n"
+              "out = {}\n"
+              "for p in ('/usr/evil', inputs['exe_dir'] + '/evil'):\n"
+              "    try:\n"
+              "        open(p, 'w').write('x'); out[p] = 'written'\n"
+              "    except OSError as e:\n"
+              "        out[p] = type(e).__name__\n"
+              "open('/tmp/ok', 'w').write('x')\n"
+              "output = out", {"exe_dir": os.path.dirname(os.path.realpath(sys.base_prefix) + "/bin/x")})
+    assert "written" not in res.output.values()
+
+
+def test_cannot_see_host_processes():
+    res = run("import os\noutput = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())")
+    assert os.getpid() not in res.output
+    assert len(res.output) < 10
