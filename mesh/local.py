@@ -40,6 +40,7 @@ class LocalNode:
     threads: int = 1  # many nodes share this machine's cores: oversubscribed llama.cpp threads spin
     proc: subprocess.Popen | None = None
     info: RuntimeInfo | None = None
+    env: dict[str, str] = field(default_factory=dict)  # extra environment (tests)
 
     @property
     def listen(self) -> str:
@@ -76,7 +77,7 @@ class LocalNode:
             cmd += ["--bootstrap", b]
         with open(self.home / "stdout.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+                                         start_new_session=True, env={**os.environ, **self.env})
 
     def wait_started(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

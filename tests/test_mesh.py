@@ -220,3 +220,27 @@ def test_model_runner_killed_mid_step_is_replaced(make_mesh, tmp_path: Path):
                    120, "the second job")
     assert rep["status"] == "done"
     assert all(r["agreed"] for r in rep["steps"]["g"]["replicas"])
+
+
+@pytest.mark.timeout(180)
+def test_node_without_bwrap_refuses_python_unless_its_operator_opts_in(tmp_path: Path):
+    """No sandbox → no python steps from peers; `--allow-unsandboxed-python` is the explicit opt-in."""
+    from mesh.local import LocalMesh
+
+    mesh = LocalMesh(tmp_path / "m", 3, lambda i: ["--no-model"] + (["--allow-unsandboxed-python"] if i == 2 else []))
+    for node in mesh.nodes[1:]:
+        node.env = {"PATH": str(tmp_path / "empty-bin")}  # bwrap cannot be found
+    try:
+        mesh.start()
+        mesh.wait_ready(120)
+        plain, opted = (cli_json("status", "--home", str(n.home)) for n in mesh.nodes[1:])
+        assert plain["sandbox"] is False and "python" not in plain["kinds"]
+        assert opted["sandbox"] is False and "python" in opted["kinds"]
+        job = write_job(tmp_path / "j.json", [PY_STEP])
+        rep = cli_json("submit", job, "--home", str(mesh.nodes[0].home), "--redundancy", "1", "--wait")
+        assert rep["status"] == "done"
+        assert [r["node"] for r in rep["steps"]["sum"]["replicas"]] == [mesh.nodes[2].node_id]
+        rep = cli_json("submit", job, "--home", str(mesh.nodes[0].home), "--redundancy", "2", "--wait")
+        assert rep["status"] == "failed" and "offers 1" in rep["steps"]["sum"]["error"]
+    finally:
+        mesh.stop()
