@@ -16,7 +16,8 @@ from mesh.policy import reputation
 
 from .receipts import check_receipt, payer_id
 
-KINDS = ("paid", "earned", "agreed", "disagreed", "no_show")
+KINDS = ("paid", "earned", "agreed", "disagreed", "no_show", "penalty")
+REPUTATION_KINDS = ("agreed", "disagreed", "no_show", "penalty")
 GENESIS = "0" * 64
 SCHEMA_VERSION = 1
 
@@ -117,14 +118,14 @@ class Ledger:
         return {k: round(s, 6) for k, s, _ in rows if k in ("paid", "earned")}
 
     def peer_stats(self) -> dict[str, dict]:
-        """node id → agreed, disagreed, no_show counts and beta reputation, best first."""
+        """node id → agreed, disagreed, no_show, penalty counts and beta reputation, best first."""
         stats: dict[str, dict] = {}
         for peer, kind, n in self.db.execute(
-                "SELECT peer, kind, COUNT(*) FROM entries WHERE kind IN ('agreed','disagreed','no_show') "
+                "SELECT peer, kind, COUNT(*) FROM entries WHERE kind IN ('agreed','disagreed','no_show','penalty') "
                 "GROUP BY peer, kind"):
-            stats.setdefault(peer, {"agreed": 0, "disagreed": 0, "no_show": 0})[kind] = n
+            stats.setdefault(peer, dict.fromkeys(REPUTATION_KINDS, 0))[kind] = n
         for s in stats.values():
-            s["reputation"] = round(reputation(s["agreed"], s["disagreed"], s["no_show"]), 6)
+            s["reputation"] = round(reputation(s["agreed"], s["disagreed"], s["no_show"], s["penalty"]), 6)
         return dict(sorted(stats.items(), key=lambda kv: (-kv[1]["reputation"], kv[0])))
 
     def history(self, limit: int = 100) -> list[dict]:

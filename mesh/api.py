@@ -60,11 +60,11 @@ def build_app(node: "Node") -> Starlette:
             job = parse_job(data["job"], "job", data.get("redundancy"), data.get("quorum"))
         except JobError as exc:
             return _error(400, str(exc))
-        return JSONResponse({"job_id": node.submit(job)}, status_code=201)
+        return JSONResponse({"job_id": node.submitter.submit(job)}, status_code=201)
 
     async def job(request: Request):
         job_id = request.path_params["job_id"]
-        st = node.jobs.get(job_id)
+        st = node.submitter.jobs.get(job_id)
         if st is None:
             path = node.opts.home / "jobs" / f"{job_id}.json"
             if job_id.isalnum() and path.exists():
@@ -77,11 +77,11 @@ def build_app(node: "Node") -> Starlette:
         if wait > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(st.done.wait(), wait)
-        return JSONResponse(node.report(job_id))
+        return JSONResponse(node.submitter.report(job_id))
 
     async def jobs(request: Request):
         return JSONResponse([{"job_id": j, "name": s.run.job.name, "status": s.run.status, "created": s.created}
-                             for j, s in node.jobs.items()])
+                             for j, s in node.submitter.jobs.items()])
 
     return Starlette(routes=[
         Route("/health", health),

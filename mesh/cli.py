@@ -43,7 +43,9 @@ def cmd_node(args: argparse.Namespace) -> int:
         bootstrap=[parse_hostport(b, "--bootstrap") for b in args.bootstrap], network=args.network,
         fault=args.fault or "", allow_unsandboxed_python=args.allow_unsandboxed_python,
         load_model=not args.no_model, threads=args.threads,
-        model=Path(args.model).expanduser() if args.model else None,
+        model=Path(args.model).expanduser() if args.model else None, frame_cap=args.frame_cap,
+        advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
+        if args.advertise else "",
     )
     run_node(opts)
     return 0
@@ -159,7 +161,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         elif args.what == "peers":
             rows = [{"node": n, **s} for n, s in led.peer_stats().items()]
             human = "\n".join(f"{r['node'][:16]}  reputation {r['reputation']:.3f}  agreed {r['agreed']}  "
-                              f"disagreed {r['disagreed']}  no-show {r['no_show']}" for r in rows)
+                              f"disagreed {r['disagreed']}  no-show {r['no_show']}  penalties {r['penalty']}" for r in rows)
             _emit(args, rows, human or "no peers recorded yet")
         elif args.what == "history":
             rows = led.history(args.limit)
@@ -266,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--api", default="127.0.0.1:4751", help="HTTP API HOST:PORT, loopback only (default 127.0.0.1:4751)")
     sp.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT", help="a peer to join through (repeatable)")
     sp.add_argument("--network", default="homemesh-local", help="network id; nodes of other networks are refused")
+    sp.add_argument("--advertise", metavar="HOST:PORT",
+                    help="the address peers should dial (default: --listen; set it when listening on 0.0.0.0)")
+    sp.add_argument("--frame-cap", type=int, default=1 << 20, metavar="BYTES",
+                    help="largest peer frame accepted (default 1 MiB); larger frames drop the connection")
     sp.add_argument("--fault", choices=["wrong", "silent", "slow", "crash", "forge"],
                     help="misbehave on purpose (tests and demos): wrong answers, silence, slowness, crash, bad signatures")
     sp.add_argument("--allow-unsandboxed-python", action="store_true",

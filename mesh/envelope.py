@@ -126,10 +126,13 @@ class Receiver:
     """Checks incoming frame bodies for one node: network, recipient, time window, signature, replay,
     schema. Every rejection is counted by reason in `rejected`."""
 
-    def __init__(self, public_key: bytes, network: str, window_ms: int = DEFAULT_WINDOW_MS):
+    def __init__(self, public_key: bytes, network: str, window_ms: int = DEFAULT_WINDOW_MS, floor_ms: int = 0):
         self.public_key = public_key
         self.network = network
         self.window_ms = window_ms
+        # Envelopes stamped before this node (re)started are refused: the replay memory below is lost
+        # with a restart, and anything captured earlier was necessarily stamped earlier.
+        self.floor_ms = floor_ms
         self.highest_seq: dict[bytes, int] = {}
         self.rejected: Counter[str] = Counter()
 
@@ -179,6 +182,8 @@ class Receiver:
             raise Rejected("bad-json", "payload has no canonical JSON form") from None
         if not verify(sender, sig, message):
             raise Rejected("bad-signature", f"from {node_id_of(sender)[:12]}")
+        if ts < self.floor_ms:
+            raise Rejected("replay", f"stamped {self.floor_ms - ts} ms before this node started")
         if seq <= self.highest_seq.get(sender, -1):
             raise Rejected("replay", f"seq {seq} from {node_id_of(sender)[:12]} already seen")
         payload = parse(KINDS[kind], obj["payload"], kind)

@@ -172,6 +172,12 @@ class JobRun:
             for node in list(tally.pending):  # answers still out no longer matter
                 tally.fail(node, "not needed")
 
+    def abort(self, reason: str) -> None:
+        """Fail every step not yet settled (the driver is going away)."""
+        for run in self.steps.values():
+            if run.status in ("waiting", "running"):
+                run.status, run.error = "failed", reason
+
     def take_outcomes(self) -> list[Outcome]:
         out, self.outcomes = self.outcomes, []
         return out

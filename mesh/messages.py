@@ -8,20 +8,27 @@ from typing import Any
 
 
 @dataclass
-class PeerRef:
-    key: str  # hex public key
+class PeerRecord:
+    """A node's signed description of itself (see mesh.records): spread by gossip, verified before use,
+    replaced by a newer one (higher `issued`), forgotten after `expires`."""
+
+    key: str  # hex Ed25519 public key; the node id is its SHA-256
     addr: str  # host:port of its peer gateway
+    kinds: list[str]
+    models: list[str]  # SHA-256 of each model it serves
+    sandbox: bool
+    version: int  # protocol version it speaks
+    issued: int  # ms since the epoch
+    expires: int
+    sig: str
 
 
 @dataclass
 class Hello:
-    """Sent on connect and as heartbeat: who I am, where I listen, what I can run, whom I know."""
+    """Sent on connect and as heartbeat: my own record, and the records of peers I know."""
 
-    listen: str
-    kinds: list[str]
-    models: list[str]
-    sandbox: bool
-    peers: list[PeerRef] = field(default_factory=list)
+    record: PeerRecord
+    peers: list[PeerRecord] = field(default_factory=list)
 
 
 @dataclass

@@ -17,9 +17,10 @@ class Candidate:
     prefix: str  # network prefix (e.g. /24 of its address) for sybil spreading
 
 
-def reputation(agreed: int, disagreed: int, no_show: int) -> float:
-    """Beta reputation with a neutral prior: (a + 1) / (a + d + n + 2); a new peer scores 0.5."""
-    return (agreed + 1) / (agreed + disagreed + no_show + 2)
+def reputation(agreed: int, disagreed: int, no_show: int, penalty: int = 0) -> float:
+    """Beta reputation with a neutral prior: (a + 1) / (a + d + n + p + 2); a new peer scores 0.5.
+    Disagreements, no-shows and gateway penalties (abuse of the peer link) all count against it."""
+    return (agreed + 1) / (agreed + disagreed + no_show + penalty + 2)
 
 
 def place(candidates: list[Candidate], k: int, rng: random.Random) -> list[str]:

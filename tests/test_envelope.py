@@ -4,6 +4,7 @@ every call gets an explicit `now_ms`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import random
@@ -29,7 +30,8 @@ from mesh.envelope import (
 )
 from mesh.errors import Rejected
 from mesh.identity import Identity, verify
-from mesh.messages import KINDS, Bye, Hello, PeerRef, ReceiptMsg, StepRequest, StepResult
+from mesh.messages import KINDS, Bye, Hello, PeerRecord, ReceiptMsg, StepRequest, StepResult
+from mesh.records import make_record
 from mesh.schema import parse
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,8 +50,8 @@ ALICE, BOB, MALLORY, CAROL = ident(1), ident(2), ident(3), ident(4)
 
 
 def hello() -> Hello:
-    return Hello(listen="127.0.0.1:7001", kinds=["python", "llm"], models=["a" * 64], sandbox=True,
-                 peers=[PeerRef(key=CAROL.public_key.hex(), addr="127.0.0.1:7004")])
+    return Hello(record=make_record(ALICE, NET, "127.0.0.1:7001", ["python", "llm"], ["a" * 64], True, T0),
+                 peers=[make_record(CAROL, NET, "127.0.0.1:7004", ["python"], [], True, T0)])
 
 
 def step_req() -> StepRequest:
@@ -120,7 +122,7 @@ def test_honest_hello_is_accepted_with_typed_payload(alice, bob):
     assert env.ts_ms == T0
     assert isinstance(env.payload, Hello)
     assert env.payload == hello()
-    assert isinstance(env.payload.peers[0], PeerRef)
+    assert isinstance(env.payload.record, PeerRecord) and isinstance(env.payload.peers[0], PeerRecord)
     assert bob.rejected == Counter()
     assert bob.highest_seq[ALICE.public_key] == env.seq
 
@@ -177,7 +179,7 @@ def test_malformed_signature_is_bad_signature(alice, bob, sig):
 def test_payload_changed_after_signing_is_bad_signature(alice, bob):
     body = one_body(alice.seal("hello", BOB.public_key, hello(), T0))
     payload = json.loads(body)["payload"]
-    payload["listen"] = "6.6.6.6:666"
+    payload["record"]["addr"] = "6.6.6.6:666"
     assert rejected(bob, edit(body, payload=payload)) == "bad-signature"
 
     body = one_body(alice.seal("step", BOB.public_key, step_req(), T0 + 1))
@@ -471,8 +473,14 @@ def test_deeply_nested_json_is_rejected_not_crashing(bob):
 
 # -- schema -----------------------------------------------------------------------------------------------
 
+def _record_dict(**changes):
+    d = dataclasses.asdict(make_record(ALICE, NET, "h:1", ["python"], [], True, T0))
+    d.update(changes)
+    return d
+
+
 def _hello_dict(**changes):
-    d = {"listen": "h:1", "kinds": ["python"], "models": [], "sandbox": True, "peers": []}
+    d = {"record": _record_dict(), "peers": []}
     d.update(changes)
     return d
 
@@ -484,15 +492,15 @@ def _step_dict(**changes):
 
 
 @pytest.mark.parametrize("kind,payload", [
-    ("hello", {k: v for k, v in _hello_dict().items() if k != "sandbox"}),  # missing field
+    ("hello", {"peers": []}),  # missing field
     ("hello", _hello_dict(admin=True)),  # extra field
-    ("hello", _hello_dict(kinds="python")),  # wrong type: str for list
-    ("hello", _hello_dict(kinds=["python", 3])),  # wrong item type
-    ("hello", _hello_dict(sandbox=1)),  # int where bool
-    ("hello", _hello_dict(listen=None)),
+    ("hello", _hello_dict(record=_record_dict(kinds="python"))),  # wrong type: str for list
+    ("hello", _hello_dict(record=_record_dict(kinds=["python", 3]))),  # wrong item type
+    ("hello", _hello_dict(record=_record_dict(sandbox=1))),  # int where bool
+    ("hello", _hello_dict(record=_record_dict(addr=None))),
     ("hello", _hello_dict(peers=[{"key": "k"}])),  # nested missing field
-    ("hello", _hello_dict(peers=[{"key": "k", "addr": "a", "x": 1}])),  # nested extra field
-    ("hello", _hello_dict(kinds=["x"] * 5000)),  # list too long
+    ("hello", _hello_dict(peers=[_record_dict(x=1)])),  # nested extra field
+    ("hello", _hello_dict(record=_record_dict(kinds=["x"] * 5000))),  # list too long
     ("hello", ["not", "an", "object"]),
     ("step", _step_dict(timeout=True)),  # bool where a number is expected
     ("step", _step_dict(timeout="3")),

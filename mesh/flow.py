@@ -1,0 +1,38 @@
+"""Flow control, sans-I/O: token buckets that say how long a peer must be slowed, and the limits a
+node holds every connection to. The gateway applies them; the simulator can too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    msg_rate: float = 200.0  # envelopes per second, per connection
+    msg_burst: float = 400.0
+    byte_rate: float = 4 << 20  # bytes per second, per connection
+    byte_burst: float = 8 << 20
+    max_debt_s: float = 5.0  # a connection that would have to wait longer than this is dropped
+    handshake_s: float = 5.0  # a verified envelope must arrive this soon after connecting
+    frame_s: float = 10.0  # a started frame must complete this soon
+    idle_s: float = 60.0  # peers heartbeat every few seconds; silence this long ends the connection
+    max_unverified: int = 64  # connections that have not yet shown a valid envelope
+    max_connections: int = 512
+    max_rejections: int = 20  # rejected envelopes on one connection before it is dropped
+    max_inflight_per_peer: int = 4  # steps one peer may have running here at once
+    max_running: int = 16  # steps running here in all
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float, now: float):
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self.stamp = now
+
+    def take(self, amount: float, now: float) -> float:
+        """Spend `amount`; return the seconds the caller must wait to be back within the rate (0 when
+        it is within it). Debt accumulates, so a sender that keeps pushing waits longer and longer."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= amount
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate

@@ -1,0 +1,136 @@
+"""The submitter side of a node: drives each job's sans-I/O JobRun over the network, then pays the
+agreeing workers (ledger first, receipts second) and records who disagreed or failed to answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ledger.receipts import make_receipt
+from ledger.store import Entry
+
+from .canonical import digest
+from .dag import Job
+from .jobrun import Dispatch, JobRun, Outcome
+from .messages import ReceiptMsg, StepRequest, StepResult
+from .peers import Peer
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("mesh.submitter")
+TICK_S = 1.0  # how often a job re-checks deadlines when nothing else wakes it
+
+
+@dataclass
+class JobState:
+    run: JobRun
+    wake: asyncio.Event
+    done: asyncio.Event
+    created: float
+    credits: float = 0.0
+
+
+class Submitter:
+    def __init__(self, node: "Node"):
+        self.node = node
+        self.jobs: dict[str, JobState] = {}
+
+    def submit(self, job: Job) -> str:
+        job_id = uuid.uuid4().hex[:20]
+        run = JobRun(job_id, job, random.Random(self.node.rng.getrandbits(64)))
+        st = self.jobs[job_id] = JobState(run, asyncio.Event(), asyncio.Event(), time.time())
+        self.node.spawn(self._drive(job_id, st))
+        log.info("job %s (%s) submitted: %d steps at r=%d", job_id, job.name, len(job.steps), job.redundancy)
+        return job_id
+
+    async def _drive(self, job_id: str, st: JobState) -> None:
+        try:
+            await self._loop(job_id, st)
+        finally:  # whatever ends the driver (a bug, cancellation at shutdown) must not leave waiters hanging
+            if not st.run.finished:
+                st.run.abort("the job's driver stopped (node shutting down or internal error; see node.log)")
+            (self.node.opts.home / "jobs" / f"{job_id}.json").write_text(json.dumps(self.report(job_id)))
+            st.done.set()
+            log.info("job %s %s", job_id, st.run.status)
+
+    async def _loop(self, job_id: str, st: JobState) -> None:
+        run = st.run
+        while True:
+            st.wake.clear()
+            now = time.monotonic()
+            run.on_time(now)
+            for d in run.advance(self.node.candidates(), now):
+                self.node.spawn(self._dispatch(job_id, st, d))
+            outcomes = run.take_outcomes()
+            if outcomes:
+                await self._settle(job_id, st, outcomes)
+            if run.finished:
+                return
+            try:
+                await asyncio.wait_for(st.wake.wait(), TICK_S)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _dispatch(self, job_id: str, st: JobState, d: Dispatch) -> None:
+        peer = self.node.peers.by_node(d.node)
+        req = StepRequest(job_id, d.step, d.kind, d.params, max(1.0, d.deadline - time.monotonic()))
+        if peer is None or not await self.node.send_dialling(peer, "step", req):
+            st.run.on_failure(d.step, d.node, "unreachable")
+            st.wake.set()
+
+    def on_result(self, peer: Peer, res: StepResult) -> None:
+        st = self.jobs.get(res.job)
+        ok = res.ok
+        if ok and digest(res.output) != res.digest:
+            ok, res.error = False, "digest does not match output"
+        if st is None or not st.run.on_result(res.step, peer.node, ok, res.digest, res.output, res.work, res.error):
+            self.node.receiver.count("unexpected-result")  # never asked, late, or asked twice
+            return
+        st.wake.set()
+
+    def on_node_lost(self, node: str, reason: str) -> None:
+        for st in self.jobs.values():
+            if not st.run.finished:
+                st.run.on_node_lost(node, reason)
+                st.wake.set()
+
+    async def _settle(self, job_id: str, st: JobState, outcomes: list[Outcome]) -> None:
+        """Record settled steps in the ledger (one batch), then hand receipts to the paid workers."""
+        ts = int(time.time() * 1000)
+        entries: list[Entry] = []
+        receipts: list[tuple[str, dict]] = []
+        for o in outcomes:
+            replicas = st.run.steps[o.step].replicas
+            for node in o.agreeing:
+                r = make_receipt(self.node.identity, job_id, o.step, node, o.credit, ts)
+                receipts.append((node, r))
+                entries.append(Entry("paid", job_id, o.step, node, -o.credit, {"receipt": r, "digest": o.digest}))
+                entries.append(Entry("agreed", job_id, o.step, node, 0.0, {"digest": o.digest}))
+            if o.accepted:  # without a quorum nobody can tell who was right: answers are not judged
+                for node in o.dissenting:
+                    entries.append(Entry("disagreed", job_id, o.step, node, 0.0,
+                                         {"digest": replicas[node].digest, "accepted": o.digest}))
+            for node in o.failed:
+                entries.append(Entry("no_show", job_id, o.step, node, 0.0, {"reason": replicas[node].error}))
+        if not await self.node.record(entries, ts):
+            log.error("job %s: ledger write failed, no credits paid", job_id)
+            return
+        st.credits += sum(-e.amount for e in entries if e.kind == "paid")
+        for node, r in receipts:
+            peer = self.node.peers.by_node(node)
+            if peer is not None:
+                await self.node.send_dialling(peer, "receipt", ReceiptMsg(r))
+
+    def report(self, job_id: str) -> dict:
+        st = self.jobs[job_id]
+        rep = st.run.report()
+        rep["credits_spent"] = round(st.credits, 6)
+        rep["submitter"] = self.node.id
+        return rep

@@ -1,0 +1,108 @@
+"""The worker side of a node: runs the steps peers ask for (within per-peer and total limits), answers
+with a signed result, and records the receipts it is paid with. `--fault` modes live here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import uuid
+from typing import TYPE_CHECKING
+
+from actors.messages import RunStep, StepDone
+from ledger.receipts import check_receipt, payer_id
+from ledger.store import Entry
+
+from .bridge import NoAnswer
+from .canonical import canonical, digest
+from .dag import check_request
+from .errors import JobError
+from .messages import ReceiptMsg, StepRequest, StepResult
+from .models import default_model_sha
+from .peers import Peer
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("mesh.worker")
+
+
+def corrupt(output: object) -> object:
+    """fault=wrong: a plausible but wrong answer, validly signed."""
+    return output + " [tampered]" if isinstance(output, str) else {"tampered": output}
+
+
+class Worker:
+    def __init__(self, node: "Node"):
+        self.node = node
+        self.running = 0
+
+    async def work(self, peer: Peer, req: StepRequest) -> None:
+        node, fault = self.node, self.node.opts.fault
+        if fault == "silent":
+            return
+        limits = node.gateway.limits
+        if peer.inflight >= limits.max_inflight_per_peer or self.running >= limits.max_running:
+            node.receiver.count("busy")
+            result = StepResult(req.job, req.step, False, None, "", "", {}, "busy: too many steps in flight")
+        else:
+            peer.inflight += 1
+            self.running += 1
+            try:
+                result = await self.execute(req)
+            finally:
+                peer.inflight -= 1
+                self.running -= 1
+        if fault == "crash":
+            log.error("fault=crash: dying mid-step")
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        if fault == "slow":
+            await asyncio.sleep(min(req.timeout, 30.0))
+        if fault == "wrong" and result.ok:
+            out = corrupt(result.output)
+            result = StepResult(req.job, req.step, True, out, digest(out), result.identity, result.work)
+        await node.send_dialling(peer, "result", result)
+
+    async def execute(self, req: StepRequest) -> StepResult:
+        node = self.node
+
+        def fail(msg: str) -> StepResult:
+            return StepResult(req.job, req.step, False, None, "", "", {}, msg)
+
+        if req.kind not in node.kinds:
+            why = node.model_error if req.kind == "llm" else "no sandbox (bwrap) on this node"
+            return fail(f"this node does not run {req.kind} steps: {why}")
+        try:
+            check_request(req.kind, req.params)
+        except JobError as exc:
+            return fail(f"refused: {exc}")
+        model = req.params.get("model", "default")
+        if req.kind == "llm" and (default_model_sha() if model == "default" else model) not in node.models:
+            return fail(f"this node does not hold model {str(model)[:16]}")
+        timeout = max(1.0, min(req.timeout, 3600.0))
+        try:
+            done = await node.bridge.ask(
+                RunStep(uuid.uuid4().hex, req.kind, req.params, timeout, node.sandboxed), timeout + 15)
+        except NoAnswer as exc:
+            return fail(str(exc))
+        if not isinstance(done, StepDone):
+            return fail(f"internal error: unexpected {type(done).__name__}")
+        if not done.ok:
+            return fail(done.error)
+        size = len(canonical(done.output))
+        cap = node.opts.frame_cap // 2  # the signed result must fit in one frame, with room to spare
+        if size > cap:
+            return fail(f"output of {size} bytes is over this mesh's limit of {cap}")
+        return StepResult(req.job, req.step, True, done.output, digest(done.output), done.identity, done.work)
+
+    async def on_receipt(self, peer: Peer, msg: ReceiptMsg) -> None:
+        r = msg.receipt
+        why = check_receipt(r)
+        if not why and (r["worker"] != self.node.id or payer_id(r) != peer.node):
+            why = "receipt names another worker or payer"
+        if why:
+            self.node.receiver.count("bad-receipt")
+            log.warning("receipt from %s refused: %s", peer.node[:12], why)
+            return
+        await self.node.record([Entry("earned", r["job"], r["step"], peer.node, float(r["amount"]), {"receipt": r})])
