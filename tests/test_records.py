@@ -1,0 +1,76 @@
+"""Signed peer records and the peer table: verified before use, newest wins, expired ones forgotten."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from mesh.identity import Identity
+from mesh.peers import PeerTable
+from mesh.records import RECORD_TTL_MS, check_record, make_record
+
+pytestmark = pytest.mark.timeout(30)
+NET = "homemesh-test"
+T0 = 1_700_000_000_000
+ME, ALICE, MALLORY = (Identity.from_seed(bytes([i]) * 32) for i in (1, 2, 3))
+
+
+def rec(who: Identity = ALICE, addr: str = "10.0.0.2:4750", at: int = T0, **kw):
+    return make_record(who, NET, addr, kw.pop("kinds", ["python"]), kw.pop("models", []), True, at, **kw)
+
+
+def test_honest_record_verifies():
+    assert check_record(rec(), NET, T0) == ""
+
+
+@pytest.mark.parametrize("change", [
+    {"addr": "6.6.6.6:666"}, {"kinds": ["python", "llm"]}, {"models": ["f" * 64]}, {"sandbox": False},
+    {"expires": T0 + 10 * RECORD_TTL_MS}, {"issued": T0 + 1},
+])
+def test_any_edit_by_a_relay_breaks_the_signature(change):
+    forged = dataclasses.replace(rec(), **change)
+    assert check_record(forged, NET, T0) == "bad-record"
+
+
+def test_a_record_signed_for_another_network_or_by_another_key_is_refused():
+    assert check_record(rec(), "other-net", T0) == "bad-record"
+    stolen = dataclasses.replace(rec(MALLORY), key=ALICE.public_key.hex())
+    assert check_record(stolen, NET, T0) == "bad-record"
+
+
+def test_expired_future_and_version_checks():
+    assert check_record(rec(), NET, T0 + RECORD_TTL_MS) == "expired-record"
+    assert check_record(rec(at=T0 + 10 * 60_000), NET, T0) == "bad-record"
+    wrong = rec()
+    wrong = dataclasses.replace(wrong, version=99)
+    wrong.sig = ALICE.sign(__import__("mesh.records", fromlist=["record_bytes"]).record_bytes(NET, wrong)).hex()
+    assert check_record(wrong, NET, T0) == "bad-version"
+    assert check_record(rec(addr="no-port"), NET, T0) == "bad-record"
+
+
+def test_peer_table_keeps_the_newest_record_and_follows_address_changes():
+    table = PeerTable(ME.public_key, NET)
+    peer, why = table.learn(rec(), T0)
+    assert why == "" and peer is not None and peer.addr == "10.0.0.2:4750"
+    assert table.learn(rec(), T0) == (None, "")  # same record again: nothing new
+    peer.next_dial, peer.failures = 1e12, 5
+    moved, _ = table.learn(rec(addr="10.0.0.9:4750", at=T0 + 1000), T0 + 1000)
+    assert moved is peer and peer.addr == "10.0.0.9:4750"
+    assert peer.next_dial == 0.0 and peer.failures == 0  # dial the new address at once
+    assert table.learn(rec(addr="10.0.0.2:4750", at=T0 + 500), T0 + 1000) == (None, "")  # older: ignored
+    assert peer.addr == "10.0.0.9:4750"
+
+
+def test_peer_table_refuses_forgeries_ignores_itself_and_forgets_expired_peers():
+    table = PeerTable(ME.public_key, NET)
+    assert table.learn(dataclasses.replace(rec(), addr="6.6.6.6:1"), T0) == (None, "bad-record")
+    assert table.learn(rec(ME), T0) == (None, "")
+    peer, _ = table.learn(rec(), T0)
+    assert table.by_node(ALICE.node_id) is peer
+    peer.state = "up"
+    assert [r.key for r in table.records(T0)] == [ALICE.public_key.hex()]
+    assert table.records(T0 + RECORD_TTL_MS) == []
+    assert table.expire(T0 + RECORD_TTL_MS) == []  # still "up": liveness decides first
+    peer.state = "down"
+    assert table.expire(T0 + RECORD_TTL_MS) == [peer] and table.get(ALICE.public_key) is None
