@@ -123,14 +123,16 @@ class Gateway:
             frames = decoder.feed(data)  # raises Rejected('frame-too-large'): framing is lost
             if frames or not had_partial:
                 frame_began = time.monotonic()
+            if frames:
+                await self._throttle(conn, conn.msgs.take(len(frames), time.monotonic()))
             for body in frames:
-                await self._throttle(conn, conn.msgs.take(1, time.monotonic()))
                 self._deliver(conn, body)
             if decoder.error:
                 raise decoder.error
 
     async def _throttle(self, conn: Connection, wait: float) -> None:
-        """Slow a peer over its rate (its TCP window fills while we sleep); drop it when it keeps pushing."""
+        """Slow a peer over its rate (we stop reading, so its TCP window fills); drop it when what it has
+        already sent would take more than `max_debt_s` to work off at its rate."""
         if wait <= 0:
             return
         if wait > self.limits.max_debt_s:
