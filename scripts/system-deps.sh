@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system packages homemesh uses and a fresh Debian/Ubuntu machine lacks:
-# bubblewrap (the python-step sandbox), chromium (scrape steps), iproute2 (ss, network namespaces).
+# bubblewrap (the python-step sandbox), chromium (scrape steps), iproute2 (ss, network namespaces),
+# sqlite3 (to inspect a ledger by hand; the tamper tests use it).
 set -euo pipefail
 need=()
+command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
