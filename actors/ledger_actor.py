@@ -40,7 +40,8 @@ class LedgerActor(ActorTypeDispatcher):
         if self.ledger is None:
             self.send(sender, PeerStatsReply(msg.request_id, {}, error=self.error))
             return
-        self.send(sender, PeerStatsReply(msg.request_id, self.ledger.peer_stats()))
+        _, evidence, _ = self.ledger.evidence()
+        self.send(sender, PeerStatsReply(msg.request_id, evidence))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender) -> None:
         if self.ledger is not None:

@@ -84,5 +84,5 @@ class PeerStatsQuery:
 @dataclass
 class PeerStatsReply:
     request_id: str
-    stats: dict
+    stats: dict  # node id → mesh.policy.Evidence
     error: str = ""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mesh.canonical import canonical
 from mesh.errors import LedgerError
-from mesh.policy import reputation
+from mesh.policy import Evidence
 
 from .receipts import check_receipt, payer_id
 
@@ -117,22 +117,38 @@ class Ledger:
         rows = self.db.execute("SELECT kind, SUM(amount), COUNT(*) FROM entries GROUP BY kind").fetchall()
         return {k: round(s, 6) for k, s, _ in rows if k in ("paid", "earned")}
 
-    def peer_stats(self) -> dict[str, dict]:
-        """node id → agreed, disagreed, no_show, penalty counts and beta reputation, best first."""
-        stats: dict[str, dict] = {}
-        for peer, kind, n in self.db.execute(
-                "SELECT peer, kind, COUNT(*) FROM entries WHERE kind IN ('agreed','disagreed','no_show','penalty') "
-                "GROUP BY peer, kind"):
-            stats.setdefault(peer, dict.fromkeys(REPUTATION_KINDS, 0))[kind] = n
-        for s in stats.values():
-            s["reputation"] = round(reputation(s["agreed"], s["disagreed"], s["no_show"], s["penalty"]), 6)
+    def evidence(self) -> tuple[dict[str, dict], dict[str, Evidence], int]:
+        """Per peer: raw counts of each reputation kind, the time-decayed evidence, and the newest
+        entry's time (ms), all derived from the entries."""
+        counts: dict[str, dict] = {}
+        evidence: dict[str, Evidence] = {}
+        newest = 0
+        for peer, kind, ts in self.db.execute(
+                "SELECT peer, kind, ts FROM entries WHERE kind IN ('agreed','disagreed','no_show','penalty') "
+                "ORDER BY id"):
+            counts.setdefault(peer, dict.fromkeys(REPUTATION_KINDS, 0))[kind] += 1
+            evidence.setdefault(peer, Evidence()).add(kind, ts)
+            newest = max(newest, ts)
+        return counts, evidence, newest
+
+    def peer_stats(self, now_ms: int | None = None) -> dict[str, dict]:
+        """node id → agreed, disagreed, no_show, penalty counts and the time-decayed beta reputation as
+        of `now_ms` (default: the newest entry), best first."""
+        counts, evidence, newest = self.evidence()
+        at = newest if now_ms is None else now_ms
+        stats = {p: {**c, "reputation": round(evidence[p].score(at), 6)} for p, c in counts.items()}
         return dict(sorted(stats.items(), key=lambda kv: (-kv[1]["reputation"], kv[0])))
 
-    def history(self, limit: int = 100) -> list[dict]:
+    def history(self, limit: int | None = 100) -> list[dict]:
+        """Newest entries first (all of them when `limit` is None)."""
         rows = self.db.execute("SELECT id, ts, kind, job, step, peer, amount, detail FROM entries "
-                               "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [{"id": i, "ts": ts, "kind": k, "job": j, "step": s, "peer": p, "amount": a,
-                 "detail": json.loads(d)} for i, ts, k, j, s, p, a, d in rows]
+                               "ORDER BY id DESC LIMIT ?", (-1 if limit is None else limit,)).fetchall()
+        return [_row(r) for r in rows]
+
+    def entry(self, entry_id: int) -> dict | None:
+        row = self.db.execute("SELECT id, ts, kind, job, step, peer, amount, detail FROM entries WHERE id = ?",
+                              (entry_id,)).fetchone()
+        return _row(row) if row else None
 
     def verify(self, my_id: str) -> tuple[int, str]:
         """Walk the chain and the receipts. Returns (entries checked, '') or (bad entry id, reason)."""
@@ -149,6 +165,11 @@ class Ledger:
                 return rid, f"entry {rid}: {bad}"
             prev, expect_id, n = rhash, expect_id + 1, n + 1
         return n, ""
+
+
+def _row(r: tuple) -> dict:
+    i, ts, k, j, s, p, a, d = r
+    return {"id": i, "ts": ts, "kind": k, "job": j, "step": s, "peer": p, "amount": a, "detail": json.loads(d)}
 
 
 def _check_money(kind: str, job: str, step: str, peer: str, amount: float, detail: str, my_id: str) -> str:

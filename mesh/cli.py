@@ -148,18 +148,39 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     from .home import LEDGER_FILE
     from .identity import load
 
+    if args.what == "verify-receipts":
+        return _verify_receipts(args)
+    if args.what in ("explain", "export") and not args.arg:
+        raise UserError(f"mesh ledger {args.what} needs {'an ENTRY id' if args.what == 'explain' else 'a FILE'}")
     home = _home(args)
     me = load(home).node_id
     led = Ledger(home / LEDGER_FILE, readonly=True)
     try:
-        if args.what == "balance":
+        if args.what == "explain":
+            from ledger.explain import explain
+
+            if not args.arg.isdigit():
+                raise UserError(f"ENTRY is an entry number (see `mesh ledger history`), got {args.arg!r}")
+            entry = led.entry(int(args.arg))
+            if entry is None:
+                raise UserError(f"no entry {args.arg} in {home / LEDGER_FILE}")
+            text = explain(entry, me)
+            _emit(args, {**entry, "explanation": text}, text)
+        elif args.what == "export":
+            from ledger.export import export_receipts
+
+            data = export_receipts(led.history(None), me)
+            Path(args.arg).write_text(json.dumps(data, indent=1) + "\n")
+            _emit(args, {"file": args.arg, "receipts": len(data["receipts"]), "total": data["total"]},
+                  f"wrote {len(data['receipts'])} receipts worth {data['total']:g} credits to {args.arg}")
+        elif args.what == "balance":
             totals = led.totals()
             obj = {"node": me, "balance": led.balance(), "earned": totals.get("earned", 0.0),
                    "spent": -totals.get("paid", 0.0)}
             _emit(args, obj, f"node {me}\nbalance {obj['balance']:g} (earned {obj['earned']:g}, "
                              f"spent {obj['spent']:g})")
         elif args.what == "peers":
-            rows = [{"node": n, **s} for n, s in led.peer_stats().items()]
+            rows = [{"node": n, **s} for n, s in led.peer_stats(int(time.time() * 1000)).items()]
             human = "\n".join(f"{r['node'][:16]}  reputation {r['reputation']:.3f}  agreed {r['agreed']}  "
                               f"disagreed {r['disagreed']}  no-show {r['no_show']}  penalties {r['penalty']}" for r in rows)
             _emit(args, rows, human or "no peers recorded yet")
@@ -187,6 +208,20 @@ def _stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+def _verify_receipts(args: argparse.Namespace) -> int:
+    from ledger.export import verify_receipts
+
+    if not args.arg:
+        raise UserError("mesh ledger verify-receipts needs the FILE written by `mesh ledger export`")
+    count, total, problems = verify_receipts(Path(args.arg))
+    obj = {"ok": not problems, "valid": count, "total": total, "problems": problems}
+    human = f"{count} receipts verify, worth {total:g} credits"
+    if problems:
+        human += "\n" + "\n".join(problems)
+    _emit(args, obj, human)
+    return 0 if not problems else 1
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -300,8 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("status", cmd_status, "show the node, its peers and rejected envelopes", api=True, json_flag=True)
 
-    sp = add("ledger", cmd_ledger, "read this node's ledger (works while the node is stopped)", json_flag=True)
-    sp.add_argument("what", choices=["balance", "peers", "history", "verify"])
+    sp = add("ledger", cmd_ledger, "read this node's ledger (works while the node is stopped): balance, peers "
+             "(ranked by reputation), history, verify (the hash chain and every receipt), explain ENTRY (why a "
+             "credit or reputation change happened), export FILE (earned receipts), verify-receipts FILE "
+             "(check an export offline, on any machine)", json_flag=True)
+    sp.add_argument("what", choices=["balance", "peers", "history", "verify", "explain", "export", "verify-receipts"])
+    sp.add_argument("arg", nargs="?", metavar="ENTRY|FILE", help="entry id for explain, file for export and verify-receipts")
     sp.add_argument("--limit", type=int, default=100, help="history: newest N entries")
 
     sp = add("demo", cmd_demo, "start a local mesh, run the example job at redundancy 3, print results and credits")

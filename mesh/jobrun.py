@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .dag import Job, render
-from .policy import Candidate, place, step_credit
+from .policy import Candidate, credit_basis, place
 from .quorum import Accept, GiveUp, NeedMore, Tally
 
 
@@ -35,6 +35,7 @@ class Outcome:
     failed: tuple[str, ...]
     credit: float  # per agreeing worker
     reason: str = ""
+    basis: str = ""  # how the credit was measured, in words
 
 
 @dataclass
@@ -160,9 +161,9 @@ class JobRun:
         if isinstance(decision, Accept):
             agreeing = [run.replicas[n] for n in decision.agreeing]
             run.status, run.digest, run.output = "done", decision.digest, agreeing[0].output
-            run.credit = step_credit(run.kind, [r.work for r in agreeing])
+            run.credit, basis = credit_basis(run.kind, [r.work for r in agreeing])
             self.outcomes.append(Outcome(sid, run.kind, True, decision.digest, decision.agreeing,
-                                         decision.dissenting, decision.failed, run.credit))
+                                         decision.dissenting, decision.failed, run.credit, basis=basis))
         else:
             run.status, run.error = "failed", decision.reason
             dissent = tuple(sorted(tally.answers)) if tally else ()

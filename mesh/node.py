@@ -38,7 +38,7 @@ from .identity import Identity, load_or_create
 from .messages import Bye, Hello, PeerRecord
 from .models import default_model_sha, sha256_file
 from .peers import Peer, PeerTable, prefix_of
-from .policy import Candidate, reputation
+from .policy import Candidate, Evidence
 from .records import RECORD_TTL_MS, make_record
 from .sandbox import bwrap_path
 from .submitter import Submitter
@@ -119,7 +119,7 @@ class Node:
         self.peers = PeerTable(identity.public_key, opts.network)
         self.bootstrap = {f"{h}:{p}" for h, p in opts.bootstrap}
         self.own_record: PeerRecord | None = None
-        self.stats: dict[str, dict] = {}
+        self.evidence: dict[str, Evidence] = {}  # node id → decayed reputation evidence, from the ledger
         self.tasks: set[asyncio.Task] = set()
         self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         self.stopping = asyncio.Event()
@@ -146,7 +146,7 @@ class Node:
 
         reply = await self.bridge.ask(PeerStatsQuery(uuid.uuid4().hex), 30)
         if isinstance(reply, PeerStatsReply) and not reply.error:
-            self.stats = {n: {k: s[k] for k in REPUTATION_KINDS} for n, s in reply.stats.items()}
+            self.evidence = dict(reply.stats)
         self.listen = f"{self.opts.listen[0]}:{peer_sock.getsockname()[1]}"
         await self.gateway.start(peer_sock)
         api_task = self.spawn(serve_api(self, api_sock, self.stopping))
@@ -332,12 +332,12 @@ class Node:
             return False
         for e in entries:
             if e.kind in REPUTATION_KINDS:
-                self.stats.setdefault(e.peer, dict.fromkeys(REPUTATION_KINDS, 0))[e.kind] += 1
+                self.evidence.setdefault(e.peer, Evidence()).add(e.kind, ts or now_ms())
         return True
 
     def reputation_of(self, node: str) -> float:
-        s = self.stats.get(node, {})
-        return reputation(s.get("agreed", 0), s.get("disagreed", 0), s.get("no_show", 0), s.get("penalty", 0))
+        ev = self.evidence.get(node)
+        return ev.score(now_ms()) if ev else 0.5
 
     def candidates(self) -> dict[str, list[Candidate]]:
         out: dict[str, list[Candidate]] = {}

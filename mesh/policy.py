@@ -17,10 +17,46 @@ class Candidate:
     prefix: str  # network prefix (e.g. /24 of its address) for sybil spreading
 
 
-def reputation(agreed: int, disagreed: int, no_show: int, penalty: int = 0) -> float:
+HALF_LIFE_MS = 7 * 24 * 3600_000  # what a peer did a week ago weighs half as much as what it did today
+GOOD = ("agreed",)
+BAD = ("disagreed", "no_show", "penalty")
+
+
+def reputation(agreed: float, disagreed: float, no_show: float, penalty: float = 0) -> float:
     """Beta reputation with a neutral prior: (a + 1) / (a + d + n + p + 2); a new peer scores 0.5.
     Disagreements, no-shows and gateway penalties (abuse of the peer link) all count against it."""
     return (agreed + 1) / (agreed + disagreed + no_show + penalty + 2)
+
+
+@dataclass
+class Evidence:
+    """Time-decayed beta evidence about one peer: each event loses half its weight per half-life, so
+    a peer that behaved long ago and cheats now (or the reverse) is judged mostly on the recent past."""
+
+    good: float = 0.0
+    bad: float = 0.0
+    stamp: int = 0  # ms of the newest event folded in
+
+    def _decay_to(self, ts_ms: int, half_life_ms: int) -> tuple[float, float]:
+        f = 0.5 ** (max(0, ts_ms - self.stamp) / half_life_ms) if self.stamp else 1.0
+        return self.good * f, self.bad * f
+
+    def add(self, kind: str, ts_ms: int, half_life_ms: int = HALF_LIFE_MS) -> None:
+        if kind not in GOOD and kind not in BAD:
+            return
+        if ts_ms < self.stamp:  # late event: weigh it as of its own time
+            w = 0.5 ** ((self.stamp - ts_ms) / half_life_ms)
+        else:
+            self.good, self.bad = self._decay_to(ts_ms, half_life_ms)
+            self.stamp, w = ts_ms, 1.0
+        if kind in GOOD:
+            self.good += w
+        else:
+            self.bad += w
+
+    def score(self, now_ms: int, half_life_ms: int = HALF_LIFE_MS) -> float:
+        good, bad = self._decay_to(now_ms, half_life_ms)
+        return (good + 1) / (good + bad + 2)
 
 
 def place(candidates: list[Candidate], k: int, rng: random.Random) -> list[str]:
@@ -46,13 +82,20 @@ def step_credit(kind: str, works: list[dict]) -> float:
     """Credit granted to each agreeing worker: measured work, the lowest claim among agreeing workers
     (as BOINC grants), so no worker is paid for what it alone claims. llm: 0.01 per token generated;
     python: CPU-seconds, at least 0.01."""
+    return credit_basis(kind, works)[0]
+
+
+def credit_basis(kind: str, works: list[dict]) -> tuple[float, str]:
+    """The credit of step_credit and, in words, how it was measured (for `mesh ledger explain`)."""
     if not works:
-        return 0.0
+        return 0.0, "no agreeing worker"
     if kind == "llm":
         tokens = min(_num(w.get("tokens")) for w in works)
-        return round(max(0.01, 0.01 * tokens), 6)
+        return round(max(0.01, 0.01 * tokens), 6), (
+            f"{tokens:g} tokens generated (lowest count among {len(works)} agreeing workers) × 0.01, at least 0.01")
     cpu = min(_num(w.get("cpu_s")) for w in works)
-    return round(max(0.01, cpu), 6)
+    return round(max(0.01, cpu), 6), (
+        f"{cpu:.4f} CPU-seconds (lowest among {len(works)} agreeing workers), at least 0.01")
 
 
 def _num(value: object) -> float:

@@ -106,19 +106,25 @@ class Submitter:
         ts = int(time.time() * 1000)
         entries: list[Entry] = []
         receipts: list[tuple[str, dict]] = []
+        job = st.run.job
         for o in outcomes:
             replicas = st.run.steps[o.step].replicas
+            why = {  # the evidence behind every entry of this step, for `mesh ledger explain`
+                "rule": job.quorum.spec, "needed": job.quorum.needed(job.redundancy), "redundancy": job.redundancy,
+                "accepted": o.digest, "agreeing": list(o.agreeing),
+                "answers": {n: replicas[n].digest for n in (*o.agreeing, *o.dissenting)},
+                "failed": {n: replicas[n].error for n in o.failed}, "credit_basis": o.basis, "reason": o.reason,
+            }
             for node in o.agreeing:
                 r = make_receipt(self.node.identity, job_id, o.step, node, o.credit, ts)
                 receipts.append((node, r))
-                entries.append(Entry("paid", job_id, o.step, node, -o.credit, {"receipt": r, "digest": o.digest}))
-                entries.append(Entry("agreed", job_id, o.step, node, 0.0, {"digest": o.digest}))
+                entries.append(Entry("paid", job_id, o.step, node, -o.credit, {"receipt": r, "why": why}))
+                entries.append(Entry("agreed", job_id, o.step, node, 0.0, {"why": why}))
             if o.accepted:  # without a quorum nobody can tell who was right: answers are not judged
                 for node in o.dissenting:
-                    entries.append(Entry("disagreed", job_id, o.step, node, 0.0,
-                                         {"digest": replicas[node].digest, "accepted": o.digest}))
+                    entries.append(Entry("disagreed", job_id, o.step, node, 0.0, {"why": why}))
             for node in o.failed:
-                entries.append(Entry("no_show", job_id, o.step, node, 0.0, {"reason": replicas[node].error}))
+                entries.append(Entry("no_show", job_id, o.step, node, 0.0, {"why": why}))
         if not await self.node.record(entries, ts):
             log.error("job %s: ledger write failed, no credits paid", job_id)
             return

@@ -1,0 +1,41 @@
+"""One real 4-node mesh (node0 submits, nodes 1-3 work; no model) shared by the tests of a module that do
+not need a fresh one. Each module gets its own, stopped (process groups, then leftovers) at its end."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from mesh.local import LocalMesh
+
+from ..conftest import tree_pids
+
+
+def remember(procs: dict, node) -> None:
+    for pid in tree_pids(node.proc.pid):
+        try:
+            procs.setdefault(pid, psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.fixture(scope="module")
+def mesh4(tmp_path_factory):
+    mesh = LocalMesh(tmp_path_factory.mktemp("secmesh"), 4, lambda i: ["--no-model"])
+    procs: dict[int, psutil.Process] = {}
+    try:
+        mesh.start()
+        for node in mesh.nodes:
+            node.wait_started(60)
+            remember(procs, node)
+        mesh.wait_ready(timeout=120)
+        for node in mesh.nodes:  # the actors are up by now: remember them too
+            remember(procs, node)
+        yield mesh
+    finally:
+        mesh.stop()
+        for proc in procs.values():  # psutil refuses to signal a pid that was reused since
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass

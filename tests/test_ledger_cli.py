@@ -1,0 +1,88 @@
+"""The ledger as a user meets it after a real job: every number explained, earnings exported and
+checked offline, and any edit to the database caught by `mesh ledger verify`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import cli_json, run_cli, wait_for, write_job
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def paid_mesh(make_mesh, tmp_path: Path):
+    mesh = make_mesh(4, lambda i: ["--no-model"])
+    job = write_job(tmp_path / "j.json", [
+        {"id": "a", "kind": "python", "params": {"code": "output = 2 ** 10"}},
+        {"id": "b", "kind": "python", "params": {"code": "output = inputs['a'] + 1"}, "after": ["a"]}])
+    rep = cli_json("submit", job, "--home", str(mesh.nodes[0].home), "--redundancy", "3", "--wait")
+    assert rep["status"] == "done" and rep["steps"]["b"]["output"] == 1025
+    wait_for(lambda: all(cli_json("ledger", "balance", "--home", str(n.home))["balance"] > 0 for n in mesh.nodes[1:]),
+             30, "receipts")
+    return mesh
+
+
+def test_explain_history_export_and_offline_check(paid_mesh, tmp_path: Path):
+    sub, worker = paid_mesh.nodes[0], paid_mesh.nodes[1]
+    history = cli_json("ledger", "history", "--home", str(sub.home))
+    kinds = sorted(e["kind"] for e in history)
+    assert kinds == ["agreed"] * 6 + ["paid"] * 6
+    paid = next(e for e in history if e["kind"] == "paid")
+    assert paid["detail"]["receipt"]["worker"] == paid["peer"] and paid["job"] and paid["step"] in ("a", "b")
+    text = cli_json("ledger", "explain", str(paid["id"]), "--home", str(sub.home))["explanation"]
+    assert "majority" in text and "needs 2 agreeing" in text and "CPU-seconds" in text and "signature valid" in text
+
+    out = tmp_path / "earned.json"
+    res = run_cli("ledger", "export", str(out), "--home", str(worker.home))
+    assert res.returncode == 0, res.stderr
+    check = cli_json("ledger", "verify-receipts", str(out))
+    assert check["ok"] and check["valid"] == 2
+    balance = cli_json("ledger", "balance", "--home", str(worker.home))["balance"]
+    assert check["total"] == pytest.approx(balance)
+
+    data = json.loads(out.read_text())
+    data["receipts"][0]["amount"] *= 100  # a worker inflating its earnings
+    data["receipts"].append(dict(data["receipts"][1]))  # and counting one twice
+    out.write_text(json.dumps(data))
+    res = run_cli("ledger", "verify-receipts", str(out))
+    assert res.returncode == 1
+    assert "receipt 1: receipt signature does not verify" in res.stdout and "appears twice" in res.stdout
+
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="needs the sqlite3 command-line tool")
+def test_editing_any_row_with_sqlite3_is_caught_and_located(paid_mesh):
+    sub = paid_mesh.nodes[0]
+    paid_mesh.stop()  # edit at rest, as an operator with a text editor would
+    db = sub.home / "ledger.db"
+    assert run_cli("ledger", "verify", "--home", str(sub.home)).returncode == 0
+    subprocess.run(["sqlite3", str(db), "PRAGMA wal_checkpoint(TRUNCATE);"], check=True, capture_output=True)
+    n = sqlite3.connect(db).execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    for row in (1, n // 2, n):
+        copy = db.with_name(f"copy{row}.db")
+        shutil.copy(db, copy)
+        subprocess.run(["sqlite3", str(db), f"UPDATE entries SET amount = amount - 1 WHERE id = {row}"], check=True)
+        res = run_cli("ledger", "verify", "--home", str(sub.home))
+        assert res.returncode == 1
+        assert f"entry {row} does not match its hash" in res.stdout, res.stdout
+        shutil.copy(copy, db)
+    subprocess.run(["sqlite3", str(db), "DELETE FROM entries WHERE id = 3"], check=True)
+    res = run_cli("ledger", "verify", "--home", str(sub.home), "--json")
+    assert res.returncode == 1 and json.loads(res.stdout)["reason"] == "entry 3 is missing"
+
+
+def test_explain_and_export_errors_are_one_line(tmp_path: Path):
+    assert run_cli("init", "--home", str(tmp_path / "h")).returncode == 0
+    res = run_cli("ledger", "explain", "--home", str(tmp_path / "h"))
+    assert res.returncode == 2 and "needs an ENTRY" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("ledger", "verify-receipts", str(tmp_path / "none.json"))
+    assert res.returncode == 2 and "cannot read" in res.stderr
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    res = run_cli("ledger", "verify-receipts", str(tmp_path / "bad.json"))
+    assert res.returncode == 2 and "not a homemesh receipts export" in res.stderr
