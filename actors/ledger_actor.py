@@ -41,7 +41,7 @@ class LedgerActor(ActorTypeDispatcher):
             self.send(sender, PeerStatsReply(msg.request_id, {}, error=self.error))
             return
         _, evidence, _ = self.ledger.evidence()
-        self.send(sender, PeerStatsReply(msg.request_id, evidence))
+        self.send(sender, PeerStatsReply(msg.request_id, evidence, balance=self.ledger.balance()))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender) -> None:
         if self.ledger is not None:

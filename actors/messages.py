@@ -86,3 +86,4 @@ class PeerStatsReply:
     request_id: str
     stats: dict  # node id → mesh.policy.Evidence
     error: str = ""
+    balance: float = 0.0

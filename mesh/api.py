@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .dag import parse_job
-from .errors import JobError
+from .errors import CreditError, JobError
 
 if TYPE_CHECKING:
     from .node import Node
@@ -60,7 +60,11 @@ def build_app(node: "Node") -> Starlette:
             job = parse_job(data["job"], "job", data.get("redundancy"), data.get("quorum"))
         except JobError as exc:
             return _error(400, str(exc))
-        return JSONResponse({"job_id": node.submitter.submit(job)}, status_code=201)
+        try:
+            job_id = node.submitter.submit(job)
+        except CreditError as exc:
+            return _error(402, str(exc))
+        return JSONResponse({"job_id": job_id}, status_code=201)
 
     async def job(request: Request):
         job_id = request.path_params["job_id"]

@@ -44,6 +44,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         fault=args.fault or "", allow_unsandboxed_python=args.allow_unsandboxed_python,
         load_model=not args.no_model, threads=args.threads,
         model=Path(args.model).expanduser() if args.model else None, frame_cap=args.frame_cap,
+        credit_line=args.credit_line,
         advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
         if args.advertise else "",
     )
@@ -65,6 +66,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         seen = f"{time.time() - p['last_seen']:.0f}s ago" if p["last_seen"] else "never"
         lines.append(f"  {p['node'][:16]}  {p['address']:<21} {p['state']:<5} seen {seen:<9} "
                      f"rep {p['reputation']:.2f}  {','.join(p['kinds'])}")
+    lines.append(f"balance {st['balance']:g} credits (credit line {st['credit_line']:g})"
+                 + (f"  LEDGER ERROR: {st['ledger_error']}" if st.get("ledger_error") else ""))
     rej = st["rejected"]
     lines.append("rejected envelopes: " + (", ".join(f"{k}={v}" for k, v in sorted(rej.items())) or "none"))
     _emit(args, st, "\n".join(lines))
@@ -312,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--allow-unsandboxed-python", action="store_true",
                     help="run peers' python steps even without bubblewrap (dangerous; off by default)")
     sp.add_argument("--no-model", action="store_true", help="do not load the default model (no llm steps)")
+    sp.add_argument("--credit-line", type=float, default=10.0, metavar="CREDITS",
+                    help="credits this node may spend beyond what it has earned (default 10)")
     sp.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: up to 4)")
     sp.add_argument("--model", metavar="PATH.gguf", help="serve this GGUF model instead of the default Gemma 3 270M")
 

@@ -28,6 +28,10 @@ class AuthError(UserError):
     """The API token is missing or wrong."""
 
 
+class CreditError(UserError):
+    """This node may not spend now: past its credit line, or its ledger cannot record payments."""
+
+
 class RemoteError(MeshError):
     """A peer did something wrong; `peer` names it."""
 

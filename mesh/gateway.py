@@ -68,6 +68,7 @@ class Gateway:
         conn = Connection(reader, writer, f"in:{peer[0]}:{peer[1]}" if peer else "in", self.limits)
         if len(self.connections) >= self.limits.max_connections or self.unverified >= self.limits.max_unverified:
             self.receiver.count("too-many-connections")
+            log.warning("refusing %s: too-many-connections", conn.label)
             conn.close()
             return
         await self._serve(conn)

@@ -13,6 +13,7 @@ from .errors import ConfigError
 TOKEN_FILE = "api-token"
 RUNTIME_FILE = "node.json"
 LEDGER_FILE = "ledger.db"
+PEERS_FILE = "peers.json"
 
 
 def default_home() -> Path:

@@ -5,6 +5,7 @@ the job drivers (network-bound coordination around the sans-I/O core); the Thesp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -30,10 +31,10 @@ from . import actorsys
 from .bridge import ActorBridge, NoAnswer
 from .canonical import canonical
 from .envelope import ANYONE, DEFAULT_FRAME_CAP, Envelope, Receiver, Sealer
-from .errors import ConfigError, MeshError
+from .errors import ConfigError, MeshError, Rejected
 from .flow import Limits
 from .gateway import Connection, Gateway
-from .home import LEDGER_FILE, RUNTIME_FILE, RuntimeInfo, ensure_token
+from .home import LEDGER_FILE, PEERS_FILE, RUNTIME_FILE, RuntimeInfo, ensure_token, write_private
 from .identity import Identity, load_or_create
 from .messages import Bye, Hello, PeerRecord
 from .models import default_model_sha, sha256_file
@@ -41,6 +42,7 @@ from .peers import Peer, PeerTable, prefix_of
 from .policy import Candidate, Evidence
 from .records import RECORD_TTL_MS, make_record
 from .sandbox import bwrap_path
+from .schema import parse
 from .submitter import Submitter
 from .worker import Worker
 
@@ -65,6 +67,7 @@ class NodeOptions:
     threads: int = 0
     frame_cap: int = DEFAULT_FRAME_CAP
     model: Path | None = None
+    credit_line: float = 10.0  # credits this node may spend beyond what it has earned
 
 
 def now_ms() -> int:
@@ -120,10 +123,13 @@ class Node:
         self.bootstrap = {f"{h}:{p}" for h, p in opts.bootstrap}
         self.own_record: PeerRecord | None = None
         self.evidence: dict[str, Evidence] = {}  # node id → decayed reputation evidence, from the ledger
+        self.balance = 0.0  # credits earned minus spent, from the ledger
+        self.ledger_error = ""  # set when a write failed: no paid work until the operator fixes it
         self.tasks: set[asyncio.Task] = set()
         self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         self.stopping = asyncio.Event()
         self.token = ensure_token(opts.home)
+        self._saved_peers = ""
         self.worker = Worker(self)
         self.submitter = Submitter(self)
         (opts.home / "jobs").mkdir(exist_ok=True)
@@ -145,9 +151,11 @@ class Node:
         from .api import serve_api
 
         reply = await self.bridge.ask(PeerStatsQuery(uuid.uuid4().hex), 30)
-        if isinstance(reply, PeerStatsReply) and not reply.error:
-            self.evidence = dict(reply.stats)
+        if not isinstance(reply, PeerStatsReply) or reply.error:
+            raise MeshError(f"cannot read the ledger: {getattr(reply, 'error', 'no answer')}")
+        self.evidence, self.balance = dict(reply.stats), reply.balance
         self.listen = f"{self.opts.listen[0]}:{peer_sock.getsockname()[1]}"
+        self._load_peers()
         await self.gateway.start(peer_sock)
         api_task = self.spawn(serve_api(self, api_sock, self.stopping))
         api_host, api_port = api_sock.getsockname()[:2]
@@ -208,7 +216,28 @@ class Node:
                     self.spawn(self._dial(peer.addr, peer.key))
             for peer in self.peers.expire(now_ms()):
                 log.info("forgot peer %s: its record expired", peer.node[:12])
+            self._save_peers()
             await asyncio.sleep(HEARTBEAT_S)
+
+    def _save_peers(self) -> None:
+        """Remember peers' signed records, so a restarted node finds the mesh again without a bootstrap."""
+        records = [dataclasses.asdict(p.record) for p in self.peers if p.record]
+        text = json.dumps(records, sort_keys=True)
+        if text != self._saved_peers:
+            write_private(self.opts.home / PEERS_FILE, text)
+            self._saved_peers = text
+
+    def _load_peers(self) -> None:
+        try:
+            raw = json.loads((self.opts.home / PEERS_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        for item in raw if isinstance(raw, list) else []:
+            try:
+                rec = parse(PeerRecord, item, "peer record")
+            except Rejected:
+                continue
+            self.peers.learn(rec, now_ms())  # verified like any gossip: a tampered file teaches nothing
 
     async def _dial(self, addr: str, key: bytes) -> Connection | None:
         host, _, port = addr.rpartition(":")
@@ -250,6 +279,7 @@ class Node:
     def on_envelope(self, env: Envelope, conn: Connection) -> None:
         if env.sender == self.identity.public_key:
             self.receiver.count("from-self")
+            log.warning("dropping %s: from-self: an envelope signed with this node's own key", conn.label)
             conn.close()
             return
         if env.kind == "hello":
@@ -258,6 +288,7 @@ class Node:
         peer = self.peers.get(env.sender)
         if peer is None or peer.record is None:  # work and receipts only from peers that introduced themselves
             self.receiver.count("unknown-peer")
+            log.warning("rejected %s on %s: unknown-peer: %s sent no hello", env.kind, conn.label, env.sender_id[:12])
             return
         peer.conns.add(conn)
         peer.last_seen = time.monotonic()
@@ -277,12 +308,16 @@ class Node:
         hello: Hello = env.payload
         if hello.record.key != env.sender.hex():
             self.receiver.count("bad-record")
+            log.warning("rejected hello on %s: bad-record: its record is another key's", conn.label)
             return
         now = now_ms()
-        _, why = self.peers.learn(hello.record, now)
+        changed, why = self.peers.learn(hello.record, now)
         if why:
             self.receiver.count(why)
+            log.warning("rejected hello on %s: %s: its sender's own record", conn.label, why)
             return
+        if changed is not None:
+            self._save_peers()
         peer = self.peers.get(env.sender)
         if peer is None:
             return
@@ -297,6 +332,7 @@ class Node:
             learned, why = self.peers.learn(rec, now)
             if why:
                 self.receiver.count(why)
+                log.warning("rejected gossip on %s: %s: record of %r", conn.label, why, rec.key[:12])
             elif learned is not None and not learned.connected:
                 self.spawn(self._dial(learned.addr, learned.key))
 
@@ -325,11 +361,12 @@ class Node:
         try:
             reply = await self.bridge.ask(RecordEntries(uuid.uuid4().hex, entries, ts or now_ms()), 30)
         except NoAnswer as exc:
-            log.error("ledger write failed: %s", exc)
-            return False
+            reply = EntriesRecorded("", error=str(exc))
         if not isinstance(reply, EntriesRecorded) or reply.error:
-            log.error("ledger write failed: %s", getattr(reply, "error", type(reply).__name__))
+            self.ledger_error = getattr(reply, "error", "") or f"unexpected {type(reply).__name__}"
+            log.error("ledger write failed; refusing paid work until the node is restarted: %s", self.ledger_error)
             return False
+        self.balance += sum(e.amount for e in entries)
         for e in entries:
             if e.kind in REPUTATION_KINDS:
                 self.evidence.setdefault(e.peer, Evidence()).add(e.kind, ts or now_ms())
@@ -361,6 +398,8 @@ class Node:
         return {"node": self.id, "key": self.identity.public_key.hex(), "network": self.opts.network,
                 "listen": self.listen, "kinds": self.kinds, "models": self.models, "sandbox": self.sandboxed,
                 "fault": self.opts.fault or None, "peers": peers, "rejected": dict(self.receiver.rejected),
+                "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,
+                "ledger_error": self.ledger_error or None,
                 "jobs": {"running": sum(not s.run.finished for s in jobs.values()), "total": len(jobs)}}
 
 

@@ -17,6 +17,7 @@ from ledger.store import Entry
 
 from .canonical import digest
 from .dag import Job
+from .errors import CreditError
 from .jobrun import Dispatch, JobRun, Outcome
 from .messages import ReceiptMsg, StepRequest, StepResult
 from .peers import Peer
@@ -43,6 +44,15 @@ class Submitter:
         self.jobs: dict[str, JobState] = {}
 
     def submit(self, job: Job) -> str:
+        """Start a job; raises CreditError when this node's ledger is broken or it is past its credit line."""
+        node = self.node
+        if node.ledger_error:
+            raise CreditError(f"this node's ledger cannot record payments ({node.ledger_error}); fix it and "
+                              "restart the node")
+        if node.balance < -node.opts.credit_line:
+            raise CreditError(f"this node has spent {-node.balance:g} credits more than it earned, past its credit "
+                              f"line of {node.opts.credit_line:g}: run a worker for others to earn credits, or "
+                              "raise --credit-line")
         job_id = uuid.uuid4().hex[:20]
         run = JobRun(job_id, job, random.Random(self.node.rng.getrandbits(64)))
         st = self.jobs[job_id] = JobState(run, asyncio.Event(), asyncio.Event(), time.time())
@@ -92,6 +102,7 @@ class Submitter:
             ok, res.error = False, "digest does not match output"
         if st is None or not st.run.on_result(res.step, peer.node, ok, res.digest, res.output, res.work, res.error):
             self.node.receiver.count("unexpected-result")  # never asked, late, or asked twice
+            log.warning("refused result from %s: unexpected-result", peer.node[:12])
             return
         st.wake.set()
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .node import Node
 
 log = logging.getLogger("mesh.worker")
+MAX_OWED = 10_000  # steps answered but not yet paid that this node remembers (oldest forgotten first)
 
 
 def corrupt(output: object) -> object:
@@ -37,6 +38,7 @@ class Worker:
     def __init__(self, node: "Node"):
         self.node = node
         self.running = 0
+        self.owed: dict[tuple[str, str, str], None] = {}  # (payer node, job, step) this node answered ok
 
     async def work(self, peer: Peer, req: StepRequest) -> None:
         node, fault = self.node, self.node.opts.fault
@@ -62,6 +64,10 @@ class Worker:
         if fault == "wrong" and result.ok:
             out = corrupt(result.output)
             result = StepResult(req.job, req.step, True, out, digest(out), result.identity, result.work)
+        if result.ok:  # only a step answered for this payer can be paid for (see on_receipt)
+            self.owed[(peer.node, req.job, req.step)] = None
+            while len(self.owed) > MAX_OWED:
+                del self.owed[next(iter(self.owed))]
         await node.send_dialling(peer, "result", result)
 
     async def execute(self, req: StepRequest) -> StepResult:
@@ -70,6 +76,8 @@ class Worker:
         def fail(msg: str) -> StepResult:
             return StepResult(req.job, req.step, False, None, "", "", {}, msg)
 
+        if node.ledger_error:
+            return fail(f"this node cannot record earnings ({node.ledger_error}); not taking paid work")
         if req.kind not in node.kinds:
             why = node.model_error if req.kind == "llm" else "no sandbox (bwrap) on this node"
             return fail(f"this node does not run {req.kind} steps: {why}")
@@ -101,8 +109,11 @@ class Worker:
         why = check_receipt(r)
         if not why and (r["worker"] != self.node.id or payer_id(r) != peer.node):
             why = "receipt names another worker or payer"
+        if not why and (peer.node, r["job"], r["step"]) not in self.owed:
+            why = "receipt for a step this node did not answer for that payer"
         if why:
             self.node.receiver.count("bad-receipt")
-            log.warning("receipt from %s refused: %s", peer.node[:12], why)
+            log.warning("receipt from %s refused: bad-receipt: %s", peer.node[:12], why)
             return
+        del self.owed[(peer.node, r["job"], r["step"])]  # paid once; a second copy is refused
         await self.node.record([Entry("earned", r["job"], r["step"], peer.node, float(r["amount"]), {"receipt": r})])

@@ -119,3 +119,14 @@ def test_ledger_commands_need_a_home(tmp_path: Path):
     res = run_cli("ledger", "balance", "--home", str(tmp_path / "fresh"))
     assert_one_line_error(res, "no ledger")
     assert os.path.exists(tmp_path / "fresh" / "node.key")
+
+
+def test_a_node_past_its_credit_line_is_refused_with_a_clear_message(make_mesh, tmp_path: Path):
+    mesh = make_mesh(4, lambda i: ["--no-model"] + (["--credit-line", "0.02"] if i == 0 else []))
+    job = write_job(tmp_path / "j.json", [{"id": "a", "kind": "python", "params": {"code": "output = 1"}}])
+    first = cli_json("submit", job, "--home", str(mesh.nodes[0].home), "--redundancy", "3", "--wait")
+    assert first["status"] == "done" and first["credits_spent"] >= 0.03
+    res = run_cli("submit", job, "--home", str(mesh.nodes[0].home), "--redundancy", "3", "--wait")
+    assert_one_line_error(res, "credit line of 0.02", "earn credits")
+    st = cli_json("status", "--home", str(mesh.nodes[0].home))
+    assert st["balance"] == -first["credits_spent"] and st["credit_line"] == 0.02
