@@ -1,0 +1,90 @@
+"""Ledger speed: hash-chained appends per second against raw sqlite3 batched inserts of rows of the same
+size (same WAL and sync settings, same run), then balance and history query times at N entries.
+
+    python -m bench.ledger_bench [--rows 200000] [--big 1000000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+from ledger.store import Entry, Ledger
+
+BATCH = 100
+
+
+def entries(n: int, start: int = 0) -> list[Entry]:
+    return [Entry("agreed", f"job{(start + i) // 10:012d}", f"s{(start + i) % 10}", "ab" * 32, 0.0,
+                  {"why": {"rule": "majority", "accepted": "cd" * 32}}) for i in range(n)]
+
+
+def raw_sqlite(path: Path, rows: int) -> float:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, ts INTEGER, kind TEXT, job TEXT, step TEXT, peer TEXT, "
+               "amount REAL, detail TEXT, prev TEXT, hash TEXT)")
+    detail = json.dumps({"why": {"rule": "majority", "accepted": "cd" * 32}})
+    t0 = time.perf_counter()
+    for b in range(0, rows, BATCH):
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO t VALUES (NULL,?,?,?,?,?,?,?,?,?)",
+                       [(1, "agreed", f"job{(b + i) // 10:012d}", f"s{(b + i) % 10}", "ab" * 32, 0.0, detail,
+                         "0" * 64, "1" * 64) for i in range(BATCH)])
+        db.execute("COMMIT")
+    dt = time.perf_counter() - t0
+    db.close()
+    return rows / dt
+
+
+def chained(path: Path, rows: int) -> float:
+    led = Ledger(path)
+    t0 = time.perf_counter()
+    for b in range(0, rows, BATCH):
+        led.append(entries(BATCH, b), 1)
+    dt = time.perf_counter() - t0
+    n, why = led.verify("me")
+    assert not why and n == rows, why
+    led.close()
+    return rows / dt
+
+
+def queries(path: Path, rows: int) -> dict:
+    led = Ledger(path)
+    have = led.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    for b in range(have, rows, 1000):
+        led.append(entries(min(1000, rows - b), b), 1)
+    out = {}
+    t0 = time.perf_counter()
+    led.balance()
+    out["balance_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    led.history(100)
+    out["history100_s"] = time.perf_counter() - t0
+    led.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--big", type=int, default=1_000_000)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        base = raw_sqlite(Path(d) / "raw.db", args.rows)
+        ours = chained(Path(d) / "chain.db", args.rows)
+        q = queries(Path(d) / "big.db", args.big)
+    res = {"raw_sqlite_rows_per_s": round(base), "ledger_rows_per_s": round(ours),
+           "ledger_vs_sqlite": round(ours / base, 3), f"balance_s_at_{args.big}": round(q["balance_s"], 4),
+           f"history100_s_at_{args.big}": round(q["history100_s"], 4)}
+    print(json.dumps(res) if args.json else "\n".join(f"{k:>28}: {v}" for k, v in res.items()))
+
+
+if __name__ == "__main__":
+    main()
