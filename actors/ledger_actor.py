@@ -1,15 +1,20 @@
-"""LedgerActor: the one owner of the node's SQLite ledger; every write goes through it as a batch."""
+"""LedgerActor: the one owner of the node's SQLite ledger. Writes that arrive close together are
+group-committed: one transaction (one fsync) for all of them, then each asker gets its own answer."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
-from thespian.actors import ActorExitRequest, ActorTypeDispatcher
+from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
 from ledger.store import Ledger
 from mesh.errors import LedgerError
 
 from .messages import EntriesRecorded, OpenLedger, PeerStatsQuery, PeerStatsReply, RecordEntries
+
+GROUP_WINDOW = timedelta(milliseconds=2)
+GROUP_MAX = 64  # batches per transaction
 
 
 class LedgerActor(ActorTypeDispatcher):
@@ -17,6 +22,7 @@ class LedgerActor(ActorTypeDispatcher):
         super().__init__()
         self.ledger: Ledger | None = None
         self.error = "ledger not open"
+        self.queue: list[tuple[object, RecordEntries]] = []
 
     def receiveMsg_OpenLedger(self, msg: OpenLedger, sender) -> None:
         try:
@@ -29,12 +35,27 @@ class LedgerActor(ActorTypeDispatcher):
         if self.ledger is None:
             self.send(sender, EntriesRecorded(msg.request_id, error=self.error))
             return
-        try:
-            added = self.ledger.append(msg.entries, msg.ts)
-        except LedgerError as exc:
-            self.send(sender, EntriesRecorded(msg.request_id, error=str(exc)))
+        self.queue.append((sender, msg))
+        if len(self.queue) >= GROUP_MAX:
+            self._flush()
+        elif len(self.queue) == 1:
+            self.wakeupAfter(GROUP_WINDOW)
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        queue, self.queue = self.queue, []
+        if not queue:
             return
-        self.send(sender, EntriesRecorded(msg.request_id, added))
+        try:
+            added = self.ledger.append_many([(m.entries, m.ts) for _, m in queue])
+        except LedgerError as exc:
+            for asker, m in queue:
+                self.send(asker, EntriesRecorded(m.request_id, error=str(exc)))
+            return
+        for (asker, m), n in zip(queue, added, strict=True):
+            self.send(asker, EntriesRecorded(m.request_id, n))
 
     def receiveMsg_PeerStatsQuery(self, msg: PeerStatsQuery, sender) -> None:
         if self.ledger is None:
@@ -44,5 +65,6 @@ class LedgerActor(ActorTypeDispatcher):
         self.send(sender, PeerStatsReply(msg.request_id, evidence, balance=self.ledger.balance()))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender) -> None:
+        self._flush()
         if self.ledger is not None:
             self.ledger.close()

@@ -87,42 +87,51 @@ class Ledger:
     def append(self, entries: list[Entry], ts: int) -> int:
         """Append a batch atomically; entries already present (same kind, job, step, peer) are skipped,
         which makes recording a receipt twice a no-op. Returns the number added."""
-        for e in entries:
-            if e.kind not in KINDS:
-                raise LedgerError(f"unknown entry kind {e.kind!r}")
-        prepared = [(e.kind, e.job, e.step, e.peer, float(e.amount), canonical(e.detail or {}).decode())
-                    for e in entries]
+        return self.append_many([(entries, ts)])[0]
+
+    def append_many(self, batches: list[tuple[list[Entry], int]]) -> list[int]:
+        """Several batches in one transaction (group commit): all of them or none. Returns the number
+        added per batch."""
+        prepared = []
+        for i, (entries, ts) in enumerate(batches):
+            for e in entries:
+                if e.kind not in KINDS:
+                    raise LedgerError(f"unknown entry kind {e.kind!r}")
+                prepared.append((i, ts, e.kind, e.job, e.step, e.peer, float(e.amount),
+                                 canonical(e.detail or {}).decode()))
         try:
             try:  # fast path: one executemany; a duplicate anywhere aborts it and the careful path runs
-                return self._append(prepared, ts, fast=True)
+                added = self._append(prepared, fast=True)
             except sqlite3.IntegrityError:
-                return self._append(prepared, ts, fast=False)
+                added = self._append(prepared, fast=False)
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger write failed: {exc}") from None
+        return [added.count(i) for i in range(len(batches))]
 
-    def _append(self, prepared: list[tuple], ts: int, fast: bool) -> int:
+    def _append(self, prepared: list[tuple], fast: bool) -> list[int]:
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
             row = cur.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
             last_id, prev = row if row else (0, GENESIS)
-            rows = []
-            for kind, job, step, peer, amount, detail in prepared:
-                if not fast and cur.execute("SELECT 1 FROM entries WHERE kind=? AND job=? AND step=? AND peer=?",
-                                            (kind, job, step, peer)).fetchone():
+            rows, added, keys = [], [], set()
+            for batch, ts, kind, job, step, peer, amount, detail in prepared:
+                key = (kind, job, step, peer)
+                if not fast and (key in keys or cur.execute(
+                        "SELECT 1 FROM entries WHERE kind=? AND job=? AND step=? AND peer=?", key).fetchone()):
                     continue  # already recorded: recording a receipt twice changes nothing
-                if not fast and any(r[2:6] == (kind, job, step, peer) for r in rows):
-                    continue
+                keys.add(key)
                 last_id += 1
                 h = entry_hash(prev, last_id, ts, kind, job, step, peer, amount, detail)
                 rows.append((last_id, ts, kind, job, step, peer, amount, detail, prev, h))
+                added.append(batch)
                 prev = h
             cur.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
-        return len(rows)
+        return added
 
     def balance(self) -> float:
         (total,) = self.db.execute("SELECT COALESCE(SUM(amount), 0) FROM entries").fetchone()

@@ -368,3 +368,18 @@ def test_receipt_check_does_not_mutate(me, peer):
     before = copy.deepcopy(r)
     check_receipt(r)
     assert r == before
+
+
+def test_group_commit_counts_each_batch_and_dedupes_across_them(ledger, me, peer):
+    first, second = batch(me, peer), batch(me, peer)
+    assert ledger.append_many([(first, 1000), (second, 1001)]) == [len(first), 0]  # the second repeats the first
+    assert ledger.append_many([(first, 1002)]) == [0]
+    n, why = ledger.verify(me.node_id)
+    assert why == "" and n == len(first)
+
+
+def test_group_commit_is_all_or_nothing(ledger, me, peer):
+    good = batch(me, peer)
+    with pytest.raises(LedgerError):
+        ledger.append_many([(good, 1000), ([Entry("gift", "j", "s", peer.node_id)], 1000)])
+    assert ledger.history() == []

@@ -446,7 +446,8 @@ def test_two_step_job_completes_and_passes_output_on():
     assert all(d.params == {"prompt": "The answer is 42."} for d in second)
 
     (oa,) = run.take_outcomes()
-    assert oa == Outcome("a", "python", True, digest(42), (honest1, honest2), (liar,), (), 0.5)
+    assert oa == Outcome("a", "python", True, digest(42), (honest1, honest2), (liar,), (), 0.5,
+                      basis="0.5000 CPU-seconds (lowest among 2 agreeing workers), at least 0.01")
     assert liar not in oa.agreeing  # no credit for the dissenter, and its claim does not raise the credit
 
     for i, d in enumerate(sorted(second, key=lambda d: d.node)):
