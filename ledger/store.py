@@ -129,7 +129,8 @@ class Ledger:
             cur.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
             cur.execute("COMMIT")
         except BaseException:
-            cur.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                cur.execute("ROLLBACK")
             raise
         return added
 

@@ -99,6 +99,8 @@ def _describe(report: dict) -> str:
             lines.append(f"      error: {s['error']}")
     if "credits_spent" in report:
         lines.append(f"  credits spent: {report['credits_spent']:g}")
+    if report.get("payment_error"):
+        lines.append(f"  PAYMENT ERROR: {report['payment_error']}")
     return "\n".join(lines)
 
 

@@ -36,6 +36,7 @@ class JobState:
     done: asyncio.Event
     created: float
     credits: float = 0.0
+    payment_error: str = ""  # the ledger refused to record this job's payments
 
 
 class Submitter:
@@ -137,7 +138,8 @@ class Submitter:
             for node in o.failed:
                 entries.append(Entry("no_show", job_id, o.step, node, 0.0, {"why": why}))
         if not await self.node.record(entries, ts):
-            log.error("job %s: ledger write failed, no credits paid", job_id)
+            st.payment_error = f"the ledger could not record payments, none were made: {self.node.ledger_error}"
+            log.error("job %s: %s", job_id, st.payment_error)
             return
         st.credits += sum(-e.amount for e in entries if e.kind == "paid")
         for node, r in receipts:
@@ -149,5 +151,7 @@ class Submitter:
         st = self.jobs[job_id]
         rep = st.run.report()
         rep["credits_spent"] = round(st.credits, 6)
+        if st.payment_error:
+            rep["payment_error"] = st.payment_error
         rep["submitter"] = self.node.id
         return rep

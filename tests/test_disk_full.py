@@ -1,0 +1,75 @@
+"""A full disk under the ledger: a clear error, no paid work accepted afterwards, nothing corrupt."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mesh.local import LocalMesh
+
+from .conftest import cli_json, run_cli, wait_for
+
+pytestmark = [pytest.mark.timeout(180),
+              pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")]
+
+JOB = {"steps": [{"id": "a", "kind": "python", "params": {"code": "output = 7"}}]}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_full_disk_stops_paid_work_and_corrupts_nothing(small_disk: Path, tmp_path: Path):
+    mesh = LocalMesh(tmp_path / "m", 4, lambda i: ["--no-model"])
+    mesh.nodes[0].home = small_disk / "node0"
+    try:
+        mesh.start()
+        mesh.wait_ready(60)
+        client = mesh.nodes[0].client
+
+        def run_job():
+            job_id = client.request("POST", "/jobs", {"job": JOB, "redundancy": 3})["job_id"]
+            return wait_for(lambda: (r := client.request("GET", f"/jobs/{job_id}?wait=2"))["status"] != "running"
+                            and r, 60, "the job")
+
+        assert run_job()["credits_spent"] > 0
+        filler = fill(small_disk)
+        rep = run_job()
+        assert rep["status"] == "done" and rep["credits_spent"] == 0
+        assert "could not record payments" in rep["payment_error"]
+        st = cli_json("status", "--home", str(mesh.nodes[0].home))
+        assert st["ledger_error"] and "full" in st["ledger_error"]
+        job = tmp_path / "j.json"
+        job.write_text(__import__("json").dumps(JOB))
+        res = run_cli("submit", str(job), "--home", str(mesh.nodes[0].home), "--redundancy", "3")
+        assert res.returncode == 2 and "cannot record payments" in res.stderr and "Traceback" not in res.stderr
+        filler.unlink()
+        mesh.stop()
+        res = run_cli("ledger", "verify", "--home", str(mesh.nodes[0].home))
+        assert res.returncode == 0, res.stdout  # nothing half-written
+        assert shutil.disk_usage(small_disk).free > 0
+    finally:
+        mesh.stop()
