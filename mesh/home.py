@@ -14,6 +14,7 @@ TOKEN_FILE = "api-token"
 RUNTIME_FILE = "node.json"
 LEDGER_FILE = "ledger.db"
 PEERS_FILE = "peers.json"
+REPLAY_FILE = "replay.json"
 
 
 def default_home() -> Path:

@@ -34,13 +34,14 @@ from .envelope import ANYONE, DEFAULT_FRAME_CAP, Envelope, Receiver, Sealer
 from .errors import ConfigError, MeshError, Rejected
 from .flow import Limits
 from .gateway import Connection, Gateway
-from .home import LEDGER_FILE, PEERS_FILE, RUNTIME_FILE, RuntimeInfo, ensure_token, write_private
+from .home import LEDGER_FILE, PEERS_FILE, REPLAY_FILE, RUNTIME_FILE, RuntimeInfo, ensure_token, write_private
 from .identity import Identity, load_or_create
 from .messages import Bye, Hello, PeerRecord
 from .models import default_model_sha, sha256_file
 from .peers import Peer, PeerTable, prefix_of
 from .policy import Candidate, Evidence
 from .records import RECORD_TTL_MS, make_record
+from .replaystore import ReplayStore
 from .sandbox import bwrap_path
 from .schema import parse
 from .submitter import Submitter
@@ -117,6 +118,8 @@ class Node:
             ["python"] if self.sandboxed or opts.allow_unsandboxed_python else [])
         self.listen = f"{opts.listen[0]}:{opts.listen[1]}"  # run() puts the bound port here (port 0 → any)
         self.receiver = Receiver(identity.public_key, opts.network, floor_ms=now_ms())
+        self.replay_store = ReplayStore(opts.home / REPLAY_FILE, self.receiver.window_ms)
+        self.receiver.highest_seq.update(self.replay_store.load(now_ms()))
         self.sealer = Sealer(identity, opts.network)
         self.gateway = Gateway(self.sealer, self.receiver, self, now_ms, opts.frame_cap, Limits())
         self.peers = PeerTable(identity.public_key, opts.network)
@@ -277,6 +280,9 @@ class Node:
 
     # -- gateway events ------------------------------------------------------------------------------
     def on_envelope(self, env: Envelope, conn: Connection) -> None:
+        now = now_ms()
+        if env.ts_ms > now:  # stamped ahead of our clock: the restart floor would not cover it
+            self.replay_store.remember(env.sender, env.seq, env.ts_ms, now)
         if env.sender == self.identity.public_key:
             self.receiver.count("from-self")
             log.warning("dropping %s: from-self: an envelope signed with this node's own key", conn.label)

@@ -58,12 +58,17 @@ def tamper_signature(framed: bytes) -> bytes:
 # -- the attacker -------------------------------------------------------------------------------------
 class HostilePeer:
     """One TCP connection to a node's peer port, driven by hand. `identity` is the attacker's own valid
-    key (a fresh one by default); `sent` keeps every frame it sent, for replays."""
+    key (a fresh one by default); `sent` keeps every frame it sent, for replays. Every attacker key made
+    in this process is remembered in `HostilePeer.known`, so a shared mesh's ledger can be checked against
+    all of them."""
+
+    known: dict[str, str] = {}  # node id → hex public key of every attacker identity seen
 
     def __init__(self, addr: str, identity: Identity | None = None, network: str = NETWORK,
                  timeout: float = 5.0, connect: bool = True):
         self.addr = addr
         self.identity = identity or Identity.generate()
+        HostilePeer.known[self.identity.node_id] = self.identity.public_key.hex()
         self.network = network
         self.sealer = Sealer(self.identity, network)
         self.advertise = f"127.0.0.1:{free_ports(1)[0]}"  # nobody listens there: dials back fail
@@ -205,24 +210,30 @@ class Flood:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _connect(self, addr: str) -> None:
+    def _connect(self, addr: str) -> bool:
         s = socket.socket()
-        s.settimeout(2)
+        s.settimeout(0.5)
         try:
             s.connect(split_addr(addr))
-        except OSError:
+        except OSError:  # its accept backlog is full (SYNs dropped): try again next round
             s.close()
             self.failed += 1
-            return
+            return False
         s.setblocking(False)
         self.sel.register(s, selectors.EVENT_READ, addr)
         self.open[addr] += 1
         self.opened += 1
+        return True
 
     def _top_up(self) -> None:
         for addr in self.addrs:
             for _ in range(self.size - self.open[addr]):
-                self._connect(addr)
+                if not self._connect(addr):
+                    break
+
+    def holding(self, at_least: int) -> bool:
+        """The flood is running and holds at least `at_least` connections to every address."""
+        return self.running and min(self.open.values()) >= at_least
 
     def _run(self) -> None:
         last = 0.0
@@ -268,10 +279,12 @@ class Trickle:
     started: float = field(default_factory=time.monotonic)
     closed_at: float | None = None
     peer: HostilePeer | None = None
+    last_byte: float = field(default_factory=time.monotonic)
 
 
 class Slowloris:
-    """Trickles bytes into many connections from one thread until each is dropped or `stop()`."""
+    """Trickles a byte a second into many connections from one thread until each is dropped or `stop()`;
+    it looks for the node hanging up ten times a second, so `closed_at` is precise to ~0.1 s."""
 
     def __init__(self, declared: int = 1000):
         self.declared = declared
@@ -310,11 +323,14 @@ class Slowloris:
                 except OSError:
                     t.closed_at = time.monotonic() - t.started
                     continue
+                if time.monotonic() - t.last_byte < 1.0:
+                    continue
+                t.last_byte = time.monotonic()
                 try:
                     t.sock.send(b"x")
                 except OSError:
                     t.closed_at = time.monotonic() - t.started
-            self._stop.wait(1.0)
+            self._stop.wait(0.1)
 
     def start(self) -> "Slowloris":
         self._thread.start()
@@ -397,9 +413,10 @@ def penalties(home: Path) -> dict[str, int]:
 def assert_ledger_clean(node: LocalNode, honest: set[str], attackers: list[HostilePeer | Identity] = ()) -> None:
     """Nothing an attacker did reached the ledger but gateway penalties against its own key: every other
     entry is about an honest node and mentions no attacker; honest nodes were never penalised; and the
-    chain verifies (`mesh ledger verify` exits 0)."""
-    bad_ids = {a.identity.node_id if isinstance(a, HostilePeer) else a.node_id for a in attackers}
-    bad_keys = {(a.identity if isinstance(a, HostilePeer) else a).public_key.hex() for a in attackers}
+    chain verifies (`mesh ledger verify` exits 0). `attackers` are added to every key HostilePeer made."""
+    idents = [a.identity if isinstance(a, HostilePeer) else a for a in attackers]
+    known = {**HostilePeer.known, **{i.node_id: i.public_key.hex() for i in idents}}
+    bad_ids, bad_keys = set(known), set(known.values())
     for row in ledger_rows(node.home):
         text = json.dumps(row)
         if row["peer"] in bad_ids:
@@ -433,7 +450,21 @@ def assert_serves(mesh: LocalMesh, redundancy: int | None = None) -> dict:
     step = rep["steps"]["sum"]
     assert step["output"] == 90
     assert len(step["replicas"]) == r and all(x["agreed"] for x in step["replicas"]), step
+    wait_paid(mesh, rep)
     return rep
+
+
+def wait_paid(mesh: LocalMesh, rep: dict, timeout: float = 15) -> None:
+    """Wait until every agreeing worker of a finished job booked the submitter's receipt: the honest
+    payment path works, and no write from this job is still on its way to a ledger."""
+    by_id = {n.node_id: n for n in mesh.nodes}
+    for sid, step in rep["steps"].items():
+        for r in step["replicas"]:
+            if r["agreed"]:
+                home = by_id[r["node"]].home
+                wait_for(lambda home=home, sid=sid: [e for e in ledger_rows(home) if e["kind"] == "earned"
+                                                     and e["job"] == rep["job_id"] and e["step"] == sid],
+                         timeout, f"{home.name} to book its receipt for {rep['job_id']}/{sid}")
 
 
 def honest_ids(mesh: LocalMesh) -> set[str]:

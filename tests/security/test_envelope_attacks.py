@@ -15,7 +15,7 @@ from ledger.receipts import make_receipt
 from mesh.canonical import digest
 from mesh.envelope import ANYONE
 from mesh.identity import Identity
-from mesh.messages import Bye, Hello, ReceiptMsg, StepRequest, StepResult
+from mesh.messages import Bye, Hello, PeerRecord, ReceiptMsg, StepRequest, StepResult
 from mesh.records import make_record
 
 from ..conftest import wait_for
@@ -27,6 +27,7 @@ from .hostile import (
     assert_serves,
     frame,
     honest_ids,
+    ledger_count,
     ledger_rows,
     log_lines,
     now_ms,
@@ -49,16 +50,19 @@ def key_of(node) -> bytes:
     return bytes.fromhex(status(node)["key"])
 
 
-def after(mesh, node, *attackers) -> None:
-    """The attacked node's ledger holds nothing from the attackers but penalties and verifies; every
-    node still serves (a job at r=3 from node0 needs all three workers)."""
+def after(mesh, node, *attackers, entries: int | None = None) -> None:
+    """The attacked node's ledger holds nothing from the attackers but penalties and verifies (and, given
+    `entries`, still holds exactly that many: the attack wrote nothing at all); every node still serves
+    (a job at r=3 from node0 needs all three workers)."""
+    if entries is not None:
+        assert ledger_count(node.home) == entries, "the attack wrote to the ledger"
     assert_ledger_clean(node, honest_ids(mesh), list(attackers))
     assert_serves(mesh)
 
 
 def test_bad_signature(mesh4):
     node = mesh4.nodes[1]
-    before = rejected(node)
+    entries, before = ledger_count(node.home), rejected(node)
     with HostilePeer(node.listen) as evil:
         evil.send(tamper_signature(evil.hello_frame()))
         wait_rejection(node, "bad-signature", before, evil.label)
@@ -70,17 +74,18 @@ def test_bad_signature(mesh4):
         evil2.send(tamper_signature(evil2.seal("step", key_of(node), STEP)))
         wait_rejection(node, "bad-signature", before, evil2.label)
         assert evil2.expect(lambda f: f["kind"] == "result", 1.0) is None, "a forged step was run"
-    after(mesh4, node, evil, evil2)
+    after(mesh4, node, evil, evil2, entries=entries)
 
 
 def test_replayed_envelope(mesh4):
     node = mesh4.nodes[1]
-    before = rejected(node)
+    entries, before = ledger_count(node.home), rejected(node)
     with HostilePeer(node.listen) as evil:
         evil.handshake(key_of(node))
         hello = evil.sent[0]
         result = evil.send(evil.seal("result", key_of(node), StepResult("nojob", "s", True, 1, digest(1), "x", {})))
-        wait_rejection(node, "unexpected-result", before)  # accepted as an envelope, then refused by the submitter
+        # accepted as an envelope, then refused by the submitter
+        wait_rejection(node, "unexpected-result", before, evil.node_id[:12])
         evil.send_raw(hello)  # the same bytes again, on the same connection
         wait_rejection(node, "replay", before, evil.label)
         evil.send_raw(result)
@@ -92,55 +97,55 @@ def test_replayed_envelope(mesh4):
         again.send_raw(hello)
         wait_rejection(node, "replay", before, again.label)
         assert again.expect(lambda f: f["kind"] == "hello", 0.5) is None, "a replayed hello was answered"
-    after(mesh4, node, evil)
+    after(mesh4, node, evil, entries=entries)
 
 
 @pytest.mark.parametrize("reason,offset_ms", [("stale", -200_000), ("future", +200_000)])
 def test_timestamp_outside_the_window(mesh4, reason, offset_ms):
     node = mesh4.nodes[2]
-    before = rejected(node)
+    entries, before = ledger_count(node.home), rejected(node)
     with HostilePeer(node.listen) as evil:
         ts = now_ms() + offset_ms
         evil.send(evil.seal("hello", ANYONE, Hello(evil.record(ts=now_ms())), ts=ts))
         wait_rejection(node, reason, before, evil.label)
         assert evil.node_id not in peer_ids(node)
-    after(mesh4, node, evil)
+    after(mesh4, node, evil, entries=entries)
 
 
 def test_wrong_recipient(mesh4):
     node, other = mesh4.nodes[1], mesh4.nodes[2]
-    before = rejected(node)
+    entries, before = ledger_count(node.home), rejected(node)
     with HostilePeer(node.listen) as evil:
         evil.send(evil.hello_frame(recipient=key_of(other)))  # meant for node2, delivered to node1
         evil.send(evil.seal("step", key_of(other), STEP))
         wait_rejection(node, "wrong-recipient", before, evil.label, at_least=2)
         assert evil.node_id not in peer_ids(node)
-    after(mesh4, node, evil)
+    after(mesh4, node, evil, entries=entries)
 
 
 def test_wrong_network(mesh4):
     node = mesh4.nodes[1]
-    before = rejected(node)
+    entries, before = ledger_count(node.home), rejected(node)
     with HostilePeer(node.listen, network="evil-net") as evil:
         evil.send(evil.hello_frame())  # correctly signed, for another network
         wait_rejection(node, "wrong-network", before, evil.label)
         assert evil.node_id not in peer_ids(node)
-    after(mesh4, node, evil)
+    after(mesh4, node, evil, entries=entries)
 
 
 def test_frame_over_the_cap_drops_the_connection(mesh4):
     node = mesh4.nodes[1]
-    before = rejected(node)
+    entries, before = ledger_count(node.home), rejected(node)
     with HostilePeer(node.listen) as evil:
         evil.send_raw(HEADER.pack(64 << 20) + b"{" * 1000)  # declares 64 MiB
         assert evil.closed_by_node(5), "the node kept a connection that declared a frame over its cap"
         wait_rejection(node, "frame-too-large", before, evil.label)
-    after(mesh4, node, evil)
+    after(mesh4, node, evil, entries=entries)
 
 
 def test_truncated_frame(mesh4):
     node = mesh4.nodes[1]
-    before = rejected(node)
+    entries, before = ledger_count(node.home), rejected(node)
     with HostilePeer(node.listen) as evil:
         body = evil.hello_frame()[HEADER.size:]
         evil.send_raw(HEADER.pack(len(body)) + body[: len(body) // 2])
@@ -148,13 +153,13 @@ def test_truncated_frame(mesh4):
         assert evil.closed_by_node(5)
         wait_rejection(node, "truncated-frame", before, evil.label)
         assert evil.node_id not in peer_ids(node)
-    after(mesh4, node, evil)
+    after(mesh4, node, evil, entries=entries)
 
 
 def test_random_bytes(mesh4):
     node = mesh4.nodes[3]
     rng = random.Random(1234)
-    before = rejected(node)
+    entries, before = ledger_count(node.home), rejected(node)
     with HostilePeer(node.listen) as evil:
         for _ in range(5):
             evil.send_raw(frame(rng.randbytes(rng.randrange(1, 2000))))
@@ -163,13 +168,13 @@ def test_random_bytes(mesh4):
         wait_for(lambda: sum(rejected(node).get(r, 0) - before.get(r, 0) for r in ("bad-json", "bad-envelope")) >= 7,
                  10, "7 garbage frames counted")
         assert log_lines(node, "bad-json", evil.label) and log_lines(node, "bad-envelope", evil.label)
-    after(mesh4, node, evil)
+    after(mesh4, node, evil, entries=entries)
 
 
 def test_valid_json_wrong_schema(mesh4):
     node = mesh4.nodes[1]
     me = key_of(node)
-    before = rejected(node)
+    entries, before = ledger_count(node.home), rejected(node)
     with HostilePeer(node.listen) as evil:
         evil.handshake(me)
         step = {"job": "j", "step": "s", "kind": "python", "params": {"code": "output = 1"}}  # no timeout
@@ -179,19 +184,19 @@ def test_valid_json_wrong_schema(mesh4):
         evil.send(evil.seal_raw("hello", me, {"record": "me", "peers": []}))
         wait_rejection(node, "bad-schema", before, evil.label, at_least=4)
         assert evil.expect(lambda f: f["kind"] == "result", 1.0) is None, "a malformed step was run"
-    after(mesh4, node, evil)
+    after(mesh4, node, evil, entries=entries)
 
 
 def test_unknown_kind(mesh4):
     node = mesh4.nodes[1]
     me = key_of(node)
-    before = rejected(node)
+    entries, before = ledger_count(node.home), rejected(node)
     with HostilePeer(node.listen) as evil:
         evil.handshake(me)
         evil.send(evil.seal_raw("exec", me, {"cmd": "touch /tmp/x"}))
         evil.send(evil.seal_raw("__class__", me, {}))
         wait_rejection(node, "unknown-kind", before, evil.label, at_least=2)
-    after(mesh4, node, evil)
+    after(mesh4, node, evil, entries=entries)
 
 
 class _Touch:
@@ -209,13 +214,13 @@ def test_pickle_payload_is_never_unpickled(mesh4, tmp_path):
     probe, marker = tmp_path / "probe", tmp_path / "pwned"
     pickle.loads(pickle.dumps(_Touch(probe)))
     assert probe.exists(), "the payload is live: unpickling it does create its file"
-    before = rejected(node)
+    entries, before = ledger_count(node.home), rejected(node)
     with HostilePeer(node.listen) as evil:
         for protocol in (0, 2, pickle.HIGHEST_PROTOCOL):
             evil.send_raw(frame(pickle.dumps(_Touch(marker), protocol=protocol)))
         wait_rejection(node, "bad-json", before, evil.label, at_least=3)
     assert not marker.exists(), "the node unpickled a peer's frame"
-    after(mesh4, node, evil)
+    after(mesh4, node, evil, entries=entries)
     assert not marker.exists()
 
 
@@ -254,11 +259,8 @@ def test_forged_peer_records_in_gossip(mesh4):
         forged.key = other.public_key.hex()
         # 2. an honest node's real record (from the node's own gossip) moved to my address
         real = next(r for r in reply["payload"]["peers"] if r["key"] == key_of(victim).hex())
-        moved = make_record(evil.identity, NETWORK, "x:1", [], [], False, 0)  # shape only
-        for k, v in real.items():
-            setattr(moved, k, v)
-        moved.addr, moved.issued = evil.advertise, real["issued"] + 1
-        before = rejected(node)
+        moved = PeerRecord(**{**real, "addr": evil.advertise, "issued": real["issued"] + 1})
+        entries, before = ledger_count(node.home), rejected(node)
         evil.send(evil.seal("hello", me, Hello(evil.record(), [forged, moved])))
         wait_rejection(node, "bad-record", before, evil.label, at_least=2)
         # 3. a hello whose own record is someone else's
@@ -268,19 +270,19 @@ def test_forged_peer_records_in_gossip(mesh4):
     st = status(node)
     assert other.node_id not in {p["node"] for p in st["peers"]}
     assert next(p for p in st["peers"] if p["node"] == victim.node_id)["address"] == victim.listen
-    after(mesh4, node, evil)
+    after(mesh4, node, evil, entries=entries)
 
 
 def test_envelopes_before_hello_are_unknown_peer(mesh4):
     node = mesh4.nodes[3]
     me = key_of(node)
-    before = rejected(node)
+    entries, before = ledger_count(node.home), rejected(node)
     with HostilePeer(node.listen) as evil:
         evil.send(evil.seal("step", me, STEP))
         evil.send(evil.seal("bye", me, Bye("x")))
         wait_rejection(node, "unknown-peer", before, evil.label, at_least=2)
         assert evil.expect(lambda f: f["kind"] == "result", 1.0) is None, "a stranger's step was run"
-    after(mesh4, node, evil)
+    after(mesh4, node, evil, entries=entries)
 
 
 def test_second_identity_on_one_connection(mesh4):
@@ -303,7 +305,7 @@ def test_unsolicited_receipt_earns_nothing(mesh4):
     write rows of its choosing into any ledger, megabytes at a time)."""
     node = mesh4.nodes[2]
     me = key_of(node)
-    before = rejected(node)
+    entries, before = ledger_count(node.home), rejected(node)
     with HostilePeer(node.listen) as evil:
         evil.handshake(me)
         for i in range(3):
@@ -311,7 +313,7 @@ def test_unsolicited_receipt_earns_nothing(mesh4):
             evil.send(evil.seal("receipt", me, ReceiptMsg(r)))
         wait_rejection(node, "bad-receipt", before, evil.node_id[:12], at_least=3)
     assert not [r for r in ledger_rows(node.home) if r["kind"] == "earned" and r["peer"] == evil.node_id]
-    after(mesh4, node, evil)
+    after(mesh4, node, evil, entries=entries)  # and the submitter's genuine receipts are still booked
 
 
 def test_many_invalid_envelopes_drop_the_peer_and_cost_it_reputation(mesh4):
@@ -338,11 +340,11 @@ def test_many_invalid_envelopes_drop_the_peer_and_cost_it_reputation(mesh4):
 def test_log_lines_name_the_reason_not_the_payload(mesh4):
     """What an attacker sends is not echoed into the operator's log wholesale (no log injection)."""
     node = mesh4.nodes[3]
-    before = rejected(node)
+    entries, before = ledger_count(node.home), rejected(node)
     with HostilePeer(node.listen) as evil:
         evil.send(evil.seal_raw("exec\nFAKE WARNING mesh.node all good" + "A" * 5000, ANYONE, {}))
         wait_rejection(node, "unknown-kind", before, evil.label)
     lines = (node.home / "node.log").read_text().splitlines()
     assert not [ln for ln in lines if ln.startswith("FAKE")], "a peer forged a line of the node's log"
     assert not [ln for ln in lines if "A" * 100 in ln], "a peer's bytes were copied into the log wholesale"
-    after(mesh4, node, evil)
+    after(mesh4, node, evil, entries=entries)
