@@ -22,25 +22,29 @@ REPUTATION_KINDS = ("agreed", "disagreed", "no_show", "penalty")
 GENESIS = "0" * 64
 _HEAD = struct.Struct(">qqd")
 _LENS = struct.Struct(">5I")
-SCHEMA_VERSION = 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS entries (
-    id INTEGER PRIMARY KEY,
-    ts INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    job TEXT NOT NULL,
-    step TEXT NOT NULL,
-    peer TEXT NOT NULL,
-    amount REAL NOT NULL,
-    detail TEXT NOT NULL,
-    prev TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    UNIQUE (kind, job, step, peer)
-);
-CREATE INDEX IF NOT EXISTS entries_peer ON entries (peer, kind);
-"""
+# Migrations, applied in order inside one transaction each; the version reached is kept in
+# `schema_version`. Never edit a released step: append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE entries (
+        id INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        job TEXT NOT NULL,
+        step TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        amount REAL NOT NULL,
+        detail TEXT NOT NULL,
+        prev TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        UNIQUE (kind, job, step, peer)
+    );
+    CREATE INDEX entries_peer ON entries (peer, kind);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @dataclass(frozen=True)
@@ -76,10 +80,31 @@ class Ledger:
                 self.db = sqlite3.connect(path, timeout=10, isolation_level=None)
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=FULL")
-                self.db.executescript(_SCHEMA)
-                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                self._migrate()
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open ledger {path}: {exc}") from None
+
+    def _migrate(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = self.db.execute("SELECT version FROM schema_version").fetchone()
+        have = row[0] if row else 0
+        if have > SCHEMA_VERSION:
+            raise LedgerError(f"{self.path} has ledger schema {have}, newer than this homemesh knows "
+                              f"({SCHEMA_VERSION}): upgrade homemesh")
+        for version in range(have + 1, SCHEMA_VERSION + 1):
+            script = MIGRATIONS[version - 1]
+            statements = [s.strip() for s in script.split(";") if s.strip()]
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in statements:
+                    self.db.execute(stmt)
+                self.db.execute("DELETE FROM schema_version")
+                self.db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         self.db.close()
@@ -194,7 +219,9 @@ class Ledger:
 
 def _row(r: tuple) -> dict:
     i, ts, k, j, s, p, a, d = r
-    return {"id": i, "ts": ts, "kind": k, "job": j, "step": s, "peer": p, "amount": a, "detail": json.loads(d)}
+    detail = json.loads(d)
+    return {"id": i, "ts": ts, "kind": k, "job": j, "step": s, "peer": p, "counterparty": p, "amount": a,
+            "receipt": detail.get("receipt"), "detail": detail}
 
 
 def _check_money(kind: str, job: str, step: str, peer: str, amount: float, detail: str, my_id: str) -> str:

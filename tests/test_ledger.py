@@ -383,3 +383,17 @@ def test_group_commit_is_all_or_nothing(ledger, me, peer):
     with pytest.raises(LedgerError):
         ledger.append_many([(good, 1000), ([Entry("gift", "j", "s", peer.node_id)], 1000)])
     assert ledger.history() == []
+
+
+def test_schema_is_migrated_once_and_a_newer_schema_is_refused(tmp_path):
+    from ledger.store import SCHEMA_VERSION
+
+    Ledger(tmp_path / "l.db").close()
+    Ledger(tmp_path / "l.db").close()  # re-opening applies nothing twice
+    db = sqlite3.connect(tmp_path / "l.db")
+    assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    db.commit()
+    db.close()
+    with pytest.raises(LedgerError, match="newer than this homemesh"):
+        Ledger(tmp_path / "l.db")
