@@ -62,7 +62,8 @@ class LedgerActor(ActorTypeDispatcher):
             self.send(sender, PeerStatsReply(msg.request_id, {}, error=self.error))
             return
         _, evidence, _ = self.ledger.evidence()
-        self.send(sender, PeerStatsReply(msg.request_id, evidence, balance=self.ledger.balance()))
+        self.send(sender, PeerStatsReply(msg.request_id, evidence, balance=self.ledger.balance(),
+                                         streaks=self.ledger.streaks()))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender) -> None:
         self._flush()

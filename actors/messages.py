@@ -87,3 +87,4 @@ class PeerStatsReply:
     stats: dict  # node id → mesh.policy.Evidence
     error: str = ""
     balance: float = 0.0
+    streaks: dict = field(default_factory=dict)  # node id → run of validated results

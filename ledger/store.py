@@ -181,6 +181,19 @@ class Ledger:
             newest = max(newest, ts)
         return counts, evidence, newest
 
+    def streaks(self) -> dict[str, int]:
+        """Per peer, its current run of validated results (agreeing in a step that at least two agreed
+        on); any disagreement, no-show or penalty ends the run. Drives adaptive replication."""
+        runs: dict[str, int] = {}
+        for peer, kind, detail in self.db.execute(
+                "SELECT peer, kind, detail FROM entries WHERE kind IN ('agreed','disagreed','no_show','penalty') "
+                "ORDER BY id"):
+            if kind != "agreed":
+                runs[peer] = 0
+            elif len(json.loads(detail).get("why", {}).get("agreeing", [])) >= 2:
+                runs[peer] = runs.get(peer, 0) + 1
+        return runs
+
     def peer_stats(self, now_ms: int | None = None) -> dict[str, dict]:
         """node id → agreed, disagreed, no_show, penalty counts and the time-decayed beta reputation as
         of `now_ms` (default: the newest entry), best first."""

@@ -44,7 +44,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         fault=args.fault or "", allow_unsandboxed_python=args.allow_unsandboxed_python,
         load_model=not args.no_model, threads=args.threads,
         model=Path(args.model).expanduser() if args.model else None, frame_cap=args.frame_cap,
-        credit_line=args.credit_line,
+        credit_line=args.credit_line, collude=args.collude or "",
         advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
         if args.advertise else "",
     )
@@ -314,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="largest peer frame accepted (default 1 MiB); larger frames drop the connection")
     sp.add_argument("--fault", choices=["wrong", "silent", "slow", "crash", "forge"],
                     help="misbehave on purpose (tests and demos): wrong answers, silence, slowness, crash, bad signatures")
+    sp.add_argument("--collude", metavar="GROUP",
+                    help="with --fault wrong: return the same wrong answer as the other nodes of GROUP")
     sp.add_argument("--allow-unsandboxed-python", action="store_true",
                     help="run peers' python steps even without bubblewrap (dangerous; off by default)")
     sp.add_argument("--no-model", action="store_true", help="do not load the default model (no llm steps)")

@@ -11,6 +11,7 @@ from typing import Any
 import networkx as nx
 
 from .canonical import canonical
+from .compare import Comparator
 from .errors import JobError
 from .quorum import QuorumRule
 
@@ -26,6 +27,7 @@ class Step:
     kind: str
     params: dict
     after: list[str] = field(default_factory=list)
+    compare: str = "exact"  # see mesh.compare
 
     @property
     def needs(self) -> str:
@@ -42,6 +44,7 @@ class Job:
     quorum: QuorumRule = field(default_factory=lambda: QuorumRule.parse("majority"))
     timeout: float = 300.0
     max_replicas: int = 0  # 0 → 2 × redundancy
+    adaptive: int = 0  # N > 0: a worker with N validated results in a row may run a step alone, checked 1/N
 
     @property
     def replica_limit(self) -> int:
@@ -67,7 +70,9 @@ class Job:
         return {
             "name": self.name, "redundancy": self.redundancy, "quorum": self.quorum.spec,
             "timeout": self.timeout, "max_replicas": self.replica_limit,
-            "steps": [{"id": s.id, "kind": s.kind, "params": s.params, "after": s.after} for s in self.steps],
+            "adaptive": self.adaptive,
+            "steps": [{"id": s.id, "kind": s.kind, "params": s.params, "after": s.after, "compare": s.compare}
+                      for s in self.steps],
         }
 
 
@@ -93,7 +98,7 @@ def parse_job(data: Any, source: str = "job", redundancy: int | None = None, quo
     """Validate a decoded job object; `redundancy`/`quorum` override the file's values."""
     if not isinstance(data, dict):
         raise JobError(f"{source}: a job is a JSON object with a 'steps' list")
-    unknown = set(data) - {"name", "redundancy", "quorum", "steps", "timeout", "max_replicas"}
+    unknown = set(data) - {"name", "redundancy", "quorum", "steps", "timeout", "max_replicas", "adaptive"}
     if unknown:
         raise JobError(f"{source}: unknown job field {sorted(unknown)[0]!r}")
     name = data.get("name", "job")
@@ -113,6 +118,12 @@ def parse_job(data: Any, source: str = "job", redundancy: int | None = None, quo
     max_rep = data.get("max_replicas", 0)
     if not isinstance(max_rep, int) or isinstance(max_rep, bool) or not (max_rep == 0 or r <= max_rep <= 64):
         raise JobError(f"{source}: max_replicas must be 0 (auto) or from redundancy to 64")
+    adaptive = data.get("adaptive", 0)
+    if not isinstance(adaptive, int) or isinstance(adaptive, bool) or not 0 <= adaptive <= 1000:
+        raise JobError(f"{source}: adaptive must be 0 (off) or the run of validated results (1-1000) that "
+                       "lets a worker run a step alone")
+    if adaptive and rule.k:
+        raise JobError(f"{source}: adaptive replication works with the majority or unanimous rule, not {rule.spec}")
     raw_steps = data.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
         raise JobError(f"{source}: 'steps' must be a non-empty list")
@@ -128,7 +139,8 @@ def parse_job(data: Any, source: str = "job", redundancy: int | None = None, quo
                 raise JobError(f"{source}: step {s.id!r} refers to missing step {dep!r}")
             if dep not in s.after:
                 s.after.append(dep)
-    job = Job(name=name, steps=steps, redundancy=r, quorum=rule, timeout=float(timeout), max_replicas=max_rep)
+    job = Job(name=name, steps=steps, redundancy=r, quorum=rule, timeout=float(timeout), max_replicas=max_rep,
+              adaptive=adaptive)
     g = job.graph()
     if not nx.is_directed_acyclic_graph(g):
         cycle = " -> ".join(u for u, _ in nx.find_cycle(g))
@@ -140,7 +152,7 @@ def _parse_step(raw: Any, i: int, seen: set[str], source: str) -> Step:
     where = f"{source}: step {i + 1}"
     if not isinstance(raw, dict):
         raise JobError(f"{where} is not an object")
-    unknown = set(raw) - {"id", "kind", "params", "after"}
+    unknown = set(raw) - {"id", "kind", "params", "after", "compare"}
     if unknown:
         raise JobError(f"{where} has unknown field {sorted(unknown)[0]!r}")
     sid = raw.get("id")
@@ -159,7 +171,12 @@ def _parse_step(raw: Any, i: int, seen: set[str], source: str) -> Step:
     if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
         raise JobError(f"{source}: step {sid!r}: 'after' must be a list of step ids")
     _check_params(sid, kind, params, source)
-    return Step(sid, kind, dict(params), list(dict.fromkeys(after)))
+    compare = raw.get("compare", "exact")
+    try:
+        Comparator(compare if isinstance(compare, str) else repr(compare))
+    except JobError as exc:
+        raise JobError(f"{source}: step {sid!r}: {exc}") from None
+    return Step(sid, kind, dict(params), list(dict.fromkeys(after)), compare)
 
 
 def check_request(kind: str, params: dict) -> None:

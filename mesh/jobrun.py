@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from .compare import Comparator
 from .dag import Job, render
 from .policy import Candidate, credit_basis, place
 from .quorum import Accept, GiveUp, NeedMore, Tally
@@ -42,6 +43,7 @@ class Outcome:
 class Replica:
     node: str
     digest: str = ""
+    key: str = ""  # its output's class under the step's comparator
     output: Any = None
     work: dict = field(default_factory=dict)
     error: str = ""
@@ -51,7 +53,10 @@ class Replica:
 @dataclass
 class StepRun:
     kind: str
+    comparator: Comparator
     status: str = "waiting"  # waiting | running | done | failed | skipped
+    key: str = ""  # the accepted answer's class
+    alone: bool = False  # adaptive replication: sent to one trusted worker
     tally: Tally | None = None
     params: dict | None = None
     replicas: dict[str, Replica] = field(default_factory=dict)
@@ -67,7 +72,7 @@ class JobRun:
         self.job = job
         self.rng = rng
         self.order = job.order()
-        self.steps = {sid: StepRun(job.step(sid).kind) for sid in self.order}
+        self.steps = {sid: StepRun(job.step(sid).kind, Comparator(job.step(sid).compare)) for sid in self.order}
         self.outcomes: list[Outcome] = []
 
     # -- inputs -------------------------------------------------------------------------------------
@@ -79,10 +84,13 @@ class JobRun:
         rep = run.replicas[node] if node in run.replicas else None
         if rep is None:
             return False
-        accepted = run.tally.answer(node, digest) if ok else run.tally.fail(node, error or "step error")
-        if accepted:
-            rep.digest, rep.output, rep.work, rep.error = (digest, output, work, "") if ok else ("", None, {}, error)
-        return accepted
+        if not ok:
+            return self.on_failure(step, node, error or "step error")
+        key = run.comparator.key(output)
+        if run.tally.answer(node, key):
+            rep.digest, rep.key, rep.output, rep.work, rep.error = digest, key, output, work, ""
+            return True
+        return False
 
     def on_failure(self, step: str, node: str, reason: str) -> bool:
         run = self.steps.get(step)
@@ -90,6 +98,8 @@ class JobRun:
             return False
         if run.tally.fail(node, reason):
             run.replicas[node].error = reason
+            if run.alone:  # the trusted worker did not deliver: back to full replication
+                run.alone, run.tally.redundancy = False, self.job.redundancy
             return True
         return False
 
@@ -139,11 +149,16 @@ class JobRun:
                 if run.status != "running":
                     continue
                 decision = run.tally.decide()
+                solo = ""
                 if run.tally.issued == 0:  # first placement: the job's full redundancy, not just a quorum
                     decision = NeedMore(self.job.redundancy)
+                    solo = self._trusted(workers.get(step.needs, []))
+                    if solo:
+                        run.alone, run.tally.redundancy = True, 1
+                        decision = NeedMore(1)
                 if isinstance(decision, NeedMore):
                     fresh = [c for c in workers.get(step.needs, []) if not run.tally.used(c.node)]
-                    picked = place(fresh, decision.count, self.rng)
+                    picked = [solo] if solo else place(fresh, decision.count, self.rng)
                     if not picked:
                         decision = GiveUp("no unused worker left: " + run.tally.evidence())
                     for node in picked:
@@ -155,14 +170,26 @@ class JobRun:
                     progressed = True
         return out
 
+    def _trusted(self, candidates: list[Candidate]) -> str:
+        """Adaptive replication (as BOINC): the first placed worker, when its run of validated results
+        reaches N, runs the step alone, except with probability 1/N. '' when the step is replicated."""
+        n = self.job.adaptive
+        if n <= 0 or not candidates:
+            return ""
+        (first,) = place(candidates, 1, self.rng)
+        streak = next(c.streak for c in candidates if c.node == first)
+        if streak >= n and self.rng.random() >= 1.0 / n:
+            return first
+        return ""
+
     def _settle(self, sid: str, decision: Accept | GiveUp) -> None:
         run = self.steps[sid]
         tally = run.tally
         if isinstance(decision, Accept):
             agreeing = [run.replicas[n] for n in decision.agreeing]
-            run.status, run.digest, run.output = "done", decision.digest, agreeing[0].output
+            run.status, run.key, run.digest, run.output = "done", decision.digest, agreeing[0].digest, agreeing[0].output
             run.credit, basis = credit_basis(run.kind, [r.work for r in agreeing])
-            self.outcomes.append(Outcome(sid, run.kind, True, decision.digest, decision.agreeing,
+            self.outcomes.append(Outcome(sid, run.kind, True, run.digest, decision.agreeing,
                                          decision.dissenting, decision.failed, run.credit, basis=basis))
         else:
             run.status, run.error = "failed", decision.reason
@@ -198,14 +225,14 @@ class JobRun:
         for sid, run in self.steps.items():
             replicas = []
             for node, rep in run.replicas.items():
-                entry = {"node": node, "digest": rep.digest, "agreed": bool(run.digest) and rep.digest == run.digest}
+                entry = {"node": node, "digest": rep.digest, "agreed": bool(run.key) and rep.key == run.key}
                 if rep.error:
                     entry["error"] = rep.error
                 if rep.work:
                     entry["work"] = rep.work
                 replicas.append(entry)
             steps[sid] = {"status": run.status, "kind": run.kind, "output": run.output, "digest": run.digest,
-                          "replicas": replicas, "credit": run.credit}
+                          "replicas": replicas, "credit": run.credit, "unreplicated": run.alone}
             if run.error:
                 steps[sid]["error"] = run.error
         return {"job_id": self.job_id, "name": self.job.name, "status": self.status, "steps": steps}

@@ -69,6 +69,7 @@ class NodeOptions:
     frame_cap: int = DEFAULT_FRAME_CAP
     model: Path | None = None
     credit_line: float = 10.0  # credits this node may spend beyond what it has earned
+    collude: str = ""  # with fault=wrong: nodes of one group return the same wrong answer
 
 
 def now_ms() -> int:
@@ -127,6 +128,7 @@ class Node:
         self.own_record: PeerRecord | None = None
         self.evidence: dict[str, Evidence] = {}  # node id → decayed reputation evidence, from the ledger
         self.balance = 0.0  # credits earned minus spent, from the ledger
+        self.streaks: dict[str, int] = {}  # node id → run of validated results (adaptive replication)
         self.ledger_error = ""  # set when a write failed: no paid work until the operator fixes it
         self.tasks: set[asyncio.Task] = set()
         self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
@@ -156,7 +158,7 @@ class Node:
         reply = await self.bridge.ask(PeerStatsQuery(uuid.uuid4().hex), 30)
         if not isinstance(reply, PeerStatsReply) or reply.error:
             raise MeshError(f"cannot read the ledger: {getattr(reply, 'error', 'no answer')}")
-        self.evidence, self.balance = dict(reply.stats), reply.balance
+        self.evidence, self.balance, self.streaks = dict(reply.stats), reply.balance, dict(reply.streaks)
         self.listen = f"{self.opts.listen[0]}:{peer_sock.getsockname()[1]}"
         self._load_peers()
         await self.gateway.start(peer_sock)
@@ -376,6 +378,10 @@ class Node:
         for e in entries:
             if e.kind in REPUTATION_KINDS:
                 self.evidence.setdefault(e.peer, Evidence()).add(e.kind, ts or now_ms())
+            if e.kind == "agreed" and len((e.detail or {}).get("why", {}).get("agreeing", [])) >= 2:
+                self.streaks[e.peer] = self.streaks.get(e.peer, 0) + 1
+            elif e.kind in REPUTATION_KINDS and e.kind != "agreed":
+                self.streaks[e.peer] = 0
         return True
 
     def reputation_of(self, node: str) -> float:
@@ -388,7 +394,8 @@ class Node:
         for peer in self.peers:
             if not peer.connected or peer.state != "up":
                 continue
-            cand = Candidate(peer.node, self.reputation_of(peer.node), prefix_of(peer.addr))
+            cand = Candidate(peer.node, self.reputation_of(peer.node), prefix_of(peer.addr),
+                             self.streaks.get(peer.node, 0))
             for cap in peer.capabilities(default):
                 out.setdefault(cap, []).append(cand)
         return out
@@ -413,6 +420,10 @@ def run_node(opts: NodeOptions) -> None:
     """Start everything, serve until SIGINT/SIGTERM, stop everything. Raises ConfigError for bad set-up."""
     if opts.fault and opts.fault not in FAULTS:
         raise ConfigError(f"--fault must be one of {', '.join(FAULTS)}")
+    if opts.collude and opts.fault not in ("", "wrong"):
+        raise ConfigError("--collude goes with --fault wrong (or alone, which implies it)")
+    if opts.collude:
+        opts.fault = "wrong"
     if opts.api[0] not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError("the API listens on loopback only (it holds the power to spend credits)")
     if opts.frame_cap < 64 << 10:

@@ -15,6 +15,7 @@ class Candidate:
     node: str
     reputation: float  # 0..1
     prefix: str  # network prefix (e.g. /24 of its address) for sybil spreading
+    streak: int = 0  # consecutive validated (replicated and agreeing) results: adaptive replication
 
 
 HALF_LIFE_MS = 7 * 24 * 3600_000  # what a peer did a week ago weighs half as much as what it did today

@@ -29,9 +29,10 @@ log = logging.getLogger("mesh.worker")
 MAX_OWED = 10_000  # steps answered but not yet paid that this node remembers (oldest forgotten first)
 
 
-def corrupt(output: object) -> object:
-    """fault=wrong: a plausible but wrong answer, validly signed."""
-    return output + " [tampered]" if isinstance(output, str) else {"tampered": output}
+def corrupt(output: object, salt: str) -> object:
+    """fault=wrong: a plausible but wrong answer, validly signed. Nodes of one `--collude` group share the
+    salt, so they return the same wrong answer; a lone wrong node's answer is its own."""
+    return f"{output} [tampered:{salt}]" if isinstance(output, str) else {"tampered": output, "by": salt}
 
 
 class Worker:
@@ -62,7 +63,7 @@ class Worker:
         if fault == "slow":
             await asyncio.sleep(min(req.timeout, 30.0))
         if fault == "wrong" and result.ok:
-            out = corrupt(result.output)
+            out = corrupt(result.output, node.opts.collude or node.id[:8])
             result = StepResult(req.job, req.step, True, out, digest(out), result.identity, result.work)
         if result.ok:  # only a step answered for this payer can be paid for (see on_receipt)
             self.owed[(peer.node, req.job, req.step)] = None
