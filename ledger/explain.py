@@ -50,6 +50,10 @@ def explain(entry: dict, me: str) -> str:
     if kind == "no_show":
         reason = why.get("failed", {}).get(entry["peer"], d.get("reason", "no answer"))
         return f"Entry {entry['id']}: {peer} loses reputation for {where}: it gave no usable answer ({reason})."
+    if kind == "spot_failed":
+        return (f"Entry {entry['id']}: {peer} loses a lot of reputation and is blacklisted: asked a question whose "
+                f"answer was known (digest {str(d.get('expected', '?'))[:16]}), it answered "
+                f"{str(d.get('got', '?'))[:16]}.")
     if kind == "penalty":
         return (f"Entry {entry['id']}: {peer} loses reputation: its connection broke the peer protocol's rules "
                 f"({d.get('reason', '?')}) and was dropped.")

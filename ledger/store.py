@@ -17,8 +17,8 @@ from mesh.policy import Evidence
 
 from .receipts import check_receipt, payer_id
 
-KINDS = ("paid", "earned", "agreed", "disagreed", "no_show", "penalty")
-REPUTATION_KINDS = ("agreed", "disagreed", "no_show", "penalty")
+KINDS = ("paid", "earned", "agreed", "disagreed", "no_show", "penalty", "spot_failed")
+REPUTATION_KINDS = ("agreed", "disagreed", "no_show", "penalty", "spot_failed")
 GENESIS = "0" * 64
 _HEAD = struct.Struct(">qqd")
 _LENS = struct.Struct(">5I")
@@ -174,8 +174,8 @@ class Ledger:
         evidence: dict[str, Evidence] = {}
         newest = 0
         for peer, kind, ts in self.db.execute(
-                "SELECT peer, kind, ts FROM entries WHERE kind IN ('agreed','disagreed','no_show','penalty') "
-                "ORDER BY id"):
+                "SELECT peer, kind, ts FROM entries WHERE kind IN ('agreed','disagreed','no_show','penalty',"
+                "'spot_failed') ORDER BY id"):
             counts.setdefault(peer, dict.fromkeys(REPUTATION_KINDS, 0))[kind] += 1
             evidence.setdefault(peer, Evidence()).add(kind, ts)
             newest = max(newest, ts)
@@ -186,8 +186,8 @@ class Ledger:
         on); any disagreement, no-show or penalty ends the run. Drives adaptive replication."""
         runs: dict[str, int] = {}
         for peer, kind, detail in self.db.execute(
-                "SELECT peer, kind, detail FROM entries WHERE kind IN ('agreed','disagreed','no_show','penalty') "
-                "ORDER BY id"):
+                "SELECT peer, kind, detail FROM entries WHERE kind IN ('agreed','disagreed','no_show','penalty',"
+                "'spot_failed') ORDER BY id"):
             if kind != "agreed":
                 runs[peer] = 0
             elif len(json.loads(detail).get("why", {}).get("agreeing", [])) >= 2:

@@ -44,7 +44,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         fault=args.fault or "", allow_unsandboxed_python=args.allow_unsandboxed_python,
         load_model=not args.no_model, threads=args.threads,
         model=Path(args.model).expanduser() if args.model else None, frame_cap=args.frame_cap,
-        credit_line=args.credit_line, collude=args.collude or "",
+        credit_line=args.credit_line, collude=args.collude or "", spot_rate=args.spot_rate,
+        blacklist_s=args.blacklist,
         advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
         if args.advertise else "",
     )
@@ -187,7 +188,8 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         elif args.what == "peers":
             rows = [{"node": n, **s} for n, s in led.peer_stats(int(time.time() * 1000)).items()]
             human = "\n".join(f"{r['node'][:16]}  reputation {r['reputation']:.3f}  agreed {r['agreed']}  "
-                              f"disagreed {r['disagreed']}  no-show {r['no_show']}  penalties {r['penalty']}" for r in rows)
+                              f"disagreed {r['disagreed']}  no-show {r['no_show']}  penalties {r['penalty']}  "
+                              f"failed spot checks {r['spot_failed']}" for r in rows)
             _emit(args, rows, human or "no peers recorded yet")
         elif args.what == "history":
             rows = led.history(args.limit)
@@ -314,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="largest peer frame accepted (default 1 MiB); larger frames drop the connection")
     sp.add_argument("--fault", choices=["wrong", "silent", "slow", "crash", "forge"],
                     help="misbehave on purpose (tests and demos): wrong answers, silence, slowness, crash, bad signatures")
+    sp.add_argument("--spot-rate", type=float, default=0.0, metavar="P",
+                    help="send a worker a question with a known answer alongside a replica with probability P "
+                         "(e.g. 0.05); a wrong answer blacklists it and voids its unsettled answers (default 0)")
+    sp.add_argument("--blacklist", type=float, default=3600.0, metavar="SECONDS",
+                    help="how long a worker that failed a spot check gets no work (default 3600)")
     sp.add_argument("--collude", metavar="GROUP",
                     help="with --fault wrong: return the same wrong answer as the other nodes of GROUP")
     sp.add_argument("--allow-unsandboxed-python", action="store_true",

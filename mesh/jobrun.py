@@ -108,6 +108,20 @@ class JobRun:
             if run.tally and node in run.tally.pending:
                 self.on_failure(sid, node, reason)
 
+    def on_node_distrusted(self, node: str, reason: str) -> None:
+        """A worker caught cheating: its answers in steps not yet settled no longer count."""
+        for sid, run in self.steps.items():
+            if run.status != "running" or run.tally is None:
+                continue
+            if run.tally.answers.pop(node, None) is not None:
+                run.tally.failures[node] = reason
+                rep = run.replicas[node]
+                rep.error, rep.key = reason, ""
+                if run.alone:
+                    run.alone, run.tally.redundancy = False, self.job.redundancy
+            elif node in run.tally.pending:
+                self.on_failure(sid, node, reason)
+
     def on_time(self, now: float) -> None:
         for sid, run in self.steps.items():
             if run.status == "running" and run.tally:
@@ -116,9 +130,11 @@ class JobRun:
                         self.on_failure(sid, node, "timeout")
 
     # -- outputs ------------------------------------------------------------------------------------
-    def advance(self, workers: dict[str, list[Candidate]], now: float) -> list[Dispatch]:
+    def advance(self, workers: dict[str, list[Candidate]], now: float, held: frozenset[str] = frozenset()
+                ) -> list[Dispatch]:
         """Settle what can be settled and return the replicas to send. `workers` maps a capability
-        (Step.needs) to the candidates offering it (never the submitter itself)."""
+        (Step.needs) to the candidates offering it (never the submitter itself); `held` are workers
+        with a spot check outstanding: a step they agreed on waits for it."""
         out: list[Dispatch] = []
         progressed = True
         while progressed:
@@ -165,6 +181,8 @@ class JobRun:
                         run.tally.issue(node)
                         run.replicas[node] = Replica(node, deadline=now + self.job.timeout)
                         out.append(Dispatch(sid, node, run.kind, run.params, now + self.job.timeout))
+                if isinstance(decision, Accept) and held.intersection(decision.agreeing):
+                    continue
                 if isinstance(decision, (Accept, GiveUp)):
                     self._settle(sid, decision)
                     progressed = True

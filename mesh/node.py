@@ -70,6 +70,8 @@ class NodeOptions:
     model: Path | None = None
     credit_line: float = 10.0  # credits this node may spend beyond what it has earned
     collude: str = ""  # with fault=wrong: nodes of one group return the same wrong answer
+    spot_rate: float = 0.0  # probability that a replica sent out comes with a spot check for its worker
+    blacklist_s: float = 3600.0  # how long a worker caught by a spot check gets no work from this node
 
 
 def now_ms() -> int:
@@ -391,8 +393,9 @@ class Node:
     def candidates(self) -> dict[str, list[Candidate]]:
         out: dict[str, list[Candidate]] = {}
         default = default_model_sha()
+        now = time.monotonic()
         for peer in self.peers:
-            if not peer.connected or peer.state != "up":
+            if not peer.connected or peer.state != "up" or self.submitter.spot.blacklisted(peer.node, now):
                 continue
             cand = Candidate(peer.node, self.reputation_of(peer.node), prefix_of(peer.addr),
                              self.streaks.get(peer.node, 0))
@@ -426,6 +429,8 @@ def run_node(opts: NodeOptions) -> None:
         opts.fault = "wrong"
     if opts.api[0] not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError("the API listens on loopback only (it holds the power to spend credits)")
+    if not 0 <= opts.spot_rate <= 1:
+        raise ConfigError("--spot-rate is a probability, from 0 to 1")
     if opts.frame_cap < 64 << 10:
         raise ConfigError("--frame-cap must be at least 65536 bytes")
     model_sha = ""

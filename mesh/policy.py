@@ -20,7 +20,8 @@ class Candidate:
 
 HALF_LIFE_MS = 7 * 24 * 3600_000  # what a peer did a week ago weighs half as much as what it did today
 GOOD = ("agreed",)
-BAD = ("disagreed", "no_show", "penalty")
+BAD = ("disagreed", "no_show", "penalty", "spot_failed")
+WEIGHT = {"spot_failed": 5.0}  # a wrong answer to a known question is damning
 
 
 def reputation(agreed: float, disagreed: float, no_show: float, penalty: float = 0) -> float:
@@ -53,7 +54,7 @@ class Evidence:
         if kind in GOOD:
             self.good += w
         else:
-            self.bad += w
+            self.bad += w * WEIGHT.get(kind, 1.0)
 
     def score(self, now_ms: int, half_life_ms: int = HALF_LIFE_MS) -> float:
         good, bad = self._decay_to(now_ms, half_life_ms)

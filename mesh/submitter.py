@@ -21,6 +21,7 @@ from .errors import CreditError
 from .jobrun import Dispatch, JobRun, Outcome
 from .messages import ReceiptMsg, StepRequest, StepResult
 from .peers import Peer
+from .spotcheck import Challenge, SpotChecker
 
 if TYPE_CHECKING:
     from .node import Node
@@ -43,6 +44,15 @@ class Submitter:
     def __init__(self, node: "Node"):
         self.node = node
         self.jobs: dict[str, JobState] = {}
+        self.spot = SpotChecker(node.opts.spot_rate, node.opts.blacklist_s, random.Random(node.rng.getrandbits(64)))
+        self.spots: dict[str, tuple[str, Challenge, float]] = {}  # spot job id → (worker, challenge, deadline)
+
+    def held(self) -> frozenset[str]:
+        """Workers with a spot check outstanding (expired checks are dropped, unpunished)."""
+        now = time.monotonic()
+        for sid in [s for s, (_, _, deadline) in self.spots.items() if deadline <= now]:
+            del self.spots[sid]
+        return frozenset(node for node, _, _ in self.spots.values())
 
     def submit(self, job: Job) -> str:
         """Start a job; raises CreditError when this node's ledger is broken or it is past its credit line."""
@@ -77,7 +87,7 @@ class Submitter:
             st.wake.clear()
             now = time.monotonic()
             run.on_time(now)
-            for d in run.advance(self.node.candidates(), now):
+            for d in run.advance(self.node.candidates(), now, self.held()):
                 self.node.spawn(self._dispatch(job_id, st, d))
             outcomes = run.take_outcomes()
             if outcomes:
@@ -95,9 +105,37 @@ class Submitter:
         if peer is None or not await self.node.send_dialling(peer, "step", req):
             st.run.on_failure(d.step, d.node, "unreachable")
             st.wake.set()
+            return
+        challenge = self.spot.challenge(d.kind)
+        if challenge is not None:  # indistinguishable from real work for the worker
+            spot_id = f"spot-{uuid.uuid4().hex[:16]}"
+            self.spots[spot_id] = (d.node, challenge, time.monotonic() + req.timeout)
+            self.node.send(peer, "step", StepRequest(spot_id, "check", challenge.kind, challenge.params, req.timeout))
+
+    def _on_spot(self, peer: Peer, res: StepResult) -> None:
+        node, challenge, _ = self.spots.pop(res.job)
+        ok = res.ok and digest(res.output) == res.digest
+        if self.spot.judge(node, challenge, ok, res.output, time.monotonic()):
+            log.info("spot check passed by %s", node[:12])
+        else:
+            got = res.digest if res.ok else f"error: {res.error}"
+            log.warning("spot check FAILED by %s (got %s): blacklisted", node[:12], got[:40])
+            entry = Entry("spot_failed", "spot", res.job, node, 0.0,
+                          {"expected": digest(challenge.expected), "got": got, "kind": challenge.kind})
+            self.node.spawn(self.node.record([entry]))
+            for st in self.jobs.values():
+                if not st.run.finished:
+                    st.run.on_node_distrusted(node, "failed a spot check")
+        for st in self.jobs.values():
+            st.wake.set()
 
     def on_result(self, peer: Peer, res: StepResult) -> None:
+        if res.job in self.spots and self.spots[res.job][0] == peer.node:
+            self._on_spot(peer, res)
+            return
         st = self.jobs.get(res.job)
+        if st is not None:
+            st.run.on_time(time.monotonic())  # an answer past its replica's deadline is late, whatever the tick
         ok = res.ok
         if ok and digest(res.output) != res.digest:
             ok, res.error = False, "digest does not match output"
@@ -120,7 +158,10 @@ class Submitter:
         receipts: list[tuple[str, dict]] = []
         job = st.run.job
         for o in outcomes:
-            replicas = st.run.steps[o.step].replicas
+            step_run = st.run.steps[o.step]
+            replicas = step_run.replicas
+            if o.accepted:
+                self.spot.remember(o.kind, step_run.params or {}, step_run.output)
             why = {  # the evidence behind every entry of this step, for `mesh ledger explain`
                 "rule": job.quorum.spec, "needed": job.quorum.needed(job.redundancy), "redundancy": job.redundancy,
                 "accepted": o.digest, "agreeing": list(o.agreeing),

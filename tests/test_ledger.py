@@ -135,8 +135,8 @@ def test_peer_stats_reputation(ledger, me, peer):
     ledger.append(entries, TS)
     stats = ledger.peer_stats()
     assert list(stats) == [good, bad, ghost]  # best first: 5/6, 2/5, 1/3
-    assert stats[good] == {"agreed": 4, "disagreed": 0, "no_show": 0, "penalty": 0, "reputation": round(reputation(4, 0, 0), 6)}
-    assert stats[bad] == {"agreed": 1, "disagreed": 2, "no_show": 0, "penalty": 0, "reputation": 0.4}
+    assert stats[good] == {"agreed": 4, "disagreed": 0, "no_show": 0, "penalty": 0, "spot_failed": 0, "reputation": round(reputation(4, 0, 0), 6)}
+    assert stats[bad] == {"agreed": 1, "disagreed": 2, "no_show": 0, "penalty": 0, "spot_failed": 0, "reputation": 0.4}
     assert stats[ghost]["reputation"] == pytest.approx(1 / 3, abs=1e-6)
     assert peer.node_id not in stats
 

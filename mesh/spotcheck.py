@@ -1,0 +1,69 @@
+"""Spot checks (Sarmenta): now and then the submitter sends a worker a step whose answer it already knows.
+A wrong answer costs a lot of reputation, blacklists the worker for a while and voids its answers in
+steps not yet settled, and steps it agreed on wait for its check before they are accepted. Pure: the
+randomness comes from the RNG handed in, the time from the caller."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from .canonical import digest
+
+
+@dataclass(frozen=True)
+class Challenge:
+    kind: str
+    params: dict
+    expected: Any
+
+
+def python_challenge(rng: random.Random) -> Challenge:
+    """Fresh arithmetic whose answer the submitter computes without running anything."""
+    a, b, c = rng.randrange(1, 10**9), rng.randrange(1, 10**9), rng.randrange(2, 10**6)
+    code = f"a, b, c = {a}, {b}, {c}\noutput = {{'sum': a + b, 'mod': (a * b) % c, 'digits': len(str(a * b))}}"
+    return Challenge("python", {"code": code, "inputs": {}}, {"sum": a + b, "mod": (a * b) % c,
+                                                             "digits": len(str(a * b))})
+
+
+class SpotChecker:
+    def __init__(self, rate: float, blacklist_s: float, rng: random.Random, memory: int = 32):
+        self.rate = rate
+        self.blacklist_s = blacklist_s
+        self.rng = rng
+        self.known: dict[str, deque] = {}  # kind → earlier accepted (params, output), for kinds without synthetics
+        self.memory = memory
+        self.banned: dict[str, float] = {}  # node → until (seconds, caller's clock)
+
+    def remember(self, kind: str, params: dict, output: Any) -> None:
+        """An accepted answer becomes a known answer for later checks (llm: same model, greedy)."""
+        if kind != "python":
+            self.known.setdefault(kind, deque(maxlen=self.memory)).append((params, output))
+
+    def challenge(self, kind: str) -> Challenge | None:
+        """A check for a worker about to get a `kind` replica, or None (not this time / nothing known)."""
+        if self.rate <= 0 or self.rng.random() >= self.rate:
+            return None
+        if kind == "python":
+            return python_challenge(self.rng)
+        known = self.known.get(kind)
+        if not known:
+            return None
+        params, output = known[self.rng.randrange(len(known))]
+        return Challenge(kind, params, output)
+
+    def judge(self, node: str, challenge: Challenge, ok: bool, output: Any, now: float) -> bool:
+        """True when the answer is the known one; otherwise the node is blacklisted until now + blacklist_s."""
+        passed = ok and digest(output) == digest(challenge.expected)
+        if not passed:
+            self.banned[node] = now + self.blacklist_s
+        return passed
+
+    def blacklisted(self, node: str, now: float) -> bool:
+        until = self.banned.get(node)
+        if until is not None and until <= now:
+            del self.banned[node]
+            return False
+        return until is not None

@@ -1,0 +1,93 @@
+"""Spot checks: known-answer questions, blacklisting, and collusion on a real mesh."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from mesh.canonical import digest
+from mesh.dag import parse_job
+from mesh.jobrun import JobRun
+from mesh.policy import Candidate, Evidence
+from mesh.sandbox import bwrap_path, run_python
+from mesh.spotcheck import SpotChecker, python_challenge
+
+from .conftest import cli_json, write_job
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.skipif(bwrap_path() is None, reason="needs bubblewrap")
+def test_python_challenges_are_right_when_really_run():
+    rng = random.Random(7)
+    for _ in range(3):
+        ch = python_challenge(rng)
+        assert run_python(ch.params["code"], {}, 10).output == ch.expected
+
+
+def test_rate_memory_and_blacklist():
+    sc = SpotChecker(rate=1.0, blacklist_s=60, rng=random.Random(1))
+    assert sc.challenge("llm") is None  # nothing known yet for llm
+    sc.remember("llm", {"prompt": "p"}, " out")
+    ch = sc.challenge("llm")
+    assert ch.params == {"prompt": "p"} and ch.expected == " out"
+    assert sc.judge("honest", ch, True, " out", 0.0) and not sc.blacklisted("honest", 0.0)
+    assert not sc.judge("liar", ch, True, " other", 0.0)
+    assert sc.blacklisted("liar", 59.0) and not sc.blacklisted("liar", 61.0)
+    assert SpotChecker(0.0, 60, random.Random(1)).challenge("python") is None
+    rate = sum(SpotChecker(0.2, 60, random.Random(s)).challenge("python") is not None for s in range(500)) / 500
+    assert 0.15 < rate < 0.25
+
+
+def test_a_failed_spot_check_costs_five_disagreements():
+    ev = Evidence()
+    ev.add("spot_failed", 0)
+    assert ev.score(0) == pytest.approx(1 / 7)
+
+
+def test_agreement_waits_for_held_workers_and_a_caught_one_is_voided():
+    workers = [Candidate(f"w{i}", 0.9, f"10.0.{i}.0/24") for i in range(5)]
+    job = parse_job({"redundancy": 3, "steps": [{"id": "a", "kind": "python", "params": {"code": "x"}}]})
+    run = JobRun("j", job, random.Random(3))
+    sent = run.advance({"python": workers}, 0.0)
+    liars = [d.node for d in sent[:2]]
+    for d in sent:
+        out = 666 if d.node in liars else 42
+        run.on_result("a", d.node, True, digest(out), out, {}, "")
+    assert run.advance({"python": workers}, 0.0, held=frozenset(liars)) == []
+    assert run.steps["a"].status == "running"  # two colluders agree, but their checks are out
+    for liar in liars:
+        run.on_node_distrusted(liar, "failed a spot check")
+    more = run.advance({"python": [w for w in workers if w.node not in liars]}, 0.0)
+    assert len(more) == 1
+    run.on_result("a", more[0].node, True, digest(42), 42, {}, "")
+    run.advance({"python": workers}, 0.0)
+    (o,) = run.take_outcomes()
+    assert o.accepted and o.digest == digest(42) and set(o.failed) == set(liars)
+
+
+@pytest.mark.mesh
+@pytest.mark.timeout(240)
+def test_two_colluders_among_six_nodes_never_get_a_wrong_answer_accepted(make_mesh, tmp_path):
+    def extra(i: int) -> list[str]:
+        return ["--no-model"] + (["--spot-rate", "1.0"] if i == 0 else []) + (
+            ["--collude", "g1"] if i >= 4 else [])
+
+    mesh = make_mesh(6, extra)
+    colluders = {mesh.nodes[4].node_id, mesh.nodes[5].node_id}
+    job = write_job(tmp_path / "j.json", [{"id": "a", "kind": "python", "params": {"code": "output = 6 * 7"}}],
+                    redundancy=3)
+    outputs = []
+    for _ in range(8):
+        rep = cli_json("submit", job, "--home", str(mesh.nodes[0].home), "--wait")
+        assert rep["status"] == "done", rep
+        outputs.append(rep["steps"]["a"]["output"])
+        assert not any(r["agreed"] for r in rep["steps"]["a"]["replicas"] if r["node"] in colluders)
+    assert outputs == [42] * 8
+    peers = {p["node"]: p for p in cli_json("ledger", "peers", "--home", str(mesh.nodes[0].home))}
+    caught = [n for n in colluders if peers.get(n, {}).get("spot_failed", 0) >= 1]
+    honest_min = min(p["reputation"] for n, p in peers.items() if n not in colluders)
+    assert all(peers[n]["reputation"] < honest_min for n in caught)
+    for n in mesh.nodes[4:]:
+        assert cli_json("ledger", "balance", "--home", str(n.home))["balance"] == 0
