@@ -74,8 +74,30 @@ def owned_processes() -> None:
     mc._homemesh_owned = True
 
 
-def start(admin_port: int, log_file: Path):
-    """Start a private multiprocTCPBase system for one node, loopback only, logging to `log_file`."""
+def start(log_file: Path, attempts: int = 5):
+    """Start a private multiprocTCPBase system for one node, loopback only, logging to `log_file`. The
+    admin port is picked free, but another process may take it before Thespian binds it (nodes starting
+    side by side, actors binding ephemeral ports): Thespian then says the port holds no valid admin, and
+    a fresh port is tried."""
+    from thespian.actors import InvalidActorAddress
+
+    for attempt in range(attempts):
+        try:
+            return _start(_free_port(), log_file)
+        except InvalidActorAddress:
+            if attempt == attempts - 1:
+                raise
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(admin_port: int, log_file: Path):
     loopback_only()
     owned_processes()
     os.environ["THESPLOG_FILE"] = str(log_file)

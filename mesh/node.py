@@ -92,12 +92,6 @@ def bind(host: str, port: int, what: str) -> socket.socket:
     return sock
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _forge(frame: bytes) -> bytes:
     """fault=forge: keep the frame well-formed but break its signature."""
     body = json.loads(frame[4:])
@@ -443,7 +437,7 @@ def run_node(opts: NodeOptions) -> None:
         bind(host, port, what).close()  # fail fast, before forking the actor system
     logging.basicConfig(filename=str(opts.home / "node.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asys = actorsys.start(free_port(), opts.home / "actors.log")
+    asys = actorsys.start(opts.home / "actors.log")
     try:
         from actors.node_actor import NodeActor
 
