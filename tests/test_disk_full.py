@@ -72,3 +72,4 @@ def test_full_disk_stops_paid_work_and_corrupts_nothing(small_disk: Path, tmp_pa
         assert shutil.disk_usage(small_disk).free > 0
     finally:
         mesh.stop()
+

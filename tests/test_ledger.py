@@ -397,3 +397,13 @@ def test_schema_is_migrated_once_and_a_newer_schema_is_refused(tmp_path):
     db.close()
     with pytest.raises(LedgerError, match="newer than this homemesh"):
         Ledger(tmp_path / "l.db")
+
+
+def test_a_read_only_database_is_a_clear_ledger_error_and_changes_nothing(ledger, me, peer):
+    ledger.append(batch(me, peer), 1000)
+    ledger.db.execute("PRAGMA query_only = ON")  # as root cannot make a file unwritable for itself
+    with pytest.raises(LedgerError, match="readonly"):
+        ledger.append([paid(me, peer, "j9", "s", 1.0)], 1001)
+    ledger.db.execute("PRAGMA query_only = OFF")
+    n, why = ledger.verify(me.node_id)
+    assert why == "" and n == len(batch(me, peer))
