@@ -12,7 +12,6 @@ from typing import Any
 class NodeConfig:
     home: str
     ledger_path: str
-    sandboxed: bool
     n_threads: int = 0
     load_model: bool = True
     model_path: str = ""  # a GGUF registered by path; empty → the default model package

@@ -442,7 +442,7 @@ def run_node(opts: NodeOptions) -> None:
         from actors.node_actor import NodeActor
 
         node_actor = asys.createActor(NodeActor)
-        config = NodeConfig(str(opts.home), str(opts.home / LEDGER_FILE), True, opts.threads, opts.load_model,
+        config = NodeConfig(str(opts.home), str(opts.home / LEDGER_FILE), opts.threads, opts.load_model,
                             str(opts.model or ""), model_sha)
         ready = asys.ask(node_actor, config, 120)
         if not isinstance(ready, NodeReady):
