@@ -26,14 +26,13 @@ def loopback_only() -> None:
     _patched = True
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux), so a node killed with -9
-    takes its actors with it instead of leaving orphans holding ports and models."""
+def die_with_parent(sig: int = 9) -> None:
+    """Ask the kernel to send `sig` (default SIGKILL) to this process when its parent dies (Linux), so a
+    node killed with -9 takes its actors with it instead of leaving orphans holding ports and models."""
     import ctypes
-    import signal
 
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -56,18 +55,18 @@ def owned_processes() -> None:
             return 0
 
         os.setsid, os.fork = (lambda: None), fork_once
-        _die_with_parent()
+        die_with_parent()
         try:
             return start_admin(*args, **kwargs)
         finally:
             os.setsid, os.fork = real_setsid, real_fork
 
     def startChild(*args, **kwargs):
-        _die_with_parent()
+        die_with_parent()
         return start_child(*args, **kwargs)
 
     def startupASLogger(*args, **kwargs):
-        _die_with_parent()
+        die_with_parent()
         return start_logger(*args, **kwargs)
 
     mc.startAdmin, mc.startChild, mc.startupASLogger = startAdmin, startChild, startupASLogger

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .actorsys import die_with_parent
 from .client import Client
 from .errors import ConfigError, MeshError, UserError
 from .home import RUNTIME_FILE, RuntimeInfo, read_token
@@ -75,9 +76,10 @@ class LocalNode:
                "--api", "127.0.0.1:0", "--threads", str(self.threads), *self.extra]
         for b in bootstrap:
             cmd += ["--bootstrap", b]
-        with open(self.home / "stdout.log", "ab") as log:
+        with open(self.home / "stdout.log", "ab") as log:  # a node outlives neither `mesh up` nor a test
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, env={**os.environ, **self.env})
+                                         start_new_session=True, env={**os.environ, **self.env},
+                                         preexec_fn=lambda: die_with_parent(signal.SIGTERM))
 
     def wait_started(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
