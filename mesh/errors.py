@@ -33,14 +33,10 @@ class CreditError(UserError):
 
 
 class RemoteError(MeshError):
-    """A peer did something wrong; `peer` names it."""
-
-    def __init__(self, peer: str, message: str):
-        super().__init__(f"{peer[:12]}: {message}")
-        self.peer = peer
+    """Something a peer sent broke the rules (as opposed to a mistake here): never trusted, counted."""
 
 
-class Rejected(MeshError):
+class Rejected(RemoteError):
     """An envelope or frame failed a check; `reason` is the short counter key (e.g. 'bad-signature')."""
 
     def __init__(self, reason: str, detail: str = ""):
