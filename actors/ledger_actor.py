@@ -49,13 +49,13 @@ class LedgerActor(ActorTypeDispatcher):
         if not queue:
             return
         try:
-            added = self.ledger.append_many([(m.entries, m.ts) for _, m in queue])
+            added = self.ledger.append_batches([(m.entries, m.ts) for _, m in queue])
         except LedgerError as exc:
             for asker, m in queue:
                 self.send(asker, EntriesRecorded(m.request_id, error=str(exc)))
             return
-        for (asker, m), n in zip(queue, added, strict=True):
-            self.send(asker, EntriesRecorded(m.request_id, n))
+        for (asker, m), (n, amount) in zip(queue, added, strict=True):
+            self.send(asker, EntriesRecorded(m.request_id, n, amount=amount))
 
     def receiveMsg_PeerStatsQuery(self, msg: PeerStatsQuery, sender) -> None:
         if self.ledger is None:

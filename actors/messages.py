@@ -73,6 +73,7 @@ class EntriesRecorded:
     request_id: str
     added: int = 0
     error: str = ""
+    amount: float = 0.0  # sum of the amounts of the entries really added
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mesh.canonical import canonical
 from mesh.errors import LedgerError
-from mesh.policy import Evidence
+from mesh.policy import Evidence, next_streak
 
 from .receipts import check_receipt, payer_id
 
@@ -117,6 +117,11 @@ class Ledger:
     def append_many(self, batches: list[tuple[list[Entry], int]]) -> list[int]:
         """Several batches in one transaction (group commit): all of them or none. Returns the number
         added per batch."""
+        return [n for n, _ in self.append_batches(batches)]
+
+    def append_batches(self, batches: list[tuple[list[Entry], int]]) -> list[tuple[int, float]]:
+        """As append_many, returning per batch (entries added, sum of their amounts): duplicates skipped
+        as already recorded count for neither."""
         prepared = []
         for i, (entries, ts) in enumerate(batches):
             for e in entries:
@@ -131,9 +136,10 @@ class Ledger:
                 added = self._append(prepared, fast=False)
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger write failed: {exc}") from None
-        return [added.count(i) for i in range(len(batches))]
+        return [(sum(1 for b, _ in added if b == i), round(sum(a for b, a in added if b == i), 9))
+                for i in range(len(batches))]
 
-    def _append(self, prepared: list[tuple], fast: bool) -> list[int]:
+    def _append(self, prepared: list[tuple], fast: bool) -> list[tuple[int, float]]:
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
@@ -149,7 +155,7 @@ class Ledger:
                 last_id += 1
                 h = entry_hash(prev, last_id, ts, kind, job, step, peer, amount, detail)
                 rows.append((last_id, ts, kind, job, step, peer, amount, detail, prev, h))
-                added.append(batch)
+                added.append((batch, amount))
                 prev = h
             cur.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
             cur.execute("COMMIT")
@@ -188,10 +194,7 @@ class Ledger:
         for peer, kind, detail in self.db.execute(
                 "SELECT peer, kind, detail FROM entries WHERE kind IN ('agreed','disagreed','no_show','penalty',"
                 "'spot_failed') ORDER BY id"):
-            if kind != "agreed":
-                runs[peer] = 0
-            elif len(json.loads(detail).get("why", {}).get("agreeing", [])) >= 2:
-                runs[peer] = runs.get(peer, 0) + 1
+            runs[peer] = next_streak(runs.get(peer, 0), kind, json.loads(detail))
         return runs
 
     def peer_stats(self, now_ms: int | None = None) -> dict[str, dict]:

@@ -39,7 +39,7 @@ from .identity import Identity, load_or_create
 from .messages import Bye, Hello, PeerRecord
 from .models import default_model_sha, sha256_file
 from .peers import Peer, PeerTable, prefix_of
-from .policy import Candidate, Evidence
+from .policy import Candidate, Evidence, next_streak
 from .records import RECORD_TTL_MS, make_record
 from .replaystore import ReplayStore
 from .sandbox import bwrap_path
@@ -206,9 +206,10 @@ class Node:
             for addr in list(self.bootstrap):
                 if not any(p.addr == addr and p.connected for p in self.peers):
                     self.spawn(self._dial(addr, ANYONE))
+            hello = self.hello()  # the same for every peer: built once per beat, not once per peer
             for peer in self.peers:
                 if peer.connected:
-                    self.send(peer, "hello", self.hello())
+                    self.send(peer, "hello", hello)
                     if now - peer.last_seen > DOWN_AFTER_S and peer.state == "up":
                         log.info("peer %s silent for %.0f s: down", peer.node[:12], now - peer.last_seen)
                         peer.state = "down"
@@ -370,14 +371,11 @@ class Node:
             self.ledger_error = getattr(reply, "error", "") or f"unexpected {type(reply).__name__}"
             log.error("ledger write failed; refusing paid work until the node is restarted: %s", self.ledger_error)
             return False
-        self.balance += sum(e.amount for e in entries)
+        self.balance += reply.amount  # what was really added: a duplicate the ledger skipped adds nothing
         for e in entries:
             if e.kind in REPUTATION_KINDS:
                 self.evidence.setdefault(e.peer, Evidence()).add(e.kind, ts or now_ms())
-            if e.kind == "agreed" and len((e.detail or {}).get("why", {}).get("agreeing", [])) >= 2:
-                self.streaks[e.peer] = self.streaks.get(e.peer, 0) + 1
-            elif e.kind in REPUTATION_KINDS and e.kind != "agreed":
-                self.streaks[e.peer] = 0
+                self.streaks[e.peer] = next_streak(self.streaks.get(e.peer, 0), e.kind, e.detail)
         return True
 
     def reputation_of(self, node: str) -> float:

@@ -30,6 +30,14 @@ def reputation(agreed: float, disagreed: float, no_show: float, penalty: float =
     return (agreed + 1) / (agreed + disagreed + no_show + penalty + 2)
 
 
+def next_streak(streak: int, kind: str, detail: dict | None) -> int:
+    """A worker's run of validated results after one more reputation entry: +1 for agreeing in a step at
+    least two agreed on, back to 0 on any disagreement, no-show, penalty or failed spot check."""
+    if kind == "agreed":
+        return streak + (len((detail or {}).get("why", {}).get("agreeing", [])) >= 2)
+    return 0 if kind in BAD else streak
+
+
 @dataclass
 class Evidence:
     """Time-decayed beta evidence about one peer: each event loses half its weight per half-life, so

@@ -29,6 +29,10 @@ log = logging.getLogger("mesh.worker")
 MAX_OWED = 10_000  # steps answered but not yet paid that this node remembers (oldest forgotten first)
 
 
+def failed(req: StepRequest, error: str) -> StepResult:
+    return StepResult(req.job, req.step, False, None, "", "", {}, error)
+
+
 def corrupt(output: object, salt: str) -> object:
     """fault=wrong: a plausible but wrong answer, validly signed. Nodes of one `--collude` group share the
     salt, so they return the same wrong answer; a lone wrong node's answer is its own."""
@@ -48,7 +52,7 @@ class Worker:
         limits = node.gateway.limits
         if peer.inflight >= limits.max_inflight_per_peer or self.running >= limits.max_running:
             node.receiver.count("busy")
-            result = StepResult(req.job, req.step, False, None, "", "", {}, "busy: too many steps in flight")
+            result = failed(req, "busy: too many steps in flight")
         else:
             peer.inflight += 1
             self.running += 1
@@ -75,7 +79,7 @@ class Worker:
         node = self.node
 
         def fail(msg: str) -> StepResult:
-            return StepResult(req.job, req.step, False, None, "", "", {}, msg)
+            return failed(req, msg)
 
         if node.ledger_error:
             return fail(f"this node cannot record earnings ({node.ledger_error}); not taking paid work")
