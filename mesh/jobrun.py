@@ -67,8 +67,11 @@ class StepRun:
 
 
 class JobRun:
-    def __init__(self, job_id: str, job: Job, rng: random.Random):
+    def __init__(self, job_id: str, job: Job, rng: random.Random, margin: bool = True):
+        """`margin`: under dissent a majority must outvote every dissenting answer (escalating while
+        unused workers remain); False is plain majority voting, kept for the simulator's comparison."""
         self.job_id = job_id
+        self.margin = margin
         self.job = job
         self.rng = rng
         self.order = job.order()
@@ -153,7 +156,8 @@ class JobRun:
                     run.params = render(step.params, {d: self.steps[d].output for d in step.after})
                     if run.kind == "python":
                         run.params = {**run.params, "inputs": {d: self.steps[d].output for d in step.after}}
-                    run.tally = Tally(self.job.quorum, self.job.redundancy, self.job.replica_limit)
+                    run.tally = Tally(self.job.quorum, self.job.redundancy, self.job.replica_limit,
+                                      margin=self.margin and self.job.quorum.spec == "majority")
                     run.status = "running"
                     eligible = len(workers.get(step.needs, []))
                     if eligible < self.job.redundancy:
@@ -164,17 +168,18 @@ class JobRun:
                         continue
                 if run.status != "running":
                     continue
-                decision = run.tally.decide()
+                pool = workers.get(step.needs, [])
+                fresh = [c for c in pool if not run.tally.used(c.node)]
+                decision = run.tally.decide(more=bool(fresh))
                 solo = ""
                 if run.tally.issued == 0:  # first placement: the job's full redundancy, not just a quorum
                     decision = NeedMore(self.job.redundancy)
-                    solo = self._trusted(workers.get(step.needs, []))
+                    solo = self._trusted(pool)
                     if solo:
                         run.alone, run.tally.redundancy = True, 1
                         decision = NeedMore(1)
                 if isinstance(decision, NeedMore):
-                    fresh = [c for c in workers.get(step.needs, []) if not run.tally.used(c.node)]
-                    picked = [solo] if solo else place(fresh, decision.count, self.rng)
+                    picked = [solo] if solo else place(fresh, decision.count, self.rng, self._suspects(run, pool))
                     if not picked:
                         decision = GiveUp("no unused worker left: " + run.tally.evidence())
                     for node in picked:
@@ -187,6 +192,15 @@ class JobRun:
                     self._settle(sid, decision)
                     progressed = True
         return out
+
+    @staticmethod
+    def _suspects(run: StepRun, pool: list[Candidate]) -> frozenset[str]:
+        """Under dissent, the reputation groups of everyone who answered: escalation replicas come from
+        other groups first, so a colluding group cannot fill the extra seats with its own."""
+        if run.tally is None or len(set(run.tally.answers.values())) < 2:
+            return frozenset()
+        group = {c.node: c.cohort for c in pool}
+        return frozenset(group[n] for n in run.tally.answers if n in group)
 
     def _trusted(self, candidates: list[Candidate]) -> str:
         """Adaptive replication (as BOINC): the first placed worker, when its run of validated results

@@ -39,7 +39,7 @@ from .identity import Identity, load_or_create
 from .messages import Bye, Hello, PeerRecord
 from .models import default_model_sha, sha256_file
 from .peers import Peer, PeerTable, prefix_of
-from .policy import Candidate, Evidence, next_streak
+from .policy import Candidate, Evidence, next_streak, reputation_group
 from .records import RECORD_TTL_MS, make_record
 from .replaystore import ReplayStore
 from .sandbox import bwrap_path
@@ -389,8 +389,8 @@ class Node:
         for peer in self.peers:
             if not peer.connected or peer.state != "up" or self.submitter.spot.blacklisted(peer.node, now):
                 continue
-            cand = Candidate(peer.node, self.reputation_of(peer.node), prefix_of(peer.addr),
-                             self.streaks.get(peer.node, 0))
+            rep, prefix = self.reputation_of(peer.node), prefix_of(peer.addr)
+            cand = Candidate(peer.node, rep, prefix, self.streaks.get(peer.node, 0), reputation_group(prefix, rep))
             for cap in peer.capabilities(default):
                 out.setdefault(cap, []).append(cand)
         return out

@@ -16,6 +16,22 @@ class Candidate:
     reputation: float  # 0..1
     prefix: str  # network prefix (e.g. /24 of its address) for sybil spreading
     streak: int = 0  # consecutive validated (replicated and agreeing) results: adaptive replication
+    group: str = ""  # reputation group (see reputation_group); '' → its prefix
+
+    @property
+    def cohort(self) -> str:
+        return self.group or self.prefix
+
+
+BANDS = ((0.8, "proven"), (0.6, "good"), (0.45, "new"), (0.0, "doubtful"))
+
+
+def reputation_group(prefix: str, reputation: float) -> str:
+    """Peers that could be one operator's: same network prefix and the same reputation band. Sybils
+    and colluders that joined together climb (or fall) together, so when collusion is suspected the
+    escalation replicas come from groups none of the step's answerers is in."""
+    band = next(name for floor, name in BANDS if reputation >= floor)
+    return f"{prefix}|{band}"
 
 
 HALF_LIFE_MS = 7 * 24 * 3600_000  # what a peer did a week ago weighs half as much as what it did today
@@ -69,22 +85,29 @@ class Evidence:
         return (good + 1) / (good + bad + 2)
 
 
-def place(candidates: list[Candidate], k: int, rng: random.Random) -> list[str]:
+def place(candidates: list[Candidate], k: int, rng: random.Random, avoid: frozenset[str] = frozenset()
+          ) -> list[str]:
     """Pick up to k distinct nodes, weighted by reputation (Efraimidis–Spirakis keys), taking one per
-    network prefix first and filling from the rest only when prefixes run out."""
+    network prefix first and filling from the rest only when prefixes run out. Candidates whose group
+    (Candidate.cohort) is in `avoid` are taken only when nobody else is left."""
     keyed = sorted(
         ((rng.random() ** (1.0 / max(c.reputation, MIN_WEIGHT)), c) for c in sorted(candidates, key=lambda c: c.node)),
         key=lambda kc: -kc[0],
     )
     chosen: list[str] = []
+    taken: set[str] = set()
     prefixes: set[str] = set()
-    for _, c in keyed:
-        if len(chosen) < k and c.prefix not in prefixes and c.node not in chosen:
+    for pass_ in range(3 if avoid else 2):
+        for _, c in keyed:
+            if len(chosen) >= k:
+                return chosen
+            if c.node in taken or (avoid and pass_ < 2 and c.cohort in avoid):
+                continue
+            if pass_ == 0 and c.prefix in prefixes:
+                continue
             chosen.append(c.node)
+            taken.add(c.node)
             prefixes.add(c.prefix)
-    for _, c in keyed:
-        if len(chosen) < k and c.node not in chosen:
-            chosen.append(c.node)
     return chosen
 
 

@@ -75,6 +75,7 @@ class Tally:
     rule: QuorumRule
     redundancy: int
     limit: int
+    margin: bool = False  # majority under dissent: every dissenting answer must be outvoted by one more
     pending: list[str] = field(default_factory=list)
     answers: dict[str, str] = field(default_factory=dict)  # node → digest
     failures: dict[str, str] = field(default_factory=dict)  # node → reason
@@ -106,7 +107,9 @@ class Tally:
         self.failures[node] = reason
         return True
 
-    def decide(self) -> Decision:
+    def decide(self, more: bool = True) -> Decision:
+        """What to do next. `more`: unused workers remain, so the margin rule may still escalate; when
+        none remain, a plain quorum is accepted rather than failing a step that has one."""
         needed = self.rule.needed(self.redundancy)
         counts = Counter(self.answers.values())
         best, top = counts.most_common(1)[0] if counts else ("", 0)
@@ -115,6 +118,16 @@ class Tally:
         if top >= needed:
             if self.pending:  # hear everyone asked, so dissenters are known and judged, not just ignored
                 return Wait()
+            dissent = len(self.answers) - top
+            budget = self.limit - self.issued
+            tied = sum(1 for c in counts.values() if c == top) > 1
+            if tied and not (budget > 0 and more):
+                return GiveUp("tied answers, no replica left to break the tie: " + self.evidence())
+            if tied:
+                return NeedMore(1)
+            if self.margin and dissent and top < needed + dissent and budget > 0 and more:
+                # two colluders outvoting one honest worker look exactly like this: ask others
+                return NeedMore(min(needed + dissent - top, budget, needed))
             agreeing = tuple(sorted(n for n, d in self.answers.items() if d == best))
             dissenting = tuple(sorted(n for n, d in self.answers.items() if d != best))
             return Accept(best, agreeing, dissenting, tuple(sorted(self.failures)))

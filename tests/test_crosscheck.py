@@ -6,14 +6,16 @@ import random
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh.canonical import digest
 from mesh.compare import Comparator
 from mesh.dag import parse_job
 from mesh.errors import JobError
 from mesh.jobrun import JobRun
-from mesh.policy import Candidate
-from mesh.quorum import NeedMore
+from mesh.policy import Candidate, place, reputation_group
+from mesh.quorum import Accept, GiveUp, NeedMore, QuorumRule, Tally
 
 from .conftest import cli_json
 
@@ -64,9 +66,11 @@ def test_numeric_tolerance_outvotes_a_far_answer():
     sent = run.advance({"python": WORKERS}, 0.0)
     for d, out in zip(sent, [3.14159, 3.1416, 2.71828], strict=True):
         run.on_result("a", d.node, True, digest(out), out, {}, "")
+    (extra,) = run.advance({"python": WORKERS}, 0.0)  # the dissent must be outvoted by one more
+    run.on_result("a", extra.node, True, digest(3.14158), 3.14158, {}, "")
     run.advance({"python": WORKERS}, 0.0)
     (o,) = run.take_outcomes()
-    assert o.accepted and len(o.agreeing) == 2 and len(o.dissenting) == 1
+    assert o.accepted and len(o.agreeing) == 3 and len(o.dissenting) == 1
 
 
 def trusted(streak: int) -> list[Candidate]:
@@ -122,3 +126,112 @@ def test_adaptive_replication_on_a_real_mesh_cuts_replicas_and_still_catches_wro
     ranking = cli_json("ledger", "peers", "--home", str(mesh.nodes[0].home))
     assert ranking[-1]["node"] == bad
     assert cli_json("ledger", "balance", "--home", str(mesh.nodes[4].home))["balance"] == 0
+
+
+# -- escalation under dissent -------------------------------------------------------------------------------
+
+def test_margin_rule_asks_more_then_accepts_a_plain_quorum_when_nobody_is_left():
+    t = Tally(QuorumRule.parse("majority"), 3, 6, margin=True)
+    for n in ("a", "b", "c"):
+        t.issue(n)
+    t.answer("a", "X"), t.answer("b", "X"), t.answer("c", "Y")
+    assert t.decide() == NeedMore(1)  # X needs 2 + 1 (one per dissenting answer)
+    assert isinstance(t.decide(more=False), Accept)  # nobody unused: a plain majority still stands
+    t.issue("d"), t.answer("d", "Y")
+    assert t.decide() == NeedMore(1)  # 2 against 2: a tie is never settled by chance
+    assert isinstance(t.decide(more=False), GiveUp)
+    t.issue("e"), t.answer("e", "X")
+    assert t.decide() == NeedMore(1)  # 3 against 2 needs 4
+    t.issue("f"), t.answer("f", "X")
+    accepted = t.decide()  # 4 against 2 outvotes every dissenting answer
+    assert isinstance(accepted, Accept) and accepted.digest == "X" and accepted.dissenting == ("c", "d")
+
+
+def test_plain_majority_has_no_margin():
+    t = Tally(QuorumRule.parse("majority"), 3, 6)
+    for n, d in (("a", "X"), ("b", "X"), ("c", "Y")):
+        t.issue(n), t.answer(n, d)
+    assert isinstance(t.decide(), Accept)
+
+
+def test_place_avoids_suspect_groups_while_others_remain():
+    cs = [Candidate(f"n{i}", 0.9, f"10.0.{i}", group="g1" if i < 4 else "g2") for i in range(6)]
+    for seed in range(50):
+        assert set(place(cs, 2, random.Random(seed), avoid=frozenset({"g1"}))) == {"n4", "n5"}
+        assert len(set(place(cs, 4, random.Random(seed), avoid=frozenset({"g1"})))) == 4  # then the rest
+
+
+def test_reputation_groups_split_by_prefix_and_band():
+    assert reputation_group("10.0.0", 0.95) == reputation_group("10.0.0", 0.85) != reputation_group("10.0.0", 0.5)
+    assert reputation_group("10.0.0", 0.5) != reputation_group("10.0.1", 0.5)
+
+
+def test_colluders_outvoting_one_honest_worker_meet_workers_from_other_groups():
+    """Two colluders (one group) and one honest worker disagree: the escalation comes from outside the
+    colluders' group, and the honest answer wins once it outvotes the dissent."""
+    job = parse_job(one_step_job())
+    for seed in range(40):
+        colluders = [Candidate(f"c{i}", 0.9, "10.9.0", group="sybil") for i in range(4)]
+        honest = [Candidate(f"h{i}", 0.9, f"10.0.{i}", group=f"h{i}") for i in range(4)]
+        pool = {"python": colluders + honest}
+        run = JobRun("j", job, random.Random(seed))
+        sent = run.advance(pool, 0.0)
+        while not run.finished:
+            for d in sent:
+                out = 666 if d.node.startswith("c") else 42
+                run.on_result("a", d.node, True, digest(out), out, {}, "")
+            answered = run.steps["a"].tally.answers
+            suspects = {n for n in answered if n.startswith("c")}
+            sent = run.advance(pool, 0.0)
+            if suspects and len(set(answered.values())) > 1:
+                assert all(d.node.startswith("h") for d in sent) or all(
+                    c.node in run.steps["a"].replicas for c in honest)
+        (o,) = run.take_outcomes()
+        assert o.accepted and o.digest == digest(42), seed
+
+
+# -- properties of the whole core ----------------------------------------------------------------------------
+
+behaviours = st.lists(st.sampled_from(["honest", "random", "collude", "fail"]), min_size=3, max_size=9)
+
+
+@settings(max_examples=300, deadline=None)
+@given(behaviours, st.integers(1, 5), st.sampled_from(["majority", "unanimous", "2-of-3"]),
+       st.integers(0, 2**32), st.booleans())
+def test_job_run_never_accepts_short_of_its_rule_and_pays_only_agreeing(kinds, r, quorum, seed, margin):
+    spec = {"redundancy": r, "quorum": quorum, "steps": [
+        {"id": "a", "kind": "python", "params": {"code": "x"}},
+        {"id": "b", "kind": "python", "params": {"code": "y"}, "after": ["a"]}]}
+    job = parse_job(spec)
+    pool = {"python": [Candidate(f"w{i}", 0.5, f"10.0.{i % 3}", group=k) for i, k in enumerate(kinds)]}
+    run = JobRun("j", job, random.Random(seed), margin=margin)
+    rnd = random.Random(seed ^ 0xABCDEF)
+    given_to: dict[str, list[str]] = {}
+    answers: dict[tuple[str, str], object] = {}
+    pending = run.advance(pool, 0.0)
+    for _ in range(200):
+        for d in pending:
+            given_to.setdefault(d.step, []).append(d.node)
+        if not pending and run.finished:
+            break
+        for d in pending:
+            kind = kinds[int(d.node[1:])]
+            if kind == "fail":
+                run.on_failure(d.step, d.node, "crash")
+                continue
+            out = {"honest": 1, "collude": 2, "random": rnd.randrange(3, 10**6)}[kind]
+            answers[(d.step, d.node)] = out
+            run.on_result(d.step, d.node, True, digest(out), out, {}, "")
+        pending = run.advance(pool, 0.0)
+    assert run.finished
+    needed = job.quorum.needed(job.redundancy)
+    for nodes in given_to.values():
+        assert len(nodes) == len(set(nodes)) <= job.replica_limit  # never two replicas of a step on one worker
+    for o in run.take_outcomes():
+        if not o.accepted:
+            assert not o.agreeing and o.credit == 0  # nobody is paid or credited without a quorum
+            continue
+        assert len(o.agreeing) >= needed
+        assert len({digest(answers[(o.step, n)]) for n in o.agreeing}) == 1
+        assert all(digest(answers[(o.step, n)]) == o.digest for n in o.agreeing)
+        assert all(digest(answers[(o.step, n)]) != o.digest for n in o.dissenting)

@@ -227,11 +227,11 @@ events = st.lists(st.tuples(st.sampled_from(["issue", "answer", "fail"]), st.int
 
 
 @settings(max_examples=400, deadline=None)
-@given(rules, st.integers(0, 6), events)
-def test_tally_invariants_under_random_events(rule_r, extra_limit, evs):
+@given(rules, st.integers(0, 6), events, st.booleans(), st.booleans())
+def test_tally_invariants_under_random_events(rule_r, extra_limit, evs, margin, more):
     rule, r = rule_r
     limit = r + extra_limit
-    t = Tally(rule, r, limit)
+    t = Tally(rule, r, limit, margin=margin)
     needed = rule.needed(r)
     issued: set[str] = set()
     for op, i, j in evs:
@@ -253,10 +253,14 @@ def test_tally_invariants_under_random_events(rule_r, extra_limit, evs):
         assert set(t.pending) | set(t.answers) | set(t.failures) == issued
         assert not (set(t.answers) & set(t.failures))
 
-        decision = t.decide()
-        assert decision == t.decide()  # pure
+        decision = t.decide(more)
+        assert decision == t.decide(more)  # pure
         if isinstance(decision, Accept):
             assert len(decision.agreeing) >= needed
+            tops = sorted(Counter(t.answers.values()).values())
+            assert len(tops) < 2 or tops[-1] > tops[-2]  # never a tie picked at random
+            if margin and more and t.issued < limit:
+                assert len(decision.agreeing) >= needed + len(decision.dissenting)
             assert not set(decision.agreeing) & set(decision.dissenting)
             assert all(t.answers[n] == decision.digest for n in decision.agreeing)
             assert all(t.answers[n] != decision.digest for n in decision.dissenting)
@@ -275,13 +279,13 @@ def test_tally_invariants_under_random_events(rule_r, extra_limit, evs):
 
 
 @settings(max_examples=200, deadline=None)
-@given(rules, st.integers(0, 6), st.randoms(use_true_random=False), st.floats(0, 1))
-def test_a_driver_obeying_need_more_always_settles(rule_r, extra_limit, rnd, p_fail):
+@given(rules, st.integers(0, 6), st.randoms(use_true_random=False), st.floats(0, 1), st.booleans())
+def test_a_driver_obeying_need_more_always_settles(rule_r, extra_limit, rnd, p_fail, margin):
     """Follow the tally's advice with random answers: it always ends in Accept or GiveUp, never
     exceeding the replica limit."""
     rule, r = rule_r
     limit = r + extra_limit
-    t = Tally(rule, r, limit)
+    t = Tally(rule, r, limit, margin=margin)
     fresh = iter(f"w{i}" for i in range(1000))
     for _ in range(r):
         t.issue(next(fresh))
@@ -438,7 +442,11 @@ def test_two_step_job_completes_and_passes_output_on():
     assert run.on_result("a", honest2, True, digest(42), 42, {"cpu_s": 0.7}, "")
     assert run.advance(w, now=102.0) == []  # quorum, but the third is still out
     assert run.on_result("a", liar, True, digest(41), 41, {"cpu_s": 1000.0}, "")
-    second = run.advance(w, now=103.0)
+    (extra,) = run.advance(w, now=103.0)  # 2 against 1 could be two colluders: one more must outvote the dissent
+    assert extra.step == "a" and extra.node not in (honest1, honest2, liar)
+    assert run.steps["a"].status == "running"
+    assert run.on_result("a", extra.node, True, digest(42), 42, {"cpu_s": 0.6}, "")
+    second = run.advance(w, now=103.5)
     assert run.steps["a"].status == "done" and run.steps["a"].output == 42
 
     assert len(second) == 3 and {d.step for d in second} == {"b"}
@@ -446,8 +454,8 @@ def test_two_step_job_completes_and_passes_output_on():
     assert all(d.params == {"prompt": "The answer is 42."} for d in second)
 
     (oa,) = run.take_outcomes()
-    assert oa == Outcome("a", "python", True, digest(42), (honest1, honest2), (liar,), (), 0.5,
-                      basis="0.5000 CPU-seconds (lowest among 2 agreeing workers), at least 0.01")
+    assert oa == Outcome("a", "python", True, digest(42), tuple(sorted((honest1, honest2, extra.node))), (liar,),
+                         (), 0.5, basis="0.5000 CPU-seconds (lowest among 3 agreeing workers), at least 0.01")
     assert liar not in oa.agreeing  # no credit for the dissenter, and its claim does not raise the credit
 
     for i, d in enumerate(sorted(second, key=lambda d: d.node)):
@@ -462,7 +470,7 @@ def test_two_step_job_completes_and_passes_output_on():
     assert report["status"] == "done" and report["job_id"] == "job1" and report["name"] == "two"
     assert report["steps"]["a"]["output"] == 42 and report["steps"]["b"]["output"] == "Yes."
     agreed = {r["node"]: r["agreed"] for r in report["steps"]["a"]["replicas"]}
-    assert agreed == {honest1: True, honest2: True, liar: False}
+    assert agreed == {honest1: True, honest2: True, extra.node: True, liar: False}
 
 
 def test_python_step_gets_dependency_outputs_as_inputs():

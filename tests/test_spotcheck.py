@@ -55,12 +55,15 @@ def test_agreement_waits_for_held_workers_and_a_caught_one_is_voided():
     for d in sent:
         out = 666 if d.node in liars else 42
         run.on_result("a", d.node, True, digest(out), out, {}, "")
+    (extra,) = run.advance({"python": workers}, 0.0, held=frozenset(liars))  # 2 against 1: one more is asked
+    assert extra.node not in liars and run.steps["a"].status == "running"
+    run.on_result("a", extra.node, True, digest(666), 666, {}, "")  # even a third wrong answer must wait
     assert run.advance({"python": workers}, 0.0, held=frozenset(liars)) == []
-    assert run.steps["a"].status == "running"  # two colluders agree, but their checks are out
+    assert run.steps["a"].status == "running"  # the colluders' checks are out
     for liar in liars:
         run.on_node_distrusted(liar, "failed a spot check")
     more = run.advance({"python": [w for w in workers if w.node not in liars]}, 0.0)
-    assert len(more) == 1
+    assert len(more) == 1  # 666 against 42, one each: a tie, broken by one more
     run.on_result("a", more[0].node, True, digest(42), 42, {}, "")
     run.advance({"python": workers}, 0.0)
     (o,) = run.take_outcomes()
