@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .compare import Comparator
-from .dag import Job, render
+from .dag import Job, Step, render
 from .policy import Candidate, credit_basis, place
 from .quorum import Accept, GiveUp, NeedMore, Tally
 
@@ -64,6 +64,7 @@ class StepRun:
     digest: str = ""
     error: str = ""
     credit: float = 0.0
+    overturned_by: str = ""  # the recheck that replaced the accepted answer
 
 
 class JobRun:
@@ -153,9 +154,10 @@ class JobRun:
                         continue
                     if not all(d == "done" for d in deps):
                         continue
-                    run.params = render(step.params, {d: self.steps[d].output for d in step.after})
-                    if run.kind == "python":
-                        run.params = {**run.params, "inputs": {d: self.steps[d].output for d in step.after}}
+                    if run.params is None:  # (a recheck comes with its params already rendered)
+                        run.params = render(step.params, {d: self.steps[d].output for d in step.after})
+                        if run.kind == "python":
+                            run.params = {**run.params, "inputs": {d: self.steps[d].output for d in step.after}}
                     run.tally = Tally(self.job.quorum, self.job.redundancy, self.job.replica_limit,
                                       margin=self.margin and self.job.quorum.spec == "majority")
                     run.status = "running"
@@ -232,6 +234,25 @@ class JobRun:
             for node in list(tally.pending):  # answers still out no longer matter
                 tally.fail(node, "not needed")
 
+    @classmethod
+    def recheck(cls, job_id: str, of: "JobRun", step: str, rng: random.Random) -> "JobRun":
+        """A fresh run of one settled step with the inputs it had, at least 2 replicas (by workers the
+        driver still trusts), to confirm or overturn an answer a caught cheater had vouched for."""
+        orig = of.job.step(step)
+        job = Job(f"recheck of {of.job_id}/{step}", [Step(step, orig.kind, orig.params, [], orig.compare)],
+                  max(2, of.job.redundancy), of.job.quorum, of.job.timeout)
+        run = cls(job_id, job, rng)
+        run.steps[step].params = of.steps[step].params
+        return run
+
+    def overturn(self, step: str, output: Any, digest: str, by: str) -> tuple[str, ...]:
+        """A recheck found another answer: it replaces the accepted one. Returns who had vouched for the
+        old answer (they are now known to have agreed on a wrong one)."""
+        run = self.steps[step]
+        vouched = tuple(sorted(r.node for r in run.replicas.values() if r.key and r.key == run.key))
+        run.output, run.digest, run.key, run.overturned_by = output, digest, run.comparator.key(output), by
+        return vouched
+
     def abort(self, reason: str) -> None:
         """Fail every step not yet settled (the driver is going away)."""
         for run in self.steps.values():
@@ -267,4 +288,6 @@ class JobRun:
                           "replicas": replicas, "credit": run.credit, "unreplicated": run.alone}
             if run.error:
                 steps[sid]["error"] = run.error
+            if run.overturned_by:
+                steps[sid]["overturned_by"] = run.overturned_by
         return {"job_id": self.job_id, "name": self.job.name, "status": self.status, "steps": steps}

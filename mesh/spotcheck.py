@@ -36,6 +36,16 @@ class SpotChecker:
         self.known: dict[str, deque] = {}  # kind → earlier accepted (params, output), for kinds without synthetics
         self.memory = memory
         self.banned: dict[str, float] = {}  # node → until (seconds, caller's clock)
+        self.vouched: dict[str, deque] = {}  # node → recent (job, step) it agreed on, for rechecks
+
+    def vouch(self, nodes: tuple[str, ...], job: str, step: str) -> None:
+        """These workers agreed on an accepted answer: if one is caught cheating later, recheck it."""
+        for node in nodes:
+            self.vouched.setdefault(node, deque(maxlen=self.memory)).append((job, step))
+
+    def to_recheck(self, node: str) -> list[tuple[str, str]]:
+        """The accepted steps a worker just caught cheating had vouched for (each returned once)."""
+        return list(self.vouched.pop(node, ()))
 
     def remember(self, kind: str, params: dict, output: Any) -> None:
         """An accepted answer becomes a known answer for later checks (llm: same model, greedy)."""

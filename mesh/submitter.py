@@ -9,7 +9,7 @@ import logging
 import random
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ledger.receipts import make_receipt
@@ -38,6 +38,8 @@ class JobState:
     created: float
     credits: float = 0.0
     payment_error: str = ""  # the ledger refused to record this job's payments
+    recheck_of: tuple[str, str] | None = None  # (job, step) this run rechecks
+    rechecks: dict[str, dict] = field(default_factory=dict)  # step → the recheck of its accepted answer
 
 
 class Submitter:
@@ -65,11 +67,45 @@ class Submitter:
                               f"line of {node.opts.credit_line:g}: run a worker for others to earn credits, or "
                               "raise --credit-line")
         job_id = uuid.uuid4().hex[:20]
-        run = JobRun(job_id, job, random.Random(self.node.rng.getrandbits(64)))
-        st = self.jobs[job_id] = JobState(run, asyncio.Event(), asyncio.Event(), time.time())
-        self.node.spawn(self._drive(job_id, st))
+        self._start(JobRun(job_id, job, random.Random(self.node.rng.getrandbits(64))))
         log.info("job %s (%s) submitted: %d steps at r=%d", job_id, job.name, len(job.steps), job.redundancy)
         return job_id
+
+    def _start(self, run: JobRun, recheck_of: tuple[str, str] | None = None) -> None:
+        st = self.jobs[run.job_id] = JobState(run, asyncio.Event(), asyncio.Event(), time.time(),
+                                              recheck_of=recheck_of)
+        self.node.spawn(self._drive(run.job_id, st))
+
+    def _recheck(self, cheater: str) -> None:
+        """Run again, on workers still trusted, every accepted step a just-caught cheater vouched for."""
+        for job_id, sid in self.spot.to_recheck(cheater):
+            st = self.jobs.get(job_id)
+            if st is None or st.run.steps[sid].status != "done" or sid in st.rechecks:
+                continue
+            rid = uuid.uuid4().hex[:20]
+            st.rechecks[sid] = {"job": rid, "cause": cheater, "verdict": "running"}
+            self._start(JobRun.recheck(rid, st.run, sid, random.Random(self.node.rng.getrandbits(64))),
+                        (job_id, sid))
+            log.info("rechecking %s/%s (vouched for by %s) as job %s", job_id, sid, cheater[:12], rid)
+
+    def _judge_recheck(self, rid: str, st: JobState) -> None:
+        """Confirm or overturn the rechecked answer; those who vouched for an overturned one disagreed."""
+        job_id, sid = st.recheck_of or ("", "")
+        orig = self.jobs[job_id]
+        old, new = orig.run.steps[sid], st.run.steps[sid]
+        if new.status != "done":
+            verdict = "inconclusive"
+        elif old.comparator.key(new.output) == old.key:
+            verdict = "confirmed"
+        else:
+            verdict = "overturned"
+            why = {"recheck": rid, "accepted": new.digest, "was": old.digest}
+            vouched = orig.run.overturn(sid, new.output, new.digest, rid)
+            self.node.spawn(self.node.record([Entry("disagreed", job_id, sid, n, 0.0, {"why": why}) for n in vouched]))
+        orig.rechecks[sid]["verdict"] = verdict
+        log.log(logging.WARNING if verdict == "overturned" else logging.INFO, "recheck of %s/%s: %s",
+                job_id, sid, verdict)
+        self._save(job_id)
 
     async def _drive(self, job_id: str, st: JobState) -> None:
         try:
@@ -77,7 +113,9 @@ class Submitter:
         finally:  # whatever ends the driver (a bug, cancellation at shutdown) must not leave waiters hanging
             if not st.run.finished:
                 st.run.abort("the job's driver stopped (node shutting down or internal error; see node.log)")
-            (self.node.opts.home / "jobs" / f"{job_id}.json").write_text(json.dumps(self.report(job_id)))
+            self._save(job_id)
+            if st.recheck_of:
+                self._judge_recheck(job_id, st)
             st.done.set()
             log.info("job %s %s", job_id, st.run.status)
 
@@ -126,6 +164,7 @@ class Submitter:
             for st in self.jobs.values():
                 if not st.run.finished:
                     st.run.on_node_distrusted(node, "failed a spot check")
+            self._recheck(node)
         for st in self.jobs.values():
             st.wake.set()
 
@@ -162,6 +201,7 @@ class Submitter:
             replicas = step_run.replicas
             if o.accepted:
                 self.spot.remember(o.kind, step_run.params or {}, step_run.output)
+                self.spot.vouch(o.agreeing, job_id, o.step)
             why = {  # the evidence behind every entry of this step, for `mesh ledger explain`
                 "rule": job.quorum.spec, "needed": job.quorum.needed(job.redundancy), "redundancy": job.redundancy,
                 "accepted": o.digest, "agreeing": list(o.agreeing),
@@ -188,6 +228,9 @@ class Submitter:
             if peer is not None:
                 await self.node.send_dialling(peer, "receipt", ReceiptMsg(r))
 
+    def _save(self, job_id: str) -> None:
+        (self.node.opts.home / "jobs" / f"{job_id}.json").write_text(json.dumps(self.report(job_id)))
+
     def report(self, job_id: str) -> dict:
         st = self.jobs[job_id]
         rep = st.run.report()
@@ -195,4 +238,8 @@ class Submitter:
         if st.payment_error:
             rep["payment_error"] = st.payment_error
         rep["submitter"] = self.node.id
+        if st.rechecks:
+            rep["rechecks"] = st.rechecks
+        if st.recheck_of:
+            rep["recheck_of"] = "/".join(st.recheck_of)
         return rep

@@ -94,3 +94,44 @@ def test_two_colluders_among_six_nodes_never_get_a_wrong_answer_accepted(make_me
     assert all(peers[n]["reputation"] < honest_min for n in caught)
     for n in mesh.nodes[4:]:
         assert cli_json("ledger", "balance", "--home", str(n.home))["balance"] == 0
+
+
+def test_a_caught_cheaters_accepted_answers_are_rechecked_and_overturned():
+    """r=1: a cheater's answer is accepted unchecked; once caught, the steps it vouched for are run again
+    with their original inputs, and a different answer replaces the accepted one."""
+    job = parse_job({"redundancy": 1, "steps": [
+        {"id": "a", "kind": "python", "params": {"code": "output = 6 * 7"}},
+        {"id": "b", "kind": "python", "params": {"code": "output = inputs['a'] + 1"}, "after": ["a"]}]})
+    spot = SpotChecker(0.0, 60, random.Random(0))
+    pool = {"python": [Candidate("cheat", 0.9, "10.0.0"), Candidate("h1", 0.9, "10.0.1"),
+                       Candidate("h2", 0.9, "10.0.2")]}
+    run = JobRun("j", job, random.Random(0))
+    for _ in range(2):
+        for d in run.advance({"python": pool["python"][:1]}, 0.0):  # only the cheater is offered
+            run.on_result(d.step, d.node, True, digest(666), 666, {}, "")
+    run.advance(pool, 0.0)
+    for o in run.take_outcomes():
+        spot.vouch(o.agreeing, "j", o.step)
+    assert run.status == "done" and run.steps["a"].output == 666
+    assert spot.to_recheck("h1") == []
+
+    todo = spot.to_recheck("cheat")
+    assert todo == [("j", "a"), ("j", "b")] and spot.to_recheck("cheat") == []  # each is rechecked once
+    recheck = JobRun.recheck("r1", run, "b", random.Random(1))
+    honest = [c for c in pool["python"] if c.node != "cheat"]
+    sent = recheck.advance({"python": honest}, 0.0)
+    assert len(sent) == 2 and all(d.params == run.steps["b"].params for d in sent)  # the inputs it had
+    assert sent[0].params["inputs"] == {"a": 666}
+    for d in sent:
+        recheck.on_result("b", d.node, True, digest(667), 667, {}, "")
+    recheck.advance({"python": honest}, 0.0)
+    assert recheck.status == "done" and recheck.steps["b"].output == 667  # same inputs, same answer: confirmed
+
+    recheck = JobRun.recheck("r2", run, "a", random.Random(1))
+    for d in recheck.advance({"python": honest}, 0.0):
+        recheck.on_result("a", d.node, True, digest(42), 42, {}, "")
+    recheck.advance({"python": honest}, 0.0)
+    assert run.steps["a"].comparator.key(recheck.steps["a"].output) != run.steps["a"].key
+    assert run.overturn("a", 42, digest(42), "r2") == ("cheat",)
+    report = run.report()["steps"]["a"]
+    assert report["output"] == 42 and report["overturned_by"] == "r2"
