@@ -38,6 +38,15 @@ class Outcome:
     reason: str = ""
     basis: str = ""  # how the credit was measured, in words
 
+    def verdicts(self) -> list[tuple[str, str]]:
+        """(reputation kind, node) for everyone involved: agreeing workers agreed; dissenters disagreed,
+        but only when there was a quorum (without one nobody can tell who was right); failures are
+        no-shows. The node and the simulator both fold exactly these into reputation."""
+        out = [("agreed", n) for n in self.agreeing]
+        if self.accepted:
+            out += [("disagreed", n) for n in self.dissenting]
+        return out + [("no_show", n) for n in self.failed]
+
 
 @dataclass
 class Replica:
@@ -245,13 +254,19 @@ class JobRun:
         run.steps[step].params = of.steps[step].params
         return run
 
-    def overturn(self, step: str, output: Any, digest: str, by: str) -> tuple[str, ...]:
-        """A recheck found another answer: it replaces the accepted one. Returns who had vouched for the
-        old answer (they are now known to have agreed on a wrong one)."""
-        run = self.steps[step]
+    def apply_recheck(self, step: str, recheck: "JobRun") -> tuple[str, tuple[str, ...]]:
+        """Judge a finished recheck of `step`: 'confirmed', 'inconclusive' (it found no quorum), or
+        'overturned' — its answer replaces the accepted one, and those who vouched for the old answer
+        (returned) are now known to have agreed on a wrong one."""
+        run, new = self.steps[step], recheck.steps[step]
+        if new.status != "done":
+            return "inconclusive", ()
+        if run.comparator.key(new.output) == run.key:
+            return "confirmed", ()
         vouched = tuple(sorted(r.node for r in run.replicas.values() if r.key and r.key == run.key))
-        run.output, run.digest, run.key, run.overturned_by = output, digest, run.comparator.key(output), by
-        return vouched
+        run.output, run.digest, run.overturned_by = new.output, new.digest, recheck.job_id
+        run.key = run.comparator.key(new.output)
+        return "overturned", vouched
 
     def abort(self, reason: str) -> None:
         """Fail every step not yet settled (the driver is going away)."""

@@ -92,15 +92,9 @@ class Submitter:
         """Confirm or overturn the rechecked answer; those who vouched for an overturned one disagreed."""
         job_id, sid = st.recheck_of or ("", "")
         orig = self.jobs[job_id]
-        old, new = orig.run.steps[sid], st.run.steps[sid]
-        if new.status != "done":
-            verdict = "inconclusive"
-        elif old.comparator.key(new.output) == old.key:
-            verdict = "confirmed"
-        else:
-            verdict = "overturned"
-            why = {"recheck": rid, "accepted": new.digest, "was": old.digest}
-            vouched = orig.run.overturn(sid, new.output, new.digest, rid)
+        verdict, vouched = orig.run.apply_recheck(sid, st.run)
+        if vouched:
+            why = {"recheck": rid, "accepted": orig.run.steps[sid].digest}
             self.node.spawn(self.node.record([Entry("disagreed", job_id, sid, n, 0.0, {"why": why}) for n in vouched]))
         orig.rechecks[sid]["verdict"] = verdict
         log.log(logging.WARNING if verdict == "overturned" else logging.INFO, "recheck of %s/%s: %s",
@@ -212,12 +206,7 @@ class Submitter:
                 r = make_receipt(self.node.identity, job_id, o.step, node, o.credit, ts)
                 receipts.append((node, r))
                 entries.append(Entry("paid", job_id, o.step, node, -o.credit, {"receipt": r, "why": why}))
-                entries.append(Entry("agreed", job_id, o.step, node, 0.0, {"why": why}))
-            if o.accepted:  # without a quorum nobody can tell who was right: answers are not judged
-                for node in o.dissenting:
-                    entries.append(Entry("disagreed", job_id, o.step, node, 0.0, {"why": why}))
-            for node in o.failed:
-                entries.append(Entry("no_show", job_id, o.step, node, 0.0, {"why": why}))
+            entries += [Entry(kind, job_id, o.step, node, 0.0, {"why": why}) for kind, node in o.verdicts()]
         if not await self.node.record(entries, ts):
             st.payment_error = f"the ledger could not record payments, none were made: {self.node.ledger_error}"
             log.error("job %s: %s", job_id, st.payment_error)

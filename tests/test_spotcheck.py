@@ -108,7 +108,8 @@ def test_a_caught_cheaters_accepted_answers_are_rechecked_and_overturned():
     run = JobRun("j", job, random.Random(0))
     for _ in range(2):
         for d in run.advance({"python": pool["python"][:1]}, 0.0):  # only the cheater is offered
-            run.on_result(d.step, d.node, True, digest(666), 666, {}, "")
+            out = 666 if d.step == "a" else 667  # wrong on a, then right on b given the wrong input
+            run.on_result(d.step, d.node, True, digest(out), out, {}, "")
     run.advance(pool, 0.0)
     for o in run.take_outcomes():
         spot.vouch(o.agreeing, "j", o.step)
@@ -127,11 +128,12 @@ def test_a_caught_cheaters_accepted_answers_are_rechecked_and_overturned():
     recheck.advance({"python": honest}, 0.0)
     assert recheck.status == "done" and recheck.steps["b"].output == 667  # same inputs, same answer: confirmed
 
+    assert run.apply_recheck("b", recheck) == ("confirmed", ())
     recheck = JobRun.recheck("r2", run, "a", random.Random(1))
     for d in recheck.advance({"python": honest}, 0.0):
         recheck.on_result("a", d.node, True, digest(42), 42, {}, "")
     recheck.advance({"python": honest}, 0.0)
-    assert run.steps["a"].comparator.key(recheck.steps["a"].output) != run.steps["a"].key
-    assert run.overturn("a", 42, digest(42), "r2") == ("cheat",)
+    assert run.apply_recheck("a", recheck) == ("overturned", ("cheat",))
     report = run.report()["steps"]["a"]
-    assert report["output"] == 42 and report["overturned_by"] == "r2"
+    assert report["output"] == 42 and report["overturned_by"] == "r2" and report["digest"] == digest(42)
+    assert run.apply_recheck("a", JobRun.recheck("r3", run, "a", random.Random(1))) == ("inconclusive", ())
