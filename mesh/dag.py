@@ -45,16 +45,19 @@ class Job:
     timeout: float = 300.0
     max_replicas: int = 0  # 0 → 2 × redundancy
     adaptive: int = 0  # N > 0: a worker with N validated results in a row may run a step alone, checked 1/N
+    _order: list[str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def replica_limit(self) -> int:
         return self.max_replicas or 2 * self.redundancy
 
     def order(self) -> list[str]:
-        """Step ids in a dependency-respecting order (stable: file order breaks ties)."""
-        g = self.graph()
-        index = {s.id: i for i, s in enumerate(self.steps)}
-        return list(nx.lexicographical_topological_sort(g, key=index.__getitem__))
+        """Step ids in a dependency-respecting order (stable: file order breaks ties); computed once, as
+        the simulator starts thousands of runs of one job."""
+        if self._order is None:
+            index = {s.id: i for i, s in enumerate(self.steps)}
+            self._order = list(nx.lexicographical_topological_sort(self.graph(), key=index.__getitem__))
+        return list(self._order)
 
     def graph(self) -> nx.DiGraph:
         g = nx.DiGraph()

@@ -1,2 +1,2 @@
-"""Deterministic network simulator (issue 7): drives the same sans-I/O core as the node under a virtual
-clock. Not built yet."""
+"""Deterministic network simulator: the real protocol core (mesh.jobrun, mesh.policy, mesh.quorum,
+mesh.spotcheck) driven under a virtual clock, so a seed reproduces a whole network's run exactly."""

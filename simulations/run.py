@@ -1,0 +1,210 @@
+"""One simulation run: build the population from a scenario and a seed, drive the submitters, and
+summarise. `simulate` is a pure function of (scenario, seed): the trace hash proves it."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from mesh.dag import Job, parse_job
+
+from .adversaries import Strategy, strategy_class
+from .driver import SimSubmitter
+from .engine import Engine
+from .metrics import Metrics, auc, gini, percentile
+from .network import Network, Partition
+from .scenario import Scenario, parse_text
+from .trace import Diverged, Trace, TraceError, footer, header, read_header
+from .world import SimNode, World
+
+SNAPSHOTS = 50  # points on the over-time plots
+SAMPLE_PER_CLASS = 300  # nodes per class whose reputation is averaged at each snapshot
+
+
+def chain(length: int, s: Scenario) -> Job:
+    j = s.jobs
+    steps = [{"id": f"s{i}", "kind": "python", "params": {"code": f"step {i}"}} | (
+        {"after": [f"s{i - 1}"]} if i else {}) for i in range(length)]
+    return parse_job({"name": f"chain-{length}", "redundancy": j.redundancy, "quorum": j.quorum,
+                      "adaptive": j.adaptive, "timeout": j.timeout_s, "max_replicas": j.max_replicas,
+                      "steps": steps})
+
+
+class Simulation:
+    def __init__(self, s: Scenario, seed: int, out: IO[str] | None = None, expect: IO[str] | None = None,
+                 engine: Engine | None = None):
+        """`engine`: another engine with Engine's interface (the SimPy one in bench/), seeded with `seed`."""
+        self.s, self.seed = s, seed
+        self.engine = engine or Engine(seed)
+        self.trace = Trace(lambda: self.engine.now, out, expect)
+        self.m = Metrics()
+        self.net = Network(self.engine, self.engine.fork_rng(), s.network.loss)
+        self.world = World(self.engine, self.net, self.trace, self.engine.fork_rng())
+        self.submitters: list[SimSubmitter] = []
+        self.templates = [chain(n, s) for n in range(s.jobs.steps_min, s.jobs.steps_max + 1)]
+        self.submitted = 0
+        self._build()
+
+    def _build(self) -> None:
+        s, rng = self.s, self.engine.fork_rng()
+        n = s.network
+        ids = [f"n{i:0{len(str(n.nodes))}d}" for i in range(n.nodes)]
+        workers = ids[n.submitters:]
+        order = list(workers)
+        rng.shuffle(order)
+        behaviour: dict[str, Strategy] = {}
+        prefix: dict[str, str] = {}
+        at = 0
+        for k, a in enumerate(s.adversaries):
+            cls, srng = strategy_class(a.strategy), self.engine.fork_rng()
+            count = round(a.fraction * len(workers))
+            for j, nid in enumerate(order[at:at + count]):
+                behaviour[nid] = cls(srng, a.rate, a.group or f"{a.strategy}{k}", a.good_steps)
+                if a.prefixes:
+                    prefix[nid] = f"adv{k}.{j % a.prefixes}"
+            at += count
+        honest = Strategy(self.engine.fork_rng())
+        prefixes = n.prefixes or len(ids)
+        median_s = n.latency_ms / 1000
+        for nid in ids:
+            node = SimNode(nid, prefix.get(nid) or f"p{rng.randrange(prefixes)}",
+                           rng.lognormvariate(0, s.speed.sigma), behaviour.get(nid, honest))
+            self.net.attach(nid, median_s * rng.lognormvariate(0, n.latency_sigma) if median_s else 0.0,
+                            n.bandwidth_mbps * 1e6)
+            self.world.add(node, worker=nid in workers)
+        for p in n.partitions:
+            cut = frozenset(rng.sample(ids, max(1, round(p.fraction * len(ids)))))
+            self.net.partitions.append(Partition(p.start_s, p.end_s, cut))
+        for nid in ids[:n.submitters]:
+            sub = SimSubmitter(nid, s, self.engine, self.net, self.world, self.trace, self.m, self.engine.fork_rng())
+            self.submitters.append(sub)
+            self.world.on_leave.append(sub.on_node_lost)
+        if s.churn.mean_uptime_s > 0:
+            self.world.start_churn(s.churn.mean_uptime_s, s.churn.mean_downtime_s, s.churn.crash_fraction)
+        self.arrivals = self.engine.fork_rng()
+        self.engine.after(self.arrivals.expovariate(s.jobs.rate_per_s), self._arrive)
+
+    def _arrive(self) -> None:
+        job = self.templates[self.arrivals.randrange(len(self.templates))]
+        self.submitters[self.arrivals.randrange(len(self.submitters))].submit(job)
+        self.submitted += len(job.steps)
+        if self.submitted < self.s.steps:
+            self.engine.after(self.arrivals.expovariate(self.s.jobs.rate_per_s), self._arrive)
+
+    def done(self) -> bool:
+        return self.submitted >= self.s.steps and not any(sub.jobs for sub in self.submitters)
+
+    def run(self, progress: bool = False) -> dict:
+        started = time.perf_counter()
+        last = [started, 0]
+
+        def on_batch() -> None:
+            if self.m.steps >= last[1]:
+                self._snapshot()
+                last[1] = self.m.steps + max(1, self.s.steps // SNAPSHOTS)
+            now = time.perf_counter()
+            if progress and now - last[0] >= 0.5:
+                last[0] = now
+                frac = min(1.0, self.m.steps / self.s.steps)
+                bar = "#" * int(frac * 30)
+                print(f"\r{self.s.name}: [{bar:<30}] {frac:4.0%} {self.m.steps}/{self.s.steps} steps, "
+                      f"{self.engine.events} events, {now - started:.0f} s", end="", file=sys.stderr, flush=True)
+
+        self.engine.run(self.done, on_batch)
+        self._snapshot()
+        wall = time.perf_counter() - started
+        if progress:
+            print(file=sys.stderr)
+        return self.summary(wall)
+
+    def _classes(self) -> dict[str, list[SimNode]]:
+        out: dict[str, list[SimNode]] = {}
+        for node in self.world.nodes.values():
+            if node.id not in self._submitter_ids:
+                out.setdefault(node.cls, []).append(node)
+        return out
+
+    @property
+    def _submitter_ids(self) -> set[str]:
+        return {sub.id for sub in self.submitters}
+
+    def reputation(self, nid: str) -> float:
+        """The mean of the submitters' views (0.5 for a node none of them has judged)."""
+        now_ms = int(self.engine.now * 1000)
+        views = [sub.evidence[nid].score(now_ms) for sub in self.submitters if nid in sub.evidence]
+        return sum(views) / len(views) if views else 0.5
+
+    def _snapshot(self) -> None:
+        reps = {cls: sum(self.reputation(n.id) for n in nodes[:SAMPLE_PER_CLASS]) / min(len(nodes), SAMPLE_PER_CLASS)
+                for cls, nodes in self._classes().items()}
+        self.m.series.append({"t": round(self.engine.now, 3), "steps": self.m.steps,
+                              "replicas_per_step": round(self.m.window_replicas(), 4), "reputation": reps})
+
+    def summary(self, wall: float) -> dict:
+        m, classes = self.m, self._classes()
+        workers = [n for nodes in classes.values() for n in nodes]
+        adversary = [n for n in workers if n.strategy.adversary]
+        earned = sum(n.earned for n in workers)
+        honest_reps = [self.reputation(n.id) for n in workers if not n.strategy.adversary]
+        adv_reps = [self.reputation(n.id) for n in adversary]
+        roc = auc(honest_reps, adv_reps)
+        return {
+            "scenario": self.s.name, "seed": self.seed, "nodes": self.s.network.nodes,
+            "steps": m.steps, "jobs": len(m.latencies), "accepted": m.accepted, "failed": m.failed,
+            "wrong_accepted": m.wrong_final, "wrong_accepted_rate": m.wrong_final / max(1, m.steps),
+            "wrong_at_settle_rate": m.wrong_at_settle / max(1, m.steps),
+            "replicas_per_step": round(m.replicas / max(1, m.steps), 4),
+            "spot_checks_per_step": round(m.spot_checks / max(1, m.steps), 4),
+            "caught": m.caught, "rechecks": m.rechecks, "overturned": m.overturns,
+            "latency_p50": round(percentile(m.latencies, 0.5), 3),
+            "latency_p99": round(percentile(m.latencies, 0.99), 3),
+            "virtual_s": round(self.engine.now, 3), "events": self.engine.events,
+            "events_per_s": round(self.engine.events / wall) if wall > 0 else 0, "wall_s": round(wall, 3),
+            "messages_lost": self.net.dropped,
+            "credit_gini": round(gini([n.earned for n in workers]), 4),
+            "adversary_credit_share": round(sum(n.earned for n in adversary) / earned, 4) if earned else 0.0,
+            "adversary_id_share": round(len(adversary) / max(1, len(workers)), 4),
+            "reputation_auc": None if roc is None or math.isnan(roc) else round(roc, 4),
+            "trace_records": self.trace.records, "trace_hash": self.trace.hash,
+        }
+
+
+def simulate(s: Scenario, text: str, source: str, seed: int, trace_path: Path | None = None,
+             progress: bool = False, overrides: dict | None = None) -> tuple[dict, Simulation]:
+    out = trace_path.open("w") if trace_path else None
+    try:
+        if out:
+            out.write(header(text, source, seed, overrides or {}) + "\n")
+        sim = Simulation(s, seed, out)
+        result = sim.run(progress)
+        if out:
+            out.write(footer(result["trace_hash"], sim.trace.records) + "\n")
+    finally:
+        if out:
+            out.close()
+    return result, sim
+
+
+def replay(path: Path, progress: bool = False) -> tuple[bool, str, dict]:
+    """Re-run a trace; (reproduced, message, result). Stops at the first record that differs."""
+    head, f = read_header(path)
+    with f:
+        s = parse_text(head["scenario"], head.get("source", "trace"))
+        if head.get("overrides"):
+            s = s.replace(**head["overrides"])
+        sim = Simulation(s, int(head["seed"]), expect=f)
+        try:
+            result = sim.run(progress)
+        except Diverged as exc:
+            return False, str(exc), {}
+        tail = f.readline()
+        try:
+            recorded = __import__("json").loads(tail)["trace_hash"]
+        except (ValueError, KeyError, TypeError):
+            raise TraceError(f"{path}: the trace has more records than the replay, or no footer") from None
+    if recorded != result["trace_hash"]:
+        return False, f"trace hash differs: recorded {recorded}, replay {result['trace_hash']}", result
+    return True, f"reproduced {sim.trace.records} records bit for bit: trace hash {recorded}", result

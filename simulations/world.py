@@ -1,0 +1,113 @@
+"""The simulated population: nodes with their speed, network prefix and behaviour, the workers online
+now (sampled in O(k) by submitters), each worker's one-slot queue, and churn (leave, crash, return)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .adversaries import Strategy
+from .engine import Engine
+from .network import Network
+from .trace import Trace
+
+
+@dataclass(eq=False)
+class SimNode:
+    id: str
+    prefix: str
+    speed: float
+    strategy: Strategy
+    online: bool = True
+    epoch: int = 0  # bumped when it goes down: work in hand from before is lost
+    busy_until: float = 0.0
+    earned: float = 0.0
+    served: int = 0
+
+    @property
+    def cls(self) -> str:
+        return self.strategy.name
+
+
+@dataclass(frozen=True)
+class StepMsg:
+    job: str
+    step: str
+    truth: Any  # what an honest worker computes
+    cost_s: float  # CPU-seconds on a speed-1 node
+
+
+@dataclass
+class World:
+    engine: Engine
+    net: Network
+    trace: Trace
+    rng: random.Random
+    nodes: dict[str, SimNode] = field(default_factory=dict)
+    online: list[str] = field(default_factory=list)  # online workers, for sampling
+    _slot: dict[str, int] = field(default_factory=dict)  # worker → its index in `online`
+    on_leave: list[Callable[[str], None]] = field(default_factory=list)  # told of goodbyes
+
+    def add(self, node: SimNode, worker: bool) -> None:
+        self.nodes[node.id] = node
+        if worker:
+            self._up(node.id)
+
+    def _up(self, nid: str) -> None:
+        self._slot[nid] = len(self.online)
+        self.online.append(nid)
+
+    def _down(self, nid: str) -> None:
+        i = self._slot.pop(nid)
+        last = self.online.pop()
+        if last != nid:
+            self.online[i] = last
+            self._slot[last] = i
+
+    def sample(self, k: int) -> list[str]:
+        return self.rng.sample(self.online, min(k, len(self.online)))
+
+    # -- work ---------------------------------------------------------------------------------------
+    def receive(self, nid: str, reply: Callable[..., None], src: str, msg: StepMsg) -> None:
+        """A step arrives at worker nid: queue it on its one slot; answer when done, if still up."""
+        node = self.nodes[nid]
+        if not node.online:
+            return
+        start = max(self.engine.now, node.busy_until)
+        node.busy_until = start + msg.cost_s / node.speed
+        self.engine.at(node.busy_until, self._finish, node, node.epoch, reply, src, msg)
+
+    def _finish(self, node: SimNode, epoch: int, reply: Callable[..., None], src: str, msg: StepMsg) -> None:
+        if node.epoch != epoch:
+            return  # it went down meanwhile
+        node.served += 1
+        output = node.strategy.answer(msg.truth)
+        self.net.send(node.id, src, 512, reply, msg.job, msg.step, node.id, output,
+                      {"cpu_s": round(msg.cost_s / node.speed, 6)})
+
+    # -- churn --------------------------------------------------------------------------------------
+    def start_churn(self, mean_up: float, mean_down: float, crash_fraction: float) -> None:
+        self._churn = (mean_up, mean_down, crash_fraction)
+        for nid in list(self.online):
+            self.engine.after(self.rng.expovariate(1 / mean_up), self._leave, nid)
+
+    def _leave(self, nid: str) -> None:
+        mean_up, mean_down, crash_fraction = self._churn
+        node = self.nodes[nid]
+        node.online, node.epoch, node.busy_until = False, node.epoch + 1, 0.0
+        self._down(nid)
+        crashed = self.rng.random() < crash_fraction
+        self.trace.add("leave", nid, crashed)
+        if not crashed:  # a goodbye: its submitters hear at once instead of waiting for deadlines
+            for tell in self.on_leave:
+                tell(nid)
+        self.engine.after(self.rng.expovariate(1 / mean_down), self._return, nid)
+
+    def _return(self, nid: str) -> None:
+        mean_up = self._churn[0]
+        self.nodes[nid].online = True
+        self._up(nid)
+        self.trace.add("join", nid)
+        self.engine.after(self.rng.expovariate(1 / mean_up), self._leave, nid)
