@@ -45,7 +45,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         load_model=not args.no_model, threads=args.threads,
         model=Path(args.model).expanduser() if args.model else None, frame_cap=args.frame_cap,
         credit_line=args.credit_line, collude=args.collude or "", spot_rate=args.spot_rate,
-        blacklist_s=args.blacklist,
+        blacklist_s=args.blacklist, core_log=args.core_log,
         advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
         if args.advertise else "",
     )
@@ -321,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(e.g. 0.05); a wrong answer blacklists it and voids its unsettled answers (default 0)")
     sp.add_argument("--blacklist", type=float, default=3600.0, metavar="SECONDS",
                     help="how long a worker that failed a spot check gets no work (default 3600)")
+    sp.add_argument("--core-log", action="store_true",
+                    help="keep every input and decision of each job's cross-checking core in its report "
+                         "(core_log), so `mesh.jobrun.replay_log` or a test can replay it")
     sp.add_argument("--collude", metavar="GROUP",
                     help="with --fault wrong: return the same wrong answer as the other nodes of GROUP")
     sp.add_argument("--allow-unsandboxed-python", action="store_true",
@@ -365,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--job", help="job file (default examples/demo-job.json)")
     sp.add_argument("--redundancy", type=int, default=3)
     sp.add_argument("--timeout", type=float, default=600)
+
+    from simulations.cli import add_commands
+
+    add_commands(add)
     return p
 
 

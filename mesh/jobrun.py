@@ -4,6 +4,8 @@ and step outcomes to record. It never touches a socket, a clock or a global RNG.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,11 +79,14 @@ class StepRun:
 
 
 class JobRun:
-    def __init__(self, job_id: str, job: Job, rng: random.Random, margin: bool = True):
+    def __init__(self, job_id: str, job: Job, rng: random.Random, margin: bool = True, record: bool = False):
         """`margin`: under dissent a majority must outvote every dissenting answer (escalating while
-        unused workers remain); False is plain majority voting, kept for the simulator's comparison."""
+        unused workers remain); False is plain majority voting, kept for the simulator's comparison.
+        `record`: keep every input and output in `log`, so another driver can replay the same events
+        (see replay_log) and show it gets the same decisions."""
         self.job_id = job_id
         self.margin = margin
+        self.log: list | None = [] if record else None
         self.job = job
         self.rng = rng
         self.order = job.order()
@@ -91,6 +96,8 @@ class JobRun:
     # -- inputs -------------------------------------------------------------------------------------
     def on_result(self, step: str, node: str, ok: bool, digest: str, output: Any, work: dict, error: str) -> bool:
         """A worker's answer; False when it was not expected (never asked, late, or a duplicate)."""
+        if self.log is not None:
+            self.log.append(["on_result", step, node, ok, digest, output, work, error])
         run = self.steps.get(step)
         if run is None or run.tally is None or run.status != "running":
             return False
@@ -98,7 +105,7 @@ class JobRun:
         if rep is None:
             return False
         if not ok:
-            return self.on_failure(step, node, error or "step error")
+            return self._fail(step, node, error or "step error")
         key = run.comparator.key(output)
         if run.tally.answer(node, key):
             rep.digest, rep.key, rep.output, rep.work, rep.error = digest, key, output, work, ""
@@ -106,6 +113,12 @@ class JobRun:
         return False
 
     def on_failure(self, step: str, node: str, reason: str) -> bool:
+        """A replica that will not answer (error, unreachable); False when it was not expected."""
+        if self.log is not None:
+            self.log.append(["on_failure", step, node, reason])
+        return self._fail(step, node, reason)
+
+    def _fail(self, step: str, node: str, reason: str) -> bool:
         run = self.steps.get(step)
         if run is None or run.tally is None or run.status != "running":
             return False
@@ -117,12 +130,16 @@ class JobRun:
         return False
 
     def on_node_lost(self, node: str, reason: str) -> None:
+        if self.log is not None:
+            self.log.append(["on_node_lost", node, reason])
         for sid, run in self.steps.items():
             if run.tally and node in run.tally.pending:
-                self.on_failure(sid, node, reason)
+                self._fail(sid, node, reason)
 
     def on_node_distrusted(self, node: str, reason: str) -> None:
         """A worker caught cheating: its answers in steps not yet settled no longer count."""
+        if self.log is not None:
+            self.log.append(["on_node_distrusted", node, reason])
         for sid, run in self.steps.items():
             if run.status != "running" or run.tally is None:
                 continue
@@ -133,14 +150,16 @@ class JobRun:
                 if run.alone:
                     run.alone, run.tally.redundancy = False, self.job.redundancy
             elif node in run.tally.pending:
-                self.on_failure(sid, node, reason)
+                self._fail(sid, node, reason)
 
     def on_time(self, now: float) -> None:
+        if self.log is not None:
+            self.log.append(["on_time", now])
         for sid, run in self.steps.items():
             if run.status == "running" and run.tally:
                 for node in list(run.tally.pending):
                     if run.replicas[node].deadline <= now:
-                        self.on_failure(sid, node, "timeout")
+                        self._fail(sid, node, "timeout")
 
     # -- outputs ------------------------------------------------------------------------------------
     def advance(self, workers: dict[str, list[Candidate]], now: float, held: frozenset[str] = frozenset()
@@ -148,6 +167,15 @@ class JobRun:
         """Settle what can be settled and return the replicas to send. `workers` maps a capability
         (Step.needs) to the candidates offering it (never the submitter itself); `held` are workers
         with a spot check outstanding: a step they agreed on waits for it."""
+        if self.log is not None:
+            self.log.append(["advance", {k: [dataclasses.asdict(c) for c in v] for k, v in workers.items()}, now,
+                             sorted(held)])
+        out = self._advance(workers, now, held)
+        if self.log is not None:
+            self.log.append(["dispatched", [dataclasses.asdict(d) for d in out]])
+        return out
+
+    def _advance(self, workers: dict[str, list[Candidate]], now: float, held: frozenset[str]) -> list[Dispatch]:
         out: list[Dispatch] = []
         progressed = True
         while progressed:
@@ -276,6 +304,8 @@ class JobRun:
 
     def take_outcomes(self) -> list[Outcome]:
         out, self.outcomes = self.outcomes, []
+        if self.log is not None and out:
+            self.log.append(["outcomes", [dataclasses.asdict(o) for o in out]])
         return out
 
     @property
@@ -306,3 +336,19 @@ class JobRun:
             if run.overturned_by:
                 steps[sid]["overturned_by"] = run.overturned_by
         return {"job_id": self.job_id, "name": self.job.name, "status": self.status, "steps": steps}
+
+
+def replay_log(job_id: str, job: Job, seed: int, log: list, margin: bool = True) -> list:
+    """Feed a recorded log's inputs to a fresh JobRun seeded alike; returns the new run's log, which
+    equals the recorded one exactly when the core decided the same under both drivers."""
+    run = JobRun(job_id, job, random.Random(seed), margin, record=True)
+    for entry in log:
+        name, args = entry[0], entry[1:]
+        if name == "advance":
+            workers = {k: [Candidate(**c) for c in v] for k, v in args[0].items()}
+            run.advance(workers, args[1], frozenset(args[2]))
+        elif name == "outcomes":
+            run.take_outcomes()
+        elif name != "dispatched":
+            getattr(run, name)(*args)
+    return json.loads(json.dumps(run.log))

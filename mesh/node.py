@@ -72,6 +72,7 @@ class NodeOptions:
     collude: str = ""  # with fault=wrong: nodes of one group return the same wrong answer
     spot_rate: float = 0.0  # probability that a replica sent out comes with a spot check for its worker
     blacklist_s: float = 3600.0  # how long a worker caught by a spot check gets no work from this node
+    core_log: bool = False  # keep each job's cross-checking inputs/outputs in its report (for replay tests)
 
 
 def now_ms() -> int:

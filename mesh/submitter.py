@@ -39,6 +39,7 @@ class JobState:
     credits: float = 0.0
     payment_error: str = ""  # the ledger refused to record this job's payments
     recheck_of: tuple[str, str] | None = None  # (job, step) this run rechecks
+    seed: int = 0  # of the run's RNG (reported with its core log)
     rechecks: dict[str, dict] = field(default_factory=dict)  # step → the recheck of its accepted answer
 
 
@@ -67,13 +68,14 @@ class Submitter:
                               f"line of {node.opts.credit_line:g}: run a worker for others to earn credits, or "
                               "raise --credit-line")
         job_id = uuid.uuid4().hex[:20]
-        self._start(JobRun(job_id, job, random.Random(self.node.rng.getrandbits(64))))
+        seed = self.node.rng.getrandbits(64)
+        self._start(JobRun(job_id, job, random.Random(seed), record=self.node.opts.core_log), seed=seed)
         log.info("job %s (%s) submitted: %d steps at r=%d", job_id, job.name, len(job.steps), job.redundancy)
         return job_id
 
-    def _start(self, run: JobRun, recheck_of: tuple[str, str] | None = None) -> None:
+    def _start(self, run: JobRun, recheck_of: tuple[str, str] | None = None, seed: int = 0) -> None:
         st = self.jobs[run.job_id] = JobState(run, asyncio.Event(), asyncio.Event(), time.time(),
-                                              recheck_of=recheck_of)
+                                              recheck_of=recheck_of, seed=seed)
         self.node.spawn(self._drive(run.job_id, st))
 
     def _recheck(self, cheater: str) -> None:
@@ -231,4 +233,6 @@ class Submitter:
             rep["rechecks"] = st.rechecks
         if st.recheck_of:
             rep["recheck_of"] = "/".join(st.recheck_of)
+        if st.run.log is not None:
+            rep["core_log"] = {"seed": st.seed, "job": st.run.job.to_json(), "log": st.run.log}
         return rep

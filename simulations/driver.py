@@ -48,12 +48,17 @@ class SimSubmitter:
         self.finished: OrderedDict[str, SimJob] = OrderedDict()
         self.count = 0
         self._cands: dict[str, tuple[Candidate, float]] = {}
+        self.record = False  # keep each job's core log (tests compare it with a replay)
+        self.seeds: dict[str, int] = {}
 
     # -- jobs ---------------------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
         self.count += 1
         job_id = f"{self.id}-{self.count}"
-        run = JobRun(job_id, job, random.Random(self.rng.getrandbits(64)), margin=self.s.policy.margin)
+        seed = self.rng.getrandbits(64)
+        run = JobRun(job_id, job, random.Random(seed), margin=self.s.policy.margin, record=self.record)
+        if self.record:
+            self.seeds[job_id] = seed
         truths = {st.id: self.rng.getrandbits(40) for st in job.steps}
         costs = {st.id: self.rng.expovariate(1 / self.s.jobs.cost_s) for st in job.steps}
         self._start(job_id, SimJob(run, truths, costs, self.world.sample(self.s.network.peer_sample),
@@ -183,7 +188,7 @@ class SimSubmitter:
     def _caught(self, node: str) -> None:
         self.m.caught += 1
         self._note("spot_failed", node)
-        for job_id, sj in list(self.jobs.items()):
+        for sj in list(self.jobs.values()):
             sj.run.on_node_distrusted(node, "failed a spot check")
         for job_id, sid in self.spot.to_recheck(node):
             orig = self.jobs.get(job_id) or self.finished.get(job_id)

@@ -162,10 +162,10 @@ def check(s: Scenario, source: str) -> None:
     c = s.churn
     need(c.mean_uptime_s >= 0 and c.mean_downtime_s > 0 and 0 <= c.crash_fraction <= 1,
          "churn: mean_uptime_s >= 0, mean_downtime_s > 0, crash_fraction in [0, 1]")
-    need(sum(a.fraction for a in s.adversaries) < 1, "adversary fractions must add up to less than 1")
     for a in s.adversaries:
         need(0 < a.fraction < 1 and 0 <= a.rate <= 1 and a.good_steps >= 0 and a.prefixes >= 0,
              f"adversary {a.strategy!r}: fraction in (0, 1), rate in [0, 1], good_steps and prefixes >= 0")
+    need(sum(a.fraction for a in s.adversaries) < 1, "adversary fractions must add up to less than 1")
     from .adversaries import strategy_class  # names are checked here, so a bad one fails before the run
 
     for a in s.adversaries:

@@ -1,0 +1,161 @@
+"""The simulator: determinism (one seed, one trace), replay, scenario errors, sane metrics for each
+adversary, and the core deciding alike under the simulator and under a real mesh."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mesh.dag import parse_job
+from mesh.jobrun import replay_log
+from simulations.engine import Engine
+from simulations.run import Simulation, simulate
+from simulations.scenario import ScenarioError, load, parse_text
+
+from .conftest import cli_json, run_cli
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def small(name: str, steps: int = 1500, **changes):
+    s, text = load(name)
+    return s.replace(steps=steps, **changes), text
+
+
+def test_engine_runs_in_time_order_and_ties_in_scheduling_order():
+    e, seen = Engine(1), []
+    for when, tag in [(2.0, "c"), (1.0, "a"), (2.0, "d"), (1.0, "b")]:
+        e.at(when, seen.append, tag)
+    e.after(0.5, lambda: e.after(0.0, seen.append, "first"))
+    e.run(lambda: False)
+    assert seen == ["first", "a", "b", "c", "d"] and e.now == 2.0 and e.events == 6
+
+
+def test_the_same_seed_gives_one_trace_every_time():
+    """As trio's scheduler determinism test: run the same seed several times, expect one trace."""
+    s, text = small("colluding-20", 800)
+    hashes = {simulate(s, text, "t", 7)[0]["trace_hash"] for _ in range(4)}
+    assert len(hashes) == 1
+    assert simulate(s, text, "t", 8)[0]["trace_hash"] not in hashes
+
+
+def test_replay_reproduces_a_trace_in_a_fresh_process_and_names_the_first_tampered_record(tmp_path):
+    trace = tmp_path / "run.trace"
+    res = run_cli("simulate", "churn", "--steps", "600", "--seed", "3", "--trace", str(trace), "--json",
+                  "--quiet")
+    assert res.returncode == 0, res.stderr
+    result = json.loads(res.stdout)
+    replayed = run_cli("replay", str(trace), "--quiet")
+    assert replayed.returncode == 0, replayed.stderr
+    assert result["trace_hash"] in replayed.stdout and "bit for bit" in replayed.stdout
+
+    lines = trace.read_text().splitlines()
+    lines[50] = lines[50].replace("[", "[1", 1)  # a different time on record 50
+    trace.write_text("\n".join(lines) + "\n")
+    broken = run_cli("replay", str(trace), "--quiet")
+    assert broken.returncode == 1 and "record 50" in broken.stdout
+
+    (tmp_path / "junk").write_text("not a trace\n")
+    junk = run_cli("replay", str(tmp_path / "junk"))
+    assert junk.returncode == 2 and "not a homemesh simulator trace" in junk.stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name = 'x'\nsteps = [", "not valid TOML"),
+    ("name = 'x'\nsteps = 10\nspeed = 3", "scenario.speed is not"),
+    ("name = 'x'\nsteps = 10\n[jobs]\nredundnacy = 3", "unknown field 'redundnacy'"),
+    ("name = 'x'\nsteps = 10\n[[adversaries]]\nstrategy = 'random-wrong'\nfraction = 1.5", "fraction in (0, 1)"),
+    ("name = 'x'\nsteps = 10\n[[adversaries]]\nstrategy = 'lazy'\nfraction = 0.1", "unknown adversary strategy"),
+    ("name = 'x'\nsteps = 10\n[jobs]\nquorum = 'most'", "quorum must be"),
+    ("name = 'x'\nsteps = 10\n[network]\nnodes = 4", "at least `jobs.redundancy` workers"),
+])
+def test_bad_scenarios_are_one_clear_error(text, message, tmp_path):
+    with pytest.raises(ScenarioError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_text(text, "bad.toml")
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    res = run_cli("simulate", str(path))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
+def test_a_plugged_in_strategy_class_is_used(tmp_path):
+    s, text = load("malicious-20")
+    text = text.replace('strategy = "random-wrong"', 'strategy = "simulations.adversaries:Colluding"')
+    plugged = parse_text(text).replace(steps=300)
+    result, sim = simulate(plugged, text, "t", 1)
+    assert {n.cls for n in sim.world.nodes.values()} == {"honest", "colluding"}
+
+
+def test_baseline_honest_network_accepts_every_step_right():
+    s, text = small("baseline", 2000)
+    r, _ = simulate(s, text, "t", 1)
+    assert r["steps"] == 2000 and r["wrong_accepted"] == 0 and r["reputation_auc"] is None
+    assert r["adversary_credit_share"] == 0 and 1 <= r["replicas_per_step"] <= 3.5
+    assert 0 < r["latency_p50"] <= r["latency_p99"] and r["events"] > r["steps"]
+
+
+@pytest.mark.parametrize("name, max_wrong, max_share_of_ids", [
+    ("malicious-20", 0.002, 0.5), ("colluding-20", 0.01, 0.5), ("sybil-30", 0.02, 0.6), ("on-off", 0.02, 1.0)])
+def test_each_adversary_scenario_gives_sane_metrics(name, max_wrong, max_share_of_ids):
+    s, text = small(name, 4000)
+    for a in s.adversaries:  # (a copy) on-off: start cheating early enough for a short run
+        a.good_steps = min(a.good_steps, 20)
+    r, _ = simulate(s, text, "t", 2)
+    assert r["steps"] == 4000
+    assert r["wrong_accepted_rate"] <= max_wrong, r
+    assert r["reputation_auc"] > 0.8, r  # reputation tells adversaries from honest nodes
+    assert r["adversary_credit_share"] < max_share_of_ids * r["adversary_id_share"], r  # they earn less than their share
+    assert r["caught"] > 0 and r["spot_checks_per_step"] > 0
+    assert r["wrong_at_settle_rate"] >= r["wrong_accepted_rate"]  # rechecks only ever fix answers
+
+
+def test_plain_majority_lets_colluders_through_where_the_full_policy_does_not():
+    s, text = small("colluding-20", 3000)
+    plain = s.replace(**{"policy.margin": False, "jobs.adaptive": 0, "policy.spot_rate": 0.0,
+                         "policy.recheck": False})
+    full_r, _ = simulate(s, text, "t", 4)
+    plain_r, _ = simulate(plain, text, "t", 4)
+    assert plain_r["wrong_accepted_rate"] > 5 * max(full_r["wrong_accepted_rate"], 1e-4), (plain_r, full_r)
+    assert plain_r["replicas_per_step"] >= 3 > full_r["replicas_per_step"]
+
+
+def test_churn_and_partitions_still_settle_every_step():
+    s, text = small("churn", 1500)
+    r, sim = simulate(s, text, "t", 5)
+    assert r["steps"] == 1500 and r["accepted"] + r["failed"] == 1500
+    assert r["accepted"] >= 0.98 * 1500
+    assert sum(not n.online for n in sim.world.nodes.values()) > 0 or sim.trace.records > 0
+
+
+def test_core_log_of_a_simulated_job_replays_to_the_same_decisions():
+    s, text = small("colluding-20", 400)
+    sim = Simulation(s, 11)
+    for sub in sim.submitters:
+        sub.record = True
+    sim.run()
+    checked = 0
+    for sub in sim.submitters:
+        for job_id, sj in sub.finished.items():
+            log = json.loads(json.dumps(sj.run.log))
+            assert replay_log(job_id, sj.run.job, sub.seeds[job_id], log, s.policy.margin) == log
+            checked += 1
+    assert checked > 50
+
+
+@pytest.mark.mesh
+@pytest.mark.timeout(240)
+def test_core_decides_the_same_under_a_real_mesh_and_a_replay(make_mesh, tmp_path):
+    """The node records what its JobRun was fed (--core-log); a fresh JobRun fed the same events, as the
+    simulator feeds it, decides exactly the same."""
+    mesh = make_mesh(5, lambda i: ["--no-model"] + (["--core-log"] if i == 0 else [])
+                     + (["--fault", "wrong"] if i == 4 else []))
+    job = tmp_path / "two.json"
+    job.write_text(json.dumps({"name": "two", "redundancy": 3, "steps": [
+        {"id": "a", "kind": "python", "params": {"code": "output = 6 * 7"}},
+        {"id": "b", "kind": "python", "params": {"code": "output = inputs['a'] + 1"}, "after": ["a"]}]}))
+    report = cli_json("submit", str(job), "--wait", "--home", str(mesh.nodes[0].home))
+    assert report["status"] == "done" and report["steps"]["b"]["output"] == 43
+    core = report["core_log"]
+    assert any(e[0] == "dispatched" and e[1] for e in core["log"]) and any(e[0] == "on_result" for e in core["log"])
+    assert replay_log(report["job_id"], parse_job(core["job"]), core["seed"], core["log"]) == core["log"]
