@@ -113,7 +113,7 @@ class Simulation:
                 print(f"\r{self.s.name}: [{bar:<30}] {frac:4.0%} {self.m.steps}/{self.s.steps} steps, "
                       f"{self.engine.events} events, {now - started:.0f} s", end="", file=sys.stderr, flush=True)
 
-        self.engine.run(self.done, on_batch)
+        self.engine.run(self.done, on_batch, batch=1024)
         self._snapshot()
         wall = time.perf_counter() - started
         if progress:
