@@ -14,11 +14,13 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
+from .cgroup import StepGroup
 from .errors import StepFailed
 
 OUTPUT_CAP = 1 << 20
 STREAM_CAP = 64 * 1024
 MEMORY_LIMIT = 1 << 30
+TMP_SIZE = 64 << 20  # the sandbox's /tmp is a tmpfs in RAM: a step filling it must not fill the host's
 MARK = "\x1ehomemesh-result\x1e"
 
 # Runs inside the sandbox. It is the only code here that executes a peer's text, and only there.
@@ -73,7 +75,8 @@ def bwrap_command(bwrap: str) -> list[str]:
         cmd += ["--ro-bind-try", d, d]
     if not prefix.startswith("/usr/"):
         cmd += ["--ro-bind", prefix, prefix]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp", exe, "-I", "-S", "-c", _RUNNER]
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_SIZE), "--tmpfs", "/tmp", "--chdir", "/tmp",
+            exe, "-I", "-S", "-c", _RUNNER]
     return cmd
 
 
@@ -107,15 +110,21 @@ def run_python(code: str, inputs: dict, timeout: float, sandboxed: bool = True) 
         _, exe = _interpreter()
         cmd = [exe, "-I", "-S", "-c", _RUNNER]
         cwd = tempfile.mkdtemp(prefix="mesh-step-")
+    group = StepGroup(MEMORY_LIMIT)
+
+    def prepare() -> None:  # in the child, before exec
+        _limits(max(1, int(timeout) + 1))
+        group.enter()
+
     try:
         proc = subprocess.run(
             cmd, input=json.dumps({"code": code, "inputs": inputs}).encode(), capture_output=True,
-            timeout=timeout, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd=cwd,
-            preexec_fn=lambda: _limits(max(1, int(timeout) + 1)),
+            timeout=timeout, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd=cwd, preexec_fn=prepare,
         )
     except subprocess.TimeoutExpired:
         raise StepFailed(f"python step timed out after {timeout:g} s") from None
     finally:
+        group.close()  # whatever the step left running (a fork bomb's children) dies here
         if cwd:
             shutil.rmtree(cwd, ignore_errors=True)
     stdout = proc.stdout

@@ -53,6 +53,7 @@ class Simulation:
         n = s.network
         ids = [f"n{i:0{len(str(n.nodes))}d}" for i in range(n.nodes)]
         workers = ids[n.submitters:]
+        is_worker = set(workers)
         order = list(workers)
         rng.shuffle(order)
         behaviour: dict[str, Strategy] = {}
@@ -74,7 +75,7 @@ class Simulation:
                            rng.lognormvariate(0, s.speed.sigma), behaviour.get(nid, honest))
             self.net.attach(nid, median_s * rng.lognormvariate(0, n.latency_sigma) if median_s else 0.0,
                             n.bandwidth_mbps * 1e6)
-            self.world.add(node, worker=nid in workers)
+            self.world.add(node, worker=nid in is_worker)
         for p in n.partitions:
             cut = frozenset(rng.sample(ids, max(1, round(p.fraction * len(ids)))))
             self.net.partitions.append(Partition(p.start_s, p.end_s, cut))

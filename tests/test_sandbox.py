@@ -277,3 +277,71 @@ def test_cannot_see_host_processes():
     res = run("import os\noutput = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())")
     assert os.getpid() not in res.output
     assert len(res.output) < 10
+
+
+# -- containment: the node and the host are unharmed ------------------------------------------------------
+
+def _own_step_groups() -> list[str]:
+    from mesh.cgroup import NAME, ROOT
+
+    return [str(p) for p in ROOT.glob(f"*/{NAME}*")] + [str(p) for p in ROOT.glob(f"{NAME}*")]
+
+
+@pytest.mark.timeout(60)
+def test_a_fork_bomb_is_contained_and_leaves_nothing_behind():
+    from mesh.cgroup import available
+
+    before = len(psutil_pids())
+    t0 = time.monotonic()
+    error = fails("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", timeout=5)
+    assert "timed out" in error or "died" in error or "Error" in error
+    assert time.monotonic() - t0 < 30
+    if "pids" in available():
+        assert not _own_step_groups()  # every per-step group removed
+    # nothing the bomb forked is still running
+    deadline = time.monotonic() + 10
+    while len(psutil_pids()) > before + 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(psutil_pids()) <= before + 5
+    assert run("output = 1").output == 1  # and the next step runs as usual
+
+
+def psutil_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def test_filling_tmp_stops_at_the_sandbox_tmpfs_size():
+    code = ("import os\nn = 0\ntry:\n    while True:\n        with open(f'/tmp/f{n}', 'wb') as f:\n"
+            "            f.write(b'x' * (4 << 20))\n        n += 1\nexcept OSError as e:\n    output = [n, e.errno]")
+    n, errno_ = run(code).output
+    assert errno_ == 28 and n * 4 <= 64  # ENOSPC at the 64 MiB tmpfs, not the host's disk or RAM
+
+
+def test_a_step_cannot_signal_its_parent_or_the_node():
+    code = ("import os, signal\nout = []\nfor pid in (os.getppid(), 1, %d):\n    try:\n"
+            "        os.kill(pid, signal.SIGTERM)\n        out.append('sent')\n    except OSError as e:\n"
+            "        out.append(type(e).__name__)\noutput = out" % os.getpid())
+    result = run(code).output
+    assert result[2] == "ProcessLookupError"  # the node's pid does not exist in the sandbox's pid namespace
+    assert os.getpid() and run("output = 2").output == 2  # this process (standing in for the node) is alive
+
+
+def test_reading_the_node_key_fails(tmp_path):
+    key = tmp_path / "node.key"
+    key.write_text("00" * 32)
+    error = fails(f"output = open({str(key)!r}).read()")
+    assert "FileNotFoundError" in error
+
+
+def test_memory_across_many_processes_is_capped_by_the_step_group():
+    from mesh.cgroup import available
+
+    if "memory" not in available():
+        pytest.skip("no writable memory cgroup here: only the per-process rlimit applies")
+    code = ("import os, time\nkids = []\nfor _ in range(8):\n    pid = os.fork()\n    if pid == 0:\n"
+            "        try:\n            b = bytearray(400 << 20)\n            time.sleep(2)\n        finally:\n"
+            "            os._exit(0)\n    kids.append(pid)\n"
+            "output = [os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) for k in kids]")
+    codes = run(code, timeout=20).output
+    # 8 × 400 MiB would be 3.2 GiB: the group's 1 GiB lets at most two hold theirs, the rest are killed
+    assert codes.count(-9) >= 5, codes
