@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,16 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in _floats(text)]
 
 
+def _setting(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected SECTION.KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), value  # a bare word: a string
+
+
 def _progress(args: argparse.Namespace) -> bool:
     return not args.quiet and (sys.stderr.isatty() or os.environ.get("MESH_PROGRESS") == "1")
 
@@ -39,7 +50,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .scenario import load
 
     s, text = load(args.scenario)
-    overrides: dict = {}
+    overrides: dict = dict(args.set)
+    if args.policy:
+        from .sweep import POLICIES
+
+        overrides.update(POLICIES[args.policy])
     if args.steps is not None:
         overrides["steps"] = args.steps
     if overrides:
@@ -109,6 +124,12 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("scenario", metavar="SCENARIO")
     sp.add_argument("--seed", type=int, default=1, help="the run's one seed: the same seed gives the same run")
     sp.add_argument("--steps", type=int, help="steps to submit (overrides the scenario's)")
+    sp.add_argument("--set", type=_setting, action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="change one scenario value (a TOML value), e.g. --set jobs.redundancy=5 "
+                         "--set policy.spot_rate=0.1 (repeatable; recorded in the trace)")
+    sp.add_argument("--policy", choices=["plain", "full"],
+                    help="plain: majority voting at fixed redundancy, no margin rule, adaptive replication, "
+                         "spot checks or rechecks (the classic baseline); full: the scenario's own policy")
     sp.add_argument("--trace", metavar="FILE", help="write every decision to FILE, for `mesh replay`")
     sp.add_argument("--plot", metavar="DIR",
                     help="write PNG plots to DIR: reputation by node class and replicas per step over time, and "

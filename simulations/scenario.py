@@ -4,6 +4,7 @@ strictly (unknown keys and wrong types are errors naming the field), then range-
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +99,15 @@ class Scenario:
         out = copy.deepcopy(self)
         for key, value in changes.items():
             section, _, name = key.rpartition(".")
-            setattr(getattr(out, section) if section else out, name, value)
+            target = getattr(out, section, None) if section else out
+            if target is None or not dataclasses.is_dataclass(target) or name not in {
+                    f.name for f in dataclasses.fields(target)}:
+                raise ScenarioError(f"no scenario setting {key!r} (e.g. jobs.redundancy, policy.spot_rate)")
+            setattr(target, name, value)
+        try:
+            out = parse(Scenario, dataclasses.asdict(out), "scenario")  # types checked as in a file
+        except Rejected as exc:
+            raise ScenarioError(f"override: {exc.detail}") from None
         check(out, "override")
         return out
 

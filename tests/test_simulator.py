@@ -159,3 +159,17 @@ def test_core_decides_the_same_under_a_real_mesh_and_a_replay(make_mesh, tmp_pat
     core = report["core_log"]
     assert any(e[0] == "dispatched" and e[1] for e in core["log"]) and any(e[0] == "on_result" for e in core["log"])
     assert replay_log(report["job_id"], parse_job(core["job"]), core["seed"], core["log"]) == core["log"]
+
+
+def test_settings_from_the_command_line_are_checked_and_kept_in_the_trace(tmp_path):
+    trace = tmp_path / "plain.trace"
+    res = run_cli("simulate", "colluding-20", "--steps", "300", "--policy", "plain", "--set", "jobs.redundancy=5",
+                  "--trace", str(trace), "--json", "--quiet")
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout)
+    assert r["replicas_per_step"] >= 5 and r["spot_checks_per_step"] == 0  # plain voting at r=5
+    assert run_cli("replay", str(trace), "--quiet").returncode == 0
+    for bad, message in [("jobs.redundancy=x", "is not int"), ("nope.x=1", "no scenario setting 'nope.x'"),
+                         ("jobs.redundancy=0", "redundancy must be")]:
+        res = run_cli("simulate", "colluding-20", "--steps", "10", "--set", bad)
+        assert res.returncode == 2 and message in res.stderr, res.stderr
