@@ -83,8 +83,10 @@ class Simulation:
             sub = SimSubmitter(nid, s, self.engine, self.net, self.world, self.trace, self.m, self.engine.fork_rng())
             self.submitters.append(sub)
             self.world.on_leave.append(sub.on_node_lost)
-        if s.churn.mean_uptime_s > 0:
-            self.world.start_churn(s.churn.mean_uptime_s, s.churn.mean_downtime_s, s.churn.crash_fraction)
+        c = s.churn
+        if c.mean_uptime_s > 0 or c.join_fraction > 0:
+            self.world.start_churn(c.mean_uptime_s, c.mean_downtime_s, c.crash_fraction, c.join_fraction,
+                                   c.join_window_s)
         self.arrivals = self.engine.fork_rng()
         self.engine.after(self.arrivals.expovariate(s.jobs.rate_per_s), self._arrive)
 
@@ -164,7 +166,8 @@ class Simulation:
             "latency_p99": round(percentile(m.latencies, 0.99), 3),
             "virtual_s": round(self.engine.now, 3), "events": self.engine.events,
             "events_per_s": round(self.engine.events / wall) if wall > 0 else 0, "wall_s": round(wall, 3),
-            "messages_lost": self.net.dropped,
+            "messages_lost": self.net.dropped, "joins": self.world.joins, "leaves": self.world.leaves,
+            "crashes": self.world.crashes,
             "credit_gini": round(gini([n.earned for n in workers]), 4),
             "adversary_credit_share": round(sum(n.earned for n in adversary) / earned, 4) if earned else 0.0,
             "adversary_id_share": round(len(adversary) / max(1, len(workers)), 4),

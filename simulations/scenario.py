@@ -70,6 +70,8 @@ class ChurnSpec:
     mean_uptime_s: float = 0.0  # 0 → nodes never leave
     mean_downtime_s: float = 300.0
     crash_fraction: float = 0.5  # of leaves that are crashes (work in hand lost) rather than goodbyes
+    join_fraction: float = 0.0  # of workers that are not there at the start and join during the run
+    join_window_s: float = 3600.0  # they join at uniformly random times within this window
 
 
 @dataclass
@@ -171,6 +173,7 @@ def check(s: Scenario, source: str) -> None:
     c = s.churn
     need(c.mean_uptime_s >= 0 and c.mean_downtime_s > 0 and 0 <= c.crash_fraction <= 1,
          "churn: mean_uptime_s >= 0, mean_downtime_s > 0, crash_fraction in [0, 1]")
+    need(0 <= c.join_fraction < 1 and c.join_window_s > 0, "churn: join_fraction in [0, 1), join_window_s > 0")
     for a in s.adversaries:
         need(0 < a.fraction < 1 and 0 <= a.rate <= 1 and a.good_steps >= 0 and a.prefixes >= 0,
              f"adversary {a.strategy!r}: fraction in (0, 1), rate in [0, 1], good_steps and prefixes >= 0")

@@ -49,6 +49,9 @@ class World:
     online: list[str] = field(default_factory=list)  # online workers, for sampling
     _slot: dict[str, int] = field(default_factory=dict)  # worker → its index in `online`
     on_leave: list[Callable[[str], None]] = field(default_factory=list)  # told of goodbyes
+    joins: int = 0
+    leaves: int = 0
+    crashes: int = 0
 
     def add(self, node: SimNode, worker: bool) -> None:
         self.nodes[node.id] = node
@@ -88,10 +91,19 @@ class World:
                       {"cpu_s": round(msg.cost_s / node.speed, 6)})
 
     # -- churn --------------------------------------------------------------------------------------
-    def start_churn(self, mean_up: float, mean_down: float, crash_fraction: float) -> None:
+    def start_churn(self, mean_up: float, mean_down: float, crash_fraction: float, join_fraction: float,
+                    join_window_s: float) -> None:
+        """Late joiners are taken offline now and join at random times; with mean_up > 0, every worker
+        then alternates exponential up and down times."""
         self._churn = (mean_up, mean_down, crash_fraction)
-        for nid in list(self.online):
-            self.engine.after(self.rng.expovariate(1 / mean_up), self._leave, nid)
+        late = self.rng.sample(self.online, round(join_fraction * len(self.online))) if join_fraction else []
+        for nid in late:
+            self.nodes[nid].online = False
+            self._down(nid)
+            self.engine.after(self.rng.uniform(0, join_window_s), self._return, nid)
+        if mean_up > 0:
+            for nid in list(self.online):
+                self.engine.after(self.rng.expovariate(1 / mean_up), self._leave, nid)
 
     def _leave(self, nid: str) -> None:
         mean_up, mean_down, crash_fraction = self._churn
@@ -99,6 +111,8 @@ class World:
         node.online, node.epoch, node.busy_until = False, node.epoch + 1, 0.0
         self._down(nid)
         crashed = self.rng.random() < crash_fraction
+        self.leaves += 1
+        self.crashes += crashed
         self.trace.add("leave", nid, crashed)
         if not crashed:  # a goodbye: its submitters hear at once instead of waiting for deadlines
             for tell in self.on_leave:
@@ -110,4 +124,6 @@ class World:
         self.nodes[nid].online = True
         self._up(nid)
         self.trace.add("join", nid)
-        self.engine.after(self.rng.expovariate(1 / mean_up), self._leave, nid)
+        self.joins += 1
+        if mean_up > 0:
+            self.engine.after(self.rng.expovariate(1 / mean_up), self._leave, nid)
