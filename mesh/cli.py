@@ -45,7 +45,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         load_model=not args.no_model, threads=args.threads,
         model=Path(args.model).expanduser() if args.model else None, frame_cap=args.frame_cap,
         credit_line=args.credit_line, collude=args.collude or "", spot_rate=args.spot_rate,
-        blacklist_s=args.blacklist, core_log=args.core_log,
+        blacklist_s=args.blacklist, core_log=args.core_log, scrape_allow=args.scrape_allow,
+        browser=args.browser or "", no_scrape=args.no_scrape,
         advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
         if args.advertise else "",
     )
@@ -329,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--allow-unsandboxed-python", action="store_true",
                     help="run peers' python steps even without bubblewrap (dangerous; off by default)")
     sp.add_argument("--no-model", action="store_true", help="do not load the default model (no llm steps)")
+    sp.add_argument("--scrape-allow", action="append", default=[], metavar="CIDR_OR_HOST",
+                    help="let scrape steps reach this private/loopback network or host (repeatable); by "
+                         "default loopback, private, link-local and metadata addresses are refused")
+    sp.add_argument("--browser", metavar="PATH", help="Chromium to drive for scrape steps (default: found on "
+                    "PATH; without one, pages are fetched over plain HTTP and results say so)")
+    sp.add_argument("--no-scrape", action="store_true", help="do not offer scrape steps to peers")
     sp.add_argument("--credit-line", type=float, default=10.0, metavar="CREDITS",
                     help="credits this node may spend beyond what it has earned (default 10)")
     sp.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: up to 4)")

@@ -15,7 +15,7 @@ from .compare import Comparator
 from .errors import JobError
 from .quorum import QuorumRule
 
-STEP_KINDS = ("python", "llm")
+STEP_KINDS = ("python", "llm", "scrape")
 REF = re.compile(r"\{([A-Za-z0-9_-]+)\.output\}")
 STEP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_STEPS = 1000
@@ -174,7 +174,7 @@ def _parse_step(raw: Any, i: int, seen: set[str], source: str) -> Step:
     if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
         raise JobError(f"{source}: step {sid!r}: 'after' must be a list of step ids")
     _check_params(sid, kind, params, source)
-    compare = raw.get("compare", "exact")
+    compare = raw.get("compare", "text" if kind == "scrape" else "exact")  # pages differ in whitespace
     try:
         Comparator(compare if isinstance(compare, str) else repr(compare))
     except JobError as exc:
@@ -193,15 +193,18 @@ def check_request(kind: str, params: dict) -> None:
 
 def _check_params(sid: str, kind: str, params: dict, source: str, resolved: bool = False) -> None:
     where = f"{source}: step {sid!r}"
-    allowed = {"python": {"code"}, "llm": {"prompt", "max_tokens", "seed", "stop", "model"}}[kind]
+    allowed = {"python": {"code"}, "llm": {"prompt", "max_tokens", "seed", "stop", "model"},
+               "scrape": {"url", "selectors", "wait_for", "links", "tables", "max_chars"}}[kind]
     if resolved and kind == "python":
         allowed = allowed | {"inputs"}
     unknown = set(params) - allowed
     if unknown:
         raise JobError(f"{where}: unknown {kind} parameter {sorted(unknown)[0]!r} (known: {', '.join(sorted(allowed))})")
-    required = {"python": "code", "llm": "prompt"}[kind]
+    required = {"python": "code", "llm": "prompt", "scrape": "url"}[kind]
     if not isinstance(params.get(required), str) or not params[required].strip():
         raise JobError(f"{where}: {kind} step needs a non-empty string parameter {required!r}")
+    if kind == "scrape":
+        _check_scrape(where, params, resolved)
     if kind == "llm":
         mt = params.get("max_tokens", 64)
         if not isinstance(mt, int) or isinstance(mt, bool) or not 1 <= mt <= 2048:
@@ -215,6 +218,25 @@ def _check_params(sid: str, kind: str, params: dict, source: str, resolved: bool
         stop = params.get("stop", [])
         if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop) or len(stop) > 8:
             raise JobError(f"{where}: stop must be a list of at most 8 non-empty strings")
+
+
+def _check_scrape(where: str, params: dict, resolved: bool) -> None:
+    url = params["url"]
+    if resolved or not REF.search(url):  # a URL made from an earlier output is checked once it is known
+        if not re.match(r"^https?://[^\s/?#]+", url) or len(url) > 4096:
+            raise JobError(f"{where}: url must be an http:// or https:// URL, got {url[:100]!r}")
+    selectors = params.get("selectors", {})
+    if not isinstance(selectors, dict) or len(selectors) > 32 or not all(
+            isinstance(k, str) and isinstance(v, str) and v.strip() and len(v) <= 500 for k, v in selectors.items()):
+        raise JobError(f"{where}: selectors must map at most 32 names to CSS selectors")
+    if not isinstance(params.get("wait_for", ""), str):
+        raise JobError(f"{where}: wait_for must be a CSS selector")
+    for flag in ("links", "tables"):
+        if not isinstance(params.get(flag, False), bool):
+            raise JobError(f"{where}: {flag} must be true or false")
+    mc = params.get("max_chars", 20000)
+    if not isinstance(mc, int) or isinstance(mc, bool) or not 1 <= mc <= 200_000:
+        raise JobError(f"{where}: max_chars must be an integer from 1 to 200000")
 
 
 def render(value: Any, outputs: dict[str, Any]) -> Any:

@@ -44,6 +44,8 @@ from .records import RECORD_TTL_MS, make_record
 from .replaystore import ReplayStore
 from .sandbox import bwrap_path
 from .schema import parse
+from .scrape import Scraper, find_browser
+from .ssrf import Allow
 from .submitter import Submitter
 from .worker import Worker
 
@@ -73,6 +75,9 @@ class NodeOptions:
     spot_rate: float = 0.0  # probability that a replica sent out comes with a spot check for its worker
     blacklist_s: float = 3600.0  # how long a worker caught by a spot check gets no work from this node
     core_log: bool = False  # keep each job's cross-checking inputs/outputs in its report (for replay tests)
+    scrape_allow: list[str] = field(default_factory=list)  # CIDRs or hosts scrapes may reach though private
+    browser: str = ""  # Chromium to drive ('' → found on PATH; none → plain HTTP fetches)
+    no_scrape: bool = False
 
 
 def now_ms() -> int:
@@ -113,7 +118,9 @@ class Node:
         self.model_error = ready.error
         self.sandboxed = bwrap_path() is not None
         self.kinds = (["llm"] if self.models else []) + (
-            ["python"] if self.sandboxed or opts.allow_unsandboxed_python else [])
+            ["python"] if self.sandboxed or opts.allow_unsandboxed_python else []) + (
+            [] if opts.no_scrape else ["scrape"])
+        self.scraper = Scraper(Allow.parse(opts.scrape_allow), find_browser(opts.browser or None))
         self.listen = f"{opts.listen[0]}:{opts.listen[1]}"  # run() puts the bound port here (port 0 → any)
         self.receiver = Receiver(identity.public_key, opts.network, floor_ms=now_ms())
         self.replay_store = ReplayStore(opts.home / REPLAY_FILE, self.receiver.window_ms)
@@ -186,6 +193,7 @@ class Node:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.scraper.close()
         (self.opts.home / RUNTIME_FILE).unlink(missing_ok=True)
         self.bridge.close()
 
@@ -426,6 +434,9 @@ def run_node(opts: NodeOptions) -> None:
         raise ConfigError("--spot-rate is a probability, from 0 to 1")
     if opts.frame_cap < 64 << 10:
         raise ConfigError("--frame-cap must be at least 65536 bytes")
+    Allow.parse(opts.scrape_allow)  # a bad --scrape-allow is a ConfigError now, not at the first scrape
+    if opts.browser and find_browser(opts.browser) is None:
+        raise ConfigError(f"--browser {opts.browser}: no such program")
     model_sha = ""
     if opts.model is not None:
         if not opts.model.is_file():

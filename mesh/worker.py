@@ -17,7 +17,7 @@ from ledger.store import Entry
 from .bridge import NoAnswer
 from .canonical import canonical, digest
 from .dag import check_request
-from .errors import JobError
+from .errors import JobError, StepFailed
 from .messages import ReceiptMsg, StepRequest, StepResult
 from .models import default_model_sha
 from .peers import Peer
@@ -94,6 +94,12 @@ class Worker:
         if req.kind == "llm" and (default_model_sha() if model == "default" else model) not in node.models:
             return fail(f"this node does not hold model {str(model)[:16]}")
         timeout = max(1.0, min(req.timeout, 3600.0))
+        if req.kind == "scrape":  # in this loop: the browser is its own process, the proxy guards it
+            try:
+                output, work = await node.scraper.scrape(req.params, timeout)
+            except StepFailed as exc:
+                return fail(str(exc))
+            return self._result(req, output, "scrape:" + work["via"].split(" ")[0], work)
         try:
             done = await node.bridge.ask(
                 RunStep(uuid.uuid4().hex, req.kind, req.params, timeout, node.sandboxed), timeout + 15)
@@ -103,11 +109,14 @@ class Worker:
             return fail(f"internal error: unexpected {type(done).__name__}")
         if not done.ok:
             return fail(done.error)
-        size = len(canonical(done.output))
-        cap = node.opts.frame_cap // 2  # the signed result must fit in one frame, with room to spare
+        return self._result(req, done.output, done.identity, done.work)
+
+    def _result(self, req: StepRequest, output: object, identity: str, work: dict) -> StepResult:
+        size = len(canonical(output))
+        cap = self.node.opts.frame_cap // 2  # the signed result must fit in one frame, with room to spare
         if size > cap:
-            return fail(f"output of {size} bytes is over this mesh's limit of {cap}")
-        return StepResult(req.job, req.step, True, done.output, digest(done.output), done.identity, done.work)
+            return failed(req, f"output of {size} bytes is over this mesh's limit of {cap}")
+        return StepResult(req.job, req.step, True, output, digest(output), identity, work)
 
     async def on_receipt(self, peer: Peer, msg: ReceiptMsg) -> None:
         r = msg.receipt

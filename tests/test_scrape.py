@@ -1,0 +1,220 @@
+"""Scrape steps: address checks (unit), extraction (unit), then real Chromium through the egress proxy
+against local aiohttp servers — JS-rendered text, redirects and sub-requests to refused addresses, a slow
+page, a huge page — the plain-HTTP fallback, and a scrape step cross-checked on a real mesh."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import threading
+
+import pytest
+from aiohttp import web
+
+from mesh.errors import ConfigError, StepFailed
+from mesh.extract import extract
+from mesh.scrape import Scraper, find_browser
+from mesh.ssrf import Allow, Refused, resolve, why_refused
+
+from .conftest import cli_json
+
+pytestmark = pytest.mark.timeout(120)
+needs_browser = pytest.mark.skipif(find_browser() is None, reason="no Chromium here: `apt-get install chromium`")
+ALLOW_LOCAL = Allow.parse(["127.0.0.1"])  # the test server's address, and nothing else on loopback
+
+
+# -- addresses ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
+                                "100.64.0.1", "0.0.0.0", "224.0.0.1", "::1", "fe80::1", "fd00::1",
+                                "::ffff:127.0.0.1", "::ffff:169.254.169.254", "240.0.0.1"])
+def test_non_global_addresses_are_refused(ip):
+    assert why_refused(ipaddress.ip_address(ip))
+
+
+@pytest.mark.parametrize("ip", ["93.184.215.14", "1.1.1.1", "2606:4700:4700::1111"])
+def test_global_addresses_pass(ip):
+    assert why_refused(ipaddress.ip_address(ip)) == ""
+
+
+def test_resolve_refuses_loopback_names_unless_allowed():
+    with pytest.raises(Refused, match="loopback"):
+        resolve("localhost", 80, Allow())
+    with pytest.raises(Refused, match="metadata"):
+        resolve("metadata.google.internal", 80, Allow())
+    assert str(resolve("127.0.0.1", 80, ALLOW_LOCAL)) == "127.0.0.1"
+    with pytest.raises(Refused):
+        resolve("127.0.0.2", 80, ALLOW_LOCAL)  # a /32 allows one address, not the loopback network
+    assert str(resolve("localhost", 80, Allow.parse(["localhost"]))) in ("127.0.0.1", "::1")
+    with pytest.raises(ConfigError):
+        Allow.parse(["not a host/"])
+
+
+# -- extraction --------------------------------------------------------------------------------------------
+
+def test_extract_text_links_selected_parts_and_tables():
+    html = """<html><head><title> Shop </title><style>p{}</style></head><body>
+      <h1>Prices</h1><script>var x = 1;</script><p class="price">3  EUR</p><p class="price">4 EUR</p>
+      <a href="/a">a</a><a href="https://other.example/b">b</a><a href="mailto:x@y">m</a><a href="/a">again</a>
+      <table><tr><th>k</th><th>v</th></tr><tr><td>x</td><td>1</td></tr></table></body></html>"""
+    out = extract(html, "https://shop.example/list", {"selectors": {"price": "p.price"}, "tables": True})
+    assert out["title"] == "Shop" and "var x" not in out["text"] and out["text"].startswith("Prices 3 EUR")
+    assert out["links"] == ["https://shop.example/a", "https://other.example/b"]
+    assert out["selected"] == {"price": ["3 EUR", "4 EUR"]}
+    assert out["tables"] == [[["k", "v"], ["x", "1"]]]
+    assert extract(html, "https://shop.example/", {"max_chars": 6})["text"] == "Prices"
+
+
+# -- a local web server ------------------------------------------------------------------------------------
+
+class Site:
+    """An aiohttp app on 127.0.0.1 and 127.0.0.3 (both loopback; only the first is allowed in tests)."""
+
+    def __init__(self):
+        self.hits: dict[str, int] = {}
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def app(self) -> web.Application:
+        async def count(request: web.Request) -> web.Response:
+            self.hits[request.path] = self.hits.get(request.path, 0) + 1
+            return web.Response(text="secret")
+
+        async def js(request: web.Request) -> web.Response:
+            return web.Response(content_type="text/html", text="""<html><head><title>js</title></head><body>
+              <div id="x">waiting</div><table><tr><td>a</td><td>1</td></tr></table>
+              <script>setTimeout(() => { document.getElementById('x').textContent = 'rendered by js';
+                document.body.insertAdjacentHTML('beforeend', '<a href="/next">next</a>'); }, 50);</script>
+              </body></html>""")
+
+        async def subrequests(request: web.Request) -> web.Response:
+            other = self.url("", "127.0.0.3")
+            return web.Response(content_type="text/html", text=f"""<html><body><p>page</p>
+              <img src="{other}/pixel"><script>fetch("{other}/beacon").catch(() => 0);</script></body></html>""")
+
+        async def redirect(request: web.Request) -> web.Response:
+            raise web.HTTPFound(self.url("/secret", "127.0.0.3"))
+
+        async def slow(request: web.Request) -> web.Response:
+            await asyncio.sleep(20)
+            return web.Response(text="late")
+
+        async def huge(request: web.Request) -> web.Response:
+            return web.Response(content_type="text/html", text="<html><body>" + "word " * 2_000_000 + "</body></html>")
+
+        app = web.Application()
+        app.add_routes([web.get("/js", js), web.get("/sub", subrequests), web.get("/redirect", redirect),
+                        web.get("/slow", slow), web.get("/huge", huge), web.get("/secret", count),
+                        web.get("/pixel", count), web.get("/beacon", count)])
+        return app
+
+    def start(self) -> None:
+        ready = threading.Event()
+
+        async def serve() -> None:
+            self.runner = web.AppRunner(self.app(), handler_cancellation=True, shutdown_timeout=1)
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]
+            await web.TCPSite(self.runner, "127.0.0.3", self.port).start()
+            ready.set()
+
+        self.thread = threading.Thread(target=lambda: (self.loop.run_until_complete(serve()), self.loop.run_forever()),
+                                       daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def site():
+    s = Site()
+    s.start()
+    yield s
+    s.stop()
+
+
+def scrape(url: str, params: dict | None = None, allow: Allow = ALLOW_LOCAL, browser: str | None = "auto",
+           timeout: float = 30) -> tuple[dict, dict]:
+    async def go():
+        scraper = Scraper(allow, find_browser() if browser == "auto" else browser)
+        try:
+            return await scraper.scrape({"url": url, **(params or {})}, timeout)
+        finally:
+            await scraper.close()
+    return asyncio.run(go())
+
+
+# -- real Chromium -----------------------------------------------------------------------------------------
+
+@needs_browser
+def test_javascript_rendered_text_links_and_tables(site):
+    out, work = scrape(site.url("/js"), {"wait_for": "a[href='/next']", "tables": True})
+    assert "rendered by js" in out["text"] and "waiting" not in out["text"]
+    assert out["links"] == [site.url("/next")] and out["tables"] == [[["a", "1"]]]
+    assert work["via"] == "chromium" and out["title"] == "js"
+
+
+@needs_browser
+def test_loopback_is_refused_without_scrape_allow(site):
+    with pytest.raises(Refused, match="loopback"):
+        scrape(site.url("/js"), allow=Allow())
+
+
+@needs_browser
+def test_a_redirect_to_a_refused_address_fails_and_never_reaches_it(site):
+    with pytest.raises(Refused, match="127.0.0.3"):
+        scrape(site.url("/redirect"))
+    assert site.hits.get("/secret", 0) == 0
+
+
+@needs_browser
+def test_sub_requests_to_refused_addresses_are_blocked(site):
+    out, _ = scrape(site.url("/sub"))
+    assert out["text"] == "page"
+    assert site.hits.get("/pixel", 0) == 0 and site.hits.get("/beacon", 0) == 0
+
+
+@needs_browser
+def test_a_slow_page_times_out_and_a_huge_one_is_capped(site):
+    with pytest.raises(StepFailed, match="timed out after 3 s"):
+        scrape(site.url("/slow"), timeout=3)
+    with pytest.raises(StepFailed, match="over the"):
+        scrape(site.url("/huge"))
+
+
+def test_without_a_browser_the_page_is_fetched_over_http_and_says_so(site):
+    out, work = scrape(site.url("/js"), browser=None)
+    assert work["via"] == "http (no browser on this node)" and "waiting" in out["text"]  # no JavaScript ran
+    with pytest.raises(Refused):
+        scrape(site.url("/redirect"), browser=None)
+    assert site.hits.get("/secret", 0) == 0
+
+
+# -- on a real mesh ----------------------------------------------------------------------------------------
+
+@needs_browser
+@pytest.mark.mesh
+@pytest.mark.timeout(240)
+def test_a_scrape_step_is_cross_checked_on_a_real_mesh(make_mesh, site, tmp_path):
+    mesh = make_mesh(4, lambda i: ["--no-model", "--scrape-allow", "127.0.0.1"])
+    job = tmp_path / "scrape.json"
+    job.write_text(json.dumps({"name": "scrape", "redundancy": 3, "steps": [
+        {"id": "page", "kind": "scrape", "params": {"url": site.url("/js"), "wait_for": "a[href='/next']"}},
+        {"id": "count", "kind": "python", "after": ["page"],
+         "params": {"code": "output = len(inputs['page']['text'].split())"}}]}))
+    report = cli_json("submit", str(job), "--wait", "--home", str(mesh.nodes[0].home))
+    assert report["status"] == "done", json.dumps(report["steps"])[-1500:]
+    page = report["steps"]["page"]
+    assert "rendered by js" in page["output"]["text"] and sum(r["agreed"] for r in page["replicas"]) == 3
+    assert all(r["work"]["via"] == "chromium" for r in page["replicas"])
+    assert report["steps"]["count"]["output"] == len("rendered by js a 1 next".split())
