@@ -128,8 +128,9 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                     help="change one scenario value (a TOML value), e.g. --set jobs.redundancy=5 "
                          "--set policy.spot_rate=0.1 (repeatable; recorded in the trace)")
     sp.add_argument("--policy", choices=["plain", "full"],
-                    help="plain: majority voting at fixed redundancy, no margin rule, adaptive replication, "
-                         "spot checks or rechecks (the classic baseline); full: the scenario's own policy")
+                    help="plain: majority voting at fixed redundancy on workers picked uniformly at random (no "
+                         "reputation weighting, margin rule, adaptive replication, spot checks or rechecks: the "
+                         "classic baseline); full: the scenario's own policy")
     sp.add_argument("--trace", metavar="FILE", help="write every decision to FILE, for `mesh replay`")
     sp.add_argument("--plot", metavar="DIR",
                     help="write PNG plots to DIR: reputation by node class and replicas per step over time, and "

@@ -77,7 +77,7 @@ class SimSubmitter:
         hit = self._cands.get(nid)
         if hit is not None and now - hit[1] < CANDIDATE_TTL_S:
             return hit[0]
-        ev = self.evidence.get(nid)
+        ev = self.evidence.get(nid) if self.s.policy.reputation else None
         rep = ev.score(int(now * 1000)) if ev else 0.5
         prefix = self.world.nodes[nid].prefix
         cand = Candidate(nid, rep, prefix, self.streaks.get(nid, 0), reputation_group(prefix, rep))
@@ -203,6 +203,10 @@ class SimSubmitter:
 
     def _finish(self, job_id: str, sj: SimJob) -> None:
         del self.jobs[job_id]
+        if sj.recheck_of is None:  # steps skipped after an earlier one failed count as failed steps
+            for st in sj.run.steps.values():
+                if st.status == "skipped":
+                    self.m.settled(False, False, 0, self.engine.now)
         self.trace.add("done", job_id, sj.run.status)
         if sj.recheck_of is not None:
             self._judge_recheck(sj)

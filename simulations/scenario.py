@@ -58,6 +58,7 @@ class PolicySpec:
     spot_rate: float = 0.0
     blacklist_s: float = 86400.0
     recheck: bool = True  # rerun what a caught cheater vouched for
+    reputation: bool = True  # placement weighted by reputation (False: every worker counts as new, 0.5)
 
 
 @dataclass

@@ -16,7 +16,8 @@ from .scenario import AdversarySpec, Scenario, ScenarioError, parse_text
 # "plain": plain majority voting at a fixed redundancy; "full": the scenario's own policy (margin rule,
 # adaptive replication, spot checks, rechecks).
 POLICIES: dict[str, dict[str, object]] = {
-    "plain": {"policy.margin": False, "jobs.adaptive": 0, "policy.spot_rate": 0.0, "policy.recheck": False},
+    "plain": {"policy.margin": False, "jobs.adaptive": 0, "policy.spot_rate": 0.0, "policy.recheck": False,
+              "policy.reputation": False},
     "full": {},
 }
 
