@@ -16,6 +16,7 @@ class NodeConfig:
     load_model: bool = True
     model_path: str = ""  # a GGUF registered by path; empty → the default model package
     model_sha256: str = ""
+    extra_models: list[list[str]] = field(default_factory=list)  # [path, sha256] from the model registry
 
 
 @dataclass

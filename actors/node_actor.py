@@ -50,18 +50,20 @@ class NodeActor(ActorTypeDispatcher):
         super().__init__()
         self.config: NodeConfig | None = None
         self.ledger = None
-        self.runner = None
-        self.model: LoadModel | None = None
+        self.runners: dict[str, object] = {}  # model sha256 → its ModelRunnerActor (one per model)
+        self.loads: dict[str, LoadModel] = {}  # models this node serves (loaded or loading)
+        self.loading: set[str] = set()
+        self.loaded: list[str] = []
+        self.default_sha = ""
         self.model_error = ""
         self.pending: dict[str, _Pending] = {}
         self.ready_asker = None
-        self.runner_restarts = 0
+        self.restarts: dict[str, int] = {}
 
     # -- set-up --------------------------------------------------------------------------------------
     def receiveMsg_NodeConfig(self, msg: NodeConfig, sender) -> None:
         self.config = msg
         self._spawn_ledger()
-        models: list[str] = []
         if msg.load_model:
             from mesh.models import default_model
 
@@ -70,11 +72,17 @@ class NodeActor(ActorTypeDispatcher):
             except ConfigError as exc:
                 self.model_error = str(exc)
             else:
-                self.model = LoadModel(str(path), sha, msg.n_threads)
-                self._spawn_runner()
-                self.ready_asker = sender  # answered once the model is loaded: ready means ready
-                return
-        self.send(sender, NodeReady(models, self.model_error))
+                self.default_sha = sha
+                self.loads[sha] = LoadModel(str(path), sha, msg.n_threads)
+        for path, sha in msg.extra_models:
+            self.loads.setdefault(sha, LoadModel(path, sha, msg.n_threads))
+        if not self.loads:
+            self.send(sender, NodeReady([], self.model_error))
+            return
+        self.ready_asker = sender  # answered once every model is loaded (or failed): ready means ready
+        for sha in self.loads:
+            self.loading.add(sha)
+            self._spawn_runner(sha)
 
     def _spawn_ledger(self) -> None:
         from .ledger_actor import LedgerActor
@@ -82,19 +90,22 @@ class NodeActor(ActorTypeDispatcher):
         self.ledger = self.createActor(LedgerActor)
         self.send(self.ledger, OpenLedger(self.config.ledger_path))
 
-    def _spawn_runner(self) -> None:
+    def _spawn_runner(self, sha: str) -> None:
         from .model_runner import ModelRunnerActor
 
-        self.runner = self.createActor(ModelRunnerActor)
-        self.send(self.runner, self.model)
+        self.runners[sha] = self.createActor(ModelRunnerActor)
+        self.send(self.runners[sha], self.loads[sha])
 
     # -- routing -------------------------------------------------------------------------------------
     def receiveMsg_RunStep(self, msg: RunStep, sender) -> None:
         if msg.kind == "llm":
-            if self.runner is None:
-                self.send(sender, StepDone(msg.request_id, False, error=self.model_error or "no model on this node"))
+            model = msg.params.get("model", "default")
+            sha = self.default_sha if model == "default" else model
+            child = self.runners.get(sha)
+            if child is None or sha in self.loading:
+                why = self.model_error if model == "default" and self.model_error else f"model {sha[:12]} not loaded here"
+                self.send(sender, StepDone(msg.request_id, False, error=why or "no model on this node"))
                 return
-            child = self.runner
         elif msg.kind == "python":
             from .step_actor import StepActor
 
@@ -128,12 +139,19 @@ class NodeActor(ActorTypeDispatcher):
     receiveMsg_EntriesRecorded = receiveMsg_PeerStatsReply = receiveMsg_StepDone
 
     def receiveMsg_ModelLoaded(self, msg: ModelLoaded, sender) -> None:
+        self.loading.discard(msg.sha256)
         if msg.error:
             log.warning("model %s failed to load: %s", msg.sha256[:12], msg.error)
-            self.model_error, self.model, self.runner = msg.error, None, None
+            self.loads.pop(msg.sha256, None)
+            self.runners.pop(msg.sha256, None)
+            if msg.sha256 == self.default_sha:
+                self.model_error = msg.error
             self.send(sender, ActorExitRequest())  # harmless if the runner is already gone
-        if self.ready_asker is not None:
-            self.send(self.ready_asker, NodeReady([] if msg.error else [msg.sha256], msg.error))
+        elif msg.sha256 not in self.loaded:
+            self.loaded.append(msg.sha256)
+        if self.ready_asker is not None and not self.loading:
+            errors = self.model_error or ("" if self.loaded else msg.error)
+            self.send(self.ready_asker, NodeReady(list(self.loaded), errors))
             self.ready_asker = None
 
     # -- supervision ---------------------------------------------------------------------------------
@@ -143,15 +161,18 @@ class NodeActor(ActorTypeDispatcher):
             if p.child == child:
                 del self.pending[rid]
                 self.send(p.asker, _failure(p.message, "the worker process died while running it"))
-        if child == self.runner and self.model is not None:
-            self.runner_restarts += 1
-            if self.ready_asker is not None or self.runner_restarts > MAX_RUNNER_RESTARTS:
-                why = "the model runner died while loading the model" if self.ready_asker is not None else \
-                    f"the model runner died {self.runner_restarts} times"
-                self.receiveMsg_ModelLoaded(ModelLoaded(self.model.sha256, why + " (see actors.log)"), child)
+        sha = next((s for s, r in self.runners.items() if r == child), None)
+        if sha is not None and sha in self.loads:
+            self.restarts[sha] = self.restarts.get(sha, 0) + 1
+            if sha in self.loading or self.restarts[sha] > MAX_RUNNER_RESTARTS:
+                why = "the model runner died while loading the model" if sha in self.loading else \
+                    f"the model runner died {self.restarts[sha]} times"
+                if sha in self.loaded:
+                    self.loaded.remove(sha)
+                self.receiveMsg_ModelLoaded(ModelLoaded(sha, why + " (see actors.log)"), child)
                 return
-            log.warning("model runner exited; starting a new one")
-            self._spawn_runner()
+            log.warning("model runner of %s exited; starting a new one", sha[:12])
+            self._spawn_runner(sha)
         elif child == self.ledger and self.config is not None:
             log.warning("ledger actor exited; starting a new one")
             self._spawn_ledger()

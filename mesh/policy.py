@@ -122,7 +122,7 @@ def credit_basis(kind: str, works: list[dict]) -> tuple[float, str]:
     """The credit of step_credit and, in words, how it was measured (for `mesh ledger explain`)."""
     if not works:
         return 0.0, "no agreeing worker"
-    if kind == "llm":
+    if kind in ("llm", "ask-model"):
         tokens = min(_num(w.get("tokens")) for w in works)
         return round(max(0.01, 0.01 * tokens), 6), (
             f"{tokens:g} tokens generated (lowest count among {len(works)} agreeing workers) × 0.01, at least 0.01")

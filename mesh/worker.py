@@ -16,7 +16,7 @@ from ledger.store import Entry
 
 from .bridge import NoAnswer
 from .canonical import canonical, digest
-from .dag import check_request
+from .dag import MODEL_KINDS, check_request
 from .errors import JobError, StepFailed
 from .messages import ReceiptMsg, StepRequest, StepResult
 from .models import default_model_sha
@@ -83,15 +83,17 @@ class Worker:
 
         if node.ledger_error:
             return fail(f"this node cannot record earnings ({node.ledger_error}); not taking paid work")
-        if req.kind not in node.kinds:
-            why = node.model_error if req.kind == "llm" else "no sandbox (bwrap) on this node"
+        kind = "llm" if req.kind in MODEL_KINDS else req.kind
+        if kind not in node.kinds:
+            why = {"llm": node.model_error or "no model", "python": "no sandbox (bwrap) on this node"}.get(
+                kind, "turned off by its operator")
             return fail(f"this node does not run {req.kind} steps: {why}")
         try:
             check_request(req.kind, req.params)
         except JobError as exc:
             return fail(f"refused: {exc}")
         model = req.params.get("model", "default")
-        if req.kind == "llm" and (default_model_sha() if model == "default" else model) not in node.models:
+        if kind == "llm" and (default_model_sha() if model == "default" else model) not in node.models:
             return fail(f"this node does not hold model {str(model)[:16]}")
         timeout = max(1.0, min(req.timeout, 3600.0))
         if req.kind == "scrape":  # in this loop: the browser is its own process, the proxy guards it
@@ -102,7 +104,7 @@ class Worker:
             return self._result(req, output, "scrape:" + work["via"].split(" ")[0], work)
         try:
             done = await node.bridge.ask(
-                RunStep(uuid.uuid4().hex, req.kind, req.params, timeout, node.sandboxed), timeout + 15)
+                RunStep(uuid.uuid4().hex, kind, req.params, timeout, node.sandboxed), timeout + 15)
         except NoAnswer as exc:
             return fail(str(exc))
         if not isinstance(done, StepDone):

@@ -1,0 +1,82 @@
+"""The model registry and several models in one DAG: `mesh models`, names resolved to SHA-256s at submit,
+one runner per model, and placement only on nodes holding the step's model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mesh.dag import parse_job
+from mesh.errors import JobError
+from mesh.models import default_model, default_model_sha
+from mesh.registry import Registry
+
+from .conftest import cli_json, run_cli
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def second_model(tmp_path_factory) -> Path:
+    """Another GGUF with its own SHA-256: the default model's file with 32 bytes appended (llama.cpp reads
+    tensors by offset, so it loads and answers alike; the registry and placement see another model)."""
+    path = tmp_path_factory.mktemp("models") / "second.gguf"
+    shutil.copy(default_model()[0], path)
+    with open(path, "ab") as f:
+        f.write(b"\0" * 32)
+    return path
+
+
+def test_models_cli_add_list_remove_and_clear_errors(tmp_path, second_model):
+    home = tmp_path / "home"
+    rows = cli_json("models", "list", "--home", str(home))
+    assert [r["sha256"] for r in rows] == [default_model_sha()]
+    added = cli_json("models", "add", str(second_model), "--name", "second", "--home", str(home))
+    assert len(added["sha256"]) == 64 and added["sha256"] != default_model_sha()
+    assert [r["name"] for r in cli_json("models", "list", "--home", str(home))] == ["gemma-3-270m-q4_k_m", "second"]
+    not_gguf = tmp_path / "x.gguf"
+    not_gguf.write_text("hello")
+    for args, message in [(("add", str(not_gguf)), "not a GGUF"), (("add", str(tmp_path / "nope.gguf")), "no such file"),
+                          (("remove", "gemma-3-270m-q4_k_m"), "cannot be removed"), (("remove", "zzz"), "no single model")]:
+        res = run_cli("models", *args, "--home", str(home))
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+    assert cli_json("models", "remove", "second", "--home", str(home))["name"] == "second"
+
+
+def test_names_resolve_to_sha256_and_unknown_names_are_job_errors(tmp_path, second_model):
+    reg = Registry(tmp_path)
+    sha = reg.add(second_model, "second").sha256
+    assert reg.resolve("second") == sha and reg.resolve(sha[:10]) == sha and reg.resolve("default") == "default"
+    with pytest.raises(JobError, match="neither a SHA-256 nor a name"):
+        reg.resolve("third")
+    with pytest.raises(JobError, match="names its model"):
+        parse_job({"steps": [{"id": "a", "kind": "ask-model", "params": {"prompt": "hi"}}]})
+    job = parse_job({"steps": [{"id": "a", "kind": "ask-model", "params": {"prompt": "hi", "model": "second"}}]})
+    assert job.steps[0].needs == "llm:second"
+
+
+@pytest.mark.mesh
+@pytest.mark.llm
+@pytest.mark.timeout(300)
+def test_two_models_in_one_dag_run_only_on_nodes_holding_them(make_mesh, tmp_path, second_model):
+    """Nodes 3-5 also serve the second model; node 0 (the submitter) names it. The llm step may run
+    anywhere; the ask-model step only on nodes 3-5, each replica answered by a runner of that model."""
+    sha = None
+    for i in (0, 3, 4, 5):  # the submitter registers it too, to resolve the name; it never works for itself
+        sha = Registry(tmp_path / "mesh" / f"node{i}").add(second_model, "second").sha256
+    mesh = make_mesh(6)
+    holders = {mesh.nodes[i].node_id for i in (3, 4, 5)}
+    job = tmp_path / "two-models.json"
+    job.write_text(json.dumps({"name": "two models", "redundancy": 3, "steps": [
+        {"id": "first", "kind": "llm", "params": {"prompt": "The capital of France is", "max_tokens": 8}},
+        {"id": "second", "kind": "ask-model", "after": ["first"],
+         "params": {"model": "second", "prompt": "Say it again: {first.output}", "max_tokens": 8}}]}))
+    report = cli_json("submit", str(job), "--wait", "--home", str(mesh.nodes[0].home), timeout=240)
+    assert report["status"] == "done", report
+    second = report["steps"]["second"]
+    assert {r["node"] for r in second["replicas"]} <= holders and sum(r["agreed"] for r in second["replicas"]) >= 2
+    status = cli_json("status", "--home", str(mesh.nodes[3].home))
+    assert sha in status["models"] and default_model_sha() in status["models"]
