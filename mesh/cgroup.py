@@ -62,7 +62,8 @@ class StepGroup:
 
     def close(self) -> None:
         for path in self.paths:
-            for _ in range(250):
+            pause, waited = 0.0005, 0.0
+            while waited < 5.0:
                 try:
                     pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
                 except OSError:
@@ -75,5 +76,7 @@ class StepGroup:
                 try:
                     path.rmdir()
                     break
-                except OSError:  # still emptying: killed processes take a moment to go
-                    time.sleep(0.02)
+                except OSError:  # still emptying: killed or exiting processes take a moment to go
+                    time.sleep(pause)
+                    waited += pause
+                    pause = min(pause * 2, 0.05)
