@@ -1,5 +1,6 @@
 """A loaded GGUF model, decoded greedily with a fixed seed so replicas on the same model file and build
-agree token for token."""
+agree token for token; and verification by scoring: one teacher-forced pass over a claimed output that
+accepts it when every token was the model's top choice, within a log-probability margin."""
 
 from __future__ import annotations
 
@@ -16,6 +17,19 @@ class Generation:
     text: str
     tokens: int
     seconds: float
+    token_ids: tuple[int, ...] = ()  # what a verifier scores
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    tokens: int
+    worst_gap: float  # largest (top log-probability − the claimed token's), in nats
+    first_bad: int  # index of the first token over the margin, -1 when none
+    seconds: float
+
+
+MARGIN = 1.0  # nats: batched and one-by-one evaluation differ by up to ~0.2 on honest output
 
 
 class Model:
@@ -38,4 +52,40 @@ class Model:
         out = self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1, top_p=1.0,
                                          seed=seed, stop=stop or None, repeat_penalty=1.0)
         dt = time.perf_counter() - t0
-        return Generation(out["choices"][0]["text"], int(out["usage"]["completion_tokens"]), dt)
+        text = out["choices"][0]["text"]
+        prompt_ids = self._tokens(prompt)
+        ids = self._tokens(prompt + text)
+        tail = tuple(ids[len(prompt_ids):]) if ids[:len(prompt_ids)] == prompt_ids else ()
+        return Generation(text, int(out["usage"]["completion_tokens"]), dt, tail)
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode(), special=True)
+
+    def verify(self, prompt: str, token_ids: list[int], margin: float = MARGIN) -> Verification:
+        """Score a claimed continuation in one batched pass (logits for every position) instead of
+        generating it token by token."""
+        import numpy as np
+
+        prompt_ids = self._tokens(prompt)
+        seq = prompt_ids + [int(t) for t in token_ids]
+        if not token_ids or len(seq) > self.llm.n_ctx() or any(not 0 <= t < self.llm.n_vocab() for t in seq):
+            return Verification(False, len(token_ids), float("inf"), 0, 0.0)
+        scorer = self._scorer()
+        t0 = time.perf_counter()
+        scorer.reset()
+        scorer.eval(seq)
+        rows = np.asarray(scorer.scores[len(prompt_ids) - 1:len(seq) - 1])
+        claimed = rows[np.arange(len(token_ids)), np.asarray(token_ids)]
+        gaps = rows.max(axis=1) - claimed  # logits, same gap as log-probabilities (one normaliser per row)
+        bad = np.nonzero(gaps > margin)[0]
+        return Verification(not len(bad), len(token_ids), float(gaps.max()), int(bad[0]) if len(bad) else -1,
+                            time.perf_counter() - t0)
+
+    def _scorer(self):
+        """A second context that keeps logits for every position (the generator keeps only the last)."""
+        if getattr(self, "scorer", None) is None:
+            from llama_cpp import Llama
+
+            self.scorer = Llama(model_path=str(self.path), n_ctx=1024, n_threads=self.llm.n_threads, seed=0,
+                                verbose=False, logits_all=True)
+        return self.scorer
