@@ -93,9 +93,16 @@ class Scraper:
         return output, {"cpu_s": round(time.monotonic() - t0, 4), "via": self.via}
 
     async def _render(self, url: str, params: dict) -> tuple[str, str]:
+        from pyppeteer.errors import PyppeteerError
+        from websockets.exceptions import ConnectionClosed
+
         async with self.slots:
-            browser = await self._browser()
-            page = self.idle.pop() if self.idle else await browser.newPage()
+            try:
+                browser = await self._browser()
+                page = self.idle.pop() if self.idle else await browser.newPage()
+            except (PyppeteerError, ConnectionClosed, OSError) as exc:
+                self.browser = None  # start a fresh one next time
+                raise StepFailed(f"browser could not open a page: {type(exc).__name__}: {str(exc)[:300]}") from None
             reuse = False
             try:
                 response = await page.goto(url, {"waitUntil": "networkidle2", "timeout": 0})
@@ -110,7 +117,7 @@ class Scraper:
                 return html, page.url
             except StepFailed:
                 raise
-            except Exception as exc:  # pyppeteer raises its own and plain errors; the step fails with the text
+            except (PyppeteerError, ConnectionClosed, OSError) as exc:  # the browser failed or died: say so
                 raise StepFailed(f"browser: {type(exc).__name__}: {str(exc)[:300]}") from None
             finally:
                 if reuse and len(self.idle) < PAGES:

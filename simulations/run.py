@@ -3,6 +3,7 @@ summarise. `simulate` is a pure function of (scenario, seed): the trace hash pro
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -206,7 +207,7 @@ def replay(path: Path, progress: bool = False) -> tuple[bool, str, dict]:
             return False, str(exc), {}
         tail = f.readline()
         try:
-            recorded = __import__("json").loads(tail)["trace_hash"]
+            recorded = json.loads(tail)["trace_hash"]
         except (ValueError, KeyError, TypeError):
             raise TraceError(f"{path}: the trace has more records than the replay, or no footer") from None
     if recorded != result["trace_hash"]:

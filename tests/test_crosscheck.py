@@ -235,3 +235,27 @@ def test_job_run_never_accepts_short_of_its_rule_and_pays_only_agreeing(kinds, r
         assert len({digest(answers[(o.step, n)]) for n in o.agreeing}) == 1
         assert all(digest(answers[(o.step, n)]) == o.digest for n in o.agreeing)
         assert all(digest(answers[(o.step, n)]) != o.digest for n in o.dissenting)
+
+
+@pytest.mark.mesh
+@pytest.mark.timeout(240)
+def test_two_colluders_among_six_nodes_are_outvoted_by_the_margin_rule_alone(make_mesh, tmp_path):
+    """No spot checks: whenever both colluders land on a step their 2-to-1 needs one more agreeing
+    answer, the escalation asks the other honest workers, and the honest answer wins 3 to 2."""
+    mesh = make_mesh(6, lambda i: ["--no-model"] + (["--collude", "g1"] if i >= 4 else []))
+    colluders = {mesh.nodes[4].node_id, mesh.nodes[5].node_id}
+    job = {"redundancy": 3, "steps": [{"id": "a", "kind": "python", "params": {"code": "output = 6 * 7"}}]}
+    client = mesh.nodes[0].client
+    both = 0
+    for _ in range(10):
+        job_id = client.request("POST", "/jobs", {"job": job})["job_id"]
+        while (rep := client.request("GET", f"/jobs/{job_id}?wait=5"))["status"] == "running":
+            pass
+        step = rep["steps"]["a"]
+        assert rep["status"] == "done" and step["output"] == 42, rep
+        nodes = {r["node"] for r in step["replicas"]}
+        if colluders <= nodes:
+            both += 1
+            assert len(step["replicas"]) == 5  # escalated to every worker
+        assert not any(r["agreed"] for r in step["replicas"] if r["node"] in colluders)
+    assert cli_json("ledger", "balance", "--home", str(mesh.nodes[4].home))["balance"] == 0
