@@ -3,6 +3,7 @@ llama.cpp costs this actor (which the NodeActor recreates), never the node."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from thespian.actors import ActorTypeDispatcher
@@ -35,9 +36,17 @@ class ModelRunnerActor(ActorTypeDispatcher):
         p = msg.params
         try:
             gen = self.model.generate(p["prompt"], int(p.get("max_tokens", 64)), int(p.get("seed", 0)),
-                                      list(p.get("stop", [])))
+                                      list(p.get("stop", [])), float(p.get("temperature", 0)), p.get("json_schema"))
         except StepFailed as exc:
             self.send(sender, StepDone(msg.request_id, False, error=str(exc)))
             return
-        self.send(sender, StepDone(msg.request_id, True, gen.text, f"gguf:{self.model.sha256}",
+        output: object = gen.text
+        if p.get("json_schema") is not None:  # the grammar made it JSON: hand on the value, not its text
+            try:
+                output = json.loads(gen.text)
+            except ValueError:
+                self.send(sender, StepDone(msg.request_id, False, error="the model's output is not complete JSON "
+                                           "(raise max_tokens?)"))
+                return
+        self.send(sender, StepDone(msg.request_id, True, output, f"gguf:{self.model.sha256}",
                                    {"tokens": gen.tokens, "seconds": round(gen.seconds, 4)}))

@@ -2,7 +2,8 @@
 key; the quorum counts keys. `exact` (python, greedy llm): the canonical digest. `text` (scraping): text
 normalised (Unicode NFKC, case-folded, whitespace collapsed) before hashing. `numeric:TOL`: same shape,
 strings equal, numbers within TOL (relative to their size, absolute below 1) — not transitive, so an
-output joins the first earlier answer it is close to."""
+output joins the first earlier answer it is close to. `similar:T` (sampled llm text): word-bag
+similarity (Jaccard over normalised words) at least T, joined the same way."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import re
 import unicodedata
 from typing import Any
 
-from .canonical import digest
+from .canonical import canonical, digest
 from .errors import JobError
 
 _SPACE = re.compile(r"\s+")
@@ -39,20 +40,37 @@ def close(a: Any, b: Any, tol: float) -> bool:
     return a == b
 
 
+def similar(a: Any, b: Any, threshold: float) -> bool:
+    """Jaccard similarity of the normalised words of two outputs (as canonical text) ≥ threshold."""
+    def words(v: Any) -> set[str]:
+        return set(str(normalise(v if isinstance(v, str) else digest_text(v))).split())
+    wa, wb = words(a), words(b)
+    if not wa and not wb:
+        return True
+    return len(wa & wb) / len(wa | wb) >= threshold
+
+
+def digest_text(v: Any) -> str:
+    return canonical(v).decode()
+
+
 class Comparator:
     def __init__(self, spec: str = "exact"):
         self.spec = spec
         self.kind, _, arg = spec.partition(":")
-        if self.kind not in ("exact", "text", "numeric") or (self.kind != "numeric" and arg):
-            raise JobError(f"compare must be 'exact', 'text' or 'numeric:TOLERANCE', got {spec!r}")
+        if self.kind not in ("exact", "text", "numeric", "similar") or (
+                self.kind in ("exact", "text") and arg):
+            raise JobError(f"compare must be 'exact', 'text', 'numeric:TOLERANCE' or 'similar:THRESHOLD', got {spec!r}")
         self.tol = 0.0
-        if self.kind == "numeric":
+        if self.kind in ("numeric", "similar"):
+            what = "tolerance" if self.kind == "numeric" else "threshold"
             try:
                 self.tol = float(arg)
             except ValueError:
-                raise JobError(f"compare {spec!r}: the tolerance must be a number") from None
-            if not 0 <= self.tol < 1:
-                raise JobError(f"compare {spec!r}: the tolerance must be at least 0 and below 1")
+                raise JobError(f"compare {spec!r}: the {what} must be a number") from None
+            if not (0 <= self.tol < 1 if self.kind == "numeric" else 0 < self.tol <= 1):
+                raise JobError(f"compare {spec!r}: the {what} must be in "
+                               + ("[0, 1)" if self.kind == "numeric" else "(0, 1]"))
         self._seen: list[tuple[str, Any]] = []  # numeric: (key, first output of that class)
 
     def key(self, output: Any) -> str:
@@ -61,8 +79,9 @@ class Comparator:
             return digest(output)
         if self.kind == "text":
             return digest(normalise(output))
+        same = close if self.kind == "numeric" else similar
         for key, rep in self._seen:
-            if close(output, rep, self.tol):
+            if same(output, rep, self.tol):
                 return key
         key = digest(output)
         self._seen.append((key, output))

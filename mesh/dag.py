@@ -175,7 +175,7 @@ def _parse_step(raw: Any, i: int, seen: set[str], source: str) -> Step:
     if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
         raise JobError(f"{source}: step {sid!r}: 'after' must be a list of step ids")
     _check_params(sid, kind, params, source)
-    compare = raw.get("compare", "text" if kind == "scrape" else "exact")  # pages differ in whitespace
+    compare = raw.get("compare", default_compare(kind, params))
     try:
         Comparator(compare if isinstance(compare, str) else repr(compare))
     except JobError as exc:
@@ -194,7 +194,7 @@ def check_request(kind: str, params: dict) -> None:
 
 def _check_params(sid: str, kind: str, params: dict, source: str, resolved: bool = False) -> None:
     where = f"{source}: step {sid!r}"
-    llm = {"prompt", "max_tokens", "seed", "stop", "model"}
+    llm = {"prompt", "max_tokens", "seed", "stop", "model", "temperature", "json_schema"}
     allowed = {"python": {"code"}, "llm": llm, "ask-model": llm,
                "scrape": {"url", "selectors", "wait_for", "links", "tables", "max_chars"}}[kind]
     if resolved and kind == "python":
@@ -221,6 +221,13 @@ def _check_params(sid: str, kind: str, params: dict, source: str, resolved: bool
         if model != "default" and not (isinstance(model, str) and re.fullmatch(pattern, model)):
             raise JobError(f"{where}: model must be 'default', a model's SHA-256 (64 lowercase hex digits)"
                            + ("" if resolved else " or the name of a model registered on the submitting node"))
+        temperature = params.get("temperature", 0)
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
+            raise JobError(f"{where}: temperature must be a number from 0 (greedy, answers compared exactly) to 2")
+        if "json_schema" in params:
+            schema_error = _check_schema(params["json_schema"])
+            if schema_error:
+                raise JobError(f"{where}: json_schema: {schema_error}")
         stop = params.get("stop", [])
         if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop) or len(stop) > 8:
             raise JobError(f"{where}: stop must be a list of at most 8 non-empty strings")
@@ -243,6 +250,30 @@ def _check_scrape(where: str, params: dict, resolved: bool) -> None:
     mc = params.get("max_chars", 20000)
     if not isinstance(mc, int) or isinstance(mc, bool) or not 1 <= mc <= 200_000:
         raise JobError(f"{where}: max_chars must be an integer from 1 to 200000")
+
+
+def _check_schema(schema: Any) -> str:
+    """'' when llama.cpp can turn this JSON schema into a grammar; otherwise why not."""
+    if not isinstance(schema, dict) or len(canonical(schema)) > 16_384:
+        return "must be a JSON schema object of at most 16 KiB"
+    from llama_cpp.llama_grammar import json_schema_to_gbnf  # pure Python, no model needed
+
+    try:
+        json_schema_to_gbnf(json.dumps(schema))
+    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        return f"llama.cpp cannot build a grammar from it ({type(exc).__name__}: {str(exc)[:200]})"
+    return ""
+
+
+def default_compare(kind: str, params: dict) -> str:
+    """How replicas of a step are compared when the job does not say: scraped pages as normalised text;
+    sampled llm output (temperature > 0) by similarity, since replicas need not draw the same tokens;
+    everything else exactly."""
+    if kind == "scrape":
+        return "text"
+    if kind in MODEL_KINDS and params.get("temperature", 0):
+        return "similar:0.5"
+    return "exact"
 
 
 def resolve_models(job: Job, resolve: Any) -> None:

@@ -330,7 +330,8 @@ class JobRun:
                     entry["work"] = rep.work
                 replicas.append(entry)
             steps[sid] = {"status": run.status, "kind": run.kind, "output": run.output, "digest": run.digest,
-                          "replicas": replicas, "credit": run.credit, "unreplicated": run.alone}
+                          "replicas": replicas, "credit": run.credit, "unreplicated": run.alone,
+                          "compare": run.comparator.spec}
             if run.error:
                 steps[sid]["error"] = run.error
             if run.overturned_by:

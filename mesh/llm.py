@@ -4,6 +4,7 @@ accepts it when every token was the model's top choice, within a log-probability
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -41,7 +42,10 @@ class Model:
         threads = n_threads or max(1, min(4, os.cpu_count() or 1))
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, seed=0, verbose=False)
 
-    def generate(self, prompt: str, max_tokens: int, seed: int = 0, stop: list[str] | None = None) -> Generation:
+    def generate(self, prompt: str, max_tokens: int, seed: int = 0, stop: list[str] | None = None,
+                 temperature: float = 0.0, json_schema: dict | None = None) -> Generation:
+        """Greedy at temperature 0 (replicas agree token for token); sampled with `seed` above it. A JSON
+        schema constrains the output through a llama.cpp grammar."""
         n_prompt = len(self.llm.tokenize(prompt.encode()))
         if n_prompt + max_tokens > self.llm.n_ctx():
             raise StepFailed(f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceed the context "
@@ -49,8 +53,15 @@ class Model:
         self.llm.reset()
         self.llm.set_seed(seed)
         t0 = time.perf_counter()
-        out = self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1, top_p=1.0,
-                                         seed=seed, stop=stop or None, repeat_penalty=1.0)
+        grammar = None
+        if json_schema is not None:
+            from llama_cpp import LlamaGrammar
+
+            grammar = LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False)
+        sampled = {"temperature": temperature, "top_k": 40, "top_p": 0.95} if temperature > 0 else {
+            "temperature": 0.0, "top_k": 1, "top_p": 1.0}
+        out = self.llm.create_completion(prompt, max_tokens=max_tokens, seed=seed, stop=stop or None,
+                                         repeat_penalty=1.0, grammar=grammar, **sampled)
         dt = time.perf_counter() - t0
         text = out["choices"][0]["text"]
         prompt_ids = self._tokens(prompt)

@@ -259,3 +259,31 @@ def test_two_colluders_among_six_nodes_are_outvoted_by_the_margin_rule_alone(mak
             assert len(step["replicas"]) == 5  # escalated to every worker
         assert not any(r["agreed"] for r in step["replicas"] if r["node"] in colluders)
     assert cli_json("ledger", "balance", "--home", str(mesh.nodes[4].home))["balance"] == 0
+
+
+def test_similarity_comparator_groups_sampled_texts_by_shared_words():
+    c = Comparator("similar:0.5")
+    a = c.key("The cat sat on the mat today")
+    assert c.key("the cat sat on a mat today") == a  # most words shared
+    assert c.key("Quantum chromodynamics describes quarks") != a
+    for bad in ("similar:0", "similar:1.5", "similar:x", "similar"):
+        with pytest.raises(JobError):
+            Comparator(bad)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"prompt": "x", "temperature": 3}, "temperature must be"),
+    ({"prompt": "x", "temperature": True}, "temperature must be"),
+    ({"prompt": "x", "json_schema": {"type": "bogus"}}, "cannot build a grammar"),
+    ({"prompt": "x", "json_schema": "{}"}, "JSON schema object"),
+])
+def test_bad_llm_parameters_are_job_errors(params, message):
+    with pytest.raises(JobError, match=message):
+        parse_job({"steps": [{"id": "a", "kind": "llm", "params": params}]})
+
+
+def test_sampled_llm_steps_default_to_the_similarity_comparator():
+    job = parse_job({"steps": [{"id": "a", "kind": "llm", "params": {"prompt": "x", "temperature": 0.7}},
+                               {"id": "b", "kind": "llm", "params": {"prompt": "x"}},
+                               {"id": "c", "kind": "scrape", "params": {"url": "https://example.org/"}}]})
+    assert [s.compare for s in job.steps] == ["similar:0.5", "exact", "text"]

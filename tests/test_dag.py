@@ -242,7 +242,7 @@ def test_unknown_step_field():
 
 
 @pytest.mark.parametrize("step,param", [(py("a") | {"params": {"code": "x", "shell": "ls"}}, "shell"),
-                                        (llm("a", "x", temperature=0.7), "temperature")])
+                                        (llm("a", "x", top_k=7), "top_k")])
 def test_unknown_params(step, param):
     msg = error_of(job(step))
     assert f"unknown {step['kind']} parameter {param!r}" in msg

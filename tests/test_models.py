@@ -80,3 +80,23 @@ def test_two_models_in_one_dag_run_only_on_nodes_holding_them(make_mesh, tmp_pat
     assert {r["node"] for r in second["replicas"]} <= holders and sum(r["agreed"] for r in second["replicas"]) >= 2
     status = cli_json("status", "--home", str(mesh.nodes[3].home))
     assert sha in status["models"] and default_model_sha() in status["models"]
+
+
+@pytest.mark.mesh
+@pytest.mark.llm
+@pytest.mark.timeout(300)
+def test_schema_constrained_and_sampled_llm_steps_on_a_real_mesh(make_mesh, tmp_path):
+    mesh = make_mesh(4)
+    job = tmp_path / "llm-params.json"
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    job.write_text(json.dumps({"name": "llm params", "redundancy": 3, "steps": [
+        {"id": "structured", "kind": "llm",
+         "params": {"prompt": "The capital of France, as JSON: ", "max_tokens": 24, "json_schema": schema}},
+        {"id": "sampled", "kind": "llm",
+         "params": {"prompt": "Once upon a time", "max_tokens": 16, "temperature": 0.8, "seed": 3}},
+        {"id": "use", "kind": "python", "after": ["structured"],
+         "params": {"code": "output = inputs['structured']['city'].lower()"}}]}))
+    report = cli_json("submit", str(job), "--wait", "--home", str(mesh.nodes[0].home), timeout=240)
+    assert report["status"] == "done", report
+    assert isinstance(report["steps"]["structured"]["output"], dict) and report["steps"]["use"]["output"]
+    assert report["steps"]["sampled"]["compare"] == "similar:0.5" and report["steps"]["structured"]["compare"] == "exact"
