@@ -45,6 +45,15 @@ class StepDone:
 
 
 @dataclass
+class StepProgress:
+    """Sent by a model runner while it generates; the NodeActor forwards it to the asker."""
+
+    request_id: str
+    tokens: int
+    text: str
+
+
+@dataclass
 class LoadModel:
     path: str
     sha256: str

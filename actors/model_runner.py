@@ -10,7 +10,7 @@ from thespian.actors import ActorTypeDispatcher
 
 from mesh.errors import StepFailed
 
-from .messages import LoadModel, ModelLoaded, RunStep, StepDone
+from .messages import LoadModel, ModelLoaded, RunStep, StepDone, StepProgress
 
 
 class ModelRunnerActor(ActorTypeDispatcher):
@@ -36,7 +36,8 @@ class ModelRunnerActor(ActorTypeDispatcher):
         p = msg.params
         try:
             gen = self.model.generate(p["prompt"], int(p.get("max_tokens", 64)), int(p.get("seed", 0)),
-                                      list(p.get("stop", [])), float(p.get("temperature", 0)), p.get("json_schema"))
+                                      list(p.get("stop", [])), float(p.get("temperature", 0)), p.get("json_schema"),
+                                      lambda n, text: self.send(sender, StepProgress(msg.request_id, n, text)))
         except StepFailed as exc:
             self.send(sender, StepDone(msg.request_id, False, error=str(exc)))
             return

@@ -23,6 +23,7 @@ from .messages import (
     RecordEntries,
     RunStep,
     StepDone,
+    StepProgress,
 )
 
 log = logging.getLogger("mesh.node_actor")
@@ -135,6 +136,11 @@ class NodeActor(ActorTypeDispatcher):
 
     def receiveMsg_StepDone(self, msg: StepDone, sender) -> None:
         self._answer(msg)
+
+    def receiveMsg_StepProgress(self, msg: StepProgress, sender) -> None:
+        p = self.pending.get(msg.request_id)
+        if p is not None:  # the question stays open: only StepDone answers it
+            self.send(p.asker, msg)
 
     receiveMsg_EntriesRecorded = receiveMsg_PeerStatsReply = receiveMsg_StepDone
 

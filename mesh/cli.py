@@ -116,6 +116,14 @@ def _wait(client, job_id: str, timeout: float) -> dict:
             if seen.get(sid) != s["status"]:
                 seen[sid] = s["status"]
                 print(f"[{job_id[:8]}] {sid}: {s['status']}", file=sys.stderr, flush=True)
+            for r in s["replicas"]:  # llm text as it streams in from each replica
+                partial = r.get("partial")
+                key = f"{sid}/{r['node']}"
+                if partial and seen.get(key) != str(partial["tokens"]):
+                    seen[key] = str(partial["tokens"])
+                    tail = partial["text"][-60:].replace("\n", " ")
+                    print(f"[{job_id[:8]}] {sid}: {r['node'][:8]} {partial['tokens']} tokens …{tail}",
+                          file=sys.stderr, flush=True)
         if report["status"] != "running":
             return report
         if time.monotonic() > deadline:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class Verification:
     seconds: float
 
 
+PROGRESS_EVERY = 8  # tokens between progress reports while streaming
 MARGIN = 1.0  # nats: batched and one-by-one evaluation differ by up to ~0.2 on honest output
 
 
@@ -43,7 +45,8 @@ class Model:
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, seed=0, verbose=False)
 
     def generate(self, prompt: str, max_tokens: int, seed: int = 0, stop: list[str] | None = None,
-                 temperature: float = 0.0, json_schema: dict | None = None) -> Generation:
+                 temperature: float = 0.0, json_schema: dict | None = None,
+                 on_progress: Callable[[int, str], None] | None = None) -> Generation:
         """Greedy at temperature 0 (replicas agree token for token); sampled with `seed` above it. A JSON
         schema constrains the output through a llama.cpp grammar."""
         n_prompt = len(self.llm.tokenize(prompt.encode()))
@@ -60,14 +63,23 @@ class Model:
             grammar = LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False)
         sampled = {"temperature": temperature, "top_k": 40, "top_p": 0.95} if temperature > 0 else {
             "temperature": 0.0, "top_k": 1, "top_p": 1.0}
-        out = self.llm.create_completion(prompt, max_tokens=max_tokens, seed=seed, stop=stop or None,
-                                         repeat_penalty=1.0, grammar=grammar, **sampled)
+        args = dict(max_tokens=max_tokens, seed=seed, stop=stop or None, repeat_penalty=1.0, grammar=grammar,
+                    **sampled)
+        if on_progress is None:
+            out = self.llm.create_completion(prompt, **args)
+            text, count = out["choices"][0]["text"], int(out["usage"]["completion_tokens"])
+        else:  # the same decoding, streamed: a chunk per token, reported every PROGRESS_EVERY tokens
+            parts: list[str] = []
+            for count, chunk in enumerate(self.llm.create_completion(prompt, stream=True, **args), 1):
+                parts.append(chunk["choices"][0]["text"])
+                if count % PROGRESS_EVERY == 0:
+                    on_progress(count, "".join(parts))
+            text, count = "".join(parts), len(parts)
         dt = time.perf_counter() - t0
-        text = out["choices"][0]["text"]
         prompt_ids = self._tokens(prompt)
         ids = self._tokens(prompt + text)
         tail = tuple(ids[len(prompt_ids):]) if ids[:len(prompt_ids)] == prompt_ids else ()
-        return Generation(text, int(out["usage"]["completion_tokens"]), dt, tail)
+        return Generation(text, count, dt, tail)
 
     def _tokens(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode(), special=True)

@@ -58,6 +58,17 @@ class StepResult:
 
 
 @dataclass
+class Progress:
+    """Tokens generated so far by a replica still running (llm steps): the text streams to the submitter
+    while the step runs. Informational only: nothing is decided on it."""
+
+    job: str
+    step: str
+    tokens: int
+    text: str
+
+
+@dataclass
 class ReceiptMsg:
     """Carries a payment receipt signed by the submitter (see ledger.receipts)."""
 
@@ -76,5 +87,6 @@ KINDS: dict[str, type] = {
     "step": StepRequest,
     "result": StepResult,
     "receipt": ReceiptMsg,
+    "progress": Progress,
     "bye": Bye,
 }

@@ -311,6 +311,8 @@ class Node:
             self.spawn(self.worker.work(peer, env.payload))
         elif env.kind == "result":
             self.submitter.on_result(peer, env.payload)
+        elif env.kind == "progress":
+            self.submitter.on_progress(peer, env.payload)
         elif env.kind == "receipt":
             self.spawn(self.worker.on_receipt(peer, env.payload))
         elif env.kind == "bye":

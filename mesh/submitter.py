@@ -19,7 +19,7 @@ from .canonical import digest
 from .dag import Job
 from .errors import CreditError
 from .jobrun import Dispatch, JobRun, Outcome
-from .messages import ReceiptMsg, StepRequest, StepResult
+from .messages import Progress, ReceiptMsg, StepRequest, StepResult
 from .peers import Peer
 from .spotcheck import Challenge, SpotChecker
 
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from .node import Node
 
 log = logging.getLogger("mesh.submitter")
-TICK_S = 1.0  # how often a job re-checks deadlines when nothing else wakes it
+TICK_S = 1.0
+PARTIAL_TEXT = 4096  # characters of a running replica's streamed text kept for the job report  # how often a job re-checks deadlines when nothing else wakes it
 
 
 @dataclass
@@ -41,6 +42,7 @@ class JobState:
     recheck_of: tuple[str, str] | None = None  # (job, step) this run rechecks
     seed: int = 0  # of the run's RNG (reported with its core log)
     rechecks: dict[str, dict] = field(default_factory=dict)  # step → the recheck of its accepted answer
+    partial: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)  # (step, node) → streamed
 
 
 class Submitter:
@@ -180,6 +182,15 @@ class Submitter:
             return
         st.wake.set()
 
+    def on_progress(self, peer: Peer, msg: Progress) -> None:
+        """Streamed text of a replica we are waiting for; anything else is dropped (and counted)."""
+        st = self.jobs.get(msg.job)
+        run = st.run.steps.get(msg.step) if st else None
+        if st is None or run is None or run.tally is None or peer.node not in run.tally.pending:
+            self.node.receiver.count("unexpected-progress")
+            return
+        st.partial[(msg.step, peer.node)] = (msg.tokens, msg.text[-PARTIAL_TEXT:])
+
     def on_node_lost(self, node: str, reason: str) -> None:
         for st in self.jobs.values():
             if not st.run.finished:
@@ -229,6 +240,12 @@ class Submitter:
         if st.payment_error:
             rep["payment_error"] = st.payment_error
         rep["submitter"] = self.node.id
+        for sid, step in rep["steps"].items():  # text streamed so far by replicas still generating
+            pending = st.run.steps[sid].tally.pending if st.run.steps[sid].tally else []
+            for replica in step["replicas"]:
+                got = st.partial.get((sid, replica["node"]))
+                if got and replica["node"] in pending:
+                    replica["partial"] = {"tokens": got[0], "text": got[1]}
         if st.rechecks:
             rep["rechecks"] = st.rechecks
         if st.recheck_of:

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from actors.messages import RunStep, StepDone
@@ -18,7 +19,7 @@ from .bridge import NoAnswer
 from .canonical import canonical, digest
 from .dag import MODEL_KINDS, check_request
 from .errors import JobError, StepFailed
-from .messages import ReceiptMsg, StepRequest, StepResult
+from .messages import Progress, ReceiptMsg, StepRequest, StepResult
 from .models import default_model_sha
 from .peers import Peer
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .node import Node
 
 log = logging.getLogger("mesh.worker")
+PROGRESS_TEXT = 64 * 1024  # characters of streamed text per progress message (the newest)
 MAX_OWED = 10_000  # steps answered but not yet paid that this node remembers (oldest forgotten first)
 
 
@@ -57,7 +59,8 @@ class Worker:
             peer.inflight += 1
             self.running += 1
             try:
-                result = await self.execute(req)
+                result = await self.execute(req, lambda tokens, text: node.send(
+                    peer, "progress", Progress(req.job, req.step, tokens, text[-PROGRESS_TEXT:])))
             finally:
                 peer.inflight -= 1
                 self.running -= 1
@@ -75,7 +78,8 @@ class Worker:
                 del self.owed[next(iter(self.owed))]
         await node.send_dialling(peer, "result", result)
 
-    async def execute(self, req: StepRequest) -> StepResult:
+    async def execute(self, req: StepRequest, progress: Callable[[int, str], object] | None = None) -> StepResult:
+        """Run one step here; `progress(tokens, text)` hears an llm step's text as it is generated."""
         node = self.node
 
         def fail(msg: str) -> StepResult:
@@ -104,7 +108,8 @@ class Worker:
             return self._result(req, output, "scrape:" + work["via"].split(" ")[0], work)
         try:
             done = await node.bridge.ask(
-                RunStep(uuid.uuid4().hex, kind, req.params, timeout, node.sandboxed), timeout + 15)
+                RunStep(uuid.uuid4().hex, kind, req.params, timeout, node.sandboxed), timeout + 15,
+                None if progress is None else lambda m: progress(m.tokens, m.text))
         except NoAnswer as exc:
             return fail(str(exc))
         if not isinstance(done, StepDone):

@@ -100,3 +100,25 @@ def test_schema_constrained_and_sampled_llm_steps_on_a_real_mesh(make_mesh, tmp_
     assert report["status"] == "done", report
     assert isinstance(report["steps"]["structured"]["output"], dict) and report["steps"]["use"]["output"]
     assert report["steps"]["sampled"]["compare"] == "similar:0.5" and report["steps"]["structured"]["compare"] == "exact"
+
+
+@pytest.mark.mesh
+@pytest.mark.llm
+@pytest.mark.timeout(300)
+def test_llm_text_streams_to_the_submitter_while_replicas_generate(make_mesh):
+    """Workers send the text generated so far in signed progress messages; the job report shows it per
+    replica until the step settles, and the final output is the whole text."""
+    mesh = make_mesh(3)
+    client = mesh.nodes[0].client
+    job = {"redundancy": 2, "steps": [{"id": "story", "kind": "llm",
+                                       "params": {"prompt": "Once upon a time", "max_tokens": 200}}]}
+    job_id = client.request("POST", "/jobs", {"job": job})["job_id"]
+    seen: list[tuple[int, str]] = []
+    while (rep := client.request("GET", f"/jobs/{job_id}"))["status"] == "running":
+        seen += [(r["partial"]["tokens"], r["partial"]["text"]) for r in rep["steps"]["story"]["replicas"]
+                 if "partial" in r]
+    assert rep["status"] == "done", rep
+    assert seen, "no progress was streamed"
+    final = rep["steps"]["story"]["output"]
+    assert all(final.startswith(text) and tokens % 8 == 0 for tokens, text in seen)
+    assert not any("partial" in r for r in rep["steps"]["story"]["replicas"])  # gone once settled
