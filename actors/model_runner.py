@@ -34,6 +34,11 @@ class ModelRunnerActor(ActorTypeDispatcher):
             self.send(sender, StepDone(msg.request_id, False, error=self.error))
             return
         p = msg.params
+        if msg.kind == "score":
+            v = self.model.verify(p["prompt"], list(p["token_ids"]), claim=p["claim"])
+            self.send(sender, StepDone(msg.request_id, True, {"accepted": v.ok, "first_bad": v.first_bad},
+                                       f"gguf:{self.model.sha256}", {"tokens": v.tokens, "seconds": round(v.seconds, 4)}))
+            return
         try:
             gen = self.model.generate(p["prompt"], int(p.get("max_tokens", 64)), int(p.get("seed", 0)),
                                       list(p.get("stop", [])), float(p.get("temperature", 0)), p.get("json_schema"),
@@ -50,4 +55,5 @@ class ModelRunnerActor(ActorTypeDispatcher):
                                            "(raise max_tokens?)"))
                 return
         self.send(sender, StepDone(msg.request_id, True, output, f"gguf:{self.model.sha256}",
-                                   {"tokens": gen.tokens, "seconds": round(gen.seconds, 4)}))
+                                   {"tokens": gen.tokens, "seconds": round(gen.seconds, 4),
+                                    "token_ids": list(gen.token_ids)}))

@@ -99,7 +99,7 @@ class NodeActor(ActorTypeDispatcher):
 
     # -- routing -------------------------------------------------------------------------------------
     def receiveMsg_RunStep(self, msg: RunStep, sender) -> None:
-        if msg.kind == "llm":
+        if msg.kind in ("llm", "score"):
             model = msg.params.get("model", "default")
             sha = self.default_sha if model == "default" else model
             child = self.runners.get(sha)

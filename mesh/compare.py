@@ -58,9 +58,10 @@ class Comparator:
     def __init__(self, spec: str = "exact"):
         self.spec = spec
         self.kind, _, arg = spec.partition(":")
-        if self.kind not in ("exact", "text", "numeric", "similar") or (
-                self.kind in ("exact", "text") and arg):
-            raise JobError(f"compare must be 'exact', 'text', 'numeric:TOLERANCE' or 'similar:THRESHOLD', got {spec!r}")
+        if self.kind not in ("exact", "text", "numeric", "similar", "score") or (
+                self.kind in ("exact", "text", "score") and arg):
+            raise JobError(f"compare must be 'exact', 'text', 'numeric:TOLERANCE', 'similar:THRESHOLD' or 'score' "
+                           f"(llm: one generates, the others verify by scoring), got {spec!r}")
         self.tol = 0.0
         if self.kind in ("numeric", "similar"):
             what = "tolerance" if self.kind == "numeric" else "threshold"
@@ -75,7 +76,7 @@ class Comparator:
 
     def key(self, output: Any) -> str:
         """The class key of an output; equal keys count as agreeing."""
-        if self.kind == "exact":
+        if self.kind in ("exact", "score"):
             return digest(output)
         if self.kind == "text":
             return digest(normalise(output))

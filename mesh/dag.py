@@ -180,11 +180,30 @@ def _parse_step(raw: Any, i: int, seen: set[str], source: str) -> Step:
         Comparator(compare if isinstance(compare, str) else repr(compare))
     except JobError as exc:
         raise JobError(f"{source}: step {sid!r}: {exc}") from None
+    if compare == "score" and (kind not in MODEL_KINDS or params.get("temperature", 0) or "json_schema" in params):
+        raise JobError(f"{source}: step {sid!r}: compare 'score' is for greedy llm steps (temperature 0, no "
+                       "json_schema): verifiers check that every token was the model's top choice")
     return Step(sid, kind, dict(params), list(dict.fromkeys(after)), compare)
 
 
+MAX_SCORED = 4096  # tokens a verifier is asked to score
+
+
+def valid_ids(ids: object) -> bool:
+    """Token ids a generator returns for verifiers to score."""
+    return isinstance(ids, list) and 0 < len(ids) <= MAX_SCORED and all(
+        isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids)
+
+
 def check_request(kind: str, params: dict) -> None:
-    """Validate the resolved params of a step a peer asks this node to run (raises JobError)."""
+    """Validate the resolved params of a step a peer asks this node to run (raises JobError). Besides
+    the step kinds, `score`: verify a claimed llm output (its text and token ids) by scoring it."""
+    if kind == "score":
+        if not isinstance(params.get("claim"), str) or not valid_ids(params.get("token_ids")):
+            raise JobError("a score request needs the claimed text and its token ids (1-4096 integers)")
+        _check_params("request", "llm", {k: v for k, v in params.items() if k not in ("claim", "token_ids")},
+                      "peer", resolved=True)
+        return
     if kind not in STEP_KINDS:
         raise JobError(f"unknown kind {kind!r}")
     if kind == "python" and not isinstance(params.get("inputs", {}), dict):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .compare import Comparator
-from .dag import Job, Step, render
+from .dag import Job, Step, render, valid_ids
 from .policy import Candidate, credit_basis, place
 from .quorum import Accept, GiveUp, NeedMore, Tally
 
@@ -39,6 +39,10 @@ class Outcome:
     credit: float  # per agreeing worker
     reason: str = ""
     basis: str = ""  # how the credit was measured, in words
+    credits: dict[str, float] = field(default_factory=dict)  # per agreeing worker where it differs (verifiers)
+
+    def credit_of(self, node: str) -> float:
+        return self.credits.get(node, self.credit)
 
     def verdicts(self) -> list[tuple[str, str]]:
         """(reputation kind, node) for everyone involved: agreeing workers agreed; dissenters disagreed,
@@ -59,6 +63,7 @@ class Replica:
     work: dict = field(default_factory=dict)
     error: str = ""
     deadline: float = 0.0
+    role: str = "generate"  # or "verify": scored another worker's claimed output (compare 'score')
 
 
 @dataclass
@@ -76,6 +81,8 @@ class StepRun:
     error: str = ""
     credit: float = 0.0
     overturned_by: str = ""  # the recheck that replaced the accepted answer
+    scoring: bool = False  # compare 'score': one generation, verified by scoring (until a verifier objects)
+    claim: Replica | None = None  # the generation being verified
 
 
 class JobRun:
@@ -106,11 +113,42 @@ class JobRun:
             return False
         if not ok:
             return self._fail(step, node, error or "step error")
+        if rep.role == "verify":
+            return self._verdict(run, rep, output, work)
+        if run.scoring and not valid_ids(work.get("token_ids")):
+            return self._fail(step, node, "no token ids for the verifiers to score")
         key = run.comparator.key(output)
         if run.tally.answer(node, key):
             rep.digest, rep.key, rep.output, rep.work, rep.error = digest, key, output, work, ""
+            if run.scoring and run.claim is None:
+                run.claim = rep
             return True
         return False
+
+    def _verdict(self, run: StepRun, rep: Replica, output: Any, work: dict) -> bool:
+        """A verifier's answer. Accepting vouches for exactly the claimed text; a rejection (or anything
+        that is not a verdict) means the claim cannot be trusted: the step falls back to generating on
+        other workers and comparing, with every verdict set aside."""
+        claim, tally = run.claim, run.tally
+        if tally is not None and rep.node in tally.aside and not rep.work:  # asked, then set aside: fine
+            rep.work = work
+            return True
+        if claim is None or tally is None or rep.node not in tally.pending:
+            return False
+        accepted = output.get("accepted") if isinstance(output, dict) else None
+        if accepted is True and run.scoring:
+            tally.answer(rep.node, claim.key)
+            rep.digest, rep.key, rep.output, rep.work, rep.error = claim.digest, claim.key, claim.output, work, ""
+            return True
+        rep.work, rep.error = work, "rejected the claim" if accepted is False else "set aside"
+        if accepted is not True and run.scoring:
+            run.scoring = False
+            for r in run.replicas.values():
+                if r.role == "verify" and r.node != rep.node and (r.node in tally.answers or r.node in tally.pending):
+                    tally.set_aside(r.node, "verdicts set aside: the step fell back to generating")
+                    r.error = r.error or "set aside"
+        tally.set_aside(rep.node, rep.error)
+        return True
 
     def on_failure(self, step: str, node: str, reason: str) -> bool:
         """A replica that will not answer (error, unreachable); False when it was not expected."""
@@ -198,6 +236,7 @@ class JobRun:
                     run.tally = Tally(self.job.quorum, self.job.redundancy, self.job.replica_limit,
                                       margin=self.margin and self.job.quorum.spec == "majority")
                     run.status = "running"
+                    run.scoring = run.comparator.kind == "score"
                     eligible = len(workers.get(step.needs, []))
                     if eligible < self.job.redundancy:
                         self._settle(sid, GiveUp(
@@ -212,19 +251,29 @@ class JobRun:
                 decision = run.tally.decide(more=bool(fresh))
                 solo = ""
                 if run.tally.issued == 0:  # first placement: the job's full redundancy, not just a quorum
-                    decision = NeedMore(self.job.redundancy)
-                    solo = self._trusted(pool)
+                    decision = NeedMore(1 if run.scoring else self.job.redundancy)
+                    solo = "" if run.scoring else self._trusted(pool)
                     if solo:
                         run.alone, run.tally.redundancy = True, 1
                         decision = NeedMore(1)
+                elif run.scoring and run.claim is None and isinstance(decision, NeedMore):
+                    decision = NeedMore(1)  # the generator failed: one more generation, then verify it
+                elif run.scoring and run.claim is not None and not any(
+                        r.role == "verify" for r in run.replicas.values()):
+                    decision = NeedMore(min(self.job.redundancy - 1, len(fresh)) or 1)  # verify with all the rest
                 if isinstance(decision, NeedMore):
                     picked = [solo] if solo else place(fresh, decision.count, self.rng, self._suspects(run, pool))
                     if not picked:
                         decision = GiveUp("no unused worker left: " + run.tally.evidence())
+                    verify = run.scoring and run.claim is not None
+                    kind, params = ("score", {**(run.params or {}), "claim": run.claim.output,
+                                              "token_ids": run.claim.work["token_ids"]}) if verify else (
+                        run.kind, run.params)
                     for node in picked:
                         run.tally.issue(node)
-                        run.replicas[node] = Replica(node, deadline=now + self.job.timeout)
-                        out.append(Dispatch(sid, node, run.kind, run.params, now + self.job.timeout))
+                        run.replicas[node] = Replica(node, deadline=now + self.job.timeout,
+                                                     role="verify" if verify else "generate")
+                        out.append(Dispatch(sid, node, kind, params, now + self.job.timeout))
                 if isinstance(decision, Accept) and held.intersection(decision.agreeing):
                     continue
                 if isinstance(decision, (Accept, GiveUp)):
@@ -258,10 +307,18 @@ class JobRun:
         tally = run.tally
         if isinstance(decision, Accept):
             agreeing = [run.replicas[n] for n in decision.agreeing]
-            run.status, run.key, run.digest, run.output = "done", decision.digest, agreeing[0].digest, agreeing[0].output
-            run.credit, basis = credit_basis(run.kind, [r.work for r in agreeing])
+            makers = [r for r in agreeing if r.role == "generate"] or agreeing
+            verifiers = [r for r in agreeing if r.role == "verify"]
+            run.status, run.key, run.digest, run.output = "done", decision.digest, makers[0].digest, makers[0].output
+            run.credit, basis = credit_basis(run.kind, [r.work for r in makers])
+            credits = {}
+            if verifiers:  # scoring is cheaper than generating, and paid as such
+                vcredit, vbasis = credit_basis("score", [r.work for r in verifiers])
+                credits = {r.node: vcredit for r in verifiers}
+                basis = f"{basis}; verifiers: {vbasis}"
             self.outcomes.append(Outcome(sid, run.kind, True, run.digest, decision.agreeing,
-                                         decision.dissenting, decision.failed, run.credit, basis=basis))
+                                         decision.dissenting, decision.failed, run.credit, basis=basis,
+                                         credits=credits))
         else:
             run.status, run.error = "failed", decision.reason
             dissent = tuple(sorted(tally.answers)) if tally else ()
@@ -323,7 +380,8 @@ class JobRun:
         for sid, run in self.steps.items():
             replicas = []
             for node, rep in run.replicas.items():
-                entry = {"node": node, "digest": rep.digest, "agreed": bool(run.key) and rep.key == run.key}
+                entry = {"node": node, "digest": rep.digest, "agreed": bool(run.key) and rep.key == run.key,
+                         "role": rep.role}
                 if rep.error:
                     entry["error"] = rep.error
                 if rep.work:

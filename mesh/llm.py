@@ -79,19 +79,22 @@ class Model:
         prompt_ids = self._tokens(prompt)
         ids = self._tokens(prompt + text)
         tail = tuple(ids[len(prompt_ids):]) if ids[:len(prompt_ids)] == prompt_ids else ()
-        return Generation(text, count, dt, tail)
+        return Generation(text, len(tail) or count, dt, tail)  # (a stream ends with an empty chunk)
 
     def _tokens(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode(), special=True)
 
-    def verify(self, prompt: str, token_ids: list[int], margin: float = MARGIN) -> Verification:
+    def verify(self, prompt: str, token_ids: list[int], margin: float = MARGIN, claim: str | None = None
+               ) -> Verification:
         """Score a claimed continuation in one batched pass (logits for every position) instead of
-        generating it token by token."""
+        generating it token by token. With `claim`, the token ids must also spell exactly that text."""
         import numpy as np
 
         prompt_ids = self._tokens(prompt)
         seq = prompt_ids + [int(t) for t in token_ids]
-        if not token_ids or len(seq) > self.llm.n_ctx() or any(not 0 <= t < self.llm.n_vocab() for t in seq):
+        if not token_ids or len(seq) > self._scorer().n_ctx() or any(not 0 <= t < self.llm.n_vocab() for t in seq):
+            return Verification(False, len(token_ids), float("inf"), 0, 0.0)
+        if claim is not None and self.llm.detokenize(list(token_ids)).decode("utf-8", "replace") != claim:
             return Verification(False, len(token_ids), float("inf"), 0, 0.0)
         scorer = self._scorer()
         t0 = time.perf_counter()

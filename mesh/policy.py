@@ -122,6 +122,10 @@ def credit_basis(kind: str, works: list[dict]) -> tuple[float, str]:
     """The credit of step_credit and, in words, how it was measured (for `mesh ledger explain`)."""
     if not works:
         return 0.0, "no agreeing worker"
+    if kind == "score":
+        tokens = min(_num(w.get("tokens")) for w in works)
+        return round(max(0.01, 0.0025 * tokens), 6), (
+            f"{tokens:g} tokens scored (lowest count among {len(works)} verifiers) × 0.0025, at least 0.01")
     if kind in ("llm", "ask-model"):
         tokens = min(_num(w.get("tokens")) for w in works)
         return round(max(0.01, 0.01 * tokens), 6), (

@@ -79,13 +79,22 @@ class Tally:
     pending: list[str] = field(default_factory=list)
     answers: dict[str, str] = field(default_factory=dict)  # node → digest
     failures: dict[str, str] = field(default_factory=dict)  # node → reason
+    aside: dict[str, str] = field(default_factory=dict)  # node → why its answer no longer counts either way
 
     @property
     def issued(self) -> int:
-        return len(self.pending) + len(self.answers) + len(self.failures)
+        return len(self.pending) + len(self.answers) + len(self.failures) + len(self.aside)
 
     def used(self, node: str) -> bool:
-        return node in self.pending or node in self.answers or node in self.failures
+        return node in self.pending or node in self.answers or node in self.failures or node in self.aside
+
+    def set_aside(self, node: str, why: str) -> None:
+        """Neither an answer nor a failure (a verifier's verdict once the step falls back to generating):
+        the node stays used, so it never gets a second replica of the step."""
+        if node in self.pending:
+            self.pending.remove(node)
+        self.answers.pop(node, None)
+        self.aside[node] = why
 
     def issue(self, node: str) -> None:
         if self.used(node):

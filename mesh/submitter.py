@@ -216,9 +216,9 @@ class Submitter:
                 "failed": {n: replicas[n].error for n in o.failed}, "credit_basis": o.basis, "reason": o.reason,
             }
             for node in o.agreeing:
-                r = make_receipt(self.node.identity, job_id, o.step, node, o.credit, ts)
+                r = make_receipt(self.node.identity, job_id, o.step, node, o.credit_of(node), ts)
                 receipts.append((node, r))
-                entries.append(Entry("paid", job_id, o.step, node, -o.credit, {"receipt": r, "why": why}))
+                entries.append(Entry("paid", job_id, o.step, node, -o.credit_of(node), {"receipt": r, "why": why}))
             entries += [Entry(kind, job_id, o.step, node, 0.0, {"why": why}) for kind, node in o.verdicts()]
         if not await self.node.record(entries, ts):
             st.payment_error = f"the ledger could not record payments, none were made: {self.node.ledger_error}"

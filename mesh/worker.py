@@ -87,7 +87,7 @@ class Worker:
 
         if node.ledger_error:
             return fail(f"this node cannot record earnings ({node.ledger_error}); not taking paid work")
-        kind = "llm" if req.kind in MODEL_KINDS else req.kind
+        kind = "llm" if req.kind in MODEL_KINDS or req.kind == "score" else req.kind  # what it needs here
         if kind not in node.kinds:
             why = {"llm": node.model_error or "no model", "python": "no sandbox (bwrap) on this node"}.get(
                 kind, "turned off by its operator")
@@ -108,7 +108,8 @@ class Worker:
             return self._result(req, output, "scrape:" + work["via"].split(" ")[0], work)
         try:
             done = await node.bridge.ask(
-                RunStep(uuid.uuid4().hex, kind, req.params, timeout, node.sandboxed), timeout + 15,
+                RunStep(uuid.uuid4().hex, "score" if req.kind == "score" else kind, req.params, timeout,
+                        node.sandboxed), timeout + 15,
                 None if progress is None else lambda m: progress(m.tokens, m.text))
         except NoAnswer as exc:
             return fail(str(exc))

@@ -158,7 +158,7 @@ class SimSubmitter:
             for kind, node in o.verdicts():
                 self._note(kind, node, o.agreeing)
             for node in o.agreeing:
-                self.world.nodes[node].earned += o.credit
+                self.world.nodes[node].earned += o.credit_of(node)
             self.trace.add("settle", job_id, o.step, o.accepted, o.digest[:16], list(o.agreeing))
             if sj.recheck_of is None:
                 wrong = o.accepted and o.digest != digest(sj.truths[o.step])

@@ -287,3 +287,70 @@ def test_sampled_llm_steps_default_to_the_similarity_comparator():
                                {"id": "b", "kind": "llm", "params": {"prompt": "x"}},
                                {"id": "c", "kind": "scrape", "params": {"url": "https://example.org/"}}]})
     assert [s.compare for s in job.steps] == ["similar:0.5", "exact", "text"]
+
+
+# -- verification by scoring (compare "score") ---------------------------------------------------------------
+
+def score_job():
+    return parse_job({"redundancy": 3, "steps": [{"id": "a", "kind": "llm", "compare": "score",
+                                                  "params": {"prompt": "Once", "max_tokens": 4}}]})
+
+
+LLM = {"llm:default": [Candidate(f"w{i}", 0.9, f"10.0.{i}") for i in range(6)]}
+GOOD, IDS = " upon a time", [10, 11, 12, 13]
+
+
+def test_one_generation_is_verified_by_the_other_replicas_and_paid_less_for_scoring():
+    run = JobRun("j", score_job(), random.Random(2))
+    (gen,) = run.advance(LLM, 0.0)  # one generator first
+    assert gen.kind == "llm"
+    assert run.on_result("a", gen.node, True, digest(GOOD), GOOD, {"tokens": 4, "token_ids": IDS}, "")
+    checks = run.advance(LLM, 0.0)
+    assert len(checks) == 2 and {d.kind for d in checks} == {"score"} and gen.node not in {d.node for d in checks}
+    assert all(d.params["claim"] == GOOD and d.params["token_ids"] == IDS for d in checks)
+    for d in checks:
+        run.on_result("a", d.node, True, digest({"accepted": True}), {"accepted": True, "first_bad": -1},
+                      {"tokens": 4}, "")
+    run.advance(LLM, 0.0)
+    (o,) = run.take_outcomes()
+    assert o.accepted and o.digest == digest(GOOD) and len(o.agreeing) == 3 and run.steps["a"].output == GOOD
+    assert o.credit_of(gen.node) == 0.04 and all(o.credit_of(d.node) == 0.01 for d in checks)
+    roles = {r["node"]: r["role"] for r in run.report()["steps"]["a"]["replicas"]}
+    assert roles[gen.node] == "generate" and {roles[d.node] for d in checks} == {"verify"}
+
+
+def test_a_rejected_claim_falls_back_to_generating_and_comparing():
+    run = JobRun("j", score_job(), random.Random(5))
+    (liar,) = run.advance(LLM, 0.0)
+    run.on_result("a", liar.node, True, digest("lies"), "lies", {"tokens": 4, "token_ids": IDS}, "")
+    first, second = run.advance(LLM, 0.0)
+    run.on_result("a", first.node, True, digest({"accepted": False}), {"accepted": False, "first_bad": 0}, {}, "")
+    gens = run.advance(LLM, 0.0)  # the claim is not trusted: others generate, answers compared exactly
+    assert gens and {d.kind for d in gens} == {"llm"}
+    assert not {d.node for d in gens} & {liar.node, first.node, second.node}  # never a second replica
+    assert run.on_result("a", second.node, True, digest({"accepted": True}), {"accepted": True}, {}, "")  # set aside
+    while not run.finished:
+        for d in gens:
+            run.on_result("a", d.node, True, digest(GOOD), GOOD, {"tokens": 4, "token_ids": IDS}, "")
+        gens = run.advance(LLM, 0.0)
+    (o,) = run.take_outcomes()
+    assert o.accepted and o.digest == digest(GOOD) and o.dissenting == (liar.node,)
+    assert first.node not in o.agreeing + o.dissenting + o.failed  # verdicts are neither paid nor judged
+
+
+def test_a_generation_without_token_ids_is_a_failure_and_is_replaced():
+    run = JobRun("j", score_job(), random.Random(1))
+    (gen,) = run.advance(LLM, 0.0)
+    assert run.on_failure is not None
+    run.on_result("a", gen.node, True, digest(GOOD), GOOD, {"tokens": 4}, "")
+    (again,) = run.advance(LLM, 0.0)
+    assert again.kind == "llm" and again.node != gen.node
+
+
+@pytest.mark.parametrize("step, message", [
+    ({"kind": "python", "params": {"code": "x"}}, "greedy llm"),
+    ({"kind": "llm", "params": {"prompt": "x", "temperature": 0.5}}, "greedy llm"),
+])
+def test_score_is_only_for_greedy_llm_steps(step, message):
+    with pytest.raises(JobError, match=message):
+        parse_job({"steps": [{"id": "a", "compare": "score", **step}]})

@@ -205,13 +205,17 @@ def test_model_runner_killed_mid_step_is_replaced(make_mesh, tmp_path: Path):
     long_job = {"steps": [{"id": "g", "kind": "llm", "params": {"prompt": "Once upon a time", "max_tokens": 400}}]}
     client = mesh.nodes[0].client
     job_id = client.request("POST", "/jobs", {"job": long_job, "redundancy": 3})["job_id"]
-    wait_for(lambda: len(client.request("GET", f"/jobs/{job_id}")["steps"]["g"]["replicas"]) == 3, 20, "dispatch")
+    def victim_generating() -> bool:  # its streamed text shows the runner is mid-step
+        reps = client.request("GET", f"/jobs/{job_id}")["steps"]["g"]["replicas"]
+        return any(r["node"] == victim.node_id and r.get("partial") for r in reps)
+
+    wait_for(victim_generating, 60, "the victim's runner to be generating")
     psutil.Process(old).kill()
     rep = wait_for(lambda: (r := client.request("GET", f"/jobs/{job_id}?wait=2")) and r["status"] != "running" and r,
                    240, "the job to end")
     assert rep["status"] == "done", rep
     mine = next(r for r in rep["steps"]["g"]["replicas"] if r["node"] == victim.node_id)
-    assert not mine["agreed"] and "died" in mine["error"]
+    assert not mine["agreed"] and "died" in mine["error"], mine
     new = wait_for(lambda: (p := runner_pid()) and p != old and p, 60, "a new model runner")
     assert new != old
     short = {"steps": [{"id": "g", "kind": "llm", "params": {"prompt": "The capital of France is", "max_tokens": 6}}]}

@@ -122,3 +122,28 @@ def test_llm_text_streams_to_the_submitter_while_replicas_generate(make_mesh):
     final = rep["steps"]["story"]["output"]
     assert all(final.startswith(text) and tokens % 8 == 0 for tokens, text in seen)
     assert not any("partial" in r for r in rep["steps"]["story"]["replicas"])  # gone once settled
+
+
+@pytest.mark.mesh
+@pytest.mark.llm
+@pytest.mark.timeout(300)
+def test_verification_by_scoring_on_a_real_mesh_with_a_lying_worker(make_mesh, tmp_path):
+    """compare 'score': one worker generates, the others score its tokens in one pass. A worker that
+    tampers with its text is caught whether it generates (the verifiers reject, the step falls back to
+    generating and comparing) or verifies (its verdict is not one, and is set aside)."""
+    mesh = make_mesh(6, lambda i: ["--fault", "wrong"] if i == 5 else [])  # a fallback needs 2 fresh workers
+    liar = mesh.nodes[5].node_id
+    job = tmp_path / "score.json"
+    job.write_text(json.dumps({"name": "score", "redundancy": 3, "steps": [
+        {"id": "a", "kind": "llm", "compare": "score", "params": {"prompt": "The capital of France is",
+                                                                  "max_tokens": 12}}]}))
+    outputs, roles = set(), []
+    for _ in range(4):
+        report = cli_json("submit", str(job), "--wait", "--home", str(mesh.nodes[0].home), timeout=240)
+        assert report["status"] == "done", json.dumps(report["steps"])
+        step = report["steps"]["a"]
+        outputs.add(step["output"])
+        roles.append(sorted(r["role"] for r in step["replicas"] if r["agreed"]))
+        assert not any(r["agreed"] for r in step["replicas"] if r["node"] == liar)
+    assert len(outputs) == 1 and "tampered" not in next(iter(outputs))
+    assert any(r.count("verify") >= 1 for r in roles)  # verifiers did the checking
