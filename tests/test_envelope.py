@@ -30,7 +30,7 @@ from mesh.envelope import (
 )
 from mesh.errors import Rejected
 from mesh.identity import Identity, verify
-from mesh.messages import KINDS, Bye, Hello, PeerRecord, ReceiptMsg, StepRequest, StepResult
+from mesh.messages import KINDS, Bye, Hello, PeerRecord, Progress, ReceiptMsg, StepRequest, StepResult
 from mesh.records import make_record
 from mesh.schema import parse
 
@@ -142,6 +142,7 @@ def test_every_kind_round_trips(alice, bob):
                              {"cpu_s": 0.1}),
         "receipt": ReceiptMsg({"job": "j", "amount": 1.5}),
         "bye": Bye("shutting down"),
+        "progress": Progress("job1", "a", 8, "Once upon a"),
     }
     assert set(payloads) == set(KINDS)
     for i, (kind, payload) in enumerate(payloads.items()):
