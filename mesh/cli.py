@@ -218,13 +218,16 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def _stop_on_sigterm() -> None:
-    """SIGTERM stops `up`/`demo` like Ctrl-C does, so the nodes they started are stopped too."""
+    """SIGTERM stops `up`/`demo` like Ctrl-C does, so the nodes they started are stopped too. Ctrl-C is
+    set explicitly: a shell starting us in the background (`cmd &`, no job control) hands SIGINT down
+    ignored, and Python then never raises KeyboardInterrupt."""
     import signal
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
 
 
 def _verify_receipts(args: argparse.Namespace) -> int:
