@@ -64,6 +64,7 @@ class Replica:
     error: str = ""
     deadline: float = 0.0
     role: str = "generate"  # or "verify": scored another worker's claimed output (compare 'score')
+    verdict: bool | None = None  # a verifier's: did it accept the claim?
 
 
 @dataclass
@@ -114,7 +115,7 @@ class JobRun:
         if not ok:
             return self._fail(step, node, error or "step error")
         if rep.role == "verify":
-            return self._verdict(run, rep, output, work)
+            return self._verdict(step, run, rep, output, work)
         if run.scoring and not valid_ids(work.get("token_ids")):
             return self._fail(step, node, "no token ids for the verifiers to score")
         key = run.comparator.key(output)
@@ -125,29 +126,30 @@ class JobRun:
             return True
         return False
 
-    def _verdict(self, run: StepRun, rep: Replica, output: Any, work: dict) -> bool:
+    def _verdict(self, step: str, run: StepRun, rep: Replica, output: Any, work: dict) -> bool:
         """A verifier's answer. Accepting vouches for exactly the claimed text; a rejection (or anything
         that is not a verdict) means the claim cannot be trusted: the step falls back to generating on
         other workers and comparing, with every verdict set aside."""
         claim, tally = run.claim, run.tally
-        if tally is not None and rep.node in tally.aside and not rep.work:  # asked, then set aside: fine
-            rep.work = work
+        accepted = output.get("accepted") if isinstance(output, dict) else None
+        if tally is not None and rep.node in tally.aside and rep.verdict is None:  # asked, then set aside
+            rep.work, rep.verdict = work, accepted if isinstance(accepted, bool) else None
             return True
         if claim is None or tally is None or rep.node not in tally.pending:
             return False
-        accepted = output.get("accepted") if isinstance(output, dict) else None
-        if accepted is True and run.scoring:
+        if not isinstance(accepted, bool):  # not a verdict at all: a failed replica, replaced by another
+            return self._fail(step, rep.node, "answered a scoring request with no verdict")
+        rep.work, rep.verdict = work, accepted
+        if accepted and run.scoring:
             tally.answer(rep.node, claim.key)
-            rep.digest, rep.key, rep.output, rep.work, rep.error = claim.digest, claim.key, claim.output, work, ""
+            rep.digest, rep.key, rep.output, rep.error = claim.digest, claim.key, claim.output, ""
             return True
-        rep.work, rep.error = work, "rejected the claim" if accepted is False else "set aside"
-        if accepted is not True and run.scoring:
+        if run.scoring:  # a rejection: the claim cannot be trusted until other generations back it
             run.scoring = False
             for r in run.replicas.values():
                 if r.role == "verify" and r.node != rep.node and (r.node in tally.answers or r.node in tally.pending):
-                    tally.set_aside(r.node, "verdicts set aside: the step fell back to generating")
-                    r.error = r.error or "set aside"
-        tally.set_aside(rep.node, rep.error)
+                    tally.set_aside(r.node, "the step fell back to generating")
+        tally.set_aside(rep.node, "the step fell back to generating")
         return True
 
     def on_failure(self, step: str, node: str, reason: str) -> bool:
@@ -306,6 +308,14 @@ class JobRun:
         run = self.steps[sid]
         tally = run.tally
         if isinstance(decision, Accept):
+            judged = [r for r in run.replicas.values() if tally and r.node in tally.aside and r.verdict is not None]
+            right = tuple(r.node for r in judged if r.verdict == (run.claim is not None and
+                                                                  run.claim.key == decision.digest))
+            wrong = tuple(r.node for r in judged if r.node not in right)  # set-aside verdicts, judged now
+            for n in right:
+                run.replicas[n].key = decision.digest
+            decision = Accept(decision.digest, tuple(sorted(decision.agreeing + right)),
+                              tuple(sorted(decision.dissenting + wrong)), decision.failed)
             agreeing = [run.replicas[n] for n in decision.agreeing]
             makers = [r for r in agreeing if r.role == "generate"] or agreeing
             verifiers = [r for r in agreeing if r.role == "verify"]
@@ -382,6 +392,8 @@ class JobRun:
             for node, rep in run.replicas.items():
                 entry = {"node": node, "digest": rep.digest, "agreed": bool(run.key) and rep.key == run.key,
                          "role": rep.role}
+                if rep.verdict is not None:
+                    entry["verdict"] = "accepted" if rep.verdict else "rejected"
                 if rep.error:
                     entry["error"] = rep.error
                 if rep.work:

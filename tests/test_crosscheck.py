@@ -334,8 +334,12 @@ def test_a_rejected_claim_falls_back_to_generating_and_comparing():
             run.on_result("a", d.node, True, digest(GOOD), GOOD, {"tokens": 4, "token_ids": IDS}, "")
         gens = run.advance(LLM, 0.0)
     (o,) = run.take_outcomes()
-    assert o.accepted and o.digest == digest(GOOD) and o.dissenting == (liar.node,)
-    assert first.node not in o.agreeing + o.dissenting + o.failed  # verdicts are neither paid nor judged
+    assert o.accepted and o.digest == digest(GOOD)
+    # verdicts set aside are judged once the step settles: the rejection was right, the late acceptance wrong
+    assert first.node in o.agreeing and o.credit_of(first.node) == 0.01
+    assert set(o.dissenting) == {liar.node, second.node}
+    verdicts = {r["node"]: r.get("verdict") for r in run.report()["steps"]["a"]["replicas"]}
+    assert verdicts[first.node] == "rejected" and verdicts[second.node] == "accepted"
 
 
 def test_a_generation_without_token_ids_is_a_failure_and_is_replaced():
@@ -354,3 +358,17 @@ def test_a_generation_without_token_ids_is_a_failure_and_is_replaced():
 def test_score_is_only_for_greedy_llm_steps(step, message):
     with pytest.raises(JobError, match=message):
         parse_job({"steps": [{"id": "a", "compare": "score", **step}]})
+
+
+def test_an_answer_that_is_no_verdict_is_a_failed_verifier_and_is_replaced():
+    run = JobRun("j", score_job(), random.Random(3))
+    (gen,) = run.advance(LLM, 0.0)
+    run.on_result("a", gen.node, True, digest(GOOD), GOOD, {"tokens": 4, "token_ids": IDS}, "")
+    first, second = run.advance(LLM, 0.0)
+    junk = {"tampered": {"accepted": True}}
+    assert run.on_result("a", first.node, True, digest(junk), junk, {}, "")
+    assert run.advance(LLM, 0.0) == [] and run.steps["a"].scoring  # no fallback: one verdict is still due
+    run.on_result("a", second.node, True, digest({"accepted": True}), {"accepted": True}, {"tokens": 4}, "")
+    run.advance(LLM, 0.0)
+    (o,) = run.take_outcomes()  # the generation and one verifier: a majority of 3
+    assert o.accepted and o.failed == (first.node,) and o.agreeing == tuple(sorted((gen.node, second.node)))
