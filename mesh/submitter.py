@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from .node import Node
 
 log = logging.getLogger("mesh.submitter")
-TICK_S = 1.0
-PARTIAL_TEXT = 4096  # characters of a running replica's streamed text kept for the job report  # how often a job re-checks deadlines when nothing else wakes it
+TICK_S = 1.0  # how often a job re-checks deadlines when nothing else wakes it
+PARTIAL_TEXT = 4096  # characters of a running replica's streamed text kept for the job report
 
 
 @dataclass
