@@ -372,3 +372,37 @@ def test_an_answer_that_is_no_verdict_is_a_failed_verifier_and_is_replaced():
     run.advance(LLM, 0.0)
     (o,) = run.take_outcomes()  # the generation and one verifier: a majority of 3
     assert o.accepted and o.failed == (first.node,) and o.agreeing == tuple(sorted((gen.node, second.node)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["honest", "liar", "yes-man", "junk", "fail"]), min_size=3, max_size=8),
+       st.integers(0, 2**32))
+def test_scoring_mode_never_accepts_a_generation_that_no_honest_check_backed(kinds, seed):
+    """Generators: honest (right text), liar (wrong text), the others as honest. Verifiers: honest ones
+    accept exactly the right text, liars and yes-men accept anything, junk answers no verdict, fail fails.
+    Whatever happens, no worker holds two replicas, and an accepted wrong text always had only
+    dishonest backing."""
+    pool = {"llm:default": [Candidate(f"w{i}", 0.5, f"10.0.{i}") for i in range(len(kinds))]}
+    run = JobRun("j", score_job(), random.Random(seed))
+    given_to: list[str] = []
+    pending = run.advance(pool, 0.0)
+    for _ in range(100):
+        if not pending and run.finished:
+            break
+        for d in pending:
+            given_to.append(d.node)
+            kind = kinds[int(d.node[1:])]
+            if kind == "fail":
+                run.on_failure("a", d.node, "crash")
+            elif d.kind == "llm":
+                text = "wrong" if kind == "liar" else GOOD
+                run.on_result("a", d.node, True, digest(text), text, {"tokens": 4, "token_ids": IDS}, "")
+            else:
+                verdict = {"junk": {"x": 1}, "liar": {"accepted": True}, "yes-man": {"accepted": True}}.get(
+                    kind, {"accepted": d.params["claim"] == GOOD})
+                run.on_result("a", d.node, True, digest(verdict), verdict, {"tokens": 4}, "")
+        pending = run.advance(pool, 0.0)
+    assert run.finished and len(given_to) == len(set(given_to))
+    for o in run.take_outcomes():
+        if o.accepted and o.digest != digest(GOOD):
+            assert all(kinds[int(n[1:])] in ("liar", "yes-man") for n in o.agreeing)
