@@ -45,6 +45,13 @@ class StepDone:
 
 
 @dataclass
+class WarmUp:
+    """Tells a StepActor to start its sandbox now, before its step comes."""
+
+    sandboxed: bool = True
+
+
+@dataclass
 class StepProgress:
     """Sent by a model runner while it generates; the NodeActor forwards it to the asker."""
 

@@ -24,10 +24,12 @@ from .messages import (
     RunStep,
     StepDone,
     StepProgress,
+    WarmUp,
 )
 
 log = logging.getLogger("mesh.node_actor")
 MAX_RUNNER_RESTARTS = 20  # past this a node stops offering llm steps instead of crash-looping
+WARM_SANDBOXES = 2  # python sandboxes started ahead of the steps that will use them
 
 
 @dataclass
@@ -60,11 +62,13 @@ class NodeActor(ActorTypeDispatcher):
         self.pending: dict[str, _Pending] = {}
         self.ready_asker = None
         self.restarts: dict[str, int] = {}
+        self.warm: list = []  # StepActors with a sandbox already started, waiting for a python step
 
     # -- set-up --------------------------------------------------------------------------------------
     def receiveMsg_NodeConfig(self, msg: NodeConfig, sender) -> None:
         self.config = msg
         self._spawn_ledger()
+        self._warm_up()
         if msg.load_model:
             from mesh.models import default_model
 
@@ -84,6 +88,17 @@ class NodeActor(ActorTypeDispatcher):
         for sha in self.loads:
             self.loading.add(sha)
             self._spawn_runner(sha)
+
+    def _warm_up(self) -> None:
+        """Keep WARM_SANDBOXES step actors with a started sandbox (only where bwrap exists)."""
+        from mesh.sandbox import bwrap_path
+
+        from .step_actor import StepActor
+
+        while len(self.warm) < WARM_SANDBOXES and bwrap_path() is not None:
+            actor = self.createActor(StepActor)
+            self.send(actor, WarmUp(True))
+            self.warm.append(actor)
 
     def _spawn_ledger(self) -> None:
         from .ledger_actor import LedgerActor
@@ -110,7 +125,8 @@ class NodeActor(ActorTypeDispatcher):
         elif msg.kind == "python":
             from .step_actor import StepActor
 
-            child = self.createActor(StepActor)
+            child = self.warm.pop(0) if self.warm and msg.sandboxed else self.createActor(StepActor)
+            self._warm_up()
         else:
             self.send(sender, StepDone(msg.request_id, False, error=f"unknown step kind {msg.kind!r}"))
             return
@@ -167,6 +183,10 @@ class NodeActor(ActorTypeDispatcher):
             if p.child == child:
                 del self.pending[rid]
                 self.send(p.asker, _failure(p.message, "the worker process died while running it"))
+        if child in self.warm:  # a warm step actor died before its step: start another
+            self.warm.remove(child)
+            self._warm_up()
+            return
         sha = next((s for s, r in self.runners.items() if r == child), None)
         if sha is not None and sha in self.loads:
             self.restarts[sha] = self.restarts.get(sha, 0) + 1

@@ -1,19 +1,36 @@
-"""StepActor: runs one python replica in the sandbox, in its own process, then is told to exit."""
+"""StepActor: runs one python replica in the sandbox, in its own process, then is told to exit. The
+NodeActor keeps a couple of them warm: told WarmUp, one starts its sandbox ahead of the step, so the
+step does not wait for namespaces, cgroups and the interpreter to start."""
 
 from __future__ import annotations
 
-from thespian.actors import ActorTypeDispatcher
+from thespian.actors import ActorExitRequest, ActorTypeDispatcher
 
 from mesh.errors import StepFailed
-from mesh.sandbox import run_python
+from mesh.sandbox import Sandbox
 
-from .messages import RunStep, StepDone
+from .messages import RunStep, StepDone, WarmUp
 
 
 class StepActor(ActorTypeDispatcher):
-    def receiveMsg_RunStep(self, msg: RunStep, sender) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.sandbox: Sandbox | None = None
+
+    def receiveMsg_WarmUp(self, msg: WarmUp, sender) -> None:
         try:
-            res = run_python(msg.params["code"], msg.params.get("inputs", {}), msg.timeout, msg.sandboxed)
+            self.sandbox = Sandbox(msg.sandboxed)
+        except StepFailed:
+            self.sandbox = None  # the step will start its own, and fail with the reason then
+
+    def receiveMsg_RunStep(self, msg: RunStep, sender) -> None:
+        box, self.sandbox = self.sandbox, None
+        try:
+            if box is None or box.sandboxed != msg.sandboxed or not box.alive():
+                if box is not None:
+                    box.close()
+                box = Sandbox(msg.sandboxed)
+            res = box.run(msg.params["code"], msg.params.get("inputs", {}), msg.timeout)
         except StepFailed as exc:
             self.send(sender, StepDone(msg.request_id, False, error=str(exc)))
             return
@@ -21,3 +38,8 @@ class StepActor(ActorTypeDispatcher):
         self.send(sender, StepDone(msg.request_id, True, res.output, identity,
                                    {"cpu_s": round(res.cpu_s, 6), "stdout": res.stdout[-2000:],
                                     "stderr": res.stderr[-2000:]}))
+
+    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender) -> None:
+        if self.sandbox is not None:
+            self.sandbox.close()
+            self.sandbox = None

@@ -138,37 +138,70 @@ def _finite(value: object) -> float:
     return number
 
 
+class Sandbox:
+    """One python interpreter in bubblewrap and its own cgroups, started before its step arrives: the
+    namespaces, the cgroup moves and the interpreter's start-up are paid ahead of time, and the runner
+    waits on stdin for its one request. The wall-clock limit starts with the request; the rlimits are
+    set by the runner before the step's code runs."""
+
+    def __init__(self, sandboxed: bool = True):
+        self.sandboxed = sandboxed
+        self.cwd: str | None = None
+        if sandboxed:
+            bwrap = bwrap_path()
+            if bwrap is None:
+                raise StepFailed("bubblewrap (bwrap) is not installed; refusing to run python without a sandbox")
+            cmd = bwrap_command(bwrap)
+        else:
+            _, exe = _interpreter()
+            cmd = [exe, "-I", "-S", "-c", _RUNNER]
+            self.cwd = tempfile.mkdtemp(prefix="mesh-step-")
+        self.group = StepGroup(MEMORY_LIMIT)
+        try:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd=self.cwd,
+                preexec_fn=self.group.enter if self.group.paths else None)  # joined before exec: nothing escapes
+        except OSError as exc:
+            self.close()
+            raise StepFailed(f"cannot start the sandbox: {exc}") from None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, code: str, inputs: dict, timeout: float) -> PythonResult:
+        """Run the step (once: a sandbox serves one step, then is gone)."""
+        try:
+            stdout, stderr = self.proc.communicate(marshal.dumps((code, inputs, _limits(max(1, int(timeout) + 1)))),
+                                                   timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise StepFailed(f"python step timed out after {timeout:g} s") from None
+        finally:
+            self.close()  # whatever the step left running (a fork bomb's children) dies here
+        return _result(stdout, stderr, self.proc.returncode)
+
+    def close(self) -> None:
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        self.group.close()
+        if self.cwd:
+            shutil.rmtree(self.cwd, ignore_errors=True)
+
+
 def run_python(code: str, inputs: dict, timeout: float, sandboxed: bool = True) -> PythonResult:
-    """Run one python step. `sandboxed=False` (operator opt-in only) skips bwrap but keeps the limits."""
-    if sandboxed:
-        bwrap = bwrap_path()
-        if bwrap is None:
-            raise StepFailed("bubblewrap (bwrap) is not installed; refusing to run python without a sandbox")
-        cmd = bwrap_command(bwrap)
-        cwd = None
-    else:
-        _, exe = _interpreter()
-        cmd = [exe, "-I", "-S", "-c", _RUNNER]
-        cwd = tempfile.mkdtemp(prefix="mesh-step-")
-    group = StepGroup(MEMORY_LIMIT)
-    try:
-        proc = subprocess.run(
-            cmd, input=marshal.dumps((code, inputs, _limits(max(1, int(timeout) + 1)))), capture_output=True,
-            timeout=timeout, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd=cwd,
-            preexec_fn=group.enter if group.paths else None,  # joined before exec: nothing escapes it
-        )
-    except subprocess.TimeoutExpired:
-        raise StepFailed(f"python step timed out after {timeout:g} s") from None
-    finally:
-        group.close()  # whatever the step left running (a fork bomb's children) dies here
-        if cwd:
-            shutil.rmtree(cwd, ignore_errors=True)
-    stdout = proc.stdout
+    """Run one python step in a fresh sandbox. `sandboxed=False` (operator opt-in only) skips bwrap but
+    keeps the limits."""
+    return Sandbox(sandboxed).run(code, inputs, timeout)
+
+
+def _result(stdout: bytes, stderr: bytes, returncode: int | None) -> PythonResult:
     if len(stdout) > OUTPUT_CAP + 2 * STREAM_CAP:
         raise StepFailed(f"python step output over {OUTPUT_CAP} bytes")
     text = stdout.decode("utf-8", "replace")
     if MARK not in text:
-        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit code {returncode}"]
         raise StepFailed(f"python step died: {tail[0][:300]}")
     try:  # the step's code can write here too (e.g. from atexit): trust no field of it
         res = json.loads(text.rsplit(MARK, 1)[1], parse_float=_finite, parse_constant=_finite)

@@ -359,3 +359,28 @@ def test_memory_across_many_processes_is_capped_by_the_step_group():
     codes = run(code, timeout=20).output
     # 8 × 400 MiB would be 3.2 GiB: the group's 1 GiB lets at most two hold theirs, the rest are killed
     assert codes.count(-9) >= 5, codes
+
+
+def test_a_sandbox_started_ahead_runs_its_step_with_the_clock_starting_at_the_request():
+    from mesh.sandbox import Sandbox
+
+    box = Sandbox(True)
+    time.sleep(1.5)  # idle, waiting on stdin: none of this counts against the step
+    assert box.alive()
+    res = box.run("import time\nt = time.time()\nwhile time.time() - t < 0.5:\n    pass\noutput = inputs['x']",
+                  {"x": 7}, timeout=1.2)
+    assert res.output == 7 and not box.alive()  # one step per sandbox
+
+
+def test_a_sandbox_killed_while_waiting_fails_its_step_clearly():
+    from mesh.sandbox import Sandbox
+
+    import psutil
+
+    box = Sandbox(True)
+    time.sleep(0.5)  # started: bwrap and the interpreter inside it
+    for proc in psutil.Process(box.proc.pid).children(recursive=True) + [psutil.Process(box.proc.pid)]:
+        proc.kill()  # the interpreter too: it holds the pipes, and outlives bwrap for a moment
+    box.proc.wait()
+    with pytest.raises(StepFailed, match="died"):
+        box.run("output = 1", {}, 5)
