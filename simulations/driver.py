@@ -22,7 +22,7 @@ from .trace import Trace
 from .world import StepMsg, World
 
 CANDIDATE_TTL_S = 60.0
-KEEP_FINISHED = 20_000  # finished jobs kept for rechecks (older ones are forgotten, as after a restart)
+KEEP_FINISHED = 100_000  # finished jobs kept for rechecks across all submitters (older ones are forgotten)
 
 
 @dataclass(eq=False)
@@ -48,6 +48,7 @@ class SimSubmitter:
         self.finished: OrderedDict[str, SimJob] = OrderedDict()
         self.count = 0
         self._cands: dict[str, tuple[Candidate, float]] = {}
+        self.keep = max(500, KEEP_FINISHED // s.network.submitters)  # 20,000 each with 5 submitters
         self.record = False  # keep each job's core log (tests compare it with a replay)
         self.seeds: dict[str, int] = {}
 
@@ -213,7 +214,7 @@ class SimSubmitter:
             return
         self.m.job_done(self.engine.now - sj.created)
         self.finished[job_id] = sj
-        if len(self.finished) > KEEP_FINISHED:
+        if len(self.finished) > self.keep:
             self.finished.popitem(last=False)
 
     def _judge_recheck(self, sj: SimJob) -> None:
