@@ -63,10 +63,14 @@ class NodeActor(ActorTypeDispatcher):
         self.ready_asker = None
         self.restarts: dict[str, int] = {}
         self.warm: list = []  # StepActors with a sandbox already started, waiting for a python step
+        self.can_sandbox = False  # bwrap is here (looked up once)
 
     # -- set-up --------------------------------------------------------------------------------------
     def receiveMsg_NodeConfig(self, msg: NodeConfig, sender) -> None:
+        from mesh.sandbox import bwrap_path
+
         self.config = msg
+        self.can_sandbox = bwrap_path() is not None
         self._spawn_ledger()
         self._warm_up()
         if msg.load_model:
@@ -91,11 +95,9 @@ class NodeActor(ActorTypeDispatcher):
 
     def _warm_up(self) -> None:
         """Keep WARM_SANDBOXES step actors with a started sandbox (only where bwrap exists)."""
-        from mesh.sandbox import bwrap_path
-
         from .step_actor import StepActor
 
-        while len(self.warm) < WARM_SANDBOXES and bwrap_path() is not None:
+        while self.can_sandbox and len(self.warm) < WARM_SANDBOXES:
             actor = self.createActor(StepActor)
             self.send(actor, WarmUp(True))
             self.warm.append(actor)

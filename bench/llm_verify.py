@@ -8,8 +8,8 @@ decodes them one by one; the figure is verify time ÷ generate time (lower is ch
 from __future__ import annotations
 
 import argparse
-import json
 
+from bench.report import emit
 from mesh.llm import Model
 from mesh.models import default_model
 
@@ -36,7 +36,7 @@ def main() -> None:
     res = {"tokens": tokens, "threads": args.threads, "generate_s": round(min(gen_s), 4),
            "verify_s": round(min(ver_s), 4), "honest_accepted": ok,
            "verify_vs_generate": round(min(ver_s) / min(gen_s), 3)}
-    print(json.dumps(res) if args.json else "\n".join(f"{k} {v}" for k, v in res.items()))
+    emit(res, args.json)
 
 
 if __name__ == "__main__":

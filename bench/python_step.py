@@ -11,12 +11,12 @@ waiting on stdin) was started ahead by a warm StepActor, so the step pays only i
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import time
 from unittest import mock
 
+from bench.report import emit
 from mesh import sandbox
 from mesh.sandbox import bwrap_command, bwrap_path, run_python
 
@@ -73,7 +73,7 @@ def main() -> None:
            "cold_step_vs_bwrap": round(med(step) / med(bare), 3),
            "cold_step_no_cgroups_vs_bwrap": round(med(plain) / med(bare), 3),
            "python_step_vs_bwrap": round(med(warm) / med(bare), 3)}
-    print(json.dumps(res) if args.json else "\n".join(f"{k} {v}" for k, v in res.items()))
+    emit(res, args.json)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import random
 import time
@@ -28,6 +27,7 @@ import simpy
 from simpy.core import EmptySchedule
 from simpy.events import NORMAL
 
+from bench.report import emit
 from simulations.engine import Engine
 from simulations.run import Simulation
 from simulations.scenario import load
@@ -187,10 +187,7 @@ def main() -> None:
         "engine_only_vs_simpy": round(mo["events_per_s"] / mt["events_per_s"], 3),
         "engine_vs_simpy": round(ours["events_per_s"] / theirs["events_per_s"], 3),
     }
-    if args.json:
-        print(json.dumps(res))
-    else:
-        print("\n".join(f"{k} {v}" for k, v in res.items()))
+    emit(res, args.json)
 
 
 if __name__ == "__main__":

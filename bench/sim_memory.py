@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.report import emit
+
 ROOT = Path(__file__).resolve().parent.parent
 GIB24_MIB = 24 * 1024
 
@@ -73,10 +75,7 @@ def main() -> None:
         "run_over_population_mib": round(run_mib - pop_mib, 1),
         "fraction_of_24gib": round(run_mib / GIB24_MIB, 4),
     }
-    if args.json:
-        print(json.dumps(res))
-    else:
-        print("\n".join(f"{k} {v}" for k, v in res.items()))
+    emit(res, args.json)
 
 
 if __name__ == "__main__":

@@ -43,15 +43,11 @@ def close(a: Any, b: Any, tol: float) -> bool:
 def similar(a: Any, b: Any, threshold: float) -> bool:
     """Jaccard similarity of the normalised words of two outputs (as canonical text) ≥ threshold."""
     def words(v: Any) -> set[str]:
-        return set(str(normalise(v if isinstance(v, str) else digest_text(v))).split())
+        return set(str(normalise(v if isinstance(v, str) else canonical(v).decode())).split())
     wa, wb = words(a), words(b)
     if not wa and not wb:
         return True
     return len(wa & wb) / len(wa | wb) >= threshold
-
-
-def digest_text(v: Any) -> str:
-    return canonical(v).decode()
 
 
 class Comparator:

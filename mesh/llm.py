@@ -99,7 +99,7 @@ class Model:
         scorer = self._scorer()
         t0 = time.perf_counter()
         scorer.reset()
-        scorer.eval(seq)
+        scorer.eval(seq)  # llama.cpp's forward pass over the tokens (not Python's eval)
         rows = np.asarray(scorer.scores[len(prompt_ids) - 1:len(seq) - 1])
         claimed = rows[np.arange(len(token_ids)), np.asarray(token_ids)]
         gaps = rows.max(axis=1) - claimed  # logits, same gap as log-probabilities (one normaliser per row)

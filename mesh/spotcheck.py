@@ -37,6 +37,25 @@ class SpotChecker:
         self.memory = memory
         self.banned: dict[str, float] = {}  # node → until (seconds, caller's clock)
         self.vouched: dict[str, deque] = {}  # node → recent (job, step) it agreed on, for rechecks
+        self.out: dict[str, tuple[str, Challenge, float]] = {}  # check id → (worker, challenge, deadline)
+
+    def issue(self, check_id: str, node: str, challenge: Challenge, deadline: float) -> None:
+        self.out[check_id] = (node, challenge, deadline)
+
+    def take(self, check_id: str, node: str) -> Challenge | None:
+        """The challenge of an outstanding check answered by `node`, now closed; None if it is not one."""
+        got = self.out.get(check_id)
+        if got is None or got[0] != node:
+            return None
+        del self.out[check_id]
+        return got[1]
+
+    def held(self, now: float) -> frozenset[str]:
+        """Workers with a check outstanding: a step they agreed on waits for it. Expired checks are
+        dropped, unpunished."""
+        for cid in [c for c, (_, _, deadline) in self.out.items() if deadline <= now]:
+            del self.out[cid]
+        return frozenset(node for node, _, _ in self.out.values())
 
     def vouch(self, nodes: tuple[str, ...], job: str, step: str) -> None:
         """These workers agreed on an accepted answer: if one is caught cheating later, recheck it."""

@@ -50,14 +50,6 @@ class Submitter:
         self.node = node
         self.jobs: dict[str, JobState] = {}
         self.spot = SpotChecker(node.opts.spot_rate, node.opts.blacklist_s, random.Random(node.rng.getrandbits(64)))
-        self.spots: dict[str, tuple[str, Challenge, float]] = {}  # spot job id → (worker, challenge, deadline)
-
-    def held(self) -> frozenset[str]:
-        """Workers with a spot check outstanding (expired checks are dropped, unpunished)."""
-        now = time.monotonic()
-        for sid in [s for s, (_, _, deadline) in self.spots.items() if deadline <= now]:
-            del self.spots[sid]
-        return frozenset(node for node, _, _ in self.spots.values())
 
     def submit(self, job: Job) -> str:
         """Start a job; raises CreditError when this node's ledger is broken or it is past its credit line."""
@@ -123,7 +115,7 @@ class Submitter:
             st.wake.clear()
             now = time.monotonic()
             run.on_time(now)
-            for d in run.advance(self.node.candidates(), now, self.held()):
+            for d in run.advance(self.node.candidates(), now, self.spot.held(now)):
                 self.node.spawn(self._dispatch(job_id, st, d))
             outcomes = run.take_outcomes()
             if outcomes:
@@ -145,11 +137,10 @@ class Submitter:
         challenge = self.spot.challenge(d.kind)
         if challenge is not None:  # indistinguishable from real work for the worker
             spot_id = f"spot-{uuid.uuid4().hex[:16]}"
-            self.spots[spot_id] = (d.node, challenge, time.monotonic() + req.timeout)
+            self.spot.issue(spot_id, d.node, challenge, time.monotonic() + req.timeout)
             self.node.send(peer, "step", StepRequest(spot_id, "check", challenge.kind, challenge.params, req.timeout))
 
-    def _on_spot(self, peer: Peer, res: StepResult) -> None:
-        node, challenge, _ = self.spots.pop(res.job)
+    def _on_spot(self, node: str, challenge: Challenge, res: StepResult) -> None:
         ok = res.ok and digest(res.output) == res.digest
         if self.spot.judge(node, challenge, ok, res.output, time.monotonic()):
             log.info("spot check passed by %s", node[:12])
@@ -167,8 +158,9 @@ class Submitter:
             st.wake.set()
 
     def on_result(self, peer: Peer, res: StepResult) -> None:
-        if res.job in self.spots and self.spots[res.job][0] == peer.node:
-            self._on_spot(peer, res)
+        challenge = self.spot.take(res.job, peer.node)
+        if challenge is not None:
+            self._on_spot(peer.node, challenge, res)
             return
         st = self.jobs.get(res.job)
         if st is not None:

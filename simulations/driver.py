@@ -43,7 +43,6 @@ class SimSubmitter:
         self.evidence: dict[str, Evidence] = {}
         self.streaks: dict[str, int] = {}
         self.spot = SpotChecker(s.policy.spot_rate, s.policy.blacklist_s, random.Random(rng.getrandbits(64)))
-        self.spots: dict[str, tuple[str, Challenge, float]] = {}
         self.jobs: dict[str, SimJob] = {}
         self.finished: OrderedDict[str, SimJob] = OrderedDict()
         self.count = 0
@@ -90,19 +89,13 @@ class SimSubmitter:
         return {"python": [self._candidate(nid) for nid in sj.pool
                            if nodes[nid].online and not (nid in banned and self.spot.blacklisted(nid, now))]}
 
-    def _held(self) -> frozenset[str]:
-        now = self.engine.now
-        for sid in [s for s, (_, _, deadline) in self.spots.items() if deadline <= now]:
-            del self.spots[sid]
-        return frozenset(node for node, _, _ in self.spots.values())
-
     def _drive(self, job_id: str) -> None:
         sj = self.jobs.get(job_id)
         if sj is None:
             return
         run, now = sj.run, self.engine.now
         run.on_time(now)
-        for d in run.advance(self._candidates(sj), now, self._held() if self.spots else frozenset()):
+        for d in run.advance(self._candidates(sj), now, self.spot.held(now) if self.spot.out else frozenset()):
             self._dispatch(job_id, sj, d.step, d.node, d.deadline)
         outcomes = run.take_outcomes()
         if outcomes:
@@ -120,15 +113,15 @@ class SimSubmitter:
         if challenge is not None:
             spot_id = f"spot-{self.id}-{self.m.spot_checks}"
             self.m.spot_checks += 1
-            self.spots[spot_id] = (node, challenge, deadline)
+            self.spot.issue(spot_id, node, challenge, deadline)
             self.engine.at(deadline, self._expire_spot, spot_id, node)
             check = StepMsg(spot_id, "check", challenge.expected, self.s.jobs.cost_s * 0.1)
             self.net.send(self.id, node, 1024, self.world.receive, node, self.on_result, self.id, check)
 
     def on_result(self, job_id: str, step: str, node: str, output: Any, work: dict) -> None:
-        spot = self.spots.get(job_id)
-        if spot is not None and spot[0] == node:
-            self._judge_spot(job_id, node, output)
+        challenge = self.spot.take(job_id, node)
+        if challenge is not None:
+            self._judge_spot(challenge, node, output)
             return
         sj = self.jobs.get(job_id)
         if sj is None:
@@ -167,8 +160,7 @@ class SimSubmitter:
             if o.accepted and self.s.policy.recheck:
                 self.spot.vouch(o.agreeing, job_id, o.step)
 
-    def _judge_spot(self, spot_id: str, node: str, output: Any) -> None:
-        _, challenge, _ = self.spots.pop(spot_id)
+    def _judge_spot(self, challenge: Challenge, node: str, output: Any) -> None:
         passed = self.spot.judge(node, challenge, True, output, self.engine.now)
         self.trace.add("spot", node, passed)
         if not passed:
@@ -177,7 +169,7 @@ class SimSubmitter:
 
     def _expire_spot(self, spot_id: str, node: str) -> None:
         """An unanswered check is dropped unpunished (as on a real node); what it held may settle."""
-        self.spots.pop(spot_id, None)
+        self.spot.out.pop(spot_id, None)
         self._wake_holding(node)
 
     def _wake_holding(self, node: str) -> None:

@@ -84,6 +84,7 @@ class Simulation:
             sub = SimSubmitter(nid, s, self.engine, self.net, self.world, self.trace, self.m, self.engine.fork_rng())
             self.submitters.append(sub)
             self.world.on_leave.append(sub.on_node_lost)
+        self.submitter_ids = {sub.id for sub in self.submitters}
         c = s.churn
         if c.mean_uptime_s > 0 or c.join_fraction > 0:
             self.world.start_churn(c.mean_uptime_s, c.mean_downtime_s, c.crash_fraction, c.join_fraction,
@@ -127,13 +128,9 @@ class Simulation:
     def _classes(self) -> dict[str, list[SimNode]]:
         out: dict[str, list[SimNode]] = {}
         for node in self.world.nodes.values():
-            if node.id not in self._submitter_ids:
+            if node.id not in self.submitter_ids:
                 out.setdefault(node.cls, []).append(node)
         return out
-
-    @property
-    def _submitter_ids(self) -> set[str]:
-        return {sub.id for sub in self.submitters}
 
     def reputation(self, nid: str) -> float:
         """The mean of the submitters' views (0.5 for a node none of them has judged)."""

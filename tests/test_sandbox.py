@@ -373,9 +373,9 @@ def test_a_sandbox_started_ahead_runs_its_step_with_the_clock_starting_at_the_re
 
 
 def test_a_sandbox_killed_while_waiting_fails_its_step_clearly():
-    from mesh.sandbox import Sandbox
-
     import psutil
+
+    from mesh.sandbox import Sandbox
 
     box = Sandbox(True)
     time.sleep(0.5)  # started: bwrap and the interpreter inside it
