@@ -55,5 +55,5 @@ class ModelRunnerActor(ActorTypeDispatcher):
                                            "(raise max_tokens?)"))
                 return
         self.send(sender, StepDone(msg.request_id, True, output, f"gguf:{self.model.sha256}",
-                                   {"tokens": gen.tokens, "seconds": round(gen.seconds, 4),
-                                    "token_ids": list(gen.token_ids)}))
+                                   {"tokens": gen.tokens, "prompt_tokens": gen.prompt_tokens,
+                                    "seconds": round(gen.seconds, 4), "token_ids": list(gen.token_ids)}))

@@ -1,4 +1,7 @@
-"""The node's HTTP API (loopback only, bearer token): status, jobs and their results."""
+"""The node's HTTP API (FastAPI in the node's own loop, loopback only): jobs and their event streams, the
+step catalogue, the planner, the ledger and peers, and the OpenAI-compatible endpoints (mesh.openai_api).
+Anything that spends credits or shows private data needs the bearer token; bad input is a 4xx whose
+`error` says what is wrong."""
 
 from __future__ import annotations
 
@@ -7,97 +10,285 @@ import contextlib
 import hmac
 import json
 import socket
-from typing import TYPE_CHECKING
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from .dag import parse_job, resolve_models
-from .errors import ConfigError, CreditError, JobError
+from actors.messages import RunStep, StepDone
+
+from . import planner
+from .api_models import (
+    ERRORS,
+    Balance,
+    JobSummary,
+    PlanBody,
+    PlanReply,
+    StepKind,
+    SubmitBody,
+    Submitted,
+)
+from .bridge import NoAnswer
+from .catalog import catalogue
+from .dag import Job, parse_job, resolve_models
+from .errors import ConfigError, CreditError, JobError, UserError
+from .events import Event
 from .registry import Registry
 
 if TYPE_CHECKING:
     from .node import Node
 
 MAX_BODY = 4 << 20
+KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies and clients from timing out
+PLAN_TIMEOUT_S = 60.0
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+class ApiError(HTTPException):
+    """An error answer: `status` and a message for a person (OpenAI-shaped under /v1)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(status, message)
+        self.param = param
 
 
-def build_app(node: "Node") -> Starlette:
-    def authorised(request: Request) -> bool:
-        got = request.headers.get("authorization", "")
-        return hmac.compare_digest(got.encode(), f"Bearer {node.token}".encode())
+def error_body(path: str, status: int, message: str, param: str | None = None) -> dict:
+    if path.startswith("/v1/"):
+        kind = {401: "authentication_error", 402: "insufficient_quota", 404: "not_found_error"}.get(
+            status, "invalid_request_error" if status < 500 else "server_error")
+        return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return {"error": message}
 
-    def guarded(handler):
-        async def wrapper(request: Request):
-            if not authorised(request):
-                return _error(401, "missing or wrong API token (send Authorization: Bearer <home>/api-token)")
-            return await handler(request)
-        return wrapper
 
-    async def health(request: Request):
-        return JSONResponse({"ok": True, "node": node.id})
+def _field_errors(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:3]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
 
-    async def status(request: Request):
-        return JSONResponse(node.status())
 
-    async def submit(request: Request):
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return _error(413, f"job over {MAX_BODY} bytes")
-        try:
-            data = json.loads(body)
-        except ValueError:
-            return _error(400, "request body is not JSON")
-        if not isinstance(data, dict) or "job" not in data:
-            return _error(400, "send {\"job\": {...}, \"redundancy\": R?, \"quorum\": RULE?}")
-        try:
-            job = parse_job(data["job"], "job", data.get("redundancy"), data.get("quorum"))
-            resolve_models(job, Registry(node.opts.home).resolve)  # names → the SHA-256s peers advertise
-        except JobError as exc:
-            return _error(400, str(exc))
-        except ConfigError as exc:
-            return _error(500, str(exc))
-        try:
-            job_id = node.submitter.submit(job)
-        except CreditError as exc:
-            return _error(402, str(exc))
-        return JSONResponse({"job_id": job_id}, status_code=201)
+class BodyLimit:
+    """Refuse bodies over MAX_BODY before they are read into memory (declared or streamed)."""
 
-    async def job(request: Request):
-        job_id = request.path_params["job_id"]
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > MAX_BODY:
+            return await JSONResponse(error_body(scope["path"], 413, f"body over {MAX_BODY} bytes"), 413)(
+                scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY:
+                raise ApiError(413, f"body over {MAX_BODY} bytes")
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+def build_app(node: "Node") -> FastAPI:
+    from .openai_api import router as openai_router
+
+    app = FastAPI(title="homemesh node API", version="1", docs_url=None, redoc_url=None,
+                  description="A homemesh node: submit jobs (DAGs of steps cross-checked by a quorum of "
+                              "untrusted nodes), follow them, plan them from a question, read the ledger, and "
+                              "chat through an OpenAI-compatible endpoint. Send `Authorization: Bearer "
+                              "<node home>/api-token`.")
+    app.state.node = node
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return JSONResponse(error_body(request.url.path, exc.status_code, str(exc.detail),
+                                       getattr(exc, "param", None)), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return JSONResponse(error_body(request.url.path, 422, _field_errors(exc)), 422)
+
+    @app.get("/health", summary="Is the node up (no token needed)")
+    async def health() -> dict[str, Any]:
+        return {"ok": True, "node": node.id}
+
+    @app.get("/status", dependencies=[Depends(authorised)], responses=ERRORS,
+             summary="The node, its peers, balance and rejected envelopes")
+    async def status() -> dict[str, Any]:
+        return node.status()
+
+    @app.get("/peers", dependencies=[Depends(authorised)], responses=ERRORS,
+             summary="Peers this node knows: address, state, reputation, models")
+    async def peers() -> list[dict[str, Any]]:
+        return node.status()["peers"]
+
+    @app.post("/jobs", status_code=201, dependencies=[Depends(authorised)], summary="Submit a job",
+              responses={**ERRORS, 402: {"model": ERRORS[400]["model"], "description": "past the credit line"}})
+    async def submit(body: SubmitBody) -> Submitted:
+        job = parse_request_job(node, body.job.model_dump(exclude_unset=True), body.redundancy, body.quorum)
+        return Submitted(job_id=submit_job(node, job))
+
+    @app.get("/jobs", dependencies=[Depends(authorised)], responses=ERRORS, summary="Jobs submitted here")
+    async def jobs() -> list[JobSummary]:
+        return [JobSummary(job_id=j, name=s.run.job.name, status=s.run.status, created=s.created)
+                for j, s in node.submitter.jobs.items()]
+
+    @app.get("/jobs/{job_id}", dependencies=[Depends(authorised)], summary="A job's state and result",
+             responses={**ERRORS, 404: ERRORS[400] | {"description": "no such job"}})
+    async def job(job_id: str, wait: float = Query(0, ge=0, le=60, description="seconds to wait for the end")
+                  ) -> dict[str, Any]:
         st = node.submitter.jobs.get(job_id)
         if st is None:
-            path = node.opts.home / "jobs" / f"{job_id}.json"
-            if job_id.isalnum() and path.exists():
-                return JSONResponse(json.loads(path.read_text()))
-            return _error(404, f"no job {job_id}")
-        try:
-            wait = min(float(request.query_params.get("wait", 0)), 60.0)
-        except ValueError:
-            return _error(400, "wait must be seconds")
+            return saved_report(node, job_id)
         if wait > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(st.done.wait(), wait)
-        return JSONResponse(node.submitter.report(job_id))
+        return node.submitter.report(job_id)
 
-    async def jobs(request: Request):
-        return JSONResponse([{"job_id": j, "name": s.run.job.name, "status": s.run.status, "created": s.created}
-                             for j, s in node.submitter.jobs.items()])
+    @app.get("/jobs/{job_id}/events", dependencies=[Depends(authorised)],
+             responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description":
+                        "server-sent events: job, then step / replica / progress in order, done last"}},
+             summary="A job's events as a server-sent event stream", response_class=StreamingResponse)
+    async def events(job_id: str, last_event_id: str | None = Header(None)):
+        st = node.submitter.jobs.get(job_id)
+        start = int(last_event_id) + 1 if last_event_id and last_event_id.isdigit() else 0
+        if st is None:
+            report = saved_report(node, job_id)
 
-    return Starlette(routes=[
-        Route("/health", health),
-        Route("/status", guarded(status)),
-        Route("/jobs", guarded(submit), methods=["POST"]),
-        Route("/jobs", guarded(jobs), methods=["GET"]),
-        Route("/jobs/{job_id}", guarded(job)),
-    ])
+            async def finished() -> AsyncIterator[bytes]:
+                yield Event("done", report).sse(0)
+            return StreamingResponse(finished(), media_type="text/event-stream")
+        return StreamingResponse(stream(st.events, start), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/steps", summary="Step kinds with the JSON schema of their parameters (no token needed)")
+    async def steps() -> dict[str, StepKind]:
+        offered: dict[str, int] = {}
+        for p in node.peers:
+            if p.connected and p.state == "up":
+                for k in p.kinds:
+                    offered[k] = offered.get(k, 0) + 1
+        return {k: StepKind(**v) for k, v in catalogue(offered).items()}
+
+    @app.post("/plan", dependencies=[Depends(authorised)], responses=ERRORS,
+              summary="Plan a job from a question (the model proposes, the rules stand in)")
+    async def plan(body: PlanBody) -> PlanReply:
+        try:
+            result = await make_plan(node, body.query, body.planner, body.redundancy)
+        except UserError as exc:
+            raise ApiError(400, str(exc)) from None
+        return PlanReply(**result.to_json(), tree=planner.tree(result))
+
+    @app.get("/ledger/balance", dependencies=[Depends(authorised)], responses=ERRORS, summary="Credits")
+    async def balance() -> Balance:
+        return Balance(**await asyncio.to_thread(read_ledger, node, "balance"))
+
+    @app.get("/ledger/peers", dependencies=[Depends(authorised)], responses=ERRORS,
+             summary="Each peer's reputation and record, from this node's ledger")
+    async def ledger_peers() -> list[dict[str, Any]]:
+        return await asyncio.to_thread(read_ledger, node, "peers")
+
+    @app.get("/ledger/history", dependencies=[Depends(authorised)], responses=ERRORS,
+             summary="The newest ledger entries")
+    async def history(limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(read_ledger, node, "history", limit)
+
+    app.include_router(openai_router)
+    return BodyLimit(app)  # type: ignore[return-value]
+
+
+def authorised(request: Request) -> None:
+    got = request.headers.get("authorization", "")
+    token = request.app.state.node.token
+    if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+        raise ApiError(401, "missing or wrong API token (send Authorization: Bearer <home>/api-token)")
+
+
+def parse_request_job(node: "Node", data: dict, redundancy: int | None, quorum: str | None) -> Job:
+    """A job from a request: mesh.dag's checks, model names resolved to SHA-256s (400 on any problem)."""
+    try:
+        job = parse_job(data, "job", redundancy, quorum)
+        resolve_models(job, Registry(node.opts.home).resolve)
+    except JobError as exc:
+        raise ApiError(400, str(exc)) from None
+    except ConfigError as exc:
+        raise ApiError(500, str(exc)) from None
+    return job
+
+
+def submit_job(node: "Node", job: Job) -> str:
+    try:
+        return node.submitter.submit(job)
+    except CreditError as exc:
+        raise ApiError(402, str(exc)) from None
+
+
+def saved_report(node: "Node", job_id: str) -> dict:
+    path = node.opts.home / "jobs" / f"{job_id}.json"
+    if job_id.isalnum() and len(job_id) <= 64 and path.exists():
+        return json.loads(path.read_text())
+    raise ApiError(404, f"no job {job_id}")
+
+
+async def stream(log, start: int) -> AsyncIterator[bytes]:
+    """Server-sent events from index `start` until the `done` event; a comment keeps idle streams open."""
+    i = start
+    while True:
+        while i < len(log.items):
+            yield log.items[i].sse(i)
+            i += 1
+        if log.closed:
+            return
+        before = len(log.items)
+        await log.wait_past(i, KEEPALIVE_S)
+        if len(log.items) == before and not log.closed:
+            yield b": keep-alive\n\n"
+
+
+async def make_plan(node: "Node", query: str, which: str, redundancy: int | None) -> planner.Plan:
+    """The model's plan through this node's own model runner (trusted: it is ours), else the rules'."""
+    planner.check_query(query)
+    if which == "rules":
+        return planner.Plan(planner.rule_plan(query, redundancy), "rules", "the rule planner was asked for")
+    if "llm" not in node.kinds:
+        return planner.finish(query, None, f"this node has no model ({node.model_error or 'started with --no-model'})",
+                              redundancy)
+    try:
+        done = await node.bridge.ask(RunStep(uuid.uuid4().hex, "llm", planner.llm_request(query), PLAN_TIMEOUT_S,
+                                             node.sandboxed), PLAN_TIMEOUT_S + 15)
+    except NoAnswer as exc:
+        return planner.finish(query, None, str(exc), redundancy)
+    if not isinstance(done, StepDone) or not done.ok:
+        return planner.finish(query, None, getattr(done, "error", "") or "no answer", redundancy)
+    return planner.finish(query, done.output, "", redundancy)
+
+
+def read_ledger(node: "Node", what: str, limit: int = 100) -> Any:
+    """Read this node's ledger on its own read-only connection (the LedgerActor alone writes)."""
+    from ledger.store import Ledger
+
+    from .home import LEDGER_FILE
+
+    led = Ledger(node.opts.home / LEDGER_FILE, readonly=True)
+    try:
+        if what == "balance":
+            totals = led.totals()
+            return {"node": node.id, "balance": led.balance(), "earned": totals.get("earned", 0.0),
+                    "spent": -totals.get("paid", 0.0)}
+        if what == "peers":
+            return [{"node": n, **s} for n, s in led.peer_stats(int(time.time() * 1000)).items()]
+        return led.history(limit)
+    finally:
+        led.close()
 
 
 class _Server(uvicorn.Server):

@@ -108,26 +108,38 @@ def _describe(report: dict) -> str:
 
 
 def _wait(client, job_id: str, timeout: float) -> dict:
+    """Follow a job's event stream to its end, showing each step and replica on stderr as it happens."""
     deadline = time.monotonic() + timeout
-    seen: dict[str, str] = {}
-    while True:
-        report = client.request("GET", f"/jobs/{job_id}?wait=2", timeout=30)
-        for sid, s in report["steps"].items():
-            if seen.get(sid) != s["status"]:
-                seen[sid] = s["status"]
-                print(f"[{job_id[:8]}] {sid}: {s['status']}", file=sys.stderr, flush=True)
-            for r in s["replicas"]:  # llm text as it streams in from each replica
-                partial = r.get("partial")
-                key = f"{sid}/{r['node']}"
-                if partial and seen.get(key) != str(partial["tokens"]):
-                    seen[key] = str(partial["tokens"])
-                    tail = partial["text"][-60:].replace("\n", " ")
-                    print(f"[{job_id[:8]}] {sid}: {r['node'][:8]} {partial['tokens']} tokens …{tail}",
-                          file=sys.stderr, flush=True)
-        if report["status"] != "running":
-            return report
+    tag = f"[{job_id[:8]}]"
+
+    def say(text: str) -> None:
+        print(f"{tag} {text}", file=sys.stderr, flush=True)
+
+    tokens: dict[tuple[str, str], int] = {}
+    for kind, ev in client.events(job_id):
+        if kind == "step" and ev["status"] != "waiting":
+            if ev["status"] in ("done", "failed"):
+                out = ev["output"] if isinstance(ev.get("output"), str) else json.dumps(ev.get("output"))
+                detail = (f"{len(ev.get('agreed', []))} agreed → {(out or '').replace(chr(10), ' ')[:80]}"
+                          if ev["status"] == "done" else ev.get("error", ""))
+                say(f"{ev['step']}: {ev['status']}  {detail}")
+            else:
+                say(f"{ev['step']}: {ev['status']}")
+        elif kind == "replica":
+            what = {"running": "asked", "answered": f"answered {ev.get('digest', '')[:12]}",
+                    "failed": f"failed: {ev.get('error', '')[:80]}"}[ev["state"]]
+            say(f"{ev['step']}: replica {ev['node'][:8]} {what}")
+        elif kind == "progress":
+            key = (ev["step"], ev["node"])
+            if ev["tokens"] > tokens.get(key, 0):
+                tokens[key] = ev["tokens"]
+                tail = ev["text"][-60:].replace("\n", " ")
+                say(f"{ev['step']}: {ev['node'][:8]} {ev['tokens']} tokens …{tail}")
+        elif kind == "done":
+            return ev
         if time.monotonic() > deadline:
-            raise MeshError(f"job {job_id} still running after {timeout:g} s; see `mesh job {job_id}`")
+            break
+    raise MeshError(f"job {job_id} still running after {timeout:g} s; see `mesh job {job_id}`")
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -149,6 +161,44 @@ def cmd_submit(args: argparse.Namespace) -> int:
     report = _wait(client, job_id, args.timeout)
     _emit(args, report, _describe(report))
     return 0 if report["status"] == "done" else EXIT_FAILED
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from .planner import check_query
+
+    query = check_query(" ".join(args.query))
+    client = _client(args)
+    body: dict = {"query": query, "planner": args.planner}
+    if args.redundancy is not None:
+        body["redundancy"] = args.redundancy
+    print("planning…", file=sys.stderr, flush=True)
+    reply = client.request("POST", "/plan", body, timeout=120)
+    out = sys.stderr if args.json else sys.stdout
+    print(reply["tree"], file=out, flush=True)
+    if args.save:
+        Path(args.save).write_text(json.dumps(reply["plan"], indent=2) + "\n")
+        print(f"plan saved to {args.save} (run it with: mesh submit {args.save} --wait)", file=out)
+    if args.plan_only or not (args.yes or _confirm("run this plan on the mesh? [y/N] ")):
+        if not args.plan_only:
+            print("not run (--yes runs without asking)", file=sys.stderr)
+        if args.json:
+            _emit(args, {"plan": reply["plan"], "planner": reply["planner"], "fallback": reply["fallback"],
+                         "result": None}, "")
+        return 0
+    job_id = client.request("POST", "/jobs", {"job": reply["plan"]})["job_id"]
+    report = _wait(client, job_id, args.timeout)
+    _emit(args, {"plan": reply["plan"], "planner": reply["planner"], "fallback": reply["fallback"],
+                 "result": report}, _describe(report))
+    return 0 if report["status"] == "done" else EXIT_FAILED
+
+
+def _confirm(question: str) -> bool:
+    print(question, end="", file=sys.stderr, flush=True)
+    try:
+        return input().strip().lower() in ("y", "yes")
+    except EOFError:
+        print(file=sys.stderr)
+        return False
 
 
 def cmd_job(args: argparse.Namespace) -> int:
@@ -391,6 +441,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("job_id")
     sp.add_argument("--wait", action="store_true")
     sp.add_argument("--timeout", type=float, default=1800)
+
+    sp = add("ask", cmd_ask, "plan a job from a question (the node's model proposes a DAG; rules stand in when "
+             "its plan is invalid), show it as a tree, and run it after you confirm", api=True, json_flag=True)
+    sp.add_argument("query", nargs="+", help="the question, e.g. \"Summarise https://example.org\" or "
+                    "\"What is the average of 3, 8 and 12?\"")
+    sp.add_argument("--yes", "-y", action="store_true", help="run the plan without asking")
+    sp.add_argument("--planner", choices=["auto", "rules"], default="auto",
+                    help="auto: the model plans, the rules stand in; rules: deterministic rules only")
+    sp.add_argument("--redundancy", type=int, help="replicas per step (default 3)")
+    sp.add_argument("--plan-only", action="store_true", help="show the plan, do not run it")
+    sp.add_argument("--save", metavar="FILE", help="also write the plan to FILE as a job file")
+    sp.add_argument("--timeout", type=float, default=1800, help="give up waiting after this many seconds")
 
     add("status", cmd_status, "show the node, its peers and rejected envelopes", api=True, json_flag=True)
 

@@ -11,11 +11,12 @@ from typing import Any
 import networkx as nx
 
 from .canonical import canonical
+from .catalog import KINDS, PARAMS, REQUIRED
 from .compare import Comparator
 from .errors import JobError
 from .quorum import QuorumRule
 
-STEP_KINDS = ("python", "llm", "ask-model", "scrape")
+STEP_KINDS = tuple(KINDS)
 MODEL_KINDS = ("llm", "ask-model")  # run by a model runner; ask-model names its model
 REF = re.compile(r"\{([A-Za-z0-9_-]+)\.output\}")
 STEP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -213,15 +214,13 @@ def check_request(kind: str, params: dict) -> None:
 
 def _check_params(sid: str, kind: str, params: dict, source: str, resolved: bool = False) -> None:
     where = f"{source}: step {sid!r}"
-    llm = {"prompt", "max_tokens", "seed", "stop", "model", "temperature", "json_schema"}
-    allowed = {"python": {"code"}, "llm": llm, "ask-model": llm,
-               "scrape": {"url", "selectors", "wait_for", "links", "tables", "max_chars"}}[kind]
+    allowed = set(PARAMS[kind])
     if resolved and kind == "python":
         allowed = allowed | {"inputs"}
     unknown = set(params) - allowed
     if unknown:
         raise JobError(f"{where}: unknown {kind} parameter {sorted(unknown)[0]!r} (known: {', '.join(sorted(allowed))})")
-    required = {"python": "code", "llm": "prompt", "ask-model": "prompt", "scrape": "url"}[kind]
+    required = REQUIRED[kind][0]
     if not isinstance(params.get(required), str) or not params[required].strip():
         raise JobError(f"{where}: {kind} step needs a non-empty string parameter {required!r}")
     if kind == "scrape":

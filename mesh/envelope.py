@@ -30,12 +30,19 @@ _ENVELOPE_KEYS = {"v", "kind", "net", "from", "to", "seq", "ts", "payload", "sig
 
 def signed_bytes(kind: str, network: str, sender: bytes, recipient: bytes, seq: int, ts_ms: int,
                  payload: Any) -> bytes:
+    return signed_bytes_of_hash(kind, network, sender, recipient, seq, ts_ms,
+                                hashlib.sha256(canonical(payload)).digest())
+
+
+def signed_bytes_of_hash(kind: str, network: str, sender: bytes, recipient: bytes, seq: int, ts_ms: int,
+                         payload_sha256: bytes) -> bytes:
+    """What is signed, given the SHA-256 of the canonical payload: lets a third party holding only the
+    envelope's header fields, its signature and the payload check an answer (see mesh.attest)."""
     net = network.encode()
     return b"".join([
         b"homemesh/v1/", kind.encode(), b"\x00",
         bytes([len(net)]), net, sender, recipient,
-        struct.pack(">QQ", seq, ts_ms),
-        hashlib.sha256(canonical(payload)).digest(),
+        struct.pack(">QQ", seq, ts_ms), payload_sha256,
     ])
 
 
@@ -48,6 +55,8 @@ class Envelope:
     seq: int
     ts_ms: int
     payload: Any  # the typed dataclass of messages.KINDS[kind]
+    sig: bytes = b""  # kept so an answer can be shown to others as signed (see mesh.attest)
+    payload_sha256: bytes = b""
 
     @property
     def sender_id(self) -> str:
@@ -177,9 +186,10 @@ class Receiver:
         except ValueError:
             sig = b""
         try:  # NaN, Infinity, 1e999 or deep nesting decode but have no canonical form to check
-            message = signed_bytes(kind, self.network, sender, recipient, seq, ts, obj["payload"])
+            payload_sha256 = hashlib.sha256(canonical(obj["payload"])).digest()
         except (ValueError, RecursionError):
             raise Rejected("bad-json", "payload has no canonical JSON form") from None
+        message = signed_bytes_of_hash(kind, self.network, sender, recipient, seq, ts, payload_sha256)
         if not verify(sender, sig, message):
             raise Rejected("bad-signature", f"from {node_id_of(sender)[:12]}")
         if ts < self.floor_ms:
@@ -188,4 +198,4 @@ class Receiver:
             raise Rejected("replay", f"seq {seq} from {node_id_of(sender)[:12]} already seen")
         payload = parse(KINDS[kind], obj["payload"], kind)
         self.highest_seq[sender] = seq
-        return Envelope(kind, self.network, sender, recipient, seq, ts, payload)
+        return Envelope(kind, self.network, sender, recipient, seq, ts, payload, sig, payload_sha256)

@@ -20,6 +20,7 @@ class Generation:
     tokens: int
     seconds: float
     token_ids: tuple[int, ...] = ()  # what a verifier scores
+    prompt_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Model:
         prompt_ids = self._tokens(prompt)
         ids = self._tokens(prompt + text)
         tail = tuple(ids[len(prompt_ids):]) if ids[:len(prompt_ids)] == prompt_ids else ()
-        return Generation(text, len(tail) or count, dt, tail)  # (a stream ends with an empty chunk)
+        return Generation(text, len(tail) or count, dt, tail, n_prompt)  # (a stream ends with an empty chunk)
 
     def _tokens(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode(), special=True)

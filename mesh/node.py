@@ -310,7 +310,7 @@ class Node:
         if env.kind == "step":
             self.spawn(self.worker.work(peer, env.payload))
         elif env.kind == "result":
-            self.submitter.on_result(peer, env.payload)
+            self.submitter.on_result(peer, env.payload, env)
         elif env.kind == "progress":
             self.submitter.on_progress(peer, env.payload)
         elif env.kind == "receipt":

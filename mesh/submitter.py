@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING
 from ledger.receipts import make_receipt
 from ledger.store import Entry
 
+from .attest import attestation
 from .canonical import digest
 from .dag import Job
+from .envelope import Envelope
 from .errors import CreditError
+from .events import EventLog
 from .jobrun import Dispatch, JobRun, Outcome
 from .messages import Progress, ReceiptMsg, StepRequest, StepResult
 from .peers import Peer
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mesh.submitter")
 TICK_S = 1.0  # how often a job re-checks deadlines when nothing else wakes it
-PARTIAL_TEXT = 4096  # characters of a running replica's streamed text kept for the job report
+PARTIAL_TEXT = 4096  # characters of a running replica's streamed text shown in the job report
 
 
 @dataclass
@@ -43,6 +46,8 @@ class JobState:
     seed: int = 0  # of the run's RNG (reported with its core log)
     rechecks: dict[str, dict] = field(default_factory=dict)  # step → the recheck of its accepted answer
     partial: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)  # (step, node) → streamed
+    events: EventLog = field(default_factory=EventLog)
+    signed: dict[tuple[str, str], dict] = field(default_factory=dict)  # (step, node) → its signed answer
 
 
 class Submitter:
@@ -70,6 +75,9 @@ class Submitter:
     def _start(self, run: JobRun, recheck_of: tuple[str, str] | None = None, seed: int = 0) -> None:
         st = self.jobs[run.job_id] = JobState(run, asyncio.Event(), asyncio.Event(), time.time(),
                                               recheck_of=recheck_of, seed=seed)
+        st.events.publish("job", {"job_id": run.job_id, "name": run.job.name, "steps": run.job.order(),
+                                  "redundancy": run.job.redundancy, "quorum": run.job.quorum.spec})
+        st.events.diff(run)  # every step, waiting
         self.node.spawn(self._drive(run.job_id, st))
 
     def _recheck(self, cheater: str) -> None:
@@ -106,6 +114,8 @@ class Submitter:
             self._save(job_id)
             if st.recheck_of:
                 self._judge_recheck(job_id, st)
+            st.events.diff(st.run)
+            st.events.publish("done", self.report(job_id))
             st.done.set()
             log.info("job %s %s", job_id, st.run.status)
 
@@ -120,6 +130,7 @@ class Submitter:
             outcomes = run.take_outcomes()
             if outcomes:
                 await self._settle(job_id, st, outcomes)
+            st.events.diff(run)
             if run.finished:
                 return
             try:
@@ -157,7 +168,7 @@ class Submitter:
         for st in self.jobs.values():
             st.wake.set()
 
-    def on_result(self, peer: Peer, res: StepResult) -> None:
+    def on_result(self, peer: Peer, res: StepResult, env: Envelope | None = None) -> None:
         challenge = self.spot.take(res.job, peer.node)
         if challenge is not None:
             self._on_spot(peer.node, challenge, res)
@@ -172,6 +183,8 @@ class Submitter:
             self.node.receiver.count("unexpected-result")  # never asked, late, or asked twice
             log.warning("refused result from %s: unexpected-result", peer.node[:12])
             return
+        if env is not None and ok:
+            st.signed[(res.step, peer.node)] = attestation(env)
         st.wake.set()
 
     def on_progress(self, peer: Peer, msg: Progress) -> None:
@@ -181,7 +194,9 @@ class Submitter:
         if st is None or run is None or run.tally is None or peer.node not in run.tally.pending:
             self.node.receiver.count("unexpected-progress")
             return
-        st.partial[(msg.step, peer.node)] = (msg.tokens, msg.text[-PARTIAL_TEXT:])
+        st.partial[(msg.step, peer.node)] = (msg.tokens, msg.text)
+        st.events.publish("progress", {"step": msg.step, "node": peer.node, "tokens": msg.tokens,
+                                       "text": msg.text[-PARTIAL_TEXT:]})
 
     def on_node_lost(self, node: str, reason: str) -> None:
         for st in self.jobs.values():
@@ -237,7 +252,7 @@ class Submitter:
             for replica in step["replicas"]:
                 got = st.partial.get((sid, replica["node"]))
                 if got and replica["node"] in pending:
-                    replica["partial"] = {"tokens": got[0], "text": got[1]}
+                    replica["partial"] = {"tokens": got[0], "text": got[1][-PARTIAL_TEXT:]}
         if st.rechecks:
             rep["rechecks"] = st.rechecks
         if st.recheck_of:

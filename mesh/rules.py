@@ -1,0 +1,155 @@
+"""The rule planner's computations: recognise a calculation in plain language and write the Python that
+does it. The code is built from fixed templates and the numbers found (an arithmetic expression only
+after `ast` shows it holds nothing but numbers and operators), never from the query's other text."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Callable
+
+NUM = r"-?\d+(?:\.\d+)?"
+_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.USub, ast.UAdd)
+_EXPR = re.compile(r"[-(]*\s*\d[\d.]*(?:\s*(?:\*\*|[-+*/^%×÷x])\s*[-(]*\s*\d[\d.]*\s*\)*)+\)*")
+_EXPLAIN = re.compile(r"\b(explain|why|describe|write|tell|story|poem|mean|means|meaning|interpret)\b", re.I)
+_UNITS = {  # (from, to) → formula on x
+    ("fahrenheit", "celsius"): "(x - 32) * 5 / 9", ("celsius", "fahrenheit"): "x * 9 / 5 + 32",
+    ("km", "miles"): "x / 1.609344", ("kilometers", "miles"): "x / 1.609344",
+    ("kilometres", "miles"): "x / 1.609344", ("miles", "km"): "x * 1.609344",
+    ("miles", "kilometers"): "x * 1.609344", ("miles", "kilometres"): "x * 1.609344",
+    ("kg", "pounds"): "x / 0.45359237", ("pounds", "kg"): "x * 0.45359237",
+    ("kilograms", "pounds"): "x / 0.45359237", ("pounds", "kilograms"): "x * 0.45359237",
+}
+
+
+def explain_wanted(text: str) -> bool:
+    """Does the query want words about the result, not only the number?"""
+    return _EXPLAIN.search(text) is not None
+
+
+def _num(s: str) -> str:
+    return str(float(s)) if "." in s else str(int(s))
+
+
+def numbers(text: str) -> list[str]:
+    return [_num(n) for n in re.findall(rf"(?<![\w.]){NUM}(?![\w.]*\d)", text)]
+
+
+def _arithmetic(text: str) -> str | None:
+    for m in sorted(_EXPR.finditer(text), key=lambda m: -len(m.group())):
+        expr = m.group().replace("^", "**").replace("×", "*").replace("÷", "/").replace("x", "*").strip()
+        try:
+            tree = ast.parse(expr, mode="eval")
+        except SyntaxError:
+            continue
+        if all(isinstance(n, (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, *_OPS)) for n in ast.walk(tree)) \
+                and any(isinstance(n, ast.BinOp) for n in ast.walk(tree)):
+            return f"output = {ast.unparse(tree)}"
+    return None
+
+
+def _range(text: str) -> tuple[int, int] | None:
+    m = re.search(r"(?:from|between)\s+(-?\d+)\s+(?:to|and|through)\s+(-?\d+)", text) or \
+        re.search(r"(-?\d+)\s*(?:\.\.|to|through|-)\s*(-?\d+)", text)
+    if m:
+        return int(m.group(1)), int(m.group(2))
+    m = re.search(r"first\s+(\d+)", text)
+    return (1, int(m.group(1))) if m else None
+
+
+def _primes(text: str) -> str | None:
+    if not re.search(r"\bprimes?\b", text):
+        return None
+    sieve = ("def is_prime(n):\n    return n > 1 and all(n % d for d in range(2, int(n ** 0.5) + 1))\n")
+    m = re.search(r"is\s+(\d+)\s+(?:a\s+)?prime", text)
+    if m:
+        return f"{sieve}output = is_prime({int(m.group(1))})"
+    m = re.search(r"(below|under|less than|up to|smaller than|<=?)\s+(\d+)", text)
+    bounds = _range(text)
+    if m:
+        hi = int(m.group(2)) + (1 if m.group(1) in ("up to", "<=") else 0)
+        lo = 2
+    elif bounds:
+        lo, hi = bounds[0], bounds[1] + 1
+    else:
+        return None
+    if hi - lo > 10_000_000:
+        return None
+    found = f"[n for n in range({lo}, {hi}) if is_prime(n)]"
+    wants_count = re.search(r"how many|count|number of", text)
+    return f"{sieve}output = len({found})" if wants_count else f"{sieve}output = {found}"
+
+
+def _series(text: str) -> str | None:
+    bounds = _range(text)
+    if bounds is None or abs(bounds[1] - bounds[0]) > 10_000_000:
+        return None
+    lo, hi = bounds
+    rng = f"range({lo}, {hi + 1})"
+    for word, term in (("squares", "i * i"), ("cubes", "i ** 3")):
+        if word in text:
+            return f"output = sum({term} for i in {rng})" if "sum" in text or "total" in text else None
+    if re.search(r"\b(sum|total|add)\b", text):
+        return f"output = sum({rng})"
+    if re.search(r"\bproduct\b", text):
+        return f"import math\noutput = math.prod({rng})"
+    return None
+
+
+def _aggregate(text: str) -> str | None:
+    nums = numbers(text)
+    if len(nums) < 2:
+        return None
+    ops: list[tuple[str, str]] = [
+        (r"\b(average|mean)\b", "sum(nums) / len(nums)"), (r"\bmedian\b", "statistics.median(nums)"),
+        (r"\b(sum|total|add up|add)\b", "sum(nums)"), (r"\bproduct\b|\bmultiply\b", "math.prod(nums)"),
+        (r"\b(max|maximum|largest|biggest|highest|greatest)\b", "max(nums)"),
+        (r"\b(min|minimum|smallest|lowest|least)\b", "min(nums)"),
+        (r"\b(sort|order|ascending)\b", "sorted(nums)"), (r"\bdescending\b", "sorted(nums, reverse=True)"),
+        (r"\b(std|standard deviation)\b", "statistics.pstdev(nums)"),
+    ]
+    for pattern, expr in ops:
+        if re.search(pattern, text):
+            imports = "".join(f"import {m}\n" for m in ("math", "statistics") if f"{m}." in expr)
+            return f"{imports}nums = [{', '.join(nums)}]\noutput = {expr}"
+    return None
+
+
+def _single(text: str) -> str | None:
+    m = re.search(r"factorial\s+of\s+(\d+)|\b(\d+)!", text)
+    if m:
+        n = int(m.group(1) or m.group(2))
+        return f"import math\noutput = math.factorial({n})" if n <= 5000 else None
+    m = re.search(r"(\d+)(?:st|nd|rd|th)?\s+fibonacci|fibonacci\s+(?:number\s+)?(\d+)", text)
+    if m:
+        n = int(m.group(1) or m.group(2))
+        if n <= 100_000:
+            first = re.search(r"first\s+\d+\s+fibonacci", text) is not None
+            return ("a, b, seq = 0, 1, []\nfor _ in range(%d):\n    seq.append(a)\n    a, b = b, a + b\n"
+                    "output = %s" % (n, "seq" if first else "seq[-1]"))
+    m = re.search(rf"square root of\s+({NUM})", text)
+    if m:
+        return f"import math\noutput = math.sqrt({_num(m.group(1))})"
+    m = re.search(rf"({NUM})\s*(?:%|percent)\s+of\s+({NUM})", text)
+    if m:
+        return f"output = {_num(m.group(1))} / 100 * {_num(m.group(2))}"
+    m = re.search(rf"({NUM})\s+(?:to the power(?: of)?|raised to)\s+({NUM})", text)
+    if m:
+        return f"output = {_num(m.group(1))} ** {_num(m.group(2))}"
+    m = re.search(rf"({NUM})\s*(?:degrees\s+)?(\w+)\s+(?:to|in|into)\s+(\w+)", text)
+    if m and (m.group(2), m.group(3)) in _UNITS:
+        return f"x = {_num(m.group(1))}\noutput = round({_UNITS[(m.group(2), m.group(3))]}, 6)"
+    return None
+
+
+_RULES: tuple[Callable[[str], str | None], ...] = (_primes, _single, _series, _aggregate, _arithmetic)
+
+
+def computation(text: str) -> str | None:
+    """Python that computes what `text` asks, when a rule recognises it; None otherwise."""
+    lowered = text.lower()
+    for rule in _RULES:
+        code = rule(lowered)
+        if code:
+            return code
+    return None
