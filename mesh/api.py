@@ -19,12 +19,14 @@ import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.messages import RunStep, StepDone
 
 from . import planner
 from .api_models import (
     ERRORS,
+    NOT_FOUND,
     Balance,
     JobSummary,
     PlanBody,
@@ -108,8 +110,8 @@ def build_app(node: "Node") -> FastAPI:
                               "<node home>/api-token`.")
     app.state.node = node
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)  # also routing's 404/405 and unreadable bodies
+    async def http_error(request: Request, exc: StarletteHTTPException):
         return JSONResponse(error_body(request.url.path, exc.status_code, str(exc.detail),
                                        getattr(exc, "param", None)), exc.status_code, headers=exc.headers)
 
@@ -143,7 +145,7 @@ def build_app(node: "Node") -> FastAPI:
                 for j, s in node.submitter.jobs.items()]
 
     @app.get("/jobs/{job_id}", dependencies=[Depends(authorised)], summary="A job's state and result",
-             responses={**ERRORS, 404: ERRORS[400] | {"description": "no such job"}})
+             responses={**ERRORS, **NOT_FOUND})
     async def job(job_id: str, wait: float = Query(0, ge=0, le=60, description="seconds to wait for the end")
                   ) -> dict[str, Any]:
         st = node.submitter.jobs.get(job_id)
@@ -155,7 +157,7 @@ def build_app(node: "Node") -> FastAPI:
         return node.submitter.report(job_id)
 
     @app.get("/jobs/{job_id}/events", dependencies=[Depends(authorised)],
-             responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description":
+             responses={**ERRORS, **NOT_FOUND, 200: {"content": {"text/event-stream": {}}, "description":
                         "server-sent events: job, then step / replica / progress in order, done last"}},
              summary="A job's events as a server-sent event stream", response_class=StreamingResponse)
     async def events(job_id: str, last_event_id: str | None = Header(None)):

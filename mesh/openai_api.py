@@ -15,7 +15,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import chat
-from .api import ERRORS, ApiError, authorised, parse_request_job, submit_job
+from .api import ApiError, authorised, parse_request_job, submit_job
+from .api_models import OPENAI_ERRORS
 from .models import DEFAULT_MODEL, default_model_sha
 from .registry import Registry
 
@@ -52,7 +53,7 @@ class ChatRequest(BaseModel):
     quorum: str | None = Field(default=None, description="homemesh: majority | unanimous | K-of-N")
 
 
-@router.get("/models", responses=ERRORS, summary="Models the mesh can answer with (OpenAI format)")
+@router.get("/models", responses=OPENAI_ERRORS, summary="Models the mesh can answer with (OpenAI format)")
 async def models(request: Request) -> dict[str, Any]:
     node: "Node" = request.app.state.node
     names = {e.sha256: e.name for e in Registry(node.opts.home).entries()}
@@ -71,7 +72,7 @@ async def models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@router.post("/chat/completions", responses=ERRORS | {503: ERRORS[400] | {"description": "no quorum"}},
+@router.post("/chat/completions", responses=OPENAI_ERRORS | {200: {"content": {"text/event-stream": {}}}},
              summary="Chat completion answered by the mesh and cross-checked by a quorum of replicas")
 async def chat_completions(body: ChatRequest, request: Request,
                            x_homemesh_redundancy: int | None = Header(None, ge=1, le=16),

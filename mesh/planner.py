@@ -139,7 +139,8 @@ def check_plan(query: str, job: dict, redundancy: int | None = None) -> dict:
             raise InvalidPlan("the query asks for a computation but the plan has no python step")
         used_nums = {n.value for c in codes for n in ast.walk(ast.parse(c)) if isinstance(n, ast.Constant)
                      and isinstance(n.value, (int, float)) and not isinstance(n.value, bool)}
-        missing = [n for n in numbers(URL.sub(" ", query)) if float(n) not in used_nums]
+        # n + 1 counts as n: Python writes "1 to 10" as range(1, 11)
+        missing = [n for n in numbers(URL.sub(" ", query)) if not {float(n), float(n) + 1} & used_nums]
         if missing:
             raise InvalidPlan(f"the plan's code does not use the number {missing[0]} from the query")
     return job
@@ -150,8 +151,8 @@ def _check_code(sid: str, code: str) -> None:
         raise InvalidPlan(f"step {sid!r} pastes an output into code (code reads `inputs` instead)")
     try:
         tree = ast.parse(code)
-    except SyntaxError as exc:
-        raise InvalidPlan(f"step {sid!r}: the code is not Python ({exc.msg})") from None
+    except (SyntaxError, ValueError, RecursionError) as exc:
+        raise InvalidPlan(f"step {sid!r}: the code is not Python ({getattr(exc, 'msg', exc)})") from None
     names = {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) for t in node.targets
              if isinstance(t, ast.Name)}
     if "output" not in names:

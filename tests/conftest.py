@@ -50,29 +50,47 @@ def tree_pids(pid: int) -> list[int]:
         return []
 
 
-@pytest.fixture
-def make_mesh(tmp_path: Path):
-    """make_mesh(n, extra=lambda i: [...]) → a started, ready LocalMesh; all of it is killed afterwards."""
-    meshes: list[LocalMesh] = []
-    pids: list[int] = []
+class MeshStarter:
+    """Starts LocalMeshes under one directory and kills all of them, and whatever they left behind, by pid."""
 
-    def make(n: int, extra: Callable[[int], list[str]] | None = None, name: str = "mesh") -> LocalMesh:
-        mesh = LocalMesh(tmp_path / name, n, extra)
-        meshes.append(mesh)
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.meshes: list[LocalMesh] = []
+        self.pids: list[int] = []
+
+    def __call__(self, n: int, extra: Callable[[int], list[str]] | None = None, name: str = "mesh") -> LocalMesh:
+        mesh = LocalMesh(self.directory / name, n, extra)
+        self.meshes.append(mesh)
         mesh.start()
         mesh.wait_ready(timeout=120)
         for node in mesh.nodes:
-            pids.extend(tree_pids(node.proc.pid))
+            self.pids.extend(tree_pids(node.proc.pid))
         return mesh
 
-    yield make
-    for mesh in meshes:
-        mesh.stop()
-    for pid in pids:  # anything the nodes left behind (actors are in the nodes' process groups)
-        try:
-            psutil.Process(pid).kill()
-        except psutil.NoSuchProcess:
-            pass
+    def stop(self) -> None:
+        for mesh in self.meshes:
+            mesh.stop()
+        for pid in self.pids:  # anything the nodes left behind (actors are in the nodes' process groups)
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+@pytest.fixture
+def make_mesh(tmp_path: Path):
+    """make_mesh(n, extra=lambda i: [...]) → a started, ready LocalMesh; all of it is killed afterwards."""
+    starter = MeshStarter(tmp_path)
+    yield starter
+    starter.stop()
+
+
+@pytest.fixture(scope="module")
+def module_mesh(tmp_path_factory):
+    """Like make_mesh, for meshes shared by the tests of one module."""
+    starter = MeshStarter(tmp_path_factory.mktemp("module-mesh"))
+    yield starter
+    starter.stop()
 
 
 def write_job(path: Path, steps: list[dict], **extra) -> str:

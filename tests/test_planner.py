@@ -1,0 +1,250 @@
+"""The query planner (mesh.planner) and its computation rules (mesh.rules), as fast pure unit tests.
+
+The rule planner is the fallback every query ends up on when the model's plan is unusable, so its
+generated code must compute the right answer (we execute it here and compare with the true value), must
+never carry query text other than numbers into code, and must always form a valid job. `finish` must
+accept a good model plan unchanged and reject each kind of bad plan with a reason, falling back to the
+rule plan. No network, no model, no nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from mesh.dag import parse_job
+from mesh.errors import UserError
+from mesh.planner import (
+    PAGE_CHARS,
+    PLAN_SCHEMA,
+    PLAN_TOKENS,
+    Plan,
+    check_query,
+    finish,
+    llm_request,
+    rule_plan,
+    tree,
+)
+from mesh.rules import computation
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run(code: str) -> object:
+    """Execute rule-generated code (fixed templates + numbers) and return what it sets as output."""
+    scope: dict = {}
+    exec(code, scope)  # noqa: S102 - our own generated code, run in-test only
+    return scope["output"]
+
+
+def fib(n: int) -> int:
+    """The n-th Fibonacci number counting from 1 in the sequence 0, 1, 1, 2, 3, ..."""
+    a, b = 0, 1
+    for _ in range(n - 1):
+        a, b = b, a + b
+    return a
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("What is 17 * 23 + 4?", 395),
+    ("average of 3, 8, 12 and 20", 10.75),
+    ("How many primes are below 100?", 25),
+    ("is 97 prime", True),
+    ("sum of the squares of 1 to 10", 385),
+    ("factorial of 10", 3628800),
+    ("convert 212 fahrenheit to celsius", 100),
+    ("what is 15% of 80", 12),
+    ("the 10th fibonacci number", fib(10)),
+    ("sort 5, 3, 9, 1", [1, 3, 5, 9]),
+    ("product of numbers from 1 to 6", 720),
+    ("2 to the power 10", 1024),
+])
+def test_rule_computations_give_the_true_answer(query: str, expected: object) -> None:
+    code = computation(query)
+    assert code is not None, f"no rule recognised {query!r}"
+    out = run(code)
+    if isinstance(expected, bool):
+        assert out is expected
+    elif isinstance(expected, list):
+        assert out == expected
+    else:
+        assert out == pytest.approx(expected, abs=1e-9)
+
+
+def test_reference_fibonacci_is_one_based() -> None:
+    assert [fib(n) for n in range(1, 11)] == [0, 1, 1, 2, 3, 5, 8, 13, 21, 34]
+
+
+@pytest.mark.parametrize("query", [
+    "Tell me a joke about cats", "what happened on 2024-01-05", "Summarise https://example.org/a1b2"])
+def test_non_computations_are_not_recognised(query: str) -> None:
+    assert computation(query) is None
+
+
+@pytest.mark.parametrize("query", [
+    "__import__('os'); rm -rf / sum of 1, 2, 3",
+    "sum of 1, 2, 3 __import__('os').system('rm -rf ~'); rm -rf /",
+    "What is 2 + 2; __import__('os').system('rm -rf /')",
+    "sum of 1 to 3 `rm -rf ~` exec(open('x').read())",
+])
+def test_generated_code_holds_no_query_text_but_numbers(query: str) -> None:
+    code = computation(query)
+    assert code is not None
+    for bad in ("__import__", "os", "rm", "-rf", "system", "exec", "open", ";", "`", "'"):
+        assert bad not in code, f"{bad!r} leaked into {code!r}"
+    assert run(code) in (4, 6)
+
+
+def kinds(job: dict) -> list[str]:
+    return [s["kind"] for s in job["steps"]]
+
+
+def test_rule_plan_for_two_urls() -> None:
+    job = rule_plan("Compare https://a.example/x. and https://b.example/y, which is longer?")
+    parsed = parse_job(job)
+    assert kinds(job) == ["scrape", "scrape", "python", "llm"]
+    assert [s["params"]["url"] for s in job["steps"][:2]] == ["https://a.example/x", "https://b.example/y"]
+    text, answer = parsed.steps[2], parsed.steps[3]
+    assert set(text.after) == {s["id"] for s in job["steps"][:2]}
+    assert parsed.order().index(text.id) == 2
+    assert "{text.output}" in answer.params["prompt"] and answer.after == [text.id]
+
+
+def test_rule_plan_for_a_pure_computation() -> None:
+    job = rule_plan("What is 17 * 23 + 4?")
+    parse_job(job)
+    assert kinds(job) == ["python"] and run(job["steps"][0]["params"]["code"]) == 395
+
+
+def test_rule_plan_for_a_computation_to_explain() -> None:
+    job = rule_plan("Compute 2 to the power 10 and explain what it means")
+    parse_job(job)
+    assert kinds(job) == ["python", "llm"]
+    assert job["steps"][0]["id"] == "calc" and "{calc.output}" in job["steps"][1]["params"]["prompt"]
+
+
+def test_rule_plan_for_a_plain_question_and_redundancy() -> None:
+    job = rule_plan("Who wrote Hamlet?", redundancy=5)
+    assert kinds(job) == ["llm"] and "Who wrote Hamlet?" in job["steps"][0]["params"]["prompt"]
+    assert job["redundancy"] == 5 and parse_job(job).redundancy == 5
+    assert "redundancy" not in rule_plan("Who wrote Hamlet?")
+
+
+def step(sid: str, kind: str, value: str) -> dict:
+    return {"id": sid, "kind": kind, {"scrape": "url", "python": "code", "llm": "prompt"}.get(kind, "x"): value}
+
+
+CALC = "What is 17 * 23 + 4?"
+AVG = "average of 3, 8, 12 and 20"
+NEWS = "Summarise https://example.org/news"
+
+
+@pytest.mark.parametrize(("query", "output", "error", "word"), [
+    (CALC, None, "timed out", "did not plan"),
+    (CALC, ["output = 395"], "", "not a plan"),
+    (CALC, {"steps": []}, "", "not a plan"),
+    (CALC, {"steps": [step("s", "shell", "rm -rf /")]}, "", "not scrape, python or llm"),
+    ("Tell me a joke", {"steps": [step("answer", "llm", "{answer.output}")]}, "", "cycle"),
+    (NEWS, {"steps": [step("answer", "llm", "Summary:")]}, "", "does not fetch"),
+    (NEWS, {"steps": [step("p", "scrape", "https://example.org/news"), step("q", "scrape", "https://evil.example/"),
+                      step("a", "llm", "{p.output} {q.output}")]}, "", "does not name"),
+    (CALC, {"steps": [step("calc", "python", "output = 17 * 23 + 4"), step("a", "llm", "Say hi")]}, "", "never used"),
+    (CALC, {"steps": [step("calc", "python", "output = 17 ** * 23 +")]}, "", "not Python"),
+    (CALC, {"steps": [step("calc", "python", "output = 1000")]}, "", "computes nothing"),
+    (AVG, {"steps": [step("calc", "python", "output = 3 ** 8")]}, "", "does not use the number 12"),
+    (CALC, {"steps": [step("answer", "llm", "17 * 23 + 4 =")]}, "", "no python step"),
+    (CALC, {"steps": [step("a", "python", "output = 17 * 23"), step("b", "python", "output = {a.output} + 4")]},
+     "", "pastes an output"),
+    (CALC, {"steps": [step("bad id!", "python", "output = 17 * 23 + 4")]}, "", "'id'"),
+])
+def test_finish_falls_back_to_the_rules(query: str, output: object, error: str, word: str) -> None:
+    plan = finish(query, output, error)
+    assert plan.planner == "rules"
+    assert word in plan.fallback
+    assert plan.job == rule_plan(query)
+
+
+def test_finish_accepts_a_good_computation_plan() -> None:
+    output = {"steps": [step("calc", "python", "output = 17 * 23 + 4"),
+                        step("answer", "llm", "17 * 23 + 4 is {calc.output}. Why:")]}
+    plan = finish(CALC, output, redundancy=5)
+    assert (plan.planner, plan.fallback) == ("llm", "")
+    assert plan.job == {"name": CALC, "redundancy": 5, "steps": [
+        {"id": "calc", "kind": "python", "params": {"code": "output = 17 * 23 + 4"}},
+        {"id": "answer", "kind": "llm",
+         "params": {"prompt": "17 * 23 + 4 is {calc.output}. Why:", "max_tokens": 128, "stop": ["\n\n"]}}]}
+    assert run(plan.job["steps"][0]["params"]["code"]) == 395
+
+
+def test_finish_accepts_a_scrape_plan() -> None:
+    output = {"steps": [step("page", "scrape", "https://example.org/news"),
+                        step("answer", "llm", "Text: {page.output}\nSummary:")]}
+    plan = finish(NEWS, output)
+    assert (plan.planner, plan.fallback) == ("llm", "")
+    assert plan.job["steps"][0]["params"] == {"url": "https://example.org/news", "max_chars": PAGE_CHARS}
+    assert parse_job(plan.job).steps[1].after == ["page"]
+
+
+FEW_SHOT = re.findall(r"Request: (.+)\nPlan: (.+)\n", llm_request("x")["prompt"])
+
+
+@pytest.mark.parametrize(("query", "plan_text"), FEW_SHOT)
+def test_few_shot_examples_are_plans_finish_accepts(query: str, plan_text: str) -> None:
+    plan = finish(query, json.loads(plan_text))
+    assert (plan.planner, plan.fallback) == ("llm", "")
+
+
+def test_there_are_few_shot_examples() -> None:
+    assert len(FEW_SHOT) >= 5 and {q for q, _ in FEW_SHOT} >= {NEWS, "Write a haiku about autumn"}
+
+
+def test_llm_request() -> None:
+    req = llm_request("  What  is\n 2 + 2? ")
+    assert req["prompt"].endswith("Request: What is 2 + 2?\nPlan: ")
+    assert req["json_schema"] == PLAN_SCHEMA and req["max_tokens"] == PLAN_TOKENS
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    grammar = json_schema_to_gbnf(json.dumps(PLAN_SCHEMA))
+    assert "scrape" in grammar and "python" in grammar and "llm" in grammar
+
+
+@pytest.mark.parametrize("query", ["", "   \n\t ", "x" * 2001, None])
+def test_check_query_rejects(query: object) -> None:
+    with pytest.raises(UserError):
+        check_query(query)
+
+
+def test_check_query_collapses_whitespace() -> None:
+    assert check_query("  sum of\n1,\t 2  ") == "sum of 1, 2"
+    assert check_query("x" * 2000) == "x" * 2000
+
+
+def test_tree_nests_a_chain() -> None:
+    job = {"name": "t", "steps": [
+        {"id": "a", "kind": "python", "params": {"code": "output = 2 * 3"}},
+        {"id": "b", "kind": "python", "params": {"code": "output = inputs['a'] + 1"}, "after": ["a"]},
+        {"id": "c", "kind": "llm", "params": {"prompt": "Say {b.output}", "max_tokens": 8}}]}
+    lines = tree(Plan(job, "rules", "the model timed out")).splitlines()
+    assert lines[0].startswith("plan by the rules") and "the model timed out" in lines[0]
+    assert "3 steps" in lines[0]
+    assert len(lines) == 4 and [ln.split()[1] for ln in lines[1:]] == ["a", "b", "c"]
+    indents = [ln.index("└─") for ln in lines[1:]]
+    assert indents[0] < indents[1] < indents[2]
+
+
+def test_tree_of_one_step() -> None:
+    text = tree(Plan(rule_plan("What is 17 * 23 + 4?"), "llm"))
+    first = text.splitlines()[0]
+    assert first.startswith("plan by the model") and "1 step " in first and "steps" not in first
+    assert "not used" not in first
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("query", ["0" * 2000, "1+" * 999 + "1", "9" * 1990 + " + 1", "(" * 1999 + "1",
+                                   "primes from 1 to " + "9" * 1980, "5 degrees " + "c" * 1900 + " to x"])
+def test_long_adversarial_queries_plan_without_hanging_or_crashing(query: str) -> None:
+    """Found by schemathesis: backtracking regexes took cubic time on a run of 2000 digits."""
+    job = rule_plan(query)
+    assert parse_job(job).steps
