@@ -13,6 +13,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -20,6 +21,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
 
 from actors.messages import RunStep, StepDone
 
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
 MAX_BODY = 4 << 20
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies and clients from timing out
 PLAN_TIMEOUT_S = 60.0
+EDITOR_CSP = ("default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+              "connect-src 'self'")
 
 
 class ApiError(HTTPException):
@@ -98,6 +102,28 @@ class BodyLimit:
             return message
 
         return await self.app(scope, limited, send)
+
+
+class EditorHeaders:
+    """The editor's pages (/editor) may load and call this node and nothing else: a Content-Security-Policy
+    the browser enforces. Pure ASGI, so the event streams elsewhere pass through untouched."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path != "/editor" and not path.startswith("/editor/"):
+            return await self.app(scope, receive, send)
+
+        async def with_csp(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"content-security-policy", EDITOR_CSP.encode()),
+                                                  (b"x-content-type-options", b"nosniff")]}
+            await send(message)
+
+        return await self.app(scope, receive, with_csp)
 
 
 def build_app(node: "Node") -> FastAPI:
@@ -204,6 +230,8 @@ def build_app(node: "Node") -> FastAPI:
     async def history(limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
         return await asyncio.to_thread(read_ledger, node, "history", limit)
 
+    app.add_middleware(EditorHeaders)
+    app.mount("/editor", StaticFiles(directory=Path(__file__).parent / "editor", html=True), name="editor")
     app.include_router(openai_router)
     return BodyLimit(app)  # type: ignore[return-value]
 

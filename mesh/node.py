@@ -466,6 +466,14 @@ def run_node(opts: NodeOptions) -> None:
         peer_sock = bind(*opts.listen, "peer")
         api_sock = bind(*opts.api, "API")
         node = Node(opts, identity, asys, node_actor, ready)
-        asyncio.run(node.run(peer_sock, api_sock))
+        profile = os.environ.get("MESH_PROFILE")  # benchmarks: where this process spends its time
+        if profile:
+            import cProfile
+
+            with cProfile.Profile() as prof:
+                asyncio.run(node.run(peer_sock, api_sock))
+            prof.dump_stats(profile)
+        else:
+            asyncio.run(node.run(peer_sock, api_sock))
     finally:
         asys.shutdown()

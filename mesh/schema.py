@@ -4,6 +4,7 @@ sizes. Everything a peer sends passes through `parse` before any code looks at i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from typing import Any, TypeVar
 
@@ -19,19 +20,27 @@ def parse(cls: type[T], data: Any, where: str = "payload") -> T:
     """Build `cls` from `data` or raise Rejected('bad-schema', ...) naming the first bad field."""
     if not isinstance(data, dict):
         raise Rejected("bad-schema", f"{where} is not an object")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    extra = set(data) - set(fields)
+    fields = _fields(cls)
+    extra = data.keys() - fields.keys()
     if extra:
         raise Rejected("bad-schema", f"{where} has unknown field {sorted(extra)[0]!r}")
     values = {}
-    for name, field in fields.items():
+    for name, (hint, optional) in fields.items():
         if name not in data:
-            if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING:
+            if optional:
                 continue
             raise Rejected("bad-schema", f"{where}.{name} is missing")
-        values[name] = _check(hints[name], data[name], f"{where}.{name}")
+        values[name] = _check(hint, data[name], f"{where}.{name}")
     return cls(**values)
+
+
+@functools.cache
+def _fields(cls: type) -> dict[str, tuple[Any, bool]]:
+    """name → (type, has a default), worked out once per class: resolving string annotations on every
+    message was a third of the time an envelope took to check (bench/envelope.py)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)
+            for f in dataclasses.fields(cls)}
 
 
 def _check(tp: Any, value: Any, where: str) -> Any:
@@ -65,5 +74,12 @@ def _check(tp: Any, value: Any, where: str) -> Any:
 
 
 def dump(obj: Any) -> Any:
-    """Dataclass → plain JSON-able dict (the inverse of parse)."""
-    return dataclasses.asdict(obj)
+    """Dataclass → plain JSON-able dict (the inverse of parse). Unlike dataclasses.asdict it does not
+    deep-copy every leaf, which cost as much as the rest of sealing an envelope."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {name: dump(getattr(obj, name)) for name in _fields(type(obj))}
+    if isinstance(obj, list | tuple):
+        return [dump(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: dump(v) for k, v in obj.items()}
+    return obj
