@@ -32,7 +32,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 bench: setup
-	$(PY) -m bench.llm_mesh
+	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) .mesh .mesh-demo *.egg-info

@@ -307,6 +307,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"mesh of {args.nodes} nodes ready in {time.monotonic() - t0:.1f} s (Ctrl-C stops them all)")
         for n in mesh.nodes:
             print(f"  {n.node_id[:16]}  peer {n.listen}  API {n.api}  home {n.home}")
+        first = mesh.nodes[0]
+        print(f"editor: {first.api}/editor#token={first.client.token}  (the token stays in your browser)")
         r = max(1, min(3, args.nodes - 1))
         print(f"try: mesh submit examples/demo-job.json --home {mesh.nodes[0].home} --redundancy {r} --wait "
               f"(a step runs on nodes other than the submitter)", flush=True)

@@ -77,13 +77,16 @@ class Sealer:
         payload = dump(payload_obj)
         seq = max(self._last_seq + 1, now_ms * 1000)
         self._last_seq = seq
-        sig = self.identity.sign(signed_bytes(kind, self.network, self.identity.public_key, recipient, seq,
-                                              now_ms, payload))
-        body = canonical({
+        encoded = canonical(payload)  # once: hashed for the signature and spliced into the body
+        sig = self.identity.sign(signed_bytes_of_hash(kind, self.network, self.identity.public_key, recipient,
+                                                      seq, now_ms, hashlib.sha256(encoded).digest()))
+        head = canonical({
             "v": PROTOCOL_VERSION, "kind": kind, "net": self.network,
             "from": self.identity.public_key.hex(), "to": recipient.hex(),
-            "seq": seq, "ts": now_ms, "payload": payload, "sig": sig.hex(),
+            "seq": seq, "ts": now_ms, "payload": 0, "sig": sig.hex(),
         })
+        # Keys are sorted and every string value is escaped, so the first raw `"payload":0` is the key.
+        body = head.replace(b'"payload":0', b'"payload":' + encoded, 1)
         return _HEADER.pack(len(body)) + body
 
 

@@ -10,7 +10,7 @@
   const EXTRA_JOB_FIELDS = ['timeout', 'max_replicas', 'adaptive'];
   const STEP_FIELDS = ['id', 'kind', 'params', 'after', 'compare'];
   const TOKEN_KEY = 'homemesh-token';
-  const LAYER_DX = 280;
+  const LAYER_DX = 310;
   const LAYER_DY = 170;
 
   const $ = (sel) => document.querySelector(sel);
@@ -36,6 +36,7 @@
     restoring: false,
     commitQueued: false,
     selected: null,     // Drawflow node id of the selected box
+    formDirty: null,    // the box whose form was typed in since the last snapshot
     fieldErrors: {},    // param → message, for the form on show
     extra: {},          // job fields the top bar does not show (timeout, max_replicas, adaptive)
     run: null,          // {jobId, steps: {stepId: {state, replicas: {node: {...}}, output, credit, ...}}}
@@ -271,6 +272,7 @@
       reps,
       el('div', {class: 'box-credit', text: st && st.credit !== undefined ? 'credit ' + st.credit : ''}),
     );
+    editor.updateConnectionNodes('node-' + nid);  // the box may have changed size
   }
 
   function renderAllBoxes() { nodeIds().forEach(renderBox); }
@@ -304,6 +306,7 @@
 
   function restore(snap) {
     S.restoring = true;
+    S.formDirty = null;
     try {
       editor.import({drawflow: JSON.parse(snap)}, false);
       editor.node_selected = null;
@@ -342,6 +345,11 @@
   // ---------------------------------------------------------------- side panel: form and run details
 
   function renderPanel() {
+    if (S.formDirty !== null) {  // the form goes away before its field saw a change event
+      const prev = S.formDirty;
+      S.formDirty = null;
+      if (dataOf(prev) && !S.restoring) { linkReferences(prev); commit(); }
+    }
     const nid = S.selected;
     const d = nid !== null ? dataOf(nid) : null;
     $('#panel-empty').hidden = !!d;
@@ -430,8 +438,8 @@
       }
       renderBox(nid);
     };
-    input.addEventListener('input', apply);
-    input.addEventListener('change', () => { apply(); linkReferences(nid); commit(); });
+    input.addEventListener('input', () => { S.formDirty = nid; apply(); });
+    input.addEventListener('change', () => { S.formDirty = null; apply(); linkReferences(nid); commit(); });
     const label = el('span', {class: 'field-name', text: name + (required ? ' *' : '')});
     return el('label', {class: 'field' + (prop.type === 'boolean' ? ' check' : '')}, label, input,
       prop.description ? el('small', {text: prop.description}) : null, err);
@@ -471,6 +479,7 @@
     const box = $('#run-info');
     box.hidden = !st;
     if (!st) return;
+    $('#run-step').textContent = d.id;
     $('#run-state').textContent = st.state;
     $('#run-state').className = 'badge state-' + st.state;
     $('#run-error').textContent = st.error || '';
@@ -673,8 +682,34 @@
     return pos;
   }
 
+  /** Zoom (at most 1:1) and pan so every box is in view. */
+  function fitView() {
+    const ids = nodeIds();
+    if (!ids.length) return;
+    let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
+    for (const nid of ids) {
+      const n = store()[nid];
+      const b = boxEl(nid);
+      x0 = Math.min(x0, n.pos_x);
+      y0 = Math.min(y0, n.pos_y);
+      x1 = Math.max(x1, n.pos_x + (b ? b.offsetWidth : 250));
+      y1 = Math.max(y1, n.pos_y + (b ? b.offsetHeight : 80));
+    }
+    const pad = 30;
+    const w = canvas.clientWidth;
+    const h = canvas.clientHeight;
+    const z = Math.max(editor.zoom_min, Math.min(1, (w - 2 * pad) / (x1 - x0), (h - 2 * pad) / (y1 - y0)));
+    editor.zoom = z;
+    editor.zoom_last_value = z;
+    // the canvas scales about its centre: a point p lands at canvas_x + W(1 - z)/2 + p z
+    editor.canvas_x = pad - x0 * z - editor.precanvas.clientWidth * (1 - z) / 2;
+    editor.canvas_y = pad - y0 * z - editor.precanvas.clientHeight * (1 - z) / 2;
+    editor.precanvas.style.transform = 'translate(' + editor.canvas_x + 'px, ' + editor.canvas_y + 'px) scale(' + z + ')';
+  }
+
   function loadJob(job) {
     S.restoring = true;
+    S.formDirty = null;
     try {
       editor.clear();
       editor.node_selected = null;
@@ -703,6 +738,7 @@
       renderAllBoxes();
       renderPanel();
       markInvalid([]);
+      fitView();
     } finally {
       S.restoring = false;
     }
@@ -821,6 +857,7 @@
   $('#undo').addEventListener('click', undo);
   $('#redo').addEventListener('click', redo);
   $('#delete').addEventListener('click', deleteSelected);
+  $('#fit').addEventListener('click', fitView);
   $('#plan').addEventListener('click', () => { plan(); });
   $('#token').addEventListener('change', (e) => {
     S.token = e.target.value.trim();

@@ -1,0 +1,127 @@
+"""Run every benchmark, each in its own process (a clean interpreter, its baseline run in that same
+process), and print the ratios with their goals: a markdown table, or one JSON object with --json.
+
+    python -m bench [--quick] [--json] [--only NAME,...] [--scale]
+
+--quick (about 5 minutes on 2 cores) runs smaller sizes; the 32-node scale run is in the full run, or
+with --scale."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    module: str
+    quick: tuple[str, ...]
+    full: tuple[str, ...]
+    lift: dict[str, str]  # key in the bench's output → key in the summary
+
+
+@dataclass(frozen=True)
+class Goal:
+    key: str
+    target: float
+    higher_is_better: bool
+    what: str
+
+    def met(self, value: float) -> bool:
+        return value >= self.target if self.higher_is_better else value <= self.target
+
+
+BENCHES = (
+    Bench("envelope", "bench.envelope", ("--messages", "2000"), ("--messages", "5000"),
+          {"envelope_vs_raw": "envelope_vs_raw"}),
+    Bench("ledger", "bench.ledger_bench", ("--rows", "50000", "--big", "200000"), (),
+          {"ledger_vs_sqlite": "ledger_vs_sqlite"}),
+    Bench("python_step", "bench.python_step", ("--runs", "10"), ("--runs", "30"),
+          {"python_step_vs_bwrap": "python_step_vs_bwrap", "cold_step_vs_bwrap": "cold_step_vs_bwrap"}),
+    Bench("simulator", "bench.sim_engine", ("--steps", "2000", "--repeat", "1", "--micro-events", "100000"), (),
+          {"engine_vs_simpy": "simulator_vs_simpy", "engine_only_vs_simpy": "simulator_queue_vs_simpy"}),
+    Bench("llm", "bench.llm_mesh", ("--tokens", "64"), ("--tokens", "128"), {"llm_vs_direct": "llm_vs_direct"}),
+    Bench("mesh_jobs", "bench.mesh_jobs", ("--jobs", "5", "--burst", "40"), ("--jobs", "20", "--burst", "200"),
+          {"latency_r1_s": "latency_r1_s", "latency_r3_s": "latency_r3_s", "latency_r5_s": "latency_r5_s",
+           "latency_r3_vs_direct": "latency_r3_vs_direct", "jobs_per_s_r1": "jobs_per_s_r1",
+           "jobs_per_s_r3": "jobs_per_s_r3"}),
+    Bench("llm_verify", "bench.llm_verify", ("--tokens", "64", "--repeat", "1"), (),
+          {"verify_vs_generate": "verify_vs_generate"}),
+    Bench("scale", "bench.scale", (), (), {"job_s": "scale_32_nodes_100_steps_s",
+                                           "rss_mib_per_node_mean": "scale_rss_mib_per_node",
+                                           "uss_mib_per_node_mean": "scale_uss_mib_per_node"}),
+)
+GOALS = (
+    Goal("llm_vs_direct", 0.95, True, "llm tokens/s at r=1 through the mesh ÷ llama-cpp-python direct"),
+    Goal("envelope_vs_raw", 0.9, True, "signed envelopes/s (seal, frame, every check) ÷ Ed25519 sign+verify"),
+    Goal("ledger_vs_sqlite", 0.5, True, "ledger rows/s (hash chain, batched) ÷ raw sqlite3 inserts"),
+    Goal("python_step_vs_bwrap", 1.3, False, "python step time (warm sandbox) ÷ a bare bwrap start"),
+    Goal("simulator_vs_simpy", 2.0, True, "simulated events/s, whole run ÷ the same run on SimPy"),
+)
+
+
+def run_one(bench: Bench, quick: bool) -> dict:
+    cmd = [sys.executable, "-m", bench.module, *(bench.quick if quick else bench.full), "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def table(summary: dict) -> str:
+    rows = ["| figure | value | goal | met |", "| --- | ---: | --- | --- |"]
+    for g in GOALS:
+        v = summary.get(g.key)
+        met = "—" if v is None else ("yes" if g.met(v) else "no")
+        rows.append(f"| `{g.key}` ({g.what}) | {v if v is not None else 'not run'} | "
+                    f"{'≥' if g.higher_is_better else '≤'} {g.target} | {met} |")
+    for key, v in summary.items():
+        if key not in {g.key for g in GOALS} and not isinstance(v, dict | list | bool) and key != "seconds":
+            rows.append(f"| `{key}` | {v} | | |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, about 5 minutes; skips the scale run")
+    ap.add_argument("--scale", action="store_true", help="also the 32-node scale run when --quick")
+    ap.add_argument("--only", help="comma-separated names: " + ", ".join(b.name for b in BENCHES))
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args()
+    chosen = [b for b in BENCHES if (not args.only or b.name in args.only.split(","))
+              and (b.name != "scale" or not args.quick or args.scale or args.only)]
+    unknown = set(args.only.split(",")) - {b.name for b in BENCHES} if args.only else set()
+    if unknown:
+        ap.error(f"unknown benchmark {sorted(unknown)[0]!r}")
+    summary: dict = {"quick": args.quick}
+    details: dict = {}
+    failed = []
+    t0 = time.monotonic()
+    for i, bench in enumerate(chosen, 1):
+        print(f"bench {i}/{len(chosen)}: {bench.name} …", file=sys.stderr, flush=True)
+        t1 = time.monotonic()
+        res = details[bench.name] = run_one(bench, args.quick)
+        if "error" in res:
+            failed.append(bench.name)
+            print(f"bench {bench.name} FAILED: {res['error']}", file=sys.stderr, flush=True)
+            continue
+        for src, dst in bench.lift.items():
+            if src in res:
+                summary[dst] = res[src]
+        print(f"bench {bench.name}: done in {time.monotonic() - t1:.0f} s", file=sys.stderr, flush=True)
+    summary["goals_met"] = {g.key: g.met(summary[g.key]) for g in GOALS if g.key in summary}
+    summary["seconds"] = round(time.monotonic() - t0, 1)
+    summary["details"] = details
+    print(json.dumps(summary) if args.json else table(summary))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

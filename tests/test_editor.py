@@ -1,0 +1,375 @@
+"""The visual editor (/editor) in real headless Chromium against a real 4-node mesh: build a DAG by
+dragging and linking boxes with the mouse, edit it through the generated forms and run it at redundancy 3;
+undo and redo; load and save job files; the checks that stop a cycle or a missing parameter before
+anything is sent; planning from a question; and no console errors or requests to other hosts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from .conftest import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+VIEWPORT = {"width": 1280, "height": 720}
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium")
+
+SEEN: dict[str, list[str]] = {"errors": [], "urls": [], "posts": []}  # across every page of the module
+
+
+@pytest.fixture(scope="module")
+def mesh(module_mesh):
+    return module_mesh(4)
+
+
+@pytest.fixture(scope="module")
+def node(mesh):
+    return mesh.nodes[0]
+
+
+@pytest.fixture(scope="module")
+def loop():
+    lp = asyncio.new_event_loop()
+    yield lp
+    lp.close()
+
+
+@pytest.fixture(scope="module")
+def browser(loop):
+    from pyppeteer import launch
+
+    b = loop.run_until_complete(launch(
+        executablePath=CHROMIUM, headless=True, handleSIGINT=False, handleSIGTERM=False, handleSIGHUP=False,
+        args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-extensions",
+              f"--window-size={VIEWPORT['width']},{VIEWPORT['height']}"]))
+    yield b
+    loop.run_until_complete(b.close())
+
+
+@pytest.fixture
+def ui(loop, browser, node, tmp_path):
+    """A fresh editor page (token in the URL fragment), ready once the palette is built."""
+    page = loop.run_until_complete(open_editor(browser, node, tmp_path / "downloads"))
+    yield Ui(loop, page)
+    loop.run_until_complete(page.close())
+
+
+async def open_editor(browser, node, download_dir: Path):
+    page = await browser.newPage()
+    await page.setViewport(VIEWPORT)
+    page.on("console", lambda msg: msg.type == "error" and SEEN["errors"].append(f"console: {msg.text}"))
+    page.on("pageerror", lambda exc: SEEN["errors"].append(f"page error: {exc}"))
+    page.on("request", lambda req: (SEEN["urls"].append(req.url),
+                                    req.method == "POST" and SEEN["posts"].append(req.url)))
+    await page._client.send("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)})
+    await page.goto(f"{node.api}/editor/#token={node.client.token}", waitUntil="load")
+    await page.waitForSelector("body[data-ready=true] .palette-item", timeout=20_000)
+    return page
+
+
+class Ui:
+    """The page plus the mouse gestures a person makes in the editor."""
+
+    def __init__(self, loop, page):
+        self.loop = loop
+        self.page = page
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def js(self, expr: str, *args):
+        return self.run(self.page.evaluate(expr, *args))
+
+    def wait(self, expr: str, timeout: float, *args):
+        """Wait until `expr` (a JS function) returns something truthy in the page."""
+        return self.run(self.page.waitForFunction(expr, {"timeout": timeout * 1000, "polling": 100}, *args))
+
+    def center(self, selector: str) -> tuple[float, float]:
+        box = self.run(self._box(selector))
+        return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+    async def _box(self, selector: str) -> dict:
+        handle = await self.page.waitForSelector(selector, timeout=10_000)
+        return await handle.boundingBox()
+
+    def drag(self, start: tuple[float, float], end: tuple[float, float]) -> None:
+        async def go():
+            m = self.page.mouse
+            await m.move(*start)
+            await m.down()
+            await m.move(start[0] + 8, start[1] + 3, {"steps": 2})
+            await m.move(*end, {"steps": 12})
+            await m.up()
+        self.run(go())
+
+    def drop_step(self, kind: str, dx: float, dy: float) -> str:
+        """Drag a palette item onto the canvas at (dx, dy) from its top-left corner; the new box's id."""
+        before = set(self.step_ids())
+        box = self.run(self._box("#canvas"))
+        self.drag(self.center(f".palette-item[data-kind={kind}]"), (box["x"] + dx, box["y"] + dy))
+        self.wait("n => document.querySelectorAll('.drawflow-node').length === n", 5, len(before) + 1)
+        (new,) = set(self.step_ids()) - before
+        return new
+
+    def connect(self, src: str, dst: str) -> None:
+        links = self.js("() => document.querySelectorAll('.connection').length")
+        self.drag(self.center(f".drawflow-node[data-step={src}] .output"),
+                  self.center(f".drawflow-node[data-step={dst}] .input"))
+        self.wait("n => document.querySelectorAll('.connection').length === n", 5, links + 1)
+
+    def select(self, step: str) -> None:
+        self.click(f".drawflow-node[data-step={step}] .box-title")
+        self.wait("id => document.querySelector('#f-id') && document.querySelector('#f-id').value === id", 5, step)
+
+    def click(self, selector: str) -> None:
+        self.run(self.page.click(selector))
+
+    def type_into(self, selector: str, text: str) -> None:
+        self.click(selector)
+        self.run(self.page.keyboard.type(text))
+
+    def step_ids(self) -> list[str]:
+        return self.js("() => [...document.querySelectorAll('.drawflow-node')].map(b => b.dataset.step)")
+
+    def job(self) -> dict:
+        return self.js("() => window.homemesh.toJob()")
+
+    def message(self) -> str:
+        return self.js("() => document.querySelector('#message').textContent")
+
+    def screenshot(self, path: Path) -> None:
+        path.parent.mkdir(exist_ok=True)
+        self.run(self.page.screenshot({"path": str(path)}))
+
+
+def jobs_count(node) -> int:
+    req = urllib.request.Request(node.api + "/jobs", headers={"Authorization": f"Bearer {node.client.token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return len(json.loads(resp.read()))
+
+
+def steps_of(job: dict) -> list[dict]:
+    return [{"id": s["id"], "kind": s["kind"], "params": s.get("params", {}), "after": s.get("after", [])}
+            for s in job["steps"]]
+
+
+@pytest.mark.timeout(180)
+def test_build_a_dag_with_the_mouse_and_run_it_at_redundancy_3(ui, mesh):
+    a = ui.drop_step("python", 40, 60)
+    b = ui.drop_step("python", 290, 220)
+    c = ui.drop_step("llm", 510, 390)
+    assert (a, b, c) == ("a", "b", "c")
+    ui.connect("a", "b")
+    ui.connect("b", "c")
+
+    ui.select("a")
+    ui.type_into("[data-param=code]", "output = 6 * 7")
+    ui.select("b")
+    ui.type_into("[data-param=code]", "output = inputs['a'] + 1")
+    ui.select("c")
+    ui.type_into("[data-param=prompt]", "The number {b.output} is")
+    ui.type_into("[data-param=max_tokens]", "16")
+    ui.run(ui.page.click("#redundancy", {"clickCount": 3}))
+    ui.run(ui.page.keyboard.type("3"))
+    ui.click("#job-name")  # leave the field
+
+    job = ui.job()
+    assert job["redundancy"] == 3 and job["quorum"] == "majority"
+    assert steps_of(job) == [
+        {"id": "a", "kind": "python", "params": {"code": "output = 6 * 7"}, "after": []},
+        {"id": "b", "kind": "python", "params": {"code": "output = inputs['a'] + 1"}, "after": ["a"]},
+        {"id": "c", "kind": "llm", "params": {"prompt": "The number {b.output} is", "max_tokens": 16},
+         "after": ["b"]}]
+    assert ui.js("() => document.querySelector('.drawflow-node[data-step=c] .box-preview').textContent") \
+        == "The number {b.output} is"
+    ui.screenshot(DOCS / "editor.png")
+
+    ui.click("#run")
+    ui.wait("() => document.querySelectorAll('.drawflow-node[data-state=done]').length === 3", 120)
+    ui.wait("() => window.homemesh.lastRun && document.querySelector('#credits').dataset.credits", 10)
+    report = ui.js("() => window.homemesh.lastRun")
+    assert report["status"] == "done"
+    assert report["steps"]["a"]["output"] == 42 and report["steps"]["b"]["output"] == 43
+    assert float(ui.js("() => document.querySelector('#credits').dataset.credits")) > 0
+    assert "done" in ui.message()
+
+    workers = {n.node_id for n in mesh.nodes[1:]}
+    for sid in "abc":
+        reps = ui.js("id => [...document.querySelectorAll(`.drawflow-node[data-step=${id}] .rep`)].map("
+                     "r => [r.dataset.node, r.dataset.agreed, r.textContent])", sid)
+        assert len(reps) == 3, reps
+        assert {r[0] for r in reps} <= workers
+        assert all(r[1] == "true" and r[2] == f"{r[0][:8]} ✓" for r in reps), reps
+        assert ui.js("id => document.querySelector(`.drawflow-node[data-step=${id}] .badge`).textContent", sid) == "done"
+
+    ui.select("c")  # its output opens in the side panel
+    ui.wait("() => document.querySelector('#output').dataset.ready === 'true'", 5)
+    shown = ui.js("() => document.querySelector('#output').textContent")
+    assert shown == report["steps"]["c"]["output"] and shown.strip()
+    assert ui.js("() => document.querySelectorAll('#replicas tbody tr').length") == 3
+    ui.screenshot(DOCS / "editor-run.png")
+
+
+@pytest.mark.timeout(60)
+def test_undo_and_redo_a_new_box(ui):
+    ui.click(".palette-item[data-kind=python]")  # a click adds a box too
+    ui.wait("() => document.querySelectorAll('.drawflow-node').length === 1", 5)
+    ui.click("#undo")
+    ui.wait("() => document.querySelectorAll('.drawflow-node').length === 0", 5)
+    ui.click("#redo")
+    ui.wait("() => document.querySelectorAll('.drawflow-node[data-step=a]').length === 1", 5)
+    ui.drop_step("llm", 300, 200)
+    ui.connect("a", "b")
+    ui.run(ui.page.keyboard.down("Control"))
+    ui.run(ui.page.keyboard.press("z"))
+    ui.run(ui.page.keyboard.up("Control"))
+    ui.wait("() => document.querySelectorAll('.connection').length === 0", 5)
+    assert ui.step_ids() == ["a", "b"]
+    ui.click("#redo")
+    ui.wait("() => document.querySelectorAll('.connection').length === 1", 5)
+    assert steps_of(ui.job())[1]["after"] == ["a"]
+    ui.select("b")
+    ui.click("#delete")
+    ui.wait("() => document.querySelectorAll('.drawflow-node').length === 1", 5)
+    ui.click("#undo")
+    ui.wait("() => document.querySelectorAll('.connection').length === 1", 5)
+    assert ui.step_ids() == ["a", "b"]
+
+
+@pytest.mark.timeout(60)
+def test_renaming_a_step_updates_the_references_to_it(ui):
+    ui.drop_step("python", 40, 60)
+    ui.drop_step("llm", 340, 200)
+    ui.select("b")
+    ui.type_into("[data-param=prompt]", "Twice {a.output} is")
+    ui.click("#job-name")
+    ui.wait("() => document.querySelectorAll('.connection').length === 1", 5)  # the reference implies the link
+    ui.select("a")
+    ui.run(ui.page.click("#f-id", {"clickCount": 3}))
+    ui.run(ui.page.keyboard.type("numbers"))
+    ui.click("#job-name")
+    ui.wait("() => document.querySelector('.drawflow-node[data-step=numbers]')", 5)
+    assert steps_of(ui.job())[1] == {"id": "b", "kind": "llm", "params": {"prompt": "Twice {numbers.output} is"},
+                                     "after": ["numbers"]}
+    ui.select("b")
+    ui.run(ui.page.click("#f-id", {"clickCount": 3}))
+    ui.run(ui.page.keyboard.type("numbers"))
+    ui.click("#job-name")
+    ui.wait("() => document.querySelector('.field-error:not(:empty)')", 5)
+    assert "another step is called 'numbers'" in ui.js("() => document.querySelector('.field-error:not(:empty)').textContent")
+    assert [s["id"] for s in ui.job()["steps"]] == ["numbers", "b"]
+
+
+@pytest.mark.timeout(60)
+def test_load_a_saved_file_and_save_it_again(ui, tmp_path):
+    saved = {"name": "fan", "redundancy": 2, "quorum": "unanimous", "steps": [
+        {"id": "x", "kind": "python", "params": {"code": "output = [3, 8, 12, 20]"}},
+        {"id": "sum", "kind": "python", "params": {"code": "output = sum(inputs['x'])"}, "after": ["x"]},
+        {"id": "n", "kind": "python", "params": {"code": "output = len(inputs['x'])"}, "after": ["x"]},
+        {"id": "say", "kind": "llm", "params": {"prompt": "The mean is {sum.output} over {n.output}:",
+                                                "max_tokens": 8, "stop": ["\n"]}, "after": ["sum", "n"]},
+    ]}
+    path = tmp_path / "fan.json"
+    path.write_text(json.dumps(saved, indent=1))
+    loader = ui.run(ui.page.querySelector("#load"))
+    ui.run(loader.uploadFile(str(path)))
+    ui.wait("() => document.querySelectorAll('.drawflow-node').length === 4", 10)
+    assert ui.js("() => document.querySelectorAll('.connection').length") == 4
+    assert "loaded fan.json" in ui.message()
+    job = ui.job()
+    assert steps_of(job) == steps_of(saved)
+    assert job == saved
+    assert ui.js("() => [document.querySelector('#redundancy').value, document.querySelector('#quorum').value]") \
+        == ["2", "unanimous"]
+    # laid out by depth: x before sum and n, which come before say
+    xs = {s: ui.center(f".drawflow-node[data-step={s}]")[0] for s in ("x", "sum", "n", "say")}
+    assert xs["x"] < xs["sum"] == xs["n"] < xs["say"]
+
+    ui.click("#save")
+    ui.wait("() => window.homemesh.savedBlob", 5)
+    text = ui.js("async () => await window.homemesh.savedBlob.text()")
+    assert json.loads(text) == saved
+    assert ui.js("() => document.querySelector('#save-link').download") == "fan.json"
+    download = tmp_path / "downloads" / "fan.json"  # and the browser downloaded the same file
+    wait_for(lambda: download.exists() and download.read_text().endswith("\n"), 10, "the downloaded job file")
+    assert json.loads(download.read_text()) == saved
+
+
+@pytest.mark.timeout(60)
+def test_a_cycle_or_a_missing_parameter_stops_the_run_before_anything_is_sent(ui, node):
+    before = jobs_count(node)
+    posts = len(SEEN["posts"])
+    ui.drop_step("python", 60, 80)
+    ui.drop_step("python", 380, 280)
+    ui.select("a")
+    ui.type_into("[data-param=code]", "output = 1")
+    ui.select("b")
+    ui.type_into("[data-param=code]", "output = 2")
+    ui.connect("a", "b")
+    ui.connect("b", "a")
+    ui.click("#run")
+    ui.wait("() => document.querySelector('#message').dataset.kind === 'error'", 5)
+    assert "steps form a cycle: " in ui.message()
+    assert "a → b → a" in ui.message() or "b → a → b" in ui.message()
+    assert ui.js("() => document.querySelectorAll('.drawflow-node.invalid').length") == 2
+
+    ui.click("#undo")  # drop the b → a link: the cycle is gone, now empty b's code
+    ui.wait("() => document.querySelectorAll('.connection').length === 1", 5)
+    ui.select("b")
+    ui.run(ui.page.click("[data-param=code]", {"clickCount": 3}))
+    ui.run(ui.page.keyboard.press("Backspace"))
+    ui.click("#job-name")
+    assert "code" not in ui.job()["steps"][1]["params"]
+    ui.click("#run")
+    ui.wait("() => document.querySelector('#message').textContent.includes('needs')", 5)
+    assert ui.message() == "step 'b' (python) needs code"
+    assert ui.js("() => [...document.querySelectorAll('.drawflow-node.invalid')].map(b => b.dataset.step)") == ["b"]
+
+    ui.drop_step("llm", 60, 380)  # a missing LLM prompt names the kind and the parameter
+    ui.select("b")
+    ui.type_into("[data-param=code]", "output = 2")
+    ui.click("#run")
+    ui.wait("() => document.querySelector('#message').textContent.includes('prompt')", 5)
+    assert ui.message() == "step 'c' (llm) needs prompt"
+    assert jobs_count(node) == before and len(SEEN["posts"]) == posts
+    assert ui.js("() => window.homemesh.lastRun") is None
+
+
+@pytest.mark.timeout(150)
+def test_plan_from_a_question_lays_the_dag_out(ui):
+    ui.type_into("#plan-query", "What is the average of 3, 8, 12 and 20?")
+    ui.click("#plan")
+    ui.wait("() => document.querySelector('#message').textContent.includes('planner')", 120)
+    assert ui.js("() => document.querySelector('#message').dataset.kind") == "info", ui.message()
+    boxes = ui.js("() => [...document.querySelectorAll('.drawflow-node')].map(b => {"
+                  "const r = b.getBoundingClientRect(); return [b.dataset.step, r.left, r.top, r.right, r.bottom]})")
+    assert boxes
+    for i, (_, l1, t1, r1, b1) in enumerate(boxes):
+        for _, l2, t2, r2, b2 in boxes[i + 1:]:
+            assert r1 <= l2 or r2 <= l1 or b1 <= t2 or b2 <= t1, boxes  # no two boxes overlap
+    job = ui.job()
+    assert [s["id"] for s in job["steps"]] == [b[0] for b in boxes]
+    assert ui.js("() => window.homemesh.problem()") is None  # the plan is ready to run
+
+
+@pytest.mark.timeout(60)
+def test_no_console_errors_and_no_requests_to_other_hosts(ui):
+    ui.click(".palette-item[data-kind=scrape]")
+    ui.select("a")
+    ui.type_into("[data-param=selectors]", "{not json")
+    ui.wait("() => document.querySelector('.field-error:not(:empty)')", 5)
+    assert "not valid JSON" in ui.js("() => document.querySelector('.field-error:not(:empty)').textContent")
+    assert SEEN["urls"], "no requests were recorded"
+    hosts = {urlparse(u).hostname for u in SEEN["urls"] if urlparse(u).scheme in ("http", "https", "ws", "wss")}
+    assert hosts == {"127.0.0.1"}, hosts
+    assert not SEEN["errors"], SEEN["errors"]
