@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import urllib.request
 from pathlib import Path
@@ -17,7 +18,9 @@ import pytest
 from .conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs"
+# Screenshots go to the test's tmp dir; `MESH_SCREENSHOTS=docs pytest tests/test_editor.py` refreshes the
+# README's (so a test run never rewrites files under version control).
+SHOTS = os.environ.get("MESH_SCREENSHOTS")
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 VIEWPORT = {"width": 1280, "height": 720}
 
@@ -164,7 +167,8 @@ def steps_of(job: dict) -> list[dict]:
 
 
 @pytest.mark.timeout(180)
-def test_build_a_dag_with_the_mouse_and_run_it_at_redundancy_3(ui, mesh):
+def test_build_a_dag_with_the_mouse_and_run_it_at_redundancy_3(ui, mesh, tmp_path):
+    shots = ROOT / SHOTS if SHOTS else tmp_path
     a = ui.drop_step("python", 40, 60)
     b = ui.drop_step("python", 290, 220)
     c = ui.drop_step("llm", 510, 390)
@@ -192,7 +196,7 @@ def test_build_a_dag_with_the_mouse_and_run_it_at_redundancy_3(ui, mesh):
          "after": ["b"]}]
     assert ui.js("() => document.querySelector('.drawflow-node[data-step=c] .box-preview').textContent") \
         == "The number {b.output} is"
-    ui.screenshot(DOCS / "editor.png")
+    ui.screenshot(shots / "editor.png")
 
     ui.click("#run")
     ui.wait("() => document.querySelectorAll('.drawflow-node[data-state=done]').length === 3", 120)
@@ -217,7 +221,7 @@ def test_build_a_dag_with_the_mouse_and_run_it_at_redundancy_3(ui, mesh):
     shown = ui.js("() => document.querySelector('#output').textContent")
     assert shown == report["steps"]["c"]["output"] and shown.strip()
     assert ui.js("() => document.querySelectorAll('#replicas tbody tr').length") == 3
-    ui.screenshot(DOCS / "editor-run.png")
+    ui.screenshot(shots / "editor-run.png")
 
 
 @pytest.mark.timeout(60)

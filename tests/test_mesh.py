@@ -154,6 +154,12 @@ def test_mesh_up_starts_nodes_that_know_each_other_and_ctrl_c_stops_them(tmp_pat
         assert "mesh of 3 nodes ready" in first, first
         lines = [proc.stdout.readline() for _ in range(3)]
         assert all("API http://127.0.0.1:" in line for line in lines)
+        editor = proc.stdout.readline()
+        assert editor.startswith("editor: http://127.0.0.1:") and "/editor#token=" in editor, editor
+        import urllib.request
+
+        with urllib.request.urlopen(editor.split()[1].split("#")[0], timeout=10) as resp:
+            assert resp.status == 200 and b"drawflow" in resp.read().lower()
         homes = [tmp_path / "up" / f"node{i}" for i in range(3)]
         pids = [json.loads((h / "node.json").read_text())["pid"] for h in homes]
         for h in homes:
