@@ -63,7 +63,7 @@ def burst(client, n: int, r: int, threads: int = 8) -> float:
     for job_id in ids:
         report = client.request("GET", f"/jobs/{job_id}?wait=60", timeout=90)
         if report["status"] != "done":
-            raise RuntimeError(f"burst job {job_id} {report['status']}")
+            raise RuntimeError(f"burst job {job_id} {report['status']}: {report['steps']['s'].get('error')}")
     return len(ids) / (time.perf_counter() - t0)
 
 

@@ -304,6 +304,7 @@ async def make_plan(node: "Node", query: str, which: str, redundancy: int | None
 
 def read_ledger(node: "Node", what: str, limit: int = 100) -> Any:
     """Read this node's ledger on its own read-only connection (the LedgerActor alone writes)."""
+    from ledger import views
     from ledger.store import Ledger
 
     from .home import LEDGER_FILE
@@ -311,11 +312,9 @@ def read_ledger(node: "Node", what: str, limit: int = 100) -> Any:
     led = Ledger(node.opts.home / LEDGER_FILE, readonly=True)
     try:
         if what == "balance":
-            totals = led.totals()
-            return {"node": node.id, "balance": led.balance(), "earned": totals.get("earned", 0.0),
-                    "spent": -totals.get("paid", 0.0)}
+            return views.balance(led, node.id)
         if what == "peers":
-            return [{"node": n, **s} for n, s in led.peer_stats(int(time.time() * 1000)).items()]
+            return views.peers(led, int(time.time() * 1000))
         return led.history(limit)
     finally:
         led.close()

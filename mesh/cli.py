@@ -133,7 +133,7 @@ def _wait(client, job_id: str, timeout: float) -> dict:
             key = (ev["step"], ev["node"])
             if ev["tokens"] > tokens.get(key, 0):
                 tokens[key] = ev["tokens"]
-                tail = ev["text"][-60:].replace("\n", " ")
+                tail = ev.get("text", "")[-60:].replace("\n", " ")
                 say(f"{ev['step']}: {ev['node'][:8]} {ev['tokens']} tokens …{tail}")
         elif kind == "done":
             return ev
@@ -209,6 +209,7 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
+    from ledger import views
     from ledger.store import Ledger
 
     from .home import LEDGER_FILE
@@ -240,13 +241,11 @@ def cmd_ledger(args: argparse.Namespace) -> int:
             _emit(args, {"file": args.arg, "receipts": len(data["receipts"]), "total": data["total"]},
                   f"wrote {len(data['receipts'])} receipts worth {data['total']:g} credits to {args.arg}")
         elif args.what == "balance":
-            totals = led.totals()
-            obj = {"node": me, "balance": led.balance(), "earned": totals.get("earned", 0.0),
-                   "spent": -totals.get("paid", 0.0)}
+            obj = views.balance(led, me)
             _emit(args, obj, f"node {me}\nbalance {obj['balance']:g} (earned {obj['earned']:g}, "
                              f"spent {obj['spent']:g})")
         elif args.what == "peers":
-            rows = [{"node": n, **s} for n, s in led.peer_stats(int(time.time() * 1000)).items()]
+            rows = views.peers(led, int(time.time() * 1000))
             human = "\n".join(f"{r['node'][:16]}  reputation {r['reputation']:.3f}  agreed {r['agreed']}  "
                               f"disagreed {r['disagreed']}  no-show {r['no_show']}  penalties {r['penalty']}  "
                               f"failed spot checks {r['spot_failed']}" for r in rows)

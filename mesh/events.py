@@ -33,6 +33,9 @@ class EventLog:
     def publish(self, kind: str, data: dict) -> None:
         if self.closed or (len(self.items) >= MAX_EVENTS and kind == "progress"):
             return
+        if kind == "done":  # streamed text is in the outputs now: keep each progress event's place, not its text
+            self.items = [Event(e.kind, {k: v for k, v in e.data.items() if k != "text"}) if e.kind == "progress"
+                          else e for e in self.items]
         self.items.append(Event(kind, data))
         self.closed = kind == "done"
         self._changed.set()

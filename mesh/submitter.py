@@ -9,6 +9,7 @@ import logging
 import random
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ from .dag import Job
 from .envelope import Envelope
 from .errors import CreditError
 from .events import EventLog
+from .flow import Limits
 from .jobrun import Dispatch, JobRun, Outcome
 from .messages import Progress, ReceiptMsg, StepRequest, StepResult
 from .peers import Peer
@@ -30,8 +32,10 @@ if TYPE_CHECKING:
     from .node import Node
 
 log = logging.getLogger("mesh.submitter")
+PER_WORKER = Limits().max_inflight_per_peer  # requests a worker takes from one peer at once
 TICK_S = 1.0  # how often a job re-checks deadlines when nothing else wakes it
 PARTIAL_TEXT = 4096  # characters of a running replica's streamed text shown in the job report
+PROGRESS_EVENT_TEXT = 1024  # of it in each progress event (jobs keep their events while in memory)
 
 
 @dataclass
@@ -54,6 +58,8 @@ class Submitter:
     def __init__(self, node: "Node"):
         self.node = node
         self.jobs: dict[str, JobState] = {}
+        self.outstanding: dict[str, dict[tuple[str, str], float]] = {}  # worker → (job, step) → deadline
+        self.queued: dict[str, deque[tuple[str, JobState, Dispatch]]] = {}  # worker → replicas waiting for it
         self.spot = SpotChecker(node.opts.spot_rate, node.opts.blacklist_s, random.Random(node.rng.getrandbits(64)))
 
     def submit(self, job: Job) -> str:
@@ -139,9 +145,16 @@ class Submitter:
                 pass
 
     async def _dispatch(self, job_id: str, st: JobState, d: Dispatch) -> None:
+        """Send a replica now, or queue it while this worker already has as many of our requests as it
+        takes from one peer (a worker answers more with "busy", which would fail the replica)."""
+        if self._busy(d.node):
+            self.queued.setdefault(d.node, deque()).append((job_id, st, d))
+            return
         peer = self.node.peers.by_node(d.node)
         req = StepRequest(job_id, d.step, d.kind, d.params, max(1.0, d.deadline - time.monotonic()))
+        self.outstanding.setdefault(d.node, {})[(job_id, d.step)] = d.deadline
         if peer is None or not await self.node.send_dialling(peer, "step", req):
+            self._release(d.node, job_id, d.step)
             st.run.on_failure(d.step, d.node, "unreachable")
             st.wake.set()
             return
@@ -149,7 +162,26 @@ class Submitter:
         if challenge is not None:  # indistinguishable from real work for the worker
             spot_id = f"spot-{uuid.uuid4().hex[:16]}"
             self.spot.issue(spot_id, d.node, challenge, time.monotonic() + req.timeout)
+            self.outstanding[d.node][(spot_id, "check")] = d.deadline
             self.node.send(peer, "step", StepRequest(spot_id, "check", challenge.kind, challenge.params, req.timeout))
+
+    def _busy(self, node: str) -> bool:
+        out = self.outstanding.get(node, {})
+        now = time.monotonic()
+        for key in [k for k, deadline in out.items() if deadline <= now]:
+            del out[key]  # past its deadline: the core has failed it; the worker's slot is free or dead
+        return len(out) >= PER_WORKER
+
+    def _release(self, node: str, job_id: str, step: str) -> None:
+        """A request to `node` was answered (or never sent): send what waits for that worker."""
+        self.outstanding.get(node, {}).pop((job_id, step), None)
+        waiting = self.queued.get(node)
+        while waiting and not self._busy(node):
+            queued_job, st, d = waiting.popleft()
+            step_run = st.run.steps[d.step]
+            if not st.run.finished and step_run.tally is not None and d.node in step_run.tally.pending:
+                self.node.spawn(self._dispatch(queued_job, st, d))
+                return  # _dispatch counts it at once; the next release sends the next
 
     def _on_spot(self, node: str, challenge: Challenge, res: StepResult) -> None:
         ok = res.ok and digest(res.output) == res.digest
@@ -169,6 +201,7 @@ class Submitter:
             st.wake.set()
 
     def on_result(self, peer: Peer, res: StepResult, env: Envelope | None = None) -> None:
+        self._release(peer.node, res.job, res.step)
         challenge = self.spot.take(res.job, peer.node)
         if challenge is not None:
             self._on_spot(peer.node, challenge, res)
@@ -196,9 +229,11 @@ class Submitter:
             return
         st.partial[(msg.step, peer.node)] = (msg.tokens, msg.text)
         st.events.publish("progress", {"step": msg.step, "node": peer.node, "tokens": msg.tokens,
-                                       "text": msg.text[-PARTIAL_TEXT:]})
+                                       "text": msg.text[-PROGRESS_EVENT_TEXT:]})
 
     def on_node_lost(self, node: str, reason: str) -> None:
+        self.outstanding.pop(node, None)
+        self.queued.pop(node, None)  # the core fails those replicas below
         for st in self.jobs.values():
             if not st.run.finished:
                 st.run.on_node_lost(node, reason)

@@ -93,6 +93,17 @@ def module_mesh(tmp_path_factory):
     starter.stop()
 
 
+@pytest.fixture(scope="module")
+def mesh(module_mesh):
+    """A 4-node mesh with the model, shared by one module's tests (node0 submits, three work)."""
+    return module_mesh(4)
+
+
+@pytest.fixture(scope="module")
+def node(mesh):
+    return mesh.nodes[0]
+
+
 def write_job(path: Path, steps: list[dict], **extra) -> str:
     path.write_text(json.dumps({"name": path.stem, "steps": steps, **extra}))
     return str(path)

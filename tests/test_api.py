@@ -26,16 +26,6 @@ THREE_STEPS = {"name": "three", "steps": [
 ]}
 
 
-@pytest.fixture(scope="module")
-def mesh(module_mesh):
-    return module_mesh(4)
-
-
-@pytest.fixture(scope="module")
-def node(mesh):
-    return mesh.nodes[0]
-
-
 def call(node, method: str, path: str, body: object = None, token: bool = True,
          headers: dict | None = None) -> tuple[int, object]:
     data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
@@ -237,3 +227,14 @@ def test_mesh_ask_asks_before_running(node):
     assert len(call(node, "GET", "/jobs")[1]) == jobs_before
     res = run_cli("ask", "--home", str(node.home), "   ")
     assert res.returncode == 2 and res.stderr.startswith("mesh: error: the query is empty")
+
+
+def test_a_burst_of_jobs_waits_for_busy_workers_instead_of_failing(node):
+    """40 jobs at once at r=3 on 3 workers: each worker takes 4 requests from one peer at a time and
+    answers more with "busy"; the submitter holds replicas back until a worker has room."""
+    step = {"id": "s", "kind": "python", "params": {"code": "output = sum(range(10 ** 5))"}}
+    ids = [call(node, "POST", "/jobs", {"job": {"name": "burst", "steps": [step]}})[1]["job_id"] for _ in range(40)]
+    reports = [call(node, "GET", f"/jobs/{job_id}?wait=60")[1] for job_id in ids]
+    assert [r["status"] for r in reports] == ["done"] * 40
+    errors = [rep.get("error", "") for r in reports for rep in r["steps"]["s"]["replicas"]]
+    assert not any("busy" in e for e in errors), errors

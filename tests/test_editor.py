@@ -30,16 +30,6 @@ SEEN: dict[str, list[str]] = {"errors": [], "urls": [], "posts": []}  # across e
 
 
 @pytest.fixture(scope="module")
-def mesh(module_mesh):
-    return module_mesh(4)
-
-
-@pytest.fixture(scope="module")
-def node(mesh):
-    return mesh.nodes[0]
-
-
-@pytest.fixture(scope="module")
 def loop():
     lp = asyncio.new_event_loop()
     yield lp

@@ -527,7 +527,7 @@
       st.replicas[data.node] = Object.assign(r, {state: data.state, role: data.role},
         data.digest ? {digest: data.digest} : {}, data.error ? {error: data.error} : {});
     } else if (kind === 'progress') {
-      stepState(data.step).text[data.node] = data.text;
+      if (typeof data.text === 'string') stepState(data.step).text[data.node] = data.text;
     } else if (kind === 'done') {
       finishRun(data);
     }
