@@ -16,6 +16,7 @@ from mesh.llm import Model
 from mesh.local import LocalMesh
 from mesh.models import default_model
 
+REPEAT = 3  # runs of each side; the best is kept
 PROMPT = "Here is a short story about a lighthouse keeper who finds a message in a bottle.\n\n"
 
 
@@ -23,8 +24,8 @@ def direct(tokens: int, threads: int) -> tuple[float, str]:
     path, sha = default_model()
     model = Model(path, sha, threads)
     model.generate(PROMPT, 8)  # warm-up, as the mesh's runner is warm by the time a step arrives
-    gen = model.generate(PROMPT, tokens)
-    return gen.tokens / gen.seconds, gen.text
+    best = max((model.generate(PROMPT, tokens) for _ in range(REPEAT)), key=lambda g: g.tokens / g.seconds)
+    return best.tokens / best.seconds, best.text
 
 
 def through_mesh(tokens: int, threads: int) -> dict:
@@ -39,12 +40,17 @@ def through_mesh(tokens: int, threads: int) -> dict:
         mesh.start()
         ready_s = mesh.wait_ready(120)
         client = mesh.nodes[0].client
-        for body in (warm, job):
+        best: tuple[float, dict] | None = None
+        for body in (warm, *[job] * REPEAT):  # the best of REPEAT runs, as for the direct baseline
             t1 = time.monotonic()
             job_id = client.request("POST", "/jobs", {"job": body})["job_id"]
             while (rep := client.request("GET", f"/jobs/{job_id}?wait=5"))["status"] == "running":
                 pass
-            wall = time.monotonic() - t1
+            took = time.monotonic() - t1
+            if body is job and (best is None or took < best[0]):
+                best = (took, rep)
+        assert best is not None
+        wall, rep = best
         step = rep["steps"]["gen"]
         work = step["replicas"][0]["work"]
         return {"ready_s": ready_s, "startup_s": time.monotonic() - t0, "wall_s": wall, "tokens": work["tokens"],

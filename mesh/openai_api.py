@@ -63,12 +63,15 @@ async def models(request: Request) -> dict[str, Any]:
             for sha in p.models:
                 holders[sha] = holders.get(sha, 0) + 1
     now = int(time.time())
-    data = [{"id": names.get(sha, sha), "object": "model", "created": now, "owned_by": "homemesh",
-             "x_homemesh": {"sha256": sha, "peers": n, "default": sha == default_model_sha()}}
-            for sha, n in sorted(holders.items())]
-    if default_model_sha() in holders:  # 'default' is what chat requests may also say
-        data.insert(0, {**data[[d["x_homemesh"]["sha256"] for d in data].index(default_model_sha())],
-                        "id": "default"})
+    default = default_model_sha()
+
+    def entry(model_id: str, sha: str) -> dict:
+        return {"id": model_id, "object": "model", "created": now, "owned_by": "homemesh",
+                "x_homemesh": {"sha256": sha, "peers": holders[sha], "default": sha == default}}
+
+    data = [entry(names.get(sha, sha), sha) for sha in sorted(holders)]
+    if default in holders:  # what chat requests may also call it
+        data.insert(0, entry("default", default))
     return {"object": "list", "data": data}
 
 
