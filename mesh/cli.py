@@ -176,7 +176,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     out = sys.stderr if args.json else sys.stdout
     print(reply["tree"], file=out, flush=True)
     if args.save:
-        Path(args.save).write_text(json.dumps(reply["plan"], indent=2) + "\n")
+        _write(args.save, json.dumps(reply["plan"], indent=2) + "\n")
         print(f"plan saved to {args.save} (run it with: mesh submit {args.save} --wait)", file=out)
     if args.plan_only or not (args.yes or _confirm("run this plan on the mesh? [y/N] ")):
         if not args.plan_only:
@@ -190,6 +190,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
     _emit(args, {"plan": reply["plan"], "planner": reply["planner"], "fallback": reply["fallback"],
                  "result": report}, _describe(report))
     return 0 if report["status"] == "done" else EXIT_FAILED
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def _confirm(question: str) -> bool:
@@ -237,7 +244,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
             from ledger.export import export_receipts
 
             data = export_receipts(led.history(None), me)
-            Path(args.arg).write_text(json.dumps(data, indent=1) + "\n")
+            _write(args.arg, json.dumps(data, indent=1) + "\n")
             _emit(args, {"file": args.arg, "receipts": len(data["receipts"]), "total": data["total"]},
                   f"wrote {len(data['receipts'])} receipts worth {data['total']:g} credits to {args.arg}")
         elif args.what == "balance":

@@ -227,6 +227,10 @@ def test_mesh_ask_asks_before_running(node):
     assert len(call(node, "GET", "/jobs")[1]) == jobs_before
     res = run_cli("ask", "--home", str(node.home), "   ")
     assert res.returncode == 2 and res.stderr.startswith("mesh: error: the query is empty")
+    res = run_cli("ask", "--home", str(node.home), "--planner", "rules", "--plan-only", "--save",
+                  "/nonexistent/dir/plan.json", "what is 2 to the power 10")
+    assert res.returncode == 2 and res.stderr.splitlines()[-1] == (
+        "mesh: error: cannot write /nonexistent/dir/plan.json: No such file or directory")
 
 
 def test_a_burst_of_jobs_waits_for_busy_workers_instead_of_failing(node):
