@@ -19,73 +19,100 @@ MAX_LIST = 4096
 
 def parse(cls: type[T], data: Any, where: str = "payload") -> T:
     """Build `cls` from `data` or raise Rejected('bad-schema', ...) naming the first bad field."""
-    return _parser(cls)(data, where)
+    try:
+        return _parser(cls)(data)
+    except _Bad as bad:
+        raise Rejected("bad-schema", f"{where}{bad.path} {bad.what}") from None
+
+
+class _Bad(Exception):
+    """A field that does not fit, on its way up: each level adds its name (only on this error path, so
+    a good message costs no string building)."""
+
+    def __init__(self, what: str, path: str = ""):
+        super().__init__(what)
+        self.what, self.path = what, path
+
+
+_SCALARS: dict[Any, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
 
 
 @functools.cache
-def _parser(cls: type) -> Callable[[Any, str], Any]:
+def _parser(cls: type) -> Callable[[Any], Any]:
     """A checker for `cls`, built once per class from its type hints: resolving string annotations and
-    walking typing objects on every message was most of the time an envelope took to check."""
+    walking typing objects on every message was most of the time an envelope took to check. Scalars
+    (decoded JSON has exact types, so `type(v) in` also keeps booleans out of ints) are checked inline."""
     hints = typing.get_type_hints(cls)
-    fields = [(f.name, _checker(hints[f.name]),
-               f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)
-              for f in dataclasses.fields(cls)]
-    names = frozenset(name for name, _, _ in fields)
+    fields = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        optional = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        fields.append((f.name, _SCALARS.get(tp), tp, None if tp in _SCALARS else _checker(tp), optional))
+    names = frozenset(f[0] for f in fields)
 
-    def check(data: Any, where: str) -> Any:
-        if not isinstance(data, dict):
-            raise Rejected("bad-schema", f"{where} is not an object")
+    def check(data: Any) -> Any:
+        if type(data) is not dict:
+            raise _Bad("is not an object")
         extra = data.keys() - names
         if extra:
-            raise Rejected("bad-schema", f"{where} has unknown field {sorted(extra)[0]!r}")
+            raise _Bad(f"has unknown field {sorted(extra)[0]!r}")
         values = {}
-        for name, field_check, optional in fields:
+        for name, types, tp, field_check, optional in fields:
             if name not in data:
                 if optional:
                     continue
-                raise Rejected("bad-schema", f"{where}.{name} is missing")
-            values[name] = field_check(data[name], f"{where}.{name}")
+                raise _Bad("is missing", f".{name}")
+            value = data[name]
+            if types is not None:
+                if type(value) not in types or (tp is str and len(value) > MAX_STR):
+                    raise _Bad(f"is not {tp.__name__}", f".{name}")
+                values[name] = float(value) if tp is float else value
+                continue
+            try:
+                values[name] = field_check(value)
+            except _Bad as bad:
+                raise _Bad(bad.what, f".{name}{bad.path}") from None
         return cls(**values)
 
     return check
 
 
-def _checker(tp: Any) -> Callable[[Any, str], Any]:
+def _checker(tp: Any) -> Callable[[Any], Any]:
     origin = typing.get_origin(tp)
     if tp is Any or tp is object:
-        return lambda value, where: value
+        return lambda value: value
     if dataclasses.is_dataclass(tp):
-        return lambda value, where: _parser(tp)(value, where)
+        return lambda value: _parser(tp)(value)
     if origin is list:
         (item,) = typing.get_args(tp)
         item_check = _checker(item)
 
-        def check_list(value: Any, where: str) -> list:
-            if not isinstance(value, list) or len(value) > MAX_LIST:
-                raise Rejected("bad-schema", f"{where} is not a list of at most {MAX_LIST}")
-            return [item_check(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        def check_list(value: Any) -> list:
+            if type(value) is not list or len(value) > MAX_LIST:
+                raise _Bad(f"is not a list of at most {MAX_LIST}")
+            out = []
+            for i, v in enumerate(value):
+                try:
+                    out.append(item_check(v))
+                except _Bad as bad:
+                    raise _Bad(bad.what, f"[{i}]{bad.path}") from None
+            return out
         return check_list
     if origin is dict or tp is dict:
-        def check_dict(value: Any, where: str) -> dict:
-            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-                raise Rejected("bad-schema", f"{where} is not an object")
+        def check_dict(value: Any) -> dict:
+            if type(value) is not dict or not all(type(k) is str for k in value):
+                raise _Bad("is not an object")
             return value
         return check_dict
-    tests: dict[Any, Callable[[Any], bool]] = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        str: lambda v: isinstance(v, str) and len(v) <= MAX_STR,
-    }
-    if tp not in tests:
-        raise TypeError(f"schema type {tp!r} not supported")
-    ok, convert = tests[tp], (float if tp is float else None)
+    if tp in _SCALARS:
+        types = _SCALARS[tp]
 
-    def check_scalar(value: Any, where: str) -> Any:
-        if not ok(value):
-            raise Rejected("bad-schema", f"{where} is not {tp.__name__}")
-        return convert(value) if convert else value
-    return check_scalar
+        def check_scalar(value: Any) -> Any:
+            if type(value) not in types or (tp is str and len(value) > MAX_STR):
+                raise _Bad(f"is not {tp.__name__}")
+            return float(value) if tp is float else value
+        return check_scalar
+    raise TypeError(f"schema type {tp!r} not supported")
 
 
 _LEAVES = (str, int, float, bool, type(None))
