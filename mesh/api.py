@@ -180,7 +180,7 @@ def build_app(node: "Node") -> FastAPI:
         if wait > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(st.done.wait(), wait)
-        return node.submitter.report(job_id)
+        return node.submitter.report(job_id, st)
 
     @app.get("/jobs/{job_id}/events", dependencies=[Depends(authorised)],
              responses={**ERRORS, **NOT_FOUND, 200: {"content": {"text/event-stream": {}}, "description":

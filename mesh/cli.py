@@ -47,7 +47,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         model=Path(args.model).expanduser() if args.model else None, frame_cap=args.frame_cap,
         credit_line=args.credit_line, collude=args.collude or "", spot_rate=args.spot_rate,
         blacklist_s=args.blacklist, core_log=args.core_log, scrape_allow=args.scrape_allow,
-        browser=args.browser or "", no_scrape=args.no_scrape,
+        browser=args.browser or "", no_scrape=args.no_scrape, keep_jobs=args.keep_jobs,
         advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
         if args.advertise else "",
     )
@@ -427,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--browser", metavar="PATH", help="Chromium to drive for scrape steps (default: found on "
                     "PATH; without one, pages are fetched over plain HTTP and results say so)")
     sp.add_argument("--no-scrape", action="store_true", help="do not offer scrape steps to peers")
+    sp.add_argument("--keep-jobs", type=int, default=1000, metavar="N",
+                    help="finished jobs kept in memory (default 1000); older ones are read from the home's "
+                         "jobs/ directory, and are no longer rechecked when a spot check catches a cheater")
     sp.add_argument("--credit-line", type=float, default=10.0, metavar="CREDITS",
                     help="credits this node may spend beyond what it has earned (default 10)")
     sp.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: up to 4)")

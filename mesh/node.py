@@ -79,6 +79,7 @@ class NodeOptions:
     scrape_allow: list[str] = field(default_factory=list)  # CIDRs or hosts scrapes may reach though private
     browser: str = ""  # Chromium to drive ('' → found on PATH; none → plain HTTP fetches)
     no_scrape: bool = False
+    keep_jobs: int = 1000  # finished jobs kept in memory (older ones are read from <home>/jobs)
 
 
 def now_ms() -> int:
@@ -433,6 +434,8 @@ def run_node(opts: NodeOptions) -> None:
         opts.fault = "wrong"
     if opts.api[0] not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError("the API listens on loopback only (it holds the power to spend credits)")
+    if opts.keep_jobs < 1:
+        raise ConfigError("--keep-jobs must be at least 1")
     if not 0 <= opts.spot_rate <= 1:
         raise ConfigError("--spot-rate is a probability, from 0 to 1")
     if opts.frame_cap < 64 << 10:

@@ -105,7 +105,7 @@ async def chat_completions(body: ChatRequest, request: Request,
         return StreamingResponse(_stream(node, st, cid, model, needed, max_tokens, usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     await asyncio.wait_for(st.done.wait(), job.timeout + 30)
-    report = node.submitter.report(st.run.job_id)
+    report = node.submitter.report(st.run.job_id, st)
     x = chat.homemesh(report, st.signed, job.quorum.spec, needed)
     if report["steps"][chat.STEP]["status"] != "done":
         raise ApiError(503, f"the mesh did not agree on an answer: {x['rule']['text']} (job {st.run.job_id})")
@@ -129,7 +129,7 @@ async def _stream(node: "Node", st: "JobState", cid: str, model: str, needed: in
         if len(agreed) > len(sent) and agreed.startswith(sent):
             yield _sse(chat.chunk(cid, model, {"content": agreed[len(sent):]}))
             sent = agreed
-    report = node.submitter.report(st.run.job_id)
+    report = node.submitter.report(st.run.job_id, st)
     x = chat.homemesh(report, st.signed, st.run.job.quorum.spec, needed)
     if report["steps"][chat.STEP]["status"] != "done":
         yield _sse({"error": {"message": f"the mesh did not agree on an answer: {x['rule']['text']}",

@@ -101,7 +101,10 @@ class Submitter:
     def _judge_recheck(self, rid: str, st: JobState) -> None:
         """Confirm or overturn the rechecked answer; those who vouched for an overturned one disagreed."""
         job_id, sid = st.recheck_of or ("", "")
-        orig = self.jobs[job_id]
+        orig = self.jobs.get(job_id)
+        if orig is None:  # finished long ago and let go of (its report is on disk): nothing to judge
+            log.info("recheck %s of %s/%s ended after the job left memory", rid, job_id, sid)
+            return
         verdict, vouched = orig.run.apply_recheck(sid, st.run)
         if vouched:
             why = {"recheck": rid, "accepted": orig.run.steps[sid].digest}
@@ -121,9 +124,18 @@ class Submitter:
             if st.recheck_of:
                 self._judge_recheck(job_id, st)
             st.events.diff(st.run)
-            st.events.publish("done", self.report(job_id))
+            st.events.publish("done", self.report(job_id, st))
             st.done.set()
             log.info("job %s %s", job_id, st.run.status)
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Keep the newest `--keep-jobs` finished jobs in memory; older ones live on as their reports in
+        <home>/jobs (GET /jobs/{id} and its events read them there). Without this, a node serving chat
+        completions (a job each) grew without bound."""
+        finished = [j for j, s in self.jobs.items() if s.done.is_set()]
+        for job_id in finished[:max(0, len(finished) - self.node.opts.keep_jobs)]:
+            del self.jobs[job_id]
 
     async def _loop(self, job_id: str, st: JobState) -> None:
         run = st.run
@@ -275,8 +287,9 @@ class Submitter:
     def _save(self, job_id: str) -> None:
         (self.node.opts.home / "jobs" / f"{job_id}.json").write_text(json.dumps(self.report(job_id)))
 
-    def report(self, job_id: str) -> dict:
-        st = self.jobs[job_id]
+    def report(self, job_id: str, st: JobState | None = None) -> dict:
+        """A job's report; pass `st` when holding it across an await (it may leave memory meanwhile)."""
+        st = st or self.jobs[job_id]
         rep = st.run.report()
         rep["credits_spent"] = round(st.credits, 6)
         if st.payment_error:
