@@ -12,6 +12,7 @@ import json
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,7 @@ from .bridge import NoAnswer
 from .catalog import catalogue
 from .dag import Job, parse_job, resolve_models
 from .errors import ConfigError, CreditError, JobError, UserError
-from .events import Event
+from .events import Event, EventLog
 from .registry import Registry
 
 if TYPE_CHECKING:
@@ -200,11 +201,7 @@ def build_app(node: "Node") -> FastAPI:
 
     @app.get("/steps", summary="Step kinds with the JSON schema of their parameters (no token needed)")
     async def steps() -> dict[str, StepKind]:
-        offered: dict[str, int] = {}
-        for p in node.peers:
-            if p.connected and p.state == "up":
-                for k in p.kinds:
-                    offered[k] = offered.get(k, 0) + 1
+        offered = Counter(k for p in node.peers.up() for k in p.kinds)
         return {k: StepKind(**v) for k, v in catalogue(offered).items()}
 
     @app.post("/plan", dependencies=[Depends(authorised)], responses=ERRORS,
@@ -269,7 +266,7 @@ def saved_report(node: "Node", job_id: str) -> dict:
     raise ApiError(404, f"no job {job_id}")
 
 
-async def stream(log, start: int) -> AsyncIterator[bytes]:
+async def stream(log: EventLog, start: int) -> AsyncIterator[bytes]:
     """Server-sent events from index `start` until the `done` event; a comment keeps idle streams open."""
     i = start
     while True:

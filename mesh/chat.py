@@ -5,6 +5,7 @@ While replicas generate, only the prefix that a quorum of them has already produ
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -106,8 +107,6 @@ def agreed_prefix(texts: list[str], needed: int) -> str:
 
 
 def content_of(output: Any) -> str:
-    import json
-
     return output.lstrip() if isinstance(output, str) else json.dumps(output)
 
 

@@ -178,17 +178,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.save:
         _write(args.save, json.dumps(reply["plan"], indent=2) + "\n")
         print(f"plan saved to {args.save} (run it with: mesh submit {args.save} --wait)", file=out)
+    out = {"plan": reply["plan"], "planner": reply["planner"], "fallback": reply["fallback"], "result": None}
     if args.plan_only or not (args.yes or _confirm("run this plan on the mesh? [y/N] ")):
         if not args.plan_only:
             print("not run (--yes runs without asking)", file=sys.stderr)
         if args.json:
-            _emit(args, {"plan": reply["plan"], "planner": reply["planner"], "fallback": reply["fallback"],
-                         "result": None}, "")
+            _emit(args, out, "")
         return 0
     job_id = client.request("POST", "/jobs", {"job": reply["plan"]})["job_id"]
-    report = _wait(client, job_id, args.timeout)
-    _emit(args, {"plan": reply["plan"], "planner": reply["planner"], "fallback": reply["fallback"],
-                 "result": report}, _describe(report))
+    report = out["result"] = _wait(client, job_id, args.timeout)
+    _emit(args, out, _describe(report))
     return 0 if report["status"] == "done" else EXIT_FAILED
 
 

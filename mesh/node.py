@@ -399,8 +399,8 @@ class Node:
         out: dict[str, list[Candidate]] = {}
         default = default_model_sha()
         now = time.monotonic()
-        for peer in self.peers:
-            if not peer.connected or peer.state != "up" or self.submitter.spot.blacklisted(peer.node, now):
+        for peer in self.peers.up():
+            if self.submitter.spot.blacklisted(peer.node, now):
                 continue
             rep, prefix = self.reputation_of(peer.node), prefix_of(peer.addr)
             cand = Candidate(peer.node, rep, prefix, self.streaks.get(peer.node, 0), reputation_group(prefix, rep))

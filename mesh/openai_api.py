@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -57,11 +58,7 @@ class ChatRequest(BaseModel):
 async def models(request: Request) -> dict[str, Any]:
     node: "Node" = request.app.state.node
     names = {e.sha256: e.name for e in Registry(node.opts.home).entries()}
-    holders: dict[str, int] = {}
-    for p in node.peers:
-        if p.connected and p.state == "up":
-            for sha in p.models:
-                holders[sha] = holders.get(sha, 0) + 1
+    holders = Counter(sha for p in node.peers.up() for sha in p.models)
     now = int(time.time())
     default = default_model_sha()
 

@@ -67,6 +67,10 @@ class PeerTable:
     def __iter__(self):
         return iter(list(self.peers.values()))
 
+    def up(self) -> list[Peer]:
+        """Peers connected and answering now: the ones work and counts of capacity are about."""
+        return [p for p in self.peers.values() if p.connected and p.state == "up"]
+
     def learn(self, rec: PeerRecord, now_ms: int) -> tuple[Peer | None, str]:
         """Take a record (from its owner or from gossip). Returns (peer, '') when it was new or newer
         than what we had, (None, '') when it told us nothing new, (None, reason) when it was refused."""

@@ -82,7 +82,7 @@ def _checker(tp: Any) -> Callable[[Any], Any]:
     if tp is Any or tp is object:
         return lambda value: value
     if dataclasses.is_dataclass(tp):
-        return lambda value: _parser(tp)(value)
+        return _parser(tp)
     if origin is list:
         (item,) = typing.get_args(tp)
         item_check = _checker(item)

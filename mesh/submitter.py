@@ -144,7 +144,9 @@ class Submitter:
             now = time.monotonic()
             run.on_time(now)
             for d in run.advance(self.node.candidates(), now, self.spot.held(now)):
-                self.node.spawn(self._dispatch(job_id, st, d))
+                self._dispatch(job_id, st, d)
+            for node in list(self.queued):  # slots freed by deadlines passing, with no answer to free them
+                self._drain(node)
             outcomes = run.take_outcomes()
             if outcomes:
                 await self._settle(job_id, st, outcomes)
@@ -156,15 +158,18 @@ class Submitter:
             except asyncio.TimeoutError:
                 pass
 
-    async def _dispatch(self, job_id: str, st: JobState, d: Dispatch) -> None:
-        """Send a replica now, or queue it while this worker already has as many of our requests as it
-        takes from one peer (a worker answers more with "busy", which would fail the replica)."""
+    def _dispatch(self, job_id: str, st: JobState, d: Dispatch) -> None:
+        """Send a replica now (its slot taken at once), or queue it while this worker already has as many
+        of our requests as it takes from one peer (a worker answers more with "busy", failing the replica)."""
         if self._busy(d.node):
             self.queued.setdefault(d.node, deque()).append((job_id, st, d))
             return
+        self.outstanding.setdefault(d.node, {})[(job_id, d.step)] = d.deadline
+        self.node.spawn(self._send(job_id, st, d))
+
+    async def _send(self, job_id: str, st: JobState, d: Dispatch) -> None:
         peer = self.node.peers.by_node(d.node)
         req = StepRequest(job_id, d.step, d.kind, d.params, max(1.0, d.deadline - time.monotonic()))
-        self.outstanding.setdefault(d.node, {})[(job_id, d.step)] = d.deadline
         if peer is None or not await self.node.send_dialling(peer, "step", req):
             self._release(d.node, job_id, d.step)
             st.run.on_failure(d.step, d.node, "unreachable")
@@ -187,13 +192,18 @@ class Submitter:
     def _release(self, node: str, job_id: str, step: str) -> None:
         """A request to `node` was answered (or never sent): send what waits for that worker."""
         self.outstanding.get(node, {}).pop((job_id, step), None)
+        self._drain(node)
+
+    def _drain(self, node: str) -> None:
+        """Send the replicas queued for `node` that still matter, as far as its free slots go."""
         waiting = self.queued.get(node)
         while waiting and not self._busy(node):
             queued_job, st, d = waiting.popleft()
             step_run = st.run.steps[d.step]
             if not st.run.finished and step_run.tally is not None and d.node in step_run.tally.pending:
-                self.node.spawn(self._dispatch(queued_job, st, d))
-                return  # _dispatch counts it at once; the next release sends the next
+                self._dispatch(queued_job, st, d)
+        if not waiting:
+            self.queued.pop(node, None)
 
     def _on_spot(self, node: str, challenge: Challenge, res: StepResult) -> None:
         ok = res.ok and digest(res.output) == res.digest
