@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mesh.stepuser import StepUser
+
 
 @dataclass
 class NodeConfig:
@@ -17,6 +19,7 @@ class NodeConfig:
     model_path: str = ""  # a GGUF registered by path; empty → the default model package
     model_sha256: str = ""
     extra_models: list[list[str]] = field(default_factory=list)  # [path, sha256] from the model registry
+    step_user: StepUser | None = None  # who python steps run as (set when the node runs as root)
 
 
 @dataclass
@@ -32,6 +35,7 @@ class RunStep:
     params: dict
     timeout: float
     sandboxed: bool = True
+    user: StepUser | None = None  # filled in by the NodeActor for python steps
 
 
 @dataclass
@@ -49,6 +53,7 @@ class WarmUp:
     """Tells a StepActor to start its sandbox now, before its step comes."""
 
     sandboxed: bool = True
+    user: StepUser | None = None
 
 
 @dataclass

@@ -4,6 +4,7 @@ fails the questions that child held (never leaving them hanging) and recreates l
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -99,7 +100,7 @@ class NodeActor(ActorTypeDispatcher):
 
         while self.can_sandbox and len(self.warm) < WARM_SANDBOXES:
             actor = self.createActor(StepActor)
-            self.send(actor, WarmUp(True))
+            self.send(actor, WarmUp(True, self.config.step_user))
             self.warm.append(actor)
 
     def _spawn_ledger(self) -> None:
@@ -129,6 +130,7 @@ class NodeActor(ActorTypeDispatcher):
 
             child = self.warm.pop(0) if self.warm and msg.sandboxed else self.createActor(StepActor)
             self._warm_up()
+            msg = dataclasses.replace(msg, user=self.config.step_user)
         else:
             self.send(sender, StepDone(msg.request_id, False, error=f"unknown step kind {msg.kind!r}"))
             return

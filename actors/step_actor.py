@@ -19,24 +19,25 @@ class StepActor(ActorTypeDispatcher):
 
     def receiveMsg_WarmUp(self, msg: WarmUp, sender) -> None:
         try:
-            self.sandbox = Sandbox(msg.sandboxed)
+            self.sandbox = Sandbox(msg.sandboxed, msg.user)
         except StepFailed:
             self.sandbox = None  # the step will start its own, and fail with the reason then
 
     def receiveMsg_RunStep(self, msg: RunStep, sender) -> None:
         box, self.sandbox = self.sandbox, None
         try:
-            if box is None or box.sandboxed != msg.sandboxed or not box.alive():
+            if box is None or box.sandboxed != msg.sandboxed or box.user != msg.user or not box.alive():
                 if box is not None:
                     box.close()
-                box = Sandbox(msg.sandboxed)
+                box = Sandbox(msg.sandboxed, msg.user)
             res = box.run(msg.params["code"], msg.params.get("inputs", {}), msg.timeout)
         except StepFailed as exc:
             self.send(sender, StepDone(msg.request_id, False, error=str(exc)))
             return
         identity = "python:bwrap" if msg.sandboxed else "python:unsandboxed"
         self.send(sender, StepDone(msg.request_id, True, res.output, identity,
-                                   {"cpu_s": round(res.cpu_s, 6), "stdout": res.stdout[-2000:],
+                                   {"cpu_s": round(res.cpu_s, 6), "peak_mb": round(res.peak_mb, 1),
+                                    "stdout": res.stdout[-2000:],
                                     "stderr": res.stderr[-2000:]}))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender) -> None:

@@ -3,7 +3,8 @@ binds, interleaved in the same run; figures are ratios of median wall times (goa
 `python_step_vs_bwrap` is the step as a node runs it: its sandbox (bwrap, per-step cgroups, the runner
 waiting on stdin) was started ahead by a warm StepActor, so the step pays only its request and result.
 `cold_step_vs_bwrap` starts everything on the step's path, with and without the per-step cgroups
-(moving a process into a cgroup costs the kernel a few milliseconds per controller).
+(moving a process into a cgroup costs the kernel a few milliseconds per controller). As root, steps run
+as an unprivileged uid with a seccomp filter and a read-only /proc/sys; the baseline has none of these.
 
     python -m bench.python_step [--runs 30] [--json]
 """
@@ -19,6 +20,7 @@ from unittest import mock
 from bench.report import emit
 from mesh import sandbox
 from mesh.sandbox import bwrap_command, bwrap_path, run_python
+from mesh.stepuser import NOBODY, running_as_root
 
 
 class NoGroup:
@@ -33,10 +35,23 @@ class NoGroup:
     def close(self) -> None:
         pass
 
+    def cpu_s(self) -> None:
+        return None
+
+    def peak_bytes(self) -> None:
+        return None
+
 
 def bare_command() -> list[str]:
-    cmd = bwrap_command(bwrap_path() or "bwrap")
-    return cmd[:cmd.index("-c") + 1] + ["pass"]  # the same sandbox and interpreter, running nothing
+    """The baseline: bwrap with the same binds and interpreter, running nothing, as the invoking user, with
+    no seccomp filter and no read-only /proc/sys (what a sandbox cost before the step user existed)."""
+    launch = bwrap_command(bwrap_path() or "bwrap", code="pass", user=NOBODY if running_as_root() else None)
+    launch.close()
+    cmd = launch.cmd
+    drop = cmd.index("--seccomp")
+    cmd = cmd[:drop] + cmd[drop + 2:]
+    ro = cmd.index("/proc/sys")
+    return cmd[:ro - 1] + cmd[ro + 2:]
 
 
 def main() -> None:

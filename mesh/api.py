@@ -1,7 +1,8 @@
 """The node's HTTP API (FastAPI in the node's own loop, loopback only): jobs and their event streams, the
 step catalogue, the planner, the ledger and peers, and the OpenAI-compatible endpoints (mesh.openai_api).
 Anything that spends credits or shows private data needs the bearer token; bad input is a 4xx whose
-`error` says what is wrong."""
+`error` says what is wrong. A request whose Host is not this API's loopback address is refused, and slow
+or idle connections are cut off (mesh.httpguard)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from .catalog import catalogue
 from .dag import Job, parse_job, resolve_models
 from .errors import ConfigError, CreditError, JobError, UserError
 from .events import Event, EventLog
+from .httpguard import GuardedH11, HostGuard, allowed_hosts
 from .registry import Registry
 
 if TYPE_CHECKING:
@@ -52,7 +54,7 @@ MAX_BODY = 4 << 20
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies and clients from timing out
 PLAN_TIMEOUT_S = 60.0
 EDITOR_CSP = ("default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-              "connect-src 'self'")
+              "connect-src 'self'; frame-ancestors 'none'")  # no other page may frame it (clickjacking)
 
 
 class ApiError(HTTPException):
@@ -121,6 +123,7 @@ class EditorHeaders:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []),
                                                   (b"content-security-policy", EDITOR_CSP.encode()),
+                                                  (b"x-frame-options", b"DENY"),
                                                   (b"x-content-type-options", b"nosniff")]}
             await send(message)
 
@@ -326,8 +329,14 @@ class _Server(uvicorn.Server):
 
 
 async def serve_api(node: "Node", sock: socket.socket, stopping: asyncio.Event) -> None:
-    server = _Server(uvicorn.Config(build_app(node), log_level="warning", lifespan="off",
-                                    access_log=False, ws="none"))
+    """Serve the API on `sock` until `stopping`: only to requests whose Host names it (mesh.httpguard), over
+    uvicorn's h11 protocol with a deadline per request and a cap on connections."""
+    host, port = sock.getsockname()[:2]
+    app = HostGuard(build_app(node), allowed_hosts(port, host), error_body)
+    # limit_concurrency stays off: uvicorn answers 503 to every request once that many connections are
+    # open, idle ones included, which is what a slowloris wants; GuardedH11 evicts idle ones instead
+    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, ws="none",
+                                    http=GuardedH11))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     stop = asyncio.create_task(stopping.wait())
     try:

@@ -1,7 +1,8 @@
 """Per-step control groups for the python sandbox: a cap on processes (a fork bomb) and on memory across
-all of a step's processes. rlimits alone fall short: RLIMIT_NPROC never applies to root, and
-RLIMIT_AS is per process. Used when the node may create cgroups (root, cgroup v1 or v2 with the pids
-and memory controllers); otherwise the rlimits are all there is, and `available()` says so."""
+all of a step's processes, and the step's CPU time and peak memory as the kernel counted them (what the
+node is paid for: never a figure the step reports itself). rlimits alone fall short: RLIMIT_AS is per
+process. Used when the node may create cgroups (root, cgroup v1 or v2 with the pids and memory
+controllers); otherwise the rlimits and the child's rusage are all there is, and `available()` says so."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ def _dirs() -> dict[str, Path]:
         if {"pids", "memory"} <= set(ctrls) and os.access(ROOT, os.W_OK):
             return {"pids": ROOT, "memory": ROOT}
         return {}
-    found = {c: ROOT / c for c in ("pids", "memory") if (ROOT / c / "cgroup.procs").exists()}
-    return {c: d for c, d in found.items() if os.access(d, os.W_OK)}
+    found = {c: ROOT / c for c in ("pids", "memory", "cpuacct") if (ROOT / c / "cgroup.procs").exists()}
+    found = {c: d for c, d in found.items() if os.access(d, os.W_OK)}
+    return found if {"pids", "memory"} <= set(found) else {}
 
 
 def available() -> list[str]:
@@ -37,6 +39,8 @@ class StepGroup:
 
     def __init__(self, memory_bytes: int, pids: int = PIDS_MAX):
         self.paths: list[Path] = []
+        self.cpu_file: Path | None = None  # cumulative CPU time of every process in the group
+        self.peak_file: Path | None = None  # the group's peak memory
         name = NAME + uuid.uuid4().hex[:12]
         for ctrl, base in _dirs().items():
             path = base / name
@@ -55,6 +59,33 @@ class StepGroup:
                     (path / limit).write_text(str(memory_bytes))
             except OSError:
                 pass  # the group still counts processes; the rlimits stay in force
+        for path in self.paths:
+            v2 = path.parent == ROOT
+            for attr, name in (("cpu_file", "cpu.stat" if v2 else "cpuacct.usage"),
+                               ("peak_file", "memory.peak" if v2 else "memory.max_usage_in_bytes")):
+                if (path / name).exists():
+                    setattr(self, attr, path / name)
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds used so far by the group's processes, living and dead (None: not counted here)."""
+        if self.cpu_file is None:
+            return None
+        try:
+            text = self.cpu_file.read_text()
+        except OSError:
+            return None
+        if self.cpu_file.name == "cpu.stat":  # v2: "usage_usec N" among other lines
+            usec = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("usage_usec ")), None)
+            return None if usec is None else usec / 1e6
+        return int(text) / 1e9  # v1 cpuacct.usage: nanoseconds
+
+    def peak_bytes(self) -> int | None:
+        if self.peak_file is None:
+            return None
+        try:
+            return int(self.peak_file.read_text())
+        except (OSError, ValueError):
+            return None
 
     def enter(self) -> None:
         for path in self.paths:

@@ -225,6 +225,10 @@ def _check_params(sid: str, kind: str, params: dict, source: str, resolved: bool
         raise JobError(f"{where}: {kind} step needs a non-empty string parameter {required!r}")
     if kind == "scrape":
         _check_scrape(where, params, resolved)
+    if kind == "python" and not resolved and REF.search(params["code"]):
+        ref = REF.search(params["code"]).group(1)
+        raise JobError(f"{where}: python code cannot contain {{{ref}.output}} (an earlier output pasted into "
+                       f"code could rewrite it): read it as inputs[{ref!r}] and list {ref!r} in 'after'")
     if kind == "ask-model" and "model" not in params:
         raise JobError(f"{where}: an ask-model step names its model (a name this node registered, or a SHA-256)")
     if kind in MODEL_KINDS:

@@ -232,9 +232,10 @@ class JobRun:
                     if not all(d == "done" for d in deps):
                         continue
                     if run.params is None:  # (a recheck comes with its params already rendered)
-                        run.params = render(step.params, {d: self.steps[d].output for d in step.after})
-                        if run.kind == "python":
-                            run.params = {**run.params, "inputs": {d: self.steps[d].output for d in step.after}}
+                        outputs = {d: self.steps[d].output for d in step.after}
+                        # python code is never templated: earlier outputs reach it as data only
+                        run.params = ({**step.params, "inputs": outputs} if run.kind == "python"
+                                      else render(step.params, outputs))
                     run.tally = Tally(self.job.quorum, self.job.redundancy, self.job.replica_limit,
                                       margin=self.margin and self.job.quorum.spec == "majority")
                     run.status = "running"

@@ -72,7 +72,9 @@ class LocalNode:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / RUNTIME_FILE).unlink(missing_ok=True)
         self.info = None
-        cmd = [sys.executable, "-m", "mesh", "node", "--home", str(self.home), "--listen", "127.0.0.1:0",
+        # -P: the working directory is not put on sys.path, so a `mesh/` folder there (`mesh up --dir mesh`)
+        # cannot shadow the package; PYTHONPATH still counts
+        cmd = [sys.executable, "-P", "-m", "mesh", "node", "--home", str(self.home), "--listen", "127.0.0.1:0",
                "--api", "127.0.0.1:0", "--threads", str(self.threads), *self.extra]
         for b in bootstrap:
             cmd += ["--bootstrap", b]

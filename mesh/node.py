@@ -46,6 +46,7 @@ from .replaystore import ReplayStore
 from .sandbox import bwrap_path
 from .schema import parse
 from .scrape import Scraper, find_browser
+from .stepuser import StepUser, step_user
 from .ssrf import Allow
 from .submitter import Submitter
 from .worker import Worker
@@ -111,7 +112,8 @@ def _forge(frame: bytes) -> bytes:
 
 
 class Node:
-    def __init__(self, opts: NodeOptions, identity: Identity, asys, node_actor, ready: NodeReady):
+    def __init__(self, opts: NodeOptions, identity: Identity, asys, node_actor, ready: NodeReady,
+                 user: StepUser | None = None):
         self.opts = opts
         self.identity = identity
         self.id = identity.node_id
@@ -122,7 +124,7 @@ class Node:
         self.kinds = (["llm"] if self.models else []) + (
             ["python"] if self.sandboxed or opts.allow_unsandboxed_python else []) + (
             [] if opts.no_scrape else ["scrape"])
-        self.scraper = Scraper(Allow.parse(opts.scrape_allow), find_browser(opts.browser or None))
+        self.scraper = Scraper(Allow.parse(opts.scrape_allow), find_browser(opts.browser or None), user)
         self.listen = f"{opts.listen[0]}:{opts.listen[1]}"  # run() puts the bound port here (port 0 → any)
         self.receiver = Receiver(identity.public_key, opts.network, floor_ms=now_ms())
         self.replay_store = ReplayStore(opts.home / REPLAY_FILE, self.receiver.window_ms)
@@ -449,6 +451,8 @@ def run_node(opts: NodeOptions) -> None:
             raise ConfigError(f"model file {opts.model} not found")
         model_sha = sha256_file(opts.model)
     identity, _ = load_or_create(opts.home)
+    os.chmod(opts.home, 0o700)  # the step user (and anyone else) must not read the ledger or the logs
+    user = step_user(opts.home, identity.node_id)
     for (host, port), what in ((opts.listen, "peer"), (opts.api, "API")):
         bind(host, port, what).close()  # fail fast, before forking the actor system
     logging.basicConfig(filename=str(opts.home / "node.log"), level=logging.INFO,
@@ -460,7 +464,7 @@ def run_node(opts: NodeOptions) -> None:
         node_actor = asys.createActor(NodeActor)
         extra = [[e.path, e.sha256] for e in Registry(opts.home).entries() if e.path] if opts.load_model else []
         config = NodeConfig(str(opts.home), str(opts.home / LEDGER_FILE), opts.threads, opts.load_model,
-                            str(opts.model or ""), model_sha, extra)
+                            str(opts.model or ""), model_sha, extra, user)
         ready = asys.ask(node_actor, config, 120 + 60 * len(extra))
         if not isinstance(ready, NodeReady):
             raise MeshError("the node's actors did not start (see actors.log in the node's home)")
@@ -468,7 +472,7 @@ def run_node(opts: NodeOptions) -> None:
             print(f"warning: {ready.error}; this node will not run llm steps", flush=True)
         peer_sock = bind(*opts.listen, "peer")
         api_sock = bind(*opts.api, "API")
-        node = Node(opts, identity, asys, node_actor, ready)
+        node = Node(opts, identity, asys, node_actor, ready, user)
         profile = os.environ.get("MESH_PROFILE")  # benchmarks: where this process spends its time
         if profile:
             import cProfile

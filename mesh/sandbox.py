@@ -1,9 +1,13 @@
-"""Runs untrusted Python in bubblewrap: no network (not even loopback), no home, the key nowhere in
-sight, a tmpfs /tmp, rlimits on CPU, memory, file size and processes, a wall-clock timeout and capped
-output. The step's code sees `inputs` and sets `output`."""
+"""Runs untrusted Python in bubblewrap: never as the host's root (a node started as root drops to its
+step user, mesh.stepuser, before bwrap starts), /proc/sys read-only, a seccomp filter (mesh.seccomp), no
+network (not even loopback), no home, the key nowhere in sight, a tmpfs /tmp, rlimits on CPU, memory,
+file size and processes, a wall-clock timeout and capped output. The step's code sees `inputs` and sets
+`output`. What it cost (CPU, memory) is measured here, from outside: the step can print anything, and
+nothing it prints is read as a measurement."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import marshal
 import math
@@ -14,9 +18,12 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
+from . import seccomp
 from .cgroup import StepGroup
 from .errors import StepFailed
+from .stepuser import NOBODY, StepUser, running_as_root
 
 OUTPUT_CAP = 1 << 20
 STREAM_CAP = 64 * 1024
@@ -28,7 +35,7 @@ MARK = "\x1ehomemesh-result\x1e"
 # its request as marshal (written by this node, never by a peer) and writes JSON with its own small
 # encoder: importing json pulls in `re`, which took longer than starting the interpreter itself.
 _RUNNER = r"""
-import io, marshal, sys, time
+import io, marshal, sys
 ESC = {i: "\\u%04x" % i for i in range(32)}
 ESC.update({34: '\\"', 92: "\\\\"})
 def s(v):
@@ -74,14 +81,12 @@ out, err = io.StringIO(), io.StringIO()
 real = sys.stdout
 sys.stdout, sys.stderr = out, err
 scope = {"inputs": inputs, "__name__": "__step__"}
-t0 = time.process_time()
 try:
     exec(compile(code, "<step>", "exec"), scope)
     res = '"ok":true,"output":' + enc(scope.get("output"))
 except BaseException as e:
     res = '"ok":false,"error":' + s("%s: %s" % (type(e).__name__, e))
-res += ',"cpu_s":%r,"stdout":%s,"stderr":%s' % (time.process_time() - t0, s(out.getvalue()[:CAP]),
-                                                s(err.getvalue()[:CAP]))
+res += ',"stdout":%s,"stderr":%s' % (s(out.getvalue()[:CAP]), s(err.getvalue()[:CAP]))
 real.write(MARK + "{" + res + "}")
 real.flush()
 """.replace("CAP", str(STREAM_CAP)).replace("MARK", repr(MARK))
@@ -89,36 +94,88 @@ real.flush()
 
 @dataclass(frozen=True)
 class PythonResult:
+    """A step's result; `cpu_s` and `peak_mb` were measured by this node (cgroup, else rusage)."""
+
     output: object
     stdout: str
     stderr: str
     cpu_s: float
+    peak_mb: float
 
 
 def bwrap_path() -> str | None:
     return shutil.which("bwrap")
 
 
-def _interpreter() -> tuple[str, str]:
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _interpreter(user: StepUser | None = None) -> tuple[str, str]:
+    """(prefix, executable) of the python that runs steps: this node's own, unless the step user cannot
+    read it (a pyenv python under /root, mode 0700): then the system's python3, which any user can. A
+    bind of a directory the step user cannot reach fails inside bwrap, even from an open descriptor."""
     prefix = os.path.realpath(sys.base_prefix)
     for name in (f"python{sys.version_info.major}.{sys.version_info.minor}", "python3"):
         exe = os.path.join(prefix, "bin", name)
         if os.path.exists(exe):
-            return prefix, exe
+            if user is None or _readable_by_others(os.path.realpath(exe)):
+                return prefix, exe
+            system = os.path.realpath(SYSTEM_PYTHON)
+            if os.path.exists(system) and _readable_by_others(system):
+                return os.path.dirname(os.path.dirname(system)), system
+            raise StepFailed(f"the step user (uid {user.uid}) cannot read the python at {exe} and there is no "
+                             f"{SYSTEM_PYTHON}: install python3 from the system's packages")
     raise StepFailed(f"no python interpreter under {prefix}")
 
 
-def bwrap_command(bwrap: str) -> list[str]:
-    prefix, exe = _interpreter()
+def _readable_by_others(path: str) -> bool:
+    """Whether a user with no relation to the file's owner can reach `path` (every parent searchable,
+    the file itself readable): the step user must load the interpreter from the same place."""
+    parts = path.split("/")
+    for i in range(2, len(parts) + 1):
+        try:
+            st = os.stat("/".join(parts[:i]) or "/")
+        except OSError:
+            return False
+        need = 0o005 if i == len(parts) else 0o001
+        if st.st_mode & need != need:
+            return False
+    return True
+
+
+@dataclass
+class Launch:
+    """One bwrap command line and the file descriptors it expects to inherit (closed by the caller once
+    bwrap has started)."""
+
+    cmd: list[str]
+    fds: list[int]
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
+
+
+def bwrap_command(bwrap: str, code: str = "", user: StepUser | None = None) -> Launch:
+    """The sandbox's command, with the seccomp program on an inherited pipe."""
+    prefix, exe = _interpreter(user)
+    fds: list[int] = []
     cmd = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
            "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
     for d in ("/lib", "/lib64", "/bin"):
         cmd += ["--ro-bind-try", d, d]
-    if not prefix.startswith("/usr/"):
+    if prefix != "/usr" and not prefix.startswith("/usr/"):
         cmd += ["--ro-bind", prefix, prefix]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_SIZE), "--tmpfs", "/tmp", "--chdir", "/tmp",
-            exe, "-I", "-S", "-c", _RUNNER]
-    return cmd
+    try:
+        fds.append(seccomp.pipe_fd())
+    except StepFailed:
+        Launch(cmd, fds).close()
+        raise
+    cmd += ["--seccomp", str(fds[-1]), "--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev",
+            "--size", str(TMP_SIZE), "--tmpfs", "/tmp", "--chdir", "/tmp", exe, "-I", "-S", "-c", code or _RUNNER]
+    return Launch(cmd, fds)
 
 
 def _limits(cpu_s: int) -> list[tuple[int, int]]:
@@ -142,43 +199,75 @@ class Sandbox:
     """One python interpreter in bubblewrap and its own cgroups, started before its step arrives: the
     namespaces, the cgroup moves and the interpreter's start-up are paid ahead of time, and the runner
     waits on stdin for its one request. The wall-clock limit starts with the request; the rlimits are
-    set by the runner before the step's code runs."""
+    set by the runner before the step's code runs. `user`: who it runs as when this process is root
+    (the node passes its own step user; anything else run as root falls back to nobody): no step ever
+    runs as the host's root."""
 
-    def __init__(self, sandboxed: bool = True):
+    def __init__(self, sandboxed: bool = True, user: StepUser | None = None):
         self.sandboxed = sandboxed
+        self.user = user = user or (NOBODY if running_as_root() else None)
         self.cwd: str | None = None
+        launch = Launch([], [])
         if sandboxed:
             bwrap = bwrap_path()
             if bwrap is None:
                 raise StepFailed("bubblewrap (bwrap) is not installed; refusing to run python without a sandbox")
-            cmd = bwrap_command(bwrap)
+            launch = bwrap_command(bwrap, user=user)
         else:
-            _, exe = _interpreter()
-            cmd = [exe, "-I", "-S", "-c", _RUNNER]
+            _, exe = _interpreter(user)
+            launch.cmd = [exe, "-I", "-S", "-c", _RUNNER]
             self.cwd = tempfile.mkdtemp(prefix="mesh-step-")
+            if user is not None:
+                user.own(Path(self.cwd))
         self.group = StepGroup(MEMORY_LIMIT)
+        self.cpu_start: float | None = None
+        self.rusage_start = resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
             self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd=self.cwd,
-                preexec_fn=self.group.enter if self.group.paths else None)  # joined before exec: nothing escapes
+                launch.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd=self.cwd, pass_fds=launch.fds,
+                preexec_fn=self._child_setup if self.group.paths or user else None)
         except OSError as exc:
             self.close()
             raise StepFailed(f"cannot start the sandbox: {exc}") from None
+        finally:
+            launch.close()
+
+    def _child_setup(self) -> None:
+        """In the forked child, before exec: join the step's cgroups while still allowed to (nothing the
+        step starts can leave them), then give up root."""
+        self.group.enter()
+        if self.user is not None:
+            self.user.demote()
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def run(self, code: str, inputs: dict, timeout: float) -> PythonResult:
         """Run the step (once: a sandbox serves one step, then is gone)."""
+        self.cpu_start = self.group.cpu_s()
         try:
             stdout, stderr = self.proc.communicate(marshal.dumps((code, inputs, _limits(max(1, int(timeout) + 1)))),
                                                    timeout=timeout)
+            cpu_s, peak_mb = self._measure()
         except subprocess.TimeoutExpired:
             raise StepFailed(f"python step timed out after {timeout:g} s") from None
         finally:
             self.close()  # whatever the step left running (a fork bomb's children) dies here
-        return _result(stdout, stderr, self.proc.returncode)
+        return _result(stdout, stderr, self.proc.returncode, cpu_s, peak_mb)
+
+    def _measure(self) -> tuple[float, float]:
+        """CPU seconds and peak MiB of the step, as this node's kernel counted them: the cgroup's usage
+        since the request was sent (the interpreter's start-up before it is not the step's work), or,
+        without cgroups, the interpreter's whole rusage (start-up included)."""
+        cpu, peak = self.group.cpu_s(), self.group.peak_bytes()
+        if cpu is not None and self.cpu_start is not None:
+            cpu -= self.cpu_start
+        else:
+            now = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (now.ru_utime + now.ru_stime) - (self.rusage_start.ru_utime + self.rusage_start.ru_stime)
+            peak = peak if peak is not None else now.ru_maxrss * 1024
+        return max(0.0, cpu), (peak or 0) / (1 << 20)
 
     def close(self) -> None:
         proc = getattr(self, "proc", None)
@@ -190,13 +279,14 @@ class Sandbox:
             shutil.rmtree(self.cwd, ignore_errors=True)
 
 
-def run_python(code: str, inputs: dict, timeout: float, sandboxed: bool = True) -> PythonResult:
+def run_python(code: str, inputs: dict, timeout: float, sandboxed: bool = True,
+               user: StepUser | None = None) -> PythonResult:
     """Run one python step in a fresh sandbox. `sandboxed=False` (operator opt-in only) skips bwrap but
-    keeps the limits."""
-    return Sandbox(sandboxed).run(code, inputs, timeout)
+    keeps the limits and the step user."""
+    return Sandbox(sandboxed, user).run(code, inputs, timeout)
 
 
-def _result(stdout: bytes, stderr: bytes, returncode: int | None) -> PythonResult:
+def _result(stdout: bytes, stderr: bytes, returncode: int | None, cpu_s: float, peak_mb: float) -> PythonResult:
     if len(stdout) > OUTPUT_CAP + 2 * STREAM_CAP:
         raise StepFailed(f"python step output over {OUTPUT_CAP} bytes")
     text = stdout.decode("utf-8", "replace")
@@ -205,9 +295,9 @@ def _result(stdout: bytes, stderr: bytes, returncode: int | None) -> PythonResul
         raise StepFailed(f"python step died: {tail[0][:300]}")
     try:  # the step's code can write here too (e.g. from atexit): trust no field of it
         res = json.loads(text.rsplit(MARK, 1)[1], parse_float=_finite, parse_constant=_finite)
-        ok, cpu, error = bool(res["ok"]), _finite(res["cpu_s"]), str(res.get("error", "python step failed"))
+        ok, error = bool(res["ok"]), str(res.get("error", "python step failed"))
     except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         raise StepFailed("python step produced an unreadable result") from None
     if not ok:
         raise StepFailed(error[:500])
-    return PythonResult(res.get("output"), str(res.get("stdout", "")), str(res.get("stderr", "")), cpu)
+    return PythonResult(res.get("output"), str(res.get("stdout", "")), str(res.get("stderr", "")), cpu_s, peak_mb)

@@ -17,6 +17,7 @@ from .egress import EgressProxy
 from .errors import StepFailed
 from .extract import extract
 from .ssrf import Allow, Refused, check_url, resolve
+from .stepuser import StepUser
 
 log = logging.getLogger("mesh.scrape")
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -34,8 +35,9 @@ def find_browser(configured: str | None = None) -> str | None:
 
 
 class Scraper:
-    def __init__(self, allow: Allow, browser_path: str | None):
+    def __init__(self, allow: Allow, browser_path: str | None, user: StepUser | None = None):
         self.allow = allow
+        self.user = user  # who Chromium runs as when the node is root
         self.browser_path = browser_path
         self.proxy = EgressProxy(allow)
         self.browser = None

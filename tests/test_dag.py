@@ -304,3 +304,36 @@ def test_too_many_steps():
 def test_errors_name_the_source():
     with pytest.raises(JobError, match=r"^my-job\.json: "):
         load_job_text(json.dumps(job(py("a"), py("a"))), "my-job.json")
+
+
+# -- earlier outputs reach python code as data only -------------------------------------------------------
+
+def test_a_placeholder_in_python_code_is_refused_with_what_to_do_instead():
+    job = {"steps": [{"id": "page", "kind": "scrape", "params": {"url": "https://example.org/"}},
+                     {"id": "calc", "kind": "python", "params": {"code": "output = len('{page.output}')"}}]}
+    with pytest.raises(JobError) as info:
+        parse_job(job)
+    assert "python code cannot contain {page.output}" in str(info.value)
+    assert "inputs['page']" in str(info.value)
+
+
+def test_python_steps_get_earlier_outputs_as_inputs_and_their_code_untouched():
+    import random
+
+    from mesh.canonical import digest
+    from mesh.jobrun import JobRun
+    from mesh.policy import Candidate
+
+    hostile = "'); import os; os.system('x'); ('"  # what a scraped page could make a step's output
+    job = parse_job({"redundancy": 1, "steps": [
+        {"id": "a", "kind": "python", "params": {"code": "output = 'x'"}},
+        {"id": "b", "kind": "python", "after": ["a"], "params": {"code": "output = inputs['a'].upper()"}},
+        {"id": "c", "kind": "llm", "after": ["a"], "params": {"prompt": "Text: {a.output}\nSummary:"}}]})
+    run = JobRun("j", job, random.Random(1))
+    workers = {k: [Candidate(f"w{i}", 0.5, f"10.0.{i}.0/24", 0) for i in range(3)] for k in ("python", "llm:default")}
+    first = run.advance(workers, 0.0)
+    assert [d.step for d in first] == ["a"]
+    run.on_result("a", first[0].node, True, digest(hostile), hostile, {"cpu_s": 0.01}, "")
+    later = {d.step: d for d in run.advance(workers, 1.0)}
+    assert later["b"].params == {"code": "output = inputs['a'].upper()", "inputs": {"a": hostile}}
+    assert later["c"].params["prompt"] == f"Text: {hostile}\nSummary:"  # prompts may still template text

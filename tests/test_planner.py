@@ -156,7 +156,7 @@ NEWS = "Summarise https://example.org/news"
     (AVG, {"steps": [step("calc", "python", "output = 3 ** 8")]}, "", "does not use the number 12"),
     (CALC, {"steps": [step("answer", "llm", "17 * 23 + 4 =")]}, "", "no python step"),
     (CALC, {"steps": [step("a", "python", "output = 17 * 23"), step("b", "python", "output = {a.output} + 4")]},
-     "", "pastes an output"),
+     "", "cannot contain {a.output}"),
     (CALC, {"steps": [step("bad id!", "python", "output = 17 * 23 + 4")]}, "", "'id'"),
 ])
 def test_finish_falls_back_to_the_rules(query: str, output: object, error: str, word: str) -> None:

@@ -215,6 +215,11 @@
       return {text: "step '" + open.id + "': " + errs[0][0] + ' ' + errs[0][1], steps: [open.id]};
     }
     for (const s of job.steps) {
+      if (s.kind === 'python' && refsIn(s.params).length) {
+        const r = refsIn(s.params)[0];
+        return {text: "step '" + s.id + "': python code cannot contain {" + r + ".output}: read it as inputs['" + r +
+                "'] and link " + r + ' to it', steps: [s.id]};
+      }
       for (const r of refsIn(s.params)) {
         if (!seen.has(r)) {
           return {text: "step '" + s.id + "' uses {" + r + ".output} but there is no step '" + r + "'", steps: [s.id]};
