@@ -46,8 +46,8 @@ from .replaystore import ReplayStore
 from .sandbox import bwrap_path
 from .schema import parse
 from .scrape import Scraper, find_browser
-from .stepuser import StepUser, step_user
 from .ssrf import Allow
+from .stepuser import StepUser, step_user
 from .submitter import Submitter
 from .worker import Worker
 
