@@ -17,7 +17,7 @@ from mesh.dag import parse_job
 
 from .conftest import run_cli
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.mesh, pytest.mark.timeout(300)]
 
 THREE_STEPS = {"name": "three", "steps": [
     {"id": "a", "kind": "python", "params": {"code": "output = 6 * 7"}},

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 
 from mesh.api import build_app
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.mesh, pytest.mark.timeout(600)]
 
 # The schema as the node builds it (no node needed to build it); requests go to a real node below.
 schema = schemathesis.openapi.from_dict(build_app(SimpleNamespace(id="x")).app.openapi())

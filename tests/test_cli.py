@@ -14,7 +14,7 @@ from mesh.local import free_ports
 
 from .conftest import cli_json, run_cli, write_job
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.mesh, pytest.mark.timeout(120)]
 
 
 def assert_one_line_error(res, *needles: str) -> None:

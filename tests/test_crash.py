@@ -15,7 +15,7 @@ from ledger.store import Ledger
 
 from .conftest import cli_json, run_cli, wait_for
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.mesh, pytest.mark.timeout(300)]
 SEED = 20261126
 ROUNDS = 6
 LONG_JOB = {"name": "long", "steps": [

@@ -13,7 +13,7 @@ from mesh.local import LocalMesh
 
 from .conftest import cli_json, run_cli, wait_for
 
-pytestmark = [pytest.mark.timeout(180),
+pytestmark = [pytest.mark.mesh, pytest.mark.timeout(180),
               pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")]
 
 JOB = {"steps": [{"id": "a", "kind": "python", "params": {"code": "output = 7"}}]}

@@ -24,7 +24,7 @@ SHOTS = os.environ.get("MESH_SCREENSHOTS")
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 VIEWPORT = {"width": 1280, "height": 720}
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium")
+pytestmark = [pytest.mark.mesh, pytest.mark.skipif(CHROMIUM is None, reason="needs chromium")]
 
 SEEN: dict[str, list[str]] = {"errors": [], "urls": [], "posts": []}  # across every page of the module
 

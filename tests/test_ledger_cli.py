@@ -13,7 +13,7 @@ import pytest
 
 from .conftest import cli_json, run_cli, wait_for, write_job
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.mesh, pytest.mark.timeout(180)]
 
 
 @pytest.fixture

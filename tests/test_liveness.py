@@ -9,7 +9,7 @@ import pytest
 
 from .conftest import cli_json, wait_for
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.mesh, pytest.mark.timeout(120)]
 
 
 def peer_view(observer, node_id: str) -> dict:

@@ -16,7 +16,7 @@ from mesh.registry import Registry
 
 from .conftest import cli_json, run_cli
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.mesh, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(scope="module")

@@ -72,6 +72,7 @@ def test_agreement_waits_for_held_workers_and_a_caught_one_is_voided():
 
 @pytest.mark.mesh
 @pytest.mark.timeout(240)
+@pytest.mark.mesh
 def test_two_colluders_among_six_nodes_never_get_a_wrong_answer_accepted(make_mesh, tmp_path):
     def extra(i: int) -> list[str]:
         return ["--no-model"] + (["--spot-rate", "1.0"] if i == 0 else []) + (

@@ -19,7 +19,7 @@ import pytest
 from mesh.client import Client
 from mesh.home import RuntimeInfo, read_token
 
-from .conftest import wait_for
+from ..conftest import wait_for
 
 
 def read_line(proc: subprocess.Popen, timeout: float) -> str:
