@@ -2,7 +2,9 @@
 use for every request — documents, redirects, sub-resources, websockets. For each one it resolves the
 host, judges the address (mesh.ssrf) and connects to that very address, so nothing reaches loopback,
 private or metadata addresses unless allow-listed. HTTPS goes through CONNECT; plain HTTP requests are
-forwarded one per connection. Refusals are counted and kept (the newest 256) for the step results."""
+forwarded one per connection. Refusals are counted and kept (the newest 256) for the step results.
+The scraper gives each step a proxy of its own and shuts it when the step ends, so nothing the step's
+pages left running (a beacon, a worker, a half-open tunnel) has a way out afterwards."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from collections import deque
 from urllib.parse import urlsplit
 
 from .errors import StepFailed
-from .ssrf import Allow, Refused, resolve
+from .ssrf import Allow, Refused, resolve, why_refused
 
 log = logging.getLogger("mesh.egress")
 HEAD_LIMIT = 64 * 1024
@@ -21,10 +23,12 @@ IDLE_S = 120.0
 
 
 class EgressProxy:
-    def __init__(self, allow: Allow):
+    def __init__(self, allow: Allow, deny_ports: frozenset[int] = frozenset()):
         self.allow = allow
+        self.deny_ports = deny_ports  # never reached on this machine, even if the operator allows loopback
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
+        self.is_shut = False
         self.refused: deque[str] = deque(maxlen=256)
         self.open: set[asyncio.StreamWriter] = set()  # client sides of the connections being served
 
@@ -33,12 +37,18 @@ class EgressProxy:
         self.port = self.server.sockets[0].getsockname()[1]
         return self.port
 
-    async def close(self) -> None:
-        """Stop listening and cut every open tunnel (their handlers then end on their own)."""
-        if self.server is not None:
-            self.server.close()
+    def shut(self) -> None:
+        """Refuse every new connection and cut every open tunnel, but keep the port: whatever still
+        points at it (a closing browser context) meets a closed door, not some later listener."""
+        self.is_shut = True
         for writer in list(self.open):
             writer.transport.abort()
+
+    async def close(self) -> None:
+        """Stop listening and cut every open tunnel (their handlers then end on their own)."""
+        self.shut()
+        if self.server is not None:
+            self.server.close()
         for _ in range(100):
             if not self.open:
                 break
@@ -47,6 +57,9 @@ class EgressProxy:
             await self.server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.is_shut:
+            writer.transport.abort()
+            return
         self.open.add(writer)
         try:
             await self._handle(reader, writer)
@@ -77,6 +90,8 @@ class EgressProxy:
             target_url = target
         try:
             ip = await asyncio.to_thread(resolve, host.strip("[]"), int(port_s), self.allow)
+            if int(port_s) in self.deny_ports and why_refused(ip):  # 0.0.0.0, ::ffff:127.0.0.1 reach it too
+                raise Refused(f"refused: port {port_s} on this machine is the browser's control port")
         except (Refused, StepFailed, ValueError) as exc:
             self.refused.append(f"{target_url[:300]}: {exc}")
             log.info("egress refused %s: %s", target_url[:200], exc)
@@ -86,6 +101,9 @@ class EgressProxy:
             up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(str(ip), int(port_s)), 30)
         except (OSError, asyncio.TimeoutError) as exc:
             await self._reply(writer, 502, f"cannot connect to {host}: {exc}")
+            return
+        if self.is_shut:  # shut while connecting: the tunnel must not start
+            up_writer.transport.abort()
             return
         self.open.add(up_writer)
         try:

@@ -1,7 +1,11 @@
-"""The scrape step: headless Chromium (pyppeteer) with one browser per node and a pool of pages, every
-request through the egress proxy (mesh.egress), a per-step timeout, and BeautifulSoup extraction. With
-no browser on the machine it fetches the page over plain HTTP (through the same proxy) and says so in
-the result's work record (`via`)."""
+"""The scrape step: headless Chromium (mesh.chromium: one per node, never root, sandboxed) driven by
+pyppeteer, and BeautifulSoup extraction. Each step gets an incognito browser context of its own whose
+only way out is an egress proxy of its own (mesh.egress). When the step ends (done, failed or timed out)
+that proxy is shut first and the context disposed next, which closes the step's page, any popup, worker
+and service worker; so nothing a page started outlives its step or gets a request out afterwards. The
+browser-wide proxy only serves Chromium's default context, which no page uses. With no browser on the
+machine the page is fetched over plain HTTP (through a per-step proxy too) and the result's work record
+says so (`via`)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 
+from .chromium import FLAGS, Chromium
 from .egress import EgressProxy
 from .errors import StepFailed
 from .extract import extract
@@ -21,11 +27,9 @@ from .stepuser import StepUser
 
 log = logging.getLogger("mesh.scrape")
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-PAGES = 4  # pages open at once (the pool); more steps wait for one
+STEPS = 4  # browser contexts open at once; more steps wait for a slot
 MAX_HTML = 5 << 20
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--disable-extensions",
-        "--proxy-bypass-list=<-loopback>"]  # no implicit bypass: loopback goes through the proxy too
+DISPOSE_S = 10.0  # a context not gone by then takes the whole browser with it
 
 
 def find_browser(configured: str | None = None) -> str | None:
@@ -34,15 +38,25 @@ def find_browser(configured: str | None = None) -> str | None:
     return next((p for p in map(shutil.which, BROWSERS) if p), None)
 
 
+def _browser_errors() -> tuple[type[BaseException], ...]:
+    from pyppeteer.errors import PyppeteerError
+    from websockets.exceptions import ConnectionClosed
+
+    return PyppeteerError, ConnectionClosed, OSError
+
+
 class Scraper:
     def __init__(self, allow: Allow, browser_path: str | None, user: StepUser | None = None):
         self.allow = allow
         self.user = user  # who Chromium runs as when the node is root
         self.browser_path = browser_path
+        self.flags = list(FLAGS)
+        # browser-wide, and shut from the start: steps have proxies of their own, and the browser's own
+        # background requests (updates, sync, safe browsing) from the default context go nowhere
         self.proxy = EgressProxy(allow)
+        self.chromium: Chromium | None = None
         self.browser = None
-        self.idle: list = []  # pages ready for reuse
-        self.slots = asyncio.Semaphore(PAGES)
+        self.slots = asyncio.Semaphore(STEPS)
         self.lock = asyncio.Lock()
 
     @property
@@ -50,30 +64,34 @@ class Scraper:
         return "chromium" if self.browser_path else "http (no browser on this node)"
 
     async def close(self) -> None:
-        if self.browser is not None:
-            with contextlib.suppress(Exception):  # a dead browser cannot be closed cleanly; it is gone anyway
-                await self.browser.close()
-            self.browser = None
+        async with self.lock:
+            await self._drop_browser()
         await self.proxy.close()
+
+    async def _drop_browser(self) -> None:
+        browser, chromium, self.browser, self.chromium = self.browser, self.chromium, None, None
+        if browser is not None:
+            with contextlib.suppress(*_browser_errors()):  # a dead browser's connection is gone anyway
+                await browser.disconnect()
+        if chromium is not None:
+            await chromium.stop()
 
     async def _browser(self):
         async with self.lock:
+            if self.browser is not None and self.chromium.alive() and self.browser._connection._connected:
+                return self.browser
+            await self._drop_browser()
             if not self.proxy.port:
                 await self.proxy.start()
-            if self.browser is None or not self._alive():
-                from pyppeteer import launch
+                self.proxy.shut()
+            from pyppeteer import connect
 
-                self.idle.clear()
-                self.browser = await launch(
-                    executablePath=self.browser_path, headless=True, args=ARGS + [
-                        f"--proxy-server=http://127.0.0.1:{self.proxy.port}"],
-                    handleSIGINT=False, handleSIGTERM=False, handleSIGHUP=False, autoClose=True)
-                log.info("chromium started (%s)", self.browser_path)
+            self.chromium = Chromium(self.browser_path, self.user,
+                                     [*self.flags, f"--proxy-server=http://127.0.0.1:{self.proxy.port}"])
+            endpoint = await self.chromium.start()
+            self.proxy.deny_ports = frozenset({self.chromium.port})
+            self.browser = await connect(browserWSEndpoint=endpoint)
             return self.browser
-
-    def _alive(self) -> bool:
-        proc = getattr(self.browser, "process", None)
-        return proc is None or proc.poll() is None
 
     async def scrape(self, params: dict, timeout: float) -> tuple[dict, dict]:
         """(output, work) for one step; StepFailed (Refused for blocked targets) otherwise."""
@@ -94,60 +112,121 @@ class Scraper:
         output = await asyncio.to_thread(extract, html, final, params)
         return output, {"cpu_s": round(time.monotonic() - t0, 4), "via": self.via}
 
-    async def _render(self, url: str, params: dict) -> tuple[str, str]:
-        from pyppeteer.errors import PyppeteerError
-        from websockets.exceptions import ConnectionClosed
+    @contextlib.asynccontextmanager
+    async def _step_proxy(self) -> AsyncIterator[EgressProxy]:
+        proxy = EgressProxy(self.allow, self.proxy.deny_ports)
+        await proxy.start()
+        try:
+            yield proxy
+        finally:
+            await proxy.close()
 
+    async def _render(self, url: str, params: dict) -> tuple[str, str]:
+        errors = _browser_errors()
         async with self.slots:
             try:
                 browser = await self._browser()
-                page = self.idle.pop() if self.idle else await browser.newPage()
-            except (PyppeteerError, ConnectionClosed, OSError) as exc:
-                self.browser = None  # start a fresh one next time
-                raise StepFailed(f"browser could not open a page: {type(exc).__name__}: {str(exc)[:300]}") from None
-            reuse = False
-            try:
-                response = await page.goto(url, {"waitUntil": "networkidle2", "timeout": 0})
-                if response is not None and response.headers.get("x-homemesh-egress") == "refused":
-                    raise Refused(await response.text())
-                if params.get("wait_for"):
-                    await page.waitForSelector(params["wait_for"], {"timeout": 0})
-                html = await page.content()
-                if len(html) > MAX_HTML:
-                    raise StepFailed(f"page of {len(html)} characters is over the {MAX_HTML} limit")
-                reuse = True
-                return html, page.url
-            except StepFailed:
+            except errors as exc:
+                async with self.lock:
+                    await self._drop_browser()  # start a fresh one next time
+                raise StepFailed(f"browser could not start: {type(exc).__name__}: {str(exc)[:300]}") from None
+            async with self._step_proxy() as proxy:
+                context = None
+                try:
+                    context = await self._new_context(browser, proxy.port)
+                    page = await context.newPage()
+                    # pyppeteer attaches to the page's workers only to leave them again, and its futures
+                    # then fail unheard ("Target closed") when the context goes: nothing here needs them
+                    await page._client.send("Target.setAutoAttach",
+                                            {"autoAttach": False, "waitForDebuggerOnStart": False})
+                    context.on("targetcreated", lambda target: self._close_stray(browser, target, page))
+                    return await self._load(page, url, params)
+                except errors as exc:  # the browser failed or died: say so
+                    raise StepFailed(f"browser: {type(exc).__name__}: {str(exc)[:300]}") from None
+                finally:  # shielded: a second cancellation must not leave the context running
+                    await asyncio.shield(self._end_step(browser, proxy, context))
+
+    @staticmethod
+    async def _new_context(browser, proxy_port: int):
+        """An incognito context whose every request goes through this step's proxy (pyppeteer's own
+        createIncognitoBrowserContext takes no proxy)."""
+        from pyppeteer.browser import BrowserContext
+
+        reply = await browser._connection.send("Target.createBrowserContext", {
+            "proxyServer": f"http://127.0.0.1:{proxy_port}", "proxyBypassList": "<-loopback>",
+            "disposeOnDetach": True})
+        context = BrowserContext(browser, reply["browserContextId"])
+        browser._contexts[reply["browserContextId"]] = context
+        return context
+
+    @staticmethod
+    def _close_stray(browser, target, page) -> None:
+        """A second page in a step's context (a popup the blocker let through): closed at once."""
+        if target.type != "page" or target._targetId == page.target._targetId:
+            return
+        log.info("closing a page opened by a scraped page: %s", target.url[:200])
+        closing = asyncio.ensure_future(
+            browser._connection.send("Target.closeTarget", {"targetId": target._targetId}))
+        closing.add_done_callback(lambda f: f.cancelled() or f.exception())  # gone already: nothing to do
+
+    async def _end_step(self, browser, proxy: EgressProxy, context) -> None:
+        proxy.shut()  # before the context goes: its unload beacons meet a closed door
+        if context is None:
+            return
+        try:
+            await asyncio.wait_for(context.close(), DISPOSE_S)
+        except (*_browser_errors(), asyncio.TimeoutError) as exc:
+            log.warning("a browser context would not close (%s); stopping Chromium", exc)
+            async with self.lock:
+                if self.browser is browser:
+                    await self._drop_browser()
+
+    async def _load(self, page, url: str, params: dict) -> tuple[str, str]:
+        """Load, wait, read, all through the DOM domain: pyppeteer's evaluate (behind its content() and
+        waitForSelector) runs with `userGesture: true`, which hands the page a user activation, and
+        with it the power to open popups past the blocker (measured)."""
+        response = await page.goto(url, {"waitUntil": "networkidle2", "timeout": 0})
+        if response is not None and response.headers.get("x-homemesh-egress") == "refused":
+            raise Refused(await response.text())
+        if params.get("wait_for"):
+            while not await self._select(page, params["wait_for"]):
+                await asyncio.sleep(0.1)
+        root = (await page._client.send("DOM.getDocument", {"depth": 0}))["root"]["nodeId"]
+        html = (await page._client.send("DOM.getOuterHTML", {"nodeId": root}))["outerHTML"]
+        if len(html) > MAX_HTML:
+            raise StepFailed(f"page of {len(html)} characters is over the {MAX_HTML} limit")
+        return html, page.url
+
+    @staticmethod
+    async def _select(page, selector: str) -> bool:
+        from pyppeteer.errors import NetworkError
+
+        root = (await page._client.send("DOM.getDocument", {"depth": 0}))["root"]["nodeId"]
+        try:
+            found = await page._client.send("DOM.querySelector", {"nodeId": root, "selector": selector})
+        except NetworkError as exc:
+            if "while querying" not in str(exc):
                 raise
-            except (PyppeteerError, ConnectionClosed, OSError) as exc:  # the browser failed or died: say so
-                raise StepFailed(f"browser: {type(exc).__name__}: {str(exc)[:300]}") from None
-            finally:
-                if reuse and len(self.idle) < PAGES:
-                    with contextlib.suppress(Exception):
-                        await page.goto("about:blank")
-                        self.idle.append(page)
-                else:
-                    with contextlib.suppress(Exception):
-                        await page.close()
+            raise StepFailed(f"wait_for: {selector[:200]!r} is not a CSS selector") from None
+        return found["nodeId"] != 0
 
     async def _fetch(self, url: str) -> tuple[str, str]:
-        if not self.proxy.port:
-            await self.proxy.start()
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler(
-            {"http": f"http://127.0.0.1:{self.proxy.port}", "https": f"http://127.0.0.1:{self.proxy.port}"}))
+        async with self._step_proxy() as proxy:
+            return await asyncio.to_thread(self._get, url, proxy.port)
 
-        def get() -> tuple[str, str]:
-            try:
-                with opener.open(urllib.request.Request(url, headers={"User-Agent": "homemesh"}), timeout=60) as r:
-                    body = r.read(MAX_HTML + 1)
-                    if len(body) > MAX_HTML:
-                        raise StepFailed(f"page over the {MAX_HTML}-byte limit")
-                    return body.decode(r.headers.get_content_charset() or "utf-8", "replace"), r.geturl()
-            except urllib.error.HTTPError as exc:
-                if exc.headers.get("X-Homemesh-Egress") == "refused":
-                    raise Refused(exc.read().decode("utf-8", "replace")) from None
-                raise StepFailed(f"HTTP {exc.code} from {url[:200]}") from None
-            except urllib.error.URLError as exc:
-                raise StepFailed(f"cannot fetch {url[:200]}: {exc.reason}") from None
-
-        return await asyncio.to_thread(get)
+    @staticmethod
+    def _get(url: str, proxy_port: int) -> tuple[str, str]:
+        proxy = f"http://127.0.0.1:{proxy_port}"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy, "https": proxy}))
+        try:
+            with opener.open(urllib.request.Request(url, headers={"User-Agent": "homemesh"}), timeout=60) as r:
+                body = r.read(MAX_HTML + 1)
+                if len(body) > MAX_HTML:
+                    raise StepFailed(f"page over the {MAX_HTML}-byte limit")
+                return body.decode(r.headers.get_content_charset() or "utf-8", "replace"), r.geturl()
+        except urllib.error.HTTPError as exc:
+            if exc.headers.get("X-Homemesh-Egress") == "refused":
+                raise Refused(exc.read().decode("utf-8", "replace")) from None
+            raise StepFailed(f"HTTP {exc.code} from {url[:200]}") from None
+        except urllib.error.URLError as exc:
+            raise StepFailed(f"cannot fetch {url[:200]}: {exc.reason}") from None

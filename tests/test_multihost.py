@@ -16,7 +16,7 @@ import pytest
 
 from .conftest import ROOT, wait_for
 
-pytestmark = [pytest.mark.mesh, 
+pytestmark = [pytest.mark.mesh,
     pytest.mark.timeout(180),
     pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2"),
 ]

@@ -16,12 +16,14 @@ from mesh.errors import ConfigError, StepFailed
 from mesh.extract import extract
 from mesh.scrape import Scraper, find_browser
 from mesh.ssrf import Allow, Refused, resolve, why_refused
+from mesh.stepuser import StepUser, running_as_root
 
 from .conftest import cli_json
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.mesh, pytest.mark.timeout(120)]
 needs_browser = pytest.mark.skipif(find_browser() is None, reason="no Chromium here: `apt-get install chromium`")
 ALLOW_LOCAL = Allow.parse(["127.0.0.1"])  # the test server's address, and nothing else on loopback
+USER = StepUser(2_099_999_999, 2_099_999_999) if running_as_root() else None  # Chromium never runs as root
 
 
 # -- addresses ---------------------------------------------------------------------------------------------
@@ -146,7 +148,7 @@ def site():
 def scrape(url: str, params: dict | None = None, allow: Allow = ALLOW_LOCAL, browser: str | None = "auto",
            timeout: float = 30) -> tuple[dict, dict]:
     async def go():
-        scraper = Scraper(allow, find_browser() if browser == "auto" else browser)
+        scraper = Scraper(allow, find_browser() if browser == "auto" else browser, USER)
         try:
             return await scraper.scrape({"url": url, **(params or {})}, timeout)
         finally:
