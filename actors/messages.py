@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.stepuser import StepUser
+from mesh.steps.stepuser import StepUser
 
 
 @dataclass
@@ -106,7 +106,7 @@ class PeerStatsQuery:
 @dataclass
 class PeerStatsReply:
     request_id: str
-    stats: dict  # node id → mesh.policy.Evidence
+    stats: dict  # node id → mesh.core.policy.Evidence
     error: str = ""
     balance: float = 0.0
     streaks: dict = field(default_factory=dict)  # node id → run of validated results

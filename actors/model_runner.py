@@ -20,7 +20,7 @@ class ModelRunnerActor(ActorTypeDispatcher):
         self.error = "model not loaded yet"
 
     def receiveMsg_LoadModel(self, msg: LoadModel, sender) -> None:
-        from mesh.llm import Model
+        from mesh.steps.llm import Model
 
         try:
             self.model = Model(Path(msg.path), msg.sha256, msg.n_threads or None)

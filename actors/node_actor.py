@@ -68,14 +68,14 @@ class NodeActor(ActorTypeDispatcher):
 
     # -- set-up --------------------------------------------------------------------------------------
     def receiveMsg_NodeConfig(self, msg: NodeConfig, sender) -> None:
-        from mesh.sandbox import bwrap_path
+        from mesh.steps.sandbox import bwrap_path
 
         self.config = msg
         self.can_sandbox = bwrap_path() is not None
         self._spawn_ledger()
         self._warm_up()
         if msg.load_model:
-            from mesh.models import default_model
+            from mesh.steps.models import default_model
 
             try:
                 path, sha = (msg.model_path, msg.model_sha256) if msg.model_path else default_model()

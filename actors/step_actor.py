@@ -7,7 +7,7 @@ from __future__ import annotations
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher
 
 from mesh.errors import StepFailed
-from mesh.sandbox import Sandbox
+from mesh.steps.sandbox import Sandbox
 
 from .messages import RunStep, StepDone, WarmUp
 

@@ -11,11 +11,11 @@ import time
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from mesh.canonical import canonical
-from mesh.envelope import FrameDecoder, Receiver, Sealer
-from mesh.identity import Identity
-from mesh.messages import StepResult
-from mesh.schema import dump
+from mesh.wire.canonical import canonical
+from mesh.wire.envelope import FrameDecoder, Receiver, Sealer
+from mesh.wire.identity import Identity
+from mesh.wire.messages import StepResult
+from mesh.wire.schema import dump
 
 from .report import emit
 

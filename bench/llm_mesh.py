@@ -12,9 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mesh.llm import Model
-from mesh.local import LocalMesh
-from mesh.models import default_model
+from mesh.node.local import LocalMesh
+from mesh.steps.llm import Model
+from mesh.steps.models import default_model
 
 REPEAT = 3  # runs of each side; the best is kept
 PROMPT = "Here is a short story about a lighthouse keeper who finds a message in a bottle.\n\n"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 
 from bench.report import emit
-from mesh.llm import Model
-from mesh.models import default_model
+from mesh.steps.llm import Model
+from mesh.steps.models import default_model
 
 PROMPT = "Write a short history of the city of Paris, from its founding to the present day."
 

@@ -15,8 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from mesh.local import LocalMesh
-from mesh.sandbox import run_python
+from mesh.node.local import LocalMesh
+from mesh.steps.sandbox import run_python
 
 from .report import emit
 

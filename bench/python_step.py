@@ -18,9 +18,9 @@ import time
 from unittest import mock
 
 from bench.report import emit
-from mesh import sandbox
-from mesh.sandbox import bwrap_command, bwrap_path, run_python
-from mesh.stepuser import NOBODY, running_as_root
+from mesh.steps import sandbox
+from mesh.steps.sandbox import bwrap_command, bwrap_path, run_python
+from mesh.steps.stepuser import NOBODY, running_as_root
 
 
 class NoGroup:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psutil
 
-from mesh.local import LocalMesh
-from mesh.sandbox import run_python
+from mesh.node.local import LocalMesh
+from mesh.steps.sandbox import run_python
 
 from .report import emit
 

@@ -3,8 +3,8 @@ makes a credit real and idempotent: the same receipt can be recorded once, and a
 
 from __future__ import annotations
 
-from mesh.canonical import canonical
-from mesh.identity import Identity, node_id_of, verify
+from mesh.wire.canonical import canonical
+from mesh.wire.identity import Identity, node_id_of, verify
 
 _TAG = b"homemesh/v1/receipt\x00"
 _FIELDS = ("job", "step", "worker", "amount", "payer", "ts")

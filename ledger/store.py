@@ -11,9 +11,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.canonical import canonical
+from mesh.core.policy import Evidence, next_streak
 from mesh.errors import LedgerError
-from mesh.policy import Evidence, next_streak
+from mesh.wire.canonical import canonical
 
 from .receipts import check_receipt, payer_id
 

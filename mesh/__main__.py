@@ -1,3 +1,3 @@
-from .cli import main
+from mesh.cli.main import main
 
 raise SystemExit(main())

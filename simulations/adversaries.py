@@ -9,7 +9,7 @@ import random
 import zlib
 from typing import Any
 
-from mesh.canonical import canonical
+from mesh.wire.canonical import canonical
 
 
 class Strategy:

@@ -1,5 +1,5 @@
 """A submitter in the simulator: drives the real sans-I/O JobRun, SpotChecker, Evidence and placement
-exactly as mesh.submitter does over sockets, with the simulated network and clock in their place."""
+exactly as mesh.node.submitter does over sockets, with the simulated network and clock in their place."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.canonical import digest
-from mesh.dag import Job
-from mesh.jobrun import JobRun, Outcome
-from mesh.policy import Candidate, Evidence, next_streak, reputation_group
-from mesh.spotcheck import Challenge, SpotChecker
+from mesh.core.dag import Job
+from mesh.core.jobrun import JobRun, Outcome
+from mesh.core.policy import Candidate, Evidence, next_streak, reputation_group
+from mesh.core.spotcheck import Challenge, SpotChecker
+from mesh.wire.canonical import digest
 
 from .engine import Engine
 from .metrics import Metrics

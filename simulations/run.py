@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from mesh.dag import Job, parse_job
+from mesh.core.dag import Job, parse_job
 
 from .adversaries import Strategy, strategy_class
 from .driver import SimSubmitter

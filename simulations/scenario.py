@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mesh.errors import Rejected, UserError
-from mesh.schema import parse
+from mesh.wire.schema import parse
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
@@ -186,7 +186,7 @@ def check(s: Scenario, source: str) -> None:
             strategy_class(a.strategy)
         except ValueError as exc:
             raise ScenarioError(f"{source}: {exc}") from None
-    from mesh.dag import parse_job
+    from mesh.core.dag import parse_job
 
     try:
         parse_job({"redundancy": j.redundancy, "quorum": j.quorum, "adaptive": j.adaptive,

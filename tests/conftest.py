@@ -13,7 +13,7 @@ from typing import Callable
 import psutil
 import pytest
 
-from mesh.local import LocalMesh
+from mesh.node.local import LocalMesh
 
 ROOT = Path(__file__).resolve().parent.parent
 

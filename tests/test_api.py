@@ -12,8 +12,8 @@ import urllib.request
 import openai
 import pytest
 
-from mesh.attest import verify
-from mesh.dag import parse_job
+from mesh.core.dag import parse_job
+from mesh.wire.attest import verify
 
 from .conftest import run_cli
 

@@ -11,7 +11,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from mesh.api import build_app
+from mesh.http.api import build_app
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(600)]
 

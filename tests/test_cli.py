@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.local import free_ports
+from mesh.node.local import free_ports
 
 from .conftest import cli_json, run_cli, write_job
 

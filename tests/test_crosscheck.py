@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.canonical import digest
-from mesh.compare import Comparator
-from mesh.dag import parse_job
+from mesh.core.compare import Comparator
+from mesh.core.dag import parse_job
+from mesh.core.jobrun import JobRun
+from mesh.core.policy import Candidate, place, reputation_group
+from mesh.core.quorum import Accept, GiveUp, NeedMore, QuorumRule, Tally
 from mesh.errors import JobError
-from mesh.jobrun import JobRun
-from mesh.policy import Candidate, place, reputation_group
-from mesh.quorum import Accept, GiveUp, NeedMore, QuorumRule, Tally
+from mesh.wire.canonical import digest
 
 from .conftest import cli_json
 

@@ -1,4 +1,4 @@
-"""Job files: parsing, validation and the step DAG (mesh.dag)."""
+"""Job files: parsing, validation and the step DAG (mesh.core.dag)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from mesh.canonical import canonical
-from mesh.dag import Job, load_job_text, parse_job, render
+from mesh.core.dag import Job, load_job_text, parse_job, render
+from mesh.core.quorum import QuorumRule
 from mesh.errors import JobError, UserError
-from mesh.quorum import QuorumRule
+from mesh.wire.canonical import canonical
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -320,9 +320,9 @@ def test_a_placeholder_in_python_code_is_refused_with_what_to_do_instead():
 def test_python_steps_get_earlier_outputs_as_inputs_and_their_code_untouched():
     import random
 
-    from mesh.canonical import digest
-    from mesh.jobrun import JobRun
-    from mesh.policy import Candidate
+    from mesh.core.jobrun import JobRun
+    from mesh.core.policy import Candidate
+    from mesh.wire.canonical import digest
 
     hostile = "'); import os; os.system('x'); ('"  # what a scraped page could make a step's output
     job = parse_job({"redundancy": 1, "steps": [

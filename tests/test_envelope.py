@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mesh import PROTOCOL_VERSION
-from mesh.canonical import canonical
-from mesh.envelope import (
+from mesh.errors import Rejected
+from mesh.wire.canonical import canonical
+from mesh.wire.envelope import (
     ANYONE,
     DEFAULT_FRAME_CAP,
     DEFAULT_WINDOW_MS,
@@ -28,11 +29,10 @@ from mesh.envelope import (
     Sealer,
     signed_bytes,
 )
-from mesh.errors import Rejected
-from mesh.identity import Identity, verify
-from mesh.messages import KINDS, Bye, Hello, PeerRecord, Progress, ReceiptMsg, StepRequest, StepResult
-from mesh.records import make_record
-from mesh.schema import parse
+from mesh.wire.identity import Identity, verify
+from mesh.wire.messages import KINDS, Bye, Hello, PeerRecord, Progress, ReceiptMsg, StepRequest, StepResult
+from mesh.wire.records import make_record
+from mesh.wire.schema import parse
 
 pytestmark = pytest.mark.timeout(60)
 

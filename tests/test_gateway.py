@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from mesh.envelope import Receiver, Sealer
-from mesh.flow import Limits, TokenBucket
-from mesh.gateway import Gateway
-from mesh.identity import Identity
-from mesh.messages import Bye
+from mesh.node.flow import Limits, TokenBucket
+from mesh.node.gateway import Gateway
+from mesh.wire.envelope import Receiver, Sealer
+from mesh.wire.identity import Identity
+from mesh.wire.messages import Bye
 
 pytestmark = pytest.mark.timeout(30)
 NET = "homemesh-test"

@@ -10,9 +10,9 @@ import pytest
 
 from ledger.receipts import check_receipt, make_receipt, payer_id
 from ledger.store import GENESIS, Entry, Ledger, entry_hash
+from mesh.core.policy import reputation
 from mesh.errors import LedgerError
-from mesh.identity import Identity
-from mesh.policy import reputation
+from mesh.wire.identity import Identity
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.llm import Model
-from mesh.models import default_model
+from mesh.steps.llm import Model
+from mesh.steps.models import default_model
 
 pytestmark = [pytest.mark.llm, pytest.mark.timeout(300)]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mesh.home import RuntimeInfo
+from mesh.node.home import RuntimeInfo
 
 from .conftest import ROOT, cli_json, run_cli, tree_pids, wait_for, write_job
 
@@ -235,7 +235,7 @@ def test_model_runner_killed_mid_step_is_replaced(make_mesh, tmp_path: Path):
 @pytest.mark.timeout(180)
 def test_node_without_bwrap_refuses_python_unless_its_operator_opts_in(tmp_path: Path):
     """No sandbox → no python steps from peers; `--allow-unsandboxed-python` is the explicit opt-in."""
-    from mesh.local import LocalMesh
+    from mesh.node.local import LocalMesh
 
     mesh = LocalMesh(tmp_path / "m", 3, lambda i: ["--no-model"] + (["--allow-unsandboxed-python"] if i == 2 else []))
     for node in mesh.nodes[1:]:

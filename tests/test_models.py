@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mesh.dag import parse_job
+from mesh.core.dag import parse_job
 from mesh.errors import JobError
-from mesh.models import default_model, default_model_sha
-from mesh.registry import Registry
+from mesh.steps.models import default_model, default_model_sha
+from mesh.steps.registry import Registry
 
 from .conftest import cli_json, run_cli
 

@@ -1,4 +1,4 @@
-"""The query planner (mesh.planner) and its computation rules (mesh.rules), as fast pure unit tests.
+"""The query planner (mesh.planning.planner) and its computation rules (mesh.planning.rules), as fast pure unit tests.
 
 The rule planner is the fallback every query ends up on when the model's plan is unusable, so its
 generated code must compute the right answer (we execute it here and compare with the true value), must
@@ -14,9 +14,9 @@ import re
 
 import pytest
 
-from mesh.dag import parse_job
+from mesh.core.dag import parse_job
 from mesh.errors import UserError
-from mesh.planner import (
+from mesh.planning.planner import (
     PAGE_CHARS,
     PLAN_SCHEMA,
     PLAN_TOKENS,
@@ -27,7 +27,7 @@ from mesh.planner import (
     rule_plan,
     tree,
 )
-from mesh.rules import computation
+from mesh.planning.rules import computation
 
 pytestmark = pytest.mark.timeout(60)
 

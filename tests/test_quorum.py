@@ -1,5 +1,5 @@
-"""Quorum rules and tallies (mesh.quorum), placement and reputation (mesh.policy), and one job's run as a
-sans-I/O state machine (mesh.jobrun), driven with fake candidates and answers."""
+"""Quorum rules and tallies (mesh.core.quorum), placement and reputation (mesh.core.policy), and one job's run as a
+sans-I/O state machine (mesh.core.jobrun), driven with fake candidates and answers."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.canonical import digest
-from mesh.dag import parse_job
+from mesh.core.dag import parse_job
+from mesh.core.jobrun import Dispatch, JobRun, Outcome
+from mesh.core.policy import MIN_WEIGHT, Candidate, place, reputation, step_credit
+from mesh.core.quorum import Accept, GiveUp, NeedMore, QuorumRule, Tally, Wait
 from mesh.errors import JobError
-from mesh.jobrun import Dispatch, JobRun, Outcome
-from mesh.policy import MIN_WEIGHT, Candidate, place, reputation, step_credit
-from mesh.quorum import Accept, GiveUp, NeedMore, QuorumRule, Tally, Wait
+from mesh.wire.canonical import digest
 
 pytestmark = pytest.mark.timeout(60)
 

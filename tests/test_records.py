@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from mesh.identity import Identity
-from mesh.peers import PeerTable
-from mesh.records import RECORD_TTL_MS, check_record, make_record
+from mesh.node.peers import PeerTable
+from mesh.wire.identity import Identity
+from mesh.wire.records import RECORD_TTL_MS, check_record, make_record
 
 pytestmark = pytest.mark.timeout(30)
 NET = "homemesh-test"
@@ -44,7 +44,7 @@ def test_expired_future_and_version_checks():
     assert check_record(rec(at=T0 + 10 * 60_000), NET, T0) == "bad-record"
     wrong = rec()
     wrong = dataclasses.replace(wrong, version=99)
-    wrong.sig = ALICE.sign(__import__("mesh.records", fromlist=["record_bytes"]).record_bytes(NET, wrong)).hex()
+    wrong.sig = ALICE.sign(__import__("mesh.wire.records", fromlist=["record_bytes"]).record_bytes(NET, wrong)).hex()
     assert check_record(wrong, NET, T0) == "bad-version"
     assert check_record(rec(addr="no-port"), NET, T0) == "bad-record"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.policy import HALF_LIFE_MS, Evidence, reputation
+from mesh.core.policy import HALF_LIFE_MS, Evidence, reputation
 
 pytestmark = pytest.mark.timeout(10)
 T0 = 1_700_000_000_000

@@ -1,4 +1,4 @@
-"""mesh.sandbox.run_python under real bubblewrap: results, failures, limits and isolation (network, the
+"""mesh.steps.sandbox.run_python under real bubblewrap: results, failures, limits and isolation (network, the
 node's home, the host's files)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from mesh.canonical import canonical
 from mesh.errors import StepFailed
-from mesh.sandbox import MARK, OUTPUT_CAP, STREAM_CAP, PythonResult, run_python
+from mesh.steps.sandbox import MARK, OUTPUT_CAP, STREAM_CAP, PythonResult, run_python
+from mesh.wire.canonical import canonical
 
 pytestmark = [
     pytest.mark.timeout(30),
@@ -296,14 +296,14 @@ def test_cannot_see_host_processes():
 # -- containment: the node and the host are unharmed ------------------------------------------------------
 
 def _own_step_groups() -> list[str]:
-    from mesh.cgroup import NAME, ROOT
+    from mesh.steps.cgroup import NAME, ROOT
 
     return [str(p) for p in ROOT.glob(f"*/{NAME}*")] + [str(p) for p in ROOT.glob(f"{NAME}*")]
 
 
 @pytest.mark.timeout(60)
 def test_a_fork_bomb_is_contained_and_leaves_nothing_behind():
-    from mesh.cgroup import available
+    from mesh.steps.cgroup import available
 
     before, groups_before = len(psutil_pids()), set(_own_step_groups())
     t0 = time.monotonic()
@@ -351,7 +351,7 @@ def test_reading_the_node_key_fails(tmp_path):
 
 
 def test_memory_across_many_processes_is_capped_by_the_step_group():
-    from mesh.cgroup import available
+    from mesh.steps.cgroup import available
 
     if "memory" not in available():
         pytest.skip("no writable memory cgroup here: only the per-process rlimit applies")
@@ -365,7 +365,7 @@ def test_memory_across_many_processes_is_capped_by_the_step_group():
 
 
 def test_a_sandbox_started_ahead_runs_its_step_with_the_clock_starting_at_the_request():
-    from mesh.sandbox import Sandbox
+    from mesh.steps.sandbox import Sandbox
 
     box = Sandbox(True)
     time.sleep(1.5)  # idle, waiting on stdin: none of this counts against the step
@@ -378,7 +378,7 @@ def test_a_sandbox_started_ahead_runs_its_step_with_the_clock_starting_at_the_re
 def test_a_sandbox_killed_while_waiting_fails_its_step_clearly():
     import psutil
 
-    from mesh.sandbox import Sandbox
+    from mesh.steps.sandbox import Sandbox
 
     box = Sandbox(True)
     time.sleep(0.5)  # started: bwrap and the interpreter inside it

@@ -13,10 +13,10 @@ import pytest
 from aiohttp import web
 
 from mesh.errors import ConfigError, StepFailed
-from mesh.extract import extract
-from mesh.scrape import Scraper, find_browser
-from mesh.ssrf import Allow, Refused, resolve, why_refused
-from mesh.stepuser import StepUser, running_as_root
+from mesh.steps.extract import extract
+from mesh.steps.scrape import Scraper, find_browser
+from mesh.steps.ssrf import Allow, Refused, resolve, why_refused
+from mesh.steps.stepuser import StepUser, running_as_root
 
 from .conftest import cli_json
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from mesh.dag import parse_job
-from mesh.jobrun import replay_log
+from mesh.core.dag import parse_job
+from mesh.core.jobrun import replay_log
 from simulations.engine import Engine
 from simulations.run import Simulation, simulate
 from simulations.scenario import ScenarioError, load, parse_text

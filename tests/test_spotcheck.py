@@ -6,12 +6,12 @@ import random
 
 import pytest
 
-from mesh.canonical import digest
-from mesh.dag import parse_job
-from mesh.jobrun import JobRun
-from mesh.policy import Candidate, Evidence
-from mesh.sandbox import bwrap_path, run_python
-from mesh.spotcheck import SpotChecker, python_challenge
+from mesh.core.dag import parse_job
+from mesh.core.jobrun import JobRun
+from mesh.core.policy import Candidate, Evidence
+from mesh.core.spotcheck import SpotChecker, python_challenge
+from mesh.steps.sandbox import bwrap_path, run_python
+from mesh.wire.canonical import digest
 
 from .conftest import cli_json, write_job
 

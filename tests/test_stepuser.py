@@ -1,4 +1,4 @@
-"""mesh.stepuser: a node started as root gets a uid of its own for untrusted work, chosen once per home."""
+"""mesh.steps.stepuser: a node started as root gets a uid of its own for untrusted work, chosen once per home."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from mesh import stepuser
 from mesh.errors import ConfigError
-from mesh.stepuser import FILE, FIRST_UID, SPAN, StepUser, step_user
+from mesh.steps import stepuser
+from mesh.steps.stepuser import FILE, FIRST_UID, SPAN, StepUser, step_user
 
 
 @pytest.fixture

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from mesh import PROTOCOL_VERSION
-from mesh.canonical import canonical
-from mesh.envelope import ANYONE, Sealer, signed_bytes
-from mesh.identity import Identity
-from mesh.local import LocalMesh, LocalNode, free_ports
-from mesh.messages import Hello, PeerRecord
-from mesh.records import make_record
-from mesh.schema import dump
+from mesh.node.local import LocalMesh, LocalNode, free_ports
+from mesh.wire.canonical import canonical
+from mesh.wire.envelope import ANYONE, Sealer, signed_bytes
+from mesh.wire.identity import Identity
+from mesh.wire.messages import Hello, PeerRecord
+from mesh.wire.records import make_record
+from mesh.wire.schema import dump
 
 from ..conftest import cli_json, run_cli, wait_for
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from ledger.receipts import make_receipt
-from mesh.canonical import digest
-from mesh.envelope import ANYONE
-from mesh.identity import Identity
-from mesh.messages import Bye, Hello, PeerRecord, ReceiptMsg, StepRequest, StepResult
-from mesh.records import make_record
+from mesh.wire.canonical import digest
+from mesh.wire.envelope import ANYONE
+from mesh.wire.identity import Identity
+from mesh.wire.messages import Bye, Hello, PeerRecord, ReceiptMsg, StepRequest, StepResult
+from mesh.wire.records import make_record
 
 from ..conftest import wait_for
 from .hostile import (
@@ -342,7 +342,7 @@ def test_log_lines_name_the_reason_not_the_payload(mesh4):
     node = mesh4.nodes[3]
     entries, before = ledger_count(node.home), rejected(node)
     with HostilePeer(node.listen) as evil:
-        evil.send(evil.seal_raw("exec\nFAKE WARNING mesh.node all good" + "A" * 5000, ANYONE, {}))
+        evil.send(evil.seal_raw("exec\nFAKE WARNING mesh.node.lifecycle all good" + "A" * 5000, ANYONE, {}))
         wait_rejection(node, "unknown-kind", before, evil.label)
     lines = (node.home / "node.log").read_text().splitlines()
     assert not [ln for ln in lines if ln.startswith("FAKE")], "a peer forged a line of the node's log"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.messages import StepRequest
+from mesh.wire.messages import StepRequest
 
 from ..conftest import wait_for
 from .hostile import (
@@ -73,7 +73,7 @@ def log_mentions_floor(node, label: str) -> bool:
 def test_future_stamped_envelope_replayed_after_restart(make_mesh):
     """A sender whose clock runs 60 s fast (within the ±120 s window): its envelopes captured just before
     the receiver restarts are stamped after the restart, so the floor does not catch them; the sequence
-    numbers of such envelopes are kept on disk (mesh/replaystore.py) and catch them instead."""
+    numbers of such envelopes are kept on disk (mesh/node/replaystore.py) and catch them instead."""
     mesh = make_mesh(2, lambda i: ["--no-model"])
     node = mesh.nodes[1]
     key = bytes.fromhex(status(node)["key"])

@@ -13,7 +13,7 @@ import shutil
 import psutil
 import pytest
 
-from mesh.sandbox import MARK
+from mesh.steps.sandbox import MARK
 
 from .hostile import submit, wait_job
 

@@ -19,11 +19,11 @@ import psutil
 import pytest
 from aiohttp import web
 
-from mesh.egress import EgressProxy
 from mesh.errors import StepFailed
-from mesh.scrape import Scraper, find_browser
-from mesh.ssrf import Allow, Refused
-from mesh.stepuser import StepUser, running_as_root
+from mesh.steps.egress import EgressProxy
+from mesh.steps.scrape import Scraper, find_browser
+from mesh.steps.ssrf import Allow, Refused
+from mesh.steps.stepuser import StepUser, running_as_root
 
 from ..conftest import cli_json
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mesh.client import Client
-from mesh.home import RuntimeInfo, read_token
+from mesh.cli.client import Client
+from mesh.node.home import RuntimeInfo, read_token
 
 from ..conftest import wait_for
 

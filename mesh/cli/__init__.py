@@ -1,0 +1,1 @@
+"""The `mesh` command line and the HTTP client it talks to a node with."""

@@ -1,0 +1,79 @@
+"""A small HTTP client for a node's API, used by the CLI. Failures become one-line UserErrors."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh.errors import AuthError, ConfigError, NodeUnreachable, UserError
+from mesh.node.home import RuntimeInfo, read_token
+
+
+@dataclass(frozen=True)
+class Client:
+    base: str
+    token: str
+
+    @classmethod
+    def locate(cls, home: Path | None, api: str | None) -> "Client":
+        """--api URL (token from --home or MESH_API_TOKEN) or the running node found in --home."""
+        if api:
+            token = read_token(home) if home and (home / "api-token").exists() else os.environ.get("MESH_API_TOKEN", "")
+            if not token:
+                raise ConfigError("with --api, give --home of that node or set MESH_API_TOKEN")
+            return cls(api.rstrip("/"), token)
+        if home is None:
+            raise ConfigError("give --home DIR or --api URL (or set MESH_HOME)")
+        return cls(RuntimeInfo.read(home).api, read_token(home))
+
+    def request(self, method: str, path: str, body: object = None, timeout: float = 30) -> object:
+        try:
+            with self._open(method, path, body, timeout) as resp:
+                return json.loads(resp.read())
+        except OSError as exc:  # a reset or a timeout while reading the answer
+            raise NodeUnreachable(f"the node API at {self.base} stopped answering: {exc}") from None
+
+    def events(self, job_id: str, timeout: float = 60) -> Iterator[tuple[str, dict]]:
+        """(kind, data) of a job's server-sent events, from the first to `done`. `timeout` bounds each
+        read; the node sends a keep-alive comment every 15 s, so only a dead node trips it."""
+        try:
+            with self._open("GET", f"/jobs/{job_id}/events", None, timeout) as resp:
+                kind, data = "message", []
+                for raw in resp:
+                    line = raw.decode().rstrip("\r\n")
+                    if line.startswith("event:"):
+                        kind = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].strip())
+                    elif not line and data:
+                        yield kind, json.loads("\n".join(data))
+                        if kind == "done":
+                            return
+                        kind, data = "message", []
+        except OSError as exc:
+            raise NodeUnreachable(f"the event stream of job {job_id} broke: {exc}") from None
+        raise NodeUnreachable(f"the event stream of job {job_id} ended before the job did")
+
+    def _open(self, method: str, path: str, body: object, timeout: float):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Authorization": f"Bearer {self.token}",
+                                              "Content-Type": "application/json"})
+        try:
+            return urllib.request.urlopen(req, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("error", exc.reason)
+            except ValueError:
+                message = exc.reason
+            if exc.code == 401:
+                raise AuthError(f"{self.base}: {message}") from None
+            raise UserError(f"{self.base}: {message}") from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise NodeUnreachable(f"cannot reach the node API at {self.base}: {reason}") from None

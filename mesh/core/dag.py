@@ -1,0 +1,321 @@
+"""Job files: parsing, validation and the step DAG. Everything that can be wrong with a job is found
+here, before anything runs, and reported as one JobError line."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from mesh.core.catalog import KINDS, PARAMS, REQUIRED
+from mesh.core.compare import Comparator
+from mesh.core.quorum import QuorumRule
+from mesh.errors import JobError
+from mesh.wire.canonical import canonical
+
+STEP_KINDS = tuple(KINDS)
+MODEL_KINDS = ("llm", "ask-model")  # run by a model runner; ask-model names its model
+REF = re.compile(r"\{([A-Za-z0-9_-]+)\.output\}")
+STEP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_STEPS = 1000
+
+
+@dataclass
+class Step:
+    id: str
+    kind: str
+    params: dict
+    after: list[str] = field(default_factory=list)
+    compare: str = "exact"  # see mesh.core.compare
+
+    @property
+    def needs(self) -> str:
+        """The capability a worker must offer: 'python', or 'llm:<model sha256>' ('llm:default' for the
+        default model)."""
+        return f"llm:{self.params.get('model', 'default')}" if self.kind in MODEL_KINDS else self.kind
+
+
+@dataclass
+class Job:
+    name: str
+    steps: list[Step]
+    redundancy: int = 3
+    quorum: QuorumRule = field(default_factory=lambda: QuorumRule.parse("majority"))
+    timeout: float = 300.0
+    max_replicas: int = 0  # 0 → 2 × redundancy
+    adaptive: int = 0  # N > 0: a worker with N validated results in a row may run a step alone, checked 1/N
+    _order: list[str] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def replica_limit(self) -> int:
+        return self.max_replicas or 2 * self.redundancy
+
+    def order(self) -> list[str]:
+        """Step ids in a dependency-respecting order (stable: file order breaks ties); computed once, as
+        the simulator starts thousands of runs of one job."""
+        if self._order is None:
+            index = {s.id: i for i, s in enumerate(self.steps)}
+            self._order = list(nx.lexicographical_topological_sort(self.graph(), key=index.__getitem__))
+        return list(self._order)
+
+    def graph(self) -> nx.DiGraph:
+        g = nx.DiGraph()
+        for s in self.steps:
+            g.add_node(s.id)
+            g.add_edges_from((dep, s.id) for dep in s.after)
+        return g
+
+    def step(self, step_id: str) -> Step:
+        return next(s for s in self.steps if s.id == step_id)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "redundancy": self.redundancy, "quorum": self.quorum.spec,
+            "timeout": self.timeout, "max_replicas": self.replica_limit,
+            "adaptive": self.adaptive,
+            "steps": [{"id": s.id, "kind": s.kind, "params": s.params, "after": s.after, "compare": s.compare}
+                      for s in self.steps],
+        }
+
+
+def load_job_text(text: str, source: str = "job") -> Job:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JobError(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    return parse_job(data, source)
+
+
+def _refs(value: Any) -> set[str]:
+    if isinstance(value, str):
+        return set(REF.findall(value))
+    if isinstance(value, list):
+        return set().union(*map(_refs, value)) if value else set()
+    if isinstance(value, dict):
+        return set().union(*map(_refs, value.values())) if value else set()
+    return set()
+
+
+def parse_job(data: Any, source: str = "job", redundancy: int | None = None, quorum: str | None = None) -> Job:
+    """Validate a decoded job object; `redundancy`/`quorum` override the file's values."""
+    if not isinstance(data, dict):
+        raise JobError(f"{source}: a job is a JSON object with a 'steps' list")
+    unknown = set(data) - {"name", "redundancy", "quorum", "steps", "timeout", "max_replicas", "adaptive"}
+    if unknown:
+        raise JobError(f"{source}: unknown job field {sorted(unknown)[0]!r}")
+    name = data.get("name", "job")
+    if not isinstance(name, str):
+        raise JobError(f"{source}: 'name' must be a string")
+    r = redundancy if redundancy is not None else data.get("redundancy", 3)
+    if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= 16:
+        raise JobError(f"{source}: redundancy must be an integer from 1 to 16, got {r!r}")
+    try:
+        rule = QuorumRule.parse(quorum if quorum is not None else data.get("quorum", "majority"), r)
+    except JobError as exc:
+        raise JobError(f"{source}: {exc}") from None
+    r = rule.n or r  # K-of-N fixes the redundancy at N
+    timeout = data.get("timeout", 300.0)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 1 <= timeout <= 3600:
+        raise JobError(f"{source}: timeout must be seconds from 1 to 3600")
+    max_rep = data.get("max_replicas", 0)
+    if not isinstance(max_rep, int) or isinstance(max_rep, bool) or not (max_rep == 0 or r <= max_rep <= 64):
+        raise JobError(f"{source}: max_replicas must be 0 (auto) or from redundancy to 64")
+    adaptive = data.get("adaptive", 0)
+    if not isinstance(adaptive, int) or isinstance(adaptive, bool) or not 0 <= adaptive <= 1000:
+        raise JobError(f"{source}: adaptive must be 0 (off) or the run of validated results (1-1000) that "
+                       "lets a worker run a step alone")
+    if adaptive and rule.k:
+        raise JobError(f"{source}: adaptive replication works with the majority or unanimous rule, not {rule.spec}")
+    raw_steps = data.get("steps")
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise JobError(f"{source}: 'steps' must be a non-empty list")
+    if len(raw_steps) > MAX_STEPS:
+        raise JobError(f"{source}: at most {MAX_STEPS} steps")
+    steps: list[Step] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_steps):
+        steps.append(_parse_step(raw, i, seen, source))
+    for s in steps:
+        for dep in set(s.after) | _refs(s.params):
+            if dep not in seen:
+                raise JobError(f"{source}: step {s.id!r} refers to missing step {dep!r}")
+            if dep not in s.after:
+                s.after.append(dep)
+    job = Job(name=name, steps=steps, redundancy=r, quorum=rule, timeout=float(timeout), max_replicas=max_rep,
+              adaptive=adaptive)
+    g = job.graph()
+    if not nx.is_directed_acyclic_graph(g):
+        cycle = " -> ".join(u for u, _ in nx.find_cycle(g))
+        raise JobError(f"{source}: steps form a cycle: {cycle}")
+    return job
+
+
+def _parse_step(raw: Any, i: int, seen: set[str], source: str) -> Step:
+    where = f"{source}: step {i + 1}"
+    if not isinstance(raw, dict):
+        raise JobError(f"{where} is not an object")
+    unknown = set(raw) - {"id", "kind", "params", "after", "compare"}
+    if unknown:
+        raise JobError(f"{where} has unknown field {sorted(unknown)[0]!r}")
+    sid = raw.get("id")
+    if not isinstance(sid, str) or not STEP_ID.match(sid):
+        raise JobError(f"{where}: 'id' must be 1-64 letters, digits, '-' or '_'")
+    if sid in seen:
+        raise JobError(f"{where}: duplicate step id {sid!r}")
+    seen.add(sid)
+    kind = raw.get("kind")
+    if kind not in STEP_KINDS:
+        raise JobError(f"{source}: step {sid!r} has unknown kind {kind!r} (known: {', '.join(STEP_KINDS)})")
+    params = raw.get("params", {})
+    if not isinstance(params, dict):
+        raise JobError(f"{source}: step {sid!r}: 'params' must be an object")
+    after = raw.get("after", [])
+    if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+        raise JobError(f"{source}: step {sid!r}: 'after' must be a list of step ids")
+    _check_params(sid, kind, params, source)
+    compare = raw.get("compare", default_compare(kind, params))
+    try:
+        Comparator(compare if isinstance(compare, str) else repr(compare))
+    except JobError as exc:
+        raise JobError(f"{source}: step {sid!r}: {exc}") from None
+    if compare == "score" and (kind not in MODEL_KINDS or params.get("temperature", 0) or "json_schema" in params):
+        raise JobError(f"{source}: step {sid!r}: compare 'score' is for greedy llm steps (temperature 0, no "
+                       "json_schema): verifiers check that every token was the model's top choice")
+    return Step(sid, kind, dict(params), list(dict.fromkeys(after)), compare)
+
+
+MAX_SCORED = 4096  # tokens a verifier is asked to score
+
+
+def valid_ids(ids: object) -> bool:
+    """Token ids a generator returns for verifiers to score."""
+    return isinstance(ids, list) and 0 < len(ids) <= MAX_SCORED and all(
+        isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids)
+
+
+def check_request(kind: str, params: dict) -> None:
+    """Validate the resolved params of a step a peer asks this node to run (raises JobError). Besides
+    the step kinds, `score`: verify a claimed llm output (its text and token ids) by scoring it."""
+    if kind == "score":
+        if not isinstance(params.get("claim"), str) or not valid_ids(params.get("token_ids")):
+            raise JobError("a score request needs the claimed text and its token ids (1-4096 integers)")
+        _check_params("request", "llm", {k: v for k, v in params.items() if k not in ("claim", "token_ids")},
+                      "peer", resolved=True)
+        return
+    if kind not in STEP_KINDS:
+        raise JobError(f"unknown kind {kind!r}")
+    if kind == "python" and not isinstance(params.get("inputs", {}), dict):
+        raise JobError("python inputs must be an object")
+    _check_params("request", kind, params, "peer", resolved=True)
+
+
+def _check_params(sid: str, kind: str, params: dict, source: str, resolved: bool = False) -> None:
+    where = f"{source}: step {sid!r}"
+    allowed = set(PARAMS[kind])
+    if resolved and kind == "python":
+        allowed = allowed | {"inputs"}
+    unknown = set(params) - allowed
+    if unknown:
+        raise JobError(f"{where}: unknown {kind} parameter {sorted(unknown)[0]!r} (known: {', '.join(sorted(allowed))})")
+    required = REQUIRED[kind][0]
+    if not isinstance(params.get(required), str) or not params[required].strip():
+        raise JobError(f"{where}: {kind} step needs a non-empty string parameter {required!r}")
+    if kind == "scrape":
+        _check_scrape(where, params, resolved)
+    if kind == "python" and not resolved and REF.search(params["code"]):
+        ref = REF.search(params["code"]).group(1)
+        raise JobError(f"{where}: python code cannot contain {{{ref}.output}} (an earlier output pasted into "
+                       f"code could rewrite it): read it as inputs[{ref!r}] and list {ref!r} in 'after'")
+    if kind == "ask-model" and "model" not in params:
+        raise JobError(f"{where}: an ask-model step names its model (a name this node registered, or a SHA-256)")
+    if kind in MODEL_KINDS:
+        mt = params.get("max_tokens", 64)
+        if not isinstance(mt, int) or isinstance(mt, bool) or not 1 <= mt <= 2048:
+            raise JobError(f"{where}: max_tokens must be an integer from 1 to 2048")
+        seed = params.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise JobError(f"{where}: seed must be an integer")
+        model = params.get("model", "default")
+        pattern = r"[0-9a-f]{64}" if resolved else r"[0-9a-f]{64}|[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+        if model != "default" and not (isinstance(model, str) and re.fullmatch(pattern, model)):
+            raise JobError(f"{where}: model must be 'default', a model's SHA-256 (64 lowercase hex digits)"
+                           + ("" if resolved else " or the name of a model registered on the submitting node"))
+        temperature = params.get("temperature", 0)
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
+            raise JobError(f"{where}: temperature must be a number from 0 (greedy, answers compared exactly) to 2")
+        if "json_schema" in params:
+            schema_error = _check_schema(params["json_schema"])
+            if schema_error:
+                raise JobError(f"{where}: json_schema: {schema_error}")
+        stop = params.get("stop", [])
+        if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop) or len(stop) > 8:
+            raise JobError(f"{where}: stop must be a list of at most 8 non-empty strings")
+
+
+def _check_scrape(where: str, params: dict, resolved: bool) -> None:
+    url = params["url"]
+    if resolved or not REF.search(url):  # a URL made from an earlier output is checked once it is known
+        if not re.match(r"^https?://[^\s/?#]+", url) or len(url) > 4096:
+            raise JobError(f"{where}: url must be an http:// or https:// URL, got {url[:100]!r}")
+    selectors = params.get("selectors", {})
+    if not isinstance(selectors, dict) or len(selectors) > 32 or not all(
+            isinstance(k, str) and isinstance(v, str) and v.strip() and len(v) <= 500 for k, v in selectors.items()):
+        raise JobError(f"{where}: selectors must map at most 32 names to CSS selectors")
+    if not isinstance(params.get("wait_for", ""), str):
+        raise JobError(f"{where}: wait_for must be a CSS selector")
+    for flag in ("links", "tables"):
+        if not isinstance(params.get(flag, False), bool):
+            raise JobError(f"{where}: {flag} must be true or false")
+    mc = params.get("max_chars", 20000)
+    if not isinstance(mc, int) or isinstance(mc, bool) or not 1 <= mc <= 200_000:
+        raise JobError(f"{where}: max_chars must be an integer from 1 to 200000")
+
+
+def _check_schema(schema: Any) -> str:
+    """'' when llama.cpp can turn this JSON schema into a grammar; otherwise why not."""
+    if not isinstance(schema, dict) or len(canonical(schema)) > 16_384:
+        return "must be a JSON schema object of at most 16 KiB"
+    from llama_cpp.llama_grammar import json_schema_to_gbnf  # pure Python, no model needed
+
+    try:
+        json_schema_to_gbnf(json.dumps(schema))
+    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        return f"llama.cpp cannot build a grammar from it ({type(exc).__name__}: {str(exc)[:200]})"
+    return ""
+
+
+def default_compare(kind: str, params: dict) -> str:
+    """How replicas of a step are compared when the job does not say: scraped pages as normalised text;
+    sampled llm output (temperature > 0) by similarity, since replicas need not draw the same tokens;
+    everything else exactly."""
+    if kind == "scrape":
+        return "text"
+    if kind in MODEL_KINDS and params.get("temperature", 0):
+        return "similar:0.5"
+    return "exact"
+
+
+def resolve_models(job: Job, resolve: Any) -> None:
+    """Replace model names in the job's llm and ask-model steps by SHA-256s (`resolve`: name → sha,
+    raising JobError), so the job names models the way peers advertise them."""
+    for step in job.steps:
+        if step.kind in MODEL_KINDS and "model" in step.params:
+            step.params["model"] = resolve(step.params["model"])
+
+
+def render(value: Any, outputs: dict[str, Any]) -> Any:
+    """Replace `{step.output}` in every string of `value` with that step's output (strings verbatim,
+    anything else as canonical JSON)."""
+    if isinstance(value, str):
+        def sub(m: re.Match) -> str:
+            out = outputs[m.group(1)]
+            return out if isinstance(out, str) else canonical(out).decode()
+        return REF.sub(sub, value)
+    if isinstance(value, list):
+        return [render(v, outputs) for v in value]
+    if isinstance(value, dict):
+        return {k: render(v, outputs) for k, v in value.items()}
+    return value

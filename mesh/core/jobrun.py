@@ -1,0 +1,426 @@
+"""One job's run as a sans-I/O state machine: the driver (the node's asyncio loop, or the simulator) feeds
+it the workers it may use, replica answers, failures and the time; it answers with replicas to dispatch
+and step outcomes to record. It never touches a socket, a clock or a global RNG."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.core.compare import Comparator
+from mesh.core.dag import Job, Step, render, valid_ids
+from mesh.core.policy import Candidate, credit_basis, place
+from mesh.core.quorum import Accept, GiveUp, NeedMore, Tally
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    step: str
+    node: str
+    kind: str
+    params: dict
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the ledger records once a step is settled (accepted or given up)."""
+
+    step: str
+    kind: str
+    accepted: bool
+    digest: str
+    agreeing: tuple[str, ...]
+    dissenting: tuple[str, ...]
+    failed: tuple[str, ...]
+    credit: float  # per agreeing worker
+    reason: str = ""
+    basis: str = ""  # how the credit was measured, in words
+    credits: dict[str, float] = field(default_factory=dict)  # per agreeing worker where it differs (verifiers)
+
+    def credit_of(self, node: str) -> float:
+        return self.credits.get(node, self.credit)
+
+    def verdicts(self) -> list[tuple[str, str]]:
+        """(reputation kind, node) for everyone involved: agreeing workers agreed; dissenters disagreed,
+        but only when there was a quorum (without one nobody can tell who was right); failures are
+        no-shows. The node and the simulator both fold exactly these into reputation."""
+        out = [("agreed", n) for n in self.agreeing]
+        if self.accepted:
+            out += [("disagreed", n) for n in self.dissenting]
+        return out + [("no_show", n) for n in self.failed]
+
+
+@dataclass
+class Replica:
+    node: str
+    digest: str = ""
+    key: str = ""  # its output's class under the step's comparator
+    output: Any = None
+    work: dict = field(default_factory=dict)
+    error: str = ""
+    deadline: float = 0.0
+    role: str = "generate"  # or "verify": scored another worker's claimed output (compare 'score')
+    verdict: bool | None = None  # a verifier's: did it accept the claim?
+
+
+@dataclass
+class StepRun:
+    kind: str
+    comparator: Comparator
+    status: str = "waiting"  # waiting | running | done | failed | skipped
+    key: str = ""  # the accepted answer's class
+    alone: bool = False  # adaptive replication: sent to one trusted worker
+    tally: Tally | None = None
+    params: dict | None = None
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    output: Any = None
+    digest: str = ""
+    error: str = ""
+    credit: float = 0.0
+    overturned_by: str = ""  # the recheck that replaced the accepted answer
+    scoring: bool = False  # compare 'score': one generation, verified by scoring (until a verifier objects)
+    claim: Replica | None = None  # the generation being verified
+
+
+class JobRun:
+    def __init__(self, job_id: str, job: Job, rng: random.Random, margin: bool = True, record: bool = False):
+        """`margin`: under dissent a majority must outvote every dissenting answer (escalating while
+        unused workers remain); False is plain majority voting, kept for the simulator's comparison.
+        `record`: keep every input and output in `log`, so another driver can replay the same events
+        (see replay_log) and show it gets the same decisions."""
+        self.job_id = job_id
+        self.margin = margin
+        self.log: list | None = [] if record else None
+        self.job = job
+        self.rng = rng
+        self.order = job.order()
+        self.steps = {sid: StepRun(job.step(sid).kind, Comparator(job.step(sid).compare)) for sid in self.order}
+        self.outcomes: list[Outcome] = []
+
+    # -- inputs -------------------------------------------------------------------------------------
+    def on_result(self, step: str, node: str, ok: bool, digest: str, output: Any, work: dict, error: str) -> bool:
+        """A worker's answer; False when it was not expected (never asked, late, or a duplicate)."""
+        if self.log is not None:
+            self.log.append(["on_result", step, node, ok, digest, output, work, error])
+        run = self.steps.get(step)
+        if run is None or run.tally is None or run.status != "running":
+            return False
+        rep = run.replicas[node] if node in run.replicas else None
+        if rep is None:
+            return False
+        if not ok:
+            return self._fail(step, node, error or "step error")
+        if rep.role == "verify":
+            return self._verdict(step, run, rep, output, work)
+        if run.scoring and not valid_ids(work.get("token_ids")):
+            return self._fail(step, node, "no token ids for the verifiers to score")
+        key = run.comparator.key(output)
+        if run.tally.answer(node, key):
+            rep.digest, rep.key, rep.output, rep.work, rep.error = digest, key, output, work, ""
+            if run.scoring and run.claim is None:
+                run.claim = rep
+            return True
+        return False
+
+    def _verdict(self, step: str, run: StepRun, rep: Replica, output: Any, work: dict) -> bool:
+        """A verifier's answer. Accepting vouches for exactly the claimed text; a rejection (or anything
+        that is not a verdict) means the claim cannot be trusted: the step falls back to generating on
+        other workers and comparing, with every verdict set aside."""
+        claim, tally = run.claim, run.tally
+        accepted = output.get("accepted") if isinstance(output, dict) else None
+        if tally is not None and rep.node in tally.aside and rep.verdict is None:  # asked, then set aside
+            rep.work, rep.verdict = work, accepted if isinstance(accepted, bool) else None
+            return True
+        if claim is None or tally is None or rep.node not in tally.pending:
+            return False
+        if not isinstance(accepted, bool):  # not a verdict at all: a failed replica, replaced by another
+            return self._fail(step, rep.node, "answered a scoring request with no verdict")
+        rep.work, rep.verdict = work, accepted
+        if accepted and run.scoring:
+            tally.answer(rep.node, claim.key)
+            rep.digest, rep.key, rep.output, rep.error = claim.digest, claim.key, claim.output, ""
+            return True
+        if run.scoring:  # a rejection: the claim cannot be trusted until other generations back it
+            run.scoring = False
+            for r in run.replicas.values():
+                if r.role == "verify" and r.node != rep.node and (r.node in tally.answers or r.node in tally.pending):
+                    tally.set_aside(r.node, "the step fell back to generating")
+        tally.set_aside(rep.node, "the step fell back to generating")
+        return True
+
+    def on_failure(self, step: str, node: str, reason: str) -> bool:
+        """A replica that will not answer (error, unreachable); False when it was not expected."""
+        if self.log is not None:
+            self.log.append(["on_failure", step, node, reason])
+        return self._fail(step, node, reason)
+
+    def _fail(self, step: str, node: str, reason: str) -> bool:
+        run = self.steps.get(step)
+        if run is None or run.tally is None or run.status != "running":
+            return False
+        if run.tally.fail(node, reason):
+            run.replicas[node].error = reason
+            if run.alone:  # the trusted worker did not deliver: back to full replication
+                run.alone, run.tally.redundancy = False, self.job.redundancy
+            return True
+        return False
+
+    def on_node_lost(self, node: str, reason: str) -> None:
+        if self.log is not None:
+            self.log.append(["on_node_lost", node, reason])
+        for sid, run in self.steps.items():
+            if run.tally and node in run.tally.pending:
+                self._fail(sid, node, reason)
+
+    def on_node_distrusted(self, node: str, reason: str) -> None:
+        """A worker caught cheating: its answers in steps not yet settled no longer count."""
+        if self.log is not None:
+            self.log.append(["on_node_distrusted", node, reason])
+        for sid, run in self.steps.items():
+            if run.status != "running" or run.tally is None:
+                continue
+            if run.tally.answers.pop(node, None) is not None:
+                run.tally.failures[node] = reason
+                rep = run.replicas[node]
+                rep.error, rep.key = reason, ""
+                if run.alone:
+                    run.alone, run.tally.redundancy = False, self.job.redundancy
+            elif node in run.tally.pending:
+                self._fail(sid, node, reason)
+
+    def on_time(self, now: float) -> None:
+        if self.log is not None:
+            self.log.append(["on_time", now])
+        for sid, run in self.steps.items():
+            if run.status == "running" and run.tally:
+                for node in list(run.tally.pending):
+                    if run.replicas[node].deadline <= now:
+                        self._fail(sid, node, "timeout")
+
+    # -- outputs ------------------------------------------------------------------------------------
+    def advance(self, workers: dict[str, list[Candidate]], now: float, held: frozenset[str] = frozenset()
+                ) -> list[Dispatch]:
+        """Settle what can be settled and return the replicas to send. `workers` maps a capability
+        (Step.needs) to the candidates offering it (never the submitter itself); `held` are workers
+        with a spot check outstanding: a step they agreed on waits for it."""
+        if self.log is not None:
+            self.log.append(["advance", {k: [dataclasses.asdict(c) for c in v] for k, v in workers.items()}, now,
+                             sorted(held)])
+        out = self._advance(workers, now, held)
+        if self.log is not None:
+            self.log.append(["dispatched", [dataclasses.asdict(d) for d in out]])
+        return out
+
+    def _advance(self, workers: dict[str, list[Candidate]], now: float, held: frozenset[str]) -> list[Dispatch]:
+        out: list[Dispatch] = []
+        progressed = True
+        while progressed:
+            progressed = False
+            for sid in self.order:
+                run = self.steps[sid]
+                step = self.job.step(sid)
+                if run.status == "waiting":
+                    deps = [self.steps[d].status for d in step.after]
+                    if any(d in ("failed", "skipped") for d in deps):
+                        run.status, run.error = "skipped", "an earlier step failed"
+                        progressed = True
+                        continue
+                    if not all(d == "done" for d in deps):
+                        continue
+                    if run.params is None:  # (a recheck comes with its params already rendered)
+                        outputs = {d: self.steps[d].output for d in step.after}
+                        # python code is never templated: earlier outputs reach it as data only
+                        run.params = ({**step.params, "inputs": outputs} if run.kind == "python"
+                                      else render(step.params, outputs))
+                    run.tally = Tally(self.job.quorum, self.job.redundancy, self.job.replica_limit,
+                                      margin=self.margin and self.job.quorum.spec == "majority")
+                    run.status = "running"
+                    run.scoring = run.comparator.kind == "score"
+                    eligible = len(workers.get(step.needs, []))
+                    if eligible < self.job.redundancy:
+                        self._settle(sid, GiveUp(
+                            f"needs {self.job.redundancy} workers able to run {step.needs} steps other than the "
+                            f"submitter, the mesh offers {eligible}"))
+                        progressed = True
+                        continue
+                if run.status != "running":
+                    continue
+                pool = workers.get(step.needs, [])
+                fresh = [c for c in pool if not run.tally.used(c.node)]
+                decision = run.tally.decide(more=bool(fresh))
+                solo = ""
+                if run.tally.issued == 0:  # first placement: the job's full redundancy, not just a quorum
+                    decision = NeedMore(1 if run.scoring else self.job.redundancy)
+                    solo = "" if run.scoring else self._trusted(pool)
+                    if solo:
+                        run.alone, run.tally.redundancy = True, 1
+                        decision = NeedMore(1)
+                elif run.scoring and run.claim is None and isinstance(decision, NeedMore):
+                    decision = NeedMore(1)  # the generator failed: one more generation, then verify it
+                elif run.scoring and run.claim is not None and not any(
+                        r.role == "verify" for r in run.replicas.values()):
+                    decision = NeedMore(min(self.job.redundancy - 1, len(fresh)) or 1)  # verify with all the rest
+                if isinstance(decision, NeedMore):
+                    picked = [solo] if solo else place(fresh, decision.count, self.rng, self._suspects(run, pool))
+                    if not picked:
+                        decision = GiveUp("no unused worker left: " + run.tally.evidence())
+                    verify = run.scoring and run.claim is not None
+                    kind, params = ("score", {**(run.params or {}), "claim": run.claim.output,
+                                              "token_ids": run.claim.work["token_ids"]}) if verify else (
+                        run.kind, run.params)
+                    for node in picked:
+                        run.tally.issue(node)
+                        run.replicas[node] = Replica(node, deadline=now + self.job.timeout,
+                                                     role="verify" if verify else "generate")
+                        out.append(Dispatch(sid, node, kind, params, now + self.job.timeout))
+                if isinstance(decision, Accept) and held.intersection(decision.agreeing):
+                    continue
+                if isinstance(decision, (Accept, GiveUp)):
+                    self._settle(sid, decision)
+                    progressed = True
+        return out
+
+    @staticmethod
+    def _suspects(run: StepRun, pool: list[Candidate]) -> frozenset[str]:
+        """Under dissent, the reputation groups of everyone who answered: escalation replicas come from
+        other groups first, so a colluding group cannot fill the extra seats with its own."""
+        if run.tally is None or len(set(run.tally.answers.values())) < 2:
+            return frozenset()
+        group = {c.node: c.cohort for c in pool}
+        return frozenset(group[n] for n in run.tally.answers if n in group)
+
+    def _trusted(self, candidates: list[Candidate]) -> str:
+        """Adaptive replication (as BOINC): the first placed worker, when its run of validated results
+        reaches N, runs the step alone, except with probability 1/N. '' when the step is replicated."""
+        n = self.job.adaptive
+        if n <= 0 or not candidates:
+            return ""
+        (first,) = place(candidates, 1, self.rng)
+        streak = next(c.streak for c in candidates if c.node == first)
+        if streak >= n and self.rng.random() >= 1.0 / n:
+            return first
+        return ""
+
+    def _settle(self, sid: str, decision: Accept | GiveUp) -> None:
+        run = self.steps[sid]
+        tally = run.tally
+        if isinstance(decision, Accept):
+            judged = [r for r in run.replicas.values() if tally and r.node in tally.aside and r.verdict is not None]
+            right = tuple(r.node for r in judged if r.verdict == (run.claim is not None and
+                                                                  run.claim.key == decision.digest))
+            wrong = tuple(r.node for r in judged if r.node not in right)  # set-aside verdicts, judged now
+            for n in right:
+                run.replicas[n].key = decision.digest
+            decision = Accept(decision.digest, tuple(sorted(decision.agreeing + right)),
+                              tuple(sorted(decision.dissenting + wrong)), decision.failed)
+            agreeing = [run.replicas[n] for n in decision.agreeing]
+            makers = [r for r in agreeing if r.role == "generate"] or agreeing
+            verifiers = [r for r in agreeing if r.role == "verify"]
+            run.status, run.key, run.digest, run.output = "done", decision.digest, makers[0].digest, makers[0].output
+            run.credit, basis = credit_basis(run.kind, [r.work for r in makers])
+            credits = {}
+            if verifiers:  # scoring is cheaper than generating, and paid as such
+                vcredit, vbasis = credit_basis("score", [r.work for r in verifiers])
+                credits = {r.node: vcredit for r in verifiers}
+                basis = f"{basis}; verifiers: {vbasis}"
+            self.outcomes.append(Outcome(sid, run.kind, True, run.digest, decision.agreeing,
+                                         decision.dissenting, decision.failed, run.credit, basis=basis,
+                                         credits=credits))
+        else:
+            run.status, run.error = "failed", decision.reason
+            dissent = tuple(sorted(tally.answers)) if tally else ()
+            failed = tuple(sorted(tally.failures)) if tally else ()
+            self.outcomes.append(Outcome(sid, run.kind, False, "", (), dissent, failed, 0.0, decision.reason))
+        if tally:
+            for node in list(tally.pending):  # answers still out no longer matter
+                tally.fail(node, "not needed")
+
+    @classmethod
+    def recheck(cls, job_id: str, of: "JobRun", step: str, rng: random.Random) -> "JobRun":
+        """A fresh run of one settled step with the inputs it had, at least 2 replicas (by workers the
+        driver still trusts), to confirm or overturn an answer a caught cheater had vouched for."""
+        orig = of.job.step(step)
+        job = Job(f"recheck of {of.job_id}/{step}", [Step(step, orig.kind, orig.params, [], orig.compare)],
+                  max(2, of.job.redundancy), of.job.quorum, of.job.timeout)
+        run = cls(job_id, job, rng)
+        run.steps[step].params = of.steps[step].params
+        return run
+
+    def apply_recheck(self, step: str, recheck: "JobRun") -> tuple[str, tuple[str, ...]]:
+        """Judge a finished recheck of `step`: 'confirmed', 'inconclusive' (it found no quorum), or
+        'overturned' — its answer replaces the accepted one, and those who vouched for the old answer
+        (returned) are now known to have agreed on a wrong one."""
+        run, new = self.steps[step], recheck.steps[step]
+        if new.status != "done":
+            return "inconclusive", ()
+        if run.comparator.key(new.output) == run.key:
+            return "confirmed", ()
+        vouched = tuple(sorted(r.node for r in run.replicas.values() if r.key and r.key == run.key))
+        run.output, run.digest, run.overturned_by = new.output, new.digest, recheck.job_id
+        run.key = run.comparator.key(new.output)
+        return "overturned", vouched
+
+    def abort(self, reason: str) -> None:
+        """Fail every step not yet settled (the driver is going away)."""
+        for run in self.steps.values():
+            if run.status in ("waiting", "running"):
+                run.status, run.error = "failed", reason
+
+    def take_outcomes(self) -> list[Outcome]:
+        out, self.outcomes = self.outcomes, []
+        if self.log is not None and out:
+            self.log.append(["outcomes", [dataclasses.asdict(o) for o in out]])
+        return out
+
+    @property
+    def finished(self) -> bool:
+        return all(r.status in ("done", "failed", "skipped") for r in self.steps.values())
+
+    @property
+    def status(self) -> str:
+        if not self.finished:
+            return "running"
+        return "done" if all(r.status == "done" for r in self.steps.values()) else "failed"
+
+    def report(self) -> dict:
+        steps = {}
+        for sid, run in self.steps.items():
+            replicas = []
+            for node, rep in run.replicas.items():
+                entry = {"node": node, "digest": rep.digest, "agreed": bool(run.key) and rep.key == run.key,
+                         "role": rep.role}
+                if rep.verdict is not None:
+                    entry["verdict"] = "accepted" if rep.verdict else "rejected"
+                if rep.error:
+                    entry["error"] = rep.error
+                if rep.work:
+                    entry["work"] = rep.work
+                replicas.append(entry)
+            steps[sid] = {"status": run.status, "kind": run.kind, "output": run.output, "digest": run.digest,
+                          "replicas": replicas, "credit": run.credit, "unreplicated": run.alone,
+                          "compare": run.comparator.spec}
+            if run.error:
+                steps[sid]["error"] = run.error
+            if run.overturned_by:
+                steps[sid]["overturned_by"] = run.overturned_by
+        return {"job_id": self.job_id, "name": self.job.name, "status": self.status, "steps": steps}
+
+
+def replay_log(job_id: str, job: Job, seed: int, log: list, margin: bool = True) -> list:
+    """Feed a recorded log's inputs to a fresh JobRun seeded alike; returns the new run's log, which
+    equals the recorded one exactly when the core decided the same under both drivers."""
+    run = JobRun(job_id, job, random.Random(seed), margin, record=True)
+    for entry in log:
+        name, args = entry[0], entry[1:]
+        if name == "advance":
+            workers = {k: [Candidate(**c) for c in v] for k, v in args[0].items()}
+            run.advance(workers, args[1], frozenset(args[2]))
+        elif name == "outcomes":
+            run.take_outcomes()
+        elif name != "dispatched":
+            getattr(run, name)(*args)
+    return json.loads(json.dumps(run.log))

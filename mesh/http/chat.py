@@ -1,0 +1,154 @@
+"""OpenAI chat completions as mesh jobs, sans-I/O: a request becomes a one-step llm job (the transcript
+as a prompt the default base model continues), and the cross-checked step becomes a `chat.completion`
+(or its chunks) carrying `x_homemesh`: the replicas, their signed answers and the rule that accepted it.
+While replicas generate, only the prefix that a quorum of them has already produced is streamed."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from mesh.errors import UserError
+
+STEP = "chat"
+DEFAULT_MAX_TOKENS = 128
+TURN_STOP = "\nUser:"
+UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "audio", "modalities", "prediction")
+
+
+class ChatError(UserError):
+    """A chat request this mesh cannot serve; `param` names the field, as OpenAI's errors do."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+def _text(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise ChatError(f"{where}: only text content parts are supported", "messages")
+        parts.append(part["text"])
+    return "".join(parts)
+
+
+def prompt_of(messages: list[dict]) -> str:
+    """The transcript the model continues: system text first, then `User:`/`Assistant:` turns."""
+    system, turns = [], []
+    for i, m in enumerate(messages):
+        text = _text(m.get("content"), f"messages[{i}]").strip()
+        role = m.get("role")
+        if role in ("system", "developer"):
+            system.append(text)
+        elif role in ("user", "tool"):
+            turns.append(f"User: {text}")
+        elif role == "assistant":
+            turns.append(f"Assistant: {text}")
+    if not turns or not turns[-1].startswith("User:"):
+        raise ChatError("the last message must be the user's (or a tool's)", "messages")
+    head = "\n".join(system) + "\n\n" if system else ""
+    return head + "\n".join(turns) + "\nAssistant:"
+
+
+def job_for(req: dict, redundancy: int, quorum: str) -> dict:
+    """The one-step job that answers a chat request (a dict as the client sent it)."""
+    for key in UNSUPPORTED:
+        if req.get(key):
+            raise ChatError(f"{key} is not supported by this mesh", key)
+    if req.get("n") not in (None, 1):
+        raise ChatError("n must be 1: the mesh returns the one answer its replicas agreed on", "n")
+    stop = req.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else list(stop)
+    if len(stop) > 7:
+        raise ChatError("at most 7 stop strings", "stop")
+    params: dict[str, Any] = {
+        "prompt": prompt_of(req["messages"]),
+        "max_tokens": req.get("max_completion_tokens") or req.get("max_tokens") or DEFAULT_MAX_TOKENS,
+        "stop": [TURN_STOP, *stop], "model": req.get("model") or "default",
+    }
+    if req.get("temperature"):
+        params["temperature"] = req["temperature"]
+    if req.get("seed") is not None:
+        params["seed"] = req["seed"]
+    fmt = req.get("response_format") or {}
+    if fmt.get("type") == "json_object":
+        params["json_schema"] = {"type": "object"}
+    elif fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise ChatError("response_format.json_schema.schema must be a JSON schema object", "response_format")
+        params["json_schema"] = schema
+    elif fmt.get("type") not in (None, "text"):
+        raise ChatError(f"response_format type {fmt.get('type')!r} is not supported", "response_format")
+    return {"name": "chat completion", "redundancy": redundancy, "quorum": quorum,
+            "steps": [{"id": STEP, "kind": "llm", "params": params}]}
+
+
+def agreed_prefix(texts: list[str], needed: int) -> str:
+    """The longest prefix that at least `needed` of `texts` start with ('' when fewer texts)."""
+    if needed < 1 or len(texts) < needed:
+        return ""
+    ordered = sorted(texts)
+    best = ""
+    for i in range(len(ordered) - needed + 1):  # in sorted order, a shared prefix spans a window
+        a, b = ordered[i], ordered[i + needed - 1]
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        if n > len(best):
+            best = a[:n]
+    return best
+
+
+def content_of(output: Any) -> str:
+    return output.lstrip() if isinstance(output, str) else json.dumps(output)
+
+
+def homemesh(report: dict, signed: dict[tuple[str, str], dict], quorum: str, needed: int) -> dict:
+    """The `x_homemesh` object: who answered what, signed, and the rule that accepted (or refused) it."""
+    step = report["steps"][STEP]
+    replicas = []
+    for r in step["replicas"]:
+        entry = {"node": r["node"], "digest": r["digest"], "agreed": r["agreed"], "role": r.get("role", "generate")}
+        if r.get("error"):
+            entry["error"] = r["error"]
+        entry.update(signed.get((STEP, r["node"]), {"signature": None}))
+        replicas.append(entry)
+    agreeing = sum(r["agreed"] for r in step["replicas"])
+    rule = {"quorum": quorum, "needed": needed, "agreeing": agreeing,
+            "replicas": len(step["replicas"]), "compare": step.get("compare", "exact"),
+            "text": (f"accepted: {agreeing} of {len(step['replicas'])} replicas gave this answer "
+                     f"({needed} needed; under dissent the agreeing side must also outvote every other answer)")
+            if step["status"] == "done" else f"not accepted: {step.get('error', step['status'])}"}
+    return {"job_id": report["job_id"], "step": STEP, "status": step["status"], "digest": step["digest"],
+            "rule": rule, "replicas": replicas, "credits_spent": report.get("credits_spent", 0.0)}
+
+
+def usage(report: dict) -> dict:
+    work = next((r.get("work", {}) for r in report["steps"][STEP]["replicas"] if r["agreed"]), {})
+    completion = int(work.get("tokens", 0))
+    prompt = int(work.get("prompt_tokens", 0))
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def finish_reason(report: dict, max_tokens: int) -> str:
+    return "length" if usage(report)["completion_tokens"] >= max_tokens else "stop"
+
+
+def completion(cid: str, model: str, report: dict, x_homemesh: dict, max_tokens: int) -> dict:
+    text = content_of(report["steps"][STEP]["output"])
+    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": finish_reason(report, max_tokens), "logprobs": None}],
+            "usage": usage(report), "x_homemesh": x_homemesh}
+
+
+def chunk(cid: str, model: str, delta: dict, finish: str | None = None, **extra: Any) -> dict:
+    return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}

@@ -1,0 +1,142 @@
+"""POST /v1/chat/completions and GET /v1/models, compatible with OpenAI's API (streaming included). Each
+request is a one-step llm job cross-checked at the redundancy asked for (`X-Homemesh-Redundancy`, or
+`redundancy` in the body; default 3); the answer carries `x_homemesh` (mesh.http.chat)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from mesh.http import chat
+from mesh.http.api import ApiError, authorised, parse_request_job, submit_job
+from mesh.http.api_models import OPENAI_ERRORS
+from mesh.steps.models import DEFAULT_MODEL, default_model_sha
+from mesh.steps.registry import Registry
+
+if TYPE_CHECKING:
+    from mesh.node.lifecycle import Node
+    from mesh.node.submitter import JobState
+
+DEFAULT_REDUNDANCY = 3
+router = APIRouter(prefix="/v1", dependencies=[Depends(authorised)])
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(BaseModel):
+    """OpenAI's chat request; fields it has that the mesh does not use (top_p, user, …) are ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1, max_length=100)
+    messages: list[Message] = Field(min_length=1, max_length=256)
+    max_tokens: int | None = Field(default=None, ge=1, le=2048)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=2048)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    n: int | None = None
+    response_format: dict[str, Any] | None = None
+    redundancy: int | None = Field(default=None, ge=1, le=16, description="homemesh: replicas per answer")
+    quorum: str | None = Field(default=None, description="homemesh: majority | unanimous | K-of-N")
+
+
+@router.get("/models", responses=OPENAI_ERRORS, summary="Models the mesh can answer with (OpenAI format)")
+async def models(request: Request) -> dict[str, Any]:
+    node: "Node" = request.app.state.node
+    names = {e.sha256: e.name for e in Registry(node.opts.home).entries()}
+    holders = Counter(sha for p in node.peers.up() for sha in p.models)
+    now = int(time.time())
+    default = default_model_sha()
+
+    def entry(model_id: str, sha: str) -> dict:
+        return {"id": model_id, "object": "model", "created": now, "owned_by": "homemesh",
+                "x_homemesh": {"sha256": sha, "peers": holders[sha], "default": sha == default}}
+
+    data = [entry(names.get(sha, sha), sha) for sha in sorted(holders)]
+    if default in holders:  # what chat requests may also call it
+        data.insert(0, entry("default", default))
+    return {"object": "list", "data": data}
+
+
+@router.post("/chat/completions", responses=OPENAI_ERRORS | {200: {"content": {"text/event-stream": {}}}},
+             summary="Chat completion answered by the mesh and cross-checked by a quorum of replicas")
+async def chat_completions(body: ChatRequest, request: Request,
+                           x_homemesh_redundancy: int | None = Header(None, ge=1, le=16),
+                           x_homemesh_quorum: str | None = Header(None)):
+    node: "Node" = request.app.state.node
+    req = body.model_dump(exclude_none=True)
+    model = req["model"]
+    req["model"] = "default" if model in ("default", DEFAULT_MODEL) else model
+    redundancy = x_homemesh_redundancy or body.redundancy or DEFAULT_REDUNDANCY
+    quorum = x_homemesh_quorum or body.quorum or "majority"
+    try:
+        spec = chat.job_for(req, redundancy, quorum)
+    except chat.ChatError as exc:
+        raise ApiError(400, str(exc), exc.param) from None
+    job = parse_request_job(node, spec, None, None)
+    step = job.steps[0]
+    workers = len(node.candidates().get(step.needs, []))
+    if workers < job.redundancy:
+        raise ApiError(503, f"{workers} peers can run model {model!r} now, fewer than the redundancy "
+                            f"{job.redundancy} asked for: lower X-Homemesh-Redundancy or wait for peers")
+    st = node.submitter.jobs[submit_job(node, job)]
+    cid = f"chatcmpl-{st.run.job_id}"
+    needed = job.quorum.needed(job.redundancy)
+    max_tokens = step.params["max_tokens"]
+    if body.stream:
+        usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(_stream(node, st, cid, model, needed, max_tokens, usage),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    await asyncio.wait_for(st.done.wait(), job.timeout + 30)
+    report = node.submitter.report(st.run.job_id, st)
+    x = chat.homemesh(report, st.signed, job.quorum.spec, needed)
+    if report["steps"][chat.STEP]["status"] != "done":
+        raise ApiError(503, f"the mesh did not agree on an answer: {x['rule']['text']} (job {st.run.job_id})")
+    return chat.completion(cid, model, report, x, max_tokens)
+
+
+def _sse(obj: object) -> bytes:
+    return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+async def _stream(node: "Node", st: "JobState", cid: str, model: str, needed: int, max_tokens: int,
+                  include_usage: bool) -> AsyncIterator[bytes]:
+    """Chunks of the text a quorum of replicas has already produced; the rest once the step is accepted."""
+    yield _sse(chat.chunk(cid, model, {"role": "assistant", "content": ""}))
+    sent, seen = "", 0
+    while not st.done.is_set():
+        await st.events.wait_past(seen, 15)
+        seen = len(st.events.items)
+        texts = [text for (sid, _), (_, text) in st.partial.items() if sid == chat.STEP]
+        agreed = chat.agreed_prefix(texts, needed).lstrip()
+        if len(agreed) > len(sent) and agreed.startswith(sent):
+            yield _sse(chat.chunk(cid, model, {"content": agreed[len(sent):]}))
+            sent = agreed
+    report = node.submitter.report(st.run.job_id, st)
+    x = chat.homemesh(report, st.signed, st.run.job.quorum.spec, needed)
+    if report["steps"][chat.STEP]["status"] != "done":
+        yield _sse({"error": {"message": f"the mesh did not agree on an answer: {x['rule']['text']}",
+                              "type": "server_error", "param": None, "code": None}, "x_homemesh": x})
+        return
+    text = chat.content_of(report["steps"][chat.STEP]["output"])
+    x["stream_consistent"] = text.startswith(sent)  # False: a streamed prefix was not what was accepted
+    if text.startswith(sent) and len(text) > len(sent):
+        yield _sse(chat.chunk(cid, model, {"content": text[len(sent):]}))
+    yield _sse(chat.chunk(cid, model, {}, chat.finish_reason(report, max_tokens), x_homemesh=x))
+    if include_usage:
+        yield _sse({**chat.chunk(cid, model, {}), "choices": [], "usage": chat.usage(report)})
+    yield b"data: [DONE]\n\n"

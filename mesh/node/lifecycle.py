@@ -1,0 +1,493 @@
+"""`mesh node`: one node process. The asyncio loop runs the peer gateway, the HTTP API, discovery and
+the job drivers (network-bound coordination around the sans-I/O core); the Thespian actor system
+(loopback only) holds the isolated, crash-prone work: the model runner, sandboxed steps and the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from actors.messages import (
+    EntriesRecorded,
+    NodeConfig,
+    NodeReady,
+    PeerStatsQuery,
+    PeerStatsReply,
+    RecordEntries,
+)
+from ledger.store import REPUTATION_KINDS, Entry
+from mesh.core.policy import Candidate, Evidence, next_streak, reputation_group
+from mesh.errors import ConfigError, MeshError, Rejected
+from mesh.node import actorsys
+from mesh.node.bridge import ActorBridge, NoAnswer
+from mesh.node.flow import Limits
+from mesh.node.gateway import Connection, Gateway
+from mesh.node.home import (
+    LEDGER_FILE,
+    PEERS_FILE,
+    REPLAY_FILE,
+    RUNTIME_FILE,
+    RuntimeInfo,
+    ensure_token,
+    write_private,
+)
+from mesh.node.peers import Peer, PeerTable, prefix_of
+from mesh.node.replaystore import ReplayStore
+from mesh.node.submitter import Submitter
+from mesh.node.worker import Worker
+from mesh.steps.models import default_model_sha, sha256_file
+from mesh.steps.registry import Registry
+from mesh.steps.sandbox import bwrap_path
+from mesh.steps.scrape import Scraper, find_browser
+from mesh.steps.ssrf import Allow
+from mesh.steps.stepuser import StepUser, step_user
+from mesh.wire.canonical import canonical
+from mesh.wire.envelope import ANYONE, DEFAULT_FRAME_CAP, Envelope, Receiver, Sealer
+from mesh.wire.identity import Identity, load_or_create
+from mesh.wire.messages import Bye, Hello, PeerRecord
+from mesh.wire.records import RECORD_TTL_MS, make_record
+from mesh.wire.schema import parse
+
+log = logging.getLogger("mesh.node.lifecycle")
+FAULTS = ("wrong", "silent", "slow", "crash", "forge")
+HEARTBEAT_S = 2.0
+DOWN_AFTER_S = 10.0
+MAX_GOSSIP = 64  # records taken from one hello: a liar cannot make us dial thousands
+
+
+@dataclass
+class NodeOptions:
+    home: Path
+    listen: tuple[str, int]
+    api: tuple[str, int]
+    bootstrap: list[tuple[str, int]] = field(default_factory=list)
+    network: str = "homemesh-local"
+    advertise: str = ""  # host:port peers should dial; default: the listen address
+    fault: str = ""
+    allow_unsandboxed_python: bool = False
+    load_model: bool = True
+    threads: int = 0
+    frame_cap: int = DEFAULT_FRAME_CAP
+    model: Path | None = None
+    credit_line: float = 10.0  # credits this node may spend beyond what it has earned
+    collude: str = ""  # with fault=wrong: nodes of one group return the same wrong answer
+    spot_rate: float = 0.0  # probability that a replica sent out comes with a spot check for its worker
+    blacklist_s: float = 3600.0  # how long a worker caught by a spot check gets no work from this node
+    core_log: bool = False  # keep each job's cross-checking inputs/outputs in its report (for replay tests)
+    scrape_allow: list[str] = field(default_factory=list)  # CIDRs or hosts scrapes may reach though private
+    browser: str = ""  # Chromium to drive ('' → found on PATH; none → plain HTTP fetches)
+    no_scrape: bool = False
+    keep_jobs: int = 1000  # finished jobs kept in memory (older ones are read from <home>/jobs)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def bind(host: str, port: int, what: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = "is in use" if exc.errno == 98 else f"cannot be bound ({exc.strerror})"
+        raise ConfigError(f"{what} address {host}:{port} {reason}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _forge(frame: bytes) -> bytes:
+    """fault=forge: keep the frame well-formed but break its signature."""
+    body = json.loads(frame[4:])
+    sig = bytearray(bytes.fromhex(body["sig"]))
+    sig[0] ^= 1
+    body["sig"] = sig.hex()
+    out = canonical(body)
+    return len(out).to_bytes(4, "big") + out
+
+
+class Node:
+    def __init__(self, opts: NodeOptions, identity: Identity, asys, node_actor, ready: NodeReady,
+                 user: StepUser | None = None):
+        self.opts = opts
+        self.identity = identity
+        self.id = identity.node_id
+        self.bridge = ActorBridge(asys, node_actor)
+        self.models = ready.models
+        self.model_error = ready.error
+        self.sandboxed = bwrap_path() is not None
+        self.kinds = (["llm"] if self.models else []) + (
+            ["python"] if self.sandboxed or opts.allow_unsandboxed_python else []) + (
+            [] if opts.no_scrape else ["scrape"])
+        self.scraper = Scraper(Allow.parse(opts.scrape_allow), find_browser(opts.browser or None), user)
+        self.listen = f"{opts.listen[0]}:{opts.listen[1]}"  # run() puts the bound port here (port 0 → any)
+        self.receiver = Receiver(identity.public_key, opts.network, floor_ms=now_ms())
+        self.replay_store = ReplayStore(opts.home / REPLAY_FILE, self.receiver.window_ms)
+        self.receiver.highest_seq.update(self.replay_store.load(now_ms()))
+        self.sealer = Sealer(identity, opts.network)
+        self.gateway = Gateway(self.sealer, self.receiver, self, now_ms, opts.frame_cap, Limits())
+        self.peers = PeerTable(identity.public_key, opts.network)
+        self.bootstrap = {f"{h}:{p}" for h, p in opts.bootstrap}
+        self.own_record: PeerRecord | None = None
+        self.evidence: dict[str, Evidence] = {}  # node id → decayed reputation evidence, from the ledger
+        self.balance = 0.0  # credits earned minus spent, from the ledger
+        self.streaks: dict[str, int] = {}  # node id → run of validated results (adaptive replication)
+        self.ledger_error = ""  # set when a write failed: no paid work until the operator fixes it
+        self.tasks: set[asyncio.Task] = set()
+        self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+        self.stopping = asyncio.Event()
+        self.token = ensure_token(opts.home)
+        self._saved_peers = ""
+        self.worker = Worker(self)
+        self.submitter = Submitter(self)
+        (opts.home / "jobs").mkdir(exist_ok=True)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def spawn(self, coro) -> asyncio.Task:
+        """Start a task the node owns: kept referenced, cancelled at shutdown, failures logged."""
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and not self.stopping.is_set():
+            log.error("task failed", exc_info=task.exception())
+
+    async def run(self, peer_sock: socket.socket, api_sock: socket.socket) -> None:
+        from mesh.http.api import serve_api
+
+        reply = await self.bridge.ask(PeerStatsQuery(uuid.uuid4().hex), 30)
+        if not isinstance(reply, PeerStatsReply) or reply.error:
+            raise MeshError(f"cannot read the ledger: {getattr(reply, 'error', 'no answer')}")
+        self.evidence, self.balance, self.streaks = dict(reply.stats), reply.balance, dict(reply.streaks)
+        self.listen = f"{self.opts.listen[0]}:{peer_sock.getsockname()[1]}"
+        self._load_peers()
+        await self.gateway.start(peer_sock)
+        api_task = self.spawn(serve_api(self, api_sock, self.stopping))
+        api_host, api_port = api_sock.getsockname()[:2]
+        RuntimeInfo(self.id, os.getpid(), f"http://{api_host}:{api_port}", self.listen).write(self.opts.home)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopping.set)
+        log.info("node %s ready: peers on %s, API on http://%s:%s", self.id, self.listen, api_host, api_port)
+        print(f"node {self.id} ready: peer port {self.listen}, API http://{api_host}:{api_port}", flush=True)
+        self.spawn(self._heartbeat())
+        stop = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({stop, api_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        failed = api_task.done() and not api_task.cancelled() and api_task.exception()
+        await self._shutdown(api_task)
+        if failed:
+            raise MeshError(f"the node's HTTP API failed: {failed}")
+
+    async def _shutdown(self, api_task: asyncio.Task) -> None:
+        for peer in self.peers:  # a clean leave: peers stop sending work at once
+            for conn in list(peer.conns):
+                self.gateway.send(conn, "bye", peer.key, Bye("shutdown"))
+        await asyncio.sleep(0)
+        await self.gateway.close()
+        await asyncio.wait({api_task}, timeout=5)
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.scraper.close()
+        (self.opts.home / RUNTIME_FILE).unlink(missing_ok=True)
+        self.bridge.close()
+
+    # -- discovery and liveness ----------------------------------------------------------------------
+    def my_record(self) -> PeerRecord:
+        """This node's signed record, re-issued when a third of its lifetime has passed."""
+        now = now_ms()
+        if self.own_record is None or self.own_record.issued + RECORD_TTL_MS // 3 < now:
+            self.own_record = make_record(self.identity, self.opts.network, self.opts.advertise or self.listen,
+                                          self.kinds, self.models, self.sandboxed, now)
+        return self.own_record
+
+    def hello(self) -> Hello:
+        return Hello(self.my_record(), self.peers.records(now_ms())[:MAX_GOSSIP])
+
+    async def _heartbeat(self) -> None:
+        while True:
+            now = time.monotonic()
+            for addr in list(self.bootstrap):
+                if not any(p.addr == addr and p.connected for p in self.peers):
+                    self.spawn(self._dial(addr, ANYONE))
+            hello = self.hello()  # the same for every peer: built once per beat, not once per peer
+            for peer in self.peers:
+                if peer.connected:
+                    self.send(peer, "hello", hello)
+                    if now - peer.last_seen > DOWN_AFTER_S and peer.state == "up":
+                        log.info("peer %s silent for %.0f s: down", peer.node[:12], now - peer.last_seen)
+                        peer.state = "down"
+                elif peer.addr and peer.state != "left" and now >= peer.next_dial:
+                    peer.next_dial = now + HEARTBEAT_S * 2
+                    self.spawn(self._dial(peer.addr, peer.key))
+            for peer in self.peers.expire(now_ms()):
+                log.info("forgot peer %s: its record expired", peer.node[:12])
+            self._save_peers()
+            await asyncio.sleep(HEARTBEAT_S)
+
+    def _save_peers(self) -> None:
+        """Remember peers' signed records, so a restarted node finds the mesh again without a bootstrap."""
+        records = [dataclasses.asdict(p.record) for p in self.peers if p.record]
+        text = json.dumps(records, sort_keys=True)
+        if text != self._saved_peers:
+            write_private(self.opts.home / PEERS_FILE, text)
+            self._saved_peers = text
+
+    def _load_peers(self) -> None:
+        try:
+            raw = json.loads((self.opts.home / PEERS_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        for item in raw if isinstance(raw, list) else []:
+            try:
+                rec = parse(PeerRecord, item, "peer record")
+            except Rejected:
+                continue
+            self.peers.learn(rec, now_ms())  # verified like any gossip: a tampered file teaches nothing
+
+    async def _dial(self, addr: str, key: bytes) -> Connection | None:
+        host, _, port = addr.rpartition(":")
+        try:
+            conn = await self.gateway.dial(host.strip("[]"), int(port))
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:
+            peer = self.peers.get(key)
+            if peer is not None:  # exponential backoff with jitter, capped at 30 s
+                peer.failures += 1
+                peer.next_dial = time.monotonic() + min(30.0, 2.0 ** peer.failures) * (0.5 + self.rng.random())
+                if peer.state == "up":
+                    peer.state = "down"
+            log.info("cannot reach %s: %s", addr, exc)
+            return None
+        self.gateway.send(conn, "hello", key, self.hello())
+        peer = self.peers.get(key)
+        if peer is not None:
+            peer.conns.add(conn)
+        return conn
+
+    def send(self, peer: Peer, kind: str, payload: object) -> bool:
+        conn = next((c for c in peer.conns if c.open), None)
+        if conn is None:
+            return False
+        frame = self.sealer.seal(kind, peer.key, payload, now_ms())
+        if self.opts.fault == "forge" and kind == "result":
+            frame = _forge(frame)
+        conn.write(frame)
+        return True
+
+    async def send_dialling(self, peer: Peer, kind: str, payload: object) -> bool:
+        if self.send(peer, kind, payload):
+            return True
+        if peer.addr and await self._dial(peer.addr, peer.key) is not None:
+            return self.send(peer, kind, payload)
+        return False
+
+    # -- gateway events ------------------------------------------------------------------------------
+    def on_envelope(self, env: Envelope, conn: Connection) -> None:
+        now = now_ms()
+        if env.ts_ms > now:  # stamped ahead of our clock: the restart floor would not cover it
+            self.replay_store.remember(env.sender, env.seq, env.ts_ms, now)
+        if env.sender == self.identity.public_key:
+            self.receiver.count("from-self")
+            log.warning("dropping %s: from-self: an envelope signed with this node's own key", conn.label)
+            conn.close()
+            return
+        if env.kind == "hello":
+            self._on_hello(env, conn)
+            return
+        peer = self.peers.get(env.sender)
+        if peer is None or peer.record is None:  # work and receipts only from peers that introduced themselves
+            self.receiver.count("unknown-peer")
+            log.warning("rejected %s on %s: unknown-peer: %s sent no hello", env.kind, conn.label, env.sender_id[:12])
+            return
+        peer.conns.add(conn)
+        peer.last_seen = time.monotonic()
+        if env.kind == "step":
+            self.spawn(self.worker.work(peer, env.payload))
+        elif env.kind == "result":
+            self.submitter.on_result(peer, env.payload, env)
+        elif env.kind == "progress":
+            self.submitter.on_progress(peer, env.payload)
+        elif env.kind == "receipt":
+            self.spawn(self.worker.on_receipt(peer, env.payload))
+        elif env.kind == "bye":
+            peer.state = "left"
+            log.info("peer %s left", peer.node[:12])
+            for c in list(peer.conns):
+                c.close()
+
+    def _on_hello(self, env: Envelope, conn: Connection) -> None:
+        hello: Hello = env.payload
+        if hello.record.key != env.sender.hex():
+            self.receiver.count("bad-record")
+            log.warning("rejected hello on %s: bad-record: its record is another key's", conn.label)
+            return
+        now = now_ms()
+        changed, why = self.peers.learn(hello.record, now)
+        if why:
+            self.receiver.count(why)
+            log.warning("rejected hello on %s: %s: its sender's own record", conn.label, why)
+            return
+        if changed is not None:
+            self._save_peers()
+        peer = self.peers.get(env.sender)
+        if peer is None:
+            return
+        fresh = peer.state != "up"
+        peer.state, peer.last_seen, peer.failures = "up", time.monotonic(), 0
+        peer.conns.add(conn)
+        self.bootstrap.discard(peer.addr)
+        if fresh or env.recipient == ANYONE:
+            self.gateway.send(conn, "hello", env.sender, self.hello())
+            log.info("peer %s up at %s (%s)", peer.node[:12], peer.addr, ",".join(peer.kinds))
+        for rec in hello.peers[:MAX_GOSSIP]:
+            learned, why = self.peers.learn(rec, now)
+            if why:
+                self.receiver.count(why)
+                log.warning("rejected gossip on %s: %s: record of %r", conn.label, why, rec.key[:12])
+            elif learned is not None and not learned.connected:
+                self.spawn(self._dial(learned.addr, learned.key))
+
+    def on_disconnect(self, conn: Connection) -> None:
+        for peer in self.peers:
+            if conn in peer.conns:
+                peer.conns.discard(conn)
+                if not peer.connected:
+                    if peer.state == "up":
+                        peer.state = "down"
+                    self.submitter.on_node_lost(peer.node, "connection lost")
+
+    def on_abuse(self, conn: Connection, reason: str) -> None:
+        """A peer with a valid key broke the rules on its connection: that costs it reputation."""
+        peer = self.peers.get(conn.peer_key) if conn.peer_key else None
+        if peer is None:
+            return
+        log.warning("peer %s penalised: %s", peer.node[:12], reason)
+        entry = Entry("penalty", "gateway", f"{reason}@{now_ms()}", peer.node, 0.0, {"reason": reason})
+        self.spawn(self.record([entry]))
+
+    # -- ledger and placement ------------------------------------------------------------------------
+    async def record(self, entries: list[Entry], ts: int | None = None) -> bool:
+        """Append entries to the ledger in one batch; on success fold reputation entries into the
+        placement view. False (and logged) when the ledger could not take them."""
+        try:
+            reply = await self.bridge.ask(RecordEntries(uuid.uuid4().hex, entries, ts or now_ms()), 30)
+        except NoAnswer as exc:
+            reply = EntriesRecorded("", error=str(exc))
+        if not isinstance(reply, EntriesRecorded) or reply.error:
+            self.ledger_error = getattr(reply, "error", "") or f"unexpected {type(reply).__name__}"
+            log.error("ledger write failed; refusing paid work until the node is restarted: %s", self.ledger_error)
+            return False
+        self.balance += reply.amount  # what was really added: a duplicate the ledger skipped adds nothing
+        for e in entries:
+            if e.kind in REPUTATION_KINDS:
+                self.evidence.setdefault(e.peer, Evidence()).add(e.kind, ts or now_ms())
+                self.streaks[e.peer] = next_streak(self.streaks.get(e.peer, 0), e.kind, e.detail)
+        return True
+
+    def reputation_of(self, node: str) -> float:
+        ev = self.evidence.get(node)
+        return ev.score(now_ms()) if ev else 0.5
+
+    def candidates(self) -> dict[str, list[Candidate]]:
+        out: dict[str, list[Candidate]] = {}
+        default = default_model_sha()
+        now = time.monotonic()
+        for peer in self.peers.up():
+            if self.submitter.spot.blacklisted(peer.node, now):
+                continue
+            rep, prefix = self.reputation_of(peer.node), prefix_of(peer.addr)
+            cand = Candidate(peer.node, rep, prefix, self.streaks.get(peer.node, 0), reputation_group(prefix, rep))
+            for cap in peer.capabilities(default):
+                out.setdefault(cap, []).append(cand)
+        return out
+
+    def status(self) -> dict:
+        now_mono, now_wall = time.monotonic(), time.time()
+        peers = [{
+            "node": p.node, "address": p.addr, "state": p.state, "connected": p.connected,
+            "last_seen": round(now_wall - (now_mono - p.last_seen), 3) if p.last_seen else None,
+            "reputation": round(self.reputation_of(p.node), 6), "models": p.models, "kinds": p.kinds,
+        } for p in sorted(self.peers, key=lambda p: p.node)]
+        jobs = self.submitter.jobs
+        return {"node": self.id, "key": self.identity.public_key.hex(), "network": self.opts.network,
+                "listen": self.listen, "kinds": self.kinds, "models": self.models, "sandbox": self.sandboxed,
+                "fault": self.opts.fault or None, "peers": peers, "rejected": dict(self.receiver.rejected),
+                "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,
+                "ledger_error": self.ledger_error or None,
+                "jobs": {"running": sum(not s.run.finished for s in jobs.values()), "total": len(jobs)}}
+
+
+def run_node(opts: NodeOptions) -> None:
+    """Start everything, serve until SIGINT/SIGTERM, stop everything. Raises ConfigError for bad set-up."""
+    if opts.fault and opts.fault not in FAULTS:
+        raise ConfigError(f"--fault must be one of {', '.join(FAULTS)}")
+    if opts.collude and opts.fault not in ("", "wrong"):
+        raise ConfigError("--collude goes with --fault wrong (or alone, which implies it)")
+    if opts.collude:
+        opts.fault = "wrong"
+    if opts.api[0] not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError("the API listens on loopback only (it holds the power to spend credits)")
+    if opts.keep_jobs < 1:
+        raise ConfigError("--keep-jobs must be at least 1")
+    if not 0 <= opts.spot_rate <= 1:
+        raise ConfigError("--spot-rate is a probability, from 0 to 1")
+    if opts.frame_cap < 64 << 10:
+        raise ConfigError("--frame-cap must be at least 65536 bytes")
+    Allow.parse(opts.scrape_allow)  # a bad --scrape-allow is a ConfigError now, not at the first scrape
+    if opts.browser and find_browser(opts.browser) is None:
+        raise ConfigError(f"--browser {opts.browser}: no such program")
+    model_sha = ""
+    if opts.model is not None:
+        if not opts.model.is_file():
+            raise ConfigError(f"model file {opts.model} not found")
+        model_sha = sha256_file(opts.model)
+    identity, _ = load_or_create(opts.home)
+    os.chmod(opts.home, 0o700)  # the step user (and anyone else) must not read the ledger or the logs
+    user = step_user(opts.home, identity.node_id)
+    for (host, port), what in ((opts.listen, "peer"), (opts.api, "API")):
+        bind(host, port, what).close()  # fail fast, before forking the actor system
+    logging.basicConfig(filename=str(opts.home / "node.log"), level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asys = actorsys.start(opts.home / "actors.log")
+    try:
+        from actors.node_actor import NodeActor
+
+        node_actor = asys.createActor(NodeActor)
+        extra = [[e.path, e.sha256] for e in Registry(opts.home).entries() if e.path] if opts.load_model else []
+        config = NodeConfig(str(opts.home), str(opts.home / LEDGER_FILE), opts.threads, opts.load_model,
+                            str(opts.model or ""), model_sha, extra, user)
+        ready = asys.ask(node_actor, config, 120 + 60 * len(extra))
+        if not isinstance(ready, NodeReady):
+            raise MeshError("the node's actors did not start (see actors.log in the node's home)")
+        if ready.error:
+            print(f"warning: {ready.error}; this node will not run llm steps", flush=True)
+        peer_sock = bind(*opts.listen, "peer")
+        api_sock = bind(*opts.api, "API")
+        node = Node(opts, identity, asys, node_actor, ready, user)
+        profile = os.environ.get("MESH_PROFILE")  # benchmarks: where this process spends its time
+        if profile:
+            import cProfile
+
+            with cProfile.Profile() as prof:
+                asyncio.run(node.run(peer_sock, api_sock))
+            prof.dump_stats(profile)
+        else:
+            asyncio.run(node.run(peer_sock, api_sock))
+    finally:
+        asys.shutdown()

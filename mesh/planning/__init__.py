@@ -1,0 +1,1 @@
+"""Plain-language questions to job plans: the model's planner and the deterministic rules."""

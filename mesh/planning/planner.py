@@ -1,0 +1,232 @@
+"""Query → job. The model proposes a plan as grammar-constrained JSON (few-shot, since the default model
+is a small base model that continues patterns); the plan is used only when it passes the job checks and
+fits the query (it fetches exactly the query's URLs, its code computes something, no output is left
+unused). Otherwise a deterministic rule planner answers: URLs → scrape, recognised computations →
+python, everything else → llm. Sans-I/O: the caller runs the model (`llm_request`) and hands back what
+it produced (`finish`)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+
+from mesh.core.dag import REF, parse_job
+from mesh.errors import JobError, UserError
+from mesh.planning.rules import computation, explain_wanted, numbers
+
+MAX_QUERY = 2000
+PLAN_TOKENS = 320
+PAGE_CHARS = 1500  # of a scraped page's text handed to the model: the context is 2048 tokens
+URL = re.compile(r"https?://[^\s<>\"'`{}|\\^\[\]]+")
+_STEP_ID = {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,15}$"}
+
+
+def _shape(kind: str, field: str) -> dict:
+    return {"type": "object", "additionalProperties": False, "required": ["id", "kind", field],
+            "properties": {"id": _STEP_ID, "kind": {"const": kind}, field: {"type": "string", "minLength": 1}}}
+
+
+# What the model may write: a flat step per kind (easier for a small model than nested params).
+PLAN_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["steps"], "properties": {
+    "steps": {"type": "array", "minItems": 1, "maxItems": 5, "items": {"anyOf": [
+        _shape("scrape", "url"), _shape("python", "code"), _shape("llm", "prompt")]}}}}
+
+_EXAMPLES = '''Each request is planned as JSON steps. Kinds: "scrape" fetches a web page (url), "python" computes (code that sets output), "llm" writes text (prompt). "{id.output}" in a prompt inserts an earlier step's output.
+
+Request: Summarise https://example.org/news
+Plan: {"steps":[{"id":"page","kind":"scrape","url":"https://example.org/news"},{"id":"answer","kind":"llm","prompt":"Text: {page.output}\\nSummary:"}]}
+
+Request: What is the sum of the squares of 1 to 10?
+Plan: {"steps":[{"id":"calc","kind":"python","code":"output = sum(i * i for i in range(1, 11))"}]}
+
+Request: What is the average of 4, 9 and 11?
+Plan: {"steps":[{"id":"calc","kind":"python","code":"nums = [4, 9, 11]\\noutput = sum(nums) / len(nums)"}]}
+
+Request: Write a haiku about autumn
+Plan: {"steps":[{"id":"answer","kind":"llm","prompt":"A haiku about autumn:\\n"}]}
+
+Request: Compare the titles of https://a.example/ and https://b.example/
+Plan: {"steps":[{"id":"a","kind":"scrape","url":"https://a.example/"},{"id":"b","kind":"scrape","url":"https://b.example/"},{"id":"answer","kind":"llm","prompt":"Page A: {a.output}\\nPage B: {b.output}\\nHow their titles differ:"}]}
+
+Request: Compute 2 to the power 20 and explain what it means
+Plan: {"steps":[{"id":"calc","kind":"python","code":"output = 2 ** 20"},{"id":"answer","kind":"llm","prompt":"2 to the power 20 is {calc.output}. What this means:"}]}
+
+'''
+
+
+class InvalidPlan(Exception):
+    """The model's plan cannot be used; the message says why (shown as the plan's `fallback`)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    job: dict  # a job in the DESIGN §7 format, checked by mesh.core.dag
+    planner: str  # "llm" (the model's plan) or "rules"
+    fallback: str = ""  # why the model's plan was not used, when planner == "rules"
+
+    def to_json(self) -> dict:
+        return {"plan": self.job, "planner": self.planner, "fallback": self.fallback}
+
+
+def check_query(query: object) -> str:
+    if not isinstance(query, str) or not query.strip():
+        raise UserError("the query is empty: say what you want, e.g. mesh ask \"What is 17 * 23?\"")
+    if len(query) > MAX_QUERY:
+        raise UserError(f"the query is {len(query)} characters; at most {MAX_QUERY}")
+    return " ".join(query.split())
+
+
+def llm_request(query: str) -> dict:
+    """The llm step parameters that ask the model for a plan of `query`."""
+    return {"prompt": f"{_EXAMPLES}Request: {check_query(query)}\nPlan: ", "max_tokens": PLAN_TOKENS,
+            "json_schema": PLAN_SCHEMA}
+
+
+def finish(query: str, model_output: object, model_error: str = "", redundancy: int | None = None) -> Plan:
+    """The model's plan when it is usable, else the rule plan with the reason."""
+    query = check_query(query)
+    try:
+        if model_error:
+            raise InvalidPlan(f"the model did not plan: {model_error}")
+        return Plan(check_plan(query, from_model(query, model_output), redundancy), "llm")
+    except InvalidPlan as exc:
+        return Plan(rule_plan(query, redundancy), "rules", str(exc))
+
+
+def from_model(query: str, value: object) -> dict:
+    """The job a model's flat plan describes (raises InvalidPlan when it has the wrong shape)."""
+    if not isinstance(value, dict) or not isinstance(value.get("steps"), list) or not value["steps"]:
+        raise InvalidPlan("the model's output is not a plan (an object with a list of steps)")
+    steps = []
+    for raw in value["steps"]:
+        if not isinstance(raw, dict) or raw.get("kind") not in ("scrape", "python", "llm"):
+            raise InvalidPlan(f"the model wrote a step that is not scrape, python or llm: {str(raw)[:80]}")
+        field = {"scrape": "url", "python": "code", "llm": "prompt"}[raw["kind"]]
+        params: dict = {field: raw.get(field)}
+        if raw["kind"] == "llm":
+            params.update(max_tokens=128, stop=["\n\n"])
+        elif raw["kind"] == "scrape":
+            params["max_chars"] = PAGE_CHARS
+        steps.append({"id": raw.get("id"), "kind": raw["kind"], "params": params})
+    return {"name": query[:60], "steps": steps}
+
+
+def check_plan(query: str, job: dict, redundancy: int | None = None) -> dict:
+    """`job` when it is a valid job that fits the query; raises InvalidPlan saying what is wrong."""
+    if redundancy is not None:
+        job = {**job, "redundancy": redundancy}
+    try:
+        parsed = parse_job(job, "the model's plan")
+    except JobError as exc:
+        raise InvalidPlan(str(exc)) from None
+    wanted = {_clean(u) for u in URL.findall(query)}
+    fetched = {s.params["url"] for s in parsed.steps if s.kind == "scrape"}
+    if wanted - fetched:
+        raise InvalidPlan(f"the plan does not fetch {sorted(wanted - fetched)[0]}")
+    if fetched - wanted:
+        raise InvalidPlan(f"the plan fetches {sorted(fetched - wanted)[0]}, which the query does not name")
+    used = {dep for s in parsed.steps for dep in s.after}
+    for s in parsed.steps[:-1]:
+        if s.id not in used:
+            raise InvalidPlan(f"the output of step {s.id!r} is never used")
+    for s in parsed.steps:
+        if s.kind == "python":
+            _check_code(s.id, s.params["code"])
+    if computation(URL.sub(" ", query)):
+        codes = [s.params["code"] for s in parsed.steps if s.kind == "python"]
+        if not codes:
+            raise InvalidPlan("the query asks for a computation but the plan has no python step")
+        used_nums = {n.value for c in codes for n in ast.walk(ast.parse(c)) if isinstance(n, ast.Constant)
+                     and isinstance(n.value, (int, float)) and not isinstance(n.value, bool)}
+        # n + 1 counts as n: Python writes "1 to 10" as range(1, 11)
+        missing = [n for n in numbers(URL.sub(" ", query)) if not {float(n), float(n) + 1} & used_nums]
+        if missing:
+            raise InvalidPlan(f"the plan's code does not use the number {missing[0]} from the query")
+    return job
+
+
+def _check_code(sid: str, code: str) -> None:
+    try:  # (an output pasted into code was refused by parse_job already)
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError) as exc:
+        raise InvalidPlan(f"step {sid!r}: the code is not Python ({getattr(exc, 'msg', exc)})") from None
+    names = {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) for t in node.targets
+             if isinstance(t, ast.Name)}
+    if "output" not in names:
+        raise InvalidPlan(f"step {sid!r}: the code never sets output")
+    if not any(isinstance(n, (ast.BinOp, ast.Call, ast.comprehension, ast.Compare, ast.Subscript))
+               for n in ast.walk(tree)):
+        raise InvalidPlan(f"step {sid!r}: the code computes nothing (it only sets constants)")
+
+
+def _clean(url: str) -> str:
+    return url.rstrip(".,;:!?")
+
+
+def rule_plan(query: str, redundancy: int | None = None) -> dict:
+    """The deterministic plan: scrape each URL (then keep the text of each page), compute what the
+    rules recognise, and have the model answer unless the computation is the whole answer."""
+    query = check_query(query)
+    urls = list(dict.fromkeys(_clean(u) for u in URL.findall(query)))
+    words = URL.sub(" ", query)
+    steps: list[dict] = []
+    context = ""
+    if urls:
+        ids = [f"page{i}" if len(urls) > 1 else "page" for i in range(1, len(urls) + 1)]
+        steps += [{"id": sid, "kind": "scrape", "params": {"url": url, "max_chars": PAGE_CHARS * 2}}
+                  for sid, url in zip(ids, urls, strict=True)]
+        share = PAGE_CHARS // len(urls)
+        code = ("output = '\\n\\n'.join(\n"
+                f"    (p.get('title') or '') + '\\n' + (p.get('text') or '')[:{share}] for p in "
+                f"(inputs[k] for k in {ids!r}))")
+        steps.append({"id": "text", "kind": "python", "params": {"code": code}, "after": ids})
+        context = "Text: {text.output}\n\n"
+    code = computation(words)
+    if code:
+        steps.append({"id": "calc", "kind": "python", "params": {"code": code}})
+        if not urls and not explain_wanted(words):
+            return _job(query, steps, redundancy)
+        context += "Computed result: {calc.output}\n"
+    summary = re.search(r"\b(summar|tl;?dr|gist|overview)", words, re.I) is not None
+    prompt = f"{context}{'Summary' if summary and urls else 'Question: ' + query + chr(10) + 'Answer'}:"
+    steps.append({"id": "answer", "kind": "llm", "params": {
+        "prompt": prompt, "max_tokens": 128, "stop": ["\nQuestion:", "\n\n\n"]}})
+    return _job(query, steps, redundancy)
+
+
+def _job(query: str, steps: list[dict], redundancy: int | None) -> dict:
+    job = {"name": query[:60], "steps": steps}
+    if redundancy is not None:
+        job["redundancy"] = redundancy
+    parse_job(job, "rule plan")  # a bug here is ours, not the user's: fail loudly
+    return job
+
+
+def tree(plan: Plan) -> str:
+    """The plan as an indented tree: each step under the steps it follows."""
+    steps = plan.job["steps"]
+    after = {s["id"]: list(s.get("after", [])) + sorted(set(REF.findall(str(s.get("params", {})))) -
+                                                         set(s.get("after", []))) for s in steps}
+    children: dict[str, list[str]] = {}
+    for s in steps:
+        if after[s["id"]]:
+            children.setdefault(after[s["id"]][-1], []).append(s["id"])
+    by_id = {s["id"]: s for s in steps}
+    lines = [f"plan by {'the model' if plan.planner == 'llm' else 'the rules'}"
+             + (f" (the model's plan was not used: {plan.fallback})" if plan.fallback else "")
+             + f": {len(steps)} step{'s' if len(steps) > 1 else ''} at redundancy {plan.job.get('redundancy', 3)}"]
+
+    def show(sid: str, depth: int) -> None:
+        s = by_id[sid]
+        field = {"scrape": "url", "python": "code", "llm": "prompt", "ask-model": "prompt"}[s["kind"]]
+        value = str(s["params"].get(field, "")).replace("\n", "\\n")
+        extra = f" (also after {', '.join(after[sid][:-1])})" if len(after[sid]) > 1 else ""
+        lines.append(f"{'   ' * depth}└─ {sid} [{s['kind']}] {value[:90]}{'…' if len(value) > 90 else ''}{extra}")
+        for child in children.get(sid, []):
+            show(child, depth + 1)
+
+    for s in steps:
+        if not after[s["id"]]:
+            show(s["id"], 0)
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""A loaded GGUF model, decoded greedily with a fixed seed so replicas on the same model file and build
+agree token for token; and verification by scoring: one teacher-forced pass over a claimed output that
+accepts it when every token was the model's top choice, within a log-probability margin."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh.errors import StepFailed
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    tokens: int
+    seconds: float
+    token_ids: tuple[int, ...] = ()  # what a verifier scores
+    prompt_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    tokens: int
+    worst_gap: float  # largest (top log-probability − the claimed token's), in nats
+    first_bad: int  # index of the first token over the margin, -1 when none
+    seconds: float
+
+
+PROGRESS_EVERY = 8  # tokens between progress reports while streaming
+MARGIN = 1.0  # nats: batched and one-by-one evaluation differ by up to ~0.2 on honest output
+
+
+class Model:
+    def __init__(self, path: Path, sha256: str, n_threads: int | None = None, n_ctx: int = 2048):
+        from llama_cpp import Llama  # heavy import: only in the process that holds the model
+
+        self.sha256 = sha256
+        self.path = path
+        threads = n_threads or max(1, min(4, os.cpu_count() or 1))
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, seed=0, verbose=False)
+
+    def generate(self, prompt: str, max_tokens: int, seed: int = 0, stop: list[str] | None = None,
+                 temperature: float = 0.0, json_schema: dict | None = None,
+                 on_progress: Callable[[int, str], None] | None = None) -> Generation:
+        """Greedy at temperature 0 (replicas agree token for token); sampled with `seed` above it. A JSON
+        schema constrains the output through a llama.cpp grammar."""
+        n_prompt = len(self.llm.tokenize(prompt.encode()))
+        if n_prompt + max_tokens > self.llm.n_ctx():
+            raise StepFailed(f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceed the context "
+                             f"of {self.llm.n_ctx()}")
+        self.llm.reset()
+        self.llm.set_seed(seed)
+        t0 = time.perf_counter()
+        grammar = None
+        if json_schema is not None:
+            from llama_cpp import LlamaGrammar
+
+            grammar = LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False)
+        sampled = {"temperature": temperature, "top_k": 40, "top_p": 0.95} if temperature > 0 else {
+            "temperature": 0.0, "top_k": 1, "top_p": 1.0}
+        args = dict(max_tokens=max_tokens, seed=seed, stop=stop or None, repeat_penalty=1.0, grammar=grammar,
+                    **sampled)
+        if on_progress is None:
+            out = self.llm.create_completion(prompt, **args)
+            text, count = out["choices"][0]["text"], int(out["usage"]["completion_tokens"])
+        else:  # the same decoding, streamed: a chunk per token, reported every PROGRESS_EVERY tokens
+            parts: list[str] = []
+            for count, chunk in enumerate(self.llm.create_completion(prompt, stream=True, **args), 1):
+                parts.append(chunk["choices"][0]["text"])
+                if count % PROGRESS_EVERY == 0:
+                    on_progress(count, "".join(parts))
+            text, count = "".join(parts), len(parts)
+        dt = time.perf_counter() - t0
+        prompt_ids = self._tokens(prompt)
+        ids = self._tokens(prompt + text)
+        tail = tuple(ids[len(prompt_ids):]) if ids[:len(prompt_ids)] == prompt_ids else ()
+        return Generation(text, len(tail) or count, dt, tail, n_prompt)  # (a stream ends with an empty chunk)
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode(), special=True)
+
+    def verify(self, prompt: str, token_ids: list[int], margin: float = MARGIN, claim: str | None = None
+               ) -> Verification:
+        """Score a claimed continuation in one batched pass (logits for every position) instead of
+        generating it token by token. With `claim`, the token ids must also spell exactly that text."""
+        import numpy as np
+
+        prompt_ids = self._tokens(prompt)
+        seq = prompt_ids + [int(t) for t in token_ids]
+        if not token_ids or len(seq) > self._scorer().n_ctx() or any(not 0 <= t < self.llm.n_vocab() for t in seq):
+            return Verification(False, len(token_ids), float("inf"), 0, 0.0)
+        if claim is not None and self.llm.detokenize(list(token_ids)).decode("utf-8", "replace") != claim:
+            return Verification(False, len(token_ids), float("inf"), 0, 0.0)
+        scorer = self._scorer()
+        t0 = time.perf_counter()
+        scorer.reset()
+        scorer.eval(seq)  # llama.cpp's forward pass over the tokens (not Python's eval)
+        rows = np.asarray(scorer.scores[len(prompt_ids) - 1:len(seq) - 1])
+        claimed = rows[np.arange(len(token_ids)), np.asarray(token_ids)]
+        gaps = rows.max(axis=1) - claimed  # logits, same gap as log-probabilities (one normaliser per row)
+        bad = np.nonzero(gaps > margin)[0]
+        return Verification(not len(bad), len(token_ids), float(gaps.max()), int(bad[0]) if len(bad) else -1,
+                            time.perf_counter() - t0)
+
+    def _scorer(self):
+        """A second context that keeps logits for every position (the generator keeps only the last)."""
+        if getattr(self, "scorer", None) is None:
+            from llama_cpp import Llama
+
+            self.scorer = Llama(model_path=str(self.path), n_ctx=1024, n_threads=self.llm.n_threads, seed=0,
+                                verbose=False, logits_all=True)
+        return self.scorer

@@ -1,0 +1,105 @@
+"""A node's model registry: the GGUF files it serves, keyed by SHA-256 (what peers and jobs name), with
+a local name for people. `models.json` in the node's home; the default Gemma model is always there."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh.errors import ConfigError, JobError
+from mesh.steps.models import DEFAULT_MODEL, default_model_sha, sha256_file
+
+FILE = "models.json"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SHA = re.compile(r"^[0-9a-f]{64}$")
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    sha256: str
+    name: str
+    path: str  # '' for the default model (it comes from its package)
+    size: int
+
+
+class Registry:
+    def __init__(self, home: Path):
+        self.path = home / FILE
+
+    def _load(self) -> dict[str, dict]:
+        if not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            return data
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"{self.path} is damaged ({exc}); fix or delete it") from None
+
+    def entries(self) -> list[ModelEntry]:
+        out = []
+        sha = default_model_sha()
+        if sha:
+            out.append(ModelEntry(sha, DEFAULT_MODEL, "", 0))
+        for sha, e in sorted(self._load().items(), key=lambda kv: kv[1].get("name", "")):
+            out.append(ModelEntry(sha, str(e.get("name", "")), str(e.get("path", "")), int(e.get("size", 0))))
+        return out
+
+    def add(self, path: Path, name: str = "") -> ModelEntry:
+        path = path.expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such file")
+        with open(path, "rb") as f:
+            if f.read(4) != GGUF_MAGIC:
+                raise ConfigError(f"{path} is not a GGUF model file")
+        name = name or path.stem
+        if not NAME.match(name):
+            raise ConfigError(f"model name {name!r}: use 1-64 letters, digits, '.', '-' or '_'")
+        sha = sha256_file(path)
+        data = self._load()
+        clash = next((s for s, e in data.items() if e.get("name") == name and s != sha), None)
+        if clash or (name == DEFAULT_MODEL and sha != default_model_sha()):
+            raise ConfigError(f"the name {name!r} is taken by another model; pick another with --name")
+        data[sha] = {"name": name, "path": str(path), "size": path.stat().st_size}
+        self._save(data)
+        return ModelEntry(sha, name, str(path), data[sha]["size"])
+
+    def remove(self, key: str) -> ModelEntry:
+        entry = self.find(key)
+        if not entry.path:
+            raise ConfigError("the default model cannot be removed (start the node with --no-model instead)")
+        data = self._load()
+        del data[entry.sha256]
+        self._save(data)
+        return entry
+
+    def _save(self, data: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_name(FILE + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, self.path)  # never a half-written registry
+
+    def find(self, key: str) -> ModelEntry:
+        """By SHA-256 (or a unique prefix of at least 8 hex digits) or by name."""
+        entries = self.entries()
+        hits = [e for e in entries if e.name == key or e.sha256 == key or (
+            len(key) >= 8 and re.fullmatch(r"[0-9a-f]+", key) and e.sha256.startswith(key))]
+        if len(hits) != 1:
+            known = ", ".join(f"{e.name} ({e.sha256[:12]})" for e in entries) or "none"
+            raise ConfigError(f"no single model {key!r} in this node's registry (registered: {known})")
+        return hits[0]
+
+    def resolve(self, model: str) -> str:
+        """A job's `model` value as a SHA-256: 'default', a SHA-256 (even one this node lacks: peers may
+        hold it) or a name registered here."""
+        if model == "default" or SHA.match(model):
+            return model
+        try:
+            return self.find(model).sha256
+        except ConfigError as exc:
+            raise JobError(f"model {model!r} is neither a SHA-256 nor a name this node knows: {exc}") from None

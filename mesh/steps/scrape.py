@@ -1,0 +1,232 @@
+"""The scrape step: headless Chromium (mesh.steps.chromium: one per node, never root, sandboxed) driven by
+pyppeteer, and BeautifulSoup extraction. Each step gets an incognito browser context of its own whose
+only way out is an egress proxy of its own (mesh.steps.egress). When the step ends (done, failed or timed out)
+that proxy is shut first and the context disposed next, which closes the step's page, any popup, worker
+and service worker; so nothing a page started outlives its step or gets a request out afterwards. The
+browser-wide proxy only serves Chromium's default context, which no page uses. With no browser on the
+machine the page is fetched over plain HTTP (through a per-step proxy too) and the result's work record
+says so (`via`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+
+from mesh.errors import StepFailed
+from mesh.steps.chromium import FLAGS, Chromium
+from mesh.steps.egress import EgressProxy
+from mesh.steps.extract import extract
+from mesh.steps.ssrf import Allow, Refused, check_url, resolve
+from mesh.steps.stepuser import StepUser
+
+log = logging.getLogger("mesh.steps.scrape")
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+STEPS = 4  # browser contexts open at once; more steps wait for a slot
+MAX_HTML = 5 << 20
+DISPOSE_S = 10.0  # a context not gone by then takes the whole browser with it
+
+
+def find_browser(configured: str | None = None) -> str | None:
+    if configured:
+        return configured if shutil.which(configured) else None
+    return next((p for p in map(shutil.which, BROWSERS) if p), None)
+
+
+def _browser_errors() -> tuple[type[BaseException], ...]:
+    from pyppeteer.errors import PyppeteerError
+    from websockets.exceptions import ConnectionClosed
+
+    return PyppeteerError, ConnectionClosed, OSError
+
+
+class Scraper:
+    def __init__(self, allow: Allow, browser_path: str | None, user: StepUser | None = None):
+        self.allow = allow
+        self.user = user  # who Chromium runs as when the node is root
+        self.browser_path = browser_path
+        self.flags = list(FLAGS)
+        # browser-wide, and shut from the start: steps have proxies of their own, and the browser's own
+        # background requests (updates, sync, safe browsing) from the default context go nowhere
+        self.proxy = EgressProxy(allow)
+        self.chromium: Chromium | None = None
+        self.browser = None
+        self.slots = asyncio.Semaphore(STEPS)
+        self.lock = asyncio.Lock()
+
+    @property
+    def via(self) -> str:
+        return "chromium" if self.browser_path else "http (no browser on this node)"
+
+    async def close(self) -> None:
+        async with self.lock:
+            await self._drop_browser()
+        await self.proxy.close()
+
+    async def _drop_browser(self) -> None:
+        browser, chromium, self.browser, self.chromium = self.browser, self.chromium, None, None
+        if browser is not None:
+            with contextlib.suppress(*_browser_errors()):  # a dead browser's connection is gone anyway
+                await browser.disconnect()
+        if chromium is not None:
+            await chromium.stop()
+
+    async def _browser(self):
+        async with self.lock:
+            if self.browser is not None and self.chromium.alive() and self.browser._connection._connected:
+                return self.browser
+            await self._drop_browser()
+            if not self.proxy.port:
+                await self.proxy.start()
+                self.proxy.shut()
+            from pyppeteer import connect
+
+            self.chromium = Chromium(self.browser_path, self.user,
+                                     [*self.flags, f"--proxy-server=http://127.0.0.1:{self.proxy.port}"])
+            endpoint = await self.chromium.start()
+            self.proxy.deny_ports = frozenset({self.chromium.port})
+            self.browser = await connect(browserWSEndpoint=endpoint)
+            return self.browser
+
+    async def scrape(self, params: dict, timeout: float) -> tuple[dict, dict]:
+        """(output, work) for one step; StepFailed (Refused for blocked targets) otherwise."""
+        url = params["url"]
+        host, port = check_url(url)
+        await asyncio.to_thread(resolve, host, port, self.allow)  # a clear error before anything starts
+        t0 = time.monotonic()
+        try:
+            if self.browser_path:
+                html, final = await asyncio.wait_for(self._render(url, params), timeout)
+            else:
+                html, final = await asyncio.wait_for(self._fetch(url), timeout)
+        except asyncio.TimeoutError:
+            raise StepFailed(f"scrape of {url[:200]} timed out after {timeout:g} s") from None
+        if final != url:  # where redirects ended must be allowed too (the proxy refused it if not)
+            fhost, fport = check_url(final)
+            await asyncio.to_thread(resolve, fhost, fport, self.allow)
+        output = await asyncio.to_thread(extract, html, final, params)
+        return output, {"cpu_s": round(time.monotonic() - t0, 4), "via": self.via}
+
+    @contextlib.asynccontextmanager
+    async def _step_proxy(self) -> AsyncIterator[EgressProxy]:
+        proxy = EgressProxy(self.allow, self.proxy.deny_ports)
+        await proxy.start()
+        try:
+            yield proxy
+        finally:
+            await proxy.close()
+
+    async def _render(self, url: str, params: dict) -> tuple[str, str]:
+        errors = _browser_errors()
+        async with self.slots:
+            try:
+                browser = await self._browser()
+            except errors as exc:
+                async with self.lock:
+                    await self._drop_browser()  # start a fresh one next time
+                raise StepFailed(f"browser could not start: {type(exc).__name__}: {str(exc)[:300]}") from None
+            async with self._step_proxy() as proxy:
+                context = None
+                try:
+                    context = await self._new_context(browser, proxy.port)
+                    page = await context.newPage()
+                    # pyppeteer attaches to the page's workers only to leave them again, and its futures
+                    # then fail unheard ("Target closed") when the context goes: nothing here needs them
+                    await page._client.send("Target.setAutoAttach",
+                                            {"autoAttach": False, "waitForDebuggerOnStart": False})
+                    context.on("targetcreated", lambda target: self._close_stray(browser, target, page))
+                    return await self._load(page, url, params)
+                except errors as exc:  # the browser failed or died: say so
+                    raise StepFailed(f"browser: {type(exc).__name__}: {str(exc)[:300]}") from None
+                finally:  # shielded: a second cancellation must not leave the context running
+                    await asyncio.shield(self._end_step(browser, proxy, context))
+
+    @staticmethod
+    async def _new_context(browser, proxy_port: int):
+        """An incognito context whose every request goes through this step's proxy (pyppeteer's own
+        createIncognitoBrowserContext takes no proxy)."""
+        from pyppeteer.browser import BrowserContext
+
+        reply = await browser._connection.send("Target.createBrowserContext", {
+            "proxyServer": f"http://127.0.0.1:{proxy_port}", "proxyBypassList": "<-loopback>",
+            "disposeOnDetach": True})
+        context = BrowserContext(browser, reply["browserContextId"])
+        browser._contexts[reply["browserContextId"]] = context
+        return context
+
+    @staticmethod
+    def _close_stray(browser, target, page) -> None:
+        """A second page in a step's context (a popup the blocker let through): closed at once."""
+        if target.type != "page" or target._targetId == page.target._targetId:
+            return
+        log.info("closing a page opened by a scraped page: %s", target.url[:200])
+        closing = asyncio.ensure_future(
+            browser._connection.send("Target.closeTarget", {"targetId": target._targetId}))
+        closing.add_done_callback(lambda f: f.cancelled() or f.exception())  # gone already: nothing to do
+
+    async def _end_step(self, browser, proxy: EgressProxy, context) -> None:
+        proxy.shut()  # before the context goes: its unload beacons meet a closed door
+        if context is None:
+            return
+        try:
+            await asyncio.wait_for(context.close(), DISPOSE_S)
+        except (*_browser_errors(), asyncio.TimeoutError) as exc:
+            log.warning("a browser context would not close (%s); stopping Chromium", exc)
+            async with self.lock:
+                if self.browser is browser:
+                    await self._drop_browser()
+
+    async def _load(self, page, url: str, params: dict) -> tuple[str, str]:
+        """Load, wait, read, all through the DOM domain: pyppeteer's evaluate (behind its content() and
+        waitForSelector) runs with `userGesture: true`, which hands the page a user activation, and
+        with it the power to open popups past the blocker (measured)."""
+        response = await page.goto(url, {"waitUntil": "networkidle2", "timeout": 0})
+        if response is not None and response.headers.get("x-homemesh-egress") == "refused":
+            raise Refused(await response.text())
+        if params.get("wait_for"):
+            while not await self._select(page, params["wait_for"]):
+                await asyncio.sleep(0.1)
+        root = (await page._client.send("DOM.getDocument", {"depth": 0}))["root"]["nodeId"]
+        html = (await page._client.send("DOM.getOuterHTML", {"nodeId": root}))["outerHTML"]
+        if len(html) > MAX_HTML:
+            raise StepFailed(f"page of {len(html)} characters is over the {MAX_HTML} limit")
+        return html, page.url
+
+    @staticmethod
+    async def _select(page, selector: str) -> bool:
+        from pyppeteer.errors import NetworkError
+
+        root = (await page._client.send("DOM.getDocument", {"depth": 0}))["root"]["nodeId"]
+        try:
+            found = await page._client.send("DOM.querySelector", {"nodeId": root, "selector": selector})
+        except NetworkError as exc:
+            if "while querying" not in str(exc):
+                raise
+            raise StepFailed(f"wait_for: {selector[:200]!r} is not a CSS selector") from None
+        return found["nodeId"] != 0
+
+    async def _fetch(self, url: str) -> tuple[str, str]:
+        async with self._step_proxy() as proxy:
+            return await asyncio.to_thread(self._get, url, proxy.port)
+
+    @staticmethod
+    def _get(url: str, proxy_port: int) -> tuple[str, str]:
+        proxy = f"http://127.0.0.1:{proxy_port}"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy, "https": proxy}))
+        try:
+            with opener.open(urllib.request.Request(url, headers={"User-Agent": "homemesh"}), timeout=60) as r:
+                body = r.read(MAX_HTML + 1)
+                if len(body) > MAX_HTML:
+                    raise StepFailed(f"page over the {MAX_HTML}-byte limit")
+                return body.decode(r.headers.get_content_charset() or "utf-8", "replace"), r.geturl()
+        except urllib.error.HTTPError as exc:
+            if exc.headers.get("X-Homemesh-Egress") == "refused":
+                raise Refused(exc.read().decode("utf-8", "replace")) from None
+            raise StepFailed(f"HTTP {exc.code} from {url[:200]}") from None
+        except urllib.error.URLError as exc:
+            raise StepFailed(f"cannot fetch {url[:200]}: {exc.reason}") from None

@@ -1,0 +1,204 @@
+"""Signed envelopes and length-prefixed frames, sans-I/O (h11 style): bytes go in, typed envelopes or a
+`Rejected` come out; no socket, no clock read (callers pass `now_ms`). The gateway and the simulator
+drive the same objects.
+
+Signed bytes = tag `homemesh/v1/<kind>` ‖ network id ‖ sender key ‖ recipient key ‖ seq ‖ timestamp ‖
+SHA-256(canonical payload), each part fixed-size or length-prefixed so no two messages share bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from mesh import PROTOCOL_VERSION
+from mesh.errors import Rejected
+from mesh.wire.canonical import canonical
+from mesh.wire.identity import Identity, node_id_of, verify
+from mesh.wire.messages import KINDS
+from mesh.wire.schema import dump, parse
+
+DEFAULT_FRAME_CAP = 1 << 20
+DEFAULT_WINDOW_MS = 120_000
+ANYONE = bytes(32)  # recipient of a first `hello`, before the dialler knows who listens
+_HEADER = struct.Struct(">I")
+_ENVELOPE_KEYS = {"v", "kind", "net", "from", "to", "seq", "ts", "payload", "sig"}
+
+
+def signed_bytes(kind: str, network: str, sender: bytes, recipient: bytes, seq: int, ts_ms: int,
+                 payload: Any) -> bytes:
+    return signed_bytes_of_hash(kind, network, sender, recipient, seq, ts_ms,
+                                hashlib.sha256(canonical(payload)).digest())
+
+
+def signed_bytes_of_hash(kind: str, network: str, sender: bytes, recipient: bytes, seq: int, ts_ms: int,
+                         payload_sha256: bytes) -> bytes:
+    """What is signed, given the SHA-256 of the canonical payload: lets a third party holding only the
+    envelope's header fields, its signature and the payload check an answer (see mesh.wire.attest)."""
+    net = network.encode()
+    return b"".join([
+        b"homemesh/v1/", kind.encode(), b"\x00",
+        bytes([len(net)]), net, sender, recipient,
+        struct.pack(">QQ", seq, ts_ms), payload_sha256,
+    ])
+
+
+@dataclass(frozen=True)
+class Envelope:
+    kind: str
+    network: str
+    sender: bytes
+    recipient: bytes
+    seq: int
+    ts_ms: int
+    payload: Any  # the typed dataclass of messages.KINDS[kind]
+    sig: bytes = b""  # kept so an answer can be shown to others as signed (see mesh.wire.attest)
+    payload_sha256: bytes = b""
+
+    @property
+    def sender_id(self) -> str:
+        return node_id_of(self.sender)
+
+
+class Sealer:
+    """Signs outgoing envelopes. Sequence numbers are max(last + 1, microseconds since the epoch), so
+    they keep rising across restarts without a file: a restart never reopens a replay window."""
+
+    def __init__(self, identity: Identity, network: str):
+        self.identity = identity
+        self.network = network
+        self._last_seq = 0
+
+    def seal(self, kind: str, recipient: bytes, payload_obj: Any, now_ms: int) -> bytes:
+        """Return the framed bytes of one envelope."""
+        payload = dump(payload_obj)
+        seq = max(self._last_seq + 1, now_ms * 1000)
+        self._last_seq = seq
+        encoded = canonical(payload)  # once: hashed for the signature and spliced into the body
+        sig = self.identity.sign(signed_bytes_of_hash(kind, self.network, self.identity.public_key, recipient,
+                                                      seq, now_ms, hashlib.sha256(encoded).digest()))
+        head = canonical({
+            "v": PROTOCOL_VERSION, "kind": kind, "net": self.network,
+            "from": self.identity.public_key.hex(), "to": recipient.hex(),
+            "seq": seq, "ts": now_ms, "payload": 0, "sig": sig.hex(),
+        })
+        # Keys are sorted and every string value is escaped, so the first raw `"payload":0` is the key.
+        body = head.replace(b'"payload":0', b'"payload":' + encoded, 1)
+        return _HEADER.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame bodies; refuses a declared length over the cap before buffering."""
+
+    def __init__(self, cap: int = DEFAULT_FRAME_CAP):
+        self.cap = cap
+        self._buf = bytearray()
+        self.error: Rejected | None = None  # sticky: once framing is lost, nothing after it aligns
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Complete frame bodies in `data` (plus what was buffered). A header over the cap raises
+        Rejected('frame-too-large'); frames that came before it are returned first and the error is
+        kept in `error` (and raised by the next call)."""
+        if self.error:
+            raise self.error
+        self._buf += data
+        out: list[bytes] = []
+        while len(self._buf) >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(self._buf)
+            if length > self.cap:
+                self.error = Rejected("frame-too-large", f"{length} bytes > cap {self.cap}")
+                if not out:
+                    raise self.error
+                break
+            if len(self._buf) < _HEADER.size + length:
+                break
+            out.append(bytes(self._buf[_HEADER.size:_HEADER.size + length]))
+            del self._buf[:_HEADER.size + length]
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished frame: non-zero at EOF means a truncated frame."""
+        return len(self._buf)
+
+
+def _hexkey(value: Any, field: str) -> bytes:
+    if not isinstance(value, str) or len(value) != 64:
+        raise Rejected("bad-envelope", f"{field} is not a 32-byte hex key")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise Rejected("bad-envelope", f"{field} is not hex") from None
+
+
+class Receiver:
+    """Checks incoming frame bodies for one node: network, recipient, time window, signature, replay,
+    schema. Every rejection is counted by reason in `rejected`."""
+
+    def __init__(self, public_key: bytes, network: str, window_ms: int = DEFAULT_WINDOW_MS, floor_ms: int = 0):
+        self.public_key = public_key
+        self.network = network
+        self.window_ms = window_ms
+        # Envelopes stamped before this node (re)started are refused: the replay memory below is lost
+        # with a restart, and anything captured earlier was necessarily stamped earlier.
+        self.floor_ms = floor_ms
+        self.highest_seq: dict[bytes, int] = {}
+        self.rejected: Counter[str] = Counter()
+
+    def count(self, reason: str) -> None:
+        self.rejected[reason] += 1
+
+    def receive(self, body: bytes, now_ms: int) -> Envelope:
+        try:
+            return self._check(body, now_ms)
+        except Rejected as exc:
+            self.count(exc.reason)
+            raise
+
+    def _check(self, body: bytes, now_ms: int) -> Envelope:
+        try:
+            obj = json.loads(body)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise Rejected("bad-json", "frame is not UTF-8 JSON") from None
+        if not isinstance(obj, dict) or set(obj) != _ENVELOPE_KEYS:
+            raise Rejected("bad-envelope", "envelope fields are wrong")
+        if type(obj["v"]) is not int or obj["v"] != PROTOCOL_VERSION:
+            raise Rejected("bad-version", f"protocol version {obj['v']!r}, this node speaks {PROTOCOL_VERSION}")
+        kind = obj["kind"]
+        if not isinstance(kind, str) or kind not in KINDS:
+            raise Rejected("unknown-kind", f"kind {str(kind)[:40]!r}")
+        if obj["net"] != self.network:
+            raise Rejected("wrong-network", f"network {str(obj['net'])[:40]!r}")
+        sender = _hexkey(obj["from"], "from")
+        recipient = _hexkey(obj["to"], "to")
+        if recipient != self.public_key and not (kind == "hello" and recipient == ANYONE):
+            raise Rejected("wrong-recipient", "envelope is for another node")
+        seq, ts = obj["seq"], obj["ts"]
+        for name, val in (("seq", seq), ("ts", ts)):
+            if not isinstance(val, int) or isinstance(val, bool) or not 0 <= val < 2**63:
+                raise Rejected("bad-envelope", f"{name} is not a non-negative integer")
+        if ts < now_ms - self.window_ms:
+            raise Rejected("stale", f"timestamp {now_ms - ts} ms old")
+        if ts > now_ms + self.window_ms:
+            raise Rejected("future", f"timestamp {ts - now_ms} ms ahead")
+        try:
+            sig = bytes.fromhex(obj["sig"]) if isinstance(obj["sig"], str) else b""
+        except ValueError:
+            sig = b""
+        try:  # NaN, Infinity, 1e999 or deep nesting decode but have no canonical form to check
+            payload_sha256 = hashlib.sha256(canonical(obj["payload"])).digest()
+        except (ValueError, RecursionError):
+            raise Rejected("bad-json", "payload has no canonical JSON form") from None
+        message = signed_bytes_of_hash(kind, self.network, sender, recipient, seq, ts, payload_sha256)
+        if not verify(sender, sig, message):
+            raise Rejected("bad-signature", f"from {node_id_of(sender)[:12]}")
+        if ts < self.floor_ms:
+            raise Rejected("replay", f"stamped {self.floor_ms - ts} ms before this node started")
+        if seq <= self.highest_seq.get(sender, -1):
+            raise Rejected("replay", f"seq {seq} from {node_id_of(sender)[:12]} already seen")
+        payload = parse(KINDS[kind], obj["payload"], kind)
+        self.highest_seq[sender] = seq
+        return Envelope(kind, self.network, sender, recipient, seq, ts, payload, sig, payload_sha256)

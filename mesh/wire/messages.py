@@ -1,0 +1,92 @@
+"""Peer message payloads, one dataclass per envelope kind. The kind name is the domain tag suffix
+(`homemesh/v1/<kind>`), so a signature for one kind never verifies as another."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class PeerRecord:
+    """A node's signed description of itself (see mesh.wire.records): spread by gossip, verified before use,
+    replaced by a newer one (higher `issued`), forgotten after `expires`."""
+
+    key: str  # hex Ed25519 public key; the node id is its SHA-256
+    addr: str  # host:port of its peer gateway
+    kinds: list[str]
+    models: list[str]  # SHA-256 of each model it serves
+    sandbox: bool
+    version: int  # protocol version it speaks
+    issued: int  # ms since the epoch
+    expires: int
+    sig: str
+
+
+@dataclass
+class Hello:
+    """Sent on connect and as heartbeat: my own record, and the records of peers I know."""
+
+    record: PeerRecord
+    peers: list[PeerRecord] = field(default_factory=list)
+
+
+@dataclass
+class StepRequest:
+    """Run one replica of a step. `params` are already resolved (no `{x.output}` left)."""
+
+    job: str
+    step: str
+    kind: str
+    params: dict
+    timeout: float
+
+
+@dataclass
+class StepResult:
+    """A worker's signed answer. `digest` is SHA-256 of the canonical output; `identity` names the code
+    or model that produced it; `work` is what the worker measured (tokens, cpu_s)."""
+
+    job: str
+    step: str
+    ok: bool
+    output: Any
+    digest: str
+    identity: str
+    work: dict
+    error: str = ""
+
+
+@dataclass
+class Progress:
+    """Tokens generated so far by a replica still running (llm steps): the text streams to the submitter
+    while the step runs. Informational only: nothing is decided on it."""
+
+    job: str
+    step: str
+    tokens: int
+    text: str
+
+
+@dataclass
+class ReceiptMsg:
+    """Carries a payment receipt signed by the submitter (see ledger.receipts)."""
+
+    receipt: dict
+
+
+@dataclass
+class Bye:
+    """Clean leave on shutdown."""
+
+    reason: str = ""
+
+
+KINDS: dict[str, type] = {
+    "hello": Hello,
+    "step": StepRequest,
+    "result": StepResult,
+    "receipt": ReceiptMsg,
+    "progress": Progress,
+    "bye": Bye,
+}

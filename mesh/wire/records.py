@@ -1,0 +1,48 @@
+"""Signed peer records: what a node says about itself (address, capabilities, protocol version), signed
+with its own key so that gossip can carry it through untrusted peers without letting them change it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mesh import PROTOCOL_VERSION
+from mesh.wire.canonical import canonical
+from mesh.wire.identity import Identity, verify
+from mesh.wire.messages import PeerRecord
+
+RECORD_TTL_MS = 10 * 60_000
+MAX_AHEAD_MS = 120_000  # a record issued further in the future than the envelope window is refused
+_TAG = b"homemesh/v1/record\x00"
+
+
+def record_bytes(network: str, rec: PeerRecord) -> bytes:
+    body = {k: v for k, v in dataclasses.asdict(rec).items() if k != "sig"}
+    return _TAG + network.encode() + b"\x00" + canonical(body)
+
+
+def make_record(identity: Identity, network: str, addr: str, kinds: list[str], models: list[str], sandbox: bool,
+                now_ms: int, ttl_ms: int = RECORD_TTL_MS) -> PeerRecord:
+    rec = PeerRecord(identity.public_key.hex(), addr, list(kinds), list(models), sandbox, PROTOCOL_VERSION,
+                     now_ms, now_ms + ttl_ms, "")
+    rec.sig = identity.sign(record_bytes(network, rec)).hex()
+    return rec
+
+
+def check_record(rec: PeerRecord, network: str, now_ms: int) -> str:
+    """'' when the record can be used, else the rejection reason (a counter key)."""
+    try:
+        key, sig = bytes.fromhex(rec.key), bytes.fromhex(rec.sig)
+    except ValueError:
+        return "bad-record"
+    if len(key) != 32 or not verify(key, sig, record_bytes(network, rec)):
+        return "bad-record"
+    if rec.version != PROTOCOL_VERSION:
+        return "bad-version"
+    if rec.expires <= now_ms:
+        return "expired-record"
+    if rec.issued > now_ms + MAX_AHEAD_MS or rec.expires - rec.issued > 24 * 3600_000:
+        return "bad-record"
+    host, _, port = rec.addr.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or len(rec.addr) > 300:
+        return "bad-record"
+    return ""

@@ -1,0 +1,132 @@
+"""Strict conversion of untrusted JSON objects into typed dataclasses: exact keys, exact types, bounded
+sizes. Everything a peer sends passes through `parse` before any code looks at it."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from mesh.errors import Rejected
+
+T = TypeVar("T")
+
+MAX_STR = 1 << 20
+MAX_LIST = 4096
+
+
+def parse(cls: type[T], data: Any, where: str = "payload") -> T:
+    """Build `cls` from `data` or raise Rejected('bad-schema', ...) naming the first bad field."""
+    try:
+        return _parser(cls)(data)
+    except _Bad as bad:
+        raise Rejected("bad-schema", f"{where}{bad.path} {bad.what}") from None
+
+
+class _Bad(Exception):
+    """A field that does not fit, on its way up: each level adds its name (only on this error path, so
+    a good message costs no string building)."""
+
+    def __init__(self, what: str, path: str = ""):
+        super().__init__(what)
+        self.what, self.path = what, path
+
+
+_SCALARS: dict[Any, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+
+
+@functools.cache
+def _parser(cls: type) -> Callable[[Any], Any]:
+    """A checker for `cls`, built once per class from its type hints: resolving string annotations and
+    walking typing objects on every message was most of the time an envelope took to check. Scalars
+    (decoded JSON has exact types, so `type(v) in` also keeps booleans out of ints) are checked inline."""
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        optional = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        fields.append((f.name, _SCALARS.get(tp), tp, None if tp in _SCALARS else _checker(tp), optional))
+    names = frozenset(f[0] for f in fields)
+
+    def check(data: Any) -> Any:
+        if type(data) is not dict:
+            raise _Bad("is not an object")
+        extra = data.keys() - names
+        if extra:
+            raise _Bad(f"has unknown field {sorted(extra)[0]!r}")
+        values = {}
+        for name, types, tp, field_check, optional in fields:
+            if name not in data:
+                if optional:
+                    continue
+                raise _Bad("is missing", f".{name}")
+            value = data[name]
+            if types is not None:
+                if type(value) not in types or (tp is str and len(value) > MAX_STR):
+                    raise _Bad(f"is not {tp.__name__}", f".{name}")
+                values[name] = float(value) if tp is float else value
+                continue
+            try:
+                values[name] = field_check(value)
+            except _Bad as bad:
+                raise _Bad(bad.what, f".{name}{bad.path}") from None
+        return cls(**values)
+
+    return check
+
+
+def _checker(tp: Any) -> Callable[[Any], Any]:
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is object:
+        return lambda value: value
+    if dataclasses.is_dataclass(tp):
+        return _parser(tp)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        item_check = _checker(item)
+
+        def check_list(value: Any) -> list:
+            if type(value) is not list or len(value) > MAX_LIST:
+                raise _Bad(f"is not a list of at most {MAX_LIST}")
+            out = []
+            for i, v in enumerate(value):
+                try:
+                    out.append(item_check(v))
+                except _Bad as bad:
+                    raise _Bad(bad.what, f"[{i}]{bad.path}") from None
+            return out
+        return check_list
+    if origin is dict or tp is dict:
+        def check_dict(value: Any) -> dict:
+            if type(value) is not dict or not all(type(k) is str for k in value):
+                raise _Bad("is not an object")
+            return value
+        return check_dict
+    if tp in _SCALARS:
+        types = _SCALARS[tp]
+
+        def check_scalar(value: Any) -> Any:
+            if type(value) not in types or (tp is str and len(value) > MAX_STR):
+                raise _Bad(f"is not {tp.__name__}")
+            return float(value) if tp is float else value
+        return check_scalar
+    raise TypeError(f"schema type {tp!r} not supported")
+
+
+_LEAVES = (str, int, float, bool, type(None))
+
+
+def dump(obj: Any) -> Any:
+    """Dataclass → plain JSON-able dict (the inverse of parse). Unlike dataclasses.asdict it does not
+    deep-copy every leaf, which cost as much as the rest of sealing an envelope."""
+    if isinstance(obj, _LEAVES):
+        return obj
+    if isinstance(obj, list | tuple):
+        return [dump(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: dump(v) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: dump(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    return obj
