@@ -22,7 +22,7 @@ class LedgerActor(ActorTypeDispatcher):
         super().__init__()
         self.ledger: Ledger | None = None
         self.error = "ledger not open"
-        self.queue: list[tuple[object, RecordEntries]] = []
+        self.queue: list[tuple[object, RecordEntries]] = []  # (asker, batch) awaiting one commit
 
     def receiveMsg_OpenLedger(self, msg: OpenLedger, sender) -> None:
         try:

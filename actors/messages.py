@@ -1,16 +1,21 @@
 """Typed messages between a node's own actors (one machine, one operator: Thespian pickles these on
 loopback only; nothing here ever comes from a peer). Class names are unique, as ActorTypeDispatcher
-dispatches on the bare name."""
+dispatches on the bare name. A step's params, output and measured work are JSON (their shape is the step
+kind's business), so they are typed as JSON objects, not further."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger.store import Entry
+from mesh.core.policy import Evidence
 from mesh.steps.stepuser import StepUser
 
+JsonObject = dict[str, Any]  # a decoded JSON object: a step's params, its measured work
 
-@dataclass
+
+@dataclass(frozen=True)
 class NodeConfig:
     home: str
     ledger_path: str
@@ -22,33 +27,33 @@ class NodeConfig:
     step_user: StepUser | None = None  # who python steps run as (set when the node runs as root)
 
 
-@dataclass
+@dataclass(frozen=True)
 class NodeReady:
-    models: list[str]
+    models: list[str]  # SHA-256 of every model loaded
     error: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunStep:
     request_id: str
-    kind: str
-    params: dict
-    timeout: float
+    kind: str  # llm | score | python
+    params: JsonObject
+    timeout: float  # seconds
     sandboxed: bool = True
     user: StepUser | None = None  # filled in by the NodeActor for python steps
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepDone:
     request_id: str
     ok: bool
-    output: Any = None
-    identity: str = ""
-    work: dict = field(default_factory=dict)
+    output: object = None  # the step's JSON output
+    identity: str = ""  # the code or model that produced it (python:bwrap, gguf:<sha256>)
+    work: JsonObject = field(default_factory=dict)  # measured here: cpu_s, tokens, seconds, …
     error: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class WarmUp:
     """Tells a StepActor to start its sandbox now, before its step comes."""
 
@@ -56,7 +61,7 @@ class WarmUp:
     user: StepUser | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepProgress:
     """Sent by a model runner while it generates; the NodeActor forwards it to the asker."""
 
@@ -65,32 +70,32 @@ class StepProgress:
     text: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadModel:
     path: str
     sha256: str
     n_threads: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelLoaded:
     sha256: str
     error: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class OpenLedger:
     path: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class RecordEntries:
     request_id: str
-    entries: list  # list[ledger.store.Entry]
-    ts: int
+    entries: list[Entry]
+    ts: int  # ms since the epoch, stamped on every entry of the batch
 
 
-@dataclass
+@dataclass(frozen=True)
 class EntriesRecorded:
     request_id: str
     added: int = 0
@@ -98,15 +103,17 @@ class EntriesRecorded:
     amount: float = 0.0  # sum of the amounts of the entries really added
 
 
-@dataclass
+@dataclass(frozen=True)
 class PeerStatsQuery:
     request_id: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class PeerStatsReply:
+    """What the node's placement view starts from, derived from the ledger's entries."""
+
     request_id: str
-    stats: dict  # node id → mesh.core.policy.Evidence
+    evidence: dict[str, Evidence]  # node id → its time-decayed reputation evidence
     error: str = ""
-    balance: float = 0.0
-    streaks: dict = field(default_factory=dict)  # node id → run of validated results
+    balance: float = 0.0  # credits earned minus spent
+    streaks: dict[str, int] = field(default_factory=dict)  # node id → run of validated results

@@ -35,7 +35,11 @@ class ModelRunnerActor(ActorTypeDispatcher):
             return
         p = msg.params
         if msg.kind == "score":
-            v = self.model.verify(p["prompt"], list(p["token_ids"]), claim=p["claim"])
+            try:
+                v = self.model.verify(p["prompt"], list(p["token_ids"]), claim=p["claim"])
+            except StepFailed as exc:  # e.g. the claim does not fit the context: a failure, not a rejection
+                self.send(sender, StepDone(msg.request_id, False, error=str(exc)))
+                return
             self.send(sender, StepDone(msg.request_id, True, {"accepted": v.ok, "first_bad": v.first_bad},
                                        f"gguf:{self.model.sha256}", {"tokens": v.tokens, "seconds": round(v.seconds, 4)}))
             return

@@ -33,14 +33,18 @@ MAX_RUNNER_RESTARTS = 20  # past this a node stops offering llm steps instead of
 WARM_SANDBOXES = 2  # python sandboxes started ahead of the steps that will use them
 
 
+Question = RunStep | RecordEntries | PeerStatsQuery  # what the NodeActor forwards and answers for
+Answer = StepDone | EntriesRecorded | PeerStatsReply
+
+
 @dataclass
 class _Pending:
-    asker: object
+    asker: object  # Thespian actor addresses
     child: object
-    message: object
+    message: Question
 
 
-def _failure(msg: object, reason: str) -> object:
+def _failure(msg: Question, reason: str) -> Answer:
     """The reply that tells an asker its question died with the child holding it."""
     if isinstance(msg, RunStep):
         return StepDone(msg.request_id, False, error=reason)
@@ -142,11 +146,11 @@ class NodeActor(ActorTypeDispatcher):
     def receiveMsg_PeerStatsQuery(self, msg: PeerStatsQuery, sender) -> None:
         self._forward(msg, sender, self.ledger)
 
-    def _forward(self, msg, asker, child) -> None:
+    def _forward(self, msg: Question, asker, child) -> None:
         self.pending[msg.request_id] = _Pending(asker, child, msg)
         self.send(child, msg)
 
-    def _answer(self, msg) -> None:
+    def _answer(self, msg: Answer) -> None:
         p = self.pending.pop(msg.request_id, None)
         if p is None:
             return

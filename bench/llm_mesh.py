@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mesh.node.local import LocalMesh
+from mesh.cli.local import LocalMesh
 from mesh.steps.llm import Model
 from mesh.steps.models import default_model
 

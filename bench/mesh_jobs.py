@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from mesh.node.local import LocalMesh
+from mesh.cli.local import LocalMesh
 from mesh.steps.sandbox import run_python
 
 from .report import emit

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from mesh.node.local import LocalMesh
+from mesh.cli.local import LocalMesh
 from mesh.steps.sandbox import run_python
 
 from .report import emit

@@ -3,14 +3,30 @@ was measured, and whether the receipt behind it checks."""
 
 from __future__ import annotations
 
-from .receipts import check_receipt, payer_id
+from typing import Any
+
+from .receipts import BadReceipt, Receipt
 
 
 def _short(node: str) -> str:
     return node[:12]
 
 
-def _quorum(why: dict) -> str:
+def _receipt_check(raw: object) -> str:
+    """Who signed the receipt and whether the signature holds, in words."""
+    try:
+        receipt = Receipt.from_json(raw)
+    except BadReceipt as exc:
+        return f" The receipt is INVALID ({exc})."
+    bad = receipt.problem()
+    try:
+        signer = _short(receipt.payer_id)
+    except ValueError:
+        signer = "an unreadable key"
+    return f" The receipt is signed by {signer}: " + ("signature valid." if not bad else f"INVALID ({bad}).")
+
+
+def _quorum(why: dict[str, Any]) -> str:
     agreeing = ", ".join(_short(n) for n in why.get("agreeing", [])) or "nobody"
     text = (f"rule {why.get('rule')} at redundancy {why.get('redundancy')} needs {why.get('needed')} agreeing "
             f"answers; {len(why.get('agreeing', []))} agreed on digest {str(why.get('accepted'))[:16]} ({agreeing})")
@@ -22,18 +38,14 @@ def _quorum(why: dict) -> str:
     return text
 
 
-def explain(entry: dict, me: str) -> str:
+def explain(entry: dict[str, Any], me: str) -> str:
     """One entry (as `Ledger.history` returns it) explained for the node `me`."""
     kind, d = entry["kind"], entry.get("detail") or {}
     where = f"step {entry['step']!r} of job {entry['job']}"
     peer = _short(entry["peer"])
     why = d.get("why", {})
     receipt = d.get("receipt")
-    check = ""
-    if receipt is not None:
-        bad = check_receipt(receipt)
-        check = (f" The receipt is signed by {_short(payer_id(receipt))}: "
-                 + ("signature valid." if not bad else f"INVALID ({bad})."))
+    check = "" if receipt is None else _receipt_check(receipt)
     if kind == "paid":
         return (f"Entry {entry['id']}: you paid {-entry['amount']:g} credits to {peer} for {where}, because its "
                 f"answer was in the accepted quorum: {_quorum(why)}. Credit per agreeing worker: "

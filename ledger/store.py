@@ -8,14 +8,15 @@ import hashlib
 import json
 import sqlite3
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from mesh.core.policy import Evidence, next_streak
+from mesh.core.policy import Evidence, StepEvidence, next_streak
 from mesh.errors import LedgerError
-from mesh.wire.canonical import canonical
 
-from .receipts import check_receipt, payer_id
+from .receipts import BadReceipt, verified
 
 KINDS = ("paid", "earned", "agreed", "disagreed", "no_show", "penalty", "spot_failed")
 REPUTATION_KINDS = ("agreed", "disagreed", "no_show", "penalty", "spot_failed")
@@ -49,14 +50,32 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 @dataclass(frozen=True)
 class Entry:
-    """One ledger row before it is chained. `amount` is + for credits earned, − for credits paid."""
+    """One ledger row before it is chained. `amount` is + for credits earned, − for credits paid.
+    `detail` is stored as canonical JSON; a typed value in it (a Receipt, a reason) is stored as what its
+    `to_json()` returns, so the stored bytes are those of the plain JSON it stands for."""
 
     kind: str
     job: str
     step: str
-    peer: str
+    peer: str  # node id of the other party: the worker paid or judged, or the payer
     amount: float = 0.0
-    detail: dict | None = None
+    detail: Mapping[str, Any] | None = None
+
+
+def _as_json(value: object) -> object:
+    to_json = getattr(value, "to_json", None)
+    if to_json is None:
+        raise TypeError(f"{type(value).__name__} in a ledger entry's detail has no to_json()")
+    return to_json()
+
+
+# canonical JSON (mesh.wire.canonical, byte for byte) that also takes typed values with a to_json()
+_DETAIL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                           default=_as_json)
+
+
+def detail_json(detail: Mapping[str, Any] | None) -> str:
+    return _DETAIL.encode(dict(detail or {}))
 
 
 def entry_hash(prev: str, row_id: int, ts: int, kind: str, job: str, step: str, peer: str, amount: float,
@@ -127,8 +146,7 @@ class Ledger:
             for e in entries:
                 if e.kind not in KINDS:
                     raise LedgerError(f"unknown entry kind {e.kind!r}")
-                prepared.append((i, ts, e.kind, e.job, e.step, e.peer, float(e.amount),
-                                 canonical(e.detail or {}).decode()))
+                prepared.append((i, ts, e.kind, e.job, e.step, e.peer, float(e.amount), detail_json(e.detail)))
         try:
             try:  # fast path: one executemany; a duplicate anywhere aborts it and the careful path runs
                 added = self._append(prepared, fast=True)
@@ -173,10 +191,10 @@ class Ledger:
         rows = self.db.execute("SELECT kind, SUM(amount), COUNT(*) FROM entries GROUP BY kind").fetchall()
         return {k: round(s, 6) for k, s, _ in rows if k in ("paid", "earned")}
 
-    def evidence(self) -> tuple[dict[str, dict], dict[str, Evidence], int]:
+    def evidence(self) -> tuple[dict[str, dict[str, int]], dict[str, Evidence], int]:
         """Per peer: raw counts of each reputation kind, the time-decayed evidence, and the newest
         entry's time (ms), all derived from the entries."""
-        counts: dict[str, dict] = {}
+        counts: dict[str, dict[str, int]] = {}
         evidence: dict[str, Evidence] = {}
         newest = 0
         for peer, kind, ts in self.db.execute(
@@ -194,7 +212,7 @@ class Ledger:
         for peer, kind, detail in self.db.execute(
                 "SELECT peer, kind, detail FROM entries WHERE kind IN ('agreed','disagreed','no_show','penalty',"
                 "'spot_failed') ORDER BY id"):
-            runs[peer] = next_streak(runs.get(peer, 0), kind, json.loads(detail))
+            runs[peer] = next_streak(runs.get(peer, 0), kind, StepEvidence.in_detail(json.loads(detail)))
         return runs
 
     def peer_stats(self, now_ms: int | None = None) -> dict[str, dict]:
@@ -205,13 +223,13 @@ class Ledger:
         stats = {p: {**c, "reputation": round(evidence[p].score(at), 6)} for p, c in counts.items()}
         return dict(sorted(stats.items(), key=lambda kv: (-kv[1]["reputation"], kv[0])))
 
-    def history(self, limit: int | None = 100) -> list[dict]:
+    def history(self, limit: int | None = 100) -> list[dict[str, Any]]:
         """Newest entries first (all of them when `limit` is None)."""
         rows = self.db.execute("SELECT id, ts, kind, job, step, peer, amount, detail FROM entries "
                                "ORDER BY id DESC LIMIT ?", (-1 if limit is None else limit,)).fetchall()
         return [_row(r) for r in rows]
 
-    def entry(self, entry_id: int) -> dict | None:
+    def entry(self, entry_id: int) -> dict[str, Any] | None:
         row = self.db.execute("SELECT id, ts, kind, job, step, peer, amount, detail FROM entries WHERE id = ?",
                               (entry_id,)).fetchone()
         return _row(row) if row else None
@@ -233,7 +251,7 @@ class Ledger:
         return n, ""
 
 
-def _row(r: tuple) -> dict:
+def _row(r: tuple) -> dict[str, Any]:
     i, ts, k, j, s, p, a, d = r
     detail = json.loads(d)
     return {"id": i, "ts": ts, "kind": k, "job": j, "step": s, "peer": p, "counterparty": p, "amount": a,
@@ -244,16 +262,17 @@ def _check_money(kind: str, job: str, step: str, peer: str, amount: float, detai
     if kind not in ("paid", "earned"):
         return ""
     try:
-        r = json.loads(detail)["receipt"]
+        raw = json.loads(detail)["receipt"]
     except (ValueError, KeyError, TypeError):
         return "credit entry without a receipt"
-    why = check_receipt(r)
-    if why:
-        return why
-    payer, worker = payer_id(r), r["worker"]
+    try:
+        r = verified(raw)
+    except BadReceipt as exc:
+        return str(exc)
+    payer, worker = r.payer_id, r.worker
     expect = (payer == my_id and worker == peer) if kind == "paid" else (worker == my_id and payer == peer)
-    if not expect or r["job"] != job or r["step"] != step:
+    if not expect or r.job != job or r.step != step:
         return "receipt is for another payment"
-    if abs((-r["amount"] if kind == "paid" else r["amount"]) - amount) > 1e-9:
+    if abs((-r.amount if kind == "paid" else r.amount) - amount) > 1e-9:
         return "amount differs from its receipt"
     return ""

@@ -51,3 +51,8 @@ class StepFailed(MeshError):
 
 class LedgerError(MeshError):
     """The ledger could not be written or does not verify."""
+
+
+class NoAnswer(MeshError):
+    """One of the node's own actors did not answer in time (it may be dead or overloaded): a local fault,
+    raised by the bridge and caught by whoever asked (the worker, the API)."""

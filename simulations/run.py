@@ -36,9 +36,10 @@ def chain(length: int, s: Scenario) -> Job:
 
 class Simulation:
     def __init__(self, s: Scenario, seed: int, out: IO[str] | None = None, expect: IO[str] | None = None,
-                 engine: Engine | None = None):
-        """`engine`: another engine with Engine's interface (the SimPy one in bench/), seeded with `seed`."""
-        self.s, self.seed = s, seed
+                 engine: Engine | None = None, record: bool = False):
+        """`engine`: another engine with Engine's interface (the SimPy one in bench/), seeded with `seed`.
+        `record`: the submitters keep their cores' logs (tests replay them)."""
+        self.s, self.seed, self.record = s, seed, record
         self.engine = engine or Engine(seed)
         self.trace = Trace(lambda: self.engine.now, out, expect)
         self.m = Metrics()
@@ -81,7 +82,8 @@ class Simulation:
             cut = frozenset(rng.sample(ids, max(1, round(p.fraction * len(ids)))))
             self.net.partitions.append(Partition(p.start_s, p.end_s, cut))
         for nid in ids[:n.submitters]:
-            sub = SimSubmitter(nid, s, self.engine, self.net, self.world, self.trace, self.m, self.engine.fork_rng())
+            sub = SimSubmitter(nid, s, self.engine, self.net, self.world, self.trace, self.m, self.engine.fork_rng(),
+                               self.record)
             self.submitters.append(sub)
             self.world.on_leave.append(sub.on_node_lost)
         self.submitter_ids = {sub.id for sub in self.submitters}

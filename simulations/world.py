@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mesh.wire.canonical import digest
+
 from .adversaries import Strategy
 from .engine import Engine
 from .network import Network
@@ -87,7 +89,7 @@ class World:
             return  # it went down meanwhile
         node.served += 1
         output = node.strategy.answer(msg.truth)
-        self.net.send(node.id, src, 512, reply, msg.job, msg.step, node.id, output,
+        self.net.send(node.id, src, 512, reply, msg.job, msg.step, node.id, output, digest(output),
                       {"cpu_s": round(msg.cost_s / node.speed, 6)})
 
     # -- churn --------------------------------------------------------------------------------------

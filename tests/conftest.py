@@ -13,7 +13,7 @@ from typing import Callable
 import psutil
 import pytest
 
-from mesh.node.local import LocalMesh
+from mesh.cli.local import LocalMesh
 
 ROOT = Path(__file__).resolve().parent.parent
 

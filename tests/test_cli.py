@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.node.local import free_ports
+from mesh.cli.local import free_ports
 
 from .conftest import cli_json, run_cli, write_job
 
@@ -45,6 +45,8 @@ def test_init_creates_a_private_key_and_reuses_it(tmp_path: Path):
     (json.dumps({"steps": [{"id": "a", "kind": "llm", "params": {"prompt": "{ghost.output}"}}]}), "missing step 'ghost'"),
     (json.dumps({"steps": [{"id": "a", "kind": "python", "params": {}}]}), "'code'"),
     (json.dumps({"steps": []}), "non-empty"),
+    (json.dumps({"steps": [{"id": "a", "kind": "llm", "params": {"prompt": "p", "json_schema": {"type": "bogus"}}}]}),
+     "step 'a': json_schema: llama.cpp cannot build a grammar"),
 ])
 def test_bad_job_files_are_refused_before_anything_runs(tmp_path: Path, content: str, needle: str):
     job = tmp_path / "job.json"

@@ -45,34 +45,60 @@ def test_kill_9_at_random_points_loses_and_doubles_nothing(make_mesh):
         victim = rng.randrange(len(mesh.nodes))
         kills["submitter" if victim == 0 else "worker"] += 1
         before = [snapshot(h) for h in homes]
-        node = mesh.nodes[victim]
-        node.kill()
-        node.proc.wait(10)
-        node.start([] if victim == 0 else [mesh.nodes[0].listen])
-        node.wait_started(60)
-        node.info = None
-        if victim == 0:  # the others re-learn its new address from its new record
-            for other in mesh.nodes[1:]:
-                other.info = None
-        mesh.wait_ready(60)
-        for home, (n, last) in zip(homes, before, strict=True):
-            led = Ledger(home / "ledger.db", readonly=True)
-            try:
-                row = led.db.execute("SELECT hash FROM entries WHERE id = ?", (n,)).fetchone() if n else None
-                assert n == 0 or (row and row[0] == last), f"{home.name}: committed entry {n} lost or changed"
-            finally:
-                led.close()
+        kill_and_restart(mesh, victim)
+        assert_committed_entries_kept(homes, before)
         if victim != 0:  # the submitter survived: its job must still end (done, or failed with a reason)
-            def ended(c=client, j=job_id):
-                r = c.request("GET", f"/jobs/{j}?wait=2")
-                return r["status"] != "running" and r
-
-            rep = wait_for(ended, 60, "the job to end")
-            assert rep["status"] in ("done", "failed")
-            if rep["status"] == "failed":
-                assert all(s.get("error") for s in rep["steps"].values() if s["status"] == "failed")
+            assert_job_ends(client, job_id)
     assert kills["submitter"] and kills["worker"], kills  # the seed exercises both sides
 
+    paid = check_ledgers(homes)
+    # a worker never earned what its submitter did not pay (receipts land after the payer's commit)
+    for n, home in zip(mesh.nodes, homes, strict=True):
+        assert_earned_was_paid(home, n.node_id, paid)
+        st = cli_json("status", "--home", str(home))
+        recomputed = cli_json("ledger", "balance", "--home", str(home))["balance"]
+        assert st["balance"] == pytest.approx(recomputed)  # the running balance matches the entries
+
+
+def kill_and_restart(mesh, victim: int) -> None:
+    """kill -9 one node and start it again on the same home; wait until the mesh is whole again."""
+    node = mesh.nodes[victim]
+    node.kill()
+    node.proc.wait(10)
+    node.start([] if victim == 0 else [mesh.nodes[0].listen])
+    node.wait_started(60)
+    node.info = None
+    if victim == 0:  # the others re-learn its new address from its new record
+        for other in mesh.nodes[1:]:
+            other.info = None
+    mesh.wait_ready(60)
+
+
+def assert_committed_entries_kept(homes: list[Path], before: list[tuple[int, str]]) -> None:
+    """Every entry committed before the kill is still there, unchanged."""
+    for home, (n, last) in zip(homes, before, strict=True):
+        led = Ledger(home / "ledger.db", readonly=True)
+        try:
+            row = led.db.execute("SELECT hash FROM entries WHERE id = ?", (n,)).fetchone() if n else None
+            assert n == 0 or (row and row[0] == last), f"{home.name}: committed entry {n} lost or changed"
+        finally:
+            led.close()
+
+
+def assert_job_ends(client, job_id: str) -> None:
+    def ended():
+        r = client.request("GET", f"/jobs/{job_id}?wait=2")
+        return r["status"] != "running" and r
+
+    rep = wait_for(ended, 60, "the job to end")
+    assert rep["status"] in ("done", "failed")
+    if rep["status"] == "failed":
+        assert all(s.get("error") for s in rep["steps"].values() if s["status"] == "failed")
+
+
+def check_ledgers(homes: list[Path]) -> dict[tuple, float]:
+    """Each ledger verifies, its balance is the sum of its entries, nothing is recorded or paid twice;
+    returns what was paid for each (job, step, worker)."""
     paid: dict[tuple, float] = {}
     for home in homes:
         res = run_cli("ledger", "verify", "--home", str(home))
@@ -91,15 +117,14 @@ def test_kill_9_at_random_points_loses_and_doubles_nothing(make_mesh):
                     paid[key] = -r["amount"]
         finally:
             led.close()
-    # a worker never earned what its submitter did not pay (receipts land after the payer's commit)
-    for n, home in zip(mesh.nodes, homes, strict=True):
-        led = Ledger(home / "ledger.db", readonly=True)
-        try:
-            for r in led.history(None):
-                if r["kind"] == "earned":
-                    assert paid.get((r["job"], r["step"], n.node_id)) == pytest.approx(r["amount"])
-        finally:
-            led.close()
-        st = cli_json("status", "--home", str(home))
-        recomputed = cli_json("ledger", "balance", "--home", str(home))["balance"]
-        assert st["balance"] == pytest.approx(recomputed)  # the running balance matches the entries
+    return paid
+
+
+def assert_earned_was_paid(home: Path, node_id: str, paid: dict[tuple, float]) -> None:
+    led = Ledger(home / "ledger.db", readonly=True)
+    try:
+        for r in led.history(None):
+            if r["kind"] == "earned":
+                assert paid.get((r["job"], r["step"], node_id)) == pytest.approx(r["amount"])
+    finally:
+        led.close()

@@ -273,6 +273,67 @@ def test_llm_parameter_types(extra, needle):
     assert needle in error_of(job(llm("a", "p", **extra)))
 
 
+# -- json_schema: its shape is checked here, llama.cpp's grammar in mesh.steps.grammar ----------------------
+
+def nested(levels: int) -> dict:
+    """A schema `levels` objects deep."""
+    schema: dict = {"type": "object"}
+    for _ in range(levels - 1):
+        schema = {"type": "object", "additionalProperties": schema}
+    return schema
+
+
+@pytest.mark.parametrize("schema,needle", [
+    ("{}", "must be a JSON schema object of at most 16 KiB"),
+    (["type", "object"], "must be a JSON schema object of at most 16 KiB"),
+    ({"type": "object", "description": "x" * 17_000}, "must be a JSON schema object of at most 16 KiB"),
+    (nested(33), "must nest at most 32 levels deep"),
+    (nested(50_000), "must nest at most 32 levels deep"),  # no RecursionError on the way
+])
+def test_json_schema_shape_is_checked_by_the_core(schema, needle):
+    assert error_of(job(llm("a", "p", json_schema=schema))) == f"job.json: step 'a': json_schema: {needle}"
+
+
+def test_the_core_leaves_the_grammar_to_mesh_steps_and_never_imports_llama_cpp():
+    import subprocess
+    import sys
+
+    code = ("import sys; from mesh.core.dag import parse_job; parse_job({'steps': [{'id': 'a', 'kind': 'llm', "
+            "'params': {'prompt': 'p', 'json_schema': {'type': 'bogus'}}}]}); "
+            "assert 'llama_cpp' not in sys.modules, 'mesh.core imported llama_cpp'")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("kind", ["llm", "ask-model"])
+def test_a_schema_llama_cpp_cannot_use_is_refused_where_jobs_are_accepted(kind):
+    from mesh.steps.grammar import check_grammars
+
+    params = {"prompt": "p", "json_schema": {"type": "bogus"}} | ({"model": "other"} if kind == "ask-model" else {})
+    parsed = parse_job(job(py("first"), {"id": "a", "kind": kind, "params": params}), "job.json")
+    with pytest.raises(JobError) as info:
+        check_grammars(parsed, "job.json")
+    assert isinstance(info.value, UserError)
+    assert str(info.value).startswith("job.json: step 'a': json_schema: llama.cpp cannot build a grammar from it (")
+
+
+def test_usable_schemas_pass_the_grammar_check_and_build_a_grammar():
+    from mesh.steps.grammar import build_grammar, check_grammars
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    check_grammars(parse_job(job(llm("a", "p", json_schema=schema), llm("b", "p"), py("c"))))
+    check_grammars(parse_job(job(llm("a", "p", json_schema=nested(32)))))  # as deep as the core allows
+    assert build_grammar(schema) is not None
+
+
+def test_a_worker_given_an_unusable_schema_fails_the_step_instead_of_crashing():
+    from mesh.errors import StepFailed
+    from mesh.steps.grammar import build_grammar
+
+    with pytest.raises(StepFailed, match="^json_schema: llama.cpp cannot build a grammar from it"):
+        build_grammar({"type": "bogus"})
+
+
 @pytest.mark.parametrize("data,needle", [
     ([], "JSON object"),
     ('"steps"', "JSON object"),  # JSON text whose value is a string

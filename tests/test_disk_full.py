@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.node.local import LocalMesh
+from mesh.cli.local import LocalMesh
 
 from .conftest import cli_json, run_cli, wait_for
 

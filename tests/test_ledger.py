@@ -407,3 +407,51 @@ def test_a_read_only_database_is_a_clear_ledger_error_and_changes_nothing(ledger
     ledger.db.execute("PRAGMA query_only = OFF")
     n, why = ledger.verify(me.node_id)
     assert why == "" and n == len(batch(me, peer))
+
+
+# -- the typed receipt ------------------------------------------------------------------------------------
+
+def test_receipt_round_trips_to_the_very_json_it_was_read_from(me, peer):
+    from ledger.receipts import Receipt
+    from mesh.wire.canonical import canonical
+
+    for amount in (1.5, 7, 0):  # an int amount stays an int: "7" and "7.0" are different signed bytes
+        r = make_receipt(me, "job", "step", peer.node_id, amount, TS)
+        typed = Receipt.from_json(r)
+        assert typed.to_json() == r and canonical(typed.to_json()) == canonical(r)
+        assert type(typed.amount) is type(amount)
+        assert typed.problem() == "" and typed.payer_id == me.node_id == payer_id(r)
+        assert list(typed.to_json()) == ["job", "step", "worker", "amount", "payer", "ts", "sig"]
+
+
+def test_receipt_from_json_refuses_what_check_receipt_refuses(me, peer):
+    from ledger.receipts import BadReceipt, Receipt, verified
+
+    r = make_receipt(me, "job", "step", peer.node_id, 1.5, TS)
+    with pytest.raises(BadReceipt, match="fields are wrong"):
+        Receipt.from_json({**r, "bonus": 1})
+    with pytest.raises(BadReceipt, match="amount is out of range"):
+        Receipt.from_json({**r, "amount": True})
+    with pytest.raises(BadReceipt, match="signature does not verify"):
+        verified({**r, "amount": 2.0})
+
+
+def test_a_typed_receipt_in_an_entry_is_stored_as_its_json(tmp_path, me, peer):
+    """The worker books a Receipt object; the row (and its hash) is the one the plain dict gives."""
+    from ledger.receipts import Receipt
+
+    r = make_receipt(peer, "job", "step", me.node_id, 2.5, TS)
+    rows = []
+    for name, receipt in (("plain", r), ("typed", Receipt.from_json(r))):
+        led = Ledger(tmp_path / f"{name}.db")
+        led.append([Entry("earned", "job", "step", peer.node_id, 2.5, {"receipt": receipt})], TS)
+        assert led.verify(me.node_id) == (1, "")
+        rows.append(led.db.execute("SELECT detail, hash FROM entries").fetchall())
+        led.close()
+    assert rows[0] == rows[1]
+
+
+def test_a_detail_value_without_json_is_refused(ledger, peer):
+    with pytest.raises(TypeError, match="has no to_json"):
+        ledger.append([Entry("agreed", "j", "s", peer.node_id, 0.0, {"why": object()})], TS)
+    assert ledger.history() == []

@@ -3,10 +3,19 @@ pass; the same output with one token changed, or cut from another prompt, fails 
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from mesh.steps.llm import Model
+from actors.messages import RunStep, StepDone
+from actors.model_runner import ModelRunnerActor
+from mesh.core.dag import parse_job
+from mesh.core.jobrun import JobRun
+from mesh.core.policy import Candidate
+from mesh.errors import StepFailed
+from mesh.steps.llm import N_CTX, Model
 from mesh.steps.models import default_model
+from mesh.wire.canonical import digest
 
 pytestmark = [pytest.mark.llm, pytest.mark.timeout(300)]
 
@@ -37,3 +46,79 @@ def test_nonsense_claims_are_rejected_not_crashing(model):
     assert not model.verify("Hello", []).ok
     assert not model.verify("Hello", [10**9]).ok
     assert not model.verify("Hello", [-1]).ok
+
+
+# -- one context size; a claim that does not fit is no verdict ------------------------------------------------
+
+PARIS = "The history of Paris begins with a small fishing village on an island in the river. "
+
+
+@pytest.fixture(scope="module")
+def small() -> Model:
+    """The default model with a 256-token context (llama.cpp's smallest): claims that fill it without
+    long (slow) prompts."""
+    path, sha = default_model()
+    return Model(path, sha, 2, n_ctx=256)
+
+
+def test_generator_and_scorer_share_one_context(model, small):
+    """The scorer once had 1024 tokens to the generator's 2048: an honest claim after a prompt of over
+    1024 tokens was refused as if it disagreed."""
+    assert model.llm.n_ctx() == model._scorer().n_ctx() == N_CTX
+    assert small.llm.n_ctx() == small._scorer().n_ctx() == 256
+
+
+def test_an_honest_claim_filling_the_context_is_accepted(small):
+    prompt = PARIS * 13
+    gen = small.generate(prompt, 256 - len(small._tokens(prompt)))
+    assert gen.prompt_tokens + gen.tokens > 240  # most of the context
+    verdict = small.verify(prompt, list(gen.token_ids))
+    assert verdict.ok and verdict.first_bad == -1 and verdict.tokens == gen.tokens
+
+
+def test_a_claim_that_does_not_fit_the_context_is_a_failure_not_a_rejection(small):
+    ids = list(small.generate("Hello", 8).token_ids)
+    with pytest.raises(StepFailed, match="exceed the context of 256"):
+        small.verify(PARIS * 16, ids)
+
+
+class _RunnerProbe(ModelRunnerActor):
+    """The model runner's message handling, without an actor system: what it would send is kept."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model, self.sent = model, []
+
+    def send(self, target, message) -> None:
+        self.sent.append(message)
+
+
+class _TooLong:
+    sha256 = "0" * 64
+
+    def verify(self, prompt, token_ids, claim=None):
+        raise StepFailed("cannot score: prompt (3000 tokens) + claim (8 tokens) exceed the context of 2048")
+
+
+def test_the_model_runner_answers_an_unscorable_claim_with_a_failed_step():
+    runner = _RunnerProbe(_TooLong())
+    runner.receiveMsg_RunStep(RunStep("r1", "score", {"prompt": "p", "token_ids": [1, 2], "claim": "x"}, 10), None)
+    (done,) = runner.sent
+    assert isinstance(done, StepDone) and not done.ok and "exceed the context" in done.error
+    assert done.output is None  # no {"accepted": ...}: not a verdict
+
+
+def test_a_verifier_that_cannot_score_is_a_no_show_never_a_dissenter():
+    job = parse_job({"redundancy": 3, "steps": [{"id": "a", "kind": "llm", "compare": "score",
+                                                 "params": {"prompt": "Once", "max_tokens": 4}}]})
+    workers = {"llm:default": [Candidate(f"w{i}", 0.9, f"10.0.{i}") for i in range(6)]}
+    run = JobRun("j", job, random.Random(2))
+    (gen,) = run.advance(workers, 0.0)
+    run.on_result("a", gen.node, True, digest(" upon"), " upon", {"tokens": 1, "token_ids": [10]}, "")
+    first, second = run.advance(workers, 0.0)
+    assert run.on_result("a", first.node, False, "", None, {}, "cannot score: ... exceed the context of 2048")
+    run.on_result("a", second.node, True, "", {"accepted": True, "first_bad": -1}, {"tokens": 1}, "")
+    assert run.advance(workers, 0.0) == []  # the generator and one verifier are a majority of 3
+    (o,) = run.take_outcomes()
+    assert o.accepted and first.node in o.failed and first.node not in o.dissenting
+    assert ("disagreed", first.node) not in o.verdicts()

@@ -93,7 +93,7 @@ def test_wrong_node_is_outvoted_earns_nothing_and_ranks_last(make_mesh, tmp_path
 
 @pytest.mark.timeout(120)
 def test_only_the_peer_port_listens_beyond_loopback(tmp_path: Path):
-    """Thespian's admin and actor ports, and the API, must all be on 127.0.0.1 (DESIGN §1)."""
+    """Thespian's admin and actor ports, and the API, must all be on 127.0.0.1 (docs/ARCHITECTURE.md, the process model)."""
     home = tmp_path / "n"
     proc = subprocess.Popen([sys.executable, "-m", "mesh", "node", "--home", str(home), "--no-model",
                              "--listen", "0.0.0.0:0", "--api", "127.0.0.1:0"],
@@ -235,7 +235,7 @@ def test_model_runner_killed_mid_step_is_replaced(make_mesh, tmp_path: Path):
 @pytest.mark.timeout(180)
 def test_node_without_bwrap_refuses_python_unless_its_operator_opts_in(tmp_path: Path):
     """No sandbox → no python steps from peers; `--allow-unsandboxed-python` is the explicit opt-in."""
-    from mesh.node.local import LocalMesh
+    from mesh.cli.local import LocalMesh
 
     mesh = LocalMesh(tmp_path / "m", 3, lambda i: ["--no-model"] + (["--allow-unsandboxed-python"] if i == 2 else []))
     for node in mesh.nodes[1:]:

@@ -262,8 +262,8 @@ def test_tally_invariants_under_random_events(rule_r, extra_limit, evs, margin, 
             if margin and more and t.issued < limit:
                 assert len(decision.agreeing) >= needed + len(decision.dissenting)
             assert not set(decision.agreeing) & set(decision.dissenting)
-            assert all(t.answers[n] == decision.digest for n in decision.agreeing)
-            assert all(t.answers[n] != decision.digest for n in decision.dissenting)
+            assert all(t.answers[n] == decision.key for n in decision.agreeing)
+            assert all(t.answers[n] != decision.key for n in decision.dissenting)
             assert set(decision.agreeing) | set(decision.dissenting) == set(t.answers)
             assert set(decision.failed) == set(t.failures)
             assert not t.pending

@@ -444,3 +444,32 @@ def test_cpu_time_is_measured_by_the_node_not_claimed_by_the_step():
               " + '{\"ok\":true,\"output\":2,\"cpu_s\":999999}').encode()))\noutput = 2")
     res = run(forged)
     assert res.output == 2 and res.cpu_s < 5, res
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"),
+                    reason="plays a normal user from root, with the system's python")
+def test_a_node_run_by_a_normal_user_runs_steps_the_same_way_and_measures_them():
+    """No step user and no cgroups then: the step runs as that user in bwrap's user namespace, and its
+    CPU is sampled from /proc (bwrap's rusage says nothing of its children)."""
+    import subprocess
+    import sysconfig
+
+    import mesh
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(mesh.__file__)))
+    probe = ("import sys\nsys.path[:0] = %r\nfrom mesh.steps.sandbox import run_python, MARK\nimport json, os\n"
+             "busy = 'import os, time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.3:\\n    pass\\n"
+             "output = [os.getuid(), open(\"/proc/self/status\").read().count(\"CapEff:\\t0000000000000000\")]'\n"
+             "r = run_python(busy, {}, 20)\nforged = 'import atexit, os\\natexit.register(lambda: os.write(1, (' + "
+             "repr(MARK) + ' + \\'{\"ok\":true,\"output\":2,\"cpu_s\":999999}\\').encode()))\\noutput = 2'\n"
+             "f = run_python(forged, {}, 20)\nprint(json.dumps([os.getuid(), r.output, r.cpu_s, f.output, f.cpu_s]))\n"
+             ) % ([here, sysconfig.get_paths()["purelib"]],)
+    res = subprocess.run(["/usr/bin/python3", "-c", probe], user=65534, group=65534, extra_groups=[],
+                         capture_output=True, text=True, cwd="/tmp", timeout=60)
+    if res.returncode != 0 and ("Permission denied" in res.stderr or "No module named" in res.stderr):
+        pytest.skip(f"the project is not readable by a normal user here: {res.stderr.strip().splitlines()[-1]}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    uid, (inner_uid, no_caps), cpu, forged_output, forged_cpu = json.loads(res.stdout)
+    assert uid == inner_uid == 65534 and no_caps == 1
+    assert 0.2 <= cpu < 5, cpu
+    assert forged_output == 2 and forged_cpu < 1, forged_cpu

@@ -9,6 +9,7 @@ import pytest
 
 from mesh.core.dag import parse_job
 from mesh.core.jobrun import replay_log
+from simulations.driver import replay_core_log
 from simulations.engine import Engine
 from simulations.run import Simulation, simulate
 from simulations.scenario import ScenarioError, load, parse_text
@@ -131,25 +132,38 @@ def test_churn_and_partitions_still_settle_every_step():
 
 def test_core_log_of_a_simulated_job_replays_to_the_same_decisions():
     s, text = small("colluding-20", 400)
-    sim = Simulation(s, 11)
-    for sub in sim.submitters:
-        sub.record = True
+    sim = Simulation(s, 11, record=True)
     sim.run()
     checked = 0
     for sub in sim.submitters:
-        for job_id, sj in sub.finished.items():
+        for job_id, sj in sub.core.jobs.items():
+            if sj.run.log is None:  # a recheck (its runs keep no log)
+                continue
             log = json.loads(json.dumps(sj.run.log))
-            assert replay_log(job_id, sj.run.job, sub.seeds[job_id], log, s.policy.margin) == log
+            assert replay_log(job_id, sj.run.job, sj.seed, log, s.policy.margin) == log
             checked += 1
     assert checked > 50
+
+
+def test_a_simulated_submitters_whole_core_log_replays_to_the_same_decisions():
+    """Every input the simulator fed a submitter's core (jobs, ticks, answers, lost workers, spot-check
+    timeouts, ledger results) and every effect it got back, replayed into a fresh core."""
+    s, text = small("colluding-20", 400)
+    sim = Simulation(s, 12, record=True)
+    sim.run()
+    for sub in sim.submitters:
+        log = json.loads(json.dumps(sub.core.log))
+        assert {e[0] for e in log} >= {"config", "submit", "tick", "on_result", "on_recorded", "effects"}
+        assert replay_core_log(log) == log
+    assert sum(e[0] == "on_check_timeout" for sub in sim.submitters for e in sub.core.log) > 0
 
 
 @pytest.mark.mesh
 @pytest.mark.timeout(240)
 def test_core_decides_the_same_under_a_real_mesh_and_a_replay(make_mesh, tmp_path):
-    """The node records what its JobRun was fed (--core-log); a fresh JobRun fed the same events, as the
-    simulator feeds it, decides exactly the same."""
-    mesh = make_mesh(5, lambda i: ["--no-model"] + (["--core-log"] if i == 0 else [])
+    """The node records what its JobRun and its submission core were fed (--core-log); a fresh JobRun fed
+    the same events, and a submission core built as the simulator builds its own, decide exactly the same."""
+    mesh = make_mesh(5, lambda i: ["--no-model"] + (["--core-log", "--spot-rate", "0.5"] if i == 0 else [])
                      + (["--fault", "wrong"] if i == 4 else []))
     job = tmp_path / "two.json"
     job.write_text(json.dumps({"name": "two", "redundancy": 3, "steps": [
@@ -160,6 +174,14 @@ def test_core_decides_the_same_under_a_real_mesh_and_a_replay(make_mesh, tmp_pat
     core = report["core_log"]
     assert any(e[0] == "dispatched" and e[1] for e in core["log"]) and any(e[0] == "on_result" for e in core["log"])
     assert replay_log(report["job_id"], parse_job(core["job"]), core["seed"], core["log"]) == core["log"]
+
+    # the node's whole submission core (slots, spot checks, ledger entries), replayed by the simulator's
+    lines = (mesh.nodes[0].home / "submission-log.jsonl").read_text().splitlines()
+    log = [json.loads(line) for line in lines]
+    assert log[0][0] == "config" and any(e[0] == "submit" and e[1] == report["job_id"] for e in log)
+    effects = [e[0] for entry in log if entry[0] == "effects" for e in entry[1]]
+    assert {"Started", "Send", "Answer", "Record", "Finished"} <= set(effects)
+    assert replay_core_log(log) == log
 
 
 def test_settings_from_the_command_line_are_checked_and_kept_in_the_trace(tmp_path):

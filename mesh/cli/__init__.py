@@ -1,1 +1,1 @@
-"""The `mesh` command line and the HTTP client it talks to a node with."""
+"""The `mesh` command line, the HTTP client it talks to a node with, and `mesh up`'s local meshes."""

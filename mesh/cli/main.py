@@ -79,12 +79,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _load_job_file(path: str) -> dict:
     from mesh.core.dag import load_job_text
+    from mesh.steps.grammar import check_grammars
 
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise JobError(f"cannot read job file {path}: {exc.strerror}") from None
-    load_job_text(text, path)  # validate locally: same checks as the node, clearer errors, nothing sent
+    # validate locally: same checks as the node, clearer errors, nothing sent
+    check_grammars(load_job_text(text, path), path)
     return json.loads(text)
 
 
@@ -111,35 +113,39 @@ def _wait(client, job_id: str, timeout: float) -> dict:
     """Follow a job's event stream to its end, showing each step and replica on stderr as it happens."""
     deadline = time.monotonic() + timeout
     tag = f"[{job_id[:8]}]"
-
-    def say(text: str) -> None:
-        print(f"{tag} {text}", file=sys.stderr, flush=True)
-
     tokens: dict[tuple[str, str], int] = {}
     for kind, ev in client.events(job_id):
-        if kind == "step" and ev["status"] != "waiting":
-            if ev["status"] in ("done", "failed"):
-                out = ev["output"] if isinstance(ev.get("output"), str) else json.dumps(ev.get("output"))
-                detail = (f"{len(ev.get('agreed', []))} agreed → {(out or '').replace(chr(10), ' ')[:80]}"
-                          if ev["status"] == "done" else ev.get("error", ""))
-                say(f"{ev['step']}: {ev['status']}  {detail}")
-            else:
-                say(f"{ev['step']}: {ev['status']}")
-        elif kind == "replica":
-            what = {"running": "asked", "answered": f"answered {ev.get('digest', '')[:12]}",
-                    "failed": f"failed: {ev.get('error', '')[:80]}"}[ev["state"]]
-            say(f"{ev['step']}: replica {ev['node'][:8]} {what}")
-        elif kind == "progress":
-            key = (ev["step"], ev["node"])
-            if ev["tokens"] > tokens.get(key, 0):
-                tokens[key] = ev["tokens"]
-                tail = ev.get("text", "")[-60:].replace("\n", " ")
-                say(f"{ev['step']}: {ev['node'][:8]} {ev['tokens']} tokens …{tail}")
-        elif kind == "done":
+        if kind == "done":
             return ev
+        line = _event_line(kind, ev, tokens)
+        if line:
+            print(f"{tag} {line}", file=sys.stderr, flush=True)
         if time.monotonic() > deadline:
             break
     raise MeshError(f"job {job_id} still running after {timeout:g} s; see `mesh job {job_id}`")
+
+
+def _event_line(kind: str, ev: dict, tokens: dict[tuple[str, str], int]) -> str:
+    """One progress line for a job event, '' for none. `tokens`: the longest text shown so far per
+    (step, node), so a progress event that is not ahead of it is not shown again."""
+    if kind == "step" and ev["status"] != "waiting":
+        if ev["status"] not in ("done", "failed"):
+            return f"{ev['step']}: {ev['status']}"
+        out = ev["output"] if isinstance(ev.get("output"), str) else json.dumps(ev.get("output"))
+        detail = (f"{len(ev.get('agreed', []))} agreed → {(out or '').replace(chr(10), ' ')[:80]}"
+                  if ev["status"] == "done" else ev.get("error", ""))
+        return f"{ev['step']}: {ev['status']}  {detail}"
+    if kind == "replica":
+        what = {"running": "asked", "answered": f"answered {ev.get('digest', '')[:12]}",
+                "failed": f"failed: {ev.get('error', '')[:80]}"}[ev["state"]]
+        return f"{ev['step']}: replica {ev['node'][:8]} {what}"
+    if kind == "progress":
+        key = (ev["step"], ev["node"])
+        if ev["tokens"] > tokens.get(key, 0):
+            tokens[key] = ev["tokens"]
+            tail = ev.get("text", "")[-60:].replace("\n", " ")
+            return f"{ev['step']}: {ev['node'][:8]} {ev['tokens']} tokens …{tail}"
+    return ""
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -215,7 +221,6 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    from ledger import views
     from ledger.store import Ledger
     from mesh.node.home import LEDGER_FILE
     from mesh.wire.identity import load
@@ -228,47 +233,74 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     me = load(home).node_id
     led = Ledger(home / LEDGER_FILE, readonly=True)
     try:
-        if args.what == "explain":
-            from ledger.explain import explain
-
-            if not args.arg.isdigit():
-                raise UserError(f"ENTRY is an entry number (see `mesh ledger history`), got {args.arg!r}")
-            entry = led.entry(int(args.arg))
-            if entry is None:
-                raise UserError(f"no entry {args.arg} in {home / LEDGER_FILE}")
-            text = explain(entry, me)
-            _emit(args, {**entry, "explanation": text}, text)
-        elif args.what == "export":
-            from ledger.export import export_receipts
-
-            data = export_receipts(led.history(None), me)
-            _write(args.arg, json.dumps(data, indent=1) + "\n")
-            _emit(args, {"file": args.arg, "receipts": len(data["receipts"]), "total": data["total"]},
-                  f"wrote {len(data['receipts'])} receipts worth {data['total']:g} credits to {args.arg}")
-        elif args.what == "balance":
-            obj = views.balance(led, me)
-            _emit(args, obj, f"node {me}\nbalance {obj['balance']:g} (earned {obj['earned']:g}, "
-                             f"spent {obj['spent']:g})")
-        elif args.what == "peers":
-            rows = views.peers(led, int(time.time() * 1000))
-            human = "\n".join(f"{r['node'][:16]}  reputation {r['reputation']:.3f}  agreed {r['agreed']}  "
-                              f"disagreed {r['disagreed']}  no-show {r['no_show']}  penalties {r['penalty']}  "
-                              f"failed spot checks {r['spot_failed']}" for r in rows)
-            _emit(args, rows, human or "no peers recorded yet")
-        elif args.what == "history":
-            rows = led.history(args.limit)
-            human = "\n".join(f"#{r['id']:<5} {r['kind']:<9} {r['amount']:>+10.4f}  job {r['job'][:10]} "
-                              f"step {r['step']:<10} peer {r['peer'][:12]}" for r in rows)
-            _emit(args, rows, human or "no entries yet")
-        else:
-            n, why = led.verify(me)
-            if why:
-                _emit(args, {"ok": False, "entry": n, "reason": why}, f"ledger does NOT verify: {why}")
-                return 1
-            _emit(args, {"ok": True, "entries": n}, f"ledger verifies: {n} entries, chain and receipts intact")
+        return _LEDGER_VIEWS[args.what](args, led, me)
     finally:
         led.close()
+
+
+def _ledger_explain(args: argparse.Namespace, led, me: str) -> int:
+    from ledger.explain import explain
+    from mesh.node.home import LEDGER_FILE
+
+    if not args.arg.isdigit():
+        raise UserError(f"ENTRY is an entry number (see `mesh ledger history`), got {args.arg!r}")
+    entry = led.entry(int(args.arg))
+    if entry is None:
+        raise UserError(f"no entry {args.arg} in {_home(args) / LEDGER_FILE}")
+    text = explain(entry, me)
+    _emit(args, {**entry, "explanation": text}, text)
     return 0
+
+
+def _ledger_export(args: argparse.Namespace, led, me: str) -> int:
+    from ledger.export import export_receipts
+
+    data = export_receipts(led.history(None), me)
+    _write(args.arg, json.dumps(data, indent=1) + "\n")
+    _emit(args, {"file": args.arg, "receipts": len(data["receipts"]), "total": data["total"]},
+          f"wrote {len(data['receipts'])} receipts worth {data['total']:g} credits to {args.arg}")
+    return 0
+
+
+def _ledger_balance(args: argparse.Namespace, led, me: str) -> int:
+    from ledger import views
+
+    obj = views.balance(led, me)
+    _emit(args, obj, f"node {me}\nbalance {obj['balance']:g} (earned {obj['earned']:g}, "
+                     f"spent {obj['spent']:g})")
+    return 0
+
+
+def _ledger_peers(args: argparse.Namespace, led, me: str) -> int:
+    from ledger import views
+
+    rows = views.peers(led, int(time.time() * 1000))
+    human = "\n".join(f"{r['node'][:16]}  reputation {r['reputation']:.3f}  agreed {r['agreed']}  "
+                      f"disagreed {r['disagreed']}  no-show {r['no_show']}  penalties {r['penalty']}  "
+                      f"failed spot checks {r['spot_failed']}" for r in rows)
+    _emit(args, rows, human or "no peers recorded yet")
+    return 0
+
+
+def _ledger_history(args: argparse.Namespace, led, me: str) -> int:
+    rows = led.history(args.limit)
+    human = "\n".join(f"#{r['id']:<5} {r['kind']:<9} {r['amount']:>+10.4f}  job {r['job'][:10]} "
+                      f"step {r['step']:<10} peer {r['peer'][:12]}" for r in rows)
+    _emit(args, rows, human or "no entries yet")
+    return 0
+
+
+def _ledger_verify(args: argparse.Namespace, led, me: str) -> int:
+    n, why = led.verify(me)
+    if why:
+        _emit(args, {"ok": False, "entry": n, "reason": why}, f"ledger does NOT verify: {why}")
+        return 1
+    _emit(args, {"ok": True, "entries": n}, f"ledger verifies: {n} entries, chain and receipts intact")
+    return 0
+
+
+_LEDGER_VIEWS = {"explain": _ledger_explain, "export": _ledger_export, "balance": _ledger_balance,
+                 "peers": _ledger_peers, "history": _ledger_history, "verify": _ledger_verify}
 
 
 def _stop_on_sigterm() -> None:
@@ -299,7 +331,7 @@ def _verify_receipts(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from mesh.node.local import LocalMesh
+    from mesh.cli.local import LocalMesh
 
     directory = Path(args.dir).expanduser()
     mesh = LocalMesh(directory, args.nodes, lambda i: ["--no-model"] if args.no_model else [])
@@ -350,7 +382,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from mesh.cli.client import Client
-    from mesh.node.local import LocalMesh
+    from mesh.cli.local import LocalMesh
 
     job_path = args.job or str(Path(__file__).resolve().parents[2] / "examples" / "demo-job.json")
     job = _load_job_file(job_path)
@@ -377,25 +409,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if report["status"] == "done" else EXIT_FAILED
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mesh", description="homemesh: pool untrusted computers into one "
-                                "cross-checked compute mesh. Each step of a job runs on several nodes and "
-                                "is accepted only when a quorum of their signed answers agree.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, func, help: str, api: bool = False, json_flag: bool = False) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
-        sp.set_defaults(func=func)
-        sp.add_argument("--home", help="node home directory (default: $MESH_HOME or ~/.homemesh)")
-        if api:
-            sp.add_argument("--api", help="node API URL instead of --home (token: --home or $MESH_API_TOKEN)")
-        if json_flag:
-            sp.add_argument("--json", action="store_true", help="print one JSON object")
-        return sp
-
-    add("init", cmd_init, "create a node key (node.key, mode 0600) and API token; prints the node id")
-
-    sp = add("node", cmd_node, "run one node in the foreground; SIGINT/SIGTERM stop it cleanly")
+def _add_node_options(sp: argparse.ArgumentParser) -> None:
+    """`mesh node`'s options: most of NodeOptions, which cmd_node fills from them."""
     sp.add_argument("--listen", default="127.0.0.1:4750", help="peer gateway HOST:PORT (default 127.0.0.1:4750)")
     sp.add_argument("--api", default="127.0.0.1:4751", help="HTTP API HOST:PORT, loopback only (default 127.0.0.1:4751)")
     sp.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT", help="a peer to join through (repeatable)")
@@ -432,6 +447,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="credits this node may spend beyond what it has earned (default 10)")
     sp.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: up to 4)")
     sp.add_argument("--model", metavar="PATH.gguf", help="serve this GGUF model instead of the default Gemma 3 270M")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mesh", description="homemesh: pool untrusted computers into one "
+                                "cross-checked compute mesh. Each step of a job runs on several nodes and "
+                                "is accepted only when a quorum of their signed answers agree.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help: str, api: bool = False, json_flag: bool = False) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        sp.add_argument("--home", help="node home directory (default: $MESH_HOME or ~/.homemesh)")
+        if api:
+            sp.add_argument("--api", help="node API URL instead of --home (token: --home or $MESH_API_TOKEN)")
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="print one JSON object")
+        return sp
+
+    add("init", cmd_init, "create a node key (node.key, mode 0600) and API token; prints the node id")
+
+    _add_node_options(add("node", cmd_node, "run one node in the foreground; SIGINT/SIGTERM stop it cleanly"))
 
     sp = add("up", cmd_up, "start N nodes on loopback, wait until they know each other, print their addresses")
     sp.add_argument("--nodes", type=int, default=3)

@@ -1,6 +1,7 @@
 """The step kinds a job may use, each with a JSON schema of its parameters: what GET /steps serves (the
 editor's palette and forms) and where mesh.core.dag takes the parameter names it accepts. mesh.core.dag still
-checks the values (ranges, URLs, grammars), with messages a person can act on."""
+checks the values (ranges, URLs, a schema's shape; mesh.steps.grammar builds grammars), with messages a
+person can act on."""
 
 from __future__ import annotations
 

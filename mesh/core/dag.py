@@ -86,6 +86,8 @@ def load_job_text(text: str, source: str = "job") -> Job:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise JobError(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise JobError(f"{source}: nested too deeply to be a job") from None
     return parse_job(data, source)
 
 
@@ -100,7 +102,9 @@ def _refs(value: Any) -> set[str]:
 
 
 def parse_job(data: Any, source: str = "job", redundancy: int | None = None, quorum: str | None = None) -> Job:
-    """Validate a decoded job object; `redundancy`/`quorum` override the file's values."""
+    """Validate a decoded job object; `redundancy`/`quorum` override the file's values. Checks run in a
+    fixed order (job fields, then each step in file order, then references, then cycles), so a job with
+    several mistakes is always refused for the same one."""
     if not isinstance(data, dict):
         raise JobError(f"{source}: a job is a JSON object with a 'steps' list")
     unknown = set(data) - {"name", "redundancy", "quorum", "steps", "timeout", "max_replicas", "adaptive"}
@@ -109,41 +113,9 @@ def parse_job(data: Any, source: str = "job", redundancy: int | None = None, quo
     name = data.get("name", "job")
     if not isinstance(name, str):
         raise JobError(f"{source}: 'name' must be a string")
-    r = redundancy if redundancy is not None else data.get("redundancy", 3)
-    if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= 16:
-        raise JobError(f"{source}: redundancy must be an integer from 1 to 16, got {r!r}")
-    try:
-        rule = QuorumRule.parse(quorum if quorum is not None else data.get("quorum", "majority"), r)
-    except JobError as exc:
-        raise JobError(f"{source}: {exc}") from None
-    r = rule.n or r  # K-of-N fixes the redundancy at N
-    timeout = data.get("timeout", 300.0)
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 1 <= timeout <= 3600:
-        raise JobError(f"{source}: timeout must be seconds from 1 to 3600")
-    max_rep = data.get("max_replicas", 0)
-    if not isinstance(max_rep, int) or isinstance(max_rep, bool) or not (max_rep == 0 or r <= max_rep <= 64):
-        raise JobError(f"{source}: max_replicas must be 0 (auto) or from redundancy to 64")
-    adaptive = data.get("adaptive", 0)
-    if not isinstance(adaptive, int) or isinstance(adaptive, bool) or not 0 <= adaptive <= 1000:
-        raise JobError(f"{source}: adaptive must be 0 (off) or the run of validated results (1-1000) that "
-                       "lets a worker run a step alone")
-    if adaptive and rule.k:
-        raise JobError(f"{source}: adaptive replication works with the majority or unanimous rule, not {rule.spec}")
-    raw_steps = data.get("steps")
-    if not isinstance(raw_steps, list) or not raw_steps:
-        raise JobError(f"{source}: 'steps' must be a non-empty list")
-    if len(raw_steps) > MAX_STEPS:
-        raise JobError(f"{source}: at most {MAX_STEPS} steps")
-    steps: list[Step] = []
-    seen: set[str] = set()
-    for i, raw in enumerate(raw_steps):
-        steps.append(_parse_step(raw, i, seen, source))
-    for s in steps:
-        for dep in set(s.after) | _refs(s.params):
-            if dep not in seen:
-                raise JobError(f"{source}: step {s.id!r} refers to missing step {dep!r}")
-            if dep not in s.after:
-                s.after.append(dep)
+    r, rule = _parse_quorum(data, source, redundancy, quorum)
+    timeout, max_rep, adaptive = _parse_limits(data, source, r, rule)
+    steps = _parse_steps(data.get("steps"), source)
     job = Job(name=name, steps=steps, redundancy=r, quorum=rule, timeout=float(timeout), max_replicas=max_rep,
               adaptive=adaptive)
     g = job.graph()
@@ -151,6 +123,57 @@ def parse_job(data: Any, source: str = "job", redundancy: int | None = None, quo
         cycle = " -> ".join(u for u, _ in nx.find_cycle(g))
         raise JobError(f"{source}: steps form a cycle: {cycle}")
     return job
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_quorum(data: dict, source: str, redundancy: int | None, quorum: str | None) -> tuple[int, QuorumRule]:
+    """(redundancy, quorum rule); a K-of-N rule fixes the redundancy at N."""
+    r = redundancy if redundancy is not None else data.get("redundancy", 3)
+    if not _is_int(r) or not 1 <= r <= 16:
+        raise JobError(f"{source}: redundancy must be an integer from 1 to 16, got {r!r}")
+    try:
+        rule = QuorumRule.parse(quorum if quorum is not None else data.get("quorum", "majority"), r)
+    except JobError as exc:
+        raise JobError(f"{source}: {exc}") from None
+    return rule.n or r, rule
+
+
+def _parse_limits(data: dict, source: str, r: int, rule: QuorumRule) -> tuple[int | float, int, int]:
+    """(timeout, max_replicas, adaptive), each checked against the redundancy and rule already parsed."""
+    timeout = data.get("timeout", 300.0)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 1 <= timeout <= 3600:
+        raise JobError(f"{source}: timeout must be seconds from 1 to 3600")
+    max_rep = data.get("max_replicas", 0)
+    if not _is_int(max_rep) or not (max_rep == 0 or r <= max_rep <= 64):
+        raise JobError(f"{source}: max_replicas must be 0 (auto) or from redundancy to 64")
+    adaptive = data.get("adaptive", 0)
+    if not _is_int(adaptive) or not 0 <= adaptive <= 1000:
+        raise JobError(f"{source}: adaptive must be 0 (off) or the run of validated results (1-1000) that "
+                       "lets a worker run a step alone")
+    if adaptive and rule.k:
+        raise JobError(f"{source}: adaptive replication works with the majority or unanimous rule, not {rule.spec}")
+    return timeout, max_rep, adaptive
+
+
+def _parse_steps(raw_steps: Any, source: str) -> list[Step]:
+    """Each step checked on its own, then every reference (in 'after' or a `{step.output}`) resolved:
+    a step referred to without being listed in 'after' is added to it."""
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise JobError(f"{source}: 'steps' must be a non-empty list")
+    if len(raw_steps) > MAX_STEPS:
+        raise JobError(f"{source}: at most {MAX_STEPS} steps")
+    seen: set[str] = set()
+    steps = [_parse_step(raw, i, seen, source) for i, raw in enumerate(raw_steps)]
+    for s in steps:
+        for dep in set(s.after) | _refs(s.params):
+            if dep not in seen:
+                raise JobError(f"{source}: step {s.id!r} refers to missing step {dep!r}")
+            if dep not in s.after:
+                s.after.append(dep)
+    return steps
 
 
 def _parse_step(raw: Any, i: int, seen: set[str], source: str) -> Step:
@@ -232,27 +255,33 @@ def _check_params(sid: str, kind: str, params: dict, source: str, resolved: bool
     if kind == "ask-model" and "model" not in params:
         raise JobError(f"{where}: an ask-model step names its model (a name this node registered, or a SHA-256)")
     if kind in MODEL_KINDS:
-        mt = params.get("max_tokens", 64)
-        if not isinstance(mt, int) or isinstance(mt, bool) or not 1 <= mt <= 2048:
-            raise JobError(f"{where}: max_tokens must be an integer from 1 to 2048")
-        seed = params.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise JobError(f"{where}: seed must be an integer")
-        model = params.get("model", "default")
-        pattern = r"[0-9a-f]{64}" if resolved else r"[0-9a-f]{64}|[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
-        if model != "default" and not (isinstance(model, str) and re.fullmatch(pattern, model)):
-            raise JobError(f"{where}: model must be 'default', a model's SHA-256 (64 lowercase hex digits)"
-                           + ("" if resolved else " or the name of a model registered on the submitting node"))
-        temperature = params.get("temperature", 0)
-        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
-            raise JobError(f"{where}: temperature must be a number from 0 (greedy, answers compared exactly) to 2")
-        if "json_schema" in params:
-            schema_error = _check_schema(params["json_schema"])
-            if schema_error:
-                raise JobError(f"{where}: json_schema: {schema_error}")
-        stop = params.get("stop", [])
-        if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop) or len(stop) > 8:
-            raise JobError(f"{where}: stop must be a list of at most 8 non-empty strings")
+        _check_model_params(where, params, resolved)
+
+
+def _check_model_params(where: str, params: dict, resolved: bool) -> None:
+    """llm and ask-model parameters. A json_schema is checked here for shape only: whether llama.cpp can
+    build a grammar from it is mesh.steps.grammar's question (the core does not import llama_cpp)."""
+    mt = params.get("max_tokens", 64)
+    if not isinstance(mt, int) or isinstance(mt, bool) or not 1 <= mt <= 2048:
+        raise JobError(f"{where}: max_tokens must be an integer from 1 to 2048")
+    seed = params.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise JobError(f"{where}: seed must be an integer")
+    model = params.get("model", "default")
+    pattern = r"[0-9a-f]{64}" if resolved else r"[0-9a-f]{64}|[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+    if model != "default" and not (isinstance(model, str) and re.fullmatch(pattern, model)):
+        raise JobError(f"{where}: model must be 'default', a model's SHA-256 (64 lowercase hex digits)"
+                       + ("" if resolved else " or the name of a model registered on the submitting node"))
+    temperature = params.get("temperature", 0)
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
+        raise JobError(f"{where}: temperature must be a number from 0 (greedy, answers compared exactly) to 2")
+    if "json_schema" in params:
+        schema_error = _check_schema(params["json_schema"])
+        if schema_error:
+            raise JobError(f"{where}: json_schema: {schema_error}")
+    stop = params.get("stop", [])
+    if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop) or len(stop) > 8:
+        raise JobError(f"{where}: stop must be a list of at most 8 non-empty strings")
 
 
 def _check_scrape(where: str, params: dict, resolved: bool) -> None:
@@ -274,17 +303,36 @@ def _check_scrape(where: str, params: dict, resolved: bool) -> None:
         raise JobError(f"{where}: max_chars must be an integer from 1 to 200000")
 
 
-def _check_schema(schema: Any) -> str:
-    """'' when llama.cpp can turn this JSON schema into a grammar; otherwise why not."""
-    if not isinstance(schema, dict) or len(canonical(schema)) > 16_384:
-        return "must be a JSON schema object of at most 16 KiB"
-    from llama_cpp.llama_grammar import json_schema_to_gbnf  # pure Python, no model needed
+MAX_SCHEMA_BYTES = 16_384
+MAX_SCHEMA_DEPTH = 32  # nested objects and lists; deeper is no schema a person writes, only a recursion bomb
 
-    try:
-        json_schema_to_gbnf(json.dumps(schema))
-    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
-        return f"llama.cpp cannot build a grammar from it ({type(exc).__name__}: {str(exc)[:200]})"
+
+def _check_schema(schema: Any) -> str:
+    """'' when a json_schema has the shape of one (an object, at most 16 KiB, at most 32 levels deep);
+    otherwise why not. The depth is measured first and without recursion, so a deeply nested value
+    costs neither the encoder nor llama.cpp's converter a RecursionError."""
+    if not isinstance(schema, dict):
+        return "must be a JSON schema object of at most 16 KiB"
+    if _depth(schema, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
+        return f"must nest at most {MAX_SCHEMA_DEPTH} levels deep"
+    if len(canonical(schema)) > MAX_SCHEMA_BYTES:
+        return "must be a JSON schema object of at most 16 KiB"
     return ""
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of dicts and lists (a scalar is 0), counted up to just over `limit`."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if deepest > limit:
+            break
+        stack.extend((c, level + 1) for c in children)
+    return deepest
 
 
 def default_compare(kind: str, params: dict) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from mesh.core.compare import Comparator
 from mesh.core.dag import Job, Step, render, valid_ids
 from mesh.core.policy import Candidate, credit_basis, place
-from mesh.core.quorum import Accept, GiveUp, NeedMore, Tally
+from mesh.core.quorum import Accept, Decision, GiveUp, NeedMore, Tally
 
 
 @dataclass(frozen=True)
@@ -216,6 +216,8 @@ class JobRun:
         return out
 
     def _advance(self, workers: dict[str, list[Candidate]], now: float, held: frozenset[str]) -> list[Dispatch]:
+        """Sweep the steps in order until a sweep changes nothing: a step settled early in a sweep can
+        start the ones after it in the next."""
         out: list[Dispatch] = []
         progressed = True
         while progressed:
@@ -224,65 +226,86 @@ class JobRun:
                 run = self.steps[sid]
                 step = self.job.step(sid)
                 if run.status == "waiting":
-                    deps = [self.steps[d].status for d in step.after]
-                    if any(d in ("failed", "skipped") for d in deps):
-                        run.status, run.error = "skipped", "an earlier step failed"
-                        progressed = True
-                        continue
-                    if not all(d == "done" for d in deps):
-                        continue
-                    if run.params is None:  # (a recheck comes with its params already rendered)
-                        outputs = {d: self.steps[d].output for d in step.after}
-                        # python code is never templated: earlier outputs reach it as data only
-                        run.params = ({**step.params, "inputs": outputs} if run.kind == "python"
-                                      else render(step.params, outputs))
-                    run.tally = Tally(self.job.quorum, self.job.redundancy, self.job.replica_limit,
-                                      margin=self.margin and self.job.quorum.spec == "majority")
-                    run.status = "running"
-                    run.scoring = run.comparator.kind == "score"
-                    eligible = len(workers.get(step.needs, []))
-                    if eligible < self.job.redundancy:
-                        self._settle(sid, GiveUp(
-                            f"needs {self.job.redundancy} workers able to run {step.needs} steps other than the "
-                            f"submitter, the mesh offers {eligible}"))
-                        progressed = True
+                    self._start(sid, run, step, workers)
+                    if run.status != "running":  # still waiting (no progress), or skipped/given up (progress)
+                        progressed = progressed or run.status != "waiting"
                         continue
                 if run.status != "running":
                     continue
                 pool = workers.get(step.needs, [])
                 fresh = [c for c in pool if not run.tally.used(c.node)]
-                decision = run.tally.decide(more=bool(fresh))
-                solo = ""
-                if run.tally.issued == 0:  # first placement: the job's full redundancy, not just a quorum
-                    decision = NeedMore(1 if run.scoring else self.job.redundancy)
-                    solo = "" if run.scoring else self._trusted(pool)
-                    if solo:
-                        run.alone, run.tally.redundancy = True, 1
-                        decision = NeedMore(1)
-                elif run.scoring and run.claim is None and isinstance(decision, NeedMore):
-                    decision = NeedMore(1)  # the generator failed: one more generation, then verify it
-                elif run.scoring and run.claim is not None and not any(
-                        r.role == "verify" for r in run.replicas.values()):
-                    decision = NeedMore(min(self.job.redundancy - 1, len(fresh)) or 1)  # verify with all the rest
+                decision, solo = self._decide(run, pool, fresh)
                 if isinstance(decision, NeedMore):
-                    picked = [solo] if solo else place(fresh, decision.count, self.rng, self._suspects(run, pool))
-                    if not picked:
-                        decision = GiveUp("no unused worker left: " + run.tally.evidence())
-                    verify = run.scoring and run.claim is not None
-                    kind, params = ("score", {**(run.params or {}), "claim": run.claim.output,
-                                              "token_ids": run.claim.work["token_ids"]}) if verify else (
-                        run.kind, run.params)
-                    for node in picked:
-                        run.tally.issue(node)
-                        run.replicas[node] = Replica(node, deadline=now + self.job.timeout,
-                                                     role="verify" if verify else "generate")
-                        out.append(Dispatch(sid, node, kind, params, now + self.job.timeout))
+                    decision = self._dispatch(sid, run, decision, solo, fresh, pool, now, out)
                 if isinstance(decision, Accept) and held.intersection(decision.agreeing):
                     continue
                 if isinstance(decision, (Accept, GiveUp)):
                     self._settle(sid, decision)
                     progressed = True
         return out
+
+    def _start(self, sid: str, run: StepRun, step: Step, workers: dict[str, list[Candidate]]) -> None:
+        """A waiting step: skipped when an earlier step failed, left waiting until all its earlier steps
+        are done, else started (its params rendered from their outputs) — or given up at once when the
+        mesh has too few workers for its redundancy."""
+        deps = [self.steps[d].status for d in step.after]
+        if any(d in ("failed", "skipped") for d in deps):
+            run.status, run.error = "skipped", "an earlier step failed"
+            return
+        if not all(d == "done" for d in deps):
+            return
+        if run.params is None:  # (a recheck comes with its params already rendered)
+            outputs = {d: self.steps[d].output for d in step.after}
+            # python code is never templated: earlier outputs reach it as data only
+            run.params = ({**step.params, "inputs": outputs} if run.kind == "python"
+                          else render(step.params, outputs))
+        run.tally = Tally(self.job.quorum, self.job.redundancy, self.job.replica_limit,
+                          margin=self.margin and self.job.quorum.spec == "majority")
+        run.status = "running"
+        run.scoring = run.comparator.kind == "score"
+        eligible = len(workers.get(step.needs, []))
+        if eligible < self.job.redundancy:
+            self._settle(sid, GiveUp(
+                f"needs {self.job.redundancy} workers able to run {step.needs} steps other than the "
+                f"submitter, the mesh offers {eligible}"))
+
+    def _decide(self, run: StepRun, pool: list[Candidate], fresh: list[Candidate]) -> tuple[Decision, str]:
+        """The tally's decision, overridden where this run knows better: the first placement asks for the
+        job's full redundancy (or one trusted worker alone: returned as `solo`); under scoring, one
+        generation first, then verifiers for it."""
+        decision = run.tally.decide(more=bool(fresh))
+        solo = ""
+        if run.tally.issued == 0:  # first placement: the job's full redundancy, not just a quorum
+            decision = NeedMore(1 if run.scoring else self.job.redundancy)
+            solo = "" if run.scoring else self._trusted(pool)
+            if solo:
+                run.alone, run.tally.redundancy = True, 1
+                decision = NeedMore(1)
+        elif run.scoring and run.claim is None and isinstance(decision, NeedMore):
+            decision = NeedMore(1)  # the generator failed: one more generation, then verify it
+        elif run.scoring and run.claim is not None and not any(
+                r.role == "verify" for r in run.replicas.values()):
+            decision = NeedMore(min(self.job.redundancy - 1, len(fresh)) or 1)  # verify with all the rest
+        return decision, solo
+
+    def _dispatch(self, sid: str, run: StepRun, decision: NeedMore, solo: str, fresh: list[Candidate],
+                  pool: list[Candidate], now: float, out: list[Dispatch]) -> Decision:
+        """Place the replicas `decision` asks for (appended to `out`): generations, or, once a claim is
+        in under scoring, requests to score it. GiveUp when no unused worker is left."""
+        picked = [solo] if solo else place(fresh, decision.count, self.rng, self._suspects(run, pool))
+        result: Decision = decision
+        if not picked:
+            result = GiveUp("no unused worker left: " + run.tally.evidence())
+        verify = run.scoring and run.claim is not None
+        kind, params = ("score", {**(run.params or {}), "claim": run.claim.output,
+                                  "token_ids": run.claim.work["token_ids"]}) if verify else (
+            run.kind, run.params)
+        for node in picked:
+            run.tally.issue(node)
+            run.replicas[node] = Replica(node, deadline=now + self.job.timeout,
+                                         role="verify" if verify else "generate")
+            out.append(Dispatch(sid, node, kind, params, now + self.job.timeout))
+        return result
 
     @staticmethod
     def _suspects(run: StepRun, pool: list[Candidate]) -> frozenset[str]:
@@ -311,16 +334,16 @@ class JobRun:
         if isinstance(decision, Accept):
             judged = [r for r in run.replicas.values() if tally and r.node in tally.aside and r.verdict is not None]
             right = tuple(r.node for r in judged if r.verdict == (run.claim is not None and
-                                                                  run.claim.key == decision.digest))
+                                                                  run.claim.key == decision.key))
             wrong = tuple(r.node for r in judged if r.node not in right)  # set-aside verdicts, judged now
             for n in right:
-                run.replicas[n].key = decision.digest
-            decision = Accept(decision.digest, tuple(sorted(decision.agreeing + right)),
+                run.replicas[n].key = decision.key
+            decision = Accept(decision.key, tuple(sorted(decision.agreeing + right)),
                               tuple(sorted(decision.dissenting + wrong)), decision.failed)
             agreeing = [run.replicas[n] for n in decision.agreeing]
             makers = [r for r in agreeing if r.role == "generate"] or agreeing
             verifiers = [r for r in agreeing if r.role == "verify"]
-            run.status, run.key, run.digest, run.output = "done", decision.digest, makers[0].digest, makers[0].output
+            run.status, run.key, run.digest, run.output = "done", decision.key, makers[0].digest, makers[0].output
             run.credit, basis = credit_basis(run.kind, [r.work for r in makers])
             credits = {}
             if verifiers:  # scoring is cheaper than generating, and paid as such

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 MIN_WEIGHT = 0.02  # a peer at the bottom still gets the odd chance to redeem itself
 
@@ -46,12 +48,65 @@ def reputation(agreed: float, disagreed: float, no_show: float, penalty: float =
     return (agreed + 1) / (agreed + disagreed + no_show + penalty + 2)
 
 
-def next_streak(streak: int, kind: str, detail: dict | None) -> int:
+def next_streak(streak: int, kind: str, why: StepEvidence | None) -> int:
     """A worker's run of validated results after one more reputation entry: +1 for agreeing in a step at
-    least two agreed on, back to 0 on any disagreement, no-show, penalty or failed spot check."""
+    least two agreed on, back to 0 on any disagreement, no-show, penalty or failed spot check. `why` is
+    the step's evidence (None for entries without one, which never lengthen a run)."""
     if kind == "agreed":
-        return streak + (len((detail or {}).get("why", {}).get("agreeing", [])) >= 2)
+        return streak + (why is not None and len(why.agreeing) >= 2)
     return 0 if kind in BAD else streak
+
+
+@dataclass(frozen=True)
+class StepEvidence:
+    """Why a settled step's ledger entries say what they say (stored under `why` in each entry's detail,
+    read back by `mesh ledger explain` and by next_streak). The JSON keys are written and read here only,
+    so a renamed field cannot silently turn adaptive replication off."""
+
+    rule: str  # the quorum rule's spec
+    needed: int  # agreeing answers the rule needs at this redundancy
+    redundancy: int
+    accepted: str  # digest of the accepted answer ('' when the step failed)
+    agreeing: tuple[str, ...]
+    answers: Mapping[str, str]  # node → digest, for everyone who agreed or dissented
+    failed: Mapping[str, str]  # node → why it gave no usable answer
+    credit_basis: str  # how the credit was measured, in words
+    reason: str  # why the step failed ('' when accepted)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule": self.rule, "needed": self.needed, "redundancy": self.redundancy, "accepted": self.accepted,
+                "agreeing": list(self.agreeing), "answers": dict(self.answers), "failed": dict(self.failed),
+                "credit_basis": self.credit_basis, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> StepEvidence:
+        """Lenient about what a streak does not depend on (old rows, hand-made ledgers); `agreeing` must be
+        there: without it the row is not a step's evidence at all."""
+        return cls(str(d.get("rule", "")), int(d.get("needed") or 0), int(d.get("redundancy") or 0),
+                   str(d.get("accepted", "")), tuple(str(n) for n in d["agreeing"]), dict(d.get("answers") or {}),
+                   dict(d.get("failed") or {}), str(d.get("credit_basis", "")), str(d.get("reason", "")))
+
+    @classmethod
+    def in_detail(cls, detail: Mapping[str, Any] | None) -> StepEvidence | None:
+        """The step evidence in a ledger entry's detail, typed (as the submitter hands it to the ledger) or
+        as stored JSON; None when the entry has none (a recheck's or spot check's verdict, a penalty)."""
+        why = (detail or {}).get("why")
+        if isinstance(why, StepEvidence):
+            return why
+        if isinstance(why, Mapping) and isinstance(why.get("agreeing"), list):
+            return cls.from_json(why)
+        return None
+
+
+@dataclass(frozen=True)
+class RecheckEvidence:
+    """Why a worker that vouched for an accepted answer is recorded as disagreeing: a recheck overturned it."""
+
+    recheck: str  # the recheck's job id
+    accepted: str  # digest of the answer that replaced the vouched-for one
+
+    def to_json(self) -> dict[str, Any]:
+        return {"recheck": self.recheck, "accepted": self.accepted}
 
 
 @dataclass

@@ -54,7 +54,10 @@ class NeedMore:
 
 @dataclass(frozen=True)
 class Accept:
-    digest: str
+    """The quorum agreed. `key` is the comparator key the agreeing answers share (for exact comparison
+    the output digest; for similarity or verification, the key the comparator derived)."""
+
+    key: str
     agreeing: tuple[str, ...]
     dissenting: tuple[str, ...]
     failed: tuple[str, ...]
@@ -77,7 +80,7 @@ class Tally:
     limit: int
     margin: bool = False  # majority under dissent: every dissenting answer must be outvoted by one more
     pending: list[str] = field(default_factory=list)
-    answers: dict[str, str] = field(default_factory=dict)  # node → digest
+    answers: dict[str, str] = field(default_factory=dict)  # node → comparator key of its answer
     failures: dict[str, str] = field(default_factory=dict)  # node → reason
     aside: dict[str, str] = field(default_factory=dict)  # node → why its answer no longer counts either way
 
@@ -101,12 +104,13 @@ class Tally:
             raise ValueError(f"node {node[:12]} already holds a replica of this step")
         self.pending.append(node)
 
-    def answer(self, node: str, digest: str) -> bool:
-        """Record an answer; False when the node was not waited on (late, duplicate or never asked)."""
+    def answer(self, node: str, key: str) -> bool:
+        """Record an answer's comparator key; False when the node was not waited on (late, duplicate or
+        never asked)."""
         if node not in self.pending:
             return False
         self.pending.remove(node)
-        self.answers[node] = digest
+        self.answers[node] = key
         return True
 
     def fail(self, node: str, reason: str) -> bool:
@@ -150,7 +154,7 @@ class Tally:
         return Wait()
 
     def evidence(self) -> str:
-        parts = [f"{n[:12]} said {d[:12]}" for n, d in sorted(self.answers.items())]
+        parts = [f"{n[:12]} said {k[:12]}" for n, k in sorted(self.answers.items())]
         parts += [f"{n[:12]} failed ({r})" for n, r in sorted(self.failures.items())]
         parts += [f"{n[:12]} pending" for n in self.pending]
         return "; ".join(parts) or "no replica answered"

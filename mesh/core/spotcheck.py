@@ -50,11 +50,22 @@ class SpotChecker:
         del self.out[check_id]
         return got[1]
 
+    def withdraw(self, check_id: str) -> None:
+        """A check that never reached its worker (the replica it rode with could not be sent)."""
+        self.out.pop(check_id, None)
+
+    def expire(self, now: float) -> list[str]:
+        """Drop the checks past their deadline, unpunished (a worker may be slow or gone); returns their
+        workers, in the order the checks were issued."""
+        gone = [c for c, (_, _, deadline) in self.out.items() if deadline <= now]
+        return [self.out.pop(c)[0] for c in gone]
+
     def held(self, now: float) -> frozenset[str]:
         """Workers with a check outstanding: a step they agreed on waits for it. Expired checks are
         dropped, unpunished."""
-        for cid in [c for c, (_, _, deadline) in self.out.items() if deadline <= now]:
-            del self.out[cid]
+        if not self.out:
+            return frozenset()
+        self.expire(now)
         return frozenset(node for node, _, _ in self.out.values())
 
     def vouch(self, nodes: tuple[str, ...], job: str, step: str) -> None:
@@ -87,12 +98,13 @@ class SpotChecker:
         """True when the answer is the known one; otherwise the node is blacklisted until now + blacklist_s."""
         passed = ok and digest(output) == digest(challenge.expected)
         if not passed:
+            for gone in [n for n, until in self.banned.items() if until <= now]:
+                del self.banned[gone]  # bans that ran out, forgotten here so the map stays small
             self.banned[node] = now + self.blacklist_s
         return passed
 
     def blacklisted(self, node: str, now: float) -> bool:
+        """Whether `node` is banned at `now`. Pure (asking changes nothing), so a driver may ask outside
+        the core's recorded inputs without a replay deciding differently."""
         until = self.banned.get(node)
-        if until is not None and until <= now:
-            del self.banned[node]
-            return False
-        return until is not None
+        return until is not None and until > now

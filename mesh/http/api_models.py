@@ -27,7 +27,7 @@ class StepSpec(Strict):
 
 
 class JobSpec(Strict):
-    """The job file format (DESIGN §7). Fields left out take mesh.core.dag's defaults."""
+    """The job file format (README, "A job file"). Fields left out take mesh.core.dag's defaults."""
 
     name: str = "job"
     redundancy: int = Field(default=3, ge=1, le=16)

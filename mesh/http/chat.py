@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from mesh.errors import UserError
@@ -76,18 +77,25 @@ def job_for(req: dict, redundancy: int, quorum: str) -> dict:
         params["temperature"] = req["temperature"]
     if req.get("seed") is not None:
         params["seed"] = req["seed"]
-    fmt = req.get("response_format") or {}
+    schema = _json_schema(req.get("response_format") or {})
+    if schema is not None:
+        params["json_schema"] = schema
+    return {"name": "chat completion", "redundancy": redundancy, "quorum": quorum,
+            "steps": [{"id": STEP, "kind": "llm", "params": params}]}
+
+
+def _json_schema(fmt: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a `response_format` asks the output to follow (None: plain text)."""
     if fmt.get("type") == "json_object":
-        params["json_schema"] = {"type": "object"}
-    elif fmt.get("type") == "json_schema":
+        return {"type": "object"}
+    if fmt.get("type") == "json_schema":
         schema = (fmt.get("json_schema") or {}).get("schema")
         if not isinstance(schema, dict):
             raise ChatError("response_format.json_schema.schema must be a JSON schema object", "response_format")
-        params["json_schema"] = schema
-    elif fmt.get("type") not in (None, "text"):
+        return schema
+    if fmt.get("type") not in (None, "text"):
         raise ChatError(f"response_format type {fmt.get('type')!r} is not supported", "response_format")
-    return {"name": "chat completion", "redundancy": redundancy, "quorum": quorum,
-            "steps": [{"id": STEP, "kind": "llm", "params": params}]}
+    return None
 
 
 def agreed_prefix(texts: list[str], needed: int) -> str:
@@ -110,7 +118,7 @@ def content_of(output: Any) -> str:
     return output.lstrip() if isinstance(output, str) else json.dumps(output)
 
 
-def homemesh(report: dict, signed: dict[tuple[str, str], dict], quorum: str, needed: int) -> dict:
+def homemesh(report: dict, signed: Mapping[tuple[str, str], dict], quorum: str, needed: int) -> dict:
     """The `x_homemesh` object: who answered what, signed, and the rule that accepted (or refused) it."""
     step = report["steps"][STEP]
     replicas = []

@@ -7,23 +7,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesh.http import chat
-from mesh.http.api import ApiError, authorised, parse_request_job, submit_job
 from mesh.http.api_models import OPENAI_ERRORS
+from mesh.http.common import ApiError, authorised, facade_of, parse_request_job, submit_job
+from mesh.http.facade import JobView, NodeFacade
 from mesh.steps.models import DEFAULT_MODEL, default_model_sha
 from mesh.steps.registry import Registry
-
-if TYPE_CHECKING:
-    from mesh.node.lifecycle import Node
-    from mesh.node.submitter import JobState
 
 DEFAULT_REDUNDANCY = 3
 router = APIRouter(prefix="/v1", dependencies=[Depends(authorised)])
@@ -56,9 +52,9 @@ class ChatRequest(BaseModel):
 
 @router.get("/models", responses=OPENAI_ERRORS, summary="Models the mesh can answer with (OpenAI format)")
 async def models(request: Request) -> dict[str, Any]:
-    node: "Node" = request.app.state.node
-    names = {e.sha256: e.name for e in Registry(node.opts.home).entries()}
-    holders = Counter(sha for p in node.peers.up() for sha in p.models)
+    node = facade_of(request)
+    names = {e.sha256: e.name for e in Registry(node.home).entries()}
+    holders = node.models_held()
     now = int(time.time())
     default = default_model_sha()
 
@@ -77,7 +73,7 @@ async def models(request: Request) -> dict[str, Any]:
 async def chat_completions(body: ChatRequest, request: Request,
                            x_homemesh_redundancy: int | None = Header(None, ge=1, le=16),
                            x_homemesh_quorum: str | None = Header(None)):
-    node: "Node" = request.app.state.node
+    node = facade_of(request)
     req = body.model_dump(exclude_none=True)
     model = req["model"]
     req["model"] = "default" if model in ("default", DEFAULT_MODEL) else model
@@ -89,11 +85,11 @@ async def chat_completions(body: ChatRequest, request: Request,
         raise ApiError(400, str(exc), exc.param) from None
     job = parse_request_job(node, spec, None, None)
     step = job.steps[0]
-    workers = len(node.candidates().get(step.needs, []))
+    workers = node.workers_for(step.needs)
     if workers < job.redundancy:
         raise ApiError(503, f"{workers} peers can run model {model!r} now, fewer than the redundancy "
                             f"{job.redundancy} asked for: lower X-Homemesh-Redundancy or wait for peers")
-    st = node.submitter.jobs[submit_job(node, job)]
+    st = node.jobs()[submit_job(node, job)]
     cid = f"chatcmpl-{st.run.job_id}"
     needed = job.quorum.needed(job.redundancy)
     max_tokens = step.params["max_tokens"]
@@ -102,7 +98,7 @@ async def chat_completions(body: ChatRequest, request: Request,
         return StreamingResponse(_stream(node, st, cid, model, needed, max_tokens, usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     await asyncio.wait_for(st.done.wait(), job.timeout + 30)
-    report = node.submitter.report(st.run.job_id, st)
+    report = node.report(st)
     x = chat.homemesh(report, st.signed, job.quorum.spec, needed)
     if report["steps"][chat.STEP]["status"] != "done":
         raise ApiError(503, f"the mesh did not agree on an answer: {x['rule']['text']} (job {st.run.job_id})")
@@ -113,7 +109,7 @@ def _sse(obj: object) -> bytes:
     return f"data: {json.dumps(obj)}\n\n".encode()
 
 
-async def _stream(node: "Node", st: "JobState", cid: str, model: str, needed: int, max_tokens: int,
+async def _stream(node: NodeFacade, st: JobView, cid: str, model: str, needed: int, max_tokens: int,
                   include_usage: bool) -> AsyncIterator[bytes]:
     """Chunks of the text a quorum of replicas has already produced; the rest once the step is accepted."""
     yield _sse(chat.chunk(cid, model, {"role": "assistant", "content": ""}))
@@ -126,7 +122,7 @@ async def _stream(node: "Node", st: "JobState", cid: str, model: str, needed: in
         if len(agreed) > len(sent) and agreed.startswith(sent):
             yield _sse(chat.chunk(cid, model, {"content": agreed[len(sent):]}))
             sent = agreed
-    report = node.submitter.report(st.run.job_id, st)
+    report = node.report(st)
     x = chat.homemesh(report, st.signed, st.run.job.quorum.spec, needed)
     if report["steps"][chat.STEP]["status"] != "done":
         yield _sse({"error": {"message": f"the mesh did not agree on an answer: {x['rule']['text']}",

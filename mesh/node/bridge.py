@@ -8,11 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from mesh.errors import MeshError
-
-
-class NoAnswer(MeshError):
-    """The actor did not answer in time (it may be dead or overloaded)."""
+from mesh.errors import NoAnswer  # (raised here; defined with the other errors)
 
 
 class ActorBridge:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import signal
 import socket
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +28,9 @@ from actors.messages import (
     RecordEntries,
 )
 from ledger.store import REPUTATION_KINDS, Entry
-from mesh.core.policy import Candidate, Evidence, next_streak, reputation_group
+from mesh.core.policy import Candidate, Evidence, StepEvidence, next_streak, reputation_group
 from mesh.errors import ConfigError, MeshError, Rejected
+from mesh.http.facade import NodeFacade
 from mesh.node import actorsys
 from mesh.node.bridge import ActorBridge, NoAnswer
 from mesh.node.flow import Limits
@@ -43,8 +46,9 @@ from mesh.node.home import (
 )
 from mesh.node.peers import Peer, PeerTable, prefix_of
 from mesh.node.replaystore import ReplayStore
-from mesh.node.submitter import Submitter
-from mesh.node.worker import Worker
+from mesh.node.submitter import Options as SubmitterOptions
+from mesh.node.submitter import Ports, Submitter
+from mesh.node.worker import StepRunner, Worker, WorkerPort
 from mesh.steps.models import default_model_sha, sha256_file
 from mesh.steps.registry import Registry
 from mesh.steps.sandbox import bwrap_path
@@ -150,9 +154,35 @@ class Node:
         self.stopping = asyncio.Event()
         self.token = ensure_token(opts.home)
         self._saved_peers = ""
-        self.worker = Worker(self)
-        self.submitter = Submitter(self)
+        steps = StepRunner(self.bridge.ask, self.scraper.scrape, self.sandboxed)
+        self.worker = Worker(WorkerPort(
+            node_id=self.id, fault=opts.fault, collude=opts.collude, frame_cap=opts.frame_cap,
+            limits=self.gateway.limits, kinds=tuple(self.kinds), models=tuple(self.models),
+            model_error=self.model_error, steps=steps, send=self.send, send_dialling=self.send_dialling,
+            record=self.record, ledger_error=lambda: self.ledger_error, count=self.receiver.count))
+        self.api_view = NodeFacade(  # what the HTTP API sees of this node (mesh.http never imports it)
+            node_id=self.id, token=self.token, home=opts.home, ledger_path=opts.home / LEDGER_FILE,
+            jobs_dir=opts.home / "jobs",
+            model_missing="" if "llm" in self.kinds else self.model_error or "started with --no-model",
+            status=self.status, jobs=lambda: self.submitter.jobs,
+            report=lambda st: self.submitter.report(st.run.job_id, st), submit=lambda job: self.submitter.submit(job),
+            workers_for=lambda needs: len(self.candidates().get(needs, [])),
+            kinds_offered=lambda: Counter(k for p in self.peers.up() for k in p.kinds),
+            models_held=lambda: Counter(m for p in self.peers.up() for m in p.models),
+            ask_model=functools.partial(steps.output, "llm"))
+        self.submitter = Submitter(self._submitter_ports(), SubmitterOptions(
+            opts.spot_rate, opts.blacklist_s, opts.credit_line, opts.keep_jobs, opts.core_log), self.rng.getrandbits(64))
         (opts.home / "jobs").mkdir(exist_ok=True)
+
+    def _submitter_ports(self) -> Ports:
+        """All the submitter may use of this node."""
+
+        async def send_to(node: str, kind: str, payload: object) -> bool:
+            peer = self.peers.by_node(node)
+            return peer is not None and await self.send_dialling(peer, kind, payload)
+
+        return Ports(self.id, self.identity, self.opts.home, send_to, self.record, self.candidates, self.spawn,
+                     self.receiver.count, lambda: self.balance, lambda: self.ledger_error)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def spawn(self, coro) -> asyncio.Task:
@@ -173,11 +203,11 @@ class Node:
         reply = await self.bridge.ask(PeerStatsQuery(uuid.uuid4().hex), 30)
         if not isinstance(reply, PeerStatsReply) or reply.error:
             raise MeshError(f"cannot read the ledger: {getattr(reply, 'error', 'no answer')}")
-        self.evidence, self.balance, self.streaks = dict(reply.stats), reply.balance, dict(reply.streaks)
+        self.evidence, self.balance, self.streaks = dict(reply.evidence), reply.balance, dict(reply.streaks)
         self.listen = f"{self.opts.listen[0]}:{peer_sock.getsockname()[1]}"
         self._load_peers()
         await self.gateway.start(peer_sock)
-        api_task = self.spawn(serve_api(self, api_sock, self.stopping))
+        api_task = self.spawn(serve_api(self.api_view, api_sock, self.stopping))
         api_host, api_port = api_sock.getsockname()[:2]
         RuntimeInfo(self.id, os.getpid(), f"http://{api_host}:{api_port}", self.listen).write(self.opts.home)
         loop = asyncio.get_running_loop()
@@ -397,7 +427,8 @@ class Node:
         for e in entries:
             if e.kind in REPUTATION_KINDS:
                 self.evidence.setdefault(e.peer, Evidence()).add(e.kind, ts or now_ms())
-                self.streaks[e.peer] = next_streak(self.streaks.get(e.peer, 0), e.kind, e.detail)
+                why = StepEvidence.in_detail(e.detail)
+                self.streaks[e.peer] = next_streak(self.streaks.get(e.peer, 0), e.kind, why)
         return True
 
     def reputation_of(self, node: str) -> float:
@@ -407,9 +438,8 @@ class Node:
     def candidates(self) -> dict[str, list[Candidate]]:
         out: dict[str, list[Candidate]] = {}
         default = default_model_sha()
-        now = time.monotonic()
         for peer in self.peers.up():
-            if self.submitter.spot.blacklisted(peer.node, now):
+            if self.submitter.blacklisted(peer.node):
                 continue
             rep, prefix = self.reputation_of(peer.node), prefix_of(peer.addr)
             cand = Candidate(peer.node, rep, prefix, self.streaks.get(peer.node, 0), reputation_group(prefix, rep))
@@ -435,6 +465,31 @@ class Node:
 
 def run_node(opts: NodeOptions) -> None:
     """Start everything, serve until SIGINT/SIGTERM, stop everything. Raises ConfigError for bad set-up."""
+    model_sha = _check_options(opts)
+    identity, _ = load_or_create(opts.home)
+    os.chmod(opts.home, 0o700)  # the step user (and anyone else) must not read the ledger or the logs
+    user = step_user(opts.home, identity.node_id)
+    for (host, port), what in ((opts.listen, "peer"), (opts.api, "API")):
+        bind(host, port, what).close()  # fail fast, before forking the actor system
+    logging.basicConfig(filename=str(opts.home / "node.log"), level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asys = actorsys.start(opts.home / "actors.log")
+    try:
+        node_actor, ready = _start_actors(asys, opts, model_sha, user)
+        peer_sock = bind(*opts.listen, "peer")
+        api_sock = bind(*opts.api, "API")
+        node = Node(opts, identity, asys, node_actor, ready, user)
+        try:
+            _serve(node, peer_sock, api_sock)
+        finally:
+            node.replay_store.close()  # the replay marks still waiting for their fsync
+    finally:
+        asys.shutdown()
+
+
+def _check_options(opts: NodeOptions) -> str:
+    """Refuse a bad set-up with a ConfigError before anything starts (`--collude` alone implies
+    `--fault wrong`: set here); returns the --model file's SHA-256, '' without one."""
     if opts.fault and opts.fault not in FAULTS:
         raise ConfigError(f"--fault must be one of {', '.join(FAULTS)}")
     if opts.collude and opts.fault not in ("", "wrong"):
@@ -452,42 +507,39 @@ def run_node(opts: NodeOptions) -> None:
     Allow.parse(opts.scrape_allow)  # a bad --scrape-allow is a ConfigError now, not at the first scrape
     if opts.browser and find_browser(opts.browser) is None:
         raise ConfigError(f"--browser {opts.browser}: no such program")
-    model_sha = ""
-    if opts.model is not None:
-        if not opts.model.is_file():
-            raise ConfigError(f"model file {opts.model} not found")
-        model_sha = sha256_file(opts.model)
-    identity, _ = load_or_create(opts.home)
-    os.chmod(opts.home, 0o700)  # the step user (and anyone else) must not read the ledger or the logs
-    user = step_user(opts.home, identity.node_id)
-    for (host, port), what in ((opts.listen, "peer"), (opts.api, "API")):
-        bind(host, port, what).close()  # fail fast, before forking the actor system
-    logging.basicConfig(filename=str(opts.home / "node.log"), level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asys = actorsys.start(opts.home / "actors.log")
-    try:
-        from actors.node_actor import NodeActor
+    if opts.model is None:
+        return ""
+    if not opts.model.is_file():
+        raise ConfigError(f"model file {opts.model} not found")
+    return sha256_file(opts.model)
 
-        node_actor = asys.createActor(NodeActor)
-        extra = [[e.path, e.sha256] for e in Registry(opts.home).entries() if e.path] if opts.load_model else []
-        config = NodeConfig(str(opts.home), str(opts.home / LEDGER_FILE), opts.threads, opts.load_model,
-                            str(opts.model or ""), model_sha, extra, user)
-        ready = asys.ask(node_actor, config, 120 + 60 * len(extra))
-        if not isinstance(ready, NodeReady):
-            raise MeshError("the node's actors did not start (see actors.log in the node's home)")
-        if ready.error:
-            print(f"warning: {ready.error}; this node will not run llm steps", flush=True)
-        peer_sock = bind(*opts.listen, "peer")
-        api_sock = bind(*opts.api, "API")
-        node = Node(opts, identity, asys, node_actor, ready, user)
-        profile = os.environ.get("MESH_PROFILE")  # benchmarks: where this process spends its time
-        if profile:
-            import cProfile
 
-            with cProfile.Profile() as prof:
-                asyncio.run(node.run(peer_sock, api_sock))
-            prof.dump_stats(profile)
-        else:
-            asyncio.run(node.run(peer_sock, api_sock))
-    finally:
-        asys.shutdown()
+def _start_actors(asys, opts: NodeOptions, model_sha: str, user: StepUser | None) -> tuple[object, NodeReady]:
+    """The NodeActor, and its answer once the ledger is open and the models are loaded (a minute per
+    extra model at most)."""
+    from actors.node_actor import NodeActor
+
+    node_actor = asys.createActor(NodeActor)
+    extra = [[e.path, e.sha256] for e in Registry(opts.home).entries() if e.path] if opts.load_model else []
+    config = NodeConfig(str(opts.home), str(opts.home / LEDGER_FILE), opts.threads, opts.load_model,
+                        str(opts.model or ""), model_sha, extra, user)
+    ready = asys.ask(node_actor, config, 120 + 60 * len(extra))
+    if not isinstance(ready, NodeReady):
+        raise MeshError("the node's actors did not start (see actors.log in the node's home)")
+    if ready.error:
+        print(f"warning: {ready.error}; this node will not run llm steps", flush=True)
+    return node_actor, ready
+
+
+def _serve(node: Node, peer_sock: socket.socket, api_sock: socket.socket) -> None:
+    """Run the node's loop to its end; with $MESH_PROFILE, under cProfile (benchmarks: where this
+    process spends its time), the statistics written to that file."""
+    profile = os.environ.get("MESH_PROFILE")
+    if not profile:
+        asyncio.run(node.run(peer_sock, api_sock))
+        return
+    import cProfile
+
+    with cProfile.Profile() as prof:
+        asyncio.run(node.run(peer_sock, api_sock))
+    prof.dump_stats(profile)

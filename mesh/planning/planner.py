@@ -11,7 +11,7 @@ import ast
 import re
 from dataclasses import dataclass
 
-from mesh.core.dag import REF, parse_job
+from mesh.core.dag import REF, Job, parse_job
 from mesh.errors import JobError, UserError
 from mesh.planning.rules import computation, explain_wanted, numbers
 
@@ -61,7 +61,7 @@ class InvalidPlan(Exception):
 
 @dataclass(frozen=True)
 class Plan:
-    job: dict  # a job in the DESIGN §7 format, checked by mesh.core.dag
+    job: dict  # a job file (README "A job file"), checked by mesh.core.dag
     planner: str  # "llm" (the model's plan) or "rules"
     fallback: str = ""  # why the model's plan was not used, when planner == "rules"
 
@@ -120,12 +120,7 @@ def check_plan(query: str, job: dict, redundancy: int | None = None) -> dict:
         parsed = parse_job(job, "the model's plan")
     except JobError as exc:
         raise InvalidPlan(str(exc)) from None
-    wanted = {_clean(u) for u in URL.findall(query)}
-    fetched = {s.params["url"] for s in parsed.steps if s.kind == "scrape"}
-    if wanted - fetched:
-        raise InvalidPlan(f"the plan does not fetch {sorted(wanted - fetched)[0]}")
-    if fetched - wanted:
-        raise InvalidPlan(f"the plan fetches {sorted(fetched - wanted)[0]}, which the query does not name")
+    _check_urls(query, parsed)
     used = {dep for s in parsed.steps for dep in s.after}
     for s in parsed.steps[:-1]:
         if s.id not in used:
@@ -134,16 +129,31 @@ def check_plan(query: str, job: dict, redundancy: int | None = None) -> dict:
         if s.kind == "python":
             _check_code(s.id, s.params["code"])
     if computation(URL.sub(" ", query)):
-        codes = [s.params["code"] for s in parsed.steps if s.kind == "python"]
-        if not codes:
-            raise InvalidPlan("the query asks for a computation but the plan has no python step")
-        used_nums = {n.value for c in codes for n in ast.walk(ast.parse(c)) if isinstance(n, ast.Constant)
-                     and isinstance(n.value, (int, float)) and not isinstance(n.value, bool)}
-        # n + 1 counts as n: Python writes "1 to 10" as range(1, 11)
-        missing = [n for n in numbers(URL.sub(" ", query)) if not {float(n), float(n) + 1} & used_nums]
-        if missing:
-            raise InvalidPlan(f"the plan's code does not use the number {missing[0]} from the query")
+        _check_computation(query, parsed)
     return job
+
+
+def _check_urls(query: str, parsed: Job) -> None:
+    """The plan fetches exactly the URLs the query names: a model must not wander off to others."""
+    wanted = {_clean(u) for u in URL.findall(query)}
+    fetched = {s.params["url"] for s in parsed.steps if s.kind == "scrape"}
+    if wanted - fetched:
+        raise InvalidPlan(f"the plan does not fetch {sorted(wanted - fetched)[0]}")
+    if fetched - wanted:
+        raise InvalidPlan(f"the plan fetches {sorted(fetched - wanted)[0]}, which the query does not name")
+
+
+def _check_computation(query: str, parsed: Job) -> None:
+    """A query asking for a computation gets python code that uses every number the query gives."""
+    codes = [s.params["code"] for s in parsed.steps if s.kind == "python"]
+    if not codes:
+        raise InvalidPlan("the query asks for a computation but the plan has no python step")
+    used_nums = {n.value for c in codes for n in ast.walk(ast.parse(c)) if isinstance(n, ast.Constant)
+                 and isinstance(n.value, (int, float)) and not isinstance(n.value, bool)}
+    # n + 1 counts as n: Python writes "1 to 10" as range(1, 11)
+    missing = [n for n in numbers(URL.sub(" ", query)) if not {float(n), float(n) + 1} & used_nums]
+    if missing:
+        raise InvalidPlan(f"the plan's code does not use the number {missing[0]} from the query")
 
 
 def _check_code(sid: str, code: str) -> None:

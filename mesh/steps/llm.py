@@ -4,7 +4,6 @@ accepts it when every token was the model's top choice, within a log-probability
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.errors import StepFailed
+from mesh.steps.grammar import build_grammar
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,11 @@ class Verification:
 
 PROGRESS_EVERY = 8  # tokens between progress reports while streaming
 MARGIN = 1.0  # nats: batched and one-by-one evaluation differ by up to ~0.2 on honest output
+N_CTX = 2048  # tokens, for generating and scoring alike: what one node generated, any node can score
 
 
 class Model:
-    def __init__(self, path: Path, sha256: str, n_threads: int | None = None, n_ctx: int = 2048):
+    def __init__(self, path: Path, sha256: str, n_threads: int | None = None, n_ctx: int = N_CTX):
         from llama_cpp import Llama  # heavy import: only in the process that holds the model
 
         self.sha256 = sha256
@@ -57,11 +58,7 @@ class Model:
         self.llm.reset()
         self.llm.set_seed(seed)
         t0 = time.perf_counter()
-        grammar = None
-        if json_schema is not None:
-            from llama_cpp import LlamaGrammar
-
-            grammar = LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False)
+        grammar = None if json_schema is None else build_grammar(json_schema)
         sampled = {"temperature": temperature, "top_k": 40, "top_p": 0.95} if temperature > 0 else {
             "temperature": 0.0, "top_k": 1, "top_p": 1.0}
         args = dict(max_tokens=max_tokens, seed=seed, stop=stop or None, repeat_penalty=1.0, grammar=grammar,
@@ -88,20 +85,35 @@ class Model:
     def verify(self, prompt: str, token_ids: list[int], margin: float = MARGIN, claim: str | None = None
                ) -> Verification:
         """Score a claimed continuation in one batched pass (logits for every position) instead of
-        generating it token by token. With `claim`, the token ids must also spell exactly that text."""
+        generating it token by token. With `claim`, the token ids must also spell exactly that text.
+        Raises StepFailed when the prompt and claim do not fit the context: that says nothing about the
+        claim, so it is no verdict (a rejection would book an honest generator as disagreeing)."""
         import numpy as np
 
         prompt_ids = self._tokens(prompt)
         seq = prompt_ids + [int(t) for t in token_ids]
-        if not token_ids or len(seq) > self._scorer().n_ctx() or any(not 0 <= t < self.llm.n_vocab() for t in seq):
+        if token_ids and len(seq) > self.llm.n_ctx():
+            raise StepFailed(f"cannot score: prompt ({len(prompt_ids)} tokens) + claim ({len(token_ids)} tokens) "
+                             f"exceed the context of {self.llm.n_ctx()}")
+        if not token_ids or any(not 0 <= t < self.llm.n_vocab() for t in seq):
             return Verification(False, len(token_ids), float("inf"), 0, 0.0)
         if claim is not None and self.llm.detokenize(list(token_ids)).decode("utf-8", "replace") != claim:
             return Verification(False, len(token_ids), float("inf"), 0, 0.0)
         scorer = self._scorer()
         t0 = time.perf_counter()
         scorer.reset()
-        scorer.eval(seq)  # llama.cpp's forward pass over the tokens (not Python's eval)
-        rows = np.asarray(scorer.scores[len(prompt_ids) - 1:len(seq) - 1])
+        head = len(prompt_ids) - 1  # logits are needed from the prompt's last token on
+        # llama.cpp's forward pass (not Python's eval). The prompt goes without logits: computing (and
+        # keeping) a vocabulary-sized row per prompt token was most of the time and memory of scoring a
+        # long prompt. (`_logits_all` is what Llama.eval reads per call; were it renamed, every row would
+        # be computed again: slower, the same verdict.)
+        scorer._logits_all = False
+        try:
+            scorer.eval(seq[:head])
+        finally:
+            scorer._logits_all = True
+        scorer.eval(seq[head:])
+        rows = np.asarray(scorer.scores[head:len(seq) - 1])
         claimed = rows[np.arange(len(token_ids)), np.asarray(token_ids)]
         gaps = rows.max(axis=1) - claimed  # logits, same gap as log-probabilities (one normaliser per row)
         bad = np.nonzero(gaps > margin)[0]
@@ -109,10 +121,11 @@ class Model:
                             time.perf_counter() - t0)
 
     def _scorer(self):
-        """A second context that keeps logits for every position (the generator keeps only the last)."""
+        """A second context that keeps logits for every position (the generator keeps only the last), of
+        the generator's size: a claim generated here always fits."""
         if getattr(self, "scorer", None) is None:
             from llama_cpp import Llama
 
-            self.scorer = Llama(model_path=str(self.path), n_ctx=1024, n_threads=self.llm.n_threads, seed=0,
-                                verbose=False, logits_all=True)
+            self.scorer = Llama(model_path=str(self.path), n_ctx=self.llm.n_ctx(), n_threads=self.llm.n_threads,
+                                seed=0, verbose=False, logits_all=True)
         return self.scorer

@@ -24,6 +24,7 @@ from mesh.errors import StepFailed
 from mesh.steps import seccomp
 from mesh.steps.cgroup import StepGroup
 from mesh.steps.stepuser import NOBODY, StepUser, running_as_root
+from mesh.steps.treecpu import TreeCPU
 
 OUTPUT_CAP = 1 << 20
 STREAM_CAP = 64 * 1024
@@ -221,7 +222,7 @@ class Sandbox:
                 user.own(Path(self.cwd))
         self.group = StepGroup(MEMORY_LIMIT)
         self.cpu_start: float | None = None
-        self.rusage_start = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.tree: TreeCPU | None = None  # without cgroups: the tree's CPU sampled from /proc
         try:
             self.proc = subprocess.Popen(
                 launch.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -246,6 +247,9 @@ class Sandbox:
     def run(self, code: str, inputs: dict, timeout: float) -> PythonResult:
         """Run the step (once: a sandbox serves one step, then is gone)."""
         self.cpu_start = self.group.cpu_s()
+        if self.cpu_start is None:
+            self.tree = TreeCPU(self.proc.pid)
+            self.tree.begin()
         try:
             stdout, stderr = self.proc.communicate(marshal.dumps((code, inputs, _limits(max(1, int(timeout) + 1)))),
                                                    timeout=timeout)
@@ -259,17 +263,19 @@ class Sandbox:
     def _measure(self) -> tuple[float, float]:
         """CPU seconds and peak MiB of the step, as this node's kernel counted them: the cgroup's usage
         since the request was sent (the interpreter's start-up before it is not the step's work), or,
-        without cgroups, the interpreter's whole rusage (start-up included)."""
+        without cgroups, the process tree's CPU sampled from /proc (mesh.steps.treecpu)."""
         cpu, peak = self.group.cpu_s(), self.group.peak_bytes()
         if cpu is not None and self.cpu_start is not None:
             cpu -= self.cpu_start
-        else:
-            now = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu = (now.ru_utime + now.ru_stime) - (self.rusage_start.ru_utime + self.rusage_start.ru_stime)
-            peak = peak if peak is not None else now.ru_maxrss * 1024
-        return max(0.0, cpu), (peak or 0) / (1 << 20)
+        elif self.tree is not None:
+            cpu = self.tree.end()
+            peak = peak if peak is not None else self.tree.peak_rss
+        return max(0.0, cpu or 0.0), (peak or 0) / (1 << 20)
 
     def close(self) -> None:
+        tree = getattr(self, "tree", None)
+        if tree is not None:
+            tree.stopped.set()
         proc = getattr(self, "proc", None)
         if proc is not None and proc.poll() is None:
             proc.kill()

@@ -134,6 +134,17 @@ def _hexkey(value: Any, field: str) -> bytes:
         raise Rejected("bad-envelope", f"{field} is not hex") from None
 
 
+def _decode(body: bytes) -> dict:
+    """The envelope object of a frame, with exactly the envelope's fields."""
+    try:
+        obj = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise Rejected("bad-json", "frame is not UTF-8 JSON") from None
+    if not isinstance(obj, dict) or set(obj) != _ENVELOPE_KEYS:
+        raise Rejected("bad-envelope", "envelope fields are wrong")
+    return obj
+
+
 class Receiver:
     """Checks incoming frame bodies for one node: network, recipient, time window, signature, replay,
     schema. Every rejection is counted by reason in `rejected`."""
@@ -159,12 +170,20 @@ class Receiver:
             raise
 
     def _check(self, body: bytes, now_ms: int) -> Envelope:
-        try:
-            obj = json.loads(body)
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise Rejected("bad-json", "frame is not UTF-8 JSON") from None
-        if not isinstance(obj, dict) or set(obj) != _ENVELOPE_KEYS:
-            raise Rejected("bad-envelope", "envelope fields are wrong")
+        """Every check, cheapest first: the frame's shape and header, then the signature, then replay,
+        then the payload's schema (so an unsigned flood costs a JSON decode, not an Ed25519 verify)."""
+        obj = _decode(body)
+        kind, sender, recipient, seq, ts = self._header(obj, now_ms)
+        sig, payload_sha256 = self._authenticate(obj, kind, sender, recipient, seq, ts)
+        if ts < self.floor_ms:
+            raise Rejected("replay", f"stamped {self.floor_ms - ts} ms before this node started")
+        if seq <= self.highest_seq.get(sender, -1):
+            raise Rejected("replay", f"seq {seq} from {node_id_of(sender)[:12]} already seen")
+        payload = parse(KINDS[kind], obj["payload"], kind)
+        self.highest_seq[sender] = seq
+        return Envelope(kind, self.network, sender, recipient, seq, ts, payload, sig, payload_sha256)
+
+    def _header(self, obj: dict, now_ms: int) -> tuple[str, bytes, bytes, int, int]:
         if type(obj["v"]) is not int or obj["v"] != PROTOCOL_VERSION:
             raise Rejected("bad-version", f"protocol version {obj['v']!r}, this node speaks {PROTOCOL_VERSION}")
         kind = obj["kind"]
@@ -184,6 +203,11 @@ class Receiver:
             raise Rejected("stale", f"timestamp {now_ms - ts} ms old")
         if ts > now_ms + self.window_ms:
             raise Rejected("future", f"timestamp {ts - now_ms} ms ahead")
+        return kind, sender, recipient, seq, ts
+
+    def _authenticate(self, obj: dict, kind: str, sender: bytes, recipient: bytes, seq: int,
+                      ts: int) -> tuple[bytes, bytes]:
+        """(signature, payload hash) once the sender's signature over the header and payload checks."""
         try:
             sig = bytes.fromhex(obj["sig"]) if isinstance(obj["sig"], str) else b""
         except ValueError:
@@ -195,10 +219,4 @@ class Receiver:
         message = signed_bytes_of_hash(kind, self.network, sender, recipient, seq, ts, payload_sha256)
         if not verify(sender, sig, message):
             raise Rejected("bad-signature", f"from {node_id_of(sender)[:12]}")
-        if ts < self.floor_ms:
-            raise Rejected("replay", f"stamped {self.floor_ms - ts} ms before this node started")
-        if seq <= self.highest_seq.get(sender, -1):
-            raise Rejected("replay", f"seq {seq} from {node_id_of(sender)[:12]} already seen")
-        payload = parse(KINDS[kind], obj["payload"], kind)
-        self.highest_seq[sender] = seq
-        return Envelope(kind, self.network, sender, recipient, seq, ts, payload, sig, payload_sha256)
+        return sig, payload_sha256

@@ -38,8 +38,8 @@ class StepRequest:
     job: str
     step: str
     kind: str
-    params: dict
-    timeout: float
+    params: dict[str, Any]  # JSON; its shape is checked by the step kind (mesh.core.dag.check_request)
+    timeout: float  # seconds
 
 
 @dataclass
@@ -50,10 +50,10 @@ class StepResult:
     job: str
     step: str
     ok: bool
-    output: Any
+    output: object  # the step's JSON output
     digest: str
     identity: str
-    work: dict
+    work: dict[str, Any]  # JSON numbers and texts, as the worker measured them
     error: str = ""
 
 
@@ -70,9 +70,12 @@ class Progress:
 
 @dataclass
 class ReceiptMsg:
-    """Carries a payment receipt signed by the submitter (see ledger.receipts)."""
+    """Carries a payment receipt signed by the submitter. It stays a JSON object on the wire and is
+    parsed into ledger.receipts.Receipt by the worker that gets it: the schema would turn an integer
+    amount into a float (changing the bytes the payer signed) and count a malformed receipt as
+    bad-schema rather than bad-receipt."""
 
-    receipt: dict
+    receipt: dict[str, Any]
 
 
 @dataclass

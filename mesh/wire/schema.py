@@ -78,41 +78,49 @@ def _parser(cls: type) -> Callable[[Any], Any]:
 
 
 def _checker(tp: Any) -> Callable[[Any], Any]:
-    origin = typing.get_origin(tp)
+    """A checker for a field of type `tp` (anything, a dataclass, a list, a dict or a scalar)."""
     if tp is Any or tp is object:
         return lambda value: value
     if dataclasses.is_dataclass(tp):
         return _parser(tp)
-    if origin is list:
+    if typing.get_origin(tp) is list:
         (item,) = typing.get_args(tp)
-        item_check = _checker(item)
-
-        def check_list(value: Any) -> list:
-            if type(value) is not list or len(value) > MAX_LIST:
-                raise _Bad(f"is not a list of at most {MAX_LIST}")
-            out = []
-            for i, v in enumerate(value):
-                try:
-                    out.append(item_check(v))
-                except _Bad as bad:
-                    raise _Bad(bad.what, f"[{i}]{bad.path}") from None
-            return out
-        return check_list
-    if origin is dict or tp is dict:
-        def check_dict(value: Any) -> dict:
-            if type(value) is not dict or not all(type(k) is str for k in value):
-                raise _Bad("is not an object")
-            return value
-        return check_dict
+        return _list_checker(_checker(item))
+    if typing.get_origin(tp) is dict or tp is dict:
+        return _check_dict
     if tp in _SCALARS:
-        types = _SCALARS[tp]
-
-        def check_scalar(value: Any) -> Any:
-            if type(value) not in types or (tp is str and len(value) > MAX_STR):
-                raise _Bad(f"is not {tp.__name__}")
-            return float(value) if tp is float else value
-        return check_scalar
+        return _scalar_checker(tp)
     raise TypeError(f"schema type {tp!r} not supported")
+
+
+def _list_checker(item_check: Callable[[Any], Any]) -> Callable[[Any], list]:
+    def check_list(value: Any) -> list:
+        if type(value) is not list or len(value) > MAX_LIST:
+            raise _Bad(f"is not a list of at most {MAX_LIST}")
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(item_check(v))
+            except _Bad as bad:
+                raise _Bad(bad.what, f"[{i}]{bad.path}") from None
+        return out
+    return check_list
+
+
+def _check_dict(value: Any) -> dict:
+    if type(value) is not dict or not all(type(k) is str for k in value):
+        raise _Bad("is not an object")
+    return value
+
+
+def _scalar_checker(tp: type) -> Callable[[Any], Any]:
+    types = _SCALARS[tp]
+
+    def check_scalar(value: Any) -> Any:
+        if type(value) not in types or (tp is str and len(value) > MAX_STR):
+            raise _Bad(f"is not {tp.__name__}")
+        return float(value) if tp is float else value
+    return check_scalar
 
 
 _LEAVES = (str, int, float, bool, type(None))

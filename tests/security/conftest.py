@@ -6,7 +6,7 @@ from __future__ import annotations
 import psutil
 import pytest
 
-from mesh.node.local import LocalMesh
+from mesh.cli.local import LocalMesh
 
 from ..conftest import tree_pids
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh import PROTOCOL_VERSION
-from mesh.node.local import LocalMesh, LocalNode, free_ports
+from mesh.cli.local import LocalMesh, LocalNode, free_ports
 from mesh.wire.canonical import canonical
 from mesh.wire.envelope import ANYONE, Sealer, signed_bytes
 from mesh.wire.identity import Identity

@@ -1,0 +1,362 @@
+"""The submitter's sans-I/O core, one per submitting node: every job's JobRun, each worker's slots and
+queue, spot checks, rechecks, and settled steps turned into ledger entries. Drivers (the node's asyncio
+submitter, the simulator) feed it events with the time and get effects back (mesh.core.effects); it
+never touches a socket, a clock or a global RNG, so both drivers make the same decisions and a recorded
+log replays exactly (replay_log)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.core.dag import Job, parse_job
+from mesh.core.effects import (
+    Answer,
+    Check,
+    Effect,
+    Finished,
+    Forgotten,
+    Judged,
+    LedgerEntry,
+    Rechecked,
+    Record,
+    Send,
+    Started,
+    Timer,
+    Wake,
+    as_json,
+)
+from mesh.core.jobrun import Dispatch, JobRun, Outcome, Replica
+from mesh.core.policy import Candidate, RecheckEvidence, StepEvidence
+from mesh.core.spotcheck import Challenge, SpotChecker
+from mesh.wire.canonical import digest
+
+PER_WORKER = 4  # requests a worker takes from one peer at once (mesh.node.flow.Limits.max_inflight_per_peer)
+MIN_TIMEOUT_S = 1.0  # a request is never sent with less time than this to answer
+
+
+@dataclass(frozen=True)
+class Config:
+    """How a submitter runs its jobs; the log's first entry, so a replay is configured alike."""
+
+    seed: int  # of the core's RNG (spot checks, recheck ids and seeds)
+    spot_rate: float = 0.0
+    blacklist_s: float = 3600.0
+    margin: bool = True  # see JobRun
+    recheck: bool = True  # rerun what a caught cheater vouched for
+    keep: int = 1000  # finished jobs kept (for rechecks and reports) before they are forgotten (not while rechecked)
+    per_worker: int = PER_WORKER
+    job_log: bool = False  # each JobRun keeps its own log too (JobRun.log, mesh.core.jobrun.replay_log)
+
+
+@dataclass(eq=False)
+class SubmittedJob:
+    run: JobRun
+    seed: int = 0  # of the run's RNG
+    recheck_of: tuple[str, str] | None = None  # (job, step) this run rechecks
+    rechecks: dict[str, dict] = field(default_factory=dict)  # step → the recheck of its accepted answer
+    credits: float = 0.0  # paid for its steps, once recorded
+    payment_error: str = ""  # the ledger refused to record its payments
+
+
+def step_evidence(job: Job, o: Outcome, replicas: Mapping[str, Replica]) -> StepEvidence:
+    """The evidence behind every ledger entry of one settled step, for `mesh ledger explain` and streaks."""
+    return StepEvidence(job.quorum.spec, job.quorum.needed(job.redundancy), job.redundancy, o.digest,
+                        tuple(o.agreeing), {n: replicas[n].digest for n in (*o.agreeing, *o.dissenting)},
+                        {n: replicas[n].error for n in o.failed}, o.basis, o.reason)
+
+
+def settle_entries(job_id: str, job: Job, o: Outcome, replicas: Mapping[str, Replica]) -> list[LedgerEntry]:
+    """Agreeing workers are paid their credit; everyone involved gets a verdict (Outcome.verdicts)."""
+    why = step_evidence(job, o, replicas)
+    paid = [LedgerEntry("paid", job_id, o.step, n, -o.credit_of(n), why) for n in o.agreeing]
+    return paid + [LedgerEntry(kind, job_id, o.step, n, 0.0, why) for kind, n in o.verdicts()]
+
+
+class Submission:
+    def __init__(self, config: Config, record: bool = False):
+        """`record`: keep every input and effect in `log` (see replay_log)."""
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.spot = SpotChecker(config.spot_rate, config.blacklist_s, random.Random(self.rng.getrandbits(64)))
+        self.jobs: dict[str, SubmittedJob] = {}  # running and the newest `keep` finished
+        self.active: dict[str, SubmittedJob] = {}  # running
+        self.outstanding: dict[str, dict[tuple[str, str], float]] = {}  # worker → (job, step) → deadline
+        self.queued: dict[str, deque[tuple[str, Dispatch]]] = {}  # worker → replicas waiting for a slot
+        self._finished: deque[str] = deque()
+        self._rechecking: dict[str, int] = {}  # job → its rechecks still running (it is kept until they end)
+        self._records: dict[int, Record] = {}  # written by the driver, not yet reported
+        self._next_record = 0
+        self.log: list | None = [["config", dataclasses.asdict(config)]] if record else None
+
+    # -- inputs -------------------------------------------------------------------------------------
+    def submit(self, job_id: str, job: Job, seed: int) -> list[Effect]:
+        """A new job (its id and its RNG's seed chosen by the driver)."""
+        if self.log is not None:
+            self._in("submit", job_id, job.to_json(), seed)
+        run = JobRun(job_id, job, random.Random(seed), margin=self.config.margin, record=self.config.job_log)
+        return self._out(self._add(job_id, SubmittedJob(run, seed)))
+
+    def tick(self, job_id: str, candidates: Mapping[str, list[Candidate]], now: float) -> list[Effect]:
+        """Drive one job: deadlines, placement (on `candidates` by capability, minus the blacklisted),
+        sending, settling; and send whatever waited for a slot that a passed deadline freed."""
+        if self.log is not None:
+            self._in("tick", job_id, {k: [dataclasses.asdict(c) for c in v] for k, v in candidates.items()}, now)
+        sj = self.active.get(job_id)
+        if sj is None:
+            return self._out([])
+        out: list[Effect] = []
+        sj.run.on_time(now)
+        for d in sj.run.advance(self._trusted(candidates, now), now, self.spot.held(now)):
+            out.append(Timer(job_id, d.deadline))
+            self._dispatch(job_id, d, now, out)
+        for node in list(self.queued):
+            self._drain(node, now, out)
+        outcomes = sj.run.take_outcomes()
+        if outcomes:
+            out.append(self._settle(job_id, sj, outcomes))
+        if sj.run.finished:
+            self._finish(job_id, sj, out)
+        return self._out(out)
+
+    def on_result(self, node: str, job_id: str, step: str, ok: bool, claimed: str, output: Any, work: dict,
+                  error: str, now: float) -> list[Effect]:
+        """A worker's answer to a replica or to a spot check; its slot is free again either way."""
+        self._in("on_result", node, job_id, step, ok, claimed, output, work, error, now)
+        out: list[Effect] = []
+        self._release(node, job_id, step, now, out)
+        sound = ok and digest(output) == claimed
+        challenge = self.spot.take(job_id, node)
+        if challenge is not None:
+            self._judge(node, job_id, challenge, sound, output, claimed if ok else f"error: {error}", now, out)
+            return self._out(out)
+        if ok and not sound:
+            ok, error = False, "digest does not match output"
+        sj = self.active.get(job_id)
+        if sj is not None:
+            sj.run.on_time(now)  # an answer past its replica's deadline is late, whatever the tick
+        taken = sj is not None and sj.run.on_result(step, node, ok, claimed, output, work, error)
+        out.append(Answer(job_id, step, node, ok, claimed, taken))
+        if taken:
+            out.append(Wake(job_id))
+        return self._out(out)
+
+    def on_unreachable(self, job_id: str, step: str, node: str, check: str | None, now: float) -> list[Effect]:
+        """A Send that could not be delivered: its replica fails, its spot check is withdrawn."""
+        self._in("on_unreachable", job_id, step, node, check, now)
+        out: list[Effect] = []
+        if check is not None:
+            self.spot.withdraw(check)
+            self.outstanding.get(node, {}).pop((check, "check"), None)
+        self._release(node, job_id, step, now, out)
+        sj = self.active.get(job_id)
+        if sj is not None and sj.run.on_failure(step, node, "unreachable"):
+            out.append(Wake(job_id))
+        return self._out(out)
+
+    def on_node_lost(self, node: str, reason: str, now: float) -> list[Effect]:
+        """A worker is gone (connection lost, goodbye): what it holds or waits for fails now."""
+        self._in("on_node_lost", node, reason, now)
+        self.outstanding.pop(node, None)
+        self.queued.pop(node, None)  # those replicas are pending in their tallies: failed just below
+        out: list[Effect] = []
+        for job_id, sj in self.active.items():
+            if any(node in r.tally.pending for r in sj.run.steps.values() if r.tally):
+                sj.run.on_node_lost(node, reason)
+                out.append(Wake(job_id))
+        return self._out(out)
+
+    def on_check_timeout(self, check_id: str, node: str, now: float) -> list[Effect]:
+        """A spot check's deadline passed (a driver's timer; a node's ticks just find it expired): it is
+        dropped unanswered and unpunished, and the steps its worker held may settle."""
+        self._in("on_check_timeout", check_id, node, now)
+        self.spot.withdraw(check_id)
+        return self._out(self._wake_holding([node]))
+
+    def on_recorded(self, record_id: int, ok: bool, error: str = "") -> None:
+        """How the driver's ledger write of Record `record_id` went. Reputation is the ledger's to fold
+        (only what it wrote); here a job learns what it paid, or that its payments were refused."""
+        self._in("on_recorded", record_id, ok, error)
+        rec = self._records.pop(record_id, None)
+        sj = self.jobs.get(rec.job) if rec is not None else None
+        if sj is None or not rec.outcomes:
+            return
+        if ok:
+            sj.credits += sum(-e.amount for e in rec.entries if e.kind == "paid")
+        else:
+            sj.payment_error = f"the ledger could not record payments, none were made: {error}"
+
+    def abort(self, job_id: str, reason: str) -> list[Effect]:
+        """The driver is giving up on a job (shutting down, or its own failure): fail what is unsettled."""
+        self._in("abort", job_id, reason)
+        sj = self.active.get(job_id)
+        out: list[Effect] = []
+        if sj is not None:
+            sj.run.abort(reason)
+            self._finish(job_id, sj, out)
+        return self._out(out)
+
+    def blacklisted(self, node: str, now: float) -> bool:
+        """Caught by a spot check and still banned: no work for it (pure, so asking is not an input)."""
+        return self.spot.blacklisted(node, now)
+
+    # -- placement and slots ------------------------------------------------------------------------
+    def _trusted(self, candidates: Mapping[str, list[Candidate]], now: float) -> Mapping[str, list[Candidate]]:
+        banned = self.spot.banned  # (SpotChecker.blacklisted, inlined: this runs on every tick)
+        if not banned:
+            return candidates
+        return {k: [c for c in v if c.node not in banned or banned[c.node] <= now] for k, v in candidates.items()}
+
+    def _busy(self, node: str, now: float) -> bool:
+        out = self.outstanding.get(node, {})
+        for key in [k for k, deadline in out.items() if deadline <= now]:
+            del out[key]  # past its deadline: the core has failed it; the worker's slot is free or dead
+        return len(out) >= self.config.per_worker
+
+    def _dispatch(self, job_id: str, d: Dispatch, now: float, out: list[Effect]) -> None:
+        """Send a replica now (its slot taken at once), or queue it while this worker already has as many
+        of our requests as it takes from one peer (a worker answers more with "busy", failing the replica).
+        A spot check may ride along, in a slot of its own."""
+        if self._busy(d.node, now):
+            self.queued.setdefault(d.node, deque()).append((job_id, d))
+            return
+        slots = self.outstanding.setdefault(d.node, {})
+        slots[(job_id, d.step)] = d.deadline
+        check = None
+        challenge = self.spot.challenge(d.kind)
+        if challenge is not None:  # indistinguishable from real work for the worker
+            check = Check(f"spot-{self.rng.getrandbits(64):016x}", challenge, max(d.deadline, now + MIN_TIMEOUT_S))
+            self.spot.issue(check.id, d.node, challenge, check.deadline)
+            slots[(check.id, "check")] = d.deadline
+        out.append(Send(job_id, d.step, d.node, d.kind, d.params, d.deadline, check))
+
+    def _release(self, node: str, job_id: str, step: str, now: float, out: list[Effect]) -> None:
+        """A request to `node` was answered (or never sent): send what waits for that worker."""
+        self.outstanding.get(node, {}).pop((job_id, step), None)
+        self._drain(node, now, out)
+
+    def _drain(self, node: str, now: float, out: list[Effect]) -> None:
+        """Send the replicas queued for `node` that still matter, as far as its free slots go."""
+        waiting = self.queued.get(node)
+        while waiting and not self._busy(node, now):
+            job_id, d = waiting.popleft()
+            sj = self.active.get(job_id)
+            tally = sj.run.steps[d.step].tally if sj is not None else None
+            if tally is not None and d.node in tally.pending and d.deadline > now:
+                self._dispatch(job_id, d, now, out)
+        if not waiting:
+            self.queued.pop(node, None)
+
+    # -- spot checks and rechecks -------------------------------------------------------------------
+    def _judge(self, node: str, check_id: str, challenge: Challenge, ok: bool, output: Any, got: str, now: float,
+               out: list[Effect]) -> None:
+        passed = self.spot.judge(node, challenge, ok, output, now)
+        out.append(Judged(node, passed, got))
+        if not passed:
+            detail = {"expected": digest(challenge.expected), "got": got, "kind": challenge.kind}
+            out.append(self._record("spot", (LedgerEntry("spot_failed", "spot", check_id, node, 0.0, None, detail),)))
+            for sj in self.active.values():
+                sj.run.on_node_distrusted(node, "failed a spot check")
+            self._recheck(node, out)
+        out.extend(self._wake_holding([node]))
+
+    def _wake_holding(self, nodes: list[str]) -> list[Effect]:
+        """Jobs with a running step one of these workers answered or was asked: drive them again."""
+        return [Wake(job_id) for job_id, sj in list(self.active.items())
+                if any(n in r.replicas for r in sj.run.steps.values() if r.status == "running" for n in nodes)]
+
+    def _recheck(self, cheater: str, out: list[Effect]) -> None:
+        """Run again, on workers still trusted, every accepted step a just-caught cheater vouched for
+        (once per step; never a recheck itself)."""
+        for job_id, sid in self.spot.to_recheck(cheater):
+            orig = self.jobs.get(job_id)
+            if orig is None or orig.recheck_of or orig.run.steps[sid].status != "done" or sid in orig.rechecks:
+                continue
+            rid, seed = f"{self.rng.getrandbits(80):020x}", self.rng.getrandbits(64)
+            orig.rechecks[sid] = {"job": rid, "cause": cheater, "verdict": "running"}
+            self._rechecking[job_id] = self._rechecking.get(job_id, 0) + 1
+            run = JobRun.recheck(rid, orig.run, sid, random.Random(seed))
+            out.extend(self._add(rid, SubmittedJob(run, seed, recheck_of=(job_id, sid))))
+
+    def _judge_recheck(self, rid: str, sj: SubmittedJob, out: list[Effect]) -> None:
+        """Confirm or overturn the rechecked answer; those who vouched for an overturned one disagreed."""
+        job_id, sid = sj.recheck_of or ("", "")
+        orig = self.jobs[job_id]  # kept while rechecked
+        left = self._rechecking.pop(job_id) - 1
+        if left:
+            self._rechecking[job_id] = left
+        before = orig.run.steps[sid].digest
+        verdict, vouched = orig.run.apply_recheck(sid, sj.run)
+        after = orig.run.steps[sid].digest
+        if vouched:
+            why = RecheckEvidence(rid, after)
+            out.append(self._record(job_id, tuple(LedgerEntry("disagreed", job_id, sid, n, 0.0, why) for n in vouched)))
+        orig.rechecks[sid]["verdict"] = verdict
+        out.append(Rechecked(job_id, sid, rid, verdict, before, after))
+
+    # -- jobs ---------------------------------------------------------------------------------------
+    def _add(self, job_id: str, sj: SubmittedJob) -> list[Effect]:
+        self.jobs[job_id] = self.active[job_id] = sj
+        return [Started(job_id, sj.recheck_of)]
+
+    def _settle(self, job_id: str, sj: SubmittedJob, outcomes: list[Outcome]) -> Record:
+        entries: list[LedgerEntry] = []
+        for o in outcomes:
+            step_run = sj.run.steps[o.step]
+            if o.accepted:
+                self.spot.remember(o.kind, step_run.params or {}, step_run.output)
+                if self.config.recheck and sj.recheck_of is None:
+                    self.spot.vouch(o.agreeing, job_id, o.step)
+            entries += settle_entries(job_id, sj.run.job, o, step_run.replicas)
+        return self._record(job_id, tuple(entries), tuple(outcomes))
+
+    def _record(self, job_id: str, entries: tuple[LedgerEntry, ...], outcomes: tuple[Outcome, ...] = ()) -> Record:
+        self._next_record += 1
+        rec = self._records[self._next_record] = Record(self._next_record, job_id, entries, outcomes)
+        return rec
+
+    def _finish(self, job_id: str, sj: SubmittedJob, out: list[Effect]) -> None:
+        del self.active[job_id]
+        if sj.recheck_of is not None:
+            self._judge_recheck(job_id, sj, out)
+        out.append(Finished(job_id, sj.run.status))
+        self._finished.append(job_id)
+        while len(self._finished) > self.config.keep and self._finished[0] not in self._rechecking:
+            old = self._finished.popleft()
+            del self.jobs[old]
+            out.append(Forgotten(old))
+
+    # -- the log ------------------------------------------------------------------------------------
+    def _in(self, name: str, *args: Any) -> None:
+        if self.log is not None:
+            self.log.append([name, *args])
+
+    def _out(self, effects: list[Effect]) -> list[Effect]:
+        if self.log is not None:
+            self.log.append(["effects", [as_json(e) for e in effects]])
+        return effects
+
+
+def replay_log(log: list, make: Callable[[Config], Submission] | None = None) -> list:
+    """Feed a recorded log's inputs to a fresh Submission configured from its first entry (built by
+    `make`, e.g. as the simulator builds its own); returns the new log, equal to the recorded one
+    exactly when the core decided the same."""
+    config = Config(**log[0][1])
+    sub = make(config) if make is not None else Submission(config, record=True)
+    if sub.log is None:
+        raise ValueError("the Submission to replay into must record its log")
+    for entry in log[1:]:
+        name, args = entry[0], list(entry[1:])
+        if name == "effects":
+            continue
+        if name == "submit":
+            args[1] = parse_job(args[1])
+        elif name == "tick":
+            args[1] = {k: [Candidate(**c) for c in v] for k, v in args[1].items()}
+        getattr(sub, name)(*args)
+    return json.loads(json.dumps(sub.log))

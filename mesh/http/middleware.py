@@ -1,0 +1,61 @@
+"""Pure-ASGI wrappers around the API app: a cap on request bodies, and the editor's security headers.
+Pure ASGI, so the event streams pass through them untouched."""
+
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse
+
+from mesh.http.common import ApiError, error_body
+
+MAX_BODY = 4 << 20
+EDITOR_CSP = ("default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+              "connect-src 'self'; frame-ancestors 'none'")  # no other page may frame it (clickjacking)
+
+
+class BodyLimit:
+    """Refuse bodies over MAX_BODY before they are read into memory (declared or streamed)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > MAX_BODY:
+            return await JSONResponse(error_body(scope["path"], 413, f"body over {MAX_BODY} bytes"), 413)(
+                scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY:
+                raise ApiError(413, f"body over {MAX_BODY} bytes")
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+class EditorHeaders:
+    """The editor's pages (/editor) may load and call this node and nothing else: a Content-Security-Policy
+    the browser enforces."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path != "/editor" and not path.startswith("/editor/"):
+            return await self.app(scope, receive, send)
+
+        async def with_csp(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"content-security-policy", EDITOR_CSP.encode()),
+                                                  (b"x-frame-options", b"DENY"),
+                                                  (b"x-content-type-options", b"nosniff")]}
+            await send(message)
+
+        return await self.app(scope, receive, with_csp)

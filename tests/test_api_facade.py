@@ -1,0 +1,147 @@
+"""The HTTP API built on a fake NodeFacade (no Node, no network, no model): everything it shows and does
+comes through the facade, so a fake one is enough to drive it. The real node is tests/test_api.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from ledger.receipts import make_receipt
+from ledger.store import Entry, Ledger
+from mesh.core.dag import Job
+from mesh.errors import CreditError, StepFailed
+from mesh.http.api import build_app
+from mesh.http.facade import NodeFacade
+from mesh.wire.identity import Identity
+
+pytestmark = pytest.mark.timeout(60)
+
+TOKEN = "t0ken"
+JOB = {"steps": [{"id": "a", "kind": "python", "params": {"code": "output = 1"}}]}
+
+
+@dataclass
+class Fake:
+    home: Path
+    submitted: list[Job] = field(default_factory=list)
+    credit_ok: bool = True
+
+    def submit(self, job: Job) -> str:
+        if not self.credit_ok:
+            raise CreditError("past the credit line")
+        self.submitted.append(job)
+        return f"job{len(self.submitted)}"
+
+    def facade(self, **changes) -> NodeFacade:
+        async def no_model(params: dict, timeout: float) -> object:
+            raise AssertionError("the model was asked though the node has none")
+
+        base = NodeFacade(
+            node_id="n" * 64, token=TOKEN, home=self.home, ledger_path=self.home / "ledger.db",
+            jobs_dir=self.home / "jobs", model_missing="started with --no-model",
+            status=lambda: {"node": "n" * 64, "peers": [{"node": "p" * 64}]}, jobs=lambda: {},
+            report=lambda st: {}, submit=self.submit, workers_for=lambda needs: 0,
+            kinds_offered=lambda: Counter({"python": 2}), models_held=lambda: Counter({"ab" * 32: 3}),
+            ask_model=no_model)
+        return replace(base, **changes)
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Fake:
+    (tmp_path / "jobs").mkdir()
+    return Fake(tmp_path)
+
+
+def call(facade: NodeFacade, method: str, path: str, body: object = None, token: bool = True
+         ) -> tuple[int, object]:
+    """One request through the ASGI app, as uvicorn would hand it over."""
+    data = json.dumps(body).encode() if body is not None else b""
+    headers = [(b"host", b"127.0.0.1:4751"), (b"content-type", b"application/json"),
+               (b"content-length", str(len(data)).encode())]
+    if token:
+        headers.append((b"authorization", f"Bearer {TOKEN}".encode()))
+    path, _, query = path.partition("?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path,
+             "raw_path": path.encode(), "query_string": query.encode(), "headers": headers, "scheme": "http",
+             "server": ("127.0.0.1", 4751), "client": ("127.0.0.1", 50000), "root_path": ""}
+    inbox = [{"type": "http.request", "body": data, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return inbox.pop(0) if inbox else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(build_app(facade)(scope, receive, send))
+    raw = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(raw) if raw.startswith((b"{", b"[")) else raw
+
+
+def test_the_schema_is_built_without_a_node():
+    assert "/jobs" in build_app(SimpleNamespace()).app.openapi()["paths"]  # type: ignore[arg-type]
+
+
+def test_health_needs_no_token_and_the_rest_does(fake):
+    assert call(fake.facade(), "GET", "/health", token=False) == (200, {"ok": True, "node": "n" * 64})
+    assert call(fake.facade(), "GET", "/status", token=False)[0] == 401
+    assert call(fake.facade(), "GET", "/peers") == (200, [{"node": "p" * 64}])
+
+
+def test_submit_goes_to_the_facade_and_a_credit_error_is_402(fake):
+    assert call(fake.facade(), "POST", "/jobs", {"job": JOB, "redundancy": 2}) == (201, {"job_id": "job1"})
+    assert fake.submitted[0].redundancy == 2 and fake.submitted[0].steps[0].id == "a"
+    fake.credit_ok = False
+    status, body = call(fake.facade(), "POST", "/jobs", {"job": JOB})
+    assert status == 402 and "credit line" in body["error"]
+
+
+def test_a_finished_job_is_read_from_the_jobs_dir(fake):
+    (fake.home / "jobs" / "abc123.json").write_text(json.dumps({"job_id": "abc123", "status": "done"}))
+    assert call(fake.facade(), "GET", "/jobs/abc123") == (200, {"job_id": "abc123", "status": "done"})
+    assert call(fake.facade(), "GET", "/jobs/nope")[0] == 404
+    status, raw = call(fake.facade(), "GET", "/jobs/abc123/events")
+    assert status == 200 and raw.startswith(b"id: 0\nevent: done\ndata: {")
+
+
+def test_plan_without_a_model_and_with_a_failing_one_falls_back_to_the_rules(fake):
+    status, body = call(fake.facade(), "POST", "/plan", {"query": "What is 2 + 3?"})
+    assert status == 200 and body["planner"] == "rules"
+    assert body["fallback"].endswith("this node has no model (started with --no-model)")
+
+    async def broken(params: dict, timeout: float) -> object:
+        raise StepFailed("the model runner died")
+
+    status, body = call(fake.facade(model_missing="", ask_model=broken), "POST", "/plan", {"query": "What is 2 + 3?"})
+    assert status == 200 and body["planner"] == "rules" and "the model runner died" in body["fallback"]
+
+
+def test_steps_and_models_count_what_peers_offer(fake):
+    status, steps = call(fake.facade(), "GET", "/steps", token=False)
+    assert status == 200 and steps["python"]["workers"] == 2
+    status, models = call(fake.facade(), "GET", "/v1/models")
+    assert status == 200 and models["data"][0]["x_homemesh"]["peers"] == 3
+
+
+def test_chat_needs_enough_workers_for_its_redundancy(fake):
+    status, body = call(fake.facade(), "POST", "/v1/chat/completions",
+                        {"model": "default", "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 503 and "fewer than the redundancy" in body["error"]["message"] and not fake.submitted
+
+
+def test_the_ledger_is_read_from_the_facades_path(fake):
+    me, payer = Identity.generate(), Identity.generate()
+    led = Ledger(fake.home / "ledger.db")
+    r = make_receipt(payer, "j", "s", me.node_id, 1.5, 1)
+    led.append([Entry("earned", "j", "s", payer.node_id, 1.5, {"receipt": r})], 1)
+    led.close()
+    status, body = call(fake.facade(node_id=me.node_id), "GET", "/ledger/balance")
+    assert status == 200 and body == {"node": me.node_id, "balance": 1.5, "earned": 1.5, "spent": 0.0}
+    status, rows = call(fake.facade(), "GET", "/ledger/history?limit=5")
+    assert status == 200 and rows[0]["receipt"] == r

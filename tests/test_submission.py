@@ -1,0 +1,256 @@
+"""The submission core (mesh.core.submission) on its own, in memory: worker slots and queues, spot checks
+that blacklist and trigger rechecks, settled steps turned into ledger entries, what a ledger failure does,
+and the log replaying to the same decisions. No network, no clock: the tests pass the time in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mesh.core.dag import parse_job
+from mesh.core.effects import Answer, Finished, Judged, Record, Send, Started, Timer, Wake
+from mesh.core.policy import Candidate, RecheckEvidence, StepEvidence, next_streak
+from mesh.core.submission import PER_WORKER, Config, Submission, replay_log
+from mesh.node.flow import Limits
+from mesh.wire.canonical import digest
+from simulations.driver import SimLedger, replay_core_log
+from simulations.world import SimNode
+
+pytestmark = pytest.mark.timeout(30)
+ONE = parse_job({"redundancy": 1, "timeout": 10, "steps": [{"id": "a", "kind": "python", "params": {"code": "x"}}]})
+THREE = parse_job({"redundancy": 3, "steps": [{"id": "a", "kind": "python", "params": {"code": "x"}}]})
+
+
+def pool(*names: str) -> dict[str, list[Candidate]]:
+    return {"python": [Candidate(n, 0.5, f"10.0.{i}") for i, n in enumerate(names)]}
+
+
+def of(effects: list, kind: type) -> list:
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def answer(sub: Submission, send: Send, output: object, now: float, work: dict | None = None) -> list:
+    return sub.on_result(send.node, send.job, send.step, True, digest(output), output, work or {}, "", now)
+
+
+def test_the_per_worker_limit_is_the_workers_own():
+    assert PER_WORKER == Limits().max_inflight_per_peer  # more would be answered "busy" and fail
+
+
+def test_a_worker_gets_at_most_its_limit_and_the_rest_waits_for_a_free_slot():
+    sub = Submission(Config(1))
+    sends = []
+    for i in range(PER_WORKER + 2):
+        sub.submit(f"j{i}", ONE, i)
+        effects = sub.tick(f"j{i}", pool("w0"), 0.0)
+        assert of(effects, Timer) == [Timer(f"j{i}", 10.0)]  # placed, queued or not
+        sends += of(effects, Send)
+    assert [s.job for s in sends] == [f"j{i}" for i in range(PER_WORKER)]
+    assert [j for j, _ in sub.queued["w0"]] == [f"j{PER_WORKER}", f"j{PER_WORKER + 1}"]
+
+    effects = answer(sub, sends[0], 42, 1.0)  # a slot frees: the first queued replica goes at once
+    assert [s.job for s in of(effects, Send)] == [f"j{PER_WORKER}"]
+    assert of(effects, Answer)[0].taken and Wake("j0") in effects
+
+    # the other queued replica's deadline passes before a slot frees: it is never sent, and its job's
+    # next tick fails it (timeout) and places it again, on the same lone worker: queued once more
+    assert of(answer(sub, sends[1], 42, 11.0), Send) == []
+    effects = sub.tick(f"j{PER_WORKER + 1}", pool("w0"), 11.0)
+    step = sub.jobs[f"j{PER_WORKER + 1}"].run.steps["a"]
+    assert step.tally.failures == {"w0": "timeout"} or step.status == "failed"
+
+
+def test_a_lost_worker_frees_its_slots_and_fails_its_replicas_without_a_key_error():
+    sub = Submission(Config(1))
+    sub.submit("j", THREE, 1)
+    sends = of(sub.tick("j", pool("w0", "w1", "w2", "w3"), 0.0), Send)
+    lost = sends[0].node
+    assert sub.on_node_lost(lost, "connection lost", 1.0) == [Wake("j")]
+    assert lost not in sub.outstanding and sub.on_node_lost(lost, "again", 1.0) == []
+    assert answer(sub, sends[0], 42, 1.5)[0] == Answer("j", "a", lost, True, digest(42), False)  # too late
+    for s in sends[1:]:
+        answer(sub, s, 42, 2.0)
+    (rec,) = of(sub.tick("j", pool("w0", "w1", "w2", "w3"), 2.0), Record)  # 2 of 3 agree: enough
+    assert ("no_show", lost) in [(e.kind, e.peer) for e in rec.entries]
+    assert rec.entries[-1].why.failed == {lost: "connection lost"}
+
+
+def test_an_answer_whose_digest_does_not_match_its_output_fails_the_replica():
+    sub = Submission(Config(1))
+    sub.submit("j", ONE, 1)
+    (send,) = of(sub.tick("j", pool("w0", "w1"), 0.0), Send)
+    effects = sub.on_result(send.node, "j", "a", True, digest(41), 42, {}, "", 1.0)
+    assert of(effects, Answer) == [Answer("j", "a", send.node, False, digest(41), True)]
+    assert sub.jobs["j"].run.steps["a"].replicas[send.node].error == "digest does not match output"
+
+
+def test_settled_steps_become_payments_and_verdicts_with_their_evidence():
+    sub = Submission(Config(1))
+    sub.submit("j", THREE, 1)
+    sends = of(sub.tick("j", pool("w0", "w1", "w2"), 0.0), Send)
+    for s, out in zip(sends, (42, 42, 41), strict=True):
+        answer(sub, s, out, 1.0, {"cpu_s": 0.5})
+    effects = sub.tick("j", pool("w0", "w1", "w2"), 1.0)  # 2 against 1, nobody left to ask: it stands
+    (rec,) = of(effects, Record)
+    assert of(effects, Finished) == [Finished("j", "done")]
+    right = sorted(s.node for s in sends[:2])
+    wrong = sends[2].node
+    assert sorted((e.kind, e.peer, e.amount) for e in rec.entries) == sorted(
+        [("paid", n, -0.5) for n in right] + [("agreed", n, 0.0) for n in right] + [("disagreed", wrong, 0.0)])
+    why = rec.entries[0].why
+    assert why.to_json() == {  # the keys `mesh ledger explain` and old ledgers know, unchanged
+        "rule": "majority", "needed": 2, "redundancy": 3, "accepted": digest(42), "agreeing": right,
+        "answers": {**{n: digest(42) for n in right}, wrong: digest(41)}, "failed": {},
+        "credit_basis": why.credit_basis, "reason": ""}
+    stored = json.loads(json.dumps({"why": why.to_json()}))
+    assert StepEvidence.in_detail(stored) == why and StepEvidence.in_detail({"why": why}) is why
+    assert next_streak(3, "agreed", why) == 4 and next_streak(3, "disagreed", why) == 0
+    assert StepEvidence.in_detail({"why": RecheckEvidence("r", digest(1)).to_json()}) is None
+
+    sub.on_recorded(rec.id, False, "disk I/O error")
+    assert sub.jobs["j"].credits == 0 and "disk I/O error" in sub.jobs["j"].payment_error
+
+
+def test_credits_count_only_once_the_ledger_took_them():
+    sub = Submission(Config(1))
+    sub.submit("j", ONE, 1)
+    (send,) = of(sub.tick("j", pool("w0"), 0.0), Send)
+    answer(sub, send, 42, 1.0, {"cpu_s": 2.0})
+    (rec,) = of(sub.tick("j", pool("w0"), 1.0), Record)
+    assert sub.jobs["j"].credits == 0
+    sub.on_recorded(rec.id, True)
+    assert sub.jobs["j"].credits == 2.0 and not sub.jobs["j"].payment_error
+    sub.on_recorded(rec.id, True)  # reported twice: counted once
+    assert sub.jobs["j"].credits == 2.0
+
+
+def test_the_simulated_ledger_folds_reputation_only_for_a_written_batch():
+    sub = Submission(Config(1))
+    sub.submit("j", ONE, 1)
+    (send,) = of(sub.tick("j", pool("w0"), 0.0), Send)
+    answer(sub, send, 42, 1.0)
+    (rec,) = of(sub.tick("j", pool("w0"), 1.0), Record)
+    ledger = SimLedger({"w0": SimNode("w0", "p", 1.0, None)})
+    ledger.refuse = True
+    assert not ledger.record(rec.entries, 1000)
+    assert ledger.evidence == {} and ledger.streaks == {} and ledger.nodes["w0"].earned == 0
+    ledger.refuse = False
+    assert ledger.record(rec.entries, 1000)
+    assert ledger.evidence["w0"].good == 1 and ledger.nodes["w0"].earned == 0.01
+
+
+def spot_core(keep: int = 1000) -> tuple[Submission, list]:
+    """A core checking every replica; worker `cheat` alone runs job j1 (r=1) and its check."""
+    sub = Submission(Config(1, spot_rate=1.0, blacklist_s=60, keep=keep))
+    sub.submit("j1", ONE, 1)
+    (send,) = of(sub.tick("j1", pool("cheat"), 0.0), Send)
+    assert send.check is not None and send.check.id.startswith("spot-")
+    assert sub.outstanding["cheat"].keys() == {("j1", "a"), (send.check.id, "check")}  # the check takes a slot
+    return sub, [send]
+
+
+def test_a_step_waits_for_its_workers_check_then_a_failed_check_blacklists_and_rechecks():
+    sub, (send,) = spot_core()
+    answer(sub, send, 666, 1.0)  # wrong, but r=1: nobody contradicts it
+    assert of(sub.tick("j1", pool("cheat"), 1.0), Record) == []  # held: its check is out
+    check = send.check
+    effects = sub.on_result("cheat", check.id, "check", True, digest(check.challenge.expected),
+                            check.challenge.expected, {}, "", 2.0)
+    assert of(effects, Judged) == [Judged("cheat", True, digest(check.challenge.expected))]
+    assert Wake("j1") in effects
+    assert of(sub.tick("j1", pool("cheat"), 2.0), Finished) == [Finished("j1", "done")]  # vouched for by cheat
+
+    sub.submit("j2", ONE, 2)
+    (send2,) = of(sub.tick("j2", pool("cheat"), 3.0), Send)
+    effects = sub.on_result("cheat", send2.check.id, "check", True, digest(0), 0, {}, "", 4.0)
+    (judged,) = of(effects, Judged)
+    assert not judged.passed and sub.blacklisted("cheat", 4.0) and not sub.blacklisted("cheat", 65.0)
+    (spot_failed,) = of(effects, Record)
+    assert [(e.kind, e.job, e.step, e.peer) for e in spot_failed.entries] == [
+        ("spot_failed", "spot", send2.check.id, "cheat")]
+    (started,) = of(effects, Started)
+    assert started.recheck_of == ("j1", "a") and sub.jobs["j1"].rechecks["a"]["cause"] == "cheat"
+
+    sends = of(sub.tick(started.job, pool("cheat", "h1", "h2"), 4.0), Send)
+    assert sorted(s.node for s in sends) == ["h1", "h2"]  # never the blacklisted worker
+    for s in sends:
+        answer(sub, s, 42, 5.0)
+        expected = s.check.challenge.expected  # (every replica comes with a check here)
+        sub.on_result(s.node, s.check.id, "check", True, digest(expected), expected, {}, "", 5.0)
+    effects = sub.tick(started.job, pool("cheat", "h1", "h2"), 5.0)
+    recs = of(effects, Record)
+    assert [(e.kind, e.peer, e.why) for e in recs[-1].entries] == [
+        ("disagreed", "cheat", RecheckEvidence(started.job, digest(42)))]
+    assert sub.jobs["j1"].rechecks["a"]["verdict"] == "overturned"
+    assert sub.jobs["j1"].run.steps["a"].output == 42
+
+
+def test_an_undeliverable_replica_fails_and_its_check_is_withdrawn():
+    sub, (send,) = spot_core()
+    effects = sub.on_unreachable("j1", "a", "cheat", send.check.id, 0.5)
+    assert effects == [Wake("j1")] and sub.spot.out == {} and sub.outstanding["cheat"] == {}
+
+
+def test_an_unanswered_check_times_out_unpunished_and_releases_what_it_held():
+    sub, (send,) = spot_core()
+    answer(sub, send, 42, 1.0)
+    assert sub.on_check_timeout(send.check.id, "cheat", 10.0) == [Wake("j1")]
+    assert not sub.blacklisted("cheat", 10.0)
+    assert of(sub.tick("j1", pool("cheat"), 10.0), Finished) == [Finished("j1", "done")]
+
+
+def test_finished_jobs_are_kept_up_to_a_limit_then_forgotten():
+    sub = Submission(Config(1, keep=2))
+    forgotten = []
+    for i in range(4):
+        sub.submit(f"j{i}", ONE, i)
+        (send,) = of(sub.tick(f"j{i}", pool("w0"), 0.0), Send)
+        answer(sub, send, 42, 1.0)
+        forgotten += [e.job for e in sub.tick(f"j{i}", pool("w0"), 1.0) if type(e).__name__ == "Forgotten"]
+    assert forgotten == ["j0", "j1"] and list(sub.jobs) == ["j2", "j3"] and sub.active == {}
+
+
+def test_a_job_being_rechecked_is_kept_past_the_limit_until_its_verdict():
+    sub, (send,) = spot_core(keep=1)
+    answer(sub, send, 666, 1.0)
+    expected = send.check.challenge.expected
+    sub.on_result("cheat", send.check.id, "check", True, digest(expected), expected, {}, "", 1.0)
+    sub.tick("j1", pool("cheat"), 1.0)
+    sub.submit("j2", ONE, 2)
+    (send2,) = of(sub.tick("j2", pool("cheat"), 2.0), Send)
+    (started,) = of(sub.on_result("cheat", send2.check.id, "check", True, digest(0), 0, {}, "", 2.0), Started)
+    effects = sub.tick("j2", pool("cheat"), 2.0)  # its only worker is distrusted: it fails
+    assert of(effects, Finished) == [Finished("j2", "failed")] and "j1" in sub.jobs  # j1 kept: rechecked
+    sends = of(sub.tick(started.job, pool("h1", "h2"), 3.0), Send)
+    for s in sends:
+        answer(sub, s, 42, 4.0)
+        sub.on_result(s.node, s.check.id, "check", True, digest(s.check.challenge.expected),
+                      s.check.challenge.expected, {}, "", 4.0)
+    effects = sub.tick(started.job, pool("h1", "h2"), 4.0)
+    assert [type(e).__name__ for e in effects if type(e).__name__ in ("Rechecked", "Forgotten")] == [
+        "Rechecked", "Forgotten", "Forgotten"]  # the verdict on j1 first, then j1 and j2 let go
+    assert list(sub.jobs) == [started.job]
+
+
+def test_the_cores_log_replays_to_the_same_decisions_here_and_in_the_simulators_core():
+    sub = Submission(Config(5, spot_rate=0.5, job_log=True), record=True)
+    for i in range(6):
+        sub.submit(f"j{i}", THREE, i)
+        for s in of(sub.tick(f"j{i}", pool("a", "b", "c", "d", "e"), float(i)), Send):
+            answer(sub, s, 42 if s.node != "e" else 41, i + 0.5)
+            if s.check is not None:
+                expected = s.check.challenge.expected if s.node != "e" else 0
+                sub.on_result(s.node, s.check.id, "check", True, digest(expected), expected, {}, "", i + 0.6)
+        for rec in of(sub.tick(f"j{i}", pool("a", "b", "c", "d", "e"), i + 0.7), Record):
+            sub.on_recorded(rec.id, True)
+    log = json.loads(json.dumps(sub.log))
+    assert replay_log(log) == log and replay_core_log(log) == log
+    log[3][-1] += 1.0  # the time of one tick: a different log
+    assert replay_log(log) != log
+
+
+def test_the_node_side_driver_sees_ports_never_the_node():
+    text = (Path(__file__).parent.parent / "mesh" / "node" / "submitter.py").read_text()
+    assert "lifecycle" not in text and "import Node" not in text
