@@ -26,6 +26,7 @@ from mesh.steps.ssrf import Allow, Refused
 from mesh.steps.stepuser import StepUser, running_as_root
 
 from ..conftest import cli_json
+from ..websites import ThreadedSite
 
 needs_browser = pytest.mark.skipif(find_browser() is None, reason="no Chromium here: `apt-get install chromium`")
 ALLOW_LOCAL = Allow.parse(["127.0.0.1"])
@@ -60,23 +61,19 @@ self.addEventListener('activate', e => e.waitUntil(self.clients.claim()));
 setInterval(() => fetch('/ping?from=sw').catch(() => 0), 100);"""
 
 
-class HostileSite:
+class HostileSite(ThreadedSite):
     """The site (aiohttp on 127.0.0.1) and a UDP listener, each in a thread; every request to /ping and
     every datagram is kept with its arrival time (time.monotonic)."""
 
     def __init__(self):
+        super().__init__()
         self.hits: list[tuple[float, str]] = []
         self.packets: list[tuple[float, int]] = []
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind(("127.0.0.1", 0))
         self.udp.settimeout(0.1)
         self.udp_port = self.udp.getsockname()[1]
-        self.loop = asyncio.new_event_loop()
-        self.port = 0
         self.stopping = threading.Event()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
 
     def seen(self, since: float = 0.0, until: float = float("inf")) -> Counter:
         return Counter(what for t, what in list(self.hits) if since < t <= until)
@@ -109,22 +106,9 @@ class HostileSite:
         return app
 
     def start(self) -> None:
-        ready = threading.Event()
-
-        async def serve() -> None:
-            self.runner = web.AppRunner(self.app(), handler_cancellation=True, shutdown_timeout=1)
-            await self.runner.setup()
-            site = web.TCPSite(self.runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
-            ready.set()
-
-        self.thread = threading.Thread(target=lambda: (self.loop.run_until_complete(serve()), self.loop.run_forever()),
-                                       daemon=True)
-        self.thread.start()
+        super().start()
         self.listener = threading.Thread(target=self._listen, daemon=True)
         self.listener.start()
-        assert ready.wait(10)
 
     def _listen(self) -> None:
         while not self.stopping.is_set():
@@ -136,9 +120,7 @@ class HostileSite:
 
     def stop(self) -> None:
         self.stopping.set()
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        super().stop()
         self.listener.join(5)
         self.udp.close()
 

@@ -301,6 +301,7 @@ def _own_step_groups() -> list[str]:
     return [str(p) for p in ROOT.glob(f"*/{NAME}*")] + [str(p) for p in ROOT.glob(f"{NAME}*")]
 
 
+@pytest.mark.mesh  # seconds of work: the full suite runs it, the fast one does not
 @pytest.mark.timeout(60)
 def test_a_fork_bomb_is_contained_and_leaves_nothing_behind():
     from mesh.steps.cgroup import available
@@ -350,6 +351,7 @@ def test_reading_the_node_key_fails(tmp_path):
     assert "FileNotFoundError" in error
 
 
+@pytest.mark.mesh  # seconds of work: the full suite runs it, the fast one does not
 def test_memory_across_many_processes_is_capped_by_the_step_group():
     from mesh.steps.cgroup import available
 

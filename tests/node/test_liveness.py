@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from .conftest import cli_json, wait_for
+from ..conftest import cli_json, wait_for
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(120)]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, wait_for
+from ..conftest import ROOT, wait_for
 
 pytestmark = [pytest.mark.mesh,
     pytest.mark.timeout(180),

@@ -14,7 +14,7 @@ from mesh.errors import JobError
 from mesh.steps.models import default_model, default_model_sha
 from mesh.steps.registry import Registry
 
-from .conftest import cli_json, run_cli
+from ..conftest import cli_json, run_cli
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(120)]
 

@@ -1,5 +1,5 @@
 """The HTTP API built on a fake NodeFacade (no Node, no network, no model): everything it shows and does
-comes through the facade, so a fake one is enough to drive it. The real node is tests/test_api.py."""
+comes through the facade, so a fake one is enough to drive it. The real node is tests/http/test_api.py."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from simulations.engine import Engine
 from simulations.run import Simulation, simulate
 from simulations.scenario import ScenarioError, load, parse_text
 
-from .conftest import cli_json, run_cli
+from ..conftest import cli_json, run_cli
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -98,6 +98,7 @@ def test_baseline_honest_network_accepts_every_step_right():
 
 @pytest.mark.parametrize("name, max_wrong, max_share_of_ids", [
     ("malicious-20", 0.002, 0.5), ("colluding-20", 0.01, 0.5), ("sybil-30", 0.02, 0.6), ("on-off", 0.02, 1.0)])
+@pytest.mark.mesh  # seconds of work: the full suite runs it, the fast one does not
 def test_each_adversary_scenario_gives_sane_metrics(name, max_wrong, max_share_of_ids):
     s, text = small(name, 4000)
     for a in s.adversaries:  # (a copy) on-off: start cheating early enough for a short run
@@ -111,6 +112,7 @@ def test_each_adversary_scenario_gives_sane_metrics(name, max_wrong, max_share_o
     assert r["wrong_at_settle_rate"] >= r["wrong_accepted_rate"]  # rechecks only ever fix answers
 
 
+@pytest.mark.mesh  # seconds of work: the full suite runs it, the fast one does not
 def test_plain_majority_lets_colluders_through_where_the_full_policy_does_not():
     s, text = small("colluding-20", 3000)
     plain = s.replace(**{"policy.margin": False, "jobs.adaptive": 0, "policy.spot_rate": 0.0,
@@ -145,6 +147,7 @@ def test_core_log_of_a_simulated_job_replays_to_the_same_decisions():
     assert checked > 50
 
 
+@pytest.mark.mesh  # seconds of work: the full suite runs it, the fast one does not
 def test_a_simulated_submitters_whole_core_log_replays_to_the_same_decisions():
     """Every input the simulator fed a submitter's core (jobs, ticks, answers, lost workers, spot-check
     timeouts, ledger results) and every effect it got back, replayed into a fresh core."""

@@ -14,7 +14,7 @@ import pytest
 
 from mesh.node.home import RuntimeInfo
 
-from .conftest import ROOT, cli_json, run_cli, tree_pids, wait_for, write_job
+from ..conftest import ROOT, cli_json, run_cli, tree_pids, wait_for, write_job
 
 pytestmark = pytest.mark.mesh
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from .conftest import cli_json, wait_for
+from ..conftest import cli_json, wait_for
 
 pytestmark = pytest.mark.mesh
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import cli_json, run_cli, wait_for, write_job
+from ..conftest import cli_json, run_cli, wait_for, write_job
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(180)]
 

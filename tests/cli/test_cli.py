@@ -12,7 +12,7 @@ import pytest
 
 from mesh.cli.local import free_ports
 
-from .conftest import cli_json, run_cli, write_job
+from ..conftest import cli_json, run_cli, write_job
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(120)]
 

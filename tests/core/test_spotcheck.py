@@ -13,7 +13,7 @@ from mesh.core.spotcheck import SpotChecker, python_challenge
 from mesh.steps.sandbox import bwrap_path, run_python
 from mesh.wire.canonical import digest
 
-from .conftest import cli_json, write_job
+from ..conftest import cli_json, write_job
 
 pytestmark = pytest.mark.timeout(120)
 

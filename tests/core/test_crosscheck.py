@@ -17,7 +17,7 @@ from mesh.core.quorum import Accept, GiveUp, NeedMore, QuorumRule, Tally
 from mesh.errors import JobError
 from mesh.wire.canonical import digest
 
-from .conftest import cli_json
+from ..conftest import cli_json
 
 pytestmark = pytest.mark.timeout(120)
 

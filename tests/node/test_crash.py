@@ -13,7 +13,7 @@ import pytest
 
 from ledger.store import Ledger
 
-from .conftest import cli_json, run_cli, wait_for
+from ..conftest import cli_json, run_cli, wait_for
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(300)]
 SEED = 20261126

@@ -15,10 +15,10 @@ from urllib.parse import urlparse
 
 import pytest
 
-from .conftest import wait_for
+from ..conftest import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-# Screenshots go to the test's tmp dir; `MESH_SCREENSHOTS=docs pytest tests/test_editor.py` refreshes the
+ROOT = Path(__file__).resolve().parents[2]
+# Screenshots go to the test's tmp dir; `MESH_SCREENSHOTS=docs pytest tests/http/test_editor.py` refreshes the
 # README's (so a test run never rewrites files under version control).
 SHOTS = os.environ.get("MESH_SCREENSHOTS")
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)

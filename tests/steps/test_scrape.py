@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import threading
 
 import pytest
 from aiohttp import web
@@ -18,7 +17,8 @@ from mesh.steps.scrape import Scraper, find_browser
 from mesh.steps.ssrf import Allow, Refused, resolve, why_refused
 from mesh.steps.stepuser import StepUser, running_as_root
 
-from .conftest import cli_json
+from ..conftest import cli_json
+from ..websites import ThreadedSite
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(120)]
 needs_browser = pytest.mark.skipif(find_browser() is None, reason="no Chromium here: `apt-get install chromium`")
@@ -70,13 +70,14 @@ def test_extract_text_links_selected_parts_and_tables():
 
 # -- a local web server ------------------------------------------------------------------------------------
 
-class Site:
+class Site(ThreadedSite):
     """An aiohttp app on 127.0.0.1 and 127.0.0.3 (both loopback; only the first is allowed in tests)."""
 
+    also = ("127.0.0.3",)
+
     def __init__(self):
+        super().__init__()
         self.hits: dict[str, int] = {}
-        self.loop = asyncio.new_event_loop()
-        self.port = 0
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -113,28 +114,6 @@ class Site:
                         web.get("/slow", slow), web.get("/huge", huge), web.get("/secret", count),
                         web.get("/pixel", count), web.get("/beacon", count)])
         return app
-
-    def start(self) -> None:
-        ready = threading.Event()
-
-        async def serve() -> None:
-            self.runner = web.AppRunner(self.app(), handler_cancellation=True, shutdown_timeout=1)
-            await self.runner.setup()
-            site = web.TCPSite(self.runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
-            await web.TCPSite(self.runner, "127.0.0.3", self.port).start()
-            ready.set()
-
-        self.thread = threading.Thread(target=lambda: (self.loop.run_until_complete(serve()), self.loop.run_forever()),
-                                       daemon=True)
-        self.thread.start()
-        assert ready.wait(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from mesh.core.dag import parse_job
 from mesh.wire.attest import verify
 
-from .conftest import run_cli
+from ..conftest import run_cli
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(300)]
 

@@ -252,5 +252,5 @@ def test_the_cores_log_replays_to_the_same_decisions_here_and_in_the_simulators_
 
 
 def test_the_node_side_driver_sees_ports_never_the_node():
-    text = (Path(__file__).parent.parent / "mesh" / "node" / "submitter.py").read_text()
+    text = (Path(__file__).parents[2] / "mesh" / "node" / "submitter.py").read_text()
     assert "lifecycle" not in text and "import Node" not in text

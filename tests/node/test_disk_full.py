@@ -11,7 +11,7 @@ import pytest
 
 from mesh.cli.local import LocalMesh
 
-from .conftest import cli_json, run_cli, wait_for
+from ..conftest import cli_json, run_cli, wait_for
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(180),
               pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")]

@@ -1,0 +1,1 @@
+"""Tests of a running node and meshes of them."""

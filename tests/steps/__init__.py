@@ -1,0 +1,1 @@
+"""Tests of step kinds and their containment."""
