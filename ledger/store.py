@@ -15,6 +15,7 @@ from typing import Any
 
 from mesh.core.policy import Evidence, StepEvidence, next_streak
 from mesh.errors import LedgerError
+from mesh.wire.canonical import canonical_text
 
 from .receipts import BadReceipt, verified
 
@@ -62,20 +63,8 @@ class Entry:
     detail: Mapping[str, Any] | None = None
 
 
-def _as_json(value: object) -> object:
-    to_json = getattr(value, "to_json", None)
-    if to_json is None:
-        raise TypeError(f"{type(value).__name__} in a ledger entry's detail has no to_json()")
-    return to_json()
-
-
-# canonical JSON (mesh.wire.canonical, byte for byte) that also takes typed values with a to_json()
-_DETAIL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                           default=_as_json)
-
-
 def detail_json(detail: Mapping[str, Any] | None) -> str:
-    return _DETAIL.encode(dict(detail or {}))
+    return canonical_text(dict(detail or {}))
 
 
 def entry_hash(prev: str, row_id: int, ts: int, kind: str, job: str, step: str, peer: str, amount: float,

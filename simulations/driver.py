@@ -25,7 +25,7 @@ from mesh.core.effects import (
     Timer,
     Wake,
 )
-from mesh.core.policy import Candidate, Evidence, StepEvidence, next_streak, reputation_group
+from mesh.core.policy import Candidate, Evidence, Reputations, StepEvidence, reputation_group
 from mesh.core.submission import Config, Submission, SubmittedJob, replay_log
 from mesh.wire.canonical import digest
 
@@ -56,8 +56,8 @@ class SimLedger:
 
     def __init__(self, nodes: dict[str, SimNode]):
         self.nodes = nodes
-        self.evidence: dict[str, Evidence] = {}
-        self.streaks: dict[str, int] = {}
+        self.reputations = Reputations()
+        self.evidence, self.streaks = self.reputations.evidence, self.reputations.streaks  # what placement reads
         self.refuse = False
 
     def record(self, entries: tuple[LedgerEntry, ...], ts_ms: int) -> bool:
@@ -67,9 +67,7 @@ class SimLedger:
             if e.kind == "paid":
                 self.nodes[e.peer].earned -= e.amount
                 continue
-            self.evidence.setdefault(e.peer, Evidence()).add(e.kind, ts_ms)
-            why = e.why if isinstance(e.why, StepEvidence) else None
-            self.streaks[e.peer] = next_streak(self.streaks.get(e.peer, 0), e.kind, why)
+            self.reputations.fold(e.kind, e.peer, ts_ms, e.why if isinstance(e.why, StepEvidence) else None)
         return True
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 MIN_WEIGHT = 0.02  # a peer at the bottom still gets the odd chance to redeem itself
@@ -138,6 +138,28 @@ class Evidence:
     def score(self, now_ms: int, half_life_ms: int = HALF_LIFE_MS) -> float:
         good, bad = self._decay_to(now_ms, half_life_ms)
         return (good + 1) / (good + bad + 2)
+
+
+@dataclass
+class Reputations:
+    """What a submitter knows of each peer, for placement: decayed evidence and runs of validated
+    results. Folded from the reputation entries its ledger really wrote — by the node (Node.record) and
+    by the simulator (SimLedger) alike, so both judge peers by one rule."""
+
+    evidence: dict[str, Evidence] = field(default_factory=dict)
+    streaks: dict[str, int] = field(default_factory=dict)
+
+    def fold(self, kind: str, peer: str, ts_ms: int, why: StepEvidence | None) -> None:
+        self.evidence.setdefault(peer, Evidence()).add(kind, ts_ms)
+        self.streaks[peer] = next_streak(self.streaks.get(peer, 0), kind, why)
+
+    def score(self, peer: str, now_ms: int) -> float:
+        """0..1, neutral 0.5 for a peer never seen."""
+        ev = self.evidence.get(peer)
+        return ev.score(now_ms) if ev else 0.5
+
+    def streak(self, peer: str) -> int:
+        return self.streaks.get(peer, 0)
 
 
 def place(candidates: list[Candidate], k: int, rng: random.Random, avoid: frozenset[str] = frozenset()

@@ -43,8 +43,6 @@ from mesh.http.middleware import BodyLimit, EditorHeaders
 from mesh.http.openai_api import router as openai_router
 from mesh.planning import planner
 
-__all__ = ["build_app", "error_body", "serve_api"]  # error_body: the tests build guarded apps with it
-
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies and clients from timing out
 PLAN_TIMEOUT_S = 60.0
 AUTH = [Depends(authorised)]

@@ -14,6 +14,8 @@ import h11
 from starlette.responses import JSONResponse
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from mesh.http.common import error_body
+
 log = logging.getLogger(__name__)
 
 READ_TIMEOUT_S = 10.0  # from when a connection waits for a request until its head and body are in
@@ -29,15 +31,11 @@ def allowed_hosts(port: int, bind_host: str = "127.0.0.1") -> frozenset[str]:
     return frozenset({f"{n}:{port}" for n in names} | (names if port == 80 else set()))
 
 
-def _error(path: str, status: int, message: str) -> dict:
-    return {"error": message}
-
-
 class HostGuard:
     """Pure ASGI: answer 421 to a request whose Host header (exactly one) is not in `hosts`, before any
     route, the token check or the body is looked at."""
 
-    def __init__(self, app, hosts: Iterable[str], body: Callable[[str, int, str], dict] = _error):
+    def __init__(self, app, hosts: Iterable[str], body: Callable[[str, int, str], dict] = error_body):
         self.app, self.hosts, self.body = app, frozenset(h.lower() for h in hosts), body
 
     def refusal(self, scope) -> str:

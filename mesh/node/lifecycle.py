@@ -28,11 +28,11 @@ from actors.messages import (
     RecordEntries,
 )
 from ledger.store import REPUTATION_KINDS, Entry
-from mesh.core.policy import Candidate, Evidence, StepEvidence, next_streak, reputation_group
-from mesh.errors import ConfigError, MeshError, Rejected
+from mesh.core.policy import Candidate, Reputations, StepEvidence, reputation_group
+from mesh.errors import ConfigError, MeshError, NoAnswer, Rejected
 from mesh.http.facade import NodeFacade
 from mesh.node import actorsys
-from mesh.node.bridge import ActorBridge, NoAnswer
+from mesh.node.bridge import ActorBridge
 from mesh.node.flow import Limits
 from mesh.node.gateway import Connection, Gateway
 from mesh.node.home import (
@@ -145,9 +145,8 @@ class Node:
         self.peers = PeerTable(identity.public_key, opts.network)
         self.bootstrap = {f"{h}:{p}" for h, p in opts.bootstrap}
         self.own_record: PeerRecord | None = None
-        self.evidence: dict[str, Evidence] = {}  # node id → decayed reputation evidence, from the ledger
+        self.reputations = Reputations()  # evidence and streaks by node id, from the ledger
         self.balance = 0.0  # credits earned minus spent, from the ledger
-        self.streaks: dict[str, int] = {}  # node id → run of validated results (adaptive replication)
         self.ledger_error = ""  # set when a write failed: no paid work until the operator fixes it
         self.tasks: set[asyncio.Task] = set()
         self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
@@ -203,7 +202,8 @@ class Node:
         reply = await self.bridge.ask(PeerStatsQuery(uuid.uuid4().hex), 30)
         if not isinstance(reply, PeerStatsReply) or reply.error:
             raise MeshError(f"cannot read the ledger: {getattr(reply, 'error', 'no answer')}")
-        self.evidence, self.balance, self.streaks = dict(reply.evidence), reply.balance, dict(reply.streaks)
+        self.reputations = Reputations(dict(reply.evidence), dict(reply.streaks))
+        self.balance = reply.balance
         self.listen = f"{self.opts.listen[0]}:{peer_sock.getsockname()[1]}"
         self._load_peers()
         await self.gateway.start(peer_sock)
@@ -426,14 +426,11 @@ class Node:
         self.balance += reply.amount  # what was really added: a duplicate the ledger skipped adds nothing
         for e in entries:
             if e.kind in REPUTATION_KINDS:
-                self.evidence.setdefault(e.peer, Evidence()).add(e.kind, ts or now_ms())
-                why = StepEvidence.in_detail(e.detail)
-                self.streaks[e.peer] = next_streak(self.streaks.get(e.peer, 0), e.kind, why)
+                self.reputations.fold(e.kind, e.peer, ts or now_ms(), StepEvidence.in_detail(e.detail))
         return True
 
     def reputation_of(self, node: str) -> float:
-        ev = self.evidence.get(node)
-        return ev.score(now_ms()) if ev else 0.5
+        return self.reputations.score(node, now_ms())
 
     def candidates(self) -> dict[str, list[Candidate]]:
         out: dict[str, list[Candidate]] = {}
@@ -442,7 +439,7 @@ class Node:
             if self.submitter.blacklisted(peer.node):
                 continue
             rep, prefix = self.reputation_of(peer.node), prefix_of(peer.addr)
-            cand = Candidate(peer.node, rep, prefix, self.streaks.get(peer.node, 0), reputation_group(prefix, rep))
+            cand = Candidate(peer.node, rep, prefix, self.reputations.streak(peer.node), reputation_group(prefix, rep))
             for cap in peer.capabilities(default):
                 out.setdefault(cap, []).append(cand)
         return out

@@ -8,6 +8,7 @@ nothing it prints is read as a measurement."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import marshal
 import math
@@ -111,6 +112,7 @@ def bwrap_path() -> str | None:
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
+@functools.lru_cache(maxsize=8)
 def _interpreter(user: StepUser | None = None) -> tuple[str, str]:
     """(prefix, executable) of the python that runs steps: this node's own, unless the step user cannot
     read it (a pyenv python under /root, mode 0700): then the system's python3, which any user can. A

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from mesh.cli.local import LocalMesh, free_ports
-from mesh.http.api import error_body
+from mesh.http.common import error_body
 from mesh.http.httpguard import MAX_CONNECTIONS, READ_TIMEOUT_S, HostGuard, allowed_hosts
 
 from ..conftest import run_cli, tree_pids, wait_for

@@ -96,12 +96,17 @@ def sandbox_processes(mesh) -> list[psutil.Process]:
     return found
 
 
+def run_step(mesh, sid: str, code: str, timeout: float) -> dict:
+    """One python step at r=3 from node0; its part of the report, once the job is done."""
+    job = {"name": sid, "steps": [{"id": sid, "kind": "python", "params": {"code": code}}]}
+    rep = wait_job(mesh.nodes[0], submit(mesh.nodes[0], job, 3), timeout=timeout)
+    assert rep["status"] == "done", str(rep["steps"])
+    return rep["steps"][sid]
+
+
 @pytest.mark.timeout(120)
 def test_a_step_cannot_touch_the_host(mesh4):
-    job = {"name": "escape", "steps": [{"id": "escape", "kind": "python", "params": {"code": ESCAPES}}]}
-    rep = wait_job(mesh4.nodes[0], submit(mesh4.nodes[0], job, 3), timeout=90)
-    assert rep["status"] == "done", str(rep["steps"])
-    step = rep["steps"]["escape"]
+    step = run_step(mesh4, "escape", ESCAPES, 90)
     assert sum(r["agreed"] for r in step["replicas"]) == 3, step  # every worker saw the same: all refused
     res = step["output"]
     assert res["proc_sys_files_seen"], res  # the walk did see /proc/sys: the check below means something
@@ -133,10 +138,7 @@ def test_every_sandbox_process_runs_as_a_uid_other_than_root_seen_from_the_host(
 
 @pytest.mark.timeout(90)
 def test_a_step_claiming_its_own_cpu_time_is_paid_what_the_node_measured(mesh4):
-    job = {"name": "forged-work", "steps": [{"id": "claim", "kind": "python", "params": {"code": FORGED}}]}
-    rep = wait_job(mesh4.nodes[0], submit(mesh4.nodes[0], job, 3), timeout=60)
-    assert rep["status"] == "done", str(rep["steps"])
-    step = rep["steps"]["claim"]
+    step = run_step(mesh4, "claim", FORGED, 60)
     assert step["output"] == 1
     assert all(r["work"]["cpu_s"] < 5 for r in step["replicas"]), step["replicas"]
     assert 0 < step["credit"] < 1, step  # 999999 claimed; the node measured a few milliseconds
