@@ -398,3 +398,8 @@ def test_python_steps_get_earlier_outputs_as_inputs_and_their_code_untouched():
     later = {d.step: d for d in run.advance(workers, 1.0)}
     assert later["b"].params == {"code": "output = inputs['a'].upper()", "inputs": {"a": hostile}}
     assert later["c"].params["prompt"] == f"Text: {hostile}\nSummary:"  # prompts may still template text
+
+
+def test_a_job_file_nested_too_deeply_is_one_clear_error():
+    with pytest.raises(JobError, match="nested too deeply"):
+        load_job_text("[" * 100_000, "deep.json")
