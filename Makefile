@@ -19,7 +19,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@echo "installing homemesh (llama-cpp-python compiles for ~5 minutes the first time)" >&2
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -c "from mesh.models import default_model; print('default model:', default_model()[0])"
+	$(PY) -c "from mesh.steps.models import default_model; print('default model:', default_model()[0])"
 	touch $@
 
 demo: setup
