@@ -41,18 +41,31 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     opts = NodeOptions(
         home=_home(args), listen=parse_hostport(args.listen, "--listen"), api=parse_hostport(args.api, "--api"),
-        bootstrap=[parse_hostport(b, "--bootstrap") for b in args.bootstrap], network=args.network,
+        bootstrap=[_bootstrap(b, args.transport) for b in args.bootstrap], network=args.network,
         fault=args.fault or "", allow_unsandboxed_python=args.allow_unsandboxed_python,
         load_model=not args.no_model, threads=args.threads,
         model=Path(args.model).expanduser() if args.model else None, frame_cap=args.frame_cap,
         credit_line=args.credit_line, collude=args.collude or "", spot_rate=args.spot_rate,
         blacklist_s=args.blacklist, core_log=args.core_log, scrape_allow=args.scrape_allow,
-        browser=args.browser or "", no_scrape=args.no_scrape, keep_jobs=args.keep_jobs,
+        browser=args.browser or "", no_scrape=args.no_scrape, keep_jobs=args.keep_jobs, transport=args.transport,
         advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
         if args.advertise else "",
     )
     run_node(opts)
     return 0
+
+
+def _bootstrap(text: str, transport: str) -> str:
+    """`--bootstrap`: HOST:PORT, or (libp2p) a multiaddr such as /ip4/H/tcp/P/p2p/ID."""
+    if transport == "tcp" or not text.startswith("/"):
+        host, port = parse_hostport(text, "--bootstrap")
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    from mesh.node.p2p.addresses import parse
+
+    try:
+        return str(parse(text).addr)
+    except ValueError as exc:
+        raise ConfigError(f"--bootstrap: {exc}") from None
 
 
 def _client(args: argparse.Namespace):
@@ -413,7 +426,11 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
     """`mesh node`'s options: most of NodeOptions, which cmd_node fills from them."""
     sp.add_argument("--listen", default="127.0.0.1:4750", help="peer gateway HOST:PORT (default 127.0.0.1:4750)")
     sp.add_argument("--api", default="127.0.0.1:4751", help="HTTP API HOST:PORT, loopback only (default 127.0.0.1:4751)")
-    sp.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT", help="a peer to join through (repeatable)")
+    sp.add_argument("--bootstrap", action="append", default=[], metavar="ADDR",
+                    help="a peer to join through, HOST:PORT or a multiaddr /ip4/H/tcp/P/p2p/ID (repeatable)")
+    sp.add_argument("--transport", choices=["libp2p", "tcp"], default="libp2p",
+                    help="libp2p (default): Noise-encrypted links, each peer's key proven by the handshake; "
+                         "tcp: plain, unencrypted TCP for loopback tests and benchmarks only")
     sp.add_argument("--network", default="homemesh-local", help="network id; nodes of other networks are refused")
     sp.add_argument("--advertise", metavar="HOST:PORT",
                     help="the address peers should dial (default: --listen; set it when listening on 0.0.0.0)")

@@ -1,6 +1,8 @@
-"""The peer gateway: asyncio TCP connections carrying length-prefixed signed frames. Checking is done by
-the sans-I/O `FrameDecoder`, `Receiver` and `TokenBucket`; this module moves bytes, enforces the
-connection limits (handshake, slow frames, idleness, rates, counts) and reports events to its handler."""
+"""The peer gateway: connections carrying length-prefixed signed frames, over libp2p (`mesh.node.p2p`:
+Noise-encrypted, the peer's key proven by the handshake) or plain TCP (`TcpTransport`, loopback tests
+and benches). Checking is done by the sans-I/O `FrameDecoder`, `Receiver` and `TokenBucket`; this module
+moves bytes, enforces the connection limits (handshake, slow frames, idleness, rates, counts, the
+envelope's sender being the transport's authenticated peer) and reports events to its handler."""
 
 from __future__ import annotations
 
@@ -25,8 +27,13 @@ class Handler(Protocol):
 
 
 class Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, label: str, limits: Limits):
-        self.reader, self.writer, self.label = reader, writer, label
+    """One link to a peer as the gateway sees it: a byte pipe plus the limits it is held to."""
+
+    kind = "direct"  # direct | relayed | hole-punched
+    authenticated: bytes | None = None  # the peer key the transport's handshake proved; None on plain TCP
+
+    def __init__(self, label: str, limits: Limits):
+        self.label = label
         self.peer_key: bytes | None = None  # set once an envelope from it verified on this connection
         now = time.monotonic()
         self.msgs = TokenBucket(limits.msg_rate, limits.msg_burst, now)
@@ -35,7 +42,30 @@ class Connection:
 
     @property
     def open(self) -> bool:
+        raise NotImplementedError
+
+    async def read(self, n: int) -> bytes:
+        """Up to n bytes; b'' at the end of the stream."""
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class TcpConnection(Connection):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, label: str, limits: Limits):
+        super().__init__(label, limits)
+        self.reader, self.writer = reader, writer
+
+    @property
+    def open(self) -> bool:
         return not self.writer.is_closing()
+
+    async def read(self, n: int) -> bytes:
+        return await self.reader.read(n)
 
     def write(self, data: bytes) -> None:
         if self.open:
@@ -46,40 +76,87 @@ class Connection:
             self.writer.close()
 
 
+Accept = Callable[[Connection], None]
+
+
+class Transport(Protocol):
+    """What the gateway needs of a transport: listen, dial (by address, with the key expected there
+    when known), stop. `kind` names it in status ('libp2p' or 'tcp')."""
+
+    kind: str
+
+    async def start(self, sock: socket.socket, accept: Accept) -> list[str]: ...
+    async def dial(self, addr: str, key: bytes | None, limits: Limits) -> Connection: ...
+    async def close(self) -> None: ...
+
+
+class TcpTransport:
+    """Plain asyncio TCP, in the clear: for loopback tests, benches and the simulator's peers."""
+
+    kind = "tcp"
+
+    def __init__(self) -> None:
+        self.server: asyncio.AbstractServer | None = None
+        self.limits = Limits()
+
+    async def start(self, sock: socket.socket, accept: Accept) -> list[str]:
+        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = writer.get_extra_info("peername")
+            accept(TcpConnection(reader, writer, f"in:{peer[0]}:{peer[1]}" if peer else "in", self.limits))
+
+        self.server = await asyncio.start_server(accepted, sock=sock)
+        host, port = sock.getsockname()[:2]
+        return [f"{host}:{port}"]
+
+    async def dial(self, addr: str, key: bytes | None, limits: Limits) -> Connection:
+        host, _, port = addr.rpartition(":")
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), DIAL_TIMEOUT)
+        return TcpConnection(reader, writer, f"out:{addr}", limits)
+
+    async def close(self) -> None:
+        if self.server:
+            self.server.close()
+
+
 class Gateway:
     def __init__(self, sealer: Sealer, receiver: Receiver, handler: Handler, now_ms: Callable[[], int],
-                 frame_cap: int, limits: Limits | None = None):
+                 frame_cap: int, limits: Limits | None = None, transport: Transport | None = None):
         self.sealer, self.receiver, self.handler = sealer, receiver, handler
         self.now_ms, self.frame_cap = now_ms, frame_cap
         self.limits = limits or Limits()
-        self.server: asyncio.AbstractServer | None = None
+        self.transport: Transport = transport or TcpTransport()
+        if isinstance(self.transport, TcpTransport):
+            self.transport.limits = self.limits
+        self.addresses: list[str] = []
         self.connections: set[Connection] = set()
         self.tasks: set[asyncio.Task] = set()
 
     async def start(self, sock: socket.socket) -> None:
-        self.server = await asyncio.start_server(self._accepted, sock=sock)
+        self.addresses = await self.transport.start(sock, self._accepted)
 
     @property
     def unverified(self) -> int:
         return sum(c.peer_key is None for c in self.connections)
 
-    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        conn = Connection(reader, writer, f"in:{peer[0]}:{peer[1]}" if peer else "in", self.limits)
+    def _accepted(self, conn: Connection) -> None:
         if len(self.connections) >= self.limits.max_connections or self.unverified >= self.limits.max_unverified:
             self.receiver.count("too-many-connections")
             log.warning("refusing %s: too-many-connections", conn.label)
             conn.close()
             return
-        await self._serve(conn)
+        self._own(self._serve(conn))
 
-    async def dial(self, host: str, port: int) -> Connection:
-        """Open a connection and start serving it; raises OSError / TimeoutError when unreachable."""
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), DIAL_TIMEOUT)
-        conn = Connection(reader, writer, f"out:{host}:{port}", self.limits)
-        task = asyncio.create_task(self._serve(conn))
+    def _own(self, coro) -> None:
+        task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    async def dial(self, addr: str, key: bytes | None = None) -> Connection:
+        """Open a connection and start serving it; raises OSError / TimeoutError / ValueError when
+        the address is bad or unreachable, or (libp2p) another key answers there."""
+        conn = await self.transport.dial(addr, key, self.limits)
+        self.connections.add(conn)  # counted at once, so two quick sends do not dial twice
+        self._own(self._serve(conn))
         return conn
 
     def send(self, conn: Connection, kind: str, recipient: bytes, payload: object) -> None:
@@ -112,7 +189,7 @@ class Gateway:
         while True:
             deadline, reason = self._deadline(conn, decoder, started, frame_began)
             try:
-                data = await asyncio.wait_for(conn.reader.read(65536), max(0.0, deadline - time.monotonic()))
+                data = await asyncio.wait_for(conn.read(65536), max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 raise Rejected(reason, f"on {conn.label}") from None
             if not data:
@@ -149,6 +226,11 @@ class Gateway:
             if conn.rejections >= self.limits.max_rejections:
                 raise Rejected("too-many-rejections", f"{conn.rejections} on {conn.label}") from None
             return
+        if conn.authenticated is not None and env.sender != conn.authenticated:
+            # Signed by a key other than the one the encrypted link proved: a relayed or stolen
+            # envelope. The link's owner is the one breaking the rules.
+            conn.peer_key = conn.peer_key or conn.authenticated
+            raise Rejected("sender-not-peer", f"{env.sender_id[:12]} on a link authenticated as another key")
         if conn.peer_key is None:
             conn.peer_key = env.sender
         elif conn.peer_key != env.sender:
@@ -162,11 +244,10 @@ class Gateway:
             self.handler.on_abuse(conn, exc.reason)
 
     async def close(self) -> None:
-        if self.server:
-            self.server.close()
         for conn in list(self.connections):
-            conn.close()
+            conn.close()  # a libp2p link first sends what is queued (a `bye`), then closes its stream
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.transport.close()

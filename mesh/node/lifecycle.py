@@ -34,7 +34,7 @@ from mesh.http.facade import NodeFacade
 from mesh.node import actorsys
 from mesh.node.bridge import ActorBridge
 from mesh.node.flow import Limits
-from mesh.node.gateway import Connection, Gateway
+from mesh.node.gateway import Connection, Gateway, TcpTransport, Transport
 from mesh.node.home import (
     LEDGER_FILE,
     PEERS_FILE,
@@ -74,7 +74,7 @@ class NodeOptions:
     home: Path
     listen: tuple[str, int]
     api: tuple[str, int]
-    bootstrap: list[tuple[str, int]] = field(default_factory=list)
+    bootstrap: list[str] = field(default_factory=list)  # HOST:PORT or multiaddrs, checked by the CLI
     network: str = "homemesh-local"
     advertise: str = ""  # host:port peers should dial; default: the listen address
     fault: str = ""
@@ -92,6 +92,29 @@ class NodeOptions:
     browser: str = ""  # Chromium to drive ('' → found on PATH; none → plain HTTP fetches)
     no_scrape: bool = False
     keep_jobs: int = 1000  # finished jobs kept in memory (older ones are read from <home>/jobs)
+    transport: str = "libp2p"  # libp2p (Noise-encrypted, keys proven) | tcp (plain, for loopback tests)
+
+
+def make_transport(kind: str, identity: Identity) -> Transport:
+    if kind == "tcp":
+        return TcpTransport()
+    from mesh.node.p2p.transport import Libp2pTransport  # py-libp2p takes ~0.6 s to import
+
+    return Libp2pTransport(identity)
+
+
+def bootstrap_keys(addrs: list[str], transport: str) -> dict[str, bytes | None]:
+    """Each bootstrap address with the node key it names (a multiaddr's /p2p/ id), so the dial is
+    authenticated from the first byte; HOST:PORT names none, and Noise tells who answered."""
+    if transport == "tcp":
+        return dict.fromkeys(addrs)
+    from mesh.node.p2p.addresses import key_of, parse
+
+    out: dict[str, bytes | None] = {}
+    for addr in addrs:
+        target = parse(addr)
+        out[addr] = key_of(target.peer) if target.peer is not None else None
+    return out
 
 
 def now_ms() -> int:
@@ -141,9 +164,10 @@ class Node:
         self.replay_store = ReplayStore(opts.home / REPLAY_FILE, self.receiver.window_ms)
         self.receiver.highest_seq.update(self.replay_store.load(now_ms()))
         self.sealer = Sealer(identity, opts.network)
-        self.gateway = Gateway(self.sealer, self.receiver, self, now_ms, opts.frame_cap, Limits())
+        self.gateway = Gateway(self.sealer, self.receiver, self, now_ms, opts.frame_cap, Limits(),
+                               make_transport(opts.transport, identity))
         self.peers = PeerTable(identity.public_key, opts.network)
-        self.bootstrap = {f"{h}:{p}" for h, p in opts.bootstrap}
+        self.bootstrap = bootstrap_keys(opts.bootstrap, opts.transport)  # address → key it names, if any
         self.own_record: PeerRecord | None = None
         self.reputations = Reputations()  # evidence and streaks by node id, from the ledger
         self.balance = 0.0  # credits earned minus spent, from the ledger
@@ -253,9 +277,9 @@ class Node:
     async def _heartbeat(self) -> None:
         while True:
             now = time.monotonic()
-            for addr in list(self.bootstrap):
-                if not any(p.addr == addr and p.connected for p in self.peers):
-                    self.spawn(self._dial(addr, ANYONE))
+            for addr, key in list(self.bootstrap.items()):
+                if not any((p.addr == addr or p.key == key) and p.connected for p in self.peers):
+                    self.spawn(self._dial(addr, key or ANYONE))
             hello = self.hello()  # the same for every peer: built once per beat, not once per peer
             for peer in self.peers:
                 if peer.connected:
@@ -292,9 +316,8 @@ class Node:
             self.peers.learn(rec, now_ms())  # verified like any gossip: a tampered file teaches nothing
 
     async def _dial(self, addr: str, key: bytes) -> Connection | None:
-        host, _, port = addr.rpartition(":")
         try:
-            conn = await self.gateway.dial(host.strip("[]"), int(port))
+            conn = await self.gateway.dial(addr, None if key == ANYONE else key)
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
             peer = self.peers.get(key)
             if peer is not None:  # exponential backoff with jitter, capped at 30 s
@@ -381,7 +404,9 @@ class Node:
         fresh = peer.state != "up"
         peer.state, peer.last_seen, peer.failures = "up", time.monotonic(), 0
         peer.conns.add(conn)
-        self.bootstrap.discard(peer.addr)
+        for addr, key in list(self.bootstrap.items()):
+            if addr == peer.addr or key == peer.key:
+                del self.bootstrap[addr]
         if fresh or env.recipient == ANYONE:
             self.gateway.send(conn, "hello", env.sender, self.hello())
             log.info("peer %s up at %s (%s)", peer.node[:12], peer.addr, ",".join(peer.kinds))
@@ -444,16 +469,22 @@ class Node:
                 out.setdefault(cap, []).append(cand)
         return out
 
+    def reachability(self) -> str:
+        """public | private | unknown: whether peers can dial this node (AutoNAT's verdict, when run)."""
+        return getattr(self.gateway.transport, "reachability", "unknown")
+
     def status(self) -> dict:
         now_mono, now_wall = time.monotonic(), time.time()
         peers = [{
             "node": p.node, "address": p.addr, "state": p.state, "connected": p.connected,
             "last_seen": round(now_wall - (now_mono - p.last_seen), 3) if p.last_seen else None,
             "reputation": round(self.reputation_of(p.node), 6), "models": p.models, "kinds": p.kinds,
+            "connection": next((c.kind for c in p.conns if c.open), None),
         } for p in sorted(self.peers, key=lambda p: p.node)]
         jobs = self.submitter.jobs
         return {"node": self.id, "key": self.identity.public_key.hex(), "network": self.opts.network,
-                "listen": self.listen, "kinds": self.kinds, "models": self.models, "sandbox": self.sandboxed,
+                "listen": self.listen, "transport": self.gateway.transport.kind,
+                "addresses": self.gateway.addresses, "reachability": self.reachability(), "kinds": self.kinds, "models": self.models, "sandbox": self.sandboxed,
                 "fault": self.opts.fault or None, "peers": peers, "rejected": dict(self.receiver.rejected),
                 "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,
                 "ledger_error": self.ledger_error or None,

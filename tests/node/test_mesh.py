@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -13,6 +14,8 @@ import psutil
 import pytest
 
 from mesh.node.home import RuntimeInfo
+from mesh.node.p2p.client import BlockingLink
+from mesh.wire.identity import Identity
 
 from ..conftest import ROOT, cli_json, run_cli, tree_pids, wait_for, write_job
 
@@ -181,11 +184,20 @@ def test_mesh_up_starts_nodes_that_know_each_other_and_ctrl_c_stops_them(tmp_pat
 def test_garbage_on_the_peer_port_is_counted_and_the_node_keeps_serving(make_mesh, tmp_path: Path):
     mesh = make_mesh(4, lambda i: ["--no-model"])
     host, port = mesh.nodes[1].listen.split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as s:
-        s.sendall(len(b"not json at all").to_bytes(4, "big") + b"not json at all")
-        s.sendall((10 << 20).to_bytes(4, "big"))  # a frame over the 1 MiB cap
-        s.settimeout(5)
-        assert s.recv(10) == b""  # the node drops the connection
+    with socket.create_connection((host, int(port)), timeout=5) as s:  # not even libp2p: refused
+        s.sendall(b"\x13/multistream/1.0.0\n" + b"\xff" * 4096)
+        s.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):
+            while s.recv(4096):
+                pass
+    link = BlockingLink(mesh.nodes[1].listen, Identity.generate())  # an encrypted link, then garbage
+    try:
+        link.sendall(len(b"not json at all").to_bytes(4, "big") + b"not json at all")
+        link.sendall((10 << 20).to_bytes(4, "big"))  # a frame over the 1 MiB cap
+        link.settimeout(5)
+        assert link.recv(10) == b""  # the node drops the connection
+    finally:
+        link.close()
     st = wait_for(lambda: (s := cli_json("status", "--home", str(mesh.nodes[1].home)))["rejected"].get(
         "frame-too-large") and s, 10, "the rejection to be counted")
     assert st["rejected"]["bad-json"] == 1

@@ -19,9 +19,8 @@ def remember(procs: dict, node) -> None:
             pass
 
 
-@pytest.fixture(scope="module")
-def mesh4(tmp_path_factory):
-    mesh = LocalMesh(tmp_path_factory.mktemp("secmesh"), 4, lambda i: ["--no-model"])
+def _mesh4(tmp_path_factory, extra: list[str]):
+    mesh = LocalMesh(tmp_path_factory.mktemp("secmesh"), 4, lambda i: ["--no-model", *extra])
     procs: dict[int, psutil.Process] = {}
     try:
         mesh.start()
@@ -39,3 +38,15 @@ def mesh4(tmp_path_factory):
                 proc.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+@pytest.fixture(scope="module")
+def mesh4(tmp_path_factory):
+    """Nodes on their default transport, libp2p."""
+    yield from _mesh4(tmp_path_factory, [])
+
+
+@pytest.fixture(scope="module")
+def tcp_mesh4(tmp_path_factory):
+    """Nodes on plain TCP: the gateway's own limits, reached by raw sockets without a Noise handshake."""
+    yield from _mesh4(tmp_path_factory, ["--transport", "tcp"])

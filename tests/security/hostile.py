@@ -18,6 +18,8 @@ from typing import Any
 
 from mesh import PROTOCOL_VERSION
 from mesh.cli.local import LocalMesh, LocalNode, free_ports
+from mesh.node.p2p.addresses import peer_id_of
+from mesh.node.p2p.client import BlockingLink
 from mesh.wire.canonical import canonical
 from mesh.wire.envelope import ANYONE, Sealer, signed_bytes
 from mesh.wire.identity import Identity
@@ -65,7 +67,7 @@ class HostilePeer:
     known: dict[str, str] = {}  # node id → hex public key of every attacker identity seen
 
     def __init__(self, addr: str, identity: Identity | None = None, network: str = NETWORK,
-                 timeout: float = 5.0, connect: bool = True):
+                 timeout: float = 5.0, connect: bool = True, transport: str = "libp2p"):
         self.addr = addr
         self.identity = identity or Identity.generate()
         HostilePeer.known[self.identity.node_id] = self.identity.public_key.hex()
@@ -78,7 +80,10 @@ class HostilePeer:
         self.eof = False
         self.sock: socket.socket | None = None
         self.local_port = 0
-        if connect:  # connect=False: a key that only seals (e.g. to write into another peer's socket)
+        self.transport = transport
+        if connect and transport == "libp2p":  # the node's real transport: Noise proves self.identity
+            self.sock = BlockingLink(addr, self.identity, timeout)
+        elif connect:  # connect=False: a key that only seals (e.g. to write into another peer's socket)
             self.sock = socket.create_connection(split_addr(addr), timeout=timeout)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.local_port = self.sock.getsockname()[1]
@@ -95,6 +100,8 @@ class HostilePeer:
     @property
     def label(self) -> str:
         """How the node's log names this connection."""
+        if self.transport == "libp2p":
+            return f"in:{str(peer_id_of(self.key))[-8:]}:direct"
         return f"in:127.0.0.1:{self.local_port}"
 
     # building envelopes

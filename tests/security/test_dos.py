@@ -1,7 +1,11 @@
 """Resource attacks on a 4-node mesh (node0 submits, nodes 1-3 work) that must not starve honest peers:
 hundreds of idle connections, and slowloris connections that start a frame and trickle it a byte a
 second. Each attack runs against every worker's peer port while node0 gets a job done at r=3 (so every
-worker has to serve it), and the node must refuse, time out and count the attackers."""
+worker has to serve it), and the node must refuse, time out and count the attackers.
+
+The gateway's own limits are reached with raw sockets on nodes run with `--transport tcp` (the same
+gateway code sits behind libp2p); on libp2p, a flood of raw connections that never finish the Noise
+handshake must not starve honest peers either."""
 
 from __future__ import annotations
 
@@ -48,7 +52,8 @@ def run_job_during(mesh, attack_running) -> tuple[dict, float]:
 
 
 @pytest.mark.timeout(60)
-def test_connection_flood_is_refused_while_honest_jobs_flow(mesh4):
+def test_connection_flood_is_refused_while_honest_jobs_flow(tcp_mesh4):
+    mesh4 = tcp_mesh4
     workers = mesh4.nodes[1:]
     before = {n.home.name: rejected(n) for n in workers}
     flood = Flood([n.listen for n in workers], size=300).start()
@@ -77,13 +82,14 @@ def test_connection_flood_is_refused_while_honest_jobs_flow(mesh4):
 
 
 @pytest.mark.timeout(60)
-def test_slowloris_is_cut_off_while_honest_jobs_flow(mesh4):
+def test_slowloris_is_cut_off_while_honest_jobs_flow(tcp_mesh4):
+    mesh4 = tcp_mesh4
     workers = mesh4.nodes[1:]
     before = {n.home.name: rejected(n) for n in workers}
     slow = Slowloris(declared=1000)
     verified: dict[str, HostilePeer] = {}
     for n in workers:
-        peer = HostilePeer(n.listen)
+        peer = HostilePeer(n.listen, transport="tcp")
         peer.handshake(bytes.fromhex(status(n)["key"]))  # a known peer: it gets the frame deadline, 10 s
         verified[n.home.name] = peer
         slow.add_verified(peer)
@@ -113,3 +119,22 @@ def test_slowloris_is_cut_off_while_honest_jobs_flow(mesh4):
     assert_ledger_clean(mesh4.nodes[0], honest_ids(mesh4))
     assert_serves(mesh4)
     print(f"job at r=3 took {took:.2f} s during a slowloris attack on {len(slow.conns)} connections")
+
+
+@pytest.mark.timeout(90)
+def test_raw_flood_without_noise_does_not_starve_libp2p_peers(mesh4):
+    """300 raw TCP connections per worker that never start the Noise handshake: libp2p drops them at
+    its upgrade deadline, and the job at r=3 still runs on every worker meanwhile."""
+    workers = mesh4.nodes[1:]
+    flood = Flood([n.listen for n in workers], size=300).start()
+    try:
+        wait_for(lambda: flood.holding(100), 20, "the flood to hold connections to every worker")
+        rep, took = run_job_during(mesh4, lambda: flood.running)
+        assert all(status(n)["node"] == n.node_id for n in mesh4.nodes)
+        wait_for(lambda: flood.dropped >= 3 * 100, 30, "the nodes to drop connections that never authenticated")
+    finally:
+        flood.stop()
+    for n in workers:
+        assert_ledger_clean(n, honest_ids(mesh4))
+    assert_serves(mesh4)
+    print(f"job at r=3 took {took:.2f} s during a raw flood of {flood.opened} connections (libp2p)")

@@ -291,10 +291,11 @@ def test_second_identity_on_one_connection(mesh4):
     before = rejected(node)
     with HostilePeer(node.listen) as evil:
         evil.handshake(me)
-        sybil = HostilePeer(node.listen, connect=False)  # a second key writing into the same socket
+        sybil = HostilePeer(node.listen, connect=False)  # a second key writing into the same link
         evil.send_raw(sybil.hello_frame())
         assert evil.closed_by_node(5)
-        wait_rejection(node, "sender-changed", before, evil.label)
+        # the link's Noise handshake proved evil's key: an envelope signed by any other key is refused
+        wait_rejection(node, "sender-not-peer", before, evil.label)
     assert sybil.identity.node_id not in peer_ids(node)
     wait_for(lambda: penalties(node.home).get(evil.node_id, 0) >= 1, 10, "a penalty for the first key")
     after(mesh4, node, evil, sybil.identity)
