@@ -95,12 +95,12 @@ class NodeOptions:
     transport: str = "libp2p"  # libp2p (Noise-encrypted, keys proven) | tcp (plain, for loopback tests)
 
 
-def make_transport(kind: str, identity: Identity) -> Transport:
+def make_transport(kind: str, identity: Identity, advertise: str) -> Transport:
     if kind == "tcp":
         return TcpTransport()
     from mesh.node.p2p.transport import Libp2pTransport  # py-libp2p takes ~0.6 s to import
 
-    return Libp2pTransport(identity)
+    return Libp2pTransport(identity, advertise=advertise)
 
 
 def bootstrap_keys(addrs: list[str], transport: str) -> dict[str, bytes | None]:
@@ -165,7 +165,11 @@ class Node:
         self.receiver.highest_seq.update(self.replay_store.load(now_ms()))
         self.sealer = Sealer(identity, opts.network)
         self.gateway = Gateway(self.sealer, self.receiver, self, now_ms, opts.frame_cap, Limits(),
-                               make_transport(opts.transport, identity))
+                               make_transport(opts.transport, identity, opts.advertise))
+        self.relayed_addr = ""  # our circuit address through a relay, when peers cannot dial us
+        if hasattr(self.gateway.transport, "on_address"):
+            self.gateway.transport.on_address = self._on_relayed_address
+            self.gateway.transport.on_direct = self._on_direct
         self.peers = PeerTable(identity.public_key, opts.network)
         self.bootstrap = bootstrap_keys(opts.bootstrap, opts.transport)  # address → key it names, if any
         self.own_record: PeerRecord | None = None
@@ -267,9 +271,28 @@ class Node:
         """This node's signed record, re-issued when a third of its lifetime has passed."""
         now = now_ms()
         if self.own_record is None or self.own_record.issued + RECORD_TTL_MS // 3 < now:
-            self.own_record = make_record(self.identity, self.opts.network, self.opts.advertise or self.listen,
+            addr = self.opts.advertise or self.relayed_addr or self.listen
+            self.own_record = make_record(self.identity, self.opts.network, addr,
                                           self.kinds, self.models, self.sandboxed, now)
         return self.own_record
+
+    def _on_relayed_address(self, addr: str) -> None:
+        """Peers cannot dial us, and a relay now holds a slot for us: publish that address at once."""
+        if addr == self.relayed_addr or self.opts.advertise:
+            return
+        log.info("unreachable from outside: advertising %s", addr)
+        self.relayed_addr, self.own_record = addr, None
+        hello = self.hello()
+        for peer in self.peers:
+            if peer.connected:
+                self.send(peer, "hello", hello)
+
+    def _on_direct(self, key: bytes) -> None:
+        """A peer we reached through a relay now has a direct (hole-punched) link: open our stream on it
+        before the relayed one is closed, so no step sees the peer go away."""
+        peer = self.peers.get(key)
+        if peer is not None and not any(c.open and c.kind != "relayed" for c in peer.conns) and peer.addr:
+            self.spawn(self._dial(peer.addr, peer.key))
 
     def hello(self) -> Hello:
         return Hello(self.my_record(), self.peers.records(now_ms())[:MAX_GOSSIP])
@@ -333,8 +356,13 @@ class Node:
             peer.conns.add(conn)
         return conn
 
+    @staticmethod
+    def _best_conn(peer: Peer) -> Connection | None:
+        """An open link to the peer, a direct or hole-punched one before one through a relay."""
+        return min((c for c in peer.conns if c.open), key=lambda c: c.kind == "relayed", default=None)
+
     def send(self, peer: Peer, kind: str, payload: object) -> bool:
-        conn = next((c for c in peer.conns if c.open), None)
+        conn = self._best_conn(peer)
         if conn is None:
             return False
         frame = self.sealer.seal(kind, peer.key, payload, now_ms())
@@ -479,7 +507,7 @@ class Node:
             "node": p.node, "address": p.addr, "state": p.state, "connected": p.connected,
             "last_seen": round(now_wall - (now_mono - p.last_seen), 3) if p.last_seen else None,
             "reputation": round(self.reputation_of(p.node), 6), "models": p.models, "kinds": p.kinds,
-            "connection": next((c.kind for c in p.conns if c.open), None),
+            "connection": best.kind if (best := self._best_conn(p)) else None,
         } for p in sorted(self.peers, key=lambda p: p.node)]
         jobs = self.submitter.jobs
         return {"node": self.id, "key": self.identity.public_key.hex(), "network": self.opts.network,

@@ -116,7 +116,14 @@ class PeerTable:
 
 
 def prefix_of(addr: str) -> str:
-    """Network prefix used to spread replicas: the /24 of an IPv4 address, the /48 of IPv6, else the host."""
+    """Network prefix used to spread replicas: the /24 of an IPv4 address, the /48 of IPv6, else the host.
+    A node reached through a relay says nothing true about where it is: its whole address is its own
+    group (the relay's prefix would lump unrelated homes together)."""
+    if addr.startswith("/"):
+        if "/p2p-circuit" in addr:
+            return addr
+        bits = addr.split("/")
+        addr = f"{bits[2]}:{bits[4]}" if len(bits) > 4 else addr
     host = addr.rpartition(":")[0].strip("[]")
     try:
         ip = ipaddress.ip_address(host)

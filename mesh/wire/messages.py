@@ -13,7 +13,7 @@ class PeerRecord:
     replaced by a newer one (higher `issued`), forgotten after `expires`."""
 
     key: str  # hex Ed25519 public key; the node id is its SHA-256
-    addr: str  # host:port of its peer gateway
+    addr: str  # host:port of its peer gateway, or a multiaddr (e.g. a circuit through a relay)
     kinds: list[str]
     models: list[str]  # SHA-256 of each model it serves
     sandbox: bool

@@ -4,6 +4,7 @@ with its own key so that gossip can carry it through untrusted peers without let
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from mesh import PROTOCOL_VERSION
 from mesh.wire.canonical import canonical
@@ -42,7 +43,20 @@ def check_record(rec: PeerRecord, network: str, now_ms: int) -> str:
         return "expired-record"
     if rec.issued > now_ms + MAX_AHEAD_MS or rec.expires - rec.issued > 24 * 3600_000:
         return "bad-record"
-    host, _, port = rec.addr.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536 or len(rec.addr) > 300:
+    if len(rec.addr) > 300 or not (_hostport(rec.addr) or _multiaddr(rec.addr)):
         return "bad-record"
     return ""
+
+
+def _hostport(addr: str) -> bool:
+    host, _, port = addr.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
+_MULTIADDR = re.compile(r"/(ip4|ip6|dns|dns4|dns6)/[0-9A-Za-z.:-]{1,253}/tcp/\d{1,5}(/p2p/[1-9A-HJ-NP-Za-km-z]{30,60})?"
+                        r"(/p2p-circuit/p2p/[1-9A-HJ-NP-Za-km-z]{30,60})?")
+
+
+def _multiaddr(addr: str) -> bool:
+    """The shape of a TCP multiaddr, maybe through one relay (the node parses it fully before dialling)."""
+    return _MULTIADDR.fullmatch(addr) is not None

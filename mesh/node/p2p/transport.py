@@ -10,6 +10,7 @@ import logging
 import math
 import socket
 from collections import Counter
+from typing import Callable
 
 import libp2p.network.swarm as _swarm
 import trio
@@ -26,11 +27,13 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
 from mesh.node.flow import Limits
 from mesh.node.gateway import DIAL_TIMEOUT, Accept, Connection
 from mesh.node.p2p.addresses import Target, host_port, key_of, parse, peer_id_of
+from mesh.node.p2p.nat import WANT_RELAYS, Nat
 from mesh.node.p2p.triothread import TransportClosed, TrioThread
 from mesh.wire.identity import Identity
 
@@ -38,6 +41,14 @@ log = logging.getLogger("mesh.node.p2p")
 PROTOCOL = TProtocol("/homemesh/1")
 MAX_STREAMS_PER_PEER = 4  # /homemesh/1 streams one peer may hold open here at once
 CLOSE_GRACE_S = 1.0  # how long a closing link may spend sending what was queued (a `bye`)
+NAT_FIRST_S, NAT_EVERY_S = 1.0, 30.0
+RELAY_RETRY_S = 300.0  # a peer that refused a relay slot is asked again after this long  # when to ask peers whether we are reachable, and how often again
+
+# py-libp2p cuts its loggers off from the root at import (propagate=False, no handler), so Python's
+# last-resort handler printed its routine dial failures on the node's console: send them to node.log.
+_libp2p_log = logging.getLogger("libp2p")
+_libp2p_log.propagate = True
+_libp2p_log.setLevel(logging.ERROR)
 
 # py-libp2p 0.8.1 waits a fixed 250 ms before every dial ("happy eyeballs"), even with one address:
 # measured 255 ms per connect with it, ~8 ms without (notes/p2p.md).
@@ -115,8 +126,16 @@ class StreamConnection(Connection):
 class Libp2pTransport:
     kind = "libp2p"
 
-    def __init__(self, identity: Identity, limits: Limits | None = None):
+    def __init__(self, identity: Identity, limits: Limits | None = None, advertise: str = "",
+                 nat: bool = True):
         self.identity = identity
+        self.advertise = advertise  # the operator's forwarded HOST:PORT, checked for reachability too
+        self.use_nat = nat
+        self.nat: Nat | None = None
+        self.relayed_peers: set[ID] = set()  # peers we once reached only through a relay
+        self.not_relays: dict[ID, float] = {}  # peer → when it last refused us a relay slot (trio clock)
+        self.on_address: Callable[[str], None] | None = None  # asyncio: our dialable address changed
+        self.on_direct: Callable[[bytes], None] | None = None  # asyncio: a relayed peer is now direct
         self.limits = limits or Limits()
         self.thread = TrioThread()
         self.host: IHost | None = None
@@ -157,8 +176,18 @@ class Libp2pTransport:
                 pass
         await asyncio.to_thread(self.thread.stop)
 
-    def connection_kind(self, peer: ID) -> str:
-        return "relayed" if self._relayed(peer) else "direct"
+    @property
+    def reachability(self) -> str:
+        return self.nat.reachability if self.nat else "unknown"
+
+    def stream_kind(self, stream: INetStream) -> str:
+        """direct, relayed, or hole-punched (direct to a peer first reached through a relay)."""
+        peer = stream.muxed_conn.peer_id
+        for conn in self.host.get_network().get_connections(peer):
+            if conn.muxed_conn is stream.muxed_conn and _is_relayed(conn):
+                self.relayed_peers.add(peer)
+                return "relayed"
+        return "hole-punched" if peer in self.relayed_peers else "direct"
 
     # -- trio side -------------------------------------------------------------------------------------
     async def _listen(self, addr: Multiaddr) -> list[str]:
@@ -168,8 +197,17 @@ class Libp2pTransport:
         self.host = build_host(self.identity)
         async with self.host.run([addr]):
             self.host.set_stream_handler(PROTOCOL, self._on_stream)
-            task_status.started([str(a) for a in self.host.get_addrs()])
-            await self._stopped.wait()
+            if not self.use_nat:
+                task_status.started([str(a) for a in self.host.get_addrs()])
+                await self._stopped.wait()
+                return
+            self.nat = Nat(self.host)
+            async with background_trio_service(self.nat.relay), background_trio_service(self.nat.dcutr), \
+                    trio.open_nursery() as nursery:
+                task_status.started([str(a) for a in self.host.get_addrs()])
+                nursery.start_soon(self._nat_loop, nursery)
+                await self._stopped.wait()
+                nursery.cancel_scope.cancel()
 
     async def _on_stream(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
@@ -189,7 +227,7 @@ class Libp2pTransport:
 
     def _wrap(self, stream: INetStream, direction: str) -> StreamConnection:
         peer = stream.muxed_conn.peer_id
-        kind = self.connection_kind(peer)
+        kind = self.stream_kind(stream)
         conn = StreamConnection(self.thread, stream, f"{direction}:{str(peer)[-8:]}:{kind}", self.limits, kind)
         self.streams[peer] += 1
         self.thread.nursery.start_soon(self._write_then_forget, conn)
@@ -217,7 +255,11 @@ class Libp2pTransport:
             try:
                 if expected is None:
                     expected = await self._dial_unknown(target)
-                elif not self.host.get_network().get_connections(expected):
+                elif self.host.get_network().get_connections(expected):
+                    pass  # already linked (maybe through a relay, maybe hole-punched since): reuse it
+                elif target.relayed:
+                    await self._dial_circuit(target)
+                else:
                     await self.host.connect(PeerInfo(expected, [target.addr]))
                 stream = await self.host.new_stream(expected, [PROTOCOL])
             except (OSError, ValueError) as exc:
@@ -249,13 +291,77 @@ class Libp2pTransport:
         await swarm.add_conn(muxed, direction="outbound")
         return peer
 
-    def _relayed(self, peer: ID) -> bool:
-        if self.host is None:
-            return False
-        for conn in self.host.get_network().get_connections(peer):
-            if any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses()):
-                return True
-        return False
+    async def _dial_circuit(self, target: Target) -> None:
+        """Reach a NATed peer through the relay its record names (connecting to the relay first)."""
+        if self.nat is None:
+            raise DialFailed(f"{target}: relayed addresses need the NAT services")
+        relay_part, _, _ = str(target.addr).partition("/p2p-circuit")
+        relay = parse(relay_part)
+        if not self.host.get_network().get_connections(relay.peer):
+            await self.host.connect(PeerInfo(relay.peer, [Multiaddr(relay_part.split("/p2p/")[0])]))
+        await self.nat.circuit.dial(target.addr)
+        self.relayed_peers.add(target.peer)
+
+    # -- NAT -------------------------------------------------------------------------------------------
+    async def _nat_loop(self, nursery: trio.Nursery) -> None:
+        """Learn whether peers can dial us; if they can, relay for others; if not, hold reservations
+        on relays and advertise the circuit address. Also move relayed links to hole-punched ones."""
+        await trio.sleep(NAT_FIRST_S)
+        next_check = 0.0
+        while True:
+            peers = self._direct_peers()
+            if peers and trio.current_time() >= next_check:
+                verdict = await self.nat.check(peers, self._own_addrs())
+                next_check = trio.current_time() + (NAT_EVERY_S if verdict != "unknown" else 2.0)
+                if verdict == "public":
+                    self.nat.offer_relay()
+            if self.nat.reachability == "private" and len(self.nat.circuits) < WANT_RELAYS:
+                await self._reserve_relays(peers, nursery)
+            self._upgrade_relayed()
+            await trio.sleep(1.0)
+
+    def _direct_peers(self) -> list[ID]:
+        return [peer for peer, conns in self.host.get_network().get_connections_map().items()
+                if any(not _is_relayed(c) for c in conns)]
+
+    def _own_addrs(self) -> list[Multiaddr]:
+        addrs = [Multiaddr(str(a).split("/p2p/")[0]) for a in self.host.get_addrs()]
+        if self.advertise:
+            addrs.insert(0, parse(self.advertise).addr)
+        return [a for a in addrs if "/ip4/0.0.0.0/" not in str(a)][:4]
+
+    async def _reserve_relays(self, peers: list[ID], nursery: trio.Nursery) -> None:
+        now = trio.current_time()
+        for peer in peers:
+            if peer in self.nat.circuits or len(self.nat.circuits) >= WANT_RELAYS:
+                continue
+            if self.not_relays.get(peer, -1e9) > now - RELAY_RETRY_S:
+                continue  # it refused lately (no relay, or full): ask others first
+            self.not_relays[peer] = now
+            remote = _remote_addr(self.host, peer)
+            if remote is None:
+                continue
+            circuit = await self.nat.reserve(peer, remote, nursery)
+            if circuit is not None:
+                self.not_relays.pop(peer, None)
+                log.info("reserved a relay slot: %s", circuit)
+                self._tell(self.on_address, circuit)
+                return  # one address in our record; a second reservation is kept as a spare
+
+    def _upgrade_relayed(self) -> None:
+        """Tell the node about relayed peers that now have a direct link (DCUtR punched one): it opens a
+        new stream, which the swarm puts on the direct connection, before the relayed one is closed."""
+        for peer in list(self.relayed_peers):
+            conns = self.host.get_network().get_connections(peer)
+            if any(not _is_relayed(c) for c in conns) and any(_is_relayed(c) for c in conns):
+                self._tell(self.on_direct, key_of(peer))
+
+    def _tell(self, callback, arg) -> None:
+        if callback is not None and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(callback, arg)
+            except RuntimeError:  # the node's loop is closed
+                pass
 
     async def _drain(self) -> None:
         """Let closing links send what they queued, then stop the host."""
@@ -263,3 +369,19 @@ class Libp2pTransport:
             while self.streams:
                 await trio.sleep(0.02)
         self._stopped.set()
+
+
+def _is_relayed(conn) -> bool:
+    return any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses())
+
+
+def _remote_addr(host: IHost, peer: ID) -> Multiaddr | None:
+    """Where we reach `peer` directly: the remote end of a direct connection, else a known address."""
+    for conn in host.get_network().get_connections(peer):
+        if _is_relayed(conn):
+            continue
+        for addr in conn.get_transport_addresses():
+            if "/tcp/" in str(addr):
+                return addr
+    addrs = [a for a in host.get_peerstore().addrs(peer) if "/p2p-circuit" not in str(a)]
+    return addrs[0] if addrs else None

@@ -1,0 +1,117 @@
+"""NAT traversal on py-libp2p 0.8.1, trio side: AutoNAT (are we dialable?), circuit relay v2 (reachable
+nodes relay for others, with limits; unreachable ones hold reservations on a few relays and advertise
+the circuit address) and DCUtR (hole punching that upgrades a relayed link to a direct one).
+
+Wiring notes, each measured here (notes/p2p.md and the NAT topology tests):
+- the stock AutoNAT server answers a dial-back request with the connection the request came on, so a
+  NATed client is told "public": `DialBackAutoNAT` dials the address afresh;
+- `CircuitV2Transport` with the CLIENT role sends a RESERVE before every CONNECT: we take the STOP role
+  and reserve explicitly;
+- the hop handler is registered only when the relay service starts with `allow_hop`, so a node that
+  learns later that it is public registers `_handle_hop_stream` itself (a private method: the version
+  is pinned and tests/p2p/test_nat.py covers it)."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+from libp2p.abc import IHost
+from libp2p.host.autonat import AutoNATService, AutoNATStatus
+from libp2p.peer.id import ID
+from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
+from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP
+from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+from libp2p.relay.circuit_v2.resources import RelayLimits
+from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+from multiaddr import Multiaddr
+
+log = logging.getLogger("mesh.node.p2p.nat")
+
+# What a relay gives each circuit: enough for job traffic between two homes whose NATs refuse hole
+# punching, bounded so that relaying costs its operator little. A circuit over its limit is closed and
+# the two nodes dial a new one.
+RELAY_LIMITS = RelayLimits(duration=3600, data=256 << 20, max_circuit_conns=64, max_reservations=128,
+                           reservation_ttl=3600)
+WANT_RELAYS = 2  # reservations an unreachable node keeps
+AUTONAT_TIMEOUT_S = 10.0
+DIAL_BACK_S = 5.0
+
+
+class DialBackAutoNAT(AutoNATService):
+    """AutoNAT server that proves reachability by a fresh dial, not the connection the question came on."""
+
+    async def _try_dial(self, peer_id: ID, addrs: list[bytes]) -> bytes | None:
+        for addr in addrs[:4]:  # a client may list many addresses: dial a few, never all
+            with trio.move_on_after(DIAL_BACK_S):
+                try:
+                    conn = await self.host.get_network().dial_addr(Multiaddr(addr), peer_id)
+                except Exception:  # noqa: BLE001 - any failure means "not reachable there"
+                    continue
+                await conn.close()
+                return bytes(addr)
+        return None
+
+
+class Nat:
+    """The NAT services of one host and what they concluded: `reachability` and `circuits`."""
+
+    def __init__(self, host: IHost):
+        self.host = host
+        self.autonat = DialBackAutoNAT(host, serve=True, confirmations=1)
+        self.relay = CircuitV2Protocol(host, limits=RELAY_LIMITS, allow_hop=False)
+        self.dcutr = DCUtRProtocol(host)
+        self.circuit = CircuitV2Transport(host, self.relay, RelayConfig(roles=RelayRole.STOP, limits=RELAY_LIMITS))
+        self.reachability = "unknown"  # public | private | unknown
+        self.circuits: dict[ID, str] = {}  # relay → our circuit address through it
+        self.relaying = False
+
+    def offer_relay(self) -> None:
+        if not self.relaying:
+            self.relaying = True
+            self.relay.allow_hop = True
+            self.host.set_stream_handler(HOP, self.relay._handle_hop_stream)
+
+    async def check(self, servers: list[ID], addrs: list[Multiaddr]) -> str:
+        """Ask up to three connected peers to dial `addrs` back; public when one could."""
+        verdicts = []
+        for server in servers[:3]:
+            try:
+                with trio.fail_after(AUTONAT_TIMEOUT_S + 1):
+                    status, _ = await self.autonat.query_server(server, [a.to_bytes() for a in addrs],
+                                                                timeout=AUTONAT_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - a server that cannot answer gives no verdict
+                log.info("autonat: no verdict from %s: %s", str(server)[-8:], exc)
+                continue
+            verdicts.append(status)
+            self.autonat.update_status()
+            if self.autonat.get_status() == AutoNATStatus.PUBLIC:
+                break
+        status = self.autonat.get_status()
+        if status == AutoNATStatus.PUBLIC:
+            self.reachability = "public"
+        elif verdicts:
+            self.reachability = "private"
+        return self.reachability
+
+    async def reserve(self, relay: ID, relay_addr: Multiaddr, nursery: trio.Nursery) -> str | None:
+        """A reservation on `relay`; returns our circuit address through it, None when refused."""
+        try:
+            with trio.fail_after(AUTONAT_TIMEOUT_S):
+                stream = await self.host.new_stream(relay, [HOP])
+                ok = await self.circuit.reserve(stream, relay, nursery)
+                await stream.close()
+        except Exception as exc:  # noqa: BLE001 - a peer that is no relay refuses in several ways
+            log.info("relay %s refused a reservation: %s", str(relay)[-8:], exc)
+            return None
+        if not ok:
+            return None
+        addr = f"{_base(relay_addr)}/p2p/{relay}/p2p-circuit/p2p/{self.host.get_id()}"
+        self.circuits[relay] = addr
+        return addr
+
+
+def _base(addr: Multiaddr) -> str:
+    """The transport part of a relay's address (without any /p2p/ suffix)."""
+    return str(addr).split("/p2p/")[0]

@@ -1,0 +1,133 @@
+"""Real nodes behind real NATs (network namespaces, MASQUERADE home routers): a public bootstrap node and
+one node behind each of two NATs. Nodes behind NAT need nothing but --bootstrap: AutoNAT tells them they
+are unreachable, the public node relays for them, they advertise circuit addresses, and DCUtR punches a
+direct link where the NATs allow (routers that silently drop unsolicited packets) and not where they
+answer with resets. Jobs run across them, and nothing readable crosses the 'internet' bridge."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ..conftest import wait_for
+from .nettopo import Topology
+
+pytestmark = [pytest.mark.mesh, pytest.mark.timeout(300)]
+PORT = 4750
+SECRET = "homemesh-canary-7f3a"  # in the step code, its prompt-like parameter and its output
+JOB = {"name": "across", "steps": [{"id": "s", "kind": "python", "params": {
+    "code": f"output = '{SECRET}'[::-1] + '-' + str(sum(range(100)))"}}]}
+EXPECTED = SECRET[::-1] + "-4950"
+
+
+class NatMesh:
+    def __init__(self, topo: Topology, tmp: Path):
+        self.t, self.tmp = topo, tmp
+        self.ips = {"pub": topo.pub_ip, "lan1": topo.lan1_ip, "lan2": topo.lan2_ip}
+        self.logs: dict[str, Path] = {}
+
+    def home(self, role: str) -> Path:
+        return self.tmp / role
+
+    def start(self, role: str) -> None:
+        cmd = [sys.executable, "-P", "-m", "mesh", "node", "--home", str(self.home(role)), "--no-model",
+               "--no-scrape", "--listen", f"{self.ips[role]}:{PORT}", "--api", "127.0.0.1:4751"]
+        if role != "pub":
+            cmd += ["--bootstrap", f"{self.t.pub_ip}:{PORT}"]
+        self.logs[role] = self.tmp / f"{role}.log"
+        self.t.popen(role, *cmd, stdout=self.logs[role].open("w"), stderr=subprocess_stdout(),
+                     cwd=str(Path(__file__).resolve().parents[2]))
+
+    def cli(self, role: str, *args: str, timeout: float = 60) -> dict:
+        res = self.t.run(role, sys.executable, "-P", "-m", "mesh", *args, "--home", str(self.home(role)), "--json",
+                         timeout=timeout, cwd=str(Path(__file__).resolve().parents[2]))
+        assert res.returncode in (0, 3), f"mesh {args} in {role}: {res.stderr}\n{self.tail(role)}"
+        return json.loads(res.stdout)
+
+    def status(self, role: str) -> dict:
+        try:
+            return self.cli(role, "status", timeout=20)
+        except (AssertionError, json.JSONDecodeError):
+            return {}
+
+    def peer(self, role: str, other: str) -> dict:
+        node = self.node_id(other)
+        return next((p for p in self.status(role).get("peers", []) if p["node"] == node), {})
+
+    def node_id(self, role: str) -> str:
+        return json.loads((self.home(role) / "node.json").read_text())["node"]
+
+    def submit(self, role: str, redundancy: int) -> dict:
+        job = self.tmp / f"job-{role}.json"
+        job.write_text(json.dumps(JOB))
+        return self.cli(role, "submit", str(job), "--redundancy", str(redundancy), "--wait", timeout=120)
+
+    def tail(self, role: str) -> str:
+        path = self.logs.get(role)
+        return "\n".join(path.read_text().splitlines()[-15:]) if path and path.exists() else ""
+
+
+def subprocess_stdout():
+    import subprocess
+    return subprocess.STDOUT
+
+
+def replicas_on(report: dict) -> set[str]:
+    return {r["node"] for r in report["steps"]["s"]["replicas"] if r["agreed"]}
+
+
+@pytest.mark.parametrize("nat,punches", [("drop", True), ("reset", False)])
+def test_nodes_behind_two_nats_work_together(tmp_path: Path, nat: str, punches: bool):
+    with Topology("hmnat", nat=nat, timeout=30) as t, t.capture(tmp_path / "wan.cap") as cap:
+        m = NatMesh(t, tmp_path)
+        t0 = time.monotonic()
+        m.start("pub")
+        wait_for(lambda: (m.home("pub") / "node.json").exists(), 60, "the public node to start")
+        m.start("lan1")
+        m.start("lan2")
+        for role in ("lan1", "lan2"):
+            wait_for(lambda r=role: (m.home(r) / "node.json").exists(), 60, f"{role} to start")
+        # AutoNAT: the public node is reachable, the NATed ones are not, and they advertise relay circuits
+        wait_for(lambda: m.status("pub").get("reachability") == "public", 60, "pub to learn it is public")
+        for role in ("lan1", "lan2"):
+            wait_for(lambda r=role: m.status(r).get("reachability") == "private", 60, f"{role} to learn it is private")
+            wait_for(lambda r=role: "/p2p-circuit/" in m.peer("pub", r).get("address", ""), 60,
+                     f"{role} to advertise a circuit address\n{m.tail(role)}")
+        formed = time.monotonic() - t0
+
+        # a job at r=2 from the public node runs on both NATed nodes
+        t1 = time.monotonic()
+        rep = m.submit("pub", 2)
+        from_pub = time.monotonic() - t1
+        assert rep["status"] == "done", rep
+        assert rep["steps"]["s"]["output"] == EXPECTED
+        assert replicas_on(rep) == {m.node_id("lan1"), m.node_id("lan2")}
+
+        # a job submitted behind one NAT runs on the other NAT's node, through the relay first
+        wait_for(lambda: m.peer("lan1", "lan2").get("connected"), 60,
+                 f"lan1 to reach lan2 through the relay\n{m.tail('lan1')}")
+        first_kind = m.peer("lan1", "lan2")["connection"]
+        t2 = time.monotonic()
+        rep = m.submit("lan1", 2)
+        from_lan = time.monotonic() - t2
+        assert rep["status"] == "done", rep
+        assert m.node_id("lan2") in replicas_on(rep)
+        if punches:
+            wait_for(lambda: m.peer("lan1", "lan2").get("connection") == "hole-punched", 60,
+                     f"a hole-punched link lan1→lan2\n{m.tail('lan1')}")
+            rep = m.submit("lan1", 2)
+            assert rep["status"] == "done" and m.node_id("lan2") in replicas_on(rep), rep
+        else:
+            time.sleep(0)  # nothing to wait for: the reset NATs never let a punch through
+            assert m.peer("lan1", "lan2").get("connection") == "relayed"
+        print(f"nat={nat}: formed in {formed:.1f} s, first lan1→lan2 link {first_kind}, "
+              f"job r=2 from pub {from_pub:.2f} s, from lan1 {from_lan:.2f} s, "
+              f"lan1→lan2 now {m.peer('lan1', 'lan2').get('connection')}")
+        seen = cap.read()
+    assert len(seen) > 10_000, "the capture saw almost nothing: it did not watch the internet link"
+    for needle in (SECRET.encode(), SECRET[::-1].encode(), b"sum(range(100))", b'"kind":"step"', b"hello"):
+        assert needle not in seen, f"{needle!r} crossed the internet in clear text"
