@@ -48,6 +48,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         credit_line=args.credit_line, collude=args.collude or "", spot_rate=args.spot_rate,
         blacklist_s=args.blacklist, core_log=args.core_log, scrape_allow=args.scrape_allow,
         browser=args.browser or "", no_scrape=args.no_scrape, keep_jobs=args.keep_jobs, transport=args.transport,
+        relay=not args.no_relay,
         advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
         if args.advertise else "",
     )
@@ -431,13 +432,17 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--transport", choices=["libp2p", "tcp"], default="libp2p",
                     help="libp2p (default): Noise-encrypted links, each peer's key proven by the handshake; "
                          "tcp: plain, unencrypted TCP for loopback tests and benchmarks only")
+    sp.add_argument("--no-relay", action="store_true",
+                    help="do not relay for peers behind NATs, even when this node is reachable (it relays by "
+                         "default, with limits: 64 circuits, 256 MiB and one hour each)")
     sp.add_argument("--network", default="homemesh-local", help="network id; nodes of other networks are refused")
     sp.add_argument("--advertise", metavar="HOST:PORT",
                     help="the address peers should dial (default: --listen; set it when listening on 0.0.0.0)")
     sp.add_argument("--frame-cap", type=int, default=1 << 20, metavar="BYTES",
                     help="largest peer frame accepted (default 1 MiB); larger frames drop the connection")
-    sp.add_argument("--fault", choices=["wrong", "silent", "slow", "crash", "forge"],
-                    help="misbehave on purpose (tests and demos): wrong answers, silence, slowness, crash, bad signatures")
+    sp.add_argument("--fault", choices=["wrong", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay"],
+                    help="misbehave on purpose (tests and demos): wrong answers, silence, slowness, crash, bad "
+                         "signatures, or (as a relay) forward nothing or forward late")
     sp.add_argument("--spot-rate", type=float, default=0.0, metavar="P",
                     help="send a worker a question with a known answer alongside a replica with probability P "
                          "(e.g. 0.05); a wrong answer blacklists it and voids its unsettled answers (default 0)")

@@ -63,7 +63,7 @@ from mesh.wire.records import RECORD_TTL_MS, make_record
 from mesh.wire.schema import parse
 
 log = logging.getLogger("mesh.node.lifecycle")
-FAULTS = ("wrong", "silent", "slow", "crash", "forge")
+FAULTS = ("wrong", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay")
 HEARTBEAT_S = 2.0
 DOWN_AFTER_S = 10.0
 MAX_GOSSIP = 64  # records taken from one hello: a liar cannot make us dial thousands
@@ -93,14 +93,15 @@ class NodeOptions:
     no_scrape: bool = False
     keep_jobs: int = 1000  # finished jobs kept in memory (older ones are read from <home>/jobs)
     transport: str = "libp2p"  # libp2p (Noise-encrypted, keys proven) | tcp (plain, for loopback tests)
+    relay: bool = True  # once reachable, relay (with limits) for peers behind NATs
 
 
-def make_transport(kind: str, identity: Identity, advertise: str) -> Transport:
-    if kind == "tcp":
+def make_transport(opts: NodeOptions, identity: Identity) -> Transport:
+    if opts.transport == "tcp":
         return TcpTransport()
     from mesh.node.p2p.transport import Libp2pTransport  # py-libp2p takes ~0.6 s to import
 
-    return Libp2pTransport(identity, advertise=advertise)
+    return Libp2pTransport(identity, advertise=opts.advertise, relay=opts.relay, fault=opts.fault)
 
 
 def bootstrap_keys(addrs: list[str], transport: str) -> dict[str, bytes | None]:
@@ -165,7 +166,7 @@ class Node:
         self.receiver.highest_seq.update(self.replay_store.load(now_ms()))
         self.sealer = Sealer(identity, opts.network)
         self.gateway = Gateway(self.sealer, self.receiver, self, now_ms, opts.frame_cap, Limits(),
-                               make_transport(opts.transport, identity, opts.advertise))
+                               make_transport(opts, identity))
         self.relayed_addr = ""  # our circuit address through a relay, when peers cannot dial us
         if hasattr(self.gateway.transport, "on_address"):
             self.gateway.transport.on_address = self._on_relayed_address

@@ -22,28 +22,34 @@ SECRET = "homemesh-canary-7f3a"  # in the step code, its prompt-like parameter a
 JOB = {"name": "across", "steps": [{"id": "s", "kind": "python", "params": {
     "code": f"output = '{SECRET}'[::-1] + '-' + str(sum(range(100)))"}}]}
 EXPECTED = SECRET[::-1] + "-4950"
+SLOW_JOB = {"name": "slow", "timeout": 40, "steps": [{"id": "s", "kind": "python", "params": {
+    "code": f"import time\ntime.sleep(22)\noutput = '{SECRET}'[::-1] + '-' + str(sum(range(100)))"}}]}
 
 
 class NatMesh:
+    """Nodes by name; each runs in the namespace of its `where` (several may share one, on other ports)."""
+
     def __init__(self, topo: Topology, tmp: Path):
         self.t, self.tmp = topo, tmp
         self.ips = {"pub": topo.pub_ip, "lan1": topo.lan1_ip, "lan2": topo.lan2_ip}
         self.logs: dict[str, Path] = {}
+        self.where: dict[str, str] = {}
 
     def home(self, role: str) -> Path:
         return self.tmp / role
 
-    def start(self, role: str) -> None:
+    def start(self, role: str, where: str = "", port: int = PORT, bootstrap: str = "", extra: tuple = ()) -> None:
+        where = self.where[role] = where or role
         cmd = [sys.executable, "-P", "-m", "mesh", "node", "--home", str(self.home(role)), "--no-model",
-               "--no-scrape", "--listen", f"{self.ips[role]}:{PORT}", "--api", "127.0.0.1:4751"]
-        if role != "pub":
-            cmd += ["--bootstrap", f"{self.t.pub_ip}:{PORT}"]
+               "--no-scrape", "--listen", f"{self.ips[where]}:{port}", "--api", f"127.0.0.1:{port + 1}", *extra]
+        if where != "pub":
+            cmd += ["--bootstrap", bootstrap or f"{self.t.pub_ip}:{PORT}"]
         self.logs[role] = self.tmp / f"{role}.log"
-        self.t.popen(role, *cmd, stdout=self.logs[role].open("w"), stderr=subprocess_stdout(),
+        self.t.popen(where, *cmd, stdout=self.logs[role].open("w"), stderr=subprocess_stdout(),
                      cwd=str(Path(__file__).resolve().parents[2]))
 
     def cli(self, role: str, *args: str, timeout: float = 60) -> dict:
-        res = self.t.run(role, sys.executable, "-P", "-m", "mesh", *args, "--home", str(self.home(role)), "--json",
+        res = self.t.run(self.where.get(role, role), sys.executable, "-P", "-m", "mesh", *args, "--home", str(self.home(role)), "--json",
                          timeout=timeout, cwd=str(Path(__file__).resolve().parents[2]))
         assert res.returncode in (0, 3), f"mesh {args} in {role}: {res.stderr}\n{self.tail(role)}"
         return json.loads(res.stdout)
@@ -55,16 +61,18 @@ class NatMesh:
             return {}
 
     def peer(self, role: str, other: str) -> dict:
+        if not (self.home(other) / "node.json").exists():
+            return {}
         node = self.node_id(other)
         return next((p for p in self.status(role).get("peers", []) if p["node"] == node), {})
 
     def node_id(self, role: str) -> str:
         return json.loads((self.home(role) / "node.json").read_text())["node"]
 
-    def submit(self, role: str, redundancy: int) -> dict:
-        job = self.tmp / f"job-{role}.json"
-        job.write_text(json.dumps(JOB))
-        return self.cli(role, "submit", str(job), "--redundancy", str(redundancy), "--wait", timeout=120)
+    def submit(self, role: str, redundancy: int, job: dict = JOB) -> dict:
+        path = self.tmp / f"job-{role}.json"
+        path.write_text(json.dumps(job))
+        return self.cli(role, "submit", str(path), "--redundancy", str(redundancy), "--wait", timeout=180)
 
     def tail(self, role: str) -> str:
         path = self.logs.get(role)
@@ -122,7 +130,6 @@ def test_nodes_behind_two_nats_work_together(tmp_path: Path, nat: str, punches: 
             rep = m.submit("lan1", 2)
             assert rep["status"] == "done" and m.node_id("lan2") in replicas_on(rep), rep
         else:
-            time.sleep(0)  # nothing to wait for: the reset NATs never let a punch through
             assert m.peer("lan1", "lan2").get("connection") == "relayed"
         print(f"nat={nat}: formed in {formed:.1f} s, first lan1→lan2 link {first_kind}, "
               f"job r=2 from pub {from_pub:.2f} s, from lan1 {from_lan:.2f} s, "
@@ -131,3 +138,34 @@ def test_nodes_behind_two_nats_work_together(tmp_path: Path, nat: str, punches: 
     assert len(seen) > 10_000, "the capture saw almost nothing: it did not watch the internet link"
     for needle in (SECRET.encode(), SECRET[::-1].encode(), b"sum(range(100))", b'"kind":"step"', b"hello"):
         assert needle not in seen, f"{needle!r} crossed the internet in clear text"
+
+
+@pytest.mark.parametrize("fault", ["relay-drop", "relay-delay"])
+def test_a_relay_that_drops_or_delays_only_delays_jobs(tmp_path: Path, fault: str):
+    """The relay carrying lan1↔lan2 (NATs that refuse hole punching) forwards nothing, or forwards late.
+    Jobs from lan1 still finish with the right answer: a replica stuck behind the relay moves to another
+    worker. lan1 and lan2 reserve on the faulty relay (their only bootstrap); the honest public worker
+    does not relay."""
+    with Topology("hmrly", nat="reset", timeout=30) as t:
+        m = NatMesh(t, tmp_path)
+        m.start("relay", "pub", PORT, extra=("--fault", fault))
+        m.start("worker", "pub", PORT + 2, extra=("--no-relay", "--bootstrap", f"{t.pub_ip}:{PORT}"))
+        wait_for(lambda: all((m.home(r) / "node.json").exists() for r in ("relay", "worker")), 60, "pub nodes")
+        m.start("lan1")
+        m.start("lan2")
+        wait_for(lambda: all((m.home(r) / "node.json").exists() for r in ("lan1", "lan2")), 60, "lan nodes")
+        wait_for(lambda: "/p2p-circuit/" in m.peer("lan1", "lan2").get("address", ""), 90,
+                 f"lan1 to learn lan2's circuit address\n{m.tail('lan2')}")
+        wait_for(lambda: len([p for p in m.status("lan1").get("peers", []) if p["state"] == "up"]) >= 3, 60,
+                 "lan1 to see the three others up (lan2 through the relay, while it still forwards)")
+        # The step outlasts the relay's honest window (RELAY_HONEST_S, 20 s into each circuit), so lan2's
+        # answer must cross a relay that has turned hostile; the job's replica deadline is 40 s.
+        t0 = time.monotonic()
+        rep = m.submit("lan1", 2, SLOW_JOB)
+        took = time.monotonic() - t0
+        assert rep["status"] == "done", rep
+        assert rep["steps"]["s"]["output"] == EXPECTED  # never a corrupted answer
+        placed = [r["node"] for r in rep["steps"]["s"]["replicas"]]
+        assert m.node_id("lan2") in placed, "lan2 (its own prefix) was not given a replica: nothing was tested"
+        print(f"{fault}: job at r=2 from lan1 in {took:.1f} s; replicas "
+              f"{[(r['node'][:8], r['agreed']) for r in rep['steps']['s']['replicas']]}, lan2 {m.node_id('lan2')[:8]}")

@@ -54,13 +54,41 @@ class DialBackAutoNAT(AutoNATService):
         return None
 
 
-class Nat:
-    """The NAT services of one host and what they concluded: `reachability` and `circuits`."""
+class DroppingRelay(CircuitV2Protocol):
+    """`--fault relay-drop`: a relay that carries each circuit honestly for RELAY_HONEST_S (so the two
+    ends link up and trust it), then forwards nothing (tests: a hostile relay may only delay jobs)."""
 
-    def __init__(self, host: IHost):
+    async def _relay_data(self, src_stream, dst_stream, peer_id, deadline=None, circuit_data_limit=None) -> None:
+        honest_until = trio.current_time() + RELAY_HONEST_S
+        while data := await self._read_stream_with_retry(src_stream):
+            if trio.current_time() < honest_until:
+                await dst_stream.write(data)
+
+
+class DelayingRelay(CircuitV2Protocol):
+    """`--fault relay-delay`: honest for RELAY_HONEST_S, then holds every chunk RELAY_DELAY_S."""
+
+    async def _relay_data(self, src_stream, dst_stream, peer_id, deadline=None, circuit_data_limit=None) -> None:
+        honest_until = trio.current_time() + RELAY_HONEST_S
+        while data := await self._read_stream_with_retry(src_stream):
+            if trio.current_time() >= honest_until:
+                await trio.sleep(RELAY_DELAY_S)
+            await dst_stream.write(data)
+
+
+RELAY_HONEST_S, RELAY_DELAY_S = 20.0, 3.0
+RELAYS = {"": CircuitV2Protocol, "relay-drop": DroppingRelay, "relay-delay": DelayingRelay}
+
+
+class Nat:
+    """The NAT services of one host and what they concluded: `reachability` and `circuits`. A node
+    offers to relay once it knows it is reachable, unless its operator said `--no-relay`."""
+
+    def __init__(self, host: IHost, relay: bool = True, fault: str = ""):
         self.host = host
+        self.may_relay = relay
         self.autonat = DialBackAutoNAT(host, serve=True, confirmations=1)
-        self.relay = CircuitV2Protocol(host, limits=RELAY_LIMITS, allow_hop=False)
+        self.relay = RELAYS.get(fault, CircuitV2Protocol)(host, limits=RELAY_LIMITS, allow_hop=False)
         self.dcutr = DCUtRProtocol(host)
         self.circuit = CircuitV2Transport(host, self.relay, RelayConfig(roles=RelayRole.STOP, limits=RELAY_LIMITS))
         self.reachability = "unknown"  # public | private | unknown
@@ -68,7 +96,7 @@ class Nat:
         self.relaying = False
 
     def offer_relay(self) -> None:
-        if not self.relaying:
+        if self.may_relay and not self.relaying:
             self.relaying = True
             self.relay.allow_hop = True
             self.host.set_stream_handler(HOP, self.relay._handle_hop_stream)

@@ -42,7 +42,7 @@ PROTOCOL = TProtocol("/homemesh/1")
 MAX_STREAMS_PER_PEER = 4  # /homemesh/1 streams one peer may hold open here at once
 CLOSE_GRACE_S = 1.0  # how long a closing link may spend sending what was queued (a `bye`)
 NAT_FIRST_S, NAT_EVERY_S = 1.0, 30.0
-RELAY_RETRY_S = 300.0  # a peer that refused a relay slot is asked again after this long  # when to ask peers whether we are reachable, and how often again
+RELAY_RETRY_S = 15.0  # a peer that refused a relay slot (no relay, not yet sure it is public, full) is asked again  # when to ask peers whether we are reachable, and how often again
 
 # py-libp2p cuts its loggers off from the root at import (propagate=False, no handler), so Python's
 # last-resort handler printed its routine dial failures on the node's console: send them to node.log.
@@ -62,6 +62,9 @@ class DialFailed(ConnectionError):
 def build_host(identity: Identity) -> IHost:
     """A libp2p host that speaks Noise and Yamux only (py-libp2p's default also accepts plaintext and
     secio, which let a dialer claim any public key: measured, notes/p2p.md)."""
+    for name in list(logging.root.manager.loggerDict):  # some set their own level (auto_connector: INFO)
+        if name.startswith("libp2p."):
+            logging.getLogger(name).setLevel(logging.ERROR)
     keys = create_new_key_pair(identity.seed())
     noise = NoiseTransport(keys, noise_privkey=new_noise_key().private_key)
     return new_host(key_pair=keys, sec_opt={TProtocol(NOISE): noise}, muxer_opt={TProtocol(YAMUX): Yamux},
@@ -127,10 +130,10 @@ class Libp2pTransport:
     kind = "libp2p"
 
     def __init__(self, identity: Identity, limits: Limits | None = None, advertise: str = "",
-                 nat: bool = True):
+                 nat: bool = True, relay: bool = True, fault: str = ""):
         self.identity = identity
         self.advertise = advertise  # the operator's forwarded HOST:PORT, checked for reachability too
-        self.use_nat = nat
+        self.use_nat, self.offer_relay, self.fault = nat, relay, fault
         self.nat: Nat | None = None
         self.relayed_peers: set[ID] = set()  # peers we once reached only through a relay
         self.not_relays: dict[ID, float] = {}  # peer → when it last refused us a relay slot (trio clock)
@@ -201,7 +204,7 @@ class Libp2pTransport:
                 task_status.started([str(a) for a in self.host.get_addrs()])
                 await self._stopped.wait()
                 return
-            self.nat = Nat(self.host)
+            self.nat = Nat(self.host, self.offer_relay, self.fault)
             async with background_trio_service(self.nat.relay), background_trio_service(self.nat.dcutr), \
                     trio.open_nursery() as nursery:
                 task_status.started([str(a) for a in self.host.get_addrs()])

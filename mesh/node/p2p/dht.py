@@ -1,0 +1,506 @@
+"""Peer and capability discovery over py-libp2p's Kademlia DHT (trio side: call it from the libp2p thread).
+
+Values are our signed `PeerRecord`s only. Every node checks every value it is asked to store and every
+value it gets back (`RecordValidator`): canonical JSON of a PeerRecord, at most `MAX_RECORD_BYTES`,
+parsed with `mesh.wire.schema.parse`, signature, network, version and expiry checked by `check_record`,
+and stored under the one short key derived from the record's own public key; among several, the newest
+`issued` wins. Capabilities ("python", "llm:<sha256>") are provider records under short keys too.
+Every store and every answer is capped.
+
+py-libp2p 0.8.1 defects met here, measured, and what this module does about each:
+- FIND_NODE refuses keys over 50 bytes (`key is not a valid PeerId`): every key here is <= 44 bytes.
+- `KadDHT.get_value` answers from the local store without validating it or asking the network, so a
+  node that once stored an old record kept returning it after a newer one was published (and a record
+  expired by `expires` until libp2p's own 24 h validity ran out): `lookup` is our own two-phase query
+  (FIND_NODE for the closest peers, then GET_VALUE from each) that validates every answer.
+- `find_providers` returns only the local provider set whenever it is non-empty: a node that provides
+  a capability itself, or that once looked it up (it caches every provider it hears of, for 48 h), never
+  asked the network again and found only itself / stale entries. `providers` always asks the network
+  and caches nothing.
+- Provider records live 48 h (`PROVIDER_RECORD_EXPIRATION_INTERVAL`), so a node gone offline stays
+  "a provider" for two days; the per-key cap of 20 then keeps newcomers out. We shorten the module
+  constant to `PROVIDER_TTL_S` and re-provide every `REFRESH_S`.
+- ADD_PROVIDER is rate limited by the receiver to 10 per peer per 10 s and excess streams are reset
+  silently (our send is fire-and-forget): our own provides are paced (`_Pacer`) below that.
+- The value store keeps up to 50 000 entries and the provider store any number of keys: both are
+  capped here (`MAX_RECORDS`, `MAX_PROVIDER_KEYS`) by wrapping their insert methods on this instance.
+- A PUT of the very value a node already holds is refused (select() returns the old one, the stream is
+  reset, the sender logs a failure): our select prefers the later of two identical values.
+- Logs `Failed to read DHT message from stream` (warning) for streams the other side reset or closed;
+  harmless, and left to the node's logging configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import libp2p.kad_dht.provider_store as _provider_store
+import trio
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.pb.kademlia_pb2 import Record
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.records.validator import NamespacedValidator, Validator
+from libp2p.tools.anyio_service import background_trio_service
+from multiaddr import Multiaddr
+
+from mesh.errors import Rejected
+from mesh.node.p2p.addresses import key_of
+from mesh.wire.canonical import canonical
+from mesh.wire.messages import PeerRecord
+from mesh.wire.records import RECORD_TTL_MS, check_record
+from mesh.wire.schema import dump, parse
+
+log = logging.getLogger("mesh.node.p2p.dht")
+
+NAMESPACE = "hm"  # record keys are "/hm/<40 hex>" (44 bytes: FIND_NODE refuses keys over 50)
+MAX_RECORD_BYTES = 4096
+MAX_RECORDS = 1024  # records this node stores for others
+MAX_PROVIDER_KEYS = 1024  # capability keys this node stores providers for (libp2p caps each at 20)
+MAX_PROVIDERS = 20  # providers(…) returns at most this many
+MAX_CAPABILITIES = 32  # capabilities this node provides
+MAX_CAPABILITY = 200  # characters
+REFRESH_S = RECORD_TTL_MS / 1000 / 4  # re-publish / re-provide / routing refresh period (150 s)
+PROVIDER_TTL_S = 3 * REFRESH_S  # a provider not re-announced for this long is forgotten
+QUERY_TIMEOUT_S = 5.0  # one RPC to one peer
+QUERY_PARALLEL = 8  # RPCs in flight per operation
+CLOSEST = 20  # peers a record / provider record is stored at and asked for (k)
+IDENTIFY_WAIT_S = 2.0  # how long a new connection's identify may take before we add it to the table
+_PENDING = 256  # new connections queued for the routing table
+
+# A provider not re-announced within PROVIDER_TTL_S is dropped (0.8.1 keeps them 48 h). Module-wide: it
+# is read at call time by ProviderRecord.is_expired, get_providers and cleanup_expired.
+_provider_store.PROVIDER_RECORD_EXPIRATION_INTERVAL = PROVIDER_TTL_S
+
+
+class RecordRefused(ValueError):
+    """A DHT value that is not a usable PeerRecord for its key; `reason` is a counter key."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def record_key(network: str, node_key: bytes) -> str:
+    """The DHT key a node's record lives under: short (FIND_NODE takes at most 50 bytes) and tied to the
+    network, so the same key in another network is another slot."""
+    digest = hashlib.sha256(b"homemesh/dht/record\x00" + network.encode() + b"\x00" + node_key).digest()
+    return f"/{NAMESPACE}/{digest[:20].hex()}"
+
+
+def capability_key(network: str, capability: str) -> bytes:
+    """The 20-byte DHT key a capability's providers are announced under."""
+    if not capability or len(capability) > MAX_CAPABILITY:
+        raise ValueError(f"a capability is 1..{MAX_CAPABILITY} characters")
+    return hashlib.sha256(b"homemesh/dht/cap\x00" + network.encode() + b"\x00" + capability.encode()).digest()[:20]
+
+
+def encode_record(rec: PeerRecord) -> bytes:
+    return canonical(dump(rec))
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_record(value: bytes, network: str, key: str, now: int) -> PeerRecord:
+    """The PeerRecord `value` holds if it may be stored under `key`; RecordRefused otherwise. Untrusted
+    bytes go through json + schema.parse only."""
+    if not isinstance(value, bytes) or len(value) > MAX_RECORD_BYTES:
+        raise RecordRefused("oversized")
+    try:
+        obj = json.loads(value.decode("utf-8"), parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise RecordRefused("not-json") from None
+    try:
+        rec = parse(PeerRecord, obj, "dht record")
+    except Rejected:
+        raise RecordRefused("bad-schema") from None
+    if encode_record(rec) != value:
+        raise RecordRefused("not-canonical")
+    try:
+        reason = check_record(rec, network, now)
+    except (ValueError, TypeError, OverflowError):  # e.g. int() of a unicode digit in addr's port
+        reason = "bad-record"
+    if reason:
+        raise RecordRefused(reason)
+    if record_key(network, bytes.fromhex(rec.key)) != key:
+        raise RecordRefused("wrong-key")
+    return rec
+
+
+class RecordValidator(Validator):
+    """libp2p's hook, called on every PUT a node receives and on what it gets back."""
+
+    def __init__(self, network: str, clock: Callable[[], int] = now_ms):
+        self.network, self.clock = network, clock
+        self.refused: Counter[str] = Counter()
+
+    def decode(self, key: str, value: bytes) -> PeerRecord:
+        try:
+            return decode_record(value, self.network, key, self.clock())
+        except RecordRefused as exc:
+            self.refused[exc.reason] += 1
+            raise
+
+    def validate(self, key: str, value: bytes) -> None:
+        self.decode(key, value)
+
+    def select(self, key: str, values: list[bytes]) -> int:
+        """The newest valid value; ties go to the larger bytes, then to the later index (so re-storing the
+        value a node already holds is accepted, not reset)."""
+        def score(i: int) -> tuple:
+            try:
+                return (1, self.decode(key, values[i]).issued, values[i], i)
+            except RecordRefused:
+                return (0, 0, b"", i)
+        return max(range(len(values)), key=score)
+
+
+class _Pacer:
+    """At most `burst` events at once and `rate` per second after: with burst 5 and rate 0.5/s no 10 s
+    window holds more than 10, the receiver's ADD_PROVIDER limit in 0.8.1."""
+
+    def __init__(self, burst: int = 5, rate: float = 0.5):
+        self.burst, self.rate = burst, rate
+        self.tokens, self.at = float(burst), trio.current_time()
+
+    async def wait(self) -> None:
+        while True:
+            now = trio.current_time()
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            await trio.sleep((1 - self.tokens) / self.rate)
+
+
+class _Notifee(INotifee):
+    """Queues each new connection's peer for the routing table (never blocks the swarm)."""
+
+    def __init__(self, send: trio.MemorySendChannel):
+        self.send = send
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        peer = getattr(conn.muxed_conn, "peer_id", None)
+        if peer is not None:
+            try:
+                self.send.send_nowait(peer)
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                pass  # the next refresh adds every connected peer anyway
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        return None
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        return None
+
+
+class Discovery:
+    """Kademlia on `host` for one network. Start it with `await nursery.start(discovery.run)` once the
+    host listens and its bootstrap peers are dialled; it adds peers as they connect and refreshes by
+    itself every `REFRESH_S`. `renew`, if given, makes a fresh own record for each refresh."""
+
+    def __init__(self, host: IHost, network: str, *, client: bool = False,
+                 renew: Callable[[], PeerRecord] | None = None, clock: Callable[[], int] = now_ms):
+        self.host, self.network, self.renew, self.clock = host, network, renew, clock
+        self.me = host.get_id()
+        self.validator = RecordValidator(network, clock)
+        validators = NamespacedValidator({NAMESPACE: self.validator}, strict_validation=True)
+        self.dht = KadDHT(host, DHTMode.CLIENT if client else DHTMode.SERVER, validator=validators,
+                          validator_changed=True, strict_validation=True)
+        self.refused = self.validator.refused  # reason -> count, values and providers refused here
+        self.capabilities: dict[str, bytes] = {}
+        self.own: PeerRecord | None = None
+        self._pacer = _Pacer()
+        self._nursery: trio.Nursery | None = None
+        self._cap_stores()
+
+    # -- bounds on what peers can make this node keep ------------------------------------------------
+    def _cap_stores(self) -> None:
+        values, providers = self.dht.value_store, self.dht.provider_store
+        put_record, add_provider = values.put_record, providers.add_provider
+
+        def capped_put_record(key: bytes, record: Record) -> None:
+            if key not in values.store and len(values.store) >= MAX_RECORDS:
+                self.prune()
+                if len(values.store) >= MAX_RECORDS:
+                    self.refused["store-full"] += 1
+                    return
+            put_record(key, record)
+
+        def capped_add_provider(key: bytes, provider: PeerInfo) -> None:
+            try:
+                key_of(provider.peer_id)
+            except ValueError:
+                self.refused["provider-not-ed25519"] += 1
+                return
+            if key not in providers.providers and len(providers.providers) >= MAX_PROVIDER_KEYS:
+                providers.cleanup_expired()
+                if len(providers.providers) >= MAX_PROVIDER_KEYS:
+                    self.refused["providers-full"] += 1
+                    return
+            add_provider(key, provider)
+
+        values.put_record = capped_put_record  # type: ignore[method-assign]
+        providers.add_provider = capped_add_provider  # type: ignore[method-assign]
+
+    def prune(self) -> int:
+        """Drop stored values that no longer check (expired); returns how many."""
+        store = self.dht.value_store.store
+        now = self.clock()
+        dead = []
+        for key, (rec, _validity) in store.items():
+            try:
+                decode_record(rec.value, self.network, key.decode("utf-8", "replace"), now)
+            except RecordRefused:
+                dead.append(key)
+        for key in dead:
+            store.pop(key, None)
+        self.dht.provider_store.cleanup_expired()
+        return len(dead)
+
+    # -- running -------------------------------------------------------------------------------------
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        send, receive = trio.open_memory_channel[ID](_PENDING)
+        notifee = _Notifee(send)
+        self.host.get_network().register_notifee(notifee)
+        try:
+            async with background_trio_service(self.dht), trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self.bootstrap()
+                nursery.start_soon(self._admit, receive)
+                nursery.start_soon(self._maintain)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            try:
+                self.host.get_network().remove_notifee(notifee)  # type: ignore[attr-defined]
+            except (AttributeError, ValueError):
+                pass
+
+    async def bootstrap(self) -> int:
+        """Add every connected peer that serves the DHT to the routing table, then look ourselves up to
+        learn the peers near us. Returns the routing table's size."""
+        async with trio.open_nursery() as nursery:
+            for peer in list(self.host.get_connected_peers()):
+                nursery.start_soon(self._add, peer)
+        if self.dht.routing_table.size():
+            with trio.move_on_after(QUERY_TIMEOUT_S * 2):
+                await self.dht.peer_routing.find_closest_peers_network(self.me.to_bytes())
+        return self.dht.routing_table.size()
+
+    async def peer_connected(self, peer: ID) -> None:
+        """For callers that see connections first; `run` already watches the swarm."""
+        await self._add(peer)
+
+    async def _admit(self, receive: trio.MemoryReceiveChannel) -> None:
+        async with receive:
+            async for peer in receive:
+                self._nursery.start_soon(self._add, peer)
+
+    async def _add(self, peer: ID) -> None:
+        if peer == self.me:
+            return
+        try:
+            key_of(peer)
+        except ValueError:
+            return
+        store = self.host.get_peerstore()
+        with trio.move_on_after(IDENTIFY_WAIT_S):  # add_peer checks KAD support only once identify ran
+            while not _protocols(store, peer):
+                await trio.sleep(0.05)
+        await self.dht.add_peer(peer)
+
+    async def _maintain(self) -> None:
+        while True:
+            await trio.sleep(REFRESH_S * random.uniform(0.9, 1.1))
+            try:
+                await self.refresh()
+            except Exception as exc:  # py-libp2p raises assorted types; the next round tries again
+                log.warning("dht refresh failed: %s: %s", type(exc).__name__, exc)
+
+    async def refresh(self) -> None:
+        """One maintenance round: prune, re-bootstrap, re-publish our record, re-provide."""
+        self.prune()
+        await self.bootstrap()
+        record = self.renew() if self.renew is not None else self.own
+        if record is not None and record.expires - self.clock() > REFRESH_S * 1000:
+            await self.publish(record)
+        for capability in list(self.capabilities):
+            await self.provide(capability)
+
+    # -- records -------------------------------------------------------------------------------------
+    async def publish(self, record: PeerRecord) -> int:
+        """Store `record` here and at the closest peers to its key; returns how many peers took it.
+        ValueError (RecordRefused) for a record that does not check."""
+        key = record_key(self.network, bytes.fromhex(record.key))
+        value = encode_record(record)
+        decode_record(value, self.network, key, self.clock())
+        kb = key.encode()
+        store = self.dht.value_store
+        held = store.get(kb)
+        if held is not None and held.value != value and self.validator.select(key, [held.value, value]) == 0:
+            raise RecordRefused("older-than-stored")
+        store.put(kb, value)
+        store.local_keys.discard(kb)  # libp2p would re-send it after 22 h, long expired: we re-publish
+        self.own = record
+        peers = await self._closest(kb)
+        acks = await self._each(peers, lambda p: store._store_at_peer(p, kb, value))
+        return sum(1 for ok in acks.values() if ok)
+
+    async def lookup(self, node_key: bytes) -> PeerRecord | None:
+        """The newest valid record of `node_key`, from this node and the closest peers to its key."""
+        key = record_key(self.network, node_key)
+        kb = key.encode()
+        store = self.dht.value_store
+        found: dict[ID, Record] = {}
+        held = store.get(kb)
+        if held is not None:
+            found[self.me] = held
+        peers = await self._closest(kb)
+
+        async def ask(peer: ID) -> Record | None:
+            got = await store._get_from_peer(peer, kb, return_record=True)
+            return got if isinstance(got, Record) and got.value else None
+
+        for peer, rec in (await self._each(peers, ask)).items():
+            if rec is not None:
+                found[peer] = rec
+        valid: dict[ID, tuple[PeerRecord, Record]] = {}
+        for peer, rec in found.items():
+            try:
+                valid[peer] = (self.validator.decode(key, rec.value), rec)
+            except RecordRefused:
+                pass
+        if not valid:
+            return None
+        best_peer = max(valid, key=lambda p: (valid[p][0].issued, valid[p][1].value))
+        best, best_rec = valid[best_peer]
+        stale = [p for p in peers if p not in valid or valid[p][1].value != best_rec.value]
+        if held is not None and held.value != best_rec.value:
+            store.put_record(kb, _copy(best_rec))
+        if stale and self._nursery is not None:  # entry correction, off the caller's path
+            self._nursery.start_soon(self._correct, stale, kb, best_rec)
+        return best
+
+    async def _correct(self, peers: list[ID], kb: bytes, rec: Record) -> None:
+        store = self.dht.value_store
+        await self._each(peers, lambda p: store._store_at_peer(p, kb, rec.value, record=_copy(rec)))
+
+    # -- capabilities --------------------------------------------------------------------------------
+    async def provide(self, capability: str) -> int:
+        """Announce that this node offers `capability` (and keep re-announcing it); returns how many
+        peers were told (ADD_PROVIDER has no answer in 0.8.1)."""
+        kb = capability_key(self.network, capability)
+        if capability not in self.capabilities and len(self.capabilities) >= MAX_CAPABILITIES:
+            raise ValueError(f"at most {MAX_CAPABILITIES} capabilities")
+        self.capabilities[capability] = kb
+        ps = self.dht.provider_store
+        ps.add_provider(kb, PeerInfo(self.me, list(self.host.get_addrs())))
+        await self._pacer.wait()
+        peers = await self._closest(kb)
+        sent = await self._each(peers, lambda p: ps._send_add_provider(p, kb))
+        return sum(1 for ok in sent.values() if ok)
+
+    def withdraw(self, capability: str) -> None:
+        """Stop announcing `capability`; peers forget it within PROVIDER_TTL_S."""
+        kb = self.capabilities.pop(capability, None)
+        if kb is not None:
+            self.dht.provider_store.providers.get(kb, {}).pop(str(self.me), None)
+
+    async def providers(self, capability: str, limit: int = MAX_PROVIDERS) -> list[ID]:
+        """Up to `limit` other peers announcing `capability`, closest to its key first. Hints only: a
+        peer may list anyone; dial them (Noise proves who answers) or `lookup` their records."""
+        limit = max(0, min(limit, MAX_PROVIDERS))
+        kb = capability_key(self.network, capability)
+        ps = self.dht.provider_store
+        out: dict[ID, None] = {}
+
+        def take(infos: list[PeerInfo]) -> None:
+            for info in infos:
+                if len(out) >= limit:
+                    return
+                if info.peer_id != self.me and info.peer_id not in out:
+                    try:
+                        key_of(info.peer_id)
+                    except ValueError:
+                        continue
+                    out[info.peer_id] = None
+
+        take(ps.get_providers(kb))
+        peers = await self._closest(kb)
+        answers = await self._each(peers, lambda p: ps._get_providers_from_peer_with_closers(p, kb))
+        for peer in peers:  # in distance order, so the answer does not depend on who replied first
+            got = answers.get(peer)
+            if got:
+                take(got[0][:MAX_PROVIDERS])
+        return list(out)
+
+    # -- helpers -------------------------------------------------------------------------------------
+    async def _closest(self, kb: bytes) -> list[ID]:
+        with trio.move_on_after(QUERY_TIMEOUT_S * 2):
+            peers = await self.dht.peer_routing.find_closest_peers_network(kb, CLOSEST)
+            return [p for p in peers if p != self.me][:CLOSEST]
+        return [p for p in self.dht.routing_table.find_local_closest_peers(kb, CLOSEST) if p != self.me]
+
+    async def _each(self, peers: list[ID], call: Callable[[ID], Awaitable[Any]]) -> dict[ID, Any]:
+        """`call(peer)` for each peer, QUERY_PARALLEL at a time, each bounded by QUERY_TIMEOUT_S; a
+        peer that failed or timed out is absent from the answer."""
+        out: dict[ID, Any] = {}
+        limiter = trio.CapacityLimiter(QUERY_PARALLEL)
+
+        async def one(peer: ID) -> None:
+            async with limiter:
+                with trio.move_on_after(QUERY_TIMEOUT_S):
+                    try:
+                        out[peer] = await call(peer)
+                    except Exception as exc:  # py-libp2p's stream errors come in many types
+                        log.debug("dht rpc to %s failed: %s", peer, exc)
+
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(one, peer)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {"routing_table": self.dht.routing_table.size(), "records": len(self.dht.value_store.store),
+                "provider_keys": len(self.dht.provider_store.providers), "refused": dict(self.refused),
+                "capabilities": sorted(self.capabilities)}
+
+
+def _protocols(store: Any, peer: ID) -> list:
+    try:
+        return store.get_protocols(peer) or []
+    except Exception:  # the peerstore raises PeerStoreError for a peer it has no data on
+        return []
+
+
+def _copy(rec: Record) -> Record:
+    out = Record()
+    out.CopyFrom(rec)
+    out.ClearField("timeReceived")
+    return out

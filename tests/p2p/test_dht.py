@@ -1,0 +1,280 @@
+"""Discovery over Kademlia: real py-libp2p hosts on loopback in one trio.run (an honest publisher, honest
+readers, an attacker running an unchecked DHT), plus the value checks on their own (sans-I/O)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import statistics
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import pytest
+import trio
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.records.validator import BlankValidator, NamespacedValidator
+from libp2p.tools.anyio_service import background_trio_service
+from multiaddr import Multiaddr
+
+from mesh.node.p2p.addresses import peer_id_of
+from mesh.node.p2p.dht import (
+    MAX_RECORD_BYTES,
+    NAMESPACE,
+    Discovery,
+    RecordRefused,
+    RecordValidator,
+    capability_key,
+    decode_record,
+    encode_record,
+    record_key,
+)
+from mesh.node.p2p.transport import build_host
+from mesh.wire.identity import Identity
+from mesh.wire.records import RECORD_TTL_MS, make_record
+from mesh.wire.schema import dump
+
+NET = "homemesh-test"
+
+
+@pytest.fixture(autouse=True)
+def quiet_kademlia():
+    """py-libp2p warns for every DHT stream the other side resets (thousands here); capturing them made
+    the 30-host test ~3x slower."""
+    logger = logging.getLogger("libp2p.kad_dht")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)
+
+
+def now() -> int:
+    return int(time.time() * 1000)
+
+
+def rec_of(ident: Identity, port: int = 4750, issued: int | None = None, kinds=("python",)):
+    return make_record(ident, NET, f"127.0.0.1:{port}", list(kinds), [], False, issued or now())
+
+
+# -- the checks alone ----------------------------------------------------------------------------------
+
+def test_values_are_checked_before_anything_keeps_them():
+    a, b = Identity.generate(), Identity.generate()
+    rec = rec_of(a)
+    key_a, key_b = record_key(NET, a.public_key), record_key(NET, b.public_key)
+    assert len(key_a.encode()) <= 50 and key_a.startswith(f"/{NAMESPACE}/")
+    assert len(capability_key(NET, "llm:" + "ab" * 32)) == 20
+    assert decode_record(encode_record(rec), NET, key_a, now()) == rec
+
+    forged = rec_of(a)
+    forged.addr = "10.0.0.1:1"
+    body = json.dumps(dump(rec), indent=1).encode()
+    expired = rec_of(a, issued=now() - 2 * RECORD_TTL_MS)
+    cases = {
+        "bad-record": (encode_record(forged), key_a),
+        "wrong-key": (encode_record(rec), key_b),
+        "expired-record": (encode_record(expired), key_a),
+        "oversized": (b"{" + b" " * MAX_RECORD_BYTES + b"}", key_a),
+        "not-json": (b"\x00\xff garbage", key_a),
+        "not-canonical": (body, key_a),
+        "bad-schema": (json.dumps({**dump(rec), "extra": 1}).encode(), key_a),
+    }
+    for reason, (value, key) in cases.items():
+        with pytest.raises(RecordRefused) as err:
+            decode_record(value, NET, key, now())
+        assert err.value.reason == reason
+    with pytest.raises(RecordRefused):  # another network's record is another network's
+        decode_record(encode_record(rec), "other-net", record_key("other-net", a.public_key), now())
+    with pytest.raises(RecordRefused):
+        decode_record(b'{"key": NaN}', NET, key_a, now())
+
+
+def test_the_newest_valid_value_wins():
+    a = Identity.generate()
+    key = record_key(NET, a.public_key)
+    old, new = rec_of(a, issued=now() - 5000), rec_of(a, 4751)
+    bad = rec_of(a, issued=now() + 1000)
+    bad.addr = "10.0.0.1:1"
+    v = RecordValidator(NET)
+    values = [encode_record(old), encode_record(bad), encode_record(new), b"junk"]
+    assert v.select(key, values) == 2
+    assert v.select(key, [encode_record(new), encode_record(old)]) == 0
+    assert v.select(key, [encode_record(new), encode_record(new)]) == 1  # re-storing the same value is fine
+
+
+# -- real hosts ----------------------------------------------------------------------------------------
+
+@dataclass
+class Peer:
+    ident: Identity
+    host: object
+    disc: Discovery
+
+
+async def start_hosts(stack: AsyncExitStack, nursery: trio.Nursery, n: int, links: int = 2,
+                      seed: int = 1) -> list[Peer]:
+    """`n` hosts, each dialling `links` earlier ones (the node dials its bootstrap peers itself), each
+    running Discovery."""
+    rnd = random.Random(seed)
+    peers: list[Peer] = []
+    for i in range(n):
+        ident = Identity.generate()
+        host = build_host(ident)
+        await stack.enter_async_context(host.run([Multiaddr("/ip4/127.0.0.1/tcp/0")]))
+        disc = Discovery(host, NET)
+        for j in rnd.sample(range(i), min(links, i)):
+            other = peers[j].host
+            await host.connect(PeerInfo(other.get_id(), other.get_addrs()))
+        peers.append(Peer(ident, host, disc))
+    for p in peers:
+        await nursery.start(p.disc.run)
+    return peers
+
+
+async def start_attacker(stack: AsyncExitStack, honest: list[Peer]) -> KadDHT:
+    """A peer whose DHT stores and serves anything under our namespace."""
+    host = build_host(Identity.generate())
+    await stack.enter_async_context(host.run([Multiaddr("/ip4/127.0.0.1/tcp/0")]))
+    dht = KadDHT(host, DHTMode.SERVER, validator=NamespacedValidator({NAMESPACE: BlankValidator()}),
+                 validator_changed=True)
+    for p in honest[:3]:
+        await host.connect(PeerInfo(p.host.get_id(), p.host.get_addrs()))
+    await stack.enter_async_context(background_trio_service(dht))
+    for p in honest[:3]:
+        await dht.add_peer(p.host.get_id())
+    await dht.peer_routing.find_closest_peers_network(host.get_id().to_bytes())
+    return dht
+
+
+def held(p: Peer, key: str) -> bytes | None:
+    rec = p.disc.dht.value_store.store.get(key.encode())
+    return rec[0].value if rec else None
+
+
+def run_mesh(n: int, body, attacker: bool = False):
+    async def main():
+        async with trio.open_nursery() as nursery:  # Discovery tasks; cancelled before the hosts stop
+            async with AsyncExitStack() as stack:
+                peers = await start_hosts(stack, nursery, n)
+                evil = await start_attacker(stack, peers) if attacker else None
+                with trio.fail_after(120):
+                    await body(peers, evil)
+                nursery.cancel_scope.cancel()
+    trio.run(main)
+
+
+@pytest.mark.mesh
+@pytest.mark.timeout(120)
+def test_honest_records_are_found_and_forgeries_never_are():
+    async def body(peers: list[Peer], evil: KadDHT):
+        victim, reader = peers[0], peers[-1]
+        absent = Identity.generate()  # a node that never published
+        honest = rec_of(victim.ident, 4750)
+        assert await victim.disc.publish(honest) >= 5
+        got = await reader.disc.lookup(victim.ident.public_key)
+        assert got == honest
+
+        key_v, key_x = record_key(NET, victim.ident.public_key), record_key(NET, absent.public_key)
+        bad_sig = rec_of(victim.ident, 4750)
+        bad_sig.addr = "10.6.6.6:4750"
+        attacker_own = make_record(Identity.generate(), NET, "10.6.6.6:1", ["python"], [], False, now())
+        expired = rec_of(victim.ident, 4750, issued=now() - 2 * RECORD_TTL_MS)
+        non_canonical = json.dumps(dump(rec_of(victim.ident, 4752)), indent=1).encode()
+        forgeries = [
+            (key_v, encode_record(bad_sig)),
+            (key_v, encode_record(attacker_own)),  # a valid record of another key, stored under the victim's
+            (key_x, encode_record(attacker_own)),
+            (key_v, encode_record(expired)),
+            (key_x, b"\x00\xffgarbage" * 10),
+            (key_v, b"[" + b"0," * (MAX_RECORD_BYTES // 2) + b"0]"),  # oversized
+            (key_v, non_canonical),
+        ]
+        for key, value in forgeries:
+            await evil.put_value(key, value)
+            for p in peers:
+                assert held(p, key) in (None, encode_record(honest)), f"{value[:40]!r} kept by an honest node"
+        refusals = sum(sum(p.disc.refused.values()) for p in peers)
+        print(f"\nrefusals by honest nodes: {refusals}; kept the honest value: "
+              f"{sum(held(p, key_v) == encode_record(honest) for p in peers)}/{len(peers)}")
+        assert refusals >= len(forgeries)
+        assert all(held(p, key_x) is None for p in peers)
+        # the attacker still serves its last forgery from its own store: lookups never return it
+        for p in peers[1:]:
+            assert await p.disc.lookup(victim.ident.public_key) == honest
+            assert await p.disc.lookup(absent.public_key) is None
+
+        # a newer record replaces the older one, everywhere; replaying the older one changes nothing
+        newer = rec_of(victim.ident, 4751, issued=honest.issued + 1000)
+        assert await victim.disc.publish(newer) >= 5
+        assert await reader.disc.lookup(victim.ident.public_key) == newer
+        await evil.put_value(key_v, encode_record(honest))
+        assert all(held(p, key_v) in (None, encode_record(newer)) for p in peers)
+        for p in peers[1:4]:
+            assert await p.disc.lookup(victim.ident.public_key) == newer
+        with pytest.raises(RecordRefused):
+            await victim.disc.publish(honest)
+
+    run_mesh(10, body, attacker=True)
+
+
+@pytest.mark.mesh
+@pytest.mark.timeout(120)
+def test_providers_of_a_capability_are_found():
+    async def body(peers: list[Peer], _evil):
+        llm = "llm:" + "cd" * 32
+        for p in peers[1:4]:
+            assert await p.disc.provide("python") >= 1
+        assert await peers[5].disc.provide(llm) >= 1
+        ids = lambda ps: {p.host.get_id() for p in ps}  # noqa: E731
+        assert set(await peers[-1].disc.providers("python")) == ids(peers[1:4])
+        assert set(await peers[0].disc.providers("python", limit=2)) <= ids(peers[1:4])
+        assert len(await peers[0].disc.providers("python", limit=2)) == 2
+        # a provider asking finds the others, not just itself (0.8.1 answers from its local set)
+        assert set(await peers[1].disc.providers("python")) == ids(peers[2:4])
+        assert await peers[-1].disc.providers(llm) == [peers[5].host.get_id()]
+        assert await peers[-1].disc.providers("scrape") == []
+        found = await peers[-1].disc.providers("python")
+        assert all(peer_id_of(p.ident.public_key) in found for p in peers[1:4])
+
+    run_mesh(8, body)
+
+
+@pytest.mark.mesh
+@pytest.mark.timeout(300)
+def test_thirty_host_lookup_timings():
+    async def body(peers: list[Peer], _evil):
+        rnd = random.Random(7)
+        puts, gets, provides, finds, copies = [], [], [], [], []
+        records = {}
+        for p in peers[:10]:
+            rec = rec_of(p.ident, 4750)
+            t = time.perf_counter()
+            copies.append(await p.disc.publish(rec))
+            puts.append(time.perf_counter() - t)
+            records[p.ident.public_key] = rec
+        misses = 0
+        for _ in range(30):
+            reader = rnd.choice(peers)
+            key = rnd.choice(list(records))
+            t = time.perf_counter()
+            got = await reader.disc.lookup(key)
+            gets.append(time.perf_counter() - t)
+            misses += got != records[key]
+        for p in peers[10:15]:
+            t = time.perf_counter()
+            await p.disc.provide("scrape")
+            provides.append(time.perf_counter() - t)
+        for _ in range(10):
+            t = time.perf_counter()
+            found = await rnd.choice(peers[15:]).disc.providers("scrape")
+            finds.append(time.perf_counter() - t)
+            assert len(found) == 5
+        ms = lambda xs: f"median {statistics.median(xs) * 1000:.0f} ms (max {max(xs) * 1000:.0f})"  # noqa: E731
+        print(f"\n30 hosts: publish {ms(puts)}, stored at median {statistics.median(copies)} peers; "
+              f"lookup {ms(gets)}, {misses} misses; provide {ms(provides)}; providers {ms(finds)}; "
+              f"routing tables {sorted(p.disc.stats()['routing_table'] for p in peers)}")
+        assert misses == 0
+
+    run_mesh(30, body)
