@@ -48,7 +48,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         credit_line=args.credit_line, collude=args.collude or "", spot_rate=args.spot_rate,
         blacklist_s=args.blacklist, core_log=args.core_log, scrape_allow=args.scrape_allow,
         browser=args.browser or "", no_scrape=args.no_scrape, keep_jobs=args.keep_jobs, transport=args.transport,
-        relay=not args.no_relay,
+        relay=not args.no_relay, max_links=args.max_links,
         advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
         if args.advertise else "",
     )
@@ -432,6 +432,9 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--transport", choices=["libp2p", "tcp"], default="libp2p",
                     help="libp2p (default): Noise-encrypted links, each peer's key proven by the handshake; "
                          "tcp: plain, unencrypted TCP for loopback tests and benchmarks only")
+    sp.add_argument("--max-links", type=int, default=64, metavar="N",
+                    help="peers to link on this node's own initiative, from gossip (default 64); beyond that, "
+                         "workers for what jobs need are found in the DHT (8 per capability)")
     sp.add_argument("--no-relay", action="store_true",
                     help="do not relay for peers behind NATs, even when this node is reachable (it relays by "
                          "default, with limits: 64 circuits, 256 MiB and one hour each)")

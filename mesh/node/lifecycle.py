@@ -66,7 +66,9 @@ log = logging.getLogger("mesh.node.lifecycle")
 FAULTS = ("wrong", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay")
 HEARTBEAT_S = 2.0
 DOWN_AFTER_S = 10.0
-MAX_GOSSIP = 64  # records taken from one hello: a liar cannot make us dial thousands
+MAX_GOSSIP = 8  # records a hello carries, and takes: a sample for a start; the DHT finds the rest
+WANT_PER_CAP = 8  # workers per capability a node keeps linked, found through the DHT when gossip did not
+DISCOVER_FIRST_S, DISCOVER_EVERY_S = 3.0, 30.0
 
 
 @dataclass
@@ -94,6 +96,7 @@ class NodeOptions:
     keep_jobs: int = 1000  # finished jobs kept in memory (older ones are read from <home>/jobs)
     transport: str = "libp2p"  # libp2p (Noise-encrypted, keys proven) | tcp (plain, for loopback tests)
     relay: bool = True  # once reachable, relay (with limits) for peers behind NATs
+    max_links: int = 64  # peers linked on our own initiative (gossip); the DHT adds workers jobs need
 
 
 def make_transport(opts: NodeOptions, identity: Identity) -> Transport:
@@ -101,7 +104,8 @@ def make_transport(opts: NodeOptions, identity: Identity) -> Transport:
         return TcpTransport()
     from mesh.node.p2p.transport import Libp2pTransport  # py-libp2p takes ~0.6 s to import
 
-    return Libp2pTransport(identity, advertise=opts.advertise, relay=opts.relay, fault=opts.fault)
+    return Libp2pTransport(identity, advertise=opts.advertise, relay=opts.relay, fault=opts.fault,
+                           network=opts.network)
 
 
 def bootstrap_keys(addrs: list[str], transport: str) -> dict[str, bytes | None]:
@@ -245,6 +249,7 @@ class Node:
         log.info("node %s ready: peers on %s, API on http://%s:%s", self.id, self.listen, api_host, api_port)
         print(f"node {self.id} ready: peer port {self.listen}, API http://{api_host}:{api_port}", flush=True)
         self.spawn(self._heartbeat())
+        self.spawn(self._discover())
         stop = asyncio.create_task(self.stopping.wait())
         await asyncio.wait({stop, api_task}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
@@ -277,6 +282,46 @@ class Node:
                                           self.kinds, self.models, self.sandboxed, now)
         return self.own_record
 
+    def _room(self) -> bool:
+        """Whether to link to one more peer on our own initiative (asked-for links are always made)."""
+        return sum(p.connected for p in self.peers) < self.opts.max_links
+
+    def offers(self) -> list[str]:
+        """What this node announces in the DHT, in Step.needs terms."""
+        return [k for k in self.kinds if k != "llm"] + [f"llm:{m}" for m in self.models]
+
+    async def _discover(self) -> None:
+        """Keep our record and offers in the DHT, and find workers for what jobs need there instead of
+        from every peer's gossip: providers of each capability, their signed records checked, dialled
+        while we have room."""
+        if not hasattr(self.gateway.transport, "find"):
+            return
+        await asyncio.sleep(DISCOVER_FIRST_S)
+        while True:
+            try:
+                await self.gateway.transport.publish(self.my_record(), self.offers())
+                wanted = {"python", "scrape", f"llm:{default_model_sha()}"} | set(self.offers())
+                for cap in sorted(wanted):
+                    await self._find_workers(cap)
+            except (ValueError, ConnectionError) as exc:  # a record refused, the libp2p thread stopping
+                log.info("discovery round failed: %s", exc)
+            await asyncio.sleep(DISCOVER_EVERY_S)
+
+    async def _find_workers(self, cap: str) -> None:
+        """Providers of `cap` from the DHT: learnt (their signed records checked) and, while fewer than
+        WANT_PER_CAP of them are linked, dialled whatever --max-links says (placement needs them)."""
+        default = default_model_sha()
+        linked = sum(cap in p.capabilities(default) for p in self.peers.up())
+        for rec in await self.gateway.transport.find(cap, 20):
+            peer, why = self.peers.learn(rec, now_ms())
+            if why:
+                self.receiver.count(why)
+                continue
+            peer = peer or self.peers.get(bytes.fromhex(rec.key))
+            if peer is not None and not peer.connected and (linked < WANT_PER_CAP or self._room()):
+                linked += 1
+                self.spawn(self._dial(peer.addr, peer.key))
+
     def _on_relayed_address(self, addr: str) -> None:
         """Peers cannot dial us, and a relay now holds a slot for us: publish that address at once."""
         if addr == self.relayed_addr or self.opts.advertise:
@@ -296,7 +341,8 @@ class Node:
             self.spawn(self._dial(peer.addr, peer.key))
 
     def hello(self) -> Hello:
-        return Hello(self.my_record(), self.peers.records(now_ms())[:MAX_GOSSIP])
+        records = self.peers.records(now_ms())  # a fresh sample each beat, so every peer gets passed on
+        return Hello(self.my_record(), self.rng.sample(records, min(MAX_GOSSIP, len(records))))
 
     async def _heartbeat(self) -> None:
         while True:
@@ -311,7 +357,7 @@ class Node:
                     if now - peer.last_seen > DOWN_AFTER_S and peer.state == "up":
                         log.info("peer %s silent for %.0f s: down", peer.node[:12], now - peer.last_seen)
                         peer.state = "down"
-                elif peer.addr and peer.state != "left" and now >= peer.next_dial:
+                elif peer.addr and peer.state != "left" and now >= peer.next_dial and self._room():
                     peer.next_dial = now + HEARTBEAT_S * 2
                     self.spawn(self._dial(peer.addr, peer.key))
             for peer in self.peers.expire(now_ms()):
@@ -444,7 +490,7 @@ class Node:
             if why:
                 self.receiver.count(why)
                 log.warning("rejected gossip on %s: %s: record of %r", conn.label, why, rec.key[:12])
-            elif learned is not None and not learned.connected:
+            elif learned is not None and not learned.connected and self._room():
                 self.spawn(self._dial(learned.addr, learned.key))
 
     def on_disconnect(self, conn: Connection) -> None:
@@ -517,6 +563,7 @@ class Node:
                 "fault": self.opts.fault or None, "peers": peers, "rejected": dict(self.receiver.rejected),
                 "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,
                 "ledger_error": self.ledger_error or None,
+                "discovery": getattr(self.gateway.transport, "discovery_stats", dict)(),
                 "jobs": {"running": sum(not s.run.finished for s in jobs.values()), "total": len(jobs)}}
 
 
@@ -561,6 +608,10 @@ def _check_options(opts: NodeOptions) -> str:
         raise ConfigError("--spot-rate is a probability, from 0 to 1")
     if opts.frame_cap < 64 << 10:
         raise ConfigError("--frame-cap must be at least 65536 bytes")
+    if not 1 <= opts.max_links <= 10_000:
+        raise ConfigError("--max-links must be from 1 to 10000")
+    if opts.transport == "tcp" and opts.fault.startswith("relay-"):
+        raise ConfigError(f"--fault {opts.fault} needs --transport libp2p (plain TCP has no relays)")
     Allow.parse(opts.scrape_allow)  # a bad --scrape-allow is a ConfigError now, not at the first scrape
     if opts.browser and find_browser(opts.browser) is None:
         raise ConfigError(f"--browser {opts.browser}: no such program")

@@ -33,9 +33,11 @@ from multiaddr import Multiaddr
 from mesh.node.flow import Limits
 from mesh.node.gateway import DIAL_TIMEOUT, Accept, Connection
 from mesh.node.p2p.addresses import Target, host_port, key_of, parse, peer_id_of
+from mesh.node.p2p.dht import Discovery
 from mesh.node.p2p.nat import WANT_RELAYS, Nat
 from mesh.node.p2p.triothread import TransportClosed, TrioThread
 from mesh.wire.identity import Identity
+from mesh.wire.messages import PeerRecord
 
 log = logging.getLogger("mesh.node.p2p")
 PROTOCOL = TProtocol("/homemesh/1")
@@ -130,11 +132,14 @@ class Libp2pTransport:
     kind = "libp2p"
 
     def __init__(self, identity: Identity, limits: Limits | None = None, advertise: str = "",
-                 nat: bool = True, relay: bool = True, fault: str = ""):
+                 nat: bool = True, relay: bool = True, fault: str = "", network: str = "",
+                 discovery: bool = True):
         self.identity = identity
         self.advertise = advertise  # the operator's forwarded HOST:PORT, checked for reachability too
         self.use_nat, self.offer_relay, self.fault = nat, relay, fault
-        self.nat: Nat | None = None
+        self.network, self.use_discovery = network, discovery and bool(network)
+        self.discovery: Discovery | None = None
+        self.own_record: PeerRecord | None = None  # set by the node; the DHT re-publishes it        self.nat: Nat | None = None
         self.relayed_peers: set[ID] = set()  # peers we once reached only through a relay
         self.not_relays: dict[ID, float] = {}  # peer → when it last refused us a relay slot (trio clock)
         self.on_address: Callable[[str], None] | None = None  # asyncio: our dialable address changed
@@ -179,6 +184,44 @@ class Libp2pTransport:
                 pass
         await asyncio.to_thread(self.thread.stop)
 
+    # -- discovery (the Kademlia DHT), asyncio side ----------------------------------------------------
+    async def publish(self, record: PeerRecord, capabilities: list[str]) -> int:
+        """Put our signed record in the DHT and announce what we offer; returns peers that stored it."""
+        self.own_record = record
+        if self.discovery is None:
+            return 0
+        return await self.thread.call(self._publish, record, capabilities)
+
+    async def _publish(self, record: PeerRecord, capabilities: list[str]) -> int:
+        stored = await self.discovery.publish(record)
+        for cap in capabilities:
+            if cap not in self.discovery.capabilities:
+                await self.discovery.provide(cap)
+        return stored
+
+    async def find(self, capability: str, limit: int = 20) -> list[PeerRecord]:
+        """Signed records of peers that announce `capability` (checked: the DHT is hearsay)."""
+        if self.discovery is None:
+            return []
+        return await self.thread.call(self._find, capability, limit)
+
+    async def _find(self, capability: str, limit: int) -> list[PeerRecord]:
+        peers = await self.discovery.providers(capability, limit)
+        found: list[PeerRecord] = []
+
+        async def one(peer: ID) -> None:
+            rec = await self.discovery.lookup(key_of(peer))
+            if rec is not None:
+                found.append(rec)
+
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(one, peer)
+        return found
+
+    def discovery_stats(self) -> dict:
+        return self.discovery.stats() if self.discovery else {}
+
     @property
     def reachability(self) -> str:
         return self.nat.reachability if self.nat else "unknown"
@@ -207,6 +250,9 @@ class Libp2pTransport:
             self.nat = Nat(self.host, self.offer_relay, self.fault)
             async with background_trio_service(self.nat.relay), background_trio_service(self.nat.dcutr), \
                     trio.open_nursery() as nursery:
+                if self.use_discovery:
+                    self.discovery = Discovery(self.host, self.network, renew=lambda: self.own_record)
+                    await nursery.start(self.discovery.run)
                 task_status.started([str(a) for a in self.host.get_addrs()])
                 nursery.start_soon(self._nat_loop, nursery)
                 await self._stopped.wait()
