@@ -3,8 +3,8 @@ process), and print the ratios with their goals: a markdown table, or one JSON o
 
     python -m bench [--quick] [--json] [--only NAME,...] [--scale]
 
---quick (about 5 minutes on 2 cores) runs smaller sizes; the 32-node scale run is in the full run, or
-with --scale."""
+--quick (about 5 minutes on 2 cores, plus 4-7 for the NAT bench, which needs root) runs smaller sizes;
+the 32-node scale run is in the full run, or with --scale."""
 
 from __future__ import annotations
 

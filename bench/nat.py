@@ -125,7 +125,8 @@ def job(r):
     step_rep = report["steps"]["s"] if report else {}
     return {"t0": t0, "s": took, "status": report and report["status"], "opened": opened, "answered": answered,
             "agreed": [x["node"] for x in step_rep.get("replicas", []) if x.get("agreed")],
-            "placed": [x["node"] for x in step_rep.get("replicas", [])]}
+            "placed": [x["node"] for x in step_rep.get("replicas", [])],
+            "error": step_rep.get("error") or [x["error"] for x in step_rep.get("replicas", []) if x.get("error")]}
 
 for line in sys.stdin:
     cmd = json.loads(line)
@@ -253,7 +254,9 @@ def run_trial(nat: str, jobs: int, punch_wait: float) -> dict:
             res["error"] = f"{type(exc).__name__}: {exc}"
             res["logs"] = {r: tr.tail(r, 3) for r in tr.nodes}
         finally:
+            t_stop = time.monotonic()
             tr.stop()
+            res["stop_s"] = round(time.monotonic() - t_stop, 2)
     return res
 
 
@@ -335,6 +338,8 @@ def _trial(tr: Trial, res: dict, jobs: int, punch_wait: float) -> None:
 def _sample(j: dict, lan2: str, pub: str) -> dict:
     kind = j["before"] if j["before"] == j["after"] else "mixed"
     out = {"link": kind, "s": round(j["s"], 4), "done": j["status"] == "done", "lan2_ran": lan2 in j["placed"]}
+    if j.get("error"):
+        out["error"] = str(j["error"])[:200]
     a = j["answered"]
     if lan2 in a and pub in a and min(a[lan2], a[pub]) > j["opened"] + 0.002:  # both answers came live
         out["lan2_minus_pub_ms"] = round((a[lan2] - a[pub]) * 1e3, 2)
@@ -396,6 +401,19 @@ def summarise(trials: list[dict]) -> dict:
     return res
 
 
+def _per_trial(jobs: list[dict]) -> dict:
+    out: dict = {"jobs": len(jobs), "jobs_not_done": sum(not j["done"] for j in jobs),
+                 "jobs_without_lan2": sum(not j["lan2_ran"] for j in jobs)}
+    errors = [f'{j["link"]}: {j["error"]}' for j in jobs if "error" in j]
+    if errors:
+        out["job_errors"] = errors[:3]
+    for link in ("relayed", "hole-punched"):
+        lat = [j["s"] for j in jobs if j["done"] and j["link"] == link]
+        if lat:
+            out[f"latency_{link.replace('-', '_')}_s"] = round(statistics.median(lat), 4)
+    return out
+
+
 def run(trials: int = 3, jobs: int = 5, punch_wait: float = 30.0) -> dict:
     t0 = time.monotonic()
     load = os.getloadavg()[0]
@@ -412,7 +430,7 @@ def run(trials: int = 3, jobs: int = 5, punch_wait: float = 30.0) -> dict:
                   f" in {r['seconds']} s", file=sys.stderr, flush=True)
             runs.append(r)
     res.update(summarise(runs))
-    res["trials"] = [{k: v for k, v in r.items() if k != "jobs"} | {"jobs": len(r.get("jobs", []))} for r in runs]
+    res["trials"] = [{k: v for k, v in r.items() if k != "jobs"} | _per_trial(r.get("jobs", [])) for r in runs]
     res["seconds"] = round(time.monotonic() - t0, 1)
     res["loadavg_1m_start"], res["loadavg_1m_end"] = round(load, 2), round(os.getloadavg()[0], 2)
     return res

@@ -297,22 +297,37 @@ class Node:
         if not hasattr(self.gateway.transport, "find"):
             return
         await asyncio.sleep(DISCOVER_FIRST_S)
+        published = -1
+        wait: dict[str, float] = {}  # capability → seconds until it is looked for again
+        due: dict[str, float] = {}
         while True:
             try:
-                await self.gateway.transport.publish(self.my_record(), self.offers())
+                record = self.my_record()
+                if record.issued != published:  # a new record (every TTL/3, or a new address): put it out
+                    await self.gateway.transport.publish(record, self.offers())
+                    published = record.issued
                 wanted = {"python", "scrape", f"llm:{default_model_sha()}"} | set(self.offers())
                 for cap in sorted(wanted):
-                    await self._find_workers(cap)
+                    if time.monotonic() < due.get(cap, 0.0):
+                        continue
+                    found = await self._find_workers(cap)
+                    # Nothing new: ask again later and later (each query opens ~20 DHT streams).
+                    wait[cap] = DISCOVER_EVERY_S if found else min(3600.0, wait.get(cap, DISCOVER_EVERY_S) * 2)
+                    due[cap] = time.monotonic() + wait[cap]
             except (ValueError, ConnectionError) as exc:  # a record refused, the libp2p thread stopping
                 log.info("discovery round failed: %s", exc)
-            await asyncio.sleep(DISCOVER_EVERY_S)
+            await asyncio.sleep(DISCOVER_FIRST_S)
 
-    async def _find_workers(self, cap: str) -> None:
+    async def _find_workers(self, cap: str) -> int:
         """Providers of `cap` from the DHT: learnt (their signed records checked) and, while fewer than
         WANT_PER_CAP of them are linked, dialled whatever --max-links says (placement needs them)."""
         default = default_model_sha()
         linked = sum(cap in p.capabilities(default) for p in self.peers.up())
-        for rec in await self.gateway.transport.find(cap, 20):
+        if linked >= WANT_PER_CAP:
+            return 0  # enough workers for it already: no DHT traffic
+        known = frozenset(p.key for p in self.peers if p.record is not None and (p.connected or p.failures))
+        dialled = 0
+        for rec in await self.gateway.transport.find(cap, 20, known):
             peer, why = self.peers.learn(rec, now_ms())
             if why:
                 self.receiver.count(why)
@@ -320,7 +335,9 @@ class Node:
             peer = peer or self.peers.get(bytes.fromhex(rec.key))
             if peer is not None and not peer.connected and (linked < WANT_PER_CAP or self._room()):
                 linked += 1
+                dialled += 1
                 self.spawn(self._dial(peer.addr, peer.key))
+        return dialled
 
     def _on_relayed_address(self, addr: str) -> None:
         """Peers cannot dial us, and a relay now holds a slot for us: publish that address at once."""

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import math
 import socket
-from collections import Counter
+from collections import Counter, deque
 from typing import Callable
 
 import libp2p.network.swarm as _swarm
@@ -19,6 +19,7 @@ from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as new_noise_key
 from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamEOF, StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -35,13 +36,14 @@ from mesh.node.gateway import DIAL_TIMEOUT, Accept, Connection
 from mesh.node.p2p.addresses import Target, host_port, key_of, parse, peer_id_of
 from mesh.node.p2p.dht import Discovery
 from mesh.node.p2p.nat import WANT_RELAYS, Nat
-from mesh.node.p2p.triothread import TransportClosed, TrioThread
+from mesh.node.p2p.triothread import Mailbox, TransportClosed, TrioThread
 from mesh.wire.identity import Identity
 from mesh.wire.messages import PeerRecord
 
 log = logging.getLogger("mesh.node.p2p")
 PROTOCOL = TProtocol("/homemesh/1")
 MAX_STREAMS_PER_PEER = 4  # /homemesh/1 streams one peer may hold open here at once
+PUMP_HIGH, PUMP_ACK = 1 << 20, 256 << 10  # bytes read ahead of the gateway per link; ack granularity
 CLOSE_GRACE_S = 1.0  # how long a closing link may spend sending what was queued (a `bye`)
 NAT_FIRST_S, NAT_EVERY_S = 1.0, 30.0
 RELAY_RETRY_S = 15.0  # a peer that refused a relay slot (no relay, not yet sure it is public, full) is asked again  # when to ask peers whether we are reachable, and how often again
@@ -69,29 +71,100 @@ def build_host(identity: Identity) -> IHost:
             logging.getLogger(name).setLevel(logging.ERROR)
     keys = create_new_key_pair(identity.seed())
     noise = NoiseTransport(keys, noise_privkey=new_noise_key().private_key)
+    # py-libp2p's auto-connector dials every peer in its peerstore until 50..100 links (measured: "initiating
+    # 199 new dials" every 10 s per node); the node chooses its own links, so it is off.
+    links = ConnectionConfig(min_connections=0, low_watermark=0, high_watermark=400, max_connections=512)
     return new_host(key_pair=keys, sec_opt={TProtocol(NOISE): noise}, muxer_opt={TProtocol(YAMUX): Yamux},
-                    enable_mDNS=False, enable_upnp=False)
+                    enable_mDNS=False, enable_upnp=False, connection_config=links)
 
 
 class StreamConnection(Connection):
-    """A `/homemesh/1` stream as a gateway connection. Reads are pulled from trio on demand (so a
-    throttled peer's stream is not read); writes queue in order to one trio writer task."""
+    """A `/homemesh/1` stream as a gateway connection. In a node, a trio task pumps what the peer sends
+    to this side through the transport's inbox, and pauses when more than PUMP_HIGH bytes wait unread
+    here (so a throttled peer's stream is not read and its window fills); writes go through the outbox
+    to one trio writer task, in order. Without a node loop (tests' blocking links) reads are pulled."""
 
-    def __init__(self, thread: TrioThread, stream: INetStream, label: str, limits: Limits, kind: str):
+    def __init__(self, thread: TrioThread, stream: INetStream, label: str, limits: Limits, kind: str,
+                 outbox: Mailbox | None = None):
         super().__init__(label, limits)
-        self.thread, self.stream, self.kind = thread, stream, kind
+        self.thread, self.stream, self.kind, self.outbox = thread, stream, kind, outbox
         self.authenticated = key_of(stream.muxed_conn.peer_id)
         self.peer_id: ID = stream.muxed_conn.peer_id
         self._send, self._queue = trio.open_memory_channel[bytes](math.inf)
         self.finished = trio.Event()  # set (in trio) when the stream is closed and the writer is done
         self._closing = False
+        # asyncio side of the pump
+        self._chunks: deque[bytes] = deque()
+        self._end: BaseException | None = None  # EOFError at the end, or the reset that ended it
+        self._waiter: asyncio.Future | None = None
+        self._consumed = 0
+        # trio side of the pump
+        self._unacked = 0
+        self._drained = trio.Event()
+        self._pump_scope: trio.CancelScope | None = None
+        self._pump_done = trio.Event()
 
     @property
     def open(self) -> bool:
         return not self._closing and self.thread.running
 
     async def read(self, n: int) -> bytes:
-        return await self.thread.call(self._read, n)
+        if self.outbox is None:
+            return await self.thread.call(self._read, n)
+        while not self._chunks:
+            if self._end is not None:
+                if isinstance(self._end, EOFError):
+                    return b""
+                raise ConnectionResetError(f"{self.label}: {self._end}")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data = self._chunks.popleft()
+        if len(data) > n:
+            self._chunks.appendleft(data[n:])
+            data = data[:n]
+        self._consumed += len(data)
+        if self._consumed >= PUMP_ACK:
+            self.thread.post(self._ack, self._consumed)
+            self._consumed = 0
+        return data
+
+    def fed(self, item: bytes | BaseException) -> None:
+        """asyncio side: a chunk (or the end) the pump sent."""
+        if isinstance(item, BaseException):
+            self._end = item
+        else:
+            self._chunks.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def run_pump(self, inbox: Mailbox) -> None:
+        """Trio task: read the stream and hand chunks over, pausing while too much waits unread."""
+        self._pump_scope = trio.CancelScope()
+        with self._pump_scope:
+            await self._pump(inbox)
+        self._pump_done.set()
+
+    async def _pump(self, inbox: Mailbox) -> None:
+        try:
+            while True:
+                while self._unacked > PUMP_HIGH:
+                    self._drained = trio.Event()
+                    await self._drained.wait()
+                data = await self.stream.read(65536)
+                self._unacked += len(data)
+                inbox.put((self, data))
+        except StreamEOF:
+            inbox.put((self, EOFError()))
+        except (StreamError, MuxedStreamError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            inbox.put((self, exc))
+
+    def _ack(self, n: int) -> None:
+        self._unacked -= n
+        if self._unacked <= PUMP_HIGH:
+            self._drained.set()
 
     async def _read(self, n: int) -> bytes:
         try:
@@ -102,13 +175,30 @@ class StreamConnection(Connection):
             raise ConnectionResetError(f"{self.label}: {exc}") from None
 
     def write(self, data: bytes) -> None:
-        if self.open:
+        if not self.open:
+            return
+        if self.outbox is not None:
+            self.outbox.put((self, data))
+        else:
             self.thread.post(self._send.send_nowait, data)
 
     def close(self) -> None:
         if not self._closing:
             self._closing = True
-            self.thread.post(self._send.close)
+            if self.outbox is not None:
+                self.outbox.put((self, None))
+            else:
+                self.thread.post(self._send.close)
+
+    def sent(self, data: bytes | None) -> None:
+        """trio side: what the outbox brought for this link (None: close it after what is queued)."""
+        if data is None:
+            self._send.close()
+        else:
+            try:
+                self._send.send_nowait(data)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
 
     async def run_writer(self) -> None:
         """Trio task: send queued frames in order, then close the stream (also when the link broke)."""
@@ -125,6 +215,16 @@ class StreamConnection(Connection):
                     await self.stream.close()
                 except (StreamError, MuxedStreamError, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
+                if self._pump_scope is not None:  # the peer has a moment to close its side too
+                    await self._pump_done.wait()
+            if self._pump_scope is not None and not self._pump_done.is_set():
+                self._pump_scope.cancel()  # it did not: stop reading a link we dropped
+                with trio.move_on_after(CLOSE_GRACE_S) as scope:
+                    scope.shield = True
+                    try:
+                        await self.stream.reset()
+                    except (StreamError, MuxedStreamError, trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
             self.finished.set()
 
 
@@ -139,7 +239,8 @@ class Libp2pTransport:
         self.use_nat, self.offer_relay, self.fault = nat, relay, fault
         self.network, self.use_discovery = network, discovery and bool(network)
         self.discovery: Discovery | None = None
-        self.own_record: PeerRecord | None = None  # set by the node; the DHT re-publishes it        self.nat: Nat | None = None
+        self.own_record: PeerRecord | None = None  # set by the node; the DHT re-publishes it
+        self.nat: Nat | None = None
         self.relayed_peers: set[ID] = set()  # peers we once reached only through a relay
         self.not_relays: dict[ID, float] = {}  # peer → when it last refused us a relay slot (trio clock)
         self.on_address: Callable[[str], None] | None = None  # asyncio: our dialable address changed
@@ -153,6 +254,8 @@ class Libp2pTransport:
         self._accept: Accept | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = trio.Event()
+        self.inbox: Mailbox | None = None  # trio → asyncio: chunks read from links (a node only)
+        self.outbox: Mailbox | None = None  # asyncio → trio: frames to write
 
     # -- asyncio side ----------------------------------------------------------------------------------
     async def start(self, sock: socket.socket, accept: Accept) -> list[str]:
@@ -161,6 +264,8 @@ class Libp2pTransport:
         sock.close()
         self._accept, self._loop = accept, asyncio.get_running_loop()
         self.thread.start()
+        self.inbox = Mailbox(self._wake_loop, lambda item: item[0].fed(item[1]))
+        self.outbox = Mailbox(self.thread.post, lambda item: item[0].sent(item[1]))
         family = "ip6" if ":" in host else "ip4"
         return await self.thread.call(self._listen, Multiaddr(f"/{family}/{host}/tcp/{port}"))
 
@@ -199,14 +304,15 @@ class Libp2pTransport:
                 await self.discovery.provide(cap)
         return stored
 
-    async def find(self, capability: str, limit: int = 20) -> list[PeerRecord]:
-        """Signed records of peers that announce `capability` (checked: the DHT is hearsay)."""
+    async def find(self, capability: str, limit: int = 20, known: frozenset[bytes] = frozenset()) -> list[PeerRecord]:
+        """Signed records of peers that announce `capability` (checked: the DHT is hearsay), except
+        those whose keys are in `known` (each record lookup costs ~50 ms of CPU: measured)."""
         if self.discovery is None:
             return []
-        return await self.thread.call(self._find, capability, limit)
+        return await self.thread.call(self._find, capability, limit, known)
 
-    async def _find(self, capability: str, limit: int) -> list[PeerRecord]:
-        peers = await self.discovery.providers(capability, limit)
+    async def _find(self, capability: str, limit: int, known: frozenset[bytes]) -> list[PeerRecord]:
+        peers = [p for p in await self.discovery.providers(capability, limit) if key_of(p) not in known]
         found: list[PeerRecord] = []
 
         async def one(peer: ID) -> None:
@@ -277,10 +383,19 @@ class Libp2pTransport:
     def _wrap(self, stream: INetStream, direction: str) -> StreamConnection:
         peer = stream.muxed_conn.peer_id
         kind = self.stream_kind(stream)
-        conn = StreamConnection(self.thread, stream, f"{direction}:{str(peer)[-8:]}:{kind}", self.limits, kind)
+        conn = StreamConnection(self.thread, stream, f"{direction}:{str(peer)[-8:]}:{kind}", self.limits, kind,
+                                self.outbox)
         self.streams[peer] += 1
         self.thread.nursery.start_soon(self._write_then_forget, conn)
+        if self.inbox is not None:
+            self.thread.nursery.start_soon(conn.run_pump, self.inbox)
         return conn
+
+    def _wake_loop(self, fn) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn)
+        except RuntimeError:  # the node's loop is closed: nobody reads any more
+            pass
 
     async def _write_then_forget(self, conn: StreamConnection) -> None:
         try:
