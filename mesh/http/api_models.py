@@ -30,7 +30,7 @@ class JobSpec(Strict):
     """The job file format (README, "A job file"). Fields left out take mesh.core.dag's defaults."""
 
     name: str = "job"
-    redundancy: int = Field(default=3, ge=1, le=16)
+    redundancy: int = Field(default=3, ge=1, le=16, strict=True)
     quorum: str = Field(default="majority", pattern=QUORUM)
     timeout: float = Field(default=300, ge=1, le=3600)
     max_replicas: int = Field(default=0, ge=0, le=64)
@@ -40,7 +40,7 @@ class JobSpec(Strict):
 
 class SubmitBody(Strict):
     job: JobSpec
-    redundancy: int | None = Field(default=None, ge=1, le=16, description="overrides the job's")
+    redundancy: int | None = Field(default=None, ge=1, le=16, strict=True, description="overrides the job's")
     quorum: str | None = Field(default=None, pattern=QUORUM, description="overrides the job's")
 
 
@@ -56,7 +56,7 @@ class PlanBody(Strict):
     query: str = Field(min_length=1, max_length=2000)
     planner: Literal["auto", "rules"] = Field(
         default="auto", description="auto: the model plans, the rules stand in when its plan is invalid")
-    redundancy: int | None = Field(default=None, ge=1, le=16)
+    redundancy: int | None = Field(default=None, ge=1, le=16, strict=True)
 
 
 class PlanReply(BaseModel):

@@ -175,22 +175,11 @@ class Scraper:
             return
         try:
             await asyncio.wait_for(context.close(), DISPOSE_S)
-            await asyncio.wait_for(self._targets_gone(browser, context._id), DISPOSE_S)
         except (*_browser_errors(), asyncio.TimeoutError) as exc:
             log.warning("a browser context would not close (%s); stopping Chromium", exc)
             async with self.lock:
                 if self.browser is browser:
                     await self._drop_browser()
-
-    @staticmethod
-    async def _targets_gone(browser, context_id: str) -> None:
-        """Chromium answers the dispose before a service worker of that context is gone (seen under
-        load: its target still listed just after): the step ends only when none is left."""
-        while True:
-            infos = (await browser._connection.send("Target.getTargets"))["targetInfos"]
-            if not any(t.get("browserContextId") == context_id for t in infos):
-                return
-            await asyncio.sleep(0.02)
 
     async def _load(self, page, url: str, params: dict) -> tuple[str, str]:
         """Load, wait, read, all through the DOM domain: pyppeteer's evaluate (behind its content() and
