@@ -116,7 +116,7 @@ def test_nodes_behind_two_nats_work_together(tmp_path: Path, nat: str, punches: 
         assert replicas_on(rep) == {m.node_id("lan1"), m.node_id("lan2")}
 
         # a job submitted behind one NAT runs on the other NAT's node, through the relay first
-        wait_for(lambda: m.peer("lan1", "lan2").get("connected"), 60,
+        wait_for(lambda: (p := m.peer("lan1", "lan2")).get("connected") and p.get("state") == "up", 60,
                  f"lan1 to reach lan2 through the relay\n{m.tail('lan1')}")
         first_kind = m.peer("lan1", "lan2")["connection"]
         assert first_kind == "relayed"
