@@ -59,6 +59,17 @@ _libp2p_log.setLevel(logging.ERROR)
 _swarm._HAPPY_EYEBALLS_DELAY = 0
 
 
+_LINK_ERRORS = (StreamError, MuxedStreamError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+async def _quietly(op) -> None:
+    """Close or reset a stream whose link may already be gone."""
+    try:
+        await op()
+    except _LINK_ERRORS:
+        pass
+
+
 class DialFailed(ConnectionError):
     """No link to that address: unreachable, timed out, refused the handshake, or another key answered."""
 
@@ -158,7 +169,7 @@ class StreamConnection(Connection):
                 inbox.put((self, data))
         except StreamEOF:
             inbox.put((self, EOFError()))
-        except (StreamError, MuxedStreamError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        except _LINK_ERRORS as exc:
             inbox.put((self, exc))
 
     def _ack(self, n: int) -> None:
@@ -205,26 +216,20 @@ class StreamConnection(Connection):
         try:
             async for data in self._queue:
                 await self.stream.write(data)
-        except (StreamError, MuxedStreamError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except _LINK_ERRORS:
             pass
         finally:
             self._closing = True
             with trio.move_on_after(CLOSE_GRACE_S) as scope:
                 scope.shield = True
-                try:
-                    await self.stream.close()
-                except (StreamError, MuxedStreamError, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+                await _quietly(self.stream.close)
                 if self._pump_scope is not None:  # the peer has a moment to close its side too
                     await self._pump_done.wait()
             if self._pump_scope is not None and not self._pump_done.is_set():
                 self._pump_scope.cancel()  # it did not: stop reading a link we dropped
                 with trio.move_on_after(CLOSE_GRACE_S) as scope:
                     scope.shield = True
-                    try:
-                        await self.stream.reset()
-                    except (StreamError, MuxedStreamError, trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
+                    await _quietly(self.stream.reset)
             self.finished.set()
 
 
