@@ -174,12 +174,24 @@ class Scraper:
         if context is None:
             return
         try:
-            await asyncio.wait_for(context.close(), DISPOSE_S)
+            await asyncio.wait_for(self._dispose(browser, context), DISPOSE_S)
         except (*_browser_errors(), asyncio.TimeoutError) as exc:
             log.warning("a browser context would not close (%s); stopping Chromium", exc)
             async with self.lock:
                 if self.browser is browser:
                     await self._drop_browser()
+
+    @staticmethod
+    async def _dispose(browser, context) -> None:
+        """Dispose of the context and return only when every target it held is gone. Chromium answers
+        the dispose while a service worker of the context is still listed (with no context id by then)
+        for ~70 ms, longer under load: so the step's targets are taken by id before, and awaited."""
+        send = browser._connection.send
+        held = {t["targetId"] for t in (await send("Target.getTargets"))["targetInfos"]
+                if t.get("browserContextId") == context._id}
+        await context.close()
+        while held & {t["targetId"] for t in (await send("Target.getTargets"))["targetInfos"]}:
+            await asyncio.sleep(0.02)
 
     async def _load(self, page, url: str, params: dict) -> tuple[str, str]:
         """Load, wait, read, all through the DOM domain: pyppeteer's evaluate (behind its content() and
