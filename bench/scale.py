@@ -3,7 +3,7 @@ r=3 (10 chains of 10 python steps). Reports the time to form the mesh, the job's
 per node (the node process and its actors: RSS, and USS — the memory that is that node's alone). The
 baseline, in the same run, is the same 100 steps run one after another in this process's sandbox.
 
-    python -m bench.scale [--nodes 32] [--profile FILE] [--json]
+    python -m bench.scale [--nodes 32] [--transport libp2p|tcp] [--profile FILE] [--json]
 
 With --profile, the submitting node runs under cProfile (MESH_PROFILE) and the top functions by own
 time are printed: that is how the submitter's bottleneck was found (bench/README.md).
@@ -54,15 +54,15 @@ def tree_memory(pid: int) -> tuple[float, float]:
     return rss / 2**20, uss / 2**20
 
 
-def run(nodes: int = 32, redundancy: int = 3, profile: str = "") -> dict:
+def run(nodes: int = 32, redundancy: int = 3, profile: str = "", transport: str = "libp2p") -> dict:
     t0 = time.perf_counter()
     for _ in range(CHAINS * LENGTH):
         run_python("output = sum(inputs.values()) + 1", {"x": 1}, 10)
     base = time.perf_counter() - t0
-    res: dict = {"nodes": nodes, "steps": CHAINS * LENGTH, "redundancy": redundancy,
+    res: dict = {"nodes": nodes, "transport": transport, "steps": CHAINS * LENGTH, "redundancy": redundancy,
                  "direct_sequential_s": round(base, 2)}
     with tempfile.TemporaryDirectory() as d:
-        mesh = LocalMesh(Path(d), nodes, lambda i: ["--no-model"])
+        mesh = LocalMesh(Path(d), nodes, lambda i: ["--no-model", "--transport", transport])
         if profile:
             mesh.nodes[0].env["MESH_PROFILE"] = str(Path(profile).resolve())
         with mesh:
@@ -91,10 +91,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=32)
     ap.add_argument("--redundancy", type=int, default=3)
+    ap.add_argument("--transport", choices=("libp2p", "tcp"), default="libp2p")
     ap.add_argument("--profile", metavar="FILE", help="profile the submitting node into FILE")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    emit(run(args.nodes, args.redundancy, args.profile or ""), args.json)
+    emit(run(args.nodes, args.redundancy, args.profile or "", args.transport), args.json)
     if args.profile:
         pstats.Stats(args.profile).sort_stats("tottime").print_stats(15)
 

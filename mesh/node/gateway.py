@@ -13,6 +13,7 @@ import time
 from typing import Callable, Protocol
 
 from mesh.errors import Rejected
+from mesh.node.dialscope import Gate
 from mesh.node.flow import Limits, TokenBucket
 from mesh.wire.envelope import Envelope, FrameDecoder, Receiver, Sealer
 
@@ -81,9 +82,10 @@ Accept = Callable[[Connection], None]
 
 class Transport(Protocol):
     """What the gateway needs of a transport: listen, dial (by address, with the key expected there
-    when known), stop. `kind` names it in status ('libp2p' or 'tcp')."""
+    when known), stop. `kind` names it in status ('libp2p' or 'tcp'); every dial passes `gate`."""
 
     kind: str
+    gate: Gate
 
     async def start(self, sock: socket.socket, accept: Accept) -> list[str]: ...
     async def dial(self, addr: str, key: bytes | None, limits: Limits) -> Connection: ...
@@ -95,9 +97,10 @@ class TcpTransport:
 
     kind = "tcp"
 
-    def __init__(self) -> None:
+    def __init__(self, gate: Gate | None = None) -> None:
         self.server: asyncio.AbstractServer | None = None
         self.limits = Limits()
+        self.gate = gate or Gate()  # which addresses peers may have us dial
 
     async def start(self, sock: socket.socket, accept: Accept) -> list[str]:
         async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -109,6 +112,7 @@ class TcpTransport:
         return [f"{host}:{port}"]
 
     async def dial(self, addr: str, key: bytes | None, limits: Limits) -> Connection:
+        self.gate.check(addr)
         host, _, port = addr.rpartition(":")
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), DIAL_TIMEOUT)
         return TcpConnection(reader, writer, f"out:{addr}", limits)

@@ -33,6 +33,7 @@ from mesh.errors import ConfigError, MeshError, NoAnswer, Rejected
 from mesh.http.facade import NodeFacade
 from mesh.node import actorsys
 from mesh.node.bridge import ActorBridge
+from mesh.node.dialscope import AddressRefused, Gate
 from mesh.node.flow import Limits
 from mesh.node.gateway import Connection, Gateway, TcpTransport, Transport
 from mesh.node.home import (
@@ -64,8 +65,11 @@ from mesh.wire.schema import parse
 
 log = logging.getLogger("mesh.node.lifecycle")
 FAULTS = ("wrong", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay")
-HEARTBEAT_S = 2.0
-DOWN_AFTER_S = 10.0
+HEARTBEAT_S = 2.0  # how often the node looks over its links (dials, silence, expiry)
+HELLO_EVERY_S = 6.0  # how often each linked peer gets a hello when nothing else is said: on libp2p a
+# message costs ~1 ms of Python on each side, and hellos to every link every 2 s kept 32 nodes on 2 cores
+# from settling; a crashed peer is seen at once anyway, by its connection closing
+DOWN_AFTER_S = 20.0  # a linked peer silent this long (three hellos missed) is down
 MAX_GOSSIP = 8  # records a hello carries, and takes: a sample for a start; the DHT finds the rest
 WANT_PER_CAP = 8  # workers per capability a node keeps linked, found through the DHT when gossip did not
 DISCOVER_FIRST_S, DISCOVER_EVERY_S = 3.0, 30.0
@@ -100,12 +104,13 @@ class NodeOptions:
 
 
 def make_transport(opts: NodeOptions, identity: Identity) -> Transport:
+    gate = Gate.for_node(f"{opts.listen[0]}:{opts.listen[1]}", opts.advertise, opts.bootstrap)
     if opts.transport == "tcp":
-        return TcpTransport()
+        return TcpTransport(gate)
     from mesh.node.p2p.transport import Libp2pTransport  # py-libp2p takes ~0.6 s to import
 
     return Libp2pTransport(identity, advertise=opts.advertise, relay=opts.relay, fault=opts.fault,
-                           network=opts.network)
+                           network=opts.network, gate=gate)
 
 
 def bootstrap_keys(addrs: list[str], transport: str) -> dict[str, bytes | None]:
@@ -185,7 +190,7 @@ class Node:
         self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         self.stopping = asyncio.Event()
         self.token = ensure_token(opts.home)
-        self._saved_peers = ""
+        self._saved_peers = -1  # the peer table version last written
         steps = StepRunner(self.bridge.ask, self.scraper.scrape, self.sandboxed)
         self.worker = Worker(WorkerPort(
             node_id=self.id, fault=opts.fault, collude=opts.collude, frame_cap=opts.frame_cap,
@@ -319,22 +324,30 @@ class Node:
             await asyncio.sleep(DISCOVER_FIRST_S)
 
     async def _find_workers(self, cap: str) -> int:
-        """Providers of `cap` from the DHT: learnt (their signed records checked) and, while fewer than
-        WANT_PER_CAP of them are linked, dialled whatever --max-links says (placement needs them)."""
+        """Keep WANT_PER_CAP providers of `cap` linked, whatever --max-links says (placement needs
+        them): dial those gossip already named, and only when they are too few, find more in the DHT
+        (a walk costs each of ~20 peers a stream; their records are checked: the DHT is hearsay).
+        Returns how many were dialled."""
         default = default_model_sha()
-        linked = sum(cap in p.capabilities(default) for p in self.peers.up())
+        offering = [p for p in self.peers if p.record is not None and p.state != "left"
+                    and cap in p.capabilities(default)]
+        linked = sum(p.connected and p.state == "up" for p in offering)
         if linked >= WANT_PER_CAP:
-            return 0  # enough workers for it already: no DHT traffic
-        known = frozenset(p.key for p in self.peers if p.record is not None and (p.connected or p.failures))
+            return 0
+        now = time.monotonic()
+        named = [p for p in offering if not p.connected and not p.failures]
+        if linked + len(named) < WANT_PER_CAP:
+            known = frozenset(p.key for p in self.peers if p.record is not None)  # no record lookup for these
+            for rec in await self.gateway.transport.find(cap, WANT_PER_CAP - linked - len(named), known):
+                peer, why = self.peers.learn(rec, now_ms())
+                if why:
+                    self.receiver.count(why)
+                elif peer is not None and not peer.connected:
+                    named.append(peer)
         dialled = 0
-        for rec in await self.gateway.transport.find(cap, 20, known):
-            peer, why = self.peers.learn(rec, now_ms())
-            if why:
-                self.receiver.count(why)
-                continue
-            peer = peer or self.peers.get(bytes.fromhex(rec.key))
-            if peer is not None and not peer.connected and (linked < WANT_PER_CAP or self._room()):
-                linked += 1
+        for peer in named[:WANT_PER_CAP - linked]:
+            if now >= peer.next_dial:  # not while the heartbeat's dial of it is under way
+                peer.next_dial = now + HEARTBEAT_S * 2
                 dialled += 1
                 self.spawn(self._dial(peer.addr, peer.key))
         return dialled
@@ -367,10 +380,13 @@ class Node:
             for addr, key in list(self.bootstrap.items()):
                 if not any((p.addr == addr or p.key == key) and p.connected for p in self.peers):
                     self.spawn(self._dial(addr, key or ANYONE))
-            hello = self.hello()  # the same for every peer: built once per beat, not once per peer
+            hello: bytes | None = None  # the same for every peer: built and encoded once per beat
             for peer in self.peers:
                 if peer.connected:
-                    self.send(peer, "hello", hello)
+                    if now >= peer.next_hello:
+                        hello = hello or self.sealer.encode(self.hello())
+                        self._send_encoded(peer, "hello", hello)
+                        peer.next_hello = now + HELLO_EVERY_S * (0.9 + 0.2 * self.rng.random())
                     if now - peer.last_seen > DOWN_AFTER_S and peer.state == "up":
                         log.info("peer %s silent for %.0f s: down", peer.node[:12], now - peer.last_seen)
                         peer.state = "down"
@@ -383,12 +399,13 @@ class Node:
             await asyncio.sleep(HEARTBEAT_S)
 
     def _save_peers(self) -> None:
-        """Remember peers' signed records, so a restarted node finds the mesh again without a bootstrap."""
+        """Remember peers' signed records, so a restarted node finds the mesh again without a bootstrap;
+        written (each heartbeat at most) only when the table took or forgot a record since the last."""
+        if self.peers.version == self._saved_peers:
+            return
         records = [dataclasses.asdict(p.record) for p in self.peers if p.record]
-        text = json.dumps(records, sort_keys=True)
-        if text != self._saved_peers:
-            write_private(self.opts.home / PEERS_FILE, text)
-            self._saved_peers = text
+        write_private(self.opts.home / PEERS_FILE, json.dumps(records, sort_keys=True))
+        self._saved_peers = self.peers.version
 
     def _load_peers(self) -> None:
         try:
@@ -403,6 +420,15 @@ class Node:
             self.peers.learn(rec, now_ms())  # verified like any gossip: a tampered file teaches nothing
 
     async def _dial(self, addr: str, key: bytes) -> Connection | None:
+        try:
+            self.gateway.transport.gate.check(addr)
+        except AddressRefused as exc:  # the peer named an address we do not dial: not before it moves
+            peer = self.peers.get(key)
+            if peer is not None:
+                peer.failures += 1
+                peer.next_dial = time.monotonic() + RECORD_TTL_MS / 1000
+            log.info("not dialling %s: %s", addr[:120], exc.reason)
+            return None
         try:
             conn = await self.gateway.dial(addr, None if key == ANYONE else key)
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
@@ -426,10 +452,13 @@ class Node:
         return min((c for c in peer.conns if c.open), key=lambda c: c.kind == "relayed", default=None)
 
     def send(self, peer: Peer, kind: str, payload: object) -> bool:
+        return self._send_encoded(peer, kind, self.sealer.encode(payload))
+
+    def _send_encoded(self, peer: Peer, kind: str, encoded: bytes) -> bool:
         conn = self._best_conn(peer)
         if conn is None:
             return False
-        frame = self.sealer.seal(kind, peer.key, payload, now_ms())
+        frame = self.sealer.seal_encoded(kind, peer.key, encoded, now_ms())
         if self.opts.fault == "forge" and kind == "result":
             frame = _forge(frame)
         conn.write(frame)
@@ -488,7 +517,7 @@ class Node:
             self.receiver.count(why)
             log.warning("rejected hello on %s: %s: its sender's own record", conn.label, why)
             return
-        if changed is not None:
+        if changed is not None:  # on disk at once: a node killed right after still finds this peer
             self._save_peers()
         peer = self.peers.get(env.sender)
         if peer is None:
@@ -581,6 +610,7 @@ class Node:
                 "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,
                 "ledger_error": self.ledger_error or None,
                 "discovery": getattr(self.gateway.transport, "discovery_stats", dict)(),
+                "dials_refused": dict(self.gateway.transport.gate.refused),
                 "jobs": {"running": sum(not s.run.finished for s in jobs.values()), "total": len(jobs)}}
 
 

@@ -21,6 +21,7 @@ class Peer:
     state: str = "new"  # new | up | down | left
     conns: set = field(default_factory=set)
     next_dial: float = 0.0
+    next_hello: float = 0.0  # monotonic seconds when this peer is due our next hello
     failures: int = 0
     inflight: int = 0  # steps of this peer running here
 
@@ -57,6 +58,7 @@ class PeerTable:
         self.me = me
         self.network = network
         self.peers: dict[bytes, Peer] = {}
+        self.version = 0  # bumped whenever a record is taken or a peer forgotten: what to save changed
 
     def get(self, key: bytes) -> Peer | None:
         return self.peers.get(key)
@@ -97,6 +99,7 @@ class PeerTable:
             return None, ""
         moved = peer.record is not None and peer.record.addr != rec.addr
         peer.record = rec
+        self.version += 1
         if moved:  # it published a new address: dial there next, now
             peer.next_dial, peer.failures = 0.0, 0
         return peer, ""
@@ -112,6 +115,7 @@ class PeerTable:
                 if not p.connected and (p.record is None or p.record.expires <= now_ms) and p.state != "up"]
         for p in gone:
             del self.peers[p.key]
+        self.version += bool(gone)
         return gone
 
 

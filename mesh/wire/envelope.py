@@ -74,10 +74,17 @@ class Sealer:
 
     def seal(self, kind: str, recipient: bytes, payload_obj: Any, now_ms: int) -> bytes:
         """Return the framed bytes of one envelope."""
-        payload = dump(payload_obj)
+        return self.seal_encoded(kind, recipient, self.encode(payload_obj), now_ms)
+
+    @staticmethod
+    def encode(payload_obj: Any) -> bytes:
+        """A payload's canonical bytes: encode once, seal to many recipients (a hello each beat)."""
+        return canonical(dump(payload_obj))
+
+    def seal_encoded(self, kind: str, recipient: bytes, encoded: bytes, now_ms: int) -> bytes:
+        """`seal` of a payload already `encode`d: hashed for the signature and spliced into the body."""
         seq = max(self._last_seq + 1, now_ms * 1000)
         self._last_seq = seq
-        encoded = canonical(payload)  # once: hashed for the signature and spliced into the body
         sig = self.identity.sign(signed_bytes_of_hash(kind, self.network, self.identity.public_key, recipient,
                                                       seq, now_ms, hashlib.sha256(encoded).digest()))
         head = canonical({

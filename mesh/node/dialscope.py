@@ -1,0 +1,98 @@
+"""Which addresses a node dials. An address in a peer record, a gossip sample, a DHT answer or an
+observed-address report is that peer's claim, and hostile until checked: a record saying
+`127.0.0.1:<port>` would have every node that learns it connect to a service on its own machine (its
+API, its actors' admin port), `0.0.0.0:<port>` does the same on Linux, and a LAN address aims a public
+node at its provider's private network. So a node dials only addresses in scopes it lives in itself:
+
+- never: unspecified, multicast, broadcast and reserved addresses;
+- loopback: only from a node that itself listens on loopback (a local mesh);
+- local (private, link-local, carrier-grade NAT, test ranges, IPv6 ULA): not from a node that listens
+  on a global address (a public bootstrap or relay); a home node may still be pointed at its LAN;
+- global addresses and DNS names: always (a name is not resolved here: see docs/ARCHITECTURE.md).
+
+The libp2p swarm's dials (ours, the DHT's, hole punching) and the TCP transport's all pass through
+a `Gate`."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from mesh.errors import RemoteError
+
+_RANK = {"loopback": 0, "local": 1, "global": 2}
+
+
+class AddressRefused(RemoteError, ValueError):
+    """A peer-named address outside the scopes this node dials (reason: the counter key)."""
+
+    def __init__(self, addr: str, reason: str):
+        super().__init__(f"{addr[:120]}: {reason}")
+        self.addr, self.reason = addr, reason
+
+
+def scope(host: str) -> str:
+    """never | loopback | local | global | name, for an IP literal or a DNS name."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return "name"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback too
+    if ip.is_loopback:  # before is_reserved: ::1 lies in the reserved ::/8
+        return "loopback"
+    if ip.is_unspecified or ip.is_multicast or ip.is_reserved or str(ip) == "255.255.255.255":
+        return "never"
+    return "global" if ip.is_global else "local"
+
+
+def first_hop(addr: str) -> tuple[str, str]:
+    """(host, port) of the first hop of `HOST:PORT`, `[V6]:PORT` or a multiaddr (`/ip4/H/tcp/P/...`)."""
+    if addr.startswith("/"):
+        parts = addr.split("/") + ["", "", "", ""]
+        return parts[2], parts[4]
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), port
+
+
+def host_of(addr: str) -> str:
+    return first_hop(addr)[0]
+
+
+def own_scope(addrs: list[str]) -> str:
+    """The widest scope a node lives in, from the addresses its owner gave it (listen, advertise,
+    bootstrap): all interfaces counts as local, a name as global. A node on loopback that bootstraps
+    into the internet is in the internet."""
+    ranks = [_RANK[{"never": "local", "name": "global"}.get(s, s)] for s in map(scope, map(host_of, addrs))]
+    return next(k for k, v in _RANK.items() if v == max(ranks, default=0))
+
+
+class Gate:
+    """A node's dial policy: its scope, the addresses its owner named (always dialled: host and port),
+    and what it refused, by reason."""
+
+    def __init__(self, own: str = "loopback", trusted: frozenset[tuple[str, str]] = frozenset()):
+        self.own, self.trusted = own, trusted
+        self.refused: dict[str, int] = {}
+
+    @classmethod
+    def for_node(cls, listen: str, advertise: str, bootstrap: list[str]) -> "Gate":
+        given = [a for a in (listen, advertise, *bootstrap) if a]
+        return cls(own_scope(given), frozenset(first_hop(a) for a in bootstrap))
+
+    def check(self, addr: str) -> None:
+        """AddressRefused unless this node may dial `addr` (and the refusal counted)."""
+        hop = first_hop(addr)
+        why = "" if hop in self.trusted else refusal(hop[0], self.own)
+        if why:
+            self.refused[why] = self.refused.get(why, 0) + 1
+            raise AddressRefused(addr, why)
+
+
+def refusal(host: str, own: str) -> str:
+    """'' when a node of scope `own` may dial `host`, else why not (a counter key)."""
+    found = scope(host)
+    if found == "never":
+        return "addr-never"
+    if found == "name":
+        return ""
+    return "" if _RANK[found] >= _RANK[own] else f"addr-{found}"

@@ -1,0 +1,102 @@
+"""The dial gate (mesh/node/dialscope.py): which scope an address is in, which scope a node lives in,
+and that both transports refuse before a single byte leaves. The attack through a real node is in
+tests/security/test_dial_scope.py."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from mesh.node.dialscope import AddressRefused, Gate, own_scope, scope
+from mesh.node.flow import Limits
+from mesh.node.gateway import TcpTransport
+from mesh.wire.identity import Identity
+
+
+@pytest.mark.parametrize("host, expected", [
+    ("127.0.0.1", "loopback"), ("127.8.9.1", "loopback"), ("::1", "loopback"), ("::ffff:127.0.0.1", "loopback"),
+    ("0.0.0.0", "never"), ("::", "never"), ("224.0.0.1", "never"), ("255.255.255.255", "never"),
+    ("240.0.0.1", "never"), ("ff02::1", "never"),
+    ("10.1.2.3", "local"), ("192.168.1.1", "local"), ("172.16.0.1", "local"), ("169.254.1.1", "local"),
+    ("100.64.0.1", "local"), ("fd00::2", "local"), ("fe80::1", "local"), ("198.18.0.10", "local"),
+    ("8.8.8.8", "global"), ("2001:4860::8888", "global"), ("example.org", "name"),
+])
+def test_scope_of_an_address(host, expected):
+    assert scope(host) == expected
+
+
+def test_a_node_lives_in_the_widest_scope_its_owner_named():
+    assert own_scope(["127.0.0.1:4750", "127.0.0.1:4751"]) == "loopback"  # a local mesh
+    assert own_scope(["0.0.0.0:4750", "10.0.0.2:4750"]) == "local"  # all interfaces: a home machine
+    assert own_scope(["127.0.0.1:4750", "/ip4/8.8.8.8/tcp/4750"]) == "global"  # bootstraps into the internet
+    assert own_scope(["0.0.0.0:4750", "seed.example.org:4750"]) == "global"
+
+
+@pytest.mark.parametrize("own, allowed, refused", [
+    ("loopback", ["127.0.0.1:1", "10.0.0.1:1", "8.8.8.8:1"], ["0.0.0.0:1", "[::]:1"]),
+    ("local", ["10.0.0.1:1", "/ip4/8.8.8.8/tcp/1/p2p-circuit/p2p/x", "a.example:1"],
+     ["127.0.0.1:1", "/ip4/127.0.0.1/tcp/1", "[::ffff:127.0.0.1]:1", "0.0.0.0:1"]),
+    ("global", ["8.8.8.8:1", "[2001:4860::8888]:1"], ["127.0.0.1:1", "192.168.1.1:1", "/ip4/10.0.0.1/tcp/1"]),
+])
+def test_the_gate_by_scope(own, allowed, refused):
+    gate = Gate(own)
+    for addr in allowed:
+        gate.check(addr)
+    for addr in refused:
+        with pytest.raises(AddressRefused):
+            gate.check(addr)
+    assert sum(gate.refused.values()) == len(refused)
+
+
+def test_the_owners_bootstrap_address_is_dialled_whatever_its_scope():
+    gate = Gate.for_node("0.0.0.0:4750", "", ["127.0.0.1:4750", "/ip4/8.8.8.8/tcp/4750"])
+    assert gate.own == "global"
+    gate.check("127.0.0.1:4750")
+    with pytest.raises(AddressRefused, match="addr-loopback"):  # the same host, another port: not named
+        gate.check("127.0.0.1:4751")
+
+
+def test_the_tcp_transport_refuses_before_connecting():
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    try:
+        transport = TcpTransport(Gate("global"))
+        with pytest.raises(AddressRefused):
+            asyncio.run(transport.dial(f"127.0.0.1:{port}", None, Limits()))
+        with pytest.raises(socket.timeout):
+            server.accept()  # nothing connected
+    finally:
+        server.close()
+
+
+@pytest.mark.timeout(30)
+def test_every_libp2p_dial_passes_the_gate():
+    """The swarm's own dials (the DHT's, hole punches) are gated too, not only the node's."""
+    from mesh.node.p2p.transport import DialFailed, Libp2pTransport
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    gate = Gate("global")
+
+    async def go():
+        transport = Libp2pTransport(Identity.generate(), gate=gate, nat=False, discovery=False)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        await transport.start(sock, lambda conn: None)
+        try:
+            with pytest.raises(DialFailed):  # as any unreachable address: the reason is counted
+                await transport.dial(f"127.0.0.1:{port}", Identity.generate().public_key, Limits())
+        finally:
+            await transport.close()
+
+    try:
+        asyncio.run(go())
+        with pytest.raises(socket.timeout):
+            server.accept()
+        assert gate.refused == {"addr-loopback": 1}
+    finally:
+        server.close()
