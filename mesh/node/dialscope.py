@@ -54,16 +54,12 @@ def first_hop(addr: str) -> tuple[str, str]:
     return host.strip("[]"), port
 
 
-def host_of(addr: str) -> str:
-    return first_hop(addr)[0]
-
-
 def own_scope(addrs: list[str]) -> str:
     """The widest scope a node lives in, from the addresses its owner gave it (listen, advertise,
     bootstrap): all interfaces counts as local, a name as global. A node on loopback that bootstraps
     into the internet is in the internet."""
-    ranks = [_RANK[{"never": "local", "name": "global"}.get(s, s)] for s in map(scope, map(host_of, addrs))]
-    return next(k for k, v in _RANK.items() if v == max(ranks, default=0))
+    scopes = [{"never": "local", "name": "global"}.get(s, s) for s in (scope(first_hop(a)[0]) for a in addrs)]
+    return max(scopes, key=_RANK.__getitem__, default="loopback")
 
 
 class Gate:

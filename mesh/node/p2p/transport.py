@@ -38,16 +38,15 @@ from mesh.node.gateway import DIAL_TIMEOUT, Accept, Connection
 from mesh.node.p2p.addresses import Target, host_port, key_of, parse, peer_id_of
 from mesh.node.p2p.dht import Discovery
 from mesh.node.p2p.nat import WANT_RELAYS, Nat
-
-# py-libp2p 0.8.1's Yamux answers every read with a WINDOW_UPDATE frame unless told otherwise (read on each
-# use): one more Noise-sealed frame per message. go-yamux's rule instead: update once half the window is
-# consumed. Measured on 32 nodes: 5% of the libp2p thread's busy time went to these frames.
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 from mesh.node.p2p.triothread import Mailbox, TransportClosed, TrioThread
 from mesh.wire.identity import Identity
 from mesh.wire.messages import PeerRecord
 
 log = logging.getLogger("mesh.node.p2p")
+# py-libp2p 0.8.1's Yamux answers every read with a WINDOW_UPDATE frame unless told otherwise (read on each
+# use): one more Noise-sealed frame per message. go-yamux's rule instead: update once half the window is
+# consumed. Measured on 32 nodes: 5% of the libp2p thread's busy time went to these frames.
+os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 PROTOCOL = TProtocol("/homemesh/1")
 MAX_STREAMS_PER_PEER = 4  # /homemesh/1 streams one peer may hold open here at once
 PUMP_HIGH, PUMP_ACK = 1 << 20, 256 << 10  # bytes read ahead of the gateway per link; ack granularity
