@@ -75,13 +75,20 @@ class Gate:
         given = [a for a in (listen, advertise, *bootstrap) if a]
         return cls(own_scope(given), frozenset(first_hop(a) for a in bootstrap))
 
+    def allows(self, addr: str) -> bool:
+        """Whether this node may dial `addr` (nothing counted: a question, not a dial)."""
+        return not self._why(addr)
+
     def check(self, addr: str) -> None:
         """AddressRefused unless this node may dial `addr` (and the refusal counted)."""
-        hop = first_hop(addr)
-        why = "" if hop in self.trusted else refusal(hop[0], self.own)
+        why = self._why(addr)
         if why:
             self.refused[why] = self.refused.get(why, 0) + 1
             raise AddressRefused(addr, why)
+
+    def _why(self, addr: str) -> str:
+        hop = first_hop(addr)
+        return "" if hop in self.trusted else refusal(hop[0], self.own)
 
 
 def refusal(host: str, own: str) -> str:

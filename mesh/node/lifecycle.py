@@ -60,7 +60,7 @@ from mesh.wire.canonical import canonical
 from mesh.wire.envelope import ANYONE, DEFAULT_FRAME_CAP, Envelope, Receiver, Sealer
 from mesh.wire.identity import Identity, load_or_create
 from mesh.wire.messages import Bye, Hello, PeerRecord
-from mesh.wire.records import RECORD_TTL_MS, make_record
+from mesh.wire.records import MAX_ALT, RECORD_TTL_MS, make_record
 from mesh.wire.schema import parse
 
 log = logging.getLogger("mesh.node.lifecycle")
@@ -176,7 +176,7 @@ class Node:
         self.sealer = Sealer(identity, opts.network)
         self.gateway = Gateway(self.sealer, self.receiver, self, now_ms, opts.frame_cap, Limits(),
                                make_transport(opts, identity))
-        self.relayed_addr = ""  # our circuit address through a relay, when peers cannot dial us
+        self.relayed_addrs: list[str] = []  # our circuits through relays, when peers cannot dial us
         if hasattr(self.gateway.transport, "on_address"):
             self.gateway.transport.on_address = self._on_relayed_address
             self.gateway.transport.on_direct = self._on_direct
@@ -282,9 +282,9 @@ class Node:
         """This node's signed record, re-issued when a third of its lifetime has passed."""
         now = now_ms()
         if self.own_record is None or self.own_record.issued + RECORD_TTL_MS // 3 < now:
-            addr = self.opts.advertise or self.relayed_addr or self.listen
-            self.own_record = make_record(self.identity, self.opts.network, addr,
-                                          self.kinds, self.models, self.sandboxed, now)
+            addrs = [self.opts.advertise] if self.opts.advertise else self.relayed_addrs or [self.listen]
+            self.own_record = make_record(self.identity, self.opts.network, addrs[0],
+                                          self.kinds, self.models, self.sandboxed, now, alt=addrs[1:])
         return self.own_record
 
     def _room(self) -> bool:
@@ -352,12 +352,14 @@ class Node:
                 self.spawn(self._dial(peer.addr, peer.key))
         return dialled
 
-    def _on_relayed_address(self, addr: str) -> None:
-        """Peers cannot dial us, and a relay now holds a slot for us: publish that address at once."""
-        if addr == self.relayed_addr or self.opts.advertise:
+    def _on_relayed_address(self, addrs: list[str]) -> None:
+        """Peers cannot dial us, and relays hold slots for us (or one of them was lost): publish our
+        circuits through them at once, the first as `addr` and the others as alternatives."""
+        addrs = addrs[:1 + MAX_ALT]
+        if addrs == self.relayed_addrs or self.opts.advertise:
             return
-        log.info("unreachable from outside: advertising %s", addr)
-        self.relayed_addr, self.own_record = addr, None
+        log.info("unreachable from outside: advertising %s", " and ".join(addrs) or "no relay (none holds a slot)")
+        self.relayed_addrs, self.own_record = addrs, None
         hello = self.hello()
         for peer in self.peers:
             if peer.connected:
@@ -422,20 +424,20 @@ class Node:
     async def _dial(self, addr: str, key: bytes) -> Connection | None:
         try:
             self.gateway.transport.gate.check(addr)
-        except AddressRefused as exc:  # the peer named an address we do not dial: not before it moves
+        except AddressRefused as exc:  # an address we do not dial: try its others, if none, not before it moves
             peer = self.peers.get(key)
             if peer is not None:
-                peer.failures += 1
-                peer.next_dial = time.monotonic() + RECORD_TTL_MS / 1000
+                peer.dial_failed(addr, time.monotonic(), 0.5 + self.rng.random())
+                if not any(self.gateway.transport.gate.allows(a) for a in peer.addrs):
+                    peer.next_dial = time.monotonic() + RECORD_TTL_MS / 1000
             log.info("not dialling %s: %s", addr[:120], exc.reason)
             return None
         try:
             conn = await self.gateway.dial(addr, None if key == ANYONE else key)
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
             peer = self.peers.get(key)
-            if peer is not None:  # exponential backoff with jitter, capped at 30 s
-                peer.failures += 1
-                peer.next_dial = time.monotonic() + min(30.0, 2.0 ** peer.failures) * (0.5 + self.rng.random())
+            if peer is not None:
+                peer.dial_failed(addr, time.monotonic(), 0.5 + self.rng.random())
                 if peer.state == "up":
                     peer.state = "down"
             log.info("cannot reach %s: %s", addr, exc)
@@ -605,7 +607,8 @@ class Node:
         jobs = self.submitter.jobs
         return {"node": self.id, "key": self.identity.public_key.hex(), "network": self.opts.network,
                 "listen": self.listen, "transport": self.gateway.transport.kind,
-                "addresses": self.gateway.addresses, "reachability": self.reachability(), "kinds": self.kinds, "models": self.models, "sandbox": self.sandboxed,
+                "addresses": self.gateway.addresses, "advertised": [rec.addr, *rec.alt] if (rec := self.own_record) else [],
+                "reachability": self.reachability(), "kinds": self.kinds, "models": self.models, "sandbox": self.sandboxed,
                 "fault": self.opts.fault or None, "peers": peers, "rejected": dict(self.receiver.rejected),
                 "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,
                 "ledger_error": self.ledger_error or None,

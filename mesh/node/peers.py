@@ -24,14 +24,35 @@ class Peer:
     next_hello: float = 0.0  # monotonic seconds when this peer is due our next hello
     failures: int = 0
     inflight: int = 0  # steps of this peer running here
+    pick: int = 0  # which of its addresses we dial: the next one after each failed dial
 
     @property
     def node(self) -> str:
         return node_id_of(self.key)
 
     @property
+    def addrs(self) -> list[str]:
+        """Every address its record names: `addr` first, then the alternatives (other relays' circuits)."""
+        return [self.record.addr, *self.record.alt] if self.record else []
+
+    @property
     def addr(self) -> str:
-        return self.record.addr if self.record else ""
+        """The address to dial now."""
+        addrs = self.addrs
+        return addrs[self.pick % len(addrs)] if addrs else ""
+
+    def dial_failed(self, addr: str, now: float, jitter: float) -> None:
+        """A dial of `addr` failed: the next goes to the peer's next address (a relay of a node behind
+        NAT may be gone while its others hold slots) at once, and once all were tried, after a backoff:
+        exponential, times `jitter`, capped at 30 s."""
+        self.failures += 1
+        if not self.addrs or addr != self.addr:
+            return  # not the address its record names now (it moved since): that one is due as it was
+        self.pick += 1
+        if self.pick % len(self.addrs):
+            self.next_dial = now
+        else:
+            self.next_dial = now + min(30.0, 2.0 ** (self.failures // len(self.addrs))) * jitter
 
     @property
     def kinds(self) -> list[str]:
@@ -97,11 +118,11 @@ class PeerTable:
             peer = self.peers[key] = Peer(key)
         elif peer.record is not None and rec.issued <= peer.record.issued:
             return None, ""
-        moved = peer.record is not None and peer.record.addr != rec.addr
+        moved = peer.record is not None and peer.addrs != [rec.addr, *rec.alt]
         peer.record = rec
         self.version += 1
-        if moved:  # it published a new address: dial there next, now
-            peer.next_dial, peer.failures = 0.0, 0
+        if moved:  # it published new addresses: dial the first, now
+            peer.next_dial, peer.failures, peer.pick = 0.0, 0, 0
         return peer, ""
 
     def records(self, now_ms: int) -> list[PeerRecord]:

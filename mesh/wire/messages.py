@@ -21,6 +21,9 @@ class PeerRecord:
     issued: int  # ms since the epoch
     expires: int
     sig: str
+    # more addresses of the same node, tried in turn when `addr` fails: the circuits of a node behind NAT
+    # through its other relays (at most MAX_ALT, mesh.wire.records); signed like the rest
+    alt: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -14,6 +14,8 @@ from mesh.wire.messages import PeerRecord
 RECORD_TTL_MS = 30 * 60_000  # re-issued every 10 min; the DHT re-announces every 7.5 min (each round is
 # ~5 DHT walks a node: every 150 s, as with 10 min, they kept a 32-node mesh on 2 cores busy)
 MAX_AHEAD_MS = 120_000  # a record issued further in the future than the envelope window is refused
+MAX_ALT = 2  # addresses beyond `addr`: a node behind NAT holds up to three relay slots
+MAX_ADDR = 300  # characters
 _TAG = b"homemesh/v1/record\x00"
 
 
@@ -23,9 +25,9 @@ def record_bytes(network: str, rec: PeerRecord) -> bytes:
 
 
 def make_record(identity: Identity, network: str, addr: str, kinds: list[str], models: list[str], sandbox: bool,
-                now_ms: int, ttl_ms: int = RECORD_TTL_MS) -> PeerRecord:
+                now_ms: int, ttl_ms: int = RECORD_TTL_MS, alt: list[str] = ()) -> PeerRecord:
     rec = PeerRecord(identity.public_key.hex(), addr, list(kinds), list(models), sandbox, PROTOCOL_VERSION,
-                     now_ms, now_ms + ttl_ms, "")
+                     now_ms, now_ms + ttl_ms, "", list(alt))
     rec.sig = identity.sign(record_bytes(network, rec)).hex()
     return rec
 
@@ -44,9 +46,13 @@ def check_record(rec: PeerRecord, network: str, now_ms: int) -> str:
         return "expired-record"
     if rec.issued > now_ms + MAX_AHEAD_MS or rec.expires - rec.issued > 24 * 3600_000:
         return "bad-record"
-    if len(rec.addr) > 300 or not (_hostport(rec.addr) or _multiaddr(rec.addr)):
+    if len(rec.alt) > MAX_ALT or not all(_address(a) for a in (rec.addr, *rec.alt)):
         return "bad-record"
     return ""
+
+
+def _address(addr: str) -> bool:
+    return len(addr) <= MAX_ADDR and (_hostport(addr) or _multiaddr(addr))
 
 
 def _hostport(addr: str) -> bool:

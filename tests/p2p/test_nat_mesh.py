@@ -7,6 +7,9 @@ answer with resets. Jobs run across them, and nothing readable crosses the 'inte
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +37,7 @@ class NatMesh:
         self.ips = {"pub": topo.pub_ip, "lan1": topo.lan1_ip, "lan2": topo.lan2_ip}
         self.logs: dict[str, Path] = {}
         self.where: dict[str, str] = {}
+        self.procs: dict[str, subprocess.Popen] = {}
 
     def home(self, role: str) -> Path:
         return self.tmp / role
@@ -45,8 +49,14 @@ class NatMesh:
         if where != "pub":
             cmd += ["--bootstrap", bootstrap or f"{self.t.pub_ip}:{PORT}"]
         self.logs[role] = self.tmp / f"{role}.log"
-        self.t.popen(where, *cmd, stdout=self.logs[role].open("w"), stderr=subprocess_stdout(),
-                     cwd=str(Path(__file__).resolve().parents[2]))
+        self.procs[role] = self.t.popen(where, *cmd, stdout=self.logs[role].open("w"), stderr=subprocess_stdout(),
+                                        cwd=str(Path(__file__).resolve().parents[2]))
+
+    def kill(self, role: str) -> None:
+        """SIGKILL the node's whole process group: it leaves without a word, like a machine that died."""
+        proc = self.procs.pop(role)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
     def cli(self, role: str, *args: str, timeout: float = 60) -> dict:
         res = self.t.run(self.where.get(role, role), sys.executable, "-P", "-m", "mesh", *args, "--home", str(self.home(role)), "--json",
@@ -80,7 +90,6 @@ class NatMesh:
 
 
 def subprocess_stdout():
-    import subprocess
     return subprocess.STDOUT
 
 
@@ -126,7 +135,7 @@ def test_nodes_behind_two_nats_work_together(tmp_path: Path, nat: str, punches: 
         assert rep["status"] == "done", json.dumps(rep["steps"])[:3000]
         assert m.node_id("lan2") in replicas_on(rep)
         if punches:
-            wait_for(lambda: m.peer("lan1", "lan2").get("connection") == "hole-punched", 90,
+            wait_for(lambda: m.peer("lan1", "lan2").get("connection") == "hole-punched", 30,
                      f"a hole-punched link lan1→lan2\n{m.tail('lan1')}")
             rep = m.submit("lan1", 2)
             assert rep["status"] == "done" and m.node_id("lan2") in replicas_on(rep), json.dumps(rep["steps"])[:3000]
@@ -170,3 +179,36 @@ def test_a_relay_that_drops_or_delays_only_delays_jobs(tmp_path: Path, fault: st
         assert m.node_id("lan2") in placed, "lan2 (its own prefix) was not given a replica: nothing was tested"
         print(f"{fault}: job at r=2 from lan1 in {took:.1f} s; replicas "
               f"{[(r['node'][:8], r['agreed']) for r in rep['steps']['s']['replicas']]}, lan2 {m.node_id('lan2')[:8]}")
+
+
+def test_a_node_behind_nat_keeps_two_relays_and_survives_losing_one(tmp_path: Path):
+    """lan2 (behind a NAT that refuses hole punching) holds slots on both public relays and its record
+    names both circuits. The relay lan1 reaches it through dies without a word; lan1 reaches lan2
+    through the other one, and a job from lan1 that needs lan2 still runs there."""
+    with Topology("hmtwo", nat="reset", timeout=30) as t:
+        m = NatMesh(t, tmp_path)
+        m.start("relay1", "pub", PORT)
+        m.start("relay2", "pub", PORT + 2, extra=("--bootstrap", f"{t.pub_ip}:{PORT}"))
+        wait_for(lambda: all((m.home(r) / "node.json").exists() for r in ("relay1", "relay2")), 60, "relays")
+        m.start("lan1")
+        m.start("lan2")
+        wait_for(lambda: all((m.home(r) / "node.json").exists() for r in ("lan1", "lan2")), 60, "lan nodes")
+        wait_for(lambda: len([a for a in m.status("lan2").get("advertised", []) if "/p2p-circuit/" in a]) == 2,
+                 90, f"lan2 to advertise circuits through both relays\n{m.tail('lan2')}")
+        link = {}
+        wait_for(lambda: (link.update(m.peer("lan1", "lan2")) or link).get("connected")
+                 and link.get("state") == "up" and "/p2p-circuit/" in link.get("address", ""), 60,
+                 f"lan1 to reach lan2 through a relay\n{m.tail('lan1')}")
+        dead = "relay1" if f"/tcp/{PORT}/" in link["address"] else "relay2"
+        t0 = time.monotonic()
+        m.kill(dead)
+        via = {}
+        wait_for(lambda: (via.update(m.peer("lan1", "lan2")) or via).get("connected") and via.get("state") == "up"
+                 and "/p2p-circuit/" in via.get("address", "") and via["address"] != link["address"], 60,
+                 f"lan1 to reach lan2 through the other relay\n{m.tail('lan1')}\n{m.tail('lan2')}")
+        moved = time.monotonic() - t0
+        rep = m.submit("lan1", 2)  # its workers: the surviving relay and lan2
+        assert rep["status"] == "done" and rep["steps"]["s"]["output"] == EXPECTED, json.dumps(rep)[:3000]
+        assert m.node_id("lan2") in replicas_on(rep)
+        assert len([a for a in m.status("lan2")["advertised"] if "/p2p-circuit/" in a]) == 1  # the lost one is gone
+        print(f"{dead} killed: lan1 reached lan2 through the other relay after {moved:.1f} s")

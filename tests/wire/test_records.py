@@ -26,7 +26,7 @@ def test_honest_record_verifies():
 
 @pytest.mark.parametrize("change", [
     {"addr": "6.6.6.6:666"}, {"kinds": ["python", "llm"]}, {"models": ["f" * 64]}, {"sandbox": False},
-    {"expires": T0 + 10 * RECORD_TTL_MS}, {"issued": T0 + 1},
+    {"expires": T0 + 10 * RECORD_TTL_MS}, {"issued": T0 + 1}, {"alt": ["6.6.6.6:666"]},
 ])
 def test_any_edit_by_a_relay_breaks_the_signature(change):
     forged = dataclasses.replace(rec(), **change)
@@ -60,6 +60,34 @@ def test_peer_table_keeps_the_newest_record_and_follows_address_changes():
     assert peer.next_dial == 0.0 and peer.failures == 0  # dial the new address at once
     assert table.learn(rec(addr="10.0.0.2:4750", at=T0 + 500), T0 + 1000) == (None, "")  # older: ignored
     assert peer.addr == "10.0.0.9:4750"
+
+
+C1 = "/ip4/198.18.0.10/tcp/4750/p2p/12D3KooWJnfdYWLjjt8zQc5ALYeMoPvCejY3mwbqG8WAE7hg6N4h/p2p-circuit/p2p/" \
+     "12D3KooWKaqd6GLmus7vcb5v1Zo1gP3wvYvMy6Mqy1CJvwWDyooj"
+C2 = C1.replace("198.18.0.10/tcp/4750", "198.18.0.11/tcp/4752")
+
+
+def test_alternative_addresses_are_signed_bounded_and_checked_like_the_first():
+    assert check_record(rec(addr=C1, alt=[C2]), NET, T0) == ""
+    dropped = dataclasses.replace(rec(addr=C1, alt=[C2]), alt=[])  # a relay hides its rival
+    assert check_record(dropped, NET, T0) == "bad-record"
+    assert check_record(rec(addr=C1, alt=[C2, C2, C2]), NET, T0) == "bad-record"  # more than MAX_ALT
+    assert check_record(rec(addr=C1, alt=["no-port"]), NET, T0) == "bad-record"
+    assert check_record(rec(addr=C1, alt=[C2 + "x" * 300]), NET, T0) == "bad-record"
+
+
+def test_a_failed_dial_moves_to_the_next_address_and_backs_off_once_all_failed():
+    table = PeerTable(ME.public_key, NET)
+    peer, _ = table.learn(rec(addr=C1, alt=[C2]), T0)
+    assert peer.addrs == [C1, C2] and peer.addr == C1
+    peer.dial_failed(C1, now=100.0, jitter=1.0)
+    assert peer.addr == C2 and peer.next_dial == 100.0  # the other relay's circuit, at once
+    peer.dial_failed(C2, now=101.0, jitter=1.0)
+    assert peer.addr == C1 and peer.next_dial == 103.0  # both failed: back off (2 s after one round)
+    peer.dial_failed("10.0.0.2:4750", now=104.0, jitter=1.0)  # an address it no longer names
+    assert peer.addr == C1 and peer.next_dial == 103.0
+    table.learn(rec(addr=C2, at=T0 + 1000), T0 + 1000)  # a relay lost: its new record names one circuit
+    assert peer.addrs == [C2] and peer.addr == C2 and peer.next_dial == 0.0
 
 
 def test_peer_table_refuses_forgeries_ignores_itself_and_forgets_expired_peers():

@@ -271,7 +271,7 @@ class Libp2pTransport:
         self.nat: Nat | None = None
         self.relayed_peers: set[ID] = set()  # peers we once reached only through a relay
         self.not_relays: dict[ID, float] = {}  # peer → when it last refused us a relay slot (trio clock)
-        self.on_address: Callable[[str], None] | None = None  # asyncio: our dialable address changed
+        self.on_address: Callable[[list[str]], None] | None = None  # asyncio: our circuits changed (first: best)
         self.on_direct: Callable[[bytes], None] | None = None  # asyncio: a relayed peer is now direct
         self.limits = limits or Limits()
         self.thread = TrioThread()
@@ -509,6 +509,8 @@ class Libp2pTransport:
                 next_check = trio.current_time() + (NAT_EVERY_S if verdict != "unknown" else 2.0)
                 if verdict == "public":
                     self.nat.offer_relay()
+            if self._drop_lost_relays():
+                self._tell(self.on_address, list(self.nat.circuits.values()))
             if self.nat.reachability == "private" and len(self.nat.circuits) < WANT_RELAYS:
                 await self._reserve_relays(peers, nursery)
             self._upgrade_relayed()
@@ -539,8 +541,17 @@ class Libp2pTransport:
             if circuit is not None:
                 self.not_relays.pop(peer, None)
                 log.info("reserved a relay slot: %s", circuit)
-                self._tell(self.on_address, circuit)
-                return  # one address in our record; a second reservation is kept as a spare
+                self._tell(self.on_address, list(self.nat.circuits.values()))
+
+    def _drop_lost_relays(self) -> bool:
+        """Forget the slots of relays we no longer have a link to (the relay left, or slept): their
+        circuits reach nobody, so they leave our record, and other relays are asked in their place."""
+        swarm = self.host.get_network()
+        lost = [relay for relay in self.nat.circuits if not swarm.get_connections(relay)]
+        for relay in lost:
+            log.info("lost the relay slot on %s: its link is gone", str(relay)[-8:])
+            del self.nat.circuits[relay]
+        return bool(lost)
 
     def _upgrade_relayed(self) -> None:
         """Tell the node about relayed peers that now have a direct link (DCUtR punched one): it opens a
