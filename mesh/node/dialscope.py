@@ -8,7 +8,9 @@ node at its provider's private network. So a node dials only addresses in scopes
 - loopback: only from a node that itself listens on loopback (a local mesh);
 - local (private, link-local, carrier-grade NAT, test ranges, IPv6 ULA): not from a node that listens
   on a global address (a public bootstrap or relay); a home node may still be pointed at its LAN;
-- global addresses and DNS names: always (a name is not resolved here: see docs/ARCHITECTURE.md).
+- global addresses: always. A DNS name is resolved by the transport just before the dial, and the
+  address it names is held to the same rule (`Gate.check_resolved`): a name pointing at 127.0.0.1 is
+  refused like 127.0.0.1. The transport then dials that address, not the name again.
 
 The libp2p swarm's dials (ours, the DHT's, hole punching) and the TCP transport's all pass through
 a `Gate`."""
@@ -85,6 +87,12 @@ class Gate:
         if why:
             self.refused[why] = self.refused.get(why, 0) + 1
             raise AddressRefused(addr, why)
+
+    def check_resolved(self, addr: str, ip: str) -> None:
+        """`addr` names a host that resolved to `ip`: AddressRefused unless `ip` may be dialled (a host
+        the owner named, with its port, is dialled wherever it points: that is the owner's own DNS)."""
+        if first_hop(addr) not in self.trusted:
+            self.check(f"[{ip}]:{first_hop(addr)[1]}")
 
     def _why(self, addr: str) -> str:
         hop = first_hop(addr)

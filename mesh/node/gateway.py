@@ -13,7 +13,7 @@ import time
 from typing import Callable, Protocol
 
 from mesh.errors import Rejected
-from mesh.node.dialscope import Gate
+from mesh.node.dialscope import Gate, scope
 from mesh.node.flow import Limits, TokenBucket
 from mesh.wire.envelope import Envelope, FrameDecoder, Receiver, Sealer
 
@@ -114,7 +114,13 @@ class TcpTransport:
     async def dial(self, addr: str, key: bytes | None, limits: Limits) -> Connection:
         self.gate.check(addr)
         host, _, port = addr.rpartition(":")
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), DIAL_TIMEOUT)
+        host = host.strip("[]")
+        if scope(host) == "name":  # resolve once, check where it points, and dial that, not the name again
+            infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
+                host, int(port), type=socket.SOCK_STREAM), DIAL_TIMEOUT)
+            host = infos[0][4][0]
+            self.gate.check_resolved(addr, host)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), DIAL_TIMEOUT)
         return TcpConnection(reader, writer, f"out:{addr}", limits)
 
     async def close(self) -> None:

@@ -58,14 +58,26 @@ def test_the_owners_bootstrap_address_is_dialled_whatever_its_scope():
         gate.check("127.0.0.1:4751")
 
 
-def test_the_tcp_transport_refuses_before_connecting():
+def test_a_name_is_held_to_where_it_points_unless_the_owner_named_it():
+    gate = Gate.for_node("0.0.0.0:4750", "", ["localhost:4750"])
+    gate.check("localhost:4751")  # a name as such passes: where it points is checked once resolved
+    gate.check_resolved("localhost:4750", "127.0.0.1")  # the owner's bootstrap: its own DNS
+    with pytest.raises(AddressRefused, match="addr-loopback"):
+        gate.check_resolved("localhost:4751", "127.0.0.1")
+    with pytest.raises(AddressRefused, match="addr-local"):
+        gate.check_resolved("/dns4/lan.example/tcp/4750", "192.168.1.9")
+    gate.check_resolved("/dns4/peer.example/tcp/4750", "8.8.8.8")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])  # a name resolving to loopback counts as loopback
+def test_the_tcp_transport_refuses_before_connecting(host):
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.5)
     port = server.getsockname()[1]
     try:
         transport = TcpTransport(Gate("global"))
         with pytest.raises(AddressRefused):
-            asyncio.run(transport.dial(f"127.0.0.1:{port}", None, Limits()))
+            asyncio.run(transport.dial(f"{host}:{port}", None, Limits()))
         with pytest.raises(socket.timeout):
             server.accept()  # nothing connected
     finally:
@@ -73,8 +85,10 @@ def test_the_tcp_transport_refuses_before_connecting():
 
 
 @pytest.mark.timeout(30)
-def test_every_libp2p_dial_passes_the_gate():
-    """The swarm's own dials (the DHT's, hole punches) are gated too, not only the node's."""
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_every_libp2p_dial_passes_the_gate(host):
+    """The swarm's own dials (the DHT's, hole punches) are gated too, not only the node's, and a name is
+    held to the address it resolves to (libp2p would resolve it itself, to anywhere)."""
     from mesh.node.p2p.transport import DialFailed, Libp2pTransport
 
     server = socket.create_server(("127.0.0.1", 0))
@@ -89,7 +103,7 @@ def test_every_libp2p_dial_passes_the_gate():
         await transport.start(sock, lambda conn: None)
         try:
             with pytest.raises(DialFailed):  # as any unreachable address: the reason is counted
-                await transport.dial(f"127.0.0.1:{port}", Identity.generate().public_key, Limits())
+                await transport.dial(f"{host}:{port}", Identity.generate().public_key, Limits())
         finally:
             await transport.close()
 

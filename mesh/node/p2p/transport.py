@@ -89,11 +89,29 @@ def _gate_dials(host: IHost, gate: Gate) -> None:
     async def gated(addr: Multiaddr, peer_id: ID, source=None):
         try:
             gate.check(str(addr))
-        except AddressRefused as exc:
-            raise _swarm.SwarmException(str(exc)) from None
+            addr = await _resolved(addr, gate)
+        except (AddressRefused, OSError, trio.TooSlowError) as exc:
+            raise _swarm.SwarmException(f"{addr}: {exc}") from None
         return await dial(addr, peer_id, source)
 
     swarm._dial_with_retry = gated
+
+
+async def _resolved(addr: Multiaddr, gate: Gate) -> Multiaddr:
+    """`addr` with a DNS name replaced by the address it resolves to, once the gate allows that address
+    (libp2p would resolve the name itself, later, to wherever it points then)."""
+    text = str(addr)
+    if not text.startswith("/dns"):
+        return addr
+    _, proto, host, rest = text.split("/", 3)  # rest: "tcp/PORT/..."
+    port = int(rest.split("/")[1])
+    with trio.fail_after(DIAL_TIMEOUT):
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if proto == "dns4" or proto == "dns6":
+        infos = [i for i in infos if (i[0] == socket.AF_INET) == (proto == "dns4")] or infos
+    ip = infos[0][4][0]
+    gate.check_resolved(text, ip)
+    return Multiaddr(f"/ip{6 if ':' in ip else 4}/{ip}/{rest}")
 
 
 def build_host(identity: Identity) -> IHost:
