@@ -189,7 +189,8 @@ class Gateway:
         lim = self.limits
         options = [(frame_began + lim.frame_s, "slow-frame")] if decoder.pending else []
         if conn.peer_key is None:
-            options.append((started + lim.handshake_s, "handshake-timeout"))
+            allowed = lim.handshake_authenticated_s if conn.authenticated else lim.handshake_s
+            options.append((started + allowed, "handshake-timeout"))
         options.append((time.monotonic() + lim.idle_s, "idle"))
         return min(options)
 

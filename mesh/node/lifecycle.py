@@ -311,7 +311,11 @@ class Node:
                 if record.issued != published:  # a new record (every TTL/3, or a new address): put it out
                     await self.gateway.transport.publish(record, self.offers())
                     published = record.issued
-                wanted = {"python", "scrape", f"llm:{default_model_sha()}"} | set(self.offers())
+                # python workers always (most jobs have python steps: the first should not wait for a
+                # walk), others only while a job here needs them: every node walked the DHT for llm and
+                # scrape as it started, on a loaded machine, for jobs it never had
+                default = f"llm:{default_model_sha()}"
+                wanted = {"python"} | {default if n == "llm:default" else n for n in self.submitter.needs()}
                 for cap in sorted(wanted):
                     if time.monotonic() < due.get(cap, 0.0):
                         continue

@@ -240,6 +240,10 @@ class Submitter:
         st.events.publish("progress", {"step": msg.step, "node": peer.node, "tokens": msg.tokens,
                                        "text": msg.text[-PROGRESS_EVENT_TEXT:]})
 
+    def needs(self) -> set[str]:
+        """The capabilities (Step.needs) of the steps of jobs still running here: what discovery looks for."""
+        return {step.needs for st in self.jobs.values() if not st.job.run.finished for step in st.job.run.job.steps}
+
     def on_node_lost(self, node: str, reason: str) -> None:
         self._apply_all(self.core.on_node_lost(node, reason, time.monotonic()))
 

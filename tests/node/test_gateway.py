@@ -10,8 +10,8 @@ import time
 import pytest
 
 from mesh.node.flow import Limits, TokenBucket
-from mesh.node.gateway import Gateway
-from mesh.wire.envelope import Receiver, Sealer
+from mesh.node.gateway import Connection, Gateway
+from mesh.wire.envelope import FrameDecoder, Receiver, Sealer
 from mesh.wire.identity import Identity
 from mesh.wire.messages import Bye
 
@@ -122,3 +122,19 @@ def test_unverified_connections_are_capped_but_verified_peers_get_through():
     assert refused == b""
     assert gw.receiver.rejected["too-many-connections"] == 1
     assert [e.kind for e in rec.envelopes] == ["bye"]
+
+
+def test_a_link_whose_transport_proved_the_key_gets_longer_to_say_hello():
+    """Noise already proved who is on a libp2p link: its first envelope may take handshake_authenticated_s
+    (a loaded machine answers late), a plain TCP stranger still gets handshake_s."""
+    gw = Gateway(Sealer(SERVER, NET), Receiver(NET, SERVER.public_key), Recorder(), lambda: 0, 1 << 20,
+                 Limits(handshake_s=5, handshake_authenticated_s=20))
+
+    class Link(Connection):
+        pass
+
+    plain, proved = Link("plain", gw.limits), Link("proved", gw.limits)
+    proved.authenticated = CLIENT.public_key
+    decoder = FrameDecoder(1 << 20)
+    assert gw._deadline(plain, decoder, 100.0, 100.0) == (105.0, "handshake-timeout")
+    assert gw._deadline(proved, decoder, 100.0, 100.0) == (120.0, "handshake-timeout")

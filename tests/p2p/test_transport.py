@@ -94,8 +94,11 @@ def test_honest_link_gets_an_answer_and_status_names_the_connection(make_mesh):
         assert b'"kind":"hello"' in link.recv(65536)  # the node answered on the encrypted stream
     finally:
         link.close()
+    # a node on loopback is reachable by every peer it can have (all on this machine): no AutoNAT
+    # question is asked, whose slow answer under load once put a loopback node behind a relay
+    wait_for(lambda: status(mesh.nodes[0])["reachability"] == "public", 10, "the loopback node to be public")
     st = status(mesh.nodes[0])
-    assert st["transport"] == "libp2p" and st["reachability"] in ("public", "private", "unknown")
+    assert st["transport"] == "libp2p"
     other = next(p for p in st["peers"] if p["node"] == mesh.nodes[1].node_id)
     assert other["connected"] and other["connection"] == "direct"
 
