@@ -55,6 +55,10 @@ class Connection:
     def close(self) -> None:
         raise NotImplementedError
 
+    def drop(self) -> None:
+        """End the link at once, without sending what is queued (its peer has gone silent)."""
+        self.close()
+
 
 class TcpConnection(Connection):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, label: str, limits: Limits):
@@ -75,6 +79,9 @@ class TcpConnection(Connection):
     def close(self) -> None:
         if self.open:
             self.writer.close()
+
+    def drop(self) -> None:
+        self.writer.transport.abort()
 
 
 Accept = Callable[[Connection], None]

@@ -394,8 +394,14 @@ class Node:
                         self._send_encoded(peer, "hello", hello)
                         peer.next_hello = now + HELLO_EVERY_S * (0.9 + 0.2 * self.rng.random())
                     if now - peer.last_seen > DOWN_AFTER_S and peer.state == "up":
-                        log.info("peer %s silent for %.0f s: down", peer.node[:12], now - peer.last_seen)
+                        # asleep, cut off, or behind a relay that drops: its links say nothing and close
+                        # nothing, so close them (their replicas move now, not at the 60 s idle limit)
+                        # and dial it again, at its next address first
+                        log.info("peer %s silent for %.0f s: down, its links closed", peer.node[:12],
+                                 now - peer.last_seen)
                         peer.state = "down"
+                        for conn in list(peer.conns):
+                            conn.drop()
                 elif peer.addr and peer.state != "left" and now >= peer.next_dial and self._room():
                     peer.next_dial = now + HEARTBEAT_S * 2
                     self.spawn(self._dial(peer.addr, peer.key))

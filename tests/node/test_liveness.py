@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
-from ..conftest import cli_json, wait_for
+from ..conftest import cli_json, wait_for, write_job
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(120)]
 
@@ -36,3 +37,31 @@ def test_leave_crash_and_restart_are_seen_by_peers(make_mesh):
     seen = wait_for(lambda: (p := peer_view(n0, id1)).get("state") == "up" and p, 30, "the restarted node")
     assert seen["address"] == n1.listen
     assert peer_view(n1, n0.node_id).get("state") == "up"
+
+
+def test_a_node_that_sleeps_is_let_go_and_its_replica_moves(make_mesh, tmp_path):
+    """A laptop that sleeps says nothing and closes nothing (SIGSTOP: its sockets stay open). Its peers
+    stop hearing its hellos; after DOWN_AFTER_S of silence they close its links, so a replica waiting
+    on it moves to another worker then, not at the job's deadline or the links' 60 s idle limit. When
+    it wakes, it links up again."""
+    mesh = make_mesh(4, lambda i: ["--no-model", "--no-scrape"])
+    n0, sleeper = mesh.nodes[0], mesh.nodes[3]
+    sleeper.kill(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        job = write_job(tmp_path / "job.json", [{"id": "s", "kind": "python", "params": {"code": "output = 6 * 7"}}],
+                        timeout=300)  # the replica deadline is far: only liveness can free the step early
+        rep = cli_json("submit", job, "--home", str(n0.home), "--redundancy", "3", "--wait", timeout=200)
+        took = time.monotonic() - t0
+        assert rep["status"] == "done" and rep["steps"]["s"]["output"] == 42, rep
+        replicas = rep["steps"]["s"]["replicas"]
+        assert sleeper.node_id in {r["node"] for r in replicas}, "the sleeper got no replica: nothing was tested"
+        assert sleeper.node_id not in {r["node"] for r in replicas if r["agreed"]}
+        assert took < 45, f"the replica on the sleeping node moved only after {took:.1f} s"
+        view = peer_view(n0, sleeper.node_id)
+        assert view["state"] == "down" and not view["connected"]
+    finally:
+        sleeper.kill(signal.SIGCONT)
+    wait_for(lambda: (p := peer_view(n0, sleeper.node_id)).get("state") == "up" and p.get("connected"), 60,
+             "the woken node to link up again")
+    print(f"a job at r=3 with one worker asleep took {took:.1f} s")

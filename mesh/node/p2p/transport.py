@@ -53,8 +53,8 @@ PUMP_HIGH, PUMP_ACK = 1 << 20, 256 << 10  # bytes read ahead of the gateway per 
 SWEEP_S = 2.0  # how often links closed but still listed are forgotten
 STUCK_AFTER = 3  # dials in a row failing on an existing link before that link is closed (a slow one is not dead)
 CLOSE_GRACE_S = 1.0  # how long a closing link may spend sending what was queued (a `bye`)
-NAT_FIRST_S, NAT_EVERY_S = 1.0, 30.0
-RELAY_RETRY_S = 15.0  # a peer that refused a relay slot (no relay, not yet sure it is public, full) is asked again  # when to ask peers whether we are reachable, and how often again
+NAT_FIRST_S, NAT_EVERY_S = 1.0, 30.0  # when to ask peers whether we are reachable, and how often again
+RELAY_RETRY_S = 15.0  # a peer that refused a relay slot (no relay, not yet sure it is public, full) is asked again
 
 # py-libp2p cuts its loggers off from the root at import (propagate=False, no handler), so Python's
 # last-resort handler printed its routine dial failures on the node's console: send them to node.log.
@@ -156,6 +156,7 @@ class StreamConnection(Connection):
         self._drained = trio.Event()
         self._pump_scope: trio.CancelScope | None = None
         self._pump_done = trio.Event()
+        self._write_scope = trio.CancelScope()
 
     @property
     def open(self) -> bool:
@@ -243,6 +244,14 @@ class StreamConnection(Connection):
             else:
                 self.thread.post(self._send.close)
 
+    def drop(self) -> None:
+        """End the link now, dropping what is queued: its peer went silent, and a write waits forever for
+        window from a peer that reads nothing, so a close queued behind it would never come."""
+        if self._end is None:
+            self._closing = True
+            self.fed(ConnectionResetError(f"{self.label}: dropped"))  # the gateway's reader ends now
+            self.thread.post(self._write_scope.cancel)
+
     def sent(self, data: bytes | None) -> None:
         """trio side: what the outbox brought for this link (None: close it after what is queued)."""
         if data is None:
@@ -256,8 +265,9 @@ class StreamConnection(Connection):
     async def run_writer(self) -> None:
         """Trio task: send queued frames in order, then close the stream (also when the link broke)."""
         try:
-            async for data in self._queue:
-                await self.stream.write(data)
+            with self._write_scope:
+                async for data in self._queue:
+                    await self.stream.write(data)
         except _LINK_ERRORS:
             pass
         finally:
