@@ -91,8 +91,9 @@ class Gate:
     def check_resolved(self, addr: str, ip: str) -> None:
         """`addr` names a host that resolved to `ip`: AddressRefused unless `ip` may be dialled (a host
         the owner named, with its port, is dialled wherever it points: that is the owner's own DNS)."""
-        if first_hop(addr) not in self.trusted:
-            self.check(f"[{ip}]:{first_hop(addr)[1]}")
+        hop = first_hop(addr)
+        if hop not in self.trusted:
+            self.check(f"[{ip}]:{hop[1]}")
 
     def _why(self, addr: str) -> str:
         hop = first_hop(addr)

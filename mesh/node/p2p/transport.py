@@ -35,7 +35,7 @@ from multiaddr import Multiaddr
 from mesh.node.dialscope import AddressRefused, Gate
 from mesh.node.flow import Limits
 from mesh.node.gateway import DIAL_TIMEOUT, Accept, Connection
-from mesh.node.p2p.addresses import Target, host_port, key_of, parse, peer_id_of
+from mesh.node.p2p.addresses import Target, key_of, parse, peer_id_of
 from mesh.node.p2p.dht import Discovery
 from mesh.node.p2p.nat import WANT_RELAYS, Nat
 from mesh.node.p2p.triothread import Mailbox, TransportClosed, TrioThread
@@ -481,8 +481,8 @@ class Libp2pTransport:
         try:
             with trio.fail_after(DIAL_TIMEOUT):
                 try:
-                    if expected is not None and _only_closed(self.host, expected):
-                        await self._drop_links(expected)  # py-libp2p keeps closed links listed, and reuses them
+                    if expected is not None:
+                        _forget_closed(self.host, expected)  # or the swarm reuses them and fails at once
                     if expected is None:
                         expected = await self._dial_unknown(target)
                     elif self.host.get_network().get_connections(expected):
@@ -511,21 +511,17 @@ class Libp2pTransport:
         streams ("No valid connections available") and counts it against the 8 links allowed per
         peer, which in a 32-node loopback mesh refused 117 dials ("Established per peer limit
         exceeded: 8 >= 8"). Removing it also releases that count."""
-        swarm = self.host.get_network()
         while not self._stopped.is_set():
             with trio.move_on_after(SWEEP_S):
                 await self._stopped.wait()
-            for conns in list(swarm.connections.values()):
-                for conn in list(conns):
-                    if conn.is_closed:
-                        swarm.remove_conn(conn)
+            for peer in list(self.host.get_network().connections):
+                _forget_closed(self.host, peer)
 
     async def _drop_links(self, peer: ID) -> None:
-        """A link to `peer` that opens no stream any more (or is closed but still listed) is closed and
-        forgotten, or every later dial would reuse it and fail alike: measured in a 32-node loopback
-        mesh under load, one pair stayed apart for minutes, one end failing at once on a closed link
-        still listed ("No valid connections available"), the other waiting 3 s on a link whose streams
-        never opened."""
+        """A link to `peer` that opens no stream any more is closed and forgotten, or every later dial
+        would reuse it and fail alike: measured in a 32-node loopback mesh under load, one pair stayed
+        apart for minutes, one end failing at once on a closed link still listed ("No valid connections
+        available": `_forget_closed`), the other waiting 3 s on a link whose streams never opened."""
         log.info("the link to %s opens no streams: closed, the next dial makes a new one", str(peer)[-8:])
         self.stuck.pop(peer, None)
         with trio.move_on_after(CLOSE_GRACE_S):
@@ -534,13 +530,7 @@ class Libp2pTransport:
     async def _dial_unknown(self, target: Target) -> ID:
         """Dial an address whose peer id we do not know (`--bootstrap HOST:PORT`): Noise still proves
         who answered, and that id is then the only key its envelopes may carry."""
-        host, port = host_port(target)
-        addr = target.addr
-        if str(addr).startswith("/dns"):
-            infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            ip = infos[0][4][0]
-            self.gate.check_resolved(str(target.addr), ip)  # the owner's names pass; any other is held
-            addr = Multiaddr(f"/ip{6 if ':' in ip else 4}/{ip}/tcp/{port}")
+        addr = await _resolved(target.addr, self.gate)  # the owner's names pass; any other is held
         swarm = self.host.get_network()
         tcp = swarm.transport_manager.transport_for_dialing(addr)
         raw = await tcp.dial(addr)
@@ -653,9 +643,12 @@ class Libp2pTransport:
         self._stopped.set()
 
 
-def _only_closed(host: IHost, peer: ID) -> bool:
-    conns = host.get_network().get_connections(peer)
-    return bool(conns) and all(c.is_closed for c in conns)
+def _forget_closed(host: IHost, peer: ID) -> None:
+    """Remove `peer`'s links that are closed but still listed (which also releases py-libp2p's count)."""
+    swarm = host.get_network()
+    for conn in list(swarm.get_connections(peer)):
+        if conn.is_closed:
+            swarm.remove_conn(conn)
 
 
 def _is_relayed(conn) -> bool:
