@@ -84,19 +84,23 @@ class DialFailed(ConnectionError):
 
 def _gate_dials(host: IHost, gate: Gate) -> None:
     """Put `gate` in front of every dial the swarm makes: addresses come from peers' records, DHT
-    answers and observed-address reports, and a refused one fails like an unreachable one."""
+    answers and observed-address reports, and a refused one fails like an unreachable one. Two entry
+    points dial: `_dial_with_retry` (connects, the DHT's dials) and `dial_addr_as_responder`, with which
+    the end that starts a hole punch dials the addresses the other end sent."""
     swarm = host.get_network()
-    dial = swarm._dial_with_retry
 
-    async def gated(addr: Multiaddr, peer_id: ID, source=None):
-        try:
-            gate.check(str(addr))
-            addr = await _resolved(addr, gate)
-        except (AddressRefused, OSError, trio.TooSlowError) as exc:
-            raise _swarm.SwarmException(f"{addr}: {exc}") from None
-        return await dial(addr, peer_id, source)
+    def gated(dial):
+        async def dial_gated(addr: Multiaddr, peer_id: ID, source=None):
+            try:
+                gate.check(str(addr))
+                addr = await _resolved(addr, gate)
+            except (AddressRefused, OSError, trio.TooSlowError) as exc:
+                raise _swarm.SwarmException(f"{addr}: {exc}") from None
+            return await dial(addr, peer_id, source)
+        return dial_gated
 
-    swarm._dial_with_retry = gated
+    swarm._dial_with_retry = gated(swarm._dial_with_retry)
+    swarm.dial_addr_as_responder = gated(swarm.dial_addr_as_responder)
 
 
 async def _resolved(addr: Multiaddr, gate: Gate) -> Multiaddr:
