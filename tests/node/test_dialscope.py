@@ -84,12 +84,10 @@ def test_the_tcp_transport_refuses_before_connecting(host):
         server.close()
 
 
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
-def test_every_libp2p_dial_passes_the_gate(host):
-    """The swarm's own dials (the DHT's, hole punches) are gated too, not only the node's, and a name is
-    held to the address it resolves to (libp2p would resolve it itself, to anywhere)."""
-    from mesh.node.p2p.transport import DialFailed, Libp2pTransport
+def run_gated_libp2p(attempt) -> None:
+    """A libp2p transport whose gate is global dials a loopback service through `attempt(transport,
+    port)`: nothing may connect, and the refusal is counted once."""
+    from mesh.node.p2p.transport import Libp2pTransport
 
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.5)
@@ -102,18 +100,31 @@ def test_every_libp2p_dial_passes_the_gate(host):
         sock.bind(("127.0.0.1", 0))
         await transport.start(sock, lambda conn: None)
         try:
-            with pytest.raises(DialFailed):  # as any unreachable address: the reason is counted
-                await transport.dial(f"{host}:{port}", Identity.generate().public_key, Limits())
+            await attempt(transport, port)
         finally:
             await transport.close()
 
     try:
         asyncio.run(go())
         with pytest.raises(socket.timeout):
-            server.accept()
+            server.accept()  # nothing connected
         assert gate.refused == {"addr-loopback": 1}
     finally:
         server.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_every_libp2p_dial_passes_the_gate(host):
+    """The swarm's own dials (the DHT's, hole punches) are gated too, not only the node's, and a name is
+    held to the address it resolves to (libp2p would resolve it itself, to anywhere)."""
+    from mesh.node.p2p.transport import DialFailed
+
+    async def attempt(transport, port):
+        with pytest.raises(DialFailed):  # as any unreachable address: the reason is counted
+            await transport.dial(f"{host}:{port}", Identity.generate().public_key, Limits())
+
+    run_gated_libp2p(attempt)
 
 
 @pytest.mark.timeout(30)
@@ -121,41 +132,18 @@ def test_a_hole_punch_dial_passes_the_gate_too():
     """DCUtR's starting end dials the addresses the *other* end sent (its "observed addresses", up to 20)
     with the swarm's dial_addr_as_responder, which skips the dial path the gate wraps. A peer with a
     relayed link could name 127.0.0.1:<a local service> and have the node connect to it."""
-    from libp2p.peer.id import ID
     from multiaddr import Multiaddr
 
     from mesh.node.p2p.addresses import peer_id_of
-    from mesh.node.p2p.transport import Libp2pTransport
 
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.5)
-    port = server.getsockname()[1]
-    gate = Gate("global")
-    stranger: ID = peer_id_of(Identity.generate().public_key)
+    stranger = peer_id_of(Identity.generate().public_key)
 
-    async def punch(transport):
+    async def punch(transport, port):
         swarm = transport.host.get_network()
-        try:
+        with pytest.raises(Exception):  # noqa: B017 - refused like an unreachable address, whatever the class
             await swarm.dial_addr_as_responder(Multiaddr(f"/ip4/127.0.0.1/tcp/{port}"), stranger, None)
-        except Exception as exc:  # noqa: BLE001 - refused like an unreachable address, whatever the class
-            return type(exc).__name__
-        return "connected"
 
-    async def go():
-        transport = Libp2pTransport(Identity.generate(), gate=gate, nat=False, discovery=False)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        await transport.start(sock, lambda conn: None)
-        try:
-            return await transport.thread.call(punch, transport)
-        finally:
-            await transport.close()
+    async def attempt(transport, port):
+        await transport.thread.call(punch, transport, port)
 
-    try:
-        outcome = asyncio.run(go())
-        assert outcome != "connected"
-        with pytest.raises(socket.timeout):
-            server.accept()  # nothing connected
-        assert gate.refused == {"addr-loopback": 1}
-    finally:
-        server.close()
+    run_gated_libp2p(attempt)
