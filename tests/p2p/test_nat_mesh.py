@@ -128,7 +128,9 @@ def test_nodes_behind_two_nats_work_together(tmp_path: Path, nat: str, punches: 
         wait_for(lambda: (p := m.peer("lan1", "lan2")).get("connected") and p.get("state") == "up", 60,
                  f"lan1 to reach lan2 through the relay\n{m.tail('lan1')}")
         first_kind = m.peer("lan1", "lan2")["connection"]
-        assert first_kind == "relayed"
+        # the first link is through the relay; behind drop NATs the punch (~2 s later) may beat this look,
+        # and `hole-punched` itself means a direct link to a peer first reached through a relay
+        assert first_kind in (("relayed", "hole-punched") if punches else ("relayed",)), first_kind
         t2 = time.monotonic()
         rep = m.submit("lan1", 2)
         from_lan = time.monotonic() - t2
