@@ -42,6 +42,11 @@ class Connection:
         self.rejections = 0
 
     @property
+    def outbound(self) -> bool:
+        """Whether this end opened the link (labels are "out:…" or "in:…")."""
+        return self.label.startswith("out")
+
+    @property
     def open(self) -> bool:
         raise NotImplementedError
 

@@ -181,6 +181,7 @@ class Node:
             self.gateway.transport.on_address = self._on_relayed_address
             self.gateway.transport.on_direct = self._on_direct
         self.peers = PeerTable(identity.public_key, opts.network)
+        self.dialling: dict[bytes | str, asyncio.Task] = {}  # dials under way, by key (address: bootstraps)
         self.bootstrap = bootstrap_keys(opts.bootstrap, opts.transport)  # address → key it names, if any
         self.own_record: PeerRecord | None = None
         self.reputations = Reputations()  # evidence and streaks by node id, from the ledger
@@ -291,6 +292,15 @@ class Node:
         """Whether to link to one more peer on our own initiative (asked-for links are always made)."""
         return sum(p.connected for p in self.peers) < self.opts.max_links
 
+    def _my_turn(self, peer: Peer, now: float) -> bool:
+        """Whether to dial `peer` on our own initiative now."""
+        return (bool(peer.addr) and peer.state != "left" and now >= peer.next_dial and not peer.connected
+                and peer.dials_first(self.identity.public_key, now) and self._room())
+
+    def _dial_peer(self, peer: Peer, now: float) -> None:
+        peer.next_dial = now + HEARTBEAT_S * 2  # not again while this dial may be under way
+        self.spawn(self._dial(peer.addr, peer.key))
+
     def offers(self) -> list[str]:
         """What this node announces in the DHT, in Step.needs terms."""
         return [k for k in self.kinds if k != "llm"] + [f"llm:{m}" for m in self.models]
@@ -351,9 +361,8 @@ class Node:
         dialled = 0
         for peer in named[:WANT_PER_CAP - linked]:
             if now >= peer.next_dial:  # not while the heartbeat's dial of it is under way
-                peer.next_dial = now + HEARTBEAT_S * 2
                 dialled += 1
-                self.spawn(self._dial(peer.addr, peer.key))
+                self._dial_peer(peer, now)
         return dialled
 
     def _on_relayed_address(self, addrs: list[str]) -> None:
@@ -402,9 +411,8 @@ class Node:
                         peer.state = "down"
                         for conn in list(peer.conns):
                             conn.drop()
-                elif peer.addr and peer.state != "left" and now >= peer.next_dial and self._room():
-                    peer.next_dial = now + HEARTBEAT_S * 2
-                    self.spawn(self._dial(peer.addr, peer.key))
+                elif self._my_turn(peer, now):
+                    self._dial_peer(peer, now)
             for peer in self.peers.expire(now_ms()):
                 log.info("forgot peer %s: its record expired", peer.node[:12])
             self._save_peers()
@@ -432,6 +440,16 @@ class Node:
             self.peers.learn(rec, now_ms())  # verified like any gossip: a tampered file teaches nothing
 
     async def _dial(self, addr: str, key: bytes) -> Connection | None:
+        """Link to a peer; while a dial of it is under way, wait for that one (a second would open a
+        second link). The dial is the node's task: a caller that gives up does not cancel it."""
+        who = addr if key == ANYONE else key
+        task = self.dialling.get(who)
+        if task is None:
+            task = self.dialling[who] = self.spawn(self._dial_once(addr, key))
+            task.add_done_callback(lambda _: self.dialling.pop(who, None))
+        return await asyncio.shield(task)
+
+    async def _dial_once(self, addr: str, key: bytes) -> Connection | None:
         try:
             self.gateway.transport.gate.check(addr)
         except AddressRefused as exc:  # an address we do not dial: try its others, if none, not before it moves
@@ -458,10 +476,8 @@ class Node:
             peer.conns.add(conn)
         return conn
 
-    @staticmethod
-    def _best_conn(peer: Peer) -> Connection | None:
-        """An open link to the peer, a direct or hole-punched one before one through a relay."""
-        return min((c for c in peer.conns if c.open), key=lambda c: c.kind == "relayed", default=None)
+    def _best_conn(self, peer: Peer) -> Connection | None:
+        return peer.best_conn(self.identity.public_key)
 
     def send(self, peer: Peer, kind: str, payload: object) -> bool:
         return self._send_encoded(peer, kind, self.sealer.encode(payload))
@@ -548,8 +564,8 @@ class Node:
             if why:
                 self.receiver.count(why)
                 log.warning("rejected gossip on %s: %s: record of %r", conn.label, why, rec.key[:12])
-            elif learned is not None and not learned.connected and self._room():
-                self.spawn(self._dial(learned.addr, learned.key))
+            elif learned is not None and self._my_turn(learned, time.monotonic()):
+                self._dial_peer(learned, time.monotonic())
 
     def on_disconnect(self, conn: Connection) -> None:
         for peer in self.peers:

@@ -8,6 +8,7 @@ SHA-256(canonical payload), each part fixed-size or length-prefixed so no two me
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import struct
 from collections import Counter
@@ -24,6 +25,9 @@ from mesh.wire.schema import dump, parse
 DEFAULT_FRAME_CAP = 1 << 20
 DEFAULT_WINDOW_MS = 120_000
 ANYONE = bytes(32)  # recipient of a first `hello`, before the dialler knows who listens
+# Sequence numbers a receiver remembers per sender below the highest: a sender's frames on two links (a
+# relayed one and the hole-punched one replacing it, or two links dialled at once) arrive out of order.
+REORDER_KEEP = 32
 _HEADER = struct.Struct(">I")
 _ENVELOPE_KEYS = {"v", "kind", "net", "from", "to", "seq", "ts", "payload", "sig"}
 
@@ -152,6 +156,32 @@ def _decode(body: bytes) -> dict:
     return obj
 
 
+class _Seen:
+    """The sequence numbers accepted from one sender, as an anti-replay window (IPsec's, RFC 4303
+    3.4.3, by count): each seq above `floor` is taken once, every one at or below it is refused, and
+    the floor rises as the window lets go of its lowest. DESIGN.md section 2 refused anything at or
+    below the highest seq; with more than one link per peer that dropped honest frames: a step's result
+    sent just before a newer hello on the other link was refused as a replay, and its replica waited
+    out the job's timeout."""
+
+    __slots__ = ("floor", "seqs", "heap")
+
+    def __init__(self, floor: int):
+        self.floor = floor
+        self.seqs: set[int] = set()
+        self.heap: list[int] = []
+
+    def fresh(self, seq: int) -> bool:
+        return seq > self.floor and seq not in self.seqs
+
+    def take(self, seq: int) -> None:
+        self.seqs.add(seq)
+        heapq.heappush(self.heap, seq)
+        if len(self.heap) > REORDER_KEEP:
+            self.floor = heapq.heappop(self.heap)
+            self.seqs.discard(self.floor)
+
+
 class Receiver:
     """Checks incoming frame bodies for one node: network, recipient, time window, signature, replay,
     schema. Every rejection is counted by reason in `rejected`."""
@@ -163,7 +193,8 @@ class Receiver:
         # Envelopes stamped before this node (re)started are refused: the replay memory below is lost
         # with a restart, and anything captured earlier was necessarily stamped earlier.
         self.floor_ms = floor_ms
-        self.highest_seq: dict[bytes, int] = {}
+        self.highest_seq: dict[bytes, int] = {}  # per sender; a floor for senders not yet heard (restarts)
+        self._seen: dict[bytes, _Seen] = {}
         self.rejected: Counter[str] = Counter()
 
     def count(self, reason: str) -> None:
@@ -184,10 +215,15 @@ class Receiver:
         sig, payload_sha256 = self._authenticate(obj, kind, sender, recipient, seq, ts)
         if ts < self.floor_ms:
             raise Rejected("replay", f"stamped {self.floor_ms - ts} ms before this node started")
-        if seq <= self.highest_seq.get(sender, -1):
-            raise Rejected("replay", f"seq {seq} from {node_id_of(sender)[:12]} already seen")
+        seen = self._seen.get(sender)
+        if seen is None:
+            seen = _Seen(self.highest_seq.get(sender, -1))
+        if not seen.fresh(seq):
+            raise Rejected("replay", f"seq {seq} from {node_id_of(sender)[:12]} already seen or too old")
         payload = parse(KINDS[kind], obj["payload"], kind)
-        self.highest_seq[sender] = seq
+        self._seen[sender] = seen
+        seen.take(seq)
+        self.highest_seq[sender] = max(seq, self.highest_seq.get(sender, -1))
         return Envelope(kind, self.network, sender, recipient, seq, ts, payload, sig, payload_sha256)
 
     def _header(self, obj: dict, now_ms: int) -> tuple[str, bytes, bytes, int, int]:

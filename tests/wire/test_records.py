@@ -90,6 +90,52 @@ def test_a_failed_dial_moves_to_the_next_address_and_backs_off_once_all_failed()
     assert peer.addrs == [C2] and peer.addr == C2 and peer.next_dial == 0.0
 
 
+def test_of_two_nodes_that_learn_of_each_other_the_smaller_key_dials_first():
+    """One handshake per pair, not two; the larger key still dials if no link came in YIELD_S."""
+    from mesh.node.peers import YIELD_S
+
+    small, large = sorted((ME, ALICE), key=lambda i: i.public_key)
+    at_small = PeerTable(small.public_key, NET).learn(rec(large), T0)[0]
+    at_large = PeerTable(large.public_key, NET).learn(rec(small), T0)[0]
+    now = at_large.since
+    assert at_small.dials_first(small.public_key, now)
+    assert not at_large.dials_first(large.public_key, now)
+    assert not at_large.dials_first(large.public_key, now + YIELD_S - 0.1)
+    assert at_large.dials_first(large.public_key, now + YIELD_S)
+
+
+class Link:
+    """A connection as `Peer.best_conn` sees one."""
+
+    def __init__(self, label: str, kind: str = "direct", open: bool = True):
+        self.label, self.kind, self.open = label, kind, open
+
+    @property
+    def outbound(self) -> bool:
+        return self.label.startswith("out")
+
+
+def test_both_ends_of_a_pair_send_on_the_link_the_smaller_key_opened():
+    """Two links between a pair (both dialled at once): each end must pick the same one, or a frame on
+    one overtakes a frame on the other."""
+    from mesh.node.peers import Peer
+
+    small, large = sorted((ME, ALICE), key=lambda i: i.public_key)
+    at_small, at_large = Peer(large.public_key), Peer(small.public_key)
+    at_small.conns = {Link("out:X"), Link("in:Y")}  # X: the smaller key dialled it
+    at_large.conns = {Link("in:X"), Link("out:Y")}
+    assert at_small.best_conn(small.public_key).label == "out:X"
+    assert at_large.best_conn(large.public_key).label == "in:X"
+    at_small.conns = {Link("out:X", "relayed"), Link("in:Y", "hole-punched")}  # direct before relayed
+    at_large.conns = {Link("in:X", "relayed"), Link("out:Y", "hole-punched")}
+    assert at_small.best_conn(small.public_key).label == "in:Y"
+    assert at_large.best_conn(large.public_key).label == "out:Y"
+    at_small.conns = {Link("out:X", open=False), Link("in:Y")}  # closed links are not picked
+    assert at_small.best_conn(small.public_key).label == "in:Y"
+    at_small.conns = set()
+    assert at_small.best_conn(small.public_key) is None
+
+
 def test_peer_table_refuses_forgeries_ignores_itself_and_forgets_expired_peers():
     table = PeerTable(ME.public_key, NET)
     assert table.learn(dataclasses.replace(rec(), addr="6.6.6.6:1"), T0) == (None, "bad-record")

@@ -11,6 +11,7 @@ import math
 import os
 import socket
 from collections import Counter, deque
+from contextlib import asynccontextmanager
 from typing import Callable
 
 import libp2p.network.swarm as _swarm
@@ -20,7 +21,7 @@ from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as new_noise_key
 from libp2p.custom_types import TProtocol
-from libp2p.network.config import ConnectionConfig
+from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.stream.exceptions import StreamEOF, StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -30,6 +31,8 @@ from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.transport.exceptions import OpenConnectionError
+from libp2p.transport.tcp.tcp import TCP
 from multiaddr import Multiaddr
 
 from mesh.node.dialscope import AddressRefused, Gate
@@ -51,6 +54,12 @@ PROTOCOL = TProtocol("/homemesh/1")
 MAX_STREAMS_PER_PEER = 4  # /homemesh/1 streams one peer may hold open here at once
 PUMP_HIGH, PUMP_ACK = 1 << 20, 256 << 10  # bytes read ahead of the gateway per link; ack granularity
 SWEEP_S = 2.0  # how often links closed but still listed are forgotten
+MAX_DIALING = 6  # new links this node negotiates at once; more wait their turn (see Libp2pTransport._dial)
+# A dial's TCP connect must answer in DIAL_TIMEOUT (an address that is dead or drops fails fast and frees
+# its turn); the whole dial (connect, Noise, Yamux, identify, our stream) has LINK_TIMEOUT. With 3 s for
+# everything, one 32-node run on 2 cores saw 661 dials fail half done, each retried from the start by
+# both ends; with 10 s none failed and the mesh linked sooner (bench/README.md).
+LINK_TIMEOUT = 10.0
 STUCK_AFTER = 3  # dials in a row failing on an existing link before that link is closed (a slow one is not dead)
 CLOSE_GRACE_S = 1.0  # how long a closing link may spend sending what was queued (a `bye`)
 NAT_FIRST_S, NAT_EVERY_S = 1.0, 30.0  # when to ask peers whether we are reachable, and how often again
@@ -103,6 +112,52 @@ def _gate_dials(host: IHost, gate: Gate) -> None:
     swarm.dial_addr_as_responder = gated(swarm.dial_addr_as_responder)
 
 
+class _Turns:
+    """At most `n` new links negotiated at once. A turn counts until its dial ends or for `hold_s`,
+    whichever comes first: an address that accepts and then says nothing (a tarpit named in a
+    stranger's record) holds one for `hold_s`, not for the whole LINK_TIMEOUT, so a few such records
+    cannot stop the node's other dials."""
+
+    def __init__(self, n: int, hold_s: float):
+        self.n, self.hold_s = n, hold_s
+        self.began: dict[object, float] = {}  # dials under way → when their turn began (trio clock)
+        self.changed = trio.Event()
+
+    def _holding(self, now: float) -> list[float]:
+        return [t for t in self.began.values() if now - t < self.hold_s]
+
+    @asynccontextmanager
+    async def turn(self):
+        while len(holding := self._holding(trio.current_time())) >= self.n:
+            with trio.move_on_at(min(holding) + self.hold_s):  # a dial ends, or the oldest turn lapses
+                await self.changed.wait()
+        token = object()
+        self.began[token] = trio.current_time()
+        try:
+            yield
+        finally:
+            del self.began[token]
+            self.changed.set()
+            self.changed = trio.Event()
+
+
+def _bound_connects(host: IHost) -> None:
+    """A TCP connect that has not answered in DIAL_TIMEOUT fails (see LINK_TIMEOUT)."""
+    for tcp in host.get_network().transport_manager.get_transports():
+        if not isinstance(tcp, TCP):
+            continue
+
+        def bounded(dial):
+            async def dial_bounded(maddr: Multiaddr):
+                try:
+                    with trio.fail_after(DIAL_TIMEOUT):
+                        return await dial(maddr)
+                except trio.TooSlowError:
+                    raise OpenConnectionError(f"{maddr}: no answer in {DIAL_TIMEOUT:.0f} s") from None
+            return dial_bounded
+        tcp.dial = bounded(tcp.dial)
+
+
 async def _resolved(addr: Multiaddr, gate: Gate) -> Multiaddr:
     """`addr` with a DNS name replaced by the address it resolves to, once the gate allows that address
     (libp2p would resolve the name itself, later, to wherever it points then)."""
@@ -131,8 +186,15 @@ def build_host(identity: Identity) -> IHost:
     # py-libp2p's auto-connector dials every peer in its peerstore until 50..100 links (measured: "initiating
     # 199 new dials" every 10 s per node); the node chooses its own links, so it is off.
     links = ConnectionConfig(min_connections=0, low_watermark=0, high_watermark=400, max_connections=512)
-    return new_host(key_pair=keys, sec_opt={TProtocol(NOISE): noise}, muxer_opt={TProtocol(YAMUX): Yamux},
+    # The node retries and backs off per peer itself (`Peer.dial_failed`). py-libp2p would also retry each
+    # failed dial 3 times inside it, and then refuse every dial of that peer for 60 s ("negative cache"):
+    # a peer that once timed out on a loaded machine, or came back from sleep, stayed unreachable a minute.
+    host = new_host(key_pair=keys, sec_opt={TProtocol(NOISE): noise}, muxer_opt={TProtocol(YAMUX): Yamux},
                     enable_mDNS=False, enable_upnp=False, connection_config=links)
+    swarm = host.get_network()
+    swarm.retry_config = RetryConfig(max_retries=0)
+    swarm._negative_peer_cache._ttl = 0.0
+    return host
 
 
 class StreamConnection(Connection):
@@ -313,6 +375,7 @@ class Libp2pTransport:
         self.me = peer_id_of(identity.public_key)
         self.streams: Counter[ID] = Counter()
         self.stuck: Counter[ID] = Counter()  # dials in a row that failed on an existing link to that peer
+        self.turns = _Turns(MAX_DIALING, DIAL_TIMEOUT)
         self.refused: Counter[str] = Counter()
         self._accept: Accept | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -342,7 +405,7 @@ class Libp2pTransport:
         except TransportClosed:
             raise
         except trio.TooSlowError:
-            raise DialFailed(f"{addr}: no answer in {DIAL_TIMEOUT:.0f} s") from None
+            raise DialFailed(f"{addr}: no link in {LINK_TIMEOUT:.0f} s") from None
 
     async def close(self) -> None:
         if self.thread.running:
@@ -412,6 +475,7 @@ class Libp2pTransport:
     async def _serve(self, addr: Multiaddr, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.host = build_host(self.identity)
         _gate_dials(self.host, self.gate)
+        _bound_connects(self.host)
         async with self.host.run([addr]):
             self.host.set_stream_handler(PROTOCOL, self._on_stream)
             self.thread.nursery.start_soon(self._sweep_closed)
@@ -481,12 +545,22 @@ class Libp2pTransport:
             conn.close()
 
     async def _dial(self, target: Target, expected: ID | None) -> StreamConnection:
+        """A `/homemesh/1` stream to the peer, on a link we hold or a new one. New links queue for one
+        of MAX_DIALING turns, and their time limit starts with the turn: a node that learned 31 peers
+        at once started 31 handshakes on a loaded machine, most overran the limit half done (1,919
+        "no answer in 3 s" in one 32-node run), and each retry cost both ends the work again."""
+        if expected is not None:
+            _forget_closed(self.host, expected)  # or the swarm reuses them and fails at once
+        if expected is not None and self.host.get_network().get_connections(expected):
+            return await self._open(target, expected)
+        async with self.turns.turn():
+            return await self._open(target, expected)
+
+    async def _open(self, target: Target, expected: ID | None) -> StreamConnection:
         reused = False
         try:
-            with trio.fail_after(DIAL_TIMEOUT):
+            with trio.fail_after(LINK_TIMEOUT):
                 try:
-                    if expected is not None:
-                        _forget_closed(self.host, expected)  # or the swarm reuses them and fails at once
                     if expected is None:
                         expected = await self._dial_unknown(target)
                     elif self.host.get_network().get_connections(expected):
