@@ -476,14 +476,11 @@ class Node:
             peer.conns.add(conn)
         return conn
 
-    def _best_conn(self, peer: Peer) -> Connection | None:
-        return peer.best_conn(self.identity.public_key)
-
     def send(self, peer: Peer, kind: str, payload: object) -> bool:
         return self._send_encoded(peer, kind, self.sealer.encode(payload))
 
     def _send_encoded(self, peer: Peer, kind: str, encoded: bytes) -> bool:
-        conn = self._best_conn(peer)
+        conn = peer.best_conn(self.identity.public_key)
         if conn is None:
             return False
         frame = self.sealer.seal_encoded(kind, peer.key, encoded, now_ms())
@@ -628,7 +625,7 @@ class Node:
             "node": p.node, "address": p.addr, "state": p.state, "connected": p.connected,
             "last_seen": round(now_wall - (now_mono - p.last_seen), 3) if p.last_seen else None,
             "reputation": round(self.reputation_of(p.node), 6), "models": p.models, "kinds": p.kinds,
-            "connection": best.kind if (best := self._best_conn(p)) else None,
+            "connection": best.kind if (best := p.best_conn(self.identity.public_key)) else None,
         } for p in sorted(self.peers, key=lambda p: p.node)]
         jobs = self.submitter.jobs
         return {"node": self.id, "key": self.identity.public_key.hex(), "network": self.opts.network,

@@ -564,7 +564,9 @@ class Libp2pTransport:
                     if expected is None:
                         expected = await self._dial_unknown(target)
                     elif self.host.get_network().get_connections(expected):
-                        reused = True  # already linked (maybe through a relay, maybe hole-punched since)
+                        # already linked (maybe through a relay, maybe hole-punched since), or the peer
+                        # dialled us while this dial waited for its turn
+                        reused = True
                     elif target.relayed:
                         await self._dial_circuit(target)
                     else:
