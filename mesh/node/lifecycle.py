@@ -73,6 +73,7 @@ DOWN_AFTER_S = 20.0  # a linked peer silent this long (three hellos missed) is d
 MAX_GOSSIP = 8  # records a hello carries, and takes: a sample for a start; the DHT finds the rest
 WANT_PER_CAP = 8  # workers per capability a node keeps linked, found through the DHT when gossip did not
 DISCOVER_FIRST_S, DISCOVER_EVERY_S = 3.0, 30.0
+FIND_WAIT_S = 15.0  # how long a new job waits for workers the DHT names before its steps may give up
 
 
 @dataclass
@@ -182,6 +183,7 @@ class Node:
             self.gateway.transport.on_direct = self._on_direct
         self.peers = PeerTable(identity.public_key, opts.network)
         self.dialling: dict[bytes | str, asyncio.Task] = {}  # dials under way, by key (address: bootstraps)
+        self.finding: dict[str, asyncio.Task] = {}  # DHT searches for workers under way, by capability
         self.bootstrap = bootstrap_keys(opts.bootstrap, opts.transport)  # address → key it names, if any
         self.own_record: PeerRecord | None = None
         self.reputations = Reputations()  # evidence and streaks by node id, from the ledger
@@ -220,7 +222,7 @@ class Node:
             return peer is not None and await self.send_dialling(peer, kind, payload)
 
         return Ports(self.id, self.identity, self.opts.home, send_to, self.record, self.candidates, self.spawn,
-                     self.receiver.count, lambda: self.balance, lambda: self.ledger_error)
+                     self.receiver.count, lambda: self.balance, lambda: self.ledger_error, self.find_workers)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def spawn(self, coro) -> asyncio.Task:
@@ -324,8 +326,7 @@ class Node:
                 # python workers always (most jobs have python steps: the first should not wait for a
                 # walk), others only while a job here needs them: every node walked the DHT for llm and
                 # scrape as it started, on a loaded machine, for jobs it never had
-                default = f"llm:{default_model_sha()}"
-                wanted = {"python"} | {default if n == "llm:default" else n for n in self.submitter.needs()}
+                wanted = {"python"} | {self._dht_capability(n) for n in self.submitter.needs()}
                 for cap in sorted(wanted):
                     if time.monotonic() < due.get(cap, 0.0):
                         continue
@@ -336,6 +337,35 @@ class Node:
             except (ValueError, ConnectionError) as exc:  # a record refused, the libp2p thread stopping
                 log.info("discovery round failed: %s", exc)
             await asyncio.sleep(DISCOVER_FIRST_S)
+
+    async def find_workers(self, want: dict[str, int]) -> None:
+        """A new job needs `want[cap]` workers of each capability: for those the linked peers cannot
+        supply, look in the DHT now, not at the next discovery round, and wait up to FIND_WAIT_S for the
+        links (the core gives a step up when it starts with too few workers). One walk per capability at
+        a time, however many jobs ask."""
+        if not hasattr(self.gateway.transport, "find"):
+            return
+
+        def short() -> list[str]:
+            have = self.candidates()
+            return [cap for cap, n in want.items() if len(have.get(cap, ())) < n]
+
+        caps = short()
+        if not caps:
+            return
+        log.info("looking for workers in the DHT (%s): up to %g s", ", ".join(caps), FIND_WAIT_S)
+        deadline = time.monotonic() + FIND_WAIT_S
+        for cap in caps:
+            if cap not in self.finding:
+                task = self.finding[cap] = self.spawn(self._find_workers(self._dht_capability(cap)))
+                task.add_done_callback(lambda _, cap=cap: self.finding.pop(cap, None))
+        while short() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+
+    @staticmethod
+    def _dht_capability(cap: str) -> str:
+        """Step.needs as announced in the DHT: the default model by its SHA-256."""
+        return f"llm:{default_model_sha()}" if cap == "llm:default" else cap
 
     async def _find_workers(self, cap: str) -> int:
         """Keep WANT_PER_CAP providers of `cap` linked, whatever --max-links says (placement needs

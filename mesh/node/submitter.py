@@ -52,6 +52,7 @@ class Ports:
     count: Callable[[str], None]  # a refused message, by reason (`mesh status`)
     balance: Callable[[], float]  # credits earned minus spent
     ledger_error: Callable[[], str]  # why the ledger refused a write ('' when it never did)
+    find: Callable[[dict[str, int]], Awaitable[None]]  # {capability: workers wanted}: look for them, wait a while
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,10 @@ class Submitter:
     # -- the job loop -------------------------------------------------------------------------------
     async def _drive(self, job_id: str, st: JobState) -> None:
         try:
+            # The core gives a step up when it starts with fewer workers than its redundancy; workers this
+            # node is not linked to yet (a model few peers hold) are found first, in the DHT.
+            job = st.run.job
+            await self.ports.find({step.needs: job.redundancy for step in job.steps})
             await self._loop(job_id, st)
         finally:  # whatever ends the driver (a bug, cancellation at shutdown) must not leave waiters hanging
             if not st.run.finished:

@@ -233,6 +233,7 @@ class Discovery:
                           validator_changed=True, strict_validation=True)
         self.refused = self.validator.refused  # reason -> count, values and providers refused here
         self.capabilities: dict[str, bytes] = {}
+        self.looked_up: Counter[str] = Counter()  # capability -> provider walks: what this node searched for
         self.own: PeerRecord | None = None
         self._pacer = _Pacer()
         self._nursery: trio.Nursery | None = None
@@ -437,6 +438,8 @@ class Discovery:
         peer may list anyone; dial them (Noise proves who answers) or `lookup` their records."""
         limit = max(0, min(limit, MAX_PROVIDERS))
         kb = capability_key(self.network, capability)
+        if capability in self.looked_up or len(self.looked_up) < MAX_CAPABILITIES:
+            self.looked_up[capability] += 1
         ps = self.dht.provider_store
         out: dict[ID, None] = {}
 
@@ -489,7 +492,7 @@ class Discovery:
     def stats(self) -> dict[str, Any]:
         return {"routing_table": self.dht.routing_table.size(), "records": len(self.dht.value_store.store),
                 "provider_keys": len(self.dht.provider_store.providers), "refused": dict(self.refused),
-                "capabilities": sorted(self.capabilities)}
+                "capabilities": sorted(self.capabilities), "looked_up": dict(self.looked_up)}
 
 
 def _protocols(store: Any, peer: ID) -> list:
