@@ -359,6 +359,11 @@ class Node:
             if cap not in self.finding:
                 task = self.finding[cap] = self.spawn(self._find_workers(self._dht_capability(cap)))
                 task.add_done_callback(lambda _, cap=cap: self.finding.pop(cap, None))
+        searches = [self.finding[cap] for cap in caps if cap in self.finding]
+        if searches:  # (asyncio.wait cancels none of them, on its timeout or when this job's driver stops)
+            done, pending = await asyncio.wait(searches, timeout=FIND_WAIT_S)
+            if not pending and not any(not t.cancelled() and t.exception() is None and t.result() for t in done):
+                return  # the DHT named nobody new to dial: the core may say at once that the mesh has too few
         while short() and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
 
@@ -371,7 +376,7 @@ class Node:
         """Keep WANT_PER_CAP providers of `cap` linked, whatever --max-links says (placement needs
         them): dial those gossip already named, and only when they are too few, find more in the DHT
         (a walk costs each of ~20 peers a stream; their records are checked: the DHT is hearsay).
-        Returns how many were dialled."""
+        Returns how many are being dialled."""
         default = default_model_sha()
         offering = [p for p in self.peers if p.record is not None and p.state != "left"
                     and cap in p.capabilities(default)]
@@ -390,7 +395,9 @@ class Node:
                     named.append(peer)
         dialled = 0
         for peer in named[:WANT_PER_CAP - linked]:
-            if now >= peer.next_dial:  # not while the heartbeat's dial of it is under way
+            if peer.key in self.dialling:  # the heartbeat's dial of it is under way
+                dialled += 1
+            elif now >= peer.next_dial:
                 dialled += 1
                 self._dial_peer(peer, now)
         return dialled

@@ -51,7 +51,7 @@ def test_a_job_needing_scrape_or_llm_makes_its_node_look_those_up_in_the_dht(mak
     """Nodes search the DHT for python workers from the start and for other capabilities only while a
     job of theirs needs them: a scrape job makes the submitter walk for `scrape` providers (two of five
     nodes offer it) and runs on them; an llm job, which no node here can run, makes it walk for the
-    default model's `llm:<sha256>` until the job gives up."""
+    default model's `llm:<sha256>` before the job gives up (at once when the walk named nobody)."""
     site = Page()
     site.start()
     try:
@@ -82,7 +82,7 @@ def test_a_job_needing_scrape_or_llm_makes_its_node_look_those_up_in_the_dht(mak
         assert rep["status"] == "failed", rep  # nobody here has a model...
         assert "the mesh offers 0" in rep["steps"]["say"]["error"]
         assert looked_up().get(llm, 0) >= 1  # ...which the node made sure of, in the DHT, before giving up
-        assert FIND_WAIT_S <= waited < FIND_WAIT_S + 30, waited
+        assert waited < FIND_WAIT_S, waited  # and once the DHT named nobody, it did not wait for links
     finally:
         site.stop()
 
