@@ -48,12 +48,34 @@ def cmd_node(args: argparse.Namespace) -> int:
         credit_line=args.credit_line, collude=args.collude or "", spot_rate=args.spot_rate,
         blacklist_s=args.blacklist, core_log=args.core_log, scrape_allow=args.scrape_allow,
         browser=args.browser or "", no_scrape=args.no_scrape, keep_jobs=args.keep_jobs, transport=args.transport,
-        relay=not args.no_relay, max_links=args.max_links,
+        relay=not args.no_relay, max_links=args.max_links, rates=_rates(args.rate),
         advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
         if args.advertise else "",
     )
     run_node(opts)
     return 0
+
+
+def _rates(items: list[str]) -> RateCard:  # noqa: F821 - imported where used (CLI start-up)
+    """`--rate KEY=CREDITS` (repeatable) over the default rate card."""
+    from mesh.wire.messages import RateCard
+    from mesh.wire.records import DEFAULT_RATES, card_problem
+
+    names = [f.name for f in dataclasses.fields(RateCard)]
+    card = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in names:
+            raise ConfigError(f"--rate {item}: expected KEY=CREDITS with KEY one of {', '.join(names)}")
+        try:
+            card[key] = float(value)
+        except ValueError:
+            raise ConfigError(f"--rate {item}: {value!r} is not a number") from None
+    rates = dataclasses.replace(DEFAULT_RATES, **card)
+    problem = card_problem(rates)
+    if problem:
+        raise ConfigError(f"--rate: {problem}")
+    return rates
 
 
 def _bootstrap(text: str, transport: str) -> str:
@@ -435,6 +457,11 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--max-links", type=int, default=64, metavar="N",
                     help="peers to link on this node's own initiative, from gossip (default 64); beyond that, "
                          "workers for what jobs need are found in the DHT (8 per capability)")
+    sp.add_argument("--rate", action="append", default=[], metavar="KEY=CREDITS",
+                    help="what this node charges, signed into its peer record (repeatable): cpu_s per CPU-second "
+                         "of python (default 1), tokens_1k per 1,000 tokens generated (10), scored_1k per 1,000 "
+                         "tokens verified (2.5), scrape per page (1); a payer pays at most your own measured "
+                         "work at these rates, and a receipt for more is refused")
     sp.add_argument("--no-relay", action="store_true",
                     help="do not relay for peers behind NATs, even when this node is reachable (it relays by "
                          "default, with limits: 64 circuits, 256 MiB and one hour each)")

@@ -12,8 +12,10 @@ from typing import Any
 
 from mesh.core.compare import Comparator
 from mesh.core.dag import Job, Step, render, valid_ids
-from mesh.core.policy import Candidate, credit_basis, place
+from mesh.core.policy import Candidate, candidate_from, place
+from mesh.core.pricing import cap, pay
 from mesh.core.quorum import Accept, Decision, GiveUp, NeedMore, Tally
+from mesh.wire.messages import RateCard
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Replica:
     deadline: float = 0.0
     role: str = "generate"  # or "verify": scored another worker's claimed output (compare 'score')
     verdict: bool | None = None  # a verifier's: did it accept the claim?
+    rates: RateCard = RateCard()  # the worker's rate card when it was asked: what it is paid at
 
 
 @dataclass
@@ -80,7 +83,8 @@ class StepRun:
     output: Any = None
     digest: str = ""
     error: str = ""
-    credit: float = 0.0
+    credit: float = 0.0  # the least any agreeing worker is paid
+    credits: dict[str, float] = field(default_factory=dict)  # what each agreeing worker is paid
     overturned_by: str = ""  # the recheck that replaced the accepted answer
     scoring: bool = False  # compare 'score': one generation, verified by scoring (until a verifier objects)
     claim: Replica | None = None  # the generation being verified
@@ -300,10 +304,11 @@ class JobRun:
         kind, params = ("score", {**(run.params or {}), "claim": run.claim.output,
                                   "token_ids": run.claim.work["token_ids"]}) if verify else (
             run.kind, run.params)
+        cards = {c.node: c.rates for c in pool}
         for node in picked:
             run.tally.issue(node)
             run.replicas[node] = Replica(node, deadline=now + self.job.timeout,
-                                         role="verify" if verify else "generate")
+                                         role="verify" if verify else "generate", rates=cards.get(node, RateCard()))
             out.append(Dispatch(sid, node, kind, params, now + self.job.timeout))
         return result
 
@@ -344,12 +349,16 @@ class JobRun:
             makers = [r for r in agreeing if r.role == "generate"] or agreeing
             verifiers = [r for r in agreeing if r.role == "verify"]
             run.status, run.key, run.digest, run.output = "done", decision.key, makers[0].digest, makers[0].output
-            run.credit, basis = credit_basis(run.kind, [r.work for r in makers])
-            credits = {}
+            credits, basis = pay(run.kind, {r.node: r.work for r in makers}, {r.node: r.rates for r in makers},
+                                 cap(run.kind, run.params, self.job.timeout))
+            run.credit = min(credits.values())
             if verifiers:  # scoring is cheaper than generating, and paid as such
-                vcredit, vbasis = credit_basis("score", [r.work for r in verifiers])
-                credits = {r.node: vcredit for r in verifiers}
+                scored = {"token_ids": run.claim.work.get("token_ids")} if run.claim is not None else {}
+                vcredits, vbasis = pay("score", {r.node: r.work for r in verifiers},
+                                       {r.node: r.rates for r in verifiers}, cap("score", scored, self.job.timeout))
+                credits.update(vcredits)
                 basis = f"{basis}; verifiers: {vbasis}"
+            run.credits = credits
             self.outcomes.append(Outcome(sid, run.kind, True, run.digest, decision.agreeing,
                                          decision.dissenting, decision.failed, run.credit, basis=basis,
                                          credits=credits))
@@ -422,6 +431,8 @@ class JobRun:
                     entry["error"] = rep.error
                 if rep.work:
                     entry["work"] = rep.work
+                if node in run.credits:
+                    entry["credit"] = run.credits[node]
                 replicas.append(entry)
             steps[sid] = {"status": run.status, "kind": run.kind, "output": run.output, "digest": run.digest,
                           "replicas": replicas, "credit": run.credit, "unreplicated": run.alone,
@@ -440,7 +451,7 @@ def replay_log(job_id: str, job: Job, seed: int, log: list, margin: bool = True)
     for entry in log:
         name, args = entry[0], entry[1:]
         if name == "advance":
-            workers = {k: [Candidate(**c) for c in v] for k, v in args[0].items()}
+            workers = {k: [candidate_from(c) for c in v] for k, v in args[0].items()}
             run.advance(workers, args[1], frozenset(args[2]))
         elif name == "outcomes":
             run.take_outcomes()

@@ -1,13 +1,14 @@
-"""Pure policies shared by the node and the simulator: placement, reputation and credit. No I/O, no
+"""Pure policies shared by the node and the simulator: placement and reputation (credit: pricing.py). No I/O, no
 clock, randomness only from the RNG passed in."""
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from mesh.wire.messages import RateCard
 
 MIN_WEIGHT = 0.02  # a peer at the bottom still gets the odd chance to redeem itself
 
@@ -19,10 +20,17 @@ class Candidate:
     prefix: str  # network prefix (e.g. /24 of its address) for sybil spreading
     streak: int = 0  # consecutive validated (replicated and agreeing) results: adaptive replication
     group: str = ""  # reputation group (see reputation_group); '' → its prefix
+    rates: RateCard = RateCard()  # what it charges (its signed record's rate card)
 
     @property
     def cohort(self) -> str:
         return self.group or self.prefix
+
+
+def candidate_from(data: dict) -> Candidate:
+    """A Candidate from its logged form (dataclasses.asdict, for replays): the rate card comes back typed."""
+    rates = data.get("rates")
+    return Candidate(**({**data, "rates": RateCard(**rates)} if isinstance(rates, dict) else data))
 
 
 BANDS = ((0.8, "proven"), (0.6, "good"), (0.45, "new"), (0.0, "doubtful"))
@@ -186,33 +194,3 @@ def place(candidates: list[Candidate], k: int, rng: random.Random, avoid: frozen
             taken.add(c.node)
             prefixes.add(c.prefix)
     return chosen
-
-
-def step_credit(kind: str, works: list[dict]) -> float:
-    """Credit granted to each agreeing worker: measured work, the lowest claim among agreeing workers
-    (as BOINC grants), so no worker is paid for what it alone claims. llm: 0.01 per token generated;
-    python: CPU-seconds, at least 0.01."""
-    return credit_basis(kind, works)[0]
-
-
-def credit_basis(kind: str, works: list[dict]) -> tuple[float, str]:
-    """The credit of step_credit and, in words, how it was measured (for `mesh ledger explain`)."""
-    if not works:
-        return 0.0, "no agreeing worker"
-    if kind == "score":
-        tokens = min(_num(w.get("tokens")) for w in works)
-        return round(max(0.01, 0.0025 * tokens), 6), (
-            f"{tokens:g} tokens scored (lowest count among {len(works)} verifiers) × 0.0025, at least 0.01")
-    if kind in ("llm", "ask-model"):
-        tokens = min(_num(w.get("tokens")) for w in works)
-        return round(max(0.01, 0.01 * tokens), 6), (
-            f"{tokens:g} tokens generated (lowest count among {len(works)} agreeing workers) × 0.01, at least 0.01")
-    cpu = min(_num(w.get("cpu_s")) for w in works)
-    return round(max(0.01, cpu), 6), (
-        f"{cpu:.4f} CPU-seconds (lowest among {len(works)} agreeing workers), at least 0.01")
-
-
-def _num(value: object) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
-        return float(min(value, 1e6))
-    return 0.0

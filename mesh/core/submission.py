@@ -32,7 +32,7 @@ from mesh.core.effects import (
     as_json,
 )
 from mesh.core.jobrun import Dispatch, JobRun, Outcome, Replica
-from mesh.core.policy import Candidate, RecheckEvidence, StepEvidence
+from mesh.core.policy import Candidate, RecheckEvidence, StepEvidence, candidate_from
 from mesh.core.spotcheck import Challenge, SpotChecker
 from mesh.wire.canonical import digest
 
@@ -357,6 +357,6 @@ def replay_log(log: list, make: Callable[[Config], Submission] | None = None) ->
         if name == "submit":
             args[1] = parse_job(args[1])
         elif name == "tick":
-            args[1] = {k: [Candidate(**c) for c in v] for k, v in args[1].items()}
+            args[1] = {k: [candidate_from(c) for c in v] for k, v in args[1].items()}
         getattr(sub, name)(*args)
     return json.loads(json.dumps(sub.log))

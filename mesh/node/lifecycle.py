@@ -59,8 +59,8 @@ from mesh.steps.stepuser import StepUser, step_user
 from mesh.wire.canonical import canonical
 from mesh.wire.envelope import ANYONE, DEFAULT_FRAME_CAP, Envelope, Receiver, Sealer
 from mesh.wire.identity import Identity, load_or_create
-from mesh.wire.messages import Bye, Hello, PeerRecord
-from mesh.wire.records import MAX_ALT, RECORD_TTL_MS, make_record
+from mesh.wire.messages import Bye, Hello, PeerRecord, RateCard
+from mesh.wire.records import DEFAULT_RATES, MAX_ALT, RECORD_TTL_MS, make_record
 from mesh.wire.schema import parse
 
 log = logging.getLogger("mesh.node.lifecycle")
@@ -102,6 +102,7 @@ class NodeOptions:
     transport: str = "libp2p"  # libp2p (Noise-encrypted, keys proven) | tcp (plain, for loopback tests)
     relay: bool = True  # once reachable, relay (with limits) for peers behind NATs
     max_links: int = 64  # peers linked on our own initiative (gossip); the DHT adds workers jobs need
+    rates: RateCard = DEFAULT_RATES  # what this node charges for work (in its signed record)
 
 
 def make_transport(opts: NodeOptions, identity: Identity) -> Transport:
@@ -199,7 +200,7 @@ class Node:
             node_id=self.id, fault=opts.fault, collude=opts.collude, frame_cap=opts.frame_cap,
             limits=self.gateway.limits, kinds=tuple(self.kinds), models=tuple(self.models),
             model_error=self.model_error, steps=steps, send=self.send, send_dialling=self.send_dialling,
-            record=self.record, ledger_error=lambda: self.ledger_error, count=self.receiver.count))
+            record=self.record, ledger_error=lambda: self.ledger_error, count=self.receiver.count, rates=opts.rates))
         self.api_view = NodeFacade(  # what the HTTP API sees of this node (mesh.http never imports it)
             node_id=self.id, token=self.token, home=opts.home, ledger_path=opts.home / LEDGER_FILE,
             jobs_dir=opts.home / "jobs",
@@ -287,7 +288,8 @@ class Node:
         if self.own_record is None or self.own_record.issued + RECORD_TTL_MS // 3 < now:
             addrs = [self.opts.advertise] if self.opts.advertise else self.relayed_addrs or [self.listen]
             self.own_record = make_record(self.identity, self.opts.network, addrs[0],
-                                          self.kinds, self.models, self.sandboxed, now, alt=addrs[1:])
+                                          self.kinds, self.models, self.sandboxed, now, alt=addrs[1:],
+                                          rates=self.opts.rates)
         return self.own_record
 
     def _room(self) -> bool:
@@ -647,7 +649,8 @@ class Node:
             if self.submitter.blacklisted(peer.node):
                 continue
             rep, prefix = self.reputation_of(peer.node), prefix_of(peer.addr)
-            cand = Candidate(peer.node, rep, prefix, self.reputations.streak(peer.node), reputation_group(prefix, rep))
+            cand = Candidate(peer.node, rep, prefix, self.reputations.streak(peer.node), reputation_group(prefix, rep),
+                             peer.record.rates if peer.record else DEFAULT_RATES)
             for cap in peer.capabilities(default):
                 out.setdefault(cap, []).append(cand)
         return out
@@ -671,6 +674,7 @@ class Node:
                 "reachability": self.reachability(), "kinds": self.kinds, "models": self.models, "sandbox": self.sandboxed,
                 "fault": self.opts.fault or None, "peers": peers, "rejected": dict(self.receiver.rejected),
                 "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,
+                "rates": dataclasses.asdict(self.opts.rates),
                 "ledger_error": self.ledger_error or None,
                 "discovery": getattr(self.gateway.transport, "discovery_stats", dict)(),
                 "dials_refused": dict(self.gateway.transport.gate.refused),

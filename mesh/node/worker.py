@@ -17,12 +17,14 @@ from actors.messages import RunStep, StepDone, StepProgress
 from ledger.receipts import BadReceipt, Receipt, verified
 from ledger.store import Entry
 from mesh.core.dag import MODEL_KINDS, check_request
+from mesh.core.pricing import MIN_CHARGE, TOLERANCE, ceiling
 from mesh.errors import JobError, NoAnswer, StepFailed
 from mesh.node.flow import Limits
 from mesh.node.peers import Peer
 from mesh.steps.models import default_model_sha
 from mesh.wire.canonical import canonical, digest
-from mesh.wire.messages import Progress, ReceiptMsg, StepRequest, StepResult
+from mesh.wire.messages import Progress, RateCard, ReceiptMsg, StepRequest, StepResult
+from mesh.wire.records import DEFAULT_RATES
 
 log = logging.getLogger("mesh.node.worker")
 PROGRESS_TEXT = 64 * 1024  # characters of streamed text per progress message (the newest)
@@ -91,6 +93,7 @@ class WorkerPort:
     record: Callable[[list[Entry]], Awaitable[bool]]  # append to the ledger; False when it failed
     ledger_error: Callable[[], str]  # why the ledger cannot be written now ('' when it can)
     count: Callable[[str], None]  # count a refused message under its reason (status: rejected)
+    rates: RateCard = DEFAULT_RATES  # what it charges (its record's card): a receipt above it is refused
 
 
 def failed(req: StepRequest, error: str) -> StepResult:
@@ -107,7 +110,7 @@ class Worker:
     def __init__(self, port: WorkerPort):
         self.port = port
         self.running = 0
-        self.owed: dict[tuple[str, str, str], None] = {}  # (payer node, job, step) this node answered ok
+        self.owed: dict[tuple[str, str, str], float] = {}  # (payer, job, step) answered ok → most it may be paid
 
     async def work(self, peer: Peer, req: StepRequest) -> None:
         port, fault = self.port, self.port.fault
@@ -133,8 +136,8 @@ class Worker:
         if fault == "wrong" and result.ok:
             out = corrupt(result.output, port.collude or port.node_id[:8])
             result = StepResult(req.job, req.step, True, out, digest(out), result.identity, result.work)
-        if result.ok:  # only a step answered for this payer can be paid for (see on_receipt)
-            self.owed[(peer.node, req.job, req.step)] = None
+        if result.ok:  # only a step answered for this payer can be paid for, and at most this (on_receipt)
+            self.owed[(peer.node, req.job, req.step)] = ceiling(req.kind, result.work, port.rates)
             while len(self.owed) > MAX_OWED:
                 del self.owed[next(iter(self.owed))]
         await port.send_dialling(peer, "result", result)
@@ -185,6 +188,11 @@ class Worker:
         why = self._unowed(peer, receipt)
         if why:
             return self._refuse(peer, why)
+        most = self.owed[(peer.node, receipt.job, receipt.step)]
+        if not MIN_CHARGE - TOLERANCE <= receipt.amount <= most + TOLERANCE:
+            return self._refuse(peer, f"receipt for {receipt.amount:g} credits is outside this node's rate card "
+                                      f"for that step (from {MIN_CHARGE:g} to {most:g}: its own measured work at "
+                                      "its own rates)")
         del self.owed[(peer.node, receipt.job, receipt.step)]  # paid once; a second copy is refused
         await self.port.record([Entry("earned", receipt.job, receipt.step, peer.node, float(receipt.amount),
                                       {"receipt": receipt})])

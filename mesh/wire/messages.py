@@ -7,6 +7,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass(frozen=True)
+class RateCard:
+    """What a worker charges, in credits, signed in its peer record: payers price its work with it, and
+    it refuses a receipt for more than its own measured work at these rates (mesh.core.pricing)."""
+
+    cpu_s: float = 1.0  # per CPU-second of a python step
+    tokens_1k: float = 10.0  # per 1,000 tokens generated (llm, ask-model)
+    scored_1k: float = 2.5  # per 1,000 tokens scored (verifying another worker's claim)
+    scrape: float = 1.0  # per page scraped
+
+
 @dataclass
 class PeerRecord:
     """A node's signed description of itself (see mesh.wire.records): spread by gossip, verified before use,
@@ -24,6 +35,7 @@ class PeerRecord:
     # more addresses of the same node, tried in turn when `addr` fails: the circuits of a node behind NAT
     # through its other relays (at most MAX_ALT, mesh.wire.records); signed like the rest
     alt: list[str] = field(default_factory=list)
+    rates: RateCard = field(default_factory=RateCard)  # its prices (checked: mesh.wire.records)
 
 
 @dataclass

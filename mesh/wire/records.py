@@ -4,18 +4,21 @@ with its own key so that gossip can carry it through untrusted peers without let
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 from mesh import PROTOCOL_VERSION
 from mesh.wire.canonical import canonical
 from mesh.wire.identity import Identity, verify
-from mesh.wire.messages import PeerRecord
+from mesh.wire.messages import PeerRecord, RateCard
 
 RECORD_TTL_MS = 30 * 60_000  # re-issued every 10 min; the DHT re-announces every 7.5 min (each round is
 # ~5 DHT walks a node: every 150 s, as with 10 min, they kept a 32-node mesh on 2 cores busy)
 MAX_AHEAD_MS = 120_000  # a record issued further in the future than the envelope window is refused
 MAX_ALT = 2  # addresses beyond `addr`: a node behind NAT holds up to three relay slots
 MAX_ADDR = 300  # characters
+MAX_RATE = 1e6  # credits per unit of work: a rate card above this is refused
+DEFAULT_RATES = RateCard()
 _TAG = b"homemesh/v1/record\x00"
 
 
@@ -25,9 +28,10 @@ def record_bytes(network: str, rec: PeerRecord) -> bytes:
 
 
 def make_record(identity: Identity, network: str, addr: str, kinds: list[str], models: list[str], sandbox: bool,
-                now_ms: int, ttl_ms: int = RECORD_TTL_MS, alt: list[str] = ()) -> PeerRecord:
+                now_ms: int, ttl_ms: int = RECORD_TTL_MS, alt: list[str] = (), rates: RateCard = DEFAULT_RATES
+                ) -> PeerRecord:
     rec = PeerRecord(identity.public_key.hex(), addr, list(kinds), list(models), sandbox, PROTOCOL_VERSION,
-                     now_ms, now_ms + ttl_ms, "", list(alt))
+                     now_ms, now_ms + ttl_ms, "", list(alt), rates)
     rec.sig = identity.sign(record_bytes(network, rec)).hex()
     return rec
 
@@ -48,6 +52,17 @@ def check_record(rec: PeerRecord, network: str, now_ms: int) -> str:
         return "bad-record"
     if len(rec.alt) > MAX_ALT or not all(_address(a) for a in (rec.addr, *rec.alt)):
         return "bad-record"
+    if card_problem(rec.rates):
+        return "bad-rates"
+    return ""
+
+
+def card_problem(card: RateCard) -> str:
+    """'' when every rate is a finite number in (0, MAX_RATE], else what is wrong."""
+    for f in dataclasses.fields(card):
+        value = getattr(card, f.name)
+        if not (isinstance(value, float) and math.isfinite(value) and 0 < value <= MAX_RATE):
+            return f"rate {f.name} must be above 0 and at most {MAX_RATE:g}"
     return ""
 
 

@@ -29,7 +29,7 @@ class FakeNode:
     """What a Node would hand the worker, recorded."""
 
     def __init__(self, answer: object = None, kinds=("python",), fault: str = "", ledger_error: str = ""):
-        self.answer = answer if answer is not None else StepDone("", True, 42, "python:bwrap", {"cpu_s": 0.01})
+        self.answer = answer if answer is not None else StepDone("", True, 42, "python:bwrap", {"cpu_s": 0.25})
         self.sent: list[tuple[str, object]] = []
         self.recorded: list[Entry] = []
         self.counted: Counter[str] = Counter()
@@ -125,6 +125,18 @@ def test_a_receipt_for_an_answered_step_is_booked_once():
     assert entry.kind == "earned" and entry.peer == PAYER.node_id and entry.amount == 0.25
     assert isinstance(entry.detail["receipt"], Receipt) and entry.detail["receipt"].to_json() == r
     assert fake.counted == Counter({"bad-receipt": 1})
+
+
+@pytest.mark.parametrize("amount, booked", [(0.25, True), (0.2500004, True), (0.26, False), (999_999_999, False),
+                                            (0.001, False), (0, False), (-3, False)])
+def test_a_receipt_outside_the_rate_card_for_the_work_measured_is_refused(amount, booked):
+    """The worker measured 0.25 CPU-seconds and charges 1 a CPU-second: 0.01 to 0.25 may be booked."""
+    fake = FakeNode()
+    worker, peer = Worker(fake.port), Peer(PAYER.public_key)
+    asyncio.run(worker.work(peer, request()))
+    asyncio.run(worker.on_receipt(peer, ReceiptMsg(make_receipt(PAYER, "job1", "a", ME.node_id, amount, 1))))
+    assert [e.amount for e in fake.recorded] == ([amount] if booked else [])
+    assert fake.counted == Counter({} if booked else {"bad-receipt": 1})
 
 
 @pytest.mark.parametrize("receipt", [

@@ -1,0 +1,71 @@
+"""Pricing: each agreeing worker is paid at its own rate card for the median of the agreeing replicas'
+own measurements, never more than it claimed itself and never beyond the step's limits; a worker's
+`ceiling` is the most a receipt may give it."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh.core.pricing import MIN_CHARGE, cap, ceiling, pay
+from mesh.wire.identity import Identity
+from mesh.wire.messages import PeerRecord, RateCard
+from mesh.wire.records import DEFAULT_RATES, card_problem, check_record, make_record
+
+CARD = DEFAULT_RATES
+
+
+def test_the_median_claim_is_paid_never_the_largest():
+    works = {"a": {"cpu_s": 0.5}, "b": {"cpu_s": 0.7}, "c": {"cpu_s": 999999.0}}
+    paid, basis = pay("python", works, {}, cap("python", {}, 10))
+    assert paid == {"a": 0.5, "b": 0.7, "c": 0.7}  # median 0.7; a claimed less and gets its own claim
+    assert "median" in basis
+    paid, _ = pay("python", {"a": {"cpu_s": 0.5}, "b": {"cpu_s": 900.0}}, {}, 10.0)
+    assert paid == {"a": 0.5, "b": 0.5}  # of two, the lower: one inflated claim moves nothing
+
+
+def test_the_step_limits_cap_the_work_paid_for():
+    paid, _ = pay("python", {"a": {"cpu_s": 50.0}, "b": {"cpu_s": 60.0}}, {}, cap("python", {}, 10))
+    assert paid == {"a": 10.0, "b": 10.0}  # a 10 s step cannot be worth 50 CPU-seconds
+    paid, _ = pay("llm", {"a": {"tokens": 5000}, "b": {"tokens": 5000}}, {}, cap("llm", {"max_tokens": 16}, 60))
+    assert paid == {"a": 0.16, "b": 0.16}  # 16 tokens asked for × 10 per thousand
+
+
+def test_each_worker_is_paid_at_its_own_card_and_at_least_the_minimum():
+    cheap, dear = RateCard(cpu_s=0.5), RateCard(cpu_s=3.0)
+    paid, _ = pay("python", {"a": {"cpu_s": 2.0}, "b": {"cpu_s": 2.0}}, {"a": cheap, "b": dear}, 10.0)
+    assert paid == {"a": 1.0, "b": 6.0}
+    paid, _ = pay("python", {"a": {"cpu_s": 0.0001}}, {}, 10.0)
+    assert paid == {"a": MIN_CHARGE}
+    paid, _ = pay("scrape", {"a": {"cpu_s": 40.0}, "b": {}}, {"b": RateCard(scrape=2.0)}, 1.0)
+    assert paid == {"a": 1.0, "b": 2.0}  # a page, whatever it took
+    assert pay("python", {}, {}, 10.0) == ({}, "no agreeing worker")
+
+
+@pytest.mark.parametrize("junk", [float("nan"), float("inf"), -5, True, "9", None, [1]])
+def test_junk_figures_count_as_no_work(junk):
+    paid, _ = pay("python", {"a": {"cpu_s": junk}, "b": {"cpu_s": 3.0}}, {}, 10.0)
+    assert paid == {"a": MIN_CHARGE, "b": MIN_CHARGE}  # the lower median is a's 0
+    assert ceiling("python", {"cpu_s": junk}, CARD) == MIN_CHARGE
+
+
+def test_a_worker_ceiling_is_its_own_work_at_its_own_rates():
+    assert ceiling("python", {"cpu_s": 0.25}, CARD) == 0.25
+    assert ceiling("llm", {"tokens": 64}, RateCard(tokens_1k=20.0)) == 1.28
+    assert ceiling("score", {"tokens": 64}, CARD) == 0.16
+    assert ceiling("scrape", {}, CARD) == 1.0
+    # what pay gives a worker never exceeds its ceiling, whatever the others claim
+    works = {"a": {"cpu_s": 0.3}, "b": {"cpu_s": 5.0}, "c": {"cpu_s": 9.0}}
+    paid, _ = pay("python", works, {}, 10.0)
+    assert all(paid[n] <= ceiling("python", works[n], CARD) for n in works)
+
+
+def test_a_rate_card_is_signed_and_checked_in_the_record():
+    me = Identity.generate()
+    rec = make_record(me, "net", "127.0.0.1:4750", ["python"], [], True, 1_000, rates=RateCard(cpu_s=2.0))
+    assert rec.rates.cpu_s == 2.0 and check_record(rec, "net", 2_000) == ""
+    forged = PeerRecord(**{**rec.__dict__, "rates": RateCard(cpu_s=0.001)})
+    assert check_record(forged, "net", 2_000) == "bad-record"  # the signature covers the card
+    assert card_problem(RateCard(cpu_s=float("inf"))) and card_problem(RateCard(scrape=float("nan")))
+    for bad in (0.0, -1.0, 1e7):  # (inf and nan cannot even be signed: canonical JSON has no such numbers)
+        rec = make_record(me, "net", "127.0.0.1:4750", ["python"], [], True, 1_000, rates=RateCard(tokens_1k=bad))
+        assert check_record(rec, "net", 2_000) == "bad-rates"

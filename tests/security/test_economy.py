@@ -1,0 +1,78 @@
+"""Attacks on the economy by peers holding valid keys, over real connections to real nodes (issue:
+credits that mean something). A hostile submitter sets the amounts of the receipts it signs: a worker
+must book only what its own measured work is worth at the rates it advertised."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ledger.receipts import make_receipt
+from mesh.wire.messages import ReceiptMsg, StepRequest
+
+from ..conftest import cli_json, wait_for, write_job
+from .hostile import HostilePeer, ledger_rows, now_ms, rejected, status, wait_rejection
+
+pytestmark = [pytest.mark.mesh, pytest.mark.timeout(90)]
+
+
+def key_of(node) -> bytes:
+    return bytes.fromhex(status(node)["key"])
+
+
+def test_a_payer_cannot_book_a_worker_more_than_its_rate_card_allows(mesh4):
+    """The attack as found: a submitter paid 999,999,999 for `output = 1` and the worker booked it. Now
+    the worker books a receipt only up to its own measured CPU-seconds at its own cpu_s rate (both in
+    its signed record and status), and no less than the minimum charge."""
+    node = mesh4.nodes[1]
+    me, card = key_of(node), status(node)["rates"]
+    assert card["cpu_s"] == 1.0  # the default card, in the node's signed record
+    before = rejected(node)
+    with HostilePeer(node.listen) as evil:
+        evil.handshake(me)
+        answers = {}
+        for step in ("over", "under", "fair"):
+            evil.send(evil.seal("step", me, StepRequest("j1", step, "python", {"code": "output = 1"}, 10.0)))
+            res = evil.expect(lambda f, s=step: f["kind"] == "result" and f["payload"]["step"] == s, 30)
+            assert res is not None and res["payload"]["ok"], res
+            answers[step] = res["payload"]["work"]
+        cpu = answers["fair"]["cpu_s"]
+        assert 0 <= cpu < 1, answers  # `output = 1` costs milliseconds, measured by the worker itself
+        for step, amount in (("over", 999_999_999), ("under", 0.001)):
+            evil.send(evil.seal("receipt", me, ReceiptMsg(make_receipt(evil.identity, "j1", step, node.node_id,
+                                                                       amount, now_ms()))))
+        wait_rejection(node, "bad-receipt", before, "outside this node's rate card", at_least=2)
+        fair = round(max(0.01, cpu * card["cpu_s"]), 6)
+        evil.send(evil.seal("receipt", me, ReceiptMsg(make_receipt(evil.identity, "j1", "fair", node.node_id,
+                                                                   fair, now_ms()))))
+        earned = wait_for(lambda: [r for r in ledger_rows(node.home) if r["kind"] == "earned"
+                                   and r["peer"] == evil.node_id], 15, "the fair receipt booked")
+    assert [(r["step"], r["amount"]) for r in earned] == [("fair", fair)]
+    assert status(node)["balance"] < 1, "the inflated receipt reached the balance"
+    assert "over" not in json.dumps([r["detail"] for r in earned])
+
+
+def test_each_worker_is_paid_at_the_rate_card_in_its_signed_record(make_mesh, tmp_path):
+    """An honest job: node1 asks 5 credits a CPU-second, the others the default 1. The submitter prices
+    every agreeing replica from the median of their own measurements (never above a worker's own), at
+    that worker's card, and each worker books exactly what its receipt says."""
+    mesh = make_mesh(4, lambda i: ["--no-model", *(["--rate", "cpu_s=5"] if i == 1 else [])])
+    dear = mesh.nodes[1]
+    assert status(dear)["rates"]["cpu_s"] == 5.0
+    job = write_job(tmp_path / "busy.json", [{"id": "busy", "kind": "python",
+                                               "params": {"code": "output = sum(i * i for i in range(300000))"}}])
+    rep = cli_json("submit", job, "--home", str(mesh.nodes[0].home), "--redundancy", "3", "--wait")
+    assert rep["status"] == "done", rep
+    replicas = {r["node"]: r for r in rep["steps"]["busy"]["replicas"]}
+    assert len(replicas) == 3 and all(r["agreed"] for r in replicas.values())
+    cpu = {n: r["work"]["cpu_s"] for n, r in replicas.items()}
+    median = sorted(cpu.values())[1]
+    for n, r in replicas.items():
+        rate = 5.0 if n == dear.node_id else 1.0
+        assert r["credit"] == round(max(0.01, min(median, cpu[n]) * rate), 6), (n, r, cpu)
+    for node in mesh.nodes[1:]:
+        earned = wait_for(lambda node=node: [x for x in ledger_rows(node.home) if x["kind"] == "earned"], 15,
+                          f"{node.home.name}'s receipt booked")
+        assert [x["amount"] for x in earned] == [replicas[node.node_id]["credit"]]
+    assert not rejected(dear).get("bad-receipt")
