@@ -87,6 +87,13 @@ def test_port_in_use_and_missing_model(tmp_path: Path):
     assert_one_line_error(res, "HOST:PORT")
 
 
+@pytest.mark.parametrize("rate, says", [("cpu_s=abc", "not a number"), ("gpu=3", "KEY one of cpu_s"),
+                                        ("cpu_s", "KEY=CREDITS"), ("scrape=0", "above 0"), ("tokens_1k=nan", "above 0"),
+                                        ("cpu_s=1e9", "at most")])
+def test_a_bad_rate_card_is_one_line(tmp_path: Path, rate: str, says: str):
+    assert_one_line_error(run_cli("node", "--home", str(tmp_path / "n"), "--rate", rate, timeout=60), "--rate", says)
+
+
 def test_api_token_is_required(make_mesh, tmp_path: Path):
     mesh = make_mesh(1, lambda i: ["--no-model"])
     node = mesh.nodes[0]
