@@ -1,55 +1,144 @@
-"""Earnings a node can prove to anyone: export its receipts, and check such a file offline."""
+"""Earnings a node can prove to anyone: export its receipts, and check such a file offline. A receipt is
+only as good as its payer: anyone can make a key and sign receipts with it, so an export says what its
+node knows of each payer, and a check by another node counts only the receipts whose payers *it* knows
+and trusts, reporting the rest (unknown payers: minted, perhaps; distrusted ones) apart."""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mesh.errors import UserError
+from mesh.wire.identity import node_id_of
 
 from .receipts import BadReceipt, verified
+from .store import Ledger
 
-FORMAT = "homemesh-receipts/1"
-
-
-def export_receipts(rows: list[dict[str, Any]], node: str) -> dict[str, Any]:
-    """The receipts of `rows` (Ledger.history) that paid `node`, exactly as they were signed and stored."""
-    receipts = [r["detail"]["receipt"] for r in rows if r["kind"] == "earned" and "receipt" in r["detail"]]
-    return {"format": FORMAT, "node": node, "receipts": receipts,
-            "total": round(sum(r["amount"] for r in receipts), 6)}
+FORMAT = "homemesh-receipts/2"
+OLD_FORMAT = "homemesh-receipts/1"  # receipts only, no word on their payers: still checked
+TRUST_MIN = 0.5  # a payer below neutral reputation (it lost more than it won) is not trusted
 
 
-def verify_receipts(path: Path) -> tuple[int, float, list[str]]:
-    """Check every receipt in an export: signature, payee, no (job, step) paid twice by one payer.
-    Returns (valid count, valid total, problems)."""
+@dataclass(frozen=True)
+class PayerView:
+    """What one node knows of a payer: whether it ever met it (a signed record, or ledger entries), and
+    its reputation there (None: met, but never judged: neutral)."""
+
+    known: bool
+    reputation: float | None = None
+
+    @property
+    def trusted(self) -> bool:
+        return self.known and (self.reputation is None or self.reputation >= TRUST_MIN)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"known": self.known, "reputation": self.reputation, "trusted": self.trusted}
+
+
+Judge = Callable[[str], PayerView]  # payer node id → what this node knows of it
+
+
+def judge_with(led: Ledger, me: str, record_keys: Iterable[str], now_ms: int | None = None) -> Judge:
+    """Node `me`'s view of payers: itself, its ledger (every peer it has entries about, reputations) and
+    the keys of the signed records it holds (its peers.json)."""
+    seen = led.peers_seen() | {node_id_of(bytes.fromhex(k)) for k in record_keys} | {me}
+    stats = led.peer_stats(int(time.time() * 1000) if now_ms is None else now_ms)
+    return lambda payer: PayerView(payer in seen, stats[payer]["reputation"] if payer in stats else None)
+
+
+def export_receipts(rows: list[dict[str, Any]], node: str, judge: Judge) -> dict[str, Any]:
+    """The receipts of `rows` (Ledger.history) that paid `node`, exactly as they were signed and stored,
+    each with what `node` knows of its payer; `total` counts only payers it trusts."""
+    items, total, total_all = [], 0.0, 0.0
+    for r in rows:
+        raw = r["detail"].get("receipt") if r["kind"] == "earned" else None
+        if raw is None:
+            continue
+        view = judge(node_id_of(bytes.fromhex(raw["payer"])))
+        items.append({"receipt": raw, "payer": view.to_json()})
+        total_all += raw["amount"]
+        total += raw["amount"] if view.trusted else 0.0
+    return {"format": FORMAT, "node": node, "receipts": items, "total": round(total, 6),
+            "total_all": round(total_all, 6)}
+
+
+@dataclass
+class Bucket:
+    receipts: int = 0
+    credits: float = 0.0
+    payers: set[str] = field(default_factory=set)
+
+    def add(self, payer: str, amount: float) -> None:
+        self.receipts, self.credits = self.receipts + 1, self.credits + amount
+        self.payers.add(payer)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"receipts": self.receipts, "credits": round(self.credits, 6), "payers": sorted(self.payers)}
+
+
+@dataclass
+class Checked:
+    """A checked export: valid receipts by what the checking node knows of their payers, and problems."""
+
+    node: str
+    trusted: Bucket = field(default_factory=Bucket)
+    unknown: Bucket = field(default_factory=Bucket)  # payers the checking node never met: minted, perhaps
+    distrusted: Bucket = field(default_factory=Bucket)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> int:
+        return self.trusted.receipts + self.unknown.receipts + self.distrusted.receipts
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": not self.problems, "node": self.node, "valid": self.valid,
+                "total": round(self.trusted.credits, 6),
+                "total_all": round(self.trusted.credits + self.unknown.credits + self.distrusted.credits, 6),
+                "trusted": self.trusted.to_json(), "unknown": self.unknown.to_json(),
+                "distrusted": self.distrusted.to_json(), "problems": self.problems}
+
+
+def verify_receipts(path: Path, judge: Judge | None = None) -> Checked:
+    """Check every receipt in an export (signature, payee, no (job, step) paid twice by one payer) and
+    sort the valid ones by what `judge` (the checking node; None: a machine that knows nobody) knows of
+    their payers. The file's own words about its payers are not taken: its node wrote them."""
+    data = _read(path)
+    node = str(data.get("node"))
+    out = Checked(node)
+    seen: set[tuple[str, str, str, str]] = set()
+    for i, item in enumerate(data["receipts"]):
+        raw = item.get("receipt") if data["format"] == FORMAT and isinstance(item, dict) else item
+        try:
+            r = verified(raw)
+        except BadReceipt as exc:
+            out.problems.append(f"receipt {i + 1}: {exc}")
+            continue
+        key = (r.payer, r.job, r.step, r.worker)
+        if r.worker != node:
+            out.problems.append(f"receipt {i + 1}: receipt is for worker {r.worker[:12]}, not {node[:12]}")
+            continue
+        if key in seen:
+            out.problems.append(f"receipt {i + 1}: the same (payer, job, step) appears twice")
+            continue
+        seen.add(key)
+        view = judge(r.payer_id) if judge else PayerView(False)
+        bucket = out.trusted if view.trusted else out.unknown if not view.known else out.distrusted
+        bucket.add(r.payer_id, float(r.amount))
+    return out
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror}") from None
     except ValueError:
         raise UserError(f"{path} is not JSON") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("receipts"), list):
+    if (not isinstance(data, dict) or data.get("format") not in (FORMAT, OLD_FORMAT)
+            or not isinstance(data.get("receipts"), list)):
         raise UserError(f"{path} is not a homemesh receipts export ({FORMAT})")
-    node = data.get("node")
-    seen: set[tuple[str, str, str, str]] = set()
-    problems: list[str] = []
-    count, total = 0, 0.0
-    for i, raw in enumerate(data["receipts"]):
-        try:
-            r = verified(raw)
-        except BadReceipt as exc:
-            problems.append(f"receipt {i + 1}: {exc}")
-            continue
-        key = (r.payer, r.job, r.step, r.worker)
-        why = ""
-        if r.worker != node:
-            why = f"receipt is for worker {r.worker[:12]}, not {str(node)[:12]}"
-        elif key in seen:
-            why = "the same (payer, job, step) appears twice"
-        if why:
-            problems.append(f"receipt {i + 1}: {why}")
-            continue
-        seen.add(key)
-        count, total = count + 1, total + r.amount
-    return count, round(total, 6), problems
+    return data

@@ -204,6 +204,10 @@ class Ledger:
             runs[peer] = next_streak(runs.get(peer, 0), kind, StepEvidence.in_detail(json.loads(detail)))
         return runs
 
+    def peers_seen(self) -> set[str]:
+        """Every node id any entry names: the peers this ledger has met."""
+        return {peer for (peer,) in self.db.execute("SELECT DISTINCT peer FROM entries")}
+
     def peer_stats(self, now_ms: int | None = None) -> dict[str, dict]:
         """node id → agreed, disagreed, no_show, penalty counts and the time-decayed beta reputation as
         of `now_ms` (default: the newest entry), best first."""

@@ -289,13 +289,27 @@ def _ledger_explain(args: argparse.Namespace, led, me: str) -> int:
 
 
 def _ledger_export(args: argparse.Namespace, led, me: str) -> int:
-    from ledger.export import export_receipts
+    from ledger.export import export_receipts, judge_with
 
-    data = export_receipts(led.history(None), me)
+    data = export_receipts(led.history(None), me, judge_with(led, me, _record_keys(_home(args))))
     _write(args.arg, json.dumps(data, indent=1) + "\n")
-    _emit(args, {"file": args.arg, "receipts": len(data["receipts"]), "total": data["total"]},
-          f"wrote {len(data['receipts'])} receipts worth {data['total']:g} credits to {args.arg}")
+    _emit(args, {"file": args.arg, "receipts": len(data["receipts"]), "total": data["total"],
+                 "total_all": data["total_all"]},
+          f"wrote {len(data['receipts'])} receipts to {args.arg}: {data['total']:g} credits from payers this "
+          f"node trusts, of {data['total_all']:g} in all")
     return 0
+
+
+def _record_keys(home: Path) -> list[str]:
+    """The keys of the signed peer records a node holds (peers.json): peers it has met."""
+    from mesh.node.home import PEERS_FILE
+
+    try:
+        records = json.loads((home / PEERS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    keys = [r.get("key") for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+    return [k for k in keys if isinstance(k, str) and len(k) == 64 and all(c in "0123456789abcdef" for c in k)]
 
 
 def _ledger_balance(args: argparse.Namespace, led, me: str) -> int:
@@ -357,13 +371,41 @@ def _verify_receipts(args: argparse.Namespace) -> int:
 
     if not args.arg:
         raise UserError("mesh ledger verify-receipts needs the FILE written by `mesh ledger export`")
-    count, total, problems = verify_receipts(Path(args.arg))
-    obj = {"ok": not problems, "valid": count, "total": total, "problems": problems}
-    human = f"{count} receipts verify, worth {total:g} credits"
-    if problems:
-        human += "\n" + "\n".join(problems)
-    _emit(args, obj, human)
-    return 0 if not problems else 1
+    judged_by, judge = _payer_judge(args)
+    checked = verify_receipts(Path(args.arg), judge)
+    obj = {**checked.to_json(), "judged_by": judged_by}
+    lines = [f"{checked.valid} receipts verify (signatures, payee, none twice); judged by "
+             + (f"node {judged_by[:16]}" if judged_by else "nobody: no node home here, so every payer is unknown")]
+    for name, bucket, what in (("trusted", checked.trusted, "from payers it knows and trusts"),
+                               ("unknown", checked.unknown, "from payers it never met (minted, perhaps)"),
+                               ("distrusted", checked.distrusted, "from payers it distrusts (low reputation)")):
+        lines.append(f"  {bucket.receipts} {what}: {bucket.credits:g} credits"
+                     + (f" (payers {', '.join(p[:12] for p in sorted(bucket.payers)[:5])})"
+                        if bucket.payers and name != "trusted" else ""))
+    lines.append(f"total: {obj['total']:g} credits (trusted payers only)")
+    _emit(args, obj, "\n".join(lines + checked.problems))
+    return 0 if not checked.problems else 1
+
+
+def _payer_judge(args: argparse.Namespace):
+    """(node id, judge) of the node home that checks an export: --home, else the default home if it
+    holds a node; (None, None) on a machine with none."""
+    from ledger.export import judge_with
+    from ledger.store import Ledger
+    from mesh.node.home import LEDGER_FILE
+    from mesh.wire.identity import load
+
+    home = _home(args)
+    if not (home / LEDGER_FILE).exists():
+        if args.home:
+            raise UserError(f"no ledger in {home}: not a node home")
+        return None, None
+    me = load(home).node_id
+    led = Ledger(home / LEDGER_FILE, readonly=True)
+    try:
+        return me, judge_with(led, me, _record_keys(home))
+    finally:
+        led.close()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -555,8 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("ledger", cmd_ledger, "read this node's ledger (works while the node is stopped): balance, peers "
              "(ranked by reputation), history, verify (the hash chain and every receipt), explain ENTRY (why a "
-             "credit or reputation change happened), export FILE (earned receipts), verify-receipts FILE "
-             "(check an export offline, on any machine)", json_flag=True)
+             "credit or reputation change happened), export FILE (earned receipts, each with what this node "
+             "knows of its payer), verify-receipts FILE (check an export offline: signatures, payee, nothing "
+             "twice; only payers the checking node (--home, or the default home) knows and trusts are counted, "
+             "payers it never met or distrusts are reported apart)", json_flag=True)
     sp.add_argument("what", choices=["balance", "peers", "history", "verify", "explain", "export", "verify-receipts"])
     sp.add_argument("arg", nargs="?", metavar="ENTRY|FILE", help="entry id for explain, file for export and verify-receipts")
     sp.add_argument("--limit", type=int, default=100, help="history: newest N entries")

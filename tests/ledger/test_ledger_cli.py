@@ -42,13 +42,21 @@ def test_explain_history_export_and_offline_check(paid_mesh, tmp_path: Path):
     out = tmp_path / "earned.json"
     res = run_cli("ledger", "export", str(out), "--home", str(worker.home))
     assert res.returncode == 0, res.stderr
-    check = cli_json("ledger", "verify-receipts", str(out))
-    assert check["ok"] and check["valid"] == 2
-    balance = cli_json("ledger", "balance", "--home", str(worker.home))["balance"]
-    assert check["total"] == pytest.approx(balance)
-
     data = json.loads(out.read_text())
-    data["receipts"][0]["amount"] *= 100  # a worker inflating its earnings
+    assert [item["payer"] for item in data["receipts"]] == [{"known": True, "reputation": None, "trusted": True}] * 2
+    balance = cli_json("ledger", "balance", "--home", str(worker.home))["balance"]
+    assert data["total"] == data["total_all"] == pytest.approx(balance)
+    # checked by the node that paid: it knows and trusts itself
+    check = cli_json("ledger", "verify-receipts", str(out), "--home", str(sub.home))
+    assert check["ok"] and check["valid"] == 2 and check["judged_by"] == sub.node_id
+    assert check["total"] == pytest.approx(balance) and check["unknown"]["receipts"] == 0
+    # checked on a machine with no node: the receipts verify, but nothing vouches for their payer
+    res = run_cli("ledger", "verify-receipts", str(out), "--json", env={"MESH_HOME": str(tmp_path / "nobody")})
+    nobody = json.loads(res.stdout)
+    assert res.returncode == 0 and nobody["valid"] == 2 and nobody["judged_by"] is None
+    assert nobody["total"] == 0 and nobody["unknown"]["credits"] == pytest.approx(balance)
+
+    data["receipts"][0]["receipt"]["amount"] *= 100  # a worker inflating its earnings
     data["receipts"].append(dict(data["receipts"][1]))  # and counting one twice
     out.write_text(json.dumps(data))
     res = run_cli("ledger", "verify-receipts", str(out))

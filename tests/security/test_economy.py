@@ -9,10 +9,20 @@ import json
 import pytest
 
 from ledger.receipts import make_receipt
-from mesh.wire.messages import ReceiptMsg, StepRequest
+from mesh.wire.identity import Identity
+from mesh.wire.messages import Bye, ReceiptMsg, StepRequest
 
-from ..conftest import cli_json, wait_for, write_job
-from .hostile import HostilePeer, ledger_rows, now_ms, rejected, status, wait_rejection
+from ..conftest import cli_json, run_cli, wait_for, write_job
+from .hostile import (
+    HostilePeer,
+    ledger_rows,
+    now_ms,
+    penalties,
+    rejected,
+    status,
+    tamper_signature,
+    wait_rejection,
+)
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(90)]
 
@@ -76,3 +86,45 @@ def test_each_worker_is_paid_at_the_rate_card_in_its_signed_record(make_mesh, tm
                           f"{node.home.name}'s receipt booked")
         assert [x["amount"] for x in earned] == [replicas[node.node_id]["credit"]]
     assert not rejected(dear).get("bad-receipt")
+
+
+def test_earnings_from_payers_the_checking_node_never_met_or_distrusts_are_not_counted(mesh4, tmp_path):
+    """The attack as found: receipts signed by fresh keys (1e10 in all) passed `verify-receipts` and were
+    counted. An export now says what its node knows of each payer, but the check believes only its own
+    node: receipts from payers it never met (minted, perhaps) and from payers it distrusts (here, a key
+    it penalised) verify, and are reported apart, outside the total."""
+    sub, worker = mesh4.nodes[0], mesh4.nodes[1]
+    job = write_job(tmp_path / "j.json", [{"id": "a", "kind": "python", "params": {"code": "output = 3"}}])
+    assert cli_json("submit", job, "--home", str(sub.home), "--redundancy", "3", "--wait")["status"] == "done"
+    wait_for(lambda: any(r["kind"] == "earned" for r in ledger_rows(worker.home)), 15, "the worker's receipt")
+    out = tmp_path / "earned.json"
+    assert run_cli("ledger", "export", str(out), "--home", str(worker.home)).returncode == 0
+    data = json.loads(out.read_text())
+    assert data["total"] == data["total_all"]  # every payer of the worker is one it met
+    # (the module's other tests paid this worker from keys of their own: node0 never met those)
+    honest = round(sum(i["receipt"]["amount"] for i in data["receipts"] if i["receipt"]["payer"] == key_of(sub).hex()), 6)
+    others = len(data["receipts"]) - sum(i["receipt"]["payer"] == key_of(sub).hex() for i in data["receipts"])
+    assert honest > 0
+
+    with HostilePeer(sub.listen) as bad:  # a key the checking node penalised (20 forged envelopes)
+        bad.handshake(key_of(sub))
+        for _ in range(20):
+            bad.send(tamper_signature(bad.seal("bye", key_of(sub), Bye("x"))))
+        wait_for(lambda: penalties(sub.home).get(bad.node_id, 0) >= 1, 15, "a penalty for the forger")
+    fresh = [Identity.generate() for _ in range(3)]
+    lie = {"known": True, "reputation": 1.0, "trusted": True}  # the file's own word on its payers
+    data["receipts"] += [{"receipt": make_receipt(k, f"minted-{i}", "s", worker.node_id, 1e8, now_ms()), "payer": lie}
+                         for i, k in enumerate(fresh)]
+    data["receipts"].append({"receipt": make_receipt(bad.identity, "j", "s", worker.node_id, 5e7, now_ms()),
+                             "payer": lie})
+    data["total"] = data["total_all"] = 3e8 + 5e7 + honest
+    out.write_text(json.dumps(data))
+
+    check = cli_json("ledger", "verify-receipts", str(out), "--home", str(sub.home))
+    assert check["ok"] and check["valid"] == len(data["receipts"])  # every signature is good...
+    assert check["total"] == pytest.approx(honest)  # ...but only the checking node's trusted payers count
+    assert check["unknown"]["receipts"] == 3 + others and check["unknown"]["credits"] >= 3e8
+    assert set(check["unknown"]["payers"]) >= {k.node_id for k in fresh}
+    assert check["distrusted"] == {"receipts": 1, "credits": 5e7, "payers": [bad.node_id]}
+    text = run_cli("ledger", "verify-receipts", str(out), "--home", str(sub.home)).stdout
+    assert "never met (minted, perhaps)" in text and f"total: {honest:g} credits" in text
