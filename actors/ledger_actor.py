@@ -9,7 +9,8 @@ from pathlib import Path
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
 from ledger.store import Ledger
-from mesh.errors import LedgerError
+from mesh.errors import ConfigError, LedgerError
+from mesh.wire.identity import load
 
 from .messages import EntriesRecorded, OpenLedger, PeerStatsQuery, PeerStatsReply, RecordEntries
 
@@ -26,9 +27,10 @@ class LedgerActor(ActorTypeDispatcher):
 
     def receiveMsg_OpenLedger(self, msg: OpenLedger, sender) -> None:
         try:
-            self.ledger = Ledger(Path(msg.path))
+            me = load(Path(msg.home)) if msg.home else None  # its key signs the chain's heads
+            self.ledger = Ledger(Path(msg.path), signer=me.sign if me else None, node=me.node_id if me else "")
             self.error = ""
-        except LedgerError as exc:
+        except (LedgerError, ConfigError) as exc:
             self.error = str(exc)
 
     def receiveMsg_RecordEntries(self, msg: RecordEntries, sender) -> None:

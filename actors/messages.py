@@ -86,6 +86,7 @@ class ModelLoaded:
 @dataclass(frozen=True)
 class OpenLedger:
     path: str
+    home: str = ""  # the node home whose key signs the ledger's heads ('' → unsigned)
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ class NodeActor(ActorTypeDispatcher):
         from .ledger_actor import LedgerActor
 
         self.ledger = self.createActor(LedgerActor)
-        self.send(self.ledger, OpenLedger(self.config.ledger_path))
+        self.send(self.ledger, OpenLedger(self.config.ledger_path, self.config.home))
 
     def _spawn_runner(self, sha: str) -> None:
         from .model_runner import ModelRunnerActor

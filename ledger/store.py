@@ -17,11 +17,11 @@ from mesh.core.policy import Evidence, StepEvidence, next_streak
 from mesh.errors import LedgerError
 from mesh.wire.canonical import canonical_text
 
+from .heads import GENESIS, HEAD_EVERY, Head, Signer, check_heads
 from .receipts import BadReceipt, verified
 
 KINDS = ("paid", "earned", "agreed", "disagreed", "no_show", "penalty", "spot_failed")
 REPUTATION_KINDS = ("agreed", "disagreed", "no_show", "penalty", "spot_failed")
-GENESIS = "0" * 64
 _HEAD = struct.Struct(">qqd")
 _LENS = struct.Struct(">5I")
 
@@ -44,6 +44,9 @@ MIGRATIONS: list[str] = [
         UNIQUE (kind, job, step, peer)
     );
     CREATE INDEX entries_peer ON entries (peer, kind);
+    """,
+    """
+    CREATE TABLE heads (n INTEGER PRIMARY KEY, hash TEXT NOT NULL, sig TEXT NOT NULL);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -77,8 +80,11 @@ def entry_hash(prev: str, row_id: int, ts: int, kind: str, job: str, step: str, 
 
 
 class Ledger:
-    def __init__(self, path: Path, readonly: bool = False):
-        self.path = path
+    """One node's ledger. Given `signer` (the node's key) and `node` (its id), a writable ledger signs
+    its chain's head when opened, every HEAD_EVERY entries and when closed (ledger/heads.py)."""
+
+    def __init__(self, path: Path, readonly: bool = False, signer: Signer | None = None, node: str = ""):
+        self.path, self.signer, self.node = path, None if readonly else signer, node
         try:
             if readonly:
                 if not path.exists():
@@ -89,6 +95,8 @@ class Ledger:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=FULL")
                 self._migrate()
+                if self.signer is not None and not self.heads():
+                    self._sign_head()  # where signing starts: what came before is vouched for from here
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open ledger {path}: {exc}") from None
 
@@ -115,7 +123,30 @@ class Ledger:
                 raise
 
     def close(self) -> None:
+        """Close, signing the head first (so rows cut from the end after this are seen)."""
+        try:
+            if self.signer is not None and (heads := self.heads()) and heads[-1].n != self._last()[0]:
+                self._sign_head()
+        except sqlite3.Error:
+            pass  # a ledger that cannot be written now keeps its last head; verify still walks the chain
         self.db.close()
+
+    def _last(self) -> tuple[int, str]:
+        row = self.db.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+        return row if row else (0, GENESIS)
+
+    def _sign_head(self) -> None:
+        n, h = self._last()
+        head = Head.sign(self.signer, self.node, n, h)
+        self.db.execute("INSERT OR REPLACE INTO heads VALUES (?,?,?)", (head.n, head.hash, head.sig))
+
+    def heads(self) -> list[Head]:
+        """The signed heads, oldest first (none in a ledger from before they were signed)."""
+        try:
+            rows = self.db.execute("SELECT n, hash, sig FROM heads ORDER BY n").fetchall()
+        except sqlite3.OperationalError:  # read-only, and never opened by a node that signs
+            return []
+        return [Head(*r) for r in rows]
 
     def append(self, entries: list[Entry], ts: int) -> int:
         """Append a batch atomically; entries already present (same kind, job, step, peer) are skipped,
@@ -165,6 +196,9 @@ class Ledger:
                 added.append((batch, amount))
                 prev = h
             cur.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            if self.signer is not None:
+                heads = [Head.sign(self.signer, self.node, r[0], r[9]) for r in rows if r[0] % HEAD_EVERY == 0]
+                cur.executemany("INSERT OR REPLACE INTO heads VALUES (?,?,?)", [(h.n, h.hash, h.sig) for h in heads])
             cur.execute("COMMIT")
         except BaseException:
             if self.db.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
@@ -227,8 +261,13 @@ class Ledger:
                               (entry_id,)).fetchone()
         return _row(row) if row else None
 
-    def verify(self, my_id: str) -> tuple[int, str]:
-        """Walk the chain and the receipts. Returns (entries checked, '') or (bad entry id, reason)."""
+    def verify(self, my_id: str, public_key: bytes | None = None) -> tuple[int, str]:
+        """Walk the chain and the receipts (none booked twice); given the node's `public_key`, also hold
+        the chain to its signed heads. Returns (entries checked, '') or (bad entry id, reason)."""
+        heads = self.heads()
+        at = {h.n for h in heads}
+        hashes: dict[int, str] = {}
+        booked: dict[tuple[str, str, str, str], int] = {}
         prev, expect_id, n = GENESIS, 1, 0
         for row in self.db.execute("SELECT id, ts, kind, job, step, peer, amount, detail, prev, hash "
                                    "FROM entries ORDER BY id"):
@@ -240,8 +279,19 @@ class Ledger:
             bad = _check_money(kind, job, step, peer, amount, detail, my_id)
             if bad:
                 return rid, f"entry {rid}: {bad}"
+            if kind in ("paid", "earned"):
+                r = json.loads(detail)["receipt"]
+                key = (r["payer"], r["job"], r["step"], r["worker"])
+                if key in booked:
+                    return rid, f"entry {rid} books the receipt entry {booked[key]} already booked"
+                booked[key] = rid
+            if rid in at:
+                hashes[rid] = rhash
             prev, expect_id, n = rhash, expect_id + 1, n + 1
-        return n, ""
+        if public_key is None:
+            return n, ""
+        bad_id, why = check_heads(heads, hashes, n, my_id, public_key)
+        return (bad_id, why) if why else (n, "")
 
 
 def _row(r: tuple) -> dict[str, Any]:

@@ -341,11 +341,13 @@ def _ledger_history(args: argparse.Namespace, led, me: str) -> int:
 
 
 def _ledger_verify(args: argparse.Namespace, led, me: str) -> int:
-    n, why = led.verify(me)
+    from mesh.wire.identity import load
+
+    n, why = led.verify(me, load(_home(args)).public_key)
     if why:
         _emit(args, {"ok": False, "entry": n, "reason": why}, f"ledger does NOT verify: {why}")
         return 1
-    _emit(args, {"ok": True, "entries": n}, f"ledger verifies: {n} entries, chain and receipts intact")
+    _emit(args, {"ok": True, "entries": n}, f"ledger verifies: {n} entries; chain, receipts and signed heads intact")
     return 0
 
 

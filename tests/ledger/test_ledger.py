@@ -455,3 +455,49 @@ def test_a_detail_value_without_json_is_refused(ledger, peer):
     with pytest.raises(TypeError, match="has no to_json"):
         ledger.append([Entry("agreed", "j", "s", peer.node_id, 0.0, {"why": object()})], TS)
     assert ledger.history() == []
+
+
+# -- signed heads -----------------------------------------------------------------------------------------
+
+def signed(tmp_path, me: Identity) -> Ledger:
+    return Ledger(tmp_path / "signed.db", signer=me.sign, node=me.node_id)
+
+
+def test_heads_are_signed_at_open_every_64_entries_and_at_close(tmp_path, me, peer):
+    led = signed(tmp_path, me)
+    assert [h.n for h in led.heads()] == [0]
+    led.append([Entry("agreed", "j", f"s{i}", peer.node_id) for i in range(130)], TS)
+    assert [h.n for h in led.heads()] == [0, 64, 128]
+    led.close()
+    led = Ledger(tmp_path / "signed.db", readonly=True)
+    assert [h.n for h in led.heads()] == [0, 64, 128, 130]
+    assert led.verify(me.node_id, me.public_key) == (130, "")
+    assert led.verify(me.node_id, peer.public_key)[1].endswith("does not verify with this node's key (forged)")
+    led.close()
+
+
+def test_a_ledger_without_heads_or_missing_one_does_not_verify_with_the_key(tmp_path, me, peer):
+    led = Ledger(tmp_path / "plain.db")  # never opened by a node that signs
+    led.append([Entry("agreed", "j", "s", peer.node_id)], TS)
+    assert led.verify(me.node_id) == (1, "")  # the chain alone
+    assert "no signed head" in led.verify(me.node_id, me.public_key)[1]
+    led.close()
+    led = signed(tmp_path, me)
+    led.append([Entry("agreed", "j", f"s{i}", peer.node_id) for i in range(70)], TS)
+    led.close()
+    raw(tmp_path / "signed.db", "DELETE FROM heads WHERE n = 64")
+    led = Ledger(tmp_path / "signed.db", readonly=True)
+    assert led.verify(me.node_id, me.public_key) == (64, "no signed head at entry 64 (one is signed every 64): "
+                                                          "heads were deleted")
+    led.close()
+
+
+def test_rows_cut_from_the_end_after_a_close_are_seen(tmp_path, me, peer):
+    led = signed(tmp_path, me)
+    led.append(batch(me, peer), TS)
+    led.close()
+    raw(tmp_path / "signed.db", "DELETE FROM entries WHERE id = 5")
+    led = Ledger(tmp_path / "signed.db", readonly=True)
+    n, why = led.verify(me.node_id, me.public_key)
+    assert n == 4 and "entries after 4 were deleted" in why
+    led.close()

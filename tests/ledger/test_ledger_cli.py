@@ -94,3 +94,68 @@ def test_explain_and_export_errors_are_one_line(tmp_path: Path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     res = run_cli("ledger", "verify-receipts", str(tmp_path / "bad.json"))
     assert res.returncode == 2 and "not a homemesh receipts export" in res.stderr
+
+
+def rebuild_chain(db: sqlite3.Connection) -> None:
+    """What a tamperer who read ledger/store.py does after editing rows: renumber them and hash the
+    chain again, so every row matches its hash."""
+    from ledger.store import GENESIS, entry_hash
+
+    rows = db.execute("SELECT ts, kind, job, step, peer, amount, detail FROM entries ORDER BY id").fetchall()
+    db.execute("DELETE FROM entries")
+    prev = GENESIS
+    for i, (ts, kind, job, step, peer, amount, detail) in enumerate(rows, 1):
+        h = entry_hash(prev, i, ts, kind, job, step, peer, amount, detail)
+        db.execute("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?)", (i, ts, kind, job, step, peer, amount, detail, prev, h))
+        prev = h
+    db.commit()
+
+
+TAMPERINGS = {
+    "the last row deleted": lambda db: db.execute("DELETE FROM entries WHERE id = (SELECT MAX(id) FROM entries)"),
+    "every paid row deleted, the chain rebuilt": lambda db: (db.execute("DELETE FROM entries WHERE kind = 'paid'"),
+                                                            rebuild_chain(db)),
+    "disagreed rewritten as agreed, the chain rebuilt": lambda db: (
+        db.execute("UPDATE entries SET kind = 'agreed' WHERE kind = 'disagreed'"), rebuild_chain(db)),
+    "a receipt booked twice, the chain rebuilt": lambda db: (book_twice(db), rebuild_chain(db)),
+}
+
+
+def book_twice(db: sqlite3.Connection) -> None:
+    """A second row for one receipt: the table rebuilt without its UNIQUE (kind, job, step, peer) first."""
+    db.executescript("""
+        ALTER TABLE entries RENAME TO old;
+        CREATE TABLE entries (id INTEGER PRIMARY KEY, ts INTEGER, kind TEXT, job TEXT, step TEXT, peer TEXT,
+                              amount REAL, detail TEXT, prev TEXT, hash TEXT);
+        INSERT INTO entries SELECT * FROM old;
+        INSERT INTO entries SELECT 1000, ts, kind, job, step, peer, amount, detail, prev, hash
+            FROM old WHERE kind = 'paid' LIMIT 1;
+        DROP TABLE old;""")
+
+
+@pytest.mark.parametrize("tampering", list(TAMPERINGS))
+def test_rewritten_history_is_caught_by_the_signed_heads(make_mesh, tmp_path: Path, tampering: str):
+    """Each edit leaves a chain whose rows all match their hashes, which `verify` passed before the node
+    signed its chain's head (when the ledger opens, every 64 entries and when it closes)."""
+    mesh = make_mesh(4, lambda i: ["--no-model", "--fault", "wrong"] if i == 3 else ["--no-model"])
+    sub = mesh.nodes[0]
+    job = write_job(tmp_path / "j.json", [{"id": "a", "kind": "python", "params": {"code": "output = 5"}}])
+    rep = cli_json("submit", job, "--home", str(sub.home), "--redundancy", "3", "--wait")
+    assert rep["status"] == "done"
+    mesh.stop()  # a clean stop: the ledger signs its head as it closes
+    assert run_cli("ledger", "verify", "--home", str(sub.home)).returncode == 0
+    db = sqlite3.connect(sub.home / "ledger.db")
+    kinds = [k for (k,) in db.execute("SELECT kind FROM entries")]
+    assert "paid" in kinds and "disagreed" in kinds, kinds  # (the liar's answer was outvoted)
+    TAMPERINGS[tampering](db)
+    db.commit()
+    rebuilt = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    db.close()
+    res = run_cli("ledger", "verify", "--home", str(sub.home), "--json")
+    assert res.returncode == 1, (tampering, res.stdout)
+    why = json.loads(res.stdout)["reason"]
+    expect = {"the last row deleted": f"the ledger ends at entry {rebuilt}, but its head was signed at entry",
+              "every paid row deleted, the chain rebuilt": "were deleted",
+              "disagreed rewritten as agreed, the chain rebuilt": "is not the one its signed head names",
+              "a receipt booked twice, the chain rebuilt": "books the receipt entry"}[tampering]
+    assert expect in why, why
