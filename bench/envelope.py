@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mesh.wire.canonical import canonical
 from mesh.wire.envelope import FrameDecoder, Receiver, Sealer
 from mesh.wire.identity import Identity
-from mesh.wire.messages import StepResult
+from mesh.wire.messages import StepResult, Work
 from mesh.wire.schema import dump
 
 from .report import emit
@@ -22,7 +22,7 @@ from .report import emit
 
 def payload() -> StepResult:
     text = "The capital of France is Paris. " * 8  # a typical llm answer, ~260 characters
-    return StepResult("a" * 20, "answer", True, text, "d" * 64, "gguf:" + "e" * 64, {"tokens": 64, "seconds": 1.0})
+    return StepResult("a" * 20, "answer", True, text, "d" * 64, "gguf:" + "e" * 64, Work(tokens=64, seconds=1.0))
 
 
 def raw(n: int) -> float:

@@ -224,7 +224,7 @@ class Submitter:
 
     # -- events from the gateway --------------------------------------------------------------------
     def on_result(self, peer: Peer, res: StepResult, env: Envelope | None = None) -> None:
-        for eff in self.core.on_result(peer.node, res.job, res.step, res.ok, res.digest, res.output, res.work,
+        for eff in self.core.on_result(peer.node, res.job, res.step, res.ok, res.digest, res.output, res.work.to_json(),
                                        res.error, time.monotonic()):
             if not isinstance(eff, Answer):
                 self._apply(eff)

@@ -23,7 +23,7 @@ from mesh.node.flow import Limits
 from mesh.node.peers import Peer
 from mesh.steps.models import default_model_sha
 from mesh.wire.canonical import canonical, digest
-from mesh.wire.messages import Progress, RateCard, ReceiptMsg, StepRequest, StepResult
+from mesh.wire.messages import MAX_WORK_TEXT, Progress, RateCard, ReceiptMsg, StepRequest, StepResult, Work
 from mesh.wire.records import DEFAULT_RATES
 
 log = logging.getLogger("mesh.node.worker")
@@ -97,7 +97,7 @@ class WorkerPort:
 
 
 def failed(req: StepRequest, error: str) -> StepResult:
-    return StepResult(req.job, req.step, False, None, "", "", {}, error)
+    return StepResult(req.job, req.step, False, None, "", "", Work(), error[:MAX_WORK_TEXT])
 
 
 def corrupt(output: object, salt: str) -> object:
@@ -137,7 +137,7 @@ class Worker:
             out = corrupt(result.output, port.collude or port.node_id[:8])
             result = StepResult(req.job, req.step, True, out, digest(out), result.identity, result.work)
         if result.ok:  # only a step answered for this payer can be paid for, and at most this (on_receipt)
-            self.owed[(peer.node, req.job, req.step)] = ceiling(req.kind, result.work, port.rates)
+            self.owed[(peer.node, req.job, req.step)] = ceiling(req.kind, result.work.to_json(), port.rates)
             while len(self.owed) > MAX_OWED:
                 del self.owed[next(iter(self.owed))]
         await port.send_dialling(peer, "result", result)
@@ -177,7 +177,7 @@ class Worker:
         cap = self.port.frame_cap // 2  # the signed result must fit in one frame, with room to spare
         if size > cap:
             return failed(req, f"output of {size} bytes is over this mesh's limit of {cap}")
-        return StepResult(req.job, req.step, True, ran.output, digest(ran.output), ran.identity, ran.work)
+        return StepResult(req.job, req.step, True, ran.output, digest(ran.output), ran.identity, Work.measured(ran.work))
 
     async def on_receipt(self, peer: Peer, msg: ReceiptMsg) -> None:
         """Book a receipt as earned: the JSON from the wire becomes a Receipt here, or is refused."""

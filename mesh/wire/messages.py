@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from mesh.errors import Rejected
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,52 @@ class StepRequest:
     timeout: float  # seconds
 
 
+MAX_WORK_TEXT = 2000  # characters of a step's stdout or stderr kept in its work
+MAX_TOKEN_ID = 1 << 31
+MAX_MEASURE = 1e9
+
+
+@dataclass
+class Work:
+    """What a worker measured for one step, signed in its answer: a few numbers and bounded texts, nothing
+    nested (a peer fills it: it is priced, kept for 1000 jobs and shown in reports)."""
+
+    cpu_s: float = 0.0  # CPU-seconds (python: the step's cgroup; scrape: the page's seconds)
+    peak_mb: float = 0.0
+    tokens: int = 0  # generated, or scored
+    prompt_tokens: int = 0
+    seconds: float = 0.0
+    token_ids: list[int] = field(default_factory=list)  # an llm claim's tokens, for verifiers to score
+    via: str = ""  # how a page was fetched
+    stdout: str = ""
+    stderr: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("cpu_s", "peak_mb", "tokens", "prompt_tokens", "seconds"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value) and 0 <= value <= MAX_MEASURE):
+                raise Rejected("bad-schema", f"work.{name} must be a number from 0 to {MAX_MEASURE:g}")
+        if len(self.token_ids) > 4096 or not all(type(t) is int and 0 <= t < MAX_TOKEN_ID for t in self.token_ids):
+            raise Rejected("bad-schema", "work.token_ids must be at most 4096 token ids")
+        if len(self.via) > 200 or len(self.stdout) > MAX_WORK_TEXT or len(self.stderr) > MAX_WORK_TEXT:
+            raise Rejected("bad-schema", f"work texts are limited (via 200, stdout and stderr {MAX_WORK_TEXT})")
+
+    @classmethod
+    def measured(cls, work: dict[str, Any]) -> Work:
+        """This node's own measurement (the actors' dict), its texts cut to their limits."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        w = {k: v for k, v in work.items() if k in known}
+        for k, cap in (("via", 200), ("stdout", MAX_WORK_TEXT), ("stderr", MAX_WORK_TEXT)):
+            if isinstance(w.get(k), str):
+                w[k] = w[k][-cap:]
+        return cls(**w)
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields measured (the empty ones left out), as the core and reports take them."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (0, 0.0, "", [])}
+
+
 @dataclass
 class StepResult:
     """A worker's signed answer. `digest` is SHA-256 of the canonical output; `identity` names the code
@@ -68,8 +118,13 @@ class StepResult:
     output: object  # the step's JSON output
     digest: str
     identity: str
-    work: dict[str, Any]  # JSON numbers and texts, as the worker measured them
+    work: Work  # what the worker measured
     error: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.digest) > 64 or len(self.identity) > 200 or len(self.error) > MAX_WORK_TEXT:
+            raise Rejected("bad-schema", f"a result's digest, identity and error are limited (64, 200 and "
+                                         f"{MAX_WORK_TEXT} characters)")
 
 
 @dataclass

@@ -9,8 +9,10 @@ import json
 import pytest
 
 from ledger.receipts import make_receipt
+from mesh.wire.canonical import digest
+from mesh.wire.envelope import ANYONE
 from mesh.wire.identity import Identity
-from mesh.wire.messages import Bye, ReceiptMsg, StepRequest
+from mesh.wire.messages import Bye, Hello, ReceiptMsg, StepRequest, StepResult
 
 from ..conftest import cli_json, run_cli, wait_for, write_job
 from .hostile import (
@@ -128,3 +130,38 @@ def test_earnings_from_payers_the_checking_node_never_met_or_distrusts_are_not_c
     assert check["distrusted"] == {"receipts": 1, "credits": 5e7, "payers": [bad.node_id]}
     text = run_cli("ledger", "verify-receipts", str(out), "--home", str(sub.home)).stdout
     assert "never met (minted, perhaps)" in text and f"total: {honest:g} credits" in text
+
+
+def test_a_worker_cannot_put_anything_but_measured_numbers_into_work(make_mesh):
+    """The attack as found: a worker put a 400-deep nested `work` dict in its answer, and GET /jobs/{id}
+    then returned 500 forever; `work` could also be half a megabyte per replica, kept for 1000 jobs. Now
+    `work` has a strict schema (a few numbers, bounded texts): such answers are refused as bad-schema,
+    the report stays readable, and the worker's honest answer later is taken."""
+    node = make_mesh(1, lambda i: ["--no-model"]).nodes[0]
+    me = key_of(node)
+    with HostilePeer(node.listen) as evil:
+        evil.send(evil.seal("hello", ANYONE, Hello(evil.record(kinds=["python"]), [])))
+        assert evil.expect(lambda f: f["kind"] == "hello" and f["to"] == evil.key.hex(), 10)
+        wait_for(lambda: any(p["node"] == evil.node_id and p["state"] == "up" for p in status(node)["peers"]), 10,
+                 "the hostile worker up")
+        job_id = node.client.request("POST", "/jobs", {"job": {"name": "j", "redundancy": 1, "steps": [
+            {"id": "a", "kind": "python", "params": {"code": "output = 1"}}]}})["job_id"]
+        req = evil.expect(lambda f: f["kind"] == "step", 20)
+        assert req is not None, "the step never reached the only worker"
+        deep: dict = {}
+        cur = deep
+        for _ in range(400):
+            cur["x"] = {}
+            cur = cur["x"]
+        before = rejected(node)
+        for work in ({"cpu_s": 0.1, "nested": deep}, {"cpu_s": deep}, {"stdout": "x" * 500_000},
+                     {"cpu_s": 0.1, "token_ids": [2 ** 80]}):
+            evil.send(evil.seal("result", me, StepResult(job_id, "a", True, 1, digest(1), "python:bwrap", work)))
+        wait_rejection(node, "bad-schema", before, evil.label, at_least=4)
+        assert node.client.request("GET", f"/jobs/{job_id}")["status"] == "running"  # readable, still waiting
+        evil.send(evil.seal("result", me, StepResult(job_id, "a", True, 1, digest(1), "python:bwrap",
+                                                     {"cpu_s": 0.002, "peak_mb": 9.5})))
+        rep = wait_for(lambda: (r := node.client.request("GET", f"/jobs/{job_id}"))["status"] == "done" and r, 20,
+                       "the job done on the honest answer")
+    (replica,) = rep["steps"]["a"]["replicas"]
+    assert replica["work"] == {"cpu_s": 0.002, "peak_mb": 9.5}

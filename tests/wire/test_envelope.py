@@ -31,7 +31,7 @@ from mesh.wire.envelope import (
     signed_bytes,
 )
 from mesh.wire.identity import Identity, verify
-from mesh.wire.messages import KINDS, Bye, Hello, PeerRecord, Progress, ReceiptMsg, StepRequest, StepResult
+from mesh.wire.messages import KINDS, Bye, Hello, PeerRecord, Progress, ReceiptMsg, StepRequest, StepResult, Work
 from mesh.wire.records import make_record
 from mesh.wire.schema import parse
 
@@ -140,7 +140,7 @@ def test_every_kind_round_trips(alice, bob):
         "hello": hello(),
         "step": step_req(),
         "result": StepResult("job1", "a", True, {"x": [1, 2.5, "s", None]}, "d" * 64, "python:bwrap",
-                             {"cpu_s": 0.1}),
+                             Work(cpu_s=0.1, token_ids=[5, 7])),
         "receipt": ReceiptMsg({"job": "j", "amount": 1.5}),
         "bye": Bye("shutting down"),
         "progress": Progress("job1", "a", 8, "Once upon a"),
@@ -349,7 +349,7 @@ def test_wrong_recipient(alice, bob):
 
 @pytest.mark.parametrize("kind,payload", [
     ("step", step_req()),
-    ("result", StepResult("j", "a", True, 1, "d", "i", {})),
+    ("result", StepResult("j", "a", True, 1, "d", "i", Work())),
     ("receipt", ReceiptMsg({})),
     ("bye", Bye()),
 ])
@@ -449,10 +449,11 @@ def test_pickle_is_rejected_without_being_unpickled(bob, monkeypatch, protocol):
 def test_pickle_inside_a_payload_stays_an_inert_string(bob):
     blob = pickle.dumps(_Bomb()).decode("latin-1")
     payload = {"job": "j", "step": "a", "ok": True, "output": blob, "digest": "d", "identity": "i",
-               "work": {"pickle": blob}}
+               "work": {"stdout": blob[:2000]}}
     _detonated.clear()
     env = bob.receive(forge(ALICE, "result", payload, to=BOB.public_key, seq=1, ts=T0), T0)
     assert env.payload.output == blob and isinstance(env.payload.output, str)
+    assert env.payload.work.stdout == blob[:2000]
     assert _detonated == []
 
 
