@@ -31,7 +31,17 @@ from mesh.wire.envelope import (
     signed_bytes,
 )
 from mesh.wire.identity import Identity, verify
-from mesh.wire.messages import KINDS, Bye, Hello, PeerRecord, Progress, ReceiptMsg, StepRequest, StepResult, Work
+from mesh.wire.messages import (
+    KINDS,
+    Bye,
+    Hello,
+    PeerRecord,
+    Progress,
+    ReceiptMsg,
+    StepRequest,
+    StepResult,
+    Work,
+)
 from mesh.wire.records import make_record
 from mesh.wire.schema import parse
 
