@@ -121,11 +121,13 @@ def _job_routes(app: FastAPI, node: NodeFacade) -> None:
                   ) -> dict[str, Any]:
         st = node.jobs().get(job_id)
         if st is None:
-            return saved_report(node, job_id)
+            return JSONResponse(saved_report(node, job_id))
         if wait > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(st.done.wait(), wait)
-        return node.report(st)
+        # encoded as plain JSON: pydantic's encoder stops at 255 levels, and a step's output may nest
+        # deeper (a python step's, or a hostile worker's answer): the report then failed with a 500
+        return JSONResponse(node.report(st))
 
     @app.get("/jobs/{job_id}/events", dependencies=AUTH,
              responses={**ERRORS, **NOT_FOUND, 200: {"content": {"text/event-stream": {}}, "description":
