@@ -32,6 +32,7 @@ class Connection:
 
     kind = "direct"  # direct | relayed | hole-punched
     authenticated: bytes | None = None  # the peer key the transport's handshake proved; None on plain TCP
+    remote_ip = ""  # the address the other end really connects from (through a relay: the relay's)
 
     def __init__(self, label: str, limits: Limits):
         self.label = label
@@ -69,6 +70,8 @@ class TcpConnection(Connection):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, label: str, limits: Limits):
         super().__init__(label, limits)
         self.reader, self.writer = reader, writer
+        peer = writer.get_extra_info("peername")
+        self.remote_ip = str(peer[0]) if peer else ""
 
     @property
     def open(self) -> bool:

@@ -648,12 +648,19 @@ class Node:
         for peer in self.peers.up():
             if self.submitter.blacklisted(peer.node):
                 continue
-            rep, prefix = self.reputation_of(peer.node), prefix_of(peer.addr)
+            rep, prefix = self.reputation_of(peer.node), self.observed_prefix(peer)
             cand = Candidate(peer.node, rep, prefix, self.reputations.streak(peer.node), reputation_group(prefix, rep),
                              peer.record.rates if peer.record else DEFAULT_RATES)
             for cap in peer.capabilities(default):
                 out.setdefault(cap, []).append(cand)
         return out
+
+    def observed_prefix(self, peer: Peer) -> str:
+        """The network prefix replicas are spread by: that of the address the peer really connects
+        from (through a relay, the relay's), never the one it advertises (20 sybils on one machine
+        advertised 20 /24s and were spread over as if diverse); the advertised one only while unlinked."""
+        conn = peer.best_conn(self.identity.public_key)
+        return prefix_of(f"{conn.remote_ip}:0") if conn is not None and conn.remote_ip else prefix_of(peer.addr)
 
     def reachability(self) -> str:
         """public | private | unknown: whether peers can dial this node (AutoNAT's verdict, when run)."""

@@ -13,6 +13,7 @@ from mesh.wire.canonical import digest
 from mesh.wire.envelope import ANYONE
 from mesh.wire.identity import Identity
 from mesh.wire.messages import Bye, Hello, ReceiptMsg, StepRequest, StepResult
+from mesh.wire.records import make_record
 
 from ..conftest import cli_json, run_cli, wait_for, write_job
 from .hostile import (
@@ -168,3 +169,31 @@ def test_a_worker_cannot_put_anything_but_measured_numbers_into_work(make_mesh):
     (replica,) = rep["steps"]["a"]["replicas"]
     assert replica["work"] == {"cpu_s": 0.002, "peak_mb": 9.5}
     assert rep["steps"]["a"]["output"] == deep
+
+
+def test_replicas_are_spread_by_the_address_peers_connect_from_not_the_one_they_advertise(make_mesh, tmp_path):
+    """The attack as found: 20 sybils on one machine advertised different /24s and were treated as
+    diverse. Here 10 sybil keys connect from 127.0.0.1 (each advertising its own 10.x.0.0/24) and three
+    honest workers from three loopback /24s of their own: the first three replicas of every step go to
+    distinct observed prefixes, so never to two sybils."""
+    mesh = make_mesh(4, lambda i: ["--no-model", "--listen", f"127.0.{10 if i == 0 else i}.1:0"])
+    node = mesh.nodes[0]
+    sybils = [HostilePeer(node.listen) for _ in range(10)]
+    try:
+        for i, s in enumerate(sybils):
+            rec = make_record(s.identity, s.network, f"10.{i + 1}.0.1:4750", ["python"], [], True, now_ms())
+            s.send(s.seal("hello", ANYONE, Hello(rec, [])))
+        wait_for(lambda: sum(p["state"] == "up" for p in status(node)["peers"]) == 13, 20, "13 workers up")
+        steps = [{"id": f"s{k}", "kind": "python", "params": {"code": f"output = {k}"}} for k in range(10)]
+        node.client.request("POST", "/jobs", {"job": {"name": "spread", "redundancy": 3, "timeout": 30,
+                                                      "steps": steps}})
+        honest = {n.node_id for n in mesh.nodes[1:]}
+        rep = wait_for(lambda: (r := node.client.request("GET", "/jobs"))[0]["status"] != "running" and r, 60,
+                       "the job to end (the sybils never answer: their replicas time out)")
+        report = node.client.request("GET", f"/jobs/{rep[0]['job_id']}")
+        for sid, step in report["steps"].items():
+            first = [r["node"] for r in step["replicas"]][:3]  # (in the order they were placed)
+            assert sum(n not in honest for n in first) <= 1, (sid, first)
+    finally:
+        for s in sybils:
+            s.close()

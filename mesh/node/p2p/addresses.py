@@ -63,10 +63,10 @@ def parse(text: str) -> Target:
         addr = Multiaddr(text)
     except Exception as exc:  # the multiaddr package raises several unrelated types for bad input
         raise ValueError(f"{text!r} is not a multiaddr: {exc}") from None
-    return _target(addr, _components(addr))
+    return _target(addr, components(addr))
 
 
-def _components(addr: Multiaddr) -> list[tuple[str, str]]:
+def components(addr: Multiaddr) -> list[tuple[str, str]]:
     bits = str(addr).strip("/").split("/")
     out, i = [], 0
     while i < len(bits):
@@ -100,5 +100,5 @@ def _target(addr: Multiaddr, parts: list[tuple[str, str]]) -> Target:
 
 def host_port(target: Target) -> tuple[str, int]:
     """The first hop's host and TCP port."""
-    parts = _components(target.addr)
+    parts = components(target.addr)
     return parts[0][1], int(parts[1][1])

@@ -38,7 +38,7 @@ from multiaddr import Multiaddr
 from mesh.node.dialscope import AddressRefused, Gate
 from mesh.node.flow import Limits
 from mesh.node.gateway import DIAL_TIMEOUT, Accept, Connection
-from mesh.node.p2p.addresses import Target, key_of, parse, peer_id_of
+from mesh.node.p2p.addresses import Target, components, key_of, parse, peer_id_of
 from mesh.node.p2p.dht import Discovery
 from mesh.node.p2p.nat import WANT_RELAYS, Nat
 from mesh.node.p2p.triothread import Mailbox, TransportClosed, TrioThread
@@ -141,16 +141,21 @@ class _Turns:
             self.changed = trio.Event()
 
 
-def _bound_connects(host: IHost) -> None:
-    """A TCP connect that has not answered in DIAL_TIMEOUT fails (see LINK_TIMEOUT)."""
+def _bound_connects(host: IHost, source: str = "") -> None:
+    """A TCP connect that has not answered in DIAL_TIMEOUT fails (see LINK_TIMEOUT). Given `source` (the
+    specific IP the node listens on), connects leave from it: peers group replicas by the address a node
+    connects from, and on a machine with several addresses the kernel may pick another."""
+    family = "ip6" if ":" in source else "ip4"
     for tcp in host.get_network().transport_manager.get_transports():
         if not isinstance(tcp, TCP):
             continue
 
-        def bounded(dial):
+        def bounded(dial, tcp=tcp):
             async def dial_bounded(maddr: Multiaddr):
                 try:
                     with trio.fail_after(DIAL_TIMEOUT):
+                        if source and str(maddr).startswith(f"/{family}/"):
+                            return await tcp.dial_with_source(maddr, (source, 0))
                         return await dial(maddr)
                 except trio.TooSlowError:
                     raise OpenConnectionError(f"{maddr}: no answer in {DIAL_TIMEOUT:.0f} s") from None
@@ -468,6 +473,17 @@ class Libp2pTransport:
                 return "relayed"
         return "hole-punched" if peer in self.relayed_peers else "direct"
 
+    def _observed_ip(self, stream: INetStream) -> str:
+        """The IP the link under `stream` comes from: the peer's, or through a relay, the relay's (a
+        relayed peer says nothing true about where it is; its relay is where it connects from)."""
+        for conn in self.host.get_network().get_connections(stream.muxed_conn.peer_id):
+            if conn.muxed_conn is stream.muxed_conn:
+                for addr in conn.get_transport_addresses():
+                    for proto, value in components(addr):
+                        if proto in ("ip4", "ip6"):
+                            return value
+        return ""
+
     # -- trio side -------------------------------------------------------------------------------------
     async def _listen(self, addr: Multiaddr) -> list[str]:
         return await self.thread.nursery.start(self._serve, addr)
@@ -475,7 +491,8 @@ class Libp2pTransport:
     async def _serve(self, addr: Multiaddr, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.host = build_host(self.identity)
         _gate_dials(self.host, self.gate)
-        _bound_connects(self.host)
+        ip = components(addr)[0][1] if components(addr) else ""
+        _bound_connects(self.host, "" if ip in ("", "0.0.0.0", "::") else ip)
         async with self.host.run([addr]):
             self.host.set_stream_handler(PROTOCOL, self._on_stream)
             self.thread.nursery.start_soon(self._sweep_closed)
@@ -515,6 +532,7 @@ class Libp2pTransport:
         kind = self.stream_kind(stream)
         conn = StreamConnection(self.thread, stream, f"{direction}:{str(peer)[-8:]}:{kind}", self.limits, kind,
                                 self.outbox)
+        conn.remote_ip = self._observed_ip(stream)
         self.streams[peer] += 1
         self.thread.nursery.start_soon(self._write_then_forget, conn)
         if self.inbox is not None:
