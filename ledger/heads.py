@@ -1,7 +1,9 @@
 """Signed chain heads. The hash chain shows an edited row, but not a chain rebuilt from the edit on, nor
 rows cut from its end. So the node signs its chain's head (entry count and that entry's hash) with its
-key when the ledger is first opened, every HEAD_EVERY entries and when it closes; `verify` then holds the
-chain to every head it has: a rebuilt chain no longer matches them, a cut one ends before the last.
+key when the ledger is first opened, every HEAD_EVERY entries, and with every write: the latest head,
+signed in the same transaction as the entries it covers (so a killed node leaves no unsigned tail),
+replaces the previous latest. `verify` then holds the chain to every head it has: a rebuilt chain no
+longer matches them, a cut one ends before the last.
 Whoever holds the node's key can sign again; heads kept by peers are what stops that."""
 
 from __future__ import annotations

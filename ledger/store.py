@@ -81,7 +81,7 @@ def entry_hash(prev: str, row_id: int, ts: int, kind: str, job: str, step: str, 
 
 class Ledger:
     """One node's ledger. Given `signer` (the node's key) and `node` (its id), a writable ledger signs
-    its chain's head when opened, every HEAD_EVERY entries and when closed (ledger/heads.py)."""
+    its chain's head when opened, every HEAD_EVERY entries and with every write (ledger/heads.py)."""
 
     def __init__(self, path: Path, readonly: bool = False, signer: Signer | None = None, node: str = ""):
         self.path, self.signer, self.node = path, None if readonly else signer, node
@@ -196,8 +196,12 @@ class Ledger:
                 added.append((batch, amount))
                 prev = h
             cur.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-            if self.signer is not None:
-                heads = [Head.sign(self.signer, self.node, r[0], r[9]) for r in rows if r[0] % HEAD_EVERY == 0]
+            if self.signer is not None and rows:
+                # every 64th entry's head stays; the latest is signed in the same transaction as its entries,
+                # replacing the previous latest (a crash or a killed node must not leave an unsigned tail)
+                heads = [Head.sign(self.signer, self.node, r[0], r[9]) for r in rows
+                         if r[0] % HEAD_EVERY == 0 or r is rows[-1]]
+                cur.execute("DELETE FROM heads WHERE n % ? != 0 AND n != (SELECT MIN(n) FROM heads)", (HEAD_EVERY,))
                 cur.executemany("INSERT OR REPLACE INTO heads VALUES (?,?,?)", [(h.n, h.hash, h.sig) for h in heads])
             cur.execute("COMMIT")
         except BaseException:

@@ -463,15 +463,17 @@ def signed(tmp_path, me: Identity) -> Ledger:
     return Ledger(tmp_path / "signed.db", signer=me.sign, node=me.node_id)
 
 
-def test_heads_are_signed_at_open_every_64_entries_and_at_close(tmp_path, me, peer):
+def test_heads_are_signed_at_open_every_64_entries_and_the_latest_with_each_write(tmp_path, me, peer):
     led = signed(tmp_path, me)
     assert [h.n for h in led.heads()] == [0]
     led.append([Entry("agreed", "j", f"s{i}", peer.node_id) for i in range(130)], TS)
-    assert [h.n for h in led.heads()] == [0, 64, 128]
-    led.close()
-    led = Ledger(tmp_path / "signed.db", readonly=True)
     assert [h.n for h in led.heads()] == [0, 64, 128, 130]
-    assert led.verify(me.node_id, me.public_key) == (130, "")
+    led.append([Entry("agreed", "j", "t", peer.node_id)], TS)
+    assert [h.n for h in led.heads()] == [0, 64, 128, 131]  # the latest replaces the previous latest
+    del led  # killed: never closed
+    led = Ledger(tmp_path / "signed.db", readonly=True)
+    assert [h.n for h in led.heads()] == [0, 64, 128, 131]
+    assert led.verify(me.node_id, me.public_key) == (131, "")
     assert led.verify(me.node_id, peer.public_key)[1].endswith("does not verify with this node's key (forged)")
     led.close()
 

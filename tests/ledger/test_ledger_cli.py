@@ -136,13 +136,13 @@ def book_twice(db: sqlite3.Connection) -> None:
 @pytest.mark.parametrize("tampering", list(TAMPERINGS))
 def test_rewritten_history_is_caught_by_the_signed_heads(make_mesh, tmp_path: Path, tampering: str):
     """Each edit leaves a chain whose rows all match their hashes, which `verify` passed before the node
-    signed its chain's head (when the ledger opens, every 64 entries and when it closes)."""
+    signed its chain's head (when the ledger opens, every 64 entries and in every write)."""
     mesh = make_mesh(4, lambda i: ["--no-model", "--fault", "wrong"] if i == 3 else ["--no-model"])
     sub = mesh.nodes[0]
     job = write_job(tmp_path / "j.json", [{"id": "a", "kind": "python", "params": {"code": "output = 5"}}])
     rep = cli_json("submit", job, "--home", str(sub.home), "--redundancy", "3", "--wait")
     assert rep["status"] == "done"
-    mesh.stop()  # a clean stop: the ledger signs its head as it closes
+    mesh.stop()  # edited at rest (the latest head was signed with the last write)
     assert run_cli("ledger", "verify", "--home", str(sub.home)).returncode == 0
     db = sqlite3.connect(sub.home / "ledger.db")
     kinds = [k for (k,) in db.execute("SELECT kind FROM entries")]
