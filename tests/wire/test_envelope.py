@@ -394,7 +394,7 @@ def test_unknown_kind_with_valid_signature(bob):
     assert rejected(bob, forge(ALICE, "shell", {"cmd": "id"}, to=BOB.public_key, seq=1, ts=T0)) == "unknown-kind"
 
 
-@pytest.mark.parametrize("v", [0, 2, "1", None, [1], 1.5])
+@pytest.mark.parametrize("v", [0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, str(PROTOCOL_VERSION), None, [PROTOCOL_VERSION], 1.5])
 def test_bad_version(alice, bob, v):
     body = one_body(alice.seal("hello", BOB.public_key, hello(), T0))
     assert rejected(bob, edit(body, v=v)) == "bad-version"
@@ -481,9 +481,9 @@ def test_non_finite_numbers_are_rejected_not_crashing(bob, value):
     """json.loads accepts NaN/Infinity/1e999, which have no canonical form: the receiver must answer
     with Rejected, not let a ValueError escape to the gateway."""
     body = (b'{"from":"%s","kind":"result","net":"%s","payload":{"digest":"d","identity":"i","job":"j",'
-            b'"ok":true,"output":%s,"step":"a","work":{}},"seq":1,"sig":"%s","to":"%s","ts":%d,"v":1}'
+            b'"ok":true,"output":%s,"step":"a","work":{}},"seq":1,"sig":"%s","to":"%s","ts":%d,"v":%d}'
             % (ALICE.public_key.hex().encode(), NET.encode(), value.encode(), b"00" * 64,
-               BOB.public_key.hex().encode(), T0))
+               BOB.public_key.hex().encode(), T0, PROTOCOL_VERSION))
     assert rejected(bob, body) in ("bad-json", "bad-schema", "bad-signature")
     assert sum(bob.rejected.values()) == 1
 
@@ -493,8 +493,9 @@ def test_deeply_nested_json_is_rejected_not_crashing(bob):
     decoding may just succeed and canonical re-encoding for the signature check then fails)."""
     limit = sys.getrecursionlimit()
     assert rejected(bob, b"[" * (limit * 20) + b"]" * (limit * 20)) == "bad-json"
-    head = (b'{"from":"%s","kind":"bye","net":"%s","seq":1,"sig":"%s","to":"%s","ts":%d,"v":1,"payload":{"reason":'
-            % (ALICE.public_key.hex().encode(), NET.encode(), b"00" * 64, BOB.public_key.hex().encode(), T0))
+    head = (b'{"from":"%s","kind":"bye","net":"%s","seq":1,"sig":"%s","to":"%s","ts":%d,"v":%d,"payload":{"reason":'
+            % (ALICE.public_key.hex().encode(), NET.encode(), b"00" * 64, BOB.public_key.hex().encode(), T0,
+               PROTOCOL_VERSION))
     for depth in range(limit - 120, limit + 30):
         body = head + b"[" * depth + b"]" * depth + b"}}"
         assert rejected(bob, body) in ("bad-json", "bad-schema", "bad-signature")
