@@ -48,7 +48,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         credit_line=args.credit_line, collude=args.collude or "", spot_rate=args.spot_rate,
         blacklist_s=args.blacklist, core_log=args.core_log, scrape_allow=args.scrape_allow,
         browser=args.browser or "", no_scrape=args.no_scrape, keep_jobs=args.keep_jobs, transport=args.transport,
-        relay=not args.no_relay, max_links=args.max_links, rates=_rates(args.rate),
+        relay=not args.no_relay, max_links=args.max_links, rates=_rates(args.rate, "--rate"),
+        max_rates=_rates(args.max_rate, "--max-rate", maximum=True),
         advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
         if args.advertise else "",
     )
@@ -56,8 +57,9 @@ def cmd_node(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rates(items: list[str]) -> RateCard:  # noqa: F821 - imported where used (CLI start-up)
-    """`--rate KEY=CREDITS` (repeatable) over the default rate card."""
+def _rates(items: list[str], flag: str, maximum: bool = False) -> RateCard:  # noqa: F821 - imported where used
+    """`--rate` / `--max-rate KEY=CREDITS` (repeatable) over the default card (or the default limits)."""
+    from mesh.core.pricing import MAX_DEFAULT
     from mesh.wire.messages import RateCard
     from mesh.wire.records import DEFAULT_RATES, card_problem
 
@@ -66,15 +68,15 @@ def _rates(items: list[str]) -> RateCard:  # noqa: F821 - imported where used (C
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in names:
-            raise ConfigError(f"--rate {item}: expected KEY=CREDITS with KEY one of {', '.join(names)}")
+            raise ConfigError(f"{flag} {item}: expected KEY=CREDITS with KEY one of {', '.join(names)}")
         try:
             card[key] = float(value)
         except ValueError:
-            raise ConfigError(f"--rate {item}: {value!r} is not a number") from None
-    rates = dataclasses.replace(DEFAULT_RATES, **card)
+            raise ConfigError(f"{flag} {item}: {value!r} is not a number") from None
+    rates = dataclasses.replace(MAX_DEFAULT if maximum else DEFAULT_RATES, **card)
     problem = card_problem(rates)
     if problem:
-        raise ConfigError(f"--rate: {problem}")
+        raise ConfigError(f"{flag}: {problem}")
     return rates
 
 
@@ -506,6 +508,10 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
                          "of python (default 1), tokens_1k per 1,000 tokens generated (10), scored_1k per 1,000 "
                          "tokens verified (2.5), scrape per page (1); a payer pays at most your own measured "
                          "work at these rates, and a receipt for more is refused")
+    sp.add_argument("--max-rate", action="append", default=[], metavar="KEY=CREDITS",
+                    help="the most this node pays a worker per unit, whatever the worker's card asks "
+                         "(repeatable; same keys as --rate; default 4 times the default card: cpu_s 4, "
+                         "tokens_1k 40, scored_1k 10, scrape 4)")
     sp.add_argument("--no-relay", action="store_true",
                     help="do not relay for peers behind NATs, even when this node is reachable (it relays by "
                          "default, with limits: 64 circuits, 256 MiB and one hour each)")

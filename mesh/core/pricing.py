@@ -6,6 +6,7 @@ book it more than its own measured work at its own rates. Shared by the node and
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 
@@ -15,11 +16,18 @@ MIN_CHARGE = 0.01  # credits: the least an answered step costs
 MAX_QUANTITY = 1e6
 TOLERANCE = 1e-6  # amounts are rounded to 6 decimals
 DEFAULT = RateCard()
+MAX_DEFAULT = RateCard(cpu_s=4.0, tokens_1k=40.0, scored_1k=10.0, scrape=4.0)  # what a payer pays at most
 
 # kind -> (the rate card's field, the unit in words)
 _UNITS = {"python": ("cpu_s", "CPU-seconds"), "llm": ("tokens_1k", "thousand tokens generated"),
           "ask-model": ("tokens_1k", "thousand tokens generated"), "score": ("scored_1k", "thousand tokens scored"),
           "scrape": ("scrape", "pages")}
+
+
+def capped(card: RateCard, most: RateCard) -> RateCard:
+    """A worker's card as this payer pays it: each rate at most the payer's own limit (a stranger's
+    record may ask a million a CPU-second; it is priced at the limit, which its ceiling still allows)."""
+    return RateCard(**{f.name: min(getattr(card, f.name), getattr(most, f.name)) for f in dataclasses.fields(card)})
 
 
 def quantity(kind: str, work: Mapping[str, object]) -> float:

@@ -29,6 +29,7 @@ from actors.messages import (
 )
 from ledger.store import REPUTATION_KINDS, Entry
 from mesh.core.policy import Candidate, Reputations, StepEvidence, reputation_group
+from mesh.core.pricing import MAX_DEFAULT, capped
 from mesh.errors import ConfigError, MeshError, NoAnswer, Rejected
 from mesh.http.facade import NodeFacade
 from mesh.node import actorsys
@@ -103,6 +104,7 @@ class NodeOptions:
     relay: bool = True  # once reachable, relay (with limits) for peers behind NATs
     max_links: int = 64  # peers linked on our own initiative (gossip); the DHT adds workers jobs need
     rates: RateCard = DEFAULT_RATES  # what this node charges for work (in its signed record)
+    max_rates: RateCard = MAX_DEFAULT  # the most it pays a worker, whatever that worker's card asks
 
 
 def make_transport(opts: NodeOptions, identity: Identity) -> Transport:
@@ -650,7 +652,7 @@ class Node:
                 continue
             rep, prefix = self.reputation_of(peer.node), self.observed_prefix(peer)
             cand = Candidate(peer.node, rep, prefix, self.reputations.streak(peer.node), reputation_group(prefix, rep),
-                             peer.record.rates if peer.record else DEFAULT_RATES)
+                             capped(peer.record.rates if peer.record else DEFAULT_RATES, self.opts.max_rates))
             for cap in peer.capabilities(default):
                 out.setdefault(cap, []).append(cand)
         return out
@@ -681,7 +683,7 @@ class Node:
                 "reachability": self.reachability(), "kinds": self.kinds, "models": self.models, "sandbox": self.sandboxed,
                 "fault": self.opts.fault or None, "peers": peers, "rejected": dict(self.receiver.rejected),
                 "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,
-                "rates": dataclasses.asdict(self.opts.rates),
+                "rates": dataclasses.asdict(self.opts.rates), "max_rates": dataclasses.asdict(self.opts.max_rates),
                 "ledger_error": self.ledger_error or None,
                 "discovery": getattr(self.gateway.transport, "discovery_stats", dict)(),
                 "dials_refused": dict(self.gateway.transport.gate.refused),

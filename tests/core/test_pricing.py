@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.core.pricing import MIN_CHARGE, cap, ceiling, pay
+from mesh.core.pricing import MAX_DEFAULT, MIN_CHARGE, cap, capped, ceiling, pay
 from mesh.wire.identity import Identity
 from mesh.wire.messages import PeerRecord, RateCard
 from mesh.wire.records import DEFAULT_RATES, card_problem, check_record, make_record
@@ -46,6 +46,13 @@ def test_junk_figures_count_as_no_work(junk):
     paid, _ = pay("python", {"a": {"cpu_s": junk}, "b": {"cpu_s": 3.0}}, {}, 10.0)
     assert paid == {"a": MIN_CHARGE, "b": MIN_CHARGE}  # the lower median is a's 0
     assert ceiling("python", {"cpu_s": junk}, CARD) == MIN_CHARGE
+
+
+def test_a_payer_pays_a_card_at_most_its_own_limit():
+    greedy = RateCard(cpu_s=1e6, tokens_1k=1.0, scored_1k=1e6, scrape=0.5)
+    assert capped(greedy, MAX_DEFAULT) == RateCard(cpu_s=4.0, tokens_1k=1.0, scored_1k=10.0, scrape=0.5)
+    paid, _ = pay("python", {"g": {"cpu_s": 2.0}}, {"g": capped(greedy, MAX_DEFAULT)}, 10.0)
+    assert paid == {"g": 8.0} and paid["g"] <= ceiling("python", {"cpu_s": 2.0}, greedy)
 
 
 def test_a_worker_ceiling_is_its_own_work_at_its_own_rates():

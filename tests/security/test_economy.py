@@ -67,12 +67,14 @@ def test_a_payer_cannot_book_a_worker_more_than_its_rate_card_allows(mesh4):
 
 
 def test_each_worker_is_paid_at_the_rate_card_in_its_signed_record(make_mesh, tmp_path):
-    """An honest job: node1 asks 5 credits a CPU-second, the others the default 1. The submitter prices
-    every agreeing replica from the median of their own measurements (never above a worker's own), at
-    that worker's card, and each worker books exactly what its receipt says."""
-    mesh = make_mesh(4, lambda i: ["--no-model", *(["--rate", "cpu_s=5"] if i == 1 else [])])
-    dear = mesh.nodes[1]
-    assert status(dear)["rates"]["cpu_s"] == 5.0
+    """An honest job: node1 asks 3 credits a CPU-second, node2 a million, node3 the default 1. The
+    submitter prices every agreeing replica from the median of their own measurements (never above a
+    worker's own), at that worker's card but at most its own limit (4 a CPU-second by default), and
+    each worker books exactly what its receipt says."""
+    mesh = make_mesh(4, lambda i: ["--no-model", *({1: ["--rate", "cpu_s=3"], 2: ["--rate", "cpu_s=1000000"]}
+                                                   .get(i, []))])
+    dear, greedy = mesh.nodes[1], mesh.nodes[2]
+    assert status(dear)["rates"]["cpu_s"] == 3.0 and status(greedy)["rates"]["cpu_s"] == 1e6
     job = write_job(tmp_path / "busy.json", [{"id": "busy", "kind": "python",
                                                "params": {"code": "output = sum(i * i for i in range(300000))"}}])
     rep = cli_json("submit", job, "--home", str(mesh.nodes[0].home), "--redundancy", "3", "--wait")
@@ -82,7 +84,7 @@ def test_each_worker_is_paid_at_the_rate_card_in_its_signed_record(make_mesh, tm
     cpu = {n: r["work"]["cpu_s"] for n, r in replicas.items()}
     median = sorted(cpu.values())[1]
     for n, r in replicas.items():
-        rate = 5.0 if n == dear.node_id else 1.0
+        rate = {dear.node_id: 3.0, greedy.node_id: 4.0}.get(n, 1.0)
         assert r["credit"] == round(max(0.01, min(median, cpu[n]) * rate), 6), (n, r, cpu)
     for node in mesh.nodes[1:]:
         earned = wait_for(lambda node=node: [x for x in ledger_rows(node.home) if x["kind"] == "earned"], 15,
