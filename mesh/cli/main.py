@@ -134,8 +134,10 @@ def _describe(report: dict) -> str:
         agreed = sum(r["agreed"] for r in s["replicas"])
         out = s["output"] if isinstance(s["output"], str) else json.dumps(s["output"])
         out = (out or "").replace("\n", "\\n")
-        lines.append(f"  {sid:<12} {s['status']:<8} {agreed}/{len(s['replicas'])} replicas agreed  "
-                     f"credit {s.get('credit', 0):g} each")
+        paid = [r["credit"] for r in s["replicas"] if "credit" in r]  # each at its own rate card
+        credit = (f"credit {min(paid):g} to {max(paid):g}" if paid and min(paid) != max(paid)
+                  else f"credit {s.get('credit', 0):g} each")
+        lines.append(f"  {sid:<12} {s['status']:<8} {agreed}/{len(s['replicas'])} replicas agreed  {credit}")
         if s["status"] == "done":
             lines.append(f"      output: {out[:200]}")
         if s.get("error"):
