@@ -11,11 +11,11 @@ import math
 from collections.abc import Mapping
 
 from mesh.wire.messages import RateCard
+from mesh.wire.records import DEFAULT_RATES
 
 MIN_CHARGE = 0.01  # credits: the least an answered step costs
 MAX_QUANTITY = 1e6
 TOLERANCE = 1e-6  # amounts are rounded to 6 decimals
-DEFAULT = RateCard()
 MAX_DEFAULT = RateCard(cpu_s=4.0, tokens_1k=40.0, scored_1k=10.0, scrape=4.0)  # what a payer pays at most
 
 # kind -> (the rate card's field, the unit in words)
@@ -62,7 +62,7 @@ def pay(kind: str, works: Mapping[str, Mapping[str, object]], cards: Mapping[str
     claims = {node: min(quantity(kind, w), limit) for node, w in works.items()}
     ordered = sorted(claims.values())
     median = ordered[(len(ordered) - 1) // 2]  # the lower median: of two, the smaller
-    out = {node: round(max(MIN_CHARGE, min(median, claims[node]) * getattr(cards.get(node, DEFAULT), field)), 6)
+    out = {node: round(max(MIN_CHARGE, min(median, claims[node]) * getattr(cards.get(node, DEFAULT_RATES), field)), 6)
            for node in works}
     basis = (f"{median:.6g} {unit} (the median of {len(works)} agreeing workers' own figures, at most "
              f"{limit:.6g} by the step's limits, and for each at most its own) at each worker's {field} rate, "

@@ -46,7 +46,7 @@ from mesh.node.home import (
     ensure_token,
     write_private,
 )
-from mesh.node.peers import Peer, PeerTable, prefix_of
+from mesh.node.peers import Peer, PeerTable, prefix_of, prefix_of_ip
 from mesh.node.replaystore import ReplayStore
 from mesh.node.submitter import Options as SubmitterOptions
 from mesh.node.submitter import Ports, Submitter
@@ -662,7 +662,7 @@ class Node:
         from (through a relay, the relay's), never the one it advertises (20 sybils on one machine
         advertised 20 /24s and were spread over as if diverse); the advertised one only while unlinked."""
         conn = peer.best_conn(self.identity.public_key)
-        return prefix_of(f"{conn.remote_ip}:0") if conn is not None and conn.remote_ip else prefix_of(peer.addr)
+        return prefix_of_ip(conn.remote_ip) if conn is not None and conn.remote_ip else prefix_of(peer.addr)
 
     def reachability(self) -> str:
         """public | private | unknown: whether peers can dial this node (AutoNAT's verdict, when run)."""

@@ -169,7 +169,11 @@ def prefix_of(addr: str) -> str:
             return addr
         bits = addr.split("/")
         addr = f"{bits[2]}:{bits[4]}" if len(bits) > 4 else addr
-    host = addr.rpartition(":")[0].strip("[]")
+    return prefix_of_ip(addr.rpartition(":")[0].strip("[]"))
+
+
+def prefix_of_ip(host: str) -> str:
+    """The /24 of an IPv4 address, the /48 of IPv6; anything else (a name) is its own prefix."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:

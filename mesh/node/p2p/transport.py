@@ -464,25 +464,28 @@ class Libp2pTransport:
     def reachability(self) -> str:
         return self.nat.reachability if self.nat else "unknown"
 
+    def _link_of(self, stream: INetStream):
+        """The swarm connection `stream` runs on (None once it is gone)."""
+        for conn in self.host.get_network().get_connections(stream.muxed_conn.peer_id):
+            if conn.muxed_conn is stream.muxed_conn:
+                return conn
+        return None
+
     def stream_kind(self, stream: INetStream) -> str:
         """direct, relayed, or hole-punched (direct to a peer first reached through a relay)."""
         peer = stream.muxed_conn.peer_id
-        for conn in self.host.get_network().get_connections(peer):
-            if conn.muxed_conn is stream.muxed_conn and _is_relayed(conn):
-                self.relayed_peers.add(peer)
-                return "relayed"
+        link = self._link_of(stream)
+        if link is not None and _is_relayed(link):
+            self.relayed_peers.add(peer)
+            return "relayed"
         return "hole-punched" if peer in self.relayed_peers else "direct"
 
     def _observed_ip(self, stream: INetStream) -> str:
         """The IP the link under `stream` comes from: the peer's, or through a relay, the relay's (a
         relayed peer says nothing true about where it is; its relay is where it connects from)."""
-        for conn in self.host.get_network().get_connections(stream.muxed_conn.peer_id):
-            if conn.muxed_conn is stream.muxed_conn:
-                for addr in conn.get_transport_addresses():
-                    for proto, value in components(addr):
-                        if proto in ("ip4", "ip6"):
-                            return value
-        return ""
+        link = self._link_of(stream)
+        addrs = link.get_transport_addresses() if link is not None else []
+        return next((value for addr in addrs for proto, value in components(addr) if proto in ("ip4", "ip6")), "")
 
     # -- trio side -------------------------------------------------------------------------------------
     async def _listen(self, addr: Multiaddr) -> list[str]:
@@ -491,8 +494,8 @@ class Libp2pTransport:
     async def _serve(self, addr: Multiaddr, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.host = build_host(self.identity)
         _gate_dials(self.host, self.gate)
-        ip = components(addr)[0][1] if components(addr) else ""
-        _bound_connects(self.host, "" if ip in ("", "0.0.0.0", "::") else ip)
+        ip = next((value for proto, value in components(addr) if proto in ("ip4", "ip6")), "")
+        _bound_connects(self.host, "" if ip in ("0.0.0.0", "::") else ip)
         async with self.host.run([addr]):
             self.host.set_stream_handler(PROTOCOL, self._on_stream)
             self.thread.nursery.start_soon(self._sweep_closed)
