@@ -106,9 +106,10 @@ def test_earnings_from_payers_the_checking_node_never_met_or_distrusts_are_not_c
     assert run_cli("ledger", "export", str(out), "--home", str(worker.home)).returncode == 0
     data = json.loads(out.read_text())
     assert data["total"] == data["total_all"]  # every payer of the worker is one it met
-    # (the module's other tests paid this worker from keys of their own: node0 never met those)
-    honest = round(sum(i["receipt"]["amount"] for i in data["receipts"] if i["receipt"]["payer"] == key_of(sub).hex()), 6)
-    others = len(data["receipts"]) - sum(i["receipt"]["payer"] == key_of(sub).hex() for i in data["receipts"])
+    # the genuine receipts from node0 only (the module's other tests paid this worker from keys of their
+    # own, which node0 may or may not have heard of by gossip)
+    data["receipts"] = [i for i in data["receipts"] if i["receipt"]["payer"] == key_of(sub).hex()]
+    honest = round(sum(i["receipt"]["amount"] for i in data["receipts"]), 6)
     assert honest > 0
 
     with HostilePeer(sub.listen) as bad:  # a key the checking node penalised (20 forged envelopes)
@@ -128,8 +129,8 @@ def test_earnings_from_payers_the_checking_node_never_met_or_distrusts_are_not_c
     check = cli_json("ledger", "verify-receipts", str(out), "--home", str(sub.home))
     assert check["ok"] and check["valid"] == len(data["receipts"])  # every signature is good...
     assert check["total"] == pytest.approx(honest)  # ...but only the checking node's trusted payers count
-    assert check["unknown"]["receipts"] == 3 + others and check["unknown"]["credits"] >= 3e8
-    assert set(check["unknown"]["payers"]) >= {k.node_id for k in fresh}
+    assert check["unknown"]["receipts"] == 3 and check["unknown"]["credits"] == 3e8
+    assert check["unknown"]["payers"] == sorted(k.node_id for k in fresh)
     assert check["distrusted"] == {"receipts": 1, "credits": 5e7, "payers": [bad.node_id]}
     text = run_cli("ledger", "verify-receipts", str(out), "--home", str(sub.home)).stdout
     assert "never met (minted, perhaps)" in text and f"total: {honest:g} credits" in text

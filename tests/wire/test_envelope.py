@@ -673,3 +673,14 @@ def test_rejections_are_counted_by_reason(alice, mallory, bob):
                                     "wrong-recipient": 1, "bad-signature": 1, "stale": 1})
     bob.count("frame-too-large")  # the gateway reports framing errors through the same counter
     assert bob.rejected["frame-too-large"] == 1
+
+
+@pytest.mark.parametrize("field, value", [("error", "e" * 2001), ("identity", "i" * 201), ("digest", "d" * 65)])
+def test_a_results_texts_that_reach_reports_are_bounded(bob, field, value):
+    """What a worker says beside its output (its error, the code or model it names) is shown in job
+    reports: past its bound the whole result is refused."""
+    payload = {"job": "j", "step": "a", "ok": False, "output": None, "digest": "", "identity": "", "work": {},
+               field: value}
+    with pytest.raises(Rejected) as exc:
+        bob.receive(forge(ALICE, "result", payload, to=BOB.public_key, seq=1, ts=T0), T0)
+    assert exc.value.reason == "bad-schema"
