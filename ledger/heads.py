@@ -46,22 +46,34 @@ def check_heads(heads: list[Head], hashes: Mapping[int, str], count: int, node: 
                    "heads were deleted")
     heads = sorted(heads, key=lambda h: h.n)
     for h in heads:
-        if public_key is not None:
-            try:
-                good = verify(public_key, bytes.fromhex(h.sig), head_bytes(node, h.n, h.hash))
-            except ValueError:
-                good = False
-            if not good:
-                return h.n, f"the head signed at entry {h.n} does not verify with this node's key (forged)"
-        if h.n > count:
-            return count, (f"the ledger ends at entry {count}, but its head was signed at entry {h.n}: "
-                           f"entries after {count} were deleted")
-        if (GENESIS if h.n == 0 else hashes.get(h.n)) != h.hash:
-            return h.n, (f"entry {h.n} is not the one its signed head names: the chain was rewritten up to "
-                         "there and hashed again")
+        if public_key is not None and not signed_by(h, node, public_key):
+            return h.n, f"the head signed at entry {h.n} does not verify with this node's key (forged)"
+        why = against_chain(h, hashes, count)
+        if why:
+            return min(h.n, count), why
     first = heads[0].n
     signed = {h.n for h in heads}
     for n in range((first // HEAD_EVERY + 1) * HEAD_EVERY, count + 1, HEAD_EVERY):
         if n not in signed:
             return n, f"no signed head at entry {n} (one is signed every {HEAD_EVERY}): heads were deleted"
     return 0, ""
+
+
+def signed_by(head: Head, node: str, public_key: bytes) -> bool:
+    """Whether `head` carries the signature of `node`'s key."""
+    try:
+        return verify(public_key, bytes.fromhex(head.sig), head_bytes(node, head.n, head.hash))
+    except ValueError:
+        return False
+
+
+def against_chain(head: Head, hashes: Mapping[int, str], count: int) -> str:
+    """'' when a chain of `count` entries (`hashes`: entry id -> hash, at least at head.n) still holds the
+    entry `head` names, else what was done to it."""
+    if head.n > count:
+        return (f"the ledger ends at entry {count}, but its head was signed at entry {head.n}: entries after "
+                f"{count} were deleted")
+    if (GENESIS if head.n == 0 else hashes.get(head.n)) != head.hash:
+        return (f"entry {head.n} is not the one its signed head names: the chain was rewritten up to there "
+                "and hashed again")
+    return ""

@@ -134,6 +134,22 @@ class Ledger:
         head = Head.sign(self.signer, self.node, n, h)
         self.db.execute("INSERT OR REPLACE INTO heads VALUES (?,?,?)", (head.n, head.hash, head.sig))
 
+    def chain_at(self, ids: set[int]) -> tuple[int, dict[int, str]]:
+        """(entries in the chain, the hash of each entry in `ids` that exists): what held heads are
+        checked against."""
+        count = self.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        hashes = {rid: h for rid, h in self.db.execute(
+            f"SELECT id, hash FROM entries WHERE id IN ({','.join('?' * len(ids))})", sorted(ids))} if ids else {}
+        return count, hashes
+
+    def latest_head(self) -> Head | None:
+        """The newest signed head (what the node gives its peers to keep), None when there is none."""
+        try:
+            row = self.db.execute("SELECT n, hash, sig FROM heads ORDER BY n DESC LIMIT 1").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return Head(*row) if row else None
+
     def heads(self) -> list[Head]:
         """The signed heads, oldest first (none in a ledger from before they were signed)."""
         try:

@@ -347,12 +347,52 @@ def _ledger_history(args: argparse.Namespace, led, me: str) -> int:
 def _ledger_verify(args: argparse.Namespace, led, me: str) -> int:
     from mesh.wire.identity import load
 
-    n, why = led.verify(me, load(_home(args)).public_key)
-    if why:
-        _emit(args, {"ok": False, "entry": n, "reason": why}, f"ledger does NOT verify: {why}")
-        return 1
-    _emit(args, {"ok": True, "entries": n}, f"ledger verifies: {n} entries; chain, receipts and signed heads intact")
-    return 0
+    key = load(_home(args)).public_key
+    n, why = led.verify(me, key)
+    obj = {"ok": False, "entry": n, "reason": why} if why else {"ok": True, "entries": n}
+    lines = [f"ledger does NOT verify: {why}" if why
+             else f"ledger verifies: {n} entries; chain, receipts and signed heads intact"]
+    if args.peers:
+        held = _peer_heads(args, led, me, key)
+        obj["peers"] = held
+        obj["ok"] = obj["ok"] and all(p["ok"] for p in held["answers"])
+        lines += _describe_peer_heads(held)
+    _emit(args, obj, "\n".join(lines))
+    return 0 if obj["ok"] else 1
+
+
+def _peer_heads(args: argparse.Namespace, led, me: str, key: bytes) -> dict:
+    """Ask the running node to collect the heads its peers hold of this ledger, and hold the chain to
+    each: a head this node signed that the chain no longer has means its history was cut or rebuilt."""
+    from ledger.heads import Head, against_chain, signed_by
+    from mesh.cli.client import Client
+
+    got = Client.locate(_home(args), None).request("POST", "/ledger/peer-heads", {"wait": args.wait},
+                                                   timeout=args.wait + 30)
+    answers = []
+    for ans in got["answers"]:
+        heads = [Head(h["n"], h["hash"], h["sig"]) for h in ans["heads"]]
+        count, hashes = led.chain_at({h.n for h in heads})
+        problems = [f"entry {h.n}: not signed by this node (the peer made it up)" for h in heads
+                    if not signed_by(h, me, key)]
+        problems += [why for h in heads if signed_by(h, me, key) and (why := against_chain(h, hashes, count))]
+        answers.append({"peer": ans["peer"], "heads": [h.n for h in heads], "ok": not problems,
+                        "problems": problems})
+    return {"asked": got["asked"], "answers": answers}
+
+
+def _describe_peer_heads(held: dict) -> list[str]:
+    lines = [f"{len(held['asked'])} linked peers asked for the heads they hold of this ledger; "
+             f"{sum(bool(a['heads']) for a in held['answers'])} hold some"]
+    for a in held["answers"]:
+        if not a["heads"]:
+            continue
+        verdict = "match" if a["ok"] else "do NOT match: " + "; ".join(a["problems"])
+        lines.append(f"  {a['peer'][:16]}: heads at entries {', '.join(map(str, a['heads']))} {verdict}")
+    if not any(a["heads"] for a in held["answers"]):
+        lines.append("  no peer holds a head yet (a node shares its head with three peers every 10 s): "
+                     "nothing to check against")
+    return lines
 
 
 _LEDGER_VIEWS = {"explain": _ledger_explain, "export": _ledger_export, "balance": _ledger_balance,
@@ -614,6 +654,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("what", choices=["balance", "peers", "history", "verify", "explain", "export", "verify-receipts"])
     sp.add_argument("arg", nargs="?", metavar="ENTRY|FILE", help="entry id for explain, file for export and verify-receipts")
     sp.add_argument("--limit", type=int, default=100, help="history: newest N entries")
+    sp.add_argument("--peers", action="store_true",
+                    help="verify: also ask the running node's linked peers for the heads of this ledger they "
+                         "hold, and check the chain against each (a history cut or rebuilt, even re-signed "
+                         "with this node's key, no longer matches them)")
+    sp.add_argument("--wait", type=float, default=5.0, metavar="S", help="verify --peers: seconds to wait for answers")
 
     sp = add("models", cmd_models, "the GGUF models this node serves, by SHA-256 (what jobs and peers name) and "
              "a local name: list, add PATH.gguf [--name NAME], remove NAME|SHA256. Jobs may name a model by "

@@ -30,6 +30,7 @@ from mesh.http.api_models import (
     NOT_FOUND,
     Balance,
     JobSummary,
+    PeerHeadsBody,
     PlanBody,
     PlanReply,
     StepKind,
@@ -170,6 +171,11 @@ def _ledger_routes(app: FastAPI, node: NodeFacade) -> None:
              summary="Each peer's reputation and record, from this node's ledger")
     async def ledger_peers() -> list[dict[str, Any]]:
         return await asyncio.to_thread(read_ledger, node, "peers")
+
+    @app.post("/ledger/peer-heads", dependencies=AUTH, responses=ERRORS,
+              summary="Ask linked peers for the signed heads of this node's ledger they hold")
+    async def peer_heads(body: PeerHeadsBody) -> dict[str, Any]:
+        return await node.peer_heads(body.wait)
 
     @app.get("/ledger/history", dependencies=AUTH, responses=ERRORS,
              summary="The newest ledger entries")

@@ -52,6 +52,10 @@ class ErrorBody(BaseModel):
     error: str
 
 
+class PeerHeadsBody(Strict):
+    wait: float = Field(default=5.0, ge=0.5, le=60, description="seconds to wait for the peers' answers")
+
+
 class PlanBody(Strict):
     query: str = Field(min_length=1, max_length=2000)
     planner: Literal["auto", "rules"] = Field(

@@ -69,3 +69,4 @@ class NodeFacade:
     kinds_offered: Callable[[], Counter[str]]  # step kind → peers up offering it
     models_held: Callable[[], Counter[str]]  # model SHA-256 → peers up holding it
     ask_model: Callable[[dict[str, Any], float], Awaitable[object]]  # this node's own model's output; StepFailed
+    peer_heads: Callable[[float], Awaitable[dict[str, Any]]]  # the heads of our ledger linked peers hold

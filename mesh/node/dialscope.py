@@ -13,13 +13,15 @@ node at its provider's private network. So a node dials only addresses in scopes
   refused like 127.0.0.1. The transport then dials that address, not the name again.
 
 The libp2p swarm's dials (ours, the DHT's, hole punching) and the TCP transport's all pass through
-a `Gate`."""
+a `Gate`, which also holds how often addresses no key has proven itself at may be dialled
+(`mesh/node/dialbudget.py`)."""
 
 from __future__ import annotations
 
 import ipaddress
 
 from mesh.errors import RemoteError
+from mesh.node.dialbudget import DialBudget
 
 _RANK = {"loopback": 0, "local": 1, "global": 2}
 
@@ -71,6 +73,7 @@ class Gate:
     def __init__(self, own: str = "loopback", trusted: frozenset[tuple[str, str]] = frozenset()):
         self.own, self.trusted = own, trusted
         self.refused: dict[str, int] = {}
+        self.budget = DialBudget()
 
     @classmethod
     def for_node(cls, listen: str, advertise: str, bootstrap: list[str]) -> "Gate":
@@ -87,6 +90,23 @@ class Gate:
         if why:
             self.refused[why] = self.refused.get(why, 0) + 1
             raise AddressRefused(addr, why)
+
+    def admit(self, addr: str, key: bytes, now: float, punch: bool = False) -> None:
+        """AddressRefused (counted) unless the dial budget lets `key` be dialled at `addr` now; an address
+        the owner named always may be. `punch`: a hole punch, which dials the few addresses a linked
+        peer reported for itself, on one host, at once."""
+        hop = first_hop(addr)
+        why = "" if hop in self.trusted else self.budget.admit(hop, key, now, gap=not punch)
+        if why:
+            self.refused[why] = self.refused.get(why, 0) + 1
+            raise AddressRefused(addr, why)
+
+    def dialled(self, addr: str, key: bytes, ok: bool, now: float) -> None:
+        """A dial admitted at `addr` ended: `ok` when `key` answered there."""
+        if ok:
+            self.budget.succeeded(first_hop(addr), key)
+        else:
+            self.budget.failed(first_hop(addr), key, now)
 
     def check_resolved(self, addr: str, ip: str) -> None:
         """`addr` names a host that resolved to `ip`: AddressRefused unless `ip` may be dialled (a host

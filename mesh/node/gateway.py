@@ -33,6 +33,7 @@ class Connection:
     kind = "direct"  # direct | relayed | hole-punched
     authenticated: bytes | None = None  # the peer key the transport's handshake proved; None on plain TCP
     remote_ip = ""  # the address the other end really connects from (through a relay: the relay's)
+    silent = False  # closed for showing no valid envelope in time: its peer's handshake failed
 
     def __init__(self, label: str, limits: Limits):
         self.label = label
@@ -135,7 +136,13 @@ class TcpTransport:
                 host, int(port), type=socket.SOCK_STREAM), DIAL_TIMEOUT)
             host = infos[0][4][0]
             self.gate.check_resolved(addr, host)
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), DIAL_TIMEOUT)
+        who = key or b""
+        self.gate.admit(addr, who, time.monotonic())  # proven only by a hello on the link (the node's to tell)
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), DIAL_TIMEOUT)
+        except (OSError, asyncio.TimeoutError):
+            self.gate.dialled(addr, who, False, time.monotonic())
+            raise
         return TcpConnection(reader, writer, f"out:{addr}", limits)
 
     async def close(self) -> None:
@@ -161,7 +168,10 @@ class Gateway:
 
     @property
     def unverified(self) -> int:
-        return sum(c.peer_key is None for c in self.connections)
+        """Inbound connections that have not shown a valid envelope yet. Links this node opened are not
+        counted: 80 gossiped records of peers that answer the handshake and then say nothing took all 64
+        slots with the node's own dials, and every stranger connecting in was refused."""
+        return sum(c.peer_key is None and not c.outbound for c in self.connections)
 
     def _accepted(self, conn: Connection) -> None:
         if len(self.connections) >= self.limits.max_connections or self.unverified >= self.limits.max_unverified:
@@ -265,6 +275,7 @@ class Gateway:
 
     def _reject(self, conn: Connection, exc: Rejected) -> None:
         self.receiver.count(exc.reason)
+        conn.silent = exc.reason == "handshake-timeout"
         log.warning("dropping %s: %s", conn.label, exc)
         if conn.peer_key is not None and exc.reason not in ("idle", "truncated-frame"):
             self.handler.on_abuse(conn, exc.reason)

@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -27,16 +28,17 @@ from actors.messages import (
     PeerStatsReply,
     RecordEntries,
 )
-from ledger.store import REPUTATION_KINDS, Entry
+from ledger.store import REPUTATION_KINDS, Entry, Ledger
 from mesh.core.policy import Candidate, Reputations, StepEvidence, reputation_group
 from mesh.core.pricing import MAX_DEFAULT, capped
 from mesh.errors import ConfigError, MeshError, NoAnswer, Rejected
 from mesh.http.facade import NodeFacade
 from mesh.node import actorsys
 from mesh.node.bridge import ActorBridge
-from mesh.node.dialscope import AddressRefused, Gate
+from mesh.node.dialscope import AddressRefused, Gate, first_hop
 from mesh.node.flow import Limits
 from mesh.node.gateway import Connection, Gateway, TcpTransport, Transport
+from mesh.node.heldheads import HeldHeads
 from mesh.node.home import (
     LEDGER_FILE,
     PEERS_FILE,
@@ -46,7 +48,7 @@ from mesh.node.home import (
     ensure_token,
     write_private,
 )
-from mesh.node.peers import Peer, PeerTable, prefix_of, prefix_of_ip
+from mesh.node.peers import GossipLimit, Peer, PeerTable, prefix_of, prefix_of_ip
 from mesh.node.replaystore import ReplayStore
 from mesh.node.submitter import Options as SubmitterOptions
 from mesh.node.submitter import Ports, Submitter
@@ -59,8 +61,8 @@ from mesh.steps.ssrf import Allow
 from mesh.steps.stepuser import StepUser, step_user
 from mesh.wire.canonical import canonical
 from mesh.wire.envelope import ANYONE, DEFAULT_FRAME_CAP, Envelope, Receiver, Sealer
-from mesh.wire.identity import Identity, load_or_create
-from mesh.wire.messages import Bye, Hello, PeerRecord, RateCard
+from mesh.wire.identity import Identity, load_or_create, node_id_of
+from mesh.wire.messages import Bye, HeadAsk, HeadHeld, Hello, LedgerHead, PeerRecord, RateCard
 from mesh.wire.records import DEFAULT_RATES, MAX_ALT, RECORD_TTL_MS, make_record
 from mesh.wire.schema import parse
 
@@ -74,6 +76,7 @@ DOWN_AFTER_S = 20.0  # a linked peer silent this long (three hellos missed) is d
 MAX_GOSSIP = 8  # records a hello carries, and takes: a sample for a start; the DHT finds the rest
 WANT_PER_CAP = 8  # workers per capability a node keeps linked, found through the DHT when gossip did not
 DISCOVER_FIRST_S, DISCOVER_EVERY_S = 3.0, 30.0
+HEAD_SHARE_S, HEAD_KEEPERS = 10.0, 3  # how often the ledger's head goes out, and to how many peers
 FIND_WAIT_S = 15.0  # how long a new job waits for workers the DHT names before its steps may give up
 
 
@@ -185,6 +188,13 @@ class Node:
             self.gateway.transport.on_address = self._on_relayed_address
             self.gateway.transport.on_direct = self._on_direct
         self.peers = PeerTable(identity.public_key, opts.network)
+        self.gossip_limit = GossipLimit()
+        self.held = HeldHeads(opts.home)  # peers' signed ledger heads this node keeps for them
+        self.held.load()
+        self.head_given: dict[bytes, int] = {}  # keeper → the entry count of the last head it was given
+        self.head_asks: dict[str, tuple[set[bytes], dict[bytes, list[LedgerHead]]]] = {}  # nonce → asked, answers
+        self.next_head_share = 0.0
+        self.linked = 0  # peers connected, counted once a heartbeat (each dial decision asks)
         self.dialling: dict[bytes | str, asyncio.Task] = {}  # dials under way, by key (address: bootstraps)
         self.finding: dict[str, asyncio.Task] = {}  # DHT searches for workers under way, by capability
         self.bootstrap = bootstrap_keys(opts.bootstrap, opts.transport)  # address → key it names, if any
@@ -207,6 +217,7 @@ class Node:
             node_id=self.id, token=self.token, home=opts.home, ledger_path=opts.home / LEDGER_FILE,
             jobs_dir=opts.home / "jobs",
             model_missing="" if "llm" in self.kinds else self.model_error or "started with --no-model",
+            peer_heads=self.peer_heads,
             status=self.status, jobs=lambda: self.submitter.jobs,
             report=lambda st: self.submitter.report(st.run.job_id, st), submit=lambda job: self.submitter.submit(job),
             workers_for=lambda needs: len(self.candidates().get(needs, [])),
@@ -270,6 +281,7 @@ class Node:
             raise MeshError(f"the node's HTTP API failed: {failed}")
 
     async def _shutdown(self, api_task: asyncio.Task) -> None:
+        await self._share_head()  # the head as it stands at shutdown, to the peers that keep them
         for peer in self.peers:  # a clean leave: peers stop sending work at once
             for conn in list(peer.conns):
                 self.gateway.send(conn, "bye", peer.key, Bye("shutdown"))
@@ -295,8 +307,10 @@ class Node:
         return self.own_record
 
     def _room(self) -> bool:
-        """Whether to link to one more peer on our own initiative (asked-for links are always made)."""
-        return sum(p.connected for p in self.peers) < self.opts.max_links
+        """Whether to link to one more peer on our own initiative (asked-for links are always made). The
+        count is the heartbeat's, plus the dials started since: counting the table for every peer made
+        each beat quadratic, and 1,449 gossiped peers froze the loop."""
+        return self.linked < self.opts.max_links
 
     def _my_turn(self, peer: Peer, now: float) -> bool:
         """Whether to dial `peer` on our own initiative now."""
@@ -305,6 +319,7 @@ class Node:
 
     def _dial_peer(self, peer: Peer, now: float) -> None:
         peer.next_dial = now + HEARTBEAT_S * 2  # not again while this dial may be under way
+        self.linked += 1
         self.spawn(self._dial(peer.addr, peer.key))
 
     def offers(self) -> list[str]:
@@ -437,6 +452,7 @@ class Node:
                 if not any((p.addr == addr or p.key == key) and p.connected for p in self.peers):
                     self.spawn(self._dial(addr, key or ANYONE))
             hello: bytes | None = None  # the same for every peer: built and encoded once per beat
+            self.linked = sum(p.connected for p in self.peers)
             for peer in self.peers:
                 if peer.connected:
                     if now >= peer.next_hello:
@@ -457,6 +473,10 @@ class Node:
             for peer in self.peers.expire(now_ms()):
                 log.info("forgot peer %s: its record expired", peer.node[:12])
             self._save_peers()
+            self.held.save()
+            if now >= self.next_head_share:
+                self.next_head_share = now + HEAD_SHARE_S
+                self.spawn(self._share_head())
             await asyncio.sleep(HEARTBEAT_S)
 
     def _save_peers(self) -> None:
@@ -537,6 +557,63 @@ class Node:
             return self.send(peer, kind, payload)
         return False
 
+    # -- ledger heads kept by peers --------------------------------------------------------------------
+    def _head_keepers(self) -> list[Peer]:
+        """The peers given this node's ledger head: the HEAD_KEEPERS linked peers of best reputation (the
+        same ones while that holds, so each keeps a run of heads)."""
+        up = sorted(self.peers.up(), key=lambda p: (-self.reputation_of(p.node), p.node))
+        return up[:HEAD_KEEPERS]
+
+    async def _share_head(self) -> None:
+        """Give the ledger's newest signed head to the keepers that do not have it yet."""
+        def latest() -> LedgerHead | None:
+            led = Ledger(self.opts.home / LEDGER_FILE, readonly=True)
+            try:
+                head = led.latest_head()
+            finally:
+                led.close()
+            return LedgerHead(head.n, head.hash, head.sig) if head else None
+
+        try:
+            head = await asyncio.to_thread(latest)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("cannot read the ledger's head to share it: %s", exc)
+            return
+        for peer in self._head_keepers() if head else []:
+            if self.head_given.get(peer.key, -1) < head.n and self.send(peer, "head", head):
+                self.head_given[peer.key] = head.n
+
+    async def peer_heads(self, wait: float) -> dict:
+        """Ask every linked peer which heads of this node's ledger it holds; wait up to `wait` seconds
+        for the answers (`mesh ledger verify --peers` checks the chain against them)."""
+        nonce = uuid.uuid4().hex
+        asked = {p.key for p in self.peers.up() if self.send(p, "head-ask", HeadAsk(nonce))}
+        answers: dict[bytes, list[LedgerHead]] = {}
+        self.head_asks[nonce] = (asked, answers)
+        try:
+            deadline = time.monotonic() + wait
+            while len(answers) < len(asked) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        finally:
+            del self.head_asks[nonce]
+        return {"asked": sorted(node_id_of(k) for k in asked),
+                "answers": [{"peer": node_id_of(k), "heads": [dataclasses.asdict(h) for h in heads]}
+                            for k, heads in sorted(answers.items())]}
+
+    def _on_head_message(self, peer: Peer, kind: str, payload: object) -> None:
+        if kind == "head":  # a peer's own head, to keep
+            why = self.held.take(peer.key, payload, time.monotonic())
+            if why:
+                self.receiver.count(why)
+        elif kind == "head-ask":
+            self.send(peer, "head-held", HeadHeld(payload.nonce, self.held.of(peer.key)))
+        else:  # head-held: an answer, taken only from a peer asked under that nonce
+            ask = self.head_asks.get(payload.nonce)
+            if ask is not None and peer.key in ask[0]:
+                ask[1].setdefault(peer.key, payload.heads)
+            else:
+                self.receiver.count("unasked-heads")
+
     # -- gateway events ------------------------------------------------------------------------------
     def on_envelope(self, env: Envelope, conn: Connection) -> None:
         now = now_ms()
@@ -565,6 +642,8 @@ class Node:
             self.submitter.on_progress(peer, env.payload)
         elif env.kind == "receipt":
             self.spawn(self.worker.on_receipt(peer, env.payload))
+        elif env.kind in ("head", "head-ask", "head-held"):
+            self._on_head_message(peer, env.kind, env.payload)
         elif env.kind == "bye":
             peer.state = "left"
             log.info("peer %s left", peer.node[:12])
@@ -591,13 +670,19 @@ class Node:
         fresh = peer.state != "up"
         peer.state, peer.last_seen, peer.failures = "up", time.monotonic(), 0
         peer.conns.add(conn)
+        self._proven(peer, conn)
         for addr, key in list(self.bootstrap.items()):
             if addr == peer.addr or key == peer.key:
                 del self.bootstrap[addr]
         if fresh or env.recipient == ANYONE:
             self.gateway.send(conn, "hello", env.sender, self.hello())
             log.info("peer %s up at %s (%s)", peer.node[:12], peer.addr, ",".join(peer.kinds))
+        source = prefix_of_ip(conn.remote_ip) if conn.remote_ip else conn.label
         for rec in hello.peers[:MAX_GOSSIP]:
+            if (not self.peers.knows(rec.key) and rec.key != self.identity.public_key.hex()
+                    and not self.gossip_limit.take(env.sender, source, time.monotonic())):
+                self.receiver.count("gossip-rate")  # counted, not logged: the log would be the flood
+                continue
             learned, why = self.peers.learn(rec, now)
             if why:
                 self.receiver.count(why)
@@ -605,10 +690,27 @@ class Node:
             elif learned is not None and self._my_turn(learned, time.monotonic()):
                 self._dial_peer(learned, time.monotonic())
 
+    def _proven(self, peer: Peer, conn: Connection) -> None:
+        """A valid hello on `conn`: tell the dial budget where this key lives (the address we dialled
+        it at, or the host it connected in from)."""
+        budget = self.gateway.transport.gate.budget
+        hop = first_hop(peer.addr) if peer.addr else None
+        if conn.outbound and hop is not None:
+            budget.succeeded(hop, peer.key)
+        elif not conn.outbound and conn.remote_ip and conn.kind != "relayed":
+            budget.connected_in(conn.remote_ip, hop, peer.key)
+
     def on_disconnect(self, conn: Connection) -> None:
         for peer in self.peers:
             if conn in peer.conns:
                 peer.conns.discard(conn)
+                if conn.silent and conn.outbound and peer.addr:
+                    # it took our link and never said hello: a failed handshake backs off like a
+                    # failed connect (80 such peers were redialled every 20 s)
+                    now = time.monotonic()
+                    wait = self.gateway.transport.gate.budget.silent(first_hop(peer.addr), peer.key, now)
+                    peer.dial_failed(peer.addr, now, 0.5 + self.rng.random())
+                    peer.next_dial = max(peer.next_dial, now + wait)
                 if not peer.connected:
                     if peer.state == "up":
                         peer.state = "down"

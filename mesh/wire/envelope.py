@@ -28,6 +28,11 @@ ANYONE = bytes(32)  # recipient of a first `hello`, before the dialler knows who
 # Sequence numbers a receiver remembers per sender below the highest: a sender's frames on two links (a
 # relayed one and the hole-punched one replacing it, or two links dialled at once) arrive out of order.
 REORDER_KEEP = 32
+# Senders whose replay windows are kept; past it the least recently heard is forgotten, and whatever any
+# forgotten sender stamped up to its newest envelope is refused from every sender not in memory. Each new
+# key costs an attacker a handshake, and each window ~3 KB here: unbounded, a key-churning peer grew it
+# without end.
+MAX_SENDERS = 10_000
 _HEADER = struct.Struct(">I")
 _ENVELOPE_KEYS = {"v", "kind", "net", "from", "to", "seq", "ts", "payload", "sig"}
 
@@ -164,12 +169,13 @@ class _Seen:
     sent just before a newer hello on the other link was refused as a replay, and its replica waited
     out the job's timeout."""
 
-    __slots__ = ("floor", "seqs", "heap")
+    __slots__ = ("floor", "seqs", "heap", "newest_ts")
 
     def __init__(self, floor: int):
         self.floor = floor
         self.seqs: set[int] = set()
         self.heap: list[int] = []
+        self.newest_ts = 0
 
     def fresh(self, seq: int) -> bool:
         return seq > self.floor and seq not in self.seqs
@@ -194,7 +200,8 @@ class Receiver:
         # with a restart, and anything captured earlier was necessarily stamped earlier.
         self.floor_ms = floor_ms
         self.highest_seq: dict[bytes, int] = {}  # per sender; a floor for senders not yet heard (restarts)
-        self._seen: dict[bytes, _Seen] = {}
+        self._seen: dict[bytes, _Seen] = {}  # least recently heard first
+        self.forgotten_ts = 0  # newest stamp of any sender whose window was forgotten (MAX_SENDERS)
         self.rejected: Counter[str] = Counter()
 
     def count(self, reason: str) -> None:
@@ -217,13 +224,22 @@ class Receiver:
             raise Rejected("replay", f"stamped {self.floor_ms - ts} ms before this node started")
         seen = self._seen.get(sender)
         if seen is None:
+            if ts <= self.forgotten_ts:
+                raise Rejected("replay", "stamped before the newest envelope of a sender no longer in memory")
             seen = _Seen(self.highest_seq.get(sender, -1))
         if not seen.fresh(seq):
             raise Rejected("replay", f"seq {seq} from {node_id_of(sender)[:12]} already seen or too old")
         payload = parse(KINDS[kind], obj["payload"], kind)
-        self._seen[sender] = seen
+        self._seen.pop(sender, None)
+        self._seen[sender] = seen  # now the most recently heard
         seen.take(seq)
+        seen.newest_ts = max(seen.newest_ts, ts)
         self.highest_seq[sender] = max(seq, self.highest_seq.get(sender, -1))
+        if len(self._seen) > MAX_SENDERS:
+            old, window = next(iter(self._seen.items()))
+            del self._seen[old]
+            self.highest_seq.pop(old, None)
+            self.forgotten_ts = max(self.forgotten_ts, window.newest_ts)
         return Envelope(kind, self.network, sender, recipient, seq, ts, payload, sig, payload_sha256)
 
     def _header(self, obj: dict, now_ms: int) -> tuple[str, bytes, bytes, int, int]:

@@ -155,6 +155,48 @@ class Bye:
     reason: str = ""
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class LedgerHead:
+    """A node's own ledger head as it signed it (ledger.heads.Head: entry count, that entry's hash, the
+    signature), given to a peer to keep and handed back when the node checks its history against what
+    its peers hold (`mesh ledger verify --peers`)."""
+
+    n: int
+    hash: str
+    sig: str
+
+    def __post_init__(self) -> None:
+        if not (type(self.n) is int and 0 <= self.n < 1 << 53 and len(self.hash) == 64 and len(self.sig) == 128
+                and _HEX.issuperset(self.hash) and _HEX.issuperset(self.sig)):
+            raise Rejected("bad-schema", "a ledger head is a count, a 64-hex hash and a 128-hex signature")
+
+
+@dataclass
+class HeadAsk:
+    """Which of my ledger heads do you hold? Answered by a HeadHeld with the same `nonce`."""
+
+    nonce: str
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.nonce) <= 64:
+            raise Rejected("bad-schema", "a nonce is 1 to 64 characters")
+
+
+@dataclass
+class HeadHeld:
+    """The asker's heads this node holds (at most KEEP_PER_OWNER), oldest first."""
+
+    nonce: str
+    heads: list[LedgerHead] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.nonce) <= 64 or len(self.heads) > 8:
+            raise Rejected("bad-schema", "a nonce is 1 to 64 characters, and at most 8 heads are held")
+
+
 KINDS: dict[str, type] = {
     "hello": Hello,
     "step": StepRequest,
@@ -162,4 +204,7 @@ KINDS: dict[str, type] = {
     "receipt": ReceiptMsg,
     "progress": Progress,
     "bye": Bye,
+    "head": LedgerHead,
+    "head-ask": HeadAsk,
+    "head-held": HeadHeld,
 }

@@ -14,6 +14,7 @@ from mesh.wire.messages import PeerRecord, RateCard
 
 RECORD_TTL_MS = 30 * 60_000  # re-issued every 10 min; the DHT re-announces every 7.5 min (each round is
 # ~5 DHT walks a node: every 150 s, as with 10 min, they kept a 32-node mesh on 2 cores busy)
+MAX_LIFETIME_MS = 2 * RECORD_TTL_MS  # a record valid longer is refused: a stolen or lying one lives an hour
 MAX_AHEAD_MS = 120_000  # a record issued further in the future than the envelope window is refused
 MAX_ALT = 2  # addresses beyond `addr`: a node behind NAT holds up to three relay slots
 MAX_ADDR = 300  # characters
@@ -37,23 +38,27 @@ def make_record(identity: Identity, network: str, addr: str, kinds: list[str], m
 
 
 def check_record(rec: PeerRecord, network: str, now_ms: int) -> str:
-    """'' when the record can be used, else the rejection reason (a counter key)."""
+    """'' when the record can be used, else the rejection reason (a counter key). The signature is
+    checked last: it is the one costly check, and a flood of records stale, over-long or badly formed
+    should cost the receiver nothing but a comparison each."""
     try:
         key, sig = bytes.fromhex(rec.key), bytes.fromhex(rec.sig)
     except ValueError:
         return "bad-record"
-    if len(key) != 32 or not verify(key, sig, record_bytes(network, rec)):
+    if len(key) != 32:
         return "bad-record"
     if rec.version != PROTOCOL_VERSION:
         return "bad-version"
     if rec.expires <= now_ms:
         return "expired-record"
-    if rec.issued > now_ms + MAX_AHEAD_MS or rec.expires - rec.issued > 24 * 3600_000:
+    if rec.issued > now_ms + MAX_AHEAD_MS or rec.expires - rec.issued > MAX_LIFETIME_MS:
         return "bad-record"
     if len(rec.alt) > MAX_ALT or not all(_address(a) for a in (rec.addr, *rec.alt)):
         return "bad-record"
     if card_problem(rec.rates):
         return "bad-rates"
+    if not verify(key, sig, record_bytes(network, rec)):
+        return "bad-record"
     return ""
 
 

@@ -42,13 +42,16 @@ class Fake:
         async def no_model(params: dict, timeout: float) -> object:
             raise AssertionError("the model was asked though the node has none")
 
+        async def no_heads(wait: float) -> dict:
+            return {"asked": [], "answers": [], "wait": wait}
+
         base = NodeFacade(
             node_id="n" * 64, token=TOKEN, home=self.home, ledger_path=self.home / "ledger.db",
             jobs_dir=self.home / "jobs", model_missing="started with --no-model",
             status=lambda: {"node": "n" * 64, "peers": [{"node": "p" * 64}]}, jobs=lambda: {},
             report=lambda st: {}, submit=self.submit, workers_for=lambda needs: 0,
             kinds_offered=lambda: Counter({"python": 2}), models_held=lambda: Counter({"ab" * 32: 3}),
-            ask_model=no_model)
+            ask_model=no_model, peer_heads=no_heads)
         return replace(base, **changes)
 
 
@@ -145,3 +148,13 @@ def test_the_ledger_is_read_from_the_facades_path(fake):
     assert status == 200 and body == {"node": me.node_id, "balance": 1.5, "earned": 1.5, "spent": 0.0}
     status, rows = call(fake.facade(), "GET", "/ledger/history?limit=5")
     assert status == 200 and rows[0]["receipt"] == r
+
+
+def test_peer_heads_go_to_the_facade_with_a_bounded_wait(fake):
+    status, body = call(fake.facade(), "POST", "/ledger/peer-heads", {"wait": 2})
+    assert status == 200 and body == {"asked": [], "answers": [], "wait": 2.0}
+    for bad in ({"wait": 0}, {"wait": 61}, {"wait": "x"}, {"extra": 1}):
+        status, _ = call(fake.facade(), "POST", "/ledger/peer-heads", bad)
+        assert status == 422, bad
+    status, _ = call(fake.facade(), "POST", "/ledger/peer-heads", {"wait": 2}, token=False)
+    assert status == 401

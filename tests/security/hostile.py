@@ -12,14 +12,20 @@ import sqlite3
 import struct
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import trio
+from multiaddr import Multiaddr
 
 from mesh import PROTOCOL_VERSION
 from mesh.cli.local import LocalMesh, LocalNode, free_ports
 from mesh.node.p2p.addresses import peer_id_of
 from mesh.node.p2p.client import BlockingLink
+from mesh.node.p2p.transport import PROTOCOL, build_host
+from mesh.node.p2p.triothread import TrioThread
 from mesh.wire.canonical import canonical
 from mesh.wire.envelope import ANYONE, Sealer, signed_bytes
 from mesh.wire.identity import Identity
@@ -476,3 +482,70 @@ def wait_paid(mesh: LocalMesh, rep: dict, timeout: float = 15) -> None:
 
 def honest_ids(mesh: LocalMesh) -> set[str]:
     return {n.node_id for n in mesh.nodes}
+
+
+# -- peers that complete the handshake and then say nothing -----------------------------------------------
+class SilentPeers:
+    """`n` real libp2p hosts (Noise + Yamux, each with its own key) on 127.0.0.1, all run by one trio
+    thread: they accept a node's link and its `/homemesh/1` stream and never send a byte. `records()`
+    are their validly signed peer records, for an attacker to gossip; `streams` counts the streams the
+    node opened to them."""
+
+    def __init__(self, n: int, network: str = NETWORK):
+        self.network, self.n, self.streams = network, n, 0
+        self.opened: Counter[str] = Counter()  # address → streams the node opened to it
+        self.events: list[tuple[float, str, str]] = []  # (monotonic time, address, open | closed)
+        self.by_addr: dict[str, Identity] = {}
+        self.thread = TrioThread("silent-peers")
+        self.thread.start()
+        self._stop: trio.Event | None = None
+        self.thread.run_blocking(self.thread.nursery.start, self._serve)
+
+    async def _serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self._stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.n):
+                nursery.start_soon(self._run_one, Identity.generate())
+            while len(self.by_addr) < self.n:
+                await trio.sleep(0.01)
+            task_status.started()
+
+    async def _run_one(self, ident: Identity) -> None:
+        host = build_host(ident)
+        async with host.run([Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+            addr = str(host.get_addrs()[0]).split("/p2p/")[0]
+
+            async def hold(stream) -> None:  # keep the stream open, answer nothing, note when it ends
+                self.streams += 1
+                self.opened[addr] += 1
+                self.events.append((time.monotonic(), addr, "open"))
+                try:
+                    while await stream.read(65536):
+                        pass
+                except Exception:  # reset or closed by the node: either way, its end of the link
+                    pass
+                self.events.append((time.monotonic(), addr, "closed"))
+
+            host.set_stream_handler(PROTOCOL, hold)
+            self.by_addr[addr] = ident
+            await self._stop.wait()
+
+    def redials(self) -> list[float]:
+        """For each stream the node closed, the seconds until it opened the next to that peer (inf:
+        not yet)."""
+        gaps, closed = [], {}
+        for t, addr, what in self.events:
+            if what == "closed":
+                closed[addr] = t
+            elif addr in closed:
+                gaps.append(t - closed.pop(addr))
+        return gaps + [float("inf")] * len(closed)
+
+    def records(self) -> list[PeerRecord]:
+        return [make_record(ident, self.network, addr, ["python"], [], False, now_ms())
+                for addr, ident in self.by_addr.items()]
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self.thread.post(self._stop.set)
+        self.thread.stop()

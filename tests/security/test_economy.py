@@ -200,3 +200,55 @@ def test_replicas_are_spread_by_the_address_peers_connect_from_not_the_one_they_
     finally:
         for s in sybils:
             s.close()
+
+
+def test_a_ledger_rebuilt_and_re_signed_with_the_nodes_own_key_is_caught_by_the_heads_its_peers_hold(
+        make_mesh, tmp_path):
+    """Whoever holds a node's disk holds its key: it can rewrite the ledger, hash the chain again and sign
+    new heads, and `mesh ledger verify` passes. The heads the node gave its peers cannot be re-signed:
+    `verify --peers` asks them, and the rewritten entry no longer matches."""
+    import sqlite3
+
+    from ledger.heads import GENESIS, HEAD_EVERY, Head
+    from mesh.wire.identity import load
+
+    from ..ledger.test_ledger_cli import rebuild_chain
+    from .hostile import ledger_count
+
+    mesh = make_mesh(4, lambda i: ["--no-model", "--fault", "wrong"] if i == 3 else ["--no-model"])
+    sub = mesh.nodes[0]
+    job = write_job(tmp_path / "j.json", [{"id": "a", "kind": "python", "params": {"code": "output = 5"}}])
+    assert cli_json("submit", job, "--home", str(sub.home), "--redundancy", "3", "--wait")["status"] == "done"
+
+    def verify_peers() -> dict:
+        res = run_cli("ledger", "verify", "--home", str(sub.home), "--peers", "--wait", "3", "--json")
+        return {"rc": res.returncode, **json.loads(res.stdout)}
+
+    def holding_the_last_entry() -> list:
+        got, n = verify_peers(), ledger_count(sub.home)
+        return [a for a in got["peers"]["answers"] if n in a["heads"]] if got["rc"] == 0 else []
+
+    wait_for(lambda: len(holding_the_last_entry()) >= 2, 60, "two peers to hold the head at the last entry")
+
+    sub.stop()  # the full-disk attacker: rows rewritten, the chain rebuilt, every head signed again
+    me = load(sub.home)
+    db = sqlite3.connect(sub.home / "ledger.db")
+    assert db.execute("UPDATE entries SET kind = 'agreed' WHERE kind = 'disagreed'").rowcount >= 1
+    db.commit()
+    rebuild_chain(db)
+    rows = db.execute("SELECT id, hash FROM entries ORDER BY id").fetchall()
+    db.execute("DELETE FROM heads")
+    for n, h in [(0, GENESIS), *[(i, h) for i, h in rows if i % HEAD_EVERY == 0 or i == len(rows)]]:
+        head = Head.sign(me.sign, me.node_id, n, h)
+        db.execute("INSERT INTO heads VALUES (?,?,?)", (head.n, head.hash, head.sig))
+    db.commit()
+    db.close()
+    assert run_cli("ledger", "verify", "--home", str(sub.home)).returncode == 0  # alone, it cannot tell
+
+    sub.start(bootstrap=[mesh.nodes[1].listen])
+    sub.wait_started(60)
+    wait_for(lambda: sum(p["state"] == "up" for p in status(sub)["peers"]) >= 2, 60, "node0 linked again")
+    got = verify_peers()
+    assert got["rc"] == 1 and not got["ok"], got
+    bad = [a for a in got["peers"]["answers"] if not a["ok"]]
+    assert len(bad) >= 2 and all("is not the one its signed head names" in " ".join(a["problems"]) for a in bad), got

@@ -34,7 +34,10 @@ from mesh.wire.identity import Identity, verify
 from mesh.wire.messages import (
     KINDS,
     Bye,
+    HeadAsk,
+    HeadHeld,
     Hello,
+    LedgerHead,
     PeerRecord,
     Progress,
     ReceiptMsg,
@@ -154,6 +157,9 @@ def test_every_kind_round_trips(alice, bob):
         "receipt": ReceiptMsg({"job": "j", "amount": 1.5}),
         "bye": Bye("shutting down"),
         "progress": Progress("job1", "a", 8, "Once upon a"),
+        "head": LedgerHead(128, "a" * 64, "b" * 128),
+        "head-ask": HeadAsk("n1"),
+        "head-held": HeadHeld("n1", [LedgerHead(64, "c" * 64, "d" * 128)]),
     }
     assert set(payloads) == set(KINDS)
     for i, (kind, payload) in enumerate(payloads.items()):
@@ -290,6 +296,23 @@ def test_replay_state_is_per_sender(alice, mallory, bob):
     # mallory's lower seq is fine: it is mallory's own counter
     bob.receive(one_body(mallory.seal("hello", BOB.public_key, hello(), T0)), T0 + 10)
     assert not bob.rejected
+
+
+def test_replay_memory_is_bounded_and_a_forgotten_senders_frames_stay_replays(alice, bob, monkeypatch):
+    """Every fresh key a peer makes costs the receiver a replay window: past MAX_SENDERS the least
+    recently heard is forgotten, and anything stamped up to its newest frame is refused from any
+    sender not in memory, so forgetting opens no replay."""
+    from mesh.wire import envelope
+
+    monkeypatch.setattr(envelope, "MAX_SENDERS", 5)
+    captured = one_body(alice.seal("hello", BOB.public_key, hello(), T0))
+    bob.receive(captured, T0)
+    for i in range(10):  # ten strangers, each with a key of its own, one frame each
+        bob.receive(one_body(Sealer(Identity.generate(), NET).seal("hello", BOB.public_key, hello(), T0 + 1 + i)),
+                    T0 + 20)
+    assert len(bob._seen) == 5 and len(bob.highest_seq) == 5
+    assert rejected(bob, captured, T0 + 20) == "replay"  # alice forgotten: her old frame is still refused
+    bob.receive(one_body(alice.seal("hello", BOB.public_key, hello(), T0 + 30)), T0 + 30)  # her new ones are not
 
 
 def test_seq_is_derived_from_clock_and_keeps_rising(alice):

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import socket
+import time
 from collections import Counter, deque
 from contextlib import asynccontextmanager
 from typing import Callable
@@ -98,18 +99,27 @@ def _gate_dials(host: IHost, gate: Gate) -> None:
     the end that starts a hole punch dials the addresses the other end sent."""
     swarm = host.get_network()
 
-    def gated(dial):
+    def gated(dial, punch: bool = False):
         async def dial_gated(addr: Multiaddr, peer_id: ID, source=None):
+            named = str(addr)
             try:
-                gate.check(str(addr))
+                key = key_of(peer_id)
+                gate.check(named)
+                gate.admit(named, key, time.monotonic(), punch)
                 addr = await _resolved(addr, gate)
-            except (AddressRefused, OSError, trio.TooSlowError) as exc:
+            except (AddressRefused, OSError, ValueError, trio.TooSlowError) as exc:
                 raise _swarm.SwarmException(f"{addr}: {exc}") from None
-            return await dial(addr, peer_id, source)
+            ok = False
+            try:
+                conn = await dial(addr, peer_id, source)
+                ok = True
+                return conn
+            finally:  # cancelled (a tarpit outlasting the link's time limit) is failed too
+                gate.dialled(named, key, ok, time.monotonic())
         return dial_gated
 
     swarm._dial_with_retry = gated(swarm._dial_with_retry)
-    swarm.dial_addr_as_responder = gated(swarm.dial_addr_as_responder)
+    swarm.dial_addr_as_responder = gated(swarm.dial_addr_as_responder, punch=True)
 
 
 class _Turns:
