@@ -1,12 +1,14 @@
-"""Worker behaviours, pluggable: a strategy maps the right answer of a step (which the worker cannot
-tell from a spot check) to the answer it returns. Name one in a scenario, or give `package.module:Class`
-for your own subclass of Strategy."""
+"""Worker behaviours, pluggable: a strategy maps the right answer of a step to the answer it returns,
+seeing what a real worker sees of the request (its sender, job id, step id, params, when it came). Name
+one in a scenario, or give `package.module:Class` for your own subclass of Strategy."""
 
 from __future__ import annotations
 
 import importlib
 import random
+import re
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 from mesh.wire.canonical import canonical
@@ -28,6 +30,14 @@ class Strategy:
     def answer(self, truth: Any) -> Any:
         self.answered += 1
         return truth
+
+    def arrived(self, src: str, job: str, step: str, now: float) -> None:
+        """A request came in (before it waits for the worker's slot): a strategy may note when."""
+
+    def respond(self, src: str, job: str, step: str, params: Mapping[str, Any], truth: Any, now: float) -> Any:
+        """The answer to one request, seeing all a real worker sees of it; most strategies look at the
+        right answer only."""
+        return self.answer(truth)
 
 
 class RandomWrong(Strategy):
@@ -76,7 +86,61 @@ class OnOff(RandomWrong):
         return super().answer(truth)
 
 
-BUILTIN: dict[str, type[Strategy]] = {c.name: c for c in (Strategy, RandomWrong, Colluding, Sybil, OnOff)}
+class CheckAware(Strategy):
+    """Answers right what it takes for a spot check and wrong everything else (with probability `rate`),
+    from every cue a real worker sees: a job id starting `spot-`, the step id `check`, the one code
+    template checks used to have, a python step whose code it never saw in real work after a warm-up of
+    `good_steps` requests, or a request that came right after another from the same submitter (checks
+    used to ride with a replica). `caught_by` counts the cues that fired."""
+
+    name = "check-aware"
+    adversary = True
+    RIGHT_AFTER_S = 0.05  # two requests from one submitter this close: the second "is a check"
+    OLD_TEMPLATE = re.compile(r"a, b, c = \d+, \d+, \d+\noutput = ")
+
+    def __init__(self, rng: random.Random, rate: float = 1.0, group: str = "", good_steps: int = 0):
+        super().__init__(rng, rate, group, good_steps)
+        self.last: dict[str, float] = {}  # submitter → when its latest request came
+        self.close: set[tuple[str, str]] = set()  # (job, step) that came right after another from its sender
+        self.codes: set[str] = set()  # code of requests it took for real work
+        self.cues: dict[str, int] = {}  # cue → requests it flagged
+
+    def arrived(self, src: str, job: str, step: str, now: float) -> None:
+        last = self.last.get(src)
+        if last is not None and now - last < self.RIGHT_AFTER_S:
+            self.close.add((job, step))
+        self.last[src] = now
+
+    def cue(self, job: str, step: str, params: Mapping[str, Any]) -> str:
+        """Why this request looks like a check ('' when it looks real)."""
+        code = str(params.get("code", ""))
+        if job.startswith("spot-"):
+            return "job id prefix"
+        if step == "check":
+            return "step id"
+        if self.OLD_TEMPLATE.match(code):
+            return "code template"
+        if (job, step) in self.close:
+            return "right after a replica"
+        if self.answered >= self.good_steps and code not in self.codes:
+            return "unseen code"
+        return ""
+
+    def respond(self, src: str, job: str, step: str, params: Mapping[str, Any], truth: Any, now: float) -> Any:
+        why = self.cue(job, step, params)
+        self.answered += 1
+        self.close.discard((job, step))
+        if why:
+            self.cues[why] = self.cues.get(why, 0) + 1
+            return truth
+        self.codes.add(str(params.get("code", "")))
+        if self.rng.random() < self.rate:
+            return ["wrong", self.rng.getrandbits(48)]
+        return truth
+
+
+BUILTIN: dict[str, type[Strategy]] = {c.name: c for c in (Strategy, RandomWrong, Colluding, Sybil, OnOff,
+                                                           CheckAware)}
 
 
 def strategy_class(name: str) -> type[Strategy]:

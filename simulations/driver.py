@@ -12,6 +12,7 @@ from typing import Any
 
 from mesh.core.dag import Job
 from mesh.core.effects import (
+    Alarm,
     Answer,
     Effect,
     Finished,
@@ -26,7 +27,8 @@ from mesh.core.effects import (
     Wake,
 )
 from mesh.core.policy import Candidate, Evidence, Reputations, StepEvidence, reputation_group
-from mesh.core.submission import Config, Submission, SubmittedJob, replay_log
+from mesh.core.spotcheck import Challenge
+from mesh.core.submission import CHECK_SPREAD_S, Config, Submission, SubmittedJob, replay_log
 from mesh.wire.canonical import digest
 
 from .engine import Engine
@@ -71,9 +73,11 @@ class SimLedger:
         return True
 
 
-def make_core(policy: PolicySpec, seed: int, keep: int, record: bool = False) -> Submission:
+def make_core(policy: PolicySpec, seed: int, keep: int, record: bool = False,
+              check_spread_s: float = CHECK_SPREAD_S) -> Submission:
     """The submission core as the simulator configures it from a scenario's policy."""
-    config = Config(seed, policy.spot_rate, policy.blacklist_s, policy.margin, policy.recheck, keep, job_log=record)
+    config = Config(seed, policy.spot_rate, policy.blacklist_s, policy.margin, policy.recheck, keep, job_log=record,
+                    check_spread_s=check_spread_s)
     return Submission(config, record=record)
 
 
@@ -84,7 +88,7 @@ def replay_core_log(log: list) -> list:
     def make(config: Config) -> Submission:
         policy = PolicySpec(margin=config.margin, spot_rate=config.spot_rate, blacklist_s=config.blacklist_s,
                             recheck=config.recheck)
-        return make_core(policy, config.seed, config.keep, record=True)
+        return make_core(policy, config.seed, config.keep, record=True, check_spread_s=config.check_spread_s)
 
     return replay_log(log, make)
 
@@ -100,8 +104,10 @@ class SimSubmitter:
         self._cands: dict[str, tuple[Candidate, float]] = {}
         self.core = make_core(s.policy, rng.getrandbits(64), max(500, KEEP_FINISHED // s.network.submitters), record)
         self.meta: dict[str, SimJob] = {}
+        self._checks: dict[str, str] = {}  # a spot check's id on the wire → the core's id for it (private)
         self._effects: dict[type, Callable[[Any], None]] = {
-            Send: self._send, Timer: self._timer, Wake: self._wake, Record: self._record, Started: self._started,
+            Send: self._send, Timer: self._timer, Alarm: self._alarm, Wake: self._wake, Record: self._record,
+            Started: self._started,
             Answer: self._answer, Judged: self._judged, Rechecked: self._rechecked, Finished: self._finished,
             Forgotten: self._forgotten}
 
@@ -130,13 +136,14 @@ class SimSubmitter:
             self._apply(self.core.tick(job_id, self._candidates(job_id), self.engine.now))
 
     def on_result(self, job_id: str, step: str, node: str, output: Any, claimed: str, work: dict) -> None:
+        job_id = self._checks.pop(job_id, job_id)
         self._apply(self.core.on_result(node, job_id, step, True, claimed, output, work, "", self.engine.now))
 
     def on_node_lost(self, node: str) -> None:
         self._apply(self.core.on_node_lost(node, "left the mesh", self.engine.now))
 
-    def _check_timeout(self, check_id: str, node: str) -> None:
-        self._apply(self.core.on_check_timeout(check_id, node, self.engine.now))
+    def _on_alarm(self) -> None:
+        self._apply(self.core.on_alarm(self.engine.now))
 
     def _candidate(self, nid: str) -> Candidate:
         """A worker as placement sees it. Cached until its evidence changes or a minute passes: decay
@@ -163,19 +170,36 @@ class SimSubmitter:
             self._effects[type(eff)](eff)
 
     def _send(self, eff: Send) -> None:
+        if eff.check is not None:
+            self._send_check(eff, eff.check)
+            return
         sj = self.meta[eff.job]
         self.trace.add("send", eff.job, eff.step, eff.node)
         self.m.replicas += 1
-        msg = StepMsg(eff.job, eff.step, sj.truths[eff.step], sj.costs[eff.step])
+        msg = StepMsg(eff.job, eff.step, sj.truths[eff.step], sj.costs[eff.step], eff.params)
         self.net.send(self.id, eff.node, 1024, self.world.receive, eff.node, self.on_result, self.id, msg)
-        if eff.check is not None:
-            self.m.spot_checks += 1
-            self.engine.at(eff.check.deadline, self._check_timeout, eff.check.id, eff.node)
-            check = StepMsg(eff.check.id, "check", eff.check.challenge.expected, self.s.jobs.cost_s * 0.1)
-            self.net.send(self.id, eff.node, 1024, self.world.receive, eff.node, self.on_result, self.id, check)
+
+    def _send_check(self, eff: Send, ch: Challenge) -> None:
+        """A spot check goes out as this submitter's next job would: an id from the same sequence, the
+        replayed step's id, params and cost. An honest worker computes the replayed step's real answer
+        (which a wrongly accepted known answer would not match), or a synthetic one's."""
+        self.count += 1
+        wire = f"{self.id}-{self.count}"
+        self._checks[wire] = eff.job
+        self.m.spot_checks += 1
+        self.trace.add("check", wire, eff.step, eff.node)
+        src = self.meta.get(ch.source[0]) if ch.source is not None else None
+        step = ch.source[1] if ch.source is not None else ""
+        truth = src.truths[step] if src is not None else ch.expected
+        cost = src.costs[step] if src is not None else self.s.jobs.cost_s * 0.1
+        msg = StepMsg(wire, eff.step, truth, cost, eff.params)
+        self.net.send(self.id, eff.node, 1024, self.world.receive, eff.node, self.on_result, self.id, msg)
 
     def _timer(self, eff: Timer) -> None:
         self.engine.at(eff.at, self._drive, eff.job)
+
+    def _alarm(self, eff: Alarm) -> None:
+        self.engine.at(eff.at, self._on_alarm)
 
     def _wake(self, eff: Wake) -> None:
         self._drive(eff.job)

@@ -4,7 +4,7 @@ now (sampled in O(k) by submitters), each worker's one-slot queue, and churn (le
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ class StepMsg:
     step: str
     truth: Any  # what an honest worker computes
     cost_s: float  # CPU-seconds on a speed-1 node
+    params: Mapping[str, Any] = field(default_factory=dict)  # as the request carries them (a strategy may look)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class World:
         node = self.nodes[nid]
         if not node.online:
             return
+        node.strategy.arrived(src, msg.job, msg.step, self.engine.now)
         start = max(self.engine.now, node.busy_until)
         node.busy_until = start + msg.cost_s / node.speed
         self.engine.at(node.busy_until, self._finish, node, node.epoch, reply, src, msg)
@@ -88,7 +90,7 @@ class World:
         if node.epoch != epoch:
             return  # it went down meanwhile
         node.served += 1
-        output = node.strategy.answer(msg.truth)
+        output = node.strategy.respond(src, msg.job, msg.step, msg.params, msg.truth, self.engine.now)
         self.net.send(node.id, src, 512, reply, msg.job, msg.step, node.id, output, digest(output),
                       {"cpu_s": round(msg.cost_s / node.speed, 6)})
 

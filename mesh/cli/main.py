@@ -562,12 +562,15 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
                     help="the address peers should dial (default: --listen; set it when listening on 0.0.0.0)")
     sp.add_argument("--frame-cap", type=int, default=1 << 20, metavar="BYTES",
                     help="largest peer frame accepted (default 1 MiB); larger frames drop the connection")
-    sp.add_argument("--fault", choices=["wrong", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay"],
+    sp.add_argument("--fault", choices=["wrong", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay", "check-aware", "busy"],
                     help="misbehave on purpose (tests and demos): wrong answers, silence, slowness, crash, bad "
-                         "signatures, or (as a relay) forward nothing or forward late")
+                         "signatures, (as a relay) forward nothing or forward late, answer right only what looks "
+                         "like a spot check (check-aware), or refuse every other step as busy")
     sp.add_argument("--spot-rate", type=float, default=0.0, metavar="P",
-                    help="send a worker a question with a known answer alongside a replica with probability P "
-                         "(e.g. 0.05); a wrong answer blacklists it and voids its unsettled answers (default 0)")
+                    help="with probability P per replica (e.g. 0.05), send its worker a step whose answer is "
+                         "known (a replay of an accepted step) as a job of its own, at a random moment; a wrong "
+                         "answer blacklists it and voids its unsettled answers; busy or no answer costs nothing "
+                         "(default 0)")
     sp.add_argument("--blacklist", type=float, default=3600.0, metavar="SECONDS",
                     help="how long a worker that failed a spot check gets no work (default 3600)")
     sp.add_argument("--core-log", action="store_true",

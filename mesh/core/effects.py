@@ -15,18 +15,10 @@ from mesh.core.spotcheck import Challenge
 
 
 @dataclass(frozen=True)
-class Check:
-    """A spot check riding with a replica: sent to the same worker, right after it, as any step."""
-
-    id: str  # the job id the worker sees
-    challenge: Challenge  # kind and params are sent; the expected answer never leaves the submitter
-    deadline: float
-
-
-@dataclass(frozen=True)
 class Send:
-    """Send this replica now (its worker slot is already taken); if it cannot be delivered, tell the core
-    (Submission.on_unreachable)."""
+    """Send this replica or spot check now (its worker slot is already taken); if it cannot be delivered,
+    tell the core (Submission.on_unreachable). A check is sent exactly as a replica: the node's driver
+    never reads `check` (the simulator finds its truth there), so nothing on the wire tells them apart."""
 
     job: str
     step: str
@@ -34,7 +26,7 @@ class Send:
     kind: str
     params: Mapping[str, Any]
     deadline: float
-    check: Check | None = None
+    check: Challenge | None = None  # a spot check's known answer: never sent, never shown to the worker
 
 
 @dataclass(frozen=True)
@@ -42,6 +34,13 @@ class Timer:
     """Drive `job` again at `at` (a replica's deadline) unless something wakes it sooner."""
 
     job: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """Call Submission.on_alarm at `at`: a planned spot check is due, or an outstanding one's deadline."""
+
     at: float
 
 
@@ -104,7 +103,8 @@ class Answer:
 
 @dataclass(frozen=True)
 class Judged:
-    """A spot check's answer, judged; a failure is also recorded (spot_failed) and blacklists the worker."""
+    """A spot check's answer, judged; a failure is also recorded (spot_failed) and blacklists the worker.
+    (No answer — busy, an error, a timeout — is never judged.)"""
 
     node: str
     passed: bool
@@ -137,7 +137,7 @@ class Forgotten:
     job: str
 
 
-Effect = Send | Timer | Wake | Record | Started | Answer | Judged | Rechecked | Finished | Forgotten
+Effect = Send | Timer | Alarm | Wake | Record | Started | Answer | Judged | Rechecked | Finished | Forgotten
 
 
 def as_json(effect: Effect) -> list[Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,8 +17,8 @@ from typing import Any
 
 from mesh.core.dag import Job, parse_job
 from mesh.core.effects import (
+    Alarm,
     Answer,
-    Check,
     Effect,
     Finished,
     Forgotten,
@@ -38,6 +39,14 @@ from mesh.wire.canonical import digest
 
 PER_WORKER = 4  # requests a worker takes from one peer at once (mesh.node.flow.Limits.max_inflight_per_peer)
 MIN_TIMEOUT_S = 1.0  # a request is never sent with less time than this to answer
+CHECK_SPREAD_S = 30.0  # a spot check goes out at a random moment up to this long after the placement it follows
+
+
+def new_job_id(bits: int) -> str:
+    """A job id as every job id on the wire is made: the first 20 hex digits of a version-4 UUID built
+    from `bits` (the node's real jobs: uuid4's own random bits; the core's checks and rechecks: its
+    seeded RNG's), so a worker cannot tell a check or a recheck by its id."""
+    return uuid.UUID(int=bits & ((1 << 128) - 1), version=4).hex[:20]
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class Config:
     keep: int = 1000  # finished jobs kept (for rechecks and reports) before they are forgotten (not while rechecked)
     per_worker: int = PER_WORKER
     job_log: bool = False  # each JobRun keeps its own log too (JobRun.log, mesh.core.jobrun.replay_log)
+    check_spread_s: float = CHECK_SPREAD_S  # a check waits a random 0..this (at most the step's timeout)
 
 
 @dataclass(eq=False)
@@ -91,6 +101,7 @@ class Submission:
         self._finished: deque[str] = deque()
         self._rechecking: dict[str, int] = {}  # job → its rechecks still running (it is kept until they end)
         self._records: dict[int, Record] = {}  # written by the driver, not yet reported
+        self._prefix: dict[str, str] = {}  # worker → its network prefix when last placed (for known answers)
         self._next_record = 0
         self.log: list | None = [["config", dataclasses.asdict(config)]] if record else None
 
@@ -112,9 +123,14 @@ class Submission:
             return self._out([])
         out: list[Effect] = []
         sj.run.on_time(now)
-        for d in sj.run.advance(self._trusted(candidates, now), now, self.spot.held(now)):
+        placed = sj.run.advance(self._trusted(candidates, now), now, self.spot.held(now))
+        if placed:
+            nodes = {d.node for d in placed}
+            self._prefix.update((c.node, c.prefix) for cs in candidates.values() for c in cs if c.node in nodes)
+        for d in placed:
             out.append(Timer(job_id, d.deadline))
             self._dispatch(job_id, d, now, out)
+            self._plan_check(sj, d, now, out)
         for node in list(self.queued):
             self._drain(node, now, out)
         outcomes = sj.run.take_outcomes()
@@ -126,14 +142,18 @@ class Submission:
 
     def on_result(self, node: str, job_id: str, step: str, ok: bool, claimed: str, output: Any, work: dict,
                   error: str, now: float) -> list[Effect]:
-        """A worker's answer to a replica or to a spot check; its slot is free again either way."""
+        """A worker's answer to a replica or to a spot check; its slot is free again either way. A check
+        answered with an error (busy, a limit, a failed step) was not answered: dropped, unpunished."""
         self._in("on_result", node, job_id, step, ok, claimed, output, work, error, now)
         out: list[Effect] = []
         self._release(node, job_id, step, now, out)
         sound = ok and digest(output) == claimed
         challenge = self.spot.take(job_id, node)
         if challenge is not None:
-            self._judge(node, job_id, challenge, sound, output, claimed if ok else f"error: {error}", now, out)
+            if ok:
+                self._judge(node, job_id, challenge, sound, output, claimed, now, out)
+            else:
+                out.extend(self._wake_holding([node]))
             return self._out(out)
         if ok and not sound:
             ok, error = False, "digest does not match output"
@@ -146,14 +166,14 @@ class Submission:
             out.append(Wake(job_id))
         return self._out(out)
 
-    def on_unreachable(self, job_id: str, step: str, node: str, check: str | None, now: float) -> list[Effect]:
-        """A Send that could not be delivered: its replica fails, its spot check is withdrawn."""
-        self._in("on_unreachable", job_id, step, node, check, now)
+    def on_unreachable(self, job_id: str, step: str, node: str, now: float) -> list[Effect]:
+        """A Send that could not be delivered: a replica fails, a spot check is withdrawn unpunished."""
+        self._in("on_unreachable", job_id, step, node, now)
         out: list[Effect] = []
-        if check is not None:
-            self.spot.withdraw(check)
-            self.outstanding.get(node, {}).pop((check, "check"), None)
         self._release(node, job_id, step, now, out)
+        if self.spot.withdraw(job_id) is not None:
+            out.extend(self._wake_holding([node]))
+            return self._out(out)
         sj = self.active.get(job_id)
         if sj is not None and sj.run.on_failure(step, node, "unreachable"):
             out.append(Wake(job_id))
@@ -164,6 +184,7 @@ class Submission:
         self._in("on_node_lost", node, reason, now)
         self.outstanding.pop(node, None)
         self.queued.pop(node, None)  # those replicas are pending in their tallies: failed just below
+        self.spot.drop_node(node)  # its checks, planned or out: no answer, unpunished
         out: list[Effect] = []
         for job_id, sj in self.active.items():
             if any(node in r.tally.pending for r in sj.run.steps.values() if r.tally):
@@ -171,12 +192,30 @@ class Submission:
                 out.append(Wake(job_id))
         return self._out(out)
 
-    def on_check_timeout(self, check_id: str, node: str, now: float) -> list[Effect]:
-        """A spot check's deadline passed (a driver's timer; a node's ticks just find it expired): it is
-        dropped unanswered and unpunished, and the steps its worker held may settle."""
-        self._in("on_check_timeout", check_id, node, now)
-        self.spot.withdraw(check_id)
-        return self._out(self._wake_holding([node]))
+    def on_alarm(self, now: float) -> list[Effect]:
+        """An Alarm's moment: planned spot checks now due go out (or wait for a slot of their worker);
+        outstanding ones past their deadline are dropped unanswered and unpunished, and the steps their
+        workers held may settle."""
+        self._in("on_alarm", now)
+        out: list[Effect] = []
+        expired = self.spot.expire(now)
+        for check_id, node in expired:
+            for key in [k for k in self.outstanding.get(node, {}) if k[0] == check_id]:
+                del self.outstanding[node][key]
+        for check_id in self.spot.due(now):
+            node, challenge, _ = self.spot.planned[check_id]
+            if self.spot.blacklisted(node, now):
+                self.spot.withdraw(check_id)
+            elif self._busy(node, now) or self.queued.get(node):  # behind what already waits for a slot
+                self.spot.planned[check_id] = (node, challenge, float("inf"))  # queued: due no more
+                d = Dispatch(challenge.step, node, challenge.kind, challenge.params, float("inf"))
+                self.queued.setdefault(node, deque()).append((check_id, d))
+            else:
+                self._send_check(check_id, now, out)
+        for node in sorted({node for _, node in expired}):
+            self._drain(node, now, out)
+        out.extend(self._wake_holding(list(dict.fromkeys(node for _, node in expired))))
+        return self._out(out)
 
     def on_recorded(self, record_id: int, ok: bool, error: str = "") -> None:
         """How the driver's ledger write of Record `record_id` went. Reputation is the ledger's to fold
@@ -220,20 +259,37 @@ class Submission:
 
     def _dispatch(self, job_id: str, d: Dispatch, now: float, out: list[Effect]) -> None:
         """Send a replica now (its slot taken at once), or queue it while this worker already has as many
-        of our requests as it takes from one peer (a worker answers more with "busy", failing the replica).
-        A spot check may ride along, in a slot of its own."""
+        of our requests as it takes from one peer (a worker answers more with "busy", failing the replica)."""
         if self._busy(d.node, now):
             self.queued.setdefault(d.node, deque()).append((job_id, d))
             return
-        slots = self.outstanding.setdefault(d.node, {})
-        slots[(job_id, d.step)] = d.deadline
-        check = None
-        challenge = self.spot.challenge(d.kind)
-        if challenge is not None:  # indistinguishable from real work for the worker
-            check = Check(f"spot-{self.rng.getrandbits(64):016x}", challenge, max(d.deadline, now + MIN_TIMEOUT_S))
-            self.spot.issue(check.id, d.node, challenge, check.deadline)
-            slots[(check.id, "check")] = d.deadline
-        out.append(Send(job_id, d.step, d.node, d.kind, d.params, d.deadline, check))
+        self.outstanding.setdefault(d.node, {})[(job_id, d.step)] = d.deadline
+        out.append(Send(job_id, d.step, d.node, d.kind, d.params, d.deadline))
+
+    def _plan_check(self, sj: SubmittedJob, d: Dispatch, now: float, out: list[Effect]) -> None:
+        """Perhaps plan a spot check for the worker just placed: it goes out on its own, as a job of its
+        own, at a random moment up to check_spread_s (at most the step's timeout) from now — never riding
+        with this replica, whose timing would give it away."""
+        run = sj.run
+        kind = run.steps[d.step].kind  # (a verifier's replica is a 'score' request of an llm step)
+        challenge = self.spot.challenge(kind, d.node, d.step, run.job.timeout, d.params.get("model"),
+                                        self._prefix.get(d.node, ""))
+        if challenge is None:
+            return
+        check_id = new_job_id(self.rng.getrandbits(128))
+        due = now + self.spot.rng.uniform(0.0, min(self.config.check_spread_s, run.job.timeout))
+        self.spot.plan(check_id, d.node, challenge, due)
+        out.append(Alarm(due))
+
+    def _send_check(self, check_id: str, now: float, out: list[Effect]) -> None:
+        """A planned check goes out now, in a slot of its worker's own (the caller saw one free), shaped
+        as the step it replays: its step id, params and timeout."""
+        _, challenge, _ = self.spot.planned[check_id]
+        deadline = now + max(challenge.timeout, MIN_TIMEOUT_S)
+        node, challenge = self.spot.issue(check_id, deadline)
+        self.outstanding.setdefault(node, {})[(check_id, challenge.step)] = deadline
+        out.append(Send(check_id, challenge.step, node, challenge.kind, challenge.params, deadline, challenge))
+        out.append(Alarm(deadline))
 
     def _release(self, node: str, job_id: str, step: str, now: float, out: list[Effect]) -> None:
         """A request to `node` was answered (or never sent): send what waits for that worker."""
@@ -245,6 +301,9 @@ class Submission:
         waiting = self.queued.get(node)
         while waiting and not self._busy(node, now):
             job_id, d = waiting.popleft()
+            if job_id in self.spot.planned:  # a spot check waiting for a slot
+                self._send_check(job_id, now, out)
+                continue
             sj = self.active.get(job_id)
             tally = sj.run.steps[d.step].tally if sj is not None else None
             if tally is not None and d.node in tally.pending and d.deadline > now:
@@ -258,7 +317,8 @@ class Submission:
         passed = self.spot.judge(node, challenge, ok, output, now)
         out.append(Judged(node, passed, got))
         if not passed:
-            detail = {"expected": digest(challenge.expected), "got": got, "kind": challenge.kind}
+            detail = {"expected": digest(challenge.expected), "got": got, "kind": challenge.kind,
+                      "as_step": challenge.step, "replays": "/".join(challenge.source or ()) or "synthetic"}
             out.append(self._record("spot", (LedgerEntry("spot_failed", "spot", check_id, node, 0.0, None, detail),)))
             for sj in self.active.values():
                 sj.run.on_node_distrusted(node, "failed a spot check")
@@ -277,7 +337,7 @@ class Submission:
             orig = self.jobs.get(job_id)
             if orig is None or orig.recheck_of or orig.run.steps[sid].status != "done" or sid in orig.rechecks:
                 continue
-            rid, seed = f"{self.rng.getrandbits(80):020x}", self.rng.getrandbits(64)
+            rid, seed = new_job_id(self.rng.getrandbits(128)), self.rng.getrandbits(64)
             orig.rechecks[sid] = {"job": rid, "cause": cheater, "verdict": "running"}
             self._rechecking[job_id] = self._rechecking.get(job_id, 0) + 1
             run = JobRun.recheck(rid, orig.run, sid, random.Random(seed))
@@ -293,6 +353,8 @@ class Submission:
         before = orig.run.steps[sid].digest
         verdict, vouched = orig.run.apply_recheck(sid, sj.run)
         after = orig.run.steps[sid].digest
+        if verdict == "overturned":
+            self.spot.forget((job_id, sid))  # no longer a known answer for checks
         if vouched:
             why = RecheckEvidence(rid, after)
             out.append(self._record(job_id, tuple(LedgerEntry("disagreed", job_id, sid, n, 0.0, why) for n in vouched)))
@@ -309,7 +371,11 @@ class Submission:
         for o in outcomes:
             step_run = sj.run.steps[o.step]
             if o.accepted:
-                self.spot.remember(o.kind, step_run.params or {}, step_run.output)
+                if sj.recheck_of is None and len(o.agreeing) >= 2 and not o.dissenting:  # no doubt about it
+                    asked = tuple(sorted(step_run.replicas))
+                    self.spot.remember(o.kind, step_run.params or {}, step_run.output, o.step, sj.run.job.timeout,
+                                       step_run.comparator.spec, (job_id, o.step), asked,
+                                       tuple(sorted({self._prefix.get(n, "") for n in asked})))
                 if self.config.recheck and sj.recheck_of is None:
                     self.spot.vouch(o.agreeing, job_id, o.step)
             entries += settle_entries(job_id, sj.run.job, o, step_run.replicas)

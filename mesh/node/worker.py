@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ log = logging.getLogger("mesh.node.worker")
 PROGRESS_TEXT = 64 * 1024  # characters of streamed text per progress message (the newest)
 MAX_OWED = 10_000  # steps answered but not yet paid that this node remembers (oldest forgotten first)
 ACTOR_GRACE_S = 15.0  # how much longer than the step's own timeout the node waits for its actor
+RIGHT_AFTER_S = 0.25  # fault=check-aware: a request this soon after the peer's previous one "is a check"
+OLD_CHECK_CODE = re.compile(r"a, b, c = \d+, \d+, \d+\noutput = ")  # the one template checks used to have
 
 OnProgress = Callable[[int, str], object]  # (tokens so far, text so far) of an llm step
 
@@ -100,6 +104,21 @@ def failed(req: StepRequest, error: str) -> StepResult:
     return StepResult(req.job, req.step, False, None, "", "", Work(), error[:MAX_WORK_TEXT])
 
 
+def check_cue(req: StepRequest, since_previous: float | None) -> str:
+    """fault=check-aware: what makes a request look like a spot check to an attacker ('' when nothing
+    does): every cue a worker sees — the job id, the step id, the code, and the timing (right after
+    another request from the same submitter, as checks used to ride with a replica)."""
+    if req.job.startswith("spot-"):
+        return "job id prefix"
+    if req.step == "check":
+        return "step id"
+    if req.kind == "python" and OLD_CHECK_CODE.match(str(req.params.get("code", ""))):
+        return "code template"
+    if since_previous is not None and since_previous < RIGHT_AFTER_S:
+        return "right after a replica"
+    return ""
+
+
 def corrupt(output: object, salt: str) -> object:
     """fault=wrong: a plausible but wrong answer, validly signed. Nodes of one `--collude` group share the
     salt, so they return the same wrong answer; a lone wrong node's answer is its own."""
@@ -111,12 +130,22 @@ class Worker:
         self.port = port
         self.running = 0
         self.owed: dict[tuple[str, str, str], float] = {}  # (payer, job, step) answered ok → most it may be paid
+        self.arrived: dict[str, float] = {}  # fault=check-aware: peer → when its last request came
+        self.turn = 0  # fault=busy: requests seen, every other one refused
 
     async def work(self, peer: Peer, req: StepRequest) -> None:
         port, fault = self.port, self.port.fault
         if fault == "silent":
             return
-        if peer.inflight >= port.limits.max_inflight_per_peer or self.running >= port.limits.max_running:
+        cue = ""
+        if fault == "check-aware":
+            now = time.monotonic()
+            previous = self.arrived.get(peer.node)
+            self.arrived[peer.node] = now
+            cue = check_cue(req, None if previous is None else now - previous)
+        self.turn += 1
+        if (peer.inflight >= port.limits.max_inflight_per_peer or self.running >= port.limits.max_running
+                or (fault == "busy" and self.turn % 2 == 0)):  # busy: an honest node at its limits, every other time
             port.count("busy")
             result = failed(req, "busy: too many steps in flight")
         else:
@@ -133,7 +162,10 @@ class Worker:
             os.killpg(os.getpgrp(), signal.SIGKILL)
         if fault == "slow":
             await asyncio.sleep(min(req.timeout, 30.0))
-        if fault == "wrong" and result.ok:
+        if fault == "check-aware" and result.ok:
+            log.info("fault=check-aware: %s/%s %s", req.job, req.step,
+                     f"looks like a check ({cue}): answered right" if cue else "looks real: answered wrong")
+        if (fault == "wrong" or (fault == "check-aware" and not cue)) and result.ok:
             out = corrupt(result.output, port.collude or port.node_id[:8])
             result = StepResult(req.job, req.step, True, out, digest(out), result.identity, result.work)
         if result.ok:  # only a step answered for this payer can be paid for, and at most this (on_receipt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -9,7 +10,8 @@ import pytest
 from mesh.core.dag import parse_job
 from mesh.core.jobrun import JobRun
 from mesh.core.policy import Candidate, Evidence
-from mesh.core.spotcheck import SpotChecker, python_challenge
+from mesh.core.spotcheck import Challenge, SpotChecker, python_challenge
+from mesh.node.worker import OLD_CHECK_CODE
 from mesh.steps.sandbox import bwrap_path, run_python
 from mesh.wire.canonical import digest
 
@@ -21,23 +23,63 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.mark.skipif(bwrap_path() is None, reason="needs bubblewrap")
 def test_python_challenges_are_right_when_really_run():
     rng = random.Random(7)
-    for _ in range(3):
+    for _ in range(4):
         ch = python_challenge(rng)
         assert run_python(ch.params["code"], {}, 10).output == ch.expected
 
 
+def test_synthetic_challenges_vary_in_shape_and_their_answers_are_right():
+    """Several templates, names and sizes (not one arithmetic line a worker can spot), each answer
+    computed without running the code: run here, the code gives exactly the expected JSON."""
+    rng = random.Random(3)
+    shapes, codes = set(), set()
+    for _ in range(120):
+        ch = python_challenge(rng, "prep", 60.0)
+        assert ch.kind == "python" and set(ch.params) == {"code", "inputs"} and ch.params["inputs"] == {}
+        assert ch.step == "prep" and ch.timeout == 60.0 and ch.source is None
+        scope: dict = {"inputs": {}}
+        exec(ch.params["code"], scope)  # our own code, nothing from a peer
+        assert json.loads(json.dumps(scope["output"])) == ch.expected
+        shapes.add(ch.params["code"].split("\n", 1)[0].split(" ")[0])
+        codes.add(ch.params["code"])
+        assert "check" not in ch.params["code"] and not OLD_CHECK_CODE.match(ch.params["code"])
+    assert len(codes) == 120 and len(shapes) >= 8  # first words differ across templates and names
+
+
 def test_rate_memory_and_blacklist():
     sc = SpotChecker(rate=1.0, blacklist_s=60, rng=random.Random(1))
-    assert sc.challenge("llm") is None  # nothing known yet for llm
-    sc.remember("llm", {"prompt": "p"}, " out")
-    ch = sc.challenge("llm")
-    assert ch.params == {"prompt": "p"} and ch.expected == " out"
+    assert sc.challenge("llm", "w", "a", 60.0) is None  # nothing known yet for llm
+    sc.remember("llm", {"prompt": "p", "model": "m1"}, " out", "ask", 90.0, "exact", ("j0", "ask"), ("w1", "w2"))
+    assert sc.challenge("llm", "w", "a", 60.0, "m2") is None  # a worker placed for another model
+    ch = sc.challenge("llm", "w", "a", 60.0, "m1")
+    assert (ch.params, ch.expected, ch.step, ch.timeout, ch.source) == (
+        {"prompt": "p", "model": "m1"}, " out", "ask", 90.0, ("j0", "ask"))
     assert sc.judge("honest", ch, True, " out", 0.0) and not sc.blacklisted("honest", 0.0)
     assert not sc.judge("liar", ch, True, " other", 0.0)
     assert sc.blacklisted("liar", 59.0) and not sc.blacklisted("liar", 61.0)
-    assert SpotChecker(0.0, 60, random.Random(1)).challenge("python") is None
-    rate = sum(SpotChecker(0.2, 60, random.Random(s)).challenge("python") is not None for s in range(500)) / 500
+    assert not sc.judge("garbled", ch, False, " out", 0.0)  # the right text under a digest that is not its own
+    assert SpotChecker(0.0, 60, random.Random(1)).challenge("python", "w", "a", 60.0) is None
+    rate = sum(SpotChecker(0.2, 60, random.Random(s)).challenge("python", "w", "a", 60.0) is not None
+               for s in range(500)) / 500
     assert 0.15 < rate < 0.25
+
+
+def test_known_answers_are_replayed_first_preferring_steps_the_worker_never_saw():
+    sc = SpotChecker(rate=1.0, blacklist_s=60, rng=random.Random(2))
+    assert sc.challenge("python", "w9", "a", 60.0).source is None  # nothing known: synthetic
+    sc.remember("python", {"code": "output = 1", "inputs": {}}, 1, "a", 60.0, "exact", ("j1", "a"), ("w1", "w9"))
+    sc.remember("python", {"code": "output = 2", "inputs": {}}, 2, "b", 60.0, "exact", ("j2", "b"), ("w1", "w2"),
+                ("10.0.1",))
+    picked = {sc.challenge("python", "w9", "x", 60.0).source for _ in range(20)}
+    assert picked == {("j2", "b")}  # w9 was asked j1/a itself
+    assert {sc.challenge("python", "w5", "x", 60.0, prefix="10.0.1").source for _ in range(20)} == {("j1", "a")}
+    sc.forget(("j2", "b"))  # overturned by a recheck
+    assert {sc.challenge("python", "w9", "x", 60.0).source for _ in range(20)} == {("j1", "a")}  # seen, but known
+    for kind, compare in (("scrape", "text"), ("llm", "similar:0.8"), ("llm", "score"), ("python", "numeric:0.1")):
+        sc.remember(kind, {"url": "http://x"}, "t", "s", 60.0, compare, ("j3", "s"), ("w1", "w2"))
+    assert "scrape" not in sc.known and "llm" not in sc.known and len(sc.known["python"]) == 1
+    text = Challenge("python", {}, "Hello  World", compare="text")
+    assert text.right("hello world") and not text.right("hello there")
 
 
 def test_a_failed_spot_check_costs_five_disagreements():

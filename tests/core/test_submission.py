@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mesh.core.dag import parse_job
-from mesh.core.effects import Answer, Finished, Judged, Record, Send, Started, Timer, Wake
+from mesh.core.effects import Alarm, Answer, Finished, Judged, Record, Send, Started, Timer, Wake
 from mesh.core.policy import Candidate, RecheckEvidence, StepEvidence, next_streak
 from mesh.core.submission import PER_WORKER, Config, Submission, replay_log
 from mesh.node.flow import Limits
@@ -141,45 +141,56 @@ def test_the_simulated_ledger_folds_reputation_only_for_a_written_batch():
     assert ledger.evidence["w0"].good == 1 and ledger.nodes["w0"].earned == 0.01
 
 
-def spot_core(keep: int = 1000) -> tuple[Submission, list]:
-    """A core checking every replica; worker `cheat` alone runs job j1 (r=1) and its check."""
+def check_of(sub: Submission, effects: list) -> Send:
+    """The spot check the core planned in `effects`, sent at its alarm's moment (one Send, a check)."""
+    (alarm,) = of(effects, Alarm)
+    (check,) = of(sub.on_alarm(alarm.at), Send)
+    assert check.check is not None
+    return check
+
+
+def right(sub: Submission, check: Send, now: float) -> list:
+    return answer(sub, check, check.check.expected, now)
+
+
+def spot_core(keep: int = 1000) -> tuple[Submission, Send, Send]:
+    """A core checking every replica; worker `cheat` alone runs job j1 (r=1), then its check."""
     sub = Submission(Config(1, spot_rate=1.0, blacklist_s=60, keep=keep))
     sub.submit("j1", ONE, 1)
-    (send,) = of(sub.tick("j1", pool("cheat"), 0.0), Send)
-    assert send.check is not None and send.check.id.startswith("spot-")
-    assert sub.outstanding["cheat"].keys() == {("j1", "a"), (send.check.id, "check")}  # the check takes a slot
-    return sub, [send]
+    effects = sub.tick("j1", pool("cheat"), 0.0)
+    (send,) = of(effects, Send)
+    assert send.check is None  # nothing rides with the replica
+    check = check_of(sub, effects)
+    assert check.node == "cheat" and check.job != "j1" and check.step == "a"
+    assert sub.outstanding["cheat"].keys() == {("j1", "a"), (check.job, "a")}  # the check takes a slot
+    return sub, send, check
 
 
 def test_a_step_waits_for_its_workers_check_then_a_failed_check_blacklists_and_rechecks():
-    sub, (send,) = spot_core()
+    sub, send, check = spot_core()
     answer(sub, send, 666, 1.0)  # wrong, but r=1: nobody contradicts it
     assert of(sub.tick("j1", pool("cheat"), 1.0), Record) == []  # held: its check is out
-    check = send.check
-    effects = sub.on_result("cheat", check.id, "check", True, digest(check.challenge.expected),
-                            check.challenge.expected, {}, "", 2.0)
-    assert of(effects, Judged) == [Judged("cheat", True, digest(check.challenge.expected))]
+    effects = right(sub, check, 2.0)
+    assert of(effects, Judged) == [Judged("cheat", True, digest(check.check.expected))]
     assert Wake("j1") in effects
     assert of(sub.tick("j1", pool("cheat"), 2.0), Finished) == [Finished("j1", "done")]  # vouched for by cheat
 
     sub.submit("j2", ONE, 2)
-    (send2,) = of(sub.tick("j2", pool("cheat"), 3.0), Send)
-    effects = sub.on_result("cheat", send2.check.id, "check", True, digest(0), 0, {}, "", 4.0)
+    check2 = check_of(sub, sub.tick("j2", pool("cheat"), 3.0))
+    effects = answer(sub, check2, 0, 14.0)
     (judged,) = of(effects, Judged)
-    assert not judged.passed and sub.blacklisted("cheat", 4.0) and not sub.blacklisted("cheat", 65.0)
+    assert not judged.passed and sub.blacklisted("cheat", 14.0) and not sub.blacklisted("cheat", 75.0)
     (spot_failed,) = of(effects, Record)
     assert [(e.kind, e.job, e.step, e.peer) for e in spot_failed.entries] == [
-        ("spot_failed", "spot", send2.check.id, "cheat")]
+        ("spot_failed", "spot", check2.job, "cheat")]
     (started,) = of(effects, Started)
     assert started.recheck_of == ("j1", "a") and sub.jobs["j1"].rechecks["a"]["cause"] == "cheat"
 
-    sends = of(sub.tick(started.job, pool("cheat", "h1", "h2"), 4.0), Send)
+    sends = of(sub.tick(started.job, pool("cheat", "h1", "h2"), 14.0), Send)
     assert sorted(s.node for s in sends) == ["h1", "h2"]  # never the blacklisted worker
     for s in sends:
-        answer(sub, s, 42, 5.0)
-        expected = s.check.challenge.expected  # (every replica comes with a check here)
-        sub.on_result(s.node, s.check.id, "check", True, digest(expected), expected, {}, "", 5.0)
-    effects = sub.tick(started.job, pool("cheat", "h1", "h2"), 5.0)
+        answer(sub, s, 42, 15.0)  # (their checks are only planned: nothing holds the recheck)
+    effects = sub.tick(started.job, pool("cheat", "h1", "h2"), 15.0)
     recs = of(effects, Record)
     assert [(e.kind, e.peer, e.why) for e in recs[-1].entries] == [
         ("disagreed", "cheat", RecheckEvidence(started.job, digest(42)))]
@@ -187,18 +198,20 @@ def test_a_step_waits_for_its_workers_check_then_a_failed_check_blacklists_and_r
     assert sub.jobs["j1"].run.steps["a"].output == 42
 
 
-def test_an_undeliverable_replica_fails_and_its_check_is_withdrawn():
-    sub, (send,) = spot_core()
-    effects = sub.on_unreachable("j1", "a", "cheat", send.check.id, 0.5)
-    assert effects == [Wake("j1")] and sub.spot.out == {} and sub.outstanding["cheat"] == {}
+def test_an_undeliverable_replica_fails_and_an_undeliverable_check_is_withdrawn():
+    sub, send, check = spot_core()
+    assert sub.on_unreachable("j1", "a", "cheat", 0.5) == [Wake("j1")]
+    assert not of(sub.on_unreachable(check.job, check.step, "cheat", 0.5), Judged)
+    assert sub.spot.out == {} and sub.outstanding["cheat"] == {} and not sub.blacklisted("cheat", 0.5)
 
 
 def test_an_unanswered_check_times_out_unpunished_and_releases_what_it_held():
-    sub, (send,) = spot_core()
+    sub, send, check = spot_core()
     answer(sub, send, 42, 1.0)
-    assert sub.on_check_timeout(send.check.id, "cheat", 10.0) == [Wake("j1")]
-    assert not sub.blacklisted("cheat", 10.0)
-    assert of(sub.tick("j1", pool("cheat"), 10.0), Finished) == [Finished("j1", "done")]
+    assert of(sub.tick("j1", pool("cheat"), 1.0), Finished) == []  # held
+    assert sub.on_alarm(check.deadline) == [Wake("j1")]
+    assert not sub.blacklisted("cheat", check.deadline) and sub.spot.out == {}
+    assert of(sub.tick("j1", pool("cheat"), check.deadline), Finished) == [Finished("j1", "done")]
 
 
 def test_finished_jobs_are_kept_up_to_a_limit_then_forgotten():
@@ -213,39 +226,42 @@ def test_finished_jobs_are_kept_up_to_a_limit_then_forgotten():
 
 
 def test_a_job_being_rechecked_is_kept_past_the_limit_until_its_verdict():
-    sub, (send,) = spot_core(keep=1)
+    sub, send, check = spot_core(keep=1)
     answer(sub, send, 666, 1.0)
-    expected = send.check.challenge.expected
-    sub.on_result("cheat", send.check.id, "check", True, digest(expected), expected, {}, "", 1.0)
+    right(sub, check, 1.0)
     sub.tick("j1", pool("cheat"), 1.0)
     sub.submit("j2", ONE, 2)
-    (send2,) = of(sub.tick("j2", pool("cheat"), 2.0), Send)
-    (started,) = of(sub.on_result("cheat", send2.check.id, "check", True, digest(0), 0, {}, "", 2.0), Started)
-    effects = sub.tick("j2", pool("cheat"), 2.0)  # its only worker is distrusted: it fails
+    effects = sub.tick("j2", pool("cheat"), 2.0)
+    (started,) = of(answer(sub, check_of(sub, effects), 0, 12.0), Started)
+    effects = sub.tick("j2", pool("cheat"), 12.5)  # its only worker is distrusted: it fails
     assert of(effects, Finished) == [Finished("j2", "failed")] and "j1" in sub.jobs  # j1 kept: rechecked
-    sends = of(sub.tick(started.job, pool("h1", "h2"), 3.0), Send)
+    sends = of(sub.tick(started.job, pool("h1", "h2"), 13.0), Send)
     for s in sends:
-        answer(sub, s, 42, 4.0)
-        sub.on_result(s.node, s.check.id, "check", True, digest(s.check.challenge.expected),
-                      s.check.challenge.expected, {}, "", 4.0)
-    effects = sub.tick(started.job, pool("h1", "h2"), 4.0)
+        answer(sub, s, 42, 14.0)
+    effects = sub.tick(started.job, pool("h1", "h2"), 14.0)
     assert [type(e).__name__ for e in effects if type(e).__name__ in ("Rechecked", "Forgotten")] == [
         "Rechecked", "Forgotten", "Forgotten"]  # the verdict on j1 first, then j1 and j2 let go
     assert list(sub.jobs) == [started.job]
 
 
 def test_the_cores_log_replays_to_the_same_decisions_here_and_in_the_simulators_core():
-    sub = Submission(Config(5, spot_rate=0.5, job_log=True), record=True)
+    sub = Submission(Config(5, spot_rate=0.5, job_log=True, check_spread_s=0.5), record=True)
+    alarms: list[float] = []
     for i in range(6):
         sub.submit(f"j{i}", THREE, i)
-        for s in of(sub.tick(f"j{i}", pool("a", "b", "c", "d", "e"), float(i)), Send):
+        effects = sub.tick(f"j{i}", pool("a", "b", "c", "d", "e"), float(i))
+        alarms += [a.at for a in of(effects, Alarm)]
+        for s in of(effects, Send):
             answer(sub, s, 42 if s.node != "e" else 41, i + 0.5)
-            if s.check is not None:
-                expected = s.check.challenge.expected if s.node != "e" else 0
-                sub.on_result(s.node, s.check.id, "check", True, digest(expected), expected, {}, "", i + 0.6)
+        for at in sorted(a for a in alarms if a <= i + 0.6):  # checks due by now go out, and are answered
+            alarms.remove(at)
+            for c in of(sub.on_alarm(at), Send):
+                answer(sub, c, c.check.expected if c.node != "e" else 0, i + 0.6)
         for rec in of(sub.tick(f"j{i}", pool("a", "b", "c", "d", "e"), i + 0.7), Record):
             sub.on_recorded(rec.id, True)
     log = json.loads(json.dumps(sub.log))
+    assert any(e[0] == "on_alarm" for e in log) and any(e[0] == "effects" and any(
+        x[0] == "Send" and x[1]["check"] for x in e[1]) for e in log)
     assert replay_log(log) == log and replay_core_log(log) == log
     log[3][-1] += 1.0  # the time of one tick: a different log
     assert replay_log(log) != log

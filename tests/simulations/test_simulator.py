@@ -158,7 +158,7 @@ def test_a_simulated_submitters_whole_core_log_replays_to_the_same_decisions():
         log = json.loads(json.dumps(sub.core.log))
         assert {e[0] for e in log} >= {"config", "submit", "tick", "on_result", "on_recorded", "effects"}
         assert replay_core_log(log) == log
-    assert sum(e[0] == "on_check_timeout" for sub in sim.submitters for e in sub.core.log) > 0
+    assert sum(e[0] == "on_alarm" for sub in sim.submitters for e in sub.core.log) > 0
 
 
 @pytest.mark.mesh
