@@ -7,7 +7,8 @@ Any other dial spends from a budget (`Gate.admit`, every swarm dial passes it):
 
 - an address that failed (no connect, a handshake refused or another key answering) waits, for any key
   that names it: BACKOFF_S, doubling to BACKOFF_MAX_S;
-- a host no peer ever connected in from gets one such dial per HOST_GAP_S, whatever port is named;
+- a host where no key ever answered or connected in from gets one such dial per HOST_GAP_S, whatever
+  port is named;
 - all of them together: UNPROVEN_BURST at once, then UNPROVEN_RATE a second.
 
 Sans-I/O, with the time passed in; one lock, since the libp2p thread dials and the node's loop tells
@@ -67,10 +68,12 @@ class DialBudget:
             return ""
 
     def succeeded(self, hop: Hop, key: bytes) -> None:
-        """`key` answered at `hop`: proven, and the address is no longer failing."""
+        """`key` answered at `hop`: proven, the address no longer failing, and its host one where peers
+        live (a loopback mesh, or a LAN box running several nodes, is dialled without the host gap)."""
         with self._lock:
             self.proven.put((hop, key))
             self.failures.pop(hop, None)
+            self.vouched.put(hop[0])
 
     def failed(self, hop: Hop, key: bytes, now: float) -> None:
         """A dial of `key` at `hop` failed. A proven pair stays proven (a laptop asleep at its address

@@ -93,10 +93,12 @@ class Gate:
 
     def admit(self, addr: str, key: bytes, now: float, punch: bool = False) -> None:
         """AddressRefused (counted) unless the dial budget lets `key` be dialled at `addr` now; an address
-        the owner named always may be. `punch`: a hole punch, which dials the few addresses a linked
-        peer reported for itself, on one host, at once."""
+        the owner named always may be. The host gap spares a hole punch (it dials the few addresses a
+        linked peer reported for itself, on one host, at once) and loopback (only a loopback mesh dials
+        it, where every node shares the host; a tarpit there held an honest peer's dial back)."""
         hop = first_hop(addr)
-        why = "" if hop in self.trusted else self.budget.admit(hop, key, now, gap=not punch)
+        gap = not punch and scope(hop[0]) != "loopback"
+        why = "" if hop in self.trusted else self.budget.admit(hop, key, now, gap=gap)
         if why:
             self.refused[why] = self.refused.get(why, 0) + 1
             raise AddressRefused(addr, why)

@@ -194,7 +194,6 @@ class Node:
         self.head_given: dict[bytes, int] = {}  # keeper → the entry count of the last head it was given
         self.head_asks: dict[str, tuple[set[bytes], dict[bytes, list[LedgerHead]]]] = {}  # nonce → asked, answers
         self.next_head_share = 0.0
-        self.linked = 0  # peers connected, counted once a heartbeat (each dial decision asks)
         self.dialling: dict[bytes | str, asyncio.Task] = {}  # dials under way, by key (address: bootstraps)
         self.finding: dict[str, asyncio.Task] = {}  # DHT searches for workers under way, by capability
         self.bootstrap = bootstrap_keys(opts.bootstrap, opts.transport)  # address → key it names, if any
@@ -306,20 +305,19 @@ class Node:
                                           rates=self.opts.rates)
         return self.own_record
 
-    def _room(self) -> bool:
-        """Whether to link to one more peer on our own initiative (asked-for links are always made). The
-        count is the heartbeat's, plus the dials started since: counting the table for every peer made
-        each beat quadratic, and 1,449 gossiped peers froze the loop."""
-        return self.linked < self.opts.max_links
+    def _room(self, linked: int | None = None) -> bool:
+        """Whether to link to one more peer on our own initiative (asked-for links are always made).
+        `linked`: the heartbeat's own count (taken once a beat, plus the dials it started): counting the
+        table for every peer made each beat quadratic, and 1,449 gossiped peers froze the loop."""
+        return (sum(p.connected for p in self.peers) if linked is None else linked) < self.opts.max_links
 
-    def _my_turn(self, peer: Peer, now: float) -> bool:
+    def _my_turn(self, peer: Peer, now: float, linked: int | None = None) -> bool:
         """Whether to dial `peer` on our own initiative now."""
         return (bool(peer.addr) and peer.state != "left" and now >= peer.next_dial and not peer.connected
-                and peer.dials_first(self.identity.public_key, now) and self._room())
+                and peer.dials_first(self.identity.public_key, now) and self._room(linked))
 
     def _dial_peer(self, peer: Peer, now: float) -> None:
         peer.next_dial = now + HEARTBEAT_S * 2  # not again while this dial may be under way
-        self.linked += 1
         self.spawn(self._dial(peer.addr, peer.key))
 
     def offers(self) -> list[str]:
@@ -452,7 +450,7 @@ class Node:
                 if not any((p.addr == addr or p.key == key) and p.connected for p in self.peers):
                     self.spawn(self._dial(addr, key or ANYONE))
             hello: bytes | None = None  # the same for every peer: built and encoded once per beat
-            self.linked = sum(p.connected for p in self.peers)
+            linked = sum(p.connected for p in self.peers)
             for peer in self.peers:
                 if peer.connected:
                     if now >= peer.next_hello:
@@ -468,8 +466,9 @@ class Node:
                         peer.state = "down"
                         for conn in list(peer.conns):
                             conn.drop()
-                elif self._my_turn(peer, now):
+                elif self._my_turn(peer, now, linked):
                     self._dial_peer(peer, now)
+                    linked += 1
             for peer in self.peers.expire(now_ms()):
                 log.info("forgot peer %s: its record expired", peer.node[:12])
             self._save_peers()

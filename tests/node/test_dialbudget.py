@@ -32,7 +32,7 @@ def test_a_failed_address_waits_for_every_key_that_names_it_and_the_wait_doubles
     assert b.admit(VICTIM, K3, BACKOFF_S + 0.1 + BACKOFF_S * 2 + 0.1) == ""
 
 
-def test_a_host_nobody_connected_in_from_gets_one_unproven_dial_per_gap_whatever_the_port():
+def test_a_host_where_no_key_lives_gets_one_unproven_dial_per_gap_whatever_the_port():
     b = DialBudget()
     assert b.admit(("203.0.113.9", "1"), K1, 0.0) == ""
     assert b.admit(("203.0.113.9", "2"), K2, 1.0) == "dial-host-gap"
@@ -40,6 +40,8 @@ def test_a_host_nobody_connected_in_from_gets_one_unproven_dial_per_gap_whatever
     b.connected_in("203.0.113.9", None, K1)  # a peer connected in from it: a host where peers live
     assert b.admit(("203.0.113.9", "4"), K2, HOST_GAP_S + 0.2) == ""
     assert b.admit(("203.0.113.9", "5"), K3, HOST_GAP_S + 0.3) == ""
+    b.succeeded(("198.51.100.1", "4750"), K1)  # a key answered there: a host where peers live, too
+    assert b.admit(("198.51.100.1", "1"), K2, 0.0) == "" and b.admit(("198.51.100.1", "2"), K3, 0.0) == ""
 
 
 def test_unproven_dials_together_spend_a_burst_then_a_rate():
@@ -153,3 +155,15 @@ def test_a_record_valid_longer_than_the_maximum_lifetime_is_refused():
     assert MAX_LIFETIME_MS == 2 * RECORD_TTL_MS
     assert check_record(ok, NET, T0) == ""
     assert check_record(too_long, NET, T0) == "bad-record"
+
+
+def test_the_host_gap_spares_loopback_and_hole_punches():
+    gate = Gate("loopback")
+    for port in (1, 2, 3):
+        gate.admit(f"127.0.0.1:{port}", K1, 0.0)  # a loopback mesh: every node on one host
+    gate = Gate("global")
+    gate.admit("203.0.113.9:1", K1, 0.0)
+    gate.admit("/ip4/203.0.113.9/tcp/2", K2, 0.1, punch=True)
+    with pytest.raises(AddressRefused):
+        gate.admit("203.0.113.9:3", K3, 0.2)
+
