@@ -65,7 +65,7 @@ class LedgerActor(ActorTypeDispatcher):
             return
         _, evidence, _ = self.ledger.evidence()
         self.send(sender, PeerStatsReply(msg.request_id, evidence, balance=self.ledger.balance(),
-                                         streaks=self.ledger.streaks()))
+                                         streaks=self.ledger.streaks(), accounts=self.ledger.accounts()))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender) -> None:
         self._flush()

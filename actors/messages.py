@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.store import Entry
+from mesh.core.admission import Account
 from mesh.core.policy import Evidence
 from mesh.steps.stepuser import StepUser
 
@@ -41,6 +42,8 @@ class RunStep:
     timeout: float  # seconds
     sandboxed: bool = True
     user: StepUser | None = None  # filled in by the NodeActor for python steps
+    memory: int | None = None  # bytes a python step may use (None: the sandbox's own limit)
+    cancel_file: str = ""  # once this file exists, the step is stopped (python: its sandbox killed)
 
 
 @dataclass(frozen=True)
@@ -118,3 +121,4 @@ class PeerStatsReply:
     error: str = ""
     balance: float = 0.0  # credits earned minus spent
     streaks: dict[str, int] = field(default_factory=dict)  # node id → run of validated results
+    accounts: dict[str, Account] = field(default_factory=dict)  # node id → credits earned from it, paid to it

@@ -4,6 +4,7 @@ llama.cpp costs this actor (which the NodeActor recreates), never the node."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from thespian.actors import ActorTypeDispatcher
@@ -43,10 +44,15 @@ class ModelRunnerActor(ActorTypeDispatcher):
             self.send(sender, StepDone(msg.request_id, True, {"accepted": v.ok, "first_bad": v.first_bad},
                                        f"gguf:{self.model.sha256}", {"tokens": v.tokens, "seconds": round(v.seconds, 4)}))
             return
+        def progress(n: int, text: str) -> None:
+            if msg.cancel_file and os.path.exists(msg.cancel_file):  # its requester is gone or gave it up
+                raise StepFailed("llm step cancelled")
+            self.send(sender, StepProgress(msg.request_id, n, text))
+
         try:
             gen = self.model.generate(p["prompt"], int(p.get("max_tokens", 64)), int(p.get("seed", 0)),
                                       list(p.get("stop", [])), float(p.get("temperature", 0)), p.get("json_schema"),
-                                      lambda n, text: self.send(sender, StepProgress(msg.request_id, n, text)))
+                                      progress)
         except StepFailed as exc:
             self.send(sender, StepDone(msg.request_id, False, error=str(exc)))
             return

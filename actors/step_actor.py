@@ -4,6 +4,8 @@ step does not wait for namespaces, cgroups and the interpreter to start."""
 
 from __future__ import annotations
 
+import os
+
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher
 
 from mesh.errors import StepFailed
@@ -30,7 +32,8 @@ class StepActor(ActorTypeDispatcher):
                 if box is not None:
                     box.close()
                 box = Sandbox(msg.sandboxed, msg.user)
-            res = box.run(msg.params["code"], msg.params.get("inputs", {}), msg.timeout)
+            res = box.run(msg.params["code"], msg.params.get("inputs", {}), msg.timeout, msg.memory,
+                          (lambda: os.path.exists(msg.cancel_file)) if msg.cancel_file else None)
         except StepFailed as exc:
             self.send(sender, StepDone(msg.request_id, False, error=str(exc)))
             return

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mesh.core.admission import Account
 from mesh.core.policy import Evidence, StepEvidence, next_streak
 from mesh.errors import LedgerError
 from mesh.wire.canonical import canonical_text
@@ -227,6 +228,14 @@ class Ledger:
     def totals(self) -> dict[str, float]:
         rows = self.db.execute("SELECT kind, SUM(amount), COUNT(*) FROM entries GROUP BY kind").fetchall()
         return {k: round(s, 6) for k, s, _ in rows if k in ("paid", "earned")}
+
+    def accounts(self) -> dict[str, Account]:
+        """Per peer: credits earned from it and paid to it (a worker's view of each submitter's balance)."""
+        out: dict[str, Account] = {}
+        for peer, kind, total in self.db.execute(
+                "SELECT peer, kind, SUM(amount) FROM entries WHERE kind IN ('paid','earned') GROUP BY peer, kind"):
+            out[peer] = out.get(peer, Account()).add(kind, round(total, 6))
+        return out
 
     def evidence(self) -> tuple[dict[str, dict[str, int]], dict[str, Evidence], int]:
         """Per peer: raw counts of each reputation kind, the time-decayed evidence, and the newest

@@ -49,7 +49,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         blacklist_s=args.blacklist, core_log=args.core_log, scrape_allow=args.scrape_allow,
         browser=args.browser or "", no_scrape=args.no_scrape, keep_jobs=args.keep_jobs, transport=args.transport,
         relay=not args.no_relay, max_links=args.max_links, rates=_rates(args.rate, "--rate"),
-        max_rates=_rates(args.max_rate, "--max-rate", maximum=True),
+        max_rates=_rates(args.max_rate, "--max-rate", maximum=True), require_credit=args.require_credit,
         advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
         if args.advertise else "",
     )
@@ -109,6 +109,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                      f"rep {p['reputation']:.2f}  {','.join(p['kinds'])}")
     lines.append(f"balance {st['balance']:g} credits (credit line {st['credit_line']:g})"
                  + (f"  LEDGER ERROR: {st['ledger_error']}" if st.get("ledger_error") else ""))
+    w = st.get("worker")
+    if w:
+        lines.append(f"step slots: {w['known']} known + {w['stranger']} stranger of {w['total']} in use "
+                     f"(strangers at most {w['stranger_max']})")
     rej = st["rejected"]
     lines.append("rejected envelopes: " + (", ".join(f"{k}={v}" for k, v in sorted(rej.items())) or "none"))
     _emit(args, st, "\n".join(lines))
@@ -592,6 +596,10 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
                          "jobs/ directory, and are no longer rechecked when a spot check catches a cheater")
     sp.add_argument("--credit-line", type=float, default=10.0, metavar="CREDITS",
                     help="credits this node may spend beyond what it has earned (default 10)")
+    sp.add_argument("--require-credit", type=float, metavar="CREDITS",
+                    help="as a worker, refuse steps from a submitter once this node has done this many credits "
+                         "more work for it than it did for this node, as this node's own ledger counts (default: "
+                         "no such limit)")
     sp.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: up to 4)")
     sp.add_argument("--model", metavar="PATH.gguf", help="serve this GGUF model instead of the default Gemma 3 270M")
 

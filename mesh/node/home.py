@@ -15,6 +15,7 @@ RUNTIME_FILE = "node.json"
 LEDGER_FILE = "ledger.db"
 PEERS_FILE = "peers.json"
 REPLAY_FILE = "replay.json"
+CANCEL_DIR = "cancel"  # a file named for a running step's request id here tells its actor to stop it
 
 
 def default_home() -> Path:

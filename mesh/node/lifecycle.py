@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import sqlite3
@@ -29,6 +30,7 @@ from actors.messages import (
     RecordEntries,
 )
 from ledger.store import REPUTATION_KINDS, Entry, Ledger
+from mesh.core.admission import Account, Standing
 from mesh.core.policy import Candidate, Reputations, StepEvidence, reputation_group
 from mesh.core.pricing import MAX_DEFAULT, capped
 from mesh.errors import ConfigError, MeshError, NoAnswer, Rejected
@@ -40,6 +42,7 @@ from mesh.node.flow import Limits
 from mesh.node.gateway import Connection, Gateway, TcpTransport, Transport
 from mesh.node.heldheads import HeldHeads
 from mesh.node.home import (
+    CANCEL_DIR,
     LEDGER_FILE,
     PEERS_FILE,
     REPLAY_FILE,
@@ -108,6 +111,7 @@ class NodeOptions:
     max_links: int = 64  # peers linked on our own initiative (gossip); the DHT adds workers jobs need
     rates: RateCard = DEFAULT_RATES  # what this node charges for work (in its signed record)
     max_rates: RateCard = MAX_DEFAULT  # the most it pays a worker, whatever that worker's card asks
+    require_credit: float | None = None  # as a worker: refuse submitters this far in its debt (None: never)
 
 
 def make_transport(opts: NodeOptions, identity: Identity) -> Transport:
@@ -200,18 +204,21 @@ class Node:
         self.own_record: PeerRecord | None = None
         self.reputations = Reputations()  # evidence and streaks by node id, from the ledger
         self.balance = 0.0  # credits earned minus spent, from the ledger
+        self.accounts: dict[str, Account] = {}  # per peer: credits earned from it and paid to it
         self.ledger_error = ""  # set when a write failed: no paid work until the operator fixes it
         self.tasks: set[asyncio.Task] = set()
         self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         self.stopping = asyncio.Event()
         self.token = ensure_token(opts.home)
         self._saved_peers = -1  # the peer table version last written
-        steps = StepRunner(self.bridge.ask, self.scraper.scrape, self.sandboxed)
+        steps = StepRunner(self.bridge.ask, self.scraper.scrape, self.sandboxed, opts.home / CANCEL_DIR)
         self.worker = Worker(WorkerPort(
             node_id=self.id, fault=opts.fault, collude=opts.collude, frame_cap=opts.frame_cap,
             limits=self.gateway.limits, kinds=tuple(self.kinds), models=tuple(self.models),
             model_error=self.model_error, steps=steps, send=self.send, send_dialling=self.send_dialling,
-            record=self.record, ledger_error=lambda: self.ledger_error, count=self.receiver.count, rates=opts.rates))
+            record=self.record, ledger_error=lambda: self.ledger_error, count=self.receiver.count, rates=opts.rates,
+            standing=self.standing, account=lambda node: self.accounts.get(node, Account()),
+            require_credit=opts.require_credit))
         self.api_view = NodeFacade(  # what the HTTP API sees of this node (mesh.http never imports it)
             node_id=self.id, token=self.token, home=opts.home, ledger_path=opts.home / LEDGER_FILE,
             jobs_dir=opts.home / "jobs",
@@ -226,6 +233,8 @@ class Node:
         self.submitter = Submitter(self._submitter_ports(), SubmitterOptions(
             opts.spot_rate, opts.blacklist_s, opts.credit_line, opts.keep_jobs, opts.core_log), self.rng.getrandbits(64))
         (opts.home / "jobs").mkdir(exist_ok=True)
+        shutil.rmtree(opts.home / CANCEL_DIR, ignore_errors=True)  # flags of a previous run's steps
+        (opts.home / CANCEL_DIR).mkdir()
 
     def _submitter_ports(self) -> Ports:
         """All the submitter may use of this node."""
@@ -234,8 +243,12 @@ class Node:
             peer = self.peers.by_node(node)
             return peer is not None and await self.send_dialling(peer, kind, payload)
 
+        def tell(node: str, kind: str, payload: object) -> bool:
+            peer = self.peers.by_node(node)
+            return peer is not None and self.send(peer, kind, payload)
+
         return Ports(self.id, self.identity, self.opts.home, send_to, self.record, self.candidates, self.spawn,
-                     self.receiver.count, lambda: self.balance, lambda: self.ledger_error, self.find_workers)
+                     self.receiver.count, lambda: self.balance, lambda: self.ledger_error, self.find_workers, tell)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def spawn(self, coro) -> asyncio.Task:
@@ -258,6 +271,7 @@ class Node:
             raise MeshError(f"cannot read the ledger: {getattr(reply, 'error', 'no answer')}")
         self.reputations = Reputations(dict(reply.evidence), dict(reply.streaks))
         self.balance = reply.balance
+        self.accounts = dict(reply.accounts)
         self.listen = f"{self.opts.listen[0]}:{peer_sock.getsockname()[1]}"
         self._load_peers()
         await self.gateway.start(peer_sock)
@@ -635,6 +649,8 @@ class Node:
         peer.last_seen = time.monotonic()
         if env.kind == "step":
             self.spawn(self.worker.work(peer, env.payload))
+        elif env.kind == "cancel":
+            self.worker.cancel(peer.node, env.payload.job, env.payload.steps, "cancelled: its submitter no longer needs it")
         elif env.kind == "result":
             self.submitter.on_result(peer, env.payload, env)
         elif env.kind == "progress":
@@ -714,6 +730,7 @@ class Node:
                     if peer.state == "up":
                         peer.state = "down"
                     self.submitter.on_node_lost(peer.node, "connection lost")
+                    self.worker.drop(peer.node, "cancelled: its requester disconnected")
 
     def on_abuse(self, conn: Connection, reason: str) -> None:
         """A peer with a valid key broke the rules on its connection: that costs it reputation."""
@@ -737,6 +754,9 @@ class Node:
             log.error("ledger write failed; refusing paid work until the node is restarted: %s", self.ledger_error)
             return False
         self.balance += reply.amount  # what was really added: a duplicate the ledger skipped adds nothing
+        if reply.added == len(entries):  # (a batch with a duplicate the ledger skipped: counted at the restart)
+            for e in entries:
+                self.accounts[e.peer] = self.accounts.get(e.peer, Account()).add(e.kind, e.amount)
         for e in entries:
             if e.kind in REPUTATION_KINDS:
                 self.reputations.fold(e.kind, e.peer, ts or now_ms(), StepEvidence.in_detail(e.detail))
@@ -744,6 +764,12 @@ class Node:
 
     def reputation_of(self, node: str) -> float:
         return self.reputations.score(node, now_ms())
+
+    def standing(self, peer: Peer) -> Standing:
+        """A requester as this node's worker judges it: reputation here, whether it did work for this
+        node (this node paid it), and the network prefix its link really comes from."""
+        return Standing(peer.node, self.observed_prefix(peer), self.reputation_of(peer.node),
+                        self.accounts.get(peer.node, Account()).paid > 0)
 
     def candidates(self) -> dict[str, list[Candidate]]:
         out: dict[str, list[Candidate]] = {}
@@ -788,7 +814,8 @@ class Node:
                 "ledger_error": self.ledger_error or None,
                 "discovery": getattr(self.gateway.transport, "discovery_stats", dict)(),
                 "dials_refused": dict(self.gateway.transport.gate.refused),
-                "jobs": {"running": sum(not s.run.finished for s in jobs.values()), "total": len(jobs)}}
+                "jobs": {"running": sum(not s.run.finished for s in jobs.values()), "total": len(jobs)},
+                "worker": self.worker.use()}
 
 
 def run_node(opts: NodeOptions) -> None:
@@ -834,6 +861,8 @@ def _check_options(opts: NodeOptions) -> str:
         raise ConfigError("--frame-cap must be at least 65536 bytes")
     if not 1 <= opts.max_links <= 10_000:
         raise ConfigError("--max-links must be from 1 to 10000")
+    if opts.require_credit is not None and not (0 <= opts.require_credit < float("inf")):
+        raise ConfigError("--require-credit is a number of credits, 0 or more")
     if opts.transport == "tcp" and opts.fault.startswith("relay-"):
         raise ConfigError(f"--fault {opts.fault} needs --transport libp2p (plain TCP has no relays)")
     Allow.parse(opts.scrape_allow)  # a bad --scrape-allow is a ConfigError now, not at the first scrape

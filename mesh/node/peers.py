@@ -25,7 +25,6 @@ class Peer:
     next_dial: float = 0.0
     next_hello: float = 0.0  # monotonic seconds when this peer is due our next hello
     failures: int = 0
-    inflight: int = 0  # steps of this peer running here
     pick: int = 0  # which of its addresses we dial: the next one after each failed dial
     since: float = field(default_factory=time.monotonic)  # when we learned of it
 

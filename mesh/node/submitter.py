@@ -29,7 +29,7 @@ from mesh.node.peers import Peer
 from mesh.wire.attest import attestation
 from mesh.wire.envelope import Envelope
 from mesh.wire.identity import Identity
-from mesh.wire.messages import Progress, ReceiptMsg, StepRequest, StepResult
+from mesh.wire.messages import Cancel, Progress, ReceiptMsg, StepRequest, StepResult
 
 log = logging.getLogger("mesh.node.submitter")
 TICK_S = 1.0  # how often a job re-checks deadlines when nothing else wakes it
@@ -53,6 +53,7 @@ class Ports:
     balance: Callable[[], float]  # credits earned minus spent
     ledger_error: Callable[[], str]  # why the ledger refused a write ('' when it never did)
     find: Callable[[dict[str, int]], Awaitable[None]]  # {capability: workers wanted}: look for them, wait a while
+    tell: Callable[[str, str, object], bool] = lambda node, kind, payload: False  # on an open link only → sent?
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class JobState:
     partial: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)  # (step, node) → streamed
     events: EventLog = field(default_factory=EventLog)
     signed: dict[tuple[str, str], dict] = field(default_factory=dict)  # (step, node) → its signed answer
+    cancelled: set[tuple[str, str]] = field(default_factory=set)  # (node, step) told to stop: no longer needed
 
     @property
     def run(self) -> JobRun:
@@ -133,12 +135,28 @@ class Submitter:
                 else:
                     self._apply(eff)
             st.events.diff(st.run)
+            self._cancel_unneeded(job_id, st)
             if st.run.finished:
                 return
             try:
                 await asyncio.wait_for(st.wake.wait(), TICK_S)
             except asyncio.TimeoutError:
                 pass
+
+    def _cancel_unneeded(self, job_id: str, st: JobState) -> None:
+        """Replicas still out for steps that settled (or of a job that ended) are of no use: their workers
+        are told to stop them (`cancel`, on a link that is open: a worker that lost it stopped them already),
+        which saves them the work and frees their slots sooner."""
+        unneeded: dict[str, list[str]] = {}
+        for node, out in self.core.outstanding.items():
+            for jid, sid in out:
+                if (jid == job_id and (node, sid) not in st.cancelled
+                        and (st.run.finished or st.run.steps[sid].status != "running")):
+                    st.cancelled.add((node, sid))
+                    unneeded.setdefault(node, []).append(sid)
+        for node, steps in unneeded.items():
+            for i in range(0, len(steps), 64):  # (a cancel names at most 64 steps)
+                self.ports.tell(node, "cancel", Cancel(job_id, steps[i:i + 64]))
 
     def _end(self, job_id: str, st: JobState) -> None:
         """The job's report to disk, then its `done` event: a disk error must not leave waiters hanging."""
@@ -237,6 +255,9 @@ class Submitter:
             if not isinstance(eff, Answer):
                 self._apply(eff)
             elif not eff.taken:
+                st = self.jobs.get(eff.job)
+                if st is not None and (eff.node, eff.step) in st.cancelled and not eff.ok:
+                    continue  # a replica this node told to stop, saying it stopped
                 self.ports.count("unexpected-result")  # never asked, late, or asked twice
                 log.warning("refused result from %s: unexpected-result", peer.node[:12])
             elif eff.ok and env is not None and eff.job in self.jobs:

@@ -1,6 +1,8 @@
-"""The worker side of a node: runs the steps peers ask for (within per-peer and total limits), answers
-with a signed result, and records the receipts it is paid with. `--fault` modes live here. The worker
-sees its node only through the WorkerPort it is handed (Node builds it); it never holds the Node."""
+"""The worker side of a node: runs the steps peers ask for (within the slots mesh.core.admission shares
+out by standing and network prefix, a stranger's with capped time and memory), stops them when their
+requester cancels them or disconnects, answers with a signed result, and records the receipts it is paid
+with. `--fault` modes live here. The worker sees its node only through the WorkerPort it is handed (Node
+builds it); it never holds the Node."""
 
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from actors.messages import RunStep, StepDone, StepProgress
 from ledger.receipts import BadReceipt, Receipt, verified
 from ledger.store import Entry
+from mesh.core.admission import MAX_TIMEOUT_S, Account, Shares, Slots, Standing, Terms, credit_refusal, terms
 from mesh.core.dag import MODEL_KINDS, check_request
 from mesh.core.pricing import MIN_CHARGE, TOLERANCE, ceiling
 from mesh.errors import JobError, NoAnswer, StepFailed
@@ -34,6 +38,7 @@ MAX_OWED = 10_000  # steps answered but not yet paid that this node remembers (o
 ACTOR_GRACE_S = 15.0  # how much longer than the step's own timeout the node waits for its actor
 RIGHT_AFTER_S = 0.25  # fault=check-aware: a request this soon after the peer's previous one "is a check"
 OLD_CHECK_CODE = re.compile(r"a, b, c = \d+, \d+, \d+\noutput = ")  # the one template checks used to have
+FLAG_KEEP_S = 60.0  # a cancel flag no actor answered for (past its timeout) is removed this much later
 
 OnProgress = Callable[[int, str], object]  # (tokens so far, text so far) of an llm step
 
@@ -56,18 +61,27 @@ class StepRunner:
     ask: Callable[[object, float, Callable[[StepProgress], None] | None], Awaitable[object]]  # ActorBridge.ask
     scrape: Callable[[dict[str, Any], float], Awaitable[tuple[object, dict[str, Any]]]]  # Scraper.scrape
     sandboxed: bool  # python steps run under bubblewrap
+    cancel_dir: Path | None = None  # where a cancel flag tells an actor to stop a step (None: never)
 
     async def run(self, kind: str, params: dict[str, Any], timeout: float,
-                  progress: OnProgress | None = None) -> Ran:
-        """Run one step; StepFailed says why it did not."""
-        if kind == "scrape":
+                  progress: OnProgress | None = None, memory: int | None = None) -> Ran:
+        """Run one step; StepFailed says why it did not. Cancelled (its requester gone), it is stopped
+        where it runs: the actor sees its flag (python: the sandbox is killed; llm: generation ends)."""
+        if kind == "scrape":  # in this loop: cancelling this task closes its browser context
             output, work = await self.scrape(params, timeout)
             return Ran(output, "scrape:" + str(work["via"]).split(" ")[0], work)
         relay = None if progress is None else (lambda m: progress(m.tokens, m.text))
+        rid = uuid.uuid4().hex
+        flag = None if self.cancel_dir is None else self.cancel_dir / rid
+        asking = asyncio.ensure_future(self.ask(RunStep(rid, kind, params, timeout, self.sandboxed, memory=memory,
+                                                        cancel_file=str(flag or "")), timeout + ACTOR_GRACE_S, relay))
         try:
-            done = await self.ask(RunStep(uuid.uuid4().hex, kind, params, timeout, self.sandboxed),
-                                  timeout + ACTOR_GRACE_S, relay)
+            done = await asyncio.shield(asking)
+        except asyncio.CancelledError:
+            _raise_flag(flag, asking)
+            raise
         except NoAnswer as exc:
+            _raise_flag(flag, asking)
             raise StepFailed(str(exc)) from None
         if not isinstance(done, StepDone):
             raise StepFailed(f"internal error: unexpected {type(done).__name__}")
@@ -77,6 +91,33 @@ class StepRunner:
 
     async def output(self, kind: str, params: dict[str, Any], timeout: float) -> object:
         return (await self.run(kind, params, timeout)).output
+
+
+def _raise_flag(flag: Path | None, asking: asyncio.Future) -> None:
+    """Tell the actor running a step to stop it; the flag goes once the actor answered (or, when it never
+    will, FLAG_KEEP_S later). The ask's own outcome is of no interest any more."""
+    if flag is None:
+        return
+    try:
+        flag.touch()
+    except OSError as exc:
+        log.error("cannot stop a step (cancel flag %s: %s)", flag, exc)
+        return
+
+    def gone(fut: asyncio.Future) -> None:
+        if not fut.cancelled():
+            fut.exception()  # retrieved, so asyncio does not log it
+        flag.unlink(missing_ok=True)
+
+    if asking.done():
+        asyncio.get_running_loop().call_later(FLAG_KEEP_S, flag.unlink, True)
+    else:
+        asking.add_done_callback(gone)
+
+
+def _anyone(peer: Peer) -> Standing:
+    """The standing of a requester when the node gives none: a stranger."""
+    return Standing(peer.node, "")
 
 
 @dataclass(frozen=True)
@@ -98,6 +139,9 @@ class WorkerPort:
     ledger_error: Callable[[], str]  # why the ledger cannot be written now ('' when it can)
     count: Callable[[str], None]  # count a refused message under its reason (status: rejected)
     rates: RateCard = DEFAULT_RATES  # what it charges (its record's card): a receipt above it is refused
+    standing: Callable[[Peer], Standing] = _anyone  # a requester's reputation, reciprocity and prefix here
+    account: Callable[[str], Account] = lambda node: Account()  # credits between this node and a peer
+    require_credit: float | None = None  # --require-credit: refuse submitters beyond this line (None: never)
 
 
 def failed(req: StepRequest, error: str) -> StepResult:
@@ -128,7 +172,9 @@ def corrupt(output: object, salt: str) -> object:
 class Worker:
     def __init__(self, port: WorkerPort):
         self.port = port
-        self.running = 0
+        self.slots = Slots(Shares.of(port.limits.max_running, port.limits.max_inflight_per_peer))
+        self.running: dict[tuple[str, str, str], asyncio.Task] = {}  # (requester, job, step) → its run here
+        self.stopped: dict[tuple[str, str, str], str] = {}  # runs cancelled here → why
         self.owed: dict[tuple[str, str, str], float] = {}  # (payer, job, step) answered ok → most it may be paid
         self.arrived: dict[str, float] = {}  # fault=check-aware: peer → when its last request came
         self.turn = 0  # fault=busy: requests seen, every other one refused
@@ -144,19 +190,21 @@ class Worker:
             self.arrived[peer.node] = now
             cue = check_cue(req, None if previous is None else now - previous)
         self.turn += 1
-        if (peer.inflight >= port.limits.max_inflight_per_peer or self.running >= port.limits.max_running
-                or (fault == "busy" and self.turn % 2 == 0)):  # busy: an honest node at its limits, every other time
-            port.count("busy")
-            result = failed(req, "busy: too many steps in flight")
+        who, key = port.standing(peer), (peer.node, req.job, req.step)
+        busy = "busy: too many steps in flight" if fault == "busy" and self.turn % 2 == 0 else ""  # an honest node at its limits
+        owes = self.over_credit(peer.node)
+        why = busy or owes or self.slots.take(key, who)
+        if why:
+            port.count("credit" if owes else "busy")
+            result = failed(req, why)
         else:
-            peer.inflight += 1
-            self.running += 1
             try:
-                result = await self.execute(req, lambda tokens, text: port.send(
-                    peer, "progress", Progress(req.job, req.step, tokens, text[-PROGRESS_TEXT:])))
+                result = await self._run(peer, req, key, terms(who, req.timeout))
             finally:
-                peer.inflight -= 1
-                self.running -= 1
+                self.slots.release(key)
+        if key in self.stopped:  # cancelled: its submitter may hear why, but nobody is dialled for it
+            port.send(peer, "result", failed(req, self.stopped.pop(key)))
+            return
         if fault == "crash":
             log.error("fault=crash: dying mid-step")
             os.killpg(os.getpgrp(), signal.SIGKILL)
@@ -173,6 +221,53 @@ class Worker:
             while len(self.owed) > MAX_OWED:
                 del self.owed[next(iter(self.owed))]
         await port.send_dialling(peer, "result", result)
+
+    async def _run(self, peer: Peer, req: StepRequest, key: tuple[str, str, str], limits: Terms) -> StepResult:
+        """Run the step as a task of its own, so cancel() and drop() can stop it."""
+        task = asyncio.ensure_future(self.execute(req, lambda tokens, text: self.port.send(
+            peer, "progress", Progress(req.job, req.step, tokens, text[-PROGRESS_TEXT:])), limits))
+        self.running[key] = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if key not in self.stopped:  # this node is stopping: not a cancel from the requester
+                task.cancel()
+                raise
+            return failed(req, self.stopped[key])
+        finally:
+            self.running.pop(key, None)
+
+    def cancel(self, node: str, job: str, steps: Sequence[str], why: str) -> int:
+        """Stop the steps of `job` (all of them when `steps` is empty) running here for `node`: only what
+        that requester itself asked for. How many were stopped."""
+        keys = [k for k, t in self.running.items()
+                if k[0] == node and k[1] == job and (not steps or k[2] in steps) and not t.done()]
+        for key in keys:
+            self.stopped[key] = why
+            self.running[key].cancel()
+        return len(keys)
+
+    def drop(self, node: str, why: str) -> int:
+        """Stop every step running here for `node` (it disconnected: nobody is waiting for them)."""
+        keys = [k for k, t in self.running.items() if k[0] == node and not t.done()]
+        for key in keys:
+            self.stopped[key] = why
+            self.running[key].cancel()
+        if keys:
+            log.info("stopped %d steps of %s: %s", len(keys), node[:12], why)
+        return len(keys)
+
+    def over_credit(self, node: str) -> str:
+        """--require-credit: why this submitter is beyond the line this node holds it to ('' when not)."""
+        line = self.port.require_credit
+        if line is None:
+            return ""
+        unpaid = sum(v for (payer, _, _), v in self.owed.items() if payer == node)
+        return credit_refusal(self.port.account(node), unpaid, line)
+
+    def use(self) -> dict[str, Any]:
+        """The worker's slots in use, by kind of requester (mesh status)."""
+        return {**self.slots.use(), "require_credit": self.port.require_credit}
 
     def refusal(self, req: StepRequest) -> str:
         """Why this node will not run `req` ('' when it will)."""
@@ -194,17 +289,20 @@ class Worker:
             return f"this node does not hold model {str(model)[:16]}"
         return ""
 
-    async def execute(self, req: StepRequest, progress: OnProgress | None = None) -> StepResult:
-        """Run one step here; `progress(tokens, text)` hears an llm step's text as it is generated."""
+    async def execute(self, req: StepRequest, progress: OnProgress | None = None,
+                      limits: Terms | None = None) -> StepResult:
+        """Run one step here within `limits` (default: the longest a step may ask for and the sandbox's
+        own memory); `progress(tokens, text)` hears an llm step's text as it is generated."""
         why = self.refusal(req)
         if why:
             return failed(req, why)
+        limits = limits or Terms(max(1.0, min(req.timeout, MAX_TIMEOUT_S)), None)
         kind = "llm" if req.kind in MODEL_KINDS else req.kind  # score and scrape run as themselves
-        timeout = max(1.0, min(req.timeout, 3600.0))
         try:
-            ran = await self.port.steps.run(kind, req.params, timeout, None if kind == "scrape" else progress)
+            ran = await self.port.steps.run(kind, req.params, limits.timeout, None if kind == "scrape" else progress,
+                                            limits.memory)
         except StepFailed as exc:
-            return failed(req, str(exc))
+            return failed(req, f"{exc} ({limits.cut})" if limits.cut else str(exc))
         size = len(canonical(ran.output))
         cap = self.port.frame_cap // 2  # the signed result must fit in one frame, with room to spare
         if size > cap:

@@ -66,6 +66,17 @@ class StepGroup:
                 if (path / name).exists():
                     setattr(self, attr, path / name)
 
+    def limit_memory(self, memory_bytes: int) -> None:
+        """Lower (or raise) the groups' memory limit: a stranger's step gets less than a warm sandbox was
+        started with."""
+        for path in self.paths:
+            name = "memory.max" if path.parent == ROOT else "memory.limit_in_bytes"
+            if (path / name).exists():
+                try:
+                    (path / name).write_text(str(memory_bytes))
+                except OSError:
+                    pass  # the rlimit on the address space still holds
+
     def cpu_s(self) -> float | None:
         """CPU seconds used so far by the group's processes, living and dead (None: not counted here)."""
         if self.cpu_file is None:

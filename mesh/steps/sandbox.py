@@ -18,6 +18,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ STREAM_CAP = 64 * 1024
 MEMORY_LIMIT = 1 << 30
 TMP_SIZE = 64 << 20  # the sandbox's /tmp is a tmpfs in RAM: a step filling it must not fill the host's
 MARK = "\x1ehomemesh-result\x1e"
+CANCEL_POLL_S = 0.2  # how often a running step asks whether it was cancelled
 
 # Runs inside the sandbox. It is the only code here that executes a peer's text, and only there. It reads
 # its request as marshal (written by this node, never by a peer) and writes JSON with its own small
@@ -181,10 +184,10 @@ def bwrap_command(bwrap: str, code: str = "", user: StepUser | None = None) -> L
     return Launch(cmd, fds)
 
 
-def _limits(cpu_s: int) -> list[tuple[int, int]]:
+def _limits(cpu_s: int, memory: int = MEMORY_LIMIT) -> list[tuple[int, int]]:
     """The rlimits the runner sets on itself before the step's code runs (so no preexec hook is needed,
     which would force a slower fork of this process)."""
-    return [(resource.RLIMIT_CPU, cpu_s), (resource.RLIMIT_AS, MEMORY_LIMIT), (resource.RLIMIT_FSIZE, 16 << 20),
+    return [(resource.RLIMIT_CPU, cpu_s), (resource.RLIMIT_AS, memory), (resource.RLIMIT_FSIZE, 16 << 20),
             (resource.RLIMIT_NPROC, 256), (resource.RLIMIT_CORE, 0)]
 
 
@@ -246,18 +249,34 @@ class Sandbox:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def run(self, code: str, inputs: dict, timeout: float) -> PythonResult:
-        """Run the step (once: a sandbox serves one step, then is gone)."""
+    def run(self, code: str, inputs: dict, timeout: float, memory: int | None = None,
+            cancelled: Callable[[], bool] | None = None) -> PythonResult:
+        """Run the step (once: a sandbox serves one step, then is gone). `memory`: bytes it may use, below
+        MEMORY_LIMIT (None: MEMORY_LIMIT). `cancelled` is asked every CANCEL_POLL_S: once it says yes the
+        sandbox and everything in it is killed and the step fails."""
+        memory = MEMORY_LIMIT if memory is None else min(memory, MEMORY_LIMIT)
+        if memory < MEMORY_LIMIT:
+            self.group.limit_memory(memory)
         self.cpu_start = self.group.cpu_s()
         if self.cpu_start is None:
             self.tree = TreeCPU(self.proc.pid)
             self.tree.begin()
+        request: bytes | None = marshal.dumps((code, inputs, _limits(max(1, int(timeout) + 1), memory)))
+        deadline = time.monotonic() + timeout
         try:
-            stdout, stderr = self.proc.communicate(marshal.dumps((code, inputs, _limits(max(1, int(timeout) + 1)))),
-                                                   timeout=timeout)
+            while True:
+                left = deadline - time.monotonic()
+                try:  # (a retried communicate loses no output; the request is written by the first)
+                    stdout, stderr = self.proc.communicate(request, timeout=max(0.0, min(
+                        left, CANCEL_POLL_S if cancelled is not None else left)))
+                    break
+                except subprocess.TimeoutExpired:
+                    request = None
+                    if time.monotonic() >= deadline:
+                        raise StepFailed(f"python step timed out after {timeout:g} s") from None
+                    if cancelled is not None and cancelled():
+                        raise StepFailed("python step cancelled") from None
             cpu_s, peak_mb = self._measure()
-        except subprocess.TimeoutExpired:
-            raise StepFailed(f"python step timed out after {timeout:g} s") from None
         finally:
             self.close()  # whatever the step left running (a fork bomb's children) dies here
         return _result(stdout, stderr, self.proc.returncode, cpu_s, peak_mb)

@@ -155,6 +155,19 @@ class Bye:
     reason: str = ""
 
 
+@dataclass
+class Cancel:
+    """Stop these steps of `job` (every step of it when `steps` is empty): its submitter no longer needs
+    them (the step settled, the job ended). A worker stops only steps the sender itself asked for."""
+
+    job: str
+    steps: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not (1 <= len(self.job) <= 64 and len(self.steps) <= 64 and all(1 <= len(s) <= 64 for s in self.steps)):
+            raise Rejected("bad-schema", "a cancel names a job (1 to 64 characters) and at most 64 steps (1 to 64 each)")
+
+
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -204,6 +217,7 @@ KINDS: dict[str, type] = {
     "receipt": ReceiptMsg,
     "progress": Progress,
     "bye": Bye,
+    "cancel": Cancel,
     "head": LedgerHead,
     "head-ask": HeadAsk,
     "head-held": HeadHeld,

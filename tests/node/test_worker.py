@@ -11,6 +11,7 @@ import pytest
 from actors.messages import RunStep, StepDone, StepProgress
 from ledger.receipts import Receipt, make_receipt
 from ledger.store import Entry
+from mesh.core.admission import Account, Standing
 from mesh.errors import NoAnswer
 from mesh.node.flow import Limits
 from mesh.node.peers import Peer
@@ -151,3 +152,99 @@ def test_receipts_that_pay_for_nothing_answered_are_refused(receipt):
     asyncio.run(worker.work(peer, request()))
     asyncio.run(worker.on_receipt(peer, ReceiptMsg(receipt)))
     assert fake.recorded == [] and fake.counted == Counter({"bad-receipt": 1})
+
+
+# -- slots, a stranger's terms, cancelling, the credit line (issue 19 item 6) ----------------------------
+class Held(FakeNode):
+    """A node whose steps run until released (or cancelled), each seen in `asked`."""
+
+    def __init__(self, cancel_dir=None, **kw):
+        super().__init__(**kw)
+        self.release = asyncio.Event()
+        self.port = WorkerPort(**{**self.port.__dict__, "steps": StepRunner(self.ask, self.scrape, True, cancel_dir)})
+
+    async def ask(self, msg: RunStep, timeout: float, relay) -> object:
+        self.asked.append(msg)
+        await self.release.wait()
+        return self.answer
+
+
+def standing_of(known_nodes: set[str]):
+    return lambda peer: Standing(peer.node, "10.0.0", 0.7 if peer.node in known_nodes else 0.5,
+                                 peer.node in known_nodes)
+
+
+async def until(cond, what: str, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+def test_a_strangers_step_runs_with_capped_time_and_memory_and_a_known_ones_as_asked():
+    fake = FakeNode(StepDone("", False, error="python step timed out after 60 s"))
+    friend = Identity.generate()
+    fake.port = WorkerPort(**{**fake.port.__dict__, "standing": standing_of({friend.node_id})})
+    worker = Worker(fake.port)
+    asyncio.run(worker.work(Peer(PAYER.public_key), StepRequest("j", "a", "python", CODE, 3600.0)))
+    asyncio.run(worker.work(Peer(friend.public_key), StepRequest("j", "b", "python", CODE, 3600.0)))
+    stranger, known = fake.asked
+    assert (stranger.timeout, stranger.memory) == (60.0, 256 << 20)
+    assert (known.timeout, known.memory) == (3600.0, None)
+    first, second = results(fake)
+    assert "at most 60 s and 256 MiB a step (asked 3600 s)" in first.error  # the failure says why
+    assert "at most" not in second.error
+
+
+def test_strangers_hold_four_slots_and_a_known_requester_still_runs():
+    async def go():
+        fake = Held()
+        friend = Identity.generate()
+        fake.port = WorkerPort(**{**fake.port.__dict__, "standing": standing_of({friend.node_id})})
+        worker = Worker(fake.port)
+        attackers = [Peer(Identity.generate().public_key) for _ in range(4)]
+        tasks = [asyncio.create_task(worker.work(p, StepRequest("j", f"s{i}", "python", CODE, 3600.0)))
+                 for p in attackers for i in range(4)]
+        await until(lambda: len(results(fake)) == 12, "12 of the 16 refused")
+        assert len(fake.asked) == 4 and all("busy: requesters that have not worked" in r.error for r in results(fake))
+        tasks.append(asyncio.create_task(worker.work(Peer(friend.public_key), request())))
+        await until(lambda: len(fake.asked) == 5, "the known requester's step running")
+        assert worker.use()["known"] == 1 and worker.use()["stranger"] == 4
+        fake.release.set()
+        await asyncio.gather(*tasks)
+        assert fake.counted["busy"] == 12 and worker.use()["known"] == worker.use()["stranger"] == 0
+    asyncio.run(go())
+
+
+def test_a_cancelled_step_is_stopped_where_it_runs_and_answered_as_cancelled(tmp_path):
+    async def go():
+        fake = Held(cancel_dir=tmp_path)
+        worker, peer = Worker(fake.port), Peer(PAYER.public_key)
+        job = [asyncio.create_task(worker.work(peer, StepRequest("j", s, "python", CODE, 30.0))) for s in "abc"]
+        await until(lambda: len(fake.asked) == 3, "three steps running")
+        assert worker.cancel("someone-else", "j", [], "x") == 0  # only its own requester may cancel a step
+        assert worker.cancel(peer.node, "j", ["a", "b"], "cancelled: its submitter no longer needs it") == 2
+        await until(lambda: len(results(fake)) == 2, "two answered as cancelled")
+        assert all(r.error == "cancelled: its submitter no longer needs it" for r in results(fake))
+        flags = {p.name for p in tmp_path.iterdir()}  # the actors were told to stop exactly those two
+        assert flags == {m.request_id for m in fake.asked if m.params is CODE} - {fake.asked[2].request_id}
+        assert worker.use()["stranger"] == 1
+        assert worker.drop(peer.node, "cancelled: its requester disconnected") == 1
+        await asyncio.gather(*job)
+        fake.release.set()  # the actors answer: the flags go
+        await until(lambda: not any(tmp_path.iterdir()), "the cancel flags removed")
+        assert worker.use()["stranger"] == 0 and not worker.running and not worker.owed
+    asyncio.run(go())
+
+
+def test_require_credit_refuses_a_submitter_this_node_has_worked_for_beyond_the_line():
+    fake = FakeNode()
+    books = {PAYER.node_id: Account(earned=0.5)}
+    fake.port = WorkerPort(**{**fake.port.__dict__, "require_credit": 0.6,
+                              "account": lambda node: books.get(node, Account())})
+    worker, peer = Worker(fake.port), Peer(PAYER.public_key)
+    asyncio.run(worker.work(peer, request()))  # within: runs (0.25 CPU-s answered, not yet paid)
+    asyncio.run(worker.work(peer, StepRequest("job1", "b", "python", CODE, 10.0)))  # 0.5 + 0.25 > 0.6
+    ok, refused = results(fake)
+    assert ok.ok and not refused.ok and refused.error.startswith("refused: over this worker's credit line")
+    assert fake.counted == Counter({"credit": 1}) and len(fake.asked) == 1

@@ -475,3 +475,45 @@ def test_a_node_run_by_a_normal_user_runs_steps_the_same_way_and_measures_them()
     assert uid == inner_uid == 65534 and no_caps == 1
     assert 0.2 <= cpu < 5, cpu
     assert forged_output == 2 and forged_cpu < 1, forged_cpu
+
+
+def test_a_cancelled_step_is_killed_with_everything_it_started():
+    """A step whose requester is gone is stopped where it runs: the sandbox and the processes its code
+    started (here a child burning CPU) are gone within a moment of the cancel, not at the step's deadline."""
+    import threading
+
+    from mesh.steps.sandbox import Sandbox
+
+    from ..conftest import tree_pids, wait_for
+
+    box = Sandbox()
+    stop = threading.Event()
+    got: list[object] = []
+    code = "import os\nif os.fork() == 0:\n    while True: pass\nwhile True: pass"
+
+    def go() -> None:
+        try:
+            box.run(code, {}, 600, cancelled=stop.is_set)
+        except StepFailed as exc:
+            got.append(exc)
+
+    thread = threading.Thread(target=go)
+    thread.start()
+    pids = wait_for(lambda: len(tree_pids(box.proc.pid)) >= 4 and tree_pids(box.proc.pid), 10,
+                    "the step and its child running (bwrap, its init, the runner, the child)")
+    started = time.monotonic()
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive() and "cancelled" in str(got[0])
+    assert time.monotonic() - started < 2
+    wait_for(lambda: not any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split()[2] != "Z"
+                             for p in pids), 5, "every process of the step gone")
+
+
+def test_a_lower_memory_limit_holds_for_that_step():
+    """A stranger's step gets 256 MiB (mesh.core.admission): 400 MiB fails, 100 MiB does not."""
+    from mesh.steps.sandbox import Sandbox
+
+    with pytest.raises(StepFailed, match="MemoryError"):
+        Sandbox().run("x = bytearray(400 << 20)\noutput = len(x)", {}, 20, memory=256 << 20)
+    assert Sandbox().run("x = bytearray(100 << 20)\noutput = len(x)", {}, 20, memory=256 << 20).output == 100 << 20

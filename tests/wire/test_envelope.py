@@ -34,6 +34,7 @@ from mesh.wire.identity import Identity, verify
 from mesh.wire.messages import (
     KINDS,
     Bye,
+    Cancel,
     HeadAsk,
     HeadHeld,
     Hello,
@@ -156,6 +157,7 @@ def test_every_kind_round_trips(alice, bob):
                              Work(cpu_s=0.1, token_ids=[5, 7])),
         "receipt": ReceiptMsg({"job": "j", "amount": 1.5}),
         "bye": Bye("shutting down"),
+        "cancel": Cancel("job1", ["a", "b"]),
         "progress": Progress("job1", "a", 8, "Once upon a"),
         "head": LedgerHead(128, "a" * 64, "b" * 128),
         "head-ask": HeadAsk("n1"),

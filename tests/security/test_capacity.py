@@ -1,0 +1,91 @@
+"""A worker's capacity cannot be taken for free (issue 19 item 6), over real connections to real nodes.
+The attack as found: four fresh keys filled all 16 step slots of a worker with 3600 s steps of 1 GiB
+each, which kept running after the attackers were gone, and an honest submitter's steps were refused
+`busy`. Now strangers share 4 slots on capped terms (60 s, 256 MiB), a submitter that did work for the
+worker still gets its steps run at once, and a step stops when its requester disconnects."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from mesh.wire.messages import StepRequest
+
+from ..conftest import wait_for
+from .hostile import HostilePeer, status, submit, wait_job, wait_paid
+
+pytestmark = [pytest.mark.mesh, pytest.mark.timeout(240)]
+
+SLEEP = "import time\ntime.sleep(30)\noutput = 1"
+HOG = "x = bytearray(400 << 20)\noutput = len(x)"
+JOB = {"name": "honest", "steps": [{"id": "sum", "kind": "python", "params": {"code": "output = sum(range(10)) * 2"}}]}
+
+
+def sandboxes(pid: int) -> int:
+    """The node's python sandboxes (its warm ones included): bwrap processes not started by bwrap."""
+    try:
+        procs = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    count = 0
+    for p in procs:
+        try:
+            if p.name() == "bwrap" and p.parent().name() != "bwrap":
+                count += 1
+        except psutil.NoSuchProcess:
+            pass
+    return count
+
+
+def long_results(attackers: list[HostilePeer]) -> list[dict]:
+    """The answers the attackers got to their long steps so far."""
+    for evil in attackers:
+        evil.expect(lambda f: False, 0.05)  # read what has come
+    return [f["payload"] for e in attackers for f in e.received
+            if f["kind"] == "result" and f["payload"]["job"].startswith("long")]
+
+
+def test_fresh_keys_cannot_take_a_workers_slots_and_their_steps_stop_when_they_leave(make_mesh):
+    mesh = make_mesh(3, lambda i: ["--no-model", "--no-scrape"])
+    honest, worker, third = mesh.nodes
+    # honest history: the worker submits, the honest node works for it (reciprocity), and is paid
+    rep = wait_job(worker, submit(worker, JOB, 2))
+    assert rep["status"] == "done" and honest.node_id in {r["node"] for r in rep["steps"]["sum"]["replicas"]}, rep
+    wait_paid(mesh, rep)
+    wait_for(lambda: status(worker)["worker"]["known"] == 0, 10, "the worker idle")
+    idle = wait_for(lambda: (n := sandboxes(worker.proc.pid)) and n, 20, "the worker's warm sandboxes")
+    key = bytes.fromhex(status(worker)["key"])
+
+    attackers = [HostilePeer(worker.listen) for _ in range(4)]
+    try:
+        for evil in attackers:
+            evil.handshake(key)
+        # a stranger's step runs with capped terms, whatever it asked: 400 MiB fails at 256
+        attackers[0].send(attackers[0].seal("step", key, StepRequest("hog", "h", "python", {"code": HOG}, 3600.0)))
+        hog = attackers[0].expect(lambda f: f["kind"] == "result" and f["payload"]["job"] == "hog", 60)
+        assert hog is not None and not hog["payload"]["ok"], hog
+        assert "MemoryError" in hog["payload"]["error"] and "256 MiB" in hog["payload"]["error"]
+        assert "asked 3600 s" in hog["payload"]["error"]  # ... and 60 s
+        for i, evil in enumerate(attackers):  # 16 long steps: all the slots there are
+            for s in range(4):
+                evil.send(evil.seal("step", key, StepRequest(f"long{i}", f"s{s}", "python", {"code": SLEEP}, 3600.0)))
+        busy = wait_for(lambda: len(got := long_results(attackers)) >= 12 and got, 30, "12 of the 16 refused")
+        assert len(busy) == 12 and all("busy: requesters that have not worked for this node" in b["error"] for b in busy)
+        use = wait_for(lambda: (w := status(worker)["worker"])["stranger"] == 4 and w, 20, "4 stranger slots held")
+        assert use["known"] == 0 and use["stranger_max"] == 4
+        wait_for(lambda: sandboxes(worker.proc.pid) >= idle + 4, 20, "the 4 attacker steps running")
+
+        for evil in attackers:  # still here (a peer silent for 20 s is dropped)
+            evil.send(evil.hello_frame(key))
+        # the honest submitter, known to the worker, still gets its job done there, promptly
+        rep = wait_job(honest, submit(honest, JOB, 2), timeout=30)
+        replicas = {r["node"]: r for r in rep["steps"]["sum"]["replicas"]}
+        assert rep["status"] == "done" and replicas[worker.node_id]["agreed"], rep
+        assert status(worker)["worker"]["stranger"] == 4  # the attackers' steps were still running
+    finally:
+        for evil in attackers:
+            evil.close()
+    # gone: their steps stop (the sandboxes killed), long before their 30 s are up
+    wait_for(lambda: status(worker)["worker"]["stranger"] == 0, 10, "the attackers' slots freed")
+    wait_for(lambda: sandboxes(worker.proc.pid) <= idle, 10, "the attackers' sandboxes gone")
+    assert status(worker)["rejected"].get("busy", 0) >= 12
