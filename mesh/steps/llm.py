@@ -1,6 +1,7 @@
 """A loaded GGUF model, decoded greedily with a fixed seed so replicas on the same model file and build
 agree token for token; and verification by scoring: one teacher-forced pass over a claimed output that
-accepts it when every token was the model's top choice, within a log-probability margin."""
+accepts it when every token was the model's top choice, within a log-probability margin, and few were not
+its top choice at all."""
 
 from __future__ import annotations
 
@@ -28,12 +29,27 @@ class Verification:
     ok: bool
     tokens: int
     worst_gap: float  # largest (top log-probability − the claimed token's), in nats
-    first_bad: int  # index of the first token over the margin, -1 when none
+    first_bad: int  # index of the first token refused (over the margin, or off-top past the budget), -1 when none
     seconds: float
+    off_top: int = 0  # positions whose claimed token is not the verifier's own top choice
 
 
 PROGRESS_EVERY = 8  # tokens between progress reports while streaming
-MARGIN = 1.0  # nats: batched and one-by-one evaluation differ by up to ~0.2 on honest output
+# How far a claimed token may trail the verifier's top choice, and how many may trail it at all. Measured
+# (issue 19; gemma3-270m Q4_K_M, llama.cpp 0.3.36, 14 prompts, 1,152 greedy tokens): thread count and
+# micro-batch size change nothing (bit-identical logits); what differs is one-by-one generation against the
+# verifier's batched pass, on one build (an AVX2 build: an honest token up to 0.991 nats below the
+# verifier's top, 18 of 1,152 tokens off it) and across builds (AVX-512 scoring AVX2's tokens: up to
+# 0.431, 24 of 1,152). Off-top tokens per claim: up to 4 of 64 and 8 of 128, one in 16.
+MARGIN = 1.5  # nats: 0.991 measured × 1.5
+OFF_TOP_BASE, OFF_TOP_PER = 2, 16  # off-top tokens allowed: 2 + one per 16 (measured: one per 16 at most)
+
+
+def off_top_budget(tokens: int) -> int:
+    """How many of a claim's tokens may be other than the verifier's own top choice."""
+    return OFF_TOP_BASE + tokens // OFF_TOP_PER
+
+
 N_CTX = 2048  # tokens, for generating and scoring alike: what one node generated, any node can score
 
 
@@ -82,10 +98,15 @@ class Model:
     def _tokens(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode(), special=True)
 
-    def verify(self, prompt: str, token_ids: list[int], margin: float = MARGIN, claim: str | None = None
-               ) -> Verification:
+    def verify(self, prompt: str, token_ids: list[int], margin: float = MARGIN, claim: str | None = None,
+               max_off_top: int | None = None) -> Verification:
         """Score a claimed continuation in one batched pass (logits for every position) instead of
-        generating it token by token. With `claim`, the token ids must also spell exactly that text.
+        generating it token by token. Every token must be within `margin` of the verifier's top choice,
+        and at most `max_off_top` of them (by default `off_top_budget` of the claim's length) other than
+        it. Both absorb float differences (batched against one-by-one evaluation, one build against
+        another), which reorder near-ties; they bound how many tokens a cheat may choose, but cannot tell
+        its near-tie from an honest one (bench/llm_steer.py). With `claim`, the token ids must also spell
+        exactly that text.
         Raises StepFailed when the prompt and claim do not fit the context: that says nothing about the
         claim, so it is no verdict (a rejection would book an honest generator as disagreeing)."""
         import numpy as np
@@ -116,9 +137,14 @@ class Model:
         rows = np.asarray(scorer.scores[head:len(seq) - 1])
         claimed = rows[np.arange(len(token_ids)), np.asarray(token_ids)]
         gaps = rows.max(axis=1) - claimed  # logits, same gap as log-probabilities (one normaliser per row)
-        bad = np.nonzero(gaps > margin)[0]
-        return Verification(not len(bad), len(token_ids), float(gaps.max()), int(bad[0]) if len(bad) else -1,
-                            time.perf_counter() - t0)
+        off = np.nonzero(gaps > 0)[0]  # not the verifier's top choice (a tie is no choice)
+        budget = off_top_budget(len(token_ids)) if max_off_top is None else max_off_top
+        over = np.nonzero(gaps > margin)[0]
+        bad = [int(over[0])] if len(over) else []
+        if len(off) > budget:
+            bad.append(int(off[budget]))  # the first off-top token past the budget
+        return Verification(not bad, len(token_ids), float(gaps.max()), min(bad, default=-1),
+                            time.perf_counter() - t0, len(off))
 
     def _scorer(self):
         """A second context that keeps logits for every position (the generator keeps only the last), of

@@ -1,5 +1,6 @@
 """Verification by scoring with the real default model: an honest greedy output passes one teacher-forced
-pass; the same output with one token changed, or cut from another prompt, fails at that token."""
+pass; the same output with one token changed, or cut from another prompt, fails at that token; a claim
+steered through every near-tie the old rule let pass is refused."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import pytest
 
 from actors.messages import RunStep, StepDone
 from actors.model_runner import ModelRunnerActor
+from bench.llm_steer import OLD, steer
 from mesh.core.dag import parse_job
 from mesh.core.jobrun import JobRun
 from mesh.core.policy import Candidate
 from mesh.errors import StepFailed
-from mesh.steps.llm import N_CTX, Model
+from mesh.steps.llm import MARGIN, N_CTX, Model, off_top_budget
 from mesh.steps.models import default_model
 from mesh.wire.canonical import digest
 
@@ -122,3 +124,47 @@ def test_a_verifier_that_cannot_score_is_a_no_show_never_a_dissenter():
     (o,) = run.take_outcomes()
     assert o.accepted and first.node in o.failed and first.node not in o.dissenting
     assert ("disagreed", first.node) not in o.verdicts()
+
+
+# -- float differences are absorbed; steering through near-ties is not (issue 19) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Model:
+    path, sha = default_model()
+    return Model(path, sha, 1)
+
+
+# the second is the measured worst case: an honest digit 0.991 nats below the batched pass's top choice
+HONEST = [("The history of Paris begins", 48), ("The speed of light in a vacuum is about", 64),
+          ("Q: Who painted the Mona Lisa?\nA: Leonardo da Vinci.\nQ: What is the largest ocean on Earth?\nA:", 64)]
+
+
+@pytest.mark.mesh  # slow: two models loaded, six claims generated and scored
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("generator_threads", [1, 2])
+def test_an_honest_claim_is_accepted_whatever_the_thread_counts(model, one_thread, generator_threads):
+    generator, scorer = (one_thread, model) if generator_threads == 1 else (model, one_thread)
+    for prompt, n in HONEST:
+        gen = generator.generate(prompt, n)
+        v = scorer.verify(prompt, list(gen.token_ids), claim=gen.text)
+        assert v.ok, (prompt, v)
+        assert v.worst_gap <= MARGIN and v.off_top <= off_top_budget(v.tokens)
+
+
+@pytest.mark.mesh  # slow: a 24-token steered generation, scored at every step
+@pytest.mark.timeout(240)
+def test_a_claim_steered_through_the_old_margin_is_refused(model):
+    """The adversary takes, at every step, a token other than the verifier's top choice whenever one is
+    within the old rule's margin (1 nat, any number of them): the old rule accepted the result, the
+    off-top budget refuses it."""
+    prompt = "The capital of France is"
+    honest = list(model.generate(prompt, 24).token_ids)
+    s = steer(model, prompt, None, 24, OLD)
+    ids = list(s.token_ids)
+    assert ids != honest and s.off_top > off_top_budget(24)
+    old = model.verify(prompt, ids, margin=1.0, claim=s.text, max_off_top=len(ids))
+    assert old.ok and old.off_top == s.off_top
+    assert abs(old.worst_gap - s.planned_worst_gap) < 1e-3  # the adversary planned with the verifier's numbers
+    new = model.verify(prompt, ids, claim=s.text)
+    assert not new.ok and new.off_top == s.off_top and new.first_bad > 0
