@@ -12,8 +12,10 @@ _LLM_PARAMS = {
                "{step.output} inserts an earlier step's output", "x-multiline": True},
     "max_tokens": {"type": "integer", "minimum": 1, "maximum": 2048, "default": 64},
     "temperature": {"type": "number", "minimum": 0, "maximum": 2, "default": 0,
-                    "description": "0: greedy, replicas compared exactly; above 0: sampled, compared by similarity"},
-    "seed": {"type": "integer", "default": 0},
+                    "description": "0: greedy, replicas compared exactly; above 0: sampled, every replica with "
+                                   "one seed, compared as text"},
+    "seed": {"type": "integer", "description": "the seed every replica of a sampled step draws with; left "
+             "out: one drawn from the job id and step id"},
     "stop": {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 8, "default": [],
              "description": "strings that end the text"},
     "model": {"type": "string", "default": "default",

@@ -3,6 +3,7 @@ here, before anything runs, and reported as one JobError line."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -336,14 +337,19 @@ def _depth(value: Any, limit: int) -> int:
 
 
 def default_compare(kind: str, params: dict) -> str:
-    """How replicas of a step are compared when the job does not say: scraped pages as normalised text;
-    sampled llm output (temperature > 0) by similarity, since replicas need not draw the same tokens;
-    everything else exactly."""
-    if kind == "scrape":
+    """How replicas of a step are compared when the job does not say: scraped pages and sampled llm
+    output (temperature > 0) as normalised text, everything else exactly. Sampled replicas draw with one
+    seed (`sampling_seed`), so honest ones agree token for token; word-bag similarity, which found "the
+    bridge is safe" and "the bridge is not safe" 0.8 alike, is used only where a job asks for it."""
+    if kind == "scrape" or (kind in MODEL_KINDS and params.get("temperature", 0)):
         return "text"
-    if kind in MODEL_KINDS and params.get("temperature", 0):
-        return "similar:0.5"
     return "exact"
+
+
+def sampling_seed(job_id: str, step_id: str) -> int:
+    """The seed every replica of a sampled llm step draws with when the job gives none: one per job and
+    step (a job's replicas agree; two jobs do not share their randomness), 31 bits for llama.cpp."""
+    return int.from_bytes(hashlib.sha256(f"{job_id}/{step_id}".encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def resolve_models(job: Job, resolve: Any) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.core.compare import Comparator
-from mesh.core.dag import Job, Step, render, valid_ids
+from mesh.core.dag import MODEL_KINDS, Job, Step, render, sampling_seed, valid_ids
 from mesh.core.policy import Candidate, candidate_from, place
 from mesh.core.pricing import cap, pay
 from mesh.core.quorum import Accept, Decision, GiveUp, NeedMore, Tally
@@ -263,6 +263,8 @@ class JobRun:
             # python code is never templated: earlier outputs reach it as data only
             run.params = ({**step.params, "inputs": outputs} if run.kind == "python"
                           else render(step.params, outputs))
+            if run.kind in MODEL_KINDS and run.params.get("temperature", 0) and "seed" not in run.params:
+                run.params["seed"] = sampling_seed(self.job_id, sid)  # every replica draws alike
         run.tally = Tally(self.job.quorum, self.job.redundancy, self.job.replica_limit,
                           margin=self.margin and self.job.quorum.spec == "majority")
         run.status = "running"
@@ -437,6 +439,8 @@ class JobRun:
             steps[sid] = {"status": run.status, "kind": run.kind, "output": run.output, "digest": run.digest,
                           "replicas": replicas, "credit": run.credit, "unreplicated": run.alone,
                           "compare": run.comparator.spec}
+            if run.comparator.kind == "similar":
+                steps[sid]["compare_note"] = "replicas grouped by shared words: not a correctness check"
             if run.error:
                 steps[sid]["error"] = run.error
             if run.overturned_by:

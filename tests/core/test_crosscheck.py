@@ -15,7 +15,7 @@ from mesh.core.jobrun import JobRun
 from mesh.core.policy import Candidate, place, reputation_group
 from mesh.core.quorum import Accept, GiveUp, NeedMore, QuorumRule, Tally
 from mesh.errors import JobError
-from mesh.wire.canonical import digest
+from mesh.wire.canonical import canonical, digest
 
 from ..conftest import cli_json
 
@@ -281,11 +281,44 @@ def test_bad_llm_parameters_are_job_errors(params, message):
         parse_job({"steps": [{"id": "a", "kind": "llm", "params": params}]})
 
 
-def test_sampled_llm_steps_default_to_the_similarity_comparator():
+def test_sampled_llm_steps_are_compared_as_text_not_by_shared_words():
+    """Sampled replicas draw with one seed, so honest ones agree exactly: word-bag similarity found "the
+    bridge is safe" and "the bridge is not safe" 0.8 alike, and is used only when a job asks for it."""
     job = parse_job({"steps": [{"id": "a", "kind": "llm", "params": {"prompt": "x", "temperature": 0.7}},
                                {"id": "b", "kind": "llm", "params": {"prompt": "x"}},
-                               {"id": "c", "kind": "scrape", "params": {"url": "https://example.org/"}}]})
-    assert [s.compare for s in job.steps] == ["similar:0.5", "exact", "text"]
+                               {"id": "c", "kind": "scrape", "params": {"url": "https://example.org/"}},
+                               {"id": "d", "kind": "llm", "params": {"prompt": "x", "temperature": 0.7},
+                                "compare": "similar:0.5"}]})
+    assert [s.compare for s in job.steps] == ["text", "exact", "text", "similar:0.5"]
+    c = Comparator(job.steps[0].compare)
+    assert c.key("the bridge is safe") != c.key("the bridge is not safe")
+    assert c.key("The bridge  is safe") == c.key("the bridge is safe")
+
+
+def test_every_replica_of_a_sampled_step_draws_with_one_seed_per_job_and_step():
+    from mesh.core.dag import sampling_seed
+
+    job = parse_job({"steps": [{"id": "a", "kind": "llm", "params": {"prompt": "x", "temperature": 0.7}},
+                               {"id": "b", "kind": "llm", "params": {"prompt": "x", "temperature": 0.7, "seed": 9}},
+                               {"id": "c", "kind": "llm", "params": {"prompt": "x"}}]})
+    seeds = {}
+    for job_id in ("j1", "j2"):
+        run = JobRun(job_id, job, random.Random(1))
+        workers = {"llm:default": [Candidate(f"w{i}", 0.5, f"p{i}") for i in range(4)]}
+        sends = run.advance(workers, 0.0)
+        for sid in ("a", "b", "c"):
+            params = {canonical(d.params) for d in sends if d.step == sid}
+            assert len(params) == 1, sid  # every replica is asked the same, seed included
+        seeds[job_id] = run.steps["a"].params["seed"]
+        assert run.steps["b"].params["seed"] == 9 and "seed" not in run.steps["c"].params
+    assert seeds["j1"] == sampling_seed("j1", "a") != seeds["j2"] == sampling_seed("j2", "a")
+
+
+def test_a_report_says_similarity_is_not_a_correctness_check():
+    job = parse_job({"steps": [{"id": "a", "kind": "llm", "params": {"prompt": "x", "temperature": 0.7},
+                                "compare": "similar:0.5"}, {"id": "b", "kind": "llm", "params": {"prompt": "x"}}]})
+    steps = JobRun("j", job, random.Random(1)).report()["steps"]
+    assert "not a correctness check" in steps["a"]["compare_note"] and "compare_note" not in steps["b"]
 
 
 # -- verification by scoring (compare "score") ---------------------------------------------------------------
