@@ -1,6 +1,7 @@
 """Worker behaviours, pluggable: a strategy maps the right answer of a step to the answer it returns,
-seeing what a real worker sees of the request (its sender, job id, step id, params, when it came). Name
-one in a scenario, or give `package.module:Class` for your own subclass of Strategy."""
+seeing what a real worker sees of the request (its sender, job id, step id, params, when it came), and
+gives its verdict on another worker's llm claim when asked to score one (compare 'score'). Name one in a
+scenario, or give `package.module:Class` for your own subclass of Strategy."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from mesh.wire.canonical import canonical
+
+from .scoring import accepts, steered
 
 
 class Strategy:
@@ -38,6 +41,11 @@ class Strategy:
         """The answer to one request, seeing all a real worker sees of it; most strategies look at the
         right answer only."""
         return self.answer(truth)
+
+    def verify(self, src: str, job: str, step: str, params: Mapping[str, Any], truth: Any, now: float) -> dict:
+        """The verdict on the claim in params["claim"] (a 'score' request), `truth` being the step's honest
+        greedy output: honest scoring accepts exactly what lies in the rule's acceptance region."""
+        return {"accepted": accepts(truth, params.get("claim"))}
 
 
 class RandomWrong(Strategy):
@@ -139,8 +147,33 @@ class CheckAware(Strategy):
         return truth
 
 
+class Steering(Strategy):
+    """A generator that steers greedy llm answers (bench/llm_steer.py): on an llm step (a request with a
+    prompt; a worker cannot tell whether its claim will be scored or compared with other generations) it
+    returns a steered claim, a wrong answer of near-ties inside the scoring rule's margin and off-top
+    budget, when its group steers that step: with probability `rate`, chosen by the step's content as
+    colluders choose, so every member steers the same steps to the same text. Python steps it answers
+    right. As a verifier it answers honestly: its group's steered claims lie inside the region every
+    honest scorer accepts anyway, and refusing an honest claim would only send the step back to
+    generating, where steered answers are outvoted, and book the refusal as disagreeing."""
+
+    name = "steering"
+    adversary = True
+
+    def __init__(self, rng: random.Random, rate: float = 1.0, group: str = "", good_steps: int = 0):
+        super().__init__(rng, rate, group, good_steps)
+        self.steered = 0  # claims it steered
+
+    def respond(self, src: str, job: str, step: str, params: Mapping[str, Any], truth: Any, now: float) -> Any:
+        self.answered += 1
+        if "prompt" in params and zlib.crc32(canonical([self.group, truth])) / 2**32 < self.rate:
+            self.steered += 1
+            return steered(truth, self.group)
+        return truth
+
+
 BUILTIN: dict[str, type[Strategy]] = {c.name: c for c in (Strategy, RandomWrong, Colluding, Sybil, OnOff,
-                                                           CheckAware)}
+                                                           CheckAware, Steering)}
 
 
 def strategy_class(name: str) -> type[Strategy]:

@@ -14,6 +14,8 @@ from pathlib import Path
 SHOWN = ("steps", "wrong_accepted", "wrong_accepted_rate", "replicas_per_step", "spot_checks_per_step",
          "latency_p50", "latency_p99", "credit_gini", "adversary_credit_share", "reputation_auc", "events",
          "events_per_s", "trace_hash")
+LLM_SHOWN = ("llm_steps", "llm_wrong_accepted", "llm_wrong_per_1000", "llm_generations_per_step",
+             "llm_scorings_per_step", "llm_cost_per_step", "score_fallbacks")  # shown when a run had llm steps
 
 
 PLOT_FRACTIONS = [0.0, 0.1, 0.2, 0.3, 0.4]
@@ -78,7 +80,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(f"scenario {result['scenario']} (seed {args.seed}, {result['nodes']} nodes)")
-        for key in SHOWN:
+        for key in SHOWN + (LLM_SHOWN if result["llm_steps"] else ()):
             print(f"  {key:24} {result[key]}")
         for path in result.get("plots", []):
             print(f"  plot                     {path}")

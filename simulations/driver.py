@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.core.dag import Job
+from mesh.core.dag import MODEL_KINDS, Job
 from mesh.core.effects import (
     Alarm,
     Answer,
@@ -35,6 +35,7 @@ from .engine import Engine
 from .metrics import Metrics
 from .network import Network
 from .scenario import PolicySpec, Scenario
+from .scoring import SCORE_COST, greedy_text
 from .trace import Trace
 from .world import SimNode, StepMsg, World
 
@@ -126,7 +127,10 @@ class SimSubmitter:
         self.count += 1
         job_id = f"{self.id}-{self.count}"
         seed = self.rng.getrandbits(64)
-        truths = {st.id: self.rng.getrandbits(40) for st in job.steps}
+        truths: dict[str, Any] = {}
+        for st in job.steps:  # an llm step's truth is its honest greedy text
+            bits = self.rng.getrandbits(40)
+            truths[st.id] = greedy_text(bits) if st.kind in MODEL_KINDS else bits
         costs = {st.id: self.rng.expovariate(1 / self.s.jobs.cost_s) for st in job.steps}
         self.meta[job_id] = SimJob(truths, costs, self.world.sample(self.s.network.peer_sample), self.engine.now)
         self._apply(self.core.submit(job_id, job, seed))
@@ -162,7 +166,10 @@ class SimSubmitter:
 
     def _candidates(self, job_id: str) -> dict[str, list[Candidate]]:
         nodes = self.world.nodes
-        return {"python": [self._candidate(nid) for nid in self.meta[job_id].pool if nodes[nid].online]}
+        cands = [self._candidate(nid) for nid in self.meta[job_id].pool if nodes[nid].online]
+        if self.s.jobs.llm_share > 0:  # every simulated worker serves the default model
+            return {"python": cands, "llm:default": cands}
+        return {"python": cands}
 
     # -- effects ------------------------------------------------------------------------------------
     def _apply(self, effects: list[Effect]) -> None:
@@ -176,7 +183,10 @@ class SimSubmitter:
         sj = self.meta[eff.job]
         self.trace.add("send", eff.job, eff.step, eff.node)
         self.m.replicas += 1
-        msg = StepMsg(eff.job, eff.step, sj.truths[eff.step], sj.costs[eff.step], eff.params)
+        self.m.llm_generations += eff.kind in MODEL_KINDS
+        self.m.llm_scorings += eff.kind == "score"
+        cost = sj.costs[eff.step] * (SCORE_COST if eff.kind == "score" else 1.0)
+        msg = StepMsg(eff.job, eff.step, sj.truths[eff.step], cost, eff.params, eff.kind)
         self.net.send(self.id, eff.node, 1024, self.world.receive, eff.node, self.on_result, self.id, msg)
 
     def _send_check(self, eff: Send, ch: Challenge) -> None:
@@ -192,7 +202,7 @@ class SimSubmitter:
         step = ch.source[1] if ch.source is not None else ""
         truth = src.truths[step] if src is not None else ch.expected
         cost = src.costs[step] if src is not None else self.s.jobs.cost_s * 0.1
-        msg = StepMsg(wire, eff.step, truth, cost, eff.params)
+        msg = StepMsg(wire, eff.step, truth, cost, eff.params, eff.kind)
         self.net.send(self.id, eff.node, 1024, self.world.receive, eff.node, self.on_result, self.id, msg)
 
     def _timer(self, eff: Timer) -> None:
@@ -213,8 +223,10 @@ class SimSubmitter:
             sj = self.core.jobs[eff.job]
             self.trace.add("settle", eff.job, o.step, o.accepted, o.digest[:16], list(o.agreeing))
             if sj.recheck_of is None:
+                st = sj.run.steps[o.step]
                 wrong = o.accepted and o.digest != digest(self.meta[eff.job].truths[o.step])
-                self.m.settled(o.accepted, wrong, len(sj.run.steps[o.step].replicas), self.engine.now)
+                self.m.settled(o.accepted, wrong, len(st.replicas), self.engine.now, st.kind in MODEL_KINDS,
+                               st.comparator.kind == "score" and not st.scoring)
         self.core.on_recorded(eff.id, ok, "" if ok else "the simulated ledger refused the batch")
 
     def _started(self, eff: Started) -> None:
@@ -239,14 +251,15 @@ class SimSubmitter:
         self.trace.add("recheck", eff.job, eff.step, eff.verdict)
         if eff.verdict == "overturned":
             truth = digest(self.meta[eff.job].truths[eff.step])
-            self.m.overturned(eff.before != truth, eff.after != truth)
+            llm = self.core.jobs[eff.job].run.steps[eff.step].kind in MODEL_KINDS
+            self.m.overturned(eff.before != truth, eff.after != truth, llm)
 
     def _finished(self, eff: Finished) -> None:
         sj = self.core.jobs[eff.job]
         if sj.recheck_of is None:  # steps skipped after an earlier one failed count as failed steps
             for st in sj.run.steps.values():
                 if st.status == "skipped":
-                    self.m.settled(False, False, 0, self.engine.now)
+                    self.m.settled(False, False, 0, self.engine.now, st.kind in MODEL_KINDS)
             self.m.job_done(self.engine.now - self.meta[eff.job].created)
         self.trace.add("done", eff.job, eff.status)
 

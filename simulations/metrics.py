@@ -19,11 +19,19 @@ class Metrics:
     caught: int = 0
     rechecks: int = 0
     overturns: int = 0
+    llm_steps: int = 0  # of `steps`, the greedy llm ones
+    llm_wrong_at_settle: int = 0
+    llm_wrong_final: int = 0
+    llm_replicas: int = 0  # replicas of the settled llm steps (generators and verifiers)
+    llm_generations: int = 0  # llm replicas sent to generate (rechecks included, as `replicas`)
+    llm_scorings: int = 0  # and to score a claim
+    fallbacks: int = 0  # llm steps under compare 'score' a verifier refused: generated again and compared
     latencies: list[float] = field(default_factory=list)  # job end-to-end, virtual seconds
     series: list[dict] = field(default_factory=list)  # snapshots over time, for the plots
     _window: tuple[int, int] = (0, 0)  # (steps, replicas) at the last snapshot
 
-    def settled(self, accepted: bool, wrong: bool, replicas: int, now: float) -> None:
+    def settled(self, accepted: bool, wrong: bool, replicas: int, now: float, llm: bool = False,
+                fell_back: bool = False) -> None:
         self.steps += 1
         self.step_replicas += replicas
         if accepted:
@@ -32,10 +40,18 @@ class Metrics:
             self.wrong_final += wrong
         else:
             self.failed += 1
+        if llm:
+            self.llm_steps += 1
+            self.llm_replicas += replicas
+            self.llm_wrong_at_settle += accepted and wrong
+            self.llm_wrong_final += accepted and wrong
+            self.fallbacks += fell_back
 
-    def overturned(self, was_wrong: bool, now_wrong: bool) -> None:
+    def overturned(self, was_wrong: bool, now_wrong: bool, llm: bool = False) -> None:
         self.overturns += 1
         self.wrong_final += int(now_wrong) - int(was_wrong)
+        if llm:
+            self.llm_wrong_final += int(now_wrong) - int(was_wrong)
 
     def job_done(self, latency: float) -> None:
         self.latencies.append(latency)

@@ -18,6 +18,7 @@ from .engine import Engine
 from .metrics import Metrics, auc, gini, percentile
 from .network import Network, Partition
 from .scenario import Scenario, parse_text
+from .scoring import SCORE_COST, TOKENS
 from .trace import Diverged, Trace, TraceError, footer, header, read_header
 from .world import SimNode, World
 
@@ -25,10 +26,18 @@ SNAPSHOTS = 50  # points on the over-time plots
 SAMPLE_PER_CLASS = 300  # nodes per class whose reputation is averaged at each snapshot
 
 
-def chain(length: int, s: Scenario) -> Job:
+def chain(length: int, s: Scenario, llm: tuple[bool, ...] = ()) -> Job:
+    """A chain of `length` python steps; those `llm` marks are greedy llm steps, compared as the
+    scenario's jobs.llm_compare says."""
     j = s.jobs
-    steps = [{"id": f"s{i}", "kind": "python", "params": {"code": f"step {i}"}} | (
-        {"after": [f"s{i - 1}"]} if i else {}) for i in range(length)]
+
+    def step(i: int) -> dict:
+        if i < len(llm) and llm[i]:
+            return {"id": f"s{i}", "kind": "llm", "params": {"prompt": f"step {i}", "max_tokens": TOKENS},
+                    "compare": j.llm_compare}
+        return {"id": f"s{i}", "kind": "python", "params": {"code": f"step {i}"}}
+
+    steps = [step(i) | ({"after": [f"s{i - 1}"]} if i else {}) for i in range(length)]
     return parse_job({"name": f"chain-{length}", "redundancy": j.redundancy, "quorum": j.quorum,
                       "adaptive": j.adaptive, "timeout": j.timeout_s, "max_replicas": j.max_replicas,
                       "steps": steps})
@@ -92,10 +101,16 @@ class Simulation:
             self.world.start_churn(c.mean_uptime_s, c.mean_downtime_s, c.crash_fraction, c.join_fraction,
                                    c.join_window_s)
         self.arrivals = self.engine.fork_rng()
+        # which steps are llm steps: an RNG of its own, forked last, so runs without them are as before
+        self.kinds = self.engine.fork_rng() if s.jobs.llm_share > 0 else None
+        self._mixed: dict[tuple[bool, ...], Job] = {}
         self.engine.after(self.arrivals.expovariate(s.jobs.rate_per_s), self._arrive)
 
     def _arrive(self) -> None:
         job = self.templates[self.arrivals.randrange(len(self.templates))]
+        if self.kinds is not None:
+            llm = tuple(self.kinds.random() < self.s.jobs.llm_share for _ in job.steps)
+            job = self._mixed.get(llm) or self._mixed.setdefault(llm, chain(len(llm), self.s, llm))
         self.submitters[self.arrivals.randrange(len(self.submitters))].submit(job)
         self.submitted += len(job.steps)
         if self.submitted < self.s.steps:
@@ -161,6 +176,15 @@ class Simulation:
             "wrong_at_settle_rate": m.wrong_at_settle / max(1, m.steps),
             "replicas_per_step": round(m.replicas / max(1, m.steps), 4),
             "spot_checks_per_step": round(m.spot_checks / max(1, m.steps), 4),
+            "llm_steps": m.llm_steps, "llm_wrong_accepted": m.llm_wrong_final,
+            "llm_wrong_per_1000": round(1000 * m.llm_wrong_final / max(1, m.llm_steps), 2),
+            "llm_wrong_at_settle": m.llm_wrong_at_settle,
+            "llm_replicas_per_step": round(m.llm_replicas / max(1, m.llm_steps), 4),
+            "llm_generations_per_step": round(m.llm_generations / max(1, m.llm_steps), 4),
+            "llm_scorings_per_step": round(m.llm_scorings / max(1, m.llm_steps), 4),
+            # in generations' time: a scoring takes about a quarter of one (scoring.SCORE_COST)
+            "llm_cost_per_step": round((m.llm_generations + SCORE_COST * m.llm_scorings) / max(1, m.llm_steps), 4),
+            "score_fallbacks": m.fallbacks,
             "caught": m.caught, "rechecks": m.rechecks, "overturned": m.overturns,
             "latency_p50": round(percentile(m.latencies, 0.5), 3),
             "latency_p99": round(percentile(m.latencies, 0.99), 3),

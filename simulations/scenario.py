@@ -43,13 +43,15 @@ class PartitionSpec:
 class JobSpec:
     rate_per_s: float = 5.0  # job arrivals (Poisson) across all submitters
     steps_min: int = 1
-    steps_max: int = 1  # each job is a chain of steps_min..steps_max python steps
+    steps_max: int = 1  # each job is a chain of steps_min..steps_max steps (python, or llm: llm_share)
     cost_s: float = 1.0  # mean CPU-seconds of a step on a speed-1 node (exponential)
     redundancy: int = 3
     quorum: str = "majority"
     adaptive: int = 0
     timeout_s: float = 120.0
     max_replicas: int = 0
+    llm_share: float = 0.0  # of the steps, greedy llm steps (their truth: the honest greedy text)
+    llm_compare: str = "exact"  # how llm steps are cross-checked: exact (every replica generates) | score
 
 
 @dataclass
@@ -77,7 +79,7 @@ class ChurnSpec:
 
 @dataclass
 class AdversarySpec:
-    strategy: str  # random-wrong | colluding | on-off | sybil | package.module:Class
+    strategy: str  # random-wrong | colluding | on-off | sybil | check-aware | steering | package.module:Class
     fraction: float
     rate: float = 1.0  # probability of cheating on an answer
     group: str = ""  # colluders sharing a group return the same wrong answer
@@ -168,6 +170,8 @@ def check(s: Scenario, source: str) -> None:
     need(j.rate_per_s > 0 and j.cost_s > 0 and j.timeout_s > 0, "jobs: rate_per_s, cost_s and timeout_s must "
          "be > 0")
     need(1 <= j.steps_min <= j.steps_max <= 100, "jobs: need 1 <= steps_min <= steps_max <= 100")
+    need(0 <= j.llm_share <= 1 and j.llm_compare in ("exact", "score"), "jobs: llm_share in [0, 1], llm_compare "
+         "'exact' or 'score'")
     need(0 <= s.policy.spot_rate <= 1 and s.policy.blacklist_s >= 0, "policy: spot_rate in [0, 1], "
          "blacklist_s >= 0")
     need(s.speed.sigma >= 0, "speed.sigma must be >= 0")

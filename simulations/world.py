@@ -13,6 +13,7 @@ from mesh.wire.canonical import digest
 from .adversaries import Strategy
 from .engine import Engine
 from .network import Network
+from .scoring import TOKENS, token_ids
 from .trace import Trace
 
 
@@ -40,6 +41,7 @@ class StepMsg:
     truth: Any  # what an honest worker computes
     cost_s: float  # CPU-seconds on a speed-1 node
     params: Mapping[str, Any] = field(default_factory=dict)  # as the request carries them (a strategy may look)
+    kind: str = "python"  # as the request says: a step kind, or "score" (verify params["claim"])
 
 
 @dataclass
@@ -90,9 +92,15 @@ class World:
         if node.epoch != epoch:
             return  # it went down meanwhile
         node.served += 1
-        output = node.strategy.respond(src, msg.job, msg.step, msg.params, msg.truth, self.engine.now)
-        self.net.send(node.id, src, 512, reply, msg.job, msg.step, node.id, output, digest(output),
-                      {"cpu_s": round(msg.cost_s / node.speed, 6)})
+        work: dict[str, Any] = {"cpu_s": round(msg.cost_s / node.speed, 6)}
+        if msg.kind == "score":
+            output: Any = node.strategy.verify(src, msg.job, msg.step, msg.params, msg.truth, self.engine.now)
+            work["tokens"] = TOKENS
+        else:
+            output = node.strategy.respond(src, msg.job, msg.step, msg.params, msg.truth, self.engine.now)
+            if msg.kind == "llm":  # what verifiers are handed to score, under compare 'score'
+                work["tokens"], work["token_ids"] = TOKENS, token_ids(output)
+        self.net.send(node.id, src, 512, reply, msg.job, msg.step, node.id, output, digest(output), work)
 
     # -- churn --------------------------------------------------------------------------------------
     def start_churn(self, mean_up: float, mean_down: float, crash_fraction: float, join_fraction: float,
