@@ -3,14 +3,18 @@ steering adversary (issue 19 item 9), and how far it moves answers under `score`
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 
+from mesh.core.jobrun import replay_log
 from simulations.adversaries import Colluding, RandomWrong, Steering, Strategy
-from simulations.run import simulate
+from simulations.run import Simulation, simulate
 from simulations.scenario import ScenarioError, load, parse_text
 from simulations.scoring import accepts, greedy_text, is_steered, steered, token_ids
+
+from ..conftest import run_cli
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -95,10 +99,23 @@ def test_bad_llm_settings_are_one_clear_error(setting, message):
 
 
 def test_the_cli_shows_the_llm_figures_and_takes_the_compare_as_a_bare_word():
-    from ..conftest import run_cli
-
     res = run_cli("simulate", "steering-20", "--steps", "300", "--set", "jobs.llm_compare=exact", "--quiet")
     assert res.returncode == 0, res.stderr
     assert "llm_wrong_per_1000" in res.stdout and "llm_scorings_per_step    0.0" in res.stdout
     plain = run_cli("simulate", "baseline", "--steps", "100", "--quiet")
     assert plain.returncode == 0 and "llm_steps" not in plain.stdout
+
+
+def test_core_logs_of_scored_jobs_replay_to_the_same_decisions():
+    s, _ = small("steering-20", 300)
+    sim = Simulation(s, 11, record=True)
+    sim.run()
+    scored = 0
+    for sub in sim.submitters:
+        for job_id, sj in sub.core.jobs.items():
+            if sj.run.log is None:
+                continue
+            log = json.loads(json.dumps(sj.run.log))
+            assert replay_log(job_id, sj.run.job, sj.seed, log, s.policy.margin) == log
+            scored += any(r.role == "verify" for st in sj.run.steps.values() for r in st.replicas.values())
+    assert scored > 50
