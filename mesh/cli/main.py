@@ -264,6 +264,12 @@ def cmd_job(args: argparse.Namespace) -> int:
     return 0 if report["status"] != "failed" else EXIT_FAILED
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    report = _client(args).request("POST", f"/jobs/{args.job_id}/cancel", timeout=30)
+    _emit(args, report, _describe(report))
+    return 0
+
+
 def cmd_ledger(args: argparse.Namespace) -> int:
     from ledger.store import Ledger
     from mesh.node.home import LEDGER_FILE
@@ -641,6 +647,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("job_id")
     sp.add_argument("--wait", action="store_true")
     sp.add_argument("--timeout", type=float, default=1800)
+
+    sp = add("cancel", cmd_cancel, "give a running job up: its unsettled steps fail ('cancelled by its "
+             "submitter') and its workers are told to stop them; an ended job cannot be cancelled",
+             api=True, json_flag=True)
+    sp.add_argument("job_id")
 
     sp = add("ask", cmd_ask, "plan a job from a question (the node's model proposes a DAG; rules stand in when "
              "its plan is invalid), show it as a tree, and run it after you confirm", api=True, json_flag=True)

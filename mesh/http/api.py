@@ -130,6 +130,19 @@ def _job_routes(app: FastAPI, node: NodeFacade) -> None:
         # deeper (a python step's, or a hostile worker's answer): the report then failed with a 500
         return JSONResponse(node.report(st))
 
+    @app.post("/jobs/{job_id}/cancel", dependencies=AUTH, summary="Give a running job up",
+              responses={**ERRORS, **NOT_FOUND, 409: {"model": ERRORS[400]["model"], "description": "it had ended"}})
+    async def cancel(job_id: str) -> dict[str, Any]:
+        st = node.jobs().get(job_id)
+        if st is None:
+            saved_report(node, job_id)  # 404 when there is no such job at all
+            raise ApiError(409, f"job {job_id} has ended; nothing to cancel")
+        if not node.cancel(job_id):
+            raise ApiError(409, f"job {job_id} has ended ({st.run.status}); nothing to cancel")
+        with contextlib.suppress(asyncio.TimeoutError):  # the driver ends it at once
+            await asyncio.wait_for(st.done.wait(), 10)
+        return JSONResponse(node.report(st))
+
     @app.get("/jobs/{job_id}/events", dependencies=AUTH,
              responses={**ERRORS, **NOT_FOUND, 200: {"content": {"text/event-stream": {}}, "description":
                         "server-sent events: job, then step / replica / progress in order, done last"}},

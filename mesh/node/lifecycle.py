@@ -226,6 +226,7 @@ class Node:
             peer_heads=self.peer_heads,
             status=self.status, jobs=lambda: self.submitter.jobs,
             report=lambda st: self.submitter.report(st.run.job_id, st), submit=lambda job: self.submitter.submit(job),
+            cancel=lambda job_id: self.submitter.cancel(job_id),
             workers_for=lambda needs: len(self.candidates().get(needs, [])),
             kinds_offered=lambda: Counter(k for p in self.peers.up() for k in p.kinds),
             models_held=lambda: Counter(m for p in self.peers.up() for m in p.models),

@@ -109,6 +109,18 @@ class Submitter:
         log.info("job %s (%s) submitted: %d steps at r=%d", job_id, job.name, len(job.steps), job.redundancy)
         return job_id
 
+    def cancel(self, job_id: str) -> bool:
+        """Its submitter gives a running job up: every step not yet settled fails ("cancelled by its
+        submitter"), and the driver, woken, tells the workers of replicas still out to stop them. False
+        when the job had already ended."""
+        st = self.jobs.get(job_id)
+        if st is None or st.run.finished:
+            return False
+        self._apply_all(self.core.abort(job_id, "cancelled by its submitter"))
+        st.wake.set()
+        log.info("job %s cancelled by its submitter", job_id)
+        return True
+
     def blacklisted(self, node: str) -> bool:
         return self.core.blacklisted(node, time.monotonic())
 

@@ -51,7 +51,7 @@ class Fake:
             status=lambda: {"node": "n" * 64, "peers": [{"node": "p" * 64}]}, jobs=lambda: {},
             report=lambda st: {}, submit=self.submit, workers_for=lambda needs: 0,
             kinds_offered=lambda: Counter({"python": 2}), models_held=lambda: Counter({"ab" * 32: 3}),
-            ask_model=no_model, peer_heads=no_heads)
+            ask_model=no_model, peer_heads=no_heads, cancel=lambda job_id: False)
         return replace(base, **changes)
 
 
@@ -158,3 +158,11 @@ def test_peer_heads_go_to_the_facade_with_a_bounded_wait(fake):
         assert status == 422, bad
     status, _ = call(fake.facade(), "POST", "/ledger/peer-heads", {"wait": 2}, token=False)
     assert status == 401
+
+
+def test_cancel_of_an_unknown_job_is_404_and_of_an_ended_one_409(fake):
+    status, body = call(fake.facade(), "POST", "/jobs/nosuchjob/cancel")
+    assert status == 404 and "no job" in body["error"]
+    (fake.home / "jobs" / "ended1.json").write_text('{"job_id": "ended1", "status": "done", "steps": {}}')
+    status, body = call(fake.facade(), "POST", "/jobs/ended1/cancel")
+    assert status == 409 and "has ended" in body["error"]

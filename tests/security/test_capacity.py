@@ -89,3 +89,23 @@ def test_fresh_keys_cannot_take_a_workers_slots_and_their_steps_stop_when_they_l
     wait_for(lambda: status(worker)["worker"]["stranger"] == 0, 10, "the attackers' slots freed")
     wait_for(lambda: sandboxes(worker.proc.pid) <= idle, 10, "the attackers' sandboxes gone")
     assert status(worker)["rejected"].get("busy", 0) >= 12
+
+
+def test_a_cancelled_job_stops_its_steps_on_the_workers(make_mesh):
+    """`mesh cancel`: the job's unsettled steps fail at once, and its workers, told, stop what they run."""
+    from ..conftest import cli_json, run_cli
+
+    mesh = make_mesh(3, lambda i: ["--no-model", "--no-scrape"])
+    sub, workers = mesh.nodes[0], mesh.nodes[1:]
+    idle = {w.node_id: wait_for(lambda w=w: (n := sandboxes(w.proc.pid)) and n, 20, "warm sandboxes") for w in workers}
+    job_id = submit(sub, {"name": "long", "timeout": 120, "steps": [
+        {"id": "nap", "kind": "python", "params": {"code": SLEEP}}]}, 2)
+    for w in workers:
+        wait_for(lambda w=w: sandboxes(w.proc.pid) > idle[w.node_id], 30, f"{w.home.name} running the step")
+    rep = cli_json("cancel", job_id, "--home", str(sub.home))
+    assert rep["status"] == "failed" and rep["steps"]["nap"]["error"] == "cancelled by its submitter", rep
+    for w in workers:  # long before the step's 30 s are up
+        wait_for(lambda w=w: sandboxes(w.proc.pid) <= idle[w.node_id], 10, f"{w.home.name}'s sandbox stopped")
+    again = run_cli("cancel", job_id, "--home", str(sub.home))
+    assert again.returncode == 2 and "has ended" in again.stderr
+
