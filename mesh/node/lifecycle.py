@@ -5,6 +5,7 @@ the job drivers (network-bound coordination around the sans-I/O core); the Thesp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import json
@@ -138,6 +139,20 @@ def bootstrap_keys(addrs: list[str], transport: str) -> dict[str, bytes | None]:
     return out
 
 
+@dataclass
+class HeadAsking:
+    """One `mesh ledger verify --peers` round: the peers asked, and the heads each handed back."""
+
+    asked: set[bytes]
+    answers: dict[bytes, list[LedgerHead]] = field(default_factory=dict)
+    all_in: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def answered(self, key: bytes, heads: list[LedgerHead]) -> None:
+        self.answers.setdefault(key, heads)
+        if len(self.answers) >= len(self.asked):
+            self.all_in.set()
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -196,7 +211,9 @@ class Node:
         self.held = HeldHeads(opts.home)  # peers' signed ledger heads this node keeps for them
         self.held.load()
         self.head_given: dict[bytes, int] = {}  # keeper → the entry count of the last head it was given
-        self.head_asks: dict[str, tuple[set[bytes], dict[bytes, list[LedgerHead]]]] = {}  # nonce → asked, answers
+        self.head: LedgerHead | None = None  # the ledger's newest signed head, as last read
+        self.head_stale = True  # a write since it was read (the ledger signs a new head with each)
+        self.head_asks: dict[str, HeadAsking] = {}  # nonce → whom we asked, their answers
         self.next_head_share = 0.0
         self.dialling: dict[bytes | str, asyncio.Task] = {}  # dials under way, by key (address: bootstraps)
         self.finding: dict[str, asyncio.Task] = {}  # DHT searches for workers under way, by capability
@@ -579,7 +596,8 @@ class Node:
         return up[:HEAD_KEEPERS]
 
     async def _share_head(self) -> None:
-        """Give the ledger's newest signed head to the keepers that do not have it yet."""
+        """Give the ledger's newest signed head to the keepers that do not have it yet (read again only
+        after a write: an idle node does not open its ledger every HEAD_SHARE_S)."""
         def latest() -> LedgerHead | None:
             led = Ledger(self.opts.home / LEDGER_FILE, readonly=True)
             try:
@@ -588,11 +606,15 @@ class Node:
                 led.close()
             return LedgerHead(head.n, head.hash, head.sig) if head else None
 
-        try:
-            head = await asyncio.to_thread(latest)
-        except (OSError, sqlite3.Error) as exc:
-            log.warning("cannot read the ledger's head to share it: %s", exc)
-            return
+        if self.head_stale:
+            self.head_stale = False
+            try:
+                self.head = await asyncio.to_thread(latest)
+            except (OSError, sqlite3.Error) as exc:
+                self.head_stale = True
+                log.warning("cannot read the ledger's head to share it: %s", exc)
+                return
+        head = self.head
         for peer in self._head_keepers() if head else []:
             if self.head_given.get(peer.key, -1) < head.n and self.send(peer, "head", head):
                 self.head_given[peer.key] = head.n
@@ -602,17 +624,16 @@ class Node:
         for the answers (`mesh ledger verify --peers` checks the chain against them)."""
         nonce = uuid.uuid4().hex
         asked = {p.key for p in self.peers.up() if self.send(p, "head-ask", HeadAsk(nonce))}
-        answers: dict[bytes, list[LedgerHead]] = {}
-        self.head_asks[nonce] = (asked, answers)
+        ask = self.head_asks[nonce] = HeadAsking(asked)
         try:
-            deadline = time.monotonic() + wait
-            while len(answers) < len(asked) and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
+            if ask.asked:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(ask.all_in.wait(), wait)
         finally:
             del self.head_asks[nonce]
-        return {"asked": sorted(node_id_of(k) for k in asked),
+        return {"asked": sorted(node_id_of(k) for k in ask.asked),
                 "answers": [{"peer": node_id_of(k), "heads": [dataclasses.asdict(h) for h in heads]}
-                            for k, heads in sorted(answers.items())]}
+                            for k, heads in sorted(ask.answers.items())]}
 
     def _on_head_message(self, peer: Peer, kind: str, payload: object) -> None:
         if kind == "head":  # a peer's own head, to keep
@@ -623,8 +644,8 @@ class Node:
             self.send(peer, "head-held", HeadHeld(payload.nonce, self.held.of(peer.key)))
         else:  # head-held: an answer, taken only from a peer asked under that nonce
             ask = self.head_asks.get(payload.nonce)
-            if ask is not None and peer.key in ask[0]:
-                ask[1].setdefault(peer.key, payload.heads)
+            if ask is not None and peer.key in ask.asked:
+                ask.answered(peer.key, payload.heads)
             else:
                 self.receiver.count("unasked-heads")
 
@@ -755,6 +776,7 @@ class Node:
             log.error("ledger write failed; refusing paid work until the node is restarted: %s", self.ledger_error)
             return False
         self.balance += reply.amount  # what was really added: a duplicate the ledger skipped adds nothing
+        self.head_stale = True
         if reply.added == len(entries):  # (a batch with a duplicate the ledger skipped: counted at the restart)
             for e in entries:
                 self.accounts[e.peer] = self.accounts.get(e.peer, Account()).add(e.kind, e.amount)

@@ -252,3 +252,26 @@ def test_a_ledger_rebuilt_and_re_signed_with_the_nodes_own_key_is_caught_by_the_
     assert got["rc"] == 1 and not got["ok"], got
     bad = [a for a in got["peers"]["answers"] if not a["ok"]]
     assert len(bad) >= 2 and all("is not the one its signed head names" in " ".join(a["problems"]) for a in bad), got
+
+
+def test_a_peer_cannot_plant_a_forged_head_or_answer_an_ask_nobody_made(mesh4):
+    """What a stranger sends about ledger heads: a head signed by another key than its sender's is not
+    kept (`bad-head`), and an answer to no `head-ask` is counted and dropped (`unasked-heads`). Lower
+    counts and floods are refused too: tests/node/test_heldheads.py."""
+    from ledger.heads import Head
+    from mesh.wire.messages import HeadHeld, LedgerHead
+
+    node = mesh4.nodes[1]
+    key = key_of(node)
+    with HostilePeer(node.listen) as evil:
+        evil.handshake(key)
+        before = rejected(node)
+        other = Identity.generate()
+        forged = Head.sign(other.sign, evil.node_id, 64, "a" * 64)  # its name, another key's signature
+        evil.send(evil.seal("head", key, LedgerHead(forged.n, forged.hash, forged.sig)))
+        wait_for(lambda: rejected(node).get("bad-head", 0) > before.get("bad-head", 0), 15, "bad-head counted")
+        mine = Head.sign(evil.identity.sign, evil.node_id, 64, "b" * 64)
+        evil.send(evil.seal("head", key, LedgerHead(mine.n, mine.hash, mine.sig)))
+        evil.send(evil.seal("head-held", key, HeadHeld("never-asked", [LedgerHead(mine.n, mine.hash, mine.sig)])))
+        wait_for(lambda: rejected(node).get("unasked-heads", 0) > before.get("unasked-heads", 0), 15,
+                 "unasked-heads counted")

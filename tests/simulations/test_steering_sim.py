@@ -3,18 +3,17 @@ steering adversary (issue 19 item 9), and how far it moves answers under `score`
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
 
-from mesh.core.jobrun import replay_log
 from simulations.adversaries import Colluding, RandomWrong, Steering, Strategy
-from simulations.run import Simulation, simulate
+from simulations.run import simulate
 from simulations.scenario import ScenarioError, load, parse_text
 from simulations.scoring import accepts, greedy_text, is_steered, steered, token_ids
 
 from ..conftest import run_cli
+from .test_simulator import replay_every_job
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -108,14 +107,6 @@ def test_the_cli_shows_the_llm_figures_and_takes_the_compare_as_a_bare_word():
 
 def test_core_logs_of_scored_jobs_replay_to_the_same_decisions():
     s, _ = small("steering-20", 300)
-    sim = Simulation(s, 11, record=True)
-    sim.run()
-    scored = 0
-    for sub in sim.submitters:
-        for job_id, sj in sub.core.jobs.items():
-            if sj.run.log is None:
-                continue
-            log = json.loads(json.dumps(sj.run.log))
-            assert replay_log(job_id, sj.run.job, sj.seed, log, s.policy.margin) == log
-            scored += any(r.role == "verify" for st in sj.run.steps.values() for r in st.replicas.values())
+    scored = sum(any(r.role == "verify" for st in sj.run.steps.values() for r in st.replicas.values())
+                 for sj in replay_every_job(s))
     assert scored > 50
