@@ -694,12 +694,17 @@ class Node:
             log.warning("rejected hello on %s: bad-record: its record is another key's", conn.label)
             return
         now = now_ms()
+        held = self.peers.get(env.sender)
+        where = held.addrs if held is not None else None
         changed, why = self.peers.learn(hello.record, now)
         if why:
             self.receiver.count(why)
             log.warning("rejected hello on %s: %s: its sender's own record", conn.label, why)
             return
-        if changed is not None:  # on disk at once: a node killed right after still finds this peer
+        if changed is not None and changed.addrs != where:
+            # a new peer, or one at new addresses: on disk at once (a node killed right after still finds
+            # it). A mere re-issue waits for the heartbeat: a peer re-signing its record on every hello
+            # made the node rewrite its whole table 150 times a second (half its loop, py-spy)
             self._save_peers()
         peer = self.peers.get(env.sender)
         if peer is None:
