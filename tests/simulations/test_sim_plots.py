@@ -22,6 +22,7 @@ def assert_png(path) -> None:
     assert len(data) > len(PNG_MAGIC) and data.startswith(PNG_MAGIC), f"{path} is not a PNG"
 
 
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
 def test_plot_run_writes_two_pngs(tmp_path):
     s, text = load("malicious-20")
     result, sim = simulate(s.replace(steps=1500), text, "malicious-20", 1)
@@ -51,6 +52,7 @@ def test_grid_applies_fraction_and_policy():
     assert [(a.strategy, a.fraction, a.rate) for a in none] == [("random-wrong", 0.1, 1.0)]
 
 
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
 def test_run_sweep_writes_csv_and_plot(tmp_path):
     _, text = load("malicious-20")
     seen = []

@@ -33,6 +33,7 @@ def test_engine_runs_in_time_order_and_ties_in_scheduling_order():
     assert seen == ["first", "a", "b", "c", "d"] and e.now == 2.0 and e.events == 6
 
 
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
 def test_the_same_seed_gives_one_trace_every_time():
     """As trio's scheduler determinism test: run the same seed several times, expect one trace."""
     s, text = small("colluding-20", 800)
@@ -41,6 +42,7 @@ def test_the_same_seed_gives_one_trace_every_time():
     assert simulate(s, text, "t", 8)[0]["trace_hash"] not in hashes
 
 
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
 def test_replay_reproduces_a_trace_in_a_fresh_process_and_names_the_first_tampered_record(tmp_path):
     trace = tmp_path / "run.trace"
     res = run_cli("simulate", "churn", "--steps", "600", "--seed", "3", "--trace", str(trace), "--json",
@@ -88,6 +90,7 @@ def test_a_plugged_in_strategy_class_is_used(tmp_path):
     assert {n.cls for n in sim.world.nodes.values()} == {"honest", "colluding"}
 
 
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
 def test_baseline_honest_network_accepts_every_step_right():
     s, text = small("baseline", 2000)
     r, _ = simulate(s, text, "t", 1)
@@ -148,6 +151,7 @@ def replay_every_job(s, seed: int = 11) -> list:
     return replayed
 
 
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
 def test_core_log_of_a_simulated_job_replays_to_the_same_decisions():
     s, text = small("colluding-20", 400)
     assert len(replay_every_job(s)) > 50
@@ -193,6 +197,7 @@ def test_core_decides_the_same_under_a_real_mesh_and_a_replay(make_mesh, tmp_pat
     assert replay_core_log(log) == log
 
 
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
 def test_settings_from_the_command_line_are_checked_and_kept_in_the_trace(tmp_path):
     trace = tmp_path / "plain.trace"
     res = run_cli("simulate", "colluding-20", "--steps", "300", "--policy", "plain", "--set", "jobs.redundancy=5",

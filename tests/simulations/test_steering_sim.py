@@ -66,6 +66,7 @@ def test_a_steering_run_gives_one_trace_per_seed():
                                             if isinstance(n.strategy, Steering)) > 0
 
 
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
 def test_steered_answers_pass_scoring_and_are_outvoted_when_every_replica_generates():
     """(a) under `score` the steering generator's wrong answers are accepted (no verifier refuses one);
     (b) the same network with the llm steps compared exactly catches nearly all of them."""
@@ -105,6 +106,7 @@ def test_the_cli_shows_the_llm_figures_and_takes_the_compare_as_a_bare_word():
     assert plain.returncode == 0 and "llm_steps" not in plain.stdout
 
 
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
 def test_core_logs_of_scored_jobs_replay_to_the_same_decisions():
     s, _ = small("steering-20", 300)
     scored = sum(any(r.role == "verify" for st in sj.run.steps.values() for r in st.replicas.values())
