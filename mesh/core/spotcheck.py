@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh.core.compare import Comparator
+from mesh.core.pricing import DEFAULT_RATES, RateCard
 
 MODEL_PARAM = "model"  # llm kinds: a check must ask for the model the worker was placed for
 REPLAYABLE = ("python", "llm", "ask-model")  # deterministic given their params (llm: greedy, same model)
@@ -39,6 +40,7 @@ class Challenge:
     source: tuple[str, str] | None = None  # (job, step) it replays; None: synthetic
     seen: tuple[str, ...] = ()  # workers that were asked the original step (sorted)
     prefixes: tuple[str, ...] = ()  # their network prefixes (sybils of one operator share theirs)
+    rates: RateCard = DEFAULT_RATES  # the checked worker's card: a passed check is paid like a replica
 
     def right(self, output: Any) -> bool:
         """Whether `output` is the known answer, under the step's own comparator."""

@@ -34,6 +34,7 @@ from mesh.core.effects import (
 )
 from mesh.core.jobrun import Dispatch, JobRun, Outcome, Replica
 from mesh.core.policy import Candidate, RecheckEvidence, StepEvidence, candidate_from
+from mesh.core.pricing import cap, pay
 from mesh.core.spotcheck import Challenge, SpotChecker
 from mesh.wire.canonical import digest
 
@@ -151,7 +152,7 @@ class Submission:
         challenge = self.spot.take(job_id, node)
         if challenge is not None:
             if ok:
-                self._judge(node, job_id, challenge, sound, output, claimed, now, out)
+                self._judge(node, job_id, challenge, sound, output, claimed, work, now, out)
             else:
                 out.extend(self._wake_holding([node]))
             return self._out(out)
@@ -276,6 +277,9 @@ class Submission:
                                         self._prefix.get(d.node, ""))
         if challenge is None:
             return
+        placed = run.steps[d.step].replicas.get(d.node)
+        if placed is not None:  # paid at this worker's card, as the replica it was placed for would be
+            challenge = dataclasses.replace(challenge, rates=placed.rates)
         check_id = new_job_id(self.rng.getrandbits(128))
         due = now + self.spot.rng.uniform(0.0, min(self.config.check_spread_s, run.job.timeout))
         self.spot.plan(check_id, d.node, challenge, due)
@@ -312,10 +316,18 @@ class Submission:
             self.queued.pop(node, None)
 
     # -- spot checks and rechecks -------------------------------------------------------------------
-    def _judge(self, node: str, check_id: str, challenge: Challenge, ok: bool, output: Any, got: str, now: float,
-               out: list[Effect]) -> None:
+    def _judge(self, node: str, check_id: str, challenge: Challenge, ok: bool, output: Any, got: str,
+               work: Mapping[str, Any], now: float, out: list[Effect]) -> None:
+        """A check answered. Passed, it is paid as the step it replays would be (its worker's own figures,
+        capped by the step's limits, at its card), receipt and all: an unpaid request would tell a worker
+        afterwards which of its answers were checks."""
         passed = self.spot.judge(node, challenge, ok, output, now)
         out.append(Judged(node, passed, got))
+        if passed:
+            credit, basis = pay(challenge.kind, {node: work}, {node: challenge.rates},
+                                cap(challenge.kind, challenge.params, challenge.timeout))
+            out.append(self._record(check_id, (LedgerEntry("paid", check_id, challenge.step, node, -credit[node],
+                                                           detail={"spot_check": basis}),)))
         if not passed:
             detail = {"expected": digest(challenge.expected), "got": got, "kind": challenge.kind,
                       "as_step": challenge.step, "replays": "/".join(challenge.source or ()) or "synthetic"}

@@ -174,3 +174,27 @@ def test_only_an_undisputed_answer_becomes_known():
     (known,) = sub.spot.known["python"]
     assert known.source == ("k", "prep") and known.expected == 42 and len(known.seen) == 3
     assert known.prefixes and all(p.startswith("10.0.") for p in known.prefixes)
+
+
+def test_a_passed_check_is_paid_as_a_replica_is_and_a_failed_one_is_not():
+    """An unpaid request would tell a worker afterwards which answers were checks: a passed one is paid
+    from the worker's own figures at its card, capped by the step's limits, as the replica it replays."""
+    from mesh.core.pricing import RateCard
+
+    sub = Submission(Config(1, spot_rate=1.0))
+    card = RateCard(cpu_s=2.0)
+    sub.submit("j0", job(timeout=40), 1)
+    candidates = {"python": [Candidate(n, 0.5, f"10.0.{i}", rates=card) for i, n in enumerate(WORKERS)]}
+    effects = sub.tick("j0", candidates, 0.0)
+    for s in of(effects, Send):
+        effects += sub.on_result(s.node, s.job, s.step, True, digest(42), 42, {"cpu_s": 0.25}, "", 0.5)
+    effects += sub.tick("j0", candidates, 0.5)
+    replica_paid = {e.amount for r in of(effects, Record) for e in r.entries if e.kind == "paid"}
+    honest, liar, *_ = fire(sub, of(effects, Alarm))
+    right = honest.check.expected
+    got = sub.on_result(honest.node, honest.job, honest.step, True, digest(right), right, {"cpu_s": 0.25}, "", 60.0)
+    (paid,) = [e for r in of(got, Record) for e in r.entries]
+    assert (paid.kind, paid.job, paid.step, paid.peer) == ("paid", honest.job, "prep", honest.node)
+    assert {paid.amount} == replica_paid == {-0.5}  # 0.25 CPU-seconds at 2 a CPU-second, both
+    greedy = sub.on_result(liar.node, liar.job, liar.step, True, digest([43]), [43], {"cpu_s": 1e9}, "", 61.0)
+    assert not [e for r in of(greedy, Record) for e in r.entries if e.kind == "paid"]

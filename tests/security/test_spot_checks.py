@@ -6,6 +6,7 @@ And honest workers that answer "busy" are never blacklisted for it."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -103,3 +104,9 @@ def test_honest_workers_at_their_limits_are_never_blacklisted(make_mesh, tmp_pat
     assert all(p["spot_failed"] == 0 for p in peers.values()), peers
     for node in mesh.nodes[1:3]:
         assert status(node)["rejected"].get("busy", 0) == 0  # replicas and checks stayed within the limit
+    # passed checks are paid like replicas, and their workers booked the receipts as earnings
+    checks = {r["job"] for r in ledger_rows(sub.home)
+              if r["kind"] == "paid" and "spot_check" in json.loads(r["detail"] or "{}")}
+    assert checks, "no passed check was paid"
+    wait_for(lambda: checks <= {r["job"] for node in mesh.nodes[1:] for r in ledger_rows(node.home)
+                                if r["kind"] == "earned"}, 30, "the checked workers to book their receipts")
