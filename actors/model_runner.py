@@ -37,7 +37,12 @@ class ModelRunnerActor(ActorTypeDispatcher):
         p = msg.params
         if msg.kind == "score":
             try:
-                v = self.model.verify(p["prompt"], list(p["token_ids"]), claim=p["claim"])
+                if float(p.get("temperature", 0)) > 0:  # a seeded draw: replayed on the same seed
+                    v = self.model.verify_sampled(p["prompt"], list(p["token_ids"]), float(p["temperature"]),
+                                                  int(p.get("seed", 0)), list(p.get("stop", [])),
+                                                  int(p.get("max_tokens", 64)), claim=p["claim"])
+                else:
+                    v = self.model.verify(p["prompt"], list(p["token_ids"]), claim=p["claim"])
             except StepFailed as exc:  # e.g. the claim does not fit the context: a failure, not a rejection
                 self.send(sender, StepDone(msg.request_id, False, error=str(exc)))
                 return

@@ -13,7 +13,7 @@ _LLM_PARAMS = {
     "max_tokens": {"type": "integer", "minimum": 1, "maximum": 2048, "default": 64},
     "temperature": {"type": "number", "minimum": 0, "maximum": 2, "default": 0,
                     "description": "0: greedy, replicas compared exactly; above 0: sampled, every replica with "
-                                   "one seed, compared as text"},
+                                   "one seed, compared as text (or scored: compare 'score')"},
     "seed": {"type": "integer", "description": "the seed every replica of a sampled step draws with; left "
              "out: one drawn from the job id and step id"},
     "stop": {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 8, "default": [],

@@ -205,9 +205,10 @@ def _parse_step(raw: Any, i: int, seen: set[str], source: str) -> Step:
         Comparator(compare if isinstance(compare, str) else repr(compare))
     except JobError as exc:
         raise JobError(f"{source}: step {sid!r}: {exc}") from None
-    if compare == "score" and (kind not in MODEL_KINDS or params.get("temperature", 0) or "json_schema" in params):
-        raise JobError(f"{source}: step {sid!r}: compare 'score' is for greedy llm steps (temperature 0, no "
-                       "json_schema): verifiers check that every token was the model's top choice")
+    if compare == "score" and (kind not in MODEL_KINDS or "json_schema" in params):
+        raise JobError(f"{source}: step {sid!r}: compare 'score' is for llm steps without a json_schema: "
+                       "verifiers check that every token was the model's top choice (greedy) or the seeded "
+                       "draw (sampled)")
     return Step(sid, kind, dict(params), list(dict.fromkeys(after)), compare)
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.core.compare import Comparator
-from mesh.core.dag import parse_job
+from mesh.core.dag import parse_job, sampling_seed
 from mesh.core.jobrun import JobRun
 from mesh.core.policy import Candidate, place, reputation_group
 from mesh.core.quorum import Accept, GiveUp, NeedMore, QuorumRule, Tally
@@ -296,7 +296,6 @@ def test_sampled_llm_steps_are_compared_as_text_not_by_shared_words():
 
 
 def test_every_replica_of_a_sampled_step_draws_with_one_seed_per_job_and_step():
-    from mesh.core.dag import sampling_seed
 
     job = parse_job({"steps": [{"id": "a", "kind": "llm", "params": {"prompt": "x", "temperature": 0.7}},
                                {"id": "b", "kind": "llm", "params": {"prompt": "x", "temperature": 0.7, "seed": 9}},
@@ -383,13 +382,26 @@ def test_a_generation_without_token_ids_is_a_failure_and_is_replaced():
     assert again.kind == "llm" and again.node != gen.node
 
 
-@pytest.mark.parametrize("step, message", [
-    ({"kind": "python", "params": {"code": "x"}}, "greedy llm"),
-    ({"kind": "llm", "params": {"prompt": "x", "temperature": 0.5}}, "greedy llm"),
+@pytest.mark.parametrize("step", [
+    {"kind": "python", "params": {"code": "x"}},
+    {"kind": "llm", "params": {"prompt": "x", "temperature": 0.5, "json_schema": {"type": "object"}}},
 ])
-def test_score_is_only_for_greedy_llm_steps(step, message):
-    with pytest.raises(JobError, match=message):
+def test_score_is_only_for_llm_steps_without_a_schema(step):
+    with pytest.raises(JobError, match="llm steps without a json_schema"):
         parse_job({"steps": [{"id": "a", "compare": "score", **step}]})
+
+
+def test_a_sampled_step_can_be_scored_and_its_verifiers_get_the_seed_the_generator_drew_with():
+    job = parse_job({"steps": [{"id": "a", "kind": "llm", "compare": "score",
+                                "params": {"prompt": "x", "temperature": 0.8}}]})
+    run = JobRun("j", job, random.Random(3))
+    (gen,) = run.advance(LLM, 0.0)
+    assert gen.params["seed"] == sampling_seed("j", "a")
+    run.on_result("a", gen.node, True, digest(GOOD), GOOD, {"tokens": 4, "token_ids": IDS}, "")
+    verifiers = run.advance(LLM, 0.0)
+    assert verifiers and all(v.kind == "score" and v.params["seed"] == gen.params["seed"]
+                             and v.params["temperature"] == 0.8 and v.params["token_ids"] == IDS
+                             for v in verifiers)
 
 
 def test_an_answer_that_is_no_verdict_is_a_failed_verifier_and_is_replaced():

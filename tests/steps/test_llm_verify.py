@@ -168,3 +168,57 @@ def test_a_claim_steered_through_the_old_margin_is_refused(model):
     assert abs(old.worst_gap - s.planned_worst_gap) < 1e-3  # the adversary planned with the verifier's numbers
     new = model.verify(prompt, ids, claim=s.text)
     assert not new.ok and new.off_top == s.off_top and new.first_bad > 0
+
+
+# -- sampled claims: the seeded draw (mesh.steps.sampling) replayed by scoring --------------------------------
+
+STORY = "Write one sentence about a lighthouse keeper:"
+
+
+def test_a_sampled_draw_is_the_same_for_one_seed_and_differs_for_another(model):
+    a, b = model.generate(STORY, 24, seed=7, temperature=0.9), model.generate(STORY, 24, seed=7, temperature=0.9)
+    other = model.generate(STORY, 24, seed=8, temperature=0.9)
+    assert a.token_ids == b.token_ids and a.text == b.text
+    assert other.token_ids != a.token_ids
+
+
+@pytest.mark.mesh  # seconds each: real generations scored
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_an_honest_sampled_claim_is_accepted_and_a_drawn_token_changed_is_caught(model, seed):
+    gen = model.generate(STORY, 32, seed=seed, temperature=0.8)
+    ids = list(gen.token_ids)
+    honest = model.verify_sampled(STORY, ids, 0.8, seed, [], 32, claim=gen.text)
+    assert honest.ok, honest
+    swapped = ids[:10] + [(ids[10] + 1) % 1000 + 100] + ids[11:]  # a token no sampler would draw there
+    verdict = model.verify_sampled(STORY, swapped, 0.8, seed, [], 32)
+    assert not verdict.ok and verdict.first_bad == 10
+
+
+@pytest.mark.mesh  # seconds each: real generations scored
+def test_a_generator_that_ignores_the_seed_is_refused(model):
+    """The likeliest continuation claimed as the seed's draw: its tokens differ from the draw too often."""
+    greedy = list(model.generate("Once upon a time", 32).token_ids)
+    refused = [not model.verify_sampled("Once upon a time", greedy, 0.8, seed, [], 32).ok for seed in (1, 2, 3)]
+    assert all(refused), refused
+
+
+@pytest.mark.mesh  # seconds each: real generations scored
+def test_a_claim_drawn_with_another_seed_or_cut_short_or_run_past_its_stop_is_refused(model):
+    gen = model.generate(STORY, 40, seed=5, temperature=0.8)
+    ids = list(gen.token_ids)
+    assert len(ids) == 40
+    assert not model.verify_sampled(STORY, ids, 0.8, 6, [], 40).ok  # another seed
+    assert not model.verify_sampled(STORY, ids[:20], 0.8, 5, [], 40).ok  # stopped where nothing ended it
+    assert not model.verify_sampled(STORY, ids, 0.8, 5, [], 40, claim=gen.text + "!").ok  # not its text
+    word = model._text(ids[:10]).split()[-1]
+    # a stop string seen early, and the claim still runs on
+    assert not model.verify_sampled(STORY, ids, 0.8, 5, [word], 40).ok
+
+
+@pytest.mark.mesh  # seconds each: real generations scored
+def test_a_sampled_claim_ending_at_its_stop_string_is_accepted(model):
+    free = model.generate(STORY, 40, seed=5, temperature=0.8)
+    stop = free.text.split()[3]
+    gen = model.generate(STORY, 40, seed=5, temperature=0.8, stop=[stop])
+    assert len(gen.token_ids) < 40 and stop not in gen.text
+    assert model.verify_sampled(STORY, list(gen.token_ids), 0.8, 5, [stop], 40, claim=gen.text).ok

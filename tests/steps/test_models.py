@@ -95,13 +95,18 @@ def test_schema_constrained_and_sampled_llm_steps_on_a_real_mesh(make_mesh, tmp_
         {"id": "sampled", "kind": "llm",
          "params": {"prompt": "Once upon a time", "max_tokens": 16, "temperature": 0.8, "seed": 3}},
         {"id": "use", "kind": "python", "after": ["structured"],
-         "params": {"code": "output = inputs['structured']['city'].lower()"}}]}))
+         "params": {"code": "output = inputs['structured']['city'].lower()"}},
+        {"id": "scored", "kind": "llm", "compare": "score",  # one draws, the others replay the seeded draw
+         "params": {"prompt": "Once upon a time", "max_tokens": 16, "temperature": 0.8}}]}))
     report = cli_json("submit", str(job), "--wait", "--home", str(mesh.nodes[0].home), timeout=240)
     assert report["status"] == "done", report
     assert isinstance(report["steps"]["structured"]["output"], dict) and report["steps"]["use"]["output"]
     assert report["steps"]["sampled"]["compare"] == "text" and report["steps"]["structured"]["compare"] == "exact"
     sampled = report["steps"]["sampled"]  # one seed for every replica: honest ones drew the same text
     assert sum(r["agreed"] for r in sampled["replicas"]) >= 2 and "compare_note" not in sampled
+    scored = report["steps"]["scored"]
+    roles = sorted(r["role"] for r in scored["replicas"] if r["agreed"])
+    assert scored["compare"] == "score" and roles.count("verify") >= 1 and "generate" in roles, scored
 
 
 @pytest.mark.mesh
