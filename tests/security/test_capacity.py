@@ -109,3 +109,33 @@ def test_a_cancelled_job_stops_its_steps_on_the_workers(make_mesh):
     again = run_cli("cancel", job_id, "--home", str(sub.home))
     assert again.returncode == 2 and "has ended" in again.stderr
 
+
+
+@pytest.mark.llm
+def test_a_cancelled_llm_step_stops_generating_on_its_workers(make_mesh):
+    """An llm step stops within a few tokens of its job's cancel: the workers' model runners (one each, so
+    a step still generating would hold up the next) take a short step at once afterwards."""
+    import time
+
+    from ..conftest import cli_json
+
+    mesh = make_mesh(3, lambda i: ["--no-scrape"])
+    sub = mesh.nodes[0]
+    job_id = submit(sub, {"name": "long", "timeout": 300, "steps": [
+        {"id": "story", "kind": "llm", "params": {"prompt": "Once upon a time", "max_tokens": 1500}}]}, 2)
+
+    def streaming() -> bool:
+        reps = sub.client.request("GET", f"/jobs/{job_id}")["steps"]["story"]["replicas"]
+        return sum("partial" in r for r in reps) == 2
+
+    wait_for(streaming, 90, "both replicas generating")
+    rep = cli_json("cancel", job_id, "--home", str(sub.home))
+    assert rep["steps"]["story"]["error"] == "cancelled by its submitter", rep
+    t0 = time.monotonic()
+    short = submit(sub, {"name": "short", "steps": [
+        {"id": "word", "kind": "llm", "params": {"prompt": "The capital of France is", "max_tokens": 4}}]}, 2)
+    done = wait_job(sub, short, 120)
+    took = time.monotonic() - t0
+    assert done["status"] == "done", done
+    # 1,500 tokens take minutes here; the short step waited for nothing
+    assert took < 20, f"the next llm step took {took:.1f} s: the cancelled one was still generating"

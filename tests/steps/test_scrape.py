@@ -17,7 +17,7 @@ from mesh.steps.scrape import Scraper, find_browser
 from mesh.steps.ssrf import Allow, Refused, resolve, why_refused
 from mesh.steps.stepuser import StepUser, running_as_root
 
-from ..conftest import cli_json
+from ..conftest import cli_json, wait_for
 from ..websites import ThreadedSite
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(120)]
@@ -78,6 +78,7 @@ class Site(ThreadedSite):
     def __init__(self):
         super().__init__()
         self.hits: dict[str, int] = {}
+        self.holding = 0  # requests to /hold still open
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -106,12 +107,20 @@ class Site(ThreadedSite):
             await asyncio.sleep(20)
             return web.Response(text="late")
 
+        async def hold(request: web.Request) -> web.Response:  # answers only when its client gives up
+            self.holding += 1
+            try:
+                await asyncio.sleep(120)
+                return web.Response(text="late")
+            finally:
+                self.holding -= 1
+
         async def huge(request: web.Request) -> web.Response:
             return web.Response(content_type="text/html", text="<html><body>" + "word " * 2_000_000 + "</body></html>")
 
         app = web.Application()
         app.add_routes([web.get("/js", js), web.get("/sub", subrequests), web.get("/redirect", redirect),
-                        web.get("/slow", slow), web.get("/huge", huge), web.get("/secret", count),
+                        web.get("/slow", slow), web.get("/hold", hold), web.get("/huge", huge), web.get("/secret", count),
                         web.get("/pixel", count), web.get("/beacon", count)])
         return app
 
@@ -199,3 +208,19 @@ def test_a_scrape_step_is_cross_checked_on_a_real_mesh(make_mesh, site, tmp_path
     assert "rendered by js" in page["output"]["text"] and sum(r["agreed"] for r in page["replicas"]) == 3
     assert all(r["work"]["via"] == "chromium" for r in page["replicas"])
     assert report["steps"]["count"]["output"] == len("rendered by js a 1 next".split())
+
+
+@needs_browser
+@pytest.mark.mesh
+@pytest.mark.timeout(240)
+def test_a_cancelled_scrape_step_closes_its_page_on_the_workers(make_mesh, site):
+    """`mesh cancel` of a job whose scrape step waits on a page: the workers close their browser
+    contexts at once, so the site sees both requests end long before the page would answer."""
+    mesh = make_mesh(3, lambda i: ["--no-model", "--scrape-allow", "127.0.0.1"])
+    sub = mesh.nodes[0]
+    job_id = sub.client.request("POST", "/jobs", {"redundancy": 2, "job": {"name": "held", "timeout": 100, "steps": [
+        {"id": "page", "kind": "scrape", "params": {"url": site.url("/hold")}}]}})["job_id"]
+    wait_for(lambda: site.holding == 2, 60, "both workers' browsers waiting on the page")
+    rep = cli_json("cancel", job_id, "--home", str(sub.home))
+    assert rep["steps"]["page"]["error"] == "cancelled by its submitter", rep
+    wait_for(lambda: site.holding == 0, 15, "the workers to close the page (it answers after 120 s)")
