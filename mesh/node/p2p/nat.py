@@ -29,6 +29,8 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from multiaddr import Multiaddr
 
+from mesh.node.p2p.reservations import ReservationGate, connected_ip, install
+
 log = logging.getLogger("mesh.node.p2p.nat")
 
 # What a relay gives each circuit: enough for job traffic between two homes whose NATs refuse hole
@@ -114,6 +116,8 @@ class Nat:
         self.may_relay = relay
         self.autonat = DialBackAutoNAT(host, serve=True, confirmations=1)
         self.relay = RELAYS.get(fault, CircuitV2Protocol)(host, limits=RELAY_LIMITS, allow_hop=False)
+        self.reservations = ReservationGate(connected_ip(host))  # one machine cannot hold every slot
+        install(self.relay.resource_manager, self.reservations)
         self.dcutr = Puncher(host)
         self.circuit = CircuitV2Transport(host, self.relay, RelayConfig(roles=RelayRole.STOP, limits=RELAY_LIMITS))
         self.reachability = "unknown"  # public | private | unknown

@@ -1,0 +1,79 @@
+"""Who may hold a relay reservation here. py-libp2p's relay grants reservations first come, first served
+up to `max_reservations` (128) for an hour each, with no regard for who asks: one machine with 128 fresh
+keys would hold every slot for an hour and no node behind a NAT could reserve here. So a reservation is
+granted only while its network prefix (/24, /48: of the address the client connects from) holds fewer
+than PER_PREFIX, and one held by a client no longer connected is dropped first (its circuit address is
+dead anyway). Loopback clients are exempt: a mesh on one machine is one prefix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+
+from mesh.node.p2p.addresses import components
+from mesh.node.peers import prefix_of_ip
+
+PER_PREFIX = 4  # reservations one network prefix may hold on this relay
+
+
+class ReservationGate:
+    """The rule, sans-I/O: `where(peer)` is the IP a peer connects from ('' when not connected)."""
+
+    def __init__(self, where: Callable[[object], str], per_prefix: int = PER_PREFIX):
+        self.where, self.per_prefix = where, per_prefix
+        self.refused = 0
+
+    def stale(self, holders: Iterable[object]) -> list[object]:
+        """Holders no longer connected: their reservations can go."""
+        return [p for p in holders if not self.where(p)]
+
+    def admits(self, peer: object, holders: Iterable[object]) -> bool:
+        """Whether `peer` may take a new reservation while `holders` hold theirs."""
+        ip = self.where(peer)
+        if not ip or _loopback(ip):
+            return True
+        prefix = prefix_of_ip(ip)
+        held = sum(1 for p in holders if p != peer and (at := self.where(p)) and prefix_of_ip(at) == prefix)
+        if held >= self.per_prefix:
+            self.refused += 1
+            return False
+        return True
+
+
+def _loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+def install(manager, gate: ReservationGate) -> None:
+    """Put `gate` in front of a py-libp2p RelayResourceManager's `can_accept_reservation` (renewals of a
+    live reservation pass as before)."""
+    accept = manager.can_accept_reservation
+
+    def can_accept_reservation(peer_id) -> bool:
+        held = manager._reservations
+        if peer_id not in held:
+            for gone in gate.stale([p for p in held if p != peer_id]):
+                held.pop(gone, None)
+            if not gate.admits(peer_id, list(held)):
+                return False
+        return accept(peer_id)
+
+    manager.can_accept_reservation = can_accept_reservation
+
+
+def connected_ip(host) -> Callable[[object], str]:
+    """`where` for a libp2p host: the IP of a peer's direct connection ('' when it has none)."""
+    def where(peer) -> str:
+        for conn in host.get_network().get_connections(peer):
+            for addr in conn.get_transport_addresses():
+                if "/p2p-circuit" in str(addr):
+                    break
+                ip = next((v for proto, v in components(addr) if proto in ("ip4", "ip6")), "")
+                if ip:
+                    return ip
+        return ""
+    return where

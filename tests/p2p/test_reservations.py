@@ -1,0 +1,63 @@
+"""Relay reservations cannot all be taken by one machine (issue 19: relay reservations can be flooded):
+py-libp2p's own RelayResourceManager with the gate installed, peers placed on addresses by a table."""
+
+from __future__ import annotations
+
+from libp2p.peer.id import ID
+from libp2p.relay.circuit_v2.resources import RelayResourceManager
+
+from mesh.node.p2p.addresses import peer_id_of
+from mesh.node.p2p.nat import RELAY_LIMITS
+from mesh.node.p2p.reservations import PER_PREFIX, ReservationGate, install
+from mesh.wire.identity import Identity
+
+
+def peer() -> ID:
+    return peer_id_of(Identity.generate().public_key)
+
+
+def manager(where: dict) -> tuple[RelayResourceManager, ReservationGate]:
+    mgr = RelayResourceManager(RELAY_LIMITS, None)
+    gate = ReservationGate(lambda p: where.get(p, ""))
+    install(mgr, gate)
+    return mgr, gate
+
+
+def take(mgr: RelayResourceManager, p: ID) -> bool:
+    if not mgr.can_accept_reservation(p):
+        return False
+    mgr.reserve(p)
+    return True
+
+
+def test_one_machine_with_many_keys_holds_only_a_few_reservations_and_others_still_get_theirs():
+    where: dict = {}
+    mgr, gate = manager(where)
+    attackers = [peer() for _ in range(RELAY_LIMITS.max_reservations + 2)]
+    for i, p in enumerate(attackers):
+        where[p] = f"203.0.113.{i % 250 + 1}"  # one /24, many addresses
+    granted = [p for p in attackers if take(mgr, p)]
+    assert len(granted) == PER_PREFIX and gate.refused == len(attackers) - PER_PREFIX
+    homes = [peer() for _ in range(20)]
+    for i, p in enumerate(homes):
+        where[p] = f"198.51.{i}.7"
+    assert all(take(mgr, p) for p in homes)  # every other home still gets a slot
+    assert all(mgr.can_accept_reservation(p) for p in granted)  # a holder renews its own
+
+
+def test_a_holder_that_left_gives_its_slot_back_and_loopback_is_exempt():
+    where: dict = {}
+    mgr, _ = manager(where)
+    first = [peer() for _ in range(PER_PREFIX)]
+    for p in first:
+        where[p] = "192.0.2.10"
+    assert all(take(mgr, p) for p in first)
+    late = peer()
+    where[late] = "192.0.2.11"
+    assert not take(mgr, late)
+    del where[first[0]]  # disconnected: its circuit address is dead
+    assert take(mgr, late) and first[0] not in mgr._reservations
+    local = [peer() for _ in range(PER_PREFIX * 3)]
+    for p in local:
+        where[p] = "127.0.0.1"
+    assert all(take(mgr, p) for p in local)  # a mesh on one machine is one prefix
