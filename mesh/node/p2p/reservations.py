@@ -3,12 +3,12 @@ up to `max_reservations` (128) for an hour each, with no regard for who asks: on
 keys would hold every slot for an hour and no node behind a NAT could reserve here. So a reservation is
 granted only while its network prefix (/24, /48: of the address the client connects from) holds fewer
 than PER_PREFIX, and one held by a client no longer connected is dropped first (its circuit address is
-dead anyway). Loopback clients are exempt: a mesh on one machine is one prefix.
+dead anyway). Loopback counts like any prefix: nodes on one machine reach each other directly and never
+need a relay there.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Iterable
 
 from mesh.node.p2p.addresses import components
@@ -31,7 +31,7 @@ class ReservationGate:
     def admits(self, peer: object, holders: Iterable[object]) -> bool:
         """Whether `peer` may take a new reservation while `holders` hold theirs."""
         ip = self.where(peer)
-        if not ip or _loopback(ip):
+        if not ip:
             return True
         prefix = prefix_of_ip(ip)
         held = sum(1 for p in holders if p != peer and (at := self.where(p)) and prefix_of_ip(at) == prefix)
@@ -39,13 +39,6 @@ class ReservationGate:
             self.refused += 1
             return False
         return True
-
-
-def _loopback(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
 
 
 def install(manager, gate: ReservationGate) -> None:
@@ -69,6 +62,8 @@ def connected_ip(host) -> Callable[[object], str]:
     """`where` for a libp2p host: the IP of a peer's direct connection ('' when it has none)."""
     def where(peer) -> str:
         for conn in host.get_network().get_connections(peer):
+            if conn.is_closed:  # py-libp2p may list a closed link for a while
+                continue
             for addr in conn.get_transport_addresses():
                 if "/p2p-circuit" in str(addr):
                     break
