@@ -213,6 +213,7 @@ def _parse_step(raw: Any, i: int, seen: set[str], source: str) -> Step:
 
 
 MAX_SCORED = 4096  # tokens a verifier is asked to score
+MIN_TEMPERATURE = 0.01  # the lowest temperature a sampled step may ask for
 
 
 def valid_ids(ids: object) -> bool:
@@ -275,8 +276,11 @@ def _check_model_params(where: str, params: dict, resolved: bool) -> None:
         raise JobError(f"{where}: model must be 'default', a model's SHA-256 (64 lowercase hex digits)"
                        + ("" if resolved else " or the name of a model registered on the submitting node"))
     temperature = params.get("temperature", 0)
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
-        raise JobError(f"{where}: temperature must be a number from 0 (greedy, answers compared exactly) to 2")
+    if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
+            or not (temperature == 0 or MIN_TEMPERATURE <= temperature <= 2)):
+        # (a temperature of 1e-320 divides logits into infinities, and a scored claim's gaps into NaN)
+        raise JobError(f"{where}: temperature must be 0 (greedy, answers compared exactly) or a number from "
+                       f"{MIN_TEMPERATURE} to 2")
     if "json_schema" in params:
         schema_error = _check_schema(params["json_schema"])
         if schema_error:

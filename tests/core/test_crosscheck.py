@@ -274,6 +274,8 @@ def test_similarity_comparator_groups_sampled_texts_by_shared_words():
 @pytest.mark.parametrize("params, message", [
     ({"prompt": "x", "temperature": 3}, "temperature must be"),
     ({"prompt": "x", "temperature": True}, "temperature must be"),
+    ({"prompt": "x", "temperature": 1e-320}, "temperature must be"),  # logits / T: infinities
+    ({"prompt": "x", "temperature": 0.001}, "temperature must be"),
     ({"prompt": "x", "json_schema": "{}"}, "JSON schema object"),
 ])
 def test_bad_llm_parameters_are_job_errors(params, message):
