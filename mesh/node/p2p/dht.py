@@ -32,6 +32,7 @@ py-libp2p 0.8.1 defects met here, measured, and what this module does about each
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import logging
@@ -44,6 +45,7 @@ from typing import Any
 import libp2p.kad_dht.provider_store as _provider_store
 import trio
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.kad_dht.kad_dht import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.kad_dht.pb.kademlia_pb2 import Record
 from libp2p.peer.id import ID
@@ -53,7 +55,8 @@ from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
 from mesh.errors import Rejected
-from mesh.node.p2p.addresses import key_of
+from mesh.node.p2p.addresses import components, key_of
+from mesh.node.peers import prefix_of_ip
 from mesh.wire.canonical import canonical
 from mesh.wire.messages import PeerRecord
 from mesh.wire.records import RECORD_TTL_MS, check_record
@@ -65,6 +68,12 @@ NAMESPACE = "hm"  # record keys are "/hm/<40 hex>" (44 bytes: FIND_NODE refuses 
 MAX_RECORD_BYTES = 4096
 MAX_RECORDS = 1024  # records this node stores for others
 MAX_PROVIDER_KEYS = 1024  # capability keys this node stores providers for (libp2p caps each at 20)
+SWEEP_FULL_S = 10.0  # a full store looks for expired entries to make room at most this often
+# Records one network prefix may have PUT here: one machine with fresh keys filled all 1,024 slots, and no
+# newcomer's record could be stored until they expired. An honest node PUTs its own record only (to the
+# 20 closest), so even a loopback mesh stays far below this.
+PER_SOURCE = 128
+_SENDER: contextvars.ContextVar[str] = contextvars.ContextVar("dht_sender", default="")
 MAX_PROVIDERS = 20  # providers(…) returns at most this many
 MAX_CAPABILITIES = 32  # capabilities this node provides
 MAX_CAPABILITY = 200  # characters
@@ -237,7 +246,10 @@ class Discovery:
         self.own: PeerRecord | None = None
         self._pacer = _Pacer()
         self._nursery: trio.Nursery | None = None
+        self._origin: dict[bytes, str] = {}  # stored key → the network prefix of the peer that PUT it
+        self._next_sweep = [0.0, 0.0]  # when a full value store, provider store may next be swept
         self._cap_stores()
+        self._tag_senders()
 
     # -- bounds on what peers can make this node keep ------------------------------------------------
     def _cap_stores(self) -> None:
@@ -245,12 +257,20 @@ class Discovery:
         put_record, add_provider = values.put_record, providers.add_provider
 
         def capped_put_record(key: bytes, record: Record) -> None:
-            if key not in values.store and len(values.store) >= MAX_RECORDS:
-                self.prune()
-                if len(values.store) >= MAX_RECORDS:
-                    self.refused["store-full"] += 1
+            source = _SENDER.get()  # the prefix of the peer whose PUT this is ('' for our own lookups)
+            if key not in values.store:
+                if source and self._held_from(source) >= PER_SOURCE:
+                    self.refused["source-full"] += 1
                     return
+                if len(values.store) >= MAX_RECORDS:
+                    if self._due(0):
+                        self.prune()
+                    if len(values.store) >= MAX_RECORDS:
+                        self.refused["store-full"] += 1
+                        return
             put_record(key, record)
+            if source and key in values.store:
+                self._origin[key] = source
 
         def capped_add_provider(key: bytes, provider: PeerInfo) -> None:
             try:
@@ -259,7 +279,8 @@ class Discovery:
                 self.refused["provider-not-ed25519"] += 1
                 return
             if key not in providers.providers and len(providers.providers) >= MAX_PROVIDER_KEYS:
-                providers.cleanup_expired()
+                if self._due(1):
+                    providers.cleanup_expired()
                 if len(providers.providers) >= MAX_PROVIDER_KEYS:
                     self.refused["providers-full"] += 1
                     return
@@ -267,6 +288,39 @@ class Discovery:
 
         values.put_record = capped_put_record  # type: ignore[method-assign]
         providers.add_provider = capped_add_provider  # type: ignore[method-assign]
+
+    def _tag_senders(self) -> None:
+        """Let the value store know which network prefix each PUT comes from (`_SENDER`)."""
+        handle = self.dht.handle_stream
+
+        async def handle_stream(stream: INetStream) -> None:
+            """py-libp2p's handler, with the network prefix of the peer it serves known to the store."""
+            token = _SENDER.set(_source_of(self.host, stream))
+            try:
+                await handle(stream)
+            finally:
+                _SENDER.reset(token)
+
+        self.dht.handle_stream = handle_stream  # type: ignore[method-assign]
+        if self.dht.mode == DHTMode.SERVER:  # (registered already, with the unwrapped handler)
+            self.host.set_stream_handler(KAD_PROTOCOL, handle_stream)
+
+    def _due(self, which: int) -> bool:
+        """Whether a full store (0: values, 1: providers) may be swept for expired entries now: at most
+        every SWEEP_FULL_S. Sweeping on each refused PUT re-checked all 1,024 records (0.2 s) per PUT,
+        and one attacker kept a core busy (212 ms of node CPU per PUT, tests/security/test_dht_flood.py)."""
+        now = time.monotonic()
+        if now < self._next_sweep[which]:
+            return False
+        self._next_sweep[which] = now + SWEEP_FULL_S
+        return True
+
+    def _held_from(self, source: str) -> int:
+        """Records stored here that peers of network prefix `source` PUT (forgetting those gone)."""
+        store = self.dht.value_store.store
+        for gone in [k for k in self._origin if k not in store]:
+            del self._origin[gone]
+        return sum(1 for s in self._origin.values() if s == source)
 
     def prune(self) -> int:
         """Drop stored values that no longer check (expired); returns how many."""
@@ -507,3 +561,14 @@ def _copy(rec: Record) -> Record:
     out.CopyFrom(rec)
     out.ClearField("timeReceived")
     return out
+
+
+def _source_of(host: IHost, stream: INetStream) -> str:
+    """The network prefix of the link a stream runs on ('' when it cannot be told)."""
+    for conn in host.get_network().get_connections(stream.muxed_conn.peer_id):
+        if conn.muxed_conn is stream.muxed_conn:
+            for addr in conn.get_transport_addresses():
+                ip = next((v for proto, v in components(addr) if proto in ("ip4", "ip6")), "")
+                if ip:
+                    return prefix_of_ip(ip)
+    return ""
