@@ -10,8 +10,9 @@ messages by hand on long-lived streams:
     store on every refused PUT): 45 s of flood, ~200 refused, ~46 s of node CPU, a newcomer's hello 5 s;
     and one machine filled every slot, so no newcomer's record could be stored for an hour;
 (b) ADD_PROVIDER for 1,620 distinct capability keys, from 161 hosts (py-libp2p accepts 10 ADD_PROVIDER
-    per peer per 10 s and resets the stream past that; the last host sends 20 to show it): the node must
-    keep at most MAX_PROVIDER_KEYS (1024) keys and refuse the rest ("providers-full").
+    per peer per 10 s and resets the stream past that; the last host sends 20 to show it) on 20 network
+    prefixes: the node must keep at most PER_SOURCE_KEYS (64) keys from one prefix and MAX_PROVIDER_KEYS
+    (1024) in all, and refuse the rest ("source-full", "providers-full").
 
 Throughout, the node's CPU and memory must stay bounded and its API must answer. Prints what it measured
 (`pytest -s`)."""
@@ -56,6 +57,7 @@ NODE = ["--no-model", "--no-scrape"]
 RECORDS = 1500
 PROVIDER_HOSTS, PER_HOST = 160, 10  # 10: py-libp2p's ADD_PROVIDER limit per peer per 10 s
 GREEDY = 20  # ADD_PROVIDERs one more host sends at once, past that limit
+PREFIXES = 20  # network prefixes the provider flood comes from (each may have 64 keys held)
 STREAMS = 8  # DHT streams the attacker keeps open at once (the node resets past 12 in flight)
 FLOOD_BUDGET_S = 45.0  # the flood's own time limit (the test asserts it needed far less)
 REPLY_MAX = 1 << 20
@@ -156,8 +158,8 @@ class KadFlood:
         limiter = trio.CapacityLimiter(STREAMS)
         async with AsyncExitStack() as stack:
             hosts = []
-            for _ in batches:
-                hosts.append(await self._host(stack, limiter))
+            for i, _ in enumerate(batches):  # from PREFIXES network prefixes, in turn
+                hosts.append(await self._host(stack, limiter, f"127.0.{i % PREFIXES + 1}.1"))
 
             async def one(host, keys: list[bytes]) -> None:
                 me = host.get_id()
@@ -309,7 +311,8 @@ def test_valid_records_past_the_caps_are_refused_cheaply(make_mesh):
 
 
 def test_provider_keys_past_the_cap_are_refused(make_mesh):
-    """(b) ADD_PROVIDER for 1,620 capability keys from 161 hosts."""
+    """(b) ADD_PROVIDER for 1,620 capability keys from 161 hosts on 20 network prefixes (64 keys each at
+    most, 1,024 in all)."""
     node = dht_node(make_mesh, "dht-providers")
     pid = node.proc.pid
     caps = [capability_key(NETWORK, f"llm:{i:064x}") for i in range(PROVIDER_HOSTS * PER_HOST + GREEDY)]
@@ -337,8 +340,9 @@ def test_provider_keys_past_the_cap_are_refused(make_mesh):
     assert after["provider_keys"] <= MAX_PROVIDER_KEYS, after
     assert c["provide-acked"] >= PROVIDER_HOSTS * PER_HOST, c  # the greedy host's excess is reset
     assert c["provide-given-up"] == GREEDY - PER_HOST, c
-    assert refused.get("providers-full", 0) >= c["provide-acked"] - (after["provider_keys"] - before["provider_keys"]), \
-        refused
+    assert refused.get("providers-full", 0) + refused.get("source-full", 0) >= \
+        c["provide-acked"] - (after["provider_keys"] - before["provider_keys"]), refused
+    assert refused.get("source-full", 0) > 0 and refused.get("providers-full", 0) > 0, refused
     assert probe.worst_ms < 500, probe.latencies
     assert cpu < 20.0, cpu
     assert rss < 60.0, rss

@@ -73,6 +73,7 @@ SWEEP_FULL_S = 10.0  # a full store looks for expired entries to make room at mo
 # newcomer's record could be stored until they expired. An honest node PUTs its own record only (to the
 # 20 closest), so even a loopback mesh stays far below this.
 PER_SOURCE = 128
+PER_SOURCE_KEYS = 64  # capability keys (for providers) one prefix may have this node hold
 _SENDER: contextvars.ContextVar[str] = contextvars.ContextVar("dht_sender", default="")
 MAX_PROVIDERS = 20  # providers(…) returns at most this many
 MAX_CAPABILITIES = 32  # capabilities this node provides
@@ -247,6 +248,7 @@ class Discovery:
         self._pacer = _Pacer()
         self._nursery: trio.Nursery | None = None
         self._origin: dict[bytes, str] = {}  # stored key → the network prefix of the peer that PUT it
+        self._key_origin: dict[bytes, str] = {}  # provider key → the prefix of its first announcer
         self._next_sweep = [0.0, 0.0]  # when a full value store, provider store may next be swept
         self._cap_stores()
         self._tag_senders()
@@ -259,15 +261,11 @@ class Discovery:
         def capped_put_record(key: bytes, record: Record) -> None:
             source = _SENDER.get()  # the prefix of the peer whose PUT this is ('' for our own lookups)
             if key not in values.store:
-                if source and self._held_from(source) >= PER_SOURCE:
-                    self.refused["source-full"] += 1
+                why = self._refusal(source, self._held_from, PER_SOURCE, lambda: len(values.store) >= MAX_RECORDS,
+                                    0, self.prune, "store-full")
+                if why:
+                    self.refused[why] += 1
                     return
-                if len(values.store) >= MAX_RECORDS:
-                    if self._due(0):
-                        self.prune()
-                    if len(values.store) >= MAX_RECORDS:
-                        self.refused["store-full"] += 1
-                        return
             put_record(key, record)
             if source and key in values.store:
                 self._origin[key] = source
@@ -278,13 +276,17 @@ class Discovery:
             except ValueError:
                 self.refused["provider-not-ed25519"] += 1
                 return
-            if key not in providers.providers and len(providers.providers) >= MAX_PROVIDER_KEYS:
-                if self._due(1):
-                    providers.cleanup_expired()
-                if len(providers.providers) >= MAX_PROVIDER_KEYS:
-                    self.refused["providers-full"] += 1
+            source = _SENDER.get()
+            if key not in providers.providers:
+                why = self._refusal(source, self._keys_from, PER_SOURCE_KEYS,
+                                    lambda: len(providers.providers) >= MAX_PROVIDER_KEYS, 1,
+                                    providers.cleanup_expired, "providers-full")
+                if why:
+                    self.refused[why] += 1
                     return
             add_provider(key, provider)
+            if source and key in providers.providers:
+                self._key_origin.setdefault(key, source)
 
         values.put_record = capped_put_record  # type: ignore[method-assign]
         providers.add_provider = capped_add_provider  # type: ignore[method-assign]
@@ -305,6 +307,16 @@ class Discovery:
         if self.dht.mode == DHTMode.SERVER:  # (registered already, with the unwrapped handler)
             self.host.set_stream_handler(KAD_PROTOCOL, handle_stream)
 
+    def _refusal(self, source: str, held_from: Callable[[str], int], per_source: int, full: Callable[[], bool],
+                 which: int, sweep: Callable[[], object], full_reason: str) -> str:
+        """Why a new key from peers of prefix `source` is refused ('' when it may be kept): the prefix
+        already has `per_source` kept, or the store is `full` even after a sweep (when one is `_due`)."""
+        if source and held_from(source) >= per_source:
+            return "source-full"
+        if full() and self._due(which):
+            sweep()
+        return full_reason if full() else ""
+
     def _due(self, which: int) -> bool:
         """Whether a full store (0: values, 1: providers) may be swept for expired entries now: at most
         every SWEEP_FULL_S. Sweeping on each refused PUT re-checked all 1,024 records (0.2 s) per PUT,
@@ -316,11 +328,12 @@ class Discovery:
         return True
 
     def _held_from(self, source: str) -> int:
-        """Records stored here that peers of network prefix `source` PUT (forgetting those gone)."""
-        store = self.dht.value_store.store
-        for gone in [k for k in self._origin if k not in store]:
-            del self._origin[gone]
-        return sum(1 for s in self._origin.values() if s == source)
+        """Records stored here that peers of network prefix `source` PUT."""
+        return _count_from(self._origin, self.dht.value_store.store, source)
+
+    def _keys_from(self, source: str) -> int:
+        """Provider keys held here that peers of network prefix `source` were the first to announce."""
+        return _count_from(self._key_origin, self.dht.provider_store.providers, source)
 
     def prune(self) -> int:
         """Drop stored values that no longer check (expired); returns how many."""
@@ -561,6 +574,13 @@ def _copy(rec: Record) -> Record:
     out.CopyFrom(rec)
     out.ClearField("timeReceived")
     return out
+
+
+def _count_from(origin: dict[bytes, str], held, source: str) -> int:
+    """How many keys still `held` came from `source` (forgetting, in `origin`, those no longer held)."""
+    for gone in [k for k in origin if k not in held]:
+        del origin[gone]
+    return sum(1 for s in origin.values() if s == source)
 
 
 def _source_of(host: IHost, stream: INetStream) -> str:
