@@ -46,6 +46,9 @@ def explain(entry: dict[str, Any], me: str) -> str:
     why = d.get("why", {})
     receipt = d.get("receipt")
     check = "" if receipt is None else _receipt_check(receipt)
+    if kind == "paid" and "spot_check" in d:
+        return (f"Entry {entry['id']}: you paid {-entry['amount']:g} credits to {peer} for a spot check sent as "
+                f"{where} (a job of its own): it gave the known answer. Credit: {d['spot_check']}.{check}")
     if kind == "paid":
         return (f"Entry {entry['id']}: you paid {-entry['amount']:g} credits to {peer} for {where}, because its "
                 f"answer was in the accepted quorum: {_quorum(why)}. Credit per agreeing worker: "

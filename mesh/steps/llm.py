@@ -62,6 +62,8 @@ def off_top_budget(tokens: int) -> int:
 
 
 N_CTX = 2048  # tokens, for generating and scoring alike: what one node generated, any node can score
+
+
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     """The text before the first stop string in it, and whether there was one."""
     at = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)

@@ -503,3 +503,12 @@ def test_rows_cut_from_the_end_after_a_close_are_seen(tmp_path, me, peer):
     n, why = led.verify(me.node_id, me.public_key)
     assert n == 4 and "entries after 4 were deleted" in why
     led.close()
+
+
+def test_a_paid_spot_check_is_explained_as_one_not_as_a_quorum():
+    from ledger.explain import explain
+
+    entry = {"id": 7, "kind": "paid", "job": "c" * 20, "step": "prep", "peer": "ab" * 32, "amount": -0.5,
+             "detail": {"spot_check": "0.25 CPU-seconds at cpu_s rate"}}
+    text = explain(entry, "me")
+    assert "spot check" in text and "quorum" not in text and "0.25 CPU-seconds" in text
