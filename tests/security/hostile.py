@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import trio
 from multiaddr import Multiaddr
 
@@ -549,3 +550,14 @@ class SilentPeers:
         if self._stop is not None:
             self.thread.post(self._stop.set)
         self.thread.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far: for bounds on what an attack costs a node."""
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory, in MiB."""
+    return psutil.Process(pid).memory_info().rss / 2**20

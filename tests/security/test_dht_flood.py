@@ -25,7 +25,6 @@ import time
 from collections import Counter
 from contextlib import AsyncExitStack
 
-import psutil
 import pytest
 import trio
 import varint
@@ -50,7 +49,7 @@ from mesh.wire.identity import Identity
 from mesh.wire.records import make_record
 
 from ..conftest import wait_for
-from .hostile import NETWORK, HostilePeer, now_ms, status
+from .hostile import NETWORK, HostilePeer, cpu_seconds, now_ms, rss_mb, status
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(240)]
 NODE = ["--no-model", "--no-scrape"]
@@ -61,15 +60,6 @@ PREFIXES = 20  # network prefixes the provider flood comes from (each may have 6
 STREAMS = 8  # DHT streams the attacker keeps open at once (the node resets past 12 in flight)
 FLOOD_BUDGET_S = 45.0  # the flood's own time limit (the test asserts it needed far less)
 REPLY_MAX = 1 << 20
-
-
-def cpu_seconds(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
-
-
-def rss_mb(pid: int) -> float:
-    return psutil.Process(pid).memory_info().rss / 2**20
 
 
 class KadFlood:

@@ -16,14 +16,13 @@ import socket
 import threading
 import time
 
-import psutil
 import pytest
 
 from mesh.wire.identity import Identity
 from mesh.wire.records import make_record
 
 from ..conftest import wait_for
-from .hostile import NETWORK, HostilePeer, SilentPeers, now_ms, status
+from .hostile import NETWORK, HostilePeer, SilentPeers, cpu_seconds, now_ms, rss_mb, status
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(180)]
 NODE = ["--no-model", "--no-scrape"]
@@ -62,15 +61,6 @@ class Victim:
         self.thread.join(5)
         for s in self.socks:
             s.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
-
-
-def rss_mb(pid: int) -> float:
-    return psutil.Process(pid).memory_info().rss / 2**20
 
 
 def records_at(addrs: list[str], n: int) -> list:
