@@ -53,6 +53,11 @@ class LedgerError(MeshError):
     """The ledger could not be written or does not verify."""
 
 
+class JournalError(MeshError):
+    """The node's job journal cannot be opened, read back or written (a full or read-only disk, a damaged
+    file): jobs would not survive a restart, so new ones are refused; the message says what to do."""
+
+
 class NoAnswer(MeshError):
     """One of the node's own actors did not answer in time (it may be dead or overloaded): a local fault,
     raised by the bridge and caught by whoever asked (the worker, the API)."""

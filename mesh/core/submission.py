@@ -36,6 +36,7 @@ from mesh.core.jobrun import Dispatch, JobRun, Outcome, Replica
 from mesh.core.policy import Candidate, RecheckEvidence, StepEvidence, candidate_from
 from mesh.core.pricing import cap, pay
 from mesh.core.spotcheck import Challenge, SpotChecker
+from mesh.errors import JobError
 from mesh.wire.canonical import digest
 
 PER_WORKER = 4  # requests a worker takes from one peer at once (mesh.node.flow.Limits.max_inflight_per_peer)
@@ -89,10 +90,20 @@ def settle_entries(job_id: str, job: Job, o: Outcome, replicas: Mapping[str, Rep
     return paid + [LedgerEntry(kind, job_id, o.step, n, 0.0, why) for kind, n in o.verdicts()]
 
 
+# each input and its number of arguments; those marked timed end with the time
+INPUTS = {"submit": 3, "tick": 3, "on_result": 9, "on_unreachable": 4, "on_node_lost": 3, "on_alarm": 1,
+          "on_recorded": 3, "abort": 2}
+UNTIMED = ("submit", "on_recorded", "abort")
+Sink = Callable[[list], None]  # takes each input as it arrives, before the core acts on it (a journal)
+
+
 class Submission:
-    def __init__(self, config: Config, record: bool = False):
-        """`record`: keep every input and effect in `log` (see replay_log)."""
+    def __init__(self, config: Config, record: bool = False, sink: Sink | None = None):
+        """`record`: keep every input and effect in `log` (see replay_log). `sink`: hand every input, as
+        its log entry, to this callable before deciding on it (the node's journal, mesh.node.journal); the
+        entry's Candidates and Job stay typed, for the sink to encode."""
         self.config = config
+        self.sink = sink
         self.rng = random.Random(config.seed)
         self.spot = SpotChecker(config.spot_rate, config.blacklist_s, random.Random(self.rng.getrandbits(64)))
         self.jobs: dict[str, SubmittedJob] = {}  # running and the newest `keep` finished
@@ -109,16 +120,14 @@ class Submission:
     # -- inputs -------------------------------------------------------------------------------------
     def submit(self, job_id: str, job: Job, seed: int) -> list[Effect]:
         """A new job (its id and its RNG's seed chosen by the driver)."""
-        if self.log is not None:
-            self._in("submit", job_id, job.to_json(), seed)
+        self._in("submit", job_id, job, seed)
         run = JobRun(job_id, job, random.Random(seed), margin=self.config.margin, record=self.config.job_log)
         return self._out(self._add(job_id, SubmittedJob(run, seed)))
 
     def tick(self, job_id: str, candidates: Mapping[str, list[Candidate]], now: float) -> list[Effect]:
         """Drive one job: deadlines, placement (on `candidates` by capability, minus the blacklisted),
         sending, settling; and send whatever waited for a slot that a passed deadline freed."""
-        if self.log is not None:
-            self._in("tick", job_id, {k: [dataclasses.asdict(c) for c in v] for k, v in candidates.items()}, now)
+        self._in("tick", job_id, candidates, now)
         sj = self.active.get(job_id)
         if sj is None:
             return self._out([])
@@ -411,13 +420,53 @@ class Submission:
 
     # -- the log ------------------------------------------------------------------------------------
     def _in(self, name: str, *args: Any) -> None:
+        if self.sink is not None:
+            self.sink([name, *args])
         if self.log is not None:
-            self.log.append([name, *args])
+            self.log.append(loggable([name, *args]))
+
+    def apply(self, entry: list) -> list[Effect]:
+        """Feed one input in its logged (JSON) form, as a replay does; only the inputs above are taken,
+        and a malformed entry raises ValueError (a journal read back from disk is checked, not trusted)."""
+        if not isinstance(entry, list) or not entry or entry[0] not in INPUTS:
+            raise ValueError(f"not a core input: {str(entry)[:80]}")
+        name, args = entry[0], list(entry[1:])
+        if len(args) != INPUTS[name] or (name not in UNTIMED and type(args[-1]) not in (int, float)):
+            raise ValueError(f"core input {name} has the wrong arguments")
+        try:
+            if name == "submit":
+                args[1] = parse_job(args[1])
+            elif name == "tick":
+                args[1] = {k: [candidate_from(c) for c in v] for k, v in args[1].items()}
+            effects = getattr(self, name)(*args)
+        except (TypeError, KeyError, IndexError, AttributeError, JobError) as exc:
+            raise ValueError(f"core input {name} is malformed: {exc}") from None
+        return effects or []
+
+    @property
+    def unconfirmed(self) -> list[Record]:
+        """Ledger batches handed to the driver whose write it has not reported (on_recorded) yet."""
+        return list(self._records.values())
+
+    @property
+    def idle(self) -> bool:
+        """Nothing under way: no job running, nothing sent or queued, no check planned, no batch unwritten."""
+        return not (self.active or any(self.outstanding.values()) or any(self.queued.values())
+                    or self.spot.planned or self.spot.out or self._records)
 
     def _out(self, effects: list[Effect]) -> list[Effect]:
         if self.log is not None:
             self.log.append(["effects", [as_json(e) for e in effects]])
         return effects
+
+
+def loggable(entry: list) -> list:
+    """An input as JSON-ready data: a Job as its job file, Candidates as dicts (candidate_from reads them)."""
+    if entry[0] == "submit":
+        return [*entry[:2], entry[2].to_json(), *entry[3:]]
+    if entry[0] == "tick":
+        return [*entry[:2], {k: [dataclasses.asdict(c) for c in v] for k, v in entry[2].items()}, *entry[3:]]
+    return entry
 
 
 def replay_log(log: list, make: Callable[[Config], Submission] | None = None) -> list:
@@ -429,12 +478,6 @@ def replay_log(log: list, make: Callable[[Config], Submission] | None = None) ->
     if sub.log is None:
         raise ValueError("the Submission to replay into must record its log")
     for entry in log[1:]:
-        name, args = entry[0], list(entry[1:])
-        if name == "effects":
-            continue
-        if name == "submit":
-            args[1] = parse_job(args[1])
-        elif name == "tick":
-            args[1] = {k: [candidate_from(c) for c in v] for k, v in args[1].items()}
-        getattr(sub, name)(*args)
+        if entry[0] != "effects":
+            sub.apply(entry)
     return json.loads(json.dumps(sub.log))

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 
 from mesh.core.dag import Job, parse_job, resolve_models
-from mesh.errors import ConfigError, CreditError, JobError
+from mesh.errors import ConfigError, CreditError, JobError, JournalError
 from mesh.http.facade import NodeFacade
 from mesh.steps.grammar import check_grammars
 from mesh.steps.registry import Registry
@@ -62,3 +62,5 @@ def submit_job(node: NodeFacade, job: Job) -> str:
         return node.submit(job)
     except CreditError as exc:
         raise ApiError(402, str(exc)) from None
+    except JournalError as exc:  # the disk under the journal: the job would not survive a restart
+        raise ApiError(503, str(exc)) from None

@@ -52,6 +52,8 @@ from mesh.node.home import (
     ensure_token,
     write_private,
 )
+from mesh.node.journal import Journal
+from mesh.node.owed import Owed
 from mesh.node.peers import GossipLimit, Peer, PeerTable, prefix_of, prefix_of_ip
 from mesh.node.replaystore import ReplayStore
 from mesh.node.submitter import Options as SubmitterOptions
@@ -183,8 +185,9 @@ def _forge(frame: bytes) -> bytes:
 
 class Node:
     def __init__(self, opts: NodeOptions, identity: Identity, asys, node_actor, ready: NodeReady,
-                 user: StepUser | None = None):
+                 user: StepUser | None = None, journal: Journal | None = None):
         self.opts = opts
+        self.journal = journal or Journal(opts.home)  # jobs, receipts out and steps owed, across restarts
         self.identity = identity
         self.id = identity.node_id
         self.bridge = ActorBridge(asys, node_actor)
@@ -235,7 +238,7 @@ class Node:
             model_error=self.model_error, steps=steps, send=self.send, send_dialling=self.send_dialling,
             record=self.record, ledger_error=lambda: self.ledger_error, count=self.receiver.count, rates=opts.rates,
             standing=self.standing, account=lambda node: self.accounts.get(node, Account()),
-            require_credit=opts.require_credit))
+            require_credit=opts.require_credit), Owed(self.journal))
         self.api_view = NodeFacade(  # what the HTTP API sees of this node (mesh.http never imports it)
             node_id=self.id, token=self.token, home=opts.home, ledger_path=opts.home / LEDGER_FILE,
             jobs_dir=opts.home / "jobs",
@@ -249,7 +252,8 @@ class Node:
             models_held=lambda: Counter(m for p in self.peers.up() for m in p.models),
             ask_model=functools.partial(steps.output, "llm"))
         self.submitter = Submitter(self._submitter_ports(), SubmitterOptions(
-            opts.spot_rate, opts.blacklist_s, opts.credit_line, opts.keep_jobs, opts.core_log), self.rng.getrandbits(64))
+            opts.spot_rate, opts.blacklist_s, opts.credit_line, opts.keep_jobs, opts.core_log), self.rng.getrandbits(64),
+            self.journal)
         (opts.home / "jobs").mkdir(exist_ok=True)
         shutil.rmtree(opts.home / CANCEL_DIR, ignore_errors=True)  # flags of a previous run's steps
         (opts.home / CANCEL_DIR).mkdir()
@@ -303,6 +307,8 @@ class Node:
         print(f"node {self.id} ready: peer port {self.listen}, API http://{api_host}:{api_port}", flush=True)
         self.spawn(self._heartbeat())
         self.spawn(self._discover())
+        self.submitter.resume()  # jobs the journal left unfinished (the node was killed or stopped)
+        self.spawn(self.submitter.deliver())
         stop = asyncio.create_task(self.stopping.wait())
         await asyncio.wait({stop, api_task}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
@@ -325,6 +331,7 @@ class Node:
         await self.scraper.close()
         (self.opts.home / RUNTIME_FILE).unlink(missing_ok=True)
         self.bridge.close()
+        self.journal.close()
 
     # -- discovery and liveness ----------------------------------------------------------------------
     def my_record(self) -> PeerRecord:
@@ -679,6 +686,10 @@ class Node:
             self.submitter.on_progress(peer, env.payload)
         elif env.kind == "receipt":
             self.spawn(self.worker.on_receipt(peer, env.payload))
+        elif env.kind == "receipt-ack":
+            self.submitter.on_receipt_ack(peer, env.payload)
+        elif env.kind == "receipt-ask":
+            self.submitter.on_receipt_ask(peer, env.payload)
         elif env.kind in ("head", "head-ask", "head-held"):
             self._on_head_message(peer, env.kind, env.payload)
         elif env.kind == "bye":
@@ -709,9 +720,12 @@ class Node:
         peer = self.peers.get(env.sender)
         if peer is None:
             return
-        fresh = peer.state != "up"
+        fresh, new_link = peer.state != "up", conn not in peer.conns
         peer.state, peer.last_seen, peer.failures = "up", time.monotonic(), 0
         peer.conns.add(conn)
+        if fresh or new_link:  # linked (again): what each side owes the other can move now
+            self.submitter.on_peer_up(peer.node)
+            self.worker.on_peer_up(peer)
         self._proven(peer, conn)
         for addr, key in list(self.bootstrap.items()):
             if addr == peer.addr or key == peer.key:
@@ -839,7 +853,8 @@ class Node:
                 "fault": self.opts.fault or None, "peers": peers, "rejected": dict(self.receiver.rejected),
                 "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,
                 "rates": dataclasses.asdict(self.opts.rates), "max_rates": dataclasses.asdict(self.opts.max_rates),
-                "ledger_error": self.ledger_error or None,
+                "ledger_error": self.ledger_error or None, "journal_error": self.journal.error or None,
+                "receipts_unacknowledged": self.submitter.outbox.pending(),
                 "discovery": getattr(self.gateway.transport, "discovery_stats", dict)(),
                 "dials_refused": dict(self.gateway.transport.gate.refused),
                 "jobs": {"running": sum(not s.run.finished for s in jobs.values()), "total": len(jobs)},
@@ -856,12 +871,13 @@ def run_node(opts: NodeOptions) -> None:
         bind(host, port, what).close()  # fail fast, before forking the actor system
     logging.basicConfig(filename=str(opts.home / "node.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    journal = Journal(opts.home)  # a damaged or unwritable journal stops the start here, with what to do
     asys = actorsys.start(opts.home / "actors.log")
     try:
         node_actor, ready = _start_actors(asys, opts, model_sha, user)
         peer_sock = bind(*opts.listen, "peer")
         api_sock = bind(*opts.api, "API")
-        node = Node(opts, identity, asys, node_actor, ready, user)
+        node = Node(opts, identity, asys, node_actor, ready, user, journal)
         try:
             _serve(node, peer_sock, api_sock)
         finally:

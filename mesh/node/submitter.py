@@ -1,11 +1,16 @@
 """The submitter side of a node: the asyncio driver of the sans-I/O submission core
 (mesh.core.submission). It carries out the core's effects — replicas and spot checks over the network,
-ledger batches (then receipts to the paid workers), job events and reports — and feeds back answers,
-lost peers and the time. It sees the node only through Ports, never the Node itself."""
+ledger batches (then receipts to the paid workers, through the outbox until each is acknowledged), job
+events and reports — and feeds back answers, lost peers and the time. Every input reaches the node's
+journal before the core decides on it, so a node killed at any moment replays the journal into the same
+core at its next start and resumes (`resume`): answers already in are not asked again, replicas that were
+out are asked again, unwritten ledger batches are written (once: the ledger keys each row). It sees the
+node only through Ports, never the Node itself."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -23,13 +28,15 @@ from mesh.core.effects import Alarm, Answer, Effect, Forgotten, Judged, Rechecke
 from mesh.core.jobrun import JobRun
 from mesh.core.policy import Candidate
 from mesh.core.submission import Config, Submission, SubmittedJob, new_job_id
-from mesh.errors import CreditError
+from mesh.errors import CreditError, JournalError
 from mesh.node.events import EventLog
+from mesh.node.journal import COMPACT_AT, Journal, Replayed
+from mesh.node.outbox import Outbox
 from mesh.node.peers import Peer
 from mesh.wire.attest import attestation
 from mesh.wire.envelope import Envelope
 from mesh.wire.identity import Identity
-from mesh.wire.messages import Cancel, Progress, ReceiptMsg, StepRequest, StepResult
+from mesh.wire.messages import Cancel, Progress, ReceiptAck, ReceiptAsk, ReceiptMsg, StepRequest, StepResult
 
 log = logging.getLogger("mesh.node.submitter")
 TICK_S = 1.0  # how often a job re-checks deadlines when nothing else wakes it
@@ -75,6 +82,7 @@ class JobState:
     events: EventLog = field(default_factory=EventLog)
     signed: dict[tuple[str, str], dict] = field(default_factory=dict)  # (step, node) → its signed answer
     cancelled: set[tuple[str, str]] = field(default_factory=set)  # (node, step) told to stop: no longer needed
+    resumed: int = 0  # times the node restarted (or was killed) while this job ran and it went on from its journal
 
     @property
     def run(self) -> JobRun:
@@ -86,20 +94,109 @@ def request(eff: Send, now: float) -> StepRequest:
     return StepRequest(eff.job, eff.step, eff.kind, dict(eff.params), max(1.0, eff.deadline - now))
 
 
+@dataclass
+class Resumed:
+    """What a replay of the journal left for the driver to pick up once the node runs."""
+
+    sends: dict[tuple[str, str, str], Send] = field(default_factory=dict)  # (node, job, step) → its last Send
+    alarms: set[float] = field(default_factory=set)
+    submitted: dict[str, float] = field(default_factory=dict)  # job → wall time it was submitted
+
+
 class Submitter:
-    def __init__(self, ports: Ports, opts: Options, seed: int):
+    def __init__(self, ports: Ports, opts: Options, seed: int, journal: Journal | None = None):
+        """`journal`: the node's (HOME/journal.db); its current epoch is replayed into the core here, and
+        `resume` picks the jobs up once the node runs. None: an in-memory journal (nothing survives)."""
         self.ports, self.opts = ports, opts
         self.rng = random.Random(seed)  # job seeds
-        self.core = Submission(Config(self.rng.getrandbits(64), opts.spot_rate, opts.blacklist_s,
-                                      keep=opts.keep_jobs, job_log=opts.core_log), record=opts.core_log)
+        self.journal = journal or Journal(None)
+        self.outbox = Outbox(self.journal)
         self.jobs: dict[str, JobState] = {}
-        self._logged = 0  # core log entries already written to CORE_LOG_FILE
+        self.outbox_due = asyncio.Event()  # a receipt to send now (a batch written, a payee back)
+        replayed = self.journal.replayed()
+        self.offset = Journal.clock_at(replayed, time.monotonic())  # the core's clock goes on across restarts
+        self._resumed: Resumed | None = None
+        if replayed is None:
+            self.core = self._fresh_core()
+        else:
+            self.core = Submission(replayed.config, record=opts.core_log)
+            self._resumed = self._replay(replayed)
+            self.core.sink = self._journal_input
+        self._logged = len(self.core.log or ())  # core log entries already written to CORE_LOG_FILE
+
+    def now(self) -> float:
+        """The core's clock: monotonic, continued from the journal across restarts."""
+        return time.monotonic() + self.offset
+
+    def _journal_input(self, entry: list) -> None:
+        self.journal.append(entry, self.now())
+
+    def _fresh_core(self) -> Submission:
+        opts = self.opts
+        config = Config(self.rng.getrandbits(64), opts.spot_rate, opts.blacklist_s, keep=opts.keep_jobs,
+                        job_log=opts.core_log)
+        self.journal.start_epoch(config)
+        return Submission(config, record=opts.core_log, sink=self._journal_input)
+
+    def _replay(self, replayed: Replayed) -> Resumed:
+        """Feed the journal's inputs to the fresh core (nothing is sent: effects are only noted)."""
+        got = Resumed()
+        for i, (entry, wall) in enumerate(zip(replayed.entries, replayed.walls, strict=True)):
+            try:
+                effects = self.core.apply(entry)
+            except ValueError as exc:
+                raise JournalError(f"the job journal {self.journal.path} does not replay at input {i + 1}: {exc}; "
+                                   "move it aside to start without its unfinished jobs") from None
+            if entry[0] == "submit":
+                got.submitted[entry[1]] = wall
+            for eff in effects:
+                if isinstance(eff, Send):
+                    got.sends[(eff.node, eff.job, eff.step)] = eff
+                elif isinstance(eff, Alarm):
+                    got.alarms.add(eff.at)
+        if replayed.config.spot_rate != self.opts.spot_rate or replayed.config.keep != self.opts.keep_jobs:
+            log.info("the journal's jobs run on with its settings (spot rate %g, keep %d) until they end",
+                     replayed.config.spot_rate, replayed.config.keep)
+        return got
+
+    def resume(self) -> int:
+        """After a restart: drive the jobs the journal left unfinished, ask again the replicas that were
+        out (their workers dropped them with our link; one that had answered sends its kept answer), re-arm
+        spot-check alarms, write the ledger batches not known written, save reports not yet saved. Returns
+        the jobs resumed."""
+        got, self._resumed = self._resumed, None
+        if got is None:
+            return 0
+        now = self.now()
+        for job_id, sj in list(self.core.active.items()):
+            self._start(Started(job_id, sj.recheck_of), got.submitted.get(job_id))
+        for node, out in self.core.outstanding.items():
+            for job_id, sid in list(out):
+                eff = got.sends.get((node, job_id, sid))
+                if eff is not None:
+                    self.ports.spawn(self._send(eff))
+        for at in sorted(a for a in got.alarms if a > now):
+            self.ports.spawn(self._alarm(at))
+        self.ports.spawn(self._alarm(now))
+        for rec in self.core.unconfirmed:
+            self.ports.spawn(self._record(rec))
+        for job_id, sj in self.core.jobs.items():  # ended just before the kill: its report may be missing
+            if job_id not in self.core.active and not (self.ports.home / "jobs" / f"{job_id}.json").exists():
+                self._save(job_id, JobState(sj, asyncio.Event(), asyncio.Event(), got.submitted.get(job_id, 0.0)))
+        if self.core.active:
+            log.info("resumed %d unfinished jobs from the journal (%d replicas asked again, %d ledger batches "
+                     "to write)", len(self.core.active), sum(map(len, self.core.outstanding.values())),
+                     len(self.core.unconfirmed))
+        return len(self.core.active)
 
     def submit(self, job: Job) -> str:
         """Start a job; raises CreditError when this node's ledger is broken or it is past its credit line."""
         error, balance = self.ports.ledger_error(), self.ports.balance()
         if error:
             raise CreditError(f"this node's ledger cannot record payments ({error}); fix it and restart the node")
+        if self.journal.error:
+            raise JournalError(f"{self.journal.error}; new jobs are refused, since they would not survive a "
+                               "restart: free disk space (or fix the home) and restart the node")
         if balance < -self.opts.credit_line:
             raise CreditError(f"this node has spent {-balance:g} credits more than it earned, past its credit "
                               f"line of {self.opts.credit_line:g}: run a worker for others to earn credits, or "
@@ -122,18 +219,24 @@ class Submitter:
         return True
 
     def blacklisted(self, node: str) -> bool:
-        return self.core.blacklisted(node, time.monotonic())
+        return self.core.blacklisted(node, self.now())
 
     # -- the job loop -------------------------------------------------------------------------------
     async def _drive(self, job_id: str, st: JobState) -> None:
+        kept = False
         try:
             # The core gives a step up when it starts with fewer workers than its redundancy; workers this
             # node is not linked to yet (a model few peers hold) are found first, in the DHT.
             job = st.run.job
             await self.ports.find({step.needs: job.redundancy for step in job.steps})
             await self._loop(job_id, st)
-        finally:  # whatever ends the driver (a bug, cancellation at shutdown) must not leave waiters hanging
-            if not st.run.finished:
+        except asyncio.CancelledError:  # the node is stopping: its journal resumes the job at the next start
+            kept = not self.journal.error
+            raise
+        finally:  # whatever else ends the driver (a bug) must not leave waiters hanging
+            if kept:
+                log.info("job %s stops with the node; it resumes from the journal at the next start", job_id)
+            elif not st.run.finished:
                 self._apply_all(self.core.abort(
                     job_id, "the job's driver stopped (node shutting down or internal error; see node.log)"))
             self._end(job_id, st)
@@ -141,7 +244,7 @@ class Submitter:
     async def _loop(self, job_id: str, st: JobState) -> None:
         while True:
             st.wake.clear()
-            for eff in self.core.tick(job_id, self.ports.candidates(), time.monotonic()):
+            for eff in self.core.tick(job_id, self.ports.candidates(), self.now()):
                 if isinstance(eff, Record):
                     await self._record(eff)  # payments are written before the job says it is done
                 else:
@@ -178,6 +281,18 @@ class Submitter:
         st.events.publish("done", self.report(job_id, st))
         st.done.set()
         log.info("job %s %s", job_id, st.run.status)
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        """Start the journal over (a fresh core) once it is long and nothing is under way: a restart then
+        replays little. What the old core knew across jobs (answers kept for spot checks, jobs kept for
+        rechecks) goes with it; finished jobs are read from their reports."""
+        if self.journal.count < COMPACT_AT or not self.core.idle or self.journal.error:
+            return
+        for job_id in [j for j, st in self.jobs.items() if st.run.finished]:
+            del self.jobs[job_id]
+        self.core = self._fresh_core()
+        log.info("the job journal started over (epoch %d)", self.journal.epoch)
 
     # -- effects ------------------------------------------------------------------------------------
     def _apply_all(self, effects: list[Effect]) -> None:
@@ -207,9 +322,12 @@ class Submitter:
             self.jobs.pop(eff.job, None)  # its report lives on in <home>/jobs (GET /jobs/{id} reads it there)
         # Timer: the loop re-checks deadlines every TICK_S; Finished: the loop sees it; Answer: on_result
 
-    def _start(self, eff: Started) -> None:
+    def _start(self, eff: Started, submitted: float | None = None) -> None:
+        """A job to drive: new, or (`submitted` given) resumed from the journal after a restart."""
         sj = self.core.jobs[eff.job]
-        st = self.jobs[eff.job] = JobState(sj, asyncio.Event(), asyncio.Event(), time.time())
+        st = self.jobs[eff.job] = JobState(sj, asyncio.Event(), asyncio.Event(), submitted or time.time())
+        if submitted is not None:
+            st.resumed = 1
         job = sj.run.job
         st.events.publish("job", {"job_id": eff.job, "name": job.name, "steps": job.order(),
                                   "redundancy": job.redundancy, "quorum": job.quorum.spec})
@@ -230,40 +348,83 @@ class Submitter:
     async def _send(self, eff: Send) -> None:
         """One request, replica or spot check alike: `eff.check` is never read here, so a worker cannot
         tell them apart by anything this node sends."""
-        if not await self.ports.send(eff.node, "step", request(eff, time.monotonic())):
-            self._apply_all(self.core.on_unreachable(eff.job, eff.step, eff.node, time.monotonic()))
+        if not await self.ports.send(eff.node, "step", request(eff, self.now())):
+            self._apply_all(self.core.on_unreachable(eff.job, eff.step, eff.node, self.now()))
 
     async def _alarm(self, at: float) -> None:
         """A spot check is due, or one's deadline passed: the core sends or drops it then."""
-        await asyncio.sleep(max(0.0, at - time.monotonic()))
-        self._apply_all(self.core.on_alarm(time.monotonic()))
+        await asyncio.sleep(max(0.0, at - self.now()))
+        self._apply_all(self.core.on_alarm(self.now()))
 
     async def _record(self, eff: Record) -> None:
-        """One ledger batch (a receipt signed for each payment), then the receipts to the paid workers."""
-        ts = int(time.time() * 1000)
+        """One ledger batch (a receipt signed for each payment), then the receipts go out through the
+        outbox. The receipts are held in the journal first: a batch written again after a crash reuses
+        them (same bytes, and the ledger skips rows it has), and they are released only once the ledger
+        has the batch, in the same journal transaction as the core hears so."""
+        key = f"{self.journal.epoch}:{eff.id}"
+        held = self.outbox.held(key)
+        ts = min((r["ts"] for r in held.values()), default=int(time.time() * 1000))
         entries: list[Entry] = []
-        receipts: list[tuple[str, dict]] = []
+        fresh: list[tuple[str, dict]] = []
         for e in eff.entries:
             detail = e.details()
             if e.kind == "paid":
-                r = make_receipt(self.ports.identity, e.job, e.step, e.peer, -e.amount, ts)
-                receipts.append((e.peer, r))
+                r = held.get((e.peer, e.job, e.step))
+                if r is None:
+                    r = make_receipt(self.ports.identity, e.job, e.step, e.peer, -e.amount, ts)
+                    fresh.append((e.peer, r))
                 detail["receipt"] = r
             entries.append(Entry(e.kind, e.job, e.step, e.peer, e.amount, detail))
+        self.outbox.hold(key, fresh)
         ok = await self.ports.record(entries, ts)
-        self.core.on_recorded(eff.id, ok, self.ports.ledger_error())
+        with self.journal.batch():
+            self.core.on_recorded(eff.id, ok, self.ports.ledger_error())
+            self.outbox.settle(key, ok)
         if not ok:
             if eff.outcomes:
                 log.error("job %s: the ledger could not record payments, none were made: %s", eff.job,
                           self.ports.ledger_error())
             return
-        for node, r in receipts:
-            await self.ports.send(node, "receipt", ReceiptMsg(r))
+        self.outbox_due.set()
+        self._maybe_compact()
+
+    # -- the receipt outbox -------------------------------------------------------------------------
+    async def deliver(self, interval: float = 1.0) -> None:
+        """Send due receipts until the node stops: at once after a batch is written or a payee is back,
+        else every `interval`; each unacknowledged one again after its backoff."""
+        self.outbox.prune()
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.outbox_due.wait(), interval)
+            self.outbox_due.clear()
+            by_peer: dict[str, list[dict]] = {}
+            for peer, r in self.outbox.due():
+                by_peer.setdefault(peer, []).append(r)
+            await asyncio.gather(*(self._deliver(peer, rs) for peer, rs in by_peer.items()))
+
+    async def _deliver(self, peer: str, receipts: list[dict]) -> None:
+        for r in receipts:
+            if not await self.ports.send(peer, "receipt", ReceiptMsg(r)):
+                return  # unreachable: the rest wait for their backoff (or the peer's return)
+
+    def on_receipt_ack(self, peer: Peer, msg: ReceiptAck) -> None:
+        self.outbox.acked(peer.node, msg.job, msg.steps)
+
+    def on_receipt_ask(self, peer: Peer, msg: ReceiptAsk) -> None:
+        """A worker asks for receipts it holds none of: its own, if this node paid them (only on the link
+        it asked on: an asker cannot make this node dial anyone)."""
+        for r in self.outbox.asked(peer.node, msg.job, msg.steps):
+            self.ports.tell(peer.node, "receipt", ReceiptMsg(r))
+
+    def on_peer_up(self, node: str) -> None:
+        """A peer linked (again): receipts it is owed go now, whatever their backoff."""
+        self.outbox.nudge(node)
+        self.outbox_due.set()
 
     # -- events from the gateway --------------------------------------------------------------------
     def on_result(self, peer: Peer, res: StepResult, env: Envelope | None = None) -> None:
         for eff in self.core.on_result(peer.node, res.job, res.step, res.ok, res.digest, res.output, res.work.to_json(),
-                                       res.error, time.monotonic()):
+                                       res.error, self.now()):
             if not isinstance(eff, Answer):
                 self._apply(eff)
             elif not eff.taken:
@@ -291,7 +452,7 @@ class Submitter:
         return {step.needs for st in self.jobs.values() if not st.job.run.finished for step in st.job.run.job.steps}
 
     def on_node_lost(self, node: str, reason: str) -> None:
-        self._apply_all(self.core.on_node_lost(node, reason, time.monotonic()))
+        self._apply_all(self.core.on_node_lost(node, reason, self.now()))
 
     # -- reports ------------------------------------------------------------------------------------
     def _save(self, job_id: str, st: JobState) -> None:
@@ -321,6 +482,8 @@ class Submitter:
         rep["credits_spent"] = round(sj.credits, 6)
         if sj.payment_error:
             rep["payment_error"] = sj.payment_error
+        if st.resumed:
+            rep["resumed"] = True  # its node restarted while it ran; it went on from the journal
         rep["submitter"] = self.ports.node_id
         for sid, step in rep["steps"].items():  # text streamed so far by replicas still generating
             pending = run.steps[sid].tally.pending if run.steps[sid].tally else []

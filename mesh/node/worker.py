@@ -1,12 +1,13 @@
 """The worker side of a node: runs the steps peers ask for (within the slots mesh.core.admission shares
 out by standing and network prefix, a stranger's with capped time and memory), stops them when their
 requester cancels them or disconnects, answers with a signed result, and records the receipts it is paid
-with. `--fault` modes live here. The worker sees its node only through the WorkerPort it is handed (Node
+with — what it is owed is kept on disk (mesh.node.owed), each receipt acknowledged, missing ones asked for. `--fault` modes live here. The worker sees its node only through the WorkerPort it is handed (Node
 builds it); it never holds the Node."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -26,15 +27,26 @@ from mesh.core.dag import MODEL_KINDS, check_request
 from mesh.core.pricing import MIN_CHARGE, TOLERANCE, ceiling
 from mesh.errors import JobError, NoAnswer, StepFailed
 from mesh.node.flow import Limits
+from mesh.node.journal import Journal
+from mesh.node.owed import Owed
 from mesh.node.peers import Peer
 from mesh.steps.models import default_model_sha
 from mesh.wire.canonical import canonical, digest
-from mesh.wire.messages import MAX_WORK_TEXT, Progress, RateCard, ReceiptMsg, StepRequest, StepResult, Work
+from mesh.wire.messages import (
+    MAX_WORK_TEXT,
+    Progress,
+    RateCard,
+    ReceiptAck,
+    ReceiptAsk,
+    ReceiptMsg,
+    StepRequest,
+    StepResult,
+    Work,
+)
 from mesh.wire.records import DEFAULT_RATES
 
 log = logging.getLogger("mesh.node.worker")
 PROGRESS_TEXT = 64 * 1024  # characters of streamed text per progress message (the newest)
-MAX_OWED = 10_000  # steps answered but not yet paid that this node remembers (oldest forgotten first)
 ACTOR_GRACE_S = 15.0  # how much longer than the step's own timeout the node waits for its actor
 RIGHT_AFTER_S = 0.25  # fault=check-aware: a request this soon after the peer's previous one "is a check"
 OLD_CHECK_CODE = re.compile(r"a, b, c = \d+, \d+, \d+\noutput = ")  # the one template checks used to have
@@ -169,13 +181,23 @@ def corrupt(output: object, salt: str) -> object:
     return f"{output} [tampered:{salt}]" if isinstance(output, str) else {"tampered": output, "by": salt}
 
 
+def stored(result: StepResult) -> dict[str, Any]:
+    return dataclasses.asdict(result)
+
+
+def restored(data: dict[str, Any]) -> StepResult:
+    """An answer this node kept (mesh.node.owed), as it was sent."""
+    return StepResult(**{**data, "work": Work(**data["work"])})
+
+
 class Worker:
-    def __init__(self, port: WorkerPort):
+    def __init__(self, port: WorkerPort, owed: Owed | None = None):
+        """`owed`: what it is owed, kept in the node's journal (in memory when not given: tests)."""
         self.port = port
         self.slots = Slots(Shares.of(port.limits.max_running, port.limits.max_inflight_per_peer))
         self.running: dict[tuple[str, str, str], asyncio.Task] = {}  # (requester, job, step) → its run here
         self.stopped: dict[tuple[str, str, str], str] = {}  # runs cancelled here → why
-        self.owed: dict[tuple[str, str, str], float] = {}  # (payer, job, step) answered ok → most it may be paid
+        self.owed = owed or Owed(Journal(None))  # (payer, job, step) answered ok → most it may be paid, the answer
         self.arrived: dict[str, float] = {}  # fault=check-aware: peer → when its last request came
         self.turn = 0  # fault=busy: requests seen, every other one refused
 
@@ -191,6 +213,15 @@ class Worker:
             cue = check_cue(req, None if previous is None else now - previous)
         self.turn += 1
         who, key = port.standing(peer), (peer.node, req.job, req.step)
+        if key not in self.running:
+            answered, earlier = self.owed.earlier(key)
+            if answered:  # asked again (its requester restarted, or a duplicate): never a second, different run
+                log.info("%s/%s asked again by %s: %s", req.job, req.step, peer.node[:12],
+                         "the same answer sent" if earlier else "refused, its answer was not kept")
+                again = restored(earlier) if earlier else failed(req, "answered before; that answer was too large "
+                                                                      "to keep, and a step is not run twice")
+                await port.send_dialling(peer, "result", again)
+                return
         busy = "busy: too many steps in flight" if fault == "busy" and self.turn % 2 == 0 else ""  # an honest node at its limits
         owes = self.over_credit(peer.node)
         why = busy or owes or self.slots.take(key, who)
@@ -217,9 +248,7 @@ class Worker:
             out = corrupt(result.output, port.collude or port.node_id[:8])
             result = StepResult(req.job, req.step, True, out, digest(out), result.identity, result.work)
         if result.ok:  # only a step answered for this payer can be paid for, and at most this (on_receipt)
-            self.owed[(peer.node, req.job, req.step)] = ceiling(req.kind, result.work.to_json(), port.rates)
-            while len(self.owed) > MAX_OWED:
-                del self.owed[next(iter(self.owed))]
+            self.owed.answered(key, ceiling(req.kind, result.work.to_json(), port.rates), stored(result))
         await port.send_dialling(peer, "result", result)
 
     async def _run(self, peer: Peer, req: StepRequest, key: tuple[str, str, str], limits: Terms) -> StepResult:
@@ -262,7 +291,7 @@ class Worker:
         line = self.port.require_credit
         if line is None:
             return ""
-        unpaid = sum(v for (payer, _, _), v in self.owed.items() if payer == node)
+        unpaid = sum(v for (payer, _, _), v in self.owed.unpaid.items() if payer == node)
         return credit_refusal(self.port.account(node), unpaid, line)
 
     def use(self) -> dict[str, Any]:
@@ -315,17 +344,35 @@ class Worker:
             receipt = verified(msg.receipt)
         except BadReceipt as exc:
             return self._refuse(peer, str(exc))
+        key = (peer.node, receipt.job, receipt.step)
+        if receipt.worker == self.port.node_id and receipt.payer_id == peer.node and self.owed.was_paid(key):
+            self._ack(peer, receipt)  # booked before (its payer resent it): acknowledged again, booked once
+            return
         why = self._unowed(peer, receipt)
         if why:
             return self._refuse(peer, why)
-        most = self.owed[(peer.node, receipt.job, receipt.step)]
+        most = self.owed.unpaid[key]
         if not MIN_CHARGE - TOLERANCE <= receipt.amount <= most + TOLERANCE:
             return self._refuse(peer, f"receipt for {receipt.amount:g} credits is outside this node's rate card "
                                       f"for that step (from {MIN_CHARGE:g} to {most:g}: its own measured work at "
                                       "its own rates)")
-        del self.owed[(peer.node, receipt.job, receipt.step)]  # paid once; a second copy is refused
-        await self.port.record([Entry("earned", receipt.job, receipt.step, peer.node, float(receipt.amount),
-                                      {"receipt": receipt})])
+        # the ledger keeps one (earned, job, step, payer): a copy that raced this one is skipped there
+        if await self.port.record([Entry("earned", receipt.job, receipt.step, peer.node, float(receipt.amount),
+                                         {"receipt": receipt})]):
+            self.owed.paid(key)
+            self._ack(peer, receipt)
+
+    def _ack(self, peer: Peer, receipt: Receipt) -> None:
+        self.port.send(peer, "receipt-ack", ReceiptAck(receipt.job, [receipt.step]))
+
+    def on_peer_up(self, peer: Peer) -> int:
+        """A payer is linked again: ask it for the receipts of steps answered long ago and still unpaid
+        (it resends those it paid). How many asks went out."""
+        sent = 0
+        for job, steps in list(self.owed.to_ask(peer.node).items())[:16]:
+            for i in range(0, len(steps), 64):
+                sent += self.port.send(peer, "receipt-ask", ReceiptAsk(job, steps[i:i + 64]))
+        return sent
 
     def _refuse(self, peer: Peer, why: str) -> None:
         self.port.count("bad-receipt")
@@ -335,6 +382,6 @@ class Worker:
         """Why `r` does not pay for a step this node answered for `peer` ('' when it does)."""
         if r.worker != self.port.node_id or r.payer_id != peer.node:
             return "receipt names another worker or payer"
-        if (peer.node, r.job, r.step) not in self.owed:
+        if (peer.node, r.job, r.step) not in self.owed.unpaid:
             return "receipt for a step this node did not answer for that payer"
         return ""

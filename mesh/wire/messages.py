@@ -164,8 +164,36 @@ class Cancel:
     steps: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not (1 <= len(self.job) <= 64 and len(self.steps) <= 64 and all(1 <= len(s) <= 64 for s in self.steps)):
-            raise Rejected("bad-schema", "a cancel names a job (1 to 64 characters) and at most 64 steps (1 to 64 each)")
+        _job_steps(self.job, self.steps, "a cancel")
+
+
+@dataclass
+class ReceiptAck:
+    """The worker booked the receipts for these steps of `job` (or had before): its payer stops resending
+    them. Signed as every envelope is, so only the payee can stop its own receipts."""
+
+    job: str
+    steps: list[str]
+
+    def __post_init__(self) -> None:
+        _job_steps(self.job, self.steps, "a receipt-ack", least=1)
+
+
+@dataclass
+class ReceiptAsk:
+    """The worker answered these steps of `job` for the recipient and holds no receipt for them: send the
+    receipts again if it paid them (nothing is said for steps it did not pay)."""
+
+    job: str
+    steps: list[str]
+
+    def __post_init__(self) -> None:
+        _job_steps(self.job, self.steps, "a receipt-ask", least=1)
+
+
+def _job_steps(job: str, steps: list[str], what: str, least: int = 0) -> None:
+    if not (1 <= len(job) <= 64 and least <= len(steps) <= 64 and all(1 <= len(s) <= 64 for s in steps)):
+        raise Rejected("bad-schema", f"{what} names a job (1 to 64 characters) and at most 64 steps (1 to 64 each)")
 
 
 _HEX = frozenset("0123456789abcdef")
@@ -218,6 +246,8 @@ KINDS: dict[str, type] = {
     "progress": Progress,
     "bye": Bye,
     "cancel": Cancel,
+    "receipt-ack": ReceiptAck,
+    "receipt-ask": ReceiptAsk,
     "head": LedgerHead,
     "head-ask": HeadAsk,
     "head-held": HeadHeld,

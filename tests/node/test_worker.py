@@ -4,6 +4,7 @@ answers, how it relays progress, and which receipts it books (as typed Receipts,
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 
 import pytest
@@ -14,11 +15,13 @@ from ledger.store import Entry
 from mesh.core.admission import Account, Standing
 from mesh.errors import NoAnswer
 from mesh.node.flow import Limits
+from mesh.node.journal import Journal
+from mesh.node.owed import Owed
 from mesh.node.peers import Peer
 from mesh.node.worker import StepRunner, Worker, WorkerPort
 from mesh.wire.canonical import digest
 from mesh.wire.identity import Identity
-from mesh.wire.messages import ReceiptMsg, StepRequest, StepResult
+from mesh.wire.messages import ReceiptAck, ReceiptMsg, StepRequest, StepResult
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -121,11 +124,32 @@ def test_a_receipt_for_an_answered_step_is_booked_once():
     asyncio.run(worker.work(peer, request()))
     r = make_receipt(PAYER, "job1", "a", ME.node_id, 0.25, 1_700_000_000_000)
     asyncio.run(worker.on_receipt(peer, ReceiptMsg(r)))
-    asyncio.run(worker.on_receipt(peer, ReceiptMsg(r)))  # a second copy pays nothing
+    asyncio.run(worker.on_receipt(peer, ReceiptMsg(r)))  # a second copy (its payer resent it) pays nothing
     (entry,) = fake.recorded
     assert entry.kind == "earned" and entry.peer == PAYER.node_id and entry.amount == 0.25
     assert isinstance(entry.detail["receipt"], Receipt) and entry.detail["receipt"].to_json() == r
-    assert fake.counted == Counter({"bad-receipt": 1})
+    acks = [p for k, p in fake.sent if k == "receipt-ack"]
+    assert acks == [ReceiptAck("job1", ["a"])] * 2 and not fake.counted  # both acknowledged, so resends stop
+
+
+def test_a_restarted_worker_keeps_what_it_is_owed_and_answers_a_repeat_the_same(tmp_path):
+    """What a worker answered is on disk: after a restart a receipt for it is still booked, a repeated
+    request gets the answer it gave (the step does not run twice), and its payer is asked for the
+    receipt once it is linked again."""
+    fake, peer = FakeNode(), Peer(PAYER.public_key)
+    first = Worker(fake.port, Owed(Journal(tmp_path)))
+    asyncio.run(first.work(peer, request()))
+    (answer,) = results(fake)
+    fake.answer = StepDone("", True, 43, "python:bwrap", {"cpu_s": 0.25})  # a second run would differ
+    again = Worker(fake.port, Owed(Journal(tmp_path)))  # the node restarted on the same home
+    asyncio.run(again.work(peer, request()))
+    assert results(fake) == [answer, answer] and len(fake.asked) == 1
+    assert again.on_peer_up(peer) == 0  # answered just now: not asked for yet
+    assert again.owed.to_ask(PAYER.node_id, time.time() + 60) == {"job1": ["a"]}
+    r = make_receipt(PAYER, "job1", "a", ME.node_id, 0.25, 1_700_000_000_000)
+    asyncio.run(again.on_receipt(peer, ReceiptMsg(r)))
+    assert [e.kind for e in fake.recorded] == ["earned"] and not again.owed.unpaid
+    assert Worker(fake.port, Owed(Journal(tmp_path))).owed.was_paid((PAYER.node_id, "job1", "a"))
 
 
 @pytest.mark.parametrize("amount, booked", [(0.25, True), (0.2500004, True), (0.26, False), (999_999_999, False),
@@ -233,7 +257,7 @@ def test_a_cancelled_step_is_stopped_where_it_runs_and_answered_as_cancelled(tmp
         await asyncio.gather(*job)
         fake.release.set()  # the actors answer: the flags go
         await until(lambda: not any(tmp_path.iterdir()), "the cancel flags removed")
-        assert worker.use()["stranger"] == 0 and not worker.running and not worker.owed
+        assert worker.use()["stranger"] == 0 and not worker.running and not worker.owed.unpaid
     asyncio.run(go())
 
 

@@ -1,0 +1,213 @@
+"""The submitter's journal (HOME/journal.db): every input of its submission core, written before the
+core decides on it, so a node killed at any moment rebuilds the very same core by replaying them
+(`mesh.core.submission.Submission.apply`) and resumes its unfinished jobs.
+
+SQLite in WAL mode at synchronous=NORMAL: a commit survives the process being killed; a power cut may
+lose the last inputs, and a replay of what is left is still a consistent (earlier) state — answers lost
+that way are asked again, and the ledger's keys (kind, job, step, peer) keep a payment single.
+
+Inputs belong to an *epoch*: one core's life. The journal starts a new epoch (a fresh core, the old
+inputs deleted) only when the core is idle and the journal has grown past COMPACT_AT inputs, so a
+restart never replays more than about that many. The same database holds the receipt outbox
+(mesh.node.outbox) and the worker's owed steps (mesh.node.owed): one file, one transaction discipline."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from mesh.core.dag import Job
+from mesh.core.policy import Candidate
+from mesh.core.submission import Config
+from mesh.errors import JournalError
+
+log = logging.getLogger("mesh.node.journal")
+JOURNAL_FILE = "journal.db"
+COMPACT_AT = 20_000  # inputs in an epoch before the journal starts over (when the core is idle)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS inputs (seq INTEGER PRIMARY KEY, now REAL NOT NULL, wall REAL NOT NULL,
+                                   entry TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS candidates (ref TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (peer TEXT NOT NULL, job TEXT NOT NULL, step TEXT NOT NULL,
+                                   record TEXT NOT NULL, receipt TEXT NOT NULL, state INTEGER NOT NULL,
+                                   tries INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL DEFAULT 0,
+                                   made REAL NOT NULL, PRIMARY KEY (peer, job, step));
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
+CREATE TABLE IF NOT EXISTS owed (payer TEXT NOT NULL, job TEXT NOT NULL, step TEXT NOT NULL,
+                                 most REAL NOT NULL, answered REAL NOT NULL, result TEXT NOT NULL,
+                                 paid INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (payer, job, step));
+CREATE INDEX IF NOT EXISTS owed_answered ON owed (answered);
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Replayed:
+    """What a journal holds for its current epoch: the core's config and its inputs, in order."""
+
+    config: Config
+    entries: list[list]
+    walls: list[float]  # time.time() when each input was journaled
+    now: float  # the core's clock at the last input (continued across the restart, see Journal.clock_at)
+    wall: float  # time.time() then
+
+
+class Journal:
+    def __init__(self, home: Path | None):
+        """The journal in `home` (None: in memory, for tests of the parts that keep state in it)."""
+        self.path = home / JOURNAL_FILE if home is not None else Path(":memory:")
+        self.error = ""  # set by the first failed write: journaling stops (what is written stays a valid prefix)
+        self._refs: set[str] = set()
+        self._batch = 0
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            check = self.db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise JournalError(self._unusable(exc)) from None
+        if check != "ok":
+            raise JournalError(self._unusable(check))
+        self.epoch = int(self._meta("epoch") or 0)
+        self.count = self.db.execute("SELECT COUNT(*) FROM inputs").fetchone()[0]
+
+    def _unusable(self, why: object) -> str:
+        return (f"the job journal {self.path} cannot be used ({why}): free disk space or make the home writable; "
+                f"if it is damaged, move it aside (its unfinished jobs and unsent receipts are then given up) "
+                f"and start the node again")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    # -- writing -----------------------------------------------------------------------------------
+    def write(self, sql: str, args: tuple | list = ()) -> bool:
+        """One statement, committed unless inside batch(); False (and journaling stopped) on failure."""
+        if self.error:
+            return False
+        try:
+            self.db.execute(sql, args)
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return False
+        return True
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        self.error = f"the job journal {self.path} could not be written: {exc}"
+        log.error("%s; new jobs are refused until the node is restarted with the disk fixed", self.error)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Everything written inside commits together (or not at all)."""
+        if self._batch or self.error:
+            self._batch += 1
+            try:
+                yield
+            finally:
+                self._batch -= 1
+            return
+        self._batch = 1
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._failed(exc)
+        try:
+            yield
+        finally:
+            self._batch = 0
+            if self.db.in_transaction:
+                try:
+                    self.db.execute("ROLLBACK" if self.error else "COMMIT")
+                except sqlite3.Error as exc:
+                    self._failed(exc)
+                    with contextlib.suppress(sqlite3.Error):
+                        self.db.execute("ROLLBACK")
+
+    def start_epoch(self, config: Config) -> None:
+        """A fresh core: its config kept, the previous epoch's inputs deleted."""
+        with self.batch():
+            self.write("DELETE FROM inputs")
+            self.write("DELETE FROM candidates")
+            self.write("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (str(self.epoch + 1),))
+            self.write("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (json.dumps(dataclasses.asdict(config)),))
+        if not self.error:
+            self.epoch += 1
+            self.count = 0
+            self._refs.clear()
+
+    def append(self, entry: list, now: float) -> None:
+        """One core input, before the core acts on it (Submission's sink)."""
+        if self.error:
+            return
+        try:
+            text = json.dumps(self._encode(entry))
+        except (TypeError, ValueError) as exc:  # a bug, not a disk fault: what follows would not replay
+            self._failed(sqlite3.DataError(f"input {entry[0]} cannot be encoded: {exc}"))
+            return
+        if self.write("INSERT INTO inputs (now, wall, entry) VALUES (?,?,?)", (now, time.time(), text)):
+            self.count += 1
+
+    def _encode(self, entry: list) -> list:
+        if entry[0] == "submit":
+            job: Job = entry[2]
+            return [*entry[:2], job.to_json(), *entry[3:]]
+        if entry[0] == "tick":  # the candidates change far less often than jobs tick: stored once each
+            cands: Mapping[str, list[Candidate]] = entry[2]
+            body = json.dumps({k: [dataclasses.asdict(c) for c in v] for k, v in cands.items()}, sort_keys=True)
+            ref = hashlib.sha256(body.encode()).hexdigest()[:24]
+            if ref not in self._refs:
+                self.write("INSERT OR IGNORE INTO candidates VALUES (?,?)", (ref, body))
+                self._refs.add(ref)
+            return [entry[0], entry[1], {"ref": ref}, *entry[3:]]
+        return entry
+
+    # -- reading back ------------------------------------------------------------------------------
+    def replayed(self) -> Replayed | None:
+        """The current epoch, decoded (None when there is none yet); JournalError when it is damaged."""
+        raw = self._meta("config")
+        if raw is None:
+            return None
+        try:
+            config = Config(**json.loads(raw))
+            bodies = dict(self.db.execute("SELECT ref, body FROM candidates"))
+            rows = self.db.execute("SELECT now, wall, entry FROM inputs ORDER BY seq").fetchall()
+            entries = []
+            for _, _, text in rows:
+                entry = json.loads(text)
+                if entry[0] == "tick":
+                    entry[2] = json.loads(bodies[entry[2]["ref"]])
+                entries.append(entry)
+            now, wall = rows[-1][:2] if rows else (0.0, time.time())
+            walls = [w for _, w, _ in rows]
+        except (sqlite3.Error, ValueError, TypeError, KeyError, IndexError) as exc:
+            raise JournalError(self._unusable(f"damaged: {type(exc).__name__}: {exc}")) from None
+        self._refs = set(bodies)
+        return Replayed(config, entries, walls, now, wall)
+
+    @staticmethod
+    def clock_at(replayed: Replayed | None, monotonic: float) -> float:
+        """The offset that makes the core's clock (time.monotonic() + offset) go on from where the journal
+        stopped, counting the time the node was down (by the wall clock, never backwards)."""
+        if replayed is None or not replayed.entries:
+            return 0.0
+        return replayed.now + max(0.0, time.time() - replayed.wall) - monotonic
+
+    def rows(self, sql: str, args: tuple | list = ()) -> list[tuple[Any, ...]]:
+        """A read for the outbox and the owed table (errors are the caller's: JournalError)."""
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"the job journal {self.path} cannot be read: {exc}") from None

@@ -1,0 +1,83 @@
+"""The submitter's receipt outbox, in the journal's database: every receipt this node signs stays here
+until its worker acknowledges it (a signed `receipt-ack`), and is sent again with backoff — across
+restarts of either side — until then. A receipt is held (state HELD) before its ledger batch is written
+and released (SENDING) in the same transaction that journals the write's outcome, so a receipt goes out
+only for a payment the ledger holds, and a batch written again after a crash signs the same bytes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+
+from mesh.node.journal import Journal
+
+HELD, SENDING, ACKED = 0, 1, 2
+BACKOFF_MAX_S = 60.0  # between two sends of one unacknowledged receipt
+KEEP_ACKED_S = 7 * 86400.0  # an acknowledged receipt is kept this long, to answer a worker that asks again
+DUE_BATCH = 256  # receipts sent per round at most
+
+
+class Outbox:
+    def __init__(self, journal: Journal):
+        self.journal = journal
+
+    def held(self, record: str) -> dict[tuple[str, str, str], dict]:
+        """Receipts already signed for ledger batch `record` (a batch written again: the same bytes)."""
+        rows = self.journal.rows("SELECT peer, job, step, receipt FROM outbox WHERE record=?", (record,))
+        return {(p, j, s): json.loads(r) for p, j, s, r in rows}
+
+    def hold(self, record: str, receipts: Iterable[tuple[str, dict]]) -> None:
+        now = time.time()
+        with self.journal.batch():
+            for peer, r in receipts:
+                self.journal.write("INSERT OR IGNORE INTO outbox (peer, job, step, record, receipt, state, made) "
+                                   "VALUES (?,?,?,?,?,?,?)", (peer, r["job"], r["step"], record, json.dumps(r),
+                                                              HELD, now))
+
+    def settle(self, record: str, ok: bool) -> None:
+        """The batch was written (its receipts may go) or refused (they never will). Call inside the
+        journal batch that journals the outcome."""
+        if ok:
+            self.journal.write("UPDATE outbox SET state=?, next_at=0 WHERE record=? AND state=?", (SENDING, record, HELD))
+        else:
+            self.journal.write("DELETE FROM outbox WHERE record=? AND state=?", (record, HELD))
+
+    def due(self, now: float | None = None) -> list[tuple[str, dict]]:
+        """Unacknowledged receipts whose next send is due, each pushed back by its backoff."""
+        now = time.time() if now is None else now
+        rows = self.journal.rows("SELECT peer, job, step, receipt, tries FROM outbox WHERE state=? AND next_at<=? "
+                                 "ORDER BY next_at LIMIT ?", (SENDING, now, DUE_BATCH))
+        with self.journal.batch():
+            for peer, job, step, _, tries in rows:
+                self.journal.write("UPDATE outbox SET tries=tries+1, next_at=? WHERE peer=? AND job=? AND step=?",
+                                   (now + min(BACKOFF_MAX_S, 2.0 ** tries), peer, job, step))
+        return [(peer, json.loads(r)) for peer, _, _, r, _ in rows]
+
+    def nudge(self, peer: str) -> None:
+        """`peer` is reachable again: what it is owed goes at the next round, whatever its backoff."""
+        self.journal.write("UPDATE outbox SET next_at=0 WHERE peer=? AND state=?", (peer, SENDING))
+
+    def acked(self, peer: str, job: str, steps: list[str]) -> int:
+        """`peer` booked these receipts: stop sending them. Only its own rows are touched."""
+        before = self.journal.db.total_changes
+        with self.journal.batch():
+            for step in steps:
+                self.journal.write("UPDATE outbox SET state=? WHERE peer=? AND job=? AND step=? AND state=?",
+                                   (ACKED, peer, job, step, SENDING))
+        return self.journal.db.total_changes - before
+
+    def asked(self, peer: str, job: str, steps: list[str]) -> list[dict]:
+        """Receipts `peer` asks for again (it lost our send or its own record of it): its own, released."""
+        marks = ",".join("?" * len(steps))
+        rows = self.journal.rows(f"SELECT receipt FROM outbox WHERE peer=? AND job=? AND step IN ({marks}) "
+                                 "AND state!=?", (peer, job, *steps, HELD)) if steps else []
+        return [json.loads(r) for (r,) in rows]
+
+    def pending(self) -> int:
+        """Receipts signed and not yet acknowledged (`mesh status`)."""
+        return self.journal.rows("SELECT COUNT(*) FROM outbox WHERE state!=?", (ACKED,))[0][0]
+
+    def prune(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self.journal.write("DELETE FROM outbox WHERE state=? AND made<?", (ACKED, now - KEEP_ACKED_S))

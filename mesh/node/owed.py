@@ -1,0 +1,72 @@
+"""What a worker is owed, on disk (the journal's database): each step it answered ok for a payer, the
+most it may be paid for it, and the answer it gave. A restarted worker still accepts the receipts it is
+due and asks its payers for missing ones (`receipt-ask`); a request it already answered gets the same
+answer back instead of a second run that might differ; a receipt booked twice is acknowledged, not
+booked again."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from mesh.node.journal import Journal
+
+MAX_OWED = 10_000  # steps remembered (oldest forgotten first)
+KEEP_RESULT = 16 << 10  # an answer larger than this (JSON) is not kept: asked again, the step is refused
+KEEP_PAID_S = 86400.0  # a paid step is remembered this long (a duplicate receipt is acknowledged, not booked)
+ASK_AFTER_S = 30.0  # an unpaid step older than this is asked for when its payer comes back
+
+
+class Owed:
+    def __init__(self, journal: Journal):
+        self.journal = journal
+        self.unpaid: dict[tuple[str, str, str], float] = {}  # (payer, job, step) → most it may be paid
+        for payer, job, step, most in journal.rows("SELECT payer, job, step, most FROM owed WHERE paid=0 "
+                                                   "ORDER BY answered"):
+            self.unpaid[(payer, job, step)] = most
+        self._rows = journal.rows("SELECT COUNT(*) FROM owed")[0][0]
+
+    def answered(self, key: tuple[str, str, str], most: float, result: dict) -> None:
+        text = json.dumps(result)
+        if len(text) > KEEP_RESULT:
+            text = ""
+        self.unpaid[key] = most
+        self.journal.write("INSERT OR REPLACE INTO owed (payer, job, step, most, answered, result, paid) "
+                           "VALUES (?,?,?,?,?,?,0)", (*key, most, time.time(), text))
+        self._rows += 1
+        if self._rows > MAX_OWED:
+            self._trim()
+
+    def _trim(self) -> None:
+        now = time.time()
+        with self.journal.batch():
+            self.journal.write("DELETE FROM owed WHERE paid=1 AND answered<?", (now - KEEP_PAID_S,))
+            self.journal.write("DELETE FROM owed WHERE rowid IN (SELECT rowid FROM owed ORDER BY answered "
+                               "LIMIT max(0, (SELECT COUNT(*) FROM owed) - ?))", (MAX_OWED,))
+        keep = {(p, j, s) for p, j, s in self.journal.rows("SELECT payer, job, step FROM owed WHERE paid=0")}
+        self.unpaid = {k: v for k, v in self.unpaid.items() if k in keep}
+        self._rows = self.journal.rows("SELECT COUNT(*) FROM owed")[0][0]
+
+    def earlier(self, key: tuple[str, str, str]) -> tuple[bool, dict | None]:
+        """(answered before, the answer if it was kept) for a request from this payer for this step."""
+        rows = self.journal.rows("SELECT result FROM owed WHERE payer=? AND job=? AND step=?", key)
+        if not rows:
+            return False, None
+        return True, json.loads(rows[0][0]) if rows[0][0] else None
+
+    def was_paid(self, key: tuple[str, str, str]) -> bool:
+        return bool(self.journal.rows("SELECT 1 FROM owed WHERE payer=? AND job=? AND step=? AND paid=1", key))
+
+    def paid(self, key: tuple[str, str, str]) -> None:
+        self.unpaid.pop(key, None)
+        self.journal.write("UPDATE owed SET paid=1 WHERE payer=? AND job=? AND step=?", key)
+
+    def to_ask(self, payer: str, now: float | None = None) -> dict[str, list[str]]:
+        """Unpaid steps of `payer` answered more than ASK_AFTER_S ago, by job (for receipt-asks)."""
+        now = time.time() if now is None else now
+        rows = self.journal.rows("SELECT job, step FROM owed WHERE payer=? AND paid=0 AND answered<? "
+                                 "ORDER BY answered LIMIT 1024", (payer, now - ASK_AFTER_S))
+        out: dict[str, list[str]] = {}
+        for job, step in rows:
+            out.setdefault(job, []).append(step)
+        return out

@@ -1,0 +1,136 @@
+"""The submitter's journal on a real SQLite file, in-process: a core fed through it and killed at any
+input is rebuilt by a replay into the very same state; the clock goes on across a restart; a journal
+that cannot be written stops at a valid prefix; the receipt outbox releases only written batches."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import time
+
+import pytest
+
+from mesh.core.dag import parse_job
+from mesh.core.effects import Record, Send
+from mesh.core.policy import Candidate
+from mesh.core.submission import Config, Submission
+from mesh.errors import JournalError
+from mesh.node.journal import Journal
+from mesh.node.outbox import ACKED, SENDING, Outbox
+from mesh.wire.canonical import digest
+
+pytestmark = pytest.mark.timeout(60)
+JOB = parse_job({"redundancy": 2, "timeout": 10, "steps": [
+    {"id": "a", "kind": "python", "params": {"code": "output = 1"}},
+    {"id": "b", "kind": "python", "after": ["a"], "params": {"code": "output = 2"}}]})
+WORKERS = {"python": [Candidate(f"w{i}", 0.5, f"10.0.{i}") for i in range(4)]}
+
+
+def drive(sub: Submission, seed: int, inputs: int) -> None:
+    """A seeded run of three jobs: ticks, answers (some wrong), lost workers and written batches."""
+    rng, now = random.Random(seed), 0.0
+    for j in range(3):
+        sub.submit(f"job{j}", JOB, rng.getrandbits(64))
+    out: list[Send] = []
+    records: list[Record] = []
+    for _ in range(inputs):
+        now += rng.uniform(0.05, 2.0)
+        roll = rng.random()
+        if out and roll < 0.5:
+            s = out.pop(rng.randrange(len(out)))
+            value = rng.choice([1, 1, 2])
+            effects = sub.on_result(s.node, s.job, s.step, True, digest(value), value, {"cpu_s": 0.1}, "", now)
+        elif records and roll < 0.6:
+            effects = []
+            sub.on_recorded(records.pop(0).id, rng.random() < 0.9, "disk")
+        elif roll < 0.63:
+            effects = sub.on_node_lost(f"w{rng.randrange(4)}", "connection lost", now)
+        else:
+            effects = sub.tick(f"job{rng.randrange(3)}", WORKERS, now)
+        out += [e for e in effects if isinstance(e, Send)]
+        records += [e for e in effects if isinstance(e, Record)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_core_killed_at_any_input_is_rebuilt_exactly_by_its_journal(tmp_path, seed):
+    journal = Journal(tmp_path)
+    config = Config(seed, spot_rate=0.3, check_spread_s=1.0)
+    journal.start_epoch(config)
+    live = Submission(config, record=True, sink=lambda e: journal.append(e, 0.0))
+    drive(live, seed, 120)
+    journal.close()  # (a kill -9 leaves the same file: every input was committed before it was decided on)
+
+    replayed = Journal(tmp_path).replayed()
+    again = Submission(replayed.config, record=True)
+    for entry in replayed.entries:
+        again.apply(entry)
+    assert json.loads(json.dumps(again.log)) == json.loads(json.dumps(live.log))
+    assert again.outstanding == live.outstanding and again.unconfirmed == live.unconfirmed
+    assert {j: s.run.status for j, s in again.jobs.items()} == {j: s.run.status for j, s in live.jobs.items()}
+
+
+def test_the_clock_goes_on_across_a_restart_counting_the_time_down(tmp_path):
+    journal = Journal(tmp_path)
+    journal.start_epoch(Config(1))
+    journal.append(["on_alarm", 500.0], 500.0)
+    replayed = journal.replayed()
+    later = time.time() + 30  # the node was down 30 s, and the machine rebooted (monotonic starts over)
+    offset = Journal.clock_at(type(replayed)(replayed.config, replayed.entries, replayed.walls, replayed.now,
+                                             replayed.wall - 30), 2.0)
+    assert later - time.time() <= 30 and 529.0 < 2.0 + offset < 532.0
+
+
+def test_a_write_that_fails_stops_the_journal_at_a_valid_prefix(tmp_path):
+    journal = Journal(tmp_path)
+    journal.start_epoch(Config(1))
+    journal.append(["on_alarm", 1.0], 1.0)
+    journal.db.execute("PRAGMA query_only=1")  # as a full disk or a read-only mount would refuse it
+    journal.append(["on_alarm", 2.0], 2.0)
+    assert "could not be written" in journal.error
+    journal.db.execute("PRAGMA query_only=0")
+    journal.append(["on_alarm", 3.0], 3.0)  # space came back: still nothing, or the replay would skip input 2
+    assert [e[1] for e in journal.replayed().entries] == [1.0]
+
+
+@pytest.mark.parametrize("damage", ["not a database", "bad row"])
+def test_a_damaged_journal_is_a_clear_error_naming_what_to_do(tmp_path, damage):
+    if damage == "not a database":
+        (tmp_path / "journal.db").write_bytes(b"\x00garbage" * 512)
+    else:
+        journal = Journal(tmp_path)
+        journal.start_epoch(Config(1))
+        journal.db.execute("INSERT INTO inputs (now, wall, entry) VALUES (1, 1, '[\"tick\", {')")
+        journal.close()
+    with pytest.raises(JournalError, match="move it aside"):
+        Journal(tmp_path).replayed()
+
+
+def test_a_malformed_input_is_refused_by_the_core_not_dispatched():
+    sub = Submission(Config(1))
+    for entry in (["_finish", "job0"], ["tick"], ["on_alarm", "soon"], "submit", []):
+        with pytest.raises(ValueError):
+            sub.apply(entry)
+
+
+def test_receipts_go_out_only_for_written_batches_and_stop_once_acknowledged(tmp_path):
+    journal = Journal(tmp_path)
+    outbox = Outbox(journal)
+    r = {"job": "j", "step": "a", "ts": 1}
+    outbox.hold("1:1", [("w1", r)])
+    outbox.hold("1:2", [("w2", {**r, "step": "b"})])
+    assert outbox.due() == [] and outbox.held("1:1") == {("w1", "j", "a"): r}
+    with journal.batch():
+        outbox.settle("1:1", True)
+        outbox.settle("1:2", False)  # the ledger refused that batch: its receipt never goes
+    assert outbox.due(time.time()) == [("w1", r)]
+    assert outbox.due(time.time()) == []  # backed off
+    assert outbox.due(time.time() + 1.5) == [("w1", r)]
+    outbox.nudge("w1")
+    assert outbox.due() == [("w1", r)]
+    assert outbox.acked("w9", "j", ["a"]) == 0  # only the payee stops its own receipts
+    assert outbox.asked("w9", "j", ["a"]) == [] and outbox.asked("w1", "j", ["a"]) == [r]
+    assert outbox.acked("w1", "j", ["a"]) == 1
+    assert outbox.due(time.time() + 3600) == [] and outbox.pending() == 0
+    rows = sqlite3.connect(tmp_path / "journal.db").execute("SELECT peer, state FROM outbox").fetchall()
+    assert rows == [("w1", ACKED)] and SENDING != ACKED
