@@ -264,6 +264,16 @@ def cmd_job(args: argparse.Namespace) -> int:
     return 0 if report["status"] != "failed" else EXIT_FAILED
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= 1000:
+        raise UserError("--limit must be from 1 to 1000")
+    jobs = _client(args).request("GET", f"/jobs?limit={args.limit}")
+    lines = [f"{j['job_id']}  {j['status']:<8} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(j['created']))}  "
+             f"{j['steps']:>3} steps  {j['credits_spent']:>8.3f} credits  {j['name']}" for j in jobs]
+    _emit(args, jobs, "\n".join(lines) if lines else "no jobs submitted from this node yet")
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     report = _client(args).request("POST", f"/jobs/{args.job_id}/cancel", timeout=30)
     _emit(args, report, _describe(report))
@@ -647,6 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("job_id")
     sp.add_argument("--wait", action="store_true")
     sp.add_argument("--timeout", type=float, default=1800)
+
+    sp = add("jobs", cmd_jobs, "list the jobs submitted from this node, newest first: running ones (also those "
+             "resumed from its journal after a restart) and ended ones (from their saved reports)",
+             api=True, json_flag=True)
+    sp.add_argument("--limit", type=int, default=50, help="at most this many (default 50, at most 1000)")
 
     sp = add("cancel", cmd_cancel, "give a running job up: its unsettled steps fail ('cancelled by its "
              "submitter') and its workers are told to stop them; an ended job cannot be cancelled",

@@ -111,10 +111,13 @@ def _job_routes(app: FastAPI, node: NodeFacade) -> None:
         job = parse_request_job(node, body.job.model_dump(exclude_unset=True), body.redundancy, body.quorum)
         return Submitted(job_id=submit_job(node, job))
 
-    @app.get("/jobs", dependencies=AUTH, responses=ERRORS, summary="Jobs submitted here")
-    async def jobs() -> list[JobSummary]:
-        return [JobSummary(job_id=j, name=s.run.job.name, status=s.run.status, created=s.created)
-                for j, s in node.jobs().items()]
+    @app.get("/jobs", dependencies=AUTH, responses=ERRORS, summary="Jobs submitted here, newest first")
+    async def jobs(limit: int = Query(50, ge=1, le=1000, description="at most this many")) -> list[JobSummary]:
+        live = {j: JobSummary(job_id=j, name=s.run.job.name, status=s.run.status, created=s.created,
+                              steps=len(s.run.steps), credits_spent=round(s.job.credits, 6))
+                for j, s in node.jobs().items()}
+        saved = await asyncio.to_thread(saved_summaries, node.jobs_dir, limit, set(live))
+        return sorted([*live.values(), *saved], key=lambda s: -s.created)[:limit]
 
     @app.get("/jobs/{job_id}", dependencies=AUTH, summary="A job's state and result",
              responses={**ERRORS, **NOT_FOUND})
@@ -194,6 +197,24 @@ def _ledger_routes(app: FastAPI, node: NodeFacade) -> None:
              summary="The newest ledger entries")
     async def history(limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
         return await asyncio.to_thread(read_ledger, node, "history", limit)
+
+
+def saved_summaries(jobs_dir: Path, limit: int, skip: set[str]) -> list[JobSummary]:
+    """The newest `limit` reports of jobs no longer in memory (ended before a restart, or forgotten)."""
+    try:
+        files = sorted(((p.stat().st_mtime, p) for p in jobs_dir.glob("*.json") if p.stem not in skip), reverse=True)
+    except OSError:
+        return []
+    out = []
+    for mtime, path in files[:limit]:
+        try:
+            rep = json.loads(path.read_text())
+            out.append(JobSummary(job_id=path.stem, name=str(rep.get("name", "")), status=str(rep.get("status", "")),
+                                  created=float(rep.get("created") or mtime), steps=len(rep.get("steps") or {}),
+                                  credits_spent=float(rep.get("credits_spent") or 0)))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue  # a report being written, or damaged: left out of the list, still readable by id
+    return out
 
 
 def saved_report(node: NodeFacade, job_id: str) -> dict[str, Any]:

@@ -74,7 +74,9 @@ class JobSummary(BaseModel):
     job_id: str
     name: str
     status: str
-    created: float
+    created: float  # when it was submitted (s since the epoch)
+    steps: int = 0
+    credits_spent: float = 0.0
 
 
 class Balance(BaseModel):

@@ -485,6 +485,7 @@ class Submitter:
         if st.resumed:
             rep["resumed"] = True  # its node restarted while it ran; it went on from the journal
         rep["submitter"] = self.ports.node_id
+        rep["created"] = round(st.created, 3)
         for sid, step in rep["steps"].items():  # text streamed so far by replicas still generating
             pending = run.steps[sid].tally.pending if run.steps[sid].tally else []
             for replica in step["replicas"]:

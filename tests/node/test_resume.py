@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import ROOT, wait_for
+from ..conftest import ROOT, cli_json, wait_for
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(300)]
 LONG_JOB = {"name": "long", "steps": [
@@ -64,6 +64,13 @@ def test_a_submitter_killed_mid_job_resumes_it_and_pays_each_worker_once(make_me
         for (job, step, worker), amounts in paid.items():
             if worker == node.node_id:
                 assert earned.get((job, step, submitter.node_id)) == [-amounts[0]], (job, step)
+
+    submitter.stop()  # a clean restart: the ended job is listed from its saved report
+    submitter.start([])
+    submitter.wait_started(60)
+    submitter.info = None
+    (listed,) = [j for j in cli_json("jobs", "--home", str(submitter.home), "--json") if j["job_id"] == job_id]
+    assert listed["status"] == "done" and listed["steps"] == 5 and listed["credits_spent"] == rep["credits_spent"]
 
 
 def node_start(home: Path, timeout: float = 90) -> subprocess.CompletedProcess:
