@@ -41,6 +41,8 @@ BENCHES = (
           {"envelope_vs_raw": "envelope_vs_raw"}),
     Bench("ledger", "bench.ledger_bench", ("--rows", "50000", "--big", "200000"), (),
           {"ledger_vs_sqlite": "ledger_vs_sqlite", "ledger_vs_same_schema": "ledger_vs_same_schema"}),
+    Bench("journal", "bench.journal_bench", ("--jobs", "200"), ("--jobs", "400"),
+          {"journaled_vs_memory": "journaled_vs_memory", "replay_inputs_per_s": "journal_replay_inputs_per_s"}),
     Bench("python_step", "bench.python_step", ("--runs", "10"), ("--runs", "30"),
           {"python_step_vs_bwrap": "python_step_vs_bwrap", "cold_step_vs_bwrap": "cold_step_vs_bwrap"}),
     Bench("simulator", "bench.sim_engine", ("--steps", "2000", "--repeat", "1", "--micro-events", "100000"), (),

@@ -67,6 +67,7 @@ class Journal:
         self.path = home / JOURNAL_FILE if home is not None else Path(":memory:")
         self.error = ""  # set by the first failed write: journaling stops (what is written stays a valid prefix)
         self._refs: set[str] = set()
+        self._encoded: dict[Candidate, dict] = {}
         self._batch = 0
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
@@ -166,13 +167,22 @@ class Journal:
             return [*entry[:2], job.to_json(), *entry[3:]]
         if entry[0] == "tick":  # the candidates change far less often than jobs tick: stored once each
             cands: Mapping[str, list[Candidate]] = entry[2]
-            body = json.dumps({k: [dataclasses.asdict(c) for c in v] for k, v in cands.items()}, sort_keys=True)
+            body = json.dumps({k: [self._candidate(c) for c in v] for k, v in cands.items()}, sort_keys=True)
             ref = hashlib.sha256(body.encode()).hexdigest()[:24]
             if ref not in self._refs:
                 self.write("INSERT OR IGNORE INTO candidates VALUES (?,?)", (ref, body))
                 self._refs.add(ref)
             return [entry[0], entry[1], {"ref": ref}, *entry[3:]]
         return entry
+
+    def _candidate(self, c: Candidate) -> dict:
+        """asdict, remembered per distinct candidate (it was half the journal's cost: a tick names all)."""
+        got = self._encoded.get(c)
+        if got is None:
+            if len(self._encoded) > 100_000:
+                self._encoded.clear()
+            got = self._encoded[c] = dataclasses.asdict(c)
+        return got
 
     # -- reading back ------------------------------------------------------------------------------
     def replayed(self) -> Replayed | None:
