@@ -284,6 +284,12 @@ class Ledger:
                               (entry_id,)).fetchone()
         return _row(row) if row else None
 
+    def receipt(self, kind: str, job: str, step: str, peer: str) -> dict[str, Any] | None:
+        """The receipt the (kind, job, step, peer) row holds; None when there is no such row (or receipt)."""
+        row = self.db.execute("SELECT detail FROM entries WHERE kind=? AND job=? AND step=? AND peer=?",
+                              (kind, job, step, peer)).fetchone()
+        return json.loads(row[0]).get("receipt") if row else None
+
     def verify(self, my_id: str, public_key: bytes | None = None) -> tuple[int, str]:
         """Walk the chain and the receipts (none booked twice); given the node's `public_key`, also hold
         the chain to its signed heads. Returns (entries checked, '') or (bad entry id, reason)."""

@@ -36,12 +36,26 @@ class Outbox:
                                                               HELD, now))
 
     def settle(self, record: str, ok: bool) -> None:
-        """The batch was written (its receipts may go) or refused (they never will). Call inside the
-        journal batch that journals the outcome."""
+        """The batch was written: its receipts may go. Call inside the journal batch that journals the
+        outcome. (A write reported failed may still have landed: a timed-out answer.)"""
         if ok:
             self.journal.write("UPDATE outbox SET state=?, next_at=0 WHERE record=? AND state=?", (SENDING, record, HELD))
+        # refused: they stay held, and the next start sends those the ledger holds after all (reconcile)
+
+    def stranded(self, keep: set[str]) -> list[tuple[str, str, str]]:
+        """Held receipts of batches not waiting to be written (records other than `keep`): their write's
+        outcome was lost (the ledger answered after its caller gave up). (peer, job, step) each."""
+        rows = self.journal.rows("SELECT peer, job, step, record FROM outbox WHERE state=?", (HELD,))
+        return [(p, j, s) for p, j, s, rec in rows if rec not in keep]
+
+    def release(self, peer: str, job: str, step: str, receipt: dict | None) -> None:
+        """A stranded receipt: sent as the ledger holds it, or dropped when the ledger has no such payment."""
+        if receipt is None:
+            self.journal.write("DELETE FROM outbox WHERE peer=? AND job=? AND step=? AND state=?",
+                               (peer, job, step, HELD))
         else:
-            self.journal.write("DELETE FROM outbox WHERE record=? AND state=?", (record, HELD))
+            self.journal.write("UPDATE outbox SET state=?, receipt=?, next_at=0 WHERE peer=? AND job=? AND step=?",
+                               (SENDING, json.dumps(receipt), peer, job, step))
 
     def due(self, now: float | None = None) -> list[tuple[str, dict]]:
         """Unacknowledged receipts whose next send is due, each pushed back by its backoff."""
@@ -75,8 +89,8 @@ class Outbox:
         return [json.loads(r) for (r,) in rows]
 
     def pending(self) -> int:
-        """Receipts signed and not yet acknowledged (`mesh status`)."""
-        return self.journal.rows("SELECT COUNT(*) FROM outbox WHERE state!=?", (ACKED,))[0][0]
+        """Receipts of written payments not yet acknowledged (`mesh status`)."""
+        return self.journal.rows("SELECT COUNT(*) FROM outbox WHERE state=?", (SENDING,))[0][0]
 
     def prune(self, now: float | None = None) -> None:
         now = time.time() if now is None else now

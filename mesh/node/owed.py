@@ -14,6 +14,7 @@ from mesh.node.journal import Journal
 MAX_OWED = 10_000  # steps remembered (oldest forgotten first)
 KEEP_RESULT = 16 << 10  # an answer larger than this (JSON) is not kept: asked again, the step is refused
 KEEP_PAID_S = 86400.0  # a paid step is remembered this long (a duplicate receipt is acknowledged, not booked)
+KEEP_UNPAID_S = 7 * 86400.0  # an answer never paid (outvoted, late) is forgotten after this
 ASK_AFTER_S = 30.0  # an unpaid step older than this is asked for when its payer comes back
 
 
@@ -21,6 +22,7 @@ class Owed:
     def __init__(self, journal: Journal):
         self.journal = journal
         self.unpaid: dict[tuple[str, str, str], float] = {}  # (payer, job, step) → most it may be paid
+        journal.write("DELETE FROM owed WHERE paid=0 AND answered<?", (time.time() - KEEP_UNPAID_S,))
         for payer, job, step, most in journal.rows("SELECT payer, job, step, most FROM owed WHERE paid=0 "
                                                    "ORDER BY answered"):
             self.unpaid[(payer, job, step)] = most

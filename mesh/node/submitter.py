@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from ledger.receipts import make_receipt
-from ledger.store import Entry
+from ledger.store import Entry, Ledger
 from mesh.core.dag import Job
 from mesh.core.effects import Alarm, Answer, Effect, Forgotten, Judged, Rechecked, Record, Send, Started, Wake
 from mesh.core.jobrun import JobRun
 from mesh.core.policy import Candidate
 from mesh.core.submission import Config, Submission, SubmittedJob, new_job_id
-from mesh.errors import CreditError, JournalError
+from mesh.errors import CreditError, JournalError, LedgerError
 from mesh.node.events import EventLog
+from mesh.node.home import LEDGER_FILE
 from mesh.node.journal import COMPACT_AT, Journal, Replayed
 from mesh.node.outbox import Outbox
 from mesh.node.peers import Peer
@@ -128,6 +129,23 @@ class Submitter:
         """The core's clock: monotonic, continued from the journal across restarts."""
         return time.monotonic() + self.offset
 
+    def _reconcile(self, writing: set[str]) -> None:
+        """Receipts held for batches whose write was reported failed: the ledger decides. A payment it
+        holds (the write landed after its caller gave up) gets its receipt sent; one it lacks, never."""
+        stranded = self.outbox.stranded(writing)
+        if not stranded:
+            return
+        try:
+            led = Ledger(self.ports.home / LEDGER_FILE, readonly=True)
+        except LedgerError as exc:
+            log.error("cannot read the ledger to settle %d held receipts: %s", len(stranded), exc)
+            return
+        try:
+            for peer, job, step in stranded:
+                self.outbox.release(peer, job, step, led.receipt("paid", job, step, peer))
+        finally:
+            led.close()
+
     def _journal_input(self, entry: list) -> None:
         self.journal.append(entry, self.now())
 
@@ -180,6 +198,7 @@ class Submitter:
         self.ports.spawn(self._alarm(now))
         for rec in self.core.unconfirmed:
             self.ports.spawn(self._record(rec))
+        self._reconcile({f"{self.journal.epoch}:{rec.id}" for rec in self.core.unconfirmed})
         for job_id, sj in self.core.jobs.items():  # ended just before the kill: its report may be missing
             if job_id not in self.core.active and not (self.ports.home / "jobs" / f"{job_id}.json").exists():
                 self._save(job_id, JobState(sj, asyncio.Event(), asyncio.Event(), got.submitted.get(job_id, 0.0)))

@@ -122,7 +122,7 @@ def test_receipts_go_out_only_for_written_batches_and_stop_once_acknowledged(tmp
     assert outbox.due() == [] and outbox.held("1:1") == {("w1", "j", "a"): r}
     with journal.batch():
         outbox.settle("1:1", True)
-        outbox.settle("1:2", False)  # the ledger refused that batch: its receipt never goes
+        outbox.settle("1:2", False)  # the ledger refused that batch: its receipt stays held
     assert outbox.due(time.time()) == [("w1", r)]
     assert outbox.due(time.time()) == []  # backed off
     assert outbox.due(time.time() + 1.5) == [("w1", r)]
@@ -132,5 +132,7 @@ def test_receipts_go_out_only_for_written_batches_and_stop_once_acknowledged(tmp
     assert outbox.asked("w9", "j", ["a"]) == [] and outbox.asked("w1", "j", ["a"]) == [r]
     assert outbox.acked("w1", "j", ["a"]) == 1
     assert outbox.due(time.time() + 3600) == [] and outbox.pending() == 0
+    assert outbox.stranded({"1:2"}) == [] and outbox.stranded(set()) == [("w2", "j", "b")]
+    outbox.release("w2", "j", "b", None)  # the ledger holds no such payment: its receipt never goes
     rows = sqlite3.connect(tmp_path / "journal.db").execute("SELECT peer, state FROM outbox").fetchall()
     assert rows == [("w1", ACKED)] and SENDING != ACKED

@@ -89,3 +89,32 @@ def test_a_damaged_journal_stops_the_start_with_one_clear_line(tmp_path):
     (line,) = res.stderr.strip().splitlines()
     assert "journal" in line and "move it aside" in line, line
     assert time.monotonic() - t < 60  # refused before the actors and the network start
+
+
+def test_a_worker_killed_mid_step_is_replaced_and_never_answers_twice(make_mesh):
+    """kill -9 a worker while it runs a replica: the replica fails at once (its link is gone) and is
+    placed elsewhere; the job ends done; the killed worker, started again, is paid nothing for the step
+    it did not finish, and each worker that answered is paid once."""
+    mesh = make_mesh(4, lambda i: ["--no-model"])
+    client = mesh.nodes[0].client
+    job = {"name": "slow", "steps": [{"id": "a", "kind": "python",
+                                      "params": {"code": "import time\ntime.sleep(3)\noutput = 42"}}]}
+    job_id = client.request("POST", "/jobs", {"job": job, "redundancy": 2})["job_id"]
+    running = wait_for(lambda: [r["node"] for r in client.request("GET", f"/jobs/{job_id}")["steps"]["a"]["replicas"]
+                                if not r["digest"] and "error" not in r] or None, 30, "a replica running")
+    victim = next(n for n in mesh.nodes if n.node_id == running[0])
+    victim.kill()
+    victim.proc.wait(10)
+    victim.start([mesh.nodes[0].listen])
+    victim.wait_started(60)
+    victim.info = None
+    rep = wait_for(lambda: (r := client.request("GET", f"/jobs/{job_id}?wait=2"))["status"] != "running" and r,
+                   90, "the job to end")
+    assert rep["status"] == "done" and rep["steps"]["a"]["output"] == 42, rep
+    replicas = rep["steps"]["a"]["replicas"]
+    mine = [r for r in replicas if r["node"] == victim.node_id]
+    assert len(mine) == 1 and mine[0].get("error") and not mine[0]["agreed"], mine  # failed; never a second answer
+    wait_for(lambda: client.request("GET", "/status")["receipts_unacknowledged"] == 0, 60, "receipts acknowledged")
+    paid = {k: v for k, v in entries(mesh.nodes[0].home, "paid").items() if k[0] == job_id}
+    assert len(paid) == 2 and victim.node_id not in {w for _, _, w in paid}, paid
+    assert not [k for k in entries(victim.home, "earned") if k[0] == job_id]
