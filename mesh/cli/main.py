@@ -728,5 +728,8 @@ def main(argv: list[str] | None = None) -> int:
     except MeshError as exc:
         print(f"mesh: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # this machine's disk or files (full, read-only, gone): one line, not a traceback
+        print(f"mesh: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

@@ -220,7 +220,10 @@ def saved_summaries(jobs_dir: Path, limit: int, skip: set[str]) -> list[JobSumma
 def saved_report(node: NodeFacade, job_id: str) -> dict[str, Any]:
     path = node.jobs_dir / f"{job_id}.json"
     if job_id.isalnum() and len(job_id) <= 64 and path.exists():
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ApiError(500, f"the saved report of job {job_id} cannot be read ({exc}): {path}") from None
     raise ApiError(404, f"no job {job_id}")
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -214,16 +215,23 @@ class Submitter:
         if error:
             raise CreditError(f"this node's ledger cannot record payments ({error}); fix it and restart the node")
         if self.journal.error:
-            raise JournalError(f"{self.journal.error}; new jobs are refused, since they would not survive a "
-                               "restart: free disk space (or fix the home) and restart the node")
+            raise self._journal_refusal()
         if balance < -self.opts.credit_line:
             raise CreditError(f"this node has spent {-balance:g} credits more than it earned, past its credit "
                               f"line of {self.opts.credit_line:g}: run a worker for others to earn credits, or "
                               "raise --credit-line")
         job_id = new_job_id(uuid.uuid4().int)  # the format the core's spot checks share
-        self._apply_all(self.core.submit(job_id, job, self.rng.getrandbits(64)))
+        effects = self.core.submit(job_id, job, self.rng.getrandbits(64))
+        if self.journal.error:  # this very job could not be journaled: it is refused, never run unkept
+            self.core.abort(job_id, self.journal.error)
+            raise self._journal_refusal()
+        self._apply_all(effects)
         log.info("job %s (%s) submitted: %d steps at r=%d", job_id, job.name, len(job.steps), job.redundancy)
         return job_id
+
+    def _journal_refusal(self) -> JournalError:
+        return JournalError(f"{self.journal.error}; new jobs are refused, since they would not survive a "
+                            "restart: free disk space (or fix the home) and restart the node")
 
     def cancel(self, job_id: str) -> bool:
         """Its submitter gives a running job up: every step not yet settled fails ("cancelled by its
@@ -475,10 +483,14 @@ class Submitter:
 
     # -- reports ------------------------------------------------------------------------------------
     def _save(self, job_id: str, st: JobState) -> None:
-        try:
-            (self.ports.home / "jobs" / f"{job_id}.json").write_text(json.dumps(self.report(job_id, st)))
-        except OSError as exc:  # a full or read-only disk: the job is still reported from memory
+        path = self.ports.home / "jobs" / f"{job_id}.json"
+        tmp = path.with_name(path.name + ".tmp")
+        try:  # whole or not at all: a full disk must not leave half a report to be read back
+            tmp.write_text(json.dumps(self.report(job_id, st)))
+            os.replace(tmp, path)
+        except OSError as exc:  # a full or read-only disk: the job is still reported from memory (and journal)
             log.error("job %s: cannot save its report: %s", job_id, exc)
+            tmp.unlink(missing_ok=True)
 
     def _write_core_log(self) -> None:
         """--core-log: append the core's new log entries to CORE_LOG_FILE (JSON lines)."""

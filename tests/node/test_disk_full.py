@@ -1,4 +1,5 @@
-"""A full disk under the ledger: a clear error, no paid work accepted afterwards, nothing corrupt."""
+"""A full disk under the ledger and the job journal: a clear error, no paid work accepted afterwards,
+nothing corrupt, nothing silently lost across a restart; a read-only home is one clear line."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mesh.cli.local import LocalMesh
+from mesh.errors import UserError
 
 from ..conftest import cli_json, run_cli, wait_for
 
@@ -56,20 +58,57 @@ def test_full_disk_stops_paid_work_and_corrupts_nothing(small_disk: Path, tmp_pa
 
         assert run_job()["credits_spent"] > 0
         filler = fill(small_disk)
-        rep = run_job()
-        assert rep["status"] == "done" and rep["credits_spent"] == 0
-        assert "could not record payments" in rep["payment_error"]
+        # whichever file meets the full disk first says so: the journal refuses the job before it runs
+        # (HTTP 503), or the job runs and the ledger refuses its payments (none made)
+        try:
+            job_id = client.request("POST", "/jobs", {"job": JOB, "redundancy": 3})["job_id"]
+        except UserError as exc:
+            assert "journal" in str(exc) and "free disk space" in str(exc), exc
+            job_id = None
+        else:
+            rep = wait_for(lambda: (r := client.request("GET", f"/jobs/{job_id}?wait=2"))["status"] != "running"
+                           and r, 60, "the job")
+            assert rep["status"] == "done" and rep["credits_spent"] == 0
+            assert "could not record payments" in rep["payment_error"]
         st = cli_json("status", "--home", str(mesh.nodes[0].home))
-        assert st["ledger_error"] and "full" in st["ledger_error"]
+        assert "full" in (st["ledger_error"] or "") + (st["journal_error"] or ""), st
         job = tmp_path / "j.json"
         job.write_text(__import__("json").dumps(JOB))
         res = run_cli("submit", str(job), "--home", str(mesh.nodes[0].home), "--redundancy", "3")
-        assert res.returncode == 2 and "cannot record payments" in res.stderr and "Traceback" not in res.stderr
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert "cannot record payments" in res.stderr or "new jobs are refused" in res.stderr, res.stderr
         filler.unlink()
         mesh.stop()
         res = run_cli("ledger", "verify", "--home", str(mesh.nodes[0].home))
         assert res.returncode == 0, res.stdout  # nothing half-written
         assert shutil.disk_usage(small_disk).free > 0
+
+        # no silent loss: started again with room on its disk, the node still knows the job it ran while
+        # the disk was full (from its journal, or its saved report) and takes paid work again
+        mesh.start()
+        mesh.wait_ready(60)
+        client = mesh.nodes[0].client
+        if job_id is not None:
+            again = wait_for(lambda: (r := client.request("GET", f"/jobs/{job_id}?wait=2"))["status"] != "running"
+                             and r, 60, "the job run on a full disk, after the restart")
+            assert again["status"] == "done" and again["steps"]["a"]["output"] == 7
+        assert cli_json("status", "--home", str(mesh.nodes[0].home))["journal_error"] is None
+        assert run_job()["credits_spent"] > 0
     finally:
         mesh.stop()
+
+
+def test_a_read_only_home_is_one_clear_line_at_start(tmp_path: Path):
+    home = tmp_path / "home"
+    assert run_cli("init", "--home", str(home)).returncode == 0
+    subprocess.run(["mount", "--bind", str(home), str(home)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(home)], check=True)
+        res = run_cli("node", "--home", str(home), "--no-model", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0",
+                      timeout=60)
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=False)
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert "must be writable" in line and str(home) in line, line
 
