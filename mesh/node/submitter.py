@@ -42,6 +42,7 @@ from mesh.wire.messages import Cancel, Progress, ReceiptAck, ReceiptAsk, Receipt
 
 log = logging.getLogger("mesh.node.submitter")
 TICK_S = 1.0  # how often a job re-checks deadlines when nothing else wakes it
+LINKS_BACK_S = 30.0  # a job that had its workers waits this long for their links before its steps give up
 PARTIAL_TEXT = 4096  # characters of a running replica's streamed text shown in the job report
 PROGRESS_EVENT_TEXT = 1024  # of it in each progress event (jobs keep their events while in memory)
 CORE_LOG_FILE = "submission-log.jsonl"  # with --core-log: the core's inputs and effects (replay_log)
@@ -85,6 +86,8 @@ class JobState:
     signed: dict[tuple[str, str], dict] = field(default_factory=dict)  # (step, node) → its signed answer
     cancelled: set[tuple[str, str]] = field(default_factory=set)  # (node, step) told to stop: no longer needed
     resumed: int = 0  # times the node restarted (or was killed) while this job ran and it went on from its journal
+    had_workers: bool = False  # ticked with enough workers for its steps (see Submitter._links_gone)
+    short_since: float | None = None  # core time since when it has had too few
 
     @property
     def run(self) -> JobRun:
@@ -271,7 +274,11 @@ class Submitter:
     async def _loop(self, job_id: str, st: JobState) -> None:
         while True:
             st.wake.clear()
-            for eff in self.core.tick(job_id, self.ports.candidates(), self.now()):
+            candidates = self.ports.candidates()
+            if self._links_gone(st, candidates):
+                await asyncio.sleep(TICK_S)
+                continue
+            for eff in self.core.tick(job_id, candidates, self.now()):
                 if isinstance(eff, Record):
                     await self._record(eff)  # payments are written before the job says it is done
                 else:
@@ -284,6 +291,24 @@ class Submitter:
                 await asyncio.wait_for(st.wake.wait(), TICK_S)
             except asyncio.TimeoutError:
                 pass
+
+    def _links_gone(self, st: JobState, candidates: dict[str, list[Candidate]]) -> bool:
+        """Whether to hold the job's ticks: it had its workers (or it was resumed after a restart) and now
+        has too few for a step still to settle — a node just started again, or woken from sleep, whose
+        links are coming back. The core would give those steps up at once; this waits up to
+        LINKS_BACK_S first. A new job on a mesh too small is not held: it fails at once, saying so."""
+        need = st.run.job.redundancy
+        short = any(len(candidates.get(st.run.job.step(sid).needs, ())) < need
+                    for sid, r in st.run.steps.items() if r.status in ("waiting", "running"))
+        if not short:
+            st.had_workers, st.short_since = True, None
+            return False
+        if not (st.had_workers or st.resumed):
+            return False
+        if st.short_since is None:
+            st.short_since = self.now()
+            log.info("job %s waits up to %g s for its workers' links to come back", st.run.job_id, LINKS_BACK_S)
+        return self.now() - st.short_since < LINKS_BACK_S
 
     def _cancel_unneeded(self, job_id: str, st: JobState) -> None:
         """Replicas still out for steps that settled (or of a job that ended) are of no use: their workers

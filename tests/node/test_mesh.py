@@ -270,8 +270,8 @@ def test_node_without_bwrap_refuses_python_unless_its_operator_opts_in(tmp_path:
 
 @pytest.mark.timeout(120)
 def test_finished_jobs_leave_memory_but_stay_readable(make_mesh):
-    """--keep-jobs 2: after four jobs only the newest two are held; the others are read from disk, report
-    and event stream alike."""
+    """--keep-jobs 2: after four jobs only the newest two are held; the others are read from disk, report,
+    listing and event stream alike."""
     mesh = make_mesh(2, lambda i: ["--no-model", "--keep-jobs", "2"])
     client = mesh.nodes[0].client
     step = {"id": "s", "kind": "python", "params": {"code": "output = 7"}}
@@ -279,7 +279,8 @@ def test_finished_jobs_leave_memory_but_stay_readable(make_mesh):
     for _ in range(4):
         ids.append(client.request("POST", "/jobs", {"job": {"redundancy": 1, "steps": [step]}})["job_id"])
         assert client.request("GET", f"/jobs/{ids[-1]}?wait=30")["status"] == "done"
-    assert [j["job_id"] for j in client.request("GET", "/jobs")] == ids[2:]
+    assert client.request("GET", "/status")["jobs"]["total"] == 2  # in memory
+    assert [j["job_id"] for j in client.request("GET", "/jobs")] == ids[::-1]  # listed all, newest first
     old = client.request("GET", f"/jobs/{ids[0]}")
     assert old["status"] == "done" and old["steps"]["s"]["output"] == 7
     assert [kind for kind, _ in client.events(ids[0])] == ["done"]
