@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # ARM builds ignore these flags.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
 
-.PHONY: setup system-deps demo test lint bench clean
+.PHONY: setup system-deps demo test chaos lint bench clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -27,6 +27,16 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The long chaos run (tests/chaos/): real nodes under a seeded schedule of kill -9, restarts, SIGSTOP and
+# cut links (iptables: root) while JOBS jobs are submitted; prints the invariants' figures as JSON and fails
+# when one broke. Not in `make test` (JOBS / RATE seconds and more); its CI-size run is tests/chaos/test_chaos.py.
+SEED ?= 1
+JOBS ?= 200
+NODES ?= 4
+RATE ?= 0.5
+chaos: setup
+	PYTHONPATH=. $(PY) -m tests.chaos --seed $(SEED) --jobs $(JOBS) --nodes $(NODES) --rate $(RATE)
 
 lint: setup
 	$(VENV)/bin/ruff check .
