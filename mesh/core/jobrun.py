@@ -70,6 +70,17 @@ class Replica:
     rates: RateCard = RateCard()  # the worker's rate card when it was asked: what it is paid at
 
 
+RETRY_AFTER_S = 2.0  # a worker whose replica failed for a passing reason is asked again after this
+REJOIN_S = 15.0  # how long a step with no other worker waits for such a worker to come back up
+MAX_RETRIES = 2  # times one worker is asked again for one step
+
+
+def passing(reason: str) -> bool:
+    """A failure that says nothing about the worker's honesty or its ability: it was full (busy), or the
+    link to it was lost or never made (a restart, a sleeping laptop, a dropped Wi-Fi)."""
+    return reason.startswith("busy") or reason in ("connection lost", "unreachable")
+
+
 @dataclass
 class StepRun:
     kind: str
@@ -88,6 +99,7 @@ class StepRun:
     overturned_by: str = ""  # the recheck that replaced the accepted answer
     scoring: bool = False  # compare 'score': one generation, verified by scoring (until a verifier objects)
     claim: Replica | None = None  # the generation being verified
+    failed_at: dict[str, float] = field(default_factory=dict)  # node → when its passing failure was first seen
 
 
 class JobRun:
@@ -239,6 +251,12 @@ class JobRun:
                 pool = workers.get(step.needs, [])
                 fresh = [c for c in pool if not run.tally.used(c.node)]
                 decision, solo = self._decide(run, pool, fresh)
+                if isinstance(decision, NeedMore) and not fresh and not solo:
+                    again, later = self._again(run, pool, now)
+                    if again:  # no unused worker left: one whose fault has passed is asked again
+                        fresh = again
+                    elif later:  # one may come back (a restart, a full worker): wait for it
+                        continue
                 if isinstance(decision, NeedMore):
                     decision = self._dispatch(sid, run, decision, solo, fresh, pool, now, out)
                 if isinstance(decision, Accept) and held.intersection(decision.agreeing):
@@ -294,6 +312,23 @@ class JobRun:
             decision = NeedMore(min(self.job.redundancy - 1, len(fresh)) or 1)  # verify with all the rest
         return decision, solo
 
+    @staticmethod
+    def _again(run: StepRun, pool: list[Candidate], now: float) -> tuple[list[Candidate], bool]:
+        """Workers whose replica of this step failed for a passing reason (busy, its link lost or never
+        made) and that may be asked again: (those up and past RETRY_AFTER_S, whether any other may still
+        be: in backoff, or not up yet within REJOIN_S). At most MAX_RETRIES times each."""
+        tally, up = run.tally, {c.node: c for c in pool}
+        again, later = [], False
+        for node, reason in tally.failures.items():
+            if not passing(reason) or tally.retries.get(node, 0) >= MAX_RETRIES:
+                continue
+            since = now - run.failed_at.setdefault(node, now)
+            if node in up and since >= RETRY_AFTER_S:
+                again.append(up[node])
+            elif since < (RETRY_AFTER_S if node in up else REJOIN_S):
+                later = True
+        return again, later
+
     def _dispatch(self, sid: str, run: StepRun, decision: NeedMore, solo: str, fresh: list[Candidate],
                   pool: list[Candidate], now: float, out: list[Dispatch]) -> Decision:
         """Place the replicas `decision` asks for (appended to `out`): generations, or, once a claim is
@@ -308,7 +343,11 @@ class JobRun:
             run.kind, run.params)
         cards = {c.node: c.rates for c in pool}
         for node in picked:
-            run.tally.issue(node)
+            if node in run.tally.failures:
+                run.tally.retry(node)
+                run.failed_at.pop(node, None)
+            else:
+                run.tally.issue(node)
             run.replicas[node] = Replica(node, deadline=now + self.job.timeout,
                                          role="verify" if verify else "generate", rates=cards.get(node, RateCard()))
             out.append(Dispatch(sid, node, kind, params, now + self.job.timeout))

@@ -83,6 +83,7 @@ class Tally:
     answers: dict[str, str] = field(default_factory=dict)  # node → comparator key of its answer
     failures: dict[str, str] = field(default_factory=dict)  # node → reason
     aside: dict[str, str] = field(default_factory=dict)  # node → why its answer no longer counts either way
+    retries: dict[str, int] = field(default_factory=dict)  # node → times its failed replica was asked again
 
     @property
     def issued(self) -> int:
@@ -103,6 +104,15 @@ class Tally:
         if self.used(node):
             raise ValueError(f"node {node[:12]} already holds a replica of this step")
         self.pending.append(node)
+
+    def retry(self, node: str) -> None:
+        """Ask a worker whose replica failed again (mesh.core.jobrun: only for a passing fault): it holds
+        the same one seat, so the budget is unchanged."""
+        if node not in self.failures:
+            raise ValueError(f"node {node[:12]} holds no failed replica of this step")
+        del self.failures[node]
+        self.pending.append(node)
+        self.retries[node] = self.retries.get(node, 0) + 1
 
     def answer(self, node: str, key: str) -> bool:
         """Record an answer's comparator key; False when the node was not waited on (late, duplicate or

@@ -270,3 +270,35 @@ def test_the_cores_log_replays_to_the_same_decisions_here_and_in_the_simulators_
 def test_the_node_side_driver_sees_ports_never_the_node():
     text = (Path(__file__).parents[2] / "mesh" / "node" / "submitter.py").read_text()
     assert "lifecycle" not in text and "import Node" not in text
+
+
+def test_a_worker_that_was_busy_or_lost_its_link_is_asked_again_not_given_up():
+    """Two workers at r=2 and no third: a busy answer, or a link lost (a restart), no longer ends the step
+    at once; the worker is asked again once it is up and RETRY_AFTER_S has passed, MAX_RETRIES times at
+    most; a worker that never comes back gives the step up after REJOIN_S."""
+    job = parse_job({"redundancy": 2, "timeout": 10, "steps": [{"id": "a", "kind": "python", "params": {"code": "x"}}]})
+    sub = Submission(Config(1))
+    sub.submit("j", job, 1)
+    x, y = (s.node for s in of(sub.tick("j", pool("w1", "w2"), 0.0), Send))
+    sub.on_result(x, "j", "a", False, "", None, {}, "busy: too many steps in flight", 0.1)
+    assert not of(sub.tick("j", pool("w1", "w2"), 0.5), Send) and sub.jobs["j"].run.status == "running"
+    sub.on_node_lost(y, "connection lost", 1.0)
+    assert not of(sub.tick("j", pool(x), 1.5), Send)  # x in backoff, y not back yet: both waited for
+    (again,) = of(sub.tick("j", pool(x), 4.0), Send)
+    assert again.node == x
+    answer(sub, again, 5, 4.5)
+    (back,) = of(sub.tick("j", pool(x, y), 6.5), Send)  # y restarted and linked again
+    assert back.node == y
+    answer(sub, back, 5, 7.0)
+    sub.tick("j", pool(x, y), 7.1)
+    assert sub.jobs["j"].run.status == "done"
+
+    sub.submit("k", job, 2)
+    x, y = (s.node for s in of(sub.tick("k", pool("w1", "w2"), 10.0), Send))
+    sub.on_node_lost(x, "connection lost", 10.5)
+    sub.on_result(y, "k", "a", False, "", None, {}, "ZeroDivisionError: division by zero", 10.5)
+    assert sub.jobs["k"].run.status == "running"
+    sub.tick("k", pool(y), 11.0)  # y's failure is the step's own: never asked again; x may come back
+    assert sub.jobs["k"].run.status == "running"
+    sub.tick("k", pool(y), 11.0 + 16.0)  # x did not come back within REJOIN_S
+    assert sub.jobs["k"].run.status == "failed"

@@ -19,7 +19,7 @@ from mesh.steps.llm import MARGIN, N_CTX, Model, off_top_budget
 from mesh.steps.models import default_model
 from mesh.wire.canonical import digest
 
-pytestmark = [pytest.mark.llm, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.llm, pytest.mark.mesh, pytest.mark.timeout(300)]  # (mesh: the real model, 11 s: out of the fast suite)
 
 
 @pytest.fixture(scope="module")
