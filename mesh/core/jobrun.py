@@ -251,8 +251,9 @@ class JobRun:
                 pool = workers.get(step.needs, [])
                 fresh = [c for c in pool if not run.tally.used(c.node)]
                 decision, solo = self._decide(run, pool, fresh)
-                if isinstance(decision, NeedMore) and not fresh and not solo:
+                if isinstance(decision, NeedMore) and (decision.reuse or not fresh) and not solo:
                     again, later = self._again(run, pool, now)
+                    fresh = []  # (with the budget spent, never an unused worker: a failed seat is reused)
                     if again:  # no unused worker left: one whose fault has passed is asked again
                         fresh = again
                     elif later:  # one may come back (a restart, a full worker): wait for it
@@ -297,7 +298,7 @@ class JobRun:
         """The tally's decision, overridden where this run knows better: the first placement asks for the
         job's full redundancy (or one trusted worker alone: returned as `solo`); under scoring, one
         generation first, then verifiers for it."""
-        decision = run.tally.decide(more=bool(fresh))
+        decision = run.tally.decide(more=bool(fresh), spare=self._spare(run))
         solo = ""
         if run.tally.issued == 0:  # first placement: the job's full redundancy, not just a quorum
             decision = NeedMore(1 if run.scoring else self.job.redundancy)
@@ -311,6 +312,13 @@ class JobRun:
                 r.role == "verify" for r in run.replicas.values()):
             decision = NeedMore(min(self.job.redundancy - 1, len(fresh)) or 1)  # verify with all the rest
         return decision, solo
+
+    @staticmethod
+    def _spare(run: StepRun) -> int:
+        """Failed replicas of this step whose workers may still be asked again (see _again)."""
+        tally = run.tally
+        return sum(1 for node, reason in tally.failures.items()
+                   if passing(reason) and tally.retries.get(node, 0) < MAX_RETRIES)
 
     @staticmethod
     def _again(run: StepRun, pool: list[Candidate], now: float) -> tuple[list[Candidate], bool]:

@@ -50,6 +50,7 @@ class Wait:
 @dataclass(frozen=True)
 class NeedMore:
     count: int
+    reuse: bool = False  # the replica budget is spent: only seats of failed replicas may be asked again
 
 
 @dataclass(frozen=True)
@@ -130,9 +131,10 @@ class Tally:
         self.failures[node] = reason
         return True
 
-    def decide(self, more: bool = True) -> Decision:
+    def decide(self, more: bool = True, spare: int = 0) -> Decision:
         """What to do next. `more`: unused workers remain, so the margin rule may still escalate; when
-        none remain, a plain quorum is accepted rather than failing a step that has one."""
+        none remain, a plain quorum is accepted rather than failing a step that has one. `spare`: failed
+        replicas whose workers may be asked again (a passing fault): their seats count as still open."""
         needed = self.rule.needed(self.redundancy)
         counts = Counter(self.answers.values())
         best, top = counts.most_common(1)[0] if counts else ("", 0)
@@ -155,12 +157,12 @@ class Tally:
             dissenting = tuple(sorted(n for n, d in self.answers.items() if d != best))
             return Accept(best, agreeing, dissenting, tuple(sorted(self.failures)))
         budget = self.limit - self.issued
-        if top + len(self.pending) + budget < needed:
+        if top + len(self.pending) + budget + spare < needed:
             return GiveUp(f"no quorum possible ({needed} agreeing needed, at most {self.limit} replicas): "
                           + self.evidence())
         short = needed - top - len(self.pending)
         if short > 0:
-            return NeedMore(min(short, budget))
+            return NeedMore(min(short, budget)) if budget > 0 else NeedMore(min(short, spare), reuse=True)
         return Wait()
 
     def evidence(self) -> str:

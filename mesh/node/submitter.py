@@ -85,7 +85,7 @@ class JobState:
     events: EventLog = field(default_factory=EventLog)
     signed: dict[tuple[str, str], dict] = field(default_factory=dict)  # (step, node) → its signed answer
     cancelled: set[tuple[str, str]] = field(default_factory=set)  # (node, step) told to stop: no longer needed
-    resumed: int = 0  # times the node restarted (or was killed) while this job ran and it went on from its journal
+    resumed: bool = False  # its node restarted (or was killed) while it ran, and it went on from the journal
     had_workers: bool = False  # ticked with enough workers for its steps (see Submitter._links_gone)
     short_since: float | None = None  # core time since when it has had too few
 
@@ -379,7 +379,7 @@ class Submitter:
         sj = self.core.jobs[eff.job]
         st = self.jobs[eff.job] = JobState(sj, asyncio.Event(), asyncio.Event(), submitted or time.time())
         if submitted is not None:
-            st.resumed = 1
+            st.resumed = True
         job = sj.run.job
         st.events.publish("job", {"job_id": eff.job, "name": job.name, "steps": job.order(),
                                   "redundancy": job.redundancy, "quorum": job.quorum.spec})

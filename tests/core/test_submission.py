@@ -302,3 +302,22 @@ def test_a_worker_that_was_busy_or_lost_its_link_is_asked_again_not_given_up():
     assert sub.jobs["k"].run.status == "running"
     sub.tick("k", pool(y), 11.0 + 16.0)  # x did not come back within REJOIN_S
     assert sub.jobs["k"].run.status == "failed"
+
+
+def test_a_spent_budget_reuses_the_seat_of_a_replica_whose_link_was_lost():
+    """r=2, at most 4 replicas: three replicas lost their links (restarts) and one is out. The step is not
+    impossible: a lost worker, back up, is asked again in the seat it held, never a fifth worker."""
+    job = parse_job({"redundancy": 2, "timeout": 10, "steps": [{"id": "a", "kind": "python", "params": {"code": "x"}}]})
+    sub = Submission(Config(1))
+    sub.submit("j", job, 1)
+    everyone = pool("w1", "w2", "w3", "w4", "w5")
+    first = [s.node for s in of(sub.tick("j", everyone, 0.0), Send)]
+    sub.on_node_lost(first[0], "connection lost", 0.5)
+    sub.on_node_lost(first[1], "connection lost", 0.5)
+    second = [s.node for s in of(sub.tick("j", everyone, 1.0), Send)]
+    sub.on_node_lost(second[0], "connection lost", 1.5)
+    tally = sub.jobs["j"].run.steps["a"].tally
+    assert tally.issued == tally.limit == 4 and len(tally.failures) == 3
+    assert not of(sub.tick("j", everyone, 2.0), Send) and sub.jobs["j"].run.status == "running"
+    (again,) = of(sub.tick("j", everyone, 4.5), Send)
+    assert again.node in first + second[:1] and tally.issued == 4  # a lost worker's own seat, not w5's
