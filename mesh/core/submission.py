@@ -443,6 +443,18 @@ class Submission:
             raise ValueError(f"core input {name} is malformed: {exc}") from None
         return effects or []
 
+    def expects(self, node: str, job_id: str, step: str) -> bool:
+        """Whether `node` holds a request of ours for (job, step): only such a result is an input (pure: a
+        driver asks before feeding, so what a stranger sends unasked is never logged or journaled)."""
+        return (job_id, step) in self.outstanding.get(node, {})
+
+    def holds(self, node: str) -> bool:
+        """Whether losing `node` changes anything here: a request or replica out or queued for it, or a
+        spot check planned or out (pure, like `expects`)."""
+        return bool(self.outstanding.get(node) or self.queued.get(node) or any(
+            n == node for n, _, _ in (*self.spot.planned.values(), *self.spot.out.values())) or any(
+            node in r.tally.pending for sj in self.active.values() for r in sj.run.steps.values() if r.tally))
+
     @property
     def unconfirmed(self) -> list[Record]:
         """Ledger batches handed to the driver whose write it has not reported (on_recorded) yet."""

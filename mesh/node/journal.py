@@ -2,9 +2,10 @@
 core decides on it, so a node killed at any moment rebuilds the very same core by replaying them
 (`mesh.core.submission.Submission.apply`) and resumes its unfinished jobs.
 
-SQLite in WAL mode at synchronous=NORMAL: a commit survives the process being killed; a power cut may
-lose the last inputs, and a replay of what is left is still a consistent (earlier) state — answers lost
-that way are asked again, and the ledger's keys (kind, job, step, peer) keep a payment single.
+SQLite in WAL mode at synchronous=FULL, as the ledger: a commit survives the process being killed and a
+power cut (330 µs an input here, against 29 µs at NORMAL, which a power cut could set back). A journal
+cut short anyway (a write that failed) is still a consistent, earlier state: answers lost that way are
+asked again, and the ledger's keys (kind, job, step, peer) keep a payment single.
 
 Inputs belong to an *epoch*: one core's life. The journal starts a new epoch (a fresh core, the old
 inputs deleted) only when the core is idle and the journal has grown past COMPACT_AT inputs, so a
@@ -72,7 +73,7 @@ class Journal:
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
             check = self.db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.Error as exc:

@@ -475,6 +475,12 @@ class Submitter:
 
     # -- events from the gateway --------------------------------------------------------------------
     def on_result(self, peer: Peer, res: StepResult, env: Envelope | None = None) -> None:
+        if not self.core.expects(peer.node, res.job, res.step):  # never an input: not journaled, not kept
+            st = self.jobs.get(res.job)
+            if st is None or (peer.node, res.step) not in st.cancelled or res.ok:
+                self.ports.count("unexpected-result")  # never asked, late, or asked twice
+                log.warning("refused result from %s: unexpected-result", peer.node[:12])
+            return
         for eff in self.core.on_result(peer.node, res.job, res.step, res.ok, res.digest, res.output, res.work.to_json(),
                                        res.error, self.now()):
             if not isinstance(eff, Answer):
@@ -504,7 +510,8 @@ class Submitter:
         return {step.needs for st in self.jobs.values() if not st.job.run.finished for step in st.job.run.job.steps}
 
     def on_node_lost(self, node: str, reason: str) -> None:
-        self._apply_all(self.core.on_node_lost(node, reason, self.now()))
+        if self.core.holds(node):  # a peer that holds nothing of ours is no input (nor a journal row)
+            self._apply_all(self.core.on_node_lost(node, reason, self.now()))
 
     # -- reports ------------------------------------------------------------------------------------
     def _save(self, job_id: str, st: JobState) -> None:

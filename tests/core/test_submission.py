@@ -321,3 +321,15 @@ def test_a_spent_budget_reuses_the_seat_of_a_replica_whose_link_was_lost():
     assert not of(sub.tick("j", everyone, 2.0), Send) and sub.jobs["j"].run.status == "running"
     (again,) = of(sub.tick("j", everyone, 4.5), Send)
     assert again.node in first + second[:1] and tally.issued == 4  # a lost worker's own seat, not w5's
+
+
+def test_only_a_worker_holding_our_request_is_expected_and_only_a_held_worker_is_lost():
+    """What a driver asks before feeding the core (so a stranger's unasked results and the losses of peers
+    that hold nothing are never inputs, nor journal rows)."""
+    sub = Submission(Config(1))
+    sub.submit("j", ONE, 1)
+    (send,) = of(sub.tick("j", pool("w1"), 0.0), Send)
+    assert sub.expects("w1", "j", "a") and not sub.expects("w1", "j", "b") and not sub.expects("w2", "j", "a")
+    assert sub.holds("w1") and not sub.holds("w2")
+    answer(sub, send, 7, 1.0)
+    assert not sub.expects("w1", "j", "a") and not sub.holds("w1")  # answered: neither any more
