@@ -87,6 +87,7 @@ class JobState:
     cancelled: set[tuple[str, str]] = field(default_factory=set)  # (node, step) told to stop: no longer needed
     resumed: bool = False  # its node restarted (or was killed) while it ran, and it went on from the journal
     had_workers: bool = False  # ticked with enough workers for its steps (see Submitter._links_gone)
+    recovering: bool = False  # resumed after a restart, and has not yet had enough workers linked
     short_since: float | None = None  # core time since when it has had too few
 
     @property
@@ -121,13 +122,14 @@ class Submitter:
         replayed = self.journal.replayed()
         self.offset = Journal.clock_at(replayed, time.monotonic())  # the core's clock goes on across restarts
         self._resumed: Resumed | None = None
+        self._logged = 0  # core log entries already written to CORE_LOG_FILE
         if replayed is None:
             self.core = self._fresh_core()
         else:
             self.core = Submission(replayed.config, record=opts.core_log)
             self._resumed = self._replay(replayed)
             self.core.sink = self._journal_input
-        self._logged = len(self.core.log or ())  # core log entries already written to CORE_LOG_FILE
+            self._logged = len(self.core.log or ())  # (what the replay logged again was written by the last run)
 
     def now(self) -> float:
         """The core's clock: monotonic, continued from the journal across restarts."""
@@ -158,6 +160,7 @@ class Submitter:
         config = Config(self.rng.getrandbits(64), opts.spot_rate, opts.blacklist_s, keep=opts.keep_jobs,
                         job_log=opts.core_log)
         self.journal.start_epoch(config)
+        self._logged = 0
         return Submission(config, record=opts.core_log, sink=self._journal_input)
 
     def _replay(self, replayed: Replayed) -> Resumed:
@@ -293,21 +296,26 @@ class Submitter:
                 pass
 
     def _links_gone(self, st: JobState, candidates: dict[str, list[Candidate]]) -> bool:
-        """Whether to hold the job's ticks: it had its workers (or it was resumed after a restart) and now
-        has too few for a step still to settle — a node just started again, or woken from sleep, whose
-        links are coming back. The core would give those steps up at once; this waits up to
-        LINKS_BACK_S first. A new job on a mesh too small is not held: it fails at once, saying so."""
-        need = st.run.job.redundancy
-        short = any(len(candidates.get(st.run.job.step(sid).needs, ())) < need
-                    for sid, r in st.run.steps.items() if r.status in ("waiting", "running"))
-        if not short:
-            st.had_workers, st.short_since = True, None
+        """Whether to hold the job's ticks, because the core would give a step up for want of workers whose
+        links are only coming back: a step about to start (all its earlier steps done) of a job that had
+        its workers — the node woke from sleep, or its peers are reconnecting — or, right after a restart,
+        any unfinished step. Held up to LINKS_BACK_S. A new job on a mesh too small is not held (it fails
+        at once, saying so), nor a step already running (the core waits for workers lost to a passing
+        fault itself, and may settle without them)."""
+        run, job = st.run, st.run.job
+        if st.recovering:
+            watch = [sid for sid, r in run.steps.items() if r.status in ("waiting", "running")]
+        else:
+            watch = [sid for sid, r in run.steps.items() if r.status == "waiting"
+                     and all(run.steps[d].status == "done" for d in job.step(sid).after)]
+        if not any(len(candidates.get(job.step(sid).needs, ())) < job.redundancy for sid in watch):
+            st.had_workers, st.recovering, st.short_since = True, False, None
             return False
-        if not (st.had_workers or st.resumed):
+        if not (st.had_workers or st.recovering):
             return False
         if st.short_since is None:
             st.short_since = self.now()
-            log.info("job %s waits up to %g s for its workers' links to come back", st.run.job_id, LINKS_BACK_S)
+            log.info("job %s waits up to %g s for its workers' links to come back", run.job_id, LINKS_BACK_S)
         return self.now() - st.short_since < LINKS_BACK_S
 
     def _cancel_unneeded(self, job_id: str, st: JobState) -> None:
@@ -379,7 +387,7 @@ class Submitter:
         sj = self.core.jobs[eff.job]
         st = self.jobs[eff.job] = JobState(sj, asyncio.Event(), asyncio.Event(), submitted or time.time())
         if submitted is not None:
-            st.resumed = True
+            st.resumed = st.recovering = True
         job = sj.run.job
         st.events.publish("job", {"job_id": eff.job, "name": job.name, "steps": job.order(),
                                   "redundancy": job.redundancy, "quorum": job.quorum.spec})

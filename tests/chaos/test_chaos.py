@@ -1,4 +1,4 @@
-"""A CI-size chaos run (tests/chaos/harness.py): 4 nodes, 40 jobs of 4 steps from two submitters over ~80 s, while a
+"""A CI-size chaos run (tests/chaos/harness.py): 4 nodes, 40 jobs of 3 steps from two submitters over ~40 s, while a
 seeded schedule kills -9 and restarts, stops and continues, and cuts the links of nodes. The run happens
 once (module fixture); each invariant is its own test, so a report names each one broken.
 
@@ -15,7 +15,7 @@ from .harness import ChaosRun, Config, Result
 from .schedule import ACTIONS
 
 pytestmark = [pytest.mark.mesh, pytest.mark.chaos, pytest.mark.timeout(420)]
-CI = Config(seed=1, jobs=40, nodes=4, rate=0.5, steps=4, drain_s=90, settle_s=20)
+CI = Config(seed=1, jobs=40, nodes=4, rate=1.0, steps=3, drain_s=90, settle_s=20)
 
 
 @pytest.fixture(scope="module")
