@@ -472,12 +472,13 @@ class Submission:
         return effects
 
 
-def loggable(entry: list) -> list:
-    """An input as JSON-ready data: a Job as its job file, Candidates as dicts (candidate_from reads them)."""
+def loggable(entry: list, candidate: Callable[[Candidate], dict] = dataclasses.asdict) -> list:
+    """An input as JSON-ready data: a Job as its job file, Candidates as dicts (candidate_from reads them;
+    `candidate` encodes one, e.g. a caching encoder)."""
     if entry[0] == "submit":
         return [*entry[:2], entry[2].to_json(), *entry[3:]]
     if entry[0] == "tick":
-        return [*entry[:2], {k: [dataclasses.asdict(c) for c in v] for k, v in entry[2].items()}, *entry[3:]]
+        return [*entry[:2], {k: [candidate(c) for c in v] for k, v in entry[2].items()}, *entry[3:]]
     return entry
 
 

@@ -21,13 +21,12 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mesh.core.dag import Job
 from mesh.core.policy import Candidate
-from mesh.core.submission import Config
+from mesh.core.submission import Config, loggable
 from mesh.errors import JournalError
 
 log = logging.getLogger("mesh.node.journal")
@@ -163,18 +162,15 @@ class Journal:
             self.count += 1
 
     def _encode(self, entry: list) -> list:
-        if entry[0] == "submit":
-            job: Job = entry[2]
-            return [*entry[:2], job.to_json(), *entry[3:]]
+        encoded = loggable(entry, self._candidate)
         if entry[0] == "tick":  # the candidates change far less often than jobs tick: stored once each
-            cands: Mapping[str, list[Candidate]] = entry[2]
-            body = json.dumps({k: [self._candidate(c) for c in v] for k, v in cands.items()}, sort_keys=True)
+            body = json.dumps(encoded[2], sort_keys=True)
             ref = hashlib.sha256(body.encode()).hexdigest()[:24]
             if ref not in self._refs:
                 self.write("INSERT OR IGNORE INTO candidates VALUES (?,?)", (ref, body))
                 self._refs.add(ref)
-            return [entry[0], entry[1], {"ref": ref}, *entry[3:]]
-        return entry
+            encoded[2] = {"ref": ref}
+        return encoded
 
     def _candidate(self, c: Candidate) -> dict:
         """asdict, remembered per distinct candidate (it was half the journal's cost: a tick names all)."""
