@@ -63,7 +63,7 @@ class Config:
     steps: int = 4  # python steps per job, in a chain (long enough that a killed submitter has jobs in flight)
     job_timeout: float = 60.0  # each job's own timeout (the node ends it failed after this)
     drain_s: float = 150.0  # after every fault is over: how long the jobs may take to end
-    settle_s: float = 30.0  # then: how long receipts may take to reach their workers
+    settle_s: float = 75.0  # then: how long receipts may take to reach their workers (backoff ends at 60 s)
     actions: tuple[str, ...] = ACTIONS
     max_concurrent: int = 1
     directory: Path | None = None  # default: a fresh temporary directory
@@ -255,7 +255,8 @@ class ChaosRun:
             self.resume_all(res)
             self.drain(res)
             res.seconds["drain"] = round(self.now() - res.seconds["chaos"], 1)
-            self.settle_receipts()
+            self.settle_receipts(res)
+            res.seconds["settle"] = round(self.now() - res.seconds["chaos"] - res.seconds["drain"], 1)
             res.rejected = self.rejections()
             self.stop_all()
             self.count_jobs(res)
@@ -537,18 +538,28 @@ class ChaosRun:
                 self.progress(-1, -1)
             self.stop_client.wait(1.0)  # the poll's interval
 
-    def settle_receipts(self) -> None:
-        """Receipts go out after the payer's commit: give them a bounded time to be booked (until every
-        paid entry has its earned one, or the count of those missing stops falling for 6 s)."""
+    def settle_receipts(self, res: Result) -> None:
+        """Receipts go out after the payer's commit and are sent again with backoff (up to a minute) until
+        acknowledged: wait until every paid entry has its earned one and no node's outbox holds an
+        unacknowledged receipt, or settle_s passes. What was still unacknowledged goes in the notes."""
         homes = [n.home for n in self.mesh.nodes]
-        history: list[int] = []
+        unacked: dict[str, int] = {}
 
         def settled() -> bool:
-            missing = compare_ledgers(homes, self.ids)["paid_not_earned"]
-            history.append(missing)
-            return missing == 0 or (len(history) >= 4 and len(set(history[-4:])) == 1)
+            unacked.clear()
+            for i in range(self.cfg.nodes):
+                try:
+                    code, st = http(self.endpoints[i], "GET", "/status", timeout=5)
+                except Unreachable:
+                    unacked[f"node{i}"] = -1  # not answering: not settled
+                    continue
+                n = st.get("receipts_unacknowledged", 0) if code == 200 else -1
+                if n:
+                    unacked[f"node{i}"] = n
+            return not unacked and compare_ledgers(homes, self.ids)["paid_not_earned"] == 0
 
-        poll(settled, self.cfg.settle_s, interval=2.0)
+        if not poll(settled, self.cfg.settle_s, interval=1.0):
+            res.notes.append(f"receipts still unacknowledged after {self.cfg.settle_s:g} s (-1: no answer): {unacked}")
 
     def rejections(self) -> dict[str, dict]:
         """What each node refused (bad receipts among them), from /status before the stop."""

@@ -15,7 +15,7 @@ from .harness import ChaosRun, Config, Result
 from .schedule import ACTIONS
 
 pytestmark = [pytest.mark.mesh, pytest.mark.chaos, pytest.mark.timeout(420)]
-CI = Config(seed=1, jobs=40, nodes=4, rate=1.0, steps=3, drain_s=90, settle_s=20)
+CI = Config(seed=1, jobs=40, nodes=4, rate=1.0, steps=3, drain_s=90, settle_s=75)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,8 @@ def test_paid_equals_earned_once(chaos):
     problems = {k: led[k] for k in ("paid_not_earned", "earned_not_paid", "amount_mismatch", "duplicate_paid",
                                     "duplicate_earned") if led[k]}
     assert not problems, (f"paid vs earned per (job, step, worker): {problems} of {led['paid']} paid; by worker "
-                          f"{led['paid_not_earned_by_worker']}; e.g. {json.dumps(led['examples'])[:600]}")
+                          f"{led['paid_not_earned_by_worker']}; e.g. {json.dumps(led['examples'])[:600]}; notes: {chaos.notes}; "
+                          f"refused by each node: {chaos.rejected}")
 
 
 def test_every_ledger_verifies(chaos):
