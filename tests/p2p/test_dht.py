@@ -243,7 +243,7 @@ def test_providers_of_a_capability_are_found():
 
 @pytest.mark.mesh
 @pytest.mark.timeout(300)
-def test_thirty_host_lookup_timings():
+def test_twenty_host_lookups_find_every_record_and_provider():
     async def body(peers: list[Peer], _evil):
         rnd = random.Random(7)
         puts, gets, provides, finds, copies = [], [], [], [], []
@@ -255,7 +255,7 @@ def test_thirty_host_lookup_timings():
             puts.append(time.perf_counter() - t)
             records[p.ident.public_key] = rec
         misses = 0
-        for _ in range(30):
+        for _ in range(12):
             reader = rnd.choice(peers)
             key = rnd.choice(list(records))
             t = time.perf_counter()
@@ -272,9 +272,9 @@ def test_thirty_host_lookup_timings():
             finds.append(time.perf_counter() - t)
             assert len(found) == 5
         ms = lambda xs: f"median {statistics.median(xs) * 1000:.0f} ms (max {max(xs) * 1000:.0f})"  # noqa: E731
-        print(f"\n30 hosts: publish {ms(puts)}, stored at median {statistics.median(copies)} peers; "
+        print(f"\n{len(peers)} hosts: publish {ms(puts)}, stored at median {statistics.median(copies)} peers; "
               f"lookup {ms(gets)}, {misses} misses; provide {ms(provides)}; providers {ms(finds)}; "
               f"routing tables {sorted(p.disc.stats()['routing_table'] for p in peers)}")
         assert misses == 0
 
-    run_mesh(30, body)
+    run_mesh(20, body)
