@@ -94,6 +94,54 @@ class OnOff(RandomWrong):
         return super().answer(truth)
 
 
+class TrustBuilder(Strategy):
+    """Earns trust with each submitter separately, then spends it: answers a submitter's first
+    `good_steps` requests right (enough, by the adaptive rule it knows, to be trusted to run alone), and
+    after that cheats on that submitter's requests with probability `rate`."""
+
+    name = "trust-builder"
+    adversary = True
+
+    def __init__(self, rng: random.Random, rate: float = 1.0, group: str = "", good_steps: int = 0):
+        super().__init__(rng, rate, group, good_steps)
+        self.served: dict[str, int] = {}  # submitter → requests answered for it
+
+    def respond(self, src: str, job: str, step: str, params: Mapping[str, Any], truth: Any, now: float) -> Any:
+        self.answered += 1
+        n = self.served[src] = self.served.get(src, 0) + 1
+        if n > self.good_steps and self.rng.random() < self.rate:
+            return ["wrong", self.rng.getrandbits(48)]
+        return truth
+
+
+class SideChannel(Strategy):
+    """Colluders with a side channel: each member reports every request it gets to the group (`channel`,
+    handed in by the run); a member cheats — with the group's one wrong answer — only on a step that
+    another member holds too, so they agree with each other and are never alone in a wrong answer.
+    Alone, or on a spot check (sent to one worker), they answer right."""
+
+    name = "side-channel"
+    adversary = True
+    KEEP = 100_000  # requests remembered by the channel (the oldest forgotten first)
+
+    def __init__(self, rng: random.Random, rate: float = 1.0, group: str = "", good_steps: int = 0):
+        super().__init__(rng, rate, group, good_steps)
+        self.channel: dict[tuple[str, str, str], int] = {}  # replaced by the group's shared one
+
+    def arrived(self, src: str, job: str, step: str, now: float) -> None:
+        key = (src, job, step)
+        self.channel[key] = self.channel.pop(key, 0) + 1
+        if len(self.channel) > self.KEEP:
+            del self.channel[next(iter(self.channel))]
+
+    def respond(self, src: str, job: str, step: str, params: Mapping[str, Any], truth: Any, now: float) -> Any:
+        self.answered += 1
+        if self.channel.get((src, job, step), 0) >= 2 and \
+                zlib.crc32(canonical([self.group, truth])) / 2**32 < self.rate:
+            return ["collude", self.group, zlib.crc32(canonical([self.group, truth]))]
+        return truth
+
+
 class CheckAware(Strategy):
     """Answers right what it takes for a spot check and wrong everything else (with probability `rate`),
     from every cue a real worker sees: a job id starting `spot-`, the step id `check`, the one code
@@ -173,7 +221,7 @@ class Steering(Strategy):
 
 
 BUILTIN: dict[str, type[Strategy]] = {c.name: c for c in (Strategy, RandomWrong, Colluding, Sybil, OnOff,
-                                                           CheckAware, Steering)}
+                                                           CheckAware, Steering, TrustBuilder, SideChannel)}
 
 
 def strategy_class(name: str) -> type[Strategy]:

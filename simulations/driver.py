@@ -29,8 +29,10 @@ from mesh.core.effects import (
 from mesh.core.policy import Candidate, Evidence, Reputations, StepEvidence, reputation_group
 from mesh.core.spotcheck import Challenge
 from mesh.core.submission import CHECK_SPREAD_S, Config, Submission, SubmittedJob, replay_log
+from mesh.core.trust import Shared, attest
 from mesh.wire.canonical import digest
 
+from .board import Board
 from .engine import Engine
 from .metrics import Metrics
 from .network import Network
@@ -55,10 +57,12 @@ class SimJob:
 
 class SimLedger:
     """The simulator's ledger port. It writes every batch (a test may make it refuse) and, for a written
-    batch only, folds reputation and credits as a node's ledger port (Node.record) does."""
+    batch only, folds reputation and credits as a node's ledger port (Node.record) does — and, when
+    testimony is shared, publishes what it now says of each worker a batch touched."""
 
-    def __init__(self, nodes: dict[str, SimNode]):
+    def __init__(self, nodes: dict[str, SimNode], owner: str = "", board: Board | None = None):
         self.nodes = nodes
+        self.owner, self.board = owner, board
         self.reputations = Reputations()
         self.evidence, self.streaks = self.reputations.evidence, self.reputations.streaks  # what placement reads
         self.refuse = False
@@ -66,11 +70,18 @@ class SimLedger:
     def record(self, entries: tuple[LedgerEntry, ...], ts_ms: int) -> bool:
         if self.refuse:
             return False
+        touched: dict[str, None] = {}
         for e in entries:
             if e.kind == "paid":
                 self.nodes[e.peer].earned -= e.amount
                 continue
             self.reputations.fold(e.kind, e.peer, ts_ms, e.why if isinstance(e.why, StepEvidence) else None)
+            touched[e.peer] = None
+        if self.board is not None:
+            for peer in touched:
+                t = attest(self.owner, peer, self.reputations, ts_ms)
+                if t is not None:
+                    self.board.publish(t, ts_ms / 1000)
         return True
 
 
@@ -96,11 +107,18 @@ def replay_core_log(log: list) -> list:
 
 class SimSubmitter:
     def __init__(self, nid: str, s: Scenario, engine: Engine, net: Network, world: World, trace: Trace,
-                 metrics: Metrics, rng: random.Random, record: bool = False):
-        """`record`: keep the core's log and every job's (tests replay them)."""
+                 metrics: Metrics, rng: random.Random, record: bool = False, board: Board | None = None):
+        """`record`: keep the core's log and every job's (tests replay them). `board`: where testimony is
+        exchanged (None: this submitter judges workers on its own experience only)."""
         self.id, self.s, self.engine, self.net, self.world, self.trace, self.m = nid, s, engine, net, world, trace, metrics
         self.rng = rng
-        self.ledger = SimLedger(world.nodes)
+        self.ledger = SimLedger(world.nodes, nid, board)
+        self.board = board
+        self.shared: Shared | None = None
+        if board is not None:
+            board.join(nid)
+            self.shared = Shared(nid, self.ledger.reputations, world.prefixes)
+            self.engine.at(engine.now + s.policy.share_every_s, self._share)
         self.count = 0
         self._cands: dict[str, tuple[Candidate, float]] = {}
         self.core = make_core(s.policy, rng.getrandbits(64), max(500, KEEP_FINISHED // s.network.submitters), record)
@@ -132,8 +150,23 @@ class SimSubmitter:
             bits = self.rng.getrandbits(40)
             truths[st.id] = greedy_text(bits) if st.kind in MODEL_KINDS else bits
         costs = {st.id: self.rng.expovariate(1 / self.s.jobs.cost_s) for st in job.steps}
-        self.meta[job_id] = SimJob(truths, costs, self.world.sample(self.s.network.peer_sample), self.engine.now)
+        self.meta[job_id] = SimJob(truths, costs, self._pool(), self.engine.now)
         self._apply(self.core.submit(job_id, job, seed))
+
+    def _pool(self) -> list[str]:
+        """The peers a job places among: a sample of the workers online, never this submitter itself."""
+        k = self.s.network.peer_sample
+        pool = self.world.sample(k + 1)
+        return [n for n in pool if n != self.id][:k]
+
+    def _share(self) -> None:
+        """Read the testimony that reached this submitter and weigh its issuers again."""
+        assert self.shared is not None and self.board is not None
+        now = self.engine.now
+        self.shared.take_all(self.board.read(self.id, now))
+        self.shared.refresh(int(now * 1000))
+        self._cands.clear()
+        self.engine.at(now + self.s.policy.share_every_s, self._share)
 
     def _drive(self, job_id: str) -> None:
         if job_id in self.core.active:
@@ -157,10 +190,14 @@ class SimSubmitter:
         hit = self._cands.get(nid)
         if hit is not None and now - hit[1] < CANDIDATE_TTL_S:
             return hit[0]
-        ev = self.evidence.get(nid) if self.s.policy.reputation else None
-        rep = ev.score(int(now * 1000)) if ev else 0.5
         prefix = self.world.nodes[nid].prefix
-        cand = Candidate(nid, rep, prefix, self.ledger.streaks.get(nid, 0), reputation_group(prefix, rep))
+        if self.shared is not None:
+            st = self.shared.standing(nid, int(now * 1000))
+            rep, streak = st.evidence.score(int(now * 1000)), st.streak
+        else:
+            ev = self.evidence.get(nid) if self.s.policy.reputation else None
+            rep, streak = (ev.score(int(now * 1000)) if ev else 0.5), self.ledger.streaks.get(nid, 0)
+        cand = Candidate(nid, rep, prefix, streak, reputation_group(prefix, rep))
         self._cands[nid] = (cand, now)
         return cand
 
@@ -233,8 +270,7 @@ class SimSubmitter:
         if eff.recheck_of is not None:
             job_id, sid = eff.recheck_of
             orig = self.meta[job_id]
-            self.meta[eff.job] = SimJob({sid: orig.truths[sid]}, {sid: orig.costs[sid]},
-                                        self.world.sample(self.s.network.peer_sample), self.engine.now)
+            self.meta[eff.job] = SimJob({sid: orig.truths[sid]}, {sid: orig.costs[sid]}, self._pool(), self.engine.now)
             self.m.rechecks += 1
         self.trace.add("job", eff.job, len(self.core.jobs[eff.job].run.job.steps), eff.recheck_of)
         self._drive(eff.job)

@@ -12,7 +12,8 @@ from typing import IO
 
 from mesh.core.dag import Job, parse_job
 
-from .adversaries import Strategy, strategy_class
+from .adversaries import SideChannel, Strategy, strategy_class
+from .board import Board
 from .driver import SimSubmitter
 from .engine import Engine
 from .metrics import Metrics, auc, gini, percentile
@@ -63,18 +64,22 @@ class Simulation:
         s, rng = self.s, self.engine.fork_rng()
         n = s.network
         ids = [f"n{i:0{len(str(n.nodes))}d}" for i in range(n.nodes)]
-        workers = ids[n.submitters:]
-        is_worker = set(workers)
+        workers = ids[n.submitters:]  # adversaries are drawn from these
+        is_worker = set(ids if n.submitters_work else workers)
         order = list(workers)
         rng.shuffle(order)
         behaviour: dict[str, Strategy] = {}
         prefix: dict[str, str] = {}
         at = 0
+        channels: dict[str, dict] = {}  # group → the side channel its members share (SideChannel)
         for k, a in enumerate(s.adversaries):
             cls, srng = strategy_class(a.strategy), self.engine.fork_rng()
             count = round(a.fraction * len(workers))
             for j, nid in enumerate(order[at:at + count]):
-                behaviour[nid] = cls(srng, a.rate, a.group or f"{a.strategy}{k}", a.good_steps)
+                group = a.group or f"{a.strategy}{k}"
+                behaviour[nid] = cls(srng, a.rate, group, a.good_steps)
+                if isinstance(behaviour[nid], SideChannel):
+                    behaviour[nid].channel = channels.setdefault(group, {})
                 if a.prefixes:
                     prefix[nid] = f"adv{k}.{j % a.prefixes}"
             at += count
@@ -90,9 +95,10 @@ class Simulation:
         for p in n.partitions:
             cut = frozenset(rng.sample(ids, max(1, round(p.fraction * len(ids)))))
             self.net.partitions.append(Partition(p.start_s, p.end_s, cut))
+        board = Board(s.policy.share_delay_s) if s.policy.shared and s.policy.reputation else None
         for nid in ids[:n.submitters]:
             sub = SimSubmitter(nid, s, self.engine, self.net, self.world, self.trace, self.m, self.engine.fork_rng(),
-                               self.record)
+                               self.record, board)
             self.submitters.append(sub)
             self.world.on_leave.append(sub.on_node_lost)
         self.submitter_ids = {sub.id for sub in self.submitters}

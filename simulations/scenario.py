@@ -22,7 +22,8 @@ class ScenarioError(UserError):
 @dataclass
 class NetworkSpec:
     nodes: int = 100
-    submitters: int = 5  # honest nodes that submit the jobs (they do not work for others in the run)
+    submitters: int = 5  # honest nodes that submit the jobs
+    submitters_work: bool = True  # and also work for the others, as every node of a real mesh does
     prefixes: int = 0  # distinct network prefixes among honest nodes; 0 → one each
     latency_ms: float = 30.0  # median one-way access latency of a node
     latency_sigma: float = 0.5  # lognormal spread of access latencies
@@ -61,6 +62,9 @@ class PolicySpec:
     blacklist_s: float = 86400.0
     recheck: bool = True  # rerun what a caught cheater vouched for
     reputation: bool = True  # placement weighted by reputation (False: every worker counts as new, 0.5)
+    shared: bool = True  # submitters exchange testimony (mesh.core.trust) and weigh it by verified work
+    share_delay_s: float = 30.0  # how long a testimony takes to reach the others
+    share_every_s: float = 30.0  # how often a submitter reads new testimony and re-weighs its issuers
 
 
 @dataclass
@@ -79,7 +83,7 @@ class ChurnSpec:
 
 @dataclass
 class AdversarySpec:
-    strategy: str  # random-wrong | colluding | on-off | sybil | check-aware | steering | package.module:Class
+    strategy: str  # random-wrong | colluding | on-off | sybil | check-aware | steering | trust-builder | side-channel | package.module:Class
     fraction: float
     rate: float = 1.0  # probability of cheating on an answer
     group: str = ""  # colluders sharing a group return the same wrong answer

@@ -14,10 +14,10 @@ from .plots import plot_fraction
 from .scenario import AdversarySpec, Scenario, ScenarioError, parse_text
 
 # "plain": plain majority voting at a fixed redundancy; "full": the scenario's own policy (margin rule,
-# adaptive replication, spot checks, rechecks).
+# adaptive replication, spot checks, rechecks, shared testimony).
 POLICIES: dict[str, dict[str, object]] = {
     "plain": {"policy.margin": False, "jobs.adaptive": 0, "policy.spot_rate": 0.0, "policy.recheck": False,
-              "policy.reputation": False},
+              "policy.reputation": False, "policy.shared": False},
     "full": {},
 }
 

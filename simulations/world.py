@@ -54,12 +54,14 @@ class World:
     online: list[str] = field(default_factory=list)  # online workers, for sampling
     _slot: dict[str, int] = field(default_factory=dict)  # worker → its index in `online`
     on_leave: list[Callable[[str], None]] = field(default_factory=list)  # told of goodbyes
+    prefixes: dict[str, str] = field(default_factory=dict)  # node → its network prefix
     joins: int = 0
     leaves: int = 0
     crashes: int = 0
 
     def add(self, node: SimNode, worker: bool) -> None:
         self.nodes[node.id] = node
+        self.prefixes[node.id] = node.prefix
         if worker:
             self._up(node.id)
 

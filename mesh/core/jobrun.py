@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,7 @@ class Replica:
 RETRY_AFTER_S = 2.0  # a worker whose replica failed for a passing reason is asked again after this
 REJOIN_S = 15.0  # how long a step with no other worker waits for such a worker to come back up
 MAX_RETRIES = 2  # times one worker is asked again for one step
+REPLICATE_FLOOR = 0.02  # a trusted worker's step is still replicated at least this often (adaptive replication)
 
 
 def passing(reason: str) -> bool:
@@ -341,7 +343,9 @@ class JobRun:
                   pool: list[Candidate], now: float, out: list[Dispatch]) -> Decision:
         """Place the replicas `decision` asks for (appended to `out`): generations, or, once a claim is
         in under scoring, requests to score it. GiveUp when no unused worker is left."""
-        picked = [solo] if solo else place(fresh, decision.count, self.rng, self._suspects(run, pool))
+        prefix = {c.node: c.prefix for c in pool}
+        held = Counter(prefix[n] for n in run.replicas if n in prefix)  # a prefix never supplies the majority
+        picked = [solo] if solo else place(fresh, decision.count, self.rng, self._suspects(run, pool), held)
         result: Decision = decision
         if not picked:
             result = GiveUp("no unused worker left: " + run.tally.evidence())
@@ -372,13 +376,14 @@ class JobRun:
 
     def _trusted(self, candidates: list[Candidate]) -> str:
         """Adaptive replication (as BOINC): the first placed worker, when its run of validated results
-        reaches N, runs the step alone, except with probability 1/N. '' when the step is replicated."""
+        reaches N, runs the step alone, except with probability 1/run (1/N at first, less as the run grows,
+        never under REPLICATE_FLOOR). '' when the step is replicated."""
         n = self.job.adaptive
         if n <= 0 or not candidates:
             return ""
         (first,) = place(candidates, 1, self.rng)
         streak = next(c.streak for c in candidates if c.node == first)
-        if streak >= n and self.rng.random() >= 1.0 / n:
+        if streak >= n and self.rng.random() >= max(REPLICATE_FLOOR, 1.0 / streak):
             return first
         return ""
 

@@ -48,6 +48,7 @@ HALF_LIFE_MS = 7 * 24 * 3600_000  # what a peer did a week ago weighs half as mu
 GOOD = ("agreed",)
 BAD = ("disagreed", "no_show", "penalty", "spot_failed")
 WEIGHT = {"spot_failed": 5.0}  # a wrong answer to a known question is damning
+MISBEHAVIOUR = ("disagreed", "penalty", "spot_failed")  # bad events that are not just absence (no_show)
 
 
 def reputation(agreed: float, disagreed: float, no_show: float, penalty: float = 0) -> float:
@@ -147,6 +148,10 @@ class Evidence:
         good, bad = self._decay_to(now_ms, half_life_ms)
         return (good + 1) / (good + bad + 2)
 
+    def decayed(self, now_ms: int, half_life_ms: int = HALF_LIFE_MS) -> tuple[float, float]:
+        """(good, bad) as of `now_ms` (what a testimony reports, mesh.core.trust)."""
+        return self._decay_to(now_ms, half_life_ms)
+
 
 @dataclass
 class Reputations:
@@ -156,10 +161,19 @@ class Reputations:
 
     evidence: dict[str, Evidence] = field(default_factory=dict)
     streaks: dict[str, int] = field(default_factory=dict)
+    since: dict[str, int] = field(default_factory=dict)  # ms the current run of validated results began
+    last_bad: dict[str, int] = field(default_factory=dict)  # ms of the newest wrong answer or penalty
 
     def fold(self, kind: str, peer: str, ts_ms: int, why: StepEvidence | None) -> None:
         self.evidence.setdefault(peer, Evidence()).add(kind, ts_ms)
-        self.streaks[peer] = next_streak(self.streaks.get(peer, 0), kind, why)
+        before = self.streaks.get(peer, 0)
+        after = self.streaks[peer] = next_streak(before, kind, why)
+        if kind in MISBEHAVIOUR:
+            self.last_bad[peer] = max(ts_ms, self.last_bad.get(peer, 0))
+        if not after:
+            self.since.pop(peer, None)
+        elif not before:
+            self.since[peer] = ts_ms
 
     def score(self, peer: str, now_ms: int) -> float:
         """0..1, neutral 0.5 for a peer never seen."""
@@ -170,27 +184,40 @@ class Reputations:
         return self.streaks.get(peer, 0)
 
 
-def place(candidates: list[Candidate], k: int, rng: random.Random, avoid: frozenset[str] = frozenset()
-          ) -> list[str]:
-    """Pick up to k distinct nodes, weighted by reputation (Efraimidis–Spirakis keys), taking one per
-    network prefix first and filling from the rest only when prefixes run out. Candidates whose group
-    (Candidate.cohort) is in `avoid` are taken only when nobody else is left."""
+def place(candidates: list[Candidate], k: int, rng: random.Random, avoid: frozenset[str] = frozenset(),
+          held: Mapping[str, int] | None = None) -> list[str]:
+    """Pick up to k distinct nodes, weighted by reputation (Efraimidis–Spirakis keys): one per network
+    prefix first (prefixes in `held`, which already hold replicas of the step, count as taken), then
+    without letting one prefix hold a majority of the step's replicas (held + these k), and only when
+    nothing else is left from the least-held prefixes (a mesh on one prefix, e.g. loopback). Candidates
+    whose group (Candidate.cohort) is in `avoid` are taken only when nobody else is left."""
     keyed = sorted(
         ((rng.random() ** (1.0 / max(c.reputation, MIN_WEIGHT)), c) for c in sorted(candidates, key=lambda c: c.node)),
         key=lambda kc: -kc[0],
     )
+    counts = dict(held or {})
+    total = sum(counts.values()) + k
     chosen: list[str] = []
     taken: set[str] = set()
-    prefixes: set[str] = set()
-    for pass_ in range(3 if avoid else 2):
-        for _, c in keyed:
-            if len(chosen) >= k:
-                return chosen
-            if c.node in taken or (avoid and pass_ < 2 and c.cohort in avoid):
-                continue
-            if pass_ == 0 and c.prefix in prefixes:
-                continue
-            chosen.append(c.node)
-            taken.add(c.node)
-            prefixes.add(c.prefix)
+
+    def take(c: Candidate) -> None:
+        chosen.append(c.node)
+        taken.add(c.node)
+        counts[c.prefix] = counts.get(c.prefix, 0) + 1
+
+    for allowed in ((lambda c: c.cohort not in avoid), (lambda c: True)) if avoid else ((lambda c: True),):
+        for rule in (0, 1):  # 0: prefixes the step does not have yet; 1: none of them gaining a majority
+            for _, c in keyed:
+                if len(chosen) >= k:
+                    return chosen
+                n = counts.get(c.prefix, 0)
+                if c.node in taken or not allowed(c) or (rule == 0 and n) or (rule == 1 and 2 * (n + 1) > total):
+                    continue
+                take(c)
+        while len(chosen) < k:  # what is left: from the least-held prefixes first
+            rest = [c for _, c in keyed if c.node not in taken and allowed(c)]
+            if not rest:
+                break
+            least = min(counts.get(c.prefix, 0) for c in rest)
+            take(next(c for c in rest if counts.get(c.prefix, 0) == least))
     return chosen

@@ -399,6 +399,33 @@ def test_place_properties(specs, k, seed):
     assert len({prefix[n] for n in chosen}) == min(k, len(set(prefix.values())))
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1), st.integers(0, 3)), min_size=0, max_size=15),
+       st.dictionaries(st.integers(0, 3).map(lambda i: f"p{i}"), st.integers(1, 3), max_size=3),
+       st.integers(1, 6), st.integers(0, 2**32))
+def test_no_prefix_supplies_a_majority_of_a_steps_replicas_while_others_can(specs, held, k, seed):
+    """An operator's ids on one network prefix (the attacker) never hold most of a step's replicas —
+    counting those the step already has — unless the other prefixes have nobody left to give."""
+    c = [Candidate(f"n{i}", rep, f"p{pfx}") for i, (rep, pfx) in enumerate(specs)]
+    chosen = place(c, k, random.Random(seed), held=held)
+    assert len(chosen) == len(set(chosen)) == min(k, len(c))
+    prefix = {x.node: x.prefix for x in c}
+    counts = Counter(held) + Counter(prefix[n] for n in chosen)
+    total = sum(held.values()) + len(chosen)
+    for p in {prefix[n] for n in chosen}:
+        if 2 * counts[p] > total and counts[p] >= 2:  # p was given a majority: no swap could have avoided it
+            better = [x for x in c if x.node not in chosen and counts[x.prefix] + 1 < counts[p]]
+            assert not better, (p, counts, better)
+
+
+def test_a_sybil_prefix_with_the_best_reputation_still_gets_a_minority_of_an_escalation():
+    sybils = [Candidate(f"s{i}", 1.0, "evil") for i in range(10)]
+    honest = [Candidate(f"h{i}", 0.3, f"h{i}") for i in range(3)]
+    for seed in range(50):
+        chosen = place(sybils + honest, 2, random.Random(seed), held={"evil": 1, "h0": 1})
+        assert sum(n.startswith("s") for n in chosen) <= 1, chosen  # evil ends with 2 of 4 at most
+
+
 # -- JobRun -----------------------------------------------------------------------------------------------
 
 def two_step_job(**extra):

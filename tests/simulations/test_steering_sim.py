@@ -79,7 +79,9 @@ def test_steered_answers_pass_scoring_and_are_outvoted_when_every_replica_genera
     assert score["wrong_accepted"] == score["llm_wrong_accepted"]  # python steps: answered right
     assert score["score_fallbacks"] == 0 and score["caught"] == 0  # nothing notices a steered claim
     assert score["llm_generations_per_step"] < 1.1 and score["llm_scorings_per_step"] >= 1.9
-    assert score["llm_cost_per_step"] < exact["llm_cost_per_step"] / 1.8  # what scoring saves
+    # what scoring saves (1.5 generations' time against 2.4 before testimony was shared; exact comparison
+    # replicates less since trusted workers' records travel: 1.51 against 2.38 at this size and seed)
+    assert score["llm_cost_per_step"] < exact["llm_cost_per_step"] / 1.4
     assert exact["reputation_auc"] > 0.9 > score["reputation_auc"]  # only disagreement exposes them
 
 

@@ -1,0 +1,215 @@
+"""Shared reputation: what a submitter learned of each worker becomes testimony other nodes can use, and
+each node weighs the testimony by how far it trusts the issuer. Pure: no I/O, no clock (times are passed in).
+
+Why: a submitter that only trusts its own experience meets each worker of a 10,000-node mesh a few times
+and replicates nearly everything. Pooling what every submitter saw makes a worker's record network-wide;
+the danger is ids that vouch for each other.
+
+The weighting is the one Tribler's BarterCast uses against sybils (Meulpolder, Pouwelse, Epema and Sips,
+"BarterCast: A practical approach to prevent lazy freeriding in P2P networks", HoT-P2P 2009; the max-flow
+bound goes back to Feldman, Lai, Stoica and Chuang, "Robust incentive techniques for peer-to-peer networks",
+EC 2004): an issuer is trusted as far as verified work can flow from this node to it — the maximum flow,
+over paths of at most two hops, in the graph whose edge x → y carries the verified work y did for x (this
+node's own ledger for the first hop, trusted issuers' testimony for the second). Flow into a cluster of ids
+is bounded by the capacity of the edges entering it, which only real, verified work for this node or for
+an issuer it trusts creates: ids that only vouch for one another get none, however many they are. An
+issuer reaching FULL_FLOW counts in full. (EigenTrust's normalised walk was the other candidate: its
+trust is a share of the whole network, so a busy honest issuer's vouching is diluted over thousands of
+workers while one that vouches for a few ids concentrates it — the wrong way round here.)
+
+Testimony raises a worker's evidence, never past SHARED_CAP agreements from others; a run of validated
+results reported by others counts towards running a step alone only when two trusted issuers of
+different network prefixes report one and no trusted issuer has seen the worker misbehave since."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.core.policy import Evidence, Reputations
+from mesh.errors import MeshError
+
+FULL_FLOW = 10.0  # verified results flowing to an issuer for its testimony to count in full
+SHARED_CAP = 40.0  # agreements from others' testimony that count for one worker, at most
+STREAK_CAP = 1000  # a reported run longer than this counts as this
+MIN_WEIGHT = 0.5  # an issuer whose reported runs count (two of them, on different prefixes, are needed)
+MAX_COUNT = 1e6  # a reported count above this is malformed
+MAX_ISSUERS_PER_WORKER = 64  # testimony kept per worker (the newest from each issuer; the oldest dropped)
+MAX_ID = 128  # characters of a node id
+
+
+class BadTestimony(MeshError):
+    """A testimony record that does not hold together (wrong types, out of range, about its own issuer)."""
+
+
+@dataclass(frozen=True)
+class Testimony:
+    """What `issuer` has seen of `worker`, as of `stamp` (ms): its decayed evidence (good: agreements
+    others confirmed; bad: disagreements, no-shows, penalties, failed spot checks, weighted as in
+    policy.Evidence), its current run of validated results, when that run began and when the worker last
+    misbehaved for it. The issuer signs its canonical JSON (to_json) when it goes on the wire."""
+
+    __test__ = False  # pytest: not a test class, though named like one
+
+    issuer: str
+    worker: str
+    good: float
+    bad: float
+    streak: int
+    since: int  # ms the run began (0: no run)
+    last_bad: int  # ms of the newest wrong answer or penalty (0: none; a no-show is absence, not this)
+    stamp: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"issuer": self.issuer, "worker": self.worker, "good": self.good, "bad": self.bad,
+                "streak": self.streak, "since": self.since, "last_bad": self.last_bad, "stamp": self.stamp}
+
+    @classmethod
+    def from_json(cls, d: object) -> Testimony:
+        """Strict: a hostile peer controls every byte of `d`."""
+        if not isinstance(d, Mapping) or set(d) != {"issuer", "worker", "good", "bad", "streak", "since",
+                                                    "last_bad", "stamp"}:
+            raise BadTestimony("a testimony is an object with exactly issuer, worker, good, bad, streak, since, "
+                               "last_bad and stamp")
+        t = cls(d["issuer"], d["worker"], d["good"], d["bad"], d["streak"], d["since"], d["last_bad"], d["stamp"])
+        t.check()
+        return t
+
+    def check(self) -> None:
+        for name in ("issuer", "worker"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not 0 < len(v) <= MAX_ID:
+                raise BadTestimony(f"{name} must be a node id of 1..{MAX_ID} characters")
+        if self.issuer == self.worker:
+            raise BadTestimony("an issuer cannot attest about itself")
+        for name in ("good", "bad"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or not 0 <= v <= MAX_COUNT:
+                raise BadTestimony(f"{name} must be a number from 0 to {MAX_COUNT:g}")
+        for name in ("streak", "since", "last_bad", "stamp"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > 2**53:
+                raise BadTestimony(f"{name} must be a non-negative integer")
+        if self.since > self.stamp or self.last_bad > self.stamp:
+            raise BadTestimony("since and last_bad cannot be after the testimony's stamp")
+
+
+def attest(issuer: str, worker: str, reps: Reputations, now_ms: int) -> Testimony | None:
+    """This node's testimony about `worker` from its own reputation record (None when it has none)."""
+    ev = reps.evidence.get(worker)
+    if ev is None or worker == issuer:
+        return None
+    good, bad = ev.decayed(now_ms)
+    return Testimony(issuer, worker, round(good, 6), round(bad, 6), reps.streak(worker),
+                     reps.since.get(worker, 0), reps.last_bad.get(worker, 0), max(now_ms, ev.stamp))
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A worker as this node sees it with others' testimony: the evidence placement scores, and the run of
+    validated results adaptive replication reads."""
+
+    evidence: Evidence
+    streak: int
+    shared_good: float  # of evidence.good, what testimony added
+    vouchers: int  # trusted issuers that testified about it
+
+
+@dataclass
+class Shared:
+    """The testimony this node holds and the trust it gives each issuer (refresh() recomputes that)."""
+
+    me: str
+    own: Reputations
+    prefix_of: Mapping[str, str] = field(default_factory=dict)  # node → network prefix, where known
+    about: dict[str, dict[str, Testimony]] = field(default_factory=dict)  # worker → issuer → newest
+    positive: dict[str, float] = field(default_factory=dict)  # issuer → Σ max(0, good - bad) of its testimony
+    weights: dict[str, float] = field(default_factory=dict)  # issuer → 0..1 (refresh)
+
+    def take(self, t: Testimony) -> bool:
+        """Keep `t` if it is newer than what its issuer said of that worker before. False when ignored (own
+        testimony, about this node, or stale)."""
+        if t.issuer == self.me or t.worker == self.me:
+            return False
+        said = self.about.setdefault(t.worker, {})
+        old = said.get(t.issuer)
+        if old is not None and old.stamp >= t.stamp:
+            return False
+        if old is None and len(said) >= MAX_ISSUERS_PER_WORKER:
+            oldest = min(said.values(), key=lambda x: (x.stamp, x.issuer))
+            if oldest.stamp >= t.stamp:
+                return False
+            self._drop(oldest)
+        if old is not None:
+            self._drop(old)
+        said[t.issuer] = t
+        self.positive[t.issuer] = self.positive.get(t.issuer, 0.0) + max(0.0, t.good - t.bad)
+        return True
+
+    def _drop(self, t: Testimony) -> None:
+        del self.about[t.worker][t.issuer]
+        self.positive[t.issuer] = max(0.0, self.positive.get(t.issuer, 0.0) - max(0.0, t.good - t.bad))
+
+    def take_all(self, ts: Iterable[Testimony]) -> int:
+        return sum(self.take(t) for t in ts)
+
+    # -- trust in issuers -------------------------------------------------------------------------------
+    def refresh(self, now_ms: int) -> dict[str, float]:
+        """Each issuer's weight: the verified work that flows to it from this node over paths of at most
+        two hops (own evidence, then trusted issuers' testimony), over FULL_FLOW, at most 1."""
+        direct: dict[str, float] = {}
+        for peer in self.positive:
+            ev = self.own.evidence.get(peer)
+            if ev is not None:
+                good, bad = ev.decayed(now_ms)
+                if good > bad:
+                    direct[peer] = good - bad
+        weights: dict[str, float] = {}
+        for issuer in self.positive:
+            flow = direct.get(issuer, 0.0)
+            for via, t in self.about.get(issuer, {}).items():  # via → issuer: what issuer did for via
+                if via in direct and t.good > t.bad:
+                    flow += min(direct[via], t.good - t.bad)
+            if flow > 0:
+                weights[issuer] = min(1.0, flow / FULL_FLOW)
+        self.weights = weights
+        return weights
+
+    def weight(self, issuer: str) -> float:
+        return self.weights.get(issuer, 0.0)
+
+    # -- a worker's standing --------------------------------------------------------------------------
+    def standing(self, worker: str, now_ms: int) -> Standing:
+        """Own evidence plus testimony weighted by each issuer's trust (agreements from others capped at
+        SHARED_CAP); the longer of this node's own run and the run two trusted issuers confirm."""
+        own = self.own.evidence.get(worker)
+        good, bad = own.decayed(now_ms) if own else (0.0, 0.0)
+        streak = self.own.streak(worker)
+        said = self.about.get(worker)
+        if not said or not self.weights:
+            return Standing(Evidence(good, bad, now_ms), streak, 0.0, 0)
+        add_good = add_bad = 0.0
+        runs: list[str] = []
+        latest_bad = self.own.last_bad.get(worker, 0)
+        vouchers = 0
+        for issuer, t in said.items():
+            w = self.weights.get(issuer, 0.0)
+            if w <= 0:
+                continue
+            vouchers += 1
+            add_good += w * t.good
+            add_bad += w * t.bad
+            if w >= MIN_WEIGHT:
+                latest_bad = max(latest_bad, t.last_bad)
+                if t.streak:
+                    runs.append(issuer)
+        if streak and self.own.since.get(worker, 0) < latest_bad:
+            streak = 0  # a trusted issuer saw it misbehave after this node's own run began
+        confirmed = [i for i in runs if said[i].since > latest_bad]
+        if len({self.prefix_of.get(i, i) for i in confirmed}) >= 2:
+            streak = max(streak, min(STREAK_CAP, sum(min(said[i].streak, STREAK_CAP) for i in confirmed)))
+        shared = min(add_good, SHARED_CAP)
+        return Standing(Evidence(good + shared, bad + add_bad, now_ms), streak, shared, vouchers)

@@ -1,0 +1,131 @@
+"""Shared reputation (mesh.core.trust): testimony from an honest issuer, weighed by a receiver, against an
+attacker that runs a cluster of ids vouching for each other."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mesh.core.policy import Reputations, StepEvidence
+from mesh.core.trust import (
+    FULL_FLOW,
+    SHARED_CAP,
+    BadTestimony,
+    Shared,
+    Testimony,
+    attest,
+)
+
+DAY = 86_400_000
+T0 = 1_000 * DAY
+
+
+def agreed(reps: Reputations, peer: str, n: int, start: int = T0, other: str = "witness") -> int:
+    """`n` validated results of `peer` (each agreed on by two), one a second from `start`; the next time."""
+    why = StepEvidence("majority", 2, 3, "d", (peer, other), {peer: "d", other: "d"}, {}, "", "")
+    for k in range(n):
+        reps.fold("agreed", peer, start + k * 1000, why)
+    return start + n * 1000
+
+
+def honest_world(receiver: str = "R") -> tuple[Shared, Reputations, Reputations]:
+    """The receiver R has seen issuers A and B (other prefixes) do FULL_FLOW verified work each; A and B have
+    each seen worker W validated 30 times, which R never met."""
+    own, a, b = Reputations(), Reputations(), Reputations()
+    t = agreed(own, "A", int(FULL_FLOW) + 1)  # one more than enough: the evidence decays a little
+    t = agreed(own, "B", int(FULL_FLOW) + 1, t)
+    t = agreed(a, "W", 30, t)
+    t = agreed(b, "W", 30, t)
+    shared = Shared(receiver, own, {"A": "p1", "B": "p2", "W": "p3", "S1": "p9", "S2": "p9", "S3": "p9"})
+    for issuer, reps in (("A", a), ("B", b)):
+        shared.take(attest(issuer, "W", reps, t))
+    return shared, a, b
+
+
+def test_testimony_round_trips_and_refuses_what_a_peer_could_forge():
+    reps = Reputations()
+    agreed(reps, "W", 3)
+    t = attest("A", "W", reps, T0 + 10_000)
+    assert t is not None and Testimony.from_json(json.loads(json.dumps(t.to_json()))) == t
+    assert t.streak == 3 and t.since == T0 and t.last_bad == 0
+    good = t.to_json()
+    for bad in ({**good, "good": -1}, {**good, "good": float("nan")}, {**good, "bad": 1e300},
+                {**good, "streak": 1.5}, {**good, "streak": True}, {**good, "since": good["stamp"] + 1},
+                {**good, "worker": "A"}, {**good, "issuer": ""}, {**good, "issuer": "x" * 500},
+                {**good, "extra": 1}, {k: v for k, v in good.items() if k != "bad"}, [good], "testimony"):
+        with pytest.raises(BadTestimony):
+            Testimony.from_json(bad)
+
+
+def test_an_issuer_that_did_verified_work_for_the_receiver_lends_it_its_record_of_a_stranger():
+    shared, _, _ = honest_world()
+    assert shared.standing("W", T0 + DAY).streak == 0  # not weighed yet: refresh() weighs issuers
+    weights = shared.refresh(T0 + 60_000)
+    assert weights == {"A": 1.0, "B": 1.0}
+    st = shared.standing("W", T0 + 60_000)
+    assert st.vouchers == 2 and st.shared_good == SHARED_CAP  # 60 agreements reported, capped
+    assert st.streak == 60  # two trusted issuers on two prefixes confirm their runs
+    assert st.evidence.score(T0 + 60_000) > 0.95
+
+
+def test_one_issuer_alone_cannot_make_a_stranger_run_alone():
+    shared, _, _ = honest_world()
+    del shared.about["W"]["B"]
+    shared.refresh(T0 + 60_000)
+    st = shared.standing("W", T0 + 60_000)
+    assert st.streak == 0 and st.shared_good == pytest.approx(30, rel=1e-3)
+
+
+def test_a_sybil_cluster_that_did_no_work_for_the_receiver_weighs_nothing():
+    """Attacker: S1..S3 (one operator) attest that each other and a fake worker F did a thousand verified
+    results each, and that the honest W cheated. None did any work for R or for an issuer R trusts."""
+    shared, _, _ = honest_world()
+    t = T0 + DAY
+    for s in ("S1", "S2", "S3"):
+        for other in ("S1", "S2", "S3", "F"):
+            if other != s:
+                shared.take(Testimony(s, other, 1000.0, 0.0, 1000, t - 1000, 0, t))
+        shared.take(Testimony(s, "W", 0.0, 500.0, 0, 0, t, t))
+    weights = shared.refresh(t)
+    assert set(weights) == {"A", "B"}
+    fake = shared.standing("F", t)
+    assert fake.vouchers == 0 and fake.streak == 0 and fake.evidence.score(t) == 0.5
+    honest = shared.standing("W", t)
+    assert honest.streak == 60 and honest.evidence.score(t) > 0.95  # the slander counts for nothing
+
+
+def test_a_sybil_gains_weight_only_as_far_as_its_verified_work_for_trusted_nodes_flows_to_it():
+    """S1 did 3 verified results for A (whom R trusts): its testimony weighs 3 / FULL_FLOW, and the ids it
+    vouches for gain nothing towards running alone (one voucher, one prefix)."""
+    shared, _, _ = honest_world()
+    a_reps = Reputations()
+    t = agreed(a_reps, "S1", 3, T0 + DAY)
+    shared.take(attest("A", "S1", a_reps, t))
+    shared.take(Testimony("S1", "F", 1000.0, 0.0, 1000, t - 1000, 0, t))
+    weights = shared.refresh(t)
+    assert weights["S1"] == pytest.approx(3 / FULL_FLOW, rel=1e-3)  # decayed a little
+    fake = shared.standing("F", t)
+    assert fake.streak == 0 and fake.shared_good == SHARED_CAP  # at most the cap, and no solo runs
+
+
+def test_a_trusted_issuer_seeing_a_wrong_answer_ends_the_run_others_reported():
+    shared, a, _ = honest_world()
+    t = T0 + DAY
+    a.fold("disagreed", "W", t, None)
+    shared.take(attest("A", "W", a, t))
+    shared.refresh(t)
+    st = shared.standing("W", t)
+    assert st.streak == 0  # B's run began before A saw the wrong answer
+    assert st.evidence.bad > 0
+
+
+def test_stale_and_self_testimony_are_ignored_and_storage_is_bounded():
+    shared, a, _ = honest_world()
+    old = shared.about["W"]["A"]
+    assert not shared.take(Testimony("A", "W", 1.0, 0.0, 1, old.stamp - 5, 0, old.stamp - 1))
+    assert not shared.take(Testimony("R", "W", 1.0, 0.0, 1, 0, 0, T0))  # the receiver's own
+    assert not shared.take(Testimony("A", "R", 1.0, 0.0, 1, 0, 0, T0))  # about the receiver
+    for i in range(200):
+        shared.take(Testimony(f"X{i:03d}", "W", 1.0, 0.0, 1, T0, 0, T0 + i))
+    assert len(shared.about["W"]) == 64

@@ -1,0 +1,34 @@
+"""Shared reputation in the simulator (mesh.core.trust through simulations/board.py): on one network and
+seed, submitters that exchange testimony replicate less than submitters that learn alone, and accept no
+wrong answer more."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulations.run import simulate
+from simulations.scenario import load
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def run(name: str, steps: int, shared: bool) -> dict:
+    s, text = load(name)
+    s = s.replace(steps=steps, **{"policy.shared": shared})
+    r, _ = simulate(s, text, "t", 1)
+    return r
+
+
+@pytest.mark.mesh  # seconds of work: the full suite runs it, the fast one does not
+def test_testimony_lets_an_honest_network_replicate_less():
+    alone, pooled = run("baseline", 3000, False), run("baseline", 3000, True)
+    assert alone["wrong_accepted"] == pooled["wrong_accepted"] == 0
+    assert pooled["replicas_per_step"] < alone["replicas_per_step"] - 0.3, (alone["replicas_per_step"],
+                                                                           pooled["replicas_per_step"])
+
+
+@pytest.mark.mesh  # seconds of work: the full suite runs it, the fast one does not
+def test_testimony_does_not_let_colluders_through():
+    alone, pooled = run("colluding-20", 6000, False), run("colluding-20", 6000, True)
+    assert pooled["wrong_accepted_rate"] <= max(alone["wrong_accepted_rate"], 1 / 6000), (alone, pooled)
+    assert pooled["adversary_credit_share"] < pooled["adversary_id_share"], pooled
