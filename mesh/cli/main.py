@@ -50,6 +50,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         browser=args.browser or "", no_scrape=args.no_scrape, keep_jobs=args.keep_jobs, transport=args.transport,
         relay=not args.no_relay, max_links=args.max_links, rates=_rates(args.rate, "--rate"),
         max_rates=_rates(args.max_rate, "--max-rate", maximum=True), require_credit=args.require_credit,
+        testimony_s=args.testimony_every,
         advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
         if args.advertise else "",
     )
@@ -616,6 +617,9 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
                     help="as a worker, refuse steps from a submitter once this node has done this many credits "
                          "more work for it than it did for this node, as this node's own ledger counts (default: "
                          "no such limit)")
+    sp.add_argument("--testimony-every", type=float, default=60.0, metavar="SECONDS",
+                    help="how often to ask linked peers what their ledgers say of the other peers (shared "
+                         "reputation: weighed by the verified work each did for this node; default 60)")
     sp.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: up to 4)")
     sp.add_argument("--model", metavar="PATH.gguf", help="serve this GGUF model instead of the default Gemma 3 270M")
 

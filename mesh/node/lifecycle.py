@@ -58,6 +58,7 @@ from mesh.node.peers import GossipLimit, Peer, PeerTable, prefix_of, prefix_of_i
 from mesh.node.replaystore import ReplayStore
 from mesh.node.submitter import Options as SubmitterOptions
 from mesh.node.submitter import Ports, Submitter
+from mesh.node.testimony import TESTIMONY_S, Testimonies
 from mesh.node.worker import StepRunner, Worker, WorkerPort
 from mesh.steps.models import default_model_sha, sha256_file
 from mesh.steps.registry import Registry
@@ -115,6 +116,7 @@ class NodeOptions:
     rates: RateCard = DEFAULT_RATES  # what this node charges for work (in its signed record)
     max_rates: RateCard = MAX_DEFAULT  # the most it pays a worker, whatever that worker's card asks
     require_credit: float | None = None  # as a worker: refuse submitters this far in its debt (None: never)
+    testimony_s: float = TESTIMONY_S  # between two rounds of asking linked peers for their testimony
 
 
 def make_transport(opts: NodeOptions, identity: Identity) -> Transport:
@@ -218,11 +220,13 @@ class Node:
         self.head_stale = True  # a write since it was read (the ledger signs a new head with each)
         self.head_asks: dict[str, HeadAsking] = {}  # nonce → whom we asked, their answers
         self.next_head_share = 0.0
+        self.next_testimony = 0.0
         self.dialling: dict[bytes | str, asyncio.Task] = {}  # dials under way, by key (address: bootstraps)
         self.finding: dict[str, asyncio.Task] = {}  # DHT searches for workers under way, by capability
         self.bootstrap = bootstrap_keys(opts.bootstrap, opts.transport)  # address → key it names, if any
         self.own_record: PeerRecord | None = None
         self.reputations = Reputations()  # evidence and streaks by node id, from the ledger
+        self.testimonies = Testimonies(self.id, self.reputations, self.receiver.count)  # shared reputation
         self.balance = 0.0  # credits earned minus spent, from the ledger
         self.accounts: dict[str, Account] = {}  # per peer: credits earned from it and paid to it
         self.ledger_error = ""  # set when a write failed: no paid work until the operator fixes it
@@ -292,6 +296,7 @@ class Node:
         if not isinstance(reply, PeerStatsReply) or reply.error:
             raise MeshError(f"cannot read the ledger: {getattr(reply, 'error', 'no answer')}")
         self.reputations = Reputations(dict(reply.evidence), dict(reply.streaks))
+        self.testimonies.rebind(self.reputations)
         self.balance = reply.balance
         self.accounts = dict(reply.accounts)
         self.listen = f"{self.opts.listen[0]}:{peer_sock.getsockname()[1]}"
@@ -515,6 +520,9 @@ class Node:
             if now >= self.next_head_share:
                 self.next_head_share = now + HEAD_SHARE_S
                 self.spawn(self._share_head())
+            if now >= self.next_testimony:
+                self.next_testimony = now + self.opts.testimony_s
+                self._testimony_round()
             await asyncio.sleep(HEARTBEAT_S)
 
     def _save_peers(self) -> None:
@@ -690,8 +698,8 @@ class Node:
             self.submitter.on_receipt_ack(peer, env.payload)
         elif env.kind == "receipt-ask":
             self.submitter.on_receipt_ask(peer, env.payload)
-        elif env.kind in ("head", "head-ask", "head-held"):
-            self._on_head_message(peer, env.kind, env.payload)
+        elif env.kind in ("head", "head-ask", "head-held", "testimony-ask", "testimony"):
+            self._on_peer_knowledge(peer, env.kind, env.payload, now)
         elif env.kind == "bye":
             peer.state = "left"
             log.info("peer %s left", peer.node[:12])
@@ -804,8 +812,27 @@ class Node:
                 self.reputations.fold(e.kind, e.peer, ts or now_ms(), StepEvidence.in_detail(e.detail))
         return True
 
+    def _on_peer_knowledge(self, peer: Peer, kind: str, payload: object, now: int) -> None:
+        """What peers keep for each other: ledger heads, and testimony about other peers."""
+        if kind == "testimony-ask":
+            self.send(peer, "testimony", self.testimonies.answer(peer.node, payload, now))
+        elif kind == "testimony":
+            self.testimonies.heard(peer.node, payload, {p.node for p in self.peers}, now)
+        else:
+            self._on_head_message(peer, kind, payload)
+
     def reputation_of(self, node: str) -> float:
         return self.reputations.score(node, now_ms())
+
+    def _testimony_round(self) -> None:
+        """Weigh the issuers on what was heard since the last round, then ask each linked peer about the
+        others (answers come as `testimony` envelopes, see on_envelope)."""
+        up = list(self.peers.up())
+        self.testimonies.refresh({p.node: self.observed_prefix(p) for p in up}, now_ms())
+        for peer in up:
+            ask = self.testimonies.ask(p.node for p in up if p.node != peer.node)
+            if ask is not None:
+                self.send(peer, "testimony-ask", ask)
 
     def standing(self, peer: Peer) -> Standing:
         """A requester as this node's worker judges it: reputation here, whether it did work for this
@@ -815,12 +842,15 @@ class Node:
 
     def candidates(self) -> dict[str, list[Candidate]]:
         out: dict[str, list[Candidate]] = {}
+        now = now_ms()
         default = default_model_sha()
         for peer in self.peers.up():
             if self.submitter.blacklisted(peer.node):
                 continue
-            rep, prefix = self.reputation_of(peer.node), self.observed_prefix(peer)
-            cand = Candidate(peer.node, rep, prefix, self.reputations.streak(peer.node), reputation_group(prefix, rep),
+            prefix = self.observed_prefix(peer)
+            standing = self.testimonies.standing(peer.node, now)  # own record and weighed testimony
+            rep = standing.evidence.score(now)
+            cand = Candidate(peer.node, rep, prefix, standing.streak, reputation_group(prefix, rep),
                              capped(peer.record.rates if peer.record else DEFAULT_RATES, self.opts.max_rates))
             for cap in peer.capabilities(default):
                 out.setdefault(cap, []).append(cand)
@@ -851,6 +881,7 @@ class Node:
                 "addresses": self.gateway.addresses, "advertised": [rec.addr, *rec.alt] if (rec := self.own_record) else [],
                 "reachability": self.reachability(), "kinds": self.kinds, "models": self.models, "sandbox": self.sandboxed,
                 "fault": self.opts.fault or None, "peers": peers, "rejected": dict(self.receiver.rejected),
+                "testimony": self.testimonies.status(),
                 "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,
                 "rates": dataclasses.asdict(self.opts.rates), "max_rates": dataclasses.asdict(self.opts.max_rates),
                 "ledger_error": self.ledger_error or None, "journal_error": self.journal.error or None,
@@ -911,6 +942,8 @@ def _check_options(opts: NodeOptions) -> str:
         raise ConfigError("--max-links must be from 1 to 10000")
     if opts.require_credit is not None and not (0 <= opts.require_credit < float("inf")):
         raise ConfigError("--require-credit is a number of credits, 0 or more")
+    if not 1 <= opts.testimony_s <= 86400:
+        raise ConfigError("--testimony-every is a number of seconds from 1 to 86400")
     if opts.transport == "tcp" and opts.fault.startswith("relay-"):
         raise ConfigError(f"--fault {opts.fault} needs --transport libp2p (plain TCP has no relays)")
     Allow.parse(opts.scrape_allow)  # a bad --scrape-allow is a ConfigError now, not at the first scrape

@@ -238,6 +238,53 @@ class HeadHeld:
             raise Rejected("bad-schema", "a nonce is 1 to 64 characters, and at most 8 heads are held")
 
 
+MAX_TESTIMONY = 256  # workers asked about, or testimonies told, in one message
+
+
+@dataclass(frozen=True)
+class TestimonyAsk:
+    """What do you know of these workers? Answered by a `testimony` with the sender's own testimony about
+    those it has a record of (mesh.core.trust)."""
+
+    __test__ = False  # pytest: not a test class
+
+    workers: list[str]
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.workers) <= MAX_TESTIMONY or not all(len(w) == 64 and set(w) <= _HEX
+                                                                  for w in self.workers):
+            raise Rejected("bad-schema", f"a testimony-ask names 1 to {MAX_TESTIMONY} node ids (64 hex characters)")
+
+
+@dataclass(frozen=True)
+class TestimonyItem:
+    """One worker as the sender's ledger knows it (mesh.core.trust.Testimony without the issuer: the
+    issuer is always the envelope's signer, so nobody can speak for another issuer)."""
+
+    __test__ = False
+
+    worker: str
+    good: float
+    bad: float
+    streak: int
+    since: int
+    last_bad: int
+    stamp: int
+
+
+@dataclass(frozen=True)
+class TestimonyTell:
+    """The sender's testimony about workers (answering a testimony-ask)."""
+
+    __test__ = False
+
+    items: list[TestimonyItem]
+
+    def __post_init__(self) -> None:
+        if len(self.items) > MAX_TESTIMONY:
+            raise Rejected("bad-schema", f"a testimony holds at most {MAX_TESTIMONY} items")
+
+
 KINDS: dict[str, type] = {
     "hello": Hello,
     "step": StepRequest,
@@ -251,4 +298,6 @@ KINDS: dict[str, type] = {
     "head": LedgerHead,
     "head-ask": HeadAsk,
     "head-held": HeadHeld,
+    "testimony-ask": TestimonyAsk,
+    "testimony": TestimonyTell,
 }

@@ -46,6 +46,9 @@ from mesh.wire.messages import (
     ReceiptMsg,
     StepRequest,
     StepResult,
+    TestimonyAsk,
+    TestimonyItem,
+    TestimonyTell,
     Work,
 )
 from mesh.wire.records import make_record
@@ -166,6 +169,8 @@ def test_every_kind_round_trips(alice, bob):
         "head": LedgerHead(128, "a" * 64, "b" * 128),
         "head-ask": HeadAsk("n1"),
         "head-held": HeadHeld("n1", [LedgerHead(64, "c" * 64, "d" * 128)]),
+        "testimony-ask": TestimonyAsk(["e" * 64]),
+        "testimony": TestimonyTell([TestimonyItem("e" * 64, 3.0, 0.5, 2, 1000, 0, 2000)]),
     }
     assert set(payloads) == set(KINDS)
     for i, (kind, payload) in enumerate(payloads.items()):

@@ -1,0 +1,82 @@
+"""A node's side of shared reputation (mesh.core.trust): now and then it asks each linked peer what its
+ledger says of the other peers it knows (`testimony-ask`), answers such asks with its own testimony
+(`testimony`), and weighs what it hears by the verified work that flows to each issuer. An issuer only
+ever speaks for itself — the envelope's signer is the issuer of every item — and each item is checked
+as hostile input before it is kept."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Container, Iterable, Mapping
+
+from mesh.core.policy import Reputations
+from mesh.core.trust import BadTestimony, Shared, Standing, Testimony, attest
+from mesh.wire.messages import MAX_TESTIMONY, TestimonyAsk, TestimonyItem, TestimonyTell
+
+log = logging.getLogger("mesh.node")
+
+TESTIMONY_S = 60.0  # between two rounds of asking every linked peer
+SKEW_MS = 300_000  # a testimony stamped further ahead of this node's clock is refused
+
+
+class Testimonies:
+    """The node's testimony: what it holds from others (`shared`), what it tells them."""
+
+    def __init__(self, me: str, own: Reputations, count: Callable[[str], None]):
+        self.shared = Shared(me, own)
+        self.count = count  # a rejection by reason (the node's `rejected` counters)
+        self.rounds = 0  # times the issuers were weighed
+
+    def rebind(self, own: Reputations) -> None:
+        """The node's reputations were rebuilt (read from the ledger at start)."""
+        self.shared.own = own
+
+    def ask(self, peers: Iterable[str]) -> TestimonyAsk | None:
+        """The question for one peer: the other peers this node knows (at most MAX_TESTIMONY)."""
+        workers = sorted(peers)[:MAX_TESTIMONY]
+        return TestimonyAsk(workers) if workers else None
+
+    def answer(self, asker: str, msg: TestimonyAsk, now_ms: int) -> TestimonyTell:
+        """This node's own testimony about the workers asked of (never about the asker itself)."""
+        items = []
+        for w in msg.workers:
+            t = attest(self.shared.me, w, self.shared.own, now_ms) if w != asker else None
+            if t is not None:
+                items.append(TestimonyItem(t.worker, t.good, t.bad, t.streak, t.since, t.last_bad, t.stamp))
+        return TestimonyTell(items)
+
+    def heard(self, issuer: str, msg: TestimonyTell, known: Container[str], now_ms: int) -> int:
+        """Keep what `issuer` (the envelope's signer) said of peers this node knows (so what is held stays
+        bounded by the peer table); items that do not hold together are refused and counted. How many were
+        kept."""
+        kept = 0
+        for item in msg.items:
+            if item.worker not in known:
+                self.count("testimony-unknown-worker")
+                continue
+            try:
+                t = Testimony(issuer, item.worker, item.good, item.bad, item.streak, item.since, item.last_bad,
+                              item.stamp)
+                t.check()
+                if t.stamp > now_ms + SKEW_MS:
+                    raise BadTestimony("stamped in the future")
+            except BadTestimony as exc:
+                self.count("bad-testimony")
+                log.warning("testimony from %s refused: bad-testimony: %s", issuer[:12], exc)
+                continue
+            kept += self.shared.take(t)
+        return kept
+
+    def refresh(self, prefixes: Mapping[str, str], now_ms: int) -> dict[str, float]:
+        """Weigh the issuers again; `prefixes`: the observed network prefix of each linked peer."""
+        self.shared.prefix_of = dict(prefixes)
+        self.rounds += 1
+        return self.shared.refresh(now_ms)
+
+    def standing(self, node: str, now_ms: int) -> Standing:
+        return self.shared.standing(node, now_ms)
+
+    def status(self) -> dict:
+        return {"rounds": self.rounds, "workers": len(self.shared.about),
+                "held": sum(len(v) for v in self.shared.about.values()),
+                "issuers": {i[:12]: round(w, 3) for i, w in sorted(self.shared.weights.items())}}

@@ -1,0 +1,69 @@
+"""Shared reputation between real nodes (mesh/node/testimony.py): an honest node's testimony reaches the
+peers that have seen it do verified work and is weighed there; a stranger with a valid key — who did no
+work for anyone — can slander an honest worker and praise whoever it likes without changing what the
+node thinks, speak only for itself, grow nothing beyond the peer table, and is counted when it sends
+what does not hold together."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh.wire.messages import TestimonyAsk, TestimonyItem, TestimonyTell
+
+from ..conftest import wait_for
+from .hostile import PY_JOB, HostilePeer, now_ms, rejected, status, submit, wait_job
+
+pytestmark = [pytest.mark.mesh, pytest.mark.timeout(240)]
+FAST = ["--no-model", "--testimony-every", "1"]
+
+
+def key_of(node) -> bytes:
+    return bytes.fromhex(status(node)["key"])
+
+
+def shared_view(node) -> dict:
+    return status(node)["testimony"]
+
+
+def test_testimony_travels_between_honest_nodes_and_a_strangers_weighs_nothing(make_mesh):
+    mesh = make_mesh(3, lambda i: FAST)
+    n0, n1, n2 = mesh.nodes
+    for submitter in (n0, n1):  # each learns of the other two by verified work (r=2 on a 3-node mesh)
+        rep = wait_job(submitter, submit(submitter, PY_JOB, 2))
+        assert rep["status"] == "done", rep
+    # n1 has seen n0 do verified work, so n0's testimony (about n2) counts for n1
+    wait_for(lambda: shared_view(n1)["issuers"].get(n0.node_id[:12], 0) > 0, 30, "n1 to weigh n0's testimony")
+    assert shared_view(n1)["held"] >= 1
+
+    before = rejected(n1)
+    with HostilePeer(n1.listen) as evil:
+        evil.handshake(key_of(n1))
+        now = now_ms()
+        lies = [TestimonyItem(n2.node_id, 0.0, 500.0, 0, 0, now, now),  # slander an honest worker
+                TestimonyItem(n0.node_id, 1000.0, 0.0, 1000, now - 1000, 0, now)]  # praise another
+        evil.send(evil.seal("testimony", key_of(n1), TestimonyTell(lies)))
+        unknown = TestimonyItem("ab" * 32, 1000.0, 0.0, 1000, now - 1000, 0, now)  # nobody n1 knows
+        malformed = TestimonyItem(n2.node_id, -1.0, 0.0, 0, 0, 0, now)
+        future = TestimonyItem(n2.node_id, 1.0, 0.0, 0, 0, 0, now + 3_600_000)
+        evil.send(evil.seal("testimony", key_of(n1), TestimonyTell([unknown, malformed, future])))
+        too_many = {"items": [TestimonyItem(n2.node_id, 1.0, 0.0, 0, 0, 0, now).__dict__] * 257}
+        evil.send(evil.seal_raw("testimony", key_of(n1), too_many))
+        # it asks what n1 knows: n1 answers with its own testimony, never about the asker
+        evil.send(evil.seal("testimony-ask", key_of(n1), TestimonyAsk([n0.node_id, n2.node_id, evil.node_id])))
+        reply = evil.expect(lambda f: f["kind"] == "testimony", 10.0)
+        assert reply is not None, "n1 did not answer a testimony-ask"
+        told = {item["worker"] for item in reply["payload"]["items"]}
+        assert told <= {n0.node_id, n2.node_id} and told, reply["payload"]
+
+        def counted() -> bool:
+            now_rej = rejected(n1)
+            return all(now_rej.get(k, 0) - before.get(k, 0) >= n for k, n in
+                       (("bad-testimony", 2), ("testimony-unknown-worker", 1), ("bad-schema", 1)))
+        wait_for(counted, 20, "the stranger's bad testimony counted")
+        wait_for(lambda: shared_view(n1)["held"] >= 2, 20, "n1 to hold the stranger's testimony")
+        rounds = shared_view(n1)["rounds"]
+        wait_for(lambda: shared_view(n1)["rounds"] >= rounds + 2, 30, "n1 to weigh its issuers twice more")
+        assert evil.node_id[:12] not in shared_view(n1)["issuers"], shared_view(n1)
+    # the slandered worker is still placed and the job still runs right
+    rep = wait_job(n1, submit(n1, PY_JOB, 2))
+    assert rep["status"] == "done" and n2.node_id in {r["node"] for r in rep["steps"]["sum"]["replicas"]}, rep
