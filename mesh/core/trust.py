@@ -36,7 +36,7 @@ SHARED_CAP = 40.0  # agreements from others' testimony that count for one worker
 STREAK_CAP = 1000  # a reported run longer than this counts as this
 MIN_WEIGHT = 0.5  # an issuer whose reported runs count (two of them, on different prefixes, are needed)
 MAX_COUNT = 1e6  # a reported count above this is malformed
-MAX_ISSUERS_PER_WORKER = 64  # testimony kept per worker (the newest from each issuer; the oldest dropped)
+MAX_ISSUERS_PER_WORKER = 64  # issuers whose testimony is kept per worker (the least trusted dropped first)
 MAX_ID = 128  # characters of a node id
 
 
@@ -139,10 +139,13 @@ class Shared:
         if old is not None and old.stamp >= t.stamp:
             return False
         if old is None and len(said) >= MAX_ISSUERS_PER_WORKER:
-            oldest = min(said.values(), key=lambda x: (x.stamp, x.issuer))
-            if oldest.stamp >= t.stamp:
+            # full: the least trusted issuer's item goes (the oldest among equals), so a crowd of
+            # weightless ids cannot push out what trusted issuers said
+            rank = lambda x: (self.weights.get(x.issuer, 0.0), x.stamp)  # noqa: E731
+            victim = min(said.values(), key=lambda x: (*rank(x), x.issuer))
+            if rank(victim) >= rank(t):
                 return False
-            self._drop(oldest)
+            self._drop(victim)
         if old is not None:
             self._drop(old)
         said[t.issuer] = t

@@ -129,3 +129,14 @@ def test_stale_and_self_testimony_are_ignored_and_storage_is_bounded():
     for i in range(200):
         shared.take(Testimony(f"X{i:03d}", "W", 1.0, 0.0, 1, T0, 0, T0 + i))
     assert len(shared.about["W"]) == 64
+
+
+def test_a_crowd_of_weightless_ids_cannot_push_out_what_trusted_issuers_said():
+    """Attacker: 200 fresh ids (no verified work) each testify about W, newer than A's and B's items."""
+    shared, _, _ = honest_world()
+    shared.refresh(T0 + 60_000)
+    for i in range(200):
+        shared.take(Testimony(f"Y{i:03d}", "W", 0.0, 100.0, 0, 0, T0 + DAY, T0 + DAY + i))
+    assert {"A", "B"} <= set(shared.about["W"]) and len(shared.about["W"]) == 64
+    st = shared.standing("W", T0 + 2 * DAY)
+    assert st.streak == 60 and st.evidence.bad == 0  # the crowd's slander weighs nothing
