@@ -343,9 +343,12 @@ class JobRun:
                   pool: list[Candidate], now: float, out: list[Dispatch]) -> Decision:
         """Place the replicas `decision` asks for (appended to `out`): generations, or, once a claim is
         in under scoring, requests to score it. GiveUp when no unused worker is left."""
-        prefix = {c.node: c.prefix for c in pool}
-        held = Counter(prefix[n] for n in run.replicas if n in prefix)  # a prefix never supplies the majority
-        picked = [solo] if solo else place(fresh, decision.count, self.rng, self._suspects(run, pool), held)
+        if solo:
+            picked = [solo]
+        else:  # a prefix never supplies most of a step's replicas: those it holds already count
+            prefix = {c.node: c.prefix for c in pool}
+            held = Counter(prefix[n] for n in run.replicas if n in prefix)
+            picked = place(fresh, decision.count, self.rng, self._suspects(run, pool), held)
         result: Decision = decision
         if not picked:
             result = GiveUp("no unused worker left: " + run.tally.evidence())

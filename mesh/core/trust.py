@@ -49,7 +49,8 @@ class Testimony:
     """What `issuer` has seen of `worker`, as of `stamp` (ms): its decayed evidence (good: agreements
     others confirmed; bad: disagreements, no-shows, penalties, failed spot checks, weighted as in
     policy.Evidence), its current run of validated results, when that run began and when the worker last
-    misbehaved for it. The issuer signs its canonical JSON (to_json) when it goes on the wire."""
+    misbehaved for it. On a link the issuer is the envelope's signer (mesh/node/testimony.py); to_json /
+    from_json are its plain JSON form, parsed as strictly as a peer's message."""
 
     __test__ = False  # pytest: not a test class, though named like one
 
@@ -83,7 +84,7 @@ class Testimony:
             if not isinstance(v, str) or not 0 < len(v) <= MAX_ID:
                 raise BadTestimony(f"{name} must be a node id of 1..{MAX_ID} characters")
         if self.issuer == self.worker:
-            raise BadTestimony("an issuer cannot attest about itself")
+            raise BadTestimony("an issuer cannot testify about itself")
         for name in ("good", "bad"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
@@ -126,7 +127,7 @@ class Shared:
     own: Reputations
     prefix_of: Mapping[str, str] = field(default_factory=dict)  # node → network prefix, where known
     about: dict[str, dict[str, Testimony]] = field(default_factory=dict)  # worker → issuer → newest
-    positive: dict[str, float] = field(default_factory=dict)  # issuer → Σ max(0, good - bad) of its testimony
+    held_by: dict[str, int] = field(default_factory=dict)  # issuer → items of its testimony held
     weights: dict[str, float] = field(default_factory=dict)  # issuer → 0..1 (refresh)
 
     def take(self, t: Testimony) -> bool:
@@ -149,12 +150,16 @@ class Shared:
         if old is not None:
             self._drop(old)
         said[t.issuer] = t
-        self.positive[t.issuer] = self.positive.get(t.issuer, 0.0) + max(0.0, t.good - t.bad)
+        self.held_by[t.issuer] = self.held_by.get(t.issuer, 0) + 1
         return True
 
     def _drop(self, t: Testimony) -> None:
         del self.about[t.worker][t.issuer]
-        self.positive[t.issuer] = max(0.0, self.positive.get(t.issuer, 0.0) - max(0.0, t.good - t.bad))
+        left = self.held_by[t.issuer] - 1
+        if left:
+            self.held_by[t.issuer] = left
+        else:
+            del self.held_by[t.issuer]
 
     def take_all(self, ts: Iterable[Testimony]) -> int:
         return sum(self.take(t) for t in ts)
@@ -164,14 +169,14 @@ class Shared:
         """Each issuer's weight: the verified work that flows to it from this node over paths of at most
         two hops (own evidence, then trusted issuers' testimony), over FULL_FLOW, at most 1."""
         direct: dict[str, float] = {}
-        for peer in self.positive:
+        for peer in self.held_by:
             ev = self.own.evidence.get(peer)
             if ev is not None:
                 good, bad = ev.decayed(now_ms)
                 if good > bad:
                     direct[peer] = good - bad
         weights: dict[str, float] = {}
-        for issuer in self.positive:
+        for issuer in self.held_by:
             flow = direct.get(issuer, 0.0)
             for via, t in self.about.get(issuer, {}).items():  # via → issuer: what issuer did for via
                 if via in direct and t.good > t.bad:
@@ -180,9 +185,6 @@ class Shared:
                 weights[issuer] = min(1.0, flow / FULL_FLOW)
         self.weights = weights
         return weights
-
-    def weight(self, issuer: str) -> float:
-        return self.weights.get(issuer, 0.0)
 
     # -- a worker's standing --------------------------------------------------------------------------
     def standing(self, worker: str, now_ms: int) -> Standing:
