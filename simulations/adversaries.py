@@ -1,7 +1,9 @@
 """Worker behaviours, pluggable: a strategy maps the right answer of a step to the answer it returns,
-seeing what a real worker sees of the request (its sender, job id, step id, params, when it came), and
-gives its verdict on another worker's llm claim when asked to score one (compare 'score'). Name one in a
-scenario, or give `package.module:Class` for your own subclass of Strategy."""
+seeing everything a real worker sees of the request (a `Request`: sender, job and step ids, kind, params,
+deadline, when it arrived, whether a relay carried it) and what a real worker learns afterwards (whether
+the submitter paid for the answer: `settled`), and gives its verdict on another worker's llm claim when
+asked to score one (compare 'score'). Name one in a scenario, or give `package.module:Class` for your own
+subclass of Strategy."""
 
 from __future__ import annotations
 
@@ -9,12 +11,30 @@ import importlib
 import random
 import re
 import zlib
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.wire.canonical import canonical
 
 from .scoring import accepts, steered
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request as it reaches a worker: everything a real node's worker side can read of it. `deadline`
+    is when the submitter stops waiting (a real request carries its timeout); `relayed` is whether it came
+    through a relay (the simulated network has no relays, so always False there)."""
+
+    src: str  # the submitter
+    job: str
+    step: str
+    kind: str  # a step kind, or "score" (verify params["claim"])
+    params: Mapping[str, Any] = field(default_factory=dict)
+    deadline: float = 0.0
+    arrived: float = 0.0
+    relayed: bool = False
 
 
 class Strategy:
@@ -34,18 +54,22 @@ class Strategy:
         self.answered += 1
         return truth
 
-    def arrived(self, src: str, job: str, step: str, now: float) -> None:
-        """A request came in (before it waits for the worker's slot): a strategy may note when."""
+    def arrived(self, req: Request) -> None:
+        """A request came in (before it waits for the worker's slot): a strategy may note it."""
 
-    def respond(self, src: str, job: str, step: str, params: Mapping[str, Any], truth: Any, now: float) -> Any:
-        """The answer to one request, seeing all a real worker sees of it; most strategies look at the
-        right answer only."""
+    def respond(self, req: Request, truth: Any, now: float) -> Any:
+        """The answer to one request at `now`, seeing all a real worker sees of it; most strategies look
+        at the right answer only."""
         return self.answer(truth)
 
-    def verify(self, src: str, job: str, step: str, params: Mapping[str, Any], truth: Any, now: float) -> dict:
-        """The verdict on the claim in params["claim"] (a 'score' request), `truth` being the step's honest
-        greedy output: honest scoring accepts exactly what lies in the rule's acceptance region."""
-        return {"accepted": accepts(truth, params.get("claim"))}
+    def verify(self, req: Request, truth: Any, now: float) -> dict:
+        """The verdict on the claim in req.params["claim"] (a 'score' request), `truth` being the step's
+        honest greedy output: honest scoring accepts exactly what lies in the rule's acceptance region."""
+        return {"accepted": accepts(truth, req.params.get("claim"))}
+
+    def settled(self, job: str, step: str, paid: bool, now: float) -> None:
+        """The submitter decided on this worker's answer: `paid` is what a real worker learns from the
+        receipt (or its absence) — an outvoted answer and a failed spot check both earn nothing."""
 
 
 class RandomWrong(Strategy):
@@ -106,9 +130,9 @@ class TrustBuilder(Strategy):
         super().__init__(rng, rate, group, good_steps)
         self.served: dict[str, int] = {}  # submitter → requests answered for it
 
-    def respond(self, src: str, job: str, step: str, params: Mapping[str, Any], truth: Any, now: float) -> Any:
+    def respond(self, req: Request, truth: Any, now: float) -> Any:
         self.answered += 1
-        n = self.served[src] = self.served.get(src, 0) + 1
+        n = self.served[req.src] = self.served.get(req.src, 0) + 1
         if n > self.good_steps and self.rng.random() < self.rate:
             return ["wrong", self.rng.getrandbits(48)]
         return truth
@@ -128,15 +152,15 @@ class SideChannel(Strategy):
         super().__init__(rng, rate, group, good_steps)
         self.channel: dict[tuple[str, str, str], int] = {}  # replaced by the group's shared one
 
-    def arrived(self, src: str, job: str, step: str, now: float) -> None:
-        key = (src, job, step)
+    def arrived(self, req: Request) -> None:
+        key = (req.src, req.job, req.step)
         self.channel[key] = self.channel.pop(key, 0) + 1
         if len(self.channel) > self.KEEP:
             del self.channel[next(iter(self.channel))]
 
-    def respond(self, src: str, job: str, step: str, params: Mapping[str, Any], truth: Any, now: float) -> Any:
+    def respond(self, req: Request, truth: Any, now: float) -> Any:
         self.answered += 1
-        if self.channel.get((src, job, step), 0) >= 2 and \
+        if self.channel.get((req.src, req.job, req.step), 0) >= 2 and \
                 zlib.crc32(canonical([self.group, truth])) / 2**32 < self.rate:
             return ["collude", self.group, zlib.crc32(canonical([self.group, truth]))]
         return truth
@@ -161,11 +185,11 @@ class CheckAware(Strategy):
         self.codes: set[str] = set()  # code of requests it took for real work
         self.cues: dict[str, int] = {}  # cue → requests it flagged
 
-    def arrived(self, src: str, job: str, step: str, now: float) -> None:
-        last = self.last.get(src)
-        if last is not None and now - last < self.RIGHT_AFTER_S:
-            self.close.add((job, step))
-        self.last[src] = now
+    def arrived(self, req: Request) -> None:
+        last = self.last.get(req.src)
+        if last is not None and req.arrived - last < self.RIGHT_AFTER_S:
+            self.close.add((req.job, req.step))
+        self.last[req.src] = req.arrived
 
     def cue(self, job: str, step: str, params: Mapping[str, Any]) -> str:
         """Why this request looks like a check ('' when it looks real)."""
@@ -182,14 +206,14 @@ class CheckAware(Strategy):
             return "unseen code"
         return ""
 
-    def respond(self, src: str, job: str, step: str, params: Mapping[str, Any], truth: Any, now: float) -> Any:
-        why = self.cue(job, step, params)
+    def respond(self, req: Request, truth: Any, now: float) -> Any:
+        why = self.cue(req.job, req.step, req.params)
         self.answered += 1
-        self.close.discard((job, step))
+        self.close.discard((req.job, req.step))
         if why:
             self.cues[why] = self.cues.get(why, 0) + 1
             return truth
-        self.codes.add(str(params.get("code", "")))
+        self.codes.add(str(req.params.get("code", "")))
         if self.rng.random() < self.rate:
             return ["wrong", self.rng.getrandbits(48)]
         return truth
@@ -212,16 +236,65 @@ class Steering(Strategy):
         super().__init__(rng, rate, group, good_steps)
         self.steered = 0  # claims it steered
 
-    def respond(self, src: str, job: str, step: str, params: Mapping[str, Any], truth: Any, now: float) -> Any:
+    def respond(self, req: Request, truth: Any, now: float) -> Any:
         self.answered += 1
-        if "prompt" in params and zlib.crc32(canonical([self.group, truth])) / 2**32 < self.rate:
+        if "prompt" in req.params and zlib.crc32(canonical([self.group, truth])) / 2**32 < self.rate:
             self.steered += 1
             return steered(truth, self.group)
         return truth
 
 
+class Evader(Strategy):
+    """A spot-check evader that learns from what it is paid: after `good_steps` honest answers it cheats
+    (with probability `rate`) only on requests unlike those it was caught on. A request is reduced to what a
+    real worker can read of it — kind, submitter, the params' keys and code length (to 64 bytes), the time
+    it is given (deadline − arrival, to the second), whether a relay carried it — and a cheat the submitter
+    did not pay for marks those features as a check's: any later request with them is answered right.
+    `spared` counts such requests. Against checks that replay real steps exactly, the features of a check
+    are those of work, so what it learns mostly stops it cheating at all."""
+
+    name = "evader"
+    adversary = True
+    KEEP = 4096  # cheats awaiting their verdict, and caught features, remembered (the oldest forgotten first)
+
+    def __init__(self, rng: random.Random, rate: float = 1.0, group: str = "", good_steps: int = 0):
+        super().__init__(rng, rate, group, good_steps)
+        self.pending: OrderedDict[tuple[str, str], tuple] = OrderedDict()  # (job, step) cheated → its features
+        self.caught: OrderedDict[tuple, None] = OrderedDict()  # features of cheats that were not paid
+        self.spared = 0
+
+    @staticmethod
+    def features(req: Request) -> tuple:
+        code = str(req.params.get("code", ""))
+        return (req.kind, req.src, tuple(sorted(req.params)), len(code) // 64,
+                round(req.deadline - req.arrived), req.relayed)
+
+    def respond(self, req: Request, truth: Any, now: float) -> Any:
+        self.answered += 1
+        if self.answered <= self.good_steps:
+            return truth
+        f = self.features(req)
+        if f in self.caught:
+            self.spared += 1
+            return truth
+        if self.rng.random() >= self.rate:
+            return truth
+        self.pending[(req.job, req.step)] = f
+        if len(self.pending) > self.KEEP:
+            self.pending.popitem(last=False)
+        return ["wrong", self.rng.getrandbits(48)]
+
+    def settled(self, job: str, step: str, paid: bool, now: float) -> None:
+        f = self.pending.pop((job, step), None)
+        if f is not None and not paid:
+            self.caught[f] = None
+            if len(self.caught) > self.KEEP:
+                self.caught.popitem(last=False)
+
+
 BUILTIN: dict[str, type[Strategy]] = {c.name: c for c in (Strategy, RandomWrong, Colluding, Sybil, OnOff,
-                                                           CheckAware, Steering, TrustBuilder, SideChannel)}
+                                                           CheckAware, Steering, TrustBuilder, SideChannel,
+                                                           Evader)}
 
 
 def strategy_class(name: str) -> type[Strategy]:

@@ -91,21 +91,22 @@ def _sweep(args: argparse.Namespace, s, text: str) -> int:
     from .sweep import run_sweep
 
     out = Path(args.plot or args.out or "sweep")
-    total = len(args.fractions) * len(args.redundancies) * len(args.policies)
+    fractions = args.fractions if args.fractions is not None else (None if args.sizes else [0.0, 0.1, 0.2, 0.3])
+    total = len(fractions or [0]) * len(args.redundancies) * len(args.policies) * len(args.sizes or [0])
     show = _progress(args)
 
     def progress(done: int, of: int) -> None:
         if show:
             print(f"\rsweep: {done}/{of} runs", end="" if done < of else "\n", file=sys.stderr, flush=True)
 
-    csv, rows = run_sweep(text, args.scenario, args.seed, args.fractions, args.redundancies, args.policies,
-                          args.steps, out, args.processes, progress)
+    csv, rows = run_sweep(text, args.scenario, args.seed, fractions, args.redundancies, args.policies,
+                          args.steps, out, args.processes, progress, args.sizes)
     if args.json:
         print(json.dumps({"csv": str(csv), "runs": total, "rows": rows}))
     else:
         print(f"{total} runs written to {csv}")
         for r in rows:
-            print(f"  {r['policy']:6} r={r['redundancy']} fraction={r['fraction']:<5} wrong_accepted_rate="
+            print(f"  {r['policy']:6} nodes={r['nodes']:<6} r={r['redundancy']} fraction={r['fraction']:<5} wrong_accepted_rate="
                   f"{r['wrong_accepted_rate']:.2e} replicas_per_step={r['replicas_per_step']}")
     return 0
 
@@ -119,10 +120,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    from .scenario import SCENARIOS
+
+    builtin = ", ".join(sorted(p.stem for p in SCENARIOS.glob("*.toml")))
     sp = add("simulate", cmd_simulate, "simulate a whole network from a scenario file (TOML) under a virtual "
              "clock, with the real cross-checking core; prints the metrics. SCENARIO is a path or a built-in "
-             "name: baseline, malicious-20, colluding-20, sybil-30, on-off, churn, large-10k, huge-100k",
-             json_flag=True)
+             f"name: {builtin}", json_flag=True)
     sp.add_argument("scenario", metavar="SCENARIO")
     sp.add_argument("--seed", type=int, default=1, help="the run's one seed: the same seed gives the same run")
     sp.add_argument("--steps", type=int, help="steps to submit (overrides the scenario's)")
@@ -140,11 +143,16 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                          "with --sweep: the sweep's plot and CSV")
     sp.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     sp.add_argument("--sweep", action="store_true",
-                    help="run a grid (malicious fraction × redundancy × policy) across processes; writes a CSV "
+                    help="run a grid (network size × malicious fraction × redundancy × policy) across processes; writes a CSV "
                          "and a plot to --plot DIR or --out DIR")
     sp.add_argument("--out", metavar="DIR", help="sweep output directory (default ./sweep)")
-    sp.add_argument("--fractions", type=_floats, default=[0.0, 0.1, 0.2, 0.3],
-                    help="sweep: malicious fractions (default 0,0.1,0.2,0.3)")
+    sp.add_argument("--fractions", type=_floats, default=None,
+                    help="sweep: malicious fractions, each one adversary like the scenario's first (default "
+                         "0,0.1,0.2,0.3; with --sizes, the scenario's own adversaries)")
+    sp.add_argument("--sizes", type=_ints, default=None, metavar="N,N,...",
+                    help="sweep: network sizes in nodes, e.g. 100,10000,100000; submitters, network prefixes "
+                         "and the job rate scale with the size (the same load on each node), the step count "
+                         "stays; adds vs-size.png (wrong-accepted and replicas per step against size)")
     sp.add_argument("--redundancies", type=_ints, default=[3], help="sweep: redundancies (default 3)")
     sp.add_argument("--policies", type=lambda t: [p for p in t.split(",") if p], default=["plain", "full"],
                     help="sweep: plain (majority at fixed r) and/or full (the scenario's policy) (default both)")

@@ -124,6 +124,7 @@ class SimSubmitter:
         self.core = make_core(s.policy, rng.getrandbits(64), max(500, KEEP_FINISHED // s.network.submitters), record)
         self.meta: dict[str, SimJob] = {}
         self._checks: dict[str, str] = {}  # a spot check's id on the wire → the core's id for it (private)
+        self._wire_of: dict[str, tuple[str, str]] = {}  # a check's core id → (id on the wire, step) its worker saw
         self._effects: dict[type, Callable[[Any], None]] = {
             Send: self._send, Timer: self._timer, Alarm: self._alarm, Wake: self._wake, Record: self._record,
             Started: self._started,
@@ -166,6 +167,8 @@ class SimSubmitter:
         self.shared.take_all(self.board.read(self.id, now))
         self.shared.refresh(int(now * 1000))
         self._cands.clear()
+        for worker in self.shared.reported():
+            self._apply(self.core.on_reported(worker, "a trusted issuer reported a wrong answer", now))
         self.engine.at(now + self.s.policy.share_every_s, self._share)
 
     def _drive(self, job_id: str) -> None:
@@ -191,13 +194,17 @@ class SimSubmitter:
         if hit is not None and now - hit[1] < CANDIDATE_TTL_S:
             return hit[0]
         prefix = self.world.nodes[nid].prefix
+        now_ms = int(now * 1000)
         if self.shared is not None:
-            st = self.shared.standing(nid, int(now * 1000))
-            rep, streak = st.evidence.score(int(now * 1000)), st.streak
-        else:
-            ev = self.evidence.get(nid) if self.s.policy.reputation else None
-            rep, streak = (ev.score(int(now * 1000)) if ev else 0.5), self.ledger.streaks.get(nid, 0)
-        cand = Candidate(nid, rep, prefix, streak, reputation_group(prefix, rep))
+            st = self.shared.standing(nid, now_ms)
+            rep, streak, verified = st.evidence.score(now_ms), st.streak, st.evidence.good
+        elif self.s.policy.reputation:
+            ev = self.evidence.get(nid)
+            rep, streak = (ev.score(now_ms) if ev else 0.5), self.ledger.streaks.get(nid, 0)
+            verified = ev.decayed(now_ms)[0] if ev else 0.0
+        else:  # no reputation at all: every worker alike
+            rep, streak, verified = 0.5, self.ledger.streaks.get(nid, 0), None
+        cand = Candidate(nid, rep, prefix, streak, reputation_group(prefix, rep), verified=verified)
         self._cands[nid] = (cand, now)
         return cand
 
@@ -223,7 +230,7 @@ class SimSubmitter:
         self.m.llm_generations += eff.kind in MODEL_KINDS
         self.m.llm_scorings += eff.kind == "score"
         cost = sj.costs[eff.step] * (SCORE_COST if eff.kind == "score" else 1.0)
-        msg = StepMsg(eff.job, eff.step, sj.truths[eff.step], cost, eff.params, eff.kind)
+        msg = StepMsg(eff.job, eff.step, sj.truths[eff.step], cost, eff.params, eff.kind, eff.deadline)
         self.net.send(self.id, eff.node, 1024, self.world.receive, eff.node, self.on_result, self.id, msg)
 
     def _send_check(self, eff: Send, ch: Challenge) -> None:
@@ -233,13 +240,17 @@ class SimSubmitter:
         self.count += 1
         wire = f"{self.id}-{self.count}"
         self._checks[wire] = eff.job
+        self._wire_of[eff.job] = (wire, eff.step)
+        for d in (self._checks, self._wire_of):  # checks never answered or judged: the oldest go
+            if len(d) > KEEP_FINISHED:
+                del d[next(iter(d))]
         self.m.spot_checks += 1
         self.trace.add("check", wire, eff.step, eff.node)
         src = self.meta.get(ch.source[0]) if ch.source is not None else None
         step = ch.source[1] if ch.source is not None else ""
         truth = src.truths[step] if src is not None else ch.expected
         cost = src.costs[step] if src is not None else self.s.jobs.cost_s * 0.1
-        msg = StepMsg(wire, eff.step, truth, cost, eff.params, eff.kind)
+        msg = StepMsg(wire, eff.step, truth, cost, eff.params, eff.kind, eff.deadline)
         self.net.send(self.id, eff.node, 1024, self.world.receive, eff.node, self.on_result, self.id, msg)
 
     def _timer(self, eff: Timer) -> None:
@@ -259,6 +270,9 @@ class SimSubmitter:
         for o in eff.outcomes:
             sj = self.core.jobs[eff.job]
             self.trace.add("settle", eff.job, o.step, o.accepted, o.digest[:16], list(o.agreeing))
+            nodes = self.world.nodes
+            for w in (*o.agreeing, *o.dissenting, *o.failed):  # what each worker's receipt (or none) tells it
+                nodes[w].strategy.settled(eff.job, o.step, o.accepted and w in o.agreeing, self.engine.now)
             if sj.recheck_of is None:
                 st = sj.run.steps[o.step]
                 wrong = o.accepted and o.digest != digest(self.meta[eff.job].truths[o.step])
@@ -282,6 +296,9 @@ class SimSubmitter:
     def _judged(self, eff: Judged) -> None:
         self.trace.add("spot", eff.node, eff.passed)
         self.m.caught += not eff.passed
+        seen = self._wire_of.pop(eff.check, None)
+        if seen is not None:  # a passed check is paid like work; a failed one is not
+            self.world.nodes[eff.node].strategy.settled(*seen, eff.passed, self.engine.now)
 
     def _rechecked(self, eff: Rechecked) -> None:
         self.trace.add("recheck", eff.job, eff.step, eff.verdict)

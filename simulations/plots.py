@@ -1,6 +1,8 @@
 """PNG plots of simulation results, so a run or a sweep can be judged at a glance instead of from JSON:
-reputation and replication cost over virtual time for one run, and the wrong-accepted rate against the
-malicious fraction for a sweep. Uses the Agg backend, so it works without a display."""
+reputation and replication cost over virtual time for one run, and for a sweep the wrong-accepted rate
+against the malicious fraction, or wrong-accepted and replicas per step against network size. Rates go on
+a symmetric log axis that is linear below RATE_FLOOR, so a zero is drawn at 0, not passed off as a small
+rate. Uses the Agg backend, so it works without a display."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.figure import Figure  # noqa: E402
 
-RATE_FLOOR = 1e-6  # zero rates are drawn here, since a log axis cannot show 0
+RATE_FLOOR = 1e-6  # the rate axis is logarithmic above this and linear below, down to 0
+MARKERS = "osD^v<>ph*"
 CLASS_ORDER = ["honest", "random-wrong", "colluding", "sybil", "on-off"]
 
 
@@ -88,17 +91,55 @@ def plot_fraction(rows: list[dict], out_dir: Path) -> Path:
         lines.setdefault(key, []).append((float(row["fraction"]), float(row["wrong_accepted_rate"]),
                                           float(row["replicas_per_step"])))
     fig, ax = plt.subplots(figsize=(8, 5))
-    for (policy, redundancy), points in sorted(lines.items()):
+    for i, ((policy, redundancy), points) in enumerate(sorted(lines.items())):
         points.sort()
         cost = sum(p[2] for p in points) / len(points)
-        ax.plot([p[0] for p in points], [max(p[1], RATE_FLOOR) for p in points], marker="o",
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=MARKERS[i % len(MARKERS)],
+                linestyle="-" if i % 2 == 0 else "--", alpha=0.85,
                 label=f"{policy}, r={redundancy} ({cost:.2f} replicas/step)")
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=RATE_FLOOR / 2)
+    _rate_axis(ax)
     ax.set_xlabel("malicious fraction of workers")
-    ax.set_ylabel(f"wrong-accepted rate (0 drawn at {RATE_FLOOR:g})")
+    ax.set_ylabel("wrong-accepted rate (0 is drawn at 0)")
     ax.set_title("wrong answers accepted vs malicious fraction")
     ax.grid(True, which="both", alpha=0.3)
     if lines:
         ax.legend(fontsize="small")
     return _save(fig, out_dir / "wrong-vs-fraction.png")
+
+
+def _rate_axis(ax) -> None:
+    """A rate axis that shows 0 as 0: logarithmic from RATE_FLOOR up, linear from 0 to it."""
+    ax.set_yscale("symlog", linthresh=RATE_FLOOR, linscale=0.5)
+    ax.set_ylim(bottom=0)
+
+
+def plot_size(rows: list[dict], out_dir: Path) -> Path:
+    """Write vs-size.png into `out_dir`: wrong-accepted rate and replicas per step (spot checks apart)
+    against the number of nodes, one line per (policy, redundancy, malicious fraction)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines: dict[tuple[str, int, float], list[tuple[int, float, float]]] = {}
+    for row in rows:
+        key = (str(row["policy"]), int(row["redundancy"]), float(row["fraction"]))
+        lines.setdefault(key, []).append((int(row["nodes"]), float(row["wrong_accepted_rate"]),
+                                          float(row["replicas_per_step"])))
+    fig, (wrong, cost) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for i, ((policy, redundancy, fraction), points) in enumerate(sorted(lines.items())):
+        points.sort()
+        style = {"marker": MARKERS[i % len(MARKERS)], "linestyle": "-" if i % 2 == 0 else "--", "alpha": 0.85,
+                 "label": f"{policy}, r={redundancy}, {fraction:g} adversaries"}
+        wrong.plot([p[0] for p in points], [p[1] for p in points], **style)
+        cost.plot([p[0] for p in points], [p[2] for p in points], **style)
+    for ax in (wrong, cost):
+        ax.set_xscale("log")
+        ax.set_xlabel("nodes")
+        ax.grid(True, which="both", alpha=0.3)
+    _rate_axis(wrong)
+    wrong.set_ylabel("wrong-accepted rate (0 is drawn at 0)")
+    wrong.set_title("wrong answers accepted vs network size")
+    cost.set_ylim(bottom=0)
+    cost.set_ylabel("replicas per step")
+    cost.set_title("replication cost vs network size")
+    if lines:
+        cost.legend(fontsize="small")
+    return _save(fig, out_dir / "vs-size.png")

@@ -1,6 +1,7 @@
-"""Parameter sweeps: run one scenario over a grid of malicious fractions, redundancies and policies in
-parallel, and write the results as a CSV and a wrong-vs-fraction plot. Every cell uses the same seed, so
-cells differ only in the parameters swept and the sweep is reproducible cell by cell."""
+"""Parameter sweeps: run one scenario over a grid of network sizes, malicious fractions, redundancies and
+policies in parallel, and write the results as a CSV and plots (wrong-vs-fraction, and vs-size when more
+than one size is swept). Every cell uses the same seed, so cells differ only in the parameters swept and
+the sweep is reproducible cell by cell."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import multiprocessing
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .plots import plot_fraction
+from .plots import plot_fraction, plot_size
 from .scenario import AdversarySpec, Scenario, ScenarioError, parse_text
 
 # "plain": plain majority voting at a fixed redundancy; "full": the scenario's own policy (margin rule,
@@ -21,7 +22,7 @@ POLICIES: dict[str, dict[str, object]] = {
     "full": {},
 }
 
-COLUMNS = ["fraction", "redundancy", "policy", "steps", "wrong_accepted", "wrong_accepted_rate",
+COLUMNS = ["nodes", "fraction", "redundancy", "policy", "steps", "wrong_accepted", "wrong_accepted_rate",
            "replicas_per_step", "spot_checks_per_step", "adversary_credit_share", "reputation_auc",
            "latency_p50", "trace_hash"]
 
@@ -38,26 +39,54 @@ def with_fraction(s: Scenario, fraction: float) -> Scenario:
     return s.replace(adversaries=[adversary])
 
 
+AS_IS = -1.0  # a "fraction" that keeps the scenario's own adversaries
+
+
+def sized(s: Scenario, nodes: int) -> dict[str, object]:
+    """Overrides that make `s` a network of `nodes` nodes with the same load on each: submitters, network
+    prefixes and the job arrival rate scale with it (the step count does not: --steps sets it)."""
+    n = s.network
+    if nodes < 2:
+        raise ScenarioError(f"a network size must be at least 2 nodes, not {nodes}")
+    scale = nodes / n.nodes
+    out: dict[str, object] = {"network.nodes": int(nodes),
+                              "network.submitters": max(1, min(nodes - 1, round(n.submitters * scale))),
+                              "jobs.rate_per_s": s.jobs.rate_per_s * scale}
+    if n.prefixes:
+        out["network.prefixes"] = max(1, round(n.prefixes * scale))
+    return out
+
+
+def adversary_share(s: Scenario) -> float:
+    return round(sum(a.fraction for a in s.adversaries), 6)
+
+
 def cell_scenario(s: Scenario, overrides: dict[str, object], fraction: float) -> Scenario:
-    """The scenario of one cell: `overrides` (`section.field` keys) applied, then the malicious fraction."""
-    return with_fraction(s.replace(**overrides), fraction)
+    """The scenario of one cell: `overrides` (`section.field` keys) applied, then the malicious fraction
+    (AS_IS: the scenario's own adversaries)."""
+    s = s.replace(**overrides)
+    return s if fraction == AS_IS else with_fraction(s, fraction)
 
 
-def grid(s: Scenario, fractions: Iterable[float], redundancies: Iterable[int],
-         policies: Iterable[str]) -> list[tuple[dict, dict]]:
-    """Every (labels, overrides) cell of the sweep. labels: fraction, redundancy, policy; overrides: the
-    policy's and the redundancy's `section.field` values (the fraction is applied apart, by
-    `with_fraction`). Each cell is checked against `s` here, so a bad one fails before anything runs."""
+def grid(s: Scenario, fractions: Iterable[float] | None, redundancies: Iterable[int],
+         policies: Iterable[str], sizes: Iterable[int] | None = None) -> list[tuple[dict, dict, float]]:
+    """Every (labels, overrides, fraction) cell of the sweep. labels: nodes, fraction, redundancy, policy;
+    overrides: the size's, the policy's and the redundancy's `section.field` values; fraction: applied
+    apart, by `with_fraction` (fractions None: the scenario's own adversaries, labelled by their share;
+    sizes None: the scenario's size). Each cell is checked against `s` here, so a bad one fails before
+    anything runs."""
     cells = []
     for policy in policies:
         if policy not in POLICIES:
             raise ScenarioError(f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
-        for redundancy in redundancies:
-            for fraction in fractions:
-                overrides = {**POLICIES[policy], "jobs.redundancy": int(redundancy)}
-                cell_scenario(s, overrides, float(fraction))
-                cells.append(({"fraction": float(fraction), "redundancy": int(redundancy), "policy": policy},
-                              overrides))
+        for nodes in sizes or [s.network.nodes]:
+            size = sized(s, int(nodes)) if sizes else {}
+            for redundancy in redundancies:
+                for fraction in fractions if fractions is not None else [AS_IS]:
+                    overrides = {**size, **POLICIES[policy], "jobs.redundancy": int(redundancy)}
+                    cell = cell_scenario(s, overrides, float(fraction))
+                    cells.append(({"nodes": cell.network.nodes, "fraction": adversary_share(cell),
+                                   "redundancy": int(redundancy), "policy": policy}, overrides, float(fraction)))
     return cells
 
 
@@ -86,17 +115,19 @@ def write_csv(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def run_sweep(s_text: str, source: str, seed: int, fractions: Iterable[float], redundancies: Iterable[int],
+def run_sweep(s_text: str, source: str, seed: int, fractions: Iterable[float] | None, redundancies: Iterable[int],
               policies: Iterable[str], steps: int | None, out_dir: Path, processes: int,
-              progress: Callable[[int, int], None] | None = None) -> tuple[Path, list[dict]]:
+              progress: Callable[[int, int], None] | None = None,
+              sizes: Iterable[int] | None = None) -> tuple[Path, list[dict]]:
     """Run every cell of the grid (`processes` worker processes; 1 or fewer runs them in this process),
-    write sweep.csv and wrong-vs-fraction.png into `out_dir`, and return (csv path, rows sorted by
-    policy, redundancy, fraction). `steps` overrides the scenario's step count when given.
-    `progress(done, total)` is called as each cell finishes."""
+    write sweep.csv, wrong-vs-fraction.png and (more than one size) vs-size.png into `out_dir`, and
+    return (csv path, rows sorted by policy, redundancy, size, fraction). `steps` overrides the scenario's
+    step count when given. `progress(done, total)` is called as each cell finishes."""
     extra = {} if steps is None else {"steps": int(steps)}
     s = parse_text(s_text, source).replace(**extra)  # so that grid() checks the cells with the step count
-    cells = [(labels, {**overrides, **extra}) for labels, overrides in grid(s, fractions, redundancies, policies)]
-    tasks = [(i, s_text, source, overrides, labels["fraction"], seed) for i, (labels, overrides) in enumerate(cells)]
+    cells = [(labels, {**overrides, **extra}, fraction)
+             for labels, overrides, fraction in grid(s, fractions, redundancies, policies, sizes)]
+    tasks = [(i, s_text, source, overrides, fraction, seed) for i, (_, overrides, fraction) in enumerate(cells)]
     rows: list[dict] = []
 
     def collect(results: Iterable[tuple[int, dict]]) -> None:
@@ -110,9 +141,11 @@ def run_sweep(s_text: str, source: str, seed: int, fractions: Iterable[float], r
     else:
         with multiprocessing.Pool(min(processes, len(tasks))) as pool:
             collect(pool.imap_unordered(_run_cell, tasks))
-    rows.sort(key=lambda r: (r["policy"], r["redundancy"], r["fraction"]))
+    rows.sort(key=lambda r: (r["policy"], r["redundancy"], r["nodes"], r["fraction"]))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = write_csv(rows, out_dir / "sweep.csv")
     plot_fraction(rows, out_dir)
+    if len({r["nodes"] for r in rows}) > 1:
+        plot_size(rows, out_dir)
     return path, rows

@@ -10,7 +10,7 @@ from typing import Any
 
 from mesh.wire.canonical import digest
 
-from .adversaries import Strategy
+from .adversaries import Request, Strategy
 from .engine import Engine
 from .network import Network
 from .scoring import TOKENS, token_ids
@@ -42,6 +42,7 @@ class StepMsg:
     cost_s: float  # CPU-seconds on a speed-1 node
     params: Mapping[str, Any] = field(default_factory=dict)  # as the request carries them (a strategy may look)
     kind: str = "python"  # as the request says: a step kind, or "score" (verify params["claim"])
+    deadline: float = 0.0  # when the submitter stops waiting (the request's timeout, as a real one carries it)
 
 
 @dataclass
@@ -85,24 +86,25 @@ class World:
         node = self.nodes[nid]
         if not node.online:
             return
-        node.strategy.arrived(src, msg.job, msg.step, self.engine.now)
+        req = Request(src, msg.job, msg.step, msg.kind, msg.params, msg.deadline, self.engine.now)
+        node.strategy.arrived(req)
         start = max(self.engine.now, node.busy_until)
         node.busy_until = start + msg.cost_s / node.speed
-        self.engine.at(node.busy_until, self._finish, node, node.epoch, reply, src, msg)
+        self.engine.at(node.busy_until, self._finish, node, node.epoch, reply, req, msg)
 
-    def _finish(self, node: SimNode, epoch: int, reply: Callable[..., None], src: str, msg: StepMsg) -> None:
+    def _finish(self, node: SimNode, epoch: int, reply: Callable[..., None], req: Request, msg: StepMsg) -> None:
         if node.epoch != epoch:
             return  # it went down meanwhile
         node.served += 1
         work: dict[str, Any] = {"cpu_s": round(msg.cost_s / node.speed, 6)}
         if msg.kind == "score":
-            output: Any = node.strategy.verify(src, msg.job, msg.step, msg.params, msg.truth, self.engine.now)
+            output: Any = node.strategy.verify(req, msg.truth, self.engine.now)
             work["tokens"] = TOKENS
         else:
-            output = node.strategy.respond(src, msg.job, msg.step, msg.params, msg.truth, self.engine.now)
+            output = node.strategy.respond(req, msg.truth, self.engine.now)
             if msg.kind == "llm":  # what verifiers are handed to score, under compare 'score'
                 work["tokens"], work["token_ids"] = TOKENS, token_ids(output)
-        self.net.send(node.id, src, 512, reply, msg.job, msg.step, node.id, output, digest(output), work)
+        self.net.send(node.id, req.src, 512, reply, msg.job, msg.step, node.id, output, digest(output), work)
 
     # -- churn --------------------------------------------------------------------------------------
     def start_churn(self, mean_up: float, mean_down: float, crash_fraction: float, join_fraction: float,

@@ -109,6 +109,7 @@ class Judged:
     node: str
     passed: bool
     got: str  # the digest it answered, or its error
+    check: str = ""  # the check's id (the job id its worker saw)
 
 
 @dataclass(frozen=True)

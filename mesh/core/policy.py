@@ -11,6 +11,8 @@ from typing import Any
 from mesh.wire.messages import RateCard
 
 MIN_WEIGHT = 0.02  # a peer at the bottom still gets the odd chance to redeem itself
+START_WEIGHT = 0.2  # a new id's placement weight, as a share of what its reputation alone would give it
+EARN_RESULTS = 10.0  # verified results (decayed, own and weighed testimony) that earn an id its full weight
 
 
 @dataclass(frozen=True)
@@ -21,10 +23,19 @@ class Candidate:
     streak: int = 0  # consecutive validated (replicated and agreeing) results: adaptive replication
     group: str = ""  # reputation group (see reputation_group); '' → its prefix
     rates: RateCard = RateCard()  # what it charges (its signed record's rate card)
+    verified: float | None = None  # its verified results as this node counts them (None: not counted, full weight)
 
     @property
     def cohort(self) -> str:
         return self.group or self.prefix
+
+    @property
+    def weight(self) -> float:
+        """Placement weight: reputation, scaled from START_WEIGHT for a new id up to 1 as verified results
+        reach EARN_RESULTS — ids cost nothing to make, so a thousand fresh ones must not draw a thousand
+        shares of the work."""
+        earned = 1.0 if self.verified is None else min(1.0, self.verified / EARN_RESULTS)
+        return max(self.reputation * (START_WEIGHT + (1.0 - START_WEIGHT) * earned), MIN_WEIGHT)
 
 
 def candidate_from(data: dict) -> Candidate:
@@ -186,13 +197,13 @@ class Reputations:
 
 def place(candidates: list[Candidate], k: int, rng: random.Random, avoid: frozenset[str] = frozenset(),
           held: Mapping[str, int] | None = None) -> list[str]:
-    """Pick up to k distinct nodes, weighted by reputation (Efraimidis–Spirakis keys): one per network
+    """Pick up to k distinct nodes, weighted by Candidate.weight (Efraimidis–Spirakis keys): one per network
     prefix first (prefixes in `held`, which already hold replicas of the step, count as taken), then
     without letting one prefix hold a majority of the step's replicas (held + these k), and only when
     nothing else is left from the least-held prefixes (a mesh on one prefix, e.g. loopback). Candidates
     whose group (Candidate.cohort) is in `avoid` are taken only when nobody else is left."""
     keyed = sorted(
-        ((rng.random() ** (1.0 / max(c.reputation, MIN_WEIGHT)), c) for c in sorted(candidates, key=lambda c: c.node)),
+        ((rng.random() ** (1.0 / c.weight), c) for c in sorted(candidates, key=lambda c: c.node)),
         key=lambda kc: -kc[0],
     )
     counts = dict(held or {})

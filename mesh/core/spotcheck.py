@@ -255,16 +255,11 @@ class SpotChecker:
             return python_challenge(self.rng, step, timeout)
         return None
 
-    def judge(self, node: str, challenge: Challenge, sound: bool, output: Any, now: float) -> bool:
-        """An answer to a check (never call this for no answer: busy, an error, a timeout): True when it
-        is the known one; otherwise the node is blacklisted until now + blacklist_s. `sound`: its digest
-        matched its output."""
-        passed = sound and challenge.right(output)
-        if not passed:
-            for gone in [n for n, until in self.banned.items() if until <= now]:
-                del self.banned[gone]  # bans that ran out, forgotten here so the map stays small
-            self.banned[node] = now + self.blacklist_s
-        return passed
+    def ban(self, node: str, now: float) -> None:
+        """A worker that failed a check gets no work until now + blacklist_s."""
+        for gone in [n for n, until in self.banned.items() if until <= now]:
+            del self.banned[gone]  # bans that ran out, forgotten here so the map stays small
+        self.banned[node] = now + self.blacklist_s
 
     def blacklisted(self, node: str, now: float) -> bool:
         """Whether `node` is banned at `now`. Pure (asking changes nothing), so a driver may ask outside

@@ -74,6 +74,18 @@ class SubmittedJob:
     rechecks: dict[str, dict] = field(default_factory=dict)  # step → the recheck of its accepted answer
     credits: float = 0.0  # paid for its steps, once recorded
     payment_error: str = ""  # the ledger refused to record its payments
+    exclude: frozenset[str] = frozenset()  # workers never placed on (a disputed step's recheck)
+
+
+@dataclass(frozen=True)
+class Dispute:
+    """A check that replays an accepted step, answered differently: judged once that step is rechecked."""
+
+    node: str
+    check_id: str
+    challenge: Challenge
+    got: str
+    work: dict
 
 
 def step_evidence(job: Job, o: Outcome, replicas: Mapping[str, Replica]) -> StepEvidence:
@@ -92,7 +104,7 @@ def settle_entries(job_id: str, job: Job, o: Outcome, replicas: Mapping[str, Rep
 
 # each input and its number of arguments; those marked timed end with the time
 INPUTS = {"submit": 3, "tick": 3, "on_result": 9, "on_unreachable": 4, "on_node_lost": 3, "on_alarm": 1,
-          "on_recorded": 3, "abort": 2}
+          "on_recorded": 3, "abort": 2, "on_reported": 3}
 UNTIMED = ("submit", "on_recorded", "abort")
 Sink = Callable[[list], None]  # takes each input as it arrives, before the core acts on it (a journal)
 
@@ -112,6 +124,7 @@ class Submission:
         self.queued: dict[str, deque[tuple[str, Dispatch]]] = {}  # worker → replicas waiting for a slot
         self._finished: deque[str] = deque()
         self._rechecking: dict[str, int] = {}  # job → its rechecks still running (it is kept until they end)
+        self.disputes: dict[tuple[str, str], list[Dispute]] = {}  # (job, step) rechecked → checks awaiting it
         self._records: dict[int, Record] = {}  # written by the driver, not yet reported
         self._prefix: dict[str, str] = {}  # worker → its network prefix when last placed (for known answers)
         self._next_record = 0
@@ -133,7 +146,10 @@ class Submission:
             return self._out([])
         out: list[Effect] = []
         sj.run.on_time(now)
-        placed = sj.run.advance(self._trusted(candidates, now), now, self.spot.held(now))
+        trusted = self._trusted(candidates, now)
+        if sj.exclude:  # a disputed step's recheck: none of those with a part in either answer
+            trusted = {k: [c for c in v if c.node not in sj.exclude] for k, v in trusted.items()}
+        placed = sj.run.advance(trusted, now, self.spot.held(now))
         if placed:
             nodes = {d.node for d in placed}
             self._prefix.update((c.node, c.prefix) for cs in candidates.values() for c in cs if c.node in nodes)
@@ -147,7 +163,7 @@ class Submission:
         if outcomes:
             out.append(self._settle(job_id, sj, outcomes))
         if sj.run.finished:
-            self._finish(job_id, sj, out)
+            self._finish(job_id, sj, out, now)
         return self._out(out)
 
     def on_result(self, node: str, job_id: str, step: str, ok: bool, claimed: str, output: Any, work: dict,
@@ -200,6 +216,20 @@ class Submission:
             if any(node in r.tally.pending for r in sj.run.steps.values() if r.tally):
                 sj.run.on_node_lost(node, reason)
                 out.append(Wake(job_id))
+        return self._out(out)
+
+    def on_reported(self, node: str, reason: str, now: float) -> list[Effect]:
+        """Trusted testimony (mesh.core.trust.Shared.reported) says `node` gave a wrong answer to someone
+        else: its answers in steps not yet settled stop counting, and every accepted step it vouched for
+        here is run again — a cheater trusted to run alone is caught by one submitter, but its wrong
+        answers sit with all of them. Not blacklisted: only this node's own checks do that."""
+        self._in("on_reported", node, reason, now)
+        out: list[Effect] = []
+        for sj in self.active.values():
+            sj.run.on_node_distrusted(node, reason)
+        if self.config.recheck:
+            self._recheck(node, out)
+        out.extend(self._wake_holding([node]))
         return self._out(out)
 
     def on_alarm(self, now: float) -> list[Effect]:
@@ -330,21 +360,65 @@ class Submission:
         """A check answered. Passed, it is paid as the step it replays would be (its worker's own figures,
         capped by the step's limits, at its card), receipt and all: an unpaid request would tell a worker
         afterwards which of its answers were checks."""
-        passed = self.spot.judge(node, challenge, ok, output, now)
-        out.append(Judged(node, passed, got))
+        passed = ok and challenge.right(output)
         if passed:
-            credit, basis = pay(challenge.kind, {node: work}, {node: challenge.rates},
-                                cap(challenge.kind, challenge.params, challenge.timeout))
-            out.append(self._record(check_id, (LedgerEntry("paid", check_id, challenge.step, node, -credit[node],
-                                                           detail={"spot_check": basis}),)))
-        if not passed:
-            detail = {"expected": digest(challenge.expected), "got": got, "kind": challenge.kind,
-                      "as_step": challenge.step, "replays": "/".join(challenge.source or ()) or "synthetic"}
-            out.append(self._record("spot", (LedgerEntry("spot_failed", "spot", check_id, node, 0.0, None, detail),)))
-            for sj in self.active.values():
-                sj.run.on_node_distrusted(node, "failed a spot check")
-            self._recheck(node, out)
+            self._passed(node, check_id, challenge, got, work, out)
+        elif not self._dispute(Dispute(node, check_id, challenge, got, dict(work)), out):
+            self._convict(node, check_id, challenge, got, now, out)
         out.extend(self._wake_holding([node]))
+
+    def _passed(self, node: str, check_id: str, challenge: Challenge, got: str, work: Mapping[str, Any],
+                out: list[Effect]) -> None:
+        out.append(Judged(node, True, got, check_id))
+        credit, basis = pay(challenge.kind, {node: work}, {node: challenge.rates},
+                            cap(challenge.kind, challenge.params, challenge.timeout))
+        out.append(self._record(check_id, (LedgerEntry("paid", check_id, challenge.step, node, -credit[node],
+                                                       detail={"spot_check": basis}),)))
+
+    def _convict(self, node: str, check_id: str, challenge: Challenge, got: str, now: float,
+                 out: list[Effect]) -> None:
+        """A failed check: banned for blacklist_s, recorded, its unsettled answers dropped, what it vouched
+        for rerun."""
+        self.spot.ban(node, now)
+        out.append(Judged(node, False, got, check_id))
+        detail = {"expected": digest(challenge.expected), "got": got, "kind": challenge.kind,
+                  "as_step": challenge.step, "replays": "/".join(challenge.source or ()) or "synthetic"}
+        out.append(self._record("spot", (LedgerEntry("spot_failed", "spot", check_id, node, 0.0, None, detail),)))
+        for sj in self.active.values():
+            sj.run.on_node_distrusted(node, "failed a spot check")
+        self._recheck(node, out)
+
+    def _dispute(self, d: Dispute, out: list[Effect]) -> bool:
+        """A check that replays an accepted step came back different: the known answer may be the wrong one
+        (a unanimous wrong answer of colluders, replayed to an honest worker). Unless that step was already
+        rechecked and confirmed, rerun it on workers who had no part in either answer, and judge the
+        worker by that (`_settle_disputes`). False: no dispute possible (a synthetic check, the step gone
+        or confirmed) — judge it now."""
+        if d.challenge.source is None:
+            return False
+        job_id, sid = d.challenge.source
+        orig = self.jobs.get(job_id)
+        if orig is None or orig.recheck_of or orig.run.steps[sid].status != "done":
+            return False
+        earlier = orig.rechecks.get(sid)
+        if earlier is not None and earlier["verdict"] != "running":
+            return earlier["verdict"] != "confirmed"  # overturned: the worker was right; inconclusive: unproven
+        self.disputes.setdefault((job_id, sid), []).append(d)
+        for sj in self.active.values():  # until it is judged, its answers settle nothing
+            sj.run.on_node_distrusted(d.node, "its spot check is disputed")
+        if earlier is None:
+            exclude = frozenset((*orig.run.steps[sid].replicas, d.node))
+            self._start_recheck(job_id, sid, f"dispute by {d.node}", exclude, out)
+        return True
+
+    def _settle_disputes(self, job_id: str, sid: str, verdict: str, now: float | None, out: list[Effect]) -> None:
+        """The recheck behind some disputed checks ended: a confirmed known answer convicts their workers,
+        an overturned one pays them as a passed check; inconclusive, they are let go unjudged."""
+        for d in self.disputes.pop((job_id, sid), []):
+            if verdict == "confirmed" and now is not None:
+                self._convict(d.node, d.check_id, d.challenge, d.got, now, out)
+            elif verdict == "overturned":
+                self._passed(d.node, d.check_id, d.challenge, d.got, d.work, out)
 
     def _wake_holding(self, nodes: list[str]) -> list[Effect]:
         """Jobs with a running step one of these workers answered or was asked: drive them again."""
@@ -358,13 +432,17 @@ class Submission:
             orig = self.jobs.get(job_id)
             if orig is None or orig.recheck_of or orig.run.steps[sid].status != "done" or sid in orig.rechecks:
                 continue
-            rid, seed = new_job_id(self.rng.getrandbits(128)), self.rng.getrandbits(64)
-            orig.rechecks[sid] = {"job": rid, "cause": cheater, "verdict": "running"}
-            self._rechecking[job_id] = self._rechecking.get(job_id, 0) + 1
-            run = JobRun.recheck(rid, orig.run, sid, random.Random(seed))
-            out.extend(self._add(rid, SubmittedJob(run, seed, recheck_of=(job_id, sid))))
+            self._start_recheck(job_id, sid, cheater, frozenset(), out)
 
-    def _judge_recheck(self, rid: str, sj: SubmittedJob, out: list[Effect]) -> None:
+    def _start_recheck(self, job_id: str, sid: str, cause: str, exclude: frozenset[str], out: list[Effect]) -> None:
+        orig = self.jobs[job_id]
+        rid, seed = new_job_id(self.rng.getrandbits(128)), self.rng.getrandbits(64)
+        orig.rechecks[sid] = {"job": rid, "cause": cause, "verdict": "running"}
+        self._rechecking[job_id] = self._rechecking.get(job_id, 0) + 1
+        run = JobRun.recheck(rid, orig.run, sid, random.Random(seed))
+        out.extend(self._add(rid, SubmittedJob(run, seed, recheck_of=(job_id, sid), exclude=exclude)))
+
+    def _judge_recheck(self, rid: str, sj: SubmittedJob, now: float | None, out: list[Effect]) -> None:
         """Confirm or overturn the rechecked answer; those who vouched for an overturned one disagreed."""
         job_id, sid = sj.recheck_of or ("", "")
         orig = self.jobs[job_id]  # kept while rechecked
@@ -381,6 +459,7 @@ class Submission:
             out.append(self._record(job_id, tuple(LedgerEntry("disagreed", job_id, sid, n, 0.0, why) for n in vouched)))
         orig.rechecks[sid]["verdict"] = verdict
         out.append(Rechecked(job_id, sid, rid, verdict, before, after))
+        self._settle_disputes(job_id, sid, verdict, now, out)
 
     # -- jobs ---------------------------------------------------------------------------------------
     def _add(self, job_id: str, sj: SubmittedJob) -> list[Effect]:
@@ -407,10 +486,11 @@ class Submission:
         rec = self._records[self._next_record] = Record(self._next_record, job_id, entries, outcomes)
         return rec
 
-    def _finish(self, job_id: str, sj: SubmittedJob, out: list[Effect]) -> None:
+    def _finish(self, job_id: str, sj: SubmittedJob, out: list[Effect], now: float | None = None) -> None:
+        """`now`: None when the job was aborted (no verdict then convicts anyone)."""
         del self.active[job_id]
         if sj.recheck_of is not None:
-            self._judge_recheck(job_id, sj, out)
+            self._judge_recheck(job_id, sj, now, out)
         out.append(Finished(job_id, sj.run.status))
         self._finished.append(job_id)
         while len(self._finished) > self.config.keep and self._finished[0] not in self._rechecking:

@@ -129,6 +129,7 @@ class Shared:
     about: dict[str, dict[str, Testimony]] = field(default_factory=dict)  # worker → issuer → newest
     held_by: dict[str, int] = field(default_factory=dict)  # issuer → items of its testimony held
     weights: dict[str, float] = field(default_factory=dict)  # issuer → 0..1 (refresh)
+    acted: dict[str, int] = field(default_factory=dict)  # worker → newest trusted wrong-answer report taken (reported)
 
     def take(self, t: Testimony) -> bool:
         """Keep `t` if it is newer than what its issuer said of that worker before. False when ignored (own
@@ -185,6 +186,18 @@ class Shared:
                 weights[issuer] = min(1.0, flow / FULL_FLOW)
         self.weights = weights
         return weights
+
+    def reported(self) -> list[str]:
+        """Workers a trusted issuer (weight ≥ MIN_WEIGHT, after `refresh`) has reported a wrong answer of
+        since this was last asked: each newer report once, so a submitter can recheck what they vouched
+        for with it."""
+        fresh: list[str] = []
+        for worker, said in self.about.items():
+            latest = max((t.last_bad for i, t in said.items() if self.weights.get(i, 0.0) >= MIN_WEIGHT), default=0)
+            if latest > self.acted.get(worker, 0):
+                self.acted[worker] = latest
+                fresh.append(worker)
+        return fresh
 
     # -- a worker's standing --------------------------------------------------------------------------
     def standing(self, worker: str, now_ms: int) -> Standing:

@@ -825,10 +825,13 @@ class Node:
         return self.reputations.score(node, now_ms())
 
     def _testimony_round(self) -> None:
-        """Weigh the issuers on what was heard since the last round, then ask each linked peer about the
-        others (answers come as `testimony` envelopes, see on_envelope)."""
+        """Weigh the issuers on what was heard since the last round, recheck what a worker newly reported
+        by a trusted issuer vouched for, then ask each linked peer about the others (answers come as
+        `testimony` envelopes, see on_envelope)."""
         up = list(self.peers.up())
         self.testimonies.refresh({p.node: self.observed_prefix(p) for p in up}, now_ms())
+        for worker in self.testimonies.reported():
+            self.submitter.on_reported(worker)
         for peer in up:
             ask = self.testimonies.ask(p.node for p in up if p.node != peer.node)
             if ask is not None:
@@ -851,7 +854,8 @@ class Node:
             standing = self.testimonies.standing(peer.node, now)  # own record and weighed testimony
             rep = standing.evidence.score(now)
             cand = Candidate(peer.node, rep, prefix, standing.streak, reputation_group(prefix, rep),
-                             capped(peer.record.rates if peer.record else DEFAULT_RATES, self.opts.max_rates))
+                             capped(peer.record.rates if peer.record else DEFAULT_RATES, self.opts.max_rates),
+                             standing.evidence.good)
             for cap in peer.capabilities(default):
                 out.setdefault(cap, []).append(cand)
         return out

@@ -521,6 +521,10 @@ class Submitter:
         if self.core.holds(node):  # a peer that holds nothing of ours is no input (nor a journal row)
             self._apply_all(self.core.on_node_lost(node, reason, self.now()))
 
+    def on_reported(self, node: str) -> None:
+        """Trusted testimony reported a wrong answer of `node` to someone else: recheck what it vouched for."""
+        self._apply_all(self.core.on_reported(node, "a trusted issuer reported a wrong answer", self.now()))
+
     # -- reports ------------------------------------------------------------------------------------
     def _save(self, job_id: str, st: JobState) -> None:
         path = self.ports.home / "jobs" / f"{job_id}.json"

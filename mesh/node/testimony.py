@@ -73,6 +73,10 @@ class Testimonies:
         self.rounds += 1
         return self.shared.refresh(now_ms)
 
+    def reported(self) -> list[str]:
+        """Workers a trusted issuer newly reported a wrong answer of (mesh.core.trust.Shared.reported)."""
+        return self.shared.reported()
+
     def standing(self, node: str, now_ms: int) -> Standing:
         return self.shared.standing(node, now_ms)
 

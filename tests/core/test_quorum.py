@@ -627,3 +627,20 @@ def test_same_seed_and_inputs_give_identical_dispatch_sequences():
     assert _drive(11) == _drive(11)
     assert len(_drive(11)) >= 6
     assert len({tuple((d.step, d.node) for d in _drive(s)) for s in range(10)}) > 1
+
+
+def test_new_ids_start_with_a_fifth_of_the_weight_and_earn_the_rest_by_verified_work():
+    """A thousand fresh ids must not draw a thousand shares: an id with no verified results weighs
+    START_WEIGHT of its reputation, one with EARN_RESULTS (or more) its whole reputation."""
+    from mesh.core.policy import EARN_RESULTS, START_WEIGHT
+
+    fresh = Candidate("new", 0.5, "p1", verified=0.0)
+    half = Candidate("half", 0.5, "p2", verified=EARN_RESULTS / 2)
+    proven = Candidate("old", 0.5, "p3", verified=EARN_RESULTS * 3)
+    assert fresh.weight == pytest.approx(0.5 * START_WEIGHT) and proven.weight == pytest.approx(0.5)
+    assert fresh.weight < half.weight < proven.weight
+    assert Candidate("unmeasured", 0.5, "p4").weight == 0.5  # drivers that count nothing: reputation alone
+    rng = random.Random(3)
+    firsts = Counter(place([fresh, proven], 1, rng)[0] for _ in range(3000))
+    share = firsts["new"] / 3000  # Efraimidis–Spirakis: w_new / (w_new + w_old) for the first pick
+    assert abs(share - START_WEIGHT / (1 + START_WEIGHT)) < 0.03, share

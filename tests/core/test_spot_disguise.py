@@ -155,7 +155,7 @@ def test_a_timeout_or_a_lost_worker_is_no_answer_and_only_a_wrong_output_is_chea
     assert lost.job not in sub.spot.out and not sub.blacklisted(lost.node, 10.0)
     assert of(answer(sub, late, late.check.expected, late.deadline + 1), Judged) == []  # too late: not judged
     effects = answer(sub, liar, ["wrong"], 11.0)
-    assert of(effects, Judged) == [Judged(liar.node, False, digest(["wrong"]))]
+    assert of(effects, Judged) == [Judged(liar.node, False, digest(["wrong"]), liar.job)]
     assert sub.blacklisted(liar.node, 11.0)
     assert {n for n in WORKERS if sub.blacklisted(n, 11.0)} == {liar.node}
 
@@ -198,3 +198,67 @@ def test_a_passed_check_is_paid_as_a_replica_is_and_a_failed_one_is_not():
     assert {paid.amount} == replica_paid == {-0.5}  # 0.25 CPU-seconds at 2 a CPU-second, both
     greedy = sub.on_result(liar.node, liar.job, liar.step, True, digest([43]), [43], {"cpu_s": 1e9}, "", 61.0)
     assert not [e for r in of(greedy, Record) for e in r.entries if e.kind == "paid"]
+
+
+def settle_on(sub: Submission, job_id: str, workers: tuple[str, ...], output: object, now: float) -> list:
+    """One r=3 job on `workers`, every replica answering `output`, and the checks planned with it
+    answered right; returns the checks' and the settling effects."""
+    sub.submit(job_id, job(), 1)
+    effects = sub.tick(job_id, pool(*workers), now)
+    for s in of(effects, Send):
+        answer(sub, s, output, now + 0.1)
+    out = []
+    for c in fire(sub, of(effects, Alarm)):
+        out += answer(sub, c, c.check.expected, c.deadline - 1)
+    return out + sub.tick(job_id, pool(*workers), now + 100)
+
+
+def test_an_honest_worker_checked_against_a_unanimous_wrong_answer_is_vindicated_by_a_recheck():
+    """Three colluders agree on 666 (nobody dissents): it is accepted and becomes a known answer. A check
+    replaying it to an honest worker comes back 42. That worker is not convicted on the colluders' word:
+    the step is rerun on workers who had no part in either answer, the recheck overturns 666, the
+    colluders are booked as having agreed on a wrong answer and the honest worker is paid for its check."""
+    sub = Submission(Config(1, spot_rate=1.0, blacklist_s=60))
+    settle_on(sub, "j0", ("c1", "c2", "c3"), 666, 0.0)
+    assert sub.jobs["j0"].run.steps["prep"].output == 666
+    sub.submit("j1", job(), 1)
+    effects = sub.tick("j1", pool("h1", "h2", "h3"), 200.0)
+    checks = fire(sub, of(effects, Alarm))
+    assert checks and all(c.check.source == ("j0", "prep") and c.check.expected == 666 for c in checks)
+    disputed = answer(sub, checks[0], 42, checks[0].deadline - 1)
+    assert of(disputed, Judged) == [] and not sub.blacklisted(checks[0].node, checks[0].deadline)
+    assert not [e for r in of(disputed, Record) for e in r.entries if e.kind == "spot_failed"]
+    (started,) = [e for e in disputed if type(e).__name__ == "Started"]
+    assert started.recheck_of == ("j0", "prep")
+    everyone = pool("c1", "c2", "c3", "h1", "h2", "h3", "h4", "h5")
+    sends = of(sub.tick(started.job, everyone, 300.0), Send)
+    assert sends and {s.node for s in sends} <= {"h1", "h2", "h3", "h4", "h5"} - {checks[0].node}  # no part in either
+    for s in sends:
+        answer(sub, s, 42, 301.0)
+    effects = sub.tick(started.job, everyone, 302.0)
+    assert sub.jobs["j0"].rechecks["prep"]["verdict"] == "overturned"
+    assert of(effects, Judged) == [Judged(checks[0].node, True, digest(42), checks[0].job)]
+    booked = [(e.kind, e.peer) for r in of(effects, Record) for e in r.entries]
+    assert {("disagreed", c) for c in ("c1", "c2", "c3")} <= set(booked)
+    assert ("paid", checks[0].node) in booked
+
+
+def test_a_liar_disputing_a_right_known_answer_is_convicted_once_the_recheck_confirms_it():
+    sub = Submission(Config(1, spot_rate=1.0, blacklist_s=60))
+    settle_on(sub, "j0", ("h1", "h2", "h3"), 42, 0.0)
+    sub.submit("j1", job(), 1)
+    checks = fire(sub, of(sub.tick("j1", pool("liar", "h4", "h5"), 200.0), Alarm))
+    lie = next(c for c in checks if c.node == "liar")
+    disputed = answer(sub, lie, 666, lie.deadline - 1)
+    assert of(disputed, Judged) == []
+    (started,) = [e for e in disputed if type(e).__name__ == "Started"]
+    everyone = pool("liar", "h1", "h2", "h3", "h4", "h5", "h6", "h7")
+    sends = of(sub.tick(started.job, everyone, 300.0), Send)
+    assert {s.node for s in sends} <= {"h4", "h5", "h6", "h7"}
+    for s in sends:
+        answer(sub, s, 42, 301.0)
+    effects = sub.tick(started.job, everyone, 302.0)
+    assert sub.jobs["j0"].rechecks["prep"]["verdict"] == "confirmed"
+    assert of(effects, Judged) == [Judged("liar", False, digest(666), lie.job)]
+    assert sub.blacklisted("liar", 303.0)
+    assert ("spot_failed", "liar") in [(e.kind, e.peer) for r in of(effects, Record) for e in r.entries]

@@ -54,10 +54,9 @@ def test_rate_memory_and_blacklist():
     ch = sc.challenge("llm", "w", "a", 60.0, "m1")
     assert (ch.params, ch.expected, ch.step, ch.timeout, ch.source) == (
         {"prompt": "p", "model": "m1"}, " out", "ask", 90.0, ("j0", "ask"))
-    assert sc.judge("honest", ch, True, " out", 0.0) and not sc.blacklisted("honest", 0.0)
-    assert not sc.judge("liar", ch, True, " other", 0.0)
-    assert sc.blacklisted("liar", 59.0) and not sc.blacklisted("liar", 61.0)
-    assert not sc.judge("garbled", ch, False, " out", 0.0)  # the right text under a digest that is not its own
+    assert ch.right(" out") and not ch.right(" other")
+    sc.ban("liar", 0.0)
+    assert sc.blacklisted("liar", 59.0) and not sc.blacklisted("liar", 61.0) and not sc.blacklisted("honest", 0.0)
     assert SpotChecker(0.0, 60, random.Random(1)).challenge("python", "w", "a", 60.0) is None
     rate = sum(SpotChecker(0.2, 60, random.Random(s)).challenge("python", "w", "a", 60.0) is not None
                for s in range(500)) / 500

@@ -171,7 +171,7 @@ def test_a_step_waits_for_its_workers_check_then_a_failed_check_blacklists_and_r
     answer(sub, send, 666, 1.0)  # wrong, but r=1: nobody contradicts it
     assert of(sub.tick("j1", pool("cheat"), 1.0), Record) == []  # held: its check is out
     effects = right(sub, check, 2.0)
-    assert of(effects, Judged) == [Judged("cheat", True, digest(check.check.expected))]
+    assert of(effects, Judged) == [Judged("cheat", True, digest(check.check.expected), check.job)]
     assert Wake("j1") in effects
     assert of(sub.tick("j1", pool("cheat"), 2.0), Finished) == [Finished("j1", "done")]  # vouched for by cheat
 
@@ -244,6 +244,29 @@ def test_a_job_being_rechecked_is_kept_past_the_limit_until_its_verdict():
     assert list(sub.jobs) == [started.job]
 
 
+def test_a_trusted_report_of_a_wrong_answer_elsewhere_rechecks_what_the_worker_vouched_for_here():
+    """`cheat` ran j1 alone and was paid: its check passed. Another submitter catches it and says so
+    (trust.Shared.reported): j1 is run again on others and overturned; cheat is not blacklisted here
+    (only this node's own checks do that), and its answer still running elsewhere stops counting."""
+    sub, send, check = spot_core()
+    answer(sub, send, 666, 1.0)
+    right(sub, check, 2.0)
+    assert of(sub.tick("j1", pool("cheat"), 2.0), Finished) == [Finished("j1", "done")]
+    sub.submit("j2", THREE, 2)
+    for s in of(sub.tick("j2", pool("cheat", "h1", "h2"), 3.0), Send):
+        if s.node == "cheat":
+            answer(sub, s, 666, 3.5)
+    effects = sub.on_reported("cheat", "a trusted issuer reported a wrong answer", 4.0)
+    (started,) = of(effects, Started)
+    assert started.recheck_of == ("j1", "a") and Wake("j2") in effects
+    assert "cheat" in sub.jobs["j2"].run.steps["a"].tally.failures and not sub.blacklisted("cheat", 4.0)
+    for s in of(sub.tick(started.job, pool("h1", "h2", "h3"), 4.0), Send):
+        answer(sub, s, 42, 5.0)
+    sub.tick(started.job, pool("h1", "h2", "h3"), 5.0)
+    assert sub.jobs["j1"].rechecks["a"]["verdict"] == "overturned"
+    assert of(sub.on_reported("cheat", "again", 6.0), Started) == []  # each step rechecked once
+
+
 def test_the_cores_log_replays_to_the_same_decisions_here_and_in_the_simulators_core():
     sub = Submission(Config(5, spot_rate=0.5, job_log=True, check_spread_s=0.5), record=True)
     alarms: list[float] = []
@@ -259,7 +282,9 @@ def test_the_cores_log_replays_to_the_same_decisions_here_and_in_the_simulators_
                 answer(sub, c, c.check.expected if c.node != "e" else 0, i + 0.6)
         for rec in of(sub.tick(f"j{i}", pool("a", "b", "c", "d", "e"), i + 0.7), Record):
             sub.on_recorded(rec.id, True)
+    sub.on_reported("e", "a trusted issuer reported a wrong answer", 6.5)
     log = json.loads(json.dumps(sub.log))
+    assert any(e[0] == "on_reported" for e in log)
     assert any(e[0] == "on_alarm" for e in log) and any(e[0] == "effects" and any(
         x[0] == "Send" and x[1]["check"] for x in e[1]) for e in log)
     assert replay_log(log) == log and replay_core_log(log) == log

@@ -120,6 +120,28 @@ def test_a_trusted_issuer_seeing_a_wrong_answer_ends_the_run_others_reported():
     assert st.evidence.bad > 0
 
 
+def test_a_wrong_answer_is_reported_once_and_only_from_a_trusted_issuer():
+    """What `reported` hands the submitter (which then rechecks what the worker vouched for): a trusted
+    issuer's newer wrong-answer report, once; a sybil's slander of an honest worker never."""
+    shared, a, _ = honest_world()
+    t = T0 + DAY
+    for s in ("S1", "S2"):
+        shared.take(Testimony(s, "W", 0.0, 500.0, 0, 0, t, t))
+    shared.refresh(t)
+    assert shared.reported() == []  # the slander: weightless issuers
+    a.fold("disagreed", "W", t + 1000, None)
+    shared.take(attest("A", "W", a, t + 1000))
+    shared.refresh(t + 1000)
+    assert shared.reported() == ["W"]
+    assert shared.reported() == []  # once
+    a.fold("agreed", "W", t + 2000, None)
+    shared.take(attest("A", "W", a, t + 2000))
+    assert shared.reported() == []  # nothing newer went wrong
+    a.fold("spot_failed", "W", t + 3000, None)
+    shared.take(attest("A", "W", a, t + 3000))
+    assert shared.reported() == ["W"]
+
+
 def test_stale_and_self_testimony_are_ignored_and_storage_is_bounded():
     shared, a, _ = honest_world()
     old = shared.about["W"]["A"]

@@ -8,8 +8,8 @@ import pytest
 
 from simulations.plots import plot_run
 from simulations.run import simulate
-from simulations.scenario import load
-from simulations.sweep import COLUMNS, POLICIES, grid, run_sweep, with_fraction
+from simulations.scenario import ScenarioError, load
+from simulations.sweep import COLUMNS, POLICIES, cell_scenario, grid, run_sweep, with_fraction
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -39,8 +39,8 @@ def test_grid_applies_fraction_and_policy():
     s, _ = load("malicious-20")
     cells = grid(s, [0.0, 0.3], [2, 3], ["plain", "full"])
     assert len(cells) == 8
-    labels, overrides = cells[1]
-    assert labels == {"fraction": 0.3, "redundancy": 2, "policy": "plain"}
+    labels, overrides, fraction = cells[1]
+    assert labels == {"nodes": 100, "fraction": 0.3, "redundancy": 2, "policy": "plain"} and fraction == 0.3
     assert overrides == {**POLICIES["plain"], "jobs.redundancy": 2}
     one = with_fraction(s, 0.3)
     assert len(one.adversaries) == 1
@@ -50,6 +50,19 @@ def test_grid_applies_fraction_and_policy():
     assert with_fraction(s, 0.0).adversaries == []
     none = with_fraction(s.replace(adversaries=[]), 0.1).adversaries
     assert [(a.strategy, a.fraction, a.rate) for a in none] == [("random-wrong", 0.1, 1.0)]
+
+
+def test_a_size_sweep_scales_the_load_with_the_network_and_keeps_the_scenarios_adversaries():
+    s, _ = load("large-10k")
+    cells = grid(s, None, [3], ["full"], [100, 100_000])
+    assert [c[0] for c in cells] == [{"nodes": n, "fraction": 0.15, "redundancy": 3, "policy": "full"}
+                                     for n in (100, 100_000)]
+    small = cells[0][1]
+    assert (small["network.nodes"], small["network.submitters"], small["network.prefixes"]) == (100, 1, 60)
+    assert small["jobs.rate_per_s"] == pytest.approx(2.0) and cells[1][1]["jobs.rate_per_s"] == pytest.approx(2000)
+    assert [len(cell_scenario(s, o, f).adversaries) for _, o, f in cells] == [2, 2]  # both of the scenario's
+    with pytest.raises(ScenarioError):
+        grid(s, None, [3], ["full"], [1])
 
 
 @pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
@@ -77,3 +90,14 @@ def test_run_sweep_writes_csv_and_plot(tmp_path):
         if float(row["fraction"]) == 0.0:
             assert int(row["wrong_accepted"]) == 0 and float(row["adversary_credit_share"]) == 0.0, row
     assert_png(tmp_path / "sweep" / "wrong-vs-fraction.png")
+    assert not (tmp_path / "sweep" / "vs-size.png").exists()  # one size: no size plot
+
+
+@pytest.mark.mesh  # three small simulated networks
+def test_a_size_sweep_writes_the_size_plot(tmp_path):
+    _, text = load("baseline")
+    path, rows = run_sweep(text, "baseline", 1, None, [3], ["full"], 300, tmp_path, 2, sizes=[20, 60, 200])
+    assert [(r["nodes"], r["fraction"]) for r in rows] == [(20, 0.0), (60, 0.0), (200, 0.0)]
+    assert all(300 <= r["steps"] <= 302 for r in rows)  # (the last job may have more than one step)
+    assert all(r["wrong_accepted"] == 0 for r in rows)
+    assert_png(tmp_path / "vs-size.png")

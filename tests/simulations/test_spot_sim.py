@@ -10,7 +10,7 @@ import random
 import pytest
 
 from mesh.core.spotcheck import python_challenge
-from simulations.adversaries import CheckAware
+from simulations.adversaries import CheckAware, Request
 from simulations.run import simulate
 from simulations.scenario import load
 
@@ -18,25 +18,29 @@ pytestmark = pytest.mark.timeout(120)
 REAL = {"code": "step 0", "inputs": {}}
 
 
+def req(job: str, step: str, params: dict, at: float) -> Request:
+    return Request("sub", job, step, "python", params, at + 60.0, at)
+
+
 def test_the_check_aware_cheater_sees_through_every_cue_of_the_old_wire_form():
     """What it would do to checks as they used to travel: answered right, every one; real steps wrong."""
     cheat = CheckAware(random.Random(1), good_steps=100)  # (no "unseen code" cue while it learns)
     old_code = {"code": "a, b, c = 5, 6, 7\noutput = {'sum': a + b, 'mod': (a * b) % c, 'digits': 2}",
                 "inputs": {}}
-    cheat.arrived("sub", "sub-1", "s0", 10.0)
-    assert cheat.respond("sub", "sub-1", "s0", REAL, 42, 10.0) != 42  # a real step: wrong
-    cheat.arrived("sub", "spot-00ff", "check", 10.003)  # right after the replica, as checks rode
-    assert cheat.respond("sub", "spot-00ff", "check", old_code, 7, 10.2) == 7
+    cheat.arrived(r := req("sub-1", "s0", REAL, 10.0))
+    assert cheat.respond(r, 42, 10.0) != 42  # a real step: wrong
+    cheat.arrived(r := req("spot-00ff", "check", old_code, 10.003))  # right after the replica, as checks rode
+    assert cheat.respond(r, 7, 10.2) == 7
     assert cheat.cue("spot-1", "s0", REAL) and cheat.cue("sub-9", "check", REAL) and cheat.cue("sub-9", "s0", old_code)
-    cheat.arrived("sub", "sub-2", "s0", 30.0)
-    assert cheat.respond("sub", "sub-2", "s0", REAL, 43, 30.0) != 43
+    cheat.arrived(r := req("sub-2", "s0", REAL, 30.0))
+    assert cheat.respond(r, 43, 30.0) != 43
     assert cheat.cues == {"job id prefix": 1}  # (the first cue that fired)
 
 
 def test_it_also_spots_synthetic_code_but_not_a_replayed_step():
     cheat = CheckAware(random.Random(1), good_steps=1)
-    cheat.arrived("sub", "sub-1", "s0", 0.0)
-    assert cheat.respond("sub", "sub-1", "s0", REAL, 42, 1.0) != 42  # learns the workload's code
+    cheat.arrived(r := req("sub-1", "s0", REAL, 0.0))
+    assert cheat.respond(r, 42, 1.0) != 42  # learns the workload's code
     synthetic = python_challenge(random.Random(2), "s0", 60.0)
     assert cheat.cue("sub-7", "s0", synthetic.params) == "unseen code"
     assert cheat.cue("sub-8", "s0", REAL) == ""  # a replay of a real step looks real

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from simulations.adversaries import Colluding, RandomWrong, Steering, Strategy
+from simulations.adversaries import Colluding, RandomWrong, Request, Steering, Strategy
 from simulations.run import simulate
 from simulations.scenario import ScenarioError, load, parse_text
 from simulations.scoring import accepts, greedy_text, is_steered, steered, token_ids
@@ -19,6 +19,10 @@ pytestmark = pytest.mark.timeout(300)
 
 LLM = {"prompt": "step 0", "max_tokens": 16}
 PY = {"code": "step 0"}
+
+
+def ask(job: str, params: dict) -> Request:
+    return Request("sub", job, "s0", "llm" if "prompt" in params else "python", params)
 
 
 def small(name: str, steps: int, **changes):
@@ -38,21 +42,21 @@ def test_honest_scoring_accepts_the_honest_text_and_steered_ones_and_refuses_the
 def test_steering_moves_llm_answers_only_at_its_rate_and_all_members_alike():
     a, b = (Steering(random.Random(i), 0.5, "ring") for i in (1, 2))
     truths = [greedy_text(i) for i in range(400)]
-    answers = [a.respond("sub", "j", "s0", LLM, t, 0.0) for t in truths]
+    answers = [a.respond(ask("j", LLM), t, 0.0) for t in truths]
     moved = [t for t, out in zip(truths, answers, strict=True) if out != t]
     assert 140 <= len(moved) <= 260 and a.steered == len(moved)  # about half
     assert all(is_steered(out, t) for t, out in zip(truths, answers, strict=True) if out != t)
-    assert answers == [b.respond("sub", "k", "s0", LLM, t, 9.0) for t in truths]  # one text per step for the group
-    assert all(a.respond("sub", "j", "s0", PY, t, 0.0) == t for t in truths)  # python steps: honest
+    assert answers == [b.respond(ask("k", LLM), t, 9.0) for t in truths]  # one text per step for the group
+    assert all(a.respond(ask("j", PY), t, 0.0) == t for t in truths)  # python steps: honest
     always = Steering(random.Random(3), 1.0, "ring")
-    assert all(is_steered(always.respond("sub", "j", "s0", LLM, t, 0.0), t) for t in truths[:20])
+    assert all(is_steered(always.respond(ask("j", LLM), t, 0.0), t) for t in truths[:20])
 
 
 @pytest.mark.parametrize("strategy", [Strategy, Steering, RandomWrong, Colluding])
 def test_verdicts_are_honest_for_every_builtin_strategy(strategy):
     """A steering verifier needs no collusion: its group's claims are inside the honest region already."""
     v, truth = strategy(random.Random(1), 1.0, "ring"), greedy_text(5)
-    verdict = lambda claim: v.verify("sub", "j", "s0", {**LLM, "claim": claim}, truth, 0.0)  # noqa: E731
+    verdict = lambda claim: v.verify(Request("sub", "j", "s0", "score", {**LLM, "claim": claim}), truth, 0.0)  # noqa: E731
     assert verdict(truth) == {"accepted": True} and verdict(steered(truth, "other")) == {"accepted": True}
     assert verdict(["wrong", 1]) == {"accepted": False}
 
