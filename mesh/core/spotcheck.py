@@ -160,7 +160,7 @@ class SpotChecker:
         self.known: dict[str, deque[Challenge]] = {}  # kind → earlier accepted steps, replayable as checks
         self.memory = memory
         self.banned: dict[str, float] = {}  # node → until (seconds, caller's clock)
-        self.vouched: dict[str, deque] = {}  # node → recent (job, step) it agreed on, for rechecks
+        self.vouched: dict[str, deque] = {}  # node → recent (job, step, alone) it agreed on, for rechecks
         self.planned: dict[str, tuple[str, Challenge, float]] = {}  # check id → (worker, challenge, due)
         self.out: dict[str, tuple[str, Challenge, float]] = {}  # check id → (worker, challenge, deadline)
 
@@ -216,11 +216,22 @@ class SpotChecker:
     def vouch(self, nodes: tuple[str, ...], job: str, step: str) -> None:
         """These workers agreed on an accepted answer: if one is caught cheating later, recheck it."""
         for node in nodes:
-            self.vouched.setdefault(node, deque(maxlen=self.memory)).append((job, step))
+            self.vouched.setdefault(node, deque(maxlen=self.memory)).append((job, step, len(nodes) == 1))
 
     def to_recheck(self, node: str) -> list[tuple[str, str]]:
         """The accepted steps a worker just caught cheating had vouched for (each returned once)."""
-        return list(self.vouched.pop(node, ()))
+        return [(job, step) for job, step, _ in self.vouched.pop(node, ())]
+
+    def to_recheck_alone(self, node: str) -> list[tuple[str, str]]:
+        """The accepted steps a worker answered alone, nobody cross-checking it (each returned once; the
+        steps it agreed on with others stay for `to_recheck`)."""
+        held = self.vouched.get(node)
+        if not held:
+            return []
+        alone = [(job, step) for job, step, solo in held if solo]
+        if alone:
+            self.vouched[node] = deque((v for v in held if not v[2]), maxlen=held.maxlen)
+        return alone
 
     def remember(self, kind: str, params: dict, output: Any, step: str = "", timeout: float = 0.0,
                  compare: str = "exact", source: tuple[str, str] | None = None,

@@ -220,15 +220,18 @@ class Submission:
 
     def on_reported(self, node: str, reason: str, now: float) -> list[Effect]:
         """Trusted testimony (mesh.core.trust.Shared.reported) says `node` gave a wrong answer to someone
-        else: its answers in steps not yet settled stop counting, and every accepted step it vouched for
-        here is run again — a cheater trusted to run alone is caught by one submitter, but its wrong
-        answers sit with all of them. Not blacklisted: only this node's own checks do that."""
+        else: its answers in steps not yet settled stop counting, and every accepted step it answered
+        alone here is run again — a cheater trusted to run alone is caught by one submitter, but its wrong
+        answers sit with all of them. Steps others agreed on with it are left as they are: a report is
+        weaker evidence than this node's own check, and an honest worker outvoted by colluders is reported
+        too, so rerunning its cross-checked steps would hand the colluders a second vote on them. Not
+        blacklisted: only this node's own checks do that."""
         self._in("on_reported", node, reason, now)
         out: list[Effect] = []
         for sj in self.active.values():
             sj.run.on_node_distrusted(node, reason)
         if self.config.recheck:
-            self._recheck(node, out)
+            self._recheck(node, out, self.spot.to_recheck_alone(node))
         out.extend(self._wake_holding([node]))
         return self._out(out)
 
@@ -425,10 +428,10 @@ class Submission:
         return [Wake(job_id) for job_id, sj in list(self.active.items())
                 if any(n in r.replicas for r in sj.run.steps.values() if r.status == "running" for n in nodes)]
 
-    def _recheck(self, cheater: str, out: list[Effect]) -> None:
-        """Run again, on workers still trusted, every accepted step a just-caught cheater vouched for
-        (once per step; never a recheck itself)."""
-        for job_id, sid in self.spot.to_recheck(cheater):
+    def _recheck(self, cheater: str, out: list[Effect], steps: list[tuple[str, str]] | None = None) -> None:
+        """Run again, on workers still trusted, every accepted step a just-caught cheater vouched for, or
+        just `steps` (once per step; never a recheck itself)."""
+        for job_id, sid in self.spot.to_recheck(cheater) if steps is None else steps:
             orig = self.jobs.get(job_id)
             if orig is None or orig.recheck_of or orig.run.steps[sid].status != "done" or sid in orig.rechecks:
                 continue

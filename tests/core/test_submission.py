@@ -247,11 +247,17 @@ def test_a_job_being_rechecked_is_kept_past_the_limit_until_its_verdict():
 def test_a_trusted_report_of_a_wrong_answer_elsewhere_rechecks_what_the_worker_vouched_for_here():
     """`cheat` ran j1 alone and was paid: its check passed. Another submitter catches it and says so
     (trust.Shared.reported): j1 is run again on others and overturned; cheat is not blacklisted here
-    (only this node's own checks do that), and its answer still running elsewhere stops counting."""
+    (only this node's own checks do that), its answer still running elsewhere stops counting, and a step
+    it agreed on with others (j3) is left alone."""
     sub, send, check = spot_core()
     answer(sub, send, 666, 1.0)
     right(sub, check, 2.0)
     assert of(sub.tick("j1", pool("cheat"), 2.0), Finished) == [Finished("j1", "done")]
+    sub.submit("j3", THREE, 3)  # a step it agreed on with two others: cross-checked, not rerun on a report
+    for s in of(sub.tick("j3", pool("cheat", "h1", "h2"), 2.0), Send):
+        answer(sub, s, 42, 2.5)
+    assert of(sub.tick("j3", pool("cheat", "h1", "h2"), 2.6), Finished) == [Finished("j3", "done")]
+    assert ("j3", "a", False) in sub.spot.vouched["cheat"]
     sub.submit("j2", THREE, 2)
     for s in of(sub.tick("j2", pool("cheat", "h1", "h2"), 3.0), Send):
         if s.node == "cheat":
