@@ -210,12 +210,14 @@ class Submission:
         self._in("on_node_lost", node, reason, now)
         self.outstanding.pop(node, None)
         self.queued.pop(node, None)  # those replicas are pending in their tallies: failed just below
-        self.spot.drop_node(node)  # its checks, planned or out: no answer, unpunished
+        dropped = self.spot.drop_node(node)  # its checks, planned or out: no answer, unpunished
         out: list[Effect] = []
         for job_id, sj in self.active.items():
             if any(node in r.tally.pending for r in sj.run.steps.values() if r.tally):
                 sj.run.on_node_lost(node, reason)
                 out.append(Wake(job_id))
+        if dropped:  # steps it answered that waited for its check may settle now: drive them too
+            out.extend(w for w in self._wake_holding([node]) if w not in out)
         return self._out(out)
 
     def on_reported(self, node: str, reason: str, now: float) -> list[Effect]:

@@ -364,3 +364,14 @@ def test_only_a_worker_holding_our_request_is_expected_and_only_a_held_worker_is
     assert sub.holds("w1") and not sub.holds("w2")
     answer(sub, send, 7, 1.0)
     assert not sub.expects("w1", "j", "a") and not sub.holds("w1")  # answered: neither any more
+
+
+def test_a_worker_that_leaves_with_its_check_out_does_not_strand_the_step_its_check_held():
+    """j1 ran alone on `cheat`, answered, and waits for cheat's check. Cheat leaves the mesh: its check is
+    dropped unanswered, and j1 must be driven again (it settled on a later tick only by chance before:
+    a simulated 100-node run never ended, its last jobs held by checks of workers that had left)."""
+    sub, send, check = spot_core()
+    answer(sub, send, 42, 1.0)
+    assert of(sub.tick("j1", pool("cheat"), 1.0), Record) == []  # held: its check is out
+    assert Wake("j1") in sub.on_node_lost("cheat", "left the mesh", 2.0)
+    assert of(sub.tick("j1", pool("cheat"), 2.0), Finished) == [Finished("j1", "done")]
