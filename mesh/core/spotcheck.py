@@ -206,12 +206,12 @@ class SpotChecker:
         return [(c, self.out.pop(c)[0]) for c in gone]
 
     def held(self, now: float) -> frozenset[str]:
-        """Workers with a check outstanding: a step they agreed on waits for it. Expired checks are
-        dropped, unpunished."""
+        """Workers with a check outstanding and not yet past its deadline: a step they agreed on waits for
+        it. Pure: expired checks are dropped only by `expire` (the core's Alarm), which also wakes the
+        steps they held — dropping them here, on any tick, left those steps waiting forever."""
         if not self.out:
             return frozenset()
-        self.expire(now)
-        return frozenset(node for node, _, _ in self.out.values())
+        return frozenset(node for node, _, deadline in self.out.values() if deadline > now)
 
     def vouch(self, nodes: tuple[str, ...], job: str, step: str) -> None:
         """These workers agreed on an accepted answer: if one is caught cheating later, recheck it."""

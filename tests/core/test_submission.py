@@ -375,3 +375,16 @@ def test_a_worker_that_leaves_with_its_check_out_does_not_strand_the_step_its_ch
     assert of(sub.tick("j1", pool("cheat"), 1.0), Record) == []  # held: its check is out
     assert Wake("j1") in sub.on_node_lost("cheat", "left the mesh", 2.0)
     assert of(sub.tick("j1", pool("cheat"), 2.0), Finished) == [Finished("j1", "done")]
+
+
+def test_a_check_that_times_out_wakes_the_step_it_held_even_if_another_job_ticked_first():
+    """Placement asking which workers a check holds used to drop the expired checks on the way, so the
+    Alarm at their deadline found nothing to expire and woke nobody: the held step waited forever (a
+    simulated churn run never ended)."""
+    sub, send, check = spot_core()
+    answer(sub, send, 42, 1.0)
+    assert of(sub.tick("j1", pool("cheat"), 1.0), Record) == []  # held: its check is out
+    sub.submit("j9", THREE, 9)
+    sub.tick("j9", pool("h1", "h2", "h3"), check.deadline + 0.5)  # another job, after the check's deadline
+    assert Wake("j1") in sub.on_alarm(check.deadline + 0.5)
+    assert of(sub.tick("j1", pool("cheat"), check.deadline + 1), Finished) == [Finished("j1", "done")]
