@@ -407,7 +407,9 @@ class Submission:
             return False
         earlier = orig.rechecks.get(sid)
         if earlier is not None and earlier["verdict"] != "running":
-            return earlier["verdict"] != "confirmed"  # overturned: the worker was right; inconclusive: unproven
+            if earlier["verdict"] == "overturned":  # the known answer was wrong and the worker right
+                self._passed(d.node, d.check_id, d.challenge, d.got, d.work, out)
+            return earlier["verdict"] != "confirmed"  # inconclusive: unproven, let go unjudged
         self.disputes.setdefault((job_id, sid), []).append(d)
         for sj in self.active.values():  # until it is judged, its answers settle nothing
             sj.run.on_node_distrusted(d.node, "its spot check is disputed")

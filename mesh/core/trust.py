@@ -192,6 +192,8 @@ class Shared:
         since this was last asked: each newer report once, so a submitter can recheck what they vouched
         for with it."""
         fresh: list[str] = []
+        for gone in [w for w in self.acted if not self.about.get(w)]:
+            del self.acted[gone]  # nothing held about it any more: the map stays as small as `about`
         for worker, said in self.about.items():
             latest = max((t.last_bad for i, t in said.items() if self.weights.get(i, 0.0) >= MIN_WEIGHT), default=0)
             if latest > self.acted.get(worker, 0):
