@@ -825,9 +825,9 @@ class Node:
         return self.reputations.score(node, now_ms())
 
     def _testimony_round(self) -> None:
-        """Weigh the issuers on what was heard since the last round, recheck what a worker newly reported
-        by a trusted issuer vouched for, then ask each linked peer about the others (answers come as
-        `testimony` envelopes, see on_envelope)."""
+        """Weigh the issuers on what was heard since the last round, rerun what a worker newly reported by
+        a trusted issuer answered alone for this node, then ask each linked peer about the others (answers
+        come as `testimony` envelopes, see on_envelope)."""
         up = list(self.peers.up())
         self.testimonies.refresh({p.node: self.observed_prefix(p) for p in up}, now_ms())
         for worker in self.testimonies.reported():

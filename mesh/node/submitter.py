@@ -522,7 +522,8 @@ class Submitter:
             self._apply_all(self.core.on_node_lost(node, reason, self.now()))
 
     def on_reported(self, node: str) -> None:
-        """Trusted testimony reported a wrong answer of `node` to someone else: recheck what it vouched for."""
+        """Trusted testimony reported a wrong answer of `node` to someone else: rerun what it answered alone
+        here (Submission.on_reported)."""
         self._apply_all(self.core.on_reported(node, "a trusted issuer reported a wrong answer", self.now()))
 
     # -- reports ------------------------------------------------------------------------------------
