@@ -92,7 +92,6 @@ def _sweep(args: argparse.Namespace, s, text: str) -> int:
 
     out = Path(args.plot or args.out or "sweep")
     fractions = args.fractions if args.fractions is not None else (None if args.sizes else [0.0, 0.1, 0.2, 0.3])
-    total = len(fractions or [0]) * len(args.redundancies) * len(args.policies) * len(args.sizes or [0])
     show = _progress(args)
 
     def progress(done: int, of: int) -> None:
@@ -102,9 +101,9 @@ def _sweep(args: argparse.Namespace, s, text: str) -> int:
     csv, rows = run_sweep(text, args.scenario, args.seed, fractions, args.redundancies, args.policies,
                           args.steps, out, args.processes, progress, args.sizes)
     if args.json:
-        print(json.dumps({"csv": str(csv), "runs": total, "rows": rows}))
+        print(json.dumps({"csv": str(csv), "runs": len(rows), "rows": rows}))
     else:
-        print(f"{total} runs written to {csv}")
+        print(f"{len(rows)} runs written to {csv}")
         for r in rows:
             print(f"  {r['policy']:6} nodes={r['nodes']:<6} r={r['redundancy']} fraction={r['fraction']:<5} wrong_accepted_rate="
                   f"{r['wrong_accepted_rate']:.2e} replicas_per_step={r['replicas_per_step']}")

@@ -94,8 +94,7 @@ def plot_fraction(rows: list[dict], out_dir: Path) -> Path:
     for i, ((policy, redundancy), points) in enumerate(sorted(lines.items())):
         points.sort()
         cost = sum(p[2] for p in points) / len(points)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=MARKERS[i % len(MARKERS)],
-                linestyle="-" if i % 2 == 0 else "--", alpha=0.85,
+        ax.plot([p[0] for p in points], [p[1] for p in points], **_style(i),
                 label=f"{policy}, r={redundancy} ({cost:.2f} replicas/step)")
     _rate_axis(ax)
     ax.set_xlabel("malicious fraction of workers")
@@ -105,6 +104,11 @@ def plot_fraction(rows: list[dict], out_dir: Path) -> Path:
     if lines:
         ax.legend(fontsize="small")
     return _save(fig, out_dir / "wrong-vs-fraction.png")
+
+
+def _style(i: int) -> dict:
+    """The i-th line's marker and dash, so lines that lie on top of each other stay told apart."""
+    return {"marker": MARKERS[i % len(MARKERS)], "linestyle": "-" if i % 2 == 0 else "--", "alpha": 0.85}
 
 
 def _rate_axis(ax) -> None:
@@ -126,8 +130,7 @@ def plot_size(rows: list[dict], out_dir: Path) -> Path:
     fig, (wrong, cost) = plt.subplots(1, 2, figsize=(11, 4.5))
     for i, ((policy, redundancy, fraction), points) in enumerate(sorted(lines.items())):
         points.sort()
-        style = {"marker": MARKERS[i % len(MARKERS)], "linestyle": "-" if i % 2 == 0 else "--", "alpha": 0.85,
-                 "label": f"{policy}, r={redundancy}, {fraction:g} adversaries"}
+        style = {**_style(i), "label": f"{policy}, r={redundancy}, {fraction:g} adversaries"}
         wrong.plot([p[0] for p in points], [p[1] for p in points], **style)
         cost.plot([p[0] for p in points], [p[2] for p in points], **style)
     for ax in (wrong, cost):

@@ -230,8 +230,7 @@ class Submission:
         blacklisted: only this node's own checks do that."""
         self._in("on_reported", node, reason, now)
         out: list[Effect] = []
-        for sj in self.active.values():
-            sj.run.on_node_distrusted(node, reason)
+        self._distrust(node, reason)
         if self.config.recheck:
             self._recheck(node, out, self.spot.to_recheck_alone(node))
         out.extend(self._wake_holding([node]))
@@ -389,8 +388,7 @@ class Submission:
         detail = {"expected": digest(challenge.expected), "got": got, "kind": challenge.kind,
                   "as_step": challenge.step, "replays": "/".join(challenge.source or ()) or "synthetic"}
         out.append(self._record("spot", (LedgerEntry("spot_failed", "spot", check_id, node, 0.0, None, detail),)))
-        for sj in self.active.values():
-            sj.run.on_node_distrusted(node, "failed a spot check")
+        self._distrust(node, "failed a spot check")
         self._recheck(node, out)
 
     def _dispute(self, d: Dispute, out: list[Effect]) -> bool:
@@ -411,8 +409,7 @@ class Submission:
                 self._passed(d.node, d.check_id, d.challenge, d.got, d.work, out)
             return earlier["verdict"] != "confirmed"  # inconclusive: unproven, let go unjudged
         self.disputes.setdefault((job_id, sid), []).append(d)
-        for sj in self.active.values():  # until it is judged, its answers settle nothing
-            sj.run.on_node_distrusted(d.node, "its spot check is disputed")
+        self._distrust(d.node, "its spot check is disputed")  # until it is judged, its answers settle nothing
         if earlier is None:
             exclude = frozenset((*orig.run.steps[sid].replicas, d.node))
             self._start_recheck(job_id, sid, f"dispute by {d.node}", exclude, out)
@@ -426,6 +423,11 @@ class Submission:
                 self._convict(d.node, d.check_id, d.challenge, d.got, now, out)
             elif verdict == "overturned":
                 self._passed(d.node, d.check_id, d.challenge, d.got, d.work, out)
+
+    def _distrust(self, node: str, reason: str) -> None:
+        """`node`'s answers in steps not yet settled stop counting (JobRun.on_node_distrusted), in every job."""
+        for sj in self.active.values():
+            sj.run.on_node_distrusted(node, reason)
 
     def _wake_holding(self, nodes: list[str]) -> list[Effect]:
         """Jobs with a running step one of these workers answered or was asked: drive them again."""
