@@ -16,6 +16,10 @@ import pytest
 from mesh.cli.local import LocalMesh
 
 ROOT = Path(__file__).resolve().parent.parent
+# Test networks demand 8 bits of work per node id, not the real 20 (about 2 s of CPU per id): the tests
+# mint hundreds of ids. Set before any node starts, so every node and every test agrees; the tests of
+# the requirement itself (tests/wire/test_idwork.py, tests/security/test_id_work.py) set their own.
+os.environ["MESH_ID_BITS"] = "8"
 
 
 def run_cli(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:

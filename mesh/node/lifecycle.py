@@ -68,7 +68,7 @@ from mesh.steps.ssrf import Allow
 from mesh.steps.stepuser import StepUser, step_user
 from mesh.wire.canonical import canonical
 from mesh.wire.envelope import ANYONE, DEFAULT_FRAME_CAP, Envelope, Receiver, Sealer
-from mesh.wire.identity import Identity, load_or_create, node_id_of
+from mesh.wire.identity import Identity, ensure_work, load_or_create, node_id_of
 from mesh.wire.messages import Bye, HeadAsk, HeadHeld, Hello, LedgerHead, PeerRecord, RateCard
 from mesh.wire.records import DEFAULT_RATES, MAX_ALT, RECORD_TTL_MS, make_record
 from mesh.wire.schema import parse
@@ -900,6 +900,7 @@ def run_node(opts: NodeOptions) -> None:
     """Start everything, serve until SIGINT/SIGTERM, stop everything. Raises ConfigError for bad set-up."""
     model_sha = _check_options(opts)
     identity, _ = load_or_create(opts.home)
+    identity = ensure_work(opts.home, identity, lambda line: print(line, flush=True))
     try:
         os.chmod(opts.home, 0o700)  # the step user (and anyone else) must not read the ledger or the logs
     except OSError as exc:

@@ -1,20 +1,24 @@
 """A node's Ed25519 identity. The private key lives in the node's home, mode 0600; the node id is the
-SHA-256 of the raw public key, so an id cannot be claimed without the key."""
+SHA-256 of the raw public key, so an id cannot be claimed without the key. Beside it, `node.work` holds
+the nonce that proves the id's work (mesh.wire.idwork), found once and kept."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from mesh.errors import ConfigError
+from mesh.wire.idwork import required_bits, solve, work_bits
 
 KEY_FILE = "node.key"
+WORK_FILE = "node.work"
 
 
 def node_id_of(public_key: bytes) -> str:
@@ -34,16 +38,30 @@ def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
 class Identity:
     private_key: Ed25519PrivateKey
     public_key: bytes
+    work: int = 0  # the nonce proving this key's work (mesh.wire.idwork); signed into every record
 
     @classmethod
-    def generate(cls) -> "Identity":
+    def generate(cls, bits: int | None = None) -> "Identity":
+        """A new key with its work done: `bits` of it, the network's requirement by default."""
         key = Ed25519PrivateKey.generate()
-        return cls(key, key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+        ident = cls(key, key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+        return ident.with_work(required_bits() if bits is None else bits)
 
     @classmethod
-    def from_seed(cls, seed: bytes) -> "Identity":
+    def from_seed(cls, seed: bytes, work: int | None = None) -> "Identity":
+        """The identity of a stored key, with its stored nonce (or, without one, its work done now)."""
         key = Ed25519PrivateKey.from_private_bytes(seed)
-        return cls(key, key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+        ident = cls(key, key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+        return ident.with_work(required_bits()) if work is None else replace(ident, work=work)
+
+    def work_bits(self) -> int:
+        return work_bits(self.public_key, self.work)
+
+    def with_work(self, bits: int, progress: Callable[[int], None] | None = None) -> "Identity":
+        """This identity with a nonce proving at least `bits` (the one it has, when that is enough)."""
+        if self.work_bits() >= bits:
+            return self
+        return replace(self, work=solve(self.public_key, bits, progress))
 
     @property
     def node_id(self) -> str:
@@ -59,16 +77,31 @@ class Identity:
 
 
 def load_or_create(home: Path) -> tuple[Identity, bool]:
-    """Load `home/node.key`, creating home and key (0600) when absent. Returns (identity, created)."""
+    """Load `home/node.key`, creating home and key (0600) when absent. Returns (identity, created). The
+    id's work is not done here (see ensure_work): commands that only read the home must not wait for it."""
     home.mkdir(parents=True, exist_ok=True)
     path = home / KEY_FILE
     if path.exists():
         return load(home), False
-    ident = Identity.generate()
+    ident = Identity.generate(bits=0)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(ident.seed().hex().encode() + b"\n")
     return ident, True
+
+
+def ensure_work(home: Path, ident: Identity, say: Callable[[str], None] = print) -> Identity:
+    """`ident` with the work the network requires, found now (and kept in `home/node.work`) when the
+    home has none or too little: once per key, about 2 s at 20 bits."""
+    bits = required_bits()
+    if ident.work_bits() >= bits:
+        return ident
+    say(f"proving this node id's work ({bits} bits, once; about {2 ** bits * 1.8e-6:.0f} s)")
+    done = ident.with_work(bits, lambda tries: say(f"  {tries:,} tries so far"))
+    tmp = home / (WORK_FILE + ".tmp")
+    tmp.write_text(f"{done.work}\n")
+    os.replace(tmp, home / WORK_FILE)
+    return done
 
 
 def load(home: Path) -> Identity:
@@ -85,4 +118,12 @@ def load(home: Path) -> Identity:
             raise ValueError
     except ValueError:
         raise ConfigError(f"{path} is not a homemesh key (64 hex characters)") from None
-    return Identity.from_seed(seed)
+    return Identity.from_seed(seed, _work(home))
+
+
+def _work(home: Path) -> int:
+    """The nonce in `home/node.work`; 0 when missing or unreadable (ensure_work then finds it again)."""
+    try:
+        return int((home / WORK_FILE).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return 0

@@ -40,6 +40,7 @@ class PeerRecord:
     # through its other relays (at most MAX_ALT, mesh.wire.records); signed like the rest
     alt: list[str] = field(default_factory=list)
     rates: RateCard = field(default_factory=RateCard)  # its prices (checked: mesh.wire.records)
+    work: int = 0  # the nonce proving its key's work (mesh.wire.idwork): ids cost CPU to mint
 
 
 @dataclass

@@ -10,6 +10,7 @@ import re
 from mesh import PROTOCOL_VERSION
 from mesh.wire.canonical import canonical
 from mesh.wire.identity import Identity, verify
+from mesh.wire.idwork import required_bits, work_bits
 from mesh.wire.messages import PeerRecord, RateCard
 
 RECORD_TTL_MS = 30 * 60_000  # re-issued every 10 min; the DHT re-announces every 7.5 min (each round is
@@ -32,21 +33,23 @@ def make_record(identity: Identity, network: str, addr: str, kinds: list[str], m
                 now_ms: int, ttl_ms: int = RECORD_TTL_MS, alt: list[str] = (), rates: RateCard = DEFAULT_RATES
                 ) -> PeerRecord:
     rec = PeerRecord(identity.public_key.hex(), addr, list(kinds), list(models), sandbox, PROTOCOL_VERSION,
-                     now_ms, now_ms + ttl_ms, "", list(alt), rates)
+                     now_ms, now_ms + ttl_ms, "", list(alt), rates, identity.work)
     rec.sig = identity.sign(record_bytes(network, rec)).hex()
     return rec
 
 
 def check_record(rec: PeerRecord, network: str, now_ms: int) -> str:
     """'' when the record can be used, else the rejection reason (a counter key). The signature is
-    checked last: it is the one costly check, and a flood of records stale, over-long or badly formed
-    should cost the receiver nothing but a comparison each."""
+    checked last: it is the one costly check, and a flood of records stale, over-long, badly formed or
+    of ids without their work should cost the receiver nothing but a comparison or one hash each."""
     try:
         key, sig = bytes.fromhex(rec.key), bytes.fromhex(rec.sig)
     except ValueError:
         return "bad-record"
     if len(key) != 32:
         return "bad-record"
+    if work_bits(key, rec.work) < required_bits():
+        return "weak-id"
     if rec.version != PROTOCOL_VERSION:
         return "bad-version"
     if rec.expires <= now_ms:

@@ -256,7 +256,7 @@ def test_forged_peer_records_in_gossip(mesh4):
         # 1. a record for another key, "signed" by me: its signature does not verify for that key
         other = Identity.generate()
         forged = make_record(evil.identity, NETWORK, "127.0.0.1:9", ["python"], [], True, now_ms())
-        forged.key = other.public_key.hex()
+        forged.key, forged.work = other.public_key.hex(), other.work  # its work done: only the signature fails
         # 2. an honest node's real record (from the node's own gossip) moved to my address
         real = next(r for r in reply["payload"]["peers"] if r["key"] == key_of(victim).hex())
         moved = PeerRecord(**{**real, "addr": evil.advertise, "issued": real["issued"] + 1})

@@ -35,7 +35,7 @@ def test_any_edit_by_a_relay_breaks_the_signature(change):
 
 def test_a_record_signed_for_another_network_or_by_another_key_is_refused():
     assert check_record(rec(), "other-net", T0) == "bad-record"
-    stolen = dataclasses.replace(rec(MALLORY), key=ALICE.public_key.hex())
+    stolen = dataclasses.replace(rec(MALLORY), key=ALICE.public_key.hex(), work=ALICE.work)
     assert check_record(stolen, NET, T0) == "bad-record"
 
 
