@@ -50,7 +50,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         browser=args.browser or "", no_scrape=args.no_scrape, keep_jobs=args.keep_jobs, transport=args.transport,
         relay=not args.no_relay, max_links=args.max_links, rates=_rates(args.rate, "--rate"),
         max_rates=_rates(args.max_rate, "--max-rate", maximum=True), require_credit=args.require_credit,
-        testimony_s=args.testimony_every,
+        testimony_s=args.testimony_every, down_after_s=args.down_after, fault_after=args.fault_after,
         advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
         if args.advertise else "",
     )
@@ -587,6 +587,9 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
                     help="misbehave on purpose (tests and demos): wrong answers, silence, slowness, crash, bad "
                          "signatures, (as a relay) forward nothing or forward late, answer right only what looks "
                          "like a spot check (check-aware), or refuse every other step as busy")
+    sp.add_argument("--fault-after", type=float, metavar="SECONDS",
+                    help="with --fault relay-drop or relay-delay: carry each circuit honestly this long first "
+                         "(default 20)")
     sp.add_argument("--spot-rate", type=float, default=0.0, metavar="P",
                     help="with probability P per replica (e.g. 0.05), send its worker a step whose answer is "
                          "known (a replay of an accepted step) as a job of its own, at a random moment; a wrong "
@@ -620,6 +623,9 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--testimony-every", type=float, default=60.0, metavar="SECONDS",
                     help="how often to ask linked peers what their ledgers say of the other peers (shared "
                          "reputation: weighed by the verified work each did for this node; default 60)")
+    sp.add_argument("--down-after", type=float, default=20.0, metavar="SECONDS",
+                    help="call a linked peer down, and close its links, after this long without a word from it "
+                         "(default 20; shorter limits send hellos more often, so three are missed first)")
     sp.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: up to 4)")
     sp.add_argument("--model", metavar="PATH.gguf", help="serve this GGUF model instead of the default Gemma 3 270M")
 

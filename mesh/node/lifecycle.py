@@ -117,6 +117,15 @@ class NodeOptions:
     max_rates: RateCard = MAX_DEFAULT  # the most it pays a worker, whatever that worker's card asks
     require_credit: float | None = None  # as a worker: refuse submitters this far in its debt (None: never)
     testimony_s: float = TESTIMONY_S  # between two rounds of asking linked peers for their testimony
+    down_after_s: float = DOWN_AFTER_S  # silence after which a linked peer is down; hellos and beats scale
+    fault_after: float | None = None  # with fault relay-drop/-delay: each circuit's honest seconds first
+
+
+def liveness_periods(down_after_s: float) -> tuple[float, float]:
+    """(heartbeat, hello interval) for a liveness limit: the defaults', scaled down with a shorter limit
+    (tests), so a peer still misses three hellos before it is called down."""
+    scale = min(1.0, down_after_s / DOWN_AFTER_S)
+    return HEARTBEAT_S * scale, HELLO_EVERY_S * scale
 
 
 def make_transport(opts: NodeOptions, identity: Identity) -> Transport:
@@ -126,7 +135,7 @@ def make_transport(opts: NodeOptions, identity: Identity) -> Transport:
     from mesh.node.p2p.transport import Libp2pTransport  # py-libp2p takes ~0.6 s to import
 
     return Libp2pTransport(identity, advertise=opts.advertise, relay=opts.relay, fault=opts.fault,
-                           network=opts.network, gate=gate)
+                           fault_after=opts.fault_after, network=opts.network, gate=gate)
 
 
 def bootstrap_keys(addrs: list[str], transport: str) -> dict[str, bytes | None]:
@@ -488,6 +497,7 @@ class Node:
         return Hello(self.my_record(), self.rng.sample(records, min(MAX_GOSSIP, len(records))))
 
     async def _heartbeat(self) -> None:
+        beat, hello_every = liveness_periods(self.opts.down_after_s)
         while True:
             now = time.monotonic()
             for addr, key in list(self.bootstrap.items()):
@@ -500,8 +510,8 @@ class Node:
                     if now >= peer.next_hello:
                         hello = hello or self.sealer.encode(self.hello())
                         self._send_encoded(peer, "hello", hello)
-                        peer.next_hello = now + HELLO_EVERY_S * (0.9 + 0.2 * self.rng.random())
-                    if now - peer.last_seen > DOWN_AFTER_S and peer.state == "up":
+                        peer.next_hello = now + hello_every * (0.9 + 0.2 * self.rng.random())
+                    if now - peer.last_seen > self.opts.down_after_s and peer.state == "up":
                         # asleep, cut off, or behind a relay that drops: its links say nothing and close
                         # nothing, so close them (their replicas move now, not at the 60 s idle limit)
                         # and dial it again, at its next address first
@@ -523,7 +533,7 @@ class Node:
             if now >= self.next_testimony:
                 self.next_testimony = now + self.opts.testimony_s
                 self._testimony_round()
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(beat)
 
     def _save_peers(self) -> None:
         """Remember peers' signed records, so a restarted node finds the mesh again without a bootstrap;
@@ -926,6 +936,15 @@ def run_node(opts: NodeOptions) -> None:
         asys.shutdown()
 
 
+def _check_periods(opts: NodeOptions) -> None:
+    for value, lo, hi, flag in ((opts.testimony_s, 1, 86400, "--testimony-every"),
+                                (opts.down_after_s, 3, 3600, "--down-after")):
+        if not lo <= value <= hi:
+            raise ConfigError(f"{flag} is a number of seconds from {lo} to {hi}")
+    if opts.fault_after is not None and not (opts.fault.startswith("relay-") and 1 <= opts.fault_after <= 3600):
+        raise ConfigError("--fault-after goes with --fault relay-drop or relay-delay: seconds from 1 to 3600")
+
+
 def _check_options(opts: NodeOptions) -> str:
     """Refuse a bad set-up with a ConfigError before anything starts (`--collude` alone implies
     `--fault wrong`: set here); returns the --model file's SHA-256, '' without one."""
@@ -947,8 +966,7 @@ def _check_options(opts: NodeOptions) -> str:
         raise ConfigError("--max-links must be from 1 to 10000")
     if opts.require_credit is not None and not (0 <= opts.require_credit < float("inf")):
         raise ConfigError("--require-credit is a number of credits, 0 or more")
-    if not 1 <= opts.testimony_s <= 86400:
-        raise ConfigError("--testimony-every is a number of seconds from 1 to 86400")
+    _check_periods(opts)
     if opts.transport == "tcp" and opts.fault.startswith("relay-"):
         raise ConfigError(f"--fault {opts.fault} needs --transport libp2p (plain TCP has no relays)")
     Allow.parse(opts.scrape_allow)  # a bad --scrape-allow is a ConfigError now, not at the first scrape

@@ -39,7 +39,8 @@ def test_a_cut_node_is_cut_off_both_ways_and_heals(tmp_path):
     if why:
         pytest.skip(f"links cannot be cut here: {why}")
     cutter = LinkCutter(f"t{os.getpid()}")
-    mesh = LocalMesh(tmp_path / "mesh", 3, lambda i: ["--no-model"])
+    # --down-after 8: each side calls the other down after 8 s of silence instead of 20 (the same code)
+    mesh = LocalMesh(tmp_path / "mesh", 3, lambda i: ["--no-model", "--down-after", "8"])
     for n in mesh.nodes:
         n.env = node_env()
     try:

@@ -16,8 +16,12 @@ from ledger.store import Ledger
 from ..conftest import cli_json, run_cli, wait_for
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(300)]
-SEED = 20261126
-ROUNDS = 6
+# Four rounds, seeded to kill each side once early in the job (first step, < 0.6 s) and once late (last
+# steps, > 1.2 s): the submitter at 1.30 s and 0.53 s, then node1 at 0.25 s and node3 at 1.47 s. As with
+# the six rounds of seed 20261126 before, the submitter's kills come first and the worker rounds after
+# wait for their jobs, so every job has ended when the ledgers are compared.
+SEED = 20263708
+ROUNDS = 4
 LONG_JOB = {"name": "long", "steps": [
     {"id": f"s{i}", "kind": "python", "after": [f"s{i - 1}"] if i else [],
      "params": {"code": f"import time\ntime.sleep(0.4)\noutput = {i}"}} for i in range(4)]}
@@ -38,18 +42,22 @@ def test_kill_9_at_random_points_loses_and_doubles_nothing(make_mesh):
     mesh = make_mesh(4, lambda i: ["--no-model"])
     homes = [n.home for n in mesh.nodes]
     kills = {"submitter": 0, "worker": 0}
+    points = set()  # (side, early or late in the job) of each kill
     for _ in range(ROUNDS):
         client = mesh.nodes[0].client
         job_id = client.request("POST", "/jobs", {"job": LONG_JOB, "redundancy": 2})["job_id"]
-        time.sleep(rng.uniform(0.1, 1.8))  # a random point in the job (this is the fault, not synchronisation)
+        at = rng.uniform(0.1, 1.8)
+        time.sleep(at)  # a random point in the job (this is the fault, not synchronisation)
         victim = rng.randrange(len(mesh.nodes))
         kills["submitter" if victim == 0 else "worker"] += 1
+        points.add(("submitter" if victim == 0 else "worker", "early" if at < 0.6 else "late" if at > 1.2 else "mid"))
         before = [snapshot(h) for h in homes]
         kill_and_restart(mesh, victim)
         assert_committed_entries_kept(homes, before)
         if victim != 0:  # the submitter survived: its job must still end (done, or failed with a reason)
             assert_job_ends(client, job_id)
     assert kills["submitter"] and kills["worker"], kills  # the seed exercises both sides
+    assert {(side, when) for side in kills for when in ("early", "late")} <= points, points  # early and late
 
     paid = check_ledgers(homes)
     # a worker never earned what its submitter did not pay (receipts land after the payer's commit)

@@ -11,6 +11,7 @@ import pytest
 from ..conftest import cli_json, wait_for, write_job
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(120)]
+DOWN_AFTER = 8  # seconds of silence before a peer is down (the node's default is 20)
 
 
 def peer_view(observer, node_id: str) -> dict:
@@ -41,10 +42,12 @@ def test_leave_crash_and_restart_are_seen_by_peers(make_mesh):
 
 def test_a_node_that_sleeps_is_let_go_and_its_replica_moves(make_mesh, tmp_path):
     """A laptop that sleeps says nothing and closes nothing (SIGSTOP: its sockets stay open). Its peers
-    stop hearing its hellos; after DOWN_AFTER_S of silence they close its links, so a replica waiting
+    stop hearing its hellos; after --down-after seconds of silence they close its links, so a replica waiting
     on it moves to another worker then, not at the job's deadline or the links' 60 s idle limit. When
     it wakes, it links up again."""
-    mesh = make_mesh(4, lambda i: ["--no-model", "--no-scrape"])
+    # --down-after 8 (hellos every ~2.4 s): the same mechanism as the default 20 s, sooner; the links'
+    # 60 s idle limit and the job's deadline stay where they were
+    mesh = make_mesh(4, lambda i: ["--no-model", "--no-scrape", "--down-after", str(DOWN_AFTER)])
     n0, sleeper = mesh.nodes[0], mesh.nodes[3]
     sleeper.kill(signal.SIGSTOP)
     try:

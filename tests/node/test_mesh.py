@@ -32,7 +32,7 @@ def balances(mesh) -> list[float]:
 @pytest.mark.llm
 def test_python_and_llm_job_at_r3(make_mesh, tmp_path: Path):
     """Submitter + 3 workers: each step runs on 3 distinct other nodes, all agree, output flows on."""
-    mesh = make_mesh(4)
+    mesh = make_mesh(4, lambda i: ["--no-model"] if i == 0 else [])  # the submitter never works for itself
     job = write_job(tmp_path / "job.json", [
         {"id": "nums", "kind": "python", "params": {"code": "output = {'a': 6, 'b': 7, 'prod': 6 * 7}"}},
         {"id": "say", "kind": "llm", "params": {"prompt": "Numbers: {nums.output}\nThe capital of France is",
@@ -220,7 +220,9 @@ def test_model_runner_killed_mid_step_is_replaced(make_mesh, tmp_path: Path):
         return big[0].pid if len(big) == 1 else None
 
     old = wait_for(runner_pid, 60, "the model to load on the victim")
-    long_job = {"steps": [{"id": "g", "kind": "llm", "params": {"prompt": "Once upon a time", "max_tokens": 400}}]}
+    # long enough that the victim is still generating when its first progress (8 tokens) shows; if it
+    # finished first, its replica would not say "died" below and the test would fail, not pass
+    long_job = {"steps": [{"id": "g", "kind": "llm", "params": {"prompt": "Once upon a time", "max_tokens": 200}}]}
     client = mesh.nodes[0].client
     job_id = client.request("POST", "/jobs", {"job": long_job, "redundancy": 3})["job_id"]
     def victim_generating() -> bool:  # its streamed text shows the runner is mid-step

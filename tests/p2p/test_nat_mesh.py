@@ -25,8 +25,9 @@ SECRET = "homemesh-canary-7f3a"  # in the step code, its prompt-like parameter a
 JOB = {"name": "across", "steps": [{"id": "s", "kind": "python", "params": {
     "code": f"output = '{SECRET}'[::-1] + '-' + str(sum(range(100)))"}}]}
 EXPECTED = SECRET[::-1] + "-4950"
-SLOW_JOB = {"name": "slow", "timeout": 40, "steps": [{"id": "s", "kind": "python", "params": {
-    "code": f"import time\ntime.sleep(22)\noutput = '{SECRET}'[::-1] + '-' + str(sum(range(100)))"}}]}
+HONEST_S = 8  # the faulty relay's honest window per circuit (--fault-after; the node's default is 20)
+SLOW_JOB = {"name": "slow", "timeout": 25, "steps": [{"id": "s", "kind": "python", "params": {
+    "code": f"import time\ntime.sleep({HONEST_S + 2})\noutput = '{SECRET}'[::-1] + '-' + str(sum(range(100)))"}}]}
 
 
 class NatMesh:
@@ -160,7 +161,7 @@ def test_a_relay_that_drops_or_delays_only_delays_jobs(tmp_path: Path, fault: st
     does not relay."""
     with Topology("hmrly", nat="reset", timeout=30) as t:
         m = NatMesh(t, tmp_path)
-        m.start("relay", "pub", PORT, extra=("--fault", fault))
+        m.start("relay", "pub", PORT, extra=("--fault", fault, "--fault-after", str(HONEST_S)))
         m.start("worker", "pub", PORT + 2, extra=("--no-relay", "--bootstrap", f"{t.pub_ip}:{PORT}"))
         wait_for(lambda: all((m.home(r) / "node.json").exists() for r in ("relay", "worker")), 60, "pub nodes")
         m.start("lan1")
@@ -170,8 +171,8 @@ def test_a_relay_that_drops_or_delays_only_delays_jobs(tmp_path: Path, fault: st
                  f"lan1 to learn lan2's circuit address\n{m.tail('lan2')}")
         wait_for(lambda: len([p for p in m.status("lan1").get("peers", []) if p["state"] == "up"]) >= 3, 60,
                  "lan1 to see the three others up (lan2 through the relay, while it still forwards)")
-        # The step outlasts the relay's honest window (RELAY_HONEST_S, 20 s into each circuit), so lan2's
-        # answer must cross a relay that has turned hostile; the job's replica deadline is 40 s.
+        # The step outlasts the relay's honest window (HONEST_S into each circuit, opened before the job),
+        # so lan2's answer must cross a relay that has turned hostile; the job's replica deadline is 25 s.
         t0 = time.monotonic()
         rep = m.submit("lan1", 2, SLOW_JOB)
         took = time.monotonic() - t0

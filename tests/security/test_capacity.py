@@ -119,7 +119,7 @@ def test_a_cancelled_llm_step_stops_generating_on_its_workers(make_mesh):
 
     from ..conftest import cli_json
 
-    mesh = make_mesh(3, lambda i: ["--no-scrape"])
+    mesh = make_mesh(3, lambda i: ["--no-scrape"] + (["--no-model"] if i == 0 else []))  # node 0 only submits
     sub = mesh.nodes[0]
     job_id = submit(sub, {"name": "long", "timeout": 300, "steps": [
         {"id": "story", "kind": "llm", "params": {"prompt": "Once upon a time", "max_tokens": 1500}}]}, 2)

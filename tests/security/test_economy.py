@@ -188,12 +188,19 @@ def test_replicas_are_spread_by_the_address_peers_connect_from_not_the_one_they_
             s.send(s.seal("hello", ANYONE, Hello(rec, [])))
         wait_for(lambda: sum(p["state"] == "up" for p in status(node)["peers"]) == 13, 20, "13 workers up")
         steps = [{"id": f"s{k}", "kind": "python", "params": {"code": f"output = {k}"}} for k in range(10)]
-        node.client.request("POST", "/jobs", {"job": {"name": "spread", "redundancy": 3, "timeout": 30,
-                                                      "steps": steps}})
+        job_id = node.client.request("POST", "/jobs", {"job": {"name": "spread", "redundancy": 3, "timeout": 30,
+                                                               "steps": steps}})["job_id"]
         honest = {n.node_id for n in mesh.nodes[1:]}
-        rep = wait_for(lambda: (r := node.client.request("GET", "/jobs"))[0]["status"] != "running" and r, 60,
-                       "the job to end (the sybils never answer: their replicas time out)")
-        report = node.client.request("GET", f"/jobs/{rep[0]['job_id']}")
+
+        def placed() -> dict | None:
+            """The report once every step has its first three replicas placed (the sybils never answer, so
+            the job itself would end only when their replicas time out), or once the job ended. Replicas
+            are listed in the order they were placed and never removed: the first three are final."""
+            r = node.client.request("GET", f"/jobs/{job_id}")
+            done = r["status"] != "running" or all(len(st["replicas"]) >= 3 for st in r["steps"].values())
+            return r if done else None
+
+        report = wait_for(placed, 60, "three replicas of every step placed")
         for sid, step in report["steps"].items():
             first = [r["node"] for r in step["replicas"]][:3]  # (in the order they were placed)
             assert sum(n not in honest for n in first) <= 1, (sid, first)

@@ -19,6 +19,11 @@ from ..conftest import cli_json, run_cli
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(120)]
 
 
+def submitter_without_model(i: int) -> list[str]:
+    """Node 0 submits every job here and never works for itself: it need not load the model (~2 s of CPU)."""
+    return ["--no-model"] if i == 0 else []
+
+
 @pytest.fixture(scope="module")
 def second_model(tmp_path_factory) -> Path:
     """Another GGUF with its own SHA-256: the default model's file with 32 bytes appended (llama.cpp reads
@@ -67,7 +72,7 @@ def test_two_models_in_one_dag_run_only_on_nodes_holding_them(make_mesh, tmp_pat
     sha = None
     for i in (0, 3, 4, 5):  # the submitter registers it too, to resolve the name; it never works for itself
         sha = Registry(tmp_path / "mesh" / f"node{i}").add(second_model, "second").sha256
-    mesh = make_mesh(6)
+    mesh = make_mesh(6, submitter_without_model)
     holders = {mesh.nodes[i].node_id for i in (3, 4, 5)}
     job = tmp_path / "two-models.json"
     job.write_text(json.dumps({"name": "two models", "redundancy": 3, "steps": [
@@ -86,7 +91,7 @@ def test_two_models_in_one_dag_run_only_on_nodes_holding_them(make_mesh, tmp_pat
 @pytest.mark.llm
 @pytest.mark.timeout(300)
 def test_schema_constrained_and_sampled_llm_steps_on_a_real_mesh(make_mesh, tmp_path):
-    mesh = make_mesh(4)
+    mesh = make_mesh(4, submitter_without_model)
     job = tmp_path / "llm-params.json"
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
     job.write_text(json.dumps({"name": "llm params", "redundancy": 3, "steps": [
@@ -115,7 +120,7 @@ def test_schema_constrained_and_sampled_llm_steps_on_a_real_mesh(make_mesh, tmp_
 def test_llm_text_streams_to_the_submitter_while_replicas_generate(make_mesh):
     """Workers send the text generated so far in signed progress messages; the job report shows it per
     replica until the step settles, and the final output is the whole text."""
-    mesh = make_mesh(3)
+    mesh = make_mesh(3, submitter_without_model)
     client = mesh.nodes[0].client
     job = {"redundancy": 2, "steps": [{"id": "story", "kind": "llm",
                                        "params": {"prompt": "Once upon a time", "max_tokens": 200}}]}
@@ -138,7 +143,8 @@ def test_verification_by_scoring_on_a_real_mesh_with_a_lying_worker(make_mesh, t
     """compare 'score': one worker generates, the others score its tokens in one pass. A worker that
     tampers with its text is caught whether it generates (the verifiers reject, the step falls back to
     generating and comparing) or verifies (its verdict is not one, and is set aside)."""
-    mesh = make_mesh(6, lambda i: ["--fault", "wrong"] if i == 5 else [])  # a fallback needs 2 fresh workers
+    # node 5 lies; a fallback needs 2 fresh workers
+    mesh = make_mesh(6, lambda i: submitter_without_model(i) + (["--fault", "wrong"] if i == 5 else []))
     liar = mesh.nodes[5].node_id
     job = tmp_path / "score.json"
     job.write_text(json.dumps({"name": "score", "redundancy": 3, "steps": [

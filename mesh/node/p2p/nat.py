@@ -81,12 +81,17 @@ class Puncher(DCUtRProtocol):
         return False  # a peer reached through a relay is unreachable: its direct dials are in the punch
 
 
+RELAY_HONEST_S, RELAY_DELAY_S = 20.0, 3.0  # the first: unless --fault-after says otherwise
+
+
 class DroppingRelay(CircuitV2Protocol):
     """`--fault relay-drop`: a relay that carries each circuit honestly for RELAY_HONEST_S (so the two
     ends link up and trust it), then forwards nothing (tests: a hostile relay may only delay jobs)."""
 
+    honest_s = RELAY_HONEST_S  # each circuit's honest seconds (--fault-after)
+
     async def _relay_data(self, src_stream, dst_stream, peer_id, deadline=None, circuit_data_limit=None) -> None:
-        honest_until = trio.current_time() + RELAY_HONEST_S
+        honest_until = trio.current_time() + self.honest_s
         while data := await self._read_stream_with_retry(src_stream):
             if trio.current_time() < honest_until:
                 await dst_stream.write(data)
@@ -95,15 +100,16 @@ class DroppingRelay(CircuitV2Protocol):
 class DelayingRelay(CircuitV2Protocol):
     """`--fault relay-delay`: honest for RELAY_HONEST_S, then holds every chunk RELAY_DELAY_S."""
 
+    honest_s = RELAY_HONEST_S  # each circuit's honest seconds (--fault-after)
+
     async def _relay_data(self, src_stream, dst_stream, peer_id, deadline=None, circuit_data_limit=None) -> None:
-        honest_until = trio.current_time() + RELAY_HONEST_S
+        honest_until = trio.current_time() + self.honest_s
         while data := await self._read_stream_with_retry(src_stream):
             if trio.current_time() >= honest_until:
                 await trio.sleep(RELAY_DELAY_S)
             await dst_stream.write(data)
 
 
-RELAY_HONEST_S, RELAY_DELAY_S = 20.0, 3.0
 RELAYS = {"": CircuitV2Protocol, "relay-drop": DroppingRelay, "relay-delay": DelayingRelay}
 
 
@@ -111,11 +117,13 @@ class Nat:
     """The NAT services of one host and what they concluded: `reachability` and `circuits`. A node
     offers to relay once it knows it is reachable, unless its operator said `--no-relay`."""
 
-    def __init__(self, host: IHost, relay: bool = True, fault: str = ""):
+    def __init__(self, host: IHost, relay: bool = True, fault: str = "", fault_after: float | None = None):
         self.host = host
         self.may_relay = relay
         self.autonat = DialBackAutoNAT(host, serve=True, confirmations=1)
         self.relay = RELAYS.get(fault, CircuitV2Protocol)(host, limits=RELAY_LIMITS, allow_hop=False)
+        if fault_after is not None and fault.startswith("relay-"):
+            self.relay.honest_s = fault_after  # a faulty relay's honest window per circuit (tests)
         self.reservations = ReservationGate(connected_ip(host))  # one machine cannot hold every slot
         install(self.relay.resource_manager, self.reservations)
         self.dcutr = Puncher(host)

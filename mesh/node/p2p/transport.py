@@ -371,11 +371,11 @@ class Libp2pTransport:
 
     def __init__(self, identity: Identity, limits: Limits | None = None, advertise: str = "",
                  nat: bool = True, relay: bool = True, fault: str = "", network: str = "",
-                 discovery: bool = True, gate: Gate | None = None):
+                 discovery: bool = True, gate: Gate | None = None, fault_after: float | None = None):
         self.identity = identity
         self.gate = gate or Gate()  # every dial of the swarm passes it: ours, the DHT's, hole punches
         self.advertise = advertise  # the operator's forwarded HOST:PORT, checked for reachability too
-        self.use_nat, self.offer_relay, self.fault = nat, relay, fault
+        self.use_nat, self.offer_relay, self.fault, self.fault_after = nat, relay, fault, fault_after
         self.network, self.use_discovery = network, discovery and bool(network)
         self.discovery: Discovery | None = None
         self.own_record: PeerRecord | None = None  # set by the node; the DHT re-publishes it
@@ -513,7 +513,7 @@ class Libp2pTransport:
                 task_status.started([str(a) for a in self.host.get_addrs()])
                 await self._stopped.wait()
                 return
-            self.nat = Nat(self.host, self.offer_relay, self.fault)
+            self.nat = Nat(self.host, self.offer_relay, self.fault, self.fault_after)
             async with background_trio_service(self.nat.relay), background_trio_service(self.nat.dcutr), \
                     trio.open_nursery() as nursery:
                 if self.use_discovery:
