@@ -910,9 +910,9 @@ def run_node(opts: NodeOptions) -> None:
     """Start everything, serve until SIGINT/SIGTERM, stop everything. Raises ConfigError for bad set-up."""
     model_sha = _check_options(opts)
     identity, _ = load_or_create(opts.home)
-    identity = ensure_work(opts.home, identity, lambda line: print(line, flush=True))
     try:
         os.chmod(opts.home, 0o700)  # the step user (and anyone else) must not read the ledger or the logs
+        identity = ensure_work(opts.home, identity, lambda line: print(line, flush=True))
     except OSError as exc:
         raise ConfigError(f"cannot use {opts.home} as this node's home ({exc.strerror}): it keeps its ledger, "
                           "job journal and logs there, so it must be writable") from None

@@ -57,9 +57,11 @@ def ledger_peers(node) -> dict[str, dict]:
 @pytest.mark.mesh
 @pytest.mark.timeout(300)
 def test_a_worker_that_answers_only_checks_right_is_caught_over_real_connections(make_mesh, tmp_path):
-    mesh = make_mesh(5, lambda i: ["--no-model"] + (["--spot-rate", "1.0"] if i == 0 else [])
-                     + (["--fault", "check-aware"] if i == 4 else []))
-    sub, cheat = mesh.nodes[0], mesh.nodes[4]
+    # seven workers: a check that replays an accepted step and gets a different answer is a dispute, rerun
+    # on workers with no part in either answer (the step's three and the cheater): three are left for it
+    mesh = make_mesh(8, lambda i: ["--no-model"] + (["--spot-rate", "1.0"] if i == 0 else [])
+                     + (["--fault", "check-aware"] if i == 7 else []))
+    sub, cheat = mesh.nodes[0], mesh.nodes[7]
 
     def caught() -> list[dict]:
         return [r for r in ledger_rows(sub.home) if r["kind"] == "spot_failed"]
