@@ -43,16 +43,17 @@ class Identity:
     @classmethod
     def generate(cls, bits: int | None = None) -> "Identity":
         """A new key with its work done: `bits` of it, the network's requirement by default."""
-        key = Ed25519PrivateKey.generate()
-        ident = cls(key, key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
-        return ident.with_work(required_bits() if bits is None else bits)
+        return cls._of(Ed25519PrivateKey.generate()).with_work(required_bits() if bits is None else bits)
 
     @classmethod
     def from_seed(cls, seed: bytes, work: int | None = None) -> "Identity":
         """The identity of a stored key, with its stored nonce (or, without one, its work done now)."""
-        key = Ed25519PrivateKey.from_private_bytes(seed)
-        ident = cls(key, key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+        ident = cls._of(Ed25519PrivateKey.from_private_bytes(seed))
         return ident.with_work(required_bits()) if work is None else replace(ident, work=work)
+
+    @classmethod
+    def _of(cls, key: Ed25519PrivateKey) -> "Identity":
+        return cls(key, key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
 
     def work_bits(self) -> int:
         return work_bits(self.public_key, self.work)
