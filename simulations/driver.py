@@ -29,7 +29,7 @@ from mesh.core.effects import (
 from mesh.core.policy import Candidate, Evidence, Reputations, StepEvidence, reputation_group
 from mesh.core.spotcheck import Challenge
 from mesh.core.submission import CHECK_SPREAD_S, Config, Submission, SubmittedJob, replay_log
-from mesh.core.trust import Shared, attest
+from mesh.core.trust import Shared, Testimony, attest, outvote_of
 from mesh.wire.canonical import digest
 
 from .board import Board
@@ -77,6 +77,9 @@ class SimLedger:
                 continue
             self.reputations.fold(e.kind, e.peer, ts_ms, e.why if isinstance(e.why, StepEvidence) else None)
             touched[e.peer] = None
+            proof = outvote_of(self.owner, e.kind, e.peer, e.job, e.step, e.why, ts_ms) if self.board else None
+            if proof is not None:
+                self.board.publish(proof, ts_ms / 1000)
         if self.board is not None:
             for peer in touched:
                 t = attest(self.owner, peer, self.reputations, ts_ms)
@@ -164,8 +167,13 @@ class SimSubmitter:
         """Read the testimony that reached this submitter and weigh its issuers again."""
         assert self.shared is not None and self.board is not None
         now = self.engine.now
-        self.shared.take_all(self.board.read(self.id, now))
-        self.shared.refresh(int(now * 1000))
+        now_ms = int(now * 1000)
+        for post in self.board.read(self.id, now):
+            if isinstance(post, Testimony):
+                self.shared.take(post)
+            else:
+                self.shared.take_outvote(post, now_ms)
+        self.shared.refresh(now_ms)
         self._cands.clear()
         for worker in self.shared.reported():
             self._apply(self.core.on_reported(worker, "a trusted issuer reported a wrong answer", now))

@@ -19,7 +19,13 @@ workers while one that vouches for a few ids concentrates it — the wrong way r
 
 Testimony raises a worker's evidence, never past SHARED_CAP agreements from others; a run of validated
 results reported by others counts towards running a step alone only when two trusted issuers of
-different network prefixes report one and no trusted issuer has seen the worker misbehave since."""
+different network prefixes report one and no trusted issuer has seen the worker misbehave since.
+
+Testimony is an opinion: it counts as far as its issuer is trusted. An Outvote is evidence: the worker's
+own signed answer and the signed answers that outvoted it (mesh.wire.proof checks the signatures), so
+it counts by who outvoted, whoever passes it on — a stranger's proof is as good as a friend's when two
+ids that did verified work for this node itself (on two prefixes) signed the majority, and a crowd of
+sybils outvoting an honest worker proves nothing."""
 
 from __future__ import annotations
 
@@ -28,8 +34,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.core.policy import Evidence, Reputations
+from mesh.core.policy import HALF_LIFE_MS, Evidence, Reputations, StepEvidence
 from mesh.errors import MeshError
+from mesh.wire.proof import Outvote
 
 FULL_FLOW = 10.0  # verified results flowing to an issuer for its testimony to count in full
 SHARED_CAP = 40.0  # agreements from others' testimony that count for one worker, at most
@@ -38,6 +45,8 @@ MIN_WEIGHT = 0.5  # an issuer whose reported runs count (two of them, on differe
 MAX_COUNT = 1e6  # a reported count above this is malformed
 MAX_ISSUERS_PER_WORKER = 64  # issuers whose testimony is kept per worker (the least trusted dropped first)
 MAX_ID = 128  # characters of a node id
+MAX_PROOFS_PER_WORKER = 16  # outvotes kept per worker (the oldest dropped first)
+MAX_PROVEN = 4096  # workers outvotes are kept about (the one proven longest ago dropped first)
 
 
 class BadTestimony(MeshError):
@@ -108,6 +117,16 @@ def attest(issuer: str, worker: str, reps: Reputations, now_ms: int) -> Testimon
                      reps.since.get(worker, 0), reps.last_bad.get(worker, 0), max(now_ms, ev.stamp))
 
 
+def outvote_of(submitter: str, kind: str, peer: str, job: str, step: str, why: object,
+               stamp: int) -> Outvote | None:
+    """What a `disagreed` ledger entry of a settled step proves: `peer` answered, the step was accepted on
+    another answer, and at least two others (not the submitter) gave that one. None otherwise."""
+    if kind != "disagreed" or not isinstance(why, StepEvidence) or not why.accepted or why.answers.get(peer, why.accepted) == why.accepted:
+        return None
+    majority = tuple(sorted(n for n in why.agreeing if n not in (peer, submitter) and why.answers.get(n) == why.accepted))
+    return Outvote(peer, submitter, job, step, majority, stamp) if len(majority) >= 2 else None
+
+
 @dataclass(frozen=True)
 class Standing:
     """A worker as this node sees it with others' testimony: the evidence placement scores, and the run of
@@ -130,6 +149,44 @@ class Shared:
     held_by: dict[str, int] = field(default_factory=dict)  # issuer → items of its testimony held
     weights: dict[str, float] = field(default_factory=dict)  # issuer → 0..1 (refresh)
     acted: dict[str, int] = field(default_factory=dict)  # worker → newest trusted wrong-answer report taken (reported)
+    proven: dict[str, dict[tuple[str, str, str], int]] = field(default_factory=dict)  # worker → outvotes taken
+
+    def take_outvote(self, o: Outvote, now_ms: int) -> str:
+        """`weigh_outvote`, then `keep_outvote` if it counts: '' when kept, else why not."""
+        why = self.weigh_outvote(o, now_ms)
+        if not why:
+            self.keep_outvote(o, now_ms)
+        return why
+
+    def weigh_outvote(self, o: Outvote, now_ms: int) -> str:
+        """Whether an outvote (its signatures checked, or about to be) counts here: '' when two of its
+        majority did verified work for this node itself (at least MIN_WEIGHT × FULL_FLOW results, net of
+        bad ones) and are on two network prefixes; else why not (`own`: about or by this node; `known`:
+        held already; `untrusted`). Only first-hand work counts: through a second hop, one sybil that
+        did some work here would lend that much trust to every id it vouches for, and any two of them
+        could then frame an honest worker."""
+        if self.me in (o.accused, o.submitter):
+            return "own"
+        if (o.submitter, o.job, o.step) in self.proven.get(o.accused, {}):
+            return "known"
+        cache: dict[str, float] = {}
+        trusted = [n for n in o.majority if self._direct(n, now_ms, cache) >= MIN_WEIGHT * FULL_FLOW]
+        return "" if len({self.prefix_of.get(n, n) for n in trusted}) >= 2 else "untrusted"
+
+    def keep_outvote(self, o: Outvote, now_ms: int) -> None:
+        """Hold an outvote that counts (at most MAX_PROOFS_PER_WORKER per worker and MAX_PROVEN workers,
+        the oldest dropped). Its stamp is the accused's own clock, so it is clamped to this node's."""
+        if o.accused not in self.proven and len(self.proven) >= MAX_PROVEN:
+            del self.proven[min(self.proven, key=lambda w: (max(self.proven[w].values()), w))]
+        held = self.proven.setdefault(o.accused, {})
+        key = (o.submitter, o.job, o.step)
+        stamp = max(0, min(o.stamp, now_ms))
+        if len(held) >= MAX_PROOFS_PER_WORKER and key not in held:
+            oldest = min(held, key=lambda k: (held[k], k))
+            if (stamp, key) <= (held[oldest], oldest):
+                return  # older than all it would replace (and sent again, it would come back each time)
+            del held[oldest]
+        held[key] = stamp
 
     def take(self, t: Testimony) -> bool:
         """Keep `t` if it is newer than what its issuer said of that worker before. False when ignored (own
@@ -169,37 +226,49 @@ class Shared:
     def refresh(self, now_ms: int) -> dict[str, float]:
         """Each issuer's weight: the verified work that flows to it from this node over paths of at most
         two hops (own evidence, then trusted issuers' testimony), over FULL_FLOW, at most 1."""
-        direct: dict[str, float] = {}
-        for peer in self.held_by:
-            ev = self.own.evidence.get(peer)
-            if ev is not None:
-                good, bad = ev.decayed(now_ms)
-                if good > bad:
-                    direct[peer] = good - bad
-        weights: dict[str, float] = {}
-        for issuer in self.held_by:
-            flow = direct.get(issuer, 0.0)
-            for via, t in self.about.get(issuer, {}).items():  # via → issuer: what issuer did for via
-                if via in direct and t.good > t.bad:
-                    flow += min(direct[via], t.good - t.bad)
-            if flow > 0:
-                weights[issuer] = min(1.0, flow / FULL_FLOW)
+        cache: dict[str, float] = {}
+        weights = {issuer: w for issuer in self.held_by if (w := self.trust(issuer, now_ms, cache)) > 0}
         self.weights = weights
         return weights
 
+    def trust(self, node: str, now_ms: int, cache: dict[str, float] | None = None) -> float:
+        """0..1: the verified work that flows from this node to `node` over paths of at most two hops (its
+        own evidence of `node`, then what issuers it has evidence of say `node` did for them), over
+        FULL_FLOW. `cache` keeps the first hops between calls at one `now_ms`."""
+        cache = {} if cache is None else cache
+        flow = self._direct(node, now_ms, cache)
+        for via, t in self.about.get(node, {}).items():  # via → node: what node did for via
+            if t.good > t.bad:
+                flow += min(self._direct(via, now_ms, cache), t.good - t.bad)
+        return min(1.0, flow / FULL_FLOW)
+
+    def _direct(self, peer: str, now_ms: int, cache: dict[str, float]) -> float:
+        hit = cache.get(peer)
+        if hit is None:
+            ev = self.own.evidence.get(peer)
+            good, bad = ev.decayed(now_ms) if ev is not None else (0.0, 0.0)
+            hit = cache[peer] = max(0.0, good - bad)
+        return hit
+
     def reported(self) -> list[str]:
-        """Workers a trusted issuer (weight ≥ MIN_WEIGHT, after `refresh`) has reported a wrong answer of
-        since this was last asked: each newer report once, so a submitter can recheck what they vouched
-        for with it."""
+        """Workers a trusted issuer (weight ≥ MIN_WEIGHT, after `refresh`) has reported a wrong answer of,
+        or an outvote was proven of, since this was last asked: each newer report once, so a submitter can
+        recheck what they vouched for with it."""
         fresh: list[str] = []
-        for gone in [w for w in self.acted if not self.about.get(w)]:
+        for gone in [w for w in self.acted if not self.about.get(w) and w not in self.proven]:
             del self.acted[gone]  # nothing held about it any more: the map stays as small as `about`
-        for worker, said in self.about.items():
-            latest = max((t.last_bad for i, t in said.items() if self.weights.get(i, 0.0) >= MIN_WEIGHT), default=0)
+        for worker in {**self.about, **self.proven}:
+            latest = self._latest_bad(worker)
             if latest > self.acted.get(worker, 0):
                 self.acted[worker] = latest
                 fresh.append(worker)
         return fresh
+
+    def _latest_bad(self, worker: str) -> int:
+        """ms of the newest wrong answer of `worker` a trusted issuer reported or an outvote proved (0: none)."""
+        said = self.about.get(worker, {})
+        reported = max((t.last_bad for i, t in said.items() if self.weights.get(i, 0.0) >= MIN_WEIGHT), default=0)
+        return max(reported, max(self.proven.get(worker, {}).values(), default=0))
 
     # -- a worker's standing --------------------------------------------------------------------------
     def standing(self, worker: str, now_ms: int) -> Standing:
@@ -208,12 +277,14 @@ class Shared:
         own = self.own.evidence.get(worker)
         good, bad = own.decayed(now_ms) if own else (0.0, 0.0)
         streak = self.own.streak(worker)
-        said = self.about.get(worker)
-        if not said or not self.weights:
+        said = self.about.get(worker) or {}
+        proofs = self.proven.get(worker, {})
+        if not proofs and (not said or not self.weights):
             return Standing(Evidence(good, bad, now_ms), streak, 0.0, 0)
-        add_good = add_bad = 0.0
+        add_good = 0.0  # each proven outvote is a wrong answer, decayed as this node's own evidence is
+        add_bad = sum(0.5 ** (max(0, now_ms - stamp) / HALF_LIFE_MS) for stamp in proofs.values())
         runs: list[str] = []
-        latest_bad = self.own.last_bad.get(worker, 0)
+        latest_bad = max(self.own.last_bad.get(worker, 0), max(proofs.values(), default=0))
         vouchers = 0
         for issuer, t in said.items():
             w = self.weights.get(issuer, 0.0)

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from mesh.errors import UserError
+from mesh.wire.attest import attestation
+from mesh.wire.messages import SignedAnswer
 
 STEP = "chat"
 DEFAULT_MAX_TOKENS = 128
@@ -118,7 +120,7 @@ def content_of(output: Any) -> str:
     return output.lstrip() if isinstance(output, str) else json.dumps(output)
 
 
-def homemesh(report: dict, signed: Mapping[tuple[str, str], dict], quorum: str, needed: int) -> dict:
+def homemesh(report: dict, signed: Mapping[tuple[str, str], SignedAnswer], quorum: str, needed: int) -> dict:
     """The `x_homemesh` object: who answered what, signed, and the rule that accepted (or refused) it."""
     step = report["steps"][STEP]
     replicas = []
@@ -126,7 +128,8 @@ def homemesh(report: dict, signed: Mapping[tuple[str, str], dict], quorum: str, 
         entry = {"node": r["node"], "digest": r["digest"], "agreed": r["agreed"], "role": r.get("role", "generate")}
         if r.get("error"):
             entry["error"] = r["error"]
-        entry.update(signed.get((STEP, r["node"]), {"signature": None}))
+        answer = signed.get((STEP, r["node"]))
+        entry.update(attestation(answer) if answer is not None else {"signature": None})
         replicas.append(entry)
     agreeing = sum(r["agreed"] for r in step["replicas"])
     rule = {"quorum": quorum, "needed": needed, "agreeing": agreeing,

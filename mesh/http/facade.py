@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from mesh.core.dag import Job
 from mesh.core.jobrun import JobRun
+from mesh.wire.messages import SignedAnswer
 
 
 class JobEvent(Protocol):
@@ -50,7 +51,7 @@ class JobView(Protocol):
     def partial(self) -> Mapping[tuple[str, str], tuple[int, str]]: ...  # (step, node) → (tokens, text so far)
 
     @property
-    def signed(self) -> Mapping[tuple[str, str], dict[str, Any]]: ...  # (step, node) → its signed answer
+    def signed(self) -> Mapping[tuple[str, str], SignedAnswer]: ...  # (step, node) → its signed answer
 
 
 @dataclass(frozen=True)

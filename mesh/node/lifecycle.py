@@ -69,7 +69,7 @@ from mesh.steps.stepuser import StepUser, step_user
 from mesh.wire.canonical import canonical
 from mesh.wire.envelope import ANYONE, DEFAULT_FRAME_CAP, Envelope, Receiver, Sealer
 from mesh.wire.identity import Identity, ensure_work, load_or_create, node_id_of
-from mesh.wire.messages import Bye, HeadAsk, HeadHeld, Hello, LedgerHead, PeerRecord, RateCard
+from mesh.wire.messages import Bye, HeadAsk, HeadHeld, Hello, LedgerHead, Outvoted, PeerRecord, RateCard
 from mesh.wire.records import DEFAULT_RATES, MAX_ALT, RECORD_TTL_MS, make_record
 from mesh.wire.schema import parse
 
@@ -283,7 +283,8 @@ class Node:
             return peer is not None and self.send(peer, kind, payload)
 
         return Ports(self.id, self.identity, self.opts.home, send_to, self.record, self.candidates, self.spawn,
-                     self.receiver.count, lambda: self.balance, lambda: self.ledger_error, self.find_workers, tell)
+                     self.receiver.count, lambda: self.balance, lambda: self.ledger_error, self.find_workers, tell,
+                     self.spread_proof)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def spawn(self, coro) -> asyncio.Task:
@@ -708,7 +709,7 @@ class Node:
             self.submitter.on_receipt_ack(peer, env.payload)
         elif env.kind == "receipt-ask":
             self.submitter.on_receipt_ask(peer, env.payload)
-        elif env.kind in ("head", "head-ask", "head-held", "testimony-ask", "testimony"):
+        elif env.kind in ("head", "head-ask", "head-held", "testimony-ask", "testimony", "outvoted"):
             self._on_peer_knowledge(peer, env.kind, env.payload, now)
         elif env.kind == "bye":
             peer.state = "left"
@@ -823,13 +824,33 @@ class Node:
         return True
 
     def _on_peer_knowledge(self, peer: Peer, kind: str, payload: object, now: int) -> None:
-        """What peers keep for each other: ledger heads, and testimony about other peers."""
-        if kind == "testimony-ask":
+        """What peers keep for each other: ledger heads, testimony about other peers, proofs of wrong answers."""
+        if kind == "outvoted":
+            self._on_proof(peer, payload, now)
+        elif kind == "testimony-ask":
             self.send(peer, "testimony", self.testimonies.answer(peer.node, payload, now))
         elif kind == "testimony":
             self.testimonies.heard(peer.node, payload, {p.node for p in self.peers}, now)
         else:
             self._on_head_message(peer, kind, payload)
+
+    def _on_proof(self, peer: Peer, proof: Outvoted, now: int) -> None:
+        """A proof of a wrong answer: kept when those who outvoted it are trusted here; then what the
+        accused answered alone for this node is run again at once, and the proof goes on to the other
+        linked peers (only kept ones: a node never amplifies what it would not act on)."""
+        if not self.testimonies.proof(peer.node, proof, self.opts.network, {p.node for p in self.peers}, now):
+            return
+        for worker in self.testimonies.reported():
+            self.submitter.on_reported(worker)
+        self.spread_proof(proof, skip=(peer.node,))
+
+    def spread_proof(self, proof: Outvoted, skip: tuple[str, ...] = ()) -> None:
+        """Tell every linked peer but the accused (and `skip`) of a proof: one encoding, a seal each."""
+        accused = node_id_of(bytes.fromhex(proof.accused.sender))
+        encoded = self.sealer.encode(proof)
+        for peer in list(self.peers.up()):
+            if peer.node != accused and peer.node not in skip:
+                self._send_encoded(peer, "outvoted", encoded)
 
     def reputation_of(self, node: str) -> float:
         return self.reputations.score(node, now_ms())

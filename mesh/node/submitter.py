@@ -29,16 +29,27 @@ from mesh.core.effects import Alarm, Answer, Effect, Forgotten, Judged, Rechecke
 from mesh.core.jobrun import JobRun
 from mesh.core.policy import Candidate
 from mesh.core.submission import Config, Submission, SubmittedJob, new_job_id
+from mesh.core.trust import outvote_of
 from mesh.errors import CreditError, JournalError, LedgerError
 from mesh.node.events import EventLog
 from mesh.node.home import LEDGER_FILE
 from mesh.node.journal import COMPACT_AT, Journal, Replayed
 from mesh.node.outbox import Outbox
 from mesh.node.peers import Peer
-from mesh.wire.attest import attestation
 from mesh.wire.envelope import Envelope
 from mesh.wire.identity import Identity
-from mesh.wire.messages import Cancel, Progress, ReceiptAck, ReceiptAsk, ReceiptMsg, StepRequest, StepResult
+from mesh.wire.messages import (
+    Cancel,
+    Outvoted,
+    Progress,
+    ReceiptAck,
+    ReceiptAsk,
+    ReceiptMsg,
+    SignedAnswer,
+    StepRequest,
+    StepResult,
+)
+from mesh.wire.proof import canonical_payload, outvoted, signed_answer
 
 log = logging.getLogger("mesh.node.submitter")
 TICK_S = 1.0  # how often a job re-checks deadlines when nothing else wakes it
@@ -64,6 +75,7 @@ class Ports:
     ledger_error: Callable[[], str]  # why the ledger refused a write ('' when it never did)
     find: Callable[[dict[str, int]], Awaitable[None]]  # {capability: workers wanted}: look for them, wait a while
     tell: Callable[[str, str, object], bool] = lambda node, kind, payload: False  # on an open link only → sent?
+    prove: Callable[[Outvoted], None] = lambda proof: None  # pass a proof of a wrong answer on to linked peers
 
 
 @dataclass(frozen=True)
@@ -83,7 +95,7 @@ class JobState:
     created: float
     partial: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)  # (step, node) → streamed
     events: EventLog = field(default_factory=EventLog)
-    signed: dict[tuple[str, str], dict] = field(default_factory=dict)  # (step, node) → its signed answer
+    signed: dict[tuple[str, str], SignedAnswer] = field(default_factory=dict)  # (step, node) → its signed answer
     cancelled: set[tuple[str, str]] = field(default_factory=set)  # (node, step) told to stop: no longer needed
     resumed: bool = False  # its node restarted (or was killed) while it ran, and it went on from the journal
     had_workers: bool = False  # ticked with enough workers for its steps (see Submitter._links_gone)
@@ -283,7 +295,7 @@ class Submitter:
                 continue
             for eff in self.core.tick(job_id, candidates, self.now()):
                 if isinstance(eff, Record):
-                    await self._record(eff)  # payments are written before the job says it is done
+                    await self._record(eff, self._proofs(eff))  # payments written before the job says done
                 else:
                     self._apply(eff)
             st.events.diff(st.run)
@@ -366,7 +378,7 @@ class Submitter:
         elif isinstance(eff, Alarm):
             self.ports.spawn(self._alarm(eff.at))
         elif isinstance(eff, Record):
-            self.ports.spawn(self._record(eff))
+            self.ports.spawn(self._record(eff, self._proofs(eff)))
         elif isinstance(eff, Wake) and eff.job in self.jobs:
             self.jobs[eff.job].wake.set()
         elif isinstance(eff, Started):
@@ -416,7 +428,22 @@ class Submitter:
         await asyncio.sleep(max(0.0, at - self.now()))
         self._apply_all(self.core.on_alarm(self.now()))
 
-    async def _record(self, eff: Record) -> None:
+    def _proofs(self, eff: Record) -> tuple[Outvoted, ...]:
+        """Proofs of the wrong answers a batch books as outvoted (mesh.wire.proof), from the signed answers
+        kept: taken now, while the job is still held, and passed on once the ledger has the batch."""
+        st = self.jobs.get(eff.job)
+        out: list[Outvoted] = []
+        for e in eff.entries if st is not None else ():
+            o = outvote_of(self.ports.node_id, e.kind, e.peer, e.job, e.step, e.why, 0)
+            accused = st.signed.get((e.step, e.peer)) if o is not None else None
+            if o is None or accused is None:
+                continue
+            proof = outvoted(accused, [a for n in o.majority if (a := st.signed.get((e.step, n))) is not None])
+            if proof is not None:
+                out.append(proof)
+        return tuple(out)
+
+    async def _record(self, eff: Record, proofs: tuple[Outvoted, ...] = ()) -> None:
         """One ledger batch (a receipt signed for each payment), then the receipts go out through the
         outbox. The receipts are held in the journal first: a batch written again after a crash reuses
         them (same bytes, and the ledger skips rows it has), and they are released only once the ledger
@@ -446,6 +473,8 @@ class Submitter:
                           self.ports.ledger_error())
             return
         self.outbox_due.set()
+        for proof in proofs:
+            self.ports.prove(proof)
         self._maybe_compact()
 
     # -- the receipt outbox -------------------------------------------------------------------------
@@ -489,6 +518,11 @@ class Submitter:
                 self.ports.count("unexpected-result")  # never asked, late, or asked twice
                 log.warning("refused result from %s: unexpected-result", peer.node[:12])
             return
+        if env is not None and not canonical_payload(env):  # could not be shown to others as signed: a
+            self.ports.count("non-canonical")  # cheater's way out of every proof (mesh.wire.proof)
+            log.warning("refused result from %s: non-canonical: its payload does not re-encode to the bytes "
+                        "it signed", peer.node[:12])
+            return
         for eff in self.core.on_result(peer.node, res.job, res.step, res.ok, res.digest, res.output, res.work.to_json(),
                                        res.error, self.now()):
             if not isinstance(eff, Answer):
@@ -500,7 +534,7 @@ class Submitter:
                 self.ports.count("unexpected-result")  # never asked, late, or asked twice
                 log.warning("refused result from %s: unexpected-result", peer.node[:12])
             elif eff.ok and env is not None and eff.job in self.jobs:
-                self.jobs[eff.job].signed[(eff.step, eff.node)] = attestation(env)
+                self.jobs[eff.job].signed[(eff.step, eff.node)] = signed_answer(env)
 
     def on_progress(self, peer: Peer, msg: Progress) -> None:
         """Streamed text of a replica we are waiting for; anything else is dropped (and counted)."""

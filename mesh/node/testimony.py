@@ -2,7 +2,8 @@
 ledger says of the other peers it knows (`testimony-ask`), answers such asks with its own testimony
 (`testimony`), and weighs what it hears by the verified work that flows to each issuer. An issuer only
 ever speaks for itself — the envelope's signer is the issuer of every item — and each item is checked
-as hostile input before it is kept."""
+as hostile input before it is kept. Proofs of wrong answers (`outvoted`, mesh.wire.proof) come from
+whoever has one and count by who signed them, not by who sent them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from collections.abc import Callable, Container, Iterable, Mapping
 
 from mesh.core.policy import Reputations
 from mesh.core.trust import BadTestimony, Shared, Standing, Testimony, attest
-from mesh.wire.messages import MAX_TESTIMONY, TestimonyAsk, TestimonyItem, TestimonyTell
+from mesh.errors import Rejected
+from mesh.wire.messages import MAX_TESTIMONY, Outvoted, TestimonyAsk, TestimonyItem, TestimonyTell
+from mesh.wire.proof import shown, verify_signed
 
 log = logging.getLogger("mesh.node")
 
@@ -26,6 +29,7 @@ class Testimonies:
         self.shared = Shared(me, own)
         self.count = count  # a rejection by reason (the node's `rejected` counters)
         self.rounds = 0  # times the issuers were weighed
+        self.proofs = 0  # outvote proofs kept
 
     def rebind(self, own: Reputations) -> None:
         """The node's reputations were rebuilt (read from the ledger at start)."""
@@ -67,6 +71,34 @@ class Testimonies:
             kept += self.shared.take(t)
         return kept
 
+    def proof(self, sender: str, proof: Outvoted, network: str, known: Container[str], now_ms: int) -> bool:
+        """Keep a proof that a worker this node knows (`known`: its peer table, whose ids cost work to
+        mint — keys made for free to be 'outvoted' would otherwise fill memory) was outvoted, when the ids
+        that outvoted it are ones this node trusts (mesh.core.trust.Shared.weigh_outvote); their
+        signatures are checked only then, so a flood of proofs signed by strangers costs no Ed25519
+        verification. True when kept (to pass on)."""
+        try:
+            o = shown(proof, network)
+            if o.accused not in known:
+                self.count("proof-unknown-worker")
+                return False
+            why = self.shared.weigh_outvote(o, now_ms)
+            if not why:
+                verify_signed(proof)
+        except Rejected as exc:
+            self.count(exc.reason)
+            log.warning("proof from %s refused: %s: %s", sender[:12], exc.reason, exc)
+            return False
+        if why:
+            if why == "untrusted":
+                self.count("proof-untrusted")  # not an offence: this node just does not know the majority
+            return False
+        self.shared.keep_outvote(o, now_ms)
+        self.proofs += 1
+        log.warning("proof from %s: %s answered %s/%s unlike %d others, trusted here", sender[:12], o.accused[:12],
+                    o.job, o.step, len(o.majority))
+        return True
+
     def refresh(self, prefixes: Mapping[str, str], now_ms: int) -> dict[str, float]:
         """Weigh the issuers again; `prefixes`: the observed network prefix of each linked peer."""
         self.shared.prefix_of = dict(prefixes)
@@ -81,6 +113,7 @@ class Testimonies:
         return self.shared.standing(node, now_ms)
 
     def status(self) -> dict:
-        return {"rounds": self.rounds, "workers": len(self.shared.about),
+        return {"rounds": self.rounds, "workers": len(self.shared.about), "proofs": self.proofs,
+                "proven": {w[:12]: len(held) for w, held in sorted(self.shared.proven.items())},
                 "held": sum(len(v) for v in self.shared.about.values()),
                 "issuers": {i[:12]: round(w, 3) for i, w in sorted(self.shared.weights.items())}}

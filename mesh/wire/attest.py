@@ -8,18 +8,22 @@ from __future__ import annotations
 import hashlib
 
 from mesh.wire.canonical import canonical, digest
-from mesh.wire.envelope import Envelope, signed_bytes_of_hash
+from mesh.wire.envelope import signed_bytes_of_hash
 from mesh.wire.identity import node_id_of
 from mesh.wire.identity import verify as verify_sig
+from mesh.wire.messages import SignedAnswer
 from mesh.wire.schema import dump
 
 
-def attestation(env: Envelope) -> dict:
+def attestation(a: SignedAnswer) -> dict:
+    """A kept answer (mesh.wire.proof.signed_answer: its payload re-encodes to the bytes signed) in the
+    form the API shows."""
+    payload = dump(a.payload)
     return {
-        "signature": env.sig.hex(),
-        "signed": {"kind": env.kind, "net": env.network, "from": env.sender.hex(), "to": env.recipient.hex(),
-                   "seq": env.seq, "ts": env.ts_ms, "payload_sha256": env.payload_sha256.hex()},
-        "payload": dump(env.payload),
+        "signature": a.sig,
+        "signed": {"kind": a.kind, "net": a.net, "from": a.sender, "to": a.to, "seq": a.seq, "ts": a.ts,
+                   "payload_sha256": hashlib.sha256(canonical(payload)).hexdigest()},
+        "payload": payload,
     }
 
 

@@ -88,6 +88,8 @@ class Work:
             if not (isinstance(value, (int, float)) and not isinstance(value, bool)
                     and math.isfinite(value) and 0 <= value <= MAX_MEASURE):
                 raise Rejected("bad-schema", f"work.{name} must be a number from 0 to {MAX_MEASURE:g}")
+        for name in ("cpu_s", "peak_mb", "seconds"):  # floats, as a receiver parses them: the answer re-encodes
+            setattr(self, name, float(getattr(self, name)))  # to the bytes signed (mesh.wire.proof)
         if len(self.token_ids) > 4096 or not all(type(t) is int and 0 <= t < MAX_TOKEN_ID for t in self.token_ids):
             raise Rejected("bad-schema", "work.token_ids must be at most 4096 token ids")
         if len(self.via) > 200 or len(self.stdout) > MAX_WORK_TEXT or len(self.stderr) > MAX_WORK_TEXT:
@@ -286,6 +288,44 @@ class TestimonyTell:
             raise Rejected("bad-schema", f"a testimony holds at most {MAX_TESTIMONY} items")
 
 
+MAX_MAJORITY = 8  # outvoting answers in one proof
+
+
+@dataclass(frozen=True)
+class SignedAnswer:
+    """A worker's `result` envelope as it signed it: the header fields, the signature and the payload, so
+    anyone can check it without the mesh (mesh.wire.proof). `sender` and `to` are public keys (hex)."""
+
+    kind: str
+    net: str
+    sender: str
+    to: str
+    seq: int
+    ts: int
+    sig: str
+    payload: StepResult
+
+    def __post_init__(self) -> None:
+        if not all(len(k) == 64 and _HEX.issuperset(k) for k in (self.sender, self.to)) \
+                or len(self.sig) != 128 or not _HEX.issuperset(self.sig) or len(self.net) > 255:
+            raise Rejected("bad-schema", "a signed answer's keys are 64 and its signature 128 lower-case hex "
+                                         "characters")
+
+
+@dataclass(frozen=True)
+class Outvoted:
+    """Evidence that `accused` gave a wrong answer: its own signed answer to a step and the signed answers
+    of the others that agreed on a different one (mesh.wire.proof checks it; mesh.core.trust weighs it by
+    who outvoted, not by who sends it)."""
+
+    accused: SignedAnswer
+    majority: list[SignedAnswer]
+
+    def __post_init__(self) -> None:
+        if not 2 <= len(self.majority) <= MAX_MAJORITY:
+            raise Rejected("bad-schema", f"an outvoted proof holds 2 to {MAX_MAJORITY} outvoting answers")
+
+
 KINDS: dict[str, type] = {
     "hello": Hello,
     "step": StepRequest,
@@ -301,4 +341,5 @@ KINDS: dict[str, type] = {
     "head-held": HeadHeld,
     "testimony-ask": TestimonyAsk,
     "testimony": TestimonyTell,
+    "outvoted": Outvoted,
 }

@@ -12,7 +12,7 @@ from ledger.receipts import make_receipt
 from mesh.wire.canonical import digest
 from mesh.wire.envelope import ANYONE
 from mesh.wire.identity import Identity
-from mesh.wire.messages import Bye, Hello, ReceiptMsg, StepRequest, StepResult
+from mesh.wire.messages import Bye, Hello, ReceiptMsg, StepRequest, StepResult, Work
 from mesh.wire.records import make_record
 
 from ..conftest import cli_json, run_cli, wait_for, write_job
@@ -163,10 +163,15 @@ def test_a_worker_cannot_put_anything_but_measured_numbers_into_work(make_mesh):
             evil.send(evil.seal("result", me, StepResult(job_id, "a", True, 1, digest(1), "python:bwrap", work)))
         wait_rejection(node, "bad-schema", before, evil.label, at_least=4)
         assert node.client.request("GET", f"/jobs/{job_id}")["status"] == "running"  # readable, still waiting
+        # well-formed, but the signed bytes are not the typed answer's (work fields left out, an int for a
+        # float): it could never be shown to others as signed, so it is not taken (mesh.wire.proof)
+        evil.send(evil.seal("result", me, StepResult(job_id, "a", True, 1, digest(1), "python:bwrap", {"cpu_s": 1})))
+        wait_rejection(node, "non-canonical", before, evil.node_id[:12])
+        assert node.client.request("GET", f"/jobs/{job_id}")["status"] == "running"
         # an answer is the step's output, whatever its shape (a python step may well nest 400 deep): it is
         # checked against its digest, and the report still serves it
         evil.send(evil.seal("result", me, StepResult(job_id, "a", True, deep, digest(deep), "python:bwrap",
-                                                     {"cpu_s": 0.002, "peak_mb": 9.5})))
+                                                     Work(cpu_s=0.002, peak_mb=9.5))))
         rep = wait_for(lambda: (r := node.client.request("GET", f"/jobs/{job_id}"))["status"] == "done" and r, 20,
                        "the job done on the well-formed answer")
     (replica,) = rep["steps"]["a"]["replicas"]

@@ -39,11 +39,13 @@ from mesh.wire.messages import (
     HeadHeld,
     Hello,
     LedgerHead,
+    Outvoted,
     PeerRecord,
     Progress,
     ReceiptAck,
     ReceiptAsk,
     ReceiptMsg,
+    SignedAnswer,
     StepRequest,
     StepResult,
     TestimonyAsk,
@@ -172,6 +174,8 @@ def test_every_kind_round_trips(alice, bob):
         "testimony-ask": TestimonyAsk(["e" * 64]),
         "testimony": TestimonyTell([TestimonyItem("e" * 64, 3.0, 0.5, 2, 1000, 0, 2000)]),
     }
+    answer = SignedAnswer("result", "net", "a" * 64, "b" * 64, 7, T0, "c" * 128, payloads["result"])
+    payloads["outvoted"] = Outvoted(answer, [answer, answer])  # well-formed: what it proves is checked elsewhere
     assert set(payloads) == set(KINDS)
     for i, (kind, payload) in enumerate(payloads.items()):
         env = bob.receive(one_body(alice.seal(kind, BOB.public_key, payload, T0 + i)), T0 + i)
