@@ -140,7 +140,14 @@ class Standing:
 
 @dataclass
 class Shared:
-    """The testimony this node holds and the trust it gives each issuer (refresh() recomputes that)."""
+    """The testimony this node holds and the trust it gives each issuer (refresh() recomputes that).
+
+    The two-hop bound is per issuer: a sybil that did FULL_FLOW verified results here lends its weight to
+    every id it vouches for, each bounded by that one edge but not all of them together. So what lets a
+    worker skip cross-checks is counted by where the trust comes from: an outvote proof needs signers
+    of first-hand weight (verified work for this node itself), and a run confirmed by others needs
+    issuers of two anchors (an anchor: the issuer itself, or the peer most of its weight flows through).
+    A ring lent weight by one sybil is one anchor, however many ids it has: alone it confirms nothing."""
 
     me: str
     own: Reputations
@@ -148,6 +155,7 @@ class Shared:
     about: dict[str, dict[str, Testimony]] = field(default_factory=dict)  # worker → issuer → newest
     held_by: dict[str, int] = field(default_factory=dict)  # issuer → items of its testimony held
     weights: dict[str, float] = field(default_factory=dict)  # issuer → 0..1 (refresh)
+    anchors: dict[str, str] = field(default_factory=dict)  # issuer → where most of its weight comes from (refresh)
     acted: dict[str, int] = field(default_factory=dict)  # worker → newest trusted wrong-answer report taken (reported)
     proven: dict[str, dict[tuple[str, str, str], int]] = field(default_factory=dict)  # worker → outvotes taken
 
@@ -229,7 +237,17 @@ class Shared:
         cache: dict[str, float] = {}
         weights = {issuer: w for issuer in self.held_by if (w := self.trust(issuer, now_ms, cache)) > 0}
         self.weights = weights
+        self.anchors = {i: self._anchor(i, now_ms, cache) for i in weights}
         return weights
+
+    def _anchor(self, node: str, now_ms: int, cache: dict[str, float]) -> str:
+        """The source of most of `node`'s trust: itself (first-hand work) or the issuer it flows through."""
+        best, flow = node, self._direct(node, now_ms, cache)
+        for via, t in sorted(self.about.get(node, {}).items()):
+            lent = min(self._direct(via, now_ms, cache), t.good - t.bad)
+            if lent > flow:
+                best, flow = via, lent
+        return best
 
     def trust(self, node: str, now_ms: int, cache: dict[str, float] | None = None) -> float:
         """0..1: the verified work that flows from this node to `node` over paths of at most two hops (its
@@ -300,7 +318,8 @@ class Shared:
         if streak and self.own.since.get(worker, 0) < latest_bad:
             streak = 0  # a trusted issuer saw it misbehave after this node's own run began
         confirmed = [i for i in runs if said[i].since > latest_bad]
-        if len({self.prefix_of.get(i, i) for i in confirmed}) >= 2:
+        if len({self.prefix_of.get(i, i) for i in confirmed}) >= 2 \
+                and len({self.anchors.get(i, i) for i in confirmed}) >= 2:  # see the class docstring
             streak = max(streak, min(STREAK_CAP, sum(min(said[i].streak, STREAK_CAP) for i in confirmed)))
         shared = min(add_good, SHARED_CAP)
         return Standing(Evidence(good + shared, bad + add_bad, now_ms), streak, shared, vouchers)

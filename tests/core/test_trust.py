@@ -162,3 +162,34 @@ def test_a_crowd_of_weightless_ids_cannot_push_out_what_trusted_issuers_said():
     assert {"A", "B"} <= set(shared.about["W"]) and len(shared.about["W"]) == 64
     st = shared.standing("W", T0 + 2 * DAY)
     assert st.streak == 60 and st.evidence.bad == 0  # the crowd's slander weighs nothing
+
+
+def test_one_sybil_that_worked_here_cannot_lend_its_ring_a_confirmed_run():
+    """Attacker: S00 did FULL_FLOW verified results for R, so every id S00 vouches for weighs 1 through it
+    (each bounded by that one edge, not all together). 49 more ids — on prefixes of their own — then
+    confirmed a run of 1000 for a worker W that never worked for R or anyone honest, and W would have
+    run steps alone 98% of the time (found while attacking outvote proofs). Issuers now confirm a run by
+    anchor (where their weight comes from): the ring is one anchor, and one anchor confirms nothing. W's
+    reputation may still rise (capped at SHARED_CAP agreements); its run does not."""
+    own = Reputations()
+    t = agreed(own, "S00", int(FULL_FLOW) + 1)
+    ring = [f"S{i:02d}" for i in range(50)]
+    shared = Shared("R", own, {s: f"p{i}" for i, s in enumerate(ring)})
+    for issuer in ring:
+        for worker in [*ring, "W"]:
+            if worker != issuer:
+                assert shared.take(Testimony(issuer, worker, 1000.0, 0.0, 1000, t - 1000, 0, t))
+    weights = shared.refresh(t)
+    assert len(weights) == 50 and min(weights.values()) == 1.0  # the per-issuer bound, as it is
+    assert set(shared.anchors.values()) == {"S00"}  # every ring id's weight comes through S00
+    st = shared.standing("W", t)
+    assert st.streak == 0, "a ring lent by one sybil confirmed a run"
+    assert st.shared_good == SHARED_CAP
+    # an honest issuer of first-hand weight on another prefix that saw W validated 30 times: now two
+    # anchors confirm, and the ring's runs add up. Inflated, but past 1/REPLICATE_FLOOR = 50 a run buys
+    # nothing: W is replicated 2% of the time either way, and it had to behave for A 30 times first
+    t = agreed(own, "A", int(FULL_FLOW) + 1, t)
+    shared.prefix_of = {**shared.prefix_of, "A": "pa"}
+    assert shared.take(Testimony("A", "W", 30.0, 0.0, 30, t - 1000, 0, t))
+    shared.refresh(t)
+    assert shared.anchors["A"] == "A" and shared.standing("W", t).streak == 1000  # STREAK_CAP
