@@ -39,8 +39,12 @@ class Outvote:
 
 def canonical_payload(env: Envelope) -> bool:
     """Whether `env`'s typed payload re-encodes to the bytes its sender signed (a JSON 1 where a float is
-    due, or a field left to its default, would not): only such answers can be shown to others."""
-    return hashlib.sha256(canonical(dump(env.payload))).digest() == env.payload_sha256
+    due, or a field left to its default, would not): only such answers can be shown to others. An output
+    nested so deep that it re-encodes only at the receiver's shallower stack counts as not."""
+    try:
+        return hashlib.sha256(canonical(dump(env.payload))).digest() == env.payload_sha256
+    except RecursionError:
+        return False
 
 
 def signed_answer(env: Envelope) -> SignedAnswer:
@@ -53,7 +57,10 @@ def outvoted(accused: SignedAnswer, majority: Sequence[SignedAnswer]) -> Outvote
     """The proof against `accused`, with at most MAX_MAJORITY outvoting answers; None when fewer than two,
     or when an answer is too big to pass around."""
     shown = list(majority)[:MAX_MAJORITY]
-    if len(shown) < 2 or any(len(canonical(dump(a.payload))) > MAX_PROOF_OUTPUT for a in (accused, *shown)):
+    try:
+        if len(shown) < 2 or any(len(canonical(dump(a.payload))) > MAX_PROOF_OUTPUT for a in (accused, *shown)):
+            return None
+    except RecursionError:  # re-encoded once on arrival (canonical_payload), but at another stack depth
         return None
     return Outvoted(accused, shown)
 
@@ -109,10 +116,14 @@ def _unsigned(a: SignedAnswer) -> str:
             return "malformed answer header"
         message = signed_bytes_of_hash(a.kind, a.net, sender, recipient, a.seq, a.ts,
                                        hashlib.sha256(canonical(dump(a.payload))).digest())
-    except (ValueError, TypeError) as exc:
-        return f"malformed answer header ({type(exc).__name__})"
+    except (ValueError, TypeError, RecursionError) as exc:
+        return f"malformed answer ({type(exc).__name__})"
     if not verify_sig(sender, sig, message):
         return "a signature does not verify"
-    if digest(a.payload.output) != a.payload.digest:
+    try:
+        same = digest(a.payload.output) == a.payload.digest
+    except (ValueError, RecursionError):
+        return "an answer's output has no canonical form"
+    if not same:
         return "an answer's digest is not its output's"
     return ""

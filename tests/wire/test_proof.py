@@ -446,3 +446,19 @@ def test_signed_answer_keeps_the_envelope_as_signed(link):
     assert a.payload is env.payload and len(env.sig) == 64
     assert hashlib.sha256(canonical(dump(a.payload))).digest() == env.payload_sha256
 
+
+
+def test_an_output_nested_past_the_recursion_limit_is_refused_not_raised(link):
+    """A hostile output nested just deeper than a re-encoding at another stack depth can take: the checks
+    say so (bad-proof; canonical_payload False) instead of raising RecursionError into the node's loop."""
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    accused, majority = link.honest()
+    proof = Outvoted(with_payload(accused, output=deep), majority)
+    shown(proof, NET)  # what it claims holds together; only re-encoding it fails
+    assert bad_proof(lambda: verify_signed(proof)) == "malformed answer (RecursionError)"
+    env = link.envelope(W1, result())
+    deep_env = dataclasses.replace(env, payload=dataclasses.replace(env.payload, output=deep))
+    assert canonical_payload(env) and not canonical_payload(deep_env)
+    assert outvoted(with_payload(accused, output=deep), majority) is None
