@@ -32,9 +32,9 @@ class JobSpec(Strict):
     name: str = "job"
     redundancy: int = Field(default=3, ge=1, le=16, strict=True)
     quorum: str = Field(default="majority", pattern=QUORUM)
-    timeout: float = Field(default=300, ge=1, le=3600)
-    max_replicas: int = Field(default=0, ge=0, le=64)
-    adaptive: int = Field(default=0, ge=0, le=1000)
+    timeout: float = Field(default=300, ge=1, le=3600, strict=True)
+    max_replicas: int = Field(default=0, ge=0, le=64, strict=True)
+    adaptive: int = Field(default=0, ge=0, le=1000, strict=True)
     steps: list[StepSpec] = Field(min_length=1, max_length=1000)
 
 
@@ -53,7 +53,7 @@ class ErrorBody(BaseModel):
 
 
 class PeerHeadsBody(Strict):
-    wait: float = Field(default=5.0, ge=0.5, le=60, description="seconds to wait for the peers' answers")
+    wait: float = Field(default=5.0, ge=0.5, le=60, strict=True, description="seconds to wait for the peers' answers")
 
 
 class PlanBody(Strict):

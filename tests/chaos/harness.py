@@ -172,6 +172,9 @@ def job_spec(seed: int, k: int, steps: int, timeout: float) -> dict:
     return {"name": f"chaos-{seed}-{k}", "steps": out, "timeout": timeout}
 
 
+SETTLE_CALM_S = 3.0  # settled receipts must stay settled this long before the nodes are stopped
+
+
 def poll(cond: Callable[[], object], timeout: float, interval: float = 0.5) -> object:
     """Poll `cond` until it returns something truthy (returned) or `timeout` passes (returns its last value)."""
     deadline = time.monotonic() + timeout
@@ -558,7 +561,18 @@ class ChaosRun:
                     unacked[f"node{i}"] = n
             return not unacked and compare_ledgers(homes, self.ids)["paid_not_earned"] == 0
 
-        if not poll(settled, self.cfg.settle_s, interval=1.0):
+        calm: list[float] = []  # when settled() first held in the current run of polls where it held
+
+        def settled_for_a_while() -> bool:
+            """settled() on polls at least SETTLE_CALM_S apart: once, it held in the instant between a job
+            reported done and its last payments written (CI: 2 paid, never earned, after nodes stopped)."""
+            if not settled():
+                calm.clear()
+                return False
+            calm.append(time.monotonic())
+            return calm[-1] - calm[0] >= SETTLE_CALM_S
+
+        if not poll(settled_for_a_while, self.cfg.settle_s, interval=1.0):
             res.notes.append(f"receipts still unacknowledged after {self.cfg.settle_s:g} s (-1: no answer): {unacked}")
 
     def rejections(self) -> dict[str, dict]:
