@@ -242,22 +242,22 @@ class Shared:
 
     def _anchor(self, node: str, now_ms: int, cache: dict[str, float]) -> str:
         """The source of most of `node`'s trust: itself (first-hand work) or the issuer it flows through."""
-        best, flow = node, self._direct(node, now_ms, cache)
-        for via, t in sorted(self.about.get(node, {}).items()):
-            lent = min(self._direct(via, now_ms, cache), t.good - t.bad)
-            if lent > flow:
-                best, flow = via, lent
-        return best
+        return max(self._sources(node, now_ms, cache), key=lambda s: s[1])[0]  # ties: itself, then id order
+
+    def _sources(self, node: str, now_ms: int, cache: dict[str, float]) -> list[tuple[str, float]]:
+        """Where `node`'s trust flows from: (node, its first-hand work here), then (via, what via's own
+        weight lends it) for each issuer that says `node` did verified work for it, in id order."""
+        out = [(node, self._direct(node, now_ms, cache))]
+        for via, t in sorted(self.about.get(node, {}).items()):  # via → node: what node did for via
+            if t.good > t.bad:
+                out.append((via, min(self._direct(via, now_ms, cache), t.good - t.bad)))
+        return out
 
     def trust(self, node: str, now_ms: int, cache: dict[str, float] | None = None) -> float:
         """0..1: the verified work that flows from this node to `node` over paths of at most two hops (its
         own evidence of `node`, then what issuers it has evidence of say `node` did for them), over
         FULL_FLOW. `cache` keeps the first hops between calls at one `now_ms`."""
-        cache = {} if cache is None else cache
-        flow = self._direct(node, now_ms, cache)
-        for via, t in self.about.get(node, {}).items():  # via → node: what node did for via
-            if t.good > t.bad:
-                flow += min(self._direct(via, now_ms, cache), t.good - t.bad)
+        flow = sum(lent for _, lent in self._sources(node, now_ms, {} if cache is None else cache))
         return min(1.0, flow / FULL_FLOW)
 
     def _direct(self, peer: str, now_ms: int, cache: dict[str, float]) -> float:
