@@ -126,6 +126,7 @@ def test_plain_majority_lets_colluders_through_where_the_full_policy_does_not():
     assert plain_r["replicas_per_step"] >= 3 > full_r["replicas_per_step"]
 
 
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
 def test_churn_and_partitions_still_settle_every_step():
     s, text = small("churn", 1500)
     r, sim = simulate(s, text, "t", 5)

@@ -51,6 +51,7 @@ def caught_run(steps: int, seed: int) -> tuple[dict, object]:
     return simulate(s.replace(steps=steps), text, "t", seed)
 
 
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
 def test_a_check_aware_cheater_is_caught_by_checks_shaped_as_real_work():
     r, sim = caught_run(3000, 2)
     cheats = [n for n in sim.world.nodes.values() if n.strategy.adversary]
@@ -63,6 +64,7 @@ def test_a_check_aware_cheater_is_caught_by_checks_shaped_as_real_work():
     assert r["wrong_accepted_rate"] == 0 and r["adversary_credit_share"] < 0.01, r
 
 
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
 @pytest.mark.parametrize("name", ["baseline", "churn"])
 def test_honest_workers_never_fail_a_check_even_when_they_leave_mid_check(name):
     s, text = load(name)

@@ -61,6 +61,7 @@ def test_verdicts_are_honest_for_every_builtin_strategy(strategy):
     assert verdict(["wrong", 1]) == {"accepted": False}
 
 
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
 def test_a_steering_run_gives_one_trace_per_seed():
     s, text = small("steering-20", 600)
     first, sim = simulate(s, text, "t", 7)
@@ -89,6 +90,7 @@ def test_steered_answers_pass_scoring_and_are_outvoted_when_every_replica_genera
     assert exact["reputation_auc"] > 0.9 > score["reputation_auc"]  # only disagreement exposes them
 
 
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
 def test_honest_claims_are_never_refused_and_random_wrong_claims_always_are():
     honest, _ = simulate(*small("baseline", 800, **{"jobs.llm_share": 0.5, "jobs.llm_compare": "score"}), "t", 2)
     assert honest["llm_steps"] > 300 and honest["wrong_accepted"] == 0 and honest["score_fallbacks"] == 0
@@ -104,6 +106,7 @@ def test_bad_llm_settings_are_one_clear_error(setting, message):
         parse_text(f"name = 'x'\nsteps = 10\n[jobs]\n{setting}", "bad.toml")
 
 
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
 def test_the_cli_shows_the_llm_figures_and_takes_the_compare_as_a_bare_word():
     res = run_cli("simulate", "steering-20", "--steps", "300", "--set", "jobs.llm_compare=exact", "--quiet")
     assert res.returncode == 0, res.stderr
