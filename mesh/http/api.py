@@ -113,7 +113,7 @@ def _job_routes(app: FastAPI, node: NodeFacade) -> None:
 
     @app.get("/jobs", dependencies=AUTH, responses=ERRORS, summary="Jobs submitted here, newest first")
     async def jobs(limit: int = Query(50, ge=1, le=1000, description="at most this many")) -> list[JobSummary]:
-        live = {j: JobSummary(job_id=j, name=s.run.job.name, status=s.run.status, created=s.created,
+        live = {j: JobSummary(job_id=j, name=s.run.job.name, status=s.status, created=s.created,
                               steps=len(s.run.steps), credits_spent=round(s.job.credits, 6))
                 for j, s in node.jobs().items()}
         saved = await asyncio.to_thread(saved_summaries, node.jobs_dir, limit, set(live))

@@ -101,10 +101,18 @@ class JobState:
     had_workers: bool = False  # ticked with enough workers for its steps (see Submitter._links_gone)
     recovering: bool = False  # resumed after a restart, and has not yet had enough workers linked
     short_since: float | None = None  # core time since when it has had too few
+    ended: bool = False  # its driver is done and its payments are written: its report may say it ended
 
     @property
     def run(self) -> JobRun:
         return self.job.run
+
+    @property
+    def status(self) -> str:
+        """What the job's readers are told: settled by the core but its payments still being written, it
+        is still `running` (whoever reads `done` may take the ledger to hold them: a script that then checks
+        balances, a harness that stops the workers)."""
+        return self.run.status if self.ended or not self.run.finished else "running"
 
 
 def request(eff: Send, now: float) -> StepRequest:
@@ -220,7 +228,8 @@ class Submitter:
         self._reconcile({f"{self.journal.epoch}:{rec.id}" for rec in self.core.unconfirmed})
         for job_id, sj in self.core.jobs.items():  # ended just before the kill: its report may be missing
             if job_id not in self.core.active and not (self.ports.home / "jobs" / f"{job_id}.json").exists():
-                self._save(job_id, JobState(sj, asyncio.Event(), asyncio.Event(), got.submitted.get(job_id, 0.0)))
+                self._save(job_id, JobState(sj, asyncio.Event(), asyncio.Event(), got.submitted.get(job_id, 0.0),
+                                            ended=True))  # its unwritten batches are in the journal, retried above
         if self.core.active:
             log.info("resumed %d unfinished jobs from the journal (%d replicas asked again, %d ledger batches "
                      "to write)", len(self.core.active), sum(map(len, self.core.outstanding.values())),
@@ -347,6 +356,7 @@ class Submitter:
 
     def _end(self, job_id: str, st: JobState) -> None:
         """The job's report to disk, then its `done` event: a disk error must not leave waiters hanging."""
+        st.ended = True
         self._save(job_id, st)
         self._write_core_log()
         st.events.diff(st.run)
@@ -589,6 +599,7 @@ class Submitter:
         st = st or self.jobs[job_id]
         sj, run = st.job, st.run
         rep = run.report()
+        rep["status"] = st.status
         rep["credits_spent"] = round(sj.credits, 6)
         if sj.payment_error:
             rep["payment_error"] = sj.payment_error
