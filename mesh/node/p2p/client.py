@@ -3,11 +3,12 @@ for hostile-peer tests (which must speak the node's real transport to reach its 
 
 from __future__ import annotations
 
-import trio
+import queue
+
 from multiaddr import Multiaddr
 
 from mesh.node.p2p.addresses import parse, peer_id_of
-from mesh.node.p2p.transport import Libp2pTransport, StreamConnection
+from mesh.node.p2p.transport import _LINK_ERRORS, Libp2pTransport, StreamConnection
 from mesh.wire.identity import Identity
 
 
@@ -19,14 +20,31 @@ class BlockingLink:
         self.transport.thread.start()
         self.timeout = timeout
         self.eof = False
+        self._inbox: queue.Queue[bytes | ConnectionResetError] = queue.Queue()
+        self._rest = b""
         try:
             self.transport.thread.run_blocking(self.transport._listen, Multiaddr("/ip4/127.0.0.1/tcp/0"))
             target = parse(addr)
             self.conn: StreamConnection = self.transport.thread.run_blocking(
                 self.transport._dial, target, peer_id_of(expect) if expect else target.peer)
+            self.transport.thread.spawn(self._reader)
         except BaseException:
             self.close()
             raise
+
+    async def _reader(self) -> None:
+        """Trio task: read the stream into the inbox until it ends. One read that is never cancelled: a
+        yamux read cancelled by a short timeout (recv's, under load, every 5 ms) ended the link in CI with
+        nothing sent to end it."""
+        while True:
+            try:
+                data = await self.conn._read(65536)
+            except (ConnectionResetError, *_LINK_ERRORS) as exc:
+                self._inbox.put(exc if isinstance(exc, ConnectionResetError) else ConnectionResetError(str(exc)))
+                return
+            self._inbox.put(data)
+            if not data:
+                return
 
     def settimeout(self, seconds: float) -> None:
         self.timeout = seconds
@@ -37,17 +55,23 @@ class BlockingLink:
         self.conn.write(data)
 
     def recv(self, n: int) -> bytes:
-        """Up to n bytes; b'' at the end; TimeoutError when nothing came within the timeout."""
-        async def read() -> bytes | None:
-            with trio.move_on_after(self.timeout):
-                return await self.conn._read(n)
-            return None
-
-        data = self.transport.thread.run_blocking(read)
-        if data is None:
-            raise TimeoutError("nothing received")
-        if not data:
-            self.eof = True
+        """Up to n bytes; b'' at the end; TimeoutError when nothing came within the timeout;
+        ConnectionResetError when the link was reset."""
+        if not self._rest:
+            if self.eof:
+                return b""
+            try:
+                got = self._inbox.get(timeout=max(self.timeout, 0.0))
+            except queue.Empty:
+                raise TimeoutError("nothing received") from None
+            if isinstance(got, ConnectionResetError):
+                self.eof = True
+                raise got
+            if not got:
+                self.eof = True
+                return b""
+            self._rest = got
+        data, self._rest = self._rest[:n], self._rest[n:]
         return data
 
     def shutdown(self, how: int = 1) -> None:
