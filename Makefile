@@ -26,7 +26,7 @@ demo: setup
 	$(VENV)/bin/mesh demo
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # The long chaos run (tests/chaos/): real nodes under a seeded schedule of kill -9, restarts, SIGSTOP and
 # cut links (iptables: root) while JOBS jobs are submitted; prints the invariants' figures as JSON and fails
