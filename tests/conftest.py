@@ -15,6 +15,15 @@ import pytest
 
 from mesh.cli.local import LocalMesh
 
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Two tests with one node id are refused: pytest-xdist schedules by node id and silently ran one of 16
+    such tests (schemathesis's), reporting the rest neither passed nor failed."""
+    seen: set[str] = set()
+    twice = sorted({item.nodeid for item in items if item.nodeid in seen or seen.add(item.nodeid)})
+    if twice:
+        raise pytest.UsageError(f"{len(twice)} node ids name more than one test, e.g. {twice[0]}: give each its own")
+
 ROOT = Path(__file__).resolve().parent.parent
 # Test networks demand 8 bits of work per node id, not the real 20 (about 2 s of CPU per id): the tests
 # mint hundreds of ids. Set before any node starts, so every node and every test agrees; the tests of

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 
 from mesh.http.api import build_app
 
@@ -32,17 +32,33 @@ def test_node_serves_the_schema_it_was_built_with(lone_node):
         assert json.loads(resp.read()) == schema.raw_schema
 
 
-@schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-def test_api_conforms_to_its_schema(case, lone_node):
-    if case.path == "/jobs/{job_id}" and case.query:
-        case.query["wait"] = 0  # a valid wait would only make the run slower
-    # Excluded checks:
-    # - allow_header_conformance: Starlette answers a method a path lacks with 405 and the Allow header of
-    #   the first route for that path, so GET+POST /jobs says `Allow: POST` (the 405 itself is right).
-    # - positive_data_acceptance: a job that fits the schema may still be refused with a 400 that says
-    #   why (a cycle, a reference to a missing step, a parameter its kind lacks): JSON Schema cannot say
-    #   that a DAG is acyclic or that `{x.output}` names a step.
-    case.call_and_validate(base_url=lone_node.api, headers={"Authorization": f"Bearer {lone_node.client.token}"},
-                           excluded_checks=[schemathesis.checks.allow_header_conformance,
-                                            schemathesis.checks.positive_data_acceptance])
+# One test per operation, named by it. (`@schema.parametrize()` gave all 16 the same node id, and pytest-xdist,
+# which schedules by node id, ran one of them and dropped the other 15 without a word.)
+OPERATIONS = sorted(r.ok().label for r in schema.get_all_operations())
+
+
+def test_every_operation_is_tested():
+    assert len(OPERATIONS) == len(set(OPERATIONS)) >= 16, OPERATIONS
+
+
+@pytest.mark.parametrize("label", OPERATIONS)
+def test_api_conforms_to_its_schema(label, lone_node):
+    method, path = label.split(" ", 1)
+
+    @given(schema[path][method].as_strategy())
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    def check(case) -> None:
+        if case.path == "/jobs/{job_id}" and case.query:
+            case.query["wait"] = 0  # a valid wait would only make the run slower
+        # Excluded checks:
+        # - allow_header_conformance: Starlette answers a method a path lacks with 405 and the Allow header
+        #   of the first route for that path, so GET+POST /jobs says `Allow: POST` (the 405 itself is right).
+        # - positive_data_acceptance: a job that fits the schema may still be refused with a 400 that says
+        #   why (a cycle, a reference to a missing step, a parameter its kind lacks): JSON Schema cannot say
+        #   that a DAG is acyclic or that `{x.output}` names a step.
+        case.call_and_validate(base_url=lone_node.api,
+                               headers={"Authorization": f"Bearer {lone_node.client.token}"},
+                               excluded_checks=[schemathesis.checks.allow_header_conformance,
+                                                schemathesis.checks.positive_data_acceptance])
+
+    check()
