@@ -57,7 +57,7 @@ class JobSpec:
 
 @dataclass
 class PolicySpec:
-    margin: bool = True  # a majority under dissent must outvote every dissenting answer
+    margin: bool = True  # a majority under dissent must outvote every dissenting answer (quorum.MARGIN_EXTRA)
     spot_rate: float = 0.0
     blacklist_s: float = 86400.0
     recheck: bool = True  # rerun what a caught cheater vouched for

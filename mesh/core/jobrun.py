@@ -106,8 +106,9 @@ class StepRun:
 
 class JobRun:
     def __init__(self, job_id: str, job: Job, rng: random.Random, margin: bool = True, record: bool = False):
-        """`margin`: under dissent a majority must outvote every dissenting answer (escalating while
-        unused workers remain); False is plain majority voting, kept for the simulator's comparison.
+        """`margin`: under dissent a majority must outvote every dissenting answer with room to spare
+        (quorum.MARGIN_EXTRA; escalating while unused workers remain); False is plain majority voting, kept
+        for the simulator's comparison.
         `record`: keep every input and output in `log`, so another driver can replay the same events
         (see replay_log) and show it gets the same decisions."""
         self.job_id = job_id
@@ -300,7 +301,14 @@ class JobRun:
         """The tally's decision, overridden where this run knows better: the first placement asks for the
         job's full redundancy (or one trusted worker alone: returned as `solo`); under scoring, one
         generation first, then verifiers for it."""
-        decision = run.tally.decide(more=bool(fresh), spare=self._spare(run))
+        prefix = {c.node: c.prefix for c in pool}
+        heard = {prefix.get(n, n) for n in run.replicas}
+        new = {c.prefix for c in fresh} - heard  # prefixes this step has no replica on yet
+        decision = run.tally.decide(more=bool(fresh), spare=self._spare(run), new_prefixes=bool(new))
+        if isinstance(decision, NeedMore) and new and len(set(run.tally.answers.values())) > 1:
+            # escalating under dissent: no more seats than new prefixes, or the last ones go to parties
+            # already heard (three honest workers among twenty sybils on one prefix tied 3 to 3 and failed)
+            decision = NeedMore(min(decision.count, len(new)), decision.reuse)
         solo = ""
         if run.tally.issued == 0:  # first placement: the job's full redundancy, not just a quorum
             decision = NeedMore(1 if run.scoring else self.job.redundancy)

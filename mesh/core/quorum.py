@@ -10,6 +10,12 @@ from dataclasses import dataclass, field
 from mesh.errors import JobError
 
 _K_OF_N = re.compile(r"^(\d+)-of-(\d+)$")
+# Under dissent, while workers on network prefixes the step has not heard from remain, a majority must have
+# `needed + dissent + MARGIN_EXTRA` agreeing: 2-to-1 needs 4-to-1, not 3-to-1. One escalated replica settles
+# a 2-to-1 on its own, and an operator holding ids on a third prefix wins whenever placement draws one of
+# them there (sybil-30: 3 of its 7 wrong answers, seed 1); two, from two more prefixes, must both be its
+# own. Once no new prefix is left, the extra seat would only add the same parties' votes again.
+MARGIN_EXTRA = 1
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ class Tally:
     rule: QuorumRule
     redundancy: int
     limit: int
-    margin: bool = False  # majority under dissent: every dissenting answer must be outvoted by one more
+    margin: bool = False  # majority under dissent: every dissenting answer outvoted by one more (and MARGIN_EXTRA)
     pending: list[str] = field(default_factory=list)
     answers: dict[str, str] = field(default_factory=dict)  # node → comparator key of its answer
     failures: dict[str, str] = field(default_factory=dict)  # node → reason
@@ -131,10 +137,12 @@ class Tally:
         self.failures[node] = reason
         return True
 
-    def decide(self, more: bool = True, spare: int = 0) -> Decision:
+    def decide(self, more: bool = True, spare: int = 0, new_prefixes: bool = False) -> Decision:
         """What to do next. `more`: unused workers remain, so the margin rule may still escalate; when
         none remain, a plain quorum is accepted rather than failing a step that has one. `spare`: failed
-        replicas whose workers may be asked again (a passing fault): their seats count as still open."""
+        replicas whose workers may be asked again (a passing fault): their seats count as still open.
+        `new_prefixes`: some unused workers are on network prefixes no replica of the step is on, so the
+        margin rule asks for MARGIN_EXTRA more."""
         needed = self.rule.needed(self.redundancy)
         counts = Counter(self.answers.values())
         best, top = counts.most_common(1)[0] if counts else ("", 0)
@@ -150,9 +158,10 @@ class Tally:
                 return GiveUp("tied answers, no replica left to break the tie: " + self.evidence())
             if tied:
                 return NeedMore(1)
-            if self.margin and dissent and top < needed + dissent and budget > 0 and more:
+            want = needed + dissent + (MARGIN_EXTRA if new_prefixes else 0)
+            if self.margin and dissent and top < want and budget > 0 and more:
                 # two colluders outvoting one honest worker look exactly like this: ask others
-                return NeedMore(min(needed + dissent - top, budget, needed))
+                return NeedMore(min(want - top, budget, needed))
             agreeing = tuple(sorted(n for n, d in self.answers.items() if d == best))
             dissenting = tuple(sorted(n for n, d in self.answers.items() if d != best))
             return Accept(best, agreeing, dissenting, tuple(sorted(self.failures)))

@@ -147,6 +147,47 @@ def test_margin_rule_asks_more_then_accepts_a_plain_quorum_when_nobody_is_left()
     assert isinstance(accepted, Accept) and accepted.key == "X" and accepted.dissenting == ("c", "d")
 
 
+def test_while_new_prefixes_remain_the_margin_rule_asks_for_one_more():
+    """A third prefix may be the colluders' too: 2-to-1 needs 4-to-1 while workers on prefixes the step
+    has not heard from remain, and 3-to-1 stands once none does."""
+    t = Tally(QuorumRule.parse("majority"), 3, 6, margin=True)
+    for n, d in (("a", "X"), ("b", "X"), ("c", "Y")):
+        t.issue(n), t.answer(n, d)
+    assert t.decide(new_prefixes=True) == NeedMore(2)
+    t.issue("d"), t.answer("d", "X")
+    assert t.decide(new_prefixes=True) == NeedMore(1)  # 3 against 1
+    assert isinstance(t.decide(new_prefixes=False), Accept)  # ... is enough when no new prefix is left
+    t.issue("e"), t.answer("e", "X")
+    accepted = t.decide(new_prefixes=True)  # 4 against 1
+    assert isinstance(accepted, Accept) and accepted.key == "X" and accepted.dissenting == ("c",)
+
+
+def test_escalation_never_takes_more_seats_than_new_prefixes():
+    """Three honest workers, one prefix each, among twenty colluders on one more: a 2-to-1 escalates to
+    the one honest prefix left, not to a colluder as well (which tied the step 3 to 3 and failed it)."""
+    honest = [Candidate(f"h{i}", 0.9, f"10.0.{i}") for i in range(3)]
+    pool = {"python": honest + [Candidate(f"s{i}", 0.9, "10.9.9") for i in range(20)]}
+    job = parse_job(one_step_job())
+    tried = 0
+    for seed in range(40):
+        run = JobRun("j", job, random.Random(seed))
+        sent = run.advance(pool, 0.0)
+        first = {d.node for d in sent}
+        if sum(n.startswith("h") for n in first) != 2:
+            continue  # (the case under test: two honest workers and one colluder)
+        tried += 1
+        for d in sent:
+            out = 666 if d.node.startswith("s") else 42
+            run.on_result("a", d.node, True, digest(out), out, {}, "")
+        more = run.advance(pool, 0.0)
+        assert [d.node for d in more] == [h.node for h in honest if h.node not in first], seed
+        run.on_result("a", more[0].node, True, digest(42), 42, {}, "")
+        run.advance(pool, 0.0)
+        (o,) = run.take_outcomes()
+        assert o.accepted and o.digest == digest(42) and len(o.agreeing) == 3, seed
+    assert tried, "no seed put two honest workers and one colluder on the step"
+
+
 def test_plain_majority_has_no_margin():
     t = Tally(QuorumRule.parse("majority"), 3, 6)
     for n, d in (("a", "X"), ("b", "X"), ("c", "Y")):

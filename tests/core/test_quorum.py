@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from mesh.core.dag import parse_job
 from mesh.core.jobrun import Dispatch, JobRun, Outcome
 from mesh.core.policy import MIN_WEIGHT, Candidate, place, reputation
-from mesh.core.quorum import Accept, GiveUp, NeedMore, QuorumRule, Tally, Wait
+from mesh.core.quorum import MARGIN_EXTRA, Accept, GiveUp, NeedMore, QuorumRule, Tally, Wait
 from mesh.errors import JobError
 from mesh.wire.canonical import digest
 
@@ -227,8 +227,8 @@ events = st.lists(st.tuples(st.sampled_from(["issue", "answer", "fail"]), st.int
 
 
 @settings(max_examples=400, deadline=None)
-@given(rules, st.integers(0, 6), events, st.booleans(), st.booleans())
-def test_tally_invariants_under_random_events(rule_r, extra_limit, evs, margin, more):
+@given(rules, st.integers(0, 6), events, st.booleans(), st.booleans(), st.booleans())
+def test_tally_invariants_under_random_events(rule_r, extra_limit, evs, margin, more, new_prefixes):
     rule, r = rule_r
     limit = r + extra_limit
     t = Tally(rule, r, limit, margin=margin)
@@ -253,14 +253,15 @@ def test_tally_invariants_under_random_events(rule_r, extra_limit, evs, margin, 
         assert set(t.pending) | set(t.answers) | set(t.failures) == issued
         assert not (set(t.answers) & set(t.failures))
 
-        decision = t.decide(more)
-        assert decision == t.decide(more)  # pure
+        decision = t.decide(more, new_prefixes=new_prefixes)
+        assert decision == t.decide(more, new_prefixes=new_prefixes)  # pure
         if isinstance(decision, Accept):
             assert len(decision.agreeing) >= needed
             tops = sorted(Counter(t.answers.values()).values())
             assert len(tops) < 2 or tops[-1] > tops[-2]  # never a tie picked at random
             if margin and more and t.issued < limit:
-                assert len(decision.agreeing) >= needed + len(decision.dissenting)
+                extra = MARGIN_EXTRA if new_prefixes and decision.dissenting else 0
+                assert len(decision.agreeing) >= needed + len(decision.dissenting) + extra
             assert not set(decision.agreeing) & set(decision.dissenting)
             assert all(t.answers[n] == decision.key for n in decision.agreeing)
             assert all(t.answers[n] != decision.key for n in decision.dissenting)

@@ -96,18 +96,16 @@ def test_agreement_waits_for_held_workers_and_a_caught_one_is_voided():
     for d in sent:
         out = 666 if d.node in liars else 42
         run.on_result("a", d.node, True, digest(out), out, {}, "")
-    (extra,) = run.advance({"python": workers}, 0.0, held=frozenset(liars))  # 2 against 1: one more is asked
-    assert extra.node not in liars and run.steps["a"].status == "running"
-    run.on_result("a", extra.node, True, digest(666), 666, {}, "")  # even a third wrong answer must wait
+    extra = run.advance({"python": workers}, 0.0, held=frozenset(liars))  # 2 against 1: two more are asked
+    assert len(extra) == 2 and not {d.node for d in extra} & set(liars) and run.steps["a"].status == "running"
+    run.on_result("a", extra[0].node, True, digest(666), 666, {}, "")  # a third wrong answer: 3 against 2
+    run.on_result("a", extra[1].node, True, digest(42), 42, {}, "")
     assert run.advance({"python": workers}, 0.0, held=frozenset(liars)) == []
-    assert run.steps["a"].status == "running"  # the colluders' checks are out
+    assert run.steps["a"].status == "running"  # ... must wait: the colluders' checks are out
     for liar in liars:
         run.on_node_distrusted(liar, "failed a spot check")
-    more = run.advance({"python": [w for w in workers if w.node not in liars]}, 0.0)
-    assert len(more) == 1  # 666 against 42, one each: a tie, broken by one more
-    run.on_result("a", more[0].node, True, digest(42), 42, {}, "")
-    run.advance({"python": workers}, 0.0)
-    (o,) = run.take_outcomes()
+    assert run.advance({"python": [w for w in workers if w.node not in liars]}, 0.0) == []  # nobody left
+    (o,) = run.take_outcomes()  # their answers void: 42 against 666, two to one
     assert o.accepted and o.digest == digest(42) and set(o.failed) == set(liars)
 
 
