@@ -301,11 +301,10 @@ class JobRun:
         """The tally's decision, overridden where this run knows better: the first placement asks for the
         job's full redundancy (or one trusted worker alone: returned as `solo`); under scoring, one
         generation first, then verifiers for it."""
-        prefix = {c.node: c.prefix for c in pool}
-        heard = {prefix.get(n, n) for n in run.replicas}
-        new = {c.prefix for c in fresh} - heard  # prefixes this step has no replica on yet
+        disputed = len(set(run.tally.answers.values())) > 1
+        new = self._new_prefixes(run, pool, fresh) if disputed else set()  # (only a dispute reads them)
         decision = run.tally.decide(more=bool(fresh), spare=self._spare(run), new_prefixes=bool(new))
-        if isinstance(decision, NeedMore) and new and len(set(run.tally.answers.values())) > 1:
+        if isinstance(decision, NeedMore) and new:
             # escalating under dissent: no more seats than new prefixes, or the last ones go to parties
             # already heard (three honest workers among twenty sybils on one prefix tied 3 to 3 and failed)
             decision = NeedMore(min(decision.count, len(new)), decision.reuse)
@@ -322,6 +321,12 @@ class JobRun:
                 r.role == "verify" for r in run.replicas.values()):
             decision = NeedMore(min(self.job.redundancy - 1, len(fresh)) or 1)  # verify with all the rest
         return decision, solo
+
+    @staticmethod
+    def _new_prefixes(run: StepRun, pool: list[Candidate], fresh: list[Candidate]) -> set[str]:
+        """Network prefixes of unused workers that no replica of this step is on yet."""
+        prefix = {c.node: c.prefix for c in pool}
+        return {c.prefix for c in fresh} - {prefix.get(n, n) for n in run.replicas}
 
     @staticmethod
     def _spare(run: StepRun) -> int:
