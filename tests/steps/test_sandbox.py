@@ -295,33 +295,78 @@ def test_cannot_see_host_processes():
 
 # -- containment: the node and the host are unharmed ------------------------------------------------------
 
-def _own_step_groups() -> list[str]:
-    from mesh.steps.cgroup import NAME, ROOT
+def _created_groups(monkeypatch) -> list:
+    """Every StepGroup this test process creates from now on: the other test worker's steps make and remove
+    groups of their own meanwhile, and the machine may hold groups a killed node left behind."""
+    from mesh.steps import cgroup
 
-    return [str(p) for p in ROOT.glob(f"*/{NAME}*")] + [str(p) for p in ROOT.glob(f"{NAME}*")]
+    made, init = [], cgroup.StepGroup.__init__
+
+    def record(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(cgroup.StepGroup, "__init__", record)
+    return made
 
 
 @pytest.mark.mesh  # seconds of work: the full suite runs it, the fast one does not
 @pytest.mark.timeout(60)
-def test_a_fork_bomb_is_contained_and_leaves_nothing_behind():
+def test_a_fork_bomb_is_contained_and_leaves_nothing_behind(monkeypatch):
     from mesh.steps.cgroup import available
 
-    before, groups_before = len(psutil_pids()), set(_own_step_groups())
+    before, made = len(psutil_pids()), _created_groups(monkeypatch)
     t0 = time.monotonic()
     error = fails("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", timeout=5)
     assert "timed out" in error or "died" in error or "Error" in error
     assert time.monotonic() - t0 < 30
-    if "pids" in available():  # every per-step group removed (others may come and go: a parallel run)
+    if "pids" in available():  # the bomb's groups were made and are removed
+        assert made and all(g.paths for g in made), made
         deadline = time.monotonic() + 10
-        while set(_own_step_groups()) - groups_before and time.monotonic() < deadline:
+        while any(p.exists() for g in made for p in g.paths) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not set(_own_step_groups()) - groups_before
+        assert not [p for g in made for p in g.paths if p.exists()]
     # nothing the bomb forked is still running
     deadline = time.monotonic() + 10
     while len(psutil_pids()) > before + 5 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert len(psutil_pids()) <= before + 5
     assert run("output = 1").output == 1  # and the next step runs as usual
+
+
+@pytest.mark.timeout(30)
+def test_groups_a_killed_node_left_behind_are_swept_and_live_ones_kept():
+    """A node killed with SIGKILL never removes its warm sandboxes' groups (test_crash left 9 a run, 2,620
+    on this machine): the next node's start removes the empty, old ones and nothing else."""
+    import subprocess
+
+    from mesh.steps import cgroup
+
+    if "pids" not in cgroup.available():
+        pytest.skip("this process may not create cgroups")
+    left, live, young = cgroup.StepGroup(64 << 20), cgroup.StepGroup(64 << 20), cgroup.StepGroup(64 << 20)
+    proc = subprocess.Popen(["sleep", "30"], preexec_fn=live.enter)
+    try:
+        now = time.time()
+        real_stat = type(left.paths[0]).stat
+
+        def aged(path, *a, **k):  # `left` and `live` made 10 minutes ago (the other worker's stay young)
+            st = real_stat(path, *a, **k)
+            if path.name in (left.paths[0].name, live.paths[0].name):
+                return os.stat_result((*st[:9], now - 600))
+            return st
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(type(left.paths[0]), "stat", aged)
+            removed = cgroup.sweep_stale()
+        assert removed >= len(left.paths)
+        assert not any(p.exists() for p in left.paths)
+        assert all(p.exists() for p in live.paths + young.paths)
+    finally:
+        proc.kill()
+        proc.wait()
+        for g in (left, live, young):
+            g.close()
 
 
 def psutil_pids() -> list[int]:
