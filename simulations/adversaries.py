@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mesh.core.trust import Testimony
 from mesh.wire.canonical import canonical
 
 from .scoring import accepts, steered
@@ -71,6 +72,12 @@ class Strategy:
         """The submitter decided on this worker's answer: `paid` is what a real worker learns from the
         receipt (or its absence) — an outvoted answer and a failed spot check both earn nothing."""
 
+    def testimony(self, me: str, now_ms: int) -> list[Testimony]:
+        """What this node publishes as testimony every so often (the run posts it where submitters read
+        testimony, signed by `me` as a real node's would be). Honest workers that submit nothing say
+        nothing; a submitter's own ledger testifies for it (simulations.driver.SimLedger)."""
+        return []
+
 
 class RandomWrong(Strategy):
     """A saboteur (Sarmenta): with probability `rate`, a random wrong answer no one else will match."""
@@ -104,6 +111,27 @@ class Sybil(Colluding):
     """One operator's many ids (sharing network prefixes): colluding answers from all of them."""
 
     name = "sybil"
+
+
+class Vouching(Sybil):
+    """The sybil operator with a voice: every id also publishes testimony, as any node may. It vouches for
+    every fellow id (a long run of agreements, never a wrong answer) and accuses every honest worker it has
+    on the mesh of a wrong answer just now — to lift its own ids to running steps alone and to make the
+    honest ones replicated and rechecked. `members` (the group's ids) and `others` (every other id) are
+    handed in by the run: the operator knows its ids, and the DHT lists everyone's."""
+
+    name = "vouching"
+    RUN = 500  # the run of validated results it claims for each fellow id
+
+    def __init__(self, rng: random.Random, rate: float = 1.0, group: str = "", good_steps: int = 0):
+        super().__init__(rng, rate, group, good_steps)
+        self.members: list[str] = []  # replaced by the group's shared list
+        self.others: list[str] = []  # replaced by the run's list of every other id
+
+    def testimony(self, me: str, now_ms: int) -> list[Testimony]:
+        out = [Testimony(me, m, float(self.RUN), 0.0, self.RUN, 1, 0, now_ms) for m in self.members if m != me]
+        out += [Testimony(me, w, 0.0, 20.0, 0, 0, now_ms, now_ms) for w in self.others]
+        return out
 
 
 class OnOff(RandomWrong):
@@ -293,7 +321,7 @@ class Evader(Strategy):
 
 
 BUILTIN: dict[str, type[Strategy]] = {c.name: c for c in (Strategy, RandomWrong, Colluding, Sybil, OnOff,
-                                                           CheckAware, Steering, TrustBuilder, SideChannel,
+                                                           CheckAware, Steering, TrustBuilder, SideChannel, Vouching,
                                                            Evader)}
 
 

@@ -176,7 +176,12 @@ class SimSubmitter:
         self.shared.refresh(now_ms)
         self._cands.clear()
         for worker in self.shared.reported():
-            self._apply(self.core.on_reported(worker, "a trusted issuer reported a wrong answer", now))
+            self._apply(self.core.on_reported(worker, "an outvote proved a wrong answer", now))
+        firm, soft = self.shared.suspected(now_ms)
+        for worker in firm:
+            self._apply(self.core.on_reported(worker, "a trusted issuer reported a wrong answer it had seen too", now))
+        for worker in soft:
+            self._apply(self.core.on_suspected(worker, "a trusted issuer reported a wrong answer", now))
         self.engine.at(now + self.s.policy.share_every_s, self._share)
 
     def _drive(self, job_id: str) -> None:

@@ -12,7 +12,7 @@ from typing import IO
 
 from mesh.core.dag import Job, parse_job
 
-from .adversaries import SideChannel, Strategy, strategy_class
+from .adversaries import SideChannel, Strategy, Vouching, strategy_class
 from .board import Board
 from .driver import SimSubmitter
 from .engine import Engine
@@ -96,6 +96,7 @@ class Simulation:
             cut = frozenset(rng.sample(ids, max(1, round(p.fraction * len(ids)))))
             self.net.partitions.append(Partition(p.start_s, p.end_s, cut))
         board = Board(s.policy.share_delay_s) if s.policy.shared and s.policy.reputation else None
+        self._voices(behaviour, ids, board)
         for nid in ids[:n.submitters]:
             sub = SimSubmitter(nid, s, self.engine, self.net, self.world, self.trace, self.m, self.engine.fork_rng(),
                                self.record, board)
@@ -121,6 +122,30 @@ class Simulation:
         self.submitted += len(job.steps)
         if self.submitted < self.s.steps:
             self.engine.after(self.arrivals.expovariate(self.s.jobs.rate_per_s), self._arrive)
+
+    def _voices(self, behaviour: dict[str, Strategy], ids: list[str], board: Board | None) -> None:
+        """Adversaries that publish testimony (Vouching) learn their group and everyone else, and post
+        what they say where submitters read testimony, as often as a submitter posts its own."""
+        talkers = {nid: b for nid, b in behaviour.items() if isinstance(b, Vouching)}
+        if board is None or not talkers:
+            return
+        groups: dict[str, list[str]] = {}
+        for nid, b in talkers.items():
+            groups.setdefault(b.group, []).append(nid)
+        for b in talkers.values():
+            b.members = groups[b.group]
+            b.others = [n for n in ids if behaviour.get(n) is None or behaviour[n].group != b.group]
+        every = self.s.policy.share_every_s
+
+        def post() -> None:
+            now_ms = int(self.engine.now * 1000)
+            for nid, b in talkers.items():
+                if self.world.nodes[nid].online:
+                    for t in b.testimony(nid, now_ms):
+                        board.publish(t, self.engine.now)
+            self.engine.at(self.engine.now + every, post)
+
+        self.engine.at(every, post)
 
     def done(self) -> bool:
         return self.submitted >= self.s.steps and not any(sub.jobs for sub in self.submitters)

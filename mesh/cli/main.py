@@ -583,10 +583,12 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
                     help="the address peers should dial (default: --listen; set it when listening on 0.0.0.0)")
     sp.add_argument("--frame-cap", type=int, default=1 << 20, metavar="BYTES",
                     help="largest peer frame accepted (default 1 MiB); larger frames drop the connection")
-    sp.add_argument("--fault", choices=["wrong", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay", "check-aware", "busy"],
+    sp.add_argument("--fault", choices=["wrong", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay",
+                                        "check-aware", "busy", "slander"],  # mesh.node.lifecycle.FAULTS
                     help="misbehave on purpose (tests and demos): wrong answers, silence, slowness, crash, bad "
                          "signatures, (as a relay) forward nothing or forward late, answer right only what looks "
-                         "like a spot check (check-aware), or refuse every other step as busy")
+                         "like a spot check (check-aware), refuse every other step as busy, or tell every peer "
+                         "that asks that each worker it asks about gave this node a wrong answer (slander)")
     sp.add_argument("--fault-after", type=float, metavar="SECONDS",
                     help="with --fault relay-drop or relay-delay: carry each circuit honestly this long first "
                          "(default 20)")

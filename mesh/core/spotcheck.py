@@ -222,16 +222,21 @@ class SpotChecker:
         """The accepted steps a worker just caught cheating had vouched for (each returned once)."""
         return [(job, step) for job, step, _ in self.vouched.pop(node, ())]
 
-    def to_recheck_alone(self, node: str) -> list[tuple[str, str]]:
+    def to_recheck_alone(self, node: str, sample: int = 0) -> list[tuple[str, str]]:
         """The accepted steps a worker answered alone, nobody cross-checking it (each returned once; the
-        steps it agreed on with others stay for `to_recheck`)."""
+        steps it agreed on with others stay for `to_recheck`). `sample` > 0: only that many of them, drawn
+        at random; the rest stay."""
         held = self.vouched.get(node)
         if not held:
             return []
-        alone = [(job, step) for job, step, solo in held if solo]
+        alone = [i for i, v in enumerate(held) if v[2]]
+        if sample > 0 and len(alone) > sample:
+            alone = sorted(self.rng.sample(alone, sample))
+        picked = [held[i][:2] for i in alone]
         if alone:
-            self.vouched[node] = deque((v for v in held if not v[2]), maxlen=held.maxlen)
-        return alone
+            taken = set(alone)
+            self.vouched[node] = deque((v for i, v in enumerate(held) if i not in taken), maxlen=held.maxlen)
+        return picked
 
     def remember(self, kind: str, params: dict, output: Any, step: str = "", timeout: float = 0.0,
                  compare: str = "exact", source: tuple[str, str] | None = None,

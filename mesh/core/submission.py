@@ -102,9 +102,11 @@ def settle_entries(job_id: str, job: Job, o: Outcome, replicas: Mapping[str, Rep
     return paid + [LedgerEntry(kind, job_id, o.step, n, 0.0, why) for kind, n in o.verdicts()]
 
 
+SUSPECT_SAMPLE = 3  # steps a worker ran alone that are rerun when a trusted issuer says it cheated (on_suspected)
+
 # each input and its number of arguments; those marked timed end with the time
 INPUTS = {"submit": 3, "tick": 3, "on_result": 9, "on_unreachable": 4, "on_node_lost": 3, "on_alarm": 1,
-          "on_recorded": 3, "abort": 2, "on_reported": 3}
+          "on_recorded": 3, "abort": 2, "on_reported": 3, "on_suspected": 3}
 UNTIMED = ("submit", "on_recorded", "abort")
 Sink = Callable[[list], None]  # takes each input as it arrives, before the core acts on it (a journal)
 
@@ -221,7 +223,7 @@ class Submission:
         return self._out(out)
 
     def on_reported(self, node: str, reason: str, now: float) -> list[Effect]:
-        """Trusted testimony (mesh.core.trust.Shared.reported) says `node` gave a wrong answer to someone
+        """An outvote proof (mesh.core.trust.Shared.reported) says `node` gave a wrong answer to someone
         else: its answers in steps not yet settled stop counting, and every accepted step it answered
         alone here is run again — a cheater trusted to run alone is caught by one submitter, but its wrong
         answers sit with all of them. Steps others agreed on with it are left as they are: a report is
@@ -234,6 +236,22 @@ class Submission:
         if self.config.recheck:
             self._recheck(node, out, self.spot.to_recheck_alone(node))
         out.extend(self._wake_holding([node]))
+        return self._out(out)
+
+    def ran_alone(self, node: str) -> bool:
+        """Whether an accepted step `node` answered alone here is still unchecked (on_suspected has work)."""
+        return any(alone for _, _, alone in self.spot.vouched.get(node, ()))
+
+    def on_suspected(self, node: str, reason: str, now: float) -> list[Effect]:
+        """A trusted issuer's testimony says `node` gave it a wrong answer, with no proof: an opinion, which a
+        sybil that did real work here can voice about every honest worker. So the only action is one that
+        costs an honest worker nothing and this node little: SUSPECT_SAMPLE of the steps it answered alone
+        here, drawn at random, run again. A cheater among them is caught by this node's own check, and
+        that reruns the rest (on_result → _recheck)."""
+        self._in("on_suspected", node, reason, now)
+        out: list[Effect] = []
+        if self.config.recheck:
+            self._recheck(node, out, self.spot.to_recheck_alone(node, SUSPECT_SAMPLE))
         return self._out(out)
 
     def on_alarm(self, now: float) -> list[Effect]:
@@ -452,7 +470,8 @@ class Submission:
         out.extend(self._add(rid, SubmittedJob(run, seed, recheck_of=(job_id, sid), exclude=exclude)))
 
     def _judge_recheck(self, rid: str, sj: SubmittedJob, now: float | None, out: list[Effect]) -> None:
-        """Confirm or overturn the rechecked answer; those who vouched for an overturned one disagreed."""
+        """Confirm or overturn the rechecked answer; those who vouched for an overturned one disagreed, and
+        what they answered alone here is rerun too."""
         job_id, sid = sj.recheck_of or ("", "")
         orig = self.jobs[job_id]  # kept while rechecked
         left = self._rechecking.pop(job_id) - 1
@@ -466,6 +485,9 @@ class Submission:
         if vouched:
             why = RecheckEvidence(rid, after)
             out.append(self._record(job_id, tuple(LedgerEntry("disagreed", job_id, sid, n, 0.0, why) for n in vouched)))
+            for n in vouched:  # caught by this node's own recheck: what else it ran alone here runs again
+                self._distrust(n, "a recheck overturned its answer")
+                self._recheck(n, out, self.spot.to_recheck_alone(n))
         orig.rechecks[sid]["verdict"] = verdict
         out.append(Rechecked(job_id, sid, rid, verdict, before, after))
         self._settle_disputes(job_id, sid, verdict, now, out)

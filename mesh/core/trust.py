@@ -19,9 +19,12 @@ workers while one that vouches for a few ids concentrates it — the wrong way r
 
 Testimony raises a worker's evidence, never past SHARED_CAP agreements from others; a run of validated
 results reported by others counts towards running a step alone only when two trusted issuers of
-different network prefixes report one and no trusted issuer has seen the worker misbehave since.
+different network prefixes and anchors report one, begun after any wrong answer proven since.
 
-Testimony is an opinion: it counts as far as its issuer is trusted. An Outvote is evidence: the worker's
+Testimony is an opinion: its good counts as far as its issuer is trusted, and its wrong-answer reports
+count against a worker only once this node has seen that worker misbehave itself (else only a sampled
+recheck follows, see `suspected`): sybils that did some real work here are trusted issuers too, and say
+it of every honest worker. An Outvote is evidence: the worker's
 own signed answer and the signed answers that outvoted it (mesh.wire.proof checks the signatures), so
 it counts by who outvoted, whoever passes it on — a stranger's proof is as good as a friend's when two
 ids that did verified work for this node itself (on two prefixes) signed the majority, and a crowd of
@@ -47,6 +50,7 @@ MAX_ISSUERS_PER_WORKER = 64  # issuers whose testimony is kept per worker (the l
 MAX_ID = 128  # characters of a node id
 MAX_PROOFS_PER_WORKER = 16  # outvotes kept per worker (the oldest dropped first)
 MAX_PROVEN = 4096  # workers outvotes are kept about (the one proven longest ago dropped first)
+SUSPECT_EVERY_MS = 3600_000  # a worker trusted issuers say cheated them is sampled again after this, at most
 
 
 class BadTestimony(MeshError):
@@ -156,7 +160,8 @@ class Shared:
     held_by: dict[str, int] = field(default_factory=dict)  # issuer → items of its testimony held
     weights: dict[str, float] = field(default_factory=dict)  # issuer → 0..1 (refresh)
     anchors: dict[str, str] = field(default_factory=dict)  # issuer → where most of its weight comes from (refresh)
-    acted: dict[str, int] = field(default_factory=dict)  # worker → newest trusted wrong-answer report taken (reported)
+    acted: dict[str, int] = field(default_factory=dict)  # worker → newest outvote acted on (reported)
+    suspect: dict[str, tuple[int, int]] = field(default_factory=dict)  # worker → (report, when) acted on (suspected)
     proven: dict[str, dict[tuple[str, str, str], int]] = field(default_factory=dict)  # worker → outvotes taken
 
     def take_outvote(self, o: Outvote, now_ms: int) -> str:
@@ -269,24 +274,55 @@ class Shared:
         return hit
 
     def reported(self) -> list[str]:
-        """Workers a trusted issuer (weight ≥ MIN_WEIGHT, after `refresh`) has reported a wrong answer of,
-        or an outvote was proven of, since this was last asked: each newer report once, so a submitter can
-        recheck what they vouched for with it."""
+        """Workers an outvote was proven of since this was last asked: each newer proof once. Evidence: the
+        submitter stops counting their pending answers and reruns what they answered alone for it."""
+        for gone in [w for w in self.acted if w not in self.proven]:
+            del self.acted[gone]  # no proof held about it any more: the map stays as small as `proven`
         fresh: list[str] = []
-        for gone in [w for w in self.acted if not self.about.get(w) and w not in self.proven]:
-            del self.acted[gone]  # nothing held about it any more: the map stays as small as `about`
-        for worker in {**self.about, **self.proven}:
+        for worker in self.proven:
             latest = self._latest_bad(worker)
             if latest > self.acted.get(worker, 0):
                 self.acted[worker] = latest
                 fresh.append(worker)
         return fresh
 
+    def corroborated(self, worker: str) -> bool:
+        """Whether this node has itself seen `worker` misbehave (a wrong answer, failed check or penalty):
+        then trusted issuers' wrong-answer reports of it are taken as evidence, as before the sybils'
+        slander was found — an honest worker that never misbehaved here cannot be slandered that way."""
+        return self.own.last_bad.get(worker, 0) > 0
+
+    def suspected(self, now_ms: int) -> tuple[list[str], list[str]]:
+        """Workers a trusted issuer (weight ≥ MIN_WEIGHT, after `refresh`) says gave it a wrong answer, newer
+        than the report last acted on: (corroborated, opinion). A corroborated one (see `corroborated`) is
+        acted on as a proof is (Submission.on_reported). The rest are opinions, acted on at most once per
+        SUSPECT_EVERY_MS: a sybil that did some real work here says it of every honest worker, every round
+        (simulations: `vouching-30`, where acting on it as evidence handed the operator 96% of the
+        credits, and rerunning all an accused worker ran alone, at every report, quadrupled the
+        replicas), so the submitter only samples what the worker answered alone for it
+        (Submission.on_suspected)."""
+        for gone in [w for w in self.suspect if w not in self.about]:
+            del self.suspect[gone]
+        firm: list[str] = []
+        soft: list[str] = []
+        for worker, said in self.about.items():
+            latest = max((t.last_bad for i, t in said.items() if self.weights.get(i, 0.0) >= MIN_WEIGHT), default=0)
+            seen, when = self.suspect.get(worker, (0, -SUSPECT_EVERY_MS))
+            if latest <= seen:
+                continue
+            if self.corroborated(worker):
+                firm.append(worker)
+            elif now_ms - when >= SUSPECT_EVERY_MS:
+                soft.append(worker)
+            else:
+                continue
+            self.suspect[worker] = (latest, now_ms)
+        return firm, soft
+
     def _latest_bad(self, worker: str) -> int:
-        """ms of the newest wrong answer of `worker` a trusted issuer reported or an outvote proved (0: none)."""
-        said = self.about.get(worker, {})
-        reported = max((t.last_bad for i, t in said.items() if self.weights.get(i, 0.0) >= MIN_WEIGHT), default=0)
-        return max(reported, max(self.proven.get(worker, {}).values(), default=0))
+        """ms of the newest wrong answer of `worker` an outvote proved (0: none). A testimony's own `last_bad`
+        is an opinion and counts for nothing here (see `standing`)."""
+        return max(self.proven.get(worker, {}).values(), default=0)
 
     # -- a worker's standing --------------------------------------------------------------------------
     def standing(self, worker: str, now_ms: int) -> Standing:
@@ -304,22 +340,23 @@ class Shared:
         runs: list[str] = []
         latest_bad = max(self.own.last_bad.get(worker, 0), max(proofs.values(), default=0))
         vouchers = 0
-        for issuer, t in said.items():
+        corroborated = self.corroborated(worker)
+        for issuer, t in said.items():  # opinions: each vouches as far as it nets good; accuses if corroborated
             w = self.weights.get(issuer, 0.0)
             if w <= 0:
                 continue
             vouchers += 1
-            add_good += w * t.good
-            add_bad += w * t.bad
-            if w >= MIN_WEIGHT:
-                latest_bad = max(latest_bad, t.last_bad)
-                if t.streak:
-                    runs.append(issuer)
+            add_good += w * max(0.0, t.good - t.bad)
+            if corroborated:
+                add_bad += w * t.bad
+            if w >= MIN_WEIGHT and t.streak and t.since > t.last_bad:
+                runs.append(issuer)
         if streak and self.own.since.get(worker, 0) < latest_bad:
-            streak = 0  # a trusted issuer saw it misbehave after this node's own run began
+            streak = 0  # an outvote proved a wrong answer after this node's own run began
         confirmed = [i for i in runs if said[i].since > latest_bad]
         if len({self.prefix_of.get(i, i) for i in confirmed}) >= 2 \
                 and len({self.anchors.get(i, i) for i in confirmed}) >= 2:  # see the class docstring
             streak = max(streak, min(STREAK_CAP, sum(min(said[i].streak, STREAK_CAP) for i in confirmed)))
         shared = min(add_good, SHARED_CAP)
         return Standing(Evidence(good + shared, bad + add_bad, now_ms), streak, shared, vouchers)
+

@@ -70,12 +70,23 @@ from mesh.steps.stepuser import StepUser, step_user
 from mesh.wire.canonical import canonical
 from mesh.wire.envelope import ANYONE, DEFAULT_FRAME_CAP, Envelope, Receiver, Sealer
 from mesh.wire.identity import Identity, ensure_work, load_or_create, node_id_of
-from mesh.wire.messages import Bye, HeadAsk, HeadHeld, Hello, LedgerHead, Outvoted, PeerRecord, RateCard
+from mesh.wire.messages import (
+    Bye,
+    HeadAsk,
+    HeadHeld,
+    Hello,
+    LedgerHead,
+    Outvoted,
+    PeerRecord,
+    RateCard,
+    TestimonyItem,
+    TestimonyTell,
+)
 from mesh.wire.records import DEFAULT_RATES, MAX_ALT, RECORD_TTL_MS, make_record
 from mesh.wire.schema import parse
 
 log = logging.getLogger("mesh.node.lifecycle")
-FAULTS = ("wrong", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay", "check-aware", "busy")
+FAULTS = ("wrong", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay", "check-aware", "busy", "slander")
 HEARTBEAT_S = 2.0  # how often the node looks over its links (dials, silence, expiry)
 HELLO_EVERY_S = 6.0  # how often each linked peer gets a hello when nothing else is said: on libp2p a
 # message costs ~1 ms of Python on each side, and hellos to every link every 2 s kept 32 nodes on 2 cores
@@ -829,7 +840,11 @@ class Node:
         if kind == "outvoted":
             self._on_proof(peer, payload, now)
         elif kind == "testimony-ask":
-            self.send(peer, "testimony", self.testimonies.answer(peer.node, payload, now))
+            if self.opts.fault == "slander":  # tests: says every worker asked of gave it a wrong answer just now
+                said = [TestimonyItem(w, 0.0, 500.0, 0, 0, now, now) for w in payload.workers if w != peer.node]
+                self.send(peer, "testimony", TestimonyTell(said))
+            else:
+                self.send(peer, "testimony", self.testimonies.answer(peer.node, payload, now))
         elif kind == "testimony":
             self.testimonies.heard(peer.node, payload, {p.node for p in self.peers}, now)
         else:
@@ -857,13 +872,18 @@ class Node:
         return self.reputations.score(node, now_ms())
 
     def _testimony_round(self) -> None:
-        """Weigh the issuers on what was heard since the last round, rerun what a worker newly reported by
-        a trusted issuer answered alone for this node, then ask each linked peer about the others (answers
+        """Weigh the issuers on what was heard since the last round, act on new outvote proofs and rerun
+        what a worker a trusted issuer newly says cheated it answered alone for this node, then ask each linked peer about the others (answers
         come as `testimony` envelopes, see on_envelope)."""
         up = list(self.peers.up())
         self.testimonies.refresh({p.node: self.observed_prefix(p) for p in up}, now_ms())
         for worker in self.testimonies.reported():
             self.submitter.on_reported(worker)
+        firm, soft = self.testimonies.suspected(now_ms())
+        for worker in firm:
+            self.submitter.on_reported(worker, "a trusted issuer reported a wrong answer it had seen too")
+        for worker in soft:
+            self.submitter.on_suspected(worker)
         for peer in up:
             ask = self.testimonies.ask(p.node for p in up if p.node != peer.node)
             if ask is not None:
@@ -908,7 +928,9 @@ class Node:
         peers = [{
             "node": p.node, "address": p.addr, "state": p.state, "connected": p.connected,
             "last_seen": round(now_wall - (now_mono - p.last_seen), 3) if p.last_seen else None,
-            "reputation": round(self.reputation_of(p.node), 6), "models": p.models, "kinds": p.kinds,
+            "reputation": round(self.reputation_of(p.node), 6),
+            "standing": round(self.testimonies.standing(p.node, now_ms()).evidence.score(now_ms()), 6),
+            "models": p.models, "kinds": p.kinds,
             "connection": best.kind if (best := p.best_conn(self.identity.public_key)) else None,
         } for p in sorted(self.peers, key=lambda p: p.node)]
         jobs = self.submitter.jobs

@@ -565,10 +565,17 @@ class Submitter:
         if self.core.holds(node):  # a peer that holds nothing of ours is no input (nor a journal row)
             self._apply_all(self.core.on_node_lost(node, reason, self.now()))
 
-    def on_reported(self, node: str) -> None:
-        """Trusted testimony reported a wrong answer of `node` to someone else: rerun what it answered alone
-        here (Submission.on_reported)."""
-        self._apply_all(self.core.on_reported(node, "a trusted issuer reported a wrong answer", self.now()))
+    def on_reported(self, node: str, reason: str = "an outvote proved a wrong answer") -> None:
+        """A wrong answer of `node` to someone else, proven (or reported by a trusted issuer after `node`
+        misbehaved here too): its pending answers stop counting and what it answered alone here runs
+        again (Submission.on_reported)."""
+        self._apply_all(self.core.on_reported(node, reason, self.now()))
+
+    def on_suspected(self, node: str) -> None:
+        """A trusted issuer says `node` gave it a wrong answer: rerun what it answered alone here, nothing
+        more (Submission.on_suspected)."""
+        if self.core.ran_alone(node):  # else nothing to do: no input (nor a journal row)
+            self._apply_all(self.core.on_suspected(node, "a trusted issuer reported a wrong answer", self.now()))
 
     # -- reports ------------------------------------------------------------------------------------
     def _save(self, job_id: str, st: JobState) -> None:

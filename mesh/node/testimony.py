@@ -106,8 +106,13 @@ class Testimonies:
         return self.shared.refresh(now_ms)
 
     def reported(self) -> list[str]:
-        """Workers a trusted issuer newly reported a wrong answer of (mesh.core.trust.Shared.reported)."""
+        """Workers an outvote newly proved a wrong answer of (mesh.core.trust.Shared.reported)."""
         return self.shared.reported()
+
+    def suspected(self, now_ms: int) -> tuple[list[str], list[str]]:
+        """Workers a trusted issuer newly said gave it a wrong answer, (seen misbehaving here too, the rest)
+        (mesh.core.trust.Shared.suspected)."""
+        return self.shared.suspected(now_ms)
 
     def standing(self, node: str, now_ms: int) -> Standing:
         return self.shared.standing(node, now_ms)

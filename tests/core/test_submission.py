@@ -12,7 +12,7 @@ import pytest
 from mesh.core.dag import parse_job
 from mesh.core.effects import Alarm, Answer, Finished, Judged, Record, Send, Started, Timer, Wake
 from mesh.core.policy import Candidate, RecheckEvidence, StepEvidence, next_streak
-from mesh.core.submission import PER_WORKER, Config, Submission, replay_log
+from mesh.core.submission import PER_WORKER, SUSPECT_SAMPLE, Config, Submission, replay_log
 from mesh.node.flow import Limits
 from mesh.wire.canonical import digest
 from simulations.driver import SimLedger, replay_core_log
@@ -273,6 +273,45 @@ def test_a_trusted_report_of_a_wrong_answer_elsewhere_rechecks_what_the_worker_v
     assert of(sub.on_reported("cheat", "again", 6.0), Started) == []  # each step rechecked once
 
 
+def lone_steps(sub: Submission, worker: str, n: int) -> None:
+    """`worker` runs n one-replica jobs alone (j0…), each accepted."""
+    for i in range(n):
+        sub.submit(f"j{i}", ONE, i)
+        (send,) = of(sub.tick(f"j{i}", pool(worker), float(i)), Send)
+        answer(sub, send, 42, i + 0.5)
+        assert of(sub.tick(f"j{i}", pool(worker), i + 0.6), Finished) == [Finished(f"j{i}", "done")]
+
+
+def test_a_worker_a_trusted_issuer_suspects_has_a_sample_of_its_lone_steps_rerun_and_nothing_more():
+    """An opinion (trust.Shared.suspected), which sybils voice about every honest worker: SUSPECT_SAMPLE of
+    the steps it ran alone here are rerun, each once; its answer in a running step still counts."""
+    sub = Submission(Config(1, spot_rate=0.0))
+    lone_steps(sub, "w", 5)
+    sub.submit("jp", THREE, 9)
+    for s in of(sub.tick("jp", pool("w", "h1", "h2"), 9.0), Send):
+        if s.node == "w":
+            answer(sub, s, 42, 9.5)
+    first = of(sub.on_suspected("w", "a trusted issuer reported a wrong answer", 10.0), Started)
+    assert len(first) == SUSPECT_SAMPLE and len({st.recheck_of for st in first}) == SUSPECT_SAMPLE
+    assert "w" in sub.jobs["jp"].run.steps["a"].tally.answers  # not distrusted on a word
+    rest = of(sub.on_suspected("w", "again", 11.0), Started)
+    assert {st.recheck_of for st in first + rest} == {(f"j{i}", "a") for i in range(5)}
+    assert of(sub.on_suspected("w", "again", 12.0), Started) == []
+
+
+def test_a_sampled_step_overturned_reruns_everything_else_the_worker_ran_alone():
+    sub = Submission(Config(1, spot_rate=0.0))
+    lone_steps(sub, "w", 6)
+    first = of(sub.on_suspected("w", "a trusted issuer reported a wrong answer", 10.0), Started)
+    rid = first[0].job
+    for s in of(sub.tick(rid, pool("h1", "h2", "h3"), 10.0), Send):
+        answer(sub, s, 41, 11.0)  # the honest answer was 41: w's 42 is overturned
+    effects = sub.tick(rid, pool("h1", "h2", "h3"), 11.0)
+    assert sub.jobs[first[0].recheck_of[0]].rechecks["a"]["verdict"] == "overturned"
+    rerun = {st.recheck_of for st in of(effects, Started)}
+    assert rerun == {(f"j{i}", "a") for i in range(6)} - {st.recheck_of for st in first}
+
+
 def test_the_cores_log_replays_to_the_same_decisions_here_and_in_the_simulators_core():
     sub = Submission(Config(5, spot_rate=0.5, job_log=True, check_spread_s=0.5), record=True)
     alarms: list[float] = []
@@ -289,8 +328,9 @@ def test_the_cores_log_replays_to_the_same_decisions_here_and_in_the_simulators_
         for rec in of(sub.tick(f"j{i}", pool("a", "b", "c", "d", "e"), i + 0.7), Record):
             sub.on_recorded(rec.id, True)
     sub.on_reported("e", "a trusted issuer reported a wrong answer", 6.5)
+    sub.on_suspected("d", "a trusted issuer reported a wrong answer", 6.6)
     log = json.loads(json.dumps(sub.log))
-    assert any(e[0] == "on_reported" for e in log)
+    assert any(e[0] == "on_reported" for e in log) and any(e[0] == "on_suspected" for e in log)
     assert any(e[0] == "on_alarm" for e in log) and any(e[0] == "effects" and any(
         x[0] == "Send" and x[1]["check"] for x in e[1]) for e in log)
     assert replay_log(log) == log and replay_core_log(log) == log

@@ -32,3 +32,16 @@ def test_testimony_does_not_let_colluders_through():
     alone, pooled = run("colluding-20", 6000, False), run("colluding-20", 6000, True)
     assert pooled["wrong_accepted_rate"] <= max(alone["wrong_accepted_rate"], 1 / 6000), (alone, pooled)
     assert pooled["adversary_credit_share"] < pooled["adversary_id_share"], pooled
+
+
+@pytest.mark.mesh  # seconds of work: the full suite runs it, the fast one does not
+def test_sybils_that_vouch_for_each_other_and_slander_the_rest_gain_nothing_by_it():
+    """vouching-30: sybil-30's operator also publishes testimony from all 30 ids, vouching for its own and
+    accusing every honest id of a wrong answer. While a trusted issuer's accusation counted as evidence,
+    the honest workers were distrusted and pushed out: 3,670 of 20,000 wrong answers accepted and 94% of
+    the credits. Now the same operator, talking or not, fares alike."""
+    quiet, talking = run("sybil-30", 6000, True), run("vouching-30", 6000, True)
+    assert talking["adversary_id_share"] == quiet["adversary_id_share"]
+    assert talking["adversary_credit_share"] < 0.2, talking
+    assert talking["wrong_accepted_rate"] <= max(quiet["wrong_accepted_rate"], 1 / 6000) * 3, (quiet, talking)
+    assert talking["replicas_per_step"] < quiet["replicas_per_step"] * 1.3, (quiet, talking)
