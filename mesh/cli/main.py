@@ -107,7 +107,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for p in st["peers"]:
         seen = f"{time.time() - p['last_seen']:.0f}s ago" if p["last_seen"] else "never"
         lines.append(f"  {p['node'][:16]}  {p['address']:<21} {p['state']:<5} seen {seen:<9} "
-                     f"rep {p['reputation']:.2f}  {','.join(p['kinds'])}")
+                     f"rep {p['reputation']:.2f} (with testimony {p['standing']:.2f})  {','.join(p['kinds'])}")
     lines.append(f"balance {st['balance']:g} credits (credit line {st['credit_line']:g})"
                  + (f"  LEDGER ERROR: {st['ledger_error']}" if st.get("ledger_error") else ""))
     w = st.get("worker")

@@ -359,4 +359,3 @@ class Shared:
             streak = max(streak, min(STREAK_CAP, sum(min(said[i].streak, STREAK_CAP) for i in confirmed)))
         shared = min(add_good, SHARED_CAP)
         return Standing(Evidence(good + shared, bad + add_bad, now_ms), streak, shared, vouchers)
-

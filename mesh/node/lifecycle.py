@@ -872,9 +872,9 @@ class Node:
         return self.reputations.score(node, now_ms())
 
     def _testimony_round(self) -> None:
-        """Weigh the issuers on what was heard since the last round, act on new outvote proofs and rerun
-        what a worker a trusted issuer newly says cheated it answered alone for this node, then ask each linked peer about the others (answers
-        come as `testimony` envelopes, see on_envelope)."""
+        """Weigh the issuers on what was heard since the last round; act on new outvote proofs, and on what
+        trusted issuers newly say of a worker (mesh.core.trust.Shared.suspected); then ask each linked peer
+        about the others (answers come as `testimony` envelopes, see on_envelope)."""
         up = list(self.peers.up())
         self.testimonies.refresh({p.node: self.observed_prefix(p) for p in up}, now_ms())
         for worker in self.testimonies.reported():
