@@ -195,6 +195,21 @@ class Reputations:
         return self.streaks.get(peer, 0)
 
 
+def _by_prefix(keyed: list[tuple[float, Candidate]], rng: random.Random) -> list[tuple[float, Candidate]]:
+    """The same candidates with each network prefix's best-keyed one first, those ordered by a key drawn
+    for the prefix as a whole, weighted as its heaviest candidate: a prefix is drawn as one node, however
+    many ids it holds. Drawn by ids, a prefix holding 20 ids of one operator was 20 times as likely to
+    supply a step's first replica as a home with one. The rest follow in their own order."""
+    best: dict[str, tuple[float, Candidate]] = {}
+    heaviest: dict[str, float] = {}
+    for kc in keyed:  # best key first: the first seen of each prefix is its best
+        best.setdefault(kc[1].prefix, kc)
+        heaviest[kc[1].prefix] = max(heaviest.get(kc[1].prefix, 0.0), kc[1].weight)
+    firsts = sorted(((rng.random() ** (1.0 / heaviest[p]), kc) for p, kc in best.items()), key=lambda x: -x[0])
+    leaders = {id(kc) for _, kc in firsts}
+    return [kc for _, kc in firsts] + [kc for kc in keyed if id(kc) not in leaders]
+
+
 def place(candidates: list[Candidate], k: int, rng: random.Random, avoid: frozenset[str] = frozenset(),
           held: Mapping[str, int] | None = None) -> list[str]:
     """Pick up to k distinct nodes, weighted by Candidate.weight (Efraimidis–Spirakis keys): one per network
@@ -206,6 +221,7 @@ def place(candidates: list[Candidate], k: int, rng: random.Random, avoid: frozen
         ((rng.random() ** (1.0 / c.weight), c) for c in sorted(candidates, key=lambda c: c.node)),
         key=lambda kc: -kc[0],
     )
+    keyed = _by_prefix(keyed, rng)
     counts = dict(held or {})
     total = sum(counts.values()) + k
     chosen: list[str] = []

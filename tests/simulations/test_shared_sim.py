@@ -12,10 +12,10 @@ from simulations.scenario import load
 pytestmark = pytest.mark.timeout(300)
 
 
-def run(name: str, steps: int, shared: bool) -> dict:
+def run(name: str, steps: int, shared: bool, seed: int = 1) -> dict:
     s, text = load(name)
     s = s.replace(steps=steps, **{"policy.shared": shared})
-    r, _ = simulate(s, text, "t", 1)
+    r, _ = simulate(s, text, "t", seed)
     return r
 
 
@@ -29,9 +29,16 @@ def test_testimony_lets_an_honest_network_replicate_less():
 
 @pytest.mark.mesh  # seconds of work: the full suite runs it, the fast one does not
 def test_testimony_does_not_let_colluders_through():
-    alone, pooled = run("colluding-20", 6000, False), run("colluding-20", 6000, True)
-    assert pooled["wrong_accepted_rate"] <= max(alone["wrong_accepted_rate"], 1 / 6000), (alone, pooled)
-    assert pooled["adversary_credit_share"] < pooled["adversary_id_share"], pooled
+    """Over seeds 1-3 (one seed alone is one or two wrong answers either way: seed 1 gave 1 alone and 2
+    pooled, seed 2 1 and 0): pooling lets no more wrong answers through than learning alone, give or
+    take one, and colluders never earn their share."""
+    wrong = {False: 0, True: 0}
+    for seed in (1, 2, 3):
+        for shared in (False, True):
+            r = run("colluding-20", 6000, shared, seed)
+            wrong[shared] += r["wrong_accepted"]
+            assert r["adversary_credit_share"] < r["adversary_id_share"], r
+    assert wrong[True] <= wrong[False] + 1, wrong
 
 
 @pytest.mark.mesh  # seconds of work: the full suite runs it, the fast one does not
