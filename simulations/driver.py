@@ -175,13 +175,9 @@ class SimSubmitter:
                 self.shared.take_outvote(post, now_ms)
         self.shared.refresh(now_ms)
         self._cands.clear()
-        for worker in self.shared.reported():
-            self._apply(self.core.on_reported(worker, "an outvote proved a wrong answer", now))
-        firm, soft = self.shared.suspected(now_ms)
-        for worker in firm:
-            self._apply(self.core.on_reported(worker, "a trusted issuer reported a wrong answer it had seen too", now))
-        for worker in soft:
-            self._apply(self.core.on_suspected(worker, "a trusted issuer reported a wrong answer", now))
+        for r in self.shared.reports(now_ms):
+            act = self.core.on_reported if r.evidence else self.core.on_suspected
+            self._apply(act(r.worker, r.reason, now))
         self.engine.at(now + self.s.policy.share_every_s, self._share)
 
     def _drive(self, job_id: str) -> None:

@@ -132,6 +132,16 @@ def outvote_of(submitter: str, kind: str, peer: str, job: str, step: str, why: o
 
 
 @dataclass(frozen=True)
+class Report:
+    """A wrong answer of `worker` someone else saw: `evidence` (a proof, or corroborated by this node's own
+    record) is acted on in full, Submission.on_reported; an opinion by a sample, Submission.on_suspected."""
+
+    worker: str
+    evidence: bool
+    reason: str
+
+
+@dataclass(frozen=True)
 class Standing:
     """A worker as this node sees it with others' testimony: the evidence placement scores, and the run of
     validated results adaptive replication reads."""
@@ -318,6 +328,15 @@ class Shared:
                 continue
             self.suspect[worker] = (latest, now_ms)
         return firm, soft
+
+    def reports(self, now_ms: int) -> list[Report]:
+        """What a submitter acts on after a re-weighing, in one list for the node and the simulator alike:
+        new outvote proofs and corroborated reports (Submission.on_reported), then opinions
+        (Submission.on_suspected)."""
+        firm, soft = self.suspected(now_ms)
+        return ([Report(w, True, "an outvote proved a wrong answer") for w in self.reported()]
+                + [Report(w, True, "a trusted issuer reported a wrong answer it had seen too") for w in firm]
+                + [Report(w, False, "a trusted issuer reported a wrong answer") for w in soft])
 
     def _latest_bad(self, worker: str) -> int:
         """ms of the newest wrong answer of `worker` an outvote proved (0: none). A testimony's own `last_bad`

@@ -877,13 +877,8 @@ class Node:
         about the others (answers come as `testimony` envelopes, see on_envelope)."""
         up = list(self.peers.up())
         self.testimonies.refresh({p.node: self.observed_prefix(p) for p in up}, now_ms())
-        for worker in self.testimonies.reported():
-            self.submitter.on_reported(worker)
-        firm, soft = self.testimonies.suspected(now_ms())
-        for worker in firm:
-            self.submitter.on_reported(worker, "a trusted issuer reported a wrong answer it had seen too")
-        for worker in soft:
-            self.submitter.on_suspected(worker)
+        for r in self.testimonies.reports(now_ms()):
+            (self.submitter.on_reported if r.evidence else self.submitter.on_suspected)(r.worker, r.reason)
         for peer in up:
             ask = self.testimonies.ask(p.node for p in up if p.node != peer.node)
             if ask is not None:
@@ -924,12 +919,12 @@ class Node:
         return getattr(self.gateway.transport, "reachability", "unknown")
 
     def status(self) -> dict:
-        now_mono, now_wall = time.monotonic(), time.time()
+        now_mono, now_wall, now = time.monotonic(), time.time(), now_ms()
         peers = [{
             "node": p.node, "address": p.addr, "state": p.state, "connected": p.connected,
             "last_seen": round(now_wall - (now_mono - p.last_seen), 3) if p.last_seen else None,
             "reputation": round(self.reputation_of(p.node), 6),
-            "standing": round(self.testimonies.standing(p.node, now_ms()).evidence.score(now_ms()), 6),
+            "standing": round(self.testimonies.standing(p.node, now).evidence.score(now), 6),
             "models": p.models, "kinds": p.kinds,
             "connection": best.kind if (best := p.best_conn(self.identity.public_key)) else None,
         } for p in sorted(self.peers, key=lambda p: p.node)]

@@ -571,11 +571,11 @@ class Submitter:
         again (Submission.on_reported)."""
         self._apply_all(self.core.on_reported(node, reason, self.now()))
 
-    def on_suspected(self, node: str) -> None:
-        """A trusted issuer says `node` gave it a wrong answer: rerun what it answered alone here, nothing
-        more (Submission.on_suspected)."""
+    def on_suspected(self, node: str, reason: str) -> None:
+        """A trusted issuer says `node` gave it a wrong answer: rerun a sample of what it answered alone
+        here, nothing more (Submission.on_suspected)."""
         if self.core.ran_alone(node):  # else nothing to do: no input (nor a journal row)
-            self._apply_all(self.core.on_suspected(node, "a trusted issuer reported a wrong answer", self.now()))
+            self._apply_all(self.core.on_suspected(node, reason, self.now()))
 
     # -- reports ------------------------------------------------------------------------------------
     def _save(self, job_id: str, st: JobState) -> None:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Container, Iterable, Mapping
 
 from mesh.core.policy import Reputations
-from mesh.core.trust import BadTestimony, Shared, Standing, Testimony, attest
+from mesh.core.trust import BadTestimony, Report, Shared, Standing, Testimony, attest
 from mesh.errors import Rejected
 from mesh.wire.messages import MAX_TESTIMONY, Outvoted, TestimonyAsk, TestimonyItem, TestimonyTell
 from mesh.wire.proof import shown, verify_signed
@@ -109,10 +109,9 @@ class Testimonies:
         """Workers an outvote newly proved a wrong answer of (mesh.core.trust.Shared.reported)."""
         return self.shared.reported()
 
-    def suspected(self, now_ms: int) -> tuple[list[str], list[str]]:
-        """Workers a trusted issuer newly said gave it a wrong answer, (seen misbehaving here too, the rest)
-        (mesh.core.trust.Shared.suspected)."""
-        return self.shared.suspected(now_ms)
+    def reports(self, now_ms: int) -> list[Report]:
+        """New proofs and trusted issuers' reports to act on (mesh.core.trust.Shared.reports)."""
+        return self.shared.reports(now_ms)
 
     def standing(self, node: str, now_ms: int) -> Standing:
         return self.shared.standing(node, now_ms)
