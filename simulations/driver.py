@@ -55,6 +55,23 @@ class SimJob:
     created: float
 
 
+class Known:
+    """A set of node ids that can be sampled in O(k) and changed in O(1) (a list and each id's index)."""
+
+    def __init__(self) -> None:
+        self.members: list[str] = []
+        self._at: dict[str, int] = {}
+
+    def mark(self, nid: str, keep: bool) -> None:
+        if keep and nid not in self._at:
+            self._at[nid] = len(self.members)
+            self.members.append(nid)
+        elif not keep and nid in self._at:
+            i, last = self._at.pop(nid), self.members.pop()
+            if last != nid:
+                self.members[i], self._at[last] = last, i
+
+
 class SimLedger:
     """The simulator's ledger port. It writes every batch (a test may make it refuse) and, for a written
     batch only, folds reputation and credits as a node's ledger port (Node.record) does — and, when
@@ -123,6 +140,7 @@ class SimSubmitter:
             self.shared = Shared(nid, self.ledger.reputations, world.prefixes)
             self.engine.at(engine.now + s.policy.share_every_s, self._share)
         self.count = 0
+        self._known = Known()  # workers this submitter's own record holds more good than bad of
         self._cands: dict[str, tuple[Candidate, float]] = {}
         self.core = make_core(s.policy, rng.getrandbits(64), max(500, KEEP_FINISHED // s.network.submitters), record)
         self.meta: dict[str, SimJob] = {}
@@ -158,10 +176,19 @@ class SimSubmitter:
         self._apply(self.core.submit(job_id, job, seed))
 
     def _pool(self) -> list[str]:
-        """The peers a job places among: a sample of the workers online, never this submitter itself."""
+        """The peers a job places among, never this submitter itself: a fresh sample of the workers online
+        (peers it meets through the DHT), and some of those online it has a good record of. A node stays
+        connected to the peers it works with and places among every connected one (Node.candidates);
+        drawing all of them afresh for each job made a submitter of a 10,000-node mesh meet each worker
+        about once, so nothing it learned was ever used."""
         k = self.s.network.peer_sample
-        pool = self.world.sample(k + 1)
-        return [n for n in pool if n != self.id][:k]
+        pool = [n for n in self.world.sample(k + 1) if n != self.id][:k]
+        known = self._known.members
+        if known and self.s.network.known_peers:
+            nodes, seen = self.world.nodes, set(pool)
+            pick = self.rng.sample(known, min(self.s.network.known_peers, len(known)))
+            pool += [n for n in pick if n not in seen and nodes[n].online]
+        return pool
 
     def _share(self) -> None:
         """Read the testimony that reached this submitter and weigh its issuers again."""
@@ -274,8 +301,11 @@ class SimSubmitter:
     def _record(self, eff: Record) -> None:
         ok = self.ledger.record(eff.entries, int(self.engine.now * 1000))
         if ok:
+            evidence = self.ledger.evidence
             for e in eff.entries:
                 self._cands.pop(e.peer, None)  # its reputation changed
+                ev = evidence.get(e.peer)  # (decay scales good and bad alike: no clock needed to compare)
+                self._known.mark(e.peer, ev is not None and ev.good > ev.bad)
         for o in eff.outcomes:
             sj = self.core.jobs[eff.job]
             self.trace.add("settle", eff.job, o.step, o.accepted, o.digest[:16], list(o.agreeing))

@@ -29,7 +29,8 @@ class NetworkSpec:
     latency_sigma: float = 0.5  # lognormal spread of access latencies
     bandwidth_mbps: float = 50.0
     loss: float = 0.0  # probability a message is lost
-    peer_sample: int = 32  # workers a submitter knows and places each job among
+    peer_sample: int = 32  # workers a submitter meets afresh for each job (new to it, or not)
+    known_peers: int = 0  # and, of the workers it has a good record of, this many more (large meshes)
     partitions: list[PartitionSpec] = field(default_factory=list)
 
 
@@ -165,8 +166,8 @@ def check(s: Scenario, source: str) -> None:
     need(n.nodes <= 2_000_000, "network.nodes must be at most 2000000")
     need(n.prefixes >= 0 and n.latency_ms >= 0 and n.latency_sigma >= 0 and n.bandwidth_mbps > 0,
          "network: prefixes, latency_ms and latency_sigma must be >= 0, bandwidth_mbps > 0")
-    need(0 <= n.loss < 1 and n.peer_sample >= s.jobs.redundancy, "network.loss must be in [0, 1) and "
-         "network.peer_sample at least jobs.redundancy")
+    need(0 <= n.loss < 1 and n.peer_sample >= s.jobs.redundancy and n.known_peers >= 0, "network.loss must be in [0, 1) and "
+         "network.peer_sample at least jobs.redundancy, network.known_peers at least 0")
     for p in n.partitions:
         need(0 <= p.start_s < p.end_s and 0 < p.fraction < 1, "a partition needs 0 <= start_s < end_s and "
              "0 < fraction < 1")

@@ -75,6 +75,7 @@ RETRY_AFTER_S = 2.0  # a worker whose replica failed for a passing reason is ask
 REJOIN_S = 15.0  # how long a step with no other worker waits for such a worker to come back up
 MAX_RETRIES = 2  # times one worker is asked again for one step
 REPLICATE_FLOOR = 0.02  # a trusted worker's step is still replicated at least this often (adaptive replication)
+AUDIT_REPLICAS = 2  # a trusted worker's replicated step: it and one other; any dissent escalates as usual
 
 
 def passing(reason: str) -> bool:
@@ -299,7 +300,7 @@ class JobRun:
 
     def _decide(self, run: StepRun, pool: list[Candidate], fresh: list[Candidate]) -> tuple[Decision, str]:
         """The tally's decision, overridden where this run knows better: the first placement asks for the
-        job's full redundancy (or one trusted worker alone: returned as `solo`); under scoring, one
+        job's full redundancy (or one trusted worker, `solo`: alone, or audited with one other); under scoring, one
         generation first, then verifiers for it."""
         disputed = len(set(run.tally.answers.values())) > 1
         new = self._new_prefixes(run, pool, fresh) if disputed else set()  # (only a dispute reads them)
@@ -311,10 +312,15 @@ class JobRun:
         solo = ""
         if run.tally.issued == 0:  # first placement: the job's full redundancy, not just a quorum
             decision = NeedMore(1 if run.scoring else self.job.redundancy)
-            solo = "" if run.scoring else self._trusted(pool)
-            if solo:
+            solo, alone = ("", False) if run.scoring else self._trusted(pool)
+            if solo and alone:
                 run.alone, run.tally.redundancy = True, 1
                 decision = NeedMore(1)
+            elif solo and self.job.redundancy > AUDIT_REPLICAS:  # an audit: the trusted worker and one other
+                run.tally.redundancy = AUDIT_REPLICAS
+                decision = NeedMore(AUDIT_REPLICAS)
+            else:
+                solo = ""
         elif run.scoring and run.claim is None and isinstance(decision, NeedMore):
             decision = NeedMore(1)  # the generator failed: one more generation, then verify it
         elif run.scoring and run.claim is not None and not any(
@@ -356,8 +362,12 @@ class JobRun:
                   pool: list[Candidate], now: float, out: list[Dispatch]) -> Decision:
         """Place the replicas `decision` asks for (appended to `out`): generations, or, once a claim is
         in under scoring, requests to score it. GiveUp when no unused worker is left."""
-        if solo:
+        if solo and run.alone:
             picked = [solo]
+        elif solo:  # an audit: the trusted worker, and one other from another prefix
+            prefix = {c.node: c.prefix for c in pool}
+            others = [c for c in fresh if c.node != solo]
+            picked = [solo, *place(others, decision.count - 1, self.rng, held=Counter({prefix.get(solo, solo): 1}))]
         else:  # a prefix never supplies most of a step's replicas: those it holds already count
             prefix = {c.node: c.prefix for c in pool}
             held = Counter(prefix[n] for n in run.replicas if n in prefix)
@@ -390,18 +400,19 @@ class JobRun:
         group = {c.node: c.cohort for c in pool}
         return frozenset(group[n] for n in run.tally.answers if n in group)
 
-    def _trusted(self, candidates: list[Candidate]) -> str:
+    def _trusted(self, candidates: list[Candidate]) -> tuple[str, bool]:
         """Adaptive replication (as BOINC): the first placed worker, when its run of validated results
         reaches N, runs the step alone, except with probability 1/run (1/N at first, less as the run grows,
-        never under REPLICATE_FLOOR). '' when the step is replicated."""
+        never under REPLICATE_FLOOR), when it is audited. (worker, alone), or ('', False) when the first
+        worker is not trusted and the step is replicated as usual."""
         n = self.job.adaptive
         if n <= 0 or not candidates:
-            return ""
+            return "", False
         (first,) = place(candidates, 1, self.rng)
         streak = next(c.streak for c in candidates if c.node == first)
-        if streak >= n and self.rng.random() >= max(REPLICATE_FLOOR, 1.0 / streak):
-            return first
-        return ""
+        if streak < n:
+            return "", False
+        return first, self.rng.random() >= max(REPLICATE_FLOOR, 1.0 / streak)
 
     def _settle(self, sid: str, decision: Accept | GiveUp) -> None:
         run = self.steps[sid]

@@ -83,10 +83,56 @@ def test_adaptive_replication_sends_trusted_workers_steps_alone_except_one_in_n(
     for seed in range(400):
         run = JobRun("j", job, random.Random(seed))
         sizes[len(run.advance({"python": trusted(5)}, 0.0))] += 1
-    assert set(sizes) == {1, 3}
-    assert 0.12 < sizes[3] / 400 < 0.28  # about 1/N replicated, as a check
+    assert set(sizes) == {1, 2}  # alone, or audited: the trusted worker and one other
+    assert 0.12 < sizes[2] / 400 < 0.28  # about 1/N audited
     for seed in range(50):  # below the threshold: always the full redundancy
         assert len(JobRun("j", job, random.Random(seed)).advance({"python": trusted(4)}, 0.0)) == 3
+
+
+def audited(start: int = 0, streak: int = 5) -> tuple[JobRun, list[Candidate], list[str]]:
+    """A one-step run whose first placement was an audit of a trusted worker: (run, workers, the pair)."""
+    job = parse_job({**one_step_job(), "adaptive": 5})
+    workers = [*trusted(streak), Candidate("w9", 0.9, "10.0.0.0/24", 0)]  # w9 shares w0's prefix
+    for seed in range(start, start + 200):
+        run = JobRun("j", job, random.Random(seed))
+        if len(sent := run.advance({"python": workers}, 0.0)) == 2:
+            return run, workers, [d.node for d in sent]
+    raise AssertionError("no audit in 200 seeds")
+
+
+def test_an_audit_asks_the_trusted_worker_itself_and_one_other_on_another_prefix():
+    prefix = {c.node: c.prefix for c in trusted(5)} | {"w9": "10.0.0.0/24"}
+    pairs = set()
+    for start in range(0, 3000, 100):
+        run, workers, pair = audited(start)
+        assert not run.steps["a"].alone and len(set(pair)) == 2
+        assert prefix[pair[0]] != prefix[pair[1]]  # never w0 with w9, its prefix's other id
+        assert pair[0] != "w9"  # the audited one is a trusted worker, w9 has no run
+        pairs.add(tuple(pair))
+    assert len(pairs) > 5  # the partner is drawn, not fixed
+
+
+def test_an_audit_that_disagrees_escalates_and_the_cheat_is_outvoted():
+    run, workers, (first, other) = audited()
+    run.on_result("a", first, True, digest(1), 1, {}, "")  # the trusted worker cheats
+    run.on_result("a", other, True, digest(42), 42, {}, "")
+    more = run.advance({"python": workers}, 1.0)
+    assert more and not {d.node for d in more} & {first, other}
+    while more:
+        for d in more:
+            run.on_result("a", d.node, True, digest(42), 42, {}, "")
+        more = run.advance({"python": workers}, 2.0)
+    (o,) = run.take_outcomes()
+    assert o.accepted and o.digest == digest(42) and o.dissenting == (first,)
+
+
+def test_an_audit_that_agrees_is_accepted_on_two_and_lengthens_both_runs():
+    run, workers, pair = audited()
+    for n in pair:
+        run.on_result("a", n, True, digest(42), 42, {}, "")
+    assert run.advance({"python": workers}, 1.0) == []
+    (o,) = run.take_outcomes()
+    assert o.accepted and sorted(o.agreeing) == sorted(pair)
 
 
 def test_a_trusted_worker_that_fails_sends_the_step_back_to_full_replication():
@@ -456,9 +502,13 @@ def test_an_answer_that_is_no_verdict_is_a_failed_verifier_and_is_replaced():
     assert run.on_result("a", first.node, True, digest(junk), junk, {}, "")
     assert run.advance(LLM, 0.0) == [] and run.steps["a"].scoring  # no fallback: one verdict is still due
     run.on_result("a", second.node, True, digest({"accepted": True}), {"accepted": True}, {"tokens": 4}, "")
+    (third,) = run.advance(LLM, 0.0)  # the failed verifier's seat is filled before a bare quorum stands
+    assert third.kind == "score" and third.node not in (gen.node, first.node, second.node)
+    run.on_result("a", third.node, True, digest({"accepted": True}), {"accepted": True}, {"tokens": 4}, "")
     run.advance(LLM, 0.0)
-    (o,) = run.take_outcomes()  # the generation and one verifier: a majority of 3
-    assert o.accepted and o.failed == (first.node,) and o.agreeing == tuple(sorted((gen.node, second.node)))
+    (o,) = run.take_outcomes()
+    assert o.accepted and o.failed == (first.node,)
+    assert o.agreeing == tuple(sorted((gen.node, second.node, third.node)))
 
 
 @settings(max_examples=200, deadline=None)
@@ -493,3 +543,22 @@ def test_scoring_mode_never_accepts_a_generation_that_no_honest_check_backed(kin
     for o in run.take_outcomes():
         if o.accepted and o.digest != digest(GOOD):
             assert all(kinds[int(n[1:])] in ("liar", "yes-man") for n in o.agreeing)
+
+
+def test_a_seat_that_failed_is_filled_before_a_bare_quorum_stands():
+    """Two colluders agree and the third replica times out (an honest worker queued, or knocked offline):
+    accepted unopposed, that was a wrong answer (large-10k, 7 of 12). The seat is filled first; with
+    nobody left, the bare quorum stands, as under the margin rule."""
+    t = Tally(QuorumRule.parse("majority"), 3, 6, margin=True)
+    for n in ("a", "b", "c"):
+        t.issue(n)
+    t.answer("a", "X"), t.answer("b", "X"), t.fail("c", "timeout")
+    assert t.decide() == NeedMore(1)
+    assert isinstance(t.decide(more=False), Accept)
+    t.issue("d"), t.answer("d", "Y")  # the fresh seat dissents: the margin rule takes over
+    assert t.decide() == NeedMore(1)
+    plain = Tally(QuorumRule.parse("majority"), 3, 6, margin=False)  # plain voting: the classic rule
+    for n in ("a", "b", "c"):
+        plain.issue(n)
+    plain.answer("a", "X"), plain.answer("b", "X"), plain.fail("c", "timeout")
+    assert isinstance(plain.decide(), Accept)

@@ -74,4 +74,5 @@ def test_a_steps_evidence_is_stored_as_the_json_it_always_was_and_read_back_for_
         assert led.streaks() == {"a": 2, "b": 0, "c": 0}
     finally:
         led.close()
-    assert next_streak(5, "agreed", None) == 5 and next_streak(5, "no_show", None) == 0
+    assert next_streak(5, "agreed", None) == 5 and next_streak(5, "no_show", None) == 5 \
+        and next_streak(5, "disagreed", None) == next_streak(5, "spot_failed", None) == 0

@@ -72,7 +72,10 @@ def test_a_lost_worker_frees_its_slots_and_fails_its_replicas_without_a_key_erro
     assert answer(sub, sends[0], 42, 1.5)[0] == Answer("j", "a", lost, True, digest(42), False)  # too late
     for s in sends[1:]:
         answer(sub, s, 42, 2.0)
-    (rec,) = of(sub.tick("j", pool("w0", "w1", "w2", "w3"), 2.0), Record)  # 2 of 3 agree: enough
+    (fill,) = of(sub.tick("j", pool("w0", "w1", "w2", "w3"), 2.0), Send)  # 2 agree: the lost seat is filled
+    assert fill.node not in {s.node for s in sends}
+    answer(sub, fill, 42, 2.5)
+    (rec,) = of(sub.tick("j", pool("w0", "w1", "w2", "w3"), 2.5), Record)
     assert ("no_show", lost) in [(e.kind, e.peer) for e in rec.entries]
     assert rec.entries[-1].why.failed == {lost: "connection lost"}
 

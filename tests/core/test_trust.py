@@ -213,3 +213,67 @@ def test_one_sybil_that_worked_here_cannot_lend_its_ring_a_confirmed_run():
     assert shared.take(Testimony("A", "W", 30.0, 0.0, 30, t - 1000, 0, t))
     shared.refresh(t)
     assert shared.anchors["A"] == "A" and shared.standing("W", t).streak == 1000  # STREAK_CAP
+
+
+def test_short_runs_at_many_issuers_do_not_add_up_past_a_wrong_answer_one_of_them_saw():
+    """A worker wrong half the time has runs of one or two at each of many submitters, and wrong answers at
+    others. Summed while those were ignored, the runs made 10 and it ran alone (large-10k: 1,532 wrong
+    answers in 200,000 steps). Now a run reported before the newest reported wrong answer counts for
+    nothing, and one begun after it still does."""
+    own = Reputations()
+    t = T0
+    issuers = [f"I{k}" for k in range(12)]
+    for i in issuers:
+        t = agreed(own, i, int(FULL_FLOW) + 1, t)
+    shared = Shared("R", own, {i: f"p{k}" for k, i in enumerate(issuers)} | {"C": "pc"})
+    for i in issuers[:10]:  # ten runs of two, begun one after another
+        reps = Reputations()
+        t = agreed(reps, "C", 2, t)
+        shared.take(attest(i, "C", reps, t))
+    shared.refresh(t)
+    assert shared.standing("C", t).streak == 20  # no wrong answer reported: they add up
+    wrong = Reputations()
+    t = agreed(wrong, "C", 1, t)
+    wrong.fold("disagreed", "C", t, None)  # I10 saw it wrong, after every run above began
+    shared.take(attest("I10", "C", wrong, t))
+    shared.refresh(t)
+    assert shared.standing("C", t).streak == 0
+    late = Reputations()
+    t = agreed(late, "C", 3, t + 1000)  # runs begun after the wrong answer count again
+    shared.take(attest("I11", "C", late, t))
+    reps = Reputations()
+    t = agreed(reps, "C", 2, t)
+    shared.take(attest("I0", "C", reps, t))  # I0's newer testimony: a run begun after it too
+    shared.refresh(t)
+    assert shared.standing("C", t).streak == 5
+
+
+def test_a_slanderers_report_ends_only_the_runs_others_lend_never_the_receivers_own():
+    shared, _, _ = honest_world()
+    t = agreed(shared.own, "W", 12, T0 + DAY)  # R's own run of 12 with W
+    agreed(shared.own, "S", int(FULL_FLOW) + 1, t)
+    shared.prefix_of = {**shared.prefix_of, "S": "p8"}
+    shared.take(Testimony("S", "W", 0.0, 5.0, 0, 0, t, t))  # a trusted issuer says W was wrong just now
+    shared.refresh(t)
+    st = shared.standing("W", t)
+    assert st.streak == 12  # A's and B's runs (60) are ended; R's own run stands
+    assert st.evidence.bad == 0  # and the report adds no bad evidence: W never misbehaved here
+
+
+def test_testimony_nets_good_against_bad_across_issuers_and_slander_adds_no_bad():
+    """A worker wrong half the time at many submitters: counted only where an issuer netted good, it
+    looked honest to everyone. Now the issuers' good and bad offset; slander can cancel what others lend
+    and nothing more."""
+    shared, a, b = honest_world()
+    t = T0 + DAY
+    for i, s in enumerate(("S1", "S2")):
+        agreed(shared.own, s, int(FULL_FLOW) + 1, t)
+        shared.prefix_of = {**shared.prefix_of, s: f"q{i}"}
+    shared.take(Testimony("S1", "W", 0.0, 30.0, 0, 0, t, t))  # as much bad as A's good
+    shared.refresh(t)
+    st = shared.standing("W", t)
+    assert st.shared_good == pytest.approx(30, rel=0.01) and st.evidence.bad == 0  # A + B - S1
+    shared.take(Testimony("S2", "W", 0.0, 1e6, 0, 0, t, t))  # a slanderer's huge claim
+    shared.refresh(t)
+    st = shared.standing("W", t)
+    assert st.shared_good == 0 and st.evidence.bad == 0 and st.evidence.score(t) == 0.5  # back to its own

@@ -213,3 +213,28 @@ def test_settings_from_the_command_line_are_checked_and_kept_in_the_trace(tmp_pa
                          ("jobs.redundancy=0", "redundancy must be")]:
         res = run_cli("simulate", "colluding-20", "--steps", "10", "--set", bad)
         assert res.returncode == 2 and message in res.stderr, res.stderr
+
+
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
+def test_a_submitter_places_among_workers_it_knows_as_well_as_a_fresh_sample():
+    """A node stays linked to the peers it works with. Each job drew all of its 32 afresh, so in a mesh of
+    10,000 a submitter met each worker about once and never used what it learned (large-10k: 1,532 wrong
+    answers in 200,000 steps, replicating almost everything)."""
+    s, _ = small("large-10k", 3000)
+    sim = Simulation(s, 1)
+    sim.run()
+    sub = sim.submitters[0]
+    known = list(sub._known.members)
+    assert known and all(sub.evidence[n].good > sub.evidence[n].bad for n in known)
+    online = {n for n in known if sim.world.nodes[n].online}
+    pools = [sub._pool() for _ in range(20)]
+    assert all(sub.id not in p and len(p) == len(set(p)) for p in pools)
+    met = {n for p in pools for n in p}
+    assert len(met & online) >= min(len(online), 32)  # those it knows come back
+    assert not met & (set(known) - online)  # unless they are offline
+    for nid in known[:3]:  # a worker whose record turns bad is no longer sought out
+        sub._known.mark(nid, False)
+    assert not set(known[:3]) & set(sub._known.members)
+    alone = Simulation(small("large-10k", 10, **{"network.known_peers": 0})[0], 1)
+    alone.submitters[0]._known.mark("n00100", True)
+    assert all(len(alone.submitters[0]._pool()) <= 32 for _ in range(5))
