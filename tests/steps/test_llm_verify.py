@@ -120,7 +120,10 @@ def test_a_verifier_that_cannot_score_is_a_no_show_never_a_dissenter():
     first, second = run.advance(workers, 0.0)
     assert run.on_result("a", first.node, False, "", None, {}, "cannot score: ... exceed the context of 2048")
     run.on_result("a", second.node, True, "", {"accepted": True, "first_bad": -1}, {"tokens": 1}, "")
-    assert run.advance(workers, 0.0) == []  # the generator and one verifier are a majority of 3
+    (third,) = run.advance(workers, 0.0)  # a majority of 3 already, but the failed seat is filled first
+    assert third.kind == "score" and third.node not in (gen.node, first.node, second.node)
+    run.on_result("a", third.node, True, "", {"accepted": True, "first_bad": -1}, {"tokens": 1}, "")
+    assert run.advance(workers, 0.0) == []
     (o,) = run.take_outcomes()
     assert o.accepted and first.node in o.failed and first.node not in o.dissenting
     assert ("disagreed", first.node) not in o.verdicts()
