@@ -32,6 +32,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from http.client import HTTPException
 from pathlib import Path
 from typing import Callable
 
@@ -152,6 +153,8 @@ def http(endpoint: tuple[str, str], method: str, path: str, body: object = None,
         raise Unreachable("timeout", str(exc)) from None
     except (ConnectionError, OSError) as exc:  # a reset while reading the answer
         raise Unreachable("reset", str(exc)) from None
+    except HTTPException as exc:  # killed mid-answer: the body ends short (IncompleteRead)
+        raise Unreachable("reset", repr(exc)) from None
 
 
 def port_of(addr: str) -> int:
