@@ -39,7 +39,7 @@ from .network import Network
 from .scenario import PolicySpec, Scenario
 from .scoring import SCORE_COST, greedy_text
 from .trace import Trace
-from .world import SimNode, StepMsg, World
+from .world import Roster, SimNode, StepMsg, World
 
 CANDIDATE_TTL_S = 60.0
 KEEP_FINISHED = 100_000  # finished jobs kept for rechecks across all submitters (older ones are forgotten)
@@ -53,23 +53,6 @@ class SimJob:
     costs: dict[str, float]
     pool: list[str]
     created: float
-
-
-class Known:
-    """A set of node ids that can be sampled in O(k) and changed in O(1) (a list and each id's index)."""
-
-    def __init__(self) -> None:
-        self.members: list[str] = []
-        self._at: dict[str, int] = {}
-
-    def mark(self, nid: str, keep: bool) -> None:
-        if keep and nid not in self._at:
-            self._at[nid] = len(self.members)
-            self.members.append(nid)
-        elif not keep and nid in self._at:
-            i, last = self._at.pop(nid), self.members.pop()
-            if last != nid:
-                self.members[i], self._at[last] = last, i
 
 
 class SimLedger:
@@ -140,7 +123,7 @@ class SimSubmitter:
             self.shared = Shared(nid, self.ledger.reputations, world.prefixes)
             self.engine.at(engine.now + s.policy.share_every_s, self._share)
         self.count = 0
-        self._known = Known()  # workers this submitter's own record holds more good than bad of
+        self._known = Roster()  # workers this submitter's own record holds more good than bad of
         self._cands: dict[str, tuple[Candidate, float]] = {}
         self.core = make_core(s.policy, rng.getrandbits(64), max(500, KEEP_FINISHED // s.network.submitters), record)
         self.meta: dict[str, SimJob] = {}
@@ -184,7 +167,7 @@ class SimSubmitter:
         k = self.s.network.peer_sample
         pool = [n for n in self.world.sample(k + 1) if n != self.id][:k]
         known = self._known.members
-        if known and self.s.network.known_peers:
+        if known:
             nodes, seen = self.world.nodes, set(pool)
             pick = self.rng.sample(known, min(self.s.network.known_peers, len(known)))
             pool += [n for n in pick if n not in seen and nodes[n].online]
@@ -301,11 +284,12 @@ class SimSubmitter:
     def _record(self, eff: Record) -> None:
         ok = self.ledger.record(eff.entries, int(self.engine.now * 1000))
         if ok:
-            evidence = self.ledger.evidence
+            evidence, remember = self.ledger.evidence, self.s.network.known_peers > 0
             for e in eff.entries:
                 self._cands.pop(e.peer, None)  # its reputation changed
-                ev = evidence.get(e.peer)  # (decay scales good and bad alike: no clock needed to compare)
-                self._known.mark(e.peer, ev is not None and ev.good > ev.bad)
+                if remember:  # (decay scales good and bad alike: no clock needed to compare them)
+                    ev = evidence.get(e.peer)
+                    (self._known.add if ev is not None and ev.good > ev.bad else self._known.drop)(e.peer)
         for o in eff.outcomes:
             sj = self.core.jobs[eff.job]
             self.trace.add("settle", eff.job, o.step, o.accepted, o.digest[:16], list(o.agreeing))

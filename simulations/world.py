@@ -45,6 +45,34 @@ class StepMsg:
     deadline: float = 0.0  # when the submitter stops waiting (the request's timeout, as a real one carries it)
 
 
+class Roster:
+    """Node ids that can be sampled in O(k) and changed in O(1): a list, and each id's index in it (a
+    removed id's place goes to the last one). The workers online; a submitter's known peers."""
+
+    def __init__(self) -> None:
+        self.members: list[str] = []
+        self._at: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __contains__(self, nid: object) -> bool:
+        return nid in self._at
+
+    def add(self, nid: str) -> None:
+        if nid not in self._at:
+            self._at[nid] = len(self.members)
+            self.members.append(nid)
+
+    def drop(self, nid: str) -> None:
+        i = self._at.pop(nid, None)
+        if i is None:
+            return
+        last = self.members.pop()
+        if last != nid:
+            self.members[i], self._at[last] = last, i
+
+
 @dataclass
 class World:
     engine: Engine
@@ -52,8 +80,7 @@ class World:
     trace: Trace
     rng: random.Random
     nodes: dict[str, SimNode] = field(default_factory=dict)
-    online: list[str] = field(default_factory=list)  # online workers, for sampling
-    _slot: dict[str, int] = field(default_factory=dict)  # worker → its index in `online`
+    online: Roster = field(default_factory=Roster)  # online workers, for sampling
     on_leave: list[Callable[[str], None]] = field(default_factory=list)  # told of goodbyes
     prefixes: dict[str, str] = field(default_factory=dict)  # node → its network prefix
     joins: int = 0
@@ -67,18 +94,13 @@ class World:
             self._up(node.id)
 
     def _up(self, nid: str) -> None:
-        self._slot[nid] = len(self.online)
-        self.online.append(nid)
+        self.online.add(nid)
 
     def _down(self, nid: str) -> None:
-        i = self._slot.pop(nid)
-        last = self.online.pop()
-        if last != nid:
-            self.online[i] = last
-            self._slot[last] = i
+        self.online.drop(nid)
 
     def sample(self, k: int) -> list[str]:
-        return self.rng.sample(self.online, min(k, len(self.online)))
+        return self.rng.sample(self.online.members, min(k, len(self.online)))
 
     # -- work ---------------------------------------------------------------------------------------
     def receive(self, nid: str, reply: Callable[..., None], src: str, msg: StepMsg) -> None:
@@ -112,13 +134,13 @@ class World:
         """Late joiners are taken offline now and join at random times; with mean_up > 0, every worker
         then alternates exponential up and down times."""
         self._churn = (mean_up, mean_down, crash_fraction)
-        late = self.rng.sample(self.online, round(join_fraction * len(self.online))) if join_fraction else []
+        late = self.rng.sample(self.online.members, round(join_fraction * len(self.online))) if join_fraction else []
         for nid in late:
             self.nodes[nid].online = False
             self._down(nid)
             self.engine.after(self.rng.uniform(0, join_window_s), self._return, nid)
         if mean_up > 0:
-            for nid in list(self.online):
+            for nid in list(self.online.members):
                 self.engine.after(self.rng.expovariate(1 / mean_up), self._leave, nid)
 
     def _leave(self, nid: str) -> None:

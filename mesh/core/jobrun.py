@@ -362,16 +362,12 @@ class JobRun:
                   pool: list[Candidate], now: float, out: list[Dispatch]) -> Decision:
         """Place the replicas `decision` asks for (appended to `out`): generations, or, once a claim is
         in under scoring, requests to score it. GiveUp when no unused worker is left."""
-        if solo and run.alone:
-            picked = [solo]
-        elif solo:  # an audit: the trusted worker, and one other from another prefix
+        picked = [solo] if solo else []  # a trusted worker alone, or the one an audit is of
+        if not (solo and run.alone):  # a prefix never supplies most of a step's replicas: those it holds already count
             prefix = {c.node: c.prefix for c in pool}
-            others = [c for c in fresh if c.node != solo]
-            picked = [solo, *place(others, decision.count - 1, self.rng, held=Counter({prefix.get(solo, solo): 1}))]
-        else:  # a prefix never supplies most of a step's replicas: those it holds already count
-            prefix = {c.node: c.prefix for c in pool}
-            held = Counter(prefix[n] for n in run.replicas if n in prefix)
-            picked = place(fresh, decision.count, self.rng, self._suspects(run, pool), held)
+            held = Counter(prefix[n] for n in (*run.replicas, *picked) if n in prefix)
+            others = [c for c in fresh if c.node not in picked]
+            picked += place(others, decision.count - len(picked), self.rng, self._suspects(run, pool), held)
         result: Decision = decision
         if not picked:
             result = GiveUp("no unused worker left: " + run.tally.evidence())

@@ -233,8 +233,8 @@ def test_a_submitter_places_among_workers_it_knows_as_well_as_a_fresh_sample():
     assert len(met & online) >= min(len(online), 32)  # those it knows come back
     assert not met & (set(known) - online)  # unless they are offline
     for nid in known[:3]:  # a worker whose record turns bad is no longer sought out
-        sub._known.mark(nid, False)
+        sub._known.drop(nid)
     assert not set(known[:3]) & set(sub._known.members)
     alone = Simulation(small("large-10k", 10, **{"network.known_peers": 0})[0], 1)
-    alone.submitters[0]._known.mark("n00100", True)
+    alone.submitters[0]._known.add("n00100")
     assert all(len(alone.submitters[0]._pool()) <= 32 for _ in range(5))
