@@ -72,9 +72,8 @@ def next_streak(streak: int, kind: str, why: StepEvidence | None) -> int:
     """A worker's run of validated results after one more reputation entry: +1 for agreeing in a step at
     least two agreed on, back to 0 on a disagreement, penalty or failed spot check. A no-show leaves it
     as it was: it is absence, not a wrong answer (its reputation still pays), and an honest worker
-    queued past a deadline by a busy mesh lost a run of a hundred results to it, which only audits at
-    1/run rebuild (simulated baseline: 0.06 replicas a step). `why` is the step's evidence (None for
-    entries without one, which never lengthen a run)."""
+    queued past a deadline by a busy mesh lost a long run to it, which only audits at 1/run rebuild.
+    `why` is the step's evidence (None for entries without one, which never lengthen a run)."""
     if kind == "agreed":
         return streak + (why is not None and len(why.agreeing) >= 2)
     return 0 if kind in MISBEHAVIOUR else streak
