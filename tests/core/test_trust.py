@@ -10,6 +10,7 @@ import pytest
 from mesh.core.policy import Reputations, StepEvidence
 from mesh.core.trust import (
     FULL_FLOW,
+    LEND_RUN,
     SHARED_CAP,
     SUSPECT_EVERY_MS,
     BadTestimony,
@@ -277,3 +278,80 @@ def test_testimony_nets_good_against_bad_across_issuers_and_slander_adds_no_bad(
     shared.refresh(t)
     st = shared.standing("W", t)
     assert st.shared_good == 0 and st.evidence.bad == 0 and st.evidence.score(t) == 0.5  # back to its own
+
+
+def test_issuers_with_first_hand_work_are_their_own_anchors_though_a_busier_issuer_vouches_for_them():
+    """Honest case the sybil-ring rule must not break: A and B did enough verified work for R themselves,
+    and C (who saw far more of them) also says they did work for it. Anchored at the largest source, A
+    and B were both anchored at C, one anchor, and the runs they saw of W were never confirmed —
+    `baseline` still replicated 16% of its steps in full between steps 2,000 and 4,000."""
+    own = Reputations()
+    t = agreed(own, "A", int(FULL_FLOW) + 1)
+    t = agreed(own, "B", int(FULL_FLOW) + 1, t)
+    t = agreed(own, "C", 40, t)
+    shared = Shared("R", own, {"A": "pa", "B": "pb", "C": "pc", "W": "pw"})
+    for issuer in ("A", "B"):
+        assert shared.take(Testimony("C", issuer, 30.0, 0.0, 30, t - 30_000, 0, t))
+        assert shared.take(Testimony(issuer, "W", 6.0, 0.0, 6, t - 6_000, 0, t))
+    shared.refresh(t)
+    assert shared.anchors["A"] == "A" and shared.anchors["B"] == "B"
+    assert shared.standing("W", t).streak == 12
+    # an issuer short of first-hand weight is still anchored where most of its weight comes from
+    own2 = Reputations()
+    t = agreed(own2, "A", 3)
+    t = agreed(own2, "C", 40, t)
+    shared2 = Shared("R", own2, {"A": "pa", "C": "pc"})
+    assert shared2.take(Testimony("C", "A", 30.0, 0.0, 30, t - 30_000, 0, t))
+    assert shared2.take(Testimony("A", "W", 6.0, 0.0, 6, t - 6_000, 0, t))
+    shared2.refresh(t)
+    assert shared2.anchors["A"] == "C"
+
+
+def test_an_issuer_wrong_here_lately_lends_no_run_until_its_own_run_here_is_long_again():
+    """Attacker: two sybils on two prefixes did verified work for R (so each is its own anchor and weighs
+    1) and vouch for a fellow id W with a long run. One of them just answered R wrong: its own run here
+    is broken, so the two together confirm nothing until it has LEND_RUN validated results again. (An
+    issuer never seen wrong lends at once: S1 here, and test_issuers_with_first_hand_work...)"""
+    own = Reputations()
+    t = agreed(own, "S1", int(FULL_FLOW) + 1)
+    t = agreed(own, "S2", int(FULL_FLOW) + 1, t)
+    why = StepEvidence("majority", 2, 3, "d", ("x", "y"), {"x": "d", "y": "d", "S2": "e"}, {}, "", "")
+    own.fold("disagreed", "S2", t, why)
+    t = agreed(own, "S2", 12, t + 1000)  # net good stays over MIN_WEIGHT × FULL_FLOW: weight 1
+    shared = Shared("R", own, {"S1": "p1", "S2": "p2", "W": "p3"})
+    for issuer in ("S1", "S2"):
+        assert shared.take(Testimony(issuer, "W", 500.0, 0.0, 500, 1, 0, t))
+    shared.refresh(t)
+    assert shared.weights["S2"] == 1.0 and own.streak("S2") == 12
+    assert shared.standing("W", t).streak == 1000  # S2's own run here is long: both lend
+
+    own.fold("disagreed", "S2", t + 1000, why)
+    t = agreed(own, "S2", LEND_RUN - 1, t + 2000)
+    shared.refresh(t)
+    assert shared.weights["S2"] == 1.0
+    assert shared.standing("W", t).streak == 0, "an issuer wrong here lately lent a run"
+    t = agreed(own, "S2", 1, t)
+    assert shared.standing("W", t).streak == 1000
+
+
+def test_a_worker_outvoted_here_once_is_not_rechecked_at_every_slander_forever():
+    """Attacker: sybils that did real work here accuse honest A of a wrong answer every round. A was once
+    outvoted here (a colluding majority won a step), so their word was acted on as evidence — at every
+    round after, each rerunning all A ran alone (vouching-30: 981 such reports in 50,000 steps). Now it is
+    acted on so only while A's own run here since is shorter than LEND_RUN; after that it is an opinion
+    again (a sample rerun, once an hour). It still counts against A's standing: A was wrong here once."""
+    shared, _, _ = honest_world()
+    t = T0 + DAY
+    for s in ("S1", "S2"):
+        agreed(shared.own, s, int(FULL_FLOW) + 1, t)
+    shared.own.fold("disagreed", "A", t, None)  # outvoted once
+    for k, s in enumerate(("S1", "S2")):
+        shared.take(Testimony(s, "A", 0.0, 500.0, 0, 0, t + 1000, t + 1000 + k))
+    shared.refresh(t + 1000)
+    assert shared.suspected(t + 1000) == (["A"], [])  # seen wrong here lately: the report is evidence
+    t2 = agreed(shared.own, "A", LEND_RUN, t + 2000)
+    for k, s in enumerate(("S1", "S2")):
+        shared.take(Testimony(s, "A", 0.0, 500.0, 0, 0, t2, t2 + k))
+    shared.refresh(t2)
+    assert shared.suspected(t2) == ([], [])  # right LEND_RUN times in a row since: an opinion again,
+    assert shared.suspected(t + 1000 + SUSPECT_EVERY_MS) == ([], ["A"])  # sampled once an hour
