@@ -353,5 +353,5 @@ def test_a_worker_outvoted_here_once_is_not_rechecked_at_every_slander_forever()
     for k, s in enumerate(("S1", "S2")):
         shared.take(Testimony(s, "A", 0.0, 500.0, 0, 0, t2, t2 + k))
     shared.refresh(t2)
-    assert shared.suspected(t2) == ([], [])  # right LEND_RUN times in a row since: an opinion again,
+    assert shared.suspected(t2) == ([], [])  # right LEND_RUN times in a row since: an opinion again
     assert shared.suspected(t + 1000 + SUSPECT_EVERY_MS) == ([], ["A"])  # sampled once an hour
