@@ -56,9 +56,6 @@ class Roster:
     def __len__(self) -> int:
         return len(self.members)
 
-    def __contains__(self, nid: object) -> bool:
-        return nid in self._at
-
     def add(self, nid: str) -> None:
         if nid not in self._at:
             self._at[nid] = len(self.members)
@@ -91,13 +88,7 @@ class World:
         self.nodes[node.id] = node
         self.prefixes[node.id] = node.prefix
         if worker:
-            self._up(node.id)
-
-    def _up(self, nid: str) -> None:
-        self.online.add(nid)
-
-    def _down(self, nid: str) -> None:
-        self.online.drop(nid)
+            self.online.add(node.id)
 
     def sample(self, k: int) -> list[str]:
         return self.rng.sample(self.online.members, min(k, len(self.online)))
@@ -137,7 +128,7 @@ class World:
         late = self.rng.sample(self.online.members, round(join_fraction * len(self.online))) if join_fraction else []
         for nid in late:
             self.nodes[nid].online = False
-            self._down(nid)
+            self.online.drop(nid)
             self.engine.after(self.rng.uniform(0, join_window_s), self._return, nid)
         if mean_up > 0:
             for nid in list(self.online.members):
@@ -147,7 +138,7 @@ class World:
         mean_up, mean_down, crash_fraction = self._churn
         node = self.nodes[nid]
         node.online, node.epoch, node.busy_until = False, node.epoch + 1, 0.0
-        self._down(nid)
+        self.online.drop(nid)
         crashed = self.rng.random() < crash_fraction
         self.leaves += 1
         self.crashes += crashed
@@ -160,7 +151,7 @@ class World:
     def _return(self, nid: str) -> None:
         mean_up = self._churn[0]
         self.nodes[nid].online = True
-        self._up(nid)
+        self.online.add(nid)
         self.trace.add("join", nid)
         self.joins += 1
         if mean_up > 0:

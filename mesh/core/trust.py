@@ -197,7 +197,7 @@ class Shared:
         if (o.submitter, o.job, o.step) in self.proven.get(o.accused, {}):
             return "known"
         cache: dict[str, float] = {}
-        trusted = [n for n in o.majority if self._direct(n, now_ms, cache) >= MIN_WEIGHT * FULL_FLOW]
+        trusted = [n for n in o.majority if self._first_hand(n, now_ms, cache)]
         return "" if len({self.prefix_of.get(n, n) for n in trusted}) >= 2 else "untrusted"
 
     def keep_outvote(self, o: Outvote, now_ms: int) -> None:
@@ -265,10 +265,9 @@ class Shared:
         were all anchored at the one submitter that had seen the most of them, so no run lent by others was
         confirmed: `baseline` still replicated 16% of its steps in full from step 2,000 to 4,000, against
         2% so.)"""
-        sources = self._sources(node, now_ms, cache)
-        if sources[0][1] >= MIN_WEIGHT * FULL_FLOW:
+        if self._first_hand(node, now_ms, cache):
             return node
-        return max(sources, key=lambda s: s[1])[0]  # ties: itself, then id order
+        return max(self._sources(node, now_ms, cache), key=lambda s: s[1])[0]  # ties: itself, then id order
 
     def _sources(self, node: str, now_ms: int, cache: dict[str, float]) -> list[tuple[str, float]]:
         """Where `node`'s trust flows from: (node, its first-hand work here), then (via, what via's own
@@ -285,6 +284,10 @@ class Shared:
         FULL_FLOW. `cache` keeps the first hops between calls at one `now_ms`."""
         flow = sum(lent for _, lent in self._sources(node, now_ms, {} if cache is None else cache))
         return min(1.0, flow / FULL_FLOW)
+
+    def _first_hand(self, peer: str, now_ms: int, cache: dict[str, float]) -> bool:
+        """Whether `peer`'s verified work for this node itself (net of bad) makes it trusted: MIN_WEIGHT."""
+        return self._direct(peer, now_ms, cache) >= MIN_WEIGHT * FULL_FLOW
 
     def _direct(self, peer: str, now_ms: int, cache: dict[str, float]) -> float:
         hit = cache.get(peer)
