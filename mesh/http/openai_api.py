@@ -18,7 +18,8 @@ from mesh.http import chat
 from mesh.http.api_models import OPENAI_ERRORS
 from mesh.http.common import ApiError, authorised, facade_of, parse_request_job, submit_job
 from mesh.http.facade import JobView, NodeFacade
-from mesh.steps.models import DEFAULT_MODEL, default_model_sha
+from mesh.steps.chat_template import template_of
+from mesh.steps.models import DEFAULT_MODEL, INSTRUCT_SHA256, default_model_sha
 from mesh.steps.registry import Registry
 
 DEFAULT_REDUNDANCY = 3
@@ -52,19 +53,26 @@ class ChatRequest(BaseModel):
 
 @router.get("/models", responses=OPENAI_ERRORS, summary="Models the mesh can answer with (OpenAI format)")
 async def models(request: Request) -> dict[str, Any]:
+    """Each model peers serve now; `default` first: what a chat request naming it runs (the instruct
+    model, or the base model on a node without the instruct model's file). x_homemesh.default marks that
+    model, x_homemesh.llm_default the one `llm` steps run when they name none (the base model)."""
     node = facade_of(request)
-    names = {e.sha256: e.name for e in Registry(node.home).entries()}
+    registry = Registry(node.home)
+    names = {e.sha256: e.name for e in registry.entries()}
     holders = node.models_held()
     now = int(time.time())
-    default = default_model_sha()
+    base = default_model_sha()
+    chat_default = _chat_model(registry, "default")[0]
+    chat_default = base if chat_default == "default" else chat_default
 
     def entry(model_id: str, sha: str) -> dict:
         return {"id": model_id, "object": "model", "created": now, "owned_by": "homemesh",
-                "x_homemesh": {"sha256": sha, "peers": holders[sha], "default": sha == default}}
+                "x_homemesh": {"sha256": sha, "peers": holders[sha], "default": sha == chat_default,
+                               "llm_default": sha == base}}
 
     data = [entry(names.get(sha, sha), sha) for sha in sorted(holders)]
-    if default in holders:  # what chat requests may also call it
-        data.insert(0, entry("default", default))
+    if chat_default in holders:  # what chat requests may also call it
+        data.insert(0, entry("default", chat_default))
     return {"object": "list", "data": data}
 
 
@@ -76,15 +84,18 @@ async def chat_completions(body: ChatRequest, request: Request,
     node = facade_of(request)
     req = body.model_dump(exclude_none=True)
     model = req["model"]
-    req["model"] = "default" if model in ("default", DEFAULT_MODEL) else model
+    req["model"], path = _chat_model(Registry(node.home), model)
     redundancy = x_homemesh_redundancy or body.redundancy or DEFAULT_REDUNDANCY
     quorum = x_homemesh_quorum or body.quorum or "majority"
     try:
-        spec = chat.job_for(req, redundancy, quorum)
+        template = await asyncio.to_thread(template_of, path) if path else None  # (cached after the first)
+        spec = chat.job_for(req, redundancy, quorum, template)
     except chat.ChatError as exc:
         raise ApiError(400, str(exc), exc.param) from None
     job = parse_request_job(node, spec, None, None)
     step = job.steps[0]
+    sha = step.params.get("model", "default")  # (names are SHA-256s by now)
+    sha = default_model_sha() if sha == "default" else sha
     workers = node.workers_for(step.needs)
     if workers < job.redundancy:
         raise ApiError(503, f"{workers} peers can run model {model!r} now, fewer than the redundancy "
@@ -95,21 +106,34 @@ async def chat_completions(body: ChatRequest, request: Request,
     max_tokens = step.params["max_tokens"]
     if body.stream:
         usage = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(_stream(node, st, cid, model, needed, max_tokens, usage),
+        return StreamingResponse(_stream(node, st, cid, model, sha, needed, max_tokens, usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     await asyncio.wait_for(st.done.wait(), job.timeout + 30)
     report = node.report(st)
-    x = chat.homemesh(report, st.signed, job.quorum.spec, needed)
+    x = chat.homemesh(report, st.signed, job.quorum.spec, needed, sha)
     if report["steps"][chat.STEP]["status"] != "done":
         raise ApiError(503, f"the mesh did not agree on an answer: {x['rule']['text']} (job {st.run.job_id})")
     return chat.completion(cid, model, report, x, max_tokens)
+
+
+def _chat_model(registry: Registry, model: str) -> tuple[str, str]:
+    """The model a chat request runs ('default' for the base model, else a name or SHA-256 the job
+    resolves) and the file its chat template is read from ('' : none here). `default` is the instruct
+    model when this node has its file (the template comes from it), else the base model."""
+    if model == DEFAULT_MODEL:
+        return "default", ""
+    entries = registry.entries()
+    if model == "default":
+        model = INSTRUCT_SHA256 if any(e.sha256 == INSTRUCT_SHA256 for e in entries) else "default"
+    hit = next((e for e in entries if e.path and model in (e.name, e.sha256)), None)
+    return model, hit.path if hit else ""
 
 
 def _sse(obj: object) -> bytes:
     return f"data: {json.dumps(obj)}\n\n".encode()
 
 
-async def _stream(node: NodeFacade, st: JobView, cid: str, model: str, needed: int, max_tokens: int,
+async def _stream(node: NodeFacade, st: JobView, cid: str, model: str, sha: str, needed: int, max_tokens: int,
                   include_usage: bool) -> AsyncIterator[bytes]:
     """Chunks of the text a quorum of replicas has already produced; the rest once the step is accepted."""
     yield _sse(chat.chunk(cid, model, {"role": "assistant", "content": ""}))
@@ -123,7 +147,7 @@ async def _stream(node: NodeFacade, st: JobView, cid: str, model: str, needed: i
             yield _sse(chat.chunk(cid, model, {"content": agreed[len(sent):]}))
             sent = agreed
     report = node.report(st)
-    x = chat.homemesh(report, st.signed, st.run.job.quorum.spec, needed)
+    x = chat.homemesh(report, st.signed, st.run.job.quorum.spec, needed, sha)
     if report["steps"][chat.STEP]["status"] != "done":
         yield _sse({"error": {"message": f"the mesh did not agree on an answer: {x['rule']['text']}",
                               "type": "server_error", "param": None, "code": None}, "x_homemesh": x})

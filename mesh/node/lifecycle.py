@@ -61,8 +61,8 @@ from mesh.node.submitter import Ports, Submitter
 from mesh.node.testimony import TESTIMONY_S, Testimonies
 from mesh.node.worker import StepRunner, Worker, WorkerPort
 from mesh.steps import cgroup
-from mesh.steps.models import default_model_sha, sha256_file
-from mesh.steps.registry import Registry
+from mesh.steps.models import INSTRUCT_SHA256, default_model_sha, instruct_model, sha256_file
+from mesh.steps.registry import ModelEntry, Registry
 from mesh.steps.sandbox import bwrap_path
 from mesh.steps.scrape import Scraper, find_browser
 from mesh.steps.ssrf import Allow
@@ -1019,13 +1019,30 @@ def _check_options(opts: NodeOptions) -> str:
     return sha256_file(opts.model)
 
 
+def _served(home: Path) -> list[ModelEntry]:
+    """The registry's models this node loads besides the default one: those added by path, and the
+    instruct model once its file is checked against its pinned SHA-256 (a damaged install is left out,
+    with a warning: advertising a SHA-256 it does not serve would make every replica of it disagree)."""
+    out = []
+    for e in Registry(home).entries():
+        if e.sha256 == INSTRUCT_SHA256:
+            try:
+                instruct_model()
+            except ConfigError as exc:
+                print(f"warning: {exc}; this node will not serve it", flush=True)
+                continue
+        if e.path:
+            out.append(e)
+    return out
+
+
 def _start_actors(asys, opts: NodeOptions, model_sha: str, user: StepUser | None) -> tuple[object, NodeReady]:
     """The NodeActor, and its answer once the ledger is open and the models are loaded (a minute per
     extra model at most)."""
     from actors.node_actor import NodeActor
 
     node_actor = asys.createActor(NodeActor)
-    extra = [[e.path, e.sha256] for e in Registry(opts.home).entries() if e.path] if opts.load_model else []
+    extra = [[e.path, e.sha256] for e in _served(opts.home)] if opts.load_model else []
     config = NodeConfig(str(opts.home), str(opts.home / LEDGER_FILE), opts.threads, opts.load_model,
                         str(opts.model or ""), model_sha, extra, user)
     ready = asys.ask(node_actor, config, 120 + 60 * len(extra))

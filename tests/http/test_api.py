@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from mesh.core.dag import parse_job
+from mesh.steps.models import DEFAULT_MODEL, INSTRUCT_MODEL, INSTRUCT_SHA256
 from mesh.wire.attest import verify
 
 from ..conftest import run_cli
@@ -175,6 +176,34 @@ def test_openai_client_plain_answer_is_cross_checked_and_signed(node, mesh):
     assert verify(forged) == "the payload is not the one signed"
     forged["signature"] = "00" * 64
     assert verify(forged) == "the signature does not verify"
+
+
+def test_chat_defaults_to_the_instruct_model_through_its_chat_template(node, mesh):
+    """`default` in chat is SmolLM2-135M-Instruct, prompted by the chat template in its GGUF (answers end
+    at its end-of-turn token, not at a cut-off); `llm` steps still default to the base model; /v1/models
+    lists both with the peers serving each."""
+    client = oai(node)
+    listed = {m.id: m.model_extra["x_homemesh"] for m in client.models.list()}
+    workers = len(mesh.nodes) - 1
+    assert listed["default"]["sha256"] == INSTRUCT_SHA256 and listed["default"]["default"] is True
+    assert listed[INSTRUCT_MODEL]["peers"] == workers and listed[INSTRUCT_MODEL]["llm_default"] is False
+    assert listed[DEFAULT_MODEL]["peers"] == workers and listed[DEFAULT_MODEL]["llm_default"] is True
+    asked = {"What is 2 + 2?": "4", "How many days are there in a week?": "7"}  # (a 135M model: easy ones)
+    for question, expected in asked.items():
+        r = client.chat.completions.create(model="default", max_tokens=64,
+                                           messages=[{"role": "user", "content": question}])
+        text, x = r.choices[0].message.content, r.model_extra["x_homemesh"]
+        print(f"chat example: {question!r} -> {text!r} ({r.usage.completion_tokens} tokens)")
+        assert x["model"] == INSTRUCT_SHA256 and x["status"] == "done" and all(rep["agreed"] for rep in x["replicas"])
+        assert expected in text and "<|im" not in text and r.choices[0].finish_reason == "stop"
+    base = client.chat.completions.create(model=DEFAULT_MODEL, max_tokens=8,
+                                          messages=[{"role": "user", "content": "Hello"}])
+    assert base.model_extra["x_homemesh"]["model"] == listed[DEFAULT_MODEL]["sha256"]
+    status, body = call(node, "POST", "/jobs", {"job": {"steps": [THREE_STEPS["steps"][2] | {
+        "params": {"prompt": "The number 43 is", "max_tokens": 8}}]}, "redundancy": 2})
+    assert status == 201
+    done = list(node.client.events(body["job_id"]))[-1][1]
+    assert done["status"] == "done", done
 
 
 def test_openai_client_streams_what_a_quorum_already_agreed(node):

@@ -11,7 +11,7 @@ import pytest
 
 from mesh.core.dag import parse_job
 from mesh.errors import JobError
-from mesh.steps.models import default_model, default_model_sha
+from mesh.steps.models import INSTRUCT_SHA256, default_model, default_model_sha
 from mesh.steps.registry import Registry
 
 from ..conftest import cli_json, run_cli
@@ -38,10 +38,11 @@ def second_model(tmp_path_factory) -> Path:
 def test_models_cli_add_list_remove_and_clear_errors(tmp_path, second_model):
     home = tmp_path / "home"
     rows = cli_json("models", "list", "--home", str(home))
-    assert [r["sha256"] for r in rows] == [default_model_sha()]
+    assert [r["sha256"] for r in rows] == [default_model_sha(), INSTRUCT_SHA256]  # both come with homemesh
     added = cli_json("models", "add", str(second_model), "--name", "second", "--home", str(home))
     assert len(added["sha256"]) == 64 and added["sha256"] != default_model_sha()
-    assert [r["name"] for r in cli_json("models", "list", "--home", str(home))] == ["gemma-3-270m-q4_k_m", "second"]
+    assert [r["name"] for r in cli_json("models", "list", "--home", str(home))] == [
+        "gemma-3-270m-q4_k_m", "smollm2-135m-instruct-q4_1", "second"]
     not_gguf = tmp_path / "x.gguf"
     not_gguf.write_text("hello")
     for args, message in [(("add", str(not_gguf)), "not a GGUF"), (("add", str(tmp_path / "nope.gguf")), "no such file"),
