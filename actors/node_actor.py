@@ -66,6 +66,7 @@ class NodeActor(ActorTypeDispatcher):
         self.model_error = ""
         self.pending: dict[str, _Pending] = {}
         self.ready_asker = None
+        self.load_askers: dict[str, list] = {}  # model sha256 → who asked for it to be served now (LoadModel)
         self.restarts: dict[str, int] = {}
         self.warm: list = []  # StepActors with a sandbox already started, waiting for a python step
         self.can_sandbox = False  # bwrap is here (looked up once)
@@ -112,6 +113,18 @@ class NodeActor(ActorTypeDispatcher):
 
         self.ledger = self.createActor(LedgerActor)
         self.send(self.ledger, OpenLedger(self.config.ledger_path, self.config.home))
+
+    def receiveMsg_LoadModel(self, msg: LoadModel, sender) -> None:
+        """Serve one more model now (one fetched from peers): answered with ModelLoaded once its runner
+        has it (or could not)."""
+        if msg.sha256 in self.loads and msg.sha256 not in self.loading:
+            self.send(sender, ModelLoaded(msg.sha256, "" if msg.sha256 in self.loaded else "not loaded"))
+            return
+        self.load_askers.setdefault(msg.sha256, []).append(sender)
+        if msg.sha256 not in self.loads:
+            self.loads[msg.sha256] = LoadModel(msg.path, msg.sha256, msg.n_threads or self.config.n_threads)
+            self.loading.add(msg.sha256)
+            self._spawn_runner(msg.sha256)
 
     def _spawn_runner(self, sha: str) -> None:
         from .model_runner import ModelRunnerActor
@@ -179,6 +192,8 @@ class NodeActor(ActorTypeDispatcher):
             self.send(sender, ActorExitRequest())  # harmless if the runner is already gone
         elif msg.sha256 not in self.loaded:
             self.loaded.append(msg.sha256)
+        for asker in self.load_askers.pop(msg.sha256, []):
+            self.send(asker, ModelLoaded(msg.sha256, msg.error))
         if self.ready_asker is not None and not self.loading:
             errors = self.model_error or ("" if self.loaded else msg.error)
             self.send(self.ready_asker, NodeReady(list(self.loaded), errors))

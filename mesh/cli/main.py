@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -47,7 +48,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         model=Path(args.model).expanduser() if args.model else None, frame_cap=args.frame_cap,
         credit_line=args.credit_line, collude=args.collude or "", spot_rate=args.spot_rate,
         blacklist_s=args.blacklist, core_log=args.core_log, scrape_allow=args.scrape_allow,
-        browser=args.browser or "", no_scrape=args.no_scrape, keep_jobs=args.keep_jobs, transport=args.transport,
+        browser=args.browser or "", no_scrape=args.no_scrape, share_models=not args.no_model_sharing, keep_jobs=args.keep_jobs, transport=args.transport,
         relay=not args.no_relay, max_links=args.max_links, rates=_rates(args.rate, "--rate"),
         max_rates=_rates(args.max_rate, "--max-rate", maximum=True), require_credit=args.require_credit,
         testimony_s=args.testimony_every, down_after_s=args.down_after, fault_after=args.fault_after,
@@ -504,6 +505,47 @@ def cmd_up(args: argparse.Namespace) -> int:
         mesh.stop()
 
 
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """'2GB', '512MiB', '1000000' → bytes (ConfigError on anything else)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).upper() if m else ""
+    if m is None or unit not in SIZE_UNITS or float(m.group(1)) * SIZE_UNITS[unit] < 1:
+        raise ConfigError(f"size {text!r}: a number with an optional unit (B, KB, MB, GB, KiB, MiB, GiB), e.g. 2GB")
+    return int(float(m.group(1)) * SIZE_UNITS[unit])
+
+
+def _fetch_model(args: argparse.Namespace) -> int:
+    """Start the fetch on the running node, then show its progress until it ends."""
+    sha = args.arg.lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise ConfigError(f"{args.arg!r} is not a SHA-256 (64 hex digits): fetch names a model as peers advertise it")
+    client = _client(args)
+    body = {"sha256": sha, "max_bytes": min(parse_size(args.max_size), 4 << 30), "name": args.name or "",
+            "sources": args.sources or None}
+    st = client.request("POST", "/models/fetch", body)
+    bar = sys.stderr.isatty() and not args.json
+    deadline = time.monotonic() + args.timeout
+    while st["state"] == "fetching" and time.monotonic() < deadline:
+        if bar and st["size"]:
+            done = st["done_bytes"] / st["size"]
+            print(f"\r[{'#' * int(done * 30):<30}] {done:6.1%} {st['done_bytes'] / 1e6:8.1f} of "
+                  f"{st['size'] / 1e6:.1f} MB from {st['source'][:12]}", end="", file=sys.stderr, flush=True)
+        time.sleep(0.25)
+        st = next((f for f in client.request("GET", "/models/fetch") if f["sha256"] == sha), st)
+    if bar:
+        print(file=sys.stderr)
+    if st["state"] == "fetching":
+        raise ConfigError(f"model {sha[:12]} still fetching after {args.timeout:g} s (it goes on; see GET /models/fetch)")
+    rate = st["size"] / st["seconds"] / 1e6 if st["seconds"] else 0.0
+    _emit(args, st, f"fetched {st['name']} ({sha}): {st['size']:,} bytes in {st['seconds']:.1f} s "
+                    f"({rate:.1f} MB/s), checked, and served by this node now" if st["state"] == "done"
+                    else f"fetching model {sha[:12]} failed: {st['error']}")
+    return 0 if st["state"] == "done" else 3
+
+
 def _model_role(sha: str) -> str:
     from mesh.steps.models import INSTRUCT_SHA256, default_model_sha
 
@@ -522,7 +564,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         _emit(args, rows, human)
         return 0
     if not args.arg:
-        raise ConfigError(f"mesh models {args.what} needs {'a GGUF file' if args.what == 'add' else 'a name or SHA-256'}")
+        need = {"add": "a GGUF file", "fetch": "the model's SHA-256"}.get(args.what, "a name or SHA-256")
+        raise ConfigError(f"mesh models {args.what} needs {need}")
+    if args.what == "fetch":
+        return _fetch_model(args)
     if args.what == "add":
         e = reg.add(Path(args.arg), args.name or "")
         _emit(args, dataclasses.asdict(e), f"added {e.name} ({e.sha256}); restart the node to serve it")
@@ -591,11 +636,12 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--frame-cap", type=int, default=1 << 20, metavar="BYTES",
                     help="largest peer frame accepted (default 1 MiB); larger frames drop the connection")
     sp.add_argument("--fault", choices=["wrong", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay",
-                                        "check-aware", "busy", "slander"],  # mesh.node.lifecycle.FAULTS
+                                        "check-aware", "busy", "slander", "corrupt-model"],  # mesh.node.lifecycle.FAULTS
                     help="misbehave on purpose (tests and demos): wrong answers, silence, slowness, crash, bad "
                          "signatures, (as a relay) forward nothing or forward late, answer right only what looks "
                          "like a spot check (check-aware), refuse every other step as busy, or tell every peer "
-                         "that asks that each worker it asks about gave this node a wrong answer (slander)")
+                         "that asks that each worker it asks about gave this node a wrong answer (slander), or "
+                         "serve model files to peers with a byte of every part changed (corrupt-model)")
     sp.add_argument("--fault-after", type=float, metavar="SECONDS",
                     help="with --fault relay-drop or relay-delay: carry each circuit honestly this long first "
                          "(default 20)")
@@ -620,6 +666,9 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--browser", metavar="PATH", help="Chromium to drive for scrape steps (default: found on "
                     "PATH; without one, pages are fetched over plain HTTP and results say so)")
     sp.add_argument("--no-scrape", action="store_true", help="do not offer scrape steps to peers")
+    sp.add_argument("--no-model-sharing", action="store_true",
+                    help="do not send peers the files of the models this node serves (by default a linked peer "
+                         "may fetch any of them, at most 32 MiB/s in all: `mesh models fetch`)")
     sp.add_argument("--keep-jobs", type=int, default=1000, metavar="N",
                     help="finished jobs kept in memory (default 1000); older ones are read from the home's "
                          "jobs/ directory, and are no longer rechecked when a spot check catches a cheater")
@@ -717,12 +766,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wait", type=float, default=5.0, metavar="S", help="verify --peers: seconds to wait for answers")
 
     sp = add("models", cmd_models, "the GGUF models this node serves, by SHA-256 (what jobs and peers name) and "
-             "a local name: list, add PATH.gguf [--name NAME], remove NAME|SHA256. Jobs may name a model by "
+             "a local name: list, add PATH.gguf [--name NAME], remove NAME|SHA256, fetch SHA256 (from peers "
+             "serving it, through the running node: each part checked as it comes and the whole file against "
+             "the SHA-256, a progress bar meanwhile; the node serves it at once). Jobs may name a model by "
              "its name here; the node sends its SHA-256 to peers, and places steps only on peers holding it",
-             json_flag=True)
-    sp.add_argument("what", choices=["list", "add", "remove"])
+             api=True, json_flag=True)
+    sp.add_argument("what", choices=["list", "add", "remove", "fetch"])
     sp.add_argument("arg", nargs="?", metavar="PATH|NAME|SHA256")
-    sp.add_argument("--name", help="add: the model's local name (default: the file name without .gguf)")
+    sp.add_argument("--name", help="add, fetch: the model's local name (default: the file name without .gguf; "
+                                   "fetch: fetched-SHA12)")
+    sp.add_argument("--from", dest="sources", action="append", metavar="NODE_ID",
+                    help="fetch: only from this peer (repeatable; default: any linked peer serving it)")
+    sp.add_argument("--max-size", default="4GiB", help="fetch: refuse a model larger than this (default 4GiB, the most)")
+    sp.add_argument("--timeout", type=float, default=3600, help="fetch: seconds to show progress for (default 3600)")
 
     sp = add("demo", cmd_demo, "start a local mesh, run the example job at redundancy 3, print results and credits")
     sp.add_argument("--nodes", type=int, default=4, help="nodes (one submits, the others work; default 4)")

@@ -29,6 +29,8 @@ from mesh.http.api_models import (
     ERRORS,
     NOT_FOUND,
     Balance,
+    FetchModelBody,
+    FetchStatus,
     JobSummary,
     PeerHeadsBody,
     PlanBody,
@@ -63,6 +65,7 @@ def build_app(node: NodeFacade) -> FastAPI:
     _job_routes(app, node)
     _planning_routes(app, node)
     _ledger_routes(app, node)
+    _model_routes(app, node)
     app.add_middleware(EditorHeaders)
     app.mount("/editor", StaticFiles(directory=Path(__file__).parent / "editor", html=True), name="editor")
     app.include_router(openai_router)
@@ -176,6 +179,21 @@ def _planning_routes(app: FastAPI, node: NodeFacade) -> None:
         except UserError as exc:
             raise ApiError(400, str(exc)) from None
         return PlanReply(**result.to_json(), tree=planner.tree(result))
+
+
+def _model_routes(app: FastAPI, node: NodeFacade) -> None:
+    @app.post("/models/fetch", status_code=202, dependencies=AUTH, responses=ERRORS,
+              summary="Fetch a model this node lacks from peers that serve it (checked part by part and whole)")
+    async def fetch_model(body: FetchModelBody) -> FetchStatus:
+        try:
+            return FetchStatus(**node.fetch_model(body.sha256, body.max_bytes, body.sources, body.name))
+        except UserError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    @app.get("/models/fetch", dependencies=AUTH, responses=ERRORS,
+             summary="Model fetches since the node started, with their progress")
+    async def fetches() -> list[FetchStatus]:
+        return [FetchStatus(**f) for f in node.fetches()]
 
 
 def _ledger_routes(app: FastAPI, node: NodeFacade) -> None:

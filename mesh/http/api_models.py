@@ -56,6 +56,26 @@ class PeerHeadsBody(Strict):
     wait: float = Field(default=5.0, ge=0.5, le=60, strict=True, description="seconds to wait for the peers' answers")
 
 
+class FetchModelBody(Strict):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="the model file's SHA-256, as jobs name it")
+    max_bytes: int = Field(default=4 << 30, ge=1, le=4 << 30, strict=True,
+                           description="refuse a model larger than this (peers say its size first)")
+    sources: list[str] | None = Field(default=None, max_length=64,
+                                      description="fetch only from these peers (node ids); default: any that serve it")
+    name: str = Field(default="", max_length=64, description="its name in this node's registry (default fetched-SHA12)")
+
+
+class FetchStatus(BaseModel):
+    sha256: str
+    state: Literal["fetching", "done", "failed"]
+    done_bytes: int
+    size: int
+    source: str
+    error: str
+    name: str
+    seconds: float
+
+
 class PlanBody(Strict):
     query: str = Field(min_length=1, max_length=2000)
     planner: Literal["auto", "rules"] = Field(

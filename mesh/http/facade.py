@@ -72,3 +72,7 @@ class NodeFacade:
     models_held: Callable[[], Counter[str]]  # model SHA-256 → peers up holding it
     ask_model: Callable[[dict[str, Any], float], Awaitable[object]]  # this node's own model's output; StepFailed
     peer_heads: Callable[[float], Awaitable[dict[str, Any]]]  # the heads of our ledger linked peers hold
+    # start fetching a model from peers (sha, max bytes, only from these node ids or None, registry name):
+    # its status; ConfigError when there is nothing to fetch or nobody to fetch it from
+    fetch_model: Callable[[str, int, list[str] | None, str], dict[str, Any]] = lambda *a: {}
+    fetches: Callable[[], list[dict[str, Any]]] = list  # every fetch since the node started, with its progress

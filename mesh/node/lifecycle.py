@@ -24,6 +24,8 @@ from pathlib import Path
 
 from actors.messages import (
     EntriesRecorded,
+    LoadModel,
+    ModelLoaded,
     NodeConfig,
     NodeReady,
     PeerStatsQuery,
@@ -53,6 +55,7 @@ from mesh.node.home import (
     write_private,
 )
 from mesh.node.journal import Journal
+from mesh.node.modelshare import ModelFetcher, ModelServer
 from mesh.node.owed import Owed
 from mesh.node.peers import GossipLimit, Peer, PeerTable, prefix_of, prefix_of_ip
 from mesh.node.replaystore import ReplayStore
@@ -61,7 +64,7 @@ from mesh.node.submitter import Ports, Submitter
 from mesh.node.testimony import TESTIMONY_S, Testimonies
 from mesh.node.worker import StepRunner, Worker, WorkerPort
 from mesh.steps import cgroup
-from mesh.steps.models import INSTRUCT_SHA256, default_model_sha, instruct_model, sha256_file
+from mesh.steps.models import INSTRUCT_SHA256, default_model, default_model_sha, instruct_model, sha256_file
 from mesh.steps.registry import ModelEntry, Registry
 from mesh.steps.sandbox import bwrap_path
 from mesh.steps.scrape import Scraper, find_browser
@@ -86,7 +89,8 @@ from mesh.wire.records import DEFAULT_RATES, MAX_ALT, RECORD_TTL_MS, make_record
 from mesh.wire.schema import parse
 
 log = logging.getLogger("mesh.node.lifecycle")
-FAULTS = ("wrong", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay", "check-aware", "busy", "slander")
+FAULTS = ("wrong", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay", "check-aware", "busy", "slander",
+          "corrupt-model")
 HEARTBEAT_S = 2.0  # how often the node looks over its links (dials, silence, expiry)
 HELLO_EVERY_S = 6.0  # how often each linked peer gets a hello when nothing else is said: on libp2p a
 # message costs ~1 ms of Python on each side, and hellos to every link every 2 s kept 32 nodes on 2 cores
@@ -121,6 +125,7 @@ class NodeOptions:
     scrape_allow: list[str] = field(default_factory=list)  # CIDRs or hosts scrapes may reach though private
     browser: str = ""  # Chromium to drive ('' → found on PATH; none → plain HTTP fetches)
     no_scrape: bool = False
+    share_models: bool = True  # answer peers' model-asks with the files of the models this node serves
     keep_jobs: int = 1000  # finished jobs kept in memory (older ones are read from <home>/jobs)
     transport: str = "libp2p"  # libp2p (Noise-encrypted, keys proven) | tcp (plain, for loopback tests)
     relay: bool = True  # once reachable, relay (with limits) for peers behind NATs
@@ -259,11 +264,14 @@ class Node:
         steps = StepRunner(self.bridge.ask, self.scraper.scrape, self.sandboxed, opts.home / CANCEL_DIR)
         self.worker = Worker(WorkerPort(
             node_id=self.id, fault=opts.fault, collude=opts.collude, frame_cap=opts.frame_cap,
-            limits=self.gateway.limits, kinds=tuple(self.kinds), models=tuple(self.models),
+            limits=self.gateway.limits, kinds=self.kinds, models=self.models,  # (lists: a fetched model joins them)
             model_error=self.model_error, steps=steps, send=self.send, send_dialling=self.send_dialling,
             record=self.record, ledger_error=lambda: self.ledger_error, count=self.receiver.count, rates=opts.rates,
             standing=self.standing, account=lambda node: self.accounts.get(node, Account()),
             require_credit=opts.require_credit), Owed(self.journal))
+        self.model_server = ModelServer(self._served_models if opts.share_models else dict, self.send,
+                                        corrupt=opts.fault == "corrupt-model")
+        self.fetcher = ModelFetcher(opts.home, self._tell, self._holders, self._penalise, self.install_model, self.spawn)
         self.api_view = NodeFacade(  # what the HTTP API sees of this node (mesh.http never imports it)
             node_id=self.id, token=self.token, home=opts.home, ledger_path=opts.home / LEDGER_FILE,
             jobs_dir=opts.home / "jobs",
@@ -275,7 +283,9 @@ class Node:
             workers_for=lambda needs: len(self.candidates().get(needs, [])),
             kinds_offered=lambda: Counter(k for p in self.peers.up() for k in p.kinds),
             models_held=lambda: Counter(m for p in self.peers.up() for m in p.models),
-            ask_model=functools.partial(steps.output, "llm"))
+            ask_model=functools.partial(steps.output, "llm"),
+            fetch_model=lambda sha, max_bytes, sources, name: self.fetcher.start(sha, max_bytes, sources, name).to_json(),
+            fetches=lambda: [st.to_json() for st in self.fetcher.status.values()])
         self.submitter = Submitter(self._submitter_ports(), SubmitterOptions(
             opts.spot_rate, opts.blacklist_s, opts.credit_line, opts.keep_jobs, opts.core_log), self.rng.getrandbits(64),
             self.journal)
@@ -707,6 +717,10 @@ class Node:
             return
         peer.conns.add(conn)
         peer.last_seen = time.monotonic()
+        self._on_peer_message(peer, env, now)
+
+    def _on_peer_message(self, peer: Peer, env: Envelope, now: int) -> None:
+        """An envelope from a peer that introduced itself, to whoever handles its kind."""
         if env.kind == "step":
             self.spawn(self.worker.work(peer, env.payload))
         elif env.kind == "cancel":
@@ -723,6 +737,10 @@ class Node:
             self.submitter.on_receipt_ask(peer, env.payload)
         elif env.kind in ("head", "head-ask", "head-held", "testimony-ask", "testimony", "outvoted"):
             self._on_peer_knowledge(peer, env.kind, env.payload, now)
+        elif env.kind == "model-ask":
+            self.spawn(self.model_server.serve(peer, env.payload))
+        elif env.kind in ("model-manifest", "model-part"):
+            self.fetcher.on_answer(peer.node, env.kind, env.payload)
         elif env.kind == "bye":
             peer.state = "left"
             log.info("peer %s left", peer.node[:12])
@@ -807,11 +825,44 @@ class Node:
     def on_abuse(self, conn: Connection, reason: str) -> None:
         """A peer with a valid key broke the rules on its connection: that costs it reputation."""
         peer = self.peers.get(conn.peer_key) if conn.peer_key else None
-        if peer is None:
-            return
-        log.warning("peer %s penalised: %s", peer.node[:12], reason)
-        entry = Entry("penalty", "gateway", f"{reason}@{now_ms()}", peer.node, 0.0, {"reason": reason})
+        if peer is not None:
+            self._penalise(peer.node, reason)
+
+    def _penalise(self, node: str, reason: str) -> None:
+        log.warning("peer %s penalised: %s", node[:12], reason)
+        entry = Entry("penalty", "gateway", f"{reason}@{now_ms()}", node, 0.0, {"reason": reason})
         self.spawn(self.record([entry]))
+
+    # -- models shared with peers --------------------------------------------------------------------
+    def _tell(self, node: str, kind: str, payload: object) -> bool:
+        peer = self.peers.by_node(node)
+        return peer is not None and self.send(peer, kind, payload)
+
+    def _holders(self, sha: str) -> list[str]:
+        """Linked peers that advertise model `sha`, the best reputed first."""
+        return [p.node for p in sorted(self.peers.up(), key=lambda p: -self.reputation_of(p.node)) if sha in p.models]
+
+    def _served_models(self) -> dict[str, Path]:
+        """The files of the models this node serves, by SHA-256 (what peers may fetch from it)."""
+        files = {e.sha256: Path(e.path) for e in Registry(self.opts.home).entries() if e.path}
+        for sha in self.models:  # the one loaded as this node's default: --model PATH, or the package's
+            if sha not in files:
+                files[sha] = self.opts.model or default_model()[0]
+        return {sha: path for sha, path in files.items() if sha in self.models}
+
+    async def install_model(self, sha: str, path: Path, name: str) -> str:
+        """A fetched model: registered, then served at once (loaded, advertised in the next hello and in
+        the DHT) unless this node runs without models. Its registry name back."""
+        entry = Registry(self.opts.home).add(path, name or f"fetched-{sha[:12]}")
+        if self.opts.load_model and sha not in self.models:
+            reply = await self.bridge.ask(LoadModel(str(path), sha, self.opts.threads), 180)
+            if not isinstance(reply, ModelLoaded) or reply.error:
+                raise ConfigError(f"fetched model {sha[:12]} did not load: {getattr(reply, 'error', reply)}")
+            self.models.append(sha)
+            if "llm" not in self.kinds:
+                self.kinds.insert(0, "llm")
+            self.own_record = None  # re-issued with the model at the next hello
+        return entry.name
 
     # -- ledger and placement ------------------------------------------------------------------------
     async def record(self, entries: list[Entry], ts: int | None = None) -> bool:

@@ -326,6 +326,63 @@ class Outvoted:
             raise Rejected("bad-schema", f"an outvoted proof holds 2 to {MAX_MAJORITY} outvoting answers")
 
 
+MODEL_PART = 512 << 10  # bytes of a model file in one part: base64 of it fits a 1 MiB frame with room
+MAX_MODEL_PARTS = 8192  # parts in one model (4 GiB): its manifest of part hashes fits one frame too
+
+
+def _sha_hex(value: str) -> bool:
+    return isinstance(value, str) and len(value) == 64 and _HEX.issuperset(value)
+
+
+@dataclass(frozen=True)
+class ModelAsk:
+    """Send me part `part` of the model whose file has SHA-256 `sha` (-1: its manifest). Answered by a
+    `model-manifest` or a `model-part` (mesh.node.modelserve)."""
+
+    sha: str
+    part: int
+
+    def __post_init__(self) -> None:
+        if not _sha_hex(self.sha) or not -1 <= self.part < MAX_MODEL_PARTS:
+            raise Rejected("bad-schema", f"a model-ask names a SHA-256 (64 hex) and a part from -1 to {MAX_MODEL_PARTS - 1}")
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """What the sender serves of model `sha`: its size and the SHA-256 of each MODEL_PART-byte part, so
+    each part is checked as it comes (the whole file is checked against `sha` at the end: the manifest
+    is the sender's word until then). `error` says why it serves none (then the rest is empty)."""
+
+    sha: str
+    size: int
+    parts: list[str]
+    error: str = ""
+
+    def __post_init__(self) -> None:
+        if not _sha_hex(self.sha) or len(self.error) > 200:
+            raise Rejected("bad-schema", "a model-manifest names a SHA-256 (64 hex) and an error of at most 200 characters")
+        if self.error:
+            return
+        want = -(-self.size // MODEL_PART) if isinstance(self.size, int) and self.size > 0 else -1
+        if not 1 <= want <= MAX_MODEL_PARTS or len(self.parts) != want or not all(_sha_hex(h) for h in self.parts):
+            raise Rejected("bad-schema", f"a model-manifest's size is 1 byte to {MAX_MODEL_PARTS} parts of "
+                                         f"{MODEL_PART} bytes, with one SHA-256 per part")
+
+
+@dataclass(frozen=True)
+class ModelPart:
+    """Part `part` of model `sha`: its bytes, base64 (at most MODEL_PART of them)."""
+
+    sha: str
+    part: int
+    data: str
+
+    def __post_init__(self) -> None:
+        if not _sha_hex(self.sha) or not 0 <= self.part < MAX_MODEL_PARTS or len(self.data) > 4 * MODEL_PART // 3 + 4:
+            raise Rejected("bad-schema", f"a model-part names a SHA-256, a part under {MAX_MODEL_PARTS} and at most "
+                                         f"{MODEL_PART} bytes")
+
+
 KINDS: dict[str, type] = {
     "hello": Hello,
     "step": StepRequest,
@@ -342,4 +399,7 @@ KINDS: dict[str, type] = {
     "testimony-ask": TestimonyAsk,
     "testimony": TestimonyTell,
     "outvoted": Outvoted,
+    "model-ask": ModelAsk,
+    "model-manifest": ModelManifest,
+    "model-part": ModelPart,
 }

@@ -14,7 +14,7 @@ from mesh.errors import JobError
 from mesh.steps.models import INSTRUCT_SHA256, default_model, default_model_sha
 from mesh.steps.registry import Registry
 
-from ..conftest import cli_json, run_cli
+from ..conftest import cli_json, run_cli, wait_for
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(120)]
 
@@ -161,3 +161,51 @@ def test_verification_by_scoring_on_a_real_mesh_with_a_lying_worker(make_mesh, t
         assert not any(r["agreed"] for r in step["replicas"] if r["node"] == liar)
     assert len(outputs) == 1 and "tampered" not in next(iter(outputs))
     assert any(r.count("verify") >= 1 for r in roles)  # verifiers did the checking
+
+
+def _holders(node, sha: str) -> int:
+    return sum(sha in p.get("models", []) and p["state"] == "up" for p in cli_json("status", "--home", str(node.home))["peers"])
+
+
+@pytest.mark.mesh
+@pytest.mark.llm
+@pytest.mark.timeout(420)
+def test_a_model_travels_to_peers_that_lack_it_checked_part_by_part_and_a_corrupt_server_is_caught(
+        make_mesh, tmp_path, second_model):
+    """Node 1 serves the second model honestly; node 4 serves it with a byte of every part changed; nodes 2
+    and 3 lack it. Node 2 fetches it naming node 4 first: node 4's first part contradicts its own manifest,
+    so node 4 is penalised and dropped and node 1 finishes. Node 3 fetches it from node 1. Then, node 4
+    stopped, an r=3 step on that model runs on nodes 1-3, the two that fetched it serving it at once,
+    and all three agree."""
+    for i in (0, 1, 4):
+        sha = Registry(tmp_path / "mesh" / f"node{i}").add(second_model, "second").sha256
+    mesh = make_mesh(5, lambda i: ["--no-model"] if i == 0 else ["--fault", "corrupt-model"] if i == 4 else [])
+    n = mesh.nodes
+    size = second_model.stat().st_size
+    wait_for(lambda: _holders(n[2], sha) == 2 and _holders(n[3], sha) == 2, 60, "nodes 2 and 3 see both servers")
+
+    got = cli_json("models", "fetch", sha, "--from", n[4].node_id, "--from", n[1].node_id, "--name", "second",
+                   "--home", str(n[2].home), "--json", timeout=300)
+    assert got["state"] == "done" and got["size"] == size and got["name"] == "second", got
+    print(f"fetch with a corrupt first source: {size:,} bytes in {got['seconds']:.2f} s")
+    history = cli_json("ledger", "history", "--home", str(n[2].home))
+    assert [e["reason"] if "reason" in e else e.get("detail", {}).get("reason") for e in history
+            if e["kind"] == "penalty" and e["peer"] == n[4].node_id] == ["model-part does not match its manifest"]
+    bad = run_cli("models", "fetch", sha, "--home", str(n[2].home))  # nothing to do: a clear error, no traceback
+    assert bad.returncode == 2 and "already in this node's registry" in bad.stderr and "Traceback" not in bad.stderr
+
+    got = cli_json("models", "fetch", sha, "--from", n[1].node_id, "--home", str(n[3].home), "--json", timeout=300)
+    assert got["state"] == "done" and got["name"] == f"fetched-{sha[:12]}", got
+    print(f"model fetch: {size:,} bytes in {got['seconds']:.2f} s = {size / got['seconds'] / 1e6:.1f} MB/s")
+    assert (n[3].home / "models" / f"{sha}.gguf").stat().st_size == size
+
+    n[4].stop()
+    wait_for(lambda: _holders(n[0], sha) == 3, 60, "the submitter sees nodes 1-3 serve it")
+    job = tmp_path / "fetched.json"
+    job.write_text(json.dumps({"name": "fetched model", "redundancy": 3, "steps": [
+        {"id": "ask", "kind": "ask-model", "params": {"model": sha, "prompt": "The capital of France is",
+                                                      "max_tokens": 8}}]}))
+    report = cli_json("submit", str(job), "--wait", "--home", str(n[0].home), timeout=240)
+    replicas = report["steps"]["ask"]["replicas"]
+    assert report["status"] == "done" and {r["node"] for r in replicas} == {n[i].node_id for i in (1, 2, 3)}
+    assert all(r["agreed"] for r in replicas), replicas

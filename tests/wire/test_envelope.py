@@ -33,12 +33,16 @@ from mesh.wire.envelope import (
 from mesh.wire.identity import Identity, verify
 from mesh.wire.messages import (
     KINDS,
+    MODEL_PART,
     Bye,
     Cancel,
     HeadAsk,
     HeadHeld,
     Hello,
     LedgerHead,
+    ModelAsk,
+    ModelManifest,
+    ModelPart,
     Outvoted,
     PeerRecord,
     Progress,
@@ -156,6 +160,21 @@ def test_honest_step_request_is_accepted_with_typed_payload(alice, bob):
     assert env.payload.params == {"code": "output = 1", "inputs": {}}
 
 
+@pytest.mark.parametrize("kind,payload,why", [
+    ("model-ask", {"sha": "f" * 64, "part": 8192}, "part from -1"),
+    ("model-ask", {"sha": "F" * 64, "part": 0}, "SHA-256"),
+    ("model-manifest", {"sha": "f" * 64, "size": 10, "parts": ["0" * 64, "1" * 64]}, "one SHA-256 per part"),
+    ("model-manifest", {"sha": "f" * 64, "size": 8193 * MODEL_PART, "parts": []}, "one SHA-256 per part"),
+    ("model-manifest", {"sha": "f" * 64, "size": 0, "parts": []}, "one SHA-256 per part"),
+    ("model-part", {"sha": "f" * 64, "part": 0, "data": "A" * (MODEL_PART * 2)}, "at most"),
+])
+def test_model_messages_out_of_bounds_are_refused(alice, bob, kind, payload, why):
+    """A peer's model messages are checked for size and shape before anything reads them: a manifest of
+    more parts than its size needs (or over 4 GiB), a part larger than a part, a part number past the end."""
+    with pytest.raises(Rejected, match=why):
+        parse(KINDS[kind], payload, kind)
+
+
 def test_every_kind_round_trips(alice, bob):
     payloads = {
         "hello": hello(),
@@ -173,6 +192,9 @@ def test_every_kind_round_trips(alice, bob):
         "head-held": HeadHeld("n1", [LedgerHead(64, "c" * 64, "d" * 128)]),
         "testimony-ask": TestimonyAsk(["e" * 64]),
         "testimony": TestimonyTell([TestimonyItem("e" * 64, 3.0, 0.5, 2, 1000, 0, 2000)]),
+        "model-ask": ModelAsk("f" * 64, -1),
+        "model-manifest": ModelManifest("f" * 64, MODEL_PART + 1, ["0" * 64, "1" * 64]),
+        "model-part": ModelPart("f" * 64, 1, "AAEC"),
     }
     answer = SignedAnswer("result", "net", "a" * 64, "b" * 64, 7, T0, "c" * 128, payloads["result"])
     payloads["outvoted"] = Outvoted(answer, [answer, answer])  # well-formed: what it proves is checked elsewhere

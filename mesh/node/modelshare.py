@@ -1,0 +1,270 @@
+"""Models travelling between peers: serving the parts of the models this node holds (bandwidth-capped),
+and fetching a model this node lacks from peers that advertise it, driving mesh.core.modelfetch (parts
+checked against the source's manifest as they come, the whole file against the SHA-256 asked for at the
+end, a lying source penalised). A fetch writes HOME/models/SHA.part and, after every part, its manifest
+and the parts written to SHA.fetch.json, so a node that crashed or slept resumes where it was."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mesh.core.modelfetch import (
+    WINDOW,
+    AskManifest,
+    AskPart,
+    CheckFile,
+    Effect,
+    Finished,
+    ModelFetch,
+    Penalise,
+    Restart,
+    WritePart,
+)
+from mesh.errors import ConfigError, Rejected
+from mesh.steps.models import sha256_file
+from mesh.steps.registry import NAME, Registry
+from mesh.wire.messages import MODEL_PART, ModelAsk, ModelManifest, ModelPart
+
+log = logging.getLogger("mesh.node.modelshare")
+
+MODELS_DIR = "models"
+SERVE_BPS = 32 << 20  # bytes per second this node serves model parts at, to all peers together
+SERVE_AT_ONCE = 4  # model asks answered at once (more wait)
+MAX_WAITING = 64  # model asks held at once, answered or waiting; more are dropped
+ASK_TIMEOUT_S = 30.0  # a source that sends nothing for this long hands over to the next
+FETCH_LIMIT = 4 << 30  # bytes a fetch by hand may bring in unless told otherwise
+
+
+@dataclass
+class FetchStatus:
+    """One fetch as `mesh models fetch` and GET /models/fetch show it."""
+
+    sha256: str
+    state: str  # fetching | done | failed
+    done_bytes: int = 0
+    size: int = 0
+    source: str = ""  # the peer parts come from now
+    error: str = ""
+    name: str = ""  # its name in the registry once done
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class ModelServer:
+    """Answers `model-ask`s for the models this node serves: a manifest (hashed once per file, in a
+    thread) or one part, all peers together held to SERVE_BPS."""
+
+    def __init__(self, served: Callable[[], dict[str, Path]], send: Callable[[object, str, object], bool],
+                 bps: int = SERVE_BPS, corrupt: bool = False):
+        self.served, self.send, self.bps = served, send, bps
+        self.corrupt = corrupt  # tests (--fault corrupt-model): every part sent with its first byte changed
+        self._manifests: dict[str, ModelManifest] = {}
+        self._gate = asyncio.Semaphore(SERVE_AT_ONCE)
+        self._next_free = 0.0  # monotonic time the bandwidth budget is spent until
+        self._waiting = 0  # asks being answered or waiting their turn
+
+    async def serve(self, peer: object, ask: ModelAsk) -> None:
+        if self._waiting >= MAX_WAITING:  # a flood of asks: dropped, as a busy link drops (the asker times out)
+            return
+        self._waiting += 1
+        try:
+            await self._serve(peer, ask)
+        finally:
+            self._waiting -= 1
+
+    async def _serve(self, peer: object, ask: ModelAsk) -> None:
+        path = self.served().get(ask.sha)
+        if path is None:
+            self.send(peer, "model-manifest", ModelManifest(ask.sha, 0, [], "not served here"))
+            return
+        async with self._gate:
+            manifest = self._manifests.get(ask.sha)
+            if manifest is None:
+                manifest = await asyncio.to_thread(_manifest_of, path, ask.sha)
+                self._manifests[ask.sha] = manifest
+            if ask.part < 0 or manifest.error:
+                self.send(peer, "model-manifest", manifest)
+                return
+            if ask.part >= len(manifest.parts):
+                return  # no such part: a confused or probing peer gets nothing
+            data = await asyncio.to_thread(_read, path, ask.part * MODEL_PART, MODEL_PART)
+            if self.corrupt and data:
+                data = bytes([data[0] ^ 0xFF]) + data[1:]
+            await self._throttle(len(data))
+            self.send(peer, "model-part", ModelPart(ask.sha, ask.part, base64.b64encode(data).decode()))
+
+    async def _throttle(self, size: int) -> None:
+        now = time.monotonic()
+        start = max(now, self._next_free)
+        self._next_free = start + size / self.bps
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+def _manifest_of(path: Path, sha: str) -> ModelManifest:
+    """The manifest of the file at `path`, or an error when it is no longer the model registered."""
+    whole, parts, size = hashlib.sha256(), [], 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(MODEL_PART), b""):
+            whole.update(block)
+            parts.append(hashlib.sha256(block).hexdigest())
+            size += len(block)
+    if whole.hexdigest() != sha:
+        return ModelManifest(sha, 0, [], "its file changed since it was registered")
+    return ModelManifest(sha, size, parts)
+
+
+def _read(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+class ModelFetcher:
+    """Fetches models this node lacks: one task per model, owned by the node (`spawn`: cancelled at its
+    shutdown; the fetch resumes at the next start when asked again)."""
+
+    def __init__(self, home: Path, send: Callable[[str, str, object], bool], holders: Callable[[str], list[str]],
+                 penalise: Callable[[str, str], None], install: Callable[[str, Path, str], Awaitable[str]],
+                 spawn: Callable[[Coroutine], asyncio.Task]):
+        self.dir = home / MODELS_DIR
+        self.registry = Registry(home)
+        self.send, self.holders, self.penalise, self.install, self.spawn = send, holders, penalise, install, spawn
+        self.status: dict[str, FetchStatus] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._inbox: dict[str, asyncio.Queue] = {}
+
+    def start(self, sha: str, max_bytes: int = FETCH_LIMIT, sources: list[str] | None = None,
+              name: str = "") -> FetchStatus:
+        """Start fetching `sha` (or report the fetch under way). ConfigError when there is nothing to do."""
+        if name and not NAME.match(name):
+            raise ConfigError(f"model name {name!r}: use 1-64 letters, digits, '.', '-' or '_'")
+        if any(e.sha256 == sha for e in self.registry.entries()):
+            raise ConfigError(f"model {sha[:12]} is already in this node's registry")
+        if sha in self._tasks and not self._tasks[sha].done():
+            return self.status[sha]
+        holders = self.holders(sha)
+        peers = holders if sources is None else [p for p in sources if p in holders]  # (in the order named)
+        if not peers:
+            raise ConfigError(f"no peer linked now serves model {sha[:12]}" + (" (of those named)" if sources else ""))
+        self.status[sha] = FetchStatus(sha, "fetching", name=name)
+        self._inbox[sha] = asyncio.Queue(maxsize=4 * WINDOW)
+        self._tasks[sha] = self.spawn(self._run(sha, max_bytes, peers, name))
+        return self.status[sha]
+
+    def on_answer(self, peer: str, kind: str, payload: ModelManifest | ModelPart) -> None:
+        inbox = self._inbox.get(payload.sha)
+        if inbox is not None and not inbox.full():  # (full: a peer sending what nobody asked for)
+            inbox.put_nowait((peer, kind, payload))
+
+    async def _run(self, sha: str, max_bytes: int, peers: list[str], name: str) -> None:
+        st, t0 = self.status[sha], time.monotonic()
+        try:
+            await self._fetch(sha, max_bytes, peers, name, st)
+        except (OSError, ConfigError) as exc:
+            st.state, st.error = "failed", str(exc)
+        finally:
+            st.seconds = round(time.monotonic() - t0, 3)
+            self._inbox.pop(sha, None)
+            log.info("model fetch %s: %s %s", sha[:12], st.state, st.error)
+
+    async def _fetch(self, sha: str, max_bytes: int, peers: list[str], name: str, st: FetchStatus) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        part, state = self.dir / f"{sha}.part", self.dir / f"{sha}.fetch.json"
+        manifest, have = await asyncio.to_thread(_resume, part, state, sha)
+        fetch = ModelFetch(sha, max_bytes, peers, manifest, have)
+        queue: list[Effect] = fetch.start()
+        with open(part, "r+b" if part.exists() else "w+b") as f:
+            while True:
+                while queue:
+                    eff = queue.pop(0)
+                    if isinstance(eff, Finished):
+                        if not eff.ok:
+                            st.state, st.error = "failed", eff.why
+                            return
+                        f.close()
+                        final = self.dir / f"{sha}.gguf"
+                        os.replace(part, final)
+                        state.unlink(missing_ok=True)
+                        st.name = await self.install(sha, final, name)
+                        st.state = "done"
+                        return
+                    queue += await self._apply(eff, fetch, f, state, sha)
+                st.done_bytes, st.size, st.source = fetch.done_bytes, fetch.size, fetch.source
+                try:
+                    peer, kind, payload = await asyncio.wait_for(self._inbox[sha].get(), ASK_TIMEOUT_S)
+                except asyncio.TimeoutError:
+                    queue += fetch.on_lost(fetch.source, f"sent nothing for {ASK_TIMEOUT_S:g} s")
+                    continue
+                if kind == "model-manifest":
+                    queue += fetch.on_manifest(peer, payload)
+                else:
+                    try:
+                        data = base64.b64decode(payload.data, validate=True)
+                    except (binascii.Error, ValueError):
+                        data = b""  # not base64: it cannot match its manifest, and is penalised as such
+                    queue += fetch.on_part(peer, payload.part, data)
+
+    async def _apply(self, eff: Effect, fetch: ModelFetch, f, state: Path, sha: str) -> list[Effect]:
+        if isinstance(eff, AskManifest | AskPart):
+            part = -1 if isinstance(eff, AskManifest) else eff.part
+            if not self.send(eff.peer, "model-ask", ModelAsk(sha, part)):
+                return fetch.on_lost(eff.peer, "not linked")
+        elif isinstance(eff, WritePart):
+            f.seek(eff.offset)
+            f.write(eff.data)
+            f.flush()
+            _save(state, fetch)
+        elif isinstance(eff, Restart):
+            f.truncate(0)
+            state.unlink(missing_ok=True)
+        elif isinstance(eff, CheckFile):
+            f.flush()
+            os.fsync(f.fileno())
+            f.truncate(eff.size)
+            return fetch.on_checked(await asyncio.to_thread(sha256_file, Path(f.name)))
+        elif isinstance(eff, Penalise):
+            log.warning("model fetch %s: peer %s penalised: %s", sha[:12], eff.peer[:12], eff.reason)
+            self.penalise(eff.peer, eff.reason)
+        return []
+
+
+def _save(state: Path, fetch: ModelFetch) -> None:
+    """The manifest and the parts written, replaced atomically: a crash leaves the last whole record."""
+    assert fetch.manifest is not None
+    tmp = state.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"size": fetch.manifest.size, "parts": fetch.manifest.parts, "have": sorted(fetch.have)}))
+    os.replace(tmp, state)
+
+
+def _resume(part: Path, state: Path, sha: str) -> tuple[ModelManifest | None, set[int]]:
+    """What an interrupted fetch left: its manifest, and the parts on disk that still match it (each is
+    hashed again: the record is written after the part, but a disk may lie)."""
+    try:
+        saved = json.loads(state.read_text())
+        manifest = ModelManifest(sha, int(saved["size"]), list(saved["parts"]))
+        claimed = {int(p) for p in saved["have"]}
+    except (OSError, ValueError, KeyError, TypeError, Rejected):
+        return None, set()
+    if not part.exists():
+        return manifest, set()
+    have = set()
+    with open(part, "rb") as f:
+        for p in sorted(claimed):
+            if 0 <= p < len(manifest.parts):
+                f.seek(p * MODEL_PART)
+                if hashlib.sha256(f.read(MODEL_PART)).hexdigest() == manifest.parts[p]:
+                    have.add(p)
+    return manifest, have

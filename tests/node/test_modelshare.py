@@ -1,0 +1,134 @@
+"""Model files between peers, the node's side: ModelServer answering from a real file, ModelFetcher writing
+HOME/models and resuming after an interruption, joined by an in-memory wire (the real mesh is
+tests/steps/test_models.py). A fetch cut off mid-way (a crash, a sleeping laptop) is asked again and
+picks up the parts it had written and that still check out."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mesh.errors import ConfigError
+from mesh.node.modelshare import ModelFetcher, ModelServer, _manifest_of, _resume
+from mesh.wire.messages import MODEL_PART, ModelAsk
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def model_file(tmp_path: Path, parts: float = 6.5) -> tuple[Path, str]:
+    path = tmp_path / "served.gguf"
+    path.write_bytes(b"GGUF" + os.urandom(int(parts * MODEL_PART) - 4))
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Wire:
+    """Peers 'a' (serving) and the fetcher, joined in memory; `stall_after` parts, 'a' goes silent."""
+
+    def __init__(self, tmp_path: Path, served: Path, sha: str, stall_after: int = 10**9):
+        self.installed: list[tuple[str, Path, str]] = []
+        self.tasks: set[asyncio.Task] = set()
+        self.sent_parts = 0
+        self.stall_after = stall_after
+        self.server = ModelServer(lambda: {sha: served}, self._to_fetcher)
+        self.fetcher = ModelFetcher(tmp_path / "home", self._to_server, lambda s: ["a"] if s == sha else [],
+                                    lambda node, why: None, self._install, self._spawn)
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        return task
+
+    def _to_server(self, node: str, kind: str, payload: ModelAsk) -> bool:
+        self._spawn(self.server.serve("fetcher", payload))
+        return True
+
+    def _to_fetcher(self, peer: object, kind: str, payload) -> bool:
+        if kind == "model-part":
+            self.sent_parts += 1
+            if self.sent_parts > self.stall_after:
+                return True  # lost on the way
+        self.fetcher.on_answer("a", kind, payload)
+        return True
+
+    async def _install(self, sha: str, path: Path, name: str) -> str:
+        self.installed.append((sha, path, name))
+        return name or "fetched"
+
+
+async def _until(cond, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_a_fetch_cut_off_mid_way_resumes_from_the_parts_it_wrote(tmp_path, monkeypatch):
+    served, sha = model_file(tmp_path)
+    monkeypatch.setattr("mesh.node.modelshare.ASK_TIMEOUT_S", 0.3)
+
+    async def main() -> None:
+        first = Wire(tmp_path, served, sha, stall_after=3)  # the source goes quiet after 3 parts: a sleep
+        st = first.fetcher.start(sha)
+        await _until(lambda: st.state != "fetching")
+        assert st.state == "failed" and "sent nothing" in st.error and st.done_bytes == 3 * MODEL_PART
+        saved = json.loads((tmp_path / "home" / "models" / f"{sha}.fetch.json").read_text())
+        assert len(saved["have"]) == 3  # (whichever three came first)
+        again = Wire(tmp_path, served, sha)  # a new process: asked again
+        st = again.fetcher.start(sha, name="mine")
+        await _until(lambda: st.state != "fetching")
+        assert st.state == "done" and st.name == "mine", st
+        assert again.sent_parts == 7 - 3  # only the missing parts came
+        final = tmp_path / "home" / "models" / f"{sha}.gguf"
+        assert final.read_bytes() == served.read_bytes() and again.installed == [(sha, final, "mine")]
+        assert not (tmp_path / "home" / "models" / f"{sha}.fetch.json").exists()
+
+    asyncio.run(main())
+
+
+def test_resuming_keeps_only_parts_that_still_match_the_manifest(tmp_path):
+    served, sha = model_file(tmp_path, 3)
+    manifest = _manifest_of(served, sha)
+    part, state = tmp_path / "x.part", tmp_path / "x.fetch.json"
+    data = bytearray(served.read_bytes())
+    data[MODEL_PART + 7] ^= 1  # part 1 damaged on disk after it was recorded
+    part.write_bytes(bytes(data))
+    state.write_text(json.dumps({"size": manifest.size, "parts": manifest.parts, "have": [0, 1, 2, 99]}))
+    got, have = _resume(part, state, sha)
+    assert got == manifest and have == {0, 2}
+    state.write_text('{"size": -1, "parts": [], "have": [0]}')  # a record that does not hold together
+    assert _resume(part, state, sha) == (None, set())
+
+
+def test_the_server_refuses_what_it_does_not_serve_and_a_file_changed_since_it_was_registered(tmp_path):
+    served, sha = model_file(tmp_path, 1.2)
+    sent: list[tuple[str, object]] = []
+    server = ModelServer(lambda: {sha: served}, lambda peer, kind, payload: sent.append((kind, payload)))
+    asyncio.run(server.serve("p", ModelAsk("0" * 64, -1)))
+    asyncio.run(server.serve("p", ModelAsk(sha, 1)))
+    asyncio.run(server.serve("p", ModelAsk(sha, 5)))  # no such part: nothing
+    (kind0, m0), (kind1, p1) = sent
+    assert kind0 == "model-manifest" and m0.error == "not served here"
+    assert kind1 == "model-part" and len(p1.data) > 0
+    with open(served, "r+b") as f:
+        f.write(b"XXXX")
+    assert _manifest_of(served, sha).error == "its file changed since it was registered"
+
+
+def test_a_fetch_with_nothing_to_do_is_a_clear_error(tmp_path):
+    served, sha = model_file(tmp_path, 1)
+
+    async def main() -> None:
+        wire = Wire(tmp_path, served, sha)
+        with pytest.raises(ConfigError, match="no peer linked now serves"):
+            wire.fetcher.start("1" * 64)
+        with pytest.raises(ConfigError, match="of those named"):
+            wire.fetcher.start(sha, sources=["b"])
+        with pytest.raises(ConfigError, match="model name"):
+            wire.fetcher.start(sha, name="bad name!")
+
+    asyncio.run(main())
