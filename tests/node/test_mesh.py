@@ -15,6 +15,7 @@ import pytest
 
 from mesh.node.home import RuntimeInfo
 from mesh.node.p2p.client import BlockingLink
+from mesh.steps.models import default_model
 from mesh.wire.identity import Identity
 
 from ..conftest import ROOT, cli_json, run_cli, tree_pids, wait_for, write_job
@@ -215,10 +216,18 @@ def test_model_runner_killed_mid_step_is_replaced(make_mesh, tmp_path: Path):
     mesh = make_mesh(4, lambda i: ["--no-model"] if i == 0 else [])
     victim = mesh.nodes[3]
 
+    base = str(default_model()[0].resolve())
+
     def runner_pid() -> int | None:
-        procs = [psutil.Process(p) for p in tree_pids(victim.proc.pid)]
-        big = [p for p in procs if p.memory_info().rss > 150 << 20]  # the process holding the model
-        return big[0].pid if len(big) == 1 else None
+        """The process that maps the base model's GGUF (the instruct model has a runner of its own)."""
+        holding = []
+        for pid in tree_pids(victim.proc.pid):
+            try:
+                if any(m.path == base for m in psutil.Process(pid).memory_maps()):
+                    holding.append(pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return holding[0] if len(holding) == 1 else None
 
     old = wait_for(runner_pid, 60, "the model to load on the victim")
     # long enough that the victim is still generating when its first progress (8 tokens) shows; if it
