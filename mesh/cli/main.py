@@ -736,13 +736,16 @@ def build_parser() -> argparse.ArgumentParser:
              api=True, json_flag=True)
     sp.add_argument("job_id")
 
-    sp = add("ask", cmd_ask, "plan a job from a question (the node's model proposes a DAG; rules stand in when "
-             "its plan is invalid), show it as a tree, and run it after you confirm", api=True, json_flag=True)
+    sp = add("ask", cmd_ask, "plan a job from a question (part by part: pages scraped, computations in python, "
+             "words from the instruct model), show it as a tree, and run it after you confirm", api=True,
+             json_flag=True)
     sp.add_argument("query", nargs="+", help="the question, e.g. \"Summarise https://example.org\" or "
                     "\"What is the average of 3, 8 and 12?\"")
     sp.add_argument("--yes", "-y", action="store_true", help="run the plan without asking")
-    sp.add_argument("--planner", choices=["auto", "rules"], default="auto",
-                    help="auto: the model plans, the rules stand in; rules: deterministic rules only")
+    sp.add_argument("--planner", choices=["auto", "rules", "model"], default="auto",
+                    help="auto (= rules): the rules plan part by part in milliseconds, keeping every part, and "
+                         "the instruct model answers the parts that ask for words; model: the base model "
+                         "writes the whole plan (slower, often unusable; the rules stand in)")
     sp.add_argument("--redundancy", type=int, help="replicas per step (default 3)")
     sp.add_argument("--plan-only", action="store_true", help="show the plan, do not run it")
     sp.add_argument("--save", metavar="FILE", help="also write the plan to FILE as a job file")

@@ -45,6 +45,9 @@ from mesh.http.httpguard import GuardedH11, HostGuard, allowed_hosts
 from mesh.http.middleware import BodyLimit, EditorHeaders
 from mesh.http.openai_api import router as openai_router
 from mesh.planning import planner
+from mesh.steps.chat_template import template_of
+from mesh.steps.models import INSTRUCT_SHA256, default_model_sha
+from mesh.steps.registry import Registry
 
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies and clients from timing out
 PLAN_TIMEOUT_S = 60.0
@@ -266,17 +269,33 @@ async def stream(log: JobEvents, start: int) -> AsyncIterator[bytes]:
 
 
 async def make_plan(node: NodeFacade, query: str, which: str, redundancy: int | None) -> planner.Plan:
-    """The model's plan through this node's own model runner (trusted: it is ours), else the rules'."""
+    """The rules' plan, part by part, its words asked of the instruct model when peers serve it (auto,
+    rules); or (model) the base model's own plan through this node's model runner (trusted: it is ours),
+    the rules standing in when it is unusable."""
     planner.check_query(query)
-    if which == "rules":
-        return planner.Plan(planner.rule_plan(query, redundancy), "rules", "the rule planner was asked for")
+    instruct = await _instruct(node, redundancy or 3)
+    if which != "model":
+        return planner.Plan(planner.rule_plan(query, redundancy, instruct), "rules")
     if node.model_missing:
-        return planner.finish(query, None, f"this node has no model ({node.model_missing})", redundancy)
+        return planner.finish(query, None, f"this node has no model ({node.model_missing})", redundancy, instruct)
     try:
         output = await node.ask_model(planner.llm_request(query), PLAN_TIMEOUT_S)
     except (NoAnswer, StepFailed) as exc:
-        return planner.finish(query, None, str(exc), redundancy)
-    return planner.finish(query, output, "", redundancy)
+        return planner.finish(query, None, str(exc), redundancy, instruct)
+    return planner.finish(query, output, "", redundancy, instruct)
+
+
+async def _instruct(node: NodeFacade, redundancy: int) -> planner.Instruct | None:
+    """The instruct model for a plan's words: when this node has its file (the chat template comes from
+    it) and enough peers serve it for the plan's redundancy (else the base model, which more may hold)."""
+    held = node.models_held()
+    entry = next((e for e in Registry(node.home).entries() if e.sha256 == INSTRUCT_SHA256 and e.path), None)
+    if entry is None or held[INSTRUCT_SHA256] < min(redundancy, max(1, held[default_model_sha()])):
+        return None
+    template = await asyncio.to_thread(template_of, entry.path)
+    if template is None:
+        return None
+    return planner.Instruct(INSTRUCT_SHA256, lambda text: template.render([{"role": "user", "content": text}]))
 
 
 def read_ledger(node: NodeFacade, what: str, limit: int = 100) -> Any:

@@ -78,8 +78,10 @@ class FetchStatus(BaseModel):
 
 class PlanBody(Strict):
     query: str = Field(min_length=1, max_length=2000)
-    planner: Literal["auto", "rules"] = Field(
-        default="auto", description="auto: the model plans, the rules stand in when its plan is invalid")
+    planner: Literal["auto", "rules", "model"] = Field(
+        default="auto", description="auto, rules: the rules plan part by part (fast, every part kept), the "
+                                    "instruct model answers the parts asking for words; model: the base model "
+                                    "writes the plan, the rules stand in when it is invalid")
     redundancy: int | None = Field(default=None, ge=1, le=16, strict=True)
 
 

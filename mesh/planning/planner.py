@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mesh.core.dag import REF, Job, parse_job
 from mesh.errors import JobError, UserError
-from mesh.planning.rules import computation, explain_wanted, numbers
+from mesh.planning.parts import TWO_MODELS, clean_url, split
+from mesh.planning.rules import computation, numbers
 
 MAX_QUERY = 2000
 PLAN_TOKENS = 320
@@ -83,7 +85,8 @@ def llm_request(query: str) -> dict:
             "json_schema": PLAN_SCHEMA}
 
 
-def finish(query: str, model_output: object, model_error: str = "", redundancy: int | None = None) -> Plan:
+def finish(query: str, model_output: object, model_error: str = "", redundancy: int | None = None,
+           instruct: Instruct | None = None) -> Plan:
     """The model's plan when it is usable, else the rule plan with the reason."""
     query = check_query(query)
     try:
@@ -91,7 +94,7 @@ def finish(query: str, model_output: object, model_error: str = "", redundancy: 
             raise InvalidPlan(f"the model did not plan: {model_error}")
         return Plan(check_plan(query, from_model(query, model_output), redundancy), "llm")
     except InvalidPlan as exc:
-        return Plan(rule_plan(query, redundancy), "rules", str(exc))
+        return Plan(rule_plan(query, redundancy, instruct), "rules", str(exc))
 
 
 def from_model(query: str, value: object) -> dict:
@@ -135,7 +138,7 @@ def check_plan(query: str, job: dict, redundancy: int | None = None) -> dict:
 
 def _check_urls(query: str, parsed: Job) -> None:
     """The plan fetches exactly the URLs the query names: a model must not wander off to others."""
-    wanted = {_clean(u) for u in URL.findall(query)}
+    wanted = {clean_url(u) for u in URL.findall(query)}
     fetched = {s.params["url"] for s in parsed.steps if s.kind == "scrape"}
     if wanted - fetched:
         raise InvalidPlan(f"the plan does not fetch {sorted(wanted - fetched)[0]}")
@@ -170,38 +173,91 @@ def _check_code(sid: str, code: str) -> None:
         raise InvalidPlan(f"step {sid!r}: the code computes nothing (it only sets constants)")
 
 
-def _clean(url: str) -> str:
-    return url.rstrip(".,;:!?")
+@dataclass(frozen=True)
+class Instruct:
+    """The instruct model a plan's llm steps ask: its SHA-256, and its chat template turning a user
+    message into the prompt (the caller reads it from the model's file: planning does no I/O)."""
+
+    sha: str
+    render: Callable[[str], str]
 
 
-def rule_plan(query: str, redundancy: int | None = None) -> dict:
-    """The deterministic plan: scrape each URL (then keep the text of each page), compute what the
-    rules recognise, and have the model answer unless the computation is the whole answer."""
-    query = check_query(query)
-    urls = list(dict.fromkeys(_clean(u) for u in URL.findall(query)))
-    words = URL.sub(" ", query)
+ANSWER_TOKENS = 128
+
+
+def rule_plan(query: str, redundancy: int | None = None, instruct: Instruct | None = None) -> dict:
+    """The deterministic plan, part by part (mesh.planning.parts): pages are scraped and their text kept,
+    computations the rules recognise run as python, and every part asking for words is an llm step that
+    sees what the parts before it produced. "Ask two models ..." asks the base and the instruct model
+    the same question and sets their answers side by side."""
+    # the query's own "{x.output}" is text, never a reference to a step (it made plans refer to steps that
+    # do not exist, or pasted an output where the user had written braces)
+    query = REF.sub(lambda m: f"({m.group(1)}.output)", check_query(query))
+    if instruct is not None and TWO_MODELS.search(query):
+        return _two_models(query, redundancy, instruct)
     steps: list[dict] = []
-    context = ""
-    if urls:
-        ids = [f"page{i}" if len(urls) > 1 else "page" for i in range(1, len(urls) + 1)]
-        steps += [{"id": sid, "kind": "scrape", "params": {"url": url, "max_chars": PAGE_CHARS * 2}}
-                  for sid, url in zip(ids, urls, strict=True)]
-        share = PAGE_CHARS // len(urls)
-        code = ("output = '\\n\\n'.join(\n"
-                f"    (p.get('title') or '') + '\\n' + (p.get('text') or '')[:{share}] for p in "
-                f"(inputs[k] for k in {ids!r}))")
-        steps.append({"id": "text", "kind": "python", "params": {"code": code}, "after": ids})
-        context = "Text: {text.output}\n\n"
-    code = computation(words)
-    if code:
-        steps.append({"id": "calc", "kind": "python", "params": {"code": code}})
-        if not urls and not explain_wanted(words):
-            return _job(query, steps, redundancy)
-        context += "Computed result: {calc.output}\n"
-    summary = re.search(r"\b(summar|tl;?dr|gist|overview)", words, re.I) is not None
-    prompt = f"{context}{'Summary' if summary and urls else 'Question: ' + query + chr(10) + 'Answer'}:"
-    steps.append({"id": "answer", "kind": "llm", "params": {
-        "prompt": prompt, "max_tokens": 128, "stop": ["\nQuestion:", "\n\n\n"]}})
+    known: list[tuple[str, str]] = []  # (what it is, a reference to its output) for later words
+    ids: dict[str, int] = {}
+
+    def new_id(base: str) -> str:
+        ids[base] = ids.get(base, 0) + 1
+        return base if ids[base] == 1 else f"{base}{ids[base]}"
+
+    for part in split(query):
+        if part.kind == "scrape":
+            pages = [new_id("page") for _ in part.urls]
+            steps += [{"id": sid, "kind": "scrape", "params": {"url": url, "max_chars": PAGE_CHARS * 2}}
+                      for sid, url in zip(pages, part.urls, strict=True)]
+            share = PAGE_CHARS // len(pages)
+            code = ("output = '\\n\\n'.join(\n"
+                    f"    (p.get('title') or '') + '\\n' + (p.get('text') or '')[:{share}] for p in "
+                    f"(inputs[k] for k in {pages!r}))")
+            text = new_id("text")
+            steps.append({"id": text, "kind": "python", "params": {"code": code}, "after": pages})
+            known.append(("Text of the page" + ("s" if len(pages) > 1 else ""), f"{{{text}.output}}"))
+            steps.append(_words(new_id("answer"), part.text, known, instruct, summary=True))
+            known.append((part.text, f"{{{steps[-1]['id']}.output}}"))
+        elif part.kind == "compute":
+            calc = new_id("calc")
+            steps.append({"id": calc, "kind": "python", "params": {"code": part.code}})
+            known.append((part.text, f"{{{calc}.output}}"))
+        else:
+            steps.append(_words(new_id("answer"), part.text, known, instruct))
+            known.append((part.text, f"{{{steps[-1]['id']}.output}}"))
+    return _job(query, steps, redundancy)
+
+
+def _words(sid: str, ask: str, known: list[tuple[str, str]], instruct: Instruct | None,
+           summary: bool = False) -> dict:
+    """An llm step answering `ask`, shown what the steps before produced."""
+    context = "".join(f"{what}: {ref}\n" for what, ref in known)
+    if instruct is not None:
+        prompt = instruct.render(f"{context}\n{ask}" if context else ask)
+        return {"id": sid, "kind": "llm", "params": {"prompt": prompt, "model": instruct.sha,
+                                                      "max_tokens": ANSWER_TOKENS}}
+    wants = "Summary" if summary and re.search(r"\b(summar|tl;?dr|gist|overview)", ask, re.I) else f"Question: {ask}\nAnswer"
+    return {"id": sid, "kind": "llm", "params": {"prompt": f"{context}{wants}:", "max_tokens": ANSWER_TOKENS,
+                                                  "stop": ["\nQuestion:", "\n\n\n"]}}
+
+
+_TWO_ASK = re.compile(r"^(?:please\s+)?(?:ask|have)\s+(?:the\s+)?(?:two|both|2|different)\s+models\s+(?:to\s+)?"
+                      r"|^compare\s+what\s+(?:the\s+)?(?:two|both|2|different)\s+models\s+(?:say|think|know)\s+"
+                      r"|\s*,?\s*and\s+compare\s+(?:their|the)\s+answers\W*$", re.I)
+
+
+def _two_models(query: str, redundancy: int | None, instruct: Instruct) -> dict:
+    """The same question to the base model (as a continuation) and the instruct model, side by side."""
+    question = _TWO_ASK.sub("", query).strip() or query
+    question = question[0].upper() + question[1:]
+    steps = [
+        {"id": "base", "kind": "llm", "params": {"prompt": f"Question: {question}\nAnswer:",
+                                                  "max_tokens": ANSWER_TOKENS, "stop": ["\nQuestion:", "\n\n"]}},
+        {"id": "instruct", "kind": "ask-model", "params": {"prompt": instruct.render(question), "model": instruct.sha,
+                                                           "max_tokens": ANSWER_TOKENS}},
+        {"id": "compare", "kind": "python", "after": ["base", "instruct"], "params": {"code": (
+            "a, b = inputs['base'].strip(), inputs['instruct'].strip()\n"
+            "output = {'base model': a, 'instruct model': b, 'same': a.lower() == b.lower()}")}},
+    ]
     return _job(query, steps, redundancy)
 
 

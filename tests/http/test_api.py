@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -102,7 +103,8 @@ def test_plan_endpoint_with_rules_and_with_the_model(node):
     job = parse_job(reply["plan"])
     assert job.redundancy == 2 and [s.kind for s in job.steps] == ["python"]
     assert "calc [python]" in reply["tree"]
-    status, reply = call(node, "POST", "/plan", {"query": "Summarise https://example.org/news for me"})
+    status, reply = call(node, "POST", "/plan", {"query": "Summarise https://example.org/news for me",
+                                                 "planner": "model"})
     assert status == 200 and reply["planner"] in ("llm", "rules")
     job = parse_job(reply["plan"])  # whichever planner won, the plan is a valid job fetching that URL
     assert [s.params["url"] for s in job.steps if s.kind == "scrape"] == ["https://example.org/news"]
@@ -235,6 +237,25 @@ def test_openai_errors_are_openai_shaped(node):
                                        extra_headers={"X-Homemesh-Redundancy": "5"})
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=node.api + "/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_a_two_part_question_keeps_both_parts_and_the_instruct_model_says_it_in_words(node):
+    """The question a new user asked: once 38 s of a model plan that was not complete JSON, then a plan of
+    the computation alone. Now: planned by the rules in well under a second, a python step and an llm step
+    on the instruct model that is shown the python step's output."""
+    query = "Compute the sum of the squares of 1 to 10 with python, then have the model say it in words"
+    t0 = time.monotonic()
+    status, reply = call(node, "POST", "/plan", {"query": query})
+    planned_s = time.monotonic() - t0
+    assert status == 200 and reply["planner"] == "rules" and planned_s < 10, (planned_s, reply)
+    steps = reply["plan"]["steps"]
+    assert [s["kind"] for s in steps] == ["python", "llm"]
+    assert steps[1]["params"]["model"] == INSTRUCT_SHA256 and "{calc.output}" in steps[1]["params"]["prompt"]
+    res = run_cli("ask", "--home", str(node.home), "--yes", "--json", query, timeout=240)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)["result"]["steps"]
+    print(f"plan in {planned_s:.3f} s; answer: {out['answer']['output']!r}")
+    assert out["calc"]["output"] == 385 and "385" in out["answer"]["output"]
 
 
 def test_mesh_ask_runs_the_plan_and_prints_one_json_object(node):

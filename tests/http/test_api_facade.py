@@ -115,13 +115,16 @@ def test_a_finished_job_is_read_from_the_jobs_dir(fake):
 
 def test_plan_without_a_model_and_with_a_failing_one_falls_back_to_the_rules(fake):
     status, body = call(fake.facade(), "POST", "/plan", {"query": "What is 2 + 3?"})
+    assert status == 200 and body["planner"] == "rules" and body["fallback"] == ""  # the default: rules first
+    status, body = call(fake.facade(), "POST", "/plan", {"query": "What is 2 + 3?", "planner": "model"})
     assert status == 200 and body["planner"] == "rules"
     assert body["fallback"].endswith("this node has no model (started with --no-model)")
 
     async def broken(params: dict, timeout: float) -> object:
         raise StepFailed("the model runner died")
 
-    status, body = call(fake.facade(model_missing="", ask_model=broken), "POST", "/plan", {"query": "What is 2 + 3?"})
+    status, body = call(fake.facade(model_missing="", ask_model=broken), "POST", "/plan",
+                        {"query": "What is 2 + 3?", "planner": "model"})
     assert status == 200 and body["planner"] == "rules" and "the model runner died" in body["fallback"]
 
 

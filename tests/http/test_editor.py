@@ -15,6 +15,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+from mesh.steps.models import DEFAULT_MODEL, default_model_sha
+
 from ..conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -211,6 +213,10 @@ def test_build_a_dag_with_the_mouse_and_run_it_at_redundancy_3(ui, mesh, tmp_pat
     shown = ui.js("() => document.querySelector('#output').textContent")
     assert shown == report["steps"]["c"]["output"] and shown.strip()
     assert ui.js("() => document.querySelectorAll('#replicas tbody tr').length") == 3
+    assert ui.js("() => document.querySelector('#run-model').textContent") == (  # which model answered
+        f"model: {DEFAULT_MODEL} ({default_model_sha()[:12]}), the default for llm steps")
+    ui.select("b")
+    assert ui.js("() => document.querySelector('#run-model').textContent") == ""  # (python: no model)
     ui.screenshot(shots / "editor-run.png")
 
 

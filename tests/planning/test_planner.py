@@ -13,6 +13,8 @@ import json
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh.core.dag import parse_job
 from mesh.errors import UserError
@@ -20,6 +22,7 @@ from mesh.planning.planner import (
     PAGE_CHARS,
     PLAN_SCHEMA,
     PLAN_TOKENS,
+    Instruct,
     Plan,
     check_query,
     finish,
@@ -32,9 +35,9 @@ from mesh.planning.rules import computation
 pytestmark = pytest.mark.timeout(60)
 
 
-def run(code: str) -> object:
+def run(code: str, inputs: dict | None = None) -> object:
     """Execute rule-generated code (fixed templates + numbers) and return what it sets as output."""
-    scope: dict = {}
+    scope: dict = {"inputs": inputs or {}}
     exec(code, scope)  # noqa: S102 - our own generated code, run in-test only
     return scope["output"]
 
@@ -248,3 +251,62 @@ def test_long_adversarial_queries_plan_without_hanging_or_crashing(query: str) -
     """Found by schemathesis: backtracking regexes took cubic time on a run of 2000 digits."""
     job = rule_plan(query)
     assert parse_job(job).steps
+
+
+INSTRUCT = Instruct("ab" * 32, lambda text: f"<|user|>{text}<|assistant|>")
+
+
+@pytest.mark.parametrize("query,shape", [
+    ("Compute the sum of the squares of 1 to 10 with python, then have the model say it in words", ["python", "llm"]),
+    ("What is the average of 4, 8 and 15? Then explain what an average is.", ["python", "llm"]),
+    ("Compute 2 + 3, then compute 4 * 5, then explain both results", ["python", "python", "llm"]),
+    ("Scrape https://news.example.com/ then list the headlines", ["scrape", "python", "llm"]),
+    ("Summarise https://a.example/ and then write a poem about 2 ** 8", ["scrape", "python", "llm", "python"]),
+    ("What happened then?", ["llm"]),
+])
+def test_every_part_of_a_question_is_planned_in_order(query, shape) -> None:
+    job = rule_plan(query, instruct=INSTRUCT)
+    parse_job(job)
+    assert kinds(job) == shape
+
+
+def test_words_after_computations_see_every_result_before_them_and_ask_the_instruct_model() -> None:
+    job = rule_plan("Compute 2 + 3, then compute 4 * 5, then explain both results", instruct=INSTRUCT)
+    words = job["steps"][-1]["params"]
+    assert words["model"] == INSTRUCT.sha and words["prompt"].startswith("<|user|>") and "stop" not in words
+    assert "{calc.output}" in words["prompt"] and "{calc2.output}" in words["prompt"]
+    assert [run(s["params"]["code"]) for s in job["steps"][:2]] == [5, 20]
+    base = rule_plan("Compute 2 + 3, then explain it")["steps"][-1]["params"]  # no instruct model: the base one
+    assert "model" not in base and base["prompt"].endswith("Question: explain it\nAnswer:")
+
+
+def test_two_models_are_asked_the_same_question_side_by_side() -> None:
+    job = rule_plan("Ask two models what the capital of Italy is and compare their answers", instruct=INSTRUCT)
+    parse_job(job)
+    base, inst, compare = job["steps"]
+    assert kinds(job) == ["llm", "ask-model", "python"] and inst["params"]["model"] == INSTRUCT.sha
+    assert "What the capital of Italy is" in base["params"]["prompt"] and "compare" not in base["params"]["prompt"]
+    assert run(compare["params"]["code"], {"base": " Rome", "instruct": "rome"}) == {
+        "base model": "Rome", "instruct model": "rome", "same": True}
+    assert kinds(rule_plan("Ask two models what the capital of Italy is")) == ["llm"]  # without one: one model
+
+
+@given(st.text(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_any_query_gives_a_valid_plan_or_a_clear_error(query) -> None:
+    """A user's words, whatever they hold (braces that look like references, URLs, huge numbers), plan to a
+    job the job checks accept, or to a UserError (an empty or overlong query): never another exception."""
+    try:
+        job = rule_plan(query, instruct=INSTRUCT)
+    except UserError:
+        return
+    parse_job(job)
+
+
+def test_braces_in_a_query_are_text_not_references() -> None:
+    for query, kept in (("Explain {nope.output}", "(nope.output)"),
+                        ("What is 2+3 then say {calc.output} twice", "say (calc.output) twice"),
+                        ("Summarise {a.output}", "(a.output)")):
+        job = rule_plan(query)
+        parse_job(job)
+        assert kept in job["steps"][-1]["params"]["prompt"] and "{nope" not in json.dumps(job)

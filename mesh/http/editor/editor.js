@@ -40,6 +40,7 @@
     fieldErrors: {},    // param → message, for the form on show
     extra: {},          // job fields the top bar does not show (timeout, max_replicas, adaptive)
     run: null,          // {jobId, steps: {stepId: {state, replicas: {node: {...}}, output, credit, ...}}}
+    models: [],         // GET /v1/models: [{id, sha256, peers, default, llm_default}], for the model line
     running: false,
     lastRun: null,      // the last finished run's report
     lastSaved: null,    // the last saved job file's text
@@ -477,6 +478,23 @@
     commit();
   }
 
+  /** Which model an llm or ask-model box's output comes from: its name and SHA-256 as GET /v1/models
+   *  lists them (every replica of a step runs that one file). */
+  function modelLine(d) {
+    if (d.kind !== 'llm' && d.kind !== 'ask-model') return '';
+    const asked = (d.params || {}).model || 'default';
+    const hit = S.models.find(m => asked === 'default' ? m.llm_default : (m.id === asked || m.sha256 === asked));
+    if (!hit) return 'model: ' + asked;
+    return 'model: ' + hit.id + ' (' + hit.sha256.slice(0, 12) + ')' + (asked === 'default' ? ', the default for llm steps' : '');
+  }
+
+  async function loadModels() {
+    const r = await api('GET', '/v1/models');
+    if (r.ok && r.body && Array.isArray(r.body.data)) {
+      S.models = r.body.data.filter(m => m.id !== 'default').map(m => ({id: m.id, ...m.x_homemesh}));
+    }
+  }
+
   function renderRunInfo() {
     const nid = S.selected;
     const d = nid !== null ? dataOf(nid) : null;
@@ -488,6 +506,7 @@
     $('#run-state').textContent = st.state;
     $('#run-state').className = 'badge state-' + st.state;
     $('#run-error').textContent = st.error || '';
+    $('#run-model').textContent = modelLine(d);
     const out = $('#output');
     out.dataset.step = d.id;
     if (st.output === undefined) out.textContent = st.state === 'done' ? '' : '(no output yet)';
@@ -867,6 +886,7 @@
   $('#token').addEventListener('change', (e) => {
     S.token = e.target.value.trim();
     sessionStorage.setItem(TOKEN_KEY, S.token);
+    loadModels();
   });
   document.addEventListener('keydown', (e) => {
     const t = e.target;
@@ -887,6 +907,7 @@
     if (!res || !res.ok) { showMessage('could not read the step kinds from this node (GET /steps)', 'error'); return; }
     S.kinds = await res.json();
     renderPalette();
+    if (S.token) await loadModels();
     document.body.dataset.ready = 'true';
     if (!S.token) showMessage('paste the node API token (<node home>/api-token) into the Token field', 'info');
   }
