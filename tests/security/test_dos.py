@@ -73,7 +73,10 @@ def test_connection_flood_is_refused_while_honest_jobs_flow(tcp_mesh4):
     for n in workers:
         st = wait_rejection(n, "too-many-connections", before[n.home.name], "refusing in:127.0.0.1:")
         refused = st["rejected"]["too-many-connections"] - before[n.home.name].get("too-many-connections", 0)
-        assert refused >= 300 - 64, f"{n.home.name} refused only {refused} of a 300-connection flood"
+        timed_out = st["rejected"]["handshake-timeout"] - before[n.home.name].get("handshake-timeout", 0)
+        # every flood connection past the 64 slots is refused at once or, when it came after a slot holder
+        # was dropped at the 5 s deadline (a loaded machine opens 300 sockets slowly), dropped in turn
+        assert refused + timed_out >= 300 - 64, f"{n.home.name}: {refused} refused, {timed_out} timed out"
         assert log_lines(n, "handshake-timeout", "dropping in:127.0.0.1:")
         assert_ledger_clean(n, honest_ids(mesh4))
     assert_ledger_clean(mesh4.nodes[0], honest_ids(mesh4))
