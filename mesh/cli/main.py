@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mesh.errors import ConfigError, JobError, MeshError, UserError
 from mesh.node.home import default_home, parse_hostport
+from mesh.wire.records import MAX_FETCH_MODELS
 
 EXIT_USER, EXIT_FAILED = 2, 3
 
@@ -48,7 +49,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         model=Path(args.model).expanduser() if args.model else None, frame_cap=args.frame_cap,
         credit_line=args.credit_line, collude=args.collude or "", spot_rate=args.spot_rate,
         blacklist_s=args.blacklist, core_log=args.core_log, scrape_allow=args.scrape_allow,
-        browser=args.browser or "", no_scrape=args.no_scrape, share_models=not args.no_model_sharing, keep_jobs=args.keep_jobs, transport=args.transport,
+        browser=args.browser or "", no_scrape=args.no_scrape, share_models=not args.no_model_sharing,
+        fetch_models=min(parse_size(args.fetch_models), MAX_FETCH_MODELS) if args.fetch_models else 0, keep_jobs=args.keep_jobs, transport=args.transport,
         relay=not args.no_relay, max_links=args.max_links, rates=_rates(args.rate, "--rate"),
         max_rates=_rates(args.max_rate, "--max-rate", maximum=True), require_credit=args.require_credit,
         testimony_s=args.testimony_every, down_after_s=args.down_after, fault_after=args.fault_after,
@@ -669,6 +671,11 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--no-model-sharing", action="store_true",
                     help="do not send peers the files of the models this node serves (by default a linked peer "
                          "may fetch any of them, at most 32 MiB/s in all: `mesh models fetch`)")
+    sp.add_argument("--fetch-models", metavar="SIZE",
+                    help="fetch a model a peer's step needs from the peers serving it (checked part by part "
+                         "against its SHA-256), up to SIZE of model files in all in HOME/models (e.g. 2GB; by "
+                         "hand with `mesh models fetch` too); off by default. Placement sends such steps to "
+                         "this node only while too few peers hold the model")
     sp.add_argument("--keep-jobs", type=int, default=1000, metavar="N",
                     help="finished jobs kept in memory (default 1000); older ones are read from the home's "
                          "jobs/ directory, and are no longer rechecked when a spot check catches a cheater")

@@ -50,6 +50,7 @@ from mesh.steps.models import INSTRUCT_SHA256, default_model_sha
 from mesh.steps.registry import Registry
 
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies and clients from timing out
+FETCH_TICK_S = 0.5  # how often a model fetch's event stream looks at its progress
 PLAN_TIMEOUT_S = 60.0
 AUTH = [Depends(authorised)]
 
@@ -198,6 +199,16 @@ def _model_routes(app: FastAPI, node: NodeFacade) -> None:
     async def fetches() -> list[FetchStatus]:
         return [FetchStatus(**f) for f in node.fetches()]
 
+    @app.get("/models/fetch/{sha256}/events", dependencies=AUTH,
+             responses={**ERRORS, **NOT_FOUND, 200: {"content": {"text/event-stream": {}}, "description":
+                        "server-sent events: progress (the fetch's status) as parts come, done last"}},
+             summary="A model fetch's progress as a server-sent event stream", response_class=StreamingResponse)
+    async def fetch_events(sha256: str):
+        if not any(f["sha256"] == sha256 for f in node.fetches()):
+            raise ApiError(404, f"no fetch of model {sha256[:64]} since this node started")
+        return StreamingResponse(fetch_stream(node, sha256), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
 
 def _ledger_routes(app: FastAPI, node: NodeFacade) -> None:
     @app.get("/ledger/balance", dependencies=AUTH, responses=ERRORS, summary="Credits")
@@ -266,6 +277,27 @@ async def stream(log: JobEvents, start: int) -> AsyncIterator[bytes]:
         await log.wait_past(i, KEEPALIVE_S)
         if len(log.items) == before and not log.closed:
             yield b": keep-alive\n\n"
+
+
+async def fetch_stream(node: NodeFacade, sha: str) -> AsyncIterator[bytes]:
+    """A fetch's status as `progress` events whenever it moved (looked at every FETCH_TICK_S), then
+    `done` with its end (done or failed); a comment keeps a stalled fetch's stream open."""
+    i, last, quiet, every = 0, None, 0.0, FETCH_TICK_S
+    while True:
+        st = next((f for f in node.fetches() if f["sha256"] == sha), None)
+        if st is None:  # (fetches are kept while the node runs: only a restart loses one)
+            return
+        if st["state"] != "fetching":
+            yield sse_frame(i, "done", st)
+            return
+        if st != last:
+            yield sse_frame(i, "progress", st)
+            i, last, quiet = i + 1, dict(st), 0.0
+        elif quiet >= KEEPALIVE_S:
+            yield b": keep-alive\n\n"
+            quiet = 0.0
+        await asyncio.sleep(every)
+        quiet += every
 
 
 async def make_plan(node: NodeFacade, query: str, which: str, redundancy: int | None) -> planner.Plan:

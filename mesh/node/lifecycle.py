@@ -126,6 +126,7 @@ class NodeOptions:
     browser: str = ""  # Chromium to drive ('' → found on PATH; none → plain HTTP fetches)
     no_scrape: bool = False
     share_models: bool = True  # answer peers' model-asks with the files of the models this node serves
+    fetch_models: int = 0  # bytes of models it may fetch from peers to run steps that need them (0: never)
     keep_jobs: int = 1000  # finished jobs kept in memory (older ones are read from <home>/jobs)
     transport: str = "libp2p"  # libp2p (Noise-encrypted, keys proven) | tcp (plain, for loopback tests)
     relay: bool = True  # once reachable, relay (with limits) for peers behind NATs
@@ -225,6 +226,7 @@ class Node:
         self.kinds = (["llm"] if self.models else []) + (
             ["python"] if self.sandboxed or opts.allow_unsandboxed_python else []) + (
             [] if opts.no_scrape else ["scrape"])
+        self.fetch_allowance = opts.fetch_models if opts.load_model else 0  # (a node without models runs none)
         self.scraper = Scraper(Allow.parse(opts.scrape_allow), find_browser(opts.browser or None), user)
         self.listen = f"{opts.listen[0]}:{opts.listen[1]}"  # run() puts the bound port here (port 0 → any)
         self.receiver = Receiver(identity.public_key, opts.network, floor_ms=now_ms())
@@ -268,7 +270,8 @@ class Node:
             model_error=self.model_error, steps=steps, send=self.send, send_dialling=self.send_dialling,
             record=self.record, ledger_error=lambda: self.ledger_error, count=self.receiver.count, rates=opts.rates,
             standing=self.standing, account=lambda node: self.accounts.get(node, Account()),
-            require_credit=opts.require_credit), Owed(self.journal))
+            require_credit=opts.require_credit, fetch_model=self.fetch_for_step if self.fetch_allowance else None),
+            Owed(self.journal))
         self.model_server = ModelServer(self._served_models if opts.share_models else dict, self.send,
                                         corrupt=opts.fault == "corrupt-model")
         self.fetcher = ModelFetcher(opts.home, self._tell, self._holders, self._penalise, self.install_model, self.spawn)
@@ -378,7 +381,7 @@ class Node:
             addrs = [self.opts.advertise] if self.opts.advertise else self.relayed_addrs or [self.listen]
             self.own_record = make_record(self.identity, self.opts.network, addrs[0],
                                           self.kinds, self.models, self.sandboxed, now, alt=addrs[1:],
-                                          rates=self.opts.rates)
+                                          rates=self.opts.rates, fetch_models=self.fetch_allowance)
         return self.own_record
 
     def _room(self, linked: int | None = None) -> bool:
@@ -850,6 +853,27 @@ class Node:
                 files[sha] = self.opts.model or default_model()[0]
         return {sha: path for sha, path in files.items() if sha in self.models}
 
+    async def fetch_for_step(self, sha: str) -> str:
+        """--fetch-models: bring in model `sha` a step asks for, from the peers that serve it ('' once it
+        is served here, else why not). All such fetches together stay within the operator's allowance, one at
+        a time: a stranger's requests naming model after model fill no more disk than that."""
+        if sha in self.models:
+            return ""
+        busy = [f for f in self.fetcher.under_way() if f != sha]
+        if busy:
+            return f"this node is fetching model {busy[0][:12]} for another step; it fetches one at a time"
+        room = self.fetch_allowance - self.fetcher.bytes_held(sha)
+        if room <= 0:
+            return f"this node's --fetch-models allowance ({self.fetch_allowance:,} bytes) is used up"
+        try:
+            self.fetcher.start(sha, room)
+        except ConfigError as exc:
+            return f"cannot fetch model {sha[:12]}: {exc}"
+        st = await self.fetcher.wait(sha)
+        if st.state != "done" or sha not in self.models:
+            return f"fetching model {sha[:12]} failed: {st.error or st.state}"
+        return ""
+
     async def install_model(self, sha: str, path: Path, name: str) -> str:
         """A fetched model: registered, then served at once (loaded, advertised in the next hello and in
         the DHT) unless this node runs without models. Its registry name back."""
@@ -943,6 +967,7 @@ class Node:
 
     def candidates(self) -> dict[str, list[Candidate]]:
         out: dict[str, list[Candidate]] = {}
+        fetchers: list[tuple[Peer, Candidate]] = []
         now = now_ms()
         default = default_model_sha()
         for peer in self.peers.up():
@@ -956,7 +981,26 @@ class Node:
                              standing.evidence.good)
             for cap in peer.capabilities(default):
                 out.setdefault(cap, []).append(cand)
+            if peer.record is not None and peer.record.fetch_models > 0:
+                fetchers.append((peer, cand))
+        if fetchers:
+            self._add_fetchers(out, fetchers, default)
         return out
+
+    def _add_fetchers(self, out: dict[str, list[Candidate]], fetchers: list[tuple[Peer, Candidate]],
+                      default: str) -> None:
+        """Peers that fetch models (--fetch-models) become candidates for a model's steps while fewer peers
+        hold it than a running job's redundancy and some linked peer serves it to fetch from; with enough
+        holders, nobody is made to fetch."""
+        for cap, most in self.submitter.wanted().items():
+            if not cap.startswith("llm:"):
+                continue
+            holders = out.get(cap, [])
+            sha = default if cap == "llm:default" else cap[4:]
+            if len(holders) >= most or not holders:  # (no holder: nobody to fetch it from)
+                continue
+            held = {c.node for c in holders}
+            out[cap] = holders + [c for p, c in fetchers if c.node not in held and sha not in p.models]
 
     def observed_prefix(self, peer: Peer) -> str:
         """The network prefix replicas are spread by: that of the address the peer really connects
@@ -983,7 +1027,8 @@ class Node:
         return {"node": self.id, "key": self.identity.public_key.hex(), "network": self.opts.network,
                 "listen": self.listen, "transport": self.gateway.transport.kind,
                 "addresses": self.gateway.addresses, "advertised": [rec.addr, *rec.alt] if (rec := self.own_record) else [],
-                "reachability": self.reachability(), "kinds": self.kinds, "models": self.models, "sandbox": self.sandboxed,
+                "reachability": self.reachability(), "kinds": self.kinds, "models": self.models, "fetch_models": self.fetch_allowance,
+                "sandbox": self.sandboxed,
                 "fault": self.opts.fault or None, "peers": peers, "rejected": dict(self.receiver.rejected),
                 "testimony": self.testimonies.status(),
                 "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import logging
@@ -164,6 +165,29 @@ class ModelFetcher:
         self._tasks[sha] = self.spawn(self._run(sha, max_bytes, peers, name))
         return self.status[sha]
 
+    def under_way(self) -> list[str]:
+        """The models being fetched now."""
+        return [sha for sha, task in self._tasks.items() if not task.done()]
+
+    async def wait(self, sha: str) -> FetchStatus:
+        """The fetch of `sha` once it has ended. Shielded: a step that stops waiting (cancelled, its
+        submitter gone) does not stop the fetch other steps may wait for."""
+        task = self._tasks[sha]
+        await asyncio.shield(task)
+        return self.status[sha]
+
+    def bytes_held(self, sha: str = "") -> int:
+        """Bytes of model files this node fetched (whole or in part), less the part of `sha` a fetch
+        would resume from: what counts against the --fetch-models allowance."""
+        if not self.dir.is_dir():
+            return 0
+        total = 0
+        for f in self.dir.iterdir():
+            if f.suffix in (".gguf", ".part") and f.name != f"{sha}.part":
+                with contextlib.suppress(OSError):
+                    total += f.stat().st_size
+        return total
+
     def on_answer(self, peer: str, kind: str, payload: ModelManifest | ModelPart) -> None:
         inbox = self._inbox.get(payload.sha)
         if inbox is not None and not inbox.full():  # (full: a peer sending what nobody asked for)
@@ -178,6 +202,10 @@ class ModelFetcher:
         finally:
             st.seconds = round(time.monotonic() - t0, 3)
             self._inbox.pop(sha, None)
+            part = self.dir / f"{sha}.part"
+            with contextlib.suppress(OSError):
+                if st.state == "failed" and part.stat().st_size == 0:  # nothing to resume: no litter
+                    part.unlink()
             log.info("model fetch %s: %s %s", sha[:12], st.state, st.error)
 
     async def _fetch(self, sha: str, max_bytes: int, peers: list[str], name: str, st: FetchStatus) -> None:

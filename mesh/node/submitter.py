@@ -561,6 +561,17 @@ class Submitter:
         """The capabilities (Step.needs) of the steps of jobs still running here: what discovery looks for."""
         return {step.needs for st in self.jobs.values() if not st.job.run.finished for step in st.job.run.job.steps}
 
+    def wanted(self) -> dict[str, int]:
+        """Per capability, the most replicas a step of a job still running here asks for (its job's
+        redundancy): placement looks beyond the holders of a model only while they are fewer."""
+        out: dict[str, int] = {}
+        for st in self.jobs.values():
+            if not st.job.run.finished:
+                job = st.job.run.job
+                for step in job.steps:
+                    out[step.needs] = max(out.get(step.needs, 0), job.redundancy)
+        return out
+
     def on_node_lost(self, node: str, reason: str) -> None:
         if self.core.holds(node):  # a peer that holds nothing of ours is no input (nor a journal row)
             self._apply_all(self.core.on_node_lost(node, reason, self.now()))

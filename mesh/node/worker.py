@@ -154,6 +154,8 @@ class WorkerPort:
     standing: Callable[[Peer], Standing] = _anyone  # a requester's reputation, reciprocity and prefix here
     account: Callable[[str], Account] = lambda node: Account()  # credits between this node and a peer
     require_credit: float | None = None  # --require-credit: refuse submitters beyond this line (None: never)
+    # --fetch-models: fetch a model a step needs from the peers serving it ('' once served, else why not)
+    fetch_model: Callable[[str], Awaitable[str]] | None = None
 
 
 def failed(req: StepRequest, error: str) -> StepResult:
@@ -305,7 +307,7 @@ class Worker:
         if ledger_error:
             return f"this node cannot record earnings ({ledger_error}); not taking paid work"
         kind = "llm" if req.kind in MODEL_KINDS or req.kind == "score" else req.kind  # what it needs here
-        if kind not in port.kinds:
+        if kind not in port.kinds and not (kind == "llm" and port.fetch_model):
             why = {"llm": port.model_error or "no model", "python": "no sandbox (bwrap) on this node"}.get(
                 kind, "turned off by its operator")
             return f"this node does not run {req.kind} steps: {why}"
@@ -313,10 +315,15 @@ class Worker:
             check_request(req.kind, req.params)
         except JobError as exc:
             return f"refused: {exc}"
-        model = req.params.get("model", "default")
-        if kind == "llm" and (default_model_sha() if model == "default" else model) not in port.models:
-            return f"this node does not hold model {str(model)[:16]}"
+        if kind == "llm" and self._model(req) not in port.models and not port.fetch_model:
+            return f"this node does not hold model {self._model(req)[:16]}"
         return ""
+
+    @staticmethod
+    def _model(req: StepRequest) -> str:
+        """The SHA-256 of the model a step runs (check_request has shown it is one, or 'default')."""
+        model = str(req.params.get("model", "default"))
+        return default_model_sha() if model == "default" else model
 
     async def execute(self, req: StepRequest, progress: OnProgress | None = None,
                       limits: Terms | None = None) -> StepResult:
@@ -327,6 +334,10 @@ class Worker:
             return failed(req, why)
         limits = limits or Terms(max(1.0, min(req.timeout, MAX_TIMEOUT_S)), None)
         kind = "llm" if req.kind in MODEL_KINDS else req.kind  # score and scrape run as themselves
+        if kind in ("llm", "score") and self._model(req) not in self.port.models and self.port.fetch_model:
+            why = await self.port.fetch_model(self._model(req))  # (the fetch is not work charged for)
+            if why:
+                return failed(req, why)
         try:
             ran = await self.port.steps.run(kind, req.params, limits.timeout, None if kind == "scrape" else progress,
                                             limits.memory)

@@ -41,6 +41,9 @@ class PeerRecord:
     alt: list[str] = field(default_factory=list)
     rates: RateCard = field(default_factory=RateCard)  # its prices (checked: mesh.wire.records)
     work: int = 0  # the nonce proving its key's work (mesh.wire.idwork): ids cost CPU to mint
+    # bytes of models it fetches from peers to run a step that needs one it lacks (--fetch-models; 0: none):
+    # placement offers it such steps only when too few peers hold the model
+    fetch_models: int = 0
 
 
 @dataclass

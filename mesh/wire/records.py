@@ -20,6 +20,7 @@ MAX_AHEAD_MS = 120_000  # a record issued further in the future than the envelop
 MAX_ALT = 2  # addresses beyond `addr`: a node behind NAT holds up to three relay slots
 MAX_ADDR = 300  # characters
 MAX_RATE = 1e6  # credits per unit of work: a rate card above this is refused
+MAX_FETCH_MODELS = 1 << 40  # bytes: an allowance above a terabyte is refused as nonsense
 DEFAULT_RATES = RateCard()
 _TAG = b"homemesh/v1/record\x00"
 
@@ -30,10 +31,10 @@ def record_bytes(network: str, rec: PeerRecord) -> bytes:
 
 
 def make_record(identity: Identity, network: str, addr: str, kinds: list[str], models: list[str], sandbox: bool,
-                now_ms: int, ttl_ms: int = RECORD_TTL_MS, alt: list[str] = (), rates: RateCard = DEFAULT_RATES
-                ) -> PeerRecord:
+                now_ms: int, ttl_ms: int = RECORD_TTL_MS, alt: list[str] = (), rates: RateCard = DEFAULT_RATES,
+                fetch_models: int = 0) -> PeerRecord:
     rec = PeerRecord(identity.public_key.hex(), addr, list(kinds), list(models), sandbox, PROTOCOL_VERSION,
-                     now_ms, now_ms + ttl_ms, "", list(alt), rates, identity.work)
+                     now_ms, now_ms + ttl_ms, "", list(alt), rates, identity.work, fetch_models)
     rec.sig = identity.sign(record_bytes(network, rec)).hex()
     return rec
 
@@ -57,6 +58,8 @@ def check_record(rec: PeerRecord, network: str, now_ms: int) -> str:
     if rec.issued > now_ms + MAX_AHEAD_MS or rec.expires - rec.issued > MAX_LIFETIME_MS:
         return "bad-record"
     if len(rec.alt) > MAX_ALT or not all(_address(a) for a in (rec.addr, *rec.alt)):
+        return "bad-record"
+    if not 0 <= rec.fetch_models <= MAX_FETCH_MODELS:
         return "bad-record"
     if card_problem(rec.rates):
         return "bad-rates"

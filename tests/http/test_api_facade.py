@@ -16,7 +16,7 @@ from ledger.receipts import make_receipt
 from ledger.store import Entry, Ledger
 from mesh.core.dag import Job
 from mesh.errors import CreditError, StepFailed
-from mesh.http.api import build_app
+from mesh.http.api import build_app, fetch_stream
 from mesh.http.facade import NodeFacade
 from mesh.wire.identity import Identity
 
@@ -169,3 +169,31 @@ def test_cancel_of_an_unknown_job_is_404_and_of_an_ended_one_409(fake):
     (fake.home / "jobs" / "ended1.json").write_text('{"job_id": "ended1", "status": "done", "steps": {}}')
     status, body = call(fake.facade(), "POST", "/jobs/ended1/cancel")
     assert status == 409 and "has ended" in body["error"]
+
+
+def test_a_model_fetch_streams_its_progress_and_ends_with_done(fake, monkeypatch):
+    """GET /models/fetch/SHA/events: a progress event each time the fetch moved (none while it stalls),
+    then done with how it ended; an unknown fetch is 404."""
+    monkeypatch.setattr("mesh.http.api.FETCH_TICK_S", 0.001)
+    sha = "ab" * 32
+    base = {"sha256": sha, "state": "fetching", "done_bytes": 0, "size": 0, "source": "", "error": "",
+            "name": "", "seconds": 0.0}
+    seen = [base, {**base, "size": 3 << 20, "source": "p" * 64}, {**base, "size": 3 << 20, "source": "p" * 64},
+            {**base, "done_bytes": 1 << 20, "size": 3 << 20}, {**base, "done_bytes": 3 << 20, "size": 3 << 20},
+            {**base, "state": "done", "done_bytes": 3 << 20, "size": 3 << 20, "name": "m", "seconds": 1.5}]
+    calls = iter([seen[0], *seen])  # (the route looks once before the stream starts)
+
+    def fetches() -> list[dict]:
+        return [next(calls, seen[-1])]
+
+    next(calls)
+
+    async def read() -> bytes:  # (the stream itself: the in-memory `call` disconnects after the request)
+        return b"".join([frame async for frame in fetch_stream(fake.facade(fetches=fetches), sha)])
+
+    body = asyncio.run(read())
+    events = [(e.split("\n")[1].removeprefix("event: "), json.loads(e.split("\n")[2].removeprefix("data: ")))
+              for e in body.decode().strip().split("\n\n")]
+    assert [k for k, _ in events] == ["progress"] * 4 + ["done"]
+    assert [d["done_bytes"] for _, d in events] == [0, 0, 1 << 20, 3 << 20, 3 << 20] and events[-1][1]["name"] == "m"
+    assert call(fake.facade(fetches=lambda: []), "GET", f"/models/fetch/{sha}/events")[0] == 404

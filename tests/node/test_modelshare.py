@@ -132,3 +132,27 @@ def test_a_fetch_with_nothing_to_do_is_a_clear_error(tmp_path):
             wire.fetcher.start(sha, name="bad name!")
 
     asyncio.run(main())
+
+
+def test_what_fetched_models_hold_counts_against_the_allowance_and_a_waiter_sees_the_end(tmp_path):
+    """--fetch-models: a node fetching for peers' steps counts every model file it fetched (whole, or in part
+    but for the one a fetch resumes) against its allowance, and a step waiting on the fetch hears how it
+    ended; a model over what is left of the allowance is not fetched at all."""
+    served, sha = model_file(tmp_path, parts=2.5)
+    size = served.stat().st_size
+
+    async def main() -> None:
+        wire = Wire(tmp_path, served, sha)
+        assert wire.fetcher.bytes_held() == 0
+        over = wire.fetcher.start(sha, size - 1)
+        st = await wire.fetcher.wait(sha)
+        assert st is over and st.state == "failed" and "limit" in st.error and wire.installed == []
+        assert wire.fetcher.under_way() == []
+        wire.fetcher.start(sha, size)
+        assert wire.fetcher.under_way() == [sha]
+        st = await wire.fetcher.wait(sha)
+        assert st.state == "done" and wire.fetcher.bytes_held() == size and wire.fetcher.bytes_held(sha) == size
+        (tmp_path / "home" / "models" / ("b" * 64 + ".part")).write_bytes(b"x" * 100)  # another, cut off
+        assert wire.fetcher.bytes_held() == size + 100 and wire.fetcher.bytes_held("b" * 64) == size
+
+    asyncio.run(main())

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from mesh.core.dag import parse_job
 from mesh.errors import JobError
-from mesh.steps.models import INSTRUCT_SHA256, default_model, default_model_sha
+from mesh.steps.models import INSTRUCT_SHA256, default_model, default_model_sha, instruct_model, sha256_file
 from mesh.steps.registry import Registry
 
 from ..conftest import cli_json, run_cli, wait_for
@@ -209,3 +210,57 @@ def test_a_model_travels_to_peers_that_lack_it_checked_part_by_part_and_a_corrup
     replicas = report["steps"]["ask"]["replicas"]
     assert report["status"] == "done" and {r["node"] for r in replicas} == {n[i].node_id for i in (1, 2, 3)}
     assert all(r["agreed"] for r in replicas), replicas
+
+
+@pytest.fixture(scope="module")
+def instruct_copy(tmp_path_factory) -> Path:
+    """The instruct model under a SHA-256 no node has yet (its file with 32 bytes appended: it loads and
+    answers alike), so one node can hold it and the others must fetch it."""
+    path = tmp_path_factory.mktemp("models") / "instruct-copy.gguf"
+    shutil.copy(instruct_model()[0], path)
+    with open(path, "ab") as f:
+        f.write(b"\0" * 32)
+    return path
+
+
+@pytest.mark.mesh
+@pytest.mark.llm
+@pytest.mark.timeout(420)
+def test_nodes_that_may_fetch_models_get_the_one_a_step_needs_and_all_three_agree(
+        make_mesh, tmp_path, instruct_copy, second_model):
+    """Only node 1 holds the model; nodes 2 and 3 run with --fetch-models 200MB. An r=3 step on it is placed
+    on all three (too few hold it, so placement looks at nodes that fetch), nodes 2 and 3 fetch it from
+    node 1 while their replicas wait, run it, and all three agree; the files they fetched are the model's.
+    Then a step naming a 253 MB model node 1 also holds: what is left of the allowance (~100 MB) is too
+    little, so nodes 2 and 3 fetch nothing of it and say why, and the step fails rather than fill the disk."""
+    sha = Registry(tmp_path / "mesh" / "node1").add(instruct_copy, "instruct-copy").sha256
+    big = Registry(tmp_path / "mesh" / "node1").add(second_model, "big").sha256
+    mesh = make_mesh(4, lambda i: ["--no-model"] if i == 0 else ["--fetch-models", "200MB"] if i > 1 else [])
+    n = mesh.nodes
+    assert cli_json("status", "--home", str(n[2].home))["fetch_models"] == 200_000_000
+    wait_for(lambda: _holders(n[0], sha) == 1, 60, "the submitter to see node 1 serve the model")
+    job = tmp_path / "fetch.json"
+    job.write_text(json.dumps({"name": "fetched on demand", "redundancy": 3, "steps": [
+        {"id": "ask", "kind": "ask-model", "params": {"model": sha, "prompt": "The capital of France is",
+                                                      "max_tokens": 8}}]}))
+    t0 = time.monotonic()
+    report = cli_json("submit", str(job), "--wait", "--home", str(n[0].home), timeout=300)
+    print(f"r=3 step with two replicas fetching {instruct_copy.stat().st_size:,} bytes first: "
+          f"{time.monotonic() - t0:.1f} s")
+    replicas = report["steps"]["ask"]["replicas"]
+    assert report["status"] == "done", report
+    assert {r["node"] for r in replicas} == {n[i].node_id for i in (1, 2, 3)}
+    assert all(r["agreed"] for r in replicas), replicas
+    for i in (2, 3):
+        assert sha256_file(n[i].home / "models" / f"{sha}.gguf") == sha
+    wait_for(lambda: _holders(n[0], sha) == 3, 60, "the submitter to see all three serve it now")
+
+    job.write_text(json.dumps({"name": "too big to fetch", "redundancy": 3, "max_replicas": 3, "steps": [
+        {"id": "ask", "kind": "ask-model", "params": {"model": big, "prompt": "Hi", "max_tokens": 2}}]}))
+    report = cli_json("submit", str(job), "--wait", "--home", str(n[0].home), timeout=120)
+    assert report["status"] == "failed", report
+    errors = {r["node"]: r.get("error", "") for r in report["steps"]["ask"]["replicas"]}
+    for i in (2, 3):
+        assert "limit" in errors[n[i].node_id], errors
+        held = {f.name for f in (n[i].home / "models").iterdir()}
+        assert held == {f"{sha}.gguf"}, held  # nothing of the big model, not even an empty file
