@@ -675,7 +675,8 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
                     help="fetch a model a peer's step needs from the peers serving it (checked part by part "
                          "against its SHA-256), up to SIZE of model files in all in HOME/models (e.g. 2GB; by "
                          "hand with `mesh models fetch` too); off by default. Placement sends such steps to "
-                         "this node only while too few peers hold the model")
+                         "this node only while too few peers hold the model. The file is one a stranger's step "
+                         "chose, parsed by llama.cpp outside the sandbox: turn it on only for a mesh you trust")
     sp.add_argument("--keep-jobs", type=int, default=1000, metavar="N",
                     help="finished jobs kept in memory (default 1000); older ones are read from the home's "
                          "jobs/ directory, and are no longer rechecked when a spot check catches a cheater")
