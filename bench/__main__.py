@@ -3,6 +3,8 @@ process), and print the ratios with their goals: a markdown table, or one JSON o
 
     python -m bench [--quick] [--json] [--only NAME,...] [--scale]
 
+Each ratio alternates its baseline and subject (at least 5 pairs, bench/abab.py) on one CPU set and is
+shown as its median with the min–max of the pairs; one outside its plausible range is flagged.
 --quick (about 5 minutes on 2 cores, plus 4-7 for the NAT bench, which needs root) runs smaller sizes;
 the 32-node scale run is in the full run, or with --scale."""
 
@@ -45,14 +47,14 @@ BENCHES = (
           {"journaled_vs_memory": "journaled_vs_memory", "replay_inputs_per_s": "journal_replay_inputs_per_s"}),
     Bench("python_step", "bench.python_step", ("--runs", "10"), ("--runs", "30"),
           {"python_step_vs_bwrap": "python_step_vs_bwrap", "cold_step_vs_bwrap": "cold_step_vs_bwrap"}),
-    Bench("simulator", "bench.sim_engine", ("--steps", "2000", "--repeat", "1", "--micro-events", "100000"), (),
+    Bench("simulator", "bench.sim_engine", ("--steps", "2000", "--micro-events", "100000"), (),
           {"engine_vs_simpy": "simulator_vs_simpy", "engine_only_vs_simpy": "simulator_queue_vs_simpy"}),
     Bench("llm", "bench.llm_mesh", ("--tokens", "64"), ("--tokens", "128"), {"llm_vs_direct": "llm_vs_direct"}),
     Bench("mesh_jobs", "bench.mesh_jobs", ("--jobs", "5", "--burst", "40"), ("--jobs", "20", "--burst", "200"),
           {"latency_r1_s": "latency_r1_s", "latency_r3_s": "latency_r3_s", "latency_r5_s": "latency_r5_s",
            "latency_r3_vs_direct": "latency_r3_vs_direct", "jobs_per_s_r1": "jobs_per_s_r1",
            "jobs_per_s_r3": "jobs_per_s_r3"}),
-    Bench("llm_verify", "bench.llm_verify", ("--tokens", "64", "--repeat", "1"), (),
+    Bench("llm_verify", "bench.llm_verify", ("--tokens", "64"), (),
           {"verify_vs_generate": "verify_vs_generate"}),
     Bench("transport", "bench.transport", (),
           ("--rounds", "5", "--pings", "2000", "--frames", "300", "--mesh-rounds", "3", "--jobs", "60",
@@ -69,6 +71,7 @@ BENCHES = (
                                            "rss_mib_per_node_mean": "scale_rss_mib_per_node",
                                            "uss_mib_per_node_mean": "scale_uss_mib_per_node"}),
 )
+SPREAD = ("", "_min", "_max", "_pairs", "_flag")  # what bench.abab reports of each ratio
 GOALS = (
     Goal("llm_vs_direct", 0.95, True, "llm tokens/s at r=1 through the mesh ÷ llama-cpp-python direct"),
     Goal("envelope_vs_raw", 0.9, True, "signed envelopes/s (seal, frame, every check) ÷ Ed25519 sign+verify"),
@@ -88,16 +91,28 @@ def run_one(bench: Bench, quick: bool) -> dict:
     return json.loads(lines[-1])
 
 
+def shown(summary: dict, key: str) -> str:
+    """A figure with its spread (median (min–max) over N pairs) and its flag, when it has them."""
+    v = summary.get(key)
+    if v is None:
+        return "not run"
+    if f"{key}_min" in summary:
+        v = f"{v} ({summary[f'{key}_min']}–{summary[f'{key}_max']}, {summary[f'{key}_pairs']} pairs)"
+    flag = summary.get(f"{key}_flag")
+    return f"{v} **{flag}**" if flag else str(v)
+
+
 def table(summary: dict) -> str:
     rows = ["| figure | value | goal | met |", "| --- | ---: | --- | --- |"]
     for g in GOALS:
         v = summary.get(g.key)
-        met = "—" if v is None else ("yes" if g.met(v) else "no")
-        rows.append(f"| `{g.key}` ({g.what}) | {v if v is not None else 'not run'} | "
+        met = "—" if v is None else ("flagged" if summary.get(f"{g.key}_flag") else "yes" if g.met(v) else "no")
+        rows.append(f"| `{g.key}` ({g.what}) | {shown(summary, g.key)} | "
                     f"{'≥' if g.higher_is_better else '≤'} {g.target} | {met} |")
+    spread = {k for k in summary for suffix in SPREAD[1:] if k.endswith(suffix)}
     for key, v in summary.items():
-        if key not in {g.key for g in GOALS} and not isinstance(v, dict | list | bool) and key != "seconds":
-            rows.append(f"| `{key}` | {v} | | |")
+        if key not in {g.key for g in GOALS} | spread and not isinstance(v, dict | list | bool) and key != "seconds":
+            rows.append(f"| `{key}` | {shown(summary, key)} | | |")
     return "\n".join(rows)
 
 
@@ -126,10 +141,13 @@ def main() -> int:
             print(f"bench {bench.name} FAILED: {res['error']}", file=sys.stderr, flush=True)
             continue
         for src, dst in bench.lift.items():
-            if src in res:
-                summary[dst] = res[src]
+            for suffix in SPREAD:  # a ratio's median, then its min, max, pairs and flag when it has them
+                if src + suffix in res:
+                    summary[dst + suffix] = res[src + suffix]
         print(f"bench {bench.name}: done in {time.monotonic() - t1:.0f} s", file=sys.stderr, flush=True)
-    summary["goals_met"] = {g.key: g.met(summary[g.key]) for g in GOALS if g.key in summary}
+    # a flagged ratio is not a goal met: its baseline was slowed by something else
+    summary["goals_met"] = {g.key: g.met(summary[g.key]) and f"{g.key}_flag" not in summary
+                            for g in GOALS if g.key in summary}
     summary["seconds"] = round(time.monotonic() - t0, 1)
     summary["details"] = details
     print(json.dumps(summary) if args.json else table(summary))

@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from bench.abab import abab, pin
+from bench.report import emit
 from ledger.store import MIGRATIONS, Entry, Ledger
 
 BATCH = 100
@@ -81,19 +84,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--big", type=int, default=1_000_000)
+    ap.add_argument("--pairs", type=int, default=5, help="baseline/subject runs, alternating (at least 5)")
+    ap.add_argument("--cpus", default="0", help="CPU set both sides run on (default 0)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    cpus = pin(args.cpus)
     with tempfile.TemporaryDirectory() as d:
-        base = raw_sqlite(Path(d) / "raw.db", args.rows)
-        same = raw_sqlite(Path(d) / "same.db", args.rows, ledger_schema=True)
-        ours = chained(Path(d) / "chain.db", args.rows)
+        fresh = iter(range(10**9))  # every run on a new file: none appends to a table another filled
+        db = lambda kind: Path(d) / f"{kind}{next(fresh)}.db"  # noqa: E731
+        # the ledger does these inserts and more: faster than them means they were slowed by something else
+        r = abab("ledger_vs_sqlite", lambda: raw_sqlite(db("raw"), args.rows), lambda: chained(db("chain"), args.rows),
+                 args.pairs, plausible=(0.0, 1.02))
+        same = abab("ledger_vs_same_schema", lambda: raw_sqlite(db("same"), args.rows, ledger_schema=True),
+                    lambda: chained(db("chain"), args.rows), args.pairs, plausible=(0.0, 1.02))
         q = queries(Path(d) / "big.db", args.big)
-    res = {"raw_sqlite_rows_per_s": round(base), "ledger_rows_per_s": round(ours),
-           "ledger_vs_sqlite": round(ours / base, 3), "sqlite_ledger_schema_rows_per_s": round(same),
-           "ledger_schema_vs_sqlite": round(same / base, 3), "ledger_vs_same_schema": round(ours / same, 3),
+    med = statistics.median
+    res = {"raw_sqlite_rows_per_s": round(med(b for b, _ in r.pairs)),
+           "ledger_rows_per_s": round(med(s for _, s in r.pairs)), **r.fields(),
+           "sqlite_ledger_schema_rows_per_s": round(med(b for b, _ in same.pairs)), **same.fields(),
            f"balance_s_at_{args.big}": round(q["balance_s"], 4),
-           f"history100_s_at_{args.big}": round(q["history100_s"], 4)}
-    print(json.dumps(res) if args.json else "\n".join(f"{k:>28}: {v}" for k, v in res.items()))
+           f"history100_s_at_{args.big}": round(q["history100_s"], 4), "cpus": cpus}
+    emit(res, args.json)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,15 @@ sampled claim (temperature 0.8, `mesh.steps.sampling`'s seeded draw, replayed by
 honest sampled claims accepted over `--seeds` seeds and the most off-top tokens and worst gap among them,
 and sampled generation's time ÷ greedy generation's (what the seeded sampler costs in Python).
 
-    python -m bench.llm_verify [--tokens 128] [--threads 2] [--repeat 3] [--seeds 8] [--json]
+    python -m bench.llm_verify [--tokens 128] [--threads 2] [--pairs 5] [--cpus 0,1] [--seeds 8] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
+from bench.abab import abab, pin
 from bench.report import emit
 from mesh.steps.llm import Model
 from mesh.steps.models import default_model
@@ -23,23 +25,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each; the best is kept")
+    ap.add_argument("--pairs", type=int, default=5, help="generate/verify runs, alternating (at least 5)")
+    ap.add_argument("--cpus", default="", help="CPU set both run on (default: as started; give --threads CPUs)")
     ap.add_argument("--seeds", type=int, default=8, help="sampled claims generated and scored")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    cpus = pin(args.cpus)
     path, sha = default_model()
     model = Model(path, sha, args.threads)
     model.verify(PROMPT, list(model.generate(PROMPT, 8).token_ids))  # load the scorer, warm both
-    gen_s, ver_s, ok, tokens = [], [], True, 0
-    for _ in range(args.repeat):
+    ok, tokens = True, 0
+
+    def generate() -> float:
+        nonlocal gen
         gen = model.generate(PROMPT, args.tokens)
+        return gen.seconds
+
+    def verify() -> float:
+        nonlocal ok, tokens
         v = model.verify(PROMPT, list(gen.token_ids))
-        gen_s.append(gen.seconds)
-        ver_s.append(v.seconds)
         ok, tokens = ok and v.ok, gen.tokens
-    res = {"tokens": tokens, "threads": args.threads, "generate_s": round(min(gen_s), 4),
-           "verify_s": round(min(ver_s), 4), "honest_accepted": ok,
-           "verify_vs_generate": round(min(ver_s) / min(gen_s), 3)}
+        return v.seconds
+
+    gen = None
+    r = abab("verify_vs_generate", generate, verify, args.pairs)
+    res = {"tokens": tokens, "threads": args.threads, "cpus": cpus,
+           "generate_s": round(statistics.median(b for b, _ in r.pairs), 4),
+           "verify_s": round(statistics.median(v for _, v in r.pairs), 4), "honest_accepted": ok, **r.fields()}
     res.update(sampled(model, args.tokens, args.seeds))
     emit(res, args.json)
 

@@ -1,12 +1,13 @@
 """Sandbox overhead: an empty python step against a bare `bwrap … python -I -S -c pass` with the same
-binds, interleaved in the same run; figures are ratios of median wall times (goal ≤ 1.3).
+binds, interleaved in the same run, all pinned to one CPU set; each figure is the median of the rounds' ratios
+with its min–max (goal ≤ 1.3).
 `python_step_vs_bwrap` is the step as a node runs it: its sandbox (bwrap, per-step cgroups, the runner
 waiting on stdin) was started ahead by a warm StepActor, so the step pays only its request and result.
 `cold_step_vs_bwrap` starts everything on the step's path, with and without the per-step cgroups
 (moving a process into a cgroup costs the kernel a few milliseconds per controller). As root, steps run
 as an unprivileged uid with a seccomp filter and a read-only /proc/sys; the baseline has none of these.
 
-    python -m bench.python_step [--runs 30] [--json]
+    python -m bench.python_step [--runs 30] [--cpus 0] [--json]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import time
 from unittest import mock
 
+from bench.abab import MIN_PAIRS, Ratio, pin
 from bench.report import emit
 from mesh.steps import sandbox
 from mesh.steps.sandbox import bwrap_command, bwrap_path, run_python
@@ -56,9 +58,13 @@ def bare_command() -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--runs", type=int, default=30, help="rounds of bare bwrap and each step (at least 5)")
+    ap.add_argument("--cpus", default="0", help="CPU set every side runs on (default 0)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.runs < MIN_PAIRS:
+        raise SystemExit(f"--runs {args.runs}: at least {MIN_PAIRS}")
+    cpus = pin(args.cpus)
     if bwrap_path() is None:
         raise SystemExit("bubblewrap (bwrap) is not installed")
     bare_cmd, step, bare, plain, warm = bare_command(), [], [], [], []
@@ -82,12 +88,14 @@ def main() -> None:
             run_python("pass", {}, 10)
             plain.append(time.perf_counter() - t0)
     med = statistics.median
-    res = {"runs": args.runs, "bare_bwrap_ms": round(med(bare) * 1000, 2),
+    # each run of the loop is a pair (bare bwrap, then the step) on the same CPUs; a cold step does all a
+    # bare bwrap does and more, so one faster than it means the bare one was slowed by something else
+    cold = Ratio("cold_step_vs_bwrap", tuple(zip(bare, step, strict=True)), plausible=(0.98, float("inf")))
+    plain_r = Ratio("cold_step_no_cgroups_vs_bwrap", tuple(zip(bare, plain, strict=True)), (0.98, float("inf")))
+    warm_r = Ratio("python_step_vs_bwrap", tuple(zip(bare, warm, strict=True)), (0.0, float("inf")))
+    res = {"runs": args.runs, "cpus": cpus, "bare_bwrap_ms": round(med(bare) * 1000, 2),
            "cold_step_ms": round(med(step) * 1000, 2), "cold_step_no_cgroups_ms": round(med(plain) * 1000, 2),
-           "python_step_ms": round(med(warm) * 1000, 2),
-           "cold_step_vs_bwrap": round(med(step) / med(bare), 3),
-           "cold_step_no_cgroups_vs_bwrap": round(med(plain) / med(bare), 3),
-           "python_step_vs_bwrap": round(med(warm) / med(bare), 3)}
+           "python_step_ms": round(med(warm) * 1000, 2), **cold.fields(), **plain_r.fields(), **warm_r.fields()}
     emit(res, args.json)
 
 

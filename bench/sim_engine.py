@@ -8,7 +8,7 @@ counter, which follows our scheduling order; `at` lands on exactly the time aske
 `run` asks `done()` once per batch as Engine does, so both engines run the same events in the same order:
 the trace hashes must match, and the run reports whether they do.
 
-    python -m bench.sim_engine [--scenario baseline] [--steps 5000] [--seed 1] [--repeat 3]
+    python -m bench.sim_engine [--scenario baseline] [--steps 5000] [--seed 1] [--pairs 5] [--cpus 0]
                                [--callbacks 1000] [--micro-events 500000] [--json]
 """
 
@@ -18,6 +18,7 @@ import argparse
 import gc
 import math
 import random
+import statistics
 import time
 from collections.abc import Callable
 from heapq import heappush
@@ -27,6 +28,7 @@ import simpy
 from simpy.core import EmptySchedule
 from simpy.events import NORMAL
 
+from bench.abab import abab, pin
 from bench.report import emit
 from simulations.engine import Engine
 from simulations.run import Simulation
@@ -146,46 +148,55 @@ def main() -> None:
     ap.add_argument("--scenario", default="baseline", help="built-in name or path (default baseline)")
     ap.add_argument("--steps", type=int, default=5000, help="steps to run (default 5000)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=3, help="runs per engine, interleaved; best is kept")
+    ap.add_argument("--pairs", type=int, default=5, help="SimPy/engine runs, alternating (at least 5)")
+    ap.add_argument("--cpus", default="0", help="CPU set both engines run on (default 0)")
     ap.add_argument("--callbacks", type=int, default=1000, help="engine-only: live self-rescheduling callbacks")
     ap.add_argument("--micro-events", type=int, default=500_000, help="engine-only: events per run")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-
+    cpus = pin(args.cpus)
     ties_same = tie_order(Engine) == tie_order(SimPyEngine)
     s, _ = load(args.scenario)
     s = s.replace(steps=args.steps)
-    engines: dict[str, Callable[[int], Any]] = {"engine": Engine, "simpy": SimPyEngine}
-    best: dict[str, dict] = {}
-    best_micro: dict[str, dict] = {}
-    hashes: dict[str, set] = {k: set() for k in engines}
-    checks: dict[str, set] = {k: set() for k in engines}
-    for _ in range(args.repeat):
-        for name, make in engines.items():
+    hashes: dict[str, set] = {"engine": set(), "simpy": set()}
+    checks: dict[str, set] = {"engine": set(), "simpy": set()}
+    runs: dict[str, list[dict]] = {"engine": [], "simpy": [], "micro_engine": [], "micro_simpy": []}
+
+    def whole(name: str, make: Callable[[int], Any]) -> Callable[[], float]:
+        def one() -> float:
             r = full(make, s, args.seed)
             hashes[name].add(r["trace_hash"])
-            if name not in best or r["events_per_s"] > best[name]["events_per_s"]:
-                best[name] = r
+            runs[name].append(r)
+            return r["events_per_s"]
+        return one
+
+    def queue_only(name: str, make: Callable[[int], Any]) -> Callable[[], float]:
+        def one() -> float:
             m = micro(make, args.seed, args.callbacks, args.micro_events)
             checks[name].add(m["check"])
-            if name not in best_micro or m["events_per_s"] > best_micro[name]["events_per_s"]:
-                best_micro[name] = m
-    ours, theirs = best["engine"], best["simpy"]
-    mo, mt = best_micro["engine"], best_micro["simpy"]
+            runs[f"micro_{name}"].append(m)
+            return m["events_per_s"]
+        return one
+
+    ratio = abab("engine_vs_simpy", whole("simpy", SimPyEngine), whole("engine", Engine), args.pairs)
+    queue = abab("engine_only_vs_simpy", queue_only("simpy", SimPyEngine), queue_only("engine", Engine), args.pairs)
+    med = statistics.median
+    ours, theirs = runs["engine"][0], runs["simpy"][0]
     res = {
-        "scenario": s.name, "steps": ours["steps"], "seed": args.seed, "repeat": args.repeat,
+        "scenario": s.name, "steps": ours["steps"], "seed": args.seed, "pairs": args.pairs, "cpus": cpus,
         "events": ours["events"], "simpy_events": theirs["events"],
-        "engine_events_per_s": ours["events_per_s"], "engine_wall_s": ours["wall_s"],
-        "simpy_events_per_s": theirs["events_per_s"], "simpy_wall_s": theirs["wall_s"],
+        "engine_events_per_s": round(med(r["events_per_s"] for r in runs["engine"])),
+        "engine_wall_s": round(med(r["wall_s"] for r in runs["engine"]), 3),
+        "simpy_events_per_s": round(med(r["events_per_s"] for r in runs["simpy"])),
+        "simpy_wall_s": round(med(r["wall_s"] for r in runs["simpy"]), 3),
         "trace_hash": ours["trace_hash"],
         "same_trace_hash": len(hashes["engine"] | hashes["simpy"]) == 1,
         "tie_order_same": ties_same, "simpy_at_absolute": theirs["absolute"],
-        "micro_callbacks": args.callbacks, "micro_events": mo["events"],
-        "micro_engine_events_per_s": round(mo["events_per_s"]), "micro_engine_wall_s": round(mo["wall_s"], 3),
-        "micro_simpy_events_per_s": round(mt["events_per_s"]), "micro_simpy_wall_s": round(mt["wall_s"], 3),
+        "micro_callbacks": args.callbacks, "micro_events": runs["micro_engine"][0]["events"],
+        "micro_engine_events_per_s": round(med(m["events_per_s"] for m in runs["micro_engine"])),
+        "micro_simpy_events_per_s": round(med(m["events_per_s"] for m in runs["micro_simpy"])),
         "micro_same_order": len(checks["engine"] | checks["simpy"]) == 1,
-        "engine_only_vs_simpy": round(mo["events_per_s"] / mt["events_per_s"], 3),
-        "engine_vs_simpy": round(ours["events_per_s"] / theirs["events_per_s"], 3),
+        **queue.fields(), **ratio.fields(),
     }
     emit(res, args.json)
 
