@@ -282,7 +282,7 @@ async def stream(log: JobEvents, start: int) -> AsyncIterator[bytes]:
 async def fetch_stream(node: NodeFacade, sha: str) -> AsyncIterator[bytes]:
     """A fetch's status as `progress` events whenever it moved (looked at every FETCH_TICK_S), then
     `done` with its end (done or failed); a comment keeps a stalled fetch's stream open."""
-    i, last, quiet, every = 0, None, 0.0, FETCH_TICK_S
+    i, last, quiet = 0, None, 0.0
     while True:
         st = next((f for f in node.fetches() if f["sha256"] == sha), None)
         if st is None:  # (fetches are kept while the node runs: only a restart loses one)
@@ -296,8 +296,8 @@ async def fetch_stream(node: NodeFacade, sha: str) -> AsyncIterator[bytes]:
         elif quiet >= KEEPALIVE_S:
             yield b": keep-alive\n\n"
             quiet = 0.0
-        await asyncio.sleep(every)
-        quiet += every
+        await asyncio.sleep(FETCH_TICK_S)
+        quiet += FETCH_TICK_S
 
 
 async def make_plan(node: NodeFacade, query: str, which: str, redundancy: int | None) -> planner.Plan:

@@ -967,7 +967,7 @@ class Node:
 
     def candidates(self) -> dict[str, list[Candidate]]:
         out: dict[str, list[Candidate]] = {}
-        fetchers: list[tuple[Peer, Candidate]] = []
+        fetchers: list[Candidate] = []
         now = now_ms()
         default = default_model_sha()
         for peer in self.peers.up():
@@ -982,13 +982,12 @@ class Node:
             for cap in peer.capabilities(default):
                 out.setdefault(cap, []).append(cand)
             if peer.record is not None and peer.record.fetch_models > 0:
-                fetchers.append((peer, cand))
+                fetchers.append(cand)
         if fetchers:
-            self._add_fetchers(out, fetchers, default)
+            self._add_fetchers(out, fetchers)
         return out
 
-    def _add_fetchers(self, out: dict[str, list[Candidate]], fetchers: list[tuple[Peer, Candidate]],
-                      default: str) -> None:
+    def _add_fetchers(self, out: dict[str, list[Candidate]], fetchers: list[Candidate]) -> None:
         """Peers that fetch models (--fetch-models) become candidates for a model's steps while fewer peers
         hold it than a running job's redundancy and some linked peer serves it to fetch from; with enough
         holders, nobody is made to fetch."""
@@ -996,11 +995,10 @@ class Node:
             if not cap.startswith("llm:"):
                 continue
             holders = out.get(cap, [])
-            sha = default if cap == "llm:default" else cap[4:]
             if len(holders) >= most or not holders:  # (no holder: nobody to fetch it from)
                 continue
-            held = {c.node for c in holders}
-            out[cap] = holders + [c for p, c in fetchers if c.node not in held and sha not in p.models]
+            held = {c.node for c in holders}  # (a peer holding the model offers its cap: it is among them)
+            out[cap] = holders + [c for c in fetchers if c.node not in held]
 
     def observed_prefix(self, peer: Peer) -> str:
         """The network prefix replicas are spread by: that of the address the peer really connects
@@ -1027,8 +1025,8 @@ class Node:
         return {"node": self.id, "key": self.identity.public_key.hex(), "network": self.opts.network,
                 "listen": self.listen, "transport": self.gateway.transport.kind,
                 "addresses": self.gateway.addresses, "advertised": [rec.addr, *rec.alt] if (rec := self.own_record) else [],
-                "reachability": self.reachability(), "kinds": self.kinds, "models": self.models, "fetch_models": self.fetch_allowance,
-                "sandbox": self.sandboxed,
+                "reachability": self.reachability(), "kinds": self.kinds, "models": self.models,
+                "fetch_models": self.fetch_allowance, "sandbox": self.sandboxed,
                 "fault": self.opts.fault or None, "peers": peers, "rejected": dict(self.receiver.rejected),
                 "testimony": self.testimonies.status(),
                 "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,

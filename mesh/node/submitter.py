@@ -559,7 +559,7 @@ class Submitter:
 
     def needs(self) -> set[str]:
         """The capabilities (Step.needs) of the steps of jobs still running here: what discovery looks for."""
-        return {step.needs for st in self.jobs.values() if not st.job.run.finished for step in st.job.run.job.steps}
+        return set(self.wanted())
 
     def wanted(self) -> dict[str, int]:
         """Per capability, the most replicas a step of a job still running here asks for (its job's

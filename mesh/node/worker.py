@@ -315,8 +315,8 @@ class Worker:
             check_request(req.kind, req.params)
         except JobError as exc:
             return f"refused: {exc}"
-        if kind == "llm" and self._model(req) not in port.models and not port.fetch_model:
-            return f"this node does not hold model {self._model(req)[:16]}"
+        if kind == "llm" and (sha := self._model(req)) not in port.models and not port.fetch_model:
+            return f"this node does not hold model {sha[:16]}"
         return ""
 
     @staticmethod
@@ -334,8 +334,8 @@ class Worker:
             return failed(req, why)
         limits = limits or Terms(max(1.0, min(req.timeout, MAX_TIMEOUT_S)), None)
         kind = "llm" if req.kind in MODEL_KINDS else req.kind  # score and scrape run as themselves
-        if kind in ("llm", "score") and self._model(req) not in self.port.models and self.port.fetch_model:
-            why = await self.port.fetch_model(self._model(req))  # (the fetch is not work charged for)
+        if kind in ("llm", "score") and self.port.fetch_model and (sha := self._model(req)) not in self.port.models:
+            why = await self.port.fetch_model(sha)  # (the fetch is not work charged for)
             if why:
                 return failed(req, why)
         try:

@@ -6,9 +6,12 @@ import dataclasses
 
 import pytest
 
+from mesh.errors import Rejected
 from mesh.node.peers import PeerTable
 from mesh.wire.identity import Identity
-from mesh.wire.records import RECORD_TTL_MS, check_record, make_record
+from mesh.wire.messages import PeerRecord
+from mesh.wire.records import MAX_FETCH_MODELS, RECORD_TTL_MS, check_record, make_record
+from mesh.wire.schema import dump, parse
 
 pytestmark = pytest.mark.timeout(30)
 NET = "homemesh-test"
@@ -26,7 +29,7 @@ def test_honest_record_verifies():
 
 @pytest.mark.parametrize("change", [
     {"addr": "6.6.6.6:666"}, {"kinds": ["python", "llm"]}, {"models": ["f" * 64]}, {"sandbox": False},
-    {"expires": T0 + 10 * RECORD_TTL_MS}, {"issued": T0 + 1}, {"alt": ["6.6.6.6:666"]},
+    {"expires": T0 + 10 * RECORD_TTL_MS}, {"issued": T0 + 1}, {"alt": ["6.6.6.6:666"]}, {"fetch_models": 1 << 30},
 ])
 def test_any_edit_by_a_relay_breaks_the_signature(change):
     forged = dataclasses.replace(rec(), **change)
@@ -47,6 +50,19 @@ def test_expired_future_and_version_checks():
     wrong.sig = ALICE.sign(__import__("mesh.wire.records", fromlist=["record_bytes"]).record_bytes(NET, wrong)).hex()
     assert check_record(wrong, NET, T0) == "bad-version"
     assert check_record(rec(addr="no-port"), NET, T0) == "bad-record"
+
+
+@pytest.mark.parametrize("allowance", [-1, MAX_FETCH_MODELS + 1, 1 << 80])
+def test_a_fetch_allowance_out_of_bounds_is_refused_even_signed_by_its_own_key(allowance):
+    """A peer advertising a negative or absurd --fetch-models allowance (to be offered every model's steps,
+    or to break a comparison) is refused like any malformed record; a wire value of another type never
+    becomes a record."""
+    assert check_record(rec(fetch_models=MAX_FETCH_MODELS), NET, T0) == ""
+    assert check_record(rec(fetch_models=allowance), NET, T0) == "bad-record"
+    for wrong in (True, "1000000", 1e9, None):
+        wire = {**dump(rec()), "fetch_models": wrong}
+        with pytest.raises(Rejected, match="fetch_models"):
+            parse(PeerRecord, wire)
 
 
 def test_peer_table_keeps_the_newest_record_and_follows_address_changes():
