@@ -5,6 +5,7 @@ workers and nothing heavy runs."""
 
 from __future__ import annotations
 
+import traceback
 from types import SimpleNamespace
 
 import pytest
@@ -61,4 +62,17 @@ def test_api_conforms_to_its_schema(label, lone_node):
                                excluded_checks=[schemathesis.checks.allow_header_conformance,
                                                 schemathesis.checks.positive_data_acceptance])
 
-    check()
+    try:
+        check()
+    except Exception as exc:  # one retry, for one known interpreter bug only; anything else is raised as is
+        if not cpython_ast_race(exc):
+            raise
+        check()
+
+
+def cpython_ast_race(exc: BaseException) -> bool:
+    """Whether Hypothesis failed on CPython 3.11's AST-constructor race (python/cpython#106905, fixed in
+    later releases): its lambda descriptions call ast.parse, whose depth counter is shared by threads, and
+    a clean-clone CI run once failed POST /jobs with "AST constructor recursion depth mismatch" that the
+    replay did not reproduce. The node was never involved."""
+    return "AST constructor recursion depth mismatch" in "".join(traceback.format_exception(exc))

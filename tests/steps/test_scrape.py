@@ -134,7 +134,9 @@ def site():
 
 
 def scrape(url: str, params: dict | None = None, allow: Allow = ALLOW_LOCAL, browser: str | None = "auto",
-           timeout: float = 30) -> tuple[dict, dict]:
+           timeout: float = 60) -> tuple[dict, dict]:
+    """Scrape `url` with a Scraper of its own: a cold Chromium start each time (the 30 s this once
+    allowed ran out on a loaded CI machine)."""
     async def go():
         scraper = Scraper(allow, find_browser() if browser == "auto" else browser, USER)
         try:
