@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import json
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 
 from mesh import PROTOCOL_VERSION
 from mesh.errors import Rejected
-from mesh.wire.canonical import canonical
+from mesh.wire.canonical import canonical, loads
 from mesh.wire.identity import Identity, node_id_of, verify
 from mesh.wire.messages import KINDS
 from mesh.wire.schema import dump, parse
@@ -34,6 +33,8 @@ REORDER_KEEP = 32
 # without end.
 MAX_SENDERS = 10_000
 _HEADER = struct.Struct(">I")
+_SEQ_TS = struct.Struct(">QQ")
+_VERSION = str(PROTOCOL_VERSION).encode()
 _ENVELOPE_KEYS = {"v", "kind", "net", "from", "to", "seq", "ts", "payload", "sig"}
 
 
@@ -51,7 +52,7 @@ def signed_bytes_of_hash(kind: str, network: str, sender: bytes, recipient: byte
     return b"".join([
         b"homemesh/v1/", kind.encode(), b"\x00",
         bytes([len(net)]), net, sender, recipient,
-        struct.pack(">QQ", seq, ts_ms), payload_sha256,
+        _SEQ_TS.pack(seq, ts_ms), payload_sha256,
     ])
 
 
@@ -80,6 +81,9 @@ class Sealer:
         self.identity = identity
         self.network = network
         self._last_seq = 0
+        self._from = identity.public_key.hex()
+        self._net_json = canonical(network)  # a network id is the operator's: escaped as JSON, once
+        self._prefix: dict[str, tuple[bytes, bytes]] = {}  # kind → (signed-bytes prefix, JSON of the kind)
 
     def seal(self, kind: str, recipient: bytes, payload_obj: Any, now_ms: int) -> bytes:
         """Return the framed bytes of one envelope."""
@@ -94,15 +98,19 @@ class Sealer:
         """`seal` of a payload already `encode`d: hashed for the signature and spliced into the body."""
         seq = max(self._last_seq + 1, now_ms * 1000)
         self._last_seq = seq
-        sig = self.identity.sign(signed_bytes_of_hash(kind, self.network, self.identity.public_key, recipient,
-                                                      seq, now_ms, hashlib.sha256(encoded).digest()))
-        head = canonical({
-            "v": PROTOCOL_VERSION, "kind": kind, "net": self.network,
-            "from": self.identity.public_key.hex(), "to": recipient.hex(),
-            "seq": seq, "ts": now_ms, "payload": 0, "sig": sig.hex(),
-        })
-        # Keys are sorted and every string value is escaped, so the first raw `"payload":0` is the key.
-        body = head.replace(b'"payload":0', b'"payload":' + encoded, 1)
+        known = self._prefix.get(kind)
+        if known is None:
+            prefix = signed_bytes_of_hash(kind, self.network, self.identity.public_key, b"", 0, 0, b"")[:-16]
+            known = self._prefix[kind] = (prefix, canonical(kind))
+        prefix, kind_json = known
+        sig = self.identity.sign(b"".join((prefix, recipient, _SEQ_TS.pack(seq, now_ms),
+                                           hashlib.sha256(encoded).digest())))
+        # canonical() of the envelope object, written out: its keys in sorted order, the strings that are
+        # not hex (kind, network) escaped once; tests/wire/test_envelope.py holds the two byte-identical
+        body = b"".join((b'{"from":"', self._from.encode(), b'","kind":', kind_json, b',"net":', self._net_json,
+                         b',"payload":', encoded, b',"seq":', str(seq).encode(), b',"sig":"', sig.hex().encode(),
+                         b'","to":"', recipient.hex().encode(), b'","ts":', str(now_ms).encode(),
+                         b',"v":', _VERSION, b"}"))
         return _HEADER.pack(len(body)) + body
 
 
@@ -153,7 +161,7 @@ def _hexkey(value: Any, field: str) -> bytes:
 def _decode(body: bytes) -> dict:
     """The envelope object of a frame, with exactly the envelope's fields."""
     try:
-        obj = json.loads(body)
+        obj = loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise Rejected("bad-json", "frame is not UTF-8 JSON") from None
     if not isinstance(obj, dict) or set(obj) != _ENVELOPE_KEYS:

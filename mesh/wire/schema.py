@@ -124,17 +124,30 @@ def _scalar_checker(tp: type) -> Callable[[Any], Any]:
 
 
 _LEAVES = (str, int, float, bool, type(None))
+_LEAF_TYPES = frozenset(_LEAVES)
+_FIELDS: dict[type, tuple[str, ...]] = {}  # a dataclass's field names, looked up once per class
 
 
 def dump(obj: Any) -> Any:
     """Dataclass → plain JSON-able dict (the inverse of parse). Unlike dataclasses.asdict it does not
-    deep-copy every leaf, which cost as much as the rest of sealing an envelope."""
-    if isinstance(obj, _LEAVES):
+    deep-copy every leaf, which cost as much as the rest of sealing an envelope; field names are looked
+    up once per class, and a leaf field is taken as it is."""
+    tp = type(obj)
+    if tp in _LEAF_TYPES:
         return obj
-    if isinstance(obj, list | tuple):
-        return [dump(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: dump(v) for k, v in obj.items()}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: dump(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    return obj
+    names = _FIELDS.get(tp)
+    if names is None:
+        if isinstance(obj, _LEAVES):
+            return obj
+        if isinstance(obj, list | tuple):
+            return [dump(v) for v in obj]
+        if isinstance(obj, dict):
+            return {k: dump(v) for k, v in obj.items()}
+        if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+            return obj
+        names = _FIELDS[tp] = tuple(f.name for f in dataclasses.fields(obj))
+    out = {}
+    for name in names:
+        value = getattr(obj, name)
+        out[name] = value if type(value) in _LEAF_TYPES else dump(value)
+    return out
