@@ -68,16 +68,16 @@ class Entry:
 
 
 def detail_json(detail: Mapping[str, Any] | None) -> str:
-    return canonical_text(dict(detail or {}))
+    return canonical_text(detail if type(detail) is dict else dict(detail or {}))
 
 
 def entry_hash(prev: str, row_id: int, ts: int, kind: str, job: str, step: str, peer: str, amount: float,
                detail: str) -> str:
     """SHA-256 over the previous hash and every column, each text length-prefixed (no two rows share an
     encoding) and the amount as the 8 bytes of its IEEE double: one fixed byte layout, cheap to build."""
-    texts = [t.encode() for t in (kind, job, step, peer, detail)]
+    k, j, s, p, d = kind.encode(), job.encode(), step.encode(), peer.encode(), detail.encode()
     return hashlib.sha256(b"".join((prev.encode(), _HEAD.pack(row_id, ts, amount),
-                                    _LENS.pack(*map(len, texts)), *texts))).hexdigest()
+                                    _LENS.pack(len(k), len(j), len(s), len(p), len(d)), k, j, s, p, d))).hexdigest()
 
 
 class Ledger:
@@ -196,11 +196,12 @@ class Ledger:
             last_id, prev = row if row else (0, GENESIS)
             rows, added, keys = [], [], set()
             for batch, ts, kind, job, step, peer, amount, detail in prepared:
-                key = (kind, job, step, peer)
-                if not fast and (key in keys or cur.execute(
-                        "SELECT 1 FROM entries WHERE kind=? AND job=? AND step=? AND peer=?", key).fetchone()):
-                    continue  # already recorded: recording a receipt twice changes nothing
-                keys.add(key)
+                if not fast:  # (the fast path leaves duplicates to the UNIQUE index: one aborts it)
+                    key = (kind, job, step, peer)
+                    if key in keys or cur.execute(
+                            "SELECT 1 FROM entries WHERE kind=? AND job=? AND step=? AND peer=?", key).fetchone():
+                        continue  # already recorded: recording a receipt twice changes nothing
+                    keys.add(key)
                 last_id += 1
                 h = entry_hash(prev, last_id, ts, kind, job, step, peer, amount, detail)
                 rows.append((last_id, ts, kind, job, step, peer, amount, detail, prev, h))
