@@ -81,8 +81,13 @@ def _primes(text: str) -> str | None:
     if hi - lo > 10_000_000:
         return None
     found = f"[n for n in range({lo}, {hi}) if is_prime(n)]"
-    wants_count = re.search(r"how many|count|number of", text)
-    return f"{sieve}output = len({found})" if wants_count else f"{sieve}output = {found}"
+    if re.search(r"how many|count|number of", text):
+        return f"{sieve}output = len({found})"
+    if re.search(r"\b(sum|total|add up)\b", text):
+        return f"{sieve}output = sum({found})"
+    if re.search(r"\bproduct\b", text):
+        return f"import math\n{sieve}output = math.prod({found})"
+    return f"{sieve}output = {found}"
 
 
 def _series(text: str) -> str | None:
@@ -120,18 +125,44 @@ def _aggregate(text: str) -> str | None:
     return None
 
 
+# what is asked about a whole number rather than the number itself: "how many trailing zeros does 100!
+# have", "how many digits are in 2 to the power 100", "the sum of the digits of 2**15"
+_OF_DIGITS = ((r"trailing zero", "len(str(abs(x))) - len(str(abs(x)).rstrip('0'))"),
+              (r"sum of (?:the |its )?digits|digit sum", "sum(int(c) for c in str(abs(x)))"),
+              (r"how many digits|number of digits|digits (?:are|does|do)", "len(str(abs(x)))"))
+
+
+def _of_digits(text: str, code: str) -> str:
+    """`code` (which sets `output` to a whole number) followed by what `text` asks of its digits."""
+    for pattern, expr in _OF_DIGITS:
+        if re.search(pattern, text):
+            return f"{code}\nx = output\noutput = {expr}"
+    return code
+
+
+def _fibonacci(text: str) -> str | None:
+    m = re.search(r"(\d+)(?:st|nd|rd|th)?\s+fibonacci|fibonacci\s+(?:number\s+)?(\d+)", text)
+    if not m:
+        return None
+    n = int(m.group(1) or m.group(2))
+    if not 1 <= n <= 100_000:
+        return None
+    first = re.search(r"first\s+\d+\s+fibonacci", text) is not None
+    # the sequence's first two terms when the question gives them ("starting 1, 1, 2, 3"); else 0, 1
+    seed = re.search(r"start(?:ing|s)?\s+(?:with|at|from)?\s*(\d{1,9})\s*,\s*(\d{1,9})", text)
+    a, b = (int(seed.group(1)), int(seed.group(2))) if seed else (0, 1)
+    return ("a, b, seq = %d, %d, []\nfor _ in range(%d):\n    seq.append(a)\n    a, b = b, a + b\n"
+            "output = %s" % (a, b, n, "seq" if first else "seq[-1]"))
+
+
 def _single(text: str) -> str | None:
     m = re.search(r"factorial\s+of\s+(\d+)|\b(\d+)!", text)
     if m:
         n = int(m.group(1) or m.group(2))
-        return f"import math\noutput = math.factorial({n})" if n <= 5000 else None
-    m = re.search(r"(\d+)(?:st|nd|rd|th)?\s+fibonacci|fibonacci\s+(?:number\s+)?(\d+)", text)
-    if m:
-        n = int(m.group(1) or m.group(2))
-        if 1 <= n <= 100_000:
-            first = re.search(r"first\s+\d+\s+fibonacci", text) is not None
-            return ("a, b, seq = 0, 1, []\nfor _ in range(%d):\n    seq.append(a)\n    a, b = b, a + b\n"
-                    "output = %s" % (n, "seq" if first else "seq[-1]"))
+        return _of_digits(text, f"import math\noutput = math.factorial({n})") if n <= 5000 else None
+    code = _fibonacci(text)
+    if code:
+        return code if "first" in text else _of_digits(text, code)
     m = re.search(rf"square root of\s+({NUM})", text)
     if m:
         return f"import math\noutput = math.sqrt({_num(m.group(1))})"
@@ -140,7 +171,8 @@ def _single(text: str) -> str | None:
         return f"output = {_num(m.group(1))} / 100 * {_num(m.group(2))}"
     m = re.search(rf"({NUM})\s+(?:to the power(?: of)?|raised to)\s+({NUM})", text)
     if m:
-        return f"output = {_num(m.group(1))} ** {_num(m.group(2))}"
+        code = f"output = {_num(m.group(1))} ** {_num(m.group(2))}"
+        return _of_digits(text, code) if "." not in m.group(0) else code
     m = re.search(rf"({NUM})\s*(?:degrees\s+)?([a-z]+)\s+(?:to|in|into)\s+([a-z]+)", text)
     if m and (m.group(2), m.group(3)) in _UNITS:
         return f"x = {_num(m.group(1))}\noutput = round({_UNITS[(m.group(2), m.group(3))]}, 6)"

@@ -63,6 +63,13 @@ def fib(n: int) -> int:
     ("sort 5, 3, 9, 1", [1, 3, 5, 9]),
     ("product of numbers from 1 to 6", 720),
     ("2 to the power 10", 1024),
+    # what is asked of a number's digits, and sums over primes (rules added after blind cases showed them)
+    ("the sum of the primes below 30", 2 + 3 + 5 + 7 + 11 + 13 + 17 + 19 + 23 + 29),
+    ("how many trailing zeros does 25! have", 6),
+    ("how many digits does 2 to the power 64 have", len(str(2 ** 64))),
+    ("what is the sum of the digits of 10!", sum(map(int, str(3628800)))),
+    ("the 12th fibonacci number, the sequence starting 1, 1", fib(13)),
+    ("the 5th fibonacci number starting with 2, 1", 7),  # Lucas: 2, 1, 3, 4, 7
 ])
 def test_rule_computations_give_the_true_answer(query: str, expected: object) -> None:
     code = computation(query)
