@@ -13,6 +13,7 @@ from mesh.errors import ConfigError, LedgerError
 from mesh.wire.identity import load
 
 from .messages import EntriesRecorded, OpenLedger, PeerStatsQuery, PeerStatsReply, RecordEntries
+from .procname import name_process
 
 GROUP_WINDOW = timedelta(milliseconds=2)
 GROUP_MAX = 64  # batches per transaction
@@ -21,6 +22,7 @@ GROUP_MAX = 64  # batches per transaction
 class LedgerActor(ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
+        name_process("hm-ledger")
         self.ledger: Ledger | None = None
         self.error = "ledger not open"
         self.queue: list[tuple[object, RecordEntries]] = []  # (asker, batch) awaiting one commit

@@ -12,11 +12,13 @@ from thespian.actors import ActorTypeDispatcher
 from mesh.errors import StepFailed
 
 from .messages import LoadModel, ModelLoaded, RunStep, StepDone, StepProgress
+from .procname import name_process
 
 
 class ModelRunnerActor(ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
+        name_process("hm-model")
         self.model = None
         self.error = "model not loaded yet"
 

@@ -27,6 +27,7 @@ from .messages import (
     StepProgress,
     WarmUp,
 )
+from .procname import name_process
 
 log = logging.getLogger("mesh.node_actor")
 MAX_RUNNER_RESTARTS = 20  # past this a node stops offering llm steps instead of crash-looping
@@ -56,6 +57,7 @@ def _failure(msg: Question, reason: str) -> Answer:
 class NodeActor(ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
+        name_process("hm-node-actor")
         self.config: NodeConfig | None = None
         self.ledger = None
         self.runners: dict[str, object] = {}  # model sha256 → its ModelRunnerActor (one per model)

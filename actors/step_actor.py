@@ -12,11 +12,13 @@ from mesh.errors import StepFailed
 from mesh.steps.sandbox import Sandbox
 
 from .messages import RunStep, StepDone, WarmUp
+from .procname import name_process
 
 
 class StepActor(ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
+        name_process("hm-step")
         self.sandbox: Sandbox | None = None
 
     def receiveMsg_WarmUp(self, msg: WarmUp, sender) -> None:

@@ -67,6 +67,8 @@ BENCHES = (
           {"punch_share_drop": "punch_share_drop", "punch_share_reset": "punch_share_reset",
            "latency_relayed_s": "latency_relayed_s", "latency_punched_s": "latency_punched_s",
            "latency_relayed_vs_punched": "latency_relayed_vs_punched"}),
+    Bench("node_memory", "bench.node_memory", ("--idle", "5"), ("--idle", "10"),
+          {"libp2p_node_uss_mib": "idle_node_uss_mib", "tcp_node_uss_mib": "idle_node_uss_mib_tcp"}),
     Bench("scale", "bench.scale", (), (), {"job_s": "scale_32_nodes_100_steps_s",
                                            "rss_mib_per_node_mean": "scale_rss_mib_per_node",
                                            "uss_mib_per_node_mean": "scale_uss_mib_per_node"}),
@@ -78,6 +80,7 @@ GOALS = (
     Goal("ledger_vs_sqlite", 0.5, True, "ledger rows/s (hash chain, batched) ÷ raw sqlite3 inserts"),
     Goal("python_step_vs_bwrap", 1.3, False, "python step time (warm sandbox) ÷ a bare bwrap start"),
     Goal("simulator_vs_simpy", 2.0, True, "simulated events/s, whole run ÷ the same run on SimPy"),
+    Goal("idle_node_uss_mib", 40, False, "MiB no other process shares, summed over an idle node's tree (no model)"),
 )
 
 

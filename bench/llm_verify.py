@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 from bench.abab import abab, pin
 from bench.report import emit
@@ -53,7 +54,34 @@ def main() -> None:
            "generate_s": round(statistics.median(b for b, _ in r.pairs), 4),
            "verify_s": round(statistics.median(v for _, v in r.pairs), 4), "honest_accepted": ok, **r.fields()}
     res.update(sampled(model, args.tokens, args.seeds))
+    res.update(split(model, list(gen.token_ids)))
     emit(res, args.json)
+
+
+def split(model: Model, token_ids: list[int], runs: int = 3) -> dict:
+    """Where a verification's time goes (best of `runs`): the forward pass over prompt + claim with one
+    vocabulary-sized row of logits (the last), against the same pass keeping a row for every claimed
+    position, as scoring needs. The difference is the output layer over the vocabulary, once a position."""
+    scorer = model._scorer()
+    seq = model._tokens(PROMPT) + token_ids
+    head = len(seq) - len(token_ids) - 1
+
+    def timed(all_rows: bool) -> float:
+        scorer.reset()
+        t0 = time.perf_counter()
+        scorer._logits_all = False
+        try:
+            scorer.eval(seq if not all_rows else seq[:head])
+        finally:
+            scorer._logits_all = True
+        if all_rows:
+            scorer.eval(seq[head:])
+        return time.perf_counter() - t0
+
+    one = min(timed(False) for _ in range(runs))
+    every = min(timed(True) for _ in range(runs))
+    return {"pass_one_row_s": round(one, 4), "pass_every_row_s": round(every, 4),
+            "vocabulary_rows": len(token_ids) + 1, "n_vocab": scorer.n_vocab()}
 
 
 def sampled(model: Model, tokens: int, seeds: int) -> dict:
