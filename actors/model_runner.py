@@ -23,9 +23,11 @@ class ModelRunnerActor(ActorTypeDispatcher):
         self.error = "model not loaded yet"
 
     def receiveMsg_LoadModel(self, msg: LoadModel, sender) -> None:
+        from mesh.steps.cgroup import join_cpu_cap
         from mesh.steps.llm import Model
 
         try:
+            join_cpu_cap(msg.cpu_cap)  # (before the model's threads start: they inherit the group)
             self.model = Model(Path(msg.path), msg.sha256, msg.n_threads or None)
             self.error = ""
         except (ValueError, OSError, RuntimeError) as exc:

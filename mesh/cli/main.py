@@ -45,7 +45,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         home=_home(args), listen=parse_hostport(args.listen, "--listen"), api=parse_hostport(args.api, "--api"),
         bootstrap=[_bootstrap(b, args.transport) for b in args.bootstrap], network=args.network,
         fault=args.fault or "", allow_unsandboxed_python=args.allow_unsandboxed_python,
-        load_model=not args.no_model, threads=args.threads,
+        load_model=not args.no_model, threads=args.threads, max_cpu=args.max_cpu,
         model=Path(args.model).expanduser() if args.model else None, frame_cap=args.frame_cap,
         credit_line=args.credit_line, collude=args.collude or "", spot_rate=args.spot_rate,
         blacklist_s=args.blacklist, core_log=args.core_log, scrape_allow=args.scrape_allow,
@@ -60,6 +60,17 @@ def cmd_node(args: argparse.Namespace) -> int:
     )
     run_node(opts)
     return 0
+
+
+def _percent(text: str) -> float:
+    """`--max-cpu 50%` (or 50): the share as a fraction, above 0 and at most 1."""
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage like 50%") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0% and at most 100%")
+    return value / 100
 
 
 def _rates(items: list[str], flag: str, maximum: bool = False) -> RateCard:  # noqa: F821 - imported where used
@@ -694,6 +705,11 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
                     help="call a linked peer down, and close its links, after this long without a word from it "
                          "(default 20; shorter limits send hellos more often, so three are missed first)")
     sp.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: up to 4)")
+    sp.add_argument("--max-cpu", metavar="PERCENT", type=_percent, default=0.0,
+                    help="the share of this machine's CPUs that peers' steps may use in all, e.g. 50%%: python "
+                         "steps and model runners run under one CPU quota, and llama.cpp gets no more threads "
+                         "than the cap's CPUs; a CPU-bound step runs slower, none is refused (needs root and "
+                         "cgroup v1's cpu controller; the node refuses to start where it cannot enforce it)")
     sp.add_argument("--model", metavar="PATH.gguf", help="serve this GGUF model instead of the default Gemma 3 270M")
 
 

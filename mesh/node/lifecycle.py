@@ -115,6 +115,7 @@ class NodeOptions:
     allow_unsandboxed_python: bool = False
     load_model: bool = True
     threads: int = 0
+    max_cpu: float = 0.0  # --max-cpu: the share of this machine's CPUs peers' steps may use in all (0: no cap)
     frame_cap: int = DEFAULT_FRAME_CAP
     model: Path | None = None
     credit_line: float = 10.0  # credits this node may spend beyond what it has earned
@@ -1026,7 +1027,7 @@ class Node:
                 "listen": self.listen, "transport": self.gateway.transport.kind,
                 "addresses": self.gateway.addresses, "advertised": [rec.addr, *rec.alt] if (rec := self.own_record) else [],
                 "reachability": self.reachability(), "kinds": self.kinds, "models": self.models,
-                "fetch_models": self.fetch_allowance, "sandbox": self.sandboxed,
+                "fetch_models": self.fetch_allowance, "max_cpu": self.opts.max_cpu, "sandbox": self.sandboxed,
                 "fault": self.opts.fault or None, "peers": peers, "rejected": dict(self.receiver.rejected),
                 "testimony": self.testimonies.status(),
                 "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,
@@ -1053,12 +1054,35 @@ def run_node(opts: NodeOptions) -> None:
     cgroup.sweep_stale()  # what nodes killed on this machine left behind
     for (host, port), what in ((opts.listen, "peer"), (opts.api, "API")):
         bind(host, port, what).close()  # fail fast, before forking the actor system
+    cap = _cpu_cap(opts, identity.node_id)
+    try:
+        _run(opts, identity, user, model_sha, cap)
+    finally:
+        if cap is not None:
+            cap.close()
+
+
+def _cpu_cap(opts: NodeOptions, node_id: str) -> cgroup.CpuCap | None:
+    """--max-cpu: the group every step and model runner of this node joins; a model runner's threads
+    follow it (more threads than the cap's CPUs only wait for quota)."""
+    if not opts.max_cpu:
+        return None
+    try:
+        cap = cgroup.CpuCap(opts.max_cpu, f"{node_id[:12]}-{os.getpid()}")
+    except cgroup.CpuCapError as exc:
+        raise ConfigError(f"--max-cpu cannot be enforced on this machine: {exc}") from None
+    opts.threads = min(opts.threads, cap.threads) if opts.threads else min(4, cap.threads)
+    return cap
+
+
+def _run(opts: NodeOptions, identity: Identity, user: StepUser | None, model_sha: str,
+         cap: cgroup.CpuCap | None) -> None:
     logging.basicConfig(filename=str(opts.home / "node.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     journal = Journal(opts.home)  # a damaged or unwritable journal stops the start here, with what to do
     asys = actorsys.start(opts.home / "actors.log")
     try:
-        node_actor, ready = _start_actors(asys, opts, model_sha, user)
+        node_actor, ready = _start_actors(asys, opts, model_sha, user, str(cap.path) if cap else "")
         peer_sock = bind(*opts.listen, "peer")
         api_sock = bind(*opts.api, "API")
         node = Node(opts, identity, asys, node_actor, ready, user, journal)
@@ -1130,7 +1154,8 @@ def _served(home: Path) -> list[ModelEntry]:
     return out
 
 
-def _start_actors(asys, opts: NodeOptions, model_sha: str, user: StepUser | None) -> tuple[object, NodeReady]:
+def _start_actors(asys, opts: NodeOptions, model_sha: str, user: StepUser | None,
+                  cpu_cap: str = "") -> tuple[object, NodeReady]:
     """The NodeActor, and its answer once the ledger is open and the models are loaded (a minute per
     extra model at most)."""
     from actors.node_actor import NodeActor
@@ -1138,7 +1163,7 @@ def _start_actors(asys, opts: NodeOptions, model_sha: str, user: StepUser | None
     node_actor = asys.createActor(NodeActor)
     extra = [[e.path, e.sha256] for e in _served(opts.home)] if opts.load_model else []
     config = NodeConfig(str(opts.home), str(opts.home / LEDGER_FILE), opts.threads, opts.load_model,
-                        str(opts.model or ""), model_sha, extra, user)
+                        str(opts.model or ""), model_sha, extra, user, cpu_cap)
     ready = asys.ask(node_actor, config, 120 + 60 * len(extra))
     if not isinstance(ready, NodeReady):
         raise MeshError("the node's actors did not start (see actors.log in the node's home)")
