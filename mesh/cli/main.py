@@ -707,7 +707,7 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: up to 4)")
     sp.add_argument("--max-cpu", metavar="PERCENT", type=_percent, default=0.0,
                     help="the share of this machine's CPUs that peers' steps may use in all, e.g. 50%%: python "
-                         "steps and model runners run under one CPU quota, and llama.cpp gets no more threads "
+                         "steps and model runners (not yet Chromium) run under one CPU quota, and llama.cpp gets no more threads "
                          "than the cap's CPUs; a CPU-bound step runs slower, none is refused (needs root and "
                          "cgroup v1's cpu controller; the node refuses to start where it cannot enforce it)")
     sp.add_argument("--model", metavar="PATH.gguf", help="serve this GGUF model instead of the default Gemma 3 270M")
