@@ -233,7 +233,7 @@ class Sandbox:
                 launch.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd=self.cwd, pass_fds=launch.fds,
                 preexec_fn=self._child_setup if self.group.paths or user or cpu_cap else None)
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:  # (the latter: joining a group failed in the child)
             self.close()
             raise StepFailed(f"cannot start the sandbox: {exc}") from None
         finally:

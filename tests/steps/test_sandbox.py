@@ -571,3 +571,11 @@ def test_a_lower_memory_limit_holds_for_that_step():
     with pytest.raises(StepFailed, match="MemoryError"):
         Sandbox().run("x = bytearray(400 << 20)\noutput = len(x)", {}, 20, memory=256 << 20)
     assert Sandbox().run("x = bytearray(100 << 20)\noutput = len(x)", {}, 20, memory=256 << 20).output == 100 << 20
+
+
+def test_a_cpu_cap_group_that_is_gone_fails_the_step_with_the_reason(tmp_path):
+    # (a node's --max-cpu group removed under it: the sandbox cannot join it in the child before exec)
+    from mesh.steps.sandbox import Sandbox
+
+    with pytest.raises(StepFailed, match="cannot start the sandbox"):
+        Sandbox(True, None, str(tmp_path / "no-such-group"))
