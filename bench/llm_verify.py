@@ -62,26 +62,18 @@ def split(model: Model, token_ids: list[int], runs: int = 3) -> dict:
     """Where a verification's time goes (best of `runs`): the forward pass over prompt + claim with one
     vocabulary-sized row of logits (the last), against the same pass keeping a row for every claimed
     position, as scoring needs. The difference is the output layer over the vocabulary, once a position."""
-    scorer = model._scorer()
     seq = model._tokens(PROMPT) + token_ids
-    head = len(seq) - len(token_ids) - 1
+    every_from = len(seq) - len(token_ids) - 1  # as Model.verify scores: from the prompt's last token on
 
-    def timed(all_rows: bool) -> float:
-        scorer.reset()
+    def timed(head: int) -> float:
         t0 = time.perf_counter()
-        scorer._logits_all = False
-        try:
-            scorer.eval(seq if not all_rows else seq[:head])
-        finally:
-            scorer._logits_all = True
-        if all_rows:
-            scorer.eval(seq[head:])
+        model.forward(seq, head)
         return time.perf_counter() - t0
 
-    one = min(timed(False) for _ in range(runs))
-    every = min(timed(True) for _ in range(runs))
+    one = min(timed(len(seq) - 1) for _ in range(runs))
+    every = min(timed(every_from) for _ in range(runs))
     return {"pass_one_row_s": round(one, 4), "pass_every_row_s": round(every, 4),
-            "vocabulary_rows": len(token_ids) + 1, "n_vocab": scorer.n_vocab()}
+            "vocabulary_rows": len(token_ids) + 1, "n_vocab": model.llm.n_vocab()}
 
 
 def sampled(model: Model, tokens: int, seeds: int) -> dict:

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 
 from mesh.core.dag import REF, Job, parse_job
 from mesh.errors import JobError, UserError
-from mesh.planning.parts import TWO_MODELS, clean_url, split
+from mesh.planning.parts import TWO_MODELS, URL, clean_url, split
 from mesh.planning.rules import computation, numbers
 
 MAX_QUERY = 2000
 PLAN_TOKENS = 320
 PAGE_CHARS = 1500  # of a scraped page's text handed to the model: the context is 2048 tokens
-URL = re.compile(r"https?://[^\s<>\"'`{}|\\^\[\]]+")
 _STEP_ID = {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,15}$"}
 
 

@@ -248,20 +248,25 @@ class Model:
                              f"exceed the context of {self.llm.n_ctx()}")
         if any(not 0 <= t < self.llm.n_vocab() for t in prompt_ids):
             raise StepFailed("cannot score: the prompt has token ids outside the model's vocabulary")
+        head = len(prompt_ids) - 1  # logits are needed from the prompt's last token on
+        scorer = self.forward(seq, head)
+        return np.asarray(scorer.scores[head:len(seq)])
+
+    def forward(self, seq: list[int], head: int):
+        """One forward pass of the scoring context over `seq`, keeping a vocabulary-sized row of logits for
+        each position from `head` on; the scorer back. llama.cpp's pass, not Python's eval. Positions
+        before `head` go without logits: computing (and keeping) a row per prompt token was most of the
+        time and memory of scoring a long prompt. (`_logits_all` is what Llama.eval reads per call; were
+        it renamed, every row would be computed again: slower, the same verdict.)"""
         scorer = self._scorer()
         scorer.reset()
-        head = len(prompt_ids) - 1  # logits are needed from the prompt's last token on
-        # llama.cpp's forward pass (not Python's eval). The prompt goes without logits: computing (and
-        # keeping) a vocabulary-sized row per prompt token was most of the time and memory of scoring a
-        # long prompt. (`_logits_all` is what Llama.eval reads per call; were it renamed, every row would
-        # be computed again: slower, the same verdict.)
         scorer._logits_all = False
         try:
             scorer.eval(seq[:head])
         finally:
             scorer._logits_all = True
         scorer.eval(seq[head:])
-        return np.asarray(scorer.scores[head:len(seq)])
+        return scorer
 
     def _scorer(self):
         """A second context that keeps logits for every position (the generator keeps only the last), of

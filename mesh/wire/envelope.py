@@ -48,12 +48,14 @@ def signed_bytes_of_hash(kind: str, network: str, sender: bytes, recipient: byte
                          payload_sha256: bytes) -> bytes:
     """What is signed, given the SHA-256 of the canonical payload: lets a third party holding only the
     envelope's header fields, its signature and the payload check an answer (see mesh.wire.attest)."""
+    return b"".join((signed_prefix(kind, network, sender), recipient, _SEQ_TS.pack(seq, ts_ms), payload_sha256))
+
+
+def signed_prefix(kind: str, network: str, sender: bytes) -> bytes:
+    """The signed bytes' first parts, the same for every envelope of one kind from one sender: a sealer
+    builds them once per kind."""
     net = network.encode()
-    return b"".join([
-        b"homemesh/v1/", kind.encode(), b"\x00",
-        bytes([len(net)]), net, sender, recipient,
-        _SEQ_TS.pack(seq, ts_ms), payload_sha256,
-    ])
+    return b"".join((b"homemesh/v1/", kind.encode(), b"\x00", bytes([len(net)]), net, sender))
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,7 @@ class Sealer:
         self._last_seq = seq
         known = self._prefix.get(kind)
         if known is None:
-            prefix = signed_bytes_of_hash(kind, self.network, self.identity.public_key, b"", 0, 0, b"")[:-16]
-            known = self._prefix[kind] = (prefix, canonical(kind))
+            known = self._prefix[kind] = (signed_prefix(kind, self.network, self.identity.public_key), canonical(kind))
         prefix, kind_json = known
         sig = self.identity.sign(b"".join((prefix, recipient, _SEQ_TS.pack(seq, now_ms),
                                            hashlib.sha256(encoded).digest())))
