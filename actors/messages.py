@@ -26,7 +26,7 @@ class NodeConfig:
     model_sha256: str = ""
     extra_models: list[list[str]] = field(default_factory=list)  # [path, sha256] from the model registry
     step_user: StepUser | None = None  # who python steps run as (set when the node runs as root)
-    cpu_cap: str = ""  # the owner's --max-cpu group (mesh.steps.cgroup.CpuCap), joined by steps and runners
+    cap: str = ""  # the name of the owner's cap groups (mesh.steps.cgroup.OwnerCap): steps and runners join them
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class RunStep:
     user: StepUser | None = None  # filled in by the NodeActor for python steps
     memory: int | None = None  # bytes a python step may use (None: the sandbox's own limit)
     cancel_file: str = ""  # once this file exists, the step is stopped (python: its sandbox killed)
-    cpu_cap: str = ""  # filled in by the NodeActor: the owner's CPU cap group
+    cap: str = ""  # filled in by the NodeActor: the owner's cap groups (--max-cpu, --max-memory)
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class WarmUp:
 
     sandboxed: bool = True
     user: StepUser | None = None
-    cpu_cap: str = ""
+    cap: str = ""
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class LoadModel:
     path: str
     sha256: str
     n_threads: int = 0
-    cpu_cap: str = ""  # the runner joins the owner's CPU cap group before it loads
+    cap: str = ""  # the runner joins the owner's CPU cap group before it loads
 
 
 @dataclass(frozen=True)

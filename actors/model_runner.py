@@ -27,7 +27,7 @@ class ModelRunnerActor(ActorTypeDispatcher):
         from mesh.steps.llm import Model
 
         try:
-            join_cpu_cap(msg.cpu_cap)  # (before the model's threads start: they inherit the group)
+            join_cpu_cap(msg.cap)  # (before the model's threads start: they inherit the group)
             self.model = Model(Path(msg.path), msg.sha256, msg.n_threads or None)
             self.error = ""
         except (ValueError, OSError, RuntimeError) as exc:

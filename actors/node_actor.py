@@ -90,9 +90,9 @@ class NodeActor(ActorTypeDispatcher):
                 self.model_error = str(exc)
             else:
                 self.default_sha = sha
-                self.loads[sha] = LoadModel(str(path), sha, msg.n_threads, msg.cpu_cap)
+                self.loads[sha] = LoadModel(str(path), sha, msg.n_threads, msg.cap)
         for path, sha in msg.extra_models:
-            self.loads.setdefault(sha, LoadModel(path, sha, msg.n_threads, msg.cpu_cap))
+            self.loads.setdefault(sha, LoadModel(path, sha, msg.n_threads, msg.cap))
         if not self.loads:
             self.send(sender, NodeReady([], self.model_error))
             return
@@ -107,7 +107,7 @@ class NodeActor(ActorTypeDispatcher):
 
         while self.can_sandbox and len(self.warm) < WARM_SANDBOXES:
             actor = self.createActor(StepActor)
-            self.send(actor, WarmUp(True, self.config.step_user, self.config.cpu_cap))
+            self.send(actor, WarmUp(True, self.config.step_user, self.config.cap))
             self.warm.append(actor)
 
     def _spawn_ledger(self) -> None:
@@ -125,7 +125,7 @@ class NodeActor(ActorTypeDispatcher):
         self.load_askers.setdefault(msg.sha256, []).append(sender)
         if msg.sha256 not in self.loads:
             self.loads[msg.sha256] = LoadModel(msg.path, msg.sha256, msg.n_threads or self.config.n_threads,
-                                               self.config.cpu_cap)
+                                               self.config.cap)
             self.loading.add(msg.sha256)
             self._spawn_runner(msg.sha256)
 
@@ -150,7 +150,7 @@ class NodeActor(ActorTypeDispatcher):
 
             child = self.warm.pop(0) if self.warm and msg.sandboxed else self.createActor(StepActor)
             self._warm_up()
-            msg = dataclasses.replace(msg, user=self.config.step_user, cpu_cap=self.config.cpu_cap)
+            msg = dataclasses.replace(msg, user=self.config.step_user, cap=self.config.cap)
         else:
             self.send(sender, StepDone(msg.request_id, False, error=f"unknown step kind {msg.kind!r}"))
             return

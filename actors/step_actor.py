@@ -23,7 +23,7 @@ class StepActor(ActorTypeDispatcher):
 
     def receiveMsg_WarmUp(self, msg: WarmUp, sender) -> None:
         try:
-            self.sandbox = Sandbox(msg.sandboxed, msg.user, msg.cpu_cap)
+            self.sandbox = Sandbox(msg.sandboxed, msg.user, msg.cap)
         except StepFailed:
             self.sandbox = None  # the step will start its own, and fail with the reason then
 
@@ -31,10 +31,10 @@ class StepActor(ActorTypeDispatcher):
         box, self.sandbox = self.sandbox, None
         try:
             if box is None or box.sandboxed != msg.sandboxed or box.user != msg.user or not box.alive() \
-                    or box.group.cpu_cap != msg.cpu_cap:
+                    or box.group.cap != msg.cap:
                 if box is not None:
                     box.close()
-                box = Sandbox(msg.sandboxed, msg.user, msg.cpu_cap)
+                box = Sandbox(msg.sandboxed, msg.user, msg.cap)
             res = box.run(msg.params["code"], msg.params.get("inputs", {}), msg.timeout, msg.memory,
                           (lambda: os.path.exists(msg.cancel_file)) if msg.cancel_file else None)
         except StepFailed as exc:

@@ -46,6 +46,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         bootstrap=[_bootstrap(b, args.transport) for b in args.bootstrap], network=args.network,
         fault=args.fault or "", allow_unsandboxed_python=args.allow_unsandboxed_python,
         load_model=not args.no_model, threads=args.threads, max_cpu=args.max_cpu,
+        max_memory=args.max_memory, max_steps=args.max_steps,
         model=Path(args.model).expanduser() if args.model else None, frame_cap=args.frame_cap,
         credit_line=args.credit_line, collude=args.collude or "", spot_rate=args.spot_rate,
         blacklist_s=args.blacklist, core_log=args.core_log, scrape_allow=args.scrape_allow,
@@ -62,15 +63,17 @@ def cmd_node(args: argparse.Namespace) -> int:
     return 0
 
 
-def _percent(text: str) -> float:
-    """`--max-cpu 50%` (or 50): the share as a fraction, above 0 and at most 1."""
-    try:
-        value = float(text.strip().removesuffix("%"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage like 50%") from None
-    if not 0 < value <= 100:
-        raise argparse.ArgumentTypeError(f"{text!r} must be above 0% and at most 100%")
-    return value / 100
+def _owner_flag(parse):
+    """An argparse type from one of mesh.node.owner's parsers (its ValueError: argparse's one-line error)."""
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def _rates(items: list[str], flag: str, maximum: bool = False) -> RateCard:  # noqa: F821 - imported where used
@@ -129,6 +132,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if w:
         lines.append(f"step slots: {w['known']} known + {w['stranger']} stranger of {w['total']} in use "
                      f"(strangers at most {w['stranger_max']})")
+    if "max_steps" in st:
+        cpu = f"{st['max_cpu']:.0%}" if st["max_cpu"] else "no cap"
+        mem = f"{st['max_memory'] / (1 << 20):.0f} MiB" if st["max_memory"] else "no cap"
+        lines.append(f"owner's limits: cpu {cpu}, memory {mem}, {st['max_steps']} steps at once"
+                     + (f"  PAUSED: {st['paused']} (mesh resume)" if st.get("paused") else ""))
     rej = st["rejected"]
     lines.append("rejected envelopes: " + (", ".join(f"{k}={v}" for k, v in sorted(rej.items())) or "none"))
     _emit(args, st, "\n".join(lines))
@@ -287,6 +295,19 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     lines = [f"{j['job_id']}  {j['status']:<8} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(j['created']))}  "
              f"{j['steps']:>3} steps  {j['credits_spent']:>8.3f} credits  {j['name']}" for j in jobs]
     _emit(args, jobs, "\n".join(lines) if lines else "no jobs submitted from this node yet")
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    st = _client(args).request("POST", "/pause", {"reason": args.reason} if args.reason else None, timeout=30)
+    _emit(args, st, f"paused ({st['paused']}): steps running here finish, no new ones start, and peers were told "
+                    "to place elsewhere (no reputation lost); `mesh resume` to take steps again")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    st = _client(args).request("POST", "/resume", timeout=30)
+    _emit(args, st, "resumed: taking steps from peers again")
     return 0
 
 
@@ -519,16 +540,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         mesh.stop()
 
 
-SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
-
-
 def parse_size(text: str) -> int:
     """'2GB', '512MiB', '1000000' → bytes (ConfigError on anything else)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
-    unit = m.group(2).upper() if m else ""
-    if m is None or unit not in SIZE_UNITS or float(m.group(1)) * SIZE_UNITS[unit] < 1:
-        raise ConfigError(f"size {text!r}: a number with an optional unit (B, KB, MB, GB, KiB, MiB, GiB), e.g. 2GB")
-    return int(float(m.group(1)) * SIZE_UNITS[unit])
+    from mesh.node.owner import size_bytes
+
+    try:
+        return size_bytes(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _fetch_model(args: argparse.Namespace) -> int:
@@ -705,11 +724,23 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
                     help="call a linked peer down, and close its links, after this long without a word from it "
                          "(default 20; shorter limits send hellos more often, so three are missed first)")
     sp.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: up to 4)")
-    sp.add_argument("--max-cpu", metavar="PERCENT", type=_percent, default=0.0,
+    from mesh.node.owner import parse_memory, parse_share, parse_steps
+
+    sp.add_argument("--max-cpu", metavar="PERCENT", type=_owner_flag(parse_share),
                     help="the share of this machine's CPUs that peers' steps may use in all, e.g. 50%%: python "
-                         "steps and model runners (not yet Chromium) run under one CPU quota, and llama.cpp gets no more threads "
-                         "than the cap's CPUs; a CPU-bound step runs slower, none is refused (needs root and "
-                         "cgroup v1's cpu controller; the node refuses to start where it cannot enforce it)")
+                         "steps and model runners (not yet Chromium) run under one CPU quota, and llama.cpp gets "
+                         "no more threads than the cap's CPUs; a CPU-bound step runs slower, none is refused "
+                         "(needs root and cgroup v1; the node refuses to start where it cannot enforce a cap). "
+                         "Also max_cpu in HOME/node.toml")
+    sp.add_argument("--max-memory", metavar="SIZE", type=_owner_flag(parse_memory),
+                    help="memory all of peers' python steps may use together, e.g. 4GB or 512MiB (at least 64 MiB): "
+                         "one memory group holds them all, and no step may ask for more; the models this node "
+                         "serves are loaded once and not counted in it, nor Chromium yet. Also max_memory in "
+                         "HOME/node.toml")
+    sp.add_argument("--max-steps", metavar="N", type=_owner_flag(parse_steps),
+                    help="peers' steps running here at once (default 16; one requester may hold up to 4 of them); "
+                         "advertised in this node's signed record, so submitters queue rather than send more. "
+                         "Also max_steps in HOME/node.toml, re-read on SIGHUP (a flag wins over the file)")
     sp.add_argument("--model", metavar="PATH.gguf", help="serve this GGUF model instead of the default Gemma 3 270M")
 
 
@@ -777,6 +808,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=1800, help="give up waiting after this many seconds")
 
     add("status", cmd_status, "show the node, its peers and rejected envelopes", api=True, json_flag=True)
+
+    sp = add("pause", cmd_pause, "stop taking steps from peers: steps running here finish (and are paid), no new "
+             "ones start, and linked peers are told at once so their placement skips this node without "
+             "counting it against its reputation; stays paused across restarts until `mesh resume`",
+             api=True, json_flag=True)
+    sp.add_argument("--reason", help="why, shown in mesh status and the node's log (default: paused by its owner)")
+    add("resume", cmd_resume, "take steps from peers again after `mesh pause`", api=True, json_flag=True)
 
     sp = add("ledger", cmd_ledger, "read this node's ledger (works while the node is stopped): balance, peers "
              "(ranked by reputation), history, verify (the hash chain and every receipt), explain ENTRY (why a "

@@ -24,6 +24,7 @@ class Candidate:
     group: str = ""  # reputation group (see reputation_group); '' → its prefix
     rates: RateCard = RateCard()  # what it charges (its signed record's rate card)
     verified: float | None = None  # its verified results as this node counts them (None: not counted, full weight)
+    per_peer: int = 4  # requests it takes from one requester at once (its record's offer, --max-steps)
 
     @property
     def cohort(self) -> str:

@@ -129,6 +129,7 @@ class Submission:
         self.disputes: dict[tuple[str, str], list[Dispute]] = {}  # (job, step) rechecked → checks awaiting it
         self._records: dict[int, Record] = {}  # written by the driver, not yet reported
         self._prefix: dict[str, str] = {}  # worker → its network prefix when last placed (for known answers)
+        self._per_peer: dict[str, int] = {}  # worker → requests it takes from us at once, when below per_worker
         self._next_record = 0
         self.log: list | None = [["config", dataclasses.asdict(config)]] if record else None
 
@@ -154,7 +155,12 @@ class Submission:
         placed = sj.run.advance(trusted, now, self.spot.held(now))
         if placed:
             nodes = {d.node for d in placed}
-            self._prefix.update((c.node, c.prefix) for cs in candidates.values() for c in cs if c.node in nodes)
+            for c in (c for cs in candidates.values() for c in cs if c.node in nodes):
+                self._prefix[c.node] = c.prefix
+                if c.per_peer < self.config.per_worker:  # its owner offers fewer (--max-steps)
+                    self._per_peer[c.node] = max(1, c.per_peer)
+                else:
+                    self._per_peer.pop(c.node, None)
         for d in placed:
             out.append(Timer(job_id, d.deadline))
             self._dispatch(job_id, d, now, out)
@@ -317,7 +323,7 @@ class Submission:
         out = self.outstanding.get(node, {})
         for key in [k for k, deadline in out.items() if deadline <= now]:
             del out[key]  # past its deadline: the core has failed it; the worker's slot is free or dead
-        return len(out) >= self.config.per_worker
+        return len(out) >= self._per_peer.get(node, self.config.per_worker)
 
     def _dispatch(self, job_id: str, d: Dispatch, now: float, out: list[Effect]) -> None:
         """Send a replica now (its slot taken at once), or queue it while this worker already has as many

@@ -32,6 +32,7 @@ from mesh.http.api_models import (
     FetchModelBody,
     FetchStatus,
     JobSummary,
+    PauseBody,
     PeerHeadsBody,
     PlanBody,
     PlanReply,
@@ -109,6 +110,15 @@ def _node_routes(app: FastAPI, node: NodeFacade) -> None:
              summary="Peers this node knows: address, state, reputation, models")
     async def peers() -> list[dict[str, Any]]:
         return node.status()["peers"]
+
+    @app.post("/pause", dependencies=AUTH, responses=ERRORS,
+              summary="Take no new steps from peers (running ones finish); peers are told at once")
+    async def pause(body: PauseBody | None = None) -> dict[str, Any]:
+        return node.pause((body or PauseBody()).reason)
+
+    @app.post("/resume", dependencies=AUTH, responses=ERRORS, summary="Take steps from peers again")
+    async def resume() -> dict[str, Any]:
+        return node.pause("")
 
 
 def _job_routes(app: FastAPI, node: NodeFacade) -> None:

@@ -52,6 +52,11 @@ class ErrorBody(BaseModel):
     error: str
 
 
+class PauseBody(Strict):
+    reason: str = Field(default="paused by its owner", min_length=1, max_length=200, strict=True,
+                        pattern=r"^[^\x00-\x1f\x7f]*$", description="why (shown in mesh status and the log)")
+
+
 class PeerHeadsBody(Strict):
     wait: float = Field(default=5.0, ge=0.5, le=60, strict=True, description="seconds to wait for the peers' answers")
 

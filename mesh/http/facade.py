@@ -67,6 +67,7 @@ class NodeFacade:
     report: Callable[[JobView], dict[str, Any]]  # a job's report (GET /jobs/{id})
     submit: Callable[[Job], str]  # start a job, its id back; CreditError when this node may not spend
     cancel: Callable[[str], bool]  # give a running job up; False when it had ended
+    pause: Callable[[str], dict[str, Any]]  # the owner pauses (a reason) or resumes (''): its limits and pause back
     workers_for: Callable[[str], int]  # peers up now that can run a step needing this capability
     kinds_offered: Callable[[], Counter[str]]  # step kind → peers up offering it
     models_held: Callable[[], Counter[str]]  # model SHA-256 → peers up holding it

@@ -39,6 +39,7 @@ from mesh.core.pricing import MAX_DEFAULT, capped
 from mesh.errors import ConfigError, MeshError, NoAnswer, Rejected
 from mesh.http.facade import NodeFacade
 from mesh.node import actorsys
+from mesh.node import owner as owner_mod
 from mesh.node.bridge import ActorBridge
 from mesh.node.dialscope import AddressRefused, Gate, first_hop
 from mesh.node.flow import Limits
@@ -57,6 +58,7 @@ from mesh.node.home import (
 from mesh.node.journal import Journal
 from mesh.node.modelshare import ModelFetcher, ModelServer
 from mesh.node.owed import Owed
+from mesh.node.owner import OwnerLimits
 from mesh.node.peers import GossipLimit, Peer, PeerTable, prefix_of, prefix_of_ip
 from mesh.node.replaystore import ReplayStore
 from mesh.node.submitter import Options as SubmitterOptions
@@ -85,7 +87,7 @@ from mesh.wire.messages import (
     TestimonyItem,
     TestimonyTell,
 )
-from mesh.wire.records import DEFAULT_RATES, MAX_ALT, RECORD_TTL_MS, make_record
+from mesh.wire.records import DEFAULT_OFFER, DEFAULT_RATES, MAX_ALT, RECORD_TTL_MS, make_record
 from mesh.wire.schema import parse
 
 log = logging.getLogger("mesh.node.lifecycle")
@@ -115,7 +117,10 @@ class NodeOptions:
     allow_unsandboxed_python: bool = False
     load_model: bool = True
     threads: int = 0
-    max_cpu: float = 0.0  # --max-cpu: the share of this machine's CPUs peers' steps may use in all (0: no cap)
+    # the owner's limits (mesh.node.owner): None where not given on the command line (then node.toml's)
+    max_cpu: float | None = None  # --max-cpu: the share of this machine's CPUs peers' steps may use in all
+    max_memory: int | None = None  # --max-memory: bytes all of peers' python steps may use together
+    max_steps: int | None = None  # --max-steps: peers' steps running here at once
     frame_cap: int = DEFAULT_FRAME_CAP
     model: Path | None = None
     credit_line: float = 10.0  # credits this node may spend beyond what it has earned
@@ -215,8 +220,11 @@ def _forge(frame: bytes) -> bytes:
 
 class Node:
     def __init__(self, opts: NodeOptions, identity: Identity, asys, node_actor, ready: NodeReady,
-                 user: StepUser | None = None, journal: Journal | None = None):
+                 user: StepUser | None = None, journal: Journal | None = None, owner: OwnerLimits | None = None,
+                 cap: cgroup.OwnerCap | None = None):
         self.opts = opts
+        self.owner, self.cap = owner or OwnerLimits(), cap  # the owner's limits in force, and the cgroups enforcing them
+        self.paused = owner_mod.paused_reason(opts.home)  # why it takes no new steps ('' when it does)
         self.journal = journal or Journal(opts.home)  # jobs, receipts out and steps owed, across restarts
         self.identity = identity
         self.id = identity.node_id
@@ -267,11 +275,12 @@ class Node:
         steps = StepRunner(self.bridge.ask, self.scraper.scrape, self.sandboxed, opts.home / CANCEL_DIR)
         self.worker = Worker(WorkerPort(
             node_id=self.id, fault=opts.fault, collude=opts.collude, frame_cap=opts.frame_cap,
-            limits=self.gateway.limits, kinds=self.kinds, models=self.models,  # (lists: a fetched model joins them)
+            limits=self.owner.limits(self.gateway.limits), kinds=self.kinds, models=self.models,  # (lists: a fetched model joins them)
             model_error=self.model_error, steps=steps, send=self.send, send_dialling=self.send_dialling,
             record=self.record, ledger_error=lambda: self.ledger_error, count=self.receiver.count, rates=opts.rates,
             standing=self.standing, account=lambda node: self.accounts.get(node, Account()),
-            require_credit=opts.require_credit, fetch_model=self.fetch_for_step if self.fetch_allowance else None),
+            require_credit=opts.require_credit, fetch_model=self.fetch_for_step if self.fetch_allowance else None,
+            paused=lambda: self.paused, step_memory=lambda: self.owner.memory),
             Owed(self.journal))
         self.model_server = ModelServer(self._served_models if opts.share_models else dict, self.send,
                                         corrupt=opts.fault == "corrupt-model")
@@ -283,7 +292,7 @@ class Node:
             peer_heads=self.peer_heads,
             status=self.status, jobs=lambda: self.submitter.jobs,
             report=lambda st: self.submitter.report(st.run.job_id, st), submit=lambda job: self.submitter.submit(job),
-            cancel=lambda job_id: self.submitter.cancel(job_id),
+            cancel=lambda job_id: self.submitter.cancel(job_id), pause=self.pause,
             workers_for=lambda needs: len(self.candidates().get(needs, [])),
             kinds_offered=lambda: Counter(k for p in self.peers.up() for k in p.kinds),
             models_held=lambda: Counter(m for p in self.peers.up() for m in p.models),
@@ -344,6 +353,7 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_owner)
         log.info("node %s ready: peers on %s, API on http://%s:%s", self.id, self.listen, api_host, api_port)
         print(f"node {self.id} ready: peer port {self.listen}, API http://{api_host}:{api_port}", flush=True)
         self.spawn(self._heartbeat())
@@ -375,15 +385,62 @@ class Node:
         self.journal.close()
 
     # -- discovery and liveness ----------------------------------------------------------------------
-    def my_record(self) -> PeerRecord:
-        """This node's signed record, re-issued when a third of its lifetime has passed."""
+    def my_record(self, fresh: bool = False) -> PeerRecord:
+        """This node's signed record, re-issued when a third of its lifetime has passed (or `fresh`)."""
         now = now_ms()
-        if self.own_record is None or self.own_record.issued + RECORD_TTL_MS // 3 < now:
+        if fresh or self.own_record is None or self.own_record.issued + RECORD_TTL_MS // 3 < now:
             addrs = [self.opts.advertise] if self.opts.advertise else self.relayed_addrs or [self.listen]
+            issued = max(now, self.own_record.issued + 1) if self.own_record else now  # (newer than the last, always)
             self.own_record = make_record(self.identity, self.opts.network, addrs[0],
-                                          self.kinds, self.models, self.sandboxed, now, alt=addrs[1:],
-                                          rates=self.opts.rates, fetch_models=self.fetch_allowance)
+                                          self.kinds, self.models, self.sandboxed, issued, alt=addrs[1:],
+                                          rates=self.opts.rates, fetch_models=self.fetch_allowance,
+                                          offer=self.owner.offer(bool(self.paused)))
         return self.own_record
+
+    def republish(self) -> None:
+        """Re-issue this node's record now and hand it to every linked peer (a new address, the owner's
+        new limits, a pause): peers act on it at once instead of at the next re-issue."""
+        self.my_record(fresh=True)
+        hello = self.hello()
+        for peer in self.peers:
+            if peer.connected:
+                self.send(peer, "hello", hello)
+
+    # -- the owner's say ------------------------------------------------------------------------------
+    def pause(self, reason: str) -> dict:
+        """`mesh pause`: no new steps (running ones finish and are paid), peers told at once so placement
+        skips this node, unpunished; kept across restarts. `reason` '' resumes."""
+        owner_mod.set_paused(self.opts.home, reason)
+        if reason != self.paused:
+            self.paused = reason
+            log.info("%s", f"paused: {reason}" if reason else "resumed: taking steps again")
+            self.republish()
+        return self.owner_status()
+
+    def reload_owner(self) -> None:
+        """SIGHUP: node.toml read again; the limits it sets (where no flag overrides them) take effect at
+        once: the cgroups' figures, the slots, and the record peers place by. A bad file changes nothing."""
+        flags = {"cpu": self.opts.max_cpu, "memory": self.opts.max_memory, "steps": self.opts.max_steps}
+        try:
+            new = owner_mod.resolve(self.opts.home, flags)
+            if (new.cpu or new.memory or self.cap is not None) and (new.cpu, new.memory) != (self.owner.cpu, self.owner.memory):
+                if self.cap is None:
+                    raise ConfigError("restart the node to add a cap it did not start with")
+                self.cap.set(new.cpu, new.memory)
+        except (ConfigError, cgroup.CapError) as exc:
+            log.error("node.toml not applied: %s", exc)
+            print(f"node.toml not applied: {exc}", flush=True)
+            return
+        self.owner = new
+        self.worker.set_limits(new.limits(self.gateway.limits))
+        log.info("limits now: %s", new.describe())
+        print(f"limits now: {new.describe()}", flush=True)
+        self.republish()
+
+    def owner_status(self) -> dict:
+        """The owner's limits in force and the pause (mesh status, mesh pause/resume)."""
+        return {"max_cpu": self.owner.cpu, "max_memory": self.owner.memory, "max_steps": self.owner.steps,
+                "paused": self.paused or None}
 
     def _room(self, linked: int | None = None) -> bool:
         """Whether to link to one more peer on our own initiative (asked-for links are always made).
@@ -506,11 +563,8 @@ class Node:
         if addrs == self.relayed_addrs or self.opts.advertise:
             return
         log.info("unreachable from outside: advertising %s", " and ".join(addrs) or "no relay (none holds a slot)")
-        self.relayed_addrs, self.own_record = addrs, None
-        hello = self.hello()
-        for peer in self.peers:
-            if peer.connected:
-                self.send(peer, "hello", hello)
+        self.relayed_addrs = addrs
+        self.republish()
 
     def _on_direct(self, key: bytes) -> None:
         """A peer we reached through a relay now has a direct (hole-punched) link: open our stream on it
@@ -972,14 +1026,15 @@ class Node:
         now = now_ms()
         default = default_model_sha()
         for peer in self.peers.up():
-            if self.submitter.blacklisted(peer.node):
+            offer = peer.record.offer if peer.record else DEFAULT_OFFER
+            if offer.paused or self.submitter.blacklisted(peer.node):  # (paused by its owner: skipped, unpunished)
                 continue
             prefix = self.observed_prefix(peer)
             standing = self.testimonies.standing(peer.node, now)  # own record and weighed testimony
             rep = standing.evidence.score(now)
             cand = Candidate(peer.node, rep, prefix, standing.streak, reputation_group(prefix, rep),
                              capped(peer.record.rates if peer.record else DEFAULT_RATES, self.opts.max_rates),
-                             standing.evidence.good)
+                             standing.evidence.good, offer.per_peer)
             for cap in peer.capabilities(default):
                 out.setdefault(cap, []).append(cand)
             if peer.record is not None and peer.record.fetch_models > 0:
@@ -1021,13 +1076,14 @@ class Node:
             "standing": round(self.testimonies.standing(p.node, now).evidence.score(now), 6),
             "models": p.models, "kinds": p.kinds,
             "connection": best.kind if (best := p.best_conn(self.identity.public_key)) else None,
+            "offer": dataclasses.asdict(p.record.offer) if p.record else None,  # its owner's limits, as signed
         } for p in sorted(self.peers, key=lambda p: p.node)]
         jobs = self.submitter.jobs
         return {"node": self.id, "key": self.identity.public_key.hex(), "network": self.opts.network,
                 "listen": self.listen, "transport": self.gateway.transport.kind,
                 "addresses": self.gateway.addresses, "advertised": [rec.addr, *rec.alt] if (rec := self.own_record) else [],
                 "reachability": self.reachability(), "kinds": self.kinds, "models": self.models,
-                "fetch_models": self.fetch_allowance, "max_cpu": self.opts.max_cpu, "sandbox": self.sandboxed,
+                "fetch_models": self.fetch_allowance, "sandbox": self.sandboxed, **self.owner_status(),
                 "fault": self.opts.fault or None, "peers": peers, "rejected": dict(self.receiver.rejected),
                 "testimony": self.testimonies.status(),
                 "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,
@@ -1054,38 +1110,41 @@ def run_node(opts: NodeOptions) -> None:
     cgroup.sweep_stale()  # what nodes killed on this machine left behind
     for (host, port), what in ((opts.listen, "peer"), (opts.api, "API")):
         bind(host, port, what).close()  # fail fast, before forking the actor system
-    cap = _cpu_cap(opts, identity.node_id)
+    owner = owner_mod.resolve(opts.home, {"cpu": opts.max_cpu, "memory": opts.max_memory, "steps": opts.max_steps})
+    cap = _owner_cap(opts, owner, identity.node_id)
     try:
-        _run(opts, identity, user, model_sha, cap)
+        _run(opts, identity, user, model_sha, owner, cap)
     finally:
         if cap is not None:
             cap.close()
 
 
-def _cpu_cap(opts: NodeOptions, node_id: str) -> cgroup.CpuCap | None:
-    """--max-cpu: the group every step and model runner of this node joins; a model runner's threads
-    follow it (more threads than the cap's CPUs only wait for quota)."""
-    if not opts.max_cpu:
+def _owner_cap(opts: NodeOptions, owner: OwnerLimits, node_id: str) -> cgroup.OwnerCap | None:
+    """--max-cpu and --max-memory: the groups every python step (and, for the CPU, every model runner) of
+    this node joins; a model runner's threads follow the CPU cap (more threads only wait for quota)."""
+    if not (owner.cpu or owner.memory):
         return None
     try:
-        cap = cgroup.CpuCap(opts.max_cpu, f"{node_id[:12]}-{os.getpid()}")
-    except cgroup.CpuCapError as exc:
-        raise ConfigError(f"--max-cpu cannot be enforced on this machine: {exc}") from None
-    opts.threads = min(opts.threads, cap.threads) if opts.threads else min(4, cap.threads)
+        cap = cgroup.OwnerCap(f"{node_id[:12]}-{os.getpid()}", owner.cpu, owner.memory)
+    except cgroup.CapError as exc:
+        flags = " and ".join(f for f, v in (("--max-cpu", owner.cpu), ("--max-memory", owner.memory)) if v)
+        raise ConfigError(f"{flags} cannot be enforced on this machine: {exc}") from None
+    if owner.cpu:
+        opts.threads = min(opts.threads, cap.threads) if opts.threads else min(4, cap.threads)
     return cap
 
 
-def _run(opts: NodeOptions, identity: Identity, user: StepUser | None, model_sha: str,
-         cap: cgroup.CpuCap | None) -> None:
+def _run(opts: NodeOptions, identity: Identity, user: StepUser | None, model_sha: str, owner: OwnerLimits,
+         cap: cgroup.OwnerCap | None) -> None:
     logging.basicConfig(filename=str(opts.home / "node.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     journal = Journal(opts.home)  # a damaged or unwritable journal stops the start here, with what to do
     asys = actorsys.start(opts.home / "actors.log")
     try:
-        node_actor, ready = _start_actors(asys, opts, model_sha, user, str(cap.path) if cap else "")
+        node_actor, ready = _start_actors(asys, opts, model_sha, user, cap.name if cap else "")
         peer_sock = bind(*opts.listen, "peer")
         api_sock = bind(*opts.api, "API")
-        node = Node(opts, identity, asys, node_actor, ready, user, journal)
+        node = Node(opts, identity, asys, node_actor, ready, user, journal, owner, cap)
         try:
             _serve(node, peer_sock, api_sock)
         finally:
@@ -1155,7 +1214,7 @@ def _served(home: Path) -> list[ModelEntry]:
 
 
 def _start_actors(asys, opts: NodeOptions, model_sha: str, user: StepUser | None,
-                  cpu_cap: str = "") -> tuple[object, NodeReady]:
+                  cap: str = "") -> tuple[object, NodeReady]:
     """The NodeActor, and its answer once the ledger is open and the models are loaded (a minute per
     extra model at most)."""
     from actors.node_actor import NodeActor
@@ -1163,7 +1222,7 @@ def _start_actors(asys, opts: NodeOptions, model_sha: str, user: StepUser | None
     node_actor = asys.createActor(NodeActor)
     extra = [[e.path, e.sha256] for e in _served(opts.home)] if opts.load_model else []
     config = NodeConfig(str(opts.home), str(opts.home / LEDGER_FILE), opts.threads, opts.load_model,
-                        str(opts.model or ""), model_sha, extra, user, cpu_cap)
+                        str(opts.model or ""), model_sha, extra, user, cap)
     ready = asys.ask(node_actor, config, 120 + 60 * len(extra))
     if not isinstance(ready, NodeReady):
         raise MeshError("the node's actors did not start (see actors.log in the node's home)")

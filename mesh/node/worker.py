@@ -31,6 +31,7 @@ from mesh.node.journal import Journal
 from mesh.node.owed import Owed
 from mesh.node.peers import Peer
 from mesh.steps.models import default_model_sha
+from mesh.steps.sandbox import MEMORY_LIMIT
 from mesh.wire.canonical import canonical, digest
 from mesh.wire.messages import (
     MAX_WORK_TEXT,
@@ -156,6 +157,17 @@ class WorkerPort:
     require_credit: float | None = None  # --require-credit: refuse submitters beyond this line (None: never)
     # --fetch-models: fetch a model a step needs from the peers serving it ('' once served, else why not)
     fetch_model: Callable[[str], Awaitable[str]] | None = None
+    paused: Callable[[], str] = lambda: ""  # why the owner lets no new step start ('' when it does: mesh pause)
+    step_memory: Callable[[], int] = lambda: 0  # --max-memory: bytes all python steps may use together (0: no cap)
+
+
+def within(limits: Terms, cap: int) -> Terms:
+    """A step's terms under the owner's --max-memory (`cap` bytes for all steps; 0: none): no step may ask
+    for more than all of them may use, so it fails with a MemoryError of its own, not the kernel's kill."""
+    if not cap or (limits.memory or MEMORY_LIMIT) <= cap:
+        return limits
+    return dataclasses.replace(limits, memory=cap, cut=limits.cut or f"this worker's owner lets steps use "
+                               f"{cap >> 20} MiB in all")
 
 
 def failed(req: StepRequest, error: str) -> StepResult:
@@ -196,12 +208,17 @@ class Worker:
     def __init__(self, port: WorkerPort, owed: Owed | None = None):
         """`owed`: what it is owed, kept in the node's journal (in memory when not given: tests)."""
         self.port = port
-        self.slots = Slots(Shares.of(port.limits.max_running, port.limits.max_inflight_per_peer))
+        self.slots = Slots()
+        self.set_limits(port.limits)
         self.running: dict[tuple[str, str, str], asyncio.Task] = {}  # (requester, job, step) → its run here
         self.stopped: dict[tuple[str, str, str], str] = {}  # runs cancelled here → why
         self.owed = owed or Owed(Journal(None))  # (payer, job, step) answered ok → most it may be paid, the answer
         self.arrived: dict[str, float] = {}  # fault=check-aware: peer → when its last request came
         self.turn = 0  # fault=busy: requests seen, every other one refused
+
+    def set_limits(self, limits: Limits) -> None:
+        """The owner's --max-steps (at start, or changed by SIGHUP): steps running now keep their slots."""
+        self.slots.shares = Shares.of(limits.max_running, limits.max_inflight_per_peer)
 
     async def work(self, peer: Peer, req: StepRequest) -> None:
         port, fault = self.port, self.port.fault
@@ -226,13 +243,14 @@ class Worker:
                 return
         busy = "busy: too many steps in flight" if fault == "busy" and self.turn % 2 == 0 else ""  # an honest node at its limits
         owes = self.over_credit(peer.node)
-        why = busy or owes or self.slots.take(key, who)
+        paused = port.paused()
+        why = busy or (paused and f"busy: {paused}") or owes or self.slots.take(key, who)
         if why:
             port.count("credit" if owes else "busy")
             result = failed(req, why)
         else:
             try:
-                result = await self._run(peer, req, key, terms(who, req.timeout))
+                result = await self._run(peer, req, key, within(terms(who, req.timeout), port.step_memory()))
             finally:
                 self.slots.release(key)
         if key in self.stopped:  # cancelled: its submitter may hear why, but nobody is dialled for it

@@ -42,7 +42,9 @@ def sweep_stale(min_age_s: float = STALE_AFTER_S) -> int:
     ones go (rmdir refuses a group with processes), and only old ones, so another node's group made a
     moment ago and not yet entered is left alone. Returns how many were removed."""
     removed, now = 0, time.time()
-    places = [(base, NAME) for base in {*_dirs().values()}] + [(ROOT / "cpu", CAP_NAME)]  # (and --max-cpu's)
+    bases = {*_dirs().values()}
+    places = [(base, NAME) for base in bases] + [(c, NAME) for c in (ROOT / "memory").glob(CAP_NAME + "*")] \
+        + [(ROOT / ctrl, CAP_NAME) for ctrl in ("cpu", "memory")]  # (the owner's caps, after the steps in them)
     for base, prefix in places:
         for path in base.glob(prefix + "*"):
             try:
@@ -58,62 +60,114 @@ def sweep_stale(min_age_s: float = STALE_AFTER_S) -> int:
 
 CPU_PERIOD_US = 100_000
 CAP_NAME = "homemesh-node-"
+MIN_MEMORY = 64 << 20  # bytes: less than this leaves no room for one python step
 
 
-class CpuCapError(Exception):
-    """The owner's CPU cap cannot be enforced here (what is missing is in the message)."""
+class CapError(Exception):
+    """The owner's cap cannot be enforced here (what is missing is in the message)."""
 
 
-class CpuCap:
-    """The owner's `--max-cpu`: one group in the cpu hierarchy (cgroup v1) whose CFS quota is that share of
-    the machine's CPUs, for all of the node's python steps and model runners together. Every step's
-    sandbox and every model runner joins it; the node removes it when it stops. On cgroup v2 a process
-    sits in one group only, and the step's own group would have to nest under this one: not done yet,
-    so there the cap is refused with the reason rather than silently not enforced."""
+class OwnerCap:
+    """The owner's `--max-cpu` and `--max-memory` over everything peers run here: one group named
+    homemesh-node-ID-PID in cgroup v1's cpu hierarchy (CFS quota = that share of every CPU; every python
+    step and model runner joins it) and one in its memory hierarchy (a limit for all python steps
+    together: each step's own memory group is made inside it, so both its own limit and the sum hold).
+    A group is made only for a cap asked for at start; `set()` changes the figures later (SIGHUP). On
+    cgroup v2 a process sits in one group only and the step groups would have to nest: not done yet, so
+    there a cap is refused with the reason rather than silently not enforced."""
 
-    def __init__(self, share: float, name: str):
-        if not 0 < share <= 1:
-            raise CpuCapError(f"a CPU share must be above 0 and at most 100%, not {share:g}")
-        base = ROOT / "cpu"
+    def __init__(self, name: str, cpu: float = 0.0, memory: int = 0):
         if (ROOT / "cgroup.controllers").exists():
-            raise CpuCapError("cgroup v2 is not supported for --max-cpu yet (cgroup v1's cpu controller is)")
+            raise CapError("cgroup v2 is not supported for the owner's caps yet (cgroup v1's cpu and memory are)")
+        self.name, self.cpus = CAP_NAME + name, os.cpu_count() or 1
+        self.cpu, self.memory = 0.0, 0
+        self.made: dict[str, Path] = {}
+        self.growing = True  # groups are made for the caps asked for at start only
+        self.set(cpu, memory)
+        self.growing = False
+
+    def set(self, cpu: float, memory: int) -> None:
+        """Apply a CPU share (0: none) and a memory limit in bytes (0: none); CapError when one cannot be."""
+        if not 0 <= cpu <= 1:
+            raise CapError(f"a CPU share must be above 0 and at most 100%, not {cpu:g}")
+        if memory and memory < MIN_MEMORY:
+            raise CapError(f"a memory cap must be at least {MIN_MEMORY >> 20} MiB")
+        for ctrl, value, files in (("cpu", cpu, {"cpu.cfs_period_us": str(CPU_PERIOD_US),
+                                                 "cpu.cfs_quota_us": str(self._quota(cpu))}),
+                                   ("memory", memory, {"memory.limit_in_bytes": str(memory or -1)})):
+            path = self._group(ctrl, bool(value))
+            try:
+                for name, text in files.items():
+                    if path is not None:
+                        (path / name).write_text(text)
+            except OSError as exc:
+                raise CapError(f"cannot set {path}: {exc}") from None
+        self.cpu, self.memory = cpu, memory
+
+    def _group(self, ctrl: str, wanted: bool) -> Path | None:
+        """The group in `ctrl`, made when `wanted` and not yet there (None: neither)."""
+        if ctrl in self.made or not wanted:
+            return self.made.get(ctrl)
+        base = ROOT / ctrl
         if not (base / "cgroup.procs").exists() or not os.access(base, os.W_OK):
-            raise CpuCapError(f"no writable cpu cgroup at {base} (run the node as root on cgroup v1)")
-        self.share, self.cpus = share, os.cpu_count() or 1
-        self.path = base / (CAP_NAME + name)
+            raise CapError(f"no writable {ctrl} cgroup at {base} (run the node as root on cgroup v1)")
+        if not self.growing:  # steps and runners already running are outside it: a restart puts them in
+            raise CapError(f"restart the node to add a {ctrl} cap it did not start with")
         try:
-            self.path.mkdir(exist_ok=True)
-            (self.path / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
-            (self.path / "cpu.cfs_quota_us").write_text(str(self.quota_us))
+            (base / self.name).mkdir(exist_ok=True)
         except OSError as exc:
-            raise CpuCapError(f"cannot set up {self.path}: {exc}") from None
+            raise CapError(f"cannot make {base / self.name}: {exc}") from None
+        self.made[ctrl] = base / self.name
+        return self.made[ctrl]
+
+    def _quota(self, cpu: float) -> int:
+        """CPU microseconds the group may use per period: the share of every CPU (1 ms at least; -1: none)."""
+        return max(1000, int(cpu * self.cpus * CPU_PERIOD_US)) if cpu else -1
 
     @property
     def quota_us(self) -> int:
-        """CPU microseconds the group may use per period: the share of every CPU (1 ms at least)."""
-        return max(1000, int(self.share * self.cpus * CPU_PERIOD_US))
+        return self._quota(self.cpu)
 
     @property
     def threads(self) -> int:
-        """Threads worth running under the cap (a model runner's): more only wait for quota."""
-        return max(1, int(self.share * self.cpus))
+        """Threads worth running under the CPU cap (a model runner's): more only wait for quota."""
+        return max(1, int(self.cpu * self.cpus)) if self.cpu else self.cpus
+
+    @property
+    def path(self) -> Path | None:
+        """The CPU group (None: no CPU cap)."""
+        return self.made.get("cpu")
 
     def close(self) -> None:
-        """Remove the group once its processes are gone (the node's actors stop with it)."""
-        for _ in range(100):
-            try:
-                self.path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                time.sleep(0.05)
+        """Remove the groups once their processes are gone (the node's actors stop with it)."""
+        for path in self.made.values():
+            for _ in range(100):
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
 
 
-def join_cpu_cap(path: str, pid: int = 0) -> None:
-    """Put a process (default: this one) under the node's CPU cap; nothing when there is no cap."""
-    if path:
-        (Path(path) / "cgroup.procs").write_text(str(pid or os.getpid()))
+def cpu_group(cap: str) -> Path | None:
+    """The CPU cap's group of the owner's caps named `cap` (None: there is no CPU cap)."""
+    path = ROOT / "cpu" / cap
+    return path if cap and path.is_dir() else None
+
+
+def join_cpu_cap(cap: str, pid: int = 0) -> None:
+    """Put a process (default: this one) under the node's CPU cap `cap` (a group name); nothing without one."""
+    path = cpu_group(cap)
+    if path is not None:
+        (path / "cgroup.procs").write_text(str(pid or os.getpid()))
+
+
+def memory_base(cap: str) -> Path:
+    """Where a step's memory group is made: inside the owner's memory cap when it has one."""
+    inside = ROOT / "memory" / cap
+    return inside if cap and inside.is_dir() else ROOT / "memory"
 
 
 def _owner_alive(name: str) -> bool:
@@ -129,16 +183,18 @@ def _owner_alive(name: str) -> bool:
 
 class StepGroup:
     """One step's groups. `enter()` runs in the child before exec (preexec_fn); `close()` kills whatever
-    is left in them and removes them. `cpu_cap`: the node's CpuCap group, joined too (never removed here)."""
+    is left in them and removes them. `cap`: the name of the node's OwnerCap groups: its memory group is
+    made inside the owner's memory cap, and the CPU cap is joined (neither is removed here)."""
 
-    def __init__(self, memory_bytes: int, pids: int = PIDS_MAX, cpu_cap: str = ""):
-        self.cpu_cap = cpu_cap
+    def __init__(self, memory_bytes: int, pids: int = PIDS_MAX, cap: str = ""):
+        self.cap = cap
+        self.cpu_cap = cpu_group(cap)  # looked up here: in the child, a group gone meanwhile fails the start
         self.paths: list[Path] = []
         self.cpu_file: Path | None = None  # cumulative CPU time of every process in the group
         self.peak_file: Path | None = None  # the group's peak memory
         name = NAME + uuid.uuid4().hex[:12]
         for ctrl, base in _dirs().items():
-            path = base / name
+            path = (memory_base(cap) if ctrl == "memory" and base != ROOT else base) / name
             if path in self.paths:
                 continue
             try:
@@ -165,7 +221,7 @@ class StepGroup:
         """Lower (or raise) the groups' memory limit: a stranger's step gets less than a warm sandbox was
         started with."""
         for path in self.paths:
-            name = "memory.max" if path.parent == ROOT else "memory.limit_in_bytes"
+            name = "memory.max" if path.parent == ROOT else "memory.limit_in_bytes"  # (v2 | v1)
             if (path / name).exists():
                 try:
                     (path / name).write_text(str(memory_bytes))
@@ -196,7 +252,8 @@ class StepGroup:
     def enter(self) -> None:
         for path in self.paths:
             (path / "cgroup.procs").write_text(str(os.getpid()))
-        join_cpu_cap(self.cpu_cap)
+        if self.cpu_cap is not None:
+            (self.cpu_cap / "cgroup.procs").write_text(str(os.getpid()))
 
     def close(self) -> None:
         for path in self.paths:

@@ -209,7 +209,7 @@ class Sandbox:
     (the node passes its own step user; anything else run as root falls back to nobody): no step ever
     runs as the host's root."""
 
-    def __init__(self, sandboxed: bool = True, user: StepUser | None = None, cpu_cap: str = ""):
+    def __init__(self, sandboxed: bool = True, user: StepUser | None = None, cap: str = ""):
         self.sandboxed = sandboxed
         self.user = user = user or (NOBODY if running_as_root() else None)
         self.cwd: str | None = None
@@ -225,14 +225,14 @@ class Sandbox:
             self.cwd = tempfile.mkdtemp(prefix="mesh-step-")
             if user is not None:
                 user.own(Path(self.cwd))
-        self.group = StepGroup(MEMORY_LIMIT, cpu_cap=cpu_cap)
+        self.group = StepGroup(MEMORY_LIMIT, cap=cap)
         self.cpu_start: float | None = None
         self.tree: TreeCPU | None = None  # without cgroups: the tree's CPU sampled from /proc
         try:
             self.proc = subprocess.Popen(
                 launch.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd=self.cwd, pass_fds=launch.fds,
-                preexec_fn=self._child_setup if self.group.paths or user or cpu_cap else None)
+                preexec_fn=self._child_setup if self.group.paths or user or self.group.cpu_cap else None)
         except (OSError, subprocess.SubprocessError) as exc:  # (the latter: joining a group failed in the child)
             self.close()
             raise StepFailed(f"cannot start the sandbox: {exc}") from None

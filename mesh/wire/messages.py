@@ -22,6 +22,18 @@ class RateCard:
     scrape: float = 1.0  # per page scraped
 
 
+@dataclass(frozen=True)
+class Offer:
+    """What a node's owner lets peers use of it (`mesh node --max-steps/--max-memory/--max-cpu`, `mesh
+    pause`), signed in its record so that placement does not send work the node would refuse."""
+
+    steps: int = 16  # steps it runs at once, for everyone together
+    per_peer: int = 4  # steps one requester may have running there at once
+    memory: int = 0  # bytes its steps together may use (0: no cap of the owner's)
+    cpu: float = 0.0  # the share of its CPUs its steps may use in all (0: no cap)
+    paused: bool = False  # taking no new steps (paused by its owner, or outside its hours): skipped, unpunished
+
+
 @dataclass
 class PeerRecord:
     """A node's signed description of itself (see mesh.wire.records): spread by gossip, verified before use,
@@ -44,6 +56,7 @@ class PeerRecord:
     # bytes of models it fetches from peers to run a step that needs one it lacks (--fetch-models; 0: none):
     # placement offers it such steps only when too few peers hold the model
     fetch_models: int = 0
+    offer: Offer = field(default_factory=Offer)  # the owner's limits (checked: mesh.wire.records)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from mesh import PROTOCOL_VERSION
 from mesh.wire.canonical import canonical
 from mesh.wire.identity import Identity, verify
 from mesh.wire.idwork import required_bits, work_bits
-from mesh.wire.messages import PeerRecord, RateCard
+from mesh.wire.messages import Offer, PeerRecord, RateCard
 
 RECORD_TTL_MS = 30 * 60_000  # re-issued every 10 min; the DHT re-announces every 7.5 min (each round is
 # ~5 DHT walks a node: every 150 s, as with 10 min, they kept a 32-node mesh on 2 cores busy)
@@ -21,7 +21,10 @@ MAX_ALT = 2  # addresses beyond `addr`: a node behind NAT holds up to three rela
 MAX_ADDR = 300  # characters
 MAX_RATE = 1e6  # credits per unit of work: a rate card above this is refused
 MAX_FETCH_MODELS = 1 << 40  # bytes: an allowance above a terabyte is refused as nonsense
+MAX_STEPS = 1024  # an offer of more steps at once than this is refused as nonsense
+MAX_MEMORY = 1 << 50  # bytes
 DEFAULT_RATES = RateCard()
+DEFAULT_OFFER = Offer()
 _TAG = b"homemesh/v1/record\x00"
 
 
@@ -32,9 +35,9 @@ def record_bytes(network: str, rec: PeerRecord) -> bytes:
 
 def make_record(identity: Identity, network: str, addr: str, kinds: list[str], models: list[str], sandbox: bool,
                 now_ms: int, ttl_ms: int = RECORD_TTL_MS, alt: list[str] = (), rates: RateCard = DEFAULT_RATES,
-                fetch_models: int = 0) -> PeerRecord:
+                fetch_models: int = 0, offer: Offer = DEFAULT_OFFER) -> PeerRecord:
     rec = PeerRecord(identity.public_key.hex(), addr, list(kinds), list(models), sandbox, PROTOCOL_VERSION,
-                     now_ms, now_ms + ttl_ms, "", list(alt), rates, identity.work, fetch_models)
+                     now_ms, now_ms + ttl_ms, "", list(alt), rates, identity.work, fetch_models, offer)
     rec.sig = identity.sign(record_bytes(network, rec)).hex()
     return rec
 
@@ -63,6 +66,8 @@ def check_record(rec: PeerRecord, network: str, now_ms: int) -> str:
         return "bad-record"
     if card_problem(rec.rates):
         return "bad-rates"
+    if offer_problem(rec.offer):
+        return "bad-offer"
     if not verify(key, sig, record_bytes(network, rec)):
         return "bad-record"
     return ""
@@ -74,6 +79,20 @@ def card_problem(card: RateCard) -> str:
         value = getattr(card, f.name)
         if not (isinstance(value, float) and math.isfinite(value) and 0 < value <= MAX_RATE):
             return f"rate {f.name} must be above 0 and at most {MAX_RATE:g}"
+    return ""
+
+
+def offer_problem(offer: Offer) -> str:
+    """'' when an owner's limits make sense (a step slot at least, one requester's share within all of
+    them, a CPU share in [0, 1]), else what is wrong: a record claiming otherwise would mislead placement."""
+    if not 1 <= offer.steps <= MAX_STEPS:
+        return f"steps must be 1 to {MAX_STEPS}"
+    if not 1 <= offer.per_peer <= offer.steps:
+        return "per_peer must be 1 to steps"
+    if not 0 <= offer.memory <= MAX_MEMORY:
+        return "memory out of range"
+    if not (math.isfinite(offer.cpu) and 0 <= offer.cpu <= 1):
+        return "cpu must be a share in [0, 1]"
     return ""
 
 

@@ -62,6 +62,23 @@ def test_a_worker_gets_at_most_its_limit_and_the_rest_waits_for_a_free_slot():
     assert step.tally.failures == {"w0": "timeout"} or step.status == "failed"
 
 
+def test_a_worker_offering_fewer_steps_gets_no_more_than_its_offer():
+    """--max-steps 1 (its record's offer.per_peer = 1): one request at a time, the rest wait here instead
+    of being refused there as busy; a later offer of more is taken up at the next placement."""
+    sub = Submission(Config(1))
+    one = {"python": [Candidate("w0", 0.5, "10.0.0", per_peer=1)]}
+    sends = []
+    for i in range(3):
+        sub.submit(f"j{i}", ONE, i)
+        sends += of(sub.tick(f"j{i}", one, 0.0), Send)
+    assert [s.job for s in sends] == ["j0"]
+    assert [j for j, _ in sub.queued["w0"]] == ["j1", "j2"]
+    assert [s.job for s in of(answer(sub, sends[0], 42, 1.0), Send)] == ["j1"]
+    sub.submit("j3", ONE, 3)
+    more = of(sub.tick("j3", pool("w0"), 1.0), Send)  # the owner raised it back: the default again
+    assert sorted(s.job for s in more) == ["j2", "j3"]
+
+
 def test_a_lost_worker_frees_its_slots_and_fails_its_replicas_without_a_key_error():
     sub = Submission(Config(1))
     sub.submit("j", THREE, 1)

@@ -31,6 +31,11 @@ class Fake:
     home: Path
     submitted: list[Job] = field(default_factory=list)
     credit_ok: bool = True
+    pauses: list[str] = field(default_factory=list)
+
+    def pause(self, reason: str) -> dict:
+        self.pauses.append(reason)
+        return {"paused": reason or None}
 
     def submit(self, job: Job) -> str:
         if not self.credit_ok:
@@ -51,7 +56,7 @@ class Fake:
             status=lambda: {"node": "n" * 64, "peers": [{"node": "p" * 64}]}, jobs=lambda: {},
             report=lambda st: {}, submit=self.submit, workers_for=lambda needs: 0,
             kinds_offered=lambda: Counter({"python": 2}), models_held=lambda: Counter({"ab" * 32: 3}),
-            ask_model=no_model, peer_heads=no_heads, cancel=lambda job_id: False)
+            ask_model=no_model, peer_heads=no_heads, cancel=lambda job_id: False, pause=self.pause)
         return replace(base, **changes)
 
 
@@ -161,6 +166,18 @@ def test_peer_heads_go_to_the_facade_with_a_bounded_wait(fake):
         assert status == 422, bad
     status, _ = call(fake.facade(), "POST", "/ledger/peer-heads", {"wait": 2}, token=False)
     assert status == 401
+
+
+def test_pause_and_resume_go_to_the_facade_with_a_checked_reason(fake):
+    """The owner's pause: a reason of printable text, bounded; resume clears it; both need the token."""
+    app = fake.facade()
+    assert call(app, "POST", "/pause", token=False)[0] == 401
+    assert call(app, "POST", "/pause") == (200, {"paused": "paused by its owner"})
+    assert call(app, "POST", "/pause", {"reason": "gaming tonight"}) == (200, {"paused": "gaming tonight"})
+    for bad in ({"reason": "a\nfake log line"}, {"reason": "x" * 201}, {"reason": ""}, {"reason": 5}, {"why": "x"}):
+        assert call(app, "POST", "/pause", bad)[0] == 422, bad
+    assert call(app, "POST", "/resume") == (200, {"paused": None})
+    assert fake.pauses == ["paused by its owner", "gaming tonight", ""]
 
 
 def test_cancel_of_an_unknown_job_is_404_and_of_an_ended_one_409(fake):

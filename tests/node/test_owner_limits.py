@@ -1,15 +1,19 @@
-"""The owner's limits (issue 24): `mesh node --max-cpu` puts every python step of peers under one CPU quota,
-on real nodes. A step that spins for a fixed wall time gets at most the cap's CPU-seconds, as the kernel
-counted them in the step's own group; the cap's group exists while the node runs and is gone after."""
+"""The owner's limits (issue 24), on real nodes. `--max-cpu` puts every python step of peers under one CPU
+quota: a step that spins for a fixed wall time gets at most the cap's CPU-seconds, as the kernel counted them
+in the step's own group; the cap's group exists while the node runs and is gone after. `--max-memory` holds
+all python steps in one memory group; `--max-steps` and `mesh pause` are signed in the node's record, so
+submitters queue for it or place elsewhere instead of being refused; HOME/node.toml is re-read on SIGHUP."""
 
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
-from mesh.steps.cgroup import CAP_NAME, ROOT
+from mesh.steps.cgroup import CAP_NAME, NAME, ROOT
 
 from ..conftest import run_cli, wait_for
 
@@ -25,15 +29,32 @@ needs_cpu_cgroup = pytest.mark.skipif(not (CPU_V1 and os.geteuid() == 0), reason
 
 
 def spin_on(mesh) -> dict:
+    return run_job(mesh, [SPIN])["steps"]["spin"]
+
+
+def run_job(mesh, steps: list[dict], redundancy: int = 1, status: str = "done") -> dict:
     client = mesh.nodes[0].client
-    job = client.request("POST", "/jobs", {"job": {"name": "spin", "redundancy": 1, "steps": [SPIN]}})["job_id"]
-    rep = client.request("GET", f"/jobs/{job}?wait=60", timeout=90)
-    assert rep["status"] == "done", rep
-    return rep["steps"]["spin"]
+    job = client.request("POST", "/jobs", {"job": {"name": "owner", "redundancy": redundancy, "steps": steps}})["job_id"]
+    rep = wait_for(lambda: (r := client.request("GET", f"/jobs/{job}?wait=30", timeout=60))["status"] != "running"
+                   and r, 120, "the job to end")
+    assert rep["status"] == status, rep
+    return rep
 
 
-def caps() -> list[Path]:
-    return sorted((ROOT / "cpu").glob(CAP_NAME + "*"))
+def caps(ctrl: str = "cpu") -> list[Path]:
+    return sorted((ROOT / ctrl).glob(CAP_NAME + "*"))
+
+
+def offer_of(mesh, i: int, seen_by: int = 0) -> dict | None:
+    """Node i's offer as node `seen_by` holds it from its signed record."""
+    peers = mesh.nodes[seen_by].client.request("GET", "/status")["peers"]
+    return next((p["offer"] for p in peers if p["node"] == mesh.nodes[i].client.request("GET", "/status")["node"]), None)
+
+
+def timed(i: int) -> dict:
+    """A python step that sleeps a second and says when it ran (wall clock, seconds)."""
+    return {"id": f"s{i}", "kind": "python", "params": {"code": (
+        "import time\nt = time.time()\ntime.sleep(1.0)\noutput = [t, time.time()]")}}
 
 
 @needs_cpu_cgroup
@@ -69,3 +90,113 @@ def test_max_cpu_refuses_a_bad_share_before_starting(tmp_path):
     for bad in ("0", "101%", "half"):
         res = run_cli("node", "--home", str(tmp_path / "h"), "--max-cpu", bad, timeout=30)
         assert res.returncode == 2 and "--max-cpu" in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_max_steps_is_signed_in_the_record_and_submitters_queue_for_it(make_mesh):
+    """--max-steps 1: the worker's record says so, and a submitter with three steps for it sends them one
+    at a time (none refused as busy, no two overlapping) rather than three and two refusals."""
+    mesh = make_mesh(2, lambda i: ["--no-model", "--transport", "tcp"] + (["--max-steps", "1"] if i == 1 else []))
+    offer = wait_for(lambda: offer_of(mesh, 1), 30, "node1's record at node0")
+    assert (offer["steps"], offer["per_peer"], offer["paused"]) == (1, 1, False)
+    assert mesh.nodes[1].client.request("GET", "/status")["max_steps"] == 1
+    rep = run_job(mesh, [timed(i) for i in range(3)])
+    spans = []
+    for sid, step in rep["steps"].items():
+        assert [("error" in r, r["agreed"]) for r in step["replicas"]] == [(False, True)], (sid, step["replicas"])
+        spans.append(step["output"])
+    assert mesh.nodes[1].client.request("GET", "/status")["rejected"].get("busy", 0) == 0  # none sent to be refused
+    spans.sort()
+    assert all(a[1] <= b[0] + 0.05 for a, b in zip(spans, spans[1:], strict=False)), spans  # one at a time
+
+
+@needs_cpu_cgroup
+def test_max_memory_holds_every_python_step_in_one_group(make_mesh):
+    """--max-memory 200MiB: one memory group with that limit, each step's own group inside it; a step
+    that wants more fails with its own MemoryError (its limit is cut to the cap), one within it runs."""
+    before = set(caps("memory"))
+    mesh = make_mesh(2, lambda i: ["--no-model", "--transport", "tcp"] + (["--max-memory", "200MiB"] if i == 1 else []))
+    mine = [p for p in caps("memory") if p not in before]
+    assert len(mine) == 1 and int((mine[0] / "memory.limit_in_bytes").read_text()) == 200 << 20, mine
+    assert not [p for p in caps() if p.name == mine[0].name]  # no CPU cap was asked for: no CPU group
+    assert wait_for(lambda: offer_of(mesh, 1), 30, "node1's record")["memory"] == 200 << 20
+    big = {"id": "big", "kind": "python", "params": {"code": "x = bytearray(300 << 20)\noutput = len(x)"}}
+    rep = run_job(mesh, [big], status="failed")
+    assert "MemoryError" in str(rep["steps"]["big"]), rep["steps"]["big"]
+    fits = {"id": "fits", "kind": "python", "params": {"code": "x = bytearray(100 << 20)\noutput = len(x)"}}
+    assert run_job(mesh, [fits])["steps"]["fits"]["output"] == 100 << 20
+    # the warm sandbox waiting for the next step has its memory group inside the cap's
+    wait_for(lambda: list(mine[0].glob(NAME + "*")), 30, "a step's memory group inside the cap")
+    mesh.stop()
+    wait_for(lambda: mine[0] not in caps("memory"), 15, "the node's memory cap group to be removed")
+
+
+def test_a_paused_node_is_skipped_unpunished_and_takes_work_again_once_resumed(make_mesh):
+    """mesh pause: the node's record says so at once, node0 places every replica on the other worker and
+    the paused one's reputation there does not move; mesh resume puts it back in the running."""
+    mesh = make_mesh(3, lambda i: ["--no-model", "--transport", "tcp"])
+    home = str(mesh.nodes[1].home)
+    wait_for(lambda: offer_of(mesh, 1) and offer_of(mesh, 2), 30, "both workers' records at node0")
+    res = run_cli("pause", "--home", home, "--reason", "gaming tonight", timeout=30)
+    assert res.returncode == 0 and "paused (gaming tonight)" in res.stdout, res.stdout + res.stderr
+    wait_for(lambda: (offer_of(mesh, 1) or {}).get("paused"), 20, "node0 to see node1 paused")
+    status = run_cli("status", "--home", home, timeout=30).stdout
+    assert "PAUSED: gaming tonight" in status, status
+    paused_id = mesh.nodes[1].client.request("GET", "/status")["node"]
+    rep_before = {p["node"]: p["reputation"] for p in mesh.nodes[0].client.request("GET", "/status")["peers"]}
+    rep = run_job(mesh, [timed(i) for i in range(4)])
+    workers = {r["node"] for s in rep["steps"].values() for r in s["replicas"]}
+    assert paused_id not in workers and len(workers) == 1, workers
+    rep_after = {p["node"]: p["reputation"] for p in mesh.nodes[0].client.request("GET", "/status")["peers"]}
+    assert rep_after[paused_id] == rep_before[paused_id]
+    assert (mesh.nodes[1].home / "paused").exists()  # kept across a restart
+
+    assert run_cli("resume", "--home", home, timeout=30).returncode == 0
+    wait_for(lambda: (offer_of(mesh, 1) or {}).get("paused") is False, 20, "node0 to see node1 resumed")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # placement is weighted at random: some job lands on it soon
+        rep = run_job(mesh, [timed(i) for i in range(4)])
+        if paused_id in {r["node"] for s in rep["steps"].values() for r in s["replicas"]}:
+            break
+    else:
+        raise AssertionError("the resumed node got no work in 60 s")
+
+
+@needs_cpu_cgroup
+def test_node_toml_is_reread_on_sighup_and_a_bad_one_changes_nothing(make_mesh, tmp_path):
+    """Limits from HOME/node.toml; SIGHUP applies a new file at once (the CPU quota, the slots, the
+    record peers place by); a file with a wrong value is refused with the reason and nothing changes."""
+    toml = tmp_path / "mesh" / "node1" / "node.toml"
+    toml.parent.mkdir(parents=True)
+    toml.write_text('max_cpu = "50%"\nmax_steps = 3\n')
+    before = set(caps())
+    mesh = make_mesh(2, lambda i: ["--no-model", "--transport", "tcp"])
+    worker = mesh.nodes[1]
+    st = worker.client.request("GET", "/status")
+    assert (st["max_cpu"], st["max_steps"]) == (0.5, 3)
+    (mine,) = [p for p in caps() if p not in before]
+    cpus = os.cpu_count() or 1
+    assert int((mine / "cpu.cfs_quota_us").read_text()) == int(0.5 * cpus * 100_000)
+
+    toml.write_text('max_cpu = "25%"\nmax_steps = 1\n')
+    worker.kill(signal.SIGHUP)
+    wait_for(lambda: worker.client.request("GET", "/status")["max_steps"] == 1, 20, "the new limits")
+    assert worker.client.request("GET", "/status")["max_cpu"] == 0.25
+    assert int((mine / "cpu.cfs_quota_us").read_text()) == int(0.25 * cpus * 100_000)
+    wait_for(lambda: (offer_of(mesh, 1) or {}).get("steps") == 1, 20, "node0 to see the new offer")
+
+    toml.write_text('max_steps = 0\n')
+    worker.kill(signal.SIGHUP)
+    wait_for(lambda: "node.toml not applied" in (worker.home / "stdout.log").read_text(), 20, "the refusal")
+    assert "max_steps" in (worker.home / "stdout.log").read_text().split("node.toml not applied")[-1]
+    assert worker.client.request("GET", "/status")["max_steps"] == 1
+    assert worker.proc.poll() is None
+
+
+def test_owner_flags_refuse_bad_values_before_starting(tmp_path):
+    for flag, bad in (("--max-memory", "10MB"), ("--max-memory", "lots"), ("--max-steps", "0"), ("--max-steps", "x")):
+        res = run_cli("node", "--home", str(tmp_path / "h"), flag, bad, timeout=30)
+        assert res.returncode == 2 and flag in res.stderr and "Traceback" not in res.stderr, res.stderr
+    (tmp_path / "h").mkdir(exist_ok=True)
+    (tmp_path / "h" / "node.toml").write_text("max_memroy = '1GB'\n")
+    res = run_cli("node", "--home", str(tmp_path / "h"), "--no-model", timeout=60)
+    assert res.returncode == 2 and "unknown key 'max_memroy'" in res.stderr and "Traceback" not in res.stderr, res.stderr

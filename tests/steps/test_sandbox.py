@@ -573,9 +573,12 @@ def test_a_lower_memory_limit_holds_for_that_step():
     assert Sandbox().run("x = bytearray(100 << 20)\noutput = len(x)", {}, 20, memory=256 << 20).output == 100 << 20
 
 
-def test_a_cpu_cap_group_that_is_gone_fails_the_step_with_the_reason(tmp_path):
-    # (a node's --max-cpu group removed under it: the sandbox cannot join it in the child before exec)
+def test_a_cpu_cap_group_that_cannot_be_joined_fails_the_step_with_the_reason(tmp_path, monkeypatch):
+    # (a node's --max-cpu group broken under it: the sandbox cannot join it in the child before exec)
+    from mesh.steps import cgroup
     from mesh.steps.sandbox import Sandbox
 
+    (tmp_path / "cpu" / "homemesh-node-x" / "cgroup.procs").mkdir(parents=True)  # (a directory: not writable as a file)
+    monkeypatch.setattr(cgroup, "ROOT", tmp_path)
     with pytest.raises(StepFailed, match="cannot start the sandbox"):
-        Sandbox(True, None, str(tmp_path / "no-such-group"))
+        Sandbox(True, None, "homemesh-node-x")

@@ -9,8 +9,8 @@ import pytest
 from mesh.errors import Rejected
 from mesh.node.peers import PeerTable
 from mesh.wire.identity import Identity
-from mesh.wire.messages import PeerRecord
-from mesh.wire.records import MAX_FETCH_MODELS, RECORD_TTL_MS, check_record, make_record
+from mesh.wire.messages import Offer, PeerRecord
+from mesh.wire.records import MAX_FETCH_MODELS, MAX_STEPS, RECORD_TTL_MS, check_record, make_record
 from mesh.wire.schema import dump, parse
 
 pytestmark = pytest.mark.timeout(30)
@@ -30,6 +30,7 @@ def test_honest_record_verifies():
 @pytest.mark.parametrize("change", [
     {"addr": "6.6.6.6:666"}, {"kinds": ["python", "llm"]}, {"models": ["f" * 64]}, {"sandbox": False},
     {"expires": T0 + 10 * RECORD_TTL_MS}, {"issued": T0 + 1}, {"alt": ["6.6.6.6:666"]}, {"fetch_models": 1 << 30},
+    {"offer": Offer(paused=True)}, {"offer": Offer(steps=64, per_peer=64)},
 ])
 def test_any_edit_by_a_relay_breaks_the_signature(change):
     forged = dataclasses.replace(rec(), **change)
@@ -164,3 +165,20 @@ def test_peer_table_refuses_forgeries_ignores_itself_and_forgets_expired_peers()
     assert table.expire(T0 + RECORD_TTL_MS) == []  # still "up": liveness decides first
     peer.state = "down"
     assert table.expire(T0 + RECORD_TTL_MS) == [peer] and table.get(ALICE.public_key) is None
+
+
+@pytest.mark.parametrize("offer", [
+    Offer(steps=0), Offer(steps=MAX_STEPS + 1), Offer(per_peer=0), Offer(steps=2, per_peer=3),
+    Offer(memory=-1), Offer(memory=1 << 60), Offer(cpu=-0.1), Offer(cpu=1.5),
+])
+def test_an_owners_offer_out_of_bounds_is_refused_even_signed_by_its_own_key(offer):
+    """A record whose limits make no sense (no step slot, a requester's share above all of them, a CPU
+    share past the machine) would mislead placement: refused, as `bad-offer`. A sane one verifies, and a
+    wire value of another type never becomes a record."""
+    assert check_record(rec(offer=Offer(steps=1, per_peer=1, memory=1 << 30, cpu=0.5, paused=True)), NET, T0) == ""
+    assert check_record(rec(offer=offer), NET, T0) == "bad-offer"
+    for field, wrong in (("steps", 1.5), ("steps", True), ("paused", 1), ("cpu", "0.5"), ("memory", None)):
+        wire = dump(rec())
+        wire["offer"] = {**wire["offer"], field: wrong}
+        with pytest.raises(Rejected, match=field):
+            parse(PeerRecord, wire)
