@@ -55,6 +55,7 @@ from mesh.node.home import (
     write_private,
 )
 from mesh.node.journal import Journal
+from mesh.node.logfile import json_handler
 from mesh.node.modelshare import ModelFetcher, ModelServer
 from mesh.node.owed import Owed
 from mesh.node.peers import GossipLimit, Peer, PeerTable, prefix_of, prefix_of_ip
@@ -1079,6 +1080,7 @@ def _run(opts: NodeOptions, identity: Identity, user: StepUser | None, model_sha
          cap: cgroup.CpuCap | None) -> None:
     logging.basicConfig(filename=str(opts.home / "node.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger().addHandler(json_handler(opts.home))  # HOME/logs/node.jsonl, rotated
     journal = Journal(opts.home)  # a damaged or unwritable journal stops the start here, with what to do
     asys = actorsys.start(opts.home / "actors.log")
     try:
