@@ -62,6 +62,7 @@ from mesh.node.peers import GossipLimit, Peer, PeerTable, prefix_of, prefix_of_i
 from mesh.node.replaystore import ReplayStore
 from mesh.node.submitter import Options as SubmitterOptions
 from mesh.node.submitter import Ports, Submitter
+from mesh.node.tally import Tally
 from mesh.node.testimony import TESTIMONY_S, Testimonies
 from mesh.node.worker import StepRunner, Worker, WorkerPort
 from mesh.steps import cgroup
@@ -264,6 +265,7 @@ class Node:
         self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         self.stopping = asyncio.Event()
         self.token = ensure_token(opts.home)
+        self.tally = Tally()  # jobs, steps and replicas counted as they end (/metrics)
         self._saved_peers = -1  # the peer table version last written
         steps = StepRunner(self.bridge.ask, self.scraper.scrape, self.sandboxed, opts.home / CANCEL_DIR)
         self.worker = Worker(WorkerPort(
@@ -272,7 +274,8 @@ class Node:
             model_error=self.model_error, steps=steps, send=self.send, send_dialling=self.send_dialling,
             record=self.record, ledger_error=lambda: self.ledger_error, count=self.receiver.count, rates=opts.rates,
             standing=self.standing, account=lambda node: self.accounts.get(node, Account()),
-            require_credit=opts.require_credit, fetch_model=self.fetch_for_step if self.fetch_allowance else None),
+            require_credit=opts.require_credit, fetch_model=self.fetch_for_step if self.fetch_allowance else None,
+            tally=self.tally),
             Owed(self.journal))
         self.model_server = ModelServer(self._served_models if opts.share_models else dict, self.send,
                                         corrupt=opts.fault == "corrupt-model")
@@ -290,7 +293,7 @@ class Node:
             models_held=lambda: Counter(m for p in self.peers.up() for m in p.models),
             ask_model=functools.partial(steps.output, "llm"),
             fetch_model=lambda sha, max_bytes, sources, name: self.fetcher.start(sha, max_bytes, sources, name).to_json(),
-            fetches=lambda: [st.to_json() for st in self.fetcher.status.values()])
+            fetches=lambda: [st.to_json() for st in self.fetcher.status.values()], metrics=self.metrics)
         self.submitter = Submitter(self._submitter_ports(), SubmitterOptions(
             opts.spot_rate, opts.blacklist_s, opts.credit_line, opts.keep_jobs, opts.core_log), self.rng.getrandbits(64),
             self.journal)
@@ -311,7 +314,7 @@ class Node:
 
         return Ports(self.id, self.identity, self.opts.home, send_to, self.record, self.candidates, self.spawn,
                      self.receiver.count, lambda: self.balance, lambda: self.ledger_error, self.find_workers, tell,
-                     self.spread_proof)
+                     self.spread_proof, self.tally)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def spawn(self, coro) -> asyncio.Task:
@@ -1012,6 +1015,11 @@ class Node:
     def reachability(self) -> str:
         """public | private | unknown: whether peers can dial this node (AutoNAT's verdict, when run)."""
         return getattr(self.gateway.transport, "reachability", "unknown")
+
+    def metrics(self) -> dict:
+        """What /metrics adds to the status: the tally, and the credits this node's ledger holds."""
+        return {**self.tally.snapshot(), "credits_earned": round(sum(a.earned for a in self.accounts.values()), 6),
+                "credits_paid": round(sum(a.paid for a in self.accounts.values()), 6)}
 
     def status(self) -> dict:
         now_mono, now_wall, now = time.monotonic(), time.time(), now_ms()

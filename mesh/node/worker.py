@@ -15,7 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from mesh.node.flow import Limits
 from mesh.node.journal import Journal
 from mesh.node.owed import Owed
 from mesh.node.peers import Peer
+from mesh.node.tally import Tally
 from mesh.steps.models import default_model_sha
 from mesh.wire.canonical import canonical, digest
 from mesh.wire.messages import (
@@ -156,6 +157,7 @@ class WorkerPort:
     require_credit: float | None = None  # --require-credit: refuse submitters beyond this line (None: never)
     # --fetch-models: fetch a model a step needs from the peers serving it ('' once served, else why not)
     fetch_model: Callable[[str], Awaitable[str]] | None = None
+    tally: Tally = field(default_factory=Tally)  # steps run for peers, and their wall time (/metrics)
 
 
 def failed(req: StepRequest, error: str) -> StepResult:
@@ -230,11 +232,14 @@ class Worker:
         if why:
             port.count("credit" if owes else "busy")
             result = failed(req, why)
+            port.tally.step_worked(req.kind, "refused", None)
         else:
+            began = time.monotonic()
             try:
                 result = await self._run(peer, req, key, terms(who, req.timeout))
             finally:
                 self.slots.release(key)
+            port.tally.step_worked(req.kind, "ok" if result.ok else "failed", time.monotonic() - began)
         if key in self.stopped:  # cancelled: its submitter may hear why, but nobody is dialled for it
             port.send(peer, "result", failed(req, self.stopped.pop(key)))
             return
