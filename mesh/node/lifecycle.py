@@ -724,7 +724,7 @@ class Node:
             log.warning("rejected %s on %s: unknown-peer: %s sent no hello", env.kind, conn.label, env.sender_id[:12])
             return
         peer.conns.add(conn)
-        peer.last_seen = time.monotonic()
+        peer.last_seen, peer.skew_ms = time.monotonic(), env.ts_ms - now
         self._on_peer_message(peer, env, now)
 
     def _on_peer_message(self, peer: Peer, env: Envelope, now: int) -> None:
@@ -779,6 +779,7 @@ class Node:
             return
         fresh, new_link = peer.state != "up", conn not in peer.conns
         peer.state, peer.last_seen, peer.failures = "up", time.monotonic(), 0
+        peer.skew_ms = env.ts_ms - now
         peer.conns.add(conn)
         if fresh or new_link:  # linked (again): what each side owes the other can move now
             self.submitter.on_peer_up(peer.node)
@@ -1030,6 +1031,7 @@ class Node:
             "standing": round(self.testimonies.standing(p.node, now).evidence.score(now), 6),
             "models": p.models, "kinds": p.kinds,
             "connection": best.kind if (best := p.best_conn(self.identity.public_key)) else None,
+            "clock_skew_ms": p.skew_ms,
         } for p in sorted(self.peers, key=lambda p: p.node)]
         jobs = self.submitter.jobs
         return {"node": self.id, "key": self.identity.public_key.hex(), "network": self.opts.network,
