@@ -143,6 +143,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from mesh.cli import doctor
+
+    home = _home(args)
+    checks = doctor.run_checks(home, args.browser or "")
+    rep = doctor.report(home, checks)
+    _emit(args, rep, doctor.human(checks))
+    return 0 if rep["ok"] else 1
+
+
 def _load_job_file(path: str) -> dict:
     from mesh.core.dag import load_job_text
     from mesh.steps.grammar import check_grammars
@@ -815,6 +825,12 @@ def build_parser() -> argparse.ArgumentParser:
              api=True, json_flag=True)
     sp.add_argument("--reason", help="why, shown in mesh status and the node's log (default: paused by its owner)")
     add("resume", cmd_resume, "take steps from peers again after `mesh pause`", api=True, json_flag=True)
+
+    sp = add("doctor", cmd_doctor, "check this machine's set-up for a node in one command, and say what to fix: "
+             "the home is writable, free disk, python steps run in bubblewrap unprivileged, Chromium starts, the "
+             "default model loads, and with a node running on the home, its peers' clocks and whether peers reach "
+             "it. Exits 0 when nothing fails, 1 when a check fails", json_flag=True)
+    sp.add_argument("--browser", help="the Chromium to check (default: the one the node would find)")
 
     sp = add("ledger", cmd_ledger, "read this node's ledger (works while the node is stopped): balance, peers "
              "(ranked by reputation), history, verify (the hash chain and every receipt), explain ENTRY (why a "

@@ -19,7 +19,7 @@ from typing import Any
 import uvicorn
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
@@ -43,6 +43,7 @@ from mesh.http.api_models import (
 from mesh.http.common import ApiError, authorised, error_body, parse_request_job, submit_job
 from mesh.http.facade import JobEvents, NodeFacade
 from mesh.http.httpguard import GuardedH11, HostGuard, allowed_hosts
+from mesh.http.metrics import CONTENT_TYPE, registry_for, render
 from mesh.http.middleware import BodyLimit, EditorHeaders
 from mesh.http.openai_api import router as openai_router
 from mesh.planning import planner
@@ -105,6 +106,14 @@ def _node_routes(app: FastAPI, node: NodeFacade) -> None:
              summary="The node, its peers, balance and rejected envelopes")
     async def status() -> dict[str, Any]:
         return node.status()
+
+    registry = registry_for(node)  # this API's own: never the process-wide default registry
+
+    @app.get("/metrics", dependencies=AUTH, response_class=Response,
+             responses={**ERRORS, 200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}},
+             summary="The node's counters in Prometheus' text format: jobs, steps, replicas, work, peers, credits")
+    async def metrics() -> Response:
+        return Response(render(registry), media_type=CONTENT_TYPE)
 
     @app.get("/peers", dependencies=AUTH, responses=ERRORS,
              summary="Peers this node knows: address, state, reputation, models")

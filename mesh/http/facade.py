@@ -77,3 +77,4 @@ class NodeFacade:
     # its status; ConfigError when there is nothing to fetch or nobody to fetch it from
     fetch_model: Callable[[str, int, list[str] | None, str], dict[str, Any]] = lambda *a: {}
     fetches: Callable[[], list[dict[str, Any]]] = list  # every fetch since the node started, with its progress
+    metrics: Callable[[], dict[str, Any]] = dict  # counts kept for /metrics (mesh.node.tally), credits earned and paid

@@ -56,6 +56,7 @@ from mesh.node.home import (
     write_private,
 )
 from mesh.node.journal import Journal
+from mesh.node.logfile import json_handler
 from mesh.node.modelshare import ModelFetcher, ModelServer
 from mesh.node.owed import Owed
 from mesh.node.owner import OwnerLimits
@@ -63,6 +64,7 @@ from mesh.node.peers import GossipLimit, Peer, PeerTable, prefix_of, prefix_of_i
 from mesh.node.replaystore import ReplayStore
 from mesh.node.submitter import Options as SubmitterOptions
 from mesh.node.submitter import Ports, Submitter
+from mesh.node.tally import Tally
 from mesh.node.testimony import TESTIMONY_S, Testimonies
 from mesh.node.worker import StepRunner, Worker, WorkerPort
 from mesh.steps import cgroup
@@ -271,6 +273,7 @@ class Node:
         self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         self.stopping = asyncio.Event()
         self.token = ensure_token(opts.home)
+        self.tally = Tally()  # jobs, steps and replicas counted as they end (/metrics)
         self._saved_peers = -1  # the peer table version last written
         steps = StepRunner(self.bridge.ask, self.scraper.scrape, self.sandboxed, opts.home / CANCEL_DIR)
         self.worker = Worker(WorkerPort(
@@ -280,7 +283,7 @@ class Node:
             record=self.record, ledger_error=lambda: self.ledger_error, count=self.receiver.count, rates=opts.rates,
             standing=self.standing, account=lambda node: self.accounts.get(node, Account()),
             require_credit=opts.require_credit, fetch_model=self.fetch_for_step if self.fetch_allowance else None,
-            paused=lambda: self.paused, step_memory=lambda: self.owner.memory),
+            paused=lambda: self.paused, step_memory=lambda: self.owner.memory, tally=self.tally),
             Owed(self.journal))
         self.model_server = ModelServer(self._served_models if opts.share_models else dict, self.send,
                                         corrupt=opts.fault == "corrupt-model")
@@ -298,7 +301,7 @@ class Node:
             models_held=lambda: Counter(m for p in self.peers.up() for m in p.models),
             ask_model=functools.partial(steps.output, "llm"),
             fetch_model=lambda sha, max_bytes, sources, name: self.fetcher.start(sha, max_bytes, sources, name).to_json(),
-            fetches=lambda: [st.to_json() for st in self.fetcher.status.values()])
+            fetches=lambda: [st.to_json() for st in self.fetcher.status.values()], metrics=self.metrics)
         self.submitter = Submitter(self._submitter_ports(), SubmitterOptions(
             opts.spot_rate, opts.blacklist_s, opts.credit_line, opts.keep_jobs, opts.core_log), self.rng.getrandbits(64),
             self.journal)
@@ -319,7 +322,7 @@ class Node:
 
         return Ports(self.id, self.identity, self.opts.home, send_to, self.record, self.candidates, self.spawn,
                      self.receiver.count, lambda: self.balance, lambda: self.ledger_error, self.find_workers, tell,
-                     self.spread_proof)
+                     self.spread_proof, self.tally)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def spawn(self, coro) -> asyncio.Task:
@@ -774,7 +777,7 @@ class Node:
             log.warning("rejected %s on %s: unknown-peer: %s sent no hello", env.kind, conn.label, env.sender_id[:12])
             return
         peer.conns.add(conn)
-        peer.last_seen = time.monotonic()
+        peer.last_seen, peer.skew_ms = time.monotonic(), env.ts_ms - now
         self._on_peer_message(peer, env, now)
 
     def _on_peer_message(self, peer: Peer, env: Envelope, now: int) -> None:
@@ -829,6 +832,7 @@ class Node:
             return
         fresh, new_link = peer.state != "up", conn not in peer.conns
         peer.state, peer.last_seen, peer.failures = "up", time.monotonic(), 0
+        peer.skew_ms = env.ts_ms - now
         peer.conns.add(conn)
         if fresh or new_link:  # linked (again): what each side owes the other can move now
             self.submitter.on_peer_up(peer.node)
@@ -1067,6 +1071,11 @@ class Node:
         """public | private | unknown: whether peers can dial this node (AutoNAT's verdict, when run)."""
         return getattr(self.gateway.transport, "reachability", "unknown")
 
+    def metrics(self) -> dict:
+        """What /metrics adds to the status: the tally, and the credits this node's ledger holds."""
+        return {**self.tally.snapshot(), "credits_earned": round(sum(a.earned for a in self.accounts.values()), 6),
+                "credits_paid": round(sum(a.paid for a in self.accounts.values()), 6)}
+
     def status(self) -> dict:
         now_mono, now_wall, now = time.monotonic(), time.time(), now_ms()
         peers = [{
@@ -1077,6 +1086,7 @@ class Node:
             "models": p.models, "kinds": p.kinds,
             "connection": best.kind if (best := p.best_conn(self.identity.public_key)) else None,
             "offer": dataclasses.asdict(p.record.offer) if p.record else None,  # its owner's limits, as signed
+            "clock_skew_ms": p.skew_ms,
         } for p in sorted(self.peers, key=lambda p: p.node)]
         jobs = self.submitter.jobs
         return {"node": self.id, "key": self.identity.public_key.hex(), "network": self.opts.network,
@@ -1138,6 +1148,7 @@ def _run(opts: NodeOptions, identity: Identity, user: StepUser | None, model_sha
          cap: cgroup.OwnerCap | None) -> None:
     logging.basicConfig(filename=str(opts.home / "node.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger().addHandler(json_handler(opts.home))  # HOME/logs/node.jsonl, rotated
     journal = Journal(opts.home)  # a damaged or unwritable journal stops the start here, with what to do
     asys = actorsys.start(opts.home / "actors.log")
     try:

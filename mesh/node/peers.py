@@ -27,6 +27,7 @@ class Peer:
     failures: int = 0
     pick: int = 0  # which of its addresses we dial: the next one after each failed dial
     since: float = field(default_factory=time.monotonic)  # when we learned of it
+    skew_ms: int | None = None  # its last envelope's stamp minus our clock on arrival (its clock's lead + transit)
 
     @property
     def node(self) -> str:

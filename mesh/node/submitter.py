@@ -36,6 +36,7 @@ from mesh.node.home import LEDGER_FILE
 from mesh.node.journal import COMPACT_AT, Journal, Replayed
 from mesh.node.outbox import Outbox
 from mesh.node.peers import Peer
+from mesh.node.tally import Tally
 from mesh.wire.envelope import Envelope
 from mesh.wire.identity import Identity
 from mesh.wire.messages import (
@@ -76,6 +77,7 @@ class Ports:
     find: Callable[[dict[str, int]], Awaitable[None]]  # {capability: workers wanted}: look for them, wait a while
     tell: Callable[[str, str, object], bool] = lambda node, kind, payload: False  # on an open link only → sent?
     prove: Callable[[Outvoted], None] = lambda proof: None  # pass a proof of a wrong answer on to linked peers
+    tally: Tally = field(default_factory=Tally)  # ended jobs, their steps and replicas (/metrics)
 
 
 @dataclass(frozen=True)
@@ -357,6 +359,7 @@ class Submitter:
     def _end(self, job_id: str, st: JobState) -> None:
         """The job's report to disk, then its `done` event: a disk error must not leave waiters hanging."""
         st.ended = True
+        self.ports.tally.job_ended(st.run, time.time() - st.created)
         self._save(job_id, st)
         self._write_core_log()
         st.events.diff(st.run)

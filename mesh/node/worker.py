@@ -15,7 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from mesh.node.flow import Limits
 from mesh.node.journal import Journal
 from mesh.node.owed import Owed
 from mesh.node.peers import Peer
+from mesh.node.tally import Tally
 from mesh.steps.models import default_model_sha
 from mesh.steps.sandbox import MEMORY_LIMIT
 from mesh.wire.canonical import canonical, digest
@@ -159,6 +160,7 @@ class WorkerPort:
     fetch_model: Callable[[str], Awaitable[str]] | None = None
     paused: Callable[[], str] = lambda: ""  # why the owner lets no new step start ('' when it does: mesh pause)
     step_memory: Callable[[], int] = lambda: 0  # --max-memory: bytes all python steps may use together (0: no cap)
+    tally: Tally = field(default_factory=Tally)  # steps run for peers, and their wall time (/metrics)
 
 
 def within(limits: Terms, cap: int) -> Terms:
@@ -248,11 +250,14 @@ class Worker:
         if why:
             port.count("credit" if owes else "busy")
             result = failed(req, why)
+            port.tally.step_worked(req.kind, "refused", None)
         else:
+            began = time.monotonic()
             try:
                 result = await self._run(peer, req, key, within(terms(who, req.timeout), port.step_memory()))
             finally:
                 self.slots.release(key)
+            port.tally.step_worked(req.kind, "ok" if result.ok else "failed", time.monotonic() - began)
         if key in self.stopped:  # cancelled: its submitter may hear why, but nobody is dialled for it
             port.send(peer, "result", failed(req, self.stopped.pop(key)))
             return
