@@ -46,7 +46,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         bootstrap=[_bootstrap(b, args.transport) for b in args.bootstrap], network=args.network,
         fault=args.fault or "", allow_unsandboxed_python=args.allow_unsandboxed_python,
         load_model=not args.no_model, threads=args.threads, max_cpu=args.max_cpu,
-        max_memory=args.max_memory, max_steps=args.max_steps,
+        max_memory=args.max_memory, max_steps=args.max_steps, hours=args.hours, when_idle=args.when_idle,
         model=Path(args.model).expanduser() if args.model else None, frame_cap=args.frame_cap,
         credit_line=args.credit_line, collude=args.collude or "", spot_rate=args.spot_rate,
         blacklist_s=args.blacklist, core_log=args.core_log, scrape_allow=args.scrape_allow,
@@ -136,7 +136,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         cpu = f"{st['max_cpu']:.0%}" if st["max_cpu"] else "no cap"
         mem = f"{st['max_memory'] / (1 << 20):.0f} MiB" if st["max_memory"] else "no cap"
         lines.append(f"owner's limits: cpu {cpu}, memory {mem}, {st['max_steps']} steps at once"
-                     + (f"  PAUSED: {st['paused']} (mesh resume)" if st.get("paused") else ""))
+                     + (f", only {st['hours']}" if st.get("hours") else "")
+                     + (f", after {st['when_idle']:g} min idle" if st.get("when_idle") else "")
+                     + (f"  PAUSED: {st['paused']}" if st.get("paused") else ""))
     rej = st["rejected"]
     lines.append("rejected envelopes: " + (", ".join(f"{k}={v}" for k, v in sorted(rej.items())) or "none"))
     _emit(args, st, "\n".join(lines))
@@ -317,7 +319,7 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     st = _client(args).request("POST", "/resume", timeout=30)
-    _emit(args, st, "resumed: taking steps from peers again")
+    _emit(args, st, f"still paused: {st['paused']}" if st.get("paused") else "resumed: taking steps from peers again")
     return 0
 
 
@@ -734,7 +736,7 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
                     help="call a linked peer down, and close its links, after this long without a word from it "
                          "(default 20; shorter limits send hellos more often, so three are missed first)")
     sp.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: up to 4)")
-    from mesh.node.owner import parse_memory, parse_share, parse_steps
+    from mesh.node.owner import parse_hours, parse_idle, parse_memory, parse_share, parse_steps
 
     sp.add_argument("--max-cpu", metavar="PERCENT", type=_owner_flag(parse_share),
                     help="the share of this machine's CPUs that peers' steps may use in all, e.g. 50%%: python "
@@ -751,6 +753,16 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
                     help="peers' steps running here at once (default 16; one requester may hold up to 4 of them); "
                          "advertised in this node's signed record, so submitters queue rather than send more. "
                          "Also max_steps in HOME/node.toml, re-read on SIGHUP (a flag wins over the file)")
+    sp.add_argument("--hours", metavar="HH:MM-HH:MM", type=_owner_flag(parse_hours),
+                    help="start peers' steps only in this daily window, local time, e.g. 22:00-07:00 (it may wrap "
+                         "past midnight); outside it the node is paused as by `mesh pause`: running steps finish, "
+                         "peers are told and place elsewhere, unpunished. Also hours in HOME/node.toml")
+    sp.add_argument("--when-idle", metavar="MINUTES", type=_owner_flag(parse_idle),
+                    help="start peers' steps only once the machine has been idle this long: no keyboard or mouse "
+                         "interrupts (/proc/interrupts), no active desktop session (logind's idle hint, where one "
+                         "is set), and other programs using at most half of the CPUs. A headless machine has no "
+                         "input to watch: there only the load counts (mesh status says what is watched). Steps "
+                         "already running when the owner comes back finish. Also when_idle in HOME/node.toml")
     sp.add_argument("--model", metavar="PATH.gguf", help="serve this GGUF model instead of the default Gemma 3 270M")
 
 

@@ -59,9 +59,10 @@ from mesh.node.journal import Journal
 from mesh.node.logfile import json_handler
 from mesh.node.modelshare import ModelFetcher, ModelServer
 from mesh.node.owed import Owed
-from mesh.node.owner import OwnerLimits
+from mesh.node.owner import Owner, OwnerLimits
 from mesh.node.peers import GossipLimit, Peer, PeerTable, prefix_of, prefix_of_ip
 from mesh.node.replaystore import ReplayStore
+from mesh.node.schedule import Probe
 from mesh.node.submitter import Options as SubmitterOptions
 from mesh.node.submitter import Ports, Submitter
 from mesh.node.tally import Tally
@@ -103,6 +104,7 @@ DOWN_AFTER_S = 20.0  # a linked peer silent this long (three hellos missed) is d
 MAX_GOSSIP = 8  # records a hello carries, and takes: a sample for a start; the DHT finds the rest
 WANT_PER_CAP = 8  # workers per capability a node keeps linked, found through the DHT when gossip did not
 DISCOVER_FIRST_S, DISCOVER_EVERY_S = 3.0, 30.0
+OWNER_WATCH_S = 5.0  # how often the clock and the machine are looked at for --hours and --when-idle
 HEAD_SHARE_S, HEAD_KEEPERS = 10.0, 3  # how often the ledger's head goes out, and to how many peers
 FIND_WAIT_S = 15.0  # how long a new job waits for workers the DHT names before its steps may give up
 
@@ -123,6 +125,8 @@ class NodeOptions:
     max_cpu: float | None = None  # --max-cpu: the share of this machine's CPUs peers' steps may use in all
     max_memory: int | None = None  # --max-memory: bytes all of peers' python steps may use together
     max_steps: int | None = None  # --max-steps: peers' steps running here at once
+    hours: str | None = None  # --hours 22:00-07:00: when peers' steps may start (local time)
+    when_idle: float | None = None  # --when-idle MINUTES: only after the machine was idle this long
     frame_cap: int = DEFAULT_FRAME_CAP
     model: Path | None = None
     credit_line: float = 10.0  # credits this node may spend beyond what it has earned
@@ -222,11 +226,9 @@ def _forge(frame: bytes) -> bytes:
 
 class Node:
     def __init__(self, opts: NodeOptions, identity: Identity, asys, node_actor, ready: NodeReady,
-                 user: StepUser | None = None, journal: Journal | None = None, owner: OwnerLimits | None = None,
-                 cap: cgroup.OwnerCap | None = None):
+                 user: StepUser | None = None, journal: Journal | None = None, owner: Owner | None = None):
         self.opts = opts
-        self.owner, self.cap = owner or OwnerLimits(), cap  # the owner's limits in force, and the cgroups enforcing them
-        self.paused = owner_mod.paused_reason(opts.home)  # why it takes no new steps ('' when it does)
+        self.owner = owner or Owner(opts.home, {}, OwnerLimits(), None)  # its limits, caps and pause
         self.journal = journal or Journal(opts.home)  # jobs, receipts out and steps owed, across restarts
         self.identity = identity
         self.id = identity.node_id
@@ -278,12 +280,12 @@ class Node:
         steps = StepRunner(self.bridge.ask, self.scraper.scrape, self.sandboxed, opts.home / CANCEL_DIR)
         self.worker = Worker(WorkerPort(
             node_id=self.id, fault=opts.fault, collude=opts.collude, frame_cap=opts.frame_cap,
-            limits=self.owner.limits(self.gateway.limits), kinds=self.kinds, models=self.models,  # (lists: a fetched model joins them)
+            limits=self.owner.limits.limits(self.gateway.limits), kinds=self.kinds, models=self.models,  # (lists: a fetched model joins them)
             model_error=self.model_error, steps=steps, send=self.send, send_dialling=self.send_dialling,
             record=self.record, ledger_error=lambda: self.ledger_error, count=self.receiver.count, rates=opts.rates,
             standing=self.standing, account=lambda node: self.accounts.get(node, Account()),
             require_credit=opts.require_credit, fetch_model=self.fetch_for_step if self.fetch_allowance else None,
-            paused=lambda: self.paused, step_memory=lambda: self.owner.memory, tally=self.tally),
+            paused=lambda: self.owner.paused, step_memory=lambda: self.owner.limits.memory, tally=self.tally),
             Owed(self.journal))
         self.model_server = ModelServer(self._served_models if opts.share_models else dict, self.send,
                                         corrupt=opts.fault == "corrupt-model")
@@ -361,6 +363,7 @@ class Node:
         print(f"node {self.id} ready: peer port {self.listen}, API http://{api_host}:{api_port}", flush=True)
         self.spawn(self._heartbeat())
         self.spawn(self._discover())
+        self.spawn(self._watch_owner())
         self.submitter.resume()  # jobs the journal left unfinished (the node was killed or stopped)
         self.spawn(self.submitter.deliver())
         stop = asyncio.create_task(self.stopping.wait())
@@ -397,7 +400,7 @@ class Node:
             self.own_record = make_record(self.identity, self.opts.network, addrs[0],
                                           self.kinds, self.models, self.sandboxed, issued, alt=addrs[1:],
                                           rates=self.opts.rates, fetch_models=self.fetch_allowance,
-                                          offer=self.owner.offer(bool(self.paused)))
+                                          offer=self.owner.limits.offer(bool(self.owner.paused)))
         return self.own_record
 
     def republish(self) -> None:
@@ -412,38 +415,40 @@ class Node:
     # -- the owner's say ------------------------------------------------------------------------------
     def pause(self, reason: str) -> dict:
         """`mesh pause`: no new steps (running ones finish and are paid), peers told at once so placement
-        skips this node, unpunished; kept across restarts. `reason` '' resumes."""
-        owner_mod.set_paused(self.opts.home, reason)
-        if reason != self.paused:
-            self.paused = reason
-            log.info("%s", f"paused: {reason}" if reason else "resumed: taking steps again")
-            self.republish()
-        return self.owner_status()
+        skips this node, unpunished; kept across restarts. `reason` '' resumes (the hours or idleness may
+        still hold it: the status says)."""
+        if self.owner.pause(reason):
+            self._pause_changed()
+        return self.owner.status()
+
+    def _pause_changed(self) -> None:
+        paused = self.owner.paused
+        log.info("%s", f"paused: {paused}" if paused else "resumed: taking steps again")
+        print(f"paused: {paused}" if paused else "resumed: taking steps again", flush=True)
+        self.republish()
 
     def reload_owner(self) -> None:
         """SIGHUP: node.toml read again; the limits it sets (where no flag overrides them) take effect at
-        once: the cgroups' figures, the slots, and the record peers place by. A bad file changes nothing."""
-        flags = {"cpu": self.opts.max_cpu, "memory": self.opts.max_memory, "steps": self.opts.max_steps}
+        once: the cgroups' figures, the slots, the hours, and the record peers place by. A bad file
+        changes nothing."""
         try:
-            new = owner_mod.resolve(self.opts.home, flags)
-            if (new.cpu or new.memory or self.cap is not None) and (new.cpu, new.memory) != (self.owner.cpu, self.owner.memory):
-                if self.cap is None:
-                    raise ConfigError("restart the node to add a cap it did not start with")
-                self.cap.set(new.cpu, new.memory)
-        except (ConfigError, cgroup.CapError) as exc:
+            new = self.owner.reload()
+        except ConfigError as exc:
             log.error("node.toml not applied: %s", exc)
             print(f"node.toml not applied: {exc}", flush=True)
             return
-        self.owner = new
         self.worker.set_limits(new.limits(self.gateway.limits))
         log.info("limits now: %s", new.describe())
         print(f"limits now: {new.describe()}", flush=True)
+        self.owner.tick(time.localtime())
         self.republish()
 
-    def owner_status(self) -> dict:
-        """The owner's limits in force and the pause (mesh status, mesh pause/resume)."""
-        return {"max_cpu": self.owner.cpu, "max_memory": self.owner.memory, "max_steps": self.owner.steps,
-                "paused": self.paused or None}
+    async def _watch_owner(self) -> None:
+        """--hours and --when-idle: look at the clock and the machine every OWNER_WATCH_S."""
+        while True:  # (in a thread: the idle probe reads every process and may ask logind)
+            if await asyncio.to_thread(self.owner.tick, time.localtime()):
+                self._pause_changed()
+            await asyncio.sleep(OWNER_WATCH_S)
 
     def _room(self, linked: int | None = None) -> bool:
         """Whether to link to one more peer on our own initiative (asked-for links are always made).
@@ -1093,7 +1098,7 @@ class Node:
                 "listen": self.listen, "transport": self.gateway.transport.kind,
                 "addresses": self.gateway.addresses, "advertised": [rec.addr, *rec.alt] if (rec := self.own_record) else [],
                 "reachability": self.reachability(), "kinds": self.kinds, "models": self.models,
-                "fetch_models": self.fetch_allowance, "sandbox": self.sandboxed, **self.owner_status(),
+                "fetch_models": self.fetch_allowance, "sandbox": self.sandboxed, **self.owner.status(),
                 "fault": self.opts.fault or None, "peers": peers, "rejected": dict(self.receiver.rejected),
                 "testimony": self.testimonies.status(),
                 "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,
@@ -1120,10 +1125,12 @@ def run_node(opts: NodeOptions) -> None:
     cgroup.sweep_stale()  # what nodes killed on this machine left behind
     for (host, port), what in ((opts.listen, "peer"), (opts.api, "API")):
         bind(host, port, what).close()  # fail fast, before forking the actor system
-    owner = owner_mod.resolve(opts.home, {"cpu": opts.max_cpu, "memory": opts.max_memory, "steps": opts.max_steps})
-    cap = _owner_cap(opts, owner, identity.node_id)
+    flags = {"cpu": opts.max_cpu, "memory": opts.max_memory, "steps": opts.max_steps, "hours": opts.hours,
+             "idle": opts.when_idle}
+    limits = owner_mod.resolve(opts.home, flags)
+    cap = _owner_cap(opts, limits, identity.node_id)
     try:
-        _run(opts, identity, user, model_sha, owner, cap)
+        _run(opts, identity, user, model_sha, Owner(opts.home, flags, limits, cap, Probe()), cap)
     finally:
         if cap is not None:
             cap.close()
@@ -1144,7 +1151,7 @@ def _owner_cap(opts: NodeOptions, owner: OwnerLimits, node_id: str) -> cgroup.Ow
     return cap
 
 
-def _run(opts: NodeOptions, identity: Identity, user: StepUser | None, model_sha: str, owner: OwnerLimits,
+def _run(opts: NodeOptions, identity: Identity, user: StepUser | None, model_sha: str, owner: Owner,
          cap: cgroup.OwnerCap | None) -> None:
     logging.basicConfig(filename=str(opts.home / "node.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -1155,7 +1162,7 @@ def _run(opts: NodeOptions, identity: Identity, user: StepUser | None, model_sha
         node_actor, ready = _start_actors(asys, opts, model_sha, user, cap.name if cap else "")
         peer_sock = bind(*opts.listen, "peer")
         api_sock = bind(*opts.api, "API")
-        node = Node(opts, identity, asys, node_actor, ready, user, journal, owner, cap)
+        node = Node(opts, identity, asys, node_actor, ready, user, journal, owner)
         try:
             _serve(node, peer_sock, api_sock)
         finally:

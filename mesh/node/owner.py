@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 from mesh.errors import ConfigError
 from mesh.node.flow import Limits
+from mesh.node.schedule import Hours, IdleRule, Probe, outside
+from mesh.steps import cgroup
 from mesh.wire.messages import Offer
 from mesh.wire.records import MAX_MEMORY, MAX_STEPS
 
@@ -69,13 +72,32 @@ def parse_steps(text: str | int) -> int:
     return value
 
 
+def parse_hours(text: str) -> str:
+    """`22:00-07:00`: the daily window (local time) peers' steps may start in."""
+    return str(Hours.parse(str(text)))
+
+
+def parse_idle(text: str | float) -> float:
+    """Minutes the machine must be idle before peers' steps start: above 0, at most a day."""
+    try:
+        value = float(text) if not isinstance(text, bool) else -1.0
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of minutes") from None
+    if not 0 < value <= 1440:
+        raise ValueError(f"{text!r} must be above 0 and at most 1440 minutes")
+    return value
+
+
 @dataclass(frozen=True)
 class OwnerLimits:
-    """What the owner lets peers use here (0: no cap). `steps`: how many of their steps run at once."""
+    """What the owner lets peers use here (0: no cap). `steps`: how many of their steps run at once;
+    `hours`: when they may start ('' always); `idle`: minutes the machine must be idle first (0: never wait)."""
 
     cpu: float = 0.0
     memory: int = 0
     steps: int = Limits.max_running
+    hours: str = ""
+    idle: float = 0.0
 
     def offer(self, paused: bool) -> Offer:
         """These limits as the node's record says them."""
@@ -89,10 +111,12 @@ class OwnerLimits:
     def describe(self) -> str:
         cpu = f"{self.cpu:.0%} of the CPUs" if self.cpu else "no CPU cap"
         memory = f"{self.memory / (1 << 20):.0f} MiB for steps" if self.memory else "no memory cap"
-        return f"{cpu}, {memory}, {self.steps} steps at once"
+        when = (f", only {self.hours}" if self.hours else "") + (f", after {self.idle:g} min idle" if self.idle else "")
+        return f"{cpu}, {memory}, {self.steps} steps at once{when}"
 
 
-_KEYS = {"max_cpu": ("cpu", parse_share), "max_memory": ("memory", parse_memory), "max_steps": ("steps", parse_steps)}
+_KEYS = {"max_cpu": ("cpu", parse_share), "max_memory": ("memory", parse_memory), "max_steps": ("steps", parse_steps),
+         "hours": ("hours", parse_hours), "when_idle": ("idle", parse_idle)}
 
 
 def read_file(home: Path) -> dict[str, Any]:
@@ -139,3 +163,64 @@ def set_paused(home: Path, reason: str) -> None:
         (home / PAUSED_FILE).write_text(reason + "\n")
     else:
         (home / PAUSED_FILE).unlink(missing_ok=True)
+
+
+class Owner:
+    """The owner's say over this node as it runs: the limits in force (and the cgroups enforcing them),
+    their pause (`mesh pause`, kept in HOME/paused) and the pause their hours or idleness call for. The
+    node asks `paused` before each step and re-issues its record whenever a method says it changed."""
+
+    def __init__(self, home: Path, flags: dict[str, Any], limits: OwnerLimits, cap: cgroup.OwnerCap | None,
+                 probe: Probe | None = None):
+        self.home, self.flags, self.limits, self.cap = home, flags, limits, cap
+        self.asked = paused_reason(home)  # the owner's own pause ('' when none)
+        self.auto = ""  # the pause the hours or idleness call for ('' when none)
+        self.probe = probe
+        self.watching = probe.sources() if probe is not None else []  # what idleness is judged by, in words
+        self.idle_rule = IdleRule(limits.idle) if limits.idle else None
+
+    @property
+    def paused(self) -> str:
+        """Why no new step starts here ('' when they do)."""
+        return "; ".join(r for r in (self.asked, self.auto) if r)
+
+    def pause(self, reason: str) -> bool:
+        """Pause (a reason) or resume (''), kept across restarts; whether `paused` changed."""
+        before = self.paused
+        set_paused(self.home, reason)
+        self.asked = reason
+        return self.paused != before
+
+    def reload(self) -> OwnerLimits:
+        """node.toml read again and applied (where no flag overrides it): the cgroups' figures at once.
+        ConfigError (nothing changed) when the file is wrong or asks a cap this node did not start with."""
+        new = resolve(self.home, self.flags)
+        if (new.cpu, new.memory) != (self.limits.cpu, self.limits.memory):
+            if self.cap is None:
+                raise ConfigError("restart the node to add a cap it did not start with")
+            try:
+                self.cap.set(new.cpu, new.memory)
+            except cgroup.CapError as exc:
+                raise ConfigError(str(exc)) from None
+        if new.idle != self.limits.idle:
+            self.idle_rule = IdleRule(new.idle) if new.idle else None
+        self.limits = new
+        return new
+
+    def tick(self, local: time.struct_time) -> bool:
+        """Look at the clock and the machine (--hours, --when-idle); whether `paused` changed."""
+        before = self.paused
+        hours = Hours.parse(self.limits.hours) if self.limits.hours else None
+        why = outside(hours, local)
+        if self.idle_rule is not None and self.probe is not None:
+            idle_why = self.idle_rule.observe(self.probe.sample())  # (sampled even outside the hours: a fresh baseline)
+            why = why or idle_why
+        self.auto = why
+        return self.paused != before
+
+    def status(self) -> dict[str, Any]:
+        """The limits in force and the pause (mesh status, mesh pause/resume)."""
+        return {"max_cpu": self.limits.cpu, "max_memory": self.limits.memory, "max_steps": self.limits.steps,
+                "hours": self.limits.hours or None, "when_idle": self.limits.idle or None,
+                "idle_watch": self.watching if self.limits.idle else None,
+                "paused": self.paused or None}

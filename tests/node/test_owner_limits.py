@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -200,3 +202,41 @@ def test_owner_flags_refuse_bad_values_before_starting(tmp_path):
     (tmp_path / "h" / "node.toml").write_text("max_memroy = '1GB'\n")
     res = run_cli("node", "--home", str(tmp_path / "h"), "--no-model", timeout=60)
     assert res.returncode == 2 and "unknown key 'max_memroy'" in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def window(start_in_h: int, length_h: int) -> str:
+    """A daily window starting `start_in_h` hours from now (local time)."""
+    lt = time.localtime()
+    start = (lt.tm_hour + start_in_h) % 24
+    return f"{start:02d}:00-{(start + length_h) % 24:02d}:00"
+
+
+def test_outside_its_hours_a_node_is_paused_and_resume_says_why_it_still_is(make_mesh):
+    """--hours with a window that excludes now (two hours from now on): paused from the start, peers see it,
+    and `mesh resume` (which clears only the owner's own pause) says the hours still hold it."""
+    hours = window(2, 3)
+    mesh = make_mesh(2, lambda i: ["--no-model", "--transport", "tcp"] + (["--hours", hours] if i == 1 else []))
+    st = wait_for(lambda: (s := mesh.nodes[1].client.request("GET", "/status"))["paused"] and s, 20, "the pause")
+    assert st["paused"] == f"outside its hours ({hours})" and st["hours"] == hours
+    wait_for(lambda: (offer_of(mesh, 1) or {}).get("paused"), 20, "node0 to see node1 paused")
+    res = run_cli("resume", "--home", str(mesh.nodes[1].home), timeout=30)
+    assert res.returncode == 0 and f"still paused: outside its hours ({hours})" in res.stdout, res.stdout
+    inside = make_mesh(1, lambda i: ["--no-model", "--transport", "tcp", "--hours", window(-1, 3)], name="inside")
+    assert inside.nodes[0].client.request("GET", "/status")["paused"] is None
+
+
+def test_when_idle_pauses_a_node_while_other_programs_load_the_machine(make_mesh):
+    """--when-idle: two processes spinning on this machine (every CPU busy, none of them the node's) keep
+    the node paused, saying so; peers see the pause. (Idleness coming back is the rule's business:
+    tests/node/test_schedule.py; a shared CI machine is never reliably idle.)"""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        mesh = make_mesh(2, lambda i: ["--no-model", "--transport", "tcp"] + (["--when-idle", "0.05"] if i == 1 else []))
+        st = wait_for(lambda: "other programs use" in ((s := mesh.nodes[1].client.request("GET", "/status"))["paused"]
+                                                       or "") and s, 30, "the pause for the load")
+        assert st["when_idle"] == 0.05 and "other programs' CPU load" in st["idle_watch"], st
+        wait_for(lambda: (offer_of(mesh, 1) or {}).get("paused"), 20, "node0 to see node1 paused")
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait(10)
