@@ -71,7 +71,7 @@ from mesh.node.worker import StepRunner, Worker, WorkerPort
 from mesh.steps import cgroup
 from mesh.steps.models import INSTRUCT_SHA256, default_model, default_model_sha, instruct_model, sha256_file
 from mesh.steps.registry import ModelEntry, Registry
-from mesh.steps.sandbox import bwrap_path
+from mesh.steps.sandbox import sandbox_problem
 from mesh.steps.scrape import Scraper, find_browser
 from mesh.steps.ssrf import Allow
 from mesh.steps.stepuser import StepUser, step_user
@@ -235,7 +235,12 @@ class Node:
         self.bridge = ActorBridge(asys, node_actor)
         self.models = ready.models
         self.model_error = ready.error
-        self.sandboxed = bwrap_path() is not None
+        self.sandbox_problem = sandbox_problem()  # why python steps cannot be sandboxed here ('' when they can)
+        self.sandboxed = not self.sandbox_problem
+        if self.sandbox_problem:
+            print(f"warning: {self.sandbox_problem}: this node runs no python steps for peers"
+                  + (" (--allow-unsandboxed-python: it runs them UNSANDBOXED)" if opts.allow_unsandboxed_python else "")
+                  + "; llm and scrape steps are unaffected", flush=True)
         self.kinds = (["llm"] if self.models else []) + (
             ["python"] if self.sandboxed or opts.allow_unsandboxed_python else []) + (
             [] if opts.no_scrape else ["scrape"])
@@ -281,7 +286,7 @@ class Node:
         self.worker = Worker(WorkerPort(
             node_id=self.id, fault=opts.fault, collude=opts.collude, frame_cap=opts.frame_cap,
             limits=self.owner.limits.limits(self.gateway.limits), kinds=self.kinds, models=self.models,  # (lists: a fetched model joins them)
-            model_error=self.model_error, steps=steps, send=self.send, send_dialling=self.send_dialling,
+            model_error=self.model_error, sandbox_problem=self.sandbox_problem, steps=steps, send=self.send, send_dialling=self.send_dialling,
             record=self.record, ledger_error=lambda: self.ledger_error, count=self.receiver.count, rates=opts.rates,
             standing=self.standing, account=lambda node: self.accounts.get(node, Account()),
             require_credit=opts.require_credit, fetch_model=self.fetch_for_step if self.fetch_allowance else None,
@@ -1098,7 +1103,8 @@ class Node:
                 "listen": self.listen, "transport": self.gateway.transport.kind,
                 "addresses": self.gateway.addresses, "advertised": [rec.addr, *rec.alt] if (rec := self.own_record) else [],
                 "reachability": self.reachability(), "kinds": self.kinds, "models": self.models,
-                "fetch_models": self.fetch_allowance, "sandbox": self.sandboxed, **self.owner.status(),
+                "fetch_models": self.fetch_allowance, "sandbox": self.sandboxed,
+                "sandbox_problem": self.sandbox_problem or None, **self.owner.status(),
                 "fault": self.opts.fault or None, "peers": peers, "rejected": dict(self.receiver.rejected),
                 "testimony": self.testimonies.status(),
                 "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,

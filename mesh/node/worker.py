@@ -158,6 +158,7 @@ class WorkerPort:
     require_credit: float | None = None  # --require-credit: refuse submitters beyond this line (None: never)
     # --fetch-models: fetch a model a step needs from the peers serving it ('' once served, else why not)
     fetch_model: Callable[[str], Awaitable[str]] | None = None
+    sandbox_problem: str = ""  # why python steps cannot be sandboxed here ('' when they can)
     paused: Callable[[], str] = lambda: ""  # why the owner lets no new step start ('' when it does: mesh pause)
     step_memory: Callable[[], int] = lambda: 0  # --max-memory: bytes all python steps may use together (0: no cap)
     tally: Tally = field(default_factory=Tally)  # steps run for peers, and their wall time (/metrics)
@@ -331,7 +332,8 @@ class Worker:
             return f"this node cannot record earnings ({ledger_error}); not taking paid work"
         kind = "llm" if req.kind in MODEL_KINDS or req.kind == "score" else req.kind  # what it needs here
         if kind not in port.kinds and not (kind == "llm" and port.fetch_model):
-            why = {"llm": port.model_error or "no model", "python": "no sandbox (bwrap) on this node"}.get(
+            why = {"llm": port.model_error or "no model",
+                   "python": port.sandbox_problem or "no sandbox (bwrap) on this node"}.get(
                 kind, "turned off by its operator")
             return f"this node does not run {req.kind} steps: {why}"
         try:

@@ -112,6 +112,27 @@ def bwrap_path() -> str | None:
     return shutil.which("bwrap")
 
 
+def sandbox_problem() -> str:
+    """Why this machine cannot sandbox python steps ('' when it can): bubblewrap is Linux-only, may be
+    missing, or may be unable to make namespaces here (a container without them, user namespaces turned
+    off). Tried once, with a command that does nothing, so a node says so at start instead of failing
+    every step."""
+    if not sys.platform.startswith("linux"):
+        return f"bubblewrap, the sandbox, is Linux-only (this is {sys.platform})"
+    bwrap = bwrap_path()
+    if bwrap is None:
+        return "bubblewrap (bwrap) is not installed (apt install bubblewrap)"
+    try:
+        res = subprocess.run([bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true"],
+                             capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bubblewrap ({bwrap}) cannot make a sandbox here: {exc}"
+    if res.returncode != 0:
+        said = (res.stderr.strip().splitlines() or [f"exit status {res.returncode}"])[-1][:200]
+        return f"bubblewrap ({bwrap}) cannot make a sandbox here: {said}"
+    return ""
+
+
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 

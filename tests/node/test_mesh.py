@@ -258,18 +258,29 @@ def test_model_runner_killed_mid_step_is_replaced(make_mesh, tmp_path: Path):
 
 @pytest.mark.timeout(180)
 def test_node_without_bwrap_refuses_python_unless_its_operator_opts_in(tmp_path: Path):
-    """No sandbox → no python steps from peers; `--allow-unsandboxed-python` is the explicit opt-in."""
+    """No usable sandbox → no python steps from peers, and the node says why at start and in its status
+    (its record offers no python); `--allow-unsandboxed-python` is the explicit opt-in. node1 has a bwrap
+    that cannot make namespaces (as in a container without them), node2 none at all."""
     from mesh.cli.local import LocalMesh
 
+    broken = tmp_path / "broken-bin"
+    broken.mkdir()
+    (broken / "bwrap").write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    (broken / "bwrap").chmod(0o755)
     mesh = LocalMesh(tmp_path / "m", 3, lambda i: ["--no-model"] + (["--allow-unsandboxed-python"] if i == 2 else []))
-    for node in mesh.nodes[1:]:
-        node.env = {"PATH": str(tmp_path / "empty-bin")}  # bwrap cannot be found
+    mesh.nodes[1].env = {"PATH": str(broken)}
+    mesh.nodes[2].env = {"PATH": str(tmp_path / "empty-bin")}  # bwrap cannot be found
     try:
         mesh.start()
         mesh.wait_ready(120)
         plain, opted = (cli_json("status", "--home", str(n.home)) for n in mesh.nodes[1:])
-        assert plain["sandbox"] is False and "python" not in plain["kinds"]
+        assert plain["sandbox"] is False and "python" not in plain["kinds"] and "scrape" in plain["kinds"]
+        assert "cannot make a sandbox here: bwrap: No permissions" in plain["sandbox_problem"], plain
+        assert "runs no python steps" in (mesh.nodes[1].home / "stdout.log").read_text()
         assert opted["sandbox"] is False and "python" in opted["kinds"]
+        assert "not installed" in opted["sandbox_problem"]
+        peers = {p["node"]: p for p in cli_json("status", "--home", str(mesh.nodes[0].home))["peers"]}
+        assert "python" not in peers[mesh.nodes[1].node_id]["kinds"]  # as its signed record says
         job = write_job(tmp_path / "j.json", [PY_STEP])
         rep = cli_json("submit", job, "--home", str(mesh.nodes[0].home), "--redundancy", "1", "--wait")
         assert rep["status"] == "done"

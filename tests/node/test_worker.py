@@ -71,8 +71,8 @@ class FakeNode:
         return True
 
 
-def request(kind: str = "python", params: dict | None = None) -> StepRequest:
-    return StepRequest("job1", "a", kind, CODE if params is None else params, 10.0)
+def request(kind: str = "python", params: dict | None = None, step: str = "a") -> StepRequest:
+    return StepRequest("job1", step, kind, CODE if params is None else params, 10.0)
 
 
 def results(fake: FakeNode) -> list[StepResult]:
@@ -109,6 +109,34 @@ def test_scrape_runs_in_the_loop_and_names_how():
 def test_refusals_and_failures_are_answered_with_the_reason(fake, why):
     res = asyncio.run(Worker(fake.port).execute(request()))
     assert not res.ok and why in res.error
+
+
+def test_python_refused_with_the_reason_the_sandbox_cannot_be_made():
+    fake = FakeNode(kinds=())
+    fake.port = WorkerPort(**{**fake.port.__dict__, "sandbox_problem": "bubblewrap is Linux-only (this is darwin)"})
+    res = asyncio.run(Worker(fake.port).execute(request()))
+    assert not res.ok and "does not run python steps: bubblewrap is Linux-only (this is darwin)" in res.error
+
+
+def test_a_paused_worker_answers_busy_runs_nothing_and_a_running_step_finishes():
+    """mesh pause: a new request is answered "busy: <why>" (never counted against the worker), nothing runs."""
+    fake = FakeNode()
+    reason = ["gaming tonight"]
+    fake.port = WorkerPort(**{**fake.port.__dict__, "paused": lambda: reason[0]})
+    worker, peer = Worker(fake.port), Peer(PAYER.public_key)
+    asyncio.run(worker.work(peer, request()))
+    (res,) = results(fake)
+    assert not res.ok and res.error == "busy: gaming tonight" and not fake.asked and fake.counted["busy"] == 1
+    reason[0] = ""
+    asyncio.run(worker.work(peer, request(step="b")))
+    assert results(fake)[-1].ok and len(fake.asked) == 1
+
+
+def test_max_memory_cuts_every_steps_memory_to_the_cap():
+    fake = FakeNode()
+    fake.port = WorkerPort(**{**fake.port.__dict__, "step_memory": lambda: 200 << 20})
+    asyncio.run(Worker(fake.port).work(Peer(PAYER.public_key), request()))
+    assert fake.asked[0].memory == 200 << 20
 
 
 def test_fault_wrong_answers_a_signed_wrong_answer():
