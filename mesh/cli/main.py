@@ -740,14 +740,14 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
 
     sp.add_argument("--max-cpu", metavar="PERCENT", type=_owner_flag(parse_share),
                     help="the share of this machine's CPUs that peers' steps may use in all, e.g. 50%%: python "
-                         "steps and model runners (not yet Chromium) run under one CPU quota, and llama.cpp gets "
+                         "steps, model runners and the node's Chromium run under one CPU quota, and llama.cpp gets "
                          "no more threads than the cap's CPUs; a CPU-bound step runs slower, none is refused "
                          "(needs root and cgroup v1; the node refuses to start where it cannot enforce a cap). "
                          "Also max_cpu in HOME/node.toml")
     sp.add_argument("--max-memory", metavar="SIZE", type=_owner_flag(parse_memory),
-                    help="memory all of peers' python steps may use together, e.g. 4GB or 512MiB (at least 64 MiB): "
-                         "one memory group holds them all, and no step may ask for more; the models this node "
-                         "serves are loaded once and not counted in it, nor Chromium yet. Also max_memory in "
+                    help="memory all of peers' python steps and the node's Chromium may use together, e.g. 4GB or "
+                         "512MiB (at least 64 MiB): one memory group holds them all, and no step may ask for more; "
+                         "the models this node serves are loaded once and not counted in it. Also max_memory in "
                          "HOME/node.toml")
     sp.add_argument("--max-steps", metavar="N", type=_owner_flag(parse_steps),
                     help="peers' steps running here at once (default 16; one requester may hold up to 4 of them); "

@@ -245,7 +245,8 @@ class Node:
             ["python"] if self.sandboxed or opts.allow_unsandboxed_python else []) + (
             [] if opts.no_scrape else ["scrape"])
         self.fetch_allowance = opts.fetch_models if opts.load_model else 0  # (a node without models runs none)
-        self.scraper = Scraper(Allow.parse(opts.scrape_allow), find_browser(opts.browser or None), user)
+        self.scraper = Scraper(Allow.parse(opts.scrape_allow), find_browser(opts.browser or None), user,
+                               self.owner.cap.name if self.owner.cap else "")
         self.listen = f"{opts.listen[0]}:{opts.listen[1]}"  # run() puts the bound port here (port 0 → any)
         self.receiver = Receiver(identity.public_key, opts.network, floor_ms=now_ms())
         self.replay_store = ReplayStore(opts.home / REPLAY_FILE, self.receiver.window_ms)

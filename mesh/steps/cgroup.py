@@ -164,6 +164,20 @@ def join_cpu_cap(cap: str, pid: int = 0) -> None:
         (path / "cgroup.procs").write_text(str(pid or os.getpid()))
 
 
+def join_caps(cap: str, pids: list[int]) -> int:
+    """Put running processes (Chromium's, just started: parents before children, so what they fork later
+    is born inside) under the owner's CPU and memory caps `cap`; how many were moved into some group."""
+    moved = 0
+    for path in (g for g in (cpu_group(cap), ROOT / "memory" / cap) if cap and g is not None and g.is_dir()):
+        for pid in pids:
+            try:
+                (path / "cgroup.procs").write_text(str(pid))
+                moved += 1
+            except OSError:  # gone meanwhile
+                continue
+    return moved
+
+
 def memory_base(cap: str) -> Path:
     """Where a step's memory group is made: inside the owner's memory cap when it has one."""
     inside = ROOT / "memory" / cap

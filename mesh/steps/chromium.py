@@ -123,6 +123,16 @@ class Chromium:
                 found.setdefault(proc.pid, proc)
         return [p for p in found.values() if _running(p)]
 
+    def pids(self) -> list[int]:
+        """The browser's processes, oldest first (a parent before the children it started)."""
+        born = []
+        for proc in self.processes():
+            try:
+                born.append((proc.create_time(), proc.pid))
+            except psutil.NoSuchProcess:
+                continue
+        return [pid for _, pid in sorted(born)]
+
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL to its process group and to whatever of it is left after STOP_S; the
         profile goes too."""

@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import AsyncIterator
 
 from mesh.errors import StepFailed
+from mesh.steps import cgroup
 from mesh.steps.chromium import FLAGS, Chromium
 from mesh.steps.egress import EgressProxy
 from mesh.steps.extract import extract
@@ -46,8 +47,9 @@ def _browser_errors() -> tuple[type[BaseException], ...]:
 
 
 class Scraper:
-    def __init__(self, allow: Allow, browser_path: str | None, user: StepUser | None = None):
+    def __init__(self, allow: Allow, browser_path: str | None, user: StepUser | None = None, cap: str = ""):
         self.allow = allow
+        self.cap = cap  # the owner's cap groups (mesh.steps.cgroup.OwnerCap) the browser is put under
         self.user = user  # who Chromium runs as when the node is root
         self.browser_path = browser_path
         self.flags = list(FLAGS)
@@ -89,9 +91,24 @@ class Scraper:
             self.chromium = Chromium(self.browser_path, self.user,
                                      [*self.flags, f"--proxy-server=http://127.0.0.1:{self.proxy.port}"])
             endpoint = await self.chromium.start()
+            if self.cap:  # (moved once started: it runs as the step user, which cannot enter a group itself)
+                self._cap_browser()
             self.proxy.deny_ports = frozenset({self.chromium.port})
             self.browser = await connect(browserWSEndpoint=endpoint)
             return self.browser
+
+    def _cap_browser(self) -> None:
+        """Move every browser process under the owner's caps, again until a look finds none new: one
+        forked by a parent not yet moved is born outside, while all forked after their parent moved are
+        born inside."""
+        moved: set[int] = set()
+        for _ in range(10):
+            new = [pid for pid in self.chromium.pids() if pid not in moved]
+            if not new:
+                return
+            cgroup.join_caps(self.cap, new)
+            moved.update(new)
+        log.warning("Chromium kept starting processes while it was put under the owner's caps")
 
     async def scrape(self, params: dict, timeout: float) -> tuple[dict, dict]:
         """(output, work) for one step; StepFailed (Refused for blocked targets) otherwise."""

@@ -13,11 +13,15 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
+from aiohttp import web
 
 from mesh.steps.cgroup import CAP_NAME, NAME, ROOT
+from mesh.steps.scrape import find_browser
 
 from ..conftest import run_cli, wait_for
+from ..websites import ThreadedSite
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(240)]
 
@@ -240,3 +244,39 @@ def test_when_idle_pauses_a_node_while_other_programs_load_the_machine(make_mesh
         for hog in hogs:
             hog.kill()
             hog.wait(10)
+
+
+class Page(ThreadedSite):
+    def app(self) -> web.Application:
+        async def page(request: web.Request) -> web.Response:
+            return web.Response(content_type="text/html", text="<html><body><p>capped page</p></body></html>")
+
+        app = web.Application()
+        app.add_routes([web.get("/", page)])
+        return app
+
+
+@needs_cpu_cgroup
+@pytest.mark.skipif(find_browser() is None, reason="no Chromium here")
+def test_chromium_runs_under_the_owners_caps(make_mesh):
+    """--max-cpu and --max-memory hold the node's Chromium too: every browser process of the capped worker
+    sits in both cap groups once a scrape step has started it."""
+    site = Page()
+    site.start()
+    try:
+        before = set(caps())
+        mesh = make_mesh(2, lambda i: ["--no-model", "--transport", "tcp", "--scrape-allow", "127.0.0.1"]
+                         + (["--max-cpu", "50%", "--max-memory", "1GiB"] if i == 1 else []))
+        (cpu,) = [p for p in caps() if p not in before]
+        memory = ROOT / "memory" / cpu.name
+        rep = run_job(mesh, [{"id": "page", "kind": "scrape", "params": {"url": site.url("/")}}])
+        assert "capped page" in rep["steps"]["page"]["output"]["text"]
+        browser = [p for p in psutil.process_iter(["pid", "cmdline"])
+                   if any("homemesh-chromium-" in a for a in p.info["cmdline"] or ()) and p.is_running()]
+        assert browser, "no Chromium process found"
+        in_cpu = {int(x) for x in (cpu / "cgroup.procs").read_text().split()}
+        in_memory = {int(x) for x in (memory / "cgroup.procs").read_text().split()}
+        assert {p.pid for p in browser} <= in_cpu and {p.pid for p in browser} <= in_memory, (
+            [(p.pid, p.info["cmdline"][:1]) for p in browser], in_cpu, in_memory)
+    finally:
+        site.stop()
