@@ -69,6 +69,8 @@ BENCHES = (
            "latency_relayed_vs_punched": "latency_relayed_vs_punched"}),
     Bench("node_memory", "bench.node_memory", ("--idle", "5"), ("--idle", "10"),
           {"libp2p_node_uss_mib": "idle_node_uss_mib", "tcp_node_uss_mib": "idle_node_uss_mib_tcp"}),
+    Bench("owner_cap", "bench.owner_cap", ("--spin", "1"), ("--spin", "2"),
+          {"cpu_50%_vs_none_1p": "max_cpu_50_vs_none_1p", "cpu_50%_vs_none_2p": "max_cpu_50_vs_none_2p"}),
     Bench("scale", "bench.scale", (), (), {"job_s": "scale_32_nodes_100_steps_s",
                                            "rss_mib_per_node_mean": "scale_rss_mib_per_node",
                                            "uss_mib_per_node_mean": "scale_uss_mib_per_node"}),

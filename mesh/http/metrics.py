@@ -1,7 +1,7 @@
 """GET /metrics: the node in Prometheus' text format. One CollectorRegistry per API (never the global
 default one: two nodes in one process must not share metrics), holding one collector that reads the
 node's own counters at scrape time (its status and its tally, through the NodeFacade) rather than
-keeping a second copy of them. Relay bytes are not here: nothing in the node counts them yet."""
+keeping a second copy of them."""
 
 from __future__ import annotations
 
@@ -68,6 +68,8 @@ def _node(st: dict[str, Any]) -> Iterator[Metric]:
                    ["reason"], [([r], n) for r, n in sorted(st.get("rejected", {}).items())])
     yield _counter("homemesh_dials_refused", "Dials the node's gate refused, by reason", ["reason"],
                    [([r], n) for r, n in sorted(st.get("dials_refused", {}).items())])
+    yield _counter("homemesh_relayed_bytes", "Bytes this node forwarded for others as a relay (libp2p circuits)",
+                   [], [([], float(st.get("relayed_bytes", 0)))])
     yield _gauge("homemesh_paused", "1 while the owner has paused this node (mesh pause): no new steps", [],
                  [([], 1 if st.get("paused") else 0)])
     yield _gauge("homemesh_owner_limit", "The owner's limits in force (0: none): cpu as a share of the CPUs, "

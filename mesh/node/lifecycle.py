@@ -1113,6 +1113,7 @@ class Node:
                 "ledger_error": self.ledger_error or None, "journal_error": self.journal.error or None,
                 "receipts_unacknowledged": self.submitter.outbox.pending(),
                 "discovery": getattr(self.gateway.transport, "discovery_stats", dict)(),
+                "relayed_bytes": getattr(self.gateway.transport, "relayed_bytes", 0),
                 "dials_refused": dict(self.gateway.transport.gate.refused),
                 "jobs": {"running": sum(not s.run.finished for s in jobs.values()), "total": len(jobs)},
                 "worker": self.worker.use()}

@@ -137,6 +137,7 @@ def test_nodes_behind_two_nats_work_together(tmp_path: Path, nat: str, punches: 
         from_lan = time.monotonic() - t2
         assert rep["status"] == "done", json.dumps(rep["steps"])[:3000]
         assert m.node_id("lan2") in replicas_on(rep)
+        assert m.status("pub")["relayed_bytes"] > 0  # the relay counts what it carried (/metrics)
         if punches:
             wait_for(lambda: m.peer("lan1", "lan2").get("connection") == "hole-punched", 30,
                      f"a hole-punched link lan1→lan2\n{m.tail('lan1')}")

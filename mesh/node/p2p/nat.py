@@ -81,6 +81,29 @@ class Puncher(DCUtRProtocol):
         return False  # a peer reached through a relay is unreachable: its direct dials are in the punch
 
 
+class _Counted:
+    """A stream whose writes are counted (the bytes a relay forwards), everything else passed through."""
+
+    def __init__(self, stream, relay: CountingRelay):
+        self._stream, self._relay = stream, relay
+
+    async def write(self, data: bytes) -> None:
+        await self._stream.write(data)
+        self._relay.relayed_bytes += len(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+class CountingRelay(CircuitV2Protocol):
+    """The stock relay, counting the bytes it forwards for others (/metrics: homemesh_relayed_bytes)."""
+
+    relayed_bytes = 0
+
+    async def _relay_data(self, src_stream, dst_stream, peer_id, deadline=None, circuit_data_limit=None) -> None:
+        await super()._relay_data(src_stream, _Counted(dst_stream, self), peer_id, deadline, circuit_data_limit)
+
+
 RELAY_HONEST_S, RELAY_DELAY_S = 20.0, 3.0  # the first: unless --fault-after says otherwise
 
 
@@ -110,7 +133,7 @@ class DelayingRelay(CircuitV2Protocol):
             await dst_stream.write(data)
 
 
-RELAYS = {"": CircuitV2Protocol, "relay-drop": DroppingRelay, "relay-delay": DelayingRelay}
+RELAYS = {"": CountingRelay, "relay-drop": DroppingRelay, "relay-delay": DelayingRelay}
 
 
 class Nat:

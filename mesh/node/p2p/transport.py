@@ -474,6 +474,11 @@ class Libp2pTransport:
     def reachability(self) -> str:
         return self.nat.reachability if self.nat else "unknown"
 
+    @property
+    def relayed_bytes(self) -> int:
+        """Bytes this node forwarded for others as a relay since it started."""
+        return getattr(self.nat.relay, "relayed_bytes", 0) if self.nat else 0
+
     def _link_of(self, stream: INetStream):
         """The swarm connection `stream` runs on (None once it is gone)."""
         for conn in self.host.get_network().get_connections(stream.muxed_conn.peer_id):
