@@ -56,6 +56,7 @@ class StepDone:
     identity: str = ""  # the code or model that produced it (python:bwrap, gguf:<sha256>)
     work: JsonObject = field(default_factory=dict)  # measured here: cpu_s, tokens, seconds, …
     error: str = ""
+    limit: bool = False  # failed of a limit it ran under (time, memory), not of its own code (errors.LimitHit)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import os
 
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher
 
-from mesh.errors import StepFailed
+from mesh.errors import LimitHit, StepFailed
 from mesh.steps.sandbox import Sandbox
 
 from .messages import RunStep, StepDone, WarmUp
@@ -38,7 +38,7 @@ class StepActor(ActorTypeDispatcher):
             res = box.run(msg.params["code"], msg.params.get("inputs", {}), msg.timeout, msg.memory,
                           (lambda: os.path.exists(msg.cancel_file)) if msg.cancel_file else None)
         except StepFailed as exc:
-            self.send(sender, StepDone(msg.request_id, False, error=str(exc)))
+            self.send(sender, StepDone(msg.request_id, False, error=str(exc), limit=isinstance(exc, LimitHit)))
             return
         identity = "python:bwrap" if msg.sandboxed else "python:unsandboxed"
         self.send(sender, StepDone(msg.request_id, True, res.output, identity,

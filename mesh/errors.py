@@ -49,6 +49,11 @@ class StepFailed(MeshError):
     """A step ran and failed (sandbox error, timeout, model error); the message is shown to users."""
 
 
+class LimitHit(StepFailed):
+    """A step stopped by a limit it ran under (its time, its memory): the limit's terms belong in the
+    message; an error of the step's own code does not."""
+
+
 class LedgerError(MeshError):
     """The ledger could not be written or does not verify."""
 

@@ -370,7 +370,9 @@ class JobRun:
             picked += place(others, decision.count - len(picked), self.rng, self._suspects(run, pool), held)
         result: Decision = decision
         if not picked:
-            result = GiveUp("no unused worker left: " + run.tally.evidence())
+            code, said = run.tally.code_error()
+            result = GiveUp(f"{code} ({said} worker{'s' * (said > 1)} said so; {run.tally.evidence()})" if code
+                            else "no unused worker left: " + run.tally.evidence())
         verify = run.scoring and run.claim is not None
         kind, params = ("score", {**(run.params or {}), "claim": run.claim.output,
                                   "token_ids": run.claim.work["token_ids"]}) if verify else (

@@ -16,6 +16,7 @@ _K_OF_N = re.compile(r"^(\d+)-of-(\d+)$")
 # them there (sybil-30: 3 of its 7 wrong answers, seed 1); two, from two more prefixes, must both be its
 # own. Once no new prefix is left, the extra seat would only add the same parties' votes again.
 MARGIN_EXTRA = 1
+CODE_ERROR = "your code raised "  # how a worker's sandbox words an error of the step's own code
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,11 @@ class Tally:
         if short > 0:
             return NeedMore(min(short, budget)) if budget > 0 else NeedMore(min(short, spare), reuse=True)
         return Wait()
+
+    def code_error(self) -> tuple[str, int]:
+        """The error of the step's own code most workers reported (CODE_ERROR), and how many did ('', 0)."""
+        said = Counter(r for r in self.failures.values() if r.startswith(CODE_ERROR))
+        return said.most_common(1)[0] if said else ("", 0)
 
     def evidence(self) -> str:
         parts = [f"{n[:12]} said {k[:12]}" for n, k in sorted(self.answers.items())]

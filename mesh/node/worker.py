@@ -25,7 +25,7 @@ from ledger.store import Entry
 from mesh.core.admission import MAX_TIMEOUT_S, Account, Shares, Slots, Standing, Terms, credit_refusal, terms
 from mesh.core.dag import MODEL_KINDS, check_request
 from mesh.core.pricing import MIN_CHARGE, TOLERANCE, ceiling
-from mesh.errors import JobError, NoAnswer, StepFailed
+from mesh.errors import JobError, LimitHit, NoAnswer, StepFailed
 from mesh.node.flow import Limits
 from mesh.node.journal import Journal
 from mesh.node.owed import Owed
@@ -100,7 +100,7 @@ class StepRunner:
         if not isinstance(done, StepDone):
             raise StepFailed(f"internal error: unexpected {type(done).__name__}")
         if not done.ok:
-            raise StepFailed(done.error or "the step failed without saying why")
+            raise (LimitHit if done.limit else StepFailed)(done.error or "the step failed without saying why")
         return Ran(done.output, done.identity, done.work)
 
     async def output(self, kind: str, params: dict[str, Any], timeout: float) -> object:
@@ -366,8 +366,8 @@ class Worker:
         try:
             ran = await self.port.steps.run(kind, req.params, limits.timeout, None if kind == "scrape" else progress,
                                             limits.memory)
-        except StepFailed as exc:
-            return failed(req, f"{exc} ({limits.cut})" if limits.cut else str(exc))
+        except StepFailed as exc:  # (a cut limit is named only when a limit stopped the step)
+            return failed(req, f"{exc} ({limits.cut})" if limits.cut and isinstance(exc, LimitHit) else str(exc))
         size = len(canonical(ran.output))
         cap = self.port.frame_cap // 2  # the signed result must fit in one frame, with room to spare
         if size > cap:

@@ -15,6 +15,7 @@ import math
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.errors import StepFailed
+from mesh.errors import LimitHit, StepFailed
 from mesh.steps import seccomp
 from mesh.steps.cgroup import StepGroup
 from mesh.steps.stepuser import NOBODY, StepUser, running_as_root
@@ -86,11 +87,21 @@ out, err = io.StringIO(), io.StringIO()
 real = sys.stdout
 sys.stdout, sys.stderr = out, err
 scope = {"inputs": inputs, "__name__": "__step__"}
+def failed(what, e, where="", limit=False):
+    return '"ok":false,"limit":%s,"error":' % ("true" if limit else "false") + s(
+        "%s %s%s: %s" % (what, type(e).__name__, where, e))
 try:
     exec(compile(code, "<step>", "exec"), scope)
-    res = '"ok":true,"output":' + enc(scope.get("output"))
+    try:
+        res = '"ok":true,"output":' + enc(scope.get("output"))
+    except BaseException as e:
+        res = failed("your output cannot be sent as JSON:", e)
 except BaseException as e:
-    res = '"ok":false,"error":' + s("%s: %s" % (type(e).__name__, e))
+    line, tb = getattr(e, "lineno", None) if isinstance(e, SyntaxError) else None, e.__traceback__
+    while tb is not None:  # the step's own frame deepest in the traceback: where its code went wrong
+        line = tb.tb_lineno if tb.tb_frame.f_code.co_filename == "<step>" else line
+        tb = tb.tb_next
+    res = failed("your code raised", e, " at line %d" % line if line else "", isinstance(e, MemoryError))
 res += ',"stdout":%s,"stderr":%s' % (s(out.getvalue()[:CAP]), s(err.getvalue()[:CAP]))
 real.write(MARK + "{" + res + "}")
 real.flush()
@@ -294,7 +305,7 @@ class Sandbox:
                 except subprocess.TimeoutExpired:
                     request = None
                     if time.monotonic() >= deadline:
-                        raise StepFailed(f"python step timed out after {timeout:g} s") from None
+                        raise LimitHit(f"python step timed out after {timeout:g} s") from None
                     if cancelled is not None and cancelled():
                         raise StepFailed("python step cancelled") from None
             cpu_s, peak_mb = self._measure()
@@ -340,12 +351,13 @@ def _result(stdout: bytes, stderr: bytes, returncode: int | None, cpu_s: float, 
     text = stdout.decode("utf-8", "replace")
     if MARK not in text:
         tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit code {returncode}"]
-        raise StepFailed(f"python step died: {tail[0][:300]}")
+        killed = returncode in (-signal.SIGKILL, -signal.SIGXCPU)  # (its memory or CPU time ran out)
+        raise (LimitHit if killed else StepFailed)(f"python step died: {tail[0][:300]}")
     try:  # the step's code can write here too (e.g. from atexit): trust no field of it
         res = json.loads(text.rsplit(MARK, 1)[1], parse_float=_finite, parse_constant=_finite)
         ok, error = bool(res["ok"]), str(res.get("error", "python step failed"))
     except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         raise StepFailed("python step produced an unreadable result") from None
     if not ok:
-        raise StepFailed(error[:500])
+        raise (LimitHit if res.get("limit") is True else StepFailed)(error[:500])
     return PythonResult(res.get("output"), str(res.get("stdout", "")), str(res.get("stderr", "")), cpu_s, peak_mb)

@@ -119,6 +119,12 @@ def test_too_few_workers_fails_with_a_reason(make_mesh, tmp_path: Path):
     res = run_cli("submit", job, "--home", str(mesh.nodes[0].home), "--redundancy", "2", "--wait", "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["steps"]["a"]["output"] == 1
+    # a step whose own code raises: the user reads the code's error and line, and no stranger's limits
+    bad = write_job(tmp_path / "bad.json", [{"id": "a", "kind": "python", "params": {"code": "x = 1\ny = x / 0"}}])
+    res = run_cli("submit", bad, "--home", str(mesh.nodes[0].home), "--redundancy", "2", "--wait")
+    assert res.returncode == 3, res.stderr
+    assert "error: your code raised ZeroDivisionError at line 2: division by zero (" in res.stdout, res.stdout
+    assert "no unused worker" not in res.stdout and "at most 60 s" not in res.stdout, res.stdout
 
 
 def test_ledger_commands_need_a_home(tmp_path: Path):

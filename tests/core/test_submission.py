@@ -448,3 +448,16 @@ def test_a_check_that_times_out_wakes_the_step_it_held_even_if_another_job_ticke
     sub.tick("j9", pool("h1", "h2", "h3"), check.deadline + 0.5)  # another job, after the check's deadline
     assert Wake("j1") in sub.on_alarm(check.deadline + 0.5)
     assert of(sub.tick("j1", pool("cheat"), check.deadline + 1), Finished) == [Finished("j1", "done")]
+
+
+def test_a_step_whose_code_raises_fails_with_the_codes_error_first():
+    """The user reads what their code did ("your code raised ZeroDivisionError at line 2: ..."), not "no
+    unused worker left"; the workers' evidence follows."""
+    sub = Submission(Config(1))
+    sub.submit("j", ONE, 1)
+    (send,) = of(sub.tick("j", pool("w0"), 0.0), Send)
+    error = "your code raised ZeroDivisionError at line 2: division by zero"
+    sub.on_result(send.node, "j", "a", False, "", None, {}, error, 1.0)
+    sub.tick("j", pool("w0"), 1.0)
+    step = sub.jobs["j"].run.steps["a"]
+    assert step.status == "failed" and step.error.startswith(error + " (1 worker said so; w0 failed ("), step.error

@@ -234,7 +234,7 @@ async def until(cond, what: str, timeout: float = 5.0) -> None:
 
 
 def test_a_strangers_step_runs_with_capped_time_and_memory_and_a_known_ones_as_asked():
-    fake = FakeNode(StepDone("", False, error="python step timed out after 60 s"))
+    fake = FakeNode(StepDone("", False, error="python step timed out after 60 s", limit=True))
     friend = Identity.generate()
     fake.port = WorkerPort(**{**fake.port.__dict__, "standing": standing_of({friend.node_id})})
     worker = Worker(fake.port)
@@ -246,6 +246,9 @@ def test_a_strangers_step_runs_with_capped_time_and_memory_and_a_known_ones_as_a
     first, second = results(fake)
     assert "at most 60 s and 256 MiB a step (asked 3600 s)" in first.error  # the failure says why
     assert "at most" not in second.error
+    fake.answer = StepDone("", False, error="your code raised ZeroDivisionError at line 2: division by zero")
+    asyncio.run(worker.work(Peer(PAYER.public_key), StepRequest("j", "c", "python", CODE, 3600.0)))
+    assert results(fake)[-1].error == fake.answer.error  # the code's own error: no limit named beside it
 
 
 def test_strangers_hold_four_slots_and_a_known_requester_still_runs():

@@ -53,12 +53,14 @@ def test_stdout_and_stderr_are_captured():
     assert res.output == 1
 
 
-def test_exception_is_step_failed_with_its_name():
-    msg = fails("def f():\n    raise ValueError('boom')\nf()")
-    assert msg.startswith("ValueError: boom")
-    assert fails("1 / 0").startswith("ZeroDivisionError")
-    assert fails("import sys; sys.exit(3)").startswith("SystemExit")
-    assert fails("def (:").startswith("SyntaxError")
+def test_exception_is_step_failed_with_its_name_and_the_line_of_the_steps_code():
+    """The error a user reads names their code's exception and the line it came from (the deepest frame
+    of the step's own code, not of the library it called)."""
+    assert fails("def f():\n    raise ValueError('boom')\nf()") == "your code raised ValueError at line 2: boom"
+    assert fails("x = 1\ny = x / 0") == "your code raised ZeroDivisionError at line 2: division by zero"
+    assert fails("import json\n\njson.loads('{')").startswith("your code raised JSONDecodeError at line 3: ")
+    assert fails("import sys; sys.exit(3)") == "your code raised SystemExit at line 1: 3"
+    assert fails("x = 1\ndef (:").startswith("your code raised SyntaxError at line 2: ")
 
 
 def test_infinite_loop_times_out():
@@ -93,7 +95,7 @@ def test_memory_limit_is_cumulative():
     ("output = [float('inf')]", "ValueError"),
 ])
 def test_non_json_output_is_step_failed(code, error):
-    assert fails(code).startswith(error)
+    assert fails(code).startswith(f"your output cannot be sent as JSON: {error}")
 
 
 def test_outputs_come_back_exactly_as_json_would_carry_them():
@@ -103,7 +105,7 @@ def test_outputs_come_back_exactly_as_json_would_carry_them():
     assert got == json.loads(json.dumps(value))  # tuples become lists, keys strings, as with json
     assert run("output = {'a': {'b': [[]]}}", ).output == {"a": {"b": [[]]}}
     assert run("print('é\\u0001')\noutput = 1").stdout == "é\u0001\n"
-    assert fails("output = {(1, 2): 3}").startswith("TypeError")
+    assert fails("output = {(1, 2): 3}").startswith("your output cannot be sent as JSON: TypeError")
 
 
 def test_output_over_the_cap_fails():
