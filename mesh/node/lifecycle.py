@@ -52,6 +52,7 @@ from mesh.node.home import (
     RUNTIME_FILE,
     RuntimeInfo,
     ensure_token,
+    lock_home,
     write_private,
 )
 from mesh.node.journal import Journal
@@ -1043,6 +1044,14 @@ class Node:
 def run_node(opts: NodeOptions) -> None:
     """Start everything, serve until SIGINT/SIGTERM, stop everything. Raises ConfigError for bad set-up."""
     model_sha = _check_options(opts)
+    lock = lock_home(opts.home)  # before anything is written in the home; held until the node is gone
+    try:
+        _start(opts, model_sha)
+    finally:
+        os.close(lock)
+
+
+def _start(opts: NodeOptions, model_sha: str) -> None:
     identity, _ = load_or_create(opts.home)
     try:
         os.chmod(opts.home, 0o700)  # the step user (and anyone else) must not read the ledger or the logs
