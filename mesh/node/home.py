@@ -35,15 +35,22 @@ def write_private(path: Path, text: str) -> None:
 
 
 def ensure_token(home: Path) -> str:
+    """The home's API token, made when absent. The file holds the token and nothing else, no newline:
+    whoever reads it whole (`open(...).read()`, as the README's OpenAI example does) gets a valid HTTP
+    header value. A file written with a newline (before this) is rewritten without it."""
     path = home / TOKEN_FILE
     if path.exists():
-        return read_token(home)
+        token = read_token(home)
+        if path.read_text() != token:
+            write_private(path, token)
+        return token
     token = secrets.token_urlsafe(32)
-    write_private(path, token + "\n")
+    write_private(path, token)
     return token
 
 
 def read_token(home: Path) -> str:
+    """The token, without surrounding whitespace (an editor may add a newline)."""
     try:
         return (home / TOKEN_FILE).read_text().strip()
     except FileNotFoundError:
