@@ -73,7 +73,9 @@ class Client:
             except ValueError:
                 message = exc.reason
             if exc.code == 401:
-                raise AuthError(f"{self.base}: {message}") from None
+                raise AuthError(f"{self.base} refused the API token ({message}): give --home of that node (the "
+                                "CLI reads HOME/api-token), or with --api set MESH_API_TOKEN to that file's "
+                                "contents") from None
             raise UserError(f"{self.base}: {message}") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
