@@ -124,8 +124,8 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     builtin = ", ".join(sorted(p.stem for p in SCENARIOS.glob("*.toml")))
     sp = add("simulate", cmd_simulate, "simulate a whole network from a scenario file (TOML) under a virtual "
              "clock, with the real cross-checking core; prints the metrics. SCENARIO is a path or a built-in "
-             f"name: {builtin}", json_flag=True)
-    sp.add_argument("scenario", metavar="SCENARIO")
+             f"name: {builtin}", json_flag=True, home=False)
+    sp.add_argument("scenario", metavar="SCENARIO", help="a scenario file (TOML) or a built-in name")
     sp.add_argument("--seed", type=int, default=1, help="the run's one seed: the same seed gives the same run")
     sp.add_argument("--steps", type=int, help="steps to submit (overrides the scenario's)")
     sp.add_argument("--set", type=_setting, action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -158,6 +158,6 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="sweep: worker processes")
 
     sp = add("replay", cmd_replay, "re-run a trace written by `mesh simulate --trace`; exits 0 only when "
-             "every record and the trace hash are reproduced bit for bit")
-    sp.add_argument("trace", metavar="TRACE")
+             "every record and the trace hash are reproduced bit for bit", home=False)
+    sp.add_argument("trace", metavar="TRACE", help="the trace file `mesh simulate --trace` wrote")
     sp.add_argument("--quiet", action="store_true", help="no progress bar on stderr")

@@ -81,10 +81,15 @@ def plot_run(result: dict, series: list[dict], out_dir: Path) -> list[Path]:
 
 def plot_fraction(rows: list[dict], out_dir: Path) -> Path:
     """Write wrong-vs-fraction.png into `out_dir` (created): the wrong-accepted rate against the malicious
-    fraction, one line per (policy, redundancy), on a log axis with zero rates drawn at RATE_FLOOR. Each
-    line's legend gives its mean replicas per step over the fractions, the price of that accuracy."""
+    fraction, one line per (policy, redundancy), on a log axis that draws zero rates at 0. Each line's
+    legend gives its mean replicas per step over the fractions, the price of that accuracy."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    return _save(fraction_figure(rows)[0], out_dir / "wrong-vs-fraction.png")
+
+
+def fraction_figure(rows: list[dict]):
+    """The figure of plot_fraction, and its axes."""
     lines: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     for row in rows:
         key = (str(row["policy"]), int(row["redundancy"]))
@@ -94,7 +99,7 @@ def plot_fraction(rows: list[dict], out_dir: Path) -> Path:
     for i, ((policy, redundancy), points) in enumerate(sorted(lines.items())):
         points.sort()
         cost = sum(p[2] for p in points) / len(points)
-        ax.plot([p[0] for p in points], [p[1] for p in points], **_style(i),
+        ax.plot([p[0] for p in points], [p[1] for p in points], **_style(i, len(lines)),
                 label=f"{policy}, r={redundancy} ({cost:.2f} replicas/step)")
     _rate_axis(ax)
     ax.set_xlabel("malicious fraction of workers")
@@ -103,18 +108,24 @@ def plot_fraction(rows: list[dict], out_dir: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     if lines:
         ax.legend(fontsize="small")
-    return _save(fig, out_dir / "wrong-vs-fraction.png")
+    return fig, ax
 
 
-def _style(i: int) -> dict:
-    """The i-th line's marker and dash, so lines that lie on top of each other stay told apart."""
-    return {"marker": MARKERS[i % len(MARKERS)], "linestyle": "-" if i % 2 == 0 else "--", "alpha": 0.85}
+def _style(i: int, n: int) -> dict:
+    """The i-th of n lines' look. Lines often lie on one another (every policy at 0 wrong answers): each
+    is drawn narrower than the one before it, with a hollow marker smaller than the one before it, so the
+    earlier ones show around the later ones (nested stripes and rings) instead of being hidden."""
+    wider = n - 1 - i
+    return {"marker": MARKERS[i % len(MARKERS)], "linestyle": "-" if i % 2 == 0 else "--",
+            "linewidth": 1.2 + 1.6 * wider, "markersize": 5 + 3.5 * wider, "markerfacecolor": "none",
+            "markeredgewidth": 1.5}
 
 
 def _rate_axis(ax) -> None:
     """A rate axis that shows 0 as 0: logarithmic from RATE_FLOOR up, linear from 0 to it."""
     ax.set_yscale("symlog", linthresh=RATE_FLOOR, linscale=0.5)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(bottom=-0.6 * RATE_FLOOR)  # room below 0, so lines at 0 are drawn whole, not cut by the frame
+    ax.axhline(0, color="grey", linewidth=0.8, zorder=0)
 
 
 def plot_size(rows: list[dict], out_dir: Path) -> Path:
@@ -130,7 +141,7 @@ def plot_size(rows: list[dict], out_dir: Path) -> Path:
     fig, (wrong, cost) = plt.subplots(1, 2, figsize=(11, 4.5))
     for i, ((policy, redundancy, fraction), points) in enumerate(sorted(lines.items())):
         points.sort()
-        style = {**_style(i), "label": f"{policy}, r={redundancy}, {fraction:g} adversaries"}
+        style = {**_style(i, len(lines)), "label": f"{policy}, r={redundancy}, {fraction:g} adversaries"}
         wrong.plot([p[0] for p in points], [p[1] for p in points], **style)
         cost.plot([p[0] for p in points], [p[2] for p in points], **style)
     for ax in (wrong, cost):

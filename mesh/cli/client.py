@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.errors import AuthError, ConfigError, NodeUnreachable, UserError
-from mesh.node.home import RuntimeInfo, read_token
+from mesh.node.home import TOKEN_FILE, RuntimeInfo, read_token
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,8 @@ class Client:
     def locate(cls, home: Path | None, api: str | None) -> "Client":
         """--api URL (token from --home or MESH_API_TOKEN) or the running node found in --home."""
         if api:
-            token = read_token(home) if home and (home / "api-token").exists() else os.environ.get("MESH_API_TOKEN", "")
+            token = (read_token(home) if home and (home / TOKEN_FILE).exists()
+                     else os.environ.get("MESH_API_TOKEN", "").strip())
             if not token:
                 raise ConfigError("with --api, give --home of that node or set MESH_API_TOKEN")
             return cls(api.rstrip("/"), token)
@@ -72,7 +73,9 @@ class Client:
             except ValueError:
                 message = exc.reason
             if exc.code == 401:
-                raise AuthError(f"{self.base}: {message}") from None
+                raise AuthError(f"{self.base} refused the API token ({message}): give --home of that node (the "
+                                "CLI reads HOME/api-token), or with --api set MESH_API_TOKEN to that file's "
+                                "contents") from None
             raise UserError(f"{self.base}: {message}") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)

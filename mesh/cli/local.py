@@ -17,7 +17,7 @@ from typing import Callable
 from mesh.cli.client import Client
 from mesh.errors import ConfigError, MeshError, UserError
 from mesh.node.actorsys import die_with_parent
-from mesh.node.home import RUNTIME_FILE, RuntimeInfo, read_token
+from mesh.node.home import RuntimeInfo, read_token
 
 
 def free_ports(n: int) -> list[int]:
@@ -70,8 +70,7 @@ class LocalNode:
 
     def start(self, bootstrap: list[str]) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / RUNTIME_FILE).unlink(missing_ok=True)
-        self.info = None
+        self.info = None  # node.json is left alone: it may be another node's, running on this home
         # -P: the working directory is not put on sys.path, so a `mesh/` folder there (`mesh up --dir mesh`)
         # cannot shadow the package; PYTHONPATH still counts
         cmd = [sys.executable, "-P", "-m", "mesh", "node", "--home", str(self.home), "--listen", "127.0.0.1:0",
@@ -85,12 +84,23 @@ class LocalNode:
 
     def wait_started(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not (self.home / RUNTIME_FILE).exists():
+        while not self._published():
             if not self.alive():
                 raise MeshError(f"node in {self.home} exited: {self.last_log() or 'see its stdout.log'}")
             if time.monotonic() > deadline:
                 raise MeshError(f"node in {self.home} did not start within {timeout:g} s")
             time.sleep(0.05)
+
+    def _published(self) -> bool:
+        """Whether this node (not one killed before it on this home) wrote its node.json."""
+        try:
+            info = RuntimeInfo.read(self.home)
+        except ConfigError:
+            return False
+        if self.proc is not None and info.pid != self.proc.pid:
+            return False
+        self.info = info
+        return True
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -6,15 +6,18 @@ import argparse
 import dataclasses
 import json
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
 
+from mesh import PROTOCOL_VERSION, __version__
 from mesh.errors import ConfigError, JobError, MeshError, UserError
 from mesh.node.home import default_home, parse_hostport
 from mesh.wire.records import MAX_FETCH_MODELS
 
 EXIT_USER, EXIT_FAILED = 2, 3
+EXAMPLE_JOB = Path(__file__).resolve().parents[2] / "examples" / "demo-job.json"
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -539,8 +542,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         first = mesh.nodes[0]
         print(f"editor: {first.api}/editor#token={first.client.token}  (the token stays in your browser)")
         r = max(1, min(3, args.nodes - 1))
-        print(f"try: mesh submit examples/demo-job.json --home {mesh.nodes[0].home} --redundancy {r} --wait "
-              f"(a step runs on nodes other than the submitter)", flush=True)
+        print(f"try: mesh submit {shlex.quote(str(EXAMPLE_JOB))} --home {shlex.quote(str(first.home.resolve()))} "
+              f"--redundancy {r} --wait (a step runs on nodes other than the submitter)", flush=True)
         while all(n.alive() for n in mesh.nodes):
             time.sleep(0.5)
         dead = [n for n in mesh.nodes if not n.alive()]
@@ -626,7 +629,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mesh.cli.client import Client
     from mesh.cli.local import LocalMesh
 
-    job_path = args.job or str(Path(__file__).resolve().parents[2] / "examples" / "demo-job.json")
+    job_path = args.job or str(EXAMPLE_JOB)
     job = _load_job_file(job_path)
     directory = Path(args.dir).expanduser()
     _stop_on_sigterm()
@@ -770,12 +773,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mesh", description="homemesh: pool untrusted computers into one "
                                 "cross-checked compute mesh. Each step of a job runs on several nodes and "
                                 "is accepted only when a quorum of their signed answers agree.")
+    p.add_argument("--version", action="version", version=f"mesh {__version__} (protocol {PROTOCOL_VERSION})")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func, help: str, api: bool = False, json_flag: bool = False) -> argparse.ArgumentParser:
+    def add(name: str, func, help: str, api: bool = False, json_flag: bool = False,
+            home: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.set_defaults(func=func)
-        sp.add_argument("--home", help="node home directory (default: $MESH_HOME or ~/.homemesh)")
+        if home:  # not on commands that never touch a node home (up, demo, simulate, replay)
+            sp.add_argument("--home", help="node home directory (default: $MESH_HOME or ~/.homemesh)")
         if api:
             sp.add_argument("--api", help="node API URL instead of --home (token: --home or $MESH_API_TOKEN)")
         if json_flag:
@@ -786,10 +792,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_node_options(add("node", cmd_node, "run one node in the foreground; SIGINT/SIGTERM stop it cleanly"))
 
-    sp = add("up", cmd_up, "start N nodes on loopback, wait until they know each other, print their addresses")
-    sp.add_argument("--nodes", type=int, default=3)
-    sp.add_argument("--dir", default=".mesh", help="directory for the nodes' homes (default .mesh)")
-    sp.add_argument("--timeout", type=float, default=180)
+    sp = add("up", cmd_up, "start N nodes on loopback, wait until they know each other, print their addresses",
+             home=False)
+    sp.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    sp.add_argument("--dir", default=".mesh", help="directory for the nodes' homes, node0 … (default .mesh)")
+    sp.add_argument("--timeout", type=float, default=180,
+                    help="give up when the nodes do not all know each other after this many seconds (default 180)")
     sp.add_argument("--no-model", action="store_true", help="start nodes without the model")
 
     sp = add("submit", cmd_submit, "submit a job file to a node", api=True, json_flag=True)
@@ -800,9 +808,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=1800, help="give up waiting after this many seconds")
 
     sp = add("job", cmd_job, "show a job's state and result", api=True, json_flag=True)
-    sp.add_argument("job_id")
-    sp.add_argument("--wait", action="store_true")
-    sp.add_argument("--timeout", type=float, default=1800)
+    sp.add_argument("job_id", help="the id `mesh submit` printed (or one of `mesh jobs`)")
+    sp.add_argument("--wait", action="store_true", help="wait for the job to end, showing progress on stderr")
+    sp.add_argument("--timeout", type=float, default=1800, help="with --wait: give up after this many seconds")
 
     sp = add("jobs", cmd_jobs, "list the jobs submitted from this node, newest first: running ones (also those "
              "resumed from its journal after a restart) and ended ones (from their saved reports)",
@@ -812,7 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("cancel", cmd_cancel, "give a running job up: its unsettled steps fail ('cancelled by its "
              "submitter') and its workers are told to stop them; an ended job cannot be cancelled",
              api=True, json_flag=True)
-    sp.add_argument("job_id")
+    sp.add_argument("job_id", help="the job to give up")
 
     sp = add("ask", cmd_ask, "plan a job from a question (part by part: pages scraped, computations in python, "
              "words from the instruct model), show it as a tree, and run it after you confirm", api=True,
@@ -850,7 +858,8 @@ def build_parser() -> argparse.ArgumentParser:
              "knows of its payer), verify-receipts FILE (check an export offline: signatures, payee, nothing "
              "twice; only payers the checking node (--home, or the default home) knows and trusts are counted, "
              "payers it never met or distrusts are reported apart)", json_flag=True)
-    sp.add_argument("what", choices=["balance", "peers", "history", "verify", "explain", "export", "verify-receipts"])
+    sp.add_argument("what", choices=["balance", "peers", "history", "verify", "explain", "export", "verify-receipts"],
+                    help="what to read or check (see above)")
     sp.add_argument("arg", nargs="?", metavar="ENTRY|FILE", help="entry id for explain, file for export and verify-receipts")
     sp.add_argument("--limit", type=int, default=100, help="history: newest N entries")
     sp.add_argument("--peers", action="store_true",
@@ -865,8 +874,9 @@ def build_parser() -> argparse.ArgumentParser:
              "the SHA-256, a progress bar meanwhile; the node serves it at once). Jobs may name a model by "
              "its name here; the node sends its SHA-256 to peers, and places steps only on peers holding it",
              api=True, json_flag=True)
-    sp.add_argument("what", choices=["list", "add", "remove", "fetch"])
-    sp.add_argument("arg", nargs="?", metavar="PATH|NAME|SHA256")
+    sp.add_argument("what", choices=["list", "add", "remove", "fetch"], help="what to do (see above)")
+    sp.add_argument("arg", nargs="?", metavar="PATH|NAME|SHA256",
+                    help="add: the GGUF file; remove: a name or SHA-256; fetch: the SHA-256")
     sp.add_argument("--name", help="add, fetch: the model's local name (default: the file name without .gguf; "
                                    "fetch: fetched-SHA12)")
     sp.add_argument("--from", dest="sources", action="append", metavar="NODE_ID",
@@ -874,12 +884,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-size", default="4GiB", help="fetch: refuse a model larger than this (default 4GiB, the most)")
     sp.add_argument("--timeout", type=float, default=3600, help="fetch: seconds to show progress for (default 3600)")
 
-    sp = add("demo", cmd_demo, "start a local mesh, run the example job at redundancy 3, print results and credits")
+    sp = add("demo", cmd_demo, "start a local mesh, run the example job at redundancy 3, print results and credits",
+             home=False)
     sp.add_argument("--nodes", type=int, default=4, help="nodes (one submits, the others work; default 4)")
-    sp.add_argument("--dir", default=".mesh-demo")
+    sp.add_argument("--dir", default=".mesh-demo", help="directory for the nodes' homes (default .mesh-demo)")
     sp.add_argument("--job", help="job file (default examples/demo-job.json)")
-    sp.add_argument("--redundancy", type=int, default=3)
-    sp.add_argument("--timeout", type=float, default=600)
+    sp.add_argument("--redundancy", type=int, default=3, help="replicas per step (default 3)")
+    sp.add_argument("--timeout", type=float, default=600,
+                    help="give up on the mesh starting, and then on the job, after this many seconds (default 600)")
 
     from simulations.cli import add_commands
 
@@ -888,7 +900,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        parser.print_help()  # `mesh` alone: what it can do, on stdout; exit 2 as for any missing argument
+        return EXIT_USER
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (UserError, ConfigError) as exc:

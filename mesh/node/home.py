@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ LEDGER_FILE = "ledger.db"
 PEERS_FILE = "peers.json"
 REPLAY_FILE = "replay.json"
 CANCEL_DIR = "cancel"  # a file named for a running step's request id here tells its actor to stop it
+LOCK_FILE = "node.lock"  # flock'd by the node running on this home, for its whole life
 
 
 def default_home() -> Path:
@@ -32,19 +35,66 @@ def write_private(path: Path, text: str) -> None:
 
 
 def ensure_token(home: Path) -> str:
+    """The home's API token, made when absent. The file holds the token and nothing else, no newline:
+    whoever reads it whole (`open(...).read()`, as the README's OpenAI example does) gets a valid HTTP
+    header value. A file written with a newline (before this) is rewritten without it."""
     path = home / TOKEN_FILE
     if path.exists():
-        return read_token(home)
+        token = read_token(home)
+        if path.read_text() != token:
+            write_private(path, token)
+        return token
     token = secrets.token_urlsafe(32)
-    write_private(path, token + "\n")
+    write_private(path, token)
     return token
 
 
 def read_token(home: Path) -> str:
+    """The token, without surrounding whitespace (an editor may add a newline)."""
     try:
         return (home / TOKEN_FILE).read_text().strip()
     except FileNotFoundError:
         raise ConfigError(f"no API token at {home / TOKEN_FILE}: is {home} a node's home?") from None
+
+
+def lock_home(home: Path, grace: float = 10.0) -> int:
+    """Take the home's lock (an advisory flock on HOME/node.lock) before the node writes anything there,
+    and return its descriptor, to be held for the node's life: a second node on one home would overwrite
+    the first's node.json and delete it on exit. The kernel drops the lock when the last process holding
+    it ends: the node's forked actors hold it too and die with it, so a node killed with -9 frees the home
+    once they are gone (waited for up to `grace` seconds when the pid in the file is no longer running;
+    that pid only names the holder)."""
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot use {home} as a node's home: {exc.strerror}") from None
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            if _running(holder) or time.monotonic() > deadline:
+                os.close(fd)
+                raise ConfigError(f"home {home} is in use by pid {holder or 'unknown'}") from None
+            time.sleep(0.05)  # the holder is gone; its actors are dying
+        except OSError as exc:
+            os.close(fd)
+            raise ConfigError(f"cannot lock {home / LOCK_FILE}: {exc.strerror}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _running(pid: str) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+    except (ValueError, psutil.Error):
+        return False
 
 
 @dataclass(frozen=True)

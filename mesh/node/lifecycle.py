@@ -53,6 +53,7 @@ from mesh.node.home import (
     RUNTIME_FILE,
     RuntimeInfo,
     ensure_token,
+    lock_home,
     write_private,
 )
 from mesh.node.journal import Journal
@@ -280,6 +281,7 @@ class Node:
         self.tasks: set[asyncio.Task] = set()
         self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         self.stopping = asyncio.Event()
+        self.stop_reason = ""  # what stopped the node, said as it exits ("signal TERM")
         self.token = ensure_token(opts.home)
         self.tally = Tally()  # jobs, steps and replicas counted as they end (/metrics)
         self._saved_peers = -1  # the peer table version last written
@@ -345,7 +347,12 @@ class Node:
         if not task.cancelled() and task.exception() is not None and not self.stopping.is_set():
             log.error("task failed", exc_info=task.exception())
 
-    async def run(self, peer_sock: socket.socket, api_sock: socket.socket) -> None:
+    def _stop_on(self, sig: int) -> None:
+        self.stop_reason = self.stop_reason or f"signal {signal.Signals(sig).name.removeprefix('SIG')}"
+        self.stopping.set()
+
+    async def run(self, peer_sock: socket.socket, api_sock: socket.socket) -> str:
+        """Serve until a signal or a failure stops the node; returns why it stopped."""
         from mesh.http.api import serve_api
 
         reply = await self.bridge.ask(PeerStatsQuery(uuid.uuid4().hex), 30)
@@ -363,7 +370,7 @@ class Node:
         RuntimeInfo(self.id, os.getpid(), f"http://{api_host}:{api_port}", self.listen).write(self.opts.home)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stopping.set)
+            loop.add_signal_handler(sig, self._stop_on, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload_owner)
         log.info("node %s ready: peers on %s, API on http://%s:%s", self.id, self.listen, api_host, api_port)
         print(f"node {self.id} ready: peer port {self.listen}, API http://{api_host}:{api_port}", flush=True)
@@ -378,7 +385,8 @@ class Node:
         failed = api_task.done() and not api_task.cancelled() and api_task.exception()
         await self._shutdown(api_task)
         if failed:
-            raise MeshError(f"the node's HTTP API failed: {failed}")
+            raise MeshError(f"stopped: the node's HTTP API failed: {failed}")
+        return self.stop_reason or "its HTTP API ended"
 
     async def _shutdown(self, api_task: asyncio.Task) -> None:
         await self._share_head()  # the head as it stands at shutdown, to the peers that keep them
@@ -1122,6 +1130,15 @@ class Node:
 def run_node(opts: NodeOptions) -> None:
     """Start everything, serve until SIGINT/SIGTERM, stop everything. Raises ConfigError for bad set-up."""
     model_sha = _check_options(opts)
+    lock = lock_home(opts.home)  # before anything is written in the home; held until the node is gone
+    try:
+        reason = _start(opts, model_sha)
+    finally:
+        os.close(lock)
+    print(f"stopped: {reason}", flush=True)
+
+
+def _start(opts: NodeOptions, model_sha: str) -> str:
     identity, _ = load_or_create(opts.home)
     try:
         os.chmod(opts.home, 0o700)  # the step user (and anyone else) must not read the ledger or the logs
@@ -1138,7 +1155,7 @@ def run_node(opts: NodeOptions) -> None:
     limits = owner_mod.resolve(opts.home, flags)
     cap = _owner_cap(opts, limits, identity.node_id)
     try:
-        _run(opts, identity, user, model_sha, Owner(opts.home, flags, limits, cap, Probe()), cap)
+        return _run(opts, identity, user, model_sha, Owner(opts.home, flags, limits, cap, Probe()), cap)
     finally:
         if cap is not None:
             cap.close()
@@ -1160,7 +1177,7 @@ def _owner_cap(opts: NodeOptions, owner: OwnerLimits, node_id: str) -> cgroup.Ow
 
 
 def _run(opts: NodeOptions, identity: Identity, user: StepUser | None, model_sha: str, owner: Owner,
-         cap: cgroup.OwnerCap | None) -> None:
+         cap: cgroup.OwnerCap | None) -> str:
     logging.basicConfig(filename=str(opts.home / "node.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger().addHandler(json_handler(opts.home))  # HOME/logs/node.jsonl, rotated
@@ -1172,7 +1189,7 @@ def _run(opts: NodeOptions, identity: Identity, user: StepUser | None, model_sha
         api_sock = bind(*opts.api, "API")
         node = Node(opts, identity, asys, node_actor, ready, user, journal, owner)
         try:
-            _serve(node, peer_sock, api_sock)
+            return _serve(node, peer_sock, api_sock)
         finally:
             node.replay_store.close()  # the replay marks still waiting for their fsync
     finally:
@@ -1257,15 +1274,15 @@ def _start_actors(asys, opts: NodeOptions, model_sha: str, user: StepUser | None
     return node_actor, ready
 
 
-def _serve(node: Node, peer_sock: socket.socket, api_sock: socket.socket) -> None:
+def _serve(node: Node, peer_sock: socket.socket, api_sock: socket.socket) -> str:
     """Run the node's loop to its end; with $MESH_PROFILE, under cProfile (benchmarks: where this
     process spends its time), the statistics written to that file."""
     profile = os.environ.get("MESH_PROFILE")
     if not profile:
-        asyncio.run(node.run(peer_sock, api_sock))
-        return
+        return asyncio.run(node.run(peer_sock, api_sock))
     import cProfile
 
     with cProfile.Profile() as prof:
-        asyncio.run(node.run(peer_sock, api_sock))
+        reason = asyncio.run(node.run(peer_sock, api_sock))
     prof.dump_stats(profile)
+    return reason

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mesh.errors import UserError
+from mesh.steps.llamalog import quiet_llama
 
 
 class TemplateError(UserError):
@@ -40,6 +41,7 @@ def template_of(path: str) -> ChatTemplate | None:
     vocabulary and metadata only (half a second for 98 MB); cached per process."""
     from llama_cpp import Llama
 
+    quiet_llama()
     llm = Llama(model_path=path, vocab_only=True, verbose=False)
     source = llm.metadata.get("tokenizer.chat_template")
     if not source:

@@ -11,6 +11,7 @@ from typing import Any
 
 from mesh.core.dag import MODEL_KINDS, Job
 from mesh.errors import JobError, StepFailed
+from mesh.steps.llamalog import quiet_llama
 
 # what llama.cpp's pure-Python schema converter raises on a schema it cannot translate
 _CONVERTER_ERRORS = (AssertionError, ValueError, KeyError, TypeError, RecursionError)
@@ -45,6 +46,7 @@ def build_grammar(schema: Any):
     """The llama.cpp grammar for a step's (rendered) schema; StepFailed when it cannot be built."""
     from llama_cpp import LlamaGrammar
 
+    quiet_llama()
     gbnf, why = _to_gbnf(schema)
     if why:
         raise StepFailed(f"json_schema: {why}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mesh.errors import StepFailed
 from mesh.steps.grammar import build_grammar
+from mesh.steps.llamalog import quiet_llama
 from mesh.steps.sampling import draw, score_of
 
 
@@ -74,6 +75,7 @@ class Model:
     def __init__(self, path: Path, sha256: str, n_threads: int | None = None, n_ctx: int = N_CTX):
         from llama_cpp import Llama  # heavy import: only in the process that holds the model
 
+        quiet_llama()
         self.sha256 = sha256
         self.path = path
         threads = n_threads or max(1, min(4, os.cpu_count() or 1))
