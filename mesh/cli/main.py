@@ -346,16 +346,15 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def _ledger_explain(args: argparse.Namespace, led, me: str) -> int:
-    from ledger.explain import explain
+    from ledger.views import explained
     from mesh.node.home import LEDGER_FILE
 
     if not args.arg.isdigit():
         raise UserError(f"ENTRY is an entry number (see `mesh ledger history`), got {args.arg!r}")
-    entry = led.entry(int(args.arg))
+    entry = explained(led, int(args.arg), me)
     if entry is None:
         raise UserError(f"no entry {args.arg} in {_home(args) / LEDGER_FILE}")
-    text = explain(entry, me)
-    _emit(args, {**entry, "explanation": text}, text)
+    _emit(args, entry, entry["explanation"])
     return 0
 
 
