@@ -535,6 +535,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"  {n.node_id[:16]}  peer {n.listen}  API {n.api}  home {n.home}")
         first = mesh.nodes[0]
         print(f"editor: {first.api}/editor#token={first.client.token}  (the token stays in your browser)")
+        print(f"dashboard: {first.api}/dashboard#token={first.client.token}")
         r = max(1, min(3, args.nodes - 1))
         print(f"try: mesh submit examples/demo-job.json --home {mesh.nodes[0].home} --redundancy {r} --wait "
               f"(a step runs on nodes other than the submitter)", flush=True)
