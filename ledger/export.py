@@ -42,10 +42,11 @@ class PayerView:
 Judge = Callable[[str], PayerView]  # payer node id → what this node knows of it
 
 
-def judge_with(led: Ledger, me: str, record_keys: Iterable[str], now_ms: int | None = None) -> Judge:
-    """Node `me`'s view of payers: itself, its ledger (every peer it has entries about, reputations) and
-    the keys of the signed records it holds (its peers.json)."""
-    seen = led.peers_seen() | {node_id_of(bytes.fromhex(k)) for k in record_keys} | {me}
+def judge_with(led: Ledger, me: str, record_keys: Iterable[str], now_ms: int | None = None,
+               met: Iterable[str] = ()) -> Judge:
+    """Node `me`'s view of payers: itself, its ledger (every peer it has entries about, reputations), the
+    keys of the signed records it holds (its peers.json) and the node ids in `met` (its peer table)."""
+    seen = led.peers_seen() | {node_id_of(bytes.fromhex(k)) for k in record_keys} | {me, *met}
     stats = led.peer_stats(int(time.time() * 1000) if now_ms is None else now_ms)
     return lambda payer: PayerView(payer in seen, stats[payer]["reputation"] if payer in stats else None)
 

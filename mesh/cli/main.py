@@ -351,16 +351,15 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def _ledger_explain(args: argparse.Namespace, led, me: str) -> int:
-    from ledger.explain import explain
+    from ledger.views import explained
     from mesh.node.home import LEDGER_FILE
 
     if not args.arg.isdigit():
         raise UserError(f"ENTRY is an entry number (see `mesh ledger history`), got {args.arg!r}")
-    entry = led.entry(int(args.arg))
+    entry = explained(led, int(args.arg), me)
     if entry is None:
         raise UserError(f"no entry {args.arg} in {_home(args) / LEDGER_FILE}")
-    text = explain(entry, me)
-    _emit(args, {**entry, "explanation": text}, text)
+    _emit(args, entry, entry["explanation"])
     return 0
 
 
@@ -541,6 +540,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"  {n.node_id[:16]}  peer {n.listen}  API {n.api}  home {n.home}")
         first = mesh.nodes[0]
         print(f"editor: {first.api}/editor#token={first.client.token}  (the token stays in your browser)")
+        print(f"dashboard: {first.api}/dashboard#token={first.client.token}")
         r = max(1, min(3, args.nodes - 1))
         print(f"try: mesh submit {shlex.quote(str(EXAMPLE_JOB))} --home {shlex.quote(str(first.home.resolve()))} "
               f"--redundancy {r} --wait (a step runs on nodes other than the submitter)", flush=True)

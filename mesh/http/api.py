@@ -18,6 +18,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Path as FastPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -41,6 +42,7 @@ from mesh.http.api_models import (
     Submitted,
 )
 from mesh.http.common import ApiError, authorised, error_body, parse_request_job, submit_job
+from mesh.http.dashboard import PAGE_DIR, dashboard_routes
 from mesh.http.facade import JobEvents, NodeFacade
 from mesh.http.httpguard import GuardedH11, HostGuard, allowed_hosts
 from mesh.http.metrics import CONTENT_TYPE, registry_for, render
@@ -72,8 +74,10 @@ def build_app(node: NodeFacade) -> FastAPI:
     _planning_routes(app, node)
     _ledger_routes(app, node)
     _model_routes(app, node)
+    dashboard_routes(app, node)  # (before the page's mount, which would otherwise take /dashboard/data)
     app.add_middleware(EditorHeaders)
     app.mount("/editor", StaticFiles(directory=Path(__file__).parent / "editor", html=True), name="editor")
+    app.mount("/dashboard", StaticFiles(directory=PAGE_DIR, html=True), name="dashboard")
     app.include_router(openai_router)
     return BodyLimit(app)  # type: ignore[return-value]
 
@@ -249,6 +253,15 @@ def _ledger_routes(app: FastAPI, node: NodeFacade) -> None:
     async def history(limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
         return await asyncio.to_thread(read_ledger, node, "history", limit)
 
+    @app.get("/ledger/explain/{entry_id}", dependencies=AUTH,
+             responses={**ERRORS, 404: {"model": ERRORS[400]["model"], "description": "no such entry"}},
+             summary="One ledger entry explained in words (as `mesh ledger explain ENTRY --json`)")
+    async def explain(entry_id: int = FastPath(ge=1, le=2**62)) -> dict[str, Any]:
+        entry = await asyncio.to_thread(read_explained, node, entry_id)
+        if entry is None:
+            raise ApiError(404, f"no entry {entry_id} in this node's ledger")
+        return entry
+
 
 def saved_summaries(jobs_dir: Path, limit: int, skip: set[str]) -> list[JobSummary]:
     """The newest `limit` reports of jobs no longer in memory (ended before a restart, or forgotten)."""
@@ -361,6 +374,18 @@ def read_ledger(node: NodeFacade, what: str, limit: int = 100) -> Any:
         if what == "peers":
             return views.peers(led, int(time.time() * 1000))
         return led.history(limit)
+    finally:
+        led.close()
+
+
+def read_explained(node: NodeFacade, entry_id: int) -> dict[str, Any] | None:
+    """One entry with its explanation (`mesh ledger explain`), on a read-only connection; None: no such entry."""
+    from ledger import views
+    from ledger.store import Ledger
+
+    led = Ledger(node.ledger_path, readonly=True)
+    try:
+        return views.explained(led, entry_id, node.node_id)
     finally:
         led.close()
 

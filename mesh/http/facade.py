@@ -78,3 +78,6 @@ class NodeFacade:
     fetch_model: Callable[[str, int, list[str] | None, str], dict[str, Any]] = lambda *a: {}
     fetches: Callable[[], list[dict[str, Any]]] = list  # every fetch since the node started, with its progress
     metrics: Callable[[], dict[str, Any]] = dict  # counts kept for /metrics (mesh.node.tally), credits earned and paid
+    # the steps run for peers by window and those that earned nothing (mesh.node.worklog), and their use of
+    # the owner's limits: {"since", "windows", "unearned", "use": {"slots", "memory" (bytes or None), "cpu"}}
+    work: Callable[[], dict[str, Any]] = dict

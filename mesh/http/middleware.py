@@ -38,16 +38,19 @@ class BodyLimit:
         return await self.app(scope, limited, send)
 
 
+PAGES = ("/editor", "/dashboard")  # the node's own pages, each a folder of static files
+
+
 class EditorHeaders:
-    """The editor's pages (/editor) may load and call this node and nothing else: a Content-Security-Policy
-    the browser enforces."""
+    """The node's pages (the editor, /editor, and the owner's dashboard, /dashboard) may load and call this
+    node and nothing else: a Content-Security-Policy the browser enforces, and no framing."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if path != "/editor" and not path.startswith("/editor/"):
+        if not any(path == page or path.startswith(page + "/") for page in PAGES):
             return await self.app(scope, receive, send)
 
         async def with_csp(message):

@@ -69,6 +69,7 @@ from mesh.node.submitter import Ports, Submitter
 from mesh.node.tally import Tally
 from mesh.node.testimony import TESTIMONY_S, Testimonies
 from mesh.node.worker import StepRunner, Worker, WorkerPort
+from mesh.node.worklog import WorkLog
 from mesh.steps import cgroup
 from mesh.steps.models import INSTRUCT_SHA256, default_model, default_model_sha, instruct_model, sha256_file
 from mesh.steps.registry import ModelEntry, Registry
@@ -284,6 +285,7 @@ class Node:
         self.stop_reason = ""  # what stopped the node, said as it exits ("signal TERM")
         self.token = ensure_token(opts.home)
         self.tally = Tally()  # jobs, steps and replicas counted as they end (/metrics)
+        self.worklog = WorkLog()  # the newest steps run for peers, with when and why (the dashboard)
         self._saved_peers = -1  # the peer table version last written
         steps = StepRunner(self.bridge.ask, self.scraper.scrape, self.sandboxed, opts.home / CANCEL_DIR)
         self.worker = Worker(WorkerPort(
@@ -293,7 +295,8 @@ class Node:
             record=self.record, ledger_error=lambda: self.ledger_error, count=self.receiver.count, rates=opts.rates,
             standing=self.standing, account=lambda node: self.accounts.get(node, Account()),
             require_credit=opts.require_credit, fetch_model=self.fetch_for_step if self.fetch_allowance else None,
-            paused=lambda: self.owner.paused, step_memory=lambda: self.owner.limits.memory, tally=self.tally),
+            paused=lambda: self.owner.paused, step_memory=lambda: self.owner.limits.memory, tally=self.tally,
+            worklog=self.worklog),
             Owed(self.journal))
         self.model_server = ModelServer(self._served_models if opts.share_models else dict, self.send,
                                         corrupt=opts.fault == "corrupt-model")
@@ -311,7 +314,8 @@ class Node:
             models_held=lambda: Counter(m for p in self.peers.up() for m in p.models),
             ask_model=functools.partial(steps.output, "llm"),
             fetch_model=lambda sha, max_bytes, sources, name: self.fetcher.start(sha, max_bytes, sources, name).to_json(),
-            fetches=lambda: [st.to_json() for st in self.fetcher.status.values()], metrics=self.metrics)
+            fetches=lambda: [st.to_json() for st in self.fetcher.status.values()], metrics=self.metrics,
+            work=self.work)
         self.submitter = Submitter(self._submitter_ports(), SubmitterOptions(
             opts.spot_rate, opts.blacklist_s, opts.credit_line, opts.keep_jobs, opts.core_log), self.rng.getrandbits(64),
             self.journal)
@@ -1094,6 +1098,13 @@ class Node:
         """What /metrics adds to the status: the tally, and the credits this node's ledger holds."""
         return {**self.tally.snapshot(), "credits_earned": round(sum(a.earned for a in self.accounts.values()), 6),
                 "credits_paid": round(sum(a.paid for a in self.accounts.values()), 6)}
+
+    def work(self) -> dict:
+        """The dashboard's view of the steps run for peers (mesh.node.worklog), and what they use of the
+        owner's limits where the node can measure it (memory: the owner's memory group; CPU: not counted)."""
+        used = self.owner.cap.memory_used() if self.owner.cap is not None else None
+        return {**self.worklog.view(self.worker.owed.unpaid, time.time()),
+                "use": {"slots": self.worker.slots.use(), "memory": used, "cpu": None}}
 
     def status(self) -> dict:
         now_mono, now_wall, now = time.monotonic(), time.time(), now_ms()

@@ -31,6 +31,7 @@ from mesh.node.journal import Journal
 from mesh.node.owed import Owed
 from mesh.node.peers import Peer
 from mesh.node.tally import Tally
+from mesh.node.worklog import WorkLog
 from mesh.steps.models import default_model_sha
 from mesh.steps.sandbox import MEMORY_LIMIT
 from mesh.wire.canonical import canonical, digest
@@ -162,6 +163,7 @@ class WorkerPort:
     paused: Callable[[], str] = lambda: ""  # why the owner lets no new step start ('' when it does: mesh pause)
     step_memory: Callable[[], int] = lambda: 0  # --max-memory: bytes all python steps may use together (0: no cap)
     tally: Tally = field(default_factory=Tally)  # steps run for peers, and their wall time (/metrics)
+    worklog: WorkLog = field(default_factory=WorkLog)  # the newest of them, with when and why (the dashboard)
 
 
 def within(limits: Terms, cap: int) -> Terms:
@@ -252,6 +254,7 @@ class Worker:
             port.count("credit" if owes else "busy")
             result = failed(req, why)
             port.tally.step_worked(req.kind, "refused", None)
+            port.worklog.add(key, req.kind, "refused", why)
         else:
             began = time.monotonic()
             try:
@@ -259,6 +262,7 @@ class Worker:
             finally:
                 self.slots.release(key)
             port.tally.step_worked(req.kind, "ok" if result.ok else "failed", time.monotonic() - began)
+            port.worklog.add(key, req.kind, "ok" if result.ok else "failed", result.error)
         if key in self.stopped:  # cancelled: its submitter may hear why, but nobody is dialled for it
             port.send(peer, "result", failed(req, self.stopped.pop(key)))
             return

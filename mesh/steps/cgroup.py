@@ -138,6 +138,17 @@ class OwnerCap:
         """The CPU group (None: no CPU cap)."""
         return self.made.get("cpu")
 
+    def memory_used(self) -> int | None:
+        """Bytes the python steps and Chromium in the memory group use now, as the kernel counts them (None: there is no
+        memory group, or it cannot be read: then nothing is measured, and nothing is made up)."""
+        group = self.made.get("memory")
+        if group is None:
+            return None
+        try:
+            return int((group / "memory.usage_in_bytes").read_text())
+        except (OSError, ValueError):
+            return None
+
     def close(self) -> None:
         """Remove the groups once their processes are gone (the node's actors stop with it)."""
         for path in self.made.values():

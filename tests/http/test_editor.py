@@ -5,10 +5,7 @@ anything is sent; planning from a question; and no console errors or requests to
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import shutil
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,37 +15,11 @@ import pytest
 from mesh.steps.models import DEFAULT_MODEL, default_model_sha
 
 from ..conftest import wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-# Screenshots go to the test's tmp dir; `MESH_SCREENSHOTS=docs pytest tests/http/test_editor.py` refreshes the
-# README's (so a test run never rewrites files under version control).
-SHOTS = os.environ.get("MESH_SCREENSHOTS")
-CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-VIEWPORT = {"width": 1280, "height": 720}
+from .browser import CHROMIUM, Page, new_page, shots_dir
 
 pytestmark = [pytest.mark.mesh, pytest.mark.skipif(CHROMIUM is None, reason="needs chromium")]
 
 SEEN: dict[str, list[str]] = {"errors": [], "urls": [], "posts": []}  # across every page of the module
-
-
-@pytest.fixture(scope="module")
-def loop():
-    lp = asyncio.new_event_loop()
-    yield lp
-    lp.close()
-
-
-@pytest.fixture(scope="module")
-def browser(loop):
-    from pyppeteer import launch
-
-    b = loop.run_until_complete(launch(
-        executablePath=CHROMIUM, headless=True, handleSIGINT=False, handleSIGTERM=False, handleSIGHUP=False,
-        args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-extensions",
-              f"--window-size={VIEWPORT['width']},{VIEWPORT['height']}"]))
-    yield b
-    loop.run_until_complete(b.close())
 
 
 @pytest.fixture
@@ -60,52 +31,15 @@ def ui(loop, browser, node, tmp_path):
 
 
 async def open_editor(browser, node, download_dir: Path):
-    page = await browser.newPage()
-    await page.setViewport(VIEWPORT)
-    page.on("console", lambda msg: msg.type == "error" and SEEN["errors"].append(f"console: {msg.text}"))
-    page.on("pageerror", lambda exc: SEEN["errors"].append(f"page error: {exc}"))
-    page.on("request", lambda req: (SEEN["urls"].append(req.url),
-                                    req.method == "POST" and SEEN["posts"].append(req.url)))
+    page = await new_page(browser, SEEN)
     await page._client.send("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)})
     await page.goto(f"{node.api}/editor/#token={node.client.token}", waitUntil="load")
     await page.waitForSelector("body[data-ready=true] .palette-item", timeout=20_000)
     return page
 
 
-class Ui:
-    """The page plus the mouse gestures a person makes in the editor."""
-
-    def __init__(self, loop, page):
-        self.loop = loop
-        self.page = page
-
-    def run(self, coro):
-        return self.loop.run_until_complete(coro)
-
-    def js(self, expr: str, *args):
-        return self.run(self.page.evaluate(expr, *args))
-
-    def wait(self, expr: str, timeout: float, *args):
-        """Wait until `expr` (a JS function) returns something truthy in the page."""
-        return self.run(self.page.waitForFunction(expr, {"timeout": timeout * 1000, "polling": 100}, *args))
-
-    def center(self, selector: str) -> tuple[float, float]:
-        box = self.run(self._box(selector))
-        return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-
-    async def _box(self, selector: str) -> dict:
-        handle = await self.page.waitForSelector(selector, timeout=10_000)
-        return await handle.boundingBox()
-
-    def drag(self, start: tuple[float, float], end: tuple[float, float]) -> None:
-        async def go():
-            m = self.page.mouse
-            await m.move(*start)
-            await m.down()
-            await m.move(start[0] + 8, start[1] + 3, {"steps": 2})
-            await m.move(*end, {"steps": 12})
-            await m.up()
-        self.run(go())
+class Ui(Page):
+    """The editor page plus the mouse gestures a person makes in it."""
 
     def drop_step(self, kind: str, dx: float, dy: float) -> str:
         """Drag a palette item onto the canvas at (dx, dy) from its top-left corner; the new box's id."""
@@ -126,25 +60,11 @@ class Ui:
         self.click(f".drawflow-node[data-step={step}] .box-title")
         self.wait("id => document.querySelector('#f-id') && document.querySelector('#f-id').value === id", 5, step)
 
-    def click(self, selector: str) -> None:
-        self.run(self.page.click(selector))
-
-    def type_into(self, selector: str, text: str) -> None:
-        self.click(selector)
-        self.run(self.page.keyboard.type(text))
-
     def step_ids(self) -> list[str]:
         return self.js("() => [...document.querySelectorAll('.drawflow-node')].map(b => b.dataset.step)")
 
     def job(self) -> dict:
         return self.js("() => window.homemesh.toJob()")
-
-    def message(self) -> str:
-        return self.js("() => document.querySelector('#message').textContent")
-
-    def screenshot(self, path: Path) -> None:
-        path.parent.mkdir(exist_ok=True)
-        self.run(self.page.screenshot({"path": str(path)}))
 
 
 def jobs_count(node) -> int:
@@ -160,7 +80,7 @@ def steps_of(job: dict) -> list[dict]:
 
 @pytest.mark.timeout(180)
 def test_build_a_dag_with_the_mouse_and_run_it_at_redundancy_3(ui, mesh, tmp_path):
-    shots = ROOT / SHOTS if SHOTS else tmp_path
+    shots = shots_dir(tmp_path)
     a = ui.drop_step("python", 40, 60)
     b = ui.drop_step("python", 290, 220)
     c = ui.drop_step("llm", 510, 390)

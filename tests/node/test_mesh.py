@@ -165,6 +165,10 @@ def test_mesh_up_starts_nodes_that_know_each_other_and_ctrl_c_stops_them(tmp_pat
 
         with urllib.request.urlopen(editor.split()[1].split("#")[0], timeout=10) as resp:
             assert resp.status == 200 and b"drawflow" in resp.read().lower()
+        dashboard = proc.stdout.readline()
+        assert dashboard.startswith("dashboard: http://127.0.0.1:") and "/dashboard#token=" in dashboard, dashboard
+        with urllib.request.urlopen(dashboard.split()[1].split("#")[0], timeout=10) as resp:
+            assert resp.status == 200 and b'src="dashboard.js"' in resp.read()
         homes = [tmp_path / "up" / f"node{i}" for i in range(3)]
         pids = [json.loads((h / "node.json").read_text())["pid"] for h in homes]
         for h in homes:
