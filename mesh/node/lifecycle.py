@@ -1101,10 +1101,12 @@ class Node:
 
     def work(self) -> dict:
         """The dashboard's view of the steps run for peers (mesh.node.worklog), and what they use of the
-        owner's limits where the node can measure it (memory: the owner's memory group; CPU: not counted)."""
-        used = self.owner.cap.memory_used() if self.owner.cap is not None else None
+        owner's limits where the node can measure it (the owner's memory group; the CPU share its cap's
+        accounting group used since the last look)."""
+        cap = self.owner.cap
         return {**self.worklog.view(self.worker.owed.unpaid, time.time()),
-                "use": {"slots": self.worker.slots.use(), "memory": used, "cpu": None}}
+                "use": {"slots": self.worker.slots.use(), "memory": cap.memory_used() if cap else None,
+                        "cpu": cap.cpu_share() if cap else None}}
 
     def status(self) -> dict:
         now_mono, now_wall, now = time.monotonic(), time.time(), now_ms()

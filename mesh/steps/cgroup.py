@@ -6,6 +6,7 @@ controllers); otherwise the rlimits and the child's rusage are all there is, and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -43,8 +44,9 @@ def sweep_stale(min_age_s: float = STALE_AFTER_S) -> int:
     moment ago and not yet entered is left alone. Returns how many were removed."""
     removed, now = 0, time.time()
     bases = {*_dirs().values()}
-    places = [(base, NAME) for base in bases] + [(c, NAME) for c in (ROOT / "memory").glob(CAP_NAME + "*")] \
-        + [(ROOT / ctrl, CAP_NAME) for ctrl in ("cpu", "memory")]  # (the owner's caps, after the steps in them)
+    places = [(base, NAME) for base in bases] \
+        + [(c, NAME) for ctrl in ("memory", "cpuacct") for c in (ROOT / ctrl).glob(CAP_NAME + "*")] \
+        + [(ROOT / ctrl, CAP_NAME) for ctrl in ("cpu", "cpuacct", "memory")]  # (the caps, after the steps in them)
     for base, prefix in places:
         for path in base.glob(prefix + "*"):
             try:
@@ -82,6 +84,7 @@ class OwnerCap:
         self.name, self.cpus = CAP_NAME + name, os.cpu_count() or 1
         self.cpu, self.memory = 0.0, 0
         self.made: dict[str, Path] = {}
+        self.last_cpu: tuple[float, float] | None = None  # (when, CPU-seconds used under the cap) at the last look
         self.growing = True  # groups are made for the caps asked for at start only
         self.set(cpu, memory)
         self.growing = False
@@ -92,6 +95,9 @@ class OwnerCap:
             raise CapError(f"a CPU share must be above 0 and at most 100%, not {cpu:g}")
         if memory and memory < MIN_MEMORY:
             raise CapError(f"a memory cap must be at least {MIN_MEMORY >> 20} MiB")
+        if cpu and self.growing:  # accounting only (the dashboard's CPU use): where cpuacct cannot be had, none
+            with contextlib.suppress(CapError):
+                self._group("cpuacct", True)
         for ctrl, value, files in (("cpu", cpu, {"cpu.cfs_period_us": str(CPU_PERIOD_US),
                                                  "cpu.cfs_quota_us": str(self._quota(cpu))}),
                                    ("memory", memory, {"memory.limit_in_bytes": str(memory or -1)})):
@@ -149,17 +155,35 @@ class OwnerCap:
         except (OSError, ValueError):
             return None
 
+    def cpu_share(self) -> float | None:
+        """The share of all CPUs used under the cap since the last call, as the kernel counted it (None:
+        the first call, or no CPU accounting here)."""
+        group = self.made.get("cpuacct")
+        try:
+            used, now = int((group / "cpuacct.usage").read_text()) / 1e9, time.monotonic()
+        except (OSError, ValueError, TypeError):
+            return None
+        last, self.last_cpu = self.last_cpu, (now, used)
+        if last is None or now <= last[0]:
+            return None
+        return max(0.0, used - last[1]) / ((now - last[0]) * self.cpus)
+
     def close(self) -> None:
-        """Remove the groups once their processes are gone (the node's actors stop with it)."""
+        """Remove the groups once their processes are gone (the node's actors stop with it), and first the
+        steps' groups left inside them (a warm sandbox dies with its actor, its group stays): 5 s in all."""
+        deadline = time.monotonic() + 5.0
         for path in self.made.values():
-            for _ in range(100):
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            for group in [*path.glob(NAME + "*"), path]:
+                while True:
+                    try:
+                        group.rmdir()
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:  # processes still leaving it
+                        if time.monotonic() > deadline:
+                            break
+                        time.sleep(0.05)
 
 
 def cpu_group(cap: str) -> Path | None:
@@ -168,18 +192,24 @@ def cpu_group(cap: str) -> Path | None:
     return path if cap and path.is_dir() else None
 
 
+def cap_groups(cap: str, ctrls: tuple[str, ...] = ("cpu", "cpuacct", "memory")) -> list[Path]:
+    """The groups of the owner's caps named `cap` that exist, among those controllers."""
+    return [ROOT / c / cap for c in ctrls if cap and (ROOT / c / cap).is_dir()]
+
+
 def join_cpu_cap(cap: str, pid: int = 0) -> None:
-    """Put a process (default: this one) under the node's CPU cap `cap` (a group name); nothing without one."""
-    path = cpu_group(cap)
-    if path is not None:
-        (path / "cgroup.procs").write_text(str(pid or os.getpid()))
+    """Put a process (default: this one) under the node's CPU cap `cap` (a group name), and its CPU
+    accounting; nothing without one."""
+    if cpu_group(cap) is not None:
+        for path in cap_groups(cap, ("cpu", "cpuacct")):
+            (path / "cgroup.procs").write_text(str(pid or os.getpid()))
 
 
 def join_caps(cap: str, pids: list[int]) -> int:
     """Put running processes (Chromium's, just started: parents before children, so what they fork later
-    is born inside) under the owner's CPU and memory caps `cap`; how many were moved into some group."""
+    is born inside) under the owner's caps `cap`; how many were moved into some group."""
     moved = 0
-    for path in (g for g in (cpu_group(cap), ROOT / "memory" / cap) if cap and g is not None and g.is_dir()):
+    for path in cap_groups(cap):
         for pid in pids:
             try:
                 (path / "cgroup.procs").write_text(str(pid))
@@ -189,10 +219,11 @@ def join_caps(cap: str, pids: list[int]) -> int:
     return moved
 
 
-def memory_base(cap: str) -> Path:
-    """Where a step's memory group is made: inside the owner's memory cap when it has one."""
-    inside = ROOT / "memory" / cap
-    return inside if cap and inside.is_dir() else ROOT / "memory"
+def nested_base(ctrl: str, cap: str) -> Path:
+    """Where a step's group in `ctrl` is made: inside the owner's cap group there when it has one (memory:
+    the sum of steps is held; cpuacct: the cap's CPU use is counted with its steps')."""
+    inside = ROOT / ctrl / cap
+    return inside if cap and inside.is_dir() else ROOT / ctrl
 
 
 def _owner_alive(name: str) -> bool:
@@ -219,7 +250,7 @@ class StepGroup:
         self.peak_file: Path | None = None  # the group's peak memory
         name = NAME + uuid.uuid4().hex[:12]
         for ctrl, base in _dirs().items():
-            path = (memory_base(cap) if ctrl == "memory" and base != ROOT else base) / name
+            path = (nested_base(ctrl, cap) if ctrl in ("memory", "cpuacct") and base != ROOT else base) / name
             if path in self.paths:
                 continue
             try:

@@ -68,7 +68,8 @@ def dashboard_data(node) -> dict:
 
 @pytest.fixture(scope="module")
 def dmesh(module_mesh):
-    extra = {1: ["--max-memory", "512MiB"] if MEMORY_V1 else [], 2: ["--max-steps", "3"], 3: ["--fault", "wrong"]}
+    extra = {1: ["--max-memory", "512MiB", "--max-cpu", "50%"] if MEMORY_V1 else [], 2: ["--max-steps", "3"],
+             3: ["--fault", "wrong"]}
     return module_mesh(4, lambda i: ["--no-model", "--transport", "tcp", *extra.get(i, [])])
 
 
@@ -181,12 +182,17 @@ def test_an_honest_worker_sees_its_peers_steps_credits_and_limits(dmesh, worked,
                    "m => [m.dataset.limit, m.textContent]))")
     status = call(node, "/status")[2]
     assert limits["step slots"].endswith(f"0 of {status['max_steps']} in use"), limits
-    assert limits["CPU"].endswith("no cap; use not measured"), limits
     if MEMORY_V1:
-        assert status["max_memory"] == 512 << 20
-        assert limits["memory (python steps)"].endswith("MiB of 512 MiB"), limits
+        assert status["max_memory"] == 512 << 20 and status["max_cpu"] == 0.5
+        assert limits["memory (python steps, Chromium)"].endswith("MiB of 512 MiB"), limits
+        assert "(cap 50% of the CPUs)" in limits["CPU"] or limits["CPU"].endswith("cap 50% of the CPUs; use not "
+                                                                                   "measured yet"), limits
+        call(node, "/dashboard/data")  # (the CPU share is measured between two looks)
+        share = call(node, "/dashboard/data")[2]["use"]["cpu"]
+        assert isinstance(share, float) and 0 <= share <= 1, share
     else:
-        assert limits["memory (python steps)"].endswith("no cap; use not measured"), limits
+        assert limits["CPU"].endswith("no cap; use not measured yet"), limits
+        assert limits["memory (python steps, Chromium)"].endswith("no cap; use not measured"), limits
     assert not [i for i in items(ui, "unearned") if i["reason"] == "not paid"]  # paid for both its answers
     ui.screenshot(shots_dir(tmp_path) / "dashboard-worker.png", full=True)
 

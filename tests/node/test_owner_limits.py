@@ -82,8 +82,9 @@ def test_max_cpu_holds_a_spinning_step_to_its_share_and_goes_with_the_node(make_
     (replica,) = step["replicas"]
     # the kernel held the cap's group back (the sandbox sees its own cgroup namespace, so this is read here)
     stat = dict(line.split() for line in (mine[0] / "cpu.stat").read_text().splitlines())
-    assert int(stat["nr_throttled"]) > 0, stat
     cpu_s = replica["work"]["cpu_s"]
+    if cpu_s > 0.8 * allowed * SPIN_S:  # (on a machine loaded past the cap the step never reaches its quota)
+        assert int(stat["nr_throttled"]) > 0, stat
     # the kernel's count for the step's group: at most the quota over the spin (10% for the period's edges)
     assert 0 < cpu_s <= allowed * SPIN_S * 1.1 + 0.05, (cpu_s, allowed)
     print(f"--max-cpu 25%: a {SPIN_S:g} s spin used {cpu_s:.3f} CPU-s (cap {allowed * SPIN_S:.2f})")

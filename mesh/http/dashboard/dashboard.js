@@ -133,8 +133,10 @@
     const memText = used === null ? (st.max_memory ? 'cap ' + mib(st.max_memory) + '; use not measured' : 'no cap; use not measured')
       : mib(used) + ' of ' + (st.max_memory ? mib(st.max_memory) : 'no cap');
     box.append(meter('memory (python steps, Chromium)', used, st.max_memory, memText));
-    box.append(meter('CPU', null, 0, (st.max_cpu ? 'cap ' + Math.round(st.max_cpu * 100) + '% of the CPUs' : 'no cap') +
-      '; use not measured'));
+    const cpu = data.use && typeof data.use.cpu === 'number' ? data.use.cpu : null;
+    const cap = st.max_cpu ? Math.round(st.max_cpu * 100) + '% of the CPUs' : 'no cap';
+    box.append(meter('CPU', cpu, st.max_cpu, cpu === null ? (st.max_cpu ? 'cap ' + cap : cap) + '; use not measured yet'
+      : Math.round(cpu * 100) + '% of the CPUs since the last look (' + (st.max_cpu ? 'cap ' + cap : cap) + ')'));
     box.append(el('p', {class: 'hint', text: st.paused ? 'Paused: no new steps from peers (' + st.paused + ').'
       : 'Taking steps from peers.'}));
   }
