@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from mesh import PROTOCOL_VERSION, __version__
+from mesh.cli.terminal import printable
 from mesh.errors import ConfigError, JobError, MeshError, UserError
 from mesh.node.home import default_home, parse_hostport
 from mesh.wire.records import MAX_FETCH_MODELS
@@ -25,7 +26,8 @@ def _home(args: argparse.Namespace) -> Path:
 
 
 def _emit(args: argparse.Namespace, obj: object, human: str) -> None:
-    print(json.dumps(obj, indent=None if args.json else 2) if args.json else human)
+    """--json: the object (JSON escapes every control character); else the text, made printable."""
+    print(json.dumps(obj, indent=None if args.json else 2) if args.json else printable(human))
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -202,7 +204,7 @@ def _wait(client, job_id: str, timeout: float) -> dict:
             return ev
         line = _event_line(kind, ev, tokens)
         if line:
-            print(f"{tag} {line}", file=sys.stderr, flush=True)
+            print(printable(f"{tag} {line}"), file=sys.stderr, flush=True)
         if time.monotonic() > deadline:
             break
     raise MeshError(f"job {job_id} still running after {timeout:g} s; see `mesh job {job_id}`")
@@ -908,10 +910,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UserError, ConfigError) as exc:
-        print(f"mesh: error: {exc}", file=sys.stderr)
+        print(printable(f"mesh: error: {exc}"), file=sys.stderr)
         return EXIT_USER
     except MeshError as exc:
-        print(f"mesh: {exc}", file=sys.stderr)
+        print(printable(f"mesh: {exc}"), file=sys.stderr)
         return 1
     except OSError as exc:  # this machine's disk or files (full, read-only, gone): one line, not a traceback
         print(f"mesh: {exc}", file=sys.stderr)
