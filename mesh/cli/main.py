@@ -18,6 +18,7 @@ from mesh.node.home import default_home, parse_hostport
 from mesh.wire.records import MAX_FETCH_MODELS
 
 EXIT_USER, EXIT_FAILED = 2, 3
+UP_CREDIT_LINE = 1000.0  # `mesh up` nodes' --credit-line: chosen from measured job costs (README, "What a job costs")
 EXAMPLE_JOB = Path(__file__).resolve().parents[2] / "examples" / "demo-job.json"
 
 
@@ -240,17 +241,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
         body["redundancy"] = args.redundancy
     if args.quorum is not None:
         body["quorum"] = args.quorum
-    if args.redundancy is not None or args.quorum is not None:
-        from mesh.core.dag import parse_job
+    from mesh.cli import cost
+    from mesh.core.dag import parse_job
 
-        parse_job(job, args.job, args.redundancy, args.quorum)
+    parsed = parse_job(job, args.job, args.redundancy, args.quorum)
     client = _client(args)
+    est = cost.job_estimate(client.request("GET", "/status"), parsed)
+    cost.check_max_cost(est, args.max_cost)  # its one-line refusal says the estimate
     job_id = client.request("POST", "/jobs", body)["job_id"]
+    # once the node took the job (a refusal stays one line), before any step is paid: steps are paid as they settle
+    print(f"estimated cost: at most {cost.show(est.total)} credits", file=sys.stderr, flush=True)
     if not args.wait:
-        _emit(args, {"job_id": job_id}, job_id)
+        _emit(args, {"job_id": job_id, "estimated_cost": est.total}, job_id)
         return 0
     report = _wait(client, job_id, args.timeout)
-    _emit(args, report, _describe(report))
+    _emit(args, {**report, "estimated_cost": est.total}, _describe(report))
     return 0 if report["status"] == "done" else EXIT_FAILED
 
 
@@ -531,7 +536,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     from mesh.cli.local import LocalMesh
 
     directory = Path(args.dir).expanduser()
-    mesh = LocalMesh(directory, args.nodes, lambda i: ["--no-model"] if args.no_model else [])
+    extra = ["--credit-line", f"{UP_CREDIT_LINE:g}", *(["--no-model"] if args.no_model else []),
+             *_node_passthrough(args.node_args)]  # the owner's flags last: argparse keeps the last value given
+    mesh = LocalMesh(directory, args.nodes, lambda i: extra)
     t0 = time.monotonic()
     _stop_on_sigterm()
     try:
@@ -543,6 +550,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         first = mesh.nodes[0]
         print(f"editor: {first.api}/editor#token={first.client.token}  (the token stays in your browser)")
         print(f"dashboard: {first.api}/dashboard#token={first.client.token}")
+        line = first.client.request("GET", "/status")["credit_line"]
+        print(f"each node may spend {line:g} credits more than it earns (--credit-line; node options go after --)")
         r = max(1, min(3, args.nodes - 1))
         print(f"try: mesh submit {shlex.quote(str(EXAMPLE_JOB))} --home {shlex.quote(str(first.home.resolve()))} "
               f"--redundancy {r} --wait (a step runs on nodes other than the submitter)", flush=True)
@@ -555,6 +564,26 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
     finally:
         mesh.stop()
+
+
+class _NodeOptions(argparse.ArgumentParser):
+    """`mesh node`'s options as `mesh up` passes them through: a mistake is one line, before any node starts."""
+
+    def error(self, message: str):
+        raise UserError(f"mesh up -- NODE OPTIONS: {message}")
+
+
+def _node_passthrough(items: list[str]) -> list[str]:
+    """The node options after `mesh up ... --`, checked as `mesh node` would; those `mesh up` sets for each
+    node itself (its home, its ports, whom it bootstraps from) are refused."""
+    parser = _NodeOptions(prog="mesh node", add_help=False, allow_abbrev=False)
+    _add_node_options(parser)
+    managed = ("--home", "--listen", "--api", "--bootstrap")
+    for item in items:
+        if item.split("=", 1)[0] in managed:
+            raise UserError(f"mesh up sets {item.split('=', 1)[0]} for each node itself; it cannot be passed after --")
+    parser.parse_args(items)
+    return list(items)
 
 
 def parse_size(text: str) -> int:
@@ -794,13 +823,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_node_options(add("node", cmd_node, "run one node in the foreground; SIGINT/SIGTERM stop it cleanly"))
 
-    sp = add("up", cmd_up, "start N nodes on loopback, wait until they know each other, print their addresses",
-             home=False)
+    sp = add("up", cmd_up, "start N nodes on loopback, wait until they know each other, print their addresses. "
+             f"Each node may spend {UP_CREDIT_LINE:g} credits more than it earns (a node alone: 10), enough for "
+             "dozens of long llm jobs on the default model (see README, 'What a job costs'). Options of "
+             "`mesh node` go after --, given to every node: mesh up --nodes 3 -- --credit-line 5000 "
+             "--spot-rate 0.05 --scrape-allow 127.0.0.1 --threads 2 (not --home, --listen, --api, --bootstrap: "
+             "mesh up sets those)", home=False)
     sp.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
     sp.add_argument("--dir", default=".mesh", help="directory for the nodes' homes, node0 … (default .mesh)")
     sp.add_argument("--timeout", type=float, default=180,
                     help="give up when the nodes do not all know each other after this many seconds (default 180)")
     sp.add_argument("--no-model", action="store_true", help="start nodes without the model")
+    sp.add_argument("node_args", nargs="*", metavar="-- NODE OPTIONS",
+                    help="options of `mesh node` for every node, after -- (see `mesh node --help`)")
 
     sp = add("submit", cmd_submit, "submit a job file to a node", api=True, json_flag=True)
     sp.add_argument("job", help="job file (JSON)")
@@ -808,6 +843,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quorum", help="majority | unanimous | K-of-N (overrides the file)")
     sp.add_argument("--wait", action="store_true", help="wait for the result, showing progress on stderr")
     sp.add_argument("--timeout", type=float, default=1800, help="give up waiting after this many seconds")
+    sp.add_argument("--max-cost", type=float, metavar="CREDITS",
+                    help="refuse to submit (exit 2, nothing sent) when the estimated cost is above CREDITS. The "
+                         "estimate, printed on stderr (and as estimated_cost with --json), is an upper bound: each "
+                         "step's limits (python: the job's timeout in CPU-seconds; llm: its max_tokens; scrape: "
+                         "one page) at the dearest rate card of the workers the node knows (at most its "
+                         "--max-rate), times max_replicas (default twice the redundancy). Spot checks are not in it")
 
     sp = add("job", cmd_job, "show a job's state and result", api=True, json_flag=True)
     sp.add_argument("job_id", help="the id `mesh submit` printed (or one of `mesh jobs`)")

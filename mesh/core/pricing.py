@@ -24,6 +24,11 @@ _UNITS = {"python": ("cpu_s", "CPU-seconds"), "llm": ("tokens_1k", "thousand tok
           "scrape": ("scrape", "pages")}
 
 
+def unit(kind: str) -> tuple[str, str]:
+    """(the rate card's field, the unit in words) a step of `kind` is paid by."""
+    return _UNITS.get(kind, _UNITS["python"])
+
+
 def capped(card: RateCard, most: RateCard) -> RateCard:
     """A worker's card as this payer pays it: each rate at most the payer's own limit (a stranger's
     record may ask a million a CPU-second; it is priced at the limit, which its ceiling still allows)."""
@@ -58,13 +63,13 @@ def pay(kind: str, works: Mapping[str, Mapping[str, object]], cards: Mapping[str
     """Credits for each agreeing worker (node -> amount) and, in words, how they were measured."""
     if not works:
         return {}, "no agreeing worker"
-    field, unit = _UNITS.get(kind, _UNITS["python"])
+    field, words = unit(kind)
     claims = {node: min(quantity(kind, w), limit) for node, w in works.items()}
     ordered = sorted(claims.values())
     median = ordered[(len(ordered) - 1) // 2]  # the lower median: of two, the smaller
     out = {node: round(max(MIN_CHARGE, min(median, claims[node]) * getattr(cards.get(node, DEFAULT_RATES), field)), 6)
            for node in works}
-    basis = (f"{median:.6g} {unit} (the median of {len(works)} agreeing workers' own figures, at most "
+    basis = (f"{median:.6g} {words} (the median of {len(works)} agreeing workers' own figures, at most "
              f"{limit:.6g} by the step's limits, and for each at most its own) at each worker's {field} rate, "
              f"at least {MIN_CHARGE}")
     return out, basis
@@ -72,7 +77,7 @@ def pay(kind: str, works: Mapping[str, Mapping[str, object]], cards: Mapping[str
 
 def ceiling(kind: str, work: Mapping[str, object], card: RateCard) -> float:
     """The most a payer may book this worker for a step it measured `work` for, at its own card."""
-    field, _ = _UNITS.get(kind, _UNITS["python"])
+    field, _ = unit(kind)
     return round(max(MIN_CHARGE, quantity(kind, work) * getattr(card, field)), 6)
 
 

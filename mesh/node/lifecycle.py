@@ -1118,6 +1118,7 @@ class Node:
             "models": p.models, "kinds": p.kinds,
             "connection": best.kind if (best := p.best_conn(self.identity.public_key)) else None,
             "offer": dataclasses.asdict(p.record.offer) if p.record else None,  # its owner's limits, as signed
+            "rates": dataclasses.asdict(p.record.rates) if p.record else None,  # its card, as signed (uncapped)
             "clock_skew_ms": p.skew_ms,
         } for p in sorted(self.peers, key=lambda p: p.node)]
         jobs = self.submitter.jobs
@@ -1129,7 +1130,7 @@ class Node:
                 "sandbox_problem": self.sandbox_problem or None, **self.owner.status(),
                 "fault": self.opts.fault or None, "peers": peers, "rejected": dict(self.receiver.rejected),
                 "testimony": self.testimonies.status(),
-                "balance": round(self.balance, 6), "credit_line": self.opts.credit_line,
+                "balance": round(self.balance, 6), "credit_line": self.opts.credit_line, "spot_rate": self.opts.spot_rate,
                 "rates": dataclasses.asdict(self.opts.rates), "max_rates": dataclasses.asdict(self.opts.max_rates),
                 "ledger_error": self.ledger_error or None, "journal_error": self.journal.error or None,
                 "receipts_unacknowledged": self.submitter.outbox.pending(),
@@ -1231,6 +1232,8 @@ def _check_options(opts: NodeOptions) -> str:
         raise ConfigError("the API listens on loopback only (it holds the power to spend credits)")
     if opts.keep_jobs < 1:
         raise ConfigError("--keep-jobs must be at least 1")
+    if not 0 <= opts.credit_line < float("inf"):
+        raise ConfigError("--credit-line is a number of credits, 0 or more")
     if not 0 <= opts.spot_rate <= 1:
         raise ConfigError("--spot-rate is a probability, from 0 to 1")
     if opts.frame_cap < 64 << 10:

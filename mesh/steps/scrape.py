@@ -127,7 +127,7 @@ class Scraper:
             fhost, fport = check_url(final)
             await asyncio.to_thread(resolve, fhost, fport, self.allow)
         output = await asyncio.to_thread(extract, html, final, params)
-        return output, {"cpu_s": round(time.monotonic() - t0, 4), "via": self.via}
+        return output, {"seconds": round(time.monotonic() - t0, 4), "via": self.via}  # wall time: paid per page
 
     @contextlib.asynccontextmanager
     async def _step_proxy(self) -> AsyncIterator[EgressProxy]:

@@ -88,11 +88,11 @@ class Work:
     """What a worker measured for one step, signed in its answer: a few numbers and bounded texts, nothing
     nested (a peer fills it: it is priced, kept for 1000 jobs and shown in reports)."""
 
-    cpu_s: float = 0.0  # CPU-seconds (python: the step's cgroup; scrape: the page's seconds)
+    cpu_s: float = 0.0  # CPU-seconds of a python step (its cgroup)
     peak_mb: float = 0.0
     tokens: int = 0  # generated, or scored
     prompt_tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time (llm, scrape): shown, never paid for
     token_ids: list[int] = field(default_factory=list)  # an llm claim's tokens, for verifiers to score
     via: str = ""  # how a page was fetched
     stdout: str = ""

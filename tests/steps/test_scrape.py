@@ -187,6 +187,7 @@ def test_a_slow_page_times_out_and_a_huge_one_is_capped(site):
 def test_without_a_browser_the_page_is_fetched_over_http_and_says_so(site):
     out, work = scrape(site.url("/js"), browser=None)
     assert work["via"] == "http (no browser on this node)" and "waiting" in out["text"]  # no JavaScript ran
+    assert set(work) == {"via", "seconds"}  # wall time; a page is paid per page, not by time
     with pytest.raises(Refused):
         scrape(site.url("/redirect"), browser=None)
     assert site.hits.get("/secret", 0) == 0
@@ -209,6 +210,9 @@ def test_a_scrape_step_is_cross_checked_on_a_real_mesh(make_mesh, site, tmp_path
     page = report["steps"]["page"]
     assert "rendered by js" in page["output"]["text"] and sum(r["agreed"] for r in page["replicas"]) == 3
     assert all(r["work"]["via"] == "chromium" for r in page["replicas"])
+    # paid per page (1 credit at the default card), whatever the page took: its wall time is shown as
+    # seconds, never as CPU-seconds (a newcomer read those as the price)
+    assert all(r["credit"] == 1 and "cpu_s" not in r["work"] and r["work"]["seconds"] > 0 for r in page["replicas"])
     assert report["steps"]["count"]["output"] == len("rendered by js a 1 next".split())
 
 
