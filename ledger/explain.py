@@ -49,6 +49,10 @@ def explain(entry: dict[str, Any], me: str) -> str:
     if kind == "paid" and "spot_check" in d:
         return (f"Entry {entry['id']}: you paid {-entry['amount']:g} credits to {peer} for a spot check sent as "
                 f"{where} (a job of its own): it gave the known answer. Credit: {d['spot_check']}.{check}")
+    if kind == "paid" and "cancelled" in d:
+        return (f"Entry {entry['id']}: you paid {-entry['amount']:g} credits to {peer} for {where}: it answered "
+                f"before you cancelled the job, so its work was paid with no quorum judging it. Credit: "
+                f"{d['cancelled']}.{check}")
     if kind == "paid":
         return (f"Entry {entry['id']}: you paid {-entry['amount']:g} credits to {peer} for {where}, because its "
                 f"answer was in the accepted quorum: {_quorum(why)}. Credit per agreeing worker: "

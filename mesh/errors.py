@@ -32,6 +32,11 @@ class CreditError(UserError):
     """This node may not spend now: past its credit line, or its ledger cannot record payments."""
 
 
+class Interrupted(MeshError):
+    """The person at the keyboard stopped waiting (Ctrl-C) for something that goes on without them: the
+    message says what goes on and how to get back to it; the CLI exits 130."""
+
+
 class RemoteError(MeshError):
     """Something a peer sent broke the rules (as opposed to a mistake here): never trusted, counted."""
 

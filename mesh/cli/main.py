@@ -13,7 +13,8 @@ from pathlib import Path
 
 from mesh import PROTOCOL_VERSION, __version__
 from mesh.cli.terminal import printable
-from mesh.errors import ConfigError, JobError, MeshError, UserError
+from mesh.core.jobid import short
+from mesh.errors import ConfigError, Interrupted, JobError, MeshError, UserError
 from mesh.node.home import default_home, parse_hostport
 from mesh.wire.records import MAX_FETCH_MODELS
 
@@ -175,19 +176,19 @@ def _load_job_file(path: str) -> dict:
 
 
 def _describe(report: dict) -> str:
-    lines = [f"job {report['job_id']} ({report.get('name', '')}): {report['status']}"]
+    lines = [f"job {short(report['job_id'])} ({report.get('name', '')}): {report['status']}"]
     for sid, s in report["steps"].items():
         agreed = sum(r["agreed"] for r in s["replicas"])
         out = s["output"] if isinstance(s["output"], str) else json.dumps(s["output"])
-        out = (out or "").replace("\n", "\\n")
+        out = _printable(out or "", 200)
         paid = [r["credit"] for r in s["replicas"] if "credit" in r]  # each at its own rate card
         credit = (f"credit {min(paid):g} to {max(paid):g}" if paid and min(paid) != max(paid)
                   else f"credit {s.get('credit', 0):g} each")
         lines.append(f"  {sid:<12} {s['status']:<8} {agreed}/{len(s['replicas'])} replicas agreed  {credit}")
         if s["status"] == "done":
-            lines.append(f"      output: {out[:200]}")
+            lines.append(f"      output: {out}")
         if s.get("error"):
-            lines.append(f"      error: {s['error']}")
+            lines.append(f"      error: {_printable(s['error'], 2000)}")
     if "credits_spent" in report:
         lines.append(f"  credits spent: {report['credits_spent']:g}")
     if report.get("payment_error"):
@@ -196,19 +197,27 @@ def _describe(report: dict) -> str:
 
 
 def _wait(client, job_id: str, timeout: float) -> dict:
-    """Follow a job's event stream to its end, showing each step and replica on stderr as it happens."""
+    """Follow a job's event stream to its end, showing each step and replica on stderr as it happens.
+    Ctrl-C stops the waiting, not the job: Interrupted says how to get back to it."""
     deadline = time.monotonic() + timeout
-    tag = f"[{job_id[:8]}]"
+    sid = short(job_id)
     tokens: dict[tuple[str, str], int] = {}
-    for kind, ev in client.events(job_id):
-        if kind == "done":
-            return ev
-        line = _event_line(kind, ev, tokens)
-        if line:
-            print(printable(f"{tag} {line}"), file=sys.stderr, flush=True)
-        if time.monotonic() > deadline:
-            break
-    raise MeshError(f"job {job_id} still running after {timeout:g} s; see `mesh job {job_id}`")
+    try:
+        for kind, ev in client.events(job_id):
+            if kind == "done":
+                return ev
+            if kind == "job" and isinstance(ev.get("job_id"), str):
+                sid = short(ev["job_id"])  # (the id given may be a prefix)
+            line = _event_line(kind, ev, tokens)
+            if line:
+                print(f"[{sid}] {_printable(line, 400)}", file=sys.stderr, flush=True)
+            if time.monotonic() > deadline:
+                break
+    except KeyboardInterrupt:
+        print(file=sys.stderr)  # past the ^C the terminal echoed
+        raise Interrupted(f"job {sid} continues on the mesh; `mesh job {sid} --wait` follows it again, "
+                          f"`mesh cancel {sid}` stops it") from None
+    raise MeshError(f"job {sid} still running after {timeout:g} s; see `mesh job {sid}`")
 
 
 def _event_line(kind: str, ev: dict, tokens: dict[tuple[str, str], int]) -> str:
@@ -252,7 +261,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     # once the node took the job (a refusal stays one line), before any step is paid: steps are paid as they settle
     print(f"estimated cost: at most {cost.show(est.total)} credits", file=sys.stderr, flush=True)
     if not args.wait:
-        _emit(args, {"job_id": job_id, "estimated_cost": est.total}, job_id)
+        _emit(args, {"job_id": job_id, "estimated_cost": est.total}, short(job_id))  # any unique prefix names it
         return 0
     report = _wait(client, job_id, args.timeout)
     _emit(args, {**report, "estimated_cost": est.total}, _describe(report))
@@ -305,7 +314,9 @@ def _confirm(question: str) -> bool:
 
 def cmd_job(args: argparse.Namespace) -> int:
     client = _client(args)
-    report = _wait(client, args.job_id, args.timeout) if args.wait else client.request("GET", f"/jobs/{args.job_id}")
+    report = client.request("GET", f"/jobs/{_id_path(args.job_id)}")  # (a prefix: the node says which job)
+    if args.wait and report["status"] == "running":
+        report = _wait(client, report["job_id"], args.timeout)
     _emit(args, report, _describe(report))
     return 0 if report["status"] != "failed" else EXIT_FAILED
 
@@ -314,10 +325,25 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 1000:
         raise UserError("--limit must be from 1 to 1000")
     jobs = _client(args).request("GET", f"/jobs?limit={args.limit}")
-    lines = [f"{j['job_id']}  {j['status']:<8} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(j['created']))}  "
-             f"{j['steps']:>3} steps  {j['credits_spent']:>8.3f} credits  {j['name']}" for j in jobs]
-    _emit(args, jobs, "\n".join(lines) if lines else "no jobs submitted from this node yet")
+    lines = [f"{'JOB':<8}  {'STATUS':<8} {'SUBMITTED':<19}  {'STEPS':>5}  {'CREDITS':>8}  NAME"]
+    lines += [f"{short(j['job_id']):<8}  {j['status']:<8} "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(j['created']))}  {j['steps']:>5}  "
+              f"{j['credits_spent']:>8.3f}  {_printable(j['name'])}" for j in jobs]
+    _emit(args, jobs, "\n".join(lines) if jobs else "no jobs submitted from this node yet")
     return 0
+
+
+def _id_path(job_id: str) -> str:
+    """A job id (or prefix) as a URL path segment: the node checks it, this only keeps it one segment."""
+    from urllib.parse import quote
+
+    return quote(job_id.strip(), safe="")
+
+
+def _printable(text: object, limit: int = 60) -> str:
+    """One field of text for a terminal, at most `limit` characters, its control characters escaped
+    (mesh.cli.terminal) and its newlines shown as \\n, so it stays on its line."""
+    return printable(str(text)[:limit]).replace("\n", "\\n")
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
@@ -334,7 +360,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    report = _client(args).request("POST", f"/jobs/{args.job_id}/cancel", timeout=30)
+    report = _client(args).request("POST", f"/jobs/{_id_path(args.job_id)}/cancel", timeout=30)
     _emit(args, report, _describe(report))
     return 0
 
@@ -851,7 +877,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "--max-rate), times max_replicas (default twice the redundancy). Spot checks are not in it")
 
     sp = add("job", cmd_job, "show a job's state and result", api=True, json_flag=True)
-    sp.add_argument("job_id", help="the id `mesh submit` printed (or one of `mesh jobs`)")
+    sp.add_argument("job_id", help="the id `mesh submit` printed (or one of `mesh jobs`): any unique prefix of "
+                    "at least 4 of its hex digits")
     sp.add_argument("--wait", action="store_true", help="wait for the job to end, showing progress on stderr")
     sp.add_argument("--timeout", type=float, default=1800, help="with --wait: give up after this many seconds")
 
@@ -861,9 +888,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=50, help="at most this many (default 50, at most 1000)")
 
     sp = add("cancel", cmd_cancel, "give a running job up: its unsettled steps fail ('cancelled by its "
-             "submitter') and its workers are told to stop them; an ended job cannot be cancelled",
-             api=True, json_flag=True)
-    sp.add_argument("job_id", help="the job to give up")
+             "submitter'), workers still running them are told to stop, and those that had answered are paid "
+             "for their work so far; an ended job cannot be cancelled", api=True, json_flag=True)
+    sp.add_argument("job_id", help="the job to give up: its id or any unique prefix of at least 4 hex digits")
 
     sp = add("ask", cmd_ask, "plan a job from a question (part by part: pages scraped, computations in python, "
              "words from the instruct model), show it as a tree, and run it after you confirm", api=True,
@@ -953,6 +980,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ConfigError) as exc:
         print(printable(f"mesh: error: {exc}"), file=sys.stderr)
         return EXIT_USER
+    except Interrupted as exc:
+        print(printable(f"mesh: {exc}"), file=sys.stderr)
+        return 130
     except MeshError as exc:
         print(printable(f"mesh: {exc}"), file=sys.stderr)
         return 1

@@ -475,11 +475,25 @@ class JobRun:
         run.key = run.comparator.key(new.output)
         return "overturned", vouched
 
-    def abort(self, reason: str) -> None:
-        """Fail every step not yet settled (the driver is going away)."""
-        for run in self.steps.values():
+    def abort(self, reason: str) -> list[tuple[str, str, float, str]]:
+        """Fail every step not yet settled (cancelled, or the driver is going away). Work already answered
+        in them is owed: (step, node, credit, basis) for each answered replica, paid at its own card for its
+        own measured work (no quorum backs it), capped by the step's limits."""
+        owed: list[tuple[str, str, float, str]] = []
+        for sid, run in self.steps.items():
+            if run.status == "running" and run.tally is not None:
+                for node in sorted(run.tally.answers):
+                    rep = run.replicas[node]
+                    kind = run.kind if rep.role == "generate" else "score"
+                    limits = (cap(run.kind, run.params, self.job.timeout) if rep.role == "generate" else
+                              cap("score", {"token_ids": run.claim.work.get("token_ids")} if run.claim else {},
+                                  self.job.timeout))
+                    credits, basis = pay(kind, {node: rep.work}, {node: rep.rates}, limits)
+                    run.credits[node] = credits[node]
+                    owed.append((sid, node, credits[node], basis))
             if run.status in ("waiting", "running"):
                 run.status, run.error = "failed", reason
+        return owed
 
     def take_outcomes(self) -> list[Outcome]:
         out, self.outcomes = self.outcomes, []

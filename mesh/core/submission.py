@@ -291,20 +291,25 @@ class Submission:
         self._in("on_recorded", record_id, ok, error)
         rec = self._records.pop(record_id, None)
         sj = self.jobs.get(rec.job) if rec is not None else None
-        if sj is None or not rec.outcomes:
-            return
+        if sj is None or not (rec.outcomes or any(e.kind == "paid" for e in rec.entries)):
+            return  # (a spot check's payment: its id is no job here)
         if ok:
             sj.credits += sum(-e.amount for e in rec.entries if e.kind == "paid")
         else:
             sj.payment_error = f"the ledger could not record payments, none were made: {error}"
 
     def abort(self, job_id: str, reason: str) -> list[Effect]:
-        """The driver is giving up on a job (shutting down, or its own failure): fail what is unsettled."""
+        """The driver is giving up on a job (cancelled, or its own failure): fail what is unsettled, and pay
+        the replicas answered in it so far (JobRun.abort)."""
         self._in("abort", job_id, reason)
         sj = self.active.get(job_id)
         out: list[Effect] = []
         if sj is not None:
-            sj.run.abort(reason)
+            owed = sj.run.abort(reason)
+            if owed:  # answered before the job was given up: settled work is paid, with no verdict
+                out.append(self._record(job_id, tuple(
+                    LedgerEntry("paid", job_id, sid, node, -credit, detail={"cancelled": basis})
+                    for sid, node, credit, basis in owed)))
             self._finish(job_id, sj, out)
         return self._out(out)
 

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from mesh.core.catalog import catalogue
+from mesh.core.jobid import short
 from mesh.errors import NoAnswer, StepFailed, UserError
 from mesh.http.api_models import (
     ERRORS,
@@ -45,6 +46,7 @@ from mesh.http.common import ApiError, authorised, error_body, parse_request_job
 from mesh.http.dashboard import PAGE_DIR, dashboard_routes
 from mesh.http.facade import JobEvents, NodeFacade
 from mesh.http.httpguard import GuardedH11, HostGuard, allowed_hosts
+from mesh.http.jobids import resolve
 from mesh.http.metrics import CONTENT_TYPE, registry_for, render
 from mesh.http.middleware import BodyLimit, EditorHeaders
 from mesh.http.openai_api import router as openai_router
@@ -136,9 +138,14 @@ def _node_routes(app: FastAPI, node: NodeFacade) -> None:
 
 def _job_routes(app: FastAPI, node: NodeFacade) -> None:
     @app.post("/jobs", status_code=201, dependencies=AUTH, summary="Submit a job",
-              responses={**ERRORS, 402: {"model": ERRORS[400]["model"], "description": "past the credit line"}})
+              responses={**ERRORS, 402: {"model": ERRORS[400]["model"], "description": "past the credit line"},
+                         409: {"model": ERRORS[400]["model"], "description": "too few workers offer a step's "
+                               "capability for the job's redundancy: refused before it runs"}})
     async def submit(body: SubmitBody) -> Submitted:
         job = parse_request_job(node, body.job.model_dump(exclude_unset=True), body.redundancy, body.quorum)
+        why = await node.shortage(job)
+        if why:
+            raise ApiError(409, why)
         return Submitted(job_id=submit_job(node, job))
 
     @app.get("/jobs", dependencies=AUTH, responses=ERRORS, summary="Jobs submitted here, newest first")
@@ -153,6 +160,7 @@ def _job_routes(app: FastAPI, node: NodeFacade) -> None:
              responses={**ERRORS, **NOT_FOUND})
     async def job(job_id: str, wait: float = Query(0, ge=0, le=60, description="seconds to wait for the end")
                   ) -> dict[str, Any]:
+        job_id = await resolve(node, job_id)
         st = node.jobs().get(job_id)
         if st is None:
             return JSONResponse(saved_report(node, job_id))
@@ -166,12 +174,13 @@ def _job_routes(app: FastAPI, node: NodeFacade) -> None:
     @app.post("/jobs/{job_id}/cancel", dependencies=AUTH, summary="Give a running job up",
               responses={**ERRORS, **NOT_FOUND, 409: {"model": ERRORS[400]["model"], "description": "it had ended"}})
     async def cancel(job_id: str) -> dict[str, Any]:
+        job_id = await resolve(node, job_id)
         st = node.jobs().get(job_id)
         if st is None:
             saved_report(node, job_id)  # 404 when there is no such job at all
-            raise ApiError(409, f"job {job_id} has ended; nothing to cancel")
+            raise ApiError(409, f"job {short(job_id)} has ended; nothing to cancel")
         if not node.cancel(job_id):
-            raise ApiError(409, f"job {job_id} has ended ({st.run.status}); nothing to cancel")
+            raise ApiError(409, f"job {short(job_id)} has ended ({st.run.status}); nothing to cancel")
         with contextlib.suppress(asyncio.TimeoutError):  # the driver ends it at once
             await asyncio.wait_for(st.done.wait(), 10)
         return JSONResponse(node.report(st))
@@ -181,6 +190,7 @@ def _job_routes(app: FastAPI, node: NodeFacade) -> None:
                         "server-sent events: job, then step / replica / progress in order, done last"}},
              summary="A job's events as a server-sent event stream", response_class=StreamingResponse)
     async def events(job_id: str, last_event_id: str | None = Header(None)):
+        job_id = await resolve(node, job_id)
         st = node.jobs().get(job_id)
         start = int(last_event_id) + 1 if last_event_id and last_event_id.isdigit() else 0
         if st is None:
@@ -288,7 +298,7 @@ def saved_report(node: NodeFacade, job_id: str) -> dict[str, Any]:
             return json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ApiError(500, f"the saved report of job {job_id} cannot be read ({exc}): {path}") from None
-    raise ApiError(404, f"no job {job_id}")
+    raise ApiError(404, f"no job {short(job_id)} on this node (`mesh jobs` lists the jobs submitted from it)")
 
 
 def sse_frame(index: int, kind: str, data: object) -> bytes:

@@ -81,3 +81,9 @@ class NodeFacade:
     # the steps run for peers by window and those that earned nothing (mesh.node.worklog), and their use of
     # the owner's limits: {"since", "windows", "unearned", "use": {"slots", "memory" (bytes or None), "cpu"}}
     work: Callable[[], dict[str, Any]] = dict
+    # why the mesh cannot run this job now, at its redundancy ('' when it can), after looking for workers
+    shortage: Callable[[Job], Awaitable[str]] = lambda job: _enough()
+
+
+async def _enough() -> str:
+    return ""

@@ -19,6 +19,7 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from actors.messages import (
 )
 from ledger.store import REPUTATION_KINDS, Entry, Ledger
 from mesh.core.admission import Account, Standing
+from mesh.core.dag import Job
 from mesh.core.policy import Candidate, Reputations, StepEvidence, reputation_group
 from mesh.core.pricing import MAX_DEFAULT, capped
 from mesh.errors import ConfigError, MeshError, NoAnswer, Rejected
@@ -41,6 +43,7 @@ from mesh.http.facade import NodeFacade
 from mesh.node import actorsys
 from mesh.node import owner as owner_mod
 from mesh.node.bridge import ActorBridge
+from mesh.node.capacity import shortfall
 from mesh.node.dialscope import AddressRefused, Gate, first_hop
 from mesh.node.flow import Limits
 from mesh.node.gateway import Connection, Gateway, TcpTransport, Transport
@@ -309,7 +312,7 @@ class Node:
             status=self.status, jobs=lambda: self.submitter.jobs,
             report=lambda st: self.submitter.report(st.run.job_id, st), submit=lambda job: self.submitter.submit(job),
             cancel=lambda job_id: self.submitter.cancel(job_id), pause=self.pause,
-            workers_for=lambda needs: len(self.candidates().get(needs, [])),
+            workers_for=lambda needs: len(self.candidates().get(needs, [])), shortage=self.shortage,
             kinds_offered=lambda: Counter(k for p in self.peers.up() for k in p.kinds),
             models_held=lambda: Counter(m for p in self.peers.up() for m in p.models),
             ask_model=functools.partial(steps.output, "llm"),
@@ -1047,7 +1050,19 @@ class Node:
         return Standing(peer.node, self.observed_prefix(peer), self.reputation_of(peer.node),
                         self.accounts.get(peer.node, Account()).paid > 0)
 
-    def candidates(self) -> dict[str, list[Candidate]]:
+    async def shortage(self, job: Job) -> str:
+        """Why the mesh cannot run `job` now ('' when it can), counted as its first placement would count
+        workers; when some are missing, after looking for them in the DHT (up to FIND_WAIT_S)."""
+        want = {step.needs: job.redundancy for step in job.steps}
+        why = shortfall(job, self.candidates(want))
+        if why and hasattr(self.gateway.transport, "find"):
+            await self.find_workers(want)
+            why = shortfall(job, self.candidates(want))
+        return why
+
+    def candidates(self, want: Mapping[str, int] | None = None) -> dict[str, list[Candidate]]:
+        """Workers by capability. `want`: capabilities a job about to be submitted needs, as if it ran
+        (peers that fetch models count for its models too)."""
         out: dict[str, list[Candidate]] = {}
         fetchers: list[Candidate] = []
         now = now_ms()
@@ -1067,14 +1082,18 @@ class Node:
             if peer.record is not None and peer.record.fetch_models > 0:
                 fetchers.append(cand)
         if fetchers:
-            self._add_fetchers(out, fetchers)
+            self._add_fetchers(out, fetchers, want or {})
         return out
 
-    def _add_fetchers(self, out: dict[str, list[Candidate]], fetchers: list[Candidate]) -> None:
+    def _add_fetchers(self, out: dict[str, list[Candidate]], fetchers: list[Candidate],
+                      want: Mapping[str, int]) -> None:
         """Peers that fetch models (--fetch-models) become candidates for a model's steps while fewer peers
         hold it than a running job's redundancy and some linked peer serves it to fetch from; with enough
         holders, nobody is made to fetch."""
-        for cap, most in self.submitter.wanted().items():
+        wanted = self.submitter.wanted()
+        for cap, most in want.items():
+            wanted[cap] = max(most, wanted.get(cap, 0))
+        for cap, most in wanted.items():
             if not cap.startswith("llm:"):
                 continue
             holders = out.get(cap, [])

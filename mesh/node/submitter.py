@@ -104,6 +104,7 @@ class JobState:
     recovering: bool = False  # resumed after a restart, and has not yet had enough workers linked
     short_since: float | None = None  # core time since when it has had too few
     ended: bool = False  # its driver is done and its payments are written: its report may say it ended
+    closing: list[Record] = field(default_factory=list)  # a cancel's payments: written before the job ends
 
     @property
     def run(self) -> JobRun:
@@ -264,12 +265,17 @@ class Submitter:
 
     def cancel(self, job_id: str) -> bool:
         """Its submitter gives a running job up: every step not yet settled fails ("cancelled by its
-        submitter"), and the driver, woken, tells the workers of replicas still out to stop them. False
+        submitter"), the replicas answered in them so far are paid (the driver writes that batch before the
+        job ends), and the driver, woken, tells the workers of replicas still out to stop them. False
         when the job had already ended."""
         st = self.jobs.get(job_id)
         if st is None or st.run.finished:
             return False
-        self._apply_all(self.core.abort(job_id, "cancelled by its submitter"))
+        for eff in self.core.abort(job_id, "cancelled by its submitter"):
+            if isinstance(eff, Record):  # the replicas answered so far: paid before the job says it ended
+                st.closing.append(eff)
+            else:
+                self._apply(eff)
         st.wake.set()
         log.info("job %s cancelled by its submitter", job_id)
         return True
@@ -311,6 +317,9 @@ class Submitter:
                     self._apply(eff)
             st.events.diff(st.run)
             self._cancel_unneeded(job_id, st)
+            while st.closing:
+                eff = st.closing.pop(0)
+                await self._record(eff, self._proofs(eff))
             if st.run.finished:
                 return
             try:

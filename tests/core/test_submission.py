@@ -461,3 +461,29 @@ def test_a_step_whose_code_raises_fails_with_the_codes_error_first():
     sub.tick("j", pool("w0"), 1.0)
     step = sub.jobs["j"].run.steps["a"]
     assert step.status == "failed" and step.error.startswith(error + " (1 worker said so; w0 failed ("), step.error
+
+
+def test_a_cancelled_job_pays_the_replicas_answered_so_far_and_nobody_else():
+    """Settled work is owed: a job given up (mesh cancel) pays each worker that had answered a step still
+    waiting for its quorum (its own measured work, capped by the step's limits), with no verdict (nobody
+    knows who was right); a worker still running its replica gets nothing, and nothing is paid twice."""
+    job = parse_job({"redundancy": 3, "quorum": "unanimous",
+                     "steps": [{"id": "a", "kind": "python", "params": {"code": "x"}}]})
+    sub = Submission(Config(1))
+    sub.submit("j", job, 1)
+    sends = of(sub.tick("j", pool("w0", "w1", "w2"), 0.0), Send)
+    answer(sub, sends[0], 42, 1.0, {"cpu_s": 0.5, "wall_s": 0.6})
+    answer(sub, sends[1], 42, 1.0, {"cpu_s": 0.5, "wall_s": 0.6})
+    sub.tick("j", pool("w0", "w1", "w2"), 1.0)
+    assert sub.jobs["j"].run.steps["a"].status == "running"  # unanimous: the third answer is awaited
+    effects = sub.abort("j", "cancelled by its submitter")
+    (rec,) = of(effects, Record)
+    paid = {e.peer: e for e in rec.entries}
+    assert set(paid) == {sends[0].node, sends[1].node}
+    assert all(e.kind == "paid" and e.amount < 0 and "cancelled" in e.detail for e in paid.values())
+    assert Finished("j", "failed") in effects
+    step = sub.jobs["j"].run.steps["a"]
+    assert step.status == "failed" and set(step.credits) == set(paid)
+    sub.on_recorded(rec.id, True)
+    assert sub.jobs["j"].credits == pytest.approx(-sum(e.amount for e in rec.entries))
+    assert sub.abort("j", "again") == []  # nothing twice

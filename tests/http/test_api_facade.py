@@ -113,7 +113,8 @@ def test_submit_goes_to_the_facade_and_a_credit_error_is_402(fake):
 def test_a_finished_job_is_read_from_the_jobs_dir(fake):
     (fake.home / "jobs" / "abc123.json").write_text(json.dumps({"job_id": "abc123", "status": "done"}))
     assert call(fake.facade(), "GET", "/jobs/abc123") == (200, {"job_id": "abc123", "status": "done"})
-    assert call(fake.facade(), "GET", "/jobs/nope")[0] == 404
+    assert call(fake.facade(), "GET", "/jobs/ffff99")[0] == 404
+    assert call(fake.facade(), "GET", "/jobs/nope")[0] == 400  # not an id at all
     status, raw = call(fake.facade(), "GET", "/jobs/abc123/events")
     assert status == 200 and raw.startswith(b"id: 0\nevent: done\ndata: {")
 
@@ -181,11 +182,35 @@ def test_pause_and_resume_go_to_the_facade_with_a_checked_reason(fake):
 
 
 def test_cancel_of_an_unknown_job_is_404_and_of_an_ended_one_409(fake):
-    status, body = call(fake.facade(), "POST", "/jobs/nosuchjob/cancel")
+    status, body = call(fake.facade(), "POST", "/jobs/0123456789abcdef0000/cancel")
     assert status == 404 and "no job" in body["error"]
-    (fake.home / "jobs" / "ended1.json").write_text('{"job_id": "ended1", "status": "done", "steps": {}}')
-    status, body = call(fake.facade(), "POST", "/jobs/ended1/cancel")
+    (fake.home / "jobs" / "e0d1e0d1e0d1e0d1e0d1.json").write_text('{"job_id": "e0d1e0d1e0d1e0d1e0d1", "status": "done", "steps": {}}')
+    status, body = call(fake.facade(), "POST", "/jobs/e0d1e0d1e0d1e0d1e0d1/cancel")
     assert status == 409 and "has ended" in body["error"]
+    status, body = call(fake.facade(), "POST", "/jobs/e0d1/cancel")  # by a prefix too
+    assert status == 409 and "job e0d1e0d1 has ended" in body["error"]
+
+
+def test_a_job_is_found_by_any_unique_prefix_of_four_hex_digits_or_more(fake):
+    """Every /jobs/{id} route takes a prefix: one job → that job; several → a one-line 400 naming a few; too
+    short or not hex → 400 saying so; none → 404."""
+    for jid in ("abcd1234000000000000", "abcd5678000000000000", "abce0000000000000000"):
+        (fake.home / "jobs" / f"{jid}.json").write_text(json.dumps({"job_id": jid, "status": "done", "steps": {}}))
+    app = fake.facade()
+    status, body = call(app, "GET", "/jobs/abcd1")
+    assert status == 200 and body["job_id"] == "abcd1234000000000000"
+    assert call(app, "GET", "/jobs/ABCE")[1]["job_id"] == "abce0000000000000000"
+    status, body = call(app, "GET", "/jobs/abcd")
+    assert status == 400 and "ambiguous" in body["error"] and "abcd1234, abcd5678" in body["error"]
+    assert "\n" not in body["error"]
+    status, body = call(app, "GET", "/jobs/abc")
+    assert status == 400 and "at least 4" in body["error"]
+    status, body = call(app, "GET", "/jobs/zzzzzz")
+    assert status == 400 and "hex" in body["error"]
+    assert call(app, "GET", "/jobs/ffff")[0] == 404
+    assert call(app, "GET", "/jobs/abcd/events")[0] == 400
+    status, body = call(app, "GET", "/jobs/abce/events")
+    assert status == 200
 
 
 def test_a_model_fetch_streams_its_progress_and_ends_with_done(fake, monkeypatch):

@@ -266,6 +266,48 @@ def test_a_cycle_or_a_missing_parameter_stops_the_run_before_anything_is_sent(ui
 
 
 @pytest.mark.timeout(150)
+def test_a_step_whose_code_raises_shows_as_failed(ui):
+    """A python step that raises on every worker: its box reads failed (badge and state), with each replica
+    marked ✗ and the code's error in the message, never a running box with failed replicas."""
+    ui.drop_step("python", 60, 80)
+    ui.select("a")
+    ui.type_into("[data-param=code]", "raise ValueError('boom')")
+    ui.click("#job-name")
+    # the box's state, badge and replica marks each time the page changes, from the run's start
+    ui.js("""() => { window.__states = []; new MutationObserver(() => { const b = document.querySelector(
+        '.drawflow-node[data-step=a]'); window.__states.push(b.dataset.state + ' ' +
+        b.querySelector('.badge').textContent + ' ' + b.querySelector('.box-replicas').textContent); })
+        .observe(document.querySelector('#canvas'), {subtree: true, childList: true, attributes: true}); }""")
+    ui.click("#run")
+    ui.wait("() => window.homemesh.lastRun", 120)
+    ui.wait("() => document.querySelector('.drawflow-node[data-step=a]').dataset.state !== 'running'", 5)
+    seen = ui.js("() => window.__states")
+    box = ui.js("""() => { const b = document.querySelector('.drawflow-node[data-step=a]');
+        return {state: b.dataset.state, badge: b.querySelector('.badge').textContent,
+                reps: [...b.querySelectorAll('.rep')].map(r => r.textContent)}; }""")
+    assert ui.js("() => window.homemesh.lastRun.status") == "failed"
+    assert box["state"] == "failed" and box["badge"] == "failed", (box, seen)
+    assert box["reps"] and all(r.endswith("✗") for r in box["reps"]), box
+    assert "ValueError" in ui.message() and "boom" in ui.message()
+    assert not [s for s in seen if s.startswith("running") and "✗" in s and "…" not in s and "•" not in s], seen
+
+
+@pytest.mark.timeout(60)
+def test_a_validation_banner_clears_once_the_step_is_fixed(ui, node):
+    """Run with a required parameter missing: the banner says so and the box is marked; filling the
+    parameter in clears both at once, before any new run."""
+    ui.drop_step("python", 60, 80)
+    ui.click("#run")
+    ui.wait("() => document.querySelector('#message').dataset.kind === 'error'", 5)
+    assert ui.message() == "step 'a' (python) needs code"
+    assert ui.js("() => document.querySelectorAll('.drawflow-node.invalid').length") == 1
+    ui.select("a")
+    ui.type_into("[data-param=code]", "output = 1")
+    ui.wait("() => !document.querySelector('#message').textContent", 5)
+    assert ui.js("() => document.querySelectorAll('.drawflow-node.invalid').length") == 0
+
+
+@pytest.mark.timeout(150)
 def test_plan_from_a_question_lays_the_dag_out(ui):
     ui.type_into("#plan-query", "What is the average of 3, 8, 12 and 20?")
     ui.click("#plan")

@@ -46,11 +46,13 @@
     lastSaved: null,    // the last saved job file's text
     savedBlob: null,
     renderQueued: false,
+    problemShown: false,  // the message is why the job cannot run: checked again on every edit
   };
 
   // ---------------------------------------------------------------- messages, token, requests
 
   function showMessage(text, kind) {
+    S.problemShown = false;
     const m = $('#message');
     m.textContent = text || '';
     m.className = text ? (kind || 'info') : '';
@@ -283,6 +285,20 @@
 
   function renderAllBoxes() { nodeIds().forEach(renderBox); }
 
+  /** Show why the job cannot run (the boxes at fault marked), and keep it true as the job is edited. */
+  function showProblem(why) {
+    markInvalid(why ? why.steps : []);
+    if (why) { showMessage(why.text, 'error'); S.problemShown = true; }
+  }
+
+  /** After an edit: a problem shown is shown again as it is now, or cleared once fixed. */
+  function recheck() {
+    if (!S.problemShown) return;
+    const why = problem(toJob());
+    if (!why) showMessage('', '');
+    showProblem(why);
+  }
+
   function markInvalid(ids) {
     document.querySelectorAll('.drawflow-node.invalid').forEach((b) => b.classList.remove('invalid'));
     for (const id of ids || []) {
@@ -307,6 +323,7 @@
         S.pos = S.history.length - 1;
       }
       updateButtons();
+      recheck();
     });
   }
 
@@ -324,6 +341,7 @@
       S.restoring = false;
     }
     updateButtons();
+    recheck();
   }
 
   function undo() { if (S.pos > 0) { S.pos -= 1; restore(S.history[S.pos]); } }
@@ -443,6 +461,7 @@
         else params[name] = got.value;
       }
       renderBox(nid);
+      recheck();
     };
     input.addEventListener('input', () => { S.formDirty = nid; apply(); });
     input.addEventListener('change', () => { S.formDirty = null; apply(); linkReferences(nid); commit(); });
@@ -614,8 +633,8 @@
     if (S.running) return;
     const job = toJob();
     const why = problem(job);
-    markInvalid(why ? why.steps : []);
-    if (why) { showMessage(why.text, 'error'); return; }
+    showProblem(why);
+    if (why) return;
     if (!S.token) { $('#token-box').hidden = false; showMessage('enter the node API token first', 'error'); return; }
     S.running = true;
     updateButtons();
