@@ -70,6 +70,19 @@ def fib(n: int) -> int:
     ("what is the sum of the digits of 10!", sum(map(int, str(3628800)))),
     ("the 12th fibonacci number, the sequence starting 1, 1", fib(13)),
     ("the 5th fibonacci number starting with 2, 1", 7),  # Lucas: 2, 1, 3, 4, 7
+    # percentages (issue 25: a model planned "15% of 240" as 15 % 240)
+    ("What is 15% of 240?", 36),
+    ("what is 20 percent of 80", 16),
+    ("increase 50 by 10%", 55),
+    ("Decrease 80 by 25%", 60),
+    ("reduce 120 by 30 percent", 84),
+    ("What is 240 plus 15%?", 276),
+    ("what is 12.5% of 64", 8),
+    ("what percent of 200 is 50", 25),
+    ("50 is what percentage of 200?", 25),
+    ("what is 30 as a percentage of 120", 25),
+    ("the percentage change from 80 to 100", 25),
+    ("20% off $50", 40),
 ])
 def test_rule_computations_give_the_true_answer(query: str, expected: object) -> None:
     code = computation(query)
@@ -81,6 +94,28 @@ def test_rule_computations_give_the_true_answer(query: str, expected: object) ->
         assert out == expected
     else:
         assert out == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("What is 15% of 240?", 36), ("What is 7% of 300?", 21), ("increase 50 by 10%", 55),
+    ("What is 0.5% of 3?", 0.015)])
+def test_percentages_are_exact_and_a_whole_result_is_shown_whole(query: str, expected: object) -> None:
+    """36, not 36.0; 21, not 21.000000000000004 (7 / 100 * 300, the old template)."""
+    out = run(computation(query) or "")
+    assert out == expected and type(out) is type(expected)
+
+
+def test_the_rules_plan_15_percent_of_240_as_one_python_step_computing_36() -> None:
+    job = rule_plan("What is 15% of 240?")
+    parse_job(job)
+    assert kinds(job) == ["python"] and run(job["steps"][0]["params"]["code"]) == 36
+    assert "%" not in job["steps"][0]["params"]["code"]  # never Python's modulo
+
+
+@pytest.mark.parametrize("query", ["what is 5 plus 10% of 200", "what percent of 0 is 5", "15 % 240 is modulo"])
+def test_percentages_the_rules_cannot_be_sure_of_are_not_guessed(query: str) -> None:
+    code = computation(query)
+    assert code is None or "a, b" not in code
 
 
 def test_reference_fibonacci_is_one_based() -> None:
