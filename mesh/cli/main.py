@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -272,12 +273,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from mesh.planning.planner import check_query
 
     query = check_query(" ".join(args.query))
+    if not 0 < args.plan_timeout <= MAX_PLAN_S:
+        raise UserError(f"--plan-timeout must be more than 0 and at most {MAX_PLAN_S} seconds, not {args.plan_timeout:g}")
     client = _client(args)
-    body: dict = {"query": query, "planner": args.planner}
+    body: dict = {"query": query, "planner": args.planner, "timeout": args.plan_timeout}
     if args.redundancy is not None:
         body["redundancy"] = args.redundancy
-    print("planning…", file=sys.stderr, flush=True)
-    reply = client.request("POST", "/plan", body, timeout=120)
+    reply = _plan(client, body)
     out = sys.stderr if args.json else sys.stdout
     print(reply["tree"], file=out, flush=True)
     if args.save:
@@ -294,6 +296,30 @@ def cmd_ask(args: argparse.Namespace) -> int:
     report = out["result"] = _wait(client, job_id, args.timeout)
     _emit(args, out, _describe(report))
     return 0 if report["status"] == "done" else EXIT_FAILED
+
+
+MAX_PLAN_S, PLAN_TICK_S = 600, 5.0
+
+
+def _plan(client, body: dict) -> dict:
+    """POST /plan, saying on stderr who plans and, every few seconds, how long it has been: the model may
+    take up to --plan-timeout, and a silent terminal looked hung."""
+    who = (f"the model, at most {body['timeout']:g} s, else the rules" if body["planner"] == "model"
+           else "the rules")
+    print(f"planning… ({who})", file=sys.stderr, flush=True)
+    t0, done = time.monotonic(), threading.Event()
+
+    def tick() -> None:
+        while not done.wait(PLAN_TICK_S):
+            print(f"planning… {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    threading.Thread(target=tick, name="plan-progress", daemon=True).start()
+    try:  # (the node answers within the cap; the margin is for reading the instruct model's template)
+        reply = client.request("POST", "/plan", body, timeout=body["timeout"] + 60)
+    finally:
+        done.set()
+    print(f"planned in {time.monotonic() - t0:.2f} s", file=sys.stderr, flush=True)
+    return reply
 
 
 def _write(path: str, text: str) -> None:
@@ -901,8 +927,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--planner", choices=["auto", "rules", "model"], default="auto",
                     help="auto (= rules): the rules plan part by part in milliseconds, keeping every part, and "
                          "the instruct model answers the parts that ask for words; model: the base model "
-                         "writes the whole plan (slower, often unusable; the rules stand in)")
+                         "writes the whole plan (slower, often unusable; the rules stand in, and plan every question in "
+                         "which they recognise a calculation)")
     sp.add_argument("--redundancy", type=int, help="replicas per step (default 3)")
+    sp.add_argument("--plan-timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="the most the model may take to plan (--planner model; default 60, at most 600); past "
+                         "it the rules plan instead, and the tree says so")
     sp.add_argument("--plan-only", action="store_true", help="show the plan, do not run it")
     sp.add_argument("--save", metavar="FILE", help="also write the plan to FILE as a job file")
     sp.add_argument("--timeout", type=float, default=1800, help="give up waiting after this many seconds")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import socket
 import time
@@ -52,7 +53,7 @@ from mesh.http.middleware import BodyLimit, EditorHeaders
 from mesh.http.openai_api import router as openai_router
 from mesh.planning import planner
 from mesh.steps.chat_template import template_of
-from mesh.steps.models import INSTRUCT_SHA256, default_model_sha
+from mesh.steps.models import DEFAULT_MODEL, INSTRUCT_SHA256, default_model_sha
 from mesh.steps.registry import Registry
 
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies and clients from timing out
@@ -212,7 +213,7 @@ def _planning_routes(app: FastAPI, node: NodeFacade) -> None:
               summary="Plan a job from a question (the model proposes, the rules stand in)")
     async def plan(body: PlanBody) -> PlanReply:
         try:
-            result = await make_plan(node, body.query, body.planner, body.redundancy)
+            result = await make_plan(node, body.query, body.planner, body.redundancy, body.timeout)
         except UserError as exc:
             raise ApiError(400, str(exc)) from None
         return PlanReply(**result.to_json(), tree=planner.tree(result))
@@ -342,21 +343,28 @@ async def fetch_stream(node: NodeFacade, sha: str) -> AsyncIterator[bytes]:
         quiet += FETCH_TICK_S
 
 
-async def make_plan(node: NodeFacade, query: str, which: str, redundancy: int | None) -> planner.Plan:
+async def make_plan(node: NodeFacade, query: str, which: str, redundancy: int | None,
+                    timeout: float = PLAN_TIMEOUT_S) -> planner.Plan:
     """The rules' plan, part by part, its words asked of the instruct model when peers serve it (auto,
     rules); or (model) the base model's own plan through this node's model runner (trusted: it is ours),
-    the rules standing in when it is unusable."""
+    given `timeout` seconds, the rules standing in when it is unusable, late, or when they recognise a
+    calculation in the query (they win there, without asking the model)."""
     planner.check_query(query)
     instruct = await _instruct(node, redundancy or 3)
     if which != "model":
-        return planner.Plan(planner.rule_plan(query, redundancy, instruct), "rules")
+        return planner.Plan(planner.vetted(query, planner.rule_plan(query, redundancy, instruct)), "rules")
+    if planner.rules_win(query):
+        return planner.finish(query, None, "", redundancy, instruct)
     if node.model_missing:
         return planner.finish(query, None, f"this node has no model ({node.model_missing})", redundancy, instruct)
-    try:
-        output = await node.ask_model(planner.llm_request(query), PLAN_TIMEOUT_S)
+    try:  # (cancelled at the cap, the runner sees its flag and stops generating)
+        output = await asyncio.wait_for(node.ask_model(planner.llm_request(query), timeout), timeout)
+    except TimeoutError:
+        return planner.finish(query, None, f"out of time after {timeout:g} s", redundancy, instruct)
     except (NoAnswer, StepFailed) as exc:
         return planner.finish(query, None, str(exc), redundancy, instruct)
-    return planner.finish(query, output, "", redundancy, instruct)
+    plan = planner.finish(query, output, "", redundancy, instruct)
+    return dataclasses.replace(plan, model=DEFAULT_MODEL) if plan.planner == "llm" else plan
 
 
 async def _instruct(node: NodeFacade, redundancy: int) -> planner.Instruct | None:

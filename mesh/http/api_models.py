@@ -88,6 +88,8 @@ class PlanBody(Strict):
                                     "instruct model answers the parts asking for words; model: the base model "
                                     "writes the plan, the rules stand in when it is invalid")
     redundancy: int | None = Field(default=None, ge=1, le=16, strict=True)
+    timeout: float = Field(default=60.0, gt=0, le=600, description="seconds the model may take to plan "
+                           "(planner model); past them the rules stand in")
 
 
 class PlanReply(BaseModel):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from mesh.core.dag import REF, Job, parse_job
 from mesh.errors import JobError, UserError
+from mesh.planning.outputs import misfit
 from mesh.planning.parts import TWO_MODELS, URL, clean_url, split
 from mesh.planning.rules import computation, numbers
 
@@ -65,6 +66,7 @@ class Plan:
     job: dict  # a job file (README "A job file"), checked by mesh.core.dag
     planner: str  # "llm" (the model's plan) or "rules"
     fallback: str = ""  # why the model's plan was not used, when planner == "rules"
+    model: str = ""  # the model that wrote the plan (planner == "llm"), as the tree names it
 
     def to_json(self) -> dict:
         return {"plan": self.job, "planner": self.planner, "fallback": self.fallback}
@@ -84,16 +86,29 @@ def llm_request(query: str) -> dict:
             "json_schema": PLAN_SCHEMA}
 
 
+RULES_WIN = "the rules recognise the calculation in the question, and where they do they plan it"
+
+
+def rules_win(query: str) -> bool:
+    """Does a part of `query` ask for a calculation the rules recognise? Then their plan is used, never
+    the model's: a model once planned "What is 15% of 240?" as `15 % 240` (modulo) and three workers
+    agreed on 15."""
+    return any(part.kind == "compute" for part in split(check_query(query)))
+
+
 def finish(query: str, model_output: object, model_error: str = "", redundancy: int | None = None,
            instruct: Instruct | None = None) -> Plan:
-    """The model's plan when it is usable, else the rule plan with the reason."""
+    """The model's plan when it is usable and the rules recognise no calculation in the query, else the
+    rule plan with the reason."""
     query = check_query(query)
     try:
+        if rules_win(query):
+            raise InvalidPlan(RULES_WIN)
         if model_error:
             raise InvalidPlan(f"the model did not plan: {model_error}")
         return Plan(check_plan(query, from_model(query, model_output), redundancy), "llm")
     except InvalidPlan as exc:
-        return Plan(rule_plan(query, redundancy, instruct), "rules", str(exc))
+        return Plan(vetted(query, rule_plan(query, redundancy, instruct)), "rules", str(exc))
 
 
 def from_model(query: str, value: object) -> dict:
@@ -130,8 +145,39 @@ def check_plan(query: str, job: dict, redundancy: int | None = None) -> dict:
     for s in parsed.steps:
         if s.kind == "python":
             _check_code(s.id, s.params["code"])
+    check_output_types(query, job)
     if computation(URL.sub(" ", query)):
         _check_computation(query, parsed)
+    return job
+
+
+def check_output_types(query: str, job: dict) -> None:
+    """Each python step that computes from nothing earlier sets output to something that can answer the
+    question (mesh.planning.outputs); raises InvalidPlan saying which does not. Steps that read pages or
+    earlier outputs make text from them by design, so they are not judged."""
+    if URL.search(query):
+        return
+    for s in job["steps"]:
+        if s.get("kind") != "python" or s.get("after"):
+            continue
+        tree = _parses(s["id"], s["params"]["code"])
+        if any(isinstance(n, ast.Name) and n.id == "inputs" for n in ast.walk(tree)):
+            continue
+        reason = misfit(query, s["id"], tree)
+        if reason:
+            raise InvalidPlan(reason)
+
+
+def vetted(query: str, job: dict) -> dict:
+    """`job` when its python parses and its results fit the question; a UserError saying why not. For the
+    rules' own plans: nothing absurd runs, whoever planned it."""
+    try:
+        for s in job["steps"]:
+            if s["kind"] == "python":
+                _parses(s["id"], s["params"]["code"])
+        check_output_types(query, job)
+    except InvalidPlan as exc:
+        raise UserError(f"the plan was refused before it ran: {exc}") from None
     return job
 
 
@@ -158,11 +204,15 @@ def _check_computation(query: str, parsed: Job) -> None:
         raise InvalidPlan(f"the plan's code does not use the number {missing[0]} from the query")
 
 
-def _check_code(sid: str, code: str) -> None:
+def _parses(sid: str, code: str) -> ast.Module:
     try:  # (an output pasted into code was refused by parse_job already)
-        tree = ast.parse(code)
+        return ast.parse(code)
     except (SyntaxError, ValueError, RecursionError) as exc:
         raise InvalidPlan(f"step {sid!r}: the code is not Python ({getattr(exc, 'msg', exc)})") from None
+
+
+def _check_code(sid: str, code: str) -> None:
+    tree = _parses(sid, code)
     names = {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) for t in node.targets
              if isinstance(t, ast.Name)}
     if "output" not in names:
@@ -278,9 +328,9 @@ def tree(plan: Plan) -> str:
         if after[s["id"]]:
             children.setdefault(after[s["id"]][-1], []).append(s["id"])
     by_id = {s["id"]: s for s in steps}
-    lines = [f"plan by {'the model' if plan.planner == 'llm' else 'the rules'}"
-             + (f" (the model's plan was not used: {plan.fallback})" if plan.fallback else "")
-             + f": {len(steps)} step{'s' if len(steps) > 1 else ''} at redundancy {plan.job.get('redundancy', 3)}"]
+    by = "rules" if plan.planner == "rules" else f"the model ({plan.model})" if plan.model else "the model"
+    lines = [f"planned by: {by}" + (f" (the model's plan was not used: {plan.fallback})" if plan.fallback else ""),
+             f"{len(steps)} step{'s' if len(steps) > 1 else ''} at redundancy {plan.job.get('redundancy', 3)}"]
 
     def show(sid: str, depth: int) -> None:
         s = by_id[sid]

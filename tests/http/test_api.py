@@ -283,6 +283,36 @@ def test_mesh_ask_asks_before_running(node):
         "mesh: error: cannot write /nonexistent/dir/plan.json: No such file or directory")
 
 
+def test_mesh_ask_plans_a_percentage_by_the_rules_and_prints_36(node):
+    """Issue 25: "What is 15% of 240?" was planned by the model as `output = 15% 240` (modulo), and three
+    workers agreed on 15. The rules plan it, the tree says so, and the answer is 36."""
+    res = run_cli("ask", "--home", str(node.home), "--yes", "What is 15% of 240?", timeout=240)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0] == "planned by: rules", res.stdout
+    assert "output: 36\n" in res.stdout and "calc: done  3 agreed → 36\n" in res.stderr, (res.stdout, res.stderr)
+    assert res.stderr.startswith("planning… (the rules)\nplanned in ")
+    # asked of the model, the rules still plan it, without waiting for the model
+    res = run_cli("ask", "--home", str(node.home), "--plan-only", "--planner", "model", "What is 15% of 240?")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("planned by: rules (the model's plan was not used: the rules recognise the "
+                                 "calculation"), res.stdout
+
+
+def test_mesh_ask_cuts_a_slow_model_plan_off_and_says_so(node):
+    t0 = time.monotonic()
+    res = run_cli("ask", "--home", str(node.home), "--plan-only", "--planner", "model", "--plan-timeout", "0.3",
+                  "Write a haiku about autumn and then summarise it in one word")
+    took = time.monotonic() - t0
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0] == ("planned by: rules (the model's plan was not used: the model did not "
+                                          "plan: out of time after 0.3 s)"), res.stdout
+    assert res.stderr.startswith("planning… (the model, at most 0.3 s, else the rules)\n") and took < 30, took
+    for bad in ("0", "601"):
+        res = run_cli("ask", "--home", str(node.home), "--plan-timeout", bad, "hi")
+        assert res.returncode == 2 and res.stderr == (
+            f"mesh: error: --plan-timeout must be more than 0 and at most 600 seconds, not {float(bad):g}\n")
+
+
 def test_a_burst_of_jobs_waits_for_busy_workers_instead_of_failing(node):
     """40 jobs at once at r=3 on 3 workers: each worker takes 4 requests from one peer at a time and
     answers more with "busy"; the submitter holds replicas back until a worker has room."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -119,10 +120,14 @@ def test_a_finished_job_is_read_from_the_jobs_dir(fake):
     assert status == 200 and raw.startswith(b"id: 0\nevent: done\ndata: {")
 
 
+HAIKU = "Write a haiku about autumn"  # no calculation in it: the model is asked (planner model)
+
+
 def test_plan_without_a_model_and_with_a_failing_one_falls_back_to_the_rules(fake):
     status, body = call(fake.facade(), "POST", "/plan", {"query": "What is 2 + 3?"})
     assert status == 200 and body["planner"] == "rules" and body["fallback"] == ""  # the default: rules first
-    status, body = call(fake.facade(), "POST", "/plan", {"query": "What is 2 + 3?", "planner": "model"})
+    assert body["tree"].splitlines()[0] == "planned by: rules"
+    status, body = call(fake.facade(), "POST", "/plan", {"query": HAIKU, "planner": "model"})
     assert status == 200 and body["planner"] == "rules"
     assert body["fallback"].endswith("this node has no model (started with --no-model)")
 
@@ -130,8 +135,53 @@ def test_plan_without_a_model_and_with_a_failing_one_falls_back_to_the_rules(fak
         raise StepFailed("the model runner died")
 
     status, body = call(fake.facade(model_missing="", ask_model=broken), "POST", "/plan",
-                        {"query": "What is 2 + 3?", "planner": "model"})
+                        {"query": HAIKU, "planner": "model"})
     assert status == 200 and body["planner"] == "rules" and "the model runner died" in body["fallback"]
+
+
+def test_the_rules_plan_a_calculation_they_recognise_without_asking_the_model(fake):
+    """--planner model once ran the model's `output = 15% 240` (modulo): 15, three workers agreeing."""
+    status, body = call(fake.facade(model_missing=""), "POST", "/plan",  # (its ask_model fails the test)
+                        {"query": "What is 15% of 240?", "planner": "model"})
+    assert status == 200 and body["planner"] == "rules" and "rules recognise the calculation" in body["fallback"]
+    assert body["tree"].splitlines()[0].startswith("planned by: rules (the model's plan was not used: the rules")
+    assert [s["kind"] for s in body["plan"]["steps"]] == ["python"]
+
+
+def test_a_model_that_plans_too_long_is_cut_off_and_the_rules_plan(fake):
+    asked: list[float] = []
+
+    async def slow(params: dict, timeout: float) -> object:
+        asked.append(timeout)
+        await asyncio.sleep(30)
+        raise AssertionError("not cut off")
+
+    t0 = time.monotonic()
+    status, body = call(fake.facade(model_missing="", ask_model=slow), "POST", "/plan",
+                        {"query": HAIKU, "planner": "model", "timeout": 0.5})
+    assert time.monotonic() - t0 < 10 and asked == [0.5]
+    assert status == 200 and body["planner"] == "rules"
+    assert body["fallback"] == "the model did not plan: out of time after 0.5 s"
+    for bad in (0, -1, 601, "soon"):
+        status, body = call(fake.facade(), "POST", "/plan", {"query": HAIKU, "timeout": bad})
+        assert status == 422 and "timeout" in body["error"], body
+
+
+def test_a_plan_the_model_made_names_the_model_and_an_unparseable_one_is_refused(fake):
+    async def haiku(params: dict, timeout: float) -> object:
+        return {"steps": [{"id": "answer", "kind": "llm", "prompt": "A haiku about autumn:\n"}]}
+
+    async def broken_python(params: dict, timeout: float) -> object:
+        return {"steps": [{"id": "calc", "kind": "python", "code": "output = (1 +"}]}
+
+    status, body = call(fake.facade(model_missing="", ask_model=haiku), "POST", "/plan",
+                        {"query": HAIKU, "planner": "model"})
+    assert status == 200 and body["planner"] == "llm"
+    assert body["tree"].splitlines()[0] == "planned by: the model (gemma-3-270m-q4_k_m)"
+    status, body = call(fake.facade(model_missing="", ask_model=broken_python), "POST", "/plan",
+                        {"query": HAIKU, "planner": "model"})
+    assert status == 200 and body["planner"] == "rules"
+    assert body["fallback"].startswith("step 'calc': the code is not Python")
 
 
 def test_steps_and_models_count_what_peers_offer(fake):

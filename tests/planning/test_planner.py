@@ -22,13 +22,18 @@ from mesh.planning.planner import (
     PAGE_CHARS,
     PLAN_SCHEMA,
     PLAN_TOKENS,
+    RULES_WIN,
     Instruct,
     Plan,
+    check_plan,
     check_query,
     finish,
+    from_model,
     llm_request,
     rule_plan,
+    rules_win,
     tree,
+    vetted,
 )
 from mesh.planning.rules import computation
 
@@ -70,6 +75,19 @@ def fib(n: int) -> int:
     ("what is the sum of the digits of 10!", sum(map(int, str(3628800)))),
     ("the 12th fibonacci number, the sequence starting 1, 1", fib(13)),
     ("the 5th fibonacci number starting with 2, 1", 7),  # Lucas: 2, 1, 3, 4, 7
+    # percentages (issue 25: a model planned "15% of 240" as 15 % 240)
+    ("What is 15% of 240?", 36),
+    ("what is 20 percent of 80", 16),
+    ("increase 50 by 10%", 55),
+    ("Decrease 80 by 25%", 60),
+    ("reduce 120 by 30 percent", 84),
+    ("What is 240 plus 15%?", 276),
+    ("what is 12.5% of 64", 8),
+    ("what percent of 200 is 50", 25),
+    ("50 is what percentage of 200?", 25),
+    ("what is 30 as a percentage of 120", 25),
+    ("the percentage change from 80 to 100", 25),
+    ("20% off $50", 40),
 ])
 def test_rule_computations_give_the_true_answer(query: str, expected: object) -> None:
     code = computation(query)
@@ -81,6 +99,28 @@ def test_rule_computations_give_the_true_answer(query: str, expected: object) ->
         assert out == expected
     else:
         assert out == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("What is 15% of 240?", 36), ("What is 7% of 300?", 21), ("increase 50 by 10%", 55),
+    ("What is 0.5% of 3?", 0.015)])
+def test_percentages_are_exact_and_a_whole_result_is_shown_whole(query: str, expected: object) -> None:
+    """36, not 36.0; 21, not 21.000000000000004 (7 / 100 * 300, the old template)."""
+    out = run(computation(query) or "")
+    assert out == expected and type(out) is type(expected)
+
+
+def test_the_rules_plan_15_percent_of_240_as_one_python_step_computing_36() -> None:
+    job = rule_plan("What is 15% of 240?")
+    parse_job(job)
+    assert kinds(job) == ["python"] and run(job["steps"][0]["params"]["code"]) == 36
+    assert "%" not in job["steps"][0]["params"]["code"]  # never Python's modulo
+
+
+@pytest.mark.parametrize("query", ["what is 5 plus 10% of 200", "what percent of 0 is 5", "15 % 240 is modulo"])
+def test_percentages_the_rules_cannot_be_sure_of_are_not_guessed(query: str) -> None:
+    code = computation(query)
+    assert code is None or "a, b" not in code
 
 
 def test_reference_fibonacci_is_one_based() -> None:
@@ -148,26 +188,30 @@ def step(sid: str, kind: str, value: str) -> dict:
 
 CALC = "What is 17 * 23 + 4?"
 AVG = "average of 3, 8, 12 and 20"
+DAYS = "How many days are there between 2024-01-15 and 2024-03-01?"  # a calculation no rule recognises
+DAYS_CODE = "import datetime\noutput = (datetime.date(2024, 3, 1) - datetime.date(2024, 1, 15)).days"
 NEWS = "Summarise https://example.org/news"
 
 
 @pytest.mark.parametrize(("query", "output", "error", "word"), [
-    (CALC, None, "timed out", "did not plan"),
-    (CALC, ["output = 395"], "", "not a plan"),
-    (CALC, {"steps": []}, "", "not a plan"),
-    (CALC, {"steps": [step("s", "shell", "rm -rf /")]}, "", "not scrape, python or llm"),
+    (DAYS, None, "timed out", "did not plan"),
+    (DAYS, ["output = 395"], "", "not a plan"),
+    (DAYS, {"steps": []}, "", "not a plan"),
+    (DAYS, {"steps": [step("s", "shell", "rm -rf /")]}, "", "not scrape, python or llm"),
     ("Tell me a joke", {"steps": [step("answer", "llm", "{answer.output}")]}, "", "cycle"),
     (NEWS, {"steps": [step("answer", "llm", "Summary:")]}, "", "does not fetch"),
     (NEWS, {"steps": [step("p", "scrape", "https://example.org/news"), step("q", "scrape", "https://evil.example/"),
                       step("a", "llm", "{p.output} {q.output}")]}, "", "does not name"),
-    (CALC, {"steps": [step("calc", "python", "output = 17 * 23 + 4"), step("a", "llm", "Say hi")]}, "", "never used"),
-    (CALC, {"steps": [step("calc", "python", "output = 17 ** * 23 +")]}, "", "not Python"),
-    (CALC, {"steps": [step("calc", "python", "output = 1000")]}, "", "computes nothing"),
-    (AVG, {"steps": [step("calc", "python", "output = 3 ** 8")]}, "", "does not use the number 12"),
-    (CALC, {"steps": [step("answer", "llm", "17 * 23 + 4 =")]}, "", "no python step"),
-    (CALC, {"steps": [step("a", "python", "output = 17 * 23"), step("b", "python", "output = {a.output} + 4")]},
+    (DAYS, {"steps": [step("calc", "python", DAYS_CODE), step("a", "llm", "Say hi")]}, "", "never used"),
+    (DAYS, {"steps": [step("calc", "python", "output = 17 ** * 23 +")]}, "", "not Python"),
+    (DAYS, {"steps": [step("calc", "python", "output = 1000")]}, "", "computes nothing"),
+    (DAYS, {"steps": [step("a", "python", "output = 17 * 23"), step("b", "python", "output = {a.output} + 4")]},
      "", "cannot contain {a.output}"),
-    (CALC, {"steps": [step("bad id!", "python", "output = 17 * 23 + 4")]}, "", "'id'"),
+    (DAYS, {"steps": [step("bad id!", "python", DAYS_CODE)]}, "", "'id'"),
+    # where the rules recognise a calculation they plan it, whatever the model wrote or did
+    (CALC, {"steps": [step("calc", "python", "output = 17 * 23 + 4")]}, "", RULES_WIN),
+    (AVG, {"steps": [step("calc", "python", "output = 3 ** 8")]}, "", RULES_WIN),
+    (CALC, None, "timed out", RULES_WIN),
 ])
 def test_finish_falls_back_to_the_rules(query: str, output: object, error: str, word: str) -> None:
     plan = finish(query, output, error)
@@ -177,15 +221,63 @@ def test_finish_falls_back_to_the_rules(query: str, output: object, error: str, 
 
 
 def test_finish_accepts_a_good_computation_plan() -> None:
-    output = {"steps": [step("calc", "python", "output = 17 * 23 + 4"),
-                        step("answer", "llm", "17 * 23 + 4 is {calc.output}. Why:")]}
-    plan = finish(CALC, output, redundancy=5)
+    output = {"steps": [step("calc", "python", DAYS_CODE), step("answer", "llm", "It is {calc.output} days. Why:")]}
+    plan = finish(DAYS, output, redundancy=5)
     assert (plan.planner, plan.fallback) == ("llm", "")
-    assert plan.job == {"name": CALC, "redundancy": 5, "steps": [
-        {"id": "calc", "kind": "python", "params": {"code": "output = 17 * 23 + 4"}},
+    assert plan.job == {"name": DAYS[:60], "redundancy": 5, "steps": [
+        {"id": "calc", "kind": "python", "params": {"code": DAYS_CODE}},
         {"id": "answer", "kind": "llm",
-         "params": {"prompt": "17 * 23 + 4 is {calc.output}. Why:", "max_tokens": 128, "stop": ["\n\n"]}}]}
-    assert run(plan.job["steps"][0]["params"]["code"]) == 395
+         "params": {"prompt": "It is {calc.output} days. Why:", "max_tokens": 128, "stop": ["\n\n"]}}]}
+    assert run(plan.job["steps"][0]["params"]["code"]) == 46
+
+
+def test_the_models_modulo_plan_of_a_percentage_loses_to_the_rules() -> None:
+    """The plan a new user was shown: `output = 15% 240`, 15, "3 agreed". The rules plan it, and get 36."""
+    plan = finish("What is 15% of 240?", {"steps": [step("calc", "python", "output = 15% 240")]})
+    assert (plan.planner, plan.fallback) == ("rules", RULES_WIN)
+    assert run(plan.job["steps"][0]["params"]["code"]) == 36
+    assert rules_win("What is 15% of 240?") and rules_win("Summarise https://a.example/ then compute 2 + 3")
+    assert not rules_win("Write a haiku about autumn") and not rules_win(DAYS)
+
+
+def test_a_model_plan_whose_python_does_not_parse_is_refused_in_one_line() -> None:
+    plan = finish(DAYS, {"steps": [step("calc", "python", "output = (date(2024, 3, 1) - date(2024, 1, 15)).days +")]})
+    assert plan.planner == "rules" and "\n" not in plan.fallback
+    assert plan.fallback.startswith("step 'calc': the code is not Python (")
+
+
+@pytest.mark.parametrize(("query", "code", "word"), [
+    ("What is 15% of two hundred and forty?", "output = str(15 * 240 / 100) + '%'", "asks for a percentage"),
+    ("What is 15% of two hundred and forty?", "x = 15 * 240 / 100\noutput = f'{x} percent'", "asks for a percentage"),
+    ("What is 15% of two hundred and forty?", "output = [15 * 240 / 100]", "a list"),
+    ("What is 15% of two hundred and forty?", "output = 15 * 240 > 100", "True or False"),
+    (DAYS, "d = (15 - 1) + 31\nr = 'about ' + str(d)\noutput = r", "asks for a calculation"),
+    (DAYS, "output = ' '.join(['46', 'days'])", "text (a str)"),
+])
+def test_a_model_plan_whose_result_cannot_answer_the_question_is_refused(query: str, code: str, word: str) -> None:
+    plan = finish(query, {"steps": [step("calc", "python", code)]})
+    assert plan.planner == "rules" and word in plan.fallback and "\n" not in plan.fallback, plan.fallback
+
+
+@pytest.mark.parametrize(("query", "code"), [
+    ("What is 15% of two hundred and forty?", "output = 15 * 240 / 100"),
+    ("What is 15% of two hundred and forty?", "x = 36.0\noutput = int(x) if x == int(x) else x"),
+    (DAYS, DAYS_CODE), (DAYS, "import math\noutput = math.floor(45.9) + 1"),
+    ("Write a haiku about 3 cats", "output = 'cat ' * 3"),  # not a calculation: text is fine
+])
+def test_results_that_may_answer_are_not_refused(query: str, code: str) -> None:
+    plan = finish(query, {"steps": [step("calc", "python", code)]})
+    assert (plan.planner, plan.fallback) == ("llm", "")
+
+
+def test_a_rule_plan_with_an_absurd_result_is_refused_with_a_user_error() -> None:
+    job = {"name": "x", "steps": [{"id": "calc", "kind": "python", "params": {"code": "output = 'thirty-six'"}}]}
+    with pytest.raises(UserError, match="^the plan was refused before it ran: step 'calc' sets output to text"):
+        vetted("What is 15% of 240?", job)
+    job["steps"][0]["params"]["code"] = "output = ("
+    with pytest.raises(UserError, match="the code is not Python"):
+        vetted("Write a haiku", job)
+    assert vetted("What is 15% of 240?", rule_plan("What is 15% of 240?")) == rule_plan("What is 15% of 240?")
 
 
 def test_finish_accepts_a_scrape_plan() -> None:
@@ -202,8 +294,10 @@ FEW_SHOT = re.findall(r"Request: (.+)\nPlan: (.+)\n", llm_request("x")["prompt"]
 
 @pytest.mark.parametrize(("query", "plan_text"), FEW_SHOT)
 def test_few_shot_examples_are_plans_finish_accepts(query: str, plan_text: str) -> None:
+    """Accepted as they are, except where the rules recognise the calculation: there the rules plan."""
     plan = finish(query, json.loads(plan_text))
-    assert (plan.planner, plan.fallback) == ("llm", "")
+    assert (plan.planner, plan.fallback) == (("rules", RULES_WIN) if rules_win(query) else ("llm", ""))
+    check_plan(query, from_model(query, json.loads(plan_text)))
 
 
 def test_there_are_few_shot_examples() -> None:
@@ -237,18 +331,19 @@ def test_tree_nests_a_chain() -> None:
         {"id": "b", "kind": "python", "params": {"code": "output = inputs['a'] + 1"}, "after": ["a"]},
         {"id": "c", "kind": "llm", "params": {"prompt": "Say {b.output}", "max_tokens": 8}}]}
     lines = tree(Plan(job, "rules", "the model timed out")).splitlines()
-    assert lines[0].startswith("plan by the rules") and "the model timed out" in lines[0]
-    assert "3 steps" in lines[0]
-    assert len(lines) == 4 and [ln.split()[1] for ln in lines[1:]] == ["a", "b", "c"]
-    indents = [ln.index("└─") for ln in lines[1:]]
+    assert lines[0] == "planned by: rules (the model's plan was not used: the model timed out)"
+    assert lines[1] == "3 steps at redundancy 3"
+    assert len(lines) == 5 and [ln.split()[1] for ln in lines[2:]] == ["a", "b", "c"]
+    indents = [ln.index("└─") for ln in lines[2:]]
     assert indents[0] < indents[1] < indents[2]
 
 
 def test_tree_of_one_step() -> None:
-    text = tree(Plan(rule_plan("What is 17 * 23 + 4?"), "llm"))
-    first = text.splitlines()[0]
-    assert first.startswith("plan by the model") and "1 step " in first and "steps" not in first
-    assert "not used" not in first
+    text = tree(Plan(rule_plan("What is 17 * 23 + 4?"), "llm", model="gemma-3-270m-q4_k_m"))
+    first, second = text.splitlines()[:2]
+    assert first == "planned by: the model (gemma-3-270m-q4_k_m)"
+    assert second == "1 step at redundancy 3"
+    assert tree(Plan(rule_plan("What is 17 * 23 + 4?"), "rules")).splitlines()[0] == "planned by: rules"
 
 
 @pytest.mark.timeout(20)
@@ -308,6 +403,7 @@ def test_any_query_gives_a_valid_plan_or_a_clear_error(query) -> None:
     except UserError:
         return
     parse_job(job)
+    assert vetted(query, job) is job  # and nothing the rules write is refused as absurd
 
 
 def test_braces_in_a_query_are_text_not_references() -> None:
