@@ -22,6 +22,7 @@ from mesh.wire.records import MAX_FETCH_MODELS
 EXIT_USER, EXIT_FAILED = 2, 3
 UP_CREDIT_LINE = 1000.0  # `mesh up` nodes' --credit-line: chosen from measured job costs (README, "What a job costs")
 EXAMPLE_JOB = Path(__file__).resolve().parents[2] / "examples" / "demo-job.json"
+PYTHON_JOB = EXAMPLE_JOB.with_name("python-job.json")  # what nodes started --no-model can run (no llm step)
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -605,7 +606,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         line = first.client.request("GET", "/status")["credit_line"]
         print(f"each node may spend {line:g} credits more than it earns (--credit-line; node options go after --)")
         r = max(1, min(3, args.nodes - 1))
-        print(f"try: mesh submit {shlex.quote(str(EXAMPLE_JOB))} --home {shlex.quote(str(first.home.resolve()))} "
+        example = PYTHON_JOB if args.no_model else EXAMPLE_JOB
+        print(f"try: mesh submit {shlex.quote(str(example))} --home {shlex.quote(str(first.home.resolve()))} "
               f"--redundancy {r} --wait (a step runs on nodes other than the submitter)", flush=True)
         while all(n.alive() for n in mesh.nodes):
             time.sleep(0.5)

@@ -68,7 +68,8 @@ def lock_home(home: Path, grace: float = 10.0) -> int:
         home.mkdir(parents=True, exist_ok=True)
         fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise ConfigError(f"cannot use {home} as a node's home: {exc.strerror}") from None
+        raise ConfigError(f"cannot use {home} as this node's home ({exc.strerror}): it keeps its ledger, job "
+                          "journal and logs there, so it must be writable") from None
     deadline = time.monotonic() + grace
     while True:
         try:
