@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -53,6 +54,16 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+def stop_session(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Stop a CLI started with start_new_session=True as a user would (Ctrl-C), then kill its whole
+    session's group if it has not ended after `timeout` seconds."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def tree_pids(pid: int) -> list[int]:

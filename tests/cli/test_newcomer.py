@@ -19,7 +19,7 @@ from mesh import __version__
 from mesh.cli.local import LocalNode
 from mesh.cli.main import build_parser
 
-from ..conftest import ROOT, run_cli
+from ..conftest import ROOT, run_cli, stop_session
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -91,11 +91,7 @@ def test_the_try_line_of_mesh_up_works_from_another_directory(tmp_path: Path):
         assert res.returncode == 0, res.stderr  # (--no-model: the example without an llm step)
         assert json.loads(res.stdout)["steps"]["describe"]["output"].startswith("the list has 8 numbers"), res.stdout
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_session(proc)
 
 
 @pytest.mark.mesh

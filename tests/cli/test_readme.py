@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ..conftest import ROOT
+from ..conftest import ROOT, stop_session
 
 pytestmark = [pytest.mark.mesh, pytest.mark.llm, pytest.mark.timeout(600)]
 
@@ -74,11 +73,7 @@ def up(tmp_path_factory):
         pids = [json.loads((h / "node.json").read_text())["pid"] for h in homes]
         yield cwd
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_session(proc)
         for pid in pids:
             try:
                 psutil.Process(pid).kill()

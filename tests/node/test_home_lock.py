@@ -4,6 +4,7 @@ node killed with -9 leaves the home free for the next."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from mesh.cli.local import LocalNode
 
-from ..conftest import ROOT, cli_json, wait_for
+from ..conftest import ROOT, cli_json, stop_session, wait_for
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(120)]
 
@@ -32,8 +33,6 @@ def second_node(home: Path, timeout: float = 30) -> tuple[int | None, str, str]:
         out, err = proc.communicate(timeout=timeout)
         return proc.returncode, out, err
     except subprocess.TimeoutExpired:
-        import os
-
         os.killpg(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
         return None, out, err
@@ -89,10 +88,5 @@ def test_mesh_up_twice_on_one_directory_refuses_and_keeps_the_first_mesh(tmp_pat
         for h in homes:
             wait_for(lambda h=h: cli_json("status", "--home", str(h))["node"], 10, "the first mesh to answer")
     finally:
-        import os
 
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_session(proc)
