@@ -8,7 +8,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from mesh.core.jobid import ambiguous, prefix_problem, short
+from mesh.core.jobid import FULL, ambiguous, prefix_problem, short
 from mesh.http.common import ApiError
 from mesh.http.facade import NodeFacade
 
@@ -38,8 +38,8 @@ async def resolve(node: NodeFacade, text: str) -> str:
     if problem:
         raise ApiError(400, problem)
     held = node.jobs()
-    if prefix in held:
-        return prefix
+    if prefix in held or (len(prefix) == FULL and (node.jobs_dir / f"{prefix}.json").is_file()):
+        return prefix  # (a whole id: no directory to scan)
     matches = {j for j in held if j.startswith(prefix)}
     matches.update(await asyncio.to_thread(saved_ids, node.jobs_dir, prefix))
     if not matches:

@@ -81,8 +81,11 @@ def test_ctrl_c_leaves_the_job_running_and_cancel_pays_what_was_answered(make_me
     job = write_job(tmp_path / "slow.json", [STEP], quorum="unanimous", redundancy=3)
     err_path = tmp_path / "stderr"
     with err_path.open("w") as err:
+        # (as a terminal starts it: SIGINT at its default; a pytest-xdist worker ignores it, and an ignored
+        # SIGINT is inherited, so Python would never raise KeyboardInterrupt in the CLI)
         proc = subprocess.Popen([sys.executable, "-m", "mesh", "submit", job, "--home", home, "--wait"],
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, stdin=subprocess.DEVNULL)
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, stdin=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for(lambda: err_path.read_text().count(" answered ") >= 2, 60, "two replicas answered")
         proc.send_signal(signal.SIGINT)

@@ -131,7 +131,9 @@ def test_tokens_and_bad_input_get_a_clear_4xx(node):
     status, body = call(node, "POST", "/jobs", b"{not json")
     assert status == 422 and body["error"]
     status, body = call(node, "GET", "/jobs/nosuchjob")
-    assert status == 404 and "no job nosuchjob" in body["error"]
+    assert status == 400 and "'nosuchjob' is not a job id" in body["error"]
+    status, body = call(node, "GET", "/jobs/00000000aaaaffff0000")
+    assert status == 404 and "no job 00000000 on this node" in body["error"]
     conn = http.client.HTTPConnection(node.api.split("//")[1], timeout=30)
     conn.putrequest("POST", "/jobs")  # a huge declared body is refused before it is sent
     for name, value in (("Content-Length", str(5 << 20)), ("Authorization", f"Bearer {node.client.token}")):
