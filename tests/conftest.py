@@ -56,14 +56,23 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
-def stop_session(proc: subprocess.Popen, timeout: float = 60) -> None:
+def stop_session(proc: subprocess.Popen, timeout: float = 60, sig: int = signal.SIGINT) -> None:
     """Stop a CLI started with start_new_session=True as a user would (Ctrl-C), then kill its whole
     session's group if it has not ended after `timeout` seconds."""
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def kill_all(pids: list[int]) -> None:
+    """Kill each process still there (what a stopped mesh may have left behind)."""
+    for pid in pids:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def tree_pids(pid: int) -> list[int]:
@@ -94,11 +103,7 @@ class MeshStarter:
     def stop(self) -> None:
         for mesh in self.meshes:
             mesh.stop()
-        for pid in self.pids:  # anything the nodes left behind (actors are in the nodes' process groups)
-            try:
-                psutil.Process(pid).kill()
-            except psutil.NoSuchProcess:
-                pass
+        kill_all(self.pids)  # anything the nodes left behind (actors are in the nodes' process groups)
 
 
 @pytest.fixture

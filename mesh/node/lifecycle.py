@@ -298,8 +298,7 @@ class Node:
             record=self.record, ledger_error=lambda: self.ledger_error, count=self.receiver.count, rates=opts.rates,
             standing=self.standing, account=lambda node: self.accounts.get(node, Account()),
             require_credit=opts.require_credit, fetch_model=self.fetch_for_step if self.fetch_allowance else None,
-            paused=lambda: self.owner.paused, step_memory=lambda: self.owner.limits.memory, tally=self.tally,
-            worklog=self.worklog),
+            paused=lambda: self.owner.paused, step_memory=lambda: self.owner.limits.memory, worked=self._worked),
             Owed(self.journal))
         self.model_server = ModelServer(self._served_models if opts.share_models else dict, self.send,
                                         corrupt=opts.fault == "corrupt-model")
@@ -1117,6 +1116,12 @@ class Node:
         """What /metrics adds to the status: the tally, and the credits this node's ledger holds."""
         return {**self.tally.snapshot(), "credits_earned": round(sum(a.earned for a in self.accounts.values()), 6),
                 "credits_paid": round(sum(a.paid for a in self.accounts.values()), 6)}
+
+    def _worked(self, key: tuple[str, str, str], kind: str, outcome: str, seconds: float | None, why: str) -> None:
+        """A step a peer asked of this node ended: into the lifetime counts (/metrics) and the recent list
+        (the dashboard)."""
+        self.tally.step_worked(kind, outcome, seconds)
+        self.worklog.add(key, kind, outcome, why)
 
     def work(self) -> dict:
         """The dashboard's view of the steps run for peers (mesh.node.worklog), and what they use of the

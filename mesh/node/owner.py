@@ -176,7 +176,7 @@ class Owner:
         self.asked = paused_reason(home)  # the owner's own pause ('' when none)
         self.auto = ""  # the pause the hours or idleness call for ('' when none)
         self.probe = probe
-        self.watching = probe.sources() if probe is not None else []  # what idleness is judged by, in words
+        self.watching: list[str] | None = None  # what idleness is judged by, in words (looked up once, if asked)
         self.idle_rule = IdleRule(limits.idle) if limits.idle else None
 
     @property
@@ -213,14 +213,21 @@ class Owner:
         hours = Hours.parse(self.limits.hours) if self.limits.hours else None
         why = outside(hours, local)
         if self.idle_rule is not None and self.probe is not None:
+            self._watching()  # (here, in the watcher's thread, rather than in a status call on the loop)
             idle_why = self.idle_rule.observe(self.probe.sample())  # (sampled even outside the hours: a fresh baseline)
             why = why or idle_why
         self.auto = why
         return self.paused != before
 
+    def _watching(self) -> list[str]:
+        """The probe's sources, asked the first time only (it may ask logind): not at every start."""
+        if self.watching is None:
+            self.watching = self.probe.sources() if self.probe is not None else []
+        return self.watching
+
     def status(self) -> dict[str, Any]:
         """The limits in force and the pause (mesh status, mesh pause/resume)."""
         return {"max_cpu": self.limits.cpu, "max_memory": self.limits.memory, "max_steps": self.limits.steps,
                 "hours": self.limits.hours or None, "when_idle": self.limits.idle or None,
-                "idle_watch": self.watching if self.limits.idle else None,
+                "idle_watch": self._watching() if self.limits.idle else None,
                 "paused": self.paused or None}

@@ -15,7 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,6 @@ from mesh.node.flow import Limits
 from mesh.node.journal import Journal
 from mesh.node.owed import Owed
 from mesh.node.peers import Peer
-from mesh.node.tally import Tally
-from mesh.node.worklog import WorkLog
 from mesh.steps.models import default_model_sha
 from mesh.steps.sandbox import MEMORY_LIMIT
 from mesh.wire.canonical import canonical, digest
@@ -162,8 +160,9 @@ class WorkerPort:
     sandbox_problem: str = ""  # why python steps cannot be sandboxed here ('' when they can)
     paused: Callable[[], str] = lambda: ""  # why the owner lets no new step start ('' when it does: mesh pause)
     step_memory: Callable[[], int] = lambda: 0  # --max-memory: bytes all python steps may use together (0: no cap)
-    tally: Tally = field(default_factory=Tally)  # steps run for peers, and their wall time (/metrics)
-    worklog: WorkLog = field(default_factory=WorkLog)  # the newest of them, with when and why (the dashboard)
+    # a step a peer asked of this node ended: (requester, job, step), kind, ok | failed | refused, its wall
+    # seconds (None: it never ran), why (the error or refusal sent back); counted for /metrics and the dashboard
+    worked: Callable[[tuple[str, str, str], str, str, float | None, str], None] = lambda *ended: None
 
 
 def within(limits: Terms, cap: int) -> Terms:
@@ -253,16 +252,14 @@ class Worker:
         if why:
             port.count("credit" if owes else "busy")
             result = failed(req, why)
-            port.tally.step_worked(req.kind, "refused", None)
-            port.worklog.add(key, req.kind, "refused", why)
+            port.worked(key, req.kind, "refused", None, why)
         else:
             began = time.monotonic()
             try:
                 result = await self._run(peer, req, key, within(terms(who, req.timeout), port.step_memory()))
             finally:
                 self.slots.release(key)
-            port.tally.step_worked(req.kind, "ok" if result.ok else "failed", time.monotonic() - began)
-            port.worklog.add(key, req.kind, "ok" if result.ok else "failed", result.error)
+            port.worked(key, req.kind, "ok" if result.ok else "failed", time.monotonic() - began, result.error)
         if key in self.stopped:  # cancelled: its submitter may hear why, but nobody is dialled for it
             port.send(peer, "result", failed(req, self.stopped.pop(key)))
             return

@@ -5,21 +5,19 @@ above --max-cost."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from mesh.cli.local import LocalNode
 from mesh.cli.main import UP_CREDIT_LINE
 from mesh.errors import UserError
 
-from ..conftest import ROOT, run_cli, tree_pids, wait_for, write_job
+from ..conftest import ROOT, kill_all, run_cli, stop_session, tree_pids, wait_for, write_job
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -54,16 +52,8 @@ class UpMesh:
         return text
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)  # mesh up stops its nodes
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        for pid in self.pids:
-            try:
-                psutil.Process(pid).kill()
-            except psutil.NoSuchProcess:
-                pass
+        stop_session(self.proc, sig=signal.SIGTERM)  # mesh up stops its nodes
+        kill_all(self.pids)
 
 
 @pytest.fixture

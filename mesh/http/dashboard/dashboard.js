@@ -4,24 +4,12 @@
 'use strict';
 
 (function () {
-  const TOKEN_KEY = 'homemesh-token';  // the editor's: one token for the node's pages
   const EVERY_MS = 10000;
   const SVG = 'http://www.w3.org/2000/svg';
   const S = {token: '', status: null, data: null, selected: '', timer: null};
 
-  const $ = (sel) => document.querySelector(sel);
-  const el = (tag, attrs, ...children) => {
-    const e = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (v === undefined || v === null || v === false) continue;
-      if (k === 'class') e.className = v;
-      else if (k === 'text') e.textContent = v;
-      else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
-      else e.setAttribute(k, v === true ? '' : String(v));
-    }
-    for (const c of children) if (c !== null && c !== undefined) e.append(c);
-    return e;
-  };
+  const page = window.homemeshPage;  // /editor/page.js: elements, the message line, the token, requests
+  const {$, el} = page;
   const svg = (tag, attrs) => {
     const e = document.createElementNS(SVG, tag);
     for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
@@ -33,38 +21,9 @@
   const clock = (ms) => new Date(ms).toLocaleTimeString([], {hour12: false});
   const when = (ms) => new Date(ms).toLocaleString([], {hour12: false});
 
-  function showMessage(text, kind) {
-    const m = $('#message');
-    m.textContent = text || '';
-    m.className = text ? (kind || 'info') : '';
-    m.dataset.kind = text ? (kind || 'info') : '';
-  }
-
-  function readToken() {
-    const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
-    if (m) {
-      sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
-      history.replaceState(null, '', location.pathname + location.search);  // out of sight and history
-    }
-    S.token = sessionStorage.getItem(TOKEN_KEY) || '';
-    $('#token-box').hidden = !!S.token;
-  }
-
-  async function api(path) {
-    let res;
-    try {
-      res = await fetch(path, {headers: {Authorization: 'Bearer ' + S.token}});
-    } catch (exc) {
-      return {ok: false, status: 0, body: {error: 'the node did not answer (' + exc.message + ')'}};
-    }
-    let data = null;
-    try { data = await res.json(); } catch (exc) { data = {error: res.statusText || 'unreadable answer'}; }
-    if (!res.ok && res.status === 401) {
-      $('#token-box').hidden = false;
-      data = {error: 'the node refused the API token: paste <node home>/api-token into the Token field'};
-    }
-    return {ok: res.ok, status: res.status, body: data};
-  }
+  const showMessage = page.showMessage;
+  const readToken = () => { S.token = page.readToken(); };
+  const api = (path) => page.api(S.token, 'GET', path);
 
   function fill(tbody, rows, empty, columns) {
     tbody.replaceChildren();
@@ -285,7 +244,7 @@
   $('#refresh').addEventListener('click', () => { load(); });
   $('#token').addEventListener('change', (e) => {
     S.token = e.target.value.trim();
-    sessionStorage.setItem(TOKEN_KEY, S.token);
+    page.saveToken(S.token);
     $('#token-box').hidden = !!S.token;
     load();
   });

@@ -9,23 +9,11 @@
   const JOB_FIELDS = ['name', 'redundancy', 'quorum', 'timeout', 'max_replicas', 'adaptive', 'steps'];
   const EXTRA_JOB_FIELDS = ['timeout', 'max_replicas', 'adaptive'];
   const STEP_FIELDS = ['id', 'kind', 'params', 'after', 'compare'];
-  const TOKEN_KEY = 'homemesh-token';
   const LAYER_DX = 310;
   const LAYER_DY = 170;
 
-  const $ = (sel) => document.querySelector(sel);
-  const el = (tag, attrs, ...children) => {
-    const e = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (v === undefined || v === null || v === false) continue;
-      if (k === 'class') e.className = v;
-      else if (k === 'text') e.textContent = v;
-      else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
-      else e.setAttribute(k, v === true ? '' : String(v));
-    }
-    for (const c of children) if (c !== null && c !== undefined) e.append(c);
-    return e;
-  };
+  const page = window.homemeshPage;  // page.js: elements, the message line, the token, requests
+  const {$, el} = page;
   const clone = (v) => JSON.parse(JSON.stringify(v));
 
   const S = {
@@ -53,39 +41,14 @@
 
   function showMessage(text, kind) {
     S.problemShown = false;
-    const m = $('#message');
-    m.textContent = text || '';
-    m.className = text ? (kind || 'info') : '';
-    m.dataset.kind = text ? (kind || 'info') : '';
+    page.showMessage(text, kind);
   }
 
   function readToken() {
-    const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
-    if (m) {
-      sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
-      history.replaceState(null, '', location.pathname + location.search);  // out of sight and history
-    }
-    S.token = sessionStorage.getItem(TOKEN_KEY) || '';
-    $('#token-box').hidden = !!S.token;
+    S.token = page.readToken();
   }
 
-  async function api(method, path, body) {
-    const headers = {Authorization: 'Bearer ' + S.token};
-    if (body !== undefined) headers['Content-Type'] = 'application/json';
-    let res;
-    try {
-      res = await fetch(path, {method, headers, body: body === undefined ? undefined : JSON.stringify(body)});
-    } catch (exc) {
-      return {ok: false, status: 0, body: {error: 'the node did not answer (' + exc.message + ')'}};
-    }
-    let data = null;
-    try { data = await res.json(); } catch (exc) { data = {error: res.statusText || 'unreadable answer'}; }
-    if (!res.ok && res.status === 401) {
-      $('#token-box').hidden = false;
-      data = {error: 'the node refused the API token: paste <node home>/api-token into the Token field'};
-    }
-    return {ok: res.ok, status: res.status, body: data};
-  }
+  const api = (method, path, body) => page.api(S.token, method, path, body);
 
   // ---------------------------------------------------------------- the graph (Drawflow is the store)
 
@@ -904,7 +867,7 @@
   $('#plan').addEventListener('click', () => { plan(); });
   $('#token').addEventListener('change', (e) => {
     S.token = e.target.value.trim();
-    sessionStorage.setItem(TOKEN_KEY, S.token);
+    page.saveToken(S.token);
     loadModels();
   });
   document.addEventListener('keydown', (e) => {
