@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -42,12 +43,27 @@ class Client:
     def events(self, job_id: str, timeout: float = 60) -> Iterator[tuple[str, dict]]:
         """(kind, data) of a job's server-sent events, from the first to `done`. `timeout` bounds each
         read; the node sends a keep-alive comment every 15 s, so only a dead node trips it."""
+        return self.stream(f"/jobs/{job_id}/events", f"job {job_id}", timeout)
+
+    def fetch_events(self, sha: str, timeout: float = 60) -> Iterator[tuple[str, dict]]:
+        """(kind, data) of a model fetch's server-sent events: `progress` (its status) as parts come, then
+        `done` (its status at the end: done or failed). `timeout` bounds each read, as for events()."""
+        return self.stream(f"/models/fetch/{sha}/events", f"model fetch {sha[:12]}", timeout, keepalive=True)
+
+    def stream(self, path: str, what: str, timeout: float = 60,
+               keepalive: bool = False) -> Iterator[tuple[str, dict]]:
+        """(kind, data) of the server-sent events at `path` until `done`; NodeUnreachable (naming `what`)
+        when the stream breaks, a read waits longer than `timeout`, or it ends before `done`. `keepalive`:
+        the node's keep-alive comments come too, as ("", {}), so a reader with a deadline sees time pass
+        while nothing happens."""
         try:
-            with self._open("GET", f"/jobs/{job_id}/events", None, timeout) as resp:
+            with self._open("GET", path, None, timeout) as resp:
                 kind, data = "message", []
                 for raw in resp:
                     line = raw.decode().rstrip("\r\n")
-                    if line.startswith("event:"):
+                    if line.startswith(":") and keepalive:
+                        yield "", {}
+                    elif line.startswith("event:"):
                         kind = line[6:].strip()
                     elif line.startswith("data:"):
                         data.append(line[5:].strip())
@@ -56,9 +72,9 @@ class Client:
                         if kind == "done":
                             return
                         kind, data = "message", []
-        except OSError as exc:
-            raise NodeUnreachable(f"the event stream of job {job_id} broke: {exc}") from None
-        raise NodeUnreachable(f"the event stream of job {job_id} ended before the job did")
+        except (OSError, http.client.HTTPException) as exc:  # (a chunk cut off: IncompleteRead)
+            raise NodeUnreachable(f"the event stream of {what} broke: {exc or type(exc).__name__}") from None
+        raise NodeUnreachable(f"the event stream of {what} ended before {what} did")
 
     def _open(self, method: str, path: str, body: object, timeout: float):
         data = json.dumps(body).encode() if body is not None else None

@@ -15,7 +15,7 @@ from pathlib import Path
 from mesh import PROTOCOL_VERSION, __version__
 from mesh.cli.terminal import printable
 from mesh.core.jobid import short
-from mesh.errors import ConfigError, Interrupted, JobError, MeshError, UserError
+from mesh.errors import ConfigError, Interrupted, JobError, MeshError, NodeUnreachable, UserError
 from mesh.node.home import default_home, parse_hostport
 from mesh.wire.records import MAX_FETCH_MODELS
 
@@ -651,7 +651,7 @@ def parse_size(text: str) -> int:
 
 
 def _fetch_model(args: argparse.Namespace) -> int:
-    """Start the fetch on the running node, then show its progress until it ends."""
+    """Start the fetch on the running node, then follow its event stream until it ends."""
     sha = args.arg.lower()
     if not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise ConfigError(f"{args.arg!r} is not a SHA-256 (64 hex digits): fetch names a model as peers advertise it")
@@ -660,16 +660,13 @@ def _fetch_model(args: argparse.Namespace) -> int:
             "sources": args.sources or None}
     st = client.request("POST", "/models/fetch", body)
     bar = sys.stderr.isatty() and not args.json
-    deadline = time.monotonic() + args.timeout
-    while st["state"] == "fetching" and time.monotonic() < deadline:
-        if bar and st["size"]:
-            done = st["done_bytes"] / st["size"]
-            print(f"\r[{'#' * int(done * 30):<30}] {done:6.1%} {st['done_bytes'] / 1e6:8.1f} of "
-                  f"{st['size'] / 1e6:.1f} MB from {st['source'][:12]}", end="", file=sys.stderr, flush=True)
-        time.sleep(0.25)
-        st = next((f for f in client.request("GET", "/models/fetch") if f["sha256"] == sha), st)
-    if bar:
-        print(file=sys.stderr)
+    try:
+        st = _follow_fetch(client, st, time.monotonic() + args.timeout, bar)
+    except KeyboardInterrupt:
+        raise Interrupted(f"model {sha[:12]} goes on fetching on the node; GET /models/fetch shows it") from None
+    finally:
+        if bar:
+            print(file=sys.stderr)
     if st["state"] == "fetching":
         raise ConfigError(f"model {sha[:12]} still fetching after {args.timeout:g} s (it goes on; see GET /models/fetch)")
     rate = st["size"] / st["seconds"] / 1e6 if st["seconds"] else 0.0
@@ -677,6 +674,38 @@ def _fetch_model(args: argparse.Namespace) -> int:
                     f"({rate:.1f} MB/s), checked, and served by this node now" if st["state"] == "done"
                     else f"fetching model {sha[:12]} failed: {st['error']}")
     return 0 if st["state"] == "done" else 3
+
+
+def _follow_fetch(client, st: dict, deadline: float, bar: bool) -> dict:
+    """A fetch's status once it ended, or as it was at `deadline`, from GET /models/fetch/SHA/events (a
+    progress bar on stderr as parts come, when `bar`). If the stream breaks (the node restarted, the
+    connection dropped), one GET /models/fetch says where the fetch is; it is not polled."""
+    sha = st["sha256"]
+    if st["state"] != "fetching":
+        return st
+    try:  # (each read waits at most until the deadline: a stalled fetch's stream is quiet for 15 s at a time)
+        for kind, ev in client.fetch_events(sha, min(60.0, max(deadline - time.monotonic(), 0.05))):
+            st = ev or st
+            if kind == "done" or time.monotonic() >= deadline:
+                return st
+            if bar and st["size"]:
+                done = st["done_bytes"] / st["size"]
+                print(f"\r[{'#' * int(done * 30):<30}] {done:6.1%} {st['done_bytes'] / 1e6:8.1f} of "
+                      f"{st['size'] / 1e6:.1f} MB from {printable(st['source'][:12])}", end="", file=sys.stderr,
+                      flush=True)
+    except NodeUnreachable as exc:
+        broke = str(exc)
+    try:
+        now = next((f for f in client.request("GET", "/models/fetch") if f["sha256"] == sha), None)
+    except NodeUnreachable as exc:
+        raise NodeUnreachable(f"{broke}; then {exc}") from None
+    if now is None:
+        raise NodeUnreachable(f"{broke}; the node no longer knows this fetch (it restarted?): run the same "
+                              "command again, it resumes from the parts written")
+    if now["state"] == "fetching" and time.monotonic() < deadline:
+        raise NodeUnreachable(f"{broke}; model {sha[:12]} is still fetching ({now['done_bytes']:,} of "
+                              f"{now['size']:,} bytes): GET /models/fetch shows it")
+    return now
 
 
 def _model_role(sha: str) -> str:

@@ -219,6 +219,8 @@ class ModelFetcher:
                 while queue:
                     eff = queue.pop(0)
                     if isinstance(eff, Finished):
+                        # (the parts of the last batch count too: a done fetch shows all its bytes)
+                        st.done_bytes, st.size, st.source = fetch.done_bytes, fetch.size, fetch.source
                         if not eff.ok:
                             st.state, st.error = "failed", eff.why
                             return

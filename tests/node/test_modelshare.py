@@ -156,3 +156,71 @@ def test_what_fetched_models_hold_counts_against_the_allowance_and_a_waiter_sees
         assert wire.fetcher.bytes_held() == size + 100 and wire.fetcher.bytes_held("b" * 64) == size
 
     asyncio.run(main())
+
+
+class Peers:
+    """Several serving peers and one fetcher, joined in memory: `serves` maps each peer to the models it
+    serves and whether it changes a byte of every part it sends (--fault corrupt-model)."""
+
+    def __init__(self, tmp_path: Path, serves: dict[str, tuple[dict[str, Path], bool]]):
+        self.tasks: set[asyncio.Task] = set()
+        self.penalised: list[tuple[str, str]] = []
+        self.parts_sent: dict[tuple[str, str], int] = {}  # (peer, sha) → parts it sent
+        self.servers = {peer: ModelServer(lambda files=files: files, self._answer(peer), corrupt=bad)
+                        for peer, (files, bad) in serves.items()}
+        self.serves = serves
+        self.fetcher = ModelFetcher(tmp_path / "home", self._ask, self._holders,
+                                    lambda node, why: self.penalised.append((node, why)), self._install, self._spawn)
+
+    def _holders(self, sha: str) -> list[str]:
+        return [peer for peer, (files, _) in self.serves.items() if sha in files]
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        return task
+
+    def _ask(self, node: str, kind: str, payload: ModelAsk) -> bool:
+        self._spawn(self.servers[node].serve("fetcher", payload))
+        return True
+
+    def _answer(self, peer: str):
+        def send(_to: object, kind: str, payload) -> bool:
+            if kind == "model-part":
+                self.parts_sent[(peer, payload.sha)] = self.parts_sent.get((peer, payload.sha), 0) + 1
+            self.fetcher.on_answer(peer, kind, payload)
+            return True
+        return send
+
+    async def _install(self, sha: str, path: Path, name: str) -> str:
+        return name or f"fetched-{sha[:12]}"
+
+
+def test_two_models_fetched_at_once_each_checked_and_a_corrupt_source_of_one_spoils_nothing_of_the_other(tmp_path):
+    """One node fetches models A and B concurrently: A first from a peer that corrupts every part (caught
+    at its first part, penalised, dropped; the honest peer finishes A), B from the honest peer all along.
+    Both end as their own files, each whole file matching its own SHA-256, and what they hold together
+    counts against the --fetch-models allowance."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, sha_a = model_file(tmp_path / "a", parts=6.5)
+    b, sha_b = model_file(tmp_path / "b", parts=4.25)
+    peers = Peers(tmp_path, {"liar": ({sha_a: a}, True), "honest": ({sha_a: a, sha_b: b}, False)})
+
+    async def main() -> None:
+        st_a = peers.fetcher.start(sha_a, sources=["liar", "honest"], name="a")
+        st_b = peers.fetcher.start(sha_b, name="b")
+        assert sorted(peers.fetcher.under_way()) == sorted([sha_a, sha_b])  # both under way at once
+        assert await peers.fetcher.wait(sha_a) is st_a and await peers.fetcher.wait(sha_b) is st_b
+        assert (st_a.state, st_a.name, st_a.size, st_a.done_bytes) == ("done", "a", a.stat().st_size, st_a.size), st_a
+        assert (st_b.state, st_b.name, st_b.size, st_b.done_bytes) == ("done", "b", b.stat().st_size, st_b.size), st_b
+
+    asyncio.run(main())
+    models = tmp_path / "home" / "models"
+    assert hashlib.sha256((models / f"{sha_a}.gguf").read_bytes()).hexdigest() == sha_a
+    assert hashlib.sha256((models / f"{sha_b}.gguf").read_bytes()).hexdigest() == sha_b
+    assert peers.penalised == [("liar", "model-part does not match its manifest")]
+    assert peers.parts_sent[("honest", sha_b)] == 5  # B's parts came once each, none thrown away
+    assert sorted(f.name for f in models.iterdir()) == sorted([f"{sha_a}.gguf", f"{sha_b}.gguf"])
+    held = a.stat().st_size + b.stat().st_size
+    assert peers.fetcher.bytes_held() == held and peers.fetcher.bytes_held("c" * 64) == held
