@@ -175,6 +175,7 @@ class SideChannel(Strategy):
     name = "side-channel"
     adversary = True
     KEEP = 100_000  # requests remembered by the channel (the oldest forgotten first)
+    HOLD = 2  # members that must hold a step before they cheat on it
 
     def __init__(self, rng: random.Random, rate: float = 1.0, group: str = "", good_steps: int = 0):
         super().__init__(rng, rate, group, good_steps)
@@ -188,10 +189,19 @@ class SideChannel(Strategy):
 
     def respond(self, req: Request, truth: Any, now: float) -> Any:
         self.answered += 1
-        if self.channel.get((req.src, req.job, req.step), 0) >= 2 and \
+        if self.channel.get((req.src, req.job, req.step), 0) >= self.HOLD and \
                 zlib.crc32(canonical([self.group, truth])) / 2**32 < self.rate:
             return ["collude", self.group, zlib.crc32(canonical([self.group, truth]))]
         return truth
+
+
+class WholeTable(SideChannel):
+    """Side-channel colluders that cheat only where three members hold a step: every seat of a step placed
+    at r=3 is theirs, so nobody dissents and they are never outvoted together (a bloc). Caught only when
+    a wrong answer they agreed on is replayed to an honest worker as a spot check and rechecked."""
+
+    name = "side-channel-all"
+    HOLD = 3
 
 
 class CheckAware(Strategy):
@@ -321,8 +331,8 @@ class Evader(Strategy):
 
 
 BUILTIN: dict[str, type[Strategy]] = {c.name: c for c in (Strategy, RandomWrong, Colluding, Sybil, OnOff,
-                                                           CheckAware, Steering, TrustBuilder, SideChannel, Vouching,
-                                                           Evader)}
+                                                           CheckAware, Steering, TrustBuilder, SideChannel,
+                                                           WholeTable, Vouching, Evader)}
 
 
 def strategy_class(name: str) -> type[Strategy]:

@@ -84,7 +84,7 @@ class ChurnSpec:
 
 @dataclass
 class AdversarySpec:
-    strategy: str  # random-wrong | colluding | on-off | sybil | check-aware | steering | trust-builder | side-channel | evader | package.module:Class
+    strategy: str  # random-wrong | colluding | on-off | sybil | check-aware | steering | trust-builder | side-channel | side-channel-all | evader | package.module:Class
     fraction: float
     rate: float = 1.0  # probability of cheating on an answer
     group: str = ""  # colluders sharing a group return the same wrong answer

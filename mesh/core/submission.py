@@ -10,7 +10,7 @@ import dataclasses
 import json
 import random
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,6 +127,7 @@ class Submission:
         self._finished: deque[str] = deque()
         self._rechecking: dict[str, int] = {}  # job → its rechecks still running (it is kept until they end)
         self.disputes: dict[tuple[str, str], list[Dispute]] = {}  # (job, step) rechecked → checks awaiting it
+        self.blocs: dict[tuple[str, str], tuple[str, ...]] = {}  # (job, step) rechecked → a bloc outvoted on it
         self._records: dict[int, Record] = {}  # written by the driver, not yet reported
         self._prefix: dict[str, str] = {}  # worker → its network prefix when last placed (for known answers)
         self._per_peer: dict[str, int] = {}  # worker → requests it takes from us at once, when below per_worker
@@ -170,6 +171,8 @@ class Submission:
         outcomes = sj.run.take_outcomes()
         if outcomes:
             out.append(self._settle(job_id, sj, outcomes))
+            if self.config.recheck and sj.recheck_of is None:
+                self._blocs(job_id, sj, outcomes, out)
         if sj.run.finished:
             self._finish(job_id, sj, out, now)
         return self._out(out)
@@ -496,12 +499,19 @@ class Submission:
         if vouched:
             why = RecheckEvidence(rid, after)
             out.append(self._record(job_id, tuple(LedgerEntry("disagreed", job_id, sid, n, 0.0, why) for n in vouched)))
-            for n in vouched:  # caught by this node's own recheck: what else it ran alone here runs again
+            # caught by this node's own recheck: what else it ran alone here runs again. Two or more who
+            # agreed on the answer a recheck by workers with no part in it overturned gave one wrong answer
+            # together, as only colluders do: caught as by a spot check (banned; all they vouched for rerun)
+            together = len(vouched) >= 2 and bool(sj.exclude) and now is not None
+            for n in vouched:
                 self._distrust(n, "a recheck overturned its answer")
-                self._recheck(n, out, self.spot.to_recheck_alone(n))
+                if together:
+                    self.spot.ban(n, now)
+                self._recheck(n, out, None if together else self.spot.to_recheck_alone(n))
         orig.rechecks[sid]["verdict"] = verdict
         out.append(Rechecked(job_id, sid, rid, verdict, before, after))
         self._settle_disputes(job_id, sid, verdict, now, out)
+        self._settle_blocs(job_id, sid, verdict, now, out)
 
     # -- jobs ---------------------------------------------------------------------------------------
     def _add(self, job_id: str, sj: SubmittedJob) -> list[Effect]:
@@ -522,6 +532,36 @@ class Submission:
                     self.spot.vouch(o.agreeing, job_id, o.step)
             entries += settle_entries(job_id, sj.run.job, o, step_run.replicas)
         return self._record(job_id, tuple(entries), tuple(outcomes))
+
+    def _blocs(self, job_id: str, sj: SubmittedJob, outcomes: list[Outcome], out: list[Effect]) -> None:
+        """Outvoted workers that gave one and the same wrong answer to a step whose answer follows from its
+        params: honest workers err apart, colluders together (a side channel tells each what the others
+        hold). Their answers elsewhere stop counting at once, and the step is run again on workers with no
+        part in it: confirmed, the bloc is convicted (_settle_blocs); overturned, the winners were the bloc.
+        Never convicted on the vote alone: sybils outvoting two honest workers would have them banned."""
+        for o in outcomes:
+            run = sj.run.steps[o.step]
+            if not o.accepted or len(o.dissenting) < 2 or run.tally is None or \
+                    run.comparator.kind not in ("exact", "text") or (job_id, o.step) in self.blocs:
+                continue
+            said = Counter(run.tally.answers.get(n, "") for n in o.dissenting)
+            bloc = tuple(n for n in o.dissenting if said[run.tally.answers.get(n, "")] >= 2)
+            if not bloc:
+                continue
+            for node in bloc:
+                self._distrust(node, "outvoted with others giving the same wrong answer")
+            self.blocs[(job_id, o.step)] = bloc
+            if o.step not in sj.rechecks:
+                self._start_recheck(job_id, o.step, f"bloc of {len(bloc)}", frozenset(run.replicas), out)
+
+    def _settle_blocs(self, job_id: str, sid: str, verdict: str, now: float | None, out: list[Effect]) -> None:
+        """The recheck of a step a bloc was outvoted on ended: confirmed, each member is caught as by a failed
+        spot check (banned, and everything it vouched for here run again); otherwise let go."""
+        for node in self.blocs.pop((job_id, sid), ()):
+            if verdict == "confirmed" and now is not None:
+                self.spot.ban(node, now)
+                self._distrust(node, "outvoted with others giving the same wrong answer, and a recheck agreed")
+                self._recheck(node, out)
 
     def _record(self, job_id: str, entries: tuple[LedgerEntry, ...], outcomes: tuple[Outcome, ...] = ()) -> Record:
         self._next_record += 1

@@ -1,0 +1,131 @@
+"""Blocs (mesh.core.submission: _blocs, _settle_blocs): workers outvoted together with one and the same
+wrong answer. Honest workers err apart; colluders with a side channel agree on their wrong answer. The
+attacker here is a group that cheats only where two of its members hold a step, so it is never alone in a
+wrong answer and never fails a spot check (a check goes to one worker). In memory, the time passed in."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh.core.dag import parse_job
+from mesh.core.effects import Alarm, Finished, Record, Send, Started
+from mesh.core.policy import Candidate
+from mesh.core.submission import Config, Submission
+from mesh.wire.canonical import digest
+
+pytestmark = pytest.mark.timeout(30)
+RIGHT, WRONG = 42, 666
+NAMES = ("c1", "c2", "c3", "c4", "h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8", "h9")
+
+
+def job(compare: str = "exact"):
+    return parse_job({"redundancy": 3, "steps": [{"id": "a", "kind": "python", "params": {"code": "x"},
+                                                  "compare": compare}]})
+
+
+def pool(*names: str) -> dict[str, list[Candidate]]:
+    """Each worker on a network prefix of its own, the same one whichever pool it is in."""
+    return {"python": [Candidate(n, 0.5, f"10.0.{NAMES.index(n)}") for n in names]}
+
+
+def drive(sub: Submission, job_id: str, first: tuple[str, ...], rest: tuple[str, ...], says: dict, now: float,
+          right: object = RIGHT) -> tuple[list, float]:
+    """Run `job_id` (submitted here unless the core made it) to its end: its first placement among `first`
+    only, escalations among `first` + `rest`; each worker answers as `says` maps it (`right` for anyone not
+    named). Every effect, and the time after."""
+    if job_id not in sub.jobs:
+        sub.submit(job_id, job(), 1)
+    effects, names = [], first
+    while True:
+        ticked = sub.tick(job_id, pool(*names), now)
+        effects += ticked
+        if any(isinstance(e, Finished) for e in ticked):
+            return effects, now
+        sends = [e for e in ticked if isinstance(e, Send) and e.job == job_id and e.check is None]
+        assert sends, "the job waits for nothing it sent"
+        for s in sends:
+            out = says.get(s.node, right)
+            effects += sub.on_result(s.node, s.job, s.step, True, digest(out), out, {}, "", now + 0.5)
+        names, now = first + rest, now + 1.0
+
+
+def unanimous_wrong(sub: Submission) -> None:
+    """j0: three colluders hold every seat and agree on WRONG: accepted, nobody dissenting."""
+    effects, _ = drive(sub, "j0", ("c1", "c2", "c3"), (), {"c1": WRONG, "c2": WRONG, "c3": WRONG}, 0.0)
+    assert Finished("j0", "done") in effects and sub.jobs["j0"].run.steps["a"].output == WRONG
+
+
+def test_two_outvoted_with_one_wrong_answer_are_rechecked_then_banned_and_their_unanimous_step_reruns():
+    sub = Submission(Config(1, blacklist_s=600))
+    unanimous_wrong(sub)
+    colluders = {"c1": WRONG, "c2": WRONG}
+    effects, now = drive(sub, "j1", ("c1", "c2", "h1"), ("h2", "h3", "h4", "h5", "h6"), colluders, 10.0)
+    step = sub.jobs["j1"].run.steps["a"]
+    assert step.output == RIGHT and {"c1", "c2"} <= set(step.replicas)
+    (started,) = [e for e in effects if isinstance(e, Started) and e.recheck_of]
+    assert started.recheck_of == ("j1", "a") and sub.jobs["j1"].rechecks["a"]["cause"] == "bloc of 2"
+    assert sub.jobs[started.job].exclude == frozenset(step.replicas)  # nobody with a part in either answer
+    assert not sub.blacklisted("c1", now)  # not on the vote alone
+
+    every = NAMES
+    effects, now = drive(sub, started.job, every, (), colluders, now)
+    sent = {e.node for e in effects if isinstance(e, Send) and e.job == started.job}
+    assert sent and not sent & set(step.replicas)
+    assert sub.jobs["j1"].rechecks["a"]["verdict"] == "confirmed"
+    assert sub.blacklisted("c1", now) and sub.blacklisted("c2", now) and not sub.blacklisted("h1", now)
+    rerun = [e for e in effects if isinstance(e, Started) and e.recheck_of == ("j0", "a")]
+    assert len(rerun) == 1  # the step they held every seat of runs again
+
+    effects, now = drive(sub, rerun[0].job, ("h7", "h8", "h9"), (), {}, now)
+    assert sub.jobs["j0"].rechecks["a"]["verdict"] == "overturned"
+    assert sub.jobs["j0"].run.steps["a"].output == RIGHT
+    disagreed = {e.peer for r in effects if isinstance(r, Record) for e in r.entries if e.kind == "disagreed"}
+    assert disagreed == {"c1", "c2", "c3"}
+
+
+def test_two_honest_workers_outvoted_by_colluders_are_not_banned_and_the_recheck_overturns_the_step():
+    """The slander the rule must not turn into a weapon: four colluders outvote two honest workers who
+    agree on the right answer. The recheck, on workers with no part in it, finds them right."""
+    sub = Submission(Config(1, blacklist_s=600))
+    colluders = {c: WRONG for c in ("c1", "c2", "c3", "c4")}
+    effects, now = drive(sub, "j1", ("c1", "c2", "h1"), ("c3", "c4", "h2"), colluders, 0.0)
+    step = sub.jobs["j1"].run.steps["a"]
+    assert step.output == WRONG and {"h1", "h2"} <= set(step.tally.answers)  # they won, two honest outvoted
+    (started,) = [e for e in effects if isinstance(e, Started) and e.recheck_of]
+    effects, now = drive(sub, started.job, NAMES, (), colluders, now)
+    assert sub.jobs["j1"].rechecks["a"]["verdict"] == "overturned" and step.output == RIGHT
+    assert not sub.blacklisted("h1", now) and not sub.blacklisted("h2", now)
+    disagreed = {e.peer for r in effects if isinstance(r, Record) for e in r.entries if e.kind == "disagreed"}
+    assert disagreed == {n for n in step.replicas if n.startswith("c")}
+
+
+def test_outvoted_workers_that_err_apart_are_no_bloc_nor_are_those_of_a_step_compared_loosely():
+    sub = Submission(Config(1, blacklist_s=600))
+    effects, _ = drive(sub, "j1", ("c1", "c2", "h1"), ("h2", "h3", "h4", "h5", "h6"), {"c1": 1, "c2": 2}, 0.0)
+    assert Finished("j1", "done") in effects and not [e for e in effects if isinstance(e, Started) and e.recheck_of]
+
+    sub = Submission(Config(1, blacklist_s=600))
+    sub.submit("j2", job("similar:0.5"), 2)
+    effects, _ = drive(sub, "j2", ("c1", "c2", "h1"), ("h2", "h3", "h4", "h5", "h6"),
+                       {"c1": "zebra zebra", "c2": "zebra zebra"}, 0.0, right="the answer is forty two")
+    assert not [e for e in effects if isinstance(e, Started) and e.recheck_of]
+
+
+def test_colluders_holding_every_seat_are_banned_once_a_check_replaying_their_step_is_rechecked_against_them():
+    """The group that cheats only where it holds every seat: nobody dissents, so no bloc. Its wrong answer
+    is a known answer now; replayed to an honest worker as a spot check, it comes back different, and the
+    step is rerun on workers with no part in either answer. Overturned, the three are caught together."""
+    sub = Submission(Config(1, spot_rate=1.0, blacklist_s=600))
+    unanimous_wrong(sub)
+    sub.submit("j1", parse_job({"redundancy": 1, "steps": [{"id": "a", "kind": "python", "params": {"code": "x"}}]}),
+               2)
+    effects = sub.tick("j1", pool("h1"), 40.0)
+    (alarm,) = [e for e in effects if isinstance(e, Alarm)]
+    (check,) = [e for e in sub.on_alarm(alarm.at) if isinstance(e, Send) and e.node == "h1" and e.check]
+    assert check.check.source == ("j0", "a") and check.check.expected == WRONG
+    effects = sub.on_result("h1", check.job, check.step, True, digest(RIGHT), RIGHT, {}, "", alarm.at + 1)
+    (started,) = [e for e in effects if isinstance(e, Started)]
+    assert started.recheck_of == ("j0", "a")
+    effects, now = drive(sub, started.job, NAMES, (), {}, alarm.at + 2)
+    assert sub.jobs["j0"].rechecks["a"]["verdict"] == "overturned"
+    assert all(sub.blacklisted(c, now) for c in ("c1", "c2", "c3")) and not sub.blacklisted("h1", now)

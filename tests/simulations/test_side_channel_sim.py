@@ -1,0 +1,47 @@
+"""Colluders with a side channel, in whole simulated networks: each member tells the group every request
+it gets, and the group answers one wrong answer wherever enough members hold a step (never alone, so no
+spot check catches one). mesh.core.submission catches them by what they do together: outvoted with one
+and the same wrong answer (a bloc), or agreeing on an answer a recheck by others overturned."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulations.adversaries import Request, SideChannel, WholeTable
+from simulations.run import simulate
+from simulations.scenario import load
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def run(name: str, steps: int, seed: int) -> dict:
+    s, text = load(name)
+    r, _ = simulate(s.replace(steps=steps), text, "t", seed)
+    return r
+
+
+def test_members_cheat_only_where_enough_of_them_hold_the_step():
+    import random
+
+    for cls, hold in ((SideChannel, 2), (WholeTable, 3)):
+        channel: dict = {}
+        members = [cls(random.Random(1), 1.0, "ring") for _ in range(3)]
+        for m in members:
+            m.channel = channel
+        req = Request("sub", "j1", "a", "python")
+        answers = []
+        for m in members:
+            m.arrived(req)
+            answers.append(m.respond(req, 42, 0.0))
+        assert answers[:hold - 1] == [42] * (hold - 1) and answers[hold - 1] != 42
+
+
+@pytest.mark.mesh  # seconds of work: the full suite runs it, the fast one does not
+def test_colluders_outvoted_together_are_caught_and_get_no_wrong_answer_through():
+    """side-channel-20, 8,000 steps: before blocs were caught, seeds 1 and 2 accepted 18 and 5 wrong
+    answers (2.4e-3, 6e-4) and the group earned 8% and 4% of the credits; now none, and under 5%."""
+    for seed in (1, 2):
+        r = run("side-channel-20", 8000, seed)
+        assert r["wrong_accepted"] == 0, r
+        assert r["adversary_credit_share"] < 0.05, r
+        assert r["wrong_at_settle_rate"] >= r["wrong_accepted_rate"]
