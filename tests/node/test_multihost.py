@@ -1,85 +1,25 @@
-"""Nodes on separate hosts: Linux network namespaces joined by a veth pair (root only). Proves that the
-peer port is reachable from the other host and that no Thespian port or API is."""
+"""Nodes on separate hosts: Linux network namespaces, each on a /24 of its own behind a router
+(tests/netns.py; root only). Proves that the peer port is reachable from the other host and that no
+Thespian port or API is."""
 
 from __future__ import annotations
 
 import json
-import os
-import random
-import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ..conftest import ROOT, wait_for
+from ..conftest import wait_for
+from ..netns import NEEDS_ROOT, Hosts
 
-pytestmark = [pytest.mark.mesh,
-    pytest.mark.timeout(180),
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2"),
-]
-
-
-def sh(*args: str) -> str:
-    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=30).stdout
-
-
-class Hosts:
-    """Two namespaces, A and B, on a private test subnet that exists only inside them."""
-
-    def __init__(self) -> None:
-        tag = f"{os.getpid() % 10000}{random.randrange(100)}"
-        self.ns = {"a": f"hm{tag}a", "b": f"hm{tag}b"}
-        net = random.randrange(1, 250)
-        self.ip = {"a": f"10.213.{net}.1", "b": f"10.213.{net}.2"}
-        self.procs: list[subprocess.Popen] = []
-        va, vb = f"hv{tag}a", f"hv{tag}b"
-        for h in ("a", "b"):
-            sh("ip", "netns", "add", self.ns[h])
-        sh("ip", "link", "add", va, "type", "veth", "peer", "name", vb)
-        for h, dev in (("a", va), ("b", vb)):
-            sh("ip", "link", "set", dev, "netns", self.ns[h])
-            sh("ip", "-n", self.ns[h], "addr", "add", f"{self.ip[h]}/24", "dev", dev)
-            sh("ip", "-n", self.ns[h], "link", "set", dev, "up")
-            sh("ip", "-n", self.ns[h], "link", "set", "lo", "up")
-
-    def run(self, host: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.ns[host], *args], capture_output=True, text=True,
-                              timeout=timeout, cwd=ROOT)
-
-    def mesh(self, host: str, *args: str) -> subprocess.CompletedProcess:
-        return self.run(host, sys.executable, "-m", "mesh", *args)
-
-    def start_node(self, host: str, home: Path, *args: str) -> subprocess.Popen:
-        cmd = ["ip", "netns", "exec", self.ns[host], sys.executable, "-m", "mesh", "node", "--home", str(home),
-               "--no-model", "--listen", f"{self.ip[host]}:0", "--api", "127.0.0.1:0", *args]
-        with open(home.parent / f"{home.name}.log", "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        self.procs.append(proc)
-        wait_for(lambda: (home / "node.json").exists() or proc.poll() is not None, 60, "node start")
-        assert proc.poll() is None, (home.parent / f"{home.name}.log").read_text()
-        return proc
-
-    def close(self) -> None:
-        for p in self.procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(10)
-        for ns in self.ns.values():
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+pytestmark = [pytest.mark.mesh, pytest.mark.timeout(180), pytest.mark.skipif(**NEEDS_ROOT)]
 
 
 @pytest.fixture
 def hosts():
-    h = Hosts()
-    try:
+    with Hosts(["a", "b"]) as h:
         yield h
-    finally:
-        h.close()
 
 
 def listening_ports(hosts: Hosts, host: str) -> dict[int, str]:
@@ -119,7 +59,7 @@ def test_two_hosts_form_a_mesh_and_only_the_peer_port_crosses(hosts: Hosts, tmp_
         st = json.loads(res.stdout) if res.returncode == 0 else {"peers": []}
         return [p for p in st["peers"] if p["state"] == "up" and p["address"].startswith(hosts.ip["b"])]
 
-    (b_peer,) = wait_for(b_is_up_on_a, 60, "node B to join node A across the veth link")
+    (b_peer,) = wait_for(b_is_up_on_a, 60, "node B to join node A across the router")
 
     # a job submitted on host A runs on host B
     job = tmp_path / "job.json"

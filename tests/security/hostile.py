@@ -69,12 +69,12 @@ class HostilePeer:
     """One TCP connection to a node's peer port, driven by hand. `identity` is the attacker's own valid
     key (a fresh one by default); `sent` keeps every frame it sent, for replays. Every attacker key made
     in this process is remembered in `HostilePeer.known`, so a shared mesh's ledger can be checked against
-    all of them."""
+    all of them. `source`: the address a libp2p link listens on and connects from (loopback by default)."""
 
     known: dict[str, str] = {}  # node id → hex public key of every attacker identity seen
 
     def __init__(self, addr: str, identity: Identity | None = None, network: str = NETWORK,
-                 timeout: float = 5.0, connect: bool = True, transport: str = "libp2p"):
+                 timeout: float = 5.0, connect: bool = True, transport: str = "libp2p", source: str = "127.0.0.1"):
         self.addr = addr
         self.identity = identity or Identity.generate()
         HostilePeer.known[self.identity.node_id] = self.identity.public_key.hex()
@@ -89,7 +89,7 @@ class HostilePeer:
         self.local_port = 0
         self.transport = transport
         if connect and transport == "libp2p":  # the node's real transport: Noise proves self.identity
-            self.sock = BlockingLink(addr, self.identity, timeout)
+            self.sock = BlockingLink(addr, self.identity, timeout, source=source)
         elif connect:  # connect=False: a key that only seals (e.g. to write into another peer's socket)
             self.sock = socket.create_connection(split_addr(addr), timeout=timeout)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

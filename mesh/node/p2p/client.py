@@ -13,9 +13,11 @@ from mesh.wire.identity import Identity
 
 
 class BlockingLink:
-    """One stream to one node. `identity` is the key the Noise handshake proves (the attacker's own)."""
+    """One stream to one node. `identity` is the key the Noise handshake proves (the attacker's own);
+    `source`: the IPv4 address it listens on and connects from (another host's, in a network namespace)."""
 
-    def __init__(self, addr: str, identity: Identity, timeout: float = 5.0, expect: bytes | None = None):
+    def __init__(self, addr: str, identity: Identity, timeout: float = 5.0, expect: bytes | None = None,
+                 source: str = "127.0.0.1"):
         self.transport = Libp2pTransport(identity)
         self.transport.thread.start()
         self.timeout = timeout
@@ -23,7 +25,7 @@ class BlockingLink:
         self._inbox: queue.Queue[bytes | ConnectionResetError] = queue.Queue()
         self._rest = b""
         try:
-            self.transport.thread.run_blocking(self.transport._listen, Multiaddr("/ip4/127.0.0.1/tcp/0"))
+            self.transport.thread.run_blocking(self.transport._listen, Multiaddr(f"/ip4/{source}/tcp/0"))
             target = parse(addr)
             self.conn: StreamConnection = self.transport.thread.run_blocking(
                 self.transport._dial, target, peer_id_of(expect) if expect else target.peer)
