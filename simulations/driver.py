@@ -53,6 +53,7 @@ class SimJob:
     costs: dict[str, float]
     pool: list[str]
     created: float
+    llm: frozenset[str] = frozenset()  # its llm steps (the core may forget the job in the call that judges it)
 
 
 class SimLedger:
@@ -155,7 +156,8 @@ class SimSubmitter:
             bits = self.rng.getrandbits(40)
             truths[st.id] = greedy_text(bits) if st.kind in MODEL_KINDS else bits
         costs = {st.id: self.rng.expovariate(1 / self.s.jobs.cost_s) for st in job.steps}
-        self.meta[job_id] = SimJob(truths, costs, self._pool(), self.engine.now)
+        self.meta[job_id] = SimJob(truths, costs, self._pool(), self.engine.now,
+                                   frozenset(st.id for st in job.steps if st.kind in MODEL_KINDS))
         self._apply(self.core.submit(job_id, job, seed))
 
     def _pool(self) -> list[str]:
@@ -307,7 +309,8 @@ class SimSubmitter:
         if eff.recheck_of is not None:
             job_id, sid = eff.recheck_of
             orig = self.meta[job_id]
-            self.meta[eff.job] = SimJob({sid: orig.truths[sid]}, {sid: orig.costs[sid]}, self._pool(), self.engine.now)
+            self.meta[eff.job] = SimJob({sid: orig.truths[sid]}, {sid: orig.costs[sid]}, self._pool(), self.engine.now,
+                                        orig.llm & {sid})
             self.m.rechecks += 1
         self.trace.add("job", eff.job, len(self.core.jobs[eff.job].run.job.steps), eff.recheck_of)
         self._drive(eff.job)
@@ -327,7 +330,7 @@ class SimSubmitter:
         self.trace.add("recheck", eff.job, eff.step, eff.verdict)
         if eff.verdict == "overturned":
             truth = digest(self.meta[eff.job].truths[eff.step])
-            llm = self.core.jobs[eff.job].run.steps[eff.step].kind in MODEL_KINDS
+            llm = eff.step in self.meta[eff.job].llm  # (not core.jobs: a verdict may let the job go at once)
             self.m.overturned(eff.before != truth, eff.after != truth, llm)
 
     def _finished(self, eff: Finished) -> None:

@@ -45,3 +45,16 @@ def test_colluders_outvoted_together_are_caught_and_get_no_wrong_answer_through(
         assert r["wrong_accepted"] == 0, r
         assert r["adversary_credit_share"] < 0.05, r
         assert r["wrong_at_settle_rate"] >= r["wrong_accepted_rate"]
+
+
+def test_a_job_the_core_lets_go_in_the_call_that_judges_its_recheck_is_no_crash(monkeypatch):
+    """The core forgets the oldest finished job once it is not being rechecked, in the very call that
+    gives the verdict (Rechecked, then Forgotten); the simulator read the job back from the core for the
+    verdict and died with a KeyError (large-10k, 200,000 steps, when blocs made rechecks common). Keeping
+    one finished job makes every verdict such a call."""
+    import simulations.driver as driver
+
+    made = driver.make_core
+    monkeypatch.setattr(driver, "make_core", lambda policy, seed, keep, *a, **kw: made(policy, seed, 1, *a, **kw))
+    r = run("side-channel-20", 1500, 1)
+    assert r["rechecks"] > 0 and r["steps"] == 1500, r
