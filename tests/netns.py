@@ -35,6 +35,7 @@ from mesh.node.actorsys import die_with_parent
 from mesh.node.home import RuntimeInfo, read_token
 
 from .conftest import ROOT, wait_for
+from .p2p.nettopo import kill_ns_pids
 
 NEEDS_ROOT = {"condition": os.geteuid() != 0 or shutil.which("ip") is None, "reason": "needs root and iproute2"}
 CLONE_NEWNET = 0x40000000
@@ -161,12 +162,7 @@ class Hosts:
             p.wait(10)
         self.procs.clear()
         for ns in reversed(self._created):
-            out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=30).stdout
-            for pid in out.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
+            kill_ns_pids(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
         self._created.clear()
 

@@ -98,13 +98,13 @@ def cleanup(prefix: str, *, include_live: bool = False) -> list[str]:
         if not m or m["role"] not in ROLES:
             continue
         if include_live or not _pid_alive(int(m["pid"])):
-            _kill_ns_pids(name)
+            kill_ns_pids(name)
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
             removed.append(name)
     return removed
 
 
-def _kill_ns_pids(ns: str) -> None:
+def kill_ns_pids(ns: str) -> None:
     out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10).stdout
     for pid in out.split():
         try:
@@ -309,6 +309,6 @@ class Topology:
                 proc.wait()
         self._procs.clear()
         for ns in reversed(self._created):
-            _kill_ns_pids(ns)                      # anything else still inside (children of our processes)
+            kill_ns_pids(ns)                      # anything else still inside (children of our processes)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=self.timeout)
         self._created.clear()
