@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.receipts import Receipt, make_receipt
-from ledger.store import GENESIS, KINDS, Entry, Ledger, entry_hash
+from ledger.store import GENESIS, KINDS, SCHEMA_VERSION, Entry, Ledger, entry_hash
 from mesh.core.policy import StepEvidence
 from mesh.errors import LedgerError
 from mesh.wire.identity import Identity
@@ -126,8 +126,14 @@ def test_a_ledger_written_by_the_old_code_opens_verifies_and_keeps_chaining(tmp_
     with open(OLD_SQL, encoding="utf-8") as f:
         db.executescript(f.read())
     db.close()
+    old_peers = {p for (p,) in sqlite3.connect(path).execute("SELECT DISTINCT peer FROM entries")}
     led = Ledger(path, signer=ME.sign, node=ME.node_id)
+    assert led.db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     assert led.verify(ME.node_id, ME.public_key) == (85, "")
+    assert led.peers_seen() == old_peers
+    assert [n for (n,) in led.db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND "
+                                         "tbl_name = 'entries'")] == [
+        "sqlite_autoindex_entries_1"]  # (entries_peer dropped by migration 3; the UNIQUE index stays)
     before = rows_of(led)
     assert len(before) == 85 and chain_digest(before[:15]) == PINNED_ROWS
     assert led.append(pinned_batches()[0][0], TS + 9) == 0  # all already recorded
