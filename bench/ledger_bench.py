@@ -32,8 +32,8 @@ def raw_sqlite(path: Path, rows: int, ledger_schema: bool = False) -> float:
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
-    if ledger_schema:
-        for stmt in (s.strip() for s in MIGRATIONS[0].split(";")):
+    if ledger_schema:  # the schema a new ledger has: every migration
+        for stmt in (s.strip() for m in MIGRATIONS for s in m.split(";")):
             if stmt:
                 db.execute(stmt)
     else:
