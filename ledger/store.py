@@ -207,7 +207,7 @@ class Ledger:
                 # (any empty detail, None included, is stored as {}: as detail_json writes it)
                 d = encode(detail if type(detail) is dict else dict(detail)) if detail else "{}"
                 j, s, p, db = job.encode(), step.encode(), peer.encode(), d.encode()  # = _entry_tail, inlined
-                add((i, ts, kind, job, step, peer, float(e.amount), d,
+                add((i, ts, kind, job, step, peer, float(e.amount) + 0.0, d,  # (+ 0.0: -0.0 → 0.0, as SQLite keeps it)
                      join((lens(len(k), len(j), len(s), len(p), len(db)), k, j, s, p, db))))
         try:
             try:  # fast path: one executemany; a duplicate anywhere aborts it and the careful path runs
@@ -337,7 +337,10 @@ class Ledger:
             rid, ts, kind, job, step, peer, amount, detail, rprev, rhash = row
             if rid != expect_id:
                 return rid, f"entry {expect_id} is missing"
-            if rprev != prev or entry_hash(prev, rid, ts, kind, job, step, peer, amount, detail) != rhash:
+            if rprev != prev or (entry_hash(prev, rid, ts, kind, job, step, peer, amount, detail) != rhash and not (
+                    amount == 0 and entry_hash(prev, rid, ts, kind, job, step, peer, -0.0, detail) == rhash)):
+                # (a zero amount also as -0.0: rows appended before amounts were normalised were hashed so,
+                # and SQLite reads the REAL -0.0 back as 0.0 — a credit of 0 paid is booked as -0.0)
                 return rid, f"entry {rid} does not match its hash (edited)"
             bad = _check_money(kind, job, step, peer, amount, detail, my_id)
             if bad:

@@ -218,9 +218,17 @@ def test_a_bad_kind_or_detail_still_writes_nothing(tmp_path):
     led.close()
 
 
-@pytest.mark.xfail(strict=True, reason="found 2026-12-04, not changed here: SQLite stores the REAL -0.0 as 0 and "
-                   "reads back 0.0, so verify re-hashes another amount than the append did")
-def test_a_negative_zero_amount_verifies(tmp_path):
+def test_a_negative_zero_amount_verifies_and_so_does_a_row_hashed_with_it_before(tmp_path):
+    """A credit of 0 paid is booked as -0.0; SQLite reads the REAL -0.0 back as 0.0, so a row hashed over
+    -0.0's bytes failed `verify` on an honest ledger. Amounts are now stored and hashed as 0.0, and a row
+    appended before that (hashed over -0.0) still verifies."""
     led = Ledger(tmp_path / "l.db")
     led.append([Entry("agreed", "j", "s", "p", -0.0)], TS)
     assert led.verify("me") == (1, "")
+    (rid, prev) = led.db.execute("SELECT id, prev FROM entries").fetchone()
+    old = entry_hash(prev, rid, TS, "agreed", "j", "s", "p", -0.0, "{}")  # as the old code chained it
+    led.db.execute("UPDATE entries SET hash = ? WHERE id = ?", (old, rid))
+    assert led.verify("me") == (1, "")
+    led.db.execute("UPDATE entries SET hash = ? WHERE id = ?", ("0" * 64, rid))
+    assert "does not match its hash" in led.verify("me")[1]
+    led.close()
