@@ -196,19 +196,17 @@ class Ledger:
         # detail's canonical text and the tail of each entry's hashed bytes; inside it only the id, the
         # previous hash and one SHA-256 are left per row.
         prepared = []
-        add, kinds, encode, lens, join = prepared.append, _KIND_BYTES, canonical_text, _LENS.pack, b"".join
+        add, kinds = prepared.append, _KIND_BYTES
         for i, (entries, ts) in enumerate(batches):
             for e in entries:
-                kind, job, step, peer, detail = e.kind, e.job, e.step, e.peer, e.detail
+                kind, job, step, peer = e.kind, e.job, e.step, e.peer
                 try:
                     k = kinds[kind]
                 except (KeyError, TypeError):
                     raise LedgerError(f"unknown entry kind {kind!r}") from None
-                # (any empty detail, None included, is stored as {}: as detail_json writes it)
-                d = encode(detail if type(detail) is dict else dict(detail)) if detail else "{}"
-                j, s, p, db = job.encode(), step.encode(), peer.encode(), d.encode()  # = _entry_tail, inlined
+                d = detail_json(e.detail)
                 add((i, ts, kind, job, step, peer, float(e.amount) + 0.0, d,  # (+ 0.0: -0.0 → 0.0, as SQLite keeps it)
-                     join((lens(len(k), len(j), len(s), len(p), len(db)), k, j, s, p, db))))
+                     _entry_tail(k, job, step, peer, d.encode())))
         try:
             try:  # fast path: one executemany; a duplicate anywhere aborts it and the careful path runs
                 added = self._append(prepared, len(batches), fast=True)

@@ -413,14 +413,18 @@ class Submission:
 
     def _convict(self, node: str, check_id: str, challenge: Challenge, got: str, now: float,
                  out: list[Effect]) -> None:
-        """A failed check: banned for blacklist_s, recorded, its unsettled answers dropped, what it vouched
-        for rerun."""
-        self.spot.ban(node, now)
+        """A failed check: recorded, and the worker caught (_catch)."""
         out.append(Judged(node, False, got, check_id))
         detail = {"expected": digest(challenge.expected), "got": got, "kind": challenge.kind,
                   "as_step": challenge.step, "replays": "/".join(challenge.source or ()) or "synthetic"}
         out.append(self._record("spot", (LedgerEntry("spot_failed", "spot", check_id, node, 0.0, None, detail),)))
-        self._distrust(node, "failed a spot check")
+        self._catch(node, now, "failed a spot check", out)
+
+    def _catch(self, node: str, now: float, why: str, out: list[Effect]) -> None:
+        """A worker caught by this node's own evidence: banned for blacklist_s, its unsettled answers
+        dropped, everything it vouched for here rerun."""
+        self.spot.ban(node, now)
+        self._distrust(node, why)
         self._recheck(node, out)
 
     def _dispute(self, d: Dispute, out: list[Effect]) -> bool:
@@ -504,10 +508,11 @@ class Submission:
             # together, as only colluders do: caught as by a spot check (banned; all they vouched for rerun)
             together = len(vouched) >= 2 and bool(sj.exclude) and now is not None
             for n in vouched:
-                self._distrust(n, "a recheck overturned its answer")
                 if together:
-                    self.spot.ban(n, now)
-                self._recheck(n, out, None if together else self.spot.to_recheck_alone(n))
+                    self._catch(n, now, "a recheck overturned the answer it agreed on with others", out)
+                else:
+                    self._distrust(n, "a recheck overturned its answer")
+                    self._recheck(n, out, self.spot.to_recheck_alone(n))
         orig.rechecks[sid]["verdict"] = verdict
         out.append(Rechecked(job_id, sid, rid, verdict, before, after))
         self._settle_disputes(job_id, sid, verdict, now, out)
@@ -559,9 +564,7 @@ class Submission:
         spot check (banned, and everything it vouched for here run again); otherwise let go."""
         for node in self.blocs.pop((job_id, sid), ()):
             if verdict == "confirmed" and now is not None:
-                self.spot.ban(node, now)
-                self._distrust(node, "outvoted with others giving the same wrong answer, and a recheck agreed")
-                self._recheck(node, out)
+                self._catch(node, now, "outvoted with others giving the same wrong answer, and a recheck agreed", out)
 
     def _record(self, job_id: str, entries: tuple[LedgerEntry, ...], outcomes: tuple[Outcome, ...] = ()) -> Record:
         self._next_record += 1
