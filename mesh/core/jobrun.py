@@ -76,6 +76,7 @@ REJOIN_S = 15.0  # how long a step with no other worker waits for such a worker 
 MAX_RETRIES = 2  # times one worker is asked again for one step
 REPLICATE_FLOOR = 0.02  # a trusted worker's step is still replicated at least this often (adaptive replication)
 AUDIT_REPLICAS = 2  # a trusted worker's replicated step: it and one other; any dissent escalates as usual
+PROVEN = 2  # a worker whose run reaches PROVEN × N takes the first seat ahead of those with shorter runs
 
 
 def passing(reason: str) -> bool:
@@ -402,11 +403,17 @@ class JobRun:
         """Adaptive replication (as BOINC): the first placed worker, when its run of validated results
         reaches N, runs the step alone, except with probability 1/run (1/N at first, less as the run grows,
         never under REPLICATE_FLOOR), when it is audited. (worker, alone), or ('', False) when the first
-        worker is not trusted and the step is replicated as usual."""
+        worker is not trusted and the step is replicated as usual.
+
+        The first seat goes to a proven worker (run ≥ PROVEN × N) when the candidates hold one. Drawn from
+        all candidates alike, a submitter of a 10,000-node mesh rarely drew one it trusted, and replicated
+        nearly every step. Not from all trusted (run ≥ N): a worker that cheats as soon as it is trusted
+        (trust-builder, evader) then ran most steps alone while its run was short and its audits rare."""
         n = self.job.adaptive
         if n <= 0 or not candidates:
             return "", False
-        (first,) = place(candidates, 1, self.rng)
+        proven = [c for c in candidates if c.streak >= PROVEN * n]
+        (first,) = place(proven or candidates, 1, self.rng)
         streak = next(c.streak for c in candidates if c.node == first)
         if streak < n:
             return "", False

@@ -22,6 +22,10 @@ from mesh.core.compare import Comparator
 from mesh.core.pricing import DEFAULT_RATES, RateCard
 
 MODEL_PARAM = "model"  # llm kinds: a check must ask for the model the worker was placed for
+# accepted steps remembered per worker, to rerun if it is caught (the oldest forgotten first). A proven worker
+# takes the first seat and may vouch alone for a hundred steps between two audits: with 32 remembered, the
+# early lone answers of an evader caught later were forgotten and stayed wrong (evader-20, seed 1: 8 of them)
+VOUCHED = 256
 REPLAYABLE = ("python", "llm", "ask-model")  # deterministic given their params (llm: greedy, same model)
 # not scrape: a page may change between the accepted run and the check, and an honest worker would fail it
 
@@ -216,7 +220,7 @@ class SpotChecker:
     def vouch(self, nodes: tuple[str, ...], job: str, step: str) -> None:
         """These workers agreed on an accepted answer: if one is caught cheating later, recheck it."""
         for node in nodes:
-            self.vouched.setdefault(node, deque(maxlen=self.memory)).append((job, step, len(nodes) == 1))
+            self.vouched.setdefault(node, deque(maxlen=VOUCHED)).append((job, step, len(nodes) == 1))
 
     def to_recheck(self, node: str) -> list[tuple[str, str]]:
         """The accepted steps a worker just caught cheating had vouched for (each returned once)."""

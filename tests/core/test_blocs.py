@@ -9,46 +9,12 @@ import pytest
 
 from mesh.core.dag import parse_job
 from mesh.core.effects import Alarm, Finished, Record, Send, Started
-from mesh.core.policy import Candidate
 from mesh.core.submission import Config, Submission
 from mesh.wire.canonical import digest
 
+from .submitting import NAMES, RIGHT, WRONG, drive, job, pool
+
 pytestmark = pytest.mark.timeout(30)
-RIGHT, WRONG = 42, 666
-NAMES = ("c1", "c2", "c3", "c4", "h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8", "h9")
-
-
-def job(compare: str = "exact"):
-    return parse_job({"redundancy": 3, "steps": [{"id": "a", "kind": "python", "params": {"code": "x"},
-                                                  "compare": compare}]})
-
-
-def pool(*names: str) -> dict[str, list[Candidate]]:
-    """Each worker on a network prefix of its own, the same one whichever pool it is in."""
-    return {"python": [Candidate(n, 0.5, f"10.0.{NAMES.index(n)}") for n in names]}
-
-
-def drive(sub: Submission, job_id: str, first: tuple[str, ...], rest: tuple[str, ...], says: dict, now: float,
-          right: object = RIGHT) -> tuple[list, float]:
-    """Run `job_id` (submitted here unless the core made it) to its end: its first placement among `first`
-    only, escalations among `first` + `rest`; each worker answers as `says` maps it (`right` for anyone not
-    named). Every effect, and the time after."""
-    if job_id not in sub.jobs:
-        sub.submit(job_id, job(), 1)
-    effects, names = [], first
-    while True:
-        ticked = sub.tick(job_id, pool(*names), now)
-        effects += ticked
-        if any(isinstance(e, Finished) for e in ticked):
-            return effects, now
-        sends = [e for e in ticked if isinstance(e, Send) and e.job == job_id and e.check is None]
-        assert sends, "the job waits for nothing it sent"
-        for s in sends:
-            out = says.get(s.node, right)
-            effects += sub.on_result(s.node, s.job, s.step, True, digest(out), out, {}, "", now + 0.5)
-        names, now = first + rest, now + 1.0
-
-
 def unanimous_wrong(sub: Submission) -> None:
     """j0: three colluders hold every seat and agree on WRONG: accepted, nobody dissenting."""
     effects, _ = drive(sub, "j0", ("c1", "c2", "c3"), (), {"c1": WRONG, "c2": WRONG, "c3": WRONG}, 0.0)

@@ -21,9 +21,12 @@ def run(name: str, steps: int, shared: bool, seed: int = 1) -> dict:
 
 @pytest.mark.mesh  # seconds of work: the full suite runs it, the fast one does not
 def test_testimony_lets_an_honest_network_replicate_less():
+    """3,000 steps, seed 1, alone → pooled: 1.852 → 1.682 replicas a step. Before proven workers took the
+    first seat (mesh.core.jobrun.PROVEN), 2.255 → 1.828: each submitter alone gained more from that than
+    pooling still adds."""
     alone, pooled = run("baseline", 3000, False), run("baseline", 3000, True)
     assert alone["wrong_accepted"] == pooled["wrong_accepted"] == 0
-    assert pooled["replicas_per_step"] < alone["replicas_per_step"] - 0.3, (alone["replicas_per_step"],
+    assert pooled["replicas_per_step"] < alone["replicas_per_step"] - 0.1, (alone["replicas_per_step"],
                                                                            pooled["replicas_per_step"])
 
 
@@ -51,9 +54,10 @@ def test_sybils_that_vouch_for_each_other_and_slander_the_rest_gain_nothing_by_i
     the credits. Now the same operator, talking or not, fares alike. What its slander still buys is cost:
     a trusted issuer's wrong-answer report ends the runs others lend a worker (ignored, a saboteur's short
     runs at 50 submitters added up to running alone: large-10k), so the honest workers it accuses are
-    replicated more — 1.31 times sybil-30's replicas a step here, 1.25 at 50,000 steps."""
+    replicated more — 1.46 times sybil-30's replicas a step here (1.854 against 1.273), 1.13 at 50,000 steps
+    (before proven workers took the first seat: 1.40 here, 2.041 against 1.457; 1.17 at 50,000 steps)."""
     quiet, talking = run("sybil-30", 6000, True), run("vouching-30", 6000, True)
     assert talking["adversary_id_share"] == quiet["adversary_id_share"]
     assert talking["adversary_credit_share"] < 0.2, talking
     assert talking["wrong_accepted_rate"] <= max(quiet["wrong_accepted_rate"], 1 / 6000) * 3, (quiet, talking)
-    assert talking["replicas_per_step"] < quiet["replicas_per_step"] * 1.45, (quiet, talking)
+    assert talking["replicas_per_step"] < quiet["replicas_per_step"] * 1.55, (quiet, talking)
