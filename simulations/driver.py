@@ -5,7 +5,6 @@ the peers each job places among — and the run's trace and metrics."""
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,9 +109,6 @@ def replay_core_log(log: list) -> list:
     return replay_log(log, make)
 
 
-KNOWN_MAX = 256  # peers a simulated submitter stays linked to for their good record (its working set)
-
-
 class SimSubmitter:
     def __init__(self, nid: str, s: Scenario, engine: Engine, net: Network, world: World, trace: Trace,
                  metrics: Metrics, rng: random.Random, record: bool = False, board: Board | None = None):
@@ -169,17 +165,13 @@ class SimSubmitter:
         (peers it meets through the DHT), and some of those online it has a good record of. A node stays
         connected to the peers it works with and places among every connected one (Node.candidates);
         drawing all of them afresh for each job made a submitter of a 10,000-node mesh meet each worker
-        about once, so nothing it learned was ever used. Of those it knows, the `known_peers` with the
-        longest runs of validated results here (ties drawn) join each job, as a node's links to its best
-        workers do: sampled at random from all it had a good record of (thousands), none of them ever
-        reached a run long enough to be trusted."""
+        about once, so nothing it learned was ever used."""
         k = self.s.network.peer_sample
         pool = [n for n in self.world.sample(k + 1) if n != self.id][:k]
         known = self._known.members
         if known:
             nodes, seen = self.world.nodes, set(pool)
-            streaks, want = self.ledger.streaks, self.s.network.known_peers
-            pick = heapq.nlargest(want, known, key=lambda n: (streaks.get(n, 0), self.rng.random()))
+            pick = self.rng.sample(known, min(self.s.network.known_peers, len(known)))
             pool += [n for n in pick if n not in seen and nodes[n].online]
         return pool
 
@@ -300,9 +292,6 @@ class SimSubmitter:
                 if remember:  # (decay scales good and bad alike: no clock needed to compare them)
                     ev = evidence.get(e.peer)
                     (self._known.add if ev is not None and ev.good > ev.bad else self._known.drop)(e.peer)
-                    if len(self._known) > KNOWN_MAX:  # linked to so many: the one with the shortest run goes
-                        streaks = self.ledger.streaks
-                        self._known.drop(min(self._known.members, key=lambda n: (streaks.get(n, 0), n)))
         for o in eff.outcomes:
             sj = self.core.jobs[eff.job]
             self.trace.add("settle", eff.job, o.step, o.accepted, o.digest[:16], list(o.agreeing))

@@ -563,18 +563,24 @@ class Submission:
                     self._recheck(n, out, self.spot.to_recheck_alone(n))
 
     def _thin(self, job_id: str, sj: SubmittedJob, outcomes: list[Outcome], out: list[Effect]) -> None:
-        """Steps accepted under dissent without the margin the rule asks for (the replica budget or the
-        workers ran out first): run again on workers with no part in them. Two colluders won six-replica
-        steps this way against one honest worker and three saboteurs or timeouts (large-10k: 3 wrong
-        answers in 60,000 steps). Overturned, the winners are convicted as a bloc is (_judge_recheck)."""
+        """Steps accepted short of what the rule asks for, because the replica budget or the workers ran
+        out first: under dissent without the margin, or with fewer agreeing than the step's redundancy and
+        seats that failed. Run again on workers with no part in them; overturned, the winners are convicted
+        as a bloc is (_judge_recheck). Two colluders won six-replica steps both ways: against one honest
+        worker and three saboteurs or timeouts (large-10k: 3 wrong answers in 60,000 steps), and with all
+        four other seats timed out (large-10k with proven workers first: 6 of 7 wrong answers in 200,000)."""
         job = sj.run.job
         if job.quorum.spec != "majority":
             return
         needed = job.quorum.needed(job.redundancy)
         for o in outcomes:
-            if o.accepted and o.dissenting and len(o.agreeing) < needed + len(o.dissenting) \
-                    and o.step not in sj.rechecks and sj.run.steps[o.step].comparator.kind in ("exact", "text"):
-                self._start_recheck(job_id, o.step, "thin majority", frozenset(sj.run.steps[o.step].replicas), out)
+            run = sj.run.steps[o.step]
+            if not o.accepted or o.step in sj.rechecks or run.comparator.kind not in ("exact", "text"):
+                continue
+            if o.dissenting and len(o.agreeing) < needed + len(o.dissenting):
+                self._start_recheck(job_id, o.step, "thin majority", frozenset(run.replicas), out)
+            elif o.failed and run.tally is not None and len(o.agreeing) < run.tally.redundancy:
+                self._start_recheck(job_id, o.step, "seats failed", frozenset(run.replicas), out)
 
     def _blocs(self, job_id: str, sj: SubmittedJob, outcomes: list[Outcome], out: list[Effect]) -> None:
         """Outvoted workers that gave one and the same wrong answer to a step whose answer follows from its

@@ -10,6 +10,7 @@ from mesh.core.submission import Submission
 from mesh.wire.canonical import digest
 
 RIGHT, WRONG = 42, 666
+FAIL = object()  # a worker `says` this: its replica fails (timeout), no answer
 NAMES = ("c1", "c2", "c3", "c4", "h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8", "h9")
 
 
@@ -41,5 +42,8 @@ def drive(sub: Submission, job_id: str, first: tuple[str, ...], rest: tuple[str,
         assert sends, "the job waits for nothing it sent"
         for s in sends:
             out = says.get(s.node, right)
+            if out is FAIL:
+                effects += sub.on_result(s.node, s.job, s.step, False, "", None, {}, "timeout", now + 0.5)
+                continue
             effects += sub.on_result(s.node, s.job, s.step, True, digest(out), out, {}, "", now + 0.5)
         names, now = first + rest, now + 1.0

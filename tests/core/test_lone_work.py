@@ -1,7 +1,7 @@
 """What a worker trusted to run alone does unchecked, and steps won without the margin (mesh.core.jobrun:
 _trusted; mesh.core.submission: _outvoted, _thin and a recheck that found no quorum). The attackers: a
 trust builder that cheats once it runs alone and is caught by an audit it loses, two colluders that win
-a step because the workers ran out before the margin was met, and sybils that split a recheck so it
+a step because the workers ran out before the margin was met or the other seats failed, and sybils that split a recheck so it
 settles nothing. In memory, the time passed in."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from mesh.core.jobrun import PROVEN, JobRun
 from mesh.core.policy import Candidate
 from mesh.core.submission import RECHECK_TRIES, Config, Submission
 
-from .submitting import NAMES, RIGHT, WRONG, drive, job
+from .submitting import FAIL, NAMES, RIGHT, WRONG, drive, job
 
 pytestmark = pytest.mark.timeout(30)
 N = 10  # the adaptive replication threshold of these tests' jobs
@@ -83,6 +83,25 @@ def test_a_step_won_without_the_margin_is_rerun_by_others_and_the_pair_that_won_
     assert not {e.node for e in effects if isinstance(e, Send)} & {"c1", "c2", "h1"}
     assert sub.jobs["j1"].rechecks["a"]["verdict"] == "overturned" and sub.jobs["j1"].run.steps["a"].output == RIGHT
     assert sub.blacklisted("c1", now) and sub.blacklisted("c2", now) and not sub.blacklisted("h1", now)
+
+
+def test_a_step_two_colluders_won_with_the_other_seat_failed_is_rerun_by_others_and_they_are_caught():
+    """large-10k: colluder pairs accepted with all four other seats timed out and none left to ask."""
+    sub = Submission(Config(1, blacklist_s=600))
+    effects, _ = drive(sub, "j1", ("c1", "c2", "h1"), (), {"c1": WRONG, "c2": WRONG, "h1": FAIL}, 0.0)
+    assert sub.jobs["j1"].run.steps["a"].output == WRONG
+    (started,) = [e for e in effects if isinstance(e, Started) and e.recheck_of]
+    assert sub.jobs["j1"].rechecks["a"]["cause"] == "seats failed"
+    assert sub.jobs[started.job].exclude == frozenset({"c1", "c2", "h1"})
+    effects, now = drive(sub, started.job, NAMES, (), {"c1": WRONG, "c2": WRONG}, 5.0)
+    assert sub.jobs["j1"].rechecks["a"]["verdict"] == "overturned"
+    assert sub.blacklisted("c1", now) and sub.blacklisted("c2", now) and not sub.blacklisted("h1", now)
+
+    sub = Submission(Config(1, blacklist_s=600))  # two honest workers and a seat that failed: confirmed
+    effects, _ = drive(sub, "j2", ("h1", "h2", "c1"), (), {"c1": FAIL}, 0.0)
+    (started,) = [e for e in effects if isinstance(e, Started) and e.recheck_of]
+    effects, now = drive(sub, started.job, NAMES, (), {}, 5.0)
+    assert sub.jobs["j2"].rechecks["a"]["verdict"] == "confirmed" and not sub.spot.banned
 
 
 def test_a_step_won_with_the_margin_or_under_another_rule_is_not_rerun():

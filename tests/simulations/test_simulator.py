@@ -238,17 +238,3 @@ def test_a_submitter_places_among_workers_it_knows_as_well_as_a_fresh_sample():
     alone = Simulation(small("large-10k", 10, **{"network.known_peers": 0})[0], 1)
     alone.submitters[0]._known.add("n00100")
     assert all(len(alone.submitters[0]._pool()) <= 32 for _ in range(5))
-
-
-def test_of_the_workers_it_knows_a_submitter_keeps_placing_among_those_with_the_longest_runs():
-    """Its links to its best workers: drawn at random from all it had a good record of (thousands in
-    large-10k), no worker came back often enough to reach a run long enough to be trusted."""
-    sim = Simulation(small("large-10k", 10, **{"network.nodes": 300, "network.submitters": 2,
-                                                "network.prefixes": 200})[0], 1)
-    sub = sim.submitters[0]
-    workers = [n for n, node in sim.world.nodes.items() if node.online and n not in sim.submitter_ids][:120]
-    for i, nid in enumerate(workers):
-        sub._known.add(nid)
-        sub.ledger.streaks[nid] = i
-    best = set(workers[-sub.s.network.known_peers:])
-    assert all(best <= set(sub._pool()) for _ in range(5))
