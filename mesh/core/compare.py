@@ -70,6 +70,13 @@ class Comparator:
                                + ("[0, 1)" if self.kind == "numeric" else "(0, 1]"))
         self._seen: list[tuple[str, Any]] = []  # numeric: (key, first output of that class)
 
+    @property
+    def strict(self) -> bool:
+        """Whether two different answers are two different claims (exact, or text up to whitespace and
+        case): a wrong answer is then evidence, a check can replay the step, and colluders show by agreeing
+        on one. Under a tolerance or a similarity an honest worker may differ and still be right."""
+        return self.kind in ("exact", "text")
+
     def key(self, output: Any) -> str:
         """The class key of an output; equal keys count as agreeing."""
         if self.kind in ("exact", "score"):

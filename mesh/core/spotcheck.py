@@ -248,7 +248,7 @@ class SpotChecker:
         """An accepted answer becomes a known answer for later checks. Only kinds whose answer follows
         from their params (python; llm greedy on the same model) and exact or text comparison: a check
         judged by a looser rule than the worker could meet would punish honest workers."""
-        if kind in REPLAYABLE and Comparator(compare).kind in ("exact", "text"):
+        if kind in REPLAYABLE and Comparator(compare).strict:
             self.known.setdefault(kind, deque(maxlen=self.memory)).append(
                 Challenge(kind, params, output, step, timeout, compare, source, seen, prefixes))
 

@@ -558,7 +558,7 @@ class Submission:
         honest worker outvoted by colluders only has its own right answers confirmed, at some replicas'
         cost (at most VOUCHED steps each time, and only steps it ran alone)."""
         for o in outcomes:
-            if o.accepted and o.dissenting and sj.run.steps[o.step].comparator.kind in ("exact", "text"):
+            if o.accepted and o.dissenting and sj.run.steps[o.step].comparator.strict:
                 for n in o.dissenting:
                     self._recheck(n, out, self.spot.to_recheck_alone(n))
 
@@ -575,7 +575,7 @@ class Submission:
         needed = job.quorum.needed(job.redundancy)
         for o in outcomes:
             run = sj.run.steps[o.step]
-            if not o.accepted or o.step in sj.rechecks or run.comparator.kind not in ("exact", "text"):
+            if not o.accepted or o.step in sj.rechecks or not run.comparator.strict:
                 continue
             if o.dissenting and len(o.agreeing) < needed + len(o.dissenting):
                 self._start_recheck(job_id, o.step, "thin majority", frozenset(run.replicas), out)
@@ -591,7 +591,7 @@ class Submission:
         for o in outcomes:
             run = sj.run.steps[o.step]
             if not o.accepted or len(o.dissenting) < 2 or run.tally is None or \
-                    run.comparator.kind not in ("exact", "text") or (job_id, o.step) in self.blocs:
+                    not run.comparator.strict or (job_id, o.step) in self.blocs:
                 continue
             said = Counter(run.tally.answers.get(n, "") for n in o.dissenting)
             bloc = tuple(n for n in o.dissenting if said[run.tally.answers.get(n, "")] >= 2)
