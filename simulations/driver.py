@@ -196,9 +196,10 @@ class SimSubmitter:
         if job_id in self.core.active:
             self._apply(self.core.tick(job_id, self._candidates(job_id), self.engine.now))
 
-    def on_result(self, job_id: str, step: str, node: str, output: Any, claimed: str, work: dict) -> None:
+    def on_result(self, job_id: str, step: str, node: str, output: Any, claimed: str, work: dict,
+                  error: str = "") -> None:
         job_id = self._checks.pop(job_id, job_id)
-        self._apply(self.core.on_result(node, job_id, step, True, claimed, output, work, "", self.engine.now))
+        self._apply(self.core.on_result(node, job_id, step, not error, claimed, output, work, error, self.engine.now))
 
     def on_node_lost(self, node: str) -> None:
         self._apply(self.core.on_node_lost(node, "left the mesh", self.engine.now))

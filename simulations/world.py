@@ -1,5 +1,6 @@
 """The simulated population: nodes with their speed, network prefix and behaviour, the workers online
-now (sampled in O(k) by submitters), each worker's one-slot queue, and churn (leave, crash, return)."""
+now (sampled in O(k) by submitters), each worker's one-slot queue (it answers busy to a step it could not
+start before the step's deadline), and churn (leave, crash, return)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from .engine import Engine
 from .network import Network
 from .scoring import TOKENS, token_ids
 from .trace import Trace
+
+BUSY = "busy: too many steps in flight"
 
 
 @dataclass(eq=False)
@@ -95,13 +98,19 @@ class World:
 
     # -- work ---------------------------------------------------------------------------------------
     def receive(self, nid: str, reply: Callable[..., None], src: str, msg: StepMsg) -> None:
-        """A step arrives at worker nid: queue it on its one slot; answer when done, if still up."""
+        """A step arrives at worker nid: queue it on its one slot; answer when done, if still up. A worker
+        whose queue reaches past the step's deadline answers busy at once (a real node takes a bounded
+        number of steps and refuses the rest): queued, it would run a step its submitter gave up on."""
         node = self.nodes[nid]
         if not node.online:
             return
-        req = Request(src, msg.job, msg.step, msg.kind, msg.params, msg.deadline, self.engine.now)
+        now = self.engine.now
+        if msg.deadline and node.busy_until >= msg.deadline:
+            self.net.send(node.id, src, 128, reply, msg.job, msg.step, node.id, None, "", {}, BUSY)
+            return
+        req = Request(src, msg.job, msg.step, msg.kind, msg.params, msg.deadline, now)
         node.strategy.arrived(req)
-        start = max(self.engine.now, node.busy_until)
+        start = max(now, node.busy_until)
         node.busy_until = start + msg.cost_s / node.speed
         self.engine.at(node.busy_until, self._finish, node, node.epoch, reply, req, msg)
 

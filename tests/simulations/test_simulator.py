@@ -13,6 +13,7 @@ from simulations.driver import replay_core_log
 from simulations.engine import Engine
 from simulations.run import Simulation, simulate
 from simulations.scenario import ScenarioError, load, parse_text
+from simulations.world import StepMsg
 
 from ..conftest import cli_json, run_cli
 
@@ -238,3 +239,25 @@ def test_a_submitter_places_among_workers_it_knows_as_well_as_a_fresh_sample():
     alone = Simulation(small("large-10k", 10, **{"network.known_peers": 0})[0], 1)
     alone.submitters[0]._known.add("n00100")
     assert all(len(alone.submitters[0]._pool()) <= 32 for _ in range(5))
+
+
+def test_a_worker_refuses_a_step_it_could_not_start_before_the_deadline():
+    """A real node takes a bounded number of steps and answers the rest "busy". The simulated one queued
+    without bound and ran steps its submitter had long given up on: in large-10k, 400-600 slow workers
+    sat on backlogs of 60-1,200 s and every step placed on them timed out. Now a worker whose queue
+    reaches past a step's deadline answers busy at once, and the queue does not grow."""
+    s, _ = small("baseline", 10)
+    sim = Simulation(s, 1)
+    node = next(n for n in sim.world.nodes.values() if n.online and n.id not in sim.submitter_ids)
+    sub = sim.submitters[0]
+    got: list[tuple] = []
+    now = sim.engine.now
+    node.busy_until = now + 50.0
+    sim.world.receive(node.id, lambda *a: got.append(a), sub.id, StepMsg("j1", "s1", 7, 1.0, {}, "python", now + 40))
+    assert node.busy_until == now + 50.0  # not queued
+    sim.world.receive(node.id, lambda *a: got.append(a), sub.id, StepMsg("j2", "s1", 7, 1.0, {}, "python", now + 60))
+    assert node.busy_until > now + 50.0  # this one it can start in time: queued
+    sim.engine.run(lambda: len(got) >= 2 or sim.engine.now > now + 100, lambda: None, batch=1)
+    busy = [a for a in got if a[0] == "j1"]
+    assert busy and busy[0][-1].startswith("busy"), got
+    assert [a for a in got if a[0] == "j2"][0][3] == 7  # the queued one is answered
