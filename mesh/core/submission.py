@@ -127,6 +127,7 @@ class Submission:
         self.queued: dict[str, deque[tuple[str, Dispatch]]] = {}  # worker → replicas waiting for a slot
         self._finished: deque[str] = deque()
         self._rechecking: dict[str, int] = {}  # job → its rechecks still running (it is kept until they end)
+        self._against: dict[tuple[str, str], str] = {}  # (job, step) → the new answer a first recheck gave
         self.disputes: dict[tuple[str, str], list[Dispute]] = {}  # (job, step) rechecked → checks awaiting it
         self.blocs: dict[tuple[str, str], tuple[str, ...]] = {}  # (job, step) rechecked → a bloc outvoted on it
         self._records: dict[int, Record] = {}  # written by the driver, not yet reported
@@ -499,7 +500,12 @@ class Submission:
         if left:
             self._rechecking[job_id] = left
         before = orig.run.steps[sid].digest
-        verdict, vouched = orig.run.apply_recheck(sid, sj.run)
+        tries = orig.rechecks[sid].get("tries", 1)
+        second = self._second_opinion(job_id, sid, sj, tries)
+        if second == "ask":
+            self._ask_again(job_id, sid, sj, tries, out)
+            return
+        verdict, vouched = ("inconclusive", ()) if second == "split" else orig.run.apply_recheck(sid, sj.run)
         after = orig.run.steps[sid].digest
         if verdict == "overturned":
             self.spot.forget((job_id, sid))  # no longer a known answer for checks
@@ -517,18 +523,44 @@ class Submission:
                     self._distrust(n, "a recheck overturned its answer")
                     self._recheck(n, out, self.spot.to_recheck_alone(n))
         orig.rechecks[sid]["verdict"] = verdict
-        tries = orig.rechecks[sid].get("tries", 1)
         if verdict == "inconclusive" and tries < RECHECK_TRIES:
             # no quorum among those asked: asked again of others, up to RECHECK_TRIES in all. Let stand at
             # once, a lone cheater's answer whose recheck drew a split (sybils among the askers) stayed wrong
             # (vouching-30 with proven workers first: 2 of 3 wrong answers)
-            heard = sj.exclude | frozenset(sj.run.steps[sid].replicas) | frozenset(orig.run.steps[sid].replicas)
-            self._start_recheck(job_id, sid, orig.rechecks[sid]["cause"], heard, out)
-            orig.rechecks[sid]["tries"] = tries + 1
+            self._ask_again(job_id, sid, sj, tries, out)
             return
+        self._against.pop((job_id, sid), None)
         out.append(Rechecked(job_id, sid, rid, verdict, before, after))
         self._settle_disputes(job_id, sid, verdict, now, out)
         self._settle_blocs(job_id, sid, verdict, now, out)
+
+    def _second_opinion(self, job_id: str, sid: str, sj: SubmittedJob, tries: int) -> str:
+        """Whether a recheck's answer may overturn the accepted one now: '' (yes, or it does not differ),
+        'ask' (not yet: ask others first) or 'split' (the rechecks disagree with each other: let it stand).
+        An answer two or more workers agreed on falls only when two rechecks by workers with no part in it
+        give the same new answer. On one, sybils that drew every seat of a recheck overturned a right answer
+        and got the honest workers who gave it convicted as a bloc (tests/core/test_blocs.py). A lone answer
+        falls on one recheck: in a small mesh nobody may be left to ask a second time."""
+        run, new = self.jobs[job_id].run.steps[sid], sj.run.steps[sid]
+        if new.status != "done" or run.comparator.key(new.output) == run.key:
+            return ""
+        key = run.comparator.key(new.output)
+        if sum(1 for r in run.replicas.values() if r.key and r.key == run.key) < 2:
+            return ""  # a lone answer: one recheck outnumbers it already
+        against = self._against.get((job_id, sid))
+        if against == key:
+            return ""  # the second recheck gave the same new answer
+        if tries >= RECHECK_TRIES:
+            return "split"
+        self._against[(job_id, sid)] = key
+        return "ask"
+
+    def _ask_again(self, job_id: str, sid: str, sj: SubmittedJob, tries: int, out: list[Effect]) -> None:
+        """Recheck `sid` once more, on workers with no part in the step or any of its rechecks so far."""
+        orig = self.jobs[job_id]
+        heard = sj.exclude | frozenset(sj.run.steps[sid].replicas) | frozenset(orig.run.steps[sid].replicas)
+        self._start_recheck(job_id, sid, orig.rechecks[sid]["cause"], heard, out)
+        orig.rechecks[sid]["tries"] = tries + 1
 
     # -- jobs ---------------------------------------------------------------------------------------
     def _add(self, job_id: str, sj: SubmittedJob) -> list[Effect]:

@@ -4,7 +4,7 @@ each worker on a network prefix of its own, answering as a test maps it, the tim
 from __future__ import annotations
 
 from mesh.core.dag import parse_job
-from mesh.core.effects import Finished, Send
+from mesh.core.effects import Finished, Send, Started
 from mesh.core.policy import Candidate
 from mesh.core.submission import Submission
 from mesh.wire.canonical import digest
@@ -26,10 +26,11 @@ def pool(*names: str, streaks: dict[str, int] | None = None) -> dict[str, list[C
 
 
 def drive(sub: Submission, job_id: str, first: tuple[str, ...], rest: tuple[str, ...], says: dict, now: float,
-          right: object = RIGHT, streaks: dict[str, int] | None = None) -> tuple[list, float]:
+          right: object = RIGHT, streaks: dict[str, int] | None = None, follow: bool = True) -> tuple[list, float]:
     """Run `job_id` (submitted here unless the core made it) to its end: its first placement among `first`
     only, escalations among `first` + `rest`; each worker answers as `says` maps it (`right` for anyone not
-    named). Every effect, and the time after."""
+    named). `follow`: a recheck that asks for another of the same step (a second opinion, or no quorum)
+    has that one driven too, alike. Every effect, and the time after."""
     if job_id not in sub.jobs:
         sub.submit(job_id, job(), 1)
     effects, names = [], first
@@ -37,7 +38,12 @@ def drive(sub: Submission, job_id: str, first: tuple[str, ...], rest: tuple[str,
         ticked = sub.tick(job_id, pool(*names, streaks=streaks), now)
         effects += ticked
         if any(isinstance(e, Finished) for e in ticked):
-            return effects, now
+            of = sub.jobs[job_id].recheck_of
+            again = [e for e in ticked if isinstance(e, Started) and of and e.recheck_of == of and e.job != job_id]
+            if not (follow and again):
+                return effects, now
+            job_id, names, now = again[0].job, first, now + 1.0
+            continue
         sends = [e for e in ticked if isinstance(e, Send) and e.job == job_id and e.check is None]
         assert sends, "the job waits for nothing it sent"
         for s in sends:

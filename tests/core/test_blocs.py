@@ -42,7 +42,7 @@ def test_two_outvoted_with_one_wrong_answer_are_rechecked_then_banned_and_their_
     rerun = [e for e in effects if isinstance(e, Started) and e.recheck_of == ("j0", "a")]
     assert len(rerun) == 1  # the step they held every seat of runs again
 
-    effects, now = drive(sub, rerun[0].job, ("h7", "h8", "h9"), (), {}, now)
+    effects, now = drive(sub, rerun[0].job, tuple(n for n in NAMES if n.startswith("h")), (), {}, now)
     assert sub.jobs["j0"].rechecks["a"]["verdict"] == "overturned"
     assert sub.jobs["j0"].run.steps["a"].output == RIGHT
     disagreed = {e.peer for r in effects if isinstance(r, Record) for e in r.entries if e.kind == "disagreed"}
@@ -95,3 +95,34 @@ def test_colluders_holding_every_seat_are_banned_once_a_check_replaying_their_st
     effects, now = drive(sub, started.job, NAMES, (), {}, alarm.at + 2)
     assert sub.jobs["j0"].rechecks["a"]["verdict"] == "overturned"
     assert all(sub.blacklisted(c, now) for c in ("c1", "c2", "c3")) and not sub.blacklisted("h1", now)
+
+
+def test_a_right_answer_several_agreed_on_is_not_overturned_by_one_recheck_that_sybils_won():
+    """The slander a recheck opened: a sybil answers a check replaying an honest step wrong, the step is
+    rerun on workers with no part in it, and sybils draw all of that recheck's seats. Overturned at once,
+    the honest answer became wrong and the three who had agreed on it were caught as a bloc. An answer
+    two or more agreed on now falls only when a second recheck, by yet other workers, gives the same new
+    answer; here it finds the old one again."""
+    sub = Submission(Config(1, spot_rate=1.0, blacklist_s=600))
+    effects, _ = drive(sub, "j0", ("h1", "h2", "h3"), (), {}, 0.0)
+    assert Finished("j0", "done") in effects and sub.jobs["j0"].run.steps["a"].output == RIGHT
+    sub.submit("j1", parse_job({"redundancy": 1, "steps": [{"id": "a", "kind": "python", "params": {"code": "x"}}]}),
+               2)
+    effects = sub.tick("j1", pool("c1"), 40.0)
+    (alarm,) = [e for e in effects if isinstance(e, Alarm)]
+    (check,) = [e for e in sub.on_alarm(alarm.at) if isinstance(e, Send) and e.node == "c1" and e.check]
+    assert check.check.source == ("j0", "a")
+    effects = sub.on_result("c1", check.job, check.step, True, digest(WRONG), WRONG, {}, "", alarm.at + 1)
+    (started,) = [e for e in effects if isinstance(e, Started)]
+    sybils = {c: WRONG for c in ("c2", "c3", "c4")}
+    effects, now = drive(sub, started.job, ("c2", "c3", "c4"), (), sybils, alarm.at + 2, follow=False)
+    assert sub.jobs["j0"].run.steps["a"].output == RIGHT  # not on one recheck
+    (again,) = [e for e in effects if isinstance(e, Started) and e.recheck_of == ("j0", "a")]
+    assert {"h1", "h2", "h3", "c2", "c3", "c4"} <= sub.jobs[again.job].exclude  # none who answered either way
+    effects, now = drive(sub, again.job, NAMES, (), sybils, now)
+    sent = {e.node for e in effects if isinstance(e, Send) and e.job == again.job}
+    assert sent and not sent & {"h1", "h2", "h3", "c2", "c3", "c4"}
+    assert sub.jobs["j0"].rechecks["a"]["verdict"] == "confirmed" and sub.jobs["j0"].run.steps["a"].output == RIGHT
+    assert not any(sub.blacklisted(h, now) for h in ("h1", "h2", "h3"))
+    disagreed = {e.peer for r in effects if isinstance(r, Record) for e in r.entries if e.kind == "disagreed"}
+    assert not disagreed & {"h1", "h2", "h3"}

@@ -123,7 +123,8 @@ def test_a_recheck_split_by_sybils_is_asked_again_of_others_then_let_stand():
     now = 5.0
     for attempt in range(1, RECHECK_TRIES + 1):
         names = tuple(n for n in NAMES if n not in asked)[:3]
-        effects, now = drive(sub, started.job, names, (), {n: i for i, n in enumerate(names)}, now + 1)
+        effects, now = drive(sub, started.job, names, (), {n: i for i, n in enumerate(names)}, now + 1,
+                             follow=False)
         assert {e.node for e in effects if isinstance(e, Send)} == set(names)  # none asked before
         asked |= set(names)
         again = [e for e in effects if isinstance(e, Started) and e.recheck_of == ("j1", "a")]

@@ -236,6 +236,15 @@ def test_an_honest_worker_checked_against_a_unanimous_wrong_answer_is_vindicated
     for s in sends:
         answer(sub, s, 42, 301.0)
     effects = sub.tick(started.job, everyone, 302.0)
+    asked = {s.node for s in sends}
+    (again,) = [e for e in effects if type(e).__name__ == "Started"]  # three agreed on 666: asked of others once more
+    assert again.recheck_of == ("j0", "prep") and sub.jobs["j0"].run.steps["prep"].output == 666
+    everyone = pool("c1", "c2", "c3", "h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8", "h9")
+    sends = of(sub.tick(again.job, everyone, 303.0), Send)
+    assert sends and not {s.node for s in sends} & (asked | {"c1", "c2", "c3"})
+    for s in sends:
+        answer(sub, s, 42, 304.0)
+    effects = sub.tick(again.job, everyone, 305.0)
     assert sub.jobs["j0"].rechecks["prep"]["verdict"] == "overturned"
     assert of(effects, Judged) == [Judged(checks[0].node, True, digest(42), checks[0].job)]
     booked = [(e.kind, e.peer) for r in of(effects, Record) for e in r.entries]
