@@ -105,6 +105,10 @@ class StepRun:
     claim: Replica | None = None  # the generation being verified
     failed_at: dict[str, float] = field(default_factory=dict)  # node → when its passing failure was first seen
 
+    def vouchers(self) -> tuple[str, ...]:
+        """The workers whose answer is the accepted one (sorted)."""
+        return tuple(sorted(r.node for r in self.replicas.values() if r.key and r.key == self.key))
+
 
 class JobRun:
     def __init__(self, job_id: str, job: Job, rng: random.Random, margin: bool = True, record: bool = False):
@@ -477,7 +481,7 @@ class JobRun:
             return "inconclusive", ()
         if run.comparator.key(new.output) == run.key:
             return "confirmed", ()
-        vouched = tuple(sorted(r.node for r in run.replicas.values() if r.key and r.key == run.key))
+        vouched = run.vouchers()
         run.output, run.digest, run.overturned_by = new.output, new.digest, recheck.job_id
         run.key = run.comparator.key(new.output)
         return "overturned", vouched

@@ -536,19 +536,16 @@ class Submission:
 
     def _second_opinion(self, job_id: str, sid: str, sj: SubmittedJob, tries: int) -> str:
         """Whether a recheck's answer may overturn the accepted one now: '' (yes, or it does not differ),
-        'ask' (not yet: ask others first) or 'split' (the rechecks disagree with each other: let it stand).
+        'ask' (not yet: ask others first) or 'split' (RECHECK_TRIES rechecks disagreed: let it stand).
         An answer two or more workers agreed on falls only when two rechecks by workers with no part in it
         give the same new answer. On one, sybils that drew every seat of a recheck overturned a right answer
         and got the honest workers who gave it convicted as a bloc (tests/core/test_blocs.py). A lone answer
         falls on one recheck: in a small mesh nobody may be left to ask a second time."""
         run, new = self.jobs[job_id].run.steps[sid], sj.run.steps[sid]
-        if new.status != "done" or run.comparator.key(new.output) == run.key:
-            return ""
-        key = run.comparator.key(new.output)
-        if sum(1 for r in run.replicas.values() if r.key and r.key == run.key) < 2:
-            return ""  # a lone answer: one recheck outnumbers it already
-        against = self._against.get((job_id, sid))
-        if against == key:
+        key = run.comparator.key(new.output) if new.status == "done" else run.key
+        if key == run.key or len(run.vouchers()) < 2:
+            return ""  # no new answer; or a lone one, which one recheck outnumbers already
+        if self._against.get((job_id, sid)) == key:
             return ""  # the second recheck gave the same new answer
         if tries >= RECHECK_TRIES:
             return "split"
