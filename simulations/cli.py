@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 SHOWN = ("steps", "wrong_accepted", "wrong_accepted_rate", "replicas_per_step", "spot_checks_per_step",
+         "refused_per_step",
          "latency_p50", "latency_p99", "credit_gini", "adversary_credit_share", "reputation_auc", "events",
          "events_per_s", "trace_hash")
 LLM_SHOWN = ("llm_steps", "llm_wrong_accepted", "llm_wrong_per_1000", "llm_generations_per_step",

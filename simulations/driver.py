@@ -198,7 +198,9 @@ class SimSubmitter:
 
     def on_result(self, job_id: str, step: str, node: str, output: Any, claimed: str, work: dict,
                   error: str = "") -> None:
-        job_id = self._checks.pop(job_id, job_id)
+        check = self._checks.pop(job_id, None)
+        self.m.refused += check is None and error.startswith("busy")
+        job_id = check or job_id
         self._apply(self.core.on_result(node, job_id, step, not error, claimed, output, work, error, self.engine.now))
 
     def on_node_lost(self, node: str) -> None:

@@ -14,6 +14,7 @@ class Metrics:
     wrong_at_settle: int = 0  # accepted with a wrong answer when settled
     wrong_final: int = 0  # still wrong after rechecks
     replicas: int = 0  # every replica sent, rechecks included (spot checks counted apart)
+    refused: int = 0  # of `replicas`, those a worker refused at once (busy: it did no work on them)
     step_replicas: int = 0  # replicas of the settled steps themselves
     spot_checks: int = 0
     caught: int = 0

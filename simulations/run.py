@@ -207,6 +207,7 @@ class Simulation:
             "wrong_at_settle_rate": m.wrong_at_settle / max(1, m.steps),
             "replicas_per_step": round(m.replicas / max(1, m.steps), 4),
             "spot_checks_per_step": round(m.spot_checks / max(1, m.steps), 4),
+            "refused_per_step": round(m.refused / max(1, m.steps), 4),
             "llm_steps": m.llm_steps, "llm_wrong_accepted": m.llm_wrong_final,
             "llm_wrong_per_1000": round(1000 * m.llm_wrong_final / max(1, m.llm_steps), 2),
             "llm_wrong_at_settle": m.llm_wrong_at_settle,

@@ -170,7 +170,7 @@ def test_adaptive_replication_on_a_real_mesh_cuts_replicas_and_still_catches_wro
     assert mean < 2.6, replicas
     assert 1 in replicas
     ranking = cli_json("ledger", "peers", "--home", str(mesh.nodes[0].home))
-    assert ranking[-1]["node"] == bad
+    assert ranking[-1]["node"] == bad, ranking
     assert cli_json("ledger", "balance", "--home", str(mesh.nodes[4].home))["balance"] == 0
 
 

@@ -241,6 +241,25 @@ def test_a_submitter_places_among_workers_it_knows_as_well_as_a_fresh_sample():
     assert all(len(alone.submitters[0]._pool()) <= 32 for _ in range(5))
 
 
+@pytest.mark.mesh  # two simulated networks: seconds, so not in the fast suite
+def test_refusals_are_counted_apart_among_the_replicas_sent():
+    """`replicas_per_step` counts every replica sent, a `busy` refusal too, though no work was done on it:
+    `refused_per_step` says how many of them were refused (in large-10k, 0.1-0.9 a step depending on
+    placement). A refused spot check is not a replica and is not counted."""
+    s, _ = small("baseline", 10)
+    sim = Simulation(s, 1)
+    sub = sim.submitters[0]
+    sub.on_result("no-such-job", "s1", "n00050", None, "", {}, "busy: too many steps in flight")
+    sub._checks["wire-id"] = "no-such-check"
+    sub.on_result("wire-id", "s1", "n00050", None, "", {}, "busy: too many steps in flight")
+    sub.on_result("no-such-job", "s1", "n00050", None, "", {}, "timeout")
+    assert sim.m.refused == 1
+    crowded = Simulation(small("baseline", 3000, **{"jobs.rate_per_s": 100.0})[0], 1).run()
+    quiet = Simulation(small("baseline", 3000)[0], 1).run()
+    assert 0 < crowded["refused_per_step"] < crowded["replicas_per_step"], crowded
+    assert quiet["refused_per_step"] < crowded["refused_per_step"] / 10, (quiet, crowded)
+
+
 def test_a_worker_refuses_a_step_it_could_not_start_before_the_deadline():
     """A real node takes a bounded number of steps and answers the rest "busy". The simulated one queued
     without bound and ran steps its submitter had long given up on: in large-10k, 400-600 slow workers
