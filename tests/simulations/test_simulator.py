@@ -244,8 +244,8 @@ def test_a_submitter_places_among_workers_it_knows_as_well_as_a_fresh_sample():
 @pytest.mark.mesh  # two simulated networks: seconds, so not in the fast suite
 def test_refusals_are_counted_apart_among_the_replicas_sent():
     """`replicas_per_step` counts every replica sent, a `busy` refusal too, though no work was done on it:
-    `refused_per_step` says how many of them were refused (in large-10k, 0.1-0.9 a step depending on
-    placement). A refused spot check is not a replica and is not counted."""
+    `refused_per_step` says how many of them were refused. A refused spot check is not a replica and is
+    not counted."""
     s, _ = small("baseline", 10)
     sim = Simulation(s, 1)
     sub = sim.submitters[0]
