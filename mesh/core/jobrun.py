@@ -412,12 +412,15 @@ class JobRun:
         The first seat goes to a proven worker (run ≥ PROVEN × N) when the candidates hold one. Drawn from
         all candidates alike, a submitter of a 10,000-node mesh rarely drew one it trusted, and replicated
         nearly every step. Not from all trusted (run ≥ N): a worker that cheats as soon as it is trusted
-        (trust-builder, evader) then ran most steps alone while its run was short and its audits rare."""
+        (trust-builder, evader) then ran most steps alone while its run was short and its audits rare.
+        Of the proven, one not already running a request of ours (`engaged`) first: the step would queue
+        behind ours there. Never a worker not proven instead, which would replicate the step in full."""
         n = self.job.adaptive
         if n <= 0 or not candidates:
             return "", False
         proven = [c for c in candidates if c.streak >= PROVEN * n]
-        (first,) = place(proven or candidates, 1, self.rng)
+        idle = [c for c in proven if not c.engaged]
+        (first,) = place(idle or proven or candidates, 1, self.rng)
         streak = next(c.streak for c in candidates if c.node == first)
         if streak < n:
             return "", False

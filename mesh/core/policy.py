@@ -25,6 +25,7 @@ class Candidate:
     rates: RateCard = RateCard()  # what it charges (its signed record's rate card)
     verified: float | None = None  # its verified results as this node counts them (None: not counted, full weight)
     per_peer: int = 4  # requests it takes from one requester at once (its record's offer, --max-steps)
+    engaged: bool = False  # running a request of this submitter's now (set by the core, mesh.core.submission)
 
     @property
     def cohort(self) -> str:

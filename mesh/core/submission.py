@@ -326,10 +326,14 @@ class Submission:
 
     # -- placement and slots ------------------------------------------------------------------------
     def _trusted(self, candidates: Mapping[str, list[Candidate]], now: float) -> Mapping[str, list[Candidate]]:
+        """The candidates minus the banned, those running a request of ours marked `engaged` (placement
+        gives a lone step's seat to a free one first)."""
         banned = self.spot.banned  # (SpotChecker.blacklisted, inlined: this runs on every tick)
-        if not banned:
+        out = self.outstanding
+        if not banned and not out:
             return candidates
-        return {k: [c for c in v if c.node not in banned or banned[c.node] <= now] for k, v in candidates.items()}
+        return {k: [dataclasses.replace(c, engaged=True) if out.get(c.node) else c for c in v
+                    if c.node not in banned or banned[c.node] <= now] for k, v in candidates.items()}
 
     def _busy(self, node: str, now: float) -> bool:
         out = self.outstanding.get(node, {})

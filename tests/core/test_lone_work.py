@@ -136,3 +136,27 @@ def test_a_recheck_split_by_sybils_is_asked_again_of_others_then_let_stand():
             assert not again and [e.verdict for e in effects if isinstance(e, Rechecked)] == ["inconclusive"]
     assert sub.jobs["j1"].run.steps["a"].output == WRONG  # no quorum anywhere: let stand, nobody convicted
     assert not [e for e in effects if isinstance(e, Record) for x in e.entries if x.kind == "disagreed"]
+
+
+def test_a_lone_step_goes_to_a_proven_worker_not_already_running_one_of_ours():
+    """Two proven workers, and one is still running our first lone step: the second lone step goes to the
+    other, not to queue behind ours (large-10k: a submitter's lone steps piled onto its few proven workers,
+    which then refused the rest). With both running one of ours, one of them is still drawn."""
+    cands = {"python": [Candidate("p1", 0.5, "10.1.0", PROVEN * N), Candidate("p2", 0.5, "10.1.1", PROVEN * N)]
+             + [Candidate(f"w{i}", 0.5, f"10.2.{i}") for i in range(8)]}
+    for seed in range(30):
+        sub = Submission(Config(seed))
+        firsts = []
+        for k in range(3):
+            jid = f"j{k}"
+            sub.submit(jid, job(adaptive=N), seed * 10 + k)
+            sent = [e for e in sub.tick(jid, cands, float(k)) if isinstance(e, Send)]
+            firsts.append(tuple(e.node for e in sent))
+        alone = [f[0] for f in firsts if len(f) == 1]  # (an audit sends two: it says nothing here)
+        if len(firsts[0]) == 1 and len(firsts[1]) == 1:
+            assert firsts[0] != firsts[1], (seed, firsts)
+        assert all(n in ("p1", "p2") for n in alone)
+    marked = Submission(Config(1))
+    marked.outstanding["p1"] = {("j", "a"): 99.0}
+    view = marked._trusted(cands, 0.0)["python"]
+    assert [c.node for c in view if c.engaged] == ["p1"] and len(view) == len(cands["python"])

@@ -54,10 +54,13 @@ def test_sybils_that_vouch_for_each_other_and_slander_the_rest_gain_nothing_by_i
     the credits. Now the same operator, talking or not, fares alike. What its slander still buys is cost:
     a trusted issuer's wrong-answer report ends the runs others lend a worker (ignored, a saboteur's short
     runs at 50 submitters added up to running alone: large-10k), so the honest workers it accuses are
-    replicated more — 1.46 times sybil-30's replicas a step here (1.854 against 1.273), 1.13 at 50,000 steps
-    (before proven workers took the first seat: 1.40 here, 2.041 against 1.457; 1.17 at 50,000 steps)."""
-    quiet, talking = run("sybil-30", 6000, True), run("vouching-30", 6000, True)
+    replicated more — 1.19 times sybil-30's replicas a step here (1.317 against 1.111; 1.46 at 6,000 steps
+    before a proven worker's first seat passed over one running our request).
+    Run for 20,000 steps, not 6,000: in the first 6,000 the slander leaves wrong answers that later
+    rechecks overturn — seeds 1-6, 17 in all with sybil-30's 0 (26 before that change, seed 1 had none
+    then and 4 now); at 20,000, 0-1 a seed either way."""
+    quiet, talking = run("sybil-30", 20000, True), run("vouching-30", 20000, True)
     assert talking["adversary_id_share"] == quiet["adversary_id_share"]
     assert talking["adversary_credit_share"] < 0.2, talking
-    assert talking["wrong_accepted_rate"] <= max(quiet["wrong_accepted_rate"], 1 / 6000) * 3, (quiet, talking)
+    assert talking["wrong_accepted_rate"] <= max(quiet["wrong_accepted_rate"], 1 / 20000) * 3, (quiet, talking)
     assert talking["replicas_per_step"] < quiet["replicas_per_step"] * 1.55, (quiet, talking)

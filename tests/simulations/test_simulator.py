@@ -220,7 +220,8 @@ def test_settings_from_the_command_line_are_checked_and_kept_in_the_trace(tmp_pa
 def test_a_submitter_places_among_workers_it_knows_as_well_as_a_fresh_sample():
     """A node stays linked to the peers it works with. Each job drew all of its 32 afresh, so in a mesh of
     10,000 a submitter met each worker about once and never used what it learned (large-10k: 1,532 wrong
-    answers in 200,000 steps, replicating almost everything)."""
+    answers in 200,000 steps, replicating almost everything). Drawn at random from those it knows, few
+    were met ten times; by longest run alone, the same few got every lone step and refused the rest."""
     s, _ = small("large-10k", 3000)
     sim = Simulation(s, 1)
     sim.run()
@@ -233,6 +234,13 @@ def test_a_submitter_places_among_workers_it_knows_as_well_as_a_fresh_sample():
     met = {n for p in pools for n in p}
     assert len(met & online) >= min(len(online), 32)  # those it knows come back
     assert not met & (set(known) - online)  # unless they are offline
+    # linked first: the longest runs of validated results here, passing over those running a request of ours
+    k, runs = s.network.peer_sample, {n: sub._candidate(n).streak for n in online}
+    linked = pools[0][k:]
+    left = [runs[n] for n in online if n not in pools[0] and not sub.core.outstanding.get(n)]
+    assert linked and min(runs[n] for n in linked) >= max(left, default=0), (linked, sorted(left)[-5:])
+    sub.core.outstanding[linked[0]] = {("busy", "s0"): float("inf")}
+    assert linked[0] not in sub._pool()[k:]
     for nid in known[:3]:  # a worker whose record turns bad is no longer sought out
         sub._known.drop(nid)
     assert not set(known[:3]) & set(sub._known.members)
