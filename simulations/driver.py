@@ -174,10 +174,10 @@ class SimSubmitter:
         pool = [n for n in self.world.sample(k + 1) if n != self.id][:k]
         known = self._known.members
         if known and self.s.network.known_peers:
-            nodes, seen, engaged = self.world.nodes, set(pool), self.core.outstanding
+            nodes, seen, engaged = self.world.nodes, set(pool), self.core.engaged
             want = self.s.network.known_peers
             for n in sorted(known, key=self._run_of):  # longest run first (ties: as they became known)
-                if n not in seen and nodes[n].online and not engaged.get(n):
+                if n not in seen and nodes[n].online and not engaged(n):
                     pool.append(n)
                     want -= 1
                     if not want:

@@ -25,7 +25,9 @@ class Candidate:
     rates: RateCard = RateCard()  # what it charges (its signed record's rate card)
     verified: float | None = None  # its verified results as this node counts them (None: not counted, full weight)
     per_peer: int = 4  # requests it takes from one requester at once (its record's offer, --max-steps)
-    engaged: bool = False  # running a request of this submitter's now (set by the core, mesh.core.submission)
+    # holding a request of this submitter's: sent and not yet answered (one past its deadline that nobody
+    # answered counts until the worker is next sent one); set by the core (Submission._trusted), not the driver
+    engaged: bool = False
 
     @property
     def cohort(self) -> str:

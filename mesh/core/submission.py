@@ -329,10 +329,9 @@ class Submission:
         """The candidates minus the banned, those running a request of ours marked `engaged` (placement
         gives a lone step's seat to a free one first)."""
         banned = self.spot.banned  # (SpotChecker.blacklisted, inlined: this runs on every tick)
-        out = self.outstanding
-        if not banned and not out:
+        if not banned and not self.outstanding:
             return candidates
-        return {k: [dataclasses.replace(c, engaged=True) if out.get(c.node) else c for c in v
+        return {k: [dataclasses.replace(c, engaged=True) if self.engaged(c.node) else c for c in v
                     if c.node not in banned or banned[c.node] <= now] for k, v in candidates.items()}
 
     def _busy(self, node: str, now: float) -> bool:
@@ -689,6 +688,11 @@ class Submission:
         """Whether `node` holds a request of ours for (job, step): only such a result is an input (pure: a
         driver asks before feeding, so what a stranger sends unasked is never logged or journaled)."""
         return (job_id, step) in self.outstanding.get(node, {})
+
+    def engaged(self, node: str) -> bool:
+        """Whether `node` holds a request of ours not answered yet (pure, like `expects`): a lone step's
+        first seat goes to a proven worker that does not (JobRun._trusted)."""
+        return bool(self.outstanding.get(node))
 
     def holds(self, node: str) -> bool:
         """Whether losing `node` changes anything here: a request or replica out or queued for it, or a

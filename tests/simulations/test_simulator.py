@@ -237,7 +237,7 @@ def test_a_submitter_places_among_workers_it_knows_as_well_as_a_fresh_sample():
     # linked first: the longest runs of validated results here, passing over those running a request of ours
     k, runs = s.network.peer_sample, {n: sub._candidate(n).streak for n in online}
     linked = pools[0][k:]
-    left = [runs[n] for n in online if n not in pools[0] and not sub.core.outstanding.get(n)]
+    left = [runs[n] for n in online if n not in pools[0] and not sub.core.engaged(n)]
     assert linked and min(runs[n] for n in linked) >= max(left, default=0), (linked, sorted(left)[-5:])
     sub.core.outstanding[linked[0]] = {("busy", "s0"): float("inf")}
     assert linked[0] not in sub._pool()[k:]
