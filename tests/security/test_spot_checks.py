@@ -76,7 +76,7 @@ def test_a_worker_that_answers_only_checks_right_is_caught_over_real_connections
         assert rep["status"] == "done" and rep["steps"]["total"]["output"] == sum(range(n)), rep
         if caught():
             break
-    rows = wait_for(caught, 30, "the check-aware worker failing a spot check")
+    rows = wait_for(caught, 60, "the check-aware worker failing a spot check")  # a dispute is rechecked first
     assert {r["peer"] for r in rows} == {cheat.node_id}  # only the cheater, never an honest worker
     assert ledger_peers(sub)[cheat.node_id]["spot_failed"] >= 1
     log = (cheat.home / "node.log").read_text(errors="replace")
