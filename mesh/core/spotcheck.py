@@ -26,6 +26,10 @@ MODEL_PARAM = "model"  # llm kinds: a check must ask for the model the worker wa
 # takes the first seat and may vouch alone for a hundred steps between two audits: with 32 remembered, the
 # early lone answers of an evader caught later were forgotten and stayed wrong (evader-20, seed 1: 8 of them)
 VOUCHED = 256
+# accepted steps kept per kind until replayed once (the oldest forgotten first): drawn from the last 32
+# alone, most were never replayed, and a table of colluders that held every seat of a step was seen by no one
+UNCHECKED = 1024
+UNCHECKED_TRIES = 8  # random draws among those before looking through all of them
 REPLAYABLE = ("python", "llm", "ask-model")  # deterministic given their params (llm: greedy, same model)
 # not scrape: a page may change between the accepted run and the check, and an honest worker would fail it
 
@@ -163,6 +167,7 @@ class SpotChecker:
         self.rng = rng
         self.known: dict[str, deque[Challenge]] = {}  # kind → earlier accepted steps, replayable as checks
         self.memory = memory
+        self.unchecked: dict[str, deque[Challenge]] = {}  # kind → accepted steps not replayed yet (UNCHECKED)
         self.banned: dict[str, float] = {}  # node → until (seconds, caller's clock)
         self.vouched: dict[str, deque] = {}  # node → recent (job, step, alone) it agreed on, for rechecks
         self.planned: dict[str, tuple[str, Challenge, float]] = {}  # check id → (worker, challenge, due)
@@ -249,13 +254,36 @@ class SpotChecker:
         from their params (python; llm greedy on the same model) and exact or text comparison: a check
         judged by a looser rule than the worker could meet would punish honest workers."""
         if kind in REPLAYABLE and Comparator(compare).strict:
-            self.known.setdefault(kind, deque(maxlen=self.memory)).append(
-                Challenge(kind, params, output, step, timeout, compare, source, seen, prefixes))
+            challenge = Challenge(kind, params, output, step, timeout, compare, source, seen, prefixes)
+            self.known.setdefault(kind, deque(maxlen=self.memory)).append(challenge)
+            self.unchecked.setdefault(kind, deque(maxlen=UNCHECKED)).append(challenge)
 
     def forget(self, source: tuple[str, str]) -> None:
         """A recheck overturned this accepted answer: it is not known any more."""
         for kind, known in self.known.items():
             self.known[kind] = deque((c for c in known if c.source != source), maxlen=self.memory)
+        for kind, waiting in self.unchecked.items():
+            self.unchecked[kind] = deque((c for c in waiting if c.source != source), maxlen=UNCHECKED)
+
+    def _unchecked(self, kind: str, ok: Callable[[Challenge], bool]) -> Challenge | None:
+        """An accepted step of `kind` not replayed yet that `ok` allows, taken out (it is replayed once
+        from here; later only if still among the recent `known`). A few random draws first, then a look
+        through all of them, so a check costs little while most are allowed."""
+        waiting = self.unchecked.get(kind)
+        if not waiting:
+            return None
+        for _ in range(UNCHECKED_TRIES):
+            i = self.rng.randrange(len(waiting))
+            if ok(waiting[i]):
+                break
+        else:
+            allowed = [j for j, c in enumerate(waiting) if ok(c)]
+            if not allowed:
+                return None
+            i = allowed[self.rng.randrange(len(allowed))]
+        picked = waiting[i]
+        del waiting[i]
+        return picked
 
     def challenge(self, kind: str, node: str, step: str, timeout: float, model: Any = None,
                   prefix: str = "") -> Challenge | None:
@@ -263,9 +291,13 @@ class SpotChecker:
         its llm model), or None (not this time / nothing known). An earlier accepted step first,
         preferably one neither `node` nor anyone on its prefix was asked (a cheater that decides by the
         content, as colluders do, was honest on the steps its group helped accept); a synthetic python
-        step only when no python step is known."""
+        step only when no python step is known. Of the earlier ones, one never replayed first (_unchecked)."""
         if self.rate <= 0 or self.rng.random() >= self.rate:
             return None
+        first = self._unchecked(kind, lambda c: c.params.get(MODEL_PARAM) == model and node not in c.seen
+                                and prefix not in c.prefixes)
+        if first is not None:
+            return first
         known = [c for c in self.known.get(kind, ()) if c.params.get(MODEL_PARAM) == model]
         fresh = [c for c in known if node not in c.seen and prefix not in c.prefixes]
         pool = fresh or known

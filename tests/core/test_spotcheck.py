@@ -177,3 +177,25 @@ def test_a_caught_cheaters_accepted_answers_are_rechecked_and_overturned():
     report = run.report()["steps"]["a"]
     assert report["output"] == 42 and report["overturned_by"] == "r2" and report["digest"] == digest(42)
     assert run.apply_recheck("a", JobRun.recheck("r3", run, "a", random.Random(1))) == ("inconclusive", ())
+
+
+def test_every_accepted_step_is_replayed_once_before_any_is_replayed_again():
+    """Drawn at random from the last 32 accepted, most steps were never replayed: a table of three
+    colluders that cheat only when they hold every seat wins a step nobody dissents on, and only a replay
+    of that step to an honest worker shows it (side-channel-all-20, seed 1: 5 such wrong answers stood
+    in 50,000 steps, all from the first minutes, when every step is replicated in full). Each accepted
+    step is now replayed once (the oldest forgotten past UNCHECKED), then the recent ones as before."""
+    sc = SpotChecker(rate=1.0, blacklist_s=60, rng=random.Random(3))
+    for i in range(300):
+        sc.remember("python", {"code": f"output = {i}", "inputs": {}}, i, "a", 60.0, "exact", (f"j{i}", "a"),
+                    (f"s{i}", f"t{i}", f"u{i}"), (f"10.1.{i}",))
+    first = [sc.challenge("python", f"w{k}", "x", 60.0).source for k in range(300)]
+    assert len(set(first)) == 300  # none twice while one was never replayed
+    again = {sc.challenge("python", f"w{k}", "x", 60.0).source for k in range(50)}
+    assert again <= {(f"j{i}", "a") for i in range(268, 300)}  # then the recent ones, as before
+    sc.remember("python", {"code": "output = 'x'", "inputs": {}}, "x", "a", 60.0, "exact", ("jx", "a"), ("w1",))
+    sc.forget(("jx", "a"))  # overturned before anyone replayed it: never replayed
+    assert ("jx", "a") not in {sc.challenge("python", f"w{k}", "x", 60.0).source for k in range(50)}
+    sc.remember("python", {"code": "output = 'y'", "inputs": {}}, "y", "a", 60.0, "exact", ("jy", "a"), ("w1",))
+    assert sc.challenge("python", "w1", "x", 60.0).source != ("jy", "a")  # w1 answered it itself
+    assert sc.challenge("python", "w2", "x", 60.0).source == ("jy", "a")
