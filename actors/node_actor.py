@@ -32,6 +32,7 @@ from .procname import name_process
 log = logging.getLogger("mesh.node_actor")
 MAX_RUNNER_RESTARTS = 20  # past this a node stops offering llm steps instead of crash-looping
 WARM_SANDBOXES = 2  # python sandboxes started ahead of the steps that will use them
+STEPS_PER_ACTOR = 200  # python steps one StepActor runs (each in a sandbox of its own) before it is replaced
 
 
 Question = RunStep | RecordEntries | PeerStatsQuery  # what the NodeActor forwards and answers for
@@ -71,6 +72,7 @@ class NodeActor(ActorTypeDispatcher):
         self.load_askers: dict[str, list] = {}  # model sha256 → who asked for it to be served now (LoadModel)
         self.restarts: dict[str, int] = {}
         self.warm: list = []  # StepActors with a sandbox already started, waiting for a python step
+        self.steps_run: dict[str, int] = {}  # str(StepActor address) → python steps it ran (see _done_with)
         self.can_sandbox = False  # bwrap is here (looked up once)
 
     # -- set-up --------------------------------------------------------------------------------------
@@ -102,10 +104,13 @@ class NodeActor(ActorTypeDispatcher):
             self._spawn_runner(sha)
 
     def _warm_up(self) -> None:
-        """Keep WARM_SANDBOXES step actors with a started sandbox (only where bwrap exists)."""
+        """Keep WARM_SANDBOXES step actors with a started sandbox (only where bwrap exists), counting those
+        running a sandboxed step: each comes back warm once its step is done (_done_with)."""
         from .step_actor import StepActor
 
-        while self.can_sandbox and len(self.warm) < WARM_SANDBOXES:
+        returning = sum(1 for p in self.pending.values() if isinstance(p.message, RunStep)
+                        and p.message.kind == "python" and p.message.sandboxed)
+        while self.can_sandbox and len(self.warm) + returning < WARM_SANDBOXES:
             actor = self.createActor(StepActor)
             self.send(actor, WarmUp(True, self.config.step_user, self.config.cap))
             self.warm.append(actor)
@@ -149,12 +154,13 @@ class NodeActor(ActorTypeDispatcher):
             from .step_actor import StepActor
 
             child = self.warm.pop(0) if self.warm and msg.sandboxed else self.createActor(StepActor)
-            self._warm_up()
             msg = dataclasses.replace(msg, user=self.config.step_user, cap=self.config.cap)
         else:
             self.send(sender, StepDone(msg.request_id, False, error=f"unknown step kind {msg.kind!r}"))
             return
         self._forward(msg, sender, child)
+        if msg.kind == "python":
+            self._warm_up()
 
     def receiveMsg_RecordEntries(self, msg: RecordEntries, sender) -> None:
         self._forward(msg, sender, self.ledger)
@@ -172,7 +178,22 @@ class NodeActor(ActorTypeDispatcher):
             return
         self.send(p.asker, msg)
         if isinstance(p.message, RunStep) and p.message.kind == "python":
-            self.send(p.child, ActorExitRequest())
+            self._done_with(p.child, p.message)
+
+    def _done_with(self, child, step: RunStep) -> None:
+        """A StepActor answered its python step: it starts a fresh sandbox and waits for the next one while
+        fewer than WARM_SANDBOXES wait (up to STEPS_PER_ACTOR steps), else it exits. A new actor for every
+        step forked this process and set up a Thespian actor each time, on every step's path."""
+        key = str(child)
+        ran = self.steps_run.pop(key, 0) + 1
+        if step.sandboxed and self.can_sandbox and self.config is not None and len(self.warm) < WARM_SANDBOXES \
+                and ran < STEPS_PER_ACTOR:
+            self.steps_run[key] = ran
+            self.send(child, WarmUp(True, self.config.step_user, self.config.cap))
+            self.warm.append(child)
+        else:
+            self.send(child, ActorExitRequest())
+            self._warm_up()  # (one that ran its STEPS_PER_ACTOR is replaced)
 
     def receiveMsg_StepDone(self, msg: StepDone, sender) -> None:
         self._answer(msg)
@@ -209,6 +230,7 @@ class NodeActor(ActorTypeDispatcher):
             if p.child == child:
                 del self.pending[rid]
                 self.send(p.asker, _failure(p.message, "the worker process died while running it"))
+        self.steps_run.pop(str(child), None)
         if child in self.warm:  # a warm step actor died before its step: start another
             self.warm.remove(child)
             self._warm_up()
@@ -235,6 +257,10 @@ class NodeActor(ActorTypeDispatcher):
         p = self.pending.pop(rid, None) if rid else None
         if p is not None:
             self.send(p.asker, _failure(p.message, f"internal error: {msg.details}"[:500]))
+            if isinstance(p.message, RunStep) and p.message.kind == "python":  # not kept for another step
+                self.steps_run.pop(str(p.child), None)
+                self.send(p.child, ActorExitRequest())
+                self._warm_up()
 
     def receiveUnrecognizedMessage(self, msg, sender) -> None:
         if not isinstance(msg, ActorExitRequest):

@@ -1,6 +1,7 @@
-"""StepActor: runs one python replica in the sandbox, in its own process, then is told to exit. The
-NodeActor keeps a couple of them warm: told WarmUp, one starts its sandbox ahead of the step, so the
-step does not wait for namespaces, cgroups and the interpreter to start."""
+"""StepActor: runs python replicas in the sandbox, in its own process, one sandbox a step. The NodeActor
+keeps a couple of them warm: told WarmUp, one starts its sandbox ahead of the step, so the step does not
+wait for namespaces, cgroups and the interpreter to start; after a step it is told WarmUp again (a fresh
+sandbox for the next step) or to exit (NodeActor._done_with)."""
 
 from __future__ import annotations
 
