@@ -55,6 +55,11 @@ def _failure(msg: Question, reason: str) -> Answer:
     return PeerStatsReply(msg.request_id, {}, error=reason)
 
 
+def _python(msg: object) -> bool:
+    """Whether a forwarded question is a python step (run by a StepActor)."""
+    return isinstance(msg, RunStep) and msg.kind == "python"
+
+
 class NodeActor(ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
@@ -108,8 +113,7 @@ class NodeActor(ActorTypeDispatcher):
         running a sandboxed step: each comes back warm once its step is done (_done_with)."""
         from .step_actor import StepActor
 
-        returning = sum(1 for p in self.pending.values() if isinstance(p.message, RunStep)
-                        and p.message.kind == "python" and p.message.sandboxed)
+        returning = sum(1 for p in self.pending.values() if _python(p.message) and p.message.sandboxed)
         while self.can_sandbox and len(self.warm) + returning < WARM_SANDBOXES:
             actor = self.createActor(StepActor)
             self.send(actor, WarmUp(True, self.config.step_user, self.config.cap))
@@ -177,7 +181,7 @@ class NodeActor(ActorTypeDispatcher):
         if p is None:
             return
         self.send(p.asker, msg)
-        if isinstance(p.message, RunStep) and p.message.kind == "python":
+        if _python(p.message):
             self._done_with(p.child, p.message)
 
     def _done_with(self, child, step: RunStep) -> None:
@@ -186,14 +190,18 @@ class NodeActor(ActorTypeDispatcher):
         step forked this process and set up a Thespian actor each time, on every step's path."""
         key = str(child)
         ran = self.steps_run.pop(key, 0) + 1
-        if step.sandboxed and self.can_sandbox and self.config is not None and len(self.warm) < WARM_SANDBOXES \
-                and ran < STEPS_PER_ACTOR:
+        if step.sandboxed and self.can_sandbox and len(self.warm) < WARM_SANDBOXES and ran < STEPS_PER_ACTOR:
             self.steps_run[key] = ran
             self.send(child, WarmUp(True, self.config.step_user, self.config.cap))
             self.warm.append(child)
         else:
-            self.send(child, ActorExitRequest())
-            self._warm_up()  # (one that ran its STEPS_PER_ACTOR is replaced)
+            self._retire(child)  # (one that ran its STEPS_PER_ACTOR is replaced)
+
+    def _retire(self, child) -> None:
+        """A StepActor not kept for another step: told to exit, and the warm ones topped up."""
+        self.steps_run.pop(str(child), None)
+        self.send(child, ActorExitRequest())
+        self._warm_up()
 
     def receiveMsg_StepDone(self, msg: StepDone, sender) -> None:
         self._answer(msg)
@@ -257,10 +265,8 @@ class NodeActor(ActorTypeDispatcher):
         p = self.pending.pop(rid, None) if rid else None
         if p is not None:
             self.send(p.asker, _failure(p.message, f"internal error: {msg.details}"[:500]))
-            if isinstance(p.message, RunStep) and p.message.kind == "python":  # not kept for another step
-                self.steps_run.pop(str(p.child), None)
-                self.send(p.child, ActorExitRequest())
-                self._warm_up()
+            if _python(p.message):  # not kept for another step
+                self._retire(p.child)
 
     def receiveUnrecognizedMessage(self, msg, sender) -> None:
         if not isinstance(msg, ActorExitRequest):

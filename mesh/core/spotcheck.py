@@ -294,12 +294,14 @@ class SpotChecker:
         step only when no python step is known. Of the earlier ones, one never replayed first (_unchecked)."""
         if self.rate <= 0 or self.rng.random() >= self.rate:
             return None
-        first = self._unchecked(kind, lambda c: c.params.get(MODEL_PARAM) == model and node not in c.seen
-                                and prefix not in c.prefixes)
+        def unseen(c: Challenge) -> bool:  # neither `node` nor anyone on its prefix was asked it
+            return node not in c.seen and prefix not in c.prefixes
+
+        first = self._unchecked(kind, lambda c: c.params.get(MODEL_PARAM) == model and unseen(c))
         if first is not None:
             return first
         known = [c for c in self.known.get(kind, ()) if c.params.get(MODEL_PARAM) == model]
-        fresh = [c for c in known if node not in c.seen and prefix not in c.prefixes]
+        fresh = [c for c in known if unseen(c)]
         pool = fresh or known
         if pool:
             return pool[self.rng.randrange(len(pool))]
