@@ -49,6 +49,8 @@ BENCHES = (
           {"python_step_vs_bwrap": "python_step_vs_bwrap", "cold_step_vs_bwrap": "cold_step_vs_bwrap"}),
     Bench("simulator", "bench.sim_engine", ("--steps", "2000", "--micro-events", "100000"), (),
           {"engine_vs_simpy": "simulator_vs_simpy", "engine_only_vs_simpy": "simulator_queue_vs_simpy"}),
+    Bench("sim_scale", "bench.sim_scale", ("--steps", "2000"), (),
+          {"spread": "simulator_size_spread", "events_per_s_100000": "simulator_events_per_s_100k"}),
     Bench("llm", "bench.llm_mesh", ("--tokens", "64"), ("--tokens", "128"), {"llm_vs_direct": "llm_vs_direct"}),
     Bench("mesh_jobs", "bench.mesh_jobs", ("--jobs", "5", "--burst", "40"), ("--jobs", "20", "--burst", "200"),
           {"latency_r1_s": "latency_r1_s", "latency_r3_s": "latency_r3_s", "latency_r5_s": "latency_r5_s",
@@ -82,6 +84,7 @@ GOALS = (
     Goal("ledger_vs_sqlite", 0.5, True, "ledger rows/s (hash chain, batched) ÷ raw sqlite3 inserts"),
     Goal("python_step_vs_bwrap", 1.3, False, "python step time (warm sandbox) ÷ a bare bwrap start"),
     Goal("simulator_vs_simpy", 2.0, True, "simulated events/s, whole run ÷ the same run on SimPy"),
+    Goal("simulator_size_spread", 2.0, False, "simulated events/s at the fastest network size ÷ the slowest (100 → 100,000 nodes)"),
     Goal("idle_node_uss_mib", 40, False, "MiB no other process shares, summed over an idle node's tree (no model)"),
 )
 

@@ -355,3 +355,64 @@ def test_a_worker_outvoted_here_once_is_not_rechecked_at_every_slander_forever()
     shared.refresh(t2)
     assert shared.suspected(t2) == ([], [])  # right LEND_RUN times in a row since: an opinion again
     assert shared.suspected(t + 1000 + SUSPECT_EVERY_MS) == ([], ["A"])  # sampled once an hour
+
+
+def full_scan(shared: Shared, now_ms: int) -> tuple[list[str], list[str]]:
+    """`Shared.suspected` as it was before it kept `pending`: every worker held looked at, every round."""
+    from mesh.core.trust import MIN_WEIGHT
+
+    for gone in [w for w in shared.suspect if w not in shared.about]:
+        del shared.suspect[gone]
+    firm: list[str] = []
+    soft: list[str] = []
+    for worker, said in shared.about.items():
+        latest = max((t.last_bad for i, t in said.items() if shared.weights.get(i, 0.0) >= MIN_WEIGHT), default=0)
+        seen, when = shared.suspect.get(worker, (0, -SUSPECT_EVERY_MS))
+        if latest <= seen:
+            continue
+        if shared._wrong_lately(worker):
+            firm.append(worker)
+        elif now_ms - when >= SUSPECT_EVERY_MS:
+            soft.append(worker)
+        else:
+            continue
+        shared.suspect[worker] = (latest, now_ms)
+    return firm, soft
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_suspected_looks_only_at_pending_workers_and_answers_as_the_full_scan(seed):
+    """Two receivers fed the same testimony, own evidence and re-weighings (issuers' weights rising past
+    MIN_WEIGHT and falling back, reports with and without wrong answers, opinions held back for
+    SUSPECT_EVERY_MS): the one that looks only at pending workers acts on the same workers, in the same
+    order, at every round, as one that looks at every worker it holds."""
+    import random
+
+    rng = random.Random(seed)
+    own = Reputations()
+    issuers = [f"I{k}" for k in range(6)]
+    workers = [f"W{k}" for k in range(10)]
+    fast, slow = Shared("R", own), Shared("R", own)
+    t = T0
+    acted = 0
+    for _ in range(400):
+        t += rng.choice((1000, 60_000, SUSPECT_EVERY_MS // 3))
+        op = rng.random()
+        if op < 0.45:
+            bad = rng.random() < 0.4
+            item = Testimony(rng.choice(issuers), rng.choice(workers), rng.uniform(0, 20), 3.0 if bad else 0.0,
+                             0, 0, t - rng.randrange(0, 5000) if bad else 0, t)
+            assert fast.take(item) == slow.take(item)
+        elif op < 0.65:
+            peer = rng.choice(issuers + workers)
+            if rng.random() < 0.7:
+                agreed(own, peer, rng.randrange(1, 8), t)
+            else:
+                own.fold("disagreed", peer, t, None)
+        elif op < 0.8:
+            assert fast.refresh(t) == slow.refresh(t)
+        else:
+            got = fast.suspected(t)
+            assert got == full_scan(slow, t)
+            acted += len(got[0]) + len(got[1])
+    assert acted > 0
