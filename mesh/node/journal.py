@@ -154,23 +154,35 @@ class Journal:
         if self.error:
             return
         try:
-            text = json.dumps(self._encode(entry))
+            encoded, fresh = self._encode(entry)
+            text = json.dumps(encoded)
         except (TypeError, ValueError) as exc:  # a bug, not a disk fault: what follows would not replay
             self._failed(sqlite3.DataError(f"input {entry[0]} cannot be encoded: {exc}"))
             return
-        if self.write("INSERT INTO inputs (now, wall, entry) VALUES (?,?,?)", (now, time.time(), text)):
+        row = (now, time.time(), text)
+        if fresh is None:
+            if self.write("INSERT INTO inputs (now, wall, entry) VALUES (?,?,?)", row):
+                self.count += 1
+            return
+        with self.batch():  # a tick naming candidates not stored yet: both rows in one commit (one fsync)
+            self.write("INSERT OR IGNORE INTO candidates VALUES (?,?)", fresh)
+            self.write("INSERT INTO inputs (now, wall, entry) VALUES (?,?,?)", row)
+        if not self.error:
+            self._refs.add(fresh[0])
             self.count += 1
 
-    def _encode(self, entry: list) -> list:
+    def _encode(self, entry: list) -> tuple[list, tuple[str, str] | None]:
+        """The input as journaled, and the (ref, body) of the candidates it names when they are not
+        stored yet (a tick's candidates change far less often than jobs tick: stored once each)."""
         encoded = loggable(entry, self._candidate)
-        if entry[0] == "tick":  # the candidates change far less often than jobs tick: stored once each
+        fresh = None
+        if entry[0] == "tick":
             body = json.dumps(encoded[2], sort_keys=True)
             ref = hashlib.sha256(body.encode()).hexdigest()[:24]
             if ref not in self._refs:
-                self.write("INSERT OR IGNORE INTO candidates VALUES (?,?)", (ref, body))
-                self._refs.add(ref)
+                fresh = (ref, body)
             encoded[2] = {"ref": ref}
-        return encoded
+        return encoded, fresh
 
     def _candidate(self, c: Candidate) -> dict:
         """asdict, remembered per distinct candidate (it was half the journal's cost: a tick names all)."""

@@ -93,6 +93,25 @@ def test_a_write_that_fails_stops_the_journal_at_a_valid_prefix(tmp_path):
     assert [e[1] for e in journal.replayed().entries] == [1.0]
 
 
+def test_a_tick_naming_new_candidates_is_one_commit_and_known_ones_are_not_stored_again(tmp_path):
+    """A tick names the candidates it placed among; a set not stored yet is stored with the tick in one
+    transaction (one fsync on the submitter's event loop, not two), and a set stored before only by ref."""
+    journal = Journal(tmp_path)
+    journal.start_epoch(Config(1))
+    said: list[str] = []
+    journal.db.set_trace_callback(said.append)
+    tick = ["tick", "job0", {k: list(v) for k, v in WORKERS.items()}, 1.0]
+    journal.append(tick, 1.0)
+    assert [s.split()[0] for s in said] == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
+    said.clear()
+    journal.append([*tick[:3], 2.0], 2.0)  # the same candidates
+    assert len(said) == 1 and said[0].startswith("INSERT INTO inputs")
+    journal.db.set_trace_callback(None)
+    entries = journal.replayed().entries
+    assert len(entries) == 2 and entries[0][2] == entries[1][2]
+    assert [c["node"] for c in entries[0][2]["python"]] == [c.node for c in WORKERS["python"]]
+
+
 @pytest.mark.parametrize("damage", ["not a database", "bad row"])
 def test_a_damaged_journal_is_a_clear_error_naming_what_to_do(tmp_path, damage):
     if damage == "not a database":

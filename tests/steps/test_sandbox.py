@@ -172,6 +172,22 @@ def test_forged_result_written_after_the_runner_does_not_crash_the_parser(forged
     _ok_or_step_failed(code)
 
 
+def test_a_thread_the_step_leaves_running_does_not_hold_its_answer_until_the_timeout():
+    """The step set its output and returned, but left a thread sleeping: the answer comes at once (the
+    interpreter used to wait for the thread, so the step held its worker's slot and then timed out)."""
+    began = time.monotonic()
+    res = run("import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\noutput = 1",
+              timeout=20)
+    assert res.output == 1
+    assert time.monotonic() - began < 10
+
+
+def test_exit_handlers_the_step_registers_do_not_run_after_its_result():
+    """What runs at interpreter exit (atexit, a library's flush) comes after the result: it used to be
+    able to spoil it (here the step's own answer was lost as unreadable)."""
+    assert run("import atexit, os\natexit.register(lambda: os.write(1, b'junk'))\noutput = 2").output == 2
+
+
 # -- isolation --------------------------------------------------------------------------------------------
 
 @pytest.fixture
