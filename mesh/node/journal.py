@@ -173,7 +173,8 @@ class Journal:
 
     def _encode(self, entry: list) -> tuple[list, tuple[str, str] | None]:
         """The input as journaled, and the (ref, body) of the candidates it names when they are not
-        stored yet (a tick's candidates change far less often than jobs tick: stored once each)."""
+        stored yet (each distinct set is stored once; on a 6-node mesh 184 of 187 ticks over 50 r=3 jobs
+        named a set not seen before, so that row shares the tick's commit)."""
         encoded = loggable(entry, self._candidate)
         fresh = None
         if entry[0] == "tick":

@@ -45,6 +45,7 @@ CANCEL_POLL_S = 0.2  # how often a running step asks whether it was cancelled
 # tore the interpreter down for nothing (1.5 of ~11 ms of CPU a warm step took here).
 _RUNNER = r"""
 import io, marshal, sys
+from posix import _exit  # taken before the step runs: whatever it does to imports, the runner still leaves
 ESC = {i: "\\u%04x" % i for i in range(32)}
 ESC.update({34: '\\"', 92: "\\\\"})
 def s(v):
@@ -108,8 +109,7 @@ except BaseException as e:
 res += ',"stdout":%s,"stderr":%s' % (s(out.getvalue()[:CAP]), s(err.getvalue()[:CAP]))
 real.write(MARK + "{" + res + "}")
 real.flush()
-import posix
-posix._exit(0)
+_exit(0)
 """.replace("CAP", str(STREAM_CAP)).replace("MARK", repr(MARK))
 
 

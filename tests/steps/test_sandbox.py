@@ -188,6 +188,13 @@ def test_exit_handlers_the_step_registers_do_not_run_after_its_result():
     assert run("import atexit, os\natexit.register(lambda: os.write(1, b'junk'))\noutput = 2").output == 2
 
 
+def test_a_step_that_hooks_imports_cannot_keep_the_runner_from_leaving():
+    began = time.monotonic()
+    res = run("import builtins, time\nbuiltins.__import__ = lambda *a, **k: time.sleep(60)\noutput = 3", timeout=20)
+    assert res.output == 3
+    assert time.monotonic() - began < 10
+
+
 # -- isolation --------------------------------------------------------------------------------------------
 
 @pytest.fixture
