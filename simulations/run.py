@@ -3,6 +3,8 @@ summarise. `simulate` is a pure function of (scenario, seed): the trace hash pro
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import sys
@@ -42,6 +44,24 @@ def chain(length: int, s: Scenario, llm: tuple[bool, ...] = ()) -> Job:
     return parse_job({"name": f"chain-{length}", "redundancy": j.redundancy, "quorum": j.quorum,
                       "adaptive": j.adaptive, "timeout": j.timeout_s, "max_replicas": j.max_replicas,
                       "steps": steps})
+
+
+GC_YOUNG = 100_000  # allocations between two young collections while a run goes (Python's default: 700)
+
+
+@contextlib.contextmanager
+def young_collections_every(allocations: int):
+    """Python's cyclic collector, less often for the duration: a simulated network is millions of small
+    objects that live long (testimony, evidence, jobs) and make few cycles. `huge-100k`, 40,000 steps, two
+    runs side by side: 269.4 s at the default (a young collection every 700 allocations), 225.7 s with
+    this; the same trace and the same peak RSS (3,590 MiB), so nothing piles up uncollected. The
+    previous thresholds come back after, whatever happens."""
+    old = gc.get_threshold()
+    gc.set_threshold(allocations, old[1], old[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 class Simulation:
@@ -166,7 +186,8 @@ class Simulation:
                 print(f"\r{self.s.name}: [{bar:<30}] {frac:4.0%} {self.m.steps}/{self.s.steps} steps, "
                       f"{self.engine.events} events, {now - started:.0f} s", end="", file=sys.stderr, flush=True)
 
-        self.engine.run(self.done, on_batch, batch=1024)
+        with young_collections_every(GC_YOUNG):
+            self.engine.run(self.done, on_batch, batch=1024)
         self._snapshot()
         wall = time.perf_counter() - started
         if progress:

@@ -43,6 +43,26 @@ def test_the_same_seed_gives_one_trace_every_time():
     assert simulate(s, text, "t", 8)[0]["trace_hash"] not in hashes
 
 
+def test_a_run_collects_garbage_less_often_and_gives_the_collector_back_as_it_was(monkeypatch):
+    """Simulation.run raises the young-collection threshold while it runs and restores the caller's
+    thresholds after, also when the run fails: nothing leaks into the next test or the caller."""
+    import gc
+
+    from simulations.run import GC_YOUNG
+
+    before = gc.get_threshold()
+    s, _ = small("baseline", 20)
+    seen: list[tuple[int, int, int]] = []
+    real = Engine.run
+    monkeypatch.setattr(Engine, "run", lambda self, *a, **k: (seen.append(gc.get_threshold()), real(self, *a, **k))[1])
+    Simulation(s, 1).run()
+    assert seen == [(GC_YOUNG, before[1], before[2])] and gc.get_threshold() == before
+    monkeypatch.setattr(Engine, "run", lambda self, *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        Simulation(s, 1).run()
+    assert gc.get_threshold() == before
+
+
 @pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
 def test_replay_reproduces_a_trace_in_a_fresh_process_and_names_the_first_tampered_record(tmp_path):
     trace = tmp_path / "run.trace"
