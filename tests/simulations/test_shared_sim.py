@@ -64,3 +64,24 @@ def test_sybils_that_vouch_for_each_other_and_slander_the_rest_gain_nothing_by_i
     assert talking["adversary_credit_share"] < 0.2, talking
     assert talking["wrong_accepted_rate"] <= max(quiet["wrong_accepted_rate"], 1 / 20000) * 3, (quiet, talking)
     assert talking["replicas_per_step"] < quiet["replicas_per_step"] * 1.55, (quiet, talking)
+
+
+def test_the_board_gives_each_reader_what_became_readable_since_its_last_read_and_trims_only_what_all_read():
+    """Board.read finds the first post not yet readable by halving (posts come in time order): each reader
+    gets every post once, in order, and none before its delay; posts are dropped only once every reader
+    is past them (TRIM_AT), with the cursors moved along."""
+    from simulations import board as b
+
+    board = b.Board(delay_s=30.0)
+    for r in ("a", "b"):
+        board.join(r)
+    n = b.TRIM_AT + 500
+    for i in range(n):
+        board.publish(i, i * 0.1)  # (any value stands for a post here)
+    assert board.read("a", 29.9) == [] and board.read("a", 30.0) == [0]
+    got_a = [0] + board.read("a", 30.0 + (b.TRIM_AT + 99) * 0.1)
+    assert got_a == list(range(b.TRIM_AT + 100))
+    assert len(board.posts) == n  # b has read nothing: nothing dropped
+    got_b = board.read("b", 30.0 + (n - 1) * 0.1)
+    assert got_b == list(range(n)) and len(board.posts) == n - (b.TRIM_AT + 100)
+    assert board.read("a", 1e9) == list(range(b.TRIM_AT + 100, n)) and board.read("b", 1e9) == []

@@ -159,6 +159,29 @@ def test_churn_and_partitions_still_settle_every_step():
     assert r["messages_lost"] > 0  # loss and the partition
 
 
+@pytest.mark.mesh  # a whole simulated network: seconds, so not in the fast suite
+def test_a_goodbye_reaches_only_submitters_a_worker_may_hold_something_of(monkeypatch):
+    """A submitter skips a leaving worker no pool of its named (SimSubmitter.on_node_lost): that holds only
+    while placement, spot checks and rechecks draw from pools. At every leave of a churny run, each
+    submitter that skips the worker is asked what a node asks first (core.holds): it must hold nothing."""
+    from simulations.driver import SimSubmitter
+
+    s, text = small("churn", 1500)
+    real = SimSubmitter.on_node_lost
+    told, skipped = [0], [0]
+
+    def checked(self, node):
+        told[0] += 1
+        if node not in self._met:
+            skipped[0] += 1
+            assert not self.core.holds(node), (self.id, node)
+        real(self, node)
+
+    monkeypatch.setattr(SimSubmitter, "on_node_lost", checked)
+    r, _ = simulate(s, text, "t", 5)
+    assert r["leaves"] > 0 and 0 < skipped[0] < told[0], (told, skipped)
+
+
 def replay_every_job(s, seed: int = 11) -> list:
     """Run scenario `s` recording every job's log, replay each log into a fresh JobRun (asserting it
     decides the same), and return the jobs replayed."""
