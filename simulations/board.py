@@ -2,7 +2,9 @@
 their ledgers learned of each worker, and the outvotes their cross-checks proved (a node passes those on
 as signed proofs, mesh.wire.proof), and every submitter reads what others published once it has had
 time to spread (delay_s). One board per run; nothing on it is trusted by a reader — each weighs it with
-its own mesh.core.trust.Shared, as a node does."""
+its own mesh.core.trust.Shared, as a node does. A reader keeps testimony only about workers its own pools
+have named, as a node keeps it only about peers in its table (Testimonies.heard); of a worker newly met it
+asks what each issuer says of it now (`said_of`), as a node asks its linked peers every round."""
 
 from __future__ import annotations
 
@@ -24,9 +26,28 @@ class Board:
     delay_s: float = 30.0  # from publication to being readable by every other submitter
     posts: list[tuple[float, Post]] = field(default_factory=list)  # (readable from, testimony), in order
     cursors: dict[str, int] = field(default_factory=dict)  # reader → index into posts of its next read
+    # worker → issuer → its recent testimony about the worker, (readable from, testimony) in order: the
+    # newest one readable when it was published, and any published since
+    recent: dict[str, dict[str, list[tuple[float, Testimony]]]] = field(default_factory=dict)
 
     def publish(self, t: Post, now: float) -> None:
-        self.posts.append((now + self.delay_s, t))
+        post = (now + self.delay_s, t)
+        self.posts.append(post)
+        if type(t) is Testimony:
+            said = self.recent.setdefault(t.worker, {}).setdefault(t.issuer, [])
+            said.append(post)
+            while len(said) > 1 and said[1][0] <= now:  # superseded by one every reader could have now
+                del said[0]
+
+    def said_of(self, worker: str, until: float) -> list[Testimony]:
+        """What each issuer said of `worker` as of `until`: its newest testimony readable by then."""
+        out = []
+        for said in self.recent.get(worker, {}).values():
+            i = bisect_right(said, until, key=_READABLE_FROM)
+            if i:
+                out.append(said[i - 1])
+        out.sort(key=_READABLE_FROM)
+        return [t for _, t in out]
 
     def join(self, reader: str) -> None:
         self.cursors[reader] = 0

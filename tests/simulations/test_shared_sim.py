@@ -85,3 +85,65 @@ def test_the_board_gives_each_reader_what_became_readable_since_its_last_read_an
     got_b = board.read("b", 30.0 + (n - 1) * 0.1)
     assert got_b == list(range(n)) and len(board.posts) == n - (b.TRIM_AT + 100)
     assert board.read("a", 1e9) == list(range(b.TRIM_AT + 100, n)) and board.read("b", 1e9) == []
+
+
+def test_said_of_gives_each_issuers_newest_testimony_readable_by_then_and_keeps_no_more_than_that_needs():
+    from mesh.core.trust import Testimony
+    from simulations import board as b
+
+    board = b.Board(delay_s=30.0)
+
+    def said(issuer: str, stamp_s: float) -> Testimony:
+        return Testimony(issuer, "w", 1.0, 0.0, 1, 0, 0, int(stamp_s * 1000))
+
+    for t in (said("x", 0), said("y", 5), said("x", 10)):
+        board.publish(t, t.stamp / 1000)
+    assert board.said_of("w", 29.9) == [] and board.said_of("nobody", 1e9) == []
+    assert [(t.issuer, t.stamp) for t in board.said_of("w", 30)] == [("x", 0)]
+    assert [(t.issuer, t.stamp) for t in board.said_of("w", 45)] == [("y", 5000), ("x", 10000)]
+    board.publish(said("x", 50), 50)
+    assert [(t.issuer, t.stamp) for t in board.said_of("w", 80)] == [("y", 5000), ("x", 50000)]
+    # x's first is gone: its second was readable by every reader when its third came, and a reader that
+    # last read at 30 and meets the worker now gets the second in this round's posts (Board.read)
+    assert [t.stamp for _, t in board.recent["w"]["x"]] == [10000, 50000]
+    assert board.said_of("w", 30) == []
+
+
+def test_a_submitter_holds_testimony_only_about_workers_it_met_and_all_of_it_about_those(monkeypatch):
+    """As a node keeps testimony only about peers in its table (Testimonies.heard), a simulated submitter
+    keeps it only about workers its pools named; of a worker met late it still holds each issuer's newest
+    testimony readable by its last read (Board.said_of, then the round's posts): checked against every
+    publication of a run, recorded apart."""
+    from mesh.core.trust import Testimony
+    from simulations.board import Board
+
+    published: list[tuple[float, Testimony]] = []
+    real = Board.publish
+
+    def recording(self, t, now):
+        if type(t) is Testimony:
+            published.append((now + self.delay_s, t))
+        real(self, t, now)
+
+    backfilled = [0]
+    real_said_of = Board.said_of
+
+    def counting(self, worker, until):
+        out = real_said_of(self, worker, until)
+        backfilled[0] += len(out)
+        return out
+
+    monkeypatch.setattr(Board, "publish", recording)
+    monkeypatch.setattr(Board, "said_of", counting)
+    s, text = load("large-10k")  # 50 submitters: never more issuers of a worker than a reader keeps (64)
+    r, sim = simulate(s.replace(steps=1000), text, "t", 3)
+    assert published and r["wrong_accepted"] == 0
+    assert backfilled[0]  # workers met after others had testified about them
+    for sub in sim.submitters:
+        held = sub.shared.about
+        assert held and set(held) <= sub._met
+        newest: dict[tuple[str, str], int] = {}
+        for readable, t in published:
+            if readable <= sub._read_until and t.issuer != sub.id and t.worker in sub._met and t.worker != sub.id:
+                newest[(t.worker, t.issuer)] = max(t.stamp, newest.get((t.worker, t.issuer), 0))
+        assert {(w, i): t.stamp for w, said in held.items() for i, t in said.items()} == newest
