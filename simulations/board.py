@@ -26,6 +26,7 @@ class Board:
     delay_s: float = 30.0  # from publication to being readable by every other submitter
     posts: list[tuple[float, Post]] = field(default_factory=list)  # (readable from, testimony), in order
     cursors: dict[str, int] = field(default_factory=dict)  # reader → index into posts of its next read
+    last_read: dict[str, float] = field(default_factory=dict)  # reader → virtual time of its last read
     # worker → issuer → its recent testimony about the worker, (readable from, testimony) in order: the
     # newest one readable when it was published, and any published since
     recent: dict[str, dict[str, list[tuple[float, Testimony]]]] = field(default_factory=dict)
@@ -59,7 +60,7 @@ class Board:
         # order, so the first one not yet readable is found by halving (a walk past every post cost each
         # of 200 readers a step per post)
         end = bisect_right(self.posts, now, lo=start, key=_READABLE_FROM)
-        self.cursors[reader] = end
+        self.cursors[reader], self.last_read[reader] = end, now
         out = [t for _, t in self.posts[start:end]]
         # the slowest reader's cursor is at most this one's: look for it only when this one is past TRIM_AT
         low = min(self.cursors.values()) if end >= TRIM_AT else 0

@@ -130,7 +130,6 @@ class SimSubmitter:
         # inputs, and only testimony about them is kept; `_newly_met` since the last share round
         self._met: set[str] = set()
         self._newly_met: list[str] = []
-        self._read_until = 0.0  # virtual time of this submitter's last read of the board
         self._cands: dict[str, tuple[Candidate, float]] = {}
         self.core = make_core(s.policy, rng.getrandbits(64), max(500, KEEP_FINISHED // s.network.submitters), record)
         self.meta: dict[str, SimJob] = {}
@@ -203,10 +202,10 @@ class SimSubmitter:
         now = self.engine.now
         now_ms = int(now * 1000)
         # workers met since the last round: what each issuer said of them by then (later posts come below)
-        fresh, self._newly_met = dict.fromkeys(self._newly_met), []
-        self.shared.take_all(t for w in fresh for t in self.board.said_of(w, self._read_until))
+        fresh, self._newly_met = self._newly_met, []  # (distinct: each is added once, when first met)
+        until = self.board.last_read.get(self.id, 0.0)
+        self.shared.take_all(t for w in fresh for t in self.board.said_of(w, until))
         posts = self.board.read(self.id, now)
-        self._read_until = now
         # testimony about workers in this submitter's table only, as a node keeps it (Testimonies.heard):
         # read by every submitter, all of it was a third of a 100,000-node run's time
         # (testimony and outvotes touch apart state: `about`, and `proven` by own evidence alone)

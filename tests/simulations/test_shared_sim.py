@@ -144,6 +144,6 @@ def test_a_submitter_holds_testimony_only_about_workers_it_met_and_all_of_it_abo
         assert held and set(held) <= sub._met
         newest: dict[tuple[str, str], int] = {}
         for readable, t in published:
-            if readable <= sub._read_until and t.issuer != sub.id and t.worker in sub._met and t.worker != sub.id:
+            if readable <= sub.board.last_read[sub.id] and t.issuer != sub.id and t.worker in sub._met and t.worker != sub.id:
                 newest[(t.worker, t.issuer)] = max(t.stamp, newest.get((t.worker, t.issuer), 0))
         assert {(w, i): t.stamp for w, said in held.items() for i, t in said.items()} == newest
