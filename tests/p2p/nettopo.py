@@ -6,8 +6,10 @@
     r2   : home router, wan0 198.18.0.2, lan0 10.2.0.1, MASQUERADE  ->  lan2: 10.2.0.10
 
 Routers forward lan->wan and ESTABLISHED,RELATED back; unsolicited inbound (conntrack NEW/INVALID on wan0) is
-silently dropped (nat="drop", the usual home router) or, for TCP, answered with a reset (nat="reset", a hostile
-NAT on which hole punching fails). IPv6 is off everywhere, loopback is up everywhere. Routers have no default
+silently dropped (nat="drop", the usual home router: it keeps a connection's source port, so a TCP simultaneous
+open between two such LANs gets through) or, for TCP, answered with a reset (nat="reset", a hostile NAT that also
+maps each connection to a random port, as symmetric NATs do: a peer's address seen by a third party is not where
+its next connection comes from, so hole punching fails every time, not just when the two SYNs' timing is off). IPv6 is off everywhere, loopback is up everywhere. Routers have no default
 route, so lan1 cannot reach lan2's private network at all.
 
     with Topology("hmt", nat=("drop", "reset")) as t:
@@ -286,7 +288,8 @@ class Topology:
     def _nat(self, router: str, mode: str) -> None:
         ipt = functools.partial(self._sh, router, "iptables", "-w")
         self._sh(router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        ipt("-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE")
+        ipt("-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE",
+            *(("--random-fully",) if mode == "reset" else ()))  # reset: a random public port per connection
         ipt("-P", "FORWARD", "DROP")
         ipt("-A", "FORWARD", "-i", "lan0", "-o", "wan0", "-j", "ACCEPT")
         ipt("-A", "FORWARD", "-i", "wan0", "-o", "lan0", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",

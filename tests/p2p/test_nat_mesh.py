@@ -2,7 +2,7 @@
 one node behind each of two NATs. Nodes behind NAT need nothing but --bootstrap: AutoNAT tells them they
 are unreachable, the public node relays for them, they advertise circuit addresses, and DCUtR punches a
 direct link where the NATs allow (routers that silently drop unsolicited packets) and not where they
-answer with resets. Jobs run across them, and nothing readable crosses the 'internet' bridge."""
+answer with resets and map each connection to a random port (symmetric NATs). Jobs run across them, and nothing readable crosses the 'internet' bridge."""
 
 from __future__ import annotations
 

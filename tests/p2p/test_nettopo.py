@@ -48,6 +48,27 @@ print("ok", seen, echo)
 """
 
 
+# Simultaneous open from a fixed port: bind argv[3], connect to argv[1]:argv[2] (retrying on a reset until
+# argv[4] seconds pass), print "ok" or the last failure. Two of these aimed at each other are a TCP hole punch.
+PUNCH = r"""
+import socket, sys, time
+host, port, local, until = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), time.monotonic() + float(sys.argv[4])
+last = "timeout"
+while time.monotonic() < until:
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", local))
+    s.settimeout(max(0.1, until - time.monotonic()))
+    try:
+        s.connect((host, port)); print("ok"); sys.exit()
+    except TimeoutError:
+        last = "timeout"
+    except OSError as e:
+        last = f"error {e.errno}"; time.sleep(0.05)
+    finally:
+        s.close()
+print(last)
+"""
+
+
 def serve(t: Topology, ns: str, port: int) -> subprocess.Popen:
     proc = t.popen(ns, sys.executable, "-u", "-c", SERVER, str(port), stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
@@ -103,6 +124,21 @@ def test_mixed_nats_per_router():
         serve(t, "lan2", 7003)
         assert dial(t, "pub", t.r1_ip, 7003, timeout=1.0)[0] == "timeout"
         assert dial(t, "pub", t.r2_ip, 7003, timeout=1.0)[0] == "refused"
+
+
+@pytest.mark.parametrize("nat", ["drop", "reset"])
+def test_a_tcp_hole_punch_gets_through_drop_nats_and_never_through_reset_nats(nat):
+    """What DCUtR does, bare: both LAN hosts dial the other's router from the port they dial out of. Drop NATs
+    keep that port, so each SYN finds the mapping the other's made; reset NATs map each connection to a random
+    port (and reset what matches none), so no timing of the two SYNs ever meets."""
+    with Topology(PREFIX, nat=nat) as t:
+        ends = [t.popen(lan, sys.executable, "-c", PUNCH, peer, "7006", "7006", "4", stdout=subprocess.PIPE, text=True)
+                for lan, peer in (("lan1", t.r2_ip), ("lan2", t.r1_ip))]
+        got = [p.communicate(timeout=20)[0].strip() for p in ends]
+        if nat == "drop":
+            assert got == ["ok", "ok"], got
+        else:
+            assert "ok" not in got, got
 
 
 def test_capture_sees_plaintext_on_the_internet_link(tmp_path):
