@@ -5,13 +5,10 @@ so every one is shown as an escape instead; newlines and tabs stay."""
 
 from __future__ import annotations
 
-import re
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+from mesh.controls import escape_controls
 
 
 def printable(text: str) -> str:
     """`text` with control characters (C0 but newline and tab, DEL, C1, and the bidi overrides that make
     text read in another order than it is) written as \\xNN or \\uNNNN."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
-                        text)
+    return escape_controls(text)

@@ -16,6 +16,7 @@ from mesh.core.compare import Comparator
 from mesh.core.quorum import QuorumRule
 from mesh.errors import JobError
 from mesh.wire.canonical import canonical
+from mesh.wire.envelope import DEFAULT_FRAME_CAP
 
 STEP_KINDS = tuple(KINDS)
 MODEL_KINDS = ("llm", "ask-model")  # run by a model runner; ask-model names its model
@@ -313,17 +314,42 @@ MAX_SCHEMA_BYTES = 16_384
 MAX_SCHEMA_DEPTH = 32  # nested objects and lists; deeper is no schema a person writes, only a recursion bomb
 
 
+# Counts a grammar repeats its rule for (llama.cpp's converter writes out every repetition): "minItems":
+# 40,000,000 in 60 bytes took a node's converter 1.4 GB and its event loop 2.6 s
+MAX_SCHEMA_COUNT = 1_000
+_COUNTS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties", "minContains",
+           "maxContains")
+
+
 def _check_schema(schema: Any) -> str:
-    """'' when a json_schema has the shape of one (an object, at most 16 KiB, at most 32 levels deep);
-    otherwise why not. The depth is measured first and without recursion, so a deeply nested value
-    costs neither the encoder nor llama.cpp's converter a RecursionError."""
+    """'' when a json_schema has the shape of one (an object, at most 16 KiB, at most 32 levels deep,
+    its counts at most MAX_SCHEMA_COUNT); otherwise why not. The depth is measured first and without
+    recursion, so a deeply nested value costs neither the encoder nor llama.cpp's converter a RecursionError."""
     if not isinstance(schema, dict):
         return "must be a JSON schema object of at most 16 KiB"
     if _depth(schema, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
         return f"must nest at most {MAX_SCHEMA_DEPTH} levels deep"
     if len(canonical(schema)) > MAX_SCHEMA_BYTES:
         return "must be a JSON schema object of at most 16 KiB"
+    for obj in _objects(schema):
+        for key in _COUNTS:
+            n = obj.get(key)
+            if n is not None and not (type(n) is int and 0 <= n <= MAX_SCHEMA_COUNT):
+                return f"{key} must be a whole number from 0 to {MAX_SCHEMA_COUNT}"
     return ""
+
+
+def _objects(value: Any) -> list[dict]:
+    """Every dict in a value of checked depth."""
+    found, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            found.append(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -365,16 +391,45 @@ def resolve_models(job: Job, resolve: Any) -> None:
             step.params["model"] = resolve(step.params["model"])
 
 
+# A step's params once earlier outputs are in them, as canonical JSON: its request must fit one frame
+# (DEFAULT_FRAME_CAP, less room for the envelope's own fields). Unbounded, 2,500 copies of a 400 KB output
+# in one URL took the submitting node 4.7 GB, and a request over the frame cap had the worker drop the
+# link and penalise the submitter for it.
+MAX_PARAMS_BYTES = DEFAULT_FRAME_CAP - (16 << 10)
+
+
 def render(value: Any, outputs: dict[str, Any]) -> Any:
     """Replace `{step.output}` in every string of `value` with that step's output (strings verbatim,
-    anything else as canonical JSON)."""
+    anything else as canonical JSON). Raises JobError, before building anything, when the result would
+    be over MAX_PARAMS_BYTES."""
+    texts = {k: v if isinstance(v, str) else canonical(v).decode() for k, v in outputs.items()}
+    size = sum(len(s) + sum(len(texts[m.group(1)]) - len(m.group()) for m in REF.finditer(s)) for s in _strings(value))
+    if size > MAX_PARAMS_BYTES:
+        raise JobError(f"its parameters would be {size:,} characters with the earlier outputs in them; "
+                       f"a step's are at most {MAX_PARAMS_BYTES:,}")
+    return _render(value, texts)
+
+
+def params_problem(params: Any) -> str:
+    """'' when a step's params (rendered, or a python step's with its inputs) fit one request."""
+    size = len(canonical(params))
+    if size > MAX_PARAMS_BYTES:
+        return f"its parameters with the earlier outputs in them are {size:,} bytes; a step's are at most {MAX_PARAMS_BYTES:,}"
+    return ""
+
+
+def _strings(value: Any) -> list[str]:
     if isinstance(value, str):
-        def sub(m: re.Match) -> str:
-            out = outputs[m.group(1)]
-            return out if isinstance(out, str) else canonical(out).decode()
-        return REF.sub(sub, value)
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return [s for v in items for s in _strings(v)]
+
+
+def _render(value: Any, texts: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return REF.sub(lambda m: texts[m.group(1)], value)
     if isinstance(value, list):
-        return [render(v, outputs) for v in value]
+        return [_render(v, texts) for v in value]
     if isinstance(value, dict):
-        return {k: render(v, outputs) for k, v in value.items()}
+        return {k: _render(v, texts) for k, v in value.items()}
     return value

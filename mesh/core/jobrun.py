@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.core.compare import Comparator
-from mesh.core.dag import MODEL_KINDS, Job, Step, render, sampling_seed, valid_ids
+from mesh.core.dag import MODEL_KINDS, Job, Step, params_problem, render, sampling_seed, valid_ids
 from mesh.core.policy import Candidate, candidate_from, place
 from mesh.core.pricing import cap, pay
 from mesh.core.quorum import Accept, Decision, GiveUp, NeedMore, Tally
+from mesh.errors import JobError
 from mesh.wire.messages import RateCard
 
 
@@ -286,17 +287,25 @@ class JobRun:
             return
         if not all(d == "done" for d in deps):
             return
+        too_big = ""
         if run.params is None:  # (a recheck comes with its params already rendered)
             outputs = {d: self.steps[d].output for d in step.after}
             # python code is never templated: earlier outputs reach it as data only
-            run.params = ({**step.params, "inputs": outputs} if run.kind == "python"
-                          else render(step.params, outputs))
+            try:
+                run.params = ({**step.params, "inputs": outputs} if run.kind == "python"
+                              else render(step.params, outputs))
+                too_big = params_problem(run.params)
+            except JobError as exc:  # (render measures first: a bomb of placeholders is never built)
+                run.params, too_big = dict(step.params), str(exc)
             if run.kind in MODEL_KINDS and run.params.get("temperature", 0) and "seed" not in run.params:
                 run.params["seed"] = sampling_seed(self.job_id, sid)  # every replica draws alike
         run.tally = Tally(self.job.quorum, self.job.redundancy, self.job.replica_limit,
                           margin=self.margin and self.job.quorum.spec == "majority")
         run.status = "running"
         run.scoring = run.comparator.kind == "score"
+        if too_big:  # sent, it would be over every worker's frame cap (and the worker would blame us)
+            self._settle(sid, GiveUp(too_big))
+            return
         eligible = len(workers.get(step.needs, []))
         if eligible < self.job.redundancy:
             self._settle(sid, GiveUp(

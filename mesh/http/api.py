@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import re
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -59,6 +60,7 @@ from mesh.steps.registry import Registry
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies and clients from timing out
 FETCH_TICK_S = 0.5  # how often a model fetch's event stream looks at its progress
 PLAN_TIMEOUT_S = 60.0
+_EVENT_ID = re.compile(r"[0-9]{1,18}")  # a Last-Event-ID header this node could have sent
 AUTH = [Depends(authorised)]
 
 
@@ -193,7 +195,9 @@ def _job_routes(app: FastAPI, node: NodeFacade) -> None:
     async def events(job_id: str, last_event_id: str | None = Header(None)):
         job_id = await resolve(node, job_id)
         st = node.jobs().get(job_id)
-        start = int(last_event_id) + 1 if last_event_id and last_event_id.isdigit() else 0
+        # an event's number, as this node sent it; anything else (a superscript digit str.isdigit takes,
+        # 5,000 digits int() refuses) starts from the first event instead of failing the request with a 500
+        start = int(last_event_id) + 1 if last_event_id and _EVENT_ID.fullmatch(last_event_id) else 0
         if st is None:
             report = saved_report(node, job_id)
 

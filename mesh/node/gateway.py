@@ -15,7 +15,7 @@ from typing import Callable, Protocol
 from mesh.errors import Rejected
 from mesh.node.dialscope import Gate, scope
 from mesh.node.flow import Limits, TokenBucket
-from mesh.wire.envelope import Envelope, FrameDecoder, Receiver, Sealer
+from mesh.wire.envelope import Envelope, FrameDecoder, Receiver, Sealer, WrongSender
 
 log = logging.getLogger("mesh.node.gateway")
 DIAL_TIMEOUT = 3.0
@@ -254,23 +254,25 @@ class Gateway:
         await asyncio.sleep(wait)
 
     def _deliver(self, conn: Connection, body: bytes) -> None:
+        # The link's one sender is checked inside the receiver, before it remembers anything of the
+        # frame's: checked after, each link let a second, throw-away key into the replay memory.
         try:
-            env = self.receiver.receive(body, self.now_ms())
+            env = self.receiver.receive(body, self.now_ms(), conn.authenticated or conn.peer_key)
+        except WrongSender as exc:
+            if conn.authenticated is not None:
+                # Signed by a key other than the one the encrypted link proved: a relayed or stolen
+                # envelope. The link's owner is the one breaking the rules.
+                conn.peer_key = conn.peer_key or conn.authenticated
+                raise Rejected("sender-not-peer", f"{exc.detail} on a link authenticated as another key") from None
+            raise Rejected("sender-changed", "second identity on one connection") from None
         except Rejected as exc:
             log.warning("rejected envelope on %s: %s", conn.label, exc)
             conn.rejections += 1
             if conn.rejections >= self.limits.max_rejections:
                 raise Rejected("too-many-rejections", f"{conn.rejections} on {conn.label}") from None
             return
-        if conn.authenticated is not None and env.sender != conn.authenticated:
-            # Signed by a key other than the one the encrypted link proved: a relayed or stolen
-            # envelope. The link's owner is the one breaking the rules.
-            conn.peer_key = conn.peer_key or conn.authenticated
-            raise Rejected("sender-not-peer", f"{env.sender_id[:12]} on a link authenticated as another key")
         if conn.peer_key is None:
             conn.peer_key = env.sender
-        elif conn.peer_key != env.sender:
-            raise Rejected("sender-changed", "second identity on one connection")
         self.handler.on_envelope(env, conn)
 
     def _reject(self, conn: Connection, exc: Rejected) -> None:

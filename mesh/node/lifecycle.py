@@ -60,7 +60,7 @@ from mesh.node.home import (
     write_private,
 )
 from mesh.node.journal import Journal
-from mesh.node.logfile import json_handler
+from mesh.node.logfile import json_handler, text_handler
 from mesh.node.modelshare import ModelFetcher, ModelServer
 from mesh.node.owed import Owed
 from mesh.node.owner import Owner, OwnerLimits
@@ -799,8 +799,17 @@ class Node:
         peer = self.peers.get(env.sender)
         if peer is None or peer.record is None:  # work and receipts only from peers that introduced themselves
             self.receiver.count("unknown-peer")
-            log.warning("rejected %s on %s: unknown-peer: %s sent no hello", env.kind, conn.label, env.sender_id[:12])
+            # counted on its link as a rejection, so a key that sends no hello is dropped after a few, and
+            # logged once a link: logged each time, one such key wrote 200 lines a second to node.log
+            conn.rejections += 1
+            if conn.rejections == 1:
+                log.warning("rejected %s on %s: unknown-peer: %s sent no hello", env.kind, conn.label, env.sender_id[:12])
+            if conn.rejections == self.gateway.limits.max_rejections:  # (frames read with it still come)
+                log.warning("dropping %s: too-many-rejections: %d, the last from %s, which sent no hello",
+                            conn.label, conn.rejections, env.sender_id[:12])
+                conn.close()
             return
+        self.receiver.promote(env.sender, now)
         peer.conns.add(conn)
         peer.last_seen, peer.skew_ms = time.monotonic(), env.ts_ms - now
         self._on_peer_message(peer, env, now)
@@ -855,6 +864,7 @@ class Node:
         peer = self.peers.get(env.sender)
         if peer is None:
             return
+        self.receiver.promote(env.sender, now)
         fresh, new_link = peer.state != "up", conn not in peer.conns
         peer.state, peer.last_seen, peer.failures = "up", time.monotonic(), 0
         peer.skew_ms = env.ts_ms - now
@@ -1216,9 +1226,10 @@ def _owner_cap(opts: NodeOptions, owner: OwnerLimits, node_id: str) -> cgroup.Ow
 
 def _run(opts: NodeOptions, identity: Identity, user: StepUser | None, model_sha: str, owner: Owner,
          cap: cgroup.OwnerCap | None) -> str:
-    logging.basicConfig(filename=str(opts.home / "node.log"), level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger().addHandler(json_handler(opts.home))  # HOME/logs/node.jsonl, rotated
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(text_handler(opts.home))  # HOME/node.log, rotated, strangers' control characters escaped
+    root.addHandler(json_handler(opts.home))  # HOME/logs/node.jsonl, rotated
     journal = Journal(opts.home)  # a damaged or unwritable journal stops the start here, with what to do
     asys = actorsys.start(opts.home / "actors.log")
     try:

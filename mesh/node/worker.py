@@ -369,7 +369,10 @@ class Worker:
                                             limits.memory)
         except StepFailed as exc:  # (a cut limit is named only when a limit stopped the step)
             return failed(req, f"{exc} ({limits.cut})" if limits.cut and isinstance(exc, LimitHit) else str(exc))
-        size = len(canonical(ran.output))
+        try:
+            size = len(canonical(ran.output))
+        except ValueError as exc:  # a lone surrogate: JSON text, but no UTF-8 (unanswered, the job waited its timeout)
+            return failed(req, f"your output cannot be sent as JSON: {type(exc).__name__}: {exc}")
         cap = self.port.frame_cap // 2  # the signed result must fit in one frame, with room to spare
         if size > cap:
             return failed(req, f"output of {size} bytes is over this mesh's limit of {cap}")

@@ -27,11 +27,16 @@ ANYONE = bytes(32)  # recipient of a first `hello`, before the dialler knows who
 # Sequence numbers a receiver remembers per sender below the highest: a sender's frames on two links (a
 # relayed one and the hole-punched one replacing it, or two links dialled at once) arrive out of order.
 REORDER_KEEP = 32
-# Senders whose replay windows are kept; past it the least recently heard is forgotten, and whatever any
-# forgotten sender stamped up to its newest envelope is refused from every sender not in memory. Each new
-# key costs an attacker a handshake, and each window ~3 KB here: unbounded, a key-churning peer grew it
-# without end.
+# Replay windows are kept for two kinds of senders, each least recently heard forgotten first past its
+# bound (each window ~3 KB; unbounded, a key-churning peer grew them without end). Peers (`promote`: the
+# node took a hello or other work from them) up to MAX_SENDERS: whatever a forgotten peer stamped up to
+# its newest envelope, but never past the moment it was forgotten, is refused from every sender not in
+# memory. Strangers (every other key that signed something) up to MAX_STRANGERS: forgetting one raises
+# nothing, since nothing a never-promoted key sent was acted on but a hello, which changes nothing twice.
+# Before, one pool did both: fresh keys cost nothing to make, and 10,400 of them, each with one envelope
+# stamped 115 s ahead, pushed every linked peer out and had every newcomer refused as a replay for two minutes.
 MAX_SENDERS = 10_000
+MAX_STRANGERS = 10_000
 _HEADER = struct.Struct(">I")
 _SEQ_TS = struct.Struct(">QQ")
 _VERSION = str(PROTOCOL_VERSION).encode()
@@ -170,6 +175,14 @@ def _decode(body: bytes) -> dict:
     return obj
 
 
+class WrongSender(Rejected):
+    """A frame signed by a key other than the one its link carries (Receiver.receive's `expect`)."""
+
+    def __init__(self, sender: bytes):
+        super().__init__("wrong-sender", node_id_of(sender)[:12])
+        self.sender = sender
+
+
 class _Seen:
     """The sequence numbers accepted from one sender, as an anti-replay window (IPsec's, RFC 4303
     3.4.3, by count): each seq above `floor` is taken once, every one at or below it is refused, and
@@ -209,47 +222,76 @@ class Receiver:
         # with a restart, and anything captured earlier was necessarily stamped earlier.
         self.floor_ms = floor_ms
         self.highest_seq: dict[bytes, int] = {}  # per sender; a floor for senders not yet heard (restarts)
-        self._seen: dict[bytes, _Seen] = {}  # least recently heard first
-        self.forgotten_ts = 0  # newest stamp of any sender whose window was forgotten (MAX_SENDERS)
+        self._seen: dict[bytes, _Seen] = {}  # peers' windows, least recently heard first (MAX_SENDERS)
+        self._strangers: dict[bytes, _Seen] = {}  # every other sender's, the same way (MAX_STRANGERS)
+        self.forgotten_ts = 0  # newest stamp of a forgotten peer's, at most when it was forgotten
         self.rejected: Counter[str] = Counter()
 
     def count(self, reason: str) -> None:
         self.rejected[reason] += 1
 
-    def receive(self, body: bytes, now_ms: int) -> Envelope:
+    def receive(self, body: bytes, now_ms: int, expect: bytes | None = None) -> Envelope:
+        """The checked envelope of a frame body; raises Rejected (counted by reason). `expect`: the only
+        sender this link may carry (the key its handshake proved, or its first envelope's): another
+        sender's frame raises WrongSender, uncounted (the link's owner broke the rules: the caller drops
+        it), before anything of that sender's is remembered."""
         try:
-            return self._check(body, now_ms)
+            return self._check(body, now_ms, expect)
+        except WrongSender:
+            raise
         except Rejected as exc:
             self.count(exc.reason)
             raise
 
-    def _check(self, body: bytes, now_ms: int) -> Envelope:
+    def _check(self, body: bytes, now_ms: int, expect: bytes | None) -> Envelope:
         """Every check, cheapest first: the frame's shape and header, then the signature, then replay,
         then the payload's schema (so an unsigned flood costs a JSON decode, not an Ed25519 verify)."""
         obj = _decode(body)
         kind, sender, recipient, seq, ts = self._header(obj, now_ms)
         sig, payload_sha256 = self._authenticate(obj, kind, sender, recipient, seq, ts)
+        if expect is not None and sender != expect:
+            raise WrongSender(sender)
         if ts < self.floor_ms:
             raise Rejected("replay", f"stamped {self.floor_ms - ts} ms before this node started")
-        seen = self._seen.get(sender)
+        pool = self._seen if sender in self._seen else self._strangers
+        seen = pool.get(sender)
         if seen is None:
             if ts <= self.forgotten_ts:
-                raise Rejected("replay", "stamped before the newest envelope of a sender no longer in memory")
+                raise Rejected("replay", "stamped before the newest envelope of a peer no longer in memory")
             seen = _Seen(self.highest_seq.get(sender, -1))
         if not seen.fresh(seq):
             raise Rejected("replay", f"seq {seq} from {node_id_of(sender)[:12]} already seen or too old")
         payload = parse(KINDS[kind], obj["payload"], kind)
-        self._seen.pop(sender, None)
-        self._seen[sender] = seen  # now the most recently heard
+        pool.pop(sender, None)
+        pool[sender] = seen  # now the most recently heard
         seen.take(seq)
         seen.newest_ts = max(seen.newest_ts, ts)
         self.highest_seq[sender] = max(seq, self.highest_seq.get(sender, -1))
-        if len(self._seen) > MAX_SENDERS:
+        self._bound(now_ms)
+        return Envelope(kind, self.network, sender, recipient, seq, ts, payload, sig, payload_sha256)
+
+    def promote(self, sender: bytes, now_ms: int) -> None:
+        """The node took this sender as a peer (a hello it accepted, or work from a peer it holds): its
+        window moves to the peers' pool, where flooding strangers cannot push it out."""
+        window = self._strangers.pop(sender, None)
+        if window is not None:
+            self._seen[sender] = window
+            self._bound(now_ms)
+
+    def _bound(self, now_ms: int) -> None:
+        """Forget the least recently heard past each pool's bound (see MAX_SENDERS)."""
+        while len(self._strangers) > MAX_STRANGERS:
+            old = next(iter(self._strangers))
+            del self._strangers[old]
+            if old not in self._seen:
+                self.highest_seq.pop(old, None)
+        while len(self._seen) > MAX_SENDERS:
             old, window = next(iter(self._seen.items()))
             del self._seen[old]
             self.highest_seq.pop(old, None)
-            self.forgotten_ts = max(self.forgotten_ts, window.newest_ts)
-        return Envelope(kind, self.network, sender, recipient, seq, ts, payload, sig, payload_sha256)
+            # capped at now: stamps ahead of this node's clock, a sender's to choose, must not close the
+            # door on everyone new until they pass
+            self.forgotten_ts = max(self.forgotten_ts, min(window.newest_ts, now_ms))
 
     def _header(self, obj: dict, now_ms: int) -> tuple[str, bytes, bytes, int, int]:
         if type(obj["v"]) is not int or obj["v"] != PROTOCOL_VERSION:

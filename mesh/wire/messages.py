@@ -77,6 +77,11 @@ class StepRequest:
     params: dict[str, Any]  # JSON; its shape is checked by the step kind (mesh.core.dag.check_request)
     timeout: float  # seconds
 
+    def __post_init__(self) -> None:
+        # a worker keeps both ids until it is paid (its owed table, on disk): unbounded, one stranger's
+        # steps with ids of 450 KB each grew its journal by 114 MB in 60 steps
+        _job_steps(self.job, [self.step], "a step request", least=1)
+
 
 MAX_WORK_TEXT = 2000  # characters of a step's stdout or stderr kept in its work
 MAX_TOKEN_ID = 1 << 31
@@ -141,6 +146,7 @@ class StepResult:
     error: str = ""
 
     def __post_init__(self) -> None:
+        _job_steps(self.job, [self.step], "a result", least=1)
         if len(self.digest) > 64 or len(self.identity) > 200 or len(self.error) > MAX_WORK_TEXT:
             raise Rejected("bad-schema", f"a result's digest, identity and error are limited (64, 200 and "
                                          f"{MAX_WORK_TEXT} characters)")
@@ -155,6 +161,9 @@ class Progress:
     step: str
     tokens: int
     text: str
+
+    def __post_init__(self) -> None:
+        _job_steps(self.job, [self.step], "a progress message", least=1)
 
 
 @dataclass

@@ -60,7 +60,7 @@ def check_record(rec: PeerRecord, network: str, now_ms: int) -> str:
         return "expired-record"
     if rec.issued > now_ms + MAX_AHEAD_MS or rec.expires - rec.issued > MAX_LIFETIME_MS:
         return "bad-record"
-    if len(rec.alt) > MAX_ALT or not all(_address(a) for a in (rec.addr, *rec.alt)):
+    if len(rec.alt) > MAX_ALT or not all(_address(a) for a in (rec.addr, *rec.alt)) or not _names(rec):
         return "bad-record"
     if not 0 <= rec.fetch_models <= MAX_FETCH_MODELS:
         return "bad-record"
@@ -100,9 +100,19 @@ def _address(addr: str) -> bool:
     return len(addr) <= MAX_ADDR and (_hostport(addr) or _multiaddr(addr))
 
 
+_HOST = re.compile(r"[0-9A-Za-z.:\[\]-]{1,253}")  # a name or an address: what people read in logs and status
+_KIND = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")  # a step kind's name (python, ask-model, ...)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def _hostport(addr: str) -> bool:
     host, _, port = addr.rpartition(":")
-    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+    return _HOST.fullmatch(host) is not None and port.isdigit() and 0 < int(port) < 65536
+
+
+def _names(rec: PeerRecord) -> bool:
+    """Kinds are names and models SHA-256 digests: nothing else (a newline, an ESC) for logs to carry."""
+    return all(_KIND.fullmatch(k) for k in rec.kinds) and all(_SHA256.fullmatch(m) for m in rec.models)
 
 
 _MULTIADDR = re.compile(r"/(ip4|ip6|dns|dns4|dns6)/[0-9A-Za-z.:-]{1,253}/tcp/\d{1,5}(/p2p/[1-9A-HJ-NP-Za-km-z]{30,60})?"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mesh.core.dag import Job, load_job_text, parse_job, render
+from mesh.core.dag import MAX_PARAMS_BYTES, Job, load_job_text, params_problem, parse_job, render
 from mesh.core.quorum import QuorumRule
 from mesh.errors import JobError, UserError
 from mesh.wire.canonical import canonical
@@ -403,3 +403,30 @@ def test_python_steps_get_earlier_outputs_as_inputs_and_their_code_untouched():
 def test_a_job_file_nested_too_deeply_is_one_clear_error():
     with pytest.raises(JobError, match="nested too deeply"):
         load_job_text("[" * 100_000, "deep.json")
+
+
+def test_render_refuses_before_building_params_past_one_request():
+    """2,500 copies of a 400 KB output in one URL: measured first and refused, never built (it took a
+    submitting node 4.7 GB); a little under the cap is rendered as before."""
+    big = "x" * 400_000
+    with pytest.raises(JobError, match=f"at most {MAX_PARAMS_BYTES:,}"):
+        render({"url": "http://h/" + "{a.output}" * 2_500}, {"a": big})
+    fits = "y" * (MAX_PARAMS_BYTES - 100)
+    assert render({"prompt": "{a.output}"}, {"a": fits}) == {"prompt": fits}
+    assert params_problem({"prompt": fits}) == ""
+    assert "at most" in params_problem({"code": "output = 1", "inputs": {"a": big, "b": big, "c": big}})
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "array", "items": {"type": "string"}, "minItems": 40_000_000},
+    {"type": "object", "properties": {"a": {"type": "string", "maxLength": 10 ** 9}}},
+    {"type": "array", "items": {"type": "string"}, "maxItems": -1},
+    {"type": "array", "items": {"type": "string"}, "minItems": 2.5},
+    {"type": "array", "items": {"anyOf": [{"type": "string", "minLength": True}]}},
+])
+def test_a_json_schema_whose_counts_would_write_out_millions_of_rules_is_refused(schema):
+    step = {"id": "a", "kind": "llm", "params": {"prompt": "list", "json_schema": schema}}
+    with pytest.raises(JobError, match="must be a whole number from 0 to 1000"):
+        parse_job({"steps": [step]})
+    ok = {"type": "array", "items": {"type": "string", "maxLength": 1000}, "minItems": 0, "maxItems": 1000}
+    parse_job({"steps": [{**step, "params": {"prompt": "list", "json_schema": ok}}]})

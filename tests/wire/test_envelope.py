@@ -28,6 +28,7 @@ from mesh.wire.envelope import (
     FrameDecoder,
     Receiver,
     Sealer,
+    WrongSender,
     signed_bytes,
 )
 from mesh.wire.identity import Identity, verify
@@ -350,21 +351,76 @@ def test_replay_state_is_per_sender(alice, mallory, bob):
     assert not bob.rejected
 
 
-def test_replay_memory_is_bounded_and_a_forgotten_senders_frames_stay_replays(alice, bob, monkeypatch):
-    """Every fresh key a peer makes costs the receiver a replay window: past MAX_SENDERS the least
-    recently heard is forgotten, and anything stamped up to its newest frame is refused from any
-    sender not in memory, so forgetting opens no replay."""
+def test_replay_memory_is_bounded_and_a_forgotten_peers_frames_stay_replays(alice, bob, monkeypatch):
+    """Every fresh key a peer makes costs the receiver a replay window: past MAX_SENDERS the peer least
+    recently heard is forgotten, and anything stamped up to its newest frame is refused from any sender
+    not in memory, so forgetting opens no replay."""
     from mesh.wire import envelope
 
     monkeypatch.setattr(envelope, "MAX_SENDERS", 5)
     captured = one_body(alice.seal("hello", BOB.public_key, hello(), T0))
     bob.receive(captured, T0)
-    for i in range(10):  # ten strangers, each with a key of its own, one frame each
-        bob.receive(one_body(Sealer(Identity.generate(), NET).seal("hello", BOB.public_key, hello(), T0 + 1 + i)),
-                    T0 + 20)
+    bob.promote(ALICE.public_key, T0)
+    for i in range(10):  # ten peers, each with a key of its own, one frame each
+        key = Identity.generate()
+        bob.receive(one_body(Sealer(key, NET).seal("hello", BOB.public_key, hello(), T0 + 1 + i)), T0 + 20)
+        bob.promote(key.public_key, T0 + 20)
     assert len(bob._seen) == 5 and len(bob.highest_seq) == 5
     assert rejected(bob, captured, T0 + 20) == "replay"  # alice forgotten: her old frame is still refused
     bob.receive(one_body(alice.seal("hello", BOB.public_key, hello(), T0 + 30)), T0 + 30)  # her new ones are not
+
+
+def test_throwaway_keys_stamped_ahead_push_out_no_peer_and_lock_out_no_newcomer(alice, bob, monkeypatch):
+    """The attack: thousands of fresh keys (free to make), one frame each, stamped near the window's far
+    end. They fill only the strangers' pool: the peer bob took stays in memory (its next frame is taken),
+    a newcomer's first frame is taken, and forgetting strangers raised nothing."""
+    from mesh.wire import envelope
+
+    monkeypatch.setattr(envelope, "MAX_STRANGERS", 50)
+    bob.receive(one_body(alice.seal("hello", BOB.public_key, hello(), T0)), T0)
+    bob.promote(ALICE.public_key, T0)
+    for _ in range(200):
+        key = Identity.generate()
+        bob.receive(one_body(Sealer(key, NET).seal("bye", BOB.public_key, Bye(), T0 + 115_000)), T0 + 1_000)
+    assert len(bob._strangers) == 50 and ALICE.public_key in bob._seen and bob.forgotten_ts == 0
+    bob.receive(one_body(alice.seal("bye", BOB.public_key, Bye(), T0 + 2_000)), T0 + 2_000)
+    newcomer = Sealer(MALLORY, NET)
+    bob.receive(one_body(newcomer.seal("hello", BOB.public_key, hello(), T0 + 2_000)), T0 + 2_000)
+    assert not bob.rejected
+
+
+def test_a_forgotten_peers_stamps_ahead_of_the_clock_close_the_door_only_until_it_was_forgotten(bob, monkeypatch):
+    from mesh.wire import envelope
+
+    monkeypatch.setattr(envelope, "MAX_SENDERS", 2)
+    for _ in range(3):  # three peers whose clocks run 115 s ahead; the first is forgotten at T0
+        key = Identity.generate()
+        bob.receive(one_body(Sealer(key, NET).seal("bye", BOB.public_key, Bye(), T0 + 115_000)), T0)
+        bob.promote(key.public_key, T0)
+    assert bob.forgotten_ts == T0
+    bob.receive(one_body(Sealer(MALLORY, NET).seal("hello", BOB.public_key, hello(), T0 + 1)), T0 + 1)
+    assert not bob.rejected
+
+
+def test_a_second_key_on_a_link_is_refused_before_anything_of_it_is_remembered(alice, mallory, bob):
+    bob.receive(one_body(alice.seal("bye", BOB.public_key, Bye(), T0)), T0, expect=ALICE.public_key)
+    with pytest.raises(WrongSender):
+        bob.receive(one_body(mallory.seal("bye", BOB.public_key, Bye(), T0)), T0, expect=ALICE.public_key)
+    assert MALLORY.public_key not in bob.highest_seq and MALLORY.public_key not in bob._strangers
+    assert not bob.rejected  # the caller drops the link and counts why
+
+
+def test_a_step_request_and_its_answers_name_a_job_and_a_step_of_at_most_64_characters():
+    ok = step_req()
+    parse(StepRequest, dataclasses.asdict(ok), "step")
+    for job, step in (("j" * 65, "a"), ("job1", "s" * 65), ("", "a"), ("job1", ""), ("J" * 450_000, "S" * 450_000)):
+        with pytest.raises(Rejected) as info:
+            parse(StepRequest, {**dataclasses.asdict(ok), "job": job, "step": step}, "step")
+        assert info.value.reason == "bad-schema"
+        with pytest.raises(Rejected):
+            Progress(job, step, 1, "x")
+        with pytest.raises(Rejected):
+            StepResult(job, step, True, 1, "d", "i", Work())
 
 
 def test_seq_is_derived_from_clock_and_keeps_rising(alice):

@@ -53,6 +53,24 @@ def test_expired_future_and_version_checks():
     assert check_record(rec(addr="no-port"), NET, T0) == "bad-record"
 
 
+FORGED_LINE = "\n2099-01-01 00:00:00,000 WARNING mesh.node.gateway FORGED"
+
+
+@pytest.mark.parametrize("fields", [
+    {"addr": "evil" + FORGED_LINE + "\x1b[31m:4750"}, {"addr": "host name:4750"}, {"addr": "h\u202e:4750"},
+    {"kinds": ["python" + FORGED_LINE + "\x1b]0;pwned\x07"]}, {"kinds": ["Python"]}, {"kinds": ["k" * 33]},
+    {"models": ["not-a-digest"]}, {"models": ["F" * 64]}, {"alt": ["ok:1", "bad\n:2"]},
+])
+def test_a_record_whose_address_kinds_or_models_carry_more_than_names_is_refused_even_signed(fields):
+    """A peer's record is logged and shown in `mesh status` (its address, its kinds): a newline in it
+    forged a log line, an ESC reached the operator's terminal. Names and digests only, signed or not."""
+    assert check_record(rec(addr="node-7.example.org:4750", kinds=["python", "ask-model"], models=["a" * 64]),
+                        NET, T0) == ""
+    assert check_record(rec(addr="[::1]:4750"), NET, T0) == ""
+    fields = dict(fields)
+    assert check_record(rec(addr=fields.pop("addr", "10.0.0.2:4750"), **fields), NET, T0) == "bad-record"
+
+
 @pytest.mark.parametrize("allowance", [-1, MAX_FETCH_MODELS + 1, 1 << 80])
 def test_a_fetch_allowance_out_of_bounds_is_refused_even_signed_by_its_own_key(allowance):
     """A peer advertising a negative or absurd --fetch-models allowance (to be offered every model's steps,
