@@ -66,6 +66,12 @@ def key_of(node) -> bytes:
     return bytes.fromhex(status(node)["key"])
 
 
+def lone_node(make_mesh):
+    """One node on plain TCP (a hostile peer speaks to it with a socket), and its key."""
+    node = make_mesh(1, lambda i: ["--no-model", "--transport", "tcp"]).nodes[0]
+    return node, key_of(node)
+
+
 def peer_state(node, other_id: str) -> dict:
     return next((p for p in status(node)["peers"] if p["node"] == other_id), {})
 
@@ -89,9 +95,7 @@ def test_throwaway_keys_stamped_ahead_unlink_no_peer_and_keep_no_newcomer_out(ma
 
 
 def test_a_peers_record_and_job_ids_write_no_line_and_no_escape_into_the_log(make_mesh):
-    mesh = make_mesh(1, lambda i: ["--no-model", "--transport", "tcp"])
-    node = mesh.nodes[0]
-    me = key_of(node)
+    node, me = lone_node(make_mesh)
     before = rejected(node)
     with HostilePeer(node.listen, transport="tcp") as evil:  # its record: a newline and ESC in address and kinds
         rec = make_record(evil.identity, evil.network, "evil\n" + FORGED + "\x1b[31m:4750",
@@ -114,9 +118,7 @@ def test_a_peers_record_and_job_ids_write_no_line_and_no_escape_into_the_log(mak
 
 
 def test_a_key_that_sends_no_hello_is_logged_once_a_link_and_dropped(make_mesh):
-    mesh = make_mesh(1, lambda i: ["--no-model", "--transport", "tcp"])
-    node = mesh.nodes[0]
-    me = key_of(node)
+    node, me = lone_node(make_mesh)
     log = node.home / "node.log"
     size, before = log.stat().st_size, rejected(node)
     with HostilePeer(node.listen, transport="tcp") as evil:
@@ -136,9 +138,7 @@ def test_a_key_that_sends_no_hello_is_logged_once_a_link_and_dropped(make_mesh):
 def test_a_step_request_with_ids_past_64_characters_is_refused_before_it_is_run_or_kept(make_mesh):
     """A stranger's steps with 450 KB job and step ids ran, and the worker kept both ids until paid (its
     owed table, on disk): 114 MB of journal in 60 steps. Refused as bad-schema now, never run."""
-    mesh = make_mesh(1, lambda i: ["--no-model", "--transport", "tcp"])
-    node = mesh.nodes[0]
-    me = key_of(node)
+    node, me = lone_node(make_mesh)
     journal = node.home / "journal.db"
     size, before = journal.stat().st_size, rejected(node)
     with HostilePeer(node.listen, transport="tcp") as evil:
