@@ -14,7 +14,7 @@ from typing import Any
 from mesh.core.compare import Comparator
 from mesh.core.dag import MODEL_KINDS, Job, Step, params_problem, render, sampling_seed, valid_ids
 from mesh.core.policy import Candidate, candidate_from, place
-from mesh.core.pricing import cap, pay
+from mesh.core.pricing import cap, pay, quantity
 from mesh.core.quorum import Accept, Decision, GiveUp, NeedMore, Tally
 from mesh.errors import JobError
 from mesh.wire.messages import RateCard
@@ -451,11 +451,13 @@ class JobRun:
             makers = [r for r in agreeing if r.role == "generate"] or agreeing
             verifiers = [r for r in agreeing if r.role == "verify"]
             run.status, run.key, run.digest, run.output = "done", decision.key, makers[0].digest, makers[0].output
-            credits, basis = pay(run.kind, {r.node: r.work for r in makers}, {r.node: r.rates for r in makers},
-                                 cap(run.kind, run.params, self.job.timeout))
+            limit = cap(run.kind, run.params, self.job.timeout)
+            scored = {"token_ids": run.claim.work.get("token_ids")} if run.claim is not None else {}
+            if verifiers:  # the generator is paid for the tokens its claim holds, which the verifiers scored, not
+                limit = min(limit, cap("score", scored, self.job.timeout))  # for what it says (1 token paid as 2,048)
+            credits, basis = pay(run.kind, {r.node: r.work for r in makers}, {r.node: r.rates for r in makers}, limit)
             run.credit = min(credits.values())
             if verifiers:  # scoring is cheaper than generating, and paid as such
-                scored = {"token_ids": run.claim.work.get("token_ids")} if run.claim is not None else {}
                 vcredits, vbasis = pay("score", {r.node: r.work for r in verifiers},
                                        {r.node: r.rates for r in verifiers}, cap("score", scored, self.job.timeout))
                 credits.update(vcredits)
@@ -501,16 +503,22 @@ class JobRun:
     def abort(self, reason: str) -> list[tuple[str, str, float, str]]:
         """Fail every step not yet settled (cancelled, or the driver is going away). Work already answered
         in them is owed: (step, node, credit, basis) for each answered replica, paid at its own card for its
-        own measured work (no quorum backs it), capped by the step's limits."""
+        own measured work (no quorum backs it), capped by the step's limits and, where others of its role
+        answered too, by their lower median (one answer claiming the whole timeout was paid for it, right
+        or wrong)."""
         owed: list[tuple[str, str, float, str]] = []
         for sid, run in self.steps.items():
             if run.status == "running" and run.tally is not None:
-                for node in sorted(run.tally.answers):
-                    rep = run.replicas[node]
+                answered = [run.replicas[n] for n in sorted(run.tally.answers)]
+                for rep in answered:
+                    node = rep.node
                     kind = run.kind if rep.role == "generate" else "score"
                     limits = (cap(run.kind, run.params, self.job.timeout) if rep.role == "generate" else
                               cap("score", {"token_ids": run.claim.work.get("token_ids")} if run.claim else {},
                                   self.job.timeout))
+                    peers = sorted(quantity(kind, r.work) for r in answered if r.role == rep.role)
+                    if len(peers) > 1:
+                        limits = min(limits, peers[(len(peers) - 1) // 2])
                     credits, basis = pay(kind, {node: rep.work}, {node: rep.rates}, limits)
                     run.credits[node] = credits[node]
                     owed.append((sid, node, credits[node], basis))

@@ -30,6 +30,11 @@ VOUCHED = 256
 # alone, most were never replayed, and a table of colluders that held every seat of a step was seen by no one
 UNCHECKED = 1024
 UNCHECKED_TRIES = 8  # random draws among those before looking through all of them
+# A passed check is paid the worker's own figures, at most this many times what the step it replays took
+# (a slower machine honestly takes longer): paid its claim alone, a check answered right and claimed at the
+# whole timeout earned 300 CPU-seconds for a step that took 0.01
+WORTH_SLACK = 4.0
+SYNTHETIC_WORTH = 0.25  # CPU-seconds: every template runs in milliseconds
 REPLAYABLE = ("python", "llm", "ask-model")  # deterministic given their params (llm: greedy, same model)
 # not scrape: a page may change between the accepted run and the check, and an honest worker would fail it
 
@@ -49,6 +54,9 @@ class Challenge:
     seen: tuple[str, ...] = ()  # workers that were asked the original step (sorted)
     prefixes: tuple[str, ...] = ()  # their network prefixes (sybils of one operator share theirs)
     rates: RateCard = DEFAULT_RATES  # the checked worker's card: a passed check is paid like a replica
+    # the work the step took, in its kind's unit (mesh.core.pricing.quantity): the lower median of its agreeing
+    # replicas' figures, or SYNTHETIC_WORTH; a passed check is paid at most WORTH_SLACK times it
+    worth: float = 0.0
 
     def right(self, output: Any) -> bool:
         """Whether `output` is the known answer, under the step's own comparator."""
@@ -157,7 +165,7 @@ def python_challenge(rng: random.Random, step: str = "", timeout: float = 0.0) -
     """A fresh python step whose answer the submitter computes without running anything: one of several
     templates with its own names and sizes, shaped like the code people submit (not one fixed line)."""
     code, expected = TEMPLATES[rng.randrange(len(TEMPLATES))](rng)
-    return Challenge("python", {"code": code, "inputs": {}}, expected, step, timeout)
+    return Challenge("python", {"code": code, "inputs": {}}, expected, step, timeout, worth=SYNTHETIC_WORTH)
 
 
 class SpotChecker:
@@ -249,12 +257,12 @@ class SpotChecker:
 
     def remember(self, kind: str, params: dict, output: Any, step: str = "", timeout: float = 0.0,
                  compare: str = "exact", source: tuple[str, str] | None = None,
-                 seen: tuple[str, ...] = (), prefixes: tuple[str, ...] = ()) -> None:
+                 seen: tuple[str, ...] = (), prefixes: tuple[str, ...] = (), worth: float = 0.0) -> None:
         """An accepted answer becomes a known answer for later checks. Only kinds whose answer follows
         from their params (python; llm greedy on the same model) and exact or text comparison: a check
         judged by a looser rule than the worker could meet would punish honest workers."""
         if kind in REPLAYABLE and Comparator(compare).strict:
-            challenge = Challenge(kind, params, output, step, timeout, compare, source, seen, prefixes)
+            challenge = Challenge(kind, params, output, step, timeout, compare, source, seen, prefixes, worth=worth)
             self.known.setdefault(kind, deque(maxlen=self.memory)).append(challenge)
             self.unchecked.setdefault(kind, deque(maxlen=UNCHECKED)).append(challenge)
 

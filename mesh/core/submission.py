@@ -34,8 +34,8 @@ from mesh.core.effects import (
 )
 from mesh.core.jobrun import Dispatch, JobRun, Outcome, Replica
 from mesh.core.policy import Candidate, RecheckEvidence, StepEvidence, candidate_from
-from mesh.core.pricing import cap, pay
-from mesh.core.spotcheck import Challenge, SpotChecker
+from mesh.core.pricing import cap, pay, quantity
+from mesh.core.spotcheck import WORTH_SLACK, Challenge, SpotChecker
 from mesh.errors import JobError
 from mesh.wire.canonical import digest
 
@@ -413,8 +413,8 @@ class Submission:
     def _passed(self, node: str, check_id: str, challenge: Challenge, got: str, work: Mapping[str, Any],
                 out: list[Effect]) -> None:
         out.append(Judged(node, True, got, check_id))
-        credit, basis = pay(challenge.kind, {node: work}, {node: challenge.rates},
-                            cap(challenge.kind, challenge.params, challenge.timeout))
+        limit = min(cap(challenge.kind, challenge.params, challenge.timeout), challenge.worth * WORTH_SLACK)
+        credit, basis = pay(challenge.kind, {node: work}, {node: challenge.rates}, limit)
         out.append(self._record(check_id, (LedgerEntry("paid", check_id, challenge.step, node, -credit[node],
                                                        detail={"spot_check": basis}),)))
 
@@ -574,9 +574,11 @@ class Submission:
             if o.accepted:
                 if sj.recheck_of is None and len(o.agreeing) >= 2 and not o.dissenting:  # no doubt about it
                     asked = tuple(sorted(step_run.replicas))
+                    took = sorted(quantity(o.kind, step_run.replicas[n].work) for n in o.agreeing)
                     self.spot.remember(o.kind, step_run.params or {}, step_run.output, o.step, sj.run.job.timeout,
                                        step_run.comparator.spec, (job_id, o.step), asked,
-                                       tuple(sorted({self._prefix.get(n, "") for n in asked})))
+                                       tuple(sorted({self._prefix.get(n, "") for n in asked})),
+                                       took[(len(took) - 1) // 2])
                 if self.config.recheck and sj.recheck_of is None:
                     self.spot.vouch(o.agreeing, job_id, o.step)
             entries += settle_entries(job_id, sj.run.job, o, step_run.replicas)

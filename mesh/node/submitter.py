@@ -17,6 +17,7 @@ import os
 import random
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ from mesh.wire.messages import (
     SignedAnswer,
     StepRequest,
     StepResult,
+    asked_digest,
 )
 from mesh.wire.proof import canonical_payload, outvoted, signed_answer
 
@@ -57,6 +59,7 @@ TICK_S = 1.0  # how often a job re-checks deadlines when nothing else wakes it
 LINKS_BACK_S = 30.0  # a job that had its workers waits this long for their links before its steps give up
 PARTIAL_TEXT = 4096  # characters of a running replica's streamed text shown in the job report
 PROGRESS_EVENT_TEXT = 1024  # of it in each progress event (jobs keep their events while in memory)
+MAX_ASKED = 50_000  # requests remembered for the answer to name (Submitter._asked)
 CORE_LOG_FILE = "submission-log.jsonl"  # with --core-log: the core's inputs and effects (replay_log)
 
 
@@ -146,6 +149,9 @@ class Submitter:
         self.offset = Journal.clock_at(replayed, time.monotonic())  # the core's clock goes on across restarts
         self._resumed: Resumed | None = None
         self._logged = 0  # core log entries already written to CORE_LOG_FILE
+        # (worker, job, step) → asked_digest of the request sent: an answer must name it (wire.proof). The
+        # oldest are let go past MAX_ASKED (requests never answered); an answer to one let go is not checked
+        self._asked: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         if replayed is None:
             self.core = self._fresh_core()
         else:
@@ -442,6 +448,9 @@ class Submitter:
     async def _send(self, eff: Send) -> None:
         """One request, replica or spot check alike: `eff.check` is never read here, so a worker cannot
         tell them apart by anything this node sends."""
+        self._asked[(eff.node, eff.job, eff.step)] = asked_digest(eff.kind, eff.params)
+        while len(self._asked) > MAX_ASKED:
+            self._asked.popitem(last=False)
         if not await self.ports.send(eff.node, "step", request(eff, self.now())):
             self._apply_all(self.core.on_unreachable(eff.job, eff.step, eff.node, self.now()))
 
@@ -544,6 +553,12 @@ class Submitter:
             self.ports.count("non-canonical")  # cheater's way out of every proof (mesh.wire.proof)
             log.warning("refused result from %s: non-canonical: its payload does not re-encode to the bytes "
                         "it signed", peer.node[:12])
+            return
+        sent = self._asked.pop((peer.node, res.job, res.step), None)
+        if res.ok and sent is not None and res.asked != sent:  # naming another request, it could never be
+            self.ports.count("wrong-asked")  # shown in a proof against it: another way out of every proof
+            log.warning("refused result from %s: wrong-asked: it names another request than the one sent",
+                        peer.node[:12])
             return
         for eff in self.core.on_result(peer.node, res.job, res.step, res.ok, res.digest, res.output, res.work.to_json(),
                                        res.error, self.now()):

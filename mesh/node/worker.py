@@ -43,6 +43,7 @@ from mesh.wire.messages import (
     StepRequest,
     StepResult,
     Work,
+    asked_digest,
 )
 from mesh.wire.records import DEFAULT_RATES
 
@@ -178,6 +179,11 @@ def failed(req: StepRequest, error: str) -> StepResult:
     return StepResult(req.job, req.step, False, None, "", "", Work(), error[:MAX_WORK_TEXT])
 
 
+def answer(req: StepRequest, output: Any, identity: str, work: Work) -> StepResult:
+    """An answer to `req`, naming what it answered (`asked`: a proof can only hold answers to one request)."""
+    return StepResult(req.job, req.step, True, output, digest(output), identity, work, asked=asked_digest(req.kind, req.params))
+
+
 def check_cue(req: StepRequest, since_previous: float | None) -> str:
     """fault=check-aware: what makes a request look like a spot check to an attacker ('' when nothing
     does): every cue a worker sees — the job id, the step id, the code, and the timing (right after
@@ -273,7 +279,7 @@ class Worker:
                      f"looks like a check ({cue}): answered right" if cue else "looks real: answered wrong")
         if (fault == "wrong" or (fault == "check-aware" and not cue)) and result.ok:
             out = corrupt(result.output, port.collude or port.node_id[:8])
-            result = StepResult(req.job, req.step, True, out, digest(out), result.identity, result.work)
+            result = answer(req, out, result.identity, result.work)
         if result.ok:  # only a step answered for this payer can be paid for, and at most this (on_receipt)
             self.owed.answered(key, ceiling(req.kind, result.work.to_json(), port.rates), stored(result))
         await port.send_dialling(peer, "result", result)
@@ -376,7 +382,7 @@ class Worker:
         cap = self.port.frame_cap // 2  # the signed result must fit in one frame, with room to spare
         if size > cap:
             return failed(req, f"output of {size} bytes is over this mesh's limit of {cap}")
-        return StepResult(req.job, req.step, True, ran.output, digest(ran.output), ran.identity, Work.measured(ran.work))
+        return answer(req, ran.output, ran.identity, Work.measured(ran.work))
 
     async def on_receipt(self, peer: Peer, msg: ReceiptMsg) -> None:
         """Book a receipt as earned: the JSON from the wire becomes a Receipt here, or is refused."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.errors import Rejected
+from mesh.wire.canonical import digest
 
 
 @dataclass(frozen=True)
@@ -144,12 +145,23 @@ class StepResult:
     identity: str
     work: Work  # what the worker measured
     error: str = ""
+    # SHA-256 (hex) of the request answered, its kind and params (`asked_digest`): an outvote proof holds
+    # together only answers to one request. Without it, a submitter that asked three honest workers one step
+    # id with different code could show one's honest answer outvoted by the others' (mesh.wire.proof)
+    asked: str = ""
 
     def __post_init__(self) -> None:
         _job_steps(self.job, [self.step], "a result", least=1)
         if len(self.digest) > 64 or len(self.identity) > 200 or len(self.error) > MAX_WORK_TEXT:
             raise Rejected("bad-schema", f"a result's digest, identity and error are limited (64, 200 and "
                                          f"{MAX_WORK_TEXT} characters)")
+        if self.asked and not (len(self.asked) == 64 and _HEX.issuperset(self.asked)):
+            raise Rejected("bad-schema", "a result's asked is a SHA-256 (64 lower-case hex)")
+
+
+def asked_digest(kind: str, params: dict[str, Any]) -> str:
+    """What a result's `asked` names: SHA-256 of the canonical [kind, params] of the request it answers."""
+    return digest([kind, params])
 
 
 @dataclass

@@ -86,6 +86,8 @@ def shown(proof: Outvoted, network: str) -> Outvote:
             raise Rejected("bad-proof", "the answers are not to one submitter's one step")
         if not a.payload.ok:
             raise Rejected("bad-proof", "an error is not an answer")
+        if not a.payload.asked or a.payload.asked != first.payload.asked:
+            raise Rejected("bad-proof", "the answers are not to one request (each names what it was asked)")
     try:  # ids from the decoded keys: hex spelt in capitals is the same key, and must count as the same signer
         ids = [node_id_of(bytes.fromhex(k)) for k in (*(a.sender for a in answers), first.to)]
     except ValueError:

@@ -30,7 +30,7 @@ from mesh.node.p2p.triothread import TrioThread
 from mesh.wire.canonical import canonical
 from mesh.wire.envelope import ANYONE, Sealer, signed_bytes
 from mesh.wire.identity import Identity
-from mesh.wire.messages import Hello, PeerRecord
+from mesh.wire.messages import Hello, PeerRecord, asked_digest
 from mesh.wire.records import make_record
 from mesh.wire.schema import dump
 
@@ -48,6 +48,11 @@ def now_ms() -> int:
 
 def frame(body: bytes) -> bytes:
     return HEADER.pack(len(body)) + body
+
+
+def asked_of(step_frame: dict) -> str:
+    """What an answer to a received `step` frame names as asked (mesh.wire.messages.asked_digest)."""
+    return asked_digest(step_frame["payload"]["kind"], step_frame["payload"]["params"])
 
 
 def split_addr(addr: str) -> tuple[str, int]:

@@ -21,7 +21,7 @@ from mesh.wire.envelope import ANYONE
 from mesh.wire.messages import Hello, StepResult, Work
 from mesh.wire.records import make_record
 
-from .hostile import HostilePeer, now_ms
+from .hostile import HostilePeer, asked_of, now_ms
 
 WRONG = "pwned"
 
@@ -57,7 +57,8 @@ def main() -> None:
                     continue
                 job, step = f["payload"]["job"], f["payload"]["step"]
                 s.send(s.seal("result", bytes.fromhex(f["from"]),  # to whoever asked: the node
-                              StepResult(job, step, True, WRONG, digest(WRONG), "python:bwrap", Work(cpu_s=0.01))))
+                              StepResult(job, step, True, WRONG, digest(WRONG), "python:bwrap", Work(cpu_s=0.01),
+                                         asked=asked_of(f))))
                 state["answered"].append([s.node_id, job, step])
                 changed = True
             seen[k] = len(s.received)

@@ -18,6 +18,7 @@ from mesh.wire.records import make_record
 from ..conftest import cli_json, run_cli, wait_for, write_job
 from .hostile import (
     HostilePeer,
+    asked_of,
     ledger_rows,
     now_ms,
     penalties,
@@ -171,7 +172,7 @@ def test_a_worker_cannot_put_anything_but_measured_numbers_into_work(make_mesh):
         # an answer is the step's output, whatever its shape (a python step may well nest 400 deep): it is
         # checked against its digest, and the report still serves it
         evil.send(evil.seal("result", me, StepResult(job_id, "a", True, deep, digest(deep), "python:bwrap",
-                                                     Work(cpu_s=0.002, peak_mb=9.5))))
+                                                     Work(cpu_s=0.002, peak_mb=9.5), asked=asked_of(req))))
         rep = wait_for(lambda: (r := node.client.request("GET", f"/jobs/{job_id}"))["status"] == "done" and r, 20,
                        "the job done on the well-formed answer")
     (replica,) = rep["steps"]["a"]["replicas"]

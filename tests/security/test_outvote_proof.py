@@ -13,7 +13,7 @@ from mesh.cli.local import LocalNode
 from mesh.wire.canonical import digest
 from mesh.wire.envelope import signed_bytes
 from mesh.wire.identity import Identity
-from mesh.wire.messages import Outvoted, SignedAnswer, StepRequest, StepResult, Work
+from mesh.wire.messages import Outvoted, SignedAnswer, StepRequest, StepResult, Work, asked_digest
 from mesh.wire.schema import dump, parse
 
 from ..conftest import wait_for
@@ -40,9 +40,10 @@ def answer_of(frame: dict) -> SignedAnswer:
                         frame["sig"], parse(StepResult, frame["payload"]))
 
 
-def signed_by(who: Identity, to: bytes, job: str, step: str, output: object) -> SignedAnswer:
-    """A result `who` really signs (a sybil's answer: valid, but from nobody n0 knows)."""
-    payload = StepResult(job, step, True, output, digest(output), "python:bwrap", Work(cpu_s=0.01))
+def signed_by(who: Identity, to: bytes, job: str, step: str, output: object, asked: str) -> SignedAnswer:
+    """A result `who` really signs (a sybil's answer: valid, but from nobody n0 knows), to the request
+    `asked` names."""
+    payload = StepResult(job, step, True, output, digest(output), "python:bwrap", Work(cpu_s=0.01), asked=asked)
     ts = now_ms()
     sig = who.sign(signed_bytes("result", NETWORK, who.public_key, to, ts * 1000, ts, dump(payload)))
     return SignedAnswer("result", NETWORK, who.public_key.hex(), to.hex(), ts * 1000, ts, sig.hex(), payload)
@@ -52,7 +53,7 @@ def altered(a: SignedAnswer, output: object) -> SignedAnswer:
     """`a` with another output (and its digest): its signature no longer matches."""
     p = a.payload
     return SignedAnswer(a.kind, a.net, a.sender, a.to, a.seq, a.ts, a.sig,
-                        StepResult(p.job, p.step, p.ok, output, digest(output), p.identity, p.work))
+                        StepResult(p.job, p.step, p.ok, output, digest(output), p.identity, p.work, asked=p.asked))
 
 
 def test_a_strangers_proof_reruns_a_cheaters_lone_answers_and_forged_or_sybil_proofs_do_nothing(make_mesh, tmp_path):
@@ -84,7 +85,9 @@ def test_a_strangers_proof_reruns_a_cheaters_lone_answers_and_forged_or_sybil_pr
                 real[who.node_id] = answer_of(res)
         framed = real[stranger.node_id]  # an honest answer the attacker wants held against the stranger
         sybils = [Identity.generate() for _ in range(2)]
-        by_sybils = Outvoted(framed, [signed_by(s, evil.public_key, "frame", "x", 8) for s in sybils])
+        assert framed.payload.asked == asked_digest("python", {"code": "output = 7"})  # what it answered
+        by_sybils = Outvoted(framed, [signed_by(s, evil.public_key, "frame", "x", 8, framed.payload.asked)
+                                      for s in sybils])
         forged = Outvoted(framed, [altered(real[n1.node_id], 8), altered(real[n2.node_id], 8)])
         before = status(n0)["rejected"]
         with HostilePeer(n0.listen, evil) as peer:

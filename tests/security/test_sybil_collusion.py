@@ -14,7 +14,7 @@ from mesh.wire.messages import Hello, StepResult, Work
 from mesh.wire.records import make_record
 
 from ..conftest import wait_for
-from .hostile import HostilePeer, ledger_rows, now_ms, status, wait_paid
+from .hostile import HostilePeer, asked_of, ledger_rows, now_ms, status, wait_paid
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(180)]
 
@@ -48,7 +48,7 @@ def test_twenty_colluding_ids_on_one_machine_get_no_wrong_answer_through_and_ear
                         answered.add((s.node_id, f["payload"]["step"]))
                         s.send(s.seal("result", me, StepResult(f["payload"]["job"], f["payload"]["step"], True,
                                                                WRONG, digest(WRONG), "python:bwrap",
-                                                               Work(cpu_s=0.01))))
+                                                               Work(cpu_s=0.01), asked=asked_of(f))))
             r = node.client.request("GET", f"/jobs/{job_id}")
             return r if r["status"] != "running" else None
 

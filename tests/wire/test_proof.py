@@ -16,7 +16,7 @@ from mesh.errors import Rejected
 from mesh.wire.canonical import canonical, digest
 from mesh.wire.envelope import Envelope, FrameDecoder, Receiver, Sealer, signed_bytes_of_hash
 from mesh.wire.identity import Identity
-from mesh.wire.messages import MAX_MAJORITY, Outvoted, SignedAnswer, StepResult, Work
+from mesh.wire.messages import MAX_MAJORITY, Outvoted, SignedAnswer, StepResult, Work, asked_digest
 from mesh.wire.proof import (
     MAX_PROOF_OUTPUT,
     Outvote,
@@ -55,10 +55,15 @@ def one_body(frame: bytes) -> bytes:
     return body
 
 
-def result(output: object = RIGHT, *, job: str = "job1", step: str = "a", ok: bool = True) -> StepResult:
-    """A worker's answer as it seals it: the digest is its output's (an error has neither)."""
+ASKED = asked_digest("python", {"code": "output = 42"})
+
+
+def result(output: object = RIGHT, *, job: str = "job1", step: str = "a", ok: bool = True,
+           asked: str = ASKED) -> StepResult:
+    """A worker's answer as it seals it: the digest is its output's (an error has neither), `asked` the
+    request it answered."""
     return StepResult(job, step, ok, output if ok else None, digest(output) if ok else "", "python:sha256-0f1e",
-                      Work(cpu_s=0.25, peak_mb=12.0, seconds=0.5, stdout="done\n"), "" if ok else "boom")
+                      Work(cpu_s=0.25, peak_mb=12.0, seconds=0.5, stdout="done\n"), "" if ok else "boom", asked)
 
 
 class Link:
@@ -78,8 +83,9 @@ class Link:
         return receiver.receive(one_body(sealer.seal("result", to.public_key, payload, self.now)), self.now)
 
     def answer(self, worker: Identity, output: object = RIGHT, *, job: str = "job1", step: str = "a",
-               ok: bool = True, to: Identity = SUBMITTER, net: str = NET) -> SignedAnswer:
-        return signed_answer(self.envelope(worker, result(output, job=job, step=step, ok=ok), to=to, net=net))
+               ok: bool = True, to: Identity = SUBMITTER, net: str = NET, asked: str = ASKED) -> SignedAnswer:
+        return signed_answer(self.envelope(worker, result(output, job=job, step=step, ok=ok, asked=asked), to=to,
+                                           net=net))
 
     def honest(self) -> tuple[SignedAnswer, list[SignedAnswer]]:
         """W1 answered wrong; W2, W3 and W4 agreed on the accepted answer."""
@@ -144,6 +150,19 @@ def test_a_proof_survives_a_json_round_trip_and_a_relay_by_anyone(link):
         one_body(Sealer(MALLORY, NET).seal("outvoted", W4.public_key, proof, T0 + 10)), T0 + 10)
     assert relayed.kind == "outvoted" and relayed.sender == MALLORY.public_key
     assert check_outvoted(relayed.payload, NET) == expected
+
+
+def test_honest_answers_to_different_requests_under_one_step_id_frame_no_one(link):
+    """A hostile submitter asks W1 one step id with `output = 7` and W2, W3 `output = 8`: each answers
+    honestly and signs. Their answers name different requests (`asked`), so they make no proof against W1;
+    an answer naming no request makes none either."""
+    seven, eight = asked_digest("python", {"code": "output = 7"}), asked_digest("python", {"code": "output = 8"})
+    framed = Outvoted(link.answer(W1, 7, asked=seven), [link.answer(w, 8, asked=eight) for w in (W2, W3)])
+    assert "not to one request" in bad_proof(lambda: check_outvoted(framed, NET))
+    unnamed = Outvoted(link.answer(W1, 7, asked=""), [link.answer(w, 8, asked="") for w in (W2, W3)])
+    assert "not to one request" in bad_proof(lambda: check_outvoted(unnamed, NET))
+    honest = Outvoted(link.answer(W1, 7, asked=eight), [link.answer(w, 8, asked=eight) for w in (W2, W3)])
+    assert check_outvoted(honest, NET).accused == W1.node_id
 
 
 def test_a_hand_signed_answer_checks_like_a_sealed_one(link):

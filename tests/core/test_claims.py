@@ -1,0 +1,88 @@
+"""What a worker is paid when its own figures are all there is to go by (found by an attack on the core,
+2026-12-05): a generator whose claim the verifiers scored, a passed spot check, an answered replica of a
+cancelled job. Each was paid whatever the worker claimed up to the step's limits: 2,048 tokens for one,
+300 CPU-seconds for a check of a step that took 0.01, 300 for a wrong answer of a cancelled job."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from mesh.core.dag import parse_job
+from mesh.core.effects import Record, Send
+from mesh.core.jobrun import JobRun
+from mesh.core.policy import Candidate
+from mesh.core.pricing import DEFAULT_RATES
+from mesh.core.spotcheck import SYNTHETIC_WORTH, WORTH_SLACK
+from mesh.core.submission import Config, Submission
+from mesh.wire.canonical import digest
+
+pytestmark = pytest.mark.timeout(30)
+CLAIM = 300.0  # CPU-seconds: the whole timeout, claimed for a step that took 0.01
+
+
+def paid_entries(effects) -> list[tuple[str, str, float, dict]]:
+    return [(e.job, le.peer, -le.amount, le.detail or {}) for e in effects if isinstance(e, Record)
+            for le in e.entries if le.kind == "paid"]
+
+
+def test_a_scored_generator_is_paid_for_the_tokens_its_claim_holds_not_for_what_it_says():
+    job = parse_job({"redundancy": 3, "steps": [{"id": "a", "kind": "llm", "compare": "score",
+                                                 "params": {"prompt": "Say hi", "max_tokens": 2048}}]})
+    pool = {"llm:default": [Candidate(f"w{i}", 0.9, f"10.0.{i}") for i in range(6)]}
+    run = JobRun("j", job, random.Random(2))
+    (gen,) = run.advance(pool, 0.0)
+    run.on_result("a", gen.node, True, digest(" hi"), " hi", {"tokens": 2048, "token_ids": [6754]}, "")
+    for d in run.advance(pool, 0.0):
+        run.on_result("a", d.node, True, digest({"accepted": True}), {"accepted": True, "first_bad": -1},
+                      {"tokens": len(d.params["token_ids"])}, "")
+    run.advance(pool, 0.0)
+    (o,) = run.take_outcomes()
+    assert o.accepted and o.credit_of(gen.node) == pytest.approx(max(0.01, 1 / 1000 * DEFAULT_RATES.tokens_1k))
+
+
+def test_a_passed_spot_check_is_paid_at_most_a_few_times_what_its_step_took():
+    job = parse_job({"redundancy": 3, "timeout": 300,
+                     "steps": [{"id": "a", "kind": "python", "params": {"code": "output = 42"}}]})
+    sub = Submission(Config(seed=7, spot_rate=1.0, check_spread_s=1.0))
+    pool = {"python": [Candidate(n, 0.5, f"10.0.{i}", 0) for i, n in enumerate(("h1", "h2", "h3", "evil"))]}
+    paid, checks, now = [], [], 0.0
+    for j in range(4):
+        effects = sub.submit(f"job{j}", job, j)
+        for _ in range(5):
+            effects = sub.tick(f"job{j}", pool, now)
+            paid += paid_entries(effects)
+            checks += [e for e in effects if isinstance(e, Send) and e.check is not None]
+            for s in (e for e in effects if isinstance(e, Send) and e.check is None):
+                work = {"cpu_s": CLAIM if s.node == "evil" else 0.01}
+                paid += paid_entries(sub.on_result(s.node, s.job, s.step, True, digest(42), 42, work, "", now + 0.1))
+            now += 1.0
+        for e in sub.on_alarm(now + 2.0):
+            checks += [e] if isinstance(e, Send) and e.check is not None else []
+        now += 3.0
+        while checks:
+            c = checks.pop()
+            work = {"cpu_s": CLAIM if c.node == "evil" else 0.01}
+            paid += paid_entries(sub.on_result(c.node, c.job, c.step, True, digest(c.check.expected),
+                                               c.check.expected, work, "", now))
+    by_evil = [amount for _, peer, amount, detail in paid if peer == "evil" and "spot_check" in detail]
+    assert by_evil, "no check of the inflating worker passed"
+    replayed = 0.01 * WORTH_SLACK * DEFAULT_RATES.cpu_s
+    assert all(a <= max(SYNTHETIC_WORTH * WORTH_SLACK * DEFAULT_RATES.cpu_s, 0.01) + 1e-9 for a in by_evil), by_evil
+    assert any(a <= max(replayed, 0.01) + 1e-9 for a in by_evil), by_evil  # a check replaying an accepted step
+
+
+def test_a_cancelled_jobs_answers_are_paid_at_most_the_median_of_their_claims():
+    job = parse_job({"redundancy": 3, "quorum": "unanimous",
+                     "steps": [{"id": "a", "kind": "python", "params": {"code": "output = 42"}}]})
+    sub = Submission(Config(seed=3))
+    pool = {"python": [Candidate(n, 0.5, f"10.0.{i}", 0) for i, n in enumerate(("h1", "h2", "evil"))]}
+    sub.submit("j", job, 1)
+    sent = {s.node for s in sub.tick("j", pool, 0.0) if isinstance(s, Send)}
+    assert {"h1", "evil"} <= sent
+    sub.on_result("evil", "j", "a", True, digest(666), 666, {"cpu_s": CLAIM}, "", 0.5)
+    sub.on_result("h1", "j", "a", True, digest(42), 42, {"cpu_s": 0.01}, "", 0.5)
+    paid = {peer: amount for _, peer, amount, _ in paid_entries(sub.abort("j", "cancelled by its submitter"))}
+    assert paid["evil"] <= max(0.01, 0.01 * DEFAULT_RATES.cpu_s) + 1e-9, paid
+    assert paid["h1"] == pytest.approx(max(0.01, 0.01 * DEFAULT_RATES.cpu_s))
