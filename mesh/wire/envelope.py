@@ -280,11 +280,10 @@ class Receiver:
 
     def _bound(self, now_ms: int) -> None:
         """Forget the least recently heard past each pool's bound (see MAX_SENDERS)."""
-        while len(self._strangers) > MAX_STRANGERS:
+        while len(self._strangers) > MAX_STRANGERS:  # (a sender is in one pool at most)
             old = next(iter(self._strangers))
             del self._strangers[old]
-            if old not in self._seen:
-                self.highest_seq.pop(old, None)
+            self.highest_seq.pop(old, None)
         while len(self._seen) > MAX_SENDERS:
             old, window = next(iter(self._seen.items()))
             del self._seen[old]

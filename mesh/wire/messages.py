@@ -155,7 +155,7 @@ class StepResult:
         if len(self.digest) > 64 or len(self.identity) > 200 or len(self.error) > MAX_WORK_TEXT:
             raise Rejected("bad-schema", f"a result's digest, identity and error are limited (64, 200 and "
                                          f"{MAX_WORK_TEXT} characters)")
-        if self.asked and not (len(self.asked) == 64 and _HEX.issuperset(self.asked)):
+        if self.asked and not sha256_hex(self.asked):
             raise Rejected("bad-schema", "a result's asked is a SHA-256 (64 lower-case hex)")
 
 
@@ -367,7 +367,8 @@ MODEL_PART = 512 << 10  # bytes of a model file in one part: base64 of it fits a
 MAX_MODEL_PARTS = 8192  # parts in one model (4 GiB): its manifest of part hashes fits one frame too
 
 
-def _sha_hex(value: str) -> bool:
+def sha256_hex(value: str) -> bool:
+    """Whether `value` spells a SHA-256 as this protocol does: 64 lower-case hex digits."""
     return isinstance(value, str) and len(value) == 64 and _HEX.issuperset(value)
 
 
@@ -380,7 +381,7 @@ class ModelAsk:
     part: int
 
     def __post_init__(self) -> None:
-        if not _sha_hex(self.sha) or not -1 <= self.part < MAX_MODEL_PARTS:
+        if not sha256_hex(self.sha) or not -1 <= self.part < MAX_MODEL_PARTS:
             raise Rejected("bad-schema", f"a model-ask names a SHA-256 (64 hex) and a part from -1 to {MAX_MODEL_PARTS - 1}")
 
 
@@ -396,12 +397,12 @@ class ModelManifest:
     error: str = ""
 
     def __post_init__(self) -> None:
-        if not _sha_hex(self.sha) or len(self.error) > 200:
+        if not sha256_hex(self.sha) or len(self.error) > 200:
             raise Rejected("bad-schema", "a model-manifest names a SHA-256 (64 hex) and an error of at most 200 characters")
         if self.error:
             return
         want = -(-self.size // MODEL_PART) if isinstance(self.size, int) and self.size > 0 else -1
-        if not 1 <= want <= MAX_MODEL_PARTS or len(self.parts) != want or not all(_sha_hex(h) for h in self.parts):
+        if not 1 <= want <= MAX_MODEL_PARTS or len(self.parts) != want or not all(sha256_hex(h) for h in self.parts):
             raise Rejected("bad-schema", f"a model-manifest's size is 1 byte to {MAX_MODEL_PARTS} parts of "
                                          f"{MODEL_PART} bytes, with one SHA-256 per part")
 
@@ -415,7 +416,7 @@ class ModelPart:
     data: str
 
     def __post_init__(self) -> None:
-        if not _sha_hex(self.sha) or not 0 <= self.part < MAX_MODEL_PARTS or len(self.data) > 4 * MODEL_PART // 3 + 4:
+        if not sha256_hex(self.sha) or not 0 <= self.part < MAX_MODEL_PARTS or len(self.data) > 4 * MODEL_PART // 3 + 4:
             raise Rejected("bad-schema", f"a model-part names a SHA-256, a part under {MAX_MODEL_PARTS} and at most "
                                          f"{MODEL_PART} bytes")
 

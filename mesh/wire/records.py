@@ -11,7 +11,7 @@ from mesh import PROTOCOL_VERSION
 from mesh.wire.canonical import canonical
 from mesh.wire.identity import Identity, verify
 from mesh.wire.idwork import required_bits, work_bits
-from mesh.wire.messages import Offer, PeerRecord, RateCard
+from mesh.wire.messages import Offer, PeerRecord, RateCard, sha256_hex
 
 RECORD_TTL_MS = 30 * 60_000  # re-issued every 10 min; the DHT re-announces every 7.5 min (each round is
 # ~5 DHT walks a node: every 150 s, as with 10 min, they kept a 32-node mesh on 2 cores busy)
@@ -102,7 +102,6 @@ def _address(addr: str) -> bool:
 
 _HOST = re.compile(r"[0-9A-Za-z.:\[\]-]{1,253}")  # a name or an address: what people read in logs and status
 _KIND = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")  # a step kind's name (python, ask-model, ...)
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _hostport(addr: str) -> bool:
@@ -112,7 +111,7 @@ def _hostport(addr: str) -> bool:
 
 def _names(rec: PeerRecord) -> bool:
     """Kinds are names and models SHA-256 digests: nothing else (a newline, an ESC) for logs to carry."""
-    return all(_KIND.fullmatch(k) for k in rec.kinds) and all(_SHA256.fullmatch(m) for m in rec.models)
+    return all(_KIND.fullmatch(k) for k in rec.kinds) and all(sha256_hex(m) for m in rec.models)
 
 
 _MULTIADDR = re.compile(r"/(ip4|ip6|dns|dns4|dns6)/[0-9A-Za-z.:-]{1,253}/tcp/\d{1,5}(/p2p/[1-9A-HJ-NP-Za-km-z]{30,60})?"
