@@ -797,9 +797,10 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
                     help="the address peers should dial (default: --listen; set it when listening on 0.0.0.0)")
     sp.add_argument("--frame-cap", type=int, default=1 << 20, metavar="BYTES",
                     help="largest peer frame accepted (default 1 MiB); larger frames drop the connection")
-    sp.add_argument("--fault", choices=["wrong", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay",
+    sp.add_argument("--fault", choices=["wrong", "overclaim", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay",
                                         "check-aware", "busy", "slander", "corrupt-model"],  # mesh.node.lifecycle.FAULTS
-                    help="misbehave on purpose (tests and demos): wrong answers, silence, slowness, crash, bad "
+                    help="misbehave on purpose (tests and demos): wrong answers, right answers claiming the whole time limit "
+                         "and every token allowed (overclaim), silence, slowness, crash, bad "
                          "signatures, (as a relay) forward nothing or forward late, answer right only what looks "
                          "like a spot check (check-aware), refuse every other step as busy, or tell every peer "
                          "that asks that each worker it asks about gave this node a wrong answer (slander), or "

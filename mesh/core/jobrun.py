@@ -14,7 +14,7 @@ from typing import Any
 from mesh.core.compare import Comparator
 from mesh.core.dag import MODEL_KINDS, Job, Step, params_problem, render, sampling_seed, valid_ids
 from mesh.core.policy import Candidate, candidate_from, place
-from mesh.core.pricing import cap, pay, quantity
+from mesh.core.pricing import cap, observed, pay, quantity
 from mesh.core.quorum import Accept, Decision, GiveUp, NeedMore, Tally
 from mesh.errors import JobError
 from mesh.wire.messages import RateCard
@@ -70,6 +70,12 @@ class Replica:
     role: str = "generate"  # or "verify": scored another worker's claimed output (compare 'score')
     verdict: bool | None = None  # a verifier's: did it accept the claim?
     rates: RateCard = RateCard()  # the worker's rate card when it was asked: what it is paid at
+    sent: float = 0.0  # when it was asked (the caller's clock)
+    waited: float | None = None  # seconds from asking to its answer (None: not told): bounds its claim
+
+    def billed(self, kind: str) -> dict:
+        """Its figures as they may be paid: at most what its payer saw was possible (pricing.observed)."""
+        return observed(kind, self.work, self.output, self.waited)
 
 
 RETRY_AFTER_S = 2.0  # a worker whose replica failed for a passing reason is asked again after this
@@ -128,10 +134,12 @@ class JobRun:
         self.outcomes: list[Outcome] = []
 
     # -- inputs -------------------------------------------------------------------------------------
-    def on_result(self, step: str, node: str, ok: bool, digest: str, output: Any, work: dict, error: str) -> bool:
-        """A worker's answer; False when it was not expected (never asked, late, or a duplicate)."""
+    def on_result(self, step: str, node: str, ok: bool, digest: str, output: Any, work: dict, error: str,
+                  now: float | None = None) -> bool:
+        """A worker's answer, at `now` (None: not known; its claim is then bounded by its limits alone);
+        False when it was not expected (never asked, late, or a duplicate)."""
         if self.log is not None:
-            self.log.append(["on_result", step, node, ok, digest, output, work, error])
+            self.log.append(["on_result", step, node, ok, digest, output, work, error, now])
         run = self.steps.get(step)
         if run is None or run.tally is None or run.status != "running":
             return False
@@ -147,6 +155,7 @@ class JobRun:
         key = run.comparator.key(output)
         if run.tally.answer(node, key):
             rep.digest, rep.key, rep.output, rep.work, rep.error = digest, key, output, work, ""
+            rep.waited = None if now is None else now - rep.sent
             if run.scoring and run.claim is None:
                 run.claim = rep
             return True
@@ -398,8 +407,8 @@ class JobRun:
                 run.failed_at.pop(node, None)
             else:
                 run.tally.issue(node)
-            run.replicas[node] = Replica(node, deadline=now + self.job.timeout,
-                                         role="verify" if verify else "generate", rates=cards.get(node, RateCard()))
+            run.replicas[node] = Replica(node, deadline=now + self.job.timeout, role="verify" if verify else "generate",
+                                         rates=cards.get(node, RateCard()), sent=now)
             out.append(Dispatch(sid, node, kind, params, now + self.job.timeout))
         return result
 
@@ -455,7 +464,8 @@ class JobRun:
             scored = {"token_ids": run.claim.work.get("token_ids")} if run.claim is not None else {}
             if verifiers:  # the generator is paid for the tokens its claim holds, which the verifiers scored, not
                 limit = min(limit, cap("score", scored, self.job.timeout))  # for what it says (1 token paid as 2,048)
-            credits, basis = pay(run.kind, {r.node: r.work for r in makers}, {r.node: r.rates for r in makers}, limit)
+            credits, basis = pay(run.kind, {r.node: r.billed(run.kind) for r in makers}, {r.node: r.rates for r in makers},
+                                 limit)
             run.credit = min(credits.values())
             if verifiers:  # scoring is cheaper than generating, and paid as such
                 vcredits, vbasis = pay("score", {r.node: r.work for r in verifiers},
@@ -516,10 +526,10 @@ class JobRun:
                     limits = (cap(run.kind, run.params, self.job.timeout) if rep.role == "generate" else
                               cap("score", {"token_ids": run.claim.work.get("token_ids")} if run.claim else {},
                                   self.job.timeout))
-                    peers = sorted(quantity(kind, r.work) for r in answered if r.role == rep.role)
+                    peers = sorted(quantity(kind, r.billed(kind)) for r in answered if r.role == rep.role)
                     if len(peers) > 1:
                         limits = min(limits, peers[(len(peers) - 1) // 2])
-                    credits, basis = pay(kind, {node: rep.work}, {node: rep.rates}, limits)
+                    credits, basis = pay(kind, {node: rep.billed(kind)}, {node: rep.rates}, limits)
                     run.credits[node] = credits[node]
                     owed.append((sid, node, credits[node], basis))
             if run.status in ("waiting", "running"):

@@ -201,7 +201,7 @@ class Submission:
         sj = self.active.get(job_id)
         if sj is not None:
             sj.run.on_time(now)  # an answer past its replica's deadline is late, whatever the tick
-        taken = sj is not None and sj.run.on_result(step, node, ok, claimed, output, work, error)
+        taken = sj is not None and sj.run.on_result(step, node, ok, claimed, output, work, error, now)
         out.append(Answer(job_id, step, node, ok, claimed, taken))
         if taken:
             out.append(Wake(job_id))

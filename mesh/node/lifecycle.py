@@ -99,8 +99,8 @@ from mesh.wire.records import DEFAULT_OFFER, DEFAULT_RATES, MAX_ALT, RECORD_TTL_
 from mesh.wire.schema import parse
 
 log = logging.getLogger("mesh.node.lifecycle")
-FAULTS = ("wrong", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay", "check-aware", "busy", "slander",
-          "corrupt-model")
+FAULTS = ("wrong", "overclaim", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay", "check-aware", "busy",
+          "slander", "corrupt-model")
 HEARTBEAT_S = 2.0  # how often the node looks over its links (dials, silence, expiry)
 HELLO_EVERY_S = 6.0  # how often each linked peer gets a hello when nothing else is said: on libp2p a
 # message costs ~1 ms of Python on each side, and hellos to every link every 2 s kept 32 nodes on 2 cores

@@ -34,6 +34,7 @@ from mesh.steps.models import default_model_sha
 from mesh.steps.sandbox import MEMORY_LIMIT
 from mesh.wire.canonical import canonical, digest
 from mesh.wire.messages import (
+    MAX_MEASURE,
     MAX_WORK_TEXT,
     Progress,
     RateCard,
@@ -280,6 +281,11 @@ class Worker:
         if (fault == "wrong" or (fault == "check-aware" and not cue)) and result.ok:
             out = corrupt(result.output, port.collude or port.node_id[:8])
             result = answer(req, out, result.identity, result.work)
+        if fault == "overclaim" and result.ok:  # the whole time limit, every token it may ask for
+            most = float(req.params.get("max_tokens", 64)) if req.kind in ("llm", "ask-model") else 0.0
+            work = dataclasses.replace(result.work, cpu_s=min(req.timeout, MAX_MEASURE),
+                                       tokens=int(min(max(most, result.work.tokens), MAX_MEASURE)))
+            result = answer(req, result.output, result.identity, work)
         if result.ok:  # only a step answered for this payer can be paid for, and at most this (on_receipt)
             self.owed.answered(key, ceiling(req.kind, result.work.to_json(), port.rates), stored(result))
         await port.send_dialling(peer, "result", result)

@@ -13,7 +13,7 @@ from mesh.core.dag import parse_job
 from mesh.core.effects import Record, Send
 from mesh.core.jobrun import JobRun
 from mesh.core.policy import Candidate
-from mesh.core.pricing import DEFAULT_RATES
+from mesh.core.pricing import DEFAULT_RATES, STEP_CPUS, TOKEN_SLACK
 from mesh.core.spotcheck import SYNTHETIC_WORTH, WORTH_SLACK
 from mesh.core.submission import Config, Submission
 from mesh.wire.canonical import digest
@@ -86,3 +86,45 @@ def test_a_cancelled_jobs_answers_are_paid_at_most_the_median_of_their_claims():
     paid = {peer: amount for _, peer, amount, _ in paid_entries(sub.abort("j", "cancelled by its submitter"))}
     assert paid["evil"] <= max(0.01, 0.01 * DEFAULT_RATES.cpu_s) + 1e-9, paid
     assert paid["h1"] == pytest.approx(max(0.01, 0.01 * DEFAULT_RATES.cpu_s))
+
+
+def run_alone(kind: str, params: dict, output, work: dict, answered_after: float) -> dict[str, float]:
+    """One step of a job with adaptive replication, placed among a worker with a long run (so it runs alone,
+    unless drawn for an audit) and fresh ones; every worker answers `output`, the long-run one claiming
+    `work` `answered_after` seconds after it was asked. What each worker is paid."""
+    job = parse_job({"redundancy": 3, "adaptive": 5, "timeout": 300, "steps": [{"id": "a", "kind": kind, "params": params}]})
+    for seed in range(40):
+        sub = Submission(Config(seed=seed))
+        pool = {k: [Candidate("trusted", 0.9, "10.0.0", 500)] + [Candidate(f"h{i}", 0.5, f"10.0.{i + 1}") for i in range(3)]
+                for k in ("python", "llm:default")}
+        sub.submit("j", job, seed)
+        sends = [e for e in sub.tick("j", pool, 100.0) if isinstance(e, Send)]
+        if [s.node for s in sends] != ["trusted"]:
+            continue  # an audit: drawn again
+        paid = paid_entries(sub.on_result("trusted", "j", "a", True, digest(output), output, work, "",
+                                          100.0 + answered_after))
+        paid += paid_entries(sub.tick("j", pool, 100.0 + answered_after))
+        return {peer: amount for _, peer, amount, _ in paid}
+    raise AssertionError("the long-run worker was never sent a step alone")
+
+
+def test_a_lone_python_claim_is_paid_at_most_the_cpu_the_wait_for_it_allows():
+    """A worker trusted to run steps alone claimed the whole timeout for a step answered in 50 ms, and was
+    paid 300 CPU-seconds for it: nobody else ran the step, so nothing compared its claim."""
+    paid = run_alone("python", {"code": "output = 42"}, 42, {"cpu_s": CLAIM}, 0.05)
+    assert paid["trusted"] <= 0.05 * STEP_CPUS * DEFAULT_RATES.cpu_s + 1e-9, paid
+    honest = run_alone("python", {"code": "output = 42"}, 42, {"cpu_s": 2.5}, 3.0)  # a claim the wait allows
+    assert honest["trusted"] == pytest.approx(2.5 * DEFAULT_RATES.cpu_s)
+    parallel = run_alone("python", {"code": "output = 42"}, 42, {"cpu_s": 7.5}, 3.0)  # several processes at once
+    assert parallel["trusted"] == pytest.approx(7.5 * DEFAULT_RATES.cpu_s)
+
+
+def test_a_lone_generation_is_paid_at_most_the_tokens_its_answer_holds():
+    """2,048 tokens claimed for a one-token answer (max_tokens 2,048), run alone: paid 20.48."""
+    params = {"prompt": "Say hi", "max_tokens": 2048}
+    paid = run_alone("llm", params, " hi", {"tokens": 2048, "token_ids": [6754]}, 30.0)
+    assert paid["trusted"] == pytest.approx(max(0.01, 1 / 1000 * DEFAULT_RATES.tokens_1k)), paid
+    bare = run_alone("llm", params, " hi", {"tokens": 2048}, 30.0)  # no token ids: at most the answer's bytes and a few
+    assert bare["trusted"] <= (3 + TOKEN_SLACK) / 1000 * DEFAULT_RATES.tokens_1k + 1e-9, bare
+    honest = run_alone("llm", params, "word " * 300, {"tokens": 300, "token_ids": [7] * 300}, 30.0)
+    assert honest["trusted"] == pytest.approx(300 / 1000 * DEFAULT_RATES.tokens_1k)
