@@ -19,7 +19,9 @@ from mesh.wire.messages import SignedAnswer
 STEP = "chat"
 DEFAULT_MAX_TOKENS = 128
 TURN_STOP = "\nUser:"
-UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "audio", "modalities", "prediction")
+# refused when set (not false, 0 or empty): accepted and dropped, the client got an answer it had not asked for
+UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "audio", "modalities", "prediction",
+               "logprobs", "top_logprobs", "logit_bias", "frequency_penalty", "presence_penalty")
 
 
 class ChatError(UserError):

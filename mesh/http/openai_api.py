@@ -33,7 +33,8 @@ class Message(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    """OpenAI's chat request; fields it has that the mesh does not use (top_p, user, …) are ignored."""
+    """OpenAI's chat request; fields it has that change nothing here (top_p, user, …) are ignored, those
+    the mesh cannot honour (tools, logprobs, logit_bias, penalties, …: chat.UNSUPPORTED) refused when set."""
 
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1, max_length=100)

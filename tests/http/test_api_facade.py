@@ -197,6 +197,20 @@ def test_chat_needs_enough_workers_for_its_redundancy(fake):
     assert status == 503 and "fewer than the redundancy" in body["error"]["message"] and not fake.submitted
 
 
+def test_chat_options_the_mesh_cannot_honour_are_refused_not_ignored(fake):
+    """logprobs, logit_bias and penalties were accepted and dropped: the client got an answer it had not
+    asked for, and no log-probabilities. Their off values (false, 0, {}) still pass."""
+    hi = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+    for key, value in (("logprobs", True), ("top_logprobs", 3), ("logit_bias", {"50256": -100}),
+                       ("frequency_penalty", 0.5), ("presence_penalty", -1.0)):
+        status, body = call(fake.facade(), "POST", "/v1/chat/completions", {**hi, key: value})
+        assert status == 400 and body["error"]["param"] == key, (key, body)
+        assert "not supported" in body["error"]["message"]
+    status, body = call(fake.facade(), "POST", "/v1/chat/completions",
+                        {**hi, "logprobs": False, "top_logprobs": 0, "logit_bias": {}, "frequency_penalty": 0})
+    assert status == 503 and "fewer than the redundancy" in body["error"]["message"]  # on to placement
+
+
 def test_the_ledger_is_read_from_the_facades_path(fake):
     me, payer = Identity.generate(), Identity.generate()
     led = Ledger(fake.home / "ledger.db")
