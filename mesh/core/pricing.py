@@ -108,6 +108,7 @@ def ceiling(kind: str, work: Mapping[str, object], card: RateCard) -> float:
 
 
 def _num(value: object) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            isinstance(value, int) or math.isfinite(value)) and value >= 0:  # (isfinite overflows on a huge int)
         return float(min(value, MAX_QUANTITY))
     return 0.0

@@ -108,7 +108,7 @@ class Work:
         for name in ("cpu_s", "peak_mb", "tokens", "prompt_tokens", "seconds"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                    and math.isfinite(value) and 0 <= value <= MAX_MEASURE):
+                    and 0 <= value <= MAX_MEASURE and math.isfinite(value)):  # (compared first: a huge int overflows isfinite)
                 raise Rejected("bad-schema", f"work.{name} must be a number from 0 to {MAX_MEASURE:g}")
         for name in ("cpu_s", "peak_mb", "seconds"):  # floats, as a receiver parses them: the answer re-encodes
             setattr(self, name, float(getattr(self, name)))  # to the bytes signed (mesh.wire.proof)

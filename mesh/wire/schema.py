@@ -15,6 +15,7 @@ T = TypeVar("T")
 
 MAX_STR = 1 << 20
 MAX_LIST = 4096
+FLOAT_INT = 2 ** 1023  # integers of at most this size convert to a float (the largest is just under 2**1024)
 
 
 def parse(cls: type[T], data: Any, where: str = "payload") -> T:
@@ -66,7 +67,7 @@ def _parser(cls: type) -> Callable[[Any], Any]:
             if types is not None:
                 if type(value) not in types or (tp is str and len(value) > MAX_STR):
                     raise _Bad(f"is not {tp.__name__}", f".{name}")
-                values[name] = float(value) if tp is float else value
+                values[name] = _float(value) if tp is float else value
                 continue
             try:
                 values[name] = field_check(value)
@@ -119,8 +120,16 @@ def _scalar_checker(tp: type) -> Callable[[Any], Any]:
     def check_scalar(value: Any) -> Any:
         if type(value) not in types or (tp is str and len(value) > MAX_STR):
             raise _Bad(f"is not {tp.__name__}")
-        return float(value) if tp is float else value
+        return _float(value) if tp is float else value
     return check_scalar
+
+
+def _float(value: int | float) -> float:
+    """A JSON number as a float field holds it: an integer past a float's range is refused (float() raised
+    OverflowError out of the receiver on a signed 10**400)."""
+    if type(value) is int and not -FLOAT_INT <= value <= FLOAT_INT:
+        raise _Bad("is a number too large")
+    return float(value)
 
 
 _LEAVES = (str, int, float, bool, type(None))

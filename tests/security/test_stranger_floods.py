@@ -149,3 +149,20 @@ def test_a_step_request_with_ids_past_64_characters_is_refused_before_it_is_run_
         wait_rejection(node, "bad-schema", before, evil.label, at_least=2)
         assert evil.expect(lambda f: f["kind"] == "result", 3.0) is None, "a step with an over-long id was run"
     assert journal.stat().st_size - size < 100_000
+
+
+def test_a_signed_number_too_large_for_a_float_is_refused_as_bad_schema(make_mesh):
+    """A step whose timeout is 10**400 (JSON integers have no size limit) raised OverflowError out of the
+    receiver, past its checks (found by a credit attack, 2026-12-05): now counted as bad-schema, and the
+    link still carries the peer's next, honest step."""
+    node, me = lone_node(make_mesh)
+    before = rejected(node)
+    with HostilePeer(node.listen, transport="tcp") as evil:
+        evil.send(evil.hello_frame())
+        assert evil.expect(lambda f: f["kind"] == "hello", 10)
+        evil.send(evil.seal_raw("step", me, {"job": "j", "step": "big", "kind": "python",
+                                             "params": {"code": "output = 1"}, "timeout": 10 ** 400}))
+        wait_rejection(node, "bad-schema", before, evil.label)
+        evil.send(evil.seal("step", me, StepRequest("j", "ok", "python", {"code": "output = 1"}, 30.0)))
+        got = evil.expect(lambda f: f["kind"] == "result" and f["payload"]["step"] == "ok", 30)
+        assert got is not None and got["payload"]["ok"], got

@@ -176,6 +176,20 @@ def test_model_messages_out_of_bounds_are_refused(alice, bob, kind, payload, why
         parse(KINDS[kind], payload, kind)
 
 
+@pytest.mark.parametrize("kind,payload", [
+    ("step", {"job": "j", "step": "a", "kind": "python", "params": {}, "timeout": 10 ** 400}),
+    ("result", {"job": "j", "step": "a", "ok": True, "output": 1, "digest": "0" * 64, "identity": "python:bwrap",
+                "work": {"cpu_s": 10 ** 400}}),
+    ("result", {"job": "j", "step": "a", "ok": True, "output": 1, "digest": "0" * 64, "identity": "python:bwrap",
+                "work": {"tokens": 10 ** 400}}),
+])
+def test_a_signed_number_too_large_for_a_float_is_bad_schema_not_a_crash(alice, bob, kind, payload):
+    """JSON holds integers of any size; one where the schema wants a float (or bounds a number as one)
+    raised OverflowError out of the receiver instead of Rejected (found by a credit attack, 2026-12-05)."""
+    body = forge(ALICE, kind, payload, to=BOB.public_key, seq=T0, ts=T0)
+    assert rejected(bob, body) == "bad-schema"
+
+
 def test_every_kind_round_trips(alice, bob):
     payloads = {
         "hello": hello(),
