@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mesh.core.admission import Account
+from mesh.core.admission import Account, shortfall
 from mesh.core.policy import Evidence, StepEvidence, next_streak
 from mesh.errors import LedgerError
 from mesh.wire.canonical import canonical_text
@@ -267,6 +267,12 @@ class Ledger:
         for peer, kind, total in self.db.execute(
                 "SELECT peer, kind, SUM(amount) FROM entries WHERE kind IN ('paid','earned') GROUP BY peer, kind"):
             out[peer] = out.get(peer, Account()).add(kind, round(total, 6))
+        for peer, detail, amount in self.db.execute(  # receipts for less than their work merits (UNDERPAID)
+                "SELECT peer, detail, amount FROM entries WHERE kind = 'earned' AND detail LIKE '%\"measured\"%'"):
+            measured = json.loads(detail).get("measured")
+            if isinstance(measured, (int, float)):
+                acct = out[peer]
+                out[peer] = Account(acct.earned, acct.paid, acct.short + shortfall(amount, float(measured)))
         return out
 
     def evidence(self) -> tuple[dict[str, dict[str, int]], dict[str, Evidence], int]:

@@ -25,6 +25,11 @@ KNOWN_REPUTATION = 0.6  # "good" (mesh.core.policy.BANDS): evidence enough on it
 MAX_TIMEOUT_S = 3600.0  # the longest step anyone may ask for
 STRANGER_TIMEOUT_S = 60.0
 STRANGER_MEMORY = 256 << 20  # bytes
+# A receipt for less than 1/UNDERPAID of a step's work as this worker measured it counts the rest against its
+# payer's credit line: paying the minimum charge for every step, a submitter ran 12 steps (4.19 credits
+# of CPU) past a line of 0.5. An honest payer pays the agreeing workers' median, which is below a quarter
+# of this worker's own figure only when this worker is over 4 times slower than the others.
+UNDERPAID = 4.0
 
 
 @dataclass(frozen=True)
@@ -35,19 +40,30 @@ class Account:
 
     earned: float = 0.0
     paid: float = 0.0
+    short: float = 0.0  # work done for it beyond what its receipts paid, where they paid too little (UNDERPAID)
 
     @property
     def balance(self) -> float:
         """The peer's balance as this node sees it: work it did here minus work done for it here."""
         return self.paid - self.earned
 
-    def add(self, kind: str, amount: float) -> Account:
-        """After one ledger entry (`amount` as the ledger has it: + earned, − paid)."""
+    def add(self, kind: str, amount: float, measured: float | None = None) -> Account:
+        """After one ledger entry (`amount` as the ledger has it: + earned, − paid; `measured`: an earned
+        step's work as this node measured it, at its own rates, when the entry kept it)."""
         if kind == "earned":
-            return Account(self.earned + amount, self.paid)
+            return Account(self.earned + amount, self.paid, self.short + shortfall(amount, measured))
         if kind == "paid":
-            return Account(self.earned, self.paid - amount)
+            return Account(self.earned, self.paid - amount, self.short)
         return self
+
+
+def shortfall(amount: float, measured: float | None) -> float:
+    """What a receipt of `amount` for work this node measured at `measured` credits leaves unpaid, as far
+    as a credit line counts it: the payer may pay anything from the minimum charge to `measured` (it pays
+    the median of the agreeing workers' figures), but less than 1/UNDERPAID of it is taken as unpaid."""
+    if measured is None:
+        return 0.0
+    return max(0.0, measured / UNDERPAID - amount)
 
 
 @dataclass(frozen=True)
@@ -107,13 +123,15 @@ def terms(who: Standing, timeout: float) -> Terms:
 
 def credit_refusal(account: Account, unpaid: float, line: float) -> str:
     """Why a worker holding submitters to `line` credits refuses this one ('' when it is within it):
-    its balance here, less what this node answered for it and was not yet paid, is below −line."""
-    owes = unpaid - account.balance
+    its balance here, less what this node answered for it and was not yet paid and what its receipts
+    paid too little (Account.short), is below −line."""
+    owes = unpaid + account.short - account.balance
     if owes <= line:
         return ""
+    short = f", {account.short:.2f} short of what your receipts should have paid" if account.short else ""
     return (f"refused: over this worker's credit line: it has done {owes:g} credits more work for you than "
-            f"you for it ({account.earned:g} paid, {unpaid:g} unpaid, {account.paid:g} earned from it), and it "
-            f"allows {line:g}; work for it to earn more")
+            f"you for it ({account.earned:g} paid, {unpaid:g} unpaid{short}, {account.paid:g} earned from it), "
+            f"and it allows {line:g}; work for it to earn more")
 
 
 @dataclass

@@ -150,8 +150,10 @@ class JobRun:
             return self._fail(step, node, error or "step error")
         if rep.role == "verify":
             return self._verdict(step, run, rep, output, work)
-        if run.scoring and not valid_ids(work.get("token_ids")):
+        if run.scoring and not valid_ids(ids := work.get("token_ids")):
             return self._fail(step, node, "no token ids for the verifiers to score")
+        if run.scoring and len(ids) > cap(run.kind, run.params, 0.0) * 1000:  # each verifier is paid to score them all
+            return self._fail(step, node, "more token ids than the step's max_tokens")
         key = run.comparator.key(output)
         if run.tally.answer(node, key):
             rep.digest, rep.key, rep.output, rep.work, rep.error = digest, key, output, work, ""

@@ -11,6 +11,7 @@ with a replica. Pure: the randomness comes from the RNG handed in, the time from
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import string
 from collections import deque
@@ -57,6 +58,7 @@ class Challenge:
     # the work the step took, in its kind's unit (mesh.core.pricing.quantity): the lower median of its agreeing
     # replicas' figures, or SYNTHETIC_WORTH; a passed check is paid at most WORTH_SLACK times it
     worth: float = 0.0
+    sent: float | None = None  # when it went out (the caller's clock; None: planned, not sent): bounds the claim
 
     def right(self, output: Any) -> bool:
         """Whether `output` is the known answer, under the step's own comparator."""
@@ -189,9 +191,10 @@ class SpotChecker:
         """The planned checks whose moment has come, in the order they were planned."""
         return [c for c, (_, _, due) in self.planned.items() if due <= now]
 
-    def issue(self, check_id: str, deadline: float) -> tuple[str, Challenge]:
-        """A planned check goes out now: it is outstanding until answered or `deadline`."""
+    def issue(self, check_id: str, deadline: float, now: float) -> tuple[str, Challenge]:
+        """A planned check goes out `now`: it is outstanding until answered or `deadline`."""
         node, challenge, _ = self.planned.pop(check_id)
+        challenge = dataclasses.replace(challenge, sent=now)
         self.out[check_id] = (node, challenge, deadline)
         return node, challenge
 

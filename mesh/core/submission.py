@@ -34,7 +34,7 @@ from mesh.core.effects import (
 )
 from mesh.core.jobrun import Dispatch, JobRun, Outcome, Replica
 from mesh.core.policy import Candidate, RecheckEvidence, StepEvidence, candidate_from
-from mesh.core.pricing import cap, pay, quantity
+from mesh.core.pricing import cap, observed, pay, quantity
 from mesh.core.spotcheck import WORTH_SLACK, Challenge, SpotChecker
 from mesh.errors import JobError
 from mesh.wire.canonical import digest
@@ -372,7 +372,7 @@ class Submission:
         as the step it replays: its step id, params and timeout."""
         _, challenge, _ = self.spot.planned[check_id]
         deadline = now + max(challenge.timeout, MIN_TIMEOUT_S)
-        node, challenge = self.spot.issue(check_id, deadline)
+        node, challenge = self.spot.issue(check_id, deadline, now)
         self.outstanding.setdefault(node, {})[(check_id, challenge.step)] = deadline
         out.append(Send(check_id, challenge.step, node, challenge.kind, challenge.params, deadline, challenge))
         out.append(Alarm(deadline))
@@ -405,7 +405,8 @@ class Submission:
         afterwards which of its answers were checks."""
         passed = ok and challenge.right(output)
         if passed:
-            self._passed(node, check_id, challenge, got, work, out)
+            waited = None if challenge.sent is None else now - challenge.sent
+            self._passed(node, check_id, challenge, got, observed(challenge.kind, work, output, waited), out)
         elif not self._dispute(Dispute(node, check_id, challenge, got, dict(work)), out):
             self._convict(node, check_id, challenge, got, now, out)
         out.extend(self._wake_holding([node]))
@@ -574,7 +575,7 @@ class Submission:
             if o.accepted:
                 if sj.recheck_of is None and len(o.agreeing) >= 2 and not o.dissenting:  # no doubt about it
                     asked = tuple(sorted(step_run.replicas))
-                    took = sorted(quantity(o.kind, step_run.replicas[n].work) for n in o.agreeing)
+                    took = sorted(quantity(o.kind, step_run.replicas[n].billed(o.kind)) for n in o.agreeing)
                     self.spot.remember(o.kind, step_run.params or {}, step_run.output, o.step, sj.run.job.timeout,
                                        step_run.comparator.spec, (job_id, o.step), asked,
                                        tuple(sorted({self._prefix.get(n, "") for n in asked})),

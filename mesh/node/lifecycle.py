@@ -998,7 +998,8 @@ class Node:
         self.head_stale = True
         if reply.added == len(entries):  # (a batch with a duplicate the ledger skipped: counted at the restart)
             for e in entries:
-                self.accounts[e.peer] = self.accounts.get(e.peer, Account()).add(e.kind, e.amount)
+                measured = e.detail.get("measured") if isinstance(e.detail, dict) else None
+                self.accounts[e.peer] = self.accounts.get(e.peer, Account()).add(e.kind, e.amount, measured)
         for e in entries:
             if e.kind in REPUTATION_KINDS:
                 self.reputations.fold(e.kind, e.peer, ts or now_ms(), StepEvidence.in_detail(e.detail))

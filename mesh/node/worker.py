@@ -410,7 +410,7 @@ class Worker:
                                       "its own rates)")
         # the ledger keeps one (earned, job, step, payer): a copy that raced this one is skipped there
         if await self.port.record([Entry("earned", receipt.job, receipt.step, peer.node, float(receipt.amount),
-                                         {"receipt": receipt})]):
+                                         {"receipt": receipt, "measured": most})]):  # (for the credit line)
             self.owed.paid(key)
             self._ack(peer, receipt)
 

@@ -8,6 +8,7 @@ import pytest
 from mesh.core.admission import (
     STRANGER_MEMORY,
     STRANGER_TIMEOUT_S,
+    UNDERPAID,
     Account,
     Shares,
     Slots,
@@ -106,3 +107,22 @@ def test_credit_line_counts_this_nodes_ledger_and_unpaid_answers():
     assert why.startswith("refused: over this worker's credit line") and "allows 10" in why
     assert credit_refusal(Account(), 0.0, 0.0) == ""  # a fresh submitter owes nothing
     assert Account().add("agreed", 1.0) == Account()
+
+
+def test_a_receipt_for_a_fraction_of_the_work_counts_the_rest_against_the_line():
+    """A submitter paying 0.01 for every step (any amount from 0.01 to the worker's own figure is a valid
+    receipt) ran 12 steps, 4.19 CPU-seconds, past a line of 0.5 (found by this session's credit attacker):
+    a receipt for less than 1/UNDERPAID of the worker's measured work counts the rest as not paid."""
+    acct = Account()
+    for _ in range(3):
+        acct = acct.add("earned", 0.01, measured=0.35)  # 0.35 credits of work, 0.01 paid
+    assert acct.earned == pytest.approx(0.03) and acct.short == pytest.approx(3 * (0.35 / UNDERPAID - 0.01))
+    assert credit_refusal(acct, 0.0, 0.3) == ""  # 0.03 paid + 0.2325 short
+    acct = acct.add("earned", 0.01, measured=0.35)
+    why = credit_refusal(acct, 0.0, 0.3)
+    assert why.startswith("refused: over this worker's credit line") and "0.31 short" in why, why
+    honest = Account()
+    for _ in range(100):  # paid the median of three, a third below this worker's own figure
+        honest = honest.add("earned", 0.2, measured=0.3)
+    assert honest.short == 0 and credit_refusal(honest, 0.0, 20.0) == ""
+    assert Account().add("earned", 0.01) == Account(earned=0.01)  # an old entry, without its measure

@@ -13,7 +13,7 @@ from mesh.core.dag import parse_job
 from mesh.core.effects import Record, Send
 from mesh.core.jobrun import JobRun
 from mesh.core.policy import Candidate
-from mesh.core.pricing import DEFAULT_RATES, STEP_CPUS, TOKEN_SLACK
+from mesh.core.pricing import DEFAULT_RATES, JSON_SPACING, STEP_CPUS, TOKEN_SLACK
 from mesh.core.spotcheck import SYNTHETIC_WORTH, WORTH_SLACK
 from mesh.core.submission import Config, Submission
 from mesh.wire.canonical import digest
@@ -128,3 +128,55 @@ def test_a_lone_generation_is_paid_at_most_the_tokens_its_answer_holds():
     assert bare["trusted"] <= (3 + TOKEN_SLACK) / 1000 * DEFAULT_RATES.tokens_1k + 1e-9, bare
     honest = run_alone("llm", params, "word " * 300, {"tokens": 300, "token_ids": [7] * 300}, 30.0)
     assert honest["trusted"] == pytest.approx(300 / 1000 * DEFAULT_RATES.tokens_1k)
+
+
+def test_a_lone_json_answer_is_paid_at_most_the_tokens_its_value_could_have_taken():
+    """A json_schema step hands on a JSON value, not text: with no token ids (or made-up ones) a worker
+    running it alone was paid 2,048 tokens for `{"ok": true}` (found by this session's credit attacker)."""
+    params = {"prompt": "Is it ok?", "max_tokens": 2048,
+              "json_schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}}}
+    most = (JSON_SPACING * len(b'{"ok":true}') + TOKEN_SLACK) / 1000 * DEFAULT_RATES.tokens_1k
+    for work in ({"tokens": 2048}, {"tokens": 2048, "token_ids": [5] * 2048}):
+        paid = run_alone("llm", params, {"ok": True}, work, 30.0)
+        assert paid["trusted"] <= most + 1e-9, (work, paid)
+    odd = run_alone("llm", {"prompt": "Say hi", "max_tokens": 2048}, ["x"], {"tokens": 2048}, 30.0)  # not text at all
+    assert odd["trusted"] <= (JSON_SPACING * len(b'["x"]') + TOKEN_SLACK) / 1000 * DEFAULT_RATES.tokens_1k + 1e-9
+
+
+def test_a_spot_check_is_paid_at_most_what_the_wait_for_it_allows_and_its_worth_is_what_was_paid():
+    """Two sybils holding both seats of a step claimed its whole timeout: each was paid what the wait
+    allowed, but the step was remembered as worth 300 CPU-seconds, and every check replaying it, answered
+    in 0.1 s, was paid 300 (found by this session's credit attacker)."""
+    job = parse_job({"redundancy": 2, "timeout": 300,
+                     "steps": [{"id": "a", "kind": "python", "params": {"code": "output = 42"}}]})
+    sub = Submission(Config(seed=11, spot_rate=1.0, check_spread_s=1.0))
+    pool = {"python": [Candidate(n, 0.5, f"10.0.{i}", 0) for i, n in enumerate(("s1", "s2", "s3"))]}
+    paid, now, checks = [], 0.0, 0
+    most = 0.1 * STEP_CPUS * DEFAULT_RATES.cpu_s + 1e-9  # every answer comes 0.1 s after it was asked
+    for j in range(6):
+        sub.submit(f"job{j}", job, j)
+        for effects in (sub.tick(f"job{j}", pool, now), sub.on_alarm(now + 2.0)):
+            for s in (e for e in effects if isinstance(e, Send)):
+                at = (now if s.check is None else now + 2.0) + 0.1
+                output = 42 if s.check is None else s.check.expected
+                checks += s.check is not None
+                paid += paid_entries(sub.on_result(s.node, s.job, s.step, True, digest(output), output,
+                                                   {"cpu_s": CLAIM}, "", at))
+        paid += paid_entries(sub.tick(f"job{j}", pool, now + 3.0))
+        now += 10.0
+    assert checks and paid
+    assert all(amount <= most for _, _, amount, _ in paid), paid
+
+
+def test_a_scoring_claim_longer_than_max_tokens_is_refused_before_any_verifier_is_paid_for_it():
+    """4,000 token ids claimed for a step of max_tokens 16: each verifier was asked to score, and was
+    paid for, all of them (20.16 in all, against 0.24 held to max_tokens)."""
+    job = parse_job({"redundancy": 3, "steps": [{"id": "a", "kind": "llm", "compare": "score",
+                                                 "params": {"prompt": "Say hi", "max_tokens": 16}}]})
+    pool = {"llm:default": [Candidate(f"w{i}", 0.9, f"10.0.{i}") for i in range(6)]}
+    run = JobRun("j", job, random.Random(2))
+    (gen,) = run.advance(pool, 0.0)
+    run.on_result("a", gen.node, True, digest(" hi"), " hi", {"tokens": 4000, "token_ids": [7] * 4000}, "", 1.0)
+    assert "max_tokens" in run.steps["a"].tally.failures[gen.node]
+    sent = run.advance(pool, 3.0)  # another generation, no scoring of the long claim
+    assert sent and all(d.kind == "llm" and "token_ids" not in d.params for d in sent), sent

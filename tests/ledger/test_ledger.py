@@ -10,6 +10,7 @@ import pytest
 
 from ledger.receipts import check_receipt, make_receipt, payer_id
 from ledger.store import GENESIS, Entry, Ledger, entry_hash
+from mesh.core.admission import UNDERPAID
 from mesh.core.policy import reputation
 from mesh.errors import LedgerError
 from mesh.wire.identity import Identity
@@ -160,6 +161,21 @@ def test_ledger_survives_reopen(tmp_path, me, peer):
     assert ro.verify(me.node_id) == (6, "")
     assert ro.balance() == pytest.approx(balance - 2.0)
     ro.close()
+
+
+def test_accounts_read_back_what_receipts_paid_too_little_for_the_credit_line(tmp_path, me, peer):
+    """A worker's earned entries keep the step's work as it measured it (`measured`): read back at a
+    restart, receipts for less than 1/UNDERPAID of it still count against the payer's credit line."""
+    path = tmp_path / "ledger.db"
+    led = Ledger(path)
+    cheap = [earned(me, peer, "j", f"s{i}", 0.01) for i in range(3)]
+    for e in cheap:
+        e.detail["measured"] = 0.4
+    led.append([*cheap, earned(me, peer, "j", "old", 0.01), paid(me, peer, "k", "a", 0.5)], TS)  # "old": no measure
+    led.close()
+    acct = Ledger(path, readonly=True).accounts()[peer.node_id]
+    assert acct.earned == pytest.approx(0.04) and acct.paid == pytest.approx(0.5)
+    assert acct.short == pytest.approx(3 * (0.4 / UNDERPAID - 0.01))
 
 
 def test_readonly_open_of_a_missing_ledger(tmp_path):
