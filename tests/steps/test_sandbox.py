@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
 
@@ -118,6 +119,30 @@ def test_output_over_the_cap_fails():
 def test_streams_are_capped():
     res = run(f"print('y' * {3 * STREAM_CAP})\noutput = 1")
     assert len(res.stdout) == STREAM_CAP and res.output == 1
+
+
+@pytest.mark.parametrize("fd", [1, 2])
+def test_a_flood_written_straight_to_a_pipe_is_cut_off_at_the_cap_and_costs_the_host_no_memory(fd):
+    """os.write past the runner's capture: the node read all of it into memory (3.6 GiB in a node's step
+    actor within a 3 s step; 12-14 GiB through run_python with a 5 s limit), and checked the cap only once
+    the step had ended (found by this session's sandbox attacker). Run in a process of its own, to read
+    its peak memory."""
+    flood = f"import os\nchunk = b'x' * (1 << 20)\nwhile True:\n    os.write({fd}, chunk)\n"
+    probe = ("import json, resource, time\nfrom mesh.errors import StepFailed\nfrom mesh.steps.sandbox import run_python\n"
+             "t = time.monotonic()\ntry:\n    run_python(" + repr(flood) + ", {}, 10)\n    why = ''\n"
+             "except StepFailed as exc:\n    why = str(exc)\n"
+             "print(json.dumps([why, time.monotonic() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    why, took, peak_kib = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "output over" in why, (why, out.stderr[-2000:])
+    assert took < 5, took  # cut off at the cap, not at the 10 s limit
+    assert peak_kib < 200 * 1024, peak_kib
+
+
+def test_a_step_that_closes_its_pipes_and_goes_on_still_times_out():
+    t = time.monotonic()
+    assert "timed out" in fails("import os, time\nos.close(1)\nos.close(2)\ntime.sleep(60)", timeout=2)
+    assert time.monotonic() - t < 6
 
 
 def test_process_that_dies_without_a_result():
