@@ -10,6 +10,7 @@ from pathlib import Path
 from thespian.actors import ActorTypeDispatcher
 
 from mesh.errors import StepFailed
+from mesh.steps.outputs import depth_error
 
 from .messages import LoadModel, ModelLoaded, RunStep, StepDone, StepProgress
 from .procname import name_process
@@ -69,10 +70,14 @@ class ModelRunnerActor(ActorTypeDispatcher):
         if p.get("json_schema") is not None:  # the grammar made it JSON: hand on the value, not its text
             try:
                 output = json.loads(gen.text)
-            except ValueError:
+            except (ValueError, RecursionError):
                 self.send(sender, StepDone(msg.request_id, False, error="the model's output is not complete JSON "
                                            "(raise max_tokens?)"))
                 return
+        deep = depth_error(output)
+        if deep:  # (a json_object answer of 2,048 tokens may be 1,000 brackets deep)
+            self.send(sender, StepDone(msg.request_id, False, error=deep))
+            return
         self.send(sender, StepDone(msg.request_id, True, output, f"gguf:{self.model.sha256}",
                                    {"tokens": gen.tokens, "prompt_tokens": gen.prompt_tokens,
                                     "seconds": round(gen.seconds, 4), "token_ids": list(gen.token_ids)}))

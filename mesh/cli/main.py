@@ -166,6 +166,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _load_job_file(path: str) -> dict:
     from mesh.core.dag import load_job_text
+    from mesh.steps.extract import check_selectors
     from mesh.steps.grammar import check_grammars
 
     try:
@@ -173,7 +174,9 @@ def _load_job_file(path: str) -> dict:
     except OSError as exc:
         raise JobError(f"cannot read job file {path}: {exc.strerror}") from None
     # validate locally: same checks as the node, clearer errors, nothing sent
-    check_grammars(load_job_text(text, path), path)
+    job = load_job_text(text, path)
+    check_grammars(job, path)
+    check_selectors(job, path)
     return json.loads(text)
 
 

@@ -12,6 +12,7 @@ from fastapi import HTTPException, Request
 from mesh.core.dag import Job, parse_job, resolve_models
 from mesh.errors import ConfigError, CreditError, JobError, JournalError
 from mesh.http.facade import NodeFacade
+from mesh.steps.extract import check_selectors
 from mesh.steps.grammar import check_grammars
 from mesh.steps.registry import Registry
 
@@ -49,6 +50,7 @@ def parse_request_job(node: NodeFacade, data: dict[str, Any], redundancy: int | 
     try:
         job = parse_job(data, "job", redundancy, quorum)
         check_grammars(job)  # (llama.cpp's half of the json_schema check: mesh.core does not import it)
+        check_selectors(job)  # (and soupsieve's of the scrape selectors)
         resolve_models(job, Registry(node.home).resolve)
     except JobError as exc:
         raise ApiError(400, str(exc)) from None

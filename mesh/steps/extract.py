@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from urllib.parse import urljoin, urlsplit
 
+import soupsieve
 from bs4 import BeautifulSoup
+
+from mesh.core.dag import Job
+from mesh.errors import JobError, StepFailed
 
 MAX_LINKS = 500
 MAX_MATCHES = 100
@@ -17,7 +21,29 @@ def _text(el) -> str:
     return " ".join(el.get_text(" ", strip=True).split())
 
 
+def selector_error(css: str) -> str:
+    """'' when BeautifulSoup (soupsieve) can use this CSS selector; otherwise why not. An unparsable one
+    raised SelectorSyntaxError out of the worker's task, which then sent no answer at all."""
+    try:
+        soupsieve.compile(css)
+    except soupsieve.SelectorSyntaxError as exc:
+        return f"{css[:100]!r} is not a CSS selector ({str(exc).splitlines()[0][:200]})"
+    return ""
+
+
+def check_selectors(job: Job, source: str = "job") -> None:
+    """Raise JobError for the first scrape step with a selector BeautifulSoup cannot use (the node's API
+    and the CLI run this before a job is sent, as they do check_grammars)."""
+    for step in job.steps:
+        if step.kind == "scrape":
+            for why in filter(None, map(selector_error, (step.params.get("selectors") or {}).values())):
+                raise JobError(f"{source}: step {step.id!r}: selectors: {why}")
+
+
 def extract(html: str, base_url: str, params: dict) -> dict:
+    """The page's parts a scrape step asked for; StepFailed for a selector BeautifulSoup cannot use."""
+    for why in filter(None, map(selector_error, (params.get("selectors") or {}).values())):
+        raise StepFailed(f"selectors: {why}")
     soup = BeautifulSoup(html, "html.parser")
     for el in soup(["script", "style", "noscript", "template"]):
         el.decompose()

@@ -28,6 +28,7 @@ from pathlib import Path
 from mesh.errors import LimitHit, StepFailed
 from mesh.steps import seccomp
 from mesh.steps.cgroup import StepGroup
+from mesh.steps.outputs import depth_error
 from mesh.steps.stepuser import NOBODY, StepUser, running_as_root
 from mesh.steps.treecpu import TreeCPU
 
@@ -417,4 +418,7 @@ def _result(stdout: bytes, stderr: bytes, returncode: int | None, cpu_s: float, 
         raise StepFailed("python step produced an unreadable result") from None
     if not ok:
         raise (LimitHit if res.get("limit") is True else StepFailed)(error[:500])
+    deep = depth_error(res.get("output"))
+    if deep:
+        raise StepFailed(deep)
     return PythonResult(res.get("output"), str(res.get("stdout", "")), str(res.get("stderr", "")), cpu_s, peak_mb)

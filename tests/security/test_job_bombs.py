@@ -113,3 +113,21 @@ def test_a_last_event_id_that_is_no_event_number_starts_the_stream_from_the_firs
         assert status == 200 and isinstance(body, str) and "event: job" in body, (header[:8], status, str(body)[:200])
     status, body = call(node, "GET", f"/jobs/{got['job_id']}/events", headers={"Last-Event-ID": "0"})
     assert status == 200 and "event: job" not in body  # a real event number still resumes after it
+
+
+def test_an_output_nested_500_deep_fails_its_step_at_once_instead_of_waiting_out_the_timeout(trio):
+    """The step writes its own result line, 500 levels of lists: it parsed in the worker's step actor,
+    which could not pickle it to its node (Thespian dropped the message as poison), so the replica
+    answered nothing until its timeout + 15 s (found by this session's sandbox attacker)."""
+    sub = trio.nodes[0]
+    deep = "[" * 500 + "]" * 500
+    code = ("import os\nos.write(1, ('\\x1ehomemesh-result\\x1e' + '{\"ok\":true,\"output\":" + deep +
+            ",\"stdout\":\"\",\"stderr\":\"\"}').encode())\nos._exit(0)")
+    t = time.monotonic()
+    status, got = post_job(sub, {"name": "deep", "redundancy": 2, "timeout": 30,
+                                 "steps": [{"id": "d", "kind": "python", "params": {"code": code}}]})
+    assert status == 201, got
+    rep = wait_job(sub, got["job_id"])
+    assert rep["status"] == "failed" and time.monotonic() - t < 25, (time.monotonic() - t, rep)
+    errors = [r.get("error", "") for r in rep["steps"]["d"]["replicas"]]
+    assert errors and all("nested deeper than 100" in e for e in errors), errors

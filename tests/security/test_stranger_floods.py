@@ -166,3 +166,19 @@ def test_a_signed_number_too_large_for_a_float_is_refused_as_bad_schema(make_mes
         evil.send(evil.seal("step", me, StepRequest("j", "ok", "python", {"code": "output = 1"}, 30.0)))
         got = evil.expect(lambda f: f["kind"] == "result" and f["payload"]["step"] == "ok", 30)
         assert got is not None and got["payload"]["ok"], got
+
+
+def test_a_scrape_request_with_a_selector_beautifulsoup_cannot_parse_is_refused_at_once(make_mesh):
+    """`[[[` raised out of the worker's task after the page was fetched: no answer, and the requester
+    waited its whole timeout (found by this session's sandbox attacker). Now refused before anything runs."""
+    node, me = lone_node(make_mesh)
+    with HostilePeer(node.listen, transport="tcp") as evil:
+        evil.send(evil.hello_frame())
+        assert evil.expect(lambda f: f["kind"] == "hello", 10)
+        t = time.monotonic()
+        evil.send(evil.seal("step", me, StepRequest("j", "s", "scrape", {"url": "https://example.com/",
+                                                                       "selectors": {"bad": "[[["}}, 60.0)))
+        got = evil.expect(lambda f: f["kind"] == "result" and f["payload"]["step"] == "s", 30)
+        assert got is not None and not got["payload"]["ok"], got
+        assert "refused: selectors: '[[[' is not a CSS selector" in got["payload"]["error"], got
+        assert time.monotonic() - t < 10

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from mesh.errors import StepFailed
+from mesh.steps.outputs import MAX_OUTPUT_DEPTH
 from mesh.steps.sandbox import MARK, OUTPUT_CAP, STREAM_CAP, PythonResult, run_python
 from mesh.wire.canonical import canonical
 
@@ -143,6 +144,18 @@ def test_a_step_that_closes_its_pipes_and_goes_on_still_times_out():
     t = time.monotonic()
     assert "timed out" in fails("import os, time\nos.close(1)\nos.close(2)\ntime.sleep(60)", timeout=2)
     assert time.monotonic() - t < 6
+
+
+@pytest.mark.parametrize("how", ["output", "raw"])
+def test_an_output_nested_past_the_limit_fails_the_step_instead_of_being_lost_between_actors(how):
+    """500 levels of lists parse here, but Thespian cannot pickle them: the StepDone carrying them was
+    dropped as poison and the worker answered nothing until the timeout + 15 s (found by this session's
+    sandbox attacker; `raw`: the step writes its own result line, past the runner's encoder)."""
+    deep = "[" * 500 + "]" * 500
+    code = ("x = []\nfor _ in range(149):\n    x = [x]\noutput = x" if how == "output" else
+            f"import os\nos.write(1, ({MARK!r} + '{{\"ok\":true,\"output\":{deep},\"stdout\":\"\",\"stderr\":\"\"}}').encode())\nos._exit(0)")
+    assert f"nested deeper than {MAX_OUTPUT_DEPTH}" in fails(code)
+    assert run(f"x = []\nfor _ in range({MAX_OUTPUT_DEPTH - 1}):\n    x = [x]\noutput = x").output
 
 
 def test_process_that_dies_without_a_result():

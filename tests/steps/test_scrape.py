@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import subprocess
+import sys
 
 import pytest
 from aiohttp import web
 
 from mesh.errors import ConfigError, StepFailed
-from mesh.steps.extract import extract
+from mesh.steps.extract import extract, selector_error
 from mesh.steps.scrape import Scraper, find_browser
 from mesh.steps.ssrf import Allow, Refused, resolve, why_refused
 from mesh.steps.stepuser import StepUser, running_as_root
@@ -66,6 +68,23 @@ def test_extract_text_links_selected_parts_and_tables():
     assert out["selected"] == {"price": ["3 EUR", "4 EUR"]}
     assert out["tables"] == [[["k", "v"], ["x", "1"]]]
     assert extract(html, "https://shop.example/", {"max_chars": 6})["text"] == "Prices"
+
+
+def test_a_selector_beautifulsoup_cannot_parse_fails_the_step_and_is_refused_before_anything_runs(tmp_path):
+    """`[[[` raised soupsieve's SelectorSyntaxError out of the worker's task: no answer was sent and its
+    requester waited for the timeout (found by this session's sandbox attacker). Now a failed step saying
+    why, a worker's refusal of a peer's request, and a clear error from `mesh submit` before it is sent."""
+    html = "<html><body><p class='a'>x</p></body></html>"
+    with pytest.raises(StepFailed, match="'\\[\\[\\[' is not a CSS selector"):
+        extract(html, "https://x.example/", {"selectors": {"ok": "p.a", "bad": "[[["}})
+    assert selector_error("p.a > b:nth-child(2)") == "" and "not a CSS selector" in selector_error("a[")
+    job = tmp_path / "bad.json"
+    job.write_text(json.dumps({"steps": [{"id": "s", "kind": "scrape",
+                                          "params": {"url": "https://x.example/", "selectors": {"bad": "[[["}}}]}))
+    res = subprocess.run([sys.executable, "-m", "mesh", "submit", str(job), "--home", str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "step 's': selectors: '[[[' is not a CSS selector" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
 
 
 # -- a local web server ------------------------------------------------------------------------------------
