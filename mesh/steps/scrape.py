@@ -40,10 +40,14 @@ def find_browser(configured: str | None = None) -> str | None:
 
 
 def _browser_errors() -> tuple[type[BaseException], ...]:
+    """What talking to the browser raises when it failed or its DevTools connection dropped: pyppeteer's
+    own errors, and, mid-call on a closed connection, a None reply read as a dict (TypeError, KeyError)
+    or a future set twice (InvalidStateError). A page making a 200 MiB text node dropped the connection
+    while its step ended; the TypeError went uncaught, and each such page left a whole browser running."""
     from pyppeteer.errors import PyppeteerError
     from websockets.exceptions import ConnectionClosed
 
-    return PyppeteerError, ConnectionClosed, OSError
+    return PyppeteerError, ConnectionClosed, OSError, TypeError, KeyError, asyncio.InvalidStateError
 
 
 class Scraper:
@@ -72,11 +76,13 @@ class Scraper:
 
     async def _drop_browser(self) -> None:
         browser, chromium, self.browser, self.chromium = self.browser, self.chromium, None, None
-        if browser is not None:
-            with contextlib.suppress(*_browser_errors()):  # a dead browser's connection is gone anyway
-                await browser.disconnect()
-        if chromium is not None:
-            await chromium.stop()
+        try:
+            if browser is not None:
+                with contextlib.suppress(*_browser_errors()):  # a dead browser's connection is gone anyway
+                    await browser.disconnect()
+        finally:  # whatever disconnecting raised, the process goes (it was left running, with its renderers)
+            if chromium is not None:
+                await chromium.stop()
 
     async def _browser(self):
         async with self.lock:

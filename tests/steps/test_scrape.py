@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 
+import psutil
 import pytest
 from aiohttp import web
 
@@ -137,8 +138,12 @@ class Site(ThreadedSite):
         async def huge(request: web.Request) -> web.Response:
             return web.Response(content_type="text/html", text="<html><body>" + "word " * 2_000_000 + "</body></html>")
 
+        async def textbomb(request: web.Request) -> web.Response:  # 200 MiB of text, made by the page itself
+            return web.Response(content_type="text/html", text="""<html><body><script>
+              document.body.appendChild(document.createTextNode("x".repeat(200 * 1024 * 1024)));</script></body></html>""")
+
         app = web.Application()
-        app.add_routes([web.get("/js", js), web.get("/sub", subrequests), web.get("/redirect", redirect),
+        app.add_routes([web.get("/textbomb", textbomb), web.get("/js", js), web.get("/sub", subrequests), web.get("/redirect", redirect),
                         web.get("/slow", slow), web.get("/hold", hold), web.get("/huge", huge), web.get("/secret", count),
                         web.get("/pixel", count), web.get("/beacon", count)])
         return app
@@ -173,6 +178,28 @@ def test_javascript_rendered_text_links_and_tables(site):
     assert "rendered by js" in out["text"] and "waiting" not in out["text"]
     assert out["links"] == [site.url("/next")] and out["tables"] == [[["a", "1"]]]
     assert work["via"] == "chromium" and out["title"] == "js"
+
+
+@needs_browser
+@pytest.mark.timeout(120)
+def test_a_page_that_kills_the_browser_connection_leaves_no_browser_behind_and_the_next_scrape_works(site):
+    """A page making a 200 MiB text node dropped pyppeteer's DevTools connection while its step ended: the
+    cleanup raised TypeError, which nothing caught, and the next step's restart raised InvalidStateError
+    before it stopped the old Chromium. Each such page left a whole browser running (850-900 MB) and made
+    the next requester's scrape fail (found by this session's sandbox attacker)."""
+    async def go():
+        scraper = Scraper(ALLOW_LOCAL, find_browser(), USER)
+        try:
+            with pytest.raises(StepFailed):
+                await scraper.scrape({"url": site.url("/textbomb")}, 20)
+            out, _ = await scraper.scrape({"url": site.url("/js"), "wait_for": "a[href='/next']"}, 40)
+            browsers = [p for p in psutil.Process().children() if "chrom" in p.name()]
+            return out, len(browsers)
+        finally:
+            await scraper.close()
+    out, browsers = asyncio.run(go())
+    assert "rendered by js" in out["text"] and browsers == 1, (out, browsers)
+    assert not [p for p in psutil.Process().children() if "chrom" in p.name()]
 
 
 @needs_browser
