@@ -122,6 +122,7 @@ def test_streams_are_capped():
     assert len(res.stdout) == STREAM_CAP and res.output == 1
 
 
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("fd", [1, 2])
 def test_a_flood_written_straight_to_a_pipe_is_cut_off_at_the_cap_and_costs_the_host_no_memory(fd):
     """os.write past the runner's capture: the node read all of it into memory (3.6 GiB in a node's step
@@ -130,13 +131,13 @@ def test_a_flood_written_straight_to_a_pipe_is_cut_off_at_the_cap_and_costs_the_
     its peak memory."""
     flood = f"import os\nchunk = b'x' * (1 << 20)\nwhile True:\n    os.write({fd}, chunk)\n"
     probe = ("import json, resource, time\nfrom mesh.errors import StepFailed\nfrom mesh.steps.sandbox import run_python\n"
-             "t = time.monotonic()\ntry:\n    run_python(" + repr(flood) + ", {}, 10)\n    why = ''\n"
+             "t = time.monotonic()\ntry:\n    run_python(" + repr(flood) + ", {}, 60)\n    why = ''\n"
              "except StepFailed as exc:\n    why = str(exc)\n"
              "print(json.dumps([why, time.monotonic() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))\n")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=100)
     why, took, peak_kib = json.loads(out.stdout.strip().splitlines()[-1])
     assert "output over" in why, (why, out.stderr[-2000:])
-    assert took < 5, took  # cut off at the cap, not at the 10 s limit
+    assert took < 30, took  # cut off at the cap (in under a second here, idle), not at the 60 s limit
     assert peak_kib < 200 * 1024, peak_kib
 
 
