@@ -167,6 +167,7 @@ class Probe:
             times[key] = info["cpu_times"].user + info["cpu_times"].system
             if key in self.times:
                 used += max(0.0, times[key] - self.times[key])
-        share = None if self.at is None or now <= self.at else used / ((now - self.at) * self.cpus)
+        # (at most 1: the scan reads each process's times a little after `now`, and under load that read 1.01)
+        share = None if self.at is None or now <= self.at else min(1.0, used / ((now - self.at) * self.cpus))
         self.times, self.at = times, now
         return share

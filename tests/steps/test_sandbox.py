@@ -128,12 +128,13 @@ def test_a_flood_written_straight_to_a_pipe_is_cut_off_at_the_cap_and_costs_the_
     """os.write past the runner's capture: the node read all of it into memory (3.6 GiB in a node's step
     actor within a 3 s step; 12-14 GiB through run_python with a 5 s limit), and checked the cap only once
     the step had ended (found by this session's sandbox attacker). Run in a process of its own, to read
-    its peak memory."""
+    its peak memory (VmHWM: ru_maxrss keeps the forking parent's across exec, 280 MB under xdist)."""
     flood = f"import os\nchunk = b'x' * (1 << 20)\nwhile True:\n    os.write({fd}, chunk)\n"
-    probe = ("import json, resource, time\nfrom mesh.errors import StepFailed\nfrom mesh.steps.sandbox import run_python\n"
+    probe = ("import json, time\nfrom mesh.errors import StepFailed\nfrom mesh.steps.sandbox import run_python\n"
              "t = time.monotonic()\ntry:\n    run_python(" + repr(flood) + ", {}, 60)\n    why = ''\n"
              "except StepFailed as exc:\n    why = str(exc)\n"
-             "print(json.dumps([why, time.monotonic() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))\n")
+             "hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+             "print(json.dumps([why, time.monotonic() - t, hwm]))\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=100)
     why, took, peak_kib = json.loads(out.stdout.strip().splitlines()[-1])
     assert "output over" in why, (why, out.stderr[-2000:])
