@@ -53,6 +53,9 @@ MAX_ID = 128  # characters of a node id
 MAX_PROOFS_PER_WORKER = 16  # outvotes kept per worker (the oldest dropped first)
 MAX_PROVEN = 4096  # workers outvotes are kept about (the one proven longest ago dropped first)
 LEND_RUN = 5  # validated results in a row after a wrong answer here before a node is trusted again to lend runs
+# the prefix of an issuer or signer this node has not observed: all such count as one (each counted as its own,
+# two ids on one machine confirmed a run by hanging up before the receiver weighed its issuers again)
+UNKNOWN_PREFIX = "?"
 SUSPECT_EVERY_MS = 3600_000  # a worker trusted issuers say cheated them is sampled again after this, at most
 
 
@@ -200,7 +203,7 @@ class Shared:
             return "known"
         cache: dict[str, float] = {}
         trusted = [n for n in o.majority if self._first_hand(n, now_ms, cache)]
-        return "" if len({self.prefix_of.get(n, n) for n in trusted}) >= 2 else "untrusted"
+        return "" if len({self.prefix_of.get(n, UNKNOWN_PREFIX) for n in trusted}) >= 2 else "untrusted"
 
     def keep_outvote(self, o: Outvote, now_ms: int) -> None:
         """Hold an outvote that counts (at most MAX_PROOFS_PER_WORKER per worker and MAX_PROVEN workers,
@@ -331,10 +334,12 @@ class Shared:
         return fresh
 
     def corroborated(self, worker: str) -> bool:
-        """Whether this node has itself seen `worker` misbehave (a wrong answer, failed check or penalty):
-        then trusted issuers' wrong-answer reports of it count against its standing, as before the sybils'
-        slander was found — an honest worker that never misbehaved here cannot be slandered that way."""
-        return self.own.last_bad.get(worker, 0) > 0
+        """Whether this node has itself seen `worker` misbehave (a wrong answer, failed check or penalty)
+        and not yet seen it right LEND_RUN times in a row since (`_wrong_lately`): then trusted issuers'
+        wrong-answer reports of it count against its standing — an honest worker that never misbehaved
+        here cannot be slandered that way. Once wrong here was forever: one old disagreement of an honest
+        worker with 200 verified results let a teller's bad=1e6 take it below a brand-new id."""
+        return self._wrong_lately(worker)
 
     def suspected(self, now_ms: int) -> tuple[list[str], list[str]]:
         """Workers a trusted issuer (weight ≥ MIN_WEIGHT, after `refresh`) says gave it a wrong answer, newer
@@ -420,26 +425,30 @@ class Shared:
         # gains nothing from their testimony together (counting only those that netted good, it looked
         # honest everywhere: large-10k); the sum is floored at 0, so slander cancels what others lend and
         # adds no bad, unless corroborated
+        said_bad_total = 0.0  # wrong answers trusted issuers report, counted when corroborated (at most SHARED_CAP)
         for issuer, t in said.items():
             w = self.weights.get(issuer, 0.0)
             if w <= 0:
                 continue
             vouchers += 1
             add_good += w * (t.good - t.bad)
-            if corroborated:
-                add_bad += w * t.bad
             if w >= MIN_WEIGHT:
+                said_bad_total += w * t.bad
                 said_bad = max(said_bad, t.last_bad)
                 if t.streak and t.since > t.last_bad and not self._wrong_lately(issuer):
                     runs.append(issuer)
+        if corroborated:
+            add_bad += min(said_bad_total, SHARED_CAP)
         if streak and self.own.since.get(worker, 0) < latest_bad:
             streak = 0  # an outvote proved a wrong answer after this node's own run began
         # Others' runs add up only after the newest wrong answer any trusted issuer reports: summed while
         # those reports were ignored, a worker wrong half the time added up its short runs at 50 submitters
         # to a run of 10 and ran alone (large-10k: 1,532 wrong answers in 200,000 steps). A slanderer's
         # report can only end the runs others lend: the worker's own run here, and its standing, stand.
-        confirmed = [i for i in runs if said[i].since > max(latest_bad, said_bad)]
-        if len({self.prefix_of.get(i, i) for i in confirmed}) >= 2 \
+        # (and none to a worker wrong here lately: a run's start is its issuer's word, and stated as "just now"
+        # it postdated the ten wrong answers a cheater had just given here; it rebuilds LEND_RUN here first)
+        confirmed = [] if corroborated else [i for i in runs if said[i].since > max(latest_bad, said_bad)]
+        if len({self.prefix_of.get(i, UNKNOWN_PREFIX) for i in confirmed}) >= 2 \
                 and len({self.anchors.get(i, i) for i in confirmed}) >= 2:  # see the class docstring
             streak = max(streak, min(STREAK_CAP, sum(min(said[i].streak, STREAK_CAP) for i in confirmed)))
         shared = max(0.0, min(add_good, SHARED_CAP))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Container, Iterable, Mapping
 from mesh.core.policy import Reputations
 from mesh.core.trust import BadTestimony, Report, Shared, Standing, Testimony, attest
 from mesh.errors import Rejected
+from mesh.node.peers import MAX_PEERS
 from mesh.wire.messages import MAX_TESTIMONY, Outvoted, TestimonyAsk, TestimonyItem, TestimonyTell
 from mesh.wire.proof import shown, verify_signed
 
@@ -20,6 +21,7 @@ log = logging.getLogger("mesh.node")
 
 TESTIMONY_S = 60.0  # between two rounds of asking every linked peer
 SKEW_MS = 300_000  # a testimony stamped further ahead of this node's clock is refused
+MAX_PREFIXES = MAX_PEERS  # peers whose last observed network prefix is kept (as many as the peer table holds)
 
 
 class Testimonies:
@@ -27,6 +29,7 @@ class Testimonies:
 
     def __init__(self, me: str, own: Reputations, count: Callable[[str], None]):
         self.shared = Shared(me, own)
+        self.prefixes: dict[str, str] = {}  # peer → the network prefix it was last observed on (refresh)
         self.count = count  # a rejection by reason (the node's `rejected` counters)
         self.rounds = 0  # times the issuers were weighed
         self.proofs = 0  # outvote proofs kept
@@ -100,8 +103,17 @@ class Testimonies:
         return True
 
     def refresh(self, prefixes: Mapping[str, str], now_ms: int) -> dict[str, float]:
-        """Weigh the issuers again; `prefixes`: the observed network prefix of each linked peer."""
-        self.shared.prefix_of = dict(prefixes)
+        """Weigh the issuers again; `prefixes`: the observed network prefix of each linked peer. A peer no
+        longer linked keeps the prefix it was last seen on (at most MAX_PREFIXES, the least recently seen
+        forgotten first): with only linked peers' prefixes known, two ids on one machine that hung up
+        before this round counted as two prefixes and confirmed a cheater's run between them."""
+        seen = self.prefixes
+        for node, prefix in prefixes.items():
+            seen.pop(node, None)
+            seen[node] = prefix
+        while len(seen) > MAX_PREFIXES:
+            del seen[next(iter(seen))]
+        self.shared.prefix_of = seen
         self.rounds += 1
         return self.shared.refresh(now_ms)
 

@@ -131,8 +131,8 @@ def test_a_trusted_issuers_wrong_answer_report_is_an_opinion_that_counts_against
     assert shared.weights["S1"] == 1.0
     assert shared.standing("A", t).evidence.bad == 0
     assert shared.suspected(t) == ([], ["W", "A"])  # opinions: a sample of their lone steps, nothing more
-    shared.own.fold("disagreed", "A", t + 1, None)  # A misbehaved here itself: now their word counts
-    assert shared.standing("A", t + 1).evidence.bad > 3 * 500 * 0.99
+    shared.own.fold("disagreed", "A", t + 1, None)  # A misbehaved here itself: now their word counts,
+    assert shared.standing("A", t + 1).evidence.bad == pytest.approx(1 + SHARED_CAP)  # capped as lent good is
 
 
 def test_a_wrong_answer_report_is_sampled_once_an_hour_and_only_from_a_trusted_issuer():
@@ -416,3 +416,53 @@ def test_suspected_looks_only_at_pending_workers_and_answers_as_the_full_scan(se
             assert got == full_scan(slow, t)
             acted += len(got[0]) + len(got[1])
     assert acted > 0
+
+
+# -- found by this session's reputation attacker (2026-12-05) ---------------------------------------------
+
+def test_issuers_whose_prefix_is_not_known_here_count_as_one_prefix_not_one_each():
+    """Two attacker ids on one machine lent a cheater a run of 1000 by hanging up before the receiver
+    weighed its issuers again: only linked peers' prefixes were known, and an unknown one counted as a
+    prefix of its own. The cheater then ran alone in 10 of 10 jobs, its wrong answer accepted."""
+    shared, _, _ = honest_world()
+    shared.prefix_of = {"W": "p3"}  # A and B were seen (on prefixes p1, p2) but are not linked now
+    shared.refresh(T0 + 60_000)
+    assert shared.standing("W", T0 + 60_000).streak == 0
+    shared.prefix_of = {"A": "p1", "B": "p2", "W": "p3"}
+    assert shared.standing("W", T0 + 60_000).streak == 60  # known apart: they confirm the run
+
+
+def test_a_worker_wrong_here_lately_is_lent_no_run_whatever_start_its_issuers_state():
+    """A reported run's start is the issuer's word: stated as 'just now', it postdated every wrong answer
+    the receiver had seen (the cheater had just been outvoted here ten times) and was lent at once."""
+    shared, _, _ = honest_world()
+    t = T0 + DAY
+    why = StepEvidence("majority", 2, 3, "d", ("x", "y"), {"x": "d", "y": "d", "W": "e"}, {}, "", "")
+    shared.own.fold("disagreed", "W", t, why)
+    for issuer in ("A", "B"):
+        assert shared.take(Testimony(issuer, "W", 30.0, 0.0, 1000, t + 1000, 0, t + 1000))
+    shared.refresh(t + 1000)
+    assert shared.standing("W", t + 1000).streak == 0
+    t = agreed(shared.own, "W", LEND_RUN, t + 2000)  # right here LEND_RUN times in a row again
+    assert shared.standing("W", t).streak == 1000
+
+
+def test_wrong_answer_reports_weigh_only_while_the_worker_is_wrong_here_lately_and_at_most_shared_cap():
+    """One disagreement here, ever, made every report of a wrong answer count, unbounded and from any
+    issuer with weight: a teller with one verified result (weight 0.1) reporting bad=1e6 took an honest
+    worker with 200 verified results from 0.99 to 0.002, below a brand-new id."""
+    own = Reputations()
+    why = StepEvidence("majority", 2, 3, "d", ("x", "y"), {"x": "d", "y": "d", "H": "e"}, {}, "", "")
+    own.fold("disagreed", "H", T0, why)
+    t = agreed(own, "H", 200, T0 + 1000)
+    t = agreed(own, "L", 1, t)  # a teller of little weight
+    t = agreed(own, "S", int(FULL_FLOW) + 1, t)  # and a trusted one
+    shared = Shared("R", own, {"H": "ph", "L": "pl", "S": "ps"})
+    for issuer in ("L", "S"):
+        assert shared.take(Testimony(issuer, "H", 0.0, 1e6, 0, 0, t, t))
+    shared.refresh(t)
+    assert 0 < shared.weights["L"] < 0.5 and shared.weights["S"] == 1.0
+    assert shared.standing("H", t).evidence.bad == pytest.approx(own.evidence["H"].decayed(t)[1])  # right since
+    own.fold("disagreed", "H", t + 1000, why)  # wrong here again, just now
+    st = shared.standing("H", t + 1000)
+    assert st.evidence.bad <= own.evidence["H"].decayed(t + 1000)[1] + SHARED_CAP + 1e-9

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from mesh.core.policy import Reputations
+from mesh.node.testimony import MAX_PREFIXES
 from mesh.node.testimony import Testimonies as NodeTestimony  # (not named Test*: pytest would collect it)
 from mesh.wire.messages import Outvoted
 
@@ -51,3 +52,17 @@ def test_a_proof_counts_only_about_a_known_worker_and_by_trusted_signers():
     assert node.reported() == [accused_id]
     assert not node.proof("peer", proof, NET, {accused_id}, T0)  # held: not kept (nor passed on) twice
     assert node.status()["proven"] == {accused_id[:12]: 1}
+
+
+def test_an_issuers_prefix_is_kept_after_it_hangs_up():
+    """Only linked peers' prefixes were known: two ids on one machine that hung up before the receiver
+    weighed its issuers again each counted as a prefix of its own (found by this session's reputation
+    attacker). The prefix last observed stays; the oldest go past the peer table's size."""
+    node = NodeTestimony("R", Reputations(), lambda reason: None)
+    node.refresh({"S1": "203.0.113", "S2": "203.0.113", "H": "198.51.100"}, T0)
+    node.refresh({"H": "198.51.100"}, T0 + 60_000)  # S1 and S2 hung up
+    assert node.shared.prefix_of == {"S1": "203.0.113", "S2": "203.0.113", "H": "198.51.100"}
+    node.refresh({"S1": "192.0.2"}, T0 + 120_000)  # back from elsewhere: its newest prefix
+    assert node.shared.prefix_of["S1"] == "192.0.2"
+    node.refresh({f"n{i}": "10.0.0" for i in range(MAX_PREFIXES)}, T0 + 180_000)
+    assert len(node.shared.prefix_of) == MAX_PREFIXES and "S2" not in node.shared.prefix_of

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from mesh.wire.identity import load
 from mesh.wire.messages import TestimonyAsk, TestimonyItem, TestimonyTell
 
 from ..conftest import wait_for
@@ -91,3 +92,38 @@ def test_a_trusted_peer_that_slanders_every_worker_costs_them_nothing(make_mesh)
     rep = wait_job(n0, submit(n0, PY_JOB, 3))  # and the slandered still serve, their answers counted
     agreed = {r["node"] for r in rep["steps"]["sum"]["replicas"] if r["agreed"]}
     assert rep["status"] == "done" and {n2.node_id, n3.node_id} <= agreed, rep
+
+
+def test_two_ids_on_one_machine_that_hang_up_lend_a_cheater_no_run(make_mesh):
+    """Found by this session's reputation attacker: two ids on one machine did honest work for n0 (enough
+    to be trusted tellers), said a cheater had a run of 1000 begun just now, and hung up before n0 weighed
+    its tellers again. Only linked peers' prefixes were known, so each counted as a prefix of its own, the
+    run was confirmed — though n0 had just seen the cheater outvoted — and the cheater ran alone: its
+    wrong answer was accepted in 10 of 10 jobs at adaptive 20."""
+    mesh = make_mesh(6, lambda i: FAST + (["--fault", "wrong"] if i == 3 else []))
+    n0, s1, s2, cheat = mesh.nodes[:4]
+    right = sum(range(10)) * 2
+    for _ in range(7):  # everyone works for n0: the two ids honestly, the cheater outvoted
+        assert wait_job(n0, submit(n0, PY_JOB, 5), 90)["steps"]["sum"]["output"] == right
+    key0 = key_of(n0)
+    ids = [load(s1.home), load(s2.home)]
+    s1.stop()
+    s2.stop()
+    gone = {s1.node_id, s2.node_id}
+    wait_for(lambda: not any(p["node"] in gone and p["connected"] for p in status(n0)["peers"]), 30,
+             "n0 to see the two ids' nodes gone")
+    for ident in ids:  # the attacker speaks with their keys, from the same machine, and hangs up
+        with HostilePeer(n0.listen, identity=ident) as liar:
+            liar.handshake(key0)
+            now = now_ms()
+            liar.send(liar.seal("testimony", key0, TestimonyTell([TestimonyItem(cheat.node_id, 1e6, 0.0, 1000,
+                                                                                now - 10, 0, now)])))
+            liar.send(liar.seal("testimony-ask", key0, TestimonyAsk([cheat.node_id])))  # answered in order:
+            assert liar.expect(lambda f: f["kind"] == "testimony", 10)  # n0 has read the testimony by then
+    wait_for(lambda: not any(p["node"] in gone and p["connected"] for p in status(n0)["peers"]), 30,
+             "the tellers to be unlinked")
+    rounds = shared_view(n0)["rounds"]
+    wait_for(lambda: shared_view(n0)["rounds"] >= rounds + 3, 30, "n0 to weigh its tellers again")
+    for _ in range(10):
+        rep = wait_job(n0, submit(n0, {**PY_JOB, "adaptive": 20}, 3), 90)
+        assert rep["steps"]["sum"]["output"] == right, rep["steps"]["sum"]
