@@ -6,7 +6,7 @@ keep the last few of each owner here, and hand them back when the owner asks (`m
 
 Everything here came from a peer: a head is kept only when its signature verifies with the sender's own
 key, its count never goes down, one sender may store one head per MIN_GAP_S, and at most MAX_OWNERS
-owners are kept (the least recently updated forgotten first)."""
+owners are kept (the least recently updated forgotten first), at most PER_PREFIX of one network prefix."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ log = logging.getLogger("mesh.node.heldheads")
 HELD_FILE = "held-heads.json"
 KEEP_PER_OWNER = 4  # the latest heads of one owner kept (a rewrite before any of them still shows)
 MAX_OWNERS = 1024
+# owners one network prefix may have here: 1,091 fresh keys from one machine pushed every other owner out
+PER_PREFIX = 16
 MIN_GAP_S = 5.0  # an owner shares a new head every 10 s at most; more often is a peer spending our CPU
 
 
@@ -34,10 +36,12 @@ class HeldHeads:
         self.path = home / HELD_FILE
         self.owners: OrderedDict[str, list[LedgerHead]] = OrderedDict()  # owner key hex → heads, oldest first
         self.last: dict[str, float] = {}  # owner key hex → when it last stored one (monotonic)
+        self.prefix: dict[str, str] = {}  # owner key hex → the network prefix it last gave a head from (not saved)
         self.dirty = False
 
-    def take(self, owner: bytes, head: LedgerHead, now: float) -> str:
-        """Keep `owner`'s own signed `head`: '' when kept, else why not (a counter key)."""
+    def take(self, owner: bytes, head: LedgerHead, now: float, prefix: str = "") -> str:
+        """Keep `owner`'s own signed `head`, from the network `prefix` its link comes from: '' when kept,
+        else why not (a counter key)."""
         key = owner.hex()
         if now < self.last.get(key, -MIN_GAP_S) + MIN_GAP_S:
             return "head-rate"
@@ -53,11 +57,19 @@ class HeldHeads:
         self.last[key] = now
         self.owners.pop(key, None)
         self.owners[key] = (held + [head])[-KEEP_PER_OWNER:]
+        self.prefix[key] = prefix
+        same = [k for k in self.owners if self.prefix.get(k) == prefix]  # (least recently updated first)
+        for gone in same[:max(0, len(same) - PER_PREFIX)]:
+            self._drop(gone)
         while len(self.owners) > MAX_OWNERS:
-            gone, _ = self.owners.popitem(last=False)
-            self.last.pop(gone, None)
+            self._drop(next(iter(self.owners)))
         self.dirty = True
         return ""
+
+    def _drop(self, key: str) -> None:
+        self.owners.pop(key, None)
+        self.last.pop(key, None)
+        self.prefix.pop(key, None)
 
     def of(self, owner: bytes) -> list[LedgerHead]:
         return list(self.owners.get(owner.hex(), []))

@@ -771,7 +771,7 @@ class Node:
 
     def _on_head_message(self, peer: Peer, kind: str, payload: object) -> None:
         if kind == "head":  # a peer's own head, to keep
-            why = self.held.take(peer.key, payload, time.monotonic())
+            why = self.held.take(peer.key, payload, time.monotonic(), self.observed_prefix(peer))
             if why:
                 self.receiver.count(why)
         elif kind == "head-ask":

@@ -66,3 +66,21 @@ def test_a_damaged_file_costs_only_what_does_not_parse(tmp_path):
     assert held.of(owner.public_key) == [good] and list(held.owners) == [owner.public_key.hex()]
     (tmp_path / heldheads.HELD_FILE).write_text("not json")
     HeldHeads(tmp_path).load()
+
+
+def test_keys_from_one_network_prefix_cannot_push_other_owners_heads_out(tmp_path, monkeypatch):
+    """1,091 fresh keys, each giving one head, pushed every other owner out of the 1,024 a holder keeps:
+    an owner about to rewrite its ledger could first erase what its peers held of it (found by this
+    session's p2p attacker). Now one network prefix holds at most PER_PREFIX owners here; past that, its
+    least recently updated owner goes, never another prefix's."""
+    monkeypatch.setattr(heldheads, "MAX_OWNERS", 40)
+    held = HeldHeads(tmp_path)
+    honest = [Identity.generate() for _ in range(5)]
+    for i, o in enumerate(honest):
+        assert held.take(o.public_key, head(o, 3), 0.0, f"198.51.{i}") == ""
+    sybils = [Identity.generate(bits=0) for _ in range(100)]
+    for s in sybils:
+        held.take(s.public_key, head(s, 1), 0.0, "203.0.113")
+    assert all(held.of(o.public_key) for o in honest)
+    assert sum(1 for s in sybils if held.of(s.public_key)) == heldheads.PER_PREFIX
+    assert held.of(sybils[-1].public_key)  # the newest of that prefix kept, its oldest gone

@@ -16,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from mesh.node.p2p.addresses import peer_id_of
+from mesh.node.p2p.nat import PER_PREFIX_CIRCUITS
+from mesh.wire.identity import load
+
 from ..conftest import wait_for
 from .nettopo import Topology
 
@@ -216,3 +220,32 @@ def test_a_node_behind_nat_keeps_two_relays_and_survives_losing_one(tmp_path: Pa
         assert m.node_id("lan2") in replicas_on(rep)
         assert len([a for a in m.status("lan2")["advertised"] if "/p2p-circuit/" in a]) == 1  # the lost one is gone
         print(f"{dead} killed: lan1 reached lan2 through the other relay after {moved:.1f} s")
+
+
+def test_one_network_takes_only_a_few_of_a_nats_nodes_circuit_slots_on_its_relay(tmp_path: Path):
+    """A throwaway key asked the relay for 64 circuits to a node behind NAT and never sent a byte: the
+    relay granted all 64, the node's limit per reservation, held idle; every other peer then got
+    NO_RESERVATION for it, and a node behind a NAT that refuses hole punching could not reach it at all
+    (found by this session's p2p attacker). Now one network prefix may hold PER_PREFIX_CIRCUITS circuits
+    to one node through a relay at once."""
+    with Topology("hmhog", nat="reset", timeout=30) as t:
+        m = NatMesh(t, tmp_path)
+        m.start("pub")
+        wait_for(lambda: (m.home("pub") / "node.json").exists(), 60, "the public node to start")
+        m.start("lan1")
+        wait_for(lambda: "/p2p-circuit/" in m.peer("pub", "lan1").get("address", ""), 90,
+                 f"lan1 to hold a circuit slot on pub\n{m.tail('lan1')}")
+        relay_id, dest_id = (str(peer_id_of(load(m.home(r)).public_key)) for r in ("pub", "lan1"))
+        hog = t.popen("pub", sys.executable, str(Path(__file__).with_name("circuit_hog.py")),
+                      f"/ip4/{t.pub_ip}/tcp/{PORT}", relay_id, dest_id, "64", "60", f"/ip4/{t.pub_ip}/tcp/{PORT + 50}",
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                      cwd=str(Path(__file__).resolve().parents[2]))
+        try:
+            line = hog.stdout.readline()
+            assert line, hog.stderr.read()[-3000:]
+            codes = json.loads(line)
+        finally:
+            os.killpg(hog.pid, signal.SIGKILL)
+            hog.wait(timeout=30)
+        assert codes.get("100", 0) == PER_PREFIX_CIRCUITS, codes
+        assert codes.get("201", 0) == 64 - PER_PREFIX_CIRCUITS, codes  # RESOURCE_LIMIT_EXCEEDED

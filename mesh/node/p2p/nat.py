@@ -16,6 +16,8 @@ Wiring notes, each measured here (notes/p2p.md and the NAT topology tests):
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Callable
 
 import trio
 from libp2p.abc import IHost
@@ -25,17 +27,20 @@ from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+from libp2p.relay.circuit_v2.protocol_buffer import StatusCode
 from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from multiaddr import Multiaddr
 
 from mesh.node.p2p.reservations import ReservationGate, connected_ip, install
+from mesh.node.peers import prefix_of_ip
 
 log = logging.getLogger("mesh.node.p2p.nat")
 
 # What a relay gives each circuit: enough for job traffic between two homes whose NATs refuse hole
 # punching, bounded so that relaying costs its operator little. A circuit over its limit is closed and
 # the two nodes dial a new one.
+PER_PREFIX_CIRCUITS = 8  # circuits one network prefix may have open at once to one destination through this relay
 RELAY_LIMITS = RelayLimits(duration=3600, data=256 << 20, max_circuit_conns=64, max_reservations=128,
                            reservation_ttl=3600)
 WANT_RELAYS = 2  # reservations an unreachable node keeps
@@ -95,8 +100,41 @@ class _Counted:
         return getattr(self._stream, name)
 
 
-class CountingRelay(CircuitV2Protocol):
-    """The stock relay, counting the bytes it forwards for others (/metrics: homemesh_relayed_bytes)."""
+class GatedRelay(CircuitV2Protocol):
+    """The stock relay, with at most PER_PREFIX_CIRCUITS circuits open at once from one network prefix to
+    one destination. The stock relay grants a destination's 64 circuits to anyone who asks: one throwaway
+    key took all 64 to a node behind NAT and held them idle (the circuit's limits are checked only when a
+    byte passes), so every other peer got NO_RESERVATION for it. `where(peer)`: the IP a peer's direct
+    link comes from ('' when none: counted by the peer itself)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.where: Callable[[object], str] = lambda peer: ""
+        self.open_circuits: Counter[tuple[str, bytes]] = Counter()
+        self.circuits_refused = 0
+
+    async def _handle_connect(self, stream, msg) -> None:
+        source = stream.muxed_conn.peer_id
+        ip = self.where(source)
+        key = (prefix_of_ip(ip) if ip else str(source), bytes(msg.peer.id) if msg.HasField("peer") else b"")
+        if self.open_circuits[key] >= PER_PREFIX_CIRCUITS:
+            self.circuits_refused += 1
+            await self._send_status(stream, StatusCode.RESOURCE_LIMIT_EXCEEDED,
+                                    "too many circuits from your network to this peer")
+            await trio.sleep(0.5)  # (as the stock relay does: time to read the status before the reset)
+            await stream.reset()
+            return
+        self.open_circuits[key] += 1
+        try:
+            await super()._handle_connect(stream, msg)
+        finally:
+            self.open_circuits[key] -= 1
+            if not self.open_circuits[key]:
+                del self.open_circuits[key]
+
+
+class CountingRelay(GatedRelay):
+    """The gated relay, counting the bytes it forwards for others (/metrics: homemesh_relayed_bytes)."""
 
     relayed_bytes = 0
 
@@ -107,7 +145,7 @@ class CountingRelay(CircuitV2Protocol):
 RELAY_HONEST_S, RELAY_DELAY_S = 20.0, 3.0  # the first: unless --fault-after says otherwise
 
 
-class DroppingRelay(CircuitV2Protocol):
+class DroppingRelay(GatedRelay):
     """`--fault relay-drop`: a relay that carries each circuit honestly for RELAY_HONEST_S (so the two
     ends link up and trust it), then forwards nothing (tests: a hostile relay may only delay jobs)."""
 
@@ -120,7 +158,7 @@ class DroppingRelay(CircuitV2Protocol):
                 await dst_stream.write(data)
 
 
-class DelayingRelay(CircuitV2Protocol):
+class DelayingRelay(GatedRelay):
     """`--fault relay-delay`: honest for RELAY_HONEST_S, then holds every chunk RELAY_DELAY_S."""
 
     honest_s = RELAY_HONEST_S  # each circuit's honest seconds (--fault-after)
@@ -144,10 +182,11 @@ class Nat:
         self.host = host
         self.may_relay = relay
         self.autonat = DialBackAutoNAT(host, serve=True, confirmations=1)
-        self.relay = RELAYS.get(fault, CircuitV2Protocol)(host, limits=RELAY_LIMITS, allow_hop=False)
+        self.relay = RELAYS.get(fault, CountingRelay)(host, limits=RELAY_LIMITS, allow_hop=False)
         if fault_after is not None and fault.startswith("relay-"):
             self.relay.honest_s = fault_after  # a faulty relay's honest window per circuit (tests)
         self.reservations = ReservationGate(connected_ip(host))  # one machine cannot hold every slot
+        self.relay.where = self.reservations.where  # nor one network every circuit to one peer
         install(self.relay.resource_manager, self.reservations)
         self.dcutr = Puncher(host)
         self.circuit = CircuitV2Transport(host, self.relay, RelayConfig(roles=RelayRole.STOP, limits=RELAY_LIMITS))
