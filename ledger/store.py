@@ -267,12 +267,11 @@ class Ledger:
         for peer, kind, total in self.db.execute(
                 "SELECT peer, kind, SUM(amount) FROM entries WHERE kind IN ('paid','earned') GROUP BY peer, kind"):
             out[peer] = out.get(peer, Account()).add(kind, round(total, 6))
-        for peer, detail, amount in self.db.execute(  # receipts for less than their work merits (UNDERPAID)
-                "SELECT peer, detail, amount FROM entries WHERE kind = 'earned' AND detail LIKE '%\"measured\"%'"):
-            measured = json.loads(detail).get("measured")
-            if isinstance(measured, (int, float)):
-                acct = out[peer]
-                out[peer] = Account(acct.earned, acct.paid, acct.short + shortfall(amount, float(measured)))
+        for peer, amount, measured in self.db.execute(  # receipts for less than their work merits (UNDERPAID)
+                "SELECT peer, amount, m FROM (SELECT peer, amount, json_extract(detail, '$.measured') AS m FROM entries"
+                " WHERE kind = 'earned') WHERE typeof(m) IN ('integer', 'real')"):
+            acct = out[peer]
+            out[peer] = Account(acct.earned, acct.paid, acct.short + shortfall(amount, measured))
         return out
 
     def evidence(self) -> tuple[dict[str, dict[str, int]], dict[str, Evidence], int]:

@@ -71,11 +71,11 @@ class Replica:
     verdict: bool | None = None  # a verifier's: did it accept the claim?
     rates: RateCard = RateCard()  # the worker's rate card when it was asked: what it is paid at
     sent: float = 0.0  # when it was asked (the caller's clock)
-    waited: float | None = None  # seconds from asking to its answer (None: not told): bounds its claim
+    bounded: dict | None = None  # a generator's figures held to what its payer saw (pricing.observed), once
 
-    def billed(self, kind: str) -> dict:
-        """Its figures as they may be paid: at most what its payer saw was possible (pricing.observed)."""
-        return observed(kind, self.work, self.output, self.waited)
+    def billed(self) -> dict:
+        """Its figures as they may be paid: bounded when it answered as a generator, else as it said."""
+        return self.work if self.bounded is None else self.bounded
 
 
 RETRY_AFTER_S = 2.0  # a worker whose replica failed for a passing reason is asked again after this
@@ -157,7 +157,7 @@ class JobRun:
         key = run.comparator.key(output)
         if run.tally.answer(node, key):
             rep.digest, rep.key, rep.output, rep.work, rep.error = digest, key, output, work, ""
-            rep.waited = None if now is None else now - rep.sent
+            rep.bounded = observed(run.kind, work, output, None if now is None else now - rep.sent)
             if run.scoring and run.claim is None:
                 run.claim = rep
             return True
@@ -466,7 +466,7 @@ class JobRun:
             scored = {"token_ids": run.claim.work.get("token_ids")} if run.claim is not None else {}
             if verifiers:  # the generator is paid for the tokens its claim holds, which the verifiers scored, not
                 limit = min(limit, cap("score", scored, self.job.timeout))  # for what it says (1 token paid as 2,048)
-            credits, basis = pay(run.kind, {r.node: r.billed(run.kind) for r in makers}, {r.node: r.rates for r in makers},
+            credits, basis = pay(run.kind, {r.node: r.billed() for r in makers}, {r.node: r.rates for r in makers},
                                  limit)
             run.credit = min(credits.values())
             if verifiers:  # scoring is cheaper than generating, and paid as such
@@ -528,10 +528,10 @@ class JobRun:
                     limits = (cap(run.kind, run.params, self.job.timeout) if rep.role == "generate" else
                               cap("score", {"token_ids": run.claim.work.get("token_ids")} if run.claim else {},
                                   self.job.timeout))
-                    peers = sorted(quantity(kind, r.billed(kind)) for r in answered if r.role == rep.role)
+                    peers = sorted(quantity(kind, r.billed()) for r in answered if r.role == rep.role)
                     if len(peers) > 1:
                         limits = min(limits, peers[(len(peers) - 1) // 2])
-                    credits, basis = pay(kind, {node: rep.billed(kind)}, {node: rep.rates}, limits)
+                    credits, basis = pay(kind, {node: rep.billed()}, {node: rep.rates}, limits)
                     run.credits[node] = credits[node]
                     owed.append((sid, node, credits[node], basis))
             if run.status in ("waiting", "running"):

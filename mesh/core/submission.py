@@ -575,7 +575,7 @@ class Submission:
             if o.accepted:
                 if sj.recheck_of is None and len(o.agreeing) >= 2 and not o.dissenting:  # no doubt about it
                     asked = tuple(sorted(step_run.replicas))
-                    took = sorted(quantity(o.kind, step_run.replicas[n].billed(o.kind)) for n in o.agreeing)
+                    took = sorted(quantity(o.kind, step_run.replicas[n].billed()) for n in o.agreeing)
                     self.spot.remember(o.kind, step_run.params or {}, step_run.output, o.step, sj.run.job.timeout,
                                        step_run.comparator.spec, (job_id, o.step), asked,
                                        tuple(sorted({self._prefix.get(n, "") for n in asked})),

@@ -30,7 +30,7 @@ from mesh.node.flow import Limits
 from mesh.node.journal import Journal
 from mesh.node.owed import Owed
 from mesh.node.peers import Peer
-from mesh.steps.extract import selector_error
+from mesh.steps.extract import selectors_error
 from mesh.steps.models import default_model_sha
 from mesh.steps.sandbox import MEMORY_LIMIT
 from mesh.wire.canonical import canonical, digest
@@ -354,10 +354,9 @@ class Worker:
             check_request(req.kind, req.params)
         except JobError as exc:
             return f"refused: {exc}"
-        if req.kind == "scrape":
-            bad = next(filter(None, map(selector_error, (req.params.get("selectors") or {}).values())), "")
-            if bad:
-                return f"refused: selectors: {bad}"
+        bad = selectors_error(req.params) if req.kind == "scrape" else ""
+        if bad:
+            return f"refused: selectors: {bad}"
         if kind == "llm" and (sha := self._model(req)) not in port.models and not port.fetch_model:
             return f"this node does not hold model {sha[:16]}"
         return ""

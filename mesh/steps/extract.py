@@ -31,18 +31,24 @@ def selector_error(css: str) -> str:
     return ""
 
 
+def selectors_error(params: dict) -> str:
+    """'' when every selector of a scrape step's `params` is usable; otherwise why the first is not."""
+    return next(filter(None, map(selector_error, (params.get("selectors") or {}).values())), "")
+
+
 def check_selectors(job: Job, source: str = "job") -> None:
     """Raise JobError for the first scrape step with a selector BeautifulSoup cannot use (the node's API
     and the CLI run this before a job is sent, as they do check_grammars)."""
     for step in job.steps:
-        if step.kind == "scrape":
-            for why in filter(None, map(selector_error, (step.params.get("selectors") or {}).values())):
-                raise JobError(f"{source}: step {step.id!r}: selectors: {why}")
+        why = selectors_error(step.params) if step.kind == "scrape" else ""
+        if why:
+            raise JobError(f"{source}: step {step.id!r}: selectors: {why}")
 
 
 def extract(html: str, base_url: str, params: dict) -> dict:
     """The page's parts a scrape step asked for; StepFailed for a selector BeautifulSoup cannot use."""
-    for why in filter(None, map(selector_error, (params.get("selectors") or {}).values())):
+    why = selectors_error(params)
+    if why:
         raise StepFailed(f"selectors: {why}")
     soup = BeautifulSoup(html, "html.parser")
     for el in soup(["script", "style", "noscript", "template"]):
