@@ -19,6 +19,9 @@ from mesh.wire.envelope import Envelope, FrameDecoder, Receiver, Sealer, WrongSe
 
 log = logging.getLogger("mesh.node.gateway")
 DIAL_TIMEOUT = 3.0
+# bytes written to one link and not yet taken by it: a peer that asks and never reads (model parts at 32 MiB/s
+# into an unread link held 1 GB in the node) is dropped past this; an honest one has a few frames in flight
+MAX_BACKLOG = 16 << 20
 
 
 class Handler(Protocol):
@@ -59,6 +62,21 @@ class Connection:
     def write(self, data: bytes) -> None:
         raise NotImplementedError
 
+    @property
+    def backlog(self) -> int:
+        """Bytes written here that the peer has not taken yet (queued in this process)."""
+        return 0
+
+    def deliver(self, frame: bytes) -> bool:
+        """Write `frame` unless the peer has left MAX_BACKLOG bytes unread: then the link is dropped
+        (False), since what it would queue next only grows this node's memory."""
+        if self.backlog > MAX_BACKLOG:
+            log.warning("%s: %d bytes unread by the peer: link dropped", self.label, self.backlog)
+            self.drop()
+            return False
+        self.write(frame)
+        return True
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -84,6 +102,10 @@ class TcpConnection(Connection):
     def write(self, data: bytes) -> None:
         if self.open:
             self.writer.write(data)
+
+    @property
+    def backlog(self) -> int:
+        return self.writer.transport.get_write_buffer_size()
 
     def close(self) -> None:
         if self.open:
@@ -195,7 +217,7 @@ class Gateway:
         return conn
 
     def send(self, conn: Connection, kind: str, recipient: bytes, payload: object) -> None:
-        conn.write(self.sealer.seal(kind, recipient, payload, self.now_ms()))
+        conn.deliver(self.sealer.seal(kind, recipient, payload, self.now_ms()))
 
     async def _serve(self, conn: Connection) -> None:
         self.connections.add(conn)

@@ -301,7 +301,7 @@ class Node:
             paused=lambda: self.owner.paused, step_memory=lambda: self.owner.limits.memory, worked=self._worked),
             Owed(self.journal))
         self.model_server = ModelServer(self._served_models if opts.share_models else dict, self.send,
-                                        corrupt=opts.fault == "corrupt-model")
+                                        corrupt=opts.fault == "corrupt-model", backlog=self._backlog)
         self.fetcher = ModelFetcher(opts.home, self._tell, self._holders, self._penalise, self.install_model, self.spawn)
         self.api_view = NodeFacade(  # what the HTTP API sees of this node (mesh.http never imports it)
             node_id=self.id, token=self.token, home=opts.home, ledger_path=opts.home / LEDGER_FILE,
@@ -712,8 +712,12 @@ class Node:
         frame = self.sealer.seal_encoded(kind, peer.key, encoded, now_ms())
         if self.opts.fault == "forge" and kind == "result":
             frame = _forge(frame)
-        conn.write(frame)
-        return True
+        return conn.deliver(frame)
+
+    def _backlog(self, peer: Peer) -> int:
+        """Bytes sent to `peer` on the link it is sent on that it has not read yet."""
+        conn = peer.best_conn(self.identity.public_key)
+        return conn.backlog if conn is not None else 0
 
     async def send_dialling(self, peer: Peer, kind: str, payload: object) -> bool:
         if self.send(peer, kind, payload):
@@ -956,6 +960,9 @@ class Node:
         busy = [f for f in self.fetcher.under_way() if f != sha]
         if busy:
             return f"this node is fetching model {busy[0][:12]} for another step; it fetches one at a time"
+        freed = self.fetcher.reclaim(sha)  # (a failed fetch's leftovers: see there)
+        if freed:
+            log.info("model fetch: %d bytes of failed fetches deleted to make room", freed)
         room = self.fetch_allowance - self.fetcher.bytes_held(sha)
         if room <= 0:
             return f"this node's --fetch-models allowance ({self.fetch_allowance:,} bytes) is used up"

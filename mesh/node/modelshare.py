@@ -42,6 +42,9 @@ MODELS_DIR = "models"
 SERVE_BPS = 32 << 20  # bytes per second this node serves model parts at, to all peers together
 SERVE_AT_ONCE = 4  # model asks answered at once (more wait)
 MAX_WAITING = 64  # model asks held at once, answered or waiting; more are dropped
+# bytes a peer may leave unread on its link before its part asks are dropped: a fetcher asks for WINDOW parts
+# at a time (each ~700 KB as a frame); one that asked and never read had 1 GB queued here at 32 MiB/s
+SERVE_BACKLOG = 2 * WINDOW * MODEL_PART
 ASK_TIMEOUT_S = 30.0  # a source that sends nothing for this long hands over to the next
 FETCH_LIMIT = 4 << 30  # bytes a fetch by hand may bring in unless told otherwise
 
@@ -68,8 +71,8 @@ class ModelServer:
     thread) or one part, all peers together held to SERVE_BPS."""
 
     def __init__(self, served: Callable[[], dict[str, Path]], send: Callable[[object, str, object], bool],
-                 bps: int = SERVE_BPS, corrupt: bool = False):
-        self.served, self.send, self.bps = served, send, bps
+                 bps: int = SERVE_BPS, corrupt: bool = False, backlog: Callable[[object], int] = lambda peer: 0):
+        self.served, self.send, self.bps, self.backlog = served, send, bps, backlog
         self.corrupt = corrupt  # tests (--fault corrupt-model): every part sent with its first byte changed
         self._manifests: dict[str, ModelManifest] = {}
         self._gate = asyncio.Semaphore(SERVE_AT_ONCE)
@@ -98,13 +101,14 @@ class ModelServer:
             if ask.part < 0 or manifest.error:
                 self.send(peer, "model-manifest", manifest)
                 return
-            if ask.part >= len(manifest.parts):
-                return  # no such part: a confused or probing peer gets nothing
+            if ask.part >= len(manifest.parts) or self.backlog(peer) > SERVE_BACKLOG:
+                return  # no such part (a confused or probing peer), or it has not read what it asked before
             data = await asyncio.to_thread(_read, path, ask.part * MODEL_PART, MODEL_PART)
             if self.corrupt and data:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
             await self._throttle(len(data))
-            self.send(peer, "model-part", ModelPart(ask.sha, ask.part, base64.b64encode(data).decode()))
+            if self.backlog(peer) <= SERVE_BACKLOG:  # (again: other asks of its may have gone out meanwhile)
+                self.send(peer, "model-part", ModelPart(ask.sha, ask.part, base64.b64encode(data).decode()))
 
     async def _throttle(self, size: int) -> None:
         now = time.monotonic()
@@ -188,9 +192,28 @@ class ModelFetcher:
                     total += f.stat().st_size
         return total
 
+    def reclaim(self, keep: str) -> int:
+        """Delete what fetches no longer under way left, but `keep`'s (a part file and its record); the bytes
+        freed. A fetch for a step makes room this way: a source that served most of the allowance and went
+        silent left a part that held it for good, and no step could fetch a model again."""
+        if not self.dir.is_dir():
+            return 0
+        busy, freed = set(self.under_way()) | {keep}, 0
+        for f in self.dir.iterdir():
+            sha, _, rest = f.name.partition(".")
+            if rest in ("part", "fetch.json") and sha not in busy:
+                with contextlib.suppress(OSError):
+                    size = f.stat().st_size
+                    f.unlink()
+                    freed += size if rest == "part" else 0
+        return freed
+
     def on_answer(self, peer: str, kind: str, payload: ModelManifest | ModelPart) -> None:
+        """A manifest or part for a fetch: queued only from the peer it is asked of now (anyone else's
+        filled the queue ahead of the source's parts; full, it is a source sending what was not asked)."""
         inbox = self._inbox.get(payload.sha)
-        if inbox is not None and not inbox.full():  # (full: a peer sending what nobody asked for)
+        st = self.status.get(payload.sha)
+        if inbox is not None and st is not None and peer == st.source and not inbox.full():
             inbox.put_nowait((peer, kind, payload))
 
     async def _run(self, sha: str, max_bytes: int, peers: list[str], name: str) -> None:
@@ -215,6 +238,7 @@ class ModelFetcher:
         fetch = ModelFetch(sha, max_bytes, peers, manifest, have)
         queue: list[Effect] = fetch.start()
         with open(part, "r+b" if part.exists() else "w+b") as f:
+            deadline = time.monotonic() + ASK_TIMEOUT_S  # moved on only by what the fetch acts on
             while True:
                 while queue:
                     eff = queue.pop(0)
@@ -232,20 +256,27 @@ class ModelFetcher:
                         st.state = "done"
                         return
                     queue += await self._apply(eff, fetch, f, state, sha)
+                if fetch.source != st.source:
+                    deadline = time.monotonic() + ASK_TIMEOUT_S  # a new source's time starts
                 st.done_bytes, st.size, st.source = fetch.done_bytes, fetch.size, fetch.source
                 try:
-                    peer, kind, payload = await asyncio.wait_for(self._inbox[sha].get(), ASK_TIMEOUT_S)
+                    peer, kind, payload = await asyncio.wait_for(self._inbox[sha].get(),
+                                                                 max(0.0, deadline - time.monotonic()))
                 except asyncio.TimeoutError:
                     queue += fetch.on_lost(fetch.source, f"sent nothing for {ASK_TIMEOUT_S:g} s")
+                    deadline = time.monotonic() + ASK_TIMEOUT_S
                     continue
                 if kind == "model-manifest":
-                    queue += fetch.on_manifest(peer, payload)
+                    acted = fetch.on_manifest(peer, payload)
                 else:
                     try:
                         data = base64.b64decode(payload.data, validate=True)
                     except (binascii.Error, ValueError):
                         data = b""  # not base64: it cannot match its manifest, and is penalised as such
-                    queue += fetch.on_part(peer, payload.part, data)
+                    acted = fetch.on_part(peer, payload.part, data)
+                if acted:  # a manifest repeated or a part not asked for is no sign of life: it waited forever
+                    deadline = time.monotonic() + ASK_TIMEOUT_S
+                queue += acted
 
     async def _apply(self, eff: Effect, fetch: ModelFetch, f, state: Path, sha: str) -> list[Effect]:
         if isinstance(eff, AskManifest | AskPart):

@@ -15,7 +15,7 @@ import pytest
 
 from mesh.errors import ConfigError
 from mesh.node.modelshare import ModelFetcher, ModelServer, _manifest_of, _resume
-from mesh.wire.messages import MODEL_PART, ModelAsk
+from mesh.wire.messages import MODEL_PART, ModelAsk, ModelManifest, ModelPart
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -224,3 +224,78 @@ def test_two_models_fetched_at_once_each_checked_and_a_corrupt_source_of_one_spo
     assert sorted(f.name for f in models.iterdir()) == sorted([f"{sha_a}.gguf", f"{sha_b}.gguf"])
     held = a.stat().st_size + b.stat().st_size
     assert peers.fetcher.bytes_held() == held and peers.fetcher.bytes_held("c" * 64) == held
+
+
+class Stalling:
+    """A fetcher and a hostile world joined in memory: the source answers the manifest, never a part, and
+    then repeats its manifest now and then, while a peer that is not the source sends parts nobody asked of it."""
+
+    def __init__(self, tmp_path: Path, sha: str, manifest):
+        self.sha, self.manifest, self.asked = sha, manifest, 0
+        self.tasks: set[asyncio.Task] = set()
+        self.fetcher = ModelFetcher(tmp_path / "home", self._ask, lambda s: ["src"], lambda node, why: None,
+                                    self._install, self._spawn)
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        return task
+
+    def _ask(self, node: str, kind: str, payload: ModelAsk) -> bool:
+        self.asked += 1
+        if payload.part < 0:
+            asyncio.get_running_loop().call_soon(self.fetcher.on_answer, "src", "model-manifest", self.manifest)
+        return True
+
+    async def _install(self, sha: str, path: Path, name: str) -> str:
+        return name
+
+    async def keep_alive(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self.fetcher.on_answer("src", "model-manifest", self.manifest)  # said again: nothing new
+            self.fetcher.on_answer("other", "model-part", ModelPart(self.sha, 0, ""))  # not the source
+
+
+def test_a_source_that_only_repeats_itself_or_a_stranger_sending_junk_cannot_hold_a_fetch_open(tmp_path, monkeypatch):
+    """The attack: a source answers the manifest and never a part, and repeats the manifest every 20 s; or
+    another peer sends junk parts for the model. Each message restarted the 30 s 'sent nothing' clock, so the
+    fetch stayed 'fetching' with 0 bytes for as long as they liked (and with --fetch-models, fetching one
+    model at a time, no step could fetch any model again). Only what the fetch acts on counts as life now."""
+    monkeypatch.setattr("mesh.node.modelshare.ASK_TIMEOUT_S", 0.4)
+    sha = "f" * 64
+    manifest = ModelManifest(sha, 4 * MODEL_PART, [hashlib.sha256(bytes([i])).hexdigest() for i in range(4)])
+
+    async def main() -> None:
+        world = Stalling(tmp_path, sha, manifest)
+        st = world.fetcher.start(sha)
+        noise = asyncio.get_running_loop().create_task(world.keep_alive(0.1))
+        try:
+            await _until(lambda: st.state != "fetching", timeout=5.0)
+        finally:
+            noise.cancel()
+        assert st.state == "failed" and "sent nothing" in st.error and st.done_bytes == 0
+
+    asyncio.run(main())
+
+
+def test_a_step_fetch_deletes_what_failed_fetches_left_so_the_allowance_frees_again(tmp_path):
+    """The attack: a source advertises a model near the whole --fetch-models allowance, serves most of it and
+    goes silent. The failed fetch's part stayed on disk, counted against the allowance, and every later
+    fetch for a step was refused ('allowance used up') for good. A step's fetch now deletes the leftovers
+    of fetches not under way (its own model's part is kept, to resume from)."""
+    served, sha = model_file(tmp_path, parts=1.5)
+
+    async def main() -> None:
+        wire = Wire(tmp_path, served, sha)
+        models = tmp_path / "home" / "models"
+        models.mkdir(parents=True)
+        for name, size in (("a" * 64 + ".part", 3000), ("a" * 64 + ".fetch.json", 10), (sha + ".part", 700)):
+            (models / name).write_bytes(b"x" * size)
+        (models / ("c" * 64 + ".gguf")).write_bytes(b"GGUF")  # a whole model: never a leftover
+        assert wire.fetcher.bytes_held(sha) == 3004
+        assert wire.fetcher.reclaim(sha) == 3000
+        assert sorted(p.name for p in models.iterdir()) == sorted(["c" * 64 + ".gguf", sha + ".part"])
+        assert wire.fetcher.bytes_held(sha) == 4
+
+    asyncio.run(main())

@@ -224,7 +224,9 @@ class StreamConnection(Connection):
         self.thread, self.stream, self.kind, self.outbox = thread, stream, kind, outbox
         self.authenticated = key_of(stream.muxed_conn.peer_id)
         self.peer_id: ID = stream.muxed_conn.peer_id
-        self._send, self._queue = trio.open_memory_channel[bytes](math.inf)
+        self._send, self._queue = trio.open_memory_channel[bytes](math.inf)  # (held to MAX_BACKLOG: `backlog`)
+        self._queued = 0  # bytes handed to write (asyncio side only)
+        self._written = 0  # of those, bytes the writer task wrote to the stream (trio side only)
         self.finished = trio.Event()  # set (in trio) when the stream is closed and the writer is done
         self._closing = False
         # asyncio side of the pump
@@ -309,9 +311,16 @@ class StreamConnection(Connection):
         except (StreamError, MuxedStreamError) as exc:
             raise ConnectionResetError(f"{self.label}: {exc}") from None
 
+    @property
+    def backlog(self) -> int:
+        """Written here, not yet taken by the stream (yamux waits for the peer's window: a peer that does
+        not read leaves everything here). Each counter has one writer thread, so no lock."""
+        return self._queued - self._written
+
     def write(self, data: bytes) -> None:
         if not self.open:
             return
+        self._queued += len(data)
         if self.outbox is not None:
             self.outbox.put((self, data))
         else:
@@ -349,6 +358,7 @@ class StreamConnection(Connection):
             with self._write_scope:
                 async for data in self._queue:
                     await self.stream.write(data)
+                    self._written += len(data)
         except _LINK_ERRORS:
             pass
         finally:
