@@ -109,6 +109,9 @@ def parse_job(data: Any, source: str = "job", redundancy: int | None = None, quo
     several mistakes is always refused for the same one."""
     if not isinstance(data, dict):
         raise JobError(f"{source}: a job is a JSON object with a 'steps' list")
+    problem = _not_canonical(data)
+    if problem:
+        raise JobError(f"{source}: {problem}")
     unknown = set(data) - {"name", "redundancy", "quorum", "steps", "timeout", "max_replicas", "adaptive"}
     if unknown:
         raise JobError(f"{source}: unknown job field {sorted(unknown)[0]!r}")
@@ -125,6 +128,25 @@ def parse_job(data: Any, source: str = "job", redundancy: int | None = None, quo
         cycle = " -> ".join(u for u, _ in nx.find_cycle(g))
         raise JobError(f"{source}: steps form a cycle: {cycle}")
     return job
+
+
+def _not_canonical(data: Any) -> str:
+    """'' when `data` has the canonical form everything journaled and signed goes through, else why not. A
+    job with a lone surrogate in it ("\\ud800", as JavaScript sends half an emoji) was taken, failed at its
+    first step with a traceback, broke GET /jobs and left a journal the node could not start from."""
+    try:
+        canonical(data)
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start:exc.end] if isinstance(exc.object, str) else ""
+        return (f"its text holds a lone surrogate ({bad.encode('unicode_escape').decode()}), which is not "
+                f"Unicode: send every character whole")
+    except ValueError:
+        return "it holds a number JSON has no form for (NaN or infinity)"
+    except RecursionError:
+        return ""  # (nested too deep: the field's own check names where)
+    except TypeError as exc:
+        return f"it holds a value JSON has no form for ({exc})"
+    return ""
 
 
 def _is_int(value: Any) -> bool:

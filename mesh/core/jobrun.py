@@ -404,13 +404,18 @@ class JobRun:
             run.kind, run.params)
         cards = {c.node: c.rates for c in pool}
         for node in picked:
+            sent = now
             if node in run.tally.failures:
                 run.tally.retry(node)
                 run.failed_at.pop(node, None)
+                # asked again after a lost link or a sleep, it may answer at once with the step it ran since the
+                # first ask: its figures are bounded by the time since then (from the retry, honest workers were
+                # paid 9-37% of their work after the submitter's laptop slept 40 s)
+                sent = min(now, run.replicas[node].sent) if node in run.replicas else now
             else:
                 run.tally.issue(node)
             run.replicas[node] = Replica(node, deadline=now + self.job.timeout, role="verify" if verify else "generate",
-                                         rates=cards.get(node, RateCard()), sent=now)
+                                         rates=cards.get(node, RateCard()), sent=sent)
             out.append(Dispatch(sid, node, kind, params, now + self.job.timeout))
         return result
 

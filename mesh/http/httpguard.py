@@ -71,6 +71,7 @@ class GuardedH11(H11Protocol):
         super().__init__(*args, **kwargs)
         self.deadline = None
         self.waiting_since: float | None = None  # monotonic time since when the client owes us a request
+        self.busy_since: float | None = None  # monotonic time since when we owe it an answer (a stream, a wait)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -90,10 +91,12 @@ class GuardedH11(H11Protocol):
         """Run the deadline while the client owes a request (its head, or the rest of its body)."""
         owes = self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing()
         if owes and self.deadline is None:
-            self.waiting_since = time.monotonic()
+            self.waiting_since, self.busy_since = time.monotonic(), None
             self.deadline = self.loop.call_later(self.read_timeout, self._timed_out)
         elif not owes:
             self._disarm()
+            if self.busy_since is None:
+                self.busy_since = time.monotonic()
 
     def _disarm(self) -> None:
         if self.deadline is not None:
@@ -108,10 +111,14 @@ class GuardedH11(H11Protocol):
             self.transport.close()
 
     def _evict(self) -> None:
-        """Drop the connection that has waited longest for its request (this one if every other is busy
-        with a request), so idle connections cannot lock the owner's CLI out."""
-        waiting = [c for c in self.connections if c is not self and getattr(c, "waiting_since", None) is not None]
-        victim = min(waiting, key=lambda c: c.waiting_since) if waiting else self
+        """Drop the connection that has waited longest for its request, or else the one busiest longest
+        (an event stream, a ?wait=): so neither idle connections nor 256 held streams can lock the owner's
+        CLI out (with every other busy, the new connection itself was dropped: the CLI's /health too)."""
+        others = [c for c in self.connections if c is not self and not c.transport.is_closing()]
+        waiting = [c for c in others if getattr(c, "waiting_since", None) is not None]
+        busy = [c for c in others if getattr(c, "busy_since", None) is not None]
+        victim = (min(waiting, key=lambda c: c.waiting_since) if waiting
+                  else min(busy, key=lambda c: c.busy_since) if busy else self)
         log.info("dropping API connection from %s: over %d connections", victim.client, self.max_connections)
         victim._disarm()
         victim.transport.close()

@@ -180,3 +180,28 @@ def test_a_scoring_claim_longer_than_max_tokens_is_refused_before_any_verifier_i
     assert "max_tokens" in run.steps["a"].tally.failures[gen.node]
     sent = run.advance(pool, 3.0)  # another generation, no scoring of the long claim
     assert sent and all(d.kind == "llm" and "token_ids" not in d.params for d in sent), sent
+
+
+def test_a_worker_asked_again_after_a_lost_link_is_bounded_by_the_time_since_it_was_first_asked():
+    """Found by this project's attack round on restarts: the submitter's laptop slept 40 s, its links to the
+    workers were lost, and once awake it asked them again; each answered at once with the step it had run
+    meanwhile (1.5 CPU-seconds), and was paid for 16 × the few milliseconds since the second ask: 9-37% of
+    its work. The bound runs from the first ask."""
+    job = parse_job({"redundancy": 3, "timeout": 300,
+                     "steps": [{"id": "a", "kind": "python", "params": {"code": "output = 42"}}]})
+    pool = {"python": [Candidate(f"w{i}", 0.5, f"10.0.{i}", 0) for i in range(3)]}
+    run = JobRun("j", job, random.Random(1))
+    first = run.advance(pool, 0.0)
+    assert len(first) == 3
+    for d in first:
+        run.on_failure("a", d.node, "connection lost")  # the sleep: every link dropped
+    assert run.advance(pool, 0.1) == []  # (each waits RETRY_AFTER_S, and may come back)
+    again = run.advance(pool, 40.0)  # awake: each asked again
+    assert len(again) >= 2 and {d.node for d in again} <= {d.node for d in first}  # (a quorum's worth)
+    for d in again:
+        run.on_result("a", d.node, True, digest(42), 42, {"cpu_s": 1.5}, "", now=40.02)
+    run.advance(pool, 40.02)
+    (o,) = run.take_outcomes()
+    assert o.accepted and all(o.credit_of(d.node) == pytest.approx(1.5 * DEFAULT_RATES.cpu_s) for d in again), \
+        [o.credit_of(d.node) for d in again]
+    assert 16 * 0.02 * DEFAULT_RATES.cpu_s < 1.5 * DEFAULT_RATES.cpu_s  # (what the retry's own wait allowed)

@@ -430,3 +430,18 @@ def test_a_json_schema_whose_counts_would_write_out_millions_of_rules_is_refused
         parse_job({"steps": [step]})
     ok = {"type": "array", "items": {"type": "string", "maxLength": 1000}, "minItems": 0, "maxItems": 1000}
     parse_job({"steps": [{**step, "params": {"prompt": "list", "json_schema": ok}}]})
+
+
+@pytest.mark.parametrize("job, says", [
+    ({"name": "half \ud83d", "steps": []}, r"lone surrogate \(\\ud83d\)"),
+    ({"steps": [{"id": "a", "kind": "python", "params": {"code": "s = '\udfff'"}}]}, "lone surrogate"),
+    ({"steps": [{"id": "a", "kind": "python", "params": {"code": "output = 1", "n": float("nan")}}]}, "NaN"),
+    ({"steps": [{"id": "a", "kind": "python", "params": {"code": "output = 1", "n": float("inf")}}]}, "infinity"),
+])
+def test_a_job_without_a_canonical_form_is_refused_before_anything_journals_it(job, says):
+    """Everything journaled and signed goes through canonical(); a job that has no such form failed only
+    later, inside the core, and its journal could not be replayed (tests/security/test_api_hardening.py)."""
+    with pytest.raises(JobError, match=says):
+        parse_job(job)
+    whole = {"name": "a whole emoji \U0001f600", "steps": [{"id": "a", "kind": "python", "params": {"code": "output = 1"}}]}
+    assert parse_job(whole).name.endswith("\U0001f600")

@@ -325,3 +325,30 @@ def test_past_the_connection_cap_the_longest_waiting_are_dropped(lone):
     finally:
         attack.stop()
     wait_for(lambda: served(lone), 5, "the node to serve after the attack")
+
+
+@pytest.mark.mesh
+@pytest.mark.timeout(60)
+def test_a_job_or_chat_with_a_lone_surrogate_is_refused_and_the_node_keeps_serving(lone, tmp_path):
+    """Found by this project's attack round on the API: "\\ud800" in a job (as JavaScript sends half an
+    emoji) passed every check and was taken (201); its first step failed with a traceback, GET /jobs
+    answered 500 from then on, and the journal it left stopped the node from starting again. Such text, or
+    a NaN, has no canonical form to journal or sign: the job is refused at the door, by name."""
+    host = f"127.0.0.1:{lone.api_port}"
+    for body in (b'{"job": {"name": "half \\ud83d", "steps": [{"id": "a", "kind": "python",'
+                 b' "params": {"code": "output = 1"}}]}}',
+                 b'{"job": {"steps": [{"id": "a", "kind": "python", "params": {"code": "x = \'\\udfff\'"}}]}}',
+                 b'{"job": {"steps": [{"id": "a", "kind": "python", "params": {"code": "output = 1", "n": NaN}}]}}'):
+        status, _, raw = request(lone, "POST", "/jobs", host, True, body)
+        assert status == 400, (body, status, raw[:300])
+        err = json.loads(raw)["error"]
+        assert "lone surrogate" in err or "NaN" in err, err
+    status, _, raw = request(lone, "POST", "/v1/chat/completions", host, True,
+                             b'{"model": "default", "messages": [{"role": "user", "content": "hi \\ud800"}]}')
+    assert status == 400 and "lone surrogate" in json.loads(raw)["error"]["message"], raw[:300]
+    status, _, raw = request(lone, "GET", "/jobs", host, True)
+    assert status == 200, raw[:300]
+    job = tmp_path / "half.json"
+    job.write_text('{"name": "x", "steps": [{"id": "a", "kind": "python", "params": {"code": "s = \'\\udfff\'"}}]}')
+    out = run_cli("submit", str(job), "--home", str(lone.home))
+    assert out.returncode != 0 and "lone surrogate" in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -144,3 +144,47 @@ def test_raw_flood_without_noise_does_not_starve_libp2p_peers(mesh4):
         assert_ledger_clean(n, honest_ids(mesh4))
     assert_serves(mesh4)
     print(f"job at r=3 took {took:.2f} s during a raw flood of {flood.opened} connections (libp2p)")
+
+
+@pytest.mark.timeout(120)
+def test_held_event_streams_past_the_cap_do_not_lock_the_owner_out_of_the_api(tcp_mesh4):
+    """Found by this project's attack round on the API: 300 event streams opened on a running job held the
+    256 connections the API takes, and then every new connection was dropped at once: `mesh status` and
+    every other command too. Past the cap, the stream open longest now goes instead."""
+    import socket
+
+    from mesh.http.httpguard import MAX_CONNECTIONS
+
+    node0 = tcp_mesh4.nodes[0]
+    nap = {"name": "long nap", "timeout": 120, "steps": [
+        {"id": "nap", "kind": "python", "params": {"code": "import time\ntime.sleep(40)\noutput = 1"}}]}
+    job = submit(node0, nap, 3)
+    head = (f"GET /jobs/{job}/events HTTP/1.1\r\nHost: 127.0.0.1:{node0.api_port}\r\n"
+            f"Authorization: Bearer {node0.client.token}\r\n\r\n").encode()
+    streams: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS + 20):
+            s = socket.create_connection(("127.0.0.1", node0.api_port), timeout=5)
+            s.sendall(head)
+            streams.append(s)
+        assert streams[-1].recv(64).startswith(b"HTTP/1.1 200"), "the last stream was not served"
+        t0 = time.monotonic()
+        health = status(node0)  # a new connection, with every other one busy streaming
+        assert health["node"] == node0.node_id, health
+        print(f"`GET /status` answered in {time.monotonic() - t0:.2f} s beside {len(streams)} held streams")
+
+        def gone(s: socket.socket) -> bool:
+            s.settimeout(0.01)
+            try:
+                while s.recv(65536):
+                    pass
+                return True  # (the end of the stream: the node hung up)
+            except (TimeoutError, socket.timeout):
+                return False
+            except OSError:
+                return True
+        assert gone(streams[0]) and not gone(streams[-1])  # the oldest stream went, not the newest
+    finally:
+        for s in streams:
+            s.close()
+        node0.client.request("POST", f"/jobs/{job}/cancel", {})
