@@ -115,6 +115,12 @@ class Ledger:
                 self.db = sqlite3.connect(path, timeout=10, isolation_level=None)
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=FULL")
+                # a page overwritten in the middle opened and was written to without a word (found by this
+                # project's attack round on restarts): what the node would add then sits on a damaged file
+                check = self.db.execute("PRAGMA quick_check").fetchone()[0]
+                if check != "ok":
+                    raise LedgerError(f"ledger {path} is damaged ({check}): move it aside and restore it from a "
+                                      f"backup or `mesh ledger export`; `mesh ledger verify` says what it holds")
                 self._migrate()
                 if self.signer is not None and not self.heads():
                     self._sign_head()  # where signing starts: what came before is vouched for from here

@@ -109,7 +109,11 @@ async def chat_completions(body: ChatRequest, request: Request,
         usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(_stream(node, st, cid, model, sha, needed, max_tokens, usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    await asyncio.wait_for(st.done.wait(), job.timeout + 30)
+    try:
+        await asyncio.wait_for(st.done.wait(), job.timeout + 30)
+    except asyncio.TimeoutError:  # (retries and escalation can outlast one timeout: this was a bare 500)
+        raise ApiError(504, f"the mesh gave no answer within {job.timeout + 30:g} s; the job goes on: "
+                            f"GET /jobs/{st.run.job_id}") from None
     report = node.report(st)
     x = chat.homemesh(report, st.signed, job.quorum.spec, needed, sha)
     if report["steps"][chat.STEP]["status"] != "done":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 
 _patched = False
@@ -37,6 +38,14 @@ def die_with_parent(sig: int = 9) -> None:
         pass
 
 
+def owned_process() -> None:
+    """In a Thespian process just forked: die with its parent, and leave Ctrl-C to the node. A terminal's
+    Ctrl-C reaches the whole process group, and each actor printed a KeyboardInterrupt traceback while the
+    node itself stopped cleanly (it stops its actors)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+
+
 def owned_processes() -> None:
     """Keep Thespian's admin and actors inside the node's process group and tied to their parents.
     Thespian daemonizes its admin (setsid + double fork), which would orphan every actor of a node that
@@ -55,18 +64,18 @@ def owned_processes() -> None:
             return 0
 
         os.setsid, os.fork = (lambda: None), fork_once
-        die_with_parent()
+        owned_process()
         try:
             return start_admin(*args, **kwargs)
         finally:
             os.setsid, os.fork = real_setsid, real_fork
 
     def startChild(*args, **kwargs):
-        die_with_parent()
+        owned_process()
         return start_child(*args, **kwargs)
 
     def startupASLogger(*args, **kwargs):
-        die_with_parent()
+        owned_process()
         return start_logger(*args, **kwargs)
 
     mc.startAdmin, mc.startChild, mc.startupASLogger = startAdmin, startChild, startupASLogger

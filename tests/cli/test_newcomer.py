@@ -110,6 +110,24 @@ def test_a_node_says_which_signal_stopped_it(tmp_path: Path, sig: signal.Signals
 
 
 @pytest.mark.mesh
+def test_ctrl_c_at_a_terminal_stops_the_node_without_a_traceback(tmp_path: Path):
+    """A terminal's Ctrl-C reaches the whole process group: each of Thespian's processes printed a
+    KeyboardInterrupt traceback under the node's own "stopped: signal INT" (found by this project's attack
+    round on restarts). They leave Ctrl-C to the node now, which stops them."""
+    node = LocalNode(tmp_path / "n", ["--no-model"])
+    try:
+        node.start([])
+        node.wait_started(60)
+        os.killpg(node.proc.pid, signal.SIGINT)  # (the node leads its own process group, as at a terminal)
+        node.proc.wait(60)
+        assert node.proc.returncode == 0
+    finally:
+        node.stop()
+    out = (tmp_path / "n" / "stdout.log").read_text()
+    assert "stopped: signal INT" in out and "Traceback" not in out and "KeyboardInterrupt" not in out, out[-2000:]
+
+
+@pytest.mark.mesh
 @pytest.mark.llm
 def test_llama_cpps_own_log_stays_out_of_the_nodes_output(tmp_path: Path):
     """A node loading the default model printed llama.cpp's "llama_kv_cache_iswa: using full-size SWA

@@ -528,3 +528,21 @@ def test_a_paid_spot_check_is_explained_as_one_not_as_a_quorum():
              "detail": {"spot_check": "0.25 CPU-seconds at cpu_s rate"}}
     text = explain(entry, "me")
     assert "spot check" in text and "quorum" not in text and "0.25 CPU-seconds" in text
+
+
+def test_a_ledger_with_a_page_overwritten_is_refused_when_a_node_opens_it(tmp_path, me):
+    """Found by this project's attack round on restarts: 3,000 random bytes written into the middle of a
+    stopped node's ledger.db, and the node started and wrote on without a word. The node's writable open
+    runs SQLite's quick_check now; the damage is named and nothing is added to the file."""
+    path = tmp_path / "ledger.db"
+    led = Ledger(path, signer=me.sign, node=me.node_id)
+    led.append_many([([Entry("earned", f"j{i}", "s", "p" * 64, 0.5, {"pad": "x" * 400})], 1000 + i)
+                     for i in range(400)])
+    led.close()
+    size = path.stat().st_size
+    assert size > 64 * 1024
+    with open(path, "r+b") as f:  # a page of the entries' table, not the header
+        f.seek(size // 2)
+        f.write(bytes(range(256)) * 12)
+    with pytest.raises(LedgerError, match="damaged"):
+        Ledger(path, signer=me.sign, node=me.node_id)
