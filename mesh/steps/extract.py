@@ -68,7 +68,9 @@ def extract(html: str, base_url: str, params: dict) -> dict:
         out["links"] = links
     selectors = params.get("selectors", {})
     if selectors:
-        out["selected"] = {name: [_text(el) for el in soup.select(css)[:MAX_MATCHES]] for name, css in selectors.items()}
+        # each match cut as the text is: 100 nested matches of a 1 MB page were 100 million characters
+        out["selected"] = {name: [_text(el)[:max_chars] for el in soup.select(css)[:MAX_MATCHES]]
+                           for name, css in selectors.items()}
     if params.get("tables", False):
         out["tables"] = [[[_text(cell) for cell in row.find_all(["th", "td"])] for row in table.find_all("tr")[:MAX_ROWS]]
                          for table in soup.find_all("table")[:MAX_TABLES]]

@@ -22,7 +22,7 @@ from mesh.errors import StepFailed
 from mesh.steps import cgroup
 from mesh.steps.chromium import FLAGS, Chromium
 from mesh.steps.egress import EgressProxy
-from mesh.steps.extract import extract
+from mesh.steps.extract_proc import extract_within
 from mesh.steps.ssrf import Allow, Refused, check_url, resolve
 from mesh.steps.stepuser import StepUser
 
@@ -132,7 +132,9 @@ class Scraper:
         if final != url:  # where redirects ended must be allowed too (the proxy refused it if not)
             fhost, fport = check_url(final)
             await asyncio.to_thread(resolve, fhost, fport, self.allow)
-        output = await asyncio.to_thread(extract, html, final, params)
+        left = timeout - (time.monotonic() - t0)  # the page is read within the step's limit, not the node's time
+        output = await extract_within(html, final, params, left,
+                                      lambda pid: cgroup.join_caps(self.cap, [pid]) if self.cap else None)
         return output, {"seconds": round(time.monotonic() - t0, 4), "via": self.via}  # wall time: paid per page
 
     @contextlib.asynccontextmanager

@@ -344,3 +344,43 @@ def test_a_hostile_scrape_step_on_real_nodes_leaves_nothing_running(make_mesh, h
     if running_as_root():
         assert all(0 not in uids and "--no-sandbox" not in cmdline for uids, _, cmdline, _ in browsers)
     assert_contained(hostile, returned)
+
+
+class NestedSite(ThreadedSite):
+    """A page that costs far more to read than to send: 100 nested divs around 5 MB of text."""
+
+    HTML = ("<html><body>" + "<div>" * 100 + ("<p>" + "word " * 2000 + "</p>") * 500 + "</div>" * 100
+            + "</body></html>")
+
+    def app(self) -> web.Application:
+        async def page(request: web.Request) -> web.Response:
+            return web.Response(text=self.HTML, content_type="text/html")
+        app = web.Application()
+        app.router.add_get("/nested", page)
+        return app
+
+
+@pytest.mark.timeout(60)
+def test_a_page_that_is_slow_to_read_fails_its_step_within_the_step_time(tmp_path):
+    """Found by reading the scraper after this project's attack rounds: a page was read (BeautifulSoup) in a
+    thread of the node, past the step's time limit. This 5 MB page with the selector "div" took 16.35 s
+    there and handed back 500 million characters, in the node's memory.
+    The page is read in a child process now, killed when the step's time runs out; each selected part is
+    cut to max_chars as the text is."""
+    site = NestedSite()
+    site.start()
+    try:
+        async def go():
+            scraper = Scraper(ALLOW_LOCAL, None, USER)  # no browser: the page as fetched
+            t0 = time.monotonic()
+            try:
+                with pytest.raises(StepFailed, match="longer than"):
+                    await scraper.scrape({"url": site.url("/nested"), "selectors": {"all": "div"}}, 3.0)
+                return time.monotonic() - t0
+            finally:
+                await scraper.close()
+        took = asyncio.run(go())
+        assert took < 3.0 + 2.0, f"the step ran {took:.1f} s past its 3 s"
+        print(f"a 3 s scrape of a page slow to read failed after {took:.2f} s")
+    finally:
+        site.stop()
