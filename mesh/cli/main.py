@@ -64,7 +64,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         keep_jobs=args.keep_jobs, transport=args.transport,
         relay=not args.no_relay, max_links=args.max_links, rates=_rates(args.rate, "--rate"),
         max_rates=_rates(args.max_rate, "--max-rate", maximum=True), require_credit=args.require_credit,
-        testimony_s=args.testimony_every, down_after_s=args.down_after, fault_after=args.fault_after,
+        relay_budget=parse_size(args.relay_budget), testimony_s=args.testimony_every, down_after_s=args.down_after,
+        fault_after=args.fault_after,
         advertise=f"{parse_hostport(args.advertise, '--advertise')[0]}:{parse_hostport(args.advertise, '--advertise')[1]}"
         if args.advertise else "",
     )
@@ -794,7 +795,11 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
                          "tokens_1k 40, scored_1k 10, scrape 4)")
     sp.add_argument("--no-relay", action="store_true",
                     help="do not relay for peers behind NATs, even when this node is reachable (it relays by "
-                         "default, with limits: 64 circuits, 256 MiB and one hour each)")
+                         "default, with limits: 64 circuits, 256 MiB and one hour each, and --relay-budget)")
+    sp.add_argument("--relay-budget", default="2GB", metavar="SIZE",
+                    help="bytes an hour this node relays for others in all, a quarter of it for one network "
+                         "(e.g. 500MB; default 2GB): past it, circuits end and new ones are refused until the "
+                         "hour refills it")
     sp.add_argument("--network", default="homemesh-local", help="network id; nodes of other networks are refused")
     sp.add_argument("--advertise", metavar="HOST:PORT",
                     help="the address peers should dial (default: --listen; set it when listening on 0.0.0.0)")

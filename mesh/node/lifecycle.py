@@ -147,6 +147,7 @@ class NodeOptions:
     keep_jobs: int = 1000  # finished jobs kept in memory (older ones are read from <home>/jobs)
     transport: str = "libp2p"  # libp2p (Noise-encrypted, keys proven) | tcp (plain, for loopback tests)
     relay: bool = True  # once reachable, relay (with limits) for peers behind NATs
+    relay_budget: int = 2 << 30  # bytes an hour it relays for others in all (a quarter for one network prefix)
     max_links: int = 64  # peers linked on our own initiative (gossip); the DHT adds workers jobs need
     rates: RateCard = DEFAULT_RATES  # what this node charges for work (in its signed record)
     max_rates: RateCard = MAX_DEFAULT  # the most it pays a worker, whatever that worker's card asks
@@ -170,7 +171,8 @@ def make_transport(opts: NodeOptions, identity: Identity) -> Transport:
     from mesh.node.p2p.transport import Libp2pTransport  # py-libp2p takes ~0.6 s to import
 
     return Libp2pTransport(identity, advertise=opts.advertise, relay=opts.relay, fault=opts.fault,
-                           fault_after=opts.fault_after, network=opts.network, gate=gate)
+                           fault_after=opts.fault_after, network=opts.network, gate=gate,
+                           relay_budget=opts.relay_budget)
 
 
 def bootstrap_keys(addrs: list[str], transport: str) -> dict[str, bytes | None]:
@@ -1260,6 +1262,8 @@ def _check_periods(opts: NodeOptions) -> None:
             raise ConfigError(f"{flag} is a number of seconds from {lo} to {hi}")
     if opts.fault_after is not None and not (opts.fault.startswith("relay-") and 1 <= opts.fault_after <= 3600):
         raise ConfigError("--fault-after goes with --fault relay-drop or relay-delay: seconds from 1 to 3600")
+    if not 1 << 20 <= opts.relay_budget <= 1 << 50:
+        raise ConfigError("--relay-budget is a size from 1MB to 1PB (bytes an hour relayed for others)")
 
 
 def _check_options(opts: NodeOptions) -> str:

@@ -32,6 +32,7 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from multiaddr import Multiaddr
 
+from mesh.node.flow import TokenBucket
 from mesh.node.p2p.reservations import ReservationGate, connected_ip, install
 from mesh.node.peers import prefix_of_ip
 
@@ -44,6 +45,7 @@ PER_PREFIX_CIRCUITS = 8  # circuits one network prefix may have open at once to 
 RELAY_LIMITS = RelayLimits(duration=3600, data=256 << 20, max_circuit_conns=64, max_reservations=128,
                            reservation_ttl=3600)
 WANT_RELAYS = 2  # reservations an unreachable node keeps
+RELAY_BUDGET = 2 << 30  # bytes an hour this node relays for others in all (--relay-budget); one prefix a quarter
 AUTONAT_TIMEOUT_S = 10.0
 DIAL_BACK_S = 5.0
 
@@ -86,13 +88,54 @@ class Puncher(DCUtRProtocol):
         return False  # a peer reached through a relay is unreachable: its direct dials are in the punch
 
 
-class _Counted:
-    """A stream whose writes are counted (the bytes a relay forwards), everything else passed through."""
+class OverBudget(ConnectionError):
+    """A relay's hourly byte budget, or one network prefix's share of it, is spent: the circuit ends."""
 
-    def __init__(self, stream, relay: CountingRelay):
-        self._stream, self._relay = stream, relay
+
+class RelayBudget:
+    """Bytes a relay forwards for others, an hour at a time: `per_hour` in all, a quarter of it for what
+    one network prefix sends. Circuits held each 256 MiB and an hour, with no running total: two ids of
+    one operator, one holding a slot and the other dialling it, could carry any traffic of theirs through
+    a node that offered to relay for the mesh. Token buckets (refilled over the hour), so a burst such as
+    a model fetched through a relay passes, and a steady stream is cut. Pure: the caller passes the time."""
+
+    def __init__(self, per_hour: int = RELAY_BUDGET, now: float = 0.0):
+        self.per_hour = per_hour
+        self.total = TokenBucket(per_hour / 3600, per_hour, now)
+        self.prefixes: dict[str, TokenBucket] = {}  # (only prefixes that relayed within the hour)
+        self.refused = 0
+
+    def _share(self, prefix: str, now: float) -> TokenBucket:
+        bucket = self.prefixes.get(prefix)
+        if bucket is None:
+            if len(self.prefixes) > 4096:  # a full bucket is as good as none: forget those
+                for key in [k for k, b in self.prefixes.items() if b.take(0, now) == 0 and b.tokens >= b.burst]:
+                    del self.prefixes[key]
+            bucket = self.prefixes[prefix] = TokenBucket(self.per_hour / 4 / 3600, self.per_hour / 4, now)
+        return bucket
+
+    def open(self, prefix: str, now: float) -> bool:
+        """Whether a new circuit from `prefix` may start (neither bucket in debt)."""
+        ok = self.total.take(0, now) == 0 and self._share(prefix, now).take(0, now) == 0
+        self.refused += not ok
+        return ok
+
+    def spend(self, prefix: str, n: int, now: float) -> bool:
+        """Charge `n` bytes sent by `prefix`; False once either bucket is past what the hour allows."""
+        over = self._share(prefix, now).take(n, now) > 0
+        return self.total.take(n, now) == 0 and not over
+
+
+class _Counted:
+    """A stream whose writes are counted (the bytes a relay forwards) and charged to the prefix of the peer
+    that sent them; everything else passed through."""
+
+    def __init__(self, stream, relay: CountingRelay, prefix: str):
+        self._stream, self._relay, self._prefix = stream, relay, prefix
 
     async def write(self, data: bytes) -> None:
+        if not self._relay.budget.spend(self._prefix, len(data), trio.current_time()):
+            raise OverBudget(f"relay budget spent ({self._relay.budget.per_hour:,} bytes an hour)")
         await self._stream.write(data)
         self._relay.relayed_bytes += len(data)
 
@@ -112,15 +155,22 @@ class GatedRelay(CircuitV2Protocol):
         self.where: Callable[[object], str] = lambda peer: ""
         self.open_circuits: Counter[tuple[str, bytes]] = Counter()
         self.circuits_refused = 0
+        self.budget = RelayBudget()  # (the node's own, --relay-budget, set by Nat)
+
+    def prefix(self, peer: object) -> str:
+        """The network prefix a peer's direct link comes from (the peer itself when it has none)."""
+        ip = self.where(peer)
+        return prefix_of_ip(ip) if ip else str(peer)
 
     async def _handle_connect(self, stream, msg) -> None:
         source = stream.muxed_conn.peer_id
-        ip = self.where(source)
-        key = (prefix_of_ip(ip) if ip else str(source), bytes(msg.peer.id) if msg.HasField("peer") else b"")
-        if self.open_circuits[key] >= PER_PREFIX_CIRCUITS:
+        key = (self.prefix(source), bytes(msg.peer.id) if msg.HasField("peer") else b"")
+        over = not self.budget.open(key[0], trio.current_time())
+        if over or self.open_circuits[key] >= PER_PREFIX_CIRCUITS:
             self.circuits_refused += 1
             await self._send_status(stream, StatusCode.RESOURCE_LIMIT_EXCEEDED,
-                                    "too many circuits from your network to this peer")
+                                    "this relay's hourly budget is spent for your network" if over
+                                    else "too many circuits from your network to this peer")
             await trio.sleep(0.5)  # (as the stock relay does: time to read the status before the reset)
             await stream.reset()
             return
@@ -139,7 +189,9 @@ class CountingRelay(GatedRelay):
     relayed_bytes = 0
 
     async def _relay_data(self, src_stream, dst_stream, peer_id, deadline=None, circuit_data_limit=None) -> None:
-        await super()._relay_data(src_stream, _Counted(dst_stream, self), peer_id, deadline, circuit_data_limit)
+        sender = src_stream.muxed_conn.peer_id  # (each direction is charged to the peer that sends it)
+        await super()._relay_data(src_stream, _Counted(dst_stream, self, self.prefix(sender)), peer_id, deadline,
+                                  circuit_data_limit)
 
 
 RELAY_HONEST_S, RELAY_DELAY_S = 20.0, 3.0  # the first: unless --fault-after says otherwise
@@ -178,11 +230,13 @@ class Nat:
     """The NAT services of one host and what they concluded: `reachability` and `circuits`. A node
     offers to relay once it knows it is reachable, unless its operator said `--no-relay`."""
 
-    def __init__(self, host: IHost, relay: bool = True, fault: str = "", fault_after: float | None = None):
+    def __init__(self, host: IHost, relay: bool = True, fault: str = "", fault_after: float | None = None,
+                 relay_budget: int = RELAY_BUDGET):
         self.host = host
         self.may_relay = relay
         self.autonat = DialBackAutoNAT(host, serve=True, confirmations=1)
         self.relay = RELAYS.get(fault, CountingRelay)(host, limits=RELAY_LIMITS, allow_hop=False)
+        self.relay.budget = RelayBudget(relay_budget, trio.current_time())
         if fault_after is not None and fault.startswith("relay-"):
             self.relay.honest_s = fault_after  # a faulty relay's honest window per circuit (tests)
         self.reservations = ReservationGate(connected_ip(host))  # one machine cannot hold every slot

@@ -41,7 +41,7 @@ from mesh.node.flow import Limits
 from mesh.node.gateway import DIAL_TIMEOUT, Accept, Connection
 from mesh.node.p2p.addresses import Target, components, key_of, parse, peer_id_of
 from mesh.node.p2p.dht import Discovery
-from mesh.node.p2p.nat import WANT_RELAYS, Nat
+from mesh.node.p2p.nat import RELAY_BUDGET, WANT_RELAYS, Nat
 from mesh.node.p2p.triothread import Mailbox, TransportClosed, TrioThread
 from mesh.wire.identity import Identity
 from mesh.wire.messages import PeerRecord
@@ -381,8 +381,10 @@ class Libp2pTransport:
 
     def __init__(self, identity: Identity, limits: Limits | None = None, advertise: str = "",
                  nat: bool = True, relay: bool = True, fault: str = "", network: str = "",
-                 discovery: bool = True, gate: Gate | None = None, fault_after: float | None = None):
+                 discovery: bool = True, gate: Gate | None = None, fault_after: float | None = None,
+                 relay_budget: int = RELAY_BUDGET):
         self.identity = identity
+        self.relay_budget = relay_budget  # bytes an hour relayed for others (nat.RelayBudget)
         self.gate = gate or Gate()  # every dial of the swarm passes it: ours, the DHT's, hole punches
         self.advertise = advertise  # the operator's forwarded HOST:PORT, checked for reachability too
         self.use_nat, self.offer_relay, self.fault, self.fault_after = nat, relay, fault, fault_after
@@ -528,7 +530,7 @@ class Libp2pTransport:
                 task_status.started([str(a) for a in self.host.get_addrs()])
                 await self._stopped.wait()
                 return
-            self.nat = Nat(self.host, self.offer_relay, self.fault, self.fault_after)
+            self.nat = Nat(self.host, self.offer_relay, self.fault, self.fault_after, self.relay_budget)
             async with background_trio_service(self.nat.relay), background_trio_service(self.nat.dcutr), \
                     trio.open_nursery() as nursery:
                 if self.use_discovery:
