@@ -857,7 +857,7 @@ class Node:
         now = now_ms()
         held = self.peers.get(env.sender)
         where = held.addrs if held is not None else None
-        changed, why = self.peers.learn(hello.record, now)
+        changed, why = self.peers.learn(hello.record, now, own=True)
         if why:
             self.receiver.count(why)
             log.warning("rejected hello on %s: %s: its sender's own record", conn.label, why)

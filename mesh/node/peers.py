@@ -121,9 +121,12 @@ class PeerTable:
         """Peers connected and answering now: the ones work and counts of capacity are about."""
         return [p for p in self.peers.values() if p.connected and p.state == "up"]
 
-    def learn(self, rec: PeerRecord, now_ms: int) -> tuple[Peer | None, str]:
-        """Take a record (from its owner or from gossip). Returns (peer, '') when it was new or newer
-        than what we had, (None, '') when it told us nothing new, (None, reason) when it was refused."""
+    def learn(self, rec: PeerRecord, now_ms: int, own: bool = False) -> tuple[Peer | None, str]:
+        """Take a record (from its owner, `own`: its hello on a live link, or from gossip). Returns (peer,
+        '') when it was new or newer than what we had, (None, '') when it told us nothing new, (None,
+        reason) when it was refused. A full table takes a peer's own record still, in the place of one
+        only heard of and never reached: made-up records from many prefixes kept the table full, and no
+        newcomer got in until they expired (found by a p2p attacker)."""
         try:
             key = bytes.fromhex(rec.key)
         except ValueError:
@@ -134,13 +137,19 @@ class PeerTable:
             # Every hello repeats every peer's record, and verifying them all was what kept a 32-node mesh
             # on 2 cores from ever settling (py-spy: all of the loop's time in check_record).
             return None, ""
-        if peer is None and len(self.peers) >= MAX_PEERS:  # before the signature: refusing costs nothing
+        full = peer is None and len(self.peers) >= MAX_PEERS
+        if full and not own:  # before the signature: refusing costs nothing
             return None, "peer-table-full"
         why = check_record(rec, self.network, now_ms)
         if why:
             return None, why
         if key == self.me:
             return None, ""
+        if full:
+            unmet = next((p for p in self.peers.values() if p.state == "new" and not p.connected), None)
+            if unmet is None:  # every one of them met: nobody is pushed out
+                return None, "peer-table-full"
+            del self.peers[unmet.key]  # (the one heard of longest ago)
         if peer is None:
             peer = self.peers[key] = Peer(key)
         elif peer.record is not None and rec.issued <= peer.record.issued:

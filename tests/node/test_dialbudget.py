@@ -130,6 +130,28 @@ def test_a_full_table_refuses_before_checking_any_signature(monkeypatch):
     assert checked == []
 
 
+def test_a_full_table_still_takes_a_peers_own_hello_in_place_of_one_only_heard_of(monkeypatch):
+    """Made-up records gossiped from many prefixes filled the table, and a newcomer that linked to the
+    node and said hello was refused ("peer-table-full") until they expired (the README's open list, from a
+    p2p attacker). Its own record now takes the place of the peer heard of longest ago and never reached;
+    gossip is still refused, and when every peer in the table was met, nobody is pushed out."""
+    monkeypatch.setattr("mesh.node.peers.MAX_PEERS", 20)
+    monkeypatch.setattr("mesh.node.peers.check_record", lambda *a: "")  # (ids without their work: quick keys)
+    table = PeerTable(b"\x00" * 32, NET)
+    fakes = [Identity.generate(0) for _ in range(20)]
+    for i, f in enumerate(fakes):
+        assert table.learn(make_record(f, NET, f"10.{i}.0.2:4750", ["python"], [], False, T0), T0)[1] == ""
+    newcomer = make_record(Identity.generate(0), NET, "198.51.100.7:4750", ["python"], [], False, T0)
+    assert table.learn(newcomer, T0) == (None, "peer-table-full")  # heard of by gossip: refused
+    peer, why = table.learn(newcomer, T0, own=True)
+    assert why == "" and peer is not None and len(table.peers) == 20
+    assert fakes[0].public_key not in table.peers  # the one heard of longest ago went
+    for p in table.peers.values():
+        p.state = "up"
+    other = make_record(Identity.generate(0), NET, "198.51.100.8:4750", ["python"], [], False, T0)
+    assert table.learn(other, T0, own=True) == (None, "peer-table-full")
+
+
 def test_a_peer_only_heard_of_is_forgotten_once_each_address_failed_twice():
     ident = Identity.generate()
     table = PeerTable(b"\x00" * 32, NET)
