@@ -121,17 +121,19 @@ def terms(who: Standing, timeout: float) -> Terms:
     return Terms(most, STRANGER_MEMORY, cut)
 
 
-def credit_refusal(account: Account, unpaid: float, line: float) -> str:
+def credit_refusal(account: Account, unpaid: float, line: float, failed: float = 0.0) -> str:
     """Why a worker holding submitters to `line` credits refuses this one ('' when it is within it):
-    its balance here, less what this node answered for it and was not yet paid and what its receipts
-    paid too little (Account.short), is below −line."""
-    owes = unpaid + account.short - account.balance
+    its balance here, less what this node answered for it and was not yet paid, what its receipts paid
+    too little (Account.short) and what its steps that failed here took (`failed`: never paid, and a
+    step that computed and then raised handed its answer back in the error text), is below −line."""
+    owes = unpaid + failed + account.short - account.balance
     if owes <= line:
         return ""
     short = f", {account.short:.2f} short of what your receipts should have paid" if account.short else ""
+    fail = f", {failed:.2f} for steps that failed" if failed else ""
     return (f"refused: over this worker's credit line: it has done {owes:g} credits more work for you than "
-            f"you for it ({account.earned:g} paid, {unpaid:g} unpaid{short}, {account.paid:g} earned from it), "
-            f"and it allows {line:g}; work for it to earn more")
+            f"you for it ({account.earned:g} paid, {unpaid:g} unpaid{short}{fail}, {account.paid:g} earned from "
+            f"it), and it allows {line:g}; work for it to earn more")
 
 
 @dataclass

@@ -14,6 +14,7 @@ import re
 import signal
 import time
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,9 @@ ACTOR_GRACE_S = 15.0  # how much longer than the step's own timeout the node wai
 RIGHT_AFTER_S = 0.25  # fault=check-aware: a request this soon after the peer's previous one "is a check"
 OLD_CHECK_CODE = re.compile(r"a, b, c = \d+, \d+, \d+\noutput = ")  # the one template checks used to have
 FLAG_KEEP_S = 60.0  # a cancel flag no actor answered for (past its timeout) is removed this much later
+FAILED_KEEP_S = 86400.0  # a failed step's time counts against its requester's credit line this long
+FAILED_KEPT = 1000  # failed steps remembered per requester (the oldest forgotten first)
+FAILED_PAYERS = 4096  # requesters remembered (the least recently failed forgotten first)
 
 OnProgress = Callable[[int, str], object]  # (tokens so far, text so far) of an llm step
 
@@ -227,6 +231,8 @@ class Worker:
         self.owed = owed or Owed(Journal(None))  # (payer, job, step) answered ok → most it may be paid, the answer
         self.arrived: dict[str, float] = {}  # fault=check-aware: peer → when its last request came
         self.turn = 0  # fault=busy: requests seen, every other one refused
+        # requester → (when, credits) of its steps that failed here, for --require-credit (in memory, a day)
+        self.failed_work: OrderedDict[str, deque[tuple[float, float]]] = OrderedDict()
 
     def set_limits(self, limits: Limits) -> None:
         """The owner's --max-steps (at start, or changed by SIGHUP): steps running now keep their slots."""
@@ -267,7 +273,10 @@ class Worker:
                 result = await self._run(peer, req, key, within(terms(who, req.timeout), port.step_memory()))
             finally:
                 self.slots.release(key)
-            port.worked(key, req.kind, "ok" if result.ok else "failed", time.monotonic() - began, result.error)
+            took = time.monotonic() - began
+            port.worked(key, req.kind, "ok" if result.ok else "failed", took, result.error)
+            if not result.ok:
+                self._failed(peer.node, took)
         if key in self.stopped:  # cancelled: its submitter may hear why, but nobody is dialled for it
             port.send(peer, "result", failed(req, self.stopped.pop(key)))
             return
@@ -326,13 +335,28 @@ class Worker:
             log.info("stopped %d steps of %s: %s", len(keys), node[:12], why)
         return len(keys)
 
+    def _failed(self, node: str, seconds: float) -> None:
+        """A step of `node`'s ran `seconds` here and failed (raised, ran out of time, was stopped): it is
+        never paid, so its time, at this node's rate for a CPU-second, counts against `node`'s credit line.
+        (12 steps that spun 3 CPU-seconds each and then raised ran past a line of 1, and a step that
+        computed its answer handed it back in the error text.)"""
+        if self.port.require_credit is None:
+            return
+        spent = self.failed_work.pop(node, None) or deque(maxlen=FAILED_KEPT)
+        spent.append((time.monotonic(), seconds * self.port.rates.cpu_s))
+        self.failed_work[node] = spent  # (the most recently failed last)
+        while len(self.failed_work) > FAILED_PAYERS:
+            self.failed_work.popitem(last=False)
+
     def over_credit(self, node: str) -> str:
         """--require-credit: why this submitter is beyond the line this node holds it to ('' when not)."""
         line = self.port.require_credit
         if line is None:
             return ""
         unpaid = sum(v for (payer, _, _), v in self.owed.unpaid.items() if payer == node)
-        return credit_refusal(self.port.account(node), unpaid, line)
+        since = time.monotonic() - FAILED_KEEP_S
+        failed = sum(c for when, c in self.failed_work.get(node, ()) if when >= since)
+        return credit_refusal(self.port.account(node), unpaid, line, round(failed, 6))
 
     def use(self) -> dict[str, Any]:
         """The worker's slots in use, by kind of requester (mesh status)."""

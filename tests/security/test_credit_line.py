@@ -50,3 +50,30 @@ def test_a_submitter_paying_the_minimum_for_every_step_is_held_to_the_workers_cr
     earned = wait_for(lambda: len(rows := [r for r in ledger_rows(node.home) if r["kind"] == "earned"]) == ran and rows,
                       15, f"the worker booking {ran} receipts")
     assert all('"measured"' in r["detail"] for r in earned)
+
+
+FAIL_CODE = "x = 0\nfor i in range(3_000_000):\n    x += i\nraise SystemExit(f'RESULT {x}')"  # computes, then fails
+
+
+def test_steps_that_compute_and_then_fail_count_against_the_credit_line(make_mesh):
+    """Found by this project's attack round on workers: a step was owed only when it succeeded, so steps
+    that spun and then raised were never held against the line (12 of 3 CPU-seconds each ran past a line of
+    1), and the answer came back in the error text for free. A failed step's time here now counts, at the
+    worker's rate for a CPU-second."""
+    node = make_mesh(1, lambda i: ["--no-model", "--transport", "tcp", "--require-credit", "0.5"]).nodes[0]
+    me = bytes.fromhex(status(node)["key"])
+    ran, why = 0, ""
+    with HostilePeer(node.listen, transport="tcp") as evil:
+        evil.handshake(me)
+        for i in range(STEPS):
+            evil.send(evil.seal("step", me, StepRequest("spin", f"s{i}", "python", {"code": FAIL_CODE}, 30.0)))
+            got = evil.expect(lambda f, s=f"s{i}": f["kind"] == "result" and f["payload"]["step"] == s, 60)
+            assert got is not None and not got["payload"]["ok"], got
+            why = got["payload"]["error"]
+            if why.startswith("refused"):
+                break
+            assert "RESULT" in why, why  # (the answer in the error text: what made failing worth it)
+            ran += 1
+    assert why.startswith("refused: over this worker's credit line") and "for steps that failed" in why, (ran, why)
+    assert ran <= 8, (ran, why)  # a line of 0.5 credits: a few steps of a few tenths of a second each
+    print(f"refused after {ran} failed steps: {why}")
