@@ -303,3 +303,18 @@ def test_require_credit_refuses_a_submitter_this_node_has_worked_for_beyond_the_
     ok, refused = results(fake)
     assert ok.ok and not refused.ok and refused.error.startswith("refused: over this worker's credit line")
     assert fake.counted == Counter({"credit": 1}) and len(fake.asked) == 1
+
+
+def test_one_payers_flood_of_unpaid_steps_cannot_push_another_payers_owed_step_out(tmp_path, monkeypatch):
+    """Found by this project's attack round on workers: the owed table kept 10,000 steps, the oldest
+    forgotten first, so one stranger's 10,100 tiny unpaid steps pushed an honest payer's answered step out
+    and its valid receipt was refused ("a step this node did not answer for that payer"). The payer
+    holding the most gives up its oldest now."""
+    monkeypatch.setattr("mesh.node.owed.MAX_OWED", 50)
+    owed = Owed(Journal(tmp_path))
+    owed.answered(("honest", "job", "a"), 0.5, {"ok": True})
+    for i in range(200):
+        owed.answered(("flood", f"j{i}", "s"), 0.01, {"ok": True})
+    assert owed.earlier(("honest", "job", "a"))[0] and ("honest", "job", "a") in owed.unpaid
+    assert owed.earlier(("flood", "j199", "s"))[0] and not owed.earlier(("flood", "j0", "s"))[0]
+    assert len(owed.unpaid) <= 50
