@@ -330,9 +330,79 @@ class Evader(Strategy):
                 self.caught.popitem(last=False)
 
 
+class QuietLoner(Strategy):
+    """A patient lone cheater (found by this project's red team, 2026-12-06). It cheats only on a request
+    that comes after a quiet gap of more than GAP_S from its submitter with nothing of that submitter's in
+    hand (a spot check went out within 30 s of a replica placed on the worker, so such a request was never
+    one), once its own run of paid answers there reaches `good_steps` (proven: it takes the first seat and
+    runs most steps alone), with probability `rate` — and then not again there until SPACING more answers
+    were paid (a worker caught has only its last VOUCHED agreed steps rerun). All of it is what a worker
+    sees: arrival times, who sent each request, and whether it was paid."""
+
+    name = "quiet-loner"
+    adversary = True
+    GAP_S = 31.0
+    SPACING = 300
+
+    def __init__(self, rng: random.Random, rate: float = 1.0, group: str = "", good_steps: int = 0):
+        super().__init__(rng, rate, group, good_steps)
+        self.last: dict[str, float] = {}  # submitter → its latest request's arrival
+        self.in_hand: dict[str, int] = {}  # submitter → its requests arrived and not yet answered
+        self.quiet: set[tuple[str, str]] = set()  # requests that came after a quiet gap
+        self.src: dict[tuple[str, str], str] = {}  # (job, step) → its submitter, until settled
+        self.run: dict[str, int] = {}  # submitter → answers paid in a row there
+        self.since: dict[str, int] = {}  # submitter → answers paid there since the last cheat
+
+    def arrived(self, req: Request) -> None:
+        last = self.last.get(req.src)
+        if (last is None or req.arrived - last > self.GAP_S) and not self.in_hand.get(req.src):
+            self.quiet.add((req.job, req.step))
+        self.last[req.src] = req.arrived
+        self.in_hand[req.src] = self.in_hand.get(req.src, 0) + 1
+        self.src[(req.job, req.step)] = req.src
+
+    def respond(self, req: Request, truth: Any, now: float) -> Any:
+        self.answered += 1
+        self.in_hand[req.src] = max(0, self.in_hand.get(req.src, 0) - 1)
+        quiet = (req.job, req.step) in self.quiet
+        self.quiet.discard((req.job, req.step))
+        if quiet and self.run.get(req.src, 0) >= self.good_steps and \
+                self.since.get(req.src, self.SPACING) >= self.SPACING and self.rng.random() < self.rate:
+            self.since[req.src] = 0
+            return ["wrong", self.rng.getrandbits(48)]
+        return truth
+
+    def settled(self, job: str, step: str, paid: bool, now: float) -> None:
+        src = self.src.pop((job, step), None)
+        if src is None:
+            return
+        if paid:
+            self.run[src] = self.run.get(src, 0) + 1
+            if src in self.since:
+                self.since[src] += 1
+        else:
+            self.run[src] = 0
+
+
+class HonestVoucher(QuietLoner, Vouching):
+    """A ring of separate machines that work honestly, so each did real, verified work for every submitter
+    and is a trusted teller, and that testify: a run of RUN begun just now for every fellow, a wrong answer
+    just now for every other id (found by this project's red team: with 20% of the ids it took 97% of the
+    credit). Answers as QuietLoner (with rate 0: always right)."""
+
+    name = "honest-voucher"
+    RUN = 1000
+
+    def testimony(self, me: str, now_ms: int) -> list[Testimony]:
+        out = [Testimony(me, m, float(self.RUN), 0.0, self.RUN, now_ms, 0, now_ms) for m in self.members if m != me]
+        out += [Testimony(me, w, 0.0, 20.0, 0, 0, now_ms, now_ms) for w in self.others]
+        return out
+
+
 BUILTIN: dict[str, type[Strategy]] = {c.name: c for c in (Strategy, RandomWrong, Colluding, Sybil, OnOff,
                                                            CheckAware, Steering, TrustBuilder, SideChannel,
-                                                           WholeTable, Vouching, Evader)}
+                                                           WholeTable, Vouching, Evader, QuietLoner,
+                                                           HonestVoucher)}
 
 
 def strategy_class(name: str) -> type[Strategy]:

@@ -331,3 +331,29 @@ def test_a_worker_refuses_a_step_it_could_not_start_before_the_deadline():
     busy = [a for a in got if a[0] == "j1"]
     assert busy and busy[0][-1].startswith("busy"), got
     assert [a for a in got if a[0] == "j2"][0][3] == 7  # the queued one is answered
+
+
+def test_the_quiet_loner_cheats_only_after_a_quiet_gap_once_proven_and_then_waits():
+    """The red team's patient cheater (simulations.adversaries.QuietLoner) as its rule says, from what a
+    worker sees: a request after more than GAP_S of silence from its submitter with nothing of it in hand,
+    once paid good_steps times in a row there, and not again there until SPACING more answers were paid."""
+    import random
+
+    from simulations.adversaries import QuietLoner, Request
+
+    s = QuietLoner(random.Random(1), rate=1.0, good_steps=2)
+
+    def ask(job: str, at: float) -> object:
+        req = Request("sub", job, "s", "python", arrived=at)
+        s.arrived(req)
+        return s.respond(req, 42, at)
+
+    assert ask("j1", 0.0) == 42  # quiet, but no run yet
+    s.settled("j1", "s", True, 1.0)
+    assert ask("j2", 40.0) == 42  # still a run of 1
+    s.settled("j2", "s", True, 41.0)
+    assert ask("j3", 45.0) == 42  # a run of 2, but 5 s after the last request: it may be a check
+    s.settled("j3", "s", True, 46.0)
+    assert ask("j4", 80.0) != 42  # a run of 3 and 35 s of silence: cheats
+    s.settled("j4", "s", True, 81.0)
+    assert ask("j5", 120.0) == 42  # then waits SPACING paid answers
