@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -349,3 +350,24 @@ def test_log_lines_name_the_reason_not_the_payload(mesh4):
     assert not [ln for ln in lines if ln.startswith("FAKE")], "a peer forged a line of the node's log"
     assert not [ln for ln in lines if "A" * 100 in ln], "a peer's bytes were copied into the log wholesale"
     after(mesh4, node, evil, entries=entries)
+
+
+def test_a_key_breaking_the_rules_again_and_again_is_booked_one_penalty_a_minute(mesh4):
+    """Found by this project's attack round on workers: every link dropped for abuse booked a penalty row
+    in the append-only ledger, and one key reconnecting to break the rules again wrote 41 rows in 32 s.
+    A peer is booked one penalty a minute now; its links are dropped all the same."""
+    node = mesh4.nodes[3]
+    me = key_of(node)
+    before = rejected(node)
+    evil = HostilePeer(node.listen, connect=False)  # one key, five links
+    for _ in range(5):
+        with HostilePeer(node.listen, identity=evil.identity) as link:
+            link.handshake(me)
+            link.send_raw(HostilePeer(node.listen, connect=False).hello_frame())  # another key's frame
+            assert link.closed_by_node(5)
+    wait_rejection(node, "sender-not-peer", before, at_least=5)
+    wait_for(lambda: penalties(node.home).get(evil.node_id, 0) >= 1, 10, "a penalty for the key")
+    deadline = time.monotonic() + 3.0  # (the five were booked within a second before)
+    while time.monotonic() < deadline:
+        assert penalties(node.home).get(evil.node_id) == 1, penalties(node.home)
+        time.sleep(0.2)
