@@ -31,6 +31,11 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 STEPS = 4  # browser contexts open at once; more steps wait for a slot
 MAX_HTML = 5 << 20
 DISPOSE_S = 10.0  # a context not gone by then takes the whole browser with it
+# bytes of memory the browser and every page in it may use together (its own cgroup, inside the owner's cap):
+# four scrapes of a page whose workers each allocated 500 MB took 3.7 GiB of the machine, paid per page. An
+# honest 10 MB page (twice the HTML a step may return) peaked at 1,688 MiB here, page cache included
+BROWSER_MEMORY = 2 << 30
+BROWSER_PIDS = 512  # processes the browser may have (renderers, utilities, zygotes)
 
 
 def find_browser(configured: str | None = None) -> str | None:
@@ -64,6 +69,7 @@ class Scraper:
         self.browser = None
         self.slots = asyncio.Semaphore(STEPS)
         self.lock = asyncio.Lock()
+        self.group: cgroup.StepGroup | None = None  # the running browser's memory group
 
     @property
     def via(self) -> str:
@@ -83,6 +89,9 @@ class Scraper:
         finally:  # whatever disconnecting raised, the process goes (it was left running, with its renderers)
             if chromium is not None:
                 await chromium.stop()
+            group, self.group = self.group, None
+            if group is not None:
+                await asyncio.to_thread(group.close)  # (kills what is left in it)
 
     async def _browser(self):
         async with self.lock:
@@ -97,24 +106,31 @@ class Scraper:
             self.chromium = Chromium(self.browser_path, self.user,
                                      [*self.flags, f"--proxy-server=http://127.0.0.1:{self.proxy.port}"])
             endpoint = await self.chromium.start()
-            if self.cap:  # (moved once started: it runs as the step user, which cannot enter a group itself)
-                self._cap_browser()
+            self._group_browser()  # (moved once started: it runs as the step user, which cannot enter a group)
             self.proxy.deny_ports = frozenset({self.chromium.port})
             self.browser = await connect(browserWSEndpoint=endpoint)
             return self.browser
 
-    def _cap_browser(self) -> None:
-        """Move every browser process under the owner's caps, again until a look finds none new: one
-        forked by a parent not yet moved is born outside, while all forked after their parent moved are
-        born inside."""
+    def _group_browser(self) -> None:
+        """Move every browser process into a group of its own held to BROWSER_MEMORY (inside the owner's
+        memory cap, and joined to its CPU cap), again until a look finds none new: one forked by a parent
+        not yet moved is born outside, while all forked after their parent moved are born inside. A page
+        past the limit has its renderer killed by the kernel, and its step fails."""
+        self.group = cgroup.StepGroup(BROWSER_MEMORY, BROWSER_PIDS, self.cap)
+        places = [*self.group.paths, *([self.group.cpu_cap] if self.group.cpu_cap is not None else [])]
+        if not places:
+            return  # (no cgroups here: the owner's caps, if any, were not made either)
         moved: set[int] = set()
         for _ in range(10):
             new = [pid for pid in self.chromium.pids() if pid not in moved]
             if not new:
                 return
-            cgroup.join_caps(self.cap, new)
+            for path in places:
+                for pid in new:
+                    with contextlib.suppress(OSError):  # gone meanwhile
+                        (path / "cgroup.procs").write_text(str(pid))
             moved.update(new)
-        log.warning("Chromium kept starting processes while it was put under the owner's caps")
+        log.warning("Chromium kept starting processes while it was put in its group")
 
     async def scrape(self, params: dict, timeout: float) -> tuple[dict, dict]:
         """(output, work) for one step; StepFailed (Refused for blocked targets) otherwise."""
@@ -165,7 +181,7 @@ class Scraper:
                     await page._client.send("Target.setAutoAttach",
                                             {"autoAttach": False, "waitForDebuggerOnStart": False})
                     context.on("targetcreated", lambda target: self._close_stray(browser, target, page))
-                    return await self._load(page, url, params)
+                    return await self._load_unless_crashed(page, url, params)
                 except errors as exc:  # the browser failed or died: say so
                     raise StepFailed(f"browser: {type(exc).__name__}: {str(exc)[:300]}") from None
                 finally:  # shielded: a second cancellation must not leave the context running
@@ -217,6 +233,23 @@ class Scraper:
         await context.close()
         while held & {t["targetId"] for t in (await send("Target.getTargets"))["targetInfos"]}:
             await asyncio.sleep(0.02)
+
+    async def _load_unless_crashed(self, page, url: str, params: dict) -> tuple[str, str]:
+        """_load, failing as soon as the page's renderer dies (killed past BROWSER_MEMORY, or crashed): the
+        load would otherwise wait for the step's whole timeout."""
+        crashed: asyncio.Future = asyncio.get_running_loop().create_future()
+        page.on("error", lambda exc: crashed.done() or crashed.set_result(str(exc)))
+        load = asyncio.ensure_future(self._load(page, url, params))
+        try:
+            await asyncio.wait({load, crashed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not load.done():
+                load.cancel()
+                await asyncio.gather(load, return_exceptions=True)
+        if crashed.done() and not (load.done() and not load.cancelled() and load.exception() is None):
+            raise StepFailed(f"the page crashed ({crashed.result()[:200]}): past the {BROWSER_MEMORY >> 20} MiB "
+                             "the browser may use, or its renderer died")
+        return load.result()
 
     async def _load(self, page, url: str, params: dict) -> tuple[str, str]:
         """Load, wait, read, all through the DOM domain: pyppeteer's evaluate (behind its content() and

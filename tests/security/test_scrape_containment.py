@@ -384,3 +384,56 @@ def test_a_page_that_is_slow_to_read_fails_its_step_within_the_step_time(tmp_pat
         print(f"a 3 s scrape of a page slow to read failed after {took:.2f} s")
     finally:
         site.stop()
+
+
+class GreedySite(ThreadedSite):
+    """A page that fills 1.2 GB of memory in the browser, then says so."""
+
+    HTML = """<html><body><p>greedy</p><script>
+const held = [];
+for (let i = 0; i < 12; i++) held.push(new Uint8Array(100 * 1024 * 1024).fill(i + 1));
+window.keep = held;
+document.body.insertAdjacentHTML('beforeend', '<p id="done">done</p>');
+</script></body></html>"""
+
+    def app(self) -> web.Application:
+        async def page(request: web.Request) -> web.Response:
+            return web.Response(text=self.HTML, content_type="text/html")
+        app = web.Application()
+        app.router.add_get("/greedy", page)
+        return app
+
+
+@needs_browser
+@pytest.mark.mesh
+@pytest.mark.timeout(120)
+def test_a_page_cannot_take_more_memory_than_the_browsers_group_allows(monkeypatch):
+    """Found by this project's attack round on workers: a stranger's scrape step had no memory cap (a
+    python step's is 256 MiB) and was paid per page: four scrapes of a page whose workers each allocated
+    500 MB took 3.7 GiB of the machine. The browser now runs in a group of its own held to
+    BROWSER_MEMORY (here 400 MiB); a page past it has its renderer killed, and its step fails."""
+    from mesh.steps import cgroup, scrape
+
+    if not cgroup.available():
+        pytest.skip("no cgroups to make here")
+    monkeypatch.setattr(scrape, "BROWSER_MEMORY", 400 << 20)
+    site = GreedySite()
+    site.start()
+    try:
+        async def go():
+            scraper = Scraper(ALLOW_LOCAL, find_browser(), USER)
+            try:
+                await scraper._browser()
+                group = scraper.group
+                assert group is not None and group.paths
+                t0 = time.monotonic()
+                with pytest.raises(StepFailed) as failed:
+                    await scraper.scrape({"url": site.url("/greedy"), "wait_for": "#done"}, 30.0)
+                return str(failed.value), time.monotonic() - t0
+            finally:
+                await scraper.close()
+        why, took = asyncio.run(go())
+        assert took < 15, (took, why)  # (not the step's whole 30 s: its renderer is gone)
+        print(f"the greedy page's step failed after {took:.1f} s: {why}")
+    finally:
+        site.stop()
