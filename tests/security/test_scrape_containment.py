@@ -346,18 +346,25 @@ def test_a_hostile_scrape_step_on_real_nodes_leaves_nothing_running(make_mesh, h
     assert_contained(hostile, returned)
 
 
-class NestedSite(ThreadedSite):
-    """A page that costs far more to read than to send: 100 nested divs around 5 MB of text."""
+class OnePage(ThreadedSite):
+    """A site serving one page, HTML, at PATH."""
 
-    HTML = ("<html><body>" + "<div>" * 100 + ("<p>" + "word " * 2000 + "</p>") * 500 + "</div>" * 100
-            + "</body></html>")
+    PATH, HTML = "/", ""
 
     def app(self) -> web.Application:
         async def page(request: web.Request) -> web.Response:
             return web.Response(text=self.HTML, content_type="text/html")
         app = web.Application()
-        app.router.add_get("/nested", page)
+        app.router.add_get(self.PATH, page)
         return app
+
+
+class NestedSite(OnePage):
+    """A page that costs far more to read than to send: 100 nested divs around 5 MB of text."""
+
+    PATH = "/nested"
+    HTML = ("<html><body>" + "<div>" * 100 + ("<p>" + "word " * 2000 + "</p>") * 500 + "</div>" * 100
+            + "</body></html>")
 
 
 @pytest.mark.timeout(60)
@@ -386,22 +393,16 @@ def test_a_page_that_is_slow_to_read_fails_its_step_within_the_step_time(tmp_pat
         site.stop()
 
 
-class GreedySite(ThreadedSite):
+class GreedySite(OnePage):
     """A page that fills 1.2 GB of memory in the browser, then says so."""
 
+    PATH = "/greedy"
     HTML = """<html><body><p>greedy</p><script>
 const held = [];
 for (let i = 0; i < 12; i++) held.push(new Uint8Array(100 * 1024 * 1024).fill(i + 1));
 window.keep = held;
 document.body.insertAdjacentHTML('beforeend', '<p id="done">done</p>');
 </script></body></html>"""
-
-    def app(self) -> web.Application:
-        async def page(request: web.Request) -> web.Response:
-            return web.Response(text=self.HTML, content_type="text/html")
-        app = web.Application()
-        app.router.add_get("/greedy", page)
-        return app
 
 
 @needs_browser
