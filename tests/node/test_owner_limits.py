@@ -261,7 +261,8 @@ class Page(ThreadedSite):
 @pytest.mark.skipif(find_browser() is None, reason="no Chromium here")
 def test_chromium_runs_under_the_owners_caps(make_mesh):
     """--max-cpu and --max-memory hold the node's Chromium too: every browser process of the capped worker
-    sits in both cap groups once a scrape step has started it."""
+    sits in both cap groups (the memory cap's, or the browser's own group inside it) once a scrape step
+    has started it."""
     site = Page()
     site.start()
     try:
@@ -276,7 +277,8 @@ def test_chromium_runs_under_the_owners_caps(make_mesh):
                    if any("homemesh-chromium-" in a for a in p.info["cmdline"] or ()) and p.is_running()]
         assert browser, "no Chromium process found"
         in_cpu = {int(x) for x in (cpu / "cgroup.procs").read_text().split()}
-        in_memory = {int(x) for x in (memory / "cgroup.procs").read_text().split()}
+        # (the browser's own memory group, BROWSER_MEMORY, is made inside the cap's: its members count there)
+        in_memory = {int(x) for procs in memory.rglob("cgroup.procs") for x in procs.read_text().split()}
         assert {p.pid for p in browser} <= in_cpu and {p.pid for p in browser} <= in_memory, (
             [(p.pid, p.info["cmdline"][:1]) for p in browser], in_cpu, in_memory)
     finally:
