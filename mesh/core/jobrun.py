@@ -411,7 +411,7 @@ class JobRun:
                 # asked again after a lost link or a sleep, it may answer at once with the step it ran since the
                 # first ask: its figures are bounded by the time since then (from the retry, honest workers were
                 # paid 9-37% of their work after the submitter's laptop slept 40 s)
-                sent = min(now, run.replicas[node].sent) if node in run.replicas else now
+                sent = run.replicas[node].sent if node in run.replicas else now
             else:
                 run.tally.issue(node)
             run.replicas[node] = Replica(node, deadline=now + self.job.timeout, role="verify" if verify else "generate",

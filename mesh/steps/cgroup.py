@@ -305,11 +305,24 @@ class StepGroup:
         except (OSError, ValueError):
             return None
 
+    @property
+    def places(self) -> list[Path]:
+        """Every group a member joins: the step's own, and the owner's CPU cap."""
+        return [*self.paths, *([self.cpu_cap] if self.cpu_cap is not None else [])]
+
     def enter(self) -> None:
-        for path in self.paths:
+        for path in self.places:
             (path / "cgroup.procs").write_text(str(os.getpid()))
-        if self.cpu_cap is not None:
-            (self.cpu_cap / "cgroup.procs").write_text(str(os.getpid()))
+
+    def join(self, pids: list[int]) -> None:
+        """Put running processes in the groups (a browser's, started as the step user, which cannot enter
+        a group itself); one gone meanwhile is skipped."""
+        for path in self.places:
+            for pid in pids:
+                try:
+                    (path / "cgroup.procs").write_text(str(pid))
+                except OSError:
+                    continue
 
     def close(self) -> None:
         for path in self.paths:

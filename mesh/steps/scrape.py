@@ -117,18 +117,14 @@ class Scraper:
         not yet moved is born outside, while all forked after their parent moved are born inside. A page
         past the limit has its renderer killed by the kernel, and its step fails."""
         self.group = cgroup.StepGroup(BROWSER_MEMORY, BROWSER_PIDS, self.cap)
-        places = [*self.group.paths, *([self.group.cpu_cap] if self.group.cpu_cap is not None else [])]
-        if not places:
+        if not self.group.places:
             return  # (no cgroups here: the owner's caps, if any, were not made either)
         moved: set[int] = set()
         for _ in range(10):
             new = [pid for pid in self.chromium.pids() if pid not in moved]
             if not new:
                 return
-            for path in places:
-                for pid in new:
-                    with contextlib.suppress(OSError):  # gone meanwhile
-                        (path / "cgroup.procs").write_text(str(pid))
+            self.group.join(new)
             moved.update(new)
         log.warning("Chromium kept starting processes while it was put in its group")
 
