@@ -28,6 +28,11 @@ TOKEN_SLACK = 8
 # bracket or comma), which the value handed on does not keep: its canonical bytes count this many times
 JSON_SPACING = 4
 
+# A python step holds one of its worker's slots for its wall time, busy or not: it is paid at least this share of
+# that time in CPU-seconds (slot rent). Paid for its CPU alone, a step that slept 60 s earned the minimum charge
+# and kept the slot from paying work (found by this project's red team, 2026-12-05).
+SLOT_SHARE = 0.25
+
 # kind -> (the rate card's field, the unit in words)
 _UNITS = {"python": ("cpu_s", "CPU-seconds"), "llm": ("tokens_1k", "thousand tokens generated"),
           "ask-model": ("tokens_1k", "thousand tokens generated"), "score": ("scored_1k", "thousand tokens scored"),
@@ -49,21 +54,25 @@ def quantity(kind: str, work: Mapping[str, object]) -> float:
     """The billable amount of work a replica measured, in its kind's unit (0 when missing or junk)."""
     if kind == "scrape":
         return 1.0
-    if kind == "python":
-        return _num(work.get("cpu_s"))
+    if kind == "python":  # its CPU-seconds, or the slot's rent for its wall time when more
+        return max(_num(work.get("cpu_s")), SLOT_SHARE * _num(work.get("seconds")))
     return _num(work.get("tokens")) / 1000
 
 
 def observed(kind: str, work: Mapping[str, object], output: object, waited: float | None) -> dict[str, object]:
     """`work` with its billable figure at most what its payer can see was possible: a python step's
-    CPU-seconds at most STEP_CPUS × the seconds it waited for the answer (`waited`; None: not known), a
+    CPU-seconds at most STEP_CPUS × the seconds it waited for the answer (`waited`; None: not known) and its
+    wall time at most those seconds, a
     generation's tokens at most the token ids it handed back and the bytes of its text (of a JSON value,
     JSON_SPACING × its canonical bytes). A worker trusted to run a step alone was paid the whole timeout
     for an answer it sent in 50 ms, and 2,048 tokens for one: nobody else ran the step, so nothing
     compared its claim. An honest worker's figures are within both."""
     bounded = dict(work)
-    if kind == "python" and waited is not None and "cpu_s" in work:
-        bounded["cpu_s"] = min(_num(work["cpu_s"]), max(0.0, waited) * STEP_CPUS)
+    if kind == "python" and waited is not None:
+        if "cpu_s" in work:
+            bounded["cpu_s"] = min(_num(work["cpu_s"]), max(0.0, waited) * STEP_CPUS)
+        if "seconds" in work:  # a step's wall time is within the wait for its answer
+            bounded["seconds"] = min(_num(work["seconds"]), max(0.0, waited))
     elif kind in ("llm", "ask-model") and "tokens" in work:
         most = _num(work["tokens"])
         ids = work.get("token_ids")

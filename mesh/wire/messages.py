@@ -98,7 +98,7 @@ class Work:
     peak_mb: float = 0.0
     tokens: int = 0  # generated, or scored
     prompt_tokens: int = 0
-    seconds: float = 0.0  # wall time (llm, scrape): shown, never paid for
+    seconds: float = 0.0  # wall time: python steps are paid at least SLOT_SHARE of it (mesh.core.pricing), others show it
     token_ids: list[int] = field(default_factory=list)  # an llm claim's tokens, for verifiers to score
     via: str = ""  # how a page was fetched
     stdout: str = ""

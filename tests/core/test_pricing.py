@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.core.pricing import MAX_DEFAULT, MIN_CHARGE, cap, capped, ceiling, pay
+from mesh.core.pricing import MAX_DEFAULT, MIN_CHARGE, SLOT_SHARE, cap, capped, ceiling, observed, pay
 from mesh.wire.identity import Identity
 from mesh.wire.messages import PeerRecord, RateCard
 from mesh.wire.records import DEFAULT_RATES, card_problem, check_record, make_record
@@ -64,6 +64,20 @@ def test_a_worker_ceiling_is_its_own_work_at_its_own_rates():
     works = {"a": {"cpu_s": 0.3}, "b": {"cpu_s": 5.0}, "c": {"cpu_s": 9.0}}
     paid, _ = pay("python", works, {}, 10.0)
     assert all(paid[n] <= ceiling("python", works[n], CARD) for n in works)
+
+
+def test_a_python_step_pays_rent_for_the_wall_time_it_held_its_slot():
+    # slept 60 s on no CPU: a quarter of its wall time, not the minimum charge
+    assert ceiling("python", {"cpu_s": 0.02, "seconds": 60.0}, CARD) == SLOT_SHARE * 60.0
+    assert ceiling("python", {"cpu_s": 8.0, "seconds": 10.0}, CARD) == 8.0  # busy: its CPU, as before
+    paid, _ = pay("python", {"a": {"cpu_s": 0.0, "seconds": 40.0}, "b": {"cpu_s": 0.0, "seconds": 10_000.0}},
+                  {}, cap("python", {}, 60))
+    assert paid == {"a": 10.0, "b": 10.0}  # the lower median; 10,000 s claimed moves nothing
+    # its wall time is held to the payer's wait for the answer; other kinds' seconds are only shown
+    assert observed("python", {"cpu_s": 0.0, "seconds": 600.0}, 1, 20.0)["seconds"] == 20.0
+    assert ceiling("scrape", {"seconds": 600.0}, CARD) == 1.0
+    for junk in (float("nan"), -1, "9", True):
+        assert ceiling("python", {"cpu_s": 0.0, "seconds": junk}, CARD) == MIN_CHARGE
 
 
 def test_a_rate_card_is_signed_and_checked_in_the_record():
