@@ -37,6 +37,9 @@ class Connection:
     authenticated: bytes | None = None  # the peer key the transport's handshake proved; None on plain TCP
     remote_ip = ""  # the address the other end really connects from (through a relay: the relay's)
     silent = False  # closed for showing no valid envelope in time: its peer's handshake failed
+    # the address this end dialled to make the link, as given ('' when it came in, or rode a link already
+    # there): where a key that answers on it is proven to live (Node._proven), not where its record says
+    dialled = ""
 
     def __init__(self, label: str, limits: Limits):
         self.label = label
@@ -165,7 +168,9 @@ class TcpTransport:
         except (OSError, asyncio.TimeoutError):
             self.gate.dialled(addr, who, False, time.monotonic())
             raise
-        return TcpConnection(reader, writer, f"out:{addr}", limits)
+        conn = TcpConnection(reader, writer, f"out:{addr}", limits)
+        conn.dialled = addr
+        return conn
 
     async def close(self) -> None:
         if self.server:

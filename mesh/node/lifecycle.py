@@ -885,7 +885,8 @@ class Node:
         for addr, key in list(self.bootstrap.items()):
             if addr == peer.addr or key == peer.key:
                 del self.bootstrap[addr]
-        if fresh or env.recipient == ANYONE:
+        if fresh or (new_link and env.recipient == ANYONE):  # (answered once a link: each answer was a log
+            # line and our whole signed hello, and one key sent 50 a second on one link)
             self.gateway.send(conn, "hello", env.sender, self.hello())
             log.info("peer %s up at %s (%s)", peer.node[:12], peer.addr, ",".join(peer.kinds))
         source = prefix_of_ip(conn.remote_ip) if conn.remote_ip else conn.label
@@ -902,14 +903,16 @@ class Node:
                 self._dial_peer(learned, time.monotonic())
 
     def _proven(self, peer: Peer, conn: Connection) -> None:
-        """A valid hello on `conn`: tell the dial budget where this key lives (the address we dialled
-        it at, or the host it connected in from)."""
+        """A valid hello on `conn`: tell the dial budget where this key lives: the address we dialled it
+        at, or the host its link comes from (its record's address only when on that host). Not the
+        record's address on a link we dialled: a key that answered a dial, or took a stream on a link it
+        had opened itself, and then named a victim's address in its hello had that address proven, and
+        dialled past the budget."""
         budget = self.gateway.transport.gate.budget
-        hop = first_hop(peer.addr) if peer.addr else None
-        if conn.outbound and hop is not None:
-            budget.succeeded(hop, peer.key)
-        elif not conn.outbound and conn.remote_ip and conn.kind != "relayed":
-            budget.connected_in(conn.remote_ip, hop, peer.key)
+        if conn.dialled:
+            budget.succeeded(first_hop(conn.dialled), peer.key)
+        elif conn.remote_ip and conn.kind != "relayed":
+            budget.connected_in(conn.remote_ip, first_hop(peer.addr) if peer.addr else None, peer.key)
 
     def on_disconnect(self, conn: Connection) -> None:
         for peer in self.peers:

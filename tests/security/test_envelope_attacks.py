@@ -371,3 +371,24 @@ def test_a_key_breaking_the_rules_again_and_again_is_booked_one_penalty_a_minute
     while time.monotonic() < deadline:
         assert penalties(node.home).get(evil.node_id) == 1, penalties(node.home)
         time.sleep(0.2)
+
+
+def test_hellos_to_anyone_on_one_link_are_answered_once(mesh4):
+    """Found by this project's red team (2026-12-06): every hello addressed to anyone was answered with the
+    node's whole signed hello (its record and 8 peers') and logged ("peer … up at"), on a link already
+    answered: one key wrote 1,926 log lines at 50 hellos a second, turning the log's rotation over in about
+    an hour. A link's first hello is answered; the rest of that link's hellos are taken, not answered."""
+    node = mesh4.nodes[2]
+    with HostilePeer(node.listen) as evil:
+        evil.handshake()
+        for _ in range(30):
+            evil.send(evil.hello_frame(ANYONE))
+            time.sleep(0.02)
+        evil.expect(lambda f: False, 2.0)  # read what the node sends for 2 s
+        answers = [f for f in evil.received if f["kind"] == "hello" and f["to"] == evil.key.hex()]
+        # the first answered, and the node's own heartbeat hellos (one every few seconds): 32 on the old code
+        assert len(answers) <= 3, [f["ts"] for f in answers]
+        assert not evil.closed_by_node(0.2)  # a peer's hello is no fault
+    ups = [ln for ln in (node.home / "node.log").read_text().splitlines()
+           if f"peer {evil.node_id[:12]} up at" in ln]
+    assert len(ups) == 1, ups

@@ -605,7 +605,7 @@ class Libp2pTransport:
             return await self._open(target, expected)
 
     async def _open(self, target: Target, expected: ID | None) -> StreamConnection:
-        reused = False
+        reused = False  # the stream rides a link already there (perhaps the peer's own): nothing was dialled
         try:
             with trio.fail_after(LINK_TIMEOUT):
                 try:
@@ -618,6 +618,10 @@ class Libp2pTransport:
                     elif target.relayed:
                         await self._dial_circuit(target)
                     else:
+                        # only the address this dial is for: py-libp2p adds it to those it holds for the
+                        # key (where it first met it, what its identify claimed) and dials the first, so a
+                        # peer back on a new port was dialled at its old one, and a hostile key chose where
+                        self.host.get_peerstore().clear_addrs(expected)
                         await self.host.connect(PeerInfo(expected, [target.addr]))
                     stream = await self.host.new_stream(expected, [PROTOCOL])
                 except (OSError, ValueError) as exc:
@@ -631,7 +635,9 @@ class Libp2pTransport:
                     await self._drop_links(expected)
             raise
         self.stuck.pop(expected, None)
-        return self._wrap(stream, "out")
+        conn = self._wrap(stream, "out")
+        conn.dialled = "" if reused else str(target.addr)
+        return conn
 
     async def _sweep_closed(self) -> None:
         """Forget links py-libp2p closed but still lists. A close cancelled half way (a time limit, a
