@@ -343,10 +343,70 @@ _COUNTS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "m
            "maxContains")
 
 
+# A `pattern` is a regular expression the converter writes out as grammar, every counted repetition in full
+# ("^[a-z]{100000000}$", 40 bytes, took it 2 GB): its atoms once those are written out, at most this many
+MAX_PATTERN_SIZE = 4_096
+
+
+def pattern_size(pattern: str, limit: int = MAX_PATTERN_SIZE) -> int:
+    """An upper bound on the atoms llama.cpp's converter writes for a regular expression: a character, a
+    class or an escape is one; a group is what it holds (its alternatives added); `{n}`, `{n,}` and
+    `{n,m}` repeat what they follow max(n, m) times, nested ones multiplying. Counting stops just past
+    `limit`, so a pattern of 16 KiB costs a walk of it and no more."""
+    frames = [[0, 0]]  # per open group: [its size so far, the size of its last atom]
+    i, n = 0, len(pattern)
+    while i < n:
+        c, frame = pattern[i], frames[-1]
+        if c == "(":
+            frames.append([0, 0])
+            i += 1
+            continue
+        if c == ")" and len(frames) > 1:
+            inner = max(frames.pop()[0], 1)
+            frames[-1][0] += inner
+            frames[-1][1] = inner
+            i += 1
+            continue
+        if c == "{":
+            end = pattern.find("}", i)
+            spec = pattern[i + 1:end] if end > 0 else ""
+            low, comma, high = spec.partition(",")
+            if low.isdigit() and (not high or high.isdigit()) and len(low) <= 9 and len(high) <= 9:
+                times = max(int(low), int(high) if high else int(low) + bool(comma))
+                frame[0] += frame[1] * (times - 1)
+                frame[1] *= times
+                i = end + 1
+                if frame[0] > limit:
+                    return frame[0]
+                continue
+            if low.isdigit() and (not high or high.isdigit()):  # a count of ten digits or more
+                return limit + 1
+        if c == "\\":
+            i += 2
+        elif c == "[":  # a class: to its closing bracket (one first, or escaped, is part of it)
+            j = i + 2 if pattern[i + 1:i + 2] in ("]", "^") else i + 1
+            j += pattern[j:j + 1] == "]"
+            while j < n and pattern[j] != "]":
+                j += 2 if pattern[j] == "\\" else 1
+            i = j + 1
+        else:
+            i += 1
+        if c not in "*+?|^$":
+            frame[0] += 1
+            frame[1] = 1
+        if frame[0] > limit:
+            return frame[0]
+    while len(frames) > 1:
+        inner = max(frames.pop()[0], 1)
+        frames[-1][0] += inner
+    return frames[0][0]
+
+
 def _check_schema(schema: Any) -> str:
     """'' when a json_schema has the shape of one (an object, at most 16 KiB, at most 32 levels deep,
-    its counts at most MAX_SCHEMA_COUNT); otherwise why not. The depth is measured first and without
-    recursion, so a deeply nested value costs neither the encoder nor llama.cpp's converter a RecursionError."""
+    its counts at most MAX_SCHEMA_COUNT, its patterns at most MAX_PATTERN_SIZE written out); otherwise why
+    not. The depth is measured first and without recursion, so a deeply nested value costs neither the
+    encoder nor llama.cpp's converter a RecursionError."""
     if not isinstance(schema, dict):
         return "must be a JSON schema object of at most 16 KiB"
     if _depth(schema, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
@@ -358,6 +418,10 @@ def _check_schema(schema: Any) -> str:
             n = obj.get(key)
             if n is not None and not (type(n) is int and 0 <= n <= MAX_SCHEMA_COUNT):
                 return f"{key} must be a whole number from 0 to {MAX_SCHEMA_COUNT}"
+        pattern = obj.get("pattern")
+        if isinstance(pattern, str) and pattern_size(pattern) > MAX_PATTERN_SIZE:
+            return (f"pattern {pattern[:60]!r} repeats too much: written out as grammar it would be over "
+                    f"{MAX_PATTERN_SIZE:,} characters and classes (each {{n}} repeats what it follows n times)")
     return ""
 
 
@@ -433,10 +497,16 @@ def render(value: Any, outputs: dict[str, Any]) -> Any:
 
 
 def params_problem(params: Any) -> str:
-    """'' when a step's params (rendered, or a python step's with its inputs) fit one request."""
+    """'' when a step's params (rendered, or a python step's with its inputs) fit one request, and a
+    json_schema the earlier outputs were rendered into is still one (a pattern "^[{a.output}]$" passed
+    the job's checks and became a grammar bomb once step a's output was in it)."""
     size = len(canonical(params))
     if size > MAX_PARAMS_BYTES:
         return f"its parameters with the earlier outputs in them are {size:,} bytes; a step's are at most {MAX_PARAMS_BYTES:,}"
+    if isinstance(params, dict) and "json_schema" in params:
+        why = _check_schema(params["json_schema"])
+        if why:
+            return f"its json_schema, with the earlier outputs in it, is refused: {why}"
     return ""
 
 

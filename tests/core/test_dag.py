@@ -6,7 +6,17 @@ import json
 
 import pytest
 
-from mesh.core.dag import MAX_PARAMS_BYTES, Job, load_job_text, params_problem, parse_job, render
+from mesh.core.dag import (
+    MAX_PARAMS_BYTES,
+    MAX_PATTERN_SIZE,
+    Job,
+    check_request,
+    load_job_text,
+    params_problem,
+    parse_job,
+    pattern_size,
+    render,
+)
 from mesh.core.quorum import QuorumRule
 from mesh.errors import JobError, UserError
 from mesh.wire.canonical import canonical
@@ -430,6 +440,39 @@ def test_a_json_schema_whose_counts_would_write_out_millions_of_rules_is_refused
         parse_job({"steps": [step]})
     ok = {"type": "array", "items": {"type": "string", "maxLength": 1000}, "minItems": 0, "maxItems": 1000}
     parse_job({"steps": [{**step, "params": {"prompt": "list", "json_schema": ok}}]})
+
+
+@pytest.mark.parametrize("pattern", ["^[a-z]{100000000}$", "^(ab{100}){100}$", "((a{20}){20}){20}",
+                                     "x{5000,}", "a{1,99999999999}", "(a|b){5000}"])
+def test_a_pattern_whose_repetitions_would_write_out_a_huge_grammar_is_refused(pattern):
+    """Found by this project's red team (2026-12-06): llama.cpp's converter writes a pattern's counted
+    repetitions out in full, and "^[a-z]{100000000}$" (40 bytes) took it 700 MB of grammar and 2 GB."""
+    assert pattern_size(pattern) > MAX_PATTERN_SIZE
+    step = {"id": "a", "kind": "llm", "params": {"prompt": "p", "json_schema": {"type": "string", "pattern": pattern}}}
+    with pytest.raises(JobError, match="repeats too much"):
+        parse_job({"steps": [step]})
+    with pytest.raises(JobError, match="repeats too much"):  # a worker's own check of a request
+        check_request("llm", step["params"])
+
+
+@pytest.mark.parametrize("pattern, size", [("^\\d{3}-\\d{4}$", 8), ("^[A-Z][a-z]{2,20}$", 21), ("(ab|cd){3}", 12),
+                                           ("[]{}]x{2}", 3), ("a{b}", 4), ("[a-z]{4096}", 4096)])
+def test_ordinary_patterns_are_measured_and_kept(pattern, size):
+    assert pattern_size(pattern) == size
+    parse_job({"steps": [{"id": "a", "kind": "llm", "params": {"prompt": "p", "json_schema": {
+        "type": "string", "pattern": pattern}}}]})
+
+
+def test_a_pattern_that_becomes_a_bomb_once_an_output_is_rendered_in_fails_before_it_is_sent():
+    """"^[{a.output}]$" is a character class when the job is checked; with step a's output
+    "a][a-z]{30000000}[a" rendered in, it was a grammar bomb on every worker (each model runner grew
+    ~1 GB, the submitter paid nothing: its step failed)."""
+    step = {"id": "b", "kind": "llm", "after": ["a"], "params": {
+        "prompt": "hi", "json_schema": {"type": "string", "pattern": "^[{a.output}]$"}}}
+    parse_job({"steps": [{"id": "a", "kind": "python", "params": {"code": "output = 1"}}, step]})
+    rendered = render(step["params"], {"a": "a][a-z]{30000000}[a"})
+    assert "repeats too much" in params_problem(rendered)
+    assert params_problem(render(step["params"], {"a": "a-z"})) == ""
 
 
 @pytest.mark.parametrize("job, says", [
