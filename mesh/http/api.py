@@ -353,7 +353,7 @@ async def make_plan(node: NodeFacade, query: str, which: str, redundancy: int | 
     rules); or (model) the base model's own plan through this node's model runner (trusted: it is ours),
     given `timeout` seconds, the rules standing in when it is unusable, late, or when they recognise a
     calculation in the query (they win there, without asking the model)."""
-    planner.check_query(query)
+    query = planner.check_query(query)  # (whitespace runs collapsed: some rules' regexes were quadratic in them)
     instruct = await _instruct(node, redundancy or 3)
     if which != "model":
         return planner.Plan(planner.vetted(query, planner.rule_plan(query, redundancy, instruct)), "rules")

@@ -19,6 +19,9 @@ from mesh.planning.parts import TWO_MODELS, URL, clean_url, split
 from mesh.planning.rules import computation, numbers
 
 MAX_QUERY = 2000
+# parts one question may ask for, one after another: "a then " × 285 planned 286 llm steps, the last one's
+# prompt holding 285 earlier outputs, far past the model's context (it could only fail, after the rest ran)
+MAX_PARTS = 12
 PLAN_TOKENS = 320
 PAGE_CHARS = 1500  # of a scraped page's text handed to the model: the context is 2048 tokens
 _STEP_ID = {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,15}$"}
@@ -252,7 +255,11 @@ def rule_plan(query: str, redundancy: int | None = None, instruct: Instruct | No
         ids[base] = ids.get(base, 0) + 1
         return base if ids[base] == 1 else f"{base}{ids[base]}"
 
-    for part in split(query):
+    parts = split(query)
+    if len(parts) > MAX_PARTS:
+        raise UserError(f"the question asks for {len(parts)} things one after another; a plan takes at most "
+                        f"{MAX_PARTS}: ask in several questions")
+    for part in parts:
         if part.kind == "scrape":
             pages = [new_id("page") for _ in part.urls]
             steps += [{"id": sid, "kind": "scrape", "params": {"url": url, "max_chars": PAGE_CHARS * 2}}

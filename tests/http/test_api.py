@@ -96,6 +96,22 @@ def test_step_catalogue_needs_no_token_and_describes_every_kind(node):
         assert spec["params"]["additionalProperties"] is False
 
 
+def test_plans_of_hostile_questions_are_quick_and_bounded(node):
+    """Found by this project's red team (2026-12-06): a question's whitespace reached some rules'
+    regexes uncollapsed, quadratic in a run of tabs (8 such questions at once took 6.15 s on the node's
+    loop, the attacker measured), and "a then " × 285 planned 286 llm steps."""
+    tabs = ("fibonacci 5 add" + "\t" * 2000)[:1999] + "1"
+    began = time.monotonic()
+    for _ in range(8):
+        status, _reply = call(node, "POST", "/plan", {"query": tabs, "planner": "rules"})
+        assert status in (200, 400), _reply
+    took = time.monotonic() - began
+    print(f"8 questions with 1,984 tabs planned in {took:.2f} s")
+    assert took < 3.0
+    status, reply = call(node, "POST", "/plan", {"query": ("a then " * 400)[:2000], "planner": "rules"})
+    assert status == 400 and "at most 12" in reply["error"], reply
+
+
 def test_plan_endpoint_with_rules_and_with_the_model(node):
     status, reply = call(node, "POST", "/plan", {"query": "What is the average of 3, 8, 12 and 20?",
                                                  "planner": "rules", "redundancy": 2})

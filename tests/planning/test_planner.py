@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from mesh.core.dag import parse_job
 from mesh.errors import UserError
 from mesh.planning.planner import (
+    MAX_PARTS,
     PAGE_CHARS,
     PLAN_SCHEMA,
     PLAN_TOKENS,
@@ -413,3 +414,10 @@ def test_braces_in_a_query_are_text_not_references() -> None:
         job = rule_plan(query)
         parse_job(job)
         assert kept in job["steps"][-1]["params"]["prompt"] and "{nope" not in json.dumps(job)
+
+
+def test_a_question_of_too_many_parts_is_refused_with_a_user_error() -> None:
+    """"a then " × 285 planned 286 llm steps, the last prompt holding 285 earlier outputs."""
+    with pytest.raises(UserError, match=f"asks for 286 things one after another; a plan takes at most {MAX_PARTS}"):
+        rule_plan(("a then " * 400)[:2000])
+    assert len(rule_plan(" then ".join(f"compute {i} + {i}" for i in range(MAX_PARTS)))["steps"]) == MAX_PARTS
