@@ -143,6 +143,7 @@ class Submitter:
         self.rng = random.Random(seed)  # job seeds
         self.journal = journal or Journal(None)
         self.outbox = Outbox(self.journal)
+        self._holding = False  # the journal failed and effects were held back (_held)
         self.jobs: dict[str, JobState] = {}
         self.outbox_due = asyncio.Event()  # a receipt to send now (a batch written, a payee back)
         replayed = self.journal.replayed()
@@ -396,8 +397,21 @@ class Submitter:
 
     # -- effects ------------------------------------------------------------------------------------
     def _apply_all(self, effects: list[Effect]) -> None:
+        if self.journal.error:
+            self._held(len(effects))
+            return
         for eff in effects:
             self._apply(eff)
+
+    def _held(self, effects: int) -> None:
+        """The journal failed (a full disk): what the core decides now would not survive a restart, so none
+        of it leaves the node, no ask, no payment. Left to run unjournaled, a job paid in the ledger
+        receipts the outbox never kept (its workers were never paid), and a restart ran its steps again at
+        other prices. The core's state is the journal's again at the next start, and jobs go on from there."""
+        if effects and not self._holding:
+            log.error("%s: this node's jobs are held (nothing asked, nothing paid) until it is restarted with "
+                      "room on its disk; they go on from the journal then", self.journal.error)
+        self._holding = self._holding or bool(effects)
 
     def _apply(self, eff: Effect) -> None:
         """Carry out one effect without waiting (ledger batches run as tasks of their own)."""
@@ -494,6 +508,9 @@ class Submitter:
                 detail["receipt"] = r
             entries.append(Entry(e.kind, e.job, e.step, e.peer, e.amount, detail))
         self.outbox.hold(key, fresh)
+        if self.journal.error:  # its receipts are not kept: the batch waits for the restart (_held)
+            self._held(1)
+            return
         ok = await self.ports.record(entries, ts)
         with self.journal.batch():
             self.core.on_recorded(eff.id, ok, self.ports.ledger_error())

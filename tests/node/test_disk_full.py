@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -96,6 +98,63 @@ def test_full_disk_stops_paid_work_and_corrupts_nothing(small_disk: Path, tmp_pa
         assert run_job()["credits_spent"] > 0
     finally:
         mesh.stop()
+
+
+BUSY = "import time\nt = time.time()\nx = 0\nwhile time.time() - t < {s}:\n    x += 1\noutput = {v}"
+TWO_STEPS = {"steps": [
+    {"id": "a", "kind": "python", "params": {"code": BUSY.format(s=4, v="{'v': 7}")}},
+    {"id": "b", "kind": "python", "after": ["a"], "params": {"code": BUSY.format(s=2, v="inputs['a']['v'] * 6")}}]}
+
+
+def booked(home: Path, kind: str, job: str) -> dict[tuple[str, str], float]:
+    """(step, peer) → amount of the ledger's `kind` rows for `job` (read-only: the node may run)."""
+    db = sqlite3.connect(f"file:{home / 'ledger.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT step, peer, amount FROM entries WHERE job=? AND kind=?", (job, kind)).fetchall()
+    finally:
+        db.close()
+    return {(step, peer): abs(amount) for step, peer, amount in rows}
+
+
+def test_a_journal_that_fills_mid_job_holds_the_job_and_pays_exactly_what_workers_get(tmp_path: Path):
+    """Found by this project's red team (2026-12-06): the disk filled for a second during a running job.
+    The journal stopped, the job ran on unjournaled, and the ledger (the disk free again) booked payments
+    whose receipts the outbox never kept: workers were never paid. Restarted, the node ran step b again at
+    other prices (the attacker measured 9.003 paid against 6.272 earned). Now what the core decides
+    without a journal never leaves the node; the job goes on from the journal at the next start."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)], check=True)
+    mesh = LocalMesh(tmp_path / "m", 4, lambda i: ["--no-model"])
+    mesh.nodes[0].home = mnt / "node0"
+    submitter = mesh.nodes[0]
+    try:
+        mesh.start()
+        mesh.wait_ready(60)
+        job_id = submitter.client.request("POST", "/jobs", {"job": TWO_STEPS, "redundancy": 3})["job_id"]
+        time.sleep(1.0)  # (step a runs for 4 s: the disk fills in the middle of it)
+        filler = fill(mnt)
+        wait_for(lambda: cli_json("status", "--home", str(submitter.home))["journal_error"], 30, "the journal's error")
+        filler.unlink()
+        time.sleep(8)  # step a answered meanwhile: nothing of it may be paid unkept
+        assert booked(submitter.home, "paid", job_id) == {}
+        submitter.stop()
+        submitter.start([mesh.nodes[1].listen])
+        mesh.wait_ready(60)
+        rep = wait_for(lambda: (r := submitter.client.request("GET", f"/jobs/{job_id}?wait=2"))["status"] != "running"
+                       and r, 90, "the job, after the restart")
+        assert rep["status"] == "done" and rep["steps"]["b"]["output"] == 42, rep
+        paid = booked(submitter.home, "paid", job_id)
+        assert len(paid) == 6, paid
+
+        def earned() -> dict[tuple[str, str], float]:
+            return {(step, node.node_id): amount for node in mesh.nodes[1:]
+                    for (step, _payer), amount in booked(node.home, "earned", job_id).items()}
+        wait_for(lambda: earned() == paid, 60, f"every worker's receipt for what it was paid ({paid})")
+        print(f"paid {sum(paid.values()):.6f}, earned {sum(earned().values()):.6f} for {len(paid)} replicas")
+    finally:
+        mesh.stop()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_read_only_home_is_one_clear_line_at_start(tmp_path: Path):
