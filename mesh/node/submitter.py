@@ -336,7 +336,7 @@ class Submitter:
 
     def _links_gone(self, st: JobState, candidates: dict[str, list[Candidate]]) -> bool:
         """Whether to hold the job's ticks, because the core would give a step up for want of workers whose
-        links are only coming back: a step about to start (all its earlier steps done) of a job that had
+        links are only coming back: a step about to start (its earlier steps done or running) of a job that had
         its workers — the node woke from sleep, or its peers are reconnecting — or, right after a restart,
         any unfinished step. Held up to LINKS_BACK_S. A new job on a mesh too small is not held (it fails
         at once, saying so), nor a step already running (the core waits for workers lost to a passing
@@ -344,9 +344,10 @@ class Submitter:
         run, job = st.run, st.run.job
         if st.recovering:
             watch = [sid for sid, r in run.steps.items() if r.status in ("waiting", "running")]
-        else:
+        else:  # (earlier steps still running count: one may settle and this one start in the same tick, and
+            # a worker restarted during step a failed step b at once, 8 jobs of 8)
             watch = [sid for sid, r in run.steps.items() if r.status == "waiting"
-                     and all(run.steps[d].status == "done" for d in job.step(sid).after)]
+                     and all(run.steps[d].status in ("done", "running") for d in job.step(sid).after)]
         if not any(len(candidates.get(job.step(sid).needs, ())) < job.redundancy for sid in watch):
             st.had_workers, st.recovering, st.short_since = True, False, None
             return False

@@ -136,3 +136,25 @@ def assert_earned_was_paid(home: Path, node_id: str, paid: dict[tuple, float]) -
                 assert paid.get((r["job"], r["step"], node_id)) == pytest.approx(r["amount"])
     finally:
         led.close()
+
+
+BUSY_A = "import time\nt = time.time()\nx = 0\nwhile time.time() - t < 3:\n    x += 1\noutput = {'v': 7}"
+TWO_STEPS = {"steps": [{"id": "a", "kind": "python", "params": {"code": BUSY_A}},
+                       {"id": "b", "kind": "python", "after": ["a"], "params": {"code": "output = inputs['a']['v'] * 6"}}]}
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_restarted_during_a_step_does_not_fail_the_step_after_it(make_mesh):
+    """Found by this project's red team (2026-12-06): one worker of three killed (-9) during step a and
+    started again at once failed 8 jobs of 8: step a settled and step b started in the same sweep of the
+    core, which gave b up ("needs 3 workers … the mesh offers 2") before the worker's link was back; the
+    node held a job for links coming back only when b's earlier steps were already done."""
+    mesh = make_mesh(4, lambda i: ["--no-model"])
+    client = mesh.nodes[0].client
+    for victim in (1, 2):
+        job_id = client.request("POST", "/jobs", {"job": TWO_STEPS, "redundancy": 3})["job_id"]
+        time.sleep(1.0)  # step a runs for 3 s
+        kill_and_restart(mesh, victim)
+        rep = wait_for(lambda: (r := client.request("GET", f"/jobs/{job_id}?wait=2"))["status"] != "running"
+                       and r, 120, "the job")
+        assert rep["status"] == "done" and rep["steps"]["b"]["output"] == 42, rep["steps"]
