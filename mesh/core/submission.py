@@ -303,7 +303,7 @@ class Submission:
         if ok:
             sj.credits += sum(-e.amount for e in rec.entries if e.kind == "paid")
         else:
-            sj.payment_error = f"the ledger could not record payments, none were made: {error}"
+            sj.payment_error = f"the ledger did not record its payments: {error}"
 
     def abort(self, job_id: str, reason: str) -> list[Effect]:
         """The driver is giving up on a job (cancelled, or its own failure): fail what is unsettled, and pay

@@ -212,8 +212,8 @@ class Journal:
                 entries.append(entry)
             now, wall = rows[-1][:2] if rows else (0.0, time.time())
             walls = [w for _, w, _ in rows]
-        except (sqlite3.Error, ValueError, TypeError, KeyError, IndexError) as exc:
-            raise JournalError(self._unusable(f"damaged: {type(exc).__name__}: {exc}")) from None
+        except (sqlite3.Error, ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
+            raise JournalError(self._unusable(f"damaged: {type(exc).__name__}: {str(exc)[:300]}")) from None
         self._refs = set(bodies)
         return Replayed(config, entries, walls, now, wall)
 

@@ -111,6 +111,9 @@ WANT_PER_CAP = 8  # workers per capability a node keeps linked, found through th
 DISCOVER_FIRST_S, DISCOVER_EVERY_S = 3.0, 30.0
 OWNER_WATCH_S = 5.0  # how often the clock and the machine are looked at for --hours and --when-idle
 HEAD_SHARE_S, HEAD_KEEPERS = 10.0, 3  # how often the ledger's head goes out, and to how many peers
+# how long a ledger write may take before it counts as failed (it may still land: Submitter._reconcile at the
+# next start); a slow disk can take tens of seconds, and a write given up made the node refuse paid work
+LEDGER_ANSWER_S = 60.0
 PENALTY_EVERY_S = 60.0  # a peer is booked at most one penalty a minute (ledger rows are kept for good)
 MAX_PENALISED = 4096  # peers whose last penalty time is remembered
 FIND_WAIT_S = 15.0  # how long a new job waits for workers the DHT names before its steps may give up
@@ -1013,9 +1016,9 @@ class Node:
         """Append entries to the ledger in one batch; on success fold reputation entries into the
         placement view. False (and logged) when the ledger could not take them."""
         try:
-            reply = await self.bridge.ask(RecordEntries(uuid.uuid4().hex, entries, ts or now_ms()), 30)
-        except NoAnswer as exc:
-            reply = EntriesRecorded("", error=str(exc))
+            reply = await self.bridge.ask(RecordEntries(uuid.uuid4().hex, entries, ts or now_ms()), LEDGER_ANSWER_S)
+        except NoAnswer as exc:  # it may still write them: the next start finds out (Submitter._reconcile)
+            reply = EntriesRecorded("", error=f"{exc}; whether it wrote them is known at the node's next start")
         if not isinstance(reply, EntriesRecorded) or reply.error:
             self.ledger_error = getattr(reply, "error", "") or f"unexpected {type(reply).__name__}"
             log.error("ledger write failed; refusing paid work until the node is restarted: %s", self.ledger_error)

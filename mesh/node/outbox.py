@@ -7,12 +7,16 @@ only for a payment the ledger holds, and a batch written again after a crash sig
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable
 
 from mesh.node.journal import Journal
 
+log = logging.getLogger(__name__)
+
 HELD, SENDING, ACKED = 0, 1, 2
+DAMAGED = 3  # a row whose receipt does not decode: never sent (it stopped every later delivery), kept to look at
 BACKOFF_MAX_S = 60.0  # between two sends of one unacknowledged receipt
 KEEP_ACKED_S = 7 * 86400.0  # an acknowledged receipt is kept this long, to answer a worker that asks again
 DUE_BATCH = 256  # receipts sent per round at most
@@ -62,11 +66,19 @@ class Outbox:
         now = time.time() if now is None else now
         rows = self.journal.rows("SELECT peer, job, step, receipt, tries FROM outbox WHERE state=? AND next_at<=? "
                                  "ORDER BY next_at LIMIT ?", (SENDING, now, DUE_BATCH))
+        out: list[tuple[str, dict]] = []
         with self.journal.batch():
-            for peer, job, step, _, tries in rows:
+            for peer, job, step, text, tries in rows:
+                receipt = _decoded(text)
+                if receipt is None:
+                    log.error("outbox: the receipt for %s/%s to %s does not decode: set aside", job, step, peer[:12])
+                    self.journal.write("UPDATE outbox SET state=? WHERE peer=? AND job=? AND step=?",
+                                       (DAMAGED, peer, job, step))
+                    continue
                 self.journal.write("UPDATE outbox SET tries=tries+1, next_at=? WHERE peer=? AND job=? AND step=?",
                                    (now + min(BACKOFF_MAX_S, 2.0 ** tries), peer, job, step))
-        return [(peer, json.loads(r)) for peer, _, _, r, _ in rows]
+                out.append((peer, receipt))
+        return out
 
     def nudge(self, peer: str) -> None:
         """`peer` is reachable again: what it is owed goes at the next round, whatever its backoff."""
@@ -85,8 +97,8 @@ class Outbox:
         """Receipts `peer` asks for again (it lost our send or its own record of it): its own, released."""
         marks = ",".join("?" * len(steps))
         rows = self.journal.rows(f"SELECT receipt FROM outbox WHERE peer=? AND job=? AND step IN ({marks}) "
-                                 "AND state!=?", (peer, job, *steps, HELD)) if steps else []
-        return [json.loads(r) for (r,) in rows]
+                                 "AND state NOT IN (?,?)", (peer, job, *steps, HELD, DAMAGED)) if steps else []
+        return [r for (text,) in rows if (r := _decoded(text)) is not None]
 
     def pending(self) -> int:
         """Receipts of written payments not yet acknowledged (`mesh status`)."""
@@ -95,3 +107,12 @@ class Outbox:
     def prune(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         self.journal.write("DELETE FROM outbox WHERE state=? AND made<?", (ACKED, now - KEEP_ACKED_S))
+
+
+def _decoded(text: object) -> dict | None:
+    """A stored receipt's JSON object, or None when the row is damaged."""
+    try:
+        value = json.loads(text) if isinstance(text, (str, bytes)) else None
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -176,11 +176,36 @@ class Submitter:
         except LedgerError as exc:
             log.error("cannot read the ledger to settle %d held receipts: %s", len(stranded), exc)
             return
+        found: dict[str, float] = {}  # job → what the ledger holds of its stranded payments
         try:
             for peer, job, step in stranded:
-                self.outbox.release(peer, job, step, led.receipt("paid", job, step, peer))
+                receipt = led.receipt("paid", job, step, peer)
+                self.outbox.release(peer, job, step, receipt)
+                if receipt is not None:
+                    found[job] = found.get(job, 0.0) + float(receipt["amount"])
         finally:
             led.close()
+        for job, amount in found.items():
+            self._amend(job, amount)
+
+    def _amend(self, job_id: str, amount: float) -> None:
+        """A saved report that said its payments failed, when the ledger holds them after all (it answered
+        after its caller gave up): the report said "0 credits spent" for good, the workers paid meanwhile."""
+        path = self.ports.home / "jobs" / f"{job_id}.json"
+        try:
+            rep = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # no report saved (the job is still running: the core counts its payments itself)
+        rep["credits_spent"] = round(float(rep.get("credits_spent") or 0.0) + amount, 6)
+        rep["payment_error"] = (f"the ledger answered late; {amount:g} credits of payments it held were found in it "
+                                "at the next start, and their receipts sent")
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(rep))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.error("job %s: cannot amend its report: %s", job_id, exc)
+            tmp.unlink(missing_ok=True)
 
     def _journal_input(self, entry: list) -> None:
         self.journal.append(entry, self.now())
@@ -199,9 +224,12 @@ class Submitter:
         for i, (entry, wall) in enumerate(zip(replayed.entries, replayed.walls, strict=True)):
             try:
                 effects = self.core.apply(entry)
-            except ValueError as exc:
-                raise JournalError(f"the job journal {self.journal.path} does not replay at input {i + 1}: {exc}; "
-                                   "move it aside to start without its unfinished jobs") from None
+            except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:  # (an entry the core
+                # cannot take: a traceback at start told the owner nothing)
+                raise JournalError(f"the job journal {self.journal.path} does not replay at input {i + 1}: "
+                                   f"{type(exc).__name__}: {str(exc)[:300]}; move it aside to start without its "
+                                   "unfinished jobs (it also holds receipts its workers have not acknowledged and "
+                                   "the steps this node is owed for: those are given up with it)") from None
             if entry[0] == "submit":
                 got.submitted[entry[1]] = wall
             for eff in effects:
@@ -518,7 +546,7 @@ class Submitter:
             self.outbox.settle(key, ok)
         if not ok:
             if eff.outcomes:
-                log.error("job %s: the ledger could not record payments, none were made: %s", eff.job,
+                log.error("job %s: the ledger did not record its payments: %s", eff.job,
                           self.ports.ledger_error())
             return
         self.outbox_due.set()

@@ -4,7 +4,9 @@ chain verifies and the node's running balance equals a recomputation from its en
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 
 from ledger.store import Ledger
 
-from ..conftest import cli_json, run_cli, wait_for
+from ..conftest import cli_json, run_cli, tree_pids, wait_for
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(300)]
 # Four rounds, seeded to kill each side once early in the job (first step, < 0.6 s) and once late (last
@@ -155,6 +157,31 @@ def test_a_worker_restarted_during_a_step_does_not_fail_the_step_after_it(make_m
         job_id = client.request("POST", "/jobs", {"job": TWO_STEPS, "redundancy": 3})["job_id"]
         time.sleep(1.0)  # step a runs for 3 s
         kill_and_restart(mesh, victim)
-        rep = wait_for(lambda: (r := client.request("GET", f"/jobs/{job_id}?wait=2"))["status"] != "running"
+        rep = wait_for(lambda job_id=job_id: (r := client.request("GET", f"/jobs/{job_id}?wait=2"))["status"] != "running"
                        and r, 120, "the job")
         assert rep["status"] == "done" and rep["steps"]["b"]["output"] == 42, rep["steps"]
+
+
+@pytest.mark.timeout(240)
+def test_a_ledger_that_stalls_half_a_minute_still_pays_and_the_node_takes_jobs_after(make_mesh):
+    """Found by this project's red team (2026-12-06): the submitter's ledger process stopped for 36 s (a
+    slow disk, swapping) while a step settled. The write was given up at 30 s: the report said "none were
+    made" and 0 credits spent though the ledger held all 3 payments, and the node refused every job until
+    restarted. A write now has LEDGER_ANSWER_S (60 s); one given up is settled at the next start."""
+    mesh = make_mesh(4, lambda i: ["--no-model"])
+    sub = mesh.nodes[0]
+    (ledger,) = [p for p in tree_pids(sub.proc.pid) if Path(f"/proc/{p}/comm").read_text().strip() == "hm-ledger"]
+    job_id = sub.client.request("POST", "/jobs", {"job": {"steps": [{"id": "a", "kind": "python", "params": {
+        "code": "output = 7"}}]}, "redundancy": 3})["job_id"]
+    os.kill(ledger, signal.SIGSTOP)
+    try:
+        time.sleep(36)
+    finally:
+        os.kill(ledger, signal.SIGCONT)
+    rep = wait_for(lambda: (r := sub.client.request("GET", f"/jobs/{job_id}?wait=2"))["status"] != "running"
+                   and r, 60, "the job")
+    assert rep["status"] == "done" and rep["credits_spent"] > 0 and not rep.get("payment_error"), rep
+    again = sub.client.request("POST", "/jobs", {"job": TWO_STEPS, "redundancy": 3})["job_id"]
+    rep = wait_for(lambda: (r := sub.client.request("GET", f"/jobs/{again}?wait=2"))["status"] != "running"
+                   and r, 60, "a job after the stall")
+    assert rep["status"] == "done" and rep["credits_spent"] > 0, rep

@@ -71,7 +71,7 @@ def test_full_disk_stops_paid_work_and_corrupts_nothing(small_disk: Path, tmp_pa
             rep = wait_for(lambda: (r := client.request("GET", f"/jobs/{job_id}?wait=2"))["status"] != "running"
                            and r, 60, "the job")
             assert rep["status"] == "done" and rep["credits_spent"] == 0
-            assert "could not record payments" in rep["payment_error"]
+            assert "did not record its payments" in rep["payment_error"]
         st = cli_json("status", "--home", str(mesh.nodes[0].home))
         assert "full" in (st["ledger_error"] or "") + (st["journal_error"] or ""), st
         job = tmp_path / "j.json"

@@ -17,7 +17,7 @@ from mesh.core.policy import Candidate
 from mesh.core.submission import Config, Submission
 from mesh.errors import JournalError
 from mesh.node.journal import Journal
-from mesh.node.outbox import ACKED, SENDING, Outbox
+from mesh.node.outbox import ACKED, DAMAGED, SENDING, Outbox
 from mesh.wire.canonical import digest
 
 pytestmark = pytest.mark.timeout(60)
@@ -155,3 +155,30 @@ def test_receipts_go_out_only_for_written_batches_and_stop_once_acknowledged(tmp
     outbox.release("w2", "j", "b", None)  # the ledger holds no such payment: its receipt never goes
     rows = sqlite3.connect(tmp_path / "journal.db").execute("SELECT peer, state FROM outbox").fetchall()
     assert rows == [("w1", ACKED)] and SENDING != ACKED
+
+
+def test_a_receipt_row_that_does_not_decode_is_set_aside_and_the_rest_still_go(tmp_path):
+    """Found by this project's red team (2026-12-06): one unreadable outbox row killed the delivery task,
+    and no receipt went out until the node was restarted."""
+    journal = Journal(tmp_path)
+    outbox = Outbox(journal)
+    r = {"job": "j", "step": "a", "ts": 1}
+    outbox.hold("1:1", [("w1", r), ("w2", {**r, "step": "b"}), ("w3", {**r, "step": "c"})])
+    with journal.batch():
+        outbox.settle("1:1", True)
+    journal.db.execute("UPDATE outbox SET receipt='{\"job\": ' WHERE peer='w2'")
+    journal.db.execute("UPDATE outbox SET receipt=? WHERE peer='w3'", ("[" * 5000 + "]" * 5000,))
+    assert outbox.due() == [("w1", r)]
+    assert outbox.due(time.time() + 3600) == [("w1", r)]  # the damaged ones are not tried again
+    assert outbox.asked("w2", "j", ["b"]) == []
+    assert [s for (s,) in journal.db.execute("SELECT state FROM outbox ORDER BY peer")] == [SENDING, DAMAGED, DAMAGED]
+
+
+def test_an_input_the_core_cannot_replay_is_one_clear_line_at_start(tmp_path):
+    """A journal input nested 5,000 deep stopped the start with a RecursionError traceback."""
+    journal = Journal(tmp_path)
+    journal.start_epoch(Config(1))
+    journal.db.execute("INSERT INTO inputs (now, wall, entry) VALUES (1, 1, ?)", ("[" * 5000 + "]" * 5000,))
+    journal.close()
+    with pytest.raises(JournalError, match="move it aside"):
+        Journal(tmp_path).replayed()
