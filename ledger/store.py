@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import struct
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from mesh.core.policy import Evidence, StepEvidence, next_streak
 from mesh.errors import LedgerError
 from mesh.wire.canonical import canonical_text
 
-from .heads import GENESIS, HEAD_EVERY, Head, Signer, check_heads
+from .heads import GENESIS, HEAD_EVERY, Head, Signer, against_chain, check_heads, signed_by
 from .receipts import BadReceipt, verified
 
 KINDS = ("paid", "earned", "agreed", "disagreed", "no_show", "penalty", "spot_failed")
@@ -26,6 +27,7 @@ REPUTATION_KINDS = ("agreed", "disagreed", "no_show", "penalty", "spot_failed")
 _HEAD = struct.Struct(">qqd")
 _LENS = struct.Struct(">5I")
 _KIND_BYTES = {k: k.encode() for k in KINDS}  # also what tells a known kind
+WITNESS_SUFFIX = ".head"  # HOME/ledger.head: the newest head signed at a multiple of HEAD_EVERY (Ledger.witness)
 _sha256 = hashlib.sha256
 
 # Migrations, applied in order inside one transaction each; the version reached is kept in
@@ -124,6 +126,8 @@ class Ledger:
                 self._migrate()
                 if self.signer is not None and not self.heads():
                     self._sign_head()  # where signing starts: what came before is vouched for from here
+                if self.signer is not None:
+                    self._check_witness()
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open ledger {path}: {exc}") from None
 
@@ -151,6 +155,51 @@ class Ledger:
 
     def close(self) -> None:
         self.db.close()  # (nothing to sign: every write signed its head)
+
+    # -- the witness: the newest head signed at a multiple of HEAD_EVERY, in a file beside the ledger --------
+    @property
+    def witness_path(self) -> Path:
+        return self.path.with_name(self.path.stem + WITNESS_SUFFIX)
+
+    def witness(self) -> Head | None:
+        """The head the witness file names (None: no witness). A chain cut at one of its own signed heads
+        (a ledger restored from an older copy) holds together, and its heads went with what was cut: the
+        witness, written after each commit that signs a head at a multiple of HEAD_EVERY, still names the
+        later one. Raises LedgerError when the file is there and not a head."""
+        try:
+            data = json.loads(self.witness_path.read_text())
+            return Head(int(data["n"]), str(data["hash"]), str(data["sig"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise LedgerError(f"{self.witness_path} is not a ledger head ({type(exc).__name__}): move it aside "
+                              "to go on without it") from None
+
+    def _witness_problem(self, public_key: bytes | None, node: str) -> str:
+        """'' when the witness is absent or this chain still holds the head it names, else what was lost."""
+        head = self.witness()
+        if head is None or (public_key is not None and not signed_by(head, node, public_key)):
+            return "" if head is None else f"{self.witness_path.name} is not signed by this node's key"
+        count, hashes = self.chain_at({head.n})
+        why = against_chain(head, hashes, count)
+        return (f"{why} ({self.witness_path.name} names the head signed at entry {head.n}: the ledger was cut short "
+                f"or restored from an older copy)") if why else ""
+
+    def _check_witness(self) -> None:
+        """Refuse to write on after a cut: the node would sign the shorter chain's heads, and the loss
+        would no longer show."""
+        why = self._witness_problem(None, self.node)
+        if why:
+            raise LedgerError(f"ledger {self.path}: {why}. Restore the newer copy; or, to go on with this one and "
+                              f"accept the loss, move {self.witness_path} aside")
+
+    def _write_witness(self, head: Head) -> None:
+        tmp = self.witness_path.with_name(self.witness_path.name + ".tmp")
+        try:  # after the commit (synchronous=FULL): never ahead of what the ledger holds for good
+            tmp.write_text(json.dumps({"n": head.n, "hash": head.hash, "sig": head.sig}))
+            os.replace(tmp, self.witness_path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # (a full disk: the witness stays at an older head, which still holds)
 
     def _last(self) -> tuple[int, str]:
         row = self.db.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
@@ -224,7 +273,7 @@ class Ledger:
 
     def _append(self, prepared: list[tuple], n_batches: int, fast: bool) -> list[list[float]]:
         """Chain and insert `prepared` in one transaction; the amounts added, per batch, in order."""
-        cur = self.db.cursor()
+        cur, heads = self.db.cursor(), []
         cur.execute("BEGIN IMMEDIATE")
         try:
             row = cur.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
@@ -257,6 +306,9 @@ class Ledger:
             if self.db.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
                 cur.execute("ROLLBACK")
             raise
+        kept = [h for h in heads if h.n % HEAD_EVERY == 0]
+        if kept:
+            self._write_witness(kept[-1])
         return added
 
     def balance(self) -> float:
@@ -366,6 +418,9 @@ class Ledger:
         if public_key is None:
             return n, ""
         bad_id, why = check_heads(heads, hashes, n, my_id, public_key)
+        if not why:
+            why = self._witness_problem(public_key, my_id)
+            bad_id = n
         return (bad_id, why) if why else (n, "")
 
 

@@ -29,9 +29,12 @@ TOKEN_SLACK = 8
 JSON_SPACING = 4
 
 # A python step holds one of its worker's slots for its wall time, busy or not: it is paid at least this share of
-# that time in CPU-seconds (slot rent). Paid for its CPU alone, a step that slept 60 s earned the minimum charge
+# that time in CPU-seconds (slot rent) ... Paid for its CPU alone, a step that slept 60 s earned the minimum charge
 # and kept the slot from paying work (found by this project's red team, 2026-12-05).
 SLOT_SHARE = 0.25
+# ... of its wall time past this: a quick step's wall time is mostly handing it to the sandbox and back, which
+# its CPU price already covers (rent on it raised a 22 ms step's pay by half)
+SLOT_GRACE_S = 1.0
 
 # kind -> (the rate card's field, the unit in words)
 _UNITS = {"python": ("cpu_s", "CPU-seconds"), "llm": ("tokens_1k", "thousand tokens generated"),
@@ -55,7 +58,7 @@ def quantity(kind: str, work: Mapping[str, object]) -> float:
     if kind == "scrape":
         return 1.0
     if kind == "python":  # its CPU-seconds, or the slot's rent for its wall time when more
-        return max(_num(work.get("cpu_s")), SLOT_SHARE * _num(work.get("seconds")))
+        return max(_num(work.get("cpu_s")), SLOT_SHARE * max(0.0, _num(work.get("seconds")) - SLOT_GRACE_S))
     return _num(work.get("tokens")) / 1000
 
 

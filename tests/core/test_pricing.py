@@ -6,7 +6,17 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.core.pricing import MAX_DEFAULT, MIN_CHARGE, SLOT_SHARE, cap, capped, ceiling, observed, pay
+from mesh.core.pricing import (
+    MAX_DEFAULT,
+    MIN_CHARGE,
+    SLOT_GRACE_S,
+    SLOT_SHARE,
+    cap,
+    capped,
+    ceiling,
+    observed,
+    pay,
+)
 from mesh.wire.identity import Identity
 from mesh.wire.messages import PeerRecord, RateCard
 from mesh.wire.records import DEFAULT_RATES, card_problem, check_record, make_record
@@ -67,10 +77,11 @@ def test_a_worker_ceiling_is_its_own_work_at_its_own_rates():
 
 
 def test_a_python_step_pays_rent_for_the_wall_time_it_held_its_slot():
-    # slept 60 s on no CPU: a quarter of its wall time, not the minimum charge
-    assert ceiling("python", {"cpu_s": 0.02, "seconds": 60.0}, CARD) == SLOT_SHARE * 60.0
+    # slept 60 s on no CPU: a quarter of its wall time past the grace, not the minimum charge
+    assert ceiling("python", {"cpu_s": 0.02, "seconds": 60.0}, CARD) == SLOT_SHARE * (60.0 - SLOT_GRACE_S)
     assert ceiling("python", {"cpu_s": 8.0, "seconds": 10.0}, CARD) == 8.0  # busy: its CPU, as before
-    paid, _ = pay("python", {"a": {"cpu_s": 0.0, "seconds": 40.0}, "b": {"cpu_s": 0.0, "seconds": 10_000.0}},
+    assert ceiling("python", {"cpu_s": 0.022, "seconds": 0.13}, CARD) == 0.022  # quick: its CPU, as before
+    paid, _ = pay("python", {"a": {"cpu_s": 0.0, "seconds": 41.0}, "b": {"cpu_s": 0.0, "seconds": 10_000.0}},
                   {}, cap("python", {}, 60))
     assert paid == {"a": 10.0, "b": 10.0}  # the lower median; 10,000 s claimed moves nothing
     # its wall time is held to the payer's wait for the answer; other kinds' seconds are only shown

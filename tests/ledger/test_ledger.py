@@ -521,6 +521,35 @@ def test_rows_cut_from_the_end_after_a_close_are_seen(tmp_path, me, peer):
     led.close()
 
 
+def test_a_ledger_cut_at_one_of_its_own_signed_heads_is_caught_by_the_witness(tmp_path, me, peer):
+    """Found 2026-12-05 (open until now): a ledger cut at a signed head (restored from an older copy) held
+    together, its later heads gone with what was cut, and `verify` passed. The witness file beside it
+    names the newest head signed at a multiple of 64; the node refuses to write on such a ledger."""
+    import shutil
+    led = signed(tmp_path, me)
+    led.append([Entry("agreed", "j", f"s{i}", peer.node_id) for i in range(70)], TS)
+    led.close()
+    shutil.copy(tmp_path / "signed.db", tmp_path / "backup.db")  # a copy at 70 entries
+    led = signed(tmp_path, me)
+    led.append([Entry("agreed", "j", f"t{i}", peer.node_id) for i in range(70)], TS)
+    assert led.witness().n == 128
+    led.close()
+    shutil.copy(tmp_path / "backup.db", tmp_path / "signed.db")  # restored: 70 entries, its heads 0, 64, 70
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"signed.db{suffix}").unlink(missing_ok=True)
+    led = Ledger(tmp_path / "signed.db", readonly=True)
+    n, why = led.verify(me.node_id, me.public_key)
+    assert n == 70 and "the ledger ends at entry 70, but its head was signed at entry 128" in why, why
+    assert "signed.head" in why
+    led.close()
+    with pytest.raises(LedgerError, match="cut short or restored from an older copy.*move .*signed.head aside"):
+        signed(tmp_path, me)
+    (tmp_path / "signed.head").rename(tmp_path / "signed.head.old")  # the owner accepts the loss
+    led = signed(tmp_path, me)
+    assert led.verify(me.node_id, me.public_key) == (70, "")
+    led.close()
+
+
 def test_a_paid_spot_check_is_explained_as_one_not_as_a_quorum():
     from ledger.explain import explain
 
