@@ -72,6 +72,7 @@ class Replica:
     rates: RateCard = RateCard()  # the worker's rate card when it was asked: what it is paid at
     sent: float = 0.0  # when it was asked (the caller's clock)
     bounded: dict | None = None  # a generator's figures held to what its payer saw (pricing.observed), once
+    waited: float | None = None  # seconds from its ask to its answer (None: not answered, or not known)
 
     def billed(self) -> dict:
         """Its figures as they may be paid: bounded when it answered as a generator, else as it said."""
@@ -82,6 +83,7 @@ RETRY_AFTER_S = 2.0  # a worker whose replica failed for a passing reason is ask
 REJOIN_S = 15.0  # how long a step with no other worker waits for such a worker to come back up
 MAX_RETRIES = 2  # times one worker is asked again for one step
 REPLICATE_FLOOR = 0.02  # a trusted worker's step is still replicated at least this often (adaptive replication)
+UNVERIFIED_CPUS = 1.0  # a cancelled step's only answer is paid at most this many CPUs for the time it took
 AUDIT_REPLICAS = 2  # a trusted worker's replicated step: it and one other; any dissent escalates as usual
 PROVEN = 2  # a worker whose run reaches PROVEN × N takes the first seat ahead of those with shorter runs
 
@@ -157,7 +159,8 @@ class JobRun:
         key = run.comparator.key(output)
         if run.tally.answer(node, key):
             rep.digest, rep.key, rep.output, rep.work, rep.error = digest, key, output, work, ""
-            rep.bounded = observed(run.kind, work, output, None if now is None else now - rep.sent)
+            rep.waited = None if now is None else now - rep.sent
+            rep.bounded = observed(run.kind, work, output, rep.waited)
             if run.scoring and run.claim is None:
                 run.claim = rep
             return True
@@ -451,6 +454,17 @@ class JobRun:
             return "", False
         return first, self.rng.random() >= max(REPLICATE_FLOOR, 1.0 / streak)
 
+    def _representative(self, makers: list[Replica]) -> Replica:
+        """The agreeing answer handed on: the exact output most of them gave (under `numeric:TOL` or `text`,
+        answers that agree may still differ), a tie drawn by this run's RNG. Taken as the first by node id,
+        it was a ground key's: two honest workers' exact 1000 became a hostile's 1008.9999 within the
+        tolerance. (Under `exact` every agreeing answer is one output: no draw, nothing changes.)"""
+        counts = Counter(r.digest for r in makers)
+        most = max(counts.values())
+        tied = sorted(d for d, c in counts.items() if c == most)
+        pick = tied[0] if len(tied) == 1 else tied[self.rng.randrange(len(tied))]
+        return next(r for r in makers if r.digest == pick)
+
     def _settle(self, sid: str, decision: Accept | GiveUp) -> None:
         run = self.steps[sid]
         tally = run.tally
@@ -466,7 +480,8 @@ class JobRun:
             agreeing = [run.replicas[n] for n in decision.agreeing]
             makers = [r for r in agreeing if r.role == "generate"] or agreeing
             verifiers = [r for r in agreeing if r.role == "verify"]
-            run.status, run.key, run.digest, run.output = "done", decision.key, makers[0].digest, makers[0].output
+            chosen = self._representative(makers)
+            run.status, run.key, run.digest, run.output = "done", decision.key, chosen.digest, chosen.output
             limit = cap(run.kind, run.params, self.job.timeout)
             scored = {"token_ids": run.claim.work.get("token_ids")} if run.claim is not None else {}
             if verifiers:  # the generator is paid for the tokens its claim holds, which the verifiers scored, not
@@ -522,7 +537,7 @@ class JobRun:
         in them is owed: (step, node, credit, basis) for each answered replica, paid at its own card for its
         own measured work (no quorum backs it), capped by the step's limits and, where others of its role
         answered too, by their lower median (one answer claiming the whole timeout was paid for it, right
-        or wrong)."""
+        or wrong); a python step's only answer, by UNVERIFIED_CPUS for the time it took."""
         owed: list[tuple[str, str, float, str]] = []
         for sid, run in self.steps.items():
             if run.status == "running" and run.tally is not None:
@@ -536,6 +551,10 @@ class JobRun:
                     peers = sorted(quantity(kind, r.billed()) for r in answered if r.role == rep.role)
                     if len(peers) > 1:
                         limits = min(limits, peers[(len(peers) - 1) // 2])
+                    elif kind == "python" and rep.waited is not None:
+                        # the only answer, backed by nothing: one CPU for the time it took, not 16 (a made-up
+                        # answer sent at 1/16 of the timeout, claiming all of it, was paid 1,200 on a cancel)
+                        limits = min(limits, max(0.0, rep.waited) * UNVERIFIED_CPUS)
                     credits, basis = pay(kind, {node: rep.billed()}, {node: rep.rates}, limits)
                     run.credits[node] = credits[node]
                     owed.append((sid, node, credits[node], basis))

@@ -25,7 +25,7 @@ from typing import Any
 
 from ledger.receipts import make_receipt
 from ledger.store import Entry, Ledger
-from mesh.core.dag import Job
+from mesh.core.dag import MODEL_KINDS, Job
 from mesh.core.effects import Alarm, Answer, Effect, Forgotten, Judged, Rechecked, Record, Send, Started, Wake
 from mesh.core.jobrun import JobRun
 from mesh.core.policy import Candidate
@@ -405,6 +405,7 @@ class Submitter:
         """The job's report to disk, then its `done` event: a disk error must not leave waiters hanging."""
         st.ended = True
         self.ports.tally.job_ended(st.run, time.time() - st.created)
+        st.partial.clear()  # streamed text is shown only while its replica runs
         self._save(job_id, st)
         self._write_core_log()
         st.events.diff(st.run)
@@ -623,10 +624,13 @@ class Submitter:
         """Streamed text of a replica we are waiting for; anything else is dropped (and counted)."""
         st = self.jobs.get(msg.job)
         run = st.run.steps.get(msg.step) if st else None
-        if st is None or run is None or run.tally is None or peer.node not in run.tally.pending:
+        if st is None or run is None or run.tally is None or peer.node not in run.tally.pending or \
+                run.kind not in MODEL_KINDS:  # (only generations stream: a python step's "progress" was kept too)
             self.ports.count("unexpected-progress")
             return
-        st.partial[(msg.step, peer.node)] = (msg.tokens, msg.text)
+        # its tail only, and only while the job runs: whole texts of 1 MiB, kept until the job was forgotten,
+        # grew a submitter by 147 MB over 240 steps of one worker's
+        st.partial[(msg.step, peer.node)] = (msg.tokens, msg.text[-PARTIAL_TEXT:])
         st.events.publish("progress", {"step": msg.step, "node": peer.node, "tokens": msg.tokens,
                                        "text": msg.text[-PROGRESS_EVENT_TEXT:]})
 

@@ -88,6 +88,21 @@ def test_a_cancelled_jobs_answers_are_paid_at_most_the_median_of_their_claims():
     assert paid["h1"] == pytest.approx(max(0.01, 0.01 * DEFAULT_RATES.cpu_s))
 
 
+def test_a_cancelled_steps_only_answer_is_paid_at_most_one_cpu_for_the_time_it_took():
+    """Found by this project's red team (2026-12-06): a worker sent a made-up answer at 1/16 of a 300 s
+    timeout, claiming all of it, while the honest replicas still ran; the owner cancelled, and the one
+    answer was paid its claim within 16 CPUs × its wait (1,199.98 credits at a rate of 4)."""
+    job = parse_job({"redundancy": 3, "timeout": 300,
+                     "steps": [{"id": "a", "kind": "python", "params": {"code": "output = 42"}}]})
+    sub = Submission(Config(seed=3))
+    pool = {"python": [Candidate(n, 0.5, f"10.0.{i}", 0) for i, n in enumerate(("h1", "h2", "evil"))]}
+    sub.submit("j", job, 1)
+    assert "evil" in {s.node for s in sub.tick("j", pool, 0.0) if isinstance(s, Send)}
+    sub.on_result("evil", "j", "a", True, digest("garbage"), "garbage", {"cpu_s": CLAIM, "seconds": 18.75}, "", 18.75)
+    paid = {peer: amount for _, peer, amount, _ in paid_entries(sub.abort("j", "cancelled by its submitter"))}
+    assert set(paid) == {"evil"} and paid["evil"] <= 18.75 * DEFAULT_RATES.cpu_s + 1e-9, paid  # not 300
+
+
 def run_alone(kind: str, params: dict, output, work: dict, answered_after: float) -> dict[str, float]:
     """One step of a job with adaptive replication, placed among a worker with a long run (so it runs alone,
     unless drawn for an audit) and fresh ones; every worker answers `output`, the long-run one claiming

@@ -73,6 +73,21 @@ def test_numeric_tolerance_outvotes_a_far_answer():
     assert o.accepted and len(o.agreeing) == 3 and len(o.dissenting) == 1
 
 
+def test_the_output_handed_on_is_the_one_most_agreeing_workers_gave_not_the_first_by_id():
+    """Found by this project's red team (2026-12-06): the first agreeing worker by node id gave the step's
+    output, and ids cost little to grind: a hostile's 1008.9999 (within 1%) replaced two honest 1000s."""
+    for seed in range(20):
+        run = JobRun("j", parse_job(one_step_job(compare="numeric:0.01")), random.Random(seed))
+        sent = run.advance({"python": WORKERS}, 0.0)
+        first = min(d.node for d in sent)  # the ground id
+        for d in sent:
+            out = 1008.9999999999999 if d.node == first else 1000
+            run.on_result("a", d.node, True, digest(out), out, {}, "")
+        run.advance({"python": WORKERS}, 0.0)
+        rep = run.report()["steps"]["a"]
+        assert rep["status"] == "done" and rep["output"] == 1000 and rep["digest"] == digest(1000), rep
+
+
 def trusted(streak: int) -> list[Candidate]:
     return [Candidate(f"w{i}", 0.9, f"10.0.{i}.0/24", streak) for i in range(4)]
 

@@ -12,7 +12,7 @@ from ledger.receipts import make_receipt
 from mesh.wire.canonical import digest
 from mesh.wire.envelope import ANYONE
 from mesh.wire.identity import Identity
-from mesh.wire.messages import Bye, Hello, ReceiptMsg, StepRequest, StepResult, Work
+from mesh.wire.messages import Bye, Hello, Progress, ReceiptMsg, StepRequest, StepResult, Work
 from mesh.wire.records import make_record
 
 from ..conftest import cli_json, run_cli, wait_for, write_job
@@ -178,6 +178,30 @@ def test_a_worker_cannot_put_anything_but_measured_numbers_into_work(make_mesh):
     (replica,) = rep["steps"]["a"]["replicas"]
     assert replica["work"] == {"cpu_s": 0.002, "peak_mb": 9.5}
     assert rep["steps"]["a"]["output"] == deep
+
+
+def test_a_worker_streaming_progress_for_a_python_step_is_not_kept(make_mesh):
+    """Found by this project's red team (2026-12-06): a worker sent one progress message of ~1 MB per step
+    it was placed on, then its honest answer; the submitter kept each whole text until the job was
+    forgotten (147 MB over 240 steps), for python steps too. Only generations stream now, their text's
+    tail kept while the replica runs."""
+    node = make_mesh(1, lambda i: ["--no-model"]).nodes[0]
+    me = key_of(node)
+    with HostilePeer(node.listen) as evil:
+        evil.send(evil.seal("hello", ANYONE, Hello(evil.record(kinds=["python"]), [])))
+        assert evil.expect(lambda f: f["kind"] == "hello" and f["to"] == evil.key.hex(), 10)
+        wait_for(lambda: any(p["node"] == evil.node_id and p["state"] == "up" for p in status(node)["peers"]), 10,
+                 "the hostile worker up")
+        job_id = node.client.request("POST", "/jobs", {"job": {"name": "j", "redundancy": 1, "steps": [
+            {"id": "a", "kind": "python", "params": {"code": "output = 1"}}]}})["job_id"]
+        req = evil.expect(lambda f: f["kind"] == "step", 20)
+        assert req is not None, "the step never reached the only worker"
+        before = rejected(node).get("unexpected-progress", 0)
+        for i in range(3):
+            evil.send(evil.seal("progress", me, Progress(job_id, "a", i + 1, "x" * 900_000)))
+        wait_for(lambda: rejected(node).get("unexpected-progress", 0) >= before + 3, 20, "the progress refused")
+        rep = node.client.request("GET", f"/jobs/{job_id}")
+        assert rep["status"] == "running" and "partial" not in rep["steps"]["a"]["replicas"][0], rep
 
 
 def test_replicas_are_spread_by_the_address_peers_connect_from_not_the_one_they_advertise(make_mesh, tmp_path):
