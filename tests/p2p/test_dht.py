@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 import pytest
 import trio
+import varint
+from libp2p.kad_dht.kad_dht import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.pb.kademlia_pb2 import Message
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.records.validator import BlankValidator, NamespacedValidator
 from libp2p.tools.anyio_service import background_trio_service
@@ -21,6 +24,8 @@ from multiaddr import Multiaddr
 
 from mesh.node.p2p.addresses import peer_id_of
 from mesh.node.p2p.dht import (
+    MAX_PROVIDER_ADDRS,
+    MAX_PROVIDERS,
     MAX_RECORD_BYTES,
     NAMESPACE,
     Discovery,
@@ -31,7 +36,7 @@ from mesh.node.p2p.dht import (
     encode_record,
     record_key,
 )
-from mesh.node.p2p.transport import build_host
+from mesh.node.p2p.transport import _bound_connects, build_host
 from mesh.wire.identity import Identity
 from mesh.wire.records import RECORD_TTL_MS, make_record
 from mesh.wire.schema import dump
@@ -278,3 +283,74 @@ def test_twenty_host_lookups_find_every_record_and_provider():
         assert misses == 0
 
     run_mesh(20, body)
+
+
+async def add_provider_raw(host, target, key: bytes, addrs: list[bytes]) -> bool:
+    """One ADD_PROVIDER written by hand (as an attacker would), naming `host` with `addrs`; whether the
+    node read it (answered or closed) rather than reset the stream."""
+    msg = Message()
+    msg.type = Message.MessageType.ADD_PROVIDER
+    msg.key = key
+    provider = msg.providerPeers.add()
+    provider.id = host.get_id().to_bytes()
+    provider.addrs.extend(addrs)
+    data = msg.SerializeToString()
+    stream = await host.new_stream(target, [KAD_PROTOCOL])
+    try:
+        await stream.write(varint.encode(len(data)) + data)
+        with trio.move_on_after(2):
+            await stream.read(64)
+        await stream.close()
+    except Exception:  # noqa: BLE001 (py-libp2p's stream errors are many unrelated classes: a reset, here)
+        return False
+    return True
+
+
+async def throwaway(stack: AsyncExitStack, target: Peer, source: str = "127.0.0.1"):
+    host = build_host(Identity.generate())
+    _bound_connects(host, source)
+    await stack.enter_async_context(host.run([Multiaddr(f"/ip4/{source}/tcp/0")]))
+    await host.connect(PeerInfo(target.host.get_id(), target.host.get_addrs()))
+    return host
+
+
+@pytest.mark.mesh
+@pytest.mark.timeout(120)
+def test_a_provider_record_keeps_a_few_short_addresses_and_a_huge_message_is_refused():
+    """Found by this project's red team (2026-12-06): py-libp2p kept every address of a provider record,
+    and one 4 MiB ADD_PROVIDER (415,000 copies of one address) held ~50 MB; 16 throwaway keys grew a
+    node past 1 GB, and each GET_PROVIDERS wrote 67 MiB back."""
+    async def body(peers: list[Peer], _evil):
+        target, key = peers[0], capability_key(NET, "python")
+        async with AsyncExitStack() as stack:
+            addr = Multiaddr("/ip4/10.9.8.7/tcp/4750").to_bytes()
+            many = await throwaway(stack, target)
+            assert await add_provider_raw(many, target.host.get_id(), key, [addr] * 2000 + [b"\x04" + b"x" * 300])
+            held = target.disc.dht.provider_store.providers[key][str(many.get_id())].provider_info.addrs
+            assert 1 <= len(held) <= MAX_PROVIDER_ADDRS, len(held)
+            huge = await throwaway(stack, target)
+            await add_provider_raw(huge, target.host.get_id(), key, [addr] * 415_000)  # 4 MiB
+            assert str(huge.get_id()) not in target.disc.dht.provider_store.providers[key]
+
+    run_mesh(3, body)
+
+
+@pytest.mark.mesh
+@pytest.mark.timeout(120)
+def test_throwaway_keys_of_one_prefix_cannot_keep_a_newcomer_of_another_out_of_a_capability():
+    """Found by this project's red team (2026-12-06): py-libp2p keeps 20 providers of a key, first come
+    first served; 18 throwaway keys of one machine held `python` on every node, and a new honest worker
+    was stored nowhere. A full list gives up the oldest of the prefix holding most of it."""
+    async def body(peers: list[Peer], _evil):
+        target, key = peers[0], capability_key(NET, "python")
+        async with AsyncExitStack() as stack:
+            for _ in range(MAX_PROVIDERS + 2):
+                squat = await throwaway(stack, target)
+                await add_provider_raw(squat, target.host.get_id(), key, [squat.get_addrs()[0].to_bytes()])
+            held = target.disc.dht.provider_store.providers[key]
+            assert len(held) == MAX_PROVIDERS
+            newcomer = await throwaway(stack, target, "127.0.1.1")
+            assert await add_provider_raw(newcomer, target.host.get_id(), key, [newcomer.get_addrs()[0].to_bytes()])
+            assert str(newcomer.get_id()) in held and len(held) == MAX_PROVIDERS
+
+    run_mesh(2, body)

@@ -8,7 +8,7 @@ from libp2p.relay.circuit_v2.resources import RelayResourceManager
 
 from mesh.node.p2p.addresses import peer_id_of
 from mesh.node.p2p.nat import RELAY_LIMITS
-from mesh.node.p2p.reservations import PER_PREFIX, ReservationGate, install
+from mesh.node.p2p.reservations import PER_PREFIX, PER_WIDE, ReservationGate, install
 from mesh.wire.identity import Identity
 
 
@@ -57,3 +57,18 @@ def test_a_holder_that_left_gives_its_slot_back():
     assert not take(mgr, late)
     del where[first[0]]  # disconnected: its circuit address is dead
     assert take(mgr, late) and first[0] not in mgr._reservations
+
+
+def test_one_network_block_holds_only_a_share_of_the_reservations():
+    """Found by this project's red team (2026-12-06): addresses in 32 /24s (4 reservations each) held all
+    128. One /16 now holds PER_WIDE: a home elsewhere still gets a slot."""
+    where: dict = {}
+    mgr, gate = manager(where)
+    attackers = [peer() for _ in range(RELAY_LIMITS.max_reservations)]
+    for i, p in enumerate(attackers):
+        where[p] = f"203.0.{i // PER_PREFIX}.{i % PER_PREFIX + 1}"  # 32 /24s of one /16, 4 each
+    granted = [p for p in attackers if take(mgr, p)]
+    assert len(granted) == PER_WIDE, len(granted)
+    late = peer()
+    where[late] = "198.51.100.7"
+    assert take(mgr, late)

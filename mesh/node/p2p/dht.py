@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import importlib
 import json
 import logging
 import random
@@ -89,6 +90,16 @@ _PENDING = 256  # new connections queued for the routing table
 # A provider not re-announced within PROVIDER_TTL_S is dropped (0.8.1 keeps them 48 h). Module-wide: it
 # is read at call time by ProviderRecord.is_expired, get_providers and cleanup_expired.
 _provider_store.PROVIDER_RECORD_EXPIRATION_INTERVAL = PROVIDER_TTL_S
+# A provider's addresses kept, and the bytes of each: py-libp2p kept all of them, and one 4 MiB ADD_PROVIDER
+# of 415,000 copies of an address held ~50 MB for the provider TTL; 16 throwaway keys grew a node past 1 GB,
+# and every GET_PROVIDERS then wrote 67 MiB back (found by this project's red team, 2026-12-06)
+MAX_PROVIDER_ADDRS = 4
+MAX_ADDR_BYTES = 128
+# What one Kademlia message may be (py-libp2p: 4 MiB). Ours are a record (MAX_RECORD_BYTES) or 20 peers'
+# few addresses each: a few KB. Set in every module that read the library's constant by name.
+MAX_DHT_MESSAGE = 64 * 1024
+for _module in ("kad_dht", "provider_store", "value_store", "peer_routing"):
+    importlib.import_module(f"libp2p.kad_dht.{_module}").MAX_DHT_MESSAGE_SIZE = MAX_DHT_MESSAGE
 
 
 class RecordRefused(ValueError):
@@ -249,6 +260,7 @@ class Discovery:
         self._nursery: trio.Nursery | None = None
         self._origin: dict[bytes, str] = {}  # stored key → the network prefix of the peer that PUT it
         self._key_origin: dict[bytes, str] = {}  # provider key → the prefix of its first announcer
+        self._provider_origin: dict[bytes, dict[str, str]] = {}  # provider key → provider → its prefix
         self._next_sweep = [0.0, 0.0]  # when a full value store, provider store may next be swept
         self._cap_stores()
         self._tag_senders()
@@ -284,12 +296,40 @@ class Discovery:
                 if why:
                     self.refused[why] += 1
                     return
-            add_provider(key, provider)
-            if source and key in providers.providers:
-                self._key_origin.setdefault(key, source)
+            elif not self._room_for(providers.providers[key], key, str(provider.peer_id), source):
+                self.refused["providers-key-full"] += 1
+                return
+            addrs = [a for a in provider.addrs[:MAX_PROVIDER_ADDRS] if len(a.to_bytes()) <= MAX_ADDR_BYTES]
+            add_provider(key, PeerInfo(provider.peer_id, addrs))
+            if key in providers.providers:
+                if source:
+                    self._key_origin.setdefault(key, source)
+                self._provider_origin.setdefault(key, {})[str(provider.peer_id)] = source
+                if len(self._provider_origin) > MAX_PROVIDER_KEYS:  # keys whose providers all expired
+                    for gone in [k for k in self._provider_origin if k not in providers.providers]:
+                        del self._provider_origin[gone]
 
         values.put_record = capped_put_record  # type: ignore[method-assign]
         providers.add_provider = capped_add_provider  # type: ignore[method-assign]
+
+    def _room_for(self, held: dict, key: bytes, peer: str, source: str) -> bool:
+        """Whether a provider from prefix `source` may join a capability's providers (py-libp2p keeps 20,
+        first come first served: 18 throwaway keys on one machine held `python` on every node, and a new
+        honest worker was stored nowhere). A full list gives up the oldest of the prefix holding most of
+        it, when that prefix holds more than the newcomer's does plus one."""
+        if peer in held or len(held) < MAX_PROVIDERS:
+            return True
+        origin = self._provider_origin.setdefault(key, {})
+        for gone in [p for p in origin if p not in held]:
+            del origin[gone]
+        counts = Counter(origin.get(p, "") for p in held)
+        crowded, most = counts.most_common(1)[0]
+        if most <= counts.get(source, 0) + 1:
+            return False
+        oldest = min((p for p in held if origin.get(p, "") == crowded), key=lambda p: held[p].timestamp)
+        del held[oldest]
+        origin.pop(oldest, None)
+        return True
 
     def _tag_senders(self) -> None:
         """Let the value store know which network prefix each PUT comes from (`_SENDER`)."""

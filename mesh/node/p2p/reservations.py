@@ -2,26 +2,30 @@
 up to `max_reservations` (128) for an hour each, with no regard for who asks: one machine with 128 fresh
 keys would hold every slot for an hour and no node behind a NAT could reserve here. So a reservation is
 granted only while its network prefix (/24, /48: of the address the client connects from) holds fewer
-than PER_PREFIX, and one held by a client no longer connected is dropped first (its circuit address is
+than PER_PREFIX, and its wider prefix (/16, /32) fewer than PER_WIDE, and one held by a client no longer connected is dropped first (its circuit address is
 dead anyway). Loopback counts like any prefix: nodes on one machine reach each other directly and never
 need a relay there.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable
 
 from mesh.node.p2p.addresses import components
 from mesh.node.peers import prefix_of_ip
 
 PER_PREFIX = 4  # reservations one network prefix may hold on this relay
+# ... and one wider prefix (/16, /32): addresses in 32 /24s held all 128 reservations (found by this project's
+# red team, 2026-12-06); it now takes 4 /16s, and 8 /24s in each (an ISP's /16 holds many honest homes)
+PER_WIDE = 32
 
 
 class ReservationGate:
     """The rule, sans-I/O: `where(peer)` is the IP a peer connects from ('' when not connected)."""
 
-    def __init__(self, where: Callable[[object], str], per_prefix: int = PER_PREFIX):
-        self.where, self.per_prefix = where, per_prefix
+    def __init__(self, where: Callable[[object], str], per_prefix: int = PER_PREFIX, per_wide: int = PER_WIDE):
+        self.where, self.per_prefix, self.per_wide = where, per_prefix, per_wide
         self.refused = 0
 
     def stale(self, holders: Iterable[object]) -> list[object]:
@@ -33,12 +37,22 @@ class ReservationGate:
         ip = self.where(peer)
         if not ip:
             return True
-        prefix = prefix_of_ip(ip)
-        held = sum(1 for p in holders if p != peer and (at := self.where(p)) and prefix_of_ip(at) == prefix)
-        if held >= self.per_prefix:
+        prefix, wide = prefix_of_ip(ip), wide_prefix_of_ip(ip)
+        others = [at for p in holders if p != peer and (at := self.where(p))]
+        if sum(prefix_of_ip(at) == prefix for at in others) >= self.per_prefix or \
+                sum(wide_prefix_of_ip(at) == wide for at in others) >= self.per_wide:
             self.refused += 1
             return False
         return True
+
+
+def wide_prefix_of_ip(host: str) -> str:
+    """The /16 of an IPv4 address, the /32 of IPv6 (a provider's block); anything else is its own."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return str(ipaddress.ip_network(f"{ip}/{16 if ip.version == 4 else 32}", strict=False))
 
 
 def install(manager, gate: ReservationGate) -> None:
