@@ -484,11 +484,26 @@ def resolve_models(job: Job, resolve: Any) -> None:
 MAX_PARAMS_BYTES = DEFAULT_FRAME_CAP - (16 << 10)
 
 
-def render(value: Any, outputs: dict[str, Any]) -> Any:
+# Chat-control markup a model's tokenizer reads as its special tokens (ChatML/SmolLM `<|im_end|>`, Gemma's
+# `<start_of_turn>`, `<bos>`, Llama's `<s>`): in an earlier output rendered into a model's prompt, a word joiner
+# (U+2060) goes after its `<`, so a scraped page cannot end a turn and open one as "system" (found by this
+# project's red team, 2026-12-06). The job's own prompt keeps its markup: its author wrote it.
+_CONTROL = re.compile(r"<(?=\||/?(?:start_of_turn|end_of_turn|bos|eos|pad|unk|mask|s)>)")
+WORD_JOINER = "\u2060"
+
+
+def disarmed(text: str) -> str:
+    """`text` with every chat-control tag broken by a word joiner after its `<` (see _CONTROL)."""
+    return _CONTROL.sub("<" + WORD_JOINER, text)
+
+
+def render(value: Any, outputs: dict[str, Any], model: bool = False) -> Any:
     """Replace `{step.output}` in every string of `value` with that step's output (strings verbatim,
-    anything else as canonical JSON). Raises JobError, before building anything, when the result would
-    be over MAX_PARAMS_BYTES."""
+    anything else as canonical JSON; into a model's prompt, `model`, with chat-control tags disarmed).
+    Raises JobError, before building anything, when the result would be over MAX_PARAMS_BYTES."""
     texts = {k: v if isinstance(v, str) else canonical(v).decode() for k, v in outputs.items()}
+    if model:
+        texts = {k: disarmed(v) for k, v in texts.items()}
     size = sum(len(s) + sum(len(texts[m.group(1)]) - len(m.group()) for m in REF.finditer(s)) for s in _strings(value))
     if size > MAX_PARAMS_BYTES:
         raise JobError(f"its parameters would be {size:,} characters with the earlier outputs in them; "

@@ -307,7 +307,7 @@ class JobRun:
             # python code is never templated: earlier outputs reach it as data only
             try:
                 run.params = ({**step.params, "inputs": outputs} if run.kind == "python"
-                              else render(step.params, outputs))
+                              else render(step.params, outputs, model=run.kind in MODEL_KINDS))
                 too_big = params_problem(run.params)
             except JobError as exc:  # (render measures first: a bomb of placeholders is never built)
                 run.params, too_big = dict(step.params), str(exc)
