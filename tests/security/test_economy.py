@@ -137,6 +137,20 @@ def test_earnings_from_payers_the_checking_node_never_met_or_distrusts_are_not_c
     assert "never met (minted, perhaps)" in text and f"total: {honest:g} credits" in text
 
 
+def sole_python_worker(node, evil: HostilePeer) -> tuple[str, dict]:
+    """`evil` linked to `node` as its only python worker, and a one-step job's request in its hands:
+    (the job id, the step request as it came)."""
+    evil.send(evil.seal("hello", ANYONE, Hello(evil.record(kinds=["python"]), [])))
+    assert evil.expect(lambda f: f["kind"] == "hello" and f["to"] == evil.key.hex(), 10)
+    wait_for(lambda: any(p["node"] == evil.node_id and p["state"] == "up" for p in status(node)["peers"]), 10,
+             "the hostile worker up")
+    job_id = node.client.request("POST", "/jobs", {"job": {"name": "j", "redundancy": 1, "steps": [
+        {"id": "a", "kind": "python", "params": {"code": "output = 1"}}]}})["job_id"]
+    req = evil.expect(lambda f: f["kind"] == "step", 20)
+    assert req is not None, "the step never reached the only worker"
+    return job_id, req
+
+
 def test_a_worker_cannot_put_anything_but_measured_numbers_into_work(make_mesh):
     """The attack as found: a worker put a 400-deep nested `work` dict in its answer, and GET /jobs/{id}
     then returned 500 forever; `work` could also be half a megabyte per replica, kept for 1000 jobs. Now
@@ -145,14 +159,7 @@ def test_a_worker_cannot_put_anything_but_measured_numbers_into_work(make_mesh):
     node = make_mesh(1, lambda i: ["--no-model"]).nodes[0]
     me = key_of(node)
     with HostilePeer(node.listen) as evil:
-        evil.send(evil.seal("hello", ANYONE, Hello(evil.record(kinds=["python"]), [])))
-        assert evil.expect(lambda f: f["kind"] == "hello" and f["to"] == evil.key.hex(), 10)
-        wait_for(lambda: any(p["node"] == evil.node_id and p["state"] == "up" for p in status(node)["peers"]), 10,
-                 "the hostile worker up")
-        job_id = node.client.request("POST", "/jobs", {"job": {"name": "j", "redundancy": 1, "steps": [
-            {"id": "a", "kind": "python", "params": {"code": "output = 1"}}]}})["job_id"]
-        req = evil.expect(lambda f: f["kind"] == "step", 20)
-        assert req is not None, "the step never reached the only worker"
+        job_id, req = sole_python_worker(node, evil)
         deep: dict = {}
         cur = deep
         for _ in range(400):
@@ -188,14 +195,7 @@ def test_a_worker_streaming_progress_for_a_python_step_is_not_kept(make_mesh):
     node = make_mesh(1, lambda i: ["--no-model"]).nodes[0]
     me = key_of(node)
     with HostilePeer(node.listen) as evil:
-        evil.send(evil.seal("hello", ANYONE, Hello(evil.record(kinds=["python"]), [])))
-        assert evil.expect(lambda f: f["kind"] == "hello" and f["to"] == evil.key.hex(), 10)
-        wait_for(lambda: any(p["node"] == evil.node_id and p["state"] == "up" for p in status(node)["peers"]), 10,
-                 "the hostile worker up")
-        job_id = node.client.request("POST", "/jobs", {"job": {"name": "j", "redundancy": 1, "steps": [
-            {"id": "a", "kind": "python", "params": {"code": "output = 1"}}]}})["job_id"]
-        req = evil.expect(lambda f: f["kind"] == "step", 20)
-        assert req is not None, "the step never reached the only worker"
+        job_id, req = sole_python_worker(node, evil)
         before = rejected(node).get("unexpected-progress", 0)
         for i in range(3):
             evil.send(evil.seal("progress", me, Progress(job_id, "a", i + 1, "x" * 900_000)))
