@@ -182,3 +182,23 @@ def test_an_input_the_core_cannot_replay_is_one_clear_line_at_start(tmp_path):
     journal.close()
     with pytest.raises(JournalError, match="move it aside"):
         Journal(tmp_path).replayed()
+
+
+def test_a_saved_report_is_amended_with_payments_the_ledger_wrote_after_its_caller_gave_up(tmp_path):
+    """A ledger that answered past LEDGER_ANSWER_S: the job's report said 0 credits spent and "none were
+    made" for good, though the ledger held the payments; the next start finds them (Submitter._reconcile)
+    and amends the report."""
+    from types import SimpleNamespace
+
+    from mesh.node.submitter import Submitter
+
+    (tmp_path / "jobs").mkdir()
+    report = tmp_path / "jobs" / "j1.json"
+    report.write_text(json.dumps({"job_id": "j1", "credits_spent": 0.0,
+                                  "payment_error": "the ledger did not record its payments: no answer"}))
+    driver = SimpleNamespace(ports=SimpleNamespace(home=tmp_path))
+    Submitter._amend(driver, "j1", 0.75)
+    rep = json.loads(report.read_text())
+    assert rep["credits_spent"] == 0.75 and "found in it at the next start" in rep["payment_error"]
+    Submitter._amend(driver, "gone", 1.0)  # no report saved: nothing to amend, nothing raised
+    assert not (tmp_path / "jobs" / "gone.json").exists()
