@@ -226,11 +226,12 @@ def prefix_of(addr: str) -> str:
     return prefix_of_ip(addr.rpartition(":")[0].strip("[]"))
 
 
-def prefix_of_ip(host: str) -> str:
-    """The /24 of an IPv4 address, the /48 of IPv6; anything else (a name) is its own prefix."""
+def prefix_of_ip(host: str, v4: int = 24, v6: int = 48) -> str:
+    """The /24 of an IPv4 address, the /48 of IPv6 (or the `v4`, `v6` bits given); anything else (a name)
+    is its own prefix."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return host
-    bits = 24 if ip.version == 4 else 48
+    bits = v4 if ip.version == 4 else v6
     return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))

@@ -9,7 +9,6 @@ need a relay there.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Iterable
 
 from mesh.node.p2p.addresses import components
@@ -47,12 +46,8 @@ class ReservationGate:
 
 
 def wide_prefix_of_ip(host: str) -> str:
-    """The /16 of an IPv4 address, the /32 of IPv6 (a provider's block); anything else is its own."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    return str(ipaddress.ip_network(f"{ip}/{16 if ip.version == 4 else 32}", strict=False))
+    """The /16 of an IPv4 address, the /32 of IPv6 (a provider's block)."""
+    return prefix_of_ip(host, 16, 32)
 
 
 def install(manager, gate: ReservationGate) -> None:
