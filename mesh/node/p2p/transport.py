@@ -30,7 +30,6 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX
-from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.transport.exceptions import OpenConnectionError
 from libp2p.transport.tcp.tcp import TCP
@@ -43,6 +42,8 @@ from mesh.node.p2p.addresses import Target, components, key_of, parse, peer_id_o
 from mesh.node.p2p.dht import Discovery
 from mesh.node.p2p.nat import RELAY_BUDGET, WANT_RELAYS, Nat
 from mesh.node.p2p.triothread import Mailbox, TransportClosed, TrioThread
+from mesh.node.p2p.yamux import StrictYamux
+from mesh.node.p2p.yamux import install as _strict_yamux
 from mesh.wire.identity import Identity
 from mesh.wire.messages import PeerRecord
 
@@ -75,6 +76,8 @@ _libp2p_log.setLevel(logging.ERROR)
 # py-libp2p 0.8.1 waits a fixed 250 ms before every dial ("happy eyeballs"), even with one address:
 # measured 255 ms per connect with it, ~8 ms without (notes/p2p.md).
 _swarm._HAPPY_EYEBALLS_DELAY = 0
+# py-libp2p 0.8.1 keeps what a peer writes past a stream's window (mesh/node/p2p/yamux.py)
+_strict_yamux()
 
 
 _LINK_ERRORS = (StreamError, MuxedStreamError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -204,7 +207,7 @@ def build_host(identity: Identity) -> IHost:
     # The node retries and backs off per peer itself (`Peer.dial_failed`). py-libp2p would also retry each
     # failed dial 3 times inside it, and then refuse every dial of that peer for 60 s ("negative cache"):
     # a peer that once timed out on a loaded machine, or came back from sleep, stayed unreachable a minute.
-    host = new_host(key_pair=keys, sec_opt={TProtocol(NOISE): noise}, muxer_opt={TProtocol(YAMUX): Yamux},
+    host = new_host(key_pair=keys, sec_opt={TProtocol(NOISE): noise}, muxer_opt={TProtocol(YAMUX): StrictYamux},
                     enable_mDNS=False, enable_upnp=False, connection_config=links)
     swarm = host.get_network()
     swarm.retry_config = RetryConfig(max_retries=0)
