@@ -62,10 +62,12 @@ class PeerRecord:
 
 @dataclass
 class Hello:
-    """Sent on connect and as heartbeat: my own record, and the records of peers I know."""
+    """Sent on connect and as heartbeat: my own record, and the records of peers I know (MAX_HELLO_PEERS at
+    most: a node sends 8; a hello of 1,400 records, each parsed before anything looked at its sender, cost
+    its receiver 88 ms a frame for 1.3 ms of the sender's, found by this project's attack round, 2026-12-06)."""
 
     record: PeerRecord
-    peers: list[PeerRecord] = field(default_factory=list)
+    peers: list[PeerRecord] = field(default_factory=list, metadata={"max_items": 16})
 
 
 @dataclass

@@ -48,7 +48,9 @@ def _parser(cls: type) -> Callable[[Any], Any]:
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         optional = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        fields.append((f.name, _SCALARS.get(tp), tp, None if tp in _SCALARS else _checker(tp), optional))
+        most = f.metadata.get("max_items")  # a list field held to fewer items than MAX_LIST, before they are parsed
+        check = _list_checker(_checker(typing.get_args(tp)[0]), most) if most else _checker(tp)
+        fields.append((f.name, _SCALARS.get(tp), tp, None if tp in _SCALARS else check, optional))
     names = frozenset(f[0] for f in fields)
 
     def check(data: Any) -> Any:
@@ -94,10 +96,10 @@ def _checker(tp: Any) -> Callable[[Any], Any]:
     raise TypeError(f"schema type {tp!r} not supported")
 
 
-def _list_checker(item_check: Callable[[Any], Any]) -> Callable[[Any], list]:
+def _list_checker(item_check: Callable[[Any], Any], most: int = MAX_LIST) -> Callable[[Any], list]:
     def check_list(value: Any) -> list:
-        if type(value) is not list or len(value) > MAX_LIST:
-            raise _Bad(f"is not a list of at most {MAX_LIST}")
+        if type(value) is not list or len(value) > most:
+            raise _Bad(f"is not a list of at most {most}")
         out = []
         for i, v in enumerate(value):
             try:

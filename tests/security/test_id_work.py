@@ -1,6 +1,8 @@
 """Against real nodes of a network demanding 16 bits of work per id: a stranger whose id lacks it is
-refused at its hello (counted as weak-id, logged, never a peer, its work never run), the same stranger
-with the work done is taken, and the nodes proved their own ids' work at their first start."""
+refused at its hello (counted as weak-id, logged, its link closed, never a peer, its work never run), the
+same stranger with the work done is taken, and the nodes proved their own ids' work at their first start.
+The link used to stay open, counted as a proven peer's: 519 such links (one key, no work, a hello every
+30 s) kept every newcomer out of a node on the TCP transport (this project's attack round, 2026-12-06)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import pytest
 
 from mesh.wire.identity import WORK_FILE, Identity, load
 from mesh.wire.idwork import work_bits
-from mesh.wire.messages import StepRequest
 
 from .hostile import HostilePeer, ledger_count, peer_ids, rejected, status, wait_rejection
 
@@ -26,10 +27,8 @@ def test_an_id_without_its_work_is_refused_and_one_with_it_is_taken(make_mesh, m
     weak = HostilePeer(node.listen, identity=_weak())
     with weak:
         weak.send(weak.hello_frame(me))
-        weak.send(weak.seal("step", me, StepRequest("job0", "s", "python", {"code": "output = 1"}, 10.0)))
         wait_rejection(node, "weak-id", before, weak.label)
-        wait_rejection(node, "unknown-peer", before, weak.label)  # its step was never taken as work
-        assert weak.expect(lambda f: f["kind"] == "result", 1.0) is None
+        assert weak.closed_by_node(10.0), "the link of a key without its work stayed open"
     assert weak.node_id not in peer_ids(node)
     assert ledger_count(node.home) == entries
     with HostilePeer(node.listen) as strong:  # a fresh key, its 16 bits found (about 0.1 s here)

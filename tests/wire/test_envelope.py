@@ -829,3 +829,14 @@ def test_a_results_texts_that_reach_reports_are_bounded(bob, field, value):
     with pytest.raises(Rejected) as exc:
         bob.receive(forge(ALICE, "result", payload, to=BOB.public_key, seq=1, ts=T0), T0)
     assert exc.value.reason == "bad-schema"
+
+
+def test_a_hello_carrying_more_peer_records_than_a_node_sends_is_refused_before_they_are_parsed(alice, bob):
+    """A node's hello carries 8 records; one of 1,400, each schema-parsed before anything looked at its
+    sender, cost its receiver 88 ms a frame against 1.3 ms to seal (this project's attack round, 2026-12-06).
+    A hello may carry 16 now; the 17th is refused at the list's length, not after parsing 17 records."""
+    rec = hello().peers[0]
+    fine = Hello(hello().record, [rec] * 16)
+    assert bob.receive(one_body(alice.seal("hello", BOB.public_key, fine, T0)), T0).payload == fine
+    with pytest.raises(Rejected, match="peers is not a list of at most 16"):
+        bob.receive(one_body(alice.seal("hello", BOB.public_key, Hello(hello().record, [rec] * 1400), T0 + 1)), T0 + 1)
