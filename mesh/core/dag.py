@@ -383,12 +383,8 @@ def pattern_size(pattern: str, limit: int = MAX_PATTERN_SIZE) -> int:
                 return limit + 1
         if c == "\\":
             i += 2
-        elif c == "[":  # a class: to its closing bracket (one first, or escaped, is part of it)
-            j = i + 2 if pattern[i + 1:i + 2] in ("]", "^") else i + 1
-            j += pattern[j:j + 1] == "]"
-            while j < n and pattern[j] != "]":
-                j += 2 if pattern[j] == "\\" else 1
-            i = j + 1
+        elif c == "[":
+            i = _class_end(pattern, i) + 1
         else:
             i += 1
         if c not in "*+?|^$":
@@ -400,6 +396,79 @@ def pattern_size(pattern: str, limit: int = MAX_PATTERN_SIZE) -> int:
         inner = max(frames.pop()[0], 1)
         frames[-1][0] += inner
     return frames[0][0]
+
+
+def _class_end(pattern: str, i: int) -> int:
+    """Where the character class opened at `i` closes (a `]` first, or escaped, is part of it)."""
+    j = i + 2 if pattern[i + 1:i + 2] in ("]", "^") else i + 1
+    j += pattern[j:j + 1] == "]"
+    while j < len(pattern) and pattern[j] != "]":
+        j += 2 if pattern[j] == "\\" else 1
+    return j
+
+
+def _quantifier(pattern: str, i: int) -> tuple[str, int]:
+    """The quantifier at `i`, as "*" (unbounded, may be empty), "+", "?" (may be empty) or "{" (a count of
+    at least one), and where it ends; ("", i) when there is none."""
+    c = pattern[i]
+    if c in "*+?":
+        return c, i + 1
+    if c == "{":
+        close = pattern.find("}", i)
+        low, comma, high = pattern[i + 1:close].partition(",") if close > 0 else ("", "", "")
+        if low.isdigit() and (not high or high.isdigit()):
+            return ("*" if comma and not high else "?" if int(low) == 0 else "{"), close + 1
+    return "", i
+
+
+def nested_repeat(pattern: str) -> bool:
+    """Whether a regular expression repeats without bound (`*`, `+`, `{n,}`) a group that can begin with a
+    repetition or match nothing: `([a-z]*|[a-z]*)*`, `(a+)+`, `(a?)*`. Such a group can split the same text
+    between its copies in ways that multiply, and llama.cpp's grammar sampler follows every one: 40
+    alternatives (317 bytes, within every size limit) kept a worker's model runner on one token for good,
+    past the step's timeout (found by this project's attack round on llm steps, 2026-12-06). A group that
+    begins with a fixed atom splits one way only: `( [a-z]+)*` and `(\\d+\\.){3}` pass."""
+    frames = [[False, True]]  # per open group: [it can begin with a repetition or be empty, at a branch's start]
+    last_risky = last_first = False  # the atom just read: a group of that kind; the first of its branch
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        quantifier, end = _quantifier(pattern, i)
+        if quantifier:
+            if quantifier in "*+" and last_risky:
+                return True
+            if last_first and quantifier in "*+?":  # the branch begins with a repetition, or can be empty
+                frames[-1][0] = True
+            i = end + (pattern[end:end + 1] == "?")  # (lazy)
+            continue
+        if c in "^$":
+            i += 1
+            continue
+        if c == "|":
+            frames[-1][0] |= frames[-1][1]  # an empty branch
+            frames[-1][1] = True
+            last_risky = last_first = False
+            i += 1
+            continue
+        if c == "(":
+            frames.append([False, True])
+            i += 1 + (pattern[i + 1:i + 3] == "?:") * 2
+            continue
+        if c == ")" and len(frames) > 1:
+            risky, empty = frames.pop()
+            last_risky = risky or empty
+        else:
+            last_risky = False
+            if c == "\\":
+                i += 1
+            elif c == "[":
+                i = _class_end(pattern, i)
+        last_first = frames[-1][1]
+        frames[-1][1] = False
+        if last_risky and last_first:
+            frames[-1][0] = True
+        i += 1
+    return False
 
 
 def _check_schema(schema: Any) -> str:
@@ -422,6 +491,9 @@ def _check_schema(schema: Any) -> str:
         if isinstance(pattern, str) and pattern_size(pattern) > MAX_PATTERN_SIZE:
             return (f"pattern {pattern[:60]!r} repeats too much: written out as grammar it would be over "
                     f"{MAX_PATTERN_SIZE:,} characters and classes (each {{n}} repeats what it follows n times)")
+        if isinstance(pattern, str) and nested_repeat(pattern):
+            return (f"pattern {pattern[:60]!r} repeats a repetition (like (a*)*): the grammar would try every "
+                    f"way of splitting the text between them; write it with one repetition")
     return ""
 
 

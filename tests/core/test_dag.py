@@ -12,6 +12,7 @@ from mesh.core.dag import (
     Job,
     check_request,
     load_job_text,
+    nested_repeat,
     params_problem,
     parse_job,
     pattern_size,
@@ -453,6 +454,30 @@ def test_a_pattern_whose_repetitions_would_write_out_a_huge_grammar_is_refused(p
         parse_job({"steps": [step]})
     with pytest.raises(JobError, match="repeats too much"):  # a worker's own check of a request
         check_request("llm", step["params"])
+
+
+BOMB = "^(" + "|".join(["[a-z]*"] * 40) + ")*$"  # 317 bytes: one token never ended in llama.cpp's sampler
+
+
+@pytest.mark.parametrize("pattern", [BOMB, "(a*)*", "(a+)+", "(a?)*", "([a-z]+ ?)*", "(|a)*", "(?:a*)+",
+                                     "((a*){2})*", "(x(a+)*y)z", "(a{0,3}){2,}"])
+def test_a_pattern_that_repeats_a_repetition_is_refused(pattern):
+    """Found by this project's attack round on llm steps (2026-12-06): BOMB passed every size limit, and
+    its step held each worker's model runner on one token for good (its timeout passed, the runner
+    kept going, and every later llm step on that worker failed: "no answer to RunStep within 75 s")."""
+    assert nested_repeat(pattern)
+    step = {"id": "a", "kind": "llm", "params": {"prompt": "p", "json_schema": {"type": "string", "pattern": pattern}}}
+    with pytest.raises(JobError, match="repeats a repetition"):
+        parse_job({"steps": [step]})
+    assert "repeats a repetition" in params_problem(step["params"])  # a worker's own check of a request
+
+
+@pytest.mark.parametrize("pattern", ["^[a-z]+( [a-z]+)*$", "(\\d+\\.){3}\\d+", "(a|a)*", "(ab*){3,}",
+                                     "^(?:[A-Z][a-z]+)(?: [A-Z][a-z]+)*$", "\\(a*\\)*", "[(*]+", "(a{2,5})*"])
+def test_patterns_that_split_their_text_one_way_are_kept(pattern):
+    assert not nested_repeat(pattern)
+    parse_job({"steps": [{"id": "a", "kind": "llm", "params": {"prompt": "p", "json_schema": {
+        "type": "string", "pattern": pattern}}}]})
 
 
 @pytest.mark.parametrize("pattern, size", [("^\\d{3}-\\d{4}$", 8), ("^[A-Z][a-z]{2,20}$", 21), ("(ab|cd){3}", 12),
