@@ -854,21 +854,26 @@ class Node:
             for c in list(peer.conns):
                 c.close()
 
+    def _refuse_hello(self, conn: Connection, why: str, what: str) -> None:
+        """A hello whose record is refused ends its link: kept, the link counted as a proven peer's, and
+        hellos of keys without id-work held 519 links of a node's 512, so no newcomer got in (found by this
+        project's attack round, 2026-12-06). Counted and logged as before; no penalty is written."""
+        self.receiver.count(why)
+        log.warning("rejected hello on %s: %s: %s; link closed", conn.label, why, what)
+        conn.close()
+
     def _on_hello(self, env: Envelope, conn: Connection) -> None:
         hello: Hello = env.payload
         if hello.record.key != env.sender.hex():
-            raise Rejected("bad-record", f"its record is another key's on {conn.label}")
+            self._refuse_hello(conn, "bad-record", "its record is another key's")
+            return
         now = now_ms()
         held = self.peers.get(env.sender)
         where = held.addrs if held is not None else None
         changed, why = self.peers.learn(hello.record, now, own=True)
-        if why == "peer-table-full":  # (not the peer's fault)
-            self.receiver.count(why)
-            conn.close()
+        if why:
+            self._refuse_hello(conn, why, "its sender's own record")
             return
-        if why:  # the link is of no use, and kept it would count as a proven peer's (found by this project's
-            # attack round, 2026-12-06: hellos of keys without id-work held 519 of 512 links, no newcomer got in)
-            raise Rejected(why, f"its sender's own record on {conn.label}")
         if changed is not None and changed.addrs != where:
             # a new peer, or one at new addresses: on disk at once (a node killed right after still finds
             # it). A mere re-issue waits for the heartbeat: a peer re-signing its record on every hello
