@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.errors import UserError
+from mesh.userfiles import read_text
 from mesh.wire.identity import node_id_of
 
 from .receipts import BadReceipt, verified
@@ -132,12 +133,13 @@ def verify_receipts(path: Path, judge: Judge | None = None) -> Checked:
     return out
 
 
+MAX_RECEIPTS_FILE = 256 << 20  # an export of millions of receipts; /dev/zero is refused long before memory runs out
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
-    except ValueError:
+        data = json.loads(read_text(path, "receipts file", MAX_RECEIPTS_FILE))
+    except (ValueError, RecursionError):
         raise UserError(f"{path} is not JSON") from None
     if (not isinstance(data, dict) or data.get("format") not in (FORMAT, OLD_FORMAT)
             or not isinstance(data.get("receipts"), list)):

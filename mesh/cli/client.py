@@ -96,3 +96,5 @@ class Client:
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise NodeUnreachable(f"cannot reach the node API at {self.base}: {reason}") from None
+        except (http.client.InvalidURL, ValueError) as exc:  # a bad --api, a token with a newline, a bad timeout
+            raise UserError(f"cannot ask the node API at {self.base}: {exc}") from None

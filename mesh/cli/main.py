@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 import shlex
+import sqlite3
 import sys
 import threading
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from mesh import PROTOCOL_VERSION, __version__
 from mesh.cli.terminal import printable
 from mesh.core.jobid import short
-from mesh.errors import ConfigError, Interrupted, JobError, MeshError, NodeUnreachable, UserError
+from mesh.errors import ConfigError, Interrupted, JobError, LedgerError, MeshError, NodeUnreachable, UserError
 from mesh.node.home import default_home, parse_hostport
 from mesh.wire.records import MAX_FETCH_MODELS
 
@@ -167,13 +168,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _load_job_file(path: str) -> dict:
     from mesh.core.dag import load_job_text
+    from mesh.http.middleware import MAX_BODY
     from mesh.steps.extract import check_selectors
     from mesh.steps.grammar import check_grammars
+    from mesh.userfiles import read_text
 
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise JobError(f"cannot read job file {path}: {exc.strerror}") from None
+    # at most what the node takes: a bigger one was refused mid-send, and reported as "cannot reach the node"
+    text = read_text(path, "job file", MAX_BODY - (64 << 10), JobError)
     # validate locally: same checks as the node, clearer errors, nothing sent
     job = load_job_text(text, path)
     check_grammars(job, path)
@@ -410,6 +411,8 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     led = Ledger(home / LEDGER_FILE, readonly=True)
     try:
         return _LEDGER_VIEWS[args.what](args, led, me)
+    except sqlite3.DatabaseError as exc:  # a damaged file, read only: one line, not a traceback
+        raise LedgerError(f"ledger {home / LEDGER_FILE} cannot be read: {exc} (`mesh ledger verify` says more)") from None
     finally:
         led.close()
 
@@ -420,7 +423,7 @@ def _ledger_explain(args: argparse.Namespace, led, me: str) -> int:
 
     if not args.arg.isdigit():
         raise UserError(f"ENTRY is an entry number (see `mesh ledger history`), got {args.arg!r}")
-    entry = explained(led, int(args.arg), me)
+    entry = explained(led, int(args.arg), me) if len(args.arg) < 19 else None  # (SQLite's integers are 64-bit)
     if entry is None:
         raise UserError(f"no entry {args.arg} in {_home(args) / LEDGER_FILE}")
     _emit(args, entry, entry["explanation"])
@@ -483,7 +486,11 @@ def _ledger_verify(args: argparse.Namespace, led, me: str) -> int:
     from mesh.wire.identity import load
 
     key = load(_home(args)).public_key
-    n, why = led.verify(me, key)
+    try:
+        damage = led.db.execute("PRAGMA quick_check").fetchone()[0]
+        n, why = (0, f"the database is damaged: {damage}") if damage != "ok" else led.verify(me, key)
+    except sqlite3.DatabaseError as exc:  # (a file cut short, or not SQLite at all)
+        n, why = 0, f"the database is damaged: {exc}"
     obj = {"ok": False, "entry": n, "reason": why} if why else {"ok": True, "entries": n}
     lines = [f"ledger does NOT verify: {why}" if why
              else f"ledger verifies: {n} entries; chain, receipts and signed heads intact"]
@@ -923,7 +930,7 @@ def build_parser() -> argparse.ArgumentParser:
              "mesh up sets those)", home=False)
     sp.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
     sp.add_argument("--dir", default=".mesh", help="directory for the nodes' homes, node0 … (default .mesh)")
-    sp.add_argument("--timeout", type=float, default=180,
+    sp.add_argument("--timeout", type=_seconds, default=180,
                     help="give up when the nodes do not all know each other after this many seconds (default 180)")
     sp.add_argument("--no-model", action="store_true", help="start nodes without the model")
     sp.add_argument("node_args", nargs="*", metavar="-- NODE OPTIONS",
@@ -934,7 +941,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--redundancy", type=int, help="replicas per step (overrides the file)")
     sp.add_argument("--quorum", help="majority | unanimous | K-of-N (overrides the file)")
     sp.add_argument("--wait", action="store_true", help="wait for the result, showing progress on stderr")
-    sp.add_argument("--timeout", type=float, default=1800, help="give up waiting after this many seconds")
+    sp.add_argument("--timeout", type=_seconds, default=1800, help="give up waiting after this many seconds")
     sp.add_argument("--max-cost", type=float, metavar="CREDITS",
                     help="refuse to submit (exit 2, nothing sent) when the estimated cost is above CREDITS. The "
                          "estimate, printed on stderr (and as estimated_cost with --json), is an upper bound: each "
@@ -946,7 +953,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("job_id", help="the id `mesh submit` printed (or one of `mesh jobs`): any unique prefix of "
                     "at least 4 of its hex digits")
     sp.add_argument("--wait", action="store_true", help="wait for the job to end, showing progress on stderr")
-    sp.add_argument("--timeout", type=float, default=1800, help="with --wait: give up after this many seconds")
+    sp.add_argument("--timeout", type=_seconds, default=1800, help="with --wait: give up after this many seconds")
 
     sp = add("jobs", cmd_jobs, "list the jobs submitted from this node, newest first: running ones (also those "
              "resumed from its journal after a restart) and ended ones (from their saved reports)",
@@ -975,7 +982,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "it the rules plan instead, and the tree says so")
     sp.add_argument("--plan-only", action="store_true", help="show the plan, do not run it")
     sp.add_argument("--save", metavar="FILE", help="also write the plan to FILE as a job file")
-    sp.add_argument("--timeout", type=float, default=1800, help="give up waiting after this many seconds")
+    sp.add_argument("--timeout", type=_seconds, default=1800, help="give up waiting after this many seconds")
 
     add("status", cmd_status, "show the node, its peers and rejected envelopes", api=True, json_flag=True)
 
@@ -1006,7 +1013,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="verify: also ask the running node's linked peers for the heads of this ledger they "
                          "hold, and check the chain against each (a history cut or rebuilt, even re-signed "
                          "with this node's key, no longer matches them)")
-    sp.add_argument("--wait", type=float, default=5.0, metavar="S", help="verify --peers: seconds to wait for answers")
+    sp.add_argument("--wait", type=_seconds, default=5.0, metavar="S", help="verify --peers: seconds to wait for answers")
 
     sp = add("models", cmd_models, "the GGUF models this node serves, by SHA-256 (what jobs and peers name) and "
              "a local name: list, add PATH.gguf [--name NAME], remove NAME|SHA256, fetch SHA256 (from peers "
@@ -1022,7 +1029,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--from", dest="sources", action="append", metavar="NODE_ID",
                     help="fetch: only from this peer (repeatable; default: any linked peer serving it)")
     sp.add_argument("--max-size", default="4GiB", help="fetch: refuse a model larger than this (default 4GiB, the most)")
-    sp.add_argument("--timeout", type=float, default=3600, help="fetch: seconds to show progress for (default 3600)")
+    sp.add_argument("--timeout", type=_seconds, default=3600, help="fetch: seconds to show progress for (default 3600)")
 
     sp = add("demo", cmd_demo, "start a local mesh, run the example job at redundancy 3, print results and credits",
              home=False)
@@ -1030,13 +1037,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dir", default=".mesh-demo", help="directory for the nodes' homes (default .mesh-demo)")
     sp.add_argument("--job", help="job file (default examples/demo-job.json)")
     sp.add_argument("--redundancy", type=int, default=3, help="replicas per step (default 3)")
-    sp.add_argument("--timeout", type=float, default=600,
+    sp.add_argument("--timeout", type=_seconds, default=600,
                     help="give up on the mesh starting, and then on the job, after this many seconds (default 600)")
 
     from simulations.cli import add_commands
 
     add_commands(add)
     return p
+
+
+def _seconds(text: str) -> float:
+    """A --timeout or --wait: a number of seconds above 0 (-5 printed "still running after -5 s" once the job
+    was submitted and paid for; nan never timed out)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 1e7:  # (nan fails both)
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 10,000,000 seconds, not {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -300,9 +300,12 @@ def saved_report(node: NodeFacade, job_id: str) -> dict[str, Any]:
     path = node.jobs_dir / f"{job_id}.json"
     if job_id.isalnum() and len(job_id) <= 64 and path.exists():
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError) as exc:
             raise ApiError(500, f"the saved report of job {job_id} cannot be read ({exc}): {path}") from None
+        if not isinstance(report, dict) or not isinstance(report.get("status"), str):  # `mesh job` raised TypeError
+            raise ApiError(500, f"the saved report of job {job_id} is not a job report: {path}")
+        return report
     raise ApiError(404, f"no job {short(job_id)} on this node (`mesh jobs` lists the jobs submitted from it)")
 
 

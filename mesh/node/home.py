@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.errors import ConfigError
+from mesh.userfiles import read_text
 
 TOKEN_FILE = "api-token"
 RUNTIME_FILE = "node.json"
@@ -51,10 +52,13 @@ def ensure_token(home: Path) -> str:
 
 def read_token(home: Path) -> str:
     """The token, without surrounding whitespace (an editor may add a newline)."""
-    try:
-        return (home / TOKEN_FILE).read_text().strip()
-    except FileNotFoundError:
-        raise ConfigError(f"no API token at {home / TOKEN_FILE}: is {home} a node's home?") from None
+    path = home / TOKEN_FILE
+    if not path.exists():
+        raise ConfigError(f"no API token at {path}: is {home} a node's home?")
+    token = read_text(path, "API token", 4096, ConfigError).strip()
+    if not token.isprintable() or " " in token:  # it goes into a header: a newline in it broke every call
+        raise ConfigError(f"the API token in {path} holds spaces or control characters")
+    return token
 
 
 def lock_home(home: Path, grace: float = 10.0) -> int:

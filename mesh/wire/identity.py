@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from mesh.errors import ConfigError
+from mesh.userfiles import read_text
 from mesh.wire.idwork import required_bits, solve, work_bits
 
 KEY_FILE = "node.key"
@@ -85,9 +86,22 @@ def load_or_create(home: Path) -> tuple[Identity, bool]:
     if path.exists():
         return load(home), False
     ident = Identity.generate(bits=0)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(ident.seed().hex().encode() + b"\n")
+    # written whole beside it, then linked into place (never over one): a disk that filled mid-write left a
+    # 0-byte node.key that no later `mesh init` would replace (found by this project's attack round)
+    tmp = home / (KEY_FILE + ".new")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(ident.seed().hex().encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    except FileExistsError:  # another init won the race: its key is the home's
+        return load(home), False
+    except OSError as exc:
+        raise ConfigError(f"cannot write the node key {path}: {exc.strerror}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return ident, True
 
 
@@ -107,10 +121,9 @@ def ensure_work(home: Path, ident: Identity, say: Callable[[str], None] = print)
 
 def load(home: Path) -> Identity:
     path = home / KEY_FILE
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        raise ConfigError(f"no node key at {path}: run `mesh init --home {home}` first") from None
+    if not path.exists() and not path.is_symlink():
+        raise ConfigError(f"no node key at {path}: run `mesh init --home {home}` first")
+    text = read_text(path, "node key", 4096, ConfigError).strip()
     if path.stat().st_mode & 0o077:
         raise ConfigError(f"{path} is readable by others; run `chmod 600 {path}`")
     try:

@@ -1,0 +1,116 @@
+"""Files the CLI is pointed at, or finds in a home, that are not what they should be: each gives one line
+and exit code 2 (1 for a damaged ledger: it does not verify), never a traceback, a hang or all of the
+machine's memory. Found by this project's attack round on the CLI (2026-12-06): a job file linked to
+/dev/zero took 5.3 GB in 6 s, a FIFO hung `mesh submit`, other bytes than UTF-8 were a traceback, `mesh
+init` on a full disk left a 0-byte node.key no later init replaced, and `mesh ledger verify` on a cut
+ledger printed a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ledger.store import Ledger
+
+from ..conftest import run_cli
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def one_line(res: subprocess.CompletedProcess, code: int, says: str) -> None:
+    assert res.returncode == code, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr and says in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    assert run_cli("init", "--home", str(tmp_path / "h")).returncode == 0
+    return tmp_path / "h"
+
+
+def test_a_job_file_that_is_a_device_a_fifo_or_not_utf8_is_refused_in_one_line(tmp_path: Path, home: Path):
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    one_line(run_cli("submit", str(tmp_path / "zero.json"), "--home", str(home), timeout=30), 2, "not a regular file")
+    os.mkfifo(tmp_path / "fifo.json")
+    one_line(run_cli("submit", str(tmp_path / "fifo.json"), "--home", str(home), timeout=30), 2, "not a regular file")
+    (tmp_path / "latin.json").write_bytes(b'\xff\xfe{"steps": []}')
+    one_line(run_cli("submit", str(tmp_path / "latin.json"), "--home", str(home)), 2, "not UTF-8")
+    (tmp_path / "big.json").write_text('{"steps": [], "name": "' + "x" * (5 << 20) + '"}')
+    one_line(run_cli("submit", str(tmp_path / "big.json"), "--home", str(home)), 2, "is over")
+    one_line(run_cli("ledger", "verify-receipts", str(tmp_path / "zero.json"), timeout=30), 2, "not a regular file")
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    one_line(run_cli("ledger", "verify-receipts", str(tmp_path / "deep.json")), 2, "is not JSON")
+
+
+def test_a_node_key_or_token_that_is_not_text_is_refused_in_one_line(home: Path):
+    key = home / "node.key"
+    seed = key.read_bytes()
+    key.unlink()
+    key.symlink_to("/dev/zero")
+    one_line(run_cli("ledger", "balance", "--home", str(home), timeout=30), 2, "not a regular file")
+    key.unlink()
+    key.write_bytes(b"\xff" + seed[1:])
+    key.chmod(0o600)
+    one_line(run_cli("ledger", "balance", "--home", str(home)), 2, "not UTF-8")
+    key.unlink()
+    key.write_bytes(seed)
+    key.chmod(0o600)
+    (home / "api-token").write_text("abc\ndef")  # (every API call sends it as a header)
+    one_line(run_cli("init", "--home", str(home)), 2, "control characters")
+    (home / "api-token").write_bytes(b"\xffabc")
+    one_line(run_cli("init", "--home", str(home)), 2, "not UTF-8")
+
+
+def test_timeouts_must_be_a_positive_number_of_seconds(tmp_path: Path, home: Path):
+    for bad in ("-5", "nan", "0"):
+        res = run_cli("submit", "examples/python-job.json", "--home", str(home), "--wait", "--timeout", bad)
+        assert res.returncode == 2 and "must be more than 0" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_damaged_ledger_does_not_verify_and_its_views_say_so_in_one_line(home: Path):
+    Ledger(home / "ledger.db").close()
+    with open(home / "ledger.db", "r+b") as f:  # the header kept, the rest cut off
+        f.truncate(4096)
+    res = run_cli("ledger", "verify", "--home", str(home))
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stdout.startswith("ledger does NOT verify: the database is damaged"), res.stdout
+    one_line(run_cli("ledger", "balance", "--home", str(home)), 1, "cannot be read")
+    one_line(run_cli("ledger", "explain", "99999999999999999999999", "--home", str(home)), 2, "no entry")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root)")
+def test_init_on_a_full_disk_leaves_no_empty_key_and_works_once_there_is_room(tmp_path: Path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        (disk / "h").mkdir()
+        with contextlib.suppress(OSError), open(disk / "filler", "wb") as f:  # every block taken
+            f.write(b"\0" * (1 << 20))
+        one_line(run_cli("init", "--home", str(disk / "h")), 2, "cannot write the node key")
+        assert not (disk / "h" / "node.key").exists()
+        (disk / "filler").unlink()
+        res = run_cli("init", "--home", str(disk / "h"))
+        assert res.returncode == 0, res.stderr
+        assert len((disk / "h" / "node.key").read_text().strip()) == 64
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_saved_report_that_is_not_a_job_report_is_an_error_not_a_traceback(tmp_path: Path):
+    """`mesh job` on a report file holding `[1, 2]` raised TypeError (the node handed the list on)."""
+    from types import SimpleNamespace
+
+    from mesh.http.api import saved_report
+    from mesh.http.common import ApiError
+
+    (tmp_path / "abc123.json").write_text("[1, 2]")
+    with pytest.raises(ApiError, match="is not a job report"):
+        saved_report(SimpleNamespace(jobs_dir=tmp_path), "abc123")
+    (tmp_path / "abc123.json").write_text('{"status": "done", "job_id": "abc123", "steps": {}}')
+    assert saved_report(SimpleNamespace(jobs_dir=tmp_path), "abc123")["status"] == "done"
