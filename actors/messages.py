@@ -89,6 +89,7 @@ class LoadModel:
 class ModelLoaded:
     sha256: str
     error: str = ""
+    pid: int = 0  # the runner's process, from the runner itself: what the NodeActor kills when it hangs
 
 
 @dataclass(frozen=True)

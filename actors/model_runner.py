@@ -33,7 +33,7 @@ class ModelRunnerActor(ActorTypeDispatcher):
             self.error = ""
         except (ValueError, OSError, RuntimeError) as exc:
             self.error = f"cannot load model {msg.path}: {exc}"
-        self.send(sender, ModelLoaded(msg.sha256, self.error))
+        self.send(sender, ModelLoaded(msg.sha256, self.error, os.getpid()))
 
     def receiveMsg_RunStep(self, msg: RunStep, sender) -> None:
         if self.model is None:

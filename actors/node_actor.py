@@ -6,9 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
 from dataclasses import dataclass
+from datetime import timedelta
 
-from thespian.actors import ActorExitRequest, ActorTypeDispatcher, ChildActorExited, PoisonMessage
+from thespian.actors import (
+    ActorExitRequest,
+    ActorTypeDispatcher,
+    ChildActorExited,
+    PoisonMessage,
+    WakeupMessage,
+)
 
 from mesh.errors import ConfigError
 
@@ -31,6 +40,10 @@ from .procname import name_process
 
 log = logging.getLogger("mesh.node_actor")
 MAX_RUNNER_RESTARTS = 20  # past this a node stops offering llm steps instead of crash-looping
+# A model runner still on a step this long past the step's timeout is stuck in llama.cpp (it checks its time
+# and its cancel flag between tokens, so a token that never ends sees neither): it is killed and replaced.
+# Less than the worker's own ACTOR_GRACE_S, so the step fails saying why, not "no answer".
+OVERDUE_S = 8.0
 WARM_SANDBOXES = 2  # python sandboxes started ahead of the steps that will use them
 STEPS_PER_ACTOR = 200  # python steps one StepActor runs (each in a sandbox of its own) before it is replaced
 
@@ -76,6 +89,9 @@ class NodeActor(ActorTypeDispatcher):
         self.ready_asker = None
         self.load_askers: dict[str, list] = {}  # model sha256 → who asked for it to be served now (LoadModel)
         self.restarts: dict[str, int] = {}
+        self.runner_pids: dict[str, int] = {}  # model sha256 → its runner's process (from its ModelLoaded)
+        self.stopped: set[str] = set()  # runners this actor killed as stuck: replaced, not counted as deaths
+        self.timed: set[str] = set()  # model steps whose runner's time is being watched (_time_head)
         self.warm: list = []  # StepActors with a sandbox already started, waiting for a python step
         self.steps_run: dict[str, int] = {}  # str(StepActor address) → python steps it ran (see _done_with)
         self.can_sandbox = False  # bwrap is here (looked up once)
@@ -175,14 +191,49 @@ class NodeActor(ActorTypeDispatcher):
     def _forward(self, msg: Question, asker, child) -> None:
         self.pending[msg.request_id] = _Pending(asker, child, msg)
         self.send(child, msg)
+        self._time_head(child)
+
+    def _time_head(self, child) -> None:
+        """A model runner takes its steps one at a time, in the order sent: the first one pending on it is
+        the one it runs, and its time counts from now (from when the one before it was answered)."""
+        head = next((rid for rid, p in self.pending.items() if p.child == child), None)
+        step = self.pending[head].message if head else None
+        if isinstance(step, RunStep) and step.kind in ("llm", "score") and head not in self.timed:
+            self.timed.add(head)
+            self.wakeupAfter(timedelta(seconds=max(0.0, step.timeout) + OVERDUE_S), payload=head)
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender) -> None:
+        """A model step's time and OVERDUE_S have passed since its runner took it up: if the runner still
+        holds it, the runner is stuck. A json_schema pattern of 317 bytes kept runners on one token for good,
+        and every later llm step on that worker failed (found by this project's attack round on llm steps,
+        2026-12-06)."""
+        self.timed.discard(msg.payload)
+        p = self.pending.get(msg.payload) if isinstance(msg.payload, str) else None
+        sha = next((s for s, r in self.runners.items() if p is not None and r == p.child), None)
+        pid = self.runner_pids.get(sha or "")
+        if sha is None or not pid:
+            return
+        log.warning("model runner of %s is stuck on a step %g s past its timeout: killing it", sha[:12], OVERDUE_S)
+        del self.pending[msg.payload]
+        self.send(p.asker, _failure(p.message, f"the model runner was still on the step {OVERDUE_S:g} s past its "
+                                               "timeout, and was stopped"))
+        self.stopped.add(sha)
+        self.runner_pids.pop(sha, None)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # it exited meanwhile: ChildActorExited replaces it all the same
+            pass
 
     def _answer(self, msg: Answer) -> None:
         p = self.pending.pop(msg.request_id, None)
         if p is None:
             return
+        self.timed.discard(msg.request_id)
         self.send(p.asker, msg)
         if _python(p.message):
             self._done_with(p.child, p.message)
+        else:
+            self._time_head(p.child)  # the runner takes up its next step now
 
     def _done_with(self, child, step: RunStep) -> None:
         """A StepActor answered its python step: it starts a fresh sandbox and waits for the next one while
@@ -215,6 +266,8 @@ class NodeActor(ActorTypeDispatcher):
 
     def receiveMsg_ModelLoaded(self, msg: ModelLoaded, sender) -> None:
         self.loading.discard(msg.sha256)
+        if msg.pid and not msg.error and self.runners.get(msg.sha256) == sender:
+            self.runner_pids[msg.sha256] = msg.pid
         if msg.error:
             log.warning("model %s failed to load: %s", msg.sha256[:12], msg.error)
             self.loads.pop(msg.sha256, None)
@@ -244,7 +297,12 @@ class NodeActor(ActorTypeDispatcher):
             self._warm_up()
             return
         sha = next((s for s, r in self.runners.items() if r == child), None)
-        if sha is not None and sha in self.loads:
+        if sha is not None and sha in self.stopped and sha in self.loads:  # killed as stuck: not a death
+            self.stopped.discard(sha)
+            log.warning("model runner of %s stopped; starting a new one", sha[:12])
+            self._spawn_runner(sha)
+        elif sha is not None and sha in self.loads:
+            self.runner_pids.pop(sha, None)
             self.restarts[sha] = self.restarts.get(sha, 0) + 1
             if sha in self.loading or self.restarts[sha] > MAX_RUNNER_RESTARTS:
                 why = "the model runner died while loading the model" if sha in self.loading else \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -212,6 +213,49 @@ def test_garbage_on_the_peer_port_is_counted_and_the_node_keeps_serving(make_mes
     assert rep["status"] == "done" and rep["steps"]["sum"]["output"] == 90
 
 
+def runner_of(node) -> int | None:
+    """The process of `node`'s tree that maps the base model's GGUF (the instruct model has a runner of its own)."""
+    base = str(default_model()[0].resolve())
+    holding = []
+    for pid in tree_pids(node.proc.pid):
+        try:
+            if any(m.path == base for m in psutil.Process(pid).memory_maps()):
+                holding.append(pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return holding[0] if len(holding) == 1 else None
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.llm
+def test_a_model_runner_stuck_past_a_steps_time_is_killed_and_replaced(make_mesh):
+    """A runner stuck inside llama.cpp never sees its time or its cancel flag (it checks them between tokens):
+    a 317-byte json_schema pattern held runners on one token for good, and every later llm step on those
+    workers failed with "no answer to RunStep" (this project's attack round on llm steps, 2026-12-06). Here
+    the worker's runner is stopped (SIGSTOP: stuck as far as anyone can tell); the NodeActor must kill it
+    once a step is OVERDUE_S past its time, say so, and start another, so the next step runs."""
+    mesh = make_mesh(2, lambda i: ["--no-model"] if i == 0 else [])
+    worker, client = mesh.nodes[1], mesh.nodes[0].client
+    stuck = wait_for(lambda: runner_of(worker), 60, "the model to load on the worker")
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        job = {"timeout": 4, "steps": [{"id": "g", "kind": "llm", "params": {"prompt": "Once upon", "max_tokens": 4}}]}
+        job_id = client.request("POST", "/jobs", {"job": job, "redundancy": 1})["job_id"]
+        wait_for(lambda: client.request("GET", f"/jobs/{job_id}?wait=2")["status"] != "running", 90,
+                 "the step on the stuck runner to end")  # (the submitter gives up at its time: "timeout")
+        fresh = wait_for(lambda: (p := runner_of(worker)) and p != stuck and p, 60, "a new model runner")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGCONT)
+    assert not psutil.pid_exists(stuck) or psutil.Process(stuck).status() == psutil.STATUS_ZOMBIE
+    job = {"steps": [{"id": "g", "kind": "llm", "params": {"prompt": "The capital of France is", "max_tokens": 4}}]}
+    job_id = client.request("POST", "/jobs", {"job": job, "redundancy": 1})["job_id"]
+    rep = wait_for(lambda: (r := client.request("GET", f"/jobs/{job_id}?wait=2")) and r["status"] != "running" and r,
+                   90, "a step on the new runner")
+    assert rep["status"] == "done", rep
+    assert fresh == runner_of(worker)
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.llm
 def test_model_runner_killed_mid_step_is_replaced(make_mesh, tmp_path: Path):
@@ -220,18 +264,8 @@ def test_model_runner_killed_mid_step_is_replaced(make_mesh, tmp_path: Path):
     mesh = make_mesh(4, lambda i: ["--no-model"] if i == 0 else [])
     victim = mesh.nodes[3]
 
-    base = str(default_model()[0].resolve())
-
     def runner_pid() -> int | None:
-        """The process that maps the base model's GGUF (the instruct model has a runner of its own)."""
-        holding = []
-        for pid in tree_pids(victim.proc.pid):
-            try:
-                if any(m.path == base for m in psutil.Process(pid).memory_maps()):
-                    holding.append(pid)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        return holding[0] if len(holding) == 1 else None
+        return runner_of(victim)
 
     old = wait_for(runner_pid, 60, "the model to load on the victim")
     # long enough that the victim is still generating when its first progress (8 tokens) shows; if it
