@@ -15,8 +15,9 @@ EMBED, FFN, HEADS = 32, 64, 2
 TOKENS = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]  # a byte-level vocabulary
 
 
-def tiny_gguf(path: Path, pad: int = 0, seed: int = 0) -> str:
-    """Write a loadable tiny model at `path`, `pad` random bytes longer; its SHA-256."""
+def tiny_gguf(path: Path, pad: int = 0, seed: int = 0, chat_template: str = "") -> str:
+    """Write a loadable tiny model at `path`, `pad` random bytes longer, with `chat_template` in its
+    metadata when given; its SHA-256."""
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(256)
@@ -34,6 +35,8 @@ def tiny_gguf(path: Path, pad: int = 0, seed: int = 0) -> str:
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
+    if chat_template:
+        w.add_chat_template(chat_template)
     shapes = {"token_embd.weight": (len(TOKENS), EMBED), "output_norm.weight": (EMBED,),
               "output.weight": (len(TOKENS), EMBED), "blk.0.attn_norm.weight": (EMBED,),
               "blk.0.attn_q.weight": (EMBED, EMBED), "blk.0.attn_k.weight": (EMBED, EMBED),

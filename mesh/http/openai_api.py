@@ -18,7 +18,7 @@ from mesh.http import chat
 from mesh.http.api_models import OPENAI_ERRORS
 from mesh.http.common import ApiError, authorised, facade_of, parse_request_job, submit_job
 from mesh.http.facade import JobView, NodeFacade
-from mesh.steps.chat_template import template_of
+from mesh.steps.chat_template import template_of, untrusted_template_of
 from mesh.steps.models import DEFAULT_MODEL, INSTRUCT_SHA256, default_model_sha
 from mesh.steps.registry import Registry
 
@@ -85,12 +85,13 @@ async def chat_completions(body: ChatRequest, request: Request,
     node = facade_of(request)
     req = body.model_dump(exclude_none=True)
     model = req["model"]
-    req["model"], path = _chat_model(Registry(node.home), model)
+    req["model"], path, trusted = _chat_model(Registry(node.home), model)
     redundancy = x_homemesh_redundancy or body.redundancy or DEFAULT_REDUNDANCY
     quorum = x_homemesh_quorum or body.quorum or "majority"
     try:
-        template = await asyncio.to_thread(template_of, path) if path else None  # (cached after the first)
-        spec = chat.job_for(req, redundancy, quorum, template)
+        read = template_of if trusted else untrusted_template_of  # (both cached after the first)
+        template = await asyncio.to_thread(read, path) if path else None
+        spec = await asyncio.to_thread(chat.job_for, req, redundancy, quorum, template)  # (may wait on a child)
     except chat.ChatError as exc:
         raise ApiError(400, str(exc), exc.param) from None
     job = parse_request_job(node, spec, None, None)
@@ -121,17 +122,18 @@ async def chat_completions(body: ChatRequest, request: Request,
     return chat.completion(cid, model, report, x, max_tokens)
 
 
-def _chat_model(registry: Registry, model: str) -> tuple[str, str]:
+def _chat_model(registry: Registry, model: str) -> tuple[str, str, bool]:
     """The model a chat request runs ('default' for the base model, else a name or SHA-256 the job
-    resolves) and the file its chat template is read from ('' : none here). `default` is the instruct
-    model when this node has its file (the template comes from it), else the base model."""
+    resolves), the file its chat template is read from ('' : none here), and whether that template may be
+    read and rendered in this process (the pinned instruct model's alone: mesh.steps.chat_template).
+    `default` is the instruct model when this node has its file, else the base model."""
     if model == DEFAULT_MODEL:
-        return "default", ""
+        return "default", "", True
     entries = registry.entries()
     if model == "default":
         model = INSTRUCT_SHA256 if any(e.sha256 == INSTRUCT_SHA256 for e in entries) else "default"
     hit = next((e for e in entries if e.path and model in (e.name, e.sha256)), None)
-    return model, hit.path if hit else ""
+    return model, hit.path if hit else "", hit is None or hit.sha256 == INSTRUCT_SHA256
 
 
 def _sse(obj: object) -> bytes:

@@ -68,9 +68,9 @@ def test_a_damaged_instruct_model_is_refused_and_a_node_does_not_serve_it(tmp_pa
 
 
 def test_chat_renders_messages_with_the_instruct_models_own_template(tmp_path):
-    model, path = _chat_model(Registry(tmp_path), "default")
-    assert model == INSTRUCT_SHA256 and path == str(instruct_model()[0])
-    assert _chat_model(Registry(tmp_path), DEFAULT_MODEL) == ("default", "")  # the base model: a transcript
+    model, path, trusted = _chat_model(Registry(tmp_path), "default")
+    assert model == INSTRUCT_SHA256 and path == str(instruct_model()[0]) and trusted
+    assert _chat_model(Registry(tmp_path), DEFAULT_MODEL) == ("default", "", True)  # the base model: a transcript
     assert template_of(str(default_model()[0])) is None  # (a base model's GGUF has no chat template)
     template = template_of(path)
     req = {"model": model, "messages": [{"role": "developer", "content": "Be brief."},
@@ -83,13 +83,46 @@ def test_chat_renders_messages_with_the_instruct_models_own_template(tmp_path):
     assert base["prompt"].endswith("User: What is 2 + 2?\nAssistant:") and base["stop"][0] == chat.TURN_STOP
 
 
-def test_a_template_that_refuses_the_messages_is_a_clear_chat_error():
+@pytest.mark.parametrize("isolated", [False, True])
+def test_a_template_that_refuses_the_messages_is_a_clear_chat_error(isolated):
     strict = template_of(str(instruct_model()[0]))
-    strict = type(strict)("{{ raise_exception('roles must alternate') }}", strict.bos, strict.eos)
+    strict = type(strict)("{{ raise_exception('roles must alternate') }}", strict.bos, strict.eos, isolated)
     with pytest.raises(TemplateError, match="roles must alternate"):
         strict.render([{"role": "user", "content": "hi"}])
     with pytest.raises(chat.ChatError, match="roles must alternate"):
         chat.job_for({"messages": [{"role": "user", "content": "hi"}]}, 3, "majority", strict)
+
+
+LOOP = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{ messages[-1]['content'] }}"
+HOARD = "{% set s = 'x' * 1500000000 %}{{ s|length }}{{ messages[-1]['content'] }}"
+
+
+@pytest.mark.timeout(120)
+def test_a_gguf_template_from_elsewhere_is_read_and_rendered_in_a_child_held_to_its_limits(tmp_path):
+    """A GGUF the owner added or a peer served: its template is read and rendered in a child process.
+    Two nested loops in the node's process held its event loop 38.9 s (this project's attack round on the
+    llm path, 2026-12-06); a constant of 1.5 GB is compiled when the file is loaded."""
+    import time
+
+    from mesh.steps.chat_template import RENDER_S, untrusted_template_of
+
+    from ..tinygguf import tiny_gguf
+
+    hi = [{"role": "user", "content": "hi"}]
+    fine = tmp_path / "fine.gguf"
+    tiny_gguf(fine, chat_template="<|user|>{{ messages[-1]['content'] }}<|assistant|>")
+    template = untrusted_template_of(str(fine))
+    assert template.isolated and template.render(hi) == "<|user|>hi<|assistant|>"
+    loop = tmp_path / "loop.gguf"
+    tiny_gguf(loop, seed=1, chat_template=LOOP)
+    started = time.monotonic()
+    with pytest.raises(TemplateError, match="took too long or too much memory|took more than"):
+        untrusted_template_of(str(loop)).render(hi)
+    assert time.monotonic() - started < RENDER_S + 8
+    hoard = tmp_path / "hoard.gguf"
+    tiny_gguf(hoard, seed=2, chat_template=HOARD)
+    with pytest.raises(TemplateError, match="took too long or too much memory"):
+        untrusted_template_of(str(hoard)).render(hi)
 
 
 def test_an_earlier_output_rendered_into_a_prompt_cannot_open_a_turn_of_the_instruct_model():
