@@ -1207,6 +1207,7 @@ class Node:
                 "discovery": getattr(self.gateway.transport, "discovery_stats", dict)(),
                 "relayed_bytes": getattr(self.gateway.transport, "relayed_bytes", 0),
                 "dials_refused": dict(self.gateway.transport.gate.refused),
+                "links_refused": dict(getattr(self.gateway.transport, "refused", {})),
                 "jobs": {"running": sum(not s.run.finished for s in jobs.values()), "total": len(jobs)},
                 "worker": self.worker.use()}
 

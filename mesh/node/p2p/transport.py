@@ -40,6 +40,7 @@ from mesh.node.flow import Limits
 from mesh.node.gateway import DIAL_TIMEOUT, Accept, Connection
 from mesh.node.p2p.addresses import Target, components, key_of, parse, peer_id_of
 from mesh.node.p2p.dht import Discovery
+from mesh.node.p2p.inbound import gate_inbound
 from mesh.node.p2p.nat import RELAY_BUDGET, WANT_RELAYS, Nat
 from mesh.node.p2p.triothread import Mailbox, TransportClosed, TrioThread
 from mesh.node.p2p.yamux import StrictYamux
@@ -407,6 +408,7 @@ class Libp2pTransport:
         self.stuck: Counter[ID] = Counter()  # dials in a row that failed on an existing link to that peer
         self.turns = _Turns(MAX_DIALING, DIAL_TIMEOUT)
         self.refused: Counter[str] = Counter()
+        self.inbound: Counter[str] = Counter()  # inbound connections held, by network prefix (p2p/inbound.py)
         self._accept: Accept | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = trio.Event()
@@ -524,6 +526,7 @@ class Libp2pTransport:
     async def _serve(self, addr: Multiaddr, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.host = build_host(self.identity)
         _gate_dials(self.host, self.gate)
+        self.inbound = gate_inbound(self.host, self.refused)
         ip = next((value for proto, value in components(addr) if proto in ("ip4", "ip6")), "")
         _bound_connects(self.host, "" if ip in ("0.0.0.0", "::") else ip)
         async with self.host.run([addr]):
