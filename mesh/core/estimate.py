@@ -11,8 +11,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from mesh.core.dag import MODEL_KINDS, Job
-from mesh.core.pricing import MIN_CHARGE, cap, capped, unit
+from mesh.core.dag import MODEL_KINDS, REF, Job
+from mesh.core.pricing import MAX_PROMPT_TOKENS, MIN_CHARGE, cap, capped, unit
 from mesh.wire.messages import RateCard
 
 
@@ -55,7 +55,10 @@ def estimate(job: Job, cards: Mapping[str, RateCard]) -> Estimate:
         offer = "llm" if s.kind in MODEL_KINDS else s.kind
         card = cards[offer]
         field, words = unit(s.kind)
-        quantity = cap(s.kind, s.params, job.timeout)
+        params = s.params
+        if isinstance(params.get("prompt"), str) and REF.search(params["prompt"]):  # earlier outputs go in: any size
+            params = {**params, "prompt": " " * MAX_PROMPT_TOKENS}
+        quantity = cap(s.kind, params, job.timeout)
         per = max(MIN_CHARGE, quantity * getattr(card, field))
         if s.kind in MODEL_KINDS and s.compare == "score":  # its verifiers are paid the scoring rate instead
             per = max(per, quantity * card.scored_1k)

@@ -14,7 +14,7 @@ from typing import Any
 from mesh.core.compare import Comparator
 from mesh.core.dag import MODEL_KINDS, Job, Step, params_problem, render, sampling_seed, valid_ids
 from mesh.core.policy import Candidate, candidate_from, place
-from mesh.core.pricing import cap, observed, pay, quantity
+from mesh.core.pricing import cap, most_tokens, observed, pay, quantity
 from mesh.core.quorum import Accept, Decision, GiveUp, NeedMore, Tally
 from mesh.errors import JobError
 from mesh.wire.messages import RateCard
@@ -154,13 +154,13 @@ class JobRun:
             return self._verdict(step, run, rep, output, work)
         if run.scoring and not valid_ids(ids := work.get("token_ids")):
             return self._fail(step, node, "no token ids for the verifiers to score")
-        if run.scoring and len(ids) > cap(run.kind, run.params, 0.0) * 1000:  # each verifier is paid to score them all
+        if run.scoring and len(ids) > most_tokens(run.params):  # each verifier is paid to score them all
             return self._fail(step, node, "more token ids than the step's max_tokens")
         key = run.comparator.key(output)
         if run.tally.answer(node, key):
             rep.digest, rep.key, rep.output, rep.work, rep.error = digest, key, output, work, ""
             rep.waited = None if now is None else now - rep.sent
-            rep.bounded = observed(run.kind, work, output, rep.waited)
+            rep.bounded = observed(run.kind, work, output, rep.waited, run.params)
             if run.scoring and run.claim is None:
                 run.claim = rep
             return True
@@ -454,6 +454,13 @@ class JobRun:
             return "", False
         return first, self.rng.random() >= max(REPLICATE_FLOOR, 1.0 / streak)
 
+    @staticmethod
+    def _scored(run: StepRun) -> dict:
+        """What a verifier of `run` scores, as pricing.cap reads it: the claim's token ids after the prompt."""
+        if run.claim is None:
+            return {}
+        return {"token_ids": run.claim.work.get("token_ids"), "prompt": run.params.get("prompt")}
+
     def _representative(self, makers: list[Replica]) -> Replica:
         """The agreeing answer handed on: the exact output most of them gave (under `numeric:TOL` or `text`,
         answers that agree may still differ), a tie drawn by this run's RNG. Taken as the first by node id,
@@ -483,7 +490,7 @@ class JobRun:
             chosen = self._representative(makers)
             run.status, run.key, run.digest, run.output = "done", decision.key, chosen.digest, chosen.output
             limit = cap(run.kind, run.params, self.job.timeout)
-            scored = {"token_ids": run.claim.work.get("token_ids")} if run.claim is not None else {}
+            scored = self._scored(run)
             if verifiers:  # the generator is paid for the tokens its claim holds, which the verifiers scored, not
                 limit = min(limit, cap("score", scored, self.job.timeout))  # for what it says (1 token paid as 2,048)
             credits, basis = pay(run.kind, {r.node: r.billed() for r in makers}, {r.node: r.rates for r in makers},
@@ -546,8 +553,7 @@ class JobRun:
                     node = rep.node
                     kind = run.kind if rep.role == "generate" else "score"
                     limits = (cap(run.kind, run.params, self.job.timeout) if rep.role == "generate" else
-                              cap("score", {"token_ids": run.claim.work.get("token_ids")} if run.claim else {},
-                                  self.job.timeout))
+                              cap("score", self._scored(run), self.job.timeout))
                     peers = sorted(quantity(kind, r.billed()) for r in answered if r.role == rep.role)
                     if len(peers) > 1:
                         limits = min(limits, peers[(len(peers) - 1) // 2])

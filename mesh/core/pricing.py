@@ -27,6 +27,12 @@ TOKEN_SLACK = 8
 # a JSON answer's tokens were text the grammar let the model space out (a newline and indent after each
 # bracket or comma), which the value handed on does not keep: its canonical bytes count this many times
 JSON_SPACING = 4
+# A prompt token is paid as this share of a generated one: reading the prompt is work too. Unpaid, a prompt of
+# 2,032 tokens with max_tokens 1 cost each worker 22-23 CPU-seconds for 0.01 credits (this project's attack
+# round on the llm path, 2026-12-06). Measured on the default model here (bench: prefill 6.4 ms a token,
+# generation 40 ms): 0.16. A prompt's tokens are at most its UTF-8 bytes and TOKEN_SLACK more.
+PROMPT_SHARE = 0.15
+MAX_PROMPT_TOKENS = 2048  # a prompt fits the models' context (mesh.steps.llm.N_CTX), or the step fails
 
 # A python step holds one of its worker's slots for its wall time, busy or not: it is paid at least this share of
 # that time in CPU-seconds (slot rent) ... Paid for its CPU alone, a step that slept 60 s earned the minimum charge
@@ -59,15 +65,16 @@ def quantity(kind: str, work: Mapping[str, object]) -> float:
         return 1.0
     if kind == "python":  # its CPU-seconds, or the slot's rent for its wall time when more
         return max(_num(work.get("cpu_s")), SLOT_SHARE * max(0.0, _num(work.get("seconds")) - SLOT_GRACE_S))
-    return _num(work.get("tokens")) / 1000
+    return (_num(work.get("tokens")) + PROMPT_SHARE * _num(work.get("prompt_tokens"))) / 1000
 
 
-def observed(kind: str, work: Mapping[str, object], output: object, waited: float | None) -> dict[str, object]:
+def observed(kind: str, work: Mapping[str, object], output: object, waited: float | None,
+             params: Mapping[str, object] | None = None) -> dict[str, object]:
     """`work` with its billable figure at most what its payer can see was possible: a python step's
     CPU-seconds at most STEP_CPUS × the seconds it waited for the answer (`waited`; None: not known) and its
     wall time at most those seconds, a
     generation's tokens at most the token ids it handed back and the bytes of its text (of a JSON value,
-    JSON_SPACING × its canonical bytes). A worker trusted to run a step alone was paid the whole timeout
+    JSON_SPACING × its canonical bytes), and its prompt's tokens at most `params`' prompt_bound. A worker trusted to run a step alone was paid the whole timeout
     for an answer it sent in 50 ms, and 2,048 tokens for one: nobody else ran the step, so nothing
     compared its claim. An honest worker's figures are within both."""
     bounded = dict(work)
@@ -90,20 +97,36 @@ def observed(kind: str, work: Mapping[str, object], output: object, waited: floa
         else:
             size = len(text.encode("utf-8", "surrogatepass"))
         bounded["tokens"] = min(most, size + TOKEN_SLACK)
+    if "prompt_tokens" in work:  # (of any model step) at most the prompt the payer sent
+        bounded["prompt_tokens"] = min(_num(work["prompt_tokens"]), prompt_bound(params))
     return bounded
+
+
+def prompt_bound(params: Mapping[str, object] | None) -> float:
+    """The most tokens a step's prompt can be: its UTF-8 bytes and TOKEN_SLACK, at most the context (0
+    without a prompt)."""
+    prompt = (params or {}).get("prompt")
+    if not isinstance(prompt, str):
+        return 0.0
+    return float(min(len(prompt.encode("utf-8", "surrogatepass")) + TOKEN_SLACK, MAX_PROMPT_TOKENS))
+
+
+def most_tokens(params: Mapping[str, object] | None) -> float:
+    """The tokens a generation may hand back: its max_tokens."""
+    return _num((params or {}).get("max_tokens", 64))
 
 
 def cap(kind: str, params: Mapping[str, object] | None, timeout: float) -> float:
     """The most work the step's limits allow: CPU-seconds within its time limit, the tokens it asked for
-    (or, scoring, the tokens of the claim), one page."""
+    (or, scoring, the tokens of the claim) and PROMPT_SHARE of its prompt's, one page."""
     params = params or {}
     if kind == "python":
         return max(0.0, float(timeout))
     if kind == "score":
         ids = params.get("token_ids")
-        return len(ids) / 1000 if isinstance(ids, list) else 0.0
+        return ((len(ids) if isinstance(ids, list) else 0) + PROMPT_SHARE * prompt_bound(params)) / 1000
     if kind in ("llm", "ask-model"):
-        return _num(params.get("max_tokens", 64)) / 1000
+        return (most_tokens(params) + PROMPT_SHARE * prompt_bound(params)) / 1000
     return 1.0
 
 

@@ -406,7 +406,7 @@ class Submission:
         passed = ok and challenge.right(output)
         if passed:
             waited = None if challenge.sent is None else now - challenge.sent
-            self._passed(node, check_id, challenge, got, observed(challenge.kind, work, output, waited), out)
+            self._passed(node, check_id, challenge, got, observed(challenge.kind, work, output, waited, challenge.params), out)
         elif not self._dispute(Dispute(node, check_id, challenge, got, dict(work)), out):
             self._convict(node, check_id, challenge, got, now, out)
         out.extend(self._wake_holding([node]))

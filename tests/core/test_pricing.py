@@ -8,9 +8,12 @@ import pytest
 
 from mesh.core.pricing import (
     MAX_DEFAULT,
+    MAX_PROMPT_TOKENS,
     MIN_CHARGE,
+    PROMPT_SHARE,
     SLOT_GRACE_S,
     SLOT_SHARE,
+    TOKEN_SLACK,
     cap,
     capped,
     ceiling,
@@ -89,6 +92,30 @@ def test_a_python_step_pays_rent_for_the_wall_time_it_held_its_slot():
     assert ceiling("scrape", {"seconds": 600.0}, CARD) == 1.0
     for junk in (float("nan"), -1, "9", True):
         assert ceiling("python", {"cpu_s": 0.0, "seconds": junk}, CARD) == MIN_CHARGE
+
+
+def test_a_prompt_read_is_paid_at_its_share_and_no_more_than_the_prompt_sent():
+    """A prompt of 2,032 tokens with max_tokens 1 cost each worker 22-23 CPU-seconds and paid the minimum
+    charge, 0.01 (this project's attack round on the llm path, 2026-12-06)."""
+    prompt = "word " * 2032
+    params = {"prompt": prompt, "max_tokens": 1}
+    work = {"tokens": 1, "prompt_tokens": 2033, "token_ids": [5]}
+    assert ceiling("llm", work, CARD) == pytest.approx((1 + PROMPT_SHARE * 2033) / 1000 * CARD.tokens_1k)
+    assert ceiling("llm", work, CARD) > 10 * MIN_CHARGE
+    paid, _ = pay("llm", {n: observed("llm", work, "x", 1.0, params) for n in "abc"}, {}, cap("llm", params, 60))
+    assert set(paid.values()) == {round((1 + PROMPT_SHARE * 2033) / 1000 * CARD.tokens_1k, 6)}
+    # a claim of more prompt tokens than the prompt's bytes is cut to them, and the step's cap holds it too
+    liar = observed("llm", {**work, "prompt_tokens": 10**6}, "x", 1.0, {"prompt": "short", "max_tokens": 1})
+    assert liar["prompt_tokens"] == len("short") + TOKEN_SLACK
+    assert observed("llm", {**work, "prompt_tokens": 10**6}, "x", 1.0, params)["prompt_tokens"] == MAX_PROMPT_TOKENS
+    assert observed("llm", {**work, "prompt_tokens": 10**6}, "x", 1.0, {})["prompt_tokens"] == 0  # no prompt
+    # never more than the models' context holds
+    from mesh.steps.llm import N_CTX
+
+    assert MAX_PROMPT_TOKENS == N_CTX
+    assert cap("llm", {"prompt": "x" * 10**6, "max_tokens": 1}, 60) == pytest.approx((1 + PROMPT_SHARE * N_CTX) / 1000)
+    # a verifier reads the prompt too: the score cap counts it
+    assert cap("score", {"token_ids": [1, 2], "prompt": "ab"}, 60) == pytest.approx((2 + PROMPT_SHARE * 10) / 1000)
 
 
 def test_a_rate_card_is_signed_and_checked_in_the_record():
