@@ -95,7 +95,7 @@ from mesh.wire.messages import (
     TestimonyItem,
     TestimonyTell,
 )
-from mesh.wire.records import DEFAULT_OFFER, DEFAULT_RATES, MAX_ALT, RECORD_TTL_MS, make_record
+from mesh.wire.records import DEFAULT_OFFER, DEFAULT_RATES, MAX_ALT, RECORD_TTL_MS, make_record, next_issued
 from mesh.wire.schema import parse
 
 log = logging.getLogger("mesh.node.lifecycle")
@@ -422,9 +422,12 @@ class Node:
     def my_record(self, fresh: bool = False) -> PeerRecord:
         """This node's signed record, re-issued when a third of its lifetime has passed (or `fresh`)."""
         now = now_ms()
-        if fresh or self.own_record is None or self.own_record.issued + RECORD_TTL_MS // 3 < now:
+        last = self.own_record.issued if self.own_record else None
+        issued = next_issued(last, now)
+        if fresh and issued is None:
+            issued = max(now, last + 1)
+        if issued is not None:
             addrs = [self.opts.advertise] if self.opts.advertise else self.relayed_addrs or [self.listen]
-            issued = max(now, self.own_record.issued + 1) if self.own_record else now  # (newer than the last, always)
             self.own_record = make_record(self.identity, self.opts.network, addrs[0],
                                           self.kinds, self.models, self.sandboxed, issued, alt=addrs[1:],
                                           rates=self.opts.rates, fetch_models=self.fetch_allowance,

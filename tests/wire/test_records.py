@@ -200,3 +200,19 @@ def test_an_owners_offer_out_of_bounds_is_refused_even_signed_by_its_own_key(off
         wire["offer"] = {**wire["offer"], field: wrong}
         with pytest.raises(Rejected, match=field):
             parse(PeerRecord, wire)
+
+
+def test_a_node_whose_clock_was_set_back_issues_a_record_peers_take_at_once():
+    """A clock 10 minutes ahead, then set right: the record issued meanwhile is refused by every peer
+    (issued past MAX_AHEAD_MS). "Newer than the last, always" kept the next ones that far ahead, and peers
+    refused the node's hellos for 7 minutes more (this project's attack round on sleep and clocks)."""
+    from mesh.wire.records import MAX_AHEAD_MS, RECORD_TTL_MS, next_issued
+
+    now = T0
+    assert next_issued(None, now) == now
+    assert next_issued(now - 1000, now) is None  # the last one still serves
+    assert next_issued(now - RECORD_TTL_MS // 3 - 1, now) == now
+    assert next_issued(now + 60_000, now + 1) is None  # a little ahead (peers took it): kept, newer next time
+    assert next_issued(now + 10 * 60_000, now) == now  # the jump's record: no peer holds it
+    assert check_record(rec(at=next_issued(now + 10 * 60_000, now)), NET, now) == ""
+    assert next_issued(now + MAX_AHEAD_MS, now) is None  # within what peers take: newer than it, later
