@@ -958,7 +958,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("jobs", cmd_jobs, "list the jobs submitted from this node, newest first: running ones (also those "
              "resumed from its journal after a restart) and ended ones (from their saved reports)",
              api=True, json_flag=True)
-    sp.add_argument("--limit", type=int, default=50, help="at most this many (default 50, at most 1000)")
+    sp.add_argument("--limit", type=_count, default=50, help="at most this many (default 50, at most 1000)")
 
     sp = add("cancel", cmd_cancel, "give a running job up: its unsettled steps fail ('cancelled by its "
              "submitter'), workers still running them are told to stop, and those that had answered are paid "
@@ -1008,7 +1008,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("what", choices=["balance", "peers", "history", "verify", "explain", "export", "verify-receipts"],
                     help="what to read or check (see above)")
     sp.add_argument("arg", nargs="?", metavar="ENTRY|FILE", help="entry id for explain, file for export and verify-receipts")
-    sp.add_argument("--limit", type=int, default=100, help="history: newest N entries")
+    sp.add_argument("--limit", type=_count, default=100, help="history: newest N entries")
     sp.add_argument("--peers", action="store_true",
                     help="verify: also ask the running node's linked peers for the heads of this ledger they "
                          "hold, and check the chain against each (a history cut or rebuilt, even re-signed "
@@ -1044,6 +1044,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(add)
     return p
+
+
+def _count(text: str) -> int:
+    """A --limit: a whole number from 1 (-1 gave every entry, which no --help said)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _seconds(text: str) -> float:

@@ -83,11 +83,25 @@ class Job:
         }
 
 
+class _Twice(ValueError):
+    """A key given twice in one object of a job file: the first would be dropped without a word."""
+
+
+def _one_each(pairs: list[tuple[str, Any]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        raise _Twice(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return out
+
+
 def load_job_text(text: str, source: str = "job") -> Job:
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_one_each)
     except json.JSONDecodeError as exc:
         raise JobError(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except _Twice as exc:
+        raise JobError(f"{source}: the key {str(exc)!r} appears twice in one object (JSON keeps only the last)") from None
     except RecursionError:
         raise JobError(f"{source}: nested too deeply to be a job") from None
     return parse_job(data, source)

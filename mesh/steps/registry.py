@@ -68,8 +68,10 @@ class Registry:
 
     def add(self, path: Path, name: str = "") -> ModelEntry:
         path = path.expanduser().resolve()
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"{path}: no such file")
+        if not path.is_file():  # /dev/zero, a FIFO, a directory: said as such, not "no such file"
+            raise ConfigError(f"{path} is not a regular file (a GGUF model file is)")
         with open(path, "rb") as f:
             if f.read(4) != GGUF_MAGIC:
                 raise ConfigError(f"{path} is not a GGUF model file")

@@ -114,3 +114,12 @@ def test_a_saved_report_that_is_not_a_job_report_is_an_error_not_a_traceback(tmp
         saved_report(SimpleNamespace(jobs_dir=tmp_path), "abc123")
     (tmp_path / "abc123.json").write_text('{"status": "done", "job_id": "abc123", "steps": {}}')
     assert saved_report(SimpleNamespace(jobs_dir=tmp_path), "abc123")["status"] == "done"
+
+
+def test_a_model_that_is_no_file_a_limit_below_one_and_a_key_given_twice_are_said_as_such(tmp_path: Path, home: Path):
+    one_line(run_cli("models", "add", "/dev/zero", "--home", str(home)), 2, "is not a regular file")
+    res = run_cli("ledger", "history", "--home", str(home), "--limit", "-1")
+    assert res.returncode == 2 and "must be 1 or more" in res.stderr
+    (tmp_path / "twice.json").write_text('{"steps": [{"id": "a", "kind": "python", "params": {"code": "x"}}], '
+                                         '"steps": []}')
+    one_line(run_cli("submit", str(tmp_path / "twice.json"), "--home", str(home)), 2, "appears twice")
