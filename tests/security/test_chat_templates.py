@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from mesh.errors import MeshError
+
 from ..conftest import cli_json
 from ..tinygguf import tiny_gguf
 
@@ -28,7 +30,7 @@ def test_a_looping_chat_template_neither_holds_the_api_nor_answers_with_a_prompt
             node.client.request("POST", "/v1/chat/completions", {"model": "evil", "max_tokens": 4,
                                                                  "messages": [{"role": "user", "content": "hi"}]},
                                 timeout=120)
-        except Exception as exc:  # the error answer is what is looked at
+        except MeshError as exc:  # the error answer is what is looked at
             answer["error"] = str(exc)
 
     asker = threading.Thread(target=chat)

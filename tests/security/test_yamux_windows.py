@@ -15,7 +15,10 @@ import struct
 
 import pytest
 import trio
+from libp2p.io.exceptions import ConnectionClosedError
+from libp2p.network.connection.exceptions import RawConnError
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux.yamux import TYPE_DATA, YAMUX_HEADER_FORMAT
 from multiaddr import Multiaddr
 
@@ -61,7 +64,8 @@ async def flood(target: str, node_key: bytes, streams: int, per_stream: int, rep
                     if ms.conn.event_shutting_down.is_set():
                         break
                 await trio.sleep(2)  # the link held: what the node keeps of it now is what counts
-        except Exception as exc:  # the node closed the link under us: how it should end
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, RawConnError, MuxedStreamError,
+                ConnectionClosedError) as exc:  # the node closed the link under us: how it should end
             report["ended"] = type(exc).__name__
         report["closed"] = "ended" in report or opened[0].muxed_stream.conn.event_shutting_down.is_set()
 
