@@ -51,10 +51,10 @@ class ModelRunnerActor(ActorTypeDispatcher):
             except StepFailed as exc:  # e.g. the claim does not fit the context: a failure, not a rejection
                 self.send(sender, StepDone(msg.request_id, False, error=str(exc)))
                 return
-            prompt_tokens = len(self.model.llm.tokenize(str(p["prompt"]).encode()))  # (read as well: paid)
+            work = {"tokens": v.tokens, "prompt_tokens": self.model.prompt_tokens(p["prompt"]),  # (read too: paid)
+                    "seconds": round(v.seconds, 4)}
             self.send(sender, StepDone(msg.request_id, True, {"accepted": v.ok, "first_bad": v.first_bad},
-                                       f"gguf:{self.model.sha256}", {"tokens": v.tokens, "prompt_tokens": prompt_tokens,
-                                                                     "seconds": round(v.seconds, 4)}))
+                                       f"gguf:{self.model.sha256}", work))
             return
         def progress(n: int, text: str) -> None:
             if msg.cancel_file and os.path.exists(msg.cancel_file):  # its requester is gone or gave it up

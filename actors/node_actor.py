@@ -209,9 +209,11 @@ class NodeActor(ActorTypeDispatcher):
         2026-12-06)."""
         self.timed.discard(msg.payload)
         p = self.pending.get(msg.payload) if isinstance(msg.payload, str) else None
-        sha = next((s for s, r in self.runners.items() if p is not None and r == p.child), None)
+        if p is None:  # answered in time
+            return
+        sha = next((s for s, r in self.runners.items() if r == p.child), None)
         pid = self.runner_pids.get(sha or "")
-        if sha is None or not pid:
+        if not pid:
             return
         log.warning("model runner of %s is stuck on a step %g s past its timeout: killing it", sha[:12], OVERDUE_S)
         del self.pending[msg.payload]

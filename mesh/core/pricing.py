@@ -29,8 +29,8 @@ TOKEN_SLACK = 8
 JSON_SPACING = 4
 # A prompt token is paid as this share of a generated one: reading the prompt is work too. Unpaid, a prompt of
 # 2,032 tokens with max_tokens 1 cost each worker 22-23 CPU-seconds for 0.01 credits (this project's attack
-# round on the llm path, 2026-12-06). Measured on the default model here (bench: prefill 6.4 ms a token,
-# generation 40 ms): 0.16. A prompt's tokens are at most its UTF-8 bytes and TOKEN_SLACK more.
+# round on the llm path, 2026-12-06). Measured on the default model here (Model.generate, 2 threads: prefill
+# 6.4 ms a token, generation 40 ms): 0.16. A prompt's tokens are at most its UTF-8 bytes and TOKEN_SLACK more.
 PROMPT_SHARE = 0.15
 MAX_PROMPT_TOKENS = 2048  # a prompt fits the models' context (mesh.steps.llm.N_CTX), or the step fails
 

@@ -81,12 +81,16 @@ class Model:
         threads = n_threads or max(1, min(4, os.cpu_count() or 1))
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, seed=0, verbose=False)
 
+    def prompt_tokens(self, prompt: str) -> int:
+        """The tokens `prompt` reads as, as a replica reports them (what pricing pays a prompt by)."""
+        return len(self.llm.tokenize(prompt.encode()))
+
     def generate(self, prompt: str, max_tokens: int, seed: int = 0, stop: list[str] | None = None,
                  temperature: float = 0.0, json_schema: dict | None = None,
                  on_progress: Callable[[int, str], None] | None = None) -> Generation:
         """Greedy at temperature 0 (replicas agree token for token); sampled with `seed` above it. A JSON
         schema constrains the output through a llama.cpp grammar."""
-        n_prompt = len(self.llm.tokenize(prompt.encode()))
+        n_prompt = self.prompt_tokens(prompt)
         if n_prompt + max_tokens > self.llm.n_ctx():
             raise StepFailed(f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceed the context "
                              f"of {self.llm.n_ctx()}")
