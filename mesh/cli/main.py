@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import shlex
 import sqlite3
@@ -14,13 +15,14 @@ import time
 from pathlib import Path
 
 from mesh import PROTOCOL_VERSION, __version__
-from mesh.cli.terminal import printable
+from mesh.cli.terminal import os_problem, printable
 from mesh.core.jobid import short
 from mesh.errors import ConfigError, Interrupted, JobError, LedgerError, MeshError, NodeUnreachable, UserError
 from mesh.node.home import default_home, parse_hostport
 from mesh.wire.records import MAX_FETCH_MODELS
 
 EXIT_USER, EXIT_FAILED = 2, 3
+EXIT_PIPE = 141  # 128 + SIGPIPE, as a shell reports a program its reader left
 UP_CREDIT_LINE = 1000.0  # `mesh up` nodes' --credit-line: chosen from measured job costs (README, "What a job costs")
 EXAMPLE_JOB = Path(__file__).resolve().parents[2] / "examples" / "demo-job.json"
 PYTHON_JOB = EXAMPLE_JOB.with_name("python-job.json")  # what nodes started --no-model can run (no llm step)
@@ -1086,8 +1088,11 @@ def main(argv: list[str] | None = None) -> int:
     except MeshError as exc:
         print(printable(f"mesh: {exc}"), file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader went away (`mesh ... | head`): nothing to say, and nobody to say it to
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the exit's flush would fail again)
+        return EXIT_PIPE
     except OSError as exc:  # this machine's disk or files (full, read-only, gone): one line, not a traceback
-        print(f"mesh: {exc}", file=sys.stderr)
+        print(printable(f"mesh: {os_problem(exc)}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from ledger.store import Ledger
 
-from ..conftest import run_cli
+from ..conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -123,3 +124,21 @@ def test_a_model_that_is_no_file_a_limit_below_one_and_a_key_given_twice_are_sai
     (tmp_path / "twice.json").write_text('{"steps": [{"id": "a", "kind": "python", "params": {"code": "x"}}], '
                                          '"steps": []}')
     one_line(run_cli("submit", str(tmp_path / "twice.json"), "--home", str(home)), 2, "appears twice")
+
+
+def test_a_reader_that_goes_away_and_a_home_that_cannot_be_made_are_said_plainly(tmp_path: Path, home: Path):
+    """`mesh models list | head` whose reader left printed "mesh: [Errno 32] Broken pipe"; a home under a
+    file printed "mesh: [Errno 20] Not a directory: '…'" (attack round, 2026-12-06)."""
+    proc = subprocess.Popen([sys.executable, "-m", "mesh", "models", "list", "--home", str(home)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc.stdout.close()  # the reader leaves before the first line
+    try:
+        err = proc.stderr.read().decode()
+        assert proc.wait(60) == 141, err  # as a shell reports a program whose reader left (128 + SIGPIPE)
+    finally:
+        proc.kill()
+    assert err == "", err
+    (tmp_path / "plain").write_text("")
+    res = run_cli("init", "--home", str(tmp_path / "plain" / "h"), timeout=30)
+    one_line(res, 1, f"{tmp_path / 'plain' / 'h'}: Not a directory")
+    assert "Errno" not in res.stderr, res.stderr
