@@ -131,6 +131,7 @@ class JobRun:
         self.log: list | None = [] if record else None
         self.job = job
         self.rng = rng
+        self.barred = ""  # which workers are never asked, said when too few are left (a recheck's)
         self.order = job.order()
         self.steps = {sid: StepRun(job.step(sid).kind, Comparator(job.step(sid).compare)) for sid in self.order}
         self.outcomes: list[Outcome] = []
@@ -324,7 +325,7 @@ class JobRun:
         if eligible < self.job.redundancy:
             self._settle(sid, GiveUp(
                 f"needs {self.job.redundancy} workers able to run {step.needs} steps other than the "
-                f"submitter, the mesh offers {eligible}"))
+                f"submitter{self.barred}, the mesh offers {eligible}"))
 
     def _decide(self, run: StepRun, pool: list[Candidate], fresh: list[Candidate]) -> tuple[Decision, str]:
         """The tally's decision, overridden where this run knows better: the first placement asks for the

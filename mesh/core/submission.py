@@ -493,6 +493,8 @@ class Submission:
         orig.rechecks[sid] = {"job": rid, "cause": cause, "verdict": "running"}
         self._rechecking[job_id] = self._rechecking.get(job_id, 0) + 1
         run = JobRun.recheck(rid, orig.run, sid, random.Random(seed))
+        if exclude:  # ("the mesh offers 0" of a small mesh whose every worker had a part read as a bug)
+            run.barred = f" and the {len(exclude)} with a part in the answers it rechecks"
         out.extend(self._add(rid, SubmittedJob(run, seed, recheck_of=(job_id, sid), exclude=exclude)))
 
     def _judge_recheck(self, rid: str, sj: SubmittedJob, now: float | None, out: list[Effect]) -> None:

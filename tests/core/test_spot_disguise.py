@@ -271,3 +271,18 @@ def test_a_liar_disputing_a_right_known_answer_is_convicted_once_the_recheck_con
     assert of(effects, Judged) == [Judged("liar", False, digest(666), lie.job)]
     assert sub.blacklisted("liar", 303.0)
     assert ("spot_failed", "liar") in [(e.kind, e.peer) for r in of(effects, Record) for e in r.entries]
+
+
+def test_a_recheck_on_a_mesh_of_only_those_with_a_part_says_so():
+    """On a small mesh every worker may have answered the disputed step or checked it: the recheck can
+    ask nobody. It said "the mesh offers 0", which read as a mesh without workers (attack round, 2026-12-06)."""
+    sub = Submission(Config(1, spot_rate=1.0, blacklist_s=60))
+    settle_on(sub, "j0", ("c1", "c2", "c3"), 666, 0.0)
+    sub.submit("j1", job(), 1)
+    checks = fire(sub, of(sub.tick("j1", pool("h1", "h2", "h3"), 200.0), Alarm))
+    (started,) = [e for e in answer(sub, checks[0], 42, checks[0].deadline - 1) if type(e).__name__ == "Started"]
+    sub.tick(started.job, pool("c1", "c2", "c3", checks[0].node), 300.0)
+    run = sub.jobs[started.job].run
+    (error,) = [r.error for r in run.steps.values() if r.status == "failed"]
+    assert error.endswith("other than the submitter and the 4 with a part in the answers it rechecks, "
+                          "the mesh offers 0"), error
