@@ -61,7 +61,7 @@ from mesh.node.home import (
 )
 from mesh.node.journal import Journal
 from mesh.node.logfile import json_handler, text_handler
-from mesh.node.modelshare import ModelFetcher, ModelServer
+from mesh.node.modelshare import MODEL_FLOOR, ModelFetcher, ModelServer
 from mesh.node.owed import Owed
 from mesh.node.owner import Owner, OwnerLimits
 from mesh.node.peers import GossipLimit, Peer, PeerTable, prefix_of, prefix_of_ip
@@ -995,8 +995,9 @@ class Node:
         if freed:
             log.info("model fetch: %d bytes of failed fetches deleted to make room", freed)
         room = self.fetch_allowance - self.fetcher.bytes_held(sha)
-        if room <= 0:
-            return f"this node's --fetch-models allowance ({self.fetch_allowance:,} bytes) is used up"
+        if room < MODEL_FLOOR:  # (whatever its size, the model will count that much once it is whole)
+            return (f"this node's --fetch-models allowance ({self.fetch_allowance:,} bytes) is used up: each "
+                    f"model fetched counts at least {MODEL_FLOOR >> 20} MiB, what its runner takes in memory")
         try:
             self.fetcher.start(sha, room)
         except ConfigError as exc:

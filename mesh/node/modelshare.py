@@ -46,6 +46,15 @@ MAX_WAITING = 64  # model asks held at once, answered or waiting; more are dropp
 # at a time (each ~700 KB as a frame); one that asked and never read had 1 GB queued here at 32 MiB/s
 SERVE_BACKLOG = 2 * WINDOW * MODEL_PART
 ASK_TIMEOUT_S = 30.0  # a source that sends nothing for this long hands over to the next
+# ... and one that sends less than this on average over each window: a source answering every part just
+# inside ASK_TIMEOUT_S held a node's one fetch for steps for hours (2 Mbit/s: most home uplinks give more)
+MIN_RATE_BPS = 256 << 10
+RATE_WINDOW_S = 60.0
+SPURN_S = 6 * 3600.0  # a source caught serving another file than the model asked for is not asked for it again
+MAX_SPURNED = 4096
+# what a whole fetched model counts at least against --fetch-models: the runner process it is loaded in
+# (73 MiB of RSS for a 116 KB GGUF, measured 2026-12-06), so a thousand tiny models are not a small allowance
+MODEL_FLOOR = 128 << 20
 FETCH_LIMIT = 4 << 30  # bytes a fetch by hand may bring in unless told otherwise
 
 
@@ -150,6 +159,7 @@ class ModelFetcher:
         self.status: dict[str, FetchStatus] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._inbox: dict[str, asyncio.Queue] = {}
+        self._spurned: dict[tuple[str, str], float] = {}  # (model, source) → when it was caught lying about it
 
     def start(self, sha: str, max_bytes: int = FETCH_LIMIT, sources: list[str] | None = None,
               name: str = "") -> FetchStatus:
@@ -164,6 +174,11 @@ class ModelFetcher:
         peers = holders if sources is None else [p for p in sources if p in holders]  # (in the order named)
         if not peers:
             raise ConfigError(f"no peer linked now serves model {sha[:12]}" + (" (of those named)" if sources else ""))
+        now = time.monotonic()
+        peers = [p for p in peers if now - self._spurned.get((sha, p), -SPURN_S) >= SPURN_S]
+        if not peers:
+            raise ConfigError(f"the peers serving model {sha[:12]} were caught serving another file for it in "
+                              f"the last {SPURN_S / 3600:g} hours")
         self.status[sha] = FetchStatus(sha, "fetching", name=name)
         self._inbox[sha] = asyncio.Queue(maxsize=4 * WINDOW)
         self._tasks[sha] = self.spawn(self._run(sha, max_bytes, peers, name))
@@ -181,15 +196,16 @@ class ModelFetcher:
         return self.status[sha]
 
     def bytes_held(self, sha: str = "") -> int:
-        """Bytes of model files this node fetched (whole or in part), less the part of `sha` a fetch
-        would resume from: what counts against the --fetch-models allowance."""
+        """Bytes of model files this node fetched (whole or in part; a whole one at least MODEL_FLOOR), less
+        the part of `sha` a fetch would resume from: what counts against the --fetch-models allowance."""
         if not self.dir.is_dir():
             return 0
         total = 0
         for f in self.dir.iterdir():
             if f.suffix in (".gguf", ".part") and f.name != f"{sha}.part":
                 with contextlib.suppress(OSError):
-                    total += f.stat().st_size
+                    size = f.stat().st_size
+                    total += max(size, MODEL_FLOOR) if f.suffix == ".gguf" else size
         return total
 
     def reclaim(self, keep: str) -> int:
@@ -239,6 +255,7 @@ class ModelFetcher:
         queue: list[Effect] = fetch.start()
         with open(part, "r+b" if part.exists() else "w+b") as f:
             deadline = time.monotonic() + ASK_TIMEOUT_S  # moved on only by what the fetch acts on
+            rate = _Rate(fetch.done_bytes)
             while True:
                 while queue:
                     eff = queue.pop(0)
@@ -258,14 +275,21 @@ class ModelFetcher:
                     queue += await self._apply(eff, fetch, f, state, sha)
                 if fetch.source != st.source:
                     deadline = time.monotonic() + ASK_TIMEOUT_S  # a new source's time starts
+                    rate = _Rate(fetch.done_bytes)
                 st.done_bytes, st.size, st.source = fetch.done_bytes, fetch.size, fetch.source
-                try:
-                    peer, kind, payload = await asyncio.wait_for(self._inbox[sha].get(),
-                                                                 max(0.0, deadline - time.monotonic()))
-                except asyncio.TimeoutError:
-                    queue += fetch.on_lost(fetch.source, f"sent nothing for {ASK_TIMEOUT_S:g} s")
-                    deadline = time.monotonic() + ASK_TIMEOUT_S
+                slow = rate.slow(fetch.done_bytes)
+                if slow:
+                    queue += fetch.on_lost(fetch.source, slow)
+                    deadline, rate = time.monotonic() + ASK_TIMEOUT_S, _Rate(fetch.done_bytes)
                     continue
+                try:
+                    peer, kind, payload = await asyncio.wait_for(
+                        self._inbox[sha].get(), max(0.0, min(deadline, rate.ends) - time.monotonic()))
+                except asyncio.TimeoutError:
+                    if time.monotonic() >= deadline:
+                        queue += fetch.on_lost(fetch.source, f"sent nothing for {ASK_TIMEOUT_S:g} s")
+                        deadline = time.monotonic() + ASK_TIMEOUT_S
+                    continue  # (else the rate's window ended: judged at the top)
                 if kind == "model-manifest":
                     acted = fetch.on_manifest(peer, payload)
                 else:
@@ -299,7 +323,27 @@ class ModelFetcher:
         elif isinstance(eff, Penalise):
             log.warning("model fetch %s: peer %s penalised: %s", sha[:12], eff.peer[:12], eff.reason)
             self.penalise(eff.peer, eff.reason)
+            self._spurned.pop((sha, eff.peer), None)
+            self._spurned[(sha, eff.peer)] = time.monotonic()  # (the newest last)
+            while len(self._spurned) > MAX_SPURNED:
+                del self._spurned[next(iter(self._spurned))]
         return []
+
+
+class _Rate:
+    """One source's bytes over the current window of RATE_WINDOW_S: under MIN_RATE_BPS on average, it is slow."""
+
+    def __init__(self, done: int) -> None:
+        self.ends, self.done = time.monotonic() + RATE_WINDOW_S, done
+
+    def slow(self, done: int) -> str:
+        """Why the source is too slow, once a window has ended ('' if it is not; a new window begins)."""
+        if time.monotonic() < self.ends:
+            return ""
+        got, self.ends, self.done = done - self.done, time.monotonic() + RATE_WINDOW_S, done
+        if got >= MIN_RATE_BPS * RATE_WINDOW_S:
+            return ""
+        return f"sent {got:,} bytes in {RATE_WINDOW_S:g} s, under {MIN_RATE_BPS >> 10} KiB/s"
 
 
 def _save(state: Path, fetch: ModelFetch) -> None:

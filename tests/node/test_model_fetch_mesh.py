@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from mesh.node.modelshare import MODEL_FLOOR
 from mesh.steps.models import sha256_file
 from mesh.steps.registry import Registry
 
@@ -44,12 +45,12 @@ def test_one_node_fetches_two_models_at_once_each_checked_and_both_count_against
     """Node 0 (--fetch-models) fetches model A, naming first node 2, which serves it with a byte of every
     part changed, then node 1, and at the same time model B from node 3. Node 2 is caught at its first
     part, penalised, and node 1 finishes A; B comes whole from node 3 meanwhile. Each file matches its own
-    SHA-256. Then a step on model C (held by node 1) is offered to node 0: its allowance less A and B is
-    less than C, so it fetches none of C and says by how much it was over."""
+    SHA-256. Then a step on model C (held by node 1) is offered to node 0: its allowance less A and B (each
+    counted at MODEL_FLOOR, what a runner takes) is less than a model counts, so it fetches none of C."""
     files = {k: tmp_path / f"{k}.gguf" for k in ("own", "a", "b", "c")}
     sha = {k: tiny_gguf(path, pad=6 << 20, seed=i) for i, (k, path) in enumerate(files.items())}  # 13 parts
     size = {k: path.stat().st_size for k, path in files.items()}
-    allowance = size["a"] + size["b"] + size["c"] // 2  # room for C after A or B alone; not after both
+    allowance = 2 * MODEL_FLOOR + MODEL_FLOOR // 2  # room for C after A or B alone; not after both
     Registry(tmp_path / "mesh" / "node1").add(files["c"], "c")
     options = [["--model", str(files["own"]), "--fetch-models", str(allowance)], ["--model", str(files["a"])],
                ["--model", str(files["a"]), "--fault", "corrupt-model"], ["--model", str(files["b"])]]
@@ -80,5 +81,5 @@ def test_one_node_fetches_two_models_at_once_each_checked_and_both_count_against
     job_id = n[3].client.request("POST", "/jobs", {"job": job})["job_id"]
     report = [ev for _, ev in n[3].client.events(job_id)][-1]
     errors = {r["node"]: r.get("error", "") for r in report["steps"]["ask"]["replicas"]}
-    assert f"over the limit of {allowance - size['a'] - size['b']:,}" in errors.get(n[0].node_id, ""), report
+    assert f"allowance ({allowance:,} bytes) is used up" in errors.get(n[0].node_id, ""), report
     assert sorted(f.name for f in (n[0].home / "models").iterdir()) == sorted(f"{sha[k]}.gguf" for k in ("a", "b"))

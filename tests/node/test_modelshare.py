@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mesh.errors import ConfigError
-from mesh.node.modelshare import ModelFetcher, ModelServer, _manifest_of, _resume
+from mesh.node.modelshare import MODEL_FLOOR, ModelFetcher, ModelServer, _manifest_of, _resume
 from mesh.wire.messages import MODEL_PART, ModelAsk, ModelManifest, ModelPart
 
 pytestmark = pytest.mark.timeout(60)
@@ -151,9 +151,12 @@ def test_what_fetched_models_hold_counts_against_the_allowance_and_a_waiter_sees
         wire.fetcher.start(sha, size)
         assert wire.fetcher.under_way() == [sha]
         st = await wire.fetcher.wait(sha)
-        assert st.state == "done" and wire.fetcher.bytes_held() == size and wire.fetcher.bytes_held(sha) == size
+        # a whole model counts at least MODEL_FLOOR: its runner's memory, however small the file (a stranger's
+        # steps on a thousand 115 KB models fit a 200 MB allowance, and started a thousand runners of 73 MiB)
+        held = max(size, MODEL_FLOOR)
+        assert st.state == "done" and wire.fetcher.bytes_held() == held and wire.fetcher.bytes_held(sha) == held
         (tmp_path / "home" / "models" / ("b" * 64 + ".part")).write_bytes(b"x" * 100)  # another, cut off
-        assert wire.fetcher.bytes_held() == size + 100 and wire.fetcher.bytes_held("b" * 64) == size
+        assert wire.fetcher.bytes_held() == held + 100 and wire.fetcher.bytes_held("b" * 64) == held
 
     asyncio.run(main())
 
@@ -222,7 +225,7 @@ def test_two_models_fetched_at_once_each_checked_and_a_corrupt_source_of_one_spo
     assert peers.penalised == [("liar", "model-part does not match its manifest")]
     assert peers.parts_sent[("honest", sha_b)] == 5  # B's parts came once each, none thrown away
     assert sorted(f.name for f in models.iterdir()) == sorted([f"{sha_a}.gguf", f"{sha_b}.gguf"])
-    held = a.stat().st_size + b.stat().st_size
+    held = max(a.stat().st_size, MODEL_FLOOR) + max(b.stat().st_size, MODEL_FLOOR)
     assert peers.fetcher.bytes_held() == held and peers.fetcher.bytes_held("c" * 64) == held
 
 
@@ -293,9 +296,62 @@ def test_a_step_fetch_deletes_what_failed_fetches_left_so_the_allowance_frees_ag
         for name, size in (("a" * 64 + ".part", 3000), ("a" * 64 + ".fetch.json", 10), (sha + ".part", 700)):
             (models / name).write_bytes(b"x" * size)
         (models / ("c" * 64 + ".gguf")).write_bytes(b"GGUF")  # a whole model: never a leftover
-        assert wire.fetcher.bytes_held(sha) == 3004
+        assert wire.fetcher.bytes_held(sha) == 3000 + MODEL_FLOOR
         assert wire.fetcher.reclaim(sha) == 3000
         assert sorted(p.name for p in models.iterdir()) == sorted(["c" * 64 + ".gguf", sha + ".part"])
-        assert wire.fetcher.bytes_held(sha) == 4
+        assert wire.fetcher.bytes_held(sha) == MODEL_FLOOR
+
+    asyncio.run(main())
+
+
+class Slow(Wire):
+    """The source answers every ask `delay` seconds late: slow enough to hold a fetch for hours, never
+    silent for ASK_TIMEOUT_S."""
+
+    delay = 0.25
+
+    def _to_server(self, node: str, kind: str, payload: ModelAsk) -> bool:
+        async def late() -> None:
+            await asyncio.sleep(self.delay)
+            await self.server.serve("fetcher", payload)
+        self._spawn(late())
+        return True
+
+
+def test_a_source_slower_than_the_least_rate_hands_over(tmp_path, monkeypatch):
+    """The attack (2026-12-06): a holder that answers each part 20 s late, under the 30 s silence limit,
+    took 125 s for a 10.6 MB model, and held the one fetch for steps a node runs at a time meanwhile: a
+    4 GiB model would take 11 hours. A source must send MIN_RATE_BPS on average over each RATE_WINDOW_S."""
+    served, sha = model_file(tmp_path)
+    monkeypatch.setattr("mesh.node.modelshare.RATE_WINDOW_S", 0.3)
+    monkeypatch.setattr("mesh.node.modelshare.MIN_RATE_BPS", 1 << 40)  # no source is that fast
+
+    async def main() -> None:
+        wire = Slow(tmp_path, served, sha)
+        st = wire.fetcher.start(sha)
+        await _until(lambda: st.state != "fetching", timeout=10.0)
+        assert st.state == "failed" and "in 0.3 s, under" in st.error, st.error
+        assert wire.installed == []
+
+    asyncio.run(main())
+
+
+def test_a_source_caught_lying_about_a_model_is_not_asked_for_it_again(tmp_path):
+    """The attack (2026-12-06): a holder advertises model A and serves 25 MB of another file, whose parts
+    match its own manifest; the whole file's SHA-256 gives it away at the end, it is penalised, and the
+    next step on A fetched the same 25 MB from it again: 75 MB in 23 s against a 30 MB allowance."""
+    served, sha = model_file(tmp_path, parts=2.5)
+
+    async def main() -> None:
+        peers = Peers(tmp_path, {"liar": ({sha: served}, True)})  # (a byte of every part changed)
+        peers.fetcher.start(sha)
+        st = await peers.fetcher.wait(sha)
+        assert st.state == "failed" and [p for p, _ in peers.penalised] == ["liar"]
+        await asyncio.sleep(0.1)  # (the parts asked at once come in after it was caught)
+        sent = peers.parts_sent[("liar", sha)]
+        with pytest.raises(ConfigError, match="caught serving another file"):
+            peers.fetcher.start(sha)
+        await asyncio.sleep(0.1)
+        assert peers.parts_sent[("liar", sha)] == sent  # nothing asked of it again
 
     asyncio.run(main())

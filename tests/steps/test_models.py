@@ -231,8 +231,9 @@ def test_nodes_that_may_fetch_models_get_the_one_a_step_needs_and_all_three_agre
     """Only node 1 holds the model; nodes 2 and 3 run with --fetch-models 200MB. An r=3 step on it is placed
     on all three (too few hold it, so placement looks at nodes that fetch), nodes 2 and 3 fetch it from
     node 1 while their replicas wait, run it, and all three agree; the files they fetched are the model's.
-    Then a step naming a 253 MB model node 1 also holds: what is left of the allowance (~100 MB) is too
-    little, so nodes 2 and 3 fetch nothing of it and say why, and the step fails rather than fill the disk."""
+    Then a step naming a 253 MB model node 1 also holds: what is left of the allowance (200 MB less the
+    first model, counted at least MODEL_FLOOR) is too little, so nodes 2 and 3 fetch nothing of it and say
+    why, and the step fails rather than fill the disk."""
     sha = Registry(tmp_path / "mesh" / "node1").add(instruct_copy, "instruct-copy").sha256
     big = Registry(tmp_path / "mesh" / "node1").add(second_model, "big").sha256
     mesh = make_mesh(4, lambda i: ["--no-model"] if i == 0 else ["--fetch-models", "200MB"] if i > 1 else [])
@@ -261,6 +262,6 @@ def test_nodes_that_may_fetch_models_get_the_one_a_step_needs_and_all_three_agre
     assert report["status"] == "failed", report
     errors = {r["node"]: r.get("error", "") for r in report["steps"]["ask"]["replicas"]}
     for i in (2, 3):
-        assert "limit" in errors[n[i].node_id], errors
+        assert "allowance (200,000,000 bytes) is used up" in errors[n[i].node_id], errors
         held = {f.name for f in (n[i].home / "models").iterdir()}
         assert held == {f"{sha}.gguf"}, held  # nothing of the big model, not even an empty file
