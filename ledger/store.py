@@ -353,7 +353,7 @@ class Ledger:
         for peer, kind, detail in self.db.execute(
                 "SELECT peer, kind, detail FROM entries WHERE kind IN ('agreed','disagreed','no_show','penalty',"
                 "'spot_failed') ORDER BY id"):
-            runs[peer] = next_streak(runs.get(peer, 0), kind, StepEvidence.in_detail(json.loads(detail)))
+            runs[peer] = next_streak(runs.get(peer, 0), kind, StepEvidence.in_detail(json.loads(detail)), peer)
         return runs
 
     def peers_seen(self) -> set[str]:

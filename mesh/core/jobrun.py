@@ -14,7 +14,7 @@ from typing import Any
 from mesh.core.compare import Comparator
 from mesh.core.dag import MODEL_KINDS, Job, Step, params_problem, render, sampling_seed, valid_ids
 from mesh.core.policy import Candidate, candidate_from, place
-from mesh.core.pricing import cap, most_tokens, observed, pay, quantity
+from mesh.core.pricing import cap, most_tokens, observed, overclaimed, pay, quantity
 from mesh.core.quorum import Accept, Decision, GiveUp, NeedMore, Tally
 from mesh.errors import JobError
 from mesh.wire.messages import RateCard
@@ -44,6 +44,7 @@ class Outcome:
     reason: str = ""
     basis: str = ""  # how the credit was measured, in words
     credits: dict[str, float] = field(default_factory=dict)  # per agreeing worker where it differs (verifiers)
+    overclaimed: tuple[str, ...] = ()  # agreeing workers that claimed far more work than the others (pricing)
 
     def credit_of(self, node: str) -> float:
         return self.credits.get(node, self.credit)
@@ -83,7 +84,8 @@ RETRY_AFTER_S = 2.0  # a worker whose replica failed for a passing reason is ask
 REJOIN_S = 15.0  # how long a step with no other worker waits for such a worker to come back up
 MAX_RETRIES = 2  # times one worker is asked again for one step
 REPLICATE_FLOOR = 0.02  # a trusted worker's step is still replicated at least this often (adaptive replication)
-UNVERIFIED_CPUS = 1.0  # a cancelled step's only answer is paid at most this many CPUs for the time it took
+UNVERIFIED_CPUS = 1.0  # a python step's only answer (cancelled, or run alone) is paid at most this many CPUs
+# for the time it took
 AUDIT_REPLICAS = 2  # a trusted worker's replicated step: it and one other; any dissent escalates as usual
 PROVEN = 2  # a worker whose run reaches PROVEN × N takes the first seat ahead of those with shorter runs
 
@@ -494,8 +496,12 @@ class JobRun:
             scored = self._scored(run)
             if verifiers:  # the generator is paid for the tokens its claim holds, which the verifiers scored, not
                 limit = min(limit, cap("score", scored, self.job.timeout))  # for what it says (1 token paid as 2,048)
-            credits, basis = pay(run.kind, {r.node: r.billed() for r in makers}, {r.node: r.rates for r in makers},
-                                 limit)
+            if run.kind == "python" and len(makers) == 1 and makers[0].waited is not None:
+                # alone, nothing measured against its claim: one CPU for the time it took, not STEP_CPUS (a trusted
+                # worker held a 2 ms answer a sixteenth of the timeout and was paid 250.9 for 16 CPUs over it)
+                limit = min(limit, max(0.0, makers[0].waited) * UNVERIFIED_CPUS)
+            billed = {r.node: r.billed() for r in makers}
+            credits, basis = pay(run.kind, billed, {r.node: r.rates for r in makers}, limit)
             run.credit = min(credits.values())
             if verifiers:  # scoring is cheaper than generating, and paid as such
                 vcredits, vbasis = pay("score", {r.node: r.work for r in verifiers},
@@ -505,7 +511,7 @@ class JobRun:
             run.credits = credits
             self.outcomes.append(Outcome(sid, run.kind, True, run.digest, decision.agreeing,
                                          decision.dissenting, decision.failed, run.credit, basis=basis,
-                                         credits=credits))
+                                         credits=credits, overclaimed=overclaimed(run.kind, billed)))
         else:
             run.status, run.error = "failed", decision.reason
             dissent = tuple(sorted(tally.answers)) if tally else ()

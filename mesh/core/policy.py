@@ -72,13 +72,17 @@ def reputation(agreed: float, disagreed: float, no_show: float, penalty: float =
     return (agreed + 1) / (agreed + disagreed + no_show + penalty + 2)
 
 
-def next_streak(streak: int, kind: str, why: StepEvidence | None) -> int:
+def next_streak(streak: int, kind: str, why: StepEvidence | None, peer: str = "") -> int:
     """A worker's run of validated results after one more reputation entry: +1 for agreeing in a step at
-    least two agreed on, back to 0 on a disagreement, penalty or failed spot check. A no-show leaves it
+    least two agreed on, back to 0 on a disagreement, penalty or failed spot check, or on agreeing while
+    claiming far more work than the others (`peer` in why.overclaimed: a run earns steps run alone, where
+    nobody measures against its claim). A no-show leaves it
     as it was: it is absence, not a wrong answer (its reputation still pays), and an honest worker
     queued past a deadline by a busy mesh lost a long run to it, which only audits at 1/run rebuild.
     `why` is the step's evidence (None for entries without one, which never lengthen a run)."""
     if kind == "agreed":
+        if why is not None and peer and peer in why.overclaimed:
+            return 0
         return streak + (why is not None and len(why.agreeing) >= 2)
     return 0 if kind in MISBEHAVIOUR else streak
 
@@ -98,11 +102,15 @@ class StepEvidence:
     failed: Mapping[str, str]  # node → why it gave no usable answer
     credit_basis: str  # how the credit was measured, in words
     reason: str  # why the step failed ('' when accepted)
+    overclaimed: tuple[str, ...] = ()  # agreeing workers that claimed far more work than the others
 
     def to_json(self) -> dict[str, Any]:
-        return {"rule": self.rule, "needed": self.needed, "redundancy": self.redundancy, "accepted": self.accepted,
-                "agreeing": list(self.agreeing), "answers": dict(self.answers), "failed": dict(self.failed),
-                "credit_basis": self.credit_basis, "reason": self.reason}
+        out = {"rule": self.rule, "needed": self.needed, "redundancy": self.redundancy, "accepted": self.accepted,
+               "agreeing": list(self.agreeing), "answers": dict(self.answers), "failed": dict(self.failed),
+               "credit_basis": self.credit_basis, "reason": self.reason}
+        if self.overclaimed:  # (only then: every other row's bytes stay as they were)
+            out["overclaimed"] = list(self.overclaimed)
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> StepEvidence:
@@ -110,7 +118,8 @@ class StepEvidence:
         there: without it the row is not a step's evidence at all."""
         return cls(str(d.get("rule", "")), int(d.get("needed") or 0), int(d.get("redundancy") or 0),
                    str(d.get("accepted", "")), tuple(str(n) for n in d["agreeing"]), dict(d.get("answers") or {}),
-                   dict(d.get("failed") or {}), str(d.get("credit_basis", "")), str(d.get("reason", "")))
+                   dict(d.get("failed") or {}), str(d.get("credit_basis", "")), str(d.get("reason", "")),
+                   tuple(str(n) for n in (d.get("overclaimed") if isinstance(d.get("overclaimed"), list) else ())))
 
     @classmethod
     def in_detail(cls, detail: Mapping[str, Any] | None) -> StepEvidence | None:
@@ -184,7 +193,7 @@ class Reputations:
     def fold(self, kind: str, peer: str, ts_ms: int, why: StepEvidence | None) -> None:
         self.evidence.setdefault(peer, Evidence()).add(kind, ts_ms)
         before = self.streaks.get(peer, 0)
-        after = self.streaks[peer] = next_streak(before, kind, why)
+        after = self.streaks[peer] = next_streak(before, kind, why, peer)
         if kind in MISBEHAVIOUR:
             self.last_bad[peer] = max(ts_ms, self.last_bad.get(peer, 0))
         if not after:

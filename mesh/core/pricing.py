@@ -41,6 +41,11 @@ SLOT_SHARE = 0.25
 # ... of its wall time past this: a quick step's wall time is mostly handing it to the sandbox and back, which
 # its CPU price already covers (rent on it raised a 22 ms step's pay by half)
 SLOT_GRACE_S = 1.0
+# A python step's CPU-seconds claimed at more than this many times the other agreeing replicas' median (at least
+# OVERCLAIM_FLOOR) end the claimant's run of validated results: machines differ, rarely by 16 (speeds spread
+# lognormally with sigma 0.5, as the simulator draws them, differ 16-fold about once in 20,000 pairs)
+OVERCLAIM = 16.0
+OVERCLAIM_FLOOR = 0.1
 
 # kind -> (the rate card's field, the unit in words)
 _UNITS = {"python": ("cpu_s", "CPU-seconds"), "llm": ("tokens_1k", "thousand tokens generated"),
@@ -145,6 +150,22 @@ def pay(kind: str, works: Mapping[str, Mapping[str, object]], cards: Mapping[str
              f"{limit:.6g} by the step's limits, and for each at most its own) at each worker's {field} rate, "
              f"at least {MIN_CHARGE}")
     return out, basis
+
+
+def overclaimed(kind: str, works: Mapping[str, Mapping[str, object]]) -> tuple[str, ...]:
+    """The agreeing workers of a python step whose CPU-seconds are more than OVERCLAIM times the median of
+    the others' (at least OVERCLAIM_FLOOR): the median pays them no more, but a worker that claims so where
+    others measured too is one to keep off steps where nobody else does (a trusted worker ran a step
+    alone and claimed 16 CPUs over the time it held the answer: 250.9 credits for 0.0022 CPU-seconds)."""
+    if kind != "python" or len(works) < 2:
+        return ()
+    claims = {node: quantity(kind, w) for node, w in works.items()}
+    out = []
+    for node, claim in claims.items():
+        others = sorted(c for n, c in claims.items() if n != node)
+        if claim > OVERCLAIM * max(others[len(others) // 2], OVERCLAIM_FLOOR):  # (of two others, the larger)
+            out.append(node)
+    return tuple(sorted(out))
 
 
 def ceiling(kind: str, work: Mapping[str, object], card: RateCard) -> float:

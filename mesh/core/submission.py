@@ -92,7 +92,7 @@ def step_evidence(job: Job, o: Outcome, replicas: Mapping[str, Replica]) -> Step
     """The evidence behind every ledger entry of one settled step, for `mesh ledger explain` and streaks."""
     return StepEvidence(job.quorum.spec, job.quorum.needed(job.redundancy), job.redundancy, o.digest,
                         tuple(o.agreeing), {n: replicas[n].digest for n in (*o.agreeing, *o.dissenting)},
-                        {n: replicas[n].error for n in o.failed}, o.basis, o.reason)
+                        {n: replicas[n].error for n in o.failed}, o.basis, o.reason, tuple(o.overclaimed))
 
 
 def settle_entries(job_id: str, job: Job, o: Outcome, replicas: Mapping[str, Replica]) -> list[LedgerEntry]:

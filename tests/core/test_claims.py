@@ -11,11 +11,11 @@ import pytest
 
 from mesh.core.dag import parse_job
 from mesh.core.effects import Record, Send
-from mesh.core.jobrun import JobRun
-from mesh.core.policy import Candidate
-from mesh.core.pricing import DEFAULT_RATES, JSON_SPACING, STEP_CPUS, TOKEN_SLACK
+from mesh.core.jobrun import UNVERIFIED_CPUS, JobRun
+from mesh.core.policy import Candidate, StepEvidence, next_streak
+from mesh.core.pricing import DEFAULT_RATES, JSON_SPACING, STEP_CPUS, TOKEN_SLACK, overclaimed
 from mesh.core.spotcheck import SYNTHETIC_WORTH, WORTH_SLACK
-from mesh.core.submission import Config, Submission
+from mesh.core.submission import Config, Submission, step_evidence
 from mesh.wire.canonical import digest
 
 pytestmark = pytest.mark.timeout(30)
@@ -123,15 +123,43 @@ def run_alone(kind: str, params: dict, output, work: dict, answered_after: float
     raise AssertionError("the long-run worker was never sent a step alone")
 
 
-def test_a_lone_python_claim_is_paid_at_most_the_cpu_the_wait_for_it_allows():
+def test_a_lone_python_claim_is_paid_at_most_one_cpu_for_the_wait_for_it():
     """A worker trusted to run steps alone claimed the whole timeout for a step answered in 50 ms, and was
-    paid 300 CPU-seconds for it: nobody else ran the step, so nothing compared its claim."""
+    paid 300 CPU-seconds for it: nobody else ran the step, so nothing compared its claim. Then (attack on real
+    nodes, 2026-12-06) one held a 2 ms answer a sixteenth of the timeout and claimed STEP_CPUS over the wait:
+    250.9 credits. Alone, a step is paid at most one CPU for the time it took: what an honest busy CPU earns."""
     paid = run_alone("python", {"code": "output = 42"}, 42, {"cpu_s": CLAIM}, 0.05)
-    assert paid["trusted"] <= 0.05 * STEP_CPUS * DEFAULT_RATES.cpu_s + 1e-9, paid
+    assert paid["trusted"] <= 0.05 * UNVERIFIED_CPUS * DEFAULT_RATES.cpu_s + 0.01, paid
+    held = run_alone("python", {"code": "output = 42"}, 42, {"cpu_s": 16 * 4.0}, 4.0)  # held 4 s, 16 CPUs claimed
+    assert held["trusted"] == pytest.approx(4.0 * UNVERIFIED_CPUS * DEFAULT_RATES.cpu_s), held
     honest = run_alone("python", {"code": "output = 42"}, 42, {"cpu_s": 2.5}, 3.0)  # a claim the wait allows
     assert honest["trusted"] == pytest.approx(2.5 * DEFAULT_RATES.cpu_s)
-    parallel = run_alone("python", {"code": "output = 42"}, 42, {"cpu_s": 7.5}, 3.0)  # several processes at once
-    assert parallel["trusted"] == pytest.approx(7.5 * DEFAULT_RATES.cpu_s)
+    parallel = run_alone("python", {"code": "output = 42"}, 42, {"cpu_s": 7.5}, 3.0)  # several processes at once:
+    assert parallel["trusted"] == pytest.approx(3.0 * DEFAULT_RATES.cpu_s)  # alone, one CPU's worth (where others
+    # measured too, the median of their figures pays it, up to STEP_CPUS)
+
+
+def test_a_worker_claiming_far_more_than_the_others_where_they_measured_too_loses_its_run():
+    """Where others ran the step too the median pays an inflated claim no more, so an inflater lost nothing by
+    inflating there, kept its run and so its steps alone, where its claims are all there is. A claim over
+    OVERCLAIM times the others' median is evidence against it: its run of validated results ends."""
+    job = parse_job({"redundancy": 2, "timeout": 300,
+                     "steps": [{"id": "a", "kind": "python", "params": {"code": "output = 42"}}]})
+    pool = {"python": [Candidate("greedy", 0.5, "10.0.1"), Candidate("honest", 0.5, "10.0.2")]}
+    run = JobRun("j", job, random.Random(1))
+    for d in run.advance(pool, 0.0):
+        cpu = 16 * 19.0 if d.node == "greedy" else 0.05
+        run.on_result("a", d.node, True, digest(42), 42, {"cpu_s": cpu}, "", 20.0)
+    run.advance(pool, 20.0)
+    (o,) = run.take_outcomes()
+    assert o.accepted and o.overclaimed == ("greedy",)
+    assert o.credit_of("greedy") == pytest.approx(max(0.01, 0.05 * DEFAULT_RATES.cpu_s))  # the median, as before
+    why = step_evidence(job, o, run.steps["a"].replicas)
+    assert StepEvidence.from_json(why.to_json()).overclaimed == ("greedy",)
+    assert next_streak(9, "agreed", why, "greedy") == 0 and next_streak(9, "agreed", why, "honest") == 10
+    fair = {"a": {"cpu_s": 1.0}, "b": {"cpu_s": 15.0}, "c": {"cpu_s": 17.0}}  # machines differ; 16-fold is rare
+    assert overclaimed("python", fair) == () and overclaimed("python", {"a": {"cpu_s": 0.001}, "b": {"cpu_s": 1.5}}) == ()
+    assert overclaimed("python", {"a": {"cpu_s": 0.001}, "b": {"cpu_s": 1.7}}) == ("b",)  # over 16 × the 0.1 floor
 
 
 def test_a_lone_generation_is_paid_at_most_the_tokens_its_answer_holds():

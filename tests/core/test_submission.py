@@ -137,8 +137,8 @@ def test_credits_count_only_once_the_ledger_took_them():
     sub = Submission(Config(1))
     sub.submit("j", ONE, 1)
     (send,) = of(sub.tick("j", pool("w0"), 0.0), Send)
-    answer(sub, send, 42, 1.0, {"cpu_s": 2.0})
-    (rec,) = of(sub.tick("j", pool("w0"), 1.0), Record)
+    answer(sub, send, 42, 3.0, {"cpu_s": 2.0})  # (alone: at most one CPU for the 3 s it took)
+    (rec,) = of(sub.tick("j", pool("w0"), 3.0), Record)
     assert sub.jobs["j"].credits == 0
     sub.on_recorded(rec.id, True)
     assert sub.jobs["j"].credits == 2.0 and not sub.jobs["j"].payment_error
