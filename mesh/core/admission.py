@@ -27,9 +27,11 @@ STRANGER_TIMEOUT_S = 60.0
 STRANGER_MEMORY = 256 << 20  # bytes
 # A receipt for less than 1/UNDERPAID of a step's work as this worker measured it counts the rest against its
 # payer's credit line: paying the minimum charge for every step, a submitter ran 12 steps (4.19 credits
-# of CPU) past a line of 0.5. An honest payer pays the agreeing workers' median, which is below a quarter
-# of this worker's own figure only when this worker is over 4 times slower than the others.
-UNDERPAID = 4.0
+# of CPU) past a line of 0.5. At 4 (a quarter of the work let pass, as an honest payer pays the agreeing
+# workers' median, lower than a slow worker's own figure), a payer of the minimum charge got 14 steps of
+# ~1 CPU-second past a line of 3 where an honest one got 3 (attack on real nodes, 2026-12-06): the line is
+# work done, so all of it counts, whatever a receipt says.
+UNDERPAID = 1.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class Account:
 def shortfall(amount: float, measured: float | None) -> float:
     """What a receipt of `amount` for work this node measured at `measured` credits leaves unpaid, as far
     as a credit line counts it: the payer may pay anything from the minimum charge to `measured` (it pays
-    the median of the agreeing workers' figures), but less than 1/UNDERPAID of it is taken as unpaid."""
+    the median of the agreeing workers' figures), but the work under 1/UNDERPAID of it counts all the same."""
     if measured is None:
         return 0.0
     return max(0.0, measured / UNDERPAID - amount)

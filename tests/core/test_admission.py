@@ -112,17 +112,30 @@ def test_credit_line_counts_this_nodes_ledger_and_unpaid_answers():
 def test_a_receipt_for_a_fraction_of_the_work_counts_the_rest_against_the_line():
     """A submitter paying 0.01 for every step (any amount from 0.01 to the worker's own figure is a valid
     receipt) ran 12 steps, 4.19 CPU-seconds, past a line of 0.5 (found by this session's credit attacker):
-    a receipt for less than 1/UNDERPAID of the worker's measured work counts the rest as not paid."""
+    a receipt for less than the worker's measured work (1/UNDERPAID of it) counts the rest as not paid."""
     acct = Account()
-    for _ in range(3):
+    for _ in range(2):
         acct = acct.add("earned", 0.01, measured=0.35)  # 0.35 credits of work, 0.01 paid
-    assert acct.earned == pytest.approx(0.03) and acct.short == pytest.approx(3 * (0.35 / UNDERPAID - 0.01))
-    assert credit_refusal(acct, 0.0, 0.3) == ""  # 0.03 paid + 0.2325 short
+    assert acct.earned == pytest.approx(0.02) and acct.short == pytest.approx(2 * (0.35 / UNDERPAID - 0.01))
+    assert credit_refusal(acct, 0.0, 1.0) == ""  # 0.02 paid + 0.68 short
     acct = acct.add("earned", 0.01, measured=0.35)
-    why = credit_refusal(acct, 0.0, 0.3)
-    assert why.startswith("refused: over this worker's credit line") and "0.31 short" in why, why
+    why = credit_refusal(acct, 0.0, 1.0)
+    assert why.startswith("refused: over this worker's credit line") and "1.02 short" in why, why
     honest = Account()
-    for _ in range(100):  # paid the median of three, a third below this worker's own figure
+    for _ in range(100):  # paid the median of three, a third below this worker's own figure: the line is work
         honest = honest.add("earned", 0.2, measured=0.3)
-    assert honest.short == 0 and credit_refusal(honest, 0.0, 20.0) == ""
+    assert honest.short == pytest.approx(10.0) and credit_refusal(honest, 0.0, 30.0) == ""
     assert Account().add("earned", 0.01) == Account(earned=0.01)  # an old entry, without its measure
+
+
+def test_paying_less_than_the_work_buys_no_more_of_a_credit_line():
+    """Attack on real nodes (2026-12-06): under --require-credit 3, a submitter paying the minimum charge for
+    steps of ~1 CPU-second got 14 run before it was refused, an honest payer 3: a receipt under the work
+    counted only up to a quarter of it. The line is work done for the payer, whatever its receipts say."""
+    def steps_until_refused(pays: float) -> int:
+        acct, n = Account(), 0
+        while not credit_refusal(acct, 0.0, 3.0):
+            acct, n = acct.add("earned", pays, 1.0), n + 1
+        return n
+
+    assert steps_until_refused(0.01) == steps_until_refused(1.0) == 4

@@ -2,8 +2,8 @@
 2026-12-05): any receipt from the minimum charge (0.01) to the worker's own figure is valid — an honest
 payer pays the median of the agreeing workers' figures — and the line counted receipts, not work. Paying
 0.01 for each step, a hostile submitter ran 12 steps (4.19 CPU-seconds) past a line of 0.5 and was never
-refused. Now a receipt for less than a quarter of the step's work as the worker measured it counts the
-rest against the line (mesh.core.admission.UNDERPAID); the worker's ledger keeps that measure with each
+refused. Now a receipt for less than the step's work as the worker measured it counts the rest against
+the line (a quarter of it, until an attack of 2026-12-06 got 4 times an honest payer's steps) (mesh.core.admission.UNDERPAID); the worker's ledger keeps that measure with each
 receipt (ledger.store.Ledger.accounts reads it back at a restart: tests/ledger)."""
 
 from __future__ import annotations
