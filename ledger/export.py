@@ -27,17 +27,21 @@ TRUST_MIN = 0.5  # a payer below neutral reputation (it lost more than it won) i
 @dataclass(frozen=True)
 class PayerView:
     """What one node knows of a payer: whether it ever met it (a signed record, or ledger entries), and
-    its reputation there (None: met, but never judged: neutral)."""
+    its reputation there (None: met, but never judged: neutral). `met_only`: met, with no dealings in the
+    ledger (no work either way, no payment, no penalty): a stranger that linked once is no payer to
+    believe (one signed receipts for 999,999,000 credits and they counted as trusted, 2026-12-06)."""
 
     known: bool
     reputation: float | None = None
+    met_only: bool = False
 
     @property
     def trusted(self) -> bool:
-        return self.known and (self.reputation is None or self.reputation >= TRUST_MIN)
+        return self.known and not self.met_only and (self.reputation is None or self.reputation >= TRUST_MIN)
 
     def to_json(self) -> dict[str, Any]:
-        return {"known": self.known, "reputation": self.reputation, "trusted": self.trusted}
+        return {"known": self.known, "reputation": self.reputation, "trusted": self.trusted,
+                "met_only": self.met_only}
 
 
 Judge = Callable[[str], PayerView]  # payer node id → what this node knows of it
@@ -47,9 +51,11 @@ def judge_with(led: Ledger, me: str, record_keys: Iterable[str], now_ms: int | N
                met: Iterable[str] = ()) -> Judge:
     """Node `me`'s view of payers: itself, its ledger (every peer it has entries about, reputations), the
     keys of the signed records it holds (its peers.json) and the node ids in `met` (its peer table)."""
-    seen = led.peers_seen() | {node_id_of(bytes.fromhex(k)) for k in record_keys} | {me, *met}
+    dealt = led.peers_seen() | {me}
+    seen = dealt | {node_id_of(bytes.fromhex(k)) for k in record_keys} | set(met)
     stats = led.peer_stats(int(time.time() * 1000) if now_ms is None else now_ms)
-    return lambda payer: PayerView(payer in seen, stats[payer]["reputation"] if payer in stats else None)
+    return lambda payer: PayerView(payer in seen, stats[payer]["reputation"] if payer in stats else None,
+                                   payer in seen and payer not in dealt)
 
 
 def export_receipts(rows: list[dict[str, Any]], node: str, judge: Judge) -> dict[str, Any]:
@@ -88,7 +94,7 @@ class Checked:
 
     node: str
     trusted: Bucket = field(default_factory=Bucket)
-    unknown: Bucket = field(default_factory=Bucket)  # payers the checking node never met: minted, perhaps
+    unknown: Bucket = field(default_factory=Bucket)  # payers the checking node never dealt with: minted, perhaps
     distrusted: Bucket = field(default_factory=Bucket)
     problems: list[str] = field(default_factory=list)
 
@@ -128,7 +134,8 @@ def verify_receipts(path: Path, judge: Judge | None = None) -> Checked:
             continue
         seen.add(key)
         view = judge(r.payer_id) if judge else PayerView(False)
-        bucket = out.trusted if view.trusted else out.unknown if not view.known else out.distrusted
+        bucket = (out.trusted if view.trusted else out.unknown if not view.known or view.met_only
+                  else out.distrusted)
         bucket.add(r.payer_id, float(r.amount))
     return out
 

@@ -81,3 +81,28 @@ def test_an_entry_explained_as_the_cli_says_it(led):
     assert got["id"] == 1 and got["kind"] == "disagreed"
     assert got["explanation"].startswith(f"Entry 1: {PAYER[:12]} loses reputation for step 'a' of job job1")
     assert views.explained(led, 2, ME) is None
+
+
+def test_a_payer_that_only_linked_once_is_no_payer_to_believe(led, tmp_path):
+    """Attack on real nodes (2026-12-06): a key that linked to a node once, and did nothing else, signed
+    1,000 receipts for 999,999,000 credits to a made-up worker, and that node's `verify-receipts` counted them
+    all as trusted: its signed record (peers.json) made it 'known'. Only dealings in the ledger do now."""
+    import json
+
+    from ledger.export import FORMAT, judge_with, verify_receipts
+    from ledger.receipts import make_receipt
+    from mesh.wire.identity import Identity
+
+    me, linked, paid_me = Identity.generate(bits=0), Identity.generate(bits=0), Identity.generate(bits=0)
+    led.append([Entry("earned", "j0", "s", paid_me.node_id, 0.5)], 42)  # it paid this node once
+    judge = judge_with(led, me.node_id, [linked.public_key.hex()], 42)
+    assert judge(linked.node_id).met_only and not judge(linked.node_id).trusted
+    assert judge(paid_me.node_id).trusted and judge(me.node_id).trusted
+    worker = "ab" * 32
+    out = tmp_path / "laundered.json"
+    out.write_text(json.dumps({"format": FORMAT, "node": worker, "receipts": [
+        {"receipt": make_receipt(payer, f"j{i}", "s", worker, 999_999.0, 42), "payer": {}}
+        for i, payer in enumerate((linked, linked, paid_me))]}))
+    check = verify_receipts(out, judge).to_json()
+    assert check["ok"] and check["total"] == 999_999.0
+    assert check["unknown"] == {"receipts": 2, "credits": 1_999_998.0, "payers": [linked.node_id]}
