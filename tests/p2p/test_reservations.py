@@ -8,7 +8,7 @@ from libp2p.relay.circuit_v2.resources import RelayResourceManager
 
 from mesh.node.p2p.addresses import peer_id_of
 from mesh.node.p2p.nat import RELAY_LIMITS
-from mesh.node.p2p.reservations import PER_PREFIX, PER_WIDE, ReservationGate, install
+from mesh.node.p2p.reservations import PER_PREFIX, PER_WIDE, ReservationGate, asked_by, install
 from mesh.wire.identity import Identity
 
 
@@ -24,8 +24,9 @@ def manager(where: dict) -> tuple[RelayResourceManager, ReservationGate]:
 
 
 def take(mgr: RelayResourceManager, p: ID) -> bool:
-    if not mgr.can_accept_reservation(p):
-        return False
+    with asked_by(p):  # (as the relay's RESERVE handler does: the peer asking)
+        if not mgr.can_accept_reservation(p):
+            return False
     mgr.reserve(p)
     return True
 
@@ -42,7 +43,7 @@ def test_one_machine_with_many_keys_holds_only_a_few_reservations_and_others_sti
     for i, p in enumerate(homes):
         where[p] = f"198.51.{i}.7"
     assert all(take(mgr, p) for p in homes)  # every other home still gets a slot
-    assert all(mgr.can_accept_reservation(p) for p in granted)  # a holder renews its own
+    assert all(take(mgr, p) for p in granted)  # a holder renews its own
 
 
 def test_a_holder_that_left_gives_its_slot_back():
@@ -72,3 +73,18 @@ def test_one_network_block_holds_only_a_share_of_the_reservations():
     late = peer()
     where[late] = "198.51.100.7"
     assert take(mgr, late)
+
+
+def test_a_reservation_is_held_by_the_peer_that_asks_and_only_one_with_a_direct_link():
+    """Found by this project's red team (2026-12-06): py-libp2p takes RESERVE's `peer` field as the holder,
+    so one key reserved in the names of bystanders on a victim's /24. A slot goes only to the asker."""
+    where: dict = {}
+    mgr, gate = manager(where)
+    asker, bystander = peer(), peer()
+    where[asker], where[bystander] = "203.0.113.7", "198.51.100.7"
+    with asked_by(asker):
+        assert not mgr.can_accept_reservation(bystander)
+    assert not mgr.can_accept_reservation(asker)  # asked outside a RESERVE: nobody known to ask
+    assert take(mgr, asker)
+    ghost = peer()  # no direct link here: no circuit could reach it, and no prefix to charge
+    assert not take(mgr, ghost)

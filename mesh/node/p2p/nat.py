@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
+from contextvars import ContextVar
 
 import trio
 from libp2p.abc import IHost
@@ -33,7 +34,7 @@ from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from multiaddr import Multiaddr
 
 from mesh.node.flow import TokenBucket
-from mesh.node.p2p.reservations import ReservationGate, connected_ip, install
+from mesh.node.p2p.reservations import ReservationGate, asked_by, connected_ip, install
 from mesh.node.peers import prefix_of_ip
 
 log = logging.getLogger("mesh.node.p2p.nat")
@@ -48,6 +49,8 @@ WANT_RELAYS = 2  # reservations an unreachable node keeps
 RELAY_BUDGET = 2 << 30  # bytes an hour this node relays for others in all (--relay-budget); one prefix a quarter
 AUTONAT_TIMEOUT_S = 10.0
 DIAL_BACK_S = 5.0
+PUNCH_ADDRS = 4  # addresses a hole punch dials: the first direct ones of the peer's CONNECT, nothing else
+PUNCH_SESSIONS, PUNCH_WINDOW_S = 3, 300.0  # punches one peer may ask of us in a window (the spec's 3 tries)
 
 
 class DialBackAutoNAT(AutoNATService):
@@ -74,7 +77,19 @@ class Puncher(DCUtRProtocol):
     merged connection needs exactly one Noise responder. Before the exchange it dials the peer's known
     addresses alone, which behind a NAT that drops is a 10 s wait for nothing: punches came 11-13 s
     after the relayed link, and 1.8-2.1 s without it. The punch itself dials those addresses too. Here
-    the end with the smaller peer id starts and the other answers: both agree without a word."""
+    the end with the smaller peer id starts and the other answers: both agree without a word.
+
+    The stock answer to a CONNECT also dials whatever the peer asks: any relay-linked peer sent 4 KiB of
+    addresses and the node opened 63 TCP connections to addresses of its choosing at once, plus every
+    address its peer store held for it, in three rounds, and again for every CONNECT (the red team,
+    2026-12-06). Here a punch dials the first PUNCH_ADDRS direct addresses of the CONNECT and nothing
+    else, and a peer gets PUNCH_SESSIONS punches answered in PUNCH_WINDOW_S, one at a time."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._answered: dict[ID, list[float]] = {}  # peer → when its recent punches were answered
+        self._answering: set[ID] = set()
+        self.punches_refused = 0
 
     def starts(self, peer_id: ID) -> bool:
         return self.host.get_id().to_bytes() < peer_id.to_bytes()
@@ -86,6 +101,44 @@ class Puncher(DCUtRProtocol):
 
     async def _try_unilateral_upgrade(self, peer_id: ID) -> bool:
         return False  # a peer reached through a relay is unreachable: its direct dials are in the punch
+
+    def _decode_observed_addrs(self, addr_bytes: list[bytes]) -> list[Multiaddr]:
+        direct = [a for a in super()._decode_observed_addrs(list(addr_bytes)) if "/p2p-circuit" not in str(a)]
+        return direct[:PUNCH_ADDRS]
+
+    async def _handle_dcutr_stream(self, stream) -> None:
+        peer, now = stream.muxed_conn.peer_id, trio.current_time()
+        recent = [t for t in self._answered.get(peer, ()) if now - t < PUNCH_WINDOW_S]
+        if peer in self._answering or len(recent) >= PUNCH_SESSIONS:
+            self.punches_refused += 1
+            log.info("dcutr: refused a punch asked by %s (%d in %.0f s)", str(peer)[-8:], len(recent),
+                     PUNCH_WINDOW_S)
+            await stream.reset()
+            return
+        if len(self._answered) > 4096:  # forget peers whose window has passed
+            self._answered = {p: ts for p, ts in self._answered.items() if ts and now - ts[-1] < PUNCH_WINDOW_S}
+        self._answered[peer] = [*recent, now]
+        self._answering.add(peer)
+        try:
+            await super()._handle_dcutr_stream(stream)
+        finally:
+            self._answering.discard(peer)
+
+    async def _perform_hole_punch(self, peer_id: ID, addrs: list[Multiaddr], as_responder: bool = False) -> bool:
+        token = _punch_to.set({str(a) for a in addrs[:PUNCH_ADDRS]})  # (the stock adds the peer store's)
+        try:
+            return await super()._perform_hole_punch(peer_id, addrs[:PUNCH_ADDRS], as_responder)
+        finally:
+            _punch_to.reset(token)
+
+    async def _dial_peer(self, peer_id: ID, addr: Multiaddr, source=None, as_responder: bool = False) -> None:
+        allowed = _punch_to.get()
+        if allowed is None or str(addr) not in allowed:
+            return  # not an address of this punch's CONNECT
+        await super()._dial_peer(peer_id, addr, source, as_responder)
+
+
+_punch_to: ContextVar[set[str] | None] = ContextVar("punch_to", default=None)  # the addresses one punch may dial
 
 
 class OverBudget(ConnectionError):
@@ -143,15 +196,34 @@ class _Counted:
         return getattr(self._stream, name)
 
 
+class _Unshared(dict):
+    """What the stock relay keeps as `_active_relays`: its open circuits keyed by *peer id*, and each
+    circuit, when it ends, closes whatever is stored under its destination's id, i.e. the newest circuit
+    to that peer, often someone else's. A stranger's CONNECT to D, closed after an honest peer's circuit
+    to D opened, killed the honest circuit (StreamReset, 3 runs of 3: the red team, 2026-12-06). Here it
+    holds nothing and never has a key, so the stock cleanup touches no circuit; each circuit closes its
+    own two streams (`GatedRelay._relay_data`)."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+    def __contains__(self, key) -> bool:
+        return False
+
+
 class GatedRelay(CircuitV2Protocol):
     """The stock relay, with at most PER_PREFIX_CIRCUITS circuits open at once from one network prefix to
     one destination. The stock relay grants a destination's 64 circuits to anyone who asks: one throwaway
     key took all 64 to a node behind NAT and held them idle (the circuit's limits are checked only when a
     byte passes), so every other peer got NO_RESERVATION for it. `where(peer)`: the IP a peer's direct
-    link comes from ('' when none: counted by the peer itself)."""
+    link comes from ('' when none: counted by the peer itself).
+
+    Also: a circuit ends only its own streams (see `_Unshared`), and a reservation is always held by the
+    peer whose (Noise-authenticated) connection asked for it, never by one named in the request."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self._active_relays = _Unshared()
         self.where: Callable[[object], str] = lambda peer: ""
         self.open_circuits: Counter[tuple[str, bytes]] = Counter()
         self.circuits_refused = 0
@@ -182,15 +254,36 @@ class GatedRelay(CircuitV2Protocol):
             if not self.open_circuits[key]:
                 del self.open_circuits[key]
 
+    async def _handle_reserve(self, stream, msg) -> None:
+        """The stock handler takes RESERVE's optional `peer` field as the holder: one key reserved slots in
+        the names of four bystanders on a victim's /24, which then got RESOURCE_LIMIT_EXCEEDED for its own
+        (and gave public nodes slots they never asked for). The holder is who asks."""
+        msg.ClearField("peer")
+        with asked_by(stream.muxed_conn.peer_id):
+            await super()._handle_reserve(stream, msg)
+
+    async def _relay_data(self, src_stream, dst_stream, peer_id, deadline=None, circuit_data_limit=None) -> None:
+        """One direction of a circuit; when it ends, for any reason, this circuit's two streams close (and
+        so does the other direction: the nursery in `_handle_connect` ends and its count is released)."""
+        try:
+            await self._forward(src_stream, dst_stream, peer_id, deadline, circuit_data_limit)
+        finally:
+            with trio.CancelScope(shield=True):  # (each close is bounded by the relay's close_timeout)
+                await self._close_stream(src_stream)
+                await self._close_stream(dst_stream)
+
+    async def _forward(self, src_stream, dst_stream, peer_id, deadline=None, circuit_data_limit=None) -> None:
+        await CircuitV2Protocol._relay_data(self, src_stream, dst_stream, peer_id, deadline, circuit_data_limit)
+
 
 class CountingRelay(GatedRelay):
     """The gated relay, counting the bytes it forwards for others (/metrics: homemesh_relayed_bytes)."""
 
     relayed_bytes = 0
 
-    async def _relay_data(self, src_stream, dst_stream, peer_id, deadline=None, circuit_data_limit=None) -> None:
+    async def _forward(self, src_stream, dst_stream, peer_id, deadline=None, circuit_data_limit=None) -> None:
         sender = src_stream.muxed_conn.peer_id  # (each direction is charged to the peer that sends it)
-        await super()._relay_data(src_stream, _Counted(dst_stream, self, self.prefix(sender)), peer_id, deadline,
+        await super()._forward(src_stream, _Counted(dst_stream, self, self.prefix(sender)), peer_id, deadline,
                                   circuit_data_limit)
 
 
@@ -203,7 +296,7 @@ class DroppingRelay(GatedRelay):
 
     honest_s = RELAY_HONEST_S  # each circuit's honest seconds (--fault-after)
 
-    async def _relay_data(self, src_stream, dst_stream, peer_id, deadline=None, circuit_data_limit=None) -> None:
+    async def _forward(self, src_stream, dst_stream, peer_id, deadline=None, circuit_data_limit=None) -> None:
         honest_until = trio.current_time() + self.honest_s
         while data := await self._read_stream_with_retry(src_stream):
             if trio.current_time() < honest_until:
@@ -215,7 +308,7 @@ class DelayingRelay(GatedRelay):
 
     honest_s = RELAY_HONEST_S  # each circuit's honest seconds (--fault-after)
 
-    async def _relay_data(self, src_stream, dst_stream, peer_id, deadline=None, circuit_data_limit=None) -> None:
+    async def _forward(self, src_stream, dst_stream, peer_id, deadline=None, circuit_data_limit=None) -> None:
         honest_until = trio.current_time() + self.honest_s
         while data := await self._read_stream_with_retry(src_stream):
             if trio.current_time() >= honest_until:

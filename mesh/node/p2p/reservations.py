@@ -5,11 +5,17 @@ granted only while its network prefix (/24, /48: of the address the client conne
 than PER_PREFIX, and its wider prefix (/16, /32) fewer than PER_WIDE, and one held by a client no longer connected is dropped first (its circuit address is
 dead anyway). Loopback counts like any prefix: nodes on one machine reach each other directly and never
 need a relay there.
+
+The holder of a reservation is the peer whose connection asked for it (`asked_by`, set by the relay's
+RESERVE handler): py-libp2p took it from the request's optional `peer` field, so one key could reserve in
+the names of others (and charge their network prefix). A peer with no direct link here gets none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from mesh.node.p2p.addresses import components
 from mesh.node.peers import prefix_of_ip
@@ -34,8 +40,9 @@ class ReservationGate:
     def admits(self, peer: object, holders: Iterable[object]) -> bool:
         """Whether `peer` may take a new reservation while `holders` hold theirs."""
         ip = self.where(peer)
-        if not ip:
-            return True
+        if not ip:  # no direct link: nothing could reach it through here (and no prefix to charge)
+            self.refused += 1
+            return False
         prefix, wide = prefix_of_ip(ip), wide_prefix_of_ip(ip)
         others = [at for p in holders if p != peer and (at := self.where(p))]
         if sum(prefix_of_ip(at) == prefix for at in others) >= self.per_prefix or \
@@ -50,12 +57,29 @@ def wide_prefix_of_ip(host: str) -> str:
     return prefix_of_ip(host, 16, 32)
 
 
+_asker: ContextVar[object | None] = ContextVar("reservation_asker", default=None)
+
+
+@contextmanager
+def asked_by(peer: object) -> Iterator[None]:
+    """Within it, reservations are being asked for by `peer` (the remote peer of the RESERVE stream)."""
+    token = _asker.set(peer)
+    try:
+        yield
+    finally:
+        _asker.reset(token)
+
+
 def install(manager, gate: ReservationGate) -> None:
     """Put `gate` in front of a py-libp2p RelayResourceManager's `can_accept_reservation` (renewals of a
-    live reservation pass as before)."""
+    live reservation pass as before). A reservation for any peer but the one asking (`asked_by`), or asked
+    for outside of it, is refused."""
     accept = manager.can_accept_reservation
 
     def can_accept_reservation(peer_id) -> bool:
+        if _asker.get() is None or peer_id != _asker.get():
+            gate.refused += 1
+            return False
         held = manager._reservations
         if peer_id not in held:
             for gone in gate.stale([p for p in held if p != peer_id]):
