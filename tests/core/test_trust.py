@@ -4,6 +4,7 @@ attacker that runs a cluster of ids vouching for each other."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -17,6 +18,7 @@ from mesh.core.trust import (
     Shared,
     Testimony,
     attest,
+    more_right_than_wrong,
 )
 
 DAY = 86_400_000
@@ -124,11 +126,15 @@ def test_a_trusted_issuers_wrong_answer_report_is_an_opinion_that_counts_against
     st = shared.standing("W", t)
     assert st.streak == 0  # B alone confirms its run: one issuer is not enough
     assert st.evidence.bad == 0
+    for k in range(5):  # workers R found right, that the sybils below say right too
+        agreed(shared.own, f"O{k}", 1, t)
     for s in ("S1", "S2", "S3"):  # three sybils that each did full verified work here slander A
         agreed(shared.own, s, int(FULL_FLOW) + 1, t)
         shared.take(Testimony(s, "A", 0.0, 500.0, 0, 0, t, t))
+        for k in range(5):  # borne out five times, contradicted once (A is right here): still trusted
+            shared.take(Testimony(s, f"O{k}", 9.0, 0.0, 9, T0, 0, t))
     shared.refresh(t)
-    assert shared.weights["S1"] == 1.0
+    assert shared.weights["S1"] == pytest.approx(15 / 16)  # more_right_than_wrong(5, 1)
     assert shared.standing("A", t).evidence.bad == 0
     assert shared.suspected(t) == ([], ["W", "A"])  # opinions: a sample of their lone steps, nothing more
     shared.own.fold("disagreed", "A", t + 1, None)  # A misbehaved here itself: now their word counts,
@@ -252,10 +258,13 @@ def test_short_runs_at_many_issuers_do_not_add_up_past_a_wrong_answer_one_of_the
 def test_a_slanderers_report_ends_only_the_runs_others_lend_never_the_receivers_own():
     shared, _, _ = honest_world()
     t = agreed(shared.own, "W", 12, T0 + DAY)  # R's own run of 12 with W
-    agreed(shared.own, "S", int(FULL_FLOW) + 1, t)
+    t = agreed(shared.own, "S", int(FULL_FLOW) + 1, t)
     shared.prefix_of = {**shared.prefix_of, "S": "p8"}
+    for k in range(3):  # S's word of three others R found right bears it out: one report against W does not
+        t = agreed(shared.own, f"O{k}", 1, t)
+        shared.take(Testimony("S", f"O{k}", 9.0, 0.0, 9, T0, 0, t))
     shared.take(Testimony("S", "W", 0.0, 5.0, 0, 0, t, t))  # a trusted issuer says W was wrong just now
-    shared.refresh(t)
+    assert shared.refresh(t)["S"] == pytest.approx(13 / 16)  # P(Bin(5, 1/2) <= 3): borne out 3, contradicted 1
     st = shared.standing("W", t)
     assert st.streak == 12  # A's and B's runs (60) are ended; R's own run stands
     assert st.evidence.bad == 0  # and the report adds no bad evidence: W never misbehaved here
@@ -354,7 +363,10 @@ def test_a_worker_outvoted_here_once_is_not_rechecked_at_every_slander_forever()
         shared.take(Testimony(s, "A", 0.0, 500.0, 0, 0, t2, t2 + k))
     shared.refresh(t2)
     assert shared.suspected(t2) == ([], [])  # right LEND_RUN times in a row since: an opinion again
-    assert shared.suspected(t + 1000 + SUSPECT_EVERY_MS) == ([], ["A"])  # sampled once an hour
+    # and one contradicted by this node's own record: A is right here, S1 and S2 still say it is not, and
+    # that was all they said (more_right_than_wrong(0, 1) = 1/4): they no longer weigh enough for a sample
+    assert shared.weights["S1"] == shared.weights["S2"] == 0.25
+    assert shared.suspected(t + 1000 + SUSPECT_EVERY_MS) == ([], [])
 
 
 def full_scan(shared: Shared, now_ms: int) -> tuple[list[str], list[str]]:
@@ -461,8 +473,39 @@ def test_wrong_answer_reports_weigh_only_while_the_worker_is_wrong_here_lately_a
     for issuer in ("L", "S"):
         assert shared.take(Testimony(issuer, "H", 0.0, 1e6, 0, 0, t, t))
     shared.refresh(t)
-    assert 0 < shared.weights["L"] < 0.5 and shared.weights["S"] == 1.0
+    # H is right here (200 in a row since): both reports are contradicted (more_right_than_wrong(0, 1) = 1/4)
+    assert 0 < shared.weights["L"] < 0.5 and shared.weights["S"] == 0.25
     assert shared.standing("H", t).evidence.bad == pytest.approx(own.evidence["H"].decayed(t)[1])  # right since
-    own.fold("disagreed", "H", t + 1000, why)  # wrong here again, just now
+    own.fold("disagreed", "H", t + 1000, why)  # wrong here again, just now: S's report is borne out
+    assert shared.refresh(t + 1000)["S"] == 1.0
     st = shared.standing("H", t + 1000)
     assert st.evidence.bad <= own.evidence["H"].decayed(t + 1000)[1] + SHARED_CAP + 1e-9
+
+
+def test_an_issuer_that_says_workers_right_here_were_wrong_loses_its_weight_whatever_work_it_did():
+    """honest-voucher-20: ids that work honestly (trusted issuers by flow) say every other id gave them a wrong
+    answer just now. Judged on the workers this node has a verdict of its own on, such an issuer is more
+    often wrong than right: its weight goes, and with it its power to end the runs others lend."""
+    shared, _, _ = honest_world()
+    t = agreed(shared.own, "W", 2, T0 + DAY)  # validated here twice, never wrong here: right here
+    t = agreed(shared.own, "S", int(FULL_FLOW) + 1, t)
+    shared.prefix_of = {**shared.prefix_of, "S": "p8"}
+    assert shared.trust("S", t) == 1.0  # by flow: full
+    for k in range(4):
+        t = agreed(shared.own, f"H{k}", 1, t)
+        shared.take(Testimony("S", f"H{k}", 0.0, 20.0, 0, 0, t, t))  # slander of workers R found right
+    shared.take(Testimony("S", "W", 0.0, 20.0, 0, 0, t, t))
+    weights = shared.refresh(t)
+    assert weights["S"] == pytest.approx(more_right_than_wrong(0, 5)) and weights["S"] < 0.05
+    assert min(weights["A"], weights["B"]) > 0.99  # the honest issuers were never contradicted (a day's decay)
+    assert shared.standing("W", t).streak == 60  # A's and B's runs stand
+
+
+def test_more_right_than_wrong_is_the_beta_tail_and_its_approximation_agrees():
+    assert more_right_than_wrong(0, 1) == 0.25 and more_right_than_wrong(1, 1) == 0.5
+    assert more_right_than_wrong(5, 1) == pytest.approx(15 / 16)
+    assert more_right_than_wrong(19, 75) < 1e-8 and more_right_than_wrong(70, 2) > 0.999999
+    for a, c in ((120, 90), (100, 120), (150, 49)):  # n past EXACT_UP_TO: the normal approximation
+        n = a + c + 1
+        exact = sum(math.comb(n, j) for j in range(a + 1)) / 2 ** n
+        assert more_right_than_wrong(a, c) == pytest.approx(exact, abs=1e-3)
