@@ -38,6 +38,9 @@ PIPE_CAP = OUTPUT_CAP + 2 * STREAM_CAP  # bytes read from a step's stdout, or it
 READ_CHUNK = 1 << 16
 PIPE_BUF = 1 << 16  # bytes of the request written at a time
 MEMORY_LIMIT = 1 << 30
+# bwrap's /dev is a tmpfs of half the host's RAM: writable, a step held 1.5 GB in /dev/shm under a 1 GiB
+# RLIMIT_AS where no cgroup counted it (red team, 2026-12-06). /dev is read-only, /dev/shm a tmpfs this big
+SHM_SIZE = 16 << 20
 TMP_SIZE = 64 << 20  # the sandbox's /tmp is a tmpfs in RAM: a step filling it must not fill the host's
 MARK = "\x1ehomemesh-result\x1e"
 CANCEL_POLL_S = 0.2  # how often a running step asks whether it was cancelled
@@ -222,6 +225,7 @@ def bwrap_command(bwrap: str, code: str = "", user: StepUser | None = None) -> L
         Launch(cmd, fds).close()
         raise
     cmd += ["--seccomp", str(fds[-1]), "--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev",
+            "--size", str(SHM_SIZE), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
             "--size", str(TMP_SIZE), "--tmpfs", "/tmp", "--chdir", "/tmp", exe, "-I", "-S", "-c", code or _RUNNER]
     return Launch(cmd, fds)
 
@@ -230,7 +234,8 @@ def _limits(cpu_s: int, memory: int = MEMORY_LIMIT) -> list[tuple[int, int]]:
     """The rlimits the runner sets on itself before the step's code runs (so no preexec hook is needed,
     which would force a slower fork of this process)."""
     return [(resource.RLIMIT_CPU, cpu_s), (resource.RLIMIT_AS, memory), (resource.RLIMIT_FSIZE, 16 << 20),
-            (resource.RLIMIT_NPROC, 256), (resource.RLIMIT_CORE, 0)]
+            (resource.RLIMIT_NPROC, 256), (resource.RLIMIT_CORE, 0),
+            (resource.RLIMIT_RTPRIO, 0), (resource.RLIMIT_NICE, 0)]  # (no real-time class past the CPU cap)
 
 
 def _finite(value: object) -> float:

@@ -648,3 +648,36 @@ def test_a_cpu_cap_group_that_cannot_be_joined_fails_the_step_with_the_reason(tm
     monkeypatch.setattr(cgroup, "ROOT", tmp_path)
     with pytest.raises(StepFailed, match="cannot start the sandbox"):
         Sandbox(True, None, "homemesh-node-x")
+
+
+def test_dev_is_read_only_and_dev_shm_small_so_no_step_holds_ram_past_its_limits():
+    """Found by this project's red team (2026-12-06): `/dev` was a tmpfs of half the host's RAM, writable: a
+    step wrote 96 MiB to /dev/shm past the 64 MiB /tmp, and, where no cgroup counts it (a node not run as
+    root), held 1.5 GB there under a 1 GiB RLIMIT_AS, reporting a peak of 13 MB. Now /dev is read-only and
+    /dev/shm a small tmpfs of its own; /dev/null still takes writes, and multiprocessing's semaphores work."""
+    code = (
+        "import errno, multiprocessing\n"
+        "out = {}\n"
+        "try:\n"
+        "    for i in range(7):  # (files of 15 MiB: RLIMIT_FSIZE is 16)\n"
+        "        with open(f'/dev/shm/fill{i}', 'wb') as f:\n"
+        "            for _ in range(15):\n"
+        "                f.write(b'x' * (1 << 20))\n"
+        "    out['shm'] = 'wrote 105 MiB'\n"
+        "except OSError as e:\n"
+        "    out['shm'] = errno.errorcode[e.errno]\n"
+        "import glob, os\n"
+        "for name in glob.glob('/dev/shm/fill*'):\n"
+        "    os.remove(name)\n"
+        "try:\n"
+        "    open('/dev/x', 'wb').close()\n"
+        "    out['dev'] = 'created'\n"
+        "except OSError as e:\n"
+        "    out['dev'] = errno.errorcode[e.errno]\n"
+        "with open('/dev/null', 'wb') as f:\n"
+        "    f.write(b'gone')\n"
+        "lock = multiprocessing.Lock()\n"
+        "with lock:\n"
+        "    out['lock'] = 'held'\n"
+        "output = out\n")
+    assert run(code).output == {"shm": "ENOSPC", "dev": "EROFS", "lock": "held"}
