@@ -681,3 +681,29 @@ def test_dev_is_read_only_and_dev_shm_small_so_no_step_holds_ram_past_its_limits
         "    out['lock'] = 'held'\n"
         "output = out\n")
     assert run(code).output == {"shm": "ENOSPC", "dev": "EROFS", "lock": "held"}
+
+
+def test_without_cgroups_work_done_in_short_lived_children_is_still_counted(monkeypatch):
+    """Found by this project's red team (2026-12-06): where no cgroup counts a step (a node run by a normal
+    user) its CPU is sampled from /proc every 50 ms, and a child that lives less than that was never seen:
+    117 children of ~30 ms each spent 2.17 CPU-seconds and the node measured 0.42, so a submitter's code
+    paid its worker a fifth. A reaped child's time is in its parent's children time, read too now."""
+    import mesh.steps.cgroup as cgroup
+
+    monkeypatch.setattr(cgroup, "_dirs", lambda: {})
+    code = ("import os, time\n"
+            "end = time.monotonic() + 1.5\n"
+            "while time.monotonic() < end:\n"
+            "    pid = os.fork()\n"
+            "    if pid == 0:\n"
+            "        t = time.monotonic()\n"
+            "        while time.monotonic() - t < 0.02:\n"
+            "            pass\n"
+            "        os._exit(0)\n"
+            "    os.waitpid(pid, 0)\n"
+            "t = os.times()\n"
+            "output = t.children_user + t.children_system\n")
+    res = run(code, timeout=20)
+    assert res.output > 0.2, res.output  # (the children's own figure, as the kernel gave it to the step)
+    assert res.cpu_s >= 0.8 * res.output, (res.cpu_s, res.output)
+    assert res.cpu_s <= res.output + 1.0, (res.cpu_s, res.output)  # never counted twice
