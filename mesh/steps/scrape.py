@@ -15,6 +15,7 @@ import logging
 import shutil
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
 
@@ -30,6 +31,16 @@ log = logging.getLogger("mesh.steps.scrape")
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 STEPS = 4  # browser contexts open at once; more steps wait for a slot
 MAX_HTML = 5 << 20
+
+
+class _WebRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects to http and https only: any other scheme is refused, never followed."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise Refused(f"a redirect to a {scheme[:20]}: URL: only http and https pages are fetched")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 DISPOSE_S = 10.0  # a context not gone by then takes the whole browser with it
 # bytes of memory the browser and every page in it may use together (its own cgroup, inside the owner's cap):
 # four scrapes of a page whose workers each allocated 500 MB took 3.7 GiB of the machine, paid per page. An
@@ -257,11 +268,31 @@ class Scraper:
         if params.get("wait_for"):
             while not await self._select(page, params["wait_for"]):
                 await asyncio.sleep(0.1)
+        size = await self._html_size(page)
+        if size > MAX_HTML:
+            raise StepFailed(f"page of {size} characters is over the {MAX_HTML} limit")
         root = (await page._client.send("DOM.getDocument", {"depth": 0}))["root"]["nodeId"]
         html = (await page._client.send("DOM.getOuterHTML", {"nodeId": root}))["outerHTML"]
-        if len(html) > MAX_HTML:
+        if len(html) > MAX_HTML:  # (the page changed since it was measured)
             raise StepFailed(f"page of {len(html)} characters is over the {MAX_HTML} limit")
         return html, page.url
+
+    @staticmethod
+    async def _html_size(page) -> int:
+        """The page's HTML in characters, measured in the renderer before any of it crosses the DevTools
+        connection every step in the browser shares: 40 MB of one attribute raised the node's memory by 750
+        MB, and 80 MB of \\x01 (480 MB as JSON escapes) dropped the connection, failing every other step
+        with it (this project's red team, 2026-12-06). Measured in a world of its own, whose DOM getters
+        the page's scripts cannot replace, and without a user gesture (see `_load`)."""
+        world = await page._client.send("Page.createIsolatedWorld", {"frameId": page.mainFrame._id,
+                                                                      "worldName": "homemesh-measure"})
+        got = await page._client.send("Runtime.evaluate", {
+            "expression": "document.documentElement ? document.documentElement.outerHTML.length : 0",
+            "contextId": world["executionContextId"], "returnByValue": True, "userGesture": False})
+        value = got.get("result", {}).get("value")
+        if "exceptionDetails" in got or not isinstance(value, int):  # (a string past V8's limit, say)
+            raise StepFailed(f"the page's HTML could not be measured: over the {MAX_HTML} limit, or broken")
+        return value
 
     @staticmethod
     async def _select(page, selector: str) -> bool:
@@ -283,7 +314,13 @@ class Scraper:
     @staticmethod
     def _get(url: str, proxy_port: int) -> tuple[str, str]:
         proxy = f"http://127.0.0.1:{proxy_port}"
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy, "https": proxy}))
+        opener = urllib.request.OpenerDirector()  # http and https through the proxy, nothing else (build_opener
+        # adds ftp, file and data, and its redirects followed ftp:// around the proxy: an FTP login to a
+        # refused loopback address, its reply in the step's error; this project's red team, 2026-12-06)
+        for handler in (urllib.request.ProxyHandler({"http": proxy, "https": proxy}), urllib.request.HTTPHandler(),
+                        urllib.request.HTTPSHandler(), _WebRedirects(), urllib.request.HTTPDefaultErrorHandler(),
+                        urllib.request.HTTPErrorProcessor()):
+            opener.add_handler(handler)
         try:
             with opener.open(urllib.request.Request(url, headers={"User-Agent": "homemesh"}), timeout=60) as r:
                 body = r.read(MAX_HTML + 1)

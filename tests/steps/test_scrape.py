@@ -99,6 +99,7 @@ class Site(ThreadedSite):
         super().__init__()
         self.hits: dict[str, int] = {}
         self.holding = 0  # requests to /hold still open
+        self.ftp_port = 0  # a listener on refused 127.0.0.3 that /ftp redirects to (set by a test)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -123,6 +124,14 @@ class Site(ThreadedSite):
         async def redirect(request: web.Request) -> web.Response:
             raise web.HTTPFound(self.url("/secret", "127.0.0.3"))
 
+        async def ftp(request: web.Request) -> web.Response:  # to the listener on a refused address
+            raise web.HTTPFound(f"ftp://attacker:pw@127.0.0.3:{self.ftp_port}/any/dir;type=i")
+
+        async def bigattr(request: web.Request) -> web.Response:  # 40 MB of one attribute, made by the page
+            return web.Response(content_type="text/html", text="""<html><body><div id="d"></div><script>
+              document.getElementById("d").setAttribute("a", "\\u0001".repeat(40 * 1024 * 1024));</script>
+              </body></html>""")
+
         async def slow(request: web.Request) -> web.Response:
             await asyncio.sleep(20)
             return web.Response(text="late")
@@ -143,7 +152,7 @@ class Site(ThreadedSite):
               document.body.appendChild(document.createTextNode("x".repeat(200 * 1024 * 1024)));</script></body></html>""")
 
         app = web.Application()
-        app.add_routes([web.get("/textbomb", textbomb), web.get("/js", js), web.get("/sub", subrequests), web.get("/redirect", redirect),
+        app.add_routes([web.get("/ftp", ftp), web.get("/bigattr", bigattr), web.get("/textbomb", textbomb), web.get("/js", js), web.get("/sub", subrequests), web.get("/redirect", redirect),
                         web.get("/slow", slow), web.get("/hold", hold), web.get("/huge", huge), web.get("/secret", count),
                         web.get("/pixel", count), web.get("/beacon", count)])
         return app
@@ -237,6 +246,55 @@ def test_without_a_browser_the_page_is_fetched_over_http_and_says_so(site):
     with pytest.raises(Refused):
         scrape(site.url("/redirect"), browser=None)
     assert site.hits.get("/secret", 0) == 0
+
+
+def test_without_a_browser_a_redirect_to_another_scheme_is_refused_and_never_followed(site):
+    """Found by this project's red team (2026-12-06): the fallback's urllib followed a redirect to ftp://,
+    which its proxy (http and https only) does not carry: a worker without a browser logged in to an FTP
+    server on a refused loopback address, and its reply came back to the submitter in the step's error."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.3", 0))
+    listener.listen(4)
+    listener.settimeout(0.5)
+    site.ftp_port = listener.getsockname()[1]
+    try:
+        with pytest.raises(Refused, match="ftp"):
+            scrape(site.url("/ftp"), browser=None)
+        with pytest.raises(socket.timeout):
+            listener.accept()[0].close()  # (nobody came)
+    finally:
+        listener.close()
+
+
+@needs_browser
+def test_a_page_whose_html_is_over_the_limit_is_measured_in_the_browser_not_sent_whole(site):
+    """Found by this project's red team (2026-12-06): the page's whole HTML crossed the DevTools connection
+    every step of a worker shares before its size was checked: 40 MB of one attribute raised the node's RSS
+    from 135 to 887 MB, and 80 MB of \\x01 (480 MB as JSON escapes) dropped the connection, failing every
+    other scrape in the browser. Its size is now measured in the renderer first."""
+    import threading
+
+    import psutil
+
+    me, done, peak = psutil.Process(), threading.Event(), [0]
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], me.memory_info().rss)
+
+    before = me.memory_info().rss
+    watcher = threading.Thread(target=sample)
+    watcher.start()
+    try:
+        with pytest.raises(StepFailed, match="over the"):
+            scrape(site.url("/bigattr"))
+    finally:
+        done.set()
+        watcher.join()
+    grew = (peak[0] - before) >> 20
+    assert grew < 150, f"this process grew {grew} MiB reading a page it refused"
 
 
 # -- on a real mesh ----------------------------------------------------------------------------------------
