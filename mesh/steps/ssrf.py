@@ -21,6 +21,9 @@ class Refused(StepFailed):
     """A scrape target (first URL, redirect or sub-request) outside what this node may reach."""
 
 
+SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+
+
 @dataclass(frozen=True)
 class Allow:
     """The operator's --scrape-allow list: networks (CIDR or single address) and host names."""
@@ -49,6 +52,12 @@ def why_refused(ip: IPAddress) -> str:
     """'' when a scrape may reach this address; otherwise what kind of address it is."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return why_refused(ip.ipv4_mapped)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.sixtofour is not None:  # 2002::/16 carries an IPv4 inside
+        inner = why_refused(ip.sixtofour)
+        if inner:
+            return f"{ip} is a 6to4 address of another: {inner}"
+    if ip in SITE_LOCAL:  # deprecated, but Python calls it global
+        return f"{ip} is a site-local address"
     for test, name in ((ip.is_loopback, "a loopback"), (ip.is_link_local, "a link-local (cloud metadata)"),
                        (ip.is_private, "a private"), (ip.is_multicast, "a multicast"),
                        (ip.is_unspecified, "an unspecified"), (ip.is_reserved, "a reserved")):

@@ -33,7 +33,8 @@ USER = StepUser(2_099_999_999, 2_099_999_999) if running_as_root() else None  # 
 
 @pytest.mark.parametrize("ip", ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
                                 "100.64.0.1", "0.0.0.0", "224.0.0.1", "::1", "fe80::1", "fd00::1",
-                                "::ffff:127.0.0.1", "::ffff:169.254.169.254", "240.0.0.1"])
+                                "::ffff:127.0.0.1", "::ffff:169.254.169.254", "240.0.0.1",
+                                "2002:a9fe:a9fe::", "2002:7f00:1::", "fec0::1"])  # (6to4 and site-local: 2026-12-06)
 def test_non_global_addresses_are_refused(ip):
     assert why_refused(ipaddress.ip_address(ip))
 
