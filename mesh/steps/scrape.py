@@ -188,7 +188,10 @@ class Scraper:
                     await page._client.send("Target.setAutoAttach",
                                             {"autoAttach": False, "waitForDebuggerOnStart": False})
                     context.on("targetcreated", lambda target: self._close_stray(browser, target, page))
-                    return await self._load_unless_crashed(page, url, params)
+                    loaded = await self._load_unless_crashed(page, url, params)
+                    if proxy.over:
+                        raise StepFailed(proxy.over)
+                    return loaded
                 except errors as exc:  # the browser failed or died: say so
                     raise StepFailed(f"browser: {type(exc).__name__}: {str(exc)[:300]}") from None
                 finally:  # shielded: a second cancellation must not leave the context running
@@ -309,7 +312,11 @@ class Scraper:
 
     async def _fetch(self, url: str) -> tuple[str, str]:
         async with self._step_proxy() as proxy:
-            return await asyncio.to_thread(self._get, url, proxy.port)
+            try:
+                return await asyncio.to_thread(self._get, url, proxy.port)
+            finally:
+                if proxy.over:  # (whatever the fetch made of a cut connection)
+                    raise StepFailed(proxy.over)
 
     @staticmethod
     def _get(url: str, proxy_port: int) -> tuple[str, str]:

@@ -125,6 +125,9 @@ class Site(ThreadedSite):
         async def redirect(request: web.Request) -> web.Response:
             raise web.HTTPFound(self.url("/secret", "127.0.0.3"))
 
+        async def flood(request: web.Request) -> web.Response:  # 4 MiB
+            return web.Response(content_type="text/html", text="<html><body>" + "x" * (4 << 20) + "</body></html>")
+
         async def ftp(request: web.Request) -> web.Response:  # to the listener on a refused address
             raise web.HTTPFound(f"ftp://attacker:pw@127.0.0.3:{self.ftp_port}/any/dir;type=i")
 
@@ -153,7 +156,7 @@ class Site(ThreadedSite):
               document.body.appendChild(document.createTextNode("x".repeat(200 * 1024 * 1024)));</script></body></html>""")
 
         app = web.Application()
-        app.add_routes([web.get("/ftp", ftp), web.get("/bigattr", bigattr), web.get("/textbomb", textbomb), web.get("/js", js), web.get("/sub", subrequests), web.get("/redirect", redirect),
+        app.add_routes([web.get("/flood", flood), web.get("/ftp", ftp), web.get("/bigattr", bigattr), web.get("/textbomb", textbomb), web.get("/js", js), web.get("/sub", subrequests), web.get("/redirect", redirect),
                         web.get("/slow", slow), web.get("/hold", hold), web.get("/huge", huge), web.get("/secret", count),
                         web.get("/pixel", count), web.get("/beacon", count)])
         return app
@@ -267,6 +270,18 @@ def test_without_a_browser_a_redirect_to_another_scheme_is_refused_and_never_fol
             listener.accept()[0].close()  # (nobody came)
     finally:
         listener.close()
+
+
+def test_a_steps_proxy_carries_at_most_its_byte_budget(site, monkeypatch):
+    """Found by this project's red team (2026-12-06): nothing counted what a step's pages pulled through its
+    worker's proxy: a page fetched 5.8 GB in a 20 s step, unpaid. The proxy shuts past MAX_BYTES and the
+    step fails saying so (here a budget of 1 MiB and a 4 MiB page)."""
+    monkeypatch.setattr("mesh.steps.egress.MAX_BYTES", 1 << 20)
+    with pytest.raises(StepFailed, match="passed 1 MiB"):
+        scrape(site.url("/flood"), browser=None)
+    monkeypatch.setattr("mesh.steps.egress.MAX_BYTES", 8 << 20)
+    out, _ = scrape(site.url("/flood"), browser=None)  # within it: fetched as before
+    assert out["text"].startswith("xxxx")
 
 
 @needs_browser
