@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.errors import AuthError, ConfigError, NodeUnreachable, UserError
-from mesh.node.home import TOKEN_FILE, RuntimeInfo, read_token
+from mesh.node.home import RUNTIME_FILE, TOKEN_FILE, RuntimeInfo, home_in_use, read_token
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,11 @@ class Client:
             return cls(api.rstrip("/"), token)
         if home is None:
             raise ConfigError("give --home DIR or --api URL (or set MESH_HOME)")
-        return cls(RuntimeInfo.read(home).api, read_token(home))
+        info = RuntimeInfo.read(home)
+        if not home_in_use(home):
+            raise ConfigError(f"no node is running in {home} (its {RUNTIME_FILE} is left from a run that ended); "
+                              f"start one with `mesh node --home {home}`")
+        return cls(info.api, read_token(home))
 
     def request(self, method: str, path: str, body: object = None, timeout: float = 30) -> object:
         try:
@@ -39,6 +43,9 @@ class Client:
                 return json.loads(resp.read())
         except OSError as exc:  # a reset or a timeout while reading the answer
             raise NodeUnreachable(f"the node API at {self.base} stopped answering: {exc}") from None
+        except (ValueError, RecursionError):
+            raise NodeUnreachable(f"{self.base} answered something other than JSON: is it a homemesh node's "
+                                  "API?") from None
 
     def events(self, job_id: str, timeout: float = 60) -> Iterator[tuple[str, dict]]:
         """(kind, data) of a job's server-sent events, from the first to `done`. `timeout` bounds each
@@ -86,7 +93,7 @@ class Client:
         except urllib.error.HTTPError as exc:
             try:
                 message = json.loads(exc.read()).get("error", exc.reason)
-            except ValueError:
+            except (ValueError, RecursionError, AttributeError, OSError):  # (not a node's JSON error)
                 message = exc.reason
             if exc.code == 401:
                 raise AuthError(f"{self.base} refused the API token ({message}): give --home of that node (the "

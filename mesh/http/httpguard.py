@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 READ_TIMEOUT_S = 10.0  # from when a connection waits for a request until its head and body are in
 MAX_CONNECTIONS = 256  # open API connections; past it, the one waiting longest for its request is dropped
+STUCK_BYTES = 1 << 20  # answers a connection leaves unread past which it goes before any other busy one
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -111,13 +112,19 @@ class GuardedH11(H11Protocol):
             self.transport.close()
 
     def _evict(self) -> None:
-        """Drop the connection that has waited longest for its request, or else the one busiest longest
-        (an event stream, a ?wait=): so neither idle connections nor 256 held streams can lock the owner's
-        CLI out (with every other busy, the new connection itself was dropped: the CLI's /health too)."""
+        """Drop the connection that has waited longest for its request, or else the one busy longest whose
+        client reads none of its answers (over STUCK_BYTES unsent), or else the one busy longest (an event
+        stream, a ?wait=): so neither idle connections nor 256 held streams can lock the owner's CLI out
+        (with every other busy, the new connection itself was dropped: the CLI's /health too). Without the
+        second, a local process with no token asking for a static file 100 times down each connection and
+        reading nothing made its connections busy for good, and the owner's stream went first (red team,
+        2026-12-06)."""
         others = [c for c in self.connections if c is not self and not c.transport.is_closing()]
         waiting = [c for c in others if getattr(c, "waiting_since", None) is not None]
         busy = [c for c in others if getattr(c, "busy_since", None) is not None]
+        stuck = [c for c in busy if c.transport.get_write_buffer_size() > STUCK_BYTES]
         victim = (min(waiting, key=lambda c: c.waiting_since) if waiting
+                  else min(stuck, key=lambda c: c.busy_since) if stuck
                   else min(busy, key=lambda c: c.busy_since) if busy else self)
         log.info("dropping API connection from %s: over %d connections", victim.client, self.max_connections)
         victim._disarm()

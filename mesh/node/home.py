@@ -93,6 +93,27 @@ def lock_home(home: Path, grace: float = 10.0) -> int:
     return fd
 
 
+def home_in_use(home: Path) -> bool:
+    """Whether a node holds `home`'s lock now: the kernel's word, where node.json's pid may be long dead (or
+    reused). The CLI sends the API token only then: a node.json left by a node that was killed sent it to
+    whatever listened on the old port since (this project's red team, 2026-12-06)."""
+    try:
+        fd = os.open(home / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # (cannot tell: the node's own answer decides)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # held (BlockingIOError), or cannot tell
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def _running(pid: str) -> bool:
     import psutil
 

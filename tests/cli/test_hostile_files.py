@@ -142,3 +142,41 @@ def test_a_reader_that_goes_away_and_a_home_that_cannot_be_made_are_said_plainly
     res = run_cli("init", "--home", str(tmp_path / "plain" / "h"), timeout=30)
     one_line(res, 1, f"{tmp_path / 'plain' / 'h'}: Not a directory")
     assert "Errno" not in res.stderr, res.stderr
+
+
+def test_a_node_json_left_by_a_node_that_ended_sends_the_token_to_nobody(tmp_path: Path, home: Path):
+    """Found by this project's red team (2026-12-06): after a node was killed, its node.json stayed, and
+    `mesh status` sent the API token to whatever listened on the old port since, then printed a traceback at
+    its answer. Now the CLI talks to a home's node only while that node holds the home's lock, and an answer
+    that is not JSON is one line."""
+    import json
+    import socket
+    import threading
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen(4)
+    port = squatter.getsockname()[1]
+    heard: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = squatter.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                heard.append(conn.recv(65536))
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\nnot json")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        (home / "node.json").write_text(json.dumps({"node": "ab" * 32, "pid": 1, "api": f"http://127.0.0.1:{port}",
+                                                   "listen": "127.0.0.1:1"}))
+        one_line(run_cli("status", "--home", str(home), timeout=30), 2, "no node is running in")
+        assert heard == [], heard  # not a byte, let alone the token
+        res = run_cli("status", "--api", f"http://127.0.0.1:{port}", env={"MESH_API_TOKEN": "x"}, timeout=30)
+        one_line(res, 2, "answered something other than JSON")
+    finally:
+        squatter.close()

@@ -325,6 +325,21 @@ def test_plan_from_a_question_lays_the_dag_out(ui):
 
 
 @pytest.mark.timeout(60)
+def test_a_job_file_naming_a_kind_every_object_inherits_is_an_unknown_kind(ui, tmp_path):
+    """Found by this project's red team (2026-12-06): the editor looked a kind up as `kinds[name]`, and a job
+    file with kind `__proto__` or `constructor` found what every JavaScript object inherits: TypeErrors in
+    the box's preview and form, and a broken box."""
+    for kind in ("__proto__", "constructor"):
+        before = len(SEEN["errors"])
+        path = tmp_path / f"{kind}.json"
+        path.write_text(json.dumps({"steps": [{"id": "a", "kind": kind, "params": {}}]}))
+        loader = ui.run(ui.page.querySelector("#load"))
+        ui.run(loader.uploadFile(str(path)))
+        ui.wait("k => document.querySelector('#message').textContent.includes(k + '.json')", 10, kind)
+        assert ui.message() == f"{kind}.json: step 'a' has unknown kind '{kind}'"
+        assert SEEN["errors"][before:] == [], SEEN["errors"][before:]
+
+
 def test_no_console_errors_and_no_requests_to_other_hosts(ui):
     ui.click(".palette-item[data-kind=scrape]")
     ui.select("a")

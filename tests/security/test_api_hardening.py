@@ -18,7 +18,7 @@ import pytest
 
 from mesh.cli.local import LocalMesh, free_ports
 from mesh.http.common import error_body
-from mesh.http.httpguard import MAX_CONNECTIONS, READ_TIMEOUT_S, HostGuard, allowed_hosts
+from mesh.http.httpguard import MAX_CONNECTIONS, READ_TIMEOUT_S, GuardedH11, HostGuard, allowed_hosts
 
 from ..conftest import run_cli, tree_pids, wait_for
 
@@ -70,6 +70,42 @@ def test_host_guard_passes_lifespan_through():
 
     asyncio.run(HostGuard(app, allowed_hosts(1))({"type": "lifespan"}, None, None))
     assert seen == ["lifespan"]
+
+
+class _Transport:
+    def __init__(self, unsent: int = 0):
+        self.unsent, self.closed = unsent, False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+
+def _conn(conns: set, busy_since: float | None, unsent: int = 0) -> GuardedH11:
+    c = object.__new__(GuardedH11)  # (the protocol's state only: _evict reads nothing else)
+    c.connections, c.transport, c.client = conns, _Transport(unsent), ("127.0.0.1", 1)
+    c.deadline, c.waiting_since, c.busy_since = None, None, busy_since
+    conns.add(c)
+    return c
+
+
+def test_past_the_cap_a_connection_that_reads_none_of_its_answers_goes_before_the_owners_stream():
+    """Found by this project's red team (2026-12-06): a local process with no token sent 100 requests for a
+    static file down each of 280 connections and read none of the answers; each counted as busy, and past
+    the cap the busy one held longest was dropped: the owner's event stream and its `?wait=` request, 4 s
+    into the flood. A connection whose answers are not being read (over STUCK_BYTES unsent) goes first."""
+    conns: set = set()
+    owner = _conn(conns, busy_since=1.0)  # a stream its client reads
+    flood = [_conn(conns, busy_since=2.0 + i, unsent=(4 << 20)) for i in range(3)]
+    newcomer = _conn(conns, busy_since=9.0)  # the one that went over the cap
+    newcomer._evict()
+    assert not owner.transport.closed, "the owner's stream was dropped"
+    assert [c.transport.closed for c in flood] == [True, False, False]  # the stuck one held longest
 
 
 # -- a real node -----------------------------------------------------------------------------------------

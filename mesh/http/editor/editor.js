@@ -37,6 +37,10 @@
     problemShown: false,  // the message is why the job cannot run: checked again on every edit
   };
 
+  /* A step kind's spec, only for kinds the node named: a job file's kind `__proto__` or `constructor` found
+     what every object inherits, and broke the box and its form. */
+  const kindSpec = (kind) => (Object.prototype.hasOwnProperty.call(S.kinds, kind) ? S.kinds[kind] : undefined);
+
   // ---------------------------------------------------------------- messages, token, requests
 
   function showMessage(text, kind) {
@@ -168,7 +172,7 @@
       seen.add(s.id);
     }
     for (const s of job.steps) {
-      const spec = S.kinds[s.kind];
+      const spec = kindSpec(s.kind);
       if (!spec) return {text: "step '" + s.id + "' has unknown kind '" + s.kind + "'", steps: [s.id]};
       const need = (spec.params.required || []).filter((p) => missing(s.params[p]));
       if (need.length) {
@@ -208,7 +212,7 @@
   }
 
   function preview(d) {
-    const spec = S.kinds[d.kind];
+    const spec = kindSpec(d.kind);
     const key = spec && (spec.params.required || [])[0];
     const v = key ? d.params[key] : undefined;
     if (v === undefined) return key ? '(' + key + ' not set)' : '';
@@ -344,7 +348,7 @@
     const form = $('#form');
     form.replaceChildren();
     if (!d) { $('#run-info').hidden = true; return; }
-    const spec = S.kinds[d.kind] || {title: d.kind, description: '', params: {properties: {}, required: []}};
+    const spec = kindSpec(d.kind) || {title: d.kind, description: '', params: {properties: {}, required: []}};
     form.append(el('h3', {text: spec.title}), el('p', {class: 'hint', text: spec.description}));
     const idInput = el('input', {id: 'f-id', 'data-param': '@id', value: d.id, spellcheck: 'false'});
     const idErr = el('div', {class: 'field-error'});
@@ -565,8 +569,7 @@
   }
 
   async function follow(jobId) {
-    const res = await fetch('/jobs/' + encodeURIComponent(jobId) + '/events',
-      {headers: {Authorization: 'Bearer ' + S.token}});
+    const res = await page.opened(S.token, '/jobs/' + encodeURIComponent(jobId) + '/events');
     if (!res.ok || !res.body) throw new Error('the event stream answered ' + res.status);
     const reader = res.body.getReader();
     const decoder = new TextDecoder();
@@ -651,7 +654,7 @@
       const extra = Object.keys(s).filter((k) => !STEP_FIELDS.includes(k));
       if (extra.length) return 'step ' + (i + 1) + " has unknown field '" + extra[0] + "'";
       if (typeof s.id !== 'string') return 'step ' + (i + 1) + ' has no id';
-      if (!S.kinds[s.kind]) return "step '" + s.id + "' has unknown kind '" + s.kind + "'";
+      if (!kindSpec(s.kind)) return "step '" + s.id + "' has unknown kind '" + s.kind + "'";
       if (s.params !== undefined && (!s.params || typeof s.params !== 'object' || Array.isArray(s.params))) {
         return "step '" + s.id + "': params must be an object";
       }

@@ -43,15 +43,23 @@ window.homemeshPage = (function () {
     sessionStorage.setItem(TOKEN_KEY, token);
   }
 
+  /* Once the node does not answer, the token goes nowhere until the page is reloaded: a tab that kept
+     polling a stopped node sent it to the next process listening on the node's port. */
+  let gone = false;
+  const GONE = 'the node stopped answering: reload this page once it runs again (until then its token is sent ' +
+    'to nothing that may answer on its port now)';
+
   /* {ok, status, body}: never throws; a refused token shows the Token field again. */
   async function api(token, method, path, body) {
+    if (gone) return {ok: false, status: 0, body: {error: GONE}};
     const headers = {Authorization: 'Bearer ' + token};
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     let res;
     try {
       res = await fetch(path, {method, headers, body: body === undefined ? undefined : JSON.stringify(body)});
     } catch (exc) {
-      return {ok: false, status: 0, body: {error: 'the node did not answer (' + exc.message + ')'}};
+      gone = true;
+      return {ok: false, status: 0, body: {error: 'the node did not answer (' + exc.message + '); ' + GONE}};
     }
     let data = null;
     try { data = await res.json(); } catch (exc) { data = {error: res.statusText || 'unreadable answer'}; }
@@ -62,5 +70,17 @@ window.homemeshPage = (function () {
     return {ok: res.ok, status: res.status, body: data};
   }
 
-  return {$, el, showMessage, readToken, saveToken, api};
+  /* A streamed answer (a job's events) with the token, under the same rule as api(); throws when the node
+     is gone or does not answer. */
+  async function opened(token, path) {
+    if (gone) throw new Error(GONE);
+    try {
+      return await fetch(path, {headers: {Authorization: 'Bearer ' + token}});
+    } catch (exc) {
+      gone = true;
+      throw new Error('the node did not answer (' + exc.message + '); ' + GONE);
+    }
+  }
+
+  return {$, el, showMessage, readToken, saveToken, api, opened};
 })();
