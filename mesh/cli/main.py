@@ -791,8 +791,9 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
                     help="libp2p (default): Noise-encrypted links, each peer's key proven by the handshake; "
                          "tcp: plain, unencrypted TCP for loopback tests and benchmarks only")
     sp.add_argument("--max-links", type=int, default=64, metavar="N",
-                    help="peers to link on this node's own initiative, from gossip (default 64); beyond that, "
-                         "workers for what jobs need are found in the DHT (8 per capability)")
+                    help="peers to link on this node's own initiative, from gossip (default 64; links peers open "
+                         "to it count, but it keeps room for 8 of its own choosing); beyond that, workers for "
+                         "what jobs need are found in the DHT (8 per capability)")
     sp.add_argument("--rate", action="append", default=[], metavar="KEY=CREDITS",
                     help="what this node charges, signed into its peer record (repeatable): cpu_s per CPU-second "
                          "of python (default 1), tokens_1k per 1,000 tokens generated (10), scored_1k per 1,000 "

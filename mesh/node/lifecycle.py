@@ -64,7 +64,7 @@ from mesh.node.logfile import json_handler, text_handler
 from mesh.node.modelshare import MODEL_FLOOR, ModelFetcher, ModelServer
 from mesh.node.owed import Owed
 from mesh.node.owner import Owner, OwnerLimits
-from mesh.node.peers import GossipLimit, Peer, PeerTable, prefix_of, prefix_of_ip
+from mesh.node.peers import GossipLimit, Peer, PeerTable, prefix_of, prefix_of_ip, room_to_dial
 from mesh.node.replaystore import ReplayStore
 from mesh.node.schedule import Probe
 from mesh.node.submitter import Options as SubmitterOptions
@@ -481,16 +481,17 @@ class Node:
                 self._pause_changed()
             await asyncio.sleep(OWNER_WATCH_S)
 
-    def _room(self, linked: int | None = None) -> bool:
-        """Whether to link to one more peer on our own initiative (asked-for links are always made).
-        `linked`: the heartbeat's own count (taken once a beat, plus the dials it started): counting the
-        table for every peer made each beat quadratic, and 1,449 gossiped peers froze the loop."""
-        return (sum(p.connected for p in self.peers) if linked is None else linked) < self.opts.max_links
+    def _room(self, linked: int | None = None, chosen: int | None = None) -> bool:
+        """Whether to link to one more peer on our own initiative (asked-for links are always made): see
+        peers.room_to_dial. `linked`, `chosen`: the heartbeat's own counts (taken once a beat, plus the dials it started):
+        counting the table for every peer made each beat quadratic, and 1,449 gossiped peers froze the loop."""
+        return room_to_dial(sum(p.connected for p in self.peers) if linked is None else linked,
+                            sum(p.chosen for p in self.peers) if chosen is None else chosen, self.opts.max_links)
 
-    def _my_turn(self, peer: Peer, now: float, linked: int | None = None) -> bool:
+    def _my_turn(self, peer: Peer, now: float, linked: int | None = None, chosen: int | None = None) -> bool:
         """Whether to dial `peer` on our own initiative now."""
         return (bool(peer.addr) and peer.state != "left" and now >= peer.next_dial and not peer.connected
-                and peer.dials_first(self.identity.public_key, now) and self._room(linked))
+                and peer.dials_first(self.identity.public_key, now) and self._room(linked, chosen))
 
     def _dial_peer(self, peer: Peer, now: float) -> None:
         peer.next_dial = now + HEARTBEAT_S * 2  # not again while this dial may be under way
@@ -625,6 +626,7 @@ class Node:
                     self.spawn(self._dial(addr, key or ANYONE))
             hello: bytes | None = None  # the same for every peer: built and encoded once per beat
             linked = sum(p.connected for p in self.peers)
+            chosen = sum(p.chosen for p in self.peers)
             for peer in self.peers:
                 if peer.connected:
                     if now >= peer.next_hello:
@@ -640,9 +642,9 @@ class Node:
                         peer.state = "down"
                         for conn in list(peer.conns):
                             conn.drop()
-                elif self._my_turn(peer, now, linked):
+                elif self._my_turn(peer, now, linked, chosen):
                     self._dial_peer(peer, now)
-                    linked += 1
+                    linked, chosen = linked + 1, chosen + 1
             for peer in self.peers.expire(now_ms()):
                 log.info("forgot peer %s: its record expired", peer.node[:12])
             self._save_peers()

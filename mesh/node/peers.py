@@ -86,6 +86,11 @@ class Peer:
     def connected(self) -> bool:
         return any(c.open for c in self.conns)
 
+    @property
+    def chosen(self) -> bool:
+        """Linked by a dial of ours (a link it opened to us is its choice, not ours)."""
+        return any(c.open and c.dialled for c in self.conns)
+
     def capabilities(self, default_model: str) -> list[str]:
         """What this peer offers, in Step.needs terms."""
         caps = [k for k in self.kinds if k != "llm"]
@@ -93,6 +98,17 @@ class Peer:
             caps += [f"llm:{m}" for m in self.models] + (["llm:default"] if default_model in self.models else [])
         return caps
 
+
+CHOSEN_LINKS = 8  # links of its own choosing a node keeps room for (at most --max-links), whatever came in
+
+
+def room_to_dial(linked: int, chosen: int, max_links: int) -> bool:
+    """Whether a node with `linked` links, `chosen` of them dialled by it, may dial one more peer on its own
+    initiative: under `max_links`; past it, while fewer than min(CHOSEN_LINKS, max_links) are its own. Links
+    strangers open to a node took the whole of --max-links: 64 keys linking in, the node dialled nobody
+    after, not even an honest peer back from a restart, and 18 of 18 steps at r=2 went to the strangers
+    (this project's red team, 2026-12-06)."""
+    return linked < max_links or chosen < min(CHOSEN_LINKS, max_links)
 
 class PeerTable:
     def __init__(self, me: bytes, network: str):
@@ -157,6 +173,8 @@ class PeerTable:
         moved = peer.record is not None and peer.addrs != [rec.addr, *rec.alt]
         peer.record = rec
         self.version += 1
+        if peer.state == "left" and not peer.connected:  # it said bye, and has published since: it came back
+            peer.state = "new"  # (kept as left, it was never dialled again: red team, 2026-12-06)
         if moved:  # it published new addresses: dial the first, now
             peer.next_dial, peer.failures, peer.pick = 0.0, 0, 0
         return peer, ""

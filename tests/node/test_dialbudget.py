@@ -10,7 +10,7 @@ import pytest
 from mesh.node import dialbudget
 from mesh.node.dialbudget import BACKOFF_S, HOST_GAP_S, UNPROVEN_BURST, DialBudget
 from mesh.node.dialscope import AddressRefused, Gate
-from mesh.node.peers import MAX_PEERS, GossipLimit, Peer, PeerTable
+from mesh.node.peers import CHOSEN_LINKS, MAX_PEERS, GossipLimit, Peer, PeerTable, room_to_dial
 from mesh.wire.identity import Identity
 from mesh.wire.records import MAX_LIFETIME_MS, RECORD_TTL_MS, check_record, make_record
 
@@ -189,3 +189,37 @@ def test_the_host_gap_spares_loopback_and_hole_punches():
     with pytest.raises(AddressRefused):
         gate.admit("203.0.113.9:3", K3, 0.2)
 
+
+
+def test_links_strangers_open_leave_room_for_links_a_node_chooses():
+    """Found by this project's red team (2026-12-06): --max-links counted every link, and 64 keys linking in
+    took all of it: the node dialled nobody after, not even an honest peer back from a restart, and 18 of 18
+    steps at r=2 went to the strangers. It may still dial while fewer than min(CHOSEN_LINKS, --max-links) of
+    its links are its own."""
+    assert room_to_dial(66, 1, 64) and room_to_dial(66, CHOSEN_LINKS - 1, 64)
+    assert not room_to_dial(66, CHOSEN_LINKS, 64)
+    assert room_to_dial(3, 0, 64)
+    assert not room_to_dial(5, 1, 1) and room_to_dial(5, 0, 1)  # --max-links 1: one of its own, as before
+
+    class Link:
+        def __init__(self, dialled: str):
+            self.open, self.dialled = True, dialled
+
+    peer = Peer(b"\x01" * 32)
+    peer.conns = [Link("")]  # it dialled us
+    assert peer.connected and not peer.chosen
+    peer.conns.append(Link("10.0.0.2:4750"))
+    assert peer.chosen
+
+
+def test_a_peer_that_said_bye_is_dialled_again_once_it_publishes_a_newer_record():
+    """Found by this project's red team (2026-12-06): a peer that said bye stayed `left` through every newer
+    record of it, and was never dialled again after a clean restart."""
+    ident = Identity.generate()
+    table = PeerTable(b"\x00" * 32, NET)
+    peer, _ = table.learn(make_record(ident, NET, "10.0.0.2:4750", ["python"], [], False, T0), T0)
+    peer.state = "left"  # (its bye)
+    assert table.learn(make_record(ident, NET, "10.0.0.2:4750", ["python"], [], False, T0), T0) == (None, "")
+    assert peer.state == "left"  # the same record again: still gone
+    again, why = table.learn(make_record(ident, NET, "10.0.0.2:4751", ["python"], [], False, T0 + 1000), T0 + 1000)
+    assert why == "" and again is peer and peer.state == "new"
