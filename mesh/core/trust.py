@@ -319,14 +319,12 @@ class Shared:
         lent to one wrong here does not count anyway (`standing`); counted, it cost honest submitters
         weight in `side-channel-all-20`. An honest issuer is contradicted only where a worker cheats it
         and not this node, and says right of most; the ring said wrong of four ids in five."""
-        own, streak = self.own, self.own.streaks
         verdict: dict[str, bool] = {}  # worker → right here (True) / wrong here lately (False)
         for worker in self.about:
-            run = streak.get(worker, 0)
-            if run >= LEND_RUN or (run and worker not in own.last_bad):
-                verdict[worker] = True
-            elif worker in own.last_bad:
+            if self._wrong_lately(worker):
                 verdict[worker] = False
+            elif self.own.streak(worker):
+                verdict[worker] = True
         agreed: dict[str, int] = {}
         contra: dict[str, int] = {}
         for worker, right in verdict.items():

@@ -39,3 +39,31 @@ class TokenBucket:
         self.stamp = now
         self.tokens -= amount
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+class KeyedBuckets:
+    """Token buckets by name, each by a rule (burst, then per second): a refusal costs nothing (no debt),
+    and past MEMORY names the least recently used is forgotten first. Sans-I/O."""
+
+    MEMORY = 4096
+
+    def __init__(self) -> None:
+        self.buckets: dict[object, list[float]] = {}  # name → [tokens, stamp], least recently used first
+
+    def spend(self, name: object, rule: tuple[float, float], now: float) -> bool:
+        """Whether `name` has a token under `rule` now; spends it if so."""
+        if self.level(name, rule, now) < 1:
+            return False
+        self.buckets[name][0] -= 1
+        return True
+
+    def level(self, name: object, rule: tuple[float, float], now: float) -> float:
+        """`name`'s tokens now (refilled since its last use; a new name starts full)."""
+        burst, rate = rule
+        bucket = self.buckets.pop(name, None) or [float(burst), now]
+        bucket[0] = min(burst, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        self.buckets[name] = bucket  # re-inserted: the dict's order is least recently used first
+        while len(self.buckets) > self.MEMORY:
+            del self.buckets[next(iter(self.buckets))]
+        return bucket[0]

@@ -7,6 +7,7 @@ import ipaddress
 import time
 from dataclasses import dataclass, field
 
+from mesh.node.flow import KeyedBuckets
 from mesh.wire.identity import node_id_of
 from mesh.wire.messages import PeerRecord
 from mesh.wire.records import check_record
@@ -198,7 +199,7 @@ class PeerTable:
         return gone
 
 
-class GossipLimit:
+class GossipLimit(KeyedBuckets):
     """How many records of peers new to us one source may teach us: its key, and the network prefix it
     connects from, each get a token bucket (PER_KEY, PER_PREFIX: burst, then per second). Without it one
     key taught a node 1,449 made-up peers in 1.3 s, each a signature to check and an address to dial.
@@ -208,28 +209,15 @@ class GossipLimit:
     PER_PREFIX = (128, 1.0)  # a loopback mesh is one prefix: 32 nodes learn each other through it
     MEMORY = 4096  # sources remembered; the least recently heard is forgotten first
 
-    def __init__(self) -> None:
-        self.buckets: dict[tuple[str, str], list[float]] = {}  # (what, source) → [tokens, stamp]
-
     def take(self, key: bytes, prefix: str, now: float) -> bool:
         """Whether the source (`key`, from `prefix`) may teach us one more peer now; spends if so."""
         slots = [(("key", key.hex()), self.PER_KEY), (("prefix", prefix), self.PER_PREFIX)]
-        levels = [self._level(name, rule, now) for name, rule in slots]
+        levels = [self.level(name, rule, now) for name, rule in slots]
         if min(levels) < 1:
             return False
         for name, _ in slots:
             self.buckets[name][0] -= 1
         return True
-
-    def _level(self, name: tuple[str, str], rule: tuple[int, float], now: float) -> float:
-        burst, rate = rule
-        bucket = self.buckets.pop(name, None) or [float(burst), now]
-        bucket[0] = min(burst, bucket[0] + (now - bucket[1]) * rate)
-        bucket[1] = now
-        self.buckets[name] = bucket  # re-inserted: the dict's order is least recently heard first
-        while len(self.buckets) > self.MEMORY:
-            del self.buckets[next(iter(self.buckets))]
-        return bucket[0]
 
 
 def prefix_of(addr: str) -> str:

@@ -49,17 +49,30 @@ window.homemeshPage = (function () {
   const GONE = 'the node stopped answering: reload this page once it runs again (until then its token is sent ' +
     'to nothing that may answer on its port now)';
 
-  /* {ok, status, body}: never throws; a refused token shows the Token field again. */
-  async function api(token, method, path, body) {
-    if (gone) return {ok: false, status: 0, body: {error: GONE}};
-    const headers = {Authorization: 'Bearer ' + token};
-    if (body !== undefined) headers['Content-Type'] = 'application/json';
-    let res;
+  /* A request to the node with the token, or an Error saying why none went (gone, or no answer). */
+  async function reach(token, path, init) {
+    if (gone) throw new Error(GONE);
     try {
-      res = await fetch(path, {method, headers, body: body === undefined ? undefined : JSON.stringify(body)});
+      const headers = Object.assign({}, init.headers, {Authorization: 'Bearer ' + token});
+      return await fetch(path, Object.assign({}, init, {headers}));
     } catch (exc) {
       gone = true;
-      return {ok: false, status: 0, body: {error: 'the node did not answer (' + exc.message + '); ' + GONE}};
+      throw new Error('the node did not answer (' + exc.message + '); ' + GONE);
+    }
+  }
+
+  /* {ok, status, body}: never throws; a refused token shows the Token field again. */
+  async function api(token, method, path, body) {
+    const init = {method};
+    if (body !== undefined) {
+      init.headers = {'Content-Type': 'application/json'};
+      init.body = JSON.stringify(body);
+    }
+    let res;
+    try {
+      res = await reach(token, path, init);
+    } catch (exc) {
+      return {ok: false, status: 0, body: {error: exc.message}};
     }
     let data = null;
     try { data = await res.json(); } catch (exc) { data = {error: res.statusText || 'unreadable answer'}; }
@@ -70,17 +83,8 @@ window.homemeshPage = (function () {
     return {ok: res.ok, status: res.status, body: data};
   }
 
-  /* A streamed answer (a job's events) with the token, under the same rule as api(); throws when the node
-     is gone or does not answer. */
-  async function opened(token, path) {
-    if (gone) throw new Error(GONE);
-    try {
-      return await fetch(path, {headers: {Authorization: 'Bearer ' + token}});
-    } catch (exc) {
-      gone = true;
-      throw new Error('the node did not answer (' + exc.message + '); ' + GONE);
-    }
-  }
+  /* A streamed answer (a job's events): throws when the node is gone or does not answer. */
+  const opened = (token, path) => reach(token, path, {});
 
   return {$, el, showMessage, readToken, saveToken, api, opened};
 })();

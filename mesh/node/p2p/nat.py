@@ -33,7 +33,7 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from multiaddr import Multiaddr
 
-from mesh.node.flow import TokenBucket
+from mesh.node.flow import KeyedBuckets, TokenBucket
 from mesh.node.p2p.reservations import ReservationGate, asked_by, connected_ip, install
 from mesh.node.peers import prefix_of_ip
 
@@ -230,7 +230,7 @@ class GatedRelay(CircuitV2Protocol):
         self.where: Callable[[object], str] = lambda peer: ""
         self.open_circuits: Counter[tuple[str, bytes]] = Counter()
         self.circuits_refused = 0
-        self.reserve_asks: dict[str, TokenBucket] = {}  # network prefix → its RESERVEs (RESERVE_RATE)
+        self.reserve_asks = KeyedBuckets()  # network prefix → its RESERVEs (RESERVE_RATE)
         self.reserves_refused = 0
         self.budget = RelayBudget()  # (the node's own, --relay-budget, set by Nat)
 
@@ -264,25 +264,13 @@ class GatedRelay(CircuitV2Protocol):
         the names of four bystanders on a victim's /24, which then got RESOURCE_LIMIT_EXCEEDED for its own
         (and gave public nodes slots they never asked for). The holder is who asks."""
         msg.ClearField("peer")
-        if not self._may_reserve(self.prefix(stream.muxed_conn.peer_id), trio.current_time()):
+        if not self.reserve_asks.spend(self.prefix(stream.muxed_conn.peer_id), (RESERVE_BURST, RESERVE_RATE),
+                                       trio.current_time()):
             self.reserves_refused += 1
             await stream.reset()  # (unanswered: an answer would be the signature the flood is after)
             return
         with asked_by(stream.muxed_conn.peer_id):
             await super()._handle_reserve(stream, msg)
-
-    def _may_reserve(self, prefix: str, now: float) -> bool:
-        """Whether `prefix` is within RESERVE_RATE (a refused ask costs it nothing more: no debt)."""
-        bucket = self.reserve_asks.get(prefix)
-        if bucket is None:
-            if len(self.reserve_asks) >= 4096:  # forget prefixes whose bucket has refilled
-                full = RESERVE_BURST / RESERVE_RATE
-                self.reserve_asks = {p: b for p, b in self.reserve_asks.items() if now - b.stamp < full}
-            bucket = self.reserve_asks[prefix] = TokenBucket(RESERVE_RATE, RESERVE_BURST, now)
-        if bucket.take(1.0, now) > 0:
-            bucket.tokens += 1.0
-            return False
-        return True
 
     async def _relay_data(self, src_stream, dst_stream, peer_id, deadline=None, circuit_data_limit=None) -> None:
         """One direction of a circuit; when it ends, for any reason, this circuit's two streams close (and
