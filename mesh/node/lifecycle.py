@@ -64,7 +64,7 @@ from mesh.node.logfile import json_handler, text_handler
 from mesh.node.modelshare import MODEL_FLOOR, ModelFetcher, ModelServer
 from mesh.node.owed import Owed
 from mesh.node.owner import Owner, OwnerLimits
-from mesh.node.peers import GossipLimit, Peer, PeerTable, prefix_of, prefix_of_ip, room_to_dial
+from mesh.node.peers import GossipLimit, Peer, PeerTable, prefix_of, prefix_of_ip, room_to_dial, to_dial
 from mesh.node.replaystore import ReplayStore
 from mesh.node.schedule import Probe
 from mesh.node.submitter import Options as SubmitterOptions
@@ -107,7 +107,11 @@ HELLO_EVERY_S = 6.0  # how often each linked peer gets a hello when nothing else
 # from settling; a crashed peer is seen at once anyway, by its connection closing
 DOWN_AFTER_S = 20.0  # a linked peer silent this long (three hellos missed) is down
 MAX_GOSSIP = 8  # records a hello carries, and takes: a sample for a start; the DHT finds the rest
-WANT_PER_CAP = 8  # workers per capability a node keeps linked, found through the DHT when gossip did not
+# Workers per capability a node keeps linked, found through the DHT when gossip did not, on as many network
+# prefixes when the mesh has them (`to_dial`): placement draws a prefix as one node, so an operator holding 2
+# of 8 linked prefixes gets a majority of a 3-replica step (2 of its 3 prefixes) about 6 times in 56 at equal
+# weights, against 1 in 2 with 4 prefixes; and 8 keeps the DHT walks of a mesh short of it where they were.
+WANT_PER_CAP = 8
 DISCOVER_FIRST_S, DISCOVER_EVERY_S = 3.0, 30.0
 OWNER_WATCH_S = 5.0  # how often the clock and the machine are looked at for --hours and --when-idle
 HEAD_SHARE_S, HEAD_KEEPERS = 10.0, 3  # how often the ledger's head goes out, and to how many peers
@@ -567,28 +571,31 @@ class Node:
         return f"llm:{default_model_sha()}" if cap == "llm:default" else cap
 
     async def _find_workers(self, cap: str) -> int:
-        """Keep WANT_PER_CAP providers of `cap` linked, whatever --max-links says (placement needs
-        them): dial those gossip already named, and only when they are too few, find more in the DHT
-        (a walk costs each of ~20 peers a stream; their records are checked: the DHT is hearsay).
-        Returns how many are being dialled."""
+        """Keep providers of `cap` linked on WANT_PER_CAP network prefixes (or, on fewer prefixes, WANT_PER_CAP
+        of them), whatever --max-links says (placement needs them): dial those gossip already named, and
+        only when they are too few, find more in the DHT (a walk costs each of ~20 peers a stream; their
+        records are checked: the DHT is hearsay). Returns how many are being dialled."""
         default = default_model_sha()
         offering = [p for p in self.peers if p.record is not None and p.state != "left"
                     and cap in p.capabilities(default)]
-        linked = sum(p.connected and p.state == "up" for p in offering)
-        if linked >= WANT_PER_CAP:
+        linked = [p for p in offering if p.connected and p.state == "up"]
+        have = {self.observed_prefix(p) for p in linked}
+        if len(have) >= WANT_PER_CAP:
             return 0
         now = time.monotonic()
-        named = [p for p in offering if not p.connected and not p.failures]
-        if linked + len(named) < WANT_PER_CAP:
+        named = [(self.observed_prefix(p), p) for p in offering if not p.connected and not p.failures]
+        missing = max(WANT_PER_CAP - len(have) - len({q for q, _ in named} - have),
+                      WANT_PER_CAP - len(linked) - len(named))
+        if missing > 0:  # fewer named than wanted: by prefixes, or by ids on a mesh of few prefixes
             known = frozenset(p.key for p in self.peers if p.record is not None)  # no record lookup for these
-            for rec in await self.gateway.transport.find(cap, WANT_PER_CAP - linked - len(named), known):
+            for rec in await self.gateway.transport.find(cap, missing, known):
                 peer, why = self.peers.learn(rec, now_ms())
                 if why:
                     self.receiver.count(why)
                 elif peer is not None and not peer.connected:
-                    named.append(peer)
+                    named.append((self.observed_prefix(peer), peer))
         dialled = 0
-        for peer in named[:WANT_PER_CAP - linked]:
+        for peer in to_dial(named, have, len(linked), WANT_PER_CAP):
             if peer.key in self.dialling:  # the heartbeat's dial of it is under way
                 dialled += 1
             elif now >= peer.next_dial:

@@ -111,6 +111,23 @@ def room_to_dial(linked: int, chosen: int, max_links: int) -> bool:
     (this project's red team, 2026-12-06)."""
     return linked < max_links or chosen < min(CHOSEN_LINKS, max_links)
 
+
+def to_dial(named: list[tuple[str, Peer]], have: set[str], linked: int, want: int) -> list[Peer]:
+    """Which providers of a capability, named with their network prefixes, to dial so that those linked
+    (`linked` of them, on the prefixes in `have`) reach `want` prefixes: one on each prefix none is linked
+    on, then, while fewer than `want` are linked at all, any (a mesh on one prefix, e.g. loopback, still
+    gets its workers). Counting ids, a few dozen keys of one operator on one /24 were enough, and the node
+    looked for nobody else: placement then had the operator's prefix and few others to draw from."""
+    fresh: dict[str, Peer] = {}
+    for prefix, peer in named:
+        if prefix not in have:
+            fresh.setdefault(prefix, peer)
+    picks = list(fresh.values())[:max(0, want - len(have))]
+    taken = {id(p) for p in picks}
+    rest = [peer for _, peer in named if id(peer) not in taken]
+    return picks + rest[:max(0, want - linked - len(picks))]
+
+
 class PeerTable:
     def __init__(self, me: bytes, network: str):
         self.me = me
