@@ -3,16 +3,19 @@ flags turn the popup blocker off), never as root and never with `--no-sandbox` w
 A root node runs it as its step user (uid/gid/groups dropped by Popen before exec) with Chromium's own
 namespace sandbox on (measured: renderers get new user/pid/net namespaces and seccomp-bpf); a normal
 user's node keeps the sandbox on too and drops it only if this machine cannot give it one. Its profile,
-HOME and TMPDIR live in a fresh directory owned by that user, its environment holds nothing of the
-node's, and the DevTools port (127.0.0.1, chosen by Chromium) is read from the profile's
-DevToolsActivePort file. It has a session of its own (a Ctrl-C meant for the node does not reach it) and
-dies with the node all the same: `setpriv --pdeathsig KILL` (Popen's preexec_fn is not safe in a
+HOME and TMPDIR live in a fresh directory owned by that user, and its environment holds nothing of the
+node's. It is driven over `--remote-debugging-pipe` (fds 3 and 4, NUL-terminated JSON), never a DevTools
+port: any local user could connect to a port on 127.0.0.1 and drive the browser (list and read the steps'
+pages, run JS in them, use its network; measured as uid 65534), while the pipes are held by the node
+alone. It has a session of its own (a Ctrl-C meant for the node does not reach it) and dies with the
+node all the same: `setpriv --pdeathsig KILL` (Popen's preexec_fn is not safe in a
 process with threads), so a node killed outright leaves no browser behind."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -31,6 +34,13 @@ log = logging.getLogger("mesh.steps.chromium")
 START_S = 30.0
 STOP_S = 5.0
 NO_SANDBOX = "No usable sandbox"  # what Chromium prints when the machine cannot give it one
+# bytes of one DevTools message read from the browser. The websocket this replaced had no cap of its own: a
+# page's console.log of 80 MB crossed it (the node grew 248 MB for a moment), and still crosses the pipe;
+# 480 MB of JSON escapes dropped it (red team, 2026-12-06). Past this the pipe's connection drops too
+MAX_MESSAGE = 256 << 20
+# Popen places only stdin and stdout; the shell moves them to the fds `--remote-debugging-pipe` reads and
+# writes (3 and 4) and execs the browser in its place (preexec_fn is not safe in a process with threads)
+PIPE_FDS = 'exec 3<&0 4>&1 </dev/null >/dev/null; exec "$@"'
 FLAGS = [
     "--headless", "--disable-gpu", "--disable-dev-shm-usage", "--disable-extensions", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-breakpad",
@@ -50,8 +60,56 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
+class PipeClosed(ConnectionError):
+    """The browser's end of the DevTools pipe is gone, or it sent a message over MAX_MESSAGE."""
+
+
+class DevToolsPipe:
+    """The browser's DevTools connection: two pipes, whose other ends only the browser process holds."""
+
+    def __init__(self, reading: asyncio.ReadTransport, reader: asyncio.StreamReader,
+                 writer: asyncio.WriteTransport):
+        self.reading = reading
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, proc: subprocess.Popen) -> DevToolsPipe:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=MAX_MESSAGE)
+        reading, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)
+        writer, _ = await loop.connect_write_pipe(asyncio.Protocol, proc.stdin)
+        return cls(reading, reader, writer)
+
+    def send(self, message: str) -> None:
+        """Written at once (buffered by the transport): the caller awaits the reply, not the write."""
+        if self.writer.is_closing():
+            raise PipeClosed("the browser's DevTools pipe is closed")
+        self.writer.write(message.encode() + b"\0")
+
+    async def recv(self) -> str:
+        try:
+            message = await self.reader.readuntil(b"\0")
+        except asyncio.IncompleteReadError:
+            raise PipeClosed("the browser closed its DevTools pipe") from None
+        except asyncio.LimitOverrunError:
+            raise PipeClosed(f"the browser sent a DevTools message over {MAX_MESSAGE >> 20} MiB") from None
+        return message[:-1].decode("utf-8", "replace")
+
+    async def handshake(self) -> None:
+        """Returns once the browser answers on the pipe (it reads it only when DevTools is up)."""
+        self.send(json.dumps({"id": 0, "method": "Browser.getVersion"}))
+        while json.loads(await self.recv()).get("id") != 0:
+            continue
+
+    def close(self) -> None:
+        if not self.writer.is_closing():  # (it closes itself when the browser's end goes)
+            self.writer.abort()  # the browser is gone or going: nothing buffered is still worth writing
+        self.reading.close()
+
+
 class Chromium:
-    """One browser process (and its helpers) for the node; `start` returns the DevTools endpoint."""
+    """One browser process (and its helpers) for the node; `start` returns its DevTools pipe."""
 
     def __init__(self, path: str, user: StepUser | None, flags: list[str]):
         if user is None and running_as_root():
@@ -61,10 +119,10 @@ class Chromium:
         self.flags = flags
         self.proc: subprocess.Popen | None = None
         self.home: Path | None = None
-        self.port = 0  # DevTools, on 127.0.0.1
+        self.pipe: DevToolsPipe | None = None
         self.sandboxed = True
 
-    async def start(self) -> str:
+    async def start(self) -> DevToolsPipe:
         try:
             return await self._launch(sandbox=True)
         except StepFailed as exc:
@@ -74,7 +132,7 @@ class Chromium:
         self.sandboxed = False
         return await self._launch(sandbox=False)
 
-    async def _launch(self, sandbox: bool) -> str:
+    async def _launch(self, sandbox: bool) -> DevToolsPipe:
         self.home = Path(tempfile.mkdtemp(prefix="homemesh-chromium-"))
         if self.user is not None:
             self.user.own(self.home)
@@ -82,26 +140,23 @@ class Chromium:
                "TMPDIR": str(self.home), "XDG_CONFIG_HOME": str(self.home / ".config"), "XDG_CACHE_HOME": str(self.home / ".cache"),
                "LANG": "C.UTF-8"}
         reaper = shutil.which("setpriv")
-        args = [*([reaper, "--pdeathsig", "KILL", "--"] if reaper else []), self.path, *self.flags,
-                *([] if sandbox else ["--no-sandbox"]), f"--user-data-dir={self.home / 'profile'}",
-                "--remote-debugging-port=0", "about:blank"]
+        args = ["/bin/sh", "-c", PIPE_FDS, "sh", *([reaper, "--pdeathsig", "KILL", "--"] if reaper else []),
+                self.path, *self.flags, *([] if sandbox else ["--no-sandbox"]),
+                f"--user-data-dir={self.home / 'profile'}", "--remote-debugging-pipe", "about:blank"]
         who = {} if self.user is None else {"user": self.user.uid, "group": self.user.gid, "extra_groups": []}
         with open(self.home / "stderr.log", "wb") as err:
-            self.proc = subprocess.Popen(args, env=env, cwd=self.home, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, **who)
-        active = self.home / "profile" / "DevToolsActivePort"
-        deadline = time.monotonic() + START_S
-        while not active.exists() or len(active.read_text().split()) < 2:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = (self.home / "stderr.log").read_bytes()[-600:].decode("utf-8", "replace")
-                await self.stop()
-                raise StepFailed(f"Chromium did not start: {tail.strip() or 'no output'}")
-            await asyncio.sleep(0.02)
-        port, path = active.read_text().split()[:2]
-        self.port = int(port)
+            self.proc = subprocess.Popen(args, env=env, cwd=self.home, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=err, start_new_session=True, **who)
+        self.pipe = await DevToolsPipe.open(self.proc)
+        try:
+            await asyncio.wait_for(self.pipe.handshake(), START_S)
+        except (PipeClosed, ValueError, asyncio.TimeoutError):  # (ValueError: not JSON, so not DevTools)
+            tail = (self.home / "stderr.log").read_bytes()[-600:].decode("utf-8", "replace")
+            await self.stop()
+            raise StepFailed(f"Chromium did not start: {tail.strip() or 'no output'}") from None
         log.info("chromium started (%s, pid %d, %s)", self.path, self.proc.pid,
                  f"uid {self.user.uid}" if self.user else "the node's uid")
-        return f"ws://127.0.0.1:{port}{path}"
+        return self.pipe
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -134,8 +189,8 @@ class Chromium:
         return [pid for _, pid in sorted(born)]
 
     async def stop(self) -> None:
-        """SIGTERM, then SIGKILL to its process group and to whatever of it is left after STOP_S; the
-        profile goes too."""
+        """SIGTERM, then SIGKILL to its process group and to whatever of it is left after STOP_S; its pipe
+        and profile go too."""
         if self.proc is not None:
             procs = self.processes()
             if self.proc.poll() is None:
@@ -151,6 +206,9 @@ class Chromium:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(1)
             self.proc = None
+        if self.pipe is not None:
+            self.pipe.close()
+            self.pipe = None
         if self.home is not None:
             shutil.rmtree(self.home, ignore_errors=True)
             self.home = None

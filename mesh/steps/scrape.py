@@ -57,13 +57,13 @@ def find_browser(configured: str | None = None) -> str | None:
 
 def _browser_errors() -> tuple[type[BaseException], ...]:
     """What talking to the browser raises when it failed or its DevTools connection dropped: pyppeteer's
-    own errors, and, mid-call on a closed connection, a None reply read as a dict (TypeError, KeyError)
-    or a future set twice (InvalidStateError). A page making a 200 MiB text node dropped the connection
-    while its step ended; the TypeError went uncaught, and each such page left a whole browser running."""
+    own errors, a closed pipe (chromium.PipeClosed, an OSError), and, mid-call on a closed connection, a
+    None reply read as a dict (TypeError, KeyError) or a future set twice (InvalidStateError). A page making
+    a 200 MiB text node dropped the connection while its step ended; the TypeError went uncaught, and each
+    such page left a whole browser running."""
     from pyppeteer.errors import PyppeteerError
-    from websockets.exceptions import ConnectionClosed
 
-    return PyppeteerError, ConnectionClosed, OSError, TypeError, KeyError, asyncio.InvalidStateError
+    return PyppeteerError, OSError, TypeError, KeyError, asyncio.InvalidStateError
 
 
 class Scraper:
@@ -112,14 +112,13 @@ class Scraper:
             if not self.proxy.port:
                 await self.proxy.start()
                 self.proxy.shut()
-            from pyppeteer import connect
+            from mesh.steps.devtools import connect
 
             self.chromium = Chromium(self.browser_path, self.user,
                                      [*self.flags, f"--proxy-server=http://127.0.0.1:{self.proxy.port}"])
-            endpoint = await self.chromium.start()
+            pipe = await self.chromium.start()
             self._group_browser()  # (moved once started: it runs as the step user, which cannot enter a group)
-            self.proxy.deny_ports = frozenset({self.chromium.port})
-            self.browser = await connect(browserWSEndpoint=endpoint)
+            self.browser = await connect(pipe)
             return self.browser
 
     def _group_browser(self) -> None:

@@ -2,8 +2,8 @@
 WebRTC (and WebTransport) against a UDP socket the test listens on, registers a service worker and a
 dedicated worker that keep fetching, and sends beacons when it is closed. During the step its requests
 must arrive (the positive control); after the step has returned, not one request or packet may, and no
-UDP packet ever. Also: Chromium never runs as root nor without its sandbox, its DevTools port is out of
-reach of pages, and the same holds for a scrape step run by real nodes."""
+UDP packet ever. Also: Chromium never runs as root nor without its sandbox, it has no DevTools port
+(pages and other local users could reach one), and the same holds for a scrape step run by real nodes."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import psutil
 import pytest
@@ -22,10 +23,10 @@ from aiohttp import web
 from mesh.errors import StepFailed
 from mesh.steps.egress import EgressProxy
 from mesh.steps.scrape import Scraper, find_browser
-from mesh.steps.ssrf import Allow, Refused
+from mesh.steps.ssrf import Allow
 from mesh.steps.stepuser import StepUser, running_as_root
 
-from ..conftest import cli_json
+from ..conftest import cli_json, wait_for
 from ..websites import ThreadedSite
 
 needs_browser = pytest.mark.skipif(find_browser() is None, reason="no Chromium here: `apt-get install chromium`")
@@ -273,16 +274,49 @@ def _status(pid: int) -> dict:
 @needs_browser
 @pytest.mark.mesh
 @pytest.mark.timeout(60)
-def test_the_devtools_port_is_refused_even_when_loopback_is_allowed(hostile):
+def test_the_browser_listens_on_no_port_and_is_driven_over_its_pipe(hostile):
+    """Found by this project's red team (2026-12-06): Chromium ran with `--remote-debugging-port=0`, and any
+    local user (uid 65534 here) connected to that port on 127.0.0.1, listed the node's pages, opened one and
+    ran JavaScript in it. The browser is now driven over `--remote-debugging-pipe`: none of its processes
+    holds a listening TCP socket, and it writes no DevToolsActivePort, while steps still run."""
     async def go():
         scraper = Scraper(ALLOW_LOCAL, find_browser(), USER)
         try:
-            await scraper.scrape({"url": hostile.url("/plain")}, 20)  # starts the browser
-            with pytest.raises(Refused, match="control port"):
-                await scraper.scrape({"url": f"http://127.0.0.1:{scraper.chromium.port}/json/version"}, 20)
+            output, _ = await scraper.scrape({"url": hostile.url("/plain")}, 20)  # starts the browser
+            chromium = scraper.chromium
+            pids = chromium.pids()
+            return output, pids, _listening(pids), (chromium.home / "profile" / "DevToolsActivePort").exists()
         finally:
             await scraper.close()
-    asyncio.run(go())
+
+    output, pids, listening, active = asyncio.run(go())
+    assert "plain" in output["text"] and len(pids) >= 3, (output, pids)
+    assert not listening, f"the browser listens on {listening}"
+    assert not active, "the browser wrote a DevToolsActivePort file"
+    wait_for(lambda: not [pid for pid in pids if _alive(pid)], 10, "the browser's processes to end")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return _describe(psutil.Process(pid)) is not None
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _listening(pids: list[int]) -> list[str]:
+    """The local addresses of the TCP sockets in LISTEN that any of `pids` holds (its fds' socket inodes
+    looked up in its network namespace's /proc/PID/net/tcp and tcp6)."""
+    found = []
+    for pid in pids:
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+            rows = [line.split() for proto in ("tcp", "tcp6")
+                    for line in Path(f"/proc/{pid}/net/{proto}").read_text().splitlines()[1:]]
+        except (FileNotFoundError, ProcessLookupError):  # (a helper that just ended)
+            continue
+        inodes = {link[8:-1] for link in links if link.startswith("socket:[")}
+        found += [f"{pid}: {row[1]}" for row in rows if row[3] == "0A" and row[9] in inodes]
+    return found
 
 
 # -- the proxy's part ----------------------------------------------------------------------------------
