@@ -3,6 +3,7 @@ readers, an attacker running an unchecked DHT), plus the value checks on their o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -28,12 +29,15 @@ from mesh.node.p2p.dht import (
     MAX_PROVIDERS,
     MAX_RECORD_BYTES,
     NAMESPACE,
+    PER_ANSWER,
+    PER_ANSWER_PREFIX,
     Discovery,
     RecordRefused,
     RecordValidator,
     capability_key,
     decode_record,
     encode_record,
+    merge_providers,
     record_key,
 )
 from mesh.node.p2p.transport import _bound_connects, build_host
@@ -109,6 +113,33 @@ def test_the_newest_valid_value_wins():
     assert v.select(key, [encode_record(new), encode_record(new)]) == 1  # re-storing the same value is fine
 
 
+def test_no_one_answer_or_prefix_fills_a_provider_lookup():
+    """Found by this project's red team (2026-12-06): the closest peer's answer was taken first and whole,
+    so one peer whose id was ground close to a capability's key answered 20 made-up providers and readers
+    found no honest one. Answers are taken in turn, each (and each prefix) capped until the others ran dry."""
+    ids = lambda n: [peer_id_of(Identity.generate().public_key) for _ in range(n)]  # noqa: E731
+    fakes, more_fakes, honest = ids(MAX_PROVIDERS), ids(MAX_PROVIDERS), ids(3)
+    out: dict = {}
+    merge_providers([("10.6.6.0/24", fakes), ("10.1.1.0/24", honest), ("10.2.2.0/24", honest[::-1])], out,
+                    MAX_PROVIDERS)
+    assert set(honest) <= set(out) and len(out) == MAX_PROVIDERS  # the rest of the places are still filled
+    listed = honest + ids(MAX_PROVIDERS)  # more honest providers than a list holds, named by 4 peers
+    others = [(f"10.{i}.1.0/24", listed) for i in range(4)]
+    out = {}
+    merge_providers([("10.6.6.0/24", fakes), ("10.6.6.0/24", more_fakes), *others], out, MAX_PROVIDERS)
+    assert sum(p in fakes or p in more_fakes for p in out) == PER_ANSWER_PREFIX  # one machine, two close ids
+    out = {}
+    merge_providers([("10.6.6.0/24", fakes), *others], out, MAX_PROVIDERS)
+    assert sum(p in fakes for p in out) == PER_ANSWER and set(honest) <= set(out)
+    many = ids(MAX_PROVIDERS)  # only honest peers, all on one prefix (a loopback mesh): every provider found
+    out = {}
+    merge_providers([("127.0.0.0/24", many)] * 5, out, MAX_PROVIDERS)
+    assert list(out) == many
+    out = {honest[0]: None}  # the local copy stays; limits hold
+    merge_providers([("10.1.1.0/24", honest)], out, 2)
+    assert list(out) == honest[:2]
+
+
 # -- real hosts ----------------------------------------------------------------------------------------
 
 @dataclass
@@ -138,9 +169,9 @@ async def start_hosts(stack: AsyncExitStack, nursery: trio.Nursery, n: int, link
     return peers
 
 
-async def start_attacker(stack: AsyncExitStack, honest: list[Peer]) -> KadDHT:
+async def start_attacker(stack: AsyncExitStack, honest: list[Peer], ident: Identity | None = None) -> KadDHT:
     """A peer whose DHT stores and serves anything under our namespace."""
-    host = build_host(Identity.generate())
+    host = build_host(ident or Identity.generate())
     await stack.enter_async_context(host.run([Multiaddr("/ip4/127.0.0.1/tcp/0")]))
     dht = KadDHT(host, DHTMode.SERVER, validator=NamespacedValidator({NAMESPACE: BlankValidator()}),
                  validator_changed=True)
@@ -283,6 +314,45 @@ def test_twenty_host_lookups_find_every_record_and_provider():
         assert misses == 0
 
     run_mesh(20, body)
+
+
+def ground_closer(key: bytes, peers: list[Peer]) -> Identity:
+    """A fresh identity whose id is closer to `key` than every peer's in Kademlia's metric (sha256 of both,
+    XORed): an attacker finds one after a few dozen tries."""
+    target = int.from_bytes(hashlib.sha256(key).digest(), "big")
+    distance = lambda pid: target ^ int.from_bytes(hashlib.sha256(pid.to_bytes()).digest(), "big")  # noqa: E731
+    best = min(distance(p.host.get_id()) for p in peers)
+    while True:
+        ident = Identity.generate()
+        if distance(peer_id_of(ident.public_key)) < best:
+            return ident
+
+
+@pytest.mark.mesh
+@pytest.mark.timeout(120)
+def test_the_closest_peer_answering_twenty_made_up_providers_does_not_hide_the_honest_ones():
+    """Found by this project's red team (2026-12-06): a reader with no copy of its own took the closest
+    peer's answer first and whole; one peer ground close to `python`'s key answered 20 made-up providers
+    and the reader got 20 providers, none honest."""
+    async def main():
+        async with trio.open_nursery() as nursery:
+            async with AsyncExitStack() as stack:
+                peers = await start_hosts(stack, nursery, 6)
+                key = capability_key(NET, "python")
+                evil = await start_attacker(stack, peers, ground_closer(key, peers))
+                made_up = [peer_id_of(Identity.generate().public_key) for _ in range(MAX_PROVIDERS)]
+                for fake in made_up:
+                    evil.provider_store.add_provider(key, PeerInfo(fake, [Multiaddr("/ip4/203.0.113.1/tcp/4750")]))
+                with trio.fail_after(60):
+                    for p in peers[1:4]:
+                        assert await p.disc.provide("python") >= 1
+                    honest = {p.host.get_id() for p in peers[1:4]}
+                    for reader in (peers[0], peers[4], peers[5]):
+                        reader.disc.dht.provider_store.providers.pop(key, None)  # as a node outside the k closest
+                        got = await reader.disc.providers("python")
+                        assert honest <= set(got), f"{len(honest & set(got))} honest of {len(got)}"
+                nursery.cancel_scope.cancel()
+    trio.run(main)
 
 
 async def add_provider_raw(host, target, key: bytes, addrs: list[bytes]) -> bool:

@@ -77,6 +77,15 @@ PER_SOURCE = 128
 PER_SOURCE_KEYS = 64  # capability keys (for providers) one prefix may have this node hold
 _SENDER: contextvars.ContextVar[str] = contextvars.ContextVar("dht_sender", default="")
 MAX_PROVIDERS = 20  # providers(…) returns at most this many
+# Providers one answering peer, and all answering peers of one network prefix, may add to a lookup's result
+# before every other answer has had its turn. An honest answer repeats the others' (each of the 20 closest
+# stores every provider), so a peer rarely has much of its own to add; a peer whose id was ground close to the
+# key answered 20 made-up providers and filled the whole list (red team, 2026-12-06). With 4 a peer, 8 a prefix,
+# one machine holds at most 8 of the 20 places while other answers still name someone new; places left over
+# after every answer ran dry or reached its cap are filled round-robin from the rest, so a mesh of few peers or
+# prefixes (a loopback test: one prefix) still finds every provider.
+PER_ANSWER = 4
+PER_ANSWER_PREFIX = 8
 MAX_CAPABILITIES = 32  # capabilities this node provides
 MAX_CAPABILITY = 200  # characters
 REFRESH_S = RECORD_TTL_MS / 1000 / 4  # re-publish / re-provide / routing refresh period (450 s)
@@ -541,34 +550,43 @@ class Discovery:
             self.dht.provider_store.providers.get(kb, {}).pop(str(self.me), None)
 
     async def providers(self, capability: str, limit: int = MAX_PROVIDERS) -> list[ID]:
-        """Up to `limit` other peers announcing `capability`, closest to its key first. Hints only: a
-        peer may list anyone; dial them (Noise proves who answers) or `lookup` their records."""
+        """Up to `limit` other peers announcing `capability`: those this node holds, then those the closest
+        peers to its key name, taken in turn (`merge_providers`). Hints only: a peer may list anyone; dial
+        them (Noise proves who answers) or `lookup` their records."""
         limit = max(0, min(limit, MAX_PROVIDERS))
         kb = capability_key(self.network, capability)
         if capability in self.looked_up or len(self.looked_up) < MAX_CAPABILITIES:
             self.looked_up[capability] += 1
         ps = self.dht.provider_store
         out: dict[ID, None] = {}
-
-        def take(infos: list[PeerInfo]) -> None:
-            for info in infos:
-                if len(out) >= limit:
-                    return
-                if info.peer_id != self.me and info.peer_id not in out:
-                    try:
-                        key_of(info.peer_id)
-                    except ValueError:
-                        continue
-                    out[info.peer_id] = None
-
-        take(ps.get_providers(kb))
+        for info in ps.get_providers(kb):  # our own copy, held to the store's caps, goes first
+            if len(out) < limit and self._usable_provider(info.peer_id):
+                out[info.peer_id] = None
         peers = await self._closest(kb)
         answers = await self._each(peers, lambda p: ps._get_providers_from_peer_with_closers(p, kb))
-        for peer in peers:  # in distance order, so the answer does not depend on who replied first
-            got = answers.get(peer)
-            if got:
-                take(got[0][:MAX_PROVIDERS])
+        named = [(self._prefix_of_peer(peer), [info.peer_id for info in answers[peer][0][:MAX_PROVIDERS]
+                                                if self._usable_provider(info.peer_id)])
+                 for peer in peers if answers.get(peer)]  # in distance order: not who replied first
+        merge_providers(named, out, limit)
         return list(out)
+
+    def _usable_provider(self, peer: ID) -> bool:
+        """A provider worth returning: not this node, and an Ed25519 key (the only ones we can check)."""
+        if peer == self.me:
+            return False
+        try:
+            key_of(peer)
+        except ValueError:
+            return False
+        return True
+
+    def _prefix_of_peer(self, peer: ID) -> str:
+        """The network prefix of our link to `peer` ('' when there is none left to tell)."""
+        for conn in self.host.get_network().get_connections(peer):
+            prefix = _prefix_of_conn(conn)
+            if prefix:
+                return prefix
+        return ""
 
     # -- helpers -------------------------------------------------------------------------------------
     async def _closest(self, kb: bytes) -> list[ID]:
@@ -623,12 +641,48 @@ def _count_from(origin: dict[bytes, str], held, source: str) -> int:
     return sum(1 for s in origin.values() if s == source)
 
 
+def merge_providers(answers: list[tuple[str, list[ID]]], out: dict[ID, None], limit: int) -> None:
+    """Add the providers `answers` name (each the answering peer's network prefix and its list, closest
+    peer first) to `out`, up to `limit`: round-robin, and first at most PER_ANSWER from one answer and
+    PER_ANSWER_PREFIX from one prefix, so no single close peer or machine decides the whole list; then, if
+    places are left, the rest, still round-robin."""
+    pending = [(prefix, iter(ids)) for prefix, ids in answers]
+    _rounds(pending, out, limit, PER_ANSWER, PER_ANSWER_PREFIX)
+    _rounds(pending, out, limit, limit, limit)
+
+
+def _rounds(pending: list[tuple[str, Any]], out: dict[ID, None], limit: int, per_answer: int,
+            per_prefix: int) -> None:
+    """Take one provider not yet in `out` from each answer in turn until `out` holds `limit`, or each
+    answer has run dry or reached its cap (an answer keeps its place in its list for the next call)."""
+    from_answer, from_prefix = [0] * len(pending), Counter()
+    live = list(range(len(pending)))
+    while live and len(out) < limit:
+        for i in list(live):
+            prefix, ids = pending[i]
+            new = None
+            if len(out) < limit and from_answer[i] < per_answer and from_prefix[prefix] < per_prefix:
+                new = next((p for p in ids if p not in out), None)
+            if new is None:
+                live.remove(i)
+                continue
+            out[new] = None
+            from_answer[i] += 1
+            from_prefix[prefix] += 1
+
+
+def _prefix_of_conn(conn: INetConn) -> str:
+    """The network prefix of the address a connection runs to ('' when it cannot be told)."""
+    for addr in conn.get_transport_addresses():
+        ip = next((v for proto, v in components(addr) if proto in ("ip4", "ip6")), "")
+        if ip:
+            return prefix_of_ip(ip)
+    return ""
+
+
 def _source_of(host: IHost, stream: INetStream) -> str:
     """The network prefix of the link a stream runs on ('' when it cannot be told)."""
     for conn in host.get_network().get_connections(stream.muxed_conn.peer_id):
         if conn.muxed_conn is stream.muxed_conn:
-            for addr in conn.get_transport_addresses():
-                ip = next((v for proto, v in components(addr) if proto in ("ip4", "ip6")), "")
-                if ip:
-                    return prefix_of_ip(ip)
+            return _prefix_of_conn(conn)
     return ""
