@@ -9,7 +9,7 @@ from pathlib import Path
 
 from thespian.actors import ActorTypeDispatcher
 
-from mesh.errors import StepFailed
+from mesh.errors import ModelFileError, StepFailed
 from mesh.steps.outputs import depth_error
 
 from .messages import LoadModel, ModelLoaded, RunStep, StepDone, StepProgress
@@ -31,7 +31,7 @@ class ModelRunnerActor(ActorTypeDispatcher):
             join_cpu_cap(msg.cap)  # (before the model's threads start: they inherit the group)
             self.model = Model(Path(msg.path), msg.sha256, msg.n_threads or None)
             self.error = ""
-        except (ValueError, OSError, RuntimeError) as exc:
+        except (ValueError, OSError, RuntimeError, ModelFileError) as exc:
             self.error = f"cannot load model {msg.path}: {exc}"
         self.send(sender, ModelLoaded(msg.sha256, self.error, os.getpid()))
 

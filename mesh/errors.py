@@ -20,6 +20,15 @@ class ConfigError(UserError):
     """A node home, address or option that cannot be used."""
 
 
+class ModelFileError(ConfigError):
+    """A model file that llama.cpp must not be given: not a well-formed GGUF file (mesh.steps.gguf says what
+    is wrong and at which byte, `offset`)."""
+
+    def __init__(self, message: str, offset: int = 0):
+        super().__init__(message)
+        self.offset = offset
+
+
 class NodeUnreachable(UserError):
     """The node's HTTP API did not answer."""
 

@@ -133,10 +133,16 @@ class ModelFetch:
             return []
         return self._lost(f"{peer[:12]}: {why}")
 
-    def on_checked(self, digest: str) -> list[Effect]:
-        """The whole file's SHA-256, as the driver computed it."""
+    def on_checked(self, digest: str, malformed: str = "") -> list[Effect]:
+        """The whole file's SHA-256, as the driver computed it, and what is wrong with its structure when
+        it is the model asked for but no well-formed GGUF file: then every source would serve the same
+        bytes, so the fetch ends (the file void, its sources penalised as for a wrong file)."""
         if self.state != "checking":
             return []
+        if digest == self.sha and malformed:
+            self.state, self.why = "failed", f"the model is not a well-formed GGUF file: {malformed}"
+            return [*(Penalise(p, "served a model file that is not a well-formed GGUF file")
+                      for p in sorted(self.vouchers)), Restart(), Finished(False, self.why)]
         if digest == self.sha:
             self.state = "done"
             return [Finished(True)]

@@ -31,7 +31,8 @@ from mesh.core.modelfetch import (
     Restart,
     WritePart,
 )
-from mesh.errors import ConfigError, Rejected
+from mesh.errors import ConfigError, ModelFileError, Rejected
+from mesh.steps.gguf import check_gguf
 from mesh.steps.models import sha256_file
 from mesh.steps.registry import NAME, Registry
 from mesh.wire.messages import MODEL_PART, ModelAsk, ModelManifest, ModelPart
@@ -52,6 +53,7 @@ MIN_RATE_BPS = 256 << 10
 RATE_WINDOW_S = 60.0
 SPURN_S = 6 * 3600.0  # a source caught serving another file than the model asked for is not asked for it again
 MAX_SPURNED = 4096
+MAX_MALFORMED = 1024  # models remembered as not well-formed GGUF files (never fetched again by this process)
 # what a whole fetched model counts at least against --fetch-models: the runner process it is loaded in
 # (73 MiB of RSS for a 116 KB GGUF, measured 2026-12-06), so a thousand tiny models are not a small allowance
 MODEL_FLOOR = 128 << 20
@@ -140,6 +142,19 @@ def _manifest_of(path: Path, sha: str) -> ModelManifest:
     return ModelManifest(sha, size, parts)
 
 
+def _check_file(path: Path, sha: str) -> tuple[str, str]:
+    """A fetched file's SHA-256 and, when it is the model asked for, what is wrong with its GGUF structure
+    ('' : nothing): it is checked before it is registered, loaded or served (its namer may be its server)."""
+    digest = sha256_file(path)
+    if digest != sha:
+        return digest, ""
+    try:
+        check_gguf(path)
+    except ModelFileError as exc:
+        return digest, str(exc).replace(str(path), path.name)
+    return digest, ""
+
+
 def _read(path: Path, offset: int, size: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(offset)
@@ -160,6 +175,7 @@ class ModelFetcher:
         self._tasks: dict[str, asyncio.Task] = {}
         self._inbox: dict[str, asyncio.Queue] = {}
         self._spurned: dict[tuple[str, str], float] = {}  # (model, source) → when it was caught lying about it
+        self._malformed: dict[str, str] = {}  # model → what is wrong with its file (it had the SHA-256 asked for)
 
     def start(self, sha: str, max_bytes: int = FETCH_LIMIT, sources: list[str] | None = None,
               name: str = "") -> FetchStatus:
@@ -170,6 +186,9 @@ class ModelFetcher:
             raise ConfigError(f"model {sha[:12]} is already in this node's registry")
         if sha in self._tasks and not self._tasks[sha].done():
             return self.status[sha]
+        if sha in self._malformed:
+            raise ConfigError(f"model {sha[:12]} is not a well-formed GGUF file (found when it was fetched: "
+                              f"{self._malformed[sha]})")
         holders = self.holders(sha)
         peers = holders if sources is None else [p for p in sources if p in holders]  # (in the order named)
         if not peers:
@@ -319,7 +338,14 @@ class ModelFetcher:
             f.flush()
             os.fsync(f.fileno())
             f.truncate(eff.size)
-            return fetch.on_checked(await asyncio.to_thread(sha256_file, Path(f.name)))
+            digest, malformed = await asyncio.to_thread(_check_file, Path(f.name), sha)
+            if malformed:
+                log.warning("model fetch %s: the file has the SHA-256 asked for but is not a well-formed GGUF "
+                            "file; deleted, its sources penalised: %s", sha[:12], malformed)
+                self._malformed[sha] = malformed
+                while len(self._malformed) > MAX_MALFORMED:
+                    del self._malformed[next(iter(self._malformed))]
+            return fetch.on_checked(digest, malformed)
         elif isinstance(eff, Penalise):
             log.warning("model fetch %s: peer %s penalised: %s", sha[:12], eff.peer[:12], eff.reason)
             self.penalise(eff.peer, eff.reason)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.errors import StepFailed
+from mesh.steps.gguf import check_gguf
 from mesh.steps.grammar import build_grammar
 from mesh.steps.llamalog import quiet_llama
 from mesh.steps.sampling import draw, score_of
@@ -76,6 +77,7 @@ class Model:
         from llama_cpp import Llama  # heavy import: only in the process that holds the model
 
         quiet_llama()
+        check_gguf(path)  # (llama.cpp's own parser is not given a malformed file: ModelFileError first)
         self.sha256 = sha256
         self.path = path
         threads = n_threads or max(1, min(4, os.cpu_count() or 1))

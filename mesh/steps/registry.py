@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.errors import ConfigError, JobError
+from mesh.steps.gguf import check_gguf
 from mesh.steps.models import (
     DEFAULT_MODEL,
     INSTRUCT_MODEL,
@@ -23,7 +24,6 @@ from mesh.steps.models import (
 FILE = "models.json"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SHA = re.compile(r"^[0-9a-f]{64}$")
-GGUF_MAGIC = b"GGUF"
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,7 @@ class Registry:
             raise ConfigError(f"{path}: no such file")
         if not path.is_file():  # /dev/zero, a FIFO, a directory: said as such, not "no such file"
             raise ConfigError(f"{path} is not a regular file (a GGUF model file is)")
-        with open(path, "rb") as f:
-            if f.read(4) != GGUF_MAGIC:
-                raise ConfigError(f"{path} is not a GGUF model file")
+        check_gguf(path)  # (its structure, strictly: llama.cpp's parser is not for hostile files)
         name = name or path.stem
         if not NAME.match(name):
             raise ConfigError(f"model name {name!r}: use 1-64 letters, digits, '.', '-' or '_'")

@@ -17,12 +17,18 @@ from mesh.errors import ConfigError
 from mesh.node.modelshare import MODEL_FLOOR, ModelFetcher, ModelServer, _manifest_of, _resume
 from mesh.wire.messages import MODEL_PART, ModelAsk, ModelManifest, ModelPart
 
+from ..tinygguf import tiny_gguf
+
 pytestmark = pytest.mark.timeout(60)
 
 
 def model_file(tmp_path: Path, parts: float = 6.5) -> tuple[Path, str]:
+    """A well-formed GGUF file (a fetched one is checked as such) `parts` parts long, random bytes after
+    its tensors giving it its own SHA-256."""
     path = tmp_path / "served.gguf"
-    path.write_bytes(b"GGUF" + os.urandom(int(parts * MODEL_PART) - 4))
+    tiny_gguf(path)
+    with open(path, "ab") as f:
+        f.write(os.urandom(int(parts * MODEL_PART) - path.stat().st_size))
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -355,3 +361,37 @@ def test_a_source_caught_lying_about_a_model_is_not_asked_for_it_again(tmp_path)
         assert peers.parts_sent[("liar", sha)] == sent  # nothing asked of it again
 
     asyncio.run(main())
+
+
+def test_a_model_with_the_sha256_asked_for_but_a_malformed_gguf_header_is_deleted_not_installed(tmp_path):
+    """The attack (2026-12-06): a stranger names in its step the SHA-256 of a file it crafted and serves it
+    itself; the hash checks out, and llama.cpp's GGUF parser (heap overflows on malformed headers) would
+    have parsed it as the node's user. Its structure is checked first: the file is deleted, never
+    installed (registered, loaded, served), its source penalised as one serving a wrong file, and the
+    model is not fetched again, from it or anyone."""
+    served, _ = model_file(tmp_path, parts=1.5)
+    data = bytearray(served.read_bytes())
+    data[24:32] = (1 << 60).to_bytes(8, "little")  # the first key's length: 2^60 bytes
+    served.write_bytes(bytes(data))
+    sha = hashlib.sha256(bytes(data)).hexdigest()
+    peers = Peers(tmp_path, {"stranger": ({sha: served}, False), "other": ({sha: served}, False)})
+    installed: list[str] = []
+
+    async def install(sha: str, path: Path, name: str) -> str:
+        installed.append(sha)
+        return "fetched"
+    peers.fetcher.install = install
+
+    async def main() -> None:
+        peers.fetcher.start(sha, sources=["stranger"])
+        st = await peers.fetcher.wait(sha)
+        assert st.state == "failed" and "not a well-formed GGUF file" in st.error, st
+        assert "at byte 24" in st.error and str(tmp_path) not in st.error, st.error
+        with pytest.raises(ConfigError, match="not a well-formed GGUF file"):
+            peers.fetcher.start(sha, sources=["other"])
+
+    asyncio.run(main())
+    assert installed == []
+    assert peers.penalised == [("stranger", "served a model file that is not a well-formed GGUF file")]
+    assert peers.parts_sent.get(("other", sha), 0) == 0
+    assert list((tmp_path / "home" / "models").iterdir()) == []  # nothing left: no .gguf, .part or record
