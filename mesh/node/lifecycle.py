@@ -75,6 +75,7 @@ from mesh.node.worker import StepRunner, Worker, WorkerPort
 from mesh.node.worklog import WorkLog
 from mesh.steps import cgroup
 from mesh.steps.models import INSTRUCT_SHA256, default_model, default_model_sha, instruct_model, sha256_file
+from mesh.steps.ownports import OwnPorts
 from mesh.steps.registry import ModelEntry, Registry
 from mesh.steps.sandbox import sandbox_problem
 from mesh.steps.scrape import Scraper, find_browser
@@ -262,7 +263,7 @@ class Node:
             [] if opts.no_scrape else ["scrape"])
         self.fetch_allowance = opts.fetch_models if opts.load_model else 0  # (a node without models runs none)
         self.scraper = Scraper(Allow.parse(opts.scrape_allow), find_browser(opts.browser or None), user,
-                               self.owner.cap.name if self.owner.cap else "")
+                               self.owner.cap.name if self.owner.cap else "", OwnPorts(os.getpid()))
         self.listen = f"{opts.listen[0]}:{opts.listen[1]}"  # run() puts the bound port here (port 0 → any)
         self.receiver = Receiver(identity.public_key, opts.network, floor_ms=now_ms())
         self.replay_store = ReplayStore(opts.home / REPLAY_FILE, self.receiver.window_ms)

@@ -1,7 +1,8 @@
 """The scraper's only way out: a small HTTP proxy on 127.0.0.1 that Chromium (and the plain fetch) must
 use for every request — documents, redirects, sub-resources, websockets. For each one it resolves the
 host, judges the address (mesh.steps.ssrf) and connects to that very address, so nothing reaches loopback,
-private or metadata addresses unless allow-listed. HTTPS goes through CONNECT; plain HTTP requests are
+private or metadata addresses unless allow-listed; and even then, never a port the node's own processes
+listen on (mesh.steps.ownports), when the node gives the proxy those. HTTPS goes through CONNECT; plain HTTP requests are
 forwarded one per connection. Refusals are counted and kept (the newest 256) for the step results.
 The scraper gives each step a proxy of its own and shuts it when the step ends, so nothing the step's
 pages left running (a beacon, a worker, a half-open tunnel) has a way out afterwards."""
@@ -12,10 +13,11 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from mesh.errors import StepFailed
-from mesh.steps.ssrf import Allow, Refused, resolve, why_refused
+from mesh.steps.ssrf import Allow, IPAddress, Refused, resolve, why_refused
 
 log = logging.getLogger("mesh.steps.egress")
 HEAD_LIMIT = 64 * 1024
@@ -26,9 +28,11 @@ MAX_BYTES = 256 << 20
 
 
 class EgressProxy:
-    def __init__(self, allow: Allow, deny_ports: frozenset[int] = frozenset()):
+    def __init__(self, allow: Allow, own_ports: Callable[[], frozenset[int]] = frozenset):
         self.allow = allow
-        self.deny_ports = deny_ports  # never reached on this machine, even if the operator allows loopback
+        # the ports this node's processes listen on (mesh.steps.ownports.OwnPorts), looked up per request:
+        # never reached, even where the operator allows the address (a Scraper made alone has none)
+        self.own_ports = own_ports
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
         self.is_shut = False
@@ -94,9 +98,7 @@ class EgressProxy:
             host, port_s = parts.hostname, str(parts.port or 80)
             target_url = target
         try:
-            ip = await asyncio.to_thread(resolve, host.strip("[]"), int(port_s), self.allow)
-            if int(port_s) in self.deny_ports and why_refused(ip):  # 0.0.0.0, ::ffff:127.0.0.1 reach it too
-                raise Refused(f"refused: port {port_s} on this machine is the browser's control port")
+            ip = await asyncio.to_thread(self._judge, host.strip("[]"), int(port_s))
         except (Refused, StepFailed, ValueError) as exc:
             self.refused.append(f"{target_url[:300]}: {exc}")
             log.info("egress refused %s: %s", target_url[:200], exc)
@@ -126,6 +128,17 @@ class EgressProxy:
         finally:
             self.open.discard(up_writer)
             up_writer.close()
+
+    def _judge(self, host: str, port: int) -> IPAddress:
+        """The address to connect to, or Refused. An address only the operator's allow-list lets through
+        (loopback, the LAN) is this machine or near it, so a port this node's own processes listen on is
+        refused there: its API, its peer port, its Thespian ports (which unpickle what arrives). Any such
+        address counts (0.0.0.0, ::ffff:127.0.0.1, the machine's LAN address reach them too)."""
+        ip = resolve(host, port, self.allow)
+        if why_refused(ip) and port in self.own_ports():
+            raise Refused(f"refused: port {port} on {ip} is this node's own port (its API, peer or actor "
+                          "ports), never reached by a scrape, whatever --scrape-allow allows")
+        return ip
 
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.TimeoutError, OSError):

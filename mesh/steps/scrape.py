@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from mesh.errors import StepFailed
 from mesh.steps import cgroup
@@ -67,8 +67,10 @@ def _browser_errors() -> tuple[type[BaseException], ...]:
 
 
 class Scraper:
-    def __init__(self, allow: Allow, browser_path: str | None, user: StepUser | None = None, cap: str = ""):
+    def __init__(self, allow: Allow, browser_path: str | None, user: StepUser | None = None, cap: str = "",
+                 own_ports: Callable[[], frozenset[int]] = frozenset):
         self.allow = allow
+        self.own_ports = own_ports  # the node's own listening ports (ownports.OwnPorts): no step reaches them
         self.cap = cap  # the owner's cap groups (mesh.steps.cgroup.OwnerCap) the browser is put under
         self.user = user  # who Chromium runs as when the node is root
         self.browser_path = browser_path
@@ -161,7 +163,7 @@ class Scraper:
 
     @contextlib.asynccontextmanager
     async def _step_proxy(self) -> AsyncIterator[EgressProxy]:
-        proxy = EgressProxy(self.allow, self.proxy.deny_ports)
+        proxy = EgressProxy(self.allow, self.own_ports)
         await proxy.start()
         try:
             yield proxy

@@ -1,0 +1,175 @@
+"""A scraped page never reaches its own node's ports, even where the operator allows loopback (found by this
+project's red team, 2026-12-06). With `--scrape-allow 127.0.0.1` a scrape step's requests went through the
+egress proxy to every port the worker's process tree listens on: its API answered the page
+(`{"error":"Not Found"}` as the step's text), its peer port answered, and the Thespian admin and actor ports,
+which unpickle whatever arrives, took the connection and held it. The proxy now refuses, on any address
+only the allow-list lets through, every port a process of the node's tree listens on, looked up from the
+kernel while the node runs; a page on another loopback port still loads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from aiohttp import web
+
+from mesh.steps.egress import EgressProxy
+from mesh.steps.ownports import OwnPorts, listening_ports
+from mesh.steps.scrape import find_browser
+from mesh.steps.ssrf import Allow
+
+from ..conftest import cli_json, kill_all, tree_pids, wait_for
+from ..websites import ThreadedSite
+
+ALLOW_LOCAL = Allow.parse(["127.0.0.1"])
+OWN = "this node's own port"
+
+# a process that listens on a port, prints it, and starts one child that does the same: a small node tree
+LISTENER = """
+import socket, subprocess, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+print(s.getsockname()[1], flush=True)
+if sys.argv[1] == "parent":
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[2], "child", ""], stdout=sys.stdout)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def tree():
+    """(root pid, [the root's port, its child's port]) of a real two-process tree; killed by pid after."""
+    proc = subprocess.Popen([sys.executable, "-c", LISTENER, "parent", LISTENER], stdout=subprocess.PIPE, text=True)
+    try:
+        ports = [int(proc.stdout.readline()), int(proc.stdout.readline())]
+        yield proc.pid, ports
+    finally:
+        kill_all(tree_pids(proc.pid)[::-1])
+        proc.wait(10)
+
+
+async def ask(proxy: EgressProxy, request: str) -> bytes:
+    """The first line of the proxy's answer to one request (CONNECT or absolute-URL GET)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(request.encode())
+        return await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.timeout(30)
+def test_the_proxy_refuses_every_port_of_the_trees_processes_and_no_other(tree):
+    root, ports = tree
+    assert set(ports) <= listening_ports(root), (ports, listening_ports(root))
+
+    async def go():
+        other = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)  # the test's: not in the tree
+        other_port = other.sockets[0].getsockname()[1]
+        proxy = EgressProxy(ALLOW_LOCAL, OwnPorts(root))
+        await proxy.start()
+        try:
+            answers = {port: [await ask(proxy, f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n"),
+                              await ask(proxy, f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\n\r\n")]
+                       for port in [*ports, other_port]}
+            return answers, other_port, list(proxy.refused)
+        finally:
+            await proxy.close()
+            other.close()
+
+    answers, other_port, refused = asyncio.run(go())
+    for port in ports:
+        assert all(b" 403 " in a for a in answers[port]), (port, answers[port])
+        assert any(f"port {port} on 127.0.0.1 is {OWN}" in r for r in refused), refused
+    assert b" 200 " in answers[other_port][0], answers[other_port]  # the tunnel to another loopback port opens
+    assert b" 403 " not in answers[other_port][1], answers[other_port]
+
+
+@pytest.mark.timeout(30)
+def test_a_port_bound_after_the_first_look_is_refused_once_the_cache_has_aged():
+    """Actors bind their ports after the node starts: the ports are looked up again, not fixed once."""
+    own = OwnPorts(psutil.Process().pid, cache_s=0.2)
+    before = own()
+    late = asyncio.run(_bound_and_seen(own))
+    assert late not in before
+
+
+async def _bound_and_seen(own: OwnPorts) -> int:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        deadline = time.monotonic() + 5
+        while port not in own():
+            assert time.monotonic() < deadline, f"port {port} never seen"
+            await asyncio.sleep(0.05)
+        return port
+    finally:
+        server.close()
+
+
+def test_a_tree_that_has_gone_has_no_ports():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(10)
+    assert listening_ports(proc.pid) == frozenset()
+
+
+# -- through a real node -------------------------------------------------------------------------------
+
+class ProbeSite(ThreadedSite):
+    """A page on the test's own loopback port (not the node's) that also asks for each of TARGETS."""
+
+    targets: list[int] = []
+
+    def app(self) -> web.Application:
+        async def page(request: web.Request) -> web.Response:
+            imgs = "".join(f'<img src="http://127.0.0.1:{p}/from-page">' for p in self.targets)
+            return web.Response(content_type="text/html", text=f"<html><body><p>reachable page</p>{imgs}</body></html>")
+        app = web.Application()
+        app.router.add_get("/page", page)
+        return app
+
+
+def admin_ports(node_pid: int) -> set[int]:
+    """The Thespian admin's ports: what the node's forked child that has children (the admin; the
+    actors are its children) listens on and the node process itself does not (they share one inherited
+    listener). Empty while the admin has not started its actors."""
+    node = psutil.Process(node_pid)
+    admin = next((p for p in node.children() if p.cmdline() == node.cmdline() and p.children()), None)
+    if admin is None:
+        return set()
+    return set(listening_ports(admin.pid)) - {c.laddr.port for c in node.net_connections("inet")}
+
+
+@pytest.mark.skipif(find_browser() is None, reason="no Chromium here: `apt-get install chromium`")
+@pytest.mark.mesh
+@pytest.mark.timeout(240)
+def test_a_real_node_refuses_a_scrape_of_its_own_api_and_thespian_ports(make_mesh, tmp_path):
+    mesh = make_mesh(2, lambda i: ["--no-model", "--scrape-allow", "127.0.0.1"])
+    worker = mesh.nodes[1]  # node0 submits; the one other node runs the steps
+    admin = wait_for(lambda: admin_ports(worker.proc.pid), 30, "the worker's Thespian admin port")
+    api, admin_port = worker.api_port, min(admin)
+    site = ProbeSite()
+    ProbeSite.targets = [api, admin_port]
+    site.start()
+    try:
+        job = tmp_path / "own-ports.json"
+        job.write_text(json.dumps({"name": "own-ports", "redundancy": 1, "timeout": 45, "steps": [
+            {"id": "page", "kind": "scrape", "params": {"url": site.url("/page")}},
+            {"id": "api", "kind": "scrape", "params": {"url": f"http://127.0.0.1:{api}/"}},
+            {"id": "admin", "kind": "scrape", "params": {"url": f"http://127.0.0.1:{admin_port}/"}}]}))
+        report = cli_json("submit", str(job), "--wait", "--home", str(mesh.nodes[0].home), timeout=180)
+    finally:
+        site.stop()
+    steps = report["steps"]
+    assert steps["page"]["status"] == "done", json.dumps(steps["page"])[-1500:]  # the positive control
+    assert "reachable page" in steps["page"]["output"]["text"]
+    for name, port in (("api", api), ("admin", admin_port)):
+        assert steps[name]["status"] == "failed", (name, json.dumps(steps[name])[-1500:])
+        assert f"port {port} on 127.0.0.1 is {OWN}" in steps[name]["error"], (name, steps[name]["error"])
+    log = (worker.home / "node.log").read_text(errors="replace")
+    for port in (api, admin_port):  # the page's own requests for them were refused too
+        assert f"egress refused http://127.0.0.1:{port}/from-page" in log, port
