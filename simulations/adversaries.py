@@ -399,10 +399,87 @@ class HonestVoucher(QuietLoner, Vouching):
         return out
 
 
+class GreedyLoner(QuietLoner):
+    """QuietLoner without its patience (red team, 2026-12-06): cheats on every request that comes after a
+    quiet gap of more than GAP_S from its submitter with nothing of that submitter's in hand, once proven
+    there (`good_steps` paid in a row). A spot check goes out within CHECK_SPREAD_S of a placement on the
+    worker (mesh/core/submission.py _plan_check), so such a request is never one; it is caught only when
+    the step was an audit (probability ~1/run), and then only its last VOUCHED answers there are rerun."""
+
+    name = "greedy-loner"
+    SPACING = 0
+
+
+class RingLoner(QuietLoner, SideChannel):
+    """Greedy quiet loners that share, over a side channel, every request they get: a quiet request that
+    another member holds too is an audit (two seats, both ours): answered right. A quiet one that no other
+    member holds is alone or an audit with an honest worker: cheated on as GreedyLoner does."""
+
+    name = "ring-loner"
+    SPACING = 0
+
+    def arrived(self, req: Request) -> None:
+        QuietLoner.arrived(self, req)
+        SideChannel.arrived(self, req)
+
+    def respond(self, req: Request, truth: Any, now: float) -> Any:
+        if self.channel.get((req.src, req.job, req.step), 0) >= 2:
+            self.answered += 1
+            self.in_hand[req.src] = max(0, self.in_hand.get(req.src, 0) - 1)
+            self.quiet.discard((req.job, req.step))
+            return truth
+        return QuietLoner.respond(self, req, truth, now)
+
+
+class LendingRing(HonestVoucher):
+    """Separate machines that work honestly and only lend each other runs (no slander): each publishes, for
+    every fellow, a run of RUN validated results begun just now — two trusted issuers on two prefixes
+    confirm a run (mesh/core/trust.py standing), so each member is proven everywhere, takes the first seat
+    and runs steps alone. With rate 0 it never cheats (it measures the credit lending earns); with rate 1
+    it cheats as GreedyLoner does, and every member caught is proven again after LEND_RUN agreements."""
+
+    name = "lending-ring"
+    SPACING = 0
+
+    def testimony(self, me: str, now_ms: int) -> list[Testimony]:
+        return [Testimony(me, m, float(self.RUN), 0.0, self.RUN, now_ms, 0, now_ms) for m in self.members if m != me]
+
+
+class FreshParams(SideChannel):
+    """Cheats (with probability `rate`, after `good_steps` answers) only on requests whose params no member of
+    its ring has seen before: a spot check replays an earlier accepted step's params exactly, so a check of
+    a step any member was asked is recognised. The ring shares the digests of every request's params."""
+
+    name = "fresh-params"
+    KEEP = 1_000_000
+
+    def arrived(self, req: Request) -> None:
+        key = ("params", canonical(dict(req.params)))
+        self.channel[key] = self.channel.get(key, 0) + 1
+        if len(self.channel) > self.KEEP:
+            del self.channel[next(iter(self.channel))]
+
+    def respond(self, req: Request, truth: Any, now: float) -> Any:
+        self.answered += 1
+        seen = self.channel.get(("params", canonical(dict(req.params))), 0)
+        if self.answered > self.good_steps and seen <= 1 and self.rng.random() < self.rate:
+            return ["wrong", self.rng.getrandbits(48)]
+        return truth
+
+
+class PatientLendingLoner(LendingRing):
+    """LendingRing members cheating at QuietLoner's pace (one cheat per SPACING answers paid at a submitter):
+    lent runs keep every member proven, so it takes the first seat and runs alone wherever it goes."""
+
+    name = "patient-lending-loner"
+    SPACING = 300
+
+
 BUILTIN: dict[str, type[Strategy]] = {c.name: c for c in (Strategy, RandomWrong, Colluding, Sybil, OnOff,
                                                            CheckAware, Steering, TrustBuilder, SideChannel,
                                                            WholeTable, Vouching, Evader, QuietLoner,
-                                                           HonestVoucher)}
+                                                           HonestVoucher, GreedyLoner, RingLoner, LendingRing,
+                                                           FreshParams, PatientLendingLoner)}
 
 
 def strategy_class(name: str) -> type[Strategy]:
