@@ -36,14 +36,40 @@ class PipeConnection(Connection):
         self._recv_fut = loop.create_task(self._recv_loop())  # cancelled by dispose (pyppeteer's _on_close)
 
     async def _recv_loop(self) -> None:
-        """Every message to pyppeteer until the pipe closes; then whatever waits on a reply fails."""
+        """Every message to pyppeteer until the pipe closes; then whatever waits on a reply fails. However
+        the loop ends (a message pyppeteer cannot take included), the connection says it is closed, so the
+        next step starts a fresh browser: ended by an InvalidStateError with the connection still marked
+        open, every later scrape on the node waited out its timeout on a reader that was gone."""
         try:
             while self._connected:
                 await self._on_message(await self._pipe.recv())
         except PipeClosed as exc:
             log.info("DevTools connection lost: %s", exc)
-        if self._connected:
-            await self.dispose()
+        finally:
+            if self._connected:
+                await self.dispose()
+
+    def _forget_abandoned(self) -> None:
+        """Drop the calls whose callers gave up (a step cancelled, or past its timeout, mid-call): pyppeteer
+        resolves an answer's future without asking whether it is still wanted, and set_result on a cancelled
+        future raises InvalidStateError — on the connection's and on each page session's futures alike."""
+        for callbacks in (self._callbacks, *(s._callbacks for s in self._sessions.values())):
+            for key in [k for k, future in callbacks.items() if future.done()]:
+                del callbacks[key]
+
+    async def _on_message(self, message: str) -> None:
+        """pyppeteer's, without its sleep(0) before the message is read: between the purge of abandoned
+        calls and their answers nothing may run that could cancel another."""
+        self._forget_abandoned()
+        msg = json.loads(message)
+        if msg.get("id") in self._callbacks:
+            self._on_response(msg)
+        else:
+            self._on_query(msg)
+
+    async def _on_close(self) -> None:
+        self._forget_abandoned()
+        await super()._on_close()
 
     def send(self, method: str, params: dict | None = None) -> asyncio.Future:
         """pyppeteer's send, written at once: its own leaves a task behind for every message."""

@@ -216,6 +216,35 @@ def test_a_page_that_kills_the_browser_connection_leaves_no_browser_behind_and_t
 
 
 @needs_browser
+@pytest.mark.timeout(120)
+def test_a_step_cancelled_mid_call_leaves_the_browser_connection_working(site):
+    """Found by this project's red team (2026-12-06): a step cancelled (its requester gave up) or timed out
+    while a DevTools call of its own waited for Chromium's answer. The answer then came to a future already
+    cancelled; pyppeteer resolved it anyway, the InvalidStateError ended the pipe's reader, the connection
+    still said it was open, and every later scrape on the node waited out its timeout. Cancelled at 0-30
+    ms from its start, again and again: the reader lives, and the next scrape works."""
+    async def go():
+        scraper = Scraper(ALLOW_LOCAL, find_browser(), USER)
+        try:
+            await scraper.scrape({"url": site.url("/js")}, 40)  # the browser is up
+            for i in range(60):
+                task = asyncio.ensure_future(scraper.scrape({"url": site.url("/js")}, 40))
+                await asyncio.sleep(0.001 * (i % 30))
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await asyncio.sleep(0.02)  # (the cancelled call's answer arrives meanwhile)
+            reader = scraper.browser._connection._recv_fut
+            alive = not reader.done()
+            out, _ = await scraper.scrape({"url": site.url("/js"), "wait_for": "a[href='/next']"}, 20)
+            return alive, out
+        finally:
+            await scraper.close()
+    alive, out = asyncio.run(go())
+    assert alive, "the DevTools reader ended"
+    assert "rendered by js" in out["text"]
+
+
+@needs_browser
 def test_loopback_is_refused_without_scrape_allow(site):
     with pytest.raises(Refused, match="loopback"):
         scrape(site.url("/js"), allow=Allow())
