@@ -1019,8 +1019,10 @@ class Node:
 
     async def install_model(self, sha: str, path: Path, name: str) -> str:
         """A fetched model: registered, then served at once (loaded, advertised in the next hello and in
-        the DHT) unless this node runs without models. Its registry name back."""
-        entry = Registry(self.opts.home).add(path, name or f"fetched-{sha[:12]}")
+        the DHT) unless this node runs without models. Its registry name back. The fetch has hashed the file
+        to `sha` and checked its structure (ModelFetcher, _check_file): not done again, and the registry's
+        file work is off the event loop (a hash of a large model held it for seconds)."""
+        entry = await asyncio.to_thread(Registry(self.opts.home).add, path, name or f"fetched-{sha[:12]}", sha)
         if self.opts.load_model and sha not in self.models:
             reply = await self.bridge.ask(LoadModel(str(path), sha, self.opts.threads), 180)
             if not isinstance(reply, ModelLoaded) or reply.error:

@@ -6,11 +6,15 @@ overflowed its heap on malformed headers (huge string lengths and array counts, 
 tensor types, offsets past the file), in a process running as the node's user. So every length, count,
 type and offset is checked here against hard bounds and the file's size first, streaming: nothing the
 file declares is read into memory before it is checked (a key is at most 64 KiB; values are skipped).
+A few values are read too (small integers, two short strings), for the bounds llama.cpp asserts rather than
+checks: a hyperparameter past them aborts the whole process (GGML_ASSERT, an uncaught C++ exception), where a
+value it checks only fails the load. See _Meta.
 Spec: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md (versions 2 and 3, little-endian)."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +28,13 @@ MAX_KVS = 1 << 16
 MAX_KEY = 65_535  # bytes of a metadata key
 MAX_STRING = 16 << 20  # bytes of one string value
 MAX_ARRAY = 1 << 24  # elements of one array (token vocabularies are ~262k)
-MAX_STRINGS = 1 << 23  # strings in all arrays together: bounds the time this check (and llama.cpp's) takes
+MAX_STRINGS = 1 << 20  # strings in all arrays together: bounds the time this check (and llama.cpp's) takes;
+# real vocabularies hold far fewer (Gemma 3: 262k tokens; Llama 3: 128k tokens and 280k merges), and 8M empty
+# tokens cost llama.cpp 44 s and 1.4 GB before it refused them
+MAX_LAYERS = 512  # the installed llama.cpp's LLAMA_MAX_LAYERS: a block_count past it (or 0) aborts it
+MAX_EXPERTS = 1024  # its LLAMA_MAX_EXPERTS (measured: 1,024 loads on, 1,025 aborts)
+MAX_HPARAMS = 256  # `<arch>.block_count`-like keys kept until the architecture is known (a model has 1 of each)
+SHORT = 64  # bytes of general.architecture and tokenizer.ggml.model kept (longer: llama.cpp knows no such name)
 MAX_NAME = 63  # bytes of a tensor name: ggml's GGML_MAX_NAME (64) less its NUL
 MAX_DIMS = 4  # ggml's GGML_MAX_DIMS
 MAX_ALIGN = 1 << 16
@@ -33,6 +43,10 @@ CHUNK = 1 << 20  # bytes read at a time
 
 STRING, ARRAY, UINT32, BOOL = 8, 9, 4, 7
 SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # value type → bytes
+INTS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 10: "<Q", 11: "<q"}  # integer value type → format
+HPARAM = re.compile(r"([^.]{1,64})\.(block_count|expert_count|expert_used_count)")
+TOKEN_ID = re.compile(r"tokenizer\.ggml\.\w+_token_id")
+VOCAB = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type")
 # ggml type → (elements per block, bytes per block): the types of the llama.cpp this homemesh installs
 # (llama-cpp-python 0.3.36's libggml, checked by tests/steps/test_gguf.py); removed types (4, 5, 31-33, 36-38)
 # and unknown ones are refused
@@ -43,7 +57,7 @@ TYPES = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24
          29: (256, 56), 30: (1, 2), 34: (256, 54), 35: (256, 66), 39: (32, 17), 40: (64, 36), 41: (128, 18),
          42: (64, 18)}
 INT64_MAX = (1 << 63) - 1
-_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+_U32, _U64, _ARRAY_HEAD = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<IQ")
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,11 @@ class _Reader:
         self.at += 8
         return v
 
+    def peek(self, fmt: struct.Struct, what: str) -> tuple:
+        """The next bytes unpacked, not read past."""
+        self._need(fmt.size, what)
+        return fmt.unpack_from(self.buf, self.at)
+
     def take(self, n: int, what: str) -> bytes:
         """n bytes (n already checked against a small bound by the caller)."""
         self._need(n, what)
@@ -119,22 +138,35 @@ class _Reader:
         self.skip(n, what)
         return n
 
-    def strings(self, n: int, bound: int, what: str) -> None:
+    def strings(self, n: int, bound: int, what: str, byte_tokens: bytearray | None = None) -> None:
         """n strings skipped, each checked as string() does: in the buffer without a call per string (a
-        vocabulary of 262k tokens took 290 ms through string(), most of the time of this whole check)."""
-        j = 0
+        vocabulary of 262k tokens took 290 ms through string(), most of the time of this whole check).
+        With `byte_tokens`, the bytes a string of 1 byte or '<0xXX>' stands for are marked in it."""
+        j, short = 0, (1, 6) if byte_tokens is not None else ()
         while j < n:
             buf, at, end, unpack = self.buf, self.at, len(self.buf), _U64.unpack_from
             while j < n and at + 8 <= end:
                 (k,) = unpack(buf, at)
                 if k > bound or at + 8 + k > end:
                     break  # (said, or read on, by string() below)
+                if k in short:
+                    _byte_token(buf[at + 8:at + 8 + k], byte_tokens)
                 at += 8 + k
                 j += 1
             self.at = at
             if j < n:
-                self.string(bound, f"{what}[{j}]")
+                if short and self.peek(_U64, f"{what}[{j}]'s length")[0] in short:
+                    k = self.u64(f"{what}[{j}]'s length")
+                    _byte_token(self.take(k, f"{what}[{j}]"), byte_tokens)
+                else:
+                    self.string(bound, f"{what}[{j}]")
                 j += 1
+
+    def number(self, vtype: int, what: str) -> int:
+        """An integer value of type `vtype` (one of INTS)."""
+        fmt = INTS[vtype]
+        (v,) = struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
+        return v
 
     def text(self, bound: int, what: str) -> str:
         """A short string (a key, a tensor name): 1 to `bound` bytes of UTF-8."""
@@ -178,10 +210,58 @@ def _count(r: _Reader, bound: int, least: int, what: str) -> int:
     return n
 
 
+def _byte_token(text: bytes, seen: bytearray) -> None:
+    """Marks the byte a vocabulary token stands for in llama.cpp's SPM byte fallback: '<0xXX>' or the byte."""
+    if len(text) == 1:
+        seen[text[0]] = 1
+    elif text[:3] == b"<0x" and text[5:] == b">" and all(c in b"0123456789ABCDEF" for c in text[3:5]):
+        seen[int(text[3:5], 16)] = 1
+
+
+class _Meta:
+    """The values llama.cpp asserts on rather than checks, kept while the keys are read (bounded: a few small
+    integers and two short strings), judged at the end (keys come in any order)."""
+
+    def __init__(self) -> None:
+        self.strings = 0  # in all arrays together
+        self.short: dict[str, str] = {}  # general.architecture, tokenizer.ggml.model
+        self.hparams: dict[tuple[str, str], tuple[int, int]] = {}  # (arch, what) → (value, where)
+        self.vocab: dict[str, tuple[int, int]] = {}  # VOCAB key → (length, where)
+        self.token_id: tuple[int, str, int] | None = None  # the *_token_id furthest out: (id, key, where)
+        self.byte_tokens = bytearray(256)  # bytes the token list has a fallback token for
+
+    def judge(self, r: _Reader) -> None:
+        arch = self.short.get("general.architecture")
+        count = self.hparams.get((arch, "expert_count"), (0, 0))
+        used = self.hparams.get((arch, "expert_used_count"), (0, count[1]))
+        if used[0] > count[0] or (count[0] and not used[0]):
+            raise r.fail(f"{arch}.expert_used_count is {used[0]:,} of {arch}.expert_count {count[0]:,} experts "
+                         "(llama.cpp aborts unless 1 to all of them are used, or none of none)", used[1])
+        lengths = {n for n, _ in self.vocab.values()}
+        if len(lengths) > 1:
+            key = max(self.vocab, key=lambda k: self.vocab[k][1])
+            said = ", ".join(f"{k.rsplit('.', 1)[1]}: {n:,}" for k, (n, _) in self.vocab.items())
+            raise r.fail(f"the vocabulary's arrays differ in length ({said})", self.vocab[key][1])
+        if "tokenizer.ggml.tokens" not in self.vocab:
+            return
+        n_vocab, where = self.vocab["tokenizer.ggml.tokens"]
+        if self.token_id is not None and not 0 <= self.token_id[0] < n_vocab:
+            raise r.fail(f"{self.token_id[1]} is {self.token_id[0]:,}, past the vocabulary's {n_vocab:,} tokens",
+                         self.token_id[2])
+        if self.short.get("tokenizer.ggml.model") == "llama" and not all(self.byte_tokens):
+            b = self.byte_tokens.index(0)
+            raise r.fail(f"the SPM ('llama') vocabulary has no token for byte 0x{b:02X} ('<0x{b:02X}>' or the byte "
+                         "itself): llama.cpp throws, uncaught, at the first text that needs it", where)
+
+
+def _far(token_id: int) -> int:
+    return token_id if token_id >= 0 else 1 << 64  # (a negative id is as bad as any past the vocabulary)
+
+
 def _metadata(r: _Reader, n_kvs: int) -> int:
-    """Every key and value checked, values skipped; the file's alignment back."""
+    """Every key and value checked, values skipped (but those _Meta keeps); the file's alignment back."""
     seen: set[bytes] = set()
-    alignment, strings = DEFAULT_ALIGN, [0]
+    alignment, meta = DEFAULT_ALIGN, _Meta()
     for i in range(n_kvs):
         at = r.offset
         key = r.text(MAX_KEY, f"metadata key {i}")
@@ -193,9 +273,48 @@ def _metadata(r: _Reader, n_kvs: int) -> int:
         vtype = r.u32(f"the type of {key[:80]!r}")
         if key == "general.alignment":
             alignment = _alignment(r, vtype, vat)
-        else:
-            _value(r, vtype, key[:80], vat, strings)
+        elif not _kept(r, key, vtype, vat, meta):
+            _value(r, vtype, key[:80], vat, meta)
+    meta.judge(r)
     return alignment
+
+
+def _kept(r: _Reader, key: str, vtype: int, at: int, meta: _Meta) -> bool:
+    """The value of `key` read and kept (or judged at once) if _Meta wants it; False: skip it as any other."""
+    if key in ("general.architecture", "tokenizer.ggml.model") and vtype == STRING:
+        (n,) = r.peek(_U64, f"the length of {key}")
+        if n > SHORT:
+            return False
+        r.skip(8, key)
+        meta.short[key] = r.take(n, key).decode("utf-8", "replace")
+        return True
+    hp = HPARAM.fullmatch(key)
+    if hp and vtype == ARRAY and hp[2] == "expert_used_count":  # (per layer, in some llama.cpp versions)
+        etype, n = r.peek(_ARRAY_HEAD, f"{key!r}'s element type and count")
+        if etype not in INTS or not 1 <= n <= MAX_LAYERS:
+            return False
+        r.skip(12, key)
+        value = max(r.number(etype, f"{key!r}'s elements") for _ in range(n))
+    elif (hp or TOKEN_ID.fullmatch(key)) and vtype in INTS:
+        value = r.number(vtype, f"{key!r}'s value")
+    elif key in VOCAB and vtype == ARRAY:
+        _array(r, key, meta)
+        return True
+    else:
+        return False
+    if not hp:
+        if meta.token_id is None or _far(value) > _far(meta.token_id[0]):
+            meta.token_id = (value, key, at + 4)
+        return True
+    arch, what = hp[1], hp[2]
+    bound = MAX_LAYERS if what == "block_count" else MAX_EXPERTS
+    if not (1 if what == "block_count" else 0) <= value <= bound:
+        raise r.fail(f"{key} is {value:,}, not {1 if what == 'block_count' else 0} to {bound:,} (llama.cpp "
+                     "aborts past its bound)", at + 4)
+    if len(meta.hparams) >= MAX_HPARAMS:
+        raise r.fail(f"more than {MAX_HPARAMS} keys of architectures' layer and expert counts", at)
+    meta.hparams[arch, what] = (value, at + 4)
+    return True
 
 
 def _alignment(r: _Reader, vtype: int, at: int) -> int:
@@ -207,7 +326,7 @@ def _alignment(r: _Reader, vtype: int, at: int) -> int:
     return value
 
 
-def _value(r: _Reader, vtype: int, key: str, at: int, strings: list[int]) -> None:
+def _value(r: _Reader, vtype: int, key: str, at: int, meta: _Meta) -> None:
     if vtype in SCALARS:
         if vtype == BOOL and r.take(1, f"{key!r}'s value")[0] > 1:
             raise r.fail(f"{key!r} is a bool that is neither 0 nor 1", at + 4)
@@ -216,12 +335,12 @@ def _value(r: _Reader, vtype: int, key: str, at: int, strings: list[int]) -> Non
     elif vtype == STRING:
         r.string(MAX_STRING, f"the value of {key!r}")
     elif vtype == ARRAY:
-        _array(r, key, strings)
+        _array(r, key, meta)
     else:
         raise r.fail(f"{key!r} has an unknown value type {vtype}", at)
 
 
-def _array(r: _Reader, key: str, strings: list[int]) -> None:
+def _array(r: _Reader, key: str, meta: _Meta) -> None:
     at = r.offset
     etype = r.u32(f"{key!r}'s element type")
     n = r.u64(f"{key!r}'s element count")
@@ -233,13 +352,15 @@ def _array(r: _Reader, key: str, strings: list[int]) -> None:
     if n > MAX_ARRAY or n * least > r.size - r.offset:
         raise r.fail(f"{key!r} declares {n:,} elements (at most {MAX_ARRAY:,}, and what is left of the file "
                      "holds fewer)", at + 4)
+    if key in VOCAB:
+        meta.vocab[key] = (n, at + 4)
     if etype != STRING:
         r.skip(n * least, f"{key!r}'s elements")
         return
-    strings[0] += n
-    if strings[0] > MAX_STRINGS:
+    meta.strings += n
+    if meta.strings > MAX_STRINGS:
         raise r.fail(f"more than {MAX_STRINGS:,} strings in arrays", at + 4)
-    r.strings(n, MAX_STRING, repr(key))
+    r.strings(n, MAX_STRING, repr(key), meta.byte_tokens if key == "tokenizer.ggml.tokens" else None)
 
 
 def _tensor(r: _Reader, alignment: int, names: set[str]) -> tuple[int, int, int, str]:

@@ -66,17 +66,20 @@ class Registry:
             out.append(ModelEntry(sha, str(e.get("name", "")), str(e.get("path", "")), int(e.get("size", 0))))
         return out
 
-    def add(self, path: Path, name: str = "") -> ModelEntry:
+    def add(self, path: Path, name: str = "", checked_sha: str = "") -> ModelEntry:
+        """Register the model file at `path`. `checked_sha`: the caller has hashed the file to it and checked its
+        GGUF structure (a fetched model: see modelshare._check_file), so neither is done again here."""
         path = path.expanduser().resolve()
         if not path.exists():
             raise ConfigError(f"{path}: no such file")
         if not path.is_file():  # /dev/zero, a FIFO, a directory: said as such, not "no such file"
             raise ConfigError(f"{path} is not a regular file (a GGUF model file is)")
-        check_gguf(path)  # (its structure, strictly: llama.cpp's parser is not for hostile files)
+        if not checked_sha:
+            check_gguf(path)  # (its structure, strictly: llama.cpp's parser is not for hostile files)
         name = name or path.stem
         if not NAME.match(name):
             raise ConfigError(f"model name {name!r}: use 1-64 letters, digits, '.', '-' or '_'")
-        sha = sha256_file(path)
+        sha = checked_sha or sha256_file(path)
         data = self._load()
         clash = next((s for s, e in data.items() if e.get("name") == name and s != sha), None)
         taken = {DEFAULT_MODEL: default_model_sha(), INSTRUCT_MODEL: INSTRUCT_SHA256}

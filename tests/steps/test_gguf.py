@@ -179,3 +179,96 @@ def test_the_registry_and_the_model_runner_refuse_a_malformed_file(tmp_path):
 
     with pytest.raises(ModelFileError, match="9 dimensions"):  # (llama.cpp never sees it)
         Model(path, "0" * 64)
+
+
+def kv_u32(key: str, value: int) -> bytes:
+    return s(key) + u32(4) + u32(value)
+
+
+def vocab(tokens: list[bytes], model: str = "llama", types: int | None = None) -> list[bytes]:
+    """An SPM vocabulary of these tokens: its model, tokens, scores and types (`types` of them)."""
+    n = len(tokens)
+    types = n if types is None else types
+    return [kv_str("tokenizer.ggml.model", model),
+            s("tokenizer.ggml.tokens") + u32(9) + u32(8) + u64(n) + b"".join(s(t) for t in tokens),
+            s("tokenizer.ggml.scores") + u32(9) + u32(6) + u64(n) + bytes(4 * n),
+            s("tokenizer.ggml.token_type") + u32(9) + u32(5) + u64(types) + bytes(4 * types)]
+
+
+BYTES = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)]  # SPM byte fallback
+ARCH = [kv_str("general.architecture", "llama")]
+ABORTS = {  # what llama.cpp asserts on (an abort of the model runner) or throws uncaught on → what the error says
+    "513 layers": (ARCH + [kv_u32("llama.block_count", 513)] + vocab(BYTES), "llama.block_count is 513, not 1 to 512"),
+    "0 layers": ([kv_u32("llama.block_count", 0)] + ARCH, "llama.block_count is 0, not 1 to 512"),
+    "1,025 experts": (ARCH + [kv_u32("llama.expert_count", 1025)], "llama.expert_count is 1,025, not 0 to 1,024"),
+    "100,000 experts used": ([kv_u32("x.expert_used_count", 100_000)], "not 0 to 1,024"),
+    "more experts used than there are": ([kv_u32("llama.expert_used_count", 9), kv_u32("llama.expert_count", 4)]
+                                         + ARCH, "expert_used_count is 9 of llama.expert_count 4 experts"),
+    "experts, none used": (ARCH + [kv_u32("llama.expert_count", 4)], "expert_used_count is 0 of"),
+    "experts used of none (per layer)": (ARCH + [s("llama.expert_used_count") + u32(9) + u32(4) + u64(2) + u32(0)
+                                                 + u32(2)], "expert_used_count is 2 of llama.expert_count 0"),
+    "a bos id past the vocabulary": ([kv_u32("tokenizer.ggml.bos_token_id", 259)] + vocab(BYTES),
+                                     "bos_token_id is 259, past the vocabulary's 259 tokens"),
+    "a padding id past the vocabulary": (vocab(BYTES) + [kv_u32("tokenizer.ggml.padding_token_id", 1 << 31)],
+                                         "padding_token_id is 2,147,483,648, past"),
+    "token types fewer than tokens": (vocab(BYTES, types=1), "arrays differ in length (tokens: 259, scores: 259, "
+                                                             "token_type: 1)"),
+    "an SPM vocabulary without byte fallback": (vocab([b"t0", b"t1", b"\xe2"] + BYTES[3 + 1:3 + 0xE2]),
+                                                "no token for byte 0x00"),
+    "an SPM vocabulary missing one byte": (vocab(BYTES[:3 + 0x41] + [b"B"] + BYTES[3 + 0x43:]),
+                                           "no token for byte 0x41"),
+}
+
+
+@pytest.mark.parametrize("what", list(ABORTS))
+def test_a_value_llama_cpp_would_abort_on_is_refused(tmp_path, what):
+    kvs, says = ABORTS[what]
+    path = write(tmp_path, gguf(kvs, GOOD_TENSORS))
+    with pytest.raises(ModelFileError, match="not a well-formed GGUF model file") as err:
+        check_gguf(path)
+    assert says in str(err.value) and 24 <= err.value.offset < path.stat().st_size, str(err.value)
+
+
+def test_values_at_llama_cpps_bounds_pass(tmp_path):
+    """The most layers and experts it takes, per-layer expert counts, the bytes as themselves or as <0xXX>, and
+    ids, lengths and keys it ignores (another architecture's experts, a long architecture name, a BPE vocabulary
+    without byte tokens)."""
+    as_bytes = BYTES[:3] + [bytes([b]) if b % 2 else f"<0x{b:02X}>".encode() for b in range(256)]
+    cases = [ARCH + [kv_u32("llama.block_count", 512), kv_u32("llama.expert_count", 1024),
+                     kv_u32("llama.expert_used_count", 1024), kv_u32("tokenizer.ggml.eos_token_id", 258)]
+             + vocab(as_bytes),
+             [kv_u32("llama.expert_count", 8), s("llama.expert_used_count") + u32(9) + u32(4) + u64(2) + u32(2) + u32(8),
+              kv_u32("qwen2moe.expert_used_count", 2)] + ARCH,
+             [kv_str("general.architecture", "a" * 65), kv_u32("tokenizer.ggml.bos_token_id", 1)] + vocab(BYTES),
+             vocab([b"a", b"b"], model="gpt2") + [kv_u32("tokenizer.ggml.unknown_token_id", 1)]]
+    for i, kvs in enumerate(cases):
+        assert check_gguf(write(tmp_path, gguf(kvs, GOOD_TENSORS), f"{i}.gguf")).tensors == 2
+
+
+def test_eight_million_empty_strings_are_refused_at_once(tmp_path):
+    """64 MB of empty vocabulary strings cost llama.cpp 44 s and 1.4 GB before it refused them: refused here
+    at their count, before one is read."""
+    for key in ("tokenizer.ggml.tokens", "x.junk"):
+        path = write(tmp_path, gguf([s(key) + u32(9) + u32(8) + u64(8_000_000) + u64(0) * 8_000_000], []))
+        t0 = time.perf_counter()
+        with pytest.raises(ModelFileError, match="more than 1,048,576 strings"):
+            check_gguf(path)
+        assert time.perf_counter() - t0 < 1.0
+
+
+def test_the_registry_neither_hashes_nor_checks_again_a_file_its_caller_did(tmp_path, monkeypatch):
+    """A fetched model was hashed and checked by the fetch (modelshare._check_file): its install is not
+    hashed and checked again (each held the node's event loop for seconds on a large model)."""
+    import mesh.steps.registry as registry
+
+    path = tiny_gguf(tmp_path / "tiny.gguf") and tmp_path / "tiny.gguf"
+    sha = registry.sha256_file(path)
+
+    def refuse(*_):
+        raise AssertionError("done again")
+
+    monkeypatch.setattr(registry, "sha256_file", refuse)
+    monkeypatch.setattr(registry, "check_gguf", refuse)
+    assert Registry(tmp_path / "home").add(path, "t", checked_sha=sha).sha256 == sha
+    with pytest.raises(AssertionError, match="done again"):
+        Registry(tmp_path / "home").add(path, "u")
