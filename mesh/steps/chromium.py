@@ -34,10 +34,11 @@ log = logging.getLogger("mesh.steps.chromium")
 START_S = 30.0
 STOP_S = 5.0
 NO_SANDBOX = "No usable sandbox"  # what Chromium prints when the machine cannot give it one
-# bytes of one DevTools message read from the browser. The websocket this replaced had no cap of its own: a
-# page's console.log of 80 MB crossed it (the node grew 248 MB for a moment), and still crosses the pipe;
-# 480 MB of JSON escapes dropped it (red team, 2026-12-06). Past this the pipe's connection drops too
-MAX_MESSAGE = 256 << 20
+# bytes of one DevTools message read from the browser: one past it is read past and dropped, not parsed. A
+# page's console.log of 34 MB (under the 256 MiB this was) grew the node from 34 to 651 MiB, and one of 40 MB of
+# escapes closed the connection, failing every other step on the browser (red team, 2026-12-06). A page's
+# HTML crosses as one message: MAX_HTML (5M characters) is at most 30 MB even with every one escaped as \uXXXX
+MAX_MESSAGE = 48 << 20
 # Popen places only stdin and stdout; the shell moves them to the fds `--remote-debugging-pipe` reads and
 # writes (3 and 4) and execs the browser in its place (preexec_fn is not safe in a process with threads)
 PIPE_FDS = 'exec 3<&0 4>&1 </dev/null >/dev/null; exec "$@"'
@@ -88,13 +89,31 @@ class DevToolsPipe:
         self.writer.write(message.encode() + b"\0")
 
     async def recv(self) -> str:
+        """The next message under MAX_MESSAGE; one over it (a page's console.log, say) is skipped, and the
+        connection, which every step on the browser shares, goes on."""
+        while True:
+            try:
+                message = await self.reader.readuntil(b"\0")
+            except asyncio.IncompleteReadError:
+                raise PipeClosed("the browser closed its DevTools pipe") from None
+            except asyncio.LimitOverrunError as exc:
+                log.warning("dropped a DevTools message over %d MiB", MAX_MESSAGE >> 20)
+                await self._skip(exc.consumed)
+                continue
+            return message[:-1].decode("utf-8", "replace")
+
+    async def _skip(self, buffered: int) -> None:
+        """Read past the rest of a message that overran the limit, up to and with its NUL."""
         try:
-            message = await self.reader.readuntil(b"\0")
+            await self.reader.readexactly(buffered)
+            while True:
+                try:
+                    await self.reader.readuntil(b"\0")
+                    return
+                except asyncio.LimitOverrunError as exc:
+                    await self.reader.readexactly(exc.consumed)
         except asyncio.IncompleteReadError:
             raise PipeClosed("the browser closed its DevTools pipe") from None
-        except asyncio.LimitOverrunError:
-            raise PipeClosed(f"the browser sent a DevTools message over {MAX_MESSAGE >> 20} MiB") from None
-        return message[:-1].decode("utf-8", "replace")
 
     async def handshake(self) -> None:
         """Returns once the browser answers on the pipe (it reads it only when DevTools is up)."""

@@ -33,6 +33,7 @@ class PipeConnection(Connection):
         self._closeCallback = None
         self._pipe = pipe
         self._connected = True
+        self.lost: asyncio.Future = loop.create_future()  # set when the connection goes: every step on it fails
         self._recv_fut = loop.create_task(self._recv_loop())  # cancelled by dispose (pyppeteer's _on_close)
 
     async def _recv_loop(self) -> None:
@@ -68,6 +69,8 @@ class PipeConnection(Connection):
             self._on_query(msg)
 
     async def _on_close(self) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
         self._forget_abandoned()
         await super()._on_close()
 

@@ -246,10 +246,14 @@ class Scraper:
             await asyncio.sleep(0.02)
 
     async def _load_unless_crashed(self, page, url: str, params: dict) -> tuple[str, str]:
-        """_load, failing as soon as the page's renderer dies (killed past BROWSER_MEMORY, or crashed): the
-        load would otherwise wait for the step's whole timeout."""
+        """_load, failing as soon as the page's renderer dies (killed past BROWSER_MEMORY, or crashed) or the
+        browser's connection goes (the browser died): the load would otherwise wait for the step's whole
+        timeout, holding one of the browser's STEPS slots all that time."""
         crashed: asyncio.Future = asyncio.get_running_loop().create_future()
         page.on("error", lambda exc: crashed.done() or crashed.set_result(str(exc)))
+        lost = getattr(page._client._connection, "lost", None)  # the browser's connection (PipeConnection)
+        if lost is not None:  # gone, the load waited out the step's whole timeout (pyppeteer's goto has none)
+            lost.add_done_callback(lambda _: crashed.done() or crashed.set_result("its browser's connection closed"))
         load = asyncio.ensure_future(self._load(page, url, params))
         try:
             await asyncio.wait({load, crashed}, return_when=asyncio.FIRST_COMPLETED)

@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -136,6 +139,15 @@ class Site(ThreadedSite):
               document.getElementById("d").setAttribute("a", "\\u0001".repeat(40 * 1024 * 1024));</script>
               </body></html>""")
 
+        async def slowimg(request: web.Request) -> web.Response:  # its load waits for a slow image
+            return web.Response(content_type="text/html", text="""<html><body><p>slow</p><img src="/slow"></body>
+              </html>""")
+
+        async def consolebomb(request: web.Request) -> web.Response:  # 3 DevTools messages of 60 MB of escapes
+            return web.Response(content_type="text/html", text="""<html><body><p>bomb</p><script>
+              setTimeout(() => { const s = "\\u0001".repeat(10e6); for (let i = 0; i < 3; i++) console.log(s); }, 300);
+              </script></body></html>""")
+
         async def slow(request: web.Request) -> web.Response:
             await asyncio.sleep(20)
             return web.Response(text="late")
@@ -156,7 +168,7 @@ class Site(ThreadedSite):
               document.body.appendChild(document.createTextNode("x".repeat(200 * 1024 * 1024)));</script></body></html>""")
 
         app = web.Application()
-        app.add_routes([web.get("/flood", flood), web.get("/ftp", ftp), web.get("/bigattr", bigattr), web.get("/textbomb", textbomb), web.get("/js", js), web.get("/sub", subrequests), web.get("/redirect", redirect),
+        app.add_routes([web.get("/flood", flood), web.get("/ftp", ftp), web.get("/consolebomb", consolebomb), web.get("/slowimg", slowimg), web.get("/bigattr", bigattr), web.get("/textbomb", textbomb), web.get("/js", js), web.get("/sub", subrequests), web.get("/redirect", redirect),
                         web.get("/slow", slow), web.get("/hold", hold), web.get("/huge", huge), web.get("/secret", count),
                         web.get("/pixel", count), web.get("/beacon", count)])
         return app
@@ -241,6 +253,57 @@ def test_a_step_cancelled_mid_call_leaves_the_browser_connection_working(site):
             await scraper.close()
     alive, out = asyncio.run(go())
     assert alive, "the DevTools reader ended"
+    assert "rendered by js" in out["text"]
+
+
+@needs_browser
+@pytest.mark.timeout(120)
+def test_a_page_logging_huge_messages_fails_no_other_step(site):
+    """Found by this project's red team (2026-12-06): a page's console.log of 40M characters, each escaped in
+    the DevTools message, went over the pipe's message cap, which closed the connection every step on the
+    browser shares: the page beside it waited out its whole timeout. Such a message is now read past and
+    dropped (here three of 60 MB, over the cap), and the connection goes on (test_devtools_pipe.py holds the
+    reader to it without a browser)."""
+    async def go():
+        scraper = Scraper(ALLOW_LOCAL, find_browser(), USER)
+        try:
+            await scraper.scrape({"url": site.url("/js")}, 40)  # the browser is up
+            bomb = asyncio.ensure_future(scraper.scrape({"url": site.url("/consolebomb"), "wait_for": "#never"}, 25))
+            await asyncio.sleep(1.0)  # (the page logs its messages meanwhile)
+            t0 = time.monotonic()
+            out, _ = await scraper.scrape({"url": site.url("/js"), "wait_for": "a[href='/next']"}, 20)
+            took = time.monotonic() - t0
+            await asyncio.gather(bomb, return_exceptions=True)
+            return out, took, scraper.browser is not None and scraper.browser._connection._connected
+        finally:
+            await scraper.close()
+    out, took, connected = asyncio.run(go())
+    assert "rendered by js" in out["text"] and took < 15, took
+    assert connected, "the browser's connection was closed"
+
+
+@needs_browser
+@pytest.mark.timeout(120)
+def test_a_step_fails_at_once_when_its_browser_dies(site):
+    """Found by this project's red team (2026-12-06): with the browser killed mid-step, the steps on it
+    waited out their whole timeouts, each holding one of the browser's slots; now they fail when its
+    connection goes, and the next step starts a fresh browser."""
+    async def go():
+        scraper = Scraper(ALLOW_LOCAL, find_browser(), USER)
+        try:
+            await scraper.scrape({"url": site.url("/js")}, 40)  # the browser is up
+            steps = [asyncio.ensure_future(scraper.scrape({"url": site.url(f"/slowimg?{i}")}, 40)) for i in (1, 2)]
+            await asyncio.sleep(1.5)  # (the steps are opening their pages)
+            t0 = time.monotonic()
+            os.kill(scraper.chromium.proc.pid, signal.SIGKILL)  # the browser's main process: a crash
+            failed = await asyncio.gather(*steps, return_exceptions=True)
+            took = time.monotonic() - t0
+            out, _ = await scraper.scrape({"url": site.url("/js"), "wait_for": "a[href='/next']"}, 40)
+            return failed, took, out
+        finally:
+            await scraper.close()
+    failed, took, out = asyncio.run(go())
+    assert all(isinstance(f, StepFailed) for f in failed) and took < 15, (failed, took)
     assert "rendered by js" in out["text"]
 
 
