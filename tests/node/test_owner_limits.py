@@ -20,7 +20,7 @@ from aiohttp import web
 from mesh.steps.cgroup import CAP_NAME, NAME, ROOT
 from mesh.steps.scrape import find_browser
 
-from ..conftest import run_cli, wait_for
+from ..conftest import run_cli, tree_pids, wait_for
 from ..websites import ThreadedSite
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(240)]
@@ -273,8 +273,9 @@ def test_chromium_runs_under_the_owners_caps(make_mesh):
         memory = ROOT / "memory" / cpu.name
         rep = run_job(mesh, [{"id": "page", "kind": "scrape", "params": {"url": site.url("/")}}])
         assert "capped page" in rep["steps"]["page"]["output"]["text"]
-        browser = [p for p in psutil.process_iter(["pid", "cmdline"])
-                   if any("homemesh-chromium-" in a for a in p.info["cmdline"] or ()) and p.is_running()]
+        ours = set(tree_pids(mesh.nodes[1].proc.pid))  # (not another test's browser, running beside this one)
+        browser = [p for p in psutil.process_iter(["pid", "cmdline"]) if p.pid in ours
+                   and any("homemesh-chromium-" in a for a in p.info["cmdline"] or ()) and p.is_running()]
         assert browser, "no Chromium process found"
         in_cpu = {int(x) for x in (cpu / "cgroup.procs").read_text().split()}
         # (the browser's own memory group, BROWSER_MEMORY, is made inside the cap's: its members count there)

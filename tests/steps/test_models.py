@@ -46,7 +46,7 @@ def test_models_cli_add_list_remove_and_clear_errors(tmp_path, second_model):
         "gemma-3-270m-q4_k_m", "smollm2-135m-instruct-q4_1", "second"]
     not_gguf = tmp_path / "x.gguf"
     not_gguf.write_text("hello")
-    for args, message in [(("add", str(not_gguf)), "not a GGUF"), (("add", str(tmp_path / "nope.gguf")), "no such file"),
+    for args, message in [(("add", str(not_gguf)), "not a well-formed GGUF"), (("add", str(tmp_path / "nope.gguf")), "no such file"),
                           (("remove", "gemma-3-270m-q4_k_m"), "cannot be removed"), (("remove", "zzz"), "no single model")]:
         res = run_cli("models", *args, "--home", str(home))
         assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
