@@ -12,6 +12,7 @@ import asyncio
 import json
 import math
 import resource
+import signal
 import sys
 from collections.abc import Callable
 
@@ -41,6 +42,8 @@ async def extract_within(html: str, base_url: str, params: dict, seconds: float,
         if proc.returncode is None:  # (out of time, or cancelled: the child goes with the step)
             proc.kill()
             await proc.wait()
+    if proc.returncode == -signal.SIGXCPU:  # its CPU limit (the seconds it was given), met before the clock's
+        raise StepFailed(f"reading the page took longer than the {seconds:.3g} s left of the step")
     if proc.returncode != 0 or not out:
         why = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
         raise StepFailed(f"reading the page failed: {why[0][:300]}")
