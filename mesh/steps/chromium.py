@@ -62,7 +62,7 @@ def _running(proc: psutil.Process) -> bool:
 
 
 class PipeClosed(ConnectionError):
-    """The browser's end of the DevTools pipe is gone, or it sent a message over MAX_MESSAGE."""
+    """The browser's end of the DevTools pipe is gone."""
 
 
 class DevToolsPipe:
@@ -89,31 +89,24 @@ class DevToolsPipe:
         self.writer.write(message.encode() + b"\0")
 
     async def recv(self) -> str:
-        """The next message under MAX_MESSAGE; one over it (a page's console.log, say) is skipped, and the
-        connection, which every step on the browser shares, goes on."""
+        """The next message under MAX_MESSAGE; one over it (a page's console.log, say) is read past and
+        dropped, however many reads that takes, and the connection, which every step on the browser shares,
+        goes on."""
+        skipping = False  # (the rest of a message that overran the limit comes first)
         while True:
             try:
                 message = await self.reader.readuntil(b"\0")
             except asyncio.IncompleteReadError:
                 raise PipeClosed("the browser closed its DevTools pipe") from None
             except asyncio.LimitOverrunError as exc:
-                log.warning("dropped a DevTools message over %d MiB", MAX_MESSAGE >> 20)
-                await self._skip(exc.consumed)
+                if not skipping:
+                    log.warning("dropped a DevTools message over %d MiB", MAX_MESSAGE >> 20)
+                await self.reader.readexactly(exc.consumed)  # (all buffered, so this cannot fall short)
+                skipping = True
                 continue
-            return message[:-1].decode("utf-8", "replace")
-
-    async def _skip(self, buffered: int) -> None:
-        """Read past the rest of a message that overran the limit, up to and with its NUL."""
-        try:
-            await self.reader.readexactly(buffered)
-            while True:
-                try:
-                    await self.reader.readuntil(b"\0")
-                    return
-                except asyncio.LimitOverrunError as exc:
-                    await self.reader.readexactly(exc.consumed)
-        except asyncio.IncompleteReadError:
-            raise PipeClosed("the browser closed its DevTools pipe") from None
+            if not skipping:
+                return message[:-1].decode("utf-8", "replace")
+            skipping = False
 
     async def handshake(self) -> None:
         """Returns once the browser answers on the pipe (it reads it only when DevTools is up)."""

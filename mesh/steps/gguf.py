@@ -97,15 +97,14 @@ class _Reader:
                 raise self.fail(f"{what}: the file got shorter while it was read")
 
     def u32(self, what: str) -> int:
-        self._need(4, what)
-        (v,) = _U32.unpack_from(self.buf, self.at)
-        self.at += 4
-        return v
+        return self._unpack(_U32, what)
 
     def u64(self, what: str) -> int:
-        self._need(8, what)
-        (v,) = _U64.unpack_from(self.buf, self.at)
-        self.at += 8
+        return self._unpack(_U64, what)
+
+    def _unpack(self, fmt: struct.Struct, what: str) -> int:
+        (v,) = self.peek(fmt, what)
+        self.at += fmt.size
         return v
 
     def peek(self, fmt: struct.Struct, what: str) -> tuple:
