@@ -334,7 +334,7 @@ class QuietLoner(Strategy):
     """A patient lone cheater (found by this project's red team, 2026-12-06). It cheats only on a request
     that comes after a quiet gap of more than GAP_S from its submitter with nothing of that submitter's in
     hand (a spot check went out within 30 s of a replica placed on the worker, so such a request was never
-    one), once its own run of paid answers there reaches `good_steps` (proven: it takes the first seat and
+    one; half the checks now wait up to Config.check_tail_s, 30 min, so some are), once its own run of paid answers there reaches `good_steps` (proven: it takes the first seat and
     runs most steps alone), with probability `rate` — and then not again there until SPACING more answers
     were paid (a worker caught has only its last VOUCHED agreed steps rerun). All of it is what a worker
     sees: arrival times, who sent each request, and whether it was paid."""
@@ -402,9 +402,10 @@ class HonestVoucher(QuietLoner, Vouching):
 class GreedyLoner(QuietLoner):
     """QuietLoner without its patience (red team, 2026-12-06): cheats on every request that comes after a
     quiet gap of more than GAP_S from its submitter with nothing of that submitter's in hand, once proven
-    there (`good_steps` paid in a row). A spot check goes out within CHECK_SPREAD_S of a placement on the
-    worker (mesh/core/submission.py _plan_check), so such a request is never one; it is caught only when
-    the step was an audit (probability ~1/run), and then only its last VOUCHED answers there are rerun."""
+    there (`good_steps` paid in a row). A spot check went out within CHECK_SPREAD_S of a placement on the
+    worker (mesh/core/submission.py _plan_check), so such a request was never one (half now wait longer);
+    it is caught when the step was an audit (probability ~1/run) or a check, and then its last VOUCHED
+    answers there are rerun."""
 
     name = "greedy-loner"
     SPACING = 0

@@ -28,7 +28,7 @@ from mesh.core.effects import (
 )
 from mesh.core.policy import Candidate, Evidence, Reputations, StepEvidence, reputation_group
 from mesh.core.spotcheck import Challenge
-from mesh.core.submission import CHECK_SPREAD_S, Config, Submission, SubmittedJob, replay_log
+from mesh.core.submission import CHECK_SPREAD_S, CHECK_TAIL_S, Config, Submission, SubmittedJob, replay_log
 from mesh.core.trust import Shared, Testimony, attest, outvote_of
 from mesh.wire.canonical import digest
 
@@ -90,10 +90,10 @@ class SimLedger:
 
 
 def make_core(policy: PolicySpec, seed: int, keep: int, record: bool = False,
-              check_spread_s: float = CHECK_SPREAD_S) -> Submission:
+              check_spread_s: float = CHECK_SPREAD_S, check_tail_s: float = CHECK_TAIL_S) -> Submission:
     """The submission core as the simulator configures it from a scenario's policy."""
     config = Config(seed, policy.spot_rate, policy.blacklist_s, policy.margin, policy.recheck, keep, job_log=record,
-                    check_spread_s=check_spread_s)
+                    check_spread_s=check_spread_s, check_tail_s=check_tail_s)
     return Submission(config, record=record)
 
 
@@ -104,7 +104,8 @@ def replay_core_log(log: list) -> list:
     def make(config: Config) -> Submission:
         policy = PolicySpec(margin=config.margin, spot_rate=config.spot_rate, blacklist_s=config.blacklist_s,
                             recheck=config.recheck)
-        return make_core(policy, config.seed, config.keep, record=True, check_spread_s=config.check_spread_s)
+        return make_core(policy, config.seed, config.keep, record=True, check_spread_s=config.check_spread_s,
+                         check_tail_s=config.check_tail_s)
 
     return replay_log(log, make)
 

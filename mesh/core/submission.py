@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import uuid
 from collections import Counter, deque
@@ -42,6 +43,11 @@ from mesh.wire.canonical import digest
 PER_WORKER = 4  # requests a worker takes from one peer at once (mesh.node.flow.Limits.max_inflight_per_peer)
 MIN_TIMEOUT_S = 1.0  # a request is never sent with less time than this to answer
 CHECK_SPREAD_S = 30.0  # a spot check goes out at a random moment up to this long after the placement it follows
+# ... or, one time in CHECK_TAIL_SHARE, at a log-uniform moment between CHECK_SPREAD_S and this long after it. All
+# within 30 s, a request after a longer quiet gap from its submitter was never a check, and a worker that cheated
+# only on those (quiet-loner-20, seeds 1-4) got 50-84 wrong answers accepted in 50,000 steps, 31-41 with the tail
+CHECK_TAIL_S = 1800.0
+CHECK_TAIL_SHARE = 0.5
 
 
 def new_job_id(bits: int) -> str:
@@ -64,6 +70,13 @@ class Config:
     per_worker: int = PER_WORKER
     job_log: bool = False  # each JobRun keeps its own log too (JobRun.log, mesh.core.jobrun.replay_log)
     check_spread_s: float = CHECK_SPREAD_S  # a check waits a random 0..this (at most the step's timeout)
+    check_tail_s: float = CHECK_TAIL_S  # ... or, one time in CHECK_TAIL_SHARE, spread..this (log-uniform); 0: never
+
+    @classmethod
+    def from_json(cls, d: dict) -> Config:
+        """A config as a log or journal wrote it. One written before `check_tail_s` existed planned every
+        check within check_spread_s: replayed so, its checks are drawn as they were."""
+        return cls(**{"check_tail_s": 0.0, **d})
 
 
 @dataclass(eq=False)
@@ -351,8 +364,9 @@ class Submission:
 
     def _plan_check(self, sj: SubmittedJob, d: Dispatch, now: float, out: list[Effect]) -> None:
         """Perhaps plan a spot check for the worker just placed: it goes out on its own, as a job of its
-        own, at a random moment up to check_spread_s (at most the step's timeout) from now — never riding
-        with this replica, whose timing would give it away."""
+        own, at a random moment — never riding with this replica, whose timing would give it away. Up to
+        check_spread_s (at most the step's timeout) from now, or, one time in CHECK_TAIL_SHARE, up to
+        check_tail_s (`_check_delay`)."""
         run = sj.run
         kind = run.steps[d.step].kind  # (a verifier's replica is a 'score' request of an llm step)
         challenge = self.spot.challenge(kind, d.node, d.step, run.job.timeout, d.params.get("model"),
@@ -363,9 +377,19 @@ class Submission:
         if placed is not None:  # paid at this worker's card, as the replica it was placed for would be
             challenge = dataclasses.replace(challenge, rates=placed.rates)
         check_id = new_job_id(self.rng.getrandbits(128))
-        due = now + self.spot.rng.uniform(0.0, min(self.config.check_spread_s, run.job.timeout))
+        due = now + self._check_delay(run.job.timeout)
         self.spot.plan(check_id, d.node, challenge, due)
         out.append(Alarm(due))
+
+    def _check_delay(self, timeout: float) -> float:
+        """How long a planned check waits. Half the time a long wait, log-uniform from check_spread_s to
+        check_tail_s: checks then also reach a worker after quiet gaps of every length (a minute, an hour),
+        so no length of silence tells a real step from a check. Log-uniform, not uniform: a cheater's
+        threshold may be any scale, and each scale gets its share of checks."""
+        spread, tail, rng = self.config.check_spread_s, self.config.check_tail_s, self.spot.rng
+        if tail > spread > 0 and rng.random() < CHECK_TAIL_SHARE:
+            return math.exp(rng.uniform(math.log(spread), math.log(tail)))
+        return rng.uniform(0.0, min(spread, timeout))
 
     def _send_check(self, check_id: str, now: float, out: list[Effect]) -> None:
         """A planned check goes out now, in a slot of its worker's own (the caller saw one free), shaped
@@ -737,7 +761,7 @@ def replay_log(log: list, make: Callable[[Config], Submission] | None = None) ->
     """Feed a recorded log's inputs to a fresh Submission configured from its first entry (built by
     `make`, e.g. as the simulator builds its own); returns the new log, equal to the recorded one
     exactly when the core decided the same."""
-    config = Config(**log[0][1])
+    config = Config.from_json(log[0][1])
     sub = make(config) if make is not None else Submission(config, record=True)
     if sub.log is None:
         raise ValueError("the Submission to replay into must record its log")

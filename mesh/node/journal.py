@@ -201,7 +201,7 @@ class Journal:
         if raw is None:
             return None
         try:
-            config = Config(**json.loads(raw))
+            config = Config.from_json(json.loads(raw))
             bodies = dict(self.db.execute("SELECT ref, body FROM candidates"))
             rows = self.db.execute("SELECT now, wall, entry FROM inputs ORDER BY seq").fetchall()
             entries = []

@@ -59,7 +59,7 @@ def fire(sub: Submission, alarms: list[Alarm]) -> list[Send]:
 def test_a_check_on_the_wire_is_shaped_as_a_real_replica():
     """Same job id format as a real job (the node's: uuid4's first 20 hex digits), a real step's id, the
     replayed step's params and timeout; no `spot-` prefix, no `check` step id, nothing else on the wire."""
-    sub = Submission(Config(1, spot_rate=1.0))
+    sub = Submission(Config(1, spot_rate=1.0, check_tail_s=0))
     real_id = new_job_id(uuid.uuid4().int)  # as the node's submitter makes them
     assert UUID_HEX20.match(real_id) and UUID_HEX20.match(uuid.uuid4().hex[:20])
     effects = run_job(sub, real_id, 0.0)
@@ -91,7 +91,7 @@ def test_checks_and_rechecks_get_job_ids_as_real_jobs_do():
 
 def test_checks_go_out_at_random_moments_never_with_a_replica_and_the_same_seed_gives_the_same_ones():
     def trace(seed: int) -> list[tuple[str, float]]:
-        sub = Submission(Config(seed, spot_rate=1.0, check_spread_s=20.0))
+        sub = Submission(Config(seed, spot_rate=1.0, check_spread_s=20.0, check_tail_s=0))
         got = []
         for i in range(30):
             effects = run_job(sub, f"j{i}", 100.0 * i)
@@ -104,6 +104,43 @@ def test_checks_go_out_at_random_moments_never_with_a_replica_and_the_same_seed_
     assert len(delays) == 90 and 0 <= min(delays) < 2.0 and 18.0 < max(delays) <= 20.0
     assert sum(d < 0.05 for d in delays) <= 1  # "right after a replica" is the exception, not the rule
     assert trace(1) == got and trace(2) != got
+
+
+def planned_delays(seed: int, jobs: int = 60, **config: float) -> list[float]:
+    """How long after its placement each planned check waits, over `jobs` r=3 jobs far apart."""
+    sub = Submission(Config(seed, spot_rate=1.0, **config))
+    got = []
+    for i in range(jobs):
+        now, before = 10_000.0 * i, set(sub.spot.planned)
+        effects = run_job(sub, f"j{i}", now)
+        assert all(s.check is None for s in of(effects, Send))
+        got += sorted(due - now for c, (_, _, due) in sub.spot.planned.items() if c not in before)
+    return got
+
+
+def test_half_the_checks_wait_long_so_no_quiet_gap_tells_a_real_step_from_a_check():
+    """All within 30 s of a placement, a request after a longer silence from its submitter was never a
+    check, and the red team's quiet loner cheated only on those. Half the checks now wait log-uniformly
+    up to check_tail_s, so a silence of a minute, five or fifteen before a request proves nothing."""
+    old = planned_delays(1, check_spread_s=20.0, check_tail_s=0)
+    assert len(old) == 180 and max(old) <= 20.0
+    new = planned_delays(1, check_spread_s=20.0)  # the default tail, 1800 s
+    assert len(new) == 180 and max(new) <= 1800.0
+    late = [d for d in new if d > 20.0]
+    assert 0.35 < len(late) / len(new) < 0.65
+    for gap in (60.0, 300.0, 900.0):  # every scale of silence gets its share (log-uniform)
+        assert sum(d > gap for d in new) >= 5, gap
+    assert planned_delays(1, check_spread_s=20.0, check_tail_s=1800.0) == new
+    assert planned_delays(2, check_spread_s=20.0) != new
+
+
+def test_a_config_from_a_log_written_before_the_long_waits_replays_without_them():
+    """A journal or core log written before check_tail_s existed planned every check within the spread:
+    read back, its checks are drawn as they were, so a replay decides as the run did."""
+    d = dataclasses.asdict(Config(7, spot_rate=0.5))
+    assert Config.from_json(d) == Config(7, spot_rate=0.5)
+    del d["check_tail_s"]
+    assert Config.from_json(d).check_tail_s == 0
 
 
 def test_a_check_takes_one_of_its_workers_slots_and_never_goes_past_the_limit():
@@ -136,7 +173,7 @@ def test_a_check_takes_one_of_its_workers_slots_and_never_goes_past_the_limit():
 @pytest.mark.parametrize("error", ["busy: too many steps in flight", "refused: limit reached",
                                    "the step failed without saying why"])
 def test_busy_or_an_error_is_no_answer_and_never_blacklists(error):
-    sub = Submission(Config(1, spot_rate=1.0))
+    sub = Submission(Config(1, spot_rate=1.0, check_tail_s=0))
     effects = run_job(sub, "j0", 0.0)
     (check, *_) = fire(sub, of(effects, Alarm))
     got = sub.on_result(check.node, check.job, check.step, False, "", None, {}, error, 60.0)
@@ -146,7 +183,7 @@ def test_busy_or_an_error_is_no_answer_and_never_blacklists(error):
 
 
 def test_a_timeout_or_a_lost_worker_is_no_answer_and_only_a_wrong_output_is_cheating():
-    sub = Submission(Config(1, spot_rate=1.0))
+    sub = Submission(Config(1, spot_rate=1.0, check_tail_s=0))
     checks = fire(sub, of(run_job(sub, "j0", 0.0), Alarm))
     assert len(checks) == 3
     late, lost, liar = checks
@@ -161,7 +198,7 @@ def test_a_timeout_or_a_lost_worker_is_no_answer_and_only_a_wrong_output_is_chea
 
 
 def test_only_an_undisputed_answer_becomes_known():
-    sub = Submission(Config(1, spot_rate=0.0))
+    sub = Submission(Config(1, spot_rate=0.0, check_tail_s=0))
     sub.submit("j", job(), 1)
     sends = of(sub.tick("j", pool(*WORKERS), 0.0), Send)
     for s, out in zip(sends, (42, 42, 41), strict=True):
@@ -181,7 +218,7 @@ def test_a_passed_check_is_paid_as_a_replica_is_and_a_failed_one_is_not():
     from the worker's own figures at its card, capped by the step's limits, as the replica it replays."""
     from mesh.core.pricing import RateCard
 
-    sub = Submission(Config(1, spot_rate=1.0))
+    sub = Submission(Config(1, spot_rate=1.0, check_tail_s=0))
     card = RateCard(cpu_s=2.0)
     sub.submit("j0", job(timeout=40), 1)
     candidates = {"python": [Candidate(n, 0.5, f"10.0.{i}", rates=card) for i, n in enumerate(WORKERS)]}
@@ -218,7 +255,7 @@ def test_an_honest_worker_checked_against_a_unanimous_wrong_answer_is_vindicated
     replaying it to an honest worker comes back 42. That worker is not convicted on the colluders' word:
     the step is rerun on workers who had no part in either answer, the recheck overturns 666, the
     colluders are booked as having agreed on a wrong answer and the honest worker is paid for its check."""
-    sub = Submission(Config(1, spot_rate=1.0, blacklist_s=60))
+    sub = Submission(Config(1, spot_rate=1.0, blacklist_s=60, check_tail_s=0))
     settle_on(sub, "j0", ("c1", "c2", "c3"), 666, 0.0)
     assert sub.jobs["j0"].run.steps["prep"].output == 666
     sub.submit("j1", job(), 1)
@@ -253,7 +290,7 @@ def test_an_honest_worker_checked_against_a_unanimous_wrong_answer_is_vindicated
 
 
 def test_a_liar_disputing_a_right_known_answer_is_convicted_once_the_recheck_confirms_it():
-    sub = Submission(Config(1, spot_rate=1.0, blacklist_s=60))
+    sub = Submission(Config(1, spot_rate=1.0, blacklist_s=60, check_tail_s=0))
     settle_on(sub, "j0", ("h1", "h2", "h3"), 42, 0.0)
     sub.submit("j1", job(), 1)
     checks = fire(sub, of(sub.tick("j1", pool("liar", "h4", "h5"), 200.0), Alarm))
@@ -276,7 +313,7 @@ def test_a_liar_disputing_a_right_known_answer_is_convicted_once_the_recheck_con
 def test_a_recheck_on_a_mesh_of_only_those_with_a_part_says_so():
     """On a small mesh every worker may have answered the disputed step or checked it: the recheck can
     ask nobody. It said "the mesh offers 0", which read as a mesh without workers (attack round, 2026-12-06)."""
-    sub = Submission(Config(1, spot_rate=1.0, blacklist_s=60))
+    sub = Submission(Config(1, spot_rate=1.0, blacklist_s=60, check_tail_s=0))
     settle_on(sub, "j0", ("c1", "c2", "c3"), 666, 0.0)
     sub.submit("j1", job(), 1)
     checks = fire(sub, of(sub.tick("j1", pool("h1", "h2", "h3"), 200.0), Alarm))

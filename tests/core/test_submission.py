@@ -175,7 +175,7 @@ def right(sub: Submission, check: Send, now: float) -> list:
 
 def spot_core(keep: int = 1000) -> tuple[Submission, Send, Send]:
     """A core checking every replica; worker `cheat` alone runs job j1 (r=1), then its check."""
-    sub = Submission(Config(1, spot_rate=1.0, blacklist_s=60, keep=keep))
+    sub = Submission(Config(1, spot_rate=1.0, blacklist_s=60, keep=keep, check_tail_s=0))
     sub.submit("j1", ONE, 1)
     effects = sub.tick("j1", pool("cheat"), 0.0)
     (send,) = of(effects, Send)

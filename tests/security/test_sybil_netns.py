@@ -66,7 +66,7 @@ def prefixes(log: list) -> dict[str, set[str]]:
 def banned(log: list) -> set[str]:
     """The workers the submitter holds banned: its core's inputs replayed into a fresh core, whose spot
     checker then holds the same bans (the core is deterministic: mesh.core.submission.replay_log)."""
-    core = Submission(Config(**log[0][1]))
+    core = Submission(Config.from_json(log[0][1]))
     for entry in log[1:]:
         if entry[0] != "effects":
             core.apply(entry)
