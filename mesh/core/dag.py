@@ -7,9 +7,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from mesh.core.catalog import KINDS, PARAMS, REQUIRED
 from mesh.core.compare import Comparator
@@ -17,6 +15,9 @@ from mesh.core.quorum import QuorumRule
 from mesh.errors import JobError
 from mesh.wire.canonical import canonical
 from mesh.wire.envelope import DEFAULT_FRAME_CAP
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 STEP_KINDS = tuple(KINDS)
 MODEL_KINDS = ("llm", "ask-model")  # run by a model runner; ask-model names its model
@@ -59,11 +60,17 @@ class Job:
         """Step ids in a dependency-respecting order (stable: file order breaks ties); computed once, as
         the simulator starts thousands of runs of one job."""
         if self._order is None:
+            import networkx as nx  # see graph()
+
             index = {s.id: i for i, s in enumerate(self.steps)}
             self._order = list(nx.lexicographical_topological_sort(self.graph(), key=index.__getitem__))
         return list(self._order)
 
     def graph(self) -> nx.DiGraph:
+        """networkx is imported at the first job, not with this module: ~14 MiB an idle node (and every
+        `mesh` command that parses no job) would otherwise carry."""
+        import networkx as nx
+
         g = nx.DiGraph()
         for s in self.steps:
             g.add_node(s.id)
@@ -138,6 +145,8 @@ def parse_job(data: Any, source: str = "job", redundancy: int | None = None, quo
     job = Job(name=name, steps=steps, redundancy=r, quorum=rule, timeout=float(timeout), max_replicas=max_rep,
               adaptive=adaptive)
     g = job.graph()
+    import networkx as nx  # see Job.graph
+
     if not nx.is_directed_acyclic_graph(g):
         cycle = " -> ".join(u for u, _ in nx.find_cycle(g))
         raise JobError(f"{source}: steps form a cycle: {cycle}")

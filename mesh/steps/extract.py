@@ -5,9 +5,6 @@ from __future__ import annotations
 
 from urllib.parse import urljoin, urlsplit
 
-import soupsieve
-from bs4 import BeautifulSoup
-
 from mesh.core.dag import Job
 from mesh.errors import JobError, StepFailed
 
@@ -24,6 +21,8 @@ def _text(el) -> str:
 def selector_error(css: str) -> str:
     """'' when BeautifulSoup (soupsieve) can use this CSS selector; otherwise why not. An unparsable one
     raised SelectorSyntaxError out of the worker's task, which then sent no answer at all."""
+    import soupsieve  # imported at the first selector checked: ~6 MiB (with bs4) an idle node does not need
+
     try:
         soupsieve.compile(css)
     except soupsieve.SelectorSyntaxError as exc:
@@ -50,6 +49,9 @@ def extract(html: str, base_url: str, params: dict) -> dict:
     why = selectors_error(params)
     if why:
         raise StepFailed(f"selectors: {why}")
+    # imported where a page is parsed (extract_proc's limited child), not by an idle node
+    from bs4 import BeautifulSoup
+
     soup = BeautifulSoup(html, "html.parser")
     for el in soup(["script", "style", "noscript", "template"]):
         el.decompose()
