@@ -140,6 +140,33 @@ def test_no_one_answer_or_prefix_fills_a_provider_lookup():
     assert list(out) == honest[:2]
 
 
+def test_a_node_own_copy_counts_like_an_answer_per_prefix_it_was_announced_from():
+    """One machine's throwaway keys filled a node's own copy of a rare capability, and that copy went first
+    and whole. It still goes first, as one answer per prefix it was announced from."""
+    ids = lambda n: [peer_id_of(Identity.generate().public_key) for _ in range(n)]  # noqa: E731
+    squat, honest = ids(MAX_PROVIDERS), ids(3)
+    answers = [(f"10.{i}.1.0/24", honest) for i in range(5)]
+    out: dict = {}
+    merge_providers(answers, out, MAX_PROVIDERS, [("10.6.6.0/24", p) for p in squat])
+    assert list(out)[:PER_ANSWER] == squat[:PER_ANSWER] and set(honest) <= set(out) and len(out) == MAX_PROVIDERS
+    out = {}  # the same machine answering too: one prefix's cap for both, while others name someone new
+    listed = honest + ids(MAX_PROVIDERS)
+    merge_providers([("10.6.6.0/24", squat[::-1]), *[(f"10.{i}.1.0/24", listed) for i in range(4)]], out,
+                    MAX_PROVIDERS, [("10.6.6.0/24", p) for p in squat])
+    assert sum(p in squat for p in out) == PER_ANSWER_PREFIX and set(honest) <= set(out)
+    diverse = [(f"10.{i // 2}.2.0/24", p) for i, p in enumerate(ids(MAX_PROVIDERS))]  # 2 a prefix: as before,
+    out = {}                                                                            # whole and in order
+    merge_providers(answers, out, MAX_PROVIDERS, diverse)
+    assert list(out) == [p for _, p in diverse]
+    out = {}
+    merge_providers(answers, out, 5, diverse)
+    assert list(out) == [p for _, p in diverse[:5]]
+    many = ids(MAX_PROVIDERS)  # a loopback mesh: everything on one prefix, every provider still found
+    out = {}
+    merge_providers([("127.0.0.0/24", many)] * 3, out, MAX_PROVIDERS, [("127.0.0.0/24", p) for p in many[::-1]])
+    assert set(out) == set(many)
+
+
 # -- real hosts ----------------------------------------------------------------------------------------
 
 @dataclass
@@ -424,3 +451,44 @@ def test_throwaway_keys_of_one_prefix_cannot_keep_a_newcomer_of_another_out_of_a
             assert str(newcomer.get_id()) in held and len(held) == MAX_PROVIDERS
 
     run_mesh(2, body)
+
+
+@pytest.mark.mesh
+@pytest.mark.timeout(180)
+def test_throwaway_keys_of_one_prefix_filling_a_node_own_copy_do_not_hide_the_honest_providers():
+    """A node outside a rare capability's k closest hears of it from no honest provider (they announce to the
+    closest), so one machine's ~20 throwaway keys fill its own copy. That copy was taken first and whole:
+    `providers` answered the 20 squatters and nothing else, although every closest peer named the honest
+    ones. The own copy is split by the prefix each provider was announced from and capped like an answer."""
+    async def body(peers: list[Peer], _evil):
+        victim, cap = peers[0], "llm:" + "ef" * 32
+        key = capability_key(NET, cap)
+        for p in peers[1:4]:
+            assert await p.disc.provide(cap) >= 1
+        honest = {p.host.get_id() for p in peers[1:4]}
+        # in a loopback mesh of 8 every node is among the 20 closest: forget the honest announcements here
+        # (once they arrived: ADD_PROVIDER has no answer), as a node outside the k closest never heard them
+        store = victim.disc.dht.provider_store.providers
+        with trio.move_on_after(10):
+            while len(store.get(key, {})) < len(honest):
+                await trio.sleep(0.05)
+        victim.disc.dht.provider_store.providers.pop(key, None)
+        victim.disc._provider_origin.pop(key, None)
+        async with AsyncExitStack() as stack:
+            squatters = set()
+            for _ in range(MAX_PROVIDERS + 2):
+                squat = await throwaway(stack, victim, "127.0.6.6")  # one machine, one /24
+                await add_provider_raw(squat, victim.host.get_id(), key, [squat.get_addrs()[0].to_bytes()])
+                squatters.add(squat.get_id())
+            held = victim.disc.dht.provider_store.providers[key]
+            assert len(held) == MAX_PROVIDERS and {str(p) for p in squatters} >= set(held)
+            assert set(victim.disc._provider_origin[key].values()) == {"127.0.6.0/24"}
+            seen.update(honest=honest, squatters=squatters, got=await victim.disc.providers(cap),
+                        other=await peers[-1].disc.providers(cap))
+
+    seen: dict = {}
+    run_mesh(8, body)  # (asserted out here: an assertion inside trio.run surfaces ten exception groups deep)
+    honest, got = seen["honest"], set(seen["got"])
+    assert honest & got == honest, f"{len(honest & got)} honest of {len(got)} ({len(seen['squatters'] & got)} squatters)"
+    assert len(seen["got"]) == MAX_PROVIDERS  # places left over still go to the rest
+    assert honest <= set(seen["other"])  # a node that heard the honest announcements is unaffected

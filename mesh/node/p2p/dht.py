@@ -40,7 +40,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import libp2p.kad_dht.provider_store as _provider_store
@@ -83,7 +83,8 @@ MAX_PROVIDERS = 20  # providers(…) returns at most this many
 # key answered 20 made-up providers and filled the whole list (red team, 2026-12-06). With 4 a peer, 8 a prefix,
 # one machine holds at most 8 of the 20 places while other answers still name someone new; places left over
 # after every answer ran dry or reached its cap are filled round-robin from the rest, so a mesh of few peers or
-# prefixes (a loopback test: one prefix) still finds every provider.
+# prefixes (a loopback test: one prefix) still finds every provider. This node's own copy counts the same way,
+# as one answer per prefix its providers were announced from (`merge_providers`).
 PER_ANSWER = 4
 PER_ANSWER_PREFIX = 8
 MAX_CAPABILITIES = 32  # capabilities this node provides
@@ -552,22 +553,26 @@ class Discovery:
     async def providers(self, capability: str, limit: int = MAX_PROVIDERS) -> list[ID]:
         """Up to `limit` other peers announcing `capability`: those this node holds, then those the closest
         peers to its key name, taken in turn (`merge_providers`). Hints only: a peer may list anyone; dial
-        them (Noise proves who answers) or `lookup` their records."""
+        them (Noise proves who answers) or `lookup` their records.
+
+        Our own copy is capped by the prefix each provider was announced from, like an answer: a node outside
+        the k closest hears no honest provider of a rare capability, and one machine's 20 throwaway keys
+        filled its copy; taken whole, they were all this returned (tests/p2p/test_dht.py)."""
         limit = max(0, min(limit, MAX_PROVIDERS))
         kb = capability_key(self.network, capability)
         if capability in self.looked_up or len(self.looked_up) < MAX_CAPABILITIES:
             self.looked_up[capability] += 1
         ps = self.dht.provider_store
-        out: dict[ID, None] = {}
-        for info in ps.get_providers(kb):  # our own copy, held to the store's caps, goes first
-            if len(out) < limit and self._usable_provider(info.peer_id):
-                out[info.peer_id] = None
+        origin = self._provider_origin.get(kb, {})
+        own = [(origin.get(str(info.peer_id), ""), info.peer_id) for info in ps.get_providers(kb)
+               if self._usable_provider(info.peer_id)]
         peers = await self._closest(kb)
         answers = await self._each(peers, lambda p: ps._get_providers_from_peer_with_closers(p, kb))
         named = [(self._prefix_of_peer(peer), [info.peer_id for info in answers[peer][0][:MAX_PROVIDERS]
                                                 if self._usable_provider(info.peer_id)])
                  for peer in peers if answers.get(peer)]  # in distance order: not who replied first
-        merge_providers(named, out, limit)
+        out: dict[ID, None] = {}
+        merge_providers(named, out, limit, own)
         return list(out)
 
     def _usable_provider(self, peer: ID) -> bool:
@@ -641,21 +646,37 @@ def _count_from(origin: dict[bytes, str], held, source: str) -> int:
     return sum(1 for s in origin.values() if s == source)
 
 
-def merge_providers(answers: list[tuple[str, list[ID]]], out: dict[ID, None], limit: int) -> None:
+def merge_providers(answers: list[tuple[str, list[ID]]], out: dict[ID, None], limit: int,
+                    own: Sequence[tuple[str, ID]] = ()) -> None:
     """Add the providers `answers` name (each the answering peer's network prefix and its list, closest
     peer first) to `out`, up to `limit`: round-robin, and first at most PER_ANSWER from one answer and
     PER_ANSWER_PREFIX from one prefix, so no single close peer or machine decides the whole list; then, if
-    places are left, the rest, still round-robin."""
+    places are left, the rest, still round-robin.
+
+    `own` is this node's own copy, (the prefix each provider was announced from, provider) in store order.
+    It goes first, but as one answer per prefix: at most PER_ANSWER of a prefix, counted against that
+    prefix's PER_ANSWER_PREFIX too (one machine's throwaway keys filled a node's whole copy); its rest joins
+    the last round-robin, first in each turn. A copy no prefix holds more than PER_ANSWER of is taken whole
+    and in order, as before."""
+    from_prefix: Counter[str] = Counter()
+    mine: dict[str, list[ID]] = {}
+    for prefix, peer in own:
+        mine.setdefault(prefix, []).append(peer)
+        if len(out) < limit and peer not in out and from_prefix[prefix] < PER_ANSWER:
+            out[peer] = None
+            from_prefix[prefix] += 1
     pending = [(prefix, iter(ids)) for prefix, ids in answers]
-    _rounds(pending, out, limit, PER_ANSWER, PER_ANSWER_PREFIX)
-    _rounds(pending, out, limit, limit, limit)
+    _rounds(pending, out, limit, PER_ANSWER, PER_ANSWER_PREFIX, from_prefix)
+    _rounds([(prefix, iter(ids)) for prefix, ids in mine.items()] + pending, out, limit, limit, limit)
 
 
 def _rounds(pending: list[tuple[str, Any]], out: dict[ID, None], limit: int, per_answer: int,
-            per_prefix: int) -> None:
+            per_prefix: int, from_prefix: Counter[str] | None = None) -> None:
     """Take one provider not yet in `out` from each answer in turn until `out` holds `limit`, or each
-    answer has run dry or reached its cap (an answer keeps its place in its list for the next call)."""
-    from_answer, from_prefix = [0] * len(pending), Counter()
+    answer has run dry or reached its cap (an answer keeps its place in its list for the next call);
+    `from_prefix` counts what each prefix already added, and is added to."""
+    from_answer = [0] * len(pending)
+    from_prefix = Counter() if from_prefix is None else from_prefix
     live = list(range(len(pending)))
     while live and len(out) < limit:
         for i in list(live):
