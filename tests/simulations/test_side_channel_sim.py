@@ -70,7 +70,9 @@ def test_a_table_the_group_held_whole_is_replayed_to_someone_else_and_overturned
     Replayed from the last 32 accepted steps alone, most steps never were: seeds 1, 2 and 3 kept 5, 3
     and 5 wrong answers and the group earned 23%, 13% and 17% of the credits (ids 20%). Each accepted
     step is now replayed once before any is replayed again (mesh.core.spotcheck.SpotChecker.unchecked):
-    1, 1 and 2 wrong, 15%, 10% and 9%."""
+    1, 1 and 2 wrong, 15%, 10% and 9%. Since half the checks wait up to 30 min (Config.check_tail_s, which
+    took the quiet loners from 75 to 34 wrong), a table is replayed later: 2, 1 and 4 wrong, 23%, 14%
+    and 11% — a trade the README's table states."""
     results = [run("side-channel-all-20", 15000, seed) for seed in (1, 2)]
     assert sum(r["wrong_accepted"] for r in results) <= 3, results
-    assert all(r["adversary_credit_share"] < 0.2 and r["rechecks"] > 0 for r in results), results
+    assert all(r["adversary_credit_share"] < 0.25 and r["rechecks"] > 0 for r in results), results

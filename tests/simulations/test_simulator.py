@@ -166,7 +166,7 @@ def test_a_goodbye_reaches_only_submitters_a_worker_may_hold_something_of(monkey
     submitter that skips the worker is asked what a node asks first (core.holds): it must hold nothing."""
     from simulations.driver import SimSubmitter
 
-    s, text = small("churn", 1500)
+    s, text = small("churn", 4000)  # long enough for leaves of workers some submitter never met
     real = SimSubmitter.on_node_lost
     told, skipped = [0], [0]
 
