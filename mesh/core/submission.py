@@ -383,7 +383,7 @@ class Submission:
 
     def _check_delay(self, timeout: float) -> float:
         """How long a planned check waits. Half the time a long wait, log-uniform from check_spread_s to
-        check_tail_s: checks then also reach a worker after quiet gaps of every length (a minute, an hour),
+        check_tail_s: checks then also reach a worker after quiet gaps of every length up to it (one minute, ten),
         so no length of silence tells a real step from a check. Log-uniform, not uniform: a cheater's
         threshold may be any scale, and each scale gets its share of checks."""
         spread, tail, rng = self.config.check_spread_s, self.config.check_tail_s, self.spot.rng
