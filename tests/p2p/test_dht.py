@@ -23,6 +23,7 @@ from libp2p.records.validator import BlankValidator, NamespacedValidator
 from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
+from mesh.node.p2p import dht as dht_mod
 from mesh.node.p2p.addresses import peer_id_of
 from mesh.node.p2p.dht import (
     MAX_PROVIDER_ADDRS,
@@ -31,6 +32,7 @@ from mesh.node.p2p.dht import (
     NAMESPACE,
     PER_ANSWER,
     PER_ANSWER_PREFIX,
+    PER_SOURCE_KEYS,
     Discovery,
     RecordRefused,
     RecordValidator,
@@ -492,3 +494,32 @@ def test_throwaway_keys_of_one_prefix_filling_a_node_own_copy_do_not_hide_the_ho
     assert honest & got == honest, f"{len(honest & got)} honest of {len(got)} ({len(seen['squatters'] & got)} squatters)"
     assert len(seen["got"]) == MAX_PROVIDERS  # places left over still go to the rest
     assert honest <= set(seen["other"])  # a node that heard the honest announcements is unaffected
+
+
+@pytest.mark.mesh
+@pytest.mark.timeout(120)
+def test_senders_whose_prefix_cannot_be_told_share_one_prefix_caps(monkeypatch):
+    """The per-prefix caps on what peers make this node keep skipped a sender whose link's prefix could
+    not be told (counted as '', as this node's own lookups are): such strangers could fill the whole
+    store. They now share one source's caps (dht.UNKNOWN_SOURCE)."""
+    monkeypatch.setattr(dht_mod, "_prefix_of_conn", lambda conn: "")
+    hosts, per_host = 8, 9  # (ADD_PROVIDER is rate limited to 10 per peer per 10 s)
+
+    async def body(peers: list[Peer], _evil):
+        target = peers[0]
+        async with AsyncExitStack() as stack:
+            squatters = set()
+            for h in range(hosts):
+                squat = await throwaway(stack, target)
+                squatters.add(str(squat.get_id()))
+                for k in range(per_host):
+                    key = capability_key(NET, f"llm:{h:02x}{k:02x}" + "ab" * 30)
+                    await add_provider_raw(squat, target.host.get_id(), key, [squat.get_addrs()[0].to_bytes()])
+            store = target.disc.dht.provider_store.providers
+            seen.update(keys=sum(1 for held in store.values() if squatters & set(held)),
+                        refused=dict(target.disc.refused))
+
+    seen: dict = {}
+    run_mesh(2, body)
+    assert hosts * per_host > PER_SOURCE_KEYS
+    assert seen["keys"] == PER_SOURCE_KEYS and seen["refused"].get("source-full", 0) > 0, seen

@@ -76,6 +76,9 @@ SWEEP_FULL_S = 10.0  # a full store looks for expired entries to make room at mo
 PER_SOURCE = 128
 PER_SOURCE_KEYS = 64  # capability keys (for providers) one prefix may have this node hold
 _SENDER: contextvars.ContextVar[str] = contextvars.ContextVar("dht_sender", default="")
+# a remote sender whose link's prefix cannot be told: all such share one source's caps ('' is this node's own
+# lookups, which the per-source caps skip; a stranger counted as '' skipped them too)
+UNKNOWN_SOURCE = "?"
 MAX_PROVIDERS = 20  # providers(…) returns at most this many
 # Providers one answering peer, and all answering peers of one network prefix, may add to a lookup's result
 # before every other answer has had its turn. An honest answer repeats the others' (each of the 20 closest
@@ -347,7 +350,7 @@ class Discovery:
 
         async def handle_stream(stream: INetStream) -> None:
             """py-libp2p's handler, with the network prefix of the peer it serves known to the store."""
-            token = _SENDER.set(_source_of(self.host, stream))
+            token = _SENDER.set(_source_of(self.host, stream) or UNKNOWN_SOURCE)
             try:
                 await handle(stream)
             finally:
