@@ -26,6 +26,14 @@ STEP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_STEPS = 1000
 
 
+def _networkx():
+    """networkx, imported at the first job, not with this module: ~14 MiB an idle node (and every `mesh`
+    command that parses no job) would otherwise carry."""
+    import networkx
+
+    return networkx
+
+
 @dataclass
 class Step:
     id: str
@@ -60,18 +68,13 @@ class Job:
         """Step ids in a dependency-respecting order (stable: file order breaks ties); computed once, as
         the simulator starts thousands of runs of one job."""
         if self._order is None:
-            import networkx as nx  # see graph()
-
+            nx = _networkx()
             index = {s.id: i for i, s in enumerate(self.steps)}
             self._order = list(nx.lexicographical_topological_sort(self.graph(), key=index.__getitem__))
         return list(self._order)
 
     def graph(self) -> nx.DiGraph:
-        """networkx is imported at the first job, not with this module: ~14 MiB an idle node (and every
-        `mesh` command that parses no job) would otherwise carry."""
-        import networkx as nx
-
-        g = nx.DiGraph()
+        g = _networkx().DiGraph()
         for s in self.steps:
             g.add_node(s.id)
             g.add_edges_from((dep, s.id) for dep in s.after)
@@ -145,8 +148,7 @@ def parse_job(data: Any, source: str = "job", redundancy: int | None = None, quo
     job = Job(name=name, steps=steps, redundancy=r, quorum=rule, timeout=float(timeout), max_replicas=max_rep,
               adaptive=adaptive)
     g = job.graph()
-    import networkx as nx  # see Job.graph
-
+    nx = _networkx()
     if not nx.is_directed_acyclic_graph(g):
         cycle = " -> ".join(u for u, _ in nx.find_cycle(g))
         raise JobError(f"{source}: steps form a cycle: {cycle}")

@@ -501,7 +501,7 @@ def test_throwaway_keys_of_one_prefix_filling_a_node_own_copy_do_not_hide_the_ho
 def test_senders_whose_prefix_cannot_be_told_share_one_prefix_caps(monkeypatch):
     """The per-prefix caps on what peers make this node keep skipped a sender whose link's prefix could
     not be told (counted as '', as this node's own lookups are): such strangers could fill the whole
-    store. They now share one source's caps (dht.UNKNOWN_SOURCE)."""
+    store. They now share one source's caps (trust.UNKNOWN_PREFIX)."""
     monkeypatch.setattr(dht_mod, "_prefix_of_conn", lambda conn: "")
     hosts, per_host = 8, 9  # (ADD_PROVIDER is rate limited to 10 per peer per 10 s)
 

@@ -55,6 +55,7 @@ from libp2p.records.validator import NamespacedValidator, Validator
 from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
+from mesh.core.trust import UNKNOWN_PREFIX
 from mesh.errors import Rejected
 from mesh.node.p2p.addresses import components, key_of
 from mesh.node.peers import prefix_of_ip
@@ -76,9 +77,6 @@ SWEEP_FULL_S = 10.0  # a full store looks for expired entries to make room at mo
 PER_SOURCE = 128
 PER_SOURCE_KEYS = 64  # capability keys (for providers) one prefix may have this node hold
 _SENDER: contextvars.ContextVar[str] = contextvars.ContextVar("dht_sender", default="")
-# a remote sender whose link's prefix cannot be told: all such share one source's caps ('' is this node's own
-# lookups, which the per-source caps skip; a stranger counted as '' skipped them too)
-UNKNOWN_SOURCE = "?"
 MAX_PROVIDERS = 20  # providers(…) returns at most this many
 # Providers one answering peer, and all answering peers of one network prefix, may add to a lookup's result
 # before every other answer has had its turn. An honest answer repeats the others' (each of the 20 closest
@@ -350,7 +348,9 @@ class Discovery:
 
         async def handle_stream(stream: INetStream) -> None:
             """py-libp2p's handler, with the network prefix of the peer it serves known to the store."""
-            token = _SENDER.set(_source_of(self.host, stream) or UNKNOWN_SOURCE)
+            # a sender whose link's prefix cannot be told counts as UNKNOWN_PREFIX, all such as one source: ''
+            # (this node's own lookups, which the per-source caps skip) let strangers skip them too
+            token = _SENDER.set(_source_of(self.host, stream) or UNKNOWN_PREFIX)
             try:
                 await handle(stream)
             finally:
