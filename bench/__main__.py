@@ -54,8 +54,9 @@ BENCHES = (
     Bench("llm", "bench.llm_mesh", ("--tokens", "64"), ("--tokens", "128"), {"llm_vs_direct": "llm_vs_direct"}),
     Bench("mesh_jobs", "bench.mesh_jobs", ("--jobs", "5", "--burst", "40"), ("--jobs", "20", "--burst", "200"),
           {"latency_r1_s": "latency_r1_s", "latency_r3_s": "latency_r3_s", "latency_r5_s": "latency_r5_s",
-           "latency_r3_vs_direct": "latency_r3_vs_direct", "jobs_per_s_r1": "jobs_per_s_r1",
-           "jobs_per_s_r3": "jobs_per_s_r3"}),
+           "latency_r3_vs_direct": "latency_r3_vs_direct",
+           "latency_r3_vs_slowest_replica": "latency_r3_vs_slowest_replica", "jobs_per_s_r1": "jobs_per_s_r1",
+           "jobs_per_s_r3": "jobs_per_s_r3", "jobs_per_s_r3_vs_direct": "jobs_per_s_r3_vs_direct"}),
     Bench("llm_verify", "bench.llm_verify", ("--tokens", "64"), (),
           {"verify_vs_generate": "verify_vs_generate"}),
     Bench("transport", "bench.transport", (),
@@ -85,6 +86,10 @@ GOALS = (
     Goal("python_step_vs_bwrap", 1.3, False, "python step time (warm sandbox) ÷ a bare bwrap start"),
     Goal("simulator_vs_simpy", 2.0, True, "simulated events/s, whole run ÷ the same run on SimPy"),
     Goal("simulator_size_spread", 2.0, False, "simulated events/s at the fastest network size ÷ the slowest (100 → 100,000 nodes)"),
+    Goal("verify_vs_generate", 0.15, False, "scoring a claim of llm tokens in one pass ÷ generating them"),
+    Goal("latency_r3_vs_slowest_replica", 2.0, False,
+         "a one-step python job at r=3, submit to result ÷ its slowest replica's own step time"),
+    Goal("jobs_per_s_r3", 30, True, "one-step python jobs at r=3 a second, one submitting node, a burst at once"),
     Goal("idle_node_uss_mib", 40, False, "MiB no other process shares, summed over an idle node's tree (no model)"),
 )
 
