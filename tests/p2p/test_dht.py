@@ -26,6 +26,7 @@ from multiaddr import Multiaddr
 from mesh.node.p2p import dht as dht_mod
 from mesh.node.p2p.addresses import peer_id_of
 from mesh.node.p2p.dht import (
+    _SENDER,
     MAX_PROVIDER_ADDRS,
     MAX_PROVIDERS,
     MAX_RECORD_BYTES,
@@ -113,6 +114,30 @@ def test_the_newest_valid_value_wins():
     assert v.select(key, values) == 2
     assert v.select(key, [encode_record(new), encode_record(old)]) == 0
     assert v.select(key, [encode_record(new), encode_record(new)]) == 1  # re-storing the same value is fine
+
+
+@pytest.mark.timeout(60)
+def test_what_a_node_remembers_of_providers_that_expired_stays_bounded():
+    """Each provider's prefix was remembered until the capability's list was full: on a list that never
+    filled, every provider that came and expired stayed in `_provider_origin` for good (200 announcements
+    with 5 live at a time: 200 kept)."""
+    async def main() -> tuple[int, int, set[str]]:
+        disc = Discovery(build_host(Identity.generate(0)), NET)
+        key, store = capability_key(NET, "python"), disc.dht.provider_store
+        token = _SENDER.set("10.1.2.0/24")
+        try:
+            for _ in range(200):
+                store.add_provider(key, PeerInfo(peer_id_of(Identity.generate(0).public_key), []))
+                held = store.providers[key]
+                if len(held) > 5:  # the oldest expires, as the store's cleanup drops it
+                    del held[next(iter(held))]
+        finally:
+            _SENDER.reset(token)
+        return len(disc._provider_origin[key]), len(store.providers[key]), set(store.providers[key])
+
+    kept, live, held = trio.run(main)
+    assert live == 5 and kept <= 2 * MAX_PROVIDERS, kept
+    assert held  # the live providers' prefixes are still known
 
 
 def test_no_one_answer_or_prefix_fills_a_provider_lookup():

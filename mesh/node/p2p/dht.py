@@ -313,15 +313,25 @@ class Discovery:
             addrs = [a for a in provider.addrs[:MAX_PROVIDER_ADDRS] if len(a.to_bytes()) <= MAX_ADDR_BYTES]
             add_provider(key, PeerInfo(provider.peer_id, addrs))
             if key in providers.providers:
-                if source:
-                    self._key_origin.setdefault(key, source)
-                self._provider_origin.setdefault(key, {})[str(provider.peer_id)] = source
-                if len(self._provider_origin) > MAX_PROVIDER_KEYS:  # keys whose providers all expired
-                    for gone in [k for k in self._provider_origin if k not in providers.providers]:
-                        del self._provider_origin[gone]
+                self._note_origin(key, str(provider.peer_id), source, providers.providers)
 
         values.put_record = capped_put_record  # type: ignore[method-assign]
         providers.add_provider = capped_add_provider  # type: ignore[method-assign]
+
+    def _note_origin(self, key: bytes, peer: str, source: str, stored: dict) -> None:
+        """Remember the prefix `peer` was announced from for capability `key` (stored now in `stored`, the
+        provider store's key → providers). What is remembered of providers that expired is dropped once it
+        outgrows what is held: on a list that never filled, every provider that came and went stayed."""
+        if source:
+            self._key_origin.setdefault(key, source)
+        origin = self._provider_origin.setdefault(key, {})
+        origin[peer] = source
+        if len(origin) > 2 * MAX_PROVIDERS:
+            for gone in [p for p in origin if p not in stored[key]]:
+                del origin[gone]
+        if len(self._provider_origin) > MAX_PROVIDER_KEYS:  # keys whose providers all expired
+            for gone in [k for k in self._provider_origin if k not in stored]:
+                del self._provider_origin[gone]
 
     def _room_for(self, held: dict, key: bytes, peer: str, source: str) -> bool:
         """Whether a provider from prefix `source` may join a capability's providers (py-libp2p keeps 20,
