@@ -19,9 +19,15 @@ def read_text(path: Path | str, what: str, limit: int, error: type[UserError] = 
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:  # (before fdopen: it raised IsADirectoryError for a directory, which no caller expected)
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError as exc:
+        os.close(fd)
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    if not regular:
+        os.close(fd)
+        raise error(f"{what} {path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise error(f"{what} {path} is not a regular file")
         try:
             data = f.read(limit + 1)
         except OSError as exc:

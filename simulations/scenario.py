@@ -10,9 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mesh.errors import Rejected, UserError
+from mesh.userfiles import read_text
 from mesh.wire.schema import parse
 
 SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+MAX_SCENARIO = 1 << 20  # bytes of a scenario file (the built-in ones are a few KiB)
 
 
 class ScenarioError(UserError):
@@ -137,7 +141,7 @@ def resolve(name: str) -> Path:
 def load(name: str) -> tuple[Scenario, str]:
     """(scenario, its TOML text) from a path or a built-in name."""
     path = resolve(name)
-    text = path.read_text()
+    text = read_text(path, "scenario file", MAX_SCENARIO, ScenarioError)  # (a binary file raised a traceback)
     return parse_text(text, str(path)), text
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,17 +58,36 @@ def header(scenario_text: str, source: str, seed: int, overrides: dict) -> str:
                        "overrides": overrides})
 
 
+MAX_HEADER = 2 << 20  # bytes of a trace's header line: the scenario's text (MAX_SCENARIO) and the run's settings
+
+
 def read_header(path: Path) -> tuple[dict, IO[str]]:
-    """The header of a trace file and the file, positioned at its first record."""
+    """The header of a trace file and the file, positioned at its first record. Only a regular file is
+    read (/dev/zero's one endless line filled memory, a FIFO hung), and its header's fields are checked: a
+    header without a scenario or with a seed that is not a whole number raised a traceback."""
     try:
-        f = path.open()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise TraceError(f"cannot read trace {path}: {exc.strerror}") from None
     try:
-        head = json.loads(f.readline())
-        if not isinstance(head, dict) or head.get("format") != FORMAT:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError as exc:
+        os.close(fd)
+        raise TraceError(f"cannot read trace {path}: {exc.strerror}") from None
+    if not regular:
+        os.close(fd)
+        raise TraceError(f"trace {path} is not a regular file")
+    f = os.fdopen(fd, encoding="utf-8")
+    try:
+        line = f.readline(MAX_HEADER + 1)
+        if len(line) > MAX_HEADER:
             raise ValueError
-    except ValueError:
+        head = json.loads(line)
+        if not isinstance(head, dict) or head.get("format") != FORMAT or not isinstance(head.get("scenario"), str) \
+                or type(head.get("seed")) is not int or not isinstance(head.get("source", ""), str) \
+                or not isinstance(head.get("overrides") or {}, dict):
+            raise ValueError
+    except (ValueError, RecursionError, OSError):  # (UnicodeDecodeError is a ValueError)
         f.close()
         raise TraceError(f"{path} is not a homemesh simulator trace (written by `mesh simulate --trace`)") from None
     return head, f

@@ -446,13 +446,9 @@ def _ledger_export(args: argparse.Namespace, led, me: str) -> int:
 
 def _record_keys(home: Path) -> list[str]:
     """The keys of the signed peer records a node holds (peers.json): peers it has met."""
-    from mesh.node.home import PEERS_FILE
+    from mesh.node.home import read_peers
 
-    try:
-        records = json.loads((home / PEERS_FILE).read_text())
-    except (OSError, ValueError):
-        return []
-    keys = [r.get("key") for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+    keys = [r.get("key") for r in read_peers(home) if isinstance(r, dict)]
     return [k for k in keys if isinstance(k, str) and len(k) == 64 and all(c in "0123456789abcdef" for c in k)]
 
 
@@ -871,7 +867,7 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--down-after", type=float, default=20.0, metavar="SECONDS",
                     help="call a linked peer down, and close its links, after this long without a word from it "
                          "(default 20; shorter limits send hellos more often, so three are missed first)")
-    sp.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: up to 4)")
+    sp.add_argument("--threads", type=int, default=0, help="llama.cpp threads, at most 512 (default: up to 4)")
     from mesh.node.owner import parse_hours, parse_idle, parse_memory, parse_share, parse_steps
 
     sp.add_argument("--max-cpu", metavar="PERCENT", type=_owner_flag(parse_share),

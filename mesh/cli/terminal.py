@@ -20,5 +20,7 @@ def os_problem(exc: OSError) -> str:
     """An error of this machine's files in the words a person reads: the path and what the system said
     ("/proc/x: No such file or directory"), not Python's "[Errno 2] ..."."""
     what = exc.strerror or str(exc) or type(exc).__name__
-    paths = [os.fsdecode(p) for p in (exc.filename, exc.filename2) if p is not None]
+    # (a file descriptor's errors name it by number: fsdecode raised TypeError on the int)
+    paths = [os.fsdecode(p) if isinstance(p, (str, bytes, os.PathLike)) else str(p)
+             for p in (exc.filename, exc.filename2) if p is not None]
     return f"{' → '.join(paths)}: {what}" if paths else what

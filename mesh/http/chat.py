@@ -105,7 +105,8 @@ def _json_schema(fmt: dict[str, Any]) -> dict[str, Any] | None:
     if fmt.get("type") == "json_object":
         return {"type": "object"}
     if fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
+        spec = fmt.get("json_schema") or {}  # (a string or a list here raised AttributeError: a 500)
+        schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise ChatError("response_format.json_schema.schema must be a JSON schema object", "response_format")
         return schema

@@ -129,7 +129,7 @@ class HeldHeads:
         parse (it is our own file, but its heads are still peers' claims, checked again when handed back)."""
         try:
             data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # (nested 100,000 deep, it stopped the node's start)
             return
         if not isinstance(data, dict):
             return

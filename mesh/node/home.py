@@ -15,8 +15,10 @@ from mesh.userfiles import read_text
 
 TOKEN_FILE = "api-token"
 RUNTIME_FILE = "node.json"
+MAX_RUNTIME_FILE = 64 << 10  # bytes of node.json (its node id, pid and two addresses)
 LEDGER_FILE = "ledger.db"
 PEERS_FILE = "peers.json"
+MAX_PEERS_FILE = 64 << 20  # bytes of peers.json (the peer table's signed records, at most 10,000)
 REPLAY_FILE = "replay.json"
 CANCEL_DIR = "cancel"  # a file named for a running step's request id here tells its actor to stop it
 LOCK_FILE = "node.lock"  # flock'd by the node running on this home, for its whole life
@@ -138,14 +140,28 @@ class RuntimeInfo:
     @classmethod
     def read(cls, home: Path) -> "RuntimeInfo":
         path = home / RUNTIME_FILE
-        try:
-            data = json.loads(path.read_text())
-            return cls(str(data["node"]), int(data["pid"]), str(data["api"]), str(data["listen"]))
-        except FileNotFoundError:
+        if not os.path.lexists(path):
             raise ConfigError(f"no running node found in {home} (no {RUNTIME_FILE}); start one with "
-                              f"`mesh node --home {home}`") from None
-        except (ValueError, KeyError, TypeError):
+                              f"`mesh node --home {home}`")
+        # (bounded and a regular file: linked to /dev/zero it was read until memory ran out, and JSON nested
+        # 100,000 deep was a RecursionError traceback)
+        text = read_text(path, RUNTIME_FILE, MAX_RUNTIME_FILE, ConfigError)
+        try:
+            data = json.loads(text)
+            return cls(str(data["node"]), int(data["pid"]), str(data["api"]), str(data["listen"]))
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise ConfigError(f"{path} is damaged; restart the node") from None
+
+
+def read_peers(home: Path) -> list:
+    """The JSON list in HOME/peers.json (the records of the peers a node knew, each still to be checked),
+    [] when there is none or it is damaged: JSON nested 100,000 deep stopped the node's start with a
+    RecursionError, and the file linked to /dev/zero was read until memory ran out."""
+    try:
+        raw = json.loads(read_text(home / PEERS_FILE, PEERS_FILE, MAX_PEERS_FILE, ConfigError))
+    except (ConfigError, ValueError, RecursionError):
+        return []
+    return raw if isinstance(raw, list) else []
 
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:

@@ -57,6 +57,7 @@ from mesh.node.home import (
     RuntimeInfo,
     ensure_token,
     lock_home,
+    read_peers,
     write_private,
 )
 from mesh.node.journal import Journal
@@ -107,6 +108,7 @@ HELLO_EVERY_S = 6.0  # how often each linked peer gets a hello when nothing else
 # message costs ~1 ms of Python on each side, and hellos to every link every 2 s kept 32 nodes on 2 cores
 # from settling; a crashed peer is seen at once anyway, by its connection closing
 DOWN_AFTER_S = 20.0  # a linked peer silent this long (three hellos missed) is down
+MAX_THREADS = 512  # llama.cpp threads (--threads): more than a home computer has cores; 100,000 crashed llama.cpp
 MAX_GOSSIP = 8  # records a hello carries, and takes: a sample for a start; the DHT finds the rest
 # Workers per capability a node keeps linked, found through the DHT when gossip did not, on as many network
 # prefixes when the mesh has them (`to_dial`): placement draws a prefix as one node, so an operator holding 2
@@ -675,11 +677,7 @@ class Node:
         self._saved_peers = self.peers.version
 
     def _load_peers(self) -> None:
-        try:
-            raw = json.loads((self.opts.home / PEERS_FILE).read_text())
-        except (OSError, ValueError):
-            return
-        for item in raw if isinstance(raw, list) else []:
+        for item in read_peers(self.opts.home):
             try:
                 rec = parse(PeerRecord, item, "peer record")
             except Rejected:
@@ -1309,6 +1307,15 @@ def _check_periods(opts: NodeOptions) -> None:
         raise ConfigError("--relay-budget is a size from 1MB to 1PB (bytes an hour relayed for others)")
 
 
+def _check_counts(opts: NodeOptions) -> None:
+    if opts.frame_cap < 64 << 10:
+        raise ConfigError("--frame-cap must be at least 65536 bytes")
+    if not 1 <= opts.max_links <= 10_000:
+        raise ConfigError("--max-links must be from 1 to 10000")
+    if not 0 <= opts.threads <= MAX_THREADS:  # (100,000 started, and its model runner segfaulted on every step)
+        raise ConfigError(f"--threads is 0 (up to 4, the default) or a number of llama.cpp threads up to {MAX_THREADS}")
+
+
 def _check_options(opts: NodeOptions) -> str:
     """Refuse a bad set-up with a ConfigError before anything starts (`--collude` alone implies
     `--fault wrong`: set here); returns the --model file's SHA-256, '' without one."""
@@ -1326,10 +1333,7 @@ def _check_options(opts: NodeOptions) -> str:
         raise ConfigError("--credit-line is a number of credits, 0 or more")
     if not 0 <= opts.spot_rate <= 1:
         raise ConfigError("--spot-rate is a probability, from 0 to 1")
-    if opts.frame_cap < 64 << 10:
-        raise ConfigError("--frame-cap must be at least 65536 bytes")
-    if not 1 <= opts.max_links <= 10_000:
-        raise ConfigError("--max-links must be from 1 to 10000")
+    _check_counts(opts)
     if opts.require_credit is not None and not (0 <= opts.require_credit < float("inf")):
         raise ConfigError("--require-credit is a number of credits, 0 or more")
     _check_periods(opts)

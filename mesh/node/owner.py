@@ -129,6 +129,8 @@ def read_file(home: Path) -> dict[str, Any]:
         return {}
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    except RecursionError:  # (an array nested 100,000 deep stopped the node's start with a traceback)
+        raise ConfigError(f"{path}: nested too deep") from None
     unknown = sorted(set(data) - set(_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(_KEYS)})")

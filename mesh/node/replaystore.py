@@ -54,7 +54,7 @@ class ReplayStore:
         """Fold one line into the marks; a torn last line (the node died mid-write) is skipped."""
         try:
             raw = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         for key, mark in raw.items() if isinstance(raw, dict) else ():
             if (isinstance(mark, list) and len(mark) == 2 and all(type(x) is int for x in mark)

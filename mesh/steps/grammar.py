@@ -13,8 +13,9 @@ from mesh.core.dag import MODEL_KINDS, Job
 from mesh.errors import JobError, StepFailed
 from mesh.steps.llamalog import quiet_llama
 
-# what llama.cpp's pure-Python schema converter raises on a schema it cannot translate
-_CONVERTER_ERRORS = (AssertionError, ValueError, KeyError, TypeError, RecursionError)
+# what llama.cpp's pure-Python schema converter raises on a schema it cannot translate: anything, since
+# it trusts the schema's shape (`"properties": [1]` raised AttributeError: POST /jobs answered a 500)
+_CONVERTER_ERRORS = (Exception,)
 
 
 def _to_gbnf(schema: Any) -> tuple[str, str]:

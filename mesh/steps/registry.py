@@ -47,7 +47,7 @@ class Registry:
             if not isinstance(data, dict):
                 raise ValueError("not an object")
             return data
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, RecursionError) as exc:  # (nested 100,000 deep: a traceback at every use)
             raise ConfigError(f"{self.path} is damaged ({exc}); fix or delete it") from None
 
     def entries(self) -> list[ModelEntry]:

@@ -72,7 +72,7 @@ def step_user(home: Path, node_id: str) -> StepUser | None:
         return StepUser(int(data["uid"]), int(data["gid"]))
     except FileNotFoundError:
         pass
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ConfigError(f"{path} is damaged ({exc}); delete it to choose a new step user") from None
     start = int.from_bytes(hashlib.sha256(node_id.encode()).digest()[:8], "big") % SPAN
     uid = next(FIRST_UID + (start + i) % SPAN for i in range(SPAN) if not _taken(FIRST_UID + (start + i) % SPAN))
