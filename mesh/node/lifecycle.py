@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -1307,9 +1308,18 @@ def _check_periods(opts: NodeOptions) -> None:
         raise ConfigError("--relay-budget is a size from 1MB to 1PB (bytes an hour relayed for others)")
 
 
+NETWORK_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # (its length is one byte of every signed envelope's bytes)
+MAX_FRAME_CAP = 64 << 20  # bytes: a frame this size is buffered whole before its signature is checked
+MAX_BLACKLIST_S = 365 * 86400.0
+
+
 def _check_counts(opts: NodeOptions) -> None:
-    if opts.frame_cap < 64 << 10:
-        raise ConfigError("--frame-cap must be at least 65536 bytes")
+    if not NETWORK_ID.fullmatch(opts.network):  # (300 characters started a node whose first seal crashed)
+        raise ConfigError("--network is 1 to 64 letters, digits, '.', '_' or '-'")
+    if not 64 << 10 <= opts.frame_cap <= MAX_FRAME_CAP:
+        raise ConfigError(f"--frame-cap must be from 65536 to {MAX_FRAME_CAP} bytes")
+    if not 0 <= opts.blacklist_s <= MAX_BLACKLIST_S:  # (nan and -1 were taken)
+        raise ConfigError("--blacklist is a number of seconds from 0 to a year (31536000)")
     if not 1 <= opts.max_links <= 10_000:
         raise ConfigError("--max-links must be from 1 to 10000")
     if not 0 <= opts.threads <= MAX_THREADS:  # (100,000 started, and its model runner segfaulted on every step)

@@ -3,7 +3,8 @@ CLI, 2026-12-06, second pass): a directory named as a job file or as receipts, a
 llama.cpp's converter trips over, a trace file `mesh replay` cannot use (a header without a scenario, a
 seed that is not a whole number, brackets 100,000 deep, /dev/zero, a FIFO) and a scenario file of other
 bytes than UTF-8; a home's node.json nested 30,000 deep or linked to /dev/zero, its models.json or
-node.toml nested 100,000 deep; `mesh node --threads` of no sensible count. Each was a traceback (or a
+node.toml nested 100,000 deep; `mesh node --threads`, `--network`, `--frame-cap` or `--blacklist` of
+no sensible value. Each was a traceback (or a
 hang, or a node whose model runner crashed on every step); each is one line and exit code 2."""
 
 from __future__ import annotations
@@ -81,13 +82,19 @@ def test_a_scenario_file_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path)
     one_line(run_cli("simulate", str(tmp_path / "latin.toml")), 2, "not UTF-8")
 
 
-@pytest.mark.parametrize("threads", ["100000", "-5"])
-def test_a_thread_count_llama_cpp_cannot_run_with_is_refused_before_the_node_starts(tmp_path: Path, threads):
+@pytest.mark.parametrize("flag,value,said", [
+    ("--threads", "100000", "--threads is 0"), ("--threads", "-5", "--threads is 0"),
+    ("--network", "x" * 300, "--network is 1 to 64"), ("--network", "", "--network is 1 to 64"),
+    ("--frame-cap", "99999999999999", "--frame-cap must be from"),
+    ("--blacklist", "nan", "--blacklist is"), ("--blacklist", "-1", "--blacklist is")])
+def test_a_node_setting_of_no_sensible_value_is_refused_before_the_node_starts(tmp_path: Path, flag, value, said):
     """`mesh node --threads 100000` started, advertised its model, and its model runner died (SIGSEGV in
-    llama.cpp) on every step: a typo that failed every peer's step. A negative count means nothing. Both
-    are refused at start, in one line."""
+    llama.cpp) on every step: a typo that failed every peer's step. A negative count means nothing. A
+    network id of 300 characters started a node whose first signed envelope would fail (its length is one
+    byte of the signed bytes); a frame cap of 100 TB let any peer make it buffer that much; a blacklist of
+    nan or -1 seconds was taken. Each is refused at start, in one line."""
     proc = subprocess.Popen([sys.executable, "-m", "mesh", "node", "--home", str(tmp_path / "n"), "--listen",
-                             "127.0.0.1:0", "--api", "127.0.0.1:0", "--no-model", "--threads", threads],
+                             "127.0.0.1:0", "--api", "127.0.0.1:0", "--no-model", flag, value],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True, start_new_session=True)
     try:
@@ -95,8 +102,8 @@ def test_a_thread_count_llama_cpp_cannot_run_with_is_refused_before_the_node_sta
     except subprocess.TimeoutExpired:  # it started: stop it (and its actors) by its process group
         stop_session(proc, timeout=20)
         proc.communicate()
-        pytest.fail(f"mesh node --threads {threads} started a node")
-    one_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), 2, "--threads is 0")
+        pytest.fail(f"mesh node {flag} {value[:20]} started a node")
+    one_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), 2, said)
 
 
 def test_a_damaged_node_json_is_refused_in_one_line(home: Path):
