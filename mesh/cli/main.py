@@ -806,11 +806,11 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
                     help="bytes an hour this node relays for others in all, a quarter of it for one network "
                          "(e.g. 500MB; default 2GB): past it, circuits end and new ones are refused until the "
                          "hour refills it")
-    sp.add_argument("--network", default="homemesh-local", help="network id; nodes of other networks are refused")
+    sp.add_argument("--network", default="homemesh-local", help="network id, 1 to 64 letters, digits, '.', '_' or '-'; nodes of other networks are refused")
     sp.add_argument("--advertise", metavar="HOST:PORT",
                     help="the address peers should dial (default: --listen; set it when listening on 0.0.0.0)")
     sp.add_argument("--frame-cap", type=int, default=1 << 20, metavar="BYTES",
-                    help="largest peer frame accepted (default 1 MiB); larger frames drop the connection")
+                    help="largest peer frame accepted, 64 KiB to 64 MiB (default 1 MiB); larger frames drop the connection")
     sp.add_argument("--fault", choices=["wrong", "overclaim", "silent", "slow", "crash", "forge", "relay-drop", "relay-delay",
                                         "check-aware", "busy", "slander", "corrupt-model"],  # mesh.node.lifecycle.FAULTS
                     help="misbehave on purpose (tests and demos): wrong answers, right answers claiming the whole time limit "
@@ -828,7 +828,7 @@ def _add_node_options(sp: argparse.ArgumentParser) -> None:
                          "answer blacklists it and voids its unsettled answers; busy or no answer costs nothing "
                          "(default 0)")
     sp.add_argument("--blacklist", type=float, default=3600.0, metavar="SECONDS",
-                    help="how long a worker that failed a spot check gets no work (default 3600)")
+                    help="how long a worker that failed a spot check gets no work, 0 to a year (default 3600)")
     sp.add_argument("--core-log", action="store_true",
                     help="keep every input and decision of each job's cross-checking core in its report "
                          "(core_log), so `mesh.core.jobrun.replay_log` or a test can replay it")
