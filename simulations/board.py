@@ -24,7 +24,10 @@ _READABLE_FROM = itemgetter(0)
 @dataclass
 class Board:
     delay_s: float = 30.0  # from publication to being readable by every other submitter
-    posts: list[tuple[float, Post]] = field(default_factory=list)  # (readable from, testimony), in order
+    posts: list[Post] = field(default_factory=list)  # in the order published
+    # when each of `posts` becomes readable (in order too): apart, a read is two slices of lists (one list of
+    # pairs was a pair unpacked per post per reader, a tenth of a late huge-100k run)
+    readable: list[float] = field(default_factory=list)
     cursors: dict[str, int] = field(default_factory=dict)  # reader → index into posts of its next read
     last_read: dict[str, float] = field(default_factory=dict)  # reader → virtual time of its last read
     # worker → issuer → its recent testimony about the worker, (readable from, testimony) in order: the
@@ -33,7 +36,8 @@ class Board:
 
     def publish(self, t: Post, now: float) -> None:
         post = (now + self.delay_s, t)
-        self.posts.append(post)
+        self.posts.append(t)
+        self.readable.append(post[0])
         if type(t) is Testimony:
             said = self.recent.setdefault(t.worker, {}).setdefault(t.issuer, [])
             said.append(post)
@@ -59,13 +63,13 @@ class Board:
         # posts are published at the engine's time, which only goes forward: their readable times are in
         # order, so the first one not yet readable is found by halving (a walk past every post cost each
         # of 200 readers a step per post)
-        end = bisect_right(self.posts, now, lo=start, key=_READABLE_FROM)
+        end = bisect_right(self.readable, now, lo=start)
         self.cursors[reader], self.last_read[reader] = end, now
-        out = [t for _, t in self.posts[start:end]]
+        out = self.posts[start:end]
         # the slowest reader's cursor is at most this one's: look for it only when this one is past TRIM_AT
         low = min(self.cursors.values()) if end >= TRIM_AT else 0
         if low >= TRIM_AT:
-            del self.posts[:low]
+            del self.posts[:low], self.readable[:low]
             for r in self.cursors:
                 self.cursors[r] -= low
         return out

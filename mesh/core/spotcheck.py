@@ -179,7 +179,10 @@ class SpotChecker:
         self.memory = memory
         self.unchecked: dict[str, deque[Challenge]] = {}  # kind → accepted steps not replayed yet (UNCHECKED)
         self.banned: dict[str, float] = {}  # node → until (seconds, caller's clock)
-        self.vouched: dict[str, deque] = {}  # node → recent (job, step, alone) it agreed on, for rechecks
+        # node → its recent (job, step, alone) agreements, for rechecks: plain lists, oldest first, at most
+        # VOUCHED (a deque(maxlen=...) costs 760 bytes even holding one, and a submitter of a big mesh keeps
+        # one for every worker it ever accepted an answer from)
+        self.vouched: dict[str, list[tuple[str, str, bool]]] = {}
         self.planned: dict[str, tuple[str, Challenge, float]] = {}  # check id → (worker, challenge, due)
         self.out: dict[str, tuple[str, Challenge, float]] = {}  # check id → (worker, challenge, deadline)
 
@@ -235,8 +238,12 @@ class SpotChecker:
 
     def vouch(self, nodes: tuple[str, ...], job: str, step: str) -> None:
         """These workers agreed on an accepted answer: if one is caught cheating later, recheck it."""
+        alone = len(nodes) == 1
         for node in nodes:
-            self.vouched.setdefault(node, deque(maxlen=VOUCHED)).append((job, step, len(nodes) == 1))
+            held = self.vouched.setdefault(node, [])
+            held.append((job, step, alone))
+            if len(held) > VOUCHED:  # the oldest forgotten, as a full deque(maxlen=VOUCHED) would
+                del held[0]
 
     def to_recheck(self, node: str) -> list[tuple[str, str]]:
         """The accepted steps a worker just caught cheating had vouched for (each returned once)."""
@@ -255,7 +262,11 @@ class SpotChecker:
         picked = [held[i][:2] for i in alone]
         if alone:
             taken = set(alone)
-            self.vouched[node] = deque((v for i, v in enumerate(held) if i not in taken), maxlen=held.maxlen)
+            rest = [v for i, v in enumerate(held) if i not in taken]
+            if rest:
+                self.vouched[node] = rest
+            else:  # nothing left of it: its entry goes too (an empty one told `ran_alone` no all the same)
+                del self.vouched[node]
         return picked
 
     def remember(self, kind: str, params: dict, output: Any, step: str = "", timeout: float = 0.0,

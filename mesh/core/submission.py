@@ -289,7 +289,7 @@ class Submission:
         expired = self.spot.expire(now)
         for check_id, node in expired:
             for key in [k for k in self.outstanding.get(node, {}) if k[0] == check_id]:
-                del self.outstanding[node][key]
+                self._unhold(node, key)
         for check_id in self.spot.due(now):
             node, challenge, _ = self.spot.planned[check_id]
             if self.spot.blacklisted(node, now):
@@ -350,8 +350,15 @@ class Submission:
     def _busy(self, node: str, now: float) -> bool:
         out = self.outstanding.get(node, {})
         for key in [k for k, deadline in out.items() if deadline <= now]:
-            del out[key]  # past its deadline: the core has failed it; the worker's slot is free or dead
+            self._unhold(node, key)  # past its deadline: the core has failed it; the worker's slot is free or dead
         return len(out) >= self._per_peer.get(node, self.config.per_worker)
+
+    def _unhold(self, node: str, key: tuple[str, str]) -> None:
+        """`node` no longer holds request `key` of ours; a worker left holding none leaves `outstanding`
+        (kept, its emptied map stayed for every worker ever placed on: 63,000 in a 40,000-step huge-100k)."""
+        held = self.outstanding.get(node)
+        if held is not None and held.pop(key, None) is not None and not held:
+            del self.outstanding[node]
 
     def _dispatch(self, job_id: str, d: Dispatch, now: float, out: list[Effect]) -> None:
         """Send a replica now (its slot taken at once), or queue it while this worker already has as many
@@ -403,7 +410,7 @@ class Submission:
 
     def _release(self, node: str, job_id: str, step: str, now: float, out: list[Effect]) -> None:
         """A request to `node` was answered (or never sent): send what waits for that worker."""
-        self.outstanding.get(node, {}).pop((job_id, step), None)
+        self._unhold(node, (job_id, step))
         self._drain(node, now, out)
 
     def _drain(self, node: str, now: float, out: list[Effect]) -> None:

@@ -320,7 +320,7 @@ class Shared:
         weight in `side-channel-all-20`. An honest issuer is contradicted only where a worker cheats it
         and not this node, and says right of most; the ring said wrong of four ids in five."""
         verdict: dict[str, bool] = {}  # worker → right here (True) / wrong here lately (False)
-        for worker in self.about:
+        for worker in self._judged_here():
             if self._wrong_lately(worker):
                 verdict[worker] = False
             elif self.own.streak(worker):
@@ -336,6 +336,15 @@ class Shared:
                 else:
                     contra[issuer] = contra.get(issuer, 0) + 1
         return {i: more_right_than_wrong(agreed.get(i, 0), c) for i, c in contra.items()}
+
+    def _judged_here(self) -> list[str]:
+        """Workers held (`about`) that this node has a record of its own on (a run, or a misbehaviour): only
+        those can have a verdict here (`_borne_out`). Its own record grows with the work it placed, what it
+        holds testimony about with every peer it met: looking at all of these every round made a re-weighing
+        cost more the longer a node ran (a huge-100k submitter held ~3,000 workers by its second round and
+        had a record of ~330)."""
+        streaks, about = self.own.streaks, self.about
+        return [w for w in streaks if w in about] + [w for w in self.own.last_bad if w in about and w not in streaks]
 
     def _anchor(self, node: str, now_ms: int, cache: dict[str, float]) -> str:
         """Where `node`'s trust comes from: itself when its first-hand work here alone reaches MIN_WEIGHT,

@@ -199,3 +199,22 @@ def test_every_accepted_step_is_replayed_once_before_any_is_replayed_again():
     sc.remember("python", {"code": "output = 'y'", "inputs": {}}, "y", "a", 60.0, "exact", ("jy", "a"), ("w1",))
     assert sc.challenge("python", "w1", "x", 60.0).source != ("jy", "a")  # w1 answered it itself
     assert sc.challenge("python", "w2", "x", 60.0).source == ("jy", "a")
+
+
+def test_a_workers_vouched_steps_are_its_newest_vouched_and_its_entry_goes_once_nothing_is_left():
+    """What a worker vouched for is kept as a plain list (a submitter keeps one for every worker it ever
+    accepted an answer from): the newest VOUCHED, oldest first, as a deque(maxlen=VOUCHED) kept them; taken
+    in full, the worker's entry goes."""
+    from mesh.core.spotcheck import VOUCHED
+
+    spot = SpotChecker(0.0, 60, random.Random(0))
+    for k in range(VOUCHED + 10):
+        spot.vouch(("w",) if k % 2 else ("w", "x"), f"j{k}", "a")
+    held = spot.vouched["w"]
+    assert len(held) == VOUCHED and held[0] == ("j10", "a", False) and held[-1] == (f"j{VOUCHED + 9}", "a", True)
+    picked = spot.to_recheck_alone("w", sample=3)
+    assert len(picked) == 3 and len(spot.vouched["w"]) == VOUCHED - 3
+    assert len(spot.to_recheck_alone("w")) == VOUCHED // 2 - 3 and spot.vouched["w"][0] == ("j10", "a", False)
+    spot.vouch(("y",), "j", "a")
+    assert spot.to_recheck_alone("y") == [("j", "a")] and "y" not in spot.vouched
+    assert spot.to_recheck("w") == [(f"j{k}", "a") for k in range(10, VOUCHED + 10, 2)] and "w" not in spot.vouched

@@ -509,3 +509,52 @@ def test_more_right_than_wrong_is_the_beta_tail_and_its_approximation_agrees():
         n = a + c + 1
         exact = sum(math.comb(n, j) for j in range(a + 1)) / 2 ** n
         assert more_right_than_wrong(a, c) == pytest.approx(exact, abs=1e-3)
+
+
+def borne_out_full_scan(shared: Shared) -> dict[str, float]:
+    """`Shared._borne_out` as it was before it looked only at workers with a record here: every worker held."""
+    from mesh.core.trust import more_right_than_wrong
+
+    verdict = {}
+    for worker in shared.about:
+        if shared._wrong_lately(worker):
+            verdict[worker] = False
+        elif shared.own.streak(worker):
+            verdict[worker] = True
+    agreed: dict[str, int] = {}
+    contra: dict[str, int] = {}
+    for worker, right in verdict.items():
+        for issuer, t in shared.about[worker].items():
+            if t.good == t.bad or (t.good > t.bad and not right):
+                continue
+            if (t.good > t.bad) == right:
+                agreed[issuer] = agreed.get(issuer, 0) + 1
+            else:
+                contra[issuer] = contra.get(issuer, 0) + 1
+    return {i: more_right_than_wrong(agreed.get(i, 0), c) for i, c in contra.items()}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_borne_out_looks_only_at_workers_with_a_record_here_and_answers_as_the_full_scan(seed):
+    """Testimony about many workers, own evidence of a few (runs, wrong answers, runs rebuilt after them):
+    weighing issuers against only the workers this node has a record of gives what weighing them against
+    every worker held gave."""
+    import random
+
+    rng = random.Random(seed)
+    own = Reputations()
+    shared = Shared("R", own)
+    issuers = [f"I{k}" for k in range(8)]
+    workers = [f"W{k}" for k in range(60)]
+    t = T0
+    for _ in range(500):
+        t += rng.choice((1000, 60_000))
+        if rng.random() < 0.7:
+            good, bad = rng.uniform(0, 20), rng.choice((0.0, 0.0, rng.uniform(0, 20)))
+            shared.take(Testimony(rng.choice(issuers), rng.choice(workers), good, bad, 0, 0, t if bad else 0, t))
+        elif rng.random() < 0.7:
+            agreed(own, rng.choice(workers[:15]), rng.randrange(1, 8), t)
+        else:
+            own.fold("disagreed", rng.choice(workers[:15] + ["never-held"]), t, None)
+        assert shared._borne_out() == borne_out_full_scan(shared)
+    assert borne_out_full_scan(shared)  # some issuer was contradicted: the comparison meant something
