@@ -12,14 +12,16 @@ from pathlib import Path
 from mesh.errors import UserError
 
 
-def read_text(path: Path | str, what: str, limit: int, error: type[UserError] = UserError) -> str:
-    """The text of `path` (`what` names it in errors: "job file"), at most `limit` bytes; `error` otherwise.
-    Opened without blocking, so a FIFO is refused instead of waited on."""
+def open_regular(path: Path | str, what: str, error: type[UserError] = UserError) -> int:
+    """A descriptor of `path` open for reading, or `error` naming it (`what`: "job file") when it cannot be
+    opened or is not a regular file. Opened without blocking, so a FIFO is refused instead of waited on,
+    and checked before anything reads it (/dev/zero's endless bytes filled memory; fdopen raised
+    IsADirectoryError for a directory, which no caller expected)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise error(f"cannot read {what} {path}: {exc.strerror}") from None
-    try:  # (before fdopen: it raised IsADirectoryError for a directory, which no caller expected)
+    try:
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
     except OSError as exc:
         os.close(fd)
@@ -27,7 +29,13 @@ def read_text(path: Path | str, what: str, limit: int, error: type[UserError] = 
     if not regular:
         os.close(fd)
         raise error(f"{what} {path} is not a regular file")
-    with os.fdopen(fd, "rb") as f:
+    return fd
+
+
+def read_text(path: Path | str, what: str, limit: int, error: type[UserError] = UserError) -> str:
+    """The text of `path` (`what` names it in errors: "job file"), at most `limit` bytes; `error` otherwise
+    (see open_regular)."""
+    with os.fdopen(open_regular(path, what, error), "rb") as f:
         try:
             data = f.read(limit + 1)
         except OSError as exc:

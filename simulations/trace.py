@@ -7,11 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from pathlib import Path
 from typing import IO, Any
 
 from mesh.errors import UserError
+from mesh.userfiles import open_regular
 
 FORMAT = "homemesh-sim-trace/1"
 
@@ -65,19 +65,7 @@ def read_header(path: Path) -> tuple[dict, IO[str]]:
     """The header of a trace file and the file, positioned at its first record. Only a regular file is
     read (/dev/zero's one endless line filled memory, a FIFO hung), and its header's fields are checked: a
     header without a scenario or with a seed that is not a whole number raised a traceback."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        raise TraceError(f"cannot read trace {path}: {exc.strerror}") from None
-    try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-    except OSError as exc:
-        os.close(fd)
-        raise TraceError(f"cannot read trace {path}: {exc.strerror}") from None
-    if not regular:
-        os.close(fd)
-        raise TraceError(f"trace {path} is not a regular file")
-    f = os.fdopen(fd, encoding="utf-8")
+    f = os.fdopen(open_regular(path, "trace", TraceError), encoding="utf-8")
     try:
         line = f.readline(MAX_HEADER + 1)
         if len(line) > MAX_HEADER:

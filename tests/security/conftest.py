@@ -19,8 +19,9 @@ def remember(procs: dict, node) -> None:
             pass
 
 
-def _mesh4(tmp_path_factory, extra: list[str]):
-    mesh = LocalMesh(tmp_path_factory.mktemp("secmesh"), 4, lambda i: ["--no-model", *extra])
+def local_mesh(tmp_path_factory, extra: list[str], nodes: int = 4):
+    """A loopback mesh of `nodes` nodes without a model, every process of it stopped by pid after."""
+    mesh = LocalMesh(tmp_path_factory.mktemp("secmesh"), nodes, lambda i: ["--no-model", *extra])
     procs: dict[int, psutil.Process] = {}
     try:
         mesh.start()
@@ -43,10 +44,10 @@ def _mesh4(tmp_path_factory, extra: list[str]):
 @pytest.fixture(scope="module")
 def mesh4(tmp_path_factory):
     """Nodes on their default transport, libp2p."""
-    yield from _mesh4(tmp_path_factory, [])
+    yield from local_mesh(tmp_path_factory, [])
 
 
 @pytest.fixture(scope="module")
 def tcp_mesh4(tmp_path_factory):
     """Nodes on plain TCP: the gateway's own limits, reached by raw sockets without a Noise handshake."""
-    yield from _mesh4(tmp_path_factory, ["--transport", "tcp"])
+    yield from local_mesh(tmp_path_factory, ["--transport", "tcp"])

@@ -17,10 +17,10 @@ import urllib.request
 
 import pytest
 
-from mesh.cli.local import LocalMesh, LocalNode
+from mesh.cli.local import LocalNode
 
 from ..conftest import wait_for
-from .conftest import remember
+from .conftest import local_mesh
 from .hostile import HostilePeer, log_lines, now_ms, status
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(180)]
@@ -28,24 +28,7 @@ pytestmark = [pytest.mark.mesh, pytest.mark.timeout(180)]
 
 @pytest.fixture(scope="module")
 def mesh2(tmp_path_factory):
-    mesh = LocalMesh(tmp_path_factory.mktemp("hostile-round"), 2, lambda i: ["--no-model"])
-    procs: dict = {}
-    try:
-        mesh.start()
-        for node in mesh.nodes:
-            node.wait_started(60)
-            remember(procs, node)
-        mesh.wait_ready(timeout=120)
-        for node in mesh.nodes:
-            remember(procs, node)
-        yield mesh
-    finally:
-        mesh.stop()
-        for proc in procs.values():
-            try:
-                proc.kill()
-            except Exception:  # gone already (psutil.NoSuchProcess)
-                pass
+    yield from local_mesh(tmp_path_factory, [], nodes=2)
 
 
 def post(node, path: str, body: dict) -> tuple[int, dict]:
