@@ -136,11 +136,14 @@ class LocalNode:
         return lines[-1] if lines else ""
 
 
+MAX_NODES = 64  # node process trees on one machine (each 80-140 MiB); 99,999 made 125 homes a minute, on
+
+
 class LocalMesh:
     def __init__(self, directory: Path, n: int, extra: Callable[[int], list[str]] | None = None,
                  threads: int = 1):
-        if n < 1:
-            raise UserError("--nodes must be at least 1")
+        if not 1 <= n <= MAX_NODES:
+            raise UserError(f"--nodes is from 1 to {MAX_NODES} (each node is a process tree of about 100 MiB)")
         self.nodes = [LocalNode(directory / f"node{i}", extra(i) if extra else [], threads) for i in range(n)]
 
     def start(self, timeout: float = 120) -> None:

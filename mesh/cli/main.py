@@ -927,7 +927,7 @@ def build_parser() -> argparse.ArgumentParser:
              "`mesh node` go after --, given to every node: mesh up --nodes 3 -- --credit-line 5000 "
              "--spot-rate 0.05 --scrape-allow 127.0.0.1 --threads 2 (not --home, --listen, --api, --bootstrap: "
              "mesh up sets those)", home=False)
-    sp.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    sp.add_argument("--nodes", type=int, default=3, help="how many nodes, 1 to 64 (default 3)")
     sp.add_argument("--dir", default=".mesh", help="directory for the nodes' homes, node0 … (default .mesh)")
     sp.add_argument("--timeout", type=_seconds, default=180,
                     help="give up when the nodes do not all know each other after this many seconds (default 180)")
@@ -1032,7 +1032,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("demo", cmd_demo, "start a local mesh, run the example job at redundancy 3, print results and credits",
              home=False)
-    sp.add_argument("--nodes", type=int, default=4, help="nodes (one submits, the others work; default 4)")
+    sp.add_argument("--nodes", type=int, default=4, help="nodes, 1 to 64 (one submits, the others work; default 4)")
     sp.add_argument("--dir", default=".mesh-demo", help="directory for the nodes' homes (default .mesh-demo)")
     sp.add_argument("--job", help="job file (default examples/demo-job.json)")
     sp.add_argument("--redundancy", type=int, default=3, help="replicas per step (default 3)")

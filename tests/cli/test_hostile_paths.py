@@ -130,3 +130,11 @@ def test_a_damaged_model_registry_or_owner_file_is_refused_in_one_line(tmp_path:
         proc.communicate()
         pytest.fail("mesh node started with a node.toml it cannot read")
     one_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), 2, "node.toml: nested too deep")
+
+
+@pytest.mark.parametrize("command", ["up", "demo"])
+def test_a_local_mesh_of_more_nodes_than_one_machine_runs_is_refused_at_once(tmp_path: Path, command):
+    """`mesh up --nodes 99999` made 125 node homes and started their nodes before a minute was out, with no
+    end in sight (found by this project's red team, 2026-12-06)."""
+    one_line(run_cli(command, "--nodes", "99999", "--dir", str(tmp_path / "m"), timeout=60), 2, "--nodes is from 1")
+    assert not (tmp_path / "m" / "node0").exists()
