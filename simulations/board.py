@@ -35,12 +35,12 @@ class Board:
     recent: dict[str, dict[str, list[tuple[float, Testimony]]]] = field(default_factory=dict)
 
     def publish(self, t: Post, now: float) -> None:
-        post = (now + self.delay_s, t)
+        readable = now + self.delay_s
         self.posts.append(t)
-        self.readable.append(post[0])
+        self.readable.append(readable)
         if type(t) is Testimony:
             said = self.recent.setdefault(t.worker, {}).setdefault(t.issuer, [])
-            said.append(post)
+            said.append((readable, t))
             while len(said) > 1 and said[1][0] <= now:  # superseded by one every reader could have now
                 del said[0]
 

@@ -13,10 +13,6 @@ from mesh.core.dag import MODEL_KINDS, Job
 from mesh.errors import JobError, StepFailed
 from mesh.steps.llamalog import quiet_llama
 
-# what llama.cpp's pure-Python schema converter raises on a schema it cannot translate: anything, since
-# it trusts the schema's shape (`"properties": [1]` raised AttributeError: POST /jobs answered a 500)
-_CONVERTER_ERRORS = (Exception,)
-
 
 def _to_gbnf(schema: Any) -> tuple[str, str]:
     """(the GBNF grammar, '') or ('', why llama.cpp cannot build one)."""
@@ -24,7 +20,9 @@ def _to_gbnf(schema: Any) -> tuple[str, str]:
 
     try:
         return json_schema_to_gbnf(json.dumps(schema)), ""
-    except _CONVERTER_ERRORS as exc:
+    # llama.cpp's pure-Python converter trusts the schema's shape, so a schema it cannot translate raises
+    # anything (`"properties": [1]` raised AttributeError: POST /jobs answered a 500); each is a reason here
+    except Exception as exc:  # noqa: BLE001
         return "", f"llama.cpp cannot build a grammar from it ({type(exc).__name__}: {str(exc)[:200]})"
 
 
