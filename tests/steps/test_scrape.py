@@ -292,7 +292,9 @@ def test_a_step_fails_at_once_when_its_browser_dies(site):
         scraper = Scraper(ALLOW_LOCAL, find_browser(), USER)
         try:
             await scraper.scrape({"url": site.url("/js")}, 40)  # the browser is up
-            steps = [asyncio.ensure_future(scraper.scrape({"url": site.url(f"/slowimg?{i}")}, 40)) for i in (1, 2)]
+            # (each waits for an element that never comes: a page done before the kill, ~1.9 s, made it a race)
+            steps = [asyncio.ensure_future(scraper.scrape({"url": site.url(f"/slowimg?{i}"), "wait_for": "#never"}, 40))
+                     for i in (1, 2)]
             await asyncio.sleep(1.5)  # (the steps are opening their pages)
             t0 = time.monotonic()
             os.kill(scraper.chromium.proc.pid, signal.SIGKILL)  # the browser's main process: a crash
