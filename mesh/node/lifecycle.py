@@ -389,11 +389,11 @@ class Node:
         await self.gateway.start(peer_sock)
         api_task = self.spawn(serve_api(self.api_view, api_sock, self.stopping))
         api_host, api_port = api_sock.getsockname()[:2]
-        RuntimeInfo(self.id, os.getpid(), f"http://{api_host}:{api_port}", self.listen).write(self.opts.home)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM):  # before node.json: whoever reads its pid may signal it
             loop.add_signal_handler(sig, self._stop_on, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload_owner)
+        RuntimeInfo(self.id, os.getpid(), f"http://{api_host}:{api_port}", self.listen).write(self.opts.home)
         log.info("node %s ready: peers on %s, API on http://%s:%s", self.id, self.listen, api_host, api_port)
         print(f"node {self.id} ready: peer port {self.listen}, API http://{api_host}:{api_port}", flush=True)
         self.spawn(self._heartbeat())

@@ -73,6 +73,7 @@ class DevToolsPipe:
         self.reading = reading
         self.reader = reader
         self.writer = writer
+        self.received = 0  # bytes read from the browser, dropped messages included
 
     @classmethod
     async def open(cls, proc: subprocess.Popen) -> DevToolsPipe:
@@ -102,8 +103,10 @@ class DevToolsPipe:
                 if not skipping:
                     log.warning("dropped a DevTools message over %d MiB", MAX_MESSAGE >> 20)
                 await self.reader.readexactly(exc.consumed)  # (all buffered, so this cannot fall short)
+                self.received += exc.consumed
                 skipping = True
                 continue
+            self.received += len(message)
             if not skipping:
                 return message[:-1].decode("utf-8", "replace")
             skipping = False
