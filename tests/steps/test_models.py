@@ -172,17 +172,18 @@ def _holders(node, sha: str) -> int:
 @pytest.mark.llm
 @pytest.mark.timeout(420)
 def test_a_model_travels_to_peers_that_lack_it_checked_part_by_part_and_a_corrupt_server_is_caught(
-        make_mesh, tmp_path, second_model):
-    """Node 1 serves the second model honestly; node 4 serves it with a byte of every part changed; nodes 2
-    and 3 lack it. Node 2 fetches it naming node 4 first: node 4's first part contradicts its own manifest,
-    so node 4 is penalised and dropped and node 1 finishes. Node 3 fetches it from node 1. Then, node 4
-    stopped, an r=3 step on that model runs on nodes 1-3, the two that fetched it serving it at once,
-    and all three agree."""
+        make_mesh, tmp_path, instruct_copy):
+    """Node 1 serves a model the others lack honestly; node 4 serves it with a byte of every part changed;
+    nodes 2 and 3 lack it. Node 2 fetches it naming node 4 first: node 4's first part contradicts its own
+    manifest, so node 4 is penalised and dropped and node 1 finishes. Node 3 fetches it from node 1. Then,
+    node 4 stopped, an r=3 step on that model runs on nodes 1-3, the two that fetched it serving it at
+    once, and all three agree. (The 98 MB instruct model, not the 253 MB default: a transfer runs at the
+    links' flow limit, and two fetches of the larger took 160 of this test's 197 s.)"""
     for i in (0, 1, 4):
-        sha = Registry(tmp_path / "mesh" / f"node{i}").add(second_model, "second").sha256
+        sha = Registry(tmp_path / "mesh" / f"node{i}").add(instruct_copy, "second").sha256
     mesh = make_mesh(5, lambda i: ["--no-model"] if i == 0 else ["--fault", "corrupt-model"] if i == 4 else [])
     n = mesh.nodes
-    size = second_model.stat().st_size
+    size = instruct_copy.stat().st_size
     wait_for(lambda: _holders(n[2], sha) == 2 and _holders(n[3], sha) == 2, 60, "nodes 2 and 3 see both servers")
 
     got = cli_json("models", "fetch", sha, "--from", n[4].node_id, "--from", n[1].node_id, "--name", "second",
