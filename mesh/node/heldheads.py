@@ -27,8 +27,9 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 
 from ledger.heads import head_bytes
-from mesh.errors import Rejected
+from mesh.errors import Rejected, UserError
 from mesh.node.home import write_private
+from mesh.userfiles import read_text
 from mesh.wire.identity import node_id_of, verify
 from mesh.wire.messages import LedgerHead
 
@@ -37,6 +38,7 @@ log = logging.getLogger("mesh.node.heldheads")
 HELD_FILE = "held-heads.json"
 KEEP_PER_OWNER = 4  # heads kept of one owner: its first, and three spread over its history since
 MAX_OWNERS = 1024
+MAX_FILE = 16 << 20  # held-heads.json of MAX_OWNERS owners is ~1.3 MB; a larger one is not ours, and not read
 # owners one network prefix may have here: 1,091 fresh keys from one machine pushed every other owner out
 PER_PREFIX = 16
 MIN_GAP_S = 5.0  # an owner shares a new head every 10 s at most; more often is a peer spending our CPU
@@ -127,9 +129,14 @@ class HeldHeads:
     def load(self) -> None:
         """Read what was saved (or the older form: owner → heads); a damaged file costs only what does not
         parse (it is our own file, but its heads are still peers' claims, checked again when handed back)."""
+        if not self.path.exists():
+            return
         try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError, RecursionError):  # (nested 100,000 deep, it stopped the node's start)
+            data = json.loads(read_text(self.path, "the held heads", MAX_FILE))
+        except UserError as exc:  # over MAX_FILE, not a regular file (/dev/zero filled memory), not UTF-8
+            log.warning("%s; starting without the heads held for peers", exc)
+            return
+        except (ValueError, RecursionError):  # (nested 100,000 deep, it stopped the node's start)
             return
         if not isinstance(data, dict):
             return

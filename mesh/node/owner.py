@@ -7,6 +7,7 @@ signed in the node's record, so that placement does not send work the node would
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
 import tomllib
@@ -14,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mesh.errors import ConfigError
+from mesh.errors import ConfigError, UserError
 from mesh.node.flow import Limits
 from mesh.node.schedule import Hours, IdleRule, Probe, outside
 from mesh.steps import cgroup
+from mesh.userfiles import read_text
 from mesh.wire.messages import Offer
 from mesh.wire.records import MAX_MEMORY, MAX_STEPS
 
@@ -123,11 +125,11 @@ def read_file(home: Path) -> dict[str, Any]:
     """HOME/node.toml's limits as OwnerLimits fields ({} when there is no file); ConfigError names the file,
     the key and what is wrong."""
     path = home / CONFIG_FILE
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return {}
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    try:  # (bounded, a regular file: linked to /dev/zero, the node's start and every SIGHUP filled memory)
+        data = tomllib.loads(read_text(path, "the owner's limits", 1 << 20, ConfigError))
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except RecursionError:  # (an array nested 100,000 deep stopped the node's start with a traceback)
         raise ConfigError(f"{path}: nested too deep") from None
@@ -153,10 +155,13 @@ def resolve(home: Path, flags: dict[str, Any]) -> OwnerLimits:
 
 def paused_reason(home: Path) -> str:
     """Why the owner paused this node ('' when not paused)."""
-    try:
-        return (home / PAUSED_FILE).read_text().strip() or "paused by its owner"
-    except FileNotFoundError:
+    path = home / PAUSED_FILE
+    if not os.path.lexists(path):
         return ""
+    try:  # (bounded: the reason is shown by `mesh status` and in the node's record)
+        return read_text(path, "the pause file", 4096).strip() or "paused by its owner"
+    except UserError:  # over 4 KiB, not a regular file, not UTF-8: still the owner's pause
+        return "paused by its owner"
 
 
 def set_paused(home: Path, reason: str) -> None:

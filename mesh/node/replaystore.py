@@ -20,11 +20,15 @@ import asyncio
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 
 log = logging.getLogger("mesh.node.replaystore")
 SYNC_S = 0.2  # longest a mark stays written but not yet fsynced
 COMPACT_MIN_LINES = 1024  # compact once the log has this many lines and 4× the live marks
+# bytes of the log read at start, from its end: compaction keeps it to a few MB (20,000 senders' marks, 4× over);
+# a larger one is not this node's writing, and later lines win, so its newest marks are what counts
+MAX_READ = 64 << 20
 
 
 class ReplayStore:
@@ -41,10 +45,7 @@ class ReplayStore:
     def load(self, now_ms: int) -> dict[bytes, int]:
         """Marks still inside the window (older ones are refused as stale anyway). The log is compacted
         to them at once, so it starts each run small."""
-        try:
-            text = self.path.read_bytes().decode("utf-8", "replace")  # damage spoils a line, not the file
-        except OSError:
-            text = ""
+        text = _tail(self.path, MAX_READ).decode("utf-8", "replace")  # damage spoils a line, not the file
         for line in text.splitlines():
             self._merge(line, now_ms)
         self._compact(now_ms)
@@ -147,3 +148,24 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _tail(path: Path, limit: int) -> bytes:
+    """The last `limit` bytes of a regular file at `path`, from a line's start (b"" when there is none):
+    read whole, a log linked to /dev/zero filled memory at the node's start."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return b""
+    with os.fdopen(fd, "rb") as f:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                log.warning("%s is not a regular file: starting without its replay marks", path)
+                return b""
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - limit))
+            data = f.read(limit)
+        except OSError as exc:
+            log.warning("cannot read %s (%s): starting without its replay marks", path, exc.strerror)
+            return b""
+    return data if size <= limit else data[data.find(b"\n") + 1:]

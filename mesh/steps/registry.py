@@ -20,8 +20,10 @@ from mesh.steps.models import (
     instruct_model_path,
     sha256_file,
 )
+from mesh.userfiles import read_text
 
 FILE = "models.json"
+MAX_FILE = 16 << 20  # models.json: a few hundred bytes a model
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SHA = re.compile(r"^[0-9a-f]{64}$")
 
@@ -42,8 +44,8 @@ class Registry:
     def _load(self) -> dict[str, dict]:
         if not self.path.exists():
             return {}
-        try:
-            data = json.loads(self.path.read_text())
+        try:  # (bounded, a regular file: linked to /dev/zero, `mesh models list` filled memory)
+            data = json.loads(read_text(self.path, "the model registry", MAX_FILE, ConfigError))
             if not isinstance(data, dict):
                 raise ValueError("not an object")
             return data

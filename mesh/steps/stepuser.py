@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.errors import ConfigError
+from mesh.userfiles import read_text
 
 FILE = "step-user.json"
 FIRST_UID = 2_000_000_000  # far above any account (login uids start at 1000, systemd's dynamic ones end at 65519)
@@ -68,10 +69,9 @@ def step_user(home: Path, node_id: str) -> StepUser | None:
         return None
     path = home / FILE
     try:
-        data = json.loads(path.read_text())
-        return StepUser(int(data["uid"]), int(data["gid"]))
-    except FileNotFoundError:
-        pass
+        if os.path.lexists(path):  # (read bounded, a regular file: see mesh.userfiles)
+            data = json.loads(read_text(path, "the step user file", 4096, ConfigError))
+            return StepUser(int(data["uid"]), int(data["gid"]))
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ConfigError(f"{path} is damaged ({exc}); delete it to choose a new step user") from None
     start = int.from_bytes(hashlib.sha256(node_id.encode()).digest()[:8], "big") % SPAN
