@@ -423,7 +423,7 @@ def _ledger_explain(args: argparse.Namespace, led, me: str) -> int:
     from ledger.views import explained
     from mesh.node.home import LEDGER_FILE
 
-    if not args.arg.isdigit():
+    if not (args.arg.isascii() and args.arg.isdigit()):  # ('²' is a digit to str.isdigit, not to int())
         raise UserError(f"ENTRY is an entry number (see `mesh ledger history`), got {args.arg!r}")
     entry = explained(led, int(args.arg), me) if len(args.arg) < 19 else None  # (SQLite's integers are 64-bit)
     if entry is None:

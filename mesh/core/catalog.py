@@ -14,8 +14,9 @@ _LLM_PARAMS = {
     "temperature": {"type": "number", "minimum": 0, "maximum": 2, "default": 0,
                     "description": "0: greedy, replicas compared exactly; above 0: sampled, every replica with "
                                    "one seed, compared as text (or scored: compare 'score')"},
-    "seed": {"type": "integer", "description": "the seed every replica of a sampled step draws with; left "
-             "out: one drawn from the job id and step id"},
+    "seed": {"type": "integer", "minimum": -(1 << 63), "maximum": (1 << 63) - 1,
+             "description": "the seed every replica of a sampled step draws with; left out: one drawn from the "
+             "job id and step id"},
     "stop": {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 8, "default": [],
              "description": "strings that end the text"},
     "model": {"type": "string", "default": "default",

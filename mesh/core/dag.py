@@ -262,6 +262,10 @@ def _parse_step(raw: Any, i: int, seen: set[str], source: str) -> Step:
 
 MAX_SCORED = 4096  # tokens a verifier is asked to score
 MIN_TEMPERATURE = 0.01  # the lowest temperature a sampled step may ask for
+# a seed is at most 64 bits, as OpenAI's: a stranger's 4,300-digit seed made each token's noise (a SHA-256 of
+# its decimal digits, mesh.steps.sampling) cost 269 µs instead of 0.2, and a 200-token claim took 2.5 times
+# as long to score (this project's second attack round of 2026-12-06)
+MAX_SEED = 1 << 63
 
 
 def valid_ids(ids: object) -> bool:
@@ -316,8 +320,8 @@ def _check_model_params(where: str, params: dict, resolved: bool) -> None:
     if not isinstance(mt, int) or isinstance(mt, bool) or not 1 <= mt <= 2048:
         raise JobError(f"{where}: max_tokens must be an integer from 1 to 2048")
     seed = params.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise JobError(f"{where}: seed must be an integer")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not -MAX_SEED <= seed < MAX_SEED:
+        raise JobError(f"{where}: seed must be an integer of 64 bits (from -2**63 to 2**63 - 1)")
     model = params.get("model", "default")
     pattern = r"[0-9a-f]{64}" if resolved else r"[0-9a-f]{64}|[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
     if model != "default" and not (isinstance(model, str) and re.fullmatch(pattern, model)):
@@ -396,7 +400,9 @@ def pattern_size(pattern: str, limit: int = MAX_PATTERN_SIZE) -> int:
             end = pattern.find("}", i)
             spec = pattern[i + 1:end] if end > 0 else ""
             low, comma, high = spec.partition(",")
-            if low.isdigit() and (not high or high.isdigit()) and len(low) <= 9 and len(high) <= 9:
+            # isdecimal: what int() reads (and llama.cpp's converter with it, '٣' too); str.isdigit also takes
+            # '²', which int() refuses: a pattern "a{²}" raised ValueError out of a peer's step request
+            if low.isdecimal() and (not high or high.isdecimal()) and len(low) <= 9 and len(high) <= 9:
                 times = max(int(low), int(high) if high else int(low) + bool(comma))
                 frame[0] += frame[1] * (times - 1)
                 frame[1] *= times
@@ -404,7 +410,7 @@ def pattern_size(pattern: str, limit: int = MAX_PATTERN_SIZE) -> int:
                 if frame[0] > limit:
                     return frame[0]
                 continue
-            if low.isdigit() and (not high or high.isdigit()):  # a count of ten digits or more
+            if low.isdecimal() and (not high or high.isdecimal()):  # a count of ten digits or more
                 return limit + 1
         if c == "\\":
             i += 2
@@ -441,7 +447,7 @@ def _quantifier(pattern: str, i: int) -> tuple[str, int]:
     if c == "{":
         close = pattern.find("}", i)
         low, comma, high = pattern[i + 1:close].partition(",") if close > 0 else ("", "", "")
-        if low.isdigit() and (not high or high.isdigit()):
+        if low.isdecimal() and (not high or high.isdecimal()):
             return ("*" if comma and not high else "?" if int(low) == 0 else "{"), close + 1
     return "", i
 

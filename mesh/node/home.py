@@ -166,6 +166,6 @@ def read_peers(home: Path) -> list:
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) < 65536:
         raise ConfigError(f"{what} must be HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)

@@ -1063,8 +1063,8 @@ class Node:
             if self.opts.fault == "slander":  # tests: says every worker asked of gave it a wrong answer just now
                 said = [TestimonyItem(w, 0.0, 500.0, 0, 0, now, now) for w in payload.workers if w != peer.node]
                 self.send(peer, "testimony", TestimonyTell(said))
-            else:
-                self.send(peer, "testimony", self.testimonies.answer(peer.node, payload, now))
+            elif (told := self.testimonies.answer(peer.node, payload, now)) is not None:
+                self.send(peer, "testimony", told)
         elif kind == "testimony":
             self.testimonies.heard(peer.node, payload, {p.node for p in self.peers}, now)
         else:

@@ -20,11 +20,17 @@ DAMAGED = 3  # a row whose receipt does not decode: never sent (it stopped every
 BACKOFF_MAX_S = 60.0  # between two sends of one unacknowledged receipt
 KEEP_ACKED_S = 7 * 86400.0  # an acknowledged receipt is kept this long, to answer a worker that asks again
 DUE_BATCH = 256  # receipts sent per round at most
+# a receipt its worker asks for again (receipt-ask) is sent at most once in this long: answered every time, one
+# ask of 64 steps sealed 64 receipts (3.7 ms of the node's CPU), and a worker paid for one job's 64 steps could
+# ask 200 times a second (this project's second attack round of 2026-12-06). A worker asks when a link comes up
+ASKED_AGAIN_S = 30.0
+ASKED_KEPT = 8192  # receipts remembered as sent on asking (the oldest forgotten first)
 
 
 class Outbox:
     def __init__(self, journal: Journal):
         self.journal = journal
+        self._asked: dict[tuple[str, str, str], float] = {}  # (peer, job, step) → when sent on asking (monotonic)
 
     def held(self, record: str) -> dict[tuple[str, str, str], dict]:
         """Receipts already signed for ledger batch `record` (a batch written again: the same bytes)."""
@@ -93,12 +99,24 @@ class Outbox:
                                    (ACKED, peer, job, step, SENDING))
         return self.journal.db.total_changes - before
 
-    def asked(self, peer: str, job: str, steps: list[str]) -> list[dict]:
-        """Receipts `peer` asks for again (it lost our send or its own record of it): its own, released."""
+    def asked(self, peer: str, job: str, steps: list[str], now: float | None = None) -> list[dict]:
+        """Receipts `peer` asks for again (it lost our send or its own record of it): its own, released, each
+        at most once in ASKED_AGAIN_S."""
+        now = time.monotonic() if now is None else now
+        steps = [s for s in dict.fromkeys(steps) if now - self._asked.get((peer, job, s), -ASKED_AGAIN_S) >= ASKED_AGAIN_S]
         marks = ",".join("?" * len(steps))
-        rows = self.journal.rows(f"SELECT receipt FROM outbox WHERE peer=? AND job=? AND step IN ({marks}) "
+        rows = self.journal.rows(f"SELECT step, receipt FROM outbox WHERE peer=? AND job=? AND step IN ({marks}) "
                                  "AND state NOT IN (?,?)", (peer, job, *steps, HELD, DAMAGED)) if steps else []
-        return [r for (text,) in rows if (r := _decoded(text)) is not None]
+        out = []
+        for step, text in rows:
+            receipt = _decoded(text)
+            if receipt is not None:
+                self._asked.pop((peer, job, step), None)
+                self._asked[(peer, job, step)] = now  # (the newest last)
+                out.append(receipt)
+        while len(self._asked) > ASKED_KEPT:
+            del self._asked[next(iter(self._asked))]
+        return out
 
     def pending(self) -> int:
         """Receipts of written payments not yet acknowledged (`mesh status`)."""

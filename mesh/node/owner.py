@@ -29,6 +29,7 @@ MIN_MEMORY = 64 << 20  # bytes (mesh.steps.cgroup.MIN_MEMORY): less leaves no ro
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
+MAX_SIZE = 1 << 60  # bytes: a size past this is a typo, not a disk
 
 
 def parse_share(text: str | float) -> float:
@@ -52,7 +53,10 @@ def size_bytes(text: str) -> int:
     if m is None or unit not in SIZE_UNITS or float(m.group(1)) * SIZE_UNITS[unit] < 1:
         raise ValueError(f"size {text!r}: a number with an optional unit (B, KB, MB, GB, TB, KiB, MiB, GiB, "
                          "TiB), e.g. 2GB")
-    return int(float(m.group(1)) * SIZE_UNITS[unit])
+    value = float(m.group(1)) * SIZE_UNITS[unit]
+    if value > MAX_SIZE:  # (309 digits are a float's infinity: int() of it was a traceback, not this line)
+        raise ValueError(f"size {text[:40]!r}{'...' if len(text) > 40 else ''}: at most {MAX_SIZE >> 60} EiB")
+    return int(value)
 
 
 def parse_memory(text: str | int) -> int:

@@ -120,7 +120,9 @@ _KIND = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")  # a step kind's name (python, as
 
 def _hostport(addr: str) -> bool:
     host, _, port = addr.rpartition(":")
-    return _HOST.fullmatch(host) is not None and port.isdigit() and 0 < int(port) < 65536
+    # (ASCII digits: str.isdigit() takes '²', which int() refuses; raised here, before the signature, a hello
+    # carrying such a record ended its link with a traceback, uncounted: found 2026-12-06)
+    return _HOST.fullmatch(host) is not None and port.isascii() and port.isdigit() and 0 < int(port) < 65536
 
 
 def _names(rec: PeerRecord) -> bool:

@@ -52,7 +52,7 @@ def parse(text: str) -> Target:
     if not text.startswith("/"):
         host, sep, port = text.rpartition(":")
         host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ValueError(f"{text!r} is not HOST:PORT")
         try:
             proto = f"ip{ipaddress.ip_address(host).version}"
