@@ -83,6 +83,7 @@ class LoadModel:
     sha256: str
     n_threads: int = 0
     cap: str = ""  # the runner joins the owner's CPU cap group before it loads
+    user: StepUser | None = None  # filled in by the NodeActor: who the model process drops to (node run as root)
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,7 @@ class NodeActor(ActorTypeDispatcher):
         from .model_runner import ModelRunnerActor
 
         self.runners[sha] = self.createActor(ModelRunnerActor)
-        self.send(self.runners[sha], self.loads[sha])
+        self.send(self.runners[sha], dataclasses.replace(self.loads[sha], user=self.config.step_user))
 
     # -- routing -------------------------------------------------------------------------------------
     def receiveMsg_RunStep(self, msg: RunStep, sender) -> None:

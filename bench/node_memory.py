@@ -22,7 +22,8 @@ from mesh.cli.local import LocalMesh
 
 from .report import emit
 
-ROLES = {"hm-ledger": "ledger actor (SQLite)", "hm-model": "model runner actor", "hm-node-actor": "node actor",
+ROLES = {"hm-ledger": "ledger actor (SQLite)", "hm-model": "model process (llama.cpp, confined)",
+         "hm-model-actor": "model runner actor", "hm-node-actor": "node actor",
          "hm-step": "step actor (keeps a warm sandbox)", "bwrap": "bwrap (a warm sandbox)"}
 
 

@@ -298,6 +298,9 @@ class ModelFetcher:
                             return
                         f.close()
                         final = self.dir / f"{sha}.gguf"
+                        # readable by the step user, whom the model process drops to before llama.cpp parses
+                        # it (mesh/steps/model_worker.py); the node's home (0700) keeps it from anyone else
+                        os.chmod(part, 0o644)
                         os.replace(part, final)
                         state.unlink(missing_ok=True)
                         st.name = await self.install(sha, final, name)

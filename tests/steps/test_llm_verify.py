@@ -96,9 +96,12 @@ class _RunnerProbe(ModelRunnerActor):
 
 
 class _TooLong:
+    """A model worker (actors.model_runner.ModelWorker) whose scoring fails as a claim too long would."""
+
     sha256 = "0" * 64
 
-    def verify(self, prompt, token_ids, claim=None):
+    def call(self, op, params, on_progress=None):
+        assert op == "score"
         raise StepFailed("cannot score: prompt (3000 tokens) + claim (8 tokens) exceed the context of 2048")
 
 
