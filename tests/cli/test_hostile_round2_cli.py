@@ -4,7 +4,6 @@ second attack round of 2026-12-06): each is now one line on stderr and exit code
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,11 @@ import pytest
 from ledger.store import Ledger
 
 from ..conftest import run_cli
+from .test_hostile_files import one_line
 
 pytestmark = pytest.mark.timeout(120)
 
 SUPERSCRIPT_TWO = "\u00b2"  # a digit to str.isdigit(), not to int()
-
-
-def one_line(res: subprocess.CompletedProcess, code: int, says: str) -> None:
-    assert res.returncode == code, (res.returncode, res.stderr)
-    assert "Traceback" not in res.stderr and says in res.stderr, res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
 @pytest.fixture
