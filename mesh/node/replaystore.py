@@ -20,8 +20,10 @@ import asyncio
 import json
 import logging
 import os
-import stat
 from pathlib import Path
+
+from mesh.errors import UserError
+from mesh.userfiles import open_regular
 
 log = logging.getLogger("mesh.node.replaystore")
 SYNC_S = 0.2  # longest a mark stays written but not yet fsynced
@@ -153,15 +155,15 @@ def _fsync_dir(directory: Path) -> None:
 def _tail(path: Path, limit: int) -> bytes:
     """The last `limit` bytes of a regular file at `path`, from a line's start (b"" when there is none):
     read whole, a log linked to /dev/zero filled memory at the node's start."""
+    if not os.path.lexists(path):
+        return b""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
+        fd = open_regular(path, "the replay log")
+    except UserError as exc:
+        log.warning("%s: starting without its replay marks", exc)
         return b""
     with os.fdopen(fd, "rb") as f:
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                log.warning("%s is not a regular file: starting without its replay marks", path)
-                return b""
             size = f.seek(0, os.SEEK_END)
             f.seek(max(0, size - limit))
             data = f.read(limit)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.errors import StepFailed
-from mesh.steps.seccomp import DENIED, NAMESPACE_FLAGS
+from mesh.steps.seccomp import base_filter
 from mesh.steps.stepuser import StepUser
 
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
@@ -115,23 +115,10 @@ def _seccomp() -> Any:
     """The filter, built (not loaded) while libseccomp can still be read: seccomp.DENIED and EXTRA_DENIED
     fail with EPERM; signals reach this process only; clone() with a namespace flag is refused and clone3
     answers ENOSYS (as in python steps). TSYNC: loaded on every thread."""
-    try:
-        import pyseccomp as sc
-    except (ImportError, OSError) as exc:
-        raise ConfinementError(f"seccomp is not available (libseccomp2 and pyseccomp): {exc}") from None
-    me = os.getpid()
-    flt = sc.SyscallFilter(sc.ALLOW)
-    deny = sc.ERRNO(errno.EPERM)
-    for name in DENIED + EXTRA_DENIED:
-        try:
-            flt.add_rule(deny, name)
-        except (OSError, ValueError):
-            continue  # a call this architecture does not have
+    sc, flt = base_filter(EXTRA_DENIED, ConfinementError)
+    me, deny = os.getpid(), sc.ERRNO(errno.EPERM)
     for name in ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
         flt.add_rule(deny, name, sc.Arg(0, sc.NE, me))  # (kill(0, …) is the process group: refused too)
-    for flag in NAMESPACE_FLAGS:
-        flt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
-    flt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
     flt.set_attr(sc.Attr.CTL_TSYNC, 1)
     return flt
 

@@ -13,6 +13,7 @@ import functools
 import os
 import socket
 import tempfile
+from typing import Any
 
 from mesh.errors import StepFailed
 
@@ -37,25 +38,34 @@ NAMESPACE_FLAGS = (0x00020000, 0x10000000, 0x20000000, 0x40000000, 0x04000000, 0
 
 
 @functools.lru_cache(maxsize=1)
-def program() -> bytes:
-    """The compiled BPF program (StepFailed when libseccomp cannot be loaded: no python step runs
-    without it)."""
+def base_filter(extra: tuple[str, ...] = (), error: type[StepFailed] = StepFailed) -> tuple[Any, Any]:
+    """(pyseccomp, a filter allowing all but DENIED and `extra`, which fail with EPERM, clone() with a
+    namespace flag, also EPERM, and clone3, ENOSYS): what the python sandbox's filter and the model
+    process's (mesh.steps.confine) share. `error` when libseccomp cannot be loaded."""
     try:
         import pyseccomp as sc
     except (ImportError, OSError) as exc:
-        raise StepFailed(f"seccomp is not available (libseccomp2 and pyseccomp): {exc}") from None
+        raise error(f"seccomp is not available (libseccomp2 and pyseccomp): {exc}") from None
     flt = sc.SyscallFilter(sc.ALLOW)
     deny = sc.ERRNO(errno.EPERM)
-    for name in DENIED:
+    for name in DENIED + extra:
         try:
             flt.add_rule(deny, name)
         except (OSError, ValueError):
             continue  # a call this architecture does not have (e.g. iopl on arm64)
-    flt.add_rule(deny, "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
-    flt.add_rule(deny, "socketpair", sc.Arg(0, sc.NE, socket.AF_UNIX))
     for flag in NAMESPACE_FLAGS:
         flt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
     flt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    return sc, flt
+
+
+def program() -> bytes:
+    """The compiled BPF program (StepFailed when libseccomp cannot be loaded: no python step runs
+    without it)."""
+    sc, flt = base_filter()
+    deny = sc.ERRNO(errno.EPERM)
+    flt.add_rule(deny, "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
+    flt.add_rule(deny, "socketpair", sc.Arg(0, sc.NE, socket.AF_UNIX))
     with tempfile.TemporaryFile() as f:
         flt.export_bpf(f)
         f.seek(0)
