@@ -22,6 +22,9 @@ class Limits:
     max_unverified: int = 64  # connections that have not yet shown a valid envelope
     max_connections: int = 512
     max_rejections: int = 20  # rejected envelopes on one connection before it is dropped
+    # envelopes of its rate a frame refused unread (Refused: an ask over its sender's rate) costs its link, so a
+    # flood of asks the node would drop is read at a tenth of the rate, and dropped past max_debt_s like any
+    refused_cost: float = 10.0
     max_inflight_per_peer: int = 4  # steps one peer may have running here at once
     max_running: int = 16  # steps running here in all
 

@@ -15,7 +15,7 @@ from typing import Callable, Protocol
 from mesh.errors import Rejected
 from mesh.node.dialscope import Gate, scope
 from mesh.node.flow import Limits, TokenBucket
-from mesh.wire.envelope import Envelope, FrameDecoder, Receiver, Sealer, WrongSender
+from mesh.wire.envelope import Envelope, FrameDecoder, Receiver, Refused, Sealer, WrongSender
 
 log = logging.getLogger("mesh.node.gateway")
 DIAL_TIMEOUT = 3.0
@@ -179,8 +179,11 @@ class TcpTransport:
 
 class Gateway:
     def __init__(self, sealer: Sealer, receiver: Receiver, handler: Handler, now_ms: Callable[[], int],
-                 frame_cap: int, limits: Limits | None = None, transport: Transport | None = None):
+                 frame_cap: int, limits: Limits | None = None, transport: Transport | None = None,
+                 screen: Callable[[bytes, str, object], str] | None = None):
         self.sealer, self.receiver, self.handler = sealer, receiver, handler
+        # (key, kind, payload) → why a frame of a link proven to be `key`'s is refused unread, '' to read it
+        self.screen = screen
         self.now_ms, self.frame_cap = now_ms, frame_cap
         self.limits = limits or Limits()
         self.transport: Transport = transport or TcpTransport()
@@ -283,8 +286,18 @@ class Gateway:
     def _deliver(self, conn: Connection, body: bytes) -> None:
         # The link's one sender is checked inside the receiver, before it remembers anything of the
         # frame's: checked after, each link let a second, throw-away key into the replay memory.
+        key = conn.authenticated or conn.peer_key
+        screen = None
+        if self.screen is not None and key is not None:
+            def screen(kind: str, payload: object, key: bytes = key) -> str:
+                return self.screen(key, kind, payload)
         try:
-            env = self.receiver.receive(body, self.now_ms(), conn.authenticated or conn.peer_key)
+            env = self.receiver.receive(body, self.now_ms(), key, screen)
+        except Refused:
+            # counted by the receiver, not logged (a flood would fill the log) nor held against the link as a
+            # broken rule; charged to its rate, so the link is read slower (and the transport's work with it)
+            conn.msgs.take(self.limits.refused_cost, time.monotonic())
+            return
         except WrongSender as exc:
             if conn.authenticated is not None:
                 # Signed by a key other than the one the encrypted link proved: a relayed or stolen

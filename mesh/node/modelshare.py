@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +45,12 @@ MODELS_DIR = "models"
 SERVE_BPS = 32 << 20  # bytes per second this node serves model parts at, to all peers together
 SERVE_AT_ONCE = 4  # model asks answered at once (more wait)
 MAX_WAITING = 64  # model asks held at once, answered or waiting; more are dropped
+# ... of them, one peer's: a fetch has WINDOW parts (or a manifest) out at once, and a node may fetch a few
+# models from one source. First come, first served, one peer's part asks (reading all it was sent) held all 64
+# and another peer's fetch saw its asks dropped (found by this project's third attack round, 2026-12-07). Past
+# MAX_WAITING, a newcomer's ask takes the place of the newest waiting ask of the peer holding most, if it
+# holds more than the newcomer would (FairTurns.bump), and turns go round the waiting peers
+PEER_WAITING = 4 * WINDOW
 # manifests one peer is sent (burst, then per second): a fetch asks its source for one. Answered every time, one
 # peer's asks (100 bytes each) pulled 1,987 manifests of the default model (63 MiB) in 11.5 s out of a node and
 # held its loop at 61% of a core (found by this project's second attack round of 2026-12-06)
@@ -92,29 +99,48 @@ class ModelServer:
         self.served, self.send, self.bps, self.backlog = served, send, bps, backlog
         self.corrupt = corrupt  # tests (--fault corrupt-model): every part sent with its first byte changed
         self._manifests: dict[str, ModelManifest] = {}
-        self._gate = asyncio.Semaphore(SERVE_AT_ONCE)
+        self._turns = FairTurns(SERVE_AT_ONCE)
         self._next_free = 0.0  # monotonic time the bandwidth budget is spent until
-        self._waiting = 0  # asks being answered or waiting their turn
+        self._held: Counter[object] = Counter()  # asks being answered or waiting their turn, by asking peer
         self._manifests_sent = KeyedBuckets()  # per asking peer, held to MANIFEST_RULE
 
-    async def serve(self, peer: object, ask: ModelAsk) -> None:
-        if self._waiting >= MAX_WAITING:  # a flood of asks: dropped, as a busy link drops (the asker times out)
-            return
-        if ask.part < 0 and not self._manifests_sent.spend(getattr(peer, "node", peer), MANIFEST_RULE,
-                                                           time.monotonic()):
-            return  # a manifest asked for again and again: dropped the same way
-        self._waiting += 1
-        try:
-            await self._serve(peer, ask)
-        finally:
-            self._waiting -= 1
+    def admits(self, who: object, part: int) -> bool:
+        """Whether an ask of `part` from `who` would be taken now, spending nothing: a flood of asks that
+        would be dropped can be refused before its envelope's signature is checked (Node.screen)."""
+        if part < 0 and self._manifests_sent.level(who, MANIFEST_RULE, time.monotonic()) < 1:
+            return False
+        return self._held[who] < PEER_WAITING and (self._waiting < MAX_WAITING or self._turns.most(who))
 
-    async def _serve(self, peer: object, ask: ModelAsk) -> None:
+    @property
+    def _waiting(self) -> int:
+        return sum(self._held.values())
+
+    async def serve(self, peer: object, ask: ModelAsk) -> None:
+        who = getattr(peer, "node", peer)
+        if self._held[who] >= PEER_WAITING:  # a flood of asks: dropped, as a busy link drops (the asker times out)
+            return
+        if ask.part < 0 and self._manifests_sent.level(who, MANIFEST_RULE, time.monotonic()) < 1:
+            return  # a manifest asked for again and again: dropped the same way
+        if self._waiting >= MAX_WAITING and not self._turns.bump(who):
+            return  # full, and nobody waiting holds more than this peer would
+        if ask.part < 0:
+            self._manifests_sent.spend(who, MANIFEST_RULE, time.monotonic())
+        self._held[who] += 1
+        try:
+            await self._serve(peer, who, ask)
+        except Bumped:
+            return  # its place went to a peer holding fewer: dropped as above
+        finally:
+            self._held[who] -= 1
+            if not self._held[who]:
+                del self._held[who]
+
+    async def _serve(self, peer: object, who: object, ask: ModelAsk) -> None:
         path = self.served().get(ask.sha)
         if path is None:
             self.send(peer, "model-manifest", ModelManifest(ask.sha, 0, [], "not served here"))
             return
-        async with self._gate:
+        async with self._turns.turn(who):
             manifest = self._manifests.get(ask.sha)
             if manifest is None:
                 manifest = await asyncio.to_thread(_manifest_of, path, ask.sha)
@@ -139,6 +165,77 @@ class ModelServer:
         self._next_free = start + size / self.bps
         if start > now:
             await asyncio.sleep(start - now)
+
+
+class Bumped(Exception):
+    """A waiting ask whose place went to another peer's (FairTurns.bump): the asker times out and asks again."""
+
+
+class FairTurns:
+    """Turns at serving, SERVE_AT_ONCE at a time, handed to the waiting peers in turn (round-robin), not in
+    the order asked: with one queue, a peer with 60 asks waiting ahead of another's 4 was served 60 parts
+    first, each holding its share of the serving budget."""
+
+    def __init__(self, at_once: int):
+        self.free = at_once
+        self.queues: OrderedDict[object, deque[asyncio.Future]] = OrderedDict()  # by peer, next in turn first
+
+    def most(self, who: object) -> bool:
+        """Whether some other peer has more asks waiting than `who` would with one more."""
+        mine = len(self.queues.get(who, ())) + 1
+        return any(len(q) > mine for peer, q in self.queues.items() if peer != who)
+
+    def bump(self, who: object) -> bool:
+        """Make room for one more ask of `who`: the newest waiting ask of the peer with most waiting ends
+        (Bumped), when that peer has more than `who` would. False when nobody does."""
+        if not self.most(who):
+            return False
+        peer = max(self.queues, key=lambda p: len(self.queues[p]) if p != who else -1)
+        waiter = self.queues[peer].pop()
+        if not self.queues[peer]:
+            del self.queues[peer]
+        if not waiter.done():  # (one cancelled, its task not yet resumed to forget it, is simply gone)
+            waiter.set_exception(Bumped())
+        return True
+
+    @contextlib.asynccontextmanager
+    async def turn(self, who: object):
+        if self.free > 0 and not self.queues:
+            self.free -= 1
+        else:
+            waiter = asyncio.get_running_loop().create_future()
+            self.queues.setdefault(who, deque()).append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                self._forget(who, waiter)
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._next()  # given a turn as it was cancelled: handed on
+                raise
+        try:
+            yield
+        finally:
+            self._next()
+
+    def _forget(self, who: object, waiter: asyncio.Future) -> None:
+        q = self.queues.get(who)
+        if q is not None and waiter in q:
+            q.remove(waiter)
+            if not q:
+                del self.queues[who]
+
+    def _next(self) -> None:
+        """A turn ended: the peer first in line gets it and goes to the back of the line."""
+        while self.queues:
+            who, q = next(iter(self.queues.items()))
+            waiter = q.popleft()
+            del self.queues[who]
+            if q:
+                self.queues[who] = q  # (re-inserted last: its next ask waits for everyone else's)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
 
 
 def _manifest_of(path: Path, sha: str) -> ModelManifest:

@@ -50,6 +50,10 @@ class Testimonies:
         workers = sorted(peers)[:MAX_TESTIMONY]
         return TestimonyAsk(workers) if workers else None
 
+    def answers(self, asker: str, now: float | None = None) -> bool:
+        """Whether an ask of `asker`'s would be answered now (ANSWER_RULE), spending nothing."""
+        return self._answered.level(asker, ANSWER_RULE, time.monotonic() if now is None else now) >= 1
+
     def answer(self, asker: str, msg: TestimonyAsk, now_ms: int, now: float | None = None) -> TestimonyTell | None:
         """This node's own testimony about the workers asked of (never about the asker itself); None (and
         counted) when `asker` asks more often than ANSWER_RULE allows. `now`: monotonic seconds."""

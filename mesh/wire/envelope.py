@@ -12,7 +12,7 @@ import heapq
 import struct
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from mesh import PROTOCOL_VERSION
 from mesh.errors import Rejected
@@ -183,6 +183,15 @@ class WrongSender(Rejected):
         self.sender = sender
 
 
+class Refused(Rejected):
+    """A frame refused before its signature was checked, by the receiver's caller (`screen`): the link's own
+    key asks for more than the node answers (a manifest again and again). Counted by reason; not held against
+    the link as a broken rule, since nothing was proven wrong."""
+
+
+Screen = Callable[[str, Any], str]  # (kind, the payload as decoded) → why it is refused unread ('' : read it)
+
+
 class _Seen:
     """The sequence numbers accepted from one sender, as an anti-replay window (IPsec's, RFC 4303
     3.4.3, by count): each seq above `floor` is taken once, every one at or below it is refused, and
@@ -230,24 +239,28 @@ class Receiver:
     def count(self, reason: str) -> None:
         self.rejected[reason] += 1
 
-    def receive(self, body: bytes, now_ms: int, expect: bytes | None = None) -> Envelope:
+    def receive(self, body: bytes, now_ms: int, expect: bytes | None = None, screen: Screen | None = None) -> Envelope:
         """The checked envelope of a frame body; raises Rejected (counted by reason). `expect`: the only
         sender this link may carry (the key its handshake proved, or its first envelope's): another
         sender's frame raises WrongSender, uncounted (the link's owner broke the rules: the caller drops
-        it), before anything of that sender's is remembered."""
+        it), before anything of that sender's is remembered. `screen`, asked of a frame naming `expect` once
+        its header checks and before the signature and payload are: a reason raises Refused (counted)."""
         try:
-            return self._check(body, now_ms, expect)
+            return self._check(body, now_ms, expect, screen)
         except WrongSender:
             raise
         except Rejected as exc:
             self.count(exc.reason)
             raise
 
-    def _check(self, body: bytes, now_ms: int, expect: bytes | None) -> Envelope:
-        """Every check, cheapest first: the frame's shape and header, then the signature, then replay,
-        then the payload's schema (so an unsigned flood costs a JSON decode, not an Ed25519 verify)."""
+    def _check(self, body: bytes, now_ms: int, expect: bytes | None, screen: Screen | None = None) -> Envelope:
+        """Every check, cheapest first: the frame's shape and header, then the screen, then the signature,
+        then replay, then the payload's schema (so an unsigned flood costs a JSON decode, not an Ed25519 verify,
+        and so does a signed one of asks the node would drop)."""
         obj = _decode(body)
         kind, sender, recipient, seq, ts = self._header(obj, now_ms)
+        if screen is not None and sender == expect and (why := screen(kind, obj["payload"])):
+            raise Refused(why, f"from {node_id_of(sender)[:12]}, before its signature was checked")
         sig, payload_sha256 = self._authenticate(obj, kind, sender, recipient, seq, ts)
         if expect is not None and sender != expect:
             raise WrongSender(sender)
