@@ -149,7 +149,7 @@ def _job_routes(app: FastAPI, node: NodeFacade) -> None:
         why = await node.shortage(job)
         if why:
             raise ApiError(409, why)
-        return Submitted(job_id=submit_job(node, job))
+        return Submitted(job_id=await submit_job(node, job))
 
     @app.get("/jobs", dependencies=AUTH, responses=ERRORS, summary="Jobs submitted here, newest first")
     async def jobs(limit: int = Query(50, ge=1, le=1000, description="at most this many")) -> list[JobSummary]:

@@ -59,9 +59,9 @@ def parse_request_job(node: NodeFacade, data: dict[str, Any], redundancy: int | 
     return job
 
 
-def submit_job(node: NodeFacade, job: Job) -> str:
+async def submit_job(node: NodeFacade, job: Job) -> str:
     try:
-        return node.submit(job)
+        return await node.submit(job)
     except CreditError as exc:
         raise ApiError(402, str(exc)) from None
     except JournalError as exc:  # the disk under the journal: the job would not survive a restart

@@ -65,7 +65,8 @@ class NodeFacade:
     status: Callable[[], dict[str, Any]]  # the node, its peers, balance and rejections (GET /status)
     jobs: Callable[[], Mapping[str, JobView]]  # jobs in memory, by id
     report: Callable[[JobView], dict[str, Any]]  # a job's report (GET /jobs/{id})
-    submit: Callable[[Job], str]  # start a job, its id back; CreditError when this node may not spend
+    submit: Callable[[Job], Awaitable[str]]  # start a job, its id back once it is on disk; CreditError when
+    # this node may not spend, JournalError when its journal cannot keep it
     cancel: Callable[[str], bool]  # give a running job up; False when it had ended
     pause: Callable[[str], dict[str, Any]]  # the owner pauses (a reason) or resumes (''): its limits and pause back
     workers_for: Callable[[str], int]  # peers up now that can run a step needing this capability

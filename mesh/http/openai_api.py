@@ -102,7 +102,7 @@ async def chat_completions(body: ChatRequest, request: Request,
     if workers < job.redundancy:
         raise ApiError(503, f"{workers} peers can run model {model!r} now, fewer than the redundancy "
                             f"{job.redundancy} asked for: lower X-Homemesh-Redundancy or wait for peers")
-    st = node.jobs()[submit_job(node, job)]
+    st = node.jobs()[await submit_job(node, job)]
     cid = f"chatcmpl-{st.run.job_id}"
     needed = job.quorum.needed(job.redundancy)
     max_tokens = step.params["max_tokens"]

@@ -10,7 +10,14 @@ asked again, and the ledger's keys (kind, job, step, peer) keep a payment single
 Inputs belong to an *epoch*: one core's life. The journal starts a new epoch (a fresh core, the old
 inputs deleted) only when the core is idle and the journal has grown past COMPACT_AT inputs, so a
 restart never replays more than about that many. The same database holds the receipt outbox
-(mesh.node.outbox) and the worker's owed steps (mesh.node.owed): one file, one transaction discipline."""
+(mesh.node.outbox) and the worker's owed steps (mesh.node.owed): one file, one transaction discipline.
+
+Group commit (`group_commit`): the submitter's inputs are then written into one open transaction and
+committed together (`commit`, by the submitter a few event-loop turns after the first), so a burst of
+inputs costs one fsync, not one each. What those inputs cause must wait for that commit: the submitter
+holds its effects until then (mesh.node.submitter). A write made outside a batch, or a batch not
+deferred, commits the open group with it: whoever needs its row on disk before acting gets the earlier
+inputs there too, never fewer."""
 
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +76,7 @@ class Journal:
         self._refs: set[str] = set()
         self._encoded: dict[Candidate, dict] = {}
         self._batch = 0
+        self._opened: Callable[[], None] | None = None  # group commit: told when a deferred write leaves one open
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -88,6 +96,8 @@ class Journal:
                 f"and start the node again")
 
     def close(self) -> None:
+        """Commit what is open (its effects never left: a restart replays the inputs and resumes)."""
+        self.commit()
         self.db.close()
 
     def _meta(self, key: str) -> str | None:
@@ -95,10 +105,34 @@ class Journal:
         return row[0] if row else None
 
     # -- writing -----------------------------------------------------------------------------------
+    def group_commit(self, opened: Callable[[], None]) -> None:
+        """From now on appends and batch(defer=True) leave their transaction open; `opened()` is called
+        when one does, and its caller must commit() soon and hold what those inputs cause until then."""
+        self._opened = opened
+
+    @property
+    def pending(self) -> bool:
+        """Rows written and not yet committed (a deferred group)."""
+        return self.db.in_transaction and not self._batch
+
+    def commit(self) -> bool:
+        """Everything written so far, on disk in one transaction; False when the journal failed (then the
+        open group is rolled back: what is on disk stays a valid prefix)."""
+        if self.pending and not self.error:
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._failed(exc)
+        return not self.error
+
     def write(self, sql: str, args: tuple | list = ()) -> bool:
-        """One statement, committed unless inside batch(); False (and journaling stopped) on failure."""
+        """One statement, committed unless inside batch(); False (and journaling stopped) on failure. An
+        open deferred group is committed with it."""
         if self.error:
             return False
+        if self.pending:
+            with self.batch():
+                return self.write(sql, args)
         try:
             self.db.execute(sql, args)
         except sqlite3.Error as exc:
@@ -107,12 +141,18 @@ class Journal:
         return True
 
     def _failed(self, exc: sqlite3.Error) -> None:
+        """Journaling stops; what was not committed is rolled back, so the file ends at a valid prefix."""
         self.error = f"the job journal {self.path} could not be written: {exc}"
         log.error("%s; new jobs are refused until the node is restarted with the disk fixed", self.error)
+        if self.db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Everything written inside commits together (or not at all)."""
+    def batch(self, defer: bool = False) -> Iterator[None]:
+        """Everything written inside commits together (or not at all). `defer` (with group_commit): left
+        open for the next commit(), with the rest of the turn's inputs; else committed at the end, with
+        any group open before it."""
         if self._batch or self.error:
             self._batch += 1
             try:
@@ -121,21 +161,19 @@ class Journal:
                 self._batch -= 1
             return
         self._batch = 1
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            self._failed(exc)
+        if not self.db.in_transaction:
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                self._failed(exc)
         try:
             yield
         finally:
             self._batch = 0
-            if self.db.in_transaction:
-                try:
-                    self.db.execute("ROLLBACK" if self.error else "COMMIT")
-                except sqlite3.Error as exc:
-                    self._failed(exc)
-                    with contextlib.suppress(sqlite3.Error):
-                        self.db.execute("ROLLBACK")
+            if defer and self._opened is not None and self.db.in_transaction and not self.error:
+                self._opened()
+            else:
+                self.commit()
 
     def start_epoch(self, config: Config) -> None:
         """A fresh core: its config kept, the previous epoch's inputs deleted."""
@@ -160,15 +198,18 @@ class Journal:
             self._failed(sqlite3.DataError(f"input {entry[0]} cannot be encoded: {exc}"))
             return
         row = (now, time.time(), text)
-        if fresh is None:
+        deferred = self._opened is not None
+        if fresh is None and not deferred:
             if self.write("INSERT INTO inputs (now, wall, entry) VALUES (?,?,?)", row):
                 self.count += 1
             return
-        with self.batch():  # a tick naming candidates not stored yet: both rows in one commit (one fsync)
-            self.write("INSERT OR IGNORE INTO candidates VALUES (?,?)", fresh)
+        with self.batch(defer=deferred):  # a tick naming candidates not stored yet: both rows in one commit
+            if fresh is not None:
+                self.write("INSERT OR IGNORE INTO candidates VALUES (?,?)", fresh)
             self.write("INSERT INTO inputs (now, wall, entry) VALUES (?,?,?)", row)
         if not self.error:
-            self._refs.add(fresh[0])
+            if fresh is not None:
+                self._refs.add(fresh[0])
             self.count += 1
 
     def _encode(self, entry: list) -> tuple[list, tuple[str, str] | None]:

@@ -2,7 +2,9 @@
 until its worker acknowledges it (a signed `receipt-ack`), and is sent again with backoff — across
 restarts of either side — until then. A receipt is held (state HELD) before its ledger batch is written
 and released (SENDING) in the same transaction that journals the write's outcome, so a receipt goes out
-only for a payment the ledger holds, and a batch written again after a crash signs the same bytes."""
+only for a payment the ledger holds, and a batch written again after a crash signs the same bytes. With
+group commit that release may sit in the journal's open transaction for a moment: a receipt is read for
+sending (`due`, `asked`) only after the journal has committed, so what goes out is on disk."""
 
 from __future__ import annotations
 
@@ -38,16 +40,21 @@ class Outbox:
         return {(p, j, s): json.loads(r) for p, j, s, r in rows}
 
     def hold(self, record: str, receipts: Iterable[tuple[str, dict]]) -> None:
+        """Receipts signed for batch `record`, kept before it is written: the caller commits the journal
+        (with group commit, its next commit) before the ledger write."""
+        receipts = list(receipts)
+        if not receipts:
+            return
         now = time.time()
-        with self.journal.batch():
+        with self.journal.batch(defer=True):
             for peer, r in receipts:
                 self.journal.write("INSERT OR IGNORE INTO outbox (peer, job, step, record, receipt, state, made) "
                                    "VALUES (?,?,?,?,?,?,?)", (peer, r["job"], r["step"], record, json.dumps(r),
                                                               HELD, now))
 
     def settle(self, record: str, ok: bool) -> None:
-        """The batch was written: its receipts may go. Call inside the journal batch that journals the
-        outcome. (A write reported failed may still have landed: a timed-out answer.)"""
+        """The batch was written: its receipts may go (once committed: see `due`). Call inside the journal
+        batch that journals the outcome. (A write reported failed may still have landed: a timed-out answer.)"""
         if ok:
             self.journal.write("UPDATE outbox SET state=?, next_at=0 WHERE record=? AND state=?", (SENDING, record, HELD))
         # refused: they stay held, and the next start sends those the ledger holds after all (reconcile)
@@ -68,12 +75,16 @@ class Outbox:
                                (SENDING, json.dumps(receipt), peer, job, step))
 
     def due(self, now: float | None = None) -> list[tuple[str, dict]]:
-        """Unacknowledged receipts whose next send is due, each pushed back by its backoff."""
+        """Unacknowledged receipts whose next send is due, each pushed back by its backoff. Only releases
+        on disk are read: the journal commits what is open first (a failed commit rolls it back)."""
         now = time.time() if now is None else now
+        self.journal.commit()
         rows = self.journal.rows("SELECT peer, job, step, receipt, tries FROM outbox WHERE state=? AND next_at<=? "
                                  "ORDER BY next_at LIMIT ?", (SENDING, now, DUE_BATCH))
         out: list[tuple[str, dict]] = []
-        with self.journal.batch():
+        if not rows:
+            return out
+        with self.journal.batch(defer=True):  # (backoff only: lost in a kill, a receipt goes again sooner)
             for peer, job, step, text, tries in rows:
                 receipt = _decoded(text)
                 if receipt is None:
@@ -93,7 +104,7 @@ class Outbox:
     def acked(self, peer: str, job: str, steps: list[str]) -> int:
         """`peer` booked these receipts: stop sending them. Only its own rows are touched."""
         before = self.journal.db.total_changes
-        with self.journal.batch():
+        with self.journal.batch(defer=True):  # (nothing leaves on it: it may wait for the turn's commit)
             for step in steps:
                 self.journal.write("UPDATE outbox SET state=? WHERE peer=? AND job=? AND step=? AND state=?",
                                    (ACKED, peer, job, step, SENDING))
@@ -103,6 +114,7 @@ class Outbox:
         """Receipts `peer` asks for again (it lost our send or its own record of it): its own, released, each
         at most once in ASKED_AGAIN_S."""
         now = time.monotonic() if now is None else now
+        self.journal.commit()  # (as in `due`: a release still in the open transaction is not sent)
         steps = [s for s in dict.fromkeys(steps) if now - self._asked.get((peer, job, s), -ASKED_AGAIN_S) >= ASKED_AGAIN_S]
         marks = ",".join("?" * len(steps))
         rows = self.journal.rows(f"SELECT step, receipt FROM outbox WHERE peer=? AND job=? AND step IN ({marks}) "

@@ -4,8 +4,10 @@ ledger batches (then receipts to the paid workers, through the outbox until each
 events and reports — and feeds back answers, lost peers and the time. Every input reaches the node's
 journal before the core decides on it, so a node killed at any moment replays the journal into the same
 core at its next start and resumes (`resume`): answers already in are not asked again, replicas that were
-out are asked again, unwritten ledger batches are written (once: the ledger keys each row). It sees the
-node only through Ports, never the Node itself."""
+out are asked again, unwritten ledger batches are written (once: the ledger keys each row). The journal
+commits the inputs of a few event-loop turns together (group commit: one fsync for a burst), and what
+those inputs cause (sends, ledger writes, receipts, the HTTP reply to a submit, what readers of a job see)
+waits here until that commit (`_flush`). It sees the node only through Ports, never the Node itself."""
 
 from __future__ import annotations
 
@@ -61,6 +63,9 @@ PARTIAL_TEXT = 4096  # characters of a running replica's streamed text shown in 
 PROGRESS_EVENT_TEXT = 1024  # of it in each progress event (jobs keep their events while in memory)
 MAX_ASKED = 50_000  # requests remembered for the answer to name (Submitter._asked)
 CORE_LOG_FILE = "submission-log.jsonl"  # with --core-log: the core's inputs and effects (replay_log)
+# loop turns a group commit waits for more inputs: a driver woken by an answer ticks a few turns after it
+# (Event → wait_for → task), and with 5 its tick and the receipts it holds share the answer's commit (3: not)
+FLUSH_HOPS = 5
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,10 @@ class Submitter:
         self.journal = journal or Journal(None)
         self.outbox = Outbox(self.journal)
         self._holding = False  # the journal failed and effects were held back (_held)
+        self._pending: list[tuple[Effect, tuple[Outvoted, ...]]] = []  # effects waiting for the commit
+        self._flush_call: asyncio.Handle | None = None  # the next group commit (_flush), when one is due
+        self._flushed: asyncio.Future | None = None  # done when it has run (_durable)
+        self.journal.group_commit(self._schedule_flush)
         self.jobs: dict[str, JobState] = {}
         self.outbox_due = asyncio.Event()  # a receipt to send now (a batch written, a payee back)
         replayed = self.journal.replayed()
@@ -294,6 +303,25 @@ class Submitter:
         log.info("job %s (%s) submitted: %d steps at r=%d", job_id, job.name, len(job.steps), job.redundancy)
         return job_id
 
+    async def submit_kept(self, job: Job) -> str:
+        """`submit`, answered once the job is on disk: its id told to the client is an effect of its input
+        too. Raises JournalError (and the job is given up, nothing of it sent) when the commit fails."""
+        job_id = self.submit(job)
+        if not await self._durable():
+            self.core.abort(job_id, self.journal.error)  # (held: the journal stopped)
+            raise self._journal_refusal()
+        return job_id
+
+    def shown(self, st: JobState) -> dict:
+        """A job's report for a reader outside the node: what it shows is on disk first."""
+        self.journal.commit()
+        return self.report(st.run.job_id, st)
+
+    def visible(self) -> dict[str, JobState]:
+        """The jobs in memory, for a reader outside the node: what their states show is on disk first."""
+        self.journal.commit()
+        return self.jobs
+
     def _journal_refusal(self) -> JournalError:
         return JournalError(f"{self.journal.error}; new jobs are refused, since they would not survive a "
                             "restart: free disk space (or fix the home) and restart the node")
@@ -336,6 +364,7 @@ class Submitter:
             elif not st.run.finished:
                 self._apply_all(self.core.abort(
                     job_id, "the job's driver stopped (node shutting down or internal error; see node.log)"))
+                self.journal.commit()  # (its report, saved next, says so: the abort on disk first)
             self._end(job_id, st)
 
     async def _loop(self, job_id: str, st: JobState) -> None:
@@ -350,6 +379,7 @@ class Submitter:
                     await self._record(eff, self._proofs(eff))  # payments written before the job says done
                 else:
                     self._apply(eff)
+            await self._durable()  # what readers see and the cancels below follow from the tick's inputs
             st.events.diff(st.run)
             self._cancel_unneeded(job_id, st)
             while st.closing:
@@ -418,8 +448,8 @@ class Submitter:
         """Start the journal over (a fresh core) once it is long and nothing is under way: a restart then
         replays little. What the old core knew across jobs (answers kept for spot checks, jobs kept for
         rechecks) goes with it; finished jobs are read from their reports."""
-        if self.journal.count < COMPACT_AT or not self.core.idle or self.journal.error:
-            return
+        if self.journal.count < COMPACT_AT or not self.core.idle or self.journal.error or self._pending:
+            return  # (effects waiting for a commit belong to this epoch's inputs)
         for job_id in [j for j, st in self.jobs.items() if st.run.finished]:
             del self.jobs[job_id]
         self.core = self._fresh_core()
@@ -444,13 +474,71 @@ class Submitter:
         self._holding = self._holding or bool(effects)
 
     def _apply(self, eff: Effect) -> None:
+        """One effect of the core: a wake-up or an alarm (they stay in this process) at once, anything else
+        once the inputs that caused it are committed (`_flush`)."""
+        if self.journal.error:
+            self._held(1)
+        elif isinstance(eff, (Wake, Alarm)):
+            self._carry_out(eff)
+        else:  # (a batch's proofs are taken now, while the job is still held: _proofs)
+            self._pending.append((eff, self._proofs(eff) if isinstance(eff, Record) else ()))
+            self._schedule_flush()
+
+    def _schedule_flush(self, hops: int = FLUSH_HOPS) -> None:
+        """A group commit, a few loop turns from now (at once when no loop runs: nothing to wait with)."""
+        if self._flush_call is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._flush()
+            return
+        self._flush_call = loop.call_soon(self._hop, hops)
+
+    def _hop(self, hops: int) -> None:
+        """Let the callbacks queued meanwhile (a woken driver's tick) run first, then commit."""
+        self._flush_call = None
+        if hops > 1:
+            self._schedule_flush(hops - 1)
+        else:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Commit the journal (one transaction for every input since the last), then carry out what those
+        inputs caused; a failed commit holds it all (`_held`), as a failed write always did."""
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+            self._flush_call = None
+        ok = self.journal.commit()
+        effects, self._pending = self._pending, []
+        flushed, self._flushed = self._flushed, None
+        if not ok:
+            self._held(len(effects))
+        else:
+            for eff, proofs in effects:
+                self._carry_out(eff, proofs)
+        if flushed is not None and not flushed.done():
+            flushed.set_result(ok)
+
+    async def _durable(self) -> bool:
+        """Wait for the commit of every input journaled so far (the next group commit); False when the
+        journal failed."""
+        if self.journal.pending or self._pending or self._flush_call is not None:
+            if self._flushed is None:
+                self._flushed = asyncio.get_running_loop().create_future()
+            flushed = self._flushed
+            self._schedule_flush()
+            await asyncio.shield(flushed)
+        return not self.journal.error
+
+    def _carry_out(self, eff: Effect, proofs: tuple[Outvoted, ...] = ()) -> None:
         """Carry out one effect without waiting (ledger batches run as tasks of their own)."""
         if isinstance(eff, Send):
             self.ports.spawn(self._send(eff))
         elif isinstance(eff, Alarm):
             self.ports.spawn(self._alarm(eff.at))
         elif isinstance(eff, Record):
-            self.ports.spawn(self._record(eff, self._proofs(eff)))
+            self.ports.spawn(self._record(eff, proofs))
         elif isinstance(eff, Wake) and eff.job in self.jobs:
             self.jobs[eff.job].wake.set()
         elif isinstance(eff, Started):
@@ -522,7 +610,8 @@ class Submitter:
         """One ledger batch (a receipt signed for each payment), then the receipts go out through the
         outbox. The receipts are held in the journal first: a batch written again after a crash reuses
         them (same bytes, and the ledger skips rows it has), and they are released only once the ledger
-        has the batch, in the same journal transaction as the core hears so."""
+        has the batch, in the same journal transaction as the core hears so. Each of those transactions
+        is committed before what follows it (the ledger write, the receipts' sending) starts."""
         key = f"{self.journal.epoch}:{eff.id}"
         held = self.outbox.held(key)
         ts = min((r["ts"] for r in held.values()), default=int(time.time() * 1000))
@@ -538,13 +627,16 @@ class Submitter:
                 detail["receipt"] = r
             entries.append(Entry(e.kind, e.job, e.step, e.peer, e.amount, detail))
         self.outbox.hold(key, fresh)
-        if self.journal.error:  # its receipts are not kept: the batch waits for the restart (_held)
+        if not await self._durable():  # its receipts are not kept: the batch waits for the restart (_held)
             self._held(1)
             return
         ok = await self.ports.record(entries, ts)
-        with self.journal.batch():
+        with self.journal.batch(defer=True):
             self.core.on_recorded(eff.id, ok, self.ports.ledger_error())
             self.outbox.settle(key, ok)
+        if not await self._durable():  # the release is not on disk: no receipt, no proof leaves
+            self._held(1)
+            return
         if not ok:
             if eff.outcomes:
                 log.error("job %s: the ledger did not record its payments: %s", eff.job,

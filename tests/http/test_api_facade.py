@@ -38,7 +38,7 @@ class Fake:
         self.pauses.append(reason)
         return {"paused": reason or None}
 
-    def submit(self, job: Job) -> str:
+    async def submit(self, job: Job) -> str:
         if not self.credit_ok:
             raise CreditError("past the credit line")
         self.submitted.append(job)
