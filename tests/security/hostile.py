@@ -30,11 +30,12 @@ from mesh.node.p2p.triothread import TrioThread
 from mesh.wire.canonical import canonical
 from mesh.wire.envelope import ANYONE, Sealer, signed_bytes
 from mesh.wire.identity import Identity
-from mesh.wire.messages import Hello, PeerRecord, asked_digest
+from mesh.wire.messages import MODEL_PART, Hello, PeerRecord, asked_digest
 from mesh.wire.records import make_record
 from mesh.wire.schema import dump
 
 from ..conftest import cli_json, run_cli, wait_for
+from ..tinygguf import tiny_gguf
 
 NETWORK = "homemesh-local"
 HEADER = struct.Struct(">I")
@@ -580,3 +581,19 @@ def cpu_seconds(pid: int) -> float:
 def rss_mb(pid: int) -> float:
     """A process's resident memory, in MiB."""
     return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def serving_tiny_model(where: Path, parts: int, *options: str):
+    """A generator for a module fixture: one node serving a tiny model of `parts` parts (llm steps, model
+    sharing) started with `options`, yielded with the model's sha as (node, sha) once it offers llm steps,
+    stopped after."""
+    model = where / "tiny.gguf"
+    sha = tiny_gguf(model, pad=(parts - 1) * MODEL_PART)
+    node = LocalNode(where / "node", ["--model", str(model), "--threads", "1", *options])
+    node.start([])
+    try:
+        node.wait_started(120)
+        wait_for(lambda: "llm" in status(node).get("kinds", []), 60, "the node to offer llm steps", 0.3)
+        yield node, sha
+    finally:
+        node.stop()

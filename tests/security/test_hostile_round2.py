@@ -35,7 +35,6 @@ from mesh.wire.canonical import digest
 from mesh.wire.envelope import ANYONE
 from mesh.wire.identity import Identity
 from mesh.wire.messages import (
-    MODEL_PART,
     Hello,
     ModelAsk,
     ReceiptAck,
@@ -47,8 +46,7 @@ from mesh.wire.messages import (
 )
 from mesh.wire.records import check_record, make_record, record_bytes
 
-from ..tinygguf import tiny_gguf
-from .hostile import NETWORK, HostilePeer, asked_of, now_ms, rejected, status
+from .hostile import NETWORK, HostilePeer, asked_of, now_ms, rejected, serving_tiny_model
 
 SUPERSCRIPT_TWO = "\u00b2"  # str.isdigit() says yes, int() says no
 ARABIC_NINE = "\u0669"  # a decimal digit int() reads: still a count, and counted
@@ -84,20 +82,7 @@ def test_a_pattern_repeat_count_in_superscript_digits_does_not_raise_out_of_a_st
 @pytest.fixture(scope="module")
 def tiny_node(tmp_path_factory):
     """One node serving a tiny model (llm steps, model sharing) on its default transport, stopped after."""
-    where = tmp_path_factory.mktemp("tiny-node")
-    model = where / "tiny.gguf"
-    sha = tiny_gguf(model, pad=3 * MODEL_PART)
-    node = LocalNode(where / "node", ["--model", str(model), "--threads", "1"])
-    node.start([])
-    try:
-        node.wait_started(120)
-        deadline = time.monotonic() + 60
-        while "llm" not in status(node).get("kinds", []):
-            assert time.monotonic() < deadline, "the node never offered llm steps"
-            time.sleep(0.3)
-        yield node, sha
-    finally:
-        node.stop()
+    yield from serving_tiny_model(tmp_path_factory.mktemp("tiny-node"), 4)
 
 
 @pytest.mark.mesh

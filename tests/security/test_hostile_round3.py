@@ -22,49 +22,30 @@ import time
 import psutil
 import pytest
 
-from mesh.cli.local import LocalNode
 from mesh.errors import Rejected
 from mesh.node.modelshare import MANIFEST_RULE, ModelServer
 from mesh.wire.identity import Identity
 from mesh.wire.messages import MODEL_PART, Hello, ModelAsk
 from mesh.wire.records import make_record
 
-from ..tinygguf import tiny_gguf
-from .hostile import NETWORK, HostilePeer, now_ms, rejected, status
+from .hostile import NETWORK, HostilePeer, now_ms, rejected, serving_tiny_model
 
 PARTS = 4
 ROUNDS = 10
 FLOOD_S = 30.0  # a flood of asks longer than what the transport reads ahead of the gateway (1 MiB: ~1,800 asks)
 
 
-def serving(where, transport: str):
-    """One node serving a tiny model of PARTS parts to any peer, on `transport`, stopped after."""
-    model = where / "tiny.gguf"
-    sha = tiny_gguf(model, pad=(PARTS - 1) * MODEL_PART)
-    node = LocalNode(where / "node", ["--model", str(model), "--threads", "1", "--no-scrape", "--transport", transport])
-    node.start([])
-    try:
-        node.wait_started(120)
-        deadline = time.monotonic() + 60
-        while "llm" not in status(node).get("kinds", []):
-            assert time.monotonic() < deadline, "the node never served its model"
-            time.sleep(0.3)
-        yield node, sha
-    finally:
-        node.stop()
-
-
 @pytest.fixture(scope="module")
 def serving_node(tmp_path_factory):
     """On the node's own transport (libp2p)."""
-    yield from serving(tmp_path_factory.mktemp("serving-node"), "libp2p")
+    yield from serving_tiny_model(tmp_path_factory.mktemp("serving-node"), PARTS, "--no-scrape", "--transport", "libp2p")
 
 
 @pytest.fixture(scope="module")
 def serving_node_tcp(tmp_path_factory):
     """On plain TCP: an attacker reading its parts as fast as the node serves them (32 MiB/s) needs no more
     than a socket, where the test's own libp2p client reads a few MiB/s of Python."""
-    yield from serving(tmp_path_factory.mktemp("serving-node-tcp"), "tcp")
+    yield from serving_tiny_model(tmp_path_factory.mktemp("serving-node-tcp"), PARTS, "--no-scrape", "--transport", "tcp")
 
 
 class PartFlood:
