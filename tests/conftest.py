@@ -88,6 +88,21 @@ def tree_pids(pid: int) -> list[int]:
         return []
 
 
+def model_holders(node) -> list[int]:
+    """The processes of `node`'s tree that map the default model's GGUF (its model runner's worker; the
+    instruct model has a runner of its own)."""
+    from mesh.steps.models import default_model
+    base = str(default_model()[0].resolve())
+    found = []
+    for pid in tree_pids(node.proc.pid):
+        try:
+            if any(m.path == base for m in psutil.Process(pid).memory_maps()):
+                found.append(pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
 class MeshStarter:
     """Starts LocalMeshes under one directory and kills all of them, and whatever they left behind, by pid."""
 

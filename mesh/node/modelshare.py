@@ -117,12 +117,12 @@ class ModelServer:
 
     async def serve(self, peer: object, ask: ModelAsk) -> None:
         who = getattr(peer, "node", peer)
-        if self._held[who] >= PEER_WAITING:  # a flood of asks: dropped, as a busy link drops (the asker times out)
+        if not self.admits(who, ask.part):
+            # a flood of asks, a manifest asked for again and again, or a full line where nobody holds more
+            # than this peer would: dropped, as a busy link drops (the asker times out)
             return
-        if ask.part < 0 and self._manifests_sent.level(who, MANIFEST_RULE, time.monotonic()) < 1:
-            return  # a manifest asked for again and again: dropped the same way
-        if self._waiting >= MAX_WAITING and not self._turns.bump(who):
-            return  # full, and nobody waiting holds more than this peer would
+        if self._waiting >= MAX_WAITING:
+            self._turns.bump(who)  # (admitted while full: some peer waiting holds more, and gives a place up)
         if ask.part < 0:
             self._manifests_sent.spend(who, MANIFEST_RULE, time.monotonic())
         self._held[who] += 1

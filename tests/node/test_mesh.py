@@ -16,10 +16,9 @@ import pytest
 
 from mesh.node.home import RuntimeInfo
 from mesh.node.p2p.client import BlockingLink
-from mesh.steps.models import default_model
 from mesh.wire.identity import Identity
 
-from ..conftest import ROOT, cli_json, run_cli, tree_pids, wait_for, write_job
+from ..conftest import ROOT, cli_json, model_holders, run_cli, tree_pids, wait_for, write_job
 
 pytestmark = pytest.mark.mesh
 
@@ -214,15 +213,8 @@ def test_garbage_on_the_peer_port_is_counted_and_the_node_keeps_serving(make_mes
 
 
 def runner_of(node) -> int | None:
-    """The process of `node`'s tree that maps the base model's GGUF (the instruct model has a runner of its own)."""
-    base = str(default_model()[0].resolve())
-    holding = []
-    for pid in tree_pids(node.proc.pid):
-        try:
-            if any(m.path == base for m in psutil.Process(pid).memory_maps()):
-                holding.append(pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+    """The one process of `node`'s tree that maps the base model's GGUF, None while not exactly one does."""
+    holding = model_holders(node)
     return holding[0] if len(holding) == 1 else None
 
 

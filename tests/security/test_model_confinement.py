@@ -13,25 +13,11 @@ import os
 import psutil
 import pytest
 
-from mesh.steps.models import default_model
 from mesh.steps.stepuser import running_as_root
 
-from ..conftest import tree_pids, wait_for
+from ..conftest import model_holders, wait_for
 
 pytestmark = [pytest.mark.mesh, pytest.mark.llm]
-
-
-def holders(node) -> list[int]:
-    """The processes of `node`'s tree that map the default model's GGUF."""
-    base = str(default_model()[0].resolve())
-    found = []
-    for pid in tree_pids(node.proc.pid):
-        try:
-            if any(m.path == base for m in psutil.Process(pid).memory_maps()):
-                found.append(pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
 
 
 def status(pid: int, tid: int | None = None) -> dict[str, str]:
@@ -69,7 +55,7 @@ def test_the_model_process_of_a_real_node_is_confined_and_still_serves_llm_and_s
     mesh = make_mesh(4, lambda i: ["--no-model"] if i == 0 else [])
     workers, client = mesh.nodes[1:], mesh.nodes[0].client
     for node in workers:
-        (pid,) = wait_for(lambda n=node: holders(n), 60, "the model to load")  # one process holds the model
+        (pid,) = wait_for(lambda n=node: model_holders(n), 60, "the model to load")  # one process holds the model
         assert confinement_faults(pid, str(node.home.resolve())) == []
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
     job = {"redundancy": 3, "steps": [  # (scoring: one generates, the others score)
@@ -92,5 +78,5 @@ def test_the_model_process_of_a_real_node_is_confined_and_still_serves_llm_and_s
         roles = [r["role"] for r in steps[sid]["replicas"]]
         assert "generate" in roles and "verify" in roles, steps[sid]
     for node in workers:  # llama.cpp's threads, started by the steps, are as confined as the one that loaded
-        (pid,) = holders(node)
+        (pid,) = model_holders(node)
         assert confinement_faults(pid, str(node.home.resolve())) == []
