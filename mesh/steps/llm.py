@@ -81,7 +81,8 @@ class Model:
         self.sha256 = sha256
         self.path = path
         threads = n_threads or max(1, min(4, os.cpu_count() or 1))
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, seed=0, verbose=False)
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, seed=0,
+                         verbose=False)
 
     def prompt_tokens(self, prompt: str) -> int:
         """The tokens `prompt` reads as, as a replica reports them (what pricing pays a prompt by)."""
@@ -283,5 +284,5 @@ class Model:
             from llama_cpp import Llama
 
             self.scorer = Llama(model_path=str(self.path), n_ctx=self.llm.n_ctx(), n_threads=self.llm.n_threads,
-                                seed=0, verbose=False, logits_all=True)
+                                n_threads_batch=self.llm.n_threads, seed=0, verbose=False, logits_all=True)
         return self.scorer

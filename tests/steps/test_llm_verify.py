@@ -5,6 +5,9 @@ steered through every near-tie the old rule let pass is refused."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,13 +22,17 @@ from mesh.steps.llm import MARGIN, N_CTX, Model, off_top_budget
 from mesh.steps.models import default_model
 from mesh.wire.canonical import digest
 
+ROOT = Path(__file__).resolve().parents[2]
+
 pytestmark = [pytest.mark.llm, pytest.mark.mesh, pytest.mark.timeout(300)]  # (mesh: the real model, 11 s: out of the fast suite)
 
 
 @pytest.fixture(scope="module")
 def model() -> Model:
+    """One thread, as every node of the tests runs its model: two of llama.cpp's threads wait for each other
+    by spinning, which costs a CPU the suite's other worker needs (the thread counts are tested below)."""
     path, sha = default_model()
-    return Model(path, sha, 2)
+    return Model(path, sha, 1)
 
 
 def test_honest_output_is_accepted_and_a_changed_token_is_caught(model):
@@ -50,6 +57,30 @@ def test_nonsense_claims_are_rejected_not_crashing(model):
     assert not model.verify("Hello", [-1]).ok
 
 
+_THREADS = """
+import os, sys
+from mesh.steps.llm import Model
+from mesh.steps.models import default_model
+path, sha = default_model()
+model = Model(path, sha, 1)
+before = len(os.listdir("/proc/self/task"))
+gen = model.generate("The history of Paris begins", 16)
+model.verify("The history of Paris begins " * 8, list(gen.token_ids))
+print(before, len(os.listdir("/proc/self/task")))
+"""
+
+
+def test_a_model_given_one_thread_reads_prompts_and_scores_on_one():
+    """llama.cpp reads a prompt and scores a claim in batches with threads of their own, all the CPUs by
+    default: a node told `--threads 1` (or capped by `--max-cpu` to one CPU) ran those on every CPU, whose
+    threads spin while they wait for each other. In a fresh interpreter (llama.cpp's thread pool lives as
+    long as its process), a one-thread model's generation and scoring start no thread."""
+    out = subprocess.run([sys.executable, "-c", _THREADS], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after = map(int, out.stdout.split()[-2:])
+    assert after == before, f"{after - before} more threads after generating and scoring on one"
+
+
 # -- one context size; a claim that does not fit is no verdict ------------------------------------------------
 
 PARIS = "The history of Paris begins with a small fishing village on an island in the river. "
@@ -60,7 +91,7 @@ def small() -> Model:
     """The default model with a 256-token context (llama.cpp's smallest): claims that fill it without
     long (slow) prompts."""
     path, sha = default_model()
-    return Model(path, sha, 2, n_ctx=256)
+    return Model(path, sha, 1, n_ctx=256)
 
 
 def test_generator_and_scorer_share_one_context(model, small):
@@ -136,9 +167,9 @@ def test_a_verifier_that_cannot_score_is_a_no_show_never_a_dissenter():
 
 
 @pytest.fixture(scope="module")
-def one_thread() -> Model:
+def two_threads() -> Model:
     path, sha = default_model()
-    return Model(path, sha, 1)
+    return Model(path, sha, 2)
 
 
 # the second is the measured worst case: an honest digit 0.991 nats below the batched pass's top choice
@@ -149,8 +180,8 @@ HONEST = [("The history of Paris begins", 48), ("The speed of light in a vacuum 
 @pytest.mark.mesh  # slow: two models loaded, six claims generated and scored
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("generator_threads", [1, 2])
-def test_an_honest_claim_is_accepted_whatever_the_thread_counts(model, one_thread, generator_threads):
-    generator, scorer = (one_thread, model) if generator_threads == 1 else (model, one_thread)
+def test_an_honest_claim_is_accepted_whatever_the_thread_counts(model, two_threads, generator_threads):
+    generator, scorer = (model, two_threads) if generator_threads == 1 else (two_threads, model)
     for prompt, n in HONEST:
         gen = generator.generate(prompt, n)
         v = scorer.verify(prompt, list(gen.token_ids), claim=gen.text)
