@@ -14,7 +14,9 @@ from typing import Callable
 import psutil
 import pytest
 
-from mesh.cli.local import LocalMesh
+from mesh.cli.local import Launch, LocalMesh
+
+from .nodefork import Forked, ForkServer
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -103,16 +105,38 @@ def model_holders(node) -> list[int]:
     return found
 
 
+@pytest.fixture(scope="session")
+def fork_node():
+    """LocalNode's `launch` for the tests: a node forked from an interpreter that has imported it
+    (tests/nodefork.py), not a fresh `python -m mesh node` importing it all again. One server for this
+    pytest process, started by the first test that starts nodes and stopped by pid at the end. MESH_TEST_EXEC_NODES=1 starts
+    every node as `python -m mesh node` instead."""
+    if os.environ.get("MESH_TEST_EXEC_NODES") == "1":
+        yield None
+        return
+    servers = [ForkServer()]  # started here, in the main thread: it dies with the thread that started it
+
+    def launch(cmd: list[str], log: Path, env: dict[str, str]) -> Forked:
+        if not servers or servers[-1].proc.poll() is not None:
+            servers.append(ForkServer())
+        return servers[-1].launch(cmd, log, env)
+
+    yield launch
+    for server in servers:
+        server.stop()
+
+
 class MeshStarter:
     """Starts LocalMeshes under one directory and kills all of them, and whatever they left behind, by pid."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, launch: Launch | None = None):
         self.directory = directory
+        self.launch = launch
         self.meshes: list[LocalMesh] = []
         self.pids: list[int] = []
 
     def __call__(self, n: int, extra: Callable[[int], list[str]] | None = None, name: str = "mesh") -> LocalMesh:
-        mesh = LocalMesh(self.directory / name, n, extra)
+        mesh = LocalMesh(self.directory / name, n, extra, launch=self.launch)
         self.meshes.append(mesh)
         mesh.start()
         mesh.wait_ready(timeout=120)
@@ -127,17 +151,17 @@ class MeshStarter:
 
 
 @pytest.fixture
-def make_mesh(tmp_path: Path):
+def make_mesh(tmp_path: Path, fork_node):
     """make_mesh(n, extra=lambda i: [...]) → a started, ready LocalMesh; all of it is killed afterwards."""
-    starter = MeshStarter(tmp_path)
+    starter = MeshStarter(tmp_path, fork_node)
     yield starter
     starter.stop()
 
 
 @pytest.fixture(scope="module")
-def module_mesh(tmp_path_factory):
+def module_mesh(tmp_path_factory, fork_node):
     """Like make_mesh, for meshes shared by the tests of one module."""
-    starter = MeshStarter(tmp_path_factory.mktemp("module-mesh"))
+    starter = MeshStarter(tmp_path_factory.mktemp("module-mesh"), fork_node)
     yield starter
     starter.stop()
 

@@ -19,6 +19,9 @@ from mesh.errors import ConfigError, MeshError, UserError
 from mesh.node.actorsys import die_with_parent
 from mesh.node.home import RuntimeInfo, read_token
 
+# (command, log file, environment) → the started process, something with Popen's pid, poll, wait and kill
+Launch = Callable[[list[str], Path, dict[str, str]], subprocess.Popen]
+
 
 def free_ports(n: int) -> list[int]:
     """Ports free right now (for tests that need a port number nobody listens on)."""
@@ -42,6 +45,9 @@ class LocalNode:
     proc: subprocess.Popen | None = None
     info: RuntimeInfo | None = None
     env: dict[str, str] = field(default_factory=dict)  # extra environment (tests)
+    # how the node's process is started (tests: forked from an interpreter that has imported the node,
+    # tests/nodefork.py); None: `python -P -m mesh node …`
+    launch: Launch | None = None
 
     @property
     def listen(self) -> str:
@@ -77,6 +83,9 @@ class LocalNode:
                "--api", "127.0.0.1:0", "--threads", str(self.threads), *self.extra]
         for b in bootstrap:
             cmd += ["--bootstrap", b]
+        if self.launch is not None:
+            self.proc = self.launch(cmd, self.home / "stdout.log", {**os.environ, **self.env})
+            return
         with open(self.home / "stdout.log", "ab") as log:  # a node outlives neither `mesh up` nor a test
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True, env={**os.environ, **self.env},
@@ -141,10 +150,11 @@ MAX_NODES = 64  # node process trees on one machine (each 80-140 MiB); 99,999 ma
 
 class LocalMesh:
     def __init__(self, directory: Path, n: int, extra: Callable[[int], list[str]] | None = None,
-                 threads: int = 1):
+                 threads: int = 1, launch: Launch | None = None):
         if not 1 <= n <= MAX_NODES:
             raise UserError(f"--nodes is from 1 to {MAX_NODES} (each node is a process tree of about 100 MiB)")
-        self.nodes = [LocalNode(directory / f"node{i}", extra(i) if extra else [], threads) for i in range(n)]
+        self.nodes = [LocalNode(directory / f"node{i}", extra(i) if extra else [], threads, launch=launch)
+                      for i in range(n)]
 
     def start(self, timeout: float = 120) -> None:
         first = self.nodes[0]
