@@ -109,8 +109,8 @@ def model_holders(node) -> list[int]:
 def fork_node():
     """LocalNode's `launch` for the tests: a node forked from an interpreter that has imported it
     (tests/nodefork.py), not a fresh `python -m mesh node` importing it all again. One server for this
-    pytest process, started by the first test that starts nodes and stopped by pid at the end. MESH_TEST_EXEC_NODES=1 starts
-    every node as `python -m mesh node` instead."""
+    pytest process, started by the first test that starts nodes and stopped by pid at the end.
+    MESH_TEST_EXEC_NODES=1 starts every node as `python -m mesh node` instead."""
     if os.environ.get("MESH_TEST_EXEC_NODES") == "1":
         yield None
         return

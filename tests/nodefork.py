@@ -5,11 +5,13 @@ all of it imports (py-libp2p ~1.4 s, FastAPI ~0.4 s); the suite starts ~450 node
 were busy 87% of its run (measured 2026-12-07). Here one server process per pytest worker imports the
 node once, and each node is a fork of it running `mesh.cli.main.main(argv)` as the exec'd node would:
 its own session, its log as stdout and stderr, its environment and working directory, SIGTERM when its
-parent dies. (Its command line, as `ps` shows it, stays the server's: `python -P -m tests.nodefork`.) Only the tests use this (`LocalNode(launch=…)`); `mesh up` and users' nodes are exec'd, and
-tests that check a node's own start (the CLI's, the README's) still exec it.
+parent dies. Its command line, as `ps` shows it, stays the server's (`python -P -m tests.nodefork`).
+Only the tests use this (`LocalNode(launch=…)`); `mesh up` and users' nodes are exec'd, and tests that
+check a node's own start (the CLI's, the README's) still exec it.
 
-The server is a child of the test process (SIGKILL when that dies); a node is the server's child, so the
-server reaps it and reports its exit status, which `Forked` gives back as `subprocess.Popen` would."""
+The server is a child of the test process (SIGKILL when the thread that started it ends); a node is the
+server's child, so the server reaps it and reports its exit status, which `Forked` gives back as
+`subprocess.Popen` would."""
 
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "h"
 
 
+@pytest.mark.mesh  # 5 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 def test_a_job_file_that_is_a_device_a_fifo_or_not_utf8_is_refused_in_one_line(tmp_path: Path, home: Path):
     (tmp_path / "zero.json").symlink_to("/dev/zero")
     one_line(run_cli("submit", str(tmp_path / "zero.json"), "--home", str(home), timeout=30), 2, "not a regular file")
@@ -117,6 +118,7 @@ def test_a_saved_report_that_is_not_a_job_report_is_an_error_not_a_traceback(tmp
     assert saved_report(SimpleNamespace(jobs_dir=tmp_path), "abc123")["status"] == "done"
 
 
+@pytest.mark.mesh  # over a second on its own: out of the fast suite (`-m "not mesh"`), in the full one
 def test_a_model_that_is_no_file_a_limit_below_one_and_a_key_given_twice_are_said_as_such(tmp_path: Path, home: Path):
     one_line(run_cli("models", "add", "/dev/zero", "--home", str(home)), 2, "is not a regular file")
     res = run_cli("ledger", "history", "--home", str(home), "--limit", "-1")

@@ -31,6 +31,7 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "h"
 
 
+@pytest.mark.mesh  # over a second on its own: out of the fast suite (`-m "not mesh"`), in the full one
 def test_a_directory_named_as_a_job_file_or_receipts_is_refused_in_one_line(tmp_path: Path, home: Path):
     folder = tmp_path / "jobs"
     folder.mkdir()
@@ -38,6 +39,7 @@ def test_a_directory_named_as_a_job_file_or_receipts_is_refused_in_one_line(tmp_
     one_line(run_cli("ledger", "verify-receipts", str(folder)), 2, "not a regular file")
 
 
+@pytest.mark.mesh  # 1.6 s each on its own: out of the fast suite (`-m "not mesh"`), in the full one
 @pytest.mark.parametrize("schema", [
     {"type": "object", "properties": [1]},
     {"type": "string", "pattern": 5},
@@ -56,6 +58,7 @@ def trace_with(tmp_path: Path, name: str, **header) -> str:
     return str(path)
 
 
+@pytest.mark.mesh  # 3 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 def test_a_trace_whose_header_does_not_hold_together_is_refused_in_one_line(tmp_path: Path):
     scenario = (ROOT / "simulations" / "scenarios" / "baseline.toml").read_text()
     for path in (trace_with(tmp_path, "bare.jsonl"),
@@ -132,6 +135,7 @@ def test_a_damaged_model_registry_or_owner_file_is_refused_in_one_line(tmp_path:
     one_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), 2, "node.toml: nested too deep")
 
 
+@pytest.mark.mesh  # over a second on its own: out of the fast suite (`-m "not mesh"`), in the full one
 @pytest.mark.parametrize("command", ["up", "demo"])
 def test_a_local_mesh_of_more_nodes_than_one_machine_runs_is_refused_at_once(tmp_path: Path, command):
     """`mesh up --nodes 99999` made 125 node homes and started their nodes before a minute was out, with no

@@ -24,6 +24,7 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "h"
 
 
+@pytest.mark.mesh  # 2 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 def test_superscript_digits_in_an_entry_a_port_or_a_pattern_are_one_line(tmp_path: Path, home: Path):
     Ledger(home / "ledger.db").close()
     one_line(run_cli("ledger", "explain", SUPERSCRIPT_TWO, "--home", str(home)), 2, "ENTRY is an entry number")
@@ -35,6 +36,7 @@ def test_superscript_digits_in_an_entry_a_port_or_a_pattern_are_one_line(tmp_pat
     one_line(run_cli("submit", str(job), "--home", str(home)), 2, "json_schema")
 
 
+@pytest.mark.mesh  # 2 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 def test_a_size_of_hundreds_of_digits_is_one_line_on_the_command_line_and_in_node_toml(tmp_path: Path, home: Path):
     """309 digits make a float's infinity: int() of it raised OverflowError, which argparse does not catch."""
     huge = "9" * 400

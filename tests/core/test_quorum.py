@@ -226,6 +226,7 @@ events = st.lists(st.tuples(st.sampled_from(["issue", "answer", "fail"]), st.int
                   max_size=40)
 
 
+@pytest.mark.mesh  # 2 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 @settings(max_examples=400, deadline=None)
 @given(rules, st.integers(0, 6), events, st.booleans(), st.booleans(), st.booleans())
 def test_tally_invariants_under_random_events(rule_r, extra_limit, evs, margin, more, new_prefixes):

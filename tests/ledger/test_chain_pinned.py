@@ -173,6 +173,7 @@ entries = st.builds(Entry, st.sampled_from(KINDS), st.sampled_from(["j1", "j2", 
                     st.none() | st.dictionaries(text, values, max_size=4))
 
 
+@pytest.mark.mesh  # 5 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=st.lists(st.tuples(st.lists(entries, max_size=6), st.integers(0, 2**62)), min_size=1, max_size=4),
        group=st.booleans())

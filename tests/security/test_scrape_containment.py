@@ -401,6 +401,7 @@ class NestedSite(OnePage):
             + "</body></html>")
 
 
+@pytest.mark.mesh  # 3 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 @pytest.mark.timeout(60)
 def test_a_page_that_is_slow_to_read_fails_its_step_within_the_step_time(tmp_path):
     """Found by reading the scraper after this project's attack rounds: a page was read (BeautifulSoup) in a

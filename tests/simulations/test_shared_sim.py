@@ -109,6 +109,7 @@ def test_said_of_gives_each_issuers_newest_testimony_readable_by_then_and_keeps_
     assert board.said_of("w", 30) == []
 
 
+@pytest.mark.mesh  # 4 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 def test_a_submitter_holds_testimony_only_about_workers_it_met_and_all_of_it_about_those(monkeypatch):
     """As a node keeps testimony only about peers in its table (Testimonies.heard), a simulated submitter
     keeps it only about workers its pools named; of a worker met late it still holds each issuer's newest

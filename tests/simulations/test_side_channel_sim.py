@@ -50,6 +50,7 @@ def test_colluders_outvoted_together_are_caught_and_get_no_wrong_answer_through(
         assert r["wrong_at_settle_rate"] >= r["wrong_accepted_rate"]
 
 
+@pytest.mark.mesh  # 3 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 def test_a_job_the_core_lets_go_in_the_call_that_judges_its_recheck_is_no_crash(monkeypatch):
     """The core forgets the oldest finished job once it is not being rechecked, in the very call that
     gives the verdict (Rechecked, then Forgotten); the simulator read the job back from the core for the

@@ -97,6 +97,7 @@ LOOP = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% e
 HOARD = "{% set s = 'x' * 1500000000 %}{{ s|length }}{{ messages[-1]['content'] }}"
 
 
+@pytest.mark.mesh  # 12 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 @pytest.mark.timeout(120)
 def test_a_gguf_template_from_elsewhere_is_read_and_rendered_in_a_child_held_to_its_limits(tmp_path):
     """A GGUF the owner added or a peer served: its template is read and rendered in a child process.

@@ -65,6 +65,7 @@ def test_exception_is_step_failed_with_its_name_and_the_line_of_the_steps_code()
     assert fails("x = 1\ndef (:").startswith("your code raised SyntaxError at line 2: ")
 
 
+@pytest.mark.mesh  # 2 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 def test_infinite_loop_times_out():
     t0 = time.monotonic()
     msg = fails("while True:\n    pass", timeout=2)
@@ -73,6 +74,7 @@ def test_infinite_loop_times_out():
     assert elapsed < 8
 
 
+@pytest.mark.mesh  # 2 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 def test_sleeping_forever_times_out_too():
     t0 = time.monotonic()
     assert "timed out" in fails("import time\ntime.sleep(3600)", timeout=2)
@@ -142,6 +144,7 @@ def test_a_flood_written_straight_to_a_pipe_is_cut_off_at_the_cap_and_costs_the_
     assert peak_kib < 200 * 1024, peak_kib
 
 
+@pytest.mark.mesh  # 2 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 def test_a_step_that_closes_its_pipes_and_goes_on_still_times_out():
     t = time.monotonic()
     assert "timed out" in fails("import os, time\nos.close(1)\nos.close(2)\ntime.sleep(60)", timeout=2)
@@ -486,6 +489,7 @@ def test_memory_across_many_processes_is_capped_by_the_step_group():
     assert codes.count(-9) >= 5, codes
 
 
+@pytest.mark.mesh  # 2 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 def test_a_sandbox_started_ahead_runs_its_step_with_the_clock_starting_at_the_request():
     from mesh.steps.sandbox import Sandbox
 
@@ -683,6 +687,7 @@ def test_dev_is_read_only_and_dev_shm_small_so_no_step_holds_ram_past_its_limits
     assert run(code).output == {"shm": "ENOSPC", "dev": "EROFS", "lock": "held"}
 
 
+@pytest.mark.mesh  # 2 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 def test_without_cgroups_work_done_in_short_lived_children_is_still_counted(monkeypatch):
     """Found by this project's red team (2026-12-06): where no cgroup counts a step (a node run by a normal
     user) its CPU is sampled from /proc every 50 ms, and a child that lives less than that was never seen:

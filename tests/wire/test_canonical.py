@@ -44,6 +44,7 @@ values = st.recursive(leaves, lambda kids: st.one_of(st.lists(kids, max_size=5),
                                                      st.dictionaries(texts, kids, max_size=5)), max_leaves=20)
 
 
+@pytest.mark.mesh  # 5 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 @settings(max_examples=500, deadline=None)
 @given(values)
 @example(1e-05)
@@ -59,6 +60,7 @@ def test_canonical_is_byte_identical_to_the_standard_library(value):
     assert outcome(canonical, value) == outcome(std, value)
 
 
+@pytest.mark.mesh  # 4 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 @settings(max_examples=500, deadline=None)
 @given(values)
 def test_loads_gives_the_standard_librarys_values(value):
@@ -123,6 +125,7 @@ STD_TYPED = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii
                              default=lambda v: v.to_json())
 
 
+@pytest.mark.mesh  # 3 s on its own: out of the fast suite (`-m "not mesh"`), in the full one
 @settings(max_examples=300, deadline=None)
 @given(st.recursive(values, lambda kids: st.builds(Typed, kids) | st.dictionaries(texts, kids, max_size=3),
                     max_leaves=10))
