@@ -45,8 +45,8 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-def test_full_disk_stops_paid_work_and_corrupts_nothing(small_disk: Path, tmp_path: Path):
-    mesh = LocalMesh(tmp_path / "m", 4, lambda i: ["--no-model"])
+def test_full_disk_stops_paid_work_and_corrupts_nothing(small_disk: Path, tmp_path: Path, fork_node):
+    mesh = LocalMesh(tmp_path / "m", 4, lambda i: ["--no-model"], launch=fork_node)
     mesh.nodes[0].home = small_disk / "node0"
     try:
         mesh.start()
@@ -116,7 +116,7 @@ def booked(home: Path, kind: str, job: str) -> dict[tuple[str, str], float]:
     return {(step, peer): abs(amount) for step, peer, amount in rows}
 
 
-def test_a_journal_that_fills_mid_job_holds_the_job_and_pays_exactly_what_workers_get(tmp_path: Path):
+def test_a_journal_that_fills_mid_job_holds_the_job_and_pays_exactly_what_workers_get(tmp_path: Path, fork_node):
     """Found by this project's red team (2026-12-06): the disk filled for a second during a running job.
     The journal stopped, the job ran on unjournaled, and the ledger (the disk free again) booked payments
     whose receipts the outbox never kept: workers were never paid. Restarted, the node ran step b again at
@@ -125,7 +125,7 @@ def test_a_journal_that_fills_mid_job_holds_the_job_and_pays_exactly_what_worker
     mnt = tmp_path / "small"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)], check=True)
-    mesh = LocalMesh(tmp_path / "m", 4, lambda i: ["--no-model"])
+    mesh = LocalMesh(tmp_path / "m", 4, lambda i: ["--no-model"], launch=fork_node)
     mesh.nodes[0].home = mnt / "node0"
     submitter = mesh.nodes[0]
     try:

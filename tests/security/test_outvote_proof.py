@@ -56,15 +56,15 @@ def altered(a: SignedAnswer, output: object) -> SignedAnswer:
                         StepResult(p.job, p.step, p.ok, output, digest(output), p.identity, p.work, asked=p.asked))
 
 
-def test_a_strangers_proof_reruns_a_cheaters_lone_answers_and_forged_or_sybil_proofs_do_nothing(make_mesh, tmp_path):
+def test_a_strangers_proof_reruns_a_cheaters_lone_answers_and_forged_or_sybil_proofs_do_nothing(make_mesh, tmp_path, fork_node):
     mesh = make_mesh(3, lambda i: FAST + own_prefix(10 if i == 0 else i))
     n0, n1, n2 = mesh.nodes
     for _ in range(7):  # n0 sees n1 and n2 do verified work (r=2 on two workers): 7 of FULL_FLOW's 10 each
         rep = wait_job(n0, submit(n0, PY_JOB, 2))
         assert rep["status"] == "done" and rep["steps"]["sum"]["output"] == RIGHT, rep
 
-    stranger = LocalNode(tmp_path / "stranger", FAST + own_prefix(3))
-    cheat = LocalNode(tmp_path / "cheat", FAST + own_prefix(4) + ["--fault", "wrong"])
+    stranger = LocalNode(tmp_path / "stranger", FAST + own_prefix(3), launch=fork_node)
+    cheat = LocalNode(tmp_path / "cheat", FAST + own_prefix(4) + ["--fault", "wrong"], launch=fork_node)
     evil = Identity.generate()
     try:
         for late in (stranger, cheat):

@@ -21,7 +21,7 @@ def up(node, who: str) -> bool:
     return any(p["node"] == who and p["state"] == "up" and p["connected"] for p in status(node)["peers"])
 
 
-def test_a_cheater_caught_by_one_submitter_has_its_lone_answers_rerun_by_another(make_mesh, tmp_path):
+def test_a_cheater_caught_by_one_submitter_has_its_lone_answers_rerun_by_another(make_mesh, tmp_path, fork_node):
     mesh = make_mesh(3, lambda i: FAST)
     n0, n1, n2 = mesh.nodes
     for _ in range(7):  # n0 and n1 each see the other do verified work (r=2 on three nodes: both others);
@@ -32,7 +32,7 @@ def test_a_cheater_caught_by_one_submitter_has_its_lone_answers_rerun_by_another
     wait_for(lambda: status(n0)["testimony"]["issuers"].get(n1.node_id[:12], 0) >= 0.5, 60,
              "n0 to weigh n1's testimony fully")
 
-    cheat = LocalNode(tmp_path / "cheat", FAST + ["--fault", "wrong"])
+    cheat = LocalNode(tmp_path / "cheat", FAST + ["--fault", "wrong"], launch=fork_node)
     try:
         cheat.start([n0.listen])
         cheat.wait_started(60)
