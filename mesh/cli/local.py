@@ -12,15 +12,27 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from mesh.cli.client import Client
 from mesh.errors import ConfigError, MeshError, UserError
 from mesh.node.actorsys import die_with_parent
 from mesh.node.home import RuntimeInfo, read_token
 
-# (command, log file, environment) → the started process, something with Popen's pid, poll, wait and kill
-Launch = Callable[[list[str], Path, dict[str, str]], subprocess.Popen]
+
+class NodeProcess(Protocol):
+    """What LocalNode needs of a started node: subprocess.Popen's, or a forked node's (tests/nodefork.py)."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+# (command, log file, environment) → the started node
+Launch = Callable[[list[str], Path, dict[str, str]], NodeProcess]
 
 
 def free_ports(n: int) -> list[int]:
@@ -42,7 +54,7 @@ class LocalNode:
     home: Path
     extra: list[str] = field(default_factory=list)
     threads: int = 1  # many nodes share this machine's cores: oversubscribed llama.cpp threads spin
-    proc: subprocess.Popen | None = None
+    proc: NodeProcess | None = None
     info: RuntimeInfo | None = None
     env: dict[str, str] = field(default_factory=dict)  # extra environment (tests)
     # how the node's process is started (tests: forked from an interpreter that has imported the node,
