@@ -29,6 +29,8 @@ import sys
 import threading
 from pathlib import Path
 
+from mesh.node.actorsys import die_with_parent
+
 ROOT = Path(__file__).resolve().parent.parent
 PRELOAD = ("mesh.cli.main", "mesh.node.lifecycle", "mesh.http.api", "mesh.node.p2p.transport",
            "mesh.node.p2p.nat", "mesh.node.p2p.dht", "actors.node_actor")
@@ -39,7 +41,8 @@ class ForkServerError(RuntimeError):
 
 
 class Forked:
-    """A node forked by the server: the part of `subprocess.Popen` the tests and LocalNode use."""
+    """A node forked by the server: the part of `subprocess.Popen` LocalNode uses (it signals the node's
+    process group itself)."""
 
     def __init__(self, server: "ForkServer", pid: int, serial: int, args: list[str]):
         self.server, self.pid, self.serial, self.args = server, pid, serial, args
@@ -58,19 +61,6 @@ class Forked:
             self.returncode = code
         return self.returncode
 
-    def send_signal(self, sig: int) -> None:
-        if self.poll() is None:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
 
 class ForkServer:
     """One server process; `launch` has LocalNode's signature for starting a node."""
@@ -79,7 +69,7 @@ class ForkServer:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
         self.proc = subprocess.Popen([sys.executable, "-P", "-m", "tests.nodefork"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, cwd=ROOT, start_new_session=True,
-                                     preexec_fn=lambda: _die_with_parent(signal.SIGKILL))
+                                     preexec_fn=lambda: die_with_parent(signal.SIGKILL))
         self._lock = threading.Lock()  # one request at a time: replies come in order
         self._changed = threading.Condition()
         self._replies: list[dict] = []
@@ -146,12 +136,6 @@ class ForkServer:
             self._changed.notify_all()
 
 
-def _die_with_parent(sig: int) -> None:
-    from mesh.node.actorsys import die_with_parent
-
-    die_with_parent(sig)
-
-
 # -- the server process --------------------------------------------------------------------------------
 
 
@@ -213,7 +197,7 @@ def _reap(out, children: dict[int, int]) -> None:
 def _become_node(req: dict) -> int:
     """In the forked child: what `python -P -m mesh node …` would be, then run it."""
     os.setsid()
-    _die_with_parent(signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
     log = os.open(req["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)

@@ -95,12 +95,13 @@ class LocalNode:
                "--api", "127.0.0.1:0", "--threads", str(self.threads), *self.extra]
         for b in bootstrap:
             cmd += ["--bootstrap", b]
+        env = {**os.environ, **self.env}
         if self.launch is not None:
-            self.proc = self.launch(cmd, self.home / "stdout.log", {**os.environ, **self.env})
+            self.proc = self.launch(cmd, self.home / "stdout.log", env)
             return
         with open(self.home / "stdout.log", "ab") as log:  # a node outlives neither `mesh up` nor a test
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, env={**os.environ, **self.env},
+                                         start_new_session=True, env=env,
                                          preexec_fn=lambda: die_with_parent(signal.SIGTERM))
 
     def wait_started(self, timeout: float) -> None:

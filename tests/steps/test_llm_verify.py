@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +21,7 @@ from mesh.steps.llm import MARGIN, N_CTX, Model, off_top_budget
 from mesh.steps.models import default_model
 from mesh.wire.canonical import digest
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..conftest import ROOT
 
 pytestmark = [pytest.mark.llm, pytest.mark.mesh, pytest.mark.timeout(300)]  # (mesh: the real model, 11 s: out of the fast suite)
 
