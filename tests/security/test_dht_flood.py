@@ -316,7 +316,10 @@ def test_valid_records_past_the_caps_are_refused_cheaply(make_mesh):
     assert refused.get("source-full", 0) >= RECORDS - PER_SOURCE and refused.get("store-full", 0) > 0, refused
     assert c["put-acked"] == sent, c
     probe.assert_responsive()
-    assert cpu < 15.0, f"node CPU {cpu:.1f} s for {sent} PUTs"
+    # Per PUT, not per run: the run's CPU also pays for the API and hello probes, which a loaded machine makes
+    # more of (its flood runs longer). 4.5 ms a PUT on a quiet machine, 6.1 in a clean-clone CI run (a bound of
+    # 15 s in all failed it at 16.1 s); the bug this guards against cost 212 ms a refused PUT.
+    assert cpu / sent < 0.010, f"node CPU {cpu:.1f} s for {sent} PUTs"
     peers.assert_served()
     assert rss < 60.0, rss
 
