@@ -107,11 +107,11 @@ def model_holders(node) -> list[int]:
 
 @pytest.fixture(scope="session")
 def fork_node():
-    """LocalNode's `launch` for the tests, with MESH_TEST_FORK_NODES=1: a node forked from an interpreter
-    that has imported it (tests/nodefork.py), not a fresh `python -m mesh node` importing it all again.
-    One server for this pytest process, started by the first test that starts nodes and stopped by pid
-    at the end. Without it (the default, and CI's, until a clean CI run passes with it) nodes are exec'd."""
-    if os.environ.get("MESH_TEST_FORK_NODES") != "1":
+    """LocalNode's `launch` for the tests: a node forked from an interpreter that has imported it
+    (tests/nodefork.py), not a fresh `python -m mesh node` importing it all again. One server for this
+    pytest process, started by the first test that starts nodes and stopped by pid at the end. With
+    MESH_TEST_EXEC_NODES=1 (to tell a fork's fault from the node's) every node is exec'd."""
+    if os.environ.get("MESH_TEST_EXEC_NODES") == "1":
         yield None
         return
     servers = [ForkServer()]  # started here, in the main thread: it dies with the thread that started it

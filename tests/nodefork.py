@@ -6,12 +6,12 @@ were busy 87% of its run (measured 2026-12-07). Here one server process per pyte
 node once, and each node is a fork of it running `mesh.cli.main.main(argv)` as the exec'd node would:
 its own session, its log as stdout and stderr, its environment and working directory, SIGTERM when its
 parent dies. Its command line, as `ps` shows it, stays the server's (`python -P -m tests.nodefork`).
-Only the tests use this (`LocalNode(launch=…)`), and only with MESH_TEST_FORK_NODES=1: of three clean CI
-runs with it, one failed on a node taken for ended because its pid had been an ended node's (exits are
-now kept by the server's serial number of each fork) and one on the hostile scrape test of
-tests/security/test_scrape_containment.py, cause not found. It becomes the default once a clean run
-passes. `mesh up` and users' nodes are exec'd, and tests that check a node's own start (the CLI's, the
-README's) exec it either way.
+Only the tests use this (`LocalNode(launch=…)`; MESH_TEST_EXEC_NODES=1 execs every node instead, to tell a
+fork's fault from the node's). Two faults were found on the way in clean CI runs: a node taken for ended
+because its pid had been an ended node's (exits are kept by the server's serial number of each fork), and
+a hostile scrape test that saw none of its page's pings (most likely the page's own timer: it declared
+itself ready 1.5 s after starting them, whatever the machine's load; it asks the site now). `mesh up` and users' nodes are exec'd, and tests that
+check a node's own start (the CLI's, the README's) exec it either way.
 
 The server is a child of the test process (SIGKILL when the thread that started it ends); a node is the
 server's child, so the server reaps it and reports its exit status, which `Forked` gives back as
