@@ -1,7 +1,12 @@
 """Earnings a node can prove to anyone: export its receipts, and check such a file offline. A receipt is
 only as good as its payer: anyone can make a key and sign receipts with it, so an export says what its
 node knows of each payer, and a check by another node counts only the receipts whose payers *it* knows
-and trusts, reporting the rest (unknown payers: minted, perhaps; distrusted ones) apart."""
+and trusts, reporting the rest (unknown payers: minted, perhaps; distrusted ones) apart.
+
+Receipts prove that a worker id was paid, not that whoever shows them is that worker: anyone can copy an
+export. So an export is signed as a whole with its node's own key, over an optional challenge the checker
+chose (`--challenge`): a file that answers the checker's fresh challenge was made by the id's key holder,
+for this check, and was not changed since."""
 
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ from typing import Any
 
 from mesh.errors import UserError
 from mesh.userfiles import read_text
-from mesh.wire.identity import node_id_of
+from mesh.wire.canonical import canonical
+from mesh.wire.identity import Identity, node_id_of, verify
 
 from .receipts import BadReceipt, verified
 from .store import Ledger
@@ -22,6 +28,9 @@ from .store import Ledger
 FORMAT = "homemesh-receipts/2"
 OLD_FORMAT = "homemesh-receipts/1"  # receipts only, no word on their payers: still checked
 TRUST_MIN = 0.5  # a payer below neutral reputation (it lost more than it won) is not trusted
+SIGNED_AS = b"homemesh receipts export\x00"  # what an export's signature is over starts so: no envelope or
+# receipt signature can be shown as one
+MAX_CHALLENGE = 256  # characters of a checker's challenge
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,49 @@ def export_receipts(rows: list[dict[str, Any]], node: str, judge: Judge) -> dict
             "total_all": round(total_all, 6)}
 
 
+def check_challenge(text: str) -> str:
+    """A checker's challenge as given on the command line, or UserError."""
+    if not 1 <= len(text) <= MAX_CHALLENGE or not text.isprintable():
+        raise UserError(f"a challenge is 1 to {MAX_CHALLENGE} printable characters (e.g. a random word the checker "
+                        f"chose), got {len(text)} characters" + ("" if text.isprintable() else ", not all printable"))
+    return text
+
+
+def sign_export(data: dict[str, Any], identity: Identity, challenge: str, now_ms: int) -> dict[str, Any]:
+    """`data` (export_receipts) with its node's key, the checker's `challenge` ('' for none), the time, and
+    the node's signature over all of it."""
+    body = {**data, "key": identity.public_key.hex(), "challenge": challenge, "signed_ms": now_ms}
+    return {**body, "sig": identity.sign(_signed_bytes(body)).hex()}
+
+
+def _signed_bytes(data: dict[str, Any]) -> bytes:
+    """What an export's signature is over: everything in the file but the signature, canonical JSON."""
+    return SIGNED_AS + canonical({k: v for k, v in data.items() if k != "sig"})
+
+
+def _holder_problems(data: dict[str, Any], node: str, challenge: str | None) -> tuple[bool, list[str]]:
+    """(whether the file is signed by `node`'s own key, what is wrong): a copy of another node's export,
+    one changed after it was signed, or one made for another challenge than the checker's."""
+    key, sig = data.get("key"), data.get("sig")
+    if key is None and sig is None:
+        return False, ([f"the file is not signed by its node, so it cannot answer the challenge {challenge!r}: "
+                        "anyone holding a copy could show it"] if challenge is not None else [])
+    try:
+        key_bytes, sig_bytes = bytes.fromhex(key), bytes.fromhex(sig)  # type: ignore[arg-type]
+        signed = _signed_bytes(data)
+    except (TypeError, ValueError, RecursionError):
+        return False, ["the file's key or signature is not hex, or the file has no canonical form: it is not as "
+                       "its node signed it"]
+    if node_id_of(key_bytes) != node:
+        return False, [f"the file is signed with a key that is not node {node[:12]}'s: a copy shown by someone else"]
+    if not verify(key_bytes, sig_bytes, signed):
+        return False, ["the file's signature does not check: it was changed after its node signed it"]
+    if challenge is not None and data.get("challenge") != challenge:
+        return True, [f"the file answers the challenge {data.get('challenge')!r}, not {challenge!r}: made for "
+                      "another check (a copy, or an old file)"]
+    return True, []
+
+
 @dataclass
 class Bucket:
     receipts: int = 0
@@ -97,6 +149,8 @@ class Checked:
     unknown: Bucket = field(default_factory=Bucket)  # payers the checking node never dealt with: minted, perhaps
     distrusted: Bucket = field(default_factory=Bucket)
     problems: list[str] = field(default_factory=list)
+    signed: bool = False  # by the node's own key (its signature checks), so made by whoever holds that key
+    challenge: str | None = None  # the challenge the file answers, when signed
 
     @property
     def valid(self) -> int:
@@ -107,16 +161,21 @@ class Checked:
                 "total": round(self.trusted.credits, 6),
                 "total_all": round(self.trusted.credits + self.unknown.credits + self.distrusted.credits, 6),
                 "trusted": self.trusted.to_json(), "unknown": self.unknown.to_json(),
-                "distrusted": self.distrusted.to_json(), "problems": self.problems}
+                "distrusted": self.distrusted.to_json(), "problems": self.problems, "signed": self.signed,
+                "challenge": self.challenge}
 
 
-def verify_receipts(path: Path, judge: Judge | None = None) -> Checked:
+def verify_receipts(path: Path, judge: Judge | None = None, challenge: str | None = None) -> Checked:
     """Check every receipt in an export (signature, payee, no (job, step) paid twice by one payer) and
     sort the valid ones by what `judge` (the checking node; None: a machine that knows nobody) knows of
-    their payers. The file's own words about its payers are not taken: its node wrote them."""
+    their payers. The file's own words about its payers are not taken: its node wrote them. The file as a
+    whole must be signed by its node's key when it says so, and answer `challenge` when one is given."""
     data = _read(path)
     node = str(data.get("node"))
     out = Checked(node)
+    out.signed, out.problems = _holder_problems(data, node, challenge)
+    if out.signed:
+        out.challenge = str(data.get("challenge"))
     seen: set[tuple[str, str, str, str]] = set()
     for i, item in enumerate(data["receipts"]):
         raw = item.get("receipt") if data["format"] == FORMAT and isinstance(item, dict) else item

@@ -404,6 +404,8 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     from mesh.node.home import LEDGER_FILE
     from mesh.wire.identity import load
 
+    if args.challenge is not None and args.what not in ("export", "verify-receipts"):
+        raise UserError("--challenge is for `mesh ledger export` and `mesh ledger verify-receipts`")
     if args.what == "verify-receipts":
         return _verify_receipts(args)
     if args.what in ("explain", "export") and not args.arg:
@@ -433,14 +435,18 @@ def _ledger_explain(args: argparse.Namespace, led, me: str) -> int:
 
 
 def _ledger_export(args: argparse.Namespace, led, me: str) -> int:
-    from ledger.export import export_receipts, judge_with
+    from ledger.export import check_challenge, export_receipts, judge_with, sign_export
+    from mesh.wire.identity import load
 
+    challenge = "" if args.challenge is None else check_challenge(args.challenge)
     data = export_receipts(led.history(None), me, judge_with(led, me, _record_keys(_home(args))))
+    data = sign_export(data, load(_home(args)), challenge, int(time.time() * 1000))
     _write(args.arg, json.dumps(data, indent=1) + "\n")
     _emit(args, {"file": args.arg, "receipts": len(data["receipts"]), "total": data["total"],
-                 "total_all": data["total_all"]},
+                 "total_all": data["total_all"], "challenge": challenge},
           f"wrote {len(data['receipts'])} receipts to {args.arg}: {data['total']:g} credits from payers this "
-          f"node trusts, of {data['total_all']:g} in all")
+          f"node trusts, of {data['total_all']:g} in all; signed with this node's key"
+          + (f" for the challenge {challenge!r}" if challenge else " (no challenge: --challenge answers a checker's)"))
     return 0
 
 
@@ -553,15 +559,19 @@ def _stop_on_sigterm() -> None:
 
 
 def _verify_receipts(args: argparse.Namespace) -> int:
-    from ledger.export import verify_receipts
+    from ledger.export import check_challenge, verify_receipts
 
     if not args.arg:
         raise UserError("mesh ledger verify-receipts needs the FILE written by `mesh ledger export`")
+    challenge = None if args.challenge is None else check_challenge(args.challenge)
     judged_by, judge = _payer_judge(args)
-    checked = verify_receipts(Path(args.arg), judge)
+    checked = verify_receipts(Path(args.arg), judge, challenge)
     obj = {**checked.to_json(), "judged_by": judged_by}
     lines = [f"{checked.valid} receipts verify (signatures, payee, none twice); judged by "
-             + (f"node {judged_by[:16]}" if judged_by else "nobody: no node home here, so every payer is unknown")]
+             + (f"node {judged_by[:16]}" if judged_by else "nobody: no node home here, so every payer is unknown"),
+             f"the file is signed by node {checked.node[:16]}'s own key" + (
+                 f", for the challenge {checked.challenge!r}" if checked.challenge else ", for no challenge")
+             if checked.signed else "the file is not signed by its node: anyone holding a copy could show it"]
     for name, bucket, what in (("trusted", checked.trusted, "from payers it knows and trusts"),
                                ("unknown", checked.unknown, "from payers it never met (minted, perhaps)"),
                                ("distrusted", checked.distrusted, "from payers it distrusts (low reputation)")):
@@ -1001,13 +1011,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("ledger", cmd_ledger, "read this node's ledger (works while the node is stopped): balance, peers "
              "(ranked by reputation), history, verify (the hash chain and every receipt), explain ENTRY (why a "
              "credit or reputation change happened), export FILE (earned receipts, each with what this node "
-             "knows of its payer), verify-receipts FILE (check an export offline: signatures, payee, nothing "
-             "twice; only payers the checking node (--home, or the default home) knows and trusts are counted, "
-             "payers it never met or distrusts are reported apart)", json_flag=True)
+             "knows of its payer, the file signed with this node's key), verify-receipts FILE (check an export "
+             "offline: signatures, payee, nothing twice, the file's own signature; only payers the checking "
+             "node (--home, or the default home) knows and trusts are counted, payers it never met or distrusts "
+             "are reported apart)", json_flag=True)
     sp.add_argument("what", choices=["balance", "peers", "history", "verify", "explain", "export", "verify-receipts"],
                     help="what to read or check (see above)")
     sp.add_argument("arg", nargs="?", metavar="ENTRY|FILE", help="entry id for explain, file for export and verify-receipts")
     sp.add_argument("--limit", type=_count, default=100, help="history: newest N entries")
+    sp.add_argument("--challenge", metavar="TEXT",
+                    help="export: sign the file for this challenge, chosen by whoever will check it; "
+                         "verify-receipts: refuse a file not signed by its node for exactly this challenge "
+                         "(receipts prove a worker id was paid; a fresh challenge proves the file was made by "
+                         "that id's key, for you)")
     sp.add_argument("--peers", action="store_true",
                     help="verify: also ask the running node's linked peers for the heads of this ledger they "
                          "hold, and check the chain against each (a history cut or rebuilt, even re-signed "

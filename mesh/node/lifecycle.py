@@ -317,7 +317,8 @@ class Node:
             paused=lambda: self.owner.paused, step_memory=lambda: self.owner.limits.memory, worked=self._worked),
             Owed(self.journal))
         self.model_server = ModelServer(self._served_models if opts.share_models else dict, self.send,
-                                        corrupt=opts.fault == "corrupt-model", backlog=self._backlog)
+                                        corrupt=opts.fault == "corrupt-model", backlog=self._backlog,
+                                        group=self.observed_prefix)
         self.fetcher = ModelFetcher(opts.home, self._tell, self._holders, self._penalise, self.install_model, self.spawn)
         self.api_view = NodeFacade(  # what the HTTP API sees of this node (mesh.http never imports it)
             node_id=self.id, token=self.token, home=opts.home, ledger_path=opts.home / LEDGER_FILE,
@@ -815,9 +816,12 @@ class Node:
         by this project's third attack round, 2026-12-07). `payload` is as decoded, unchecked: only a
         well-formed ask is screened; anything else is read and refused in full."""
         if kind == "model-ask" and isinstance(payload, dict) and type(payload.get("part")) is int:
-            return "" if self.model_server.admits(node_id_of(key), payload["part"]) else "model-ask-rate"
+            peer = self.peers.get(key)  # (a key that sent no hello: read, and refused as unknown-peer)
+            return "" if peer is None or self.model_server.admits(peer, payload["part"]) else "model-ask-rate"
         if kind == "testimony-ask" and self.opts.fault != "slander":
             return "" if self.testimonies.answers(node_id_of(key)) else "testimony-rate"
+        if kind == "receipt-ask":
+            return "" if self.submitter.outbox.answers(node_id_of(key)) else "receipt-ask-rate"
         return ""
 
     def on_envelope(self, env: Envelope, conn: Connection) -> None:

@@ -95,39 +95,46 @@ class ModelServer:
     thread) or one part, all peers together held to SERVE_BPS."""
 
     def __init__(self, served: Callable[[], dict[str, Path]], send: Callable[[object, str, object], bool],
-                 bps: int = SERVE_BPS, corrupt: bool = False, backlog: Callable[[object], int] = lambda peer: 0):
+                 bps: int = SERVE_BPS, corrupt: bool = False, backlog: Callable[[object], int] = lambda peer: 0,
+                 group: Callable[[object], object] | None = None):
         self.served, self.send, self.bps, self.backlog = served, send, bps, backlog
+        # the group a peer's asks take turns in (the node: the network prefix it connects from); by default
+        # each peer is its own
+        self.group = group or _node_of
         self.corrupt = corrupt  # tests (--fault corrupt-model): every part sent with its first byte changed
         self._manifests: dict[str, ModelManifest] = {}
-        self._turns = FairTurns(SERVE_AT_ONCE)
+        self._turns = FairTurns(SERVE_AT_ONCE, group=lambda turn: turn[0])  # turns by (group, node id)
         self._next_free = 0.0  # monotonic time the bandwidth budget is spent until
         self._held: Counter[object] = Counter()  # asks being answered or waiting their turn, by asking peer
         self._manifests_sent = KeyedBuckets()  # per asking peer, held to MANIFEST_RULE
 
-    def admits(self, who: object, part: int) -> bool:
-        """Whether an ask of `part` from `who` would be taken now, spending nothing: a flood of asks that
+    def admits(self, peer: object, part: int) -> bool:
+        """Whether an ask of `part` from `peer` would be taken now, spending nothing: a flood of asks that
         would be dropped can be refused before its envelope's signature is checked (Node.screen)."""
+        who = _node_of(peer)
         if part < 0 and self._manifests_sent.level(who, MANIFEST_RULE, time.monotonic()) < 1:
             return False
-        return self._held[who] < PEER_WAITING and (self._waiting < MAX_WAITING or self._turns.most(who))
+        return self._held[who] < PEER_WAITING and (self._waiting < MAX_WAITING or
+                                                   self._turns.most((self.group(peer), who)))
 
     @property
     def _waiting(self) -> int:
         return sum(self._held.values())
 
     async def serve(self, peer: object, ask: ModelAsk) -> None:
-        who = getattr(peer, "node", peer)
-        if not self.admits(who, ask.part):
+        who = _node_of(peer)
+        if not self.admits(peer, ask.part):
             # a flood of asks, a manifest asked for again and again, or a full line where nobody holds more
             # than this peer would: dropped, as a busy link drops (the asker times out)
             return
+        turn = (self.group(peer), who)  # (its group as it is now, kept for the whole ask)
         if self._waiting >= MAX_WAITING:
-            self._turns.bump(who)  # (admitted while full: some peer waiting holds more, and gives a place up)
+            self._turns.bump(turn)  # (admitted while full: some peer waiting holds more, and gives a place up)
         if ask.part < 0:
             self._manifests_sent.spend(who, MANIFEST_RULE, time.monotonic())
         self._held[who] += 1
         try:
-            await self._serve(peer, who, ask)
+            await self._serve(peer, turn, ask)
         except Bumped:
             return  # its place went to a peer holding fewer: dropped as above
         finally:
@@ -135,12 +142,12 @@ class ModelServer:
             if not self._held[who]:
                 del self._held[who]
 
-    async def _serve(self, peer: object, who: object, ask: ModelAsk) -> None:
+    async def _serve(self, peer: object, turn: tuple[object, str], ask: ModelAsk) -> None:
         path = self.served().get(ask.sha)
         if path is None:
             self.send(peer, "model-manifest", ModelManifest(ask.sha, 0, [], "not served here"))
             return
-        async with self._turns.turn(who):
+        async with self._turns.turn(turn):
             manifest = self._manifests.get(ask.sha)
             if manifest is None:
                 manifest = await asyncio.to_thread(_manifest_of, path, ask.sha)
@@ -167,36 +174,74 @@ class ModelServer:
             await asyncio.sleep(start - now)
 
 
+def _node_of(peer: object) -> object:
+    """A peer's node id (tests pass plain names)."""
+    return getattr(peer, "node", peer)
+
+
 class Bumped(Exception):
     """A waiting ask whose place went to another peer's (FairTurns.bump): the asker times out and asks again."""
 
 
 class FairTurns:
-    """Turns at serving, SERVE_AT_ONCE at a time, handed to the waiting peers in turn (round-robin), not in
-    the order asked: with one queue, a peer with 60 asks waiting ahead of another's 4 was served 60 parts
-    first, each holding its share of the serving budget."""
+    """Turns at serving, SERVE_AT_ONCE at a time, handed round the waiting groups (network prefixes) and,
+    within a group, round its waiting peers, not in the order asked: with one queue, a peer with 60 asks
+    waiting ahead of another's 4 was served 60 parts first, each holding its share of the serving budget;
+    and with turns by peer alone, four ids on one machine took four fifths of them, a fifth each cost only
+    its proof of work. `group(who)` names who's group (by default each peer is its own)."""
 
-    def __init__(self, at_once: int):
+    def __init__(self, at_once: int, group: Callable[[object], object] = lambda who: who):
         self.free = at_once
-        self.queues: OrderedDict[object, deque[asyncio.Future]] = OrderedDict()  # by peer, next in turn first
+        self.group = group
+        # group → peer → its waiting asks; the group and, within it, the peer next in turn first
+        self.queues: OrderedDict[object, OrderedDict[object, deque[asyncio.Future]]] = OrderedDict()
+
+    def _waiting(self, group: object) -> int:
+        return sum(len(q) for q in self.queues.get(group, {}).values())
+
+    def _victim(self, who: object) -> tuple[object, object] | None:
+        """(group, peer) whose newest waiting ask gives way to one more of `who`'s: in the group with most
+        waiting, when that is another group than who's and holds more than who's would with one more; else,
+        within who's group, the peer with most waiting, when it holds more than who would. None: nobody."""
+        mine = self.group(who)
+        others = [g for g in self.queues if g != mine]
+        if others:
+            group = max(others, key=self._waiting)
+            if self._waiting(group) > self._waiting(mine) + 1:
+                peers = self.queues[group]
+                return group, max(peers, key=lambda p: len(peers[p]))
+        peers = self.queues.get(mine, {})
+        rivals = [p for p in peers if p != who]
+        if rivals:
+            peer = max(rivals, key=lambda p: len(peers[p]))
+            if len(peers[peer]) > len(peers.get(who, ())) + 1:
+                return mine, peer
+        return None
 
     def most(self, who: object) -> bool:
-        """Whether some other peer has more asks waiting than `who` would with one more."""
-        mine = len(self.queues.get(who, ())) + 1
-        return any(len(q) > mine for peer, q in self.queues.items() if peer != who)
+        """Whether another group, or another peer of who's group, has more asks waiting than who's would with
+        one more."""
+        return self._victim(who) is not None
 
     def bump(self, who: object) -> bool:
-        """Make room for one more ask of `who`: the newest waiting ask of the peer with most waiting ends
-        (Bumped), when that peer has more than `who` would. False when nobody does."""
-        if not self.most(who):
+        """Make room for one more ask of `who`: the newest waiting ask of the peer `_victim` names ends
+        (Bumped). False when nobody holds more."""
+        victim = self._victim(who)
+        if victim is None:
             return False
-        peer = max(self.queues, key=lambda p: len(self.queues[p]) if p != who else -1)
-        waiter = self.queues[peer].pop()
-        if not self.queues[peer]:
-            del self.queues[peer]
+        group, peer = victim
+        waiter = self.queues[group][peer].pop()
+        self._drop_empty(group, peer)
         if not waiter.done():  # (one cancelled, its task not yet resumed to forget it, is simply gone)
             waiter.set_exception(Bumped())
         return True
+
+    def _drop_empty(self, group: object, peer: object) -> None:
+        peers = self.queues[group]
+        if not peers[peer]:
+            del peers[peer]
+        if not peers:
+            del self.queues[group]
 
     @contextlib.asynccontextmanager
     async def turn(self, who: object):
@@ -204,7 +249,7 @@ class FairTurns:
             self.free -= 1
         else:
             waiter = asyncio.get_running_loop().create_future()
-            self.queues.setdefault(who, deque()).append(waiter)
+            self.queues.setdefault(self.group(who), OrderedDict()).setdefault(who, deque()).append(waiter)
             try:
                 await waiter
             except BaseException:
@@ -218,20 +263,25 @@ class FairTurns:
             self._next()
 
     def _forget(self, who: object, waiter: asyncio.Future) -> None:
-        q = self.queues.get(who)
+        group = self.group(who)
+        q = self.queues.get(group, {}).get(who)
         if q is not None and waiter in q:
             q.remove(waiter)
-            if not q:
-                del self.queues[who]
+            self._drop_empty(group, who)
 
     def _next(self) -> None:
-        """A turn ended: the peer first in line gets it and goes to the back of the line."""
+        """A turn ended: the group first in line gets it, for its peer first in line, and both go to the back
+        of their lines."""
         while self.queues:
-            who, q = next(iter(self.queues.items()))
+            group, peers = next(iter(self.queues.items()))
+            who, q = next(iter(peers.items()))
             waiter = q.popleft()
-            del self.queues[who]
+            del peers[who]
             if q:
-                self.queues[who] = q  # (re-inserted last: its next ask waits for everyone else's)
+                peers[who] = q  # (re-inserted last: its next ask waits for its group's others)
+            del self.queues[group]
+            if peers:
+                self.queues[group] = peers  # (and the group's next waits for the other groups)
             if not waiter.done():
                 waiter.set_result(None)
                 return

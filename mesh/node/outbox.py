@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterable
 
+from mesh.node.flow import KeyedBuckets
 from mesh.node.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -27,12 +28,18 @@ DUE_BATCH = 256  # receipts sent per round at most
 # ask 200 times a second (this project's second attack round of 2026-12-06). A worker asks when a link comes up
 ASKED_AGAIN_S = 30.0
 ASKED_KEPT = 8192  # receipts remembered as sent on asking (the oldest forgotten first)
+# receipt-asks one peer may have read, burst then per second. A worker asks when its payer's link comes back, 32
+# asks at most (16 jobs, 1,024 steps, 64 a message: Worker.on_peer_up); each ask read cost a signature, a schema,
+# a journal commit and a query, and a peer could send 200 a second. Past this they are refused before their
+# signatures (Node.screen), and the link that sent them is read slower.
+ASK_RULE = (32.0, 1.0)
 
 
 class Outbox:
     def __init__(self, journal: Journal):
         self.journal = journal
         self._asked: dict[tuple[str, str, str], float] = {}  # (peer, job, step) → when sent on asking (monotonic)
+        self._askers = KeyedBuckets()  # per asking peer, held to ASK_RULE
 
     def held(self, record: str) -> dict[tuple[str, str, str], dict]:
         """Receipts already signed for ledger batch `record` (a batch written again: the same bytes)."""
@@ -109,6 +116,14 @@ class Outbox:
                 self.journal.write("UPDATE outbox SET state=? WHERE peer=? AND job=? AND step=? AND state=?",
                                    (ACKED, peer, job, step, SENDING))
         return self.journal.db.total_changes - before
+
+    def answers(self, peer: str, now: float | None = None) -> bool:
+        """Whether a receipt-ask of `peer`'s would be read now (ASK_RULE), spending nothing."""
+        return self._askers.level(peer, ASK_RULE, time.monotonic() if now is None else now) >= 1
+
+    def take_ask(self, peer: str, now: float | None = None) -> bool:
+        """Whether `peer` may have a receipt-ask answered now (ASK_RULE); spends its turn if so."""
+        return self._askers.spend(peer, ASK_RULE, time.monotonic() if now is None else now)
 
     def asked(self, peer: str, job: str, steps: list[str], now: float | None = None) -> list[dict]:
         """Receipts `peer` asks for again (it lost our send or its own record of it): its own, released, each

@@ -671,7 +671,10 @@ class Submitter:
 
     def on_receipt_ask(self, peer: Peer, msg: ReceiptAsk) -> None:
         """A worker asks for receipts it holds none of: its own, if this node paid them (only on the link
-        it asked on: an asker cannot make this node dial anyone)."""
+        it asked on: an asker cannot make this node dial anyone), as often as Outbox.ASK_RULE allows."""
+        if not self.outbox.take_ask(peer.node):
+            self.ports.count("receipt-ask-rate")
+            return
         for r in self.outbox.asked(peer.node, msg.job, msg.steps):
             self.ports.tell(peer.node, "receipt", ReceiptMsg(r))
 

@@ -17,7 +17,7 @@ from mesh.core.policy import Candidate
 from mesh.core.submission import Config, Submission
 from mesh.errors import JournalError
 from mesh.node.journal import Journal
-from mesh.node.outbox import ACKED, DAMAGED, SENDING, Outbox
+from mesh.node.outbox import ACKED, ASK_RULE, DAMAGED, SENDING, Outbox
 from mesh.wire.canonical import digest
 
 pytestmark = pytest.mark.timeout(60)
@@ -155,6 +155,18 @@ def test_receipts_go_out_only_for_written_batches_and_stop_once_acknowledged(tmp
     outbox.release("w2", "j", "b", None)  # the ledger holds no such payment: its receipt never goes
     rows = sqlite3.connect(tmp_path / "journal.db").execute("SELECT peer, state FROM outbox").fetchall()
     assert rows == [("w1", ACKED)] and SENDING != ACKED
+
+
+def test_a_peers_receipt_asks_are_read_as_often_as_a_returning_worker_needs_and_no_more(tmp_path):
+    """A worker whose payer comes back asks at most 32 times at once (Worker.on_peer_up); a peer asking more is
+    flooding, and its asks are refused before their signatures (Node.screen asks `answers`)."""
+    outbox = Outbox(Journal(tmp_path))
+    burst, rate = ASK_RULE
+    assert burst >= 32 and all(outbox.take_ask("w1", 100.0) for _ in range(int(burst)))
+    assert not outbox.answers("w1", 100.0) and not outbox.take_ask("w1", 100.0)
+    assert outbox.answers("w2", 100.0)  # another peer's turn is its own
+    assert outbox.answers("w1", 100.0 + 1 / rate) and outbox.take_ask("w1", 100.0 + 1 / rate)
+    assert not outbox.take_ask("w1", 100.0 + 1 / rate)
 
 
 def test_a_receipt_row_that_does_not_decode_is_set_aside_and_the_rest_still_go(tmp_path):

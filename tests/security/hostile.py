@@ -75,7 +75,8 @@ class HostilePeer:
     """One TCP connection to a node's peer port, driven by hand. `identity` is the attacker's own valid
     key (a fresh one by default); `sent` keeps every frame it sent, for replays. Every attacker key made
     in this process is remembered in `HostilePeer.known`, so a shared mesh's ledger can be checked against
-    all of them. `source`: the address a libp2p link listens on and connects from (loopback by default)."""
+    all of them. `source`: the address a link connects from (and a libp2p one listens on; loopback by default:
+any 127.x.y.z is another network prefix to the node)."""
 
     known: dict[str, str] = {}  # node id → hex public key of every attacker identity seen
 
@@ -97,7 +98,7 @@ class HostilePeer:
         if connect and transport == "libp2p":  # the node's real transport: Noise proves self.identity
             self.sock = BlockingLink(addr, self.identity, timeout, source=source)
         elif connect:  # connect=False: a key that only seals (e.g. to write into another peer's socket)
-            self.sock = socket.create_connection(split_addr(addr), timeout=timeout)
+            self.sock = socket.create_connection(split_addr(addr), timeout=timeout, source_address=(source, 0))
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.local_port = self.sock.getsockname()[1]
 

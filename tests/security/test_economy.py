@@ -8,10 +8,11 @@ import json
 
 import pytest
 
+from ledger.export import sign_export
 from ledger.receipts import make_receipt
 from mesh.wire.canonical import digest
 from mesh.wire.envelope import ANYONE
-from mesh.wire.identity import Identity
+from mesh.wire.identity import Identity, load
 from mesh.wire.messages import Bye, Hello, Progress, ReceiptMsg, StepRequest, StepResult, Work
 from mesh.wire.records import make_record
 
@@ -125,6 +126,9 @@ def test_earnings_from_payers_the_checking_node_never_met_or_distrusts_are_not_c
     data["receipts"].append({"receipt": make_receipt(bad.identity, "j", "s", worker.node_id, 5e7, now_ms()),
                              "payer": lie})
     data["total"] = data["total_all"] = 3e8 + 5e7 + honest
+    # the worker lies in its own file, and signs it with its own key as `export` does (an edit alone breaks it)
+    data = sign_export({k: v for k, v in data.items() if k not in ("key", "challenge", "signed_ms", "sig")},
+                       load(worker.home), "", now_ms())
     out.write_text(json.dumps(data))
 
     check = cli_json("ledger", "verify-receipts", str(out), "--home", str(sub.home))
