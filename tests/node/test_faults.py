@@ -106,8 +106,10 @@ def test_silent_node_times_out_as_a_no_show(make_mesh):
 def test_slow_node_is_a_no_show_and_its_late_answer_is_refused(make_mesh):
     """fault=slow answers once its step's timeout has passed. The step itself takes `slow_step` s, so that
     answer lands that long after the deadline, longer than the submitter's 1 s deadline sweep: the
-    replica has already timed out. (An answer only a few ms late is refused too: see the test below.)"""
-    slow_step = 2.0
+    replica has already timed out. (An answer only a few ms late is refused too: see the test below.)
+    A 4 s step: the job ends within the sweep after the deadline, and the slow answer comes a step's time after
+    it, so 3 s apart (a 2 s step left 1 s, and a loaded CI machine took 7.26 s against the bound of 7)."""
+    slow_step = 4.0
     step = {"id": "sum", "kind": "python",
             "params": {"code": f"import time\ntime.sleep({slow_step})\noutput = sum(range(10)) * 2"}}
     timeout = slow_step + 3
