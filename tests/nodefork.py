@@ -10,8 +10,9 @@ Only the tests use this (`LocalNode(launch=…)`; MESH_TEST_EXEC_NODES=1 execs e
 fork's fault from the node's). Two faults were found on the way in clean CI runs: a node taken for ended
 because its pid had been an ended node's (exits are kept by the server's serial number of each fork), and
 a hostile scrape test that saw none of its page's pings (most likely the page's own timer: it declared
-itself ready 1.5 s after starting them, whatever the machine's load; it asks the site now). `mesh up` and users' nodes are exec'd, and tests that
-check a node's own start (the CLI's, the README's) exec it either way.
+itself ready 1.5 s after starting them, whatever the machine's load; it asks the site now). `mesh up` and
+users' nodes are exec'd, and tests that check a node's own start (the CLI's, the README's) exec it either
+way.
 
 The server is a child of the test process (SIGKILL when the thread that started it ends); a node is the
 server's child, so the server reaps it and reports its exit status, which `Forked` gives back as
