@@ -117,7 +117,7 @@ def fork_node():
     servers = [ForkServer()]  # started here, in the main thread: it dies with the thread that started it
 
     def launch(cmd: list[str], log: Path, env: dict[str, str]) -> Forked:
-        if not servers or servers[-1].proc.poll() is not None:
+        if servers[-1].proc.poll() is not None:  # (gone: a new one for the tests left)
             servers.append(ForkServer())
         return servers[-1].launch(cmd, log, env)
 

@@ -53,9 +53,13 @@ class KeyedBuckets:
     def __init__(self) -> None:
         self.buckets: dict[object, list[float]] = {}  # name → [tokens, stamp], least recently used first
 
+    def allows(self, name: object, rule: tuple[float, float], now: float) -> bool:
+        """Whether `name` has a token under `rule` now, spending nothing (a screen asks this, the handler spends)."""
+        return self.level(name, rule, now) >= 1
+
     def spend(self, name: object, rule: tuple[float, float], now: float) -> bool:
         """Whether `name` has a token under `rule` now; spends it if so."""
-        if self.level(name, rule, now) < 1:
+        if not self.allows(name, rule, now):
             return False
         self.buckets[name][0] -= 1
         return True

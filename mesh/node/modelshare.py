@@ -112,7 +112,7 @@ class ModelServer:
         """Whether an ask of `part` from `peer` would be taken now, spending nothing: a flood of asks that
         would be dropped can be refused before its envelope's signature is checked (Node.screen)."""
         who = _node_of(peer)
-        if part < 0 and self._manifests_sent.level(who, MANIFEST_RULE, time.monotonic()) < 1:
+        if part < 0 and not self._manifests_sent.allows(who, MANIFEST_RULE, time.monotonic()):
             return False
         return self._held[who] < PEER_WAITING and (self._waiting < MAX_WAITING or
                                                    self._turns.most((self.group(peer), who)))

@@ -119,7 +119,7 @@ class Outbox:
 
     def answers(self, peer: str, now: float | None = None) -> bool:
         """Whether a receipt-ask of `peer`'s would be read now (ASK_RULE), spending nothing."""
-        return self._askers.level(peer, ASK_RULE, time.monotonic() if now is None else now) >= 1
+        return self._askers.allows(peer, ASK_RULE, time.monotonic() if now is None else now)
 
     def take_ask(self, peer: str, now: float | None = None) -> bool:
         """Whether `peer` may have a receipt-ask answered now (ASK_RULE); spends its turn if so."""

@@ -52,7 +52,7 @@ class Testimonies:
 
     def answers(self, asker: str, now: float | None = None) -> bool:
         """Whether an ask of `asker`'s would be answered now (ANSWER_RULE), spending nothing."""
-        return self._answered.level(asker, ANSWER_RULE, time.monotonic() if now is None else now) >= 1
+        return self._answered.allows(asker, ANSWER_RULE, time.monotonic() if now is None else now)
 
     def answer(self, asker: str, msg: TestimonyAsk, now_ms: int, now: float | None = None) -> TestimonyTell | None:
         """This node's own testimony about the workers asked of (never about the asker itself); None (and
