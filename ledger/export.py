@@ -105,7 +105,8 @@ def _signed_bytes(data: dict[str, Any]) -> bytes:
 
 def _holder_problems(data: dict[str, Any], node: str, challenge: str | None) -> tuple[bool, list[str]]:
     """(whether the file is signed by `node`'s own key, what is wrong): a copy of another node's export,
-    one changed after it was signed, or one made for another challenge than the checker's."""
+    one changed after it was signed, or one made for another challenge than the checker's. The file's own
+    challenge is its maker's to write: one that is no challenge `export` would sign is never echoed."""
     key, sig = data.get("key"), data.get("sig")
     if key is None and sig is None:
         return False, ([f"the file is not signed by its node, so it cannot answer the challenge {challenge!r}: "
@@ -120,10 +121,17 @@ def _holder_problems(data: dict[str, Any], node: str, challenge: str | None) -> 
         return False, [f"the file is signed with a key that is not node {node[:12]}'s: a copy shown by someone else"]
     if not verify(key_bytes, sig_bytes, signed):
         return False, ["the file's signature does not check: it was changed after its node signed it"]
+    if not _a_challenge(data.get("challenge")):
+        return True, [f"the file's challenge is not 0 to {MAX_CHALLENGE} printable characters: no export made it"]
     if challenge is not None and data.get("challenge") != challenge:
         return True, [f"the file answers the challenge {data.get('challenge')!r}, not {challenge!r}: made for "
                       "another check (a copy, or an old file)"]
     return True, []
+
+
+def _a_challenge(value: object) -> bool:
+    """Whether `value` is a challenge `export` signs: '' (none), or what check_challenge lets through."""
+    return isinstance(value, str) and len(value) <= MAX_CHALLENGE and (value == "" or value.isprintable())
 
 
 @dataclass
@@ -174,8 +182,8 @@ def verify_receipts(path: Path, judge: Judge | None = None, challenge: str | Non
     node = str(data.get("node"))
     out = Checked(node)
     out.signed, out.problems = _holder_problems(data, node, challenge)
-    if out.signed:
-        out.challenge = str(data.get("challenge"))
+    if out.signed and _a_challenge(data.get("challenge")):
+        out.challenge = data["challenge"]
     seen: set[tuple[str, str, str, str]] = set()
     for i, item in enumerate(data["receipts"]):
         raw = item.get("receipt") if data["format"] == FORMAT and isinstance(item, dict) else item

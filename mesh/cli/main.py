@@ -570,7 +570,8 @@ def _verify_receipts(args: argparse.Namespace) -> int:
     lines = [f"{checked.valid} receipts verify (signatures, payee, none twice); judged by "
              + (f"node {judged_by[:16]}" if judged_by else "nobody: no node home here, so every payer is unknown"),
              f"the file is signed by node {checked.node[:16]}'s own key" + (
-                 f", for the challenge {checked.challenge!r}" if checked.challenge else ", for no challenge")
+                 f", for the challenge {checked.challenge!r}" if checked.challenge else
+                 ", for no challenge" if checked.challenge == "" else ", with a challenge no export makes (below)")
              if checked.signed else "the file is not signed by its node: anyone holding a copy could show it"]
     for name, bucket, what in (("trusted", checked.trusted, "from payers it knows and trusts"),
                                ("unknown", checked.unknown, "from payers it never met (minted, perhaps)"),

@@ -65,6 +65,18 @@ def test_a_file_made_for_the_checkers_challenge_checks_and_a_copy_shown_for_anot
         assert verify_receipts(odd, None, "nonce-1").problems
 
 
+def test_a_signed_files_own_challenge_is_never_echoed_whole(tmp_path):
+    """The file's challenge is its maker's to write (its node signs whatever it likes): 100,000 characters of it
+    came back whole in the problem, the text output and the JSON of the check (found on review)."""
+    worker, payer = Identity.generate(bits=0), Identity.generate(bits=0)
+    path = written(tmp_path, "long.json", sign_export(earned_export(worker, payer), worker, "y" * 100_000, NOW))
+    asked = verify_receipts(path, None, "nonce-1")
+    assert asked.problems and all(len(p) < 400 for p in asked.problems), [len(p) for p in asked.problems]
+    plain = verify_receipts(path)
+    assert plain.challenge is None and "not 0 to 256 printable characters" in plain.problems[0]
+    assert len(str(plain.to_json())) < 2000
+
+
 def test_an_inflated_total_or_payer_view_breaks_the_signature(tmp_path):
     worker, payer = Identity.generate(bits=0), Identity.generate(bits=0)
     data = sign_export(earned_export(worker, payer), worker, "", NOW)
