@@ -9,7 +9,9 @@ caught at once, penalised, and dropped), and the whole file is checked against t
 end (a source whose manifest described another file is caught then: every part it vouched for is
 thrown away). Parts are fetched from one source at a time, WINDOW in flight; a source that fails (gone,
 timed out, refuses) hands over to the next, which must send the same manifest for the parts already in
-to be kept. A fetch resumes from the parts a crashed one had written and checked."""
+to be kept. A source that went quiet (its asks or its answers lost with a dropped link, a sleep) after
+sending parts is asked again once the others were tried: while each try brings parts, a fetch from one
+source survives links that drop. A fetch resumes from the parts a crashed one had written and checked."""
 
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ class ModelFetch:
     asked: set[int] = field(default_factory=set)
     tried: list[str] = field(default_factory=list)
     why: str = ""  # the last source's failure, for the final error
+    got: int = 0  # parts the current source sent since it was (last) asked
 
     @property
     def size(self) -> int:
@@ -125,12 +128,18 @@ class ModelFetch:
             self.why = f"{peer[:12]} sent a part that does not match its own manifest"
             return [Penalise(peer, "model-part does not match its manifest"), *self._next_source()]
         self.have.add(part)
+        self.got += 1
         return [WritePart(part, part * MODEL_PART, data), *self._ask_parts()]
 
-    def on_lost(self, peer: str, why: str) -> list[Effect]:
-        """The source did not answer (gone, timed out, over its limits): the next one takes over."""
+    def on_lost(self, peer: str, why: str, quiet: bool = False) -> list[Effect]:
+        """The source did not answer (gone, timed out, over its limits): the next one takes over. `quiet`:
+        it sent nothing for a while, as when a link drops with the asks on it; if it sent parts since it was
+        asked, it is asked again after the others (not a source judged too slow: that is no lost ask)."""
         if peer != self.source or self.state not in ("manifest", "parts"):
             return []
+        if quiet and self.got:  # (each try must bring a part: a source is asked again at most once a part)
+            self.tried.remove(peer)
+            self.sources = [s for s in self.sources if s != peer] + [peer]
         return self._lost(f"{peer[:12]}: {why}")
 
     def on_checked(self, digest: str, malformed: str = "") -> list[Effect]:
@@ -169,7 +178,7 @@ class ModelFetch:
             self.state = "failed"
             tried = ", ".join(p[:12] for p in self.tried) or "none"
             return [Finished(False, f"no peer served it (tried: {tried}; last: {self.why or 'no peer holds it'})")]
-        self.source = rest[0]
+        self.source, self.got = rest[0], 0
         self.tried.append(self.source)
         self.state = "manifest"
         return [AskManifest(self.source)]

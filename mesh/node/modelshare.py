@@ -468,7 +468,7 @@ class ModelFetcher:
                         self._inbox[sha].get(), max(0.0, min(deadline, rate.ends) - time.monotonic()))
                 except asyncio.TimeoutError:
                     if time.monotonic() >= deadline:
-                        queue += fetch.on_lost(fetch.source, f"sent nothing for {ASK_TIMEOUT_S:g} s")
+                        queue += fetch.on_lost(fetch.source, f"sent nothing for {ASK_TIMEOUT_S:g} s", quiet=True)
                         deadline = time.monotonic() + ASK_TIMEOUT_S
                     continue  # (else the rate's window ended: judged at the top)
                 if kind == "model-manifest":

@@ -142,3 +142,52 @@ def test_a_resumed_fetch_keeps_parts_only_under_the_same_manifest():
     other.start()
     out = other.on_manifest("b", manifest)
     assert isinstance(out[0], Restart) and [e.part for e in out if isinstance(e, AskPart)] == [0, 1, 2, 3]
+
+
+def test_a_source_gone_quiet_after_sending_parts_is_asked_again_after_the_others_while_each_try_brings_parts():
+    """A link that drops takes the asks on it: the one source that held the model was given up at once and
+    the fetch failed with most of the file in hand (CI: 11 of 94 parts). Now a quiet source that sent parts
+    is asked again once the others were tried; a try that brings nothing ends it, and a source judged too
+    slow (not quiet) is not asked again."""
+    fetch = ModelFetch(SHA, 1 << 30, ["a", "b"])
+    fetch.start()
+    out = fetch.on_manifest("a", Server().manifest())
+    assert [e.part for e in out] == [0, 1, 2, 3]
+    fetch.on_part("a", 0, MODEL[:MODEL_PART])  # then the link drops: parts 1-4 are lost
+    assert fetch.on_lost("a", "sent nothing for 30 s", quiet=True) == [AskManifest("b")]  # the others first
+    assert fetch.on_lost("b", "sent nothing for 30 s", quiet=True) == [AskManifest("a")]  # b sent nothing
+    out = fetch.on_manifest("a", Server().manifest())
+    assert [e.part for e in out] == [1, 2, 3] and fetch.have == {0}  # its part kept, the rest asked again
+    done = fetch.on_lost("a", "sent nothing for 30 s", quiet=True)  # this try brought nothing
+    assert done == [Finished(False, "no peer served it (tried: b, a; last: a: sent nothing for 30 s)")]
+
+    slow = ModelFetch(SHA, 1 << 30, ["a"])
+    slow.start()
+    slow.on_manifest("a", Server().manifest())
+    slow.on_part("a", 0, MODEL[:MODEL_PART])
+    out = slow.on_lost("a", "sent 1,048,576 bytes in 60 s, under 256 KiB/s")
+    assert len(out) == 1 and isinstance(out[0], Finished) and not out[0].ok
+
+
+def test_a_source_gone_quiet_again_and_again_still_finishes_while_it_brings_parts():
+    fetch = ModelFetch(SHA, 1 << 30, ["a"])
+    queue, file, tries, through = list(fetch.start()), bytearray(), 0, False
+    while queue:
+        eff = queue.pop(0)
+        if isinstance(eff, AskManifest):
+            tries, through = tries + 1, False
+            queue += fetch.on_manifest("a", Server().manifest())
+        elif isinstance(eff, AskPart):
+            if not through:  # one part a try gets through, the link drops with the others
+                through = True
+                queue += fetch.on_part("a", eff.part, Server().part(eff.part))
+        elif isinstance(eff, WritePart):
+            file[eff.offset:eff.offset + len(eff.data)] = eff.data
+        elif isinstance(eff, CheckFile):
+            queue += fetch.on_checked(hashlib.sha256(bytes(file[:eff.size])).hexdigest())
+        elif isinstance(eff, Finished):
+            assert eff.ok, eff
+            break
+        if not queue and fetch.state == "parts":
+            queue += fetch.on_lost("a", "sent nothing for 30 s", quiet=True)
+    assert fetch.state == "done" and bytes(file) == MODEL and tries == 4

@@ -96,6 +96,33 @@ def test_a_fetch_cut_off_mid_way_resumes_from_the_parts_it_wrote(tmp_path, monke
     asyncio.run(main())
 
 
+class Dropped(Wire):
+    """The link drops once, after the source sent 3 parts: the parts on it (the asks' answers) are lost."""
+
+    def _to_fetcher(self, peer: object, kind: str, payload) -> bool:
+        if kind == "model-part" and 3 <= self.sent_parts < 3 + 4:
+            self.sent_parts += 1
+            return True  # lost with the link
+        return super()._to_fetcher(peer, kind, payload)
+
+
+def test_a_link_dropped_mid_fetch_costs_a_wait_not_the_fetch(tmp_path, monkeypatch):
+    """Its only source's link dropped with 4 parts on it: the fetch waited ASK_TIMEOUT_S and failed with the
+    3 parts it had (CI: 11 MiB of a 98 MB model). The source had sent parts, so it is asked again."""
+    served, sha = model_file(tmp_path)
+    monkeypatch.setattr("mesh.node.modelshare.ASK_TIMEOUT_S", 0.3)
+
+    async def main() -> None:
+        wire = Dropped(tmp_path, served, sha)
+        st = wire.fetcher.start(sha)
+        await _until(lambda: st.state != "fetching")
+        assert st.state == "done", st
+        final = tmp_path / "home" / "models" / f"{sha}.gguf"
+        assert final.read_bytes() == served.read_bytes() and wire.sent_parts == 7 + 4
+
+    asyncio.run(main())
+
+
 def test_resuming_keeps_only_parts_that_still_match_the_manifest(tmp_path):
     served, sha = model_file(tmp_path, 3)
     manifest = _manifest_of(served, sha)

@@ -20,6 +20,7 @@ Throughout, the node's CPU and memory must stay bounded and its API must answer.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -341,8 +342,13 @@ def test_provider_keys_past_the_cap_are_refused(make_mesh):
             # All at once, trio's random order let the store fill before any prefix held 64 (CI: no
             # source-full refusal at all): about one run in 25, computed from the odds of the hosts' order.
             first = batches[:PROVIDER_HOSTS:PREFIXES]
-            rest = [b for i, b in enumerate(batches) if i >= PROVIDER_HOSTS or i % PREFIXES]
+            rest = [b for i, b in enumerate(batches[:PROVIDER_HOSTS]) if i % PREFIXES]
             took = flood.run(flood.add_providers, first, 1) + flood.run(flood.add_providers, rest)
+            # the greedy host alone, last: among 150 others, its 20 asks and their retries took over the limit's
+            # 10 s on a loaded machine (CI on f1931f3: 31 s for all, 19 of its 20 acked), so its window renewed
+            given0 = flood.counts["provide-given-up"]
+            greedy_s = flood.run(flood.add_providers, batches[PROVIDER_HOSTS:], 1)
+            took += greedy_s
     finally:
         flood.close()
     cpu, rss = cpu_seconds(pid) - cpu0, rss_mb(pid) - rss0
@@ -358,9 +364,13 @@ def test_provider_keys_past_the_cap_are_refused(make_mesh):
           f"over {len(probe.latencies)} probes")
     assert after["provider_keys"] <= MAX_PROVIDER_KEYS, after
     assert c["provide-acked"] >= PROVIDER_HOSTS * PER_HOST, c  # the greedy host's excess is reset
-    # the greedy host's excess is refused: all of it, or but one or two its bucket refilled for while a loaded
-    # machine sent slowly (CI on eb7944f: 9 of 10)
-    assert GREEDY - PER_HOST - 2 <= c["provide-given-up"] <= GREEDY - PER_HOST, c
+    # the greedy host's excess is refused: all of it while its asks fit in one window of the limit (10 s from
+    # its first), else all but PER_HOST for each further window its sending (on a loaded machine) spanned
+    greedy_given_up = c["provide-given-up"] - given0
+    print(f"the greedy host: {GREEDY} asks in {greedy_s:.1f} s, {greedy_given_up} given up")
+    assert c["provide-given-up"] == greedy_given_up, c  # (nobody else sent over the limit)
+    windows = max(1, math.ceil(greedy_s / 10.0))
+    assert GREEDY - PER_HOST * windows <= greedy_given_up <= GREEDY - PER_HOST, (greedy_s, c)
     assert refused.get("providers-full", 0) + refused.get("source-full", 0) >= \
         c["provide-acked"] - (after["provider_keys"] - before["provider_keys"]), refused
     assert refused.get("source-full", 0) > 0 and refused.get("providers-full", 0) > 0, refused

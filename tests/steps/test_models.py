@@ -82,7 +82,7 @@ def test_two_models_in_one_dag_run_only_on_nodes_holding_them(make_mesh, tmp_pat
         {"id": "second", "kind": "ask-model", "after": ["first"],
          "params": {"model": "second", "prompt": "Say it again: {first.output}", "max_tokens": 8}}]}))
     report = cli_json("submit", str(job), "--wait", "--home", str(mesh.nodes[0].home), timeout=240)
-    assert report["status"] == "done", report
+    assert report["status"] == "done", json.dumps(report, indent=1)
     second = report["steps"]["second"]
     assert {r["node"] for r in second["replicas"]} <= holders and sum(r["agreed"] for r in second["replicas"]) >= 2
     status = cli_json("status", "--home", str(mesh.nodes[3].home))
@@ -106,7 +106,7 @@ def test_schema_constrained_and_sampled_llm_steps_on_a_real_mesh(make_mesh, tmp_
         {"id": "scored", "kind": "llm", "compare": "score",  # one draws, the others replay the seeded draw
          "params": {"prompt": "Once upon a time", "max_tokens": 16, "temperature": 0.8}}]}))
     report = cli_json("submit", str(job), "--wait", "--home", str(mesh.nodes[0].home), timeout=240)
-    assert report["status"] == "done", report
+    assert report["status"] == "done", json.dumps(report, indent=1)
     assert isinstance(report["steps"]["structured"]["output"], dict) and report["steps"]["use"]["output"]
     assert report["steps"]["sampled"]["compare"] == "text" and report["steps"]["structured"]["compare"] == "exact"
     sampled = report["steps"]["sampled"]  # one seed for every replica: honest ones drew the same text
@@ -188,7 +188,7 @@ def test_a_model_travels_to_peers_that_lack_it_checked_part_by_part_and_a_corrup
 
     got = cli_json("models", "fetch", sha, "--from", n[4].node_id, "--from", n[1].node_id, "--name", "second",
                    "--home", str(n[2].home), "--json", timeout=300)
-    assert got["state"] == "done" and got["size"] == size and got["name"] == "second", got
+    assert got["state"] == "done" and got["size"] == size and got["name"] == "second", json.dumps(got, indent=1)
     print(f"fetch with a corrupt first source: {size:,} bytes in {got['seconds']:.2f} s")
     history = cli_json("ledger", "history", "--home", str(n[2].home))
     assert [e["reason"] if "reason" in e else e.get("detail", {}).get("reason") for e in history
@@ -197,7 +197,7 @@ def test_a_model_travels_to_peers_that_lack_it_checked_part_by_part_and_a_corrup
     assert bad.returncode == 2 and "already in this node's registry" in bad.stderr and "Traceback" not in bad.stderr
 
     got = cli_json("models", "fetch", sha, "--from", n[1].node_id, "--home", str(n[3].home), "--json", timeout=300)
-    assert got["state"] == "done" and got["name"] == f"fetched-{sha[:12]}", got
+    assert got["state"] == "done" and got["name"] == f"fetched-{sha[:12]}", json.dumps(got, indent=1)
     print(f"model fetch: {size:,} bytes in {got['seconds']:.2f} s = {size / got['seconds'] / 1e6:.1f} MB/s")
     assert (n[3].home / "models" / f"{sha}.gguf").stat().st_size == size
 
@@ -210,7 +210,7 @@ def test_a_model_travels_to_peers_that_lack_it_checked_part_by_part_and_a_corrup
     report = cli_json("submit", str(job), "--wait", "--home", str(n[0].home), timeout=240)
     replicas = report["steps"]["ask"]["replicas"]
     assert report["status"] == "done" and {r["node"] for r in replicas} == {n[i].node_id for i in (1, 2, 3)}
-    assert all(r["agreed"] for r in replicas), replicas
+    assert all(r["agreed"] for r in replicas), json.dumps(replicas, indent=1)
 
 
 @pytest.fixture(scope="module")
@@ -250,9 +250,9 @@ def test_nodes_that_may_fetch_models_get_the_one_a_step_needs_and_all_three_agre
     print(f"r=3 step with two replicas fetching {instruct_copy.stat().st_size:,} bytes first: "
           f"{time.monotonic() - t0:.1f} s")
     replicas = report["steps"]["ask"]["replicas"]
-    assert report["status"] == "done", report
+    assert report["status"] == "done", json.dumps(report, indent=1)
     assert {r["node"] for r in replicas} == {n[i].node_id for i in (1, 2, 3)}
-    assert all(r["agreed"] for r in replicas), replicas
+    assert all(r["agreed"] for r in replicas), json.dumps(replicas, indent=1)
     for i in (2, 3):
         assert sha256_file(n[i].home / "models" / f"{sha}.gguf") == sha
     wait_for(lambda: _holders(n[0], sha) == 3, 60, "the submitter to see all three serve it now")
@@ -260,7 +260,7 @@ def test_nodes_that_may_fetch_models_get_the_one_a_step_needs_and_all_three_agre
     job.write_text(json.dumps({"name": "too big to fetch", "redundancy": 3, "max_replicas": 3, "steps": [
         {"id": "ask", "kind": "ask-model", "params": {"model": big, "prompt": "Hi", "max_tokens": 2}}]}))
     report = cli_json("submit", str(job), "--wait", "--home", str(n[0].home), timeout=120)
-    assert report["status"] == "failed", report
+    assert report["status"] == "failed", json.dumps(report, indent=1)
     errors = {r["node"]: r.get("error", "") for r in report["steps"]["ask"]["replicas"]}
     for i in (2, 3):
         assert "allowance (200,000,000 bytes) is used up" in errors[n[i].node_id], errors
