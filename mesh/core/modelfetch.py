@@ -10,8 +10,8 @@ end (a source whose manifest described another file is caught then: every part i
 thrown away). Parts are fetched from one source at a time, WINDOW in flight; a source that fails (gone,
 timed out, refuses) hands over to the next, which must send the same manifest for the parts already in
 to be kept. A source that went quiet (its asks or its answers lost with a dropped link, a sleep) after
-sending parts is asked again once the others were tried: while each try brings parts, a fetch from one
-source survives links that drop. A fetch resumes from the parts a crashed one had written and checked."""
+sending parts, at the least rate until then as the driver judges it, is asked again once the others were
+tried: a fetch from one source survives links that drop. A fetch resumes from the parts a crashed one had written and checked."""
 
 from __future__ import annotations
 
@@ -133,8 +133,8 @@ class ModelFetch:
 
     def on_lost(self, peer: str, why: str, quiet: bool = False) -> list[Effect]:
         """The source did not answer (gone, timed out, over its limits): the next one takes over. `quiet`:
-        it sent nothing for a while, as when a link drops with the asks on it; if it sent parts since it was
-        asked, it is asked again after the others (not a source judged too slow: that is no lost ask)."""
+        it went silent, as when a link drops with the asks on it, having kept to the least rate until then
+        (the driver's judgement); if it sent parts since it was asked, it is asked again after the others."""
         if peer != self.source or self.state not in ("manifest", "parts"):
             return []
         if quiet and self.got:  # (each try must bring a part: a source is asked again at most once a part)

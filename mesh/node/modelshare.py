@@ -434,9 +434,12 @@ class ModelFetcher:
         with open(part, "r+b" if part.exists() else "w+b") as f:
             deadline = time.monotonic() + ASK_TIMEOUT_S  # moved on only by what the fetch acts on
             rate = _Rate(fetch.done_bytes)
+            tried = (time.monotonic(), fetch.done_bytes)  # when the source's current try began, and the bytes then
             while True:
                 while queue:
                     eff = queue.pop(0)
+                    if isinstance(eff, AskManifest):  # (every try of a source begins with its manifest)
+                        tried = (time.monotonic(), fetch.done_bytes)
                     if isinstance(eff, Finished):
                         # (the parts of the last batch count too: a done fetch shows all its bytes)
                         st.done_bytes, st.size, st.source = fetch.done_bytes, fetch.size, fetch.source
@@ -468,7 +471,10 @@ class ModelFetcher:
                         self._inbox[sha].get(), max(0.0, min(deadline, rate.ends) - time.monotonic()))
                 except asyncio.TimeoutError:
                     if time.monotonic() >= deadline:
-                        queue += fetch.on_lost(fetch.source, f"sent nothing for {ASK_TIMEOUT_S:g} s", quiet=True)
+                        # asked again later only if this try, its silence counted, kept to the least rate: two
+                        # sources taking turns at a part and a silence each would hold the fetch for days
+                        kept_up = fetch.done_bytes - tried[1] >= MIN_RATE_BPS * (time.monotonic() - tried[0])
+                        queue += fetch.on_lost(fetch.source, f"sent nothing for {ASK_TIMEOUT_S:g} s", quiet=kept_up)
                         deadline = time.monotonic() + ASK_TIMEOUT_S
                     continue  # (else the rate's window ended: judged at the top)
                 if kind == "model-manifest":

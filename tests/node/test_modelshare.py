@@ -123,6 +123,49 @@ def test_a_link_dropped_mid_fetch_costs_a_wait_not_the_fetch(tmp_path, monkeypat
     asyncio.run(main())
 
 
+class Turns(Wire):
+    """Two colluding sources, 'a' and 'b' (one server behind both): each try of either sends one part, then
+    nothing until it is asked for its manifest again."""
+
+    def __init__(self, tmp_path: Path, served: Path, sha: str):
+        super().__init__(tmp_path, served, sha)
+        self.fetcher.holders = lambda s: ["a", "b"] if s == sha else []
+        self.source, self.sent_this_try, self.tries = "", 0, []
+
+    def _to_server(self, node: str, kind: str, payload: ModelAsk) -> bool:
+        if payload.part < 0:
+            self.source, self.sent_this_try = node, 0
+            self.tries.append(node)
+        self._spawn(self.server.serve("fetcher", payload))
+        return True
+
+    def _to_fetcher(self, peer: object, kind: str, payload) -> bool:
+        if kind == "model-part":
+            self.sent_this_try += 1
+            if self.sent_this_try > 1:
+                return True  # the rest of the try is silence
+        self.fetcher.on_answer(self.source, kind, payload)
+        return True
+
+
+def test_two_sources_taking_turns_at_a_part_and_a_silence_do_not_hold_the_fetch(tmp_path, monkeypatch):
+    """Asked again whenever it went quiet after a part, a pair of sources could take turns at one part and
+    ASK_TIMEOUT_S of silence, each try shorter than the rate's window: a 4 GiB model held the fetch for days.
+    A quiet source is asked again only if its try, silence and all, kept to MIN_RATE_BPS."""
+    served, sha = model_file(tmp_path)
+    monkeypatch.setattr("mesh.node.modelshare.ASK_TIMEOUT_S", 0.3)
+    monkeypatch.setattr("mesh.node.modelshare.MIN_RATE_BPS", 4 << 20)  # a part a try of ~0.3 s is under it
+
+    async def main() -> None:
+        wire = Turns(tmp_path, served, sha)
+        st = wire.fetcher.start(sha)
+        await _until(lambda: st.state != "fetching")
+        assert st.state == "failed" and "sent nothing" in st.error, st
+        assert wire.tries == ["a", "b"] and st.done_bytes == 2 * MODEL_PART, (wire.tries, st)
+
+    asyncio.run(main())
+
+
 def test_resuming_keeps_only_parts_that_still_match_the_manifest(tmp_path):
     served, sha = model_file(tmp_path, 3)
     manifest = _manifest_of(served, sha)
