@@ -31,6 +31,10 @@ TRUST_MIN = 0.5  # a payer below neutral reputation (it lost more than it won) i
 SIGNED_AS = b"homemesh receipts export\x00"  # what an export's signature is over starts so: no envelope or
 # receipt signature can be shown as one
 MAX_CHALLENGE = 256  # characters of a checker's challenge
+# A payer's receipts are believed for at most this many times the credits it moved with the checking node
+# (earned from it and paid to it, in the checker's ledger): a payer that paid a checker 0.5 credits once
+# signed a receipt for 999,999 to a made-up worker, and it counted as trusted (found 2026-12-07)
+VOUCH_FACTOR = 10.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class PayerView:
     known: bool
     reputation: float | None = None
     met_only: bool = False
+    limit: float | None = None  # credits its receipts are believed for in all (None: no limit, the node itself)
 
     @property
     def trusted(self) -> bool:
@@ -50,7 +55,7 @@ class PayerView:
 
     def to_json(self) -> dict[str, Any]:
         return {"known": self.known, "reputation": self.reputation, "trusted": self.trusted,
-                "met_only": self.met_only}
+                "met_only": self.met_only, "limit": self.limit}
 
 
 Judge = Callable[[str], PayerView]  # payer node id → what this node knows of it
@@ -58,29 +63,51 @@ Judge = Callable[[str], PayerView]  # payer node id → what this node knows of 
 
 def judge_with(led: Ledger, me: str, record_keys: Iterable[str], now_ms: int | None = None,
                met: Iterable[str] = ()) -> Judge:
-    """Node `me`'s view of payers: itself, its ledger (every peer it has entries about, reputations), the
-    keys of the signed records it holds (its peers.json) and the node ids in `met` (its peer table)."""
+    """Node `me`'s view of payers: itself, its ledger (every peer it has entries about, reputations, the
+    credits it moved with each: a payer's limit), the keys of the signed records it holds (its peers.json)
+    and the node ids in `met` (its peer table)."""
     dealt = led.peers_seen() | {me}
     seen = dealt | {node_id_of(bytes.fromhex(k)) for k in record_keys} | set(met)
     stats = led.peer_stats(int(time.time() * 1000) if now_ms is None else now_ms)
-    return lambda payer: PayerView(payer in seen, stats[payer]["reputation"] if payer in stats else None,
-                                   payer in seen and payer not in dealt)
+    moved = {p: a.earned + a.paid for p, a in led.accounts().items()}
+
+    def view(payer: str) -> PayerView:
+        limit = None if payer == me else round(VOUCH_FACTOR * moved.get(payer, 0.0), 6)
+        return PayerView(payer in seen, stats[payer]["reputation"] if payer in stats else None,
+                         payer in seen and payer not in dealt, limit)
+    return view
 
 
 def export_receipts(rows: list[dict[str, Any]], node: str, judge: Judge) -> dict[str, Any]:
     """The receipts of `rows` (Ledger.history) that paid `node`, exactly as they were signed and stored,
     each with what `node` knows of its payer; `total` counts only payers it trusts."""
-    items, total, total_all = [], 0.0, 0.0
+    items, total, total_all, believed = [], 0.0, 0.0, Believed()
     for r in rows:
         raw = r["detail"].get("receipt") if r["kind"] == "earned" else None
         if raw is None:
             continue
-        view = judge(node_id_of(bytes.fromhex(raw["payer"])))
+        payer = node_id_of(bytes.fromhex(raw["payer"]))
+        view = judge(payer)
         items.append({"receipt": raw, "payer": view.to_json()})
         total_all += raw["amount"]
-        total += raw["amount"] if view.trusted else 0.0
+        total += raw["amount"] if view.trusted and believed.take(payer, view, raw["amount"]) else 0.0
     return {"format": FORMAT, "node": node, "receipts": items, "total": round(total, 6),
             "total_all": round(total_all, 6)}
+
+
+@dataclass
+class Believed:
+    """Credits taken so far from each trusted payer's receipts, held to its view's limit (a receipt that
+    would pass it is not taken, whole)."""
+
+    taken: dict[str, float] = field(default_factory=dict)
+
+    def take(self, payer: str, view: PayerView, amount: float) -> bool:
+        after = self.taken.get(payer, 0.0) + amount
+        if view.limit is not None and after > view.limit + 1e-9:
+            return False
+        self.taken[payer] = after
+        return True
 
 
 def check_challenge(text: str) -> str:
@@ -156,21 +183,26 @@ class Checked:
     trusted: Bucket = field(default_factory=Bucket)
     unknown: Bucket = field(default_factory=Bucket)  # payers the checking node never dealt with: minted, perhaps
     distrusted: Bucket = field(default_factory=Bucket)
+    # from trusted payers, past VOUCH_FACTOR times the credits each moved with the checking node
+    over_limit: Bucket = field(default_factory=Bucket)
     problems: list[str] = field(default_factory=list)
     signed: bool = False  # by the node's own key (its signature checks), so made by whoever holds that key
     challenge: str | None = None  # the challenge the file answers, when signed
 
     @property
     def valid(self) -> int:
-        return self.trusted.receipts + self.unknown.receipts + self.distrusted.receipts
+        return sum(b.receipts for b in self._buckets())
+
+    def _buckets(self) -> tuple[Bucket, ...]:
+        return self.trusted, self.unknown, self.distrusted, self.over_limit
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": not self.problems, "node": self.node, "valid": self.valid,
                 "total": round(self.trusted.credits, 6),
-                "total_all": round(self.trusted.credits + self.unknown.credits + self.distrusted.credits, 6),
+                "total_all": round(sum(b.credits for b in self._buckets()), 6),
                 "trusted": self.trusted.to_json(), "unknown": self.unknown.to_json(),
-                "distrusted": self.distrusted.to_json(), "problems": self.problems, "signed": self.signed,
-                "challenge": self.challenge}
+                "distrusted": self.distrusted.to_json(), "over_limit": self.over_limit.to_json(),
+                "problems": self.problems, "signed": self.signed, "challenge": self.challenge}
 
 
 def verify_receipts(path: Path, judge: Judge | None = None, challenge: str | None = None) -> Checked:
@@ -185,6 +217,7 @@ def verify_receipts(path: Path, judge: Judge | None = None, challenge: str | Non
     if out.signed and _a_challenge(data.get("challenge")):
         out.challenge = data["challenge"]
     seen: set[tuple[str, str, str, str]] = set()
+    believed = Believed()
     for i, item in enumerate(data["receipts"]):
         raw = item.get("receipt") if data["format"] == FORMAT and isinstance(item, dict) else item
         try:
@@ -201,8 +234,8 @@ def verify_receipts(path: Path, judge: Judge | None = None, challenge: str | Non
             continue
         seen.add(key)
         view = judge(r.payer_id) if judge else PayerView(False)
-        bucket = (out.trusted if view.trusted else out.unknown if not view.known or view.met_only
-                  else out.distrusted)
+        bucket = (out.unknown if not view.known or view.met_only else out.distrusted if not view.trusted
+                  else out.trusted if believed.take(r.payer_id, view, float(r.amount)) else out.over_limit)
         bucket.add(r.payer_id, float(r.amount))
     return out
 

@@ -559,7 +559,7 @@ def _stop_on_sigterm() -> None:
 
 
 def _verify_receipts(args: argparse.Namespace) -> int:
-    from ledger.export import check_challenge, verify_receipts
+    from ledger.export import VOUCH_FACTOR, check_challenge, verify_receipts
 
     if not args.arg:
         raise UserError("mesh ledger verify-receipts needs the FILE written by `mesh ledger export`")
@@ -575,7 +575,9 @@ def _verify_receipts(args: argparse.Namespace) -> int:
              if checked.signed else "the file is not signed by its node: anyone holding a copy could show it"]
     for name, bucket, what in (("trusted", checked.trusted, "from payers it knows and trusts"),
                                ("unknown", checked.unknown, "from payers it never met (minted, perhaps)"),
-                               ("distrusted", checked.distrusted, "from payers it distrusts (low reputation)")):
+                               ("distrusted", checked.distrusted, "from payers it distrusts (low reputation)"),
+                               ("over_limit", checked.over_limit, "from trusted payers past what it believes of them "
+                                f"({VOUCH_FACTOR:g}x the credits each moved with it)")):
         lines.append(f"  {bucket.receipts} {what}: {bucket.credits:g} credits"
                      + (f" (payers {', '.join(p[:12] for p in sorted(bucket.payers)[:5])})"
                         if bucket.payers and name != "trusted" else ""))

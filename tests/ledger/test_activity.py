@@ -101,8 +101,13 @@ def test_a_payer_that_only_linked_once_is_no_payer_to_believe(led, tmp_path):
     worker = "ab" * 32
     out = tmp_path / "laundered.json"
     out.write_text(json.dumps({"format": FORMAT, "node": worker, "receipts": [
-        {"receipt": make_receipt(payer, f"j{i}", "s", worker, 999_999.0, 42), "payer": {}}
-        for i, payer in enumerate((linked, linked, paid_me))]}))
+        {"receipt": make_receipt(payer, f"j{i}", "s", worker, amount, 42), "payer": {}}
+        for i, (payer, amount) in enumerate(((linked, 999_999.0), (linked, 999_999.0), (paid_me, 999_999.0),
+                                             (paid_me, 4.0), (paid_me, 1.5)))]}))
     check = verify_receipts(out, judge).to_json()
-    assert check["ok"] and check["total"] == 999_999.0
-    assert check["unknown"] == {"receipts": 2, "credits": 1_999_998.0, "payers": [linked.node_id]}
+    assert check["ok"] and check["unknown"] == {"receipts": 2, "credits": 1_999_998.0, "payers": [linked.node_id]}
+    # ... and one that paid it 0.5 once is believed for VOUCH_FACTOR times that: 4 of the 5, not its 999,999
+    # (it counted as trusted, whole, before)
+    assert judge(paid_me.node_id).limit == 5.0 and judge(me.node_id).limit is None
+    assert check["total"] == 4.0 and check["trusted"]["receipts"] == 1
+    assert check["over_limit"] == {"receipts": 2, "credits": 1_000_000.5, "payers": [paid_me.node_id]}
