@@ -47,7 +47,7 @@ class PayerView:
     known: bool
     reputation: float | None = None
     met_only: bool = False
-    limit: float | None = None  # credits its receipts are believed for in all (None: no limit, the node itself)
+    limit: float | None = None  # credits its receipts are believed for in all (None: none, the node itself)
 
     @property
     def trusted(self) -> bool:

@@ -573,11 +573,11 @@ def _verify_receipts(args: argparse.Namespace) -> int:
                  f", for the challenge {checked.challenge!r}" if checked.challenge else
                  ", for no challenge" if checked.challenge == "" else ", with a challenge no export makes (below)")
              if checked.signed else "the file is not signed by its node: anyone holding a copy could show it"]
+    past = f"from trusted payers past what it believes of them ({VOUCH_FACTOR:g}x the credits each moved with it)"
     for name, bucket, what in (("trusted", checked.trusted, "from payers it knows and trusts"),
                                ("unknown", checked.unknown, "from payers it never met (minted, perhaps)"),
                                ("distrusted", checked.distrusted, "from payers it distrusts (low reputation)"),
-                               ("over_limit", checked.over_limit, "from trusted payers past what it believes of them "
-                                f"({VOUCH_FACTOR:g}x the credits each moved with it)")):
+                               ("over_limit", checked.over_limit, past)):
         lines.append(f"  {bucket.receipts} {what}: {bucket.credits:g} credits"
                      + (f" (payers {', '.join(p[:12] for p in sorted(bucket.payers)[:5])})"
                         if bucket.payers and name != "trusted" else ""))

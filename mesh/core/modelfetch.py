@@ -11,7 +11,8 @@ thrown away). Parts are fetched from one source at a time, WINDOW in flight; a s
 timed out, refuses) hands over to the next, which must send the same manifest for the parts already in
 to be kept. A source that went quiet (its asks or its answers lost with a dropped link, a sleep) after
 sending parts, at the least rate until then as the driver judges it, is asked again once the others were
-tried: a fetch from one source survives links that drop. A fetch resumes from the parts a crashed one had written and checked."""
+tried: a fetch from one source survives links that drop. A fetch resumes from the parts a crashed one had
+written and checked."""
 
 from __future__ import annotations
 

@@ -434,7 +434,7 @@ class ModelFetcher:
         with open(part, "r+b" if part.exists() else "w+b") as f:
             deadline = time.monotonic() + ASK_TIMEOUT_S  # moved on only by what the fetch acts on
             rate = _Rate(fetch.done_bytes)
-            tried = (time.monotonic(), fetch.done_bytes)  # when the source's current try began, and the bytes then
+            tried = (time.monotonic(), fetch.done_bytes)  # when the source's current try began, and its bytes then
             while True:
                 while queue:
                     eff = queue.pop(0)
@@ -474,7 +474,8 @@ class ModelFetcher:
                         # asked again later only if this try, its silence counted, kept to the least rate: two
                         # sources taking turns at a part and a silence each would hold the fetch for days
                         kept_up = fetch.done_bytes - tried[1] >= MIN_RATE_BPS * (time.monotonic() - tried[0])
-                        queue += fetch.on_lost(fetch.source, f"sent nothing for {ASK_TIMEOUT_S:g} s", quiet=kept_up)
+                        why = f"sent nothing for {ASK_TIMEOUT_S:g} s"
+                        queue += fetch.on_lost(fetch.source, why, quiet=kept_up)
                         deadline = time.monotonic() + ASK_TIMEOUT_S
                     continue  # (else the rate's window ended: judged at the top)
                 if kind == "model-manifest":

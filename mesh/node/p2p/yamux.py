@@ -2,9 +2,9 @@
 receive window a stream granted it and keeps the bytes: a stranger's fresh key wrote 768 MiB into a
 node's identify stream, which the node never reads again, and its memory went 132 → 902 MiB in 4 s
 (found by this project's attack round on the transport, 2026-12-06). Here a link whose peer writes more
-than a stream's window granted it (and a little slack) is closed, as go-yamux closes it; so is a link holding more
-than MAX_UNREAD_LINK bytes nobody read (each new stream grants a fresh window), and when a host's links
-together hold more than MAX_UNREAD_HOST, the link holding most is closed.
+than its streams' windows granted it (and a little slack) is closed, as go-yamux closes it; so is a link
+holding more than MAX_UNREAD_LINK bytes nobody read (each new stream grants a fresh window), and when a
+host's links together hold more than MAX_UNREAD_HOST, the link holding most is closed.
 
 Unread bytes are counted without touching py-libp2p's read paths: every arrival lowers a stream's
 `recv_window` (the only thing that lowers it), so arrivals are counted there as an upper bound, and the
@@ -24,7 +24,7 @@ import libp2p.stream_muxer.muxer_multistream as _muxer_multistream
 import trio
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
-WINDOW_SLACK = 64 << 10  # bytes past the windows granted forgiven a link (py-libp2p's own sender never needs it)
+WINDOW_SLACK = 64 << 10  # bytes past its windows forgiven a link (py-libp2p's own sender never needs it)
 MAX_UNREAD_LINK = 32 << 20  # a stream the node reads grows its window to 16 MiB; two such, plus the rest
 MAX_UNREAD_HOST = 256 << 20
 log = logging.getLogger("mesh.node.p2p")
