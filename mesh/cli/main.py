@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mesh import PROTOCOL_VERSION, __version__
 from mesh.cli.terminal import os_problem, printable
@@ -20,6 +21,9 @@ from mesh.core.jobid import short
 from mesh.errors import ConfigError, Interrupted, JobError, LedgerError, MeshError, NodeUnreachable, UserError
 from mesh.node.home import default_home, parse_hostport
 from mesh.wire.records import MAX_FETCH_MODELS
+
+if TYPE_CHECKING:  # (imported where used: the CLI starts without cryptography)
+    from mesh.wire.identity import Identity
 
 EXIT_USER, EXIT_FAILED = 2, 3
 EXIT_PIPE = 141  # 128 + SIGPIPE, as a shell reports a program its reader left
@@ -411,36 +415,36 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     if args.what in ("explain", "export") and not args.arg:
         raise UserError(f"mesh ledger {args.what} needs {'an ENTRY id' if args.what == 'explain' else 'a FILE'}")
     home = _home(args)
-    me = load(home).node_id
+    ident = load(home)  # (read once: export signs with it, verify checks the heads with its key)
     led = Ledger(home / LEDGER_FILE, readonly=True)
     try:
-        return _LEDGER_VIEWS[args.what](args, led, me)
+        return _LEDGER_VIEWS[args.what](args, led, ident)
     except sqlite3.DatabaseError as exc:  # a damaged file, read only: one line, not a traceback
         raise LedgerError(f"ledger {home / LEDGER_FILE} cannot be read: {exc} (`mesh ledger verify` says more)") from None
     finally:
         led.close()
 
 
-def _ledger_explain(args: argparse.Namespace, led, me: str) -> int:
+def _ledger_explain(args: argparse.Namespace, led, ident: Identity) -> int:
     from ledger.views import explained
     from mesh.node.home import LEDGER_FILE
 
     if not (args.arg.isascii() and args.arg.isdigit()):  # ('²' is a digit to str.isdigit, not to int())
         raise UserError(f"ENTRY is an entry number (see `mesh ledger history`), got {args.arg!r}")
-    entry = explained(led, int(args.arg), me) if len(args.arg) < 19 else None  # (SQLite's integers are 64-bit)
+    entry = explained(led, int(args.arg), ident.node_id) if len(args.arg) < 19 else None  # (SQLite's integers are 64-bit)
     if entry is None:
         raise UserError(f"no entry {args.arg} in {_home(args) / LEDGER_FILE}")
     _emit(args, entry, entry["explanation"])
     return 0
 
 
-def _ledger_export(args: argparse.Namespace, led, me: str) -> int:
+def _ledger_export(args: argparse.Namespace, led, ident: Identity) -> int:
     from ledger.export import check_challenge, export_receipts, judge_with, sign_export
-    from mesh.wire.identity import load
 
     challenge = "" if args.challenge is None else check_challenge(args.challenge)
+    me = ident.node_id
     data = export_receipts(led.history(None), me, judge_with(led, me, _record_keys(_home(args))))
-    data = sign_export(data, load(_home(args)), challenge, int(time.time() * 1000))
+    data = sign_export(data, ident, challenge, int(time.time() * 1000))
     _write(args.arg, json.dumps(data, indent=1) + "\n")
     _emit(args, {"file": args.arg, "receipts": len(data["receipts"]), "total": data["total"],
                  "total_all": data["total_all"], "challenge": challenge},
@@ -458,16 +462,16 @@ def _record_keys(home: Path) -> list[str]:
     return [k for k in keys if isinstance(k, str) and len(k) == 64 and all(c in "0123456789abcdef" for c in k)]
 
 
-def _ledger_balance(args: argparse.Namespace, led, me: str) -> int:
+def _ledger_balance(args: argparse.Namespace, led, ident: Identity) -> int:
     from ledger import views
 
-    obj = views.balance(led, me)
-    _emit(args, obj, f"node {me}\nbalance {obj['balance']:g} (earned {obj['earned']:g}, "
+    obj = views.balance(led, ident.node_id)
+    _emit(args, obj, f"node {ident.node_id}\nbalance {obj['balance']:g} (earned {obj['earned']:g}, "
                      f"spent {obj['spent']:g})")
     return 0
 
 
-def _ledger_peers(args: argparse.Namespace, led, me: str) -> int:
+def _ledger_peers(args: argparse.Namespace, led, ident: Identity) -> int:
     from ledger import views
 
     rows = views.peers(led, int(time.time() * 1000))
@@ -478,7 +482,7 @@ def _ledger_peers(args: argparse.Namespace, led, me: str) -> int:
     return 0
 
 
-def _ledger_history(args: argparse.Namespace, led, me: str) -> int:
+def _ledger_history(args: argparse.Namespace, led, ident: Identity) -> int:
     rows = led.history(args.limit)
     human = "\n".join(f"#{r['id']:<5} {r['kind']:<9} {r['amount']:>+10.4f}  job {r['job'][:10]} "
                       f"step {r['step']:<10} peer {r['peer'][:12]}" for r in rows)
@@ -486,20 +490,18 @@ def _ledger_history(args: argparse.Namespace, led, me: str) -> int:
     return 0
 
 
-def _ledger_verify(args: argparse.Namespace, led, me: str) -> int:
-    from mesh.wire.identity import load
-
-    key = load(_home(args)).public_key
+def _ledger_verify(args: argparse.Namespace, led, ident: Identity) -> int:
     try:
         damage = led.db.execute("PRAGMA quick_check").fetchone()[0]
-        n, why = (0, f"the database is damaged: {damage}") if damage != "ok" else led.verify(me, key)
+        n, why = ((0, f"the database is damaged: {damage}") if damage != "ok"
+                  else led.verify(ident.node_id, ident.public_key))
     except sqlite3.DatabaseError as exc:  # (a file cut short, or not SQLite at all)
         n, why = 0, f"the database is damaged: {exc}"
     obj = {"ok": False, "entry": n, "reason": why} if why else {"ok": True, "entries": n}
     lines = [f"ledger does NOT verify: {why}" if why
              else f"ledger verifies: {n} entries; chain, receipts and signed heads intact"]
     if args.peers:
-        held = _peer_heads(args, led, me, key)
+        held = _peer_heads(args, led, ident.node_id, ident.public_key)
         obj["peers"] = held
         obj["ok"] = obj["ok"] and all(p["ok"] for p in held["answers"])
         lines += _describe_peer_heads(held)
