@@ -97,8 +97,9 @@ def test_silent_node_times_out_as_a_no_show(make_mesh):
     bad = mesh.nodes[4].node_id
     rep, took = run_job(mesh, 4, timeout=SHORT_TIMEOUT)
     check_done(mesh, rep, {bad}, error="timeout")
-    # the job waited for the silent replica until its deadline, then settled without it
-    assert SHORT_TIMEOUT - 0.5 <= took < SHORT_TIMEOUT + 3, took
+    # the job waited for the silent replica until its deadline, then settled without it: within the 1 s deadline
+    # sweep and a loaded machine's slack (CI on 5ecd487: 7.16 s), far from the 60 s a link takes to go idle
+    assert SHORT_TIMEOUT - 0.5 <= took < SHORT_TIMEOUT + 6, took
     check_ledgers(mesh, {4}, "no_show")
 
 
