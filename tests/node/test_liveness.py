@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ..conftest import cli_json, wait_for, write_job
+from ..conftest import cli_json, wait_for
 
 pytestmark = [pytest.mark.mesh, pytest.mark.timeout(120)]
 DOWN_AFTER = 8  # seconds of silence before a peer is down (the node's default is 20)
@@ -40,7 +40,7 @@ def test_leave_crash_and_restart_are_seen_by_peers(make_mesh):
     assert peer_view(n1, n0.node_id).get("state") == "up"
 
 
-def test_a_node_that_sleeps_is_let_go_and_its_replica_moves(make_mesh, tmp_path):
+def test_a_node_that_sleeps_is_let_go_and_its_replica_moves(make_mesh):
     """A laptop that sleeps says nothing and closes nothing (SIGSTOP: its sockets stay open). Its peers
     stop hearing its hellos; after --down-after seconds of silence they close its links, so a replica waiting
     on it moves to another worker then, not at the job's deadline or the links' 60 s idle limit. When
@@ -49,12 +49,17 @@ def test_a_node_that_sleeps_is_let_go_and_its_replica_moves(make_mesh, tmp_path)
     # 60 s idle limit and the job's deadline stay where they were
     mesh = make_mesh(4, lambda i: ["--no-model", "--no-scrape", "--down-after", str(DOWN_AFTER)])
     n0, sleeper = mesh.nodes[0], mesh.nodes[3]
+    client = n0.client
+    job = {"name": "job", "redundancy": 3, "timeout": 300,  # the replica deadline is far: only liveness can
+           "steps": [{"id": "s", "kind": "python", "params": {"code": "output = 6 * 7"}}]}  # free the step early
     sleeper.kill(signal.SIGSTOP)
     try:
         t0 = time.monotonic()
-        job = write_job(tmp_path / "job.json", [{"id": "s", "kind": "python", "params": {"code": "output = 6 * 7"}}],
-                        timeout=300)  # the replica deadline is far: only liveness can free the step early
-        rep = cli_json("submit", job, "--home", str(n0.home), "--redundancy", "3", "--wait", timeout=200)
+        # through the API at once, not a CLI process: under load a CLI took 9 s to start, the sleeper was
+        # already down (--down-after 8) when the job was placed, and r=3 had two workers left
+        job_id = client.request("POST", "/jobs", {"job": job})["job_id"]
+        rep = wait_for(lambda: (r := client.request("GET", f"/jobs/{job_id}?wait=20", timeout=40))["status"]
+                       != "running" and r, 200, "the job to end")
         took = time.monotonic() - t0
         assert rep["status"] == "done" and rep["steps"]["s"]["output"] == 42, rep
         replicas = rep["steps"]["s"]["replicas"]
