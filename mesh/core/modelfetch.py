@@ -88,6 +88,7 @@ class ModelFetch:
     tried: list[str] = field(default_factory=list)
     why: str = ""  # the last source's failure, for the final error
     got: int = 0  # parts the current source sent since it was (last) asked
+    sent: int = 0  # their bytes: what the driver's rate judges (done_bytes falls when a manifest voids parts)
 
     @property
     def size(self) -> int:
@@ -111,7 +112,9 @@ class ModelFetch:
         if m.size > self.max_bytes:
             return self._lost(f"{peer[:12]} says it is {m.size:,} bytes, over the limit of {self.max_bytes:,}")
         out: list[Effect] = []
-        if self.manifest is not None and m.parts != self.manifest.parts:  # the parts in hand were another's word
+        # the parts in hand were another's word: a manifest of the same part hashes and another size too (the
+        # parts kept, the file cut to the new size, its SHA-256 failed and the honest first source was penalised)
+        if self.manifest is not None and (m.size, m.parts) != (self.manifest.size, self.manifest.parts):
             self.have.clear()
             self.vouchers.clear()
             out.append(Restart())
@@ -130,6 +133,7 @@ class ModelFetch:
             return [Penalise(peer, "model-part does not match its manifest"), *self._next_source()]
         self.have.add(part)
         self.got += 1
+        self.sent += len(data)
         return [WritePart(part, part * MODEL_PART, data), *self._ask_parts()]
 
     def on_lost(self, peer: str, why: str, quiet: bool = False) -> list[Effect]:
@@ -179,7 +183,7 @@ class ModelFetch:
             self.state = "failed"
             tried = ", ".join(p[:12] for p in self.tried) or "none"
             return [Finished(False, f"no peer served it (tried: {tried}; last: {self.why or 'no peer holds it'})")]
-        self.source, self.got = rest[0], 0
+        self.source, self.got, self.sent = rest[0], 0, 0
         self.tried.append(self.source)
         self.state = "manifest"
         return [AskManifest(self.source)]

@@ -145,7 +145,10 @@ class ModelServer:
     async def _serve(self, peer: object, turn: tuple[object, str], ask: ModelAsk) -> None:
         path = self.served().get(ask.sha)
         if path is None:
-            self.send(peer, "model-manifest", ModelManifest(ask.sha, 0, [], "not served here"))
+            # a manifest too, held to MANIFEST_RULE whatever part was asked (an ask of part 0 of a made-up model
+            # had one signed at once, every time; an ask of part -1 spent its token in serve())
+            if ask.part < 0 or self._manifests_sent.spend(turn[1], MANIFEST_RULE, time.monotonic()):
+                self.send(peer, "model-manifest", ModelManifest(ask.sha, 0, [], "not served here"))
             return
         async with self._turns.turn(turn):
             manifest = self._manifests.get(ask.sha)
@@ -433,13 +436,15 @@ class ModelFetcher:
         queue: list[Effect] = fetch.start()
         with open(part, "r+b" if part.exists() else "w+b") as f:
             deadline = time.monotonic() + ASK_TIMEOUT_S  # moved on only by what the fetch acts on
-            rate = _Rate(fetch.done_bytes)
-            tried = (time.monotonic(), fetch.done_bytes)  # when the source's current try began, and its bytes then
+            # judged by the bytes the source itself sent: done_bytes falls when its manifest voids a liar's parts
+            # (read as a negative rate, it dropped the honest source that followed a liar)
+            rate = _Rate(fetch.sent)
+            tried = (time.monotonic(), fetch.sent)  # when the source's current try began, and its bytes then
             while True:
                 while queue:
                     eff = queue.pop(0)
                     if isinstance(eff, AskManifest):  # (every try of a source begins with its manifest)
-                        tried = (time.monotonic(), fetch.done_bytes)
+                        tried = (time.monotonic(), fetch.sent)
                     if isinstance(eff, Finished):
                         # (the parts of the last batch count too: a done fetch shows all its bytes)
                         st.done_bytes, st.size, st.source = fetch.done_bytes, fetch.size, fetch.source
@@ -459,12 +464,12 @@ class ModelFetcher:
                     queue += await self._apply(eff, fetch, f, state, sha)
                 if fetch.source != st.source:
                     deadline = time.monotonic() + ASK_TIMEOUT_S  # a new source's time starts
-                    rate = _Rate(fetch.done_bytes)
+                    rate = _Rate(fetch.sent)
                 st.done_bytes, st.size, st.source = fetch.done_bytes, fetch.size, fetch.source
-                slow = rate.slow(fetch.done_bytes)
+                slow = rate.slow(fetch.sent)
                 if slow:
                     queue += fetch.on_lost(fetch.source, slow)
-                    deadline, rate = time.monotonic() + ASK_TIMEOUT_S, _Rate(fetch.done_bytes)
+                    deadline, rate = time.monotonic() + ASK_TIMEOUT_S, _Rate(fetch.sent)
                     continue
                 try:
                     peer, kind, payload = await asyncio.wait_for(
@@ -473,7 +478,7 @@ class ModelFetcher:
                     if time.monotonic() >= deadline:
                         # asked again later only if this try, its silence counted, kept to the least rate: two
                         # sources taking turns at a part and a silence each would hold the fetch for days
-                        kept_up = fetch.done_bytes - tried[1] >= MIN_RATE_BPS * (time.monotonic() - tried[0])
+                        kept_up = fetch.sent - tried[1] >= MIN_RATE_BPS * (time.monotonic() - tried[0])
                         why = f"sent nothing for {ASK_TIMEOUT_S:g} s"
                         queue += fetch.on_lost(fetch.source, why, quiet=kept_up)
                         deadline = time.monotonic() + ASK_TIMEOUT_S
