@@ -90,7 +90,8 @@ def export_receipts(rows: list[dict[str, Any]], node: str, judge: Judge) -> dict
         view = judge(payer)
         items.append({"receipt": raw, "payer": view.to_json()})
         total_all += raw["amount"]
-        total += raw["amount"] if view.trusted and believed.take(payer, view, raw["amount"]) else 0.0
+        own = payer == node  # (never in a ledger a node wrote: it never pays itself)
+        total += raw["amount"] if view.trusted and not own and believed.take(payer, view, raw["amount"]) else 0.0
     return {"format": FORMAT, "node": node, "receipts": items, "total": round(total, 6),
             "total_all": round(total_all, 6)}
 
@@ -185,9 +186,19 @@ class Checked:
     distrusted: Bucket = field(default_factory=Bucket)
     # from trusted payers, past VOUCH_FACTOR times the credits each moved with the checking node
     over_limit: Bucket = field(default_factory=Bucket)
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # the first MAX_LISTED, then one line counting the rest
+    problems_total: int = 0
     signed: bool = False  # by the node's own key (its signature checks), so made by whoever holds that key
     challenge: str | None = None  # the challenge the file answers, when signed
+
+    def problem(self, line: str) -> None:
+        """One more problem: listed while fewer than MAX_LISTED are, then counted (a file of millions of bad
+        items kept a line each, and the CLI joined them: 1.6 GB for a 16 MiB file)."""
+        self.problems_total += 1
+        if len(self.problems) < MAX_LISTED:
+            self.problems.append(line)
+        else:
+            self.problems[MAX_LISTED:] = [f"... and {self.problems_total - MAX_LISTED:,} more problems"]
 
     @property
     def valid(self) -> int:
@@ -202,7 +213,8 @@ class Checked:
                 "total_all": round(sum(b.credits for b in self._buckets()), 6),
                 "trusted": self.trusted.to_json(), "unknown": self.unknown.to_json(),
                 "distrusted": self.distrusted.to_json(), "over_limit": self.over_limit.to_json(),
-                "problems": self.problems, "signed": self.signed, "challenge": self.challenge}
+                "problems": self.problems, "problems_total": self.problems_total, "signed": self.signed,
+                "challenge": self.challenge}
 
 
 def verify_receipts(path: Path, judge: Judge | None = None, challenge: str | None = None) -> Checked:
@@ -213,7 +225,9 @@ def verify_receipts(path: Path, judge: Judge | None = None, challenge: str | Non
     data = _read(path)
     node = str(data.get("node"))
     out = Checked(node)
-    out.signed, out.problems = _holder_problems(data, node, challenge)
+    out.signed, problems = _holder_problems(data, node, challenge)
+    for line in problems:
+        out.problem(line)
     if out.signed and _a_challenge(data.get("challenge")):
         out.challenge = data["challenge"]
     seen: set[tuple[str, str, str, str]] = set()
@@ -223,14 +237,17 @@ def verify_receipts(path: Path, judge: Judge | None = None, challenge: str | Non
         try:
             r = verified(raw)
         except BadReceipt as exc:
-            out.problems.append(f"receipt {i + 1}: {exc}")
+            out.problem(f"receipt {i + 1}: {exc}")
             continue
         key = (r.payer, r.job, r.step, r.worker)
         if r.worker != node:
-            out.problems.append(f"receipt {i + 1}: receipt is for worker {r.worker[:12]}, not {node[:12]}")
+            out.problem(f"receipt {i + 1}: receipt is for worker {r.worker[:12]}, not {node[:12]}")
+            continue
+        if r.payer_id == r.worker:  # a node never pays itself: its own word for its earnings, believed up to
+            out.problem(f"receipt {i + 1}: signed by its own worker: a node never pays itself")  # 10x its real ones
             continue
         if key in seen:
-            out.problems.append(f"receipt {i + 1}: the same (payer, job, step) appears twice")
+            out.problem(f"receipt {i + 1}: the same (payer, job, step) appears twice")
             continue
         seen.add(key)
         view = judge(r.payer_id) if judge else PayerView(False)
@@ -240,12 +257,23 @@ def verify_receipts(path: Path, judge: Judge | None = None, challenge: str | Non
     return out
 
 
-MAX_RECEIPTS_FILE = 256 << 20  # an export of millions of receipts; /dev/zero is refused long before memory runs out
+MAX_RECEIPTS_FILE = 256 << 20  # an export of half a million receipts; /dev/zero is refused long before memory runs out
+MAX_LISTED = 100  # problems listed one by one; the rest are counted
+# An export holds one receipt in ~440 bytes at its most compact: 3 objects and 12 commas. A file with an object or
+# a list every 64 bytes, or a comma every 16, is no export: parsed, `{},` took 72 bytes of memory for 3 of file
+# (a 256 MiB file ran out of 4 GiB); within these its values take a few times the file, as an export's do.
+BYTES_PER_CONTAINER, BYTES_PER_VALUE = 64, 16
 
 
 def _read(path: Path) -> dict[str, Any]:
+    text = read_text(path, "receipts file", MAX_RECEIPTS_FILE)
+    n = len(text)
+    if (text.count("{") + text.count("[") > n // BYTES_PER_CONTAINER + 64
+            or text.count(",") > n // BYTES_PER_VALUE + 64):
+        raise UserError(f"{path} is not a homemesh receipts export: it packs more JSON values than an export "
+                        "of its size holds")
     try:
-        data = json.loads(read_text(path, "receipts file", MAX_RECEIPTS_FILE))
+        data = json.loads(text)
     except (ValueError, RecursionError):
         raise UserError(f"{path} is not JSON") from None
     if (not isinstance(data, dict) or data.get("format") not in (FORMAT, OLD_FORMAT)

@@ -68,7 +68,11 @@ class Receipt:
             payer, sig = bytes.fromhex(self.payer), bytes.fromhex(self.sig)
         except ValueError:
             return "receipt key or signature is not hex"
-        if len(payer) != 32 or not verify(payer, sig, self.signed_bytes()):
+        try:
+            signed = self.signed_bytes()
+        except ValueError:  # a lone surrogate in a text field: no UTF-8, so nothing anyone could have signed
+            return "receipt fields have no canonical form"
+        if len(payer) != 32 or not verify(payer, sig, signed):
             return "receipt signature does not verify"
         return ""
 

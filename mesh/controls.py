@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import re
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# (and lone surrogates, which JSON's \ud800 decodes to: no UTF-8 holds them, so printing one raised)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _escape(m: re.Match[str]) -> str:
@@ -18,5 +19,5 @@ def _escape(m: re.Match[str]) -> str:
 
 def escape_controls(text: str, newlines: bool = False) -> str:
     """`text` with control characters (C0 but tab and, unless `newlines`, newline; DEL; C1; bidi
-    overrides) written as \\xNN or \\uNNNN."""
+    overrides; lone surrogates) written as \\xNN or \\uNNNN."""
     return (_CONTROL_OR_NEWLINE if newlines else _CONTROL).sub(_escape, text)

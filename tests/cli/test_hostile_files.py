@@ -45,7 +45,9 @@ def test_a_job_file_that_is_a_device_a_fifo_or_not_utf8_is_refused_in_one_line(t
     (tmp_path / "big.json").write_text('{"steps": [], "name": "' + "x" * (5 << 20) + '"}')
     one_line(run_cli("submit", str(tmp_path / "big.json"), "--home", str(home)), 2, "is over")
     one_line(run_cli("ledger", "verify-receipts", str(tmp_path / "zero.json"), timeout=30), 2, "not a regular file")
-    (tmp_path / "deep.json").write_text("[" * 100_000)
+    (tmp_path / "deep.json").write_text("[" * 100_000)  # (refused unparsed: no export packs lists so densely)
+    one_line(run_cli("ledger", "verify-receipts", str(tmp_path / "deep.json")), 2, "packs more JSON values")
+    (tmp_path / "deep.json").write_text(("[" + " " * 63) * 100_000)  # as deep, spaced as an export could be
     one_line(run_cli("ledger", "verify-receipts", str(tmp_path / "deep.json")), 2, "is not JSON")
 
 
