@@ -4,7 +4,10 @@ node's identify stream, which the node never reads again, and its memory went 13
 (found by this project's attack round on the transport, 2026-12-06). Here a link whose peer writes more
 than its streams' windows granted it (and a little slack) is closed, as go-yamux closes it; so is a link
 holding more than MAX_UNREAD_LINK bytes nobody read (each new stream grants a fresh window), and when a
-host's links together hold more than MAX_UNREAD_HOST, the link holding most is closed.
+host's links together hold more than MAX_UNREAD_HOST, the biggest link of the network prefix holding most
+is closed (by link, a machine keeping four links each just under an honest peer's had the honest one closed).
+A DATA frame announcing more than any stream of the link could be owed is refused from its header, before its
+body is read: py-libp2p reads a body whole, up to 16 MiB, for up to 60 s, before anything counts it.
 
 Unread bytes are counted without touching py-libp2p's read paths: every arrival lowers a stream's
 `recv_window` (the only thing that lowers it), so arrivals are counted there as an upper bound, and the
@@ -22,7 +25,9 @@ import weakref
 
 import libp2p.stream_muxer.muxer_multistream as _muxer_multistream
 import trio
-from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE, Yamux, YamuxStream
+
+from mesh.node.peers import prefix_of_ip
 
 WINDOW_SLACK = 64 << 10  # bytes past its windows forgiven a link (py-libp2p's own sender never needs it)
 MAX_UNREAD_LINK = 32 << 20  # a stream the node reads grows its window to 16 MiB; two such, plus the rest
@@ -91,6 +96,24 @@ class StrictYamux(Yamux):
         self.overdrawn = 0  # bytes the peer wrote past the credit of its streams, all together
         self.host_links.add(self)
 
+    async def _read_data_body(self, length: int) -> bytes:
+        """A DATA frame's body, once its header's length is within what the link could be owed: the most
+        credit any of its streams has, or a new stream's window, and the slack left (py-libp2p reads the body
+        before it knows the stream; the setter above still judges the stream itself when it arrives)."""
+        credit = max([DEFAULT_WINDOW_SIZE, *(st.recv_window for st in list(self.streams.values()))])
+        if length > credit + max(0, WINDOW_SLACK - self.overdrawn):
+            self._refuse(f"a DATA frame of {length} bytes announced where at most {credit} are owed")
+        return await super()._read_data_body(length)
+
+    @property
+    def prefix(self) -> str:
+        """The network prefix the link comes from (its relay's, for a relayed link; its own id when unknown)."""
+        try:
+            remote = self.secured_conn.get_remote_address()
+        except (AttributeError, OSError):
+            remote = None
+        return prefix_of_ip(str(remote[0])) if remote else f"link {id(self)}"
+
     def buffered(self) -> int:
         return sum(len(b) for b in list(self.stream_buffers.values()))
 
@@ -105,7 +128,12 @@ class StrictYamux(Yamux):
         if self.unread.over(n, self.buffered):
             self._refuse(f"{self.unread.bound} bytes left unread on the link")
         if self.host_unread.over(n, self._host_buffered):
-            hog = max(list(self.host_links), key=lambda link: link.unread.bound)
+            links = list(self.host_links)
+            held: dict[str, int] = {}
+            for link in links:
+                held[link.prefix] = held.get(link.prefix, 0) + link.unread.bound
+            worst = max(held, key=held.__getitem__)  # (a prefix is one operator's, as placement counts them)
+            hog = max((link for link in links if link.prefix == worst), key=lambda link: link.unread.bound)
             if hog is self:
                 self._refuse(f"the most of {self.host_unread.bound} bytes unread on all links")
             log.warning("closing the link of %s: the most of %d bytes unread on all links", hog.peer_id,
