@@ -33,7 +33,7 @@ from mesh.core.effects import (
     Wake,
     as_json,
 )
-from mesh.core.jobrun import Dispatch, JobRun, Outcome, Replica
+from mesh.core.jobrun import UNVERIFIED_CPUS, Dispatch, JobRun, Outcome, Replica
 from mesh.core.policy import Candidate, RecheckEvidence, StepEvidence, candidate_from
 from mesh.core.pricing import cap, observed, pay, quantity
 from mesh.core.spotcheck import WORTH_SLACK, Challenge, SpotChecker
@@ -99,6 +99,7 @@ class Dispute:
     challenge: Challenge
     got: str
     work: dict
+    waited: float | None = None  # seconds from the check's send to its answer (None: not known)
 
 
 def step_evidence(job: Job, o: Outcome, replicas: Mapping[str, Replica]) -> StepEvidence:
@@ -435,17 +436,22 @@ class Submission:
         capped by the step's limits, at its card), receipt and all: an unpaid request would tell a worker
         afterwards which of its answers were checks."""
         passed = ok and challenge.right(output)
+        waited = None if challenge.sent is None else now - challenge.sent
+        seen = observed(challenge.kind, work, output, waited, challenge.params)  # (a disputed one is paid so too)
         if passed:
-            waited = None if challenge.sent is None else now - challenge.sent
-            self._passed(node, check_id, challenge, got, observed(challenge.kind, work, output, waited, challenge.params), out)
-        elif not self._dispute(Dispute(node, check_id, challenge, got, dict(work)), out):
+            self._passed(node, check_id, challenge, got, seen, waited, out)
+        elif not self._dispute(Dispute(node, check_id, challenge, got, dict(seen), waited), out):
             self._convict(node, check_id, challenge, got, now, out)
         out.extend(self._wake_holding([node]))
 
     def _passed(self, node: str, check_id: str, challenge: Challenge, got: str, work: Mapping[str, Any],
-                out: list[Effect]) -> None:
+                waited: float | None, out: list[Effect]) -> None:
         out.append(Judged(node, True, got, check_id))
         limit = min(cap(challenge.kind, challenge.params, challenge.timeout), challenge.worth * WORTH_SLACK)
+        if challenge.kind == "python" and waited is not None:
+            # a check's answer is a lone one, nothing measured against its claim: one CPU for the time it took, as
+            # a lone step's (a worker answering at once and claiming 16 CPUs over its wait was paid 4x the step)
+            limit = min(limit, max(0.0, waited) * UNVERIFIED_CPUS)
         credit, basis = pay(challenge.kind, {node: work}, {node: challenge.rates}, limit)
         out.append(self._record(check_id, (LedgerEntry("paid", check_id, challenge.step, node, -credit[node],
                                                        detail={"spot_check": basis}),)))
@@ -481,7 +487,7 @@ class Submission:
         earlier = orig.rechecks.get(sid)
         if earlier is not None and earlier["verdict"] != "running":
             if earlier["verdict"] == "overturned":  # the known answer was wrong and the worker right
-                self._passed(d.node, d.check_id, d.challenge, d.got, d.work, out)
+                self._passed(d.node, d.check_id, d.challenge, d.got, d.work, d.waited, out)
             return earlier["verdict"] != "confirmed"  # inconclusive: unproven, let go unjudged
         self.disputes.setdefault((job_id, sid), []).append(d)
         self._distrust(d.node, "its spot check is disputed")  # until it is judged, its answers settle nothing
@@ -497,7 +503,7 @@ class Submission:
             if verdict == "confirmed" and now is not None:
                 self._convict(d.node, d.check_id, d.challenge, d.got, now, out)
             elif verdict == "overturned":
-                self._passed(d.node, d.check_id, d.challenge, d.got, d.work, out)
+                self._passed(d.node, d.check_id, d.challenge, d.got, d.work, d.waited, out)
 
     def _distrust(self, node: str, reason: str) -> None:
         """`node`'s answers in steps not yet settled stop counting (JobRun.on_node_distrusted), in every job."""

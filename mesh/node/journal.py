@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS owed (payer TEXT NOT NULL, job TEXT NOT NULL, step TE
                                  most REAL NOT NULL, answered REAL NOT NULL, result TEXT NOT NULL,
                                  paid INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (payer, job, step));
 CREATE INDEX IF NOT EXISTS owed_answered ON owed (answered);
+CREATE TABLE IF NOT EXISTS owed_forgotten (payer TEXT PRIMARY KEY, most REAL NOT NULL, answered REAL NOT NULL);
 """
 
 

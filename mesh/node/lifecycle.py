@@ -315,7 +315,7 @@ class Node:
             standing=self.standing, account=lambda node: self.accounts.get(node, Account()),
             require_credit=opts.require_credit, fetch_model=self.fetch_for_step if self.fetch_allowance else None,
             paused=lambda: self.owner.paused, step_memory=lambda: self.owner.limits.memory, worked=self._worked),
-            Owed(self.journal))
+            Owed(self.journal, lambda payer: self.accounts.get(payer, Account()).earned > 0))
         self.model_server = ModelServer(self._served_models if opts.share_models else dict, self.send,
                                         corrupt=opts.fault == "corrupt-model", backlog=self._backlog,
                                         group=self.observed_prefix)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from mesh.node.journal import Journal
 
@@ -19,14 +20,27 @@ ASK_AFTER_S = 30.0  # an unpaid step older than this is asked for when its payer
 
 
 class Owed:
-    def __init__(self, journal: Journal):
+    """`paid_before(payer)`: whether the payer ever paid this node (its ledger): a trim forgets such payers'
+    unpaid steps last. Unpaid steps a trim forgets still count as the payer's debt (`debt`) until they would
+    have expired (KEEP_UNPAID_S): forgotten, a non-payer's steps let it past --require-credit again and again."""
+
+    def __init__(self, journal: Journal, paid_before: Callable[[str], bool] = lambda payer: False):
         self.journal = journal
+        self.paid_before = paid_before
         self.unpaid: dict[tuple[str, str, str], float] = {}  # (payer, job, step) → most it may be paid
-        journal.write("DELETE FROM owed WHERE paid=0 AND answered<?", (time.time() - KEEP_UNPAID_S,))
+        self.forgotten: dict[str, float] = {}  # payer → what the unpaid steps a trim forgot may be paid, in all
+        old = time.time() - KEEP_UNPAID_S
+        journal.write("DELETE FROM owed WHERE paid=0 AND answered<?", (old,))
+        journal.write("DELETE FROM owed_forgotten WHERE answered<?", (old,))
         for payer, job, step, most in journal.rows("SELECT payer, job, step, most FROM owed WHERE paid=0 "
                                                    "ORDER BY answered"):
             self.unpaid[(payer, job, step)] = most
+        self.forgotten = dict(journal.rows("SELECT payer, most FROM owed_forgotten"))
         self._rows = journal.rows("SELECT COUNT(*) FROM owed")[0][0]
+
+    def debt(self, payer: str) -> float:
+        """What `payer` may owe this node: its unpaid steps, remembered or forgotten by a trim."""
+        return sum(v for (p, _, _), v in self.unpaid.items() if p == payer) + self.forgotten.get(payer, 0.0)
 
     def answered(self, key: tuple[str, str, str], most: float, result: dict) -> None:
         text = json.dumps(result)
@@ -41,19 +55,32 @@ class Owed:
 
     def _trim(self) -> None:
         """Back under MAX_OWED: paid steps past KEEP_PAID_S first, then the oldest of the payer holding the
-        most. Oldest first over all, one stranger's 10,100 tiny unpaid steps pushed an honest payer's
-        answered step out, and its valid receipt was then refused (found by this project's attack round)."""
+        most, payers that never paid this node before those that did. Oldest first over all, one stranger's
+        10,100 tiny unpaid steps pushed an honest payer's answered step out, and its valid receipt was then
+        refused (found by this project's attack round); by count alone, a hundred fresh keys of a hundred
+        steps each did the same to an honest payer's 400 (found by the red team of 2026-12-07)."""
         now = time.time()
         with self.journal.batch():
             self.journal.write("DELETE FROM owed WHERE paid=1 AND answered<?", (now - KEEP_PAID_S,))
             keep = MAX_OWED - MAX_OWED // 10  # (a tenth of room: not a trim for every step answered past the cap)
             while (over := self.journal.rows("SELECT COUNT(*) FROM owed")[0][0] - keep) > 0:
-                (payer, held), = self.journal.rows("SELECT payer, COUNT(*) AS n FROM owed GROUP BY payer "
-                                                   "ORDER BY n DESC, payer LIMIT 1")
-                self.journal.write("DELETE FROM owed WHERE rowid IN (SELECT rowid FROM owed WHERE payer=? "
-                                   "ORDER BY answered LIMIT ?)", (payer, max(1, min(over, held // 2))))
+                held = self.journal.rows("SELECT payer, COUNT(*) FROM owed GROUP BY payer")
+                payer, n = min(held, key=lambda pn: (self.paid_before(pn[0]), -pn[1], pn[0]))
+                gone = "SELECT rowid FROM owed WHERE payer=? ORDER BY answered LIMIT ?"
+                args = (payer, max(1, min(over, n // 2)))
+                (most, answered), = self.journal.rows(f"SELECT TOTAL(most), MAX(answered) FROM owed WHERE paid=0 AND "
+                                                      f"rowid IN ({gone})", args)
+                if most:  # still owed: it counts against the payer's credit line until it would have expired
+                    self.journal.write("INSERT INTO owed_forgotten (payer, most, answered) VALUES (?,?,?) ON CONFLICT "
+                                       "(payer) DO UPDATE SET most=most+excluded.most, answered=MAX(answered, "
+                                       "excluded.answered)", (payer, most, answered))
+                self.journal.write(f"DELETE FROM owed WHERE rowid IN ({gone})", args)
+            # (one row a payer; past MAX_OWED payers, those forgotten longest ago go, as they would expire first)
+            self.journal.write("DELETE FROM owed_forgotten WHERE payer IN (SELECT payer FROM owed_forgotten ORDER "
+                               "BY answered DESC LIMIT -1 OFFSET ?)", (MAX_OWED,))
         keep = {(p, j, s) for p, j, s in self.journal.rows("SELECT payer, job, step FROM owed WHERE paid=0")}
         self.unpaid = {k: v for k, v in self.unpaid.items() if k in keep}
+        self.forgotten = dict(self.journal.rows("SELECT payer, most FROM owed_forgotten"))
         self._rows = self.journal.rows("SELECT COUNT(*) FROM owed")[0][0]
 
     def earlier(self, key: tuple[str, str, str]) -> tuple[bool, dict | None]:

@@ -353,7 +353,7 @@ class Worker:
         line = self.port.require_credit
         if line is None:
             return ""
-        unpaid = sum(v for (payer, _, _), v in self.owed.unpaid.items() if payer == node)
+        unpaid = self.owed.debt(node)
         since = time.monotonic() - FAILED_KEEP_S
         failed = sum(c for when, c in self.failed_work.get(node, ()) if when >= since)
         return credit_refusal(self.port.account(node), unpaid, line, round(failed, 6))
