@@ -49,5 +49,9 @@ def read_text(path: Path | str, what: str, limit: int, error: type[UserError] = 
 
 
 def _size(n: int) -> str:
-    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB" if n >= 1 << 10 else f"{n} bytes"
+    """`n` bytes in words, never rounded down (a limit of 3.94 MiB read "over 3 MiB", and 3.6 MB passed)."""
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n >> shift} {unit}" if not n % (1 << shift) else f"{n / (1 << shift):.2f} {unit}"
+    return f"{n} bytes"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tomllib
@@ -25,9 +26,12 @@ PLOT_STEPS = 3000  # steps per run of the fraction plot made with --plot
 
 def _floats(text: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        out = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not out or not all(math.isfinite(x) for x in out):  # (inf raised OverflowError; none ran 0 runs)
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {text!r}")
+    return out
 
 
 def _ints(text: str) -> list[int]:
@@ -42,6 +46,8 @@ def _setting(text: str) -> tuple[str, object]:
         return key.strip(), tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         return key.strip(), value  # a bare word: a string
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"{key.strip()}: the value is nested too deeply") from None
 
 
 def _progress(args: argparse.Namespace) -> bool:

@@ -284,7 +284,7 @@ def replay(path: Path, progress: bool = False) -> tuple[bool, str, dict]:
         tail = f.readline()
         try:
             recorded = json.loads(tail)["trace_hash"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise TraceError(f"{path}: the trace has more records than the replay, or no footer") from None
     if recorded != result["trace_hash"]:
         return False, f"trace hash differs: recorded {recorded}, replay {result['trace_hash']}", result

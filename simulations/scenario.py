@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,12 +151,24 @@ def parse_text(text: str, source: str = "scenario") -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(f"{source}: nested too deeply") from None
     try:
         scenario = parse(Scenario, data, "scenario")
     except Rejected as exc:
         raise ScenarioError(f"{source}: {exc.detail}") from None
+    except RecursionError:
+        raise ScenarioError(f"{source}: nested too deeply") from None
     check(scenario, source)
     return scenario
+
+
+def _not_finite(value: object, at: str = "") -> str:
+    """The first setting under `value` that is an infinite or NaN float ('' when none is)."""
+    if isinstance(value, float):
+        return "" if math.isfinite(value) else at or "a value"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return next((bad for k, v in items if (bad := _not_finite(v, f"{at}.{k}" if at else str(k)))), "")
 
 
 def check(s: Scenario, source: str) -> None:
@@ -163,6 +176,9 @@ def check(s: Scenario, source: str) -> None:
         if not ok:
             raise ScenarioError(f"{source}: {what}")
 
+    bad = _not_finite(dataclasses.asdict(s))
+    need(not bad, f"{bad} must be a finite number")  # (inf divided by zero, or ran on without end)
+    need(s.policy.share_every_s > 0, "policy.share_every_s must be > 0")  # (0 rescheduled itself forever)
     n = s.network
     need(1 <= s.steps <= 100_000_000, "steps must be from 1 to 100000000")
     need(1 <= n.submitters and n.nodes - n.submitters >= max(1, s.jobs.redundancy),

@@ -43,14 +43,18 @@ class Client:
                 return json.loads(resp.read())
         except OSError as exc:  # a reset or a timeout while reading the answer
             raise NodeUnreachable(f"the node API at {self.base} stopped answering: {exc}") from None
+        except http.client.HTTPException as exc:  # a cut-off answer, or no HTTP at all (--api at a peer port)
+            raise NodeUnreachable(f"{self.base} did not answer as an HTTP server does ({type(exc).__name__}): is it "
+                                  "a homemesh node's API?") from None
         except (ValueError, RecursionError):
             raise NodeUnreachable(f"{self.base} answered something other than JSON: is it a homemesh node's "
                                   "API?") from None
 
-    def events(self, job_id: str, timeout: float = 60) -> Iterator[tuple[str, dict]]:
+    def events(self, job_id: str, timeout: float = 60, keepalive: bool = False) -> Iterator[tuple[str, dict]]:
         """(kind, data) of a job's server-sent events, from the first to `done`. `timeout` bounds each
-        read; the node sends a keep-alive comment every 15 s, so only a dead node trips it."""
-        return self.stream(f"/jobs/{job_id}/events", f"job {job_id}", timeout)
+        read; the node sends a keep-alive comment every 15 s, so only a dead node trips it (`keepalive`:
+        they come too, as for stream())."""
+        return self.stream(f"/jobs/{job_id}/events", f"job {job_id}", timeout, keepalive)
 
     def fetch_events(self, sha: str, timeout: float = 60) -> Iterator[tuple[str, dict]]:
         """(kind, data) of a model fetch's server-sent events: `progress` (its status) as parts come, then
@@ -84,7 +88,7 @@ class Client:
         raise NodeUnreachable(f"the event stream of {what} ended before {what} did")
 
     def _open(self, method: str, path: str, body: object, timeout: float):
-        data = json.dumps(body).encode() if body is not None else None
+        data = None if body is None else _json_bytes(body)
         req = urllib.request.Request(self.base + path, data=data, method=method,
                                      headers={"Authorization": f"Bearer {self.token}",
                                               "Content-Type": "application/json"})
@@ -105,3 +109,12 @@ class Client:
             raise NodeUnreachable(f"cannot reach the node API at {self.base}: {reason}") from None
         except (http.client.InvalidURL, ValueError) as exc:  # a bad --api, a token with a newline, a bad timeout
             raise UserError(f"cannot ask the node API at {self.base}: {exc}") from None
+
+
+def _json_bytes(body: object) -> bytes:
+    """A request body: UTF-8 as it is (escaped, a job file of 2.4 MB of 'é' grew past the API's 4 MiB and the
+    node hung up), escaped only when it holds a lone surrogate, which no UTF-8 can (the node then says why)."""
+    try:
+        return json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(body).encode()

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # (imported where used: the CLI starts without cryptography)
     from mesh.wire.identity import Identity
 
 EXIT_USER, EXIT_FAILED = 2, 3
+MAX_COUNT = 10**9  # the most a --limit may ask for
 EXIT_PIPE = 141  # 128 + SIGPIPE, as a shell reports a program its reader left
 UP_CREDIT_LINE = 1000.0  # `mesh up` nodes' --credit-line: chosen from measured job costs (README, "What a job costs")
 EXAMPLE_JOB = Path(__file__).resolve().parents[2] / "examples" / "demo-job.json"
@@ -33,7 +34,16 @@ PYTHON_JOB = EXAMPLE_JOB.with_name("python-job.json")  # what nodes started --no
 
 
 def _home(args: argparse.Namespace) -> Path:
-    return Path(args.home).expanduser() if args.home else default_home()
+    return _expand(args.home) if args.home else default_home()
+
+
+def _expand(path: str) -> Path:
+    """A path the user gave, `~` and `~user` expanded: one line for a user this machine has no home for
+    (Path.expanduser raised RuntimeError out of every command taking --home, --dir or --model)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise UserError(f"{path}: no home directory is known for {path.split('/')[0]!r}") from None
 
 
 def _emit(args: argparse.Namespace, obj: object, human: str) -> None:
@@ -63,7 +73,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         fault=args.fault or "", allow_unsandboxed_python=args.allow_unsandboxed_python,
         load_model=not args.no_model, threads=args.threads, max_cpu=args.max_cpu,
         max_memory=args.max_memory, max_steps=args.max_steps, hours=args.hours, when_idle=args.when_idle,
-        model=Path(args.model).expanduser() if args.model else None, frame_cap=args.frame_cap,
+        model=_expand(args.model) if args.model else None, frame_cap=args.frame_cap,
         credit_line=args.credit_line, collude=args.collude or "", spot_rate=args.spot_rate,
         blacklist_s=args.blacklist, core_log=args.core_log, scrape_allow=args.scrape_allow,
         browser=args.browser or "", no_scrape=args.no_scrape, share_models=not args.no_model_sharing,
@@ -216,7 +226,13 @@ def _wait(client, job_id: str, timeout: float) -> dict:
     sid = short(job_id)
     tokens: dict[tuple[str, str], int] = {}
     try:
-        for kind, ev in client.events(job_id):
+        # each read waits at most past the deadline (a quiet job held `--timeout 3` 47 s: the deadline was looked
+        # at only when an event came), and the node's keep-alives come through to look at it every 15 s
+        for kind, ev in client.events(job_id, min(60.0, timeout + 1.0), keepalive=True):
+            if not kind:
+                if time.monotonic() > deadline:
+                    break
+                continue
             if kind == "done":
                 return ev
             if kind == "job" and isinstance(ev.get("job_id"), str):
@@ -230,6 +246,9 @@ def _wait(client, job_id: str, timeout: float) -> dict:
         print(file=sys.stderr)  # past the ^C the terminal echoed
         raise Interrupted(f"job {sid} continues on the mesh; `mesh job {sid} --wait` follows it again, "
                           f"`mesh cancel {sid}` stops it") from None
+    except NodeUnreachable:
+        if time.monotonic() <= deadline:  # (a read that waited past the deadline: the job is still running)
+            raise
     raise MeshError(f"job {sid} still running after {timeout:g} s; see `mesh job {sid}`")
 
 
@@ -351,8 +370,9 @@ def _confirm(question: str) -> bool:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
+    path = f"/jobs/{_id_path(args.job_id)}"  # (a prefix: the node says which job)
     client = _client(args)
-    report = client.request("GET", f"/jobs/{_id_path(args.job_id)}")  # (a prefix: the node says which job)
+    report = client.request("GET", path)
     if args.wait and report["status"] == "running":
         report = _wait(client, report["job_id"], args.timeout)
     _emit(args, report, _describe(report))
@@ -375,6 +395,8 @@ def _id_path(job_id: str) -> str:
     """A job id (or prefix) as a URL path segment: the node checks it, this only keeps it one segment."""
     from urllib.parse import quote
 
+    if not job_id.strip():  # (`/jobs/` is the list of jobs: `mesh job ''` read it as one and raised TypeError)
+        raise UserError("a job id is needed (or its first characters): `mesh jobs` lists them")
     return quote(job_id.strip(), safe="")
 
 
@@ -398,7 +420,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    report = _client(args).request("POST", f"/jobs/{_id_path(args.job_id)}/cancel", timeout=30)
+    path = f"/jobs/{_id_path(args.job_id)}/cancel"
+    report = _client(args).request("POST", path, timeout=30)
     _emit(args, report, _describe(report))
     return 0
 
@@ -612,7 +635,7 @@ def _payer_judge(args: argparse.Namespace):
 def cmd_up(args: argparse.Namespace) -> int:
     from mesh.cli.local import LocalMesh
 
-    directory = Path(args.dir).expanduser()
+    directory = _expand(args.dir)
     extra = ["--credit-line", f"{UP_CREDIT_LINE:g}", *(["--no-model"] if args.no_model else []),
              *_node_passthrough(args.node_args)]  # the owner's flags last: argparse keeps the last value given
     mesh = LocalMesh(directory, args.nodes, lambda i: extra)
@@ -769,7 +792,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     job_path = args.job or str(EXAMPLE_JOB)
     job = _load_job_file(job_path)
-    directory = Path(args.dir).expanduser()
+    directory = _expand(args.dir)
     _stop_on_sigterm()
     with LocalMesh(directory, args.nodes) as mesh:
         t0 = time.monotonic()
@@ -1072,8 +1095,8 @@ def _count(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    if not 1 <= value <= MAX_COUNT:  # (past 2**63 SQLite raised OverflowError)
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_COUNT:,}, not {value}")
     return value
 
 

@@ -48,6 +48,10 @@ class Registry:
             data = json.loads(read_text(self.path, "the model registry", MAX_FILE, ConfigError))
             if not isinstance(data, dict):
                 raise ValueError("not an object")
+            for e in data.values():  # (hand-edited, {"abc": 1} raised AttributeError at every use)
+                if not (isinstance(e, dict) and isinstance(e.get("name", ""), str) and isinstance(e.get("path", ""), str)
+                        and type(e.get("size", 0)) is int and 0 <= e.get("size", 0) < 1 << 50):
+                    raise ValueError("an entry is not {name, path, size}")
             return data
         except (ValueError, OSError, RecursionError) as exc:  # (nested 100,000 deep: a traceback at every use)
             raise ConfigError(f"{self.path} is damaged ({exc}); fix or delete it") from None
@@ -71,7 +75,10 @@ class Registry:
     def add(self, path: Path, name: str = "", checked_sha: str = "") -> ModelEntry:
         """Register the model file at `path`. `checked_sha`: the caller has hashed the file to it and checked its
         GGUF structure (a fetched model: see modelshare._check_file), so neither is done again here."""
-        path = path.expanduser().resolve()
+        try:
+            path = path.expanduser().resolve()
+        except RuntimeError as exc:  # a symlink loop, a ~user with no home
+            raise ConfigError(f"{path}: {exc}") from None
         if not path.exists():
             raise ConfigError(f"{path}: no such file")
         if not path.is_file():  # /dev/zero, a FIFO, a directory: said as such, not "no such file"

@@ -81,6 +81,8 @@ class Identity:
 def load_or_create(home: Path) -> tuple[Identity, bool]:
     """Load `home/node.key`, creating home and key (0600) when absent. Returns (identity, created). The
     id's work is not done here (see ensure_work): commands that only read the home must not wait for it."""
+    if home.exists() and not home.is_dir():  # (mkdir said only "File exists")
+        raise ConfigError(f"{home} is not a directory: a node's home is one (give another --home)")
     home.mkdir(parents=True, exist_ok=True)
     path = home / KEY_FILE
     if path.exists():
@@ -136,8 +138,12 @@ def load(home: Path) -> Identity:
 
 
 def _work(home: Path) -> int:
-    """The nonce in `home/node.work`; 0 when missing or unreadable (ensure_work then finds it again)."""
+    """The nonce in `home/node.work`; 0 when missing or unreadable (ensure_work then finds it again). Read as
+    the home's other files are, a regular file of bounded size: a FIFO there hung every command."""
+    path = home / WORK_FILE
+    if not path.exists() and not path.is_symlink():
+        return 0
     try:
-        return int((home / WORK_FILE).read_text().strip())
-    except (FileNotFoundError, ValueError):
+        return int(read_text(path, "the node id's work", 64, ConfigError).strip())
+    except ValueError:
         return 0

@@ -124,7 +124,7 @@ def test_a_saved_report_that_is_not_a_job_report_is_an_error_not_a_traceback(tmp
 def test_a_model_that_is_no_file_a_limit_below_one_and_a_key_given_twice_are_said_as_such(tmp_path: Path, home: Path):
     one_line(run_cli("models", "add", "/dev/zero", "--home", str(home)), 2, "is not a regular file")
     res = run_cli("ledger", "history", "--home", str(home), "--limit", "-1")
-    assert res.returncode == 2 and "must be 1 or more" in res.stderr
+    assert res.returncode == 2 and "must be from 1 to" in res.stderr
     (tmp_path / "twice.json").write_text('{"steps": [{"id": "a", "kind": "python", "params": {"code": "x"}}], '
                                          '"steps": []}')
     one_line(run_cli("submit", str(tmp_path / "twice.json"), "--home", str(home)), 2, "appears twice")
