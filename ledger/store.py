@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import struct
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,8 @@ class Ledger:
             if readonly:
                 if not path.exists():
                     raise LedgerError(f"no ledger at {path}")
-                self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+                # (the path quoted: a home named 'hh#1' opened 'hh' instead, an empty file made in passing)
+                self.db = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, timeout=10)
             else:
                 self.db = sqlite3.connect(path, timeout=10, isolation_level=None)
                 self.db.execute("PRAGMA journal_mode=WAL")

@@ -61,7 +61,7 @@ KINDS: dict[str, dict] = {
             "selectors": {"type": "object", "additionalProperties": {"type": "string"}, "maxProperties": 32,
                           "description": "name → CSS selector: the text of each match"},
             "wait_for": {"type": "string", "description": "CSS selector to wait for before reading"},
-            "links": {"type": "boolean", "default": False, "description": "also return the page's links"},
+            "links": {"type": "boolean", "default": True, "description": "also return the page's links"},
             "tables": {"type": "boolean", "default": False, "description": "also return its tables as rows"},
             "max_chars": {"type": "integer", "minimum": 1, "maximum": 200000, "default": 20000},
         }},

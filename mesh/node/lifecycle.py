@@ -394,7 +394,8 @@ class Node:
         for sig in (signal.SIGINT, signal.SIGTERM):  # before node.json: whoever reads its pid may signal it
             loop.add_signal_handler(sig, self._stop_on, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload_owner)
-        RuntimeInfo(self.id, os.getpid(), f"http://{api_host}:{api_port}", self.listen).write(self.opts.home)
+        api_url = f"http://{f'[{api_host}]' if ':' in api_host else api_host}:{api_port}"  # (IPv6 in brackets)
+        RuntimeInfo(self.id, os.getpid(), api_url, self.listen).write(self.opts.home)
         log.info("node %s ready: peers on %s, API on http://%s:%s", self.id, self.listen, api_host, api_port)
         print(f"node {self.id} ready: peer port {self.listen}, API http://{api_host}:{api_port}", flush=True)
         self.spawn(self._heartbeat())

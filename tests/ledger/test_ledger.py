@@ -575,3 +575,17 @@ def test_a_ledger_with_a_page_overwritten_is_refused_when_a_node_opens_it(tmp_pa
         f.write(bytes(range(256)) * 12)
     with pytest.raises(LedgerError, match="damaged"):
         Ledger(path, signer=me.sign, node=me.node_id)
+
+
+def test_a_ledger_in_a_folder_named_with_a_hash_opens_read_only_where_it_is(tmp_path):
+    """The read-only opener built a SQLite URI of the path unquoted: in a home named 'h#1' it opened 'h' (an
+    empty file made in passing) and said 'no such table: entries' (found by the red team, 2026-12-07)."""
+    home = tmp_path / "h#1 100%?"
+    home.mkdir()
+    led = Ledger(home / "ledger.db")
+    led.append([Entry("paid", "j", "s", "ab" * 32, -1.5)], 1)
+    led.close()
+    ro = Ledger(home / "ledger.db", readonly=True)
+    assert [e["amount"] for e in ro.history(10)] == [-1.5]
+    ro.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [home.name]
