@@ -104,11 +104,17 @@ class LocalNode:
                                          start_new_session=True, env=env,
                                          preexec_fn=lambda: die_with_parent(signal.SIGTERM))
 
+    def exited(self) -> MeshError:
+        """The error of a node that exited: a UserError when it refused its options (exit 2), so a mistake
+        passed through `mesh up --` exits 2 as the node would have."""
+        why = f"node in {self.home} exited: {self.last_log() or 'see its stdout.log'}"
+        return UserError(why) if self.proc is not None and self.proc.returncode == 2 else MeshError(why)
+
     def wait_started(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not self._published():
             if not self.alive():
-                raise MeshError(f"node in {self.home} exited: {self.last_log() or 'see its stdout.log'}")
+                raise self.exited()
             if time.monotonic() > deadline:
                 raise MeshError(f"node in {self.home} did not start within {timeout:g} s")
             time.sleep(0.05)
@@ -185,7 +191,7 @@ class LocalMesh:
             ready = 0
             for node in self.nodes:
                 if not node.alive():
-                    raise MeshError(f"node in {node.home} exited: {node.last_log() or 'see its stdout.log'}")
+                    raise node.exited()
                 try:
                     status = node.client.request("GET", "/status", timeout=2)
                 except (MeshError, ConfigError):

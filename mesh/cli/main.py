@@ -658,8 +658,7 @@ def cmd_up(args: argparse.Namespace) -> int:
               f"--redundancy {r} --wait (a step runs on nodes other than the submitter)", flush=True)
         while all(n.alive() for n in mesh.nodes):
             time.sleep(0.5)
-        dead = [n for n in mesh.nodes if not n.alive()]
-        raise MeshError(f"node in {dead[0].home} exited: {dead[0].last_log()}")
+        raise next(n for n in mesh.nodes if not n.alive()).exited()
     except KeyboardInterrupt:
         print("stopping...", file=sys.stderr)
         return 0
@@ -764,6 +763,9 @@ def _model_role(sha: str) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     from mesh.steps.registry import Registry
 
+    if args.api and args.what != "fetch":  # (list, add and remove read the home's registry: --api was ignored)
+        raise UserError(f"mesh models {args.what} works on a home's registry: give --home, not --api (--api is "
+                        "for fetch)")
     reg = Registry(_home(args))
     if args.what == "list":
         rows = [dataclasses.asdict(e) for e in reg.entries()]
@@ -793,6 +795,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     job_path = args.job or str(EXAMPLE_JOB)
     job = _load_job_file(job_path)
     directory = _expand(args.dir)
+    if not 1 <= args.redundancy < args.nodes:  # (refused by the node once the whole mesh had started)
+        raise UserError(f"--redundancy must be from 1 to {args.nodes - 1} with --nodes {args.nodes} (a step never runs "
+                        "on the node that submitted it)")
     _stop_on_sigterm()
     with LocalMesh(directory, args.nodes) as mesh:
         t0 = time.monotonic()
@@ -978,7 +983,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--redundancy", type=int, help="replicas per step (overrides the file)")
     sp.add_argument("--quorum", help="majority | unanimous | K-of-N (overrides the file)")
     sp.add_argument("--wait", action="store_true", help="wait for the result, showing progress on stderr")
-    sp.add_argument("--timeout", type=_seconds, default=1800, help="give up waiting after this many seconds")
+    sp.add_argument("--timeout", type=_seconds, default=1800,
+                    help="give up waiting after this many seconds (default 1800; the job goes on, exit 1)")
     sp.add_argument("--max-cost", type=float, metavar="CREDITS",
                     help="refuse to submit (exit 2, nothing sent) when the estimated cost is above CREDITS. The "
                          "estimate, printed on stderr (and as estimated_cost with --json), is an upper bound: each "
@@ -990,7 +996,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("job_id", help="the id `mesh submit` printed (or one of `mesh jobs`): any unique prefix of "
                     "at least 4 of its hex digits")
     sp.add_argument("--wait", action="store_true", help="wait for the job to end, showing progress on stderr")
-    sp.add_argument("--timeout", type=_seconds, default=1800, help="with --wait: give up after this many seconds")
+    sp.add_argument("--timeout", type=_seconds, default=1800,
+                    help="with --wait: give up after this many seconds (default 1800; the job goes on, exit 1)")
 
     sp = add("jobs", cmd_jobs, "list the jobs submitted from this node, newest first: running ones (also those "
              "resumed from its journal after a restart) and ended ones (from their saved reports)",
@@ -1019,7 +1026,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "it the rules plan instead, and the tree says so")
     sp.add_argument("--plan-only", action="store_true", help="show the plan, do not run it")
     sp.add_argument("--save", metavar="FILE", help="also write the plan to FILE as a job file")
-    sp.add_argument("--timeout", type=_seconds, default=1800, help="give up waiting after this many seconds")
+    sp.add_argument("--timeout", type=_seconds, default=1800,
+                    help="give up waiting after this many seconds (default 1800; the job goes on, exit 1)")
 
     add("status", cmd_status, "show the node, its peers and rejected envelopes", api=True, json_flag=True)
 
@@ -1046,7 +1054,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("what", choices=["balance", "peers", "history", "verify", "explain", "export", "verify-receipts"],
                     help="what to read or check (see above)")
     sp.add_argument("arg", nargs="?", metavar="ENTRY|FILE", help="entry id for explain, file for export and verify-receipts")
-    sp.add_argument("--limit", type=_count, default=100, help="history: newest N entries")
+    sp.add_argument("--limit", type=_count, default=100, help="history: newest N entries (default 100)")
     sp.add_argument("--challenge", metavar="TEXT",
                     help="export: sign the file for this challenge, chosen by whoever will check it; "
                          "verify-receipts: refuse a file not signed by its node for exactly this challenge "
@@ -1056,7 +1064,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="verify: also ask the running node's linked peers for the heads of this ledger they "
                          "hold, and check the chain against each (a history cut or rebuilt, even re-signed "
                          "with this node's key, no longer matches them)")
-    sp.add_argument("--wait", type=_seconds, default=5.0, metavar="S", help="verify --peers: seconds to wait for answers")
+    sp.add_argument("--wait", type=_seconds, default=5.0, metavar="S",
+                    help="verify --peers: seconds to wait for answers (0.5 to 60, default 5)")
 
     sp = add("models", cmd_models, "the GGUF models this node serves, by SHA-256 (what jobs and peers name) and "
              "a local name: list, add PATH.gguf [--name NAME], remove NAME|SHA256, fetch SHA256 (from peers "

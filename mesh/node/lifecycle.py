@@ -1357,6 +1357,9 @@ def _check_options(opts: NodeOptions) -> str:
         opts.fault = "wrong"
     if opts.api[0] not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError("the API listens on loopback only (it holds the power to spend credits)")
+    if opts.api[1] and opts.api[1] == opts.listen[1] and (opts.listen[0] in (opts.api[0], "0.0.0.0", "::")):
+        # (found only after the whole start-up, as "API address … is in use": in use by the node itself)
+        raise ConfigError(f"--listen and --api name the same port {opts.api[1]}: the peer port and the API need one each")
     if opts.keep_jobs < 1:
         raise ConfigError("--keep-jobs must be at least 1")
     if not 0 <= opts.credit_line < float("inf"):

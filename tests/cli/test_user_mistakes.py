@@ -119,3 +119,23 @@ def test_wait_ends_at_its_timeout_while_a_step_runs_quietly(make_mesh, tmp_path)
     assert took < 25, f"--timeout 3 ended after {took:.1f} s"
     jobs = json.loads(run_cli("jobs", "--home", str(mesh.nodes[0].home), "--json").stdout)
     assert jobs and jobs[0]["status"] == "running"  # (the job goes on; only the waiting ended)
+
+
+def test_options_that_cannot_work_are_refused_before_anything_starts(home, tmp_path):
+    """`demo --redundancy 0` started a whole mesh (12 s) before the node refused it; `--listen` and `--api` on
+    one port were found only after the start-up ("in use", by the node itself); a bad node option passed
+    through `up --` exited 1, not 2; `models list --api` listed the default home's models."""
+    t0 = time.monotonic()
+    one_line(run_cli("demo", "--nodes", "2", "--redundancy", "0", "--dir", str(tmp_path / "d")), 2,
+             "--redundancy must be from 1 to 1")
+    assert time.monotonic() - t0 < 10 and not (tmp_path / "d").exists()
+    port = socket.create_server(("127.0.0.1", 0))
+    free = port.getsockname()[1]
+    port.close()
+    one_line(run_cli("node", "--home", str(home), "--listen", f"127.0.0.1:{free}", "--api", f"127.0.0.1:{free}",
+                     "--no-model", timeout=60), 2, "name the same port")
+    res = run_cli("up", "--nodes", "2", "--no-model", "--dir", str(tmp_path / "u"), "--", "--credit-line", "-5",
+                  timeout=90)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "credit-line" in res.stderr, res.stderr
+    one_line(run_cli("models", "list", "--api", "http://127.0.0.1:1", env={"MESH_API_TOKEN": "x"}), 2,
+             "give --home, not --api")
