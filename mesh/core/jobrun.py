@@ -84,10 +84,16 @@ RETRY_AFTER_S = 2.0  # a worker whose replica failed for a passing reason is ask
 REJOIN_S = 15.0  # how long a step with no other worker waits for such a worker to come back up
 MAX_RETRIES = 2  # times one worker is asked again for one step
 REPLICATE_FLOOR = 0.02  # a trusted worker's step is still replicated at least this often (adaptive replication)
-UNVERIFIED_CPUS = 1.0  # a python step's only answer (cancelled, or run alone) is paid at most this many CPUs
+UNVERIFIED_CPUS = 1.0  # a python step's only answer (cancelled, run alone, a check) is paid at most this many CPUs
 # for the time it took
 AUDIT_REPLICAS = 2  # a trusted worker's replicated step: it and one other; any dissent escalates as usual
 PROVEN = 2  # a worker whose run reaches PROVEN × N takes the first seat ahead of those with shorter runs
+
+
+def lone_limit(limit: float, waited: float) -> float:
+    """A python step's limit when its answer is the only one, nothing measured against its claim: one CPU
+    (UNVERIFIED_CPUS) for the seconds it took, not STEP_CPUS."""
+    return min(limit, max(0.0, waited) * UNVERIFIED_CPUS)
 
 
 def passing(reason: str) -> bool:
@@ -499,7 +505,7 @@ class JobRun:
             if run.kind == "python" and len(makers) == 1 and makers[0].waited is not None:
                 # alone, nothing measured against its claim: one CPU for the time it took, not STEP_CPUS (a trusted
                 # worker held a 2 ms answer a sixteenth of the timeout and was paid 250.9 for 16 CPUs over it)
-                limit = min(limit, max(0.0, makers[0].waited) * UNVERIFIED_CPUS)
+                limit = lone_limit(limit, makers[0].waited)
             billed = {r.node: r.billed() for r in makers}
             credits, basis = pay(run.kind, billed, {r.node: r.rates for r in makers}, limit)
             run.credit = min(credits.values())
@@ -567,7 +573,7 @@ class JobRun:
                     elif kind == "python" and rep.waited is not None:
                         # the only answer, backed by nothing: one CPU for the time it took, not 16 (a made-up
                         # answer sent at 1/16 of the timeout, claiming all of it, was paid 1,200 on a cancel)
-                        limits = min(limits, max(0.0, rep.waited) * UNVERIFIED_CPUS)
+                        limits = lone_limit(limits, rep.waited)
                     credits, basis = pay(kind, {node: rep.billed()}, {node: rep.rates}, limits)
                     run.credits[node] = credits[node]
                     owed.append((sid, node, credits[node], basis))

@@ -87,8 +87,9 @@ class ModelFetch:
     asked: set[int] = field(default_factory=set)
     tried: list[str] = field(default_factory=list)
     why: str = ""  # the last source's failure, for the final error
-    got: int = 0  # parts the current source sent since it was (last) asked
-    sent: int = 0  # their bytes: what the driver's rate judges (done_bytes falls when a manifest voids parts)
+    # bytes of the parts the current source sent since it was (last) asked: what the driver's rate judges
+    # (done_bytes falls when a manifest voids parts)
+    sent: int = 0
 
     @property
     def size(self) -> int:
@@ -132,7 +133,6 @@ class ModelFetch:
             self.why = f"{peer[:12]} sent a part that does not match its own manifest"
             return [Penalise(peer, "model-part does not match its manifest"), *self._next_source()]
         self.have.add(part)
-        self.got += 1
         self.sent += len(data)
         return [WritePart(part, part * MODEL_PART, data), *self._ask_parts()]
 
@@ -142,7 +142,7 @@ class ModelFetch:
         (the driver's judgement); if it sent parts since it was asked, it is asked again after the others."""
         if peer != self.source or self.state not in ("manifest", "parts"):
             return []
-        if quiet and self.got:  # (each try must bring a part: a source is asked again at most once a part)
+        if quiet and self.sent:  # (each try must bring a part: a source is asked again at most once a part)
             self.tried.remove(peer)
             self.sources = [s for s in self.sources if s != peer] + [peer]
         return self._lost(f"{peer[:12]}: {why}")
@@ -183,7 +183,7 @@ class ModelFetch:
             self.state = "failed"
             tried = ", ".join(p[:12] for p in self.tried) or "none"
             return [Finished(False, f"no peer served it (tried: {tried}; last: {self.why or 'no peer holds it'})")]
-        self.source, self.got, self.sent = rest[0], 0, 0
+        self.source, self.sent = rest[0], 0
         self.tried.append(self.source)
         self.state = "manifest"
         return [AskManifest(self.source)]

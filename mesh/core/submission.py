@@ -33,7 +33,7 @@ from mesh.core.effects import (
     Wake,
     as_json,
 )
-from mesh.core.jobrun import UNVERIFIED_CPUS, Dispatch, JobRun, Outcome, Replica
+from mesh.core.jobrun import Dispatch, JobRun, Outcome, Replica, lone_limit
 from mesh.core.policy import Candidate, RecheckEvidence, StepEvidence, candidate_from
 from mesh.core.pricing import cap, observed, pay, quantity
 from mesh.core.spotcheck import WORTH_SLACK, Challenge, SpotChecker
@@ -451,7 +451,7 @@ class Submission:
         if challenge.kind == "python" and waited is not None:
             # a check's answer is a lone one, nothing measured against its claim: one CPU for the time it took, as
             # a lone step's (a worker answering at once and claiming 16 CPUs over its wait was paid 4x the step)
-            limit = min(limit, max(0.0, waited) * UNVERIFIED_CPUS)
+            limit = lone_limit(limit, waited)
         credit, basis = pay(challenge.kind, {node: work}, {node: challenge.rates}, limit)
         out.append(self._record(check_id, (LedgerEntry("paid", check_id, challenge.step, node, -credit[node],
                                                        detail={"spot_check": basis}),)))

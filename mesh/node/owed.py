@@ -28,14 +28,14 @@ class Owed:
         self.journal = journal
         self.paid_before = paid_before
         self.unpaid: dict[tuple[str, str, str], float] = {}  # (payer, job, step) → most it may be paid
-        self.forgotten: dict[str, float] = {}  # payer → what the unpaid steps a trim forgot may be paid, in all
         old = time.time() - KEEP_UNPAID_S
         journal.write("DELETE FROM owed WHERE paid=0 AND answered<?", (old,))
         journal.write("DELETE FROM owed_forgotten WHERE answered<?", (old,))
         for payer, job, step, most in journal.rows("SELECT payer, job, step, most FROM owed WHERE paid=0 "
                                                    "ORDER BY answered"):
             self.unpaid[(payer, job, step)] = most
-        self.forgotten = dict(journal.rows("SELECT payer, most FROM owed_forgotten"))
+        # payer → what the unpaid steps a trim forgot may be paid, in all
+        self.forgotten: dict[str, float] = dict(journal.rows("SELECT payer, most FROM owed_forgotten"))
         self._rows = journal.rows("SELECT COUNT(*) FROM owed")[0][0]
 
     def debt(self, payer: str) -> float:
