@@ -10,9 +10,25 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mesh.errors import AuthError, ConfigError, NodeUnreachable, UserError
 from mesh.node.home import RUNTIME_FILE, TOKEN_FILE, RuntimeInfo, home_in_use, read_token
+
+
+class BadAnswer(NodeUnreachable):
+    """The API answered JSON of a shape no homemesh node sends (another server, another version)."""
+
+
+class Answer(dict):
+    """A JSON object the node answered: a key it lacks is BadAnswer, naming the key and the server."""
+
+    def __init__(self, base: str, data: dict):
+        super().__init__(data)
+        self.base = base
+
+    def __missing__(self, key: object):
+        raise BadAnswer(f"{self.base} answered without {key!r}: is it a homemesh node's API, of this version?")
 
 
 @dataclass(frozen=True)
@@ -37,10 +53,17 @@ class Client:
                               f"start one with `mesh node --home {home}`")
         return cls(info.api, read_token(home))
 
-    def request(self, method: str, path: str, body: object = None, timeout: float = 30) -> object:
+    def request(self, method: str, path: str, body: object = None, timeout: float = 30,
+                shape: type = dict) -> Any:
+        """The node's JSON answer, of the `shape` asked for (a dict, or a list); its objects are Answers, so a key
+        the CLI reads and the answer lacks is a one-line error, not a KeyError (--api at another server)."""
         try:
             with self._open(method, path, body, timeout) as resp:
-                return json.loads(resp.read())
+                got = json.loads(resp.read(), object_hook=lambda d: Answer(self.base, d))
+            if not isinstance(got, shape):
+                raise BadAnswer(f"{self.base} answered {path} with a JSON {type(got).__name__}, not the "
+                                f"{'object' if shape is dict else 'list'} a homemesh node sends: is it one's API?")
+            return got
         except OSError as exc:  # a reset or a timeout while reading the answer
             raise NodeUnreachable(f"the node API at {self.base} stopped answering: {exc}") from None
         except http.client.HTTPException as exc:  # a cut-off answer, or no HTTP at all (--api at a peer port)

@@ -382,7 +382,7 @@ def cmd_job(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 1000:
         raise UserError("--limit must be from 1 to 1000")
-    jobs = _client(args).request("GET", f"/jobs?limit={args.limit}")
+    jobs = _client(args).request("GET", f"/jobs?limit={args.limit}", shape=list)
     lines = [f"{'JOB':<8}  {'STATUS':<8} {'SUBMITTED':<19}  {'STEPS':>5}  {'CREDITS':>8}  NAME"]
     lines += [f"{short(j['job_id']):<8}  {j['status']:<8} "
               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(j['created']))}  {j['steps']:>5}  "
@@ -742,7 +742,7 @@ def _follow_fetch(client, st: dict, deadline: float, bar: bool) -> dict:
     except NodeUnreachable as exc:
         broke = str(exc)
     try:
-        now = next((f for f in client.request("GET", "/models/fetch") if f["sha256"] == sha), None)
+        now = next((f for f in client.request("GET", "/models/fetch", shape=list) if f["sha256"] == sha), None)
     except NodeUnreachable as exc:
         raise NodeUnreachable(f"{broke}; then {exc}") from None
     if now is None:

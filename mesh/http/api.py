@@ -88,8 +88,15 @@ def build_app(node: NodeFacade) -> FastAPI:
 
 
 def _field_errors(exc: RequestValidationError) -> str:
+    """The first three faults, each named by its field ("0: JSON decode error" named none: a body that is not
+    JSON is said so, with where it breaks)."""
     parts = []
     for e in exc.errors()[:3]:
+        if e.get("type") == "json_invalid":
+            at = next((x for x in e.get("loc", ()) if isinstance(x, int)), None)
+            why = (e.get("ctx") or {}).get("error", "")
+            parts.append("the body is not JSON" + (f" ({why})" if why else "") + (f" at character {at}" if at is not None else ""))
+            continue
         where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
         parts.append(f"{where}: {e.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"

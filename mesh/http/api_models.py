@@ -12,7 +12,10 @@ from mesh.core.catalog import KINDS
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields refused; NaN and infinities too (a NaN timeout was refused as "should be less than or
+    equal to 3600", which said nothing of what was wrong)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 QUORUM = r"^(majority|unanimous|[0-9]{1,2}-of-[0-9]{1,2})$"

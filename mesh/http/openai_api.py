@@ -36,7 +36,7 @@ class ChatRequest(BaseModel):
     """OpenAI's chat request; fields it has that change nothing here (top_p, user, …) are ignored, those
     the mesh cannot honour (tools, logprobs, logit_bias, penalties, …: chat.UNSUPPORTED) refused when set."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     model: str = Field(min_length=1, max_length=100)
     messages: list[Message] = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1, le=2048)

@@ -78,7 +78,7 @@ from mesh.node.worklog import WorkLog
 from mesh.steps import cgroup
 from mesh.steps.models import INSTRUCT_SHA256, default_model, default_model_sha, instruct_model, sha256_file
 from mesh.steps.ownports import OwnPorts
-from mesh.steps.registry import ModelEntry, Registry
+from mesh.steps.registry import ModelEntry, Registry, model_file
 from mesh.steps.sandbox import sandbox_problem
 from mesh.steps.scrape import Scraper, find_browser
 from mesh.steps.ssrf import Allow
@@ -1377,9 +1377,9 @@ def _check_options(opts: NodeOptions) -> str:
         raise ConfigError(f"--browser {opts.browser}: no such program")
     if opts.model is None:
         return ""
-    if not opts.model.is_file():
-        raise ConfigError(f"model file {opts.model} not found")
-    return sha256_file(opts.model)
+    # not a GGUF file: refused, as `models add` does (it was a warning, and a node serving no model; the
+    # default model, missing or damaged, still only warns: the node runs without it)
+    return sha256_file(model_file(opts.model))
 
 
 def _served(home: Path) -> list[ModelEntry]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Callable
+from decimal import Decimal
 
 NUM = r"-?\d++(?:\.\d++)?+"  # possessive: no backtracking into long runs of digits
 _OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.USub, ast.UAdd)
@@ -222,9 +223,28 @@ def _single(text: str) -> str | None:
 _RULES: tuple[Callable[[str], str | None], ...] = (_percent, _primes, _single, _series, _aggregate, _arithmetic)
 
 
+_EXPONENT = re.compile(r"(?<![\w.])\d++(?:\.\d++)?+e[+-]?\d{1,6}+(?![\w.])")
+
+
+def _written_out(text: str) -> str | None:
+    """`text` with `1.5e3` as `1500`; None when a number is too long to write out (`1e999`, `3e-45`): the
+    rules read digits, and read `1e999 * 2` as `999 * 2`; such a query is left to the model."""
+    found = [m.group() for m in _EXPONENT.finditer(text)]
+    if any(abs(int(f.partition("e")[2])) > 30 for f in found):  # (1e999999 written out is a megabyte)
+        return None
+    plain = [format(Decimal(f), "f") for f in found]
+    if any(len(p) > 30 for p in plain):
+        return None
+    rest = iter(plain)
+    return _EXPONENT.sub(lambda _: next(rest), text)
+
+
 def computation(text: str) -> str | None:
     """Python that computes what `text` asks, when a rule recognises it; None otherwise."""
-    lowered = re.sub(r"\d{31,}", " ", text.lower())  # a 31-digit literal is not a question, and is slow
+    lowered = _written_out(text.lower())
+    if lowered is None:
+        return None
+    lowered = re.sub(r"\d{31,}", " ", lowered)  # a 31-digit literal is not a question, and is slow
     for rule in _RULES:
         code = rule(lowered)
         if code:

@@ -28,6 +28,22 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
+def model_file(path: Path, checked: bool = False) -> Path:
+    """`path` resolved, once it is a regular, well-formed GGUF file (`checked`: its structure was checked
+    already); ConfigError (ModelFileError) says what it is instead. `models add` and `node --model` both ask."""
+    try:
+        path = path.expanduser().resolve()
+    except RuntimeError as exc:  # a symlink loop, a ~user with no home
+        raise ConfigError(f"{path}: {exc}") from None
+    if not path.exists():
+        raise ConfigError(f"model file {path} not found: no such file")
+    if not path.is_file():  # /dev/zero, a FIFO, a directory: said as such, not "no such file"
+        raise ConfigError(f"{path} is not a regular file (a GGUF model file is)")
+    if not checked:
+        check_gguf(path)  # (its structure, strictly: llama.cpp's parser is not for hostile files)
+    return path
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     sha256: str
@@ -75,16 +91,7 @@ class Registry:
     def add(self, path: Path, name: str = "", checked_sha: str = "") -> ModelEntry:
         """Register the model file at `path`. `checked_sha`: the caller has hashed the file to it and checked its
         GGUF structure (a fetched model: see modelshare._check_file), so neither is done again here."""
-        try:
-            path = path.expanduser().resolve()
-        except RuntimeError as exc:  # a symlink loop, a ~user with no home
-            raise ConfigError(f"{path}: {exc}") from None
-        if not path.exists():
-            raise ConfigError(f"{path}: no such file")
-        if not path.is_file():  # /dev/zero, a FIFO, a directory: said as such, not "no such file"
-            raise ConfigError(f"{path} is not a regular file (a GGUF model file is)")
-        if not checked_sha:
-            check_gguf(path)  # (its structure, strictly: llama.cpp's parser is not for hostile files)
+        path = model_file(path, checked=bool(checked_sha))
         name = name or path.stem
         if not NAME.match(name):
             raise ConfigError(f"model name {name!r}: use 1-64 letters, digits, '.', '-' or '_'")

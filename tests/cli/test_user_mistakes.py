@@ -139,3 +139,42 @@ def test_options_that_cannot_work_are_refused_before_anything_starts(home, tmp_p
     assert res.returncode == 2 and "Traceback" not in res.stderr and "credit-line" in res.stderr, res.stderr
     one_line(run_cli("models", "list", "--api", "http://127.0.0.1:1", env={"MESH_API_TOKEN": "x"}), 2,
              "give --home, not --api")
+
+
+def test_a_node_named_a_model_that_is_no_gguf_file_is_refused_before_it_starts(home, tmp_path):
+    """`node --model /etc/passwd` started a node that warned it would run no llm steps (`models add` refused
+    the same file); the default model, missing, still only warns (tests/steps/test_models.py)."""
+    (tmp_path / "fake.gguf").write_bytes(b"GGUF" + b"\xff" * 60)
+    for path, says in ((os.devnull, "is not a regular file"), (str(tmp_path / "none.gguf"), "no such file"),
+                       (str(tmp_path / "fake.gguf"), "not a well-formed GGUF model file")):
+        t0 = time.monotonic()
+        one_line(run_cli("node", "--home", str(home), "--model", path, "--listen", "127.0.0.1:0",
+                         "--api", "127.0.0.1:0", timeout=60), 2, says)
+        assert time.monotonic() - t0 < 20 and not (home / "node.json").exists()
+
+
+@pytest.mark.parametrize("answer, says", [
+    (b"[1, 2, 3]", "with a JSON list, not the object"),
+    (b'{"node": "x"}', "answered without 'listen'"),
+    (b'{"node": "x", "listen": "y", "kinds": [], "peers": [{"node": "p"}]}', "answered without 'last_seen'"),
+])
+def test_an_api_answering_json_of_another_shape_is_one_line(answer, says):
+    """--api at a server answering JSON a node never sends: TypeError or KeyError came out as a traceback."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                         + str(len(answer)).encode() + b"\r\nConnection: close\r\n\r\n" + answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        res = run_cli("status", "--api", f"http://127.0.0.1:{port}", env={"MESH_API_TOKEN": "x"}, timeout=30)
+    finally:
+        server.close()
+        thread.join(5)
+    one_line(res, 2, says)

@@ -70,7 +70,7 @@ def fake(tmp_path: Path) -> Fake:
 def call(facade: NodeFacade, method: str, path: str, body: object = None, token: bool = True
          ) -> tuple[int, object]:
     """One request through the ASGI app, as uvicorn would hand it over."""
-    data = json.dumps(body).encode() if body is not None else b""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else b""
     headers = [(b"host", b"127.0.0.1:4751"), (b"content-type", b"application/json"),
                (b"content-length", str(len(data)).encode())]
     if token:
@@ -137,6 +137,21 @@ def test_plan_without_a_model_and_with_a_failing_one_falls_back_to_the_rules(fak
     status, body = call(fake.facade(model_missing="", ask_model=broken), "POST", "/plan",
                         {"query": HAIKU, "planner": "model"})
     assert status == 200 and body["planner"] == "rules" and "the model runner died" in body["fallback"]
+
+
+def test_a_body_that_is_not_json_or_holds_nan_is_told_so(fake):
+    """A 422 said "1: JSON decode error" for a body that is not JSON, and "should be less than or equal to
+    3600" for a NaN or infinite timeout (Python's json reads both)."""
+    status, body = call(fake.facade(), "POST", "/jobs", b'{"job": {bad')
+    assert status == 422 and body["error"].startswith("the body is not JSON (") and "at character 9" in body["error"]
+    for number in (b"NaN", b"Infinity", b"1e999"):
+        job = b'{"job": {"steps": [{"id": "a", "kind": "python", "params": {}}], "timeout": ' + number + b"}}"
+        status, body = call(fake.facade(), "POST", "/jobs", job)
+        assert (status, body["error"]) == (422, "job.timeout: Input should be a finite number"), body
+    chat = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'
+    status, body = call(fake.facade(), "POST", "/v1/chat/completions", chat)
+    assert status == 422 and "finite" in body["error"]["message"], body
+    assert not fake.submitted
 
 
 def test_the_rules_plan_a_calculation_they_recognise_without_asking_the_model(fake):

@@ -134,6 +134,22 @@ def test_non_computations_are_not_recognised(query: str) -> None:
     assert computation(query) is None
 
 
+@pytest.mark.parametrize("query", ["what is 1e999 * 2", "convert 1e400 km to miles", "primes below 1e99",
+                                   "what is 2 * 3e-45?"])
+def test_a_number_the_rules_cannot_read_whole_is_not_read_in_part(query: str) -> None:
+    """`1e999 * 2` was planned as `999 * 2` and `1e400 km` as 400 km: a number is read whole or not at all."""
+    code = computation(query)
+    assert code is None, code
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("what is 2 * 3e5", 600000), ("square root of 4e2", 20), ("convert 1.5e3 km to miles", 932.056788),
+    ("is 1e1 a prime", False), ("what is 2.5E2 + 1", 251)])
+def test_a_number_in_exponent_notation_is_read_whole(query: str, expected: object) -> None:
+    out = run(computation(query) or "output = None")
+    assert out == pytest.approx(expected, abs=1e-6), out
+
+
 @pytest.mark.parametrize("query", [
     "__import__('os'); rm -rf / sum of 1, 2, 3",
     "sum of 1, 2, 3 __import__('os').system('rm -rf ~'); rm -rf /",
