@@ -122,10 +122,10 @@ def test_submit_above_max_cost_is_refused_and_nothing_submitted(workers, tmp_pat
     lines = res.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("mesh: error: estimated cost of at most 40 credits is above "
                                                    "--max-cost 39.5; nothing submitted (dearest steps: a "), lines
-    assert workers.nodes[0].client.request("GET", "/jobs") == []
+    assert workers.nodes[0].client.request("GET", "/jobs", shape=list) == []
     ok = run_cli("submit", job, "--home", home, "--redundancy", "2", "--max-cost", "40")
     assert ok.returncode == 0, ok.stderr
-    assert len(workers.nodes[0].client.request("GET", "/jobs")) == 1
+    assert len(workers.nodes[0].client.request("GET", "/jobs", shape=list)) == 1
 
 
 @pytest.mark.mesh

@@ -336,7 +336,7 @@ def test_finished_jobs_leave_memory_but_stay_readable(make_mesh):
         ids.append(client.request("POST", "/jobs", {"job": {"redundancy": 1, "steps": [step]}})["job_id"])
         assert client.request("GET", f"/jobs/{ids[-1]}?wait=30")["status"] == "done"
     assert client.request("GET", "/status")["jobs"]["total"] == 2  # in memory
-    assert [j["job_id"] for j in client.request("GET", "/jobs")] == ids[::-1]  # listed all, newest first
+    assert [j["job_id"] for j in client.request("GET", "/jobs", shape=list)] == ids[::-1]  # listed all, newest first
     old = client.request("GET", f"/jobs/{ids[0]}")
     assert old["status"] == "done" and old["steps"]["s"]["output"] == 7
     assert [kind for kind, _ in client.events(ids[0])] == ["done"]

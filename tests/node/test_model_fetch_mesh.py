@@ -37,7 +37,7 @@ def test_the_cli_follows_a_fetch_from_a_real_peer_to_its_final_line(make_mesh, t
                         r"checked, and served by this node now\n", res.stdout), res.stdout
     assert res.stderr == ""  # not a terminal: no progress bar
     assert sha256_file(fetcher.home / "models" / f"{sha}.gguf") == sha
-    got = fetcher.client.request("GET", "/models/fetch")
+    got = fetcher.client.request("GET", "/models/fetch", shape=list)
     assert [(f["sha256"], f["state"], f["done_bytes"]) for f in got] == [(sha, "done", size)]
 
 
@@ -64,13 +64,13 @@ def test_one_node_fetches_two_models_at_once_each_checked_and_both_count_against
                                               "sources": [n[2].node_id, n[1].node_id]})
     fetcher.request("POST", "/models/fetch", {"sha256": sha["b"], "max_bytes": 1 << 30, "name": "b",
                                               "sources": [n[3].node_id]})
-    under_way = {f["sha256"] for f in fetcher.request("GET", "/models/fetch") if f["state"] == "fetching"}
+    under_way = {f["sha256"] for f in fetcher.request("GET", "/models/fetch", shape=list) if f["state"] == "fetching"}
     assert under_way == {sha["a"], sha["b"]}  # both at once
     ends = {k: [ev for _, ev in fetcher.fetch_events(sha[k])][-1] for k in ("a", "b")}
     for k in ("a", "b"):
         assert (ends[k]["state"], ends[k]["name"], ends[k]["size"]) == ("done", k, size[k]), ends[k]
         assert sha256_file(n[0].home / "models" / f"{sha[k]}.gguf") == sha[k]
-    penalties = [(e["peer"], e.get("detail", {}).get("reason")) for e in fetcher.request("GET", "/ledger/history")
+    penalties = [(e["peer"], e.get("detail", {}).get("reason")) for e in fetcher.request("GET", "/ledger/history", shape=list)
                  if e["kind"] == "penalty"]
     assert penalties == [(n[2].node_id, "model-part does not match its manifest")]
     wait_for(lambda: {sha["a"], sha["b"]} <= set(fetcher.request("GET", "/status")["models"]), 30,

@@ -25,7 +25,7 @@ def test_a_placeholder_in_python_code_is_refused_before_anything_runs(mesh4):
     with pytest.raises(UserError) as info:
         submit(mesh4.nodes[0], job, 3)
     assert "python code cannot contain {page.output}" in str(info.value)
-    assert all(j["name"] != "inject" for j in mesh4.nodes[0].client.request("GET", "/jobs"))
+    assert all(j["name"] != "inject" for j in mesh4.nodes[0].client.request("GET", "/jobs", shape=list))
 
 
 @pytest.mark.timeout(90)
