@@ -84,25 +84,29 @@ def test_a_scenario_or_trace_nested_deep_or_damaged_is_one_line(tmp_path):
     assert res.returncode != 0 and "Traceback" not in res.stderr and "not UTF-8" in res.stdout + res.stderr, res
 
 
-def test_an_api_that_speaks_no_http_is_one_line(tmp_path):
-    """--api pointed at a node's peer port: http.client.BadStatusLine came out as a traceback."""
+def status_from_a_server_answering(answer: bytes):
+    """`mesh status --api` at a one-shot server on loopback that reads the request and sends `answer`."""
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
 
-    def answer() -> None:
+    def serve() -> None:
         conn, _ = server.accept()
         with conn:
-            conn.recv(4096)
-            conn.sendall(b"/multistream/1.0.0\n")
+            conn.recv(65536)
+            conn.sendall(answer)
 
-    thread = threading.Thread(target=answer, daemon=True)
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        res = run_cli("status", "--api", f"http://127.0.0.1:{port}", env={"MESH_API_TOKEN": "x"}, timeout=30)
+        return run_cli("status", "--api", f"http://127.0.0.1:{port}", env={"MESH_API_TOKEN": "x"}, timeout=30)
     finally:
         server.close()
         thread.join(5)
-    one_line(res, 2, "did not answer as an HTTP server does")
+
+
+def test_an_api_that_speaks_no_http_is_one_line(tmp_path):
+    """--api pointed at a node's peer port: http.client.BadStatusLine came out as a traceback."""
+    one_line(status_from_a_server_answering(b"/multistream/1.0.0\n"), 2, "did not answer as an HTTP server does")
 
 
 def test_wait_ends_at_its_timeout_while_a_step_runs_quietly(make_mesh, tmp_path):
@@ -160,21 +164,5 @@ def test_a_node_named_a_model_that_is_no_gguf_file_is_refused_before_it_starts(h
 ])
 def test_an_api_answering_json_of_another_shape_is_one_line(answer, says):
     """--api at a server answering JSON a node never sends: TypeError or KeyError came out as a traceback."""
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-
-    def serve() -> None:
-        conn, _ = server.accept()
-        with conn:
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                         + str(len(answer)).encode() + b"\r\nConnection: close\r\n\r\n" + answer)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        res = run_cli("status", "--api", f"http://127.0.0.1:{port}", env={"MESH_API_TOKEN": "x"}, timeout=30)
-    finally:
-        server.close()
-        thread.join(5)
-    one_line(res, 2, says)
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(answer)}\r\n\r\n"
+    one_line(status_from_a_server_answering(head.encode() + answer), 2, says)
