@@ -6,6 +6,7 @@ caps how many connections are open, evicting the one that has waited longest for
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -67,12 +68,29 @@ class GuardedH11(H11Protocol):
 
     read_timeout = READ_TIMEOUT_S
     max_connections = MAX_CONNECTIONS
+    token = ""  # the API's bearer token (a subclass per server sets it: see `for_token`)
+
+    @classmethod
+    def for_token(cls, token: str) -> type["GuardedH11"]:
+        """This protocol for a server whose owner shows `token`: connections that showed it go last."""
+        return type("OwnedH11", (cls,), {"token": token})
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.deadline = None
         self.waiting_since: float | None = None  # monotonic time since when the client owes us a request
         self.busy_since: float | None = None  # monotonic time since when we owe it an answer (a stream, a wait)
+        self.paused_since: float | None = None  # since when its client has read too little for us to write more
+        self.owner = False  # a request on it carried the API token
+
+    def pause_writing(self) -> None:  # (asyncio: the socket's buffer is over uvicorn's high-water mark)
+        super().pause_writing()
+        if self.paused_since is None:
+            self.paused_since = time.monotonic()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.paused_since = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -87,6 +105,9 @@ class GuardedH11(H11Protocol):
     def handle_events(self) -> None:  # after every read, and when the next pipelined request starts
         super().handle_events()
         self._track()
+        if not self.owner and self.token and getattr(self, "scope", None):
+            shown = [v for k, v in self.scope.get("headers", ()) if k.lower() == b"authorization"]
+            self.owner = any(hmac.compare_digest(v, f"Bearer {self.token}".encode()) for v in shown)
 
     def _track(self) -> None:
         """Run the deadline while the client owes a request (its head, or the rest of its body)."""
@@ -112,20 +133,26 @@ class GuardedH11(H11Protocol):
             self.transport.close()
 
     def _evict(self) -> None:
-        """Drop the connection that has waited longest for its request, or else the one busy longest whose
-        client reads none of its answers (over STUCK_BYTES unsent), or else the one busy longest (an event
-        stream, a ?wait=): so neither idle connections nor 256 held streams can lock the owner's CLI out
-        (with every other busy, the new connection itself was dropped: the CLI's /health too). Without the
-        second, a local process with no token asking for a static file 100 times down each connection and
-        reading nothing made its connections busy for good, and the owner's stream went first (red team,
-        2026-12-06)."""
+        """Drop the connection that has waited longest for its request; else, of those busy (an event stream, a
+        ?wait=, answers being written), one whose client reads too little (over STUCK_BYTES unsent, or writing
+        paused by flow control), then any, those that never showed the API token before the owner's; of each,
+        the one busy longest. So neither idle connections nor 256 held streams can lock the owner's CLI out
+        (with every other busy, the new connection itself was dropped: the CLI's /health too). A local process
+        with no token asking for a static file 100 times down each connection and reading nothing made its
+        connections busy for good, and the owner's stream went first (red team, 2026-12-06); held under 1 MiB
+        unsent by uvicorn's flow control (200 requests down each), they still did (red team, 2026-12-07)."""
         others = [c for c in self.connections if c is not self and not c.transport.is_closing()]
         waiting = [c for c in others if getattr(c, "waiting_since", None) is not None]
         busy = [c for c in others if getattr(c, "busy_since", None) is not None]
-        stuck = [c for c in busy if c.transport.get_write_buffer_size() > STUCK_BYTES]
+
+        def stuck(c) -> bool:
+            return getattr(c, "paused_since", None) is not None or c.transport.get_write_buffer_size() > STUCK_BYTES
+
+        order = [[c for c in busy if not getattr(c, "owner", False) and stuck(c)],
+                 [c for c in busy if not getattr(c, "owner", False)], [c for c in busy if stuck(c)], busy]
+        first = next((group for group in order if group), [])
         victim = (min(waiting, key=lambda c: c.waiting_since) if waiting
-                  else min(stuck, key=lambda c: c.busy_since) if stuck
-                  else min(busy, key=lambda c: c.busy_since) if busy else self)
+                  else min(first, key=lambda c: c.busy_since) if first else self)
         log.info("dropping API connection from %s: over %d connections", victim.client, self.max_connections)
         victim._disarm()
         victim.transport.close()

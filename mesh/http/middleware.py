@@ -39,26 +39,33 @@ class BodyLimit:
 
 
 PAGES = ("/editor", "/dashboard")  # the node's own pages, each a folder of static files
+PAGE_DATA = ("/dashboard/data",)  # (under a page's folder, but the token's data: an answer like the API's)
 
 
 class EditorHeaders:
     """The node's pages (the editor, /editor, and the owner's dashboard, /dashboard) may load and call this
-    node and nothing else: a Content-Security-Policy the browser enforces, and no framing."""
+    node and nothing else: a Content-Security-Policy the browser enforces, and no framing; and the browser
+    asks the node again before it runs a page's code (`no-cache`: they were fresh for hours by heuristic, and a
+    page fixed by an upgrade kept running old). Every other answer is `no-store`: the token's answers (the
+    node's key, peers, balance, job outputs) were written to the browser's disk cache, outside the home."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if not any(path == page or path.startswith(page + "/") for page in PAGES):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        under = any(path == p or path.startswith(p + "/") for p in PAGES)
+        extra = [(b"cache-control", b"no-cache" if under and path not in PAGE_DATA else b"no-store")]
+        if under:
+            extra += [(b"content-security-policy", EDITOR_CSP.encode()), (b"x-frame-options", b"DENY"),
+                      (b"x-content-type-options", b"nosniff")]
 
-        async def with_csp(message):
+        async def with_headers(message):
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"content-security-policy", EDITOR_CSP.encode()),
-                                                  (b"x-frame-options", b"DENY"),
-                                                  (b"x-content-type-options", b"nosniff")]}
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"]
+                message = {**message, "headers": [*kept, *extra]}
             await send(message)
 
-        return await self.app(scope, receive, with_csp)
+        return await self.app(scope, receive, with_headers)

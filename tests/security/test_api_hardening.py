@@ -6,6 +6,7 @@ are served, idle connections cannot lock the owner's CLI out, and the editor may
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import socket
@@ -86,10 +87,12 @@ class _Transport:
         return self.unsent
 
 
-def _conn(conns: set, busy_since: float | None, unsent: int = 0) -> GuardedH11:
+def _conn(conns: set, busy_since: float | None, unsent: int = 0, paused: bool = False,
+          owner: bool = False) -> GuardedH11:
     c = object.__new__(GuardedH11)  # (the protocol's state only: _evict reads nothing else)
     c.connections, c.transport, c.client = conns, _Transport(unsent), ("127.0.0.1", 1)
     c.deadline, c.waiting_since, c.busy_since = None, None, busy_since
+    c.paused_since, c.owner = (busy_since if paused else None), owner
     conns.add(c)
     return c
 
@@ -106,6 +109,24 @@ def test_past_the_cap_a_connection_that_reads_none_of_its_answers_goes_before_th
     newcomer._evict()
     assert not owner.transport.closed, "the owner's stream was dropped"
     assert [c.transport.closed for c in flood] == [True, False, False]  # the stuck one held longest
+
+
+def test_past_the_cap_connections_held_by_flow_control_or_without_the_token_go_before_the_owners():
+    """Found by the red team of 2026-12-07: uvicorn's flow control keeps a non-reading client's unsent
+    answers near 64 KiB, under STUCK_BYTES, so 260 such connections counted as busy and the owner's stream,
+    held longest, went. Writing paused counts as stuck; and of the busy, those that never showed the API token
+    go before the owner's."""
+    conns: set = set()
+    owner = _conn(conns, busy_since=1.0, owner=True)
+    flood = [_conn(conns, busy_since=2.0 + i, unsent=70_000, paused=True) for i in range(2)]
+    newcomer = _conn(conns, busy_since=9.0)
+    newcomer._evict()
+    assert not owner.transport.closed and [c.transport.closed for c in flood] == [True, False]
+    reader = _conn(conns, busy_since=3.0)  # a stranger's stream, read as it comes: it goes before the owner's
+    for c in flood:
+        c.transport.closed = True
+    newcomer._evict()
+    assert reader.transport.closed and not owner.transport.closed
 
 
 # -- a real node -----------------------------------------------------------------------------------------
@@ -209,6 +230,24 @@ def test_the_editor_may_not_be_framed(lone):
         csp = [d.strip() for d in headers["content-security-policy"].split(";")]
         assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp and "connect-src 'self'" in csp
         assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.mesh
+@pytest.mark.timeout(60)
+def test_the_tokens_answers_are_never_stored_and_the_pages_are_asked_for_again(lone):
+    """Found by the red team of 2026-12-07: no answer said Cache-Control, so Chromium wrote /status (the node's
+    key, peers, balance) to its disk cache from the dashboard, and ran the pages' scripts from its cache,
+    without asking the node, after the node was replaced."""
+    host = f"127.0.0.1:{lone.api_port}"
+    for path in ("/status", "/dashboard/data", "/ledger/history", "/ledger/balance", "/peers", "/jobs", "/v1/models"):
+        status, headers, _ = request(lone, "GET", path, host, token=True)
+        assert status == 200 and headers.get("cache-control") == "no-store", (path, headers)
+    assert request(lone, "GET", "/status", host)[1].get("cache-control") == "no-store"  # (the 401 too)
+    assert "frame-ancestors 'none'" in request(lone, "GET", "/dashboard/data", host, token=True)[1][
+        "content-security-policy"]
+    for path in ("/editor/", "/editor/page.js", "/dashboard/", "/dashboard/dashboard.js"):
+        status, headers, _ = request(lone, "GET", path, host)
+        assert status == 200 and headers.get("cache-control") == "no-cache" and headers.get("etag"), (path, headers)
 
 
 # -- slow and idle clients -------------------------------------------------------------------------------
@@ -388,3 +427,39 @@ def test_a_job_or_chat_with_a_lone_surrogate_is_refused_and_the_node_keeps_servi
     job.write_text('{"name": "x", "steps": [{"id": "a", "kind": "python", "params": {"code": "s = \'\\udfff\'"}}]}')
     out = run_cli("submit", str(job), "--home", str(lone.home))
     assert out.returncode != 0 and "lone surrogate" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.mesh
+@pytest.mark.timeout(120)
+def test_tokenless_connections_that_read_nothing_do_not_cut_the_owners_event_stream(make_mesh):
+    """The red team's flood of 2026-12-07 on a real node: 260 connections without the token, each sending 200
+    requests for the editor's biggest file and reading nothing; the owner's job event stream, opened
+    before, was closed within 2 s ("over 256 connections")."""
+    lone = make_mesh(2, lambda i: ["--no-model", "--no-scrape"]).nodes[0]  # (a worker for its job)
+    port = int(lone.api.rpartition(":")[2])
+    job = {"job": {"name": "sleeper", "redundancy": 1, "steps": [
+        {"id": "a", "kind": "python", "params": {"code": "import time\ntime.sleep(40)\noutput = 1"}}]}}
+    job_id = lone.client.request("POST", "/jobs", job)["job_id"]
+    owner = socket.create_connection(("127.0.0.1", port), timeout=10)
+    owner.sendall(f"GET /jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                  f"Authorization: Bearer {lone.client.token}\r\n\r\n".encode())
+    assert owner.recv(65536).startswith(b"HTTP/1.1 200")
+    ask = f"GET /editor/vendor/drawflow/drawflow.min.js HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS + 4):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", port))
+            s.sendall(ask * 200)
+            flood.append(s)
+            time.sleep(0.01)  # (the attack's pace: each connection busy writing before the next comes)
+        assert lone.client.request("GET", "/health", timeout=10)["ok"]  # (past the cap: the flood made room)
+        owner.settimeout(3)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                assert owner.recv(65536), "the owner's event stream was closed by the flood"
+    finally:
+        for s in flood:
+            s.close()
+        owner.close()
