@@ -648,8 +648,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         for n in mesh.nodes:
             print(f"  {n.node_id[:16]}  peer {n.listen}  API {n.api}  home {n.home}")
         first = mesh.nodes[0]
-        print(f"editor: {first.api}/editor#token={first.client.token}  (the token stays in your browser)")
-        print(f"dashboard: {first.api}/dashboard#token={first.client.token}")
+        # one-use tickets, not the token: an address stays in the browser's history (mesh/http/pagekeys.py)
+        ticket = lambda: first.client.request("POST", "/tickets")["ticket"]  # noqa: E731
+        print(f"editor: {first.api}/editor/#ticket={ticket()}  (one use; the page keeps the token for its tab)")
+        print(f"dashboard: {first.api}/dashboard/#ticket={ticket()}")
         line = first.client.request("GET", "/status")["credit_line"]
         print(f"each node may spend {line:g} credits more than it earns (--credit-line; node options go after --)")
         r = max(1, min(3, args.nodes - 1))

@@ -52,6 +52,7 @@ from mesh.http.jobids import resolve
 from mesh.http.metrics import CONTENT_TYPE, registry_for, render
 from mesh.http.middleware import BodyLimit, EditorHeaders
 from mesh.http.openai_api import router as openai_router
+from mesh.http.pagekeys import page_key_routes
 from mesh.planning import planner
 from mesh.steps.chat_template import template_of
 from mesh.steps.models import DEFAULT_MODEL, INSTRUCT_SHA256, default_model_sha
@@ -79,6 +80,7 @@ def build_app(node: NodeFacade) -> FastAPI:
     _planning_routes(app, node)
     _ledger_routes(app, node)
     _model_routes(app, node)
+    page_key_routes(app, node)
     dashboard_routes(app, node)  # (before the page's mount, which would otherwise take /dashboard/data)
     app.add_middleware(EditorHeaders)
     app.mount("/editor", StaticFiles(directory=Path(__file__).parent / "editor", html=True), name="editor")
@@ -438,7 +440,7 @@ async def serve_api(node: NodeFacade, sock: socket.socket, stopping: asyncio.Eve
     # limit_concurrency stays off: uvicorn answers 503 to every request once that many connections are
     # open, idle ones included, which is what a slowloris wants; GuardedH11 evicts idle ones instead
     server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, ws="none",
-                                    http=GuardedH11))
+                                    http=GuardedH11.for_token(node.token)))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     stop = asyncio.create_task(stopping.wait())
     try:

@@ -19,6 +19,7 @@ from mesh.core.dag import Job
 from mesh.errors import CreditError, StepFailed
 from mesh.http.api import build_app, fetch_stream
 from mesh.http.facade import NodeFacade
+from mesh.http.pagekeys import proof
 from mesh.wire.identity import Identity
 
 pytestmark = pytest.mark.timeout(60)
@@ -67,9 +68,9 @@ def fake(tmp_path: Path) -> Fake:
     return Fake(tmp_path)
 
 
-def call(facade: NodeFacade, method: str, path: str, body: object = None, token: bool = True
-         ) -> tuple[int, object]:
-    """One request through the ASGI app, as uvicorn would hand it over."""
+def call(facade: NodeFacade, method: str, path: str, body: object = None, token: bool = True,
+         app=None) -> tuple[int, object]:
+    """One request through the ASGI app (built for this request, or `app`), as uvicorn would hand it over."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else b""
     headers = [(b"host", b"127.0.0.1:4751"), (b"content-type", b"application/json"),
                (b"content-length", str(len(data)).encode())]
@@ -88,7 +89,7 @@ def call(facade: NodeFacade, method: str, path: str, body: object = None, token:
     async def send(message: dict) -> None:
         sent.append(message)
 
-    asyncio.run(build_app(facade)(scope, receive, send))
+    asyncio.run((app or build_app(facade))(scope, receive, send))
     raw = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return sent[0]["status"], json.loads(raw) if raw.startswith((b"{", b"[")) else raw
 
@@ -152,6 +153,26 @@ def test_a_body_that_is_not_json_or_holds_nan_is_told_so(fake):
     status, body = call(fake.facade(), "POST", "/v1/chat/completions", chat)
     assert status == 422 and "finite" in body["error"]["message"], body
     assert not fake.submitted
+
+
+def test_a_ticket_is_traded_for_the_token_once_and_a_proof_is_for_the_token_and_the_address(fake):
+    """mesh/http/pagekeys.py: what a page of the node asks before it holds or sends the token."""
+    assert call(fake.facade(), "POST", "/tickets", token=False)[0] == 401
+    status, body = call(fake.facade(), "POST", "/tickets")
+    assert status == 201 and len(body["ticket"]) == 32
+    node = fake.facade()
+    app = build_app(node)  # (tickets live in the app, built once as a node builds it)
+    tickets = [call(node, "POST", "/tickets", app=app)[1]["ticket"] for _ in range(3)]
+    redeem = lambda ticket: call(node, "POST", "/tickets/redeem", {"ticket": ticket}, False, app)  # noqa: E731
+    assert redeem(tickets[1]) == (200, {"token": TOKEN})
+    assert redeem(tickets[1])[0] == 404  # once
+    assert redeem("0" * 32)[0] == 404 and redeem("x")[0] == 422
+    assert redeem(tickets[0]) == (200, {"token": TOKEN})
+    nonce = "ab" * 16
+    status, body = call(node, "GET", f"/prove?nonce={nonce}", token=False)
+    assert (status, body) == (200, {"proof": proof(TOKEN, "127.0.0.1:4751", nonce)})
+    assert body["proof"] != proof(TOKEN, "127.0.0.1:4752", nonce) != proof("other", "127.0.0.1:4751", nonce)
+    assert call(node, "GET", "/prove?nonce=abc", token=False)[0] == 422
 
 
 def test_the_rules_plan_a_calculation_they_recognise_without_asking_the_model(fake):

@@ -163,13 +163,13 @@ def test_mesh_up_starts_nodes_that_know_each_other_and_ctrl_c_stops_them(tmp_pat
         lines = [proc.stdout.readline() for _ in range(3)]
         assert all("API http://127.0.0.1:" in line for line in lines)
         editor = proc.stdout.readline()
-        assert editor.startswith("editor: http://127.0.0.1:") and "/editor#token=" in editor, editor
+        assert editor.startswith("editor: http://127.0.0.1:") and "/editor/#ticket=" in editor, editor
         import urllib.request
 
         with urllib.request.urlopen(editor.split()[1].split("#")[0], timeout=10) as resp:
             assert resp.status == 200 and b"drawflow" in resp.read().lower()
         dashboard = proc.stdout.readline()
-        assert dashboard.startswith("dashboard: http://127.0.0.1:") and "/dashboard#token=" in dashboard, dashboard
+        assert dashboard.startswith("dashboard: http://127.0.0.1:") and "/dashboard/#ticket=" in dashboard, dashboard
         with urllib.request.urlopen(dashboard.split()[1].split("#")[0], timeout=10) as resp:
             assert resp.status == 200 and b'src="dashboard.js"' in resp.read()
         homes = [tmp_path / "up" / f"node{i}" for i in range(3)]

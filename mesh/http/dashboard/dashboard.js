@@ -22,7 +22,7 @@
   const when = (ms) => new Date(ms).toLocaleString([], {hour12: false});
 
   const showMessage = page.showMessage;
-  const readToken = () => { S.token = page.readToken(); };
+  const readToken = async () => { S.token = await page.readToken(); };
   const api = (path) => page.api(S.token, 'GET', path);
 
   function fill(tbody, rows, empty, columns) {
@@ -249,7 +249,6 @@
     load();
   });
 
-  readToken();
-  load();
+  readToken().then(load);
   S.timer = setInterval(() => { if (S.token && !document.hidden) load(); }, EVERY_MS);
 }());

@@ -48,8 +48,8 @@
     page.showMessage(text, kind);
   }
 
-  function readToken() {
-    S.token = page.readToken();
+  async function readToken() {
+    S.token = await page.readToken();
   }
 
   const api = (method, path, body) => page.api(S.token, method, path, body);
@@ -883,7 +883,7 @@
   });
 
   async function init() {
-    readToken();
+    await readToken();
     S.history = [snapshot()];
     S.pos = 0;
     updateButtons();
@@ -894,7 +894,9 @@
     renderPalette();
     if (S.token) await loadModels();
     document.body.dataset.ready = 'true';
-    if (!S.token) showMessage('paste the node API token (<node home>/api-token) into the Token field', 'info');
+    if (!S.token && !$('#message').textContent) {  // (readToken may have said why there is none)
+      showMessage('paste the node API token (<node home>/api-token) into the Token field', 'info');
+    }
   }
 
   window.homemesh = Object.freeze({

@@ -1,6 +1,7 @@
 /* What the node's own pages (the editor at /editor, the dashboard at /dashboard) share: building elements
-   (text always as text, never as HTML), the message line, the API token (taken from the URL's fragment
-   into the tab's session storage, one for both pages) and requests to the node with it. Plain ES2017. */
+   (text always as text, never as HTML), the message line, the API token (from a one-use ticket in the URL's
+   fragment, kept in the tab's session storage for both pages and sent only to a server that proves it holds
+   it) and requests to the node with it. Plain ES2017. */
 'use strict';
 
 window.homemeshPage = (function () {
@@ -27,14 +28,62 @@ window.homemeshPage = (function () {
     m.dataset.kind = text ? (kind || 'info') : '';
   }
 
-  /* The token: from the URL's fragment (then out of sight and history) or the tab's storage. */
-  function readToken() {
-    const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
-    if (m) {
-      sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
-      history.replaceState(null, '', location.pathname + location.search);
+  const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+
+  /* Whether the server at this page's address holds `token` (mesh/http/pagekeys.py): an HMAC of a nonce drawn
+     here and of the address seen here, which a process without the token cannot make, nor borrow from a node
+     at another address. A kept token is sent only after this: after a reload it went to whatever held the
+     node's port by then. */
+  async function proven(token) {
+    try {
+      const nonce = hex(crypto.getRandomValues(new Uint8Array(16)));
+      const res = await fetch('/prove?nonce=' + nonce);
+      if (!res.ok) return false;
+      const said = (await res.json()).proof;
+      const enc = new TextEncoder();
+      const key = await crypto.subtle.importKey('raw', enc.encode(token), {name: 'HMAC', hash: 'SHA-256'},
+        false, ['sign']);
+      const mac = await crypto.subtle.sign('HMAC', key, enc.encode('homemesh-prove ' + location.host.toLowerCase() +
+        ' ' + nonce));
+      return hex(new Uint8Array(mac)) === said;
+    } catch (exc) {
+      return false;
     }
-    const token = sessionStorage.getItem(TOKEN_KEY) || '';
+  }
+
+  /* The token for a one-use ticket (`mesh up` prints the pages' addresses with one: a token in an address
+     stays in the browser's history), or '' when the ticket is unknown or used. */
+  async function redeem(ticket) {
+    try {
+      const res = await fetch('/tickets/redeem', {method: 'POST', headers: {'Content-Type': 'application/json'},
+        body: JSON.stringify({ticket})});
+      return res.ok ? ((await res.json()).token || '') : '';
+    } catch (exc) {
+      return '';
+    }
+  }
+
+  /* The token: traded for the ticket in the URL's fragment, or as given in the fragment (`#token=`, typed by
+     the owner), or the one this tab kept once the server proves it holds it; '' with the Token field shown
+     when there is none to send. The fragment is taken out of the address first. */
+  async function readToken() {
+    const hash = location.hash;
+    if (hash) history.replaceState(null, '', location.pathname + location.search);
+    let token = '';
+    const ticket = /(?:^#|&)ticket=([0-9a-f]{32})(?:&|$)/.exec(hash);
+    const given = /(?:^#|&)token=([^&]+)/.exec(hash);
+    if (ticket) token = await redeem(ticket[1]);
+    else if (given) token = decodeURIComponent(given[1]);
+    if (token) {
+      sessionStorage.setItem(TOKEN_KEY, token);
+    } else {
+      const kept = sessionStorage.getItem(TOKEN_KEY) || '';
+      if (kept && await proven(kept)) token = kept;
+      else if (kept) showMessage('the server at this address did not prove it holds this node\'s API token, so ' +
+        'the token was not sent: reload once the node runs, or paste <node home>/api-token', 'error');
+      else if (ticket) showMessage('this address\'s ticket was used already: open the one `mesh up` printed ' +
+        'in a new tab, or paste <node home>/api-token into the Token field', 'error');
+    }
     $('#token-box').hidden = !!token;
     return token;
   }
