@@ -77,7 +77,7 @@ from mesh.node.worker import StepRunner, Worker, WorkerPort
 from mesh.node.worklog import WorkLog
 from mesh.steps import cgroup
 from mesh.steps.models import INSTRUCT_SHA256, default_model, default_model_sha, instruct_model, sha256_file
-from mesh.steps.ownports import OwnPorts
+from mesh.steps.ownports import ROLL, OwnPorts, enrol, leave
 from mesh.steps.registry import ModelEntry, Registry, model_file
 from mesh.steps.sandbox import sandbox_problem
 from mesh.steps.scrape import Scraper, find_browser
@@ -266,7 +266,7 @@ class Node:
             [] if opts.no_scrape else ["scrape"])
         self.fetch_allowance = opts.fetch_models if opts.load_model else 0  # (a node without models runs none)
         self.scraper = Scraper(Allow.parse(opts.scrape_allow), find_browser(opts.browser or None), user,
-                               self.owner.cap.name if self.owner.cap else "", OwnPorts(os.getpid()))
+                               self.owner.cap.name if self.owner.cap else "", OwnPorts(os.getpid(), roll=ROLL))
         self.listen = f"{opts.listen[0]}:{opts.listen[1]}"  # run() puts the bound port here (port 0 → any)
         self.receiver = Receiver(identity.public_key, opts.network, floor_ms=now_ms())
         self.replay_store = ReplayStore(opts.home / REPLAY_FILE, self.receiver.window_ms)
@@ -1309,9 +1309,11 @@ def _run(opts: NodeOptions, identity: Identity, user: StepUser | None, model_sha
         peer_sock = bind(*opts.listen, "peer")
         api_sock = bind(*opts.api, "API")
         node = Node(opts, identity, asys, node_actor, ready, user, journal, owner)
+        enrolled = enrol()  # (the machine's roll of nodes: each keeps the others' ports from its scraped pages)
         try:
             return _serve(node, peer_sock, api_sock)
         finally:
+            leave(enrolled)
             node.replay_store.close()  # the replay marks still waiting for their fsync
     finally:
         asys.shutdown()

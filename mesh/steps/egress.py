@@ -132,12 +132,14 @@ class EgressProxy:
     def _judge(self, host: str, port: int) -> IPAddress:
         """The address to connect to, or Refused. An address only the operator's allow-list lets through
         (loopback, the LAN) is this machine or near it, so a port this node's own processes listen on is
-        refused there: its API, its peer port, its Thespian ports (which unpickle what arrives). Any such
+        refused there: its API, its peer port, its Thespian ports (which unpickle what arrives), and the
+        other nodes' of this machine (ownports.enrol). Any such
         address counts (0.0.0.0, ::ffff:127.0.0.1, the machine's LAN address reach them too)."""
         ip = resolve(host, port, self.allow)
         if why_refused(ip) and port in self.own_ports():
-            raise Refused(f"refused: port {port} on {ip} is this node's own port (its API, peer or actor "
-                          "ports), never reached by a scrape, whatever --scrape-allow allows")
+            raise Refused(f"refused: port {port} on {ip} is this node's own port, or another homemesh node's of "
+                          "this machine (an API, peer or actor port), never reached by a scrape, whatever "
+                          "--scrape-allow allows")
         return ip
 
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:

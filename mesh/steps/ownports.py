@@ -1,4 +1,5 @@
-"""The TCP ports a node's own processes listen on, for the egress proxy to keep a scraped page from. With
+"""The TCP ports a node's own processes (and the other nodes' of this machine) listen on, for the egress
+proxy to keep a scraped page from. With
 --scrape-allow 127.0.0.1 a page's requests reached every one of them: the node's API, its peer port, and
 the Thespian admin and actor ports, which unpickle whatever arrives (this project's red team, 2026-12-06).
 The set is read from the kernel — the node process and all its descendants, each LISTEN TCP socket —
@@ -6,26 +7,98 @@ not written down anywhere: actors bind their ports after the node starts, and a 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import psutil
 
 CACHE_S = 1.0  # an actor started since the last look is seen within this long
+ROLL = Path(tempfile.gettempdir()) / "homemesh-nodes"  # this machine's running nodes, a file each named by its pid
+MAX_ROLL = 64  # pids read from the roll at most (a local user filling it slows no look past this)
 
 
-def listening_ports(root_pid: int) -> frozenset[int]:
-    """The ports a LISTEN TCP socket (IPv4 or IPv6) of `root_pid` or any descendant holds (none once it is
-    gone)."""
+def enrol(roll: Path = ROLL) -> Path | None:
+    """Put this process on the machine's roll of running nodes (a world-writable, sticky folder, like /tmp):
+    the nodes of one machine keep each other's ports from their scraped pages too. With `mesh up`'s
+    `--scrape-allow 127.0.0.1` a page scraped by one node read another's API, and its proxy opened tunnels to
+    the other's Thespian ports (this project's red team, 2026-12-07). None when the roll cannot be written
+    (the node keeps its own ports only)."""
     try:
-        root = psutil.Process(root_pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return frozenset()
+        with contextlib.suppress(FileExistsError):
+            roll.mkdir(mode=0o1777)
+            roll.chmod(0o1777)  # (mkdir's mode is cut by the umask)
+        entry = roll / str(os.getpid())
+        entry.write_text("")
+        return entry
+    except OSError:
+        return None
+
+
+def leave(entry: Path | None) -> None:
+    if entry is not None:
+        entry.unlink(missing_ok=True)
+
+
+def enrolled(roll: Path = ROLL) -> list[int]:
+    """The pids on the roll whose processes run (a stale entry whose pid was reused costs only refusals)."""
+    try:
+        names = sorted(int(n) for n in os.listdir(roll) if n.isdigit() and len(n) < 10)
+    except OSError:
+        return []
+    return [pid for pid in names[:MAX_ROLL] if psutil.pid_exists(pid)]
+
+
+def listening_ports(*roots: int) -> frozenset[int]:
+    """The ports a LISTEN TCP socket (IPv4 or IPv6) of any of `roots` or their descendants holds (none once
+    they are gone)."""
+    procs: list[psutil.Process] = []
+    for root_pid in roots:
+        try:
+            root = psutil.Process(root_pid)
+            procs += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    listening = _listening_inodes()
     ports: set[int] = set()
     for proc in procs:
-        ports.update(_listening(proc))
+        ports.update(_listening(proc) if listening is None else _ports_by_inode(proc.pid, listening))
     return frozenset(ports)
+
+
+def _listening_inodes() -> dict[int, int] | None:
+    """socket inode → port of this network namespace's LISTEN TCP sockets, read once for a whole look (psutil
+    reads these tables again for each process asked); None where /proc/net has no such table."""
+    found: dict[int, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 9 and fields[3] == "0A":  # (TCP_LISTEN)
+                        found[int(fields[9])] = int(fields[1].rpartition(":")[2], 16)
+        except (OSError, ValueError):
+            return None
+    return found
+
+
+def _ports_by_inode(pid: int, listening: dict[int, int]) -> set[int]:
+    """The listening ports among `pid`'s open sockets (none for a process gone, or one this node may not read)."""
+    ports = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return ports
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:[") and (port := listening.get(int(link[8:-1]))) is not None:
+                ports.add(port)
+    return ports
 
 
 def _listening(proc: psutil.Process) -> set[int]:
@@ -43,9 +116,10 @@ class OwnPorts:
     proxy's threads, one look at a time: a look took 120-200 ms for a tree of 11 processes here (a loaded
     machine), and a page's pings, each asking at once when the answer aged, filled the node's thread pool."""
 
-    def __init__(self, root_pid: int, cache_s: float = CACHE_S):
+    def __init__(self, root_pid: int, cache_s: float = CACHE_S, roll: Path | None = None):
         self.root_pid = root_pid
         self.cache_s = cache_s
+        self.roll = roll  # the machine's roll of running nodes (enrol): their ports are kept from pages too
         self.seen: tuple[float, frozenset[int]] = (float("-inf"), frozenset())
         self.lock = threading.Lock()
 
@@ -53,6 +127,7 @@ class OwnPorts:
         with self.lock:  # (those waiting meanwhile take the answer the look just made)
             when, ports = self.seen
             if time.monotonic() - when >= self.cache_s:
-                ports = listening_ports(self.root_pid)
+                others = enrolled(self.roll) if self.roll is not None else []
+                ports = listening_ports(self.root_pid, *(pid for pid in others if pid != self.root_pid))
                 self.seen = (time.monotonic(), ports)
             return ports

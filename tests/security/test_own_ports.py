@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from mesh.steps.egress import EgressProxy
-from mesh.steps.ownports import OwnPorts, listening_ports
+from mesh.steps.ownports import OwnPorts, enrol, enrolled, leave, listening_ports
 from mesh.steps.scrape import find_browser
 from mesh.steps.ssrf import Allow
 
@@ -111,6 +111,30 @@ async def _bound_and_seen(own: OwnPorts) -> int:
         server.close()
 
 
+def test_the_nodes_on_the_machines_roll_keep_each_others_ports(tree, tmp_path):
+    """ownports.enrol: a node on the roll has its tree's ports kept from every enrolled node's pages; a stale
+    or junk entry costs nothing but a look."""
+    root, ports = tree
+    roll = tmp_path / "roll"
+    node = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # (a tree of its own)
+    try:
+        assert not set(ports) & OwnPorts(node.pid, roll=roll)()  # (nobody enrolled: only its own)
+        roll.mkdir()
+        (roll / str(root)).write_text("")
+        (roll / "not-a-pid").write_text("")
+        (roll / "4194304999").write_text("")  # (no such pid)
+        assert enrolled(roll) == [root]
+        assert set(ports) <= OwnPorts(node.pid, roll=roll)()
+    finally:
+        node.kill()
+        node.wait(10)
+    entry = enrol(tmp_path / "fresh")
+    assert entry is not None and entry.name == str(psutil.Process().pid)
+    assert (tmp_path / "fresh").stat().st_mode & 0o7777 == 0o1777
+    leave(entry)
+    assert enrolled(tmp_path / "fresh") == []
+
+
 def test_a_tree_that_has_gone_has_no_ports():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait(10)
@@ -149,9 +173,11 @@ def admin_ports(node_pid: int) -> set[int]:
 @pytest.mark.timeout(240)
 def test_a_real_node_refuses_a_scrape_of_its_own_api_and_thespian_ports(make_mesh, tmp_path):
     mesh = make_mesh(2, lambda i: ["--no-model", "--scrape-allow", "127.0.0.1"])
-    worker = mesh.nodes[1]  # node0 submits; the one other node runs the steps
+    worker, other = mesh.nodes[1], mesh.nodes[0]  # node0 submits; the one other node runs the steps
     admin = wait_for(lambda: admin_ports(worker.proc.pid), 30, "the worker's Thespian admin port")
     api, admin_port = worker.api_port, min(admin)
+    # the other node's on this machine too: a page scraped by node1 read node0's API (red team, 2026-12-07)
+    other_admin = min(wait_for(lambda: admin_ports(other.proc.pid), 30, "the submitter's Thespian admin port"))
     site = ProbeSite()
     ProbeSite.targets = [api, admin_port]
     site.start()
@@ -160,14 +186,17 @@ def test_a_real_node_refuses_a_scrape_of_its_own_api_and_thespian_ports(make_mes
         job.write_text(json.dumps({"name": "own-ports", "redundancy": 1, "timeout": 45, "steps": [
             {"id": "page", "kind": "scrape", "params": {"url": site.url("/page")}},
             {"id": "api", "kind": "scrape", "params": {"url": f"http://127.0.0.1:{api}/"}},
-            {"id": "admin", "kind": "scrape", "params": {"url": f"http://127.0.0.1:{admin_port}/"}}]}))
+            {"id": "admin", "kind": "scrape", "params": {"url": f"http://127.0.0.1:{admin_port}/"}},
+            {"id": "other-api", "kind": "scrape", "params": {"url": f"http://127.0.0.1:{other.api_port}/editor/"}},
+            {"id": "other-admin", "kind": "scrape", "params": {"url": f"http://127.0.0.1:{other_admin}/"}}]}))
         report = cli_json("submit", str(job), "--wait", "--home", str(mesh.nodes[0].home), timeout=180)
     finally:
         site.stop()
     steps = report["steps"]
     assert steps["page"]["status"] == "done", json.dumps(steps["page"])[-1500:]  # the positive control
     assert "reachable page" in steps["page"]["output"]["text"]
-    for name, port in (("api", api), ("admin", admin_port)):
+    for name, port in (("api", api), ("admin", admin_port), ("other-api", other.api_port),
+                       ("other-admin", other_admin)):
         assert steps[name]["status"] == "failed", (name, json.dumps(steps[name])[-1500:])
         assert f"port {port} on 127.0.0.1 is {OWN}" in steps[name]["error"], (name, steps[name]["error"])
     log = (worker.home / "node.log").read_text(errors="replace")
