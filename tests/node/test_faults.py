@@ -116,13 +116,15 @@ def test_slow_node_is_a_no_show_and_its_late_answer_is_refused(make_mesh):
     timeout = slow_step + 3
     mesh = fault_mesh(make_mesh, {4: "slow"})
     bad = mesh.nodes[4].node_id
-    rep, took = run_job(mesh, 4, [step], timeout=timeout)
+    rep, _ = run_job(mesh, 4, [step], timeout=timeout)
+    client = mesh.nodes[0].client
+    # the job did not wait for the slow node: its answer, a step's time after the deadline, has not come (a
+    # bound on the job's time from submission, 11 s, read 11.37 s on a loaded CI machine: the sandboxes'
+    # start, the sweep and the polling count there, and none of them here)
+    assert not client.request("GET", "/status")["rejected"].get("unexpected-result")
     done_at = time.monotonic()
     check_done(mesh, rep, {bad}, error="timeout")
-    # the earliest the slow node can answer is its step time plus the timeout: the job did not wait for it
-    assert took < slow_step + timeout, took
     # ... and its answer, when it comes, is refused as unexpected
-    client = mesh.nodes[0].client
     wait_for(lambda: client.request("GET", "/status")["rejected"].get("unexpected-result"), 20,
              "the slow node's late answer")
     assert time.monotonic() > done_at
