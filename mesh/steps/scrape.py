@@ -94,7 +94,12 @@ class Scraper:
         await self.proxy.close()
 
     async def _drop_browser(self) -> None:
-        browser, chromium, self.browser, self.chromium = self.browser, self.chromium, None, None
+        browser, chromium, group = self.browser, self.chromium, self.group
+        self.browser, self.chromium, self.group = None, None, None
+        await self._stop(browser, chromium, group)
+
+    @staticmethod
+    async def _stop(browser, chromium: Chromium | None, group: cgroup.StepGroup | None) -> None:
         try:
             if browser is not None:
                 with contextlib.suppress(*_browser_errors()):  # a dead browser's connection is gone anyway
@@ -102,7 +107,6 @@ class Scraper:
         finally:  # whatever disconnecting raised, the process goes (it was left running, with its renderers)
             if chromium is not None:
                 await chromium.stop()
-            group, self.group = self.group, None
             if group is not None:
                 await asyncio.to_thread(group.close)  # (kills what is left in it)
 
@@ -111,34 +115,44 @@ class Scraper:
             if self.browser is not None and self.chromium.alive() and self.browser._connection._connected:
                 return self.browser
             await self._drop_browser()
-            if not self.proxy.port:
-                await self.proxy.start()
-                self.proxy.shut()
-            from mesh.steps.devtools import connect
-
-            self.chromium = Chromium(self.browser_path, self.user,
-                                     [*self.flags, f"--proxy-server=http://127.0.0.1:{self.proxy.port}"])
-            pipe = await self.chromium.start()
-            self._group_browser()  # (moved once started: it runs as the step user, which cannot enter a group)
-            self.browser = await connect(pipe)
+            self.chromium, self.group, self.browser = await self._launch()
             return self.browser
 
-    def _group_browser(self) -> None:
+    async def _launch(self) -> tuple[Chromium, cgroup.StepGroup | None, object]:
+        """A new Chromium, in a memory group of its own, and pyppeteer's Browser on its pipe."""
+        if not self.proxy.port:
+            await self.proxy.start()
+            self.proxy.shut()
+        from mesh.steps.devtools import connect
+
+        chromium = Chromium(self.browser_path, self.user, [*self.flags, f"--proxy-server=http://127.0.0.1:{self.proxy.port}"])
+        group = None
+        try:
+            pipe = await chromium.start()
+            group = self._group_browser(chromium)  # (moved once started: it runs as the step user, which cannot enter a group)
+            return chromium, group, await connect(pipe)
+        except BaseException:
+            await self._stop(None, chromium, group)
+            raise
+
+    def _group_browser(self, chromium: Chromium) -> cgroup.StepGroup | None:
         """Move every browser process into a group of its own held to BROWSER_MEMORY (inside the owner's
         memory cap, and joined to its CPU cap), again until a look finds none new: one forked by a parent
         not yet moved is born outside, while all forked after their parent moved are born inside. A page
-        past the limit has its renderer killed by the kernel, and its step fails."""
-        self.group = cgroup.StepGroup(BROWSER_MEMORY, BROWSER_PIDS, self.cap)
-        if not self.group.places:
-            return  # (no cgroups here: the owner's caps, if any, were not made either)
+        past the limit has its renderer killed by the kernel, and its step fails; a page growing the
+        browser's own process past it has the browser killed (see `_render`)."""
+        group = cgroup.StepGroup(BROWSER_MEMORY, BROWSER_PIDS, self.cap)
+        if not group.places:
+            return group  # (no cgroups here: the owner's caps, if any, were not made either)
         moved: set[int] = set()
         for _ in range(10):
-            new = [pid for pid in self.chromium.pids() if pid not in moved]
+            new = [pid for pid in chromium.pids() if pid not in moved]
             if not new:
-                return
-            self.group.join(new)
+                return group
+            group.join(new)
             moved.update(new)
         log.warning("Chromium kept starting processes while it was put in its group")
+        return group
 
     async def scrape(self, params: dict, timeout: float) -> tuple[dict, dict]:
         """(output, work) for one step; StepFailed (Refused for blocked targets) otherwise."""
@@ -171,33 +185,54 @@ class Scraper:
             await proxy.close()
 
     async def _render(self, url: str, params: dict) -> tuple[str, str]:
-        errors = _browser_errors()
+        """The page in the browser every step shares; when that browser dies under the step, the step again
+        in a browser of its own, once. One page can kill the shared browser from the outside (history.replaceState
+        or location.hash with 2 MB URLs, 50 a tick, grew Chromium's own process 75 MB/s past BROWSER_MEMORY:
+        this project's red team, 2026-12-07), and every step on it failed; alone, it kills only its own."""
         async with self.slots:
             try:
                 browser = await self._browser()
-            except errors as exc:
+            except _browser_errors() as exc:
                 async with self.lock:
                     await self._drop_browser()  # start a fresh one next time
                 raise StepFailed(f"browser could not start: {type(exc).__name__}: {str(exc)[:300]}") from None
-            async with self._step_proxy() as proxy:
-                context = None
-                try:
-                    context = await self._new_context(browser, proxy.port)
-                    page = await context.newPage()
-                    # pyppeteer attaches to the page's workers only to leave them again, and its futures
-                    # then fail unheard ("Target closed") when the context goes: nothing here needs them
-                    await page._client.send("Target.setAutoAttach",
-                                            {"autoAttach": False, "waitForDebuggerOnStart": False})
-                    await self._quiet(page)
-                    context.on("targetcreated", lambda target: self._close_stray(browser, target, page))
-                    loaded = await self._load_unless_crashed(page, url, params)
-                    if proxy.over:
-                        raise StepFailed(proxy.over)
-                    return loaded
-                except errors as exc:  # the browser failed or died: say so
-                    raise StepFailed(f"browser: {type(exc).__name__}: {str(exc)[:300]}") from None
-                finally:  # shielded: a second cancellation must not leave the context running
-                    await asyncio.shield(self._end_step(browser, proxy, context))
+            try:
+                return await self._in(browser, url, params)
+            except StepFailed:
+                if browser._connection._connected:
+                    raise
+                log.info("the shared browser died under a scrape of %s: again in a browser of its own", url[:200])
+            try:
+                chromium, group, alone = await self._launch()
+            except _browser_errors() as exc:
+                raise StepFailed(f"browser could not start: {type(exc).__name__}: {str(exc)[:300]}") from None
+            try:
+                return await self._in(alone, url, params)
+            finally:
+                await asyncio.shield(self._stop(alone, chromium, group))
+
+    async def _in(self, browser, url: str, params: dict) -> tuple[str, str]:
+        """The page in a context of its own in `browser`, through a proxy of its own."""
+        errors = _browser_errors()
+        async with self._step_proxy() as proxy:
+            context = None
+            try:
+                context = await self._new_context(browser, proxy.port)
+                page = await context.newPage()
+                # pyppeteer attaches to the page's workers only to leave them again, and its futures
+                # then fail unheard ("Target closed") when the context goes: nothing here needs them
+                await page._client.send("Target.setAutoAttach",
+                                        {"autoAttach": False, "waitForDebuggerOnStart": False})
+                await self._quiet(page)
+                context.on("targetcreated", lambda target: self._close_stray(browser, target, page))
+                loaded = await self._load_unless_crashed(page, url, params)
+                if proxy.over:
+                    raise StepFailed(proxy.over)
+                return loaded
+            except errors as exc:  # the browser failed or died: say so
+                raise StepFailed(f"browser: {type(exc).__name__}: {str(exc)[:300]}") from None
+            finally:  # shielded: a second cancellation must not leave the context running
+                await asyncio.shield(self._end_step(browser, proxy, context))
 
     @staticmethod
     async def _quiet(page) -> None:

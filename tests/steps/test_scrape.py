@@ -94,6 +94,20 @@ def test_a_selector_beautifulsoup_cannot_parse_fails_the_step_and_is_refused_bef
 
 # -- a local web server ------------------------------------------------------------------------------------
 
+PAGES = {  # pages that are only their text
+    "/slowimg": """<html><body><p>slow</p><img src="/slow"></body>
+      </html>""",  # its load waits for a slow image
+    "/late": """<html><body><p>page</p><script>  // what a step waits for comes 5 s in
+      setTimeout(() => document.body.insertAdjacentHTML('beforeend', '<p id="late">came late</p>'), 5000);
+      </script></body></html>""",
+    "/history": """<html><body><script>  // swells the browser's own process, not the page's
+      const big = "a".repeat(2000000 - 100); let i = 0;
+      function go() { for (let k = 0; k < 50; k++) history.replaceState(null, "", "/history?" + (i++) + big);
+        setTimeout(go, 0); }
+      go();</script></body></html>""",
+}
+
+
 class Site(ThreadedSite):
     """An aiohttp app on 127.0.0.1 and 127.0.0.3 (both loopback; only the first is allowed in tests)."""
 
@@ -139,10 +153,6 @@ class Site(ThreadedSite):
               document.getElementById("d").setAttribute("a", "\\u0001".repeat(40 * 1024 * 1024));</script>
               </body></html>""")
 
-        async def slowimg(request: web.Request) -> web.Response:  # its load waits for a slow image
-            return web.Response(content_type="text/html", text="""<html><body><p>slow</p><img src="/slow"></body>
-              </html>""")
-
         async def consolebomb(request: web.Request) -> web.Response:  # 3 DevTools messages of 60 MB of escapes
             return web.Response(content_type="text/html", text="""<html><body><p>bomb</p><script>
               setTimeout(() => { const s = "\\u0001".repeat(10e6); for (let i = 0; i < 3; i++) console.log(s); }, 300);
@@ -154,6 +164,9 @@ class Site(ThreadedSite):
               for (let i = 0; i < 25; i++) { console.log(s); console.error(s); console.warn(s); }
               for (let i = 0; i < 25; i++) setTimeout(() => { throw new Error(s); }, 0);
               </script></body></html>""")
+
+        async def static(request: web.Request) -> web.Response:
+            return web.Response(content_type="text/html", text=PAGES[request.path])
 
         async def slow(request: web.Request) -> web.Response:
             await asyncio.sleep(20)
@@ -175,7 +188,7 @@ class Site(ThreadedSite):
               document.body.appendChild(document.createTextNode("x".repeat(200 * 1024 * 1024)));</script></body></html>""")
 
         app = web.Application()
-        app.add_routes([web.get("/flood", flood), web.get("/ftp", ftp), web.get("/consolebomb", consolebomb), web.get("/chatter", chatter), web.get("/slowimg", slowimg), web.get("/bigattr", bigattr), web.get("/textbomb", textbomb), web.get("/js", js), web.get("/sub", subrequests), web.get("/redirect", redirect),
+        app.add_routes([web.get("/flood", flood), web.get("/ftp", ftp), web.get("/consolebomb", consolebomb), web.get("/chatter", chatter), *(web.get(path, static) for path in PAGES), web.get("/bigattr", bigattr), web.get("/textbomb", textbomb), web.get("/js", js), web.get("/sub", subrequests), web.get("/redirect", redirect),
                         web.get("/slow", slow), web.get("/hold", hold), web.get("/huge", huge), web.get("/secret", count),
                         web.get("/pixel", count), web.get("/beacon", count)])
         return app
@@ -314,29 +327,56 @@ def test_what_a_page_logs_or_throws_never_crosses_the_devtools_connection(site):
 
 @needs_browser
 @pytest.mark.timeout(120)
-def test_a_step_fails_at_once_when_its_browser_dies(site):
+def test_a_step_goes_on_at_once_in_a_browser_of_its_own_when_the_shared_one_dies(site):
     """Found by this project's red team (2026-12-06): with the browser killed mid-step, the steps on it
-    waited out their whole timeouts, each holding one of the browser's slots; now they fail when its
-    connection goes, and the next step starts a fresh browser."""
+    waited out their whole timeouts, each holding one of the browser's slots; they failed when its
+    connection went (2026-12-06), and now (2026-12-07: a page can kill the shared browser, see below) each
+    runs again at once in a browser of its own; the next step starts a fresh shared browser."""
     async def go():
         scraper = Scraper(ALLOW_LOCAL, find_browser(), USER)
         try:
             await scraper.scrape({"url": site.url("/js")}, 40)  # the browser is up
-            # (each waits for an element that never comes: a page done before the kill, ~1.9 s, made it a race)
-            steps = [asyncio.ensure_future(scraper.scrape({"url": site.url(f"/slowimg?{i}"), "wait_for": "#never"}, 40))
+            # (each waits for an element that comes 5 s in: a page done before the kill made it a race)
+            steps = [asyncio.ensure_future(scraper.scrape({"url": site.url(f"/late?{i}"), "wait_for": "#late"}, 40))
                      for i in (1, 2)]
             await asyncio.sleep(1.5)  # (the steps are opening their pages)
             t0 = time.monotonic()
             os.kill(scraper.chromium.proc.pid, signal.SIGKILL)  # the browser's main process: a crash
-            failed = await asyncio.gather(*steps, return_exceptions=True)
+            done = await asyncio.gather(*steps, return_exceptions=True)
             took = time.monotonic() - t0
             out, _ = await scraper.scrape({"url": site.url("/js"), "wait_for": "a[href='/next']"}, 40)
-            return failed, took, out
+            return done, took, out
         finally:
             await scraper.close()
-    failed, took, out = asyncio.run(go())
-    assert all(isinstance(f, StepFailed) for f in failed) and took < 15, (failed, took)
+    done, took, out = asyncio.run(go())
+    assert all(isinstance(d, tuple) and "came late" in d[0]["text"] for d in done) and took < 35, (done, took)
     assert "rendered by js" in out["text"]
+
+
+@needs_browser
+@pytest.mark.timeout(240)
+def test_a_page_that_kills_the_shared_browser_fails_alone_and_the_step_beside_it_is_done(site, monkeypatch):
+    """Found by this project's red team (2026-12-07): a page calling history.replaceState with 2 MB URLs, 50
+    a tick, grew Chromium's own process (not its renderer) 75 MB/s until the kernel killed the browser at
+    its memory limit: every other step on it failed ("Target.createBrowserContext: Target closed") and the
+    attacker's failed too, paid nothing. The step beside it now runs again in a browser of its own."""
+    monkeypatch.setattr("mesh.steps.scrape.BROWSER_MEMORY", 1 << 30)  # (the kill comes sooner; the pages are small)
+
+    async def go():
+        scraper = Scraper(ALLOW_LOCAL, find_browser(), USER)
+        try:
+            await scraper.scrape({"url": site.url("/js")}, 40)  # the browser is up
+            browser = psutil.Process(scraper.chromium.proc.pid)
+            attack = asyncio.ensure_future(scraper.scrape({"url": site.url("/history")}, 90))
+            while browser.is_running() and browser.memory_info().rss < 400 << 20:
+                await asyncio.sleep(0.2)  # (the browser swells: the honest step comes now)
+            honest = await scraper.scrape({"url": site.url("/late?honest"), "wait_for": "#late"}, 120)
+            return honest, (await asyncio.gather(attack, return_exceptions=True))[0]
+        finally:
+            await scraper.close()
+    honest, attacked = asyncio.run(go())
+    assert "came late" in honest[0]["text"], honest
+    assert isinstance(attacked, StepFailed), attacked
 
 
 @needs_browser
