@@ -145,14 +145,12 @@ class GuardedH11(H11Protocol):
         waiting = [c for c in others if getattr(c, "waiting_since", None) is not None]
         busy = [c for c in others if getattr(c, "busy_since", None) is not None]
 
-        def stuck(c) -> bool:
-            return getattr(c, "paused_since", None) is not None or c.transport.get_write_buffer_size() > STUCK_BYTES
+        def standing(c) -> tuple[bool, bool, float]:  # (showed the token, reads its answers, busy since): least goes
+            stuck = getattr(c, "paused_since", None) is not None or c.transport.get_write_buffer_size() > STUCK_BYTES
+            return getattr(c, "owner", False), not stuck, c.busy_since
 
-        order = [[c for c in busy if not getattr(c, "owner", False) and stuck(c)],
-                 [c for c in busy if not getattr(c, "owner", False)], [c for c in busy if stuck(c)], busy]
-        first = next((group for group in order if group), [])
         victim = (min(waiting, key=lambda c: c.waiting_since) if waiting
-                  else min(first, key=lambda c: c.busy_since) if first else self)
+                  else min(busy, key=standing) if busy else self)
         log.info("dropping API connection from %s: over %d connections", victim.client, self.max_connections)
         victim._disarm()
         victim.transport.close()

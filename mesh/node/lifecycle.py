@@ -1309,11 +1309,11 @@ def _run(opts: NodeOptions, identity: Identity, user: StepUser | None, model_sha
         peer_sock = bind(*opts.listen, "peer")
         api_sock = bind(*opts.api, "API")
         node = Node(opts, identity, asys, node_actor, ready, user, journal, owner)
-        enrolled = enrol()  # (the machine's roll of nodes: each keeps the others' ports from its scraped pages)
+        on_roll = enrol()  # (the machine's roll of nodes: each keeps the others' ports from its scraped pages)
         try:
             return _serve(node, peer_sock, api_sock)
         finally:
-            leave(enrolled)
+            leave(on_roll)
             node.replay_store.close()  # the replay marks still waiting for their fsync
     finally:
         asys.shutdown()
