@@ -6,6 +6,7 @@ stays readable. The test's parent reads the child's status from the outside mean
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -82,8 +83,13 @@ def _status(path: str) -> dict[str, str]:
 
 
 def _threads(pid: int) -> list[dict[str, str]]:
-    """The status of each thread of `pid`."""
-    return [_status(f"/proc/{pid}/task/{tid}/status") for tid in os.listdir(f"/proc/{pid}/task")]
+    """The status of each thread of `pid` still running when read (one ended between the listing and its
+    read in CI: FileNotFoundError; a thread gone holds nothing to check)."""
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            out.append(_status(f"/proc/{pid}/task/{tid}/status"))
+    return out
 
 
 def test_code_in_a_confined_process_cannot_reach_the_home_exec_open_sockets_or_escape(tmp_path: Path):
