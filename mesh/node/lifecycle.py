@@ -20,7 +20,7 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -413,17 +413,20 @@ class Node:
         return self.stop_reason or "its HTTP API ended"
 
     async def _shutdown(self, api_task: asyncio.Task) -> None:
-        await self._share_head()  # the head as it stands at shutdown, to the peers that keep them
+        """Each part of a clean stop is bounded and a slow one named in the log: a peer that never reads,
+        a thread stuck on a busy database or a browser that will not close must not keep the node running
+        past the time whoever stopped it waits before killing it (which would leave its cgroups behind)."""
+        await _bounded("sharing the ledger's head", self._share_head(), 3)  # (as it stands, to its keepers)
         for peer in self.peers:  # a clean leave: peers stop sending work at once
             for conn in list(peer.conns):
                 self.gateway.send(conn, "bye", peer.key, Bye("shutdown"))
         await asyncio.sleep(0)
-        await self.gateway.close()
+        await _bounded("closing the peer links", self.gateway.close(), 3)
         await asyncio.wait({api_task}, timeout=5)
         for task in list(self.tasks):
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.scraper.close()
+        await _bounded("ending the node's tasks", asyncio.gather(*self.tasks, return_exceptions=True), 3)
+        await _bounded("closing the browser", self.scraper.close(), 5)
         (self.opts.home / RUNTIME_FILE).unlink(missing_ok=True)
         self.bridge.close()
         self.journal.close()
@@ -1277,8 +1280,9 @@ def _start(opts: NodeOptions, model_sha: str) -> str:
     try:
         return _run(opts, identity, user, model_sha, Owner(opts.home, flags, limits, cap, Probe()), cap)
     finally:
-        if cap is not None:
-            cap.close()
+        if cap is not None and (left := cap.close()):
+            log.warning("stopping: could not remove the owner's cap groups %s (the next node started here "
+                        "removes them)", ", ".join(map(str, left)))
 
 
 def _owner_cap(opts: NodeOptions, owner: OwnerLimits, node_id: str) -> cgroup.OwnerCap | None:
@@ -1316,7 +1320,25 @@ def _run(opts: NodeOptions, identity: Identity, user: StepUser | None, model_sha
             leave(on_roll)
             node.replay_store.close()  # the replay marks still waiting for their fsync
     finally:
-        asys.shutdown()
+        t0 = time.monotonic()
+        asys.shutdown()  # (Thespian waits up to 10 s for its admin)
+        if (took := time.monotonic() - t0) > SLOW_STOP_S:
+            log.info("stopping: the actor system took %.1f s to stop", took)
+
+
+SLOW_STOP_S = 1.0  # a part of the stop that takes longer is named in the log
+
+
+async def _bounded(what: str, step: Awaitable[object], timeout: float) -> None:
+    """Await one part of the node's stop for at most `timeout` seconds; log it when slow or cut short."""
+    t0 = time.monotonic()
+    try:
+        await asyncio.wait_for(step, timeout)
+    except TimeoutError:
+        log.warning("stopping: %s did not end within %g s; stopping without it", what, timeout)
+        return
+    if (took := time.monotonic() - t0) > SLOW_STOP_S:
+        log.info("stopping: %s took %.1f s", what, took)
 
 
 def _check_periods(opts: NodeOptions) -> None:

@@ -41,17 +41,22 @@ def sweep_stale(min_age_s: float = STALE_AFTER_S) -> int:
     """Remove empty step groups older than `min_age_s`: a node killed with SIGKILL (or a power cut) never
     closed its warm sandboxes' groups, and each leaves an empty group in every controller. Only empty
     ones go (rmdir refuses a group with processes), and only old ones, so another node's group made a
-    moment ago and not yet entered is left alone. Returns how many were removed."""
+    moment ago and not yet entered is left alone. An owner's cap group (…-PID) whose node is gone, and the
+    step groups in it, go whatever their age: nothing joins a dead node's cap. Returns how many were removed."""
     removed, now = 0, time.time()
     bases = {*_dirs().values()}
     places = [(base, NAME) for base in bases] \
         + [(c, NAME) for ctrl in ("memory", "cpuacct") for c in (ROOT / ctrl).glob(CAP_NAME + "*")] \
         + [(ROOT / ctrl, CAP_NAME) for ctrl in ("cpu", "cpuacct", "memory")]  # (the caps, after the steps in them)
     for base, prefix in places:
+        orphaned = base.name.startswith(CAP_NAME) and not _owner_alive(base.name)
         for path in base.glob(prefix + "*"):
             try:
-                if now - path.stat().st_ctime < min_age_s or (path / "cgroup.procs").read_text().strip() \
-                        or (prefix == CAP_NAME and _owner_alive(path.name)):
+                if prefix == CAP_NAME and _owner_alive(path.name):
+                    continue
+                if not (orphaned or prefix == CAP_NAME) and now - path.stat().st_ctime < min_age_s:
+                    continue
+                if (path / "cgroup.procs").read_text().strip():
                     continue
                 path.rmdir()
                 removed += 1
@@ -168,22 +173,15 @@ class OwnerCap:
             return None
         return max(0.0, used - last[1]) / ((now - last[0]) * self.cpus)
 
-    def close(self) -> None:
-        """Remove the groups once their processes are gone (the node's actors stop with it), and first the
-        steps' groups left inside them (a warm sandbox dies with its actor, its group stays): 5 s in all."""
-        deadline = time.monotonic() + 5.0
-        for path in self.made.values():
-            for group in [*path.glob(NAME + "*"), path]:
-                while True:
-                    try:
-                        group.rmdir()
-                        break
-                    except FileNotFoundError:
-                        break
-                    except OSError:  # processes still leaving it
-                        if time.monotonic() > deadline:
-                            break
-                        time.sleep(0.05)
+    def close(self) -> list[Path]:
+        """Remove the groups, the steps' groups left inside them first (a warm sandbox dies with its actor,
+        its group stays). The node is stopping and its actor system has stopped, so whatever still runs in
+        them is its own leftover (a sandbox or runner slow to die under load, an actor the system did not
+        stop in time): killed rather than waited for, or the groups would outlive the node. 5 s in all;
+        returns the groups still there then."""
+        until = time.monotonic() + 5.0
+        return [group for path in self.made.values() for group in [*path.glob(NAME + "*"), path]
+                if not empty_and_remove(group, until)]
 
 
 def cpu_group(cap: str) -> Path | None:
@@ -325,22 +323,34 @@ class StepGroup:
                     continue
 
     def close(self) -> None:
+        until = time.monotonic() + 5.0
         for path in self.paths:
-            pause, waited = 0.0005, 0.0
-            while waited < 5.0:
-                try:
-                    pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
-                except OSError:
-                    break
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                try:
-                    path.rmdir()
-                    break
-                except OSError:  # still emptying: killed or exiting processes take a moment to go
-                    time.sleep(pause)
-                    waited += pause
-                    pause = min(pause * 2, 0.05)
+            empty_and_remove(path, until)
+
+
+def empty_and_remove(path: Path, until: float) -> bool:
+    """Kill every process in group `path` and remove it, trying until `until` (monotonic): killed or
+    exiting processes take a moment to leave. False when it is still there then."""
+    pause = 0.0005
+    while True:
+        try:
+            pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+        except FileNotFoundError:
+            return True
+        except OSError:
+            pids = []
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            path.rmdir()
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            if time.monotonic() > until:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)

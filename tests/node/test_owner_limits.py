@@ -137,6 +137,30 @@ def test_max_memory_holds_every_python_step_in_one_group(make_mesh):
     wait_for(lambda: mine[0] not in caps("memory"), 15, "the node's memory cap group to be removed")
 
 
+@needs_cpu_cgroup
+def test_a_process_lingering_in_the_cap_is_killed_when_the_node_stops_and_the_groups_go(make_mesh):
+    """What is still in the owner's cap groups once the node's actors have stopped (a sandbox slow to die
+    under load, a straggler of a runner) is the node's own leftover: the stop kills it and removes the
+    groups. The node used to wait 5 s for it to leave, then leave the groups behind."""
+    before = set(caps("memory")) | set(caps("cpu"))
+    mesh = make_mesh(1, lambda i: ["--no-model", "--transport", "tcp", "--max-memory", "200MiB", "--max-cpu", "50%"])
+    mine = [p for p in caps("memory") + caps("cpu") if p not in before]
+    assert len(mine) == 2, mine
+    straggler = subprocess.Popen(["sleep", "120"], start_new_session=True)  # out of the node's process group
+    try:
+        for group in mine:
+            (group / "cgroup.procs").write_text(str(straggler.pid))
+        node = mesh.nodes[0]
+        node.kill(signal.SIGTERM)
+        node.proc.wait(30)
+        assert straggler.wait(5) == -signal.SIGKILL
+        assert not [p for p in mine if p.exists()], mine
+        assert "stopped: signal TERM" in (node.home / "stdout.log").read_text()
+    finally:
+        straggler.kill()
+        straggler.wait()
+
+
 def test_a_paused_node_is_skipped_unpunished_and_takes_work_again_once_resumed(make_mesh):
     """mesh pause: the node's record says so at once, node0 places every replica on the other worker and
     the paused one's reputation there does not move; mesh resume puts it back in the running."""

@@ -3,6 +3,7 @@ node's home, the host's files)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -436,6 +437,34 @@ def test_groups_a_killed_node_left_behind_are_swept_and_live_ones_kept():
         proc.wait()
         for g in (left, live, young):
             g.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_dead_nodes_cap_group_is_swept_at_once_and_a_live_ones_kept():
+    """A node killed before it removed its owner's cap groups (`--max-memory`): the group's name ends in the
+    node's pid, so the next start removes it and the step groups left inside it however young they are (a
+    dead node's cap is joined by nothing); a cap group whose node runs stays, empty or not."""
+    import subprocess
+
+    from mesh.steps import cgroup
+
+    if "memory" not in cgroup.available() or cgroup.ROOT / "memory" not in cgroup._dirs().values():
+        pytest.skip("needs cgroup v1's memory controller, writable")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has now
+    dead = cgroup.ROOT / "memory" / f"{cgroup.CAP_NAME}testdead-{gone.pid}"
+    live = cgroup.ROOT / "memory" / f"{cgroup.CAP_NAME}testlive-{os.getpid()}"
+    try:
+        for cap in (dead, live):
+            (cap / f"{cgroup.NAME}left").mkdir(parents=True)
+        cgroup.sweep_stale()
+        assert not dead.exists()
+        assert (live / f"{cgroup.NAME}left").exists()  # young, under a node that runs: another node's own
+    finally:
+        for cap in (dead, live):
+            for path in (cap / f"{cgroup.NAME}left", cap):
+                with contextlib.suppress(FileNotFoundError):
+                    path.rmdir()
 
 
 def psutil_pids() -> list[int]:
