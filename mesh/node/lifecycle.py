@@ -1313,7 +1313,7 @@ def _run(opts: NodeOptions, identity: Identity, user: StepUser | None, model_sha
         peer_sock = bind(*opts.listen, "peer")
         api_sock = bind(*opts.api, "API")
         node = Node(opts, identity, asys, node_actor, ready, user, journal, owner)
-        on_roll = enrol()  # (the machine's roll of nodes: each keeps the others' ports from its scraped pages)
+        on_roll = enrol()  # (the user's roll of nodes on this machine: each keeps the others' ports from its pages)
         try:
             return _serve(node, peer_sock, api_sock)
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -17,24 +18,29 @@ from pathlib import Path
 import psutil
 
 CACHE_S = 1.0  # an actor started since the last look is seen within this long
-ROLL = Path(tempfile.gettempdir()) / "homemesh-nodes"  # this machine's running nodes, a file each named by its pid
-MAX_ROLL = 64  # pids read from the roll at most (a local user filling it slows no look past this)
+# this user's running nodes, a file each named by its pid and holding its start time: private to the user
+ROLL = Path(tempfile.gettempdir()) / f"homemesh-nodes-{os.geteuid()}"
+MAX_ROLL = 64  # live nodes read from the roll at most
 
 
 def enrol(roll: Path = ROLL) -> Path | None:
-    """Put this process on the machine's roll of running nodes (a world-writable, sticky folder, like /tmp):
-    the nodes of one machine keep each other's ports from their scraped pages too. With `mesh up`'s
-    `--scrape-allow 127.0.0.1` a page scraped by one node read another's API, and its proxy opened tunnels to
-    the other's Thespian ports (this project's red team, 2026-12-07). None when the roll cannot be written
-    (the node keeps its own ports only)."""
+    """Put this process on its user's roll of running nodes, so the nodes of one machine keep each other's
+    ports from their scraped pages too: with `mesh up`'s `--scrape-allow 127.0.0.1` a page scraped by one
+    node read another's API, and its proxy opened tunnels to the other's Thespian ports (this project's red
+    team, 2026-12-07). The roll is a folder only its user may write: in a world-writable one a local user's
+    64 files took the place of every node's entry, and entries of nodes killed outright did the same by
+    themselves (a CI run left 197). None when the roll cannot be had (the node keeps its own ports only)."""
     try:
         with contextlib.suppress(FileExistsError):
-            roll.mkdir(mode=0o1777)
-            roll.chmod(0o1777)  # (mkdir's mode is cut by the umask)
-        entry = roll / str(os.getpid())
-        entry.write_text("")
+            roll.mkdir(mode=0o700)
+        if not _private(roll):
+            return None
+        enrolled(roll)  # (prunes what nodes gone left)
+        entry, part = roll / str(os.getpid()), roll / f".{os.getpid()}.new"
+        part.write_text(repr(psutil.Process().create_time()))
+        os.replace(part, entry)  # (whole: a half-written entry would read as junk and be removed)
         return entry
-    except OSError:
+    except (OSError, psutil.Error):
         return None
 
 
@@ -44,12 +50,41 @@ def leave(entry: Path | None) -> None:
 
 
 def enrolled(roll: Path = ROLL) -> list[int]:
-    """The pids on the roll whose processes run (a stale entry whose pid was reused costs only refusals)."""
+    """The pids on the roll whose processes still run, each checked against the start time its entry holds
+    (a pid reused since names another process); entries that fail the check are removed."""
+    if not _private(roll):
+        return []
+    live: list[int] = []
     try:
         names = sorted(int(n) for n in os.listdir(roll) if n.isdigit() and len(n) < 10)
     except OSError:
         return []
-    return [pid for pid in names[:MAX_ROLL] if psutil.pid_exists(pid)]
+    for pid in names:
+        if len(live) == MAX_ROLL:
+            break
+        entry = roll / str(pid)
+        try:
+            with open(entry, "rb") as f:
+                started = float(f.read(40))
+            if abs(psutil.Process(pid).create_time() - started) < 0.01:
+                live.append(pid)
+                continue
+        except FileNotFoundError:
+            continue  # (left meanwhile)
+        except (OSError, ValueError, psutil.Error):
+            pass
+        with contextlib.suppress(OSError):
+            entry.unlink()  # a node gone (killed outright), or not an entry at all
+    return live
+
+
+def _private(roll: Path) -> bool:
+    """Whether `roll` is a real folder of this user's that no one else may write."""
+    try:
+        st = os.lstat(roll)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
 def listening_ports(*roots: int) -> frozenset[int]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -111,28 +113,85 @@ async def _bound_and_seen(own: OwnPorts) -> int:
         server.close()
 
 
+def on_roll(roll: Path, pid: int) -> None:
+    """Enrol `pid` as its node would (ownports.enrol writes its own pid): its start time in its entry."""
+    (roll / str(pid)).write_text(repr(psutil.Process(pid).create_time()))
+
+
+@pytest.fixture
+def other_node():
+    """The pid of a process tree apart from `tree` (the test's own tree holds the fixtures' processes)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def dead_pids(n: int) -> list[int]:
+    """`n` pids no process has, the lowest free ones: an entry sorts before any node started since."""
+    return [p for p in range(300, 1 << 22) if not psutil.pid_exists(p)][:n]
+
+
 def test_the_nodes_on_the_machines_roll_keep_each_others_ports(tree, tmp_path):
     """ownports.enrol: a node on the roll has its tree's ports kept from every enrolled node's pages; a stale
-    or junk entry costs nothing but a look."""
+    or junk entry costs nothing but a look, and is removed."""
     root, ports = tree
     roll = tmp_path / "roll"
     node = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # (a tree of its own)
     try:
         assert not set(ports) & OwnPorts(node.pid, roll=roll)()  # (nobody enrolled: only its own)
-        roll.mkdir()
-        (roll / str(root)).write_text("")
+        roll.mkdir(mode=0o700)
+        on_roll(roll, root)
         (roll / "not-a-pid").write_text("")
         (roll / "4194304999").write_text("")  # (no such pid)
+        (roll / str(node.pid)).write_text("1.5")  # a live pid, but not the process that enrolled: reused
         assert enrolled(roll) == [root]
         assert set(ports) <= OwnPorts(node.pid, roll=roll)()
+        assert sorted(p.name for p in roll.iterdir()) == sorted([str(root), "not-a-pid", "4194304999"])
     finally:
         node.kill()
         node.wait(10)
     entry = enrol(tmp_path / "fresh")
     assert entry is not None and entry.name == str(psutil.Process().pid)
-    assert (tmp_path / "fresh").stat().st_mode & 0o7777 == 0o1777
+    assert (tmp_path / "fresh").stat().st_mode & 0o7777 == 0o700  # this user's alone
+    assert enrolled(tmp_path / "fresh") == [psutil.Process().pid]
     leave(entry)
     assert enrolled(tmp_path / "fresh") == []
+
+
+def test_entries_of_nodes_killed_outright_do_not_crowd_a_live_node_off_the_roll(tree, other_node, tmp_path):
+    """A node killed with SIGKILL (or by the OOM killer) never leaves the roll. The roll was read up to 64
+    entries in pid order, so 64 such entries — older nodes, lower pids — hid every node started after them:
+    a CI run left 197, and a scrape by one node then read another node's API (its editor page)."""
+    root, ports = tree
+    roll = tmp_path / "roll"
+    roll.mkdir(mode=0o700)
+    for pid in dead_pids(100):
+        (roll / str(pid)).write_text("1.0")
+    on_roll(roll, root)
+    assert not set(ports) & OwnPorts(other_node)()  # (its own tree alone)
+    assert set(ports) <= OwnPorts(other_node, roll=roll)()
+    assert [p.name for p in roll.iterdir()] == [str(root)]  # the dead nodes' entries are gone
+
+
+def test_a_roll_others_may_write_is_not_used(tree, other_node, tmp_path):
+    """A roll folder someone else could write (world-writable, or another user's) is neither read nor
+    joined: there, a local user's files could take every node's place, or name any process as a node."""
+    root, ports = tree
+    for mode, owner in ((0o1777, os.geteuid()), (0o700, os.geteuid() + 1)):
+        roll = tmp_path / f"roll-{mode:o}-{owner}"
+        roll.mkdir()
+        on_roll(roll, root)
+        roll.chmod(mode)
+        if owner != os.geteuid():
+            if os.geteuid() != 0:
+                continue  # (only root can give a folder away)
+            os.chown(roll, owner, -1)
+        assert enrolled(roll) == [], roll
+        assert enrol(roll) is None, roll
+        assert not set(ports) & OwnPorts(other_node, roll=roll)()
 
 
 def test_a_tree_that_has_gone_has_no_ports():
