@@ -97,6 +97,32 @@ class Owed:
         self.unpaid.pop(key, None)
         self.journal.write("UPDATE owed SET paid=1 WHERE payer=? AND job=? AND step=?", key)
 
+    def pay_forgotten(self, key: tuple[str, str, str], amount: float) -> bool:
+        """Book a receipt for a step a trim forgot against what the trim kept of its payer's debt: a payer
+        new here holds its steps like a stranger's, and a flood of strangers' steps made the worker forget
+        them and refuse their valid receipts. False when that debt does not cover `amount` (then the
+        receipt pays for nothing this node answered). The step is remembered as paid, so a resent copy is
+        acknowledged, not booked twice; `unpay_forgotten` undoes this when the ledger did not take it."""
+        payer = key[0]
+        left = self.forgotten.get(payer, 0.0)
+        if amount > left:
+            return False
+        self.forgotten[payer] = left - amount
+        with self.journal.batch():
+            self.journal.write("UPDATE owed_forgotten SET most=MAX(0, most-?) WHERE payer=?", (amount, payer))
+            self.journal.write("INSERT OR REPLACE INTO owed (payer, job, step, most, answered, result, paid) "
+                               "VALUES (?,?,?,?,?,'',1)", (*key, amount, time.time()))
+        self._rows += 1
+        return True
+
+    def unpay_forgotten(self, key: tuple[str, str, str], amount: float) -> None:
+        payer = key[0]
+        self.forgotten[payer] = self.forgotten.get(payer, 0.0) + amount
+        with self.journal.batch():
+            self.journal.write("UPDATE owed_forgotten SET most=most+? WHERE payer=?", (amount, payer))
+            self.journal.write("DELETE FROM owed WHERE payer=? AND job=? AND step=? AND paid=1", key)
+        self._rows -= 1
+
     def to_ask(self, payer: str, now: float | None = None) -> dict[str, list[str]]:
         """Unpaid steps of `payer` answered more than ASK_AFTER_S ago, by job (for receipt-asks)."""
         now = time.time() if now is None else now

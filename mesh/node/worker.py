@@ -63,6 +63,9 @@ FAILED_PAYERS = 4096  # requesters remembered (the least recently failed forgott
 OnProgress = Callable[[int, str], object]  # (tokens so far, text so far) of an llm step
 
 
+NOT_ANSWERED = "receipt for a step this node did not answer for that payer"
+
+
 @dataclass(frozen=True)
 class Ran:
     """A step that ran here: its JSON output, what produced it, and the work measured here."""
@@ -429,8 +432,10 @@ class Worker:
             self._ack(peer, receipt)  # booked before (its payer resent it): acknowledged again, booked once
             return
         why = self._unowed(peer, receipt)
-        if why:
+        if why and not why.startswith(NOT_ANSWERED):
             return self._refuse(peer, why)
+        if why:
+            return await self._on_forgotten(peer, receipt, key, why)
         most = self.owed.unpaid[key]
         if not MIN_CHARGE - TOLERANCE <= receipt.amount <= most + TOLERANCE:
             return self._refuse(peer, f"receipt for {receipt.amount:g} credits is outside this node's rate card "
@@ -441,6 +446,18 @@ class Worker:
                                          {"receipt": receipt, "measured": most})]):  # (for the credit line)
             self.owed.paid(key)
             self._ack(peer, receipt)
+
+    async def _on_forgotten(self, peer: Peer, receipt: Receipt, key: tuple[str, str, str], why: str) -> None:
+        """A receipt for a step this node does not remember: booked when a trim forgot steps of that payer's
+        whose debt still covers it (Owed.pay_forgotten), refused otherwise."""
+        amount = float(receipt.amount)
+        if not MIN_CHARGE - TOLERANCE <= amount or not self.owed.pay_forgotten(key, amount):
+            return self._refuse(peer, why)
+        if await self.port.record([Entry("earned", receipt.job, receipt.step, peer.node, amount,
+                                         {"receipt": receipt, "forgotten": True})]):
+            self._ack(peer, receipt)
+        else:
+            self.owed.unpay_forgotten(key, amount)
 
     def _ack(self, peer: Peer, receipt: Receipt) -> None:
         self.port.send(peer, "receipt-ack", ReceiptAck(receipt.job, [receipt.step]))
@@ -463,5 +480,5 @@ class Worker:
         if r.worker != self.port.node_id or r.payer_id != peer.node:
             return "receipt names another worker or payer"
         if (peer.node, r.job, r.step) not in self.owed.unpaid:
-            return "receipt for a step this node did not answer for that payer"
+            return NOT_ANSWERED
         return ""

@@ -318,3 +318,33 @@ def test_one_payers_flood_of_unpaid_steps_cannot_push_another_payers_owed_step_o
     assert owed.earlier(("honest", "job", "a"))[0] and ("honest", "job", "a") in owed.unpaid
     assert owed.earlier(("flood", "j199", "s"))[0] and not owed.earlier(("flood", "j0", "s"))[0]
     assert len(owed.unpaid) <= 50
+
+
+def test_a_new_payers_receipts_for_steps_a_trim_forgot_are_booked_against_its_kept_debt(tmp_path, monkeypatch):
+    """A payer new here (it never paid this node) holds its answered steps like a stranger: strangers'
+    floods of tiny steps made the trim forget its oldest ones, and its valid receipts for them were refused
+    ("a step this node did not answer for that payer"), so the worker lost pay for work it did. What a trim
+    forgets still counts as the payer's debt: a receipt for such a step is booked against it, once, and
+    nothing past it is."""
+    monkeypatch.setattr("mesh.node.owed.MAX_OWED", 60)
+    fake, peer = FakeNode(), Peer(PAYER.public_key)
+    worker = Worker(fake.port, Owed(Journal(tmp_path)))
+    owed = worker.owed
+    for i in range(40):
+        owed.answered((PAYER.node_id, "job1", f"s{i}"), 0.25, {"ok": True})
+    for key in range(10):  # fresh keys, a few tiny steps each
+        for i in range(4):
+            owed.answered((f"{key:064x}", "spam", f"s{i}"), 0.01, {"ok": True})
+    forgot = [i for i in range(40) if (PAYER.node_id, "job1", f"s{i}") not in owed.unpaid]
+    assert forgot, "the trim forgot none of the new payer's steps"
+    for i in range(40):
+        asyncio.run(worker.on_receipt(peer, ReceiptMsg(make_receipt(PAYER, "job1", f"s{i}", ME.node_id, 0.25, 1))))
+    assert sorted(e.step for e in fake.recorded) == sorted(f"s{i}" for i in range(40)) and not fake.counted
+    assert owed.debt(PAYER.node_id) == pytest.approx(0, abs=1e-9)
+    again = make_receipt(PAYER, "job1", f"s{forgot[0]}", ME.node_id, 0.25, 1)  # resent: acknowledged, not booked
+    asyncio.run(worker.on_receipt(peer, ReceiptMsg(again)))
+    assert len(fake.recorded) == 40 and [p for k, p in fake.sent if k == "receipt-ack"][-1] == ReceiptAck("job1", [again["step"]])
+    extra = make_receipt(PAYER, "job1", "never", ME.node_id, 0.25, 1)  # past what it was owed: pays for nothing
+    asyncio.run(worker.on_receipt(peer, ReceiptMsg(extra)))
+    assert len(fake.recorded) == 40 and fake.counted == Counter({"bad-receipt": 1})
+    assert Owed(owed.journal).was_paid((PAYER.node_id, "job1", f"s{forgot[0]}"))  # (across a restart)
