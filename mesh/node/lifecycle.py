@@ -302,6 +302,7 @@ class Node:
         self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         self.stopping = asyncio.Event()
         self.stop_reason = ""  # what stopped the node, said as it exits ("signal TERM")
+        self.shut_at = 0.0  # (monotonic) when the loop's own part of the stop ended
         self.token = ensure_token(opts.home)
         self.tally = Tally()  # jobs, steps and replicas counted as they end (/metrics)
         self.worklog = WorkLog()  # the newest steps run for peers, with when and why (the dashboard)
@@ -430,6 +431,7 @@ class Node:
         (self.opts.home / RUNTIME_FILE).unlink(missing_ok=True)
         self.bridge.close()
         self.journal.close()
+        self.shut_at = time.monotonic()  # (asyncio.run then waits for the threads still running: _serve)
 
     # -- discovery and liveness ----------------------------------------------------------------------
     def my_record(self, fresh: bool = False) -> PeerRecord:
@@ -1446,7 +1448,10 @@ def _serve(node: Node, peer_sock: socket.socket, api_sock: socket.socket) -> str
     process spends its time), the statistics written to that file."""
     profile = os.environ.get("MESH_PROFILE")
     if not profile:
-        return asyncio.run(node.run(peer_sock, api_sock))
+        reason = asyncio.run(node.run(peer_sock, api_sock))
+        if node.shut_at and (took := time.monotonic() - node.shut_at) > SLOW_STOP_S:
+            log.info("stopping: threads of the node's loop took %.1f s to end", took)
+        return reason
     import cProfile
 
     with cProfile.Profile() as prof:
