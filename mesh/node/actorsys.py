@@ -27,6 +27,52 @@ def loopback_only() -> None:
     _patched = True
 
 
+_sealed_in: int | None = None  # the pid whose start made the frames' key (a fork server's child makes its own)
+MAC = 32  # bytes of HMAC-SHA256 before each frame's pickle
+
+
+class ForgedFrame(ValueError):
+    """A frame on a Thespian port without this node's HMAC: dropped before it is unpickled."""
+
+
+def sealed_frames() -> None:
+    """Make every Thespian frame carry an HMAC-SHA256 under a key made here, at the node's start, and
+    refuse a frame without it before unpickling it. Thespian's TCP transport unpickles whatever reaches
+    its ports, and loopback keeps out other machines, not other users of this one: a local user's pickle
+    sent to a root node's admin and actor ports ran as root (this project's red team, 2026-12-07). The key
+    is in the memory of this process and of the admin and actors it forks, nowhere else (the sandbox,
+    Chromium and the model process are exec'd, not forked, and run as the step user)."""
+    global _sealed_in
+    if _sealed_in == os.getpid():
+        return
+    import hashlib
+    import hmac
+    import pickle
+
+    from thespian.system.transport import TCPTransport as tcp
+    from thespian.system.transport.streamBuffer import ackDataErrPacket, ackPacket, toSendBuffer
+
+    key = os.urandom(32)
+
+    class Sealed:
+        @staticmethod
+        def dumps(obj: object) -> bytes:
+            data = pickle.dumps(obj)
+            return hmac.new(key, data, hashlib.sha256).digest() + data
+
+        @staticmethod
+        def loads(frame: bytes) -> object:
+            tag, data = frame[:MAC], frame[MAC:]
+            if not hmac.compare_digest(tag, hmac.new(key, data, hashlib.sha256).digest()):
+                raise ForgedFrame(f"a frame of {len(frame)} bytes without this node's key: not unpickled")
+            return pickle.loads(data)
+
+    tcp.serializer = Sealed  # (read at each use: every buffer made from now on seals and checks)
+    tcp.ackMsg = toSendBuffer(ackPacket, Sealed.dumps)
+    tcp.ackDataErrMsg = toSendBuffer(ackDataErrPacket, Sealed.dumps)
+    _sealed_in = os.getpid()
+
+
 def die_with_parent(sig: int = 9) -> None:
     """Ask the kernel to send `sig` (default SIGKILL) to this process when its parent dies (Linux), so a
     node killed with -9 takes its actors with it instead of leaving orphans holding ports and models."""
@@ -107,6 +153,7 @@ def _free_port() -> int:
 
 def _start(admin_port: int, log_file: Path):
     loopback_only()
+    sealed_frames()
     owned_processes()
     os.environ["THESPLOG_FILE"] = str(log_file)
     os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
