@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 from mesh.cli.client import Client
 from mesh.errors import ConfigError, MeshError, UserError
 from mesh.node.actorsys import die_with_parent
-from mesh.node.home import RuntimeInfo, read_token
+from mesh.node.home import RuntimeInfo, own_folder, read_token
 
 
 class NodeProcess(Protocol):
@@ -87,7 +87,7 @@ class LocalNode:
         return self.info
 
     def start(self, bootstrap: list[str]) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
+        own_folder(self.home)  # (before its stdout.log is opened: see own_folder)
         self.info = None  # node.json is left alone: it may be another node's, running on this home
         # -P: the working directory is not put on sys.path, so a `mesh/` folder there (`mesh up --dir mesh`)
         # cannot shadow the package; PYTHONPATH still counts
@@ -99,7 +99,8 @@ class LocalNode:
         if self.launch is not None:
             self.proc = self.launch(cmd, self.home / "stdout.log", env)
             return
-        with open(self.home / "stdout.log", "ab") as log:  # a node outlives neither `mesh up` nor a test
+        with open(os.open(self.home / "stdout.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600),
+                  "ab") as log:  # a node outlives neither `mesh up` nor a test
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True, env=env,
                                          preexec_fn=lambda: die_with_parent(signal.SIGTERM))

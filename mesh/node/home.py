@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import secrets
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,32 @@ def read_token(home: Path) -> str:
     return token
 
 
+def own_folder(path: Path, what: str = "this node's home") -> None:
+    """Make `path` (0700) if it is missing, and refuse it unless only this user could have put anything in
+    it: the folder and each one above it owned by this user or root, none writable by others unless sticky
+    (as /tmp is). A root node on a home a local user made first in /tmp ran with that user's key and API
+    token, and truncated the file its planted node.lock linked to (this project's red team, 2026-12-07)."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        link = os.lstat(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot use {path} as {what} ({exc.strerror}): it must be a folder this user can "
+                          "write") from None
+    me = os.geteuid()
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (me, 0):
+        raise ConfigError(f"{path} is a link another user (uid {link.st_uid}) made: not used as {what}")
+    real = path.resolve()
+    for folder in (real, *real.parents):
+        st = os.stat(folder)
+        if st.st_uid not in (me, 0):
+            raise ConfigError(f"{folder} belongs to another user (uid {st.st_uid}), who could have put files "
+                              f"in {path}: not used as {what}")
+        open_to_others = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if open_to_others and (folder == real or not st.st_mode & stat.S_ISVTX):
+            raise ConfigError(f"{folder} may be written by other users, who could have put files in {path}: "
+                              f"not used as {what} (chmod go-w {folder})")
+
+
 def lock_home(home: Path, grace: float = 10.0) -> int:
     """Take the home's lock (an advisory flock on HOME/node.lock) before the node writes anything there,
     and return its descriptor, to be held for the node's life: a second node on one home would overwrite
@@ -70,9 +97,9 @@ def lock_home(home: Path, grace: float = 10.0) -> int:
     it ends: the node's forked actors hold it too and die with it, so a node killed with -9 frees the home
     once they are gone (waited for up to `grace` seconds when the pid in the file is no longer running;
     that pid only names the holder)."""
+    own_folder(home)
     try:
-        home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise ConfigError(f"cannot use {home} as this node's home ({exc.strerror}): it keeps its ledger, job "
                           "journal and logs there, so it must be writable") from None
