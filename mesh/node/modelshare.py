@@ -163,6 +163,14 @@ class ModelServer:
             if ask.part >= len(manifest.parts) or self.backlog(peer) > SERVE_BACKLOG:
                 return  # no such part (a confused or probing peer), or it has not read what it asked before
             data = await asyncio.to_thread(_read, path, ask.part * MODEL_PART, MODEL_PART)
+            if hashlib.sha256(data).hexdigest() != manifest.parts[ask.part]:
+                # the file changed since it was hashed: a model kept where another user may write was swapped
+                # for a link to a root-only file, read by name again for each part and sent to the asker
+                # (this project's red team, 2026-12-07). Nothing goes out that is not the model's own bytes.
+                self._manifests.pop(ask.sha, None)
+                log.warning("model %s: part %d of %s is not what was hashed (the file changed): not sent",
+                            ask.sha[:12], ask.part, path)
+                return
             if self.corrupt and data:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
             await self._throttle(len(data))

@@ -195,6 +195,25 @@ def test_the_server_refuses_what_it_does_not_serve_and_a_file_changed_since_it_w
     assert _manifest_of(served, sha).error == "its file changed since it was registered"
 
 
+def test_a_model_file_swapped_for_a_link_after_it_was_hashed_sends_nothing_of_what_it_points_at(tmp_path):
+    """The server hashed the model for its manifest, then read each part by the file's name again: a model
+    kept where another user may write, swapped for a link to a root-only file, had that file's bytes sent
+    to the asking peer (this project's red team, 2026-12-07). A part that is not what was hashed is not sent."""
+    served, sha = model_file(tmp_path, 1.2)
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:$6$only-root-may-read-this\n" * 100)
+    sent: list[tuple[str, object]] = []
+    server = ModelServer(lambda: {sha: served}, lambda peer, kind, payload: sent.append((kind, payload)))
+    asyncio.run(server.serve("p", ModelAsk(sha, -1)))  # the manifest: hashed from the real file
+    served.unlink()
+    served.symlink_to(secret)
+    for part in (0, 1):
+        asyncio.run(server.serve("p", ModelAsk(sha, part)))
+    assert "model-part" not in [kind for kind, _ in sent], sent
+    # the manifest is dropped: hashed again, the file is not the model any more, and the asker is told so
+    assert [m.error for _, m in sent[1:]] == ["its file changed since it was registered"]
+
+
 def test_a_fetch_with_nothing_to_do_is_a_clear_error(tmp_path):
     served, sha = model_file(tmp_path, 1)
 
