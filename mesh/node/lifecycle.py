@@ -1316,6 +1316,9 @@ def _run(opts: NodeOptions, identity: Identity, user: StepUser | None, model_sha
         api_sock = bind(*opts.api, "API")
         node = Node(opts, identity, asys, node_actor, ready, user, journal, owner)
         on_roll = enrol()  # (the user's roll of nodes on this machine: each keeps the others' ports from its pages)
+        if on_roll is None:
+            log.warning("cannot use %s (missing, not a folder of this user's, or open to others): this node's "
+                        "scraped pages are kept from its own ports only, not from other nodes' here", ROLL)
         try:
             return _serve(node, peer_sock, api_sock)
         finally:

@@ -178,7 +178,10 @@ class Chromium:
 
     def processes(self) -> list[psutil.Process]:
         """The browser and every helper it started, crashpad's included (those leave the process
-        tree and the process group, but name the profile on their command line)."""
+        tree and the process group, but name the profile on their command line: such a process counts
+        only when it runs as the browser's user, or any local user's process naming the profile, whose
+        path anyone can see, was put in the step's cgroups and killed with the browser by the node: this
+        project's red team, 2026-12-07)."""
         if self.proc is None or self.home is None:
             return []
         found: dict[int, psutil.Process] = {}
@@ -187,9 +190,10 @@ class Chromium:
             found = {p.pid: p for p in [main, *main.children(recursive=True)]}
         except psutil.NoSuchProcess:
             pass
-        mark = str(self.home)
-        for proc in psutil.process_iter(["cmdline"]):
-            if any(mark in arg for arg in proc.info["cmdline"] or ()):
+        mark, uid = str(self.home), self.user.uid if self.user is not None else os.getuid()
+        for proc in psutil.process_iter(["cmdline", "uids"]):
+            if proc.info["uids"] and proc.info["uids"].real == uid \
+                    and any(mark in arg for arg in proc.info["cmdline"] or ()):
                 found.setdefault(proc.pid, proc)
         return [p for p in found.values() if _running(p)]
 

@@ -18,9 +18,34 @@ from pathlib import Path
 import psutil
 
 CACHE_S = 1.0  # an actor started since the last look is seen within this long
-# this user's running nodes, a file each named by its pid and holding its start time: private to the user
-ROLL = Path(tempfile.gettempdir()) / f"homemesh-nodes-{os.geteuid()}"
+
+
+def _private(roll: Path) -> bool:
+    """Whether `roll` is a real folder of this user's that no one else may write."""
+    try:
+        st = os.lstat(roll)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def _roll() -> Path:
+    """Where this user's roll of running nodes is: a folder no other user can make first where there is
+    one (/run for root, $XDG_RUNTIME_DIR for a logged-in user), else $TMPDIR/homemesh-nodes-UID, which
+    another user can make first: then the roll is not used, and the node says so (this project's red team,
+    2026-12-07)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    for base in (["/run"] if os.geteuid() == 0 else []) + ([runtime] if runtime else []):
+        if _private(Path(base)) and os.access(base, os.W_OK):
+            return Path(base) / "homemesh-nodes"
+    return Path(tempfile.gettempdir()) / f"homemesh-nodes-{os.geteuid()}"
+
+
 MAX_ROLL = 64  # live nodes read from the roll at most
+
+
+# this user's running nodes, a file each named by its pid and holding its start time: private to the user
+ROLL = _roll()
 
 
 def enrol(roll: Path = ROLL) -> Path | None:
@@ -78,13 +103,6 @@ def enrolled(roll: Path = ROLL) -> list[int]:
     return live
 
 
-def _private(roll: Path) -> bool:
-    """Whether `roll` is a real folder of this user's that no one else may write."""
-    try:
-        st = os.lstat(roll)
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
 def listening_ports(*roots: int) -> frozenset[int]:

@@ -261,3 +261,21 @@ def test_a_real_node_refuses_a_scrape_of_its_own_api_and_thespian_ports(make_mes
     log = (worker.home / "node.log").read_text(errors="replace")
     for port in (api, admin_port):  # the page's own requests for them were refused too
         assert f"egress refused http://127.0.0.1:{port}/from-page" in log, port
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/run", os.W_OK), reason="root's roll is in /run")
+def test_roots_roll_is_where_no_other_user_can_make_it_first(tmp_path, monkeypatch):
+    """A local user who made $TMPDIR/homemesh-nodes-0 first (its own, private) turned the roll off for every
+    root node, silently (this project's red team, 2026-12-07): root's roll is in /run, which only root writes."""
+    from mesh.steps import ownports
+
+    squatted = tmp_path / "homemesh-nodes-0"
+    squatted.mkdir(mode=0o700)
+    os.chown(squatted, 65534, 65534)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    assert ownports._roll() == Path("/run/homemesh-nodes")
+    entry = enrol(ownports._roll())
+    try:
+        assert entry is not None and os.getpid() in enrolled(ownports._roll())
+    finally:
+        leave(entry)

@@ -514,3 +514,28 @@ def test_a_cancelled_scrape_step_closes_its_page_on_the_workers(make_mesh, site)
     rep = cli_json("cancel", job_id, "--home", str(sub.home))
     assert rep["steps"]["page"]["error"] == "cancelled by its submitter", rep
     wait_for(lambda: site.holding == 0, 15, "the workers to close the page (it answers after 120 s)")
+
+
+@pytest.mark.skipif(find_browser() is None or not running_as_root(), reason="needs Chromium and root")
+def test_another_users_process_naming_the_browsers_profile_is_not_taken_for_the_browser():
+    """The browser's helpers are found by the profile folder on their command line, and that path is
+    visible to every local user: another user's process naming it was put in the step's cgroups and killed
+    with the browser by the node (this project's red team, 2026-12-07). Only the browser's user's count."""
+    from mesh.steps.chromium import Chromium
+
+    async def go():
+        chromium = Chromium(find_browser(), USER, Scraper(ALLOW_LOCAL, find_browser(), USER).flags)
+        await chromium.start()
+        squatter = subprocess.Popen(["/usr/bin/python3", "-c", "import time; time.sleep(60)", str(chromium.home)],
+                                    user=65534, group=65534, extra_groups=[])
+        try:
+            ours = wait_for(lambda: len(p := chromium.pids()) >= 2 and p, 20, "the browser's processes")
+            assert squatter.pid not in ours and squatter.pid not in chromium.pids()
+            await chromium.stop()
+            assert squatter.poll() is None, "the node killed another user's process"
+        finally:
+            squatter.kill()
+            squatter.wait()
+            await chromium.stop()
+
+    asyncio.run(go())
