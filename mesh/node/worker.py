@@ -432,10 +432,10 @@ class Worker:
             self._ack(peer, receipt)  # booked before (its payer resent it): acknowledged again, booked once
             return
         why = self._unowed(peer, receipt)
-        if why and not why.startswith(NOT_ANSWERED):
-            return self._refuse(peer, why)
-        if why:
+        if why == NOT_ANSWERED:
             return await self._on_forgotten(peer, receipt, key, why)
+        if why:
+            return self._refuse(peer, why)
         most = self.owed.unpaid[key]
         if not MIN_CHARGE - TOLERANCE <= receipt.amount <= most + TOLERANCE:
             return self._refuse(peer, f"receipt for {receipt.amount:g} credits is outside this node's rate card "

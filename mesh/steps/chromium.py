@@ -191,10 +191,11 @@ class Chromium:
         except psutil.NoSuchProcess:
             pass
         mark, uid = str(self.home), self.user.uid if self.user is not None else os.getuid()
-        for proc in psutil.process_iter(["cmdline", "uids"]):
-            if proc.info["uids"] and proc.info["uids"].real == uid \
-                    and any(mark in arg for arg in proc.info["cmdline"] or ()):
-                found.setdefault(proc.pid, proc)
+        for proc in psutil.process_iter(["uids"]):  # (the command line read only for the browser user's)
+            if proc.info["uids"] and proc.info["uids"].real == uid and proc.pid not in found:
+                with contextlib.suppress(psutil.Error):
+                    if any(mark in arg for arg in proc.cmdline()):
+                        found[proc.pid] = proc
         return [p for p in found.values() if _running(p)]
 
     def pids(self) -> list[int]:

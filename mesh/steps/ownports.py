@@ -103,8 +103,6 @@ def enrolled(roll: Path = ROLL) -> list[int]:
     return live
 
 
-
-
 def listening_ports(*roots: int) -> frozenset[int]:
     """The ports a LISTEN TCP socket (IPv4 or IPv6) of any of `roots` or their descendants holds (none once
     they are gone)."""
