@@ -28,7 +28,7 @@ def loopback_only() -> None:
 
 
 _sealed_in: int | None = None  # the pid whose start made the frames' key (a fork server's child makes its own)
-MAC = 32  # bytes of HMAC-SHA256 before each frame's pickle
+MAC = 32  # bytes of each HMAC-SHA256 (two before each frame's pickle: its length's and its own)
 
 
 class ForgedFrame(ValueError):
@@ -41,7 +41,11 @@ def sealed_frames() -> None:
     its ports, and loopback keeps out other machines, not other users of this one: a local user's pickle
     sent to a root node's admin and actor ports ran as root (this project's red team, 2026-12-07). The key
     is in the memory of this process and of the admin and actors it forks, nowhere else (the sandbox,
-    Chromium and the model process are exec'd, not forked, and run as the step user)."""
+    Chromium and the model process are exec'd, not forked, and run as the step user).
+
+    A frame is `LENGTH>` then a tag of that length, a tag of the pickle, and the pickle. The length's tag
+    is checked in the frame's first bytes: the pickle's tag can be checked only once all of it is in, and
+    a local user who announced 4 GB had each actor hold whatever it sent until then."""
     global _sealed_in
     if _sealed_in == os.getpid():
         return
@@ -50,24 +54,47 @@ def sealed_frames() -> None:
     import pickle
 
     from thespian.system.transport import TCPTransport as tcp
-    from thespian.system.transport.streamBuffer import ackDataErrPacket, ackPacket, toSendBuffer
+    from thespian.system.transport.streamBuffer import (
+        ReceiveBuffer,
+        ackDataErrPacket,
+        ackPacket,
+        toSendBuffer,
+    )
 
     key = os.urandom(32)
+
+    def length_tag(size: int) -> bytes:
+        return hmac.new(key, b"frame length %d" % size, hashlib.sha256).digest()
 
     class Sealed:
         @staticmethod
         def dumps(obj: object) -> bytes:
             data = pickle.dumps(obj)
-            return hmac.new(key, data, hashlib.sha256).digest() + data
+            return length_tag(2 * MAC + len(data)) + hmac.new(key, data, hashlib.sha256).digest() + data
 
         @staticmethod
         def loads(frame: bytes) -> object:
-            tag, data = frame[:MAC], frame[MAC:]
+            tag, data = frame[MAC:2 * MAC], frame[2 * MAC:]
             if not hmac.compare_digest(tag, hmac.new(key, data, hashlib.sha256).digest()):
                 raise ForgedFrame(f"a frame of {len(frame)} bytes without this node's key: not unpickled")
             return pickle.loads(data)
 
+    class SealedBuffer(ReceiveBuffer):
+        """Thespian's reader of one frame, which drops the frame (and Thespian its connection) as soon as
+        the length it announced turns out not to be sealed by this node's key."""
+
+        checked = False
+
+        def addMore(self, buf: bytes) -> None:
+            super().addMore(buf)
+            if self.checked or self._size is None or (len(self._buf) < MAC and self._size >= MAC):
+                return
+            if not hmac.compare_digest(bytes(self._buf[:MAC]), length_tag(self._size)):
+                raise ForgedFrame(f"a frame announcing {self._size} bytes without this node's key: dropped")
+            self.checked = True
+
     tcp.serializer = Sealed  # (read at each use: every buffer made from now on seals and checks)
+    tcp.ReceiveBuffer = SealedBuffer  # (the name TCPTransport makes each frame's and each ACK's reader by)
     tcp.ackMsg = toSendBuffer(ackPacket, Sealed.dumps)
     tcp.ackDataErrMsg = toSendBuffer(ackDataErrPacket, Sealed.dumps)
     _sealed_in = os.getpid()

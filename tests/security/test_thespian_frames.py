@@ -64,3 +64,33 @@ def test_a_pickle_sent_to_a_nodes_thespian_ports_runs_nothing_and_its_actors_sti
                    != "running" and r, 90, "the job to end")
     assert rep["status"] == "done" and rep["steps"]["a"]["output"] == 42, rep
     assert psutil.pid_exists(node.proc.pid)
+
+
+FLOOD = 64 << 20  # bytes the attacker tries to make one Thespian port hold
+
+
+def test_a_frame_announcing_gigabytes_is_cut_off_at_its_start_and_the_node_keeps_working(make_mesh, tmp_path):
+    """The HMAC is checked once the whole frame has arrived: a local user who announced a frame of 4 GB
+    could make each actor hold all it sent (red team F's open finding; `bytes +=` per read, so quadratic
+    copying too). The length each frame announces is now sealed as well and checked in its first bytes:
+    a frame whose length tag is not the node's is dropped with its connection before more is read."""
+    mesh = make_mesh(2, lambda i: ["--no-model", "--no-scrape"])
+    submitter, node = mesh.nodes
+    ports = wait_for(lambda: len(p := thespian_ports(node)) >= 3 and p, 30, "the node's actors' ports")
+    flood = ["/usr/bin/python3", "-c", "import socket, sys\n"
+             "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=10)\n"
+             "s.sendall(b'4000000000>')\nsent, chunk = 0, bytes(1 << 20)\n"
+             f"try:\n    while sent < {FLOOD}:\n        s.sendall(chunk)\n        sent += len(chunk)\n"
+             "except OSError:\n    pass\nprint(sent)"]
+    taken = {}
+    for port in sorted(ports):
+        out = subprocess.run([*flood, str(port)], preexec_fn=as_nobody, timeout=60, check=True,
+                             capture_output=True, text=True).stdout
+        taken[port] = int(out)
+    # what the kernel's socket buffers take before the reset comes back is a few MiB at most
+    assert all(n < 16 << 20 for n in taken.values()), f"bytes each port read of a forged frame: {taken}"
+    job = submitter.client.request("POST", "/jobs", {"job": {"name": "after", "redundancy": 1, "steps": [
+        {"id": "a", "kind": "python", "params": {"code": "output = 6 * 7"}}]}})["job_id"]
+    rep = wait_for(lambda: (r := submitter.client.request("GET", f"/jobs/{job}?wait=30", timeout=60))["status"]
+                   != "running" and r, 90, "the job to end")
+    assert rep["status"] == "done" and rep["steps"]["a"]["output"] == 42, rep
