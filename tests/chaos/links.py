@@ -12,6 +12,10 @@ OUTPUT, which every loopback packet crosses) drops:
 4. tcp to the local ports of X's sockets linked to L1..Ln at the cut: the others' packets on X's dialled
    links (no new ones can form: rule 3 drops X's SYNs).
 
+Every rule also names 127.0.0.1 (the address the mesh's nodes listen and dial on): a port number alone
+matched any other test's sockets that happened to hold it on another loopback address, and a SYN to a
+node on 127.0.10.1 whose port was the cut node's went unanswered ("no answer in 3 s" in CI).
+
 X's API (Ax) and its actors' loopback traffic match none of these: the harness can still ask X and X is
 not broken inside, only cut off. A cgroup match needs the socket to be made in the cgroup: `adopt` moves a
 freshly started node (it opens no socket for a good while after exec) and its children follow it.
@@ -29,6 +33,7 @@ from pathlib import Path
 
 import psutil
 
+LOOPBACK = "127.0.0.1"  # where the cut mesh's nodes listen and dial from
 CGROUP2 = Path("/sys/fs/cgroup/unified")  # cgroup v2 in a hybrid tree (v1 controllers elsewhere)
 
 
@@ -115,14 +120,18 @@ class LinkCutter:
         if node in self.cuts:
             raise LinkCutError(f"node {node} is already cut")
         others = sorted(set(others) - {listen_port})
-        rules: list[list[str]] = [["-p", "tcp", "--dport", str(listen_port), "-j", "DROP"],
-                                  ["-p", "tcp", "--sport", str(listen_port), "-j", "DROP"]]
+        ip = LOOPBACK
+        rules: list[list[str]] = [["-d", ip, "-p", "tcp", "--dport", str(listen_port), "-j", "DROP"],
+                                  ["-s", ip, "-p", "tcp", "--sport", str(listen_port), "-j", "DROP"]]
         for chunk in _chunks(others, 15):  # multiport takes up to 15 ports
-            rules.append([*self._cg_match(node), "-p", "tcp", "-m", "multiport", "--dports",
+            rules.append([*self._cg_match(node), "-d", ip, "-p", "tcp", "-m", "multiport", "--dports",
                           ",".join(map(str, chunk)), "-j", "DROP"])
         dialled = sorted(own_dialled_ports(pids, set(others)) - {api_port, listen_port})
         for chunk in _chunks(dialled, 15):
-            rules.append(["-p", "tcp", "-m", "multiport", "--dports", ",".join(map(str, chunk)), "-j", "DROP"])
+            for sources in _chunks(others, 15):  # (sent by the others' listen ports to X's dialled ones)
+                rules.append(["-s", ip, "-d", ip, "-p", "tcp", "-m", "multiport", "--sports",
+                              ",".join(map(str, sources)), "-m", "multiport", "--dports",
+                              ",".join(map(str, chunk)), "-j", "DROP"])
         c = Cut(node, rules)
         for r in rules:
             self._ipt("-A", self.chain, *r, "-m", "comment", "--comment", f"node{node}")

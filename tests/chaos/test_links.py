@@ -26,9 +26,9 @@ def linked(mesh: LocalMesh, a: int, b: int) -> bool:
     return bool(peer and peer["state"] == "up" and peer["connected"])
 
 
-def dial_fails(port: int) -> bool:
+def dial_fails(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        socket.create_connection((host, port), timeout=2).close()
     except TimeoutError:  # the SYN was dropped: no answer at all (a refusal would be a RST)
         return True
     return False
@@ -51,6 +51,9 @@ def test_a_cut_node_is_cut_off_both_ways_and_heals(tmp_path):
         cutter.cut(2, tree_of(victim), port_of(victim.listen), victim.api_port, others)
         t0 = time.monotonic()
         assert dial_fails(port_of(victim.listen)), "a dial to the cut node's peer port was answered"
+        # the same port on another loopback address (another test's node) is not cut
+        with socket.create_server(("127.0.55.1", port_of(victim.listen))):
+            assert not dial_fails(port_of(victim.listen), "127.0.55.1"), "a cut dropped another address's SYN"
         wait_for(lambda: not any(linked(mesh, a, b) for a, b in ((0, 2), (1, 2), (2, 0), (2, 1))), 60,
                  "node2 and the others to call each other down")
         took = time.monotonic() - t0
