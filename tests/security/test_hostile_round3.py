@@ -36,7 +36,7 @@ from .hostile import NETWORK, HostilePeer, now_ms, rejected, serving_tiny_model
 PARTS = 4
 ROUNDS = 10
 SHARE_S = 10.0  # how long the parts sent to each peer are counted
-FLOOD_S = 30.0  # a flood of asks longer than what the transport reads ahead of the gateway (1 MiB: ~1,800 asks)
+FLOOD_S = 15.0  # a flood of asks longer than what the transport reads ahead of the gateway (1 MiB: ~1,800 asks)
 
 
 @pytest.fixture(scope="module")
