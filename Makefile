@@ -29,7 +29,7 @@ demo: setup
 	$(VENV)/bin/mesh demo
 
 test: setup
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # The long chaos run (tests/chaos/): real nodes under a seeded schedule of kill -9, restarts, SIGSTOP and
 # cut links (iptables: root) while JOBS jobs are submitted; prints the invariants' figures as JSON and fails

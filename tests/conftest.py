@@ -18,14 +18,32 @@ from mesh.cli.local import Launch, LocalMesh
 
 from .nodefork import Forked, ForkServer
 
+# Seconds each of the slowest files took in a whole run on 2 CPUs (CI, 2026-12-07, rounded), most first.
+# `make test` hands files to its two workers in this order, the rest after them by their number of tests
+# (pytest-xdist's own order, which put these few-test files last, so a worker could start a 300 s file when
+# the other had little left). A file missing here only runs later; the figures need not be exact.
+SLOWEST_FILES = {
+    "tests/steps/test_models.py": 250, "tests/steps/test_scrape.py": 230, "tests/simulations/test_simulator.py": 210,
+    "tests/simulations/test_shared_sim.py": 200, "tests/p2p/test_nat_mesh.py": 180,
+    "tests/security/test_gossip_weapon.py": 95, "tests/simulations/test_side_channel_sim.py": 80,
+    "tests/chaos/test_chaos.py": 70, "tests/p2p/test_dht.py": 65, "tests/node/test_crash.py": 60,
+    "tests/security/test_hostile_round3.py": 55, "tests/security/test_dht_flood.py": 50,
+    "tests/node/test_mesh.py": 45, "tests/p2p/test_discovery_mesh.py": 45, "tests/node/test_disk_full.py": 45,
+}
+
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Two tests with one node id are refused: pytest-xdist schedules by node id and silently ran one of 16
-    such tests (schemathesis's), reporting the rest neither passed nor failed."""
+    such tests (schemathesis's), reporting the rest neither passed nor failed. Files are then ordered
+    slowest first (SLOWEST_FILES), each file's tests kept in their order."""
     seen: set[str] = set()
     twice = sorted({item.nodeid for item in items if item.nodeid in seen or seen.add(item.nodeid)})
     if twice:
         raise pytest.UsageError(f"{len(twice)} node ids name more than one test, e.g. {twice[0]}: give each its own")
+    count: dict[str, int] = {}
+    for item in items:
+        count[item.nodeid.split("::")[0]] = count.get(item.nodeid.split("::")[0], 0) + 1
+    items.sort(key=lambda item: (-SLOWEST_FILES.get(f := item.nodeid.split("::")[0], 0), -count[f]))
 
 ROOT = Path(__file__).resolve().parent.parent
 # Test networks demand 8 bits of work per node id, not the real 20 (about 2 s of CPU per id): the tests
