@@ -23,8 +23,8 @@ from .nodefork import Forked, ForkServer
 # (pytest-xdist's own order, which put these few-test files last, so a worker could start a 300 s file when
 # the other had little left). A file missing here only runs later; the figures need not be exact.
 SLOWEST_FILES = {
-    "tests/steps/test_models.py": 250, "tests/steps/test_scrape.py": 230, "tests/simulations/test_simulator.py": 210,
-    "tests/simulations/test_shared_sim.py": 200, "tests/p2p/test_nat_mesh.py": 180,
+    "tests/steps/test_scrape.py": 230, "tests/simulations/test_simulator.py": 210,
+    "tests/simulations/test_shared_sim.py": 200, "tests/p2p/test_nat_mesh.py": 180, "tests/steps/test_models.py": 170,
     "tests/security/test_gossip_weapon.py": 95, "tests/simulations/test_side_channel_sim.py": 80,
     "tests/chaos/test_chaos.py": 70, "tests/p2p/test_dht.py": 65, "tests/node/test_crash.py": 60,
     "tests/security/test_hostile_round3.py": 55, "tests/security/test_dht_flood.py": 50,

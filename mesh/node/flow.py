@@ -34,10 +34,22 @@ class TokenBucket:
         self.rate, self.burst = rate, burst
         self.tokens = burst
         self.stamp = now
+        self.credit = 0.0  # what this end asked the peer to send (model parts): spent before the rate
+
+    def grant(self, amount: float, cap: float) -> None:
+        """Let `amount` more arrive without waiting: this end asked for it. The link's rate keeps a peer from
+        costing this node more than it allows; what the node asked for it has already allowed (a model
+        fetch ran at 3.2 MB/s, the rate, with the CPU idle). Held to `cap`: a peer asked often that sends
+        nothing is not owed a flood later."""
+        self.credit = min(cap, self.credit + amount)
 
     def take(self, amount: float, now: float) -> float:
-        """Spend `amount`; return the seconds the caller must wait to be back within the rate (0 when
-        it is within it). Debt accumulates, so a sender that keeps pushing waits longer and longer."""
+        """Spend `amount`, the grant first; return the seconds the caller must wait to be back within the
+        rate (0 when it is within it). Debt accumulates, so a sender that keeps pushing waits longer and longer."""
+        if self.credit:
+            used = min(self.credit, amount)
+            self.credit -= used
+            amount -= used
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         self.tokens -= amount

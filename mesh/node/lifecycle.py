@@ -320,7 +320,8 @@ class Node:
         self.model_server = ModelServer(self._served_models if opts.share_models else dict, self.send,
                                         corrupt=opts.fault == "corrupt-model", backlog=self._backlog,
                                         group=self.observed_prefix)
-        self.fetcher = ModelFetcher(opts.home, self._tell, self._holders, self._penalise, self.install_model, self.spawn)
+        self.fetcher = ModelFetcher(opts.home, self._tell, self._holders, self._penalise, self.install_model, self.spawn,
+                                    self._expect_bytes)
         self.api_view = NodeFacade(  # what the HTTP API sees of this node (mesh.http never imports it)
             node_id=self.id, token=self.token, home=opts.home, ledger_path=opts.home / LEDGER_FILE,
             jobs_dir=opts.home / "jobs",
@@ -1003,6 +1004,12 @@ class Node:
     def _tell(self, node: str, kind: str, payload: object) -> bool:
         peer = self.peers.by_node(node)
         return peer is not None and self.send(peer, kind, payload)
+
+    def _expect_bytes(self, node: str, amount: int, cap: int) -> None:
+        """This node asked `node` for `amount` bytes: each of its links may send them past its byte rate."""
+        peer = self.peers.by_node(node)
+        for conn in peer.conns if peer is not None else ():
+            conn.bytes.grant(amount, cap)
 
     def _holders(self, sha: str) -> list[str]:
         """Linked peers that advertise model `sha`, the best reputed first."""

@@ -70,6 +70,10 @@ MAX_MALFORMED = 1024  # models remembered as not well-formed GGUF files (never f
 # what a whole fetched model counts at least against --fetch-models: the runner process it is loaded in
 # (73 MiB of RSS for a 116 KB GGUF, measured 2026-12-06), so a thousand tiny models are not a small allowance
 MODEL_FLOOR = 128 << 20
+# a part's frame on the wire at most (its base64 and the envelope around it), and what the links of a source
+# may be owed at once for parts asked of it: read past their byte rate (flow.TokenBucket.grant)
+PART_FRAME = 4 * -(-MODEL_PART // 3) + 4096
+ASKED_CAP = 2 * WINDOW * PART_FRAME
 FETCH_LIMIT = 4 << 30  # bytes a fetch by hand may bring in unless told otherwise
 
 
@@ -337,10 +341,12 @@ class ModelFetcher:
 
     def __init__(self, home: Path, send: Callable[[str, str, object], bool], holders: Callable[[str], list[str]],
                  penalise: Callable[[str, str], None], install: Callable[[str, Path, str], Awaitable[str]],
-                 spawn: Callable[[Coroutine], asyncio.Task]):
+                 spawn: Callable[[Coroutine], asyncio.Task], expect: Callable[[str, int, int], None] | None = None):
         self.dir = home / MODELS_DIR
         self.registry = Registry(home)
         self.send, self.holders, self.penalise, self.install, self.spawn = send, holders, penalise, install, spawn
+        # (peer, bytes, cap): a part was asked of the peer; its links may send that much past their byte rate
+        self.expect = expect or (lambda peer, n, cap: None)
         self.status: dict[str, FetchStatus] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._inbox: dict[str, asyncio.Queue] = {}
@@ -508,6 +514,8 @@ class ModelFetcher:
             part = -1 if isinstance(eff, AskManifest) else eff.part
             if not self.send(eff.peer, "model-ask", ModelAsk(sha, part)):
                 return fetch.on_lost(eff.peer, "not linked")
+            if part >= 0:
+                self.expect(eff.peer, PART_FRAME, ASKED_CAP)
         elif isinstance(eff, WritePart):
             f.seek(eff.offset)
             f.write(eff.data)

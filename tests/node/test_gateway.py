@@ -13,7 +13,7 @@ from mesh.node.flow import Limits, TokenBucket
 from mesh.node.gateway import Connection, Gateway
 from mesh.wire.envelope import FrameDecoder, Receiver, Sealer
 from mesh.wire.identity import Identity
-from mesh.wire.messages import Bye
+from mesh.wire.messages import Bye, ModelPart
 
 pytestmark = pytest.mark.timeout(30)
 NET = "homemesh-test"
@@ -138,3 +138,56 @@ def test_a_link_whose_transport_proved_the_key_gets_longer_to_say_hello():
     decoder = FrameDecoder(1 << 20)
     assert gw._deadline(plain, decoder, 100.0, 100.0) == (105.0, "handshake-timeout")
     assert gw._deadline(proved, decoder, 100.0, 100.0) == (120.0, "handshake-timeout")
+
+
+def test_bytes_granted_are_spent_before_the_rate_and_held_to_their_cap():
+    """What this end asked a peer to send (model parts) arrives without waiting for the link's byte rate;
+    the rate applies past it, and a grant never exceeds its cap, however often it is made."""
+    b = TokenBucket(rate=100, burst=100, now=0.0)
+    b.grant(1000, cap=1500)
+    b.grant(1000, cap=1500)  # asked twice, held to the cap
+    assert b.credit == 1500
+    assert b.take(1500, 0.0) == 0.0 and b.credit == 0  # the grant first; the burst untouched
+    assert b.take(100, 0.0) == 0.0  # then the burst
+    assert b.take(100, 0.0) == pytest.approx(1.0)  # then the rate, as without a grant
+    b.take(0, 100.0)
+    assert b.credit == 0 and b.tokens == 100  # time refills the burst, never the grant
+
+
+def test_a_peer_sends_what_was_asked_at_once_and_anything_more_at_the_links_rate():
+    """A peer asked for 2 MB (the grant) sends it in one go on a link allowed 64 KB/s: all of it is read
+    without the link being dropped. Sending 2 MB more, unasked, breaks the rate past max_debt_s: dropped
+    and reported, as any flooding peer."""
+    part = ModelPart("ab" * 32, 0, "A" * 600_000)
+
+    async def main():
+        gw, rec, port = await serve(Limits(byte_rate=64_000, byte_burst=64_000, max_debt_s=1.0))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sealer = Sealer(CLIENT, NET)
+        writer.write(sealer.seal("bye", SERVER.public_key, Bye("x"), now_ms()))
+        await writer.drain()
+        while not gw.connections or next(iter(gw.connections)).peer_key is None:
+            await asyncio.sleep(0.01)
+        next(iter(gw.connections)).bytes.grant(2_600_000, cap=2_600_000)  # 4 parts asked
+        t0 = time.monotonic()
+        for _ in range(4):
+            writer.write(sealer.seal("model-part", SERVER.public_key, part, now_ms()))
+        await writer.drain()
+        while len(rec.envelopes) < 5 and time.monotonic() - t0 < 10:
+            await asyncio.sleep(0.01)
+        asked_s, asked = time.monotonic() - t0, len(rec.envelopes) - 1
+        try:
+            for _ in range(4):  # the same again, unasked
+                writer.write(sealer.seal("model-part", SERVER.public_key, part, now_ms()))
+                await writer.drain()
+        except ConnectionError:
+            pass
+        await asyncio.wait_for(rec.closed.wait(), 10)
+        await gw.close()
+        return gw, rec, asked, asked_s
+
+    gw, rec, asked, asked_s = asyncio.run(main())
+    assert asked == 4 and asked_s < 2.0, (asked, asked_s)  # 2.4 MB at 64 KB/s would take 37 s
+    assert gw.receiver.rejected["rate-limit"] == 1
+    assert rec.abuse == [(CLIENT.public_key, "rate-limit")]
+    assert len(rec.envelopes) < 1 + 4 + 4, "the unasked parts were all read"

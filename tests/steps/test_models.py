@@ -180,8 +180,8 @@ def test_a_model_travels_to_peers_that_lack_it_checked_part_by_part_and_a_corrup
     manifest, so node 4 is penalised and dropped and node 1 finishes. Node 3 fetches it from node 1 at the
     same time. Then,
     node 4 stopped, an r=3 step on that model runs on nodes 1-3, the two that fetched it serving it at
-    once, and all three agree. (The 98 MB instruct model, not the 253 MB default: a transfer runs at the
-    links' flow limit, and two fetches of the larger took 160 of this test's 197 s.)"""
+    once, and all three agree. (The 98 MB instruct model, not the 253 MB default: when transfers ran at
+    the links' flow limit, two fetches of the larger took 160 of this test's 197 s.)"""
     for i in (0, 1, 4):
         sha = Registry(tmp_path / "mesh" / f"node{i}").add(instruct_copy, "second").sha256
     mesh = make_mesh(5, lambda i: ["--no-model"] if i == 0 else ["--fault", "corrupt-model"] if i == 4 else [])
