@@ -220,6 +220,24 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def since_boot_s() -> float:
+    """Seconds since the machine booted, sleep included (CLOCK_BOOTTIME; else the monotonic clock)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
+
+
+CLOCK_STEP_MS = 5_000  # a wall clock this far behind where it was at the start, by the boot clock, was set back
+
+
+def start_floor(floor_ms: int, now: int, since_start_s: float) -> int:
+    """The wall time this node started at, as the wall clock reads now: envelopes stamped before it are
+    refused (their replay memory died with the last run). A clock set back since the start (it ran ahead:
+    a dual-boot PC's local-time RTC before NTP) moves it back too; kept, it refused every peer for as long
+    as the clock had been wrong (red team G: an hour). Never moved forward: a clock that jumps ahead moves
+    every stamp ahead with it."""
+    start = now - int(since_start_s * 1000)
+    return start if start < floor_ms - CLOCK_STEP_MS else floor_ms
+
+
 def bind(host: str, port: int, what: str) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -269,6 +287,7 @@ class Node:
                                self.owner.cap.name if self.owner.cap else "", OwnPorts(os.getpid(), roll=ROLL))
         self.listen = f"{opts.listen[0]}:{opts.listen[1]}"  # run() puts the bound port here (port 0 → any)
         self.receiver = Receiver(identity.public_key, opts.network, floor_ms=now_ms())
+        self.started_boot_s = since_boot_s()  # (start_floor)
         self.replay_store = ReplayStore(opts.home / REPLAY_FILE, self.receiver.window_ms)
         self.receiver.highest_seq.update(self.replay_store.load(now_ms()))
         self.sealer = Sealer(identity, opts.network)
@@ -664,6 +683,11 @@ class Node:
                 elif self._my_turn(peer, now, linked, chosen):
                     self._dial_peer(peer, now)
                     linked, chosen = linked + 1, chosen + 1
+            floor = start_floor(self.receiver.floor_ms, now_ms(), since_boot_s() - self.started_boot_s)
+            if floor != self.receiver.floor_ms:
+                log.warning("the wall clock was set back %.0f s since this node started: envelopes stamped "
+                            "since the start as the clock now reads it are taken", (self.receiver.floor_ms - floor) / 1000)
+                self.receiver.floor_ms = floor
             for peer in self.peers.expire(now_ms()):
                 log.info("forgot peer %s: its record expired", peer.node[:12])
             self._save_peers()

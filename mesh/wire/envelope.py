@@ -82,7 +82,9 @@ class Envelope:
 
 class Sealer:
     """Signs outgoing envelopes. Sequence numbers are max(last + 1, microseconds since the epoch), so
-    they keep rising across restarts without a file: a restart never reopens a replay window."""
+    they keep rising across restarts without a file: a restart never reopens a replay window. A clock
+    set back by more than a window (it ran ahead) numbers from the clock again: receivers refuse a number
+    that far ahead of its stamp, and took none of those numbers while its stamps were ahead of their clocks."""
 
     def __init__(self, identity: Identity, network: str):
         self.identity = identity
@@ -104,6 +106,8 @@ class Sealer:
     def seal_encoded(self, kind: str, recipient: bytes, encoded: bytes, now_ms: int) -> bytes:
         """`seal` of a payload already `encode`d: hashed for the signature and spliced into the body."""
         seq = max(self._last_seq + 1, now_ms * 1000)
+        if seq > (now_ms + DEFAULT_WINDOW_MS) * 1000:
+            seq = now_ms * 1000
         self._last_seq = seq
         known = self._prefix.get(kind)
         if known is None:
@@ -325,6 +329,8 @@ class Receiver:
             raise Rejected("stale", f"timestamp {now_ms - ts} ms old")
         if ts > now_ms + self.window_ms:
             raise Rejected("future", f"timestamp {ts - now_ms} ms ahead")
+        if seq > (ts + self.window_ms) * 1000:  # (honest numbers follow the sender's clock: Sealer)
+            raise Rejected("seq-ahead", f"seq {seq} is {seq // 1000 - ts} ms ahead of its own timestamp")
         return kind, sender, recipient, seq, ts
 
     def _authenticate(self, obj: dict, kind: str, sender: bytes, recipient: bytes, seq: int,

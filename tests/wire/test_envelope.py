@@ -466,6 +466,35 @@ def test_restart_within_the_same_millisecond_is_a_replay(bob):
     assert rejected(bob, one_body(Sealer(ALICE, NET).seal("hello", BOB.public_key, hello(), T0))) == "replay"
 
 
+def test_a_sender_whose_clock_ran_an_hour_ahead_is_heard_again_after_it_is_set_back_and_restarts(bob):
+    """Red team G: a node started with its clock an hour ahead (a dual-boot PC's local-time RTC) numbered its
+    envelopes from that clock; set back, it kept numbering an hour ahead and its peers took those numbers,
+    so after its next restart (numbering from the right clock) every peer refused it as a replay until the
+    hour had passed. Now the sealer continues from its clock once it is more than a window behind its last
+    number, and a receiver refuses a number more than a window ahead of its envelope's stamp."""
+    hour = 3_600_000
+    ahead = Sealer(ALICE, NET)
+    assert rejected(bob, one_body(ahead.seal("hello", BOB.public_key, hello(), T0 + hour)), T0) == "future"
+    for i in range(REORDER_KEEP + 8):  # set back: heard, and more than the reorder window of it
+        bob.receive(one_body(ahead.seal("hello", BOB.public_key, hello(), T0 + i)), T0 + i)
+    restarted = Sealer(ALICE, NET)
+    env = bob.receive(one_body(restarted.seal("hello", BOB.public_key, hello(), T0 + 5_000)), T0 + 5_000)
+    assert env.sender == ALICE.public_key
+
+
+def test_a_sequence_number_far_ahead_of_its_stamp_is_refused_and_remembered_nowhere(bob):
+    """The attack behind it: a key's own envelope numbered a day ahead of its (current) stamp would lift the
+    receiver's floor for that key by a day; refused, it leaves the floor where it was."""
+    far = (T0 + 86_400_000) * 1000
+    body = forge(ALICE, "hello", dataclasses.asdict(hello()), to=BOB.public_key, seq=far, ts=T0)
+    assert rejected(bob, body) == "seq-ahead"
+    near = forge(ALICE, "hello", dataclasses.asdict(hello()), to=BOB.public_key,
+                 seq=(T0 + DEFAULT_WINDOW_MS) * 1000, ts=T0)
+    assert bob.receive(near, T0).seq == (T0 + DEFAULT_WINDOW_MS) * 1000  # (a window ahead is still taken)
+    assert bob.receive(one_body(Sealer(ALICE, NET).seal("hello", BOB.public_key, hello(), T0 + DEFAULT_WINDOW_MS + 1)),
+                       T0 + DEFAULT_WINDOW_MS + 1).sender == ALICE.public_key
+
+
 def test_stale_and_future_timestamps(alice, bob):
     w = DEFAULT_WINDOW_MS
     assert w == 120_000
