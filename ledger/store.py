@@ -387,6 +387,12 @@ class Ledger:
                               (kind, job, step, peer)).fetchone()
         return json.loads(row[0]).get("receipt") if row else None
 
+    def receipts(self, kind: str, job: str, peer: str) -> dict[str, dict[str, Any]]:
+        """The receipts the `kind` rows of (`job`, `peer`) hold, by step: one query, however many steps."""
+        rows = self.db.execute("SELECT step, detail FROM entries WHERE kind=? AND job=? AND peer=?",
+                               (kind, job, peer)).fetchall()
+        return {step: r for step, detail in rows if (r := json.loads(detail).get("receipt")) is not None}
+
     def verify(self, my_id: str, public_key: bytes | None = None) -> tuple[int, str]:
         """Walk the chain and the receipts (none booked twice); given the node's `public_key`, also hold
         the chain to its signed heads. Returns (entries checked, '') or (bad entry id, reason)."""

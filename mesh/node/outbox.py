@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from mesh.node.flow import KeyedBuckets
 from mesh.node.journal import Journal
@@ -125,18 +125,24 @@ class Outbox:
         """Whether `peer` may have a receipt-ask answered now (ASK_RULE); spends its turn if so."""
         return self._askers.spend(peer, ASK_RULE, time.monotonic() if now is None else now)
 
-    def asked(self, peer: str, job: str, steps: list[str], now: float | None = None) -> list[dict]:
+    def asked(self, peer: str, job: str, steps: list[str], now: float | None = None,
+              elsewhere: Callable[[], dict[str, dict]] | None = None) -> list[dict]:
         """Receipts `peer` asks for again (it lost our send or its own record of it): its own, released, each
-        at most once in ASKED_AGAIN_S."""
+        at most once in ASKED_AGAIN_S. `elsewhere`: the receipts of this job the ledger holds for `peer`, by
+        step, asked once for those the outbox has none of (a journal lost, torn or restored without its WAL:
+        the ledger's `paid` rows hold their receipts)."""
         now = time.monotonic() if now is None else now
         self.journal.commit()  # (as in `due`: a release still in the open transaction is not sent)
         steps = [s for s in dict.fromkeys(steps) if now - self._asked.get((peer, job, s), -ASKED_AGAIN_S) >= ASKED_AGAIN_S]
         marks = ",".join("?" * len(steps))
         rows = self.journal.rows(f"SELECT step, receipt FROM outbox WHERE peer=? AND job=? AND step IN ({marks}) "
                                  "AND state NOT IN (?,?)", (peer, job, *steps, HELD, DAMAGED)) if steps else []
+        have = {step: r for step, text in rows if (r := _decoded(text)) is not None}
+        if elsewhere is not None and any(s not in have for s in steps):
+            have = {**elsewhere(), **have}
         out = []
-        for step, text in rows:
-            receipt = _decoded(text)
+        for step in steps:
+            receipt = have.get(step)
             if receipt is not None:
                 self._asked.pop((peer, job, step), None)
                 self._asked[(peer, job, step)] = now  # (the newest last)

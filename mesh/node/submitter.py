@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import sqlite3
 import time
 import uuid
 from collections import OrderedDict
@@ -675,8 +676,25 @@ class Submitter:
         if not self.outbox.take_ask(peer.node):
             self.ports.count("receipt-ask-rate")
             return
-        for r in self.outbox.asked(peer.node, msg.job, msg.steps):
+        for r in self.outbox.asked(peer.node, msg.job, msg.steps, elsewhere=lambda: self._paid(peer.node, msg.job)):
             self.ports.tell(peer.node, "receipt", ReceiptMsg(r))
+
+    def _paid(self, worker: str, job: str) -> dict[str, dict]:
+        """The receipts of `job` this node's ledger holds for `worker`, by step: a receipt-ask the outbox has no
+        row for (its journal lost, torn, or restored without its WAL: red team G, 2026-12-07) is answered from
+        the ledger, which holds every paid row's signed receipt; else that worker was never paid."""
+        try:
+            led = Ledger(self.ports.home / LEDGER_FILE, readonly=True)
+        except LedgerError as exc:
+            log.error("cannot read the ledger to answer %s's receipt-ask: %s", worker[:12], exc)
+            return {}
+        try:
+            return led.receipts("paid", job, worker)
+        except sqlite3.Error as exc:
+            log.error("cannot read the ledger to answer %s's receipt-ask: %s", worker[:12], exc)
+            return {}
+        finally:
+            led.close()
 
     def on_peer_up(self, node: str) -> None:
         """A peer linked (again): receipts it is owed go now, whatever their backoff."""

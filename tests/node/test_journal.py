@@ -17,7 +17,7 @@ from mesh.core.policy import Candidate
 from mesh.core.submission import Config, Submission
 from mesh.errors import JournalError
 from mesh.node.journal import Journal
-from mesh.node.outbox import ACKED, ASK_RULE, DAMAGED, SENDING, Outbox
+from mesh.node.outbox import ACKED, ASK_RULE, ASKED_AGAIN_S, DAMAGED, SENDING, Outbox
 from mesh.wire.canonical import digest
 
 pytestmark = pytest.mark.timeout(60)
@@ -155,6 +155,26 @@ def test_receipts_go_out_only_for_written_batches_and_stop_once_acknowledged(tmp
     outbox.release("w2", "j", "b", None)  # the ledger holds no such payment: its receipt never goes
     rows = sqlite3.connect(tmp_path / "journal.db").execute("SELECT peer, state FROM outbox").fetchall()
     assert rows == [("w1", ACKED)] and SENDING != ACKED
+
+
+def test_a_receipt_the_outbox_lost_is_answered_from_the_ledger_once_in_a_while(tmp_path):
+    """A journal lost or torn leaves the ledger's paid rows, each with its receipt: asked for one the outbox
+    has no row of, the outbox takes it from `elsewhere` (read only then), at most once in ASKED_AGAIN_S."""
+    outbox = Outbox(Journal(tmp_path))
+    r = {"job": "j", "step": "a", "ts": 1}
+    reads = []
+
+    def ledger() -> dict:
+        reads.append(1)
+        return {"a": r}
+
+    assert outbox.asked("w1", "j", ["a", "b"], 100.0, elsewhere=ledger) == [r] and len(reads) == 1
+    assert outbox.asked("w1", "j", ["a"], 101.0, elsewhere=ledger) == [] and len(reads) == 1  # asked again soon
+    assert outbox.asked("w1", "j", ["a"], 100.0 + ASKED_AGAIN_S, elsewhere=ledger) == [r]
+    outbox.hold("1:1", [("w1", {**r, "step": "c"})])
+    outbox.settle("1:1", True)
+    n = len(reads)
+    assert outbox.asked("w1", "j", ["c"], 500.0, elsewhere=ledger) == [{**r, "step": "c"}] and len(reads) == n
 
 
 def test_a_peers_receipt_asks_are_read_as_often_as_a_returning_worker_needs_and_no_more(tmp_path):

@@ -71,3 +71,34 @@ def test_a_stranger_can_neither_stop_nor_fetch_another_workers_receipts(make_mes
         assert evil.expect(lambda f: f["kind"] == "receipt", 3.0) is None, "a stranger was sent a receipt"
     wait_paid(mesh, rep)  # the honest workers booked theirs: the stranger's acks stopped nothing
     wait_for(lambda: node.client.request("GET", "/status")["receipts_unacknowledged"] == 0, 30, "acknowledged")
+
+
+def test_a_receipt_the_ledger_holds_is_sent_again_on_asking_after_the_journal_was_lost(make_mesh):
+    """Red team G: a home restored without `journal.db-wal` (or a journal torn or emptied) lost the receipt
+    outbox, and a worker that had not yet taken its receipt was never paid what the submitter's ledger
+    says it paid: a `receipt-ask` was answered from the outbox only. The ledger's `paid` row holds the
+    signed receipt: it is the answer when the outbox has none. (Here the worker's own key asks on a link of
+    its own, after the submitter restarted without its journal.)"""
+    from mesh.wire.identity import load
+
+    mesh = make_mesh(3, lambda i: ["--no-model", "--no-scrape"])
+    node = mesh.nodes[0]
+    rep = wait_job(node, submit(node, PY_JOB, 2))
+    assert rep["status"] == "done", rep
+    wait_paid(mesh, rep)
+    worker = next(n for n in mesh.nodes[1:] if any(r["node"] == n.node_id and r["agreed"]
+                                                   for r in rep["steps"]["sum"]["replicas"]))
+    worker.stop()  # (its own link would take the answer)
+    node.stop()
+    for path in node.home.glob("journal.db*"):
+        path.unlink()
+    node.start([])
+    node.wait_started(60)
+    node.info = None
+    with HostilePeer(node.listen, identity=load(worker.home)) as asker:
+        asker.handshake(key_of(node))
+        asker.send(asker.seal("receipt-ask", key_of(node), ReceiptAsk(rep["job_id"], ["sum"])))
+        got = asker.expect(lambda f: f["kind"] == "receipt", 10.0)
+    assert got is not None, "the receipt the ledger holds was not sent"
+    receipt = got["payload"]["receipt"]
+    assert (receipt["job"], receipt["step"], receipt["worker"]) == (rep["job_id"], "sum", worker.node_id), receipt
