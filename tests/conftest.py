@@ -18,17 +18,18 @@ from mesh.cli.local import Launch, LocalMesh
 
 from .nodefork import Forked, ForkServer
 
-# Seconds each of the slowest files took in a whole run on 2 CPUs (CI, 2026-12-07, rounded), most first.
-# `make test` hands files to its two workers in this order, the rest after them by their number of tests
-# (pytest-xdist's own order, which put these few-test files last, so a worker could start a 300 s file when
-# the other had little left). A file missing here only runs later; the figures need not be exact.
+# Seconds each of the slowest files took in a whole run on 2 CPUs (clean-clone CI run of 45335c2,
+# 2026-12-07, from its junit report), most first. `make test` hands files to its two workers in this order,
+# the rest after them by their number of tests (pytest-xdist's own order, which put these few-test files
+# last, so a worker could start a several-minute file when the other had little left). A file missing here
+# only runs later; the figures need not be exact.
 SLOWEST_FILES = {
-    "tests/steps/test_scrape.py": 230, "tests/simulations/test_simulator.py": 210,
-    "tests/simulations/test_shared_sim.py": 200, "tests/p2p/test_nat_mesh.py": 180, "tests/steps/test_models.py": 170,
-    "tests/security/test_gossip_weapon.py": 95, "tests/simulations/test_side_channel_sim.py": 80,
-    "tests/chaos/test_chaos.py": 70, "tests/p2p/test_dht.py": 65, "tests/node/test_crash.py": 60,
-    "tests/security/test_hostile_round3.py": 55, "tests/security/test_dht_flood.py": 50,
-    "tests/node/test_mesh.py": 45, "tests/p2p/test_discovery_mesh.py": 45, "tests/node/test_disk_full.py": 45,
+    "tests/steps/test_scrape.py": 190, "tests/p2p/test_nat_mesh.py": 156, "tests/steps/test_models.py": 145,
+    "tests/simulations/test_simulator.py": 135, "tests/simulations/test_shared_sim.py": 108,
+    "tests/node/test_mesh.py": 90, "tests/security/test_gossip_weapon.py": 87, "tests/node/test_crash.py": 74,
+    "tests/security/test_hostile_round3.py": 72, "tests/node/test_faults.py": 69, "tests/chaos/test_chaos.py": 64,
+    "tests/steps/test_llm_verify.py": 59, "tests/security/test_scrape_containment.py": 51,
+    "tests/security/test_testimony_attacks.py": 48, "tests/p2p/test_dht.py": 46, "tests/p2p/test_discovery_mesh.py": 42,
 }
 
 
