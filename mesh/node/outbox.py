@@ -86,8 +86,9 @@ class Outbox:
         on disk are read: the journal commits what is open first (a failed commit rolls it back)."""
         now = time.time() if now is None else now
         self.journal.commit()
-        rows = self.journal.rows("SELECT peer, job, step, receipt, tries FROM outbox WHERE state=? AND next_at<=? "
-                                 "ORDER BY next_at LIMIT ?", (SENDING, now, DUE_BATCH))
+        # (a next send further off than the longest backoff was set by a clock since set back: due now)
+        rows = self.journal.rows("SELECT peer, job, step, receipt, tries FROM outbox WHERE state=? AND (next_at<=? "
+                                 "OR next_at>?) ORDER BY next_at LIMIT ?", (SENDING, now, now + BACKOFF_MAX_S, DUE_BATCH))
         out: list[tuple[str, dict]] = []
         if not rows:
             return out

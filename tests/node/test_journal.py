@@ -177,6 +177,22 @@ def test_a_receipt_the_outbox_lost_is_answered_from_the_ledger_once_in_a_while(t
     assert outbox.asked("w1", "j", ["c"], 500.0, elsewhere=ledger) == [{**r, "step": "c"}] and len(reads) == n
 
 
+def test_a_receipt_scheduled_by_a_clock_that_ran_ahead_goes_once_the_clock_is_set_back(tmp_path):
+    """Resends are scheduled by the wall clock (they outlive the process): scheduled while the clock ran an
+    hour ahead, a receipt waited that hour after NTP set it back (red team G's suspicion, 2026-12-07). A
+    next send further ahead than the longest backoff is due now."""
+    journal = Journal(tmp_path)
+    outbox = Outbox(journal)
+    r = {"job": "j", "step": "a", "ts": 1}
+    outbox.hold("1:1", [("w1", r)])
+    with journal.batch():
+        outbox.settle("1:1", True)
+    ahead = 1_800_000_000.0 + 3600
+    assert outbox.due(ahead) == [("w1", r)]  # sent, the next send set by the clock an hour ahead
+    assert outbox.due(1_800_000_000.0) == [("w1", r)]  # set back: not an hour's wait
+    assert outbox.due(1_800_000_000.0 + 0.5) == []  # (its backoff from now holds as before)
+
+
 def test_a_peers_receipt_asks_are_read_as_often_as_a_returning_worker_needs_and_no_more(tmp_path):
     """A worker whose payer comes back asks at most 32 times at once (Worker.on_peer_up); a peer asking more is
     flooding, and its asks are refused before their signatures (Node.screen asks `answers`)."""
