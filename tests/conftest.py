@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -41,10 +42,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     twice = sorted({item.nodeid for item in items if item.nodeid in seen or seen.add(item.nodeid)})
     if twice:
         raise pytest.UsageError(f"{len(twice)} node ids name more than one test, e.g. {twice[0]}: give each its own")
-    count: dict[str, int] = {}
-    for item in items:
-        count[item.nodeid.split("::")[0]] = count.get(item.nodeid.split("::")[0], 0) + 1
-    items.sort(key=lambda item: (-SLOWEST_FILES.get(f := item.nodeid.split("::")[0], 0), -count[f]))
+    file_of = {item: item.nodeid.split("::")[0] for item in items}
+    count = Counter(file_of.values())
+    items.sort(key=lambda item: (-SLOWEST_FILES.get(file_of[item], 0), -count[file_of[item]]))
 
 ROOT = Path(__file__).resolve().parent.parent
 # Test networks demand 8 bits of work per node id, not the real 20 (about 2 s of CPU per id): the tests

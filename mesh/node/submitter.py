@@ -181,10 +181,8 @@ class Submitter:
         stranded = self.outbox.stranded(writing)
         if not stranded:
             return
-        try:
-            led = Ledger(self.ports.home / LEDGER_FILE, readonly=True)
-        except LedgerError as exc:
-            log.error("cannot read the ledger to settle %d held receipts: %s", len(stranded), exc)
+        led = self._read_ledger(f"settle {len(stranded)} held receipts")
+        if led is None:
             return
         found: dict[str, float] = {}  # job → what the ledger holds of its stranded payments
         try:
@@ -197,6 +195,14 @@ class Submitter:
             led.close()
         for job, amount in found.items():
             self._amend(job, amount)
+
+    def _read_ledger(self, why: str) -> Ledger | None:
+        """This node's ledger opened read-only (the caller closes it); None, logged, when it cannot be."""
+        try:
+            return Ledger(self.ports.home / LEDGER_FILE, readonly=True)
+        except LedgerError as exc:
+            log.error("cannot read the ledger to %s: %s", why, exc)
+            return None
 
     def _amend(self, job_id: str, amount: float) -> None:
         """A saved report that said its payments failed, when the ledger holds them after all (it answered
@@ -683,10 +689,8 @@ class Submitter:
         """The receipts of `job` this node's ledger holds for `worker`, by step: a receipt-ask the outbox has no
         row for (its journal lost, torn, or restored without its WAL: red team G, 2026-12-07) is answered from
         the ledger, which holds every paid row's signed receipt; else that worker was never paid."""
-        try:
-            led = Ledger(self.ports.home / LEDGER_FILE, readonly=True)
-        except LedgerError as exc:
-            log.error("cannot read the ledger to answer %s's receipt-ask: %s", worker[:12], exc)
+        led = self._read_ledger(f"answer {worker[:12]}'s receipt-ask")
+        if led is None:
             return {}
         try:
             return led.receipts("paid", job, worker)
