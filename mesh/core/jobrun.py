@@ -96,10 +96,13 @@ def lone_limit(limit: float, waited: float) -> float:
     return min(limit, max(0.0, waited) * UNVERIFIED_CPUS)
 
 
+LINK_LOST = "connection lost"  # a replica's failure when its link went down after it was asked
+
+
 def passing(reason: str) -> bool:
     """A failure that says nothing about the worker's honesty or its ability: it was full (busy), or the
     link to it was lost or never made (a restart, a sleeping laptop, a dropped Wi-Fi)."""
-    return reason.startswith("busy") or reason in ("connection lost", "unreachable")
+    return reason.startswith("busy") or reason in (LINK_LOST, "unreachable")
 
 
 @dataclass
@@ -284,15 +287,26 @@ class JobRun:
                 pool = workers.get(step.needs, [])
                 fresh = [c for c in pool if not run.tally.used(c.node)]
                 decision, solo = self._decide(run, pool, fresh)
-                if isinstance(decision, NeedMore) and (decision.reuse or not fresh) and not solo:
-                    again, later = self._again(run, pool, now)
-                    fresh = []  # (with the budget spent, never an unused worker: a failed seat is reused)
-                    if again:  # no unused worker left: one whose fault has passed is asked again
-                        fresh = again
-                    elif later:  # one may come back (a restart, a full worker): wait for it
+                restore: tuple[str, ...] = ()
+                if isinstance(decision, NeedMore) and not solo:
+                    again, later, back = self._again(run, pool, now)
+                    # a seat whose link was lost after it was asked, its worker up again: the worker may have run
+                    # the step and keeps its answer, so it is asked again before anyone else takes the seat (a
+                    # submitter that slept past the envelope window had its workers' answers refused as stale;
+                    # with only a quorum's seats asked again, or fresh workers placed, the third went unpaid)
+                    restore = tuple(c.node for c in again if run.tally.failures[c.node] == LINK_LOST)
+                    if back and not restore:  # such a worker is in its short backoff: wait for it
                         continue
+                    if restore:
+                        decision = NeedMore(len(restore), decision.reuse)
+                    elif decision.reuse or not fresh:
+                        fresh = []  # (with the budget spent, never an unused worker: a failed seat is reused)
+                        if again:  # no unused worker left: one whose fault has passed is asked again
+                            fresh = again
+                        elif later:  # one may come back (a restart, a full worker): wait for it
+                            continue
                 if isinstance(decision, NeedMore):
-                    decision = self._dispatch(sid, run, decision, solo, fresh, pool, now, out)
+                    decision = self._dispatch(sid, run, decision, solo, fresh, pool, now, out, restore)
                 if isinstance(decision, Accept) and held.intersection(decision.agreeing):
                     continue
                 if isinstance(decision, (Accept, GiveUp)):
@@ -379,12 +393,13 @@ class JobRun:
                    if passing(reason) and tally.retries.get(node, 0) < MAX_RETRIES)
 
     @staticmethod
-    def _again(run: StepRun, pool: list[Candidate], now: float) -> tuple[list[Candidate], bool]:
+    def _again(run: StepRun, pool: list[Candidate], now: float) -> tuple[list[Candidate], bool, bool]:
         """Workers whose replica of this step failed for a passing reason (busy, its link lost or never
         made) and that may be asked again: (those up and past RETRY_AFTER_S, whether any other may still
-        be: in backoff, or not up yet within REJOIN_S). At most MAX_RETRIES times each."""
+        be: in backoff, or not up yet within REJOIN_S, whether one of those is up and lost its link after
+        it was asked). At most MAX_RETRIES times each."""
         tally, up = run.tally, {c.node: c for c in pool}
-        again, later = [], False
+        again, later, back = [], False, False
         for node, reason in tally.failures.items():
             if not passing(reason) or tally.retries.get(node, 0) >= MAX_RETRIES:
                 continue
@@ -393,16 +408,18 @@ class JobRun:
                 again.append(up[node])
             elif since < (RETRY_AFTER_S if node in up else REJOIN_S):
                 later = True
-        return again, later
+                back = back or (node in up and reason == LINK_LOST)
+        return again, later, back
 
     def _dispatch(self, sid: str, run: StepRun, decision: NeedMore, solo: str, fresh: list[Candidate],
-                  pool: list[Candidate], now: float, out: list[Dispatch]) -> Decision:
+                  pool: list[Candidate], now: float, out: list[Dispatch], restore: tuple[str, ...] = ()) -> Decision:
         """Place the replicas `decision` asks for (appended to `out`): generations, or, once a claim is
-        in under scoring, requests to score it. GiveUp when no unused worker is left."""
-        picked = [solo] if solo else []  # a trusted worker alone, or the one an audit is of
+        in under scoring, requests to score it; `restore`, seats asked again as they are. GiveUp when no
+        unused worker is left."""
+        picked = [solo] if solo else list(restore)  # a trusted worker alone, or the one an audit is of
         if not (solo and run.alone):  # a prefix never supplies most of a step's replicas: those it holds already count
             prefix = {c.node: c.prefix for c in pool}
-            held = Counter(prefix[n] for n in (*run.replicas, *picked) if n in prefix)
+            held = Counter(prefix[n] for n in {*run.replicas, *picked} if n in prefix)
             others = [c for c in fresh if c.node not in picked]
             picked += place(others, decision.count - len(picked), self.rng, self._suspects(run, pool), held)
         result: Decision = decision

@@ -89,10 +89,11 @@ def test_a_lost_worker_frees_its_slots_and_fails_its_replicas_without_a_key_erro
     assert answer(sub, sends[0], 42, 1.5)[0] == Answer("j", "a", lost, True, digest(42), False)  # too late
     for s in sends[1:]:
         answer(sub, s, 42, 2.0)
-    (fill,) = of(sub.tick("j", pool("w0", "w1", "w2", "w3"), 2.0), Send)  # 2 agree: the lost seat is filled
+    left = pool(*(n for n in ("w0", "w1", "w2", "w3") if n != lost))  # it did not come back
+    (fill,) = of(sub.tick("j", left, 2.0), Send)  # 2 agree: the lost seat is filled
     assert fill.node not in {s.node for s in sends}
     answer(sub, fill, 42, 2.5)
-    (rec,) = of(sub.tick("j", pool("w0", "w1", "w2", "w3"), 2.5), Record)
+    (rec,) = of(sub.tick("j", left, 2.5), Record)
     assert ("no_show", lost) in [(e.kind, e.peer) for e in rec.entries]
     assert rec.entries[-1].why.failed == {lost: "connection lost"}
 
@@ -405,13 +406,14 @@ def test_a_spent_budget_reuses_the_seat_of_a_replica_whose_link_was_lost():
     first = [s.node for s in of(sub.tick("j", everyone, 0.0), Send)]
     sub.on_node_lost(first[0], "connection lost", 0.5)
     sub.on_node_lost(first[1], "connection lost", 0.5)
-    second = [s.node for s in of(sub.tick("j", everyone, 1.0), Send)]
+    restarting = pool(*(n for n in ("w1", "w2", "w3", "w4", "w5") if n not in first))  # not up yet
+    second = [s.node for s in of(sub.tick("j", restarting, 1.0), Send)]
     sub.on_node_lost(second[0], "connection lost", 1.5)
     tally = sub.jobs["j"].run.steps["a"].tally
     assert tally.issued == tally.limit == 4 and len(tally.failures) == 3
     assert not of(sub.tick("j", everyone, 2.0), Send) and sub.jobs["j"].run.status == "running"
-    (again,) = of(sub.tick("j", everyone, 4.5), Send)
-    assert again.node in first + second[:1] and tally.issued == 4  # a lost worker's own seat, not w5's
+    again = of(sub.tick("j", everyone, 4.5), Send)  # the lost workers' own seats, never w5's
+    assert again and {a.node for a in again} <= set(first + second[:1]) and tally.issued == 4
 
 
 def test_only_a_worker_holding_our_request_is_expected_and_only_a_held_worker_is_lost():
@@ -487,3 +489,29 @@ def test_a_cancelled_job_pays_the_replicas_answered_so_far_and_nobody_else():
     sub.on_recorded(rec.id, True)
     assert sub.jobs["j"].credits == pytest.approx(-sum(e.amount for e in rec.entries))
     assert sub.abort("j", "again") == []  # nothing twice
+
+
+@pytest.mark.parametrize("others", [(), ("w4", "w5")], ids=["no-other-worker", "others-free"])
+def test_seats_lost_while_the_submitter_slept_are_all_asked_again_so_no_worker_that_ran_its_step_goes_unpaid(others):
+    """A submitter's laptop sleeps past the envelope window (red team G): the answers its three workers sent
+    meanwhile are refused as stale and every link is lost. Each worker ran the step and keeps its answer, so
+    once it is up again every lost seat is asked again, before any other worker takes one: all three agree
+    and are paid, and none is booked a no-show. (Before, only the two seats a quorum needed were asked
+    again, or two fresh workers placed at once; the third worker did the work and was never paid.)"""
+    everyone = pool("w1", "w2", "w3", *others)
+    sub = Submission(Config(1))
+    sub.submit("j", THREE, 1)
+    sends = of(sub.tick("j", pool("w1", "w2", "w3"), 0.0), Send)
+    assert sorted(s.node for s in sends) == ["w1", "w2", "w3"]
+    for s in sends:
+        sub.on_node_lost(s.node, "connection lost", 150.0)
+    assert not of(sub.tick("j", everyone, 150.5), Send)  # up again: each may hold its answer, waited for
+    again = of(sub.tick("j", everyone, 153.0), Send)
+    assert sorted(s.node for s in again) == ["w1", "w2", "w3"]
+    for s in again:
+        answer(sub, s, 42, 153.5)
+    (rec,) = of(sub.tick("j", everyone, 154.0), Record)
+    kinds = {(e.kind, e.peer) for e in rec.entries}
+    assert {("agreed", n) for n in ("w1", "w2", "w3")} <= kinds
+    assert not [e for e in rec.entries if e.kind == "no_show"]
+    assert {e.peer for e in rec.entries if e.kind == "paid"} == {"w1", "w2", "w3"}
