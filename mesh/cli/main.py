@@ -166,6 +166,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                      + (f", only {st['hours']}" if st.get("hours") else "")
                      + (f", after {st['when_idle']:g} min idle" if st.get("when_idle") else "")
                      + (f"  PAUSED: {st['paused']}" if st.get("paused") else ""))
+    twin = st.get("key_in_use_elsewhere")
+    if twin:
+        lines.append(f"KEY IN USE ELSEWHERE: another node signs with this node's key, at {', '.join(twin['addresses'])} "
+                     "(a copied home? run the copy on a home of its own: mesh init --home DIR)")
     rej = st["rejected"]
     lines.append("rejected envelopes: " + (", ".join(f"{k}={v}" for k, v in sorted(rej.items())) or "none"))
     _emit(args, st, "\n".join(lines))

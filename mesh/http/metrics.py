@@ -77,6 +77,9 @@ def _node(st: dict[str, Any]) -> Iterator[Metric]:
                  [([k], float(st.get(f"max_{k}") or 0)) for k in ("cpu", "memory", "steps")])
     yield _gauge("homemesh_ledger_error", "1 while the ledger refuses writes (no paid work until a restart)", [],
                  [([], 1 if st.get("ledger_error") else 0)])
+    yield _gauge("homemesh_key_in_use_elsewhere", "Records of this node's key signed by another process (a copied "
+                 "home or a stolen key): 0 when none was seen", [],
+                 [([], float((st.get("key_in_use_elsewhere") or {}).get("records_seen", 0)))])
 
 
 def _jobs(node: NodeFacade, m: dict[str, Any]) -> Iterator[Metric]:

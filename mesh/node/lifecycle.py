@@ -73,6 +73,7 @@ from mesh.node.submitter import Options as SubmitterOptions
 from mesh.node.submitter import Ports, Submitter
 from mesh.node.tally import Tally
 from mesh.node.testimony import TESTIMONY_S, Testimonies
+from mesh.node.twin import KeyTwins
 from mesh.node.worker import StepRunner, Worker, WorkerPort
 from mesh.node.worklog import WorkLog
 from mesh.steps import cgroup
@@ -98,7 +99,15 @@ from mesh.wire.messages import (
     TestimonyItem,
     TestimonyTell,
 )
-from mesh.wire.records import DEFAULT_OFFER, DEFAULT_RATES, MAX_ALT, RECORD_TTL_MS, make_record, next_issued
+from mesh.wire.records import (
+    DEFAULT_OFFER,
+    DEFAULT_RATES,
+    MAX_ALT,
+    RECORD_TTL_MS,
+    check_record,
+    make_record,
+    next_issued,
+)
 from mesh.wire.schema import parse
 
 log = logging.getLogger("mesh.node.lifecycle")
@@ -312,6 +321,7 @@ class Node:
         self.finding: dict[str, asyncio.Task] = {}  # DHT searches for workers under way, by capability
         self.bootstrap = bootstrap_keys(opts.bootstrap, opts.transport)  # address → key it names, if any
         self.own_record: PeerRecord | None = None
+        self.twins = KeyTwins()  # records of this node's key it did not sign: another holder (mesh.node.twin)
         self.reputations = Reputations()  # evidence and streaks by node id, from the ledger
         self.testimonies = Testimonies(self.id, self.reputations, self.receiver.count)  # shared reputation
         self.balance = 0.0  # credits earned minus spent, from the ledger
@@ -467,7 +477,23 @@ class Node:
                                           self.kinds, self.models, self.sandboxed, issued, alt=addrs[1:],
                                           rates=self.opts.rates, fetch_models=self.fetch_allowance,
                                           offer=self.owner.limits.offer(bool(self.owner.paused)))
+            self.twins.signed(self.own_record)
         return self.own_record
+
+    def _own_record_seen(self, rec: PeerRecord, via: str) -> None:
+        """A record of this node's own key, passed on by a peer (gossip, the DHT): proof that another
+        process holds the key when this one did not sign it (mesh.node.twin)."""
+        twin = self.twins.check(rec, via, now_ms(), self.receiver.floor_ms,
+                                lambda r: check_record(r, self.opts.network, now_ms()))
+        if twin is not None and self.twins.count == 1:
+            # peers hold whichever record was issued last and pass it on: re-issue ours, once, so that they
+            # hand it to the other holder, which then finds out too (each side re-issues on its first only)
+            self.republish()
+        if twin is not None and self.twins.count <= 3:  # (each further record is counted, not logged)
+            log.error("another node runs with this node's key: a record it signed, issued %.0f s after this "
+                      "node started, names %s (passed on by %s). A copied home? Run the copy on a home of its own "
+                      "(`mesh init --home DIR`); if nobody copied it, the key was stolen: move to a new home",
+                      (twin.issued_ms - self.receiver.floor_ms) / 1000, ", ".join([twin.addr, *twin.alt]), via[:12])
 
     def republish(self) -> None:
         """Re-issue this node's record now and hand it to every linked peer (a new address, the owner's
@@ -620,6 +646,9 @@ class Node:
         if missing > 0:  # fewer named than wanted: by prefixes, or by ids on a mesh of few prefixes
             known = frozenset(p.key for p in self.peers if p.record is not None)  # no record lookup for these
             for rec in await self.gateway.transport.find(cap, missing, known):
+                if rec.key == self.identity.public_key.hex():
+                    self._own_record_seen(rec, "the DHT")
+                    continue
                 peer, why = self.peers.learn(rec, now_ms())
                 if why:
                     self.receiver.count(why)
@@ -959,10 +988,18 @@ class Node:
             # line and our whole signed hello, and one key sent 50 a second on one link)
             self.gateway.send(conn, "hello", env.sender, self.hello())
             log.info("peer %s up at %s (%s)", peer.node[:12], peer.addr, ",".join(peer.kinds))
+        self._take_gossip(hello.peers[:MAX_GOSSIP], peer, conn, now)
+
+    def _take_gossip(self, records: list[PeerRecord], peer: Peer, conn: Connection, now: int) -> None:
+        """The records a hello passes on: each new key within the sender's gossip rate, checked, learned,
+        and dialled when it is this node's turn; one of this node's own key is looked at for another holder."""
         source = prefix_of_ip(conn.remote_ip) if conn.remote_ip else conn.label
-        for rec in hello.peers[:MAX_GOSSIP]:
-            if (not self.peers.knows(rec.key) and rec.key != self.identity.public_key.hex()
-                    and not self.gossip_limit.take(env.sender, source, time.monotonic())):
+        for rec in records:
+            if rec.key == self.identity.public_key.hex():
+                self._own_record_seen(rec, peer.node)
+                continue
+            if (not self.peers.knows(rec.key)
+                    and not self.gossip_limit.take(peer.key, source, time.monotonic())):
                 self.receiver.count("gossip-rate")  # counted, not logged: the log would be the flood
                 continue
             learned, why = self.peers.learn(rec, now)
@@ -1275,6 +1312,7 @@ class Node:
                 "rates": dataclasses.asdict(self.opts.rates), "max_rates": dataclasses.asdict(self.opts.max_rates),
                 "ledger_error": self.ledger_error or None, "journal_error": self.journal.error or None,
                 "receipts_unacknowledged": self.submitter.outbox.pending(),
+                "key_in_use_elsewhere": self.twins.status(),
                 "discovery": getattr(self.gateway.transport, "discovery_stats", dict)(),
                 "relayed_bytes": getattr(self.gateway.transport, "relayed_bytes", 0),
                 "dials_refused": dict(self.gateway.transport.gate.refused),
