@@ -7,6 +7,7 @@ booked again."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 
@@ -28,7 +29,10 @@ class Owed:
         self.journal = journal
         self.paid_before = paid_before
         self.unpaid: dict[tuple[str, str, str], float] = {}  # (payer, job, step) → most it may be paid
-        old = time.time() - KEEP_UNPAID_S
+        # ages from the newest step answered when the clock reads later than it: a clock a week ahead at a
+        # restart (a dead RTC battery) forgot every claim, and their receipts were then refused (red team G)
+        newest = journal.rows("SELECT MAX(answered) FROM owed")[0][0]
+        old = min(time.time(), newest if newest is not None else math.inf) - KEEP_UNPAID_S
         journal.write("DELETE FROM owed WHERE paid=0 AND answered<?", (old,))
         journal.write("DELETE FROM owed_forgotten WHERE answered<?", (old,))
         for payer, job, step, most in journal.rows("SELECT payer, job, step, most FROM owed WHERE paid=0 "

@@ -348,3 +348,22 @@ def test_a_new_payers_receipts_for_steps_a_trim_forgot_are_booked_against_its_ke
     asyncio.run(worker.on_receipt(peer, ReceiptMsg(extra)))
     assert len(fake.recorded) == 40 and fake.counted == Counter({"bad-receipt": 1})
     assert Owed(owed.journal).was_paid((PAYER.node_id, "job1", f"s{forgot[0]}"))  # (across a restart)
+
+
+def test_a_clock_that_jumped_a_week_ahead_at_a_restart_does_not_forget_what_the_worker_is_owed(tmp_path, monkeypatch):
+    """Red team G (a suspicion, made a test): the owed table forgets unpaid steps answered more than
+    KEEP_UNPAID_S ago by the wall clock at start, so a clock a week ahead at a restart (a dead RTC battery,
+    a mis-set NTP server) wiped every claim, and the payer's receipts for them were then refused. Ages are
+    now counted from the newest step answered when the clock reads later than it; a clock set back, or a
+    restart with no jump, expires as before."""
+    owed = Owed(Journal(tmp_path))
+    owed.answered(("payer", "job", "a"), 0.5, {"ok": True})
+    real = time.time()
+    monkeypatch.setattr("mesh.node.owed.time.time", lambda: real + 8 * 86400.0)
+    assert ("payer", "job", "a") in Owed(Journal(tmp_path)).unpaid
+    monkeypatch.setattr("mesh.node.owed.time.time", lambda: real)
+    old = Owed(Journal(tmp_path))  # a step answered 8 days before the newest: it does expire
+    old.journal.write("INSERT INTO owed (payer, job, step, most, answered, result, paid) VALUES (?,?,?,?,?,?,0)",
+                      ("payer", "old", "a", 0.5, real - 8 * 86400.0, ""))
+    assert ("payer", "old", "a") not in Owed(Journal(tmp_path)).unpaid
+    assert ("payer", "job", "a") in Owed(Journal(tmp_path)).unpaid
