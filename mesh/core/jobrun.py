@@ -294,7 +294,10 @@ class JobRun:
                     # the step and keeps its answer, so it is asked again before anyone else takes the seat (a
                     # submitter that slept past the envelope window had its workers' answers refused as stale;
                     # with only a quorum's seats asked again, or fresh workers placed, the third went unpaid)
-                    restore = tuple(c.node for c in again if run.tally.failures[c.node] == LINK_LOST)
+                    # (once: a worker that drops its link again is replaced, or a seat could be held for
+                    # three timeouts by one that takes each ask, stays silent and drops the link)
+                    restore = tuple(c.node for c in again if run.tally.failures[c.node] == LINK_LOST
+                                    and not run.tally.retries.get(c.node))
                     if back and not restore:  # such a worker is in its short backoff: wait for it
                         continue
                     if restore:
@@ -397,7 +400,7 @@ class JobRun:
         """Workers whose replica of this step failed for a passing reason (busy, its link lost or never
         made) and that may be asked again: (those up and past RETRY_AFTER_S, whether any other may still
         be: in backoff, or not up yet within REJOIN_S, whether one of those is up and lost its link after
-        it was asked). At most MAX_RETRIES times each."""
+        it was first asked). At most MAX_RETRIES times each."""
         tally, up = run.tally, {c.node: c for c in pool}
         again, later, back = [], False, False
         for node, reason in tally.failures.items():
@@ -408,7 +411,7 @@ class JobRun:
                 again.append(up[node])
             elif since < (RETRY_AFTER_S if node in up else REJOIN_S):
                 later = True
-                back = back or (node in up and reason == LINK_LOST)
+                back = back or (node in up and reason == LINK_LOST and not tally.retries.get(node))
         return again, later, back
 
     def _dispatch(self, sid: str, run: StepRun, decision: NeedMore, solo: str, fresh: list[Candidate],

@@ -515,3 +515,22 @@ def test_seats_lost_while_the_submitter_slept_are_all_asked_again_so_no_worker_t
     assert {("agreed", n) for n in ("w1", "w2", "w3")} <= kinds
     assert not [e for e in rec.entries if e.kind == "no_show"]
     assert {e.peer for e in rec.entries if e.kind == "paid"} == {"w1", "w2", "w3"}
+
+
+def test_a_worker_that_drops_its_link_again_after_it_was_asked_again_is_replaced_not_waited_for():
+    """A seat lost with its link is asked again first only once: a worker that takes the ask again, stays
+    silent and drops the link again would otherwise hold the seat for a timeout each time."""
+    everyone = pool("w1", "w2", "w3", "w4", "w5")
+    sub = Submission(Config(1))
+    sub.submit("j", THREE, 1)
+    sends = of(sub.tick("j", pool("w1", "w2", "w3"), 0.0), Send)
+    answer(sub, sends[0], 42, 1.0)
+    answer(sub, sends[1], 42, 1.0)
+    flaky = sends[2].node
+    sub.on_node_lost(flaky, "connection lost", 1.0)
+    assert not of(sub.tick("j", everyone, 1.5), Send)
+    (again,) = of(sub.tick("j", everyone, 4.0), Send)
+    assert again.node == flaky
+    sub.on_node_lost(flaky, "connection lost", 5.0)
+    (fill,) = of(sub.tick("j", everyone, 5.5), Send)  # at once, another worker: not the flaky one again
+    assert fill.node in ("w4", "w5")
