@@ -7,12 +7,14 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.bindings import crypto_core_ed25519_is_valid_point
 
 from mesh.errors import ConfigError
 from mesh.userfiles import read_text
@@ -26,8 +28,20 @@ def node_id_of(public_key: bytes) -> str:
     return hashlib.sha256(public_key).hexdigest()
 
 
+@lru_cache(maxsize=1 << 16)
+def sound_key(public_key: bytes) -> bool:
+    """Whether a public key is one an honest node can hold: a canonical encoding of a point of the prime-order
+    subgroup, not of small order (libsodium's check). Under the identity point (01 00…00) the signature
+    R = identity, S = 0 passes a cofactorless check (OpenSSL's) for every message, so anyone could sign as
+    that node id (red team H, 2026-12-08); an honest key is a scalar times the base point, never such a point."""
+    return isinstance(public_key, bytes) and len(public_key) == 32 and crypto_core_ed25519_is_valid_point(public_key)
+
+
 def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
-    """True when `signature` is `public_key`'s signature of `message`; never raises on bad input."""
+    """True when `signature` is `public_key`'s signature of `message` and the key is sound (`sound_key`);
+    never raises on bad input."""
+    if not sound_key(public_key):
+        return False
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except (InvalidSignature, ValueError):
