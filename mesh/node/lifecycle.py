@@ -39,6 +39,7 @@ from mesh.core.admission import Account, Standing
 from mesh.core.dag import Job
 from mesh.core.policy import Candidate, Reputations, StepEvidence, reputation_group
 from mesh.core.pricing import MAX_DEFAULT, capped
+from mesh.core.trust import UNKNOWN_PREFIX
 from mesh.errors import ConfigError, MeshError, NoAnswer, Rejected
 from mesh.http.facade import NodeFacade
 from mesh.node import actorsys
@@ -1257,10 +1258,15 @@ class Node:
 
     def observed_prefix(self, peer: Peer) -> str:
         """The network prefix replicas are spread by: that of the address the peer really connects
-        from (through a relay, the relay's), never the one it advertises (20 sybils on one machine
-        advertised 20 /24s and were spread over as if diverse); the advertised one only while unlinked."""
+        from, never the one it advertises (20 sybils on one machine advertised 20 /24s and were spread
+        over as if diverse); the advertised one only while unlinked. A link through a relay shows no
+        address of the peer's own: every such peer is one group, UNKNOWN_PREFIX (grouped by its circuit
+        address, which ends in its own id, each sybil behind one relay-only machine was a prefix of its
+        own: red team H, 2026-12-08)."""
         conn = peer.best_conn(self.identity.public_key)
-        return prefix_of_ip(conn.remote_ip) if conn is not None and conn.remote_ip else prefix_of(peer.addr)
+        if conn is None:
+            return prefix_of(peer.addr)
+        return prefix_of_ip(conn.remote_ip) if conn.remote_ip else UNKNOWN_PREFIX
 
     def reachability(self) -> str:
         """public | private | unknown: whether peers can dial this node (AutoNAT's verdict, when run)."""
@@ -1298,6 +1304,7 @@ class Node:
             "offer": dataclasses.asdict(p.record.offer) if p.record else None,  # its owner's limits, as signed
             "rates": dataclasses.asdict(p.record.rates) if p.record else None,  # its card, as signed (uncapped)
             "clock_skew_ms": p.skew_ms,
+            "prefix": self.observed_prefix(p),  # the group placement, testimony and admission count it in
         } for p in sorted(self.peers, key=lambda p: p.node)]
         jobs = self.submitter.jobs
         return {"node": self.id, "key": self.identity.public_key.hex(), "network": self.opts.network,

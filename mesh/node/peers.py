@@ -7,6 +7,7 @@ import ipaddress
 import time
 from dataclasses import dataclass, field
 
+from mesh.core.trust import UNKNOWN_PREFIX
 from mesh.node.flow import KeyedBuckets
 from mesh.wire.identity import node_id_of
 from mesh.wire.messages import PeerRecord
@@ -249,11 +250,12 @@ class GossipLimit(KeyedBuckets):
 
 def prefix_of(addr: str) -> str:
     """Network prefix used to spread replicas: the /24 of an IPv4 address, the /48 of IPv6, else the host.
-    A node reached through a relay says nothing true about where it is: its whole address is its own
-    group (the relay's prefix would lump unrelated homes together)."""
+    A node reached through a relay says nothing true about where it is: all such are one group,
+    UNKNOWN_PREFIX (the relay's prefix would lump them with the relay's neighbours; its whole address,
+    which ends in its own id, made each sybil behind one relay-only machine a group of its own)."""
     if addr.startswith("/"):
         if "/p2p-circuit" in addr:
-            return addr
+            return UNKNOWN_PREFIX
         bits = addr.split("/")
         addr = f"{bits[2]}:{bits[4]}" if len(bits) > 4 else addr
     return prefix_of_ip(addr.rpartition(":")[0].strip("[]"))

@@ -223,3 +223,14 @@ def test_a_peer_that_said_bye_is_dialled_again_once_it_publishes_a_newer_record(
     assert peer.state == "left"  # the same record again: still gone
     again, why = table.learn(make_record(ident, NET, "10.0.0.2:4751", ["python"], [], False, T0 + 1000), T0 + 1000)
     assert why == "" and again is peer and peer.state == "new"
+
+
+def test_circuit_addresses_of_different_ids_through_different_relays_are_one_group():
+    """Red team H (F1): a circuit address ends in the peer's own id; taken as its group, every relayed id
+    was a network prefix of its own. All are now one group, never that of the relay or of a direct peer."""
+    from mesh.core.trust import UNKNOWN_PREFIX
+    from mesh.node.peers import prefix_of
+    a = "/ip4/203.0.113.5/tcp/4750/p2p/12D3KooWRelayA/p2p-circuit/p2p/12D3KooWSybilOne"
+    b = "/ip4/198.51.100.9/tcp/4750/p2p/12D3KooWRelayB/p2p-circuit/p2p/12D3KooWSybilTwo"
+    assert prefix_of(a) == prefix_of(b) == UNKNOWN_PREFIX
+    assert prefix_of("/ip4/203.0.113.5/tcp/4750") == "203.0.113.0/24" != UNKNOWN_PREFIX

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from mesh.core.trust import UNKNOWN_PREFIX
 from mesh.node.p2p.addresses import peer_id_of
 from mesh.node.p2p.nat import PER_PREFIX_CIRCUITS
 from mesh.wire.identity import load
@@ -249,3 +250,34 @@ def test_one_network_takes_only_a_few_of_a_nats_nodes_circuit_slots_on_its_relay
             hog.wait(timeout=30)
         assert codes.get("100", 0) == PER_PREFIX_CIRCUITS, codes
         assert codes.get("201", 0) == 64 - PER_PREFIX_CIRCUITS, codes  # RESOURCE_LIMIT_EXCEEDED
+
+
+def test_peers_reached_only_through_relays_are_one_group_not_one_each(tmp_path: Path):
+    """Red team H (2026-12-08, F1): a link through a relay has no address of the peer's own, and each such
+    peer was grouped by its circuit address, which ends in its own id: every sybil behind one relay-only
+    machine counted as a network prefix of its own. A fresh submitter then gave an operator's five ids
+    39-42 of ~50 seats and accepted its wrong answer for 11-12 jobs of 12; two relayed sybils passed the
+    two-prefix rule for outvote proofs and framed an honest worker. Now every peer reached only through a
+    relay is in one group (UNKNOWN_PREFIX): two nodes behind one NAT that refuses hole punching, seen from
+    behind another, are one group, and a job at r=2 from there takes one seat of that group, the other on
+    the public node."""
+    with Topology("hmgrp", nat="reset", timeout=30) as t:
+        m = NatMesh(t, tmp_path)
+        m.start("pub")
+        wait_for(lambda: (m.home("pub") / "node.json").exists(), 60, "the public node to start")
+        m.start("lan1")
+        m.start("lan1b", where="lan1", port=PORT + 10)
+        m.start("lan2")
+        for role in ("lan1", "lan1b", "lan2"):
+            wait_for(lambda r=role: (m.home(r) / "node.json").exists(), 60, f"{role} to start")
+        for role in ("lan1", "lan1b"):
+            wait_for(lambda r=role: (p := m.peer("lan2", r)).get("connected") and p.get("state") == "up", 120,
+                     f"lan2 to reach {role} through the relay\n{m.tail('lan2')}")
+        seen = {r: m.peer("lan2", r) for r in ("pub", "lan1", "lan1b")}
+        assert seen["lan1"]["connection"] == seen["lan1b"]["connection"] == "relayed", seen
+        assert seen["lan1"]["prefix"] == seen["lan1b"]["prefix"] == UNKNOWN_PREFIX, seen
+        assert seen["pub"]["prefix"] == f"{t.pub_ip.rsplit('.', 1)[0]}.0/24", seen
+        for _ in range(6):
+            rep = m.submit("lan2", 2)
+            assert rep["status"] == "done", json.dumps(rep["steps"])[:3000]
+            assert m.node_id("pub") in replicas_on(rep), "two seats went to the one relayed group"
