@@ -220,7 +220,13 @@ class Shared:
             return "known"
         cache: dict[str, float] = {}
         trusted = [n for n in o.majority if self._first_hand(n, now_ms, cache)]
-        return "" if len({self.prefix_of.get(n, UNKNOWN_PREFIX) for n in trusted}) >= 2 else "untrusted"
+        return "" if self._seen_prefixes(trusted) >= 2 else "untrusted"
+
+    def _seen_prefixes(self, nodes: Iterable[str]) -> int:
+        """How many network prefixes `nodes` are on, of those this node sees: a peer not linked now or reached
+        only through relays (UNKNOWN_PREFIX) is no second prefix beside one seen (two relayed sybils passed
+        the two-prefix rule and framed an honest worker: red team H, 2026-12-08)."""
+        return len({self.prefix_of.get(n, UNKNOWN_PREFIX) for n in nodes} - {UNKNOWN_PREFIX})
 
     def keep_outvote(self, o: Outvote, now_ms: int) -> None:
         """Hold an outvote that counts (at most MAX_PROOFS_PER_WORKER per worker and MAX_PROVEN workers,
@@ -512,7 +518,7 @@ class Shared:
         # (and none to a worker wrong here lately: a run's start is its issuer's word, and stated as "just now"
         # it postdated the ten wrong answers a cheater had just given here; it rebuilds LEND_RUN here first)
         confirmed = [] if corroborated else [i for i in runs if said[i].since > max(latest_bad, said_bad)]
-        if len({self.prefix_of.get(i, UNKNOWN_PREFIX) for i in confirmed}) >= 2 \
+        if self._seen_prefixes(confirmed) >= 2 \
                 and len({self.anchors.get(i, i) for i in confirmed}) >= 2:  # see the class docstring
             streak = max(streak, min(STREAK_CAP, sum(min(said[i].streak, STREAK_CAP) for i in confirmed)))
         shared = max(0.0, min(add_good, SHARED_CAP))

@@ -11,6 +11,7 @@ from mesh.core.trust import (
     FULL_FLOW,
     MAX_PROOFS_PER_WORKER,
     MIN_WEIGHT,
+    UNKNOWN_PREFIX,
     Shared,
     Testimony,
     outvote_of,
@@ -273,4 +274,15 @@ def test_one_ring_member_with_enough_work_here_cannot_lend_the_ring_a_second_wit
     verified(shared.own, "S00", 5, t)
     assert shared.trust("S17", t) == pytest.approx(0.5)  # testimony weight still flows two hops
     assert shared.take_outvote(vote(majority=tuple(RING[:5]), stamp=t), t) == "untrusted"
+    assert shared.take_outvote(vote(majority=("S00", "X"), stamp=t), t) == "untrusted"  # S00's network unseen
+    shared.prefix_of = {**shared.prefix_of, "S00": "p9"}
     assert shared.take_outvote(vote(majority=("S00", "X"), stamp=t), t) == ""  # S00 and X: two witnesses
+
+
+@pytest.mark.parametrize("prefixes", [{"X": "p1"}, {"X": "p1", "Y": UNKNOWN_PREFIX}], ids=["not-linked", "relayed"])
+def test_a_witness_whose_network_cannot_be_seen_is_no_second_prefix(prefixes):
+    """Red team H (F2): two sybils reached only through relays passed the two-prefix rule and framed an
+    honest worker. Peers of unseen network (relayed, or not linked now) are one group at most, and that
+    group is no second prefix beside one seen: an operator's machine plus its ids behind relays is one."""
+    assert trusting("X", "Y", prefixes=prefixes).take_outvote(vote(), T0) == "untrusted"
+    assert trusting("X", "Y", prefixes={"X": "p1", "Y": "p2"}).take_outvote(vote(), T0) == ""
