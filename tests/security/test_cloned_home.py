@@ -13,7 +13,7 @@ from mesh.cli.local import LocalNode
 
 from ..conftest import run_cli, wait_for
 
-pytestmark = [pytest.mark.mesh, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.mesh, pytest.mark.timeout(360)]
 
 
 def twin_of(node: LocalNode) -> dict | None:
@@ -36,7 +36,9 @@ def test_a_home_copied_and_run_twice_is_noticed_by_both_and_a_restart_is_not(mak
         copy.start([b.listen])
         copy.wait_started(60)
         assert copy.node_id == orig.node_id
-        seen = wait_for(lambda: (x := twin_of(orig)) and (y := twin_of(copy)) and (x, y), 90,
+        # the side whose record is older learns last: a peer sends on one of the two links it holds for the
+        # one id, so that side may go unheard by it until a link is redone (one loaded run here: 8 s and 42 s)
+        seen = wait_for(lambda: (x := twin_of(orig)) and (y := twin_of(copy)) and (x, y), 200,
                         "both holders of the key to notice the other")
         assert copy.listen in seen[0]["addresses"] and orig.listen in seen[1]["addresses"], seen
         assert seen[0]["via"] in (a.node_id, b.node_id) and seen[1]["via"] in (a.node_id, b.node_id), seen
