@@ -99,6 +99,11 @@ def lone_limit(limit: float, waited: float) -> float:
 LINK_LOST = "connection lost"  # a replica's failure when its link went down after it was asked
 
 
+def lost_once(tally: Tally, node: str) -> bool:
+    """A seat whose link was lost after its first ask: asked again before any other worker takes it."""
+    return tally.failures.get(node) == LINK_LOST and not tally.retries.get(node)
+
+
 def passing(reason: str) -> bool:
     """A failure that says nothing about the worker's honesty or its ability: it was full (busy), or the
     link to it was lost or never made (a restart, a sleeping laptop, a dropped Wi-Fi)."""
@@ -296,8 +301,7 @@ class JobRun:
                     # with only a quorum's seats asked again, or fresh workers placed, the third went unpaid)
                     # (once: a worker that drops its link again is replaced, or a seat could be held for
                     # three timeouts by one that takes each ask, stays silent and drops the link)
-                    restore = tuple(c.node for c in again if run.tally.failures[c.node] == LINK_LOST
-                                    and not run.tally.retries.get(c.node))
+                    restore = tuple(c.node for c in again if lost_once(run.tally, c.node))
                     if back and not restore:  # such a worker is in its short backoff: wait for it
                         continue
                     if restore:
@@ -411,7 +415,7 @@ class JobRun:
                 again.append(up[node])
             elif since < (RETRY_AFTER_S if node in up else REJOIN_S):
                 later = True
-                back = back or (node in up and reason == LINK_LOST and not tally.retries.get(node))
+                back = back or (node in up and lost_once(tally, node))
         return again, later, back
 
     def _dispatch(self, sid: str, run: StepRun, decision: NeedMore, solo: str, fresh: list[Candidate],

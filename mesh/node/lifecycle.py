@@ -486,11 +486,13 @@ class Node:
         process holds the key when this one did not sign it (mesh.node.twin)."""
         twin = self.twins.check(rec, via, now_ms(), self.receiver.floor_ms,
                                 lambda r: check_record(r, self.opts.network, now_ms()))
-        if twin is not None and self.twins.count == 1:
+        if twin is None:
+            return
+        if self.twins.count == 1:
             # peers hold whichever record was issued last and pass it on: re-issue ours, once, so that they
             # hand it to the other holder, which then finds out too (each side re-issues on its first only)
             self.republish()
-        if twin is not None and self.twins.count <= 3:  # (each further record is counted, not logged)
+        if self.twins.count <= 3:  # (each further record is counted, not logged)
             log.error("another node runs with this node's key: a record it signed, issued %.0f s after this "
                       "node started, names %s (passed on by %s). A copied home? Run the copy on a home of its own "
                       "(`mesh init --home DIR`); if nobody copied it, the key was stolen: move to a new home",
@@ -995,8 +997,9 @@ class Node:
         """The records a hello passes on: each new key within the sender's gossip rate, checked, learned,
         and dialled when it is this node's turn; one of this node's own key is looked at for another holder."""
         source = prefix_of_ip(conn.remote_ip) if conn.remote_ip else conn.label
+        mine = self.identity.public_key.hex()
         for rec in records:
-            if rec.key == self.identity.public_key.hex():
+            if rec.key == mine:
                 self._own_record_seen(rec, peer.node)
                 continue
             if (not self.peers.knows(rec.key)

@@ -37,13 +37,13 @@ class KeyTwins:
     own key that gossip brings. `latest` is the last proof seen (None: none)."""
 
     def __init__(self) -> None:
-        self._mine: dict[str, int] = {}  # signature → expiry of records this process signed
+        self._mine: dict[str, None] = {}  # signatures of records this process signed (an ordered set)
         self.latest: Twin | None = None
         self.count = 0  # records of another holder seen (each checked once: see `_seen`)
         self._seen: set[str] = set()  # their signatures (bounded like _mine)
 
     def signed(self, rec: PeerRecord) -> None:
-        self._mine[rec.sig] = rec.expires
+        self._mine[rec.sig] = None
         if len(self._mine) > MAX_SIGNED:
             del self._mine[next(iter(self._mine))]
 
