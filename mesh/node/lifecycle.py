@@ -987,10 +987,13 @@ class Node:
         for addr, key in list(self.bootstrap.items()):
             if addr == peer.addr or key == peer.key:
                 del self.bootstrap[addr]
-        if fresh or (new_link and env.recipient == ANYONE):  # (answered once a link: each answer was a log
-            # line and our whole signed hello, and one key sent 50 a second on one link)
+        if fresh or new_link:  # answered once a link (each answer was a log line and our whole signed hello,
+            # and one key sent 50 a second on one link). Every new link, not only a dial that did not name us:
+            # our heartbeat's hellos go on one link of a peer's, and a second process with the peer's key (a
+            # copied home) redialling us by key heard nothing from us, so never learned of the first
             self.gateway.send(conn, "hello", env.sender, self.hello())
-            log.info("peer %s up at %s (%s)", peer.node[:12], peer.addr, ",".join(peer.kinds))
+            if fresh or env.recipient == ANYONE:
+                log.info("peer %s up at %s (%s)", peer.node[:12], peer.addr, ",".join(peer.kinds))
         self._take_gossip(hello.peers[:MAX_GOSSIP], peer, conn, now)
 
     def _take_gossip(self, records: list[PeerRecord], peer: Peer, conn: Connection, now: int) -> None:
